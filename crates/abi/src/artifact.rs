@@ -1,0 +1,175 @@
+//! The `.kiln` container: one file holding the manifest, the code and the weights.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic  "KILNART\0"
+//!      8     4  ABI major (LE u32)
+//!     12     4  ABI minor
+//!     16    16  manifest section (offset, length; LE u64 each)
+//!     32    16  code section     (a shared library for the manifest's target)
+//!     48    16  weights section  (64-byte aligned constant data)
+//!     64     8  xxh3-64 checksum of bytes [0, 64) and [128, end)
+//!     72    56  zero
+//!    128     …  sections, each starting at a multiple of 64
+//! ```
+
+use prost::Message;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::manifest::Manifest;
+use crate::{ABI_MAJOR, ABI_MINOR};
+
+pub const MAGIC: &[u8; 8] = b"KILNART\0";
+pub const HEADER_LEN: usize = 128;
+pub const SECTION_ALIGN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("not a Kiln artifact (bad magic bytes; is this an ONNX model or some other file?)")]
+    BadMagic,
+    #[error("artifact is truncated: {len} bytes, header needs at least {HEADER_LEN}")]
+    TooShort { len: usize },
+    #[error("artifact has ABI version {major}.{minor}, this runtime supports {ABI_MAJOR}.x; recompile the model with a matching kiln")]
+    UnsupportedVersion { major: u32, minor: u32 },
+    #[error("artifact section `{section}` (offset {offset}, length {len}) lies outside the {file_len}-byte file: the file is truncated or damaged")]
+    SectionOutOfBounds { section: &'static str, offset: u64, len: u64, file_len: usize },
+    #[error("artifact checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the file is damaged")]
+    Checksum { stored: u64, computed: u64 },
+    #[error("artifact manifest cannot be decoded: {0}")]
+    Manifest(#[from] prost::DecodeError),
+}
+
+/// The sections of a parsed artifact, borrowed from the file's bytes.
+#[derive(Debug)]
+pub struct Sections<'a> {
+    pub manifest: Manifest,
+    pub code: &'a [u8],
+    pub weights: &'a [u8],
+    /// Byte offset of the weight section in the file (a multiple of 64).
+    pub weights_offset: usize,
+}
+
+fn align_up(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(&bytes[..64]);
+    h.update(&bytes[HEADER_LEN..]);
+    h.digest()
+}
+
+/// Serializes an artifact. Deterministic: the same inputs give the same bytes.
+pub fn write(manifest: &Manifest, code: &[u8], weights: &[u8]) -> Vec<u8> {
+    let manifest_bytes = manifest.encode_to_vec();
+    let mut out = vec![0u8; HEADER_LEN];
+    let mut put_section = |out: &mut Vec<u8>, data: &[u8]| -> (u64, u64) {
+        let off = align_up(out.len(), SECTION_ALIGN);
+        out.resize(off, 0);
+        out.extend_from_slice(data);
+        (off as u64, data.len() as u64)
+    };
+    let m = put_section(&mut out, &manifest_bytes);
+    let c = put_section(&mut out, code);
+    let w = put_section(&mut out, weights);
+    out[0..8].copy_from_slice(MAGIC);
+    out[8..12].copy_from_slice(&ABI_MAJOR.to_le_bytes());
+    out[12..16].copy_from_slice(&ABI_MINOR.to_le_bytes());
+    for (i, (off, len)) in [m, c, w].into_iter().enumerate() {
+        out[16 + 16 * i..24 + 16 * i].copy_from_slice(&off.to_le_bytes());
+        out[24 + 16 * i..32 + 16 * i].copy_from_slice(&len.to_le_bytes());
+    }
+    let sum = checksum(&out);
+    out[64..72].copy_from_slice(&sum.to_le_bytes());
+    out
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Parses and checks an artifact: magic, version, section bounds, checksum, manifest.
+pub fn read(bytes: &[u8]) -> Result<Sections<'_>, ArtifactError> {
+    if bytes.len() < 8 || &bytes[..8] != MAGIC {
+        return Err(ArtifactError::BadMagic);
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(ArtifactError::TooShort { len: bytes.len() });
+    }
+    let (major, minor) = (u32_at(bytes, 8), u32_at(bytes, 12));
+    if major != ABI_MAJOR {
+        return Err(ArtifactError::UnsupportedVersion { major, minor });
+    }
+    let section = |i: usize, name: &'static str| -> Result<(usize, usize), ArtifactError> {
+        let off = u64_at(bytes, 16 + 16 * i);
+        let len = u64_at(bytes, 24 + 16 * i);
+        match off.checked_add(len) {
+            Some(end) if end <= bytes.len() as u64 && off >= HEADER_LEN as u64 => {
+                Ok((off as usize, len as usize))
+            }
+            _ => Err(ArtifactError::SectionOutOfBounds { section: name, offset: off, len, file_len: bytes.len() }),
+        }
+    };
+    let m = section(0, "manifest")?;
+    let c = section(1, "code")?;
+    let w = section(2, "weights")?;
+    let stored = u64_at(bytes, 64);
+    let computed = checksum(bytes);
+    if stored != computed {
+        return Err(ArtifactError::Checksum { stored, computed });
+    }
+    let manifest = Manifest::decode(&bytes[m.0..m.0 + m.1])?;
+    Ok(Sections {
+        manifest,
+        code: &bytes[c.0..c.0 + c.1],
+        weights: &bytes[w.0..w.0 + w.1],
+        weights_offset: w.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let m = Manifest { abi_major: ABI_MAJOR, model_name: "m".into(), arena_bytes: 64, ..Default::default() };
+        write(&m, b"code bytes", &[1, 2, 3, 4])
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = sample();
+        let s = read(&bytes).unwrap();
+        assert_eq!(s.code, b"code bytes");
+        assert_eq!(s.weights, &[1, 2, 3, 4]);
+        assert_eq!(s.weights_offset % SECTION_ALIGN, 0);
+        assert_eq!(s.manifest.model_name, "m");
+        assert_eq!(s.manifest.arena_bytes, 64);
+    }
+
+    #[test]
+    fn damaged_byte_is_detected() {
+        let mut bytes = sample();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0x40;
+        assert!(matches!(read(&bytes), Err(ArtifactError::Checksum { .. })));
+    }
+
+    #[test]
+    fn truncated_is_detected() {
+        let bytes = sample();
+        assert!(matches!(read(&bytes[..bytes.len() - 3]), Err(ArtifactError::SectionOutOfBounds { .. })));
+        assert!(matches!(read(&bytes[..40]), Err(ArtifactError::TooShort { .. })));
+    }
+
+    #[test]
+    fn unknown_major_is_refused() {
+        let mut bytes = sample();
+        bytes[8..12].copy_from_slice(&(ABI_MAJOR + 1).to_le_bytes());
+        assert!(matches!(read(&bytes), Err(ArtifactError::UnsupportedVersion { .. })));
+    }
+}

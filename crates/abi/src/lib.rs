@@ -1,0 +1,129 @@
+//! The contract between compiled Kiln code and the Kiln runtime.
+//!
+//! This is the only crate that the compiler and the runtime share. It defines:
+//!
+//! * the C-ABI [`Context`] struct that a compiled entry point receives,
+//! * the entry-point and `parallel_for` signatures,
+//! * the artifact container ([`artifact`]): header, sections, checksum,
+//! * the prost-encoded [`manifest::Manifest`] that describes inputs, outputs and memory.
+//!
+//! The ABI is versioned like a file format: a runtime refuses an artifact whose major
+//! version it does not know.
+
+pub mod artifact;
+pub mod manifest;
+
+/// Major version of the artifact format and entry-point ABI. Bumped on any incompatible change.
+pub const ABI_MAJOR: u32 = 1;
+/// Minor version: compatible additions.
+pub const ABI_MINOR: u32 = 0;
+
+/// Name of the entry-point symbol exported by every compiled CPU module.
+pub const ENTRY_SYMBOL: &str = "kiln_entry";
+/// Name of the symbol holding the module's ABI major version (an `u32`).
+pub const ABI_VERSION_SYMBOL: &str = "kiln_abi_version";
+
+/// A kernel task body: called with the context and a half-open range `[start, end)` of the
+/// kernel's outer parallel loop.
+pub type TaskFn = unsafe extern "C" fn(ctx: *const Context, start: i64, end: i64);
+
+/// The runtime's parallel loop: runs `task(ctx, s, e)` over disjoint ranges covering
+/// `[0, n)`, possibly on several threads, and returns when all have finished.
+pub type ParallelForFn =
+    unsafe extern "C" fn(runtime: *mut core::ffi::c_void, task: TaskFn, ctx: *const Context, n: i64);
+
+/// The entry point of a compiled module. Returns 0 on success.
+pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
+
+/// Everything a compiled module needs for one run. Laid out for C (see `kiln.h`).
+///
+/// * `inputs[i]` / `outputs[i]` point at the i-th input / output tensor, dense, row-major,
+///   with the dtype and shape the manifest gives;
+/// * `arena` points at `manifest.arena_bytes` bytes of scratch memory, 64-byte aligned;
+/// * `weights` points at the artifact's weight section, 64-byte aligned;
+/// * `parallel_for` is called with `runtime` as its first argument.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Context {
+    pub abi_version: u32,
+    pub reserved: u32,
+    pub inputs: *const *const u8,
+    pub outputs: *const *mut u8,
+    pub arena: *mut u8,
+    pub weights: *const u8,
+    pub runtime: *mut core::ffi::c_void,
+    pub parallel_for: ParallelForFn,
+}
+
+/// Byte offsets of the [`Context`] fields, which generated code uses to load them.
+pub mod context_offsets {
+    pub const INPUTS: u64 = 8;
+    pub const OUTPUTS: u64 = 16;
+    pub const ARENA: u64 = 24;
+    pub const WEIGHTS: u64 = 32;
+    pub const RUNTIME: u64 = 40;
+    pub const PARALLEL_FOR: u64 = 48;
+}
+
+/// Element types as they appear in the manifest. Values match ONNX's `TensorProto.DataType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(i32)]
+pub enum DTypeCode {
+    F32 = 1,
+    U8 = 2,
+    I8 = 3,
+    I32 = 6,
+    I64 = 7,
+    Bool = 9,
+    F64 = 11,
+}
+
+impl DTypeCode {
+    pub fn from_i32(v: i32) -> Option<Self> {
+        Some(match v {
+            1 => Self::F32,
+            2 => Self::U8,
+            3 => Self::I8,
+            6 => Self::I32,
+            7 => Self::I64,
+            9 => Self::Bool,
+            11 => Self::F64,
+            _ => return None,
+        })
+    }
+    pub fn size(self) -> usize {
+        match self {
+            Self::U8 | Self::I8 | Self::Bool => 1,
+            Self::F32 | Self::I32 => 4,
+            Self::I64 | Self::F64 => 8,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::U8 => "u8",
+            Self::I8 => "i8",
+            Self::I32 => "i32",
+            Self::I64 => "i64",
+            Self::Bool => "bool",
+            Self::F64 => "f64",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_layout_matches_offsets() {
+        use core::mem::offset_of;
+        assert_eq!(offset_of!(Context, inputs) as u64, context_offsets::INPUTS);
+        assert_eq!(offset_of!(Context, outputs) as u64, context_offsets::OUTPUTS);
+        assert_eq!(offset_of!(Context, arena) as u64, context_offsets::ARENA);
+        assert_eq!(offset_of!(Context, weights) as u64, context_offsets::WEIGHTS);
+        assert_eq!(offset_of!(Context, runtime) as u64, context_offsets::RUNTIME);
+        assert_eq!(offset_of!(Context, parallel_for) as u64, context_offsets::PARALLEL_FOR);
+        assert_eq!(core::mem::size_of::<Context>(), 56);
+    }
+}

@@ -1,0 +1,40 @@
+//! The artifact manifest, prost-encoded. Field numbers are part of the ABI: never reuse one.
+
+/// One tensor crossing the boundary (an input or an output).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TensorSpec {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// A [`crate::DTypeCode`] value.
+    #[prost(int32, tag = "2")]
+    pub dtype: i32,
+    #[prost(uint64, repeated, tag = "3")]
+    pub shape: Vec<u64>,
+}
+
+/// Everything the runtime must know about a compiled model.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Manifest {
+    #[prost(uint32, tag = "1")]
+    pub abi_major: u32,
+    #[prost(uint32, tag = "2")]
+    pub abi_minor: u32,
+    /// The LLVM target triple the code section was built for.
+    #[prost(string, tag = "3")]
+    pub target_triple: String,
+    #[prost(string, tag = "4")]
+    pub target_cpu: String,
+    #[prost(message, repeated, tag = "5")]
+    pub inputs: Vec<TensorSpec>,
+    #[prost(message, repeated, tag = "6")]
+    pub outputs: Vec<TensorSpec>,
+    /// Bytes of scratch memory one run needs.
+    #[prost(uint64, tag = "7")]
+    pub arena_bytes: u64,
+    /// Name of the model's graph, for messages.
+    #[prost(string, tag = "8")]
+    pub model_name: String,
+    /// Version of the compiler that made the artifact.
+    #[prost(string, tag = "9")]
+    pub producer: String,
+}

@@ -1,0 +1,253 @@
+//! The HIR graph: an arena of values and nodes with typed ids, plus a separate schedule.
+//!
+//! * A value is defined exactly once: by a graph input, a constant, or a node result.
+//! * Node data (op, operands, results) lives in `nodes`; their order lives in `order`, which
+//!   is always a topological order. Rescheduling never touches node data.
+//! * Types are inferred when a node is built (`add_node`), so every value has a static type.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::infer::infer;
+use crate::{Op, Tensor, TensorType};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValueDef {
+    /// The i-th graph input.
+    Input(usize),
+    /// Result `k` of a node.
+    Node(NodeId, usize),
+    /// A constant (weights, folded values).
+    Const(Tensor),
+}
+
+#[derive(Clone, Debug)]
+pub struct ValueData {
+    /// The source name (ONNX tensor name) for messages and outputs.
+    pub name: String,
+    pub ty: TensorType,
+    pub def: ValueDef,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+    /// The source node name, for messages.
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("node `{node}` ({op}): {message}")]
+pub struct BuildError {
+    pub node: String,
+    pub op: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub name: String,
+    values: Vec<ValueData>,
+    nodes: Vec<Node>,
+    order: Vec<NodeId>,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>) -> Graph {
+        Graph { name: name.into(), ..Default::default() }
+    }
+
+    fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> ValueId {
+        let id = ValueId(self.values.len() as u32);
+        self.values.push(ValueData { name, ty, def });
+        id
+    }
+
+    pub fn add_input(&mut self, name: impl Into<String>, ty: TensorType) -> ValueId {
+        let i = self.inputs.len();
+        let v = self.push_value(name.into(), ty, ValueDef::Input(i));
+        self.inputs.push(v);
+        v
+    }
+
+    pub fn add_const(&mut self, name: impl Into<String>, t: Tensor) -> ValueId {
+        let ty = t.ty.clone();
+        self.push_value(name.into(), ty, ValueDef::Const(t))
+    }
+
+    /// Adds a node after all existing ones, inferring its result types.
+    /// Results are named `output_names[k]`, or `<node name>:<k>` where none is given.
+    pub fn add_node(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        name: impl Into<String>,
+        output_names: &[String],
+    ) -> Result<Vec<ValueId>, BuildError> {
+        let name = name.into();
+        let tys: Vec<&TensorType> = inputs.iter().map(|&v| &self.values[v.0 as usize].ty).collect();
+        let out_tys = infer(&op, &tys).map_err(|message| BuildError {
+            node: name.clone(),
+            op: op.name().to_string(),
+            message,
+        })?;
+        Ok(self.push_node(op, inputs, name, output_names, out_tys))
+    }
+
+    /// Adds a node whose result types are given instead of inferred (placeholders for
+    /// unsupported ops; the verifier rejects a graph that still holds one).
+    pub fn add_placeholder(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        name: impl Into<String>,
+        output_names: &[String],
+        out_tys: Vec<TensorType>,
+    ) -> Vec<ValueId> {
+        self.push_node(op, inputs, name.into(), output_names, out_tys)
+    }
+
+    fn push_node(
+        &mut self,
+        op: Op,
+        inputs: &[ValueId],
+        name: String,
+        output_names: &[String],
+        out_tys: Vec<TensorType>,
+    ) -> Vec<ValueId> {
+        let nid = NodeId(self.nodes.len() as u32);
+        let outputs: Vec<ValueId> = out_tys
+            .into_iter()
+            .enumerate()
+            .map(|(k, ty)| {
+                let vname = output_names.get(k).cloned().unwrap_or_else(|| format!("{name}:{k}"));
+                self.push_value(vname, ty, ValueDef::Node(nid, k))
+            })
+            .collect();
+        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.clone(), name });
+        self.order.push(nid);
+        outputs
+    }
+
+    pub fn value(&self, v: ValueId) -> &ValueData {
+        &self.values[v.0 as usize]
+    }
+    pub fn value_mut(&mut self, v: ValueId) -> &mut ValueData {
+        &mut self.values[v.0 as usize]
+    }
+    pub fn ty(&self, v: ValueId) -> &TensorType {
+        &self.values[v.0 as usize].ty
+    }
+    pub fn node(&self, n: NodeId) -> &Node {
+        &self.nodes[n.0 as usize]
+    }
+    pub fn node_mut(&mut self, n: NodeId) -> &mut Node {
+        &mut self.nodes[n.0 as usize]
+    }
+    /// The constant a value holds, if it is one.
+    pub fn const_of(&self, v: ValueId) -> Option<&Tensor> {
+        match &self.values[v.0 as usize].def {
+            ValueDef::Const(t) => Some(t),
+            _ => None,
+        }
+    }
+    /// Nodes in schedule (topological) order.
+    pub fn order(&self) -> &[NodeId] {
+        &self.order
+    }
+    pub fn set_order(&mut self, order: Vec<NodeId>) {
+        self.order = order;
+    }
+    pub fn num_values(&self) -> usize {
+        self.values.len()
+    }
+    pub fn value_ids(&self) -> impl Iterator<Item = ValueId> {
+        (0..self.values.len() as u32).map(ValueId)
+    }
+
+    /// Removes a node from the schedule. Its results must no longer be used.
+    pub fn remove_node(&mut self, n: NodeId) {
+        self.order.retain(|&m| m != n);
+    }
+
+    /// Replaces every use of `old` (as a node operand or a graph output) by `new`.
+    pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
+        for &n in &self.order {
+            for v in &mut self.nodes[n.0 as usize].inputs {
+                if *v == old {
+                    *v = new;
+                }
+            }
+        }
+        for v in &mut self.outputs {
+            if *v == old {
+                *v = new;
+            }
+        }
+    }
+
+    /// Turns a node result into a constant in place (constant folding); the node is removed.
+    pub fn make_const(&mut self, v: ValueId, t: Tensor) {
+        if let ValueDef::Node(n, _) = self.values[v.0 as usize].def {
+            let all_folded = self.nodes[n.0 as usize].outputs.iter().all(|&o| o == v || self.const_of(o).is_some());
+            if all_folded {
+                self.remove_node(n);
+            }
+        }
+        self.values[v.0 as usize].ty = t.ty.clone();
+        self.values[v.0 as usize].def = ValueDef::Const(t);
+    }
+
+    /// Number of uses of each value among scheduled nodes and graph outputs.
+    pub fn use_counts(&self) -> HashMap<ValueId, usize> {
+        let mut m = HashMap::new();
+        for &n in &self.order {
+            for &v in &self.nodes[n.0 as usize].inputs {
+                *m.entry(v).or_insert(0) += 1;
+            }
+        }
+        for &v in &self.outputs {
+            *m.entry(v).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Users of each value: (node, operand index), in schedule order.
+    pub fn users(&self) -> HashMap<ValueId, Vec<(NodeId, usize)>> {
+        let mut m: HashMap<ValueId, Vec<(NodeId, usize)>> = HashMap::new();
+        for &n in &self.order {
+            for (i, &v) in self.nodes[n.0 as usize].inputs.iter().enumerate() {
+                m.entry(v).or_default().push((n, i));
+            }
+        }
+        m
+    }
+
+    /// Constants reachable from scheduled nodes or outputs, in first-use order.
+    pub fn live_constants(&self) -> Vec<ValueId> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let iter = self.order.iter().flat_map(|&n| self.nodes[n.0 as usize].inputs.iter()).chain(self.outputs.iter());
+        for &v in iter {
+            if self.const_of(v).is_some() && seen.insert(v) {
+                out.push(v);
+            }
+        }
+        out
+    }
+}

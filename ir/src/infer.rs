@@ -1,0 +1,312 @@
+//! Typing rules: the output types of every op from its input types and attributes.
+//! Run when a node is built, so shape errors surface at import with the node's name.
+
+use crate::op::{Op, UnaryOp};
+use crate::{numel, DType, Shape, TensorType};
+
+pub type InferResult = Result<Vec<TensorType>, String>;
+
+/// Numpy broadcasting of several shapes.
+pub fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Shape, String> {
+    let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = vec![1usize; rank];
+    for s in shapes {
+        let off = rank - s.len();
+        for (i, &d) in s.iter().enumerate() {
+            let o = &mut out[off + i];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(format!(
+                    "shapes {} cannot be broadcast together",
+                    shapes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" and ")
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn arity(op: &Op, inputs: &[&TensorType], min: usize, max: usize) -> Result<(), String> {
+    if inputs.len() < min || inputs.len() > max {
+        return Err(format!("{} takes {min}..={max} inputs, got {}", op.name(), inputs.len()));
+    }
+    Ok(())
+}
+
+fn same_dtype(inputs: &[&TensorType]) -> Result<DType, String> {
+    let d = inputs[0].dtype;
+    if let Some(t) = inputs.iter().find(|t| t.dtype != d) {
+        return Err(format!("operand dtypes differ: {} and {}", d, t.dtype));
+    }
+    Ok(d)
+}
+
+fn want_float(op: &Op, t: &TensorType) -> Result<(), String> {
+    if !t.dtype.is_float() {
+        return Err(format!("{} needs a float input, got {}", op.name(), t.dtype));
+    }
+    Ok(())
+}
+
+fn pool_shape(x: &TensorType, window: &crate::op::Window, ceil_mode: bool, out_c: usize) -> Result<Shape, String> {
+    if x.rank() != 4 {
+        return Err(format!("expects a 4-D NCHW input, got shape {:?}", x.shape));
+    }
+    let oh = window.out_dim(0, x.shape[2], ceil_mode);
+    let ow = window.out_dim(1, x.shape[3], ceil_mode);
+    match (oh, ow) {
+        (Some(oh), Some(ow)) => Ok(vec![x.shape[0], out_c, oh, ow]),
+        _ => Err(format!("window {window:?} does not fit input shape {:?}", x.shape)),
+    }
+}
+
+/// Output types of `op` applied to inputs of types `inputs`.
+pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
+    use Op::*;
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        Binary(_) => {
+            arity(op, inputs, 2, 2)?;
+            let d = same_dtype(inputs)?;
+            one(TensorType::new(d, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
+        }
+        Compare(_) => {
+            arity(op, inputs, 2, 2)?;
+            same_dtype(inputs)?;
+            one(TensorType::new(DType::Bool, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
+        }
+        Unary(u) => {
+            arity(op, inputs, 1, 1)?;
+            let t = inputs[0];
+            match u {
+                UnaryOp::Not if t.dtype != DType::Bool => return Err("not needs a bool input".into()),
+                UnaryOp::Sqrt
+                | UnaryOp::Reciprocal
+                | UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Sigmoid
+                | UnaryOp::Tanh
+                | UnaryOp::Erf
+                | UnaryOp::HardSigmoid { .. }
+                | UnaryOp::LeakyRelu { .. } => want_float(op, t)?,
+                _ => {}
+            }
+            one(t.clone())
+        }
+        Where => {
+            arity(op, inputs, 3, 3)?;
+            if inputs[0].dtype != DType::Bool {
+                return Err(format!("where's condition must be bool, got {}", inputs[0].dtype));
+            }
+            same_dtype(&inputs[1..])?;
+            let s = broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape, &inputs[2].shape])?;
+            one(TensorType::new(inputs[1].dtype, s))
+        }
+        Cast { to } => {
+            arity(op, inputs, 1, 1)?;
+            one(TensorType::new(*to, inputs[0].shape.clone()))
+        }
+        Identity => {
+            arity(op, inputs, 1, 1)?;
+            one(inputs[0].clone())
+        }
+        MatMul => {
+            arity(op, inputs, 2, 2)?;
+            let d = same_dtype(inputs)?;
+            let (a, b) = (&inputs[0].shape, &inputs[1].shape);
+            if a.is_empty() || b.is_empty() {
+                return Err("matmul operands must have rank >= 1".into());
+            }
+            let a2: Shape = if a.len() == 1 { vec![1, a[0]] } else { a.clone() };
+            let b2: Shape = if b.len() == 1 { vec![b[0], 1] } else { b.clone() };
+            let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+            let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+            if k != k2 {
+                return Err(format!("matmul inner dimensions differ: {a:?} @ {b:?}"));
+            }
+            let mut out = broadcast_shapes(&[&a2[..a2.len() - 2], &b2[..b2.len() - 2]])?;
+            if a.len() > 1 {
+                out.push(m);
+            }
+            if b.len() > 1 {
+                out.push(n);
+            }
+            one(TensorType::new(d, out))
+        }
+        Gemm { trans_a, trans_b, .. } => {
+            arity(op, inputs, 2, 3)?;
+            let d = same_dtype(inputs)?;
+            let (a, b) = (&inputs[0].shape, &inputs[1].shape);
+            if a.len() != 2 || b.len() != 2 {
+                return Err(format!("gemm needs 2-D A and B, got {a:?} and {b:?}"));
+            }
+            let (m, k) = if *trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+            let (k2, n) = if *trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
+            if k != k2 {
+                return Err(format!("gemm inner dimensions differ: A {a:?} (trans {trans_a}), B {b:?} (trans {trans_b})"));
+            }
+            if let Some(c) = inputs.get(2) {
+                let s = broadcast_shapes(&[&c.shape, &[m, n]])?;
+                if s != [m, n] {
+                    return Err(format!("gemm C of shape {:?} does not broadcast to {:?}", c.shape, [m, n]));
+                }
+            }
+            one(TensorType::new(d, vec![m, n]))
+        }
+        Conv { window, group } => {
+            arity(op, inputs, 2, 3)?;
+            let (x, w) = (inputs[0], inputs[1]);
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            if w.rank() != 4 || x.rank() != 4 {
+                return Err(format!("conv needs 4-D input and weights, got {:?} and {:?}", x.shape, w.shape));
+            }
+            if *group == 0 || x.shape[1] != w.shape[1] * group || w.shape[0] % group != 0 {
+                return Err(format!(
+                    "conv channels do not match: input {:?}, weights {:?}, group {group}",
+                    x.shape, w.shape
+                ));
+            }
+            if [w.shape[2], w.shape[3]] != window.kernel {
+                return Err(format!("conv kernel_shape {:?} differs from weights {:?}", window.kernel, w.shape));
+            }
+            if let Some(b) = inputs.get(2) {
+                if b.shape != [w.shape[0]] {
+                    return Err(format!("conv bias must have shape [{}], got {:?}", w.shape[0], b.shape));
+                }
+            }
+            one(TensorType::new(x.dtype, pool_shape(x, window, false, w.shape[0])?))
+        }
+        MaxPool { window, ceil_mode } | AveragePool { window, ceil_mode, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if matches!(op, AveragePool { .. }) {
+                want_float(op, x)?;
+            }
+            one(TensorType::new(x.dtype, pool_shape(x, window, *ceil_mode, x.shape.get(1).copied().unwrap_or(0))?))
+        }
+        BatchNorm { .. } => {
+            arity(op, inputs, 5, 5)?;
+            let x = inputs[0];
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            if x.rank() < 2 {
+                return Err(format!("batch_norm input must have rank >= 2, got {:?}", x.shape));
+            }
+            for (i, t) in inputs[1..].iter().enumerate() {
+                if t.shape != [x.shape[1]] {
+                    return Err(format!("batch_norm parameter {} must have shape [{}], got {:?}", i + 1, x.shape[1], t.shape));
+                }
+            }
+            one(x.clone())
+        }
+        Lrn { size, .. } => {
+            arity(op, inputs, 1, 1)?;
+            want_float(op, inputs[0])?;
+            if inputs[0].rank() < 3 || *size == 0 {
+                return Err(format!("lrn needs rank >= 3 and size >= 1, got {:?}, size {size}", inputs[0].shape));
+            }
+            one(inputs[0].clone())
+        }
+        Softmax { axis } | LogSoftmax { axis } => {
+            arity(op, inputs, 1, 1)?;
+            want_float(op, inputs[0])?;
+            if *axis >= inputs[0].rank() {
+                return Err(format!("axis {axis} out of range for rank {}", inputs[0].rank()));
+            }
+            one(inputs[0].clone())
+        }
+        Reduce { op: r, axes, keepdims } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if matches!(r, crate::op::ReduceOp::Mean) {
+                want_float(op, x)?;
+            }
+            if axes.iter().any(|&a| a >= x.rank()) || axes.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("reduce axes {axes:?} invalid for rank {}", x.rank()));
+            }
+            let mut s = Vec::new();
+            for (i, &d) in x.shape.iter().enumerate() {
+                if !axes.contains(&i) {
+                    s.push(d);
+                } else if *keepdims {
+                    s.push(1);
+                }
+            }
+            one(TensorType::new(x.dtype, s))
+        }
+        Reshape { shape } => {
+            arity(op, inputs, 1, 1)?;
+            if numel(shape) != inputs[0].numel() {
+                return Err(format!("cannot reshape {:?} ({} elements) to {:?}", inputs[0].shape, inputs[0].numel(), shape));
+            }
+            one(TensorType::new(inputs[0].dtype, shape.clone()))
+        }
+        Transpose { perm } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            let mut seen = vec![false; x.rank()];
+            if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+                return Err(format!("perm {perm:?} is not a permutation of rank {}", x.rank()));
+            }
+            one(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p]).collect::<Shape>()))
+        }
+        Concat { axis } => {
+            if inputs.is_empty() {
+                return Err("concat needs at least one input".into());
+            }
+            let d = same_dtype(inputs)?;
+            let r = inputs[0].rank();
+            if *axis >= r {
+                return Err(format!("concat axis {axis} out of range for rank {r}"));
+            }
+            let mut s = inputs[0].shape.clone();
+            s[*axis] = 0;
+            for t in inputs {
+                if t.rank() != r || t.shape.iter().enumerate().any(|(i, &d)| i != *axis && d != inputs[0].shape[i]) {
+                    return Err(format!("concat inputs {:?} and {:?} differ outside axis {axis}", inputs[0].shape, t.shape));
+                }
+                s[*axis] += t.shape[*axis];
+            }
+            one(TensorType::new(d, s))
+        }
+        Slice { starts, steps, out_shape } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if starts.len() != x.rank() || steps.len() != x.rank() || out_shape.len() != x.rank() {
+                return Err("slice parameters must cover every axis".into());
+            }
+            for a in 0..x.rank() {
+                if out_shape[a] == 0 {
+                    continue;
+                }
+                let last = starts[a] + steps[a] * (out_shape[a] as i64 - 1);
+                if steps[a] == 0 || starts[a] < 0 || last < 0 || starts[a] >= x.shape[a] as i64 || last >= x.shape[a] as i64 {
+                    return Err(format!("slice axis {a} out of range for shape {:?}", x.shape));
+                }
+            }
+            one(TensorType::new(x.dtype, out_shape.clone()))
+        }
+        Gather { axis } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, idx) = (inputs[0], inputs[1]);
+            if !idx.dtype.is_int() {
+                return Err(format!("gather indices must be integers, got {}", idx.dtype));
+            }
+            if *axis >= x.rank() {
+                return Err(format!("gather axis {axis} out of range for rank {}", x.rank()));
+            }
+            let mut s: Shape = x.shape[..*axis].to_vec();
+            s.extend_from_slice(&idx.shape);
+            s.extend_from_slice(&x.shape[axis + 1..]);
+            one(TensorType::new(x.dtype, s))
+        }
+        Expand { shape } => {
+            arity(op, inputs, 1, 1)?;
+            let s = broadcast_shapes(&[&inputs[0].shape, shape])?;
+            one(TensorType::new(inputs[0].dtype, s))
+        }
+        Unsupported { op_type, .. } => Err(format!("op {op_type} is not supported")),
+    }
+}

@@ -1,0 +1,25 @@
+//! Kiln's intermediate representations.
+//!
+//! * [`Graph`] (HIR): a typed SSA dataflow graph of tensor [`Op`]s with static shapes.
+//!   Every op has a typing rule ([`infer`]) and a reference evaluation ([`eval`]).
+//! * [`lir`] (LIR): an address-only program over buffers, whose kernels carry compute
+//!   definitions ([`lir::Kernel`]) that backends turn into loops.
+//!
+//! This crate knows nothing of ONNX, of LLVM, or of the runtime.
+
+pub mod dtype;
+pub mod eval;
+pub mod graph;
+pub mod infer;
+pub mod lir;
+pub mod op;
+pub mod tensor;
+pub mod text;
+pub mod types;
+pub mod verify;
+
+pub use dtype::DType;
+pub use graph::{BuildError, Graph, Node, NodeId, ValueData, ValueDef, ValueId};
+pub use op::{BinaryOp, CmpOp, Op, ReduceOp, UnaryOp, Window};
+pub use tensor::{Data, Tensor};
+pub use types::{fmt_shape, numel, strides_of, Shape, TensorType};

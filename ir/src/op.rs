@@ -1,0 +1,216 @@
+//! The HIR op set. Attributes are typed and fully resolved: anything that ONNX passes as a
+//! shape-like input (Reshape's shape, Slice's starts, …) is folded to an attribute by the
+//! importer, so every op's output type follows from its input types and attributes alone.
+
+use crate::DType;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    /// Integer remainder with the sign of the divisor (numpy `mod`); float: C `fmod` when
+    /// `fmod` is set.
+    Mod { fmod: bool },
+    And,
+    Or,
+    Xor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Sqrt,
+    Reciprocal,
+    Exp,
+    Log,
+    Relu,
+    Sigmoid,
+    Tanh,
+    Erf,
+    Floor,
+    Ceil,
+    Not,
+    Sign,
+    /// `x if x >= 0 else alpha * x`
+    LeakyRelu { alpha: f32 },
+    /// `max(0, min(1, alpha * x + beta))`
+    HardSigmoid { alpha: f32, beta: f32 },
+    /// `min(max(x, lo), hi)`; bounds are in the element type (converted for integers).
+    Clip { lo: f64, hi: f64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Prod,
+}
+
+/// 2-D window geometry shared by Conv and the pools. Pads are explicit (auto_pad is resolved
+/// by the importer): `pads = [top, left, bottom, right]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub pads: [usize; 4],
+    pub dilations: [usize; 2],
+}
+
+impl Window {
+    /// Output extent along spatial axis `a` (0 = H, 1 = W) for input extent `n`.
+    pub fn out_dim(&self, a: usize, n: usize, ceil_mode: bool) -> Option<usize> {
+        let eff = self.dilations[a] * (self.kernel[a] - 1) + 1;
+        let padded = n + self.pads[a] + self.pads[a + 2];
+        if padded < eff || self.strides[a] == 0 {
+            return None;
+        }
+        let span = padded - eff;
+        let mut out = if ceil_mode { span.div_ceil(self.strides[a]) } else { span / self.strides[a] } + 1;
+        // ONNX/PyTorch rule: the last window must start inside the input or the left padding.
+        if ceil_mode && (out - 1) * self.strides[a] >= n + self.pads[a] {
+            out -= 1;
+        }
+        Some(out)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Elementwise with numpy broadcasting; both inputs have the same dtype.
+    Binary(BinaryOp),
+    /// Elementwise comparison with broadcasting; bool result.
+    Compare(CmpOp),
+    /// Elementwise.
+    Unary(UnaryOp),
+    /// `cond ? x : y`, broadcasting all three.
+    Where,
+    Cast { to: DType },
+    /// Numpy `matmul` semantics (1-D operands promoted, batch dims broadcast).
+    MatMul,
+    /// `alpha * op(A) @ op(B) + beta * C`; inputs A, B and optionally C (unidirectionally
+    /// broadcast to the result).
+    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    /// 2-D convolution, NCHW input, OIHW weights, optional bias `[O]`.
+    Conv { window: Window, group: usize },
+    MaxPool { window: Window, ceil_mode: bool },
+    AveragePool { window: Window, ceil_mode: bool, count_include_pad: bool },
+    /// Inference-mode batch normalization over axis 1: inputs x, scale, bias, mean, var.
+    BatchNorm { epsilon: f32 },
+    /// Local response normalization across channels (axis 1).
+    Lrn { size: usize, alpha: f32, beta: f32, bias: f32 },
+    /// Softmax along one axis (opset-13 semantics; the importer rewrites older forms).
+    Softmax { axis: usize },
+    LogSoftmax { axis: usize },
+    /// Reduction over `axes` (sorted, unique); an empty list reduces nothing (identity).
+    Reduce { op: ReduceOp, axes: Vec<usize>, keepdims: bool },
+    /// Same elements, new shape (covers Flatten, Squeeze and Unsqueeze).
+    Reshape { shape: Vec<usize> },
+    Transpose { perm: Vec<usize> },
+    Concat { axis: usize },
+    /// Strided slice: for every axis, `(start, step)`; the output shape is the result type.
+    /// Steps may be negative; `start` is already clamped into range.
+    Slice { starts: Vec<i64>, steps: Vec<i64>, out_shape: Vec<usize> },
+    /// Gather along `axis` with an integer index tensor (negative indices wrap).
+    Gather { axis: usize },
+    /// Broadcast to a shape.
+    Expand { shape: Vec<usize> },
+    /// Copy (kept only where a graph output must be a distinct buffer).
+    Identity,
+    /// An op Kiln does not (yet) support; kept so that every unsupported op is reported at once.
+    Unsupported { op_type: String, domain: String, opset: i64 },
+}
+
+impl Op {
+    /// The op's name as printed in the text form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "sub",
+                BinaryOp::Mul => "mul",
+                BinaryOp::Div => "div",
+                BinaryOp::Pow => "pow",
+                BinaryOp::Max => "max",
+                BinaryOp::Min => "min",
+                BinaryOp::Mod { .. } => "mod",
+                BinaryOp::And => "and",
+                BinaryOp::Or => "or",
+                BinaryOp::Xor => "xor",
+            },
+            Op::Compare(c) => match c {
+                CmpOp::Equal => "equal",
+                CmpOp::Less => "less",
+                CmpOp::LessOrEqual => "less_or_equal",
+                CmpOp::Greater => "greater",
+                CmpOp::GreaterOrEqual => "greater_or_equal",
+            },
+            Op::Unary(u) => match u {
+                UnaryOp::Neg => "neg",
+                UnaryOp::Abs => "abs",
+                UnaryOp::Sqrt => "sqrt",
+                UnaryOp::Reciprocal => "reciprocal",
+                UnaryOp::Exp => "exp",
+                UnaryOp::Log => "log",
+                UnaryOp::Relu => "relu",
+                UnaryOp::Sigmoid => "sigmoid",
+                UnaryOp::Tanh => "tanh",
+                UnaryOp::Erf => "erf",
+                UnaryOp::Floor => "floor",
+                UnaryOp::Ceil => "ceil",
+                UnaryOp::Not => "not",
+                UnaryOp::Sign => "sign",
+                UnaryOp::LeakyRelu { .. } => "leaky_relu",
+                UnaryOp::HardSigmoid { .. } => "hard_sigmoid",
+                UnaryOp::Clip { .. } => "clip",
+            },
+            Op::Where => "where",
+            Op::Cast { .. } => "cast",
+            Op::MatMul => "matmul",
+            Op::Gemm { .. } => "gemm",
+            Op::Conv { .. } => "conv",
+            Op::MaxPool { .. } => "max_pool",
+            Op::AveragePool { .. } => "average_pool",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::Lrn { .. } => "lrn",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::Reduce { op, .. } => match op {
+                ReduceOp::Sum => "reduce_sum",
+                ReduceOp::Mean => "reduce_mean",
+                ReduceOp::Max => "reduce_max",
+                ReduceOp::Min => "reduce_min",
+                ReduceOp::Prod => "reduce_prod",
+            },
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Gather { .. } => "gather",
+            Op::Expand { .. } => "expand",
+            Op::Identity => "identity",
+            Op::Unsupported { .. } => "unsupported",
+        }
+    }
+
+    /// Elementwise ops (one output element from the same-index elements of the broadcast inputs).
+    pub fn is_elementwise(&self) -> bool {
+        matches!(self, Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. })
+    }
+}
