@@ -65,9 +65,23 @@ pub struct Graph {
     order: Vec<NodeId>,
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
+    /// Values the fuse pass decided not to materialize: each is computed inside the kernel
+    /// of its single consumer.
+    fused: std::collections::BTreeSet<ValueId>,
 }
 
 impl Graph {
+    pub fn is_fused(&self, v: ValueId) -> bool {
+        self.fused.contains(&v)
+    }
+    pub fn set_fused(&mut self, v: ValueId, on: bool) {
+        if on {
+            self.fused.insert(v);
+        } else {
+            self.fused.remove(&v);
+        }
+    }
+
     pub fn new(name: impl Into<String>) -> Graph {
         Graph { name: name.into(), ..Default::default() }
     }

@@ -1,1 +1,448 @@
-//! LIR (being written).
+//! LIR: an address-only program.
+//!
+//! A [`Program`] is a list of [`Buffer`]s and an ordered list of [`Instr`]s. Buffers are
+//! roots of memory: a graph input, a graph output, a constant, or an arena-planned
+//! activation. Instructions read and write [`View`]s of buffers (buffer, element offset,
+//! extents, element strides). No instruction names an SSA value or infers a shape.
+//!
+//! A kernel instruction carries a compute definition ([`Kernel`]): an iteration domain,
+//! a scalar body over loads of its operands, and an optional reduction. Backends turn it
+//! into loops; nothing about it is specific to one op.
+
+use std::fmt;
+
+use crate::op::{BinaryOp, CmpOp, UnaryOp};
+use crate::{DType, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufferId(pub u32);
+
+impl fmt::Display for BufferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "@{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BufferKind {
+    /// The i-th graph input (caller-owned, read-only).
+    Input(usize),
+    /// The i-th graph output (caller-owned, written).
+    Output(usize),
+    /// Constant data, placed in the artifact's weight section.
+    Constant(Tensor),
+    /// Scratch memory, placed in the arena by memory planning.
+    Activation,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub kind: BufferKind,
+    /// Size in bytes.
+    pub bytes: usize,
+    /// A name for messages and the text form.
+    pub name: String,
+    /// Byte offset: in the arena for activations, in the weight section for constants.
+    /// Set by memory planning / weight packing.
+    pub offset: Option<u64>,
+    /// The value was fused into its consumer by the HIR fuse pass: LIR fusion merges the
+    /// producing kernel into the consuming one where the two compose.
+    pub fused: bool,
+}
+
+/// A strided window of a buffer: element `idx` lives at element
+/// `offset + Σ idx[d] * strides[d]` of the buffer, for `0 <= idx[d] < extents[d]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct View {
+    pub buffer: BufferId,
+    pub dtype: DType,
+    pub offset: i64,
+    pub extents: Vec<usize>,
+    pub strides: Vec<i64>,
+}
+
+impl View {
+    /// A dense row-major view of a whole buffer.
+    pub fn dense(buffer: BufferId, dtype: DType, shape: &[usize]) -> View {
+        View {
+            buffer,
+            dtype,
+            offset: 0,
+            extents: shape.to_vec(),
+            strides: crate::strides_of(shape).into_iter().map(|s| s as i64).collect(),
+        }
+    }
+    pub fn numel(&self) -> usize {
+        self.extents.iter().product()
+    }
+    /// True when the view covers elements `0..numel` in row-major order.
+    pub fn is_dense(&self) -> bool {
+        self.offset == 0
+            && crate::strides_of(&self.extents)
+                .iter()
+                .zip(&self.strides)
+                .zip(&self.extents)
+                .all(|((&s, &t), &e)| e == 1 || s as i64 == t)
+    }
+}
+
+/// A scalar constant in a kernel body.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scalar {
+    F32(f32),
+    I32(i32),
+    I64(i64),
+    Bool(bool),
+}
+
+impl Scalar {
+    pub fn dtype(self) -> DType {
+        match self {
+            Scalar::F32(_) => DType::F32,
+            Scalar::I32(_) => DType::I32,
+            Scalar::I64(_) => DType::I64,
+            Scalar::Bool(_) => DType::Bool,
+        }
+    }
+    /// `x` converted to `dtype` (saturating for integers).
+    pub fn of(dtype: DType, x: f64) -> Scalar {
+        match dtype {
+            DType::F32 => Scalar::F32(x as f32),
+            DType::I32 => Scalar::I32(x as i32),
+            DType::I64 => Scalar::I64(x as i64),
+            DType::Bool => Scalar::Bool(x != 0.0),
+        }
+    }
+    /// The smallest (`lowest`) or largest value of a dtype, for max/min reductions.
+    pub fn extreme(dtype: DType, lowest: bool) -> Scalar {
+        match (dtype, lowest) {
+            (DType::F32, true) => Scalar::F32(f32::NEG_INFINITY),
+            (DType::F32, false) => Scalar::F32(f32::INFINITY),
+            (DType::I32, true) => Scalar::I32(i32::MIN),
+            (DType::I32, false) => Scalar::I32(i32::MAX),
+            (DType::I64, true) => Scalar::I64(i64::MIN),
+            (DType::I64, false) => Scalar::I64(i64::MAX),
+            (DType::Bool, lowest) => Scalar::Bool(!lowest),
+        }
+    }
+}
+
+/// A scalar expression: the body of a kernel.
+///
+/// Index arithmetic is `i64`. Types follow the operands; [`Expr::dtype`] computes them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// Iteration variable `d` of the kernel's domain (i64).
+    Var(usize),
+    Const(Scalar),
+    /// An element of operand `operand`: one index expression per view dimension. With
+    /// `pad`, an index outside the view's extents yields `pad` instead of reading memory.
+    Load { operand: usize, index: Vec<Expr>, pad: Option<Scalar> },
+    Unary(UnaryOp, Box<Expr>),
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    /// `cond ? a : b`
+    Select(Box<Expr>, Box<Expr>, Box<Expr>),
+    Cast(DType, Box<Expr>),
+    /// The accumulated value; only inside a reduction's `finalize`.
+    Acc,
+}
+
+impl Expr {
+    pub fn var(d: usize) -> Expr {
+        Expr::Var(d)
+    }
+    pub fn i64(x: i64) -> Expr {
+        Expr::Const(Scalar::I64(x))
+    }
+    pub fn f32(x: f32) -> Expr {
+        Expr::Const(Scalar::F32(x))
+    }
+    pub fn load(operand: usize, index: Vec<Expr>) -> Expr {
+        Expr::Load { operand, index, pad: None }
+    }
+    pub fn unary(op: UnaryOp, a: Expr) -> Expr {
+        Expr::Unary(op, Box::new(a))
+    }
+    pub fn bin(op: BinaryOp, a: Expr, b: Expr) -> Expr {
+        Expr::Binary(op, Box::new(a), Box::new(b))
+    }
+    pub fn cmp(op: CmpOp, a: Expr, b: Expr) -> Expr {
+        Expr::Cmp(op, Box::new(a), Box::new(b))
+    }
+    pub fn select(c: Expr, a: Expr, b: Expr) -> Expr {
+        Expr::Select(Box::new(c), Box::new(a), Box::new(b))
+    }
+    pub fn cast(to: DType, a: Expr) -> Expr {
+        Expr::Cast(to, Box::new(a))
+    }
+    pub fn add(a: Expr, b: Expr) -> Expr {
+        Expr::bin(BinaryOp::Add, a, b)
+    }
+    pub fn mul(a: Expr, b: Expr) -> Expr {
+        Expr::bin(BinaryOp::Mul, a, b)
+    }
+    pub fn sub(a: Expr, b: Expr) -> Expr {
+        Expr::bin(BinaryOp::Sub, a, b)
+    }
+    pub fn div(a: Expr, b: Expr) -> Expr {
+        Expr::bin(BinaryOp::Div, a, b)
+    }
+
+    /// The expression's element type, given the operands' dtypes and the accumulator's.
+    pub fn dtype(&self, operands: &[DType], acc: Option<DType>) -> DType {
+        match self {
+            Expr::Var(_) => DType::I64,
+            Expr::Const(s) => s.dtype(),
+            Expr::Load { operand, .. } => operands[*operand],
+            Expr::Unary(_, a) => a.dtype(operands, acc),
+            Expr::Binary(_, a, _) => a.dtype(operands, acc),
+            Expr::Cmp(..) => DType::Bool,
+            Expr::Select(_, a, _) => a.dtype(operands, acc),
+            Expr::Cast(t, _) => *t,
+            Expr::Acc => acc.expect("Expr::Acc outside a reduction finalizer"),
+        }
+    }
+
+    /// Calls `f` on every sub-expression, pre-order.
+    pub fn visit(&self, f: &mut impl FnMut(&Expr)) {
+        f(self);
+        match self {
+            Expr::Var(_) | Expr::Const(_) | Expr::Acc => {}
+            Expr::Load { index, .. } => index.iter().for_each(|e| e.visit(f)),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => a.visit(f),
+            Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+                a.visit(f);
+                b.visit(f);
+            }
+            Expr::Select(c, a, b) => {
+                c.visit(f);
+                a.visit(f);
+                b.visit(f);
+            }
+        }
+    }
+
+    /// Rebuilds the expression bottom-up, replacing each node by `f(node)`.
+    pub fn map(self, f: &mut impl FnMut(Expr) -> Expr) -> Expr {
+        let e = match self {
+            Expr::Load { operand, index, pad } => {
+                Expr::Load { operand, index: index.into_iter().map(|e| e.map(f)).collect(), pad }
+            }
+            Expr::Unary(op, a) => Expr::Unary(op, Box::new(a.map(f))),
+            Expr::Cast(t, a) => Expr::Cast(t, Box::new(a.map(f))),
+            Expr::Binary(op, a, b) => Expr::Binary(op, Box::new(a.map(f)), Box::new(b.map(f))),
+            Expr::Cmp(op, a, b) => Expr::Cmp(op, Box::new(a.map(f)), Box::new(b.map(f))),
+            Expr::Select(c, a, b) => Expr::Select(Box::new(c.map(f)), Box::new(a.map(f)), Box::new(b.map(f))),
+            leaf => leaf,
+        };
+        f(e)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Combine {
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+/// How a kernel reduces over its reduction dimensions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduction {
+    pub combine: Combine,
+    pub init: Scalar,
+    /// Applied to the accumulated value ([`Expr::Acc`]) before the store; may load operands
+    /// at the parallel indices (bias, residual, scale) for fused epilogues.
+    pub finalize: Option<Expr>,
+}
+
+/// A compute definition: `for p in domain[..n_par]: out[p] = reduce_{r in domain[n_par..]} body(p, r)`.
+///
+/// Without a reduction there are no reduction dimensions and `out[p] = body(p)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// A readable name (the HIR ops it computes), for symbols and the text form.
+    pub name: String,
+    pub domain: Vec<usize>,
+    pub n_par: usize,
+    /// Operand views read by `body` / `finalize`; `Expr::Load::operand` indexes this list.
+    pub inputs: Vec<View>,
+    /// The output view, indexed by the parallel iteration variables (one extent per
+    /// parallel dimension).
+    pub output: View,
+    pub body: Expr,
+    pub reduction: Option<Reduction>,
+}
+
+impl Kernel {
+    /// Number of output elements (product of the parallel extents).
+    pub fn out_elems(&self) -> usize {
+        self.domain[..self.n_par].iter().product()
+    }
+    /// Scalar work estimate: iterations of the whole domain.
+    pub fn work(&self) -> usize {
+        self.domain.iter().product()
+    }
+    /// Input operands that are read only at the element being written (same buffer layout as
+    /// the output, indexed by the parallel variables in order): they may share memory with
+    /// the output.
+    pub fn inplace_candidates(&self) -> Vec<usize> {
+        if self.reduction.is_some() {
+            return vec![];
+        }
+        (0..self.inputs.len())
+            .filter(|&k| {
+                let v = &self.inputs[k];
+                if v.extents != self.output.extents
+                    || v.strides != self.output.strides
+                    || v.offset != self.output.offset
+                    || v.dtype.size() != self.output.dtype.size()
+                {
+                    return false;
+                }
+                let mut ok = true;
+                self.body.visit(&mut |e| {
+                    if let Expr::Load { operand, index, .. } = e {
+                        if *operand == k && !index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d)) {
+                            ok = false;
+                        }
+                    }
+                });
+                ok
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Instr {
+    Kernel(Kernel),
+    /// Copies `bytes` bytes between two buffers.
+    Copy { dst: BufferId, dst_offset: usize, src: BufferId, src_offset: usize, bytes: usize },
+}
+
+impl Instr {
+    /// Buffers read, then buffers written.
+    pub fn reads_writes(&self) -> (Vec<BufferId>, Vec<BufferId>) {
+        match self {
+            Instr::Kernel(k) => (k.inputs.iter().map(|v| v.buffer).collect(), vec![k.output.buffer]),
+            Instr::Copy { dst, src, .. } => (vec![*src], vec![*dst]),
+        }
+    }
+}
+
+/// An LIR program: one per device partition.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Program {
+    pub name: String,
+    pub buffers: Vec<Buffer>,
+    pub instrs: Vec<Instr>,
+    /// Input and output specs, in graph order: (name, dtype, shape).
+    pub inputs: Vec<(String, DType, Vec<usize>)>,
+    pub outputs: Vec<(String, DType, Vec<usize>)>,
+    /// Arena size in bytes, set by memory planning.
+    pub arena_bytes: u64,
+}
+
+impl Program {
+    pub fn add_buffer(&mut self, kind: BufferKind, bytes: usize, name: impl Into<String>) -> BufferId {
+        let id = BufferId(self.buffers.len() as u32);
+        self.buffers.push(Buffer { kind, bytes, name: name.into(), offset: None, fused: false });
+        id
+    }
+    pub fn buffer(&self, b: BufferId) -> &Buffer {
+        &self.buffers[b.0 as usize]
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::F32(x) => write!(f, "{x:?}f32"),
+            Scalar::I32(x) => write!(f, "{x}i32"),
+            Scalar::I64(x) => write!(f, "{x}"),
+            Scalar::Bool(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expr::Var(d) => write!(f, "i{d}"),
+            Expr::Const(s) => write!(f, "{s}"),
+            Expr::Acc => write!(f, "acc"),
+            Expr::Load { operand, index, pad } => {
+                write!(f, "in{operand}[")?;
+                for (i, e) in index.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                write!(f, "]")?;
+                if let Some(p) = pad {
+                    write!(f, "?{p}")?;
+                }
+                Ok(())
+            }
+            Expr::Unary(op, a) => write!(f, "{op:?}({a})"),
+            Expr::Binary(op, a, b) => write!(f, "{op:?}({a}, {b})"),
+            Expr::Cmp(op, a, b) => write!(f, "{op:?}({a}, {b})"),
+            Expr::Select(c, a, b) => write!(f, "select({c}, {a}, {b})"),
+            Expr::Cast(t, a) => write!(f, "cast<{t}>({a})"),
+        }
+    }
+}
+
+impl fmt::Display for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}<{} +{} {:?}:{:?}>", self.buffer, self.dtype, self.offset, self.extents, self.strides)
+    }
+}
+
+/// The text form of an LIR program.
+pub fn print(p: &Program) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "program \"{}\" arena={} {{", p.name, p.arena_bytes);
+    for (i, b) in p.buffers.iter().enumerate() {
+        let kind = match &b.kind {
+            BufferKind::Input(k) => format!("input({k})"),
+            BufferKind::Output(k) => format!("output({k})"),
+            BufferKind::Constant(t) => format!("const {}", t.ty),
+            BufferKind::Activation => "activation".to_string(),
+        };
+        let at = b.offset.map(|o| format!(" at {o}")).unwrap_or_default();
+        let _ = writeln!(s, "  buffer @{i} {kind} \"{}\" {} bytes{at}", b.name, b.bytes);
+    }
+    for (i, ins) in p.instrs.iter().enumerate() {
+        match ins {
+            Instr::Kernel(k) => {
+                let _ = writeln!(s, "  {i}: kernel \"{}\" domain {:?} par {}", k.name, k.domain, k.n_par);
+                for (j, v) in k.inputs.iter().enumerate() {
+                    let _ = writeln!(s, "       in{j} = {v}");
+                }
+                let _ = writeln!(s, "       out = {}", k.output);
+                match &k.reduction {
+                    None => {
+                        let _ = writeln!(s, "       out[i..] = {}", k.body);
+                    }
+                    Some(r) => {
+                        let _ = writeln!(s, "       acc = {:?} from {} of {}", r.combine, r.init, k.body);
+                        if let Some(fin) = &r.finalize {
+                            let _ = writeln!(s, "       out[i..] = {fin}");
+                        }
+                    }
+                }
+            }
+            Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
+                let _ = writeln!(s, "  {i}: copy {dst}+{dst_offset} <- {src}+{src_offset} {bytes} bytes");
+            }
+        }
+    }
+    s.push_str("}\n");
+    s
+}

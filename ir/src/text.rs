@@ -1,1 +1,840 @@
-//! Text form (being written).
+//! The text form of HIR: [`print`] and [`parse`], so that passes can be tested as text in →
+//! pass → snapshot out, and so that `kiln inspect --emit hir` has something to show.
+//!
+//! ```text
+//! graph "name" {
+//!   input %0 "x": f32[1,3,8,8]
+//!   const %1 "w": f32[2,3] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+//!   const %2 "big": f32[64,64] = bytes(16384, fnv1a=0x6a1c3f0b2d4e5f60)
+//!   %3 "y": f32[1,2] = gemm(%0, %1) {alpha=1.0, beta=1.0, trans_a=false, trans_b=true} # "Gemm_0"
+//!   output %3
+//! }
+//! ```
+//!
+//! * Values are renumbered densely in print order (inputs, then the constants that scheduled
+//!   nodes or outputs use, in first-use order, then node results in schedule order), so the
+//!   text does not depend on arena ids. Dead values and unscheduled nodes are not printed.
+//! * Every value carries its (quoted) name and type; a node's name follows `#` as a quoted
+//!   string (omitted when empty). Strings escape `\`, `"` and control characters.
+//! * Attributes print as `key=value` in a fixed order; floats use Rust's shortest round-trip
+//!   form (`{:?}`), so they parse back bit-exactly (NaN payloads aside).
+//! * Constants of at most [`INLINE_LIMIT`] elements print inline and parse back; larger ones
+//!   print as their byte size and an FNV-1a fingerprint, and `parse` rejects them.
+//! * `//` starts a comment that runs to the end of the line (for hand-written fixtures).
+//!
+//! `parse` rebuilds the graph through [`Graph::add_node`], so every node is type-checked, and
+//! the printed result types must match the inferred ones. `Op::Unsupported` nodes are
+//! rebuilt as placeholders with their printed types. For any graph `g`,
+//! `print(&parse(&print(g))?) == print(g)` when all its constants are inline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use crate::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp, Window};
+use crate::{numel, DType, Data, Graph, Op, Tensor, TensorType, ValueId};
+
+/// Constants with at most this many elements are printed inline (and can be parsed back).
+pub const INLINE_LIMIT: usize = 32;
+
+/// 64-bit FNV-1a of `bytes`: the fingerprint of an elided constant.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A double-quoted string with `\\`, `\"`, `\n`, `\t`, `\r` and `\u{..}` escapes.
+fn quote(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\t' => o.push_str("\\t"),
+            '\r' => o.push_str("\\r"),
+            c if c.is_control() => write!(o, "\\u{{{:x}}}", c as u32).unwrap(),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// `[a,b,c]` (attribute lists, written like shapes).
+fn list<T: ToString>(v: &[T]) -> String {
+    format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
+}
+
+fn window_attrs(w: &Window) -> Vec<(&'static str, String)> {
+    vec![
+        ("kernel", list(&w.kernel)),
+        ("strides", list(&w.strides)),
+        ("pads", list(&w.pads)),
+        ("dilations", list(&w.dilations)),
+    ]
+}
+
+/// The attributes of an op, in print order.
+fn attrs(op: &Op) -> Vec<(&'static str, String)> {
+    let f = |x: f32| format!("{x:?}");
+    match op {
+        Op::Binary(BinaryOp::Mod { fmod }) => vec![("fmod", fmod.to_string())],
+        Op::Unary(UnaryOp::LeakyRelu { alpha }) => vec![("alpha", f(*alpha))],
+        Op::Unary(UnaryOp::HardSigmoid { alpha, beta }) => vec![("alpha", f(*alpha)), ("beta", f(*beta))],
+        Op::Unary(UnaryOp::Clip { lo, hi }) => vec![("lo", format!("{lo:?}")), ("hi", format!("{hi:?}"))],
+        Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity => vec![],
+        Op::Cast { to } => vec![("to", to.name().to_string())],
+        Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
+            ("alpha", f(*alpha)),
+            ("beta", f(*beta)),
+            ("trans_a", trans_a.to_string()),
+            ("trans_b", trans_b.to_string()),
+        ],
+        Op::Conv { window, group } => {
+            let mut a = window_attrs(window);
+            a.push(("group", group.to_string()));
+            a
+        }
+        Op::MaxPool { window, ceil_mode } => {
+            let mut a = window_attrs(window);
+            a.push(("ceil_mode", ceil_mode.to_string()));
+            a
+        }
+        Op::AveragePool { window, ceil_mode, count_include_pad } => {
+            let mut a = window_attrs(window);
+            a.push(("ceil_mode", ceil_mode.to_string()));
+            a.push(("count_include_pad", count_include_pad.to_string()));
+            a
+        }
+        Op::BatchNorm { epsilon } => vec![("epsilon", f(*epsilon))],
+        Op::Lrn { size, alpha, beta, bias } => {
+            vec![("size", size.to_string()), ("alpha", f(*alpha)), ("beta", f(*beta)), ("bias", f(*bias))]
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Concat { axis } | Op::Gather { axis } => {
+            vec![("axis", axis.to_string())]
+        }
+        Op::Reduce { axes, keepdims, .. } => vec![("axes", list(axes)), ("keepdims", keepdims.to_string())],
+        Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", list(shape))],
+        Op::Transpose { perm } => vec![("perm", list(perm))],
+        Op::Slice { starts, steps, out_shape } => {
+            vec![("starts", list(starts)), ("steps", list(steps)), ("out_shape", list(out_shape))]
+        }
+        Op::Unsupported { op_type, domain, opset } => {
+            vec![("op_type", quote(op_type)), ("domain", quote(domain)), ("opset", opset.to_string())]
+        }
+    }
+}
+
+/// The inline elements of a constant, or its size and fingerprint when it is too large.
+fn const_body(t: &Tensor) -> String {
+    if t.numel() > INLINE_LIMIT {
+        return format!("bytes({}, fnv1a=0x{:016x})", t.data.len(), fnv1a(&t.data));
+    }
+    let elems: Vec<String> = match t.data() {
+        Data::F32(v) => v.iter().map(|x| format!("{x:?}")).collect(),
+        Data::I32(v) => v.iter().map(|x| x.to_string()).collect(),
+        Data::I64(v) => v.iter().map(|x| x.to_string()).collect(),
+        Data::Bool(v) => v.iter().map(|x| x.to_string()).collect(),
+    };
+    format!("[{}]", elems.join(", "))
+}
+
+/// Prints a graph in the text form.
+pub fn print(g: &Graph) -> String {
+    let mut num: HashMap<ValueId, usize> = HashMap::new();
+    let mut out = String::new();
+    fn def(num: &mut HashMap<ValueId, usize>, v: ValueId) -> usize {
+        let n = num.len();
+        *num.entry(v).or_insert(n)
+    }
+    let head = |n: usize, v: ValueId| format!("%{n} {}: {}", quote(&g.value(v).name), g.ty(v));
+    writeln!(out, "graph {} {{", quote(&g.name)).unwrap();
+    for &v in &g.inputs {
+        let n = def(&mut num, v);
+        writeln!(out, "  input {}", head(n, v)).unwrap();
+    }
+    for v in g.live_constants() {
+        if num.contains_key(&v) {
+            continue;
+        }
+        let n = def(&mut num, v);
+        let t = g.const_of(v).expect("live_constants returns constants");
+        writeln!(out, "  const {} = {}", head(n, v), const_body(t)).unwrap();
+    }
+    let operand = |num: &HashMap<ValueId, usize>, v: ValueId| match num.get(&v) {
+        Some(n) => format!("%{n}"),
+        None => format!("%?{}", v.0), // undefined here: an invalid graph, printed for debugging
+    };
+    for &nid in g.order() {
+        let node = g.node(nid);
+        let results: Vec<String> = node.outputs.iter().map(|&v| head(def(&mut num, v), v)).collect();
+        let args: Vec<String> = node.inputs.iter().map(|&v| operand(&num, v)).collect();
+        write!(out, "  {} = {}({})", results.join(", "), node.op.name(), args.join(", ")).unwrap();
+        let a = attrs(&node.op);
+        if !a.is_empty() {
+            let kv: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            write!(out, " {{{}}}", kv.join(", ")).unwrap();
+        }
+        if !node.name.is_empty() {
+            write!(out, " # {}", quote(&node.name)).unwrap();
+        }
+        out.push('\n');
+    }
+    for &v in &g.outputs {
+        writeln!(out, "  output {}", operand(&num, v)).unwrap();
+    }
+    out.push_str("}\n");
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsing
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    /// Identifiers, keywords, numbers (`-1.5e-7`, `inf`, `NaN`, `0x1f`), booleans, dtypes.
+    Word(String),
+    Str(String),
+    Punct(char),
+    Eof,
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '-')
+}
+
+/// Splits the source into tokens, each with its 1-based line number.
+fn lex(src: &str) -> Result<Vec<(Tok, usize)>, String> {
+    let mut toks = Vec::new();
+    let mut it = src.chars().peekable();
+    let mut line = 1;
+    while let Some(c) = it.next() {
+        match c {
+            '\n' => line += 1,
+            c if c.is_whitespace() => {}
+            '/' if it.peek() == Some(&'/') => {
+                while it.peek().is_some_and(|&c| c != '\n') {
+                    it.next();
+                }
+            }
+            '%' | '{' | '}' | '(' | ')' | '[' | ']' | ':' | '=' | ',' | '#' => toks.push((Tok::Punct(c), line)),
+            '"' => {
+                let start = line;
+                let mut s = String::new();
+                loop {
+                    match it.next() {
+                        None => return Err(format!("line {start}: unterminated string")),
+                        Some('"') => break,
+                        Some('\n') => return Err(format!("line {start}: newline in a string (write it as \\n)")),
+                        Some('\\') => match it.next() {
+                            Some('"') => s.push('"'),
+                            Some('\\') => s.push('\\'),
+                            Some('n') => s.push('\n'),
+                            Some('t') => s.push('\t'),
+                            Some('r') => s.push('\r'),
+                            Some('u') if it.next() == Some('{') => {
+                                let mut hex = String::new();
+                                for c in it.by_ref() {
+                                    if c == '}' {
+                                        break;
+                                    }
+                                    hex.push(c);
+                                }
+                                let ch = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
+                                s.push(ch.ok_or_else(|| format!("line {line}: bad escape \\u{{{hex}}}"))?);
+                            }
+                            e => return Err(format!("line {line}: unknown escape \\{}", e.map_or(String::new(), String::from))),
+                        },
+                        Some(c) => s.push(c),
+                    }
+                }
+                toks.push((Tok::Str(s), start));
+            }
+            c if is_word_char(c) => {
+                let mut w = String::from(c);
+                while let Some(&c) = it.peek().filter(|&&c| is_word_char(c)) {
+                    w.push(c);
+                    it.next();
+                }
+                toks.push((Tok::Word(w), line));
+            }
+            c => return Err(format!("line {line}: unexpected character {c:?}")),
+        }
+    }
+    toks.push((Tok::Eof, line));
+    Ok(toks)
+}
+
+/// An attribute value as written: a word, a quoted string, or a list of words.
+#[derive(Debug)]
+enum AttrVal {
+    Word(String),
+    Str(String),
+    List(Vec<String>),
+}
+
+/// The attributes of one node; each accessor consumes its key.
+struct Attrs(BTreeMap<String, AttrVal>);
+
+impl Attrs {
+    fn take(&mut self, k: &str) -> Result<AttrVal, String> {
+        self.0.remove(k).ok_or_else(|| format!("missing attribute `{k}`"))
+    }
+    fn word<T: std::str::FromStr>(&mut self, k: &str) -> Result<T, String> {
+        match self.take(k)? {
+            AttrVal::Word(w) => w.parse().map_err(|_| format!("attribute `{k}`: cannot parse `{w}`")),
+            v => Err(format!("attribute `{k}` must be a single value, got {v:?}")),
+        }
+    }
+    fn list<T: std::str::FromStr>(&mut self, k: &str) -> Result<Vec<T>, String> {
+        match self.take(k)? {
+            AttrVal::List(ws) => {
+                ws.iter().map(|w| w.parse().map_err(|_| format!("attribute `{k}`: cannot parse `{w}`"))).collect()
+            }
+            v => Err(format!("attribute `{k}` must be a list, got {v:?}")),
+        }
+    }
+    fn array<const N: usize>(&mut self, k: &str) -> Result<[usize; N], String> {
+        let v: Vec<usize> = self.list(k)?;
+        v.try_into().map_err(|v: Vec<usize>| format!("attribute `{k}` needs {N} values, got {}", v.len()))
+    }
+    fn string(&mut self, k: &str) -> Result<String, String> {
+        match self.take(k)? {
+            AttrVal::Str(s) => Ok(s),
+            v => Err(format!("attribute `{k}` must be a quoted string, got {v:?}")),
+        }
+    }
+    fn window(&mut self) -> Result<Window, String> {
+        Ok(Window {
+            kernel: self.array("kernel")?,
+            strides: self.array("strides")?,
+            pads: self.array("pads")?,
+            dilations: self.array("dilations")?,
+        })
+    }
+}
+
+/// Builds the op named `name` from its attributes (the inverse of `Op::name` + `attrs`).
+fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
+    use BinaryOp as B;
+    use UnaryOp as U;
+    let reduce = |a: &mut Attrs, op| -> Result<Op, String> { Ok(Op::Reduce { op, axes: a.list("axes")?, keepdims: a.word("keepdims")? }) };
+    Ok(match name {
+        "add" => Op::Binary(B::Add),
+        "sub" => Op::Binary(B::Sub),
+        "mul" => Op::Binary(B::Mul),
+        "div" => Op::Binary(B::Div),
+        "pow" => Op::Binary(B::Pow),
+        "max" => Op::Binary(B::Max),
+        "min" => Op::Binary(B::Min),
+        "mod" => Op::Binary(B::Mod { fmod: a.word("fmod")? }),
+        "and" => Op::Binary(B::And),
+        "or" => Op::Binary(B::Or),
+        "xor" => Op::Binary(B::Xor),
+        "equal" => Op::Compare(CmpOp::Equal),
+        "less" => Op::Compare(CmpOp::Less),
+        "less_or_equal" => Op::Compare(CmpOp::LessOrEqual),
+        "greater" => Op::Compare(CmpOp::Greater),
+        "greater_or_equal" => Op::Compare(CmpOp::GreaterOrEqual),
+        "neg" => Op::Unary(U::Neg),
+        "abs" => Op::Unary(U::Abs),
+        "sqrt" => Op::Unary(U::Sqrt),
+        "reciprocal" => Op::Unary(U::Reciprocal),
+        "exp" => Op::Unary(U::Exp),
+        "log" => Op::Unary(U::Log),
+        "relu" => Op::Unary(U::Relu),
+        "sigmoid" => Op::Unary(U::Sigmoid),
+        "tanh" => Op::Unary(U::Tanh),
+        "erf" => Op::Unary(U::Erf),
+        "floor" => Op::Unary(U::Floor),
+        "ceil" => Op::Unary(U::Ceil),
+        "not" => Op::Unary(U::Not),
+        "sign" => Op::Unary(U::Sign),
+        "leaky_relu" => Op::Unary(U::LeakyRelu { alpha: a.word("alpha")? }),
+        "hard_sigmoid" => Op::Unary(U::HardSigmoid { alpha: a.word("alpha")?, beta: a.word("beta")? }),
+        "clip" => Op::Unary(U::Clip { lo: a.word("lo")?, hi: a.word("hi")? }),
+        "where" => Op::Where,
+        "cast" => {
+            let to: String = a.word("to")?;
+            Op::Cast { to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))? }
+        }
+        "matmul" => Op::MatMul,
+        "gemm" => Op::Gemm {
+            alpha: a.word("alpha")?,
+            beta: a.word("beta")?,
+            trans_a: a.word("trans_a")?,
+            trans_b: a.word("trans_b")?,
+        },
+        "conv" => Op::Conv { window: a.window()?, group: a.word("group")? },
+        "max_pool" => Op::MaxPool { window: a.window()?, ceil_mode: a.word("ceil_mode")? },
+        "average_pool" => Op::AveragePool {
+            window: a.window()?,
+            ceil_mode: a.word("ceil_mode")?,
+            count_include_pad: a.word("count_include_pad")?,
+        },
+        "batch_norm" => Op::BatchNorm { epsilon: a.word("epsilon")? },
+        "lrn" => Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? },
+        "softmax" => Op::Softmax { axis: a.word("axis")? },
+        "log_softmax" => Op::LogSoftmax { axis: a.word("axis")? },
+        "reduce_sum" => reduce(a, ReduceOp::Sum)?,
+        "reduce_mean" => reduce(a, ReduceOp::Mean)?,
+        "reduce_max" => reduce(a, ReduceOp::Max)?,
+        "reduce_min" => reduce(a, ReduceOp::Min)?,
+        "reduce_prod" => reduce(a, ReduceOp::Prod)?,
+        "reshape" => Op::Reshape { shape: a.list("shape")? },
+        "transpose" => Op::Transpose { perm: a.list("perm")? },
+        "concat" => Op::Concat { axis: a.word("axis")? },
+        "slice" => Op::Slice { starts: a.list("starts")?, steps: a.list("steps")?, out_shape: a.list("out_shape")? },
+        "gather" => Op::Gather { axis: a.word("axis")? },
+        "expand" => Op::Expand { shape: a.list("shape")? },
+        "identity" => Op::Identity,
+        "unsupported" => Op::Unsupported { op_type: a.string("op_type")?, domain: a.string("domain")?, opset: a.word("opset")? },
+        _ => return Err(format!("unknown op `{name}`")),
+    })
+}
+
+struct Parser {
+    toks: Vec<(Tok, usize)>,
+    pos: usize,
+    /// Text value number → graph value.
+    ids: HashMap<u32, ValueId>,
+}
+
+impl Parser {
+    fn peek(&self) -> &Tok {
+        &self.toks[self.pos].0
+    }
+    fn line(&self) -> usize {
+        self.toks[self.pos].1
+    }
+    fn err<T>(&self, msg: impl std::fmt::Display) -> Result<T, String> {
+        Err(format!("line {}: {msg}", self.line()))
+    }
+    fn next(&mut self) -> Tok {
+        let t = self.toks[self.pos].0.clone();
+        if t != Tok::Eof {
+            self.pos += 1;
+        }
+        t
+    }
+    fn eat(&mut self, c: char) -> bool {
+        if *self.peek() == Tok::Punct(c) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect(&mut self, c: char) -> Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            self.err(format!("expected `{c}`, found {}", self.describe()))
+        }
+    }
+    fn describe(&self) -> String {
+        match self.peek() {
+            Tok::Word(w) => format!("`{w}`"),
+            Tok::Str(s) => quote(s),
+            Tok::Punct(c) => format!("`{c}`"),
+            Tok::Eof => "end of input".into(),
+        }
+    }
+    fn word(&mut self) -> Result<String, String> {
+        match self.peek().clone() {
+            Tok::Word(w) => {
+                self.pos += 1;
+                Ok(w)
+            }
+            _ => self.err(format!("expected a word, found {}", self.describe())),
+        }
+    }
+    fn string(&mut self) -> Result<String, String> {
+        match self.peek().clone() {
+            Tok::Str(s) => {
+                self.pos += 1;
+                Ok(s)
+            }
+            _ => self.err(format!("expected a quoted string, found {}", self.describe())),
+        }
+    }
+    fn keyword(&mut self, k: &str) -> Result<(), String> {
+        match self.peek() {
+            Tok::Word(w) if w == k => {
+                self.pos += 1;
+                Ok(())
+            }
+            _ => self.err(format!("expected `{k}`, found {}", self.describe())),
+        }
+    }
+    /// `%N` → N.
+    fn value_number(&mut self) -> Result<u32, String> {
+        self.expect('%')?;
+        let w = self.word()?;
+        w.parse().or_else(|_| self.err(format!("bad value number `%{w}`")))
+    }
+    fn value_use(&mut self) -> Result<ValueId, String> {
+        let n = self.value_number()?;
+        match self.ids.get(&n) {
+            Some(&v) => Ok(v),
+            None => self.err(format!("%{n} is used before it is defined")),
+        }
+    }
+    fn define(&mut self, n: u32, v: ValueId, line: usize) -> Result<(), String> {
+        if self.ids.insert(n, v).is_some() {
+            return Err(format!("line {line}: %{n} is defined twice"));
+        }
+        Ok(())
+    }
+    /// Comma-separated items up to (and consuming) `close`.
+    fn list_of<T>(&mut self, close: char, mut item: impl FnMut(&mut Self) -> Result<T, String>) -> Result<Vec<T>, String> {
+        let mut v = Vec::new();
+        if self.eat(close) {
+            return Ok(v);
+        }
+        loop {
+            v.push(item(self)?);
+            if self.eat(close) {
+                return Ok(v);
+            }
+            self.expect(',')?;
+        }
+    }
+    /// `f32[1,2,3]`
+    fn ty(&mut self) -> Result<TensorType, String> {
+        let d = self.word()?;
+        let dtype = match DType::from_name(&d) {
+            Some(t) => t,
+            None => return self.err(format!("unknown dtype `{d}`")),
+        };
+        self.expect('[')?;
+        let dims = self.list_of(']', |p| {
+            let w = p.word()?;
+            w.parse::<usize>().or_else(|_| p.err(format!("bad dimension `{w}`")))
+        })?;
+        Ok(TensorType::new(dtype, dims))
+    }
+    /// `%N "name": type` → (N, name, type, line).
+    fn value_head(&mut self) -> Result<(u32, String, TensorType, usize), String> {
+        let line = self.line();
+        let n = self.value_number()?;
+        let name = self.string()?;
+        self.expect(':')?;
+        Ok((n, name, self.ty()?, line))
+    }
+    /// The body of a constant: `[e, ...]` (parsed) or `bytes(N, fnv1a=H)` (rejected).
+    fn const_data(&mut self, n: u32, name: &str, ty: &TensorType) -> Result<Tensor, String> {
+        if *self.peek() == Tok::Word("bytes".into()) {
+            return self.err(format!(
+                "constant %{n} {} ({ty}) is elided in the text form; only constants of at most {INLINE_LIMIT} \
+                 elements are printed inline and can be parsed back",
+                quote(name)
+            ));
+        }
+        self.expect('[')?;
+        let words = self.list_of(']', Self::word)?;
+        if words.len() != numel(&ty.shape) {
+            return self.err(format!("constant %{n} of type {ty} needs {} elements, got {}", numel(&ty.shape), words.len()));
+        }
+        fn all<T: std::str::FromStr>(ws: &[String]) -> Result<Vec<T>, String> {
+            ws.iter().map(|w| w.parse().map_err(|_| format!("cannot parse element `{w}`"))).collect()
+        }
+        let data = match ty.dtype {
+            DType::F32 => all(&words).map(Data::F32),
+            DType::I32 => all(&words).map(Data::I32),
+            DType::I64 => all(&words).map(Data::I64),
+            DType::Bool => all(&words).map(Data::Bool),
+        };
+        match data {
+            Ok(d) => Ok(Tensor::from_data(ty.shape.clone(), d)),
+            Err(e) => self.err(format!("constant %{n}: {e}")),
+        }
+    }
+    /// `{key=value, ...}` (the opening brace already consumed).
+    fn attrs(&mut self) -> Result<Attrs, String> {
+        let mut m = BTreeMap::new();
+        for (k, v) in self.list_of('}', |p| {
+            let k = p.word()?;
+            p.expect('=')?;
+            let v = match p.peek() {
+                Tok::Str(_) => AttrVal::Str(p.string()?),
+                Tok::Punct('[') => {
+                    p.next();
+                    AttrVal::List(p.list_of(']', Self::word)?)
+                }
+                _ => AttrVal::Word(p.word()?),
+            };
+            Ok((k, v))
+        })? {
+            if m.insert(k.clone(), v).is_some() {
+                return self.err(format!("attribute `{k}` given twice"));
+            }
+        }
+        Ok(Attrs(m))
+    }
+
+    fn node(&mut self, g: &mut Graph) -> Result<(), String> {
+        let line = self.line();
+        let mut results = vec![self.value_head()?];
+        while self.eat(',') {
+            results.push(self.value_head()?);
+        }
+        self.expect('=')?;
+        let op_name = self.word()?;
+        self.expect('(')?;
+        let inputs = self.list_of(')', Self::value_use)?;
+        let mut attrs = if self.eat('{') { self.attrs()? } else { Attrs(BTreeMap::new()) };
+        let node_name = if self.eat('#') { self.string()? } else { String::new() };
+        let op = build_op(&op_name, &mut attrs).map_err(|e| format!("line {line}: {e}"))?;
+        if let Some(k) = attrs.0.keys().next() {
+            return Err(format!("line {line}: {op_name} has no attribute `{k}`"));
+        }
+        let names: Vec<String> = results.iter().map(|r| r.1.clone()).collect();
+        let tys: Vec<TensorType> = results.iter().map(|r| r.2.clone()).collect();
+        let outs = if matches!(op, Op::Unsupported { .. }) {
+            g.add_placeholder(op, &inputs, node_name, &names, tys.clone())
+        } else {
+            g.add_node(op, &inputs, node_name, &names).map_err(|e| format!("line {line}: {e}"))?
+        };
+        let got: Vec<&TensorType> = outs.iter().map(|&v| g.ty(v)).collect();
+        if got.len() != tys.len() || got.iter().zip(&tys).any(|(a, b)| *a != b) {
+            let got: Vec<String> = got.iter().map(|t| t.to_string()).collect();
+            let want: Vec<String> = tys.iter().map(|t| t.to_string()).collect();
+            return Err(format!(
+                "line {line}: {op_name} results are written as [{}] but its typing rule gives [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+        for ((n, _, _, l), v) in results.into_iter().zip(outs) {
+            self.define(n, v, l)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses the text form back into a graph (see the module docs for the grammar).
+pub fn parse(src: &str) -> Result<Graph, String> {
+    let mut p = Parser { toks: lex(src)?, pos: 0, ids: HashMap::new() };
+    p.keyword("graph")?;
+    let mut g = Graph::new(p.string()?);
+    p.expect('{')?;
+    loop {
+        match p.peek().clone() {
+            Tok::Punct('}') => {
+                p.next();
+                break;
+            }
+            Tok::Word(w) if w == "input" => {
+                p.next();
+                let (n, name, ty, line) = p.value_head()?;
+                let v = g.add_input(name, ty);
+                p.define(n, v, line)?;
+            }
+            Tok::Word(w) if w == "const" => {
+                p.next();
+                let (n, name, ty, line) = p.value_head()?;
+                p.expect('=')?;
+                let t = p.const_data(n, &name, &ty)?;
+                let v = g.add_const(name, t);
+                p.define(n, v, line)?;
+            }
+            Tok::Word(w) if w == "output" => {
+                p.next();
+                let v = p.value_use()?;
+                g.outputs.push(v);
+            }
+            Tok::Punct('%') => p.node(&mut g)?,
+            _ => return p.err(format!("expected `input`, `const`, `output`, a node or `}}`, found {}", p.describe())),
+        }
+    }
+    if *p.peek() != Tok::Eof {
+        return p.err(format!("unexpected {} after the graph", p.describe()));
+    }
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::{BinaryOp as B, CmpOp as C, ReduceOp as R, UnaryOp as U};
+
+    fn node(g: &mut Graph, op: Op, inputs: &[ValueId], name: &str) -> ValueId {
+        g.add_node(op, inputs, name, &[]).unwrap_or_else(|e| panic!("{e}"))[0]
+    }
+    fn win(k: usize, s: usize, p: usize) -> Window {
+        Window { kernel: [k, k], strides: [s, s], pads: [p; 4], dilations: [1, 1] }
+    }
+
+    /// A small convolutional classifier, with one constant too large to print inline.
+    fn small_net() -> Graph {
+        let mut g = Graph::new("tiny net");
+        let x = g.add_input("x", TensorType::new(DType::F32, vec![1, 3, 4, 4]));
+        let w = g.add_const("conv.w", Tensor::f32(vec![2, 3, 1, 1], vec![0.5, -1.0, 0.25, 1.0, 0.0, -0.125]));
+        let b = g.add_const("conv.b", Tensor::f32(vec![2], vec![0.1, -0.2]));
+        let fc = g.add_const("fc.w", Tensor::f32(vec![5, 8], (0..40).map(|i| i as f32 / 8.0).collect()));
+        let c = node(&mut g, Op::Conv { window: win(1, 1, 0), group: 1 }, &[x, w, b], "conv1");
+        let r = node(&mut g, Op::Unary(U::Relu), &[c], "relu1");
+        let p = node(&mut g, Op::MaxPool { window: win(2, 2, 0), ceil_mode: false }, &[r], "pool1");
+        let f = node(&mut g, Op::Reshape { shape: vec![1, 8] }, &[p], "flatten");
+        let y = node(&mut g, Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true }, &[f, fc], "fc");
+        let s = node(&mut g, Op::Softmax { axis: 1 }, &[y], "");
+        g.value_mut(s).name = "probs".into();
+        g.outputs.push(s);
+        g
+    }
+
+    #[test]
+    fn prints_a_small_network() {
+        let g = small_net();
+        insta::assert_snapshot!(print(&g));
+        let err = parse(&print(&g)).unwrap_err();
+        assert!(err.contains("line 5") && err.contains("elided") && err.contains("\"fc.w\""), "{err}");
+    }
+
+    /// Every op variant, with awkward floats, strings and constants.
+    fn every_op() -> Graph {
+        let f32t = |s: &[usize]| TensorType::new(DType::F32, s.to_vec());
+        let mut g = Graph::new("every \"op\"\n\tgraph \\ \u{1}");
+        let a = g.add_input("a", f32t(&[2, 3]));
+        let bo = g.add_input("b", TensorType::new(DType::Bool, vec![2, 3]));
+        let i = g.add_input("i:0 with spaces", TensorType::new(DType::I64, vec![2, 3]));
+        let x = g.add_input("x", f32t(&[1, 4, 5, 5]));
+        let m = g.add_const("m", Tensor::f32(vec![3, 2], vec![0.1, -0.0, 1e-30, f32::MAX, f32::INFINITY, f32::MIN_POSITIVE]));
+        let k = g.add_const("k", Tensor::i32(vec![2], vec![i32::MIN, 7]));
+        let idx = g.add_const("idx", Tensor::i64(vec![2], vec![-1, i64::MAX]));
+        let idx = node(&mut g, Op::Binary(B::Min), &[idx, idx], "");
+        let flags = g.add_const("flags", Tensor::bool(vec![], vec![true]));
+        let _ = node(&mut g, Op::Binary(B::And), &[bo, flags], "");
+        let _ = node(&mut g, Op::Unary(U::Abs), &[k], "abs_k");
+        for op in [B::Add, B::Sub, B::Mul, B::Div, B::Pow, B::Max, B::Min, B::Mod { fmod: true }] {
+            node(&mut g, Op::Binary(op), &[a, a], "");
+        }
+        node(&mut g, Op::Binary(B::Mod { fmod: false }), &[i, i], "");
+        for op in [B::And, B::Or, B::Xor] {
+            node(&mut g, Op::Binary(op), &[bo, bo], "");
+        }
+        for op in [C::Equal, C::Less, C::LessOrEqual, C::Greater, C::GreaterOrEqual] {
+            node(&mut g, Op::Compare(op), &[a, a], "");
+        }
+        let unary = [
+            U::Neg,
+            U::Abs,
+            U::Sqrt,
+            U::Reciprocal,
+            U::Exp,
+            U::Log,
+            U::Relu,
+            U::Sigmoid,
+            U::Tanh,
+            U::Erf,
+            U::Floor,
+            U::Ceil,
+            U::Sign,
+            U::LeakyRelu { alpha: 0.01 },
+            U::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 },
+            U::Clip { lo: f64::NEG_INFINITY, hi: 6.000000000000001 },
+        ];
+        for op in unary {
+            node(&mut g, Op::Unary(op), &[a], "");
+        }
+        node(&mut g, Op::Unary(U::Not), &[bo], "");
+        node(&mut g, Op::Where, &[bo, a, a], "");
+        node(&mut g, Op::Cast { to: DType::I32 }, &[a], "");
+        node(&mut g, Op::MatMul, &[a, m], "");
+        let c2 = g.add_const("c2", Tensor::f32(vec![2, 1], vec![f32::NAN, -1.5]));
+        node(&mut g, Op::Gemm { alpha: 0.1, beta: -2.5e-8, trans_a: true, trans_b: true }, &[m, a, c2], "");
+        let w = g.add_const("w", Tensor::f32(vec![2, 2, 2, 1], vec![0.0; 8]));
+        let window = Window { kernel: [2, 1], strides: [2, 1], pads: [1, 0, 2, 1], dilations: [1, 2] };
+        node(&mut g, Op::Conv { window: window.clone(), group: 2 }, &[x, w], "");
+        node(&mut g, Op::MaxPool { window: window.clone(), ceil_mode: true }, &[x], "");
+        node(&mut g, Op::AveragePool { window, ceil_mode: false, count_include_pad: true }, &[x], "");
+        let p4 = g.add_const("p4", Tensor::f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]));
+        node(&mut g, Op::BatchNorm { epsilon: 1e-5 }, &[x, p4, p4, p4, p4], "");
+        node(&mut g, Op::Lrn { size: 3, alpha: 1e-4, beta: 0.75, bias: 2.0 }, &[x], "");
+        node(&mut g, Op::Softmax { axis: 1 }, &[a], "");
+        node(&mut g, Op::LogSoftmax { axis: 0 }, &[a], "");
+        for (op, axes, keepdims) in [(R::Sum, vec![0, 1], true), (R::Mean, vec![1], false), (R::Max, vec![], false), (R::Min, vec![0], true), (R::Prod, vec![1], true)] {
+            node(&mut g, Op::Reduce { op, axes, keepdims }, &[a], "");
+        }
+        node(&mut g, Op::Reshape { shape: vec![3, 1, 2] }, &[a], "");
+        node(&mut g, Op::Transpose { perm: vec![1, 0] }, &[a], "");
+        node(&mut g, Op::Concat { axis: 1 }, &[a, a, a], "");
+        node(&mut g, Op::Slice { starts: vec![1, 2], steps: vec![-1, -2], out_shape: vec![2, 2] }, &[a], "");
+        node(&mut g, Op::Gather { axis: 1 }, &[a, idx], "");
+        let e = node(&mut g, Op::Expand { shape: vec![4, 1, 1] }, &[a], "");
+        let id = node(&mut g, Op::Identity, &[e], "");
+        let unsupported = Op::Unsupported { op_type: "Loop".into(), domain: "ai.\"onnx\"".into(), opset: 17 };
+        let u = g.add_placeholder(unsupported, &[a, x], "loop", &["u0".into(), "u1".into()], vec![f32t(&[2]), TensorType::new(DType::Bool, vec![])]);
+        g.outputs.extend([id, u[1], a, m]);
+        g
+    }
+
+    #[test]
+    fn every_op_round_trips() {
+        let g = every_op();
+        let text = print(&g);
+        if std::env::var_os("KILN_SHOW").is_some() {
+            println!("{text}");
+        }
+        let h = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(print(&h), text);
+        // The ops, names and constants themselves survive, not just their printing.
+        let ops = |g: &Graph| g.order().iter().map(|&n| (g.node(n).op.clone(), g.node(n).name.clone())).collect::<Vec<_>>();
+        assert_eq!(ops(&g), ops(&h));
+        let consts = |g: &Graph| g.live_constants().into_iter().map(|v| g.const_of(v).unwrap().clone()).collect::<Vec<_>>();
+        assert_eq!(consts(&g), consts(&h));
+        assert_eq!(g.name, h.name);
+        let names: std::collections::BTreeSet<&str> = g.order().iter().map(|&n| g.node(n).op.name()).collect();
+        assert_eq!(names.len(), 57, "every op kind appears: {names:?}");
+    }
+
+    #[test]
+    fn hand_written_text_parses() {
+        let src = r#"
+            // ids need not be dense or ordered; comments and blank lines are fine
+            graph "g" {
+              input %10 "x": f32[2]
+              const %3 "c": f32[] = [2.5]
+              %7 "y": f32[2] = mul(%10, %3)  # "scale"
+              %8 "z": f32[2] = clip(%7) {hi=1.0, lo=-inf}
+              output %8
+            }
+        "#;
+        let g = parse(src).unwrap();
+        let want = "graph \"g\" {\n  input %0 \"x\": f32[2]\n  const %1 \"c\": f32[] = [2.5]\n  \
+                    %2 \"y\": f32[2] = mul(%0, %1) # \"scale\"\n  \
+                    %3 \"z\": f32[2] = clip(%2) {lo=-inf, hi=1.0}\n  output %3\n}\n";
+        assert_eq!(print(&g), want);
+    }
+
+    #[test]
+    fn parse_errors_are_clear() {
+        let err = |src: &str| parse(src).unwrap_err();
+        let g = |body: &str| format!("graph \"g\" {{\n  input %0 \"x\": f32[2]\n{body}\n}}");
+        assert!(err(&g("  %1 \"y\": f32[3] = relu(%0)")).contains("line 3: relu results are written as [f32[3]]"));
+        assert!(err(&g("  %1 \"y\": f32[2] = relu(%5)")).contains("line 3: %5 is used before it is defined"));
+        assert!(err(&g("  %1 \"y\": f32[2] = frob(%0)")).contains("unknown op `frob`"));
+        assert!(err(&g("  %1 \"y\": f32[2] = relu(%0) {alpha=1.0}")).contains("relu has no attribute `alpha`"));
+        assert!(err(&g("  %1 \"y\": f32[2] = leaky_relu(%0)")).contains("missing attribute `alpha`"));
+        assert!(err(&g("  %1 \"y\": f32[2] = add(%0)")).contains("add takes 2..=2 inputs"));
+        assert!(err(&g("  input %0 \"z\": f32[2]")).contains("line 3: %0 is defined twice"));
+        assert!(err(&g("  const %1 \"c\": i32[2] = [1]")).contains("needs 2 elements, got 1"));
+        assert!(err(&g("  const %1 \"c\": i32[1] = [1.5]")).contains("cannot parse element `1.5`"));
+        assert!(err(&g("  const %1 \"c\": f16[1] = [1]")).contains("unknown dtype `f16`"));
+        assert!(err(&g("  output %0 $")).contains("unexpected character '$'"));
+        assert!(err("graph \"g\" {\n  input %0 \"x: f32[2]\n}").contains("line 2: newline in a string"));
+        assert!(err("graph \"g\" {").contains("end of input"));
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_vectors() {
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x85944171f73967e8);
+    }
+}

@@ -1,1 +1,284 @@
-//! Runtime.
+//! The Kiln runtime: loads a `.kiln` artifact and runs it.
+//!
+//! It depends on `kiln-abi` and a few small crates, never on LLVM or on the compiler: a
+//! deployed program links this crate and ships one artifact.
+//!
+//! ```no_run
+//! use kiln_runtime::{Session, TensorRef};
+//! let s = Session::load("model.kiln")?;
+//! let x = vec![0f32; 8];
+//! let out = s.run(&[TensorRef::f32(&[1, 8], &x)])?;
+//! println!("{:?}", out[0].to_f32());
+//! # Ok::<(), kiln_runtime::RuntimeError>(())
+//! ```
+
+mod aligned;
+mod threads;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use kiln_abi::artifact::{self, ArtifactError};
+use kiln_abi::manifest::{Manifest, TensorSpec};
+use kiln_abi::{Context, DTypeCode, EntryFn, ABI_MAJOR};
+
+pub use aligned::AlignedBuf;
+pub use kiln_abi::DTypeCode as DType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot read `{path}`: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Artifact(#[from] ArtifactError),
+    #[error("artifact was compiled for `{triple}`, which cannot run on this {host} machine")]
+    WrongTarget { triple: String, host: &'static str },
+    #[error("cannot load the artifact's code: {0}")]
+    Load(String),
+    #[error("model takes {expected} inputs ({names}), got {got}")]
+    InputCount { expected: usize, got: usize, names: String },
+    #[error("input `{name}`: expected dtype {expected}, got {got}")]
+    InputDType { name: String, expected: &'static str, got: &'static str },
+    #[error("input `{name}`: expected shape {expected:?}, got {got:?}")]
+    InputShape { name: String, expected: Vec<u64>, got: Vec<usize> },
+    #[error("input `{name}`: {got} bytes of data for shape {shape:?} of {dtype} ({want} bytes)")]
+    InputBytes { name: String, got: usize, want: usize, shape: Vec<usize>, dtype: &'static str },
+    #[error("artifact manifest is invalid: {0}")]
+    Manifest(String),
+    #[error("compiled code reported failure (status {0})")]
+    Status(i32),
+}
+
+/// A borrowed input tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    pub dtype: DTypeCode,
+    pub shape: &'a [usize],
+    /// Little-endian element bytes, row-major.
+    pub data: &'a [u8],
+}
+
+impl<'a> TensorRef<'a> {
+    pub fn f32(shape: &'a [usize], data: &'a [f32]) -> TensorRef<'a> {
+        TensorRef { dtype: DTypeCode::F32, shape, data: as_bytes(data) }
+    }
+    pub fn i64(shape: &'a [usize], data: &'a [i64]) -> TensorRef<'a> {
+        TensorRef { dtype: DTypeCode::I64, shape, data: as_bytes(data) }
+    }
+}
+
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: plain-old-data numeric slices viewed as bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// An output tensor, owned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: DTypeCode,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// The elements as f32 (None if the dtype is not f32).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        (self.dtype == DTypeCode::F32).then(|| self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+}
+
+enum Backing {
+    Map(memmap2::Mmap),
+    Owned(AlignedBuf),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(b) => b.as_slice(),
+        }
+    }
+}
+
+/// A loaded model, ready to run; `run` may be called from several threads at once.
+pub struct Session {
+    manifest: Manifest,
+    entry: EntryFn,
+    weights_offset: usize,
+    weights_len: usize,
+    arenas: Mutex<Vec<AlignedBuf>>,
+    pool: Arc<threads::Pool>,
+    // Field order matters: the library is closed before its file and the weights go away.
+    _lib: libloading::Library,
+    _code_file: tempfile::TempPath,
+    backing: Backing,
+}
+
+// SAFETY: the entry point is reentrant (all per-run state lives in the arena and the
+// context passed to it); the rest is immutable or behind a mutex.
+unsafe impl Sync for Session {}
+unsafe impl Send for Session {}
+
+/// Options for loading a session.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Worker threads for parallel kernels (0: one per core).
+    pub threads: usize,
+}
+
+fn host_matches(triple: &str) -> bool {
+    let arch = triple.split('-').next().unwrap_or("");
+    arch == std::env::consts::ARCH || (arch == "x86_64" && std::env::consts::ARCH == "x86_64")
+}
+
+impl Session {
+    /// Loads an artifact file (memory-mapped: weights are not copied).
+    pub fn load(path: impl AsRef<Path>) -> Result<Session, RuntimeError> {
+        Session::load_with(path, &SessionOptions::default())
+    }
+
+    pub fn load_with(path: impl AsRef<Path>, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+        let path = path.as_ref();
+        let io = |source| RuntimeError::Io { path: path.display().to_string(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; a concurrent writer could change the bytes under us,
+        // which the checksum verified at load time cannot prevent (as with any mmapped file).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Session::from_backing(Backing::Map(map), opts)
+    }
+
+    /// Loads an artifact from memory (copied once into aligned storage).
+    pub fn from_bytes(bytes: &[u8], opts: &SessionOptions) -> Result<Session, RuntimeError> {
+        Session::from_backing(Backing::Owned(AlignedBuf::from_slice(bytes)), opts)
+    }
+
+    fn from_backing(backing: Backing, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+        let sections = artifact::read(backing.bytes())?;
+        let manifest = sections.manifest.clone();
+        if !host_matches(&manifest.target_triple) {
+            return Err(RuntimeError::WrongTarget { triple: manifest.target_triple.clone(), host: std::env::consts::ARCH });
+        }
+        for spec in manifest.inputs.iter().chain(&manifest.outputs) {
+            if DTypeCode::from_i32(spec.dtype).is_none() {
+                return Err(RuntimeError::Manifest(format!("tensor `{}` has unknown dtype code {}", spec.name, spec.dtype)));
+            }
+        }
+        let load_err = |e: String| RuntimeError::Load(e);
+        let mut file = tempfile::Builder::new().prefix("kiln-").suffix(".so").tempfile().map_err(|e| load_err(e.to_string()))?;
+        std::io::Write::write_all(&mut file, sections.code).map_err(|e| load_err(e.to_string()))?;
+        let code_path = file.into_temp_path();
+        // SAFETY: loading the artifact's code runs no initializers of ours (the module has
+        // none) and the checksum above ensures it is the code the compiler wrote.
+        let lib = unsafe { libloading::Library::new(&*code_path) }.map_err(|e| load_err(e.to_string()))?;
+        let version: u32 = unsafe {
+            let sym = lib.get::<*const u32>(kiln_abi::ABI_VERSION_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))?;
+            **sym
+        };
+        if version != ABI_MAJOR {
+            return Err(RuntimeError::Load(format!("code section has ABI version {version}, expected {ABI_MAJOR}")));
+        }
+        let entry: EntryFn = unsafe { *lib.get::<EntryFn>(kiln_abi::ENTRY_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))? };
+        let (weights_offset, weights_len) = (sections.weights_offset, sections.weights.len());
+        Ok(Session {
+            manifest,
+            entry,
+            weights_offset,
+            weights_len,
+            arenas: Mutex::new(Vec::new()),
+            pool: threads::Pool::new(opts.threads),
+            _lib: lib,
+            _code_file: code_path,
+            backing,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.manifest.inputs
+    }
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.manifest.outputs
+    }
+
+    fn check_inputs(&self, inputs: &[TensorRef]) -> Result<(), RuntimeError> {
+        let specs = &self.manifest.inputs;
+        if inputs.len() != specs.len() {
+            let names = specs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
+            return Err(RuntimeError::InputCount { expected: specs.len(), got: inputs.len(), names });
+        }
+        for (t, s) in inputs.iter().zip(specs) {
+            let want = DTypeCode::from_i32(s.dtype).expect("checked at load");
+            if t.dtype != want {
+                return Err(RuntimeError::InputDType { name: s.name.clone(), expected: want.name(), got: t.dtype.name() });
+            }
+            if t.shape.len() != s.shape.len() || t.shape.iter().zip(&s.shape).any(|(&a, &b)| a as u64 != b) {
+                return Err(RuntimeError::InputShape { name: s.name.clone(), expected: s.shape.clone(), got: t.shape.to_vec() });
+            }
+            let want_bytes = t.shape.iter().product::<usize>() * want.size();
+            if t.data.len() != want_bytes {
+                return Err(RuntimeError::InputBytes {
+                    name: s.name.clone(),
+                    got: t.data.len(),
+                    want: want_bytes,
+                    shape: t.shape.to_vec(),
+                    dtype: want.name(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `inputs` (in the manifest's order) and returns the outputs.
+    pub fn run(&self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
+        self.check_inputs(inputs)?;
+        // Inputs the caller passes unaligned are copied so that kernels can assume alignment.
+        let copies: Vec<Option<AlignedBuf>> =
+            inputs.iter().map(|t| (t.data.as_ptr() as usize % 64 != 0).then(|| AlignedBuf::from_slice(t.data))).collect();
+        let in_ptrs: Vec<*const u8> = inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
+        let mut outs: Vec<AlignedBuf> = self
+            .manifest
+            .outputs
+            .iter()
+            .map(|s| {
+                let n: u64 = s.shape.iter().product();
+                AlignedBuf::zeroed(n as usize * DTypeCode::from_i32(s.dtype).expect("checked").size())
+            })
+            .collect();
+        let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        let mut arena = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(|| AlignedBuf::zeroed(self.manifest.arena_bytes as usize));
+        let weights = self.backing.bytes()[self.weights_offset..self.weights_offset + self.weights_len].as_ptr();
+        let ctx = Context {
+            abi_version: ABI_MAJOR,
+            reserved: 0,
+            inputs: in_ptrs.as_ptr(),
+            outputs: out_ptrs.as_ptr(),
+            arena: arena.as_mut_ptr(),
+            weights,
+            runtime: Arc::as_ptr(&self.pool) as *mut core::ffi::c_void,
+            parallel_for: threads::parallel_for,
+        };
+        // SAFETY: the context points at buffers of the sizes the manifest declares, which is
+        // what the compiled code was planned against; they outlive the call.
+        let status = unsafe { (self.entry)(&ctx) };
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
+        if status != 0 {
+            return Err(RuntimeError::Status(status));
+        }
+        Ok(self
+            .manifest
+            .outputs
+            .iter()
+            .zip(outs)
+            .map(|(s, b)| Tensor {
+                name: s.name.clone(),
+                dtype: DTypeCode::from_i32(s.dtype).expect("checked"),
+                shape: s.shape.iter().map(|&d| d as usize).collect(),
+                data: b.as_slice().to_vec(),
+            })
+            .collect())
+    }
+}

@@ -1,1 +1,65 @@
-//! CPU backend.
+//! Kiln's CPU backend: LIR programs to LLVM IR (through inkwell), optimized with LLVM's O3
+//! pipeline for the target CPU, emitted as an object and linked into a shared library.
+//!
+//! Every kernel instruction becomes one function `void kN(const Context*, i64 start, i64 end)`
+//! that runs a range of the kernel's outer parallel loop; the entry function `kiln_entry`
+//! calls them in order, through the runtime's `parallel_for` when the kernel is big enough.
+//! The module never links the runtime: everything it needs comes in the context struct.
+
+mod codegen;
+mod expr;
+mod target;
+
+pub use codegen::build_module;
+pub use target::{CpuTarget, Emit};
+
+use kiln_ir::lir::Program;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("LLVM: {0}")]
+    Llvm(String),
+    #[error("target `{triple}` (cpu `{cpu}`): {message}")]
+    Target { triple: String, cpu: String, message: String },
+    #[error("linking the shared library failed: {0}")]
+    Link(String),
+    #[error("kernel `{kernel}`: {message}")]
+    Kernel { kernel: String, message: String },
+}
+
+/// What a CPU compilation produced.
+#[derive(Debug)]
+pub struct CpuModule {
+    /// The shared library (ELF `.so`) holding `kiln_entry`.
+    pub shared_library: Vec<u8>,
+    pub triple: String,
+    pub cpu: String,
+}
+
+/// Compiles a memory-planned LIR program to a shared library for `target`.
+pub fn compile(prog: &Program, target: &CpuTarget) -> Result<CpuModule, BackendError> {
+    let ctx = inkwell::context::Context::create();
+    let module = build_module(&ctx, prog)?;
+    let tm = target.machine()?;
+    target::optimize(&module, &tm)?;
+    let obj = target::emit_object(&module, &tm)?;
+    let so = target::link_shared(&obj, target)?;
+    Ok(CpuModule { shared_library: so, triple: target.triple.clone(), cpu: target.cpu.clone() })
+}
+
+/// Renders the program as LLVM IR (`optimized`: after the O3 pipeline) or as assembly.
+pub fn emit_text(prog: &Program, target: &CpuTarget, what: Emit) -> Result<String, BackendError> {
+    let ctx = inkwell::context::Context::create();
+    let module = build_module(&ctx, prog)?;
+    let tm = target.machine()?;
+    target::optimize(&module, &tm)?;
+    match what {
+        Emit::Llvm => Ok(module.print_to_string().to_string()),
+        Emit::Asm => {
+            let buf = tm
+                .write_to_memory_buffer(&module, inkwell::targets::FileType::Assembly)
+                .map_err(|e| BackendError::Llvm(e.to_string()))?;
+            Ok(String::from_utf8_lossy(buf.as_slice()).into_owned())
+        }
+    }
+}

@@ -64,7 +64,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 pub fn write(manifest: &Manifest, code: &[u8], weights: &[u8]) -> Vec<u8> {
     let manifest_bytes = manifest.encode_to_vec();
     let mut out = vec![0u8; HEADER_LEN];
-    let mut put_section = |out: &mut Vec<u8>, data: &[u8]| -> (u64, u64) {
+    let put_section = |out: &mut Vec<u8>, data: &[u8]| -> (u64, u64) {
         let off = align_up(out.len(), SECTION_ALIGN);
         out.resize(off, 0);
         out.extend_from_slice(data);

@@ -1,1 +1,259 @@
-fn main() {}
+//! `kiln`: the command-line compiler.
+//!
+//! * `kiln compile MODEL.onnx -o OUT.kiln [--target cpu] [--input-shape NAME=DIMS]... [--emit hir|lir|llvm|asm]`
+//! * `kiln run MODEL [--input-shape NAME=DIMS]... --input NAME=FILE... --output-dir DIR`
+//! * `kiln inspect MODEL [--input-shape ...] [--after PASS] [--memory] [--emit ...]`
+//! * `kiln bench MODEL [--input-shape ...] [--input NAME=FILE]... [--threads N] [--iters N]`
+//!
+//! Errors print one line, `error: <cause>: <cause>…`, and exit with status 1.
+
+mod tensors;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use kiln::{CompileOptions, Compiler, Session, SessionOptions};
+
+use tensors::HostTensor;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Compile ONNX models to native code and run them")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ShapeArgs {
+    /// Pin an input's shape, e.g. `images=1x3x224x224` (repeatable).
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    input_shape: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Compile an ONNX model into a .kiln artifact (or print an IR with --emit).
+    Compile {
+        model: PathBuf,
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        target: String,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// Print an intermediate form instead of writing an artifact.
+        #[arg(long, value_parser = ["hir", "lir", "llvm", "asm"])]
+        emit: Option<String>,
+    },
+    /// Run a model (.onnx, compiled in memory, or .kiln) on inputs from .npy or .pb files.
+    Run {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// An input, `NAME=FILE` with FILE a .npy or an ONNX TensorProto .pb (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        #[arg(long = "output-dir")]
+        output_dir: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Print the IR after a pass, or the memory plan.
+    Inspect {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        /// Stop after this pass (`import` or a pipeline pass).
+        #[arg(long)]
+        after: Option<String>,
+        /// Print the arena size, its lower bound and their ratio.
+        #[arg(long)]
+        memory: bool,
+        #[arg(long, value_parser = ["hir", "lir", "llvm", "asm"], default_value = "hir")]
+        emit: String,
+    },
+    /// Measure latency: warm-up, then median/p10/p90 over --iters runs.
+    Bench {
+        model: PathBuf,
+        #[command(flatten)]
+        shapes: ShapeArgs,
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn options(shapes: &ShapeArgs, target: &str) -> Res<CompileOptions> {
+    let mut o = CompileOptions::default();
+    o.set_target(target)?;
+    for s in &shapes.input_shape {
+        let (name, dims) = kiln::parse_input_shape(s)?;
+        o.input_shapes.insert(name, dims);
+    }
+    Ok(o)
+}
+
+fn is_onnx(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "onnx")
+}
+
+/// Loads a `.kiln` file, or compiles an `.onnx` file in memory.
+fn session(model: &Path, shapes: &ShapeArgs, threads: usize) -> Res<Session> {
+    let so = SessionOptions { threads };
+    if is_onnx(model) {
+        let art = Compiler::new(options(shapes, "cpu")?).compile_path(model)?;
+        Ok(Session::from_bytes(&art.bytes, &so)?)
+    } else {
+        if !shapes.input_shape.is_empty() {
+            return Err("--input-shape applies to .onnx models; a .kiln artifact's shapes are fixed at compile time".into());
+        }
+        Ok(Session::load_with(model, &so)?)
+    }
+}
+
+fn parse_inputs(specs: &[String]) -> Res<HashMap<String, PathBuf>> {
+    let mut m = HashMap::new();
+    for s in specs {
+        let (name, file) = s.rsplit_once('=').ok_or_else(|| format!("--input `{s}`: expected NAME=FILE"))?;
+        if m.insert(name.to_string(), PathBuf::from(file)).is_some() {
+            return Err(format!("input `{name}` given twice").into());
+        }
+    }
+    Ok(m)
+}
+
+/// The session's inputs in order, read from the given files (or random where `random`).
+fn gather_inputs(s: &Session, files: &HashMap<String, PathBuf>, random: bool) -> Res<Vec<HostTensor>> {
+    let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
+    if let Some(extra) = files.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("--input `{extra}`: the model has no such input (inputs: {})", known.join(", ")).into());
+    }
+    s.inputs()
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| match files.get(&spec.name) {
+            Some(p) => tensors::read(p).map_err(|e| format!("input `{}` from {}: {e}", spec.name, p.display()).into()),
+            None if random => Ok(tensors::random(spec, i as u64)),
+            None => Err(format!("missing input `{}` (give it with --input {}=FILE.npy)", spec.name, spec.name).into()),
+        })
+        .collect()
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
+}
+
+fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, threads: usize) -> Res<()> {
+    let files = parse_inputs(inputs)?;
+    let s = session(model, shapes, threads)?;
+    let ins = gather_inputs(&s, &files, false)?;
+    let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
+    let outs = s.run(&refs)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut listing = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    for t in &outs {
+        let mut file = format!("{}.npy", sanitize(&t.name));
+        let mut n = 1;
+        while !used.insert(file.clone()) {
+            file = format!("{}_{n}.npy", sanitize(&t.name));
+            n += 1;
+        }
+        tensors::write_npy(&dir.join(&file), t)?;
+        listing.push(serde_json::json!({"name": t.name, "file": file, "dtype": t.dtype.name(), "shape": t.shape}));
+    }
+    let json = serde_json::to_string_pretty(&serde_json::json!({ "outputs": listing }))?;
+    std::fs::write(dir.join("outputs.json"), json + "\n").map_err(|e| format!("writing outputs.json: {e}"))?;
+    for t in &outs {
+        println!("{}: {} {:?} -> {}", t.name, t.dtype.name(), t.shape, dir.join(format!("{}.npy", sanitize(&t.name))).display());
+    }
+    Ok(())
+}
+
+fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize, iters: usize) -> Res<()> {
+    let files = parse_inputs(inputs)?;
+    let s = session(model, shapes, threads)?;
+    let ins = gather_inputs(&s, &files, true)?;
+    let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
+    let warm = Instant::now();
+    while warm.elapsed().as_millis() < 300 {
+        s.run(&refs)?;
+    }
+    let mut times = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        s.run(&refs)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+    println!("iterations: {}", times.len());
+    println!("p10_ms={:.4}", q(0.1));
+    println!("p90_ms={:.4}", q(0.9));
+    println!("median_ms={:.4}", q(0.5));
+    Ok(())
+}
+
+fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bool, emit: &str) -> Res<()> {
+    let c = Compiler::new(options(shapes, "cpu")?);
+    if memory {
+        let mut g = c.import_path(model)?;
+        c.optimize(&mut g, None)?;
+        let (_, r, weights) = c.lower(&g)?;
+        println!("arena_bytes={}", r.arena_bytes);
+        println!("lower_bound_bytes={}", r.lower_bound);
+        println!("activation_buffers={}", r.buffers);
+        println!("in_place={}", r.in_place);
+        println!("weight_bytes={}", weights.len());
+        println!("memory_ratio={:.4}", r.ratio());
+        return Ok(());
+    }
+    print!("{}", c.emit(model, emit, after)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match &cli.cmd {
+        Cmd::Compile { model, output, target, shapes, emit } => (|| -> Res<()> {
+            let c = Compiler::new(options(shapes, target)?);
+            if let Some(e) = emit {
+                print!("{}", c.emit(model, e, None)?);
+                return Ok(());
+            }
+            let out = output.clone().unwrap_or_else(|| model.with_extension("kiln"));
+            let art = c.compile_path(model)?;
+            std::fs::write(&out, &art.bytes).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("wrote {} ({} bytes, arena {} bytes)", out.display(), art.bytes.len(), art.memory.arena_bytes);
+            Ok(())
+        })(),
+        Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),
+        Cmd::Inspect { model, shapes, after, memory, emit } => cmd_inspect(model, shapes, after.as_deref(), *memory, emit),
+        Cmd::Bench { model, shapes, inputs, threads, iters } => cmd_bench(model, shapes, inputs, *threads, *iters),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                let t = s.to_string();
+                if !msg.contains(&t) {
+                    msg.push_str(": ");
+                    msg.push_str(&t);
+                }
+                src = s.source();
+            }
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,174 @@
-//! Library API.
+//! Kiln: compile ONNX models into native artifacts and run them.
+//!
+//! ```no_run
+//! use kiln::{Compiler, CompileOptions};
+//! let artifact = Compiler::new(CompileOptions::default()).compile_path("model.onnx")?;
+//! std::fs::write("model.kiln", &artifact.bytes)?;
+//! let session = kiln::Session::from_bytes(&artifact.bytes, &Default::default())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use kiln_abi::manifest::Manifest;
+use kiln_ir::lir::Program;
+use kiln_ir::Graph;
+
+pub use kiln_backend_cpu::{CpuTarget, Emit};
+pub use kiln_ir as ir;
+pub use kiln_onnx::{parse_input_shape, ImportError, ImportOptions};
+pub use kiln_passes::memory::MemoryReport;
+pub use kiln_passes::{pass_names, PassError};
+pub use kiln_abi::manifest::TensorSpec;
+pub use kiln_abi::DTypeCode;
+pub use kiln_runtime::{RuntimeError, Session, SessionOptions, Tensor, TensorRef};
+
+/// Decodes an ONNX `TensorProto` file (the conformance suite's `input_0.pb`).
+pub fn read_tensor_proto(bytes: &[u8]) -> Result<kiln_ir::Tensor, ImportError> {
+    kiln_onnx::decode_tensor_proto(bytes)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    #[error(transparent)]
+    Backend(#[from] kiln_backend_cpu::BackendError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("unknown pass `{0}`; passes are: {1}")]
+    UnknownPass(String, String),
+    #[error("unknown target `{0}`; supported: cpu")]
+    UnknownTarget(String),
+}
+
+/// Options of a compilation.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Pins input shapes with symbolic or unknown dims, by input name.
+    pub input_shapes: HashMap<String, Vec<usize>>,
+    pub target: CpuTarget,
+    /// Verify the HIR after every pass (always on in debug builds).
+    pub verify: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { input_shapes: HashMap::new(), target: CpuTarget::host(), verify: false }
+    }
+}
+
+impl CompileOptions {
+    /// Parses a `--target` value: `cpu` (the host).
+    pub fn set_target(&mut self, name: &str) -> Result<(), Error> {
+        match name {
+            "cpu" | "host" => {
+                self.target = CpuTarget::host();
+                Ok(())
+            }
+            other => Err(Error::UnknownTarget(other.to_string())),
+        }
+    }
+}
+
+/// A compiled model: the `.kiln` file's bytes and what planning found.
+#[derive(Debug)]
+pub struct Artifact {
+    pub bytes: Vec<u8>,
+    pub memory: MemoryReport,
+}
+
+pub struct Compiler {
+    pub opts: CompileOptions,
+}
+
+impl Compiler {
+    pub fn new(opts: CompileOptions) -> Compiler {
+        Compiler { opts }
+    }
+
+    fn import_opts(&self) -> ImportOptions {
+        ImportOptions { input_shapes: self.opts.input_shapes.clone() }
+    }
+
+    /// Imports an ONNX file into HIR.
+    pub fn import_path(&self, path: impl AsRef<Path>) -> Result<Graph, Error> {
+        Ok(kiln_onnx::import_path(path.as_ref(), &self.import_opts())?)
+    }
+
+    /// Runs the HIR pipeline, stopping after `after` if given.
+    pub fn optimize(&self, g: &mut Graph, after: Option<&str>) -> Result<(), Error> {
+        if let Some(a) = after {
+            if a != "import" && !pass_names().contains(&a) {
+                return Err(Error::UnknownPass(a.into(), format!("import, {}", pass_names().join(", "))));
+            }
+            if a == "import" {
+                return Ok(());
+            }
+        }
+        kiln_passes::PassManager { verify: self.opts.verify }.run(g, after)?;
+        Ok(())
+    }
+
+    /// Lowers an optimized graph to a memory-planned LIR program and its weight section.
+    pub fn lower(&self, g: &Graph) -> Result<(Program, MemoryReport, Vec<u8>), Error> {
+        let mut p = kiln_passes::lower::lower(g)?;
+        kiln_passes::fuse::fuse_lir(&mut p);
+        let report = kiln_passes::memory::plan(&mut p);
+        let weights = kiln_passes::memory::pack_constants(&mut p);
+        Ok((p, report, weights))
+    }
+
+    /// Compiles an optimized graph into an artifact.
+    pub fn compile_graph(&self, mut g: Graph) -> Result<Artifact, Error> {
+        self.optimize(&mut g, None)?;
+        let (p, memory, weights) = self.lower(&g)?;
+        let module = kiln_backend_cpu::compile(&p, &self.opts.target)?;
+        let spec = |(name, dtype, shape): &(String, kiln_ir::DType, Vec<usize>)| TensorSpec {
+            name: name.clone(),
+            dtype: dtype.code() as i32,
+            shape: shape.iter().map(|&d| d as u64).collect(),
+        };
+        let manifest = Manifest {
+            abi_major: kiln_abi::ABI_MAJOR,
+            abi_minor: kiln_abi::ABI_MINOR,
+            target_triple: module.triple.clone(),
+            target_cpu: module.cpu.clone(),
+            inputs: p.inputs.iter().map(spec).collect(),
+            outputs: p.outputs.iter().map(spec).collect(),
+            arena_bytes: p.arena_bytes,
+            model_name: g.name.clone(),
+            producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+        };
+        let bytes = kiln_abi::artifact::write(&manifest, &module.shared_library, &weights);
+        Ok(Artifact { bytes, memory })
+    }
+
+    /// Compiles an ONNX file into an artifact.
+    pub fn compile_path(&self, path: impl AsRef<Path>) -> Result<Artifact, Error> {
+        let g = self.import_path(path)?;
+        self.compile_graph(g)
+    }
+
+    /// The IR after pass `after` (or the whole pipeline) as text: HIR, LIR, LLVM IR or assembly.
+    pub fn emit(&self, path: impl AsRef<Path>, what: &str, after: Option<&str>) -> Result<String, Error> {
+        let mut g = self.import_path(path)?;
+        self.optimize(&mut g, after)?;
+        match what {
+            "hir" => Ok(kiln_ir::text::print(&g)),
+            "lir" => {
+                let (p, _, _) = self.lower(&g)?;
+                Ok(kiln_ir::lir::print(&p))
+            }
+            "llvm" | "asm" => {
+                let (p, _, _) = self.lower(&g)?;
+                let e = if what == "llvm" { Emit::Llvm } else { Emit::Asm };
+                Ok(kiln_backend_cpu::emit_text(&p, &self.opts.target, e)?)
+            }
+            other => Err(Error::UnknownTarget(format!("--emit {other}"))),
+        }
+    }
+}

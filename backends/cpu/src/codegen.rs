@@ -1,0 +1,398 @@
+//! LIR → LLVM IR: one function per kernel, one entry function calling them in order.
+
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::BasicTypeEnum;
+use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::AddressSpace;
+
+use kiln_abi::context_offsets as off;
+use kiln_ir::lir::{Buffer, BufferKind, Expr, Instr, Kernel, Program, View};
+use kiln_ir::DType;
+
+use crate::expr::Env;
+use crate::BackendError;
+
+/// Kernels with less scalar work than this run inline instead of through `parallel_for`.
+const PARALLEL_MIN_WORK: usize = 1 << 15;
+
+pub(crate) fn llvm_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Llvm(e.to_string())
+}
+
+pub(crate) type R<T> = Result<T, BackendError>;
+
+/// Shared LLVM handles for one module.
+pub(crate) struct Gen<'ctx> {
+    pub cx: &'ctx Context,
+    pub m: Module<'ctx>,
+    pub b: Builder<'ctx>,
+}
+
+impl<'ctx> Gen<'ctx> {
+    pub fn i64(&self, x: i64) -> IntValue<'ctx> {
+        self.cx.i64_type().const_int(x as u64, true)
+    }
+    pub fn ptr_ty(&self) -> inkwell::types::PointerType<'ctx> {
+        self.cx.ptr_type(AddressSpace::default())
+    }
+    /// The in-register type of a dtype (bool is `i1`).
+    pub fn reg_ty(&self, d: DType) -> BasicTypeEnum<'ctx> {
+        match d {
+            DType::F32 => self.cx.f32_type().into(),
+            DType::I32 => self.cx.i32_type().into(),
+            DType::I64 => self.cx.i64_type().into(),
+            DType::Bool => self.cx.bool_type().into(),
+        }
+    }
+    /// The in-memory type of a dtype (bool is one byte).
+    pub fn mem_ty(&self, d: DType) -> BasicTypeEnum<'ctx> {
+        match d {
+            DType::Bool => self.cx.i8_type().into(),
+            _ => self.reg_ty(d),
+        }
+    }
+
+    /// Loads a pointer-sized field of the context.
+    fn ctx_field(&self, ctx: PointerValue<'ctx>, offset: u64, name: &str) -> R<PointerValue<'ctx>> {
+        let p = unsafe { self.b.build_gep(self.cx.i8_type(), ctx, &[self.i64(offset as i64)], name) }.map_err(llvm_err)?;
+        Ok(self.b.build_load(self.ptr_ty(), p, name).map_err(llvm_err)?.into_pointer_value())
+    }
+
+    /// The base address of a buffer, computed from the context.
+    fn buffer_ptr(&self, ctx: PointerValue<'ctx>, buf: &Buffer) -> R<PointerValue<'ctx>> {
+        let (field, index_or_offset, indirect) = match &buf.kind {
+            BufferKind::Input(i) => (off::INPUTS, *i as u64, true),
+            BufferKind::Output(i) => (off::OUTPUTS, *i as u64, true),
+            BufferKind::Constant(_) => (off::WEIGHTS, buf.offset.expect("weights packed"), false),
+            BufferKind::Activation => (off::ARENA, buf.offset.expect("memory planned"), false),
+        };
+        let base = self.ctx_field(ctx, field, "base")?;
+        if indirect {
+            let slot = unsafe { self.b.build_gep(self.ptr_ty(), base, &[self.i64(index_or_offset as i64)], "slot") }.map_err(llvm_err)?;
+            Ok(self.b.build_load(self.ptr_ty(), slot, &buf.name).map_err(llvm_err)?.into_pointer_value())
+        } else {
+            unsafe { self.b.build_gep(self.cx.i8_type(), base, &[self.i64(index_or_offset as i64)], &buf.name) }.map_err(llvm_err)
+        }
+    }
+
+    /// `for iv in lo..hi { body(iv) }`, leaving the builder after the loop.
+    pub fn for_range(
+        &self,
+        f: FunctionValue<'ctx>,
+        lo: IntValue<'ctx>,
+        hi: IntValue<'ctx>,
+        body: &mut dyn FnMut(IntValue<'ctx>) -> R<()>,
+    ) -> R<()> {
+        let pre = self.b.get_insert_block().expect("positioned");
+        let header = self.cx.append_basic_block(f, "loop");
+        let bodyb = self.cx.append_basic_block(f, "body");
+        let exit = self.cx.append_basic_block(f, "exit");
+        self.b.build_unconditional_branch(header).map_err(llvm_err)?;
+        self.b.position_at_end(header);
+        let phi = self.b.build_phi(self.cx.i64_type(), "i").map_err(llvm_err)?;
+        phi.add_incoming(&[(&lo, pre)]);
+        let iv = phi.as_basic_value().into_int_value();
+        let cond = self.b.build_int_compare(inkwell::IntPredicate::SLT, iv, hi, "c").map_err(llvm_err)?;
+        self.b.build_conditional_branch(cond, bodyb, exit).map_err(llvm_err)?;
+        self.b.position_at_end(bodyb);
+        body(iv)?;
+        let next = self.b.build_int_nsw_add(iv, self.i64(1), "next").map_err(llvm_err)?;
+        let latch = self.b.get_insert_block().expect("positioned");
+        self.b.build_unconditional_branch(header).map_err(llvm_err)?;
+        phi.add_incoming(&[(&next, latch)]);
+        self.b.position_at_end(exit);
+        Ok(())
+    }
+
+    /// Address of element `index` (already linearized) of a view's buffer.
+    pub fn elem_ptr(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+        unsafe { self.b.build_gep(self.mem_ty(d), base, &[linear], "p") }.map_err(llvm_err)
+    }
+
+    pub fn load_elem(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
+        let p = self.elem_ptr(base, d, linear)?;
+        let v = self.b.build_load(self.mem_ty(d), p, "v").map_err(llvm_err)?;
+        if d == DType::Bool {
+            let z = self.cx.i8_type().const_zero();
+            return Ok(self.b.build_int_compare(inkwell::IntPredicate::NE, v.into_int_value(), z, "b").map_err(llvm_err)?.into());
+        }
+        Ok(v)
+    }
+
+    pub fn store_elem(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>, v: BasicValueEnum<'ctx>) -> R<()> {
+        let p = self.elem_ptr(base, d, linear)?;
+        let v: BasicValueEnum = if d == DType::Bool {
+            self.b.build_int_z_extend(v.into_int_value(), self.cx.i8_type(), "zb").map_err(llvm_err)?.into()
+        } else {
+            v
+        };
+        self.b.build_store(p, v).map_err(llvm_err)?;
+        Ok(())
+    }
+
+    /// `offset + Σ index[d] * strides[d]` for a view.
+    pub fn linear(&self, view: &View, index: &[IntValue<'ctx>]) -> R<IntValue<'ctx>> {
+        let mut acc = self.i64(view.offset);
+        for (&ix, &s) in index.iter().zip(&view.strides) {
+            if s == 0 {
+                continue;
+            }
+            let t = if s == 1 { ix } else { self.b.build_int_nsw_mul(ix, self.i64(s), "t").map_err(llvm_err)? };
+            acc = self.b.build_int_nsw_add(acc, t, "lin").map_err(llvm_err)?;
+        }
+        Ok(acc)
+    }
+}
+
+/// The kernel as the emitter runs it: at least one parallel dimension.
+fn normalized(k: &Kernel) -> Kernel {
+    if k.n_par > 0 {
+        return k.clone();
+    }
+    let mut k = k.clone();
+    let shift = |e: Expr| e.map(&mut |e| if let Expr::Var(d) = e { Expr::Var(d + 1) } else { e });
+    k.body = shift(k.body);
+    if let Some(r) = &mut k.reduction {
+        r.finalize = r.finalize.take().map(shift);
+    }
+    k.domain.insert(0, 1);
+    k.n_par = 1;
+    k.output.extents = vec![1];
+    k.output.strides = vec![0];
+    k
+}
+
+/// How the outer parallel loop is cut into tasks.
+struct Split {
+    n_outer: usize,
+    inner: usize,
+    chunk: usize,
+    n_chunks: usize,
+}
+
+impl Split {
+    fn of(k: &Kernel) -> Split {
+        let n_outer: usize = k.domain[..k.n_par - 1].iter().product();
+        let inner = k.domain[k.n_par - 1];
+        let (chunk, n_chunks) = if n_outer >= 16 || inner < 256 {
+            (inner.max(1), 1)
+        } else {
+            let want = (16 / n_outer.max(1)).clamp(1, inner / 64);
+            let chunk = inner.div_ceil(want).div_ceil(16) * 16;
+            (chunk, inner.div_ceil(chunk))
+        };
+        Split { n_outer, inner, chunk, n_chunks }
+    }
+    fn tasks(&self) -> usize {
+        self.n_outer * self.n_chunks
+    }
+}
+
+/// Whether a reduction accumulates in the output row (reduction loops outside the innermost
+/// parallel loop, which then vectorizes) instead of in a register per output element.
+fn accumulate_in_output(k: &Kernel) -> bool {
+    let Some(r) = &k.reduction else { return false };
+    let inner = k.n_par - 1;
+    if k.domain[inner] < 4 || k.output.strides[inner] != 1 {
+        return false;
+    }
+    let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
+    let acc_ty = k.body.dtype(&ops, None);
+    if acc_ty != k.output.dtype || r.finalize.as_ref().is_some_and(|f| f.dtype(&ops, Some(acc_ty)) != acc_ty) {
+        return false;
+    }
+    let mut contiguous = false;
+    k.body.visit(&mut |e| {
+        if let Expr::Load { index, .. } = e {
+            if let Some(last) = index.last() {
+                last.visit(&mut |x| contiguous |= *x == Expr::Var(inner));
+            }
+        }
+    });
+    contiguous
+}
+
+fn gen_kernel<'ctx>(g: &Gen<'ctx>, prog: &Program, k: &Kernel, name: &str) -> R<FunctionValue<'ctx>> {
+    let k = normalized(k);
+    let cx = g.cx;
+    let fty = cx.void_type().fn_type(&[g.ptr_ty().into(), cx.i64_type().into(), cx.i64_type().into()], false);
+    let f = g.m.add_function(name, fty, Some(Linkage::Internal));
+    let entry = cx.append_basic_block(f, "entry");
+    g.b.position_at_end(entry);
+    let ctx = f.get_nth_param(0).unwrap().into_pointer_value();
+    let start = f.get_nth_param(1).unwrap().into_int_value();
+    let end = f.get_nth_param(2).unwrap().into_int_value();
+    let in_bases = k.inputs.iter().map(|v| g.buffer_ptr(ctx, prog.buffer(v.buffer))).collect::<R<Vec<_>>>()?;
+    let out_base = g.buffer_ptr(ctx, prog.buffer(k.output.buffer))?;
+    let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
+    let acc_ty = k.body.dtype(&ops, None);
+    let acc_slot = g.b.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
+    let split = Split::of(&k);
+    let np = k.n_par;
+    let outer_in_output = accumulate_in_output(&k);
+    let env = Env { k: &k, bases: &in_bases };
+
+    g.for_range(f, start, end, &mut |t| {
+        let b = &g.b;
+        let nc = g.i64(split.n_chunks as i64);
+        let (l, c) = if split.n_chunks == 1 {
+            (t, g.i64(0))
+        } else {
+            (b.build_int_signed_div(t, nc, "L").map_err(llvm_err)?, b.build_int_signed_rem(t, nc, "C").map_err(llvm_err)?)
+        };
+        let jlo = b.build_int_nsw_mul(c, g.i64(split.chunk as i64), "jlo").map_err(llvm_err)?;
+        let jhi0 = b.build_int_nsw_add(jlo, g.i64(split.chunk as i64), "jhi0").map_err(llvm_err)?;
+        let inner = g.i64(split.inner as i64);
+        let lt = b.build_int_compare(inkwell::IntPredicate::SLT, jhi0, inner, "lt").map_err(llvm_err)?;
+        let jhi = b.build_select(lt, jhi0, inner, "jhi").map_err(llvm_err)?.into_int_value();
+        // Decompose the outer linear index into the leading parallel variables.
+        let mut vars: Vec<IntValue> = vec![g.i64(0); k.domain.len()];
+        let mut rest = l;
+        for d in (0..np - 1).rev() {
+            let e = g.i64(k.domain[d] as i64);
+            if d == 0 {
+                vars[d] = rest;
+            } else {
+                vars[d] = b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
+                rest = b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
+            }
+        }
+        let out_index = |vars: &[IntValue<'ctx>]| g.linear(&k.output, &vars[..np]);
+        let Some(red) = &k.reduction else {
+            return g.for_range(f, jlo, jhi, &mut |j| {
+                let mut vs = vars.clone();
+                vs[np - 1] = j;
+                let v = env.gen(g, &k.body, &vs, None)?;
+                g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v)
+            });
+        };
+        let init = crate::expr::scalar(g, red.init, acc_ty)?;
+        let nd = k.domain.len();
+        // Nested reduction loops over domain[np..], calling `leaf` innermost.
+        fn reduce_loops<'ctx>(
+            g: &Gen<'ctx>,
+            f: FunctionValue<'ctx>,
+            domain: &[usize],
+            d: usize,
+            vars: &mut Vec<IntValue<'ctx>>,
+            leaf: &mut dyn FnMut(&[IntValue<'ctx>]) -> R<()>,
+        ) -> R<()> {
+            if d == domain.len() {
+                return leaf(vars);
+            }
+            let mut inner_vars = vars.clone();
+            g.for_range(f, g.i64(0), g.i64(domain[d] as i64), &mut |r| {
+                inner_vars[d] = r;
+                let mut vv = inner_vars.clone();
+                reduce_loops(g, f, domain, d + 1, &mut vv, leaf)
+            })
+        }
+        if outer_in_output {
+            // out[j] = init; for r: for j: out[j] = out[j] ⊕ body; for j: out[j] = finalize(out[j])
+            g.for_range(f, jlo, jhi, &mut |j| {
+                let mut vs = vars.clone();
+                vs[np - 1] = j;
+                g.store_elem(out_base, k.output.dtype, out_index(&vs)?, init)
+            })?;
+            let mut rv = vars.clone();
+            reduce_loops(g, f, &k.domain[..nd], np, &mut rv, &mut |rvars| {
+                g.for_range(f, jlo, jhi, &mut |j| {
+                    let mut vs = rvars.to_vec();
+                    vs[np - 1] = j;
+                    let x = env.gen(g, &k.body, &vs, None)?;
+                    let at = out_index(&vs)?;
+                    let cur = g.load_elem(out_base, k.output.dtype, at)?;
+                    let nv = crate::expr::combine(g, red.combine, cur, x)?;
+                    g.store_elem(out_base, k.output.dtype, at, nv)
+                })
+            })?;
+            if let Some(fin) = &red.finalize {
+                g.for_range(f, jlo, jhi, &mut |j| {
+                    let mut vs = vars.clone();
+                    vs[np - 1] = j;
+                    let at = out_index(&vs)?;
+                    let cur = g.load_elem(out_base, k.output.dtype, at)?;
+                    let v = env.gen(g, fin, &vs, Some(cur))?;
+                    g.store_elem(out_base, k.output.dtype, at, v)
+                })?;
+            }
+            return Ok(());
+        }
+        g.for_range(f, jlo, jhi, &mut |j| {
+            let mut vs = vars.clone();
+            vs[np - 1] = j;
+            g.b.build_store(acc_slot, init).map_err(llvm_err)?;
+            reduce_loops(g, f, &k.domain[..nd], np, &mut vs.clone(), &mut |rvars| {
+                let x = env.gen(g, &k.body, rvars, None)?;
+                let cur = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                let nv = crate::expr::combine(g, red.combine, cur, x)?;
+                g.b.build_store(acc_slot, nv).map_err(llvm_err)?;
+                Ok(())
+            })?;
+            let acc = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+            let v = match &red.finalize {
+                Some(fin) => env.gen(g, fin, &vs, Some(acc))?,
+                None => acc,
+            };
+            g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v)
+        })
+    })?;
+    g.b.build_return(None).map_err(llvm_err)?;
+    Ok(f)
+}
+
+/// Builds the LLVM module for a memory-planned program.
+pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program) -> R<Module<'ctx>> {
+    let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
+    let ver = g.m.add_global(cx.i32_type(), None, kiln_abi::ABI_VERSION_SYMBOL);
+    ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
+    ver.set_constant(true);
+
+    let mut kernels = Vec::new();
+    for (i, ins) in prog.instrs.iter().enumerate() {
+        if let Instr::Kernel(k) = ins {
+            let f = gen_kernel(&g, prog, k, &format!("k{i}"))
+                .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
+            kernels.push((i, f, Split::of(&normalized(k)).tasks(), k.work()));
+        }
+    }
+
+    let entry_ty = cx.i32_type().fn_type(&[g.ptr_ty().into()], false);
+    let entry = g.m.add_function(kiln_abi::ENTRY_SYMBOL, entry_ty, None);
+    let bb = cx.append_basic_block(entry, "entry");
+    g.b.position_at_end(bb);
+    let ctx = entry.get_nth_param(0).unwrap().into_pointer_value();
+    let pf_ty = cx.void_type().fn_type(&[g.ptr_ty().into(), g.ptr_ty().into(), g.ptr_ty().into(), cx.i64_type().into()], false);
+    let mut kit = kernels.into_iter().peekable();
+    for (i, ins) in prog.instrs.iter().enumerate() {
+        match ins {
+            Instr::Kernel(_) => {
+                let (_, f, tasks, work) = kit.next().expect("one function per kernel");
+                if tasks == 0 {
+                    continue;
+                }
+                if tasks >= 2 && work >= PARALLEL_MIN_WORK {
+                    let rt = g.ctx_field(ctx, off::RUNTIME, "rt")?;
+                    let pf = g.ctx_field(ctx, off::PARALLEL_FOR, "pf")?;
+                    let fp = f.as_global_value().as_pointer_value();
+                    g.b.build_indirect_call(pf_ty, pf, &[rt.into(), fp.into(), ctx.into(), g.i64(tasks as i64).into()], "")
+                        .map_err(llvm_err)?;
+                } else {
+                    g.b.build_call(f, &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()], "").map_err(llvm_err)?;
+                }
+            }
+            Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
+                let _ = i;
+                let d = g.buffer_ptr(ctx, prog.buffer(*dst))?;
+                let s = g.buffer_ptr(ctx, prog.buffer(*src))?;
+                let d = unsafe { g.b.build_gep(cx.i8_type(), d, &[g.i64(*dst_offset as i64)], "d") }.map_err(llvm_err)?;
+                let s = unsafe { g.b.build_gep(cx.i8_type(), s, &[g.i64(*src_offset as i64)], "s") }.map_err(llvm_err)?;
+                g.b.build_memmove(d, 1, s, 1, g.i64(*bytes as i64)).map_err(llvm_err)?;
+            }
+        }
+    }
+    g.b.build_return(Some(&cx.i32_type().const_zero())).map_err(llvm_err)?;
+    Ok(g.m)
+}

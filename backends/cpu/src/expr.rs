@@ -1,0 +1,367 @@
+//! Scalar expression codegen: the body of a kernel at one point of its domain.
+
+use inkwell::intrinsics::Intrinsic;
+use inkwell::types::BasicTypeEnum;
+use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::{FloatPredicate, IntPredicate};
+
+use kiln_ir::lir::{Combine, Expr, Kernel, Scalar};
+use kiln_ir::op::{BinaryOp, CmpOp, UnaryOp};
+use kiln_ir::DType;
+
+use crate::codegen::{llvm_err, Gen, R};
+
+pub(crate) struct Env<'a, 'ctx> {
+    pub k: &'a Kernel,
+    pub bases: &'a [PointerValue<'ctx>],
+}
+
+/// A constant of `ty` (the scalar is converted if its own type differs).
+pub(crate) fn scalar<'ctx>(g: &Gen<'ctx>, s: Scalar, ty: DType) -> R<BasicValueEnum<'ctx>> {
+    let x = match s {
+        Scalar::F32(x) => x as f64,
+        Scalar::I32(x) => x as f64,
+        Scalar::I64(x) => {
+            if ty == DType::I64 {
+                return Ok(g.i64(x).into());
+            }
+            x as f64
+        }
+        Scalar::Bool(b) => b as u8 as f64,
+    };
+    Ok(match (s, ty) {
+        (Scalar::F32(x), DType::F32) => g.cx.f32_type().const_float(x as f64).into(),
+        (_, DType::F32) => g.cx.f32_type().const_float(x).into(),
+        (Scalar::I32(x), DType::I32) => g.cx.i32_type().const_int(x as i64 as u64, true).into(),
+        (_, DType::I32) => g.cx.i32_type().const_int(x as i64 as u64, true).into(),
+        (_, DType::I64) => g.i64(x as i64).into(),
+        (_, DType::Bool) => g.cx.bool_type().const_int((x != 0.0) as u64, false).into(),
+    })
+}
+
+fn intrinsic<'ctx>(g: &Gen<'ctx>, name: &str, tys: &[BasicTypeEnum<'ctx>]) -> R<FunctionValue<'ctx>> {
+    let i = Intrinsic::find(name).ok_or_else(|| llvm_err(format!("no intrinsic {name}")))?;
+    i.get_declaration(&g.m, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))
+}
+
+fn call<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, args: &[BasicValueEnum<'ctx>]) -> R<BasicValueEnum<'ctx>> {
+    let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
+    let c = g.b.build_call(f, &args, "call").map_err(llvm_err)?;
+    c.try_as_basic_value().basic().ok_or_else(|| llvm_err("call returned void"))
+}
+
+fn fcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[FloatValue<'ctx>]) -> R<FloatValue<'ctx>> {
+    let f32t: BasicTypeEnum = g.cx.f32_type().into();
+    let f = intrinsic(g, name, &[f32t])?;
+    Ok(call(g, f, &args.iter().map(|&a| a.into()).collect::<Vec<_>>())?.into_float_value())
+}
+
+/// A libm function `float name(float)` (declared on first use).
+fn libm<'ctx>(g: &Gen<'ctx>, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    let f = g.m.get_function(name).unwrap_or_else(|| {
+        let t = g.cx.f32_type();
+        g.m.add_function(name, t.fn_type(&[t.into()], false), None)
+    });
+    Ok(call(g, f, &[x.into()])?.into_float_value())
+}
+
+fn fconst<'ctx>(g: &Gen<'ctx>, x: f64) -> FloatValue<'ctx> {
+    g.cx.f32_type().const_float(x)
+}
+
+fn fsel<'ctx>(g: &Gen<'ctx>, c: IntValue<'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    Ok(g.b.build_select(c, a, b, "sel").map_err(llvm_err)?.into_float_value())
+}
+
+fn isel<'ctx>(g: &Gen<'ctx>, c: IntValue<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    Ok(g.b.build_select(c, a, b, "sel").map_err(llvm_err)?.into_int_value())
+}
+
+fn fcmp<'ctx>(g: &Gen<'ctx>, p: FloatPredicate, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
+    g.b.build_float_compare(p, a, b, "fc").map_err(llvm_err)
+}
+
+fn icmp<'ctx>(g: &Gen<'ctx>, p: IntPredicate, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    g.b.build_int_compare(p, a, b, "ic").map_err(llvm_err)
+}
+
+fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    let b = &g.b;
+    let zero = fconst(g, 0.0);
+    let one = fconst(g, 1.0);
+    Ok(match op {
+        UnaryOp::Neg => b.build_float_neg(x, "neg").map_err(llvm_err)?,
+        UnaryOp::Abs => fcall(g, "llvm.fabs", &[x])?,
+        UnaryOp::Sqrt => fcall(g, "llvm.sqrt", &[x])?,
+        UnaryOp::Reciprocal => b.build_float_div(one, x, "rcp").map_err(llvm_err)?,
+        UnaryOp::Exp => fcall(g, "llvm.exp", &[x])?,
+        UnaryOp::Log => fcall(g, "llvm.log", &[x])?,
+        UnaryOp::Floor => fcall(g, "llvm.floor", &[x])?,
+        UnaryOp::Ceil => fcall(g, "llvm.ceil", &[x])?,
+        UnaryOp::Relu => fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, zero, x)?,
+        UnaryOp::Sigmoid => {
+            let e = fcall(g, "llvm.exp", &[b.build_float_neg(x, "nx").map_err(llvm_err)?])?;
+            b.build_float_div(one, b.build_float_add(one, e, "d").map_err(llvm_err)?, "sig").map_err(llvm_err)?
+        }
+        UnaryOp::Tanh => libm(g, "tanhf", x)?,
+        UnaryOp::Erf => libm(g, "erff", x)?,
+        UnaryOp::Sign => {
+            let pos = fsel(g, fcmp(g, FloatPredicate::OGT, x, zero)?, one, x)?;
+            fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, fconst(g, -1.0), fsel(g, fcmp(g, FloatPredicate::OEQ, x, zero)?, zero, pos)?)?
+        }
+        UnaryOp::LeakyRelu { alpha } => {
+            let ax = b.build_float_mul(fconst(g, alpha as f64), x, "ax").map_err(llvm_err)?;
+            fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, ax, x)?
+        }
+        UnaryOp::HardSigmoid { alpha, beta } => {
+            let y = b.build_float_mul(fconst(g, alpha as f64), x, "ax").map_err(llvm_err)?;
+            let y = b.build_float_add(y, fconst(g, beta as f64), "axb").map_err(llvm_err)?;
+            let y = fcall(g, "llvm.minnum", &[y, one])?;
+            fcall(g, "llvm.maxnum", &[y, zero])?
+        }
+        UnaryOp::Clip { lo, hi } => {
+            let (lo, hi) = (fconst(g, lo as f32 as f64), fconst(g, hi as f32 as f64));
+            let y = fsel(g, fcmp(g, FloatPredicate::OLT, x, lo)?, lo, x)?;
+            fsel(g, fcmp(g, FloatPredicate::OGT, y, hi)?, hi, y)?
+        }
+        UnaryOp::Not => return Err(llvm_err("not on a float")),
+    })
+}
+
+fn unary_i<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    let t = x.get_type();
+    let zero = t.const_zero();
+    let b = &g.b;
+    Ok(match op {
+        UnaryOp::Not => b.build_not(x, "not").map_err(llvm_err)?,
+        UnaryOp::Neg => b.build_int_neg(x, "neg").map_err(llvm_err)?,
+        UnaryOp::Abs => isel(g, icmp(g, IntPredicate::SLT, x, zero)?, b.build_int_neg(x, "n").map_err(llvm_err)?, x)?,
+        UnaryOp::Relu => isel(g, icmp(g, IntPredicate::SLT, x, zero)?, zero, x)?,
+        UnaryOp::Sign => {
+            let one = t.const_int(1, true);
+            let m1 = t.const_all_ones();
+            isel(g, icmp(g, IntPredicate::SGT, x, zero)?, one, isel(g, icmp(g, IntPredicate::SLT, x, zero)?, m1, zero)?)?
+        }
+        UnaryOp::Clip { lo, hi } => {
+            let lo = t.const_int(lo.max(i64::MIN as f64) as i64 as u64, true);
+            let hi = t.const_int(hi.min(i64::MAX as f64) as i64 as u64, true);
+            let y = isel(g, icmp(g, IntPredicate::SLT, x, lo)?, lo, x)?;
+            isel(g, icmp(g, IntPredicate::SGT, y, hi)?, hi, y)?
+        }
+        UnaryOp::Floor | UnaryOp::Ceil => x,
+        other => return Err(llvm_err(format!("{other:?} on an integer"))),
+    })
+}
+
+fn binary_f<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: FloatValue<'ctx>, c: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    let b = &g.b;
+    Ok(match op {
+        BinaryOp::Add => b.build_float_add(a, c, "add").map_err(llvm_err)?,
+        BinaryOp::Sub => b.build_float_sub(a, c, "sub").map_err(llvm_err)?,
+        BinaryOp::Mul => b.build_float_mul(a, c, "mul").map_err(llvm_err)?,
+        BinaryOp::Div => b.build_float_div(a, c, "div").map_err(llvm_err)?,
+        BinaryOp::Pow => fcall(g, "llvm.pow", &[a, c])?,
+        BinaryOp::Max => fcall(g, "llvm.maximum", &[a, c])?,
+        BinaryOp::Min => fcall(g, "llvm.minimum", &[a, c])?,
+        BinaryOp::Mod { .. } => b.build_float_rem(a, c, "rem").map_err(llvm_err)?,
+        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => return Err(llvm_err("logical op on floats")),
+    })
+}
+
+fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    let b = &g.b;
+    let t = a.get_type();
+    let zero = t.const_zero();
+    let one = t.const_int(1, false);
+    let m1 = t.const_all_ones();
+    // Division by zero or MIN / -1 must not trap: use a safe divisor and patch the result.
+    let safe = |c: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+        let bad = b.build_or(icmp(g, IntPredicate::EQ, c, zero)?, icmp(g, IntPredicate::EQ, c, m1)?, "bad").map_err(llvm_err)?;
+        isel(g, bad, one, c)
+    };
+    Ok(match op {
+        BinaryOp::Add => b.build_int_add(a, c, "add").map_err(llvm_err)?,
+        BinaryOp::Sub => b.build_int_sub(a, c, "sub").map_err(llvm_err)?,
+        BinaryOp::Mul => b.build_int_mul(a, c, "mul").map_err(llvm_err)?,
+        BinaryOp::And => b.build_and(a, c, "and").map_err(llvm_err)?,
+        BinaryOp::Or => b.build_or(a, c, "or").map_err(llvm_err)?,
+        BinaryOp::Xor => b.build_xor(a, c, "xor").map_err(llvm_err)?,
+        BinaryOp::Max => isel(g, icmp(g, IntPredicate::SGT, a, c)?, a, c)?,
+        BinaryOp::Min => isel(g, icmp(g, IntPredicate::SLT, a, c)?, a, c)?,
+        BinaryOp::Div => {
+            let q = b.build_int_signed_div(a, safe(c)?, "q").map_err(llvm_err)?;
+            let neg = b.build_int_neg(a, "na").map_err(llvm_err)?;
+            let q = isel(g, icmp(g, IntPredicate::EQ, c, m1)?, neg, q)?;
+            isel(g, icmp(g, IntPredicate::EQ, c, zero)?, zero, q)?
+        }
+        BinaryOp::Mod { fmod } => {
+            let r = b.build_int_signed_rem(a, safe(c)?, "r").map_err(llvm_err)?;
+            let r = isel(g, icmp(g, IntPredicate::EQ, c, m1)?, zero, r)?;
+            let r = isel(g, icmp(g, IntPredicate::EQ, c, zero)?, zero, r)?;
+            if fmod {
+                r
+            } else {
+                // numpy: the remainder takes the divisor's sign.
+                let rz = icmp(g, IntPredicate::NE, r, zero)?;
+                let sr = icmp(g, IntPredicate::SLT, r, zero)?;
+                let sc = icmp(g, IntPredicate::SLT, c, zero)?;
+                let differ = b.build_xor(sr, sc, "d").map_err(llvm_err)?;
+                let fix = b.build_and(rz, differ, "fix").map_err(llvm_err)?;
+                isel(g, fix, b.build_int_add(r, c, "rc").map_err(llvm_err)?, r)?
+            }
+        }
+        BinaryOp::Pow => {
+            let f64t = g.cx.f64_type();
+            let af = b.build_signed_int_to_float(a, f64t, "af").map_err(llvm_err)?;
+            let cf = b.build_signed_int_to_float(c, f64t, "cf").map_err(llvm_err)?;
+            let pw = intrinsic(g, "llvm.pow", &[f64t.into()])?;
+            let p = call(g, pw, &[af.into(), cf.into()])?.into_float_value();
+            b.build_float_to_signed_int(p, t, "pi").map_err(llvm_err)?
+        }
+    })
+}
+
+/// Converts between register types with ONNX Cast semantics (float→int truncates, saturating).
+fn cast<'ctx>(g: &Gen<'ctx>, v: BasicValueEnum<'ctx>, from: DType, to: DType) -> R<BasicValueEnum<'ctx>> {
+    let b = &g.b;
+    if from == to {
+        return Ok(v);
+    }
+    let to_ty = g.reg_ty(to);
+    Ok(match (from, to) {
+        (DType::F32, DType::Bool) => fcmp(g, FloatPredicate::UNE, v.into_float_value(), fconst(g, 0.0))?.into(),
+        (DType::F32, _) => {
+            let f = intrinsic(g, "llvm.fptosi.sat", &[to_ty, g.cx.f32_type().into()])?;
+            call(g, f, &[v])?
+        }
+        (DType::Bool, DType::F32) => b.build_unsigned_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf").map_err(llvm_err)?.into(),
+        (_, DType::F32) => b.build_signed_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf").map_err(llvm_err)?.into(),
+        (_, DType::Bool) => icmp(g, IntPredicate::NE, v.into_int_value(), v.into_int_value().get_type().const_zero())?.into(),
+        (DType::Bool, _) => b.build_int_z_extend(v.into_int_value(), to_ty.into_int_type(), "z").map_err(llvm_err)?.into(),
+        _ => b.build_int_s_extend_or_bit_cast(v.into_int_value(), to_ty.into_int_type(), "x").map_err(llvm_err)?.into(),
+    })
+    .and_then(|r: BasicValueEnum<'ctx>| {
+        // Narrowing integer casts.
+        if from.is_int() && to.is_int() && from.size() > to.size() {
+            Ok(b.build_int_truncate(v.into_int_value(), to_ty.into_int_type(), "t").map_err(llvm_err)?.into())
+        } else {
+            Ok(r)
+        }
+    })
+}
+
+/// `a ⊕ b` for a reduction. Float sums may be reassociated so that reductions vectorize.
+pub(crate) fn combine<'ctx>(g: &Gen<'ctx>, c: Combine, a: BasicValueEnum<'ctx>, x: BasicValueEnum<'ctx>) -> R<BasicValueEnum<'ctx>> {
+    use inkwell::values::FastMathFlags as F;
+    if a.is_float_value() {
+        let (a, x) = (a.into_float_value(), x.into_float_value());
+        let v = match c {
+            Combine::Add => g.b.build_float_add(a, x, "sum").map_err(llvm_err)?,
+            Combine::Mul => g.b.build_float_mul(a, x, "prod").map_err(llvm_err)?,
+            Combine::Max => fcall(g, "llvm.maxnum", &[a, x])?,
+            Combine::Min => fcall(g, "llvm.minnum", &[a, x])?,
+        };
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_fast_math_flags(F::AllowReassoc | F::AllowContract);
+        }
+        return Ok(v.into());
+    }
+    let (a, x) = (a.into_int_value(), x.into_int_value());
+    Ok(match c {
+        Combine::Add => g.b.build_int_add(a, x, "sum").map_err(llvm_err)?,
+        Combine::Mul => g.b.build_int_mul(a, x, "prod").map_err(llvm_err)?,
+        Combine::Max => isel(g, icmp(g, IntPredicate::SGT, a, x)?, a, x)?,
+        Combine::Min => isel(g, icmp(g, IntPredicate::SLT, a, x)?, a, x)?,
+    }
+    .into())
+}
+
+impl<'a, 'ctx> Env<'a, 'ctx> {
+    fn dtypes(&self) -> Vec<DType> {
+        self.k.inputs.iter().map(|v| v.dtype).collect()
+    }
+
+    /// Generates `e` at the point `vars` of the domain (`acc`: the accumulator in a finalizer).
+    pub fn gen(&self, g: &Gen<'ctx>, e: &Expr, vars: &[IntValue<'ctx>], acc: Option<BasicValueEnum<'ctx>>) -> R<BasicValueEnum<'ctx>> {
+        let ops = self.dtypes();
+        let acc_ty = acc.map(|_| self.k.body.dtype(&ops, None));
+        let b = &g.b;
+        Ok(match e {
+            Expr::Var(d) => vars[*d].into(),
+            Expr::Const(s) => scalar(g, *s, s.dtype())?,
+            Expr::Acc => acc.ok_or_else(|| llvm_err("accumulator used outside a finalizer"))?,
+            Expr::Load { operand, index, pad } => {
+                let view = &self.k.inputs[*operand];
+                let idx = index.iter().map(|ix| Ok(self.gen(g, ix, vars, acc)?.into_int_value())).collect::<R<Vec<_>>>()?;
+                let lin = g.linear(view, &idx)?;
+                match pad {
+                    None => g.load_elem(self.bases[*operand], view.dtype, lin)?,
+                    Some(p) => {
+                        let mut inb = g.cx.bool_type().const_int(1, false);
+                        for (ix, &ext) in idx.iter().zip(&view.extents) {
+                            let ok = icmp(g, IntPredicate::ULT, *ix, g.i64(ext as i64))?;
+                            inb = b.build_and(inb, ok, "inb").map_err(llvm_err)?;
+                        }
+                        let safe = isel(g, inb, lin, g.i64(view.offset))?;
+                        let v = g.load_elem(self.bases[*operand], view.dtype, safe)?;
+                        let pv = scalar(g, *p, view.dtype)?;
+                        b.build_select(inb, v, pv, "pad").map_err(llvm_err)?
+                    }
+                }
+            }
+            Expr::Unary(op, a) => {
+                let x = self.gen(g, a, vars, acc)?;
+                if x.is_float_value() {
+                    unary_f(g, *op, x.into_float_value())?.into()
+                } else {
+                    unary_i(g, *op, x.into_int_value())?.into()
+                }
+            }
+            Expr::Binary(op, a, c) => {
+                let (x, y) = (self.gen(g, a, vars, acc)?, self.gen(g, c, vars, acc)?);
+                if x.is_float_value() {
+                    binary_f(g, *op, x.into_float_value(), y.into_float_value())?.into()
+                } else {
+                    binary_i(g, *op, x.into_int_value(), y.into_int_value())?.into()
+                }
+            }
+            Expr::Cmp(op, a, c) => {
+                let (x, y) = (self.gen(g, a, vars, acc)?, self.gen(g, c, vars, acc)?);
+                if x.is_float_value() {
+                    let p = match op {
+                        CmpOp::Equal => FloatPredicate::OEQ,
+                        CmpOp::Less => FloatPredicate::OLT,
+                        CmpOp::LessOrEqual => FloatPredicate::OLE,
+                        CmpOp::Greater => FloatPredicate::OGT,
+                        CmpOp::GreaterOrEqual => FloatPredicate::OGE,
+                    };
+                    fcmp(g, p, x.into_float_value(), y.into_float_value())?.into()
+                } else {
+                    let unsigned = a.dtype(&ops, acc_ty) == DType::Bool;
+                    let p = match (op, unsigned) {
+                        (CmpOp::Equal, _) => IntPredicate::EQ,
+                        (CmpOp::Less, false) => IntPredicate::SLT,
+                        (CmpOp::LessOrEqual, false) => IntPredicate::SLE,
+                        (CmpOp::Greater, false) => IntPredicate::SGT,
+                        (CmpOp::GreaterOrEqual, false) => IntPredicate::SGE,
+                        (CmpOp::Less, true) => IntPredicate::ULT,
+                        (CmpOp::LessOrEqual, true) => IntPredicate::ULE,
+                        (CmpOp::Greater, true) => IntPredicate::UGT,
+                        (CmpOp::GreaterOrEqual, true) => IntPredicate::UGE,
+                    };
+                    icmp(g, p, x.into_int_value(), y.into_int_value())?.into()
+                }
+            }
+            Expr::Select(c, a, d) => {
+                let cv = self.gen(g, c, vars, acc)?.into_int_value();
+                let (x, y) = (self.gen(g, a, vars, acc)?, self.gen(g, d, vars, acc)?);
+                b.build_select(cv, x, y, "sel").map_err(llvm_err)?
+            }
+            Expr::Cast(to, a) => {
+                let from = a.dtype(&ops, acc_ty);
+                let x = self.gen(g, a, vars, acc)?;
+                cast(g, x, from, *to)?
+            }
+        })
+    }
+}

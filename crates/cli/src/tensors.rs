@@ -1,0 +1,101 @@
+//! Reading and writing tensors: `.npy` files and ONNX `TensorProto` `.pb` files.
+
+use std::path::Path;
+
+use kiln::ir::{Data, DType};
+use kiln::{Tensor, TensorRef};
+use kiln::DTypeCode;
+use npyz::WriterBuilder;
+
+/// A tensor read from a file, ready to hand to a session.
+pub struct HostTensor {
+    pub dtype: DTypeCode,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+impl HostTensor {
+    pub fn as_ref(&self) -> TensorRef<'_> {
+        TensorRef { dtype: self.dtype, shape: &self.shape, data: &self.data }
+    }
+}
+
+fn from_ir(t: &kiln::ir::Tensor) -> HostTensor {
+    HostTensor { dtype: t.dtype().code(), shape: t.shape().to_vec(), data: t.data.to_vec() }
+}
+
+fn read_npy(bytes: &[u8]) -> Result<HostTensor, String> {
+    let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("not a valid .npy file: {e}"))?;
+    if npy.order() != npyz::Order::C {
+        return Err("Fortran-ordered .npy arrays are not supported; save with order='C'".into());
+    }
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let type_str = match npy.dtype() {
+        npyz::DType::Plain(t) => t.to_string(),
+        other => return Err(format!("structured .npy dtype {other:?} is not supported")),
+    };
+    let data = match type_str.trim_start_matches(['<', '|', '=']) {
+        "f4" => Data::F32(npy.into_vec::<f32>().map_err(|e| e.to_string())?),
+        "i4" => Data::I32(npy.into_vec::<i32>().map_err(|e| e.to_string())?),
+        "i8" => Data::I64(npy.into_vec::<i64>().map_err(|e| e.to_string())?),
+        "b1" => Data::Bool(npy.into_vec::<bool>().map_err(|e| e.to_string())?),
+        other => return Err(format!(".npy dtype `{other}` is not supported (use float32, int32, int64 or bool)")),
+    };
+    if data.len() != shape.iter().product::<usize>() {
+        return Err("the .npy data length does not match its shape".into());
+    }
+    Ok(from_ir(&kiln::ir::Tensor::from_data(shape, data)))
+}
+
+/// Reads a `.npy` or `.pb` file.
+pub fn read(path: &Path) -> Result<HostTensor, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => read_npy(&bytes),
+        Some("pb") => kiln::read_tensor_proto(&bytes).map(|t| from_ir(&t)).map_err(|e| e.to_string()),
+        _ => Err("unknown tensor file type (expected .npy or .pb)".into()),
+    }
+}
+
+/// Deterministic pseudo-random input for a spec: floats in [-1, 1), integers in [0, 8).
+pub fn random(spec: &kiln::TensorSpec, seed: u64) -> HostTensor {
+    let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+    let n: usize = shape.iter().product();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let dtype = DType::from_code(DTypeCode::from_i32(spec.dtype).expect("validated")).unwrap_or(DType::F32);
+    let data = match dtype {
+        DType::F32 => Data::F32((0..n).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()),
+        DType::I32 => Data::I32((0..n).map(|_| (next() % 8) as i32).collect()),
+        DType::I64 => Data::I64((0..n).map(|_| (next() % 8) as i64).collect()),
+        DType::Bool => Data::Bool((0..n).map(|_| next() % 2 == 1).collect()),
+    };
+    from_ir(&kiln::ir::Tensor::from_data(shape, data))
+}
+
+/// Writes an output as `.npy`.
+pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
+    let file = std::fs::File::create(path).map_err(err)?;
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    let w = std::io::BufWriter::new(file);
+    macro_rules! dump {
+        ($ty:ty, $n:expr, $conv:expr) => {{
+            let mut wr = npyz::WriteOptions::<$ty>::new().default_dtype().shape(&shape).writer(w).begin_nd().map_err(err)?;
+            wr.extend(t.data.chunks_exact($n).map($conv)).map_err(err)?;
+            wr.finish().map_err(err)
+        }};
+    }
+    match t.dtype {
+        DTypeCode::F32 => dump!(f32, 4, |c: &[u8]| f32::from_le_bytes(c.try_into().unwrap())),
+        DTypeCode::I32 => dump!(i32, 4, |c: &[u8]| i32::from_le_bytes(c.try_into().unwrap())),
+        DTypeCode::I64 => dump!(i64, 8, |c: &[u8]| i64::from_le_bytes(c.try_into().unwrap())),
+        DTypeCode::Bool => dump!(bool, 1, |c: &[u8]| c[0] != 0),
+        other => Err(format!("cannot write dtype {} to .npy", other.name())),
+    }
+}

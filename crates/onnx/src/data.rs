@@ -1,0 +1,206 @@
+//! Tensor decoding: dtypes, dims, raw/typed/external data.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use kiln_ir::{DType, Tensor, TensorType};
+
+use crate::proto::tensor_proto::{DataLocation, DataType};
+use crate::proto::TensorProto;
+use crate::ImportError;
+
+/// The largest element count any tensor may have (2^40): keeps every byte size and every
+/// product of two dims far from overflowing.
+pub(crate) const MAX_ELEMS: usize = 1 << 40;
+
+/// Maps an ONNX element type to a Kiln dtype, or gives the ONNX name of an unsupported one.
+pub(crate) fn dtype_of(code: i32) -> Result<DType, String> {
+    match DataType::try_from(code) {
+        Ok(DataType::Float) => Ok(DType::F32),
+        Ok(DataType::Int32) => Ok(DType::I32),
+        Ok(DataType::Int64) => Ok(DType::I64),
+        Ok(DataType::Bool) => Ok(DType::Bool),
+        Ok(other) => Err(other.as_str_name().to_string()),
+        Err(_) => Err(format!("with unknown code {code}")),
+    }
+}
+
+/// The element count of `shape`, or `None` above [`MAX_ELEMS`] (or on overflow).
+pub(crate) fn checked_numel(shape: &[usize]) -> Option<usize> {
+    let mut n: usize = 1;
+    for &d in shape {
+        n = n.checked_mul(d)?;
+    }
+    // A zero dim anywhere makes the product 0 even when other dims are huge; bound every dim
+    // too, so later products (broadcasts, concats) stay in range.
+    (n <= MAX_ELEMS && shape.iter().all(|&d| d <= MAX_ELEMS)).then_some(n)
+}
+
+/// Converts ONNX dims (i64) to a checked static shape.
+pub(crate) fn dims_to_shape(dims: &[i64]) -> Result<Vec<usize>, String> {
+    let shape = dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("negative dim {d} in {dims:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    checked_numel(&shape).ok_or_else(|| format!("dims {dims:?} have more than 2^40 elements"))?;
+    Ok(shape)
+}
+
+/// External data files of one model, each mmapped once.
+pub(crate) struct ExternalStore {
+    /// The model's directory, canonicalized; `None` for a model given as bytes only.
+    base: Option<PathBuf>,
+    files: HashMap<PathBuf, Bytes>,
+}
+
+impl ExternalStore {
+    pub fn new(base: Option<&Path>) -> Result<Self, ImportError> {
+        let base = match base {
+            Some(b) => Some(b.canonicalize().map_err(|source| ImportError::Io { path: b.to_path_buf(), source })?),
+            None => None,
+        };
+        Ok(ExternalStore { base, files: HashMap::new() })
+    }
+
+    fn resolve(&self, location: &str) -> Result<PathBuf, String> {
+        let base = self.base.as_ref().ok_or(
+            "the model was given as bytes, without its directory: use import_path or import_model_in_dir",
+        )?;
+        let rel = Path::new(location);
+        if location.is_empty() {
+            return Err("`location` is empty".into());
+        }
+        if rel.components().any(|c| matches!(c, Component::RootDir | Component::Prefix(_))) {
+            return Err(format!("location `{location}` is absolute; it must be relative to the model's directory"));
+        }
+        let joined = base.join(rel);
+        let canon = joined.canonicalize().map_err(|e| format!("cannot open `{}`: {e}", joined.display()))?;
+        if !canon.starts_with(base) {
+            return Err(format!("location `{location}` escapes the model's directory `{}`", base.display()));
+        }
+        Ok(canon)
+    }
+
+    fn file(&mut self, location: &str) -> Result<Bytes, String> {
+        let path = self.resolve(location)?;
+        if let Some(b) = self.files.get(&path) {
+            return Ok(b.clone());
+        }
+        let bytes = map_file(&path).map_err(|e| format!("cannot map `{}`: {e}", path.display()))?;
+        self.files.insert(path, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// The bytes of a tensor stored outside the model, per its `external_data` entries.
+    fn load(&mut self, t: &TensorProto, want: usize) -> Result<Bytes, String> {
+        let (mut location, mut offset, mut length) = (None, 0usize, None);
+        for kv in &t.external_data {
+            let parse = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("`{}` = `{v}` is not a byte count", kv.key()));
+            match kv.key() {
+                "location" => location = Some(kv.value().to_string()),
+                "offset" => offset = parse(kv.value())?,
+                "length" => length = Some(parse(kv.value())?),
+                _ => {} // checksum, basepath (unused), …
+            }
+        }
+        let location = location.ok_or("no `location` entry")?;
+        let file = self.file(&location)?;
+        if offset > file.len() {
+            return Err(format!("offset {offset} is past the end of `{location}` ({} bytes)", file.len()));
+        }
+        let length = length.unwrap_or(file.len() - offset);
+        let end = offset.checked_add(length).filter(|&e| e <= file.len()).ok_or_else(|| {
+            format!("offset {offset} + length {length} is past the end of `{location}` ({} bytes)", file.len())
+        })?;
+        if length != want {
+            return Err(format!("`{location}` holds {length} bytes for this tensor, its dims need {want}"));
+        }
+        Ok(file.slice(offset..end))
+    }
+}
+
+/// Maps a whole file read-only and wraps it in `Bytes` (no copy).
+pub(crate) fn map_file(path: &Path) -> std::io::Result<Bytes> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the mapping is read-only; like every mmap-based loader we assume the file is
+    // not truncated or rewritten while the model is in use.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(Bytes::from_owner(map))
+}
+
+/// Decodes a `TensorProto` into a constant. `name` names it in errors (the proto's own name
+/// may be empty, e.g. in a Constant node's attribute).
+pub(crate) fn decode_tensor(t: &TensorProto, name: &str, ext: &mut ExternalStore) -> Result<Tensor, ImportError> {
+    let err = |message: String| ImportError::Tensor { tensor: name.to_string(), message };
+    let dtype = dtype_of(t.data_type()).map_err(|dtype| ImportError::UnsupportedDtype { tensor: name.to_string(), dtype })?;
+    let shape = dims_to_shape(&t.dims).map_err(err)?;
+    let numel = checked_numel(&shape).unwrap_or(0);
+    let ty = TensorType::new(dtype, shape);
+    let nbytes = numel * dtype.size(); // numel <= 2^40: no overflow
+    if t.segment.is_some() {
+        return Err(err("segmented tensors are not supported".into()));
+    }
+
+    let bytes = if t.data_location() == DataLocation::External {
+        ext.load(t, nbytes).map_err(|message| ImportError::ExternalData { tensor: name.to_string(), message })?
+    } else if let Some(raw) = &t.raw_data {
+        if raw.len() != nbytes {
+            return Err(err(format!("raw_data has {} bytes, type {ty} needs {nbytes}", raw.len())));
+        }
+        raw.clone()
+    } else {
+        let have = match dtype {
+            DType::F32 => t.float_data.len(),
+            DType::I32 | DType::Bool => t.int32_data.len(),
+            DType::I64 => t.int64_data.len(),
+        };
+        if have != numel {
+            let field = match dtype {
+                DType::F32 => "float_data",
+                DType::I32 | DType::Bool => "int32_data",
+                DType::I64 => "int64_data",
+            };
+            return Err(err(format!("{field} has {have} elements, type {ty} needs {numel}")));
+        }
+        let v: Vec<u8> = match dtype {
+            DType::F32 => t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::I32 => t.int32_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::I64 => t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::Bool => t.int32_data.iter().map(|&x| u8::from(x != 0)).collect(),
+        };
+        Bytes::from(v)
+    };
+    // Bools are one byte, 0 or 1: normalise other non-zero bytes (copying only then).
+    let bytes = if dtype == DType::Bool && bytes.iter().any(|&b| b > 1) {
+        Bytes::from(bytes.iter().map(|&b| u8::from(b != 0)).collect::<Vec<u8>>())
+    } else {
+        bytes
+    };
+    Tensor::from_bytes(ty, bytes).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numel_is_checked() {
+        assert_eq!(checked_numel(&[2, 3]), Some(6));
+        assert_eq!(checked_numel(&[]), Some(1));
+        assert_eq!(checked_numel(&[usize::MAX, 2]), None);
+        assert_eq!(checked_numel(&[0, usize::MAX]), None);
+        assert!(dims_to_shape(&[1 << 30, 1 << 30, 4]).is_err());
+        assert!(dims_to_shape(&[-1]).is_err());
+    }
+
+    #[test]
+    fn dtype_names() {
+        assert_eq!(dtype_of(DataType::Double as i32), Err("DOUBLE".to_string()));
+        assert_eq!(dtype_of(DataType::Bool as i32), Ok(DType::Bool));
+    }
+}

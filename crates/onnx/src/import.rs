@@ -1,0 +1,407 @@
+//! Model-level import: version checks, initializers, inputs, the node walk, outputs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use bytes::Bytes;
+use kiln_ir::{fmt_shape, DType, Graph, Op, TensorType, ValueId};
+use prost::Message;
+
+use crate::data::{checked_numel, decode_tensor, dtype_of, map_file, ExternalStore};
+use crate::ops::{self, NodeCx, OpError};
+use crate::proto::tensor_shape_proto::dimension::Value as DimValue;
+use crate::proto::type_proto::Value as TypeValue;
+use crate::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
+use crate::{ImportError, ImportOptions, UnsupportedOp};
+
+/// Oldest ONNX IR version accepted.
+pub const MIN_IR_VERSION: i64 = 3;
+/// Newest ONNX IR version accepted: the one onnx 1.23 writes. (IR versions after 10 add
+/// types and fields Kiln does not use; they change nothing it reads.)
+pub const MAX_IR_VERSION: i64 = 14;
+/// Oldest default-domain opset accepted.
+pub const MIN_OPSET: i64 = 7;
+/// Newest default-domain opset accepted: onnx 1.23's. Versions of the supported ops after 23
+/// only add element types.
+pub const MAX_OPSET: i64 = 28;
+
+/// Decodes a `ModelProto` (bytes fields are slices of `bytes`, not copies).
+pub fn decode_model(bytes: Bytes) -> Result<ModelProto, ImportError> {
+    Ok(ModelProto::decode(bytes)?)
+}
+
+/// Imports a serialized ONNX model. External data cannot be resolved (there is no model
+/// directory): use [`import_path`] or [`import_model_in_dir`] for such models.
+pub fn import_model(bytes: Bytes, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    import_inner(bytes, opts, None)
+}
+
+/// Imports a serialized ONNX model whose external data files live in `dir`.
+pub fn import_model_in_dir(bytes: Bytes, dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    import_inner(bytes, opts, Some(dir.as_ref()))
+}
+
+/// Maps the model file and imports it; initializers and external data stay in the mappings.
+pub fn import_path(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    let path = path.as_ref();
+    let bytes = map_file(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    import_inner(bytes, opts, Some(dir))
+}
+
+fn import_inner(bytes: Bytes, opts: &ImportOptions, dir: Option<&Path>) -> Result<Graph, ImportError> {
+    let model = decode_model(bytes)?;
+    let ir = model.ir_version();
+    if !(MIN_IR_VERSION..=MAX_IR_VERSION).contains(&ir) {
+        return Err(ImportError::UnsupportedIrVersion { version: ir, min: MIN_IR_VERSION, max: MAX_IR_VERSION });
+    }
+    let mut default_opset = None;
+    let mut opsets = HashMap::new();
+    for o in &model.opset_import {
+        match o.domain() {
+            "" | "ai.onnx" => default_opset = Some(o.version()),
+            d => {
+                opsets.insert(d.to_string(), o.version());
+            }
+        }
+    }
+    if let Some(v) = default_opset {
+        if !(MIN_OPSET..=MAX_OPSET).contains(&v) {
+            return Err(ImportError::UnsupportedOpset { version: v, min: MIN_OPSET, max: MAX_OPSET });
+        }
+    }
+    let graph = model.graph.as_ref().ok_or_else(|| ImportError::InvalidGraph("the model has no graph".into()))?;
+    let mut imp = Importer {
+        g: Graph::new(graph.name()),
+        env: HashMap::new(),
+        default_opset,
+        opsets,
+        ext: ExternalStore::new(dir)?,
+        unsupported: Vec::new(),
+    };
+    imp.run(graph, opts)?;
+    Ok(imp.g)
+}
+
+/// What an ONNX value name refers to.
+#[derive(Clone, Copy)]
+enum Slot {
+    Value(ValueId),
+    /// Produced by (or downstream of) an unsupported op: untyped, never consumed.
+    Poisoned,
+}
+
+struct Importer {
+    g: Graph,
+    env: HashMap<String, Slot>,
+    default_opset: Option<i64>,
+    opsets: HashMap<String, i64>,
+    ext: ExternalStore,
+    unsupported: Vec<UnsupportedOp>,
+}
+
+impl Importer {
+    fn run(&mut self, graph: &GraphProto, opts: &ImportOptions) -> Result<(), ImportError> {
+        if let Some(s) = graph.sparse_initializer.first() {
+            let name = s.values.as_ref().map(|v| v.name()).unwrap_or("");
+            return Err(ImportError::Unsupported(format!("sparse initializer `{name}`")));
+        }
+        for t in &graph.initializer {
+            let c = decode_tensor(t, t.name(), &mut self.ext)?;
+            let v = self.g.add_const(t.name(), c);
+            self.env.insert(t.name().to_string(), Slot::Value(v));
+        }
+        self.inputs(graph, opts)?;
+        for (idx, node) in graph.node.iter().enumerate() {
+            self.node(idx, node)?;
+        }
+        self.outputs(graph)?;
+        if !self.unsupported.is_empty() {
+            return Err(ImportError::UnsupportedOps(std::mem::take(&mut self.unsupported)));
+        }
+        Ok(())
+    }
+
+    /// Runtime inputs: graph inputs that are not initializers (those are constants).
+    fn inputs(&mut self, graph: &GraphProto, opts: &ImportOptions) -> Result<(), ImportError> {
+        let mut runtime = HashSet::new();
+        for vi in &graph.input {
+            let name = vi.name();
+            if self.env.contains_key(name) {
+                continue;
+            }
+            let ty = input_type(vi, opts.input_shapes.get(name))?;
+            let v = self.g.add_input(name, ty);
+            self.env.insert(name.to_string(), Slot::Value(v));
+            runtime.insert(name);
+        }
+        let mut pinned: Vec<&String> = opts.input_shapes.keys().collect();
+        pinned.sort();
+        for name in pinned {
+            if !runtime.contains(name.as_str()) {
+                let mut names: Vec<&str> = runtime.iter().copied().collect();
+                names.sort_unstable();
+                let why = if self.env.contains_key(name.as_str()) {
+                    format!("`{name}` is an initializer (a constant), not a runtime input")
+                } else {
+                    format!("the model has no input `{name}`")
+                };
+                return Err(ImportError::ShapeSpec {
+                    spec: format!("{name}={}", fmt_shape(&opts.input_shapes[name])),
+                    reason: format!("{why}; its runtime inputs are: {}", quote_list(&names)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, idx: usize, node: &NodeProto) -> Result<(), ImportError> {
+        let op_type = node.op_type();
+        let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
+        let is_default = matches!(node.domain(), "" | "ai.onnx");
+        let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };
+        let node_err = |message: String| ImportError::Node {
+            node: name.clone(),
+            op_type: op_type.to_string(),
+            opset: opset.unwrap_or(0),
+            message,
+        };
+
+        let mut inputs = Vec::with_capacity(node.input.len());
+        let mut poisoned = false;
+        for (i, iname) in node.input.iter().enumerate() {
+            if iname.is_empty() {
+                inputs.push(None);
+                continue;
+            }
+            match self.env.get(iname) {
+                Some(Slot::Value(v)) => inputs.push(Some(*v)),
+                Some(Slot::Poisoned) => poisoned = true,
+                None => {
+                    return Err(node_err(format!(
+                        "input {i} `{iname}` is not a graph input, an initializer or an earlier node's output"
+                    )))
+                }
+            }
+        }
+        if poisoned {
+            // Downstream of an unsupported op: nothing can be typed, and the op itself is
+            // already reported.
+            self.poison(node);
+            return Ok(());
+        }
+        if !is_default {
+            self.placeholder(node, &name, &inputs, opset, None);
+            return Ok(());
+        }
+        let Some(opset) = opset else {
+            return Err(ImportError::InvalidGraph(format!(
+                "node `{name}` ({op_type}) is in the default domain, but the model imports no opset for it"
+            )));
+        };
+
+        let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
+        match ops::import(&mut cx) {
+            Ok(outs) => {
+                for (k, oname) in node.output.iter().enumerate() {
+                    if oname.is_empty() {
+                        continue;
+                    }
+                    let Some(&v) = outs.get(k) else {
+                        return Err(node_err(format!("output {k} `{oname}` is not produced")));
+                    };
+                    self.env.insert(oname.clone(), Slot::Value(v));
+                }
+                Ok(())
+            }
+            Err(OpError::Unknown) => {
+                self.placeholder(node, &name, &inputs, Some(opset), None);
+                Ok(())
+            }
+            Err(OpError::Unsupported(reason)) => {
+                self.placeholder(node, &name, &inputs, Some(opset), Some(reason));
+                Ok(())
+            }
+            Err(OpError::Invalid(message)) => Err(node_err(message)),
+            Err(OpError::Import(e)) => Err(e),
+        }
+    }
+
+    fn poison(&mut self, node: &NodeProto) {
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            self.env.insert(o.clone(), Slot::Poisoned);
+        }
+    }
+
+    /// Records an unsupported op and adds an `Op::Unsupported` placeholder; its outputs are
+    /// poisoned.
+    fn placeholder(
+        &mut self,
+        node: &NodeProto,
+        name: &str,
+        inputs: &[Option<ValueId>],
+        opset: Option<i64>,
+        reason: Option<String>,
+    ) {
+        let domain = match node.domain() {
+            "" => "ai.onnx".to_string(),
+            d => d.to_string(),
+        };
+        let op = Op::Unsupported { op_type: node.op_type().to_string(), domain: domain.clone(), opset: opset.unwrap_or(0) };
+        let present: Vec<ValueId> = inputs.iter().flatten().copied().collect();
+        // Result types are unknown: placeholders get a nominal type and are never consumed.
+        let tys = vec![TensorType::new(DType::F32, Vec::new()); node.output.len()];
+        self.g.add_placeholder(op, &present, name, &node.output, tys);
+        self.poison(node);
+        self.unsupported.push(UnsupportedOp {
+            op_type: node.op_type().to_string(),
+            domain,
+            opset,
+            node: name.to_string(),
+            reason,
+        });
+    }
+
+    /// Graph outputs, each a value named as the ONNX output (a named copy where the value
+    /// carries another name: an input, an aliased value, or an output listed twice).
+    fn outputs(&mut self, graph: &GraphProto) -> Result<(), ImportError> {
+        let mut used = HashSet::new();
+        for vi in &graph.output {
+            let name = vi.name();
+            let v = match self.env.get(name) {
+                Some(Slot::Value(v)) => *v,
+                Some(Slot::Poisoned) => continue,
+                None => {
+                    return Err(ImportError::InvalidGraph(format!(
+                        "graph output `{name}` is not produced by any node, initializer or input"
+                    )))
+                }
+            };
+            let v = if self.g.value(v).name == name && used.insert(v) {
+                v
+            } else if let Some(t) = self.g.const_of(v) {
+                let t = t.clone();
+                self.g.add_const(name, t)
+            } else {
+                let outs = self
+                    .g
+                    .add_node(Op::Identity, &[v], format!("{name}/output"), &[name.to_string()])
+                    .map_err(|e| ImportError::InvalidGraph(e.to_string()))?;
+                outs[0]
+            };
+            self.g.outputs.push(v);
+        }
+        Ok(())
+    }
+}
+
+fn quote_list(names: &[&str]) -> String {
+    if names.is_empty() {
+        return "(none)".into();
+    }
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// One declared dim of a graph input.
+enum Dim {
+    Static(usize),
+    Symbolic(String),
+    Unknown,
+}
+
+/// The static type of a runtime input: its declared type with `pinned` applied.
+fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<TensorType, ImportError> {
+    let name = vi.name();
+    let tensor = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(TypeValue::TensorType(t)) => t,
+        Some(other) => {
+            let kind = match other {
+                TypeValue::SequenceType(_) => "a sequence",
+                TypeValue::MapType(_) => "a map",
+                TypeValue::OptionalType(_) => "an optional",
+                TypeValue::SparseTensorType(_) => "a sparse tensor",
+                _ => "an opaque value",
+            };
+            return Err(ImportError::Unsupported(format!("input `{name}` is {kind}; only tensors are supported")));
+        }
+        None => return Err(ImportError::InvalidGraph(format!("input `{name}` has no type"))),
+    };
+    let dtype = dtype_of(tensor.elem_type())
+        .map_err(|dtype| ImportError::UnsupportedDtype { tensor: name.to_string(), dtype })?;
+    let dims: Option<Vec<Dim>> = tensor.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(DimValue::DimValue(v)) if *v >= 0 => usize::try_from(*v).map_or(Dim::Unknown, Dim::Static),
+                Some(DimValue::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
+                _ => Dim::Unknown,
+            })
+            .collect()
+    });
+    let declared = |dims: &[Dim]| -> String {
+        dims.iter()
+            .map(|d| match d {
+                Dim::Static(v) => v.to_string(),
+                Dim::Symbolic(p) => p.clone(),
+                Dim::Unknown => "?".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let shape = if let Some(p) = pinned {
+        let spec = format!("{name}={}", fmt_shape(p));
+        let bad = |reason: String| ImportError::ShapeSpec { spec: spec.clone(), reason };
+        if let Some(dims) = &dims {
+            if dims.len() != p.len() {
+                return Err(bad(format!("input `{name}` has rank {} ([{}]), the spec gives {}", dims.len(), declared(dims), p.len())));
+            }
+            for (i, (d, &want)) in dims.iter().zip(p).enumerate() {
+                if let Dim::Static(have) = d {
+                    if *have != want {
+                        return Err(bad(format!(
+                            "input `{name}` has static dim {i} = {have} ([{}]), the spec gives {want}",
+                            declared(dims)
+                        )));
+                    }
+                }
+            }
+        }
+        p.clone()
+    } else {
+        let Some(dims) = dims else {
+            return Err(ImportError::UnpinnedDim {
+                input: name.to_string(),
+                index: 0,
+                dim: "an unknown rank".into(),
+                shape: "?".into(),
+                suggestion: format!("{name}=D0xD1x…"),
+            });
+        };
+        if let Some((index, d)) = dims.iter().enumerate().find(|(_, d)| !matches!(d, Dim::Static(_))) {
+            let dim = match d {
+                Dim::Symbolic(p) => format!("symbolic dim `{p}`"),
+                _ => "an unknown dim".into(),
+            };
+            let example: Vec<usize> = dims.iter().map(|d| if let Dim::Static(v) = d { *v } else { 1 }).collect();
+            return Err(ImportError::UnpinnedDim {
+                input: name.to_string(),
+                index,
+                dim,
+                shape: declared(&dims),
+                suggestion: format!("{name}={}", fmt_shape(&example)),
+            });
+        }
+        dims.iter().map(|d| if let Dim::Static(v) = d { *v } else { 0 }).collect()
+    };
+    if checked_numel(&shape).is_none() {
+        return Err(ImportError::Tensor {
+            tensor: name.to_string(),
+            message: format!("input shape {shape:?} has more than 2^40 elements"),
+        });
+    }
+    Ok(TensorType::new(dtype, shape))
+}

@@ -1,0 +1,122 @@
+//! Elementwise arithmetic, comparisons, logic, Cast, Where, Clip, MatMul and Gemm.
+
+use kiln_ir::{BinaryOp, CmpOp, DType, Op, Tensor, UnaryOp, ValueId};
+
+use super::{invalid, unsupported, NodeCx, OpResult};
+use crate::data::dtype_of;
+
+pub(super) fn binary(cx: &mut NodeCx, op: BinaryOp) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    Ok(vec![cx.emit_out(Op::Binary(op), &[a, b], 0)?])
+}
+
+pub(super) fn compare(cx: &mut NodeCx, op: CmpOp) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    Ok(vec![cx.emit_out(Op::Compare(op), &[a, b], 0)?])
+}
+
+pub(super) fn unary(cx: &mut NodeCx, op: UnaryOp) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    Ok(vec![cx.emit_out(Op::Unary(op), &[x], 0)?])
+}
+
+/// Pow allows an exponent of another dtype (opset 12+): a float base takes any exponent,
+/// converted to the base's type.
+pub(super) fn pow(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (a, mut b) = (cx.input(0)?, cx.input(1)?);
+    let (da, db) = (cx.ty(a).dtype, cx.ty(b).dtype);
+    if da != db {
+        if !da.is_float() && db.is_float() {
+            return unsupported(format!("an integer base ({da}) with a float exponent ({db})"));
+        }
+        let name = cx.tmp_name("exponent");
+        b = cx.emit(Op::Cast { to: da }, &[b], name)?;
+    }
+    Ok(vec![cx.emit_out(Op::Binary(BinaryOp::Pow), &[a, b], 0)?])
+}
+
+/// Sum, Max, Min (a chain of binary ops) and Mean (Sum, then division by the count).
+pub(super) fn variadic(cx: &mut NodeCx, op: BinaryOp, mean: bool) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let xs = cx.all_inputs()?;
+    let Some((&first, rest)) = xs.split_first() else {
+        return invalid(format!("{} needs at least one input", cx.op_type()));
+    };
+    let mut acc = first;
+    for (i, &x) in rest.iter().enumerate() {
+        let last = i + 1 == rest.len() && !mean;
+        let name = if last { cx.out_name(0) } else { cx.tmp_name("acc") };
+        acc = cx.emit(Op::Binary(op), &[acc, x], name)?;
+    }
+    if mean {
+        let dtype = cx.ty(acc).dtype;
+        if dtype != DType::F32 {
+            return invalid(format!("Mean needs float inputs, got {dtype}"));
+        }
+        let name = cx.tmp_name("count");
+        let n = cx.konst(name, Tensor::scalar_f32(xs.len() as f32));
+        acc = cx.emit_out(Op::Binary(BinaryOp::Div), &[acc, n], 0)?;
+    }
+    Ok(vec![acc])
+}
+
+/// Clip-6: `min`/`max` attributes (defaulting to the f32 range); Clip-11+: optional scalar
+/// inputs 1 and 2 (constants).
+pub(super) fn clip(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let (lo, hi) = if cx.opset < 11 {
+        let lo = cx.attrs.float_or("min", f32::MIN)?;
+        let hi = cx.attrs.float_or("max", f32::MAX)?;
+        (f64::from(lo), f64::from(hi))
+    } else {
+        let bound = |cx: &NodeCx, i: usize, role: &str, default: f64| -> OpResult<f64> {
+            match cx.opt_const_input(i, role)? {
+                None => Ok(default),
+                Some(t) if t.numel() == 1 => Ok(t.to_f64_vec()[0]),
+                Some(t) => invalid(format!("{role} must be a scalar, got {}", t.ty)),
+            }
+        };
+        (bound(cx, 1, "min", f64::NEG_INFINITY)?, bound(cx, 2, "max", f64::INFINITY)?)
+    };
+    Ok(vec![cx.emit_out(Op::Unary(UnaryOp::Clip { lo, hi }), &[x], 0)?])
+}
+
+pub(super) fn where_(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (c, a, b) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    Ok(vec![cx.emit_out(Op::Where, &[c, a, b], 0)?])
+}
+
+pub(super) fn cast(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let Some(to) = cx.attrs.int("to")? else { return invalid("attribute `to` is missing") };
+    let to = i32::try_from(to).map_err(|_| format!("attribute `to` = {to} is not a data type"))?;
+    let to = match dtype_of(to) {
+        Ok(d) => d,
+        Err(name) => return unsupported(format!("cast to {name} (supported: float32, int32, int64, bool)")),
+    };
+    Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
+}
+
+pub(super) fn matmul(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    Ok(vec![cx.emit_out(Op::MatMul, &[a, b], 0)?])
+}
+
+pub(super) fn gemm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let alpha = cx.attrs.float_or("alpha", 1.0)?;
+    let beta = cx.attrs.float_or("beta", 1.0)?;
+    let trans_a = cx.attrs.int_or("transA", 0)? != 0;
+    let trans_b = cx.attrs.int_or("transB", 0)? != 0;
+    let mut ins = vec![cx.input(0)?, cx.input(1)?];
+    ins.extend(cx.opt_input(2));
+    Ok(vec![cx.emit_out(Op::Gemm { alpha, beta, trans_a, trans_b }, &ins, 0)?])
+}

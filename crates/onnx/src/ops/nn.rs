@@ -1,0 +1,241 @@
+//! Neural-network ops: Conv, pools, BatchNormalization, LRN, Softmax, Dropout.
+
+use kiln_ir::{DType, Data, Op, ReduceOp, Tensor, ValueId, Window};
+
+use super::{invalid, norm_axis, unsupported, NodeCx, OpError, OpResult, FOLD_LIMIT_BYTES};
+use crate::data::checked_numel;
+
+/// The largest kernel, stride, dilation or pad accepted (keeps window arithmetic in range).
+const MAX_WINDOW_ATTR: i64 = 1 << 31;
+
+fn pair(cx: &NodeCx, name: &str, default: [usize; 2], min: i64) -> OpResult<[usize; 2]> {
+    match cx.attrs.ints(name)? {
+        None => Ok(default),
+        Some(v) => {
+            if v.len() != 2 {
+                return invalid(format!("attribute `{name}` = {v:?} must have 2 values (2-D)"));
+            }
+            if v.iter().any(|&d| d < min || d > MAX_WINDOW_ATTR) {
+                return invalid(format!("attribute `{name}` = {v:?} is out of range"));
+            }
+            Ok([v[0] as usize, v[1] as usize])
+        }
+    }
+}
+
+/// Resolves kernel, strides, dilations and pads (auto_pad included) of a 2-D window over the
+/// NCHW input shape `x`. `kernel` is the kernel shape when the op's weights give it.
+fn window(cx: &NodeCx, x: &[usize], kernel: Option<[usize; 2]>) -> OpResult<Window> {
+    if x.len() != 4 {
+        return unsupported(format!(
+            "{}-D input of shape {x:?}: only 2-D (NCHW) windows are supported",
+            x.len().saturating_sub(2)
+        ));
+    }
+    let kernel = match (cx.attrs.ints("kernel_shape")?, kernel) {
+        (Some(_), _) => pair(cx, "kernel_shape", [1, 1], 1)?,
+        (None, Some(k)) => k,
+        (None, None) => return invalid("attribute `kernel_shape` is missing"),
+    };
+    let strides = pair(cx, "strides", [1, 1], 1)?;
+    let dilations = pair(cx, "dilations", [1, 1], 1)?;
+    let auto_pad = cx.attrs.string("auto_pad")?.unwrap_or_default();
+    let pads = match auto_pad.as_str() {
+        "" | "NOTSET" => match cx.attrs.ints("pads")? {
+            None => [0; 4],
+            Some(p) => {
+                if p.len() != 4 {
+                    return invalid(format!("attribute `pads` = {p:?} must have 4 values (2-D)"));
+                }
+                if p.iter().any(|&d| d < 0) {
+                    return unsupported(format!("negative pads {p:?}"));
+                }
+                if p.iter().any(|&d| d > MAX_WINDOW_ATTR) {
+                    return invalid(format!("attribute `pads` = {p:?} is out of range"));
+                }
+                [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]
+            }
+        },
+        "VALID" => [0; 4],
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut pads = [0; 4];
+            for a in 0..2 {
+                let (begin, end) =
+                    same_pads(x[2 + a], kernel[a], strides[a], dilations[a], auto_pad == "SAME_UPPER");
+                pads[a] = begin;
+                pads[a + 2] = end;
+            }
+            pads
+        }
+        other => return invalid(format!("attribute `auto_pad` = {other:?} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER")),
+    };
+    Ok(Window { kernel, strides, pads, dilations })
+}
+
+/// `(begin, end)` pads of one axis for auto_pad SAME_UPPER (extra pad at the end) or
+/// SAME_LOWER (extra pad at the beginning): the output extent is `ceil(n / stride)`.
+pub(crate) fn same_pads(n: usize, kernel: usize, stride: usize, dilation: usize, upper: bool) -> (usize, usize) {
+    let out = n.div_ceil(stride);
+    let eff = dilation * (kernel - 1) + 1;
+    let total = (out.saturating_sub(1) * stride + eff).saturating_sub(n);
+    let small = total / 2;
+    if upper {
+        (small, total - small)
+    } else {
+        (total - small, small)
+    }
+}
+
+pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (x, w) = (cx.input(0)?, cx.input(1)?);
+    let ws = cx.shape(w);
+    let kernel = (ws.len() == 4).then(|| [ws[2], ws[3]]);
+    let window = window(cx, &cx.shape(x), kernel)?;
+    let group = cx.attrs.int_or("group", 1)?;
+    if !(1..=MAX_WINDOW_ATTR).contains(&group) {
+        return invalid(format!("attribute `group` = {group} must be positive"));
+    }
+    let mut ins = vec![x, w];
+    ins.extend(cx.opt_input(2));
+    Ok(vec![cx.emit_out(Op::Conv { window, group: group as usize }, &ins, 0)?])
+}
+
+fn ceil_mode(cx: &NodeCx) -> OpResult<bool> {
+    Ok(cx.attrs.int_or("ceil_mode", 0)? != 0)
+}
+
+pub(super) fn max_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "Indices")?;
+    let x = cx.input(0)?;
+    let window = window(cx, &cx.shape(x), None)?;
+    let ceil_mode = ceil_mode(cx)?;
+    Ok(vec![cx.emit_out(Op::MaxPool { window, ceil_mode }, &[x], 0)?])
+}
+
+pub(super) fn average_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let window = window(cx, &cx.shape(x), None)?;
+    let ceil_mode = ceil_mode(cx)?;
+    let count_include_pad = cx.attrs.int_or("count_include_pad", 0)? != 0;
+    Ok(vec![cx.emit_out(Op::AveragePool { window, ceil_mode, count_include_pad }, &[x], 0)?])
+}
+
+/// GlobalAveragePool / GlobalMaxPool: a keepdims reduction over every spatial axis.
+pub(super) fn global_pool(cx: &mut NodeCx, op: ReduceOp) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let rank = cx.rank(x);
+    if rank < 3 {
+        return invalid(format!("input must have rank >= 3 (N, C, spatial…), got {:?}", cx.shape(x)));
+    }
+    let axes = (2..rank).collect();
+    Ok(vec![cx.emit_out(Op::Reduce { op, axes, keepdims: true }, &[x], 0)?])
+}
+
+pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    if cx.opset >= 14 && cx.attrs.int_or("training_mode", 0)? != 0 {
+        return unsupported("training_mode=1 (only inference is supported)");
+    }
+    if cx.opset < 9 && cx.attrs.int_or("spatial", 1)? == 0 {
+        return unsupported("spatial=0 (per-activation statistics)");
+    }
+    cx.outputs_at_most(1, "training statistics")?;
+    let epsilon = cx.attrs.float_or("epsilon", 1e-5)?;
+    let ins = (0..5).map(|i| cx.input(i)).collect::<OpResult<Vec<_>>>()?;
+    Ok(vec![cx.emit_out(Op::BatchNorm { epsilon }, &ins, 0)?])
+}
+
+pub(super) fn lrn(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let Some(size) = cx.attrs.int("size")? else { return invalid("attribute `size` is missing") };
+    if !(1..=MAX_WINDOW_ATTR).contains(&size) {
+        return invalid(format!("attribute `size` = {size} must be positive"));
+    }
+    let alpha = cx.attrs.float_or("alpha", 1e-4)?;
+    let beta = cx.attrs.float_or("beta", 0.75)?;
+    let bias = cx.attrs.float_or("bias", 1.0)?;
+    Ok(vec![cx.emit_out(Op::Lrn { size: size as usize, alpha, beta, bias }, &[x], 0)?])
+}
+
+/// Softmax / LogSoftmax. Opset 13+: along one axis (default -1). Before 13 (default axis 1)
+/// the input is coerced to 2-D `[prod(dims[..axis]), prod(dims[axis..])]`, normalized along
+/// the second axis, and reshaped back.
+pub(super) fn softmax(cx: &mut NodeCx, log: bool) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let shape = cx.shape(x);
+    let rank = shape.len();
+    if rank == 0 {
+        return invalid("input must have rank >= 1");
+    }
+    let make = |axis| if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
+    let modern = cx.opset >= 13;
+    let axis = norm_axis(cx.attrs.int_or("axis", if modern { -1 } else { 1 })?, rank, "axis")?;
+    if modern || shape[axis + 1..].iter().all(|&d| d == 1) {
+        return Ok(vec![cx.emit_out(make(axis), &[x], 0)?]);
+    }
+    let n = shape[..axis].iter().product::<usize>();
+    let d = shape[axis..].iter().product::<usize>();
+    let name = cx.tmp_name("2d");
+    let flat = cx.emit(Op::Reshape { shape: vec![n, d] }, &[x], name)?;
+    let name = cx.tmp_name(if log { "log_softmax" } else { "softmax" });
+    let y = cx.emit(make(1), &[flat], name)?;
+    Ok(vec![cx.emit_out(Op::Reshape { shape }, &[y], 0)?])
+}
+
+/// Inference-mode Dropout: the input itself; the optional mask is all ones (all true).
+pub(super) fn dropout(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(2, "")?;
+    let x = cx.input(0)?;
+    if cx.opset >= 12 {
+        if let Some(t) = cx.opt_const_input(2, "training_mode")? {
+            if t.to_i64_vec().iter().any(|&v| v != 0) {
+                return unsupported("training_mode=true (only inference is supported)");
+            }
+        }
+    }
+    let mut outs = vec![x];
+    if cx.has_output(1) {
+        let ty = cx.ty(x);
+        // Dropout-10+ has a bool mask; before, the mask had the input's type.
+        let dtype = if cx.opset >= 10 { DType::Bool } else { ty.dtype };
+        let one = |n: usize| match dtype {
+            DType::Bool => Data::Bool(vec![true; n]),
+            DType::F32 => Data::F32(vec![1.0; n]),
+            DType::I32 => Data::I32(vec![1; n]),
+            DType::I64 => Data::I64(vec![1; n]),
+        };
+        let numel = checked_numel(&ty.shape).ok_or_else(|| OpError::Invalid("input is too large".into()))?;
+        let mask = if numel * dtype.size() <= FOLD_LIMIT_BYTES {
+            let name = cx.out_name(1);
+            cx.konst(name, Tensor::from_data(ty.shape.clone(), one(numel)))
+        } else {
+            let name = cx.tmp_name("one");
+            let one = cx.konst(name, Tensor::from_data(Vec::new(), one(1)));
+            cx.emit_out(Op::Expand { shape: ty.shape.clone() }, &[one], 1)?
+        };
+        outs.push(mask);
+    }
+    Ok(outs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_pads;
+
+    #[test]
+    fn same_pads_match_onnx() {
+        // n=5, k=3, s=2: out 3, total pad (3-1)*2+3-5 = 2.
+        assert_eq!(same_pads(5, 3, 2, 1, true), (1, 1));
+        // n=6, k=3, s=2: out 3, total 1: SAME_UPPER puts it at the end, SAME_LOWER at the start.
+        assert_eq!(same_pads(6, 3, 2, 1, true), (0, 1));
+        assert_eq!(same_pads(6, 3, 2, 1, false), (1, 0));
+        // Dilated: eff 5, n=7, s=1: total 4.
+        assert_eq!(same_pads(7, 3, 1, 2, true), (2, 2));
+        // Kernel smaller than stride: no pad.
+        assert_eq!(same_pads(4, 1, 2, 1, true), (0, 0));
+    }
+}

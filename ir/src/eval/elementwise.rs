@@ -1,0 +1,581 @@
+//! Elementwise ops: binary arithmetic, comparisons, unary functions, `Where` and `Cast`.
+//!
+//! Integer binary ops run in i64 with wrapping arithmetic; for i32 tensors the operands are
+//! widened exactly and the result truncated, which yields the same bits as wrapping i32
+//! arithmetic (including `i32::MIN / -1 == i32::MIN`).
+
+use super::broadcast_map;
+use crate::infer::broadcast_shapes;
+use crate::op::{BinaryOp, CmpOp, UnaryOp};
+use crate::{DType, Data, Op, Tensor, TensorType};
+
+/// Applies `f` to the broadcast pairs `(x[ma[i]], y[mb[i]])`.
+fn zip_map<A: Copy, B: Copy, R>(
+    ma: &[usize],
+    mb: &[usize],
+    x: &[A],
+    y: &[B],
+    f: impl Fn(A, B) -> Result<R, String>,
+) -> Result<Vec<R>, String> {
+    ma.iter().zip(mb).map(|(&i, &j)| f(x[i], y[j])).collect()
+}
+
+/// Whether `op` has a meaning on `dtype`; the error names the op and the dtype.
+fn check_binary(op: BinaryOp, dtype: DType) -> Result<(), String> {
+    let ok = match dtype {
+        DType::F32 => !matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor),
+        DType::I32 | DType::I64 => true,
+        DType::Bool => matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Max | BinaryOp::Min),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{} is not defined on {dtype} tensors", Op::Binary(op).name()))
+    }
+}
+
+pub(super) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+    check_binary(op, a.dtype())?;
+    let shape = broadcast_shapes(&[a.shape(), b.shape()])?;
+    let (ma, mb) = (broadcast_map(&shape, a.shape()), broadcast_map(&shape, b.shape()));
+    let data = match (a.data(), b.data()) {
+        (Data::F32(x), Data::F32(y)) => Data::F32(zip_map(&ma, &mb, &x, &y, |p, q| Ok(f32_binary(op, p, q)))?),
+        (Data::I32(x), Data::I32(y)) => {
+            Data::I32(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p.into(), q.into()).map(|r| r as i32))?)
+        }
+        (Data::I64(x), Data::I64(y)) => Data::I64(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p, q))?),
+        (Data::Bool(x), Data::Bool(y)) => Data::Bool(zip_map(&ma, &mb, &x, &y, |p, q| Ok(bool_binary(op, p, q)))?),
+        (x, y) => return Err(format!("operand dtypes differ: {} and {}", x.dtype(), y.dtype())),
+    };
+    Ok(Tensor::from_data(shape, data))
+}
+
+/// numpy `maximum`/`minimum`: NaN in either operand gives NaN.
+pub(super) fn fmax(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a >= b {
+        a
+    } else {
+        b
+    }
+}
+pub(super) fn fmin(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn f32_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Pow => a.powf(b),
+        BinaryOp::Max => fmax(a, b),
+        BinaryOp::Min => fmin(a, b),
+        // C fmod: the remainder has the sign of the dividend.
+        BinaryOp::Mod { fmod: true } => a % b,
+        // numpy `mod` (what ONNX's reference runs for fmod=0): the sign of the divisor.
+        BinaryOp::Mod { fmod: false } => {
+            let r = a % b;
+            if b == 0.0 || r.is_nan() {
+                r
+            } else if r == 0.0 {
+                0.0f32.copysign(b)
+            } else if (r < 0.0) != (b < 0.0) {
+                r + b
+            } else {
+                r
+            }
+        }
+        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => unreachable!("rejected by check_binary"),
+    }
+}
+
+/// Wrapping `base^exp` by repeated squaring (numpy's integer power).
+fn ipow(mut base: i64, mut exp: u64) -> i64 {
+    let mut acc: i64 = 1;
+    while exp > 0 {
+        if exp & 1 == 1 {
+            acc = acc.wrapping_mul(base);
+        }
+        base = base.wrapping_mul(base);
+        exp >>= 1;
+    }
+    acc
+}
+
+fn int_binary(op: BinaryOp, a: i64, b: i64) -> Result<i64, String> {
+    let nonzero = |what: &str| if b == 0 { Err(format!("integer {what} by zero")) } else { Ok(()) };
+    Ok(match op {
+        BinaryOp::Add => a.wrapping_add(b),
+        BinaryOp::Sub => a.wrapping_sub(b),
+        BinaryOp::Mul => a.wrapping_mul(b),
+        // Truncates toward zero, like C and ONNX's reference.
+        BinaryOp::Div => {
+            nonzero("division")?;
+            a.wrapping_div(b)
+        }
+        BinaryOp::Pow => {
+            if b < 0 {
+                return Err(format!("integer pow with a negative exponent ({a}^{b})"));
+            }
+            ipow(a, b as u64)
+        }
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Min => a.min(b),
+        BinaryOp::Mod { fmod } => {
+            nonzero("remainder")?;
+            let r = a.wrapping_rem(b);
+            if !fmod && r != 0 && ((r < 0) != (b < 0)) {
+                r + b
+            } else {
+                r
+            }
+        }
+        BinaryOp::And => a & b,
+        BinaryOp::Or => a | b,
+        BinaryOp::Xor => a ^ b,
+    })
+}
+
+fn bool_binary(op: BinaryOp, a: bool, b: bool) -> bool {
+    match op {
+        BinaryOp::And | BinaryOp::Min => a & b,
+        BinaryOp::Or | BinaryOp::Max => a | b,
+        BinaryOp::Xor => a ^ b,
+        _ => unreachable!("rejected by check_binary"),
+    }
+}
+
+fn cmp<T: PartialOrd>(op: CmpOp, a: T, b: T) -> bool {
+    match op {
+        CmpOp::Equal => a == b,
+        CmpOp::Less => a < b,
+        CmpOp::LessOrEqual => a <= b,
+        CmpOp::Greater => a > b,
+        CmpOp::GreaterOrEqual => a >= b,
+    }
+}
+
+pub(super) fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
+    let shape = broadcast_shapes(&[a.shape(), b.shape()]).expect("checked by infer");
+    let (ma, mb) = (broadcast_map(&shape, a.shape()), broadcast_map(&shape, b.shape()));
+    let out: Result<Vec<bool>, String> = match (a.data(), b.data()) {
+        (Data::F32(x), Data::F32(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
+        (Data::I32(x), Data::I32(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
+        (Data::I64(x), Data::I64(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
+        (Data::Bool(x), Data::Bool(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
+        _ => unreachable!("operand dtypes checked by infer"),
+    };
+    Tensor::from_data(shape, Data::Bool(out.expect("comparisons do not fail")))
+}
+
+/// Logistic function, without overflow for large |x|.
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// The error function, from the everywhere-convergent series of Abramowitz & Stegun 7.1.6,
+/// `erf(x) = 2/√π · e^(-x²) · Σ_{n≥0} 2ⁿ x^(2n+1) / (1·3·…·(2n+1))`, summed in f64. All terms
+/// are positive, so there is no cancellation: the f64 result is accurate to ~1e-15 relative
+/// and the f32 result is the correctly rounded value except in rare ties. For |x| ≥ 6,
+/// `1 - erf(x) < 3e-17`, so the result is ±1.
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = f64::from(x);
+    if x.is_nan() {
+        return f32::NAN;
+    }
+    let a = x.abs();
+    if a >= 6.0 {
+        return 1.0f32.copysign(x as f32);
+    }
+    let a2 = a * a;
+    let (mut term, mut sum) = (a, a);
+    let mut n = 0u32;
+    // Terms grow while 2a² > 2n+1, then shrink geometrically; stop once negligible.
+    while n < 2000 {
+        n += 1;
+        term *= 2.0 * a2 / f64::from(2 * n + 1);
+        sum += term;
+        if f64::from(n) > a2 && term <= sum * 1e-17 {
+            break;
+        }
+    }
+    let y = (std::f64::consts::FRAC_2_SQRT_PI * (-a2).exp() * sum).min(1.0);
+    (y as f32).copysign(x as f32)
+}
+
+fn f32_unary(op: UnaryOp, x: f32) -> f32 {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Reciprocal => 1.0 / x,
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Relu => {
+            if x < 0.0 {
+                0.0
+            } else {
+                x
+            }
+        }
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Erf => erf(x),
+        UnaryOp::Floor => x.floor(),
+        UnaryOp::Ceil => x.ceil(),
+        UnaryOp::Sign => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                x // ±0 and NaN
+            }
+        }
+        UnaryOp::LeakyRelu { alpha } => {
+            if x >= 0.0 {
+                x
+            } else {
+                alpha * x
+            }
+        }
+        // f32::clamp keeps NaN.
+        UnaryOp::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+        UnaryOp::Clip { lo, hi } => {
+            let (lo, hi) = (lo as f32, hi as f32);
+            let y = if x < lo { lo } else { x };
+            if y > hi {
+                hi
+            } else {
+                y
+            }
+        }
+        UnaryOp::Not => unreachable!("not needs bool (checked by infer)"),
+    }
+}
+
+/// Whether `op` has a meaning on `dtype` (float-only ops are already rejected by infer).
+fn check_unary(op: UnaryOp, dtype: DType) -> Result<(), String> {
+    use UnaryOp::*;
+    let ok = match dtype {
+        DType::F32 => !matches!(op, Not),
+        DType::I32 | DType::I64 => matches!(op, Neg | Abs | Relu | Floor | Ceil | Sign | Clip { .. }),
+        DType::Bool => matches!(op, Not | Abs | Relu | Floor | Ceil | Sign | Clip { .. }),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{} is not defined on {dtype} tensors", Op::Unary(op).name()))
+    }
+}
+
+/// Integer unary ops; `lo`/`hi` are Clip's bounds already converted to the element type.
+fn int_unary(op: UnaryOp, x: i64, lo: i64, hi: i64) -> i64 {
+    match op {
+        UnaryOp::Neg => x.wrapping_neg(),
+        UnaryOp::Abs => x.wrapping_abs(),
+        UnaryOp::Relu => x.max(0),
+        UnaryOp::Floor | UnaryOp::Ceil => x,
+        UnaryOp::Sign => x.signum(),
+        UnaryOp::Clip { .. } => x.max(lo).min(hi),
+        _ => unreachable!("rejected by check_unary"),
+    }
+}
+
+/// Bool unary ops (false < true, so Clip is a max then a min).
+fn bool_unary(op: UnaryOp, x: bool) -> bool {
+    match op {
+        UnaryOp::Not => !x,
+        UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Sign => x,
+        UnaryOp::Clip { lo, hi } => x.max(lo != 0.0).min(hi != 0.0),
+        _ => unreachable!("rejected by check_unary"),
+    }
+}
+
+pub(super) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
+    check_unary(op, x.dtype())?;
+    // Clip's bounds in the element type: Rust `as` truncates toward zero and saturates.
+    let (lo, hi) = match op {
+        UnaryOp::Clip { lo, hi } => (lo, hi),
+        _ => (0.0, 0.0),
+    };
+    let data = match x.data() {
+        Data::F32(v) => Data::F32(v.into_iter().map(|e| f32_unary(op, e)).collect()),
+        Data::I32(v) => {
+            let (lo, hi) = (i64::from(lo as i32), i64::from(hi as i32));
+            Data::I32(v.into_iter().map(|e| int_unary(op, e.into(), lo, hi) as i32).collect())
+        }
+        Data::I64(v) => Data::I64(v.into_iter().map(|e| int_unary(op, e, lo as i64, hi as i64)).collect()),
+        Data::Bool(v) => Data::Bool(v.into_iter().map(|e| bool_unary(op, e)).collect()),
+    };
+    Ok(Tensor::from_data(x.shape().to_vec(), data))
+}
+
+/// `cond ? x : y` with broadcasting; byte-level, so any dtype.
+pub(super) fn select(cond: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
+    let shape = broadcast_shapes(&[cond.shape(), x.shape(), y.shape()]).expect("checked by infer");
+    let (mc, mx, my) = (broadcast_map(&shape, cond.shape()), broadcast_map(&shape, x.shape()), broadcast_map(&shape, y.shape()));
+    let Data::Bool(c) = cond.data() else { unreachable!("where's condition is bool (checked by infer)") };
+    let es = x.dtype().size();
+    let mut bytes = Vec::with_capacity(mc.len() * es);
+    for i in 0..mc.len() {
+        let (src, j) = if c[mc[i]] { (x, mx[i]) } else { (y, my[i]) };
+        bytes.extend_from_slice(&src.data[j * es..(j + 1) * es]);
+    }
+    Tensor::from_bytes(TensorType::new(x.dtype(), shape), bytes.into()).expect("length matches shape")
+}
+
+/// Conversion between dtypes: float→int truncates toward zero (saturating, NaN → 0);
+/// int→int wraps (two's complement truncation); anything→bool is `!= 0`; bool→number is 0/1.
+pub(super) fn cast(x: &Tensor, to: DType) -> Tensor {
+    let d = x.data();
+    let out = match to {
+        DType::F32 => Data::F32(match d {
+            Data::F32(v) => v,
+            Data::I32(v) => v.into_iter().map(|e| e as f32).collect(),
+            Data::I64(v) => v.into_iter().map(|e| e as f32).collect(),
+            Data::Bool(v) => v.into_iter().map(|e| u8::from(e) as f32).collect(),
+        }),
+        DType::I32 => Data::I32(match d {
+            Data::F32(v) => v.into_iter().map(|e| e as i32).collect(),
+            Data::I32(v) => v,
+            Data::I64(v) => v.into_iter().map(|e| e as i32).collect(),
+            Data::Bool(v) => v.into_iter().map(i32::from).collect(),
+        }),
+        DType::I64 => Data::I64(match d {
+            Data::F32(v) => v.into_iter().map(|e| e as i64).collect(),
+            Data::I32(v) => v.into_iter().map(i64::from).collect(),
+            Data::I64(v) => v,
+            Data::Bool(v) => v.into_iter().map(i64::from).collect(),
+        }),
+        DType::Bool => Data::Bool(match d {
+            Data::F32(v) => v.into_iter().map(|e| e != 0.0).collect(),
+            Data::I32(v) => v.into_iter().map(|e| e != 0).collect(),
+            Data::I64(v) => v.into_iter().map(|e| e != 0).collect(),
+            Data::Bool(v) => v,
+        }),
+    };
+    Tensor::from_data(x.shape().to_vec(), out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{assert_f32, run};
+    use super::*;
+    use crate::eval::eval;
+
+    fn bin(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
+        run(Op::Binary(op), &[a, b])
+    }
+    fn un(op: UnaryOp, a: &Tensor) -> Tensor {
+        run(Op::Unary(op), &[a])
+    }
+
+    #[test]
+    fn add_broadcasts_like_numpy() {
+        let a = Tensor::f32(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
+        let row = Tensor::f32(vec![3], vec![10., 20., 30.]);
+        assert_f32(&bin(BinaryOp::Add, &a, &row), &[2, 3], &[11., 22., 33., 14., 25., 36.], 0.0);
+        let col = Tensor::f32(vec![2, 1], vec![100., 200.]);
+        assert_f32(&bin(BinaryOp::Sub, &a, &col), &[2, 3], &[-99., -98., -97., -196., -195., -194.], 0.0);
+        // [2,1] op [1,3] -> [2,3]
+        let p = Tensor::f32(vec![2, 1], vec![1., 2.]);
+        let q = Tensor::f32(vec![1, 3], vec![10., 20., 30.]);
+        assert_f32(&bin(BinaryOp::Mul, &p, &q), &[2, 3], &[10., 20., 30., 20., 40., 60.], 0.0);
+        let s = Tensor::scalar_f32(2.0);
+        assert_f32(&bin(BinaryOp::Div, &s, &p), &[2, 1], &[2., 1.], 0.0);
+    }
+
+    #[test]
+    fn integer_div_mod_pow_follow_onnx_reference() {
+        let a = Tensor::i32(vec![4], vec![7, -7, 7, -7]);
+        let b = Tensor::i32(vec![4], vec![2, 2, -2, -2]);
+        assert_eq!(bin(BinaryOp::Div, &a, &b).data(), Data::I32(vec![3, -3, -3, 3]));
+        let b3 = Tensor::i32(vec![4], vec![3, 3, -3, -3]);
+        assert_eq!(bin(BinaryOp::Mod { fmod: false }, &a, &b3).data(), Data::I32(vec![1, 2, -2, -1]));
+        assert_eq!(bin(BinaryOp::Mod { fmod: true }, &a, &b3).data(), Data::I32(vec![1, -1, 1, -1]));
+        let min = Tensor::i32(vec![1], vec![i32::MIN]);
+        assert_eq!(bin(BinaryOp::Div, &min, &Tensor::i32(vec![1], vec![-1])).data(), Data::I32(vec![i32::MIN]));
+        let zero = Tensor::i32(vec![1], vec![0]);
+        assert!(eval(&Op::Binary(BinaryOp::Div), &[&min, &zero]).is_err());
+        assert!(eval(&Op::Binary(BinaryOp::Mod { fmod: false }), &[&min, &zero]).is_err());
+
+        let base = Tensor::i64(vec![4], vec![3, -2, 2, 0]);
+        let exp = Tensor::i64(vec![4], vec![4, 3, 0, 0]);
+        assert_eq!(bin(BinaryOp::Pow, &base, &exp).data(), Data::I64(vec![81, -8, 1, 1]));
+        // Wrapping: 2^31 and 3^21 = 10460353203 = 2 * 2^32 + 1870418611 in i32.
+        let b32 = Tensor::i32(vec![2], vec![2, 3]);
+        let e32 = Tensor::i32(vec![2], vec![31, 21]);
+        assert_eq!(bin(BinaryOp::Pow, &b32, &e32).data(), Data::I32(vec![i32::MIN, 1870418611]));
+        let neg = Tensor::i64(vec![1], vec![-1]);
+        assert!(eval(&Op::Binary(BinaryOp::Pow), &[&Tensor::i64(vec![1], vec![2]), &neg]).is_err());
+        let max = Tensor::i32(vec![1], vec![i32::MAX]);
+        assert_eq!(bin(BinaryOp::Add, &max, &Tensor::i32(vec![1], vec![1])).data(), Data::I32(vec![i32::MIN]));
+    }
+
+    #[test]
+    fn float_mod_pow_max_min() {
+        let a = Tensor::f32(vec![2], vec![5.5, -5.5]);
+        let b = Tensor::f32(vec![2], vec![-2.0, 2.0]);
+        // numpy mod: sign of the divisor; fmod: sign of the dividend.
+        assert_f32(&bin(BinaryOp::Mod { fmod: false }, &a, &b), &[2], &[-0.5, 0.5], 0.0);
+        assert_f32(&bin(BinaryOp::Mod { fmod: true }, &a, &b), &[2], &[1.5, -1.5], 0.0);
+        let two = Tensor::f32(vec![1], vec![2.0]);
+        assert_f32(&bin(BinaryOp::Pow, &two, &Tensor::f32(vec![1], vec![0.5])), &[1], &[std::f32::consts::SQRT_2], 0.0);
+        let n = Tensor::f32(vec![3], vec![f32::NAN, 1.0, -3.0]);
+        let m = Tensor::f32(vec![3], vec![1.0, f32::NAN, 2.0]);
+        assert_f32(&bin(BinaryOp::Max, &n, &m), &[3], &[f32::NAN, f32::NAN, 2.0], 0.0);
+        assert_f32(&bin(BinaryOp::Min, &n, &m), &[3], &[f32::NAN, f32::NAN, -3.0], 0.0);
+    }
+
+    #[test]
+    fn logical_ops_and_dtype_errors() {
+        let a = Tensor::bool(vec![4], vec![false, false, true, true]);
+        let b = Tensor::bool(vec![4], vec![false, true, false, true]);
+        assert_eq!(bin(BinaryOp::And, &a, &b).data(), Data::Bool(vec![false, false, false, true]));
+        assert_eq!(bin(BinaryOp::Or, &a, &b).data(), Data::Bool(vec![false, true, true, true]));
+        assert_eq!(bin(BinaryOp::Xor, &a, &b).data(), Data::Bool(vec![false, true, true, false]));
+        assert_eq!(un(UnaryOp::Not, &a).data(), Data::Bool(vec![true, true, false, false]));
+        let i = Tensor::i32(vec![2], vec![0b1100, -1]);
+        let j = Tensor::i32(vec![2], vec![0b1010, 5]);
+        assert_eq!(bin(BinaryOp::Xor, &i, &j).data(), Data::I32(vec![0b0110, -6]));
+        assert!(eval(&Op::Binary(BinaryOp::Add), &[&a, &b]).is_err());
+        let f = Tensor::f32(vec![1], vec![1.0]);
+        assert!(eval(&Op::Binary(BinaryOp::And), &[&f, &f]).is_err());
+        assert!(eval(&Op::Unary(UnaryOp::Neg), &[&a]).is_err());
+    }
+
+    #[test]
+    fn comparisons() {
+        let a = Tensor::f32(vec![4], vec![1., 2., 3., f32::NAN]);
+        let b = Tensor::f32(vec![1], vec![2.]);
+        let cmp = |op, a: &Tensor, b: &Tensor| run(Op::Compare(op), &[a, b]).data();
+        assert_eq!(cmp(CmpOp::Less, &a, &b), Data::Bool(vec![true, false, false, false]));
+        assert_eq!(cmp(CmpOp::LessOrEqual, &a, &b), Data::Bool(vec![true, true, false, false]));
+        assert_eq!(cmp(CmpOp::Equal, &a, &b), Data::Bool(vec![false, true, false, false]));
+        assert_eq!(cmp(CmpOp::Greater, &a, &b), Data::Bool(vec![false, false, true, false]));
+        let i = Tensor::i64(vec![2, 1], vec![5, -5]);
+        let j = Tensor::i64(vec![2], vec![5, 6]);
+        assert_eq!(cmp(CmpOp::GreaterOrEqual, &i, &j), Data::Bool(vec![true, false, false, false]));
+    }
+
+    #[test]
+    fn float_unary_functions() {
+        let x = Tensor::f32(vec![4], vec![-2.0, -0.5, 0.0, 3.0]);
+        assert_f32(&un(UnaryOp::Relu, &x), &[4], &[0., 0., 0., 3.], 0.0);
+        assert_f32(&un(UnaryOp::LeakyRelu { alpha: 0.1 }, &x), &[4], &[-0.2, -0.05, 0., 3.], 1e-7);
+        assert_f32(&un(UnaryOp::HardSigmoid { alpha: 0.2, beta: 0.5 }, &x), &[4], &[0.1, 0.4, 0.5, 1.0], 1e-7);
+        assert_f32(&un(UnaryOp::Sign, &x), &[4], &[-1., -1., 0., 1.], 0.0);
+        assert_f32(&un(UnaryOp::Floor, &x), &[4], &[-2., -1., 0., 3.], 0.0);
+        assert_f32(&un(UnaryOp::Ceil, &x), &[4], &[-2., 0., 0., 3.], 0.0);
+        assert_f32(&un(UnaryOp::Abs, &x), &[4], &[2., 0.5, 0., 3.], 0.0);
+        assert_f32(&un(UnaryOp::Neg, &x), &[4], &[2., 0.5, 0., -3.], 0.0);
+        assert_f32(&un(UnaryOp::Reciprocal, &x), &[4], &[-0.5, -2., f32::INFINITY, 1. / 3.], 0.0);
+        let c = Tensor::f32(vec![4], vec![-2.0, 0.5, f32::NAN, 7.0]);
+        assert_f32(&un(UnaryOp::Clip { lo: -1.0, hi: 1.0 }, &c), &[4], &[-1.0, 0.5, f32::NAN, 1.0], 0.0);
+        let e = Tensor::f32(vec![3], vec![0.0, 1.0, 4.0]);
+        assert_f32(&un(UnaryOp::Exp, &e), &[3], &[1.0, std::f32::consts::E, 54.59815], 1e-7);
+        assert_f32(&un(UnaryOp::Log, &e), &[3], &[f32::NEG_INFINITY, 0.0, std::f32::consts::LN_2 * 2.0], 1e-7);
+        assert_f32(&un(UnaryOp::Sqrt, &e), &[3], &[0.0, 1.0, 2.0], 0.0);
+        assert_f32(&un(UnaryOp::Tanh, &e), &[3], &[0.0, 0.7615942, 0.9993293], 1e-7);
+    }
+
+    #[test]
+    fn sigmoid_is_stable_for_large_magnitudes() {
+        let x = Tensor::f32(vec![5], vec![-200.0, -100.0, 0.0, 2.0, 200.0]);
+        let Data::F32(y) = un(UnaryOp::Sigmoid, &x).data() else { unreachable!() };
+        assert_eq!(y[0], 0.0);
+        // e^-100 ≈ 3.7200760e-44 is an f32 subnormal.
+        assert!(y[1] > 0.0 && (y[1] - 3.7200760e-44).abs() < 3e-45, "{}", y[1]);
+        assert_eq!(y[2], 0.5);
+        assert!((y[3] - 0.880797).abs() < 1e-6); // 1 / (1 + e^-2)
+        assert_eq!(y[4], 1.0);
+    }
+
+    #[test]
+    fn erf_matches_tabulated_values() {
+        // Reference values: erf tables (Abramowitz & Stegun Table 7.1) / Python's math.erf.
+        let cases: [(f32, f64); 10] = [
+            (0.0, 0.0),
+            (1e-3, 0.0011283787909692363),
+            (-0.1, -0.1124629160182849),
+            (0.5, 0.5204998778130465),
+            (1.0, 0.8427007929497149),
+            (-1.5, -0.9661051464753108),
+            (2.0, 0.9953222650189527),
+            (3.0, 0.9999779095030014),
+            (4.5, 0.9999999998033839),
+            (10.0, 1.0),
+        ];
+        for (x, want) in cases {
+            let got = erf(x);
+            assert_eq!(got, want as f32, "erf({x}) = {got}, want {want}");
+        }
+        assert!(erf(f32::NAN).is_nan());
+        assert_eq!(erf(f32::NEG_INFINITY), -1.0);
+        assert!(erf(-0.0).is_sign_negative());
+    }
+
+    #[test]
+    fn integer_and_bool_unary() {
+        let x = Tensor::i32(vec![5], vec![i32::MIN, -5, 0, 5, i32::MAX]);
+        assert_eq!(un(UnaryOp::Neg, &x).data(), Data::I32(vec![i32::MIN, 5, 0, -5, -i32::MAX]));
+        assert_eq!(un(UnaryOp::Abs, &x).data(), Data::I32(vec![i32::MIN, 5, 0, 5, i32::MAX]));
+        assert_eq!(un(UnaryOp::Relu, &x).data(), Data::I32(vec![0, 0, 0, 5, i32::MAX]));
+        assert_eq!(un(UnaryOp::Sign, &x).data(), Data::I32(vec![-1, -1, 0, 1, 1]));
+        // Bounds convert toward zero: [-1.5, 3.7] -> [-1, 3]; infinite bounds saturate.
+        assert_eq!(un(UnaryOp::Clip { lo: -1.5, hi: 3.7 }, &x).data(), Data::I32(vec![-1, -1, 0, 3, 3]));
+        let open = UnaryOp::Clip { lo: f64::NEG_INFINITY, hi: f64::INFINITY };
+        assert_eq!(un(open, &x).data(), x.data());
+        let y = Tensor::i64(vec![2], vec![i64::MIN, 9]);
+        assert_eq!(un(UnaryOp::Clip { lo: 0.0, hi: 8.0 }, &y).data(), Data::I64(vec![0, 8]));
+        let b = Tensor::bool(vec![2], vec![false, true]);
+        assert_eq!(un(UnaryOp::Clip { lo: 1.0, hi: 1.0 }, &b).data(), Data::Bool(vec![true, true]));
+        assert_eq!(un(UnaryOp::Abs, &b).data(), b.data());
+    }
+
+    #[test]
+    fn where_broadcasts_all_three() {
+        let c = Tensor::bool(vec![2, 1], vec![true, false]);
+        let x = Tensor::i64(vec![3], vec![1, 2, 3]);
+        let y = Tensor::i64(vec![], vec![9]);
+        assert_eq!(run(Op::Where, &[&c, &x, &y]).data(), Data::I64(vec![1, 2, 3, 9, 9, 9]));
+        let c2 = Tensor::bool(vec![3], vec![false, true, false]);
+        let xf = Tensor::f32(vec![2, 1], vec![1.0, 2.0]);
+        let yf = Tensor::f32(vec![1], vec![0.0]);
+        assert_f32(&run(Op::Where, &[&c2, &xf, &yf]), &[2, 3], &[0., 1., 0., 0., 2., 0.], 0.0);
+    }
+
+    #[test]
+    fn cast_truncates_wraps_and_tests_nonzero() {
+        let cast = |x: &Tensor, to| run(Op::Cast { to }, &[x]).data();
+        let f = Tensor::f32(vec![5], vec![-1.7, 1.7, f32::NAN, 3e10, -0.0]);
+        assert_eq!(cast(&f, DType::I32), Data::I32(vec![-1, 1, 0, i32::MAX, 0]));
+        // 3e10 as f32 is 30000001024.
+        assert_eq!(cast(&f, DType::I64), Data::I64(vec![-1, 1, 0, 30_000_001_024, 0]));
+        assert_eq!(cast(&f, DType::Bool), Data::Bool(vec![true, true, true, true, false]));
+        let l = Tensor::i64(vec![3], vec![(1 << 32) + 5, -1, 16_777_217]);
+        assert_eq!(cast(&l, DType::I32), Data::I32(vec![5, -1, 16_777_217]));
+        assert_eq!(cast(&l, DType::F32), Data::F32(vec![4_294_967_300.0, -1.0, 16_777_216.0]));
+        let b = Tensor::bool(vec![2], vec![true, false]);
+        assert_eq!(cast(&b, DType::F32), Data::F32(vec![1.0, 0.0]));
+        assert_eq!(cast(&b, DType::I64), Data::I64(vec![1, 0]));
+        let i = Tensor::i32(vec![2], vec![0, -3]);
+        assert_eq!(cast(&i, DType::Bool), Data::Bool(vec![false, true]));
+        assert_eq!(cast(&i, DType::I64), Data::I64(vec![0, -3]));
+    }
+}

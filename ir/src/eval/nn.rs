@@ -1,0 +1,340 @@
+//! Convolution, pooling, normalization and softmax (f32 NCHW, OIHW weights).
+//!
+//! Window geometry (ONNX / PyTorch): output position `o` along a spatial axis reads input
+//! positions `o * stride - pad_begin + t * dilation` for `t < kernel`. Positions outside the
+//! input are padding; positions at or beyond `n + pad_end` (the overhang that `ceil_mode`
+//! can add) are neither input nor padding.
+
+use super::f32s;
+use crate::op::Window;
+use crate::{numel, Data, Tensor};
+
+/// Output extent of the window along spatial axis `a` (validated by infer).
+fn out_dim(win: &Window, a: usize, n: usize, ceil_mode: bool) -> Result<usize, String> {
+    win.out_dim(a, n, ceil_mode).ok_or_else(|| format!("window {win:?} does not fit extent {n}"))
+}
+
+/// The input positions of window `o` along spatial axis `a` (of input extent `n`) that lie
+/// inside the input, and how many window positions lie inside the padded extent
+/// `[-pad_begin, n + pad_end)` (the divisor of an average that counts padding).
+fn taps(win: &Window, a: usize, o: usize, n: usize) -> (Vec<usize>, usize) {
+    let (k, s, d) = (win.kernel[a], win.strides[a], win.dilations[a]);
+    let (pb, pe) = (win.pads[a] as i64, win.pads[a + 2] as i64);
+    let mut inside = Vec::new();
+    let mut padded = 0;
+    for t in 0..k {
+        let p = (o * s + t * d) as i64 - pb;
+        if p < n as i64 + pe {
+            padded += 1;
+        }
+        if p >= 0 && p < n as i64 {
+            inside.push(p as usize);
+        }
+    }
+    (inside, padded)
+}
+
+/// 2-D convolution with groups: input channels `[g*C/G, (g+1)*C/G)` feed output channels
+/// `[g*O/G, (g+1)*O/G)`. The bias is added to the f64 sum before the single rounding.
+pub(super) fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, win: &Window, group: usize) -> Result<Tensor, String> {
+    let (xs, ws) = (x.shape(), w.shape());
+    let (nb, c, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
+    let (oc_n, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    debug_assert_eq!(c, cg * group);
+    let og = oc_n / group;
+    let (oh, ow) = (out_dim(win, 0, h, false)?, out_dim(win, 1, wd, false)?);
+    let (xv, wv) = (f32s(x)?, f32s(w)?);
+    let bv = bias.map(f32s).transpose()?;
+    let mut out = Vec::with_capacity(nb * oc_n * oh * ow);
+    for b in 0..nb {
+        for oc in 0..oc_n {
+            let g = oc / og;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bv.as_ref().map_or(0.0, |bv| f64::from(bv[oc]));
+                    for ci in 0..cg {
+                        let ic = g * cg + ci;
+                        for ky in 0..kh {
+                            let iy = (oy * win.strides[0] + ky * win.dilations[0]) as i64 - win.pads[0] as i64;
+                            if iy < 0 || iy >= h as i64 {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ix = (ox * win.strides[1] + kx * win.dilations[1]) as i64 - win.pads[1] as i64;
+                                if ix < 0 || ix >= wd as i64 {
+                                    continue;
+                                }
+                                let xi = ((b * c + ic) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((oc * cg + ci) * kh + ky) * kw + kx;
+                                acc += f64::from(xv[xi]) * f64::from(wv[wi]);
+                            }
+                        }
+                    }
+                    out.push(acc as f32);
+                }
+            }
+        }
+    }
+    Ok(Tensor::f32(vec![nb, oc_n, oh, ow], out))
+}
+
+/// Calls `f(plane, oy, ox, taps_y, taps_x)` for every output element in row-major order,
+/// where `plane` is the flat index of the `(n, c)` input plane.
+fn for_each_window(
+    shape: &[usize],
+    win: &Window,
+    ceil_mode: bool,
+    mut f: impl FnMut(usize, &(Vec<usize>, usize), &(Vec<usize>, usize)),
+) -> Result<Vec<usize>, String> {
+    let (h, w) = (shape[2], shape[3]);
+    let (oh, ow) = (out_dim(win, 0, h, ceil_mode)?, out_dim(win, 1, w, ceil_mode)?);
+    let ty: Vec<_> = (0..oh).map(|o| taps(win, 0, o, h)).collect();
+    let tx: Vec<_> = (0..ow).map(|o| taps(win, 1, o, w)).collect();
+    for plane in 0..shape[0] * shape[1] {
+        for y in &ty {
+            for x in &tx {
+                f(plane, y, x);
+            }
+        }
+    }
+    Ok(vec![shape[0], shape[1], oh, ow])
+}
+
+/// Max over the in-bounds elements of each window (padding never wins). NaN inputs are
+/// skipped (as by ONNX's reference and onnxruntime); a window with no input element gives the
+/// dtype's lowest value.
+pub(super) fn max_pool(x: &Tensor, win: &Window, ceil_mode: bool) -> Result<Tensor, String> {
+    fn run<T: Copy + PartialOrd>(v: &[T], lowest: T, shape: &[usize], win: &Window, ceil: bool) -> Result<(Vec<T>, Vec<usize>), String> {
+        let (h, w) = (shape[2], shape[3]);
+        let mut out = Vec::new();
+        let s = for_each_window(shape, win, ceil, |plane, (ys, _), (xs, _)| {
+            let mut m = lowest;
+            for &iy in ys {
+                for &ix in xs {
+                    let e = v[(plane * h + iy) * w + ix];
+                    if e > m {
+                        m = e;
+                    }
+                }
+            }
+            out.push(m);
+        })?;
+        Ok((out, s))
+    }
+    let shape = x.shape();
+    let (data, s) = match x.data() {
+        Data::F32(v) => run(&v, f32::NEG_INFINITY, shape, win, ceil_mode).map(|(o, s)| (Data::F32(o), s))?,
+        Data::I32(v) => run(&v, i32::MIN, shape, win, ceil_mode).map(|(o, s)| (Data::I32(o), s))?,
+        Data::I64(v) => run(&v, i64::MIN, shape, win, ceil_mode).map(|(o, s)| (Data::I64(o), s))?,
+        Data::Bool(v) => run(&v, false, shape, win, ceil_mode).map(|(o, s)| (Data::Bool(o), s))?,
+    };
+    Ok(Tensor::from_data(s, data))
+}
+
+/// Mean over each window. `count_include_pad`: divide by the number of window positions
+/// inside the padded extent (the ceil_mode overhang is not counted); otherwise by the number
+/// of in-bounds elements. Sums in f64.
+pub(super) fn average_pool(x: &Tensor, win: &Window, ceil_mode: bool, count_include_pad: bool) -> Result<Tensor, String> {
+    let v = f32s(x)?;
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let mut out = Vec::new();
+    let shape = for_each_window(x.shape(), win, ceil_mode, |plane, (ys, py), (xs, px)| {
+        let mut sum = 0.0f64;
+        for &iy in ys {
+            for &ix in xs {
+                sum += f64::from(v[(plane * h + iy) * w + ix]);
+            }
+        }
+        let count = if count_include_pad { py * px } else { ys.len() * xs.len() };
+        out.push((sum / count as f64) as f32);
+    })?;
+    Ok(Tensor::f32(shape, out))
+}
+
+/// Inference batch normalization over axis 1, in f32:
+/// `(x - mean) / sqrt(var + epsilon) * scale + bias`.
+pub(super) fn batch_norm(inputs: &[&Tensor], epsilon: f32) -> Result<Tensor, String> {
+    let x = inputs[0];
+    let v = f32s(x)?;
+    let p: Vec<Vec<f32>> = inputs[1..].iter().map(|t| f32s(t)).collect::<Result<_, _>>()?;
+    let (scale, bias, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
+    let c = x.shape()[1];
+    let inner = numel(&x.shape()[2..]);
+    let out = v
+        .iter()
+        .enumerate()
+        .map(|(i, &e)| {
+            let ch = (i / inner) % c;
+            (e - mean[ch]) / (var[ch] + epsilon).sqrt() * scale[ch] + bias[ch]
+        })
+        .collect();
+    Ok(Tensor::f32(x.shape().to_vec(), out))
+}
+
+/// Local response normalization across channels (ONNX):
+/// `y = x / (bias + alpha / size * Σ x[c']²)^beta` over
+/// `c' ∈ [c - ⌊(size-1)/2⌋, c + ⌈(size-1)/2⌉] ∩ [0, C)`; computed in f64.
+pub(super) fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<Tensor, String> {
+    let v = f32s(x)?;
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let inner = numel(&x.shape()[2..]);
+    let (before, after) = ((size - 1) / 2, (size - 1).div_ceil(2));
+    let mut out = Vec::with_capacity(v.len());
+    for b in 0..n {
+        for ch in 0..c {
+            let (lo, hi) = (ch.saturating_sub(before), (ch + after).min(c - 1));
+            for r in 0..inner {
+                let at = |k: usize| f64::from(v[(b * c + k) * inner + r]);
+                let sq: f64 = (lo..=hi).map(|k| at(k) * at(k)).sum();
+                let den = (f64::from(bias) + f64::from(alpha) / size as f64 * sq).powf(f64::from(beta));
+                out.push((at(ch) / den) as f32);
+            }
+        }
+    }
+    Ok(Tensor::f32(x.shape().to_vec(), out))
+}
+
+/// Softmax (or log-softmax) along `axis`, max-subtracted, in f64:
+/// `exp(x - m) / Σ exp(x - m)`, or `(x - m) - ln Σ exp(x - m)`.
+pub(super) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor, String> {
+    let v = f32s(x)?;
+    let s = x.shape();
+    let (outer, len, inner) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));
+    let mut out = vec![0.0f32; v.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let idx = |j: usize| (o * len + j) * inner + i;
+            let m = (0..len).map(|j| v[idx(j)]).fold(f32::NEG_INFINITY, |m, e| if e > m { e } else { m });
+            let d = |j: usize| f64::from(v[idx(j)]) - f64::from(m);
+            let sum: f64 = (0..len).map(|j| d(j).exp()).sum();
+            for j in 0..len {
+                out[idx(j)] = if log { (d(j) - sum.ln()) as f32 } else { (d(j).exp() / sum) as f32 };
+            }
+        }
+    }
+    Ok(Tensor::f32(s.to_vec(), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{assert_f32, run};
+    use crate::op::Window;
+    use crate::{Data, Op, Tensor};
+
+    fn win(kernel: [usize; 2], strides: [usize; 2], pads: [usize; 4], dilations: [usize; 2]) -> Window {
+        Window { kernel, strides, pads, dilations }
+    }
+
+    #[test]
+    fn depthwise_conv_with_stride_padding_and_bias() {
+        // Channel 0 = [[1,2,3],[4,5,6],[7,8,9]], channel 1 = [[10,11,12],[13,14,15],[16,17,18]].
+        let x = Tensor::f32(vec![1, 2, 3, 3], (1..=18).map(|v| v as f32).collect());
+        // Output channel 0 sees only input channel 0 through [[1,2],[3,4]]; channel 1 sees
+        // only input channel 1 through [[1,0],[0,-1]].
+        let w = Tensor::f32(vec![2, 1, 2, 2], vec![1., 2., 3., 4., 1., 0., 0., -1.]);
+        let b = Tensor::f32(vec![2], vec![0.5, -1.0]);
+        let op = Op::Conv { window: win([2, 2], [2, 2], [1, 1, 1, 1], [1, 1]), group: 2 };
+        // Output (oy, ox) reads rows 2*oy-1.., cols 2*ox-1..; out-of-range taps are zero:
+        // ch0: (0,0): 4*1; (0,1): 3*2+4*3; (1,0): 2*4+4*7; (1,1): 5+2*6+3*8+4*9.
+        // ch1: (0,0): -10; (0,1): -12; (1,0): -16; (1,1): 14-18.
+        let want = [4.5, 18.5, 36.5, 77.5, -11., -13., -17., -5.];
+        assert_f32(&run(op, &[&x, &w, &b]), &[1, 2, 2, 2], &want, 0.0);
+    }
+
+    #[test]
+    fn grouped_conv_maps_channels_per_group() {
+        // 4 input channels, 2 groups: out0 = 1*x0 + 10*x1, out1 = 100*x2 + 1000*x3.
+        let x = Tensor::f32(vec![1, 4, 1, 1], vec![1., 2., 3., 4.]);
+        let w = Tensor::f32(vec![2, 2, 1, 1], vec![1., 10., 100., 1000.]);
+        let op = Op::Conv { window: win([1, 1], [1, 1], [0; 4], [1, 1]), group: 2 };
+        assert_f32(&run(op, &[&x, &w]), &[1, 2, 1, 1], &[21., 4300.], 0.0);
+    }
+
+    #[test]
+    fn dilated_conv_sums_channels() {
+        let x = Tensor::f32(vec![1, 2, 3, 3], (1..=18).map(|v| v as f32).collect());
+        // Dilation 2 on a 2x2 kernel reads the four corners of each 3x3 channel.
+        let w = Tensor::f32(vec![1, 2, 2, 2], vec![1., 1., 1., 1., 1., 0., 0., 0.]);
+        let op = Op::Conv { window: win([2, 2], [1, 1], [0; 4], [2, 2]), group: 1 };
+        // (1+3+7+9) + 10
+        assert_f32(&run(op, &[&x, &w]), &[1, 1, 1, 1], &[30.], 0.0);
+    }
+
+    #[test]
+    fn max_pool_never_takes_padding() {
+        let x = Tensor::f32(vec![1, 1, 3, 3], (1..=9).map(|v| -(v as f32)).collect());
+        let op = Op::MaxPool { window: win([2, 2], [2, 2], [1, 1, 0, 0], [1, 1]), ceil_mode: false };
+        // Windows: {x00}, {x01,x02}, {x10,x20}, {x11,x12,x21,x22}.
+        assert_f32(&run(op, &[&x]), &[1, 1, 2, 2], &[-1., -2., -4., -5.], 0.0);
+        let xi = Tensor::i32(vec![1, 1, 1, 2], vec![-5, -3]);
+        let op = Op::MaxPool { window: win([1, 2], [1, 1], [0, 1, 0, 1], [1, 1]), ceil_mode: false };
+        assert_eq!(run(op, &[&xi]).data(), Data::I32(vec![-5, -3, -3]));
+    }
+
+    #[test]
+    fn pools_with_ceil_mode() {
+        // Width 4, kernel 3, stride 3, ceil: windows {0,1,2} and {3, overhang, overhang}.
+        let x = Tensor::f32(vec![1, 1, 1, 4], vec![1., 2., 3., 4.]);
+        let w0 = win([1, 3], [1, 3], [0; 4], [1, 1]);
+        let w1 = win([1, 3], [1, 3], [0, 1, 0, 1], [1, 1]); // pad 1 left and right
+        let max = |w: &Window| run(Op::MaxPool { window: w.clone(), ceil_mode: true }, &[&x]);
+        let avg = |w: &Window, cip| {
+            run(Op::AveragePool { window: w.clone(), ceil_mode: true, count_include_pad: cip }, &[&x])
+        };
+        assert_f32(&max(&w0), &[1, 1, 1, 2], &[3., 4.], 0.0);
+        assert_f32(&max(&w1), &[1, 1, 1, 2], &[2., 4.], 0.0);
+        assert_f32(&avg(&w0, false), &[1, 1, 1, 2], &[2., 4.], 0.0);
+        assert_f32(&avg(&w0, true), &[1, 1, 1, 2], &[2., 4.], 0.0); // overhang is not counted
+        // With pads: windows {pad,1,2} and {3,4,pad}.
+        assert_f32(&avg(&w1, false), &[1, 1, 1, 2], &[1.5, 3.5], 0.0);
+        assert_f32(&avg(&w1, true), &[1, 1, 1, 2], &[1., 7. / 3.], 1e-7);
+        // Width 5, kernel 2, stride 2, ceil: the last window {4, overhang} divides by 1.
+        let x5 = Tensor::f32(vec![1, 1, 1, 5], vec![1., 2., 3., 4., 5.]);
+        let op = Op::AveragePool { window: win([1, 2], [1, 2], [0; 4], [1, 1]), ceil_mode: true, count_include_pad: true };
+        assert_f32(&run(op, &[&x5]), &[1, 1, 1, 3], &[1.5, 3.5, 5.], 0.0);
+    }
+
+    #[test]
+    fn average_pool_2d_with_padding() {
+        // [[1,2],[3,4]], 2x2 kernel, stride 1, pad 1 on all sides -> 3x3 output.
+        let x = Tensor::f32(vec![1, 1, 2, 2], vec![1., 2., 3., 4.]);
+        let w = win([2, 2], [1, 1], [1, 1, 1, 1], [1, 1]);
+        let op = |cip| Op::AveragePool { window: w.clone(), ceil_mode: false, count_include_pad: cip };
+        let excl = [1., 1.5, 2., 2., 2.5, 3., 3., 3.5, 4.];
+        assert_f32(&run(op(false), &[&x]), &[1, 1, 3, 3], &excl, 0.0);
+        let incl = [0.25, 0.75, 0.5, 1., 2.5, 1.5, 0.75, 1.75, 1.];
+        assert_f32(&run(op(true), &[&x]), &[1, 1, 3, 3], &incl, 0.0);
+    }
+
+    #[test]
+    fn batch_norm_per_channel() {
+        let x = Tensor::f32(vec![1, 2, 1, 2], vec![1., 2., 3., 4.]);
+        let p = |a: f32, b: f32| Tensor::f32(vec![2], vec![a, b]);
+        let (scale, bias, mean, var) = (p(1., 2.), p(0., 1.), p(1., 3.), p(3.75, 0.));
+        // sqrt(var + 0.25) = [2, 0.5]: ch0 (x-1)/2, ch1 (x-3)/0.5*2+1.
+        let y = run(Op::BatchNorm { epsilon: 0.25 }, &[&x, &scale, &bias, &mean, &var]);
+        assert_f32(&y, &[1, 2, 1, 2], &[0., 0.5, 1., 5.], 0.0);
+    }
+
+    #[test]
+    fn lrn_uses_onnx_channel_window() {
+        let x = Tensor::f32(vec![1, 3, 1, 1], vec![1., 2., 3.]);
+        // size 2: channels [c, c+1]; alpha/size = 1, bias 1, beta 1.
+        let y = run(Op::Lrn { size: 2, alpha: 2.0, beta: 1.0, bias: 1.0 }, &[&x]);
+        assert_f32(&y, &[1, 3, 1, 1], &[1. / 6., 2. / 14., 3. / 10.], 1e-7);
+        // size 3: channels [c-1, c+1]; alpha/size = 1, bias 2, beta 0.5.
+        let y = run(Op::Lrn { size: 3, alpha: 3.0, beta: 0.5, bias: 2.0 }, &[&x]);
+        assert_f32(&y, &[1, 3, 1, 1], &[1. / 7f32.sqrt(), 0.5, 3. / 15f32.sqrt()], 1e-7);
+    }
+
+    #[test]
+    fn softmax_and_log_softmax() {
+        let x = Tensor::f32(vec![3], vec![1., 2., 3.]);
+        assert_f32(&run(Op::Softmax { axis: 0 }, &[&x]), &[3], &[0.09003057, 0.24472847, 0.66524096], 1e-7);
+        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[3], &[-2.4076059, -1.4076059, -0.4076059], 1e-7);
+        // Along axis 0 of a [2,3] tensor; large values do not overflow.
+        let x = Tensor::f32(vec![2, 3], vec![1., 0., 5., 1., 1000., 5.]);
+        assert_f32(&run(Op::Softmax { axis: 0 }, &[&x]), &[2, 3], &[0.5, 0., 0.5, 0.5, 1., 0.5], 0.0);
+        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[2, 3], &[-0.6931472, -1000., -0.6931472, -0.6931472, 0., -0.6931472], 1e-7);
+    }
+}

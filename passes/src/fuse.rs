@@ -1,0 +1,278 @@
+//! Fusion.
+//!
+//! * [`fuse`] (HIR): decides which values are not materialized. An elementwise producer used
+//!   once fuses into its elementwise or reduction consumer; a Conv/MatMul/Gemm fuses its
+//!   elementwise epilogue (bias, activation, residual add, clip). Marked values print as
+//!   `fused` in the text form.
+//! * [`fuse_lir`] (LIR): merges the kernels of marked values into their consumers, by
+//!   composing compute definitions: a plain producer's body is substituted into the
+//!   consumer's loads; a reduction producer takes the consumer's body as its finalizer.
+//!   A pair that does not compose is left materialized, which is always correct.
+
+use std::collections::HashMap;
+
+use kiln_ir::lir::{BufferId, Expr, Instr, Kernel, Program, View};
+use kiln_ir::{strides_of, Graph, Op, ValueDef};
+
+use crate::PassError;
+
+fn elementwise_class(op: &Op) -> bool {
+    op.is_elementwise() || matches!(op, Op::BatchNorm { .. })
+}
+
+fn complex(g: &Graph, op: &Op, inputs: &[kiln_ir::ValueId]) -> bool {
+    match op {
+        Op::Conv { .. } | Op::Gemm { .. } => true,
+        Op::MatMul => inputs.iter().all(|&v| g.ty(v).rank() >= 2),
+        _ => false,
+    }
+}
+
+/// Marks values to fuse (see the module doc).
+pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
+    let uses = g.use_counts();
+    let mut changed = false;
+    for nid in g.order().to_vec() {
+        let c = g.node(nid).clone();
+        let c_out_shape = g.ty(c.outputs[0]).shape.clone();
+        let mut took_complex = false;
+        for (i, &v) in c.inputs.iter().enumerate() {
+            if c.inputs[..i].contains(&v) || g.outputs.contains(&v) || uses.get(&v) != Some(&1) || g.is_fused(v) {
+                continue;
+            }
+            let ValueDef::Node(pid, _) = g.value(v).def else { continue };
+            let p = g.node(pid).clone();
+            if p.outputs.len() != 1 {
+                continue;
+            }
+            let same_size = g.ty(v).numel() == kiln_ir::numel(&c_out_shape);
+            let ok = if elementwise_class(&p.op) {
+                (elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. })
+            } else if complex(g, &p.op, &p.inputs) {
+                elementwise_class(&c.op) && g.ty(v).shape == c_out_shape && !took_complex
+            } else {
+                false
+            };
+            if ok {
+                took_complex |= !elementwise_class(&p.op);
+                g.set_fused(v, true);
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Operand indices referenced by loads in a kernel's body and finalizer.
+fn used_operands(k: &Kernel) -> Vec<bool> {
+    let mut used = vec![false; k.inputs.len()];
+    let mut mark = |e: &Expr| {
+        if let Expr::Load { operand, .. } = e {
+            used[*operand] = true;
+        }
+    };
+    k.body.visit(&mut mark);
+    if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+        f.visit(&mut mark);
+    }
+    used
+}
+
+/// Drops unused operands and merges duplicates, renumbering loads.
+fn compact(k: &mut Kernel) {
+    let used = used_operands(k);
+    let mut remap = vec![usize::MAX; k.inputs.len()];
+    let mut inputs: Vec<View> = Vec::new();
+    for (i, v) in k.inputs.iter().enumerate() {
+        if !used[i] {
+            continue;
+        }
+        remap[i] = match inputs.iter().position(|w| w == v) {
+            Some(j) => j,
+            None => {
+                inputs.push(v.clone());
+                inputs.len() - 1
+            }
+        };
+    }
+    let mut f = |e: Expr| match e {
+        Expr::Load { operand, index, pad } => Expr::Load { operand: remap[operand], index, pad },
+        e => e,
+    };
+    k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut f);
+    if let Some(r) = &mut k.reduction {
+        r.finalize = r.finalize.take().map(|e| e.map(&mut f));
+    }
+    k.inputs = inputs;
+}
+
+fn shift_operands(e: Expr, by: usize) -> Expr {
+    e.map(&mut |e| match e {
+        Expr::Load { operand, index, pad } => Expr::Load { operand: operand + by, index, pad },
+        e => e,
+    })
+}
+
+/// The producer's parallel indices for a consumer load `index` through `view` of the
+/// producer's dense output of extents `ext`.
+fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
+    let dense: Vec<i64> = strides_of(ext).into_iter().map(|s| s as i64).collect();
+    let r = ext.len();
+    if view.offset == 0 && view.extents.len() >= r {
+        let off = view.extents.len() - r;
+        let lead_ok = view.strides[..off].iter().all(|&s| s == 0);
+        let dims_ok = (0..r).all(|d| {
+            (view.strides[off + d] == dense[d] && view.extents[off + d] == ext[d]) || (view.strides[off + d] == 0 && ext[d] == 1)
+        });
+        if lead_ok && dims_ok {
+            return (0..r).map(|d| if ext[d] == 1 { Expr::i64(0) } else { index[off + d].clone() }).collect();
+        }
+    }
+    // General case: linearize through the view, then unravel in the producer's layout.
+    let mut lin = Expr::i64(view.offset);
+    for (ix, &s) in index.iter().zip(&view.strides) {
+        if s != 0 {
+            lin = Expr::add(lin, Expr::mul(ix.clone(), Expr::i64(s)));
+        }
+    }
+    (0..r)
+        .map(|d| {
+            let q = if dense[d] == 1 { lin.clone() } else { Expr::div(lin.clone(), Expr::i64(dense[d])) };
+            if d == 0 {
+                q
+            } else {
+                Expr::bin(kiln_ir::BinaryOp::Mod { fmod: true }, q, Expr::i64(ext[d] as i64))
+            }
+        })
+        .collect()
+}
+
+/// Substitutes a plain producer (no reduction) into the consumer's loads of buffer `b`.
+fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
+    let mut ok = true;
+    let check = |e: &Expr, ok: &mut bool| {
+        if let Expr::Load { operand, pad, .. } = e {
+            if cons.inputs[*operand].buffer == b && pad.is_some() {
+                *ok = false;
+            }
+        }
+    };
+    cons.body.visit(&mut |e| check(e, &mut ok));
+    if let Some(f) = cons.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+        f.visit(&mut |e| check(e, &mut ok));
+    }
+    if !ok {
+        return None;
+    }
+    let base = cons.inputs.len();
+    let ext = prod.domain.clone();
+    let body = shift_operands(prod.body.clone(), base);
+    let mut rewrite = |e: Expr| match e {
+        Expr::Load { operand, index, pad: None } if cons.inputs[operand].buffer == b => {
+            let j = producer_index(&cons.inputs[operand], &index, &ext);
+            body.clone().map(&mut |x| if let Expr::Var(d) = x { j[d].clone() } else { x })
+        }
+        e => e,
+    };
+    let mut k = cons.clone();
+    k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut rewrite);
+    if let Some(r) = &mut k.reduction {
+        r.finalize = r.finalize.take().map(|e| e.map(&mut rewrite));
+    }
+    k.inputs.extend(prod.inputs.iter().cloned());
+    k.name = format!("{}+{}", prod.name, cons.name);
+    compact(&mut k);
+    Some(k)
+}
+
+/// Makes an elementwise consumer the finalizer of a reduction producer.
+fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
+    if cons.reduction.is_some() || cons.domain[..] != prod.domain[..prod.n_par] {
+        return None;
+    }
+    let mut ok = true;
+    cons.body.visit(&mut |e| {
+        if let Expr::Load { operand, index, pad } = e {
+            let v = &cons.inputs[*operand];
+            if v.buffer == b {
+                let identity = index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d));
+                ok &= identity && pad.is_none() && v.extents == prod.output.extents && v.strides == prod.output.strides && v.offset == prod.output.offset;
+            }
+        }
+    });
+    if !ok {
+        return None;
+    }
+    let red = prod.reduction.as_ref()?;
+    let acc = red.finalize.clone().unwrap_or(Expr::Acc);
+    let base = prod.inputs.len();
+    let fin = cons.body.clone().map(&mut |e| match e {
+        Expr::Load { operand, .. } if cons.inputs[operand].buffer == b => acc.clone(),
+        Expr::Load { operand, index, pad } => Expr::Load { operand: operand + base, index, pad },
+        e => e,
+    });
+    let mut k = prod.clone();
+    k.inputs.extend(cons.inputs.iter().cloned());
+    k.reduction.as_mut().expect("reduction").finalize = Some(fin);
+    k.output = cons.output.clone();
+    k.name = format!("{}+{}", prod.name, cons.name);
+    compact(&mut k);
+    Some(k)
+}
+
+/// Merges kernels whose output buffer is marked fused into their single consumer.
+/// Returns the number of merges.
+pub fn fuse_lir(p: &mut Program) -> usize {
+    let mut merged = 0;
+    let mut i = 0;
+    while i < p.instrs.len() {
+        let Instr::Kernel(prod) = &p.instrs[i] else {
+            i += 1;
+            continue;
+        };
+        let b = prod.output.buffer;
+        let buf = p.buffer(b);
+        let whole = prod.output.is_dense() && prod.output.numel() * prod.output.dtype.size() == buf.bytes;
+        let touching: Vec<usize> = (0..p.instrs.len())
+            .filter(|&j| j != i && {
+                let (r, w) = p.instrs[j].reads_writes();
+                r.contains(&b) || w.contains(&b)
+            })
+            .collect();
+        let reads_self = prod.inputs.iter().any(|v| v.buffer == b);
+        let target = match touching[..] {
+            [j] if buf.fused && whole && !reads_self && j > i => Some(j),
+            _ => None,
+        };
+        let new = target.and_then(|j| match &p.instrs[j] {
+            Instr::Kernel(cons) if cons.output.buffer != b => {
+                if prod.reduction.is_none() {
+                    substitute(prod, cons, b)
+                } else {
+                    epilogue(prod, cons, b)
+                }
+            }
+            _ => None,
+        });
+        match (target, new) {
+            (Some(j), Some(k)) => {
+                p.instrs[j] = Instr::Kernel(k);
+                p.instrs.remove(i);
+                merged += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    merged
+}
+
+/// Counts kernels per name prefix (for reports and tests).
+pub fn kernel_names(p: &Program) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for ins in &p.instrs {
+        if let Instr::Kernel(k) = ins {
+            *m.entry(k.name.clone()).or_insert(0) += 1;
+        }
+    }
+    m
+}

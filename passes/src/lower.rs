@@ -1,0 +1,518 @@
+//! HIR → LIR lowering: every value gets a location (a buffer and an element offset), every
+//! computing node becomes one or more kernels with compute definitions, and reshapes become
+//! zero-copy views.
+
+use std::collections::HashMap;
+
+use kiln_ir::lir::{Buffer, BufferId, BufferKind, Combine, Expr, Instr, Kernel, Program, Reduction, Scalar, View};
+use kiln_ir::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use kiln_ir::{strides_of, DType, Graph, Op, TensorType, ValueDef, ValueId};
+
+use crate::PassError;
+
+/// Where a value's elements live: dense, row-major, from `offset` (in elements) of `buffer`.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    buffer: BufferId,
+    offset: i64,
+}
+
+struct Lowerer<'g> {
+    g: &'g Graph,
+    prog: Program,
+    loc: HashMap<ValueId, Loc>,
+}
+
+/// A view of `v` (shape `shape`) broadcast to `to` (numpy rules: aligned right, stride 0 on
+/// broadcast dimensions).
+pub fn broadcast_view(v: &View, to: &[usize]) -> View {
+    let off = to.len() - v.extents.len();
+    let mut strides = vec![0i64; to.len()];
+    for (d, (&e, &s)) in v.extents.iter().zip(&v.strides).enumerate() {
+        strides[off + d] = if e == 1 && to[off + d] != 1 { 0 } else { s };
+    }
+    View { buffer: v.buffer, dtype: v.dtype, offset: v.offset, extents: to.to_vec(), strides }
+}
+
+fn vars(range: std::ops::Range<usize>) -> Vec<Expr> {
+    range.map(Expr::Var).collect()
+}
+
+fn elementwise(name: &str, out: View, inputs: Vec<View>, body: Expr) -> Kernel {
+    Kernel { name: name.to_string(), domain: out.extents.clone(), n_par: out.extents.len(), inputs, output: out, body, reduction: None }
+}
+
+/// The body of an elementwise HIR op applied to `args` (already loaded).
+pub fn elementwise_body(op: &Op, mut args: Vec<Expr>) -> Expr {
+    match op {
+        Op::Binary(b) => {
+            let rhs = args.pop().unwrap();
+            Expr::bin(*b, args.pop().unwrap(), rhs)
+        }
+        Op::Compare(c) => {
+            let rhs = args.pop().unwrap();
+            Expr::cmp(*c, args.pop().unwrap(), rhs)
+        }
+        Op::Unary(u) => Expr::unary(*u, args.pop().unwrap()),
+        Op::Cast { to } => Expr::cast(*to, args.pop().unwrap()),
+        Op::Where => {
+            let b = args.pop().unwrap();
+            let a = args.pop().unwrap();
+            Expr::select(args.pop().unwrap(), a, b)
+        }
+        Op::Identity => args.pop().unwrap(),
+        _ => unreachable!("not an elementwise op: {}", op.name()),
+    }
+}
+
+impl<'g> Lowerer<'g> {
+    fn ty(&self, v: ValueId) -> &TensorType {
+        self.g.ty(v)
+    }
+
+    fn view_of(&mut self, v: ValueId) -> View {
+        let loc = match self.loc.get(&v) {
+            Some(l) => *l,
+            None => {
+                let t = self.g.const_of(v).expect("operand without a location is a constant").clone();
+                let name = self.g.value(v).name.clone();
+                let bytes = t.ty.bytes();
+                let b = self.prog.add_buffer(BufferKind::Constant(t), bytes, name);
+                let l = Loc { buffer: b, offset: 0 };
+                self.loc.insert(v, l);
+                l
+            }
+        };
+        let ty = self.ty(v);
+        let mut view = View::dense(loc.buffer, ty.dtype, &ty.shape);
+        view.offset = loc.offset;
+        view
+    }
+
+    fn temp(&mut self, dtype: DType, shape: &[usize], name: String) -> View {
+        let bytes = shape.iter().product::<usize>() * dtype.size();
+        let b = self.prog.add_buffer(BufferKind::Activation, bytes, name);
+        View::dense(b, dtype, shape)
+    }
+
+    fn emit(&mut self, k: Kernel) {
+        self.prog.instrs.push(Instr::Kernel(k));
+    }
+
+    fn lower_node(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let out_shape = out.extents.clone();
+        let rank = out_shape.len();
+        match op {
+            Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Cast { .. } | Op::Where | Op::Identity => {
+                let views: Vec<View> = ins.iter().map(|v| broadcast_view(v, &out_shape)).collect();
+                let args = (0..views.len()).map(|k| Expr::load(k, vars(0..rank))).collect();
+                let body = elementwise_body(op, args);
+                self.emit(elementwise(name, out, views, body));
+            }
+            Op::MatMul => self.lower_matmul(ins, out, name),
+            Op::Gemm { alpha, beta, trans_a, trans_b } => {
+                let (m, n) = (out_shape[0], out_shape[1]);
+                let mut a = ins[0].clone();
+                let mut b = ins[1].clone();
+                if *trans_a {
+                    a.extents.swap(0, 1);
+                    a.strides.swap(0, 1);
+                }
+                if *trans_b {
+                    b.extents.swap(0, 1);
+                    b.strides.swap(0, 1);
+                }
+                let k = a.extents[1];
+                let body = Expr::mul(Expr::load(0, vec![Expr::Var(0), Expr::Var(2)]), Expr::load(1, vec![Expr::Var(2), Expr::Var(1)]));
+                let mut fin = Expr::Acc;
+                if *alpha != 1.0 {
+                    fin = Expr::mul(Expr::f32(*alpha), fin);
+                }
+                let mut inputs = vec![a, b];
+                if let Some(c) = ins.get(2) {
+                    if *beta != 0.0 {
+                        inputs.push(broadcast_view(c, &[m, n]));
+                        let mut cl = Expr::load(2, vars(0..2));
+                        if *beta != 1.0 {
+                            cl = Expr::mul(Expr::f32(*beta), cl);
+                        }
+                        fin = Expr::add(fin, cl);
+                    }
+                }
+                let dt = out.dtype;
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain: vec![m, n, k],
+                    n_par: 2,
+                    inputs,
+                    output: out,
+                    body,
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::of(dt, 0.0), finalize: (fin != Expr::Acc).then_some(fin) }),
+                });
+            }
+            Op::Conv { window, group } => {
+                let (x, w) = (&ins[0], &ins[1]);
+                let cig = w.extents[1];
+                let cog = w.extents[0] / group;
+                let [kh, kw] = window.kernel;
+                let mut domain = out_shape.clone();
+                domain.extend([cig, kh, kw]);
+                let chan = if *group == 1 {
+                    Expr::Var(4)
+                } else {
+                    Expr::add(Expr::mul(Expr::div(Expr::Var(1), Expr::i64(cog as i64)), Expr::i64(cig as i64)), Expr::Var(4))
+                };
+                let spatial = |a: usize| {
+                    let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
+                    let tap = Expr::mul(Expr::Var(5 + a), Expr::i64(window.dilations[a] as i64));
+                    Expr::sub(Expr::add(base, tap), Expr::i64(window.pads[a] as i64))
+                };
+                let xl = Expr::Load { operand: 0, index: vec![Expr::Var(0), chan, spatial(0), spatial(1)], pad: Some(Scalar::F32(0.0)) };
+                let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(4), Expr::Var(5), Expr::Var(6)]);
+                let mut inputs = vec![x.clone(), w.clone()];
+                let finalize = ins.get(2).map(|b| {
+                    inputs.push(b.clone());
+                    Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
+                });
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: 4,
+                    inputs,
+                    output: out,
+                    body: Expr::mul(xl, wl),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+                });
+            }
+            Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => {
+                let x = &ins[0];
+                let dt = x.dtype;
+                let mut domain = out_shape.clone();
+                domain.extend(window.kernel);
+                let spatial = |a: usize| {
+                    let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
+                    let tap = Expr::mul(Expr::Var(4 + a), Expr::i64(window.dilations[a] as i64));
+                    Expr::sub(Expr::add(base, tap), Expr::i64(window.pads[a] as i64))
+                };
+                let is_max = matches!(op, Op::MaxPool { .. });
+                let pad = if is_max { Scalar::extreme(dt, true) } else { Scalar::of(dt, 0.0) };
+                let body = Expr::Load { operand: 0, index: vec![Expr::Var(0), Expr::Var(1), spatial(0), spatial(1)], pad: Some(pad) };
+                let mut inputs = vec![x.clone()];
+                let reduction = if is_max {
+                    Reduction { combine: Combine::Max, init: pad, finalize: None }
+                } else {
+                    let Op::AveragePool { count_include_pad, .. } = op else { unreachable!() };
+                    // Divisors depend only on the output position: precompute 1/count per (oh, ow).
+                    let (oh, ow) = (out_shape[2], out_shape[3]);
+                    let (h, w) = (x.extents[2] as i64, x.extents[3] as i64);
+                    let count_axis = |a: usize, o: usize, n: i64| -> i64 {
+                        let start = (o * window.strides[a]) as i64 - window.pads[a] as i64;
+                        let (lo, hi) = if *count_include_pad { (-(window.pads[a] as i64), n + window.pads[a + 2] as i64) } else { (0, n) };
+                        (0..window.kernel[a] as i64).filter(|t| (lo..hi).contains(&(start + t * window.dilations[a] as i64))).count() as i64
+                    };
+                    let mut inv = Vec::with_capacity(oh * ow);
+                    for i in 0..oh {
+                        for j in 0..ow {
+                            let c = count_axis(0, i, h) * count_axis(1, j, w);
+                            inv.push(if c == 0 { 0.0 } else { c as f32 });
+                        }
+                    }
+                    let t = kiln_ir::Tensor::f32(vec![oh, ow], inv);
+                    let b = self.prog.add_buffer(BufferKind::Constant(t), oh * ow * 4, format!("{name}.counts"));
+                    inputs.push(View::dense(b, DType::F32, &[oh, ow]));
+                    Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: Some(Expr::div(Expr::Acc, Expr::load(1, vec![Expr::Var(2), Expr::Var(3)]))) }
+                };
+                self.emit(Kernel { name: name.into(), domain, n_par: 4, inputs, output: out, body, reduction: Some(reduction) });
+            }
+            Op::BatchNorm { epsilon } => {
+                let x = &ins[0];
+                let chan = |v: &View| {
+                    let mut strides = vec![0i64; rank];
+                    strides[1] = v.strides[0];
+                    View { buffer: v.buffer, dtype: v.dtype, offset: v.offset, extents: out_shape.clone(), strides }
+                };
+                let mut inputs = vec![x.clone()];
+                inputs.extend(ins[1..].iter().map(chan));
+                let l = |k: usize| Expr::load(k, vars(0..rank));
+                let denom = Expr::unary(UnaryOp::Sqrt, Expr::add(l(4), Expr::f32(*epsilon)));
+                let body = Expr::add(Expr::mul(Expr::div(Expr::sub(l(0), l(3)), denom), l(1)), l(2));
+                self.emit(elementwise(name, out, inputs, body));
+            }
+            Op::Lrn { size, alpha, beta, bias } => {
+                let x = ins[0].clone();
+                let half = ((size - 1) / 2) as i64;
+                let mut domain = out_shape.clone();
+                domain.push(*size);
+                let mut idx = vars(0..rank);
+                idx[1] = Expr::add(Expr::sub(Expr::Var(1), Expr::i64(half)), Expr::Var(rank));
+                let xl = Expr::Load { operand: 0, index: idx, pad: Some(Scalar::F32(0.0)) };
+                let scale = Expr::add(Expr::f32(*bias), Expr::mul(Expr::f32(alpha / *size as f32), Expr::Acc));
+                let fin = Expr::div(Expr::load(0, vars(0..rank)), Expr::bin(BinaryOp::Pow, scale, Expr::f32(*beta)));
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: rank,
+                    inputs: vec![x],
+                    output: out,
+                    body: Expr::mul(xl.clone(), xl),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: Some(fin) }),
+                });
+            }
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                let x = ins[0].clone();
+                let a = *axis;
+                let mut red_shape = out_shape.clone();
+                red_shape[a] = 1;
+                let kept: Vec<usize> = (0..rank).filter(|&d| d != a).collect();
+                let kept_shape: Vec<usize> = kept.iter().map(|&d| out_shape[d]).collect();
+                // Index of x in the reduction domain [kept..., axis].
+                let mut xidx = vec![Expr::Var(0); rank];
+                for (i, &d) in kept.iter().enumerate() {
+                    xidx[d] = Expr::Var(i);
+                }
+                xidx[a] = Expr::Var(rank - 1);
+                let mut domain = kept_shape.clone();
+                domain.push(out_shape[a]);
+                let mx = self.temp(DType::F32, &red_shape, format!("{name}.max"));
+                let mut mx_out = mx.clone();
+                mx_out.extents = kept_shape.clone();
+                mx_out.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
+                self.emit(Kernel {
+                    name: format!("{name}.max"),
+                    domain: domain.clone(),
+                    n_par: rank - 1,
+                    inputs: vec![x.clone()],
+                    output: mx_out.clone(),
+                    body: Expr::load(0, xidx.clone()),
+                    reduction: Some(Reduction { combine: Combine::Max, init: Scalar::F32(f32::NEG_INFINITY), finalize: None }),
+                });
+                let sm = self.temp(DType::F32, &red_shape, format!("{name}.sum"));
+                let mut sm_out = sm.clone();
+                sm_out.extents = kept_shape.clone();
+                sm_out.strides = mx_out.strides.clone();
+                let mx_k: Vec<Expr> = (0..rank - 1).map(Expr::Var).collect();
+                self.emit(Kernel {
+                    name: format!("{name}.sum"),
+                    domain,
+                    n_par: rank - 1,
+                    inputs: vec![x.clone(), mx_out.clone()],
+                    output: sm_out,
+                    body: Expr::unary(UnaryOp::Exp, Expr::sub(Expr::load(0, xidx), Expr::load(1, mx_k))),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+                });
+                let inputs = vec![x, broadcast_view(&mx, &out_shape), broadcast_view(&sm, &out_shape)];
+                let l = |k: usize| Expr::load(k, vars(0..rank));
+                let shifted = Expr::sub(l(0), l(1));
+                let body = if matches!(op, Op::Softmax { .. }) {
+                    Expr::div(Expr::unary(UnaryOp::Exp, shifted), l(2))
+                } else {
+                    Expr::sub(shifted, Expr::unary(UnaryOp::Log, l(2)))
+                };
+                self.emit(elementwise(name, out, inputs, body));
+            }
+            Op::Reduce { op: r, axes, .. } => {
+                let x = ins[0].clone();
+                let xr = x.extents.len();
+                let kept: Vec<usize> = (0..xr).filter(|d| !axes.contains(d)).collect();
+                let kept_shape: Vec<usize> = kept.iter().map(|&d| x.extents[d]).collect();
+                let mut domain = kept_shape.clone();
+                domain.extend(axes.iter().map(|&d| x.extents[d]));
+                let mut xidx = vec![Expr::Var(0); xr];
+                for (i, &d) in kept.iter().enumerate() {
+                    xidx[d] = Expr::Var(i);
+                }
+                for (i, &d) in axes.iter().enumerate() {
+                    xidx[d] = Expr::Var(kept.len() + i);
+                }
+                let mut o = out.clone();
+                o.extents = kept_shape.clone();
+                o.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
+                let dt = x.dtype;
+                let count: usize = axes.iter().map(|&d| x.extents[d]).product();
+                let (combine, init, finalize) = match r {
+                    ReduceOp::Sum => (Combine::Add, Scalar::of(dt, 0.0), None),
+                    ReduceOp::Mean => (Combine::Add, Scalar::of(dt, 0.0), Some(Expr::div(Expr::Acc, Expr::Const(Scalar::of(dt, count as f64))))),
+                    ReduceOp::Prod => (Combine::Mul, Scalar::of(dt, 1.0), None),
+                    ReduceOp::Max => (Combine::Max, Scalar::extreme(dt, true), None),
+                    ReduceOp::Min => (Combine::Min, Scalar::extreme(dt, false), None),
+                };
+                if count == 0 && matches!(r, ReduceOp::Max | ReduceOp::Min) {
+                    return Err("reducing an empty axis with max/min has no result".into());
+                }
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: kept.len(),
+                    inputs: vec![x],
+                    output: o,
+                    body: Expr::load(0, xidx),
+                    reduction: Some(Reduction { combine, init, finalize }),
+                });
+            }
+            Op::Transpose { perm } => {
+                let x = &ins[0];
+                let v = View {
+                    buffer: x.buffer,
+                    dtype: x.dtype,
+                    offset: x.offset,
+                    extents: out_shape.clone(),
+                    strides: perm.iter().map(|&p| x.strides[p]).collect(),
+                };
+                self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
+            }
+            Op::Slice { starts, steps, .. } => {
+                let x = &ins[0];
+                let offset = x.offset + starts.iter().zip(&x.strides).map(|(s, t)| s * t).sum::<i64>();
+                let v = View {
+                    buffer: x.buffer,
+                    dtype: x.dtype,
+                    offset,
+                    extents: out_shape.clone(),
+                    strides: x.strides.iter().zip(steps).map(|(t, s)| t * s).collect(),
+                };
+                self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
+            }
+            Op::Concat { axis } => {
+                let mut at = 0usize;
+                for (k, v) in ins.iter().enumerate() {
+                    let mut o = out.clone();
+                    o.extents = v.extents.clone();
+                    o.offset += at as i64 * out.strides[*axis];
+                    at += v.extents[*axis];
+                    if v.numel() > 0 {
+                        self.emit(elementwise(&format!("{name}.{k}"), o, vec![v.clone()], Expr::load(0, vars(0..rank))));
+                    }
+                }
+            }
+            Op::Gather { axis } => {
+                let (x, idx) = (&ins[0], &ins[1]);
+                let ri = idx.extents.len();
+                let dim = x.extents[*axis] as i64;
+                let raw = Expr::cast(DType::I64, Expr::load(1, vars(*axis..axis + ri)));
+                let wrapped = Expr::select(Expr::cmp(CmpOp::Less, raw.clone(), Expr::i64(0)), Expr::add(raw.clone(), Expr::i64(dim)), raw);
+                // Out-of-range indices are clamped so a bad index can never read outside memory.
+                let clamped = Expr::bin(BinaryOp::Min, Expr::bin(BinaryOp::Max, wrapped, Expr::i64(0)), Expr::i64((dim - 1).max(0)));
+                let mut xidx = vars(0..*axis);
+                xidx.push(clamped);
+                xidx.extend(vars(axis + ri..rank));
+                self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
+            }
+            Op::Expand { .. } => {
+                let v = broadcast_view(&ins[0], &out_shape);
+                self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
+            }
+            Op::Reshape { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
+        }
+        Ok(())
+    }
+
+    fn lower_matmul(&mut self, ins: Vec<View>, out: View, name: &str) {
+        let (mut a, mut b) = (ins[0].clone(), ins[1].clone());
+        if a.extents.len() == 1 {
+            a.extents.insert(0, 1);
+            a.strides.insert(0, 0);
+        }
+        if b.extents.len() == 1 {
+            b.extents.push(1);
+            b.strides.push(0);
+        }
+        let (m, k) = (a.extents[a.extents.len() - 2], a.extents[a.extents.len() - 1]);
+        let n = b.extents[b.extents.len() - 1];
+        let batch = kiln_ir::infer::broadcast_shapes(&[&a.extents[..a.extents.len() - 2], &b.extents[..b.extents.len() - 2]]).expect("typed");
+        let nb = batch.len();
+        let mut full = batch.clone();
+        full.extend([m, k]);
+        let a = broadcast_view(&a, &full);
+        full.truncate(nb);
+        full.extend([k, n]);
+        let b = broadcast_view(&b, &full);
+        let mut out_full = batch.clone();
+        out_full.extend([m, n]);
+        let mut o = View::dense(out.buffer, out.dtype, &out_full);
+        o.offset = out.offset;
+        let mut domain = out_full.clone();
+        domain.push(k);
+        let mut ai = vars(0..nb);
+        ai.extend([Expr::Var(nb), Expr::Var(nb + 2)]);
+        let mut bi = vars(0..nb);
+        bi.extend([Expr::Var(nb + 2), Expr::Var(nb + 1)]);
+        let dt = out.dtype;
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: nb + 2,
+            inputs: vec![a, b],
+            output: o,
+            body: Expr::mul(Expr::load(0, ai), Expr::load(1, bi)),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::of(dt, 0.0), finalize: None }),
+        });
+    }
+}
+
+/// Lowers a verified, fully typed HIR graph into one LIR program.
+pub fn lower(g: &Graph) -> Result<Program, PassError> {
+    let mut l = Lowerer { g, prog: Program { name: g.name.clone(), ..Default::default() }, loc: HashMap::new() };
+    for (i, &v) in g.inputs.iter().enumerate() {
+        let t = g.ty(v);
+        l.prog.inputs.push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
+        let b = l.prog.add_buffer(BufferKind::Input(i), t.bytes(), g.value(v).name.clone());
+        l.loc.insert(v, Loc { buffer: b, offset: 0 });
+    }
+    // Graph outputs computed by a kernel are written straight into the caller's buffer.
+    let mut out_bufs = Vec::new();
+    let mut direct: HashMap<ValueId, usize> = HashMap::new();
+    for (i, &v) in g.outputs.iter().enumerate() {
+        let t = g.ty(v);
+        let name = g.value(v).name.clone();
+        l.prog.outputs.push((name.clone(), t.dtype, t.shape.clone()));
+        out_bufs.push(l.prog.add_buffer(BufferKind::Output(i), t.bytes(), name));
+        if let ValueDef::Node(n, _) = g.value(v).def {
+            if !matches!(g.node(n).op, Op::Reshape { .. }) && !direct.contains_key(&v) {
+                direct.insert(v, i);
+            }
+        }
+    }
+    for &nid in g.order() {
+        let node = g.node(nid);
+        let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
+        let out_v = node.outputs[0];
+        if let Op::Reshape { .. } = node.op {
+            let src = ins[0].clone();
+            l.loc.insert(out_v, Loc { buffer: src.buffer, offset: src.offset });
+            continue;
+        }
+        if let Op::Unsupported { op_type, .. } = &node.op {
+            return Err(PassError::Unsupported { node: node.name.clone(), what: format!("op {op_type}") });
+        }
+        let t = g.ty(out_v).clone();
+        let buffer = match direct.get(&out_v) {
+            Some(&i) => out_bufs[i],
+            None => {
+                let b = l.prog.add_buffer(BufferKind::Activation, t.bytes(), g.value(out_v).name.clone());
+                l.prog.buffers[b.0 as usize].fused = g.is_fused(out_v);
+                b
+            }
+        };
+        l.loc.insert(out_v, Loc { buffer, offset: 0 });
+        let out = View::dense(buffer, t.dtype, &t.shape);
+        l.lower_node(&node.op, ins, out, &node.name)
+            .map_err(|e| PassError::Lowering { node: node.name.clone(), op: node.op.name().into(), message: e })?;
+    }
+    for (i, &v) in g.outputs.iter().enumerate() {
+        if direct.get(&v) == Some(&i) {
+            continue;
+        }
+        let src = l.view_of(v);
+        let bytes = g.ty(v).bytes();
+        if bytes > 0 {
+            let sz = src.dtype.size();
+            l.prog.instrs.push(Instr::Copy { dst: out_bufs[i], dst_offset: 0, src: src.buffer, src_offset: src.offset as usize * sz, bytes });
+        }
+    }
+    Ok(l.prog)
+}
+
+/// Total bytes of a set of buffers (for reports).
+pub fn total_bytes(bufs: &[Buffer]) -> usize {
+    bufs.iter().map(|b| b.bytes).sum()
+}

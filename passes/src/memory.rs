@@ -1,0 +1,174 @@
+//! Static memory planning on LIR: in-place reuse of dying inputs, liveness, and arena offsets
+//! by a greedy-by-size best-fit heuristic. Reports the arena size against the lower bound
+//! (the most bytes simultaneously live).
+
+use std::collections::HashMap;
+
+use kiln_ir::lir::{BufferId, BufferKind, Instr, Program};
+
+pub const ALIGN: u64 = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Bytes of the arena.
+    pub arena_bytes: u64,
+    /// The most bytes of activations live at one instruction: no placement can do better.
+    pub lower_bound: u64,
+    /// Activation buffers placed.
+    pub buffers: usize,
+    /// Kernels that write their output over a dying input.
+    pub in_place: usize,
+}
+
+impl MemoryReport {
+    pub fn ratio(&self) -> f64 {
+        if self.lower_bound == 0 {
+            1.0
+        } else {
+            self.arena_bytes as f64 / self.lower_bound as f64
+        }
+    }
+}
+
+fn align(x: u64) -> u64 {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+fn rename(instr: &mut Instr, from: BufferId, to: BufferId) {
+    match instr {
+        Instr::Kernel(k) => {
+            for v in k.inputs.iter_mut().chain(std::iter::once(&mut k.output)) {
+                if v.buffer == from {
+                    v.buffer = to;
+                }
+            }
+        }
+        Instr::Copy { dst, src, .. } => {
+            for b in [dst, src] {
+                if *b == from {
+                    *b = to;
+                }
+            }
+        }
+    }
+}
+
+/// First and last instruction touching each buffer.
+fn intervals(p: &Program) -> HashMap<BufferId, (usize, usize)> {
+    let mut m: HashMap<BufferId, (usize, usize)> = HashMap::new();
+    for (i, ins) in p.instrs.iter().enumerate() {
+        let (r, w) = ins.reads_writes();
+        for b in r.into_iter().chain(w) {
+            m.entry(b).and_modify(|e| e.1 = i).or_insert((i, i));
+        }
+    }
+    m
+}
+
+fn is_activation(p: &Program, b: BufferId) -> bool {
+    p.buffer(b).kind == BufferKind::Activation
+}
+
+/// Lets elementwise kernels write over an input that dies at that kernel.
+fn plan_in_place(p: &mut Program) -> usize {
+    let mut count = 0;
+    let mut live = intervals(p);
+    for i in 0..p.instrs.len() {
+        let Instr::Kernel(k) = &p.instrs[i] else { continue };
+        let out = k.output.buffer;
+        if !is_activation(p, out) || live.get(&out).map(|e| e.0) != Some(i) || !k.output.is_dense() {
+            continue;
+        }
+        if k.output.numel() * k.output.dtype.size() != p.buffer(out).bytes {
+            continue;
+        }
+        let cand = k.inplace_candidates().into_iter().map(|c| k.inputs[c].buffer).find(|&b| {
+            b != out
+                && is_activation(p, b)
+                && live.get(&b).map(|e| e.1) == Some(i)
+                && p.buffer(b).bytes == p.buffer(out).bytes
+                // Every other read of that buffer in this kernel must be the same element.
+                && k.inputs.iter().filter(|v| v.buffer == b).all(|v| *v == k.inputs.iter().find(|v| v.buffer == b).unwrap().clone())
+        });
+        let Some(inp) = cand else { continue };
+        for ins in &mut p.instrs[i..] {
+            rename(ins, out, inp);
+        }
+        let end = live[&out].1;
+        live.get_mut(&inp).unwrap().1 = end;
+        live.remove(&out);
+        count += 1;
+    }
+    count
+}
+
+/// Plans the arena: sets every activation buffer's offset and the program's arena size.
+pub fn plan(p: &mut Program) -> MemoryReport {
+    let in_place = plan_in_place(p);
+    let live = intervals(p);
+    let mut acts: Vec<(BufferId, u64, usize, usize)> = live
+        .iter()
+        .filter(|(b, _)| is_activation(p, **b))
+        .map(|(&b, &(s, e))| (b, align(p.buffer(b).bytes as u64), s, e))
+        .collect();
+    // Lower bound: the largest total live at one instruction.
+    let mut delta = vec![0i64; p.instrs.len() + 1];
+    for &(_, sz, s, e) in &acts {
+        delta[s] += sz as i64;
+        delta[e + 1] -= sz as i64;
+    }
+    let (mut cur, mut lower) = (0i64, 0i64);
+    for d in delta {
+        cur += d;
+        lower = lower.max(cur);
+    }
+    // Greedy by size, best fit among the gaps left by overlapping placed buffers.
+    acts.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+    let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
+    let mut arena = 0u64;
+    for &(b, sz, s, e) in &acts {
+        let mut busy: Vec<(u64, u64)> = placed.iter().filter(|p| p.2 <= e && s <= p.3).map(|p| (p.0, p.0 + p.1)).collect();
+        busy.sort();
+        let (mut best, mut best_gap, mut at) = (None, u64::MAX, 0u64);
+        for &(lo, hi) in &busy {
+            if lo >= at && lo - at >= sz && lo - at < best_gap {
+                best = Some(at);
+                best_gap = lo - at;
+            }
+            at = at.max(hi);
+        }
+        let off = best.unwrap_or(at);
+        placed.push((off, sz, s, e));
+        p.buffers[b.0 as usize].offset = Some(off);
+        arena = arena.max(off + sz);
+    }
+    // Activations never touched (empty tensors) still need an offset.
+    for buf in &mut p.buffers {
+        if buf.kind == BufferKind::Activation && buf.offset.is_none() {
+            buf.offset = Some(0);
+        }
+    }
+    p.arena_bytes = arena;
+    MemoryReport { arena_bytes: arena, lower_bound: lower as u64, buffers: acts.len(), in_place }
+}
+
+/// Places every constant buffer in the weight section (64-byte aligned, in buffer order;
+/// buffers with identical contents share one copy) and returns the section's bytes.
+pub fn pack_constants(p: &mut Program) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut seen: HashMap<(kiln_ir::TensorType, Vec<u8>), u64> = HashMap::new();
+    for buf in &mut p.buffers {
+        let BufferKind::Constant(t) = &buf.kind else { continue };
+        let key = (t.ty.clone(), t.data.to_vec());
+        if let Some(&off) = seen.get(&key) {
+            buf.offset = Some(off);
+            continue;
+        }
+        let off = align(out.len() as u64);
+        out.resize(off as usize, 0);
+        out.extend_from_slice(&t.data);
+        buf.offset = Some(off);
+        seen.insert(key, off);
+    }
+    out
+}

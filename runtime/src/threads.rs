@@ -1,0 +1,46 @@
+//! The `parallel_for` callback that compiled code calls, on a rayon thread pool.
+
+use std::sync::Arc;
+
+use kiln_abi::{Context, TaskFn};
+use rayon::prelude::*;
+
+pub(crate) struct Pool {
+    pool: rayon::ThreadPool,
+}
+
+impl Pool {
+    pub fn new(threads: usize) -> Arc<Pool> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("kiln-worker-{i}"))
+            .build()
+            .expect("creating the worker thread pool");
+        Arc::new(Pool { pool })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendCtx(*const Context);
+// SAFETY: the context is only read by tasks, and outlives the parallel_for call.
+unsafe impl Send for SendCtx {}
+unsafe impl Sync for SendCtx {}
+
+/// Runs `task` over `[0, n)` in a few contiguous chunks per worker thread.
+pub(crate) unsafe extern "C" fn parallel_for(runtime: *mut core::ffi::c_void, task: TaskFn, ctx: *const Context, n: i64) {
+    // SAFETY: `runtime` is the `Pool` the session passed in the context.
+    let pool = unsafe { &*(runtime as *const Pool) };
+    let ctx = SendCtx(ctx);
+    let threads = pool.pool.current_num_threads() as i64;
+    let chunks = (threads * 4).min(n).max(1);
+    pool.pool.install(|| {
+        (0..chunks).into_par_iter().for_each(|c| {
+            let ctx = ctx;
+            let (s, e) = (n * c / chunks, n * (c + 1) / chunks);
+            if s < e {
+                // SAFETY: the compiled task reads the context and writes disjoint output ranges.
+                unsafe { task(ctx.0, s, e) };
+            }
+        })
+    });
+}
