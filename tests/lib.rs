@@ -1,1 +1,250 @@
-//! Test helpers.
+//! Shared helpers of Kiln's integration suites: locating the generated test data, loading
+//! an ONNX test case (model + `test_data_set_0`), running it through the library or the
+//! `kiln` binary, and comparing with ONNX's tolerance rule.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln::{CompileOptions, Compiler, Session, SessionOptions, TensorRef};
+use kiln_ir::{Data, Tensor};
+
+/// The ops issue #2 covers: a node test is in scope when its graph uses only these.
+pub const SCOPE_OPS: &[&str] = &[
+    "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Neg", "Abs", "Relu",
+    "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh", "Erf", "Clip", "MatMul", "Gemm", "Conv", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "LRN", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax",
+    "Flatten", "Reshape", "Transpose", "Concat", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Expand", "Shape",
+    "ConstantOfShape", "Constant", "Cast", "Equal", "Where", "Identity", "Dropout",
+];
+/// The tensor dtypes (ONNX names) issue #2 covers.
+pub const SCOPE_DTYPES: &[&str] = &["FLOAT", "INT64", "INT32", "BOOL"];
+
+/// Root of the generated test data (see `scripts/gen_testdata.py`).
+pub fn data_root() -> PathBuf {
+    let root = std::env::var_os("KILN_TESTDATA").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kiln-testdata/onnx-1.23.2")
+    });
+    assert!(
+        root.join("index.json").exists(),
+        "test data missing at {}: run `bash scripts/setup.sh && .venv/bin/python scripts/gen_testdata.py` (scripts/test.sh does both)",
+        root.display()
+    );
+    root
+}
+
+/// The parsed `index.json`.
+pub fn index() -> serde_json::Value {
+    let p = data_root().join("index.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("index.json readable")).expect("index.json is JSON")
+}
+
+/// One test case: a model, its inputs and expected outputs.
+pub struct Case {
+    pub name: String,
+    pub model: PathBuf,
+    pub inputs: Vec<(String, Tensor, PathBuf)>,
+    pub expected: Vec<Tensor>,
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+fn read_pb(p: &Path) -> Result<Tensor, String> {
+    let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    kiln::read_tensor_proto(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Loads `<dir>/model.onnx` and `<dir>/test_data_set_0/{input,output}_<i>.pb`.
+pub fn load_case(dir: &Path, rtol: f64, atol: f64) -> Result<Case, String> {
+    let model = dir.join("model.onnx");
+    let bytes = std::fs::read(&model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let m = kiln_onnx::decode_model(bytes.into()).map_err(|e| e.to_string())?;
+    let graph = m.graph.ok_or("model has no graph")?;
+    let inits: std::collections::HashSet<String> = graph.initializer.iter().filter_map(|t| t.name.clone()).collect();
+    let names: Vec<String> =
+        graph.input.iter().filter_map(|i| i.name.clone()).filter(|n| !n.is_empty() && !inits.contains(n)).collect();
+    let data = dir.join("test_data_set_0");
+    let mut inputs = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let p = data.join(format!("input_{i}.pb"));
+        inputs.push((n.clone(), read_pb(&p)?, p));
+    }
+    let mut expected = Vec::new();
+    for i in 0.. {
+        let p = data.join(format!("output_{i}.pb"));
+        if !p.exists() {
+            break;
+        }
+        expected.push(read_pb(&p)?);
+    }
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    Ok(Case { name, model, inputs, expected, rtol, atol })
+}
+
+/// A node test by name, with its tolerance from the index.
+pub fn node_case(name: &str, index: &serde_json::Value) -> Result<Case, String> {
+    let entry = index["node"].as_array().unwrap().iter().find(|e| e["name"] == name).ok_or("not in index.json")?;
+    load_case(&data_root().join("node").join(name), entry["rtol"].as_f64().unwrap_or(1e-3), entry["atol"].as_f64().unwrap_or(1e-7))
+}
+
+fn compile_options(case: &Case) -> CompileOptions {
+    let mut o = CompileOptions { verify: true, ..Default::default() };
+    for (n, t, _) in &case.inputs {
+        o.input_shapes.insert(n.clone(), t.shape().to_vec());
+    }
+    o
+}
+
+/// Output as (dtype code, shape, bytes).
+pub type Out = (kiln::DTypeCode, Vec<usize>, Vec<u8>);
+
+/// Compiles and runs a case through the library API.
+pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
+    let art = Compiler::new(compile_options(case)).compile_path(&case.model).map_err(|e| error_chain(&e))?;
+    let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).map_err(|e| e.to_string())?;
+    let refs: Vec<TensorRef> =
+        case.inputs.iter().map(|(_, t, _)| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
+    let outs = s.run(&refs).map_err(|e| e.to_string())?;
+    Ok(outs.into_iter().map(|t| (t.dtype, t.shape, t.data)).collect())
+}
+
+/// The `kiln` binary built next to this test (`cargo build -p kiln-cli` first), or `$KILN_BIN`.
+pub fn kiln_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("kiln");
+    assert!(bin.exists(), "{} missing: build it with `cargo build -p kiln-cli` (same profile)", bin.display());
+    bin
+}
+
+/// Runs a case through `kiln run`, reading back `outputs.json` and the `.npy` files.
+pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(kiln_bin());
+    cmd.arg("run").arg(&case.model).arg("--output-dir").arg(dir.path());
+    for (n, t, p) in &case.inputs {
+        let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+        cmd.arg("--input-shape").arg(format!("{n}={}", dims.join("x")));
+        cmd.arg("--input").arg(format!("{n}={}", p.display()));
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let listing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("outputs.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    listing["outputs"]
+        .as_array()
+        .ok_or("outputs.json has no outputs list")?
+        .iter()
+        .map(|o| read_npy(&dir.path().join(o["file"].as_str().unwrap_or_default())))
+        .collect()
+}
+
+fn read_npy(p: &Path) -> Result<Out, String> {
+    let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| e.to_string())?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let ts = match npy.dtype() {
+        npyz::DType::Plain(t) => t.to_string(),
+        d => return Err(format!("unexpected dtype {d:?}")),
+    };
+    let t = match ts.trim_start_matches(['<', '|']) {
+        "f4" => Tensor::from_data(shape, Data::F32(npy.into_vec().map_err(|e| e.to_string())?)),
+        "i4" => Tensor::from_data(shape, Data::I32(npy.into_vec().map_err(|e| e.to_string())?)),
+        "i8" => Tensor::from_data(shape, Data::I64(npy.into_vec().map_err(|e| e.to_string())?)),
+        "b1" => Tensor::from_data(shape, Data::Bool(npy.into_vec().map_err(|e| e.to_string())?)),
+        other => return Err(format!("unexpected npy dtype {other}")),
+    };
+    Ok((t.dtype().code(), t.shape().to_vec(), t.data.to_vec()))
+}
+
+/// ONNX's rule: same count, dtype and shape; |got − want| ≤ atol + rtol·|want|; NaN == NaN.
+pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} outputs, expected {}", got.len(), want.len()));
+    }
+    for (i, ((dt, shape, bytes), w)) in got.iter().zip(want).enumerate() {
+        if *dt != w.dtype().code() {
+            return Err(format!("output {i}: dtype {}, expected {}", dt.name(), w.dtype()));
+        }
+        if shape[..] != *w.shape() {
+            return Err(format!("output {i}: shape {shape:?}, expected {:?}", w.shape()));
+        }
+        let g = Tensor::from_bytes(w.ty.clone(), bytes.clone().into()).map_err(|e| format!("output {i}: {e}"))?;
+        let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
+        let mut worst: Option<(usize, f64, f64)> = None;
+        let mut bad = 0usize;
+        for (k, (&a, &b)) in gv.iter().zip(&wv).enumerate() {
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
+            if !ok {
+                bad += 1;
+                if worst.is_none_or(|(_, x, y)| (a - b).abs() > (x - y).abs()) {
+                    worst = Some((k, a, b));
+                }
+            }
+        }
+        if let Some((k, a, b)) = worst {
+            return Err(format!("output {i}: {bad} of {} elements differ; worst at {k}: got {a}, expected {b}", gv.len()));
+        }
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Whether a node test is within issue #2's scope, and why not.
+pub fn out_of_scope(entry: &serde_json::Value) -> Option<String> {
+    if entry["random_output"].as_bool() == Some(true) {
+        return Some("expected output is random".into());
+    }
+    for io in entry["inputs"].as_array().into_iter().flatten().chain(entry["outputs"].as_array().into_iter().flatten()) {
+        if io["kind"] != "tensor" {
+            return Some(format!("{} values are not supported", io["kind"].as_str().unwrap_or("non-tensor")));
+        }
+        let dt = io["dtype"].as_str().unwrap_or("?");
+        if !SCOPE_DTYPES.contains(&dt) {
+            return Some(format!("dtype {dt} is not supported"));
+        }
+    }
+    let mut missing: Vec<String> = Vec::new();
+    for op in entry["ops"].as_array().into_iter().flatten() {
+        let (d, t) = (op["domain"].as_str().unwrap_or(""), op["op_type"].as_str().unwrap_or("?"));
+        if (!d.is_empty() && d != "ai.onnx") || !SCOPE_OPS.contains(&t) {
+            let n = if d.is_empty() { t.to_string() } else { format!("{d}.{t}") };
+            if !missing.contains(&n) {
+                missing.push(n);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Some(format!("op {} outside issue #2's op set", missing.join(", ")));
+    }
+    None
+}
+
+/// Per-test tolerances of the model suites (`tolerance.json`, or ONNX's defaults).
+pub fn tolerance(dir: &Path) -> (f64, f64) {
+    let t: HashMap<String, f64> = std::fs::read_to_string(dir.join("tolerance.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    (t.get("rtol").copied().unwrap_or(1e-3), t.get("atol").copied().unwrap_or(1e-7))
+}

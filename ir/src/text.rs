@@ -1,4 +1,4 @@
-//! The text form of HIR: [`print`] and [`parse`], so that passes can be tested as text in →
+//! The text form of HIR: [`print()`] and [`parse`], so that passes can be tested as text in →
 //! pass → snapshot out, and so that `kiln inspect --emit hir` has something to show.
 //!
 //! ```text
@@ -14,8 +14,10 @@
 //! * Values are renumbered densely in print order (inputs, then the constants that scheduled
 //!   nodes or outputs use, in first-use order, then node results in schedule order), so the
 //!   text does not depend on arena ids. Dead values and unscheduled nodes are not printed.
-//! * Every value carries its (quoted) name and type; a node's name follows `#` as a quoted
-//!   string (omitted when empty). Strings escape `\`, `"` and control characters.
+//! * Every value carries its (quoted) name and type, then `fused` when the fuse pass marked
+//!   it as computed inside its consumer's kernel ([`Graph::is_fused`]); a node's name follows
+//!   `#` as a quoted string (omitted when empty). Strings escape `\`, `"` and control
+//!   characters.
 //! * Attributes print as `key=value` in a fixed order; floats use Rust's shortest round-trip
 //!   form (`{:?}`), so they parse back bit-exactly (NaN payloads aside).
 //! * Constants of at most [`INLINE_LIMIT`] elements print inline and parse back; larger ones
@@ -151,7 +153,10 @@ pub fn print(g: &Graph) -> String {
         let n = num.len();
         *num.entry(v).or_insert(n)
     }
-    let head = |n: usize, v: ValueId| format!("%{n} {}: {}", quote(&g.value(v).name), g.ty(v));
+    let head = |n: usize, v: ValueId| {
+        let fused = if g.is_fused(v) { " fused" } else { "" };
+        format!("%{n} {}: {}{fused}", quote(&g.value(v).name), g.ty(v))
+    };
     writeln!(out, "graph {} {{", quote(&g.name)).unwrap();
     for &v in &g.inputs {
         let n = def(&mut num, v);
@@ -247,7 +252,12 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, String> {
                                 let ch = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
                                 s.push(ch.ok_or_else(|| format!("line {line}: bad escape \\u{{{hex}}}"))?);
                             }
-                            e => return Err(format!("line {line}: unknown escape \\{}", e.map_or(String::new(), String::from))),
+                            e => {
+                                return Err(format!(
+                                    "line {line}: unknown escape \\{}",
+                                    e.map_or(String::new(), String::from)
+                                ))
+                            }
                         },
                         Some(c) => s.push(c),
                     }
@@ -322,7 +332,9 @@ impl Attrs {
 fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
     use BinaryOp as B;
     use UnaryOp as U;
-    let reduce = |a: &mut Attrs, op| -> Result<Op, String> { Ok(Op::Reduce { op, axes: a.list("axes")?, keepdims: a.word("keepdims")? }) };
+    let reduce = |a: &mut Attrs, op| -> Result<Op, String> {
+        Ok(Op::Reduce { op, axes: a.list("axes")?, keepdims: a.word("keepdims")? })
+    };
     Ok(match name {
         "add" => Op::Binary(B::Add),
         "sub" => Op::Binary(B::Sub),
@@ -377,7 +389,9 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
             count_include_pad: a.word("count_include_pad")?,
         },
         "batch_norm" => Op::BatchNorm { epsilon: a.word("epsilon")? },
-        "lrn" => Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? },
+        "lrn" => {
+            Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? }
+        }
         "softmax" => Op::Softmax { axis: a.word("axis")? },
         "log_softmax" => Op::LogSoftmax { axis: a.word("axis")? },
         "reduce_sum" => reduce(a, ReduceOp::Sum)?,
@@ -392,9 +406,20 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "gather" => Op::Gather { axis: a.word("axis")? },
         "expand" => Op::Expand { shape: a.list("shape")? },
         "identity" => Op::Identity,
-        "unsupported" => Op::Unsupported { op_type: a.string("op_type")?, domain: a.string("domain")?, opset: a.word("opset")? },
+        "unsupported" => {
+            Op::Unsupported { op_type: a.string("op_type")?, domain: a.string("domain")?, opset: a.word("opset")? }
+        }
         _ => return Err(format!("unknown op `{name}`")),
     })
+}
+
+/// The head of a value definition: `%N "name": type [fused]`.
+struct Head {
+    n: u32,
+    name: String,
+    ty: TensorType,
+    line: usize,
+    fused: bool,
 }
 
 struct Parser {
@@ -491,7 +516,11 @@ impl Parser {
         Ok(())
     }
     /// Comma-separated items up to (and consuming) `close`.
-    fn list_of<T>(&mut self, close: char, mut item: impl FnMut(&mut Self) -> Result<T, String>) -> Result<Vec<T>, String> {
+    fn list_of<T>(
+        &mut self,
+        close: char,
+        mut item: impl FnMut(&mut Self) -> Result<T, String>,
+    ) -> Result<Vec<T>, String> {
         let mut v = Vec::new();
         if self.eat(close) {
             return Ok(v);
@@ -518,13 +547,23 @@ impl Parser {
         })?;
         Ok(TensorType::new(dtype, dims))
     }
-    /// `%N "name": type` → (N, name, type, line).
-    fn value_head(&mut self) -> Result<(u32, String, TensorType, usize), String> {
+    /// `%N "name": type [fused]`.
+    fn value_head(&mut self) -> Result<Head, String> {
         let line = self.line();
         let n = self.value_number()?;
         let name = self.string()?;
         self.expect(':')?;
-        Ok((n, name, self.ty()?, line))
+        let ty = self.ty()?;
+        let fused = *self.peek() == Tok::Word("fused".into());
+        if fused {
+            self.pos += 1;
+        }
+        Ok(Head { n, name, ty, line, fused })
+    }
+    /// Binds text number `h.n` to `v` and restores the value's `fused` mark.
+    fn define_head(&mut self, g: &mut Graph, h: &Head, v: ValueId) -> Result<(), String> {
+        g.set_fused(v, h.fused);
+        self.define(h.n, v, h.line)
     }
     /// The body of a constant: `[e, ...]` (parsed) or `bytes(N, fnv1a=H)` (rejected).
     fn const_data(&mut self, n: u32, name: &str, ty: &TensorType) -> Result<Tensor, String> {
@@ -538,7 +577,11 @@ impl Parser {
         self.expect('[')?;
         let words = self.list_of(']', Self::word)?;
         if words.len() != numel(&ty.shape) {
-            return self.err(format!("constant %{n} of type {ty} needs {} elements, got {}", numel(&ty.shape), words.len()));
+            return self.err(format!(
+                "constant %{n} of type {ty} needs {} elements, got {}",
+                numel(&ty.shape),
+                words.len()
+            ));
         }
         fn all<T: std::str::FromStr>(ws: &[String]) -> Result<Vec<T>, String> {
             ws.iter().map(|w| w.parse().map_err(|_| format!("cannot parse element `{w}`"))).collect()
@@ -593,8 +636,8 @@ impl Parser {
         if let Some(k) = attrs.0.keys().next() {
             return Err(format!("line {line}: {op_name} has no attribute `{k}`"));
         }
-        let names: Vec<String> = results.iter().map(|r| r.1.clone()).collect();
-        let tys: Vec<TensorType> = results.iter().map(|r| r.2.clone()).collect();
+        let names: Vec<String> = results.iter().map(|r| r.name.clone()).collect();
+        let tys: Vec<TensorType> = results.iter().map(|r| r.ty.clone()).collect();
         let outs = if matches!(op, Op::Unsupported { .. }) {
             g.add_placeholder(op, &inputs, node_name, &names, tys.clone())
         } else {
@@ -610,8 +653,8 @@ impl Parser {
                 got.join(", ")
             ));
         }
-        for ((n, _, _, l), v) in results.into_iter().zip(outs) {
-            self.define(n, v, l)?;
+        for (h, v) in results.iter().zip(outs) {
+            self.define_head(g, h, v)?;
         }
         Ok(())
     }
@@ -631,17 +674,17 @@ pub fn parse(src: &str) -> Result<Graph, String> {
             }
             Tok::Word(w) if w == "input" => {
                 p.next();
-                let (n, name, ty, line) = p.value_head()?;
-                let v = g.add_input(name, ty);
-                p.define(n, v, line)?;
+                let h = p.value_head()?;
+                let v = g.add_input(h.name.clone(), h.ty.clone());
+                p.define_head(&mut g, &h, v)?;
             }
             Tok::Word(w) if w == "const" => {
                 p.next();
-                let (n, name, ty, line) = p.value_head()?;
+                let h = p.value_head()?;
                 p.expect('=')?;
-                let t = p.const_data(n, &name, &ty)?;
-                let v = g.add_const(name, t);
-                p.define(n, v, line)?;
+                let t = p.const_data(h.n, &h.name, &h.ty)?;
+                let v = g.add_const(h.name.clone(), t);
+                p.define_head(&mut g, &h, v)?;
             }
             Tok::Word(w) if w == "output" => {
                 p.next();
@@ -704,7 +747,10 @@ mod tests {
         let bo = g.add_input("b", TensorType::new(DType::Bool, vec![2, 3]));
         let i = g.add_input("i:0 with spaces", TensorType::new(DType::I64, vec![2, 3]));
         let x = g.add_input("x", f32t(&[1, 4, 5, 5]));
-        let m = g.add_const("m", Tensor::f32(vec![3, 2], vec![0.1, -0.0, 1e-30, f32::MAX, f32::INFINITY, f32::MIN_POSITIVE]));
+        let m = g.add_const(
+            "m",
+            Tensor::f32(vec![3, 2], vec![0.1, -0.0, 1e-30, f32::MAX, f32::INFINITY, f32::MIN_POSITIVE]),
+        );
         let k = g.add_const("k", Tensor::i32(vec![2], vec![i32::MIN, 7]));
         let idx = g.add_const("idx", Tensor::i64(vec![2], vec![-1, i64::MAX]));
         let idx = node(&mut g, Op::Binary(B::Min), &[idx, idx], "");
@@ -758,7 +804,13 @@ mod tests {
         node(&mut g, Op::Lrn { size: 3, alpha: 1e-4, beta: 0.75, bias: 2.0 }, &[x], "");
         node(&mut g, Op::Softmax { axis: 1 }, &[a], "");
         node(&mut g, Op::LogSoftmax { axis: 0 }, &[a], "");
-        for (op, axes, keepdims) in [(R::Sum, vec![0, 1], true), (R::Mean, vec![1], false), (R::Max, vec![], false), (R::Min, vec![0], true), (R::Prod, vec![1], true)] {
+        for (op, axes, keepdims) in [
+            (R::Sum, vec![0, 1], true),
+            (R::Mean, vec![1], false),
+            (R::Max, vec![], false),
+            (R::Min, vec![0], true),
+            (R::Prod, vec![1], true),
+        ] {
             node(&mut g, Op::Reduce { op, axes, keepdims }, &[a], "");
         }
         node(&mut g, Op::Reshape { shape: vec![3, 1, 2] }, &[a], "");
@@ -767,9 +819,16 @@ mod tests {
         node(&mut g, Op::Slice { starts: vec![1, 2], steps: vec![-1, -2], out_shape: vec![2, 2] }, &[a], "");
         node(&mut g, Op::Gather { axis: 1 }, &[a, idx], "");
         let e = node(&mut g, Op::Expand { shape: vec![4, 1, 1] }, &[a], "");
+        g.set_fused(e, true);
         let id = node(&mut g, Op::Identity, &[e], "");
         let unsupported = Op::Unsupported { op_type: "Loop".into(), domain: "ai.\"onnx\"".into(), opset: 17 };
-        let u = g.add_placeholder(unsupported, &[a, x], "loop", &["u0".into(), "u1".into()], vec![f32t(&[2]), TensorType::new(DType::Bool, vec![])]);
+        let u = g.add_placeholder(
+            unsupported,
+            &[a, x],
+            "loop",
+            &["u0".into(), "u1".into()],
+            vec![f32t(&[2]), TensorType::new(DType::Bool, vec![])],
+        );
         g.outputs.extend([id, u[1], a, m]);
         g
     }
@@ -784,9 +843,11 @@ mod tests {
         let h = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(print(&h), text);
         // The ops, names and constants themselves survive, not just their printing.
-        let ops = |g: &Graph| g.order().iter().map(|&n| (g.node(n).op.clone(), g.node(n).name.clone())).collect::<Vec<_>>();
+        let ops =
+            |g: &Graph| g.order().iter().map(|&n| (g.node(n).op.clone(), g.node(n).name.clone())).collect::<Vec<_>>();
         assert_eq!(ops(&g), ops(&h));
-        let consts = |g: &Graph| g.live_constants().into_iter().map(|v| g.const_of(v).unwrap().clone()).collect::<Vec<_>>();
+        let consts =
+            |g: &Graph| g.live_constants().into_iter().map(|v| g.const_of(v).unwrap().clone()).collect::<Vec<_>>();
         assert_eq!(consts(&g), consts(&h));
         assert_eq!(g.name, h.name);
         let names: std::collections::BTreeSet<&str> = g.order().iter().map(|&n| g.node(n).op.name()).collect();

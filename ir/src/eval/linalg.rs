@@ -68,7 +68,9 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
             Data::I64(contract(dims, &x, &y, ia, ib, 0i64, |s, p, q| s.wrapping_add(p.wrapping_mul(q)), |s, _| s))
         }
         // numpy: logical OR of ANDs.
-        (Data::Bool(x), Data::Bool(y)) => Data::Bool(contract(dims, &x, &y, ia, ib, false, |s, p, q| s | (p & q), |s, _| s)),
+        (Data::Bool(x), Data::Bool(y)) => {
+            Data::Bool(contract(dims, &x, &y, ia, ib, false, |s, p, q| s | (p & q), |s, _| s))
+        }
         (x, y) => return Err(format!("matmul operand dtypes differ: {} and {}", x.dtype(), y.dtype())),
     };
     let mut shape = batch;
@@ -208,7 +210,7 @@ mod tests {
         let c = Tensor::i64(vec![], vec![3]);
         let op = Op::Gemm { alpha: 2.0, beta: 1.0, trans_a: false, trans_b: false };
         assert_eq!(run(op, &[&a, &b, &c]).data(), Data::I64(vec![25])); // 2 * 11 + 3
-        // Non-integral alpha: computed as float, truncated toward zero.
+                                                                        // Non-integral alpha: computed as float, truncated toward zero.
         let three = Tensor::i32(vec![1, 1], vec![3]);
         let c = Tensor::i32(vec![1], vec![-10]);
         let op = Op::Gemm { alpha: 0.5, beta: 1.0, trans_a: false, trans_b: false };

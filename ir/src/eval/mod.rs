@@ -15,7 +15,7 @@
 //! dtypes and shapes are checked once, and it checks that each result has the inferred type.
 //!
 //! The shape ops are written as *index maps*: for every output element, the flat index of the
-//! input element it copies. [`strided_map`] builds them from (possibly negative or zero)
+//! input element it copies. `strided_map` builds them from (possibly negative or zero)
 //! strides, which covers broadcasting, transposes and strided slices.
 
 mod elementwise;
@@ -72,7 +72,12 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Unsupported { op_type, .. } => return Err(format!("no reference evaluation for unsupported op {op_type}")),
     };
     if out.ty != want[0] {
-        return Err(format!("internal error: {} evaluated to {} but its typing rule says {}", op.name(), out.ty, want[0]));
+        return Err(format!(
+            "internal error: {} evaluated to {} but its typing rule says {}",
+            op.name(),
+            out.ty,
+            want[0]
+        ));
     }
     Ok(vec![out])
 }

@@ -36,7 +36,13 @@ fn taps(win: &Window, a: usize, o: usize, n: usize) -> (Vec<usize>, usize) {
 
 /// 2-D convolution with groups: input channels `[g*C/G, (g+1)*C/G)` feed output channels
 /// `[g*O/G, (g+1)*O/G)`. The bias is added to the f64 sum before the single rounding.
-pub(super) fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, win: &Window, group: usize) -> Result<Tensor, String> {
+pub(super) fn conv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    win: &Window,
+    group: usize,
+) -> Result<Tensor, String> {
     let (xs, ws) = (x.shape(), w.shape());
     let (nb, c, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
     let (oc_n, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
@@ -104,7 +110,13 @@ fn for_each_window(
 /// skipped (as by ONNX's reference and onnxruntime); a window with no input element gives the
 /// dtype's lowest value.
 pub(super) fn max_pool(x: &Tensor, win: &Window, ceil_mode: bool) -> Result<Tensor, String> {
-    fn run<T: Copy + PartialOrd>(v: &[T], lowest: T, shape: &[usize], win: &Window, ceil: bool) -> Result<(Vec<T>, Vec<usize>), String> {
+    fn run<T: Copy + PartialOrd>(
+        v: &[T],
+        lowest: T,
+        shape: &[usize],
+        win: &Window,
+        ceil: bool,
+    ) -> Result<(Vec<T>, Vec<usize>), String> {
         let (h, w) = (shape[2], shape[3]);
         let mut out = Vec::new();
         let s = for_each_window(shape, win, ceil, |plane, (ys, _), (xs, _)| {
@@ -134,7 +146,12 @@ pub(super) fn max_pool(x: &Tensor, win: &Window, ceil_mode: bool) -> Result<Tens
 /// Mean over each window. `count_include_pad`: divide by the number of window positions
 /// inside the padded extent (the ceil_mode overhang is not counted); otherwise by the number
 /// of in-bounds elements. Sums in f64.
-pub(super) fn average_pool(x: &Tensor, win: &Window, ceil_mode: bool, count_include_pad: bool) -> Result<Tensor, String> {
+pub(super) fn average_pool(
+    x: &Tensor,
+    win: &Window,
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> Result<Tensor, String> {
     let v = f32s(x)?;
     let (h, w) = (x.shape()[2], x.shape()[3]);
     let mut out = Vec::new();
@@ -285,12 +302,13 @@ mod tests {
         assert_f32(&max(&w1), &[1, 1, 1, 2], &[2., 4.], 0.0);
         assert_f32(&avg(&w0, false), &[1, 1, 1, 2], &[2., 4.], 0.0);
         assert_f32(&avg(&w0, true), &[1, 1, 1, 2], &[2., 4.], 0.0); // overhang is not counted
-        // With pads: windows {pad,1,2} and {3,4,pad}.
+                                                                    // With pads: windows {pad,1,2} and {3,4,pad}.
         assert_f32(&avg(&w1, false), &[1, 1, 1, 2], &[1.5, 3.5], 0.0);
         assert_f32(&avg(&w1, true), &[1, 1, 1, 2], &[1., 7. / 3.], 1e-7);
         // Width 5, kernel 2, stride 2, ceil: the last window {4, overhang} divides by 1.
         let x5 = Tensor::f32(vec![1, 1, 1, 5], vec![1., 2., 3., 4., 5.]);
-        let op = Op::AveragePool { window: win([1, 2], [1, 2], [0; 4], [1, 1]), ceil_mode: true, count_include_pad: true };
+        let op =
+            Op::AveragePool { window: win([1, 2], [1, 2], [0; 4], [1, 1]), ceil_mode: true, count_include_pad: true };
         assert_f32(&run(op, &[&x5]), &[1, 1, 1, 3], &[1.5, 3.5, 5.], 0.0);
     }
 
@@ -329,12 +347,13 @@ mod tests {
 
     #[test]
     fn softmax_and_log_softmax() {
+        use std::f32::consts::LN_2;
         let x = Tensor::f32(vec![3], vec![1., 2., 3.]);
         assert_f32(&run(Op::Softmax { axis: 0 }, &[&x]), &[3], &[0.09003057, 0.24472847, 0.66524096], 1e-7);
-        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[3], &[-2.4076059, -1.4076059, -0.4076059], 1e-7);
+        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[3], &[-2.407_606, -1.407_606, -0.407_606], 1e-7);
         // Along axis 0 of a [2,3] tensor; large values do not overflow.
         let x = Tensor::f32(vec![2, 3], vec![1., 0., 5., 1., 1000., 5.]);
         assert_f32(&run(Op::Softmax { axis: 0 }, &[&x]), &[2, 3], &[0.5, 0., 0.5, 0.5, 1., 0.5], 0.0);
-        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[2, 3], &[-0.6931472, -1000., -0.6931472, -0.6931472, 0., -0.6931472], 1e-7);
+        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[2, 3], &[-LN_2, -1000., -LN_2, -LN_2, 0., -LN_2], 1e-7);
     }
 }

@@ -49,11 +49,16 @@ pub(super) fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], keepdims: bool) -
     let count: usize = axes.iter().map(|&a| shape[a]).product();
     let data = match x.data() {
         Data::F32(v) => Data::F32(match op {
-            ReduceOp::Sum => fold(&v, &omap, nout, 0.0f64, |a, e| a + f64::from(e)).into_iter().map(|a| a as f32).collect(),
-            ReduceOp::Mean => {
-                fold(&v, &omap, nout, 0.0f64, |a, e| a + f64::from(e)).into_iter().map(|a| (a / count as f64) as f32).collect()
+            ReduceOp::Sum => {
+                fold(&v, &omap, nout, 0.0f64, |a, e| a + f64::from(e)).into_iter().map(|a| a as f32).collect()
             }
-            ReduceOp::Prod => fold(&v, &omap, nout, 1.0f64, |a, e| a * f64::from(e)).into_iter().map(|a| a as f32).collect(),
+            ReduceOp::Mean => fold(&v, &omap, nout, 0.0f64, |a, e| a + f64::from(e))
+                .into_iter()
+                .map(|a| (a / count as f64) as f32)
+                .collect(),
+            ReduceOp::Prod => {
+                fold(&v, &omap, nout, 1.0f64, |a, e| a * f64::from(e)).into_iter().map(|a| a as f32).collect()
+            }
             ReduceOp::Max => fold(&v, &omap, nout, f32::NEG_INFINITY, fmax),
             ReduceOp::Min => fold(&v, &omap, nout, f32::INFINITY, fmin),
         }),

@@ -8,44 +8,45 @@ use crate::data::checked_numel;
 /// The largest kernel, stride, dilation or pad accepted (keeps window arithmetic in range).
 const MAX_WINDOW_ATTR: i64 = 1 << 31;
 
-fn pair(cx: &NodeCx, name: &str, default: [usize; 2], min: i64) -> OpResult<[usize; 2]> {
+/// An attribute list of `n` values (one per spatial axis), each in `min..=MAX_WINDOW_ATTR`.
+fn list(cx: &NodeCx, name: &str, n: usize, default: usize, min: i64) -> OpResult<Vec<usize>> {
     match cx.attrs.ints(name)? {
-        None => Ok(default),
+        None => Ok(vec![default; n]),
         Some(v) => {
-            if v.len() != 2 {
-                return invalid(format!("attribute `{name}` = {v:?} must have 2 values (2-D)"));
+            if v.len() != n {
+                return invalid(format!("attribute `{name}` = {v:?} must have {n} values"));
             }
             if v.iter().any(|&d| d < min || d > MAX_WINDOW_ATTR) {
                 return invalid(format!("attribute `{name}` = {v:?} is out of range"));
             }
-            Ok([v[0] as usize, v[1] as usize])
+            Ok(v.iter().map(|&d| d as usize).collect())
         }
     }
 }
 
-/// Resolves kernel, strides, dilations and pads (auto_pad included) of a 2-D window over the
-/// NCHW input shape `x`. `kernel` is the kernel shape when the op's weights give it.
-fn window(cx: &NodeCx, x: &[usize], kernel: Option<[usize; 2]>) -> OpResult<Window> {
-    if x.len() != 4 {
-        return unsupported(format!(
-            "{}-D input of shape {x:?}: only 2-D (NCHW) windows are supported",
-            x.len().saturating_sub(2)
-        ));
-    }
-    let kernel = match (cx.attrs.ints("kernel_shape")?, kernel) {
-        (Some(_), _) => pair(cx, "kernel_shape", [1, 1], 1)?,
-        (None, Some(k)) => k,
-        (None, None) => return invalid("attribute `kernel_shape` is missing"),
+/// Resolves kernel, strides, dilations and pads (auto_pad included) of a window over the
+/// spatial extents `spatial` (1 or 2 axes). `kernel` is the kernel shape when the op's
+/// weights give it. A 1-D window becomes a 2-D one with a unit leading axis.
+fn window(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResult<Window> {
+    let n = spatial.len();
+    let kernel = if cx.attrs.has("kernel_shape") {
+        list(cx, "kernel_shape", n, 1, 1)?
+    } else {
+        match kernel {
+            Some(k) if k.len() == n && k.iter().all(|&d| (1..=MAX_WINDOW_ATTR as usize).contains(&d)) => k,
+            Some(k) => return invalid(format!("weights' kernel {k:?} does not fit a {n}-D window")),
+            None => return invalid("attribute `kernel_shape` is missing"),
+        }
     };
-    let strides = pair(cx, "strides", [1, 1], 1)?;
-    let dilations = pair(cx, "dilations", [1, 1], 1)?;
+    let strides = list(cx, "strides", n, 1, 1)?;
+    let dilations = list(cx, "dilations", n, 1, 1)?;
     let auto_pad = cx.attrs.string("auto_pad")?.unwrap_or_default();
-    let pads = match auto_pad.as_str() {
-        "" | "NOTSET" => match cx.attrs.ints("pads")? {
-            None => [0; 4],
-            Some(p) => {
-                if p.len() != 4 {
-                    return invalid(format!("attribute `pads` = {p:?} must have 4 values (2-D)"));
+    let mut pads = vec![0; 2 * n];
+    match auto_pad.as_str() {
+        "" | "NOTSET" => {
+            if let Some(p) = cx.attrs.ints("pads")? {
+                if p.len() != 2 * n {
+                    return invalid(format!("attribute `pads` = {p:?} must have {} values", 2 * n));
                 }
                 if p.iter().any(|&d| d < 0) {
                     return unsupported(format!("negative pads {p:?}"));
@@ -53,23 +54,69 @@ fn window(cx: &NodeCx, x: &[usize], kernel: Option<[usize; 2]>) -> OpResult<Wind
                 if p.iter().any(|&d| d > MAX_WINDOW_ATTR) {
                     return invalid(format!("attribute `pads` = {p:?} is out of range"));
                 }
-                [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]
+                pads = p.iter().map(|&d| d as usize).collect();
             }
-        },
-        "VALID" => [0; 4],
+        }
+        "VALID" => {}
         "SAME_UPPER" | "SAME_LOWER" => {
-            let mut pads = [0; 4];
-            for a in 0..2 {
-                let (begin, end) =
-                    same_pads(x[2 + a], kernel[a], strides[a], dilations[a], auto_pad == "SAME_UPPER");
+            for a in 0..n {
+                let (begin, end) = same_pads(spatial[a], kernel[a], strides[a], dilations[a], auto_pad == "SAME_UPPER");
                 pads[a] = begin;
-                pads[a + 2] = end;
+                pads[a + n] = end;
             }
-            pads
         }
         other => return invalid(format!("attribute `auto_pad` = {other:?} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER")),
+    }
+    Ok(if n == 1 {
+        Window { kernel: [1, kernel[0]], strides: [1, strides[0]], pads: [0, pads[0], 0, pads[1]], dilations: [1, dilations[0]] }
+    } else {
+        Window {
+            kernel: [kernel[0], kernel[1]],
+            strides: [strides[0], strides[1]],
+            pads: [pads[0], pads[1], pads[2], pads[3]],
+            dilations: [dilations[0], dilations[1]],
+        }
+    })
+}
+
+/// The spatial extents of an `N, C, spatial…` input, for 1-D and 2-D windows.
+fn spatial_dims(x: &[usize]) -> OpResult<Vec<usize>> {
+    match x.len() {
+        3 | 4 => Ok(x[2..].to_vec()),
+        r => unsupported(format!(
+            "{}-D input of shape {x:?}: only 1-D and 2-D windows are supported",
+            r.saturating_sub(2)
+        )),
+    }
+}
+
+/// Applies a 2-D window op to `x` (and `rest`: weights, bias), lifting a 1-D input
+/// `[N, C, L]` to `[N, C, 1, L]` (and 1-D weights `[O, I, K]` to `[O, I, 1, K]`) and the result
+/// back.
+fn windowed(cx: &mut NodeCx, op: Op, x: ValueId, rest: &[ValueId]) -> OpResult<ValueId> {
+    let xs = cx.shape(x);
+    if xs.len() == 4 {
+        let mut ins = vec![x];
+        ins.extend_from_slice(rest);
+        return cx.emit_out(op, &ins, 0);
+    }
+    let lift = |cx: &mut NodeCx, v: ValueId| -> OpResult<ValueId> {
+        let s = cx.shape(v);
+        let name = cx.tmp_name("2d");
+        cx.emit(Op::Reshape { shape: vec![s[0], s[1], 1, s[2]] }, &[v], name)
     };
-    Ok(Window { kernel, strides, pads, dilations })
+    let mut ins = vec![lift(cx, x)?];
+    if let Some(&w) = rest.first() {
+        if cx.rank(w) != 3 {
+            return invalid(format!("1-D weights must have rank 3, got {:?}", cx.shape(w)));
+        }
+        ins.push(lift(cx, w)?);
+    }
+    ins.extend_from_slice(rest.get(1..).unwrap_or(&[]));
+    let name = cx.tmp_name("2d");
+    let y = cx.emit(op, &ins, name)?;
+    let ys = cx.shape(y);
+    cx.emit_out(Op::Reshape { shape: vec![ys[0], ys[1], ys[3]] }, &[y], 0)
 }
 
 /// `(begin, end)` pads of one axis for auto_pad SAME_UPPER (extra pad at the end) or
@@ -89,16 +136,17 @@ pub(crate) fn same_pads(n: usize, kernel: usize, stride: usize, dilation: usize,
 pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let (x, w) = (cx.input(0)?, cx.input(1)?);
+    let spatial = spatial_dims(&cx.shape(x))?;
     let ws = cx.shape(w);
-    let kernel = (ws.len() == 4).then(|| [ws[2], ws[3]]);
-    let window = window(cx, &cx.shape(x), kernel)?;
+    let kernel = (ws.len() == spatial.len() + 2).then(|| ws[2..].to_vec());
+    let window = window(cx, &spatial, kernel)?;
     let group = cx.attrs.int_or("group", 1)?;
     if !(1..=MAX_WINDOW_ATTR).contains(&group) {
         return invalid(format!("attribute `group` = {group} must be positive"));
     }
-    let mut ins = vec![x, w];
-    ins.extend(cx.opt_input(2));
-    Ok(vec![cx.emit_out(Op::Conv { window, group: group as usize }, &ins, 0)?])
+    let mut rest = vec![w];
+    rest.extend(cx.opt_input(2));
+    Ok(vec![windowed(cx, Op::Conv { window, group: group as usize }, x, &rest)?])
 }
 
 fn ceil_mode(cx: &NodeCx) -> OpResult<bool> {
@@ -108,18 +156,18 @@ fn ceil_mode(cx: &NodeCx) -> OpResult<bool> {
 pub(super) fn max_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "Indices")?;
     let x = cx.input(0)?;
-    let window = window(cx, &cx.shape(x), None)?;
+    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
     let ceil_mode = ceil_mode(cx)?;
-    Ok(vec![cx.emit_out(Op::MaxPool { window, ceil_mode }, &[x], 0)?])
+    Ok(vec![windowed(cx, Op::MaxPool { window, ceil_mode }, x, &[])?])
 }
 
 pub(super) fn average_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
-    let window = window(cx, &cx.shape(x), None)?;
+    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
     let ceil_mode = ceil_mode(cx)?;
     let count_include_pad = cx.attrs.int_or("count_include_pad", 0)? != 0;
-    Ok(vec![cx.emit_out(Op::AveragePool { window, ceil_mode, count_include_pad }, &[x], 0)?])
+    Ok(vec![windowed(cx, Op::AveragePool { window, ceil_mode, count_include_pad }, x, &[])?])
 }
 
 /// GlobalAveragePool / GlobalMaxPool: a keepdims reduction over every spatial axis.

@@ -45,7 +45,7 @@ pub(crate) fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> 
     let total = product(input);
     if let Some(i) = infer_at {
         let known = checked_numel(&out).ok_or_else(|| format!("shape {spec:?} is too large"))?;
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} ({total} elements) to {spec:?}"));
         }
         out[i] = total / known;
@@ -167,7 +167,7 @@ fn split_sizes(cx: &NodeCx, dim: usize, n: usize) -> OpResult<Vec<usize>> {
             return Ok(sizes);
         }
     }
-    if n == 0 || dim % n != 0 {
+    if n == 0 || !dim.is_multiple_of(n) {
         return invalid(format!("an axis of {dim} cannot be split evenly into {n} outputs"));
     }
     Ok(vec![dim / n; n])

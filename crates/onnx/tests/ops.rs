@@ -1,0 +1,451 @@
+//! Per-op import: attribute forms across opsets, folding, and the HIR each op becomes.
+
+mod common;
+
+use common::*;
+use kiln_ir::{BinaryOp, DType, Data, Op, ReduceOp, UnaryOp, Window};
+use kiln_onnx::proto::tensor_proto::DataType;
+use kiln_onnx::ImportError;
+
+/// The single scheduled node's op.
+fn only_op(m: &Model) -> Op {
+    let g = import_ok(m);
+    let ops = ops(&g);
+    assert_eq!(ops.len(), 1, "expected one node, got {ops:?}");
+    ops[0].clone()
+}
+
+fn unary_model(opset: i64, shape: &[i64], n: kiln_onnx::proto::NodeProto) -> Model {
+    Model::new(opset).input(vis("x", F32, shape)).node(n).output("y")
+}
+
+#[test]
+fn shape_chain_folds_into_static_reshape() {
+    // y = x.reshape(x.shape[0], -1) written the exporter way.
+    let m = Model::new(13)
+        .input(vis("x", F32, &[2, 3, 4]))
+        .init(t_i64("zero", &[], &[0]))
+        .init(t_i64("axes0", &[1], &[0]))
+        .init(t_i64("minus1", &[1], &[-1]))
+        .node(node("Shape", &["x"], &["s"], vec![]))
+        .node(node("Gather", &["s", "zero"], &["n"], vec![a_int("axis", 0)]))
+        .node(node("Unsqueeze", &["n", "axes0"], &["n1"], vec![]))
+        .node(node("Concat", &["n1", "minus1"], &["shape"], vec![a_int("axis", 0)]))
+        .node(node("Reshape", &["x", "shape"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![2, 12] });
+    let g = import_ok(&m);
+    // The folded intermediate constants keep their ONNX names.
+    let names: Vec<String> = g.value_ids().filter(|&v| g.const_of(v).is_some()).map(|v| g.value(v).name.clone()).collect();
+    for want in ["s", "n", "n1", "shape"] {
+        assert!(names.iter().any(|n| n == want), "{want} not among {names:?}");
+    }
+}
+
+#[test]
+fn constant_of_shape_and_size_fold() {
+    let m = Model::new(13)
+        .input(vis("x", F32, &[2, 3]))
+        .node(node("Shape", &["x"], &["s"], vec![a_int("start", -1)]))
+        .node(node("ConstantOfShape", &["s"], &["c"], vec![a_tensor("value", t_i64("", &[1], &[7]))]))
+        .node(node("Size", &["x"], &["n"], vec![]))
+        .node(node("ConstantOfShape", &["s"], &["z"], vec![]))
+        .output("c")
+        .output("n")
+        .output("z");
+    let m = Model { opset: 15, ..m };
+    let g = import_ok(&m);
+    assert!(ops(&g).is_empty());
+    let c = |i: usize| g.const_of(g.outputs[i]).unwrap().clone();
+    assert_eq!(c(0).data(), Data::I64(vec![7, 7, 7]));
+    assert_eq!(c(1).data(), Data::I64(vec![6]));
+    assert_eq!(c(1).shape(), &[] as &[usize]);
+    assert_eq!(c(2).data(), Data::F32(vec![0.0; 3]));
+}
+
+#[test]
+fn conv_same_upper_pads() {
+    let m = Model::new(11)
+        .input(vis("x", F32, &[1, 2, 5, 6]))
+        .init(t_f32("w", &[4, 2, 3, 3], &[0.1; 72]))
+        .init(t_f32("b", &[4], &[0.0; 4]))
+        .node(node(
+            "Conv",
+            &["x", "w", "b"],
+            &["y"],
+            vec![a_str("auto_pad", "SAME_UPPER"), a_ints("strides", &[2, 2])],
+        ))
+        .output("y");
+    let window = Window { kernel: [3, 3], strides: [2, 2], pads: [1, 0, 1, 1], dilations: [1, 1] };
+    assert_eq!(only_op(&m), Op::Conv { window, group: 1 });
+    let g = import_ok(&m);
+    assert_eq!(g.ty(g.outputs[0]).shape, vec![1, 4, 3, 3]);
+
+    // SAME_LOWER puts the odd pad first; explicit pads and kernel_shape pass through.
+    let mut m2 = m;
+    m2.nodes[0].attribute[0] = a_str("auto_pad", "SAME_LOWER");
+    let Op::Conv { window, .. } = only_op(&m2) else { panic!() };
+    assert_eq!(window.pads, [1, 1, 1, 0]);
+    m2.nodes[0].attribute = vec![a_ints("pads", &[1, 2, 1, 2]), a_ints("kernel_shape", &[3, 3]), a_ints("dilations", &[1, 2])];
+    let Op::Conv { window, .. } = only_op(&m2) else { panic!() };
+    assert_eq!(window, Window { kernel: [3, 3], strides: [1, 1], pads: [1, 2, 1, 2], dilations: [1, 2] });
+}
+
+#[test]
+fn conv_3d_is_unsupported() {
+    let m = Model::new(11)
+        .input(vis("x", F32, &[1, 1, 4, 4, 4]))
+        .init(t_f32("w", &[1, 1, 2, 2, 2], &[1.0; 8]))
+        .node(node("Conv", &["x", "w"], &["y"], vec![]))
+        .output("y");
+    let e = m.import().unwrap_err().to_string();
+    assert!(e.contains("Conv (domain ai.onnx, opset 11)") && e.contains("3-D"), "{e}");
+}
+
+#[test]
+fn pools() {
+    let pool = |op: &str, attrs| unary_model(12, &[1, 3, 7, 7], node(op, &["x"], &["y"], attrs));
+    let op = only_op(&pool("MaxPool", vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2]), a_int("ceil_mode", 1)]));
+    let window = Window { kernel: [3, 3], strides: [2, 2], pads: [0; 4], dilations: [1, 1] };
+    assert_eq!(op, Op::MaxPool { window: window.clone(), ceil_mode: true });
+    let op = only_op(&pool(
+        "AveragePool",
+        vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2]), a_ints("pads", &[1, 1, 1, 1]), a_int("count_include_pad", 1)],
+    ));
+    let w2 = Window { pads: [1; 4], ..window };
+    assert_eq!(op, Op::AveragePool { window: w2, ceil_mode: false, count_include_pad: true });
+    assert_eq!(
+        only_op(&pool("GlobalAveragePool", vec![])),
+        Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true }
+    );
+    assert_eq!(only_op(&pool("GlobalMaxPool", vec![])), Op::Reduce { op: ReduceOp::Max, axes: vec![2, 3], keepdims: true });
+    // MaxPool's Indices output is unsupported.
+    let m = unary_model(12, &[1, 3, 7, 7], node("MaxPool", &["x"], &["y", "idx"], vec![a_ints("kernel_shape", &[2, 2])]));
+    let e = m.import().unwrap_err().to_string();
+    assert!(e.contains("MaxPool") && e.contains("Indices"), "{e}");
+}
+
+fn slice_model(opset: i64, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>) -> Model {
+    let mut m = Model::new(opset).input(vis("x", F32, &[5, 4])).output("y");
+    if opset < 10 {
+        let mut attrs = vec![a_ints("starts", starts), a_ints("ends", ends)];
+        attrs.extend(axes.map(|a| a_ints("axes", a)));
+        m = m.node(node("Slice", &["x"], &["y"], attrs));
+    } else {
+        m = m.init(t_i64("st", &[starts.len() as i64], starts)).init(t_i64("en", &[ends.len() as i64], ends));
+        let mut ins = vec!["x", "st", "en"];
+        if let Some(a) = axes {
+            m = m.init(t_i64("ax", &[a.len() as i64], a));
+            ins.push("ax");
+        } else if steps.is_some() {
+            ins.push("");
+        }
+        if let Some(s) = steps {
+            m = m.init(t_i64("sp", &[s.len() as i64], s));
+            ins.push("sp");
+        }
+        m = m.node(node("Slice", &ins, &["y"], vec![]));
+    }
+    m
+}
+
+#[test]
+fn slice_with_negative_steps() {
+    // x[::-2] along axis 0, and x[:, -1:0:-1].
+    let m = slice_model(13, &[-1, -1], &[i64::MIN, 0], Some(&[0, -1]), Some(&[-2, -1]));
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![4, 3], steps: vec![-2, -1], out_shape: vec![3, 3] });
+    // INT_MAX ends and clamped starts, axes omitted.
+    let m = slice_model(13, &[1, -100], &[i64::MAX, 2], None, None);
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![1, 0], steps: vec![1, 1], out_shape: vec![4, 2] });
+    // Slice-1: attributes.
+    let m = slice_model(9, &[2], &[-1], Some(&[1]), None);
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![0, 2], steps: vec![1, 1], out_shape: vec![5, 1] });
+    // An empty slice.
+    let m = slice_model(13, &[3], &[1], Some(&[0]), None);
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![0, 0], steps: vec![1, 1], out_shape: vec![0, 4] });
+}
+
+#[test]
+fn split_becomes_slices() {
+    let slices = |m: &Model| -> Vec<(Vec<i64>, Vec<usize>)> {
+        let g = import_ok(m);
+        ops(&g)
+            .into_iter()
+            .map(|op| match op {
+                Op::Slice { starts, out_shape, .. } => (starts.clone(), out_shape.clone()),
+                other => panic!("not a slice: {other:?}"),
+            })
+            .collect()
+    };
+    // Opset 13: split input.
+    let m = Model::new(13)
+        .input(vis("x", F32, &[6, 4]))
+        .init(t_i64("sp", &[2], &[2, 4]))
+        .node(node("Split", &["x", "sp"], &["a", "b"], vec![]))
+        .output("a")
+        .output("b");
+    assert_eq!(slices(&m), vec![(vec![0, 0], vec![2, 4]), (vec![2, 0], vec![4, 4])]);
+    let g = import_ok(&m);
+    assert_eq!(g.value(g.outputs[1]).name, "b");
+    // Opset 11: split attribute, negative axis.
+    let m = Model::new(11)
+        .input(vis("x", F32, &[6, 4]))
+        .node(node("Split", &["x"], &["a", "b"], vec![a_int("axis", -1), a_ints("split", &[1, 3])]))
+        .output("a")
+        .output("b");
+    assert_eq!(slices(&m), vec![(vec![0, 0], vec![6, 1]), (vec![0, 1], vec![6, 3])]);
+    // No split: equal parts.
+    let m = Model::new(11)
+        .input(vis("x", F32, &[6, 4]))
+        .node(node("Split", &["x"], &["a", "b", "c"], vec![]))
+        .output("a")
+        .output("b")
+        .output("c");
+    assert_eq!(slices(&m).len(), 3);
+    // Opset 18: num_outputs with a smaller last chunk.
+    let m = Model::new(18)
+        .input(vis("x", F32, &[7]))
+        .node(node("Split", &["x"], &["a", "b", "c"], vec![a_int("num_outputs", 3)]))
+        .output("a")
+        .output("b")
+        .output("c");
+    assert_eq!(slices(&m), vec![(vec![0], vec![3]), (vec![3], vec![3]), (vec![6], vec![1])]);
+}
+
+#[test]
+fn softmax_before_opset_13_is_coerced_to_2d() {
+    let m = unary_model(11, &[2, 3, 4], node("Softmax", &["x"], &["y"], vec![]));
+    let g = import_ok(&m);
+    assert_eq!(
+        ops(&g),
+        vec![&Op::Reshape { shape: vec![2, 12] }, &Op::Softmax { axis: 1 }, &Op::Reshape { shape: vec![2, 3, 4] }]
+    );
+    assert_eq!(g.value(g.outputs[0]).name, "y");
+    // Last axis: no coercion needed.
+    let m = unary_model(11, &[2, 3, 4], node("LogSoftmax", &["x"], &["y"], vec![a_int("axis", -1)]));
+    assert_eq!(only_op(&m), Op::LogSoftmax { axis: 2 });
+    // Opset 13: plain, default axis -1.
+    let m = unary_model(13, &[2, 3, 4], node("Softmax", &["x"], &["y"], vec![]));
+    assert_eq!(only_op(&m), Op::Softmax { axis: 2 });
+    let m = unary_model(13, &[2, 3, 4], node("Softmax", &["x"], &["y"], vec![a_int("axis", 1)]));
+    assert_eq!(only_op(&m), Op::Softmax { axis: 1 });
+}
+
+#[test]
+fn reshape_forms() {
+    // Reshape-5+ needs its shape input (Reshape-1's attribute form predates opset 7).
+    let m = unary_model(7, &[2, 3, 4], node("Reshape", &["x"], &["y"], vec![a_ints("shape", &[24])]));
+    assert!(m.import().unwrap_err().to_string().contains("shape"));
+    let mut m = m;
+    m.opset = 4;
+    assert!(matches!(m.import(), Err(ImportError::UnsupportedOpset { version: 4, .. })));
+    // Reshape-5+: 0 copies, -1 infers.
+    let m = Model::new(13)
+        .input(vis("x", F32, &[2, 3, 4]))
+        .init(t_i64("s", &[2], &[0, -1]))
+        .node(node("Reshape", &["x", "s"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![2, 12] });
+    // Flatten, Squeeze and Unsqueeze in both forms.
+    let m = unary_model(13, &[2, 3, 4], node("Flatten", &["x"], &["y"], vec![a_int("axis", -1)]));
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![6, 4] });
+    let m = unary_model(11, &[1, 3, 1], node("Squeeze", &["x"], &["y"], vec![a_ints("axes", &[-1])]));
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![1, 3] });
+    let m = unary_model(13, &[1, 3, 1], node("Squeeze", &["x"], &["y"], vec![]));
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![3] });
+    let m = unary_model(11, &[3], node("Unsqueeze", &["x"], &["y"], vec![a_ints("axes", &[0, -1])]));
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![1, 3, 1] });
+    let m = Model::new(13)
+        .input(vis("x", F32, &[3]))
+        .init(t_i64("ax", &[1], &[1]))
+        .node(node("Unsqueeze", &["x", "ax"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![3, 1] });
+    let m = unary_model(11, &[1, 3], node("Squeeze", &["x"], &["y"], vec![a_ints("axes", &[1])]));
+    assert!(m.import().unwrap_err().to_string().contains("not 1"));
+}
+
+#[test]
+fn batch_norm_versions() {
+    let bn = |opset: i64, attrs| {
+        let mut m = Model::new(opset).input(vis("x", F32, &[1, 2, 3, 3]));
+        for n in ["s", "b", "m", "v"] {
+            m = m.init(t_f32(n, &[2], &[1.0, 2.0]));
+        }
+        m.node(node("BatchNormalization", &["x", "s", "b", "m", "v"], &["y"], attrs)).output("y")
+    };
+    assert_eq!(only_op(&bn(7, vec![a_int("spatial", 1), a_float("epsilon", 1e-3)])), Op::BatchNorm { epsilon: 1e-3 });
+    assert_eq!(only_op(&bn(9, vec![a_float("momentum", 0.9)])), Op::BatchNorm { epsilon: 1e-5 });
+    assert!(bn(7, vec![a_int("spatial", 0)]).import().unwrap_err().to_string().contains("spatial=0"));
+    let e = bn(15, vec![a_int("training_mode", 1)]).import().unwrap_err().to_string();
+    assert!(e.contains("BatchNormalization (domain ai.onnx, opset 15)") && e.contains("training_mode"), "{e}");
+}
+
+#[test]
+fn clip_forms() {
+    let m = unary_model(7, &[4], node("Clip", &["x"], &["y"], vec![a_float("min", -1.0), a_float("max", 6.0)]));
+    assert_eq!(only_op(&m), Op::Unary(UnaryOp::Clip { lo: -1.0, hi: 6.0 }));
+    let m = Model::new(13)
+        .input(vis("x", F32, &[4]))
+        .init(t_f32("hi", &[], &[6.0]))
+        .node(node("Clip", &["x", "", "hi"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Unary(UnaryOp::Clip { lo: f64::NEG_INFINITY, hi: 6.0 }));
+}
+
+#[test]
+fn reduce_axes_forms() {
+    let red = |op: &str, opset: i64, attrs, axes: Option<&[i64]>| {
+        let mut m = Model::new(opset).input(vis("x", F32, &[2, 3, 4])).output("y");
+        let mut ins = vec!["x"];
+        if let Some(a) = axes {
+            m = m.init(t_i64("ax", &[a.len() as i64], a));
+            ins.push("ax");
+        }
+        m.node(node(op, &ins, &["y"], attrs))
+    };
+    assert_eq!(
+        only_op(&red("ReduceMean", 13, vec![a_ints("axes", &[-1, 0])], None)),
+        Op::Reduce { op: ReduceOp::Mean, axes: vec![0, 2], keepdims: true }
+    );
+    assert_eq!(
+        only_op(&red("ReduceMean", 18, vec![a_int("keepdims", 0)], Some(&[1]))),
+        Op::Reduce { op: ReduceOp::Mean, axes: vec![1], keepdims: false }
+    );
+    assert_eq!(
+        only_op(&red("ReduceSum", 13, vec![], Some(&[-2]))),
+        Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdims: true }
+    );
+    // No axes: all of them; noop_with_empty_axes: none.
+    assert_eq!(
+        only_op(&red("ReduceMax", 18, vec![], None)),
+        Op::Reduce { op: ReduceOp::Max, axes: vec![0, 1, 2], keepdims: true }
+    );
+    let g = import_ok(&red("ReduceSum", 13, vec![a_int("noop_with_empty_axes", 1)], None));
+    assert_eq!(ops(&g), vec![&Op::Identity]); // only the named copy of the output
+    // Composites.
+    let g = import_ok(&red("ReduceL2", 18, vec![], Some(&[2])));
+    assert_eq!(
+        ops(&g),
+        vec![
+            &Op::Binary(BinaryOp::Mul),
+            &Op::Reduce { op: ReduceOp::Sum, axes: vec![2], keepdims: true },
+            &Op::Unary(UnaryOp::Sqrt)
+        ]
+    );
+    let g = import_ok(&red("ReduceLogSumExp", 13, vec![a_ints("axes", &[1]), a_int("keepdims", 0)], None));
+    assert_eq!(g.ty(g.outputs[0]).shape, vec![2, 4]);
+}
+
+#[test]
+fn variadic_and_binary_ops() {
+    let m = Model::new(13)
+        .input(vis("a", F32, &[2, 3]))
+        .input(vis("b", F32, &[3]))
+        .input(vis("c", F32, &[1, 3]))
+        .node(node("Sum", &["a", "b", "c"], &["s"], vec![]))
+        .node(node("Mean", &["a", "b"], &["m"], vec![]))
+        .node(node("Max", &["s", "m"], &["y"], vec![]))
+        .output("y");
+    let g = import_ok(&m);
+    assert_eq!(
+        ops(&g),
+        vec![
+            &Op::Binary(BinaryOp::Add),
+            &Op::Binary(BinaryOp::Add),
+            &Op::Binary(BinaryOp::Add),
+            &Op::Binary(BinaryOp::Div),
+            &Op::Binary(BinaryOp::Max)
+        ]
+    );
+    assert_eq!(g.ty(g.outputs[0]).shape, vec![2, 3]);
+    // Pow with an integer exponent casts it.
+    let m = Model::new(15)
+        .input(vis("x", F32, &[3]))
+        .input(vis("e", I64, &[3]))
+        .node(node("Pow", &["x", "e"], &["y"], vec![]))
+        .output("y");
+    let g = import_ok(&m);
+    assert_eq!(ops(&g), vec![&Op::Cast { to: DType::F32 }, &Op::Binary(BinaryOp::Pow)]);
+}
+
+#[test]
+fn gemm_and_friends() {
+    let m = Model::new(11)
+        .input(vis("a", F32, &[4, 3]))
+        .init(t_f32("b", &[5, 3], &[0.5; 15]))
+        .init(t_f32("c", &[5], &[1.0; 5]))
+        .node(node("Gemm", &["a", "b", "c"], &["y"], vec![a_int("transB", 1), a_float("alpha", 2.0)]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Gemm { alpha: 2.0, beta: 1.0, trans_a: false, trans_b: true });
+    let m = unary_model(13, &[2, 3, 4], node("Transpose", &["x"], &["y"], vec![]));
+    assert_eq!(only_op(&m), Op::Transpose { perm: vec![2, 1, 0] });
+    let m = Model::new(13)
+        .input(vis("x", F32, &[2, 3]))
+        .input(vis("z", F32, &[2, 1]))
+        .node(node("Concat", &["x", "z"], &["y"], vec![a_int("axis", -1)]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Concat { axis: 1 });
+    let m = Model::new(13)
+        .input(vis("x", F32, &[2, 3]))
+        .init(t_i64("i", &[2], &[0, -1]))
+        .node(node("Gather", &["x", "i"], &["y"], vec![a_int("axis", -1)]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Gather { axis: 1 });
+    let m = Model::new(13)
+        .input(vis("x", F32, &[3, 1]))
+        .init(t_i64("s", &[3], &[2, 1, 4]))
+        .node(node("Expand", &["x", "s"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Expand { shape: vec![2, 1, 4] });
+    let g = import_ok(&m);
+    assert_eq!(g.ty(g.outputs[0]).shape, vec![2, 3, 4]);
+    let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Int32 as i64)]));
+    assert_eq!(only_op(&m), Op::Cast { to: DType::I32 });
+    let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Double as i64)]));
+    let e = m.import().unwrap_err().to_string();
+    assert!(e.contains("Cast (domain ai.onnx, opset 13)") && e.contains("DOUBLE"), "{e}");
+}
+
+#[test]
+fn dropout_is_identity_with_constant_mask() {
+    let m = Model::new(13)
+        .input(vis("x", F32, &[2, 2]))
+        .node(node("Dropout", &["x"], &["d", "mask"], vec![]))
+        .node(node("Relu", &["d"], &["y"], vec![]))
+        .output("y")
+        .output("mask");
+    let g = import_ok(&m);
+    assert_eq!(ops(&g), vec![&Op::Unary(UnaryOp::Relu)]);
+    assert_eq!(nodes(&g)[0].inputs, g.inputs);
+    assert_eq!(g.const_of(g.outputs[1]).unwrap().data(), Data::Bool(vec![true; 4]));
+    // Opset 7: ratio attribute.
+    let m = unary_model(7, &[2], node("Dropout", &["x"], &["y"], vec![a_float("ratio", 0.3)]));
+    let g = import_ok(&m);
+    // The graph output is a named copy of the input.
+    assert_eq!(ops(&g), vec![&Op::Identity]);
+    assert_eq!(g.value(g.outputs[0]).name, "y");
+}
+
+#[test]
+fn constants_in_all_forms() {
+    let m = Model::new(13)
+        .node(node("Constant", &[], &["a"], vec![a_tensor("value", t_f32("", &[2], &[1.0, 2.0]))]))
+        .node(node("Constant", &[], &["b"], vec![a_float("value_float", 3.0)]))
+        .node(node("Constant", &[], &["c"], vec![a_ints("value_ints", &[4, 5])]))
+        .node(node("Constant", &[], &["d"], vec![a_int("value_int", 6)]))
+        .node(node("Add", &["a", "b"], &["y"], vec![]))
+        .output("y")
+        .output("c")
+        .output("d");
+    let g = import_ok(&m);
+    let c = |i: usize| g.const_of(g.outputs[i]).cloned();
+    assert_eq!(c(1).unwrap().data(), Data::I64(vec![4, 5]));
+    assert_eq!(c(2).unwrap().shape(), &[] as &[usize]);
+    // a + b folds where the reference evaluator can run it.
+    if let Some(y) = c(0) {
+        assert_eq!(y.data(), Data::F32(vec![4.0, 5.0]));
+    } else {
+        assert_eq!(ops(&g), vec![&Op::Binary(BinaryOp::Add)]);
+    }
+}
