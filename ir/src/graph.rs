@@ -120,6 +120,11 @@ impl Graph {
             op: op.name().to_string(),
             message,
         })?;
+        /// Largest tensor a node may produce (1 TiB): beyond it a shape is broken or hostile.
+        const MAX_TENSOR_BYTES: usize = 1 << 40;
+        if let Some(t) = out_tys.iter().find(|t| t.checked_bytes().is_none_or(|b| b > MAX_TENSOR_BYTES)) {
+            return Err(BuildError { node: name, op: op.name().to_string(), message: format!("result of shape {:?} is too large", t.shape) });
+        }
         Ok(self.push_node(op, inputs, name, output_names, out_tys))
     }
 

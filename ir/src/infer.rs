@@ -1,7 +1,7 @@
 //! Typing rules: the output types of every op from its input types and attributes.
 //! Run when a node is built, so shape errors surface at import with the node's name.
 
-use crate::op::{Op, UnaryOp};
+use crate::op::{BinaryOp, Op, UnaryOp};
 use crate::{numel, DType, Shape, TensorType};
 
 pub type InferResult = Result<Vec<TensorType>, String>;
@@ -66,9 +66,14 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
     use Op::*;
     let one = |t: TensorType| Ok(vec![t]);
     match op {
-        Binary(_) => {
+        Binary(b) => {
             arity(op, inputs, 2, 2)?;
             let d = same_dtype(inputs)?;
+            let logical = matches!(b, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor);
+            let ordering = matches!(b, BinaryOp::Max | BinaryOp::Min);
+            if logical != (d == DType::Bool) && !(ordering && d == DType::Bool) {
+                return Err(format!("{} is not defined on {d}", op.name()));
+            }
             one(TensorType::new(d, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
         }
         Compare(_) => {
@@ -81,6 +86,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             let t = inputs[0];
             match u {
                 UnaryOp::Not if t.dtype != DType::Bool => return Err("not needs a bool input".into()),
+                UnaryOp::Neg if t.dtype == DType::Bool => return Err("neg is not defined on bool".into()),
                 UnaryOp::Sqrt
                 | UnaryOp::Reciprocal
                 | UnaryOp::Exp
@@ -137,6 +143,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
         Gemm { trans_a, trans_b, .. } => {
             arity(op, inputs, 2, 3)?;
             let d = same_dtype(inputs)?;
+            if d == DType::Bool {
+                return Err("gemm is not defined on bool".into());
+            }
             let (a, b) = (&inputs[0].shape, &inputs[1].shape);
             if a.len() != 2 || b.len() != 2 {
                 return Err(format!("gemm needs 2-D A and B, got {a:?} and {b:?}"));
@@ -223,6 +232,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             if matches!(r, crate::op::ReduceOp::Mean) {
                 want_float(op, x)?;
             }
+            if x.dtype == DType::Bool && matches!(r, crate::op::ReduceOp::Sum | crate::op::ReduceOp::Prod) {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
             if axes.iter().any(|&a| a >= x.rank()) || axes.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(format!("reduce axes {axes:?} invalid for rank {}", x.rank()));
             }
@@ -281,7 +293,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
                 if out_shape[a] == 0 {
                     continue;
                 }
-                let last = starts[a] + steps[a] * (out_shape[a] as i64 - 1);
+                let last = steps[a]
+                    .checked_mul(out_shape[a] as i64 - 1)
+                    .and_then(|x| x.checked_add(starts[a]))
+                    .ok_or_else(|| format!("slice axis {a} overflows"))?;
                 if steps[a] == 0 || starts[a] < 0 || last < 0 || starts[a] >= x.shape[a] as i64 || last >= x.shape[a] as i64 {
                     return Err(format!("slice axis {a} out of range for shape {:?}", x.shape));
                 }

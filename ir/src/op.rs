@@ -76,8 +76,11 @@ pub struct Window {
 impl Window {
     /// Output extent along spatial axis `a` (0 = H, 1 = W) for input extent `n`.
     pub fn out_dim(&self, a: usize, n: usize, ceil_mode: bool) -> Option<usize> {
-        let eff = self.dilations[a] * (self.kernel[a] - 1) + 1;
-        let padded = n + self.pads[a] + self.pads[a + 2];
+        if self.kernel[a] == 0 || self.dilations[a] == 0 {
+            return None;
+        }
+        let eff = self.dilations[a].checked_mul(self.kernel[a] - 1)?.checked_add(1)?;
+        let padded = n.checked_add(self.pads[a])?.checked_add(self.pads[a + 2])?;
         if padded < eff || self.strides[a] == 0 {
             return None;
         }

@@ -34,6 +34,10 @@ impl TensorType {
     pub fn numel(&self) -> usize {
         numel(&self.shape)
     }
+    /// Byte size, or None when it overflows (a hostile or broken shape).
+    pub fn checked_bytes(&self) -> Option<usize> {
+        self.shape.iter().try_fold(self.dtype.size(), |a, &d| a.checked_mul(d))
+    }
     pub fn bytes(&self) -> usize {
         self.numel() * self.dtype.size()
     }

@@ -238,15 +238,8 @@ fn cast<'ctx>(g: &Gen<'ctx>, v: BasicValueEnum<'ctx>, from: DType, to: DType) ->
         (_, DType::F32) => b.build_signed_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf").map_err(llvm_err)?.into(),
         (_, DType::Bool) => icmp(g, IntPredicate::NE, v.into_int_value(), v.into_int_value().get_type().const_zero())?.into(),
         (DType::Bool, _) => b.build_int_z_extend(v.into_int_value(), to_ty.into_int_type(), "z").map_err(llvm_err)?.into(),
-        _ => b.build_int_s_extend_or_bit_cast(v.into_int_value(), to_ty.into_int_type(), "x").map_err(llvm_err)?.into(),
-    })
-    .and_then(|r: BasicValueEnum<'ctx>| {
-        // Narrowing integer casts.
-        if from.is_int() && to.is_int() && from.size() > to.size() {
-            Ok(b.build_int_truncate(v.into_int_value(), to_ty.into_int_type(), "t").map_err(llvm_err)?.into())
-        } else {
-            Ok(r)
-        }
+        _ if from.size() > to.size() => b.build_int_truncate(v.into_int_value(), to_ty.into_int_type(), "t").map_err(llvm_err)?.into(),
+        _ => b.build_int_s_extend(v.into_int_value(), to_ty.into_int_type(), "x").map_err(llvm_err)?.into(),
     })
 }
 

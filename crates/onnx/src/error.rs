@@ -80,6 +80,11 @@ pub enum ImportError {
     #[error("bad input shape `{spec}`: {reason}")]
     ShapeSpec { spec: String, reason: String },
 
+    /// A value given for a graph input (see [`crate::import_path_with_constants`]) that does
+    /// not fit it.
+    #[error("constant for input `{input}`: {reason}")]
+    ConstantInput { input: String, reason: String },
+
     /// Every op of the model that could not be imported, in model order.
     #[error("{}", fmt_unsupported(.0))]
     UnsupportedOps(Vec<UnsupportedOp>),

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use bytes::Bytes;
-use kiln_ir::{fmt_shape, DType, Graph, Op, TensorType, ValueId};
+use kiln_ir::{fmt_shape, DType, Graph, Op, Tensor, TensorType, ValueId};
 use prost::Message;
 
 use crate::data::{checked_numel, decode_tensor, dtype_of, map_file, ExternalStore};
@@ -19,8 +19,10 @@ pub const MIN_IR_VERSION: i64 = 3;
 /// Newest ONNX IR version accepted: the one onnx 1.23 writes. (IR versions after 10 add
 /// types and fields Kiln does not use; they change nothing it reads.)
 pub const MAX_IR_VERSION: i64 = 14;
-/// Oldest default-domain opset accepted.
-pub const MIN_OPSET: i64 = 7;
+/// Oldest default-domain opset accepted. Opsets before 7 are read with their legacy forms
+/// (`broadcast`/`axis` attributes of binary ops, Cast's string `to`, Reshape's `shape`
+/// attribute, Concat's default axis).
+pub const MIN_OPSET: i64 = 1;
 /// Newest default-domain opset accepted: onnx 1.23's. Versions of the supported ops after 23
 /// only add element types.
 pub const MAX_OPSET: i64 = 28;
@@ -33,26 +35,43 @@ pub fn decode_model(bytes: Bytes) -> Result<ModelProto, ImportError> {
 /// Imports a serialized ONNX model. External data cannot be resolved (there is no model
 /// directory): use [`import_path`] or [`import_model_in_dir`] for such models.
 pub fn import_model(bytes: Bytes, opts: &ImportOptions) -> Result<Graph, ImportError> {
-    import_inner(bytes, opts, None)
+    import_inner(bytes, opts, None, &HashMap::new())
 }
 
 /// Imports a serialized ONNX model whose external data files live in `dir`.
 pub fn import_model_in_dir(bytes: Bytes, dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Graph, ImportError> {
-    import_inner(bytes, opts, Some(dir.as_ref()))
+    import_inner(bytes, opts, Some(dir.as_ref()), &HashMap::new())
 }
 
 /// Maps the model file and imports it; initializers and external data stay in the mappings.
 pub fn import_path(path: impl AsRef<Path>, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    import_path_with_constants(path, opts, &HashMap::new())
+}
+
+/// [`import_path`] with some graph inputs bound to values: each becomes a constant (its
+/// dtype and declared dims must match), so that what depends on it folds. ONNX's node tests
+/// pass shape-like operands (Reshape's shape, Slice's starts, reduction axes…) as graph
+/// inputs; Kiln needs them static.
+pub fn import_path_with_constants(
+    path: impl AsRef<Path>,
+    opts: &ImportOptions,
+    constants: &HashMap<String, Tensor>,
+) -> Result<Graph, ImportError> {
     let path = path.as_ref();
     let bytes = map_file(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    import_inner(bytes, opts, Some(dir))
+    import_inner(bytes, opts, Some(dir), constants)
 }
 
-fn import_inner(bytes: Bytes, opts: &ImportOptions, dir: Option<&Path>) -> Result<Graph, ImportError> {
+fn import_inner(
+    bytes: Bytes,
+    opts: &ImportOptions,
+    dir: Option<&Path>,
+    constants: &HashMap<String, Tensor>,
+) -> Result<Graph, ImportError> {
     let model = decode_model(bytes)?;
     let ir = model.ir_version();
     if !(MIN_IR_VERSION..=MAX_IR_VERSION).contains(&ir) {
@@ -82,7 +101,7 @@ fn import_inner(bytes: Bytes, opts: &ImportOptions, dir: Option<&Path>) -> Resul
         ext: ExternalStore::new(dir)?,
         unsupported: Vec::new(),
     };
-    imp.run(graph, opts)?;
+    imp.run(graph, opts, constants)?;
     Ok(imp.g)
 }
 
@@ -104,7 +123,12 @@ struct Importer {
 }
 
 impl Importer {
-    fn run(&mut self, graph: &GraphProto, opts: &ImportOptions) -> Result<(), ImportError> {
+    fn run(
+        &mut self,
+        graph: &GraphProto,
+        opts: &ImportOptions,
+        constants: &HashMap<String, Tensor>,
+    ) -> Result<(), ImportError> {
         if let Some(s) = graph.sparse_initializer.first() {
             let name = s.values.as_ref().map(|v| v.name()).unwrap_or("");
             return Err(ImportError::Unsupported(format!("sparse initializer `{name}`")));
@@ -114,7 +138,7 @@ impl Importer {
             let v = self.g.add_const(t.name(), c);
             self.env.insert(t.name().to_string(), Slot::Value(v));
         }
-        self.inputs(graph, opts)?;
+        self.inputs(graph, opts, constants)?;
         for (idx, node) in graph.node.iter().enumerate() {
             self.node(idx, node)?;
         }
@@ -126,17 +150,47 @@ impl Importer {
     }
 
     /// Runtime inputs: graph inputs that are not initializers (those are constants).
-    fn inputs(&mut self, graph: &GraphProto, opts: &ImportOptions) -> Result<(), ImportError> {
+    fn inputs(
+        &mut self,
+        graph: &GraphProto,
+        opts: &ImportOptions,
+        constants: &HashMap<String, Tensor>,
+    ) -> Result<(), ImportError> {
         let mut runtime = HashSet::new();
+        let mut bound = HashSet::new();
         for vi in &graph.input {
             let name = vi.name();
             if self.env.contains_key(name) {
+                continue;
+            }
+            if let Some(t) = constants.get(name) {
+                let ty = input_type(vi, Some(&t.ty.shape)).map_err(|e| ImportError::ConstantInput {
+                    input: name.to_string(),
+                    reason: e.to_string(),
+                })?;
+                if ty != t.ty || t.data.len() != t.ty.bytes() {
+                    return Err(ImportError::ConstantInput {
+                        input: name.to_string(),
+                        reason: format!("the value has type {}, the input is declared {ty}", t.ty),
+                    });
+                }
+                let v = self.g.add_const(name, t.clone());
+                self.env.insert(name.to_string(), Slot::Value(v));
+                bound.insert(name);
                 continue;
             }
             let ty = input_type(vi, opts.input_shapes.get(name))?;
             let v = self.g.add_input(name, ty);
             self.env.insert(name.to_string(), Slot::Value(v));
             runtime.insert(name);
+        }
+        let mut unbound: Vec<&String> = constants.keys().filter(|n| !bound.contains(n.as_str())).collect();
+        unbound.sort();
+        if let Some(name) = unbound.first() {
+            return Err(ImportError::ConstantInput {
+                input: name.to_string(),
+                reason: "the model has no such runtime input".into(),
+            });
         }
         let mut pinned: Vec<&String> = opts.input_shapes.keys().collect();
         pinned.sort();

@@ -2,18 +2,40 @@
 
 use kiln_ir::{BinaryOp, CmpOp, DType, Op, Tensor, UnaryOp, ValueId};
 
-use super::{invalid, unsupported, NodeCx, OpResult};
+use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
 use crate::data::dtype_of;
+use crate::proto::tensor_proto::DataType;
+
+/// The two operands of a binary op. Before opset 7, `broadcast=1` with an `axis` aligns B's
+/// dims with A's starting at `axis`: B gets trailing unit dims so numpy broadcasting agrees.
+fn operands(cx: &mut NodeCx) -> OpResult<(ValueId, ValueId)> {
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    if cx.opset >= 7 || cx.attrs.int_or("broadcast", 0)? == 0 {
+        return Ok((a, b));
+    }
+    let Some(axis) = cx.attrs.int("axis")? else { return Ok((a, b)) };
+    let (ra, mut bs) = (cx.rank(a), cx.shape(b));
+    let axis = norm_axis(axis, ra.max(1), "axis")?;
+    let Some(trailing) = ra.checked_sub(axis + bs.len()) else {
+        return invalid(format!("B of shape {bs:?} does not fit A of rank {ra} at axis {axis}"));
+    };
+    if trailing == 0 {
+        return Ok((a, b));
+    }
+    bs.extend(std::iter::repeat_n(1, trailing));
+    let name = cx.tmp_name("broadcast");
+    Ok((a, cx.emit(Op::Reshape { shape: bs }, &[b], name)?))
+}
 
 pub(super) fn binary(cx: &mut NodeCx, op: BinaryOp) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
-    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    let (a, b) = operands(cx)?;
     Ok(vec![cx.emit_out(Op::Binary(op), &[a, b], 0)?])
 }
 
 pub(super) fn compare(cx: &mut NodeCx, op: CmpOp) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
-    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    let (a, b) = operands(cx)?;
     Ok(vec![cx.emit_out(Op::Compare(op), &[a, b], 0)?])
 }
 
@@ -27,7 +49,7 @@ pub(super) fn unary(cx: &mut NodeCx, op: UnaryOp) -> OpResult<Vec<ValueId>> {
 /// converted to the base's type.
 pub(super) fn pow(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
-    let (a, mut b) = (cx.input(0)?, cx.input(1)?);
+    let (a, mut b) = operands(cx)?;
     let (da, db) = (cx.ty(a).dtype, cx.ty(b).dtype);
     if da != db {
         if !da.is_float() && db.is_float() {
@@ -65,25 +87,39 @@ pub(super) fn variadic(cx: &mut NodeCx, op: BinaryOp, mean: bool) -> OpResult<Ve
 }
 
 /// Clip-6: `min`/`max` attributes (defaulting to the f32 range); Clip-11+: optional scalar
-/// inputs 1 and 2 (constants).
+/// inputs 1 and 2. Constant bounds give one Clip; bounds computed at run time become
+/// `Min(Max(x, min), max)`.
 pub(super) fn clip(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
-    let (lo, hi) = if cx.opset < 11 {
-        let lo = cx.attrs.float_or("min", f32::MIN)?;
-        let hi = cx.attrs.float_or("max", f32::MAX)?;
-        (f64::from(lo), f64::from(hi))
-    } else {
-        let bound = |cx: &NodeCx, i: usize, role: &str, default: f64| -> OpResult<f64> {
-            match cx.opt_const_input(i, role)? {
-                None => Ok(default),
-                Some(t) if t.numel() == 1 => Ok(t.to_f64_vec()[0]),
-                Some(t) => invalid(format!("{role} must be a scalar, got {}", t.ty)),
-            }
-        };
-        (bound(cx, 1, "min", f64::NEG_INFINITY)?, bound(cx, 2, "max", f64::INFINITY)?)
+    if cx.opset < 11 {
+        let lo = f64::from(cx.attrs.float_or("min", f32::MIN)?);
+        let hi = f64::from(cx.attrs.float_or("max", f32::MAX)?);
+        return Ok(vec![cx.emit_out(Op::Unary(UnaryOp::Clip { lo, hi }), &[x], 0)?]);
+    }
+    let (lo, hi) = (cx.opt_input(1), cx.opt_input(2));
+    let scalar = |cx: &NodeCx, v: Option<ValueId>, role: &str, default: f64| -> OpResult<Option<f64>> {
+        let Some(v) = v else { return Ok(Some(default)) };
+        let Some(t) = cx.g.const_of(v) else { return Ok(None) };
+        if t.numel() != 1 {
+            return invalid(format!("{role} must be a scalar, got {}", t.ty));
+        }
+        Ok(Some(t.to_f64_vec()[0]))
     };
-    Ok(vec![cx.emit_out(Op::Unary(UnaryOp::Clip { lo, hi }), &[x], 0)?])
+    match (scalar(cx, lo, "min", f64::NEG_INFINITY)?, scalar(cx, hi, "max", f64::INFINITY)?) {
+        (Some(lo), Some(hi)) => Ok(vec![cx.emit_out(Op::Unary(UnaryOp::Clip { lo, hi }), &[x], 0)?]),
+        _ => {
+            let mut y = x;
+            if let Some(lo) = lo {
+                let name = if hi.is_some() { cx.tmp_name("max") } else { cx.out_name(0) };
+                y = cx.emit(Op::Binary(BinaryOp::Max), &[y, lo], name)?;
+            }
+            if let Some(hi) = hi {
+                y = cx.emit_out(Op::Binary(BinaryOp::Min), &[y, hi], 0)?;
+            }
+            Ok(vec![y])
+        }
+    }
 }
 
 pub(super) fn where_(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -95,8 +131,26 @@ pub(super) fn where_(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 pub(super) fn cast(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
-    let Some(to) = cx.attrs.int("to")? else { return invalid("attribute `to` is missing") };
-    let to = i32::try_from(to).map_err(|_| format!("attribute `to` = {to} is not a data type"))?;
+    let to = if cx.opset < 6 {
+        // Cast-1: the type's name.
+        let Some(name) = cx.attrs.string("to")? else { return invalid("attribute `to` is missing") };
+        DataType::from_str_name(&name).ok_or_else(|| format!("attribute `to` = {name:?} is not a data type"))? as i32
+    } else {
+        let Some(to) = cx.attrs.int("to")? else { return invalid("attribute `to` is missing") };
+        i32::try_from(to).map_err(|_| format!("attribute `to` = {to} is not a data type"))?
+    };
+    cast_to(cx, x, to)
+}
+
+/// CastLike: Cast to the dtype of input 1.
+pub(super) fn cast_like(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (x, like) = (cx.input(0)?, cx.input(1)?);
+    let to = cx.ty(like).dtype;
+    Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
+}
+
+fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
     let to = match dtype_of(to) {
         Ok(d) => d,
         Err(name) => return unsupported(format!("cast to {name} (supported: float32, int32, int64, bool)")),

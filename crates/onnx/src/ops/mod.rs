@@ -304,6 +304,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "Clip" => clip(cx),
         "Where" => where_(cx),
         "Cast" => cast(cx),
+        "CastLike" => cast_like(cx),
         "MatMul" => matmul(cx),
         "Gemm" => gemm(cx),
 
@@ -336,6 +337,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "ConstantOfShape" => tensor::constant_of_shape(cx),
         "Constant" => tensor::constant(cx),
         "Identity" => tensor::identity(cx),
+        "Range" => tensor::range(cx),
         _ => Err(OpError::Unknown),
     }
 }

@@ -1,7 +1,7 @@
 //! Shape and data-movement ops: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat,
 //! Split, Slice, Gather, Expand, Shape, Size, ConstantOfShape, Constant, Identity.
 
-use kiln_ir::{Op, Tensor, TensorType, ValueId};
+use kiln_ir::{DType, Data, Op, Tensor, TensorType, ValueId};
 
 use super::{invalid, norm_axes, norm_axis, unsupported, NodeCx, OpError, OpResult, FOLD_LIMIT_BYTES};
 use crate::data::{checked_numel, decode_tensor, MAX_ELEMS};
@@ -137,14 +137,25 @@ pub(super) fn concat(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let xs = cx.all_inputs()?;
     let Some(&first) = xs.first() else { return invalid("Concat needs at least one input") };
-    let Some(axis) = cx.attrs.int("axis")? else { return invalid("attribute `axis` is missing") };
+    // Concat-1 defaulted to axis 1.
+    let axis = match cx.attrs.int("axis")? {
+        Some(a) => a,
+        None if cx.opset < 4 => 1,
+        None => return invalid("attribute `axis` is missing"),
+    };
     let axis = norm_axis(axis, cx.rank(first), "axis")?;
     Ok(vec![cx.emit_out(Op::Concat { axis }, &xs, 0)?])
 }
 
 /// Sizes of Split's outputs along an axis of extent `dim`.
 fn split_sizes(cx: &NodeCx, dim: usize, n: usize) -> OpResult<Vec<usize>> {
-    let given = if cx.opset >= 13 { cx.opt_ints_input(1, "split")? } else { cx.attrs.ints("split")?.map(<[i64]>::to_vec) };
+    // Split-13+: input 1; before, the `split` attribute (Split-1 also took it as input 1).
+    let attr = if cx.opset < 13 { cx.attrs.ints("split")?.map(<[i64]>::to_vec) } else { None };
+    let given = match attr {
+        Some(a) => Some(a),
+        None if cx.opset >= 13 || cx.opset < 2 => cx.opt_ints_input(1, "split")?,
+        None => None,
+    };
     let given = given.filter(|s| !s.is_empty());
     if let Some(split) = given {
         let sizes = to_shape(&split, "split")?;
@@ -368,6 +379,55 @@ pub(super) fn constant(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         return invalid(format!("no value attribute (has {attr_names:?})"));
     };
     Ok(vec![cx.konst(name, t)])
+}
+
+/// Range with constant start, limit and delta (its length depends on their values).
+pub(super) fn range(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let mut vals = Vec::with_capacity(3);
+    for (i, role) in ["start", "limit", "delta"].into_iter().enumerate() {
+        let t = cx.opt_const_input(i, role)?.ok_or_else(|| OpError::Invalid(format!("input {i} ({role}) is missing")))?;
+        if t.numel() != 1 {
+            return invalid(format!("{role} must be a scalar, got {}", t.ty));
+        }
+        vals.push(t);
+    }
+    let dtype = vals[0].dtype();
+    if vals.iter().any(|t| t.dtype() != dtype) {
+        return invalid("start, limit and delta have different dtypes");
+    }
+    let too_long = |n: f64| OpError::Invalid(format!("Range of {n} elements is too long to fold"));
+    let limit_elems = (FOLD_LIMIT_BYTES / 8) as f64;
+    let data = match dtype {
+        DType::F32 => {
+            let [s, l, d] = [0, 1, 2].map(|i| vals[i].to_f64_vec()[0] as f32);
+            let n = ((l - s) / d).ceil().max(0.0) as f64;
+            if !(n <= limit_elems) {
+                return Err(too_long(n));
+            }
+            Data::F32((0..n as usize).map(|i| s + i as f32 * d).collect())
+        }
+        DType::I32 | DType::I64 => {
+            let [s, l, d] = [0, 1, 2].map(|i| i128::from(vals[i].to_i64_vec()[0]));
+            if d == 0 {
+                return invalid("delta is 0");
+            }
+            let span = l - s;
+            let n = if (span > 0) == (d > 0) && span != 0 { (span + d - d.signum()) / d } else { 0 };
+            if n as f64 > limit_elems {
+                return Err(too_long(n as f64));
+            }
+            let it = (0..n).map(move |i| s + i * d);
+            if dtype == DType::I32 {
+                Data::I32(it.map(|v| v as i32).collect())
+            } else {
+                Data::I64(it.map(|v| v as i64).collect())
+            }
+        }
+        DType::Bool => return invalid("Range of bools"),
+    };
+    let name = cx.out_name(0);
+    Ok(vec![cx.konst(name, Tensor::from_data(vec![data.len()], data))])
 }
 
 /// Identity (and any op that forwards its input): the input value itself.
