@@ -172,8 +172,9 @@ fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, thre
     }
     let json = serde_json::to_string_pretty(&serde_json::json!({ "outputs": listing }))?;
     std::fs::write(dir.join("outputs.json"), json + "\n").map_err(|e| format!("writing outputs.json: {e}"))?;
-    for t in &outs {
-        println!("{}: {} {:?} -> {}", t.name, t.dtype.name(), t.shape, dir.join(format!("{}.npy", sanitize(&t.name))).display());
+    for (t, entry) in outs.iter().zip(&listing) {
+        let file = dir.join(entry["file"].as_str().unwrap_or_default());
+        println!("{}: {} {:?} = {} -> {}", t.name, t.dtype.name(), t.shape, tensors::preview(t, 8), file.display());
     }
     Ok(())
 }

@@ -99,3 +99,23 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), String> {
         other => Err(format!("cannot write dtype {} to .npy", other.name())),
     }
 }
+
+/// The first `n` elements, for printing: `[0.25, -1.5, …]`.
+pub fn preview(t: &Tensor, n: usize) -> String {
+    let size = t.dtype.size();
+    let count = t.data.len() / size.max(1);
+    let items: Vec<String> = t
+        .data
+        .chunks_exact(size)
+        .take(n)
+        .map(|c| match t.dtype {
+            DTypeCode::F32 => format!("{:.6}", f32::from_le_bytes(c.try_into().unwrap())),
+            DTypeCode::I32 => i32::from_le_bytes(c.try_into().unwrap()).to_string(),
+            DTypeCode::I64 => i64::from_le_bytes(c.try_into().unwrap()).to_string(),
+            DTypeCode::Bool => (c[0] != 0).to_string(),
+            _ => "?".into(),
+        })
+        .collect();
+    let more = if count > n { ", …" } else { "" };
+    format!("[{}{more}]", items.join(", "))
+}

@@ -341,3 +341,28 @@ fn external_data_is_mapped() {
     let e = model(external_tensor("w", &[3], "data/weights.bin", Some(16), Some(12))).import().unwrap_err().to_string();
     assert!(e.contains("import_path"), "{e}");
 }
+
+#[test]
+fn inputs_bound_to_constants_fold() {
+    use std::collections::HashMap;
+    let m = Model::new(13)
+        .input(vis("x", F32, &[2, 6]))
+        .input(vis("shape", I64, &[2]))
+        .node(node("Reshape", &["x", "shape"], &["y"], vec![]))
+        .output("y");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, m.bytes()).unwrap();
+    let mut consts = HashMap::new();
+    consts.insert("shape".to_string(), kiln_ir::Tensor::i64(vec![2], vec![3, 4]));
+    let g = kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).unwrap();
+    assert_eq!(ops(&g), vec![&Op::Reshape { shape: vec![3, 4] }]);
+    assert_eq!(g.inputs.len(), 1);
+    // A value of the wrong type, or for no input, is an error.
+    consts.insert("shape".to_string(), kiln_ir::Tensor::i64(vec![3], vec![3, 4, 1]));
+    let e = kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).unwrap_err().to_string();
+    assert!(e.starts_with("constant for input `shape`"), "{e}");
+    let mut consts = HashMap::new();
+    consts.insert("nope".to_string(), kiln_ir::Tensor::i64(vec![1], vec![1]));
+    assert!(kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).is_err());
+}

@@ -449,3 +449,85 @@ fn constants_in_all_forms() {
         assert_eq!(ops(&g), vec![&Op::Binary(BinaryOp::Add)]);
     }
 }
+
+#[test]
+fn one_d_windows_are_lifted_to_2d() {
+    let m = Model::new(11)
+        .input(vis("x", F32, &[1, 2, 9]))
+        .init(t_f32("w", &[3, 2, 3], &[0.1; 18]))
+        .node(node("Conv", &["x", "w"], &["c"], vec![a_ints("pads", &[1, 1]), a_ints("strides", &[2])]))
+        .node(node("MaxPool", &["c"], &["y"], vec![a_ints("kernel_shape", &[2]), a_str("auto_pad", "SAME_UPPER")]))
+        .output("y");
+    let g = import_ok(&m);
+    let ops = ops(&g);
+    // x lifted; the constant weights fold to a lifted constant.
+    assert_eq!(ops[0], &Op::Reshape { shape: vec![1, 2, 1, 9] });
+    let window = Window { kernel: [1, 3], strides: [1, 2], pads: [0, 1, 0, 1], dilations: [1, 1] };
+    assert_eq!(ops[1], &Op::Conv { window, group: 1 });
+    assert_eq!(ops[2], &Op::Reshape { shape: vec![1, 3, 5] });
+    assert!(matches!(ops[4], Op::MaxPool { window, .. } if window.kernel == [1, 2] && window.pads == [0, 0, 0, 1]));
+    assert_eq!(g.ty(g.outputs[0]).shape, vec![1, 3, 5]);
+}
+
+#[test]
+fn legacy_opsets() {
+    // Opset 6: Add with broadcast=1 along axis 1 (B gets trailing unit dims).
+    let m = Model::new(6)
+        .input(vis("x", F32, &[2, 3, 4]))
+        .init(t_f32("b", &[3], &[1.0, 2.0, 3.0]))
+        .node(node("Add", &["x", "b"], &["y"], vec![a_int("broadcast", 1), a_int("axis", 1)]))
+        .output("y");
+    let g = import_ok(&m);
+    assert_eq!(ops(&g), vec![&Op::Binary(BinaryOp::Add)]);
+    assert_eq!(g.ty(nodes(&g)[0].inputs[1]).shape, vec![3, 1]);
+    // Cast-1: the type by name. Concat-1: default axis 1.
+    let m = Model::new(1)
+        .input(vis("x", F32, &[2, 3]))
+        .node(node("Cast", &["x"], &["c"], vec![a_str("to", "INT32")]))
+        .node(node("Concat", &["c", "c"], &["y"], vec![]))
+        .output("y");
+    let g = import_ok(&m);
+    assert_eq!(ops(&g), vec![&Op::Cast { to: DType::I32 }, &Op::Concat { axis: 1 }]);
+    // Reshape-1: the shape attribute.
+    let m = unary_model(4, &[2, 3], node("Reshape", &["x"], &["y"], vec![a_ints("shape", &[3, -1])]));
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![3, 2] });
+    // Softmax-1 coerces like Softmax-11.
+    let m = unary_model(1, &[2, 3, 4], node("Softmax", &["x"], &["y"], vec![]));
+    assert_eq!(ops(&import_ok(&m)).len(), 3);
+}
+
+#[test]
+fn clip_with_runtime_bounds_becomes_max_min() {
+    let m = Model::new(13)
+        .input(vis("x", F32, &[4]))
+        .input(vis("lo", F32, &[]))
+        .node(node("Clip", &["x", "lo"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Binary(BinaryOp::Max));
+}
+
+#[test]
+fn cast_like_and_range() {
+    let m = Model::new(15)
+        .input(vis("x", F32, &[3]))
+        .input(vis("t", I64, &[1]))
+        .node(node("CastLike", &["x", "t"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(only_op(&m), Op::Cast { to: DType::I64 });
+    let m = Model::new(11)
+        .init(t_i64("s", &[], &[10]))
+        .init(t_i64("l", &[], &[1]))
+        .init(t_i64("d", &[], &[-3]))
+        .node(node("Range", &["s", "l", "d"], &["y"], vec![]))
+        .output("y");
+    let g = import_ok(&m);
+    assert_eq!(g.const_of(g.outputs[0]).unwrap().data(), Data::I64(vec![10, 7, 4]));
+    let m = Model::new(11)
+        .init(t_f32("s", &[], &[0.0]))
+        .init(t_f32("l", &[], &[1.0]))
+        .init(t_f32("d", &[], &[0.25]))
+        .node(node("Range", &["s", "l", "d"], &["y"], vec![]))
+        .output("y");
+    let g = import_ok(&m);
+    assert_eq!(g.const_of(g.outputs[0]).unwrap().data(), Data::F32(vec![0.0, 0.25, 0.5, 0.75]));
+}
