@@ -167,8 +167,9 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<bool, PassError> {
             nb[c] = ((bias[c] as f64 - mean[c] as f64) * s as f64 + shift[c] as f64) as f32;
         }
         let wshape = g.ty(conv.inputs[1]).shape.clone();
-        let wv = g.add_const(format!("{}.folded_w", conv.name), Tensor::f32(wshape, nw));
-        let bv = g.add_const(format!("{}.folded_b", conv.name), Tensor::f32(vec![o], nb));
+        let base = if conv.name.is_empty() { g.value(x).name.clone() } else { conv.name.clone() };
+        let wv = g.add_const(format!("{base}.folded_w"), Tensor::f32(wshape, nw));
+        let bv = g.add_const(format!("{base}.folded_b"), Tensor::f32(vec![o], nb));
         let y = bn.outputs[0];
         // Rebuild the conv after the BN's position so its result can take the BN's place.
         let name = g.value(y).name.clone();

@@ -233,9 +233,12 @@ fn versions_are_checked() {
     m.ir_version = 2;
     assert!(matches!(m.import(), Err(ImportError::UnsupportedIrVersion { version: 2, .. })));
     let mut m = mlp();
-    m.opset = 6;
+    m.opset = 29;
     let e = m.import().unwrap_err().to_string();
-    assert!(e.contains("unsupported opset 6"), "{e}");
+    assert_eq!(e, "unsupported opset 29 for domain ai.onnx (supported: 1..=28)");
+    let mut m = mlp();
+    m.ir_version = 15;
+    assert!(matches!(m.import(), Err(ImportError::UnsupportedIrVersion { version: 15, .. })));
     // `ai.onnx` is the default domain too.
     let mut p = mlp().proto();
     p.opset_import[0].domain = Some("ai.onnx".into());

@@ -224,8 +224,14 @@ fn fold_work(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> usize {
                 1
             }
         }
-        Op::Conv { window, .. } => inputs[1].shape().get(1).copied().unwrap_or(1) * window.kernel[0] * window.kernel[1],
-        Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => window.kernel[0] * window.kernel[1],
+        Op::Conv { window, .. } => inputs[1]
+            .shape()
+            .get(1)
+            .copied()
+            .unwrap_or(1)
+            .saturating_mul(window.kernel[0])
+            .saturating_mul(window.kernel[1]),
+        Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => window.kernel[0].saturating_mul(window.kernel[1]),
         Op::Lrn { size, .. } => *size,
         _ => 1,
     };

@@ -3,7 +3,7 @@
 use kiln_ir::{DType, Data, Op, ReduceOp, Tensor, ValueId, Window};
 
 use super::{invalid, norm_axis, unsupported, NodeCx, OpError, OpResult, FOLD_LIMIT_BYTES};
-use crate::data::checked_numel;
+use crate::data::{checked_numel, MAX_ELEMS};
 
 /// The largest kernel, stride, dilation or pad accepted (keeps window arithmetic in range).
 const MAX_WINDOW_ATTR: i64 = 1 << 31;
@@ -143,6 +143,9 @@ pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let group = cx.attrs.int_or("group", 1)?;
     if !(1..=MAX_WINDOW_ATTR).contains(&group) {
         return invalid(format!("attribute `group` = {group} must be positive"));
+    }
+    if ws.get(1).and_then(|&c| c.checked_mul(group as usize)).is_none_or(|c| c > MAX_ELEMS) {
+        return invalid(format!("group {group} does not fit weights of shape {ws:?}"));
     }
     let mut rest = vec![w];
     rest.extend(cx.opt_input(2));

@@ -144,6 +144,10 @@ pub(super) fn concat(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         None => return invalid("attribute `axis` is missing"),
     };
     let axis = norm_axis(axis, cx.rank(first), "axis")?;
+    let total = xs.iter().try_fold(0usize, |n, &x| n.checked_add(cx.shape(x).get(axis).copied().unwrap_or(0)));
+    if total.is_none_or(|n| n > MAX_ELEMS) {
+        return invalid("the concatenated axis is too long");
+    }
     Ok(vec![cx.emit_out(Op::Concat { axis }, &xs, 0)?])
 }
 
@@ -170,7 +174,7 @@ fn split_sizes(cx: &NodeCx, dim: usize, n: usize) -> OpResult<Vec<usize>> {
                 return invalid(format!("num_outputs = {k} but the node has {n} outputs"));
             }
             let chunk = dim.div_ceil(n);
-            let rest = dim.checked_sub(chunk * (n - 1)).ok_or_else(|| {
+            let rest = chunk.checked_mul(n - 1).and_then(|used| dim.checked_sub(used)).ok_or_else(|| {
                 OpError::Invalid(format!("an axis of {dim} cannot be split into {n} chunks of {chunk}"))
             })?;
             let mut sizes = vec![chunk; n - 1];

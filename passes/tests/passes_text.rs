@@ -1,0 +1,101 @@
+//! Pass tests as text: HIR text in → one pass (or lowering) → snapshot of the text out.
+
+use kiln_ir::text::{parse, print};
+use kiln_passes::{fuse, memory, simplify};
+
+fn run(src: &str, pass: kiln_passes::PassFn) -> String {
+    let mut g = parse(src).unwrap_or_else(|e| panic!("parse: {e}"));
+    pass(&mut g).unwrap();
+    kiln_ir::verify::verify(&g).unwrap();
+    print(&g)
+}
+
+#[test]
+fn shape_arithmetic_folds_to_constants() {
+    let src = r#"graph "fold" {
+  input %0 "x": f32[2,3]
+  const %1 "a": i64[2] = [2, 3]
+  const %2 "b": i64[2] = [3, 2]
+  %3 "prod": i64[2] = mul(%1, %2)
+  %4 "y": f32[2,3] = relu(%0)
+  output %3
+  output %4
+}"#;
+    insta::assert_snapshot!(run(src, simplify::fold_constants));
+}
+
+#[test]
+fn dead_code_is_removed() {
+    let src = r#"graph "dce" {
+  input %0 "x": f32[4]
+  %1 "unused": f32[4] = exp(%0)
+  %2 "y": f32[4] = relu(%0)
+  output %2
+}"#;
+    insta::assert_snapshot!(run(src, simplify::dce));
+}
+
+#[test]
+fn common_subexpressions_merge() {
+    let src = r#"graph "cse" {
+  input %0 "x": f32[4]
+  %1 "a": f32[4] = exp(%0)
+  %2 "b": f32[4] = exp(%0)
+  %3 "y": f32[4] = add(%1, %2)
+  output %3
+}"#;
+    insta::assert_snapshot!(run(src, simplify::cse));
+}
+
+#[test]
+fn batchnorm_folds_into_conv() {
+    let src = r#"graph "bn" {
+  input %0 "x": f32[1,2,3,3]
+  const %1 "w": f32[2,2,1,1] = [1.0, 2.0, 3.0, 4.0]
+  const %2 "scale": f32[2] = [2.0, 0.5]
+  const %3 "shift": f32[2] = [1.0, -1.0]
+  const %4 "mean": f32[2] = [0.5, 1.5]
+  const %5 "var": f32[2] = [3.0, 0.0]
+  %6 "c": f32[1,2,3,3] = conv(%0, %1) {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1}
+  %7 "y": f32[1,2,3,3] = batch_norm(%6, %2, %3, %4, %5) {epsilon=1.0}
+  output %7
+}"#;
+    insta::assert_snapshot!(run(src, simplify::fold_batchnorm));
+}
+
+#[test]
+fn epilogues_and_elementwise_chains_fuse() {
+    let src = r#"graph "fuse" {
+  input %0 "x": f32[1,2,4,4]
+  const %1 "w": f32[2,2,1,1] = [1.0, 2.0, 3.0, 4.0]
+  const %2 "b": f32[1,2,1,1] = [0.5, -0.5]
+  %3 "c": f32[1,2,4,4] = conv(%0, %1) {kernel=[1,1], strides=[1,1], pads=[0,0,0,0], dilations=[1,1], group=1}
+  %4 "cb": f32[1,2,4,4] = add(%3, %2)
+  %5 "r": f32[1,2,4,4] = relu(%4)
+  %6 "e": f32[1,2,4,4] = exp(%0)
+  %7 "s": f32[1,2] = reduce_sum(%6) {axes=[2,3], keepdims=false}
+  output %5
+  output %7
+}"#;
+    let out = run(src, fuse::fuse);
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn lowering_and_memory_plan() {
+    let src = r#"graph "lower" {
+  input %0 "x": f32[2,8]
+  %1 "a": f32[2,8] = exp(%0)
+  %2 "b": f32[2,8] = neg(%1)
+  %3 "c": f32[16] = reshape(%2) {shape=[16]}
+  %4 "d": f32[16] = abs(%3)
+  %5 "y": f32[1] = reduce_sum(%4) {axes=[0], keepdims=true}
+  output %5
+}"#;
+    let g = parse(src).unwrap();
+    let mut p = kiln_passes::lower::lower(&g).unwrap();
+    let report = memory::plan(&mut p);
+    assert!(report.in_place >= 1, "neg and abs can overwrite their dying inputs");
+    assert_eq!(report.arena_bytes, report.lower_bound);
+    insta::assert_snapshot!(kiln_ir::lir::print(&p));
+}
