@@ -98,12 +98,31 @@ fn compile_options(case: &Case) -> CompileOptions {
 /// Output as (dtype code, shape, bytes).
 pub type Out = (kiln::DTypeCode, Vec<usize>, Vec<u8>);
 
-/// Compiles and runs a case through the library API.
+/// Compiles and runs a case through the library API. Inputs that must be static (shape-like
+/// operands given as graph inputs) are frozen to the case's values, as `kiln run` does.
 pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
-    let art = Compiler::new(compile_options(case)).compile_path(&case.model).map_err(|e| error_chain(&e))?;
+    let mut opts = compile_options(case);
+    let art = loop {
+        match Compiler::new(opts.clone()).compile_path(&case.model) {
+            Ok(a) => break a,
+            Err(e) => {
+                let need: Vec<String> = e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).cloned().collect();
+                let values: Option<Vec<(String, Tensor)>> =
+                    need.iter().map(|n| case.inputs.iter().find(|(m, _, _)| m == n).map(|(m, t, _)| (m.clone(), t.clone()))).collect();
+                match values {
+                    Some(v) if !v.is_empty() => opts.frozen_inputs.extend(v),
+                    _ => return Err(error_chain(&e)),
+                }
+            }
+        }
+    };
     let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).map_err(|e| e.to_string())?;
-    let refs: Vec<TensorRef> =
-        case.inputs.iter().map(|(_, t, _)| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
+    let refs: Vec<TensorRef> = case
+        .inputs
+        .iter()
+        .filter(|(n, _, _)| !opts.frozen_inputs.contains_key(n))
+        .map(|(_, t, _)| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
+        .collect();
     let outs = s.run(&refs).map_err(|e| e.to_string())?;
     Ok(outs.into_iter().map(|t| (t.dtype, t.shape, t.data)).collect())
 }

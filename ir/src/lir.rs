@@ -176,15 +176,19 @@ impl Expr {
     pub fn cast(to: DType, a: Expr) -> Expr {
         Expr::Cast(to, Box::new(a))
     }
+    #[allow(clippy::should_implement_trait)]
     pub fn add(a: Expr, b: Expr) -> Expr {
         Expr::bin(BinaryOp::Add, a, b)
     }
+    #[allow(clippy::should_implement_trait)]
     pub fn mul(a: Expr, b: Expr) -> Expr {
         Expr::bin(BinaryOp::Mul, a, b)
     }
+    #[allow(clippy::should_implement_trait)]
     pub fn sub(a: Expr, b: Expr) -> Expr {
         Expr::bin(BinaryOp::Sub, a, b)
     }
+    #[allow(clippy::should_implement_trait)]
     pub fn div(a: Expr, b: Expr) -> Expr {
         Expr::bin(BinaryOp::Div, a, b)
     }
@@ -316,6 +320,8 @@ impl Kernel {
     }
 }
 
+/// Kernels dominate; instructions are few, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Instr {
     Kernel(Kernel),

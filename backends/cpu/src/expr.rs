@@ -85,6 +85,23 @@ fn icmp<'ctx>(g: &Gen<'ctx>, p: IntPredicate, a: IntValue<'ctx>, b: IntValue<'ct
     g.b.build_int_compare(p, a, b, "ic").map_err(llvm_err)
 }
 
+/// Ordering predicates: signed for integers, unsigned for bool (`i1`, where true is -1 signed).
+fn gt_pred(t: inkwell::types::IntType) -> IntPredicate {
+    if t.get_bit_width() == 1 {
+        IntPredicate::UGT
+    } else {
+        IntPredicate::SGT
+    }
+}
+
+fn lt_pred(t: inkwell::types::IntType) -> IntPredicate {
+    if t.get_bit_width() == 1 {
+        IntPredicate::ULT
+    } else {
+        IntPredicate::SLT
+    }
+}
+
 fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
     let b = &g.b;
     let zero = fconst(g, 0.0);
@@ -186,8 +203,8 @@ fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'c
         BinaryOp::And => b.build_and(a, c, "and").map_err(llvm_err)?,
         BinaryOp::Or => b.build_or(a, c, "or").map_err(llvm_err)?,
         BinaryOp::Xor => b.build_xor(a, c, "xor").map_err(llvm_err)?,
-        BinaryOp::Max => isel(g, icmp(g, IntPredicate::SGT, a, c)?, a, c)?,
-        BinaryOp::Min => isel(g, icmp(g, IntPredicate::SLT, a, c)?, a, c)?,
+        BinaryOp::Max => isel(g, icmp(g, gt_pred(t), a, c)?, a, c)?,
+        BinaryOp::Min => isel(g, icmp(g, lt_pred(t), a, c)?, a, c)?,
         BinaryOp::Div => {
             let q = b.build_int_signed_div(a, safe(c)?, "q").map_err(llvm_err)?;
             let neg = b.build_int_neg(a, "na").map_err(llvm_err)?;
@@ -263,8 +280,8 @@ pub(crate) fn combine<'ctx>(g: &Gen<'ctx>, c: Combine, a: BasicValueEnum<'ctx>, 
     Ok(match c {
         Combine::Add => g.b.build_int_add(a, x, "sum").map_err(llvm_err)?,
         Combine::Mul => g.b.build_int_mul(a, x, "prod").map_err(llvm_err)?,
-        Combine::Max => isel(g, icmp(g, IntPredicate::SGT, a, x)?, a, x)?,
-        Combine::Min => isel(g, icmp(g, IntPredicate::SLT, a, x)?, a, x)?,
+        Combine::Max => isel(g, icmp(g, gt_pred(a.get_type()), a, x)?, a, x)?,
+        Combine::Min => isel(g, icmp(g, lt_pred(a.get_type()), a, x)?, a, x)?,
     }
     .into())
 }

@@ -31,6 +31,10 @@ struct ShapeArgs {
     /// Pin an input's shape, e.g. `images=1x3x224x224` (repeatable).
     #[arg(long = "input-shape", value_name = "NAME=DIMS")]
     input_shape: Vec<String>,
+    /// Replace an input by the value in FILE (.npy or .pb) at compile time, e.g. an input
+    /// that gives a Reshape's target shape (repeatable).
+    #[arg(long = "freeze-input", value_name = "NAME=FILE")]
+    freeze_input: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +102,10 @@ fn options(shapes: &ShapeArgs, target: &str) -> Res<CompileOptions> {
         let (name, dims) = kiln::parse_input_shape(s)?;
         o.input_shapes.insert(name, dims);
     }
+    for (name, path) in parse_inputs(&shapes.freeze_input)? {
+        let t = tensors::read_ir(&path).map_err(|e| format!("--freeze-input `{name}` from {}: {e}", path.display()))?;
+        o.frozen_inputs.insert(name, t);
+    }
     Ok(o)
 }
 
@@ -105,17 +113,34 @@ fn is_onnx(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "onnx")
 }
 
-/// Loads a `.kiln` file, or compiles an `.onnx` file in memory.
-fn session(model: &Path, shapes: &ShapeArgs, threads: usize) -> Res<Session> {
+/// Loads a `.kiln` file, or compiles an `.onnx` file in memory. For `.onnx`, inputs that
+/// must be static (a Reshape's shape given as a graph input) and whose value is among
+/// `given` are frozen to that value, as `--freeze-input` would.
+fn session(model: &Path, shapes: &ShapeArgs, threads: usize, given: &HashMap<String, PathBuf>) -> Res<Session> {
     let so = SessionOptions { threads };
-    if is_onnx(model) {
-        let art = Compiler::new(options(shapes, "cpu")?).compile_path(model)?;
-        Ok(Session::from_bytes(&art.bytes, &so)?)
-    } else {
-        if !shapes.input_shape.is_empty() {
-            return Err("--input-shape applies to .onnx models; a .kiln artifact's shapes are fixed at compile time".into());
+    if !is_onnx(model) {
+        if !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() {
+            return Err("--input-shape and --freeze-input apply to .onnx models; a .kiln artifact is fixed at compile time".into());
         }
-        Ok(Session::load_with(model, &so)?)
+        return Ok(Session::load_with(model, &so)?);
+    }
+    let mut opts = options(shapes, "cpu")?;
+    loop {
+        match Compiler::new(opts.clone()).compile_path(model) {
+            Ok(art) => return Ok(Session::from_bytes(&art.bytes, &so)?),
+            Err(e) => {
+                let need: Vec<&String> = e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).collect();
+                if need.is_empty() || !need.iter().all(|n| given.contains_key(*n)) {
+                    return Err(e.into());
+                }
+                for n in need {
+                    let p = &given[n];
+                    let t = tensors::read_ir(p).map_err(|err| format!("input `{n}` from {}: {err}", p.display()))?;
+                    eprintln!("note: input `{n}` sets a static shape; compiling with its value from {} frozen in", p.display());
+                    opts.frozen_inputs.insert(n.clone(), t);
+                }
+            }
+        }
     }
 }
 
@@ -131,9 +156,9 @@ fn parse_inputs(specs: &[String]) -> Res<HashMap<String, PathBuf>> {
 }
 
 /// The session's inputs in order, read from the given files (or random where `random`).
-fn gather_inputs(s: &Session, files: &HashMap<String, PathBuf>, random: bool) -> Res<Vec<HostTensor>> {
+fn gather_inputs(s: &Session, files: &HashMap<String, PathBuf>, frozen: &[String], random: bool) -> Res<Vec<HostTensor>> {
     let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
-    if let Some(extra) = files.keys().find(|k| !known.contains(&k.as_str())) {
+    if let Some(extra) = files.keys().find(|k| !known.contains(&k.as_str()) && !frozen.contains(k)) {
         return Err(format!("--input `{extra}`: the model has no such input (inputs: {})", known.join(", ")).into());
     }
     s.inputs()
@@ -147,14 +172,19 @@ fn gather_inputs(s: &Session, files: &HashMap<String, PathBuf>, random: bool) ->
         .collect()
 }
 
+/// Given inputs that the compiled model no longer takes (frozen at compile time).
+fn frozen_names(s: &Session, files: &HashMap<String, PathBuf>) -> Vec<String> {
+    files.keys().filter(|k| !s.inputs().iter().any(|i| &i.name == *k)).cloned().collect()
+}
+
 fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
 }
 
 fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, threads: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
-    let s = session(model, shapes, threads)?;
-    let ins = gather_inputs(&s, &files, false)?;
+    let s = session(model, shapes, threads, &files)?;
+    let ins = gather_inputs(&s, &files, &frozen_names(&s, &files), false)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     let outs = s.run(&refs)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -181,8 +211,8 @@ fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, thre
 
 fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize, iters: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
-    let s = session(model, shapes, threads)?;
-    let ins = gather_inputs(&s, &files, true)?;
+    let s = session(model, shapes, threads, &files)?;
+    let ins = gather_inputs(&s, &files, &frozen_names(&s, &files), true)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     let warm = Instant::now();
     while warm.elapsed().as_millis() < 300 {

@@ -24,7 +24,7 @@ fn from_ir(t: &kiln::ir::Tensor) -> HostTensor {
     HostTensor { dtype: t.dtype().code(), shape: t.shape().to_vec(), data: t.data.to_vec() }
 }
 
-fn read_npy(bytes: &[u8]) -> Result<HostTensor, String> {
+fn read_npy(bytes: &[u8]) -> Result<kiln::ir::Tensor, String> {
     let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("not a valid .npy file: {e}"))?;
     if npy.order() != npyz::Order::C {
         return Err("Fortran-ordered .npy arrays are not supported; save with order='C'".into());
@@ -44,15 +44,20 @@ fn read_npy(bytes: &[u8]) -> Result<HostTensor, String> {
     if data.len() != shape.iter().product::<usize>() {
         return Err("the .npy data length does not match its shape".into());
     }
-    Ok(from_ir(&kiln::ir::Tensor::from_data(shape, data)))
+    Ok(kiln::ir::Tensor::from_data(shape, data))
 }
 
 /// Reads a `.npy` or `.pb` file.
 pub fn read(path: &Path) -> Result<HostTensor, String> {
+    read_ir(path).map(|t| from_ir(&t))
+}
+
+/// Reads a `.npy` or `.pb` file as an IR tensor.
+pub fn read_ir(path: &Path) -> Result<kiln::ir::Tensor, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     match path.extension().and_then(|e| e.to_str()) {
         Some("npy") => read_npy(&bytes),
-        Some("pb") => kiln::read_tensor_proto(&bytes).map(|t| from_ir(&t)).map_err(|e| e.to_string()),
+        Some("pb") => kiln::read_tensor_proto(&bytes).map_err(|e| e.to_string()),
         _ => Err("unknown tensor file type (expected .npy or .pb)".into()),
     }
 }

@@ -45,6 +45,17 @@ pub enum Error {
     UnknownTarget(String),
 }
 
+impl Error {
+    /// Graph inputs that must be frozen to constants for the model to compile (empty when
+    /// the error is something else).
+    pub fn inputs_to_freeze(&self) -> &[String] {
+        match self {
+            Error::Import(ImportError::NeedsConstant { graph_inputs, .. }) => graph_inputs,
+            _ => &[],
+        }
+    }
+}
+
 /// Options of a compilation.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
@@ -53,11 +64,15 @@ pub struct CompileOptions {
     pub target: CpuTarget,
     /// Verify the HIR after every pass (always on in debug builds).
     pub verify: bool,
+    /// Graph inputs replaced by constant values at compile time (`--freeze-input`): the
+    /// compiled model no longer takes them. This is how shape-like inputs (a Reshape's
+    /// target shape given as a graph input) become static.
+    pub frozen_inputs: HashMap<String, kiln_ir::Tensor>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { input_shapes: HashMap::new(), target: CpuTarget::host(), verify: false }
+        CompileOptions { input_shapes: HashMap::new(), target: CpuTarget::host(), verify: false, frozen_inputs: HashMap::new() }
     }
 }
 
@@ -91,12 +106,15 @@ impl Compiler {
     }
 
     fn import_opts(&self) -> ImportOptions {
-        ImportOptions { input_shapes: self.opts.input_shapes.clone() }
+        // A frozen input is a constant: its value fixes its shape, so a pin for it is moot.
+        let mut input_shapes = self.opts.input_shapes.clone();
+        input_shapes.retain(|name, _| !self.opts.frozen_inputs.contains_key(name));
+        ImportOptions { input_shapes }
     }
 
     /// Imports an ONNX file into HIR.
     pub fn import_path(&self, path: impl AsRef<Path>) -> Result<Graph, Error> {
-        Ok(kiln_onnx::import_path(path.as_ref(), &self.import_opts())?)
+        Ok(kiln_onnx::import_path_with_constants(path.as_ref(), &self.import_opts(), &self.opts.frozen_inputs)?)
     }
 
     /// Runs the HIR pipeline, stopping after `after` if given.

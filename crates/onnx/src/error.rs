@@ -32,6 +32,14 @@ impl fmt::Display for UnsupportedOp {
     }
 }
 
+fn freeze_hint(inputs: &[String]) -> String {
+    if inputs.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = inputs.iter().map(|i| format!("`{i}`")).collect();
+    format!("; it is computed from graph input {}: give its value at compile time with --freeze-input NAME=FILE", list.join(", "))
+}
+
 fn fmt_unsupported(ops: &[UnsupportedOp]) -> String {
     let list: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
     let noun = if ops.len() == 1 { "op" } else { "ops" };
@@ -93,6 +101,24 @@ pub enum ImportError {
     /// is not a constant, …).
     #[error("node `{node}` ({op_type}, opset {opset}): {message}")]
     Node { node: String, op_type: String, opset: i64, message: String },
+
+    /// A shape-like operand (Reshape's shape, reduce axes, …) that does not fold to a
+    /// constant. `graph_inputs` are the inputs it is computed from: binding them to values
+    /// ([`crate::import_path_with_constants`], `--freeze-input`) makes it static.
+    #[error(
+        "node `{node}` ({op_type}, opset {opset}): input {index} (`{value}`, {role}) is computed at run time, \
+         but Kiln needs it as a constant (static shapes){}",
+        freeze_hint(graph_inputs)
+    )]
+    NeedsConstant {
+        node: String,
+        op_type: String,
+        opset: i64,
+        index: usize,
+        value: String,
+        role: String,
+        graph_inputs: Vec<String>,
+    },
 
     #[error("tensor `{tensor}`: dtype {dtype} is not supported (supported: float32, int32, int64, bool)")]
     UnsupportedDtype { tensor: String, dtype: String },

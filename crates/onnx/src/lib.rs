@@ -16,6 +16,14 @@
 //!   [`kiln_ir::eval::eval`]), so shape subgraphs (`Shape → Gather → Concat → Reshape`)
 //!   become static attributes.
 //! * Every unsupported op in a model is reported at once, in one [`ImportError::UnsupportedOps`].
+//! * Accepted: IR versions [`MIN_IR_VERSION`]..=[`MAX_IR_VERSION`], default-domain (`""` or
+//!   `ai.onnx`) opsets [`MIN_OPSET`]..=[`MAX_OPSET`], each op read in the form of the opset the
+//!   model imports (attribute vs input operands, legacy broadcasting, Softmax's 2-D coercion…).
+//! * [`import_path_with_constants`] binds graph inputs to values, for models (such as ONNX's
+//!   node tests) that pass shape-like operands as inputs.
+//!
+//! Layout: `import.rs` walks the model, `data.rs` decodes tensors and external data,
+//! `ops/` maps each op family (`math`, `nn`, `reduce`, `tensor`) onto HIR.
 
 mod attrs;
 mod data;

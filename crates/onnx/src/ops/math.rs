@@ -46,14 +46,19 @@ pub(super) fn unary(cx: &mut NodeCx, op: UnaryOp) -> OpResult<Vec<ValueId>> {
 }
 
 /// Pow allows an exponent of another dtype (opset 12+): a float base takes any exponent,
-/// converted to the base's type.
+/// converted to the base's type; an integer base with a float exponent is computed in float
+/// and converted back (the result has the base's type, truncated like the ONNX reference).
 pub(super) fn pow(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let (a, mut b) = operands(cx)?;
     let (da, db) = (cx.ty(a).dtype, cx.ty(b).dtype);
     if da != db {
         if !da.is_float() && db.is_float() {
-            return unsupported(format!("an integer base ({da}) with a float exponent ({db})"));
+            let name = cx.tmp_name("base");
+            let af = cx.emit(Op::Cast { to: db }, &[a], name)?;
+            let name = cx.tmp_name("power");
+            let p = cx.emit(Op::Binary(BinaryOp::Pow), &[af, b], name)?;
+            return Ok(vec![cx.emit_out(Op::Cast { to: da }, &[p], 0)?]);
         }
         let name = cx.tmp_name("exponent");
         b = cx.emit(Op::Cast { to: da }, &[b], name)?;

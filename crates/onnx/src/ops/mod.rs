@@ -117,12 +117,35 @@ impl<'a> NodeCx<'a> {
         let Some(v) = self.opt_input(i) else { return Ok(None) };
         match self.g.const_of(v) {
             Some(t) => Ok(Some(t.clone())),
-            None => invalid(format!(
-                "input {i} (`{}`, {role}) is computed at run time, but Kiln needs it as a constant \
-                 (static shapes): it did not fold to a constant",
-                self.node.input[i]
-            )),
+            None => Err(OpError::Import(ImportError::NeedsConstant {
+                node: self.node.name.clone().unwrap_or_default(),
+                op_type: self.node.op_type.clone().unwrap_or_default(),
+                opset: self.opset,
+                index: i,
+                value: self.node.input[i].clone(),
+                role: role.to_string(),
+                graph_inputs: self.graph_inputs_behind(v),
+            })),
         }
+    }
+
+    /// Names of the graph inputs a value is computed from.
+    fn graph_inputs_behind(&self, v: ValueId) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![v];
+        let mut names = Vec::new();
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v) {
+                continue;
+            }
+            match &self.g.value(v).def {
+                kiln_ir::ValueDef::Input(_) => names.push(self.g.value(v).name.clone()),
+                kiln_ir::ValueDef::Node(n, _) => stack.extend(self.g.node(*n).inputs.iter().copied()),
+                kiln_ir::ValueDef::Const(_) => {}
+            }
+        }
+        names.sort();
+        names
     }
 
     /// Optional integer input `i` as a list of i64 (a constant of any rank).

@@ -405,8 +405,8 @@ pub(super) fn range(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let data = match dtype {
         DType::F32 => {
             let [s, l, d] = [0, 1, 2].map(|i| vals[i].to_f64_vec()[0] as f32);
-            let n = ((l - s) / d).ceil().max(0.0) as f64;
-            if !(n <= limit_elems) {
+            let n = f64::from(((l - s) / d).ceil().max(0.0));
+            if n.is_nan() || n > limit_elems {
                 return Err(too_long(n));
             }
             Data::F32((0..n as usize).map(|i| s + i as f32 * d).collect())
