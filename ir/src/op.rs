@@ -15,7 +15,9 @@ pub enum BinaryOp {
     Min,
     /// Integer remainder with the sign of the divisor (numpy `mod`); float: C `fmod` when
     /// `fmod` is set.
-    Mod { fmod: bool },
+    Mod {
+        fmod: bool,
+    },
     And,
     Or,
     Xor,
@@ -47,11 +49,19 @@ pub enum UnaryOp {
     Not,
     Sign,
     /// `x if x >= 0 else alpha * x`
-    LeakyRelu { alpha: f32 },
+    LeakyRelu {
+        alpha: f32,
+    },
     /// `max(0, min(1, alpha * x + beta))`
-    HardSigmoid { alpha: f32, beta: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     /// `min(max(x, lo), hi)`; bounds are in the element type (converted for integers).
-    Clip { lo: f64, hi: f64 },
+    Clip {
+        lo: f64,
+        hi: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,13 +89,19 @@ impl Window {
         if self.kernel[a] == 0 || self.dilations[a] == 0 {
             return None;
         }
-        let eff = self.dilations[a].checked_mul(self.kernel[a] - 1)?.checked_add(1)?;
+        let eff = self.dilations[a]
+            .checked_mul(self.kernel[a] - 1)?
+            .checked_add(1)?;
         let padded = n.checked_add(self.pads[a])?.checked_add(self.pads[a + 2])?;
         if padded < eff || self.strides[a] == 0 {
             return None;
         }
         let span = padded - eff;
-        let mut out = if ceil_mode { span.div_ceil(self.strides[a]) } else { span / self.strides[a] } + 1;
+        let mut out = if ceil_mode {
+            span.div_ceil(self.strides[a])
+        } else {
+            span / self.strides[a]
+        } + 1;
         // ONNX/PyTorch rule: the last window must start inside the input or the left padding.
         if ceil_mode && (out - 1) * self.strides[a] >= n + self.pads[a] {
             out -= 1;
@@ -104,40 +120,90 @@ pub enum Op {
     Unary(UnaryOp),
     /// `cond ? x : y`, broadcasting all three.
     Where,
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     /// Numpy `matmul` semantics (1-D operands promoted, batch dims broadcast).
     MatMul,
     /// `alpha * op(A) @ op(B) + beta * C`; inputs A, B and optionally C (unidirectionally
     /// broadcast to the result).
-    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
     /// 2-D convolution, NCHW input, OIHW weights, optional bias `[O]`.
-    Conv { window: Window, group: usize },
-    MaxPool { window: Window, ceil_mode: bool },
-    AveragePool { window: Window, ceil_mode: bool, count_include_pad: bool },
+    Conv {
+        window: Window,
+        group: usize,
+    },
+    MaxPool {
+        window: Window,
+        ceil_mode: bool,
+    },
+    AveragePool {
+        window: Window,
+        ceil_mode: bool,
+        count_include_pad: bool,
+    },
     /// Inference-mode batch normalization over axis 1: inputs x, scale, bias, mean, var.
-    BatchNorm { epsilon: f32 },
+    BatchNorm {
+        epsilon: f32,
+    },
     /// Local response normalization across channels (axis 1).
-    Lrn { size: usize, alpha: f32, beta: f32, bias: f32 },
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+    },
     /// Softmax along one axis (opset-13 semantics; the importer rewrites older forms).
-    Softmax { axis: usize },
-    LogSoftmax { axis: usize },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
     /// Reduction over `axes` (sorted, unique); an empty list reduces nothing (identity).
-    Reduce { op: ReduceOp, axes: Vec<usize>, keepdims: bool },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+        keepdims: bool,
+    },
     /// Same elements, new shape (covers Flatten, Squeeze and Unsqueeze).
-    Reshape { shape: Vec<usize> },
-    Transpose { perm: Vec<usize> },
-    Concat { axis: usize },
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
+    Concat {
+        axis: usize,
+    },
     /// Strided slice: for every axis, `(start, step)`; the output shape is the result type.
     /// Steps may be negative; `start` is already clamped into range.
-    Slice { starts: Vec<i64>, steps: Vec<i64>, out_shape: Vec<usize> },
+    Slice {
+        starts: Vec<i64>,
+        steps: Vec<i64>,
+        out_shape: Vec<usize>,
+    },
     /// Gather along `axis` with an integer index tensor (negative indices wrap).
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// Broadcast to a shape.
-    Expand { shape: Vec<usize> },
+    Expand {
+        shape: Vec<usize>,
+    },
     /// Copy (kept only where a graph output must be a distinct buffer).
     Identity,
     /// An op Kiln does not (yet) support; kept so that every unsupported op is reported at once.
-    Unsupported { op_type: String, domain: String, opset: i64 },
+    Unsupported {
+        op_type: String,
+        domain: String,
+        opset: i64,
+    },
 }
 
 impl Op {
@@ -214,6 +280,9 @@ impl Op {
 
     /// Elementwise ops (one output element from the same-index elements of the broadcast inputs).
     pub fn is_elementwise(&self) -> bool {
-        matches!(self, Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. })
+        matches!(
+            self,
+            Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. }
+        )
     }
 }

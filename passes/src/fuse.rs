@@ -37,10 +37,16 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
         let c_out_shape = g.ty(c.outputs[0]).shape.clone();
         let mut took_complex = false;
         for (i, &v) in c.inputs.iter().enumerate() {
-            if c.inputs[..i].contains(&v) || g.outputs.contains(&v) || uses.get(&v) != Some(&1) || g.is_fused(v) {
+            if c.inputs[..i].contains(&v)
+                || g.outputs.contains(&v)
+                || uses.get(&v) != Some(&1)
+                || g.is_fused(v)
+            {
                 continue;
             }
-            let ValueDef::Node(pid, _) = g.value(v).def else { continue };
+            let ValueDef::Node(pid, _) = g.value(v).def else {
+                continue;
+            };
             let p = g.node(pid).clone();
             if p.outputs.len() != 1 {
                 continue;
@@ -96,7 +102,15 @@ fn compact(k: &mut Kernel) {
         };
     }
     let mut f = |e: Expr| match e {
-        Expr::Load { operand, index, pad } => Expr::Load { operand: remap[operand], index, pad },
+        Expr::Load {
+            operand,
+            index,
+            pad,
+        } => Expr::Load {
+            operand: remap[operand],
+            index,
+            pad,
+        },
         e => e,
     };
     k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut f);
@@ -108,7 +122,15 @@ fn compact(k: &mut Kernel) {
 
 fn shift_operands(e: Expr, by: usize) -> Expr {
     e.map(&mut |e| match e {
-        Expr::Load { operand, index, pad } => Expr::Load { operand: operand + by, index, pad },
+        Expr::Load {
+            operand,
+            index,
+            pad,
+        } => Expr::Load {
+            operand: operand + by,
+            index,
+            pad,
+        },
         e => e,
     })
 }
@@ -122,10 +144,19 @@ fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
         let off = view.extents.len() - r;
         let lead_ok = view.strides[..off].iter().all(|&s| s == 0);
         let dims_ok = (0..r).all(|d| {
-            (view.strides[off + d] == dense[d] && view.extents[off + d] == ext[d]) || (view.strides[off + d] == 0 && ext[d] == 1)
+            (view.strides[off + d] == dense[d] && view.extents[off + d] == ext[d])
+                || (view.strides[off + d] == 0 && ext[d] == 1)
         });
         if lead_ok && dims_ok {
-            return (0..r).map(|d| if ext[d] == 1 { Expr::i64(0) } else { index[off + d].clone() }).collect();
+            return (0..r)
+                .map(|d| {
+                    if ext[d] == 1 {
+                        Expr::i64(0)
+                    } else {
+                        index[off + d].clone()
+                    }
+                })
+                .collect();
         }
     }
     // General case: linearize through the view, then unravel in the producer's layout.
@@ -137,11 +168,19 @@ fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
     }
     (0..r)
         .map(|d| {
-            let q = if dense[d] == 1 { lin.clone() } else { Expr::div(lin.clone(), Expr::i64(dense[d])) };
+            let q = if dense[d] == 1 {
+                lin.clone()
+            } else {
+                Expr::div(lin.clone(), Expr::i64(dense[d]))
+            };
             if d == 0 {
                 q
             } else {
-                Expr::bin(kiln_ir::BinaryOp::Mod { fmod: true }, q, Expr::i64(ext[d] as i64))
+                Expr::bin(
+                    kiln_ir::BinaryOp::Mod { fmod: true },
+                    q,
+                    Expr::i64(ext[d] as i64),
+                )
             }
         })
         .collect()
@@ -168,9 +207,19 @@ fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     let ext = prod.domain.clone();
     let body = shift_operands(prod.body.clone(), base);
     let mut rewrite = |e: Expr| match e {
-        Expr::Load { operand, index, pad: None } if cons.inputs[operand].buffer == b => {
+        Expr::Load {
+            operand,
+            index,
+            pad: None,
+        } if cons.inputs[operand].buffer == b => {
             let j = producer_index(&cons.inputs[operand], &index, &ext);
-            body.clone().map(&mut |x| if let Expr::Var(d) = x { j[d].clone() } else { x })
+            body.clone().map(&mut |x| {
+                if let Expr::Var(d) = x {
+                    j[d].clone()
+                } else {
+                    x
+                }
+            })
         }
         e => e,
     };
@@ -192,11 +241,20 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     }
     let mut ok = true;
     cons.body.visit(&mut |e| {
-        if let Expr::Load { operand, index, pad } = e {
+        if let Expr::Load {
+            operand,
+            index,
+            pad,
+        } = e
+        {
             let v = &cons.inputs[*operand];
             if v.buffer == b {
                 let identity = index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d));
-                ok &= identity && pad.is_none() && v.extents == prod.output.extents && v.strides == prod.output.strides && v.offset == prod.output.offset;
+                ok &= identity
+                    && pad.is_none()
+                    && v.extents == prod.output.extents
+                    && v.strides == prod.output.strides
+                    && v.offset == prod.output.offset;
             }
         }
     });
@@ -208,7 +266,15 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     let base = prod.inputs.len();
     let fin = cons.body.clone().map(&mut |e| match e {
         Expr::Load { operand, .. } if cons.inputs[operand].buffer == b => acc.clone(),
-        Expr::Load { operand, index, pad } => Expr::Load { operand: operand + base, index, pad },
+        Expr::Load {
+            operand,
+            index,
+            pad,
+        } => Expr::Load {
+            operand: operand + base,
+            index,
+            pad,
+        },
         e => e,
     });
     let mut k = prod.clone();
@@ -232,11 +298,14 @@ pub fn fuse_lir(p: &mut Program) -> usize {
         };
         let b = prod.output.buffer;
         let buf = p.buffer(b);
-        let whole = prod.output.is_dense() && prod.output.numel() * prod.output.dtype.size() == buf.bytes;
+        let whole =
+            prod.output.is_dense() && prod.output.numel() * prod.output.dtype.size() == buf.bytes;
         let touching: Vec<usize> = (0..p.instrs.len())
-            .filter(|&j| j != i && {
-                let (r, w) = p.instrs[j].reads_writes();
-                r.contains(&b) || w.contains(&b)
+            .filter(|&j| {
+                j != i && {
+                    let (r, w) = p.instrs[j].reads_writes();
+                    r.contains(&b) || w.contains(&b)
+                }
             })
             .collect();
         let reads_self = prod.inputs.iter().any(|v| v.buffer == b);

@@ -74,9 +74,12 @@ fn plan_in_place(p: &mut Program) -> usize {
     let mut count = 0;
     let mut live = intervals(p);
     for i in 0..p.instrs.len() {
-        let Instr::Kernel(k) = &p.instrs[i] else { continue };
+        let Instr::Kernel(k) = &p.instrs[i] else {
+            continue;
+        };
         let out = k.output.buffer;
-        if !is_activation(p, out) || live.get(&out).map(|e| e.0) != Some(i) || !k.output.is_dense() {
+        if !is_activation(p, out) || live.get(&out).map(|e| e.0) != Some(i) || !k.output.is_dense()
+        {
             continue;
         }
         if k.output.numel() * k.output.dtype.size() != p.buffer(out).bytes {
@@ -127,7 +130,11 @@ pub fn plan(p: &mut Program) -> MemoryReport {
     let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
     let mut arena = 0u64;
     for &(b, sz, s, e) in &acts {
-        let mut busy: Vec<(u64, u64)> = placed.iter().filter(|p| p.2 <= e && s <= p.3).map(|p| (p.0, p.0 + p.1)).collect();
+        let mut busy: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|p| p.2 <= e && s <= p.3)
+            .map(|p| (p.0, p.0 + p.1))
+            .collect();
         busy.sort();
         let (mut best, mut best_gap, mut at) = (None, u64::MAX, 0u64);
         for &(lo, hi) in &busy {
@@ -149,7 +156,12 @@ pub fn plan(p: &mut Program) -> MemoryReport {
         }
     }
     p.arena_bytes = arena;
-    MemoryReport { arena_bytes: arena, lower_bound: lower as u64, buffers: acts.len(), in_place }
+    MemoryReport {
+        arena_bytes: arena,
+        lower_bound: lower as u64,
+        buffers: acts.len(),
+        in_place,
+    }
 }
 
 /// Places every constant buffer in the weight section (64-byte aligned, in buffer order;
@@ -158,7 +170,9 @@ pub fn pack_constants(p: &mut Program) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::new();
     let mut seen: HashMap<(kiln_ir::TensorType, Vec<u8>), u64> = HashMap::new();
     for buf in &mut p.buffers {
-        let BufferKind::Constant(t) = &buf.kind else { continue };
+        let BufferKind::Constant(t) = &buf.kind else {
+            continue;
+        };
         let key = (t.ty.clone(), t.data.to_vec());
         if let Some(&off) = seen.get(&key) {
             buf.offset = Some(off);

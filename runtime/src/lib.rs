@@ -28,7 +28,10 @@ pub use kiln_abi::DTypeCode as DType;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cannot read `{path}`: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Artifact(#[from] ArtifactError),
     #[error("artifact was compiled for `{triple}`, which cannot run on this {host} machine")]
@@ -36,13 +39,31 @@ pub enum RuntimeError {
     #[error("cannot load the artifact's code: {0}")]
     Load(String),
     #[error("model takes {expected} inputs ({names}), got {got}")]
-    InputCount { expected: usize, got: usize, names: String },
+    InputCount {
+        expected: usize,
+        got: usize,
+        names: String,
+    },
     #[error("input `{name}`: expected dtype {expected}, got {got}")]
-    InputDType { name: String, expected: &'static str, got: &'static str },
+    InputDType {
+        name: String,
+        expected: &'static str,
+        got: &'static str,
+    },
     #[error("input `{name}`: expected shape {expected:?}, got {got:?}")]
-    InputShape { name: String, expected: Vec<u64>, got: Vec<usize> },
+    InputShape {
+        name: String,
+        expected: Vec<u64>,
+        got: Vec<usize>,
+    },
     #[error("input `{name}`: {got} bytes of data for shape {shape:?} of {dtype} ({want} bytes)")]
-    InputBytes { name: String, got: usize, want: usize, shape: Vec<usize>, dtype: &'static str },
+    InputBytes {
+        name: String,
+        got: usize,
+        want: usize,
+        shape: Vec<usize>,
+        dtype: &'static str,
+    },
     #[error("artifact manifest is invalid: {0}")]
     Manifest(String),
     #[error("compiled code reported failure (status {0})")]
@@ -60,10 +81,18 @@ pub struct TensorRef<'a> {
 
 impl<'a> TensorRef<'a> {
     pub fn f32(shape: &'a [usize], data: &'a [f32]) -> TensorRef<'a> {
-        TensorRef { dtype: DTypeCode::F32, shape, data: as_bytes(data) }
+        TensorRef {
+            dtype: DTypeCode::F32,
+            shape,
+            data: as_bytes(data),
+        }
     }
     pub fn i64(shape: &'a [usize], data: &'a [i64]) -> TensorRef<'a> {
-        TensorRef { dtype: DTypeCode::I64, shape, data: as_bytes(data) }
+        TensorRef {
+            dtype: DTypeCode::I64,
+            shape,
+            data: as_bytes(data),
+        }
     }
 }
 
@@ -84,7 +113,12 @@ pub struct Tensor {
 impl Tensor {
     /// The elements as f32 (None if the dtype is not f32).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        (self.dtype == DTypeCode::F32).then(|| self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        (self.dtype == DTypeCode::F32).then(|| {
+            self.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        })
     }
 }
 
@@ -139,9 +173,15 @@ impl Session {
         Session::load_with(path, &SessionOptions::default())
     }
 
-    pub fn load_with(path: impl AsRef<Path>, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        opts: &SessionOptions,
+    ) -> Result<Session, RuntimeError> {
         let path = path.as_ref();
-        let io = |source| RuntimeError::Io { path: path.display().to_string(), source };
+        let io = |source| RuntimeError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a concurrent writer could change the bytes under us,
         // which the checksum verified at load time cannot prevent (as with any mmapped file).
@@ -158,28 +198,46 @@ impl Session {
         let sections = artifact::read(backing.bytes())?;
         let manifest = sections.manifest.clone();
         if !host_matches(&manifest.target_triple) {
-            return Err(RuntimeError::WrongTarget { triple: manifest.target_triple.clone(), host: std::env::consts::ARCH });
+            return Err(RuntimeError::WrongTarget {
+                triple: manifest.target_triple.clone(),
+                host: std::env::consts::ARCH,
+            });
         }
         for spec in manifest.inputs.iter().chain(&manifest.outputs) {
             if DTypeCode::from_i32(spec.dtype).is_none() {
-                return Err(RuntimeError::Manifest(format!("tensor `{}` has unknown dtype code {}", spec.name, spec.dtype)));
+                return Err(RuntimeError::Manifest(format!(
+                    "tensor `{}` has unknown dtype code {}",
+                    spec.name, spec.dtype
+                )));
             }
         }
         let load_err = |e: String| RuntimeError::Load(e);
-        let mut file = tempfile::Builder::new().prefix("kiln-").suffix(".so").tempfile().map_err(|e| load_err(e.to_string()))?;
+        let mut file = tempfile::Builder::new()
+            .prefix("kiln-")
+            .suffix(".so")
+            .tempfile()
+            .map_err(|e| load_err(e.to_string()))?;
         std::io::Write::write_all(&mut file, sections.code).map_err(|e| load_err(e.to_string()))?;
         let code_path = file.into_temp_path();
         // SAFETY: loading the artifact's code runs no initializers of ours (the module has
         // none) and the checksum above ensures it is the code the compiler wrote.
-        let lib = unsafe { libloading::Library::new(&*code_path) }.map_err(|e| load_err(e.to_string()))?;
+        let lib = unsafe { libloading::Library::new(&*code_path) }
+            .map_err(|e| load_err(e.to_string()))?;
         let version: u32 = unsafe {
-            let sym = lib.get::<*const u32>(kiln_abi::ABI_VERSION_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))?;
+            let sym = lib
+                .get::<*const u32>(kiln_abi::ABI_VERSION_SYMBOL.as_bytes())
+                .map_err(|e| load_err(e.to_string()))?;
             **sym
         };
         if version != ABI_MAJOR {
-            return Err(RuntimeError::Load(format!("code section has ABI version {version}, expected {ABI_MAJOR}")));
+            return Err(RuntimeError::Load(format!(
+                "code section has ABI version {version}, expected {ABI_MAJOR}"
+            )));
         }
-        let entry: EntryFn = unsafe { *lib.get::<EntryFn>(kiln_abi::ENTRY_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))? };
+        let entry: EntryFn = unsafe {
+            *lib.get::<EntryFn>(kiln_abi::ENTRY_SYMBOL.as_bytes())
+                .map_err(|e| load_err(e.to_string()))?
+        };
         let (weights_offset, weights_len) = (sections.weights_offset, sections.weights.len());
         Ok(Session {
             manifest,
@@ -207,16 +265,34 @@ impl Session {
     fn check_inputs(&self, inputs: &[TensorRef]) -> Result<(), RuntimeError> {
         let specs = &self.manifest.inputs;
         if inputs.len() != specs.len() {
-            let names = specs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
-            return Err(RuntimeError::InputCount { expected: specs.len(), got: inputs.len(), names });
+            let names = specs
+                .iter()
+                .map(|s| format!("`{}`", s.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(RuntimeError::InputCount {
+                expected: specs.len(),
+                got: inputs.len(),
+                names,
+            });
         }
         for (t, s) in inputs.iter().zip(specs) {
             let want = DTypeCode::from_i32(s.dtype).expect("checked at load");
             if t.dtype != want {
-                return Err(RuntimeError::InputDType { name: s.name.clone(), expected: want.name(), got: t.dtype.name() });
+                return Err(RuntimeError::InputDType {
+                    name: s.name.clone(),
+                    expected: want.name(),
+                    got: t.dtype.name(),
+                });
             }
-            if t.shape.len() != s.shape.len() || t.shape.iter().zip(&s.shape).any(|(&a, &b)| a as u64 != b) {
-                return Err(RuntimeError::InputShape { name: s.name.clone(), expected: s.shape.clone(), got: t.shape.to_vec() });
+            if t.shape.len() != s.shape.len()
+                || t.shape.iter().zip(&s.shape).any(|(&a, &b)| a as u64 != b)
+            {
+                return Err(RuntimeError::InputShape {
+                    name: s.name.clone(),
+                    expected: s.shape.clone(),
+                    got: t.shape.to_vec(),
+                });
             }
             let want_bytes = t.shape.iter().product::<usize>() * want.size();
             if t.data.len() != want_bytes {
@@ -236,21 +312,39 @@ impl Session {
     pub fn run(&self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
         self.check_inputs(inputs)?;
         // Inputs the caller passes unaligned are copied so that kernels can assume alignment.
-        let copies: Vec<Option<AlignedBuf>> =
-            inputs.iter().map(|t| (t.data.as_ptr() as usize % 64 != 0).then(|| AlignedBuf::from_slice(t.data))).collect();
-        let in_ptrs: Vec<*const u8> = inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
+        let copies: Vec<Option<AlignedBuf>> = inputs
+            .iter()
+            .map(|t| {
+                (!(t.data.as_ptr() as usize).is_multiple_of(64))
+                    .then(|| AlignedBuf::from_slice(t.data))
+            })
+            .collect();
+        let in_ptrs: Vec<*const u8> = inputs
+            .iter()
+            .zip(&copies)
+            .map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr()))
+            .collect();
         let mut outs: Vec<AlignedBuf> = self
             .manifest
             .outputs
             .iter()
             .map(|s| {
                 let n: u64 = s.shape.iter().product();
-                AlignedBuf::zeroed(n as usize * DTypeCode::from_i32(s.dtype).expect("checked").size())
+                AlignedBuf::zeroed(
+                    n as usize * DTypeCode::from_i32(s.dtype).expect("checked").size(),
+                )
             })
             .collect();
         let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr()).collect();
-        let mut arena = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(|| AlignedBuf::zeroed(self.manifest.arena_bytes as usize));
-        let weights = self.backing.bytes()[self.weights_offset..self.weights_offset + self.weights_len].as_ptr();
+        let mut arena = self
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::zeroed(self.manifest.arena_bytes as usize));
+        let weights = self.backing.bytes()
+            [self.weights_offset..self.weights_offset + self.weights_len]
+            .as_ptr();
         let ctx = Context {
             abi_version: ABI_MAJOR,
             reserved: 0,
@@ -264,7 +358,10 @@ impl Session {
         // SAFETY: the context points at buffers of the sizes the manifest declares, which is
         // what the compiled code was planned against; they outlive the call.
         let status = unsafe { (self.entry)(&ctx) };
-        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
+        self.arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(arena);
         if status != 0 {
             return Err(RuntimeError::Status(status));
         }

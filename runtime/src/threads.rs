@@ -26,8 +26,20 @@ struct SendCtx(*const Context);
 unsafe impl Send for SendCtx {}
 unsafe impl Sync for SendCtx {}
 
+impl SendCtx {
+    /// Takes `self` whole, so closures capture the wrapper (Send) rather than its pointer.
+    fn get(self) -> *const Context {
+        self.0
+    }
+}
+
 /// Runs `task` over `[0, n)` in a few contiguous chunks per worker thread.
-pub(crate) unsafe extern "C" fn parallel_for(runtime: *mut core::ffi::c_void, task: TaskFn, ctx: *const Context, n: i64) {
+pub(crate) unsafe extern "C" fn parallel_for(
+    runtime: *mut core::ffi::c_void,
+    task: TaskFn,
+    ctx: *const Context,
+    n: i64,
+) {
     // SAFETY: `runtime` is the `Pool` the session passed in the context.
     let pool = unsafe { &*(runtime as *const Pool) };
     let ctx = SendCtx(ctx);
@@ -35,11 +47,10 @@ pub(crate) unsafe extern "C" fn parallel_for(runtime: *mut core::ffi::c_void, ta
     let chunks = (threads * 4).min(n).max(1);
     pool.pool.install(|| {
         (0..chunks).into_par_iter().for_each(|c| {
-            let ctx = ctx;
             let (s, e) = (n * c / chunks, n * (c + 1) / chunks);
             if s < e {
                 // SAFETY: the compiled task reads the context and writes disjoint output ranges.
-                unsafe { task(ctx.0, s, e) };
+                unsafe { task(ctx.get(), s, e) };
             }
         })
     });

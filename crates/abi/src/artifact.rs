@@ -32,7 +32,12 @@ pub enum ArtifactError {
     #[error("artifact has ABI version {major}.{minor}, this runtime supports {ABI_MAJOR}.x; recompile the model with a matching kiln")]
     UnsupportedVersion { major: u32, minor: u32 },
     #[error("artifact section `{section}` (offset {offset}, length {len}) lies outside the {file_len}-byte file: the file is truncated or damaged")]
-    SectionOutOfBounds { section: &'static str, offset: u64, len: u64, file_len: usize },
+    SectionOutOfBounds {
+        section: &'static str,
+        offset: u64,
+        len: u64,
+        file_len: usize,
+    },
     #[error("artifact checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the file is damaged")]
     Checksum { stored: u64, computed: u64 },
     #[error("artifact manifest cannot be decoded: {0}")]
@@ -111,7 +116,12 @@ pub fn read(bytes: &[u8]) -> Result<Sections<'_>, ArtifactError> {
             Some(end) if end <= bytes.len() as u64 && off >= HEADER_LEN as u64 => {
                 Ok((off as usize, len as usize))
             }
-            _ => Err(ArtifactError::SectionOutOfBounds { section: name, offset: off, len, file_len: bytes.len() }),
+            _ => Err(ArtifactError::SectionOutOfBounds {
+                section: name,
+                offset: off,
+                len,
+                file_len: bytes.len(),
+            }),
         }
     };
     let m = section(0, "manifest")?;
@@ -136,7 +146,12 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let m = Manifest { abi_major: ABI_MAJOR, model_name: "m".into(), arena_bytes: 64, ..Default::default() };
+        let m = Manifest {
+            abi_major: ABI_MAJOR,
+            model_name: "m".into(),
+            arena_bytes: 64,
+            ..Default::default()
+        };
         write(&m, b"code bytes", &[1, 2, 3, 4])
     }
 
@@ -162,14 +177,23 @@ mod tests {
     #[test]
     fn truncated_is_detected() {
         let bytes = sample();
-        assert!(matches!(read(&bytes[..bytes.len() - 3]), Err(ArtifactError::SectionOutOfBounds { .. })));
-        assert!(matches!(read(&bytes[..40]), Err(ArtifactError::TooShort { .. })));
+        assert!(matches!(
+            read(&bytes[..bytes.len() - 3]),
+            Err(ArtifactError::SectionOutOfBounds { .. })
+        ));
+        assert!(matches!(
+            read(&bytes[..40]),
+            Err(ArtifactError::TooShort { .. })
+        ));
     }
 
     #[test]
     fn unknown_major_is_refused() {
         let mut bytes = sample();
         bytes[8..12].copy_from_slice(&(ABI_MAJOR + 1).to_le_bytes());
-        assert!(matches!(read(&bytes), Err(ArtifactError::UnsupportedVersion { .. })));
+        assert!(matches!(
+            read(&bytes),
+            Err(ArtifactError::UnsupportedVersion { .. })
+        ));
     }
 }

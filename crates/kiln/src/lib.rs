@@ -15,13 +15,13 @@ use kiln_abi::manifest::Manifest;
 use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 
+pub use kiln_abi::manifest::TensorSpec;
+pub use kiln_abi::DTypeCode;
 pub use kiln_backend_cpu::{CpuTarget, Emit};
 pub use kiln_ir as ir;
 pub use kiln_onnx::{parse_input_shape, ImportError, ImportOptions};
 pub use kiln_passes::memory::MemoryReport;
 pub use kiln_passes::{pass_names, PassError};
-pub use kiln_abi::manifest::TensorSpec;
-pub use kiln_abi::DTypeCode;
 pub use kiln_runtime::{RuntimeError, Session, SessionOptions, Tensor, TensorRef};
 
 /// Decodes an ONNX `TensorProto` file (the conformance suite's `input_0.pb`).
@@ -50,7 +50,7 @@ impl Error {
     /// the error is something else).
     pub fn inputs_to_freeze(&self) -> &[String] {
         match self {
-            Error::Import(ImportError::NeedsConstant { graph_inputs, .. }) => graph_inputs,
+            Error::Import(ImportError::NeedsConstant(c)) => &c.graph_inputs,
             _ => &[],
         }
     }
@@ -72,7 +72,12 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { input_shapes: HashMap::new(), target: CpuTarget::host(), verify: false, frozen_inputs: HashMap::new() }
+        CompileOptions {
+            input_shapes: HashMap::new(),
+            target: CpuTarget::host(),
+            verify: false,
+            frozen_inputs: HashMap::new(),
+        }
     }
 }
 
@@ -114,20 +119,30 @@ impl Compiler {
 
     /// Imports an ONNX file into HIR.
     pub fn import_path(&self, path: impl AsRef<Path>) -> Result<Graph, Error> {
-        Ok(kiln_onnx::import_path_with_constants(path.as_ref(), &self.import_opts(), &self.opts.frozen_inputs)?)
+        Ok(kiln_onnx::import_path_with_constants(
+            path.as_ref(),
+            &self.import_opts(),
+            &self.opts.frozen_inputs,
+        )?)
     }
 
     /// Runs the HIR pipeline, stopping after `after` if given.
     pub fn optimize(&self, g: &mut Graph, after: Option<&str>) -> Result<(), Error> {
         if let Some(a) = after {
             if a != "import" && !pass_names().contains(&a) {
-                return Err(Error::UnknownPass(a.into(), format!("import, {}", pass_names().join(", "))));
+                return Err(Error::UnknownPass(
+                    a.into(),
+                    format!("import, {}", pass_names().join(", ")),
+                ));
             }
             if a == "import" {
                 return Ok(());
             }
         }
-        kiln_passes::PassManager { verify: self.opts.verify }.run(g, after)?;
+        kiln_passes::PassManager {
+            verify: self.opts.verify,
+        }
+        .run(g, after)?;
         Ok(())
     }
 
@@ -172,7 +187,12 @@ impl Compiler {
     }
 
     /// The IR after pass `after` (or the whole pipeline) as text: HIR, LIR, LLVM IR or assembly.
-    pub fn emit(&self, path: impl AsRef<Path>, what: &str, after: Option<&str>) -> Result<String, Error> {
+    pub fn emit(
+        &self,
+        path: impl AsRef<Path>,
+        what: &str,
+        after: Option<&str>,
+    ) -> Result<String, Error> {
         let mut g = self.import_path(path)?;
         self.optimize(&mut g, after)?;
         match what {
@@ -183,7 +203,11 @@ impl Compiler {
             }
             "llvm" | "asm" => {
                 let (p, _, _) = self.lower(&g)?;
-                let e = if what == "llvm" { Emit::Llvm } else { Emit::Asm };
+                let e = if what == "llvm" {
+                    Emit::Llvm
+                } else {
+                    Emit::Asm
+                };
                 Ok(kiln_backend_cpu::emit_text(&p, &self.opts.target, e)?)
             }
             other => Err(Error::UnknownTarget(format!("--emit {other}"))),

@@ -43,7 +43,30 @@ fn freeze_hint(inputs: &[String]) -> String {
 fn fmt_unsupported(ops: &[UnsupportedOp]) -> String {
     let list: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
     let noun = if ops.len() == 1 { "op" } else { "ops" };
-    format!("model uses {} unsupported {noun}: {}", ops.len(), list.join("; "))
+    format!(
+        "model uses {} unsupported {noun}: {}",
+        ops.len(),
+        list.join("; ")
+    )
+}
+
+/// A node operand that must be a compile-time constant but is computed at run time.
+/// `graph_inputs` are the inputs it is computed from: binding them to values
+/// ([`crate::import_path_with_constants`], `--freeze-input`) makes it static.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node `{node}` ({op_type}, opset {opset}): input {index} (`{value}`, {role}) is computed at run time, \
+     but Kiln needs it as a constant (static shapes){}",
+    freeze_hint(graph_inputs)
+)]
+pub struct ConstantNeeded {
+    pub node: String,
+    pub op_type: String,
+    pub opset: i64,
+    pub index: usize,
+    pub value: String,
+    pub role: String,
+    pub graph_inputs: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,25 +123,17 @@ pub enum ImportError {
     /// A node could not be built (invalid attributes, shape mismatch, a shape-like input that
     /// is not a constant, …).
     #[error("node `{node}` ({op_type}, opset {opset}): {message}")]
-    Node { node: String, op_type: String, opset: i64, message: String },
-
-    /// A shape-like operand (Reshape's shape, reduce axes, …) that does not fold to a
-    /// constant. `graph_inputs` are the inputs it is computed from: binding them to values
-    /// ([`crate::import_path_with_constants`], `--freeze-input`) makes it static.
-    #[error(
-        "node `{node}` ({op_type}, opset {opset}): input {index} (`{value}`, {role}) is computed at run time, \
-         but Kiln needs it as a constant (static shapes){}",
-        freeze_hint(graph_inputs)
-    )]
-    NeedsConstant {
+    Node {
         node: String,
         op_type: String,
         opset: i64,
-        index: usize,
-        value: String,
-        role: String,
-        graph_inputs: Vec<String>,
+        message: String,
     },
+
+    /// A shape-like operand (Reshape's shape, reduce axes, …) that does not fold to a
+    /// constant; see [`ConstantNeeded`].
+    #[error("{0}")]
+    NeedsConstant(Box<ConstantNeeded>),
 
     #[error("tensor `{tensor}`: dtype {dtype} is not supported (supported: float32, int32, int64, bool)")]
     UnsupportedDtype { tensor: String, dtype: String },

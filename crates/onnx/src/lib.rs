@@ -39,10 +39,10 @@ pub mod proto {
     include!("generated/onnx.rs");
 }
 
-pub use error::{ImportError, UnsupportedOp};
+pub use error::{ConstantNeeded, ImportError, UnsupportedOp};
 pub use import::{
-    decode_model, import_model, import_model_in_dir, import_path, import_path_with_constants, MAX_IR_VERSION,
-    MAX_OPSET, MIN_IR_VERSION, MIN_OPSET,
+    decode_model, import_model, import_model_in_dir, import_path, import_path_with_constants,
+    MAX_IR_VERSION, MAX_OPSET, MIN_IR_VERSION, MIN_OPSET,
 };
 pub use options::{parse_input_shape, ImportOptions};
 

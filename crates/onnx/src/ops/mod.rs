@@ -79,7 +79,16 @@ impl<'a> NodeCx<'a> {
         opset: i64,
         inputs: Vec<Option<ValueId>>,
     ) -> Self {
-        NodeCx { g, ext, node, name, opset, attrs: Attrs::new(&node.attribute), inputs, tmp: 0 }
+        NodeCx {
+            g,
+            ext,
+            node,
+            name,
+            opset,
+            attrs: Attrs::new(&node.attribute),
+            inputs,
+            tmp: 0,
+        }
     }
 
     pub fn op_type(&self) -> &'a str {
@@ -88,7 +97,8 @@ impl<'a> NodeCx<'a> {
 
     /// Required input `i`.
     pub fn input(&self, i: usize) -> OpResult<ValueId> {
-        self.opt_input(i).ok_or_else(|| OpError::Invalid(format!("required input {i} is missing")))
+        self.opt_input(i)
+            .ok_or_else(|| OpError::Invalid(format!("required input {i} is missing")))
     }
 
     /// Optional input `i` (absent past the end or when its name is empty).
@@ -114,18 +124,22 @@ impl<'a> NodeCx<'a> {
     /// Optional input `i` as a constant; an error naming the input if it is computed at run
     /// time. `role` says what the input is (`shape`, `axes`…).
     pub fn opt_const_input(&self, i: usize, role: &str) -> OpResult<Option<Tensor>> {
-        let Some(v) = self.opt_input(i) else { return Ok(None) };
+        let Some(v) = self.opt_input(i) else {
+            return Ok(None);
+        };
         match self.g.const_of(v) {
             Some(t) => Ok(Some(t.clone())),
-            None => Err(OpError::Import(ImportError::NeedsConstant {
-                node: self.node.name.clone().unwrap_or_default(),
-                op_type: self.node.op_type.clone().unwrap_or_default(),
-                opset: self.opset,
-                index: i,
-                value: self.node.input[i].clone(),
-                role: role.to_string(),
-                graph_inputs: self.graph_inputs_behind(v),
-            })),
+            None => Err(OpError::Import(ImportError::NeedsConstant(Box::new(
+                crate::error::ConstantNeeded {
+                    node: self.node.name.clone().unwrap_or_default(),
+                    op_type: self.node.op_type.clone().unwrap_or_default(),
+                    opset: self.opset,
+                    index: i,
+                    value: self.node.input[i].clone(),
+                    role: role.to_string(),
+                    graph_inputs: self.graph_inputs_behind(v),
+                },
+            )))),
         }
     }
 
@@ -140,7 +154,9 @@ impl<'a> NodeCx<'a> {
             }
             match &self.g.value(v).def {
                 kiln_ir::ValueDef::Input(_) => names.push(self.g.value(v).name.clone()),
-                kiln_ir::ValueDef::Node(n, _) => stack.extend(self.g.node(*n).inputs.iter().copied()),
+                kiln_ir::ValueDef::Node(n, _) => {
+                    stack.extend(self.g.node(*n).inputs.iter().copied())
+                }
                 kiln_ir::ValueDef::Const(_) => {}
             }
         }
@@ -150,9 +166,14 @@ impl<'a> NodeCx<'a> {
 
     /// Optional integer input `i` as a list of i64 (a constant of any rank).
     pub fn opt_ints_input(&self, i: usize, role: &str) -> OpResult<Option<Vec<i64>>> {
-        let Some(t) = self.opt_const_input(i, role)? else { return Ok(None) };
+        let Some(t) = self.opt_const_input(i, role)? else {
+            return Ok(None);
+        };
         if !t.dtype().is_int() {
-            return invalid(format!("input {i} ({role}) must be an integer tensor, got {}", t.ty));
+            return invalid(format!(
+                "input {i} ({role}) must be an integer tensor, got {}",
+                t.ty
+            ));
         }
         Ok(Some(t.to_i64_vec()))
     }
@@ -194,10 +215,18 @@ impl<'a> NodeCx<'a> {
         let tys: Vec<&TensorType> = inputs.iter().map(|&v| self.g.ty(v)).collect();
         let out_tys = kiln_ir::infer::infer(&op, &tys).map_err(OpError::Invalid)?;
         let [out_ty] = out_tys.as_slice() else {
-            return invalid(format!("{} has {} results, expected 1", op.name(), out_tys.len()));
+            return invalid(format!(
+                "{} has {} results, expected 1",
+                op.name(),
+                out_tys.len()
+            ));
         };
         if checked_numel(&out_ty.shape).is_none() {
-            return invalid(format!("result shape {:?} of {} is too large", out_ty.shape, op.name()));
+            return invalid(format!(
+                "result shape {:?} of {} is too large",
+                out_ty.shape,
+                op.name()
+            ));
         }
         let consts: Option<Vec<&Tensor>> = inputs.iter().map(|&v| self.g.const_of(v)).collect();
         if let Some(consts) = consts {
@@ -205,7 +234,10 @@ impl<'a> NodeCx<'a> {
                 return Ok(self.g.add_const(name, t));
             }
         }
-        let outs = self.g.add_node(op, inputs, self.name, &[name]).map_err(|e| OpError::Invalid(e.message))?;
+        let outs = self
+            .g
+            .add_node(op, inputs, self.name, &[name])
+            .map_err(|e| OpError::Invalid(e.message))?;
         Ok(outs[0])
     }
 
@@ -242,7 +274,11 @@ fn fold_work(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> usize {
         Op::Gemm { trans_a, .. } => {
             let a = inputs[0].shape();
             if a.len() == 2 {
-                if *trans_a { a[0] } else { a[1] }
+                if *trans_a {
+                    a[0]
+                } else {
+                    a[1]
+                }
             } else {
                 1
             }
@@ -254,11 +290,14 @@ fn fold_work(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> usize {
             .unwrap_or(1)
             .saturating_mul(window.kernel[0])
             .saturating_mul(window.kernel[1]),
-        Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => window.kernel[0].saturating_mul(window.kernel[1]),
+        Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => {
+            window.kernel[0].saturating_mul(window.kernel[1])
+        }
         Op::Lrn { size, .. } => *size,
         _ => 1,
     };
-    n.saturating_mul(k.max(1)).max(inputs.iter().map(|t| t.numel()).sum())
+    n.saturating_mul(k.max(1))
+        .max(inputs.iter().map(|t| t.numel()).sum())
 }
 
 /// Normalizes a possibly negative axis for `rank`.
@@ -272,7 +311,10 @@ pub(crate) fn norm_axis(axis: i64, rank: usize, what: &str) -> OpResult<usize> {
 
 /// Normalizes, sorts and checks a list of axes for `rank` (duplicates are an error).
 pub(crate) fn norm_axes(axes: &[i64], rank: usize, what: &str) -> OpResult<Vec<usize>> {
-    let mut out = axes.iter().map(|&a| norm_axis(a, rank, what)).collect::<OpResult<Vec<_>>>()?;
+    let mut out = axes
+        .iter()
+        .map(|&a| norm_axis(a, rank, what))
+        .collect::<OpResult<Vec<_>>>()?;
     out.sort_unstable();
     if out.windows(2).any(|w| w[0] == w[1]) {
         return invalid(format!("{what}s {axes:?} repeat an axis"));
@@ -282,6 +324,87 @@ pub(crate) fn norm_axes(axes: &[i64], rank: usize, what: &str) -> OpResult<Vec<u
 
 /// Imports one default-domain node. Returns one value per ONNX output (values for omitted
 /// outputs may be missing from the end).
+/// Default-domain op types [`import`] handles (keep in step with its `match`). Used to report
+/// unknown ops that sit downstream of another unsupported op, where nothing can be typed.
+pub(crate) const KNOWN_OPS: &[&str] = &[
+    "Abs",
+    "Add",
+    "And",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "CastLike",
+    "Ceil",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Floor",
+    "Gather",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
+    "HardSigmoid",
+    "Identity",
+    "LRN",
+    "LeakyRelu",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "Max",
+    "MaxPool",
+    "Mean",
+    "Min",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Sign",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+    "Xor",
+];
+
 pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     use math::*;
     let op_type = cx.op_type();
@@ -348,8 +471,10 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "LogSoftmax" => nn::softmax(cx, true),
         "Dropout" => nn::dropout(cx),
 
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare" | "ReduceL1"
-        | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" => reduce::reduce(cx),
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd"
+        | "ReduceSumSquare" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" => {
+            reduce::reduce(cx)
+        }
 
         "Reshape" => tensor::reshape(cx),
         "Flatten" => tensor::flatten(cx),

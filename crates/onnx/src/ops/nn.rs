@@ -33,8 +33,16 @@ fn window(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResul
         list(cx, "kernel_shape", n, 1, 1)?
     } else {
         match kernel {
-            Some(k) if k.len() == n && k.iter().all(|&d| (1..=MAX_WINDOW_ATTR as usize).contains(&d)) => k,
-            Some(k) => return invalid(format!("weights' kernel {k:?} does not fit a {n}-D window")),
+            Some(k)
+                if k.len() == n
+                    && k.iter()
+                        .all(|&d| (1..=MAX_WINDOW_ATTR as usize).contains(&d)) =>
+            {
+                k
+            }
+            Some(k) => {
+                return invalid(format!("weights' kernel {k:?} does not fit a {n}-D window"))
+            }
             None => return invalid("attribute `kernel_shape` is missing"),
         }
     };
@@ -46,7 +54,10 @@ fn window(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResul
         "" | "NOTSET" => {
             if let Some(p) = cx.attrs.ints("pads")? {
                 if p.len() != 2 * n {
-                    return invalid(format!("attribute `pads` = {p:?} must have {} values", 2 * n));
+                    return invalid(format!(
+                        "attribute `pads` = {p:?} must have {} values",
+                        2 * n
+                    ));
                 }
                 if p.iter().any(|&d| d < 0) {
                     return unsupported(format!("negative pads {p:?}"));
@@ -60,15 +71,30 @@ fn window(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResul
         "VALID" => {}
         "SAME_UPPER" | "SAME_LOWER" => {
             for a in 0..n {
-                let (begin, end) = same_pads(spatial[a], kernel[a], strides[a], dilations[a], auto_pad == "SAME_UPPER");
+                let (begin, end) = same_pads(
+                    spatial[a],
+                    kernel[a],
+                    strides[a],
+                    dilations[a],
+                    auto_pad == "SAME_UPPER",
+                );
                 pads[a] = begin;
                 pads[a + n] = end;
             }
         }
-        other => return invalid(format!("attribute `auto_pad` = {other:?} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER")),
+        other => {
+            return invalid(format!(
+                "attribute `auto_pad` = {other:?} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER"
+            ))
+        }
     }
     Ok(if n == 1 {
-        Window { kernel: [1, kernel[0]], strides: [1, strides[0]], pads: [0, pads[0], 0, pads[1]], dilations: [1, dilations[0]] }
+        Window {
+            kernel: [1, kernel[0]],
+            strides: [1, strides[0]],
+            pads: [0, pads[0], 0, pads[1]],
+            dilations: [1, dilations[0]],
+        }
     } else {
         Window {
             kernel: [kernel[0], kernel[1]],
@@ -103,12 +129,21 @@ fn windowed(cx: &mut NodeCx, op: Op, x: ValueId, rest: &[ValueId]) -> OpResult<V
     let lift = |cx: &mut NodeCx, v: ValueId| -> OpResult<ValueId> {
         let s = cx.shape(v);
         let name = cx.tmp_name("2d");
-        cx.emit(Op::Reshape { shape: vec![s[0], s[1], 1, s[2]] }, &[v], name)
+        cx.emit(
+            Op::Reshape {
+                shape: vec![s[0], s[1], 1, s[2]],
+            },
+            &[v],
+            name,
+        )
     };
     let mut ins = vec![lift(cx, x)?];
     if let Some(&w) = rest.first() {
         if cx.rank(w) != 3 {
-            return invalid(format!("1-D weights must have rank 3, got {:?}", cx.shape(w)));
+            return invalid(format!(
+                "1-D weights must have rank 3, got {:?}",
+                cx.shape(w)
+            ));
         }
         ins.push(lift(cx, w)?);
     }
@@ -116,12 +151,24 @@ fn windowed(cx: &mut NodeCx, op: Op, x: ValueId, rest: &[ValueId]) -> OpResult<V
     let name = cx.tmp_name("2d");
     let y = cx.emit(op, &ins, name)?;
     let ys = cx.shape(y);
-    cx.emit_out(Op::Reshape { shape: vec![ys[0], ys[1], ys[3]] }, &[y], 0)
+    cx.emit_out(
+        Op::Reshape {
+            shape: vec![ys[0], ys[1], ys[3]],
+        },
+        &[y],
+        0,
+    )
 }
 
 /// `(begin, end)` pads of one axis for auto_pad SAME_UPPER (extra pad at the end) or
 /// SAME_LOWER (extra pad at the beginning): the output extent is `ceil(n / stride)`.
-pub(crate) fn same_pads(n: usize, kernel: usize, stride: usize, dilation: usize, upper: bool) -> (usize, usize) {
+pub(crate) fn same_pads(
+    n: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    upper: bool,
+) -> (usize, usize) {
     let out = n.div_ceil(stride);
     let eff = dilation * (kernel - 1) + 1;
     let total = (out.saturating_sub(1) * stride + eff).saturating_sub(n);
@@ -144,12 +191,26 @@ pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if !(1..=MAX_WINDOW_ATTR).contains(&group) {
         return invalid(format!("attribute `group` = {group} must be positive"));
     }
-    if ws.get(1).and_then(|&c| c.checked_mul(group as usize)).is_none_or(|c| c > MAX_ELEMS) {
-        return invalid(format!("group {group} does not fit weights of shape {ws:?}"));
+    if ws
+        .get(1)
+        .and_then(|&c| c.checked_mul(group as usize))
+        .is_none_or(|c| c > MAX_ELEMS)
+    {
+        return invalid(format!(
+            "group {group} does not fit weights of shape {ws:?}"
+        ));
     }
     let mut rest = vec![w];
     rest.extend(cx.opt_input(2));
-    Ok(vec![windowed(cx, Op::Conv { window, group: group as usize }, x, &rest)?])
+    Ok(vec![windowed(
+        cx,
+        Op::Conv {
+            window,
+            group: group as usize,
+        },
+        x,
+        &rest,
+    )?])
 }
 
 fn ceil_mode(cx: &NodeCx) -> OpResult<bool> {
@@ -161,7 +222,12 @@ pub(super) fn max_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let x = cx.input(0)?;
     let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
     let ceil_mode = ceil_mode(cx)?;
-    Ok(vec![windowed(cx, Op::MaxPool { window, ceil_mode }, x, &[])?])
+    Ok(vec![windowed(
+        cx,
+        Op::MaxPool { window, ceil_mode },
+        x,
+        &[],
+    )?])
 }
 
 pub(super) fn average_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -170,7 +236,16 @@ pub(super) fn average_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
     let ceil_mode = ceil_mode(cx)?;
     let count_include_pad = cx.attrs.int_or("count_include_pad", 0)? != 0;
-    Ok(vec![windowed(cx, Op::AveragePool { window, ceil_mode, count_include_pad }, x, &[])?])
+    Ok(vec![windowed(
+        cx,
+        Op::AveragePool {
+            window,
+            ceil_mode,
+            count_include_pad,
+        },
+        x,
+        &[],
+    )?])
 }
 
 /// GlobalAveragePool / GlobalMaxPool: a keepdims reduction over every spatial axis.
@@ -179,10 +254,21 @@ pub(super) fn global_pool(cx: &mut NodeCx, op: ReduceOp) -> OpResult<Vec<ValueId
     let x = cx.input(0)?;
     let rank = cx.rank(x);
     if rank < 3 {
-        return invalid(format!("input must have rank >= 3 (N, C, spatial…), got {:?}", cx.shape(x)));
+        return invalid(format!(
+            "input must have rank >= 3 (N, C, spatial…), got {:?}",
+            cx.shape(x)
+        ));
     }
     let axes = (2..rank).collect();
-    Ok(vec![cx.emit_out(Op::Reduce { op, axes, keepdims: true }, &[x], 0)?])
+    Ok(vec![cx.emit_out(
+        Op::Reduce {
+            op,
+            axes,
+            keepdims: true,
+        },
+        &[x],
+        0,
+    )?])
 }
 
 pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -201,14 +287,25 @@ pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 pub(super) fn lrn(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
-    let Some(size) = cx.attrs.int("size")? else { return invalid("attribute `size` is missing") };
+    let Some(size) = cx.attrs.int("size")? else {
+        return invalid("attribute `size` is missing");
+    };
     if !(1..=MAX_WINDOW_ATTR).contains(&size) {
         return invalid(format!("attribute `size` = {size} must be positive"));
     }
     let alpha = cx.attrs.float_or("alpha", 1e-4)?;
     let beta = cx.attrs.float_or("beta", 0.75)?;
     let bias = cx.attrs.float_or("bias", 1.0)?;
-    Ok(vec![cx.emit_out(Op::Lrn { size: size as usize, alpha, beta, bias }, &[x], 0)?])
+    Ok(vec![cx.emit_out(
+        Op::Lrn {
+            size: size as usize,
+            alpha,
+            beta,
+            bias,
+        },
+        &[x],
+        0,
+    )?])
 }
 
 /// Softmax / LogSoftmax. Opset 13+: along one axis (default -1). Before 13 (default axis 1)
@@ -222,9 +319,19 @@ pub(super) fn softmax(cx: &mut NodeCx, log: bool) -> OpResult<Vec<ValueId>> {
     if rank == 0 {
         return invalid("input must have rank >= 1");
     }
-    let make = |axis| if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
+    let make = |axis| {
+        if log {
+            Op::LogSoftmax { axis }
+        } else {
+            Op::Softmax { axis }
+        }
+    };
     let modern = cx.opset >= 13;
-    let axis = norm_axis(cx.attrs.int_or("axis", if modern { -1 } else { 1 })?, rank, "axis")?;
+    let axis = norm_axis(
+        cx.attrs.int_or("axis", if modern { -1 } else { 1 })?,
+        rank,
+        "axis",
+    )?;
     if modern || shape[axis + 1..].iter().all(|&d| d == 1) {
         return Ok(vec![cx.emit_out(make(axis), &[x], 0)?]);
     }
@@ -252,21 +359,32 @@ pub(super) fn dropout(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if cx.has_output(1) {
         let ty = cx.ty(x);
         // Dropout-10+ has a bool mask; before, the mask had the input's type.
-        let dtype = if cx.opset >= 10 { DType::Bool } else { ty.dtype };
+        let dtype = if cx.opset >= 10 {
+            DType::Bool
+        } else {
+            ty.dtype
+        };
         let one = |n: usize| match dtype {
             DType::Bool => Data::Bool(vec![true; n]),
             DType::F32 => Data::F32(vec![1.0; n]),
             DType::I32 => Data::I32(vec![1; n]),
             DType::I64 => Data::I64(vec![1; n]),
         };
-        let numel = checked_numel(&ty.shape).ok_or_else(|| OpError::Invalid("input is too large".into()))?;
+        let numel = checked_numel(&ty.shape)
+            .ok_or_else(|| OpError::Invalid("input is too large".into()))?;
         let mask = if numel * dtype.size() <= FOLD_LIMIT_BYTES {
             let name = cx.out_name(1);
             cx.konst(name, Tensor::from_data(ty.shape.clone(), one(numel)))
         } else {
             let name = cx.tmp_name("one");
             let one = cx.konst(name, Tensor::from_data(Vec::new(), one(1)));
-            cx.emit_out(Op::Expand { shape: ty.shape.clone() }, &[one], 1)?
+            cx.emit_out(
+                Op::Expand {
+                    shape: ty.shape.clone(),
+                },
+                &[one],
+                1,
+            )?
         };
         outs.push(mask);
     }
