@@ -13,11 +13,8 @@ fn main() {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
     let all = read("node_tests.txt");
     let manifest = read("manifest.txt");
-    let passing: std::collections::HashSet<&str> = manifest
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+    let passing: std::collections::HashSet<&str> =
+        manifest.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let ignored = read("ignored.txt");
     let reasons: HashMap<&str, &str> = ignored
         .lines()
@@ -28,17 +25,10 @@ fn main() {
     let mut out = String::new();
     for name in all.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if !passing.contains(name) {
-            let reason = reasons
-                .get(name)
-                .copied()
-                .unwrap_or("not passing yet")
-                .replace('"', "'");
+            let reason = reasons.get(name).copied().unwrap_or("not passing yet").replace('"', "'");
             writeln!(out, "#[ignore = \"{reason}\"]").unwrap();
         }
-        let ident: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
+        let ident: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         writeln!(out, "#[test]\nfn {ident}() {{ check(\"{name}\"); }}").unwrap();
     }
     let out_dir = std::env::var("OUT_DIR").unwrap();

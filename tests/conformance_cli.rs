@@ -9,11 +9,9 @@ fn index() -> &'static serde_json::Value {
 }
 
 fn check(name: &str) {
-    let case =
-        kiln_tests::node_case(name, index()).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
+    let case = kiln_tests::node_case(name, index()).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
     let got = kiln_tests::run_cli(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
-    kiln_tests::compare(&got, &case.expected, case.rtol, case.atol)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    kiln_tests::compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name}: {e}"));
 }
 
 include!(concat!(env!("OUT_DIR"), "/node_cases.rs"));

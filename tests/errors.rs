@@ -11,16 +11,9 @@ fn repo() -> PathBuf {
 /// Runs `kiln ARGS`, asserts failure with exactly one `error: …` line and no panic, and
 /// returns that line.
 fn fails(args: &[&str]) -> String {
-    let out = Command::new(kiln_tests::kiln_bin())
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run kiln");
+    let out = Command::new(kiln_tests::kiln_bin()).args(args).current_dir(repo()).output().expect("run kiln");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "kiln {args:?} succeeded; stderr: {stderr}"
-    );
+    assert!(!out.status.success(), "kiln {args:?} succeeded; stderr: {stderr}");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -28,11 +21,7 @@ fn fails(args: &[&str]) -> String {
         out.status.code()
     );
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "kiln {args:?}: expected a one-line error, got: {stderr}"
-    );
+    assert_eq!(lines.len(), 1, "kiln {args:?}: expected a one-line error, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "kiln {args:?}: {stderr}");
     lines[0].to_string()
 }
@@ -44,12 +33,7 @@ fn tmp() -> tempfile::TempDir {
 fn write_npy_f32(path: &Path, shape: &[u64], data: &[f32]) {
     use npyz::WriterBuilder;
     let f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = npyz::WriteOptions::<f32>::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(f)
-        .begin_nd()
-        .unwrap();
+    let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
     w.extend(data.iter().copied()).unwrap();
     w.finish().unwrap();
 }
@@ -57,12 +41,7 @@ fn write_npy_f32(path: &Path, shape: &[u64], data: &[f32]) {
 fn write_npy_i64(path: &Path, shape: &[u64], data: &[i64]) {
     use npyz::WriterBuilder;
     let f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = npyz::WriteOptions::<i64>::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(f)
-        .begin_nd()
-        .unwrap();
+    let mut w = npyz::WriteOptions::<i64>::new().default_dtype().shape(shape).writer(f).begin_nd().unwrap();
     w.extend(data.iter().copied()).unwrap();
     w.finish().unwrap();
 }
@@ -76,46 +55,23 @@ fn truncated_model() {
     let bytes = std::fs::read(repo().join(MLP)).unwrap();
     let p = d.path().join("cut.onnx");
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    let e = fails(&[
-        "run",
-        p.to_str().unwrap(),
-        "--input",
-        X,
-        "--output-dir",
-        d.path().to_str().unwrap(),
-    ]);
+    let e = fails(&["run", p.to_str().unwrap(), "--input", X, "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("cannot decode ONNX model"), "{e}");
 }
 
 #[test]
 fn unknown_ops_are_all_listed() {
     let d = tmp();
-    let e = fails(&[
-        "compile",
-        "tests/fixtures/unknown_ops.onnx",
-        "-o",
-        d.path().join("m.kiln").to_str().unwrap(),
-    ]);
+    let e = fails(&["compile", "tests/fixtures/unknown_ops.onnx", "-o", d.path().join("m.kiln").to_str().unwrap()]);
     assert!(e.contains("FancyOp") && e.contains("fancy_1"), "{e}");
-    assert!(
-        e.contains("Mystery") && e.contains("com.example") && e.contains("mystery_7"),
-        "{e}"
-    );
+    assert!(e.contains("Mystery") && e.contains("com.example") && e.contains("mystery_7"), "{e}");
 }
 
 #[test]
 fn unpinned_symbolic_dim_names_input_dim_and_option() {
     let d = tmp();
-    let e = fails(&[
-        "compile",
-        "tests/fixtures/symbolic.onnx",
-        "-o",
-        d.path().join("m.kiln").to_str().unwrap(),
-    ]);
-    assert!(
-        e.contains("`x`") && e.contains("N") && e.contains("--input-shape"),
-        "{e}"
-    );
+    let e = fails(&["compile", "tests/fixtures/symbolic.onnx", "-o", d.path().join("m.kiln").to_str().unwrap()]);
+    assert!(e.contains("`x`") && e.contains("N") && e.contains("--input-shape"), "{e}");
 }
 
 #[test]
@@ -123,14 +79,7 @@ fn wrong_input_shape() {
     let d = tmp();
     let p = d.path().join("x.npy");
     write_npy_f32(&p, &[2, 8], &[0.5; 16]);
-    let e = fails(&[
-        "run",
-        MLP,
-        "--input",
-        &format!("x={}", p.display()),
-        "--output-dir",
-        d.path().to_str().unwrap(),
-    ]);
+    let e = fails(&["run", MLP, "--input", &format!("x={}", p.display()), "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("input `x`") && e.contains("shape"), "{e}");
 }
 
@@ -139,14 +88,7 @@ fn wrong_input_dtype() {
     let d = tmp();
     let p = d.path().join("x.npy");
     write_npy_i64(&p, &[1, 8], &[1; 8]);
-    let e = fails(&[
-        "run",
-        MLP,
-        "--input",
-        &format!("x={}", p.display()),
-        "--output-dir",
-        d.path().to_str().unwrap(),
-    ]);
+    let e = fails(&["run", MLP, "--input", &format!("x={}", p.display()), "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("input `x`") && e.contains("dtype"), "{e}");
 }
 
@@ -160,14 +102,7 @@ fn missing_input() {
 #[test]
 fn missing_model_file() {
     let d = tmp();
-    let e = fails(&[
-        "run",
-        "no/such/model.onnx",
-        "--input",
-        X,
-        "--output-dir",
-        d.path().to_str().unwrap(),
-    ]);
+    let e = fails(&["run", "no/such/model.onnx", "--input", X, "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("no/such/model.onnx"), "{e}");
 }
 
@@ -180,43 +115,18 @@ fn corrupted_artifact() {
         .current_dir(repo())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut bytes = std::fs::read(&art).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0x5a;
     std::fs::write(&art, &bytes).unwrap();
-    let e = fails(&[
-        "run",
-        art.to_str().unwrap(),
-        "--input",
-        X,
-        "--output-dir",
-        d.path().to_str().unwrap(),
-    ]);
+    let e = fails(&["run", art.to_str().unwrap(), "--input", X, "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("checksum") && e.contains("damaged"), "{e}");
     std::fs::write(&art, &bytes[..n / 3]).unwrap();
-    let e = fails(&[
-        "run",
-        art.to_str().unwrap(),
-        "--input",
-        X,
-        "--output-dir",
-        d.path().to_str().unwrap(),
-    ]);
+    let e = fails(&["run", art.to_str().unwrap(), "--input", X, "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("truncated") || e.contains("outside"), "{e}");
     std::fs::write(&art, b"definitely not an artifact").unwrap();
-    let e = fails(&[
-        "run",
-        art.to_str().unwrap(),
-        "--input",
-        X,
-        "--output-dir",
-        d.path().to_str().unwrap(),
-    ]);
+    let e = fails(&["run", art.to_str().unwrap(), "--input", X, "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("not a Kiln artifact"), "{e}");
 }
 
@@ -224,41 +134,22 @@ fn corrupted_artifact() {
 fn example_runs_and_matches_onnxruntime() {
     let d = tmp();
     let out = Command::new(kiln_tests::kiln_bin())
-        .args([
-            "run",
-            MLP,
-            "--input",
-            X,
-            "--output-dir",
-            d.path().to_str().unwrap(),
-        ])
+        .args(["run", MLP, "--input", X, "--output-dir", d.path().to_str().unwrap()])
         .current_dir(repo())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listing: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(d.path().join("outputs.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("outputs.json")).unwrap()).unwrap();
     let o = &listing["outputs"][0];
     assert_eq!(o["name"], "y");
     assert_eq!(o["dtype"], "f32");
     assert_eq!(o["shape"], serde_json::json!([1, 4]));
-    let read = |p: PathBuf| -> Vec<f32> {
-        npyz::NpyFile::new(&std::fs::read(p).unwrap()[..])
-            .unwrap()
-            .into_vec()
-            .unwrap()
-    };
+    let read =
+        |p: PathBuf| -> Vec<f32> { npyz::NpyFile::new(&std::fs::read(p).unwrap()[..]).unwrap().into_vec().unwrap() };
     let got = read(d.path().join(o["file"].as_str().unwrap()));
     let want = read(repo().join("examples/mlp/expected.npy"));
     for (a, b) in got.iter().zip(&want) {
-        assert!(
-            (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
-            "got {got:?}, onnxruntime {want:?}"
-        );
+        assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "got {got:?}, onnxruntime {want:?}");
     }
 }

@@ -71,9 +71,7 @@ pub const SCOPE_DTYPES: &[&str] = &["FLOAT", "INT64", "INT32", "BOOL"];
 pub fn data_root() -> PathBuf {
     let root = std::env::var_os("KILN_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kiln-testdata/onnx-1.23.2")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kiln-testdata/onnx-1.23.2"));
     assert!(
         root.join("index.json").exists(),
         "test data missing at {}: run `bash scripts/setup.sh && .venv/bin/python scripts/gen_testdata.py` (scripts/test.sh does both)",
@@ -85,8 +83,7 @@ pub fn data_root() -> PathBuf {
 /// The parsed `index.json`.
 pub fn index() -> serde_json::Value {
     let p = data_root().join("index.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).expect("index.json readable"))
-        .expect("index.json is JSON")
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("index.json readable")).expect("index.json is JSON")
 }
 
 /// One test case: a model, its inputs and expected outputs.
@@ -110,17 +107,9 @@ pub fn load_case(dir: &Path, rtol: f64, atol: f64) -> Result<Case, String> {
     let bytes = std::fs::read(&model).map_err(|e| format!("{}: {e}", model.display()))?;
     let m = kiln_onnx::decode_model(bytes.into()).map_err(|e| e.to_string())?;
     let graph = m.graph.ok_or("model has no graph")?;
-    let inits: std::collections::HashSet<String> = graph
-        .initializer
-        .iter()
-        .filter_map(|t| t.name.clone())
-        .collect();
-    let names: Vec<String> = graph
-        .input
-        .iter()
-        .filter_map(|i| i.name.clone())
-        .filter(|n| !n.is_empty() && !inits.contains(n))
-        .collect();
+    let inits: std::collections::HashSet<String> = graph.initializer.iter().filter_map(|t| t.name.clone()).collect();
+    let names: Vec<String> =
+        graph.input.iter().filter_map(|i| i.name.clone()).filter(|n| !n.is_empty() && !inits.contains(n)).collect();
     let data = dir.join("test_data_set_0");
     let mut inputs = Vec::new();
     for (i, n) in names.iter().enumerate() {
@@ -136,24 +125,12 @@ pub fn load_case(dir: &Path, rtol: f64, atol: f64) -> Result<Case, String> {
         expected.push(read_pb(&p)?);
     }
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    Ok(Case {
-        name,
-        model,
-        inputs,
-        expected,
-        rtol,
-        atol,
-    })
+    Ok(Case { name, model, inputs, expected, rtol, atol })
 }
 
 /// A node test by name, with its tolerance from the index.
 pub fn node_case(name: &str, index: &serde_json::Value) -> Result<Case, String> {
-    let entry = index["node"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == name)
-        .ok_or("not in index.json")?;
+    let entry = index["node"].as_array().unwrap().iter().find(|e| e["name"] == name).ok_or("not in index.json")?;
     load_case(
         &data_root().join("node").join(name),
         entry["rtol"].as_f64().unwrap_or(1e-3),
@@ -162,10 +139,7 @@ pub fn node_case(name: &str, index: &serde_json::Value) -> Result<Case, String> 
 }
 
 fn compile_options(case: &Case) -> CompileOptions {
-    let mut o = CompileOptions {
-        verify: true,
-        ..Default::default()
-    };
+    let mut o = CompileOptions { verify: true, ..Default::default() };
     for (n, t, _) in &case.inputs {
         o.input_shapes.insert(n.clone(), t.shape().to_vec());
     }
@@ -183,20 +157,11 @@ pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
         match Compiler::new(opts.clone()).compile_path(&case.model) {
             Ok(a) => break a,
             Err(e) => {
-                let need: Vec<String> = e
-                    .inputs_to_freeze()
-                    .iter()
-                    .filter(|n| !opts.frozen_inputs.contains_key(*n))
-                    .cloned()
-                    .collect();
+                let need: Vec<String> =
+                    e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).cloned().collect();
                 let values: Option<Vec<(String, Tensor)>> = need
                     .iter()
-                    .map(|n| {
-                        case.inputs
-                            .iter()
-                            .find(|(m, _, _)| m == n)
-                            .map(|(m, t, _)| (m.clone(), t.clone()))
-                    })
+                    .map(|n| case.inputs.iter().find(|(m, _, _)| m == n).map(|(m, t, _)| (m.clone(), t.clone())))
                     .collect();
                 match values {
                     Some(v) if !v.is_empty() => opts.frozen_inputs.extend(v),
@@ -205,23 +170,15 @@ pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
             }
         }
     };
-    let s =
-        Session::from_bytes(&art.bytes, &SessionOptions::default()).map_err(|e| e.to_string())?;
+    let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).map_err(|e| e.to_string())?;
     let refs: Vec<TensorRef> = case
         .inputs
         .iter()
         .filter(|(n, _, _)| !opts.frozen_inputs.contains_key(n))
-        .map(|(_, t, _)| TensorRef {
-            dtype: t.dtype().code(),
-            shape: t.shape(),
-            data: &t.data,
-        })
+        .map(|(_, t, _)| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
         .collect();
     let outs = s.run(&refs).map_err(|e| e.to_string())?;
-    Ok(outs
-        .into_iter()
-        .map(|t| (t.dtype, t.shape, t.data))
-        .collect())
+    Ok(outs.into_iter().map(|t| (t.dtype, t.shape, t.data)).collect())
 }
 
 /// The `kiln` binary built next to this test (`cargo build -p kiln-cli` first), or `$KILN_BIN`.
@@ -232,11 +189,7 @@ pub fn kiln_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("kiln");
-    assert!(
-        bin.exists(),
-        "{} missing: build it with `cargo build -p kiln-cli` (same profile)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} missing: build it with `cargo build -p kiln-cli` (same profile)", bin.display());
     bin
 }
 
@@ -244,24 +197,19 @@ pub fn kiln_bin() -> PathBuf {
 pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(kiln_bin());
-    cmd.arg("run")
-        .arg(&case.model)
-        .arg("--output-dir")
-        .arg(dir.path());
+    cmd.arg("run").arg(&case.model).arg("--output-dir").arg(dir.path());
     for (n, t, p) in &case.inputs {
         let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
-        cmd.arg("--input-shape")
-            .arg(format!("{n}={}", dims.join("x")));
+        cmd.arg("--input-shape").arg(format!("{n}={}", dims.join("x")));
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
     let out = cmd.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
-    let listing: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("outputs.json")).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let listing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("outputs.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     listing["outputs"]
         .as_array()
         .ok_or("outputs.json has no outputs list")?
@@ -282,10 +230,7 @@ fn read_npy(p: &Path) -> Result<Out, String> {
         "f4" => Tensor::from_data(shape, Data::F32(npy.into_vec().map_err(|e| e.to_string())?)),
         "i4" => Tensor::from_data(shape, Data::I32(npy.into_vec().map_err(|e| e.to_string())?)),
         "i8" => Tensor::from_data(shape, Data::I64(npy.into_vec().map_err(|e| e.to_string())?)),
-        "b1" => Tensor::from_data(
-            shape,
-            Data::Bool(npy.into_vec().map_err(|e| e.to_string())?),
-        ),
+        "b1" => Tensor::from_data(shape, Data::Bool(npy.into_vec().map_err(|e| e.to_string())?)),
         other => return Err(format!("unexpected npy dtype {other}")),
     };
     Ok((t.dtype().code(), t.shape().to_vec(), t.data.to_vec()))
@@ -298,20 +243,12 @@ pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(),
     }
     for (i, ((dt, shape, bytes), w)) in got.iter().zip(want).enumerate() {
         if *dt != w.dtype().code() {
-            return Err(format!(
-                "output {i}: dtype {}, expected {}",
-                dt.name(),
-                w.dtype()
-            ));
+            return Err(format!("output {i}: dtype {}, expected {}", dt.name(), w.dtype()));
         }
         if shape[..] != *w.shape() {
-            return Err(format!(
-                "output {i}: shape {shape:?}, expected {:?}",
-                w.shape()
-            ));
+            return Err(format!("output {i}: shape {shape:?}, expected {:?}", w.shape()));
         }
-        let g = Tensor::from_bytes(w.ty.clone(), bytes.clone().into())
-            .map_err(|e| format!("output {i}: {e}"))?;
+        let g = Tensor::from_bytes(w.ty.clone(), bytes.clone().into()).map_err(|e| format!("output {i}: {e}"))?;
         let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
         let mut worst: Option<(usize, f64, f64)> = None;
         let mut bad = 0usize;
@@ -354,17 +291,10 @@ pub fn out_of_scope(entry: &serde_json::Value) -> Option<String> {
     if entry["random_output"].as_bool() == Some(true) {
         return Some("expected output is random".into());
     }
-    for io in entry["inputs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(entry["outputs"].as_array().into_iter().flatten())
+    for io in entry["inputs"].as_array().into_iter().flatten().chain(entry["outputs"].as_array().into_iter().flatten())
     {
         if io["kind"] != "tensor" {
-            return Some(format!(
-                "{} values are not supported",
-                io["kind"].as_str().unwrap_or("non-tensor")
-            ));
+            return Some(format!("{} values are not supported", io["kind"].as_str().unwrap_or("non-tensor")));
         }
         let dt = io["dtype"].as_str().unwrap_or("?");
         if !SCOPE_DTYPES.contains(&dt) {
@@ -373,26 +303,16 @@ pub fn out_of_scope(entry: &serde_json::Value) -> Option<String> {
     }
     let mut missing: Vec<String> = Vec::new();
     for op in entry["ops"].as_array().into_iter().flatten() {
-        let (d, t) = (
-            op["domain"].as_str().unwrap_or(""),
-            op["op_type"].as_str().unwrap_or("?"),
-        );
+        let (d, t) = (op["domain"].as_str().unwrap_or(""), op["op_type"].as_str().unwrap_or("?"));
         if (!d.is_empty() && d != "ai.onnx") || !SCOPE_OPS.contains(&t) {
-            let n = if d.is_empty() {
-                t.to_string()
-            } else {
-                format!("{d}.{t}")
-            };
+            let n = if d.is_empty() { t.to_string() } else { format!("{d}.{t}") };
             if !missing.contains(&n) {
                 missing.push(n);
             }
         }
     }
     if !missing.is_empty() {
-        return Some(format!(
-            "op {} outside issue #2's op set",
-            missing.join(", ")
-        ));
+        return Some(format!("op {} outside issue #2's op set", missing.join(", ")));
     }
     None
 }
@@ -403,8 +323,5 @@ pub fn tolerance(dir: &Path) -> (f64, f64) {
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
-    (
-        t.get("rtol").copied().unwrap_or(1e-3),
-        t.get("atol").copied().unwrap_or(1e-7),
-    )
+    (t.get("rtol").copied().unwrap_or(1e-3), t.get("atol").copied().unwrap_or(1e-7))
 }

@@ -6,8 +6,7 @@ fn check_dir(suite: &str, name: &str) {
     let (rtol, atol) = kiln_tests::tolerance(&dir);
     let case = kiln_tests::load_case(&dir, rtol, atol).unwrap_or_else(|e| panic!("{name}: {e}"));
     let got = kiln_tests::run_lib(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
-    kiln_tests::compare(&got, &case.expected, case.rtol, case.atol)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    kiln_tests::compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name}: {e}"));
 }
 
 macro_rules! model_tests {

@@ -15,19 +15,13 @@ fn main() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| {
-            filter
-                .as_deref()
-                .is_none_or(|f| e["name"].as_str().unwrap().contains(f))
-        })
+        .filter(|e| filter.as_deref().is_none_or(|f| e["name"].as_str().unwrap().contains(f)))
         .collect();
     let results: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
     let next = AtomicUsize::new(0);
     // Quiet the default panic printing: failures are collected and summarized.
     std::panic::set_hook(Box::new(|_| {}));
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
@@ -40,10 +34,8 @@ fn main() {
                     kiln_tests::compare(&got, &case.expected, case.rtol, case.atol)
                 })
                 .unwrap_or_else(|p| {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                    let msg =
+                        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
                     Err(format!("panic: {}", msg.unwrap_or_default()))
                 });
                 results.lock().unwrap().insert(name, r);
@@ -52,11 +44,8 @@ fn main() {
     });
     let results = results.into_inner().unwrap();
     let (mut in_scope, mut in_scope_pass, mut pass) = (0, 0, 0);
-    let mut manifest = String::from(
-        "# ONNX node tests that pass (regenerate with the conformance-sweep binary)\n",
-    );
-    let mut ignored =
-        String::from("# ONNX node tests that do not pass, with the reason (name<TAB>reason)\n");
+    let mut manifest = String::from("# ONNX node tests that pass (regenerate with the conformance-sweep binary)\n");
+    let mut ignored = String::from("# ONNX node tests that do not pass, with the reason (name<TAB>reason)\n");
     let mut failing_in_scope = Vec::new();
     for e in &entries {
         let name = e["name"].as_str().unwrap();
@@ -94,5 +83,8 @@ fn main() {
         std::fs::write(dir.join("ignored.txt"), ignored).unwrap();
     }
     println!("node tests: {} total, {pass} pass", entries.len());
-    println!("in scope of issue #2 (its ops; f32/i64/i32/bool tensors): {in_scope}, {in_scope_pass} pass, {} fail", in_scope - in_scope_pass);
+    println!(
+        "in scope of issue #2 (its ops; f32/i64/i32/bool tensors): {in_scope}, {in_scope_pass} pass, {} fail",
+        in_scope - in_scope_pass
+    );
 }

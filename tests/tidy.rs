@@ -7,39 +7,14 @@ use std::process::Command;
 #[test]
 fn runtime_depends_on_neither_llvm_nor_the_compiler() {
     let out = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "-p",
-            "kiln-runtime",
-            "-e",
-            "normal,build",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
+        .args(["tree", "-p", "kiln-runtime", "-e", "normal,build", "--prefix", "none", "--offline"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("run cargo tree");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
     let tree = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        tree.contains("kiln-abi"),
-        "unexpected cargo tree output: {tree}"
-    );
-    let banned = [
-        "inkwell",
-        "llvm-sys",
-        "kiln-ir",
-        "kiln-onnx",
-        "kiln-passes",
-        "kiln-backend",
-        "kiln v",
-        "cudarc",
-    ];
+    assert!(tree.contains("kiln-abi"), "unexpected cargo tree output: {tree}");
+    let banned = ["inkwell", "llvm-sys", "kiln-ir", "kiln-onnx", "kiln-passes", "kiln-backend", "kiln v", "cudarc"];
     for line in tree.lines() {
         for b in banned {
             assert!(
@@ -54,31 +29,13 @@ fn runtime_depends_on_neither_llvm_nor_the_compiler() {
 #[test]
 fn ir_depends_on_neither_onnx_nor_llvm() {
     let out = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "-p",
-            "kiln-ir",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--offline",
-        ])
+        .args(["tree", "-p", "kiln-ir", "-e", "normal", "--prefix", "none", "--offline"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("run cargo tree");
     let tree = String::from_utf8_lossy(&out.stdout);
-    for b in [
-        "inkwell",
-        "llvm-sys",
-        "kiln-onnx",
-        "kiln-runtime",
-        "libloading",
-    ] {
-        assert!(
-            !tree.lines().any(|l| l.starts_with(b)),
-            "kiln-ir depends on {b}"
-        );
+    for b in ["inkwell", "llvm-sys", "kiln-onnx", "kiln-runtime", "libloading"] {
+        assert!(!tree.lines().any(|l| l.starts_with(b)), "kiln-ir depends on {b}");
     }
 }
 
@@ -92,15 +49,7 @@ fn compilation_is_deterministic() {
         for i in 0..2 {
             let p = dir.path().join(format!("m{i}.kiln"));
             let mut cmd = Command::new(kiln_tests::kiln_bin());
-            cmd.args([
-                "compile",
-                model,
-                "-o",
-                p.to_str().unwrap(),
-                "--input-shape",
-                "x=3x4",
-            ])
-            .current_dir(repo);
+            cmd.args(["compile", model, "-o", p.to_str().unwrap(), "--input-shape", "x=3x4"]).current_dir(repo);
             if model.contains("mlp") {
                 cmd.args(["--input-shape", "x=1x8"]);
             }
@@ -108,10 +57,6 @@ fn compilation_is_deterministic() {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             outs.push(std::fs::read(&p).unwrap());
         }
-        assert_eq!(
-            outs[outs.len() - 2],
-            outs[outs.len() - 1],
-            "{model}: two compilations differ"
-        );
+        assert_eq!(outs[outs.len() - 2], outs[outs.len() - 1], "{model}: two compilations differ");
     }
 }

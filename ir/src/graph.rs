@@ -83,10 +83,7 @@ impl Graph {
     }
 
     pub fn new(name: impl Into<String>) -> Graph {
-        Graph {
-            name: name.into(),
-            ..Default::default()
-        }
+        Graph { name: name.into(), ..Default::default() }
     }
 
     fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> ValueId {
@@ -117,10 +114,7 @@ impl Graph {
         output_names: &[String],
     ) -> Result<Vec<ValueId>, BuildError> {
         let name = name.into();
-        let tys: Vec<&TensorType> = inputs
-            .iter()
-            .map(|&v| &self.values[v.0 as usize].ty)
-            .collect();
+        let tys: Vec<&TensorType> = inputs.iter().map(|&v| &self.values[v.0 as usize].ty).collect();
         let out_tys = infer(&op, &tys).map_err(|message| BuildError {
             node: name.clone(),
             op: op.name().to_string(),
@@ -128,10 +122,7 @@ impl Graph {
         })?;
         /// Largest tensor a node may produce (1 TiB): beyond it a shape is broken or hostile.
         const MAX_TENSOR_BYTES: usize = 1 << 40;
-        if let Some(t) = out_tys
-            .iter()
-            .find(|t| t.checked_bytes().is_none_or(|b| b > MAX_TENSOR_BYTES))
-        {
+        if let Some(t) = out_tys.iter().find(|t| t.checked_bytes().is_none_or(|b| b > MAX_TENSOR_BYTES)) {
             return Err(BuildError {
                 node: name,
                 op: op.name().to_string(),
@@ -167,19 +158,11 @@ impl Graph {
             .into_iter()
             .enumerate()
             .map(|(k, ty)| {
-                let vname = output_names
-                    .get(k)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{name}:{k}"));
+                let vname = output_names.get(k).cloned().unwrap_or_else(|| format!("{name}:{k}"));
                 self.push_value(vname, ty, ValueDef::Node(nid, k))
             })
             .collect();
-        self.nodes.push(Node {
-            op,
-            inputs: inputs.to_vec(),
-            outputs: outputs.clone(),
-            name,
-        });
+        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.clone(), name });
         self.order.push(nid);
         outputs
     }
@@ -244,10 +227,7 @@ impl Graph {
     /// Turns a node result into a constant in place (constant folding); the node is removed.
     pub fn make_const(&mut self, v: ValueId, t: Tensor) {
         if let ValueDef::Node(n, _) = self.values[v.0 as usize].def {
-            let all_folded = self.nodes[n.0 as usize]
-                .outputs
-                .iter()
-                .all(|&o| o == v || self.const_of(o).is_some());
+            let all_folded = self.nodes[n.0 as usize].outputs.iter().all(|&o| o == v || self.const_of(o).is_some());
             if all_folded {
                 self.remove_node(n);
             }
@@ -285,11 +265,7 @@ impl Graph {
     pub fn live_constants(&self) -> Vec<ValueId> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let iter = self
-            .order
-            .iter()
-            .flat_map(|&n| self.nodes[n.0 as usize].inputs.iter())
-            .chain(self.outputs.iter());
+        let iter = self.order.iter().flat_map(|&n| self.nodes[n.0 as usize].inputs.iter()).chain(self.outputs.iter());
         for &v in iter {
             if self.const_of(v).is_some() && seen.insert(v) {
                 out.push(v);

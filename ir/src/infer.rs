@@ -19,11 +19,7 @@ pub fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Shape, String> {
             } else if d != 1 && d != *o {
                 return Err(format!(
                     "shapes {} cannot be broadcast together",
-                    shapes
-                        .iter()
-                        .map(|s| format!("{s:?}"))
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    shapes.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(" and ")
                 ));
             }
         }
@@ -33,11 +29,7 @@ pub fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Shape, String> {
 
 fn arity(op: &Op, inputs: &[&TensorType], min: usize, max: usize) -> Result<(), String> {
     if inputs.len() < min || inputs.len() > max {
-        return Err(format!(
-            "{} takes {min}..={max} inputs, got {}",
-            op.name(),
-            inputs.len()
-        ));
+        return Err(format!("{} takes {min}..={max} inputs, got {}", op.name(), inputs.len()));
     }
     Ok(())
 }
@@ -52,21 +44,12 @@ fn same_dtype(inputs: &[&TensorType]) -> Result<DType, String> {
 
 fn want_float(op: &Op, t: &TensorType) -> Result<(), String> {
     if !t.dtype.is_float() {
-        return Err(format!(
-            "{} needs a float input, got {}",
-            op.name(),
-            t.dtype
-        ));
+        return Err(format!("{} needs a float input, got {}", op.name(), t.dtype));
     }
     Ok(())
 }
 
-fn pool_shape(
-    x: &TensorType,
-    window: &crate::op::Window,
-    ceil_mode: bool,
-    out_c: usize,
-) -> Result<Shape, String> {
+fn pool_shape(x: &TensorType, window: &crate::op::Window, ceil_mode: bool, out_c: usize) -> Result<Shape, String> {
     if x.rank() != 4 {
         return Err(format!("expects a 4-D NCHW input, got shape {:?}", x.shape));
     }
@@ -74,10 +57,7 @@ fn pool_shape(
     let ow = window.out_dim(1, x.shape[3], ceil_mode);
     match (oh, ow) {
         (Some(oh), Some(ow)) => Ok(vec![x.shape[0], out_c, oh, ow]),
-        _ => Err(format!(
-            "window {window:?} does not fit input shape {:?}",
-            x.shape
-        )),
+        _ => Err(format!("window {window:?} does not fit input shape {:?}", x.shape)),
     }
 }
 
@@ -94,29 +74,19 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             if logical != (d == DType::Bool) && !(ordering && d == DType::Bool) {
                 return Err(format!("{} is not defined on {d}", op.name()));
             }
-            one(TensorType::new(
-                d,
-                broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?,
-            ))
+            one(TensorType::new(d, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
         }
         Compare(_) => {
             arity(op, inputs, 2, 2)?;
             same_dtype(inputs)?;
-            one(TensorType::new(
-                DType::Bool,
-                broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?,
-            ))
+            one(TensorType::new(DType::Bool, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
         }
         Unary(u) => {
             arity(op, inputs, 1, 1)?;
             let t = inputs[0];
             match u {
-                UnaryOp::Not if t.dtype != DType::Bool => {
-                    return Err("not needs a bool input".into())
-                }
-                UnaryOp::Neg if t.dtype == DType::Bool => {
-                    return Err("neg is not defined on bool".into())
-                }
+                UnaryOp::Not if t.dtype != DType::Bool => return Err("not needs a bool input".into()),
+                UnaryOp::Neg if t.dtype == DType::Bool => return Err("neg is not defined on bool".into()),
                 UnaryOp::Sqrt
                 | UnaryOp::Reciprocal
                 | UnaryOp::Exp
@@ -133,10 +103,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
         Where => {
             arity(op, inputs, 3, 3)?;
             if inputs[0].dtype != DType::Bool {
-                return Err(format!(
-                    "where's condition must be bool, got {}",
-                    inputs[0].dtype
-                ));
+                return Err(format!("where's condition must be bool, got {}", inputs[0].dtype));
             }
             same_dtype(&inputs[1..])?;
             let s = broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape, &inputs[2].shape])?;
@@ -157,16 +124,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             if a.is_empty() || b.is_empty() {
                 return Err("matmul operands must have rank >= 1".into());
             }
-            let a2: Shape = if a.len() == 1 {
-                vec![1, a[0]]
-            } else {
-                a.clone()
-            };
-            let b2: Shape = if b.len() == 1 {
-                vec![b[0], 1]
-            } else {
-                b.clone()
-            };
+            let a2: Shape = if a.len() == 1 { vec![1, a[0]] } else { a.clone() };
+            let b2: Shape = if b.len() == 1 { vec![b[0], 1] } else { b.clone() };
             let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
             let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
             if k != k2 {
@@ -181,9 +140,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             }
             one(TensorType::new(d, out))
         }
-        Gemm {
-            trans_a, trans_b, ..
-        } => {
+        Gemm { trans_a, trans_b, .. } => {
             arity(op, inputs, 2, 3)?;
             let d = same_dtype(inputs)?;
             if d == DType::Bool {
@@ -196,16 +153,14 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             let (m, k) = if *trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
             let (k2, n) = if *trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
             if k != k2 {
-                return Err(format!("gemm inner dimensions differ: A {a:?} (trans {trans_a}), B {b:?} (trans {trans_b})"));
+                return Err(format!(
+                    "gemm inner dimensions differ: A {a:?} (trans {trans_a}), B {b:?} (trans {trans_b})"
+                ));
             }
             if let Some(c) = inputs.get(2) {
                 let s = broadcast_shapes(&[&c.shape, &[m, n]])?;
                 if s != [m, n] {
-                    return Err(format!(
-                        "gemm C of shape {:?} does not broadcast to {:?}",
-                        c.shape,
-                        [m, n]
-                    ));
+                    return Err(format!("gemm C of shape {:?} does not broadcast to {:?}", c.shape, [m, n]));
                 }
             }
             one(TensorType::new(d, vec![m, n]))
@@ -216,10 +171,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             want_float(op, x)?;
             same_dtype(inputs)?;
             if w.rank() != 4 || x.rank() != 4 {
-                return Err(format!(
-                    "conv needs 4-D input and weights, got {:?} and {:?}",
-                    x.shape, w.shape
-                ));
+                return Err(format!("conv needs 4-D input and weights, got {:?} and {:?}", x.shape, w.shape));
             }
             if *group == 0 || x.shape[1] != w.shape[1] * group || w.shape[0] % group != 0 {
                 return Err(format!(
@@ -228,37 +180,22 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
                 ));
             }
             if [w.shape[2], w.shape[3]] != window.kernel {
-                return Err(format!(
-                    "conv kernel_shape {:?} differs from weights {:?}",
-                    window.kernel, w.shape
-                ));
+                return Err(format!("conv kernel_shape {:?} differs from weights {:?}", window.kernel, w.shape));
             }
             if let Some(b) = inputs.get(2) {
                 if b.shape != [w.shape[0]] {
-                    return Err(format!(
-                        "conv bias must have shape [{}], got {:?}",
-                        w.shape[0], b.shape
-                    ));
+                    return Err(format!("conv bias must have shape [{}], got {:?}", w.shape[0], b.shape));
                 }
             }
-            one(TensorType::new(
-                x.dtype,
-                pool_shape(x, window, false, w.shape[0])?,
-            ))
+            one(TensorType::new(x.dtype, pool_shape(x, window, false, w.shape[0])?))
         }
-        MaxPool { window, ceil_mode }
-        | AveragePool {
-            window, ceil_mode, ..
-        } => {
+        MaxPool { window, ceil_mode } | AveragePool { window, ceil_mode, .. } => {
             arity(op, inputs, 1, 1)?;
             let x = inputs[0];
             if matches!(op, AveragePool { .. }) {
                 want_float(op, x)?;
             }
-            one(TensorType::new(
-                x.dtype,
-                pool_shape(x, window, *ceil_mode, x.shape.get(1).copied().unwrap_or(0))?,
-            ))
+            one(TensorType::new(x.dtype, pool_shape(x, window, *ceil_mode, x.shape.get(1).copied().unwrap_or(0))?))
         }
         BatchNorm { .. } => {
             arity(op, inputs, 5, 5)?;
@@ -266,10 +203,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             want_float(op, x)?;
             same_dtype(inputs)?;
             if x.rank() < 2 {
-                return Err(format!(
-                    "batch_norm input must have rank >= 2, got {:?}",
-                    x.shape
-                ));
+                return Err(format!("batch_norm input must have rank >= 2, got {:?}", x.shape));
             }
             for (i, t) in inputs[1..].iter().enumerate() {
                 if t.shape != [x.shape[1]] {
@@ -287,10 +221,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             arity(op, inputs, 1, 1)?;
             want_float(op, inputs[0])?;
             if inputs[0].rank() < 3 || *size == 0 {
-                return Err(format!(
-                    "lrn needs rank >= 3 and size >= 1, got {:?}, size {size}",
-                    inputs[0].shape
-                ));
+                return Err(format!("lrn needs rank >= 3 and size >= 1, got {:?}, size {size}", inputs[0].shape));
             }
             one(inputs[0].clone())
         }
@@ -298,33 +229,21 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             arity(op, inputs, 1, 1)?;
             want_float(op, inputs[0])?;
             if *axis >= inputs[0].rank() {
-                return Err(format!(
-                    "axis {axis} out of range for rank {}",
-                    inputs[0].rank()
-                ));
+                return Err(format!("axis {axis} out of range for rank {}", inputs[0].rank()));
             }
             one(inputs[0].clone())
         }
-        Reduce {
-            op: r,
-            axes,
-            keepdims,
-        } => {
+        Reduce { op: r, axes, keepdims } => {
             arity(op, inputs, 1, 1)?;
             let x = inputs[0];
             if matches!(r, crate::op::ReduceOp::Mean) {
                 want_float(op, x)?;
             }
-            if x.dtype == DType::Bool
-                && matches!(r, crate::op::ReduceOp::Sum | crate::op::ReduceOp::Prod)
-            {
+            if x.dtype == DType::Bool && matches!(r, crate::op::ReduceOp::Sum | crate::op::ReduceOp::Prod) {
                 return Err(format!("{} is not defined on bool", op.name()));
             }
             if axes.iter().any(|&a| a >= x.rank()) || axes.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(format!(
-                    "reduce axes {axes:?} invalid for rank {}",
-                    x.rank()
-                ));
+                return Err(format!("reduce axes {axes:?} invalid for rank {}", x.rank()));
             }
             let mut s = Vec::new();
             for (i, &d) in x.shape.iter().enumerate() {
@@ -352,20 +271,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             arity(op, inputs, 1, 1)?;
             let x = inputs[0];
             let mut seen = vec![false; x.rank()];
-            if perm.len() != x.rank()
-                || perm
-                    .iter()
-                    .any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true))
-            {
-                return Err(format!(
-                    "perm {perm:?} is not a permutation of rank {}",
-                    x.rank()
-                ));
+            if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+                return Err(format!("perm {perm:?} is not a permutation of rank {}", x.rank()));
             }
-            one(TensorType::new(
-                x.dtype,
-                perm.iter().map(|&p| x.shape[p]).collect::<Shape>(),
-            ))
+            one(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p]).collect::<Shape>()))
         }
         Concat { axis } => {
             if inputs.is_empty() {
@@ -379,12 +288,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             let mut s = inputs[0].shape.clone();
             s[*axis] = 0;
             for t in inputs {
-                if t.rank() != r
-                    || t.shape
-                        .iter()
-                        .enumerate()
-                        .any(|(i, &d)| i != *axis && d != inputs[0].shape[i])
-                {
+                if t.rank() != r || t.shape.iter().enumerate().any(|(i, &d)| i != *axis && d != inputs[0].shape[i]) {
                     return Err(format!(
                         "concat inputs {:?} and {:?} differ outside axis {axis}",
                         inputs[0].shape, t.shape
@@ -394,11 +298,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             }
             one(TensorType::new(d, s))
         }
-        Slice {
-            starts,
-            steps,
-            out_shape,
-        } => {
+        Slice { starts, steps, out_shape } => {
             arity(op, inputs, 1, 1)?;
             let x = inputs[0];
             if starts.len() != x.rank() || steps.len() != x.rank() || out_shape.len() != x.rank() {
@@ -418,10 +318,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
                     || starts[a] >= x.shape[a] as i64
                     || last >= x.shape[a] as i64
                 {
-                    return Err(format!(
-                        "slice axis {a} out of range for shape {:?}",
-                        x.shape
-                    ));
+                    return Err(format!("slice axis {a} out of range for shape {:?}", x.shape));
                 }
             }
             one(TensorType::new(x.dtype, out_shape.clone()))
@@ -430,16 +327,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             arity(op, inputs, 2, 2)?;
             let (x, idx) = (inputs[0], inputs[1]);
             if !idx.dtype.is_int() {
-                return Err(format!(
-                    "gather indices must be integers, got {}",
-                    idx.dtype
-                ));
+                return Err(format!("gather indices must be integers, got {}", idx.dtype));
             }
             if *axis >= x.rank() {
-                return Err(format!(
-                    "gather axis {axis} out of range for rank {}",
-                    x.rank()
-                ));
+                return Err(format!("gather axis {axis} out of range for rank {}", x.rank()));
             }
             let mut s: Shape = x.shape[..*axis].to_vec();
             s.extend_from_slice(&idx.shape);

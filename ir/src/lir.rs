@@ -69,10 +69,7 @@ impl View {
             dtype,
             offset: 0,
             extents: shape.to_vec(),
-            strides: crate::strides_of(shape)
-                .into_iter()
-                .map(|s| s as i64)
-                .collect(),
+            strides: crate::strides_of(shape).into_iter().map(|s| s as i64).collect(),
         }
     }
     pub fn numel(&self) -> usize {
@@ -166,11 +163,7 @@ impl Expr {
         Expr::Const(Scalar::F32(x))
     }
     pub fn load(operand: usize, index: Vec<Expr>) -> Expr {
-        Expr::Load {
-            operand,
-            index,
-            pad: None,
-        }
+        Expr::Load { operand, index, pad: None }
     }
     pub fn unary(op: UnaryOp, a: Expr) -> Expr {
         Expr::Unary(op, Box::new(a))
@@ -241,22 +234,14 @@ impl Expr {
     /// Rebuilds the expression bottom-up, replacing each node by `f(node)`.
     pub fn map(self, f: &mut impl FnMut(Expr) -> Expr) -> Expr {
         let e = match self {
-            Expr::Load {
-                operand,
-                index,
-                pad,
-            } => Expr::Load {
-                operand,
-                index: index.into_iter().map(|e| e.map(f)).collect(),
-                pad,
-            },
+            Expr::Load { operand, index, pad } => {
+                Expr::Load { operand, index: index.into_iter().map(|e| e.map(f)).collect(), pad }
+            }
             Expr::Unary(op, a) => Expr::Unary(op, Box::new(a.map(f))),
             Expr::Cast(t, a) => Expr::Cast(t, Box::new(a.map(f))),
             Expr::Binary(op, a, b) => Expr::Binary(op, Box::new(a.map(f)), Box::new(b.map(f))),
             Expr::Cmp(op, a, b) => Expr::Cmp(op, Box::new(a.map(f)), Box::new(b.map(f))),
-            Expr::Select(c, a, b) => {
-                Expr::Select(Box::new(c.map(f)), Box::new(a.map(f)), Box::new(b.map(f)))
-            }
+            Expr::Select(c, a, b) => Expr::Select(Box::new(c.map(f)), Box::new(a.map(f)), Box::new(b.map(f))),
             leaf => leaf,
         };
         f(e)
@@ -328,9 +313,7 @@ impl Kernel {
                 let mut ok = true;
                 self.body.visit(&mut |e| {
                     if let Expr::Load { operand, index, .. } = e {
-                        if *operand == k
-                            && !index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d))
-                        {
+                        if *operand == k && !index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d)) {
                             ok = false;
                         }
                     }
@@ -360,10 +343,7 @@ impl Instr {
     /// Buffers read, then buffers written.
     pub fn reads_writes(&self) -> (Vec<BufferId>, Vec<BufferId>) {
         match self {
-            Instr::Kernel(k) => (
-                k.inputs.iter().map(|v| v.buffer).collect(),
-                vec![k.output.buffer],
-            ),
+            Instr::Kernel(k) => (k.inputs.iter().map(|v| v.buffer).collect(), vec![k.output.buffer]),
             Instr::Copy { dst, src, .. } => (vec![*src], vec![*dst]),
         }
     }
@@ -383,20 +363,9 @@ pub struct Program {
 }
 
 impl Program {
-    pub fn add_buffer(
-        &mut self,
-        kind: BufferKind,
-        bytes: usize,
-        name: impl Into<String>,
-    ) -> BufferId {
+    pub fn add_buffer(&mut self, kind: BufferKind, bytes: usize, name: impl Into<String>) -> BufferId {
         let id = BufferId(self.buffers.len() as u32);
-        self.buffers.push(Buffer {
-            kind,
-            bytes,
-            name: name.into(),
-            offset: None,
-            fused: false,
-        });
+        self.buffers.push(Buffer { kind, bytes, name: name.into(), offset: None, fused: false });
         id
     }
     pub fn buffer(&self, b: BufferId) -> &Buffer {
@@ -421,11 +390,7 @@ impl fmt::Display for Expr {
             Expr::Var(d) => write!(f, "i{d}"),
             Expr::Const(s) => write!(f, "{s}"),
             Expr::Acc => write!(f, "acc"),
-            Expr::Load {
-                operand,
-                index,
-                pad,
-            } => {
+            Expr::Load { operand, index, pad } => {
                 write!(f, "in{operand}[")?;
                 for (i, e) in index.iter().enumerate() {
                     if i > 0 {
@@ -450,11 +415,7 @@ impl fmt::Display for Expr {
 
 impl fmt::Display for View {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}<{} +{} {:?}:{:?}>",
-            self.buffer, self.dtype, self.offset, self.extents, self.strides
-        )
+        write!(f, "{}<{} +{} {:?}:{:?}>", self.buffer, self.dtype, self.offset, self.extents, self.strides)
     }
 }
 
@@ -471,20 +432,12 @@ pub fn print(p: &Program) -> String {
             BufferKind::Activation => "activation".to_string(),
         };
         let at = b.offset.map(|o| format!(" at {o}")).unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "  buffer @{i} {kind} \"{}\" {} bytes{at}",
-            b.name, b.bytes
-        );
+        let _ = writeln!(s, "  buffer @{i} {kind} \"{}\" {} bytes{at}", b.name, b.bytes);
     }
     for (i, ins) in p.instrs.iter().enumerate() {
         match ins {
             Instr::Kernel(k) => {
-                let _ = writeln!(
-                    s,
-                    "  {i}: kernel \"{}\" domain {:?} par {}",
-                    k.name, k.domain, k.n_par
-                );
+                let _ = writeln!(s, "  {i}: kernel \"{}\" domain {:?} par {}", k.name, k.domain, k.n_par);
                 for (j, v) in k.inputs.iter().enumerate() {
                     let _ = writeln!(s, "       in{j} = {v}");
                 }
@@ -494,28 +447,15 @@ pub fn print(p: &Program) -> String {
                         let _ = writeln!(s, "       out[i..] = {}", k.body);
                     }
                     Some(r) => {
-                        let _ = writeln!(
-                            s,
-                            "       acc = {:?} from {} of {}",
-                            r.combine, r.init, k.body
-                        );
+                        let _ = writeln!(s, "       acc = {:?} from {} of {}", r.combine, r.init, k.body);
                         if let Some(fin) = &r.finalize {
                             let _ = writeln!(s, "       out[i..] = {fin}");
                         }
                     }
                 }
             }
-            Instr::Copy {
-                dst,
-                dst_offset,
-                src,
-                src_offset,
-                bytes,
-            } => {
-                let _ = writeln!(
-                    s,
-                    "  {i}: copy {dst}+{dst_offset} <- {src}+{src_offset} {bytes} bytes"
-                );
+            Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
+                let _ = writeln!(s, "  {i}: copy {dst}+{dst_offset} <- {src}+{src_offset} {bytes} bytes");
             }
         }
     }

@@ -89,19 +89,13 @@ impl Window {
         if self.kernel[a] == 0 || self.dilations[a] == 0 {
             return None;
         }
-        let eff = self.dilations[a]
-            .checked_mul(self.kernel[a] - 1)?
-            .checked_add(1)?;
+        let eff = self.dilations[a].checked_mul(self.kernel[a] - 1)?.checked_add(1)?;
         let padded = n.checked_add(self.pads[a])?.checked_add(self.pads[a + 2])?;
         if padded < eff || self.strides[a] == 0 {
             return None;
         }
         let span = padded - eff;
-        let mut out = if ceil_mode {
-            span.div_ceil(self.strides[a])
-        } else {
-            span / self.strides[a]
-        } + 1;
+        let mut out = if ceil_mode { span.div_ceil(self.strides[a]) } else { span / self.strides[a] } + 1;
         // ONNX/PyTorch rule: the last window must start inside the input or the left padding.
         if ceil_mode && (out - 1) * self.strides[a] >= n + self.pads[a] {
             out -= 1;
@@ -280,9 +274,6 @@ impl Op {
 
     /// Elementwise ops (one output element from the same-index elements of the broadcast inputs).
     pub fn is_elementwise(&self) -> bool {
-        matches!(
-            self,
-            Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. }
-        )
+        matches!(self, Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. })
     }
 }

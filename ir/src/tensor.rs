@@ -46,22 +46,14 @@ impl Tensor {
     /// Builds a tensor from raw little-endian bytes; checks the length.
     pub fn from_bytes(ty: TensorType, data: Bytes) -> Result<Tensor, String> {
         if data.len() != ty.bytes() {
-            return Err(format!(
-                "tensor of type {ty} needs {} bytes, got {}",
-                ty.bytes(),
-                data.len()
-            ));
+            return Err(format!("tensor of type {ty} needs {} bytes, got {}", ty.bytes(), data.len()));
         }
         Ok(Tensor { ty, data })
     }
 
     pub fn from_data(shape: impl Into<Shape>, data: Data) -> Tensor {
         let shape = shape.into();
-        assert_eq!(
-            numel(&shape),
-            data.len(),
-            "tensor data length does not match shape {shape:?}"
-        );
+        assert_eq!(numel(&shape), data.len(), "tensor data length does not match shape {shape:?}");
         let dtype = data.dtype();
         let bytes: Vec<u8> = match data {
             Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -69,10 +61,7 @@ impl Tensor {
             Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
         };
-        Tensor {
-            ty: TensorType::new(dtype, shape),
-            data: Bytes::from(bytes),
-        }
+        Tensor { ty: TensorType::new(dtype, shape), data: Bytes::from(bytes) }
     }
 
     pub fn f32(shape: impl Into<Shape>, v: Vec<f32>) -> Tensor {
@@ -105,21 +94,9 @@ impl Tensor {
     pub fn data(&self) -> Data {
         let b = &self.data[..];
         match self.ty.dtype {
-            DType::F32 => Data::F32(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::I32 => Data::I32(
-                b.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            DType::I64 => Data::I64(
-                b.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
+            DType::F32 => Data::F32(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::I32 => Data::I32(b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::I64 => Data::I64(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
             DType::Bool => Data::Bool(b.iter().map(|&x| x != 0).collect()),
         }
     }
@@ -147,10 +124,7 @@ impl Tensor {
     /// The same bytes with another shape of equal element count.
     pub fn reshaped(&self, shape: Shape) -> Tensor {
         assert_eq!(numel(&shape), self.numel());
-        Tensor {
-            ty: TensorType::new(self.ty.dtype, shape),
-            data: self.data.clone(),
-        }
+        Tensor { ty: TensorType::new(self.ty.dtype, shape), data: self.data.clone() }
     }
 
     /// A cheap content fingerprint, used by CSE to compare constants.

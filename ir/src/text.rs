@@ -68,13 +68,7 @@ fn quote(s: &str) -> String {
 
 /// `[a,b,c]` (attribute lists, written like shapes).
 fn list<T: ToString>(v: &[T]) -> String {
-    format!(
-        "[{}]",
-        v.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    )
+    format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
 }
 
 fn window_attrs(w: &Window) -> Vec<(&'static str, String)> {
@@ -102,12 +96,7 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             vec![]
         }
         Op::Cast { to } => vec![("to", to.name().to_string())],
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-        } => vec![
+        Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
             ("alpha", f(*alpha)),
             ("beta", f(*beta)),
             ("trans_a", trans_a.to_string()),
@@ -123,34 +112,17 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             a.push(("ceil_mode", ceil_mode.to_string()));
             a
         }
-        Op::AveragePool {
-            window,
-            ceil_mode,
-            count_include_pad,
-        } => {
+        Op::AveragePool { window, ceil_mode, count_include_pad } => {
             let mut a = window_attrs(window);
             a.push(("ceil_mode", ceil_mode.to_string()));
             a.push(("count_include_pad", count_include_pad.to_string()));
             a
         }
         Op::BatchNorm { epsilon } => vec![("epsilon", f(*epsilon))],
-        Op::Lrn {
-            size,
-            alpha,
-            beta,
-            bias,
-        } => {
-            vec![
-                ("size", size.to_string()),
-                ("alpha", f(*alpha)),
-                ("beta", f(*beta)),
-                ("bias", f(*bias)),
-            ]
+        Op::Lrn { size, alpha, beta, bias } => {
+            vec![("size", size.to_string()), ("alpha", f(*alpha)), ("beta", f(*beta)), ("bias", f(*bias))]
         }
-        Op::Softmax { axis }
-        | Op::LogSoftmax { axis }
-        | Op::Concat { axis }
-        | Op::Gather { axis } => {
+        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Concat { axis } | Op::Gather { axis } => {
             vec![("axis", axis.to_string())]
         }
         Op::Reduce { axes, keepdims, .. } => {
@@ -158,27 +130,11 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         }
         Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", list(shape))],
         Op::Transpose { perm } => vec![("perm", list(perm))],
-        Op::Slice {
-            starts,
-            steps,
-            out_shape,
-        } => {
-            vec![
-                ("starts", list(starts)),
-                ("steps", list(steps)),
-                ("out_shape", list(out_shape)),
-            ]
+        Op::Slice { starts, steps, out_shape } => {
+            vec![("starts", list(starts)), ("steps", list(steps)), ("out_shape", list(out_shape))]
         }
-        Op::Unsupported {
-            op_type,
-            domain,
-            opset,
-        } => {
-            vec![
-                ("op_type", quote(op_type)),
-                ("domain", quote(domain)),
-                ("opset", opset.to_string()),
-            ]
+        Op::Unsupported { op_type, domain, opset } => {
+            vec![("op_type", quote(op_type)), ("domain", quote(domain)), ("opset", opset.to_string())]
         }
     }
 }
@@ -228,20 +184,9 @@ pub fn print(g: &Graph) -> String {
     };
     for &nid in g.order() {
         let node = g.node(nid);
-        let results: Vec<String> = node
-            .outputs
-            .iter()
-            .map(|&v| head(def(&mut num, v), v))
-            .collect();
+        let results: Vec<String> = node.outputs.iter().map(|&v| head(def(&mut num, v), v)).collect();
         let args: Vec<String> = node.inputs.iter().map(|&v| operand(&num, v)).collect();
-        write!(
-            out,
-            "  {} = {}({})",
-            results.join(", "),
-            node.op.name(),
-            args.join(", ")
-        )
-        .unwrap();
+        write!(out, "  {} = {}({})", results.join(", "), node.op.name(), args.join(", ")).unwrap();
         let a = attrs(&node.op);
         if !a.is_empty() {
             let kv: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -289,9 +234,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, String> {
                     it.next();
                 }
             }
-            '%' | '{' | '}' | '(' | ')' | '[' | ']' | ':' | '=' | ',' | '#' => {
-                toks.push((Tok::Punct(c), line))
-            }
+            '%' | '{' | '}' | '(' | ')' | '[' | ']' | ':' | '=' | ',' | '#' => toks.push((Tok::Punct(c), line)),
             '"' => {
                 let start = line;
                 let mut s = String::new();
@@ -299,11 +242,7 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, String> {
                     match it.next() {
                         None => return Err(format!("line {start}: unterminated string")),
                         Some('"') => break,
-                        Some('\n') => {
-                            return Err(format!(
-                                "line {start}: newline in a string (write it as \\n)"
-                            ))
-                        }
+                        Some('\n') => return Err(format!("line {start}: newline in a string (write it as \\n)")),
                         Some('\\') => match it.next() {
                             Some('"') => s.push('"'),
                             Some('\\') => s.push('\\'),
@@ -318,11 +257,8 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, String> {
                                     }
                                     hex.push(c);
                                 }
-                                let ch =
-                                    u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
-                                s.push(ch.ok_or_else(|| {
-                                    format!("line {line}: bad escape \\u{{{hex}}}")
-                                })?);
+                                let ch = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
+                                s.push(ch.ok_or_else(|| format!("line {line}: bad escape \\u{{{hex}}}"))?);
                             }
                             e => {
                                 return Err(format!(
@@ -364,41 +300,30 @@ struct Attrs(BTreeMap<String, AttrVal>);
 
 impl Attrs {
     fn take(&mut self, k: &str) -> Result<AttrVal, String> {
-        self.0
-            .remove(k)
-            .ok_or_else(|| format!("missing attribute `{k}`"))
+        self.0.remove(k).ok_or_else(|| format!("missing attribute `{k}`"))
     }
     fn word<T: std::str::FromStr>(&mut self, k: &str) -> Result<T, String> {
         match self.take(k)? {
-            AttrVal::Word(w) => w
-                .parse()
-                .map_err(|_| format!("attribute `{k}`: cannot parse `{w}`")),
+            AttrVal::Word(w) => w.parse().map_err(|_| format!("attribute `{k}`: cannot parse `{w}`")),
             v => Err(format!("attribute `{k}` must be a single value, got {v:?}")),
         }
     }
     fn list<T: std::str::FromStr>(&mut self, k: &str) -> Result<Vec<T>, String> {
         match self.take(k)? {
-            AttrVal::List(ws) => ws
-                .iter()
-                .map(|w| {
-                    w.parse()
-                        .map_err(|_| format!("attribute `{k}`: cannot parse `{w}`"))
-                })
-                .collect(),
+            AttrVal::List(ws) => {
+                ws.iter().map(|w| w.parse().map_err(|_| format!("attribute `{k}`: cannot parse `{w}`"))).collect()
+            }
             v => Err(format!("attribute `{k}` must be a list, got {v:?}")),
         }
     }
     fn array<const N: usize>(&mut self, k: &str) -> Result<[usize; N], String> {
         let v: Vec<usize> = self.list(k)?;
-        v.try_into()
-            .map_err(|v: Vec<usize>| format!("attribute `{k}` needs {N} values, got {}", v.len()))
+        v.try_into().map_err(|v: Vec<usize>| format!("attribute `{k}` needs {N} values, got {}", v.len()))
     }
     fn string(&mut self, k: &str) -> Result<String, String> {
         match self.take(k)? {
             AttrVal::Str(s) => Ok(s),
-            v => Err(format!(
-                "attribute `{k}` must be a quoted string, got {v:?}"
-            )),
+            v => Err(format!("attribute `{k}` must be a quoted string, got {v:?}")),
         }
     }
     fn window(&mut self) -> Result<Window, String> {
@@ -416,11 +341,7 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
     use BinaryOp as B;
     use UnaryOp as U;
     let reduce = |a: &mut Attrs, op| -> Result<Op, String> {
-        Ok(Op::Reduce {
-            op,
-            axes: a.list("axes")?,
-            keepdims: a.word("keepdims")?,
-        })
+        Ok(Op::Reduce { op, axes: a.list("axes")?, keepdims: a.word("keepdims")? })
     };
     Ok(match name {
         "add" => Op::Binary(B::Add),
@@ -430,9 +351,7 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "pow" => Op::Binary(B::Pow),
         "max" => Op::Binary(B::Max),
         "min" => Op::Binary(B::Min),
-        "mod" => Op::Binary(B::Mod {
-            fmod: a.word("fmod")?,
-        }),
+        "mod" => Op::Binary(B::Mod { fmod: a.word("fmod")? }),
         "and" => Op::Binary(B::And),
         "or" => Op::Binary(B::Or),
         "xor" => Op::Binary(B::Xor),
@@ -455,23 +374,13 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "ceil" => Op::Unary(U::Ceil),
         "not" => Op::Unary(U::Not),
         "sign" => Op::Unary(U::Sign),
-        "leaky_relu" => Op::Unary(U::LeakyRelu {
-            alpha: a.word("alpha")?,
-        }),
-        "hard_sigmoid" => Op::Unary(U::HardSigmoid {
-            alpha: a.word("alpha")?,
-            beta: a.word("beta")?,
-        }),
-        "clip" => Op::Unary(U::Clip {
-            lo: a.word("lo")?,
-            hi: a.word("hi")?,
-        }),
+        "leaky_relu" => Op::Unary(U::LeakyRelu { alpha: a.word("alpha")? }),
+        "hard_sigmoid" => Op::Unary(U::HardSigmoid { alpha: a.word("alpha")?, beta: a.word("beta")? }),
+        "clip" => Op::Unary(U::Clip { lo: a.word("lo")?, hi: a.word("hi")? }),
         "where" => Op::Where,
         "cast" => {
             let to: String = a.word("to")?;
-            Op::Cast {
-                to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))?,
-            }
+            Op::Cast { to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))? }
         }
         "matmul" => Op::MatMul,
         "gemm" => Op::Gemm {
@@ -480,65 +389,34 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
             trans_a: a.word("trans_a")?,
             trans_b: a.word("trans_b")?,
         },
-        "conv" => Op::Conv {
-            window: a.window()?,
-            group: a.word("group")?,
-        },
-        "max_pool" => Op::MaxPool {
-            window: a.window()?,
-            ceil_mode: a.word("ceil_mode")?,
-        },
+        "conv" => Op::Conv { window: a.window()?, group: a.word("group")? },
+        "max_pool" => Op::MaxPool { window: a.window()?, ceil_mode: a.word("ceil_mode")? },
         "average_pool" => Op::AveragePool {
             window: a.window()?,
             ceil_mode: a.word("ceil_mode")?,
             count_include_pad: a.word("count_include_pad")?,
         },
-        "batch_norm" => Op::BatchNorm {
-            epsilon: a.word("epsilon")?,
-        },
-        "lrn" => Op::Lrn {
-            size: a.word("size")?,
-            alpha: a.word("alpha")?,
-            beta: a.word("beta")?,
-            bias: a.word("bias")?,
-        },
-        "softmax" => Op::Softmax {
-            axis: a.word("axis")?,
-        },
-        "log_softmax" => Op::LogSoftmax {
-            axis: a.word("axis")?,
-        },
+        "batch_norm" => Op::BatchNorm { epsilon: a.word("epsilon")? },
+        "lrn" => {
+            Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? }
+        }
+        "softmax" => Op::Softmax { axis: a.word("axis")? },
+        "log_softmax" => Op::LogSoftmax { axis: a.word("axis")? },
         "reduce_sum" => reduce(a, ReduceOp::Sum)?,
         "reduce_mean" => reduce(a, ReduceOp::Mean)?,
         "reduce_max" => reduce(a, ReduceOp::Max)?,
         "reduce_min" => reduce(a, ReduceOp::Min)?,
         "reduce_prod" => reduce(a, ReduceOp::Prod)?,
-        "reshape" => Op::Reshape {
-            shape: a.list("shape")?,
-        },
-        "transpose" => Op::Transpose {
-            perm: a.list("perm")?,
-        },
-        "concat" => Op::Concat {
-            axis: a.word("axis")?,
-        },
-        "slice" => Op::Slice {
-            starts: a.list("starts")?,
-            steps: a.list("steps")?,
-            out_shape: a.list("out_shape")?,
-        },
-        "gather" => Op::Gather {
-            axis: a.word("axis")?,
-        },
-        "expand" => Op::Expand {
-            shape: a.list("shape")?,
-        },
+        "reshape" => Op::Reshape { shape: a.list("shape")? },
+        "transpose" => Op::Transpose { perm: a.list("perm")? },
+        "concat" => Op::Concat { axis: a.word("axis")? },
+        "slice" => Op::Slice { starts: a.list("starts")?, steps: a.list("steps")?, out_shape: a.list("out_shape")? },
+        "gather" => Op::Gather { axis: a.word("axis")? },
+        "expand" => Op::Expand { shape: a.list("shape")? },
         "identity" => Op::Identity,
-        "unsupported" => Op::Unsupported {
-            op_type: a.string("op_type")?,
-            domain: a.string("domain")?,
-            opset: a.word("opset")?,
-        },
+        "unsupported" => {
+            Op::Unsupported { op_type: a.string("op_type")?, domain: a.string("domain")?, opset: a.word("opset")? }
+        }
         _ => return Err(format!("unknown op `{name}`")),
     })
 }
@@ -614,10 +492,7 @@ impl Parser {
                 self.pos += 1;
                 Ok(s)
             }
-            _ => self.err(format!(
-                "expected a quoted string, found {}",
-                self.describe()
-            )),
+            _ => self.err(format!("expected a quoted string, found {}", self.describe())),
         }
     }
     fn keyword(&mut self, k: &str) -> Result<(), String> {
@@ -633,8 +508,7 @@ impl Parser {
     fn value_number(&mut self) -> Result<u32, String> {
         self.expect('%')?;
         let w = self.word()?;
-        w.parse()
-            .or_else(|_| self.err(format!("bad value number `%{w}`")))
+        w.parse().or_else(|_| self.err(format!("bad value number `%{w}`")))
     }
     fn value_use(&mut self) -> Result<ValueId, String> {
         let n = self.value_number()?;
@@ -677,8 +551,7 @@ impl Parser {
         self.expect('[')?;
         let dims = self.list_of(']', |p| {
             let w = p.word()?;
-            w.parse::<usize>()
-                .or_else(|_| p.err(format!("bad dimension `{w}`")))
+            w.parse::<usize>().or_else(|_| p.err(format!("bad dimension `{w}`")))
         })?;
         Ok(TensorType::new(dtype, dims))
     }
@@ -693,13 +566,7 @@ impl Parser {
         if fused {
             self.pos += 1;
         }
-        Ok(Head {
-            n,
-            name,
-            ty,
-            line,
-            fused,
-        })
+        Ok(Head { n, name, ty, line, fused })
     }
     /// Binds text number `h.n` to `v` and restores the value's `fused` mark.
     fn define_head(&mut self, g: &mut Graph, h: &Head, v: ValueId) -> Result<(), String> {
@@ -725,9 +592,7 @@ impl Parser {
             ));
         }
         fn all<T: std::str::FromStr>(ws: &[String]) -> Result<Vec<T>, String> {
-            ws.iter()
-                .map(|w| w.parse().map_err(|_| format!("cannot parse element `{w}`")))
-                .collect()
+            ws.iter().map(|w| w.parse().map_err(|_| format!("cannot parse element `{w}`"))).collect()
         }
         let data = match ty.dtype {
             DType::F32 => all(&words).map(Data::F32),
@@ -773,16 +638,8 @@ impl Parser {
         let op_name = self.word()?;
         self.expect('(')?;
         let inputs = self.list_of(')', Self::value_use)?;
-        let mut attrs = if self.eat('{') {
-            self.attrs()?
-        } else {
-            Attrs(BTreeMap::new())
-        };
-        let node_name = if self.eat('#') {
-            self.string()?
-        } else {
-            String::new()
-        };
+        let mut attrs = if self.eat('{') { self.attrs()? } else { Attrs(BTreeMap::new()) };
+        let node_name = if self.eat('#') { self.string()? } else { String::new() };
         let op = build_op(&op_name, &mut attrs).map_err(|e| format!("line {line}: {e}"))?;
         if let Some(k) = attrs.0.keys().next() {
             return Err(format!("line {line}: {op_name} has no attribute `{k}`"));
@@ -792,8 +649,7 @@ impl Parser {
         let outs = if matches!(op, Op::Unsupported { .. }) {
             g.add_placeholder(op, &inputs, node_name, &names, tys.clone())
         } else {
-            g.add_node(op, &inputs, node_name, &names)
-                .map_err(|e| format!("line {line}: {e}"))?
+            g.add_node(op, &inputs, node_name, &names).map_err(|e| format!("line {line}: {e}"))?
         };
         let got: Vec<&TensorType> = outs.iter().map(|&v| g.ty(v)).collect();
         if got.len() != tys.len() || got.iter().zip(&tys).any(|(a, b)| *a != b) {
@@ -814,11 +670,7 @@ impl Parser {
 
 /// Parses the text form back into a graph (see the module docs for the grammar).
 pub fn parse(src: &str) -> Result<Graph, String> {
-    let mut p = Parser {
-        toks: lex(src)?,
-        pos: 0,
-        ids: HashMap::new(),
-    };
+    let mut p = Parser { toks: lex(src)?, pos: 0, ids: HashMap::new() };
     p.keyword("graph")?;
     let mut g = Graph::new(p.string()?);
     p.expect('{')?;
@@ -848,12 +700,7 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                 g.outputs.push(v);
             }
             Tok::Punct('%') => p.node(&mut g)?,
-            _ => {
-                return p.err(format!(
-                    "expected `input`, `const`, `output`, a node or `}}`, found {}",
-                    p.describe()
-                ))
-            }
+            _ => return p.err(format!("expected `input`, `const`, `output`, a node or `}}`, found {}", p.describe())),
         }
     }
     if *p.peek() != Tok::Eof {
@@ -868,62 +715,24 @@ mod tests {
     use crate::op::{BinaryOp as B, CmpOp as C, ReduceOp as R, UnaryOp as U};
 
     fn node(g: &mut Graph, op: Op, inputs: &[ValueId], name: &str) -> ValueId {
-        g.add_node(op, inputs, name, &[])
-            .unwrap_or_else(|e| panic!("{e}"))[0]
+        g.add_node(op, inputs, name, &[]).unwrap_or_else(|e| panic!("{e}"))[0]
     }
     fn win(k: usize, s: usize, p: usize) -> Window {
-        Window {
-            kernel: [k, k],
-            strides: [s, s],
-            pads: [p; 4],
-            dilations: [1, 1],
-        }
+        Window { kernel: [k, k], strides: [s, s], pads: [p; 4], dilations: [1, 1] }
     }
 
     /// A small convolutional classifier, with one constant too large to print inline.
     fn small_net() -> Graph {
         let mut g = Graph::new("tiny net");
         let x = g.add_input("x", TensorType::new(DType::F32, vec![1, 3, 4, 4]));
-        let w = g.add_const(
-            "conv.w",
-            Tensor::f32(vec![2, 3, 1, 1], vec![0.5, -1.0, 0.25, 1.0, 0.0, -0.125]),
-        );
+        let w = g.add_const("conv.w", Tensor::f32(vec![2, 3, 1, 1], vec![0.5, -1.0, 0.25, 1.0, 0.0, -0.125]));
         let b = g.add_const("conv.b", Tensor::f32(vec![2], vec![0.1, -0.2]));
-        let fc = g.add_const(
-            "fc.w",
-            Tensor::f32(vec![5, 8], (0..40).map(|i| i as f32 / 8.0).collect()),
-        );
-        let c = node(
-            &mut g,
-            Op::Conv {
-                window: win(1, 1, 0),
-                group: 1,
-            },
-            &[x, w, b],
-            "conv1",
-        );
+        let fc = g.add_const("fc.w", Tensor::f32(vec![5, 8], (0..40).map(|i| i as f32 / 8.0).collect()));
+        let c = node(&mut g, Op::Conv { window: win(1, 1, 0), group: 1 }, &[x, w, b], "conv1");
         let r = node(&mut g, Op::Unary(U::Relu), &[c], "relu1");
-        let p = node(
-            &mut g,
-            Op::MaxPool {
-                window: win(2, 2, 0),
-                ceil_mode: false,
-            },
-            &[r],
-            "pool1",
-        );
+        let p = node(&mut g, Op::MaxPool { window: win(2, 2, 0), ceil_mode: false }, &[r], "pool1");
         let f = node(&mut g, Op::Reshape { shape: vec![1, 8] }, &[p], "flatten");
-        let y = node(
-            &mut g,
-            Op::Gemm {
-                alpha: 1.0,
-                beta: 1.0,
-                trans_a: false,
-                trans_b: true,
-            },
-            &[f, fc],
-            "fc",
-        );
+        let y = node(&mut g, Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true }, &[f, fc], "fc");
         let s = node(&mut g, Op::Softmax { axis: 1 }, &[y], "");
         g.value_mut(s).name = "probs".into();
         g.outputs.push(s);
@@ -935,10 +744,7 @@ mod tests {
         let g = small_net();
         insta::assert_snapshot!(print(&g));
         let err = parse(&print(&g)).unwrap_err();
-        assert!(
-            err.contains("line 5") && err.contains("elided") && err.contains("\"fc.w\""),
-            "{err}"
-        );
+        assert!(err.contains("line 5") && err.contains("elided") && err.contains("\"fc.w\""), "{err}");
     }
 
     /// Every op variant, with awkward floats, strings and constants.
@@ -951,10 +757,7 @@ mod tests {
         let x = g.add_input("x", f32t(&[1, 4, 5, 5]));
         let m = g.add_const(
             "m",
-            Tensor::f32(
-                vec![3, 2],
-                vec![0.1, -0.0, 1e-30, f32::MAX, f32::INFINITY, f32::MIN_POSITIVE],
-            ),
+            Tensor::f32(vec![3, 2], vec![0.1, -0.0, 1e-30, f32::MAX, f32::INFINITY, f32::MIN_POSITIVE]),
         );
         let k = g.add_const("k", Tensor::i32(vec![2], vec![i32::MIN, 7]));
         let idx = g.add_const("idx", Tensor::i64(vec![2], vec![-1, i64::MAX]));
@@ -962,29 +765,14 @@ mod tests {
         let flags = g.add_const("flags", Tensor::bool(vec![], vec![true]));
         let _ = node(&mut g, Op::Binary(B::And), &[bo, flags], "");
         let _ = node(&mut g, Op::Unary(U::Abs), &[k], "abs_k");
-        for op in [
-            B::Add,
-            B::Sub,
-            B::Mul,
-            B::Div,
-            B::Pow,
-            B::Max,
-            B::Min,
-            B::Mod { fmod: true },
-        ] {
+        for op in [B::Add, B::Sub, B::Mul, B::Div, B::Pow, B::Max, B::Min, B::Mod { fmod: true }] {
             node(&mut g, Op::Binary(op), &[a, a], "");
         }
         node(&mut g, Op::Binary(B::Mod { fmod: false }), &[i, i], "");
         for op in [B::And, B::Or, B::Xor] {
             node(&mut g, Op::Binary(op), &[bo, bo], "");
         }
-        for op in [
-            C::Equal,
-            C::Less,
-            C::LessOrEqual,
-            C::Greater,
-            C::GreaterOrEqual,
-        ] {
+        for op in [C::Equal, C::Less, C::LessOrEqual, C::Greater, C::GreaterOrEqual] {
             node(&mut g, Op::Compare(op), &[a, a], "");
         }
         let unary = [
@@ -1002,14 +790,8 @@ mod tests {
             U::Ceil,
             U::Sign,
             U::LeakyRelu { alpha: 0.01 },
-            U::HardSigmoid {
-                alpha: 1.0 / 6.0,
-                beta: 0.5,
-            },
-            U::Clip {
-                lo: f64::NEG_INFINITY,
-                hi: 6.000000000000001,
-            },
+            U::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 },
+            U::Clip { lo: f64::NEG_INFINITY, hi: 6.000000000000001 },
         ];
         for op in unary {
             node(&mut g, Op::Unary(op), &[a], "");
@@ -1019,70 +801,15 @@ mod tests {
         node(&mut g, Op::Cast { to: DType::I32 }, &[a], "");
         node(&mut g, Op::MatMul, &[a, m], "");
         let c2 = g.add_const("c2", Tensor::f32(vec![2, 1], vec![f32::NAN, -1.5]));
-        node(
-            &mut g,
-            Op::Gemm {
-                alpha: 0.1,
-                beta: -2.5e-8,
-                trans_a: true,
-                trans_b: true,
-            },
-            &[m, a, c2],
-            "",
-        );
+        node(&mut g, Op::Gemm { alpha: 0.1, beta: -2.5e-8, trans_a: true, trans_b: true }, &[m, a, c2], "");
         let w = g.add_const("w", Tensor::f32(vec![2, 2, 2, 1], vec![0.0; 8]));
-        let window = Window {
-            kernel: [2, 1],
-            strides: [2, 1],
-            pads: [1, 0, 2, 1],
-            dilations: [1, 2],
-        };
-        node(
-            &mut g,
-            Op::Conv {
-                window: window.clone(),
-                group: 2,
-            },
-            &[x, w],
-            "",
-        );
-        node(
-            &mut g,
-            Op::MaxPool {
-                window: window.clone(),
-                ceil_mode: true,
-            },
-            &[x],
-            "",
-        );
-        node(
-            &mut g,
-            Op::AveragePool {
-                window,
-                ceil_mode: false,
-                count_include_pad: true,
-            },
-            &[x],
-            "",
-        );
+        let window = Window { kernel: [2, 1], strides: [2, 1], pads: [1, 0, 2, 1], dilations: [1, 2] };
+        node(&mut g, Op::Conv { window: window.clone(), group: 2 }, &[x, w], "");
+        node(&mut g, Op::MaxPool { window: window.clone(), ceil_mode: true }, &[x], "");
+        node(&mut g, Op::AveragePool { window, ceil_mode: false, count_include_pad: true }, &[x], "");
         let p4 = g.add_const("p4", Tensor::f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]));
-        node(
-            &mut g,
-            Op::BatchNorm { epsilon: 1e-5 },
-            &[x, p4, p4, p4, p4],
-            "",
-        );
-        node(
-            &mut g,
-            Op::Lrn {
-                size: 3,
-                alpha: 1e-4,
-                beta: 0.75,
-                bias: 2.0,
-            },
-            &[x],
-            "",
-        );
+        node(&mut g, Op::BatchNorm { epsilon: 1e-5 }, &[x, p4, p4, p4, p4], "");
+        node(&mut g, Op::Lrn { size: 3, alpha: 1e-4, beta: 0.75, bias: 2.0 }, &[x], "");
         node(&mut g, Op::Softmax { axis: 1 }, &[a], "");
         node(&mut g, Op::LogSoftmax { axis: 0 }, &[a], "");
         for (op, axes, keepdims) in [
@@ -1094,42 +821,15 @@ mod tests {
         ] {
             node(&mut g, Op::Reduce { op, axes, keepdims }, &[a], "");
         }
-        node(
-            &mut g,
-            Op::Reshape {
-                shape: vec![3, 1, 2],
-            },
-            &[a],
-            "",
-        );
+        node(&mut g, Op::Reshape { shape: vec![3, 1, 2] }, &[a], "");
         node(&mut g, Op::Transpose { perm: vec![1, 0] }, &[a], "");
         node(&mut g, Op::Concat { axis: 1 }, &[a, a, a], "");
-        node(
-            &mut g,
-            Op::Slice {
-                starts: vec![1, 2],
-                steps: vec![-1, -2],
-                out_shape: vec![2, 2],
-            },
-            &[a],
-            "",
-        );
+        node(&mut g, Op::Slice { starts: vec![1, 2], steps: vec![-1, -2], out_shape: vec![2, 2] }, &[a], "");
         node(&mut g, Op::Gather { axis: 1 }, &[a, idx], "");
-        let e = node(
-            &mut g,
-            Op::Expand {
-                shape: vec![4, 1, 1],
-            },
-            &[a],
-            "",
-        );
+        let e = node(&mut g, Op::Expand { shape: vec![4, 1, 1] }, &[a], "");
         g.set_fused(e, true);
         let id = node(&mut g, Op::Identity, &[e], "");
-        let unsupported = Op::Unsupported {
-            op_type: "Loop".into(),
-            domain: "ai.\"onnx\"".into(),
-            opset: 17,
-        };
+        let unsupported = Op::Unsupported { op_type: "Loop".into(), domain: "ai.\"onnx\"".into(), opset: 17 };
         let u = g.add_placeholder(
             unsupported,
             &[a, x],
@@ -1151,23 +851,14 @@ mod tests {
         let h = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(print(&h), text);
         // The ops, names and constants themselves survive, not just their printing.
-        let ops = |g: &Graph| {
-            g.order()
-                .iter()
-                .map(|&n| (g.node(n).op.clone(), g.node(n).name.clone()))
-                .collect::<Vec<_>>()
-        };
+        let ops =
+            |g: &Graph| g.order().iter().map(|&n| (g.node(n).op.clone(), g.node(n).name.clone())).collect::<Vec<_>>();
         assert_eq!(ops(&g), ops(&h));
-        let consts = |g: &Graph| {
-            g.live_constants()
-                .into_iter()
-                .map(|v| g.const_of(v).unwrap().clone())
-                .collect::<Vec<_>>()
-        };
+        let consts =
+            |g: &Graph| g.live_constants().into_iter().map(|v| g.const_of(v).unwrap().clone()).collect::<Vec<_>>();
         assert_eq!(consts(&g), consts(&h));
         assert_eq!(g.name, h.name);
-        let names: std::collections::BTreeSet<&str> =
-            g.order().iter().map(|&n| g.node(n).op.name()).collect();
+        let names: std::collections::BTreeSet<&str> = g.order().iter().map(|&n| g.node(n).op.name()).collect();
         assert_eq!(names.len(), 57, "every op kind appears: {names:?}");
     }
 
@@ -1194,25 +885,18 @@ mod tests {
     fn parse_errors_are_clear() {
         let err = |src: &str| parse(src).unwrap_err();
         let g = |body: &str| format!("graph \"g\" {{\n  input %0 \"x\": f32[2]\n{body}\n}}");
-        assert!(err(&g("  %1 \"y\": f32[3] = relu(%0)"))
-            .contains("line 3: relu results are written as [f32[3]]"));
-        assert!(err(&g("  %1 \"y\": f32[2] = relu(%5)"))
-            .contains("line 3: %5 is used before it is defined"));
+        assert!(err(&g("  %1 \"y\": f32[3] = relu(%0)")).contains("line 3: relu results are written as [f32[3]]"));
+        assert!(err(&g("  %1 \"y\": f32[2] = relu(%5)")).contains("line 3: %5 is used before it is defined"));
         assert!(err(&g("  %1 \"y\": f32[2] = frob(%0)")).contains("unknown op `frob`"));
-        assert!(err(&g("  %1 \"y\": f32[2] = relu(%0) {alpha=1.0}"))
-            .contains("relu has no attribute `alpha`"));
-        assert!(
-            err(&g("  %1 \"y\": f32[2] = leaky_relu(%0)")).contains("missing attribute `alpha`")
-        );
+        assert!(err(&g("  %1 \"y\": f32[2] = relu(%0) {alpha=1.0}")).contains("relu has no attribute `alpha`"));
+        assert!(err(&g("  %1 \"y\": f32[2] = leaky_relu(%0)")).contains("missing attribute `alpha`"));
         assert!(err(&g("  %1 \"y\": f32[2] = add(%0)")).contains("add takes 2..=2 inputs"));
         assert!(err(&g("  input %0 \"z\": f32[2]")).contains("line 3: %0 is defined twice"));
         assert!(err(&g("  const %1 \"c\": i32[2] = [1]")).contains("needs 2 elements, got 1"));
         assert!(err(&g("  const %1 \"c\": i32[1] = [1.5]")).contains("cannot parse element `1.5`"));
         assert!(err(&g("  const %1 \"c\": f16[1] = [1]")).contains("unknown dtype `f16`"));
         assert!(err(&g("  output %0 $")).contains("unexpected character '$'"));
-        assert!(
-            err("graph \"g\" {\n  input %0 \"x: f32[2]\n}").contains("line 2: newline in a string")
-        );
+        assert!(err("graph \"g\" {\n  input %0 \"x: f32[2]\n}").contains("line 2: newline in a string"));
         assert!(err("graph \"g\" {").contains("end of input"));
     }
 

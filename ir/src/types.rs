@@ -29,19 +29,14 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DType, shape: impl Into<Shape>) -> Self {
-        TensorType {
-            dtype,
-            shape: shape.into(),
-        }
+        TensorType { dtype, shape: shape.into() }
     }
     pub fn numel(&self) -> usize {
         numel(&self.shape)
     }
     /// Byte size, or None when it overflows (a hostile or broken shape).
     pub fn checked_bytes(&self) -> Option<usize> {
-        self.shape
-            .iter()
-            .try_fold(self.dtype.size(), |a, &d| a.checked_mul(d))
+        self.shape.iter().try_fold(self.dtype.size(), |a, &d| a.checked_mul(d))
     }
     pub fn bytes(&self) -> usize {
         self.numel() * self.dtype.size()
@@ -53,24 +48,11 @@ impl TensorType {
 
 /// Formats a shape as `2x3x4` (a scalar is empty).
 pub fn fmt_shape(shape: &[usize]) -> String {
-    shape
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("x")
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
 }
 
 impl fmt::Display for TensorType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}[{}]",
-            self.dtype,
-            self.shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        )
+        write!(f, "{}[{}]", self.dtype, self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
     }
 }

@@ -15,31 +15,22 @@ use crate::{Graph, Op, ValueDef, ValueId};
 pub fn verify(g: &Graph) -> Result<(), String> {
     let mut defined: HashSet<ValueId> = g.inputs.iter().copied().collect();
     let mut scheduled = HashSet::new();
-    let is_avail =
-        |defined: &HashSet<ValueId>, v: ValueId| defined.contains(&v) || g.const_of(v).is_some();
+    let is_avail = |defined: &HashSet<ValueId>, v: ValueId| defined.contains(&v) || g.const_of(v).is_some();
     for &n in g.order() {
         let node = g.node(n);
         if !scheduled.insert(n) {
             return Err(format!("node `{}` is scheduled twice", node.name));
         }
         if let Op::Unsupported { op_type, .. } = &node.op {
-            return Err(format!(
-                "node `{}` is an unsupported op {op_type}",
-                node.name
-            ));
+            return Err(format!("node `{}` is an unsupported op {op_type}", node.name));
         }
         for &v in &node.inputs {
             if !is_avail(&defined, v) {
-                return Err(format!(
-                    "node `{}` uses {v} (`{}`) before it is defined",
-                    node.name,
-                    g.value(v).name
-                ));
+                return Err(format!("node `{}` uses {v} (`{}`) before it is defined", node.name, g.value(v).name));
             }
         }
         let tys: Vec<_> = node.inputs.iter().map(|&v| g.ty(v)).collect();
-        let want = infer(&node.op, &tys)
-            .map_err(|e| format!("node `{}` ({}): {e}", node.name, node.op.name()))?;
+        let want = infer(&node.op, &tys).map_err(|e| format!("node `{}` ({}): {e}", node.name, node.op.name()))?;
         let have: Vec<_> = node.outputs.iter().map(|&v| g.ty(v).clone()).collect();
         if want != have {
             return Err(format!(
@@ -50,10 +41,7 @@ pub fn verify(g: &Graph) -> Result<(), String> {
         }
         for (k, &v) in node.outputs.iter().enumerate() {
             if g.value(v).def != ValueDef::Node(n, k) {
-                return Err(format!(
-                    "node `{}` result {k} has a wrong definition",
-                    node.name
-                ));
+                return Err(format!("node `{}` result {k} has a wrong definition", node.name));
             }
             defined.insert(v);
         }

@@ -37,11 +37,7 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
         let c_out_shape = g.ty(c.outputs[0]).shape.clone();
         let mut took_complex = false;
         for (i, &v) in c.inputs.iter().enumerate() {
-            if c.inputs[..i].contains(&v)
-                || g.outputs.contains(&v)
-                || uses.get(&v) != Some(&1)
-                || g.is_fused(v)
-            {
+            if c.inputs[..i].contains(&v) || g.outputs.contains(&v) || uses.get(&v) != Some(&1) || g.is_fused(v) {
                 continue;
             }
             let ValueDef::Node(pid, _) = g.value(v).def else {
@@ -102,15 +98,7 @@ fn compact(k: &mut Kernel) {
         };
     }
     let mut f = |e: Expr| match e {
-        Expr::Load {
-            operand,
-            index,
-            pad,
-        } => Expr::Load {
-            operand: remap[operand],
-            index,
-            pad,
-        },
+        Expr::Load { operand, index, pad } => Expr::Load { operand: remap[operand], index, pad },
         e => e,
     };
     k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut f);
@@ -122,15 +110,7 @@ fn compact(k: &mut Kernel) {
 
 fn shift_operands(e: Expr, by: usize) -> Expr {
     e.map(&mut |e| match e {
-        Expr::Load {
-            operand,
-            index,
-            pad,
-        } => Expr::Load {
-            operand: operand + by,
-            index,
-            pad,
-        },
+        Expr::Load { operand, index, pad } => Expr::Load { operand: operand + by, index, pad },
         e => e,
     })
 }
@@ -148,15 +128,7 @@ fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
                 || (view.strides[off + d] == 0 && ext[d] == 1)
         });
         if lead_ok && dims_ok {
-            return (0..r)
-                .map(|d| {
-                    if ext[d] == 1 {
-                        Expr::i64(0)
-                    } else {
-                        index[off + d].clone()
-                    }
-                })
-                .collect();
+            return (0..r).map(|d| if ext[d] == 1 { Expr::i64(0) } else { index[off + d].clone() }).collect();
         }
     }
     // General case: linearize through the view, then unravel in the producer's layout.
@@ -168,19 +140,11 @@ fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
     }
     (0..r)
         .map(|d| {
-            let q = if dense[d] == 1 {
-                lin.clone()
-            } else {
-                Expr::div(lin.clone(), Expr::i64(dense[d]))
-            };
+            let q = if dense[d] == 1 { lin.clone() } else { Expr::div(lin.clone(), Expr::i64(dense[d])) };
             if d == 0 {
                 q
             } else {
-                Expr::bin(
-                    kiln_ir::BinaryOp::Mod { fmod: true },
-                    q,
-                    Expr::i64(ext[d] as i64),
-                )
+                Expr::bin(kiln_ir::BinaryOp::Mod { fmod: true }, q, Expr::i64(ext[d] as i64))
             }
         })
         .collect()
@@ -207,11 +171,7 @@ fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     let ext = prod.domain.clone();
     let body = shift_operands(prod.body.clone(), base);
     let mut rewrite = |e: Expr| match e {
-        Expr::Load {
-            operand,
-            index,
-            pad: None,
-        } if cons.inputs[operand].buffer == b => {
+        Expr::Load { operand, index, pad: None } if cons.inputs[operand].buffer == b => {
             let j = producer_index(&cons.inputs[operand], &index, &ext);
             body.clone().map(&mut |x| {
                 if let Expr::Var(d) = x {
@@ -241,12 +201,7 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     }
     let mut ok = true;
     cons.body.visit(&mut |e| {
-        if let Expr::Load {
-            operand,
-            index,
-            pad,
-        } = e
-        {
+        if let Expr::Load { operand, index, pad } = e {
             let v = &cons.inputs[*operand];
             if v.buffer == b {
                 let identity = index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d));
@@ -266,15 +221,7 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     let base = prod.inputs.len();
     let fin = cons.body.clone().map(&mut |e| match e {
         Expr::Load { operand, .. } if cons.inputs[operand].buffer == b => acc.clone(),
-        Expr::Load {
-            operand,
-            index,
-            pad,
-        } => Expr::Load {
-            operand: operand + base,
-            index,
-            pad,
-        },
+        Expr::Load { operand, index, pad } => Expr::Load { operand: operand + base, index, pad },
         e => e,
     });
     let mut k = prod.clone();
@@ -298,8 +245,7 @@ pub fn fuse_lir(p: &mut Program) -> usize {
         };
         let b = prod.output.buffer;
         let buf = p.buffer(b);
-        let whole =
-            prod.output.is_dense() && prod.output.numel() * prod.output.dtype.size() == buf.bytes;
+        let whole = prod.output.is_dense() && prod.output.numel() * prod.output.dtype.size() == buf.bytes;
         let touching: Vec<usize> = (0..p.instrs.len())
             .filter(|&j| {
                 j != i && {

@@ -18,11 +18,7 @@ pub enum PassError {
     #[error("node `{node}`: {what} is not supported")]
     Unsupported { node: String, what: String },
     #[error("lowering node `{node}` ({op}): {message}")]
-    Lowering {
-        node: String,
-        op: String,
-        message: String,
-    },
+    Lowering { node: String, op: String, message: String },
     #[error("internal compiler error: the graph is invalid after pass `{pass}`: {message}")]
     Verify { pass: String, message: String },
     #[error("pass `{pass}`: {message}")]
@@ -59,18 +55,12 @@ impl PassManager {
     pub fn run(&self, g: &mut Graph, stop_after: Option<&str>) -> Result<(), PassError> {
         let check = self.verify || cfg!(debug_assertions);
         if check {
-            kiln_ir::verify::verify(g).map_err(|message| PassError::Verify {
-                pass: "import".into(),
-                message,
-            })?;
+            kiln_ir::verify::verify(g).map_err(|message| PassError::Verify { pass: "import".into(), message })?;
         }
         for (name, pass) in PIPELINE {
             pass(g)?;
             if check {
-                kiln_ir::verify::verify(g).map_err(|message| PassError::Verify {
-                    pass: name.to_string(),
-                    message,
-                })?;
+                kiln_ir::verify::verify(g).map_err(|message| PassError::Verify { pass: name.to_string(), message })?;
             }
             if stop_after == Some(*name) {
                 break;

@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use kiln_ir::lir::{
-    Buffer, BufferId, BufferKind, Combine, Expr, Instr, Kernel, Program, Reduction, Scalar, View,
-};
+use kiln_ir::lir::{Buffer, BufferId, BufferKind, Combine, Expr, Instr, Kernel, Program, Reduction, Scalar, View};
 use kiln_ir::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use kiln_ir::{strides_of, DType, Graph, Op, TensorType, ValueDef, ValueId};
 
@@ -33,13 +31,7 @@ pub fn broadcast_view(v: &View, to: &[usize]) -> View {
     for (d, (&e, &s)) in v.extents.iter().zip(&v.strides).enumerate() {
         strides[off + d] = if e == 1 && to[off + d] != 1 { 0 } else { s };
     }
-    View {
-        buffer: v.buffer,
-        dtype: v.dtype,
-        offset: v.offset,
-        extents: to.to_vec(),
-        strides,
-    }
+    View { buffer: v.buffer, dtype: v.dtype, offset: v.offset, extents: to.to_vec(), strides }
 }
 
 fn vars(range: std::ops::Range<usize>) -> Vec<Expr> {
@@ -90,18 +82,11 @@ impl<'g> Lowerer<'g> {
         let loc = match self.loc.get(&v) {
             Some(l) => *l,
             None => {
-                let t = self
-                    .g
-                    .const_of(v)
-                    .expect("operand without a location is a constant")
-                    .clone();
+                let t = self.g.const_of(v).expect("operand without a location is a constant").clone();
                 let name = self.g.value(v).name.clone();
                 let bytes = t.ty.bytes();
                 let b = self.prog.add_buffer(BufferKind::Constant(t), bytes, name);
-                let l = Loc {
-                    buffer: b,
-                    offset: 0,
-                };
+                let l = Loc { buffer: b, offset: 0 };
                 self.loc.insert(v, l);
                 l
             }
@@ -126,26 +111,14 @@ impl<'g> Lowerer<'g> {
         let out_shape = out.extents.clone();
         let rank = out_shape.len();
         match op {
-            Op::Binary(_)
-            | Op::Compare(_)
-            | Op::Unary(_)
-            | Op::Cast { .. }
-            | Op::Where
-            | Op::Identity => {
+            Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Cast { .. } | Op::Where | Op::Identity => {
                 let views: Vec<View> = ins.iter().map(|v| broadcast_view(v, &out_shape)).collect();
-                let args = (0..views.len())
-                    .map(|k| Expr::load(k, vars(0..rank)))
-                    .collect();
+                let args = (0..views.len()).map(|k| Expr::load(k, vars(0..rank))).collect();
                 let body = elementwise_body(op, args);
                 self.emit(elementwise(name, out, views, body));
             }
             Op::MatMul => self.lower_matmul(ins, out, name),
-            Op::Gemm {
-                alpha,
-                beta,
-                trans_a,
-                trans_b,
-            } => {
+            Op::Gemm { alpha, beta, trans_a, trans_b } => {
                 let (m, n) = (out_shape[0], out_shape[1]);
                 let mut a = ins[0].clone();
                 let mut b = ins[1].clone();
@@ -203,10 +176,7 @@ impl<'g> Lowerer<'g> {
                     Expr::Var(4)
                 } else {
                     Expr::add(
-                        Expr::mul(
-                            Expr::div(Expr::Var(1), Expr::i64(cog as i64)),
-                            Expr::i64(cig as i64),
-                        ),
+                        Expr::mul(Expr::div(Expr::Var(1), Expr::i64(cog as i64)), Expr::i64(cig as i64)),
                         Expr::Var(4),
                     )
                 };
@@ -220,10 +190,7 @@ impl<'g> Lowerer<'g> {
                     index: vec![Expr::Var(0), chan, spatial(0), spatial(1)],
                     pad: Some(Scalar::F32(0.0)),
                 };
-                let wl = Expr::load(
-                    1,
-                    vec![Expr::Var(1), Expr::Var(4), Expr::Var(5), Expr::Var(6)],
-                );
+                let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(4), Expr::Var(5), Expr::Var(6)]);
                 let mut inputs = vec![x.clone(), w.clone()];
                 let finalize = ins.get(2).map(|b| {
                     inputs.push(b.clone());
@@ -236,11 +203,7 @@ impl<'g> Lowerer<'g> {
                     inputs,
                     output: out,
                     body: Expr::mul(xl, wl),
-                    reduction: Some(Reduction {
-                        combine: Combine::Add,
-                        init: Scalar::F32(0.0),
-                        finalize,
-                    }),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
                 });
             }
             Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => {
@@ -254,11 +217,7 @@ impl<'g> Lowerer<'g> {
                     Expr::sub(Expr::add(base, tap), Expr::i64(window.pads[a] as i64))
                 };
                 let is_max = matches!(op, Op::MaxPool { .. });
-                let pad = if is_max {
-                    Scalar::extreme(dt, true)
-                } else {
-                    Scalar::of(dt, 0.0)
-                };
+                let pad = if is_max { Scalar::extreme(dt, true) } else { Scalar::of(dt, 0.0) };
                 let body = Expr::Load {
                     operand: 0,
                     index: vec![Expr::Var(0), Expr::Var(1), spatial(0), spatial(1)],
@@ -266,18 +225,9 @@ impl<'g> Lowerer<'g> {
                 };
                 let mut inputs = vec![x.clone()];
                 let reduction = if is_max {
-                    Reduction {
-                        combine: Combine::Max,
-                        init: pad,
-                        finalize: None,
-                    }
+                    Reduction { combine: Combine::Max, init: pad, finalize: None }
                 } else {
-                    let Op::AveragePool {
-                        count_include_pad, ..
-                    } = op
-                    else {
-                        unreachable!()
-                    };
+                    let Op::AveragePool { count_include_pad, .. } = op else { unreachable!() };
                     // Divisors depend only on the output position: precompute 1/count per (oh, ow).
                     let (oh, ow) = (out_shape[2], out_shape[3]);
                     let (h, w) = (x.extents[2] as i64, x.extents[3] as i64);
@@ -289,9 +239,7 @@ impl<'g> Lowerer<'g> {
                             (0, n)
                         };
                         (0..window.kernel[a] as i64)
-                            .filter(|t| {
-                                (lo..hi).contains(&(start + t * window.dilations[a] as i64))
-                            })
+                            .filter(|t| (lo..hi).contains(&(start + t * window.dilations[a] as i64)))
                             .count() as i64
                     };
                     let mut inv = Vec::with_capacity(oh * ow);
@@ -302,19 +250,12 @@ impl<'g> Lowerer<'g> {
                         }
                     }
                     let t = kiln_ir::Tensor::f32(vec![oh, ow], inv);
-                    let b = self.prog.add_buffer(
-                        BufferKind::Constant(t),
-                        oh * ow * 4,
-                        format!("{name}.counts"),
-                    );
+                    let b = self.prog.add_buffer(BufferKind::Constant(t), oh * ow * 4, format!("{name}.counts"));
                     inputs.push(View::dense(b, DType::F32, &[oh, ow]));
                     Reduction {
                         combine: Combine::Add,
                         init: Scalar::F32(0.0),
-                        finalize: Some(Expr::div(
-                            Expr::Acc,
-                            Expr::load(1, vec![Expr::Var(2), Expr::Var(3)]),
-                        )),
+                        finalize: Some(Expr::div(Expr::Acc, Expr::load(1, vec![Expr::Var(2), Expr::Var(3)]))),
                     }
                 };
                 self.emit(Kernel {
@@ -332,49 +273,25 @@ impl<'g> Lowerer<'g> {
                 let chan = |v: &View| {
                     let mut strides = vec![0i64; rank];
                     strides[1] = v.strides[0];
-                    View {
-                        buffer: v.buffer,
-                        dtype: v.dtype,
-                        offset: v.offset,
-                        extents: out_shape.clone(),
-                        strides,
-                    }
+                    View { buffer: v.buffer, dtype: v.dtype, offset: v.offset, extents: out_shape.clone(), strides }
                 };
                 let mut inputs = vec![x.clone()];
                 inputs.extend(ins[1..].iter().map(chan));
                 let l = |k: usize| Expr::load(k, vars(0..rank));
                 let denom = Expr::unary(UnaryOp::Sqrt, Expr::add(l(4), Expr::f32(*epsilon)));
-                let body = Expr::add(
-                    Expr::mul(Expr::div(Expr::sub(l(0), l(3)), denom), l(1)),
-                    l(2),
-                );
+                let body = Expr::add(Expr::mul(Expr::div(Expr::sub(l(0), l(3)), denom), l(1)), l(2));
                 self.emit(elementwise(name, out, inputs, body));
             }
-            Op::Lrn {
-                size,
-                alpha,
-                beta,
-                bias,
-            } => {
+            Op::Lrn { size, alpha, beta, bias } => {
                 let x = ins[0].clone();
                 let half = ((size - 1) / 2) as i64;
                 let mut domain = out_shape.clone();
                 domain.push(*size);
                 let mut idx = vars(0..rank);
                 idx[1] = Expr::add(Expr::sub(Expr::Var(1), Expr::i64(half)), Expr::Var(rank));
-                let xl = Expr::Load {
-                    operand: 0,
-                    index: idx,
-                    pad: Some(Scalar::F32(0.0)),
-                };
-                let scale = Expr::add(
-                    Expr::f32(*bias),
-                    Expr::mul(Expr::f32(alpha / *size as f32), Expr::Acc),
-                );
-                let fin = Expr::div(
-                    Expr::load(0, vars(0..rank)),
-                    Expr::bin(BinaryOp::Pow, scale, Expr::f32(*beta)),
-                );
+                let xl = Expr::Load { operand: 0, index: idx, pad: Some(Scalar::F32(0.0)) };
+                let scale = Expr::add(Expr::f32(*bias), Expr::mul(Expr::f32(alpha / *size as f32), Expr::Acc));
+                let fin = Expr::div(Expr::load(0, vars(0..rank)), Expr::bin(BinaryOp::Pow, scale, Expr::f32(*beta)));
                 self.emit(Kernel {
                     name: name.into(),
                     domain,
@@ -382,11 +299,7 @@ impl<'g> Lowerer<'g> {
                     inputs: vec![x],
                     output: out,
                     body: Expr::mul(xl.clone(), xl),
-                    reduction: Some(Reduction {
-                        combine: Combine::Add,
-                        init: Scalar::F32(0.0),
-                        finalize: Some(fin),
-                    }),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: Some(fin) }),
                 });
             }
             Op::Softmax { axis } | Op::LogSoftmax { axis } => {
@@ -407,10 +320,7 @@ impl<'g> Lowerer<'g> {
                 let mx = self.temp(DType::F32, &red_shape, format!("{name}.max"));
                 let mut mx_out = mx.clone();
                 mx_out.extents = kept_shape.clone();
-                mx_out.strides = strides_of(&kept_shape)
-                    .into_iter()
-                    .map(|s| s as i64)
-                    .collect();
+                mx_out.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
                 self.emit(Kernel {
                     name: format!("{name}.max"),
                     domain: domain.clone(),
@@ -435,21 +345,10 @@ impl<'g> Lowerer<'g> {
                     n_par: rank - 1,
                     inputs: vec![x.clone(), mx_out.clone()],
                     output: sm_out,
-                    body: Expr::unary(
-                        UnaryOp::Exp,
-                        Expr::sub(Expr::load(0, xidx), Expr::load(1, mx_k)),
-                    ),
-                    reduction: Some(Reduction {
-                        combine: Combine::Add,
-                        init: Scalar::F32(0.0),
-                        finalize: None,
-                    }),
+                    body: Expr::unary(UnaryOp::Exp, Expr::sub(Expr::load(0, xidx), Expr::load(1, mx_k))),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
                 });
-                let inputs = vec![
-                    x,
-                    broadcast_view(&mx, &out_shape),
-                    broadcast_view(&sm, &out_shape),
-                ];
+                let inputs = vec![x, broadcast_view(&mx, &out_shape), broadcast_view(&sm, &out_shape)];
                 let l = |k: usize| Expr::load(k, vars(0..rank));
                 let shifted = Expr::sub(l(0), l(1));
                 let body = if matches!(op, Op::Softmax { .. }) {
@@ -475,10 +374,7 @@ impl<'g> Lowerer<'g> {
                 }
                 let mut o = out.clone();
                 o.extents = kept_shape.clone();
-                o.strides = strides_of(&kept_shape)
-                    .into_iter()
-                    .map(|s| s as i64)
-                    .collect();
+                o.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
                 let dt = x.dtype;
                 let count: usize = axes.iter().map(|&d| x.extents[d]).product();
                 let (combine, init, finalize) = match r {
@@ -486,10 +382,7 @@ impl<'g> Lowerer<'g> {
                     ReduceOp::Mean => (
                         Combine::Add,
                         Scalar::of(dt, 0.0),
-                        Some(Expr::div(
-                            Expr::Acc,
-                            Expr::Const(Scalar::of(dt, count as f64)),
-                        )),
+                        Some(Expr::div(Expr::Acc, Expr::Const(Scalar::of(dt, count as f64)))),
                     ),
                     ReduceOp::Prod => (Combine::Mul, Scalar::of(dt, 1.0), None),
                     ReduceOp::Max => (Combine::Max, Scalar::extreme(dt, true), None),
@@ -502,11 +395,7 @@ impl<'g> Lowerer<'g> {
                     inputs: vec![x],
                     output: o,
                     body: Expr::load(0, xidx),
-                    reduction: Some(Reduction {
-                        combine,
-                        init,
-                        finalize,
-                    }),
+                    reduction: Some(Reduction { combine, init, finalize }),
                 });
             }
             Op::Transpose { perm } => {
@@ -518,21 +407,11 @@ impl<'g> Lowerer<'g> {
                     extents: out_shape.clone(),
                     strides: perm.iter().map(|&p| x.strides[p]).collect(),
                 };
-                self.emit(elementwise(
-                    name,
-                    out,
-                    vec![v],
-                    Expr::load(0, vars(0..rank)),
-                ));
+                self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
             }
             Op::Slice { starts, steps, .. } => {
                 let x = &ins[0];
-                let offset = x.offset
-                    + starts
-                        .iter()
-                        .zip(&x.strides)
-                        .map(|(s, t)| s * t)
-                        .sum::<i64>();
+                let offset = x.offset + starts.iter().zip(&x.strides).map(|(s, t)| s * t).sum::<i64>();
                 let v = View {
                     buffer: x.buffer,
                     dtype: x.dtype,
@@ -540,12 +419,7 @@ impl<'g> Lowerer<'g> {
                     extents: out_shape.clone(),
                     strides: x.strides.iter().zip(steps).map(|(t, s)| t * s).collect(),
                 };
-                self.emit(elementwise(
-                    name,
-                    out,
-                    vec![v],
-                    Expr::load(0, vars(0..rank)),
-                ));
+                self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
             }
             Op::Concat { axis } => {
                 let mut at = 0usize;
@@ -583,21 +457,11 @@ impl<'g> Lowerer<'g> {
                 let mut xidx = vars(0..*axis);
                 xidx.push(clamped);
                 xidx.extend(vars(axis + ri..rank));
-                self.emit(elementwise(
-                    name,
-                    out,
-                    vec![x.clone(), idx.clone()],
-                    Expr::load(0, xidx),
-                ));
+                self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
             }
             Op::Expand { .. } => {
                 let v = broadcast_view(&ins[0], &out_shape);
-                self.emit(elementwise(
-                    name,
-                    out,
-                    vec![v],
-                    Expr::load(0, vars(0..rank)),
-                ));
+                self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
             }
             Op::Reshape { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
         }
@@ -614,16 +478,11 @@ impl<'g> Lowerer<'g> {
             b.extents.push(1);
             b.strides.push(0);
         }
-        let (m, k) = (
-            a.extents[a.extents.len() - 2],
-            a.extents[a.extents.len() - 1],
-        );
+        let (m, k) = (a.extents[a.extents.len() - 2], a.extents[a.extents.len() - 1]);
         let n = b.extents[b.extents.len() - 1];
-        let batch = kiln_ir::infer::broadcast_shapes(&[
-            &a.extents[..a.extents.len() - 2],
-            &b.extents[..b.extents.len() - 2],
-        ])
-        .expect("typed");
+        let batch =
+            kiln_ir::infer::broadcast_shapes(&[&a.extents[..a.extents.len() - 2], &b.extents[..b.extents.len() - 2]])
+                .expect("typed");
         let nb = batch.len();
         let mut full = batch.clone();
         full.extend([m, k]);
@@ -649,40 +508,19 @@ impl<'g> Lowerer<'g> {
             inputs: vec![a, b],
             output: o,
             body: Expr::mul(Expr::load(0, ai), Expr::load(1, bi)),
-            reduction: Some(Reduction {
-                combine: Combine::Add,
-                init: Scalar::of(dt, 0.0),
-                finalize: None,
-            }),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::of(dt, 0.0), finalize: None }),
         });
     }
 }
 
 /// Lowers a verified, fully typed HIR graph into one LIR program.
 pub fn lower(g: &Graph) -> Result<Program, PassError> {
-    let mut l = Lowerer {
-        g,
-        prog: Program {
-            name: g.name.clone(),
-            ..Default::default()
-        },
-        loc: HashMap::new(),
-    };
+    let mut l = Lowerer { g, prog: Program { name: g.name.clone(), ..Default::default() }, loc: HashMap::new() };
     for (i, &v) in g.inputs.iter().enumerate() {
         let t = g.ty(v);
-        l.prog
-            .inputs
-            .push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
-        let b = l
-            .prog
-            .add_buffer(BufferKind::Input(i), t.bytes(), g.value(v).name.clone());
-        l.loc.insert(
-            v,
-            Loc {
-                buffer: b,
-                offset: 0,
-            },
-        );
+        l.prog.inputs.push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
+        let b = l.prog.add_buffer(BufferKind::Input(i), t.bytes(), g.value(v).name.clone());
+        l.loc.insert(v, Loc { buffer: b, offset: 0 });
     }
     // Graph outputs computed by a kernel are written straight into the caller's buffer.
     let mut out_bufs = Vec::new();
@@ -690,9 +528,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     for (i, &v) in g.outputs.iter().enumerate() {
         let t = g.ty(v);
         let name = g.value(v).name.clone();
-        l.prog
-            .outputs
-            .push((name.clone(), t.dtype, t.shape.clone()));
+        l.prog.outputs.push((name.clone(), t.dtype, t.shape.clone()));
         out_bufs.push(l.prog.add_buffer(BufferKind::Output(i), t.bytes(), name));
         if let ValueDef::Node(n, _) = g.value(v).def {
             if !matches!(g.node(n).op, Op::Reshape { .. }) && !direct.contains_key(&v) {
@@ -706,42 +542,28 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         let out_v = node.outputs[0];
         if let Op::Reshape { .. } = node.op {
             let src = ins[0].clone();
-            l.loc.insert(
-                out_v,
-                Loc {
-                    buffer: src.buffer,
-                    offset: src.offset,
-                },
-            );
+            l.loc.insert(out_v, Loc { buffer: src.buffer, offset: src.offset });
             continue;
         }
         if let Op::Unsupported { op_type, .. } = &node.op {
-            return Err(PassError::Unsupported {
-                node: node.name.clone(),
-                what: format!("op {op_type}"),
-            });
+            return Err(PassError::Unsupported { node: node.name.clone(), what: format!("op {op_type}") });
         }
         let t = g.ty(out_v).clone();
         let buffer = match direct.get(&out_v) {
             Some(&i) => out_bufs[i],
             None => {
-                let b = l.prog.add_buffer(
-                    BufferKind::Activation,
-                    t.bytes(),
-                    g.value(out_v).name.clone(),
-                );
+                let b = l.prog.add_buffer(BufferKind::Activation, t.bytes(), g.value(out_v).name.clone());
                 l.prog.buffers[b.0 as usize].fused = g.is_fused(out_v);
                 b
             }
         };
         l.loc.insert(out_v, Loc { buffer, offset: 0 });
         let out = View::dense(buffer, t.dtype, &t.shape);
-        l.lower_node(&node.op, ins, out, &node.name)
-            .map_err(|e| PassError::Lowering {
-                node: node.name.clone(),
-                op: node.op.name().into(),
-                message: e,
-            })?;
+        l.lower_node(&node.op, ins, out, &node.name).map_err(|e| PassError::Lowering {
+            node: node.name.clone(),
+            op: node.op.name().into(),
+            message: e,
+        })?;
     }
     for (i, &v) in g.outputs.iter().enumerate() {
         if direct.get(&v) == Some(&i) {

@@ -78,8 +78,7 @@ fn plan_in_place(p: &mut Program) -> usize {
             continue;
         };
         let out = k.output.buffer;
-        if !is_activation(p, out) || live.get(&out).map(|e| e.0) != Some(i) || !k.output.is_dense()
-        {
+        if !is_activation(p, out) || live.get(&out).map(|e| e.0) != Some(i) || !k.output.is_dense() {
             continue;
         }
         if k.output.numel() * k.output.dtype.size() != p.buffer(out).bytes {
@@ -130,11 +129,8 @@ pub fn plan(p: &mut Program) -> MemoryReport {
     let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
     let mut arena = 0u64;
     for &(b, sz, s, e) in &acts {
-        let mut busy: Vec<(u64, u64)> = placed
-            .iter()
-            .filter(|p| p.2 <= e && s <= p.3)
-            .map(|p| (p.0, p.0 + p.1))
-            .collect();
+        let mut busy: Vec<(u64, u64)> =
+            placed.iter().filter(|p| p.2 <= e && s <= p.3).map(|p| (p.0, p.0 + p.1)).collect();
         busy.sort();
         let (mut best, mut best_gap, mut at) = (None, u64::MAX, 0u64);
         for &(lo, hi) in &busy {
@@ -156,12 +152,7 @@ pub fn plan(p: &mut Program) -> MemoryReport {
         }
     }
     p.arena_bytes = arena;
-    MemoryReport {
-        arena_bytes: arena,
-        lower_bound: lower as u64,
-        buffers: acts.len(),
-        in_place,
-    }
+    MemoryReport { arena_bytes: arena, lower_bound: lower as u64, buffers: acts.len(), in_place }
 }
 
 /// Places every constant buffer in the weight section (64-byte aligned, in buffer order;

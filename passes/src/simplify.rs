@@ -19,12 +19,7 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool, PassError> {
         if matches!(node.op, Op::Unsupported { .. }) {
             continue;
         }
-        let Some(ins) = node
-            .inputs
-            .iter()
-            .map(|&v| g.const_of(v))
-            .collect::<Option<Vec<&Tensor>>>()
-        else {
+        let Some(ins) = node.inputs.iter().map(|&v| g.const_of(v)).collect::<Option<Vec<&Tensor>>>() else {
             continue;
         };
         if node.outputs.iter().map(|&v| g.ty(v).bytes()).sum::<usize>() > FOLD_LIMIT_BYTES {
@@ -32,11 +27,7 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool, PassError> {
         }
         let outs = kiln_ir::eval::eval(&node.op, &ins).map_err(|message| PassError::Failed {
             pass: "fold-constants".into(),
-            message: format!(
-                "evaluating node `{}` ({}): {message}",
-                node.name,
-                node.op.name()
-            ),
+            message: format!("evaluating node `{}` ({}): {message}", node.name, node.op.name()),
         })?;
         for (&v, t) in node.outputs.iter().zip(outs) {
             g.make_const(v, t);
@@ -78,8 +69,8 @@ pub fn remove_identity(g: &mut Graph) -> Result<bool, PassError> {
             continue;
         }
         let (src, dst) = (node.inputs[0], node.outputs[0]);
-        let src_is_boundary = g.outputs.contains(&src)
-            || matches!(g.value(src).def, ValueDef::Input(_) | ValueDef::Const(_));
+        let src_is_boundary =
+            g.outputs.contains(&src) || matches!(g.value(src).def, ValueDef::Input(_) | ValueDef::Const(_));
         if g.outputs.contains(&dst) && src_is_boundary {
             continue;
         }
@@ -155,14 +146,10 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<bool, PassError> {
             continue;
         };
         let conv = g.node(conv_id).clone();
-        if !matches!(conv.op, Op::Conv { .. }) || uses.get(&x) != Some(&1) || g.outputs.contains(&x)
-        {
+        if !matches!(conv.op, Op::Conv { .. }) || uses.get(&x) != Some(&1) || g.outputs.contains(&x) {
             continue;
         }
-        let params: Option<Vec<Vec<f32>>> = bn.inputs[1..]
-            .iter()
-            .map(|&v| g.const_of(v).and_then(f32s))
-            .collect();
+        let params: Option<Vec<Vec<f32>>> = bn.inputs[1..].iter().map(|&v| g.const_of(v).and_then(f32s)).collect();
         let Some(p) = params else { continue };
         let Some(w) = g.const_of(conv.inputs[1]).and_then(f32s) else {
             continue;
@@ -187,27 +174,15 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<bool, PassError> {
             nb[c] = ((bias[c] as f64 - mean[c] as f64) * s as f64 + shift[c] as f64) as f32;
         }
         let wshape = g.ty(conv.inputs[1]).shape.clone();
-        let base = if conv.name.is_empty() {
-            g.value(x).name.clone()
-        } else {
-            conv.name.clone()
-        };
+        let base = if conv.name.is_empty() { g.value(x).name.clone() } else { conv.name.clone() };
         let wv = g.add_const(format!("{base}.folded_w"), Tensor::f32(wshape, nw));
         let bv = g.add_const(format!("{base}.folded_b"), Tensor::f32(vec![o], nb));
         let y = bn.outputs[0];
         // Rebuild the conv after the BN's position so its result can take the BN's place.
         let name = g.value(y).name.clone();
         let new = g
-            .add_node(
-                conv.op.clone(),
-                &[conv.inputs[0], wv, bv],
-                conv.name.clone(),
-                &[name],
-            )
-            .map_err(|e| PassError::Failed {
-                pass: "fold-batchnorm".into(),
-                message: e.to_string(),
-            })?[0];
+            .add_node(conv.op.clone(), &[conv.inputs[0], wv, bv], conv.name.clone(), &[name])
+            .map_err(|e| PassError::Failed { pass: "fold-batchnorm".into(), message: e.to_string() })?[0];
         // Place the new node where the BN was.
         let mut order: Vec<_> = g.order().to_vec();
         let new_id = order.pop().expect("just added");

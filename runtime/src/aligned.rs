@@ -12,10 +12,7 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     pub fn zeroed(len: usize) -> AlignedBuf {
-        AlignedBuf {
-            blocks: vec![Block([0; 64]); len.div_ceil(64).max(1)],
-            len,
-        }
+        AlignedBuf { blocks: vec![Block([0; 64]); len.div_ceil(64).max(1)], len }
     }
     pub fn from_slice(s: &[u8]) -> AlignedBuf {
         let mut b = AlignedBuf::zeroed(s.len());

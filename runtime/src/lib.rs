@@ -28,10 +28,7 @@ pub use kiln_abi::DTypeCode as DType;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cannot read `{path}`: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Artifact(#[from] ArtifactError),
     #[error("artifact was compiled for `{triple}`, which cannot run on this {host} machine")]
@@ -39,31 +36,13 @@ pub enum RuntimeError {
     #[error("cannot load the artifact's code: {0}")]
     Load(String),
     #[error("model takes {expected} inputs ({names}), got {got}")]
-    InputCount {
-        expected: usize,
-        got: usize,
-        names: String,
-    },
+    InputCount { expected: usize, got: usize, names: String },
     #[error("input `{name}`: expected dtype {expected}, got {got}")]
-    InputDType {
-        name: String,
-        expected: &'static str,
-        got: &'static str,
-    },
+    InputDType { name: String, expected: &'static str, got: &'static str },
     #[error("input `{name}`: expected shape {expected:?}, got {got:?}")]
-    InputShape {
-        name: String,
-        expected: Vec<u64>,
-        got: Vec<usize>,
-    },
+    InputShape { name: String, expected: Vec<u64>, got: Vec<usize> },
     #[error("input `{name}`: {got} bytes of data for shape {shape:?} of {dtype} ({want} bytes)")]
-    InputBytes {
-        name: String,
-        got: usize,
-        want: usize,
-        shape: Vec<usize>,
-        dtype: &'static str,
-    },
+    InputBytes { name: String, got: usize, want: usize, shape: Vec<usize>, dtype: &'static str },
     #[error("artifact manifest is invalid: {0}")]
     Manifest(String),
     #[error("compiled code reported failure (status {0})")]
@@ -81,18 +60,10 @@ pub struct TensorRef<'a> {
 
 impl<'a> TensorRef<'a> {
     pub fn f32(shape: &'a [usize], data: &'a [f32]) -> TensorRef<'a> {
-        TensorRef {
-            dtype: DTypeCode::F32,
-            shape,
-            data: as_bytes(data),
-        }
+        TensorRef { dtype: DTypeCode::F32, shape, data: as_bytes(data) }
     }
     pub fn i64(shape: &'a [usize], data: &'a [i64]) -> TensorRef<'a> {
-        TensorRef {
-            dtype: DTypeCode::I64,
-            shape,
-            data: as_bytes(data),
-        }
+        TensorRef { dtype: DTypeCode::I64, shape, data: as_bytes(data) }
     }
 }
 
@@ -113,12 +84,8 @@ pub struct Tensor {
 impl Tensor {
     /// The elements as f32 (None if the dtype is not f32).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        (self.dtype == DTypeCode::F32).then(|| {
-            self.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        })
+        (self.dtype == DTypeCode::F32)
+            .then(|| self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
     }
 }
 
@@ -173,15 +140,9 @@ impl Session {
         Session::load_with(path, &SessionOptions::default())
     }
 
-    pub fn load_with(
-        path: impl AsRef<Path>,
-        opts: &SessionOptions,
-    ) -> Result<Session, RuntimeError> {
+    pub fn load_with(path: impl AsRef<Path>, opts: &SessionOptions) -> Result<Session, RuntimeError> {
         let path = path.as_ref();
-        let io = |source| RuntimeError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| RuntimeError::Io { path: path.display().to_string(), source };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only; a concurrent writer could change the bytes under us,
         // which the checksum verified at load time cannot prevent (as with any mmapped file).
@@ -212,32 +173,23 @@ impl Session {
             }
         }
         let load_err = |e: String| RuntimeError::Load(e);
-        let mut file = tempfile::Builder::new()
-            .prefix("kiln-")
-            .suffix(".so")
-            .tempfile()
-            .map_err(|e| load_err(e.to_string()))?;
+        let mut file =
+            tempfile::Builder::new().prefix("kiln-").suffix(".so").tempfile().map_err(|e| load_err(e.to_string()))?;
         std::io::Write::write_all(&mut file, sections.code).map_err(|e| load_err(e.to_string()))?;
         let code_path = file.into_temp_path();
         // SAFETY: loading the artifact's code runs no initializers of ours (the module has
         // none) and the checksum above ensures it is the code the compiler wrote.
-        let lib = unsafe { libloading::Library::new(&*code_path) }
-            .map_err(|e| load_err(e.to_string()))?;
+        let lib = unsafe { libloading::Library::new(&*code_path) }.map_err(|e| load_err(e.to_string()))?;
         let version: u32 = unsafe {
-            let sym = lib
-                .get::<*const u32>(kiln_abi::ABI_VERSION_SYMBOL.as_bytes())
-                .map_err(|e| load_err(e.to_string()))?;
+            let sym =
+                lib.get::<*const u32>(kiln_abi::ABI_VERSION_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))?;
             **sym
         };
         if version != ABI_MAJOR {
-            return Err(RuntimeError::Load(format!(
-                "code section has ABI version {version}, expected {ABI_MAJOR}"
-            )));
+            return Err(RuntimeError::Load(format!("code section has ABI version {version}, expected {ABI_MAJOR}")));
         }
-        let entry: EntryFn = unsafe {
-            *lib.get::<EntryFn>(kiln_abi::ENTRY_SYMBOL.as_bytes())
-                .map_err(|e| load_err(e.to_string()))?
-        };
+        let entry: EntryFn =
+            unsafe { *lib.get::<EntryFn>(kiln_abi::ENTRY_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))? };
         let (weights_offset, weights_len) = (sections.weights_offset, sections.weights.len());
         Ok(Session {
             manifest,
@@ -265,16 +217,8 @@ impl Session {
     fn check_inputs(&self, inputs: &[TensorRef]) -> Result<(), RuntimeError> {
         let specs = &self.manifest.inputs;
         if inputs.len() != specs.len() {
-            let names = specs
-                .iter()
-                .map(|s| format!("`{}`", s.name))
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(RuntimeError::InputCount {
-                expected: specs.len(),
-                got: inputs.len(),
-                names,
-            });
+            let names = specs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
+            return Err(RuntimeError::InputCount { expected: specs.len(), got: inputs.len(), names });
         }
         for (t, s) in inputs.iter().zip(specs) {
             let want = DTypeCode::from_i32(s.dtype).expect("checked at load");
@@ -285,9 +229,7 @@ impl Session {
                     got: t.dtype.name(),
                 });
             }
-            if t.shape.len() != s.shape.len()
-                || t.shape.iter().zip(&s.shape).any(|(&a, &b)| a as u64 != b)
-            {
+            if t.shape.len() != s.shape.len() || t.shape.iter().zip(&s.shape).any(|(&a, &b)| a as u64 != b) {
                 return Err(RuntimeError::InputShape {
                     name: s.name.clone(),
                     expected: s.shape.clone(),
@@ -314,25 +256,17 @@ impl Session {
         // Inputs the caller passes unaligned are copied so that kernels can assume alignment.
         let copies: Vec<Option<AlignedBuf>> = inputs
             .iter()
-            .map(|t| {
-                (!(t.data.as_ptr() as usize).is_multiple_of(64))
-                    .then(|| AlignedBuf::from_slice(t.data))
-            })
+            .map(|t| (!(t.data.as_ptr() as usize).is_multiple_of(64)).then(|| AlignedBuf::from_slice(t.data)))
             .collect();
-        let in_ptrs: Vec<*const u8> = inputs
-            .iter()
-            .zip(&copies)
-            .map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr()))
-            .collect();
+        let in_ptrs: Vec<*const u8> =
+            inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
         let mut outs: Vec<AlignedBuf> = self
             .manifest
             .outputs
             .iter()
             .map(|s| {
                 let n: u64 = s.shape.iter().product();
-                AlignedBuf::zeroed(
-                    n as usize * DTypeCode::from_i32(s.dtype).expect("checked").size(),
-                )
+                AlignedBuf::zeroed(n as usize * DTypeCode::from_i32(s.dtype).expect("checked").size())
             })
             .collect();
         let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr()).collect();
@@ -342,9 +276,7 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| AlignedBuf::zeroed(self.manifest.arena_bytes as usize));
-        let weights = self.backing.bytes()
-            [self.weights_offset..self.weights_offset + self.weights_len]
-            .as_ptr();
+        let weights = self.backing.bytes()[self.weights_offset..self.weights_offset + self.weights_len].as_ptr();
         let ctx = Context {
             abi_version: ABI_MAJOR,
             reserved: 0,
@@ -358,10 +290,7 @@ impl Session {
         // SAFETY: the context points at buffers of the sizes the manifest declares, which is
         // what the compiled code was planned against; they outlive the call.
         let status = unsafe { (self.entry)(&ctx) };
-        self.arenas
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(arena);
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
         if status != 0 {
             return Err(RuntimeError::Status(status));
         }

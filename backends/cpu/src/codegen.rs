@@ -56,16 +56,9 @@ impl<'ctx> Gen<'ctx> {
 
     /// Loads a pointer-sized field of the context.
     fn ctx_field(&self, ctx: PointerValue<'ctx>, offset: u64, name: &str) -> R<PointerValue<'ctx>> {
-        let p = unsafe {
-            self.b
-                .build_gep(self.cx.i8_type(), ctx, &[self.i64(offset as i64)], name)
-        }
-        .map_err(llvm_err)?;
-        Ok(self
-            .b
-            .build_load(self.ptr_ty(), p, name)
-            .map_err(llvm_err)?
-            .into_pointer_value())
+        let p =
+            unsafe { self.b.build_gep(self.cx.i8_type(), ctx, &[self.i64(offset as i64)], name) }.map_err(llvm_err)?;
+        Ok(self.b.build_load(self.ptr_ty(), p, name).map_err(llvm_err)?.into_pointer_value())
     }
 
     /// The base address of a buffer, computed from the context.
@@ -78,30 +71,12 @@ impl<'ctx> Gen<'ctx> {
         };
         let base = self.ctx_field(ctx, field, "base")?;
         if indirect {
-            let slot = unsafe {
-                self.b.build_gep(
-                    self.ptr_ty(),
-                    base,
-                    &[self.i64(index_or_offset as i64)],
-                    "slot",
-                )
-            }
-            .map_err(llvm_err)?;
-            Ok(self
-                .b
-                .build_load(self.ptr_ty(), slot, &buf.name)
-                .map_err(llvm_err)?
-                .into_pointer_value())
+            let slot = unsafe { self.b.build_gep(self.ptr_ty(), base, &[self.i64(index_or_offset as i64)], "slot") }
+                .map_err(llvm_err)?;
+            Ok(self.b.build_load(self.ptr_ty(), slot, &buf.name).map_err(llvm_err)?.into_pointer_value())
         } else {
-            unsafe {
-                self.b.build_gep(
-                    self.cx.i8_type(),
-                    base,
-                    &[self.i64(index_or_offset as i64)],
-                    &buf.name,
-                )
-            }
-            .map_err(llvm_err)
+            unsafe { self.b.build_gep(self.cx.i8_type(), base, &[self.i64(index_or_offset as i64)], &buf.name) }
+                .map_err(llvm_err)
         }
     }
 
@@ -117,59 +92,31 @@ impl<'ctx> Gen<'ctx> {
         let header = self.cx.append_basic_block(f, "loop");
         let bodyb = self.cx.append_basic_block(f, "body");
         let exit = self.cx.append_basic_block(f, "exit");
-        self.b
-            .build_unconditional_branch(header)
-            .map_err(llvm_err)?;
+        self.b.build_unconditional_branch(header).map_err(llvm_err)?;
         self.b.position_at_end(header);
-        let phi = self
-            .b
-            .build_phi(self.cx.i64_type(), "i")
-            .map_err(llvm_err)?;
+        let phi = self.b.build_phi(self.cx.i64_type(), "i").map_err(llvm_err)?;
         phi.add_incoming(&[(&lo, pre)]);
         let iv = phi.as_basic_value().into_int_value();
-        let cond = self
-            .b
-            .build_int_compare(inkwell::IntPredicate::SLT, iv, hi, "c")
-            .map_err(llvm_err)?;
-        self.b
-            .build_conditional_branch(cond, bodyb, exit)
-            .map_err(llvm_err)?;
+        let cond = self.b.build_int_compare(inkwell::IntPredicate::SLT, iv, hi, "c").map_err(llvm_err)?;
+        self.b.build_conditional_branch(cond, bodyb, exit).map_err(llvm_err)?;
         self.b.position_at_end(bodyb);
         body(iv)?;
-        let next = self
-            .b
-            .build_int_nsw_add(iv, self.i64(1), "next")
-            .map_err(llvm_err)?;
+        let next = self.b.build_int_nsw_add(iv, self.i64(1), "next").map_err(llvm_err)?;
         let latch = self.b.get_insert_block().expect("positioned");
-        self.b
-            .build_unconditional_branch(header)
-            .map_err(llvm_err)?;
+        self.b.build_unconditional_branch(header).map_err(llvm_err)?;
         phi.add_incoming(&[(&next, latch)]);
         self.b.position_at_end(exit);
         Ok(())
     }
 
     /// Address of element `index` (already linearized) of a view's buffer.
-    pub fn elem_ptr(
-        &self,
-        base: PointerValue<'ctx>,
-        d: DType,
-        linear: IntValue<'ctx>,
-    ) -> R<PointerValue<'ctx>> {
+    pub fn elem_ptr(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
         unsafe { self.b.build_gep(self.mem_ty(d), base, &[linear], "p") }.map_err(llvm_err)
     }
 
-    pub fn load_elem(
-        &self,
-        base: PointerValue<'ctx>,
-        d: DType,
-        linear: IntValue<'ctx>,
-    ) -> R<BasicValueEnum<'ctx>> {
+    pub fn load_elem(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
         let p = self.elem_ptr(base, d, linear)?;
-        let v = self
-            .b
-            .build_load(self.mem_ty(d), p, "v")
-            .map_err(llvm_err)?;
+        let v = self.b.build_load(self.mem_ty(d), p, "v").map_err(llvm_err)?;
         if d == DType::Bool {
             let z = self.cx.i8_type().const_zero();
             return Ok(self
@@ -190,10 +137,7 @@ impl<'ctx> Gen<'ctx> {
     ) -> R<()> {
         let p = self.elem_ptr(base, d, linear)?;
         let v: BasicValueEnum = if d == DType::Bool {
-            self.b
-                .build_int_z_extend(v.into_int_value(), self.cx.i8_type(), "zb")
-                .map_err(llvm_err)?
-                .into()
+            self.b.build_int_z_extend(v.into_int_value(), self.cx.i8_type(), "zb").map_err(llvm_err)?.into()
         } else {
             v
         };
@@ -208,13 +152,7 @@ impl<'ctx> Gen<'ctx> {
             if s == 0 {
                 continue;
             }
-            let t = if s == 1 {
-                ix
-            } else {
-                self.b
-                    .build_int_nsw_mul(ix, self.i64(s), "t")
-                    .map_err(llvm_err)?
-            };
+            let t = if s == 1 { ix } else { self.b.build_int_nsw_mul(ix, self.i64(s), "t").map_err(llvm_err)? };
             acc = self.b.build_int_nsw_add(acc, t, "lin").map_err(llvm_err)?;
         }
         Ok(acc)
@@ -266,12 +204,7 @@ impl Split {
             let chunk = inner.div_ceil(want).div_ceil(16) * 16;
             (chunk, inner.div_ceil(chunk))
         };
-        Split {
-            n_outer,
-            inner,
-            chunk,
-            n_chunks,
-        }
+        Split { n_outer, inner, chunk, n_chunks }
     }
     fn tasks(&self) -> usize {
         self.n_outer * self.n_chunks
@@ -288,11 +221,7 @@ fn accumulate_in_output(k: &Kernel) -> bool {
     }
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
     let acc_ty = k.body.dtype(&ops, None);
-    if acc_ty != k.output.dtype
-        || r.finalize
-            .as_ref()
-            .is_some_and(|f| f.dtype(&ops, Some(acc_ty)) != acc_ty)
-    {
+    if acc_ty != k.output.dtype || r.finalize.as_ref().is_some_and(|f| f.dtype(&ops, Some(acc_ty)) != acc_ty) {
         return false;
     }
     let mut contiguous = false;
@@ -306,46 +235,25 @@ fn accumulate_in_output(k: &Kernel) -> bool {
     contiguous
 }
 
-fn gen_kernel<'ctx>(
-    g: &Gen<'ctx>,
-    prog: &Program,
-    k: &Kernel,
-    name: &str,
-) -> R<FunctionValue<'ctx>> {
+fn gen_kernel<'ctx>(g: &Gen<'ctx>, prog: &Program, k: &Kernel, name: &str) -> R<FunctionValue<'ctx>> {
     let k = normalized(k);
     let cx = g.cx;
-    let fty = cx.void_type().fn_type(
-        &[
-            g.ptr_ty().into(),
-            cx.i64_type().into(),
-            cx.i64_type().into(),
-        ],
-        false,
-    );
+    let fty = cx.void_type().fn_type(&[g.ptr_ty().into(), cx.i64_type().into(), cx.i64_type().into()], false);
     let f = g.m.add_function(name, fty, Some(Linkage::Internal));
     let entry = cx.append_basic_block(f, "entry");
     g.b.position_at_end(entry);
     let ctx = f.get_nth_param(0).unwrap().into_pointer_value();
     let start = f.get_nth_param(1).unwrap().into_int_value();
     let end = f.get_nth_param(2).unwrap().into_int_value();
-    let in_bases = k
-        .inputs
-        .iter()
-        .map(|v| g.buffer_ptr(ctx, prog.buffer(v.buffer)))
-        .collect::<R<Vec<_>>>()?;
+    let in_bases = k.inputs.iter().map(|v| g.buffer_ptr(ctx, prog.buffer(v.buffer))).collect::<R<Vec<_>>>()?;
     let out_base = g.buffer_ptr(ctx, prog.buffer(k.output.buffer))?;
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
     let acc_ty = k.body.dtype(&ops, None);
-    let acc_slot =
-        g.b.build_alloca(g.reg_ty(acc_ty), "acc")
-            .map_err(llvm_err)?;
+    let acc_slot = g.b.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
     let split = Split::of(&k);
     let np = k.n_par;
     let outer_in_output = accumulate_in_output(&k);
-    let env = Env {
-        k: &k,
-        bases: &in_bases,
-    };
+    let env = Env { k: &k, bases: &in_bases };
 
     g.for_range(f, start, end, &mut |t| {
         let b = &g.b;
@@ -358,20 +266,11 @@ fn gen_kernel<'ctx>(
                 b.build_int_signed_rem(t, nc, "C").map_err(llvm_err)?,
             )
         };
-        let jlo = b
-            .build_int_nsw_mul(c, g.i64(split.chunk as i64), "jlo")
-            .map_err(llvm_err)?;
-        let jhi0 = b
-            .build_int_nsw_add(jlo, g.i64(split.chunk as i64), "jhi0")
-            .map_err(llvm_err)?;
+        let jlo = b.build_int_nsw_mul(c, g.i64(split.chunk as i64), "jlo").map_err(llvm_err)?;
+        let jhi0 = b.build_int_nsw_add(jlo, g.i64(split.chunk as i64), "jhi0").map_err(llvm_err)?;
         let inner = g.i64(split.inner as i64);
-        let lt = b
-            .build_int_compare(inkwell::IntPredicate::SLT, jhi0, inner, "lt")
-            .map_err(llvm_err)?;
-        let jhi = b
-            .build_select(lt, jhi0, inner, "jhi")
-            .map_err(llvm_err)?
-            .into_int_value();
+        let lt = b.build_int_compare(inkwell::IntPredicate::SLT, jhi0, inner, "lt").map_err(llvm_err)?;
+        let jhi = b.build_select(lt, jhi0, inner, "jhi").map_err(llvm_err)?.into_int_value();
         // Decompose the outer linear index into the leading parallel variables.
         let mut vars: Vec<IntValue> = vec![g.i64(0); k.domain.len()];
         let mut rest = l;
@@ -451,16 +350,12 @@ fn gen_kernel<'ctx>(
             g.b.build_store(acc_slot, init).map_err(llvm_err)?;
             reduce_loops(g, f, &k.domain[..nd], np, &mut vs.clone(), &mut |rvars| {
                 let x = env.gen(g, &k.body, rvars, None)?;
-                let cur =
-                    g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a")
-                        .map_err(llvm_err)?;
+                let cur = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
                 let nv = crate::expr::combine(g, red.combine, cur, x)?;
                 g.b.build_store(acc_slot, nv).map_err(llvm_err)?;
                 Ok(())
             })?;
-            let acc =
-                g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a")
-                    .map_err(llvm_err)?;
+            let acc = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
             let v = match &red.finalize {
                 Some(fin) => env.gen(g, fin, &vs, Some(acc))?,
                 None => acc,
@@ -474,24 +369,16 @@ fn gen_kernel<'ctx>(
 
 /// Builds the LLVM module for a memory-planned program.
 pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program) -> R<Module<'ctx>> {
-    let g = Gen {
-        cx,
-        m: cx.create_module("kiln"),
-        b: cx.create_builder(),
-    };
-    let ver =
-        g.m.add_global(cx.i32_type(), None, kiln_abi::ABI_VERSION_SYMBOL);
+    let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
+    let ver = g.m.add_global(cx.i32_type(), None, kiln_abi::ABI_VERSION_SYMBOL);
     ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
     ver.set_constant(true);
 
     let mut kernels = Vec::new();
     for (i, ins) in prog.instrs.iter().enumerate() {
         if let Instr::Kernel(k) = ins {
-            let f =
-                gen_kernel(&g, prog, k, &format!("k{i}")).map_err(|e| BackendError::Kernel {
-                    kernel: k.name.clone(),
-                    message: e.to_string(),
-                })?;
+            let f = gen_kernel(&g, prog, k, &format!("k{i}"))
+                .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
             kernels.push((i, f, Split::of(&normalized(k)).tasks(), k.work()));
         }
     }
@@ -501,15 +388,8 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program) -> R<Module<'ctx>> 
     let bb = cx.append_basic_block(entry, "entry");
     g.b.position_at_end(bb);
     let ctx = entry.get_nth_param(0).unwrap().into_pointer_value();
-    let pf_ty = cx.void_type().fn_type(
-        &[
-            g.ptr_ty().into(),
-            g.ptr_ty().into(),
-            g.ptr_ty().into(),
-            cx.i64_type().into(),
-        ],
-        false,
-    );
+    let pf_ty =
+        cx.void_type().fn_type(&[g.ptr_ty().into(), g.ptr_ty().into(), g.ptr_ty().into(), cx.i64_type().into()], false);
     let mut kit = kernels.into_iter().peekable();
     for (i, ins) in prog.instrs.iter().enumerate() {
         match ins {
@@ -530,38 +410,22 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program) -> R<Module<'ctx>> 
                     )
                     .map_err(llvm_err)?;
                 } else {
-                    g.b.build_call(
-                        f,
-                        &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()],
-                        "",
-                    )
-                    .map_err(llvm_err)?;
+                    g.b.build_call(f, &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()], "")
+                        .map_err(llvm_err)?;
                 }
             }
-            Instr::Copy {
-                dst,
-                dst_offset,
-                src,
-                src_offset,
-                bytes,
-            } => {
+            Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
                 let _ = i;
                 let d = g.buffer_ptr(ctx, prog.buffer(*dst))?;
                 let s = g.buffer_ptr(ctx, prog.buffer(*src))?;
-                let d = unsafe {
-                    g.b.build_gep(cx.i8_type(), d, &[g.i64(*dst_offset as i64)], "d")
-                }
-                .map_err(llvm_err)?;
-                let s = unsafe {
-                    g.b.build_gep(cx.i8_type(), s, &[g.i64(*src_offset as i64)], "s")
-                }
-                .map_err(llvm_err)?;
-                g.b.build_memmove(d, 1, s, 1, g.i64(*bytes as i64))
-                    .map_err(llvm_err)?;
+                let d =
+                    unsafe { g.b.build_gep(cx.i8_type(), d, &[g.i64(*dst_offset as i64)], "d") }.map_err(llvm_err)?;
+                let s =
+                    unsafe { g.b.build_gep(cx.i8_type(), s, &[g.i64(*src_offset as i64)], "s") }.map_err(llvm_err)?;
+                g.b.build_memmove(d, 1, s, 1, g.i64(*bytes as i64)).map_err(llvm_err)?;
             }
         }
     }
-    g.b.build_return(Some(&cx.i32_type().const_zero()))
-        .map_err(llvm_err)?;
+    g.b.build_return(Some(&cx.i32_type().const_zero())).map_err(llvm_err)?;
     Ok(g.m)
 }

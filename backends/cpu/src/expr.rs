@@ -2,9 +2,7 @@
 
 use inkwell::intrinsics::Intrinsic;
 use inkwell::types::BasicTypeEnum;
-use inkwell::values::{
-    BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue,
-};
+use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 
 use kiln_ir::lir::{Combine, Expr, Kernel, Scalar};
@@ -41,26 +39,15 @@ pub(crate) fn scalar<'ctx>(g: &Gen<'ctx>, s: Scalar, ty: DType) -> R<BasicValueE
     })
 }
 
-fn intrinsic<'ctx>(
-    g: &Gen<'ctx>,
-    name: &str,
-    tys: &[BasicTypeEnum<'ctx>],
-) -> R<FunctionValue<'ctx>> {
+fn intrinsic<'ctx>(g: &Gen<'ctx>, name: &str, tys: &[BasicTypeEnum<'ctx>]) -> R<FunctionValue<'ctx>> {
     let i = Intrinsic::find(name).ok_or_else(|| llvm_err(format!("no intrinsic {name}")))?;
-    i.get_declaration(&g.m, tys)
-        .ok_or_else(|| llvm_err(format!("cannot declare {name}")))
+    i.get_declaration(&g.m, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))
 }
 
-fn call<'ctx>(
-    g: &Gen<'ctx>,
-    f: FunctionValue<'ctx>,
-    args: &[BasicValueEnum<'ctx>],
-) -> R<BasicValueEnum<'ctx>> {
+fn call<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, args: &[BasicValueEnum<'ctx>]) -> R<BasicValueEnum<'ctx>> {
     let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
     let c = g.b.build_call(f, &args, "call").map_err(llvm_err)?;
-    c.try_as_basic_value()
-        .basic()
-        .ok_or_else(|| llvm_err("call returned void"))
+    c.try_as_basic_value().basic().ok_or_else(|| llvm_err("call returned void"))
 }
 
 fn fcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[FloatValue<'ctx>]) -> R<FloatValue<'ctx>> {
@@ -82,45 +69,19 @@ fn fconst<'ctx>(g: &Gen<'ctx>, x: f64) -> FloatValue<'ctx> {
     g.cx.f32_type().const_float(x)
 }
 
-fn fsel<'ctx>(
-    g: &Gen<'ctx>,
-    c: IntValue<'ctx>,
-    a: FloatValue<'ctx>,
-    b: FloatValue<'ctx>,
-) -> R<FloatValue<'ctx>> {
-    Ok(g.b
-        .build_select(c, a, b, "sel")
-        .map_err(llvm_err)?
-        .into_float_value())
+fn fsel<'ctx>(g: &Gen<'ctx>, c: IntValue<'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    Ok(g.b.build_select(c, a, b, "sel").map_err(llvm_err)?.into_float_value())
 }
 
-fn isel<'ctx>(
-    g: &Gen<'ctx>,
-    c: IntValue<'ctx>,
-    a: IntValue<'ctx>,
-    b: IntValue<'ctx>,
-) -> R<IntValue<'ctx>> {
-    Ok(g.b
-        .build_select(c, a, b, "sel")
-        .map_err(llvm_err)?
-        .into_int_value())
+fn isel<'ctx>(g: &Gen<'ctx>, c: IntValue<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    Ok(g.b.build_select(c, a, b, "sel").map_err(llvm_err)?.into_int_value())
 }
 
-fn fcmp<'ctx>(
-    g: &Gen<'ctx>,
-    p: FloatPredicate,
-    a: FloatValue<'ctx>,
-    b: FloatValue<'ctx>,
-) -> R<IntValue<'ctx>> {
+fn fcmp<'ctx>(g: &Gen<'ctx>, p: FloatPredicate, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
     g.b.build_float_compare(p, a, b, "fc").map_err(llvm_err)
 }
 
-fn icmp<'ctx>(
-    g: &Gen<'ctx>,
-    p: IntPredicate,
-    a: IntValue<'ctx>,
-    b: IntValue<'ctx>,
-) -> R<IntValue<'ctx>> {
+fn icmp<'ctx>(g: &Gen<'ctx>, p: IntPredicate, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
     g.b.build_int_compare(p, a, b, "ic").map_err(llvm_err)
 }
 
@@ -156,17 +117,8 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
         UnaryOp::Ceil => fcall(g, "llvm.ceil", &[x])?,
         UnaryOp::Relu => fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, zero, x)?,
         UnaryOp::Sigmoid => {
-            let e = fcall(
-                g,
-                "llvm.exp",
-                &[b.build_float_neg(x, "nx").map_err(llvm_err)?],
-            )?;
-            b.build_float_div(
-                one,
-                b.build_float_add(one, e, "d").map_err(llvm_err)?,
-                "sig",
-            )
-            .map_err(llvm_err)?
+            let e = fcall(g, "llvm.exp", &[b.build_float_neg(x, "nx").map_err(llvm_err)?])?;
+            b.build_float_div(one, b.build_float_add(one, e, "d").map_err(llvm_err)?, "sig").map_err(llvm_err)?
         }
         UnaryOp::Tanh => libm(g, "tanhf", x)?,
         UnaryOp::Erf => libm(g, "erff", x)?,
@@ -180,18 +132,12 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
             )?
         }
         UnaryOp::LeakyRelu { alpha } => {
-            let ax = b
-                .build_float_mul(fconst(g, alpha as f64), x, "ax")
-                .map_err(llvm_err)?;
+            let ax = b.build_float_mul(fconst(g, alpha as f64), x, "ax").map_err(llvm_err)?;
             fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, ax, x)?
         }
         UnaryOp::HardSigmoid { alpha, beta } => {
-            let y = b
-                .build_float_mul(fconst(g, alpha as f64), x, "ax")
-                .map_err(llvm_err)?;
-            let y = b
-                .build_float_add(y, fconst(g, beta as f64), "axb")
-                .map_err(llvm_err)?;
+            let y = b.build_float_mul(fconst(g, alpha as f64), x, "ax").map_err(llvm_err)?;
+            let y = b.build_float_add(y, fconst(g, beta as f64), "axb").map_err(llvm_err)?;
             let y = fcall(g, "llvm.minnum", &[y, one])?;
             fcall(g, "llvm.maxnum", &[y, zero])?
         }
@@ -211,12 +157,7 @@ fn unary_i<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: IntValue<'ctx>) -> R<IntValue<'c
     Ok(match op {
         UnaryOp::Not => b.build_not(x, "not").map_err(llvm_err)?,
         UnaryOp::Neg => b.build_int_neg(x, "neg").map_err(llvm_err)?,
-        UnaryOp::Abs => isel(
-            g,
-            icmp(g, IntPredicate::SLT, x, zero)?,
-            b.build_int_neg(x, "n").map_err(llvm_err)?,
-            x,
-        )?,
+        UnaryOp::Abs => isel(g, icmp(g, IntPredicate::SLT, x, zero)?, b.build_int_neg(x, "n").map_err(llvm_err)?, x)?,
         UnaryOp::Relu => isel(g, icmp(g, IntPredicate::SLT, x, zero)?, zero, x)?,
         UnaryOp::Sign => {
             let one = t.const_int(1, true);
@@ -239,34 +180,30 @@ fn unary_i<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: IntValue<'ctx>) -> R<IntValue<'c
     })
 }
 
-fn binary_f<'ctx>(
-    g: &Gen<'ctx>,
-    op: BinaryOp,
-    a: FloatValue<'ctx>,
-    c: FloatValue<'ctx>,
-) -> R<FloatValue<'ctx>> {
+/// Lets LLVM fuse a multiply and an add into one FMA (more accurate, not less).
+fn contract(v: FloatValue) -> FloatValue {
+    if let Some(i) = v.as_instruction() {
+        let _ = i.set_fast_math_flags(inkwell::values::FastMathFlags::AllowContract);
+    }
+    v
+}
+
+fn binary_f<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: FloatValue<'ctx>, c: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
     let b = &g.b;
     Ok(match op {
-        BinaryOp::Add => b.build_float_add(a, c, "add").map_err(llvm_err)?,
-        BinaryOp::Sub => b.build_float_sub(a, c, "sub").map_err(llvm_err)?,
-        BinaryOp::Mul => b.build_float_mul(a, c, "mul").map_err(llvm_err)?,
+        BinaryOp::Add => contract(b.build_float_add(a, c, "add").map_err(llvm_err)?),
+        BinaryOp::Sub => contract(b.build_float_sub(a, c, "sub").map_err(llvm_err)?),
+        BinaryOp::Mul => contract(b.build_float_mul(a, c, "mul").map_err(llvm_err)?),
         BinaryOp::Div => b.build_float_div(a, c, "div").map_err(llvm_err)?,
         BinaryOp::Pow => fcall(g, "llvm.pow", &[a, c])?,
         BinaryOp::Max => fcall(g, "llvm.maximum", &[a, c])?,
         BinaryOp::Min => fcall(g, "llvm.minimum", &[a, c])?,
         BinaryOp::Mod { .. } => b.build_float_rem(a, c, "rem").map_err(llvm_err)?,
-        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => {
-            return Err(llvm_err("logical op on floats"))
-        }
+        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => return Err(llvm_err("logical op on floats")),
     })
 }
 
-fn binary_i<'ctx>(
-    g: &Gen<'ctx>,
-    op: BinaryOp,
-    a: IntValue<'ctx>,
-    c: IntValue<'ctx>,
-) -> R<IntValue<'ctx>> {
+fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'ctx>) -> R<IntValue<'ctx>> {
     let b = &g.b;
     let t = a.get_type();
     let zero = t.const_zero();
@@ -275,11 +212,7 @@ fn binary_i<'ctx>(
     // Division by zero or MIN / -1 must not trap: use a safe divisor and patch the result.
     let safe = |c: IntValue<'ctx>| -> R<IntValue<'ctx>> {
         let bad = b
-            .build_or(
-                icmp(g, IntPredicate::EQ, c, zero)?,
-                icmp(g, IntPredicate::EQ, c, m1)?,
-                "bad",
-            )
+            .build_or(icmp(g, IntPredicate::EQ, c, zero)?, icmp(g, IntPredicate::EQ, c, m1)?, "bad")
             .map_err(llvm_err)?;
         isel(g, bad, one, c)
     };
@@ -316,12 +249,8 @@ fn binary_i<'ctx>(
         }
         BinaryOp::Pow => {
             let f64t = g.cx.f64_type();
-            let af = b
-                .build_signed_int_to_float(a, f64t, "af")
-                .map_err(llvm_err)?;
-            let cf = b
-                .build_signed_int_to_float(c, f64t, "cf")
-                .map_err(llvm_err)?;
+            let af = b.build_signed_int_to_float(a, f64t, "af").map_err(llvm_err)?;
+            let cf = b.build_signed_int_to_float(c, f64t, "cf").map_err(llvm_err)?;
             let pw = intrinsic(g, "llvm.pow", &[f64t.into()])?;
             let p = call(g, pw, &[af.into(), cf.into()])?.into_float_value();
             b.build_float_to_signed_int(p, t, "pi").map_err(llvm_err)?
@@ -330,52 +259,34 @@ fn binary_i<'ctx>(
 }
 
 /// Converts between register types with ONNX Cast semantics (float→int truncates, saturating).
-fn cast<'ctx>(
-    g: &Gen<'ctx>,
-    v: BasicValueEnum<'ctx>,
-    from: DType,
-    to: DType,
-) -> R<BasicValueEnum<'ctx>> {
+fn cast<'ctx>(g: &Gen<'ctx>, v: BasicValueEnum<'ctx>, from: DType, to: DType) -> R<BasicValueEnum<'ctx>> {
     let b = &g.b;
     if from == to {
         return Ok(v);
     }
     let to_ty = g.reg_ty(to);
     Ok(match (from, to) {
-        (DType::F32, DType::Bool) => {
-            fcmp(g, FloatPredicate::UNE, v.into_float_value(), fconst(g, 0.0))?.into()
-        }
+        (DType::F32, DType::Bool) => fcmp(g, FloatPredicate::UNE, v.into_float_value(), fconst(g, 0.0))?.into(),
         (DType::F32, _) => {
             let f = intrinsic(g, "llvm.fptosi.sat", &[to_ty, g.cx.f32_type().into()])?;
             call(g, f, &[v])?
         }
-        (DType::Bool, DType::F32) => b
-            .build_unsigned_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf")
-            .map_err(llvm_err)?
-            .into(),
-        (_, DType::F32) => b
-            .build_signed_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf")
-            .map_err(llvm_err)?
-            .into(),
-        (_, DType::Bool) => icmp(
-            g,
-            IntPredicate::NE,
-            v.into_int_value(),
-            v.into_int_value().get_type().const_zero(),
-        )?
-        .into(),
-        (DType::Bool, _) => b
-            .build_int_z_extend(v.into_int_value(), to_ty.into_int_type(), "z")
-            .map_err(llvm_err)?
-            .into(),
-        _ if from.size() > to.size() => b
-            .build_int_truncate(v.into_int_value(), to_ty.into_int_type(), "t")
-            .map_err(llvm_err)?
-            .into(),
-        _ => b
-            .build_int_s_extend(v.into_int_value(), to_ty.into_int_type(), "x")
-            .map_err(llvm_err)?
-            .into(),
+        (DType::Bool, DType::F32) => {
+            b.build_unsigned_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf").map_err(llvm_err)?.into()
+        }
+        (_, DType::F32) => {
+            b.build_signed_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf").map_err(llvm_err)?.into()
+        }
+        (_, DType::Bool) => {
+            icmp(g, IntPredicate::NE, v.into_int_value(), v.into_int_value().get_type().const_zero())?.into()
+        }
+        (DType::Bool, _) => {
+            b.build_int_z_extend(v.into_int_value(), to_ty.into_int_type(), "z").map_err(llvm_err)?.into()
+        }
+        _ if from.size() > to.size() => {
+            b.build_int_truncate(v.into_int_value(), to_ty.into_int_type(), "t").map_err(llvm_err)?.into()
+        }
+        _ => b.build_int_s_extend(v.into_int_value(), to_ty.into_int_type(), "x").map_err(llvm_err)?.into(),
     })
 }
 
@@ -430,16 +341,10 @@ impl<'a, 'ctx> Env<'a, 'ctx> {
             Expr::Var(d) => vars[*d].into(),
             Expr::Const(s) => scalar(g, *s, s.dtype())?,
             Expr::Acc => acc.ok_or_else(|| llvm_err("accumulator used outside a finalizer"))?,
-            Expr::Load {
-                operand,
-                index,
-                pad,
-            } => {
+            Expr::Load { operand, index, pad } => {
                 let view = &self.k.inputs[*operand];
-                let idx = index
-                    .iter()
-                    .map(|ix| Ok(self.gen(g, ix, vars, acc)?.into_int_value()))
-                    .collect::<R<Vec<_>>>()?;
+                let idx =
+                    index.iter().map(|ix| Ok(self.gen(g, ix, vars, acc)?.into_int_value())).collect::<R<Vec<_>>>()?;
                 let lin = g.linear(view, &idx)?;
                 match pad {
                     None => g.load_elem(self.bases[*operand], view.dtype, lin)?,

@@ -20,11 +20,7 @@ pub enum BackendError {
     #[error("LLVM: {0}")]
     Llvm(String),
     #[error("target `{triple}` (cpu `{cpu}`): {message}")]
-    Target {
-        triple: String,
-        cpu: String,
-        message: String,
-    },
+    Target { triple: String, cpu: String, message: String },
     #[error("linking the shared library failed: {0}")]
     Link(String),
     #[error("kernel `{kernel}`: {message}")]
@@ -48,11 +44,7 @@ pub fn compile(prog: &Program, target: &CpuTarget) -> Result<CpuModule, BackendE
     target::optimize(&module, &tm)?;
     let obj = target::emit_object(&module, &tm)?;
     let so = target::link_shared(&obj, target)?;
-    Ok(CpuModule {
-        shared_library: so,
-        triple: target.triple.clone(),
-        cpu: target.cpu.clone(),
-    })
+    Ok(CpuModule { shared_library: so, triple: target.triple.clone(), cpu: target.cpu.clone() })
 }
 
 /// Renders the program as LLVM IR (`optimized`: after the O3 pipeline) or as assembly.

@@ -4,9 +4,7 @@ use std::process::Command;
 
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::{
-    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
-};
+use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple};
 use inkwell::OptimizationLevel;
 
 use crate::BackendError;
@@ -31,10 +29,7 @@ impl CpuTarget {
     pub fn host() -> CpuTarget {
         Target::initialize_native(&InitializationConfig::default()).expect("LLVM native target");
         CpuTarget {
-            triple: TargetMachine::get_default_triple()
-                .as_str()
-                .to_string_lossy()
-                .into_owned(),
+            triple: TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned(),
             cpu: TargetMachine::get_host_cpu_name().to_string(),
             features: TargetMachine::get_host_cpu_features().to_string(),
         }
@@ -43,11 +38,8 @@ impl CpuTarget {
     pub(crate) fn machine(&self) -> Result<TargetMachine, BackendError> {
         Target::initialize_all(&InitializationConfig::default());
         let triple = TargetTriple::create(&self.triple);
-        let err = |message: String| BackendError::Target {
-            triple: self.triple.clone(),
-            cpu: self.cpu.clone(),
-            message,
-        };
+        let err =
+            |message: String| BackendError::Target { triple: self.triple.clone(), cpu: self.cpu.clone(), message };
         let target = Target::from_triple(&triple).map_err(|e| err(e.to_string()))?;
         target
             .create_target_machine(
@@ -65,62 +57,41 @@ impl CpuTarget {
 pub(crate) fn optimize(module: &Module, tm: &TargetMachine) -> Result<(), BackendError> {
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
-    module
-        .verify()
-        .map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
+    module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
     let opts = PassBuilderOptions::create();
     opts.set_loop_vectorization(true);
     opts.set_loop_slp_vectorization(true);
     opts.set_loop_unrolling(true);
-    module
-        .run_passes("default<O3>", tm, opts)
-        .map_err(|e| BackendError::Llvm(e.to_string()))
+    module.run_passes("default<O3>", tm, opts).map_err(|e| BackendError::Llvm(e.to_string()))
 }
 
 pub(crate) fn emit_object(module: &Module, tm: &TargetMachine) -> Result<Vec<u8>, BackendError> {
-    let buf = tm
-        .write_to_memory_buffer(module, FileType::Object)
-        .map_err(|e| BackendError::Llvm(e.to_string()))?;
+    let buf = tm.write_to_memory_buffer(module, FileType::Object).map_err(|e| BackendError::Llvm(e.to_string()))?;
     Ok(buf.as_slice().to_vec())
 }
 
 /// Links an object into a shared library with the system C compiler driver.
 pub(crate) fn link_shared(obj: &[u8], target: &CpuTarget) -> Result<Vec<u8>, BackendError> {
-    let dir =
-        tempfile::tempdir().map_err(|e| BackendError::Link(format!("temporary directory: {e}")))?;
+    let dir = tempfile::tempdir().map_err(|e| BackendError::Link(format!("temporary directory: {e}")))?;
     let o = dir.path().join("module.o");
     let so = dir.path().join("module.so");
     std::fs::write(&o, obj).map_err(|e| BackendError::Link(e.to_string()))?;
     let cc = std::env::var("KILN_CC").unwrap_or_else(|_| "cc".into());
-    let host = TargetMachine::get_default_triple()
-        .as_str()
-        .to_string_lossy()
-        .into_owned();
+    let host = TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned();
     let mut cmd = Command::new(&cc);
     if target.triple != host {
         cmd.arg(format!("--target={}", target.triple));
     }
     // -Wl,--build-id=none and no timestamps keep the library byte-identical across runs.
-    cmd.args([
-        "-shared",
-        "-nostartfiles",
-        "-Wl,--build-id=none",
-        "-Wl,-z,noexecstack",
-        "-o",
-    ])
-    .arg(&so)
-    .arg(&o)
-    .arg("-lm");
+    cmd.args(["-shared", "-nostartfiles", "-Wl,--build-id=none", "-Wl,-z,noexecstack", "-o"])
+        .arg(&so)
+        .arg(&o)
+        .arg("-lm");
     let out = cmd.output().map_err(|e| {
-        BackendError::Link(format!(
-            "cannot run `{cc}` (install a C toolchain, e.g. `apt-get install gcc`): {e}"
-        ))
+        BackendError::Link(format!("cannot run `{cc}` (install a C toolchain, e.g. `apt-get install gcc`): {e}"))
     })?;
     if !out.status.success() {
-        return Err(BackendError::Link(format!(
-            "`{cc}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(BackendError::Link(format!("`{cc}` failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     std::fs::read(&so).map_err(|e| BackendError::Link(e.to_string()))
 }

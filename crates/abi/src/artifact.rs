@@ -32,12 +32,7 @@ pub enum ArtifactError {
     #[error("artifact has ABI version {major}.{minor}, this runtime supports {ABI_MAJOR}.x; recompile the model with a matching kiln")]
     UnsupportedVersion { major: u32, minor: u32 },
     #[error("artifact section `{section}` (offset {offset}, length {len}) lies outside the {file_len}-byte file: the file is truncated or damaged")]
-    SectionOutOfBounds {
-        section: &'static str,
-        offset: u64,
-        len: u64,
-        file_len: usize,
-    },
+    SectionOutOfBounds { section: &'static str, offset: u64, len: u64, file_len: usize },
     #[error("artifact checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the file is damaged")]
     Checksum { stored: u64, computed: u64 },
     #[error("artifact manifest cannot be decoded: {0}")]
@@ -113,15 +108,8 @@ pub fn read(bytes: &[u8]) -> Result<Sections<'_>, ArtifactError> {
         let off = u64_at(bytes, 16 + 16 * i);
         let len = u64_at(bytes, 24 + 16 * i);
         match off.checked_add(len) {
-            Some(end) if end <= bytes.len() as u64 && off >= HEADER_LEN as u64 => {
-                Ok((off as usize, len as usize))
-            }
-            _ => Err(ArtifactError::SectionOutOfBounds {
-                section: name,
-                offset: off,
-                len,
-                file_len: bytes.len(),
-            }),
+            Some(end) if end <= bytes.len() as u64 && off >= HEADER_LEN as u64 => Ok((off as usize, len as usize)),
+            _ => Err(ArtifactError::SectionOutOfBounds { section: name, offset: off, len, file_len: bytes.len() }),
         }
     };
     let m = section(0, "manifest")?;
@@ -133,12 +121,7 @@ pub fn read(bytes: &[u8]) -> Result<Sections<'_>, ArtifactError> {
         return Err(ArtifactError::Checksum { stored, computed });
     }
     let manifest = Manifest::decode(&bytes[m.0..m.0 + m.1])?;
-    Ok(Sections {
-        manifest,
-        code: &bytes[c.0..c.0 + c.1],
-        weights: &bytes[w.0..w.0 + w.1],
-        weights_offset: w.0,
-    })
+    Ok(Sections { manifest, code: &bytes[c.0..c.0 + c.1], weights: &bytes[w.0..w.0 + w.1], weights_offset: w.0 })
 }
 
 #[cfg(test)]
@@ -146,12 +129,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let m = Manifest {
-            abi_major: ABI_MAJOR,
-            model_name: "m".into(),
-            arena_bytes: 64,
-            ..Default::default()
-        };
+        let m = Manifest { abi_major: ABI_MAJOR, model_name: "m".into(), arena_bytes: 64, ..Default::default() };
         write(&m, b"code bytes", &[1, 2, 3, 4])
     }
 
@@ -177,23 +155,14 @@ mod tests {
     #[test]
     fn truncated_is_detected() {
         let bytes = sample();
-        assert!(matches!(
-            read(&bytes[..bytes.len() - 3]),
-            Err(ArtifactError::SectionOutOfBounds { .. })
-        ));
-        assert!(matches!(
-            read(&bytes[..40]),
-            Err(ArtifactError::TooShort { .. })
-        ));
+        assert!(matches!(read(&bytes[..bytes.len() - 3]), Err(ArtifactError::SectionOutOfBounds { .. })));
+        assert!(matches!(read(&bytes[..40]), Err(ArtifactError::TooShort { .. })));
     }
 
     #[test]
     fn unknown_major_is_refused() {
         let mut bytes = sample();
         bytes[8..12].copy_from_slice(&(ABI_MAJOR + 1).to_le_bytes());
-        assert!(matches!(
-            read(&bytes),
-            Err(ArtifactError::UnsupportedVersion { .. })
-        ));
+        assert!(matches!(read(&bytes), Err(ArtifactError::UnsupportedVersion { .. })));
     }
 }

@@ -29,12 +29,8 @@ pub type TaskFn = unsafe extern "C" fn(ctx: *const Context, start: i64, end: i64
 
 /// The runtime's parallel loop: runs `task(ctx, s, e)` over disjoint ranges covering
 /// `[0, n)`, possibly on several threads, and returns when all have finished.
-pub type ParallelForFn = unsafe extern "C" fn(
-    runtime: *mut core::ffi::c_void,
-    task: TaskFn,
-    ctx: *const Context,
-    n: i64,
-);
+pub type ParallelForFn =
+    unsafe extern "C" fn(runtime: *mut core::ffi::c_void, task: TaskFn, ctx: *const Context, n: i64);
 
 /// The entry point of a compiled module. Returns 0 on success.
 pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
@@ -123,23 +119,11 @@ mod tests {
     fn context_layout_matches_offsets() {
         use core::mem::offset_of;
         assert_eq!(offset_of!(Context, inputs) as u64, context_offsets::INPUTS);
-        assert_eq!(
-            offset_of!(Context, outputs) as u64,
-            context_offsets::OUTPUTS
-        );
+        assert_eq!(offset_of!(Context, outputs) as u64, context_offsets::OUTPUTS);
         assert_eq!(offset_of!(Context, arena) as u64, context_offsets::ARENA);
-        assert_eq!(
-            offset_of!(Context, weights) as u64,
-            context_offsets::WEIGHTS
-        );
-        assert_eq!(
-            offset_of!(Context, runtime) as u64,
-            context_offsets::RUNTIME
-        );
-        assert_eq!(
-            offset_of!(Context, parallel_for) as u64,
-            context_offsets::PARALLEL_FOR
-        );
+        assert_eq!(offset_of!(Context, weights) as u64, context_offsets::WEIGHTS);
+        assert_eq!(offset_of!(Context, runtime) as u64, context_offsets::RUNTIME);
+        assert_eq!(offset_of!(Context, parallel_for) as u64, context_offsets::PARALLEL_FOR);
         assert_eq!(core::mem::size_of::<Context>(), 56);
     }
 }

@@ -20,11 +20,7 @@ use kiln::{CompileOptions, Compiler, Session, SessionOptions};
 use tensors::HostTensor;
 
 #[derive(Parser)]
-#[command(
-    name = "kiln",
-    version,
-    about = "Compile ONNX models to native code and run them"
-)]
+#[command(name = "kiln", version, about = "Compile ONNX models to native code and run them")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -107,8 +103,7 @@ fn options(shapes: &ShapeArgs, target: &str) -> Res<CompileOptions> {
         o.input_shapes.insert(name, dims);
     }
     for (name, path) in parse_inputs(&shapes.freeze_input)? {
-        let t = tensors::read_ir(&path)
-            .map_err(|e| format!("--freeze-input `{name}` from {}: {e}", path.display()))?;
+        let t = tensors::read_ir(&path).map_err(|e| format!("--freeze-input `{name}` from {}: {e}", path.display()))?;
         o.frozen_inputs.insert(name, t);
     }
     Ok(o)
@@ -121,16 +116,14 @@ fn is_onnx(p: &Path) -> bool {
 /// Loads a `.kiln` file, or compiles an `.onnx` file in memory. For `.onnx`, inputs that
 /// must be static (a Reshape's shape given as a graph input) and whose value is among
 /// `given` are frozen to that value, as `--freeze-input` would.
-fn session(
-    model: &Path,
-    shapes: &ShapeArgs,
-    threads: usize,
-    given: &HashMap<String, PathBuf>,
-) -> Res<Session> {
+fn session(model: &Path, shapes: &ShapeArgs, threads: usize, given: &HashMap<String, PathBuf>) -> Res<Session> {
     let so = SessionOptions { threads };
     if !is_onnx(model) {
         if !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() {
-            return Err("--input-shape and --freeze-input apply to .onnx models; a .kiln artifact is fixed at compile time".into());
+            return Err(
+                "--input-shape and --freeze-input apply to .onnx models; a .kiln artifact is fixed at compile time"
+                    .into(),
+            );
         }
         return Ok(Session::load_with(model, &so)?);
     }
@@ -139,19 +132,18 @@ fn session(
         match Compiler::new(opts.clone()).compile_path(model) {
             Ok(art) => return Ok(Session::from_bytes(&art.bytes, &so)?),
             Err(e) => {
-                let need: Vec<&String> = e
-                    .inputs_to_freeze()
-                    .iter()
-                    .filter(|n| !opts.frozen_inputs.contains_key(*n))
-                    .collect();
+                let need: Vec<&String> =
+                    e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).collect();
                 if need.is_empty() || !need.iter().all(|n| given.contains_key(*n)) {
                     return Err(e.into());
                 }
                 for n in need {
                     let p = &given[n];
-                    let t = tensors::read_ir(p)
-                        .map_err(|err| format!("input `{n}` from {}: {err}", p.display()))?;
-                    eprintln!("note: input `{n}` sets a static shape; compiling with its value from {} frozen in", p.display());
+                    let t = tensors::read_ir(p).map_err(|err| format!("input `{n}` from {}: {err}", p.display()))?;
+                    eprintln!(
+                        "note: input `{n}` sets a static shape; compiling with its value from {} frozen in",
+                        p.display()
+                    );
                     opts.frozen_inputs.insert(n.clone(), t);
                 }
             }
@@ -162,9 +154,7 @@ fn session(
 fn parse_inputs(specs: &[String]) -> Res<HashMap<String, PathBuf>> {
     let mut m = HashMap::new();
     for s in specs {
-        let (name, file) = s
-            .rsplit_once('=')
-            .ok_or_else(|| format!("--input `{s}`: expected NAME=FILE"))?;
+        let (name, file) = s.rsplit_once('=').ok_or_else(|| format!("--input `{s}`: expected NAME=FILE"))?;
         if m.insert(name.to_string(), PathBuf::from(file)).is_some() {
             return Err(format!("input `{name}` given twice").into());
         }
@@ -180,60 +170,30 @@ fn gather_inputs(
     random: bool,
 ) -> Res<Vec<HostTensor>> {
     let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
-    if let Some(extra) = files
-        .keys()
-        .find(|k| !known.contains(&k.as_str()) && !frozen.contains(k))
-    {
-        return Err(format!(
-            "--input `{extra}`: the model has no such input (inputs: {})",
-            known.join(", ")
-        )
-        .into());
+    if let Some(extra) = files.keys().find(|k| !known.contains(&k.as_str()) && !frozen.contains(k)) {
+        return Err(format!("--input `{extra}`: the model has no such input (inputs: {})", known.join(", ")).into());
     }
     s.inputs()
         .iter()
         .enumerate()
         .map(|(i, spec)| match files.get(&spec.name) {
-            Some(p) => tensors::read(p)
-                .map_err(|e| format!("input `{}` from {}: {e}", spec.name, p.display()).into()),
+            Some(p) => tensors::read(p).map_err(|e| format!("input `{}` from {}: {e}", spec.name, p.display()).into()),
             None if random => Ok(tensors::random(spec, i as u64)),
-            None => Err(format!(
-                "missing input `{}` (give it with --input {}=FILE.npy)",
-                spec.name, spec.name
-            )
-            .into()),
+            None => Err(format!("missing input `{}` (give it with --input {}=FILE.npy)", spec.name, spec.name).into()),
         })
         .collect()
 }
 
 /// Given inputs that the compiled model no longer takes (frozen at compile time).
 fn frozen_names(s: &Session, files: &HashMap<String, PathBuf>) -> Vec<String> {
-    files
-        .keys()
-        .filter(|k| !s.inputs().iter().any(|i| &i.name == *k))
-        .cloned()
-        .collect()
+    files.keys().filter(|k| !s.inputs().iter().any(|i| &i.name == *k)).cloned().collect()
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
 }
 
-fn cmd_run(
-    model: &Path,
-    shapes: &ShapeArgs,
-    inputs: &[String],
-    dir: &Path,
-    threads: usize,
-) -> Res<()> {
+fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, threads: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let s = session(model, shapes, threads, &files)?;
     let ins = gather_inputs(&s, &files, &frozen_names(&s, &files), false)?;
@@ -253,29 +213,15 @@ fn cmd_run(
         listing.push(serde_json::json!({"name": t.name, "file": file, "dtype": t.dtype.name(), "shape": t.shape}));
     }
     let json = serde_json::to_string_pretty(&serde_json::json!({ "outputs": listing }))?;
-    std::fs::write(dir.join("outputs.json"), json + "\n")
-        .map_err(|e| format!("writing outputs.json: {e}"))?;
+    std::fs::write(dir.join("outputs.json"), json + "\n").map_err(|e| format!("writing outputs.json: {e}"))?;
     for (t, entry) in outs.iter().zip(&listing) {
         let file = dir.join(entry["file"].as_str().unwrap_or_default());
-        println!(
-            "{}: {} {:?} = {} -> {}",
-            t.name,
-            t.dtype.name(),
-            t.shape,
-            tensors::preview(t, 8),
-            file.display()
-        );
+        println!("{}: {} {:?} = {} -> {}", t.name, t.dtype.name(), t.shape, tensors::preview(t, 8), file.display());
     }
     Ok(())
 }
 
-fn cmd_bench(
-    model: &Path,
-    shapes: &ShapeArgs,
-    inputs: &[String],
-    threads: usize,
-    iters: usize,
-) -> Res<()> {
+fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize, iters: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let s = session(model, shapes, threads, &files)?;
     let ins = gather_inputs(&s, &files, &frozen_names(&s, &files), true)?;
@@ -299,13 +245,7 @@ fn cmd_bench(
     Ok(())
 }
 
-fn cmd_inspect(
-    model: &Path,
-    shapes: &ShapeArgs,
-    after: Option<&str>,
-    memory: bool,
-    emit: &str,
-) -> Res<()> {
+fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bool, emit: &str) -> Res<()> {
     let c = Compiler::new(options(shapes, "cpu")?);
     if memory {
         let mut g = c.import_path(model)?;
@@ -326,53 +266,23 @@ fn cmd_inspect(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
-        Cmd::Compile {
-            model,
-            output,
-            target,
-            shapes,
-            emit,
-        } => (|| -> Res<()> {
+        Cmd::Compile { model, output, target, shapes, emit } => (|| -> Res<()> {
             let c = Compiler::new(options(shapes, target)?);
             if let Some(e) = emit {
                 print!("{}", c.emit(model, e, None)?);
                 return Ok(());
             }
-            let out = output
-                .clone()
-                .unwrap_or_else(|| model.with_extension("kiln"));
+            let out = output.clone().unwrap_or_else(|| model.with_extension("kiln"));
             let art = c.compile_path(model)?;
-            std::fs::write(&out, &art.bytes)
-                .map_err(|e| format!("writing {}: {e}", out.display()))?;
-            eprintln!(
-                "wrote {} ({} bytes, arena {} bytes)",
-                out.display(),
-                art.bytes.len(),
-                art.memory.arena_bytes
-            );
+            std::fs::write(&out, &art.bytes).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            eprintln!("wrote {} ({} bytes, arena {} bytes)", out.display(), art.bytes.len(), art.memory.arena_bytes);
             Ok(())
         })(),
-        Cmd::Run {
-            model,
-            shapes,
-            inputs,
-            output_dir,
-            threads,
-        } => cmd_run(model, shapes, inputs, output_dir, *threads),
-        Cmd::Inspect {
-            model,
-            shapes,
-            after,
-            memory,
-            emit,
-        } => cmd_inspect(model, shapes, after.as_deref(), *memory, emit),
-        Cmd::Bench {
-            model,
-            shapes,
-            inputs,
-            threads,
-            iters,
-        } => cmd_bench(model, shapes, inputs, *threads, *iters),
+        Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),
+        Cmd::Inspect { model, shapes, after, memory, emit } => {
+            cmd_inspect(model, shapes, after.as_deref(), *memory, emit)
+        }
+        Cmd::Bench { model, shapes, inputs, threads, iters } => cmd_bench(model, shapes, inputs, *threads, *iters),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

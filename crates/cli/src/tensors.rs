@@ -16,20 +16,12 @@ pub struct HostTensor {
 
 impl HostTensor {
     pub fn as_ref(&self) -> TensorRef<'_> {
-        TensorRef {
-            dtype: self.dtype,
-            shape: &self.shape,
-            data: &self.data,
-        }
+        TensorRef { dtype: self.dtype, shape: &self.shape, data: &self.data }
     }
 }
 
 fn from_ir(t: &kiln::ir::Tensor) -> HostTensor {
-    HostTensor {
-        dtype: t.dtype().code(),
-        shape: t.shape().to_vec(),
-        data: t.data.to_vec(),
-    }
+    HostTensor { dtype: t.dtype().code(), shape: t.shape().to_vec(), data: t.data.to_vec() }
 }
 
 fn read_npy(bytes: &[u8]) -> Result<kiln::ir::Tensor, String> {
@@ -47,11 +39,7 @@ fn read_npy(bytes: &[u8]) -> Result<kiln::ir::Tensor, String> {
         "i4" => Data::I32(npy.into_vec::<i32>().map_err(|e| e.to_string())?),
         "i8" => Data::I64(npy.into_vec::<i64>().map_err(|e| e.to_string())?),
         "b1" => Data::Bool(npy.into_vec::<bool>().map_err(|e| e.to_string())?),
-        other => {
-            return Err(format!(
-                ".npy dtype `{other}` is not supported (use float32, int32, int64 or bool)"
-            ))
-        }
+        other => return Err(format!(".npy dtype `{other}` is not supported (use float32, int32, int64 or bool)")),
     };
     if data.len() != shape.iter().product::<usize>() {
         return Err("the .npy data length does not match its shape".into());
@@ -85,14 +73,9 @@ pub fn random(spec: &kiln::TensorSpec, seed: u64) -> HostTensor {
         state ^= state << 17;
         state
     };
-    let dtype =
-        DType::from_code(DTypeCode::from_i32(spec.dtype).expect("validated")).unwrap_or(DType::F32);
+    let dtype = DType::from_code(DTypeCode::from_i32(spec.dtype).expect("validated")).unwrap_or(DType::F32);
     let data = match dtype {
-        DType::F32 => Data::F32(
-            (0..n)
-                .map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-                .collect(),
-        ),
+        DType::F32 => Data::F32((0..n).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()),
         DType::I32 => Data::I32((0..n).map(|_| (next() % 8) as i32).collect()),
         DType::I64 => Data::I64((0..n).map(|_| (next() % 8) as i64).collect()),
         DType::Bool => Data::Bool((0..n).map(|_| next() % 2 == 1).collect()),
@@ -108,12 +91,8 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), String> {
     let w = std::io::BufWriter::new(file);
     macro_rules! dump {
         ($ty:ty, $n:expr, $conv:expr) => {{
-            let mut wr = npyz::WriteOptions::<$ty>::new()
-                .default_dtype()
-                .shape(&shape)
-                .writer(w)
-                .begin_nd()
-                .map_err(err)?;
+            let mut wr =
+                npyz::WriteOptions::<$ty>::new().default_dtype().shape(&shape).writer(w).begin_nd().map_err(err)?;
             wr.extend(t.data.chunks_exact($n).map($conv)).map_err(err)?;
             wr.finish().map_err(err)
         }};

@@ -119,30 +119,20 @@ impl Compiler {
 
     /// Imports an ONNX file into HIR.
     pub fn import_path(&self, path: impl AsRef<Path>) -> Result<Graph, Error> {
-        Ok(kiln_onnx::import_path_with_constants(
-            path.as_ref(),
-            &self.import_opts(),
-            &self.opts.frozen_inputs,
-        )?)
+        Ok(kiln_onnx::import_path_with_constants(path.as_ref(), &self.import_opts(), &self.opts.frozen_inputs)?)
     }
 
     /// Runs the HIR pipeline, stopping after `after` if given.
     pub fn optimize(&self, g: &mut Graph, after: Option<&str>) -> Result<(), Error> {
         if let Some(a) = after {
             if a != "import" && !pass_names().contains(&a) {
-                return Err(Error::UnknownPass(
-                    a.into(),
-                    format!("import, {}", pass_names().join(", ")),
-                ));
+                return Err(Error::UnknownPass(a.into(), format!("import, {}", pass_names().join(", "))));
             }
             if a == "import" {
                 return Ok(());
             }
         }
-        kiln_passes::PassManager {
-            verify: self.opts.verify,
-        }
-        .run(g, after)?;
+        kiln_passes::PassManager { verify: self.opts.verify }.run(g, after)?;
         Ok(())
     }
 
@@ -187,12 +177,7 @@ impl Compiler {
     }
 
     /// The IR after pass `after` (or the whole pipeline) as text: HIR, LIR, LLVM IR or assembly.
-    pub fn emit(
-        &self,
-        path: impl AsRef<Path>,
-        what: &str,
-        after: Option<&str>,
-    ) -> Result<String, Error> {
+    pub fn emit(&self, path: impl AsRef<Path>, what: &str, after: Option<&str>) -> Result<String, Error> {
         let mut g = self.import_path(path)?;
         self.optimize(&mut g, after)?;
         match what {
@@ -203,11 +188,7 @@ impl Compiler {
             }
             "llvm" | "asm" => {
                 let (p, _, _) = self.lower(&g)?;
-                let e = if what == "llvm" {
-                    Emit::Llvm
-                } else {
-                    Emit::Asm
-                };
+                let e = if what == "llvm" { Emit::Llvm } else { Emit::Asm };
                 Ok(kiln_backend_cpu::emit_text(&p, &self.opts.target, e)?)
             }
             other => Err(Error::UnknownTarget(format!("--emit {other}"))),

@@ -19,9 +19,7 @@ impl Rng {
         lo + (self.next() % (hi - lo + 1) as u64) as usize
     }
     fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32))
-            .collect()
+        (0..n).map(|_| lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)).collect()
     }
     fn tensor(&mut self, dtype: DType, shape: &[usize]) -> Tensor {
         let n = shape.iter().product();
@@ -54,29 +52,14 @@ fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
             runtime.push(t);
         }
     }
-    let outs = g
-        .add_node(op.clone(), &ids, "node", &[])
-        .unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    let outs = g.add_node(op.clone(), &ids, "node", &[]).unwrap_or_else(|e| panic!("{op:?}: {e}"));
     g.outputs = outs;
-    let opts = CompileOptions {
-        verify: true,
-        ..Default::default()
-    };
-    let art = Compiler::new(opts)
-        .compile_graph(g)
-        .unwrap_or_else(|e| panic!("compiling {op:?}: {e}"));
+    let opts = CompileOptions { verify: true, ..Default::default() };
+    let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {op:?}: {e}"));
     let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
-    let trefs: Vec<TensorRef> = runtime
-        .iter()
-        .map(|t| TensorRef {
-            dtype: t.dtype().code(),
-            shape: t.shape(),
-            data: &t.data,
-        })
-        .collect();
-    let got = s
-        .run(&trefs)
-        .unwrap_or_else(|e| panic!("running {op:?}: {e}"));
+    let trefs: Vec<TensorRef> =
+        runtime.iter().map(|t| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
+    let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {op:?}: {e}"));
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(g.shape, w.shape(), "{op:?}: shape");
@@ -87,10 +70,7 @@ fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
             assert!(
                 ok,
                 "{op:?} with inputs {:?}: element {k}: compiled {a}, reference {b}",
-                inputs
-                    .iter()
-                    .map(|t| t.shape().to_vec())
-                    .collect::<Vec<_>>()
+                inputs.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
             );
         }
     }
@@ -115,10 +95,7 @@ fn unary_ops() {
         UnaryOp::Ceil,
         UnaryOp::Sign,
         UnaryOp::LeakyRelu { alpha: 0.1 },
-        UnaryOp::HardSigmoid {
-            alpha: 0.2,
-            beta: 0.5,
-        },
+        UnaryOp::HardSigmoid { alpha: 0.2, beta: 0.5 },
         UnaryOp::Clip { lo: -0.5, hi: 0.7 },
     ];
     for op in ops {
@@ -131,13 +108,7 @@ fn unary_ops() {
         check(Op::Unary(op), &[Tensor::f32(s, r.f32s(n, 0.1, 5.0))]);
     }
     for dt in [DType::I32, DType::I64] {
-        for op in [
-            UnaryOp::Neg,
-            UnaryOp::Abs,
-            UnaryOp::Relu,
-            UnaryOp::Sign,
-            UnaryOp::Clip { lo: -3.0, hi: 4.0 },
-        ] {
+        for op in [UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Relu, UnaryOp::Sign, UnaryOp::Clip { lo: -3.0, hi: 4.0 }] {
             let s = r.shape(2, 7);
             check(Op::Unary(op), &[r.tensor(dt, &s)]);
         }
@@ -150,29 +121,16 @@ fn unary_ops() {
 fn broadcast_pair(r: &mut Rng) -> (Vec<usize>, Vec<usize>) {
     let rank = r.range(1, 4);
     let full = r.shape(rank, 6);
-    let a: Vec<usize> = full
-        .iter()
-        .map(|&d| if r.next().is_multiple_of(3) { 1 } else { d })
-        .collect();
+    let a: Vec<usize> = full.iter().map(|&d| if r.next().is_multiple_of(3) { 1 } else { d }).collect();
     let drop = r.range(0, rank - 1);
-    let b: Vec<usize> = full[drop..]
-        .iter()
-        .map(|&d| if r.next().is_multiple_of(3) { 1 } else { d })
-        .collect();
+    let b: Vec<usize> = full[drop..].iter().map(|&d| if r.next().is_multiple_of(3) { 1 } else { d }).collect();
     (a, b)
 }
 
 #[test]
 fn binary_ops_with_broadcasting() {
     let mut r = Rng(2);
-    for op in [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Max,
-        BinaryOp::Min,
-    ] {
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min] {
         for dt in [DType::F32, DType::I32, DType::I64] {
             let (a, b) = broadcast_pair(&mut r);
             let x = r.tensor(dt, &a);
@@ -196,20 +154,14 @@ fn binary_ops_with_broadcasting() {
     check(Op::Binary(BinaryOp::Pow), &[x, r.tensor(DType::F32, &b)]);
     for op in [BinaryOp::And, BinaryOp::Or, BinaryOp::Xor] {
         let (a, b) = broadcast_pair(&mut r);
-        check(
-            Op::Binary(op),
-            &[r.tensor(DType::Bool, &a), r.tensor(DType::Bool, &b)],
-        );
+        check(Op::Binary(op), &[r.tensor(DType::Bool, &a), r.tensor(DType::Bool, &b)]);
     }
     for fmod in [false, true] {
         let (a, b) = broadcast_pair(&mut r);
         let n = b.iter().product();
         check(
             Op::Binary(BinaryOp::Mod { fmod }),
-            &[
-                r.tensor(DType::I64, &a),
-                Tensor::i64(b, (0..n).map(|i| [3, -4, 7][i % 3]).collect()),
-            ],
+            &[r.tensor(DType::I64, &a), Tensor::i64(b, (0..n).map(|i| [3, -4, 7][i % 3]).collect())],
         );
     }
 }
@@ -217,27 +169,14 @@ fn binary_ops_with_broadcasting() {
 #[test]
 fn compare_where_cast() {
     let mut r = Rng(3);
-    for op in [
-        CmpOp::Equal,
-        CmpOp::Less,
-        CmpOp::LessOrEqual,
-        CmpOp::Greater,
-        CmpOp::GreaterOrEqual,
-    ] {
+    for op in [CmpOp::Equal, CmpOp::Less, CmpOp::LessOrEqual, CmpOp::Greater, CmpOp::GreaterOrEqual] {
         for dt in [DType::F32, DType::I64, DType::I32] {
             let (a, b) = broadcast_pair(&mut r);
             check(Op::Compare(op), &[r.tensor(dt, &a), r.tensor(dt, &b)]);
         }
     }
     let (a, b) = broadcast_pair(&mut r);
-    check(
-        Op::Where,
-        &[
-            r.tensor(DType::Bool, &a),
-            r.tensor(DType::F32, &b),
-            r.tensor(DType::F32, &a),
-        ],
-    );
+    check(Op::Where, &[r.tensor(DType::Bool, &a), r.tensor(DType::F32, &b), r.tensor(DType::F32, &a)]);
     for from in DType::ALL {
         for to in DType::ALL {
             let s = r.shape(2, 6);
@@ -256,42 +195,21 @@ fn matmul_and_gemm() {
         a.extend([m, k]);
         let mut b = bb.clone();
         b.extend([k, n]);
-        check(
-            Op::MatMul,
-            &[r.tensor(DType::F32, &a), r.tensor(DType::F32, &b)],
-        );
+        check(Op::MatMul, &[r.tensor(DType::F32, &a), r.tensor(DType::F32, &b)]);
     }
     let k = r.range(2, 9);
-    check(
-        Op::MatMul,
-        &[r.tensor(DType::F32, &[k]), r.tensor(DType::F32, &[3, k, 5])],
-    );
-    check(
-        Op::MatMul,
-        &[r.tensor(DType::F32, &[4, k]), r.tensor(DType::F32, &[k])],
-    );
-    check(
-        Op::MatMul,
-        &[r.tensor(DType::I64, &[3, k]), r.tensor(DType::I64, &[k, 2])],
-    );
+    check(Op::MatMul, &[r.tensor(DType::F32, &[k]), r.tensor(DType::F32, &[3, k, 5])]);
+    check(Op::MatMul, &[r.tensor(DType::F32, &[4, k]), r.tensor(DType::F32, &[k])]);
+    check(Op::MatMul, &[r.tensor(DType::I64, &[3, k]), r.tensor(DType::I64, &[k, 2])]);
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
         let (m, k, n) = (r.range(1, 9), r.range(1, 13), r.range(1, 11));
         let a = if ta { vec![k, m] } else { vec![m, k] };
         let b = if tb { vec![n, k] } else { vec![k, n] };
         let c = [vec![n], vec![m, 1], vec![m, n], vec![]][r.range(0, 3)].clone();
-        let op = Op::Gemm {
-            alpha: 0.5,
-            beta: 1.5,
-            trans_a: ta,
-            trans_b: tb,
-        };
+        let op = Op::Gemm { alpha: 0.5, beta: 1.5, trans_a: ta, trans_b: tb };
         check_with(
             op,
-            &[
-                r.tensor(DType::F32, &a),
-                r.tensor(DType::F32, &b),
-                r.tensor(DType::F32, &c),
-            ],
+            &[r.tensor(DType::F32, &a), r.tensor(DType::F32, &b), r.tensor(DType::F32, &c)],
             &[false, true, true],
             1e-5,
         );
@@ -316,10 +234,7 @@ fn convolution() {
         let k = [r.range(1, 3), r.range(1, 3)];
         let x = vec![r.range(1, 2), cig * group, r.range(4, 9), r.range(4, 11)];
         let w = vec![cog * group, cig, k[0], k[1]];
-        let op = Op::Conv {
-            window: window(&mut r, k),
-            group,
-        };
+        let op = Op::Conv { window: window(&mut r, k), group };
         let bias = r.next().is_multiple_of(2);
         let mut ins = vec![r.tensor(DType::F32, &x), r.tensor(DType::F32, &w)];
         if bias {
@@ -336,61 +251,29 @@ fn pooling_and_normalization() {
         let x = vec![1, r.range(1, 3), r.range(4, 9), r.range(4, 9)];
         let k = [r.range(1, 3), r.range(2, 3)];
         let mut w = window(&mut r, k);
-        w.pads = [
-            w.pads[0].min(k[0] - 1),
-            w.pads[1].min(k[1] - 1),
-            w.pads[2].min(k[0] - 1),
-            w.pads[3].min(k[1] - 1),
-        ];
+        w.pads = [w.pads[0].min(k[0] - 1), w.pads[1].min(k[1] - 1), w.pads[2].min(k[0] - 1), w.pads[3].min(k[1] - 1)];
         let ceil_mode = r.next().is_multiple_of(2);
         if w.out_dim(0, x[2], ceil_mode).is_none() || w.out_dim(1, x[3], ceil_mode).is_none() {
             continue;
         }
-        check(
-            Op::MaxPool {
-                window: w.clone(),
-                ceil_mode,
-            },
-            &[r.tensor(DType::F32, &x)],
-        );
+        check(Op::MaxPool { window: w.clone(), ceil_mode }, &[r.tensor(DType::F32, &x)]);
         w.dilations = [1, 1];
         let count_include_pad = r.next().is_multiple_of(2);
-        check(
-            Op::AveragePool {
-                window: w,
-                ceil_mode,
-                count_include_pad,
-            },
-            &[r.tensor(DType::F32, &x)],
-        );
+        check(Op::AveragePool { window: w, ceil_mode, count_include_pad }, &[r.tensor(DType::F32, &x)]);
     }
     let x = vec![2, 3, 4, 5];
     let mut p = vec![r.tensor(DType::F32, &x)];
     for i in 0..4 {
         let t = r.tensor(DType::F32, &[3]);
         p.push(if i == 3 {
-            Tensor::f32(
-                vec![3],
-                t.to_f64_vec()
-                    .iter()
-                    .map(|v| v.abs() as f32 + 0.1)
-                    .collect(),
-            )
+            Tensor::f32(vec![3], t.to_f64_vec().iter().map(|v| v.abs() as f32 + 0.1).collect())
         } else {
             t
         });
     }
     check(Op::BatchNorm { epsilon: 1e-5 }, &p);
     for size in [1, 3, 4, 5] {
-        check(
-            Op::Lrn {
-                size,
-                alpha: 1e-3,
-                beta: 0.75,
-                bias: 1.0,
-            },
-            &[r.tensor(DType::F32, &[1, 7, 3, 4])],
-        );
+        check(Op::Lrn { size, alpha: 1e-3, beta: 0.75, bias: 1.0 }, &[r.tensor(DType::F32, &[1, 7, 3, 4])]);
     }
     for axis in 0..3 {
         let s = r.shape(3, 7);
@@ -402,13 +285,7 @@ fn pooling_and_normalization() {
 #[test]
 fn reductions() {
     let mut r = Rng(7);
-    for op in [
-        ReduceOp::Sum,
-        ReduceOp::Mean,
-        ReduceOp::Max,
-        ReduceOp::Min,
-        ReduceOp::Prod,
-    ] {
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min, ReduceOp::Prod] {
         for _ in 0..3 {
             let rank = r.range(1, 4);
             let s = r.shape(rank, 6);
@@ -422,22 +299,8 @@ fn reductions() {
             check(Op::Reduce { op, axes, keepdims }, &[x]);
         }
     }
-    check(
-        Op::Reduce {
-            op: ReduceOp::Sum,
-            axes: vec![1],
-            keepdims: false,
-        },
-        &[r.tensor(DType::I64, &[3, 4])],
-    );
-    check(
-        Op::Reduce {
-            op: ReduceOp::Max,
-            axes: vec![0, 1],
-            keepdims: true,
-        },
-        &[r.tensor(DType::I32, &[3, 4])],
-    );
+    check(Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdims: false }, &[r.tensor(DType::I64, &[3, 4])]);
+    check(Op::Reduce { op: ReduceOp::Max, axes: vec![0, 1], keepdims: true }, &[r.tensor(DType::I32, &[3, 4])]);
 }
 
 #[test]
@@ -451,29 +314,14 @@ fn data_movement() {
     for axis in 0..3 {
         let mut s2 = vec![2, 3, 4];
         s2[axis] = r.range(1, 3);
-        check(
-            Op::Concat { axis },
-            &[
-                x.clone(),
-                r.tensor(DType::F32, &s2),
-                r.tensor(DType::F32, &s2),
-            ],
-        );
+        check(Op::Concat { axis }, &[x.clone(), r.tensor(DType::F32, &s2), r.tensor(DType::F32, &s2)]);
     }
     check(
-        Op::Slice {
-            starts: vec![1, 2, 0],
-            steps: vec![1, -1, 2],
-            out_shape: vec![1, 2, 2],
-        },
+        Op::Slice { starts: vec![1, 2, 0], steps: vec![1, -1, 2], out_shape: vec![1, 2, 2] },
         std::slice::from_ref(&x),
     );
     check(
-        Op::Slice {
-            starts: vec![0, 2, 3],
-            steps: vec![1, -2, -3],
-            out_shape: vec![2, 2, 2],
-        },
+        Op::Slice { starts: vec![0, 2, 3], steps: vec![1, -2, -3], out_shape: vec![2, 2, 2] },
         std::slice::from_ref(&x),
     );
     for axis in 0..3 {
@@ -481,19 +329,8 @@ fn data_movement() {
         let idx = Tensor::i64(vec![2, 2], vec![0, -1, dim - 1, 1 - dim]);
         check(Op::Gather { axis }, &[x.clone(), idx]);
     }
-    check(
-        Op::Gather { axis: 1 },
-        &[
-            r.tensor(DType::I64, &[3, 5]),
-            Tensor::i32(vec![3], vec![4, 0, -2]),
-        ],
-    );
-    check(
-        Op::Expand {
-            shape: vec![3, 2, 1, 4],
-        },
-        &[r.tensor(DType::F32, &[2, 1, 1])],
-    );
+    check(Op::Gather { axis: 1 }, &[r.tensor(DType::I64, &[3, 5]), Tensor::i32(vec![3], vec![4, 0, -2])]);
+    check(Op::Expand { shape: vec![3, 2, 1, 4] }, &[r.tensor(DType::F32, &[2, 1, 1])]);
     check(Op::Identity, &[r.tensor(DType::Bool, &[3, 2])]);
 }
 
@@ -505,12 +342,7 @@ fn fused_chain_matches_reference() {
     let w = r.tensor(DType::F32, &[4, 4, 3, 3]);
     let b = r.tensor(DType::F32, &[1, 4, 1, 1]);
     let conv = Op::Conv {
-        window: Window {
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 1, 1, 1],
-            dilations: [1, 1],
-        },
+        window: Window { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] },
         group: 1,
     };
     let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
@@ -524,28 +356,15 @@ fn fused_chain_matches_reference() {
     let wi = g.add_const("w", w);
     let bi = g.add_const("b", b);
     let c = g.add_node(conv, &[xi, wi], "conv", &[]).unwrap()[0];
-    let c = g
-        .add_node(Op::Binary(BinaryOp::Add), &[c, bi], "bias", &[])
-        .unwrap()[0];
-    let c = g
-        .add_node(Op::Unary(UnaryOp::Relu), &[c], "relu", &[])
-        .unwrap()[0];
-    let y = g
-        .add_node(Op::Binary(BinaryOp::Add), &[c, xi], "residual", &[])
-        .unwrap()[0];
+    let c = g.add_node(Op::Binary(BinaryOp::Add), &[c, bi], "bias", &[]).unwrap()[0];
+    let c = g.add_node(Op::Unary(UnaryOp::Relu), &[c], "relu", &[]).unwrap()[0];
+    let y = g.add_node(Op::Binary(BinaryOp::Add), &[c, xi], "residual", &[]).unwrap()[0];
     g.outputs = vec![y];
-    let compiler = Compiler::new(CompileOptions {
-        verify: true,
-        ..Default::default()
-    });
+    let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
     let mut opt = g.clone();
     compiler.optimize(&mut opt, None).unwrap();
     let (prog, _, _) = compiler.lower(&opt).unwrap();
-    let kernels = prog
-        .instrs
-        .iter()
-        .filter(|i| matches!(i, kiln::ir::lir::Instr::Kernel(_)))
-        .count();
+    let kernels = prog.instrs.iter().filter(|i| matches!(i, kiln::ir::lir::Instr::Kernel(_))).count();
     assert_eq!(
         kernels,
         1,
@@ -554,19 +373,10 @@ fn fused_chain_matches_reference() {
     );
     let art = compiler.compile_graph(g).unwrap();
     let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).unwrap();
-    let got = s
-        .run(&[TensorRef {
-            dtype: x.dtype().code(),
-            shape: x.shape(),
-            data: &x.data,
-        }])
-        .unwrap();
+    let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
     let got = got[0].to_f32().unwrap();
     for (a, b) in got.iter().zip(want.to_f64_vec()) {
-        assert!(
-            (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
-            "{a} vs {b}"
-        );
+        assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
 
@@ -580,25 +390,13 @@ fn concurrent_runs_agree() {
     let xi = g.add_input("x", x.ty.clone());
     let wi = g.add_const("w", w);
     g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
-    let art = Compiler::new(CompileOptions::default())
-        .compile_graph(g)
-        .unwrap();
+    let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
     let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
-    let run = || {
-        s.run(&[TensorRef {
-            dtype: x.dtype().code(),
-            shape: x.shape(),
-            data: &x.data,
-        }])
-        .unwrap()[0]
-            .data
-            .clone()
-    };
+    let run =
+        || s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0].data.clone();
     let first = run();
     std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..4)
-            .map(|_| sc.spawn(|| (0..5).map(|_| run()).collect::<Vec<_>>()))
-            .collect();
+        let hs: Vec<_> = (0..4).map(|_| sc.spawn(|| (0..5).map(|_| run()).collect::<Vec<_>>())).collect();
         for h in hs {
             for out in h.join().unwrap() {
                 assert_eq!(out, first);

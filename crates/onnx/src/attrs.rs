@@ -32,13 +32,9 @@ impl<'a> Attrs<'a> {
             None | Some(0) => Ok(Some(a)),
             Some(t) if t == want as i32 => Ok(Some(a)),
             Some(t) => {
-                let have = AttributeType::try_from(t)
-                    .map(|t| t.as_str_name().to_string())
-                    .unwrap_or_else(|_| t.to_string());
-                Err(format!(
-                    "attribute `{name}` has type {have}, expected {}",
-                    want.as_str_name()
-                ))
+                let have =
+                    AttributeType::try_from(t).map(|t| t.as_str_name().to_string()).unwrap_or_else(|_| t.to_string());
+                Err(format!("attribute `{name}` has type {have}, expected {}", want.as_str_name()))
             }
         }
     }
@@ -56,14 +52,10 @@ impl<'a> Attrs<'a> {
         Ok(self.float(name)?.unwrap_or(default))
     }
     pub fn ints(&self, name: &str) -> R<Option<&'a [i64]>> {
-        Ok(self
-            .typed(name, AttributeType::Ints)?
-            .map(|a| a.ints.as_slice()))
+        Ok(self.typed(name, AttributeType::Ints)?.map(|a| a.ints.as_slice()))
     }
     pub fn floats(&self, name: &str) -> R<Option<&'a [f32]>> {
-        Ok(self
-            .typed(name, AttributeType::Floats)?
-            .map(|a| a.floats.as_slice()))
+        Ok(self.typed(name, AttributeType::Floats)?.map(|a| a.floats.as_slice()))
     }
     pub fn string(&self, name: &str) -> R<Option<String>> {
         match self.typed(name, AttributeType::String)? {
@@ -76,11 +68,7 @@ impl<'a> Attrs<'a> {
     pub fn tensor(&self, name: &str) -> R<Option<&'a TensorProto>> {
         match self.typed(name, AttributeType::Tensor)? {
             None => Ok(None),
-            Some(a) => {
-                a.t.as_ref()
-                    .map(Some)
-                    .ok_or_else(|| format!("attribute `{name}` holds no tensor"))
-            }
+            Some(a) => a.t.as_ref().map(Some).ok_or_else(|| format!("attribute `{name}` holds no tensor")),
         }
     }
 

@@ -58,43 +58,28 @@ pub(crate) struct ExternalStore {
 impl ExternalStore {
     pub fn new(base: Option<&Path>) -> Result<Self, ImportError> {
         let base = match base {
-            Some(b) => Some(b.canonicalize().map_err(|source| ImportError::Io {
-                path: b.to_path_buf(),
-                source,
-            })?),
+            Some(b) => Some(b.canonicalize().map_err(|source| ImportError::Io { path: b.to_path_buf(), source })?),
             None => None,
         };
-        Ok(ExternalStore {
-            base,
-            files: HashMap::new(),
-        })
+        Ok(ExternalStore { base, files: HashMap::new() })
     }
 
     fn resolve(&self, location: &str) -> Result<PathBuf, String> {
-        let base = self.base.as_ref().ok_or(
-            "the model was given as bytes, without its directory: use import_path or import_model_in_dir",
-        )?;
+        let base = self
+            .base
+            .as_ref()
+            .ok_or("the model was given as bytes, without its directory: use import_path or import_model_in_dir")?;
         let rel = Path::new(location);
         if location.is_empty() {
             return Err("`location` is empty".into());
         }
-        if rel
-            .components()
-            .any(|c| matches!(c, Component::RootDir | Component::Prefix(_)))
-        {
-            return Err(format!(
-                "location `{location}` is absolute; it must be relative to the model's directory"
-            ));
+        if rel.components().any(|c| matches!(c, Component::RootDir | Component::Prefix(_))) {
+            return Err(format!("location `{location}` is absolute; it must be relative to the model's directory"));
         }
         let joined = base.join(rel);
-        let canon = joined
-            .canonicalize()
-            .map_err(|e| format!("cannot open `{}`: {e}", joined.display()))?;
+        let canon = joined.canonicalize().map_err(|e| format!("cannot open `{}`: {e}", joined.display()))?;
         if !canon.starts_with(base) {
-            return Err(format!(
-                "location `{location}` escapes the model's directory `{}`",
-                base.display()
-            ));
+            return Err(format!("location `{location}` escapes the model's directory `{}`", base.display()));
         }
         Ok(canon)
     }
@@ -113,11 +98,8 @@ impl ExternalStore {
     fn load(&mut self, t: &TensorProto, want: usize) -> Result<Bytes, String> {
         let (mut location, mut offset, mut length) = (None, 0usize, None);
         for kv in &t.external_data {
-            let parse = |v: &str| {
-                v.trim()
-                    .parse::<usize>()
-                    .map_err(|_| format!("`{}` = `{v}` is not a byte count", kv.key()))
-            };
+            let parse =
+                |v: &str| v.trim().parse::<usize>().map_err(|_| format!("`{}` = `{v}` is not a byte count", kv.key()));
             match kv.key() {
                 "location" => location = Some(kv.value().to_string()),
                 "offset" => offset = parse(kv.value())?,
@@ -128,25 +110,14 @@ impl ExternalStore {
         let location = location.ok_or("no `location` entry")?;
         let file = self.file(&location)?;
         if offset > file.len() {
-            return Err(format!(
-                "offset {offset} is past the end of `{location}` ({} bytes)",
-                file.len()
-            ));
+            return Err(format!("offset {offset} is past the end of `{location}` ({} bytes)", file.len()));
         }
         let length = length.unwrap_or(file.len() - offset);
-        let end = offset
-            .checked_add(length)
-            .filter(|&e| e <= file.len())
-            .ok_or_else(|| {
-                format!(
-                    "offset {offset} + length {length} is past the end of `{location}` ({} bytes)",
-                    file.len()
-                )
-            })?;
+        let end = offset.checked_add(length).filter(|&e| e <= file.len()).ok_or_else(|| {
+            format!("offset {offset} + length {length} is past the end of `{location}` ({} bytes)", file.len())
+        })?;
         if length != want {
-            return Err(format!(
-                "`{location}` holds {length} bytes for this tensor, its dims need {want}"
-            ));
+            return Err(format!("`{location}` holds {length} bytes for this tensor, its dims need {want}"));
         }
         Ok(file.slice(offset..end))
     }
@@ -166,19 +137,10 @@ pub(crate) fn map_file(path: &Path) -> std::io::Result<Bytes> {
 
 /// Decodes a `TensorProto` into a constant. `name` names it in errors (the proto's own name
 /// may be empty, e.g. in a Constant node's attribute).
-pub(crate) fn decode_tensor(
-    t: &TensorProto,
-    name: &str,
-    ext: &mut ExternalStore,
-) -> Result<Tensor, ImportError> {
-    let err = |message: String| ImportError::Tensor {
-        tensor: name.to_string(),
-        message,
-    };
-    let dtype = dtype_of(t.data_type()).map_err(|dtype| ImportError::UnsupportedDtype {
-        tensor: name.to_string(),
-        dtype,
-    })?;
+pub(crate) fn decode_tensor(t: &TensorProto, name: &str, ext: &mut ExternalStore) -> Result<Tensor, ImportError> {
+    let err = |message: String| ImportError::Tensor { tensor: name.to_string(), message };
+    let dtype =
+        dtype_of(t.data_type()).map_err(|dtype| ImportError::UnsupportedDtype { tensor: name.to_string(), dtype })?;
     let shape = dims_to_shape(&t.dims).map_err(err)?;
     let numel = checked_numel(&shape).unwrap_or(0);
     let ty = TensorType::new(dtype, shape);
@@ -188,17 +150,10 @@ pub(crate) fn decode_tensor(
     }
 
     let bytes = if t.data_location() == DataLocation::External {
-        ext.load(t, nbytes)
-            .map_err(|message| ImportError::ExternalData {
-                tensor: name.to_string(),
-                message,
-            })?
+        ext.load(t, nbytes).map_err(|message| ImportError::ExternalData { tensor: name.to_string(), message })?
     } else if let Some(raw) = &t.raw_data {
         if raw.len() != nbytes {
-            return Err(err(format!(
-                "raw_data has {} bytes, type {ty} needs {nbytes}",
-                raw.len()
-            )));
+            return Err(err(format!("raw_data has {} bytes, type {ty} needs {nbytes}", raw.len())));
         }
         raw.clone()
     } else {
@@ -213,9 +168,7 @@ pub(crate) fn decode_tensor(
                 DType::I32 | DType::Bool => "int32_data",
                 DType::I64 => "int64_data",
             };
-            return Err(err(format!(
-                "{field} has {have} elements, type {ty} needs {numel}"
-            )));
+            return Err(err(format!("{field} has {have} elements, type {ty} needs {numel}")));
         }
         let v: Vec<u8> = match dtype {
             DType::F32 => t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect(),

@@ -37,17 +37,16 @@ fn freeze_hint(inputs: &[String]) -> String {
         return String::new();
     }
     let list: Vec<String> = inputs.iter().map(|i| format!("`{i}`")).collect();
-    format!("; it is computed from graph input {}: give its value at compile time with --freeze-input NAME=FILE", list.join(", "))
+    format!(
+        "; it is computed from graph input {}: give its value at compile time with --freeze-input NAME=FILE",
+        list.join(", ")
+    )
 }
 
 fn fmt_unsupported(ops: &[UnsupportedOp]) -> String {
     let list: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
     let noun = if ops.len() == 1 { "op" } else { "ops" };
-    format!(
-        "model uses {} unsupported {noun}: {}",
-        ops.len(),
-        list.join("; ")
-    )
+    format!("model uses {} unsupported {noun}: {}", ops.len(), list.join("; "))
 }
 
 /// A node operand that must be a compile-time constant but is computed at run time.
@@ -123,12 +122,7 @@ pub enum ImportError {
     /// A node could not be built (invalid attributes, shape mismatch, a shape-like input that
     /// is not a constant, …).
     #[error("node `{node}` ({op_type}, opset {opset}): {message}")]
-    Node {
-        node: String,
-        op_type: String,
-        opset: i64,
-        message: String,
-    },
+    Node { node: String, op_type: String, opset: i64, message: String },
 
     /// A shape-like operand (Reshape's shape, reduce axes, …) that does not fold to a
     /// constant; see [`ConstantNeeded`].

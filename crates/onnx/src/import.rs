@@ -39,11 +39,7 @@ pub fn import_model(bytes: Bytes, opts: &ImportOptions) -> Result<Graph, ImportE
 }
 
 /// Imports a serialized ONNX model whose external data files live in `dir`.
-pub fn import_model_in_dir(
-    bytes: Bytes,
-    dir: impl AsRef<Path>,
-    opts: &ImportOptions,
-) -> Result<Graph, ImportError> {
+pub fn import_model_in_dir(bytes: Bytes, dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Graph, ImportError> {
     import_inner(bytes, opts, Some(dir.as_ref()), &HashMap::new())
 }
 
@@ -62,10 +58,7 @@ pub fn import_path_with_constants(
     constants: &HashMap<String, Tensor>,
 ) -> Result<Graph, ImportError> {
     let path = path.as_ref();
-    let bytes = map_file(path).map_err(|source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = map_file(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -82,11 +75,7 @@ fn import_inner(
     let model = decode_model(bytes)?;
     let ir = model.ir_version();
     if !(MIN_IR_VERSION..=MAX_IR_VERSION).contains(&ir) {
-        return Err(ImportError::UnsupportedIrVersion {
-            version: ir,
-            min: MIN_IR_VERSION,
-            max: MAX_IR_VERSION,
-        });
+        return Err(ImportError::UnsupportedIrVersion { version: ir, min: MIN_IR_VERSION, max: MAX_IR_VERSION });
     }
     let mut default_opset = None;
     let mut opsets = HashMap::new();
@@ -100,17 +89,10 @@ fn import_inner(
     }
     if let Some(v) = default_opset {
         if !(MIN_OPSET..=MAX_OPSET).contains(&v) {
-            return Err(ImportError::UnsupportedOpset {
-                version: v,
-                min: MIN_OPSET,
-                max: MAX_OPSET,
-            });
+            return Err(ImportError::UnsupportedOpset { version: v, min: MIN_OPSET, max: MAX_OPSET });
         }
     }
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| ImportError::InvalidGraph("the model has no graph".into()))?;
+    let graph = model.graph.as_ref().ok_or_else(|| ImportError::InvalidGraph("the model has no graph".into()))?;
     let mut imp = Importer {
         g: Graph::new(graph.name()),
         env: HashMap::new(),
@@ -149,9 +131,7 @@ impl Importer {
     ) -> Result<(), ImportError> {
         if let Some(s) = graph.sparse_initializer.first() {
             let name = s.values.as_ref().map(|v| v.name()).unwrap_or("");
-            return Err(ImportError::Unsupported(format!(
-                "sparse initializer `{name}`"
-            )));
+            return Err(ImportError::Unsupported(format!("sparse initializer `{name}`")));
         }
         for t in &graph.initializer {
             let c = decode_tensor(t, t.name(), &mut self.ext)?;
@@ -164,9 +144,7 @@ impl Importer {
         }
         self.outputs(graph)?;
         if !self.unsupported.is_empty() {
-            return Err(ImportError::UnsupportedOps(std::mem::take(
-                &mut self.unsupported,
-            )));
+            return Err(ImportError::UnsupportedOps(std::mem::take(&mut self.unsupported)));
         }
         Ok(())
     }
@@ -186,11 +164,8 @@ impl Importer {
                 continue;
             }
             if let Some(t) = constants.get(name) {
-                let ty =
-                    input_type(vi, Some(&t.ty.shape)).map_err(|e| ImportError::ConstantInput {
-                        input: name.to_string(),
-                        reason: e.to_string(),
-                    })?;
+                let ty = input_type(vi, Some(&t.ty.shape))
+                    .map_err(|e| ImportError::ConstantInput { input: name.to_string(), reason: e.to_string() })?;
                 if ty != t.ty || t.data.len() != t.ty.bytes() {
                     return Err(ImportError::ConstantInput {
                         input: name.to_string(),
@@ -207,10 +182,7 @@ impl Importer {
             self.env.insert(name.to_string(), Slot::Value(v));
             runtime.insert(name);
         }
-        let mut unbound: Vec<&String> = constants
-            .keys()
-            .filter(|n| !bound.contains(n.as_str()))
-            .collect();
+        let mut unbound: Vec<&String> = constants.keys().filter(|n| !bound.contains(n.as_str())).collect();
         unbound.sort();
         if let Some(name) = unbound.first() {
             return Err(ImportError::ConstantInput {
@@ -240,17 +212,9 @@ impl Importer {
 
     fn node(&mut self, idx: usize, node: &NodeProto) -> Result<(), ImportError> {
         let op_type = node.op_type();
-        let name = if node.name().is_empty() {
-            format!("{op_type}_{idx}")
-        } else {
-            node.name().to_string()
-        };
+        let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
         let is_default = matches!(node.domain(), "" | "ai.onnx");
-        let opset = if is_default {
-            self.default_opset
-        } else {
-            self.opsets.get(node.domain()).copied()
-        };
+        let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };
         let node_err = |message: String| ImportError::Node {
             node: name.clone(),
             op_type: op_type.to_string(),
@@ -295,14 +259,7 @@ impl Importer {
             )));
         };
 
-        let mut cx = NodeCx::new(
-            &mut self.g,
-            &mut self.ext,
-            node,
-            &name,
-            opset,
-            inputs.clone(),
-        );
+        let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
         match ops::import(&mut cx) {
             Ok(outs) => {
                 for (k, oname) in node.output.iter().enumerate() {
@@ -349,16 +306,12 @@ impl Importer {
             "" => "ai.onnx".to_string(),
             d => d.to_string(),
         };
-        let op = Op::Unsupported {
-            op_type: node.op_type().to_string(),
-            domain: domain.clone(),
-            opset: opset.unwrap_or(0),
-        };
+        let op =
+            Op::Unsupported { op_type: node.op_type().to_string(), domain: domain.clone(), opset: opset.unwrap_or(0) };
         let present: Vec<ValueId> = inputs.iter().flatten().copied().collect();
         // Result types are unknown: placeholders get a nominal type and are never consumed.
         let tys = vec![TensorType::new(DType::F32, Vec::new()); node.output.len()];
-        self.g
-            .add_placeholder(op, &present, name, &node.output, tys);
+        self.g.add_placeholder(op, &present, name, &node.output, tys);
         self.poison(node);
         self.unsupported.push(UnsupportedOp {
             op_type: node.op_type().to_string(),
@@ -392,12 +345,7 @@ impl Importer {
             } else {
                 let outs = self
                     .g
-                    .add_node(
-                        Op::Identity,
-                        &[v],
-                        format!("{name}/output"),
-                        &[name.to_string()],
-                    )
+                    .add_node(Op::Identity, &[v], format!("{name}/output"), &[name.to_string()])
                     .map_err(|e| ImportError::InvalidGraph(e.to_string()))?;
                 outs[0]
             };
@@ -411,11 +359,7 @@ fn quote_list(names: &[&str]) -> String {
     if names.is_empty() {
         return "(none)".into();
     }
-    names
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// One declared dim of a graph input.
@@ -438,27 +382,17 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
                 TypeValue::SparseTensorType(_) => "a sparse tensor",
                 _ => "an opaque value",
             };
-            return Err(ImportError::Unsupported(format!(
-                "input `{name}` is {kind}; only tensors are supported"
-            )));
+            return Err(ImportError::Unsupported(format!("input `{name}` is {kind}; only tensors are supported")));
         }
-        None => {
-            return Err(ImportError::InvalidGraph(format!(
-                "input `{name}` has no type"
-            )))
-        }
+        None => return Err(ImportError::InvalidGraph(format!("input `{name}` has no type"))),
     };
-    let dtype = dtype_of(tensor.elem_type()).map_err(|dtype| ImportError::UnsupportedDtype {
-        tensor: name.to_string(),
-        dtype,
-    })?;
+    let dtype = dtype_of(tensor.elem_type())
+        .map_err(|dtype| ImportError::UnsupportedDtype { tensor: name.to_string(), dtype })?;
     let dims: Option<Vec<Dim>> = tensor.shape.as_ref().map(|s| {
         s.dim
             .iter()
             .map(|d| match &d.value {
-                Some(DimValue::DimValue(v)) if *v >= 0 => {
-                    usize::try_from(*v).map_or(Dim::Unknown, Dim::Static)
-                }
+                Some(DimValue::DimValue(v)) if *v >= 0 => usize::try_from(*v).map_or(Dim::Unknown, Dim::Static),
                 Some(DimValue::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
                 _ => Dim::Unknown,
             })
@@ -477,10 +411,7 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
 
     let shape = if let Some(p) = pinned {
         let spec = format!("{name}={}", fmt_shape(p));
-        let bad = |reason: String| ImportError::ShapeSpec {
-            spec: spec.clone(),
-            reason,
-        };
+        let bad = |reason: String| ImportError::ShapeSpec { spec: spec.clone(), reason };
         if let Some(dims) = &dims {
             if dims.len() != p.len() {
                 return Err(bad(format!(
@@ -512,19 +443,12 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
                 suggestion: format!("{name}=D0xD1x…"),
             });
         };
-        if let Some((index, d)) = dims
-            .iter()
-            .enumerate()
-            .find(|(_, d)| !matches!(d, Dim::Static(_)))
-        {
+        if let Some((index, d)) = dims.iter().enumerate().find(|(_, d)| !matches!(d, Dim::Static(_))) {
             let dim = match d {
                 Dim::Symbolic(p) => format!("symbolic dim `{p}`"),
                 _ => "an unknown dim".into(),
             };
-            let example: Vec<usize> = dims
-                .iter()
-                .map(|d| if let Dim::Static(v) = d { *v } else { 1 })
-                .collect();
+            let example: Vec<usize> = dims.iter().map(|d| if let Dim::Static(v) = d { *v } else { 1 }).collect();
             return Err(ImportError::UnpinnedDim {
                 input: name.to_string(),
                 index,
@@ -533,9 +457,7 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
                 suggestion: format!("{name}={}", fmt_shape(&example)),
             });
         }
-        dims.iter()
-            .map(|d| if let Dim::Static(v) = d { *v } else { 0 })
-            .collect()
+        dims.iter().map(|d| if let Dim::Static(v) = d { *v } else { 0 }).collect()
     };
     if checked_numel(&shape).is_none() {
         return Err(ImportError::Tensor {

@@ -30,13 +30,8 @@ impl ImportOptions {
 /// Parses `NAME=D0xD1x…` (dims separated by `x` or `,`; `NAME=` is a scalar). The name is
 /// everything before the last `=`.
 pub fn parse_input_shape(spec: &str) -> Result<(String, Vec<usize>), ImportError> {
-    let bad = |reason: &str| ImportError::ShapeSpec {
-        spec: spec.to_string(),
-        reason: reason.to_string(),
-    };
-    let (name, dims) = spec
-        .rsplit_once('=')
-        .ok_or_else(|| bad("expected NAME=D0xD1x… (e.g. images=1x3x224x224)"))?;
+    let bad = |reason: &str| ImportError::ShapeSpec { spec: spec.to_string(), reason: reason.to_string() };
+    let (name, dims) = spec.rsplit_once('=').ok_or_else(|| bad("expected NAME=D0xD1x… (e.g. images=1x3x224x224)"))?;
     let name = name.trim();
     if name.is_empty() {
         return Err(bad("the input name is empty"));
@@ -46,11 +41,7 @@ pub fn parse_input_shape(spec: &str) -> Result<(String, Vec<usize>), ImportError
     if !dims.is_empty() {
         for d in dims.split(['x', 'X', ',']) {
             let d = d.trim();
-            let v: usize = d.parse().map_err(|_| {
-                bad(&format!(
-                    "`{d}` is not a dimension (a non-negative integer)"
-                ))
-            })?;
+            let v: usize = d.parse().map_err(|_| bad(&format!("`{d}` is not a dimension (a non-negative integer)")))?;
             shape.push(v);
         }
     }
@@ -63,14 +54,8 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert_eq!(
-            parse_input_shape("images=1x3x224x224").unwrap(),
-            ("images".into(), vec![1, 3, 224, 224])
-        );
-        assert_eq!(
-            parse_input_shape("a=b=2,3").unwrap(),
-            ("a=b".into(), vec![2, 3])
-        );
+        assert_eq!(parse_input_shape("images=1x3x224x224").unwrap(), ("images".into(), vec![1, 3, 224, 224]));
+        assert_eq!(parse_input_shape("a=b=2,3").unwrap(), ("a=b".into(), vec![2, 3]));
         assert_eq!(parse_input_shape("s=").unwrap(), ("s".into(), vec![]));
         let e = parse_input_shape("x=1x?x3").unwrap_err().to_string();
         assert!(e.contains("bad input shape `x=1x?x3`"), "{e}");

@@ -20,54 +20,19 @@ fn rich_model() -> Model {
         .init(t_i64("sa", &[2], &[1, 3]))
         .init(t_i64("sp", &[2], &[-1, 1]))
         .init(t_i64("split", &[2], &[1, 3]))
-        .node(node(
-            "Conv",
-            &["x", "w", "b"],
-            &["c"],
-            vec![a_str("auto_pad", "SAME_UPPER"), a_ints("strides", &[2, 2])],
-        ))
+        .node(node("Conv", &["x", "w", "b"], &["c"], vec![a_str("auto_pad", "SAME_UPPER"), a_ints("strides", &[2, 2])]))
         .node(node("Relu", &["c"], &["r"], vec![]))
-        .node(node(
-            "MaxPool",
-            &["r"],
-            &["p"],
-            vec![a_ints("kernel_shape", &[2, 2]), a_int("ceil_mode", 1)],
-        ))
-        .node(node(
-            "Slice",
-            &["p", "st", "en", "sa", "sp"],
-            &["sl"],
-            vec![],
-        ))
-        .node(node(
-            "Split",
-            &["sl", "split"],
-            &["s0", "s1"],
-            vec![a_int("axis", 1)],
-        ))
-        .node(node(
-            "Concat",
-            &["s1", "s0"],
-            &["cc"],
-            vec![a_int("axis", -3)],
-        ))
+        .node(node("MaxPool", &["r"], &["p"], vec![a_ints("kernel_shape", &[2, 2]), a_int("ceil_mode", 1)]))
+        .node(node("Slice", &["p", "st", "en", "sa", "sp"], &["sl"], vec![]))
+        .node(node("Split", &["sl", "split"], &["s0", "s1"], vec![a_int("axis", 1)]))
+        .node(node("Concat", &["s1", "s0"], &["cc"], vec![a_int("axis", -3)]))
         .node(node("Shape", &["cc"], &["shp"], vec![]))
         .node(node("Gather", &["shp", "idx"], &["n"], vec![]))
         .node(node("Unsqueeze", &["n", "ax"], &["n1"], vec![]))
-        .node(node(
-            "Concat",
-            &["n1", "m1"],
-            &["tgt"],
-            vec![a_int("axis", 0)],
-        ))
+        .node(node("Concat", &["n1", "m1"], &["tgt"], vec![a_int("axis", 0)]))
         .node(node("Reshape", &["cc", "tgt"], &["flat"], vec![]))
         .node(node("Softmax", &["flat"], &["sm"], vec![]))
-        .node(node(
-            "ReduceMean",
-            &["sm"],
-            &["rm"],
-            vec![a_ints("axes", &[-1])],
-        ))
+        .node(node("ReduceMean", &["sm"], &["rm"], vec![a_ints("axes", &[-1])]))
         .node(node("ConstantOfShape", &["shp"], &["z"], vec![]))
         .node(node("Cast", &["rm"], &["y"], vec![a_int("to", 7)]))
         .output("y")
@@ -83,10 +48,7 @@ fn rich_model_imports() {
 #[test]
 fn mutated_models_never_panic() {
     let base = rich_model().bytes().to_vec();
-    let iters: usize = std::env::var("KILN_FUZZ_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let iters: usize = std::env::var("KILN_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rnd = move |n: usize| {
         seed ^= seed << 13;
@@ -116,10 +78,7 @@ fn mutated_models_never_panic() {
 fn extreme_attribute_and_shape_values_never_panic() {
     const EXTREMES: [i64; 10] = [0, 1, -1, 2, -2, 7, i64::MAX, i64::MIN, 1 << 40, -(1 << 33)];
     let base = rich_model();
-    let iters: usize = std::env::var("KILN_FUZZ_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let iters: usize = std::env::var("KILN_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut rnd = move |n: usize| {
         seed ^= seed << 13;

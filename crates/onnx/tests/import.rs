@@ -77,10 +77,7 @@ fn raw_data_and_float_data_decode_alike() {
     assert_eq!(a.ty, b.ty);
     // raw_data is a slice of the model's bytes, not a copy.
     let range = bytes.as_ptr_range();
-    assert!(
-        range.contains(&a.data.as_ptr()),
-        "raw_data initializer was copied"
-    );
+    assert!(range.contains(&a.data.as_ptr()), "raw_data initializer was copied");
 }
 
 #[test]
@@ -95,10 +92,7 @@ fn initializer_listed_as_input_is_a_constant() {
     assert_eq!(g.inputs.len(), 1);
     assert!(g.const_of(nodes(&g)[0].inputs[1]).is_some());
     // Pinning a constant is an error.
-    let e = m
-        .import_with(&ImportOptions::default().with_input_shape("w", vec![2]))
-        .unwrap_err()
-        .to_string();
+    let e = m.import_with(&ImportOptions::default().with_input_shape("w", vec![2])).unwrap_err().to_string();
     assert!(e.contains("`w` is an initializer"), "{e}");
 }
 
@@ -112,19 +106,10 @@ fn dynamic_model() -> Model {
 #[test]
 fn unpinned_dim_is_a_clear_error() {
     let e = dynamic_model().import().unwrap_err();
-    assert!(
-        matches!(e, ImportError::UnpinnedDim { index: 0, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, ImportError::UnpinnedDim { index: 0, .. }), "{e:?}");
     let s = e.to_string();
-    for want in [
-        "input `x`",
-        "symbolic dim `batch`",
-        "dim 0",
-        "[batch, 3, ?]",
-        "--input-shape x=1x3x1",
-        "input_shapes",
-    ] {
+    for want in ["input `x`", "symbolic dim `batch`", "dim 0", "[batch, 3, ?]", "--input-shape x=1x3x1", "input_shapes"]
+    {
         assert!(s.contains(want), "`{want}` missing from: {s}");
     }
     // Unknown (neither value nor name) dims are reported too.
@@ -142,31 +127,17 @@ fn pinned_dim_specializes_the_input() {
     let mut opts = ImportOptions::default();
     opts.add_input_shape_spec("x=4x3x5").unwrap();
     let g = m.import_with(&opts).unwrap();
-    assert_eq!(
-        g.ty(g.inputs[0]),
-        &TensorType::new(DType::F32, vec![4, 3, 5])
-    );
+    assert_eq!(g.ty(g.inputs[0]), &TensorType::new(DType::F32, vec![4, 3, 5]));
     assert_eq!(g.ty(g.outputs[0]).shape, vec![4, 3, 5]);
 
     // Contradicting a static dim.
-    let e = m
-        .import_with(&ImportOptions::default().with_input_shape("x", vec![4, 2, 5]))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("bad input shape `x=4x2x5`") && e.contains("static dim 1 = 3"),
-        "{e}"
-    );
+    let e = m.import_with(&ImportOptions::default().with_input_shape("x", vec![4, 2, 5])).unwrap_err().to_string();
+    assert!(e.contains("bad input shape `x=4x2x5`") && e.contains("static dim 1 = 3"), "{e}");
     // Wrong rank.
-    let e = m
-        .import_with(&ImportOptions::default().with_input_shape("x", vec![4, 3]))
-        .unwrap_err()
-        .to_string();
+    let e = m.import_with(&ImportOptions::default().with_input_shape("x", vec![4, 3])).unwrap_err().to_string();
     assert!(e.contains("rank 3"), "{e}");
     // No such input.
-    let opts = ImportOptions::default()
-        .with_input_shape("x", vec![1, 3, 1])
-        .with_input_shape("nope", vec![1]);
+    let opts = ImportOptions::default().with_input_shape("x", vec![1, 3, 1]).with_input_shape("nope", vec![1]);
     let e = m.import_with(&opts).unwrap_err().to_string();
     assert!(e.contains("no input `nope`") && e.contains("`x`"), "{e}");
 }
@@ -176,28 +147,18 @@ fn unsupported_ops_are_all_reported_at_once() {
     let mut m = Model::new(13)
         .input(vis("boxes", F32, &[1, 4, 4]))
         .input(vis("scores", F32, &[1, 1, 4]))
-        .node(node(
-            "NonMaxSuppression",
-            &["boxes", "scores"],
-            &["sel"],
-            vec![],
-        ))
+        .node(node("NonMaxSuppression", &["boxes", "scores"], &["sel"], vec![]))
         // Downstream of an unsupported op: skipped, not reported.
         .node(node("Cast", &["sel"], &["self"], vec![a_int("to", 1)]))
         .node(node("Relu", &["scores"], &["r"], vec![]))
-        .node(NodeProto {
-            domain: Some("com.example".into()),
-            ..node("Foo", &["r"], &["f"], vec![])
-        })
+        .node(NodeProto { domain: Some("com.example".into()), ..node("Foo", &["r"], &["f"], vec![]) })
         .output("self")
         .output("f");
     m.nodes[0].name = Some("nms_1".into());
     m.nodes[3].name = Some("n7".into());
     m.other_opsets.push(("com.example", 1));
     let e = m.import().unwrap_err();
-    let ImportError::UnsupportedOps(list) = &e else {
-        panic!("{e:?}")
-    };
+    let ImportError::UnsupportedOps(list) = &e else { panic!("{e:?}") };
     assert_eq!(list.len(), 2);
     assert_eq!(
         e.to_string(),
@@ -217,19 +178,9 @@ fn truncated_model_is_a_decode_error() {
     }
     let e = import_model(bytes.slice(..bytes.len() - 3), &ImportOptions::default()).unwrap_err();
     assert!(matches!(e, ImportError::Decode(_)), "{e:?}");
-    assert!(
-        e.to_string().starts_with("cannot decode ONNX model: "),
-        "{e}"
-    );
-    let e = import_model(
-        Bytes::from_static(b"\xff\xff\xff\xff garbage"),
-        &ImportOptions::default(),
-    )
-    .unwrap_err();
-    assert!(
-        e.to_string().starts_with("cannot decode ONNX model: "),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("cannot decode ONNX model: "), "{e}");
+    let e = import_model(Bytes::from_static(b"\xff\xff\xff\xff garbage"), &ImportOptions::default()).unwrap_err();
+    assert!(e.to_string().starts_with("cannot decode ONNX model: "), "{e}");
 }
 
 #[test]
@@ -251,10 +202,8 @@ fn corrupt_sizes_do_not_allocate() {
     let e = m.import().unwrap_err().to_string();
     assert!(e.contains("raw_data has 8 bytes"), "{e}");
     // A huge input shape.
-    let m = Model::new(13)
-        .input(vis("x", F32, &[1 << 40, 1 << 40]))
-        .node(node("Relu", &["x"], &["y"], vec![]))
-        .output("y");
+    let m =
+        Model::new(13).input(vis("x", F32, &[1 << 40, 1 << 40])).node(node("Relu", &["x"], &["y"], vec![])).output("y");
     assert!(m.import().is_err());
     // A Reshape to a huge shape.
     let m = Model::new(13)
@@ -270,55 +219,33 @@ fn unsupported_dtype_names_tensor_and_dtype() {
     let mut t = t_f32("d", &[1], &[]);
     t.data_type = Some(DataType::Double as i32);
     t.double_data = vec![1.0];
-    let m = Model::new(13)
-        .input(vis("x", F32, &[1]))
-        .init(t)
-        .node(node("Add", &["x", "d"], &["y"], vec![]))
-        .output("y");
+    let m =
+        Model::new(13).input(vis("x", F32, &[1])).init(t).node(node("Add", &["x", "d"], &["y"], vec![])).output("y");
     assert_eq!(
         m.import().unwrap_err().to_string(),
         "tensor `d`: dtype DOUBLE is not supported (supported: float32, int32, int64, bool)"
     );
-    let m = Model::new(13)
-        .input(vis("x", DataType::Float16, &[1]))
-        .node(node("Relu", &["x"], &["y"], vec![]))
-        .output("y");
-    assert!(m
-        .import()
-        .unwrap_err()
-        .to_string()
-        .contains("tensor `x`: dtype FLOAT16"));
+    let m =
+        Model::new(13).input(vis("x", DataType::Float16, &[1])).node(node("Relu", &["x"], &["y"], vec![])).output("y");
+    assert!(m.import().unwrap_err().to_string().contains("tensor `x`: dtype FLOAT16"));
 }
 
 #[test]
 fn versions_are_checked() {
     let mut m = mlp();
     m.ir_version = 2;
-    assert!(matches!(
-        m.import(),
-        Err(ImportError::UnsupportedIrVersion { version: 2, .. })
-    ));
+    assert!(matches!(m.import(), Err(ImportError::UnsupportedIrVersion { version: 2, .. })));
     let mut m = mlp();
     m.opset = 29;
     let e = m.import().unwrap_err().to_string();
-    assert_eq!(
-        e,
-        "unsupported opset 29 for domain ai.onnx (supported: 1..=28)"
-    );
+    assert_eq!(e, "unsupported opset 29 for domain ai.onnx (supported: 1..=28)");
     let mut m = mlp();
     m.ir_version = 15;
-    assert!(matches!(
-        m.import(),
-        Err(ImportError::UnsupportedIrVersion { version: 15, .. })
-    ));
+    assert!(matches!(m.import(), Err(ImportError::UnsupportedIrVersion { version: 15, .. })));
     // `ai.onnx` is the default domain too.
     let mut p = mlp().proto();
     p.opset_import[0].domain = Some("ai.onnx".into());
-    let g = import_model(
-        prost::Message::encode_to_vec(&p).into(),
-        &ImportOptions::default(),
-    )
-    .unwrap();
+    let g = import_model(prost::Message::encode_to_vec(&p).into(), &ImportOptions::default()).unwrap();
     assert_eq!(ops(&g).len(), 5);
 }
 
@@ -338,15 +265,9 @@ fn node_errors_carry_context() {
         .node(node("Reshape", &["x", "s"], &["y"], vec![]))
         .output("y");
     let e = m.import().unwrap_err().to_string();
-    assert!(
-        e.contains("node `y_node` (Reshape, opset 13)") && e.contains("input 1 (`s`, shape)"),
-        "{e}"
-    );
+    assert!(e.contains("node `y_node` (Reshape, opset 13)") && e.contains("input 1 (`s`, shape)"), "{e}");
     // An undefined value.
-    let m = Model::new(13)
-        .input(vis("x", F32, &[1]))
-        .node(node("Relu", &["nope"], &["y"], vec![]))
-        .output("y");
+    let m = Model::new(13).input(vis("x", F32, &[1])).node(node("Relu", &["nope"], &["y"], vec![])).output("y");
     assert!(m.import().unwrap_err().to_string().contains("`nope`"));
 }
 
@@ -362,11 +283,7 @@ fn outputs_keep_their_names() {
         .output("s")
         .output("x");
     let g = import_ok(&m);
-    let names: Vec<&str> = g
-        .outputs
-        .iter()
-        .map(|&v| g.value(v).name.as_str())
-        .collect();
+    let names: Vec<&str> = g.outputs.iter().map(|&v| g.value(v).name.as_str()).collect();
     assert_eq!(names, ["y", "s", "x"]);
     assert_eq!(g.const_of(g.outputs[1]).unwrap().data(), Data::I64(vec![2]));
     assert_eq!(g.outputs[2], g.inputs[0]);
@@ -379,10 +296,7 @@ fn external_tensor(
     offset: Option<usize>,
     length: Option<usize>,
 ) -> kiln_onnx::proto::TensorProto {
-    let kv = |k: &str, v: String| StringStringEntryProto {
-        key: Some(k.into()),
-        value: Some(v),
-    };
+    let kv = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
     let mut ext = vec![kv("location", location.into())];
     ext.extend(offset.map(|o| kv("offset", o.to_string())));
     ext.extend(length.map(|l| kv("length", l.to_string())));
@@ -406,99 +320,37 @@ fn external_data_is_mapped() {
     std::fs::create_dir(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/weights.bin"), &blob).unwrap();
     let model = |t| {
-        Model::new(13)
-            .input(vis("x", F32, &[3]))
-            .init(t)
-            .node(node("Add", &["x", "w"], &["y"], vec![]))
-            .output("y")
+        Model::new(13).input(vis("x", F32, &[3])).init(t).node(node("Add", &["x", "w"], &["y"], vec![])).output("y")
     };
     let path = dir.path().join("model.onnx");
 
-    std::fs::write(
-        &path,
-        model(external_tensor(
-            "w",
-            &[3],
-            "data/weights.bin",
-            Some(16),
-            Some(12),
-        ))
-        .bytes(),
-    )
-    .unwrap();
+    std::fs::write(&path, model(external_tensor("w", &[3], "data/weights.bin", Some(16), Some(12))).bytes()).unwrap();
     let g = import_path(&path, &ImportOptions::default()).unwrap();
     let w = g.const_of(nodes(&g)[0].inputs[1]).unwrap();
     assert_eq!(w.data(), Data::F32(vec![1.0, 2.0, 3.0]));
     // Without a length, the rest of the file.
-    std::fs::write(
-        &path,
-        model(external_tensor(
-            "w",
-            &[3],
-            "data/weights.bin",
-            Some(16),
-            None,
-        ))
-        .bytes(),
-    )
-    .unwrap();
+    std::fs::write(&path, model(external_tensor("w", &[3], "data/weights.bin", Some(16), None)).bytes()).unwrap();
     import_path(&path, &ImportOptions::default()).unwrap();
 
     let err = |t| {
         std::fs::write(&path, model(t).bytes()).unwrap();
-        import_path(&path, &ImportOptions::default())
-            .unwrap_err()
-            .to_string()
+        import_path(&path, &ImportOptions::default()).unwrap_err().to_string()
     };
-    let e = err(external_tensor(
-        "w",
-        &[3],
-        "data/weights.bin",
-        Some(20),
-        Some(12),
-    ));
-    assert!(
-        e.contains("tensor `w`: external data") && e.contains("past the end"),
-        "{e}"
-    );
-    let e = err(external_tensor(
-        "w",
-        &[3],
-        "data/weights.bin",
-        Some(0),
-        Some(16),
-    ));
+    let e = err(external_tensor("w", &[3], "data/weights.bin", Some(20), Some(12)));
+    assert!(e.contains("tensor `w`: external data") && e.contains("past the end"), "{e}");
+    let e = err(external_tensor("w", &[3], "data/weights.bin", Some(0), Some(16)));
     assert!(e.contains("holds 16 bytes") && e.contains("need 12"), "{e}");
     let e = err(external_tensor("w", &[3], "../outside.bin", None, None));
     assert!(e.contains("tensor `w`: external data"), "{e}");
-    std::fs::write(
-        dir.path().parent().unwrap().join("kiln_onnx_outside.bin"),
-        &blob[..12],
-    )
-    .unwrap();
-    let e = err(external_tensor(
-        "w",
-        &[3],
-        "../kiln_onnx_outside.bin",
-        None,
-        None,
-    ));
+    std::fs::write(dir.path().parent().unwrap().join("kiln_onnx_outside.bin"), &blob[..12]).unwrap();
+    let e = err(external_tensor("w", &[3], "../kiln_onnx_outside.bin", None, None));
     assert!(e.contains("escapes the model's directory"), "{e}");
     let e = err(external_tensor("w", &[3], "/etc/passwd", None, None));
     assert!(e.contains("absolute"), "{e}");
     let _ = std::fs::remove_file(dir.path().parent().unwrap().join("kiln_onnx_outside.bin"));
 
     // From bytes alone, external data cannot be resolved.
-    let e = model(external_tensor(
-        "w",
-        &[3],
-        "data/weights.bin",
-        Some(16),
-        Some(12),
-    ))
-    .import()
-    .unwrap_err()
-    .to_string();
+    let e = model(external_tensor("w", &[3], "data/weights.bin", Some(16), Some(12))).import().unwrap_err().to_string();
     assert!(e.contains("import_path"), "{e}");
 }
 
@@ -514,26 +366,15 @@ fn inputs_bound_to_constants_fold() {
     let path = dir.path().join("m.onnx");
     std::fs::write(&path, m.bytes()).unwrap();
     let mut consts = HashMap::new();
-    consts.insert(
-        "shape".to_string(),
-        kiln_ir::Tensor::i64(vec![2], vec![3, 4]),
-    );
-    let g =
-        kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).unwrap();
+    consts.insert("shape".to_string(), kiln_ir::Tensor::i64(vec![2], vec![3, 4]));
+    let g = kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).unwrap();
     assert_eq!(ops(&g), vec![&Op::Reshape { shape: vec![3, 4] }]);
     assert_eq!(g.inputs.len(), 1);
     // A value of the wrong type, or for no input, is an error.
-    consts.insert(
-        "shape".to_string(),
-        kiln_ir::Tensor::i64(vec![3], vec![3, 4, 1]),
-    );
-    let e = kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts)
-        .unwrap_err()
-        .to_string();
+    consts.insert("shape".to_string(), kiln_ir::Tensor::i64(vec![3], vec![3, 4, 1]));
+    let e = kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).unwrap_err().to_string();
     assert!(e.starts_with("constant for input `shape`"), "{e}");
     let mut consts = HashMap::new();
     consts.insert("nope".to_string(), kiln_ir::Tensor::i64(vec![1], vec![1]));
-    assert!(
-        kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).is_err()
-    );
+    assert!(kiln_onnx::import_path_with_constants(&path, &ImportOptions::default(), &consts).is_err());
 }

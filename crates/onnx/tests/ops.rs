@@ -15,10 +15,7 @@ fn only_op(m: &Model) -> Op {
 }
 
 fn unary_model(opset: i64, shape: &[i64], n: kiln_onnx::proto::NodeProto) -> Model {
-    Model::new(opset)
-        .input(vis("x", F32, shape))
-        .node(n)
-        .output("y")
+    Model::new(opset).input(vis("x", F32, shape)).node(n).output("y")
 }
 
 #[test]
@@ -30,34 +27,18 @@ fn shape_chain_folds_into_static_reshape() {
         .init(t_i64("axes0", &[1], &[0]))
         .init(t_i64("minus1", &[1], &[-1]))
         .node(node("Shape", &["x"], &["s"], vec![]))
-        .node(node(
-            "Gather",
-            &["s", "zero"],
-            &["n"],
-            vec![a_int("axis", 0)],
-        ))
+        .node(node("Gather", &["s", "zero"], &["n"], vec![a_int("axis", 0)]))
         .node(node("Unsqueeze", &["n", "axes0"], &["n1"], vec![]))
-        .node(node(
-            "Concat",
-            &["n1", "minus1"],
-            &["shape"],
-            vec![a_int("axis", 0)],
-        ))
+        .node(node("Concat", &["n1", "minus1"], &["shape"], vec![a_int("axis", 0)]))
         .node(node("Reshape", &["x", "shape"], &["y"], vec![]))
         .output("y");
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![2, 12] });
     let g = import_ok(&m);
     // The folded intermediate constants keep their ONNX names.
-    let names: Vec<String> = g
-        .value_ids()
-        .filter(|&v| g.const_of(v).is_some())
-        .map(|v| g.value(v).name.clone())
-        .collect();
+    let names: Vec<String> =
+        g.value_ids().filter(|&v| g.const_of(v).is_some()).map(|v| g.value(v).name.clone()).collect();
     for want in ["s", "n", "n1", "shape"] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} not among {names:?}"
-        );
+        assert!(names.iter().any(|n| n == want), "{want} not among {names:?}");
     }
 }
 
@@ -66,12 +47,7 @@ fn constant_of_shape_and_size_fold() {
     let m = Model::new(13)
         .input(vis("x", F32, &[2, 3]))
         .node(node("Shape", &["x"], &["s"], vec![a_int("start", -1)]))
-        .node(node(
-            "ConstantOfShape",
-            &["s"],
-            &["c"],
-            vec![a_tensor("value", t_i64("", &[1], &[7]))],
-        ))
+        .node(node("ConstantOfShape", &["s"], &["c"], vec![a_tensor("value", t_i64("", &[1], &[7]))]))
         .node(node("Size", &["x"], &["n"], vec![]))
         .node(node("ConstantOfShape", &["s"], &["z"], vec![]))
         .output("c")
@@ -93,19 +69,9 @@ fn conv_same_upper_pads() {
         .input(vis("x", F32, &[1, 2, 5, 6]))
         .init(t_f32("w", &[4, 2, 3, 3], &[0.1; 72]))
         .init(t_f32("b", &[4], &[0.0; 4]))
-        .node(node(
-            "Conv",
-            &["x", "w", "b"],
-            &["y"],
-            vec![a_str("auto_pad", "SAME_UPPER"), a_ints("strides", &[2, 2])],
-        ))
+        .node(node("Conv", &["x", "w", "b"], &["y"], vec![a_str("auto_pad", "SAME_UPPER"), a_ints("strides", &[2, 2])]))
         .output("y");
-    let window = Window {
-        kernel: [3, 3],
-        strides: [2, 2],
-        pads: [1, 0, 1, 1],
-        dilations: [1, 1],
-    };
+    let window = Window { kernel: [3, 3], strides: [2, 2], pads: [1, 0, 1, 1], dilations: [1, 1] };
     assert_eq!(only_op(&m), Op::Conv { window, group: 1 });
     let g = import_ok(&m);
     assert_eq!(g.ty(g.outputs[0]).shape, vec![1, 4, 3, 3]);
@@ -113,27 +79,12 @@ fn conv_same_upper_pads() {
     // SAME_LOWER puts the odd pad first; explicit pads and kernel_shape pass through.
     let mut m2 = m;
     m2.nodes[0].attribute[0] = a_str("auto_pad", "SAME_LOWER");
-    let Op::Conv { window, .. } = only_op(&m2) else {
-        panic!()
-    };
+    let Op::Conv { window, .. } = only_op(&m2) else { panic!() };
     assert_eq!(window.pads, [1, 1, 1, 0]);
-    m2.nodes[0].attribute = vec![
-        a_ints("pads", &[1, 2, 1, 2]),
-        a_ints("kernel_shape", &[3, 3]),
-        a_ints("dilations", &[1, 2]),
-    ];
-    let Op::Conv { window, .. } = only_op(&m2) else {
-        panic!()
-    };
-    assert_eq!(
-        window,
-        Window {
-            kernel: [3, 3],
-            strides: [1, 1],
-            pads: [1, 2, 1, 2],
-            dilations: [1, 2]
-        }
-    );
+    m2.nodes[0].attribute =
+        vec![a_ints("pads", &[1, 2, 1, 2]), a_ints("kernel_shape", &[3, 3]), a_ints("dilations", &[1, 2])];
+    let Op::Conv { window, .. } = only_op(&m2) else { panic!() };
+    assert_eq!(window, Window { kernel: [3, 3], strides: [1, 1], pads: [1, 2, 1, 2], dilations: [1, 2] });
 }
 
 #[test]
@@ -144,10 +95,7 @@ fn conv_3d_is_unsupported() {
         .node(node("Conv", &["x", "w"], &["y"], vec![]))
         .output("y");
     let e = m.import().unwrap_err().to_string();
-    assert!(
-        e.contains("Conv (domain ai.onnx, opset 11)") && e.contains("3-D"),
-        "{e}"
-    );
+    assert!(e.contains("Conv (domain ai.onnx, opset 11)") && e.contains("3-D"), "{e}");
 }
 
 #[test]
@@ -155,25 +103,10 @@ fn pools() {
     let pool = |op: &str, attrs| unary_model(12, &[1, 3, 7, 7], node(op, &["x"], &["y"], attrs));
     let op = only_op(&pool(
         "MaxPool",
-        vec![
-            a_ints("kernel_shape", &[3, 3]),
-            a_ints("strides", &[2, 2]),
-            a_int("ceil_mode", 1),
-        ],
+        vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2]), a_int("ceil_mode", 1)],
     ));
-    let window = Window {
-        kernel: [3, 3],
-        strides: [2, 2],
-        pads: [0; 4],
-        dilations: [1, 1],
-    };
-    assert_eq!(
-        op,
-        Op::MaxPool {
-            window: window.clone(),
-            ceil_mode: true
-        }
-    );
+    let window = Window { kernel: [3, 3], strides: [2, 2], pads: [0; 4], dilations: [1, 1] };
+    assert_eq!(op, Op::MaxPool { window: window.clone(), ceil_mode: true });
     let op = only_op(&pool(
         "AveragePool",
         vec![
@@ -183,65 +116,31 @@ fn pools() {
             a_int("count_include_pad", 1),
         ],
     ));
-    let w2 = Window {
-        pads: [1; 4],
-        ..window
-    };
-    assert_eq!(
-        op,
-        Op::AveragePool {
-            window: w2,
-            ceil_mode: false,
-            count_include_pad: true
-        }
-    );
+    let w2 = Window { pads: [1; 4], ..window };
+    assert_eq!(op, Op::AveragePool { window: w2, ceil_mode: false, count_include_pad: true });
     assert_eq!(
         only_op(&pool("GlobalAveragePool", vec![])),
-        Op::Reduce {
-            op: ReduceOp::Mean,
-            axes: vec![2, 3],
-            keepdims: true
-        }
+        Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true }
     );
     assert_eq!(
         only_op(&pool("GlobalMaxPool", vec![])),
-        Op::Reduce {
-            op: ReduceOp::Max,
-            axes: vec![2, 3],
-            keepdims: true
-        }
+        Op::Reduce { op: ReduceOp::Max, axes: vec![2, 3], keepdims: true }
     );
     // MaxPool's Indices output is unsupported.
-    let m = unary_model(
-        12,
-        &[1, 3, 7, 7],
-        node(
-            "MaxPool",
-            &["x"],
-            &["y", "idx"],
-            vec![a_ints("kernel_shape", &[2, 2])],
-        ),
-    );
+    let m =
+        unary_model(12, &[1, 3, 7, 7], node("MaxPool", &["x"], &["y", "idx"], vec![a_ints("kernel_shape", &[2, 2])]));
     let e = m.import().unwrap_err().to_string();
     assert!(e.contains("MaxPool") && e.contains("Indices"), "{e}");
 }
 
-fn slice_model(
-    opset: i64,
-    starts: &[i64],
-    ends: &[i64],
-    axes: Option<&[i64]>,
-    steps: Option<&[i64]>,
-) -> Model {
+fn slice_model(opset: i64, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>) -> Model {
     let mut m = Model::new(opset).input(vis("x", F32, &[5, 4])).output("y");
     if opset < 10 {
         let mut attrs = vec![a_ints("starts", starts), a_ints("ends", ends)];
         attrs.extend(axes.map(|a| a_ints("axes", a)));
         m = m.node(node("Slice", &["x"], &["y"], attrs));
     } else {
-        m = m
-            .init(t_i64("st", &[starts.len() as i64], starts))
-            .init(t_i64("en", &[ends.len() as i64], ends));
+        m = m.init(t_i64("st", &[starts.len() as i64], starts)).init(t_i64("en", &[ends.len() as i64], ends));
         let mut ins = vec!["x", "st", "en"];
         if let Some(a) = axes {
             m = m.init(t_i64("ax", &[a.len() as i64], a));
@@ -261,51 +160,17 @@ fn slice_model(
 #[test]
 fn slice_with_negative_steps() {
     // x[::-2] along axis 0, and x[:, -1:0:-1].
-    let m = slice_model(
-        13,
-        &[-1, -1],
-        &[i64::MIN, 0],
-        Some(&[0, -1]),
-        Some(&[-2, -1]),
-    );
-    assert_eq!(
-        only_op(&m),
-        Op::Slice {
-            starts: vec![4, 3],
-            steps: vec![-2, -1],
-            out_shape: vec![3, 3]
-        }
-    );
+    let m = slice_model(13, &[-1, -1], &[i64::MIN, 0], Some(&[0, -1]), Some(&[-2, -1]));
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![4, 3], steps: vec![-2, -1], out_shape: vec![3, 3] });
     // INT_MAX ends and clamped starts, axes omitted.
     let m = slice_model(13, &[1, -100], &[i64::MAX, 2], None, None);
-    assert_eq!(
-        only_op(&m),
-        Op::Slice {
-            starts: vec![1, 0],
-            steps: vec![1, 1],
-            out_shape: vec![4, 2]
-        }
-    );
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![1, 0], steps: vec![1, 1], out_shape: vec![4, 2] });
     // Slice-1: attributes.
     let m = slice_model(9, &[2], &[-1], Some(&[1]), None);
-    assert_eq!(
-        only_op(&m),
-        Op::Slice {
-            starts: vec![0, 2],
-            steps: vec![1, 1],
-            out_shape: vec![5, 1]
-        }
-    );
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![0, 2], steps: vec![1, 1], out_shape: vec![5, 1] });
     // An empty slice.
     let m = slice_model(13, &[3], &[1], Some(&[0]), None);
-    assert_eq!(
-        only_op(&m),
-        Op::Slice {
-            starts: vec![0, 0],
-            steps: vec![1, 1],
-            out_shape: vec![0, 4]
-        }
-    );
+    assert_eq!(only_op(&m), Op::Slice { starts: vec![0, 0], steps: vec![1, 1], out_shape: vec![0, 4] });
 }
 
 #[test]
@@ -315,9 +180,7 @@ fn split_becomes_slices() {
         ops(&g)
             .into_iter()
             .map(|op| match op {
-                Op::Slice {
-                    starts, out_shape, ..
-                } => (starts.clone(), out_shape.clone()),
+                Op::Slice { starts, out_shape, .. } => (starts.clone(), out_shape.clone()),
                 other => panic!("not a slice: {other:?}"),
             })
             .collect()
@@ -329,27 +192,16 @@ fn split_becomes_slices() {
         .node(node("Split", &["x", "sp"], &["a", "b"], vec![]))
         .output("a")
         .output("b");
-    assert_eq!(
-        slices(&m),
-        vec![(vec![0, 0], vec![2, 4]), (vec![2, 0], vec![4, 4])]
-    );
+    assert_eq!(slices(&m), vec![(vec![0, 0], vec![2, 4]), (vec![2, 0], vec![4, 4])]);
     let g = import_ok(&m);
     assert_eq!(g.value(g.outputs[1]).name, "b");
     // Opset 11: split attribute, negative axis.
     let m = Model::new(11)
         .input(vis("x", F32, &[6, 4]))
-        .node(node(
-            "Split",
-            &["x"],
-            &["a", "b"],
-            vec![a_int("axis", -1), a_ints("split", &[1, 3])],
-        ))
+        .node(node("Split", &["x"], &["a", "b"], vec![a_int("axis", -1), a_ints("split", &[1, 3])]))
         .output("a")
         .output("b");
-    assert_eq!(
-        slices(&m),
-        vec![(vec![0, 0], vec![6, 1]), (vec![0, 1], vec![6, 3])]
-    );
+    assert_eq!(slices(&m), vec![(vec![0, 0], vec![6, 1]), (vec![0, 1], vec![6, 3])]);
     // No split: equal parts.
     let m = Model::new(11)
         .input(vis("x", F32, &[6, 4]))
@@ -361,19 +213,11 @@ fn split_becomes_slices() {
     // Opset 18: num_outputs with a smaller last chunk.
     let m = Model::new(18)
         .input(vis("x", F32, &[7]))
-        .node(node(
-            "Split",
-            &["x"],
-            &["a", "b", "c"],
-            vec![a_int("num_outputs", 3)],
-        ))
+        .node(node("Split", &["x"], &["a", "b", "c"], vec![a_int("num_outputs", 3)]))
         .output("a")
         .output("b")
         .output("c");
-    assert_eq!(
-        slices(&m),
-        vec![(vec![0], vec![3]), (vec![3], vec![3]), (vec![6], vec![1])]
-    );
+    assert_eq!(slices(&m), vec![(vec![0], vec![3]), (vec![3], vec![3]), (vec![6], vec![1])]);
 }
 
 #[test]
@@ -382,41 +226,23 @@ fn softmax_before_opset_13_is_coerced_to_2d() {
     let g = import_ok(&m);
     assert_eq!(
         ops(&g),
-        vec![
-            &Op::Reshape { shape: vec![2, 12] },
-            &Op::Softmax { axis: 1 },
-            &Op::Reshape {
-                shape: vec![2, 3, 4]
-            }
-        ]
+        vec![&Op::Reshape { shape: vec![2, 12] }, &Op::Softmax { axis: 1 }, &Op::Reshape { shape: vec![2, 3, 4] }]
     );
     assert_eq!(g.value(g.outputs[0]).name, "y");
     // Last axis: no coercion needed.
-    let m = unary_model(
-        11,
-        &[2, 3, 4],
-        node("LogSoftmax", &["x"], &["y"], vec![a_int("axis", -1)]),
-    );
+    let m = unary_model(11, &[2, 3, 4], node("LogSoftmax", &["x"], &["y"], vec![a_int("axis", -1)]));
     assert_eq!(only_op(&m), Op::LogSoftmax { axis: 2 });
     // Opset 13: plain, default axis -1.
     let m = unary_model(13, &[2, 3, 4], node("Softmax", &["x"], &["y"], vec![]));
     assert_eq!(only_op(&m), Op::Softmax { axis: 2 });
-    let m = unary_model(
-        13,
-        &[2, 3, 4],
-        node("Softmax", &["x"], &["y"], vec![a_int("axis", 1)]),
-    );
+    let m = unary_model(13, &[2, 3, 4], node("Softmax", &["x"], &["y"], vec![a_int("axis", 1)]));
     assert_eq!(only_op(&m), Op::Softmax { axis: 1 });
 }
 
 #[test]
 fn reshape_forms() {
     // Reshape-5+ needs its shape input (Reshape-1's attribute form is for opsets 1..=4).
-    let m = unary_model(
-        7,
-        &[2, 3, 4],
-        node("Reshape", &["x"], &["y"], vec![a_ints("shape", &[24])]),
-    );
+    let m = unary_model(7, &[2, 3, 4], node("Reshape", &["x"], &["y"], vec![a_ints("shape", &[24])]));
     assert!(m.import().unwrap_err().to_string().contains("shape"));
     let m = Model { opset: 4, ..m };
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![24] });
@@ -428,42 +254,21 @@ fn reshape_forms() {
         .output("y");
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![2, 12] });
     // Flatten, Squeeze and Unsqueeze in both forms.
-    let m = unary_model(
-        13,
-        &[2, 3, 4],
-        node("Flatten", &["x"], &["y"], vec![a_int("axis", -1)]),
-    );
+    let m = unary_model(13, &[2, 3, 4], node("Flatten", &["x"], &["y"], vec![a_int("axis", -1)]));
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![6, 4] });
-    let m = unary_model(
-        11,
-        &[1, 3, 1],
-        node("Squeeze", &["x"], &["y"], vec![a_ints("axes", &[-1])]),
-    );
+    let m = unary_model(11, &[1, 3, 1], node("Squeeze", &["x"], &["y"], vec![a_ints("axes", &[-1])]));
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![1, 3] });
     let m = unary_model(13, &[1, 3, 1], node("Squeeze", &["x"], &["y"], vec![]));
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![3] });
-    let m = unary_model(
-        11,
-        &[3],
-        node("Unsqueeze", &["x"], &["y"], vec![a_ints("axes", &[0, -1])]),
-    );
-    assert_eq!(
-        only_op(&m),
-        Op::Reshape {
-            shape: vec![1, 3, 1]
-        }
-    );
+    let m = unary_model(11, &[3], node("Unsqueeze", &["x"], &["y"], vec![a_ints("axes", &[0, -1])]));
+    assert_eq!(only_op(&m), Op::Reshape { shape: vec![1, 3, 1] });
     let m = Model::new(13)
         .input(vis("x", F32, &[3]))
         .init(t_i64("ax", &[1], &[1]))
         .node(node("Unsqueeze", &["x", "ax"], &["y"], vec![]))
         .output("y");
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![3, 1] });
-    let m = unary_model(
-        11,
-        &[1, 3],
-        node("Squeeze", &["x"], &["y"], vec![a_ints("axes", &[1])]),
-    );
+    let m = unary_model(11, &[1, 3], node("Squeeze", &["x"], &["y"], vec![a_ints("axes", &[1])]));
     assert!(m.import().unwrap_err().to_string().contains("not 1"));
 }
 
@@ -474,70 +279,31 @@ fn batch_norm_versions() {
         for n in ["s", "b", "m", "v"] {
             m = m.init(t_f32(n, &[2], &[1.0, 2.0]));
         }
-        m.node(node(
-            "BatchNormalization",
-            &["x", "s", "b", "m", "v"],
-            &["y"],
-            attrs,
-        ))
-        .output("y")
+        m.node(node("BatchNormalization", &["x", "s", "b", "m", "v"], &["y"], attrs)).output("y")
     };
-    assert_eq!(
-        only_op(&bn(7, vec![a_int("spatial", 1), a_float("epsilon", 1e-3)])),
-        Op::BatchNorm { epsilon: 1e-3 }
-    );
-    assert_eq!(
-        only_op(&bn(9, vec![a_float("momentum", 0.9)])),
-        Op::BatchNorm { epsilon: 1e-5 }
-    );
-    assert!(bn(7, vec![a_int("spatial", 0)])
-        .import()
-        .unwrap_err()
-        .to_string()
-        .contains("spatial=0"));
-    let e = bn(15, vec![a_int("training_mode", 1)])
-        .import()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("BatchNormalization (domain ai.onnx, opset 15)") && e.contains("training_mode"),
-        "{e}"
-    );
+    assert_eq!(only_op(&bn(7, vec![a_int("spatial", 1), a_float("epsilon", 1e-3)])), Op::BatchNorm { epsilon: 1e-3 });
+    assert_eq!(only_op(&bn(9, vec![a_float("momentum", 0.9)])), Op::BatchNorm { epsilon: 1e-5 });
+    assert!(bn(7, vec![a_int("spatial", 0)]).import().unwrap_err().to_string().contains("spatial=0"));
+    let e = bn(15, vec![a_int("training_mode", 1)]).import().unwrap_err().to_string();
+    assert!(e.contains("BatchNormalization (domain ai.onnx, opset 15)") && e.contains("training_mode"), "{e}");
 }
 
 #[test]
 fn clip_forms() {
-    let m = unary_model(
-        7,
-        &[4],
-        node(
-            "Clip",
-            &["x"],
-            &["y"],
-            vec![a_float("min", -1.0), a_float("max", 6.0)],
-        ),
-    );
+    let m = unary_model(7, &[4], node("Clip", &["x"], &["y"], vec![a_float("min", -1.0), a_float("max", 6.0)]));
     assert_eq!(only_op(&m), Op::Unary(UnaryOp::Clip { lo: -1.0, hi: 6.0 }));
     let m = Model::new(13)
         .input(vis("x", F32, &[4]))
         .init(t_f32("hi", &[], &[6.0]))
         .node(node("Clip", &["x", "", "hi"], &["y"], vec![]))
         .output("y");
-    assert_eq!(
-        only_op(&m),
-        Op::Unary(UnaryOp::Clip {
-            lo: f64::NEG_INFINITY,
-            hi: 6.0
-        })
-    );
+    assert_eq!(only_op(&m), Op::Unary(UnaryOp::Clip { lo: f64::NEG_INFINITY, hi: 6.0 }));
 }
 
 #[test]
 fn reduce_axes_forms() {
     let red = |op: &str, opset: i64, attrs, axes: Option<&[i64]>| {
-        let mut m = Model::new(opset)
-            .input(vis("x", F32, &[2, 3, 4]))
-            .output("y");
+        let mut m = Model::new(opset).input(vis("x", F32, &[2, 3, 4])).output("y");
         let mut ins = vec!["x"];
         if let Some(a) = axes {
             m = m.init(t_i64("ax", &[a.len() as i64], a));
@@ -547,48 +313,22 @@ fn reduce_axes_forms() {
     };
     assert_eq!(
         only_op(&red("ReduceMean", 13, vec![a_ints("axes", &[-1, 0])], None)),
-        Op::Reduce {
-            op: ReduceOp::Mean,
-            axes: vec![0, 2],
-            keepdims: true
-        }
+        Op::Reduce { op: ReduceOp::Mean, axes: vec![0, 2], keepdims: true }
     );
     assert_eq!(
-        only_op(&red(
-            "ReduceMean",
-            18,
-            vec![a_int("keepdims", 0)],
-            Some(&[1])
-        )),
-        Op::Reduce {
-            op: ReduceOp::Mean,
-            axes: vec![1],
-            keepdims: false
-        }
+        only_op(&red("ReduceMean", 18, vec![a_int("keepdims", 0)], Some(&[1]))),
+        Op::Reduce { op: ReduceOp::Mean, axes: vec![1], keepdims: false }
     );
     assert_eq!(
         only_op(&red("ReduceSum", 13, vec![], Some(&[-2]))),
-        Op::Reduce {
-            op: ReduceOp::Sum,
-            axes: vec![1],
-            keepdims: true
-        }
+        Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdims: true }
     );
     // No axes: all of them; noop_with_empty_axes: none.
     assert_eq!(
         only_op(&red("ReduceMax", 18, vec![], None)),
-        Op::Reduce {
-            op: ReduceOp::Max,
-            axes: vec![0, 1, 2],
-            keepdims: true
-        }
+        Op::Reduce { op: ReduceOp::Max, axes: vec![0, 1, 2], keepdims: true }
     );
-    let g = import_ok(&red(
-        "ReduceSum",
-        13,
-        vec![a_int("noop_with_empty_axes", 1)],
-        None,
-    ));
+    let g = import_ok(&red("ReduceSum", 13, vec![a_int("noop_with_empty_axes", 1)], None));
     assert_eq!(ops(&g), vec![&Op::Identity]); // only the named copy of the output
                                               // Composites.
     let g = import_ok(&red("ReduceL2", 18, vec![], Some(&[2])));
@@ -596,20 +336,11 @@ fn reduce_axes_forms() {
         ops(&g),
         vec![
             &Op::Binary(BinaryOp::Mul),
-            &Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![2],
-                keepdims: true
-            },
+            &Op::Reduce { op: ReduceOp::Sum, axes: vec![2], keepdims: true },
             &Op::Unary(UnaryOp::Sqrt)
         ]
     );
-    let g = import_ok(&red(
-        "ReduceLogSumExp",
-        13,
-        vec![a_ints("axes", &[1]), a_int("keepdims", 0)],
-        None,
-    ));
+    let g = import_ok(&red("ReduceLogSumExp", 13, vec![a_ints("axes", &[1]), a_int("keepdims", 0)], None));
     assert_eq!(g.ty(g.outputs[0]).shape, vec![2, 4]);
 }
 
@@ -642,10 +373,7 @@ fn variadic_and_binary_ops() {
         .node(node("Pow", &["x", "e"], &["y"], vec![]))
         .output("y");
     let g = import_ok(&m);
-    assert_eq!(
-        ops(&g),
-        vec![&Op::Cast { to: DType::F32 }, &Op::Binary(BinaryOp::Pow)]
-    );
+    assert_eq!(ops(&g), vec![&Op::Cast { to: DType::F32 }, &Op::Binary(BinaryOp::Pow)]);
 }
 
 #[test]
@@ -654,29 +382,11 @@ fn gemm_and_friends() {
         .input(vis("a", F32, &[4, 3]))
         .init(t_f32("b", &[5, 3], &[0.5; 15]))
         .init(t_f32("c", &[5], &[1.0; 5]))
-        .node(node(
-            "Gemm",
-            &["a", "b", "c"],
-            &["y"],
-            vec![a_int("transB", 1), a_float("alpha", 2.0)],
-        ))
+        .node(node("Gemm", &["a", "b", "c"], &["y"], vec![a_int("transB", 1), a_float("alpha", 2.0)]))
         .output("y");
-    assert_eq!(
-        only_op(&m),
-        Op::Gemm {
-            alpha: 2.0,
-            beta: 1.0,
-            trans_a: false,
-            trans_b: true
-        }
-    );
+    assert_eq!(only_op(&m), Op::Gemm { alpha: 2.0, beta: 1.0, trans_a: false, trans_b: true });
     let m = unary_model(13, &[2, 3, 4], node("Transpose", &["x"], &["y"], vec![]));
-    assert_eq!(
-        only_op(&m),
-        Op::Transpose {
-            perm: vec![2, 1, 0]
-        }
-    );
+    assert_eq!(only_op(&m), Op::Transpose { perm: vec![2, 1, 0] });
     let m = Model::new(13)
         .input(vis("x", F32, &[2, 3]))
         .input(vis("z", F32, &[2, 1]))
@@ -694,40 +404,14 @@ fn gemm_and_friends() {
         .init(t_i64("s", &[3], &[2, 1, 4]))
         .node(node("Expand", &["x", "s"], &["y"], vec![]))
         .output("y");
-    assert_eq!(
-        only_op(&m),
-        Op::Expand {
-            shape: vec![2, 1, 4]
-        }
-    );
+    assert_eq!(only_op(&m), Op::Expand { shape: vec![2, 1, 4] });
     let g = import_ok(&m);
     assert_eq!(g.ty(g.outputs[0]).shape, vec![2, 3, 4]);
-    let m = unary_model(
-        13,
-        &[3],
-        node(
-            "Cast",
-            &["x"],
-            &["y"],
-            vec![a_int("to", DataType::Int32 as i64)],
-        ),
-    );
+    let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Int32 as i64)]));
     assert_eq!(only_op(&m), Op::Cast { to: DType::I32 });
-    let m = unary_model(
-        13,
-        &[3],
-        node(
-            "Cast",
-            &["x"],
-            &["y"],
-            vec![a_int("to", DataType::Double as i64)],
-        ),
-    );
+    let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Double as i64)]));
     let e = m.import().unwrap_err().to_string();
-    assert!(
-        e.contains("Cast (domain ai.onnx, opset 13)") && e.contains("DOUBLE"),
-        "{e}"
-    );
+    assert!(e.contains("Cast (domain ai.onnx, opset 13)") && e.contains("DOUBLE"), "{e}");
 }
 
 #[test]
@@ -741,16 +425,9 @@ fn dropout_is_identity_with_constant_mask() {
     let g = import_ok(&m);
     assert_eq!(ops(&g), vec![&Op::Unary(UnaryOp::Relu)]);
     assert_eq!(nodes(&g)[0].inputs, g.inputs);
-    assert_eq!(
-        g.const_of(g.outputs[1]).unwrap().data(),
-        Data::Bool(vec![true; 4])
-    );
+    assert_eq!(g.const_of(g.outputs[1]).unwrap().data(), Data::Bool(vec![true; 4]));
     // Opset 7: ratio attribute.
-    let m = unary_model(
-        7,
-        &[2],
-        node("Dropout", &["x"], &["y"], vec![a_float("ratio", 0.3)]),
-    );
+    let m = unary_model(7, &[2], node("Dropout", &["x"], &["y"], vec![a_float("ratio", 0.3)]));
     let g = import_ok(&m);
     // The graph output is a named copy of the input.
     assert_eq!(ops(&g), vec![&Op::Identity]);
@@ -760,24 +437,9 @@ fn dropout_is_identity_with_constant_mask() {
 #[test]
 fn constants_in_all_forms() {
     let m = Model::new(13)
-        .node(node(
-            "Constant",
-            &[],
-            &["a"],
-            vec![a_tensor("value", t_f32("", &[2], &[1.0, 2.0]))],
-        ))
-        .node(node(
-            "Constant",
-            &[],
-            &["b"],
-            vec![a_float("value_float", 3.0)],
-        ))
-        .node(node(
-            "Constant",
-            &[],
-            &["c"],
-            vec![a_ints("value_ints", &[4, 5])],
-        ))
+        .node(node("Constant", &[], &["a"], vec![a_tensor("value", t_f32("", &[2], &[1.0, 2.0]))]))
+        .node(node("Constant", &[], &["b"], vec![a_float("value_float", 3.0)]))
+        .node(node("Constant", &[], &["c"], vec![a_ints("value_ints", &[4, 5])]))
         .node(node("Constant", &[], &["d"], vec![a_int("value_int", 6)]))
         .node(node("Add", &["a", "b"], &["y"], vec![]))
         .output("y")
@@ -800,47 +462,17 @@ fn one_d_windows_are_lifted_to_2d() {
     let m = Model::new(11)
         .input(vis("x", F32, &[1, 2, 9]))
         .init(t_f32("w", &[3, 2, 3], &[0.1; 18]))
-        .node(node(
-            "Conv",
-            &["x", "w"],
-            &["c"],
-            vec![a_ints("pads", &[1, 1]), a_ints("strides", &[2])],
-        ))
-        .node(node(
-            "MaxPool",
-            &["c"],
-            &["y"],
-            vec![
-                a_ints("kernel_shape", &[2]),
-                a_str("auto_pad", "SAME_UPPER"),
-            ],
-        ))
+        .node(node("Conv", &["x", "w"], &["c"], vec![a_ints("pads", &[1, 1]), a_ints("strides", &[2])]))
+        .node(node("MaxPool", &["c"], &["y"], vec![a_ints("kernel_shape", &[2]), a_str("auto_pad", "SAME_UPPER")]))
         .output("y");
     let g = import_ok(&m);
     let ops = ops(&g);
     // x lifted; the constant weights fold to a lifted constant.
-    assert_eq!(
-        ops[0],
-        &Op::Reshape {
-            shape: vec![1, 2, 1, 9]
-        }
-    );
-    let window = Window {
-        kernel: [1, 3],
-        strides: [1, 2],
-        pads: [0, 1, 0, 1],
-        dilations: [1, 1],
-    };
+    assert_eq!(ops[0], &Op::Reshape { shape: vec![1, 2, 1, 9] });
+    let window = Window { kernel: [1, 3], strides: [1, 2], pads: [0, 1, 0, 1], dilations: [1, 1] };
     assert_eq!(ops[1], &Op::Conv { window, group: 1 });
-    assert_eq!(
-        ops[2],
-        &Op::Reshape {
-            shape: vec![1, 3, 5]
-        }
-    );
-    assert!(
-        matches!(ops[4], Op::MaxPool { window, .. } if window.kernel == [1, 2] && window.pads == [0, 0, 0, 1])
-    );
+    assert_eq!(ops[2], &Op::Reshape { shape: vec![1, 3, 5] });
+    assert!(matches!(ops[4], Op::MaxPool { window, .. } if window.kernel == [1, 2] && window.pads == [0, 0, 0, 1]));
     assert_eq!(g.ty(g.outputs[0]).shape, vec![1, 3, 5]);
 }
 
@@ -850,12 +482,7 @@ fn legacy_opsets() {
     let m = Model::new(6)
         .input(vis("x", F32, &[2, 3, 4]))
         .init(t_f32("b", &[3], &[1.0, 2.0, 3.0]))
-        .node(node(
-            "Add",
-            &["x", "b"],
-            &["y"],
-            vec![a_int("broadcast", 1), a_int("axis", 1)],
-        ))
+        .node(node("Add", &["x", "b"], &["y"], vec![a_int("broadcast", 1), a_int("axis", 1)]))
         .output("y");
     let g = import_ok(&m);
     assert_eq!(ops(&g), vec![&Op::Binary(BinaryOp::Add)]);
@@ -867,16 +494,9 @@ fn legacy_opsets() {
         .node(node("Concat", &["c", "c"], &["y"], vec![]))
         .output("y");
     let g = import_ok(&m);
-    assert_eq!(
-        ops(&g),
-        vec![&Op::Cast { to: DType::I32 }, &Op::Concat { axis: 1 }]
-    );
+    assert_eq!(ops(&g), vec![&Op::Cast { to: DType::I32 }, &Op::Concat { axis: 1 }]);
     // Reshape-1: the shape attribute.
-    let m = unary_model(
-        4,
-        &[2, 3],
-        node("Reshape", &["x"], &["y"], vec![a_ints("shape", &[3, -1])]),
-    );
+    let m = unary_model(4, &[2, 3], node("Reshape", &["x"], &["y"], vec![a_ints("shape", &[3, -1])]));
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![3, 2] });
     // Softmax-1 coerces like Softmax-11.
     let m = unary_model(1, &[2, 3, 4], node("Softmax", &["x"], &["y"], vec![]));
@@ -908,10 +528,7 @@ fn cast_like_and_range() {
         .node(node("Range", &["s", "l", "d"], &["y"], vec![]))
         .output("y");
     let g = import_ok(&m);
-    assert_eq!(
-        g.const_of(g.outputs[0]).unwrap().data(),
-        Data::I64(vec![10, 7, 4])
-    );
+    assert_eq!(g.const_of(g.outputs[0]).unwrap().data(), Data::I64(vec![10, 7, 4]));
     let m = Model::new(11)
         .init(t_f32("s", &[], &[0.0]))
         .init(t_f32("l", &[], &[1.0]))
@@ -919,8 +536,5 @@ fn cast_like_and_range() {
         .node(node("Range", &["s", "l", "d"], &["y"], vec![]))
         .output("y");
     let g = import_ok(&m);
-    assert_eq!(
-        g.const_of(g.outputs[0]).unwrap().data(),
-        Data::F32(vec![0.0, 0.25, 0.5, 0.75])
-    );
+    assert_eq!(g.const_of(g.outputs[0]).unwrap().data(), Data::F32(vec![0.0, 0.25, 0.5, 0.75]));
 }

@@ -25,48 +25,27 @@ fn check_binary(op: BinaryOp, dtype: DType) -> Result<(), String> {
     let ok = match dtype {
         DType::F32 => !matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor),
         DType::I32 | DType::I64 => true,
-        DType::Bool => matches!(
-            op,
-            BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Max | BinaryOp::Min
-        ),
+        DType::Bool => matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Max | BinaryOp::Min),
     };
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{} is not defined on {dtype} tensors",
-            Op::Binary(op).name()
-        ))
+        Err(format!("{} is not defined on {dtype} tensors", Op::Binary(op).name()))
     }
 }
 
 pub(super) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     check_binary(op, a.dtype())?;
     let shape = broadcast_shapes(&[a.shape(), b.shape()])?;
-    let (ma, mb) = (
-        broadcast_map(&shape, a.shape()),
-        broadcast_map(&shape, b.shape()),
-    );
+    let (ma, mb) = (broadcast_map(&shape, a.shape()), broadcast_map(&shape, b.shape()));
     let data = match (a.data(), b.data()) {
-        (Data::F32(x), Data::F32(y)) => {
-            Data::F32(zip_map(&ma, &mb, &x, &y, |p, q| Ok(f32_binary(op, p, q)))?)
+        (Data::F32(x), Data::F32(y)) => Data::F32(zip_map(&ma, &mb, &x, &y, |p, q| Ok(f32_binary(op, p, q)))?),
+        (Data::I32(x), Data::I32(y)) => {
+            Data::I32(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p.into(), q.into()).map(|r| r as i32))?)
         }
-        (Data::I32(x), Data::I32(y)) => Data::I32(zip_map(&ma, &mb, &x, &y, |p, q| {
-            int_binary(op, p.into(), q.into()).map(|r| r as i32)
-        })?),
-        (Data::I64(x), Data::I64(y)) => {
-            Data::I64(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p, q))?)
-        }
-        (Data::Bool(x), Data::Bool(y)) => {
-            Data::Bool(zip_map(&ma, &mb, &x, &y, |p, q| Ok(bool_binary(op, p, q)))?)
-        }
-        (x, y) => {
-            return Err(format!(
-                "operand dtypes differ: {} and {}",
-                x.dtype(),
-                y.dtype()
-            ))
-        }
+        (Data::I64(x), Data::I64(y)) => Data::I64(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p, q))?),
+        (Data::Bool(x), Data::Bool(y)) => Data::Bool(zip_map(&ma, &mb, &x, &y, |p, q| Ok(bool_binary(op, p, q)))?),
+        (x, y) => return Err(format!("operand dtypes differ: {} and {}", x.dtype(), y.dtype())),
     };
     Ok(Tensor::from_data(shape, data))
 }
@@ -193,10 +172,7 @@ fn cmp<T: PartialOrd>(op: CmpOp, a: T, b: T) -> bool {
 
 pub(super) fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
     let shape = broadcast_shapes(&[a.shape(), b.shape()]).expect("checked by infer");
-    let (ma, mb) = (
-        broadcast_map(&shape, a.shape()),
-        broadcast_map(&shape, b.shape()),
-    );
+    let (ma, mb) = (broadcast_map(&shape, a.shape()), broadcast_map(&shape, b.shape()));
     let out: Result<Vec<bool>, String> = match (a.data(), b.data()) {
         (Data::F32(x), Data::F32(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
         (Data::I32(x), Data::I32(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
@@ -311,10 +287,7 @@ fn check_unary(op: UnaryOp, dtype: DType) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{} is not defined on {dtype} tensors",
-            Op::Unary(op).name()
-        ))
+        Err(format!("{} is not defined on {dtype} tensors", Op::Unary(op).name()))
     }
 }
 
@@ -352,17 +325,9 @@ pub(super) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
         Data::F32(v) => Data::F32(v.into_iter().map(|e| f32_unary(op, e)).collect()),
         Data::I32(v) => {
             let (lo, hi) = (i64::from(lo as i32), i64::from(hi as i32));
-            Data::I32(
-                v.into_iter()
-                    .map(|e| int_unary(op, e.into(), lo, hi) as i32)
-                    .collect(),
-            )
+            Data::I32(v.into_iter().map(|e| int_unary(op, e.into(), lo, hi) as i32).collect())
         }
-        Data::I64(v) => Data::I64(
-            v.into_iter()
-                .map(|e| int_unary(op, e, lo as i64, hi as i64))
-                .collect(),
-        ),
+        Data::I64(v) => Data::I64(v.into_iter().map(|e| int_unary(op, e, lo as i64, hi as i64)).collect()),
         Data::Bool(v) => Data::Bool(v.into_iter().map(|e| bool_unary(op, e)).collect()),
     };
     Ok(Tensor::from_data(x.shape().to_vec(), data))
@@ -371,22 +336,16 @@ pub(super) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
 /// `cond ? x : y` with broadcasting; byte-level, so any dtype.
 pub(super) fn select(cond: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
     let shape = broadcast_shapes(&[cond.shape(), x.shape(), y.shape()]).expect("checked by infer");
-    let (mc, mx, my) = (
-        broadcast_map(&shape, cond.shape()),
-        broadcast_map(&shape, x.shape()),
-        broadcast_map(&shape, y.shape()),
-    );
-    let Data::Bool(c) = cond.data() else {
-        unreachable!("where's condition is bool (checked by infer)")
-    };
+    let (mc, mx, my) =
+        (broadcast_map(&shape, cond.shape()), broadcast_map(&shape, x.shape()), broadcast_map(&shape, y.shape()));
+    let Data::Bool(c) = cond.data() else { unreachable!("where's condition is bool (checked by infer)") };
     let es = x.dtype().size();
     let mut bytes = Vec::with_capacity(mc.len() * es);
     for i in 0..mc.len() {
         let (src, j) = if c[mc[i]] { (x, mx[i]) } else { (y, my[i]) };
         bytes.extend_from_slice(&src.data[j * es..(j + 1) * es]);
     }
-    Tensor::from_bytes(TensorType::new(x.dtype(), shape), bytes.into())
-        .expect("length matches shape")
+    Tensor::from_bytes(TensorType::new(x.dtype(), shape), bytes.into()).expect("length matches shape")
 }
 
 /// Conversion between dtypes: float→int truncates toward zero (saturating, NaN → 0);
@@ -439,28 +398,13 @@ mod tests {
     fn add_broadcasts_like_numpy() {
         let a = Tensor::f32(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
         let row = Tensor::f32(vec![3], vec![10., 20., 30.]);
-        assert_f32(
-            &bin(BinaryOp::Add, &a, &row),
-            &[2, 3],
-            &[11., 22., 33., 14., 25., 36.],
-            0.0,
-        );
+        assert_f32(&bin(BinaryOp::Add, &a, &row), &[2, 3], &[11., 22., 33., 14., 25., 36.], 0.0);
         let col = Tensor::f32(vec![2, 1], vec![100., 200.]);
-        assert_f32(
-            &bin(BinaryOp::Sub, &a, &col),
-            &[2, 3],
-            &[-99., -98., -97., -196., -195., -194.],
-            0.0,
-        );
+        assert_f32(&bin(BinaryOp::Sub, &a, &col), &[2, 3], &[-99., -98., -97., -196., -195., -194.], 0.0);
         // [2,1] op [1,3] -> [2,3]
         let p = Tensor::f32(vec![2, 1], vec![1., 2.]);
         let q = Tensor::f32(vec![1, 3], vec![10., 20., 30.]);
-        assert_f32(
-            &bin(BinaryOp::Mul, &p, &q),
-            &[2, 3],
-            &[10., 20., 30., 20., 40., 60.],
-            0.0,
-        );
+        assert_f32(&bin(BinaryOp::Mul, &p, &q), &[2, 3], &[10., 20., 30., 20., 40., 60.], 0.0);
         let s = Tensor::scalar_f32(2.0);
         assert_f32(&bin(BinaryOp::Div, &s, &p), &[2, 1], &[2., 1.], 0.0);
     }
@@ -469,52 +413,27 @@ mod tests {
     fn integer_div_mod_pow_follow_onnx_reference() {
         let a = Tensor::i32(vec![4], vec![7, -7, 7, -7]);
         let b = Tensor::i32(vec![4], vec![2, 2, -2, -2]);
-        assert_eq!(
-            bin(BinaryOp::Div, &a, &b).data(),
-            Data::I32(vec![3, -3, -3, 3])
-        );
+        assert_eq!(bin(BinaryOp::Div, &a, &b).data(), Data::I32(vec![3, -3, -3, 3]));
         let b3 = Tensor::i32(vec![4], vec![3, 3, -3, -3]);
-        assert_eq!(
-            bin(BinaryOp::Mod { fmod: false }, &a, &b3).data(),
-            Data::I32(vec![1, 2, -2, -1])
-        );
-        assert_eq!(
-            bin(BinaryOp::Mod { fmod: true }, &a, &b3).data(),
-            Data::I32(vec![1, -1, 1, -1])
-        );
+        assert_eq!(bin(BinaryOp::Mod { fmod: false }, &a, &b3).data(), Data::I32(vec![1, 2, -2, -1]));
+        assert_eq!(bin(BinaryOp::Mod { fmod: true }, &a, &b3).data(), Data::I32(vec![1, -1, 1, -1]));
         let min = Tensor::i32(vec![1], vec![i32::MIN]);
-        assert_eq!(
-            bin(BinaryOp::Div, &min, &Tensor::i32(vec![1], vec![-1])).data(),
-            Data::I32(vec![i32::MIN])
-        );
+        assert_eq!(bin(BinaryOp::Div, &min, &Tensor::i32(vec![1], vec![-1])).data(), Data::I32(vec![i32::MIN]));
         let zero = Tensor::i32(vec![1], vec![0]);
         assert!(eval(&Op::Binary(BinaryOp::Div), &[&min, &zero]).is_err());
         assert!(eval(&Op::Binary(BinaryOp::Mod { fmod: false }), &[&min, &zero]).is_err());
 
         let base = Tensor::i64(vec![4], vec![3, -2, 2, 0]);
         let exp = Tensor::i64(vec![4], vec![4, 3, 0, 0]);
-        assert_eq!(
-            bin(BinaryOp::Pow, &base, &exp).data(),
-            Data::I64(vec![81, -8, 1, 1])
-        );
+        assert_eq!(bin(BinaryOp::Pow, &base, &exp).data(), Data::I64(vec![81, -8, 1, 1]));
         // Wrapping: 2^31 and 3^21 = 10460353203 = 2 * 2^32 + 1870418611 in i32.
         let b32 = Tensor::i32(vec![2], vec![2, 3]);
         let e32 = Tensor::i32(vec![2], vec![31, 21]);
-        assert_eq!(
-            bin(BinaryOp::Pow, &b32, &e32).data(),
-            Data::I32(vec![i32::MIN, 1870418611])
-        );
+        assert_eq!(bin(BinaryOp::Pow, &b32, &e32).data(), Data::I32(vec![i32::MIN, 1870418611]));
         let neg = Tensor::i64(vec![1], vec![-1]);
-        assert!(eval(
-            &Op::Binary(BinaryOp::Pow),
-            &[&Tensor::i64(vec![1], vec![2]), &neg]
-        )
-        .is_err());
+        assert!(eval(&Op::Binary(BinaryOp::Pow), &[&Tensor::i64(vec![1], vec![2]), &neg]).is_err());
         let max = Tensor::i32(vec![1], vec![i32::MAX]);
-        assert_eq!(
-            bin(BinaryOp::Add, &max, &Tensor::i32(vec![1], vec![1])).data(),
-            Data::I32(vec![i32::MIN])
-        );
+        assert_eq!(bin(BinaryOp::Add, &max, &Tensor::i32(vec![1], vec![1])).data(), Data::I32(vec![i32::MIN]));
     }
 
     #[test]
@@ -522,67 +441,27 @@ mod tests {
         let a = Tensor::f32(vec![2], vec![5.5, -5.5]);
         let b = Tensor::f32(vec![2], vec![-2.0, 2.0]);
         // numpy mod: sign of the divisor; fmod: sign of the dividend.
-        assert_f32(
-            &bin(BinaryOp::Mod { fmod: false }, &a, &b),
-            &[2],
-            &[-0.5, 0.5],
-            0.0,
-        );
-        assert_f32(
-            &bin(BinaryOp::Mod { fmod: true }, &a, &b),
-            &[2],
-            &[1.5, -1.5],
-            0.0,
-        );
+        assert_f32(&bin(BinaryOp::Mod { fmod: false }, &a, &b), &[2], &[-0.5, 0.5], 0.0);
+        assert_f32(&bin(BinaryOp::Mod { fmod: true }, &a, &b), &[2], &[1.5, -1.5], 0.0);
         let two = Tensor::f32(vec![1], vec![2.0]);
-        assert_f32(
-            &bin(BinaryOp::Pow, &two, &Tensor::f32(vec![1], vec![0.5])),
-            &[1],
-            &[std::f32::consts::SQRT_2],
-            0.0,
-        );
+        assert_f32(&bin(BinaryOp::Pow, &two, &Tensor::f32(vec![1], vec![0.5])), &[1], &[std::f32::consts::SQRT_2], 0.0);
         let n = Tensor::f32(vec![3], vec![f32::NAN, 1.0, -3.0]);
         let m = Tensor::f32(vec![3], vec![1.0, f32::NAN, 2.0]);
-        assert_f32(
-            &bin(BinaryOp::Max, &n, &m),
-            &[3],
-            &[f32::NAN, f32::NAN, 2.0],
-            0.0,
-        );
-        assert_f32(
-            &bin(BinaryOp::Min, &n, &m),
-            &[3],
-            &[f32::NAN, f32::NAN, -3.0],
-            0.0,
-        );
+        assert_f32(&bin(BinaryOp::Max, &n, &m), &[3], &[f32::NAN, f32::NAN, 2.0], 0.0);
+        assert_f32(&bin(BinaryOp::Min, &n, &m), &[3], &[f32::NAN, f32::NAN, -3.0], 0.0);
     }
 
     #[test]
     fn logical_ops_and_dtype_errors() {
         let a = Tensor::bool(vec![4], vec![false, false, true, true]);
         let b = Tensor::bool(vec![4], vec![false, true, false, true]);
-        assert_eq!(
-            bin(BinaryOp::And, &a, &b).data(),
-            Data::Bool(vec![false, false, false, true])
-        );
-        assert_eq!(
-            bin(BinaryOp::Or, &a, &b).data(),
-            Data::Bool(vec![false, true, true, true])
-        );
-        assert_eq!(
-            bin(BinaryOp::Xor, &a, &b).data(),
-            Data::Bool(vec![false, true, true, false])
-        );
-        assert_eq!(
-            un(UnaryOp::Not, &a).data(),
-            Data::Bool(vec![true, true, false, false])
-        );
+        assert_eq!(bin(BinaryOp::And, &a, &b).data(), Data::Bool(vec![false, false, false, true]));
+        assert_eq!(bin(BinaryOp::Or, &a, &b).data(), Data::Bool(vec![false, true, true, true]));
+        assert_eq!(bin(BinaryOp::Xor, &a, &b).data(), Data::Bool(vec![false, true, true, false]));
+        assert_eq!(un(UnaryOp::Not, &a).data(), Data::Bool(vec![true, true, false, false]));
         let i = Tensor::i32(vec![2], vec![0b1100, -1]);
         let j = Tensor::i32(vec![2], vec![0b1010, 5]);
-        assert!(
-            eval(&Op::Binary(BinaryOp::Xor), &[&i, &j]).is_err(),
-            "ONNX's Xor is bool-only"
-        );
+        assert!(eval(&Op::Binary(BinaryOp::Xor), &[&i, &j]).is_err(), "ONNX's Xor is bool-only");
         assert!(eval(&Op::Binary(BinaryOp::Add), &[&a, &b]).is_err());
         let f = Tensor::f32(vec![1], vec![1.0]);
         assert!(eval(&Op::Binary(BinaryOp::And), &[&f, &f]).is_err());
@@ -594,98 +473,40 @@ mod tests {
         let a = Tensor::f32(vec![4], vec![1., 2., 3., f32::NAN]);
         let b = Tensor::f32(vec![1], vec![2.]);
         let cmp = |op, a: &Tensor, b: &Tensor| run(Op::Compare(op), &[a, b]).data();
-        assert_eq!(
-            cmp(CmpOp::Less, &a, &b),
-            Data::Bool(vec![true, false, false, false])
-        );
-        assert_eq!(
-            cmp(CmpOp::LessOrEqual, &a, &b),
-            Data::Bool(vec![true, true, false, false])
-        );
-        assert_eq!(
-            cmp(CmpOp::Equal, &a, &b),
-            Data::Bool(vec![false, true, false, false])
-        );
-        assert_eq!(
-            cmp(CmpOp::Greater, &a, &b),
-            Data::Bool(vec![false, false, true, false])
-        );
+        assert_eq!(cmp(CmpOp::Less, &a, &b), Data::Bool(vec![true, false, false, false]));
+        assert_eq!(cmp(CmpOp::LessOrEqual, &a, &b), Data::Bool(vec![true, true, false, false]));
+        assert_eq!(cmp(CmpOp::Equal, &a, &b), Data::Bool(vec![false, true, false, false]));
+        assert_eq!(cmp(CmpOp::Greater, &a, &b), Data::Bool(vec![false, false, true, false]));
         let i = Tensor::i64(vec![2, 1], vec![5, -5]);
         let j = Tensor::i64(vec![2], vec![5, 6]);
-        assert_eq!(
-            cmp(CmpOp::GreaterOrEqual, &i, &j),
-            Data::Bool(vec![true, false, false, false])
-        );
+        assert_eq!(cmp(CmpOp::GreaterOrEqual, &i, &j), Data::Bool(vec![true, false, false, false]));
     }
 
     #[test]
     fn float_unary_functions() {
         let x = Tensor::f32(vec![4], vec![-2.0, -0.5, 0.0, 3.0]);
         assert_f32(&un(UnaryOp::Relu, &x), &[4], &[0., 0., 0., 3.], 0.0);
-        assert_f32(
-            &un(UnaryOp::LeakyRelu { alpha: 0.1 }, &x),
-            &[4],
-            &[-0.2, -0.05, 0., 3.],
-            1e-7,
-        );
-        assert_f32(
-            &un(
-                UnaryOp::HardSigmoid {
-                    alpha: 0.2,
-                    beta: 0.5,
-                },
-                &x,
-            ),
-            &[4],
-            &[0.1, 0.4, 0.5, 1.0],
-            1e-7,
-        );
+        assert_f32(&un(UnaryOp::LeakyRelu { alpha: 0.1 }, &x), &[4], &[-0.2, -0.05, 0., 3.], 1e-7);
+        assert_f32(&un(UnaryOp::HardSigmoid { alpha: 0.2, beta: 0.5 }, &x), &[4], &[0.1, 0.4, 0.5, 1.0], 1e-7);
         assert_f32(&un(UnaryOp::Sign, &x), &[4], &[-1., -1., 0., 1.], 0.0);
         assert_f32(&un(UnaryOp::Floor, &x), &[4], &[-2., -1., 0., 3.], 0.0);
         assert_f32(&un(UnaryOp::Ceil, &x), &[4], &[-2., 0., 0., 3.], 0.0);
         assert_f32(&un(UnaryOp::Abs, &x), &[4], &[2., 0.5, 0., 3.], 0.0);
         assert_f32(&un(UnaryOp::Neg, &x), &[4], &[2., 0.5, 0., -3.], 0.0);
-        assert_f32(
-            &un(UnaryOp::Reciprocal, &x),
-            &[4],
-            &[-0.5, -2., f32::INFINITY, 1. / 3.],
-            0.0,
-        );
+        assert_f32(&un(UnaryOp::Reciprocal, &x), &[4], &[-0.5, -2., f32::INFINITY, 1. / 3.], 0.0);
         let c = Tensor::f32(vec![4], vec![-2.0, 0.5, f32::NAN, 7.0]);
-        assert_f32(
-            &un(UnaryOp::Clip { lo: -1.0, hi: 1.0 }, &c),
-            &[4],
-            &[-1.0, 0.5, f32::NAN, 1.0],
-            0.0,
-        );
+        assert_f32(&un(UnaryOp::Clip { lo: -1.0, hi: 1.0 }, &c), &[4], &[-1.0, 0.5, f32::NAN, 1.0], 0.0);
         let e = Tensor::f32(vec![3], vec![0.0, 1.0, 4.0]);
-        assert_f32(
-            &un(UnaryOp::Exp, &e),
-            &[3],
-            &[1.0, std::f32::consts::E, 54.59815],
-            1e-7,
-        );
-        assert_f32(
-            &un(UnaryOp::Log, &e),
-            &[3],
-            &[f32::NEG_INFINITY, 0.0, std::f32::consts::LN_2 * 2.0],
-            1e-7,
-        );
+        assert_f32(&un(UnaryOp::Exp, &e), &[3], &[1.0, std::f32::consts::E, 54.59815], 1e-7);
+        assert_f32(&un(UnaryOp::Log, &e), &[3], &[f32::NEG_INFINITY, 0.0, std::f32::consts::LN_2 * 2.0], 1e-7);
         assert_f32(&un(UnaryOp::Sqrt, &e), &[3], &[0.0, 1.0, 2.0], 0.0);
-        assert_f32(
-            &un(UnaryOp::Tanh, &e),
-            &[3],
-            &[0.0, 0.7615942, 0.9993293],
-            1e-7,
-        );
+        assert_f32(&un(UnaryOp::Tanh, &e), &[3], &[0.0, 0.7615942, 0.9993293], 1e-7);
     }
 
     #[test]
     fn sigmoid_is_stable_for_large_magnitudes() {
         let x = Tensor::f32(vec![5], vec![-200.0, -100.0, 0.0, 2.0, 200.0]);
-        let Data::F32(y) = un(UnaryOp::Sigmoid, &x).data() else {
-            unreachable!()
-        };
+        let Data::F32(y) = un(UnaryOp::Sigmoid, &x).data() else { unreachable!() };
         assert_eq!(y[0], 0.0);
         // e^-100 ≈ 3.7200760e-44 is an f32 subnormal.
         assert!(y[1] > 0.0 && (y[1] - 3.72e-44).abs() < 3e-45, "{}", y[1]);
@@ -721,42 +542,18 @@ mod tests {
     #[test]
     fn integer_and_bool_unary() {
         let x = Tensor::i32(vec![5], vec![i32::MIN, -5, 0, 5, i32::MAX]);
-        assert_eq!(
-            un(UnaryOp::Neg, &x).data(),
-            Data::I32(vec![i32::MIN, 5, 0, -5, -i32::MAX])
-        );
-        assert_eq!(
-            un(UnaryOp::Abs, &x).data(),
-            Data::I32(vec![i32::MIN, 5, 0, 5, i32::MAX])
-        );
-        assert_eq!(
-            un(UnaryOp::Relu, &x).data(),
-            Data::I32(vec![0, 0, 0, 5, i32::MAX])
-        );
-        assert_eq!(
-            un(UnaryOp::Sign, &x).data(),
-            Data::I32(vec![-1, -1, 0, 1, 1])
-        );
+        assert_eq!(un(UnaryOp::Neg, &x).data(), Data::I32(vec![i32::MIN, 5, 0, -5, -i32::MAX]));
+        assert_eq!(un(UnaryOp::Abs, &x).data(), Data::I32(vec![i32::MIN, 5, 0, 5, i32::MAX]));
+        assert_eq!(un(UnaryOp::Relu, &x).data(), Data::I32(vec![0, 0, 0, 5, i32::MAX]));
+        assert_eq!(un(UnaryOp::Sign, &x).data(), Data::I32(vec![-1, -1, 0, 1, 1]));
         // Bounds convert toward zero: [-1.5, 3.7] -> [-1, 3]; infinite bounds saturate.
-        assert_eq!(
-            un(UnaryOp::Clip { lo: -1.5, hi: 3.7 }, &x).data(),
-            Data::I32(vec![-1, -1, 0, 3, 3])
-        );
-        let open = UnaryOp::Clip {
-            lo: f64::NEG_INFINITY,
-            hi: f64::INFINITY,
-        };
+        assert_eq!(un(UnaryOp::Clip { lo: -1.5, hi: 3.7 }, &x).data(), Data::I32(vec![-1, -1, 0, 3, 3]));
+        let open = UnaryOp::Clip { lo: f64::NEG_INFINITY, hi: f64::INFINITY };
         assert_eq!(un(open, &x).data(), x.data());
         let y = Tensor::i64(vec![2], vec![i64::MIN, 9]);
-        assert_eq!(
-            un(UnaryOp::Clip { lo: 0.0, hi: 8.0 }, &y).data(),
-            Data::I64(vec![0, 8])
-        );
+        assert_eq!(un(UnaryOp::Clip { lo: 0.0, hi: 8.0 }, &y).data(), Data::I64(vec![0, 8]));
         let b = Tensor::bool(vec![2], vec![false, true]);
-        assert_eq!(
-            un(UnaryOp::Clip { lo: 1.0, hi: 1.0 }, &b).data(),
-            Data::Bool(vec![true, true])
-        );
+        assert_eq!(un(UnaryOp::Clip { lo: 1.0, hi: 1.0 }, &b).data(), Data::Bool(vec![true, true]));
         assert_eq!(un(UnaryOp::Abs, &b).data(), b.data());
     }
 
@@ -765,19 +562,11 @@ mod tests {
         let c = Tensor::bool(vec![2, 1], vec![true, false]);
         let x = Tensor::i64(vec![3], vec![1, 2, 3]);
         let y = Tensor::i64(vec![], vec![9]);
-        assert_eq!(
-            run(Op::Where, &[&c, &x, &y]).data(),
-            Data::I64(vec![1, 2, 3, 9, 9, 9])
-        );
+        assert_eq!(run(Op::Where, &[&c, &x, &y]).data(), Data::I64(vec![1, 2, 3, 9, 9, 9]));
         let c2 = Tensor::bool(vec![3], vec![false, true, false]);
         let xf = Tensor::f32(vec![2, 1], vec![1.0, 2.0]);
         let yf = Tensor::f32(vec![1], vec![0.0]);
-        assert_f32(
-            &run(Op::Where, &[&c2, &xf, &yf]),
-            &[2, 3],
-            &[0., 1., 0., 0., 2., 0.],
-            0.0,
-        );
+        assert_f32(&run(Op::Where, &[&c2, &xf, &yf]), &[2, 3], &[0., 1., 0., 0., 2., 0.], 0.0);
     }
 
     #[test]
@@ -786,20 +575,11 @@ mod tests {
         let f = Tensor::f32(vec![5], vec![-1.7, 1.7, f32::NAN, 3e10, -0.0]);
         assert_eq!(cast(&f, DType::I32), Data::I32(vec![-1, 1, 0, i32::MAX, 0]));
         // 3e10 as f32 is 30000001024.
-        assert_eq!(
-            cast(&f, DType::I64),
-            Data::I64(vec![-1, 1, 0, 30_000_001_024, 0])
-        );
-        assert_eq!(
-            cast(&f, DType::Bool),
-            Data::Bool(vec![true, true, true, true, false])
-        );
+        assert_eq!(cast(&f, DType::I64), Data::I64(vec![-1, 1, 0, 30_000_001_024, 0]));
+        assert_eq!(cast(&f, DType::Bool), Data::Bool(vec![true, true, true, true, false]));
         let l = Tensor::i64(vec![3], vec![(1 << 32) + 5, -1, 16_777_217]);
         assert_eq!(cast(&l, DType::I32), Data::I32(vec![5, -1, 16_777_217]));
-        assert_eq!(
-            cast(&l, DType::F32),
-            Data::F32(vec![4_294_967_300.0, -1.0, 16_777_216.0])
-        );
+        assert_eq!(cast(&l, DType::F32), Data::F32(vec![4_294_967_300.0, -1.0, 16_777_216.0]));
         let b = Tensor::bool(vec![2], vec![true, false]);
         assert_eq!(cast(&b, DType::F32), Data::F32(vec![1.0, 0.0]));
         assert_eq!(cast(&b, DType::I64), Data::I64(vec![1, 0]));

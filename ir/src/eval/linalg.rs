@@ -42,33 +42,18 @@ fn f64_step(acc: f64, a: f32, b: f32) -> f64 {
 /// vector (the promoted dimension is dropped from the result); leading dimensions broadcast.
 pub(super) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     let (sa, sb) = (a.shape(), b.shape());
-    let a2: Vec<usize> = if sa.len() == 1 {
-        vec![1, sa[0]]
-    } else {
-        sa.to_vec()
-    };
-    let b2: Vec<usize> = if sb.len() == 1 {
-        vec![sb[0], 1]
-    } else {
-        sb.to_vec()
-    };
+    let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.to_vec() };
+    let b2: Vec<usize> = if sb.len() == 1 { vec![sb[0], 1] } else { sb.to_vec() };
     let (ra, rb) = (a2.len(), b2.len());
     let (m, k, n) = (a2[ra - 2], a2[ra - 1], b2[rb - 1]);
     let batch = broadcast_shapes(&[&a2[..ra - 2], &b2[..rb - 2]])?;
     // For each batch element, which matrix of `a` / `b` it uses.
-    let (ba, bb) = (
-        broadcast_map(&batch, &a2[..ra - 2]),
-        broadcast_map(&batch, &b2[..rb - 2]),
-    );
+    let (ba, bb) = (broadcast_map(&batch, &a2[..ra - 2]), broadcast_map(&batch, &b2[..rb - 2]));
     let ia = |p: usize, i: usize, l: usize| ba[p] * m * k + i * k + l;
     let ib = |p: usize, l: usize, j: usize| bb[p] * k * n + l * n + j;
     let dims = (numel(&batch), m, n, k);
     let data = match (a.data(), b.data()) {
-        (Data::F32(x), Data::F32(y)) => {
-            Data::F32(contract(dims, &x, &y, ia, ib, 0.0, f64_step, |s, _| {
-                s as f32
-            }))
-        }
+        (Data::F32(x), Data::F32(y)) => Data::F32(contract(dims, &x, &y, ia, ib, 0.0, f64_step, |s, _| s as f32)),
         (Data::I32(x), Data::I32(y)) => Data::I32(contract(
             dims,
             &x,
@@ -79,34 +64,14 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
             |s, p, q| s.wrapping_add(i64::from(p) * i64::from(q)),
             |s, _| s as i32,
         )),
-        (Data::I64(x), Data::I64(y)) => Data::I64(contract(
-            dims,
-            &x,
-            &y,
-            ia,
-            ib,
-            0i64,
-            |s, p, q| s.wrapping_add(p.wrapping_mul(q)),
-            |s, _| s,
-        )),
-        // numpy: logical OR of ANDs.
-        (Data::Bool(x), Data::Bool(y)) => Data::Bool(contract(
-            dims,
-            &x,
-            &y,
-            ia,
-            ib,
-            false,
-            |s, p, q| s | (p & q),
-            |s, _| s,
-        )),
-        (x, y) => {
-            return Err(format!(
-                "matmul operand dtypes differ: {} and {}",
-                x.dtype(),
-                y.dtype()
-            ))
+        (Data::I64(x), Data::I64(y)) => {
+            Data::I64(contract(dims, &x, &y, ia, ib, 0i64, |s, p, q| s.wrapping_add(p.wrapping_mul(q)), |s, _| s))
         }
+        // numpy: logical OR of ANDs.
+        (Data::Bool(x), Data::Bool(y)) => {
+            Data::Bool(contract(dims, &x, &y, ia, ib, false, |s, p, q| s | (p & q), |s, _| s))
+        }
+        (x, y) => return Err(format!("matmul operand dtypes differ: {} and {}", x.dtype(), y.dtype())),
     };
     let mut shape = batch;
     if sa.len() > 1 {
@@ -132,11 +97,7 @@ pub(super) fn gemm(
     trans_b: bool,
 ) -> Result<Tensor, String> {
     let (sa, sb) = (a.shape(), b.shape());
-    let (m, k) = if trans_a {
-        (sa[1], sa[0])
-    } else {
-        (sa[0], sa[1])
-    };
+    let (m, k) = if trans_a { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
     let n = if trans_b { sb[0] } else { sb[1] };
     let ia = |_: usize, i: usize, l: usize| {
         if trans_a {
@@ -155,24 +116,16 @@ pub(super) fn gemm(
     let dims = (1, m, n, k);
     let c = c.filter(|_| beta != 0.0);
     let cmap = c.map(|c| broadcast_map(&[m, n], c.shape()));
-    let (cf, ci) = c
-        .map(|c| (c.to_f64_vec(), c.to_i64_vec()))
-        .unwrap_or_default();
+    let (cf, ci) = c.map(|c| (c.to_f64_vec(), c.to_i64_vec())).unwrap_or_default();
     let (alpha, beta) = (f64::from(alpha), f64::from(beta));
     // `beta * C` at flat output index `o`, in f64 and in wrapping i64.
     let c_f64 = |o: usize| cmap.as_ref().map_or(0.0, |cm| beta * cf[cm[o]]);
-    let c_i64 = |o: usize| {
-        cmap.as_ref()
-            .map_or(0, |cm| (beta as i64).wrapping_mul(ci[cm[o]]))
-    };
-    let integral =
-        alpha.fract() == 0.0 && beta.fract() == 0.0 && alpha.abs() < 9e18 && beta.abs() < 9e18;
+    let c_i64 = |o: usize| cmap.as_ref().map_or(0, |cm| (beta as i64).wrapping_mul(ci[cm[o]]));
+    let integral = alpha.fract() == 0.0 && beta.fract() == 0.0 && alpha.abs() < 9e18 && beta.abs() < 9e18;
     let i64_step = |s: i64, p: i64, q: i64| s.wrapping_add(p.wrapping_mul(q));
     let data = match (a.data(), b.data()) {
         (Data::F32(x), Data::F32(y)) => {
-            Data::F32(contract(dims, &x, &y, ia, ib, 0.0, f64_step, |s, o| {
-                (alpha * s + c_f64(o)) as f32
-            }))
+            Data::F32(contract(dims, &x, &y, ia, ib, 0.0, f64_step, |s, o| (alpha * s + c_f64(o)) as f32))
         }
         (Data::I32(x), Data::I32(y)) => {
             let step = |s, p: i32, q: i32| i64_step(s, p.into(), q.into());
@@ -185,15 +138,13 @@ pub(super) fn gemm(
                 }
             }))
         }
-        (Data::I64(x), Data::I64(y)) => {
-            Data::I64(contract(dims, &x, &y, ia, ib, 0i64, i64_step, |s, o| {
-                if integral {
-                    (alpha as i64).wrapping_mul(s).wrapping_add(c_i64(o))
-                } else {
-                    (alpha * s as f64 + c_f64(o)) as i64
-                }
-            }))
-        }
+        (Data::I64(x), Data::I64(y)) => Data::I64(contract(dims, &x, &y, ia, ib, 0i64, i64_step, |s, o| {
+            if integral {
+                (alpha as i64).wrapping_mul(s).wrapping_add(c_i64(o))
+            } else {
+                (alpha * s as f64 + c_f64(o)) as i64
+            }
+        })),
         (x, _) => return Err(format!("gemm is not defined on {} tensors", x.dtype())),
     };
     Ok(Tensor::from_data(vec![m, n], data))
@@ -228,20 +179,10 @@ mod tests {
         // a: batch [2,1] of 1x2 matrices [1,2] and [3,4]; b: batch [3] of 2x1 columns.
         let a = Tensor::f32(vec![2, 1, 1, 2], vec![1., 2., 3., 4.]);
         let b = Tensor::f32(vec![3, 2, 1], vec![1., 0., 0., 1., 1., 1.]);
-        assert_f32(
-            &run(Op::MatMul, &[&a, &b]),
-            &[2, 3, 1, 1],
-            &[1., 2., 3., 3., 4., 7.],
-            0.0,
-        );
+        assert_f32(&run(Op::MatMul, &[&a, &b]), &[2, 3, 1, 1], &[1., 2., 3., 3., 4., 7.], 0.0);
         // A 2-D right operand is shared by every batch element.
         let a3 = Tensor::f32(vec![2, 1, 3], vec![1., 2., 3., 0., 0., 1.]);
-        assert_f32(
-            &run(Op::MatMul, &[&a3, &b32()]),
-            &[2, 1, 2],
-            &[58., 64., 11., 12.],
-            0.0,
-        );
+        assert_f32(&run(Op::MatMul, &[&a3, &b32()]), &[2, 1, 2], &[58., 64., 11., 12.], 0.0);
     }
 
     #[test]
@@ -253,52 +194,24 @@ mod tests {
         assert_eq!(run(Op::MatMul, &[&a, &b]).data(), Data::I64(vec![-9]));
         let p = Tensor::bool(vec![2], vec![true, false]);
         let q = Tensor::bool(vec![2, 2], vec![false, true, true, true]);
-        assert_eq!(
-            run(Op::MatMul, &[&p, &q]).data(),
-            Data::Bool(vec![false, true])
-        );
+        assert_eq!(run(Op::MatMul, &[&p, &q]).data(), Data::Bool(vec![false, true]));
     }
 
     #[test]
     fn gemm_transposes_scales_and_broadcasts_c() {
         let bt = Tensor::f32(vec![2, 3], vec![7., 9., 11., 8., 10., 12.]); // b32 transposed
         let c = Tensor::f32(vec![2], vec![1., -1.]);
-        let op = Op::Gemm {
-            alpha: 0.5,
-            beta: 2.0,
-            trans_a: false,
-            trans_b: true,
-        };
+        let op = Op::Gemm { alpha: 0.5, beta: 2.0, trans_a: false, trans_b: true };
         // 0.5 * AB + 2 * [[1, -1], [1, -1]]
-        assert_f32(
-            &run(op, &[&a23(), &bt, &c]),
-            &[2, 2],
-            &[31., 30., 71.5, 75.],
-            0.0,
-        );
+        assert_f32(&run(op, &[&a23(), &bt, &c]), &[2, 2], &[31., 30., 71.5, 75.], 0.0);
         let at = Tensor::f32(vec![3, 2], vec![1., 4., 2., 5., 3., 6.]);
-        let op = Op::Gemm {
-            alpha: 1.0,
-            beta: 1.0,
-            trans_a: true,
-            trans_b: false,
-        };
+        let op = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: true, trans_b: false };
         assert_f32(&run(op.clone(), &[&at, &b32()]), &[2, 2], &AB, 0.0);
         let c_col = Tensor::f32(vec![2, 1], vec![100., 200.]);
-        assert_f32(
-            &run(op, &[&at, &b32(), &c_col]),
-            &[2, 2],
-            &[158., 164., 339., 354.],
-            0.0,
-        );
+        assert_f32(&run(op, &[&at, &b32(), &c_col]), &[2, 2], &[158., 164., 339., 354.], 0.0);
         // beta = 0 ignores C entirely, even NaN.
         let nan = Tensor::f32(vec![], vec![f32::NAN]);
-        let op = Op::Gemm {
-            alpha: 1.0,
-            beta: 0.0,
-            trans_a: false,
-            trans_b: false,
-        };
+        let op = Op::Gemm { alpha: 1.0, beta: 0.0, trans_a: false, trans_b: false };
         assert_f32(&run(op, &[&a23(), &b32(), &nan]), &[2, 2], &AB, 0.0);
     }
 
@@ -307,34 +220,16 @@ mod tests {
         let a = Tensor::i64(vec![1, 2], vec![1, 2]);
         let b = Tensor::i64(vec![2, 1], vec![3, 4]);
         let c = Tensor::i64(vec![], vec![3]);
-        let op = Op::Gemm {
-            alpha: 2.0,
-            beta: 1.0,
-            trans_a: false,
-            trans_b: false,
-        };
+        let op = Op::Gemm { alpha: 2.0, beta: 1.0, trans_a: false, trans_b: false };
         assert_eq!(run(op, &[&a, &b, &c]).data(), Data::I64(vec![25])); // 2 * 11 + 3
                                                                         // Non-integral alpha: computed as float, truncated toward zero.
         let three = Tensor::i32(vec![1, 1], vec![3]);
         let c = Tensor::i32(vec![1], vec![-10]);
-        let op = Op::Gemm {
-            alpha: 0.5,
-            beta: 1.0,
-            trans_a: false,
-            trans_b: false,
-        };
-        assert_eq!(
-            run(op.clone(), &[&three, &three]).data(),
-            Data::I32(vec![4])
-        ); // 4.5
+        let op = Op::Gemm { alpha: 0.5, beta: 1.0, trans_a: false, trans_b: false };
+        assert_eq!(run(op.clone(), &[&three, &three]).data(), Data::I32(vec![4])); // 4.5
         assert_eq!(run(op, &[&three, &three, &c]).data(), Data::I32(vec![-5])); // -5.5
         let t = Tensor::bool(vec![1, 1], vec![true]);
-        let op = Op::Gemm {
-            alpha: 1.0,
-            beta: 1.0,
-            trans_a: false,
-            trans_b: false,
-        };
+        let op = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false };
         assert!(crate::eval::eval(&op, &[&t, &t]).is_err());
     }
 }

@@ -49,59 +49,27 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2]),
         Op::Cast { to } => elementwise::cast(inputs[0], *to),
         Op::MatMul => linalg::matmul(inputs[0], inputs[1])?,
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-        } => linalg::gemm(
-            inputs[0],
-            inputs[1],
-            inputs.get(2).copied(),
-            *alpha,
-            *beta,
-            *trans_a,
-            *trans_b,
-        )?,
-        Op::Conv { window, group } => {
-            nn::conv(inputs[0], inputs[1], inputs.get(2).copied(), window, *group)?
+        Op::Gemm { alpha, beta, trans_a, trans_b } => {
+            linalg::gemm(inputs[0], inputs[1], inputs.get(2).copied(), *alpha, *beta, *trans_a, *trans_b)?
         }
+        Op::Conv { window, group } => nn::conv(inputs[0], inputs[1], inputs.get(2).copied(), window, *group)?,
         Op::MaxPool { window, ceil_mode } => nn::max_pool(inputs[0], window, *ceil_mode)?,
-        Op::AveragePool {
-            window,
-            ceil_mode,
-            count_include_pad,
-        } => nn::average_pool(inputs[0], window, *ceil_mode, *count_include_pad)?,
+        Op::AveragePool { window, ceil_mode, count_include_pad } => {
+            nn::average_pool(inputs[0], window, *ceil_mode, *count_include_pad)?
+        }
         Op::BatchNorm { epsilon } => nn::batch_norm(inputs, *epsilon)?,
-        Op::Lrn {
-            size,
-            alpha,
-            beta,
-            bias,
-        } => nn::lrn(inputs[0], *size, *alpha, *beta, *bias)?,
+        Op::Lrn { size, alpha, beta, bias } => nn::lrn(inputs[0], *size, *alpha, *beta, *bias)?,
         Op::Softmax { axis } => nn::softmax(inputs[0], *axis, false)?,
         Op::LogSoftmax { axis } => nn::softmax(inputs[0], *axis, true)?,
-        Op::Reduce {
-            op: r,
-            axes,
-            keepdims,
-        } => reduce::reduce(*r, inputs[0], axes, *keepdims)?,
+        Op::Reduce { op: r, axes, keepdims } => reduce::reduce(*r, inputs[0], axes, *keepdims)?,
         Op::Reshape { .. } => inputs[0].reshaped(want[0].shape.clone()),
         Op::Transpose { perm } => shape::transpose(inputs[0], perm),
         Op::Concat { axis } => shape::concat(inputs, *axis),
-        Op::Slice {
-            starts,
-            steps,
-            out_shape,
-        } => shape::slice(inputs[0], starts, steps, out_shape),
+        Op::Slice { starts, steps, out_shape } => shape::slice(inputs[0], starts, steps, out_shape),
         Op::Gather { axis } => shape::gather(inputs[0], inputs[1], *axis)?,
         Op::Expand { .. } => shape::expand(inputs[0], &want[0].shape),
         Op::Identity => inputs[0].clone(),
-        Op::Unsupported { op_type, .. } => {
-            return Err(format!(
-                "no reference evaluation for unsupported op {op_type}"
-            ))
-        }
+        Op::Unsupported { op_type, .. } => return Err(format!("no reference evaluation for unsupported op {op_type}")),
     };
     if out.ty != want[0] {
         return Err(format!(
@@ -145,20 +113,12 @@ pub(crate) fn istrides(shape: &[usize]) -> Vec<i64> {
 /// For every element of the (numpy-broadcast) shape `out`, the flat index of the element of
 /// a tensor of shape `inp` that broadcasts to it.
 pub(crate) fn broadcast_map(out: &[usize], inp: &[usize]) -> Vec<usize> {
-    assert!(
-        inp.len() <= out.len(),
-        "broadcast of rank {} to rank {}",
-        inp.len(),
-        out.len()
-    );
+    assert!(inp.len() <= out.len(), "broadcast of rank {} to rank {}", inp.len(), out.len());
     let off = out.len() - inp.len();
     let istr = istrides(inp);
     let mut strides = vec![0i64; out.len()];
     for (d, &n) in inp.iter().enumerate() {
-        assert!(
-            n == out[off + d] || n == 1,
-            "shape {inp:?} does not broadcast to {out:?}"
-        );
+        assert!(n == out[off + d] || n == 1, "shape {inp:?} does not broadcast to {out:?}");
         if n != 1 {
             strides[off + d] = istr[d];
         }
@@ -199,16 +159,11 @@ pub(crate) mod test_util {
     /// Asserts shape and values of an f32 result, within `tol` absolute + relative.
     pub fn assert_f32(t: &Tensor, shape: &[usize], want: &[f32], tol: f32) {
         assert_eq!(t.shape(), shape, "shape");
-        let Data::F32(got) = t.data() else {
-            panic!("not f32: {:?}", t.ty)
-        };
+        let Data::F32(got) = t.data() else { panic!("not f32: {:?}", t.ty) };
         assert_eq!(got.len(), want.len());
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
             let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol * (1.0 + w.abs());
-            assert!(
-                ok,
-                "element {i}: got {g}, want {w}\n got: {got:?}\nwant: {want:?}"
-            );
+            assert!(ok, "element {i}: got {g}, want {w}\n got: {got:?}\nwant: {want:?}");
         }
     }
 }
@@ -235,16 +190,9 @@ mod tests {
         let b = Tensor::f32(vec![3], vec![1.0, 2.0, 3.0]);
         assert!(eval(&Op::Binary(crate::BinaryOp::Add), &[&a, &b]).is_err());
         assert!(eval(&Op::Binary(crate::BinaryOp::Add), &[&a]).is_err());
-        let bad = Tensor {
-            ty: TensorType::new(crate::DType::F32, vec![3]),
-            data: a.data.clone(),
-        };
+        let bad = Tensor { ty: TensorType::new(crate::DType::F32, vec![3]), data: a.data.clone() };
         assert!(eval(&Op::Identity, &[&bad]).is_err());
-        let u = Op::Unsupported {
-            op_type: "Foo".into(),
-            domain: String::new(),
-            opset: 13,
-        };
+        let u = Op::Unsupported { op_type: "Foo".into(), domain: String::new(), opset: 13 };
         assert!(eval(&u, &[&a]).is_err());
     }
 }

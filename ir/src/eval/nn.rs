@@ -11,8 +11,7 @@ use crate::{numel, Data, Tensor};
 
 /// Output extent of the window along spatial axis `a` (validated by infer).
 fn out_dim(win: &Window, a: usize, n: usize, ceil_mode: bool) -> Result<usize, String> {
-    win.out_dim(a, n, ceil_mode)
-        .ok_or_else(|| format!("window {win:?} does not fit extent {n}"))
+    win.out_dim(a, n, ceil_mode).ok_or_else(|| format!("window {win:?} does not fit extent {n}"))
 }
 
 /// The input positions of window `o` along spatial axis `a` (of input extent `n`) that lie
@@ -62,14 +61,12 @@ pub(super) fn conv(
                     for ci in 0..cg {
                         let ic = g * cg + ci;
                         for ky in 0..kh {
-                            let iy = (oy * win.strides[0] + ky * win.dilations[0]) as i64
-                                - win.pads[0] as i64;
+                            let iy = (oy * win.strides[0] + ky * win.dilations[0]) as i64 - win.pads[0] as i64;
                             if iy < 0 || iy >= h as i64 {
                                 continue;
                             }
                             for kx in 0..kw {
-                                let ix = (ox * win.strides[1] + kx * win.dilations[1]) as i64
-                                    - win.pads[1] as i64;
+                                let ix = (ox * win.strides[1] + kx * win.dilations[1]) as i64 - win.pads[1] as i64;
                                 if ix < 0 || ix >= wd as i64 {
                                     continue;
                                 }
@@ -96,10 +93,7 @@ fn for_each_window(
     mut f: impl FnMut(usize, &(Vec<usize>, usize), &(Vec<usize>, usize)),
 ) -> Result<Vec<usize>, String> {
     let (h, w) = (shape[2], shape[3]);
-    let (oh, ow) = (
-        out_dim(win, 0, h, ceil_mode)?,
-        out_dim(win, 1, w, ceil_mode)?,
-    );
+    let (oh, ow) = (out_dim(win, 0, h, ceil_mode)?, out_dim(win, 1, w, ceil_mode)?);
     let ty: Vec<_> = (0..oh).map(|o| taps(win, 0, o, h)).collect();
     let tx: Vec<_> = (0..ow).map(|o| taps(win, 1, o, w)).collect();
     for plane in 0..shape[0] * shape[1] {
@@ -141,9 +135,7 @@ pub(super) fn max_pool(x: &Tensor, win: &Window, ceil_mode: bool) -> Result<Tens
     }
     let shape = x.shape();
     let (data, s) = match x.data() {
-        Data::F32(v) => {
-            run(&v, f32::NEG_INFINITY, shape, win, ceil_mode).map(|(o, s)| (Data::F32(o), s))?
-        }
+        Data::F32(v) => run(&v, f32::NEG_INFINITY, shape, win, ceil_mode).map(|(o, s)| (Data::F32(o), s))?,
         Data::I32(v) => run(&v, i32::MIN, shape, win, ceil_mode).map(|(o, s)| (Data::I32(o), s))?,
         Data::I64(v) => run(&v, i64::MIN, shape, win, ceil_mode).map(|(o, s)| (Data::I64(o), s))?,
         Data::Bool(v) => run(&v, false, shape, win, ceil_mode).map(|(o, s)| (Data::Bool(o), s))?,
@@ -170,11 +162,7 @@ pub(super) fn average_pool(
                 sum += f64::from(v[(plane * h + iy) * w + ix]);
             }
         }
-        let count = if count_include_pad {
-            py * px
-        } else {
-            ys.len() * xs.len()
-        };
+        let count = if count_include_pad { py * px } else { ys.len() * xs.len() };
         out.push((sum / count as f64) as f32);
     })?;
     Ok(Tensor::f32(shape, out))
@@ -185,10 +173,7 @@ pub(super) fn average_pool(
 pub(super) fn batch_norm(inputs: &[&Tensor], epsilon: f32) -> Result<Tensor, String> {
     let x = inputs[0];
     let v = f32s(x)?;
-    let p: Vec<Vec<f32>> = inputs[1..]
-        .iter()
-        .map(|t| f32s(t))
-        .collect::<Result<_, _>>()?;
+    let p: Vec<Vec<f32>> = inputs[1..].iter().map(|t| f32s(t)).collect::<Result<_, _>>()?;
     let (scale, bias, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
     let c = x.shape()[1];
     let inner = numel(&x.shape()[2..]);
@@ -206,13 +191,7 @@ pub(super) fn batch_norm(inputs: &[&Tensor], epsilon: f32) -> Result<Tensor, Str
 /// Local response normalization across channels (ONNX):
 /// `y = x / (bias + alpha / size * Σ x[c']²)^beta` over
 /// `c' ∈ [c - ⌊(size-1)/2⌋, c + ⌈(size-1)/2⌉] ∩ [0, C)`; computed in f64.
-pub(super) fn lrn(
-    x: &Tensor,
-    size: usize,
-    alpha: f32,
-    beta: f32,
-    bias: f32,
-) -> Result<Tensor, String> {
+pub(super) fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<Tensor, String> {
     let v = f32s(x)?;
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let inner = numel(&x.shape()[2..]);
@@ -224,8 +203,7 @@ pub(super) fn lrn(
             for r in 0..inner {
                 let at = |k: usize| f64::from(v[(b * c + k) * inner + r]);
                 let sq: f64 = (lo..=hi).map(|k| at(k) * at(k)).sum();
-                let den =
-                    (f64::from(bias) + f64::from(alpha) / size as f64 * sq).powf(f64::from(beta));
+                let den = (f64::from(bias) + f64::from(alpha) / size as f64 * sq).powf(f64::from(beta));
                 out.push((at(ch) / den) as f32);
             }
         }
@@ -243,17 +221,11 @@ pub(super) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor, Stri
     for o in 0..outer {
         for i in 0..inner {
             let idx = |j: usize| (o * len + j) * inner + i;
-            let m = (0..len)
-                .map(|j| v[idx(j)])
-                .fold(f32::NEG_INFINITY, |m, e| if e > m { e } else { m });
+            let m = (0..len).map(|j| v[idx(j)]).fold(f32::NEG_INFINITY, |m, e| if e > m { e } else { m });
             let d = |j: usize| f64::from(v[idx(j)]) - f64::from(m);
             let sum: f64 = (0..len).map(|j| d(j).exp()).sum();
             for j in 0..len {
-                out[idx(j)] = if log {
-                    (d(j) - sum.ln()) as f32
-                } else {
-                    (d(j).exp() / sum) as f32
-                };
+                out[idx(j)] = if log { (d(j) - sum.ln()) as f32 } else { (d(j).exp() / sum) as f32 };
             }
         }
     }
@@ -266,18 +238,8 @@ mod tests {
     use crate::op::Window;
     use crate::{Data, Op, Tensor};
 
-    fn win(
-        kernel: [usize; 2],
-        strides: [usize; 2],
-        pads: [usize; 4],
-        dilations: [usize; 2],
-    ) -> Window {
-        Window {
-            kernel,
-            strides,
-            pads,
-            dilations,
-        }
+    fn win(kernel: [usize; 2], strides: [usize; 2], pads: [usize; 4], dilations: [usize; 2]) -> Window {
+        Window { kernel, strides, pads, dilations }
     }
 
     #[test]
@@ -288,10 +250,7 @@ mod tests {
         // only input channel 1 through [[1,0],[0,-1]].
         let w = Tensor::f32(vec![2, 1, 2, 2], vec![1., 2., 3., 4., 1., 0., 0., -1.]);
         let b = Tensor::f32(vec![2], vec![0.5, -1.0]);
-        let op = Op::Conv {
-            window: win([2, 2], [2, 2], [1, 1, 1, 1], [1, 1]),
-            group: 2,
-        };
+        let op = Op::Conv { window: win([2, 2], [2, 2], [1, 1, 1, 1], [1, 1]), group: 2 };
         // Output (oy, ox) reads rows 2*oy-1.., cols 2*ox-1..; out-of-range taps are zero:
         // ch0: (0,0): 4*1; (0,1): 3*2+4*3; (1,0): 2*4+4*7; (1,1): 5+2*6+3*8+4*9.
         // ch1: (0,0): -10; (0,1): -12; (1,0): -16; (1,1): 14-18.
@@ -304,10 +263,7 @@ mod tests {
         // 4 input channels, 2 groups: out0 = 1*x0 + 10*x1, out1 = 100*x2 + 1000*x3.
         let x = Tensor::f32(vec![1, 4, 1, 1], vec![1., 2., 3., 4.]);
         let w = Tensor::f32(vec![2, 2, 1, 1], vec![1., 10., 100., 1000.]);
-        let op = Op::Conv {
-            window: win([1, 1], [1, 1], [0; 4], [1, 1]),
-            group: 2,
-        };
+        let op = Op::Conv { window: win([1, 1], [1, 1], [0; 4], [1, 1]), group: 2 };
         assert_f32(&run(op, &[&x, &w]), &[1, 2, 1, 1], &[21., 4300.], 0.0);
     }
 
@@ -316,10 +272,7 @@ mod tests {
         let x = Tensor::f32(vec![1, 2, 3, 3], (1..=18).map(|v| v as f32).collect());
         // Dilation 2 on a 2x2 kernel reads the four corners of each 3x3 channel.
         let w = Tensor::f32(vec![1, 2, 2, 2], vec![1., 1., 1., 1., 1., 0., 0., 0.]);
-        let op = Op::Conv {
-            window: win([2, 2], [1, 1], [0; 4], [2, 2]),
-            group: 1,
-        };
+        let op = Op::Conv { window: win([2, 2], [1, 1], [0; 4], [2, 2]), group: 1 };
         // (1+3+7+9) + 10
         assert_f32(&run(op, &[&x, &w]), &[1, 1, 1, 1], &[30.], 0.0);
     }
@@ -327,17 +280,11 @@ mod tests {
     #[test]
     fn max_pool_never_takes_padding() {
         let x = Tensor::f32(vec![1, 1, 3, 3], (1..=9).map(|v| -(v as f32)).collect());
-        let op = Op::MaxPool {
-            window: win([2, 2], [2, 2], [1, 1, 0, 0], [1, 1]),
-            ceil_mode: false,
-        };
+        let op = Op::MaxPool { window: win([2, 2], [2, 2], [1, 1, 0, 0], [1, 1]), ceil_mode: false };
         // Windows: {x00}, {x01,x02}, {x10,x20}, {x11,x12,x21,x22}.
         assert_f32(&run(op, &[&x]), &[1, 1, 2, 2], &[-1., -2., -4., -5.], 0.0);
         let xi = Tensor::i32(vec![1, 1, 1, 2], vec![-5, -3]);
-        let op = Op::MaxPool {
-            window: win([1, 2], [1, 1], [0, 1, 0, 1], [1, 1]),
-            ceil_mode: false,
-        };
+        let op = Op::MaxPool { window: win([1, 2], [1, 1], [0, 1, 0, 1], [1, 1]), ceil_mode: false };
         assert_eq!(run(op, &[&xi]).data(), Data::I32(vec![-5, -3, -3]));
     }
 
@@ -347,24 +294,9 @@ mod tests {
         let x = Tensor::f32(vec![1, 1, 1, 4], vec![1., 2., 3., 4.]);
         let w0 = win([1, 3], [1, 3], [0; 4], [1, 1]);
         let w1 = win([1, 3], [1, 3], [0, 1, 0, 1], [1, 1]); // pad 1 left and right
-        let max = |w: &Window| {
-            run(
-                Op::MaxPool {
-                    window: w.clone(),
-                    ceil_mode: true,
-                },
-                &[&x],
-            )
-        };
+        let max = |w: &Window| run(Op::MaxPool { window: w.clone(), ceil_mode: true }, &[&x]);
         let avg = |w: &Window, cip| {
-            run(
-                Op::AveragePool {
-                    window: w.clone(),
-                    ceil_mode: true,
-                    count_include_pad: cip,
-                },
-                &[&x],
-            )
+            run(Op::AveragePool { window: w.clone(), ceil_mode: true, count_include_pad: cip }, &[&x])
         };
         assert_f32(&max(&w0), &[1, 1, 1, 2], &[3., 4.], 0.0);
         assert_f32(&max(&w1), &[1, 1, 1, 2], &[2., 4.], 0.0);
@@ -375,11 +307,8 @@ mod tests {
         assert_f32(&avg(&w1, true), &[1, 1, 1, 2], &[1., 7. / 3.], 1e-7);
         // Width 5, kernel 2, stride 2, ceil: the last window {4, overhang} divides by 1.
         let x5 = Tensor::f32(vec![1, 1, 1, 5], vec![1., 2., 3., 4., 5.]);
-        let op = Op::AveragePool {
-            window: win([1, 2], [1, 2], [0; 4], [1, 1]),
-            ceil_mode: true,
-            count_include_pad: true,
-        };
+        let op =
+            Op::AveragePool { window: win([1, 2], [1, 2], [0; 4], [1, 1]), ceil_mode: true, count_include_pad: true };
         assert_f32(&run(op, &[&x5]), &[1, 1, 1, 3], &[1.5, 3.5, 5.], 0.0);
     }
 
@@ -388,11 +317,7 @@ mod tests {
         // [[1,2],[3,4]], 2x2 kernel, stride 1, pad 1 on all sides -> 3x3 output.
         let x = Tensor::f32(vec![1, 1, 2, 2], vec![1., 2., 3., 4.]);
         let w = win([2, 2], [1, 1], [1, 1, 1, 1], [1, 1]);
-        let op = |cip| Op::AveragePool {
-            window: w.clone(),
-            ceil_mode: false,
-            count_include_pad: cip,
-        };
+        let op = |cip| Op::AveragePool { window: w.clone(), ceil_mode: false, count_include_pad: cip };
         let excl = [1., 1.5, 2., 2., 2.5, 3., 3., 3.5, 4.];
         assert_f32(&run(op(false), &[&x]), &[1, 1, 3, 3], &excl, 0.0);
         let incl = [0.25, 0.75, 0.5, 1., 2.5, 1.5, 0.75, 1.75, 1.];
@@ -405,10 +330,7 @@ mod tests {
         let p = |a: f32, b: f32| Tensor::f32(vec![2], vec![a, b]);
         let (scale, bias, mean, var) = (p(1., 2.), p(0., 1.), p(1., 3.), p(3.75, 0.));
         // sqrt(var + 0.25) = [2, 0.5]: ch0 (x-1)/2, ch1 (x-3)/0.5*2+1.
-        let y = run(
-            Op::BatchNorm { epsilon: 0.25 },
-            &[&x, &scale, &bias, &mean, &var],
-        );
+        let y = run(Op::BatchNorm { epsilon: 0.25 }, &[&x, &scale, &bias, &mean, &var]);
         assert_f32(&y, &[1, 2, 1, 2], &[0., 0.5, 1., 5.], 0.0);
     }
 
@@ -416,63 +338,22 @@ mod tests {
     fn lrn_uses_onnx_channel_window() {
         let x = Tensor::f32(vec![1, 3, 1, 1], vec![1., 2., 3.]);
         // size 2: channels [c, c+1]; alpha/size = 1, bias 1, beta 1.
-        let y = run(
-            Op::Lrn {
-                size: 2,
-                alpha: 2.0,
-                beta: 1.0,
-                bias: 1.0,
-            },
-            &[&x],
-        );
+        let y = run(Op::Lrn { size: 2, alpha: 2.0, beta: 1.0, bias: 1.0 }, &[&x]);
         assert_f32(&y, &[1, 3, 1, 1], &[1. / 6., 2. / 14., 3. / 10.], 1e-7);
         // size 3: channels [c-1, c+1]; alpha/size = 1, bias 2, beta 0.5.
-        let y = run(
-            Op::Lrn {
-                size: 3,
-                alpha: 3.0,
-                beta: 0.5,
-                bias: 2.0,
-            },
-            &[&x],
-        );
-        assert_f32(
-            &y,
-            &[1, 3, 1, 1],
-            &[1. / 7f32.sqrt(), 0.5, 3. / 15f32.sqrt()],
-            1e-7,
-        );
+        let y = run(Op::Lrn { size: 3, alpha: 3.0, beta: 0.5, bias: 2.0 }, &[&x]);
+        assert_f32(&y, &[1, 3, 1, 1], &[1. / 7f32.sqrt(), 0.5, 3. / 15f32.sqrt()], 1e-7);
     }
 
     #[test]
     fn softmax_and_log_softmax() {
         use std::f32::consts::LN_2;
         let x = Tensor::f32(vec![3], vec![1., 2., 3.]);
-        assert_f32(
-            &run(Op::Softmax { axis: 0 }, &[&x]),
-            &[3],
-            &[0.09003057, 0.24472847, 0.66524096],
-            1e-7,
-        );
-        assert_f32(
-            &run(Op::LogSoftmax { axis: 0 }, &[&x]),
-            &[3],
-            &[-2.407_606, -1.407_606, -0.407_606],
-            1e-7,
-        );
+        assert_f32(&run(Op::Softmax { axis: 0 }, &[&x]), &[3], &[0.09003057, 0.24472847, 0.66524096], 1e-7);
+        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[3], &[-2.407_606, -1.407_606, -0.407_606], 1e-7);
         // Along axis 0 of a [2,3] tensor; large values do not overflow.
         let x = Tensor::f32(vec![2, 3], vec![1., 0., 5., 1., 1000., 5.]);
-        assert_f32(
-            &run(Op::Softmax { axis: 0 }, &[&x]),
-            &[2, 3],
-            &[0.5, 0., 0.5, 0.5, 1., 0.5],
-            0.0,
-        );
-        assert_f32(
-            &run(Op::LogSoftmax { axis: 0 }, &[&x]),
-            &[2, 3],
-            &[-LN_2, -1000., -LN_2, -LN_2, 0., -LN_2],
-            1e-7,
-        );
+        assert_f32(&run(Op::Softmax { axis: 0 }, &[&x]), &[2, 3], &[0.5, 0., 0.5, 0.5, 1., 0.5], 0.0);
+        assert_f32(&run(Op::LogSoftmax { axis: 0 }, &[&x]), &[2, 3], &[-LN_2, -1000., -LN_2, -LN_2, 0., -LN_2], 1e-7);
     }
 }

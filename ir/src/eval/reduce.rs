@@ -8,13 +8,7 @@ use crate::op::ReduceOp;
 use crate::{numel, Data, Tensor};
 
 /// Folds `v` into `nout` accumulators: element `i` goes to accumulator `omap[i]`.
-fn fold<T: Copy, A: Copy>(
-    v: &[T],
-    omap: &[usize],
-    nout: usize,
-    init: A,
-    f: impl Fn(A, T) -> A,
-) -> Vec<A> {
+fn fold<T: Copy, A: Copy>(v: &[T], omap: &[usize], nout: usize, init: A, f: impl Fn(A, T) -> A) -> Vec<A> {
     let mut acc = vec![init; nout];
     for (&e, &o) in v.iter().zip(omap) {
         acc[o] = f(acc[o], e);
@@ -23,14 +17,7 @@ fn fold<T: Copy, A: Copy>(
 }
 
 /// Integer reductions in wrapping i64 (i32 results truncate, matching wrapping i32).
-fn int_reduce(
-    op: ReduceOp,
-    v: impl Iterator<Item = i64>,
-    omap: &[usize],
-    nout: usize,
-    lo: i64,
-    hi: i64,
-) -> Vec<i64> {
+fn int_reduce(op: ReduceOp, v: impl Iterator<Item = i64>, omap: &[usize], nout: usize, lo: i64, hi: i64) -> Vec<i64> {
     let v: Vec<i64> = v.collect();
     match op {
         ReduceOp::Sum => fold(&v, omap, nout, 0, i64::wrapping_add),
@@ -41,30 +28,16 @@ fn int_reduce(
     }
 }
 
-pub(super) fn reduce(
-    op: ReduceOp,
-    x: &Tensor,
-    axes: &[usize],
-    keepdims: bool,
-) -> Result<Tensor, String> {
+pub(super) fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], keepdims: bool) -> Result<Tensor, String> {
     if axes.is_empty() {
         return Ok(x.clone()); // an empty axis list reduces nothing
     }
     let shape = x.shape();
-    let kept: Vec<usize> = shape
-        .iter()
-        .enumerate()
-        .map(|(d, &n)| if axes.contains(&d) { 1 } else { n })
-        .collect();
+    let kept: Vec<usize> = shape.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect();
     let out_shape: Vec<usize> = if keepdims {
         kept.clone()
     } else {
-        shape
-            .iter()
-            .enumerate()
-            .filter(|(d, _)| !axes.contains(d))
-            .map(|(_, &n)| n)
-            .collect()
+        shape.iter().enumerate().filter(|(d, _)| !axes.contains(d)).map(|(_, &n)| n).collect()
     };
     // For every input element (row-major), the flat index of the output it reduces into.
     let mut ostr = istrides(&kept);
@@ -76,40 +49,24 @@ pub(super) fn reduce(
     let count: usize = axes.iter().map(|&a| shape[a]).product();
     let data = match x.data() {
         Data::F32(v) => Data::F32(match op {
-            ReduceOp::Sum => fold(&v, &omap, nout, 0.0f64, |a, e| a + f64::from(e))
-                .into_iter()
-                .map(|a| a as f32)
-                .collect(),
+            ReduceOp::Sum => {
+                fold(&v, &omap, nout, 0.0f64, |a, e| a + f64::from(e)).into_iter().map(|a| a as f32).collect()
+            }
             ReduceOp::Mean => fold(&v, &omap, nout, 0.0f64, |a, e| a + f64::from(e))
                 .into_iter()
                 .map(|a| (a / count as f64) as f32)
                 .collect(),
-            ReduceOp::Prod => fold(&v, &omap, nout, 1.0f64, |a, e| a * f64::from(e))
-                .into_iter()
-                .map(|a| a as f32)
-                .collect(),
+            ReduceOp::Prod => {
+                fold(&v, &omap, nout, 1.0f64, |a, e| a * f64::from(e)).into_iter().map(|a| a as f32).collect()
+            }
             ReduceOp::Max => fold(&v, &omap, nout, f32::NEG_INFINITY, fmax),
             ReduceOp::Min => fold(&v, &omap, nout, f32::INFINITY, fmin),
         }),
         Data::I32(v) => {
-            let r = int_reduce(
-                op,
-                v.into_iter().map(i64::from),
-                &omap,
-                nout,
-                i32::MIN.into(),
-                i32::MAX.into(),
-            );
+            let r = int_reduce(op, v.into_iter().map(i64::from), &omap, nout, i32::MIN.into(), i32::MAX.into());
             Data::I32(r.into_iter().map(|a| a as i32).collect())
         }
-        Data::I64(v) => Data::I64(int_reduce(
-            op,
-            v.into_iter(),
-            &omap,
-            nout,
-            i64::MIN,
-            i64::MAX,
-        )),
+        Data::I64(v) => Data::I64(int_reduce(op, v.into_iter(), &omap, nout, i64::MIN, i64::MAX)),
         Data::Bool(v) => Data::Bool(match op {
             ReduceOp::Max => fold(&v, &omap, nout, false, |a, e| a | e),
             ReduceOp::Min => fold(&v, &omap, nout, true, |a, e| a & e),
@@ -126,55 +83,23 @@ mod tests {
     use crate::{Data, Op, Tensor};
 
     fn red(op: ReduceOp, axes: &[usize], keepdims: bool, x: &Tensor) -> Tensor {
-        run(
-            Op::Reduce {
-                op,
-                axes: axes.to_vec(),
-                keepdims,
-            },
-            &[x],
-        )
+        run(Op::Reduce { op, axes: axes.to_vec(), keepdims }, &[x])
     }
 
     #[test]
     fn reductions_over_axes_with_and_without_keepdims() {
         let x = Tensor::f32(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
-        assert_f32(
-            &red(ReduceOp::Sum, &[1], true, &x),
-            &[2, 1],
-            &[6., 15.],
-            0.0,
-        );
-        assert_f32(
-            &red(ReduceOp::Sum, &[0], false, &x),
-            &[3],
-            &[5., 7., 9.],
-            0.0,
-        );
+        assert_f32(&red(ReduceOp::Sum, &[1], true, &x), &[2, 1], &[6., 15.], 0.0);
+        assert_f32(&red(ReduceOp::Sum, &[0], false, &x), &[3], &[5., 7., 9.], 0.0);
         assert_f32(&red(ReduceOp::Sum, &[0, 1], false, &x), &[], &[21.], 0.0);
         assert_f32(&red(ReduceOp::Sum, &[0, 1], true, &x), &[1, 1], &[21.], 0.0);
         assert_f32(&red(ReduceOp::Mean, &[1], false, &x), &[2], &[2., 5.], 0.0);
-        assert_f32(
-            &red(ReduceOp::Max, &[0], false, &x),
-            &[3],
-            &[4., 5., 6.],
-            0.0,
-        );
+        assert_f32(&red(ReduceOp::Max, &[0], false, &x), &[3], &[4., 5., 6.], 0.0);
         assert_f32(&red(ReduceOp::Min, &[1], false, &x), &[2], &[1., 4.], 0.0);
-        assert_f32(
-            &red(ReduceOp::Prod, &[1], false, &x),
-            &[2],
-            &[6., 120.],
-            0.0,
-        );
+        assert_f32(&red(ReduceOp::Prod, &[1], false, &x), &[2], &[6., 120.], 0.0);
         // Non-adjacent axes of a [2,2,2] tensor holding 0..8: j=0 -> 0+1+4+5, j=1 -> 2+3+6+7.
         let y = Tensor::f32(vec![2, 2, 2], (0..8).map(|v| v as f32).collect());
-        assert_f32(
-            &red(ReduceOp::Sum, &[0, 2], false, &y),
-            &[2],
-            &[10., 18.],
-            0.0,
-        );
+        assert_f32(&red(ReduceOp::Sum, &[0, 2], false, &y), &[2], &[10., 18.], 0.0);
     }
 
     #[test]
@@ -182,57 +107,24 @@ mod tests {
         let b = Tensor::bool(vec![2], vec![true, false]);
         assert_eq!(red(ReduceOp::Max, &[], false, &b), b);
         let x = Tensor::f32(vec![2], vec![1.5, f32::NAN]);
-        assert_f32(
-            &red(ReduceOp::Mean, &[], true, &x),
-            &[2],
-            &[1.5, f32::NAN],
-            0.0,
-        );
+        assert_f32(&red(ReduceOp::Mean, &[], true, &x), &[2], &[1.5, f32::NAN], 0.0);
     }
 
     #[test]
     fn integer_bool_nan_and_empty_reductions() {
         let x = Tensor::i32(vec![2], vec![i32::MAX, 1]);
-        assert_eq!(
-            red(ReduceOp::Sum, &[0], false, &x).data(),
-            Data::I32(vec![i32::MIN])
-        );
+        assert_eq!(red(ReduceOp::Sum, &[0], false, &x).data(), Data::I32(vec![i32::MIN]));
         let y = Tensor::i64(vec![2, 2], vec![-3, 7, 2, -8]);
-        assert_eq!(
-            red(ReduceOp::Max, &[1], false, &y).data(),
-            Data::I64(vec![7, 2])
-        );
-        assert_eq!(
-            red(ReduceOp::Prod, &[0], true, &y).data(),
-            Data::I64(vec![-6, -56])
-        );
+        assert_eq!(red(ReduceOp::Max, &[1], false, &y).data(), Data::I64(vec![7, 2]));
+        assert_eq!(red(ReduceOp::Prod, &[0], true, &y).data(), Data::I64(vec![-6, -56]));
         let b = Tensor::bool(vec![2, 2], vec![true, false, true, true]);
-        assert_eq!(
-            red(ReduceOp::Max, &[1], false, &b).data(),
-            Data::Bool(vec![true, true])
-        );
-        assert_eq!(
-            red(ReduceOp::Min, &[1], false, &b).data(),
-            Data::Bool(vec![false, true])
-        );
-        assert!(crate::eval::eval(
-            &Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![0],
-                keepdims: false
-            },
-            &[&b]
-        )
-        .is_err());
+        assert_eq!(red(ReduceOp::Max, &[1], false, &b).data(), Data::Bool(vec![true, true]));
+        assert_eq!(red(ReduceOp::Min, &[1], false, &b).data(), Data::Bool(vec![false, true]));
+        assert!(crate::eval::eval(&Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false }, &[&b]).is_err());
         let n = Tensor::f32(vec![3], vec![1., f32::NAN, 2.]);
         assert_f32(&red(ReduceOp::Max, &[0], false, &n), &[], &[f32::NAN], 0.0);
         let e = Tensor::f32(vec![0, 2], vec![]);
         assert_f32(&red(ReduceOp::Sum, &[0], false, &e), &[2], &[0., 0.], 0.0);
-        assert_f32(
-            &red(ReduceOp::Max, &[0], false, &e),
-            &[2],
-            &[f32::NEG_INFINITY; 2],
-            0.0,
-        );
+        assert_f32(&red(ReduceOp::Max, &[0], false, &e), &[2], &[f32::NEG_INFINITY; 2], 0.0);
     }
 }

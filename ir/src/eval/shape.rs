@@ -28,8 +28,7 @@ pub(super) fn concat(inputs: &[&Tensor], axis: usize) -> Tensor {
             bytes.extend_from_slice(&t.data[o * block..(o + 1) * block]);
         }
     }
-    Tensor::from_bytes(TensorType::new(inputs[0].dtype(), shape), bytes.into())
-        .expect("length matches shape")
+    Tensor::from_bytes(TensorType::new(inputs[0].dtype(), shape), bytes.into()).expect("length matches shape")
 }
 
 /// Output element `idx` is input element `starts + idx * steps` (per axis).
@@ -37,11 +36,7 @@ pub(super) fn slice(x: &Tensor, starts: &[i64], steps: &[i64], out_shape: &[usiz
     let st = istrides(x.shape());
     let strides: Vec<i64> = st.iter().zip(steps).map(|(s, k)| s * k).collect();
     let base: i64 = st.iter().zip(starts).map(|(s, b)| s * b).sum();
-    take(
-        x,
-        &strided_map(out_shape, &strides, base),
-        out_shape.to_vec(),
-    )
+    take(x, &strided_map(out_shape, &strides, base), out_shape.to_vec())
 }
 
 /// `out[a.., j.., b..] = x[a.., idx[j..], b..]`; negative indices count from the end; an index
@@ -56,9 +51,7 @@ pub(super) fn gather(x: &Tensor, indices: &Tensor, axis: usize) -> Result<Tensor
         .map(|i| {
             let j = if i < 0 { i + n as i64 } else { i };
             if j < 0 || j >= n as i64 {
-                Err(format!(
-                    "gather index {i} out of range for axis {axis} of extent {n}"
-                ))
+                Err(format!("gather index {i} out of range for axis {axis} of extent {n}"))
             } else {
                 Ok(j as usize)
             }
@@ -95,28 +88,15 @@ mod tests {
     fn transpose_permutes_axes() {
         let x = Tensor::f32(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
         let y = run(Op::Transpose { perm: vec![1, 0] }, &[&x]);
-        assert_eq!(
-            (y.shape(), y.data()),
-            (&[3, 2][..], Data::F32(vec![1., 4., 2., 5., 3., 6.]))
-        );
+        assert_eq!((y.shape(), y.data()), (&[3, 2][..], Data::F32(vec![1., 4., 2., 5., 3., 6.])));
         // out[k][i][j] = x[i][j][k] = 12i + 4j + k
-        let y = run(
-            Op::Transpose {
-                perm: vec![2, 0, 1],
-            },
-            &[&iota(&[2, 3, 4])],
-        );
+        let y = run(Op::Transpose { perm: vec![2, 0, 1] }, &[&iota(&[2, 3, 4])]);
         assert_eq!(y.shape(), &[4, 2, 3]);
-        let Data::I64(v) = y.data() else {
-            unreachable!()
-        };
+        let Data::I64(v) = y.data() else { unreachable!() };
         assert_eq!(&v[..12], &[0, 4, 8, 12, 16, 20, 1, 5, 9, 13, 17, 21]);
         assert_eq!(&v[18..], &[3, 7, 11, 15, 19, 23]);
         let b = Tensor::bool(vec![1, 2], vec![true, false]);
-        assert_eq!(
-            run(Op::Transpose { perm: vec![1, 0] }, &[&b]).data(),
-            Data::Bool(vec![true, false])
-        );
+        assert_eq!(run(Op::Transpose { perm: vec![1, 0] }, &[&b]).data(), Data::Bool(vec![true, false]));
     }
 
     #[test]
@@ -124,25 +104,15 @@ mod tests {
         let a = Tensor::f32(vec![2, 1], vec![1., 2.]);
         let b = Tensor::f32(vec![2, 2], vec![3., 4., 5., 6.]);
         let y = run(Op::Concat { axis: 1 }, &[&a, &b]);
-        assert_eq!(
-            (y.shape(), y.data()),
-            (&[2, 3][..], Data::F32(vec![1., 3., 4., 2., 5., 6.]))
-        );
+        assert_eq!((y.shape(), y.data()), (&[2, 3][..], Data::F32(vec![1., 3., 4., 2., 5., 6.])));
         let y = run(Op::Concat { axis: 0 }, &[&iota(&[1, 2]), &iota(&[2, 2])]);
-        assert_eq!(
-            (y.shape(), y.data()),
-            (&[3, 2][..], Data::I64(vec![0, 1, 0, 1, 2, 3]))
-        );
+        assert_eq!((y.shape(), y.data()), (&[3, 2][..], Data::I64(vec![0, 1, 0, 1, 2, 3])));
     }
 
     #[test]
     fn slice_with_positive_and_negative_steps() {
         let x = iota(&[2, 4]); // [[0,1,2,3],[4,5,6,7]]
-        let op = |starts: Vec<i64>, steps: Vec<i64>, out_shape: Vec<usize>| Op::Slice {
-            starts,
-            steps,
-            out_shape,
-        };
+        let op = |starts: Vec<i64>, steps: Vec<i64>, out_shape: Vec<usize>| Op::Slice { starts, steps, out_shape };
         let y = run(op(vec![1, 3], vec![-1, -2], vec![2, 2]), &[&x]);
         assert_eq!(y.data(), Data::I64(vec![7, 5, 3, 1]));
         let y = run(op(vec![0, 1], vec![1, 2], vec![2, 2]), &[&x]);
@@ -156,17 +126,11 @@ mod tests {
         let x = Tensor::f32(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]);
         let idx = Tensor::i64(vec![2], vec![-1, 0]);
         let y = run(Op::Gather { axis: 0 }, &[&x, &idx]);
-        assert_eq!(
-            (y.shape(), y.data()),
-            (&[2, 2][..], Data::F32(vec![5., 6., 1., 2.]))
-        );
+        assert_eq!((y.shape(), y.data()), (&[2, 2][..], Data::F32(vec![5., 6., 1., 2.])));
         let idx = Tensor::i32(vec![2, 2], vec![0, -1, 1, 0]);
         let y = run(Op::Gather { axis: 1 }, &[&x, &idx]);
         assert_eq!(y.shape(), &[3, 2, 2]);
-        assert_eq!(
-            y.data(),
-            Data::F32(vec![1., 2., 2., 1., 3., 4., 4., 3., 5., 6., 6., 5.])
-        );
+        assert_eq!(y.data(), Data::F32(vec![1., 2., 2., 1., 3., 4., 4., 3., 5., 6., 6., 5.]));
         let scalar = Tensor::i64(vec![], vec![1]);
         let y = run(Op::Gather { axis: 0 }, &[&x, &scalar]);
         assert_eq!((y.shape(), y.data()), (&[2][..], Data::F32(vec![3., 4.])));
@@ -179,17 +143,9 @@ mod tests {
     #[test]
     fn expand_reshape_identity() {
         let x = Tensor::i32(vec![3, 1], vec![1, 2, 3]);
-        let y = run(
-            Op::Expand {
-                shape: vec![2, 1, 2],
-            },
-            &[&x],
-        );
+        let y = run(Op::Expand { shape: vec![2, 1, 2] }, &[&x]);
         assert_eq!(y.shape(), &[2, 3, 2]);
-        assert_eq!(
-            y.data(),
-            Data::I32(vec![1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3])
-        );
+        assert_eq!(y.data(), Data::I32(vec![1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3]));
         let y = run(Op::Reshape { shape: vec![1, 3] }, &[&x]);
         assert_eq!((y.shape(), y.data()), (&[1, 3][..], x.data()));
         assert_eq!(run(Op::Identity, &[&x]), x);

@@ -19,9 +19,7 @@ fn operands(cx: &mut NodeCx) -> OpResult<(ValueId, ValueId)> {
     let (ra, mut bs) = (cx.rank(a), cx.shape(b));
     let axis = norm_axis(axis, ra.max(1), "axis")?;
     let Some(trailing) = ra.checked_sub(axis + bs.len()) else {
-        return invalid(format!(
-            "B of shape {bs:?} does not fit A of rank {ra} at axis {axis}"
-        ));
+        return invalid(format!("B of shape {bs:?} does not fit A of rank {ra} at axis {axis}"));
     };
     if trailing == 0 {
         return Ok((a, b));
@@ -80,11 +78,7 @@ pub(super) fn variadic(cx: &mut NodeCx, op: BinaryOp, mean: bool) -> OpResult<Ve
     let mut acc = first;
     for (i, &x) in rest.iter().enumerate() {
         let last = i + 1 == rest.len() && !mean;
-        let name = if last {
-            cx.out_name(0)
-        } else {
-            cx.tmp_name("acc")
-        };
+        let name = if last { cx.out_name(0) } else { cx.tmp_name("acc") };
         acc = cx.emit(Op::Binary(op), &[acc, x], name)?;
     }
     if mean {
@@ -108,41 +102,25 @@ pub(super) fn clip(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if cx.opset < 11 {
         let lo = f64::from(cx.attrs.float_or("min", f32::MIN)?);
         let hi = f64::from(cx.attrs.float_or("max", f32::MAX)?);
-        return Ok(vec![cx.emit_out(
-            Op::Unary(UnaryOp::Clip { lo, hi }),
-            &[x],
-            0,
-        )?]);
+        return Ok(vec![cx.emit_out(Op::Unary(UnaryOp::Clip { lo, hi }), &[x], 0)?]);
     }
     let (lo, hi) = (cx.opt_input(1), cx.opt_input(2));
-    let scalar =
-        |cx: &NodeCx, v: Option<ValueId>, role: &str, default: f64| -> OpResult<Option<f64>> {
-            let Some(v) = v else { return Ok(Some(default)) };
-            let Some(t) = cx.g.const_of(v) else {
-                return Ok(None);
-            };
-            if t.numel() != 1 {
-                return invalid(format!("{role} must be a scalar, got {}", t.ty));
-            }
-            Ok(Some(t.to_f64_vec()[0]))
+    let scalar = |cx: &NodeCx, v: Option<ValueId>, role: &str, default: f64| -> OpResult<Option<f64>> {
+        let Some(v) = v else { return Ok(Some(default)) };
+        let Some(t) = cx.g.const_of(v) else {
+            return Ok(None);
         };
-    match (
-        scalar(cx, lo, "min", f64::NEG_INFINITY)?,
-        scalar(cx, hi, "max", f64::INFINITY)?,
-    ) {
-        (Some(lo), Some(hi)) => Ok(vec![cx.emit_out(
-            Op::Unary(UnaryOp::Clip { lo, hi }),
-            &[x],
-            0,
-        )?]),
+        if t.numel() != 1 {
+            return invalid(format!("{role} must be a scalar, got {}", t.ty));
+        }
+        Ok(Some(t.to_f64_vec()[0]))
+    };
+    match (scalar(cx, lo, "min", f64::NEG_INFINITY)?, scalar(cx, hi, "max", f64::INFINITY)?) {
+        (Some(lo), Some(hi)) => Ok(vec![cx.emit_out(Op::Unary(UnaryOp::Clip { lo, hi }), &[x], 0)?]),
         _ => {
             let mut y = x;
             if let Some(lo) = lo {
-                let name = if hi.is_some() {
-                    cx.tmp_name("max")
-                } else {
-                    cx.out_name(0)
-                };
+                let name = if hi.is_some() { cx.tmp_name("max") } else { cx.out_name(0) };
                 y = cx.emit(Op::Binary(BinaryOp::Max), &[y, lo], name)?;
             }
             if let Some(hi) = hi {
@@ -167,8 +145,7 @@ pub(super) fn cast(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         let Some(name) = cx.attrs.string("to")? else {
             return invalid("attribute `to` is missing");
         };
-        DataType::from_str_name(&name)
-            .ok_or_else(|| format!("attribute `to` = {name:?} is not a data type"))? as i32
+        DataType::from_str_name(&name).ok_or_else(|| format!("attribute `to` = {name:?} is not a data type"))? as i32
     } else {
         let Some(to) = cx.attrs.int("to")? else {
             return invalid("attribute `to` is missing");
@@ -189,11 +166,7 @@ pub(super) fn cast_like(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
     let to = match dtype_of(to) {
         Ok(d) => d,
-        Err(name) => {
-            return unsupported(format!(
-                "cast to {name} (supported: float32, int32, int64, bool)"
-            ))
-        }
+        Err(name) => return unsupported(format!("cast to {name} (supported: float32, int32, int64, bool)")),
     };
     Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
 }
@@ -212,14 +185,5 @@ pub(super) fn gemm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let trans_b = cx.attrs.int_or("transB", 0)? != 0;
     let mut ins = vec![cx.input(0)?, cx.input(1)?];
     ins.extend(cx.opt_input(2));
-    Ok(vec![cx.emit_out(
-        Op::Gemm {
-            alpha,
-            beta,
-            trans_a,
-            trans_b,
-        },
-        &ins,
-        0,
-    )?])
+    Ok(vec![cx.emit_out(Op::Gemm { alpha, beta, trans_a, trans_b }, &ins, 0)?])
 }

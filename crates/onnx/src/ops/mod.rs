@@ -79,16 +79,7 @@ impl<'a> NodeCx<'a> {
         opset: i64,
         inputs: Vec<Option<ValueId>>,
     ) -> Self {
-        NodeCx {
-            g,
-            ext,
-            node,
-            name,
-            opset,
-            attrs: Attrs::new(&node.attribute),
-            inputs,
-            tmp: 0,
-        }
+        NodeCx { g, ext, node, name, opset, attrs: Attrs::new(&node.attribute), inputs, tmp: 0 }
     }
 
     pub fn op_type(&self) -> &'a str {
@@ -97,8 +88,7 @@ impl<'a> NodeCx<'a> {
 
     /// Required input `i`.
     pub fn input(&self, i: usize) -> OpResult<ValueId> {
-        self.opt_input(i)
-            .ok_or_else(|| OpError::Invalid(format!("required input {i} is missing")))
+        self.opt_input(i).ok_or_else(|| OpError::Invalid(format!("required input {i} is missing")))
     }
 
     /// Optional input `i` (absent past the end or when its name is empty).
@@ -129,17 +119,15 @@ impl<'a> NodeCx<'a> {
         };
         match self.g.const_of(v) {
             Some(t) => Ok(Some(t.clone())),
-            None => Err(OpError::Import(ImportError::NeedsConstant(Box::new(
-                crate::error::ConstantNeeded {
-                    node: self.node.name.clone().unwrap_or_default(),
-                    op_type: self.node.op_type.clone().unwrap_or_default(),
-                    opset: self.opset,
-                    index: i,
-                    value: self.node.input[i].clone(),
-                    role: role.to_string(),
-                    graph_inputs: self.graph_inputs_behind(v),
-                },
-            )))),
+            None => Err(OpError::Import(ImportError::NeedsConstant(Box::new(crate::error::ConstantNeeded {
+                node: self.node.name.clone().unwrap_or_default(),
+                op_type: self.node.op_type.clone().unwrap_or_default(),
+                opset: self.opset,
+                index: i,
+                value: self.node.input[i].clone(),
+                role: role.to_string(),
+                graph_inputs: self.graph_inputs_behind(v),
+            })))),
         }
     }
 
@@ -154,9 +142,7 @@ impl<'a> NodeCx<'a> {
             }
             match &self.g.value(v).def {
                 kiln_ir::ValueDef::Input(_) => names.push(self.g.value(v).name.clone()),
-                kiln_ir::ValueDef::Node(n, _) => {
-                    stack.extend(self.g.node(*n).inputs.iter().copied())
-                }
+                kiln_ir::ValueDef::Node(n, _) => stack.extend(self.g.node(*n).inputs.iter().copied()),
                 kiln_ir::ValueDef::Const(_) => {}
             }
         }
@@ -170,10 +156,7 @@ impl<'a> NodeCx<'a> {
             return Ok(None);
         };
         if !t.dtype().is_int() {
-            return invalid(format!(
-                "input {i} ({role}) must be an integer tensor, got {}",
-                t.ty
-            ));
+            return invalid(format!("input {i} ({role}) must be an integer tensor, got {}", t.ty));
         }
         Ok(Some(t.to_i64_vec()))
     }
@@ -215,18 +198,10 @@ impl<'a> NodeCx<'a> {
         let tys: Vec<&TensorType> = inputs.iter().map(|&v| self.g.ty(v)).collect();
         let out_tys = kiln_ir::infer::infer(&op, &tys).map_err(OpError::Invalid)?;
         let [out_ty] = out_tys.as_slice() else {
-            return invalid(format!(
-                "{} has {} results, expected 1",
-                op.name(),
-                out_tys.len()
-            ));
+            return invalid(format!("{} has {} results, expected 1", op.name(), out_tys.len()));
         };
         if checked_numel(&out_ty.shape).is_none() {
-            return invalid(format!(
-                "result shape {:?} of {} is too large",
-                out_ty.shape,
-                op.name()
-            ));
+            return invalid(format!("result shape {:?} of {} is too large", out_ty.shape, op.name()));
         }
         let consts: Option<Vec<&Tensor>> = inputs.iter().map(|&v| self.g.const_of(v)).collect();
         if let Some(consts) = consts {
@@ -234,10 +209,7 @@ impl<'a> NodeCx<'a> {
                 return Ok(self.g.add_const(name, t));
             }
         }
-        let outs = self
-            .g
-            .add_node(op, inputs, self.name, &[name])
-            .map_err(|e| OpError::Invalid(e.message))?;
+        let outs = self.g.add_node(op, inputs, self.name, &[name]).map_err(|e| OpError::Invalid(e.message))?;
         Ok(outs[0])
     }
 
@@ -296,8 +268,7 @@ fn fold_work(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> usize {
         Op::Lrn { size, .. } => *size,
         _ => 1,
     };
-    n.saturating_mul(k.max(1))
-        .max(inputs.iter().map(|t| t.numel()).sum())
+    n.saturating_mul(k.max(1)).max(inputs.iter().map(|t| t.numel()).sum())
 }
 
 /// Normalizes a possibly negative axis for `rank`.
@@ -311,10 +282,7 @@ pub(crate) fn norm_axis(axis: i64, rank: usize, what: &str) -> OpResult<usize> {
 
 /// Normalizes, sorts and checks a list of axes for `rank` (duplicates are an error).
 pub(crate) fn norm_axes(axes: &[i64], rank: usize, what: &str) -> OpResult<Vec<usize>> {
-    let mut out = axes
-        .iter()
-        .map(|&a| norm_axis(a, rank, what))
-        .collect::<OpResult<Vec<_>>>()?;
+    let mut out = axes.iter().map(|&a| norm_axis(a, rank, what)).collect::<OpResult<Vec<_>>>()?;
     out.sort_unstable();
     if out.windows(2).any(|w| w[0] == w[1]) {
         return invalid(format!("{what}s {axes:?} repeat an axis"));
@@ -471,10 +439,8 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "LogSoftmax" => nn::softmax(cx, true),
         "Dropout" => nn::dropout(cx),
 
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd"
-        | "ReduceSumSquare" | "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" => {
-            reduce::reduce(cx)
-        }
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare" | "ReduceL1"
+        | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" => reduce::reduce(cx),
 
         "Reshape" => tensor::reshape(cx),
         "Flatten" => tensor::flatten(cx),

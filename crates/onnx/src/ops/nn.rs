@@ -28,66 +28,8 @@ fn list(cx: &NodeCx, name: &str, n: usize, default: usize, min: i64) -> OpResult
 /// spatial extents `spatial` (1 or 2 axes). `kernel` is the kernel shape when the op's
 /// weights give it. A 1-D window becomes a 2-D one with a unit leading axis.
 fn window(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResult<Window> {
+    let (kernel, strides, dilations, pads) = window_parts(cx, spatial, kernel)?;
     let n = spatial.len();
-    let kernel = if cx.attrs.has("kernel_shape") {
-        list(cx, "kernel_shape", n, 1, 1)?
-    } else {
-        match kernel {
-            Some(k)
-                if k.len() == n
-                    && k.iter()
-                        .all(|&d| (1..=MAX_WINDOW_ATTR as usize).contains(&d)) =>
-            {
-                k
-            }
-            Some(k) => {
-                return invalid(format!("weights' kernel {k:?} does not fit a {n}-D window"))
-            }
-            None => return invalid("attribute `kernel_shape` is missing"),
-        }
-    };
-    let strides = list(cx, "strides", n, 1, 1)?;
-    let dilations = list(cx, "dilations", n, 1, 1)?;
-    let auto_pad = cx.attrs.string("auto_pad")?.unwrap_or_default();
-    let mut pads = vec![0; 2 * n];
-    match auto_pad.as_str() {
-        "" | "NOTSET" => {
-            if let Some(p) = cx.attrs.ints("pads")? {
-                if p.len() != 2 * n {
-                    return invalid(format!(
-                        "attribute `pads` = {p:?} must have {} values",
-                        2 * n
-                    ));
-                }
-                if p.iter().any(|&d| d < 0) {
-                    return unsupported(format!("negative pads {p:?}"));
-                }
-                if p.iter().any(|&d| d > MAX_WINDOW_ATTR) {
-                    return invalid(format!("attribute `pads` = {p:?} is out of range"));
-                }
-                pads = p.iter().map(|&d| d as usize).collect();
-            }
-        }
-        "VALID" => {}
-        "SAME_UPPER" | "SAME_LOWER" => {
-            for a in 0..n {
-                let (begin, end) = same_pads(
-                    spatial[a],
-                    kernel[a],
-                    strides[a],
-                    dilations[a],
-                    auto_pad == "SAME_UPPER",
-                );
-                pads[a] = begin;
-                pads[a + n] = end;
-            }
-        }
-        other => {
-            return invalid(format!(
-                "attribute `auto_pad` = {other:?} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER"
-            ))
-        }
-    }
     Ok(if n == 1 {
         Window {
             kernel: [1, kernel[0]],
@@ -103,6 +45,54 @@ fn window(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResul
             dilations: [dilations[0], dilations[1]],
         }
     })
+}
+
+/// Per-axis window attributes: (kernel, strides, dilations, pads as `[begin…, end…]`).
+type WindowParts = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+
+fn window_parts(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResult<WindowParts> {
+    let n = spatial.len();
+    let kernel = if cx.attrs.has("kernel_shape") {
+        list(cx, "kernel_shape", n, 1, 1)?
+    } else {
+        match kernel {
+            Some(k) if k.len() == n && k.iter().all(|&d| (1..=MAX_WINDOW_ATTR as usize).contains(&d)) => k,
+            Some(k) => return invalid(format!("weights' kernel {k:?} does not fit a {n}-D window")),
+            None => return invalid("attribute `kernel_shape` is missing"),
+        }
+    };
+    let strides = list(cx, "strides", n, 1, 1)?;
+    let dilations = list(cx, "dilations", n, 1, 1)?;
+    let auto_pad = cx.attrs.string("auto_pad")?.unwrap_or_default();
+    let mut pads = vec![0; 2 * n];
+    match auto_pad.as_str() {
+        "" | "NOTSET" => {
+            if let Some(p) = cx.attrs.ints("pads")? {
+                if p.len() != 2 * n {
+                    return invalid(format!("attribute `pads` = {p:?} must have {} values", 2 * n));
+                }
+                if p.iter().any(|&d| d < 0) {
+                    return unsupported(format!("negative pads {p:?}"));
+                }
+                if p.iter().any(|&d| d > MAX_WINDOW_ATTR) {
+                    return invalid(format!("attribute `pads` = {p:?} is out of range"));
+                }
+                pads = p.iter().map(|&d| d as usize).collect();
+            }
+        }
+        "VALID" => {}
+        "SAME_UPPER" | "SAME_LOWER" => {
+            for a in 0..n {
+                let (begin, end) = same_pads(spatial[a], kernel[a], strides[a], dilations[a], auto_pad == "SAME_UPPER");
+                pads[a] = begin;
+                pads[a + n] = end;
+            }
+        }
+        other => {
+            return invalid(format!("attribute `auto_pad` = {other:?} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER"))
+        }
+    }
+    Ok((kernel, strides, dilations, pads))
 }
 
 /// The spatial extents of an `N, C, spatial…` input, for 1-D and 2-D windows.
@@ -129,21 +119,12 @@ fn windowed(cx: &mut NodeCx, op: Op, x: ValueId, rest: &[ValueId]) -> OpResult<V
     let lift = |cx: &mut NodeCx, v: ValueId| -> OpResult<ValueId> {
         let s = cx.shape(v);
         let name = cx.tmp_name("2d");
-        cx.emit(
-            Op::Reshape {
-                shape: vec![s[0], s[1], 1, s[2]],
-            },
-            &[v],
-            name,
-        )
+        cx.emit(Op::Reshape { shape: vec![s[0], s[1], 1, s[2]] }, &[v], name)
     };
     let mut ins = vec![lift(cx, x)?];
     if let Some(&w) = rest.first() {
         if cx.rank(w) != 3 {
-            return invalid(format!(
-                "1-D weights must have rank 3, got {:?}",
-                cx.shape(w)
-            ));
+            return invalid(format!("1-D weights must have rank 3, got {:?}", cx.shape(w)));
         }
         ins.push(lift(cx, w)?);
     }
@@ -151,24 +132,12 @@ fn windowed(cx: &mut NodeCx, op: Op, x: ValueId, rest: &[ValueId]) -> OpResult<V
     let name = cx.tmp_name("2d");
     let y = cx.emit(op, &ins, name)?;
     let ys = cx.shape(y);
-    cx.emit_out(
-        Op::Reshape {
-            shape: vec![ys[0], ys[1], ys[3]],
-        },
-        &[y],
-        0,
-    )
+    cx.emit_out(Op::Reshape { shape: vec![ys[0], ys[1], ys[3]] }, &[y], 0)
 }
 
 /// `(begin, end)` pads of one axis for auto_pad SAME_UPPER (extra pad at the end) or
 /// SAME_LOWER (extra pad at the beginning): the output extent is `ceil(n / stride)`.
-pub(crate) fn same_pads(
-    n: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    upper: bool,
-) -> (usize, usize) {
+pub(crate) fn same_pads(n: usize, kernel: usize, stride: usize, dilation: usize, upper: bool) -> (usize, usize) {
     let out = n.div_ceil(stride);
     let eff = dilation * (kernel - 1) + 1;
     let total = (out.saturating_sub(1) * stride + eff).saturating_sub(n);
@@ -191,61 +160,69 @@ pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if !(1..=MAX_WINDOW_ATTR).contains(&group) {
         return invalid(format!("attribute `group` = {group} must be positive"));
     }
-    if ws
-        .get(1)
-        .and_then(|&c| c.checked_mul(group as usize))
-        .is_none_or(|c| c > MAX_ELEMS)
-    {
-        return invalid(format!(
-            "group {group} does not fit weights of shape {ws:?}"
-        ));
+    if ws.get(1).and_then(|&c| c.checked_mul(group as usize)).is_none_or(|c| c > MAX_ELEMS) {
+        return invalid(format!("group {group} does not fit weights of shape {ws:?}"));
     }
     let mut rest = vec![w];
     rest.extend(cx.opt_input(2));
-    Ok(vec![windowed(
-        cx,
-        Op::Conv {
-            window,
-            group: group as usize,
-        },
-        x,
-        &rest,
-    )?])
+    Ok(vec![windowed(cx, Op::Conv { window, group: group as usize }, x, &rest)?])
 }
 
 fn ceil_mode(cx: &NodeCx) -> OpResult<bool> {
     Ok(cx.attrs.int_or("ceil_mode", 0)? != 0)
 }
 
+/// A 3-D pool as two 2-D pools, which is exact because max and average pooling are
+/// separable per axis (an average's divisor is the product of the per-axis counts):
+/// `[N, C, D, H, W]` → pool (H, W) over `[N, C·D, H, W]` → pool (D, 1) over
+/// `[N, C, D, H'·W']` → `[N, C, D', H', W']`.
+fn pool_3d(cx: &mut NodeCx, x: ValueId, make: &dyn Fn(Window) -> Op) -> OpResult<ValueId> {
+    let s = cx.shape(x);
+    let (k, st, dl, p) = window_parts(cx, &s[2..], None)?;
+    let reshape = |cx: &mut NodeCx, v: ValueId, shape: Vec<usize>| -> OpResult<ValueId> {
+        let name = cx.tmp_name("3d");
+        cx.emit(Op::Reshape { shape }, &[v], name)
+    };
+    let hw = Window {
+        kernel: [k[1], k[2]],
+        strides: [st[1], st[2]],
+        pads: [p[1], p[2], p[4], p[5]],
+        dilations: [dl[1], dl[2]],
+    };
+    let x1 = reshape(cx, x, vec![s[0], s[1] * s[2], s[3], s[4]])?;
+    let name = cx.tmp_name("pool_hw");
+    let y1 = cx.emit(make(hw), &[x1], name)?;
+    let s1 = cx.shape(y1);
+    let y1 = reshape(cx, y1, vec![s[0], s[1], s[2], s1[2] * s1[3]])?;
+    let d = Window { kernel: [k[0], 1], strides: [st[0], 1], pads: [p[0], 0, p[3], 0], dilations: [dl[0], 1] };
+    let name = cx.tmp_name("pool_d");
+    let y2 = cx.emit(make(d), &[y1], name)?;
+    let s2 = cx.shape(y2);
+    cx.emit_out(Op::Reshape { shape: vec![s[0], s[1], s2[2], s1[2], s1[3]] }, &[y2], 0)
+}
+
 pub(super) fn max_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "Indices")?;
     let x = cx.input(0)?;
-    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
     let ceil_mode = ceil_mode(cx)?;
-    Ok(vec![windowed(
-        cx,
-        Op::MaxPool { window, ceil_mode },
-        x,
-        &[],
-    )?])
+    if cx.rank(x) == 5 {
+        return Ok(vec![pool_3d(cx, x, &|window| Op::MaxPool { window, ceil_mode })?]);
+    }
+    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
+    Ok(vec![windowed(cx, Op::MaxPool { window, ceil_mode }, x, &[])?])
 }
 
 pub(super) fn average_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
-    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
     let ceil_mode = ceil_mode(cx)?;
     let count_include_pad = cx.attrs.int_or("count_include_pad", 0)? != 0;
-    Ok(vec![windowed(
-        cx,
-        Op::AveragePool {
-            window,
-            ceil_mode,
-            count_include_pad,
-        },
-        x,
-        &[],
-    )?])
+    if cx.rank(x) == 5 {
+        let make = |window| Op::AveragePool { window, ceil_mode, count_include_pad };
+        return Ok(vec![pool_3d(cx, x, &make)?]);
+    }
+    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
+    Ok(vec![windowed(cx, Op::AveragePool { window, ceil_mode, count_include_pad }, x, &[])?])
 }
 
 /// GlobalAveragePool / GlobalMaxPool: a keepdims reduction over every spatial axis.
@@ -254,21 +231,10 @@ pub(super) fn global_pool(cx: &mut NodeCx, op: ReduceOp) -> OpResult<Vec<ValueId
     let x = cx.input(0)?;
     let rank = cx.rank(x);
     if rank < 3 {
-        return invalid(format!(
-            "input must have rank >= 3 (N, C, spatial…), got {:?}",
-            cx.shape(x)
-        ));
+        return invalid(format!("input must have rank >= 3 (N, C, spatial…), got {:?}", cx.shape(x)));
     }
     let axes = (2..rank).collect();
-    Ok(vec![cx.emit_out(
-        Op::Reduce {
-            op,
-            axes,
-            keepdims: true,
-        },
-        &[x],
-        0,
-    )?])
+    Ok(vec![cx.emit_out(Op::Reduce { op, axes, keepdims: true }, &[x], 0)?])
 }
 
 pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -296,16 +262,7 @@ pub(super) fn lrn(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let alpha = cx.attrs.float_or("alpha", 1e-4)?;
     let beta = cx.attrs.float_or("beta", 0.75)?;
     let bias = cx.attrs.float_or("bias", 1.0)?;
-    Ok(vec![cx.emit_out(
-        Op::Lrn {
-            size: size as usize,
-            alpha,
-            beta,
-            bias,
-        },
-        &[x],
-        0,
-    )?])
+    Ok(vec![cx.emit_out(Op::Lrn { size: size as usize, alpha, beta, bias }, &[x], 0)?])
 }
 
 /// Softmax / LogSoftmax. Opset 13+: along one axis (default -1). Before 13 (default axis 1)
@@ -327,11 +284,7 @@ pub(super) fn softmax(cx: &mut NodeCx, log: bool) -> OpResult<Vec<ValueId>> {
         }
     };
     let modern = cx.opset >= 13;
-    let axis = norm_axis(
-        cx.attrs.int_or("axis", if modern { -1 } else { 1 })?,
-        rank,
-        "axis",
-    )?;
+    let axis = norm_axis(cx.attrs.int_or("axis", if modern { -1 } else { 1 })?, rank, "axis")?;
     if modern || shape[axis + 1..].iter().all(|&d| d == 1) {
         return Ok(vec![cx.emit_out(make(axis), &[x], 0)?]);
     }
@@ -359,32 +312,21 @@ pub(super) fn dropout(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if cx.has_output(1) {
         let ty = cx.ty(x);
         // Dropout-10+ has a bool mask; before, the mask had the input's type.
-        let dtype = if cx.opset >= 10 {
-            DType::Bool
-        } else {
-            ty.dtype
-        };
+        let dtype = if cx.opset >= 10 { DType::Bool } else { ty.dtype };
         let one = |n: usize| match dtype {
             DType::Bool => Data::Bool(vec![true; n]),
             DType::F32 => Data::F32(vec![1.0; n]),
             DType::I32 => Data::I32(vec![1; n]),
             DType::I64 => Data::I64(vec![1; n]),
         };
-        let numel = checked_numel(&ty.shape)
-            .ok_or_else(|| OpError::Invalid("input is too large".into()))?;
+        let numel = checked_numel(&ty.shape).ok_or_else(|| OpError::Invalid("input is too large".into()))?;
         let mask = if numel * dtype.size() <= FOLD_LIMIT_BYTES {
             let name = cx.out_name(1);
             cx.konst(name, Tensor::from_data(ty.shape.clone(), one(numel)))
         } else {
             let name = cx.tmp_name("one");
             let one = cx.konst(name, Tensor::from_data(Vec::new(), one(1)));
-            cx.emit_out(
-                Op::Expand {
-                    shape: ty.shape.clone(),
-                },
-                &[one],
-                1,
-            )?
+            cx.emit_out(Op::Expand { shape: ty.shape.clone() }, &[one], 1)?
         };
         outs.push(mask);
     }

@@ -19,16 +19,9 @@ enum Kind {
 /// No axes (or an empty list) means every axis, unless `noop_with_empty_axes` is set, when it
 /// means none (`Some(vec![])`).
 fn axes(cx: &NodeCx, rank: usize) -> OpResult<Vec<usize>> {
-    let from_input = if cx.op_type() == "ReduceSum" {
-        cx.opset >= 13
-    } else {
-        cx.opset >= 18
-    };
+    let from_input = if cx.op_type() == "ReduceSum" { cx.opset >= 13 } else { cx.opset >= 18 };
     let (axes, noop) = if from_input {
-        (
-            cx.opt_ints_input(1, "axes")?,
-            cx.attrs.int_or("noop_with_empty_axes", 0)? != 0,
-        )
+        (cx.opt_ints_input(1, "axes")?, cx.attrs.int_or("noop_with_empty_axes", 0)? != 0)
     } else {
         (cx.attrs.ints("axes")?.map(<[i64]>::to_vec), false)
     };
@@ -60,36 +53,15 @@ pub(super) fn reduce(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 
     // Reduction over `axes` (nothing to do for no axes: the reference implementation then
     // applies only the element-wise parts).
-    let red = |cx: &mut NodeCx,
-               op: ReduceOp,
-               v: ValueId,
-               keepdims: bool,
-               last: bool|
-     -> OpResult<ValueId> {
+    let red = |cx: &mut NodeCx, op: ReduceOp, v: ValueId, keepdims: bool, last: bool| -> OpResult<ValueId> {
         if axes.is_empty() {
             return Ok(v);
         }
-        let name = if last {
-            cx.out_name(0)
-        } else {
-            cx.tmp_name("reduce")
-        };
-        cx.emit(
-            Op::Reduce {
-                op,
-                axes: axes.clone(),
-                keepdims,
-            },
-            &[v],
-            name,
-        )
+        let name = if last { cx.out_name(0) } else { cx.tmp_name("reduce") };
+        cx.emit(Op::Reduce { op, axes: axes.clone(), keepdims }, &[v], name)
     };
     let step = |cx: &mut NodeCx, op: Op, ins: &[ValueId], last: bool| -> OpResult<ValueId> {
-        let name = if last {
-            cx.out_name(0)
-        } else {
-            cx.tmp_name("t")
-        };
+        let name = if last { cx.out_name(0) } else { cx.tmp_name("t") };
         cx.emit(op, ins, name)
     };
     let out = match kind {
@@ -123,13 +95,8 @@ pub(super) fn reduce(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             if keepdims {
                 r
             } else {
-                let shape = cx
-                    .shape(r)
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !axes.contains(i))
-                    .map(|(_, &d)| d)
-                    .collect();
+                let shape =
+                    cx.shape(r).iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
                 step(cx, Op::Reshape { shape }, &[r], true)?
             }
         }

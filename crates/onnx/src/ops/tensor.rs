@@ -3,9 +3,7 @@
 
 use kiln_ir::{DType, Data, Op, Tensor, TensorType, ValueId};
 
-use super::{
-    invalid, norm_axes, norm_axis, unsupported, NodeCx, OpError, OpResult, FOLD_LIMIT_BYTES,
-};
+use super::{invalid, norm_axes, norm_axis, unsupported, NodeCx, OpError, OpResult, FOLD_LIMIT_BYTES};
 use crate::data::{checked_numel, decode_tensor, MAX_ELEMS};
 use crate::ImportError;
 
@@ -17,10 +15,7 @@ fn product(dims: &[usize]) -> usize {
 fn to_shape(dims: &[i64], what: &str) -> OpResult<Vec<usize>> {
     let shape = dims
         .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| OpError::Invalid(format!("{what} {dims:?} has a negative dim")))
-        })
+        .map(|&d| usize::try_from(d).map_err(|_| OpError::Invalid(format!("{what} {dims:?} has a negative dim"))))
         .collect::<OpResult<Vec<_>>>()?;
     if checked_numel(&shape).is_none() {
         return invalid(format!("{what} {dims:?} has more than 2^40 elements"));
@@ -29,11 +24,7 @@ fn to_shape(dims: &[i64], what: &str) -> OpResult<Vec<usize>> {
 }
 
 /// Reshape's target: `0` copies the input dim (unless `allowzero`), `-1` is inferred.
-pub(crate) fn reshape_target(
-    input: &[usize],
-    spec: &[i64],
-    allowzero: bool,
-) -> Result<Vec<usize>, String> {
+pub(crate) fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<usize>, String> {
     let mut out = Vec::with_capacity(spec.len());
     let mut infer_at = None;
     for (i, &s) in spec.iter().enumerate() {
@@ -45,11 +36,7 @@ pub(crate) fn reshape_target(
             }
             0 if !allowzero => match input.get(i) {
                 Some(&d) => out.push(d),
-                None => {
-                    return Err(format!(
-                        "shape {spec:?}: 0 at index {i} copies a dim the input {input:?} lacks"
-                    ))
-                }
+                None => return Err(format!("shape {spec:?}: 0 at index {i} copies a dim the input {input:?} lacks")),
             },
             s if s < 0 => return Err(format!("shape {spec:?} has an invalid dim {s}")),
             s => out.push(
@@ -64,17 +51,13 @@ pub(crate) fn reshape_target(
     if let Some(i) = infer_at {
         let known = checked_numel(&out).ok_or_else(|| format!("shape {spec:?} is too large"))?;
         if known == 0 || !total.is_multiple_of(known) {
-            return Err(format!(
-                "cannot reshape {input:?} ({total} elements) to {spec:?}"
-            ));
+            return Err(format!("cannot reshape {input:?} ({total} elements) to {spec:?}"));
         }
         out[i] = total / known;
     }
     match checked_numel(&out) {
         Some(n) if n == total => Ok(out),
-        _ => Err(format!(
-            "cannot reshape {input:?} ({total} elements) to {spec:?}"
-        )),
+        _ => Err(format!("cannot reshape {input:?} ({total} elements) to {spec:?}")),
     }
 }
 
@@ -82,13 +65,9 @@ pub(super) fn reshape(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
     let spec = if cx.opset < 5 {
-        cx.attrs
-            .ints("shape")?
-            .ok_or_else(|| OpError::Invalid("attribute `shape` is missing".into()))?
-            .to_vec()
+        cx.attrs.ints("shape")?.ok_or_else(|| OpError::Invalid("attribute `shape` is missing".into()))?.to_vec()
     } else {
-        cx.opt_ints_input(1, "shape")?
-            .ok_or_else(|| OpError::Invalid("input 1 (shape) is missing".into()))?
+        cx.opt_ints_input(1, "shape")?.ok_or_else(|| OpError::Invalid("input 1 (shape) is missing".into()))?
     };
     let allowzero = cx.opset >= 14 && cx.attrs.int_or("allowzero", 0)? != 0;
     let shape = reshape_target(&cx.shape(x), &spec, allowzero)?;
@@ -127,16 +106,9 @@ pub(super) fn squeeze(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         Some(a) => norm_axes(&a, s.len(), "axis")?,
     };
     if let Some(&a) = axes.iter().find(|&&a| s[a] != 1) {
-        return invalid(format!(
-            "cannot squeeze axis {a} of shape {s:?}: its size is not 1"
-        ));
+        return invalid(format!("cannot squeeze axis {a} of shape {s:?}: its size is not 1"));
     }
-    let shape = s
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !axes.contains(i))
-        .map(|(_, &d)| d)
-        .collect();
+    let shape = s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
     Ok(vec![cx.emit_out(Op::Reshape { shape }, &[x], 0)?])
 }
 
@@ -150,15 +122,7 @@ pub(super) fn unsqueeze(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let out_rank = s.len() + axes.len();
     let axes = norm_axes(&axes, out_rank, "axis")?;
     let mut dims = s.iter();
-    let shape = (0..out_rank)
-        .map(|i| {
-            if axes.contains(&i) {
-                1
-            } else {
-                *dims.next().unwrap_or(&1)
-            }
-        })
-        .collect();
+    let shape = (0..out_rank).map(|i| if axes.contains(&i) { 1 } else { *dims.next().unwrap_or(&1) }).collect();
     Ok(vec![cx.emit_out(Op::Reshape { shape }, &[x], 0)?])
 }
 
@@ -170,10 +134,7 @@ pub(super) fn transpose(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         None => (0..r).rev().collect(),
         Some(p) => p
             .iter()
-            .map(|&a| {
-                usize::try_from(a)
-                    .map_err(|_| OpError::Invalid(format!("perm {p:?} has a negative axis")))
-            })
+            .map(|&a| usize::try_from(a).map_err(|_| OpError::Invalid(format!("perm {p:?} has a negative axis"))))
             .collect::<OpResult<Vec<_>>>()?,
     };
     Ok(vec![cx.emit_out(Op::Transpose { perm }, &[x], 0)?])
@@ -192,9 +153,7 @@ pub(super) fn concat(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         None => return invalid("attribute `axis` is missing"),
     };
     let axis = norm_axis(axis, cx.rank(first), "axis")?;
-    let total = xs.iter().try_fold(0usize, |n, &x| {
-        n.checked_add(cx.shape(x).get(axis).copied().unwrap_or(0))
-    });
+    let total = xs.iter().try_fold(0usize, |n, &x| n.checked_add(cx.shape(x).get(axis).copied().unwrap_or(0)));
     if total.is_none_or(|n| n > MAX_ELEMS) {
         return invalid("the concatenated axis is too long");
     }
@@ -204,11 +163,7 @@ pub(super) fn concat(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 /// Sizes of Split's outputs along an axis of extent `dim`.
 fn split_sizes(cx: &NodeCx, dim: usize, n: usize) -> OpResult<Vec<usize>> {
     // Split-13+: input 1; before, the `split` attribute (Split-1 also took it as input 1).
-    let attr = if cx.opset < 13 {
-        cx.attrs.ints("split")?.map(<[i64]>::to_vec)
-    } else {
-        None
-    };
+    let attr = if cx.opset < 13 { cx.attrs.ints("split")?.map(<[i64]>::to_vec) } else { None };
     let given = match attr {
         Some(a) => Some(a),
         None if cx.opset >= 13 || cx.opset < 2 => cx.opt_ints_input(1, "split")?,
@@ -218,9 +173,7 @@ fn split_sizes(cx: &NodeCx, dim: usize, n: usize) -> OpResult<Vec<usize>> {
     if let Some(split) = given {
         let sizes = to_shape(&split, "split")?;
         if sizes.len() != n || product_sum(&sizes) != Some(dim) {
-            return invalid(format!(
-                "split {split:?} does not divide an axis of {dim} into {n} outputs"
-            ));
+            return invalid(format!("split {split:?} does not divide an axis of {dim} into {n} outputs"));
         }
         return Ok(sizes);
     }
@@ -230,23 +183,16 @@ fn split_sizes(cx: &NodeCx, dim: usize, n: usize) -> OpResult<Vec<usize>> {
                 return invalid(format!("num_outputs = {k} but the node has {n} outputs"));
             }
             let chunk = dim.div_ceil(n);
-            let rest = chunk
-                .checked_mul(n - 1)
-                .and_then(|used| dim.checked_sub(used))
-                .ok_or_else(|| {
-                    OpError::Invalid(format!(
-                        "an axis of {dim} cannot be split into {n} chunks of {chunk}"
-                    ))
-                })?;
+            let rest = chunk.checked_mul(n - 1).and_then(|used| dim.checked_sub(used)).ok_or_else(|| {
+                OpError::Invalid(format!("an axis of {dim} cannot be split into {n} chunks of {chunk}"))
+            })?;
             let mut sizes = vec![chunk; n - 1];
             sizes.push(rest);
             return Ok(sizes);
         }
     }
     if n == 0 || !dim.is_multiple_of(n) {
-        return invalid(format!(
-            "an axis of {dim} cannot be split evenly into {n} outputs"
-        ));
+        return invalid(format!("an axis of {dim} cannot be split evenly into {n} outputs"));
     }
     Ok(vec![dim / n; n])
 }
@@ -270,11 +216,7 @@ pub(super) fn split(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             starts[axis] = if size == 0 { 0 } else { offset as i64 };
             let mut out_shape = s.clone();
             out_shape[axis] = size;
-            let op = Op::Slice {
-                starts,
-                steps: vec![1; s.len()],
-                out_shape,
-            };
+            let op = Op::Slice { starts, steps: vec![1; s.len()], out_shape };
             outs.push(cx.emit_out(op, &[x], k)?);
         } else {
             outs.push(x); // never bound
@@ -285,12 +227,7 @@ pub(super) fn split(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 }
 
 /// Numpy's slice of one axis of extent `dim`: the clamped start and the element count.
-pub(crate) fn slice_axis(
-    dim: usize,
-    start: i64,
-    end: i64,
-    step: i64,
-) -> Result<(i64, usize), String> {
+pub(crate) fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(i64, usize), String> {
     if step == 0 {
         return Err("slice step is 0".into());
     }
@@ -331,27 +268,17 @@ pub(crate) fn slice_axis(
         0
     };
     // len <= dim and, when len > 0, 0 <= s < dim: both fit.
-    Ok(if len == 0 {
-        (0, 0)
-    } else {
-        (s as i64, len as usize)
-    })
+    Ok(if len == 0 { (0, 0) } else { (s as i64, len as usize) })
 }
 
 pub(super) fn slice(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
     let s = cx.shape(x);
-    let attr = |cx: &NodeCx, name: &str| -> OpResult<Option<Vec<i64>>> {
-        Ok(cx.attrs.ints(name)?.map(<[i64]>::to_vec))
-    };
+    let attr =
+        |cx: &NodeCx, name: &str| -> OpResult<Option<Vec<i64>>> { Ok(cx.attrs.ints(name)?.map(<[i64]>::to_vec)) };
     let (starts, ends, axes, steps) = if cx.opset < 10 {
-        (
-            attr(cx, "starts")?,
-            attr(cx, "ends")?,
-            attr(cx, "axes")?,
-            None,
-        )
+        (attr(cx, "starts")?, attr(cx, "ends")?, attr(cx, "axes")?, None)
     } else {
         (
             cx.opt_ints_input(1, "starts")?,
@@ -385,11 +312,7 @@ pub(super) fn slice(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         full_steps[a] = steps[i];
         out_shape[a] = len;
     }
-    let op = Op::Slice {
-        starts: full_starts,
-        steps: full_steps,
-        out_shape,
-    };
+    let op = Op::Slice { starts: full_starts, steps: full_steps, out_shape };
     Ok(vec![cx.emit_out(op, &[x], 0)?])
 }
 
@@ -417,18 +340,11 @@ pub(super) fn shape(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let r = s.len() as i64;
     let clamp = |v: i64| (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r) as usize;
     let (start, end) = if cx.opset >= 15 {
-        (
-            clamp(cx.attrs.int_or("start", 0)?),
-            clamp(cx.attrs.int_or("end", r)?),
-        )
+        (clamp(cx.attrs.int_or("start", 0)?), clamp(cx.attrs.int_or("end", r)?))
     } else {
         (0, s.len())
     };
-    let dims: Vec<i64> = if start < end {
-        s[start..end].iter().map(|&d| d as i64).collect()
-    } else {
-        Vec::new()
-    };
+    let dims: Vec<i64> = if start < end { s[start..end].iter().map(|&d| d as i64).collect() } else { Vec::new() };
     let name = cx.out_name(0);
     Ok(vec![cx.konst(name, Tensor::i64(vec![dims.len()], dims))])
 }
@@ -454,10 +370,7 @@ pub(super) fn constant_of_shape(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             let name = format!("{}/value", cx.name);
             let v = decode_tensor(t, &name, cx.ext)?;
             if v.numel() != 1 {
-                return invalid(format!(
-                    "attribute `value` must hold one element, got {}",
-                    v.ty
-                ));
+                return invalid(format!("attribute `value` must hold one element, got {}", v.ty));
             }
             v.reshaped(Vec::new())
         }
@@ -493,10 +406,7 @@ pub(super) fn constant(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     } else if cx.attrs.has("sparse_value") {
         return unsupported("sparse_value (sparse constants)");
     } else if cx.attrs.has("value_string") || cx.attrs.has("value_strings") {
-        return Err(OpError::Import(ImportError::UnsupportedDtype {
-            tensor: name,
-            dtype: "STRING".into(),
-        }));
+        return Err(OpError::Import(ImportError::UnsupportedDtype { tensor: name, dtype: "STRING".into() }));
     } else {
         return invalid(format!("no value attribute (has {attr_names:?})"));
     };
@@ -508,9 +418,8 @@ pub(super) fn range(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let mut vals = Vec::with_capacity(3);
     for (i, role) in ["start", "limit", "delta"].into_iter().enumerate() {
-        let t = cx
-            .opt_const_input(i, role)?
-            .ok_or_else(|| OpError::Invalid(format!("input {i} ({role}) is missing")))?;
+        let t =
+            cx.opt_const_input(i, role)?.ok_or_else(|| OpError::Invalid(format!("input {i} ({role}) is missing")))?;
         if t.numel() != 1 {
             return invalid(format!("{role} must be a scalar, got {}", t.ty));
         }
@@ -537,11 +446,7 @@ pub(super) fn range(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 return invalid("delta is 0");
             }
             let span = l - s;
-            let n = if (span > 0) == (d > 0) && span != 0 {
-                (span + d - d.signum()) / d
-            } else {
-                0
-            };
+            let n = if (span > 0) == (d > 0) && span != 0 { (span + d - d.signum()) / d } else { 0 };
             if n as f64 > limit_elems {
                 return Err(too_long(n as f64));
             }
@@ -555,9 +460,7 @@ pub(super) fn range(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         DType::Bool => return invalid("Range of bools"),
     };
     let name = cx.out_name(0);
-    Ok(vec![
-        cx.konst(name, Tensor::from_data(vec![data.len()], data))
-    ])
+    Ok(vec![cx.konst(name, Tensor::from_data(vec![data.len()], data))])
 }
 
 /// Identity (and any op that forwards its input): the input value itself.
@@ -594,10 +497,7 @@ mod tests {
 
     #[test]
     fn reshape_targets() {
-        assert_eq!(
-            reshape_target(&[2, 3, 4], &[0, -1], false).unwrap(),
-            vec![2, 12]
-        );
+        assert_eq!(reshape_target(&[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
         assert_eq!(reshape_target(&[2, 3, 4], &[-1], false).unwrap(), vec![24]);
         assert_eq!(reshape_target(&[0, 3], &[3, 0], true).unwrap(), vec![3, 0]);
         assert!(reshape_target(&[2, 3], &[-1, -1], false).is_err());

@@ -8,8 +8,8 @@ use kiln_onnx::proto::tensor_proto::DataType;
 use kiln_onnx::proto::tensor_shape_proto::{dimension, Dimension};
 use kiln_onnx::proto::type_proto::{self, Value as TypeValue};
 use kiln_onnx::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
 };
 use kiln_onnx::{import_model, ImportError, ImportOptions};
 use prost::Message;
@@ -52,19 +52,12 @@ pub fn vi(name: &str, dtype: DataType, dims: &[D]) -> ValueInfoProto {
 
 /// A static-shape value info.
 pub fn vis(name: &str, dtype: DataType, dims: &[i64]) -> ValueInfoProto {
-    vi(
-        name,
-        dtype,
-        &dims.iter().map(|&d| D::V(d)).collect::<Vec<_>>(),
-    )
+    vi(name, dtype, &dims.iter().map(|&d| D::V(d)).collect::<Vec<_>>())
 }
 
 /// An output with no declared type (outputs' types are not read).
 pub fn out(name: &str) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        ..Default::default()
-    }
+    ValueInfoProto { name: Some(name.into()), ..Default::default() }
 }
 
 pub fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
@@ -79,41 +72,22 @@ pub fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributePro
 }
 
 fn attr(name: &str, ty: AttributeType) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(ty as i32),
-        ..Default::default()
-    }
+    AttributeProto { name: Some(name.into()), r#type: Some(ty as i32), ..Default::default() }
 }
 pub fn a_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        i: Some(v),
-        ..attr(name, AttributeType::Int)
-    }
+    AttributeProto { i: Some(v), ..attr(name, AttributeType::Int) }
 }
 pub fn a_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        ints: v.to_vec(),
-        ..attr(name, AttributeType::Ints)
-    }
+    AttributeProto { ints: v.to_vec(), ..attr(name, AttributeType::Ints) }
 }
 pub fn a_float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        f: Some(v),
-        ..attr(name, AttributeType::Float)
-    }
+    AttributeProto { f: Some(v), ..attr(name, AttributeType::Float) }
 }
 pub fn a_str(name: &str, v: &str) -> AttributeProto {
-    AttributeProto {
-        s: Some(Bytes::copy_from_slice(v.as_bytes())),
-        ..attr(name, AttributeType::String)
-    }
+    AttributeProto { s: Some(Bytes::copy_from_slice(v.as_bytes())), ..attr(name, AttributeType::String) }
 }
 pub fn a_tensor(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto {
-        t: Some(t),
-        ..attr(name, AttributeType::Tensor)
-    }
+    AttributeProto { t: Some(t), ..attr(name, AttributeType::Tensor) }
 }
 
 /// An f32 tensor in `float_data`.
@@ -132,12 +106,7 @@ pub fn t_f32_raw(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
         name: Some(name.into()),
         dims: dims.to_vec(),
         data_type: Some(F32 as i32),
-        raw_data: Some(
-            v.iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ),
+        raw_data: Some(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into()),
         ..Default::default()
     }
 }
@@ -192,15 +161,9 @@ impl Model {
     }
 
     pub fn proto(&self) -> ModelProto {
-        let mut opset_import = vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(self.opset),
-        }];
+        let mut opset_import = vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(self.opset) }];
         for (d, v) in &self.other_opsets {
-            opset_import.push(OperatorSetIdProto {
-                domain: Some(d.to_string()),
-                version: Some(*v),
-            });
+            opset_import.push(OperatorSetIdProto { domain: Some(d.to_string()), version: Some(*v) });
         }
         ModelProto {
             ir_version: Some(self.ir_version),
