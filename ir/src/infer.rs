@@ -189,6 +189,11 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             }
             one(TensorType::new(x.dtype, pool_shape(x, window, false, w.shape[0])?))
         }
+        MaxPoolIndices { window, ceil_mode, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            one(TensorType::new(DType::I64, pool_shape(x, window, *ceil_mode, x.shape.get(1).copied().unwrap_or(0))?))
+        }
         MaxPool { window, ceil_mode } | AveragePool { window, ceil_mode, .. } => {
             arity(op, inputs, 1, 1)?;
             let x = inputs[0];

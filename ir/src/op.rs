@@ -136,6 +136,13 @@ pub enum Op {
         window: Window,
         ceil_mode: bool,
     },
+    /// MaxPool's `Indices` output: for each window, the flat index into the input of its
+    /// first maximum (scan order), row-major or, with `column_major`, `h + w·H` within a plane.
+    MaxPoolIndices {
+        window: Window,
+        ceil_mode: bool,
+        column_major: bool,
+    },
     AveragePool {
         window: Window,
         ceil_mode: bool,
@@ -249,6 +256,7 @@ impl Op {
             Op::Gemm { .. } => "gemm",
             Op::Conv { .. } => "conv",
             Op::MaxPool { .. } => "max_pool",
+            Op::MaxPoolIndices { .. } => "max_pool_indices",
             Op::AveragePool { .. } => "average_pool",
             Op::BatchNorm { .. } => "batch_norm",
             Op::Lrn { .. } => "lrn",

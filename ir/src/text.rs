@@ -112,6 +112,12 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             a.push(("ceil_mode", ceil_mode.to_string()));
             a
         }
+        Op::MaxPoolIndices { window, ceil_mode, column_major } => {
+            let mut a = window_attrs(window);
+            a.push(("ceil_mode", ceil_mode.to_string()));
+            a.push(("column_major", column_major.to_string()));
+            a
+        }
         Op::AveragePool { window, ceil_mode, count_include_pad } => {
             let mut a = window_attrs(window);
             a.push(("ceil_mode", ceil_mode.to_string()));
@@ -391,6 +397,11 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         },
         "conv" => Op::Conv { window: a.window()?, group: a.word("group")? },
         "max_pool" => Op::MaxPool { window: a.window()?, ceil_mode: a.word("ceil_mode")? },
+        "max_pool_indices" => Op::MaxPoolIndices {
+            window: a.window()?,
+            ceil_mode: a.word("ceil_mode")?,
+            column_major: a.word("column_major")?,
+        },
         "average_pool" => Op::AveragePool {
             window: a.window()?,
             ceil_mode: a.word("ceil_mode")?,
@@ -806,6 +817,7 @@ mod tests {
         let window = Window { kernel: [2, 1], strides: [2, 1], pads: [1, 0, 2, 1], dilations: [1, 2] };
         node(&mut g, Op::Conv { window: window.clone(), group: 2 }, &[x, w], "");
         node(&mut g, Op::MaxPool { window: window.clone(), ceil_mode: true }, &[x], "");
+        node(&mut g, Op::MaxPoolIndices { window: window.clone(), ceil_mode: true, column_major: true }, &[x], "");
         node(&mut g, Op::AveragePool { window, ceil_mode: false, count_include_pad: true }, &[x], "");
         let p4 = g.add_const("p4", Tensor::f32(vec![4], vec![1.0, 2.0, 3.0, 4.0]));
         node(&mut g, Op::BatchNorm { epsilon: 1e-5 }, &[x, p4, p4, p4, p4], "");

@@ -268,6 +268,52 @@ impl<'g> Lowerer<'g> {
                     reduction: Some(reduction),
                 });
             }
+            Op::MaxPoolIndices { window, ceil_mode, column_major } => {
+                // The window's maximum, then the first tap (scan order) that equals it.
+                let x = ins[0].clone();
+                let mx = self.temp(x.dtype, &out_shape, format!("{name}.max"));
+                let max_op = Op::MaxPool { window: window.clone(), ceil_mode: *ceil_mode };
+                self.lower_node(&max_op, vec![x.clone()], mx.clone(), name)?;
+                let (h, w) = (x.extents[2] as i64, x.extents[3] as i64);
+                let kw = window.kernel[1] as i64;
+                let pos = |a: usize, tap: Expr| {
+                    let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
+                    let off = Expr::mul(tap, Expr::i64(window.dilations[a] as i64));
+                    Expr::sub(Expr::add(base, off), Expr::i64(window.pads[a] as i64))
+                };
+                let inside = |e: Expr, n: i64| {
+                    let lo = Expr::cmp(CmpOp::GreaterOrEqual, e.clone(), Expr::i64(0));
+                    Expr::bin(BinaryOp::And, lo, Expr::cmp(CmpOp::Less, e, Expr::i64(n)))
+                };
+                let (hy, wx) = (pos(0, Expr::Var(4)), pos(1, Expr::Var(5)));
+                let index = vec![Expr::Var(0), Expr::Var(1), hy.clone(), wx.clone()];
+                let xl = Expr::Load { operand: 0, index, pad: Some(Scalar::extreme(x.dtype, true)) };
+                let in_bounds = Expr::bin(BinaryOp::And, inside(hy, h), inside(wx, w));
+                let hit = Expr::bin(BinaryOp::And, in_bounds, Expr::cmp(CmpOp::Equal, xl, Expr::load(1, vars(0..4))));
+                let tap = Expr::add(Expr::mul(Expr::Var(4), Expr::i64(kw)), Expr::Var(5));
+                let body = Expr::select(hit, tap, Expr::i64(i64::MAX));
+                let ty = pos(0, Expr::div(Expr::Acc, Expr::i64(kw)));
+                let tx = pos(1, Expr::bin(BinaryOp::Mod { fmod: true }, Expr::Acc, Expr::i64(kw)));
+                let nc = Expr::add(Expr::mul(Expr::Var(0), Expr::i64(x.extents[1] as i64)), Expr::Var(1));
+                let plane = Expr::mul(nc, Expr::i64(h * w));
+                let within = if *column_major {
+                    Expr::add(ty, Expr::mul(tx, Expr::i64(h)))
+                } else {
+                    Expr::add(Expr::mul(ty, Expr::i64(w)), tx)
+                };
+                let mut domain = out_shape.clone();
+                domain.extend(window.kernel);
+                let finalize = Some(Expr::add(plane, within));
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: 4,
+                    inputs: vec![x, mx],
+                    output: out,
+                    body,
+                    reduction: Some(Reduction { combine: Combine::Min, init: Scalar::I64(i64::MAX), finalize }),
+                });
+            }
             Op::BatchNorm { epsilon } => {
                 let x = &ins[0];
                 let chan = |v: &View| {

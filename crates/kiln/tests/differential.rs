@@ -257,6 +257,9 @@ fn pooling_and_normalization() {
             continue;
         }
         check(Op::MaxPool { window: w.clone(), ceil_mode }, &[r.tensor(DType::F32, &x)]);
+        // Integer inputs make ties common, which exercises "first maximum in scan order".
+        let column_major = r.next().is_multiple_of(2);
+        check(Op::MaxPoolIndices { window: w.clone(), ceil_mode, column_major }, &[r.tensor(DType::I64, &x)]);
         w.dilations = [1, 1];
         let count_include_pad = r.next().is_multiple_of(2);
         check(Op::AveragePool { window: w, ceil_mode, count_include_pad }, &[r.tensor(DType::F32, &x)]);

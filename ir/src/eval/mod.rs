@@ -54,6 +54,9 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         }
         Op::Conv { window, group } => nn::conv(inputs[0], inputs[1], inputs.get(2).copied(), window, *group)?,
         Op::MaxPool { window, ceil_mode } => nn::max_pool(inputs[0], window, *ceil_mode)?,
+        Op::MaxPoolIndices { window, ceil_mode, column_major } => {
+            nn::max_pool_indices(inputs[0], window, *ceil_mode, *column_major)?
+        }
         Op::AveragePool { window, ceil_mode, count_include_pad } => {
             nn::average_pool(inputs[0], window, *ceil_mode, *count_include_pad)?
         }

@@ -143,6 +143,35 @@ pub(super) fn max_pool(x: &Tensor, win: &Window, ceil_mode: bool) -> Result<Tens
     Ok(Tensor::from_data(s, data))
 }
 
+/// The flat input index of each window's first maximum (scan order, strict `>`), as the
+/// ONNX reference computes MaxPool's `Indices`.
+pub(super) fn max_pool_indices(
+    x: &Tensor,
+    win: &Window,
+    ceil_mode: bool,
+    column_major: bool,
+) -> Result<Tensor, String> {
+    let shape = x.shape();
+    let (h, w) = (shape[2], shape[3]);
+    let v = x.to_f64_vec();
+    let mut out = Vec::new();
+    let s = for_each_window(shape, win, ceil_mode, |plane, (ys, _), (xs, _)| {
+        let mut best: Option<(f64, usize, usize)> = None;
+        for &iy in ys {
+            for &ix in xs {
+                let e = v[(plane * h + iy) * w + ix];
+                if best.is_none_or(|(m, _, _)| e > m) {
+                    best = Some((e, iy, ix));
+                }
+            }
+        }
+        let (_, iy, ix) = best.unwrap_or((0.0, 0, 0));
+        let within = if column_major { iy + ix * h } else { iy * w + ix };
+        out.push((plane * h * w + within) as i64);
+    })?;
+    Ok(Tensor::i64(s, out))
+}
+
 /// Mean over each window. `count_include_pad`: divide by the number of window positions
 /// inside the padded extent (the ceil_mode overhang is not counted); otherwise by the number
 /// of in-bounds elements. Sums in f64.

@@ -202,9 +202,21 @@ fn pool_3d(cx: &mut NodeCx, x: ValueId, make: &dyn Fn(Window) -> Op) -> OpResult
 }
 
 pub(super) fn max_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "Indices")?;
     let x = cx.input(0)?;
     let ceil_mode = ceil_mode(cx)?;
+    if cx.has_output(1) {
+        // Indices: for 2-D windows only (the flat index depends on the input's layout).
+        cx.outputs_at_most(2, "")?;
+        if cx.rank(x) != 4 {
+            return unsupported(format!("output 1 (Indices) of a {}-D pool", cx.rank(x).saturating_sub(2)));
+        }
+        let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
+        let column_major = cx.attrs.int_or("storage_order", 0)? != 0;
+        let y = cx.emit_out(Op::MaxPool { window: window.clone(), ceil_mode }, &[x], 0)?;
+        let i = cx.emit_out(Op::MaxPoolIndices { window, ceil_mode, column_major }, &[x], 1)?;
+        return Ok(vec![y, i]);
+    }
+    cx.outputs_at_most(1, "Indices")?;
     if cx.rank(x) == 5 {
         return Ok(vec![pool_3d(cx, x, &|window| Op::MaxPool { window, ceil_mode })?]);
     }
@@ -239,7 +251,7 @@ pub(super) fn global_pool(cx: &mut NodeCx, op: ReduceOp) -> OpResult<Vec<ValueId
 
 pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if cx.opset >= 14 && cx.attrs.int_or("training_mode", 0)? != 0 {
-        return unsupported("training_mode=1 (only inference is supported)");
+        return batch_norm_training(cx);
     }
     if cx.opset < 9 && cx.attrs.int_or("spatial", 1)? == 0 {
         return unsupported("spatial=0 (per-activation statistics)");
@@ -248,6 +260,50 @@ pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let epsilon = cx.attrs.float_or("epsilon", 1e-5)?;
     let ins = (0..5).map(|i| cx.input(i)).collect::<OpResult<Vec<_>>>()?;
     Ok(vec![cx.emit_out(Op::BatchNorm { epsilon }, &ins, 0)?])
+}
+
+/// BatchNormalization with `training_mode=1`: normalizes with the batch's own mean and
+/// (population) variance over every axis but 1, and outputs the updated running statistics
+/// `running * momentum + batch * (1 - momentum)`. Deterministic, so it compiles like any op.
+fn batch_norm_training(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(3, "")?;
+    let epsilon = cx.attrs.float_or("epsilon", 1e-5)?;
+    let momentum = cx.attrs.float_or("momentum", 0.9)?;
+    let ins = (0..5).map(|i| cx.input(i)).collect::<OpResult<Vec<_>>>()?;
+    let x = ins[0];
+    let shape = cx.shape(x);
+    if shape.len() < 2 || cx.ty(x).dtype != DType::F32 {
+        return invalid(format!("input must be f32 of rank >= 2, got {}", cx.ty(x)));
+    }
+    let axes: Vec<usize> = (0..shape.len()).filter(|&a| a != 1).collect();
+    let mut bshape = vec![1; shape.len()];
+    bshape[1] = shape[1];
+    let tmp = |cx: &mut NodeCx, op: Op, ins: &[ValueId], tag: &str| -> OpResult<ValueId> {
+        let name = cx.tmp_name(tag);
+        cx.emit(op, ins, name)
+    };
+    let reduce = Op::Reduce { op: ReduceOp::Mean, axes, keepdims: false };
+    let mean = tmp(cx, reduce.clone(), &[x], "batch_mean")?;
+    let mean_b = tmp(cx, Op::Reshape { shape: bshape }, &[mean], "batch_mean_b")?;
+    let d = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Sub), &[x, mean_b], "centered")?;
+    let d2 = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Mul), &[d, d], "squared")?;
+    let var = tmp(cx, reduce, &[d2], "batch_var")?;
+    let y = cx.emit_out(Op::BatchNorm { epsilon }, &[x, ins[1], ins[2], mean, var], 0)?;
+    let mut outs = vec![y];
+    for (k, (running, batch)) in [(ins[3], mean), (ins[4], var)].into_iter().enumerate() {
+        if !cx.has_output(k + 1) {
+            outs.push(batch);
+            continue;
+        }
+        let name = cx.tmp_name("momentum");
+        let m = cx.konst(name, Tensor::scalar_f32(momentum));
+        let name = cx.tmp_name("one_minus_momentum");
+        let m1 = cx.konst(name, Tensor::scalar_f32(1.0 - momentum));
+        let a = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Mul), &[running, m], "keep")?;
+        let b = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Mul), &[batch, m1], "update")?;
+        outs.push(cx.emit_out(Op::Binary(kiln_ir::BinaryOp::Add), &[a, b], k + 1)?);
+    }
+    Ok(outs)
 }
 
 pub(super) fn lrn(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -304,7 +360,11 @@ pub(super) fn dropout(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if cx.opset >= 12 {
         if let Some(t) = cx.opt_const_input(2, "training_mode")? {
             if t.to_i64_vec().iter().any(|&v| v != 0) {
-                return unsupported("training_mode=true (only inference is supported)");
+                // Training drops at random unless the ratio is 0, when it is the identity.
+                let ratio = cx.opt_const_input(1, "ratio")?.map(|r| r.to_f64_vec()).unwrap_or_else(|| vec![0.5]);
+                if ratio.iter().any(|&r| r != 0.0) {
+                    return unsupported(format!("training_mode=true with ratio {ratio:?} (random output)"));
+                }
             }
         }
     }
