@@ -371,6 +371,41 @@ impl Program {
     pub fn buffer(&self, b: BufferId) -> &Buffer {
         &self.buffers[b.0 as usize]
     }
+
+    /// Drops constant and activation buffers no instruction touches (left behind by fusion)
+    /// and renumbers the rest densely, in their original order.
+    pub fn remove_unused_buffers(&mut self) {
+        let mut used = vec![false; self.buffers.len()];
+        for ins in &self.instrs {
+            let (r, w) = ins.reads_writes();
+            for b in r.into_iter().chain(w) {
+                used[b.0 as usize] = true;
+            }
+        }
+        let mut remap = vec![BufferId(u32::MAX); self.buffers.len()];
+        let mut kept = Vec::new();
+        for (i, b) in std::mem::take(&mut self.buffers).into_iter().enumerate() {
+            if used[i] || matches!(b.kind, BufferKind::Input(_) | BufferKind::Output(_)) {
+                remap[i] = BufferId(kept.len() as u32);
+                kept.push(b);
+            }
+        }
+        self.buffers = kept;
+        let fix = |b: &mut BufferId| *b = remap[b.0 as usize];
+        for ins in &mut self.instrs {
+            match ins {
+                Instr::Kernel(k) => {
+                    for v in k.inputs.iter_mut().chain(std::iter::once(&mut k.output)) {
+                        fix(&mut v.buffer);
+                    }
+                }
+                Instr::Copy { dst, src, .. } => {
+                    fix(dst);
+                    fix(src);
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Display for Scalar {

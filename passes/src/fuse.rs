@@ -9,8 +9,6 @@
 //!   consumer's loads; a reduction producer takes the consumer's body as its finalizer.
 //!   A pair that does not compose is left materialized, which is always correct.
 
-use std::collections::HashMap;
-
 use kiln_ir::lir::{BufferId, Expr, Instr, Kernel, Program, View};
 use kiln_ir::{strides_of, Graph, Op, ValueDef};
 
@@ -279,15 +277,4 @@ pub fn fuse_lir(p: &mut Program) -> usize {
         }
     }
     merged
-}
-
-/// Counts kernels per name prefix (for reports and tests).
-pub fn kernel_names(p: &Program) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for ins in &p.instrs {
-        if let Instr::Kernel(k) = ins {
-            *m.entry(k.name.clone()).or_insert(0) += 1;
-        }
-    }
-    m
 }

@@ -141,6 +141,7 @@ impl Compiler {
         let mut p = kiln_passes::lower::lower(g)?;
         kiln_passes::fuse::fuse_lir(&mut p);
         let report = kiln_passes::memory::plan(&mut p);
+        p.remove_unused_buffers();
         let weights = kiln_passes::memory::pack_constants(&mut p);
         Ok((p, report, weights))
     }
