@@ -1,17 +1,8 @@
 //! ONNX node conformance through the library API: one test per case (see build.rs).
 #![allow(non_snake_case)]
 
-use std::sync::OnceLock;
-
-fn index() -> &'static serde_json::Value {
-    static I: OnceLock<serde_json::Value> = OnceLock::new();
-    I.get_or_init(kiln_tests::index)
-}
-
 fn check(name: &str) {
-    let case = kiln_tests::node_case(name, index()).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
-    let got = kiln_tests::run_lib(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
-    kiln_tests::compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name}: {e}"));
+    kiln_tests::check_node(name, kiln_tests::run_lib);
 }
 
 include!(concat!(env!("OUT_DIR"), "/node_cases.rs"));
@@ -22,7 +13,7 @@ include!(concat!(env!("OUT_DIR"), "/node_cases.rs"));
 fn every_in_scope_case_is_in_the_manifest() {
     let manifest = include_str!("conformance/manifest.txt");
     let passing: std::collections::HashSet<&str> = manifest.lines().filter(|l| !l.starts_with('#')).collect();
-    let in_scope: Vec<&str> = index()["node"]
+    let in_scope: Vec<&str> = kiln_tests::cached_index()["node"]
         .as_array()
         .unwrap()
         .iter()

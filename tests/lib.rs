@@ -149,6 +149,20 @@ fn compile_options(case: &Case) -> CompileOptions {
 /// Output as (dtype code, shape, bytes).
 pub type Out = (kiln::DTypeCode, Vec<usize>, Vec<u8>);
 
+/// The parsed `index.json`, read once per test binary.
+pub fn cached_index() -> &'static serde_json::Value {
+    static I: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    I.get_or_init(index)
+}
+
+/// Runs node test `name` with `runner` (the library or the CLI) and compares with ONNX's
+/// expected outputs; panics with the reason on failure.
+pub fn check_node(name: &str, runner: fn(&Case) -> Result<Vec<Out>, String>) {
+    let case = node_case(name, cached_index()).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
+    let got = runner(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
+    compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
 /// Compiles and runs a case through the library API. Inputs that must be static (shape-like
 /// operands given as graph inputs) are frozen to the case's values, as `kiln run` does.
 pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
@@ -273,17 +287,7 @@ pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(),
 
 /// The error and its causes on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
+    kiln::error_chain(e)
 }
 
 /// Whether a node test is within issue #2's scope, and why not.

@@ -34,6 +34,14 @@ pub fn broadcast_view(v: &View, to: &[usize]) -> View {
     View { buffer: v.buffer, dtype: v.dtype, offset: v.offset, extents: to.to_vec(), strides }
 }
 
+/// The input row (`a` = 0) or column (`a` = 1) that window tap `tap` reads for the output
+/// position in iteration variable `2 + a` (NCHW): `out·stride + tap·dilation − pad_begin`.
+fn window_input_index(window: &kiln_ir::Window, a: usize, tap: Expr) -> Expr {
+    let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
+    let off = Expr::mul(tap, Expr::i64(window.dilations[a] as i64));
+    Expr::sub(Expr::add(base, off), Expr::i64(window.pads[a] as i64))
+}
+
 fn vars(range: std::ops::Range<usize>) -> Vec<Expr> {
     range.map(Expr::Var).collect()
 }
@@ -180,11 +188,7 @@ impl<'g> Lowerer<'g> {
                         Expr::Var(4),
                     )
                 };
-                let spatial = |a: usize| {
-                    let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
-                    let tap = Expr::mul(Expr::Var(5 + a), Expr::i64(window.dilations[a] as i64));
-                    Expr::sub(Expr::add(base, tap), Expr::i64(window.pads[a] as i64))
-                };
+                let spatial = |a: usize| window_input_index(window, a, Expr::Var(5 + a));
                 let xl = Expr::Load {
                     operand: 0,
                     index: vec![Expr::Var(0), chan, spatial(0), spatial(1)],
@@ -211,11 +215,7 @@ impl<'g> Lowerer<'g> {
                 let dt = x.dtype;
                 let mut domain = out_shape.clone();
                 domain.extend(window.kernel);
-                let spatial = |a: usize| {
-                    let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
-                    let tap = Expr::mul(Expr::Var(4 + a), Expr::i64(window.dilations[a] as i64));
-                    Expr::sub(Expr::add(base, tap), Expr::i64(window.pads[a] as i64))
-                };
+                let spatial = |a: usize| window_input_index(window, a, Expr::Var(4 + a));
                 let is_max = matches!(op, Op::MaxPool { .. });
                 let pad = if is_max { Scalar::extreme(dt, true) } else { Scalar::of(dt, 0.0) };
                 let body = Expr::Load {
@@ -276,11 +276,7 @@ impl<'g> Lowerer<'g> {
                 self.lower_node(&max_op, vec![x.clone()], mx.clone(), name)?;
                 let (h, w) = (x.extents[2] as i64, x.extents[3] as i64);
                 let kw = window.kernel[1] as i64;
-                let pos = |a: usize, tap: Expr| {
-                    let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
-                    let off = Expr::mul(tap, Expr::i64(window.dilations[a] as i64));
-                    Expr::sub(Expr::add(base, off), Expr::i64(window.pads[a] as i64))
-                };
+                let pos = |a: usize, tap: Expr| window_input_index(window, a, tap);
                 let inside = |e: Expr, n: i64| {
                     let lo = Expr::cmp(CmpOp::GreaterOrEqual, e.clone(), Expr::i64(0));
                     Expr::bin(BinaryOp::And, lo, Expr::cmp(CmpOp::Less, e, Expr::i64(n)))

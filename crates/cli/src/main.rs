@@ -287,17 +287,7 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = e.source();
-            while let Some(s) = src {
-                let t = s.to_string();
-                if !msg.contains(&t) {
-                    msg.push_str(": ");
-                    msg.push_str(&t);
-                }
-                src = s.source();
-            }
-            eprintln!("error: {}", msg.replace('\n', " "));
+            eprintln!("error: {}", kiln::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

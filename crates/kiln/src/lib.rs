@@ -24,6 +24,21 @@ pub use kiln_passes::memory::MemoryReport;
 pub use kiln_passes::{pass_names, PassError};
 pub use kiln_runtime::{RuntimeError, Session, SessionOptions, Tensor, TensorRef};
 
+/// An error and its causes on one line (`a: b: c`), skipping causes already spelled out.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg.replace('\n', " ")
+}
+
 /// Decodes an ONNX `TensorProto` file (the conformance suite's `input_0.pb`).
 pub fn read_tensor_proto(bytes: &[u8]) -> Result<kiln_ir::Tensor, ImportError> {
     kiln_onnx::decode_tensor_proto(bytes)

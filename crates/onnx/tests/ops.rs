@@ -126,9 +126,18 @@ fn pools() {
         only_op(&pool("GlobalMaxPool", vec![])),
         Op::Reduce { op: ReduceOp::Max, axes: vec![2, 3], keepdims: true }
     );
-    // MaxPool's Indices output is unsupported.
-    let m =
-        unary_model(12, &[1, 3, 7, 7], node("MaxPool", &["x"], &["y", "idx"], vec![a_ints("kernel_shape", &[2, 2])]));
+    // MaxPool's Indices output: a second op over the same input (2-D windows only).
+    let attrs = vec![a_ints("kernel_shape", &[2, 2]), a_int("storage_order", 1)];
+    let m = unary_model(12, &[1, 3, 7, 7], node("MaxPool", &["x"], &["y", "idx"], attrs));
+    let g = import_ok(&m);
+    let names: Vec<&str> = ops(&g).iter().map(|o| o.name()).collect();
+    assert_eq!(names, ["max_pool", "max_pool_indices"]);
+    assert!(matches!(ops(&g)[1], Op::MaxPoolIndices { column_major: true, .. }));
+    let m = unary_model(
+        12,
+        &[1, 3, 4, 4, 4],
+        node("MaxPool", &["x"], &["y", "idx"], vec![a_ints("kernel_shape", &[2, 2, 2])]),
+    );
     let e = m.import().unwrap_err().to_string();
     assert!(e.contains("MaxPool") && e.contains("Indices"), "{e}");
 }
@@ -284,8 +293,10 @@ fn batch_norm_versions() {
     assert_eq!(only_op(&bn(7, vec![a_int("spatial", 1), a_float("epsilon", 1e-3)])), Op::BatchNorm { epsilon: 1e-3 });
     assert_eq!(only_op(&bn(9, vec![a_float("momentum", 0.9)])), Op::BatchNorm { epsilon: 1e-5 });
     assert!(bn(7, vec![a_int("spatial", 0)]).import().unwrap_err().to_string().contains("spatial=0"));
-    let e = bn(15, vec![a_int("training_mode", 1)]).import().unwrap_err().to_string();
-    assert!(e.contains("BatchNormalization (domain ai.onnx, opset 15)") && e.contains("training_mode"), "{e}");
+    // Training mode normalizes with the batch's statistics.
+    let g = import_ok(&bn(15, vec![a_int("training_mode", 1)]));
+    let names: Vec<&str> = ops(&g).iter().map(|o| o.name()).collect();
+    assert_eq!(names, ["reduce_mean", "reshape", "sub", "mul", "reduce_mean", "batch_norm"]);
 }
 
 #[test]
