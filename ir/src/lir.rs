@@ -337,6 +337,13 @@ pub enum Instr {
         src_offset: usize,
         bytes: usize,
     },
+    /// Stops the run with an error when the i64 at the start of `buffer` is not 0 (a check
+    /// kernel wrote a count of bad elements there). The artifact's manifest lists the
+    /// messages of all asserts, in program order.
+    Assert {
+        buffer: BufferId,
+        message: String,
+    },
 }
 
 impl Instr {
@@ -345,7 +352,32 @@ impl Instr {
         match self {
             Instr::Kernel(k) => (k.inputs.iter().map(|v| v.buffer).collect(), vec![k.output.buffer]),
             Instr::Copy { dst, src, .. } => (vec![*src], vec![*dst]),
+            Instr::Assert { buffer, .. } => (vec![*buffer], vec![]),
         }
+    }
+
+    /// Every buffer id the instruction names, for renaming.
+    pub fn buffers_mut(&mut self) -> Vec<&mut BufferId> {
+        match self {
+            Instr::Kernel(k) => {
+                k.inputs.iter_mut().chain(std::iter::once(&mut k.output)).map(|v| &mut v.buffer).collect()
+            }
+            Instr::Copy { dst, src, .. } => vec![dst, src],
+            Instr::Assert { buffer, .. } => vec![buffer],
+        }
+    }
+}
+
+impl Program {
+    /// The messages of the program's asserts, in order: assert `k` fails the run with status `k + 1`.
+    pub fn assert_messages(&self) -> Vec<String> {
+        self.instrs
+            .iter()
+            .filter_map(|i| match i {
+                Instr::Assert { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -391,18 +423,9 @@ impl Program {
             }
         }
         self.buffers = kept;
-        let fix = |b: &mut BufferId| *b = remap[b.0 as usize];
         for ins in &mut self.instrs {
-            match ins {
-                Instr::Kernel(k) => {
-                    for v in k.inputs.iter_mut().chain(std::iter::once(&mut k.output)) {
-                        fix(&mut v.buffer);
-                    }
-                }
-                Instr::Copy { dst, src, .. } => {
-                    fix(dst);
-                    fix(src);
-                }
+            for b in ins.buffers_mut() {
+                *b = remap[b.0 as usize];
             }
         }
     }
@@ -491,6 +514,9 @@ pub fn print(p: &Program) -> String {
             }
             Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
                 let _ = writeln!(s, "  {i}: copy {dst}+{dst_offset} <- {src}+{src_offset} {bytes} bytes");
+            }
+            Instr::Assert { buffer, message } => {
+                let _ = writeln!(s, "  {i}: assert {buffer} == 0 \"{message}\"");
             }
         }
     }

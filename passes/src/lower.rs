@@ -496,6 +496,15 @@ impl<'g> Lowerer<'g> {
                     Expr::bin(BinaryOp::Max, wrapped, Expr::i64(0)),
                     Expr::i64((dim - 1).max(0)),
                 );
+                // Constant indices are checked now; indices from data are counted at run time
+                // and a bad one stops the run with an error naming the node.
+                if let BufferKind::Constant(t) = &self.prog.buffer(idx.buffer).kind {
+                    if let Some(bad) = t.to_i64_vec().into_iter().find(|&i| i < -dim || i >= dim) {
+                        return Err(format!("index {bad} is outside [-{dim}, {dim}) on axis {axis}"));
+                    }
+                } else {
+                    self.gather_check(idx, dim, *axis, name);
+                }
                 let mut xidx = vars(0..*axis);
                 xidx.push(clamped);
                 xidx.extend(vars(axis + ri..rank));
@@ -508,6 +517,29 @@ impl<'g> Lowerer<'g> {
             Op::Reshape { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
         }
         Ok(())
+    }
+
+    /// Counts the indices outside `[-dim, dim)` into a flag that an `Assert` checks.
+    fn gather_check(&mut self, idx: &View, dim: i64, axis: usize, name: &str) {
+        let ri = idx.extents.len();
+        let flag = self.temp(DType::I64, &[], format!("{name}.bad_indices"));
+        let idx_val = Expr::cast(DType::I64, Expr::load(0, vars(0..ri)));
+        let low = Expr::cmp(CmpOp::Less, idx_val.clone(), Expr::i64(-dim));
+        let high = Expr::cmp(CmpOp::GreaterOrEqual, idx_val, Expr::i64(dim));
+        let bad = Expr::select(Expr::bin(BinaryOp::Or, low, high), Expr::i64(1), Expr::i64(0));
+        self.emit(Kernel {
+            name: format!("{name}.check"),
+            domain: idx.extents.clone(),
+            n_par: 0,
+            inputs: vec![idx.clone()],
+            output: View { extents: vec![], strides: vec![], ..flag.clone() },
+            body: bad,
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+        });
+        self.prog.instrs.push(Instr::Assert {
+            buffer: flag.buffer,
+            message: format!("node `{name}` (Gather): an index is outside [-{dim}, {dim}) on axis {axis}"),
+        });
     }
 
     fn lower_matmul(&mut self, ins: Vec<View>, out: View, name: &str) {

@@ -35,20 +35,9 @@ fn align(x: u64) -> u64 {
 }
 
 fn rename(instr: &mut Instr, from: BufferId, to: BufferId) {
-    match instr {
-        Instr::Kernel(k) => {
-            for v in k.inputs.iter_mut().chain(std::iter::once(&mut k.output)) {
-                if v.buffer == from {
-                    v.buffer = to;
-                }
-            }
-        }
-        Instr::Copy { dst, src, .. } => {
-            for b in [dst, src] {
-                if *b == from {
-                    *b = to;
-                }
-            }
+    for b in instr.buffers_mut() {
+        if *b == from {
+            *b = to;
         }
     }
 }

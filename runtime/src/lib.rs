@@ -47,6 +47,8 @@ pub enum RuntimeError {
     Manifest(String),
     #[error("compiled code reported failure (status {0})")]
     Status(i32),
+    #[error("invalid input data: {0}")]
+    Check(String),
 }
 
 /// A borrowed input tensor.
@@ -292,7 +294,8 @@ impl Session {
         let status = unsafe { (self.entry)(&ctx) };
         self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
         if status != 0 {
-            return Err(RuntimeError::Status(status));
+            let message = usize::try_from(status - 1).ok().and_then(|k| self.manifest.check_messages.get(k));
+            return Err(message.map_or(RuntimeError::Status(status), |m| RuntimeError::Check(m.clone())));
         }
         Ok(self
             .manifest

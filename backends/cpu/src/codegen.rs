@@ -391,8 +391,22 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program) -> R<Module<'ctx>> 
     let pf_ty =
         cx.void_type().fn_type(&[g.ptr_ty().into(), g.ptr_ty().into(), g.ptr_ty().into(), cx.i64_type().into()], false);
     let mut kit = kernels.into_iter().peekable();
+    let mut asserts = 0;
     for (i, ins) in prog.instrs.iter().enumerate() {
         match ins {
+            Instr::Assert { buffer, .. } => {
+                asserts += 1;
+                let p = g.buffer_ptr(ctx, prog.buffer(*buffer))?;
+                let v = g.b.build_load(cx.i64_type(), p, "bad").map_err(llvm_err)?.into_int_value();
+                let failed =
+                    g.b.build_int_compare(inkwell::IntPredicate::NE, v, g.i64(0), "failed").map_err(llvm_err)?;
+                let fail = cx.append_basic_block(entry, "assert_failed");
+                let next = cx.append_basic_block(entry, "assert_ok");
+                g.b.build_conditional_branch(failed, fail, next).map_err(llvm_err)?;
+                g.b.position_at_end(fail);
+                g.b.build_return(Some(&cx.i32_type().const_int(asserts, false))).map_err(llvm_err)?;
+                g.b.position_at_end(next);
+            }
             Instr::Kernel(_) => {
                 let (_, f, tasks, work) = kit.next().expect("one function per kernel");
                 if tasks == 0 {

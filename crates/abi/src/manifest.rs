@@ -37,4 +37,8 @@ pub struct Manifest {
     /// Version of the compiler that made the artifact.
     #[prost(string, tag = "9")]
     pub producer: String,
+    /// Messages of the data checks the code makes (an index out of range, …): the entry
+    /// point returning status `k > 0` means check `k - 1` failed.
+    #[prost(string, repeated, tag = "10")]
+    pub check_messages: Vec<String>,
 }

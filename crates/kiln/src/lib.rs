@@ -181,6 +181,7 @@ impl Compiler {
             arena_bytes: p.arena_bytes,
             model_name: g.name.clone(),
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+            check_messages: p.assert_messages(),
         };
         let bytes = kiln_abi::artifact::write(&manifest, &module.shared_library, &weights);
         Ok(Artifact { bytes, memory })

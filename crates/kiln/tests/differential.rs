@@ -407,3 +407,25 @@ fn concurrent_runs_agree() {
         }
     });
 }
+
+/// An index from data outside the gathered axis stops the run with an error naming the
+/// node; it never reads out of bounds or answers silently.
+#[test]
+fn gather_index_out_of_range_is_an_error() {
+    let mut r = Rng(11);
+    let x = r.tensor(DType::F32, &[4, 3]);
+    let mut g = Graph::new("gather");
+    let xi = g.add_const("x", x);
+    let ii = g.add_input("idx", Tensor::i64(vec![2], vec![0, 0]).ty);
+    g.outputs = g.add_node(Op::Gather { axis: 0 }, &[xi, ii], "pick", &[]).unwrap();
+    let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
+    let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).unwrap();
+    let run = |idx: Vec<i64>| s.run(&[TensorRef::i64(&[2], &idx)]);
+    assert!(run(vec![3, -4]).is_ok());
+    for bad in [vec![0, 4], vec![-5, 1]] {
+        let e = run(bad.clone()).expect_err("an out-of-range index must fail").to_string();
+        assert!(e.contains("`pick` (Gather)") && e.contains("[-4, 4)"), "{bad:?}: {e}");
+    }
+    // The session stays usable after a failed run.
+    assert!(run(vec![1, 2]).is_ok());
+}
