@@ -5,6 +5,8 @@
                                     two ops Kiln does not know, which must be reported together.
   tests/fixtures/symbolic.onnx      Relu over an input of shape [N, 4] (N symbolic): compiling it
                                     without --input-shape must name the input, the dim and the option.
+  tests/fixtures/odd_names.onnx     two outputs whose names need sanitizing for file names
+                                    ("probs/out:0" and "mask out"), one f32 and one bool.
 
 Run with the project's venv: .venv/bin/python scripts/make_fixtures.py
 """
@@ -37,9 +39,22 @@ def symbolic() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def odd_names() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("in put", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("probs/out:0", TensorProto.FLOAT, [2, 3])
+    m = helper.make_tensor_value_info("mask out", TensorProto.BOOL, [2, 3])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [
+        helper.make_node("Softmax", ["in put"], ["probs/out:0"], name="softmax", axis=-1),
+        helper.make_node("Greater", ["in put", "zero"], ["mask out"], name="positive"),
+    ]
+    g = helper.make_graph(nodes, "odd_names", [x], [y, m], initializer=[zero])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, m in [("unknown_ops", unknown_ops()), ("symbolic", symbolic())]:
+    for name, m in [("unknown_ops", unknown_ops()), ("symbolic", symbolic()), ("odd_names", odd_names())]:
         p = OUT / f"{name}.onnx"
         p.write_bytes(m.SerializeToString(deterministic=True))
         print(f"wrote {p}")

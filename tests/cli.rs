@@ -1,0 +1,131 @@
+//! The `kiln` command-line contract that other tools and scripts drive: file names and
+//! `outputs.json` of `kiln run`, the last lines of `inspect --memory` and `bench`, `--emit`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn kiln(args: &[&str]) -> Output {
+    let out = Command::new(kiln_tests::kiln_bin()).args(args).current_dir(repo()).output().expect("run kiln");
+    assert!(out.status.success(), "kiln {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The value of `key=` on the last line of `text`.
+fn last_line_value(text: &str, key: &str) -> f64 {
+    let last = text.lines().last().unwrap_or_default();
+    let v = last.strip_prefix(&format!("{key}=")).unwrap_or_else(|| panic!("last line is not {key}=…: {text}"));
+    v.parse().unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+#[test]
+fn run_writes_sanitized_npy_files_and_outputs_json() {
+    let d = tempfile::tempdir().unwrap();
+    let x = d.path().join("x.npy");
+    {
+        use npyz::WriterBuilder;
+        let f = std::io::BufWriter::new(std::fs::File::create(&x).unwrap());
+        let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&[2, 3]).writer(f).begin_nd().unwrap();
+        w.extend([1.0f32, -2.0, 0.5, 0.0, 3.0, -1.0]).unwrap();
+        w.finish().unwrap();
+    }
+    let out = d.path().join("out");
+    kiln(&[
+        "run",
+        "tests/fixtures/odd_names.onnx",
+        "--input",
+        &format!("in put={}", x.display()),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    let listing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("outputs.json")).unwrap()).unwrap();
+    let outs = listing["outputs"].as_array().unwrap();
+    assert_eq!(outs.len(), 2);
+    assert_eq!(outs[0]["name"], "probs/out:0");
+    assert_eq!(outs[0]["file"], "probs_out_0.npy");
+    assert_eq!(outs[0]["dtype"], "f32");
+    assert_eq!(outs[0]["shape"], serde_json::json!([2, 3]));
+    assert_eq!(outs[1]["name"], "mask out");
+    assert_eq!(outs[1]["file"], "mask_out.npy");
+    assert_eq!(outs[1]["dtype"], "bool");
+    let mask: Vec<bool> =
+        npyz::NpyFile::new(&std::fs::read(out.join("mask_out.npy")).unwrap()[..]).unwrap().into_vec().unwrap();
+    assert_eq!(mask, [true, false, true, false, true, false]);
+    let probs: Vec<f32> =
+        npyz::NpyFile::new(&std::fs::read(out.join("probs_out_0.npy")).unwrap()[..]).unwrap().into_vec().unwrap();
+    // Row 0: softmax of [1, -2, 0.5] worked out by hand: e^x / Σ e^x.
+    let e = [1f32.exp(), (-2f32).exp(), 0.5f32.exp()];
+    let sum: f32 = e.iter().sum();
+    for (p, q) in probs[..3].iter().zip(e.iter().map(|v| v / sum)) {
+        assert!((p - q).abs() < 1e-6, "{probs:?}");
+    }
+}
+
+#[test]
+fn compile_then_run_the_artifact() {
+    let d = tempfile::tempdir().unwrap();
+    let art = d.path().join("mlp.kiln");
+    kiln(&["compile", "examples/mlp/model.onnx", "-o", art.to_str().unwrap(), "--target", "cpu"]);
+    let out = d.path().join("out");
+    let o = kiln(&[
+        "run",
+        art.to_str().unwrap(),
+        "--input",
+        "x=examples/mlp/input.npy",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(stdout(&o).starts_with("y: f32 [1, 4] = ["), "{}", stdout(&o));
+    assert!(out.join("y.npy").exists() && out.join("outputs.json").exists());
+}
+
+#[test]
+fn inspect_memory_ends_with_the_ratio() {
+    let o = kiln(&["inspect", "examples/mlp/model.onnx", "--memory"]);
+    let text = stdout(&o);
+    assert!(text.contains("arena_bytes=") && text.contains("lower_bound_bytes="), "{text}");
+    assert!(last_line_value(&text, "memory_ratio") >= 1.0);
+}
+
+#[test]
+fn bench_ends_with_the_median() {
+    let o = kiln(&["bench", "examples/mlp/model.onnx", "--iters", "5", "--threads", "1"]);
+    let text = stdout(&o);
+    assert!(text.contains("p10_ms=") && text.contains("p90_ms="), "{text}");
+    assert!(last_line_value(&text, "median_ms") > 0.0);
+}
+
+#[test]
+fn every_emit_form_prints() {
+    for (form, marker) in [
+        ("hir", "graph \"mlp\""),
+        ("lir", "program \"mlp\""),
+        ("llvm", "@kiln_entry("),
+        ("asm", "kiln_entry:"),
+    ] {
+        let o = kiln(&["compile", "examples/mlp/model.onnx", "--emit", form]);
+        assert!(stdout(&o).contains(marker), "--emit {form}: {}", stdout(&o));
+    }
+    let o = kiln(&["inspect", "examples/mlp/model.onnx", "--after", "import"]);
+    assert!(!stdout(&o).contains("fused"), "nothing is fused right after import");
+    let o = kiln(&["inspect", "examples/mlp/model.onnx", "--after", "fuse"]);
+    assert!(stdout(&o).contains("fused"));
+}
+
+/// Issue #2: the light ResNet-50's arena is within 5% of the lower bound.
+#[test]
+fn resnet50_memory_ratio() {
+    let model = kiln_tests::data_root().join("light/resnet50/model.onnx");
+    let o = kiln(&["inspect", model.to_str().unwrap(), "--memory"]);
+    let ratio = last_line_value(&stdout(&o), "memory_ratio");
+    println!("{}", stdout(&o));
+    assert!(ratio <= 1.05, "memory_ratio={ratio}");
+}
