@@ -131,8 +131,8 @@ fn f32s(t: &Tensor) -> Option<Vec<f32>> {
     }
 }
 
-/// Folds an inference BatchNorm whose input is a Conv (used only by it) with constant weights
-/// and constant BN parameters into the Conv's weights and bias.
+/// Folds an inference BatchNorm whose input is a Conv or a Gemm (used only by it) with
+/// constant weights and constant BN parameters into that op's weights and bias.
 pub fn fold_batchnorm(g: &mut Graph) -> Result<bool, PassError> {
     let mut changed = false;
     let uses = g.use_counts();
@@ -142,56 +142,117 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<bool, PassError> {
             continue;
         };
         let x = bn.inputs[0];
-        let ValueDef::Node(conv_id, _) = g.value(x).def else {
+        let ValueDef::Node(prod_id, _) = g.value(x).def else {
             continue;
         };
-        let conv = g.node(conv_id).clone();
-        if !matches!(conv.op, Op::Conv { .. }) || uses.get(&x) != Some(&1) || g.outputs.contains(&x) {
+        let prod = g.node(prod_id).clone();
+        if uses.get(&x) != Some(&1) || g.outputs.contains(&x) {
             continue;
         }
         let params: Option<Vec<Vec<f32>>> = bn.inputs[1..].iter().map(|&v| g.const_of(v).and_then(f32s)).collect();
         let Some(p) = params else { continue };
-        let Some(w) = g.const_of(conv.inputs[1]).and_then(f32s) else {
-            continue;
-        };
-        let bias = match conv.inputs.get(2) {
-            Some(&b) => match g.const_of(b).and_then(f32s) {
-                Some(b) => b,
-                None => continue,
-            },
-            None => vec![0.0; p[0].len()],
-        };
+        // y = (x - mean) * s + shift, with s = scale / sqrt(var + eps), per channel.
         let (scale, shift, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
-        let o = scale.len();
-        let per = w.len() / o;
-        let mut nw = w.clone();
-        let mut nb = vec![0f32; o];
-        for c in 0..o {
-            let s = (scale[c] as f64 / (var[c] as f64 + epsilon as f64).sqrt()) as f32;
-            for x in &mut nw[c * per..(c + 1) * per] {
-                *x *= s;
+        let s: Vec<f64> = scale.iter().zip(var).map(|(&a, &v)| a as f64 / (v as f64 + epsilon as f64).sqrt()).collect();
+        let base = if prod.name.is_empty() { g.value(x).name.clone() } else { prod.name.clone() };
+        let rewritten = match &prod.op {
+            Op::Conv { .. } => fold_into_conv(g, &prod, &s, mean, shift, &base),
+            Op::Gemm { alpha, beta, trans_a, trans_b } => {
+                fold_into_gemm(g, &prod, (*alpha, *beta, *trans_a, *trans_b), &s, mean, shift, &base)
             }
-            nb[c] = ((bias[c] as f64 - mean[c] as f64) * s as f64 + shift[c] as f64) as f32;
-        }
-        let wshape = g.ty(conv.inputs[1]).shape.clone();
-        let base = if conv.name.is_empty() { g.value(x).name.clone() } else { conv.name.clone() };
-        let wv = g.add_const(format!("{base}.folded_w"), Tensor::f32(wshape, nw));
-        let bv = g.add_const(format!("{base}.folded_b"), Tensor::f32(vec![o], nb));
+            _ => None,
+        };
+        let Some((op, inputs)) = rewritten else { continue };
         let y = bn.outputs[0];
-        // Rebuild the conv after the BN's position so its result can take the BN's place.
+        // Rebuild the producer at the BN's position so its result takes the BN's place.
         let name = g.value(y).name.clone();
         let new = g
-            .add_node(conv.op.clone(), &[conv.inputs[0], wv, bv], conv.name.clone(), &[name])
+            .add_node(op, &inputs, prod.name.clone(), &[name])
             .map_err(|e| PassError::Failed { pass: "fold-batchnorm".into(), message: e.to_string() })?[0];
-        // Place the new node where the BN was.
         let mut order: Vec<_> = g.order().to_vec();
         let new_id = order.pop().expect("just added");
         let pos = order.iter().position(|&n| n == nid).expect("bn scheduled");
         order[pos] = new_id;
-        order.retain(|&n| n != conv_id);
+        order.retain(|&n| n != prod_id);
         g.set_order(order);
         g.replace_uses(y, new);
         changed = true;
     }
     Ok(changed)
+}
+
+/// Conv: weights of output channel c times s[c]; bias (b - mean)·s + shift.
+fn fold_into_conv(
+    g: &mut Graph,
+    conv: &kiln_ir::Node,
+    s: &[f64],
+    mean: &[f32],
+    shift: &[f32],
+    base: &str,
+) -> Option<(Op, Vec<ValueId>)> {
+    let w = g.const_of(conv.inputs[1]).and_then(f32s)?;
+    let o = s.len();
+    let bias = match conv.inputs.get(2) {
+        Some(&b) => g.const_of(b).and_then(f32s)?,
+        None => vec![0.0; o],
+    };
+    let per = w.len() / o;
+    let mut nw = w;
+    let mut nb = vec![0f32; o];
+    for c in 0..o {
+        for x in &mut nw[c * per..(c + 1) * per] {
+            *x = (*x as f64 * s[c]) as f32;
+        }
+        nb[c] = ((bias[c] as f64 - mean[c] as f64) * s[c] + shift[c] as f64) as f32;
+    }
+    let wshape = g.ty(conv.inputs[1]).shape.clone();
+    let wv = g.add_const(format!("{base}.folded_w"), Tensor::f32(wshape, nw));
+    let bv = g.add_const(format!("{base}.folded_b"), Tensor::f32(vec![o], nb));
+    Some((conv.op.clone(), vec![conv.inputs[0], wv, bv]))
+}
+
+/// Gemm (BN over its output columns n): B's column n times s[n]; the new C is
+/// `(beta·C − mean)·s + shift`, broadcast over the columns, with beta 1.
+fn fold_into_gemm(
+    g: &mut Graph,
+    gemm: &kiln_ir::Node,
+    (alpha, beta, trans_a, trans_b): (f32, f32, bool, bool),
+    s: &[f64],
+    mean: &[f32],
+    shift: &[f32],
+    base: &str,
+) -> Option<(Op, Vec<ValueId>)> {
+    let b = g.const_of(gemm.inputs[1]).and_then(f32s)?;
+    let bshape = g.ty(gemm.inputs[1]).shape.clone();
+    let n = s.len();
+    let mut nb = b;
+    for (i, x) in nb.iter_mut().enumerate() {
+        let col = if trans_b { i / bshape[1] } else { i % bshape[1] };
+        *x = (*x as f64 * s[col]) as f32;
+    }
+    let m = g.ty(gemm.outputs[0]).shape[0];
+    // C as given, broadcast to [rows, n] with rows 1 unless C varies along M.
+    let (c, cshape) = match gemm.inputs.get(2) {
+        Some(&cv) => (g.const_of(cv).and_then(f32s)?, g.ty(cv).shape.clone()),
+        None => (vec![0.0], vec![]),
+    };
+    let rows = if cshape.len() == 2 && cshape[0] == m && m != 1 { m } else { 1 };
+    let at = |r: usize, col: usize| -> f64 {
+        let (cr, cc) = match cshape.len() {
+            0 => (0, 0),
+            1 => (0, if cshape[0] == 1 { 0 } else { col }),
+            _ => (if cshape[0] == 1 { 0 } else { r }, if cshape[1] == 1 { 0 } else { col }),
+        };
+        let width = if cshape.len() == 2 { cshape[1] } else { 1 };
+        c[if cshape.len() == 1 { cc } else { cr * width + cc }] as f64
+    };
+    let mut nc = Vec::with_capacity(rows * n);
+    for r in 0..rows {
+        for col in 0..n {
+            nc.push(((beta as f64 * at(r, col) - mean[col] as f64) * s[col] + shift[col] as f64) as f32);
+        }
+    }
+    let bv = g.add_const(format!("{base}.folded_b"), Tensor::f32(bshape, nb));
+    let cv = g.add_const(format!("{base}.folded_c"), Tensor::f32(vec![rows, n], nc));
+    Some((Op::Gemm { alpha, beta: 1.0, trans_a, trans_b }, vec![gemm.inputs[0], bv, cv]))
 }
