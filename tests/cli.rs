@@ -105,12 +105,9 @@ fn bench_ends_with_the_median() {
 
 #[test]
 fn every_emit_form_prints() {
-    for (form, marker) in [
-        ("hir", "graph \"mlp\""),
-        ("lir", "program \"mlp\""),
-        ("llvm", "@kiln_entry("),
-        ("asm", "kiln_entry:"),
-    ] {
+    for (form, marker) in
+        [("hir", "graph \"mlp\""), ("lir", "program \"mlp\""), ("llvm", "@kiln_entry("), ("asm", "kiln_entry:")]
+    {
         let o = kiln(&["compile", "examples/mlp/model.onnx", "--emit", form]);
         assert!(stdout(&o).contains(marker), "--emit {form}: {}", stdout(&o));
     }
