@@ -238,7 +238,7 @@ impl Session {
                     got: t.shape.to_vec(),
                 });
             }
-            let want_bytes = t.shape.iter().product::<usize>() * want.size();
+            let want_bytes = t.shape.iter().try_fold(want.size(), |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
             if t.data.len() != want_bytes {
                 return Err(RuntimeError::InputBytes {
                     name: s.name.clone(),
