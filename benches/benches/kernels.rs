@@ -1,0 +1,41 @@
+//! Kernel throughput: MatMul (GFLOP/s, one thread) at square sizes and at small M, and a
+//! 3×3 convolution layer. `cargo bench -p kiln-benches --bench kernels`.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kiln::ir::{Op, Window};
+use kiln::TensorRef;
+use kiln_benches::{single_op, tensor};
+
+fn matmul(c: &mut Criterion) {
+    let mut group = c.benchmark_group("matmul");
+    for (m, k, n) in [(64, 64, 64), (256, 256, 256), (512, 512, 512), (1, 512, 512), (16, 512, 512)] {
+        let s = single_op(Op::MatMul, &[m, k], vec![tensor(&[k, n])], 1);
+        let x = tensor(&[m, k]);
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        group.bench_function(format!("{m}x{k}x{n}"), |b| {
+            b.iter(|| s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn conv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv3x3");
+    for (ch, hw) in [(64, 56), (128, 28)] {
+        let window = Window { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] };
+        let s = single_op(Op::Conv { window, group: 1 }, &[1, ch, hw, hw], vec![tensor(&[ch, ch, 3, 3])], 1);
+        let x = tensor(&[1, ch, hw, hw]);
+        group.throughput(Throughput::Elements((2 * ch * ch * 9 * hw * hw) as u64));
+        group.bench_function(format!("c{ch}_{hw}x{hw}"), |b| {
+            b.iter(|| s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = matmul, conv
+}
+criterion_main!(benches);
