@@ -97,8 +97,10 @@ pub struct Case {
 }
 
 fn read_pb(p: &Path) -> Result<Tensor, String> {
-    let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    kiln::read_tensor_proto(&bytes).map_err(|e| format!("{}: {e}", p.display()))
+    // Name the file by its last components only, so messages do not depend on the checkout.
+    let short: PathBuf = p.components().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect();
+    let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", short.display()))?;
+    kiln::read_tensor_proto(&bytes).map_err(|e| format!("{}: {e}", short.display()))
 }
 
 /// Loads `<dir>/model.onnx` and `<dir>/test_data_set_0/{input,output}_<i>.pb`.

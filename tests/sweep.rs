@@ -63,9 +63,9 @@ fn main() {
                 manifest.push_str(name);
                 manifest.push('\n');
             }
-            (Err(err), Some(why)) => {
-                let _ = err;
-                ignored.push_str(&format!("{name}\t{why}\n"));
+            (Err(err), Some(_)) => {
+                let short: String = err.replace(['\n', '\t'], " ").chars().take(160).collect();
+                ignored.push_str(&format!("{name}\t{short}\n"));
             }
             (Err(err), None) => {
                 let short: String = err.replace(['\n', '\t'], " ").chars().take(160).collect();

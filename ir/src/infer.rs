@@ -61,6 +61,63 @@ fn pool_shape(x: &TensorType, window: &crate::op::Window, ceil_mode: bool, out_c
     }
 }
 
+/// GatherElements / ScatterElements: integer indices of the data's rank, no larger than the
+/// data outside `axis`.
+fn elements_shapes(op: &Op, x: &TensorType, idx: &TensorType, axis: usize) -> Result<(), String> {
+    if !idx.dtype.is_int() {
+        return Err(format!("{} indices must be integers, got {}", op.name(), idx.dtype));
+    }
+    if axis >= x.rank() || idx.rank() != x.rank() {
+        return Err(format!(
+            "{} needs indices of the data's rank and axis < rank: data {:?}, indices {:?}, axis {axis}",
+            op.name(),
+            x.shape,
+            idx.shape
+        ));
+    }
+    if (0..x.rank()).any(|d| d != axis && idx.shape[d] > x.shape[d]) {
+        return Err(format!("indices shape {:?} exceeds data shape {:?} outside axis {axis}", idx.shape, x.shape));
+    }
+    Ok(())
+}
+
+/// GatherND / ScatterND: `(batch_dims, m)` where m is the indices' last dimension.
+fn nd_shapes(op: &Op, x: &TensorType, idx: &TensorType, b: usize) -> Result<(usize, usize), String> {
+    if !idx.dtype.is_int() {
+        return Err(format!("{} indices must be integers, got {}", op.name(), idx.dtype));
+    }
+    let q = idx.rank();
+    if q == 0 || b >= q || b > x.rank() {
+        return Err(format!("{} indices of shape {:?} invalid (batch_dims {b})", op.name(), idx.shape));
+    }
+    let m = idx.shape[q - 1];
+    if m == 0 || b + m > x.rank() || idx.shape[..b] != x.shape[..b] {
+        return Err(format!(
+            "{} indices of shape {:?} do not fit data of shape {:?} (batch_dims {b})",
+            op.name(),
+            idx.shape,
+            x.shape
+        ));
+    }
+    Ok((b, m))
+}
+
+fn scatter_dtype(
+    op: &Op,
+    x: &TensorType,
+    upd: &TensorType,
+    reduction: crate::op::ScatterReduction,
+) -> Result<(), String> {
+    if upd.dtype != x.dtype {
+        return Err(format!("updates dtype {} differs from data dtype {}", upd.dtype, x.dtype));
+    }
+    use crate::op::ScatterReduction as S;
+    if x.dtype == DType::Bool && matches!(reduction, S::Add | S::Mul) {
+        return Err(format!("{} with reduction {} is not defined on bool", op.name(), reduction.name()));
+    }
+    Ok(())
+}
+
 /// Output types of `op` applied to inputs of types `inputs`.
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
     use Op::*;
@@ -188,6 +245,34 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
                 }
             }
             one(TensorType::new(x.dtype, pool_shape(x, window, false, w.shape[0])?))
+        }
+        ConvTranspose { kernel, strides, dilations, out_hw, group, .. } => {
+            arity(op, inputs, 2, 3)?;
+            let (x, w) = (inputs[0], inputs[1]);
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            if w.rank() != 4 || x.rank() != 4 {
+                return Err(format!("conv_transpose needs 4-D input and weights, got {:?} and {:?}", x.shape, w.shape));
+            }
+            if *group == 0 || x.shape[1] != w.shape[0] || w.shape[0] % group != 0 {
+                return Err(format!(
+                    "conv_transpose channels do not match: input {:?}, weights {:?}, group {group}",
+                    x.shape, w.shape
+                ));
+            }
+            if [w.shape[2], w.shape[3]] != *kernel || strides.contains(&0) || dilations.contains(&0) {
+                return Err(format!(
+                    "conv_transpose kernel {kernel:?} (weights {:?}), strides {strides:?}, dilations {dilations:?} invalid",
+                    w.shape
+                ));
+            }
+            let m = w.shape[1].checked_mul(*group).ok_or("conv_transpose output channels overflow")?;
+            if let Some(b) = inputs.get(2) {
+                if b.shape != [m] {
+                    return Err(format!("conv_transpose bias must have shape [{m}], got {:?}", b.shape));
+                }
+            }
+            one(TensorType::new(x.dtype, vec![x.shape[0], m, out_hw[0], out_hw[1]]))
         }
         MaxPoolIndices { window, ceil_mode, .. } => {
             arity(op, inputs, 1, 1)?;
@@ -341,6 +426,120 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             s.extend_from_slice(&idx.shape);
             s.extend_from_slice(&x.shape[axis + 1..]);
             one(TensorType::new(x.dtype, s))
+        }
+        RoiAlign { out_hw, sampling_ratio, .. } => {
+            arity(op, inputs, 3, 3)?;
+            let (x, rois, bi) = (inputs[0], inputs[1], inputs[2]);
+            want_float(op, x)?;
+            same_dtype(&inputs[..2])?;
+            let r = bi.shape.first().copied().unwrap_or(0);
+            if x.rank() != 4 || rois.shape != [r, 4] || bi.rank() != 1 || !bi.dtype.is_int() || *sampling_ratio == 0 {
+                return Err(format!(
+                    "roi_align needs input [N,C,H,W], rois [R,4], integer batch indices [R] and a positive sampling ratio, got {:?}, {:?}, {:?}",
+                    x.shape, rois.shape, bi.shape
+                ));
+            }
+            if x.shape[2] == 0 || x.shape[3] == 0 {
+                return Err(format!("roi_align input {:?} has an empty plane", x.shape));
+            }
+            one(TensorType::new(x.dtype, vec![r, x.shape[1], out_hw[0], out_hw[1]]))
+        }
+        GridSample { .. } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, grid) = (inputs[0], inputs[1]);
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            let r = x.rank();
+            if !(r == 4 || r == 5)
+                || x.shape[2..].contains(&0)
+                || grid.rank() != r
+                || grid.shape[0] != x.shape[0]
+                || grid.shape[r - 1] != r - 2
+            {
+                return Err(format!(
+                    "grid_sample needs input [N,C,spatial..] (2 or 3 spatial axes) and grid [N,out..,{}], got {:?} and {:?}",
+                    r.saturating_sub(2),
+                    x.shape,
+                    grid.shape
+                ));
+            }
+            let mut s = x.shape[..2].to_vec();
+            s.extend_from_slice(&grid.shape[1..r - 1]);
+            one(TensorType::new(x.dtype, s))
+        }
+        IsNaN | IsInf { .. } => {
+            arity(op, inputs, 1, 1)?;
+            want_float(op, inputs[0])?;
+            one(TensorType::new(DType::Bool, inputs[0].shape.clone()))
+        }
+        ArgReduce { axis, keepdims, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if x.dtype == DType::Bool {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
+            if *axis >= x.rank() {
+                return Err(format!("axis {axis} out of range for rank {}", x.rank()));
+            }
+            if x.shape[*axis] == 0 {
+                return Err(format!("{} over an empty axis", op.name()));
+            }
+            let mut s = x.shape.clone();
+            if *keepdims {
+                s[*axis] = 1;
+            } else {
+                s.remove(*axis);
+            }
+            one(TensorType::new(DType::I64, s))
+        }
+        TopKIndices { axis, k, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if x.dtype == DType::Bool {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
+            if *axis >= x.rank() || *k > x.shape[*axis] {
+                return Err(format!("top_k of {k} along axis {axis} does not fit shape {:?}", x.shape));
+            }
+            let mut s = x.shape.clone();
+            s[*axis] = *k;
+            one(TensorType::new(DType::I64, s))
+        }
+        GatherElements { axis } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, idx) = (inputs[0], inputs[1]);
+            elements_shapes(op, x, idx, *axis)?;
+            one(TensorType::new(x.dtype, idx.shape.clone()))
+        }
+        ScatterElements { axis, reduction } => {
+            arity(op, inputs, 3, 3)?;
+            let (x, idx, upd) = (inputs[0], inputs[1], inputs[2]);
+            elements_shapes(op, x, idx, *axis)?;
+            scatter_dtype(op, x, upd, *reduction)?;
+            if upd.shape != idx.shape {
+                return Err(format!("updates shape {:?} differs from indices shape {:?}", upd.shape, idx.shape));
+            }
+            one(x.clone())
+        }
+        GatherNd { batch_dims } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, idx) = (inputs[0], inputs[1]);
+            let (b, m) = nd_shapes(op, x, idx, *batch_dims)?;
+            let mut s: Shape = idx.shape[..idx.rank() - 1].to_vec();
+            s.extend_from_slice(&x.shape[b + m..]);
+            one(TensorType::new(x.dtype, s))
+        }
+        ScatterNd { reduction } => {
+            arity(op, inputs, 3, 3)?;
+            let (x, idx, upd) = (inputs[0], inputs[1], inputs[2]);
+            let (_, k) = nd_shapes(op, x, idx, 0)?;
+            scatter_dtype(op, x, upd, *reduction)?;
+            let mut s: Shape = idx.shape[..idx.rank() - 1].to_vec();
+            s.extend_from_slice(&x.shape[k..]);
+            if upd.shape != s {
+                return Err(format!("updates shape {:?} must be {s:?}", upd.shape));
+            }
+            one(x.clone())
         }
         Expand { shape } => {
             arity(op, inputs, 1, 1)?;

@@ -64,6 +64,80 @@ pub enum UnaryOp {
     },
 }
 
+/// How ScatterElements / ScatterND combine an update with the element it lands on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScatterReduction {
+    /// Replace (with duplicate indices, the last update in row-major order wins).
+    None,
+    Add,
+    Mul,
+    Max,
+    Min,
+}
+
+impl ScatterReduction {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScatterReduction::None => "none",
+            ScatterReduction::Add => "add",
+            ScatterReduction::Mul => "mul",
+            ScatterReduction::Max => "max",
+            ScatterReduction::Min => "min",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<ScatterReduction> {
+        Some(match s {
+            "none" => ScatterReduction::None,
+            "add" => ScatterReduction::Add,
+            "mul" => ScatterReduction::Mul,
+            "max" => ScatterReduction::Max,
+            "min" => ScatterReduction::Min,
+            _ => return None,
+        })
+    }
+}
+
+/// GridSample's interpolation and padding modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GridMode {
+    Nearest,
+    Linear,
+    Cubic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GridPadding {
+    Zeros,
+    Border,
+    Reflection,
+}
+
+impl GridMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            GridMode::Nearest => "nearest",
+            GridMode::Linear => "linear",
+            GridMode::Cubic => "cubic",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<GridMode> {
+        [GridMode::Nearest, GridMode::Linear, GridMode::Cubic].into_iter().find(|m| m.name() == s)
+    }
+}
+
+impl GridPadding {
+    pub fn name(self) -> &'static str {
+        match self {
+            GridPadding::Zeros => "zeros",
+            GridPadding::Border => "border",
+            GridPadding::Reflection => "reflection",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<GridPadding> {
+        [GridPadding::Zeros, GridPadding::Border, GridPadding::Reflection].into_iter().find(|m| m.name() == s)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
     Sum,
@@ -132,6 +206,19 @@ pub enum Op {
         window: Window,
         group: usize,
     },
+    /// 2-D transposed convolution: NCHW input `[N, C, H, W]`, weights `[C, M/group, kH, kW]`,
+    /// optional bias `[M]`. Along each spatial axis, input position `i` reaches output
+    /// position `o = i·stride + t·dilation − pad` through tap `t`; `pads` are the begin pads
+    /// (negative when the output is extended at the start) and `out_hw` the output extents
+    /// (both resolved by the importer from pads, output_padding, output_shape and auto_pad).
+    ConvTranspose {
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+        pads: [i64; 2],
+        out_hw: [usize; 2],
+        group: usize,
+    },
     MaxPool {
         window: Window,
         ceil_mode: bool,
@@ -192,6 +279,66 @@ pub enum Op {
     /// Gather along `axis` with an integer index tensor (negative indices wrap).
     Gather {
         axis: usize,
+    },
+    /// GatherElements: `out[i] = x[i with i[axis] := idx[i]]` (negative indices wrap); the
+    /// result has the indices' shape.
+    GatherElements {
+        axis: usize,
+    },
+    /// GatherND: the last indices dimension (length m) indexes data dimensions
+    /// `batch_dims..batch_dims + m`; the first `batch_dims` dimensions are shared.
+    GatherNd {
+        batch_dims: usize,
+    },
+    /// ScatterElements: inputs data, indices, updates (same shape as indices); the result is
+    /// data with `out[u with u[axis] := idx[u]] (op)= updates[u]`.
+    ScatterElements {
+        axis: usize,
+        reduction: ScatterReduction,
+    },
+    /// ScatterND: inputs data, indices `[.., k]`, updates `indices.shape[..-1] ++ data.shape[k..]`.
+    ScatterNd {
+        reduction: ScatterReduction,
+    },
+    /// GridSample (2-D or 3-D): input `[N, C, (D,) H, W]`, grid `[N, (Do,) Ho, Wo, 2 or 3]`
+    /// of normalized (x, y(, z)) coordinates in [-1, 1]; ONNX reference semantics.
+    GridSample {
+        mode: GridMode,
+        padding: GridPadding,
+        align_corners: bool,
+    },
+    /// RoiAlign: input `[N, C, H, W]`, rois `[R, 4]` (x1, y1, x2, y2), batch indices `[R]`;
+    /// result `[R, C, out_h, out_w]`, averaging (or, with `max`, taking the largest of) a fixed
+    /// `sampling_ratio`² grid of bilinear samples per bin, as ONNX's reference does.
+    RoiAlign {
+        out_hw: [usize; 2],
+        sampling_ratio: usize,
+        spatial_scale: f32,
+        max: bool,
+        half_pixel: bool,
+    },
+    /// Elementwise NaN test (bool result).
+    IsNaN,
+    /// Elementwise infinity test (bool result): `-inf` counts when `negative`, `+inf` when
+    /// `positive`.
+    IsInf {
+        negative: bool,
+        positive: bool,
+    },
+    /// ArgMax (`max`) / ArgMin along `axis`: the i64 index of the first (`select_last`: last)
+    /// extreme element.
+    ArgReduce {
+        max: bool,
+        axis: usize,
+        keepdims: bool,
+        select_last: bool,
+    },
+    /// TopK's indices: along `axis`, the positions of the `k` largest (or smallest) elements,
+    /// in order (ties: the lower position first). TopK's values are a GatherElements of them.
+    TopKIndices {
+        axis: usize,
+        k: usize,
+        largest: bool,
     },
     /// Broadcast to a shape.
     Expand {
@@ -255,6 +402,7 @@ impl Op {
             Op::MatMul => "matmul",
             Op::Gemm { .. } => "gemm",
             Op::Conv { .. } => "conv",
+            Op::ConvTranspose { .. } => "conv_transpose",
             Op::MaxPool { .. } => "max_pool",
             Op::MaxPoolIndices { .. } => "max_pool_indices",
             Op::AveragePool { .. } => "average_pool",
@@ -275,6 +423,17 @@ impl Op {
             Op::Slice { .. } => "slice",
             Op::Gather { .. } => "gather",
             Op::Expand { .. } => "expand",
+            Op::GatherElements { .. } => "gather_elements",
+            Op::GatherNd { .. } => "gather_nd",
+            Op::ScatterElements { .. } => "scatter_elements",
+            Op::ScatterNd { .. } => "scatter_nd",
+            Op::IsNaN => "is_nan",
+            Op::RoiAlign { .. } => "roi_align",
+            Op::GridSample { .. } => "grid_sample",
+            Op::TopKIndices { .. } => "top_k_indices",
+            Op::IsInf { .. } => "is_inf",
+            Op::ArgReduce { max: true, .. } => "arg_max",
+            Op::ArgReduce { max: false, .. } => "arg_min",
             Op::Identity => "identity",
             Op::Unsupported { .. } => "unsupported",
         }
@@ -282,6 +441,9 @@ impl Op {
 
     /// Elementwise ops (one output element from the same-index elements of the broadcast inputs).
     pub fn is_elementwise(&self) -> bool {
-        matches!(self, Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. })
+        matches!(
+            self,
+            Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. } | Op::IsNaN | Op::IsInf { .. }
+        )
     }
 }

@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-use crate::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp, Window};
+use crate::op::{BinaryOp, CmpOp, GridMode, GridPadding, ReduceOp, ScatterReduction, UnaryOp, Window};
 use crate::{numel, DType, Data, Graph, Op, Tensor, TensorType, ValueId};
 
 /// Constants with at most this many elements are printed inline (and can be parsed back).
@@ -92,7 +92,7 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Unary(UnaryOp::Clip { lo, hi }) => {
             vec![("lo", format!("{lo:?}")), ("hi", format!("{hi:?}"))]
         }
-        Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity => {
+        Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity | Op::IsNaN => {
             vec![]
         }
         Op::Cast { to } => vec![("to", to.name().to_string())],
@@ -107,6 +107,14 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             a.push(("group", group.to_string()));
             a
         }
+        Op::ConvTranspose { kernel, strides, dilations, pads, out_hw, group } => vec![
+            ("kernel", list(kernel)),
+            ("strides", list(strides)),
+            ("dilations", list(dilations)),
+            ("pads", list(pads)),
+            ("out_hw", list(out_hw)),
+            ("group", group.to_string()),
+        ],
         Op::MaxPool { window, ceil_mode } => {
             let mut a = window_attrs(window);
             a.push(("ceil_mode", ceil_mode.to_string()));
@@ -139,6 +147,35 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Slice { starts, steps, out_shape } => {
             vec![("starts", list(starts)), ("steps", list(steps)), ("out_shape", list(out_shape))]
         }
+        Op::GatherElements { axis } => vec![("axis", axis.to_string())],
+        Op::TopKIndices { axis, k, largest } => {
+            vec![("axis", axis.to_string()), ("k", k.to_string()), ("largest", largest.to_string())]
+        }
+        Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel } => vec![
+            ("out_hw", list(out_hw)),
+            ("sampling_ratio", sampling_ratio.to_string()),
+            ("spatial_scale", f(*spatial_scale)),
+            ("max", max.to_string()),
+            ("half_pixel", half_pixel.to_string()),
+        ],
+        Op::GridSample { mode, padding, align_corners } => vec![
+            ("mode", mode.name().to_string()),
+            ("padding", padding.name().to_string()),
+            ("align_corners", align_corners.to_string()),
+        ],
+        Op::GatherNd { batch_dims } => vec![("batch_dims", batch_dims.to_string())],
+        Op::ScatterElements { axis, reduction } => {
+            vec![("axis", axis.to_string()), ("reduction", reduction.name().to_string())]
+        }
+        Op::ScatterNd { reduction } => vec![("reduction", reduction.name().to_string())],
+        Op::IsInf { negative, positive } => {
+            vec![("negative", negative.to_string()), ("positive", positive.to_string())]
+        }
+        Op::ArgReduce { axis, keepdims, select_last, .. } => vec![
+            ("axis", axis.to_string()),
+            ("keepdims", keepdims.to_string()),
+            ("select_last", select_last.to_string()),
+        ],
         Op::Unsupported { op_type, domain, opset } => {
             vec![("op_type", quote(op_type)), ("domain", quote(domain)), ("opset", opset.to_string())]
         }
@@ -349,6 +386,10 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
     let reduce = |a: &mut Attrs, op| -> Result<Op, String> {
         Ok(Op::Reduce { op, axes: a.list("axes")?, keepdims: a.word("keepdims")? })
     };
+    let scatter_red = |a: &mut Attrs| -> Result<ScatterReduction, String> {
+        let r: String = a.word("reduction")?;
+        ScatterReduction::from_name(&r).ok_or_else(|| format!("unknown reduction `{r}`"))
+    };
     Ok(match name {
         "add" => Op::Binary(B::Add),
         "sub" => Op::Binary(B::Sub),
@@ -396,6 +437,17 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
             trans_b: a.word("trans_b")?,
         },
         "conv" => Op::Conv { window: a.window()?, group: a.word("group")? },
+        "conv_transpose" => {
+            let pads: Vec<i64> = a.list("pads")?;
+            Op::ConvTranspose {
+                kernel: a.array("kernel")?,
+                strides: a.array("strides")?,
+                dilations: a.array("dilations")?,
+                pads: pads.try_into().map_err(|_| "attribute `pads` needs 2 values".to_string())?,
+                out_hw: a.array("out_hw")?,
+                group: a.word("group")?,
+            }
+        }
         "max_pool" => Op::MaxPool { window: a.window()?, ceil_mode: a.word("ceil_mode")? },
         "max_pool_indices" => Op::MaxPoolIndices {
             window: a.window()?,
@@ -425,6 +477,34 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "gather" => Op::Gather { axis: a.word("axis")? },
         "expand" => Op::Expand { shape: a.list("shape")? },
         "identity" => Op::Identity,
+        "gather_elements" => Op::GatherElements { axis: a.word("axis")? },
+        "gather_nd" => Op::GatherNd { batch_dims: a.word("batch_dims")? },
+        "scatter_elements" => Op::ScatterElements { axis: a.word("axis")?, reduction: scatter_red(a)? },
+        "scatter_nd" => Op::ScatterNd { reduction: scatter_red(a)? },
+        "is_nan" => Op::IsNaN,
+        "roi_align" => Op::RoiAlign {
+            out_hw: a.array("out_hw")?,
+            sampling_ratio: a.word("sampling_ratio")?,
+            spatial_scale: a.word("spatial_scale")?,
+            max: a.word("max")?,
+            half_pixel: a.word("half_pixel")?,
+        },
+        "grid_sample" => {
+            let (m, p): (String, String) = (a.word("mode")?, a.word("padding")?);
+            Op::GridSample {
+                mode: GridMode::from_name(&m).ok_or_else(|| format!("unknown mode `{m}`"))?,
+                padding: GridPadding::from_name(&p).ok_or_else(|| format!("unknown padding `{p}`"))?,
+                align_corners: a.word("align_corners")?,
+            }
+        }
+        "top_k_indices" => Op::TopKIndices { axis: a.word("axis")?, k: a.word("k")?, largest: a.word("largest")? },
+        "is_inf" => Op::IsInf { negative: a.word("negative")?, positive: a.word("positive")? },
+        "arg_max" | "arg_min" => Op::ArgReduce {
+            max: name == "arg_max",
+            axis: a.word("axis")?,
+            keepdims: a.word("keepdims")?,
+            select_last: a.word("select_last")?,
+        },
         "unsupported" => {
             Op::Unsupported { op_type: a.string("op_type")?, domain: a.string("domain")?, opset: a.word("opset")? }
         }
@@ -816,6 +896,16 @@ mod tests {
         let w = g.add_const("w", Tensor::f32(vec![2, 2, 2, 1], vec![0.0; 8]));
         let window = Window { kernel: [2, 1], strides: [2, 1], pads: [1, 0, 2, 1], dilations: [1, 2] };
         node(&mut g, Op::Conv { window: window.clone(), group: 2 }, &[x, w], "");
+        let wt = g.add_const("wt", Tensor::f32(vec![4, 1, 2, 1], vec![0.5; 8]));
+        let ct = Op::ConvTranspose {
+            kernel: [2, 1],
+            strides: [2, 1],
+            dilations: [1, 2],
+            pads: [-1, 0],
+            out_hw: [11, 5],
+            group: 2,
+        };
+        node(&mut g, ct, &[x, wt], "");
         node(&mut g, Op::MaxPool { window: window.clone(), ceil_mode: true }, &[x], "");
         node(&mut g, Op::MaxPoolIndices { window: window.clone(), ceil_mode: true, column_major: true }, &[x], "");
         node(&mut g, Op::AveragePool { window, ceil_mode: false, count_include_pad: true }, &[x], "");
@@ -838,6 +928,24 @@ mod tests {
         node(&mut g, Op::Concat { axis: 1 }, &[a, a, a], "");
         node(&mut g, Op::Slice { starts: vec![1, 2], steps: vec![-1, -2], out_shape: vec![2, 2] }, &[a], "");
         node(&mut g, Op::Gather { axis: 1 }, &[a, idx], "");
+        node(&mut g, Op::GatherElements { axis: 0 }, &[a, i], "");
+        let idx1 = g.add_const("idx1", Tensor::i64(vec![2, 1], vec![1, 0]));
+        node(&mut g, Op::GatherNd { batch_dims: 1 }, &[a, idx1], "");
+        node(&mut g, Op::ScatterElements { axis: 1, reduction: ScatterReduction::Max }, &[a, i, a], "");
+        let upd = g.add_const("upd", Tensor::f32(vec![2, 3], vec![0.5; 6]));
+        node(&mut g, Op::ScatterNd { reduction: ScatterReduction::None }, &[a, idx1, upd], "");
+        node(&mut g, Op::IsNaN, &[a], "");
+        let rois = g.add_const("rois", Tensor::f32(vec![1, 4], vec![0.0, 0.5, 3.0, 4.0]));
+        let bi = g.add_const("bi", Tensor::i64(vec![1], vec![0]));
+        let ra = Op::RoiAlign { out_hw: [2, 3], sampling_ratio: 2, spatial_scale: 0.5, max: true, half_pixel: false };
+        node(&mut g, ra, &[x, rois, bi], "");
+        let grid = g.add_const("grid", Tensor::f32(vec![1, 1, 2, 2], vec![-1.0, 0.5, 0.25, 1.0]));
+        let gs = Op::GridSample { mode: GridMode::Cubic, padding: GridPadding::Reflection, align_corners: true };
+        node(&mut g, gs, &[x, grid], "");
+        node(&mut g, Op::TopKIndices { axis: 1, k: 2, largest: false }, &[a], "");
+        node(&mut g, Op::IsInf { negative: true, positive: false }, &[a], "");
+        node(&mut g, Op::ArgReduce { max: true, axis: 1, keepdims: true, select_last: false }, &[a], "");
+        node(&mut g, Op::ArgReduce { max: false, axis: 0, keepdims: false, select_last: true }, &[a], "");
         let e = node(&mut g, Op::Expand { shape: vec![4, 1, 1] }, &[a], "");
         g.set_fused(e, true);
         let id = node(&mut g, Op::Identity, &[e], "");
@@ -871,7 +979,7 @@ mod tests {
         assert_eq!(consts(&g), consts(&h));
         assert_eq!(g.name, h.name);
         let names: std::collections::BTreeSet<&str> = g.order().iter().map(|&n| g.node(n).op.name()).collect();
-        assert_eq!(names.len(), 58, "every op kind appears: {names:?}");
+        assert_eq!(names.len(), 70, "every op kind appears: {names:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use kiln_ir::lir::{Buffer, BufferId, BufferKind, Combine, Expr, Instr, Kernel, Program, Reduction, Scalar, View};
-use kiln_ir::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use kiln_ir::op::{BinaryOp, CmpOp, GridMode, GridPadding, ReduceOp, ScatterReduction, UnaryOp};
 use kiln_ir::{strides_of, DType, Graph, Op, TensorType, ValueDef, ValueId};
 
 use crate::PassError;
@@ -40,6 +40,29 @@ fn window_input_index(window: &kiln_ir::Window, a: usize, tap: Expr) -> Expr {
     let base = Expr::mul(Expr::Var(2 + a), Expr::i64(window.strides[a] as i64));
     let off = Expr::mul(tap, Expr::i64(window.dilations[a] as i64));
     Expr::sub(Expr::add(base, off), Expr::i64(window.pads[a] as i64))
+}
+
+/// An integer index (any int dtype) as i64, negative values wrapped by `dim`.
+fn wrap(raw: Expr, dim: Expr) -> Expr {
+    let raw = Expr::cast(DType::I64, raw);
+    Expr::select(Expr::cmp(CmpOp::Less, raw.clone(), Expr::i64(0)), Expr::add(raw.clone(), dim), raw)
+}
+
+/// [`wrap`], then clamped into `[0, dim)` so that a bad index never reads outside memory
+/// (the check kernel reports it).
+fn wrap_clamp(raw: Expr, dim: Expr) -> Expr {
+    let w = wrap(raw, dim.clone());
+    let hi = Expr::bin(BinaryOp::Max, Expr::sub(dim, Expr::i64(1)), Expr::i64(0));
+    Expr::bin(BinaryOp::Min, Expr::bin(BinaryOp::Max, w, Expr::i64(0)), hi)
+}
+
+/// `dims[t]` where `t` is the value of `sel` (a small select chain).
+fn nd_dim_expr(dims: &[i64], sel: Expr) -> Expr {
+    let mut e = Expr::i64(*dims.last().expect("at least one indexed dimension"));
+    for (t, &d) in dims.iter().enumerate().rev().skip(1) {
+        e = Expr::select(Expr::cmp(CmpOp::Equal, sel.clone(), Expr::i64(t as i64)), Expr::i64(d), e);
+    }
+    e
 }
 
 fn vars(range: std::ops::Range<usize>) -> Vec<Expr> {
@@ -77,6 +100,20 @@ pub fn elementwise_body(op: &Op, mut args: Vec<Expr>) -> Expr {
             Expr::select(args.pop().unwrap(), a, b)
         }
         Op::Identity => args.pop().unwrap(),
+        Op::IsNaN => {
+            let x = args.pop().unwrap();
+            Expr::unary(UnaryOp::Not, Expr::cmp(CmpOp::Equal, x.clone(), x))
+        }
+        Op::IsInf { negative, positive } => {
+            let x = args.pop().unwrap();
+            let eq = |v: f32| Expr::cmp(CmpOp::Equal, x.clone(), Expr::f32(v));
+            match (negative, positive) {
+                (true, true) => Expr::bin(BinaryOp::Or, eq(f32::INFINITY), eq(f32::NEG_INFINITY)),
+                (false, true) => eq(f32::INFINITY),
+                (true, false) => eq(f32::NEG_INFINITY),
+                (false, false) => Expr::Const(Scalar::Bool(false)),
+            }
+        }
         _ => unreachable!("not an elementwise op: {}", op.name()),
     }
 }
@@ -119,7 +156,14 @@ impl<'g> Lowerer<'g> {
         let out_shape = out.extents.clone();
         let rank = out_shape.len();
         match op {
-            Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Cast { .. } | Op::Where | Op::Identity => {
+            Op::Binary(_)
+            | Op::Compare(_)
+            | Op::Unary(_)
+            | Op::Cast { .. }
+            | Op::Where
+            | Op::Identity
+            | Op::IsNaN
+            | Op::IsInf { .. } => {
                 let views: Vec<View> = ins.iter().map(|v| broadcast_view(v, &out_shape)).collect();
                 let args = (0..views.len()).map(|k| Expr::load(k, vars(0..rank))).collect();
                 let body = elementwise_body(op, args);
@@ -195,6 +239,68 @@ impl<'g> Lowerer<'g> {
                     pad: Some(Scalar::F32(0.0)),
                 };
                 let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(4), Expr::Var(5), Expr::Var(6)]);
+                let mut inputs = vec![x.clone(), w.clone()];
+                let finalize = ins.get(2).map(|b| {
+                    inputs.push(b.clone());
+                    Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
+                });
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: 4,
+                    inputs,
+                    output: out,
+                    body: Expr::mul(xl, wl),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+                });
+            }
+            Op::ConvTranspose { kernel, strides, dilations, pads, group, .. } => {
+                // Gather form: output (oy, ox) sums the taps whose input position
+                // (o + pad − t·dilation) / stride is integral and inside the input.
+                let (x, w) = (&ins[0], &ins[1]);
+                let (cg, mg) = (w.extents[0] / group, w.extents[1]);
+                let mut domain = out_shape.clone();
+                domain.extend([cg, kernel[0], kernel[1]]);
+                let chan = if *group == 1 {
+                    Expr::Var(4)
+                } else {
+                    Expr::add(
+                        Expr::mul(Expr::div(Expr::Var(1), Expr::i64(mg as i64)), Expr::i64(cg as i64)),
+                        Expr::Var(4),
+                    )
+                };
+                let spatial = |a: usize| {
+                    let t = Expr::sub(
+                        Expr::add(Expr::Var(2 + a), Expr::i64(pads[a])),
+                        Expr::mul(Expr::Var(5 + a), Expr::i64(dilations[a] as i64)),
+                    );
+                    let s = strides[a] as i64;
+                    if s == 1 {
+                        return t;
+                    }
+                    let ok = Expr::bin(
+                        BinaryOp::And,
+                        Expr::cmp(CmpOp::GreaterOrEqual, t.clone(), Expr::i64(0)),
+                        Expr::cmp(
+                            CmpOp::Equal,
+                            Expr::bin(BinaryOp::Mod { fmod: true }, t.clone(), Expr::i64(s)),
+                            Expr::i64(0),
+                        ),
+                    );
+                    // -1 is outside the input: the padded load yields 0.
+                    Expr::select(ok, Expr::div(t, Expr::i64(s)), Expr::i64(-1))
+                };
+                let xl = Expr::Load {
+                    operand: 0,
+                    index: vec![Expr::Var(0), chan.clone(), spatial(0), spatial(1)],
+                    pad: Some(Scalar::F32(0.0)),
+                };
+                let wcol = if *group == 1 {
+                    Expr::Var(1)
+                } else {
+                    Expr::bin(BinaryOp::Mod { fmod: true }, Expr::Var(1), Expr::i64(mg as i64))
+                };
+                let wl = Expr::load(1, vec![chan, wcol, Expr::Var(5), Expr::Var(6)]);
                 let mut inputs = vec![x.clone(), w.clone()];
                 let finalize = ins.get(2).map(|b| {
                     inputs.push(b.clone());
@@ -514,8 +620,641 @@ impl<'g> Lowerer<'g> {
                 let v = broadcast_view(&ins[0], &out_shape);
                 self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
             }
+            Op::ArgReduce { max, axis, select_last, .. } => {
+                let x = ins[0].clone();
+                let (a, xr) = (*axis, x.extents.len());
+                let kept: Vec<usize> = (0..xr).filter(|&d| d != a).collect();
+                let kept_shape: Vec<usize> = kept.iter().map(|&d| x.extents[d]).collect();
+                let kr = kept.len();
+                let mut xidx = vec![Expr::Var(0); xr];
+                for (i, &d) in kept.iter().enumerate() {
+                    xidx[d] = Expr::Var(i);
+                }
+                xidx[a] = Expr::Var(kr);
+                let mut domain = kept_shape.clone();
+                domain.push(x.extents[a]);
+                let ext = self.temp(x.dtype, &kept_shape, format!("{name}.extreme"));
+                let (combine, init) = if *max {
+                    (Combine::Max, Scalar::extreme(x.dtype, true))
+                } else {
+                    (Combine::Min, Scalar::extreme(x.dtype, false))
+                };
+                self.emit(Kernel {
+                    name: format!("{name}.extreme"),
+                    domain: domain.clone(),
+                    n_par: kr,
+                    inputs: vec![x.clone()],
+                    output: ext.clone(),
+                    body: Expr::load(0, xidx.clone()),
+                    reduction: Some(Reduction { combine, init, finalize: None }),
+                });
+                // The first (last) position along the axis holding the extreme value.
+                let hit = Expr::cmp(CmpOp::Equal, Expr::load(0, xidx), Expr::load(1, vars(0..kr)));
+                // NaN never wins (float max/min reductions skip it); a row of NaN gives 0.
+                let (combine, none, fin) = if *select_last {
+                    (Combine::Max, -1, Expr::bin(BinaryOp::Max, Expr::Acc, Expr::i64(0)))
+                } else {
+                    (
+                        Combine::Min,
+                        i64::MAX,
+                        Expr::select(Expr::cmp(CmpOp::Equal, Expr::Acc, Expr::i64(i64::MAX)), Expr::i64(0), Expr::Acc),
+                    )
+                };
+                let mut o = out.clone();
+                o.extents = kept_shape.clone();
+                o.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: kr,
+                    inputs: vec![x, ext],
+                    output: o,
+                    body: Expr::select(hit, Expr::Var(kr), Expr::i64(none)),
+                    reduction: Some(Reduction { combine, init: Scalar::I64(none), finalize: Some(fin) }),
+                });
+            }
+            Op::TopKIndices { axis, k, largest } if *k <= 16 && ins[0].extents[*axis] > 64 => {
+                self.lower_top_k_select(ins[0].clone(), out, *axis, *k, *largest, name);
+            }
+            Op::TopKIndices { axis, largest, .. } => {
+                // The rank of each element in the order (value, then position), then for each
+                // output slot j the element whose rank is j (ranks are a permutation).
+                let x = ins[0].clone();
+                let (a, xr) = (*axis, x.extents.len());
+                let n = x.extents[a];
+                let ranks = self.temp(DType::I64, &x.extents, format!("{name}.rank"));
+                let xi = Expr::load(0, vars(0..xr));
+                let mut li = vars(0..xr);
+                li[a] = Expr::Var(xr);
+                let xl = Expr::load(0, li.clone());
+                let ahead = Expr::cmp(if *largest { CmpOp::Greater } else { CmpOp::Less }, xl.clone(), xi.clone());
+                let tie = Expr::bin(
+                    BinaryOp::And,
+                    Expr::cmp(CmpOp::Equal, xl, xi),
+                    Expr::cmp(CmpOp::Less, Expr::Var(xr), Expr::Var(a)),
+                );
+                let before = Expr::bin(BinaryOp::Or, ahead, tie);
+                let mut domain = x.extents.clone();
+                domain.push(n);
+                self.emit(Kernel {
+                    name: format!("{name}.rank"),
+                    domain,
+                    n_par: xr,
+                    inputs: vec![x],
+                    output: ranks.clone(),
+                    body: Expr::select(before, Expr::i64(1), Expr::i64(0)),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+                });
+                let mut domain = out_shape.clone();
+                domain.push(n);
+                let hit = Expr::cmp(CmpOp::Equal, Expr::load(0, li), Expr::Var(a));
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: rank,
+                    inputs: vec![ranks],
+                    output: out,
+                    body: Expr::select(hit, Expr::Var(xr), Expr::i64(0)),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+                });
+            }
+            Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel } => {
+                let (x, rois, bi) = (&ins[0], &ins[1], &ins[2]);
+                let (n, h, w) = (x.extents[0] as i64, x.extents[2] as i64, x.extents[3] as i64);
+                self.index_check(bi, &|_| n, Expr::i64(n), name, "RoiAlign")?;
+                let f = Expr::f32;
+                let fv = |d: usize| Expr::cast(DType::F32, Expr::Var(d));
+                let off = if *half_pixel { 0.5 } else { 0.0 };
+                let roi = |k: i64| {
+                    Expr::sub(Expr::mul(Expr::load(1, vec![Expr::Var(0), Expr::i64(k)]), f(*spatial_scale)), f(off))
+                };
+                let (sw, sh) = (roi(0), roi(1));
+                let mut rw = Expr::sub(roi(2), sw.clone());
+                let mut rh = Expr::sub(roi(3), sh.clone());
+                if !*half_pixel {
+                    rw = Expr::bin(BinaryOp::Max, rw, f(1.0));
+                    rh = Expr::bin(BinaryOp::Max, rh, f(1.0));
+                }
+                let sr = *sampling_ratio as f32;
+                // The sample position along an axis: start + bin·size + (i + 0.5)·size / sr.
+                let sample = |start: Expr, size: Expr, bin: usize, i: usize| {
+                    let step = Expr::div(Expr::mul(Expr::add(fv(i), f(0.5)), size.clone()), f(sr));
+                    Expr::add(Expr::add(start, Expr::mul(fv(bin), size)), step)
+                };
+                let y = sample(sh, Expr::div(rh, f(out_hw[0] as f32)), 2, 4);
+                let xx = sample(sw, Expr::div(rw, f(out_hw[1] as f32)), 3, 5);
+                let lt = |a: Expr, b: Expr| Expr::cmp(CmpOp::Less, a, b);
+                let or = |a: Expr, b: Expr| Expr::bin(BinaryOp::Or, a, b);
+                let outside = or(
+                    or(lt(y.clone(), f(-1.0)), lt(f(h as f32), y.clone())),
+                    or(lt(xx.clone(), f(-1.0)), lt(f(w as f32), xx.clone())),
+                );
+                // (low index, high index, fraction) along an axis of extent `len`.
+                let axis = |v: Expr, len: i64| {
+                    let v = Expr::bin(BinaryOp::Max, v, f(0.0));
+                    let lo = Expr::cast(DType::I64, v.clone());
+                    let edge = Expr::cmp(CmpOp::GreaterOrEqual, lo.clone(), Expr::i64(len - 1));
+                    let frac = Expr::sub(v, Expr::cast(DType::F32, lo.clone()));
+                    (
+                        Expr::select(edge.clone(), Expr::i64(len - 1), lo.clone()),
+                        Expr::select(edge.clone(), Expr::i64(len - 1), Expr::add(lo, Expr::i64(1))),
+                        Expr::select(edge, f(0.0), frac),
+                    )
+                };
+                let (yl, yh, ly) = axis(y, h);
+                let (xl, xh, lx) = axis(xx, w);
+                let (hy, hx) = (Expr::sub(f(1.0), ly.clone()), Expr::sub(f(1.0), lx.clone()));
+                let b = wrap_clamp(Expr::load(2, vec![Expr::Var(0)]), Expr::i64(n));
+                let tap = |yi: Expr, xi: Expr, wy: Expr, wx: Expr| {
+                    let v = Expr::Load {
+                        operand: 0,
+                        index: vec![b.clone(), Expr::Var(1), yi, xi],
+                        pad: Some(Scalar::F32(0.0)),
+                    };
+                    Expr::mul(Expr::select(outside.clone(), f(0.0), Expr::mul(wy, wx)), v)
+                };
+                let t1 = tap(yl.clone(), xl.clone(), hy.clone(), hx.clone());
+                let t2 = tap(yl, xh.clone(), hy, lx.clone());
+                let t3 = tap(yh.clone(), xl, ly.clone(), hx);
+                let t4 = tap(yh, xh, ly, lx);
+                let mut domain = out_shape.clone();
+                domain.extend([*sampling_ratio, *sampling_ratio]);
+                let (body, reduction) = if *max {
+                    let m = |a, b| Expr::bin(BinaryOp::Max, a, b);
+                    (
+                        m(m(t1, t2), m(t3, t4)),
+                        Reduction { combine: Combine::Max, init: Scalar::F32(f32::NEG_INFINITY), finalize: None },
+                    )
+                } else {
+                    let fin = Expr::div(Expr::Acc, f(sr * sr));
+                    (
+                        Expr::add(Expr::add(t1, t2), Expr::add(t3, t4)),
+                        Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: Some(fin) },
+                    )
+                };
+                self.emit(Kernel {
+                    name: name.into(),
+                    domain,
+                    n_par: 4,
+                    inputs: vec![x.clone(), rois.clone(), bi.clone()],
+                    output: out,
+                    body,
+                    reduction: Some(reduction),
+                });
+            }
+            Op::GridSample { mode, padding, align_corners } => {
+                self.lower_grid_sample(ins, out, *mode, *padding, *align_corners, name);
+            }
+            Op::GatherElements { axis } => {
+                let (x, idx) = (&ins[0], &ins[1]);
+                let dim = x.extents[*axis] as i64;
+                self.index_check(idx, &|_| dim, Expr::i64(dim), name, "GatherElements")?;
+                let mut xidx = vars(0..rank);
+                xidx[*axis] = wrap_clamp(Expr::load(1, vars(0..rank)), Expr::i64(dim));
+                self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
+            }
+            Op::GatherNd { batch_dims } => {
+                let (x, idx) = (&ins[0], &ins[1]);
+                let b = *batch_dims;
+                let q = idx.extents.len();
+                let m = idx.extents[q - 1];
+                let dims: Vec<i64> = (0..m).map(|t| x.extents[b + t] as i64).collect();
+                let dim_expr = nd_dim_expr(&dims, Expr::Var(q - 1));
+                self.index_check(idx, &|mi: &[usize]| dims[mi[q - 1]], dim_expr, name, "GatherND")?;
+                let mut xidx = vars(0..b);
+                for (t, &d) in dims.iter().enumerate() {
+                    let mut ii = vars(0..q - 1);
+                    ii.push(Expr::i64(t as i64));
+                    xidx.push(wrap_clamp(Expr::load(1, ii), Expr::i64(d)));
+                }
+                xidx.extend(vars(q - 1..rank));
+                self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
+            }
+            Op::ScatterElements { axis, reduction } => {
+                let (x, idx, upd) = (&ins[0], &ins[1], &ins[2]);
+                let a = *axis;
+                let dim = x.extents[a] as i64;
+                self.index_check(idx, &|_| dim, Expr::i64(dim), name, "ScatterElements")?;
+                // For output element p, the candidate updates are u = p with u[axis] = j.
+                let mut u = vars(0..rank);
+                u[a] = Expr::Var(rank);
+                let raw = Expr::Load { operand: 1, index: u.clone(), pad: Some(Scalar::extreme(idx.dtype, true)) };
+                let hit = Expr::cmp(CmpOp::Equal, wrap(raw, Expr::i64(dim)), Expr::Var(a));
+                let mut domain = out_shape.clone();
+                domain.push(idx.extents[a]);
+                let flat_u = Expr::Var(rank);
+                let decode = |last: Expr| {
+                    let mut ui = vars(0..rank);
+                    ui[a] = last;
+                    ui
+                };
+                self.lower_scatter(
+                    name,
+                    *reduction,
+                    out,
+                    [x.clone(), idx.clone(), upd.clone()],
+                    domain,
+                    hit,
+                    u,
+                    flat_u,
+                    &decode,
+                );
+            }
+            Op::ScatterNd { reduction } => {
+                let (x, idx, upd) = (&ins[0], &ins[1], &ins[2]);
+                let q = idx.extents.len();
+                let k = idx.extents[q - 1];
+                let dims: Vec<i64> = (0..k).map(|t| x.extents[t] as i64).collect();
+                let dim_expr = nd_dim_expr(&dims, Expr::Var(q - 1));
+                self.index_check(idx, &|mi: &[usize]| dims[mi[q - 1]], dim_expr, name, "ScatterND")?;
+                let nu = q - 1;
+                let mut hit = Expr::Const(Scalar::Bool(true));
+                for (t, &d) in dims.iter().enumerate() {
+                    let mut ii = vars(rank..rank + nu);
+                    ii.push(Expr::i64(t as i64));
+                    let eq = Expr::cmp(CmpOp::Equal, wrap(Expr::load(1, ii), Expr::i64(d)), Expr::Var(t));
+                    hit = if t == 0 { eq } else { Expr::bin(BinaryOp::And, hit, eq) };
+                }
+                let mut domain = out_shape.clone();
+                domain.extend(&idx.extents[..nu]);
+                let mut u = vars(rank..rank + nu);
+                u.extend(vars(k..rank));
+                let ustr = strides_of(&idx.extents[..nu]);
+                let mut flat_u = Expr::i64(0);
+                for (i, &st) in ustr.iter().enumerate() {
+                    flat_u = Expr::add(flat_u, Expr::mul(Expr::Var(rank + i), Expr::i64(st as i64)));
+                }
+                let uext: Vec<i64> = idx.extents[..nu].iter().map(|&e| e as i64).collect();
+                let decode = |last: Expr| {
+                    let mut ui: Vec<Expr> = ustr
+                        .iter()
+                        .zip(&uext)
+                        .map(|(&st, &e)| {
+                            let qt = Expr::div(last.clone(), Expr::i64(st as i64));
+                            Expr::bin(BinaryOp::Mod { fmod: true }, qt, Expr::i64(e))
+                        })
+                        .collect();
+                    ui.extend(vars(k..rank));
+                    ui
+                };
+                self.lower_scatter(
+                    name,
+                    *reduction,
+                    out,
+                    [x.clone(), idx.clone(), upd.clone()],
+                    domain,
+                    hit,
+                    u,
+                    flat_u,
+                    &decode,
+                );
+            }
             Op::Reshape { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
         }
+        Ok(())
+    }
+
+    /// A scatter in gather form: for each output element `p` (the first `out` rank domain
+    /// variables), reduce over the candidate updates (the remaining domain variables) for
+    /// which `hit` holds; `u` indexes the updates at a candidate. Without a reduction, the
+    /// last hit in row-major order of the updates wins: a first kernel finds its flat
+    /// position `flat_u`, a second one loads the update there (`decode` turns the flat
+    /// position back into an updates index).
+    #[allow(clippy::too_many_arguments)]
+    fn lower_scatter(
+        &mut self,
+        name: &str,
+        red: ScatterReduction,
+        out: View,
+        [x, idx, upd]: [View; 3],
+        domain: Vec<usize>,
+        hit: Expr,
+        u: Vec<Expr>,
+        flat_u: Expr,
+        decode: &dyn Fn(Expr) -> Vec<Expr>,
+    ) {
+        let rank = out.extents.len();
+        let dt = x.dtype;
+        let zero = Scalar::of(dt, 0.0);
+        let upd_at = |index: Vec<Expr>| Expr::Load { operand: 2, index, pad: Some(zero) };
+        let xl = Expr::load(0, vars(0..rank));
+        let (combine, init, op) = match red {
+            ScatterReduction::None => {
+                let last = self.temp(DType::I64, &out.extents, format!("{name}.last"));
+                self.emit(Kernel {
+                    name: format!("{name}.last"),
+                    domain,
+                    n_par: rank,
+                    inputs: vec![x.clone(), idx.clone(), upd.clone()],
+                    output: last.clone(),
+                    body: Expr::select(hit, flat_u, Expr::i64(-1)),
+                    reduction: Some(Reduction { combine: Combine::Max, init: Scalar::I64(-1), finalize: None }),
+                });
+                let l = Expr::load(3, vars(0..rank));
+                let body =
+                    Expr::select(Expr::cmp(CmpOp::GreaterOrEqual, l.clone(), Expr::i64(0)), upd_at(decode(l)), xl);
+                self.emit(elementwise(name, out, vec![x, idx, upd, last], body));
+                return;
+            }
+            ScatterReduction::Add => (Combine::Add, zero, BinaryOp::Add),
+            ScatterReduction::Mul => (Combine::Mul, Scalar::of(dt, 1.0), BinaryOp::Mul),
+            ScatterReduction::Max => (Combine::Max, Scalar::extreme(dt, true), BinaryOp::Max),
+            ScatterReduction::Min => (Combine::Min, Scalar::extreme(dt, false), BinaryOp::Min),
+        };
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: rank,
+            inputs: vec![x, idx, upd],
+            output: out,
+            body: Expr::select(hit, upd_at(u), Expr::Const(init)),
+            reduction: Some(Reduction { combine, init, finalize: Some(Expr::bin(op, xl, Expr::Acc)) }),
+        });
+    }
+
+    /// TopK's indices by repeated selection, for a small `k` along a long axis: step `j`
+    /// finds the extreme value among the elements after the previous pick in the order
+    /// (value, then position), then the first position holding it; each pick is copied
+    /// into its output column.
+    fn lower_top_k_select(&mut self, x: View, out: View, a: usize, k: usize, largest: bool, name: &str) {
+        let xr = x.extents.len();
+        let n = x.extents[a] as i64;
+        let kept: Vec<usize> = (0..xr).filter(|&d| d != a).collect();
+        let kept_shape: Vec<usize> = kept.iter().map(|&d| x.extents[d]).collect();
+        let kr = kept.len();
+        // The x index with the axis position `at`, in a domain [kept..., ...].
+        let at_axis = |at: Expr| {
+            let mut ix = vec![Expr::Var(0); xr];
+            for (i, &d) in kept.iter().enumerate() {
+                ix[d] = Expr::Var(i);
+            }
+            ix[a] = at;
+            ix
+        };
+        let mut domain = kept_shape.clone();
+        domain.push(n as usize);
+        let l = Expr::Var(kr);
+        let xl = Expr::load(0, at_axis(l.clone()));
+        let (ahead, combine) = if largest { (CmpOp::Less, Combine::Max) } else { (CmpOp::Greater, Combine::Min) };
+        let mut picks: Vec<View> = Vec::new();
+        for j in 0..k {
+            // Operands: x, the extreme (step B only), the previous pick (j > 0).
+            let after = |prev_operand: usize| -> Expr {
+                if j == 0 {
+                    return Expr::Const(Scalar::Bool(true));
+                }
+                let ip = Expr::load(prev_operand, vars(0..kr));
+                let vp = Expr::load(0, at_axis(ip.clone()));
+                let later = Expr::bin(
+                    BinaryOp::And,
+                    Expr::cmp(CmpOp::Equal, xl.clone(), vp.clone()),
+                    Expr::cmp(CmpOp::Greater, l.clone(), ip),
+                );
+                Expr::bin(BinaryOp::Or, Expr::cmp(ahead, xl.clone(), vp), later)
+            };
+            let ext = self.temp(x.dtype, &kept_shape, format!("{name}.value{j}"));
+            let mut inputs = vec![x.clone()];
+            inputs.extend(picks.last().cloned());
+            self.emit(Kernel {
+                name: format!("{name}.value{j}"),
+                domain: domain.clone(),
+                n_par: kr,
+                inputs: inputs.clone(),
+                output: ext.clone(),
+                body: Expr::select(after(1), xl.clone(), Expr::Const(Scalar::extreme(x.dtype, largest))),
+                reduction: Some(Reduction { combine, init: Scalar::extreme(x.dtype, largest), finalize: None }),
+            });
+            let pick = self.temp(DType::I64, &kept_shape, format!("{name}.pick{j}"));
+            let mut inputs = vec![x.clone(), ext];
+            inputs.extend(picks.last().cloned());
+            let hit =
+                Expr::bin(BinaryOp::And, after(2), Expr::cmp(CmpOp::Equal, xl.clone(), Expr::load(1, vars(0..kr))));
+            self.emit(Kernel {
+                name: format!("{name}.pick{j}"),
+                domain: domain.clone(),
+                n_par: kr,
+                inputs,
+                output: pick.clone(),
+                body: Expr::select(hit, l.clone(), Expr::i64(i64::MAX)),
+                reduction: Some(Reduction {
+                    combine: Combine::Min,
+                    init: Scalar::I64(i64::MAX),
+                    finalize: Some(Expr::bin(BinaryOp::Min, Expr::Acc, Expr::i64(n - 1))),
+                }),
+            });
+            picks.push(pick);
+        }
+        for (j, pick) in picks.into_iter().enumerate() {
+            let mut o = out.clone();
+            o.offset += j as i64 * out.strides[a];
+            o.extents = kept_shape.clone();
+            o.strides = kept.iter().map(|&d| out.strides[d]).collect();
+            self.emit(elementwise(&format!("{name}.{j}"), o, vec![pick], Expr::load(0, vars(0..kr))));
+        }
+    }
+
+    /// GridSample as a reduction over the interpolation taps (1, 2×2 or 4×4) of each output
+    /// element: coordinates are computed from the grid in the body, as ONNX's reference does.
+    fn lower_grid_sample(
+        &mut self,
+        ins: Vec<View>,
+        out: View,
+        mode: GridMode,
+        padding: GridPadding,
+        align: bool,
+        name: &str,
+    ) {
+        let (x, grid) = (ins[0].clone(), ins[1].clone());
+        let ns = x.extents.len() - 2;
+        let dims: Vec<usize> = x.extents[2..].to_vec();
+        let f = Expr::f32;
+        let fbin = |op, a: Expr, b: Expr| Expr::bin(op, a, b);
+        let lt = |a: Expr, b: Expr| Expr::cmp(CmpOp::Less, a, b);
+        let floor = |a: Expr| Expr::unary(UnaryOp::Floor, a);
+        let border = |a: usize| if align { (0.0, dims[a] as f32 - 1.0) } else { (-0.5, dims[a] as f32 - 0.5) };
+        let reflect = |p: Expr, lo: f32, hi: f32| {
+            let rng = hi - lo;
+            let fold = |dx: Expr, near: f32, far: f32, sign: f32| {
+                let n = floor(Expr::div(dx.clone(), f(rng)));
+                let r = Expr::sub(dx, Expr::mul(n.clone(), f(rng)));
+                let even = Expr::cmp(CmpOp::Equal, Expr::mul(floor(Expr::div(n.clone(), f(2.0))), f(2.0)), n);
+                // Even: near border moved inwards by r; odd: far border moved back by r.
+                Expr::select(
+                    even,
+                    Expr::add(f(near), Expr::mul(f(sign), r.clone())),
+                    Expr::sub(f(far), Expr::mul(f(sign), r)),
+                )
+            };
+            let below = fold(Expr::sub(f(lo), p.clone()), lo, hi, 1.0);
+            let above = fold(Expr::sub(p.clone(), f(hi)), hi, lo, -1.0);
+            Expr::select(lt(p.clone(), f(lo)), below, Expr::select(lt(f(hi), p.clone()), above, p))
+        };
+        // The sampling position along spatial axis a (from grid component ns-1-a: the grid
+        // lists x first).
+        let pos = |a: usize| {
+            let mut gi = vec![Expr::Var(0)];
+            gi.extend(vars(2..2 + ns));
+            gi.push(Expr::i64((ns - 1 - a) as i64));
+            let g = Expr::load(1, gi);
+            let len = dims[a] as f32;
+            let g1 = Expr::add(g, f(1.0));
+            let mut p = if align {
+                Expr::mul(Expr::div(g1, f(2.0)), f(len - 1.0))
+            } else {
+                Expr::div(Expr::sub(Expr::mul(g1, f(len)), f(1.0)), f(2.0))
+            };
+            if mode == GridMode::Nearest {
+                // Round half to even.
+                let r = floor(Expr::add(p.clone(), f(0.5)));
+                let tie = Expr::cmp(CmpOp::Equal, Expr::sub(r.clone(), p), f(0.5));
+                let odd = Expr::cmp(
+                    CmpOp::Equal,
+                    Expr::sub(r.clone(), Expr::mul(floor(Expr::div(r.clone(), f(2.0))), f(2.0))),
+                    f(1.0),
+                );
+                p = Expr::select(fbin(BinaryOp::And, tie, odd), Expr::sub(r.clone(), f(1.0)), r);
+            }
+            let (lo, hi) = border(a);
+            let outside = fbin(BinaryOp::Or, lt(p.clone(), f(lo)), lt(f(hi), p.clone()));
+            match padding {
+                GridPadding::Zeros => p,
+                GridPadding::Border => {
+                    let c = fbin(BinaryOp::Min, fbin(BinaryOp::Max, p.clone(), f(0.0)), f(len - 1.0));
+                    Expr::select(outside, c, p)
+                }
+                GridPadding::Reflection => reflect(p, lo, hi),
+            }
+        };
+        // The element index that an integer tap index reads along axis a.
+        let pixel = |a: usize, i: Expr| -> Expr {
+            let d = dims[a] as i64;
+            match padding {
+                GridPadding::Zeros => i,
+                GridPadding::Border => {
+                    fbin(BinaryOp::Min, fbin(BinaryOp::Max, i, Expr::i64(0)), Expr::i64((d - 1).max(0)))
+                }
+                GridPadding::Reflection => {
+                    let (lo, hi) = border(a);
+                    Expr::cast(DType::I64, reflect(Expr::cast(DType::F32, i), lo, hi))
+                }
+            }
+        };
+        let taps = match mode {
+            GridMode::Nearest => 1,
+            GridMode::Linear => 2,
+            GridMode::Cubic => 4,
+        };
+        // (index, weight) of tap Var(2 + ns + a) along spatial axis a.
+        let tap = |a: usize| -> (Expr, Expr) {
+            let p = pos(a);
+            let t = Expr::Var(2 + ns + a);
+            if mode == GridMode::Nearest {
+                return (pixel(a, Expr::cast(DType::I64, p)), f(1.0));
+            }
+            let x0 = floor(p.clone());
+            let fr = Expr::sub(p, x0.clone());
+            let base = Expr::cast(DType::I64, x0);
+            let is = |k: i64| Expr::cmp(CmpOp::Equal, t.clone(), Expr::i64(k));
+            if mode == GridMode::Linear {
+                let w = Expr::select(is(0), Expr::sub(f(1.0), fr.clone()), fr);
+                return (pixel(a, Expr::add(base, t.clone())), w);
+            }
+            // Keys cubic weights (alpha = -0.75) at distances 1+x, x, 1-x, 2-x.
+            let al = -0.75f32;
+            let x = Expr::unary(UnaryOp::Abs, fr);
+            let outer = |d: Expr| {
+                let inner =
+                    Expr::add(Expr::mul(Expr::sub(Expr::mul(f(al), d.clone()), f(5.0 * al)), d.clone()), f(8.0 * al));
+                Expr::sub(Expr::mul(inner, d), f(4.0 * al))
+            };
+            let near = |d: Expr| {
+                let q = Expr::sub(Expr::mul(f(al + 2.0), d.clone()), f(al + 3.0));
+                Expr::add(Expr::mul(Expr::mul(q, d.clone()), d), f(1.0))
+            };
+            let w = Expr::select(
+                is(0),
+                outer(Expr::add(x.clone(), f(1.0))),
+                Expr::select(
+                    is(1),
+                    near(x.clone()),
+                    Expr::select(is(2), near(Expr::sub(f(1.0), x.clone())), outer(Expr::sub(f(2.0), x))),
+                ),
+            );
+            (pixel(a, Expr::add(Expr::sub(base, Expr::i64(1)), t.clone())), w)
+        };
+        let mut index = vec![Expr::Var(0), Expr::Var(1)];
+        let mut weight: Option<Expr> = None;
+        for a in 0..ns {
+            let (i, w) = tap(a);
+            index.push(i);
+            weight = Some(match weight {
+                None => w,
+                Some(acc) => Expr::mul(acc, w),
+            });
+        }
+        let xl = Expr::Load { operand: 0, index, pad: Some(Scalar::F32(0.0)) };
+        let mut domain = out.extents.clone();
+        domain.extend(vec![taps; ns]);
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: 2 + ns,
+            inputs: vec![x, grid],
+            output: out,
+            body: Expr::mul(weight.expect("at least one spatial axis"), xl),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+        });
+    }
+
+    /// Checks indices from data against `[-dim, dim)`, where the bound may depend on the
+    /// position in the indices (`dim_of` for constant indices, checked now; `dim` as an
+    /// expression over the indices' domain for a check kernel and an `Assert`).
+    fn index_check(
+        &mut self,
+        idx: &View,
+        dim_of: &dyn Fn(&[usize]) -> i64,
+        dim: Expr,
+        name: &str,
+        what: &str,
+    ) -> Result<(), String> {
+        if let BufferKind::Constant(t) = &self.prog.buffer(idx.buffer).kind {
+            let vals = t.to_i64_vec();
+            let shape = &idx.extents;
+            let mut mi = vec![0usize; shape.len()];
+            for &v in vals.iter().take(idx.numel()) {
+                let d = dim_of(&mi);
+                if v < -d || v >= d {
+                    return Err(format!("index {v} is outside [-{d}, {d})"));
+                }
+                for k in (0..shape.len()).rev() {
+                    mi[k] += 1;
+                    if mi[k] < shape[k] {
+                        break;
+                    }
+                    mi[k] = 0;
+                }
+            }
+            return Ok(());
+        }
+        let ri = idx.extents.len();
+        let flag = self.temp(DType::I64, &[], format!("{name}.bad_indices"));
+        let v = Expr::cast(DType::I64, Expr::load(0, vars(0..ri)));
+        let low = Expr::cmp(CmpOp::Less, v.clone(), Expr::unary(UnaryOp::Neg, dim.clone()));
+        let high = Expr::cmp(CmpOp::GreaterOrEqual, v, dim);
+        let bad = Expr::select(Expr::bin(BinaryOp::Or, low, high), Expr::i64(1), Expr::i64(0));
+        self.emit(Kernel {
+            name: format!("{name}.check"),
+            domain: idx.extents.clone(),
+            n_par: 0,
+            inputs: vec![idx.clone()],
+            output: View { extents: vec![], strides: vec![], ..flag.clone() },
+            body: bad,
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+        });
+        self.prog.instrs.push(Instr::Assert {
+            buffer: flag.buffer,
+            message: format!("node `{name}` ({what}): an index is outside the range of the axis it indexes"),
+        });
         Ok(())
     }
 

@@ -549,3 +549,17 @@ fn cast_like_and_range() {
     let g = import_ok(&m);
     assert_eq!(g.const_of(g.outputs[0]).unwrap().data(), Data::F32(vec![0.0, 0.25, 0.5, 0.75]));
 }
+
+#[test]
+fn top_k_is_indices_then_gather_elements() {
+    let m = Model::new(11)
+        .input(vis("x", F32, &[2, 5]))
+        .init(t_i64("k", &[1], &[3]))
+        .node(node("TopK", &["x", "k"], &["values", "indices"], vec![a_int("largest", 0)]))
+        .output("values")
+        .output("indices");
+    let g = import_ok(&m);
+    assert_eq!(ops(&g), vec![&Op::TopKIndices { axis: 1, k: 3, largest: false }, &Op::GatherElements { axis: 1 }]);
+    assert_eq!(g.ty(g.outputs[0]).shape, vec![2, 3]);
+    assert_eq!(g.ty(g.outputs[1]).dtype, DType::I64);
+}

@@ -19,9 +19,11 @@
 //! strides, which covers broadcasting, transposes and strided slices.
 
 mod elementwise;
+mod index;
 mod linalg;
 mod nn;
 mod reduce;
+mod sample;
 mod shape;
 
 use crate::infer::infer;
@@ -53,6 +55,15 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
             linalg::gemm(inputs[0], inputs[1], inputs.get(2).copied(), *alpha, *beta, *trans_a, *trans_b)?
         }
         Op::Conv { window, group } => nn::conv(inputs[0], inputs[1], inputs.get(2).copied(), window, *group)?,
+        Op::ConvTranspose { kernel, strides, dilations, pads, out_hw, group } => nn::conv_transpose(
+            inputs[0],
+            inputs[1],
+            inputs.get(2).copied(),
+            [*kernel, *strides, *dilations],
+            *pads,
+            *out_hw,
+            *group,
+        )?,
         Op::MaxPool { window, ceil_mode } => nn::max_pool(inputs[0], window, *ceil_mode)?,
         Op::MaxPoolIndices { window, ceil_mode, column_major } => {
             nn::max_pool_indices(inputs[0], window, *ceil_mode, *column_major)?
@@ -71,6 +82,26 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Slice { starts, steps, out_shape } => shape::slice(inputs[0], starts, steps, out_shape),
         Op::Gather { axis } => shape::gather(inputs[0], inputs[1], *axis)?,
         Op::Expand { .. } => shape::expand(inputs[0], &want[0].shape),
+        Op::GatherElements { axis } => index::gather_elements(inputs[0], inputs[1], *axis)?,
+        Op::GatherNd { batch_dims } => index::gather_nd(inputs[0], inputs[1], *batch_dims, want[0].shape.clone())?,
+        Op::ScatterElements { axis, reduction } => {
+            index::scatter_elements(inputs[0], inputs[1], inputs[2], *axis, *reduction)?
+        }
+        Op::ScatterNd { reduction } => index::scatter_nd(inputs[0], inputs[1], inputs[2], *reduction)?,
+        Op::TopKIndices { axis, k, largest } => {
+            index::top_k_indices(inputs[0], *axis, *k, *largest, want[0].shape.clone())?
+        }
+        Op::GridSample { mode, padding, align_corners } => {
+            sample::grid_sample(inputs[0], inputs[1], *mode, *padding, *align_corners)?
+        }
+        Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel } => {
+            sample::roi_align(inputs, *out_hw, *sampling_ratio, *spatial_scale, *max, *half_pixel)?
+        }
+        Op::IsNaN => index::is_nan_inf(inputs[0], true, false, false)?,
+        Op::IsInf { negative, positive } => index::is_nan_inf(inputs[0], false, *negative, *positive)?,
+        Op::ArgReduce { max, axis, select_last, .. } => {
+            index::arg_reduce(inputs[0], *max, *axis, *select_last, want[0].shape.clone())?
+        }
         Op::Identity => inputs[0].clone(),
         Op::Unsupported { op_type, .. } => return Err(format!("no reference evaluation for unsupported op {op_type}")),
     };

@@ -84,6 +84,59 @@ pub(super) fn conv(
     Ok(Tensor::f32(vec![nb, oc_n, oh, ow], out))
 }
 
+/// 2-D transposed convolution, in scatter form: input `(ic, iy, ix)` through tap `(ky, kx)`
+/// adds `x · w[ic, oc % M/G, ky, kx]` to output `(oc, iy·s + ky·d − pad, …)` for the output
+/// channels `oc` of the input channel's group. Sums in f64 (bias first), one rounding.
+pub(super) fn conv_transpose(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    [kernel, strides, dilations]: [[usize; 2]; 3],
+    pads: [i64; 2],
+    [oh, ow]: [usize; 2],
+    group: usize,
+) -> Result<Tensor, String> {
+    let (xs, ws) = (x.shape(), w.shape());
+    let (nb, c, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
+    let (mg, kh, kw) = (ws[1], kernel[0], kernel[1]);
+    let (cg, m) = (c / group, mg * group);
+    let (xv, wv) = (f32s(x)?, f32s(w)?);
+    let bv = bias.map(f32s).transpose()?;
+    let mut acc = vec![0f64; nb * m * oh * ow];
+    for b in 0..nb {
+        for oc in 0..m {
+            let init = bv.as_ref().map_or(0.0, |bv| f64::from(bv[oc]));
+            acc[(b * m + oc) * oh * ow..(b * m + oc + 1) * oh * ow].fill(init);
+        }
+        for ic in 0..c {
+            let g = ic / cg;
+            for iy in 0..h {
+                for ix in 0..wd {
+                    let xe = f64::from(xv[((b * c + ic) * h + iy) * wd + ix]);
+                    for j in 0..mg {
+                        let oc = g * mg + j;
+                        for ky in 0..kh {
+                            let oy = (iy * strides[0] + ky * dilations[0]) as i64 - pads[0];
+                            if oy < 0 || oy >= oh as i64 {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ox = (ix * strides[1] + kx * dilations[1]) as i64 - pads[1];
+                                if ox < 0 || ox >= ow as i64 {
+                                    continue;
+                                }
+                                let we = f64::from(wv[((ic * mg + j) * kh + ky) * kw + kx]);
+                                acc[((b * m + oc) * oh + oy as usize) * ow + ox as usize] += xe * we;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Tensor::f32(vec![nb, m, oh, ow], acc.into_iter().map(|v| v as f32).collect()))
+}
+
 /// Calls `f(plane, oy, ox, taps_y, taps_x)` for every output element in row-major order,
 /// where `plane` is the flat index of the `(n, c)` input plane.
 fn for_each_window(
@@ -294,6 +347,25 @@ mod tests {
         let w = Tensor::f32(vec![2, 2, 1, 1], vec![1., 10., 100., 1000.]);
         let op = Op::Conv { window: win([1, 1], [1, 1], [0; 4], [1, 1]), group: 2 };
         assert_f32(&run(op, &[&x, &w]), &[1, 2, 1, 1], &[21., 4300.], 0.0);
+    }
+
+    #[test]
+    fn conv_transpose_scatters_with_stride_and_bias() {
+        // One input channel [[1,2],[3,4]], kernel [[1,10]] (1x2), stride 2 along W, bias 0.5.
+        let x = Tensor::f32(vec![1, 1, 2, 2], vec![1., 2., 3., 4.]);
+        let w = Tensor::f32(vec![1, 1, 1, 2], vec![1., 10.]);
+        let b = Tensor::f32(vec![1], vec![0.5]);
+        let op = Op::ConvTranspose {
+            kernel: [1, 2],
+            strides: [1, 2],
+            dilations: [1, 1],
+            pads: [0, 0],
+            out_hw: [2, 5],
+            group: 1,
+        };
+        // Row 0: 1→(0,1), 2→(2,3); column 4 only gets the bias (an output_shape overhang).
+        let want = [1.5, 10.5, 2.5, 20.5, 0.5, 3.5, 30.5, 4.5, 40.5, 0.5];
+        assert_f32(&run(op, &[&x, &w, &b]), &[1, 1, 2, 5], &want, 0.0);
     }
 
     #[test]

@@ -4,6 +4,14 @@
 //! one HIR value per ONNX output. Values are built through [`NodeCx::emit`], which infers
 //! types and folds nodes whose inputs are all constants.
 
+mod compose;
+mod compose_attention;
+mod compose_data;
+mod compose_more;
+mod compose_nn;
+mod compose_resize;
+mod conv_transpose;
+mod index;
 mod math;
 mod nn;
 mod reduce;
@@ -266,6 +274,9 @@ fn fold_work(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> usize {
             window.kernel[0].saturating_mul(window.kernel[1])
         }
         Op::Lrn { size, .. } => *size,
+        Op::ConvTranspose { kernel, group, .. } => {
+            (inputs[0].shape()[1] / group.max(&1)).saturating_mul(kernel[0]).saturating_mul(kernel[1])
+        }
         _ => 1,
     };
     n.saturating_mul(k.max(1)).max(inputs.iter().map(|t| t.numel()).sum())
@@ -371,6 +382,78 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "Unsqueeze",
     "Where",
     "Xor",
+    // Indexing, tests and ConvTranspose (index.rs, conv_transpose.rs).
+    "ArgMax",
+    "ArgMin",
+    "Col2Im",
+    "ConvTranspose",
+    "GatherElements",
+    "GatherND",
+    "GridSample",
+    "IsInf",
+    "IsNaN",
+    "MaxUnpool",
+    "ReverseSequence",
+    "RoiAlign",
+    "Scatter",
+    "ScatterElements",
+    "ScatterND",
+    "TopK",
+    // Compositions of existing HIR ops (compose*.rs).
+    "AffineGrid",
+    "Attention",
+    "CenterCropPad",
+    "Hardmax",
+    "LinearAttention",
+    "LpPool",
+    "MelWeightMatrix",
+    "NegativeLogLikelihoodLoss",
+    "SoftmaxCrossEntropyLoss",
+    "CausalConvWithState",
+    "Celu",
+    "CumProd",
+    "CumSum",
+    "DFT",
+    "DepthToSpace",
+    "Einsum",
+    "Elu",
+    "EyeLike",
+    "Gelu",
+    "GroupNormalization",
+    "HardSwish",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "LpNormalization",
+    "MeanVarianceNormalization",
+    "Mish",
+    "OneHot",
+    "PRelu",
+    "Pad",
+    "Resize",
+    "RotaryEmbedding",
+    "Selu",
+    "Shrink",
+    "Softplus",
+    "Softsign",
+    "STFT",
+    "SpaceToDepth",
+    "SwiGLU",
+    "TensorScatter",
+    "Swish",
+    "ThresholdedRelu",
+    "Tile",
+    "Trilu",
+    "Upsample",
+    "Acosh",
+    "Asinh",
+    "Atanh",
+    "BlackmanWindow",
+    "Cosh",
+    "HammingWindow",
+    "HannWindow",
+    "RMSNormalization",
+    "Round",
+    "Sinh",
 ];
 
 pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -458,6 +541,60 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "Constant" => tensor::constant(cx),
         "Identity" => tensor::identity(cx),
         "Range" => tensor::range(cx),
+        "IsNaN" => index::is_nan(cx),
+        "IsInf" => index::is_inf(cx),
+        "ArgMax" => index::arg_reduce(cx, true),
+        "ArgMin" => index::arg_reduce(cx, false),
+        "GatherElements" => index::gather_elements(cx),
+        "GatherND" => index::gather_nd(cx),
+        "Scatter" | "ScatterElements" => index::scatter_elements(cx),
+        "ScatterND" => index::scatter_nd(cx),
+        "TopK" => index::top_k(cx),
+        "GridSample" => index::grid_sample(cx),
+        "RoiAlign" => index::roi_align(cx),
+        "MaxUnpool" => index::max_unpool(cx),
+        "ReverseSequence" => index::reverse_sequence(cx),
+        "ConvTranspose" => conv_transpose::conv_transpose(cx),
+        "Col2Im" => conv_transpose::col2im(cx),
+        "Elu" | "Selu" | "Celu" | "Softplus" | "Softsign" | "ThresholdedRelu" | "HardSwish" | "Mish" | "Gelu"
+        | "Swish" => compose::activation(cx),
+        "PRelu" => compose::prelu(cx),
+        "Shrink" => compose::shrink(cx),
+        "SwiGLU" => compose::swiglu(cx),
+        "LayerNormalization" => compose::layer_norm(cx),
+        "InstanceNormalization" => compose::instance_norm(cx),
+        "GroupNormalization" => compose::group_norm(cx),
+        "MeanVarianceNormalization" => compose::mvn(cx),
+        "LpNormalization" => compose::lp_norm(cx),
+        "Tile" => compose_data::tile(cx),
+        "DepthToSpace" => compose_data::depth_to_space(cx),
+        "SpaceToDepth" => compose_data::space_to_depth(cx),
+        "Trilu" => compose_data::trilu(cx),
+        "OneHot" => compose_data::one_hot(cx),
+        "EyeLike" => compose_data::eye_like(cx),
+        "Pad" => compose_data::pad(cx),
+        "CumSum" | "CumProd" => compose_data::cumsum(cx),
+        "Resize" => compose_resize::resize(cx),
+        "Upsample" => compose_resize::upsample(cx),
+        "RMSNormalization" => compose_more::rms_norm(cx),
+        "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" => compose_more::hyperbolic(cx),
+        "Round" => compose_more::round(cx),
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => compose_more::window(cx),
+        "Attention" => compose_attention::attention(cx),
+        "RotaryEmbedding" => compose_attention::rotary_embedding(cx),
+        "LinearAttention" => compose_attention::linear_attention(cx),
+        "Hardmax" => compose_nn::hardmax(cx),
+        "LpPool" => compose_nn::lp_pool(cx),
+        "AffineGrid" => compose_nn::affine_grid(cx),
+        "Einsum" => compose_nn::einsum(cx),
+        "CausalConvWithState" => compose_nn::causal_conv_with_state(cx),
+        "DFT" => compose_more::dft(cx),
+        "STFT" => compose_more::stft(cx),
+        "MelWeightMatrix" => compose_more::mel_weight_matrix(cx),
+        "CenterCropPad" => compose_data::center_crop_pad(cx),
+        "TensorScatter" => compose_data::tensor_scatter(cx),
+        "NegativeLogLikelihoodLoss" => compose_more::nll_loss(cx),
+        "SoftmaxCrossEntropyLoss" => compose_more::softmax_cross_entropy(cx),
         _ => Err(OpError::Unknown),
     }
 }

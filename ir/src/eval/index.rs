@@ -1,0 +1,272 @@
+//! Data-dependent indexing: GatherElements, GatherND, ScatterElements, ScatterND, and the
+//! ArgMax/ArgMin and IsNaN/IsInf tests.
+//!
+//! Gathers are index maps (see the module doc of `eval`); scatters copy the data, then apply
+//! the updates one by one in row-major order of the updates, which is ONNX's reference
+//! semantics (with duplicate indices and no reduction, the last update wins).
+
+use super::{f32s, take};
+use crate::op::ScatterReduction;
+use crate::{numel, strides_of, Data, Tensor};
+
+/// Index `i` (of any sign) into an axis of extent `dim`, wrapped; an error when outside
+/// `[-dim, dim)`.
+fn wrap(i: i64, dim: usize, what: &str) -> Result<usize, String> {
+    let d = dim as i64;
+    if i < -d || i >= d {
+        return Err(format!("{what}: index {i} is outside [-{d}, {d})"));
+    }
+    Ok((if i < 0 { i + d } else { i }) as usize)
+}
+
+/// Calls `f(flat, multi_index)` for every element of `shape`, in row-major order.
+fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize]) -> Result<(), String>) -> Result<(), String> {
+    let mut idx = vec![0usize; shape.len()];
+    for flat in 0..numel(shape) {
+        f(flat, &idx)?;
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Ok(())
+}
+
+/// For every element `p` of the indices: the flat data index of `p` with `p[axis] := idx[p]`.
+fn elements_map(x: &Tensor, idx: &Tensor, axis: usize) -> Result<Vec<usize>, String> {
+    let xs = strides_of(x.shape());
+    let iv = idx.to_i64_vec();
+    let mut map = Vec::with_capacity(iv.len());
+    for_each_index(idx.shape(), |flat, p| {
+        let j = wrap(iv[flat], x.shape()[axis], "gather/scatter elements")?;
+        map.push(p.iter().enumerate().map(|(d, &i)| if d == axis { j } else { i } * xs[d]).sum());
+        Ok(())
+    })?;
+    Ok(map)
+}
+
+pub(super) fn gather_elements(x: &Tensor, idx: &Tensor, axis: usize) -> Result<Tensor, String> {
+    let map = elements_map(x, idx, axis)?;
+    Ok(take(x, &map, idx.shape().to_vec()))
+}
+
+/// For every row of the indices (all dims but the last): the flat data index of the start of
+/// the slice it selects, and the slice length.
+fn nd_rows(x: &Tensor, idx: &Tensor, b: usize) -> Result<(Vec<usize>, usize), String> {
+    let (xs, q) = (strides_of(x.shape()), idx.shape().len());
+    let m = idx.shape()[q - 1];
+    let iv = idx.to_i64_vec();
+    let mut rows = Vec::new();
+    for_each_index(&idx.shape()[..q - 1], |r, p| {
+        let mut base: usize = p[..b].iter().zip(&xs).map(|(i, s)| i * s).sum();
+        for t in 0..m {
+            base += wrap(iv[r * m + t], x.shape()[b + t], "nd index")? * xs[b + t];
+        }
+        rows.push(base);
+        Ok(())
+    })?;
+    Ok((rows, numel(&x.shape()[b + m..])))
+}
+
+pub(super) fn gather_nd(x: &Tensor, idx: &Tensor, b: usize, out_shape: Vec<usize>) -> Result<Tensor, String> {
+    let (rows, slice) = nd_rows(x, idx, b)?;
+    let map: Vec<usize> = rows.iter().flat_map(|&r| r..r + slice).collect();
+    Ok(take(x, &map, out_shape))
+}
+
+/// `out = data; out[target[k]] (op)= updates[k]` for k in order.
+fn scatter(x: &Tensor, upd: &Tensor, targets: &[usize], red: ScatterReduction) -> Result<Tensor, String> {
+    fn run<T: Copy>(mut out: Vec<T>, upd: &[T], targets: &[usize], f: impl Fn(T, T) -> T) -> Vec<T> {
+        for (k, &t) in targets.iter().enumerate() {
+            out[t] = f(out[t], upd[k]);
+        }
+        out
+    }
+    use ScatterReduction as S;
+    let data = match (x.data(), upd.data()) {
+        (Data::F32(o), Data::F32(u)) => Data::F32(run(o, &u, targets, |a: f32, b: f32| match red {
+            S::None => b,
+            S::Add => a + b,
+            S::Mul => a * b,
+            S::Max => a.max(b),
+            S::Min => a.min(b),
+        })),
+        (Data::I32(o), Data::I32(u)) => Data::I32(run(o, &u, targets, |a: i32, b: i32| match red {
+            S::None => b,
+            S::Add => a.wrapping_add(b),
+            S::Mul => a.wrapping_mul(b),
+            S::Max => a.max(b),
+            S::Min => a.min(b),
+        })),
+        (Data::I64(o), Data::I64(u)) => Data::I64(run(o, &u, targets, |a: i64, b: i64| match red {
+            S::None => b,
+            S::Add => a.wrapping_add(b),
+            S::Mul => a.wrapping_mul(b),
+            S::Max => a.max(b),
+            S::Min => a.min(b),
+        })),
+        (Data::Bool(o), Data::Bool(u)) => Data::Bool(run(o, &u, targets, |a: bool, b: bool| match red {
+            S::Max => a | b,
+            S::Min => a & b,
+            _ => b,
+        })),
+        _ => return Err("scatter data and updates differ in dtype".into()),
+    };
+    Ok(Tensor::from_data(x.shape().to_vec(), data))
+}
+
+pub(super) fn scatter_elements(
+    x: &Tensor,
+    idx: &Tensor,
+    upd: &Tensor,
+    axis: usize,
+    red: ScatterReduction,
+) -> Result<Tensor, String> {
+    let targets = elements_map(x, idx, axis)?;
+    scatter(x, upd, &targets, red)
+}
+
+pub(super) fn scatter_nd(x: &Tensor, idx: &Tensor, upd: &Tensor, red: ScatterReduction) -> Result<Tensor, String> {
+    let (rows, slice) = nd_rows(x, idx, 0)?;
+    let targets: Vec<usize> = rows.iter().flat_map(|&r| r..r + slice).collect();
+    scatter(x, upd, &targets, red)
+}
+
+/// The index of the first (or last) maximum (or minimum) along `axis`; NaN never wins (a
+/// row of NaN gives 0).
+pub(super) fn arg_reduce(
+    x: &Tensor,
+    max: bool,
+    axis: usize,
+    select_last: bool,
+    out_shape: Vec<usize>,
+) -> Result<Tensor, String> {
+    let s = x.shape();
+    let (outer, len, inner) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));
+    let v = x.to_f64_vec();
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| v[(o * len + j) * inner + i];
+            let mut best: Option<usize> = None;
+            for j in (0..len).filter(|&j| !at(j).is_nan()) {
+                let Some(b) = best.map(at) else {
+                    best = Some(j);
+                    continue;
+                };
+                let e = at(j);
+                if (if max { e > b } else { e < b }) || (select_last && e == b) {
+                    best = Some(j);
+                }
+            }
+            // A row of NaN gives 0.
+            out.push(best.unwrap_or(0) as i64);
+        }
+    }
+    Ok(Tensor::i64(out_shape, out))
+}
+
+/// The positions of the `k` largest (smallest) elements along `axis`, in order; ties keep
+/// the lower position first (a stable sort).
+pub(super) fn top_k_indices(
+    x: &Tensor,
+    axis: usize,
+    k: usize,
+    largest: bool,
+    out_shape: Vec<usize>,
+) -> Result<Tensor, String> {
+    let s = x.shape();
+    let (outer, len, inner) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));
+    let v = x.to_f64_vec();
+    let mut out = vec![0i64; outer * k * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| v[(o * len + j) * inner + i];
+            let mut order: Vec<usize> = (0..len).collect();
+            order.sort_by(|&a, &b| {
+                let c = at(a).partial_cmp(&at(b)).unwrap_or(std::cmp::Ordering::Equal);
+                if largest {
+                    c.reverse()
+                } else {
+                    c
+                }
+            });
+            for (j, &p) in order.iter().take(k).enumerate() {
+                out[(o * k + j) * inner + i] = p as i64;
+            }
+        }
+    }
+    Ok(Tensor::i64(out_shape, out))
+}
+
+pub(super) fn is_nan_inf(x: &Tensor, nan: bool, negative: bool, positive: bool) -> Result<Tensor, String> {
+    let v = f32s(x)?;
+    let out =
+        v.iter()
+            .map(|&e| {
+                if nan {
+                    e.is_nan()
+                } else {
+                    (positive && e == f32::INFINITY) || (negative && e == f32::NEG_INFINITY)
+                }
+            })
+            .collect();
+    Ok(Tensor::bool(x.shape().to_vec(), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::run;
+    use crate::op::ScatterReduction as S;
+    use crate::{Data, Op, Tensor};
+
+    #[test]
+    fn gather_elements_and_nd() {
+        let x = Tensor::f32(vec![2, 2], vec![1., 2., 3., 4.]);
+        let idx = Tensor::i64(vec![2, 2], vec![0, 0, 1, 0]);
+        assert_eq!(run(Op::GatherElements { axis: 1 }, &[&x, &idx]).data(), Data::F32(vec![1., 1., 4., 3.]));
+        let idx = Tensor::i64(vec![2, 1], vec![1, -2]);
+        assert_eq!(run(Op::GatherNd { batch_dims: 0 }, &[&x, &idx]).data(), Data::F32(vec![3., 4., 1., 2.]));
+        let idx = Tensor::i64(vec![2, 1], vec![1, 0]);
+        assert_eq!(run(Op::GatherNd { batch_dims: 1 }, &[&x, &idx]).data(), Data::F32(vec![2., 3.]));
+    }
+
+    #[test]
+    fn scatters_apply_updates_in_order() {
+        let x = Tensor::f32(vec![1, 5], vec![1., 2., 3., 4., 5.]);
+        let idx = Tensor::i64(vec![1, 2], vec![1, 1]);
+        let upd = Tensor::f32(vec![1, 2], vec![1.1, 2.1]);
+        let op = |reduction| Op::ScatterElements { axis: 1, reduction };
+        assert_eq!(run(op(S::None), &[&x, &idx, &upd]).data(), Data::F32(vec![1., 2.1, 3., 4., 5.]));
+        assert_eq!(run(op(S::Add), &[&x, &idx, &upd]).data(), Data::F32(vec![1., 2. + 1.1 + 2.1, 3., 4., 5.]));
+        let x = Tensor::i64(vec![4], vec![1, 2, 3, 4]);
+        let idx = Tensor::i64(vec![2, 1], vec![3, -4]);
+        let upd = Tensor::i64(vec![2], vec![10, 20]);
+        let op = Op::ScatterNd { reduction: S::Mul };
+        assert_eq!(run(op, &[&x, &idx, &upd]).data(), Data::I64(vec![20, 2, 3, 40]));
+    }
+
+    #[test]
+    fn top_k_is_stable() {
+        let x = Tensor::i64(vec![2, 3], vec![1, 3, 3, 2, 0, 2]);
+        let op = |k, largest| Op::TopKIndices { axis: 1, k, largest };
+        assert_eq!(run(op(2, true), &[&x]).data(), Data::I64(vec![1, 2, 0, 2]));
+        assert_eq!(run(op(3, false), &[&x]).data(), Data::I64(vec![0, 1, 2, 1, 0, 2]));
+    }
+
+    #[test]
+    fn arg_max_min_pick_first_or_last() {
+        let x = Tensor::f32(vec![2, 3], vec![1., 3., 3., 2., 0., 0.]);
+        let op = |max, select_last| Op::ArgReduce { max, axis: 1, keepdims: false, select_last };
+        assert_eq!(run(op(true, false), &[&x]).data(), Data::I64(vec![1, 0]));
+        assert_eq!(run(op(true, true), &[&x]).data(), Data::I64(vec![2, 0]));
+        assert_eq!(run(op(false, true), &[&x]).data(), Data::I64(vec![0, 2]));
+        let x = Tensor::f32(vec![4], vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0]);
+        assert_eq!(run(Op::IsNaN, &[&x]).data(), Data::Bool(vec![true, false, false, false]));
+        let op = Op::IsInf { negative: false, positive: true };
+        assert_eq!(run(op, &[&x]).data(), Data::Bool(vec![false, true, false, false]));
+    }
+}
