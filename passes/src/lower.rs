@@ -239,20 +239,7 @@ impl<'g> Lowerer<'g> {
                     pad: Some(Scalar::F32(0.0)),
                 };
                 let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(4), Expr::Var(5), Expr::Var(6)]);
-                let mut inputs = vec![x.clone(), w.clone()];
-                let finalize = ins.get(2).map(|b| {
-                    inputs.push(b.clone());
-                    Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
-                });
-                self.emit(Kernel {
-                    name: name.into(),
-                    domain,
-                    n_par: 4,
-                    inputs,
-                    output: out,
-                    body: Expr::mul(xl, wl),
-                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
-                });
+                self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
             }
             Op::ConvTranspose { kernel, strides, dilations, pads, group, .. } => {
                 // Gather form: output (oy, ox) sums the taps whose input position
@@ -301,20 +288,7 @@ impl<'g> Lowerer<'g> {
                     Expr::bin(BinaryOp::Mod { fmod: true }, Expr::Var(1), Expr::i64(mg as i64))
                 };
                 let wl = Expr::load(1, vec![chan, wcol, Expr::Var(5), Expr::Var(6)]);
-                let mut inputs = vec![x.clone(), w.clone()];
-                let finalize = ins.get(2).map(|b| {
-                    inputs.push(b.clone());
-                    Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
-                });
-                self.emit(Kernel {
-                    name: name.into(),
-                    domain,
-                    n_par: 4,
-                    inputs,
-                    output: out,
-                    body: Expr::mul(xl, wl),
-                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
-                });
+                self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
             }
             Op::MaxPool { window, .. } | Op::AveragePool { window, .. } => {
                 let x = &ins[0];
@@ -1278,6 +1252,33 @@ impl<'g> Lowerer<'g> {
         self.prog.instrs.push(Instr::Assert {
             buffer: flag.buffer,
             message: format!("node `{name}` (Gather): an index is outside [-{dim}, {dim}) on axis {axis}"),
+        });
+    }
+
+    /// A convolution-like kernel over `[N, O, OH, OW, taps…]`: the sum of `body` (which
+    /// loads `x` as operand 0 and `w` as operand 1) plus an optional per-channel bias.
+    fn emit_window_sum(
+        &mut self,
+        name: &str,
+        domain: Vec<usize>,
+        [x, w]: [&View; 2],
+        bias: Option<&View>,
+        body: Expr,
+        out: View,
+    ) {
+        let mut inputs = vec![x.clone(), w.clone()];
+        let finalize = bias.map(|b| {
+            inputs.push(b.clone());
+            Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
+        });
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: 4,
+            inputs,
+            output: out,
+            body,
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
         });
     }
 

@@ -64,7 +64,7 @@ pub(super) fn konst_as(cx: &mut NodeCx, dtype: DType, shape: Vec<usize>, v: &[f6
 }
 
 /// Input 0, which must be f32, of a single-output node.
-fn float_x(cx: &NodeCx) -> OpResult<ValueId> {
+pub(super) fn float_x(cx: &NodeCx) -> OpResult<ValueId> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
     let d = cx.ty(x).dtype;

@@ -5,19 +5,9 @@
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
 
-use super::compose::{bin, cmp, scalar, tensor_as, tmp, un};
+use super::compose::{bin, cmp, float_x, scalar, tensor_as, tmp, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpError, OpResult};
 use crate::data::dtype_of;
-
-fn float_x(cx: &NodeCx) -> OpResult<ValueId> {
-    cx.outputs_at_most(1, "")?;
-    let x = cx.input(0)?;
-    let d = cx.ty(x).dtype;
-    if d != DType::F32 {
-        return unsupported(format!("{} on {d} (only float32)", cx.op_type()));
-    }
-    Ok(x)
-}
 
 /// RMSNormalization: `x / sqrt(mean(x², axes axis..) + epsilon) * scale`.
 pub(super) fn rms_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
