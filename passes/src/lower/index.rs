@@ -1,0 +1,224 @@
+//! Lowering of data-dependent index ops: scatters (in gather form), top-k selection, and
+//! the check kernels whose `Assert`s turn an out-of-range index from data into an error.
+
+use kiln_ir::lir::{BufferKind, Combine, Expr, Instr, Kernel, Reduction, Scalar, View};
+use kiln_ir::op::{BinaryOp, CmpOp, UnaryOp};
+use kiln_ir::DType;
+
+use super::*;
+
+impl Lowerer<'_> {
+    /// A scatter in gather form: for each output element `p` (the first `out` rank domain
+    /// variables), reduce over the candidate updates (the remaining domain variables) for
+    /// which `hit` holds; `u` indexes the updates at a candidate. Without a reduction, the
+    /// last hit in row-major order of the updates wins: a first kernel finds its flat
+    /// position `flat_u`, a second one loads the update there (`decode` turns the flat
+    /// position back into an updates index).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lower_scatter(
+        &mut self,
+        name: &str,
+        red: ScatterReduction,
+        out: View,
+        [x, idx, upd]: [View; 3],
+        domain: Vec<usize>,
+        hit: Expr,
+        u: Vec<Expr>,
+        flat_u: Expr,
+        decode: &dyn Fn(Expr) -> Vec<Expr>,
+    ) {
+        let rank = out.extents.len();
+        let dt = x.dtype;
+        let zero = Scalar::of(dt, 0.0);
+        let upd_at = |index: Vec<Expr>| Expr::Load { operand: 2, index, pad: Some(zero) };
+        let xl = Expr::load(0, vars(0..rank));
+        let (combine, init, op) = match red {
+            ScatterReduction::None => {
+                let last = self.temp(DType::I64, &out.extents, format!("{name}.last"));
+                self.emit(Kernel {
+                    name: format!("{name}.last"),
+                    domain,
+                    n_par: rank,
+                    inputs: vec![x.clone(), idx.clone(), upd.clone()],
+                    output: last.clone(),
+                    body: Expr::select(hit, flat_u, Expr::i64(-1)),
+                    reduction: Some(Reduction { combine: Combine::Max, init: Scalar::I64(-1), finalize: None }),
+                });
+                let l = Expr::load(3, vars(0..rank));
+                let body =
+                    Expr::select(Expr::cmp(CmpOp::GreaterOrEqual, l.clone(), Expr::i64(0)), upd_at(decode(l)), xl);
+                self.emit(elementwise(name, out, vec![x, idx, upd, last], body));
+                return;
+            }
+            ScatterReduction::Add => (Combine::Add, zero, BinaryOp::Add),
+            ScatterReduction::Mul => (Combine::Mul, Scalar::of(dt, 1.0), BinaryOp::Mul),
+            ScatterReduction::Max => (Combine::Max, Scalar::extreme(dt, true), BinaryOp::Max),
+            ScatterReduction::Min => (Combine::Min, Scalar::extreme(dt, false), BinaryOp::Min),
+        };
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: rank,
+            inputs: vec![x, idx, upd],
+            output: out,
+            body: Expr::select(hit, upd_at(u), Expr::Const(init)),
+            reduction: Some(Reduction { combine, init, finalize: Some(Expr::bin(op, xl, Expr::Acc)) }),
+        });
+    }
+
+    /// TopK's indices by repeated selection, for a small `k` along a long axis: step `j`
+    /// finds the extreme value among the elements after the previous pick in the order
+    /// (value, then position), then the first position holding it; each pick is copied
+    /// into its output column.
+    pub(super) fn lower_top_k_select(&mut self, x: View, out: View, a: usize, k: usize, largest: bool, name: &str) {
+        let xr = x.extents.len();
+        let n = x.extents[a] as i64;
+        let kept: Vec<usize> = (0..xr).filter(|&d| d != a).collect();
+        let kept_shape: Vec<usize> = kept.iter().map(|&d| x.extents[d]).collect();
+        let kr = kept.len();
+        // The x index with the axis position `at`, in a domain [kept..., ...].
+        let at_axis = |at: Expr| {
+            let mut ix = vec![Expr::Var(0); xr];
+            for (i, &d) in kept.iter().enumerate() {
+                ix[d] = Expr::Var(i);
+            }
+            ix[a] = at;
+            ix
+        };
+        let mut domain = kept_shape.clone();
+        domain.push(n as usize);
+        let l = Expr::Var(kr);
+        let xl = Expr::load(0, at_axis(l.clone()));
+        let (ahead, combine) = if largest { (CmpOp::Less, Combine::Max) } else { (CmpOp::Greater, Combine::Min) };
+        let mut picks: Vec<View> = Vec::new();
+        for j in 0..k {
+            // Operands: x, the extreme (step B only), the previous pick (j > 0).
+            let after = |prev_operand: usize| -> Expr {
+                if j == 0 {
+                    return Expr::Const(Scalar::Bool(true));
+                }
+                let ip = Expr::load(prev_operand, vars(0..kr));
+                let vp = Expr::load(0, at_axis(ip.clone()));
+                let later = Expr::bin(
+                    BinaryOp::And,
+                    Expr::cmp(CmpOp::Equal, xl.clone(), vp.clone()),
+                    Expr::cmp(CmpOp::Greater, l.clone(), ip),
+                );
+                Expr::bin(BinaryOp::Or, Expr::cmp(ahead, xl.clone(), vp), later)
+            };
+            let ext = self.temp(x.dtype, &kept_shape, format!("{name}.value{j}"));
+            let mut inputs = vec![x.clone()];
+            inputs.extend(picks.last().cloned());
+            self.emit(Kernel {
+                name: format!("{name}.value{j}"),
+                domain: domain.clone(),
+                n_par: kr,
+                inputs: inputs.clone(),
+                output: ext.clone(),
+                body: Expr::select(after(1), xl.clone(), Expr::Const(Scalar::extreme(x.dtype, largest))),
+                reduction: Some(Reduction { combine, init: Scalar::extreme(x.dtype, largest), finalize: None }),
+            });
+            let pick = self.temp(DType::I64, &kept_shape, format!("{name}.pick{j}"));
+            let mut inputs = vec![x.clone(), ext];
+            inputs.extend(picks.last().cloned());
+            let hit =
+                Expr::bin(BinaryOp::And, after(2), Expr::cmp(CmpOp::Equal, xl.clone(), Expr::load(1, vars(0..kr))));
+            self.emit(Kernel {
+                name: format!("{name}.pick{j}"),
+                domain: domain.clone(),
+                n_par: kr,
+                inputs,
+                output: pick.clone(),
+                body: Expr::select(hit, l.clone(), Expr::i64(i64::MAX)),
+                reduction: Some(Reduction {
+                    combine: Combine::Min,
+                    init: Scalar::I64(i64::MAX),
+                    finalize: Some(Expr::bin(BinaryOp::Min, Expr::Acc, Expr::i64(n - 1))),
+                }),
+            });
+            picks.push(pick);
+        }
+        for (j, pick) in picks.into_iter().enumerate() {
+            let mut o = out.clone();
+            o.offset += j as i64 * out.strides[a];
+            o.extents = kept_shape.clone();
+            o.strides = kept.iter().map(|&d| out.strides[d]).collect();
+            self.emit(elementwise(&format!("{name}.{j}"), o, vec![pick], Expr::load(0, vars(0..kr))));
+        }
+    }
+
+    /// Checks indices from data against `[-dim, dim)`, where the bound may depend on the
+    /// position in the indices (`dim_of` for constant indices, checked now; `dim` as an
+    /// expression over the indices' domain for a check kernel and an `Assert`).
+    pub(super) fn index_check(
+        &mut self,
+        idx: &View,
+        dim_of: &dyn Fn(&[usize]) -> i64,
+        dim: Expr,
+        name: &str,
+        what: &str,
+    ) -> Result<(), String> {
+        if let BufferKind::Constant(t) = &self.prog.buffer(idx.buffer).kind {
+            let vals = t.to_i64_vec();
+            let shape = &idx.extents;
+            let mut mi = vec![0usize; shape.len()];
+            for &v in vals.iter().take(idx.numel()) {
+                let d = dim_of(&mi);
+                if v < -d || v >= d {
+                    return Err(format!("index {v} is outside [-{d}, {d})"));
+                }
+                for k in (0..shape.len()).rev() {
+                    mi[k] += 1;
+                    if mi[k] < shape[k] {
+                        break;
+                    }
+                    mi[k] = 0;
+                }
+            }
+            return Ok(());
+        }
+        let ri = idx.extents.len();
+        let flag = self.temp(DType::I64, &[], format!("{name}.bad_indices"));
+        let v = Expr::cast(DType::I64, Expr::load(0, vars(0..ri)));
+        let low = Expr::cmp(CmpOp::Less, v.clone(), Expr::unary(UnaryOp::Neg, dim.clone()));
+        let high = Expr::cmp(CmpOp::GreaterOrEqual, v, dim);
+        let bad = Expr::select(Expr::bin(BinaryOp::Or, low, high), Expr::i64(1), Expr::i64(0));
+        self.emit(Kernel {
+            name: format!("{name}.check"),
+            domain: idx.extents.clone(),
+            n_par: 0,
+            inputs: vec![idx.clone()],
+            output: View { extents: vec![], strides: vec![], ..flag.clone() },
+            body: bad,
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+        });
+        self.prog.instrs.push(Instr::Assert {
+            buffer: flag.buffer,
+            message: format!("node `{name}` ({what}): an index is outside the range of the axis it indexes"),
+        });
+        Ok(())
+    }
+
+    /// Counts the indices outside `[-dim, dim)` into a flag that an `Assert` checks.
+    pub(super) fn gather_check(&mut self, idx: &View, dim: i64, axis: usize, name: &str) {
+        let ri = idx.extents.len();
+        let flag = self.temp(DType::I64, &[], format!("{name}.bad_indices"));
+        let idx_val = Expr::cast(DType::I64, Expr::load(0, vars(0..ri)));
+        let low = Expr::cmp(CmpOp::Less, idx_val.clone(), Expr::i64(-dim));
+        let high = Expr::cmp(CmpOp::GreaterOrEqual, idx_val, Expr::i64(dim));
+        let bad = Expr::select(Expr::bin(BinaryOp::Or, low, high), Expr::i64(1), Expr::i64(0));
+        self.emit(Kernel {
+            name: format!("{name}.check"),
+            domain: idx.extents.clone(),
+            n_par: 0,
+            inputs: vec![idx.clone()],
+            output: View { extents: vec![], strides: vec![], ..flag.clone() },
+            body: bad,
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+        });
+        self.prog.instrs.push(Instr::Assert {
+            buffer: flag.buffer,
+            message: format!("node `{name}` (Gather): an index is outside [-{dim}, {dim}) on axis {axis}"),
+        });
+    }
+}
