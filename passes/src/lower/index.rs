@@ -177,6 +177,20 @@ impl Lowerer<'_> {
             }
             return Ok(());
         }
+        let message = format!("node `{name}` ({what}): an index is outside the range of the axis it indexes");
+        self.emit_index_check(idx, dim, name, message);
+        Ok(())
+    }
+
+    /// Counts the indices outside `[-dim, dim)` into a flag that an `Assert` checks.
+    pub(super) fn gather_check(&mut self, idx: &View, dim: i64, axis: usize, name: &str) {
+        let message = format!("node `{name}` (Gather): an index is outside [-{dim}, {dim}) on axis {axis}");
+        self.emit_index_check(idx, Expr::i64(dim), name, message);
+    }
+
+    /// A check kernel counting the indices outside `[-dim, dim)` (`dim` an expression over the
+    /// indices' domain), and the `Assert` that stops the run with `message` if any are.
+    fn emit_index_check(&mut self, idx: &View, dim: Expr, name: &str, message: String) {
         let ri = idx.extents.len();
         let flag = self.temp(DType::I64, &[], format!("{name}.bad_indices"));
         let v = Expr::cast(DType::I64, Expr::load(0, vars(0..ri)));
@@ -192,33 +206,6 @@ impl Lowerer<'_> {
             body: bad,
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
         });
-        self.prog.instrs.push(Instr::Assert {
-            buffer: flag.buffer,
-            message: format!("node `{name}` ({what}): an index is outside the range of the axis it indexes"),
-        });
-        Ok(())
-    }
-
-    /// Counts the indices outside `[-dim, dim)` into a flag that an `Assert` checks.
-    pub(super) fn gather_check(&mut self, idx: &View, dim: i64, axis: usize, name: &str) {
-        let ri = idx.extents.len();
-        let flag = self.temp(DType::I64, &[], format!("{name}.bad_indices"));
-        let idx_val = Expr::cast(DType::I64, Expr::load(0, vars(0..ri)));
-        let low = Expr::cmp(CmpOp::Less, idx_val.clone(), Expr::i64(-dim));
-        let high = Expr::cmp(CmpOp::GreaterOrEqual, idx_val, Expr::i64(dim));
-        let bad = Expr::select(Expr::bin(BinaryOp::Or, low, high), Expr::i64(1), Expr::i64(0));
-        self.emit(Kernel {
-            name: format!("{name}.check"),
-            domain: idx.extents.clone(),
-            n_par: 0,
-            inputs: vec![idx.clone()],
-            output: View { extents: vec![], strides: vec![], ..flag.clone() },
-            body: bad,
-            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
-        });
-        self.prog.instrs.push(Instr::Assert {
-            buffer: flag.buffer,
-            message: format!("node `{name}` (Gather): an index is outside [-{dim}, {dim}) on axis {axis}"),
-        });
+        self.prog.instrs.push(Instr::Assert { buffer: flag.buffer, message });
     }
 }
