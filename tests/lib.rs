@@ -242,13 +242,27 @@ fn read_npy(p: &Path) -> Result<Out, String> {
         npyz::DType::Plain(t) => t.to_string(),
         d => return Err(format!("unexpected dtype {d:?}")),
     };
-    let t = match ts.trim_start_matches(['<', '|']) {
-        "f4" => Tensor::from_data(shape, Data::F32(npy.into_vec().map_err(|e| e.to_string())?)),
-        "i4" => Tensor::from_data(shape, Data::I32(npy.into_vec().map_err(|e| e.to_string())?)),
-        "i8" => Tensor::from_data(shape, Data::I64(npy.into_vec().map_err(|e| e.to_string())?)),
-        "b1" => Tensor::from_data(shape, Data::Bool(npy.into_vec().map_err(|e| e.to_string())?)),
+    macro_rules! read {
+        ($v:ident) => {
+            Data::$v(npy.into_vec().map_err(|e| e.to_string())?)
+        };
+    }
+    let data = match ts.trim_start_matches(['<', '|']) {
+        "f4" => read!(F32),
+        "f8" => read!(F64),
+        "f2" => read!(F16),
+        "i1" => read!(I8),
+        "u1" => read!(U8),
+        "i2" => read!(I16),
+        "u2" => read!(U16),
+        "i4" => read!(I32),
+        "u4" => read!(U32),
+        "i8" => read!(I64),
+        "u8" => read!(U64),
+        "b1" => read!(Bool),
         other => return Err(format!("unexpected npy dtype {other}")),
     };
+    let t = Tensor::from_data(shape, data);
     Ok((t.dtype().code(), t.shape().to_vec(), t.data.to_vec()))
 }
 
@@ -258,6 +272,15 @@ pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(),
         return Err(format!("{} outputs, expected {}", got.len(), want.len()));
     }
     for (i, ((dt, shape, bytes), w)) in got.iter().zip(want).enumerate() {
+        // `kiln run` writes bf16 outputs as float32 .npy (numpy has no bfloat16); exact.
+        let narrowed;
+        let (dt, bytes) = if *dt == kiln::DTypeCode::F32 && w.dtype() == kiln_ir::DType::BF16 {
+            let v: Vec<f64> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
+            narrowed = Data::from_f64s(kiln_ir::DType::BF16, &v).to_le_bytes();
+            (&kiln::DTypeCode::BF16, &narrowed)
+        } else {
+            (dt, bytes)
+        };
         if *dt != w.dtype().code() {
             return Err(format!("output {i}: dtype {}, expected {}", dt.name(), w.dtype()));
         }

@@ -2,7 +2,8 @@
 //! `tests/conformance/manifest.txt` (passing cases) and `ignored.txt` (every other case, with
 //! its reason). Prints the counts, in scope of issue #2 and overall.
 //!
-//! `cargo run --release -p kiln-tests --bin conformance-sweep [-- FILTER]`
+//! `cargo run --release -p kiln-tests --bin conformance-sweep [-- FILTER]`: with a filter (a
+//! substring of test names) it only reports, printing every failing case and its reason.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +66,9 @@ fn main() {
             }
             (Err(err), Some(_)) => {
                 let short: String = err.replace(['\n', '\t'], " ").chars().take(160).collect();
+                if filter.is_some() {
+                    println!("fail {name}: {short}");
+                }
                 ignored.push_str(&format!("{name}\t{short}\n"));
             }
             (Err(err), None) => {

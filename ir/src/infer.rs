@@ -119,16 +119,62 @@ fn scatter_dtype(
 }
 
 /// Output types of `op` applied to inputs of types `inputs`.
+/// Checks that `op` computes in its inputs' dtypes: ops that only move elements take every
+/// dtype; elementwise ops, reductions and MatMul compute in f32, f64, i32, i64 and bool; the
+/// rest in all of those but f64. Storage types ([`DType::compute`]) are widened by the
+/// importer before they reach a computing op.
+fn check_compute_dtypes(op: &Op, inputs: &[&TensorType]) -> Result<(), String> {
+    use Op::*;
+    let moves = matches!(
+        op,
+        Cast { .. }
+            | Reshape { .. }
+            | Transpose { .. }
+            | Concat { .. }
+            | Slice { .. }
+            | Gather { .. }
+            | Expand { .. }
+            | Identity
+            | GatherElements { .. }
+            | GatherNd { .. }
+            | Where
+    );
+    if moves {
+        return Ok(());
+    }
+    let f64_ok = matches!(op, Binary(_) | Compare(_) | Unary(_) | Reduce { .. } | MatMul);
+    for t in inputs {
+        let d = t.dtype;
+        if !d.is_compute() {
+            return Err(format!("{} does not compute in {d} (Kiln computes {d} values in {})", op.name(), d.compute()));
+        }
+        if d == DType::F64 && !f64_ok {
+            return Err(format!("{} does not compute in f64 yet", op.name()));
+        }
+    }
+    Ok(())
+}
+
+/// Output types of `op` applied to inputs of types `inputs`.
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
+    check_compute_dtypes(op, inputs)?;
+    infer_types(op, inputs)
+}
+
+fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult {
     use Op::*;
     let one = |t: TensorType| Ok(vec![t]);
     match op {
         Binary(b) => {
             arity(op, inputs, 2, 2)?;
             let d = same_dtype(inputs)?;
-            let logical = matches!(b, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor);
-            let ordering = matches!(b, BinaryOp::Max | BinaryOp::Min);
-            if logical != (d == DType::Bool) && !(ordering && d == DType::Bool) {
+            let ok = match b {
+                BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => !d.is_float(),
+                BinaryOp::Shl | BinaryOp::Shr => d.is_int(),
+                BinaryOp::Max | BinaryOp::Min => true,
+                _ => d != DType::Bool,
+            };
+            if !ok {
                 return Err(format!("{} is not defined on {d}", op.name()));
             }
             one(TensorType::new(d, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
@@ -142,7 +188,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
             arity(op, inputs, 1, 1)?;
             let t = inputs[0];
             match u {
-                UnaryOp::Not if t.dtype != DType::Bool => return Err("not needs a bool input".into()),
+                UnaryOp::Not if t.dtype.is_float() => return Err("not needs a bool or integer input".into()),
                 UnaryOp::Neg if t.dtype == DType::Bool => return Err("neg is not defined on bool".into()),
                 UnaryOp::Sqrt
                 | UnaryOp::Reciprocal
@@ -151,6 +197,12 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
                 | UnaryOp::Sigmoid
                 | UnaryOp::Tanh
                 | UnaryOp::Erf
+                | UnaryOp::Sin
+                | UnaryOp::Cos
+                | UnaryOp::Tan
+                | UnaryOp::Asin
+                | UnaryOp::Acos
+                | UnaryOp::Atan
                 | UnaryOp::HardSigmoid { .. }
                 | UnaryOp::LeakyRelu { .. } => want_float(op, t)?,
                 _ => {}

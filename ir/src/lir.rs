@@ -90,6 +90,7 @@ impl View {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scalar {
     F32(f32),
+    F64(f64),
     I32(i32),
     I64(i64),
     Bool(bool),
@@ -99,30 +100,40 @@ impl Scalar {
     pub fn dtype(self) -> DType {
         match self {
             Scalar::F32(_) => DType::F32,
+            Scalar::F64(_) => DType::F64,
             Scalar::I32(_) => DType::I32,
             Scalar::I64(_) => DType::I64,
             Scalar::Bool(_) => DType::Bool,
         }
     }
-    /// `x` converted to `dtype` (saturating for integers).
+    /// `x` converted to `dtype` (saturating for integers). Storage-only types give a scalar
+    /// of their compute type ([`DType::compute`]); the code generator converts it.
     pub fn of(dtype: DType, x: f64) -> Scalar {
-        match dtype {
-            DType::F32 => Scalar::F32(x as f32),
+        match dtype.compute() {
+            DType::F64 => Scalar::F64(x),
             DType::I32 => Scalar::I32(x as i32),
             DType::I64 => Scalar::I64(x as i64),
             DType::Bool => Scalar::Bool(x != 0.0),
+            _ => Scalar::F32(x as f32),
         }
     }
     /// The smallest (`lowest`) or largest value of a dtype, for max/min reductions.
     pub fn extreme(dtype: DType, lowest: bool) -> Scalar {
+        let int = |lo: i64, hi: i64| Scalar::of(dtype, if lowest { lo as f64 } else { hi as f64 });
         match (dtype, lowest) {
-            (DType::F32, true) => Scalar::F32(f32::NEG_INFINITY),
-            (DType::F32, false) => Scalar::F32(f32::INFINITY),
-            (DType::I32, true) => Scalar::I32(i32::MIN),
-            (DType::I32, false) => Scalar::I32(i32::MAX),
             (DType::I64, true) => Scalar::I64(i64::MIN),
             (DType::I64, false) => Scalar::I64(i64::MAX),
             (DType::Bool, lowest) => Scalar::Bool(!lowest),
+            (DType::I32, _) => int(i32::MIN.into(), i32::MAX.into()),
+            (DType::I8, _) => int(i8::MIN.into(), i8::MAX.into()),
+            (DType::U8, _) => int(0, u8::MAX.into()),
+            (DType::I16, _) => int(i16::MIN.into(), i16::MAX.into()),
+            (DType::U16, _) => int(0, u16::MAX.into()),
+            (DType::U32, _) => int(0, u32::MAX.into()),
+            // u64 is computed on its i64 bits: the extremes are 0 and all ones (-1).
+            (DType::U64, _) => Scalar::I64(if lowest { 0 } else { -1 }),
+            (d, true) => Scalar::of(d, f64::NEG_INFINITY),
+            (d, false) => Scalar::of(d, f64::INFINITY),
         }
     }
 }
@@ -435,6 +446,7 @@ impl fmt::Display for Scalar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scalar::F32(x) => write!(f, "{x:?}f32"),
+            Scalar::F64(x) => write!(f, "{x:?}f64"),
             Scalar::I32(x) => write!(f, "{x}i32"),
             Scalar::I64(x) => write!(f, "{x}"),
             Scalar::Bool(x) => write!(f, "{x}"),

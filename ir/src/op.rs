@@ -18,9 +18,14 @@ pub enum BinaryOp {
     Mod {
         fmod: bool,
     },
+    /// Logical on bools, bitwise on integers.
     And,
     Or,
     Xor,
+    /// Integer shifts (ONNX BitShift): a shift by a negative amount or by at least the
+    /// width of the compute type gives 0 (left) or the sign fill (right, arithmetic).
+    Shl,
+    Shr,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,6 +49,12 @@ pub enum UnaryOp {
     Sigmoid,
     Tanh,
     Erf,
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
     Floor,
     Ceil,
     Not,
@@ -370,6 +381,8 @@ impl Op {
                 BinaryOp::And => "and",
                 BinaryOp::Or => "or",
                 BinaryOp::Xor => "xor",
+                BinaryOp::Shl => "shl",
+                BinaryOp::Shr => "shr",
             },
             Op::Compare(c) => match c {
                 CmpOp::Equal => "equal",
@@ -389,6 +402,12 @@ impl Op {
                 UnaryOp::Sigmoid => "sigmoid",
                 UnaryOp::Tanh => "tanh",
                 UnaryOp::Erf => "erf",
+                UnaryOp::Sin => "sin",
+                UnaryOp::Cos => "cos",
+                UnaryOp::Tan => "tan",
+                UnaryOp::Asin => "asin",
+                UnaryOp::Acos => "acos",
+                UnaryOp::Atan => "atan",
                 UnaryOp::Floor => "floor",
                 UnaryOp::Ceil => "ceil",
                 UnaryOp::Not => "not",

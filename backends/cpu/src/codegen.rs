@@ -37,19 +37,24 @@ impl<'ctx> Gen<'ctx> {
     pub fn ptr_ty(&self) -> inkwell::types::PointerType<'ctx> {
         self.cx.ptr_type(AddressSpace::default())
     }
-    /// The in-register type of a dtype (bool is `i1`).
+    /// The in-register type of a dtype: that of its compute type ([`DType::compute`]), so an
+    /// f16 value lives in an f32 register and a u8 in a zero-extended i32 (bool is `i1`).
     pub fn reg_ty(&self, d: DType) -> BasicTypeEnum<'ctx> {
-        match d {
-            DType::F32 => self.cx.f32_type().into(),
+        match d.compute() {
+            DType::F64 => self.cx.f64_type().into(),
             DType::I32 => self.cx.i32_type().into(),
             DType::I64 => self.cx.i64_type().into(),
             DType::Bool => self.cx.bool_type().into(),
+            _ => self.cx.f32_type().into(),
         }
     }
-    /// The in-memory type of a dtype (bool is one byte).
+    /// The in-memory type of a dtype (bool is one byte; bf16 is its 16 bits).
     pub fn mem_ty(&self, d: DType) -> BasicTypeEnum<'ctx> {
         match d {
-            DType::Bool => self.cx.i8_type().into(),
+            DType::Bool | DType::I8 | DType::U8 => self.cx.i8_type().into(),
+            DType::I16 | DType::U16 | DType::BF16 => self.cx.i16_type().into(),
+            DType::U32 => self.cx.i32_type().into(),
+            DType::F16 => self.cx.f16_type().into(),
             _ => self.reg_ty(d),
         }
     }
@@ -117,15 +122,27 @@ impl<'ctx> Gen<'ctx> {
     pub fn load_elem(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
         let p = self.elem_ptr(base, d, linear)?;
         let v = self.b.build_load(self.mem_ty(d), p, "v").map_err(llvm_err)?;
-        if d == DType::Bool {
-            let z = self.cx.i8_type().const_zero();
-            return Ok(self
-                .b
-                .build_int_compare(inkwell::IntPredicate::NE, v.into_int_value(), z, "b")
-                .map_err(llvm_err)?
-                .into());
-        }
-        Ok(v)
+        let b = &self.b;
+        let reg = self.reg_ty(d);
+        Ok(match d {
+            DType::Bool => {
+                let z = self.cx.i8_type().const_zero();
+                b.build_int_compare(inkwell::IntPredicate::NE, v.into_int_value(), z, "b").map_err(llvm_err)?.into()
+            }
+            DType::F16 => b.build_float_ext(v.into_float_value(), reg.into_float_type(), "h").map_err(llvm_err)?.into(),
+            DType::BF16 => {
+                let w = b.build_int_z_extend(v.into_int_value(), self.cx.i32_type(), "w").map_err(llvm_err)?;
+                let w = b.build_left_shift(w, self.cx.i32_type().const_int(16, false), "s").map_err(llvm_err)?;
+                b.build_bit_cast(w, reg, "bf").map_err(llvm_err)?
+            }
+            DType::I8 | DType::I16 => {
+                b.build_int_s_extend(v.into_int_value(), reg.into_int_type(), "sx").map_err(llvm_err)?.into()
+            }
+            DType::U8 | DType::U16 | DType::U32 => {
+                b.build_int_z_extend(v.into_int_value(), reg.into_int_type(), "zx").map_err(llvm_err)?.into()
+            }
+            _ => v,
+        })
     }
 
     pub fn store_elem(
@@ -136,10 +153,25 @@ impl<'ctx> Gen<'ctx> {
         v: BasicValueEnum<'ctx>,
     ) -> R<()> {
         let p = self.elem_ptr(base, d, linear)?;
-        let v: BasicValueEnum = if d == DType::Bool {
-            self.b.build_int_z_extend(v.into_int_value(), self.cx.i8_type(), "zb").map_err(llvm_err)?.into()
-        } else {
-            v
+        let b = &self.b;
+        let mem = self.mem_ty(d);
+        // Registers of storage types hold values already rounded or wrapped to the type
+        // (`Cast` does that), so narrowing here is exact.
+        let v: BasicValueEnum = match d {
+            DType::Bool => b.build_int_z_extend(v.into_int_value(), self.cx.i8_type(), "zb").map_err(llvm_err)?.into(),
+            DType::F16 => {
+                b.build_float_trunc(v.into_float_value(), mem.into_float_type(), "h").map_err(llvm_err)?.into()
+            }
+            DType::BF16 => {
+                let w = b.build_bit_cast(v, self.cx.i32_type(), "w").map_err(llvm_err)?.into_int_value();
+                let w =
+                    b.build_right_shift(w, self.cx.i32_type().const_int(16, false), false, "s").map_err(llvm_err)?;
+                b.build_int_truncate(w, mem.into_int_type(), "bf").map_err(llvm_err)?.into()
+            }
+            DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::U32 => {
+                b.build_int_truncate(v.into_int_value(), mem.into_int_type(), "t").map_err(llvm_err)?.into()
+            }
+            _ => v,
         };
         self.b.build_store(p, v).map_err(llvm_err)?;
         Ok(())

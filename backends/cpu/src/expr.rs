@@ -16,26 +16,28 @@ pub(crate) struct Env<'a, 'ctx> {
     pub bases: &'a [PointerValue<'ctx>],
 }
 
-/// A constant of `ty` (the scalar is converted if its own type differs).
+/// A constant of `ty`'s register type (the scalar is converted if its own type differs).
 pub(crate) fn scalar<'ctx>(g: &Gen<'ctx>, s: Scalar, ty: DType) -> R<BasicValueEnum<'ctx>> {
+    let ty = ty.compute();
+    if let (Scalar::I64(x), DType::I64) = (s, ty) {
+        return Ok(g.i64(x).into());
+    }
     let x = match s {
         Scalar::F32(x) => x as f64,
+        Scalar::F64(x) => x,
         Scalar::I32(x) => x as f64,
-        Scalar::I64(x) => {
-            if ty == DType::I64 {
-                return Ok(g.i64(x).into());
-            }
-            x as f64
-        }
+        Scalar::I64(x) => x as f64,
         Scalar::Bool(b) => b as u8 as f64,
     };
     Ok(match (s, ty) {
         (Scalar::F32(x), DType::F32) => g.cx.f32_type().const_float(x as f64).into(),
         (_, DType::F32) => g.cx.f32_type().const_float(x).into(),
+        (_, DType::F64) => g.cx.f64_type().const_float(x).into(),
         (Scalar::I32(x), DType::I32) => g.cx.i32_type().const_int(x as i64 as u64, true).into(),
         (_, DType::I32) => g.cx.i32_type().const_int(x as i64 as u64, true).into(),
         (_, DType::I64) => g.i64(x as i64).into(),
         (_, DType::Bool) => g.cx.bool_type().const_int((x != 0.0) as u64, false).into(),
+        (_, other) => return Err(llvm_err(format!("a constant of storage type {other}"))),
     })
 }
 
@@ -50,23 +52,25 @@ fn call<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, args: &[BasicValueEnum<'ctx
     c.try_as_basic_value().basic().ok_or_else(|| llvm_err("call returned void"))
 }
 
+/// An overloaded float intrinsic, declared for the type of the first argument.
 fn fcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[FloatValue<'ctx>]) -> R<FloatValue<'ctx>> {
-    let f32t: BasicTypeEnum = g.cx.f32_type().into();
-    let f = intrinsic(g, name, &[f32t])?;
+    let ft: BasicTypeEnum = args[0].get_type().into();
+    let f = intrinsic(g, name, &[ft])?;
     Ok(call(g, f, &args.iter().map(|&a| a.into()).collect::<Vec<_>>())?.into_float_value())
 }
 
-/// A libm function `float name(float)` (declared on first use).
+/// A libm function `double name(double)`, or its `float namef(float)` form for f32 (declared
+/// on first use).
 fn libm<'ctx>(g: &Gen<'ctx>, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let f = g.m.get_function(name).unwrap_or_else(|| {
-        let t = g.cx.f32_type();
-        g.m.add_function(name, t.fn_type(&[t.into()], false), None)
-    });
+    let t = x.get_type();
+    let name = if t == g.cx.f32_type() { format!("{name}f") } else { name.to_string() };
+    let f = g.m.get_function(&name).unwrap_or_else(|| g.m.add_function(&name, t.fn_type(&[t.into()], false), None));
     Ok(call(g, f, &[x.into()])?.into_float_value())
 }
 
-fn fconst<'ctx>(g: &Gen<'ctx>, x: f64) -> FloatValue<'ctx> {
-    g.cx.f32_type().const_float(x)
+/// A constant of the float type of `like`.
+fn fconst<'ctx>(like: FloatValue<'ctx>, x: f64) -> FloatValue<'ctx> {
+    like.get_type().const_float(x)
 }
 
 fn fsel<'ctx>(g: &Gen<'ctx>, c: IntValue<'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
@@ -104,8 +108,8 @@ fn lt_pred(t: inkwell::types::IntType) -> IntPredicate {
 
 fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
     let b = &g.b;
-    let zero = fconst(g, 0.0);
-    let one = fconst(g, 1.0);
+    let zero = fconst(x, 0.0);
+    let one = fconst(x, 1.0);
     Ok(match op {
         UnaryOp::Neg => b.build_float_neg(x, "neg").map_err(llvm_err)?,
         UnaryOp::Abs => fcall(g, "llvm.fabs", &[x])?,
@@ -120,29 +124,37 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
             let e = fcall(g, "llvm.exp", &[b.build_float_neg(x, "nx").map_err(llvm_err)?])?;
             b.build_float_div(one, b.build_float_add(one, e, "d").map_err(llvm_err)?, "sig").map_err(llvm_err)?
         }
-        UnaryOp::Tanh => libm(g, "tanhf", x)?,
-        UnaryOp::Erf => libm(g, "erff", x)?,
+        UnaryOp::Tanh => libm(g, "tanh", x)?,
+        UnaryOp::Erf => libm(g, "erf", x)?,
+        UnaryOp::Sin => libm(g, "sin", x)?,
+        UnaryOp::Cos => libm(g, "cos", x)?,
+        UnaryOp::Tan => libm(g, "tan", x)?,
+        UnaryOp::Asin => libm(g, "asin", x)?,
+        UnaryOp::Acos => libm(g, "acos", x)?,
+        UnaryOp::Atan => libm(g, "atan", x)?,
         UnaryOp::Sign => {
             let pos = fsel(g, fcmp(g, FloatPredicate::OGT, x, zero)?, one, x)?;
             fsel(
                 g,
                 fcmp(g, FloatPredicate::OLT, x, zero)?,
-                fconst(g, -1.0),
+                fconst(x, -1.0),
                 fsel(g, fcmp(g, FloatPredicate::OEQ, x, zero)?, zero, pos)?,
             )?
         }
         UnaryOp::LeakyRelu { alpha } => {
-            let ax = b.build_float_mul(fconst(g, alpha as f64), x, "ax").map_err(llvm_err)?;
+            let ax = b.build_float_mul(fconst(x, alpha as f64), x, "ax").map_err(llvm_err)?;
             fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, ax, x)?
         }
         UnaryOp::HardSigmoid { alpha, beta } => {
-            let y = b.build_float_mul(fconst(g, alpha as f64), x, "ax").map_err(llvm_err)?;
-            let y = b.build_float_add(y, fconst(g, beta as f64), "axb").map_err(llvm_err)?;
+            let y = b.build_float_mul(fconst(x, alpha as f64), x, "ax").map_err(llvm_err)?;
+            let y = b.build_float_add(y, fconst(x, beta as f64), "axb").map_err(llvm_err)?;
             let y = fcall(g, "llvm.minnum", &[y, one])?;
             fcall(g, "llvm.maxnum", &[y, zero])?
         }
         UnaryOp::Clip { lo, hi } => {
-            let (lo, hi) = (fconst(g, lo as f32 as f64), fconst(g, hi as f32 as f64));
+            // The bounds in the element type (f32 bounds rounded as the reference does).
+            let round = |v: f64| if x.get_type() == g.cx.f32_type() { v as f32 as f64 } else { v };
+            let (lo, hi) = (fconst(x, round(lo)), fconst(x, round(hi)));
             let y = fsel(g, fcmp(g, FloatPredicate::OLT, x, lo)?, lo, x)?;
             fsel(g, fcmp(g, FloatPredicate::OGT, y, hi)?, hi, y)?
         }
@@ -170,8 +182,11 @@ fn unary_i<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: IntValue<'ctx>) -> R<IntValue<'c
             )?
         }
         UnaryOp::Clip { lo, hi } => {
-            let lo = t.const_int(lo.max(i64::MIN as f64) as i64 as u64, true);
-            let hi = t.const_int(hi.min(i64::MAX as f64) as i64 as u64, true);
+            // Bounds saturate to the register's range (±inf for absent bounds).
+            let w = t.get_bit_width();
+            let (tmin, tmax) = if w >= 64 { (i64::MIN, i64::MAX) } else { (-(1i64 << (w - 1)), (1i64 << (w - 1)) - 1) };
+            let bound = |v: f64| (v.max(tmin as f64).min(tmax as f64) as i64).clamp(tmin, tmax) as u64;
+            let (lo, hi) = (t.const_int(bound(lo), true), t.const_int(bound(hi), true));
             let y = isel(g, icmp(g, IntPredicate::SLT, x, lo)?, lo, x)?;
             isel(g, icmp(g, IntPredicate::SGT, y, hi)?, hi, y)?
         }
@@ -198,8 +213,27 @@ fn binary_f<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: FloatValue<'ctx>, c: FloatValu
         BinaryOp::Pow => fcall(g, "llvm.pow", &[a, c])?,
         BinaryOp::Max => fcall(g, "llvm.maximum", &[a, c])?,
         BinaryOp::Min => fcall(g, "llvm.minimum", &[a, c])?,
-        BinaryOp::Mod { .. } => b.build_float_rem(a, c, "rem").map_err(llvm_err)?,
-        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => return Err(llvm_err("logical op on floats")),
+        BinaryOp::Mod { fmod: true } => b.build_float_rem(a, c, "rem").map_err(llvm_err)?,
+        // numpy `mod`: the remainder takes the divisor's sign (a zero one too).
+        BinaryOp::Mod { fmod: false } => {
+            let zero = fconst(a, 0.0);
+            let r = b.build_float_rem(a, c, "rem").map_err(llvm_err)?;
+            let differ = b
+                .build_xor(fcmp(g, FloatPredicate::OLT, r, zero)?, fcmp(g, FloatPredicate::OLT, c, zero)?, "d")
+                .map_err(llvm_err)?;
+            let nz = fcmp(g, FloatPredicate::ONE, r, zero)?;
+            let fixed = fsel(
+                g,
+                b.build_and(nz, differ, "fix").map_err(llvm_err)?,
+                b.build_float_add(r, c, "rc").map_err(llvm_err)?,
+                r,
+            )?;
+            let signed_zero = fcall(g, "llvm.copysign", &[zero, c])?;
+            fsel(g, fcmp(g, FloatPredicate::OEQ, r, zero)?, signed_zero, fixed)?
+        }
+        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Shl | BinaryOp::Shr => {
+            return Err(llvm_err("bitwise op on floats"))
+        }
     })
 }
 
@@ -223,6 +257,19 @@ fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'c
         BinaryOp::And => b.build_and(a, c, "and").map_err(llvm_err)?,
         BinaryOp::Or => b.build_or(a, c, "or").map_err(llvm_err)?,
         BinaryOp::Xor => b.build_xor(a, c, "xor").map_err(llvm_err)?,
+        // Out-of-range amounts (negative or >= the width) give 0 / the sign fill, as in the
+        // reference; the shift itself gets a clamped amount so that it is defined.
+        BinaryOp::Shl | BinaryOp::Shr => {
+            let width = t.const_int(t.get_bit_width() as u64, false);
+            let inr = icmp(g, IntPredicate::ULT, c, width)?;
+            let amt = isel(g, inr, c, zero)?;
+            if op == BinaryOp::Shl {
+                isel(g, inr, b.build_left_shift(a, amt, "shl").map_err(llvm_err)?, zero)?
+            } else {
+                let fill = isel(g, icmp(g, IntPredicate::SLT, a, zero)?, m1, zero)?;
+                isel(g, inr, b.build_right_shift(a, amt, true, "shr").map_err(llvm_err)?, fill)?
+            }
+        }
         BinaryOp::Max => isel(g, icmp(g, gt_pred(t), a, c)?, a, c)?,
         BinaryOp::Min => isel(g, icmp(g, lt_pred(t), a, c)?, a, c)?,
         BinaryOp::Div => {
@@ -258,35 +305,110 @@ fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'c
     })
 }
 
-/// Converts between register types with ONNX Cast semantics (float→int truncates, saturating).
+/// Rounds an f32 to the nearest bf16 (ties to even; NaN stays a quiet NaN), kept in f32.
+fn round_bf16<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    let b = &g.b;
+    let i32t = g.cx.i32_type();
+    let k = |v: u64| i32t.const_int(v, false);
+    let bits = b.build_bit_cast(x, i32t, "bits").map_err(llvm_err)?.into_int_value();
+    let lsb =
+        b.build_and(b.build_right_shift(bits, k(16), false, "hi").map_err(llvm_err)?, k(1), "lsb").map_err(llvm_err)?;
+    let bias = b.build_int_add(lsb, k(0x7fff), "bias").map_err(llvm_err)?;
+    let rounded = b.build_int_add(bits, bias, "r").map_err(llvm_err)?;
+    let quiet = b.build_or(bits, k(0x0040_0000), "q").map_err(llvm_err)?;
+    let nan = fcmp(g, FloatPredicate::UNO, x, x)?;
+    let r = isel(g, nan, quiet, rounded)?;
+    let r = b.build_and(r, k(0xffff_0000), "m").map_err(llvm_err)?;
+    Ok(b.build_bit_cast(r, g.cx.f32_type(), "bf").map_err(llvm_err)?.into_float_value())
+}
+
+/// Converts between dtypes with ONNX Cast semantics, matching the reference evaluation:
+/// float→int truncates toward zero, saturating to i32 for i32 and to i64 otherwise (then
+/// wrapping to narrower integers); int→int wraps; floats round to nearest even; bf16 results
+/// are rounded from f32. Registers of storage types hold their compute type (see
+/// [`Gen::reg_ty`]), so a u8 result is wrapped to 8 bits and zero-extended.
 fn cast<'ctx>(g: &Gen<'ctx>, v: BasicValueEnum<'ctx>, from: DType, to: DType) -> R<BasicValueEnum<'ctx>> {
     let b = &g.b;
     if from == to {
         return Ok(v);
     }
-    let to_ty = g.reg_ty(to);
-    Ok(match (from, to) {
-        (DType::F32, DType::Bool) => fcmp(g, FloatPredicate::UNE, v.into_float_value(), fconst(g, 0.0))?.into(),
-        (DType::F32, _) => {
-            let f = intrinsic(g, "llvm.fptosi.sat", &[to_ty, g.cx.f32_type().into()])?;
-            call(g, f, &[v])?
+    let to_reg = g.reg_ty(to);
+    let unsigned_src = from == DType::Bool || (from.is_int() && !from.is_signed());
+    if to == DType::Bool {
+        return Ok(if v.is_float_value() {
+            let x = v.into_float_value();
+            fcmp(g, FloatPredicate::UNE, x, fconst(x, 0.0))?.into()
+        } else {
+            let x = v.into_int_value();
+            icmp(g, IntPredicate::NE, x, x.get_type().const_zero())?.into()
+        });
+    }
+    if to.is_float() {
+        // Into the float type that `to` is rounded from: f64 for f64 and f16 (one rounding
+        // to f16), f32 otherwise.
+        let wide = if to == DType::F16 && from == DType::F64 { g.cx.f64_type() } else { to_reg.into_float_type() };
+        let wide = if to == DType::F64 { g.cx.f64_type() } else { wide };
+        let x = if v.is_float_value() {
+            b.build_float_cast(v.into_float_value(), wide, "fc").map_err(llvm_err)?
+        } else if unsigned_src {
+            b.build_unsigned_int_to_float(v.into_int_value(), wide, "uf").map_err(llvm_err)?
+        } else {
+            b.build_signed_int_to_float(v.into_int_value(), wide, "sf").map_err(llvm_err)?
+        };
+        return Ok(match to {
+            DType::F16 => {
+                let h = b.build_float_trunc(x, g.cx.f16_type(), "h").map_err(llvm_err)?;
+                b.build_float_ext(h, to_reg.into_float_type(), "hx").map_err(llvm_err)?.into()
+            }
+            DType::BF16 => round_bf16(g, x)?.into(),
+            _ => x.into(),
+        });
+    }
+    let i64t = g.cx.i64_type();
+    // The value as i64 (for u64: its bits).
+    let wide: IntValue = if v.is_float_value() {
+        let x = v.into_float_value();
+        let sat = |name: &str, t: inkwell::types::IntType<'ctx>| -> R<IntValue<'ctx>> {
+            let f = intrinsic(g, name, &[t.into(), x.get_type().into()])?;
+            Ok(call(g, f, &[x.into()])?.into_int_value())
+        };
+        match to {
+            DType::I32 => return Ok(sat("llvm.fptosi.sat", g.cx.i32_type())?.into()),
+            DType::U64 => {
+                let nonneg = fcmp(g, FloatPredicate::OGE, x, fconst(x, 0.0))?;
+                isel(g, nonneg, sat("llvm.fptoui.sat", i64t)?, sat("llvm.fptosi.sat", i64t)?)?
+            }
+            _ => sat("llvm.fptosi.sat", i64t)?,
         }
-        (DType::Bool, DType::F32) => {
-            b.build_unsigned_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf").map_err(llvm_err)?.into()
+    } else {
+        let x = v.into_int_value();
+        if x.get_type().get_bit_width() == 64 {
+            x
+        } else if unsigned_src {
+            b.build_int_z_extend(x, i64t, "z").map_err(llvm_err)?
+        } else {
+            b.build_int_s_extend(x, i64t, "s").map_err(llvm_err)?
         }
-        (_, DType::F32) => {
-            b.build_signed_int_to_float(v.into_int_value(), g.cx.f32_type(), "cf").map_err(llvm_err)?.into()
-        }
-        (_, DType::Bool) => {
-            icmp(g, IntPredicate::NE, v.into_int_value(), v.into_int_value().get_type().const_zero())?.into()
-        }
-        (DType::Bool, _) => {
-            b.build_int_z_extend(v.into_int_value(), to_ty.into_int_type(), "z").map_err(llvm_err)?.into()
-        }
-        _ if from.size() > to.size() => {
-            b.build_int_truncate(v.into_int_value(), to_ty.into_int_type(), "t").map_err(llvm_err)?.into()
-        }
-        _ => b.build_int_s_extend(v.into_int_value(), to_ty.into_int_type(), "x").map_err(llvm_err)?.into(),
+    };
+    let reg = to_reg.into_int_type();
+    if to.bits() == reg.get_bit_width() {
+        return Ok(if reg.get_bit_width() == 64 {
+            wide.into()
+        } else {
+            b.build_int_truncate(wide, reg, "t").map_err(llvm_err)?.into()
+        });
+    }
+    // A narrow integer: wrap to its width, then extend to the register.
+    let nt = match to.bits() {
+        8 => g.cx.i8_type(),
+        16 => g.cx.i16_type(),
+        _ => g.cx.i32_type(),
+    };
+    let narrow = b.build_int_truncate(wide, nt, "n").map_err(llvm_err)?;
+    Ok(if to.is_signed() {
+        b.build_int_s_extend(narrow, reg, "sx").map_err(llvm_err)?.into()
+    } else {
+        b.build_int_z_extend(narrow, reg, "zx").map_err(llvm_err)?.into()
     })
 }
 

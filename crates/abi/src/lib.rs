@@ -72,30 +72,43 @@ pub enum DTypeCode {
     F32 = 1,
     U8 = 2,
     I8 = 3,
+    U16 = 4,
+    I16 = 5,
     I32 = 6,
     I64 = 7,
     Bool = 9,
+    F16 = 10,
     F64 = 11,
+    U32 = 12,
+    U64 = 13,
+    BF16 = 16,
 }
 
 impl DTypeCode {
+    pub const ALL: [DTypeCode; 13] = [
+        Self::F32,
+        Self::U8,
+        Self::I8,
+        Self::U16,
+        Self::I16,
+        Self::I32,
+        Self::I64,
+        Self::Bool,
+        Self::F16,
+        Self::F64,
+        Self::U32,
+        Self::U64,
+        Self::BF16,
+    ];
     pub fn from_i32(v: i32) -> Option<Self> {
-        Some(match v {
-            1 => Self::F32,
-            2 => Self::U8,
-            3 => Self::I8,
-            6 => Self::I32,
-            7 => Self::I64,
-            9 => Self::Bool,
-            11 => Self::F64,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|c| *c as i32 == v)
     }
     pub fn size(self) -> usize {
         match self {
             Self::U8 | Self::I8 | Self::Bool => 1,
-            Self::F32 | Self::I32 => 4,
-            Self::I64 | Self::F64 => 8,
+            Self::U16 | Self::I16 | Self::F16 | Self::BF16 => 2,
+            Self::F32 | Self::I32 | Self::U32 => 4,
+            Self::I64 | Self::F64 | Self::U64 => 8,
         }
     }
     pub fn name(self) -> &'static str {
@@ -103,10 +116,16 @@ impl DTypeCode {
             Self::F32 => "f32",
             Self::U8 => "u8",
             Self::I8 => "i8",
+            Self::U16 => "u16",
+            Self::I16 => "i16",
             Self::I32 => "i32",
             Self::I64 => "i64",
             Self::Bool => "bool",
+            Self::F16 => "f16",
             Self::F64 => "f64",
+            Self::U32 => "u32",
+            Self::U64 => "u64",
+            Self::BF16 => "bf16",
         }
     }
 }

@@ -34,12 +34,29 @@ fn read_npy(bytes: &[u8]) -> Result<kiln::ir::Tensor, String> {
         npyz::DType::Plain(t) => t.to_string(),
         other => return Err(format!("structured .npy dtype {other:?} is not supported")),
     };
+    macro_rules! read {
+        ($v:ident, $t:ty) => {
+            Data::$v(npy.into_vec::<$t>().map_err(|e| e.to_string())?)
+        };
+    }
     let data = match type_str.trim_start_matches(['<', '|', '=']) {
-        "f4" => Data::F32(npy.into_vec::<f32>().map_err(|e| e.to_string())?),
-        "i4" => Data::I32(npy.into_vec::<i32>().map_err(|e| e.to_string())?),
-        "i8" => Data::I64(npy.into_vec::<i64>().map_err(|e| e.to_string())?),
-        "b1" => Data::Bool(npy.into_vec::<bool>().map_err(|e| e.to_string())?),
-        other => return Err(format!(".npy dtype `{other}` is not supported (use float32, int32, int64 or bool)")),
+        "f4" => read!(F32, f32),
+        "f8" => read!(F64, f64),
+        "f2" => read!(F16, half::f16),
+        "i1" => read!(I8, i8),
+        "u1" => read!(U8, u8),
+        "i2" => read!(I16, i16),
+        "u2" => read!(U16, u16),
+        "i4" => read!(I32, i32),
+        "u4" => read!(U32, u32),
+        "i8" => read!(I64, i64),
+        "u8" => read!(U64, u64),
+        "b1" => read!(Bool, bool),
+        other => {
+            return Err(format!(
+                ".npy dtype `{other}` is not supported (use a float16/32/64, (u)int8/16/32/64 or bool array)"
+            ))
+        }
     };
     if data.len() != shape.iter().product::<usize>() {
         return Err("the .npy data length does not match its shape".into());
@@ -76,9 +93,12 @@ pub fn random(spec: &kiln::TensorSpec, seed: u64) -> HostTensor {
     let dtype = DType::from_code(DTypeCode::from_i32(spec.dtype).expect("validated")).unwrap_or(DType::F32);
     let data = match dtype {
         DType::F32 => Data::F32((0..n).map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()),
-        DType::I32 => Data::I32((0..n).map(|_| (next() % 8) as i32).collect()),
-        DType::I64 => Data::I64((0..n).map(|_| (next() % 8) as i64).collect()),
         DType::Bool => Data::Bool((0..n).map(|_| next() % 2 == 1).collect()),
+        d if d.is_float() => {
+            let v: Vec<f64> = (0..n).map(|_| (next() >> 40) as f64 / (1u64 << 23) as f64 - 1.0).collect();
+            Data::from_f64s(d, &v)
+        }
+        d => Data::from_i64s(d, &(0..n).map(|_| (next() % 8) as i64).collect::<Vec<_>>()),
     };
     from_ir(&kiln::ir::Tensor::from_data(shape, data))
 }
@@ -97,12 +117,26 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), String> {
             wr.finish().map_err(err)
         }};
     }
+    macro_rules! le {
+        ($ty:ty, $n:expr) => {
+            dump!($ty, $n, |c: &[u8]| <$ty>::from_le_bytes(c.try_into().unwrap()))
+        };
+    }
     match t.dtype {
-        DTypeCode::F32 => dump!(f32, 4, |c: &[u8]| f32::from_le_bytes(c.try_into().unwrap())),
-        DTypeCode::I32 => dump!(i32, 4, |c: &[u8]| i32::from_le_bytes(c.try_into().unwrap())),
-        DTypeCode::I64 => dump!(i64, 8, |c: &[u8]| i64::from_le_bytes(c.try_into().unwrap())),
+        DTypeCode::F32 => le!(f32, 4),
+        DTypeCode::F64 => le!(f64, 8),
+        DTypeCode::F16 => le!(half::f16, 2),
+        // numpy has no bfloat16: widen to float32 (exact).
+        DTypeCode::BF16 => dump!(f32, 2, |c: &[u8]| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32()),
+        DTypeCode::I8 => le!(i8, 1),
+        DTypeCode::U8 => le!(u8, 1),
+        DTypeCode::I16 => le!(i16, 2),
+        DTypeCode::U16 => le!(u16, 2),
+        DTypeCode::I32 => le!(i32, 4),
+        DTypeCode::U32 => le!(u32, 4),
+        DTypeCode::I64 => le!(i64, 8),
+        DTypeCode::U64 => le!(u64, 8),
         DTypeCode::Bool => dump!(bool, 1, |c: &[u8]| c[0] != 0),
-        other => Err(format!("cannot write dtype {} to .npy", other.name())),
     }
 }
 
@@ -110,18 +144,15 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), String> {
 pub fn preview(t: &Tensor, n: usize) -> String {
     let size = t.dtype.size();
     let count = t.data.len() / size.max(1);
-    let items: Vec<String> = t
-        .data
-        .chunks_exact(size)
-        .take(n)
-        .map(|c| match t.dtype {
-            DTypeCode::F32 => format!("{:.6}", f32::from_le_bytes(c.try_into().unwrap())),
-            DTypeCode::I32 => i32::from_le_bytes(c.try_into().unwrap()).to_string(),
-            DTypeCode::I64 => i64::from_le_bytes(c.try_into().unwrap()).to_string(),
-            DTypeCode::Bool => (c[0] != 0).to_string(),
-            _ => "?".into(),
-        })
-        .collect();
+    let Some(dtype) = DType::from_code(t.dtype) else { return format!("[{count} elements]") };
+    let head = Data::from_le_bytes(dtype, &t.data[..n.min(count) * size]);
+    let items: Vec<String> = match head {
+        Data::Bool(v) => v.iter().map(|b| b.to_string()).collect(),
+        Data::U64(v) => v.iter().map(|x| x.to_string()).collect(),
+        Data::I64(v) => v.iter().map(|x| x.to_string()).collect(),
+        d if dtype.is_float() => d.to_f64_vec().iter().map(|x| format!("{x:.6}")).collect(),
+        d => d.to_i64_vec().iter().map(|x| x.to_string()).collect(),
+    };
     let more = if count > n { ", …" } else { "" };
     format!("[{}{more}]", items.join(", "))
 }

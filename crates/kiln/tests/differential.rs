@@ -28,6 +28,10 @@ impl Rng {
             DType::I32 => Data::I32((0..n).map(|_| self.range(0, 20) as i32 - 10).collect()),
             DType::I64 => Data::I64((0..n).map(|_| self.range(0, 20) as i64 - 10).collect()),
             DType::Bool => Data::Bool((0..n).map(|_| self.next().is_multiple_of(2)).collect()),
+            d if d.is_float() => {
+                Data::from_f64s(d, &self.f32s(n, -2.0, 2.0).into_iter().map(f64::from).collect::<Vec<_>>())
+            }
+            d => Data::from_i64s(d, &(0..n).map(|_| self.range(0, 20) as i64 - 10).collect::<Vec<_>>()),
         };
         Tensor::from_data(shape.to_vec(), data)
     }
@@ -66,7 +70,7 @@ fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
         assert_eq!(g.dtype, w.dtype().code(), "{op:?}: dtype");
         let gt = Tensor::from_bytes(w.ty.clone(), g.data.clone().into()).unwrap();
         for (k, (a, b)) in gt.to_f64_vec().iter().zip(w.to_f64_vec()).enumerate() {
-            let ok = (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * (1.0 + b.abs());
+            let ok = (a.is_nan() && b.is_nan()) || *a == b || (a - b).abs() <= tol * (1.0 + b.abs());
             assert!(
                 ok,
                 "{op:?} with inputs {:?}: element {k}: compiled {a}, reference {b}",
@@ -647,5 +651,126 @@ fn roi_align_avg_and_max() {
             half_pixel,
         };
         check_with(op, &[x, Tensor::f32(vec![rois_n, 4], rois), bi], &[], 1e-4);
+    }
+}
+
+#[test]
+fn trig_and_f64_elementwise() {
+    let mut r = Rng(40);
+    for dt in [DType::F32, DType::F64] {
+        for op in [UnaryOp::Sin, UnaryOp::Cos, UnaryOp::Tan, UnaryOp::Atan, UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Erf] {
+            let s = r.shape(2, 6);
+            check(Op::Unary(op), &[r.tensor(dt, &s)]);
+        }
+        for op in [UnaryOp::Asin, UnaryOp::Acos] {
+            let n = 12;
+            let v: Vec<f64> = r.f32s(n, -0.99, 0.99).into_iter().map(f64::from).collect();
+            check(Op::Unary(op), &[Tensor::from_data(vec![n], Data::from_f64s(dt, &v))]);
+        }
+    }
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min] {
+        let (a, b) = broadcast_pair(&mut r);
+        check(Op::Binary(op), &[r.tensor(DType::F64, &a), r.tensor(DType::F64, &b)]);
+    }
+    for fmod in [false, true] {
+        let (a, b) = broadcast_pair(&mut r);
+        check(Op::Binary(BinaryOp::Mod { fmod }), &[r.tensor(DType::F64, &a), r.tensor(DType::F64, &b)]);
+    }
+    let (x, y) = (r.tensor(DType::F64, &[3, 5]), r.tensor(DType::F64, &[5, 4]));
+    check(Op::MatMul, &[x, y]);
+    let x = r.tensor(DType::F64, &[3, 4, 5]);
+    check(Op::Reduce { op: ReduceOp::Sum, axes: vec![0, 2], keepdims: false }, &[x.clone()]);
+    check(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdims: true }, &[x]);
+}
+
+#[test]
+fn integer_bitwise_shift_and_clip() {
+    let mut r = Rng(41);
+    for dt in [DType::I32, DType::I64] {
+        for op in [BinaryOp::And, BinaryOp::Or, BinaryOp::Xor] {
+            let (a, b) = broadcast_pair(&mut r);
+            check(Op::Binary(op), &[r.tensor(dt, &a), r.tensor(dt, &b)]);
+        }
+        check(Op::Unary(UnaryOp::Not), &[r.tensor(dt, &[7])]);
+        // Shift amounts from -3 to 70 cover the out-of-range cases on both widths.
+        let n = 74;
+        let amounts =
+            Tensor::from_data(vec![n], Data::from_i64s(dt, &(0..n as i64).map(|i| i - 3).collect::<Vec<_>>()));
+        let v = Tensor::from_data(
+            vec![n],
+            Data::from_i64s(dt, &(0..n as i64).map(|i| (i * 7919) % 97 - 48).collect::<Vec<_>>()),
+        );
+        for op in [BinaryOp::Shl, BinaryOp::Shr] {
+            check(Op::Binary(op), &[v.clone(), amounts.clone()]);
+        }
+        // Clip without bounds (±inf) keeps every value; with bounds it saturates.
+        let x = Tensor::from_data(vec![4], Data::from_i64s(dt, &[i32::MIN.into(), -5, 6, i32::MAX.into()]));
+        check(Op::Unary(UnaryOp::Clip { lo: f64::NEG_INFINITY, hi: f64::INFINITY }), &[x.clone()]);
+        check(Op::Unary(UnaryOp::Clip { lo: -3.0, hi: 1e30 }), &[x]);
+    }
+}
+
+/// Every dtype to every other: the kernels' conversions (rounding to f16/bf16, wrapping to
+/// narrow integers, saturating float→int) agree with the reference evaluation bit for bit.
+#[test]
+fn casts_between_every_dtype() {
+    let vals: Vec<f64> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        2.5,
+        -2.5,
+        3.7,
+        -3.7,
+        127.0,
+        128.0,
+        255.0,
+        256.0,
+        300.5,
+        -129.0,
+        40000.0,
+        65504.0,
+        70000.0,
+        -70000.0,
+        1e10,
+        -1e10,
+        0.333333,
+        1.0e-5,
+        4294967295.0,
+        3e9,
+    ];
+    let n = vals.len();
+    for from in DType::ALL {
+        let data = if from.is_float() || from == DType::Bool {
+            Data::from_f64s(from, &vals)
+        } else {
+            Data::from_i64s(from, &vals.iter().map(|&v| v as i64).collect::<Vec<_>>())
+        };
+        let x = Tensor::from_data(vec![n], data);
+        for to in DType::ALL {
+            check_with(Op::Cast { to }, std::slice::from_ref(&x), &[], 0.0);
+        }
+    }
+    // Special float values.
+    let x = Tensor::f32(vec![4], vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-40]);
+    for to in DType::ALL {
+        check_with(Op::Cast { to }, std::slice::from_ref(&x), &[], 0.0);
+    }
+}
+
+/// Element moves on storage types run without widening.
+#[test]
+fn data_movement_on_storage_types() {
+    let mut r = Rng(42);
+    for dt in
+        [DType::F16, DType::BF16, DType::U8, DType::I8, DType::I16, DType::U16, DType::U32, DType::U64, DType::F64]
+    {
+        let x = r.tensor(dt, &[2, 3, 4]);
+        check_with(Op::Transpose { perm: vec![2, 0, 1] }, std::slice::from_ref(&x), &[], 0.0);
+        let y = r.tensor(dt, &[2, 1, 4]);
+        check_with(Op::Concat { axis: 1 }, &[x.clone(), y], &[], 0.0);
+        let idx = Tensor::i64(vec![3], vec![2, 0, 1]);
+        check_with(Op::Gather { axis: 1 }, &[x, idx], &[false, true], 0.0);
     }
 }

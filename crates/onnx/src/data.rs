@@ -15,6 +15,10 @@ use crate::ImportError;
 /// product of two dims far from overflowing.
 pub(crate) const MAX_ELEMS: usize = 1 << 40;
 
+/// The ONNX element types Kiln reads, for error messages.
+pub(crate) const SUPPORTED_DTYPES: &str =
+    "float32, float64, float16, bfloat16, int8, uint8, int16, uint16, int32, uint32, int64, uint64, bool";
+
 /// Maps an ONNX element type to a Kiln dtype, or gives the ONNX name of an unsupported one.
 pub(crate) fn dtype_of(code: i32) -> Result<DType, String> {
     match DataType::try_from(code) {
@@ -22,6 +26,15 @@ pub(crate) fn dtype_of(code: i32) -> Result<DType, String> {
         Ok(DataType::Int32) => Ok(DType::I32),
         Ok(DataType::Int64) => Ok(DType::I64),
         Ok(DataType::Bool) => Ok(DType::Bool),
+        Ok(DataType::Double) => Ok(DType::F64),
+        Ok(DataType::Float16) => Ok(DType::F16),
+        Ok(DataType::Bfloat16) => Ok(DType::BF16),
+        Ok(DataType::Int8) => Ok(DType::I8),
+        Ok(DataType::Uint8) => Ok(DType::U8),
+        Ok(DataType::Int16) => Ok(DType::I16),
+        Ok(DataType::Uint16) => Ok(DType::U16),
+        Ok(DataType::Uint32) => Ok(DType::U32),
+        Ok(DataType::Uint64) => Ok(DType::U64),
         Ok(other) => Err(other.as_str_name().to_string()),
         Err(_) => Err(format!("with unknown code {code}")),
     }
@@ -157,24 +170,31 @@ pub(crate) fn decode_tensor(t: &TensorProto, name: &str, ext: &mut ExternalStore
         }
         raw.clone()
     } else {
-        let have = match dtype {
-            DType::F32 => t.float_data.len(),
-            DType::I32 | DType::Bool => t.int32_data.len(),
-            DType::I64 => t.int64_data.len(),
+        // The typed field each dtype is stored in; 8- and 16-bit types (f16/bf16 by their bit
+        // patterns) are one element per int32, u32/u64 one per uint64.
+        let (field, have) = match dtype {
+            DType::F32 => ("float_data", t.float_data.len()),
+            DType::F64 => ("double_data", t.double_data.len()),
+            DType::I64 => ("int64_data", t.int64_data.len()),
+            DType::U32 | DType::U64 => ("uint64_data", t.uint64_data.len()),
+            _ => ("int32_data", t.int32_data.len()),
         };
         if have != numel {
-            let field = match dtype {
-                DType::F32 => "float_data",
-                DType::I32 | DType::Bool => "int32_data",
-                DType::I64 => "int64_data",
-            };
             return Err(err(format!("{field} has {have} elements, type {ty} needs {numel}")));
         }
+        let i32s = || t.int32_data.iter().copied();
         let v: Vec<u8> = match dtype {
             DType::F32 => t.float_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::I32 => t.int32_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::F64 => t.double_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
             DType::I64 => t.int64_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::Bool => t.int32_data.iter().map(|&x| u8::from(x != 0)).collect(),
+            DType::U64 => t.uint64_data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::U32 => t.uint64_data.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect(),
+            DType::I32 => i32s().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::Bool => i32s().map(|x| u8::from(x != 0)).collect(),
+            DType::I8 | DType::U8 => i32s().map(|x| x as u8).collect(),
+            DType::I16 | DType::U16 | DType::F16 | DType::BF16 => {
+                i32s().flat_map(|x| (x as u16).to_le_bytes()).collect()
+            }
         };
         Bytes::from(v)
     };
@@ -203,7 +223,8 @@ mod tests {
 
     #[test]
     fn dtype_names() {
-        assert_eq!(dtype_of(DataType::Double as i32), Err("DOUBLE".to_string()));
+        assert_eq!(dtype_of(DataType::Double as i32), Ok(DType::F64));
+        assert_eq!(dtype_of(DataType::Float8e5m2 as i32), Err("FLOAT8E5M2".to_string()));
         assert_eq!(dtype_of(DataType::Bool as i32), Ok(DType::Bool));
     }
 }

@@ -129,7 +129,7 @@ pub enum ImportError {
     #[error("{0}")]
     NeedsConstant(Box<ConstantNeeded>),
 
-    #[error("tensor `{tensor}`: dtype {dtype} is not supported (supported: float32, int32, int64, bool)")]
+    #[error("tensor `{tensor}`: dtype {dtype} is not supported (supported: {})", crate::data::SUPPORTED_DTYPES)]
     UnsupportedDtype { tensor: String, dtype: String },
 
     /// A tensor (initializer, Constant, graph input) whose data or dims are invalid.

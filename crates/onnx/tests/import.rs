@@ -217,17 +217,31 @@ fn corrupt_sizes_do_not_allocate() {
 #[test]
 fn unsupported_dtype_names_tensor_and_dtype() {
     let mut t = t_f32("d", &[1], &[]);
-    t.data_type = Some(DataType::Double as i32);
-    t.double_data = vec![1.0];
+    t.data_type = Some(DataType::Float8e4m3fn as i32);
+    t.int32_data = vec![1];
     let m =
         Model::new(13).input(vis("x", F32, &[1])).init(t).node(node("Add", &["x", "d"], &["y"], vec![])).output("y");
     assert_eq!(
         m.import().unwrap_err().to_string(),
-        "tensor `d`: dtype DOUBLE is not supported (supported: float32, int32, int64, bool)"
+        "tensor `d`: dtype FLOAT8E4M3FN is not supported (supported: float32, float64, float16, bfloat16, int8, \
+         uint8, int16, uint16, int32, uint32, int64, uint64, bool)"
     );
-    let m =
-        Model::new(13).input(vis("x", DataType::Float16, &[1])).node(node("Relu", &["x"], &["y"], vec![])).output("y");
-    assert!(m.import().unwrap_err().to_string().contains("tensor `x`: dtype FLOAT16"));
+}
+
+#[test]
+fn storage_dtypes_are_widened_around_computing_ops() {
+    // Relu on f16 runs in f32 between two casts; Reshape moves f16 elements as they are.
+    let m = Model::new(13)
+        .input(vis("x", DataType::Float16, &[2]))
+        .node(node("Relu", &["x"], &["r"], vec![]))
+        .node(node("Reshape", &["r", "s"], &["y"], vec![]))
+        .init(t_i64("s", &[2], &[1, 2]))
+        .output("y");
+    let g = m.import().unwrap();
+    let ops: Vec<String> = g.order().iter().map(|&n| g.node(n).op.name().to_string()).collect();
+    assert_eq!(ops, ["cast", "relu", "cast", "reshape"]);
+    let y = g.outputs[0];
+    assert_eq!(g.ty(y).dtype, DType::F16);
 }
 
 #[test]

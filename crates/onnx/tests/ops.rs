@@ -421,8 +421,10 @@ fn gemm_and_friends() {
     let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Int32 as i64)]));
     assert_eq!(only_op(&m), Op::Cast { to: DType::I32 });
     let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Double as i64)]));
+    assert_eq!(only_op(&m), Op::Cast { to: DType::F64 });
+    let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Float8e5m2 as i64)]));
     let e = m.import().unwrap_err().to_string();
-    assert!(e.contains("Cast (domain ai.onnx, opset 13)") && e.contains("DOUBLE"), "{e}");
+    assert!(e.contains("Cast (domain ai.onnx, opset 13)") && e.contains("FLOAT8E5M2"), "{e}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! widened exactly and the result truncated, which yields the same bits as wrapping i32
 //! arithmetic (including `i32::MIN / -1 == i32::MIN`).
 
+use num_traits::Float;
+
 use super::broadcast_map;
 use crate::infer::broadcast_shapes;
 use crate::op::{BinaryOp, CmpOp, UnaryOp};
@@ -23,9 +25,11 @@ fn zip_map<A: Copy, B: Copy, R>(
 /// Whether `op` has a meaning on `dtype`; the error names the op and the dtype.
 fn check_binary(op: BinaryOp, dtype: DType) -> Result<(), String> {
     let ok = match dtype {
-        DType::F32 => !matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor),
-        DType::I32 | DType::I64 => true,
+        d if d.is_float() => {
+            !matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Shl | BinaryOp::Shr)
+        }
         DType::Bool => matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Max | BinaryOp::Min),
+        _ => true,
     };
     if ok {
         Ok(())
@@ -39,30 +43,37 @@ pub(super) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor, Str
     let shape = broadcast_shapes(&[a.shape(), b.shape()])?;
     let (ma, mb) = (broadcast_map(&shape, a.shape()), broadcast_map(&shape, b.shape()));
     let data = match (a.data(), b.data()) {
-        (Data::F32(x), Data::F32(y)) => Data::F32(zip_map(&ma, &mb, &x, &y, |p, q| Ok(f32_binary(op, p, q)))?),
+        (Data::F32(x), Data::F32(y)) => Data::F32(zip_map(&ma, &mb, &x, &y, |p, q| Ok(float_binary(op, p, q)))?),
+        (Data::F64(x), Data::F64(y)) => Data::F64(zip_map(&ma, &mb, &x, &y, |p, q| Ok(float_binary(op, p, q)))?),
         (Data::I32(x), Data::I32(y)) => {
-            Data::I32(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p.into(), q.into()).map(|r| r as i32))?)
+            Data::I32(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p.into(), q.into(), 32).map(|r| r as i32))?)
         }
-        (Data::I64(x), Data::I64(y)) => Data::I64(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p, q))?),
+        (Data::I64(x), Data::I64(y)) => Data::I64(zip_map(&ma, &mb, &x, &y, |p, q| int_binary(op, p, q, 64))?),
         (Data::Bool(x), Data::Bool(y)) => Data::Bool(zip_map(&ma, &mb, &x, &y, |p, q| Ok(bool_binary(op, p, q)))?),
+        (x, y) if x.dtype() == y.dtype() => return Err(storage_only(Op::Binary(op), x.dtype())),
         (x, y) => return Err(format!("operand dtypes differ: {} and {}", x.dtype(), y.dtype())),
     };
     Ok(Tensor::from_data(shape, data))
 }
 
+/// The error for a compute op on a storage-only dtype (see [`DType::compute`]).
+pub(super) fn storage_only(op: Op, d: DType) -> String {
+    format!("{} is not evaluated on {d} tensors (Kiln computes {d} values in {})", op.name(), d.compute())
+}
+
 /// numpy `maximum`/`minimum`: NaN in either operand gives NaN.
-pub(super) fn fmax(a: f32, b: f32) -> f32 {
+pub(super) fn fmax<T: Float>(a: T, b: T) -> T {
     if a.is_nan() || b.is_nan() {
-        f32::NAN
+        T::nan()
     } else if a >= b {
         a
     } else {
         b
     }
 }
-pub(super) fn fmin(a: f32, b: f32) -> f32 {
+pub(super) fn fmin<T: Float>(a: T, b: T) -> T {
     if a.is_nan() || b.is_nan() {
-        f32::NAN
+        T::nan()
     } else if a <= b {
         a
     } else {
@@ -70,7 +81,7 @@ pub(super) fn fmin(a: f32, b: f32) -> f32 {
     }
 }
 
-fn f32_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
+fn float_binary<T: Float>(op: BinaryOp, a: T, b: T) -> T {
     match op {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
@@ -84,17 +95,19 @@ fn f32_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
         // numpy `mod` (what ONNX's reference runs for fmod=0): the sign of the divisor.
         BinaryOp::Mod { fmod: false } => {
             let r = a % b;
-            if b == 0.0 || r.is_nan() {
+            if b == T::zero() || r.is_nan() {
                 r
-            } else if r == 0.0 {
-                0.0f32.copysign(b)
-            } else if (r < 0.0) != (b < 0.0) {
+            } else if r == T::zero() {
+                T::zero().copysign(b)
+            } else if (r < T::zero()) != (b < T::zero()) {
                 r + b
             } else {
                 r
             }
         }
-        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => unreachable!("rejected by check_binary"),
+        BinaryOp::And | BinaryOp::Or | BinaryOp::Xor | BinaryOp::Shl | BinaryOp::Shr => {
+            unreachable!("rejected by check_binary")
+        }
     }
 }
 
@@ -111,7 +124,8 @@ fn ipow(mut base: i64, mut exp: u64) -> i64 {
     acc
 }
 
-fn int_binary(op: BinaryOp, a: i64, b: i64) -> Result<i64, String> {
+/// Integer ops on values of a `bits`-wide type (i32 or i64), computed in i64.
+fn int_binary(op: BinaryOp, a: i64, b: i64, bits: i64) -> Result<i64, String> {
     let nonzero = |what: &str| {
         if b == 0 {
             Err(format!("integer {what} by zero"))
@@ -148,6 +162,16 @@ fn int_binary(op: BinaryOp, a: i64, b: i64) -> Result<i64, String> {
         BinaryOp::And => a & b,
         BinaryOp::Or => a | b,
         BinaryOp::Xor => a ^ b,
+        BinaryOp::Shl if !(0..bits).contains(&b) => 0,
+        BinaryOp::Shl => a.wrapping_shl(b as u32),
+        BinaryOp::Shr if !(0..bits).contains(&b) => {
+            if a < 0 {
+                -1
+            } else {
+                0
+            }
+        }
+        BinaryOp::Shr => a >> b,
     })
 }
 
@@ -178,18 +202,19 @@ pub(super) fn compare(op: CmpOp, a: &Tensor, b: &Tensor) -> Tensor {
         (Data::I32(x), Data::I32(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
         (Data::I64(x), Data::I64(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
         (Data::Bool(x), Data::Bool(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
-        _ => unreachable!("operand dtypes checked by infer"),
+        (Data::F64(x), Data::F64(y)) => zip_map(&ma, &mb, &x, &y, |p, q| Ok(cmp(op, p, q))),
+        (x, y) => zip_map(&ma, &mb, &x.to_f64_vec(), &y.to_f64_vec(), |p, q| Ok(cmp(op, p, q))),
     };
     Tensor::from_data(shape, Data::Bool(out.expect("comparisons do not fail")))
 }
 
 /// Logistic function, without overflow for large |x|.
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+fn sigmoid<T: Float>(x: T) -> T {
+    if x >= T::zero() {
+        T::one() / (T::one() + (-x).exp())
     } else {
         let e = x.exp();
-        e / (1.0 + e)
+        e / (T::one() + e)
     }
 }
 
@@ -198,14 +223,13 @@ fn sigmoid(x: f32) -> f32 {
 /// are positive, so there is no cancellation: the f64 result is accurate to ~1e-15 relative
 /// and the f32 result is the correctly rounded value except in rare ties. For |x| ≥ 6,
 /// `1 - erf(x) < 3e-17`, so the result is ±1.
-pub(crate) fn erf(x: f32) -> f32 {
-    let x = f64::from(x);
+pub(crate) fn erf64(x: f64) -> f64 {
     if x.is_nan() {
-        return f32::NAN;
+        return f64::NAN;
     }
     let a = x.abs();
     if a >= 6.0 {
-        return 1.0f32.copysign(x as f32);
+        return 1.0f64.copysign(x);
     }
     let a2 = a * a;
     let (mut term, mut sum) = (a, a);
@@ -220,49 +244,67 @@ pub(crate) fn erf(x: f32) -> f32 {
         }
     }
     let y = (std::f64::consts::FRAC_2_SQRT_PI * (-a2).exp() * sum).min(1.0);
-    (y as f32).copysign(x as f32)
+    y.copysign(x)
 }
 
-fn f32_unary(op: UnaryOp, x: f32) -> f32 {
+fn float_unary<T: Float>(op: UnaryOp, x: T) -> T {
+    let c = |v: f64| T::from(v).expect("float constants convert");
+    let zero = T::zero();
     match op {
         UnaryOp::Neg => -x,
         UnaryOp::Abs => x.abs(),
         UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Reciprocal => 1.0 / x,
+        UnaryOp::Reciprocal => T::one() / x,
         UnaryOp::Exp => x.exp(),
         UnaryOp::Log => x.ln(),
         UnaryOp::Relu => {
-            if x < 0.0 {
-                0.0
+            if x < zero {
+                zero
             } else {
                 x
             }
         }
         UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
-        UnaryOp::Erf => erf(x),
+        // f32 rounds erf's f64 value once; f64 takes it as is.
+        UnaryOp::Erf => c(erf64(x.to_f64().expect("floats convert to f64"))),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tan => x.tan(),
+        UnaryOp::Asin => x.asin(),
+        UnaryOp::Acos => x.acos(),
+        UnaryOp::Atan => x.atan(),
         UnaryOp::Floor => x.floor(),
         UnaryOp::Ceil => x.ceil(),
         UnaryOp::Sign => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
+            if x > zero {
+                T::one()
+            } else if x < zero {
+                -T::one()
             } else {
                 x // ±0 and NaN
             }
         }
         UnaryOp::LeakyRelu { alpha } => {
-            if x >= 0.0 {
+            if x >= zero {
                 x
             } else {
-                alpha * x
+                c(alpha.into()) * x
             }
         }
-        // f32::clamp keeps NaN.
-        UnaryOp::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+        // Comparisons with NaN are false, so NaN passes through.
+        UnaryOp::HardSigmoid { alpha, beta } => {
+            let y = c(alpha.into()) * x + c(beta.into());
+            if y < zero {
+                zero
+            } else if y > T::one() {
+                T::one()
+            } else {
+                y
+            }
+        }
         UnaryOp::Clip { lo, hi } => {
-            let (lo, hi) = (lo as f32, hi as f32);
+            let (lo, hi) = (c(lo), c(hi));
             let y = if x < lo { lo } else { x };
             if y > hi {
                 hi
@@ -278,11 +320,9 @@ fn f32_unary(op: UnaryOp, x: f32) -> f32 {
 fn check_unary(op: UnaryOp, dtype: DType) -> Result<(), String> {
     use UnaryOp::*;
     let ok = match dtype {
-        DType::F32 => !matches!(op, Not),
-        DType::I32 | DType::I64 => {
-            matches!(op, Neg | Abs | Relu | Floor | Ceil | Sign | Clip { .. })
-        }
+        d if d.is_float() => !matches!(op, Not),
         DType::Bool => matches!(op, Not | Abs | Relu | Floor | Ceil | Sign | Clip { .. }),
+        _ => matches!(op, Not | Neg | Abs | Relu | Floor | Ceil | Sign | Clip { .. }),
     };
     if ok {
         Ok(())
@@ -294,6 +334,7 @@ fn check_unary(op: UnaryOp, dtype: DType) -> Result<(), String> {
 /// Integer unary ops; `lo`/`hi` are Clip's bounds already converted to the element type.
 fn int_unary(op: UnaryOp, x: i64, lo: i64, hi: i64) -> i64 {
     match op {
+        UnaryOp::Not => !x,
         UnaryOp::Neg => x.wrapping_neg(),
         UnaryOp::Abs => x.wrapping_abs(),
         UnaryOp::Relu => x.max(0),
@@ -322,13 +363,15 @@ pub(super) fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor, String> {
         _ => (0.0, 0.0),
     };
     let data = match x.data() {
-        Data::F32(v) => Data::F32(v.into_iter().map(|e| f32_unary(op, e)).collect()),
+        Data::F32(v) => Data::F32(v.into_iter().map(|e| float_unary(op, e)).collect()),
+        Data::F64(v) => Data::F64(v.into_iter().map(|e| float_unary(op, e)).collect()),
         Data::I32(v) => {
             let (lo, hi) = (i64::from(lo as i32), i64::from(hi as i32));
             Data::I32(v.into_iter().map(|e| int_unary(op, e.into(), lo, hi) as i32).collect())
         }
         Data::I64(v) => Data::I64(v.into_iter().map(|e| int_unary(op, e, lo as i64, hi as i64)).collect()),
         Data::Bool(v) => Data::Bool(v.into_iter().map(|e| bool_unary(op, e)).collect()),
+        d => return Err(storage_only(Op::Unary(op), d.dtype())),
     };
     Ok(Tensor::from_data(x.shape().to_vec(), data))
 }
@@ -348,35 +391,30 @@ pub(super) fn select(cond: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
     Tensor::from_bytes(TensorType::new(x.dtype(), shape), bytes.into()).expect("length matches shape")
 }
 
-/// Conversion between dtypes: float→int truncates toward zero (saturating, NaN → 0);
-/// int→int wraps (two's complement truncation); anything→bool is `!= 0`; bool→number is 0/1.
+/// Conversion between dtypes: float→float rounds to nearest even; float→int truncates toward
+/// zero (saturating to i64, NaN → 0) and wraps to the target width, except float→i32, which
+/// saturates; int→int wraps (two's complement truncation; u64 by its bits); int→float rounds
+/// to nearest; anything→bool is `!= 0` (NaN is true); bool→number is 0/1.
 pub(super) fn cast(x: &Tensor, to: DType) -> Tensor {
     let d = x.data();
-    let out = match to {
-        DType::F32 => Data::F32(match d {
-            Data::F32(v) => v,
-            Data::I32(v) => v.into_iter().map(|e| e as f32).collect(),
-            Data::I64(v) => v.into_iter().map(|e| e as f32).collect(),
-            Data::Bool(v) => v.into_iter().map(|e| u8::from(e) as f32).collect(),
-        }),
-        DType::I32 => Data::I32(match d {
-            Data::F32(v) => v.into_iter().map(|e| e as i32).collect(),
-            Data::I32(v) => v,
-            Data::I64(v) => v.into_iter().map(|e| e as i32).collect(),
-            Data::Bool(v) => v.into_iter().map(i32::from).collect(),
-        }),
-        DType::I64 => Data::I64(match d {
-            Data::F32(v) => v.into_iter().map(|e| e as i64).collect(),
-            Data::I32(v) => v.into_iter().map(i64::from).collect(),
-            Data::I64(v) => v,
-            Data::Bool(v) => v.into_iter().map(i64::from).collect(),
-        }),
-        DType::Bool => Data::Bool(match d {
-            Data::F32(v) => v.into_iter().map(|e| e != 0.0).collect(),
-            Data::I32(v) => v.into_iter().map(|e| e != 0).collect(),
+    let from = d.dtype();
+    let out = if from == to {
+        d
+    } else if to == DType::Bool {
+        Data::Bool(match d {
+            Data::U64(v) => v.into_iter().map(|e| e != 0).collect(),
             Data::I64(v) => v.into_iter().map(|e| e != 0).collect(),
-            Data::Bool(v) => v,
-        }),
+            d => d.to_f64_vec().into_iter().map(|e| e != 0.0).collect(),
+        })
+    } else if from.is_float() || to.is_float() {
+        match d {
+            // Round once, not through f64.
+            Data::I64(v) if to == DType::F32 => Data::F32(v.into_iter().map(|e| e as f32).collect()),
+            Data::U64(v) if to == DType::F32 => Data::F32(v.into_iter().map(|e| e as f32).collect()),
+            d => Data::from_f64s(to, &d.to_f64_vec()),
+        }
+    } else {
+        Data::from_i64s(to, &d.to_i64_vec())
     };
     Tensor::from_data(x.shape().to_vec(), out)
 }
@@ -461,7 +499,14 @@ mod tests {
         assert_eq!(un(UnaryOp::Not, &a).data(), Data::Bool(vec![true, true, false, false]));
         let i = Tensor::i32(vec![2], vec![0b1100, -1]);
         let j = Tensor::i32(vec![2], vec![0b1010, 5]);
-        assert!(eval(&Op::Binary(BinaryOp::Xor), &[&i, &j]).is_err(), "ONNX's Xor is bool-only");
+        // On integers the logical ops are bitwise (ONNX's BitwiseAnd/Or/Xor/Not).
+        assert_eq!(bin(BinaryOp::Xor, &i, &j).data(), Data::I32(vec![0b0110, -6]));
+        assert_eq!(un(UnaryOp::Not, &j).data(), Data::I32(vec![!0b1010, -6]));
+        // Shifts: out-of-range amounts give 0, or the sign fill for right shifts.
+        let s = Tensor::i32(vec![4], vec![3, 31, 32, -1]);
+        let v = Tensor::i32(vec![4], vec![-5, 1, 7, -8]);
+        assert_eq!(bin(BinaryOp::Shl, &v, &s).data(), Data::I32(vec![-40, i32::MIN, 0, 0]));
+        assert_eq!(bin(BinaryOp::Shr, &v, &s).data(), Data::I32(vec![-1, 0, 0, -1]));
         assert!(eval(&Op::Binary(BinaryOp::Add), &[&a, &b]).is_err());
         let f = Tensor::f32(vec![1], vec![1.0]);
         assert!(eval(&Op::Binary(BinaryOp::And), &[&f, &f]).is_err());
@@ -530,6 +575,7 @@ mod tests {
             (4.5, 0.9999999998033839),
             (10.0, 1.0),
         ];
+        let erf = |x: f32| float_unary(UnaryOp::Erf, x);
         for (x, want) in cases {
             let got = erf(x);
             assert_eq!(got, want as f32, "erf({x}) = {got}, want {want}");

@@ -54,6 +54,7 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     let dims = (numel(&batch), m, n, k);
     let data = match (a.data(), b.data()) {
         (Data::F32(x), Data::F32(y)) => Data::F32(contract(dims, &x, &y, ia, ib, 0.0, f64_step, |s, _| s as f32)),
+        (Data::F64(x), Data::F64(y)) => Data::F64(contract(dims, &x, &y, ia, ib, 0.0, |s, p, q| s + p * q, |s, _| s)),
         (Data::I32(x), Data::I32(y)) => Data::I32(contract(
             dims,
             &x,

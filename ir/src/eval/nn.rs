@@ -192,6 +192,7 @@ pub(super) fn max_pool(x: &Tensor, win: &Window, ceil_mode: bool) -> Result<Tens
         Data::I32(v) => run(&v, i32::MIN, shape, win, ceil_mode).map(|(o, s)| (Data::I32(o), s))?,
         Data::I64(v) => run(&v, i64::MIN, shape, win, ceil_mode).map(|(o, s)| (Data::I64(o), s))?,
         Data::Bool(v) => run(&v, false, shape, win, ceil_mode).map(|(o, s)| (Data::Bool(o), s))?,
+        d => return Err(format!("max pool is not evaluated on {} tensors", d.dtype())),
     };
     Ok(Tensor::from_data(s, data))
 }

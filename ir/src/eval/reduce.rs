@@ -5,7 +5,7 @@
 use super::elementwise::{fmax, fmin};
 use super::{istrides, strided_map};
 use crate::op::ReduceOp;
-use crate::{numel, Data, Tensor};
+use crate::{numel, Data, Op, Tensor};
 
 /// Folds `v` into `nout` accumulators: element `i` goes to accumulator `omap[i]`.
 fn fold<T: Copy, A: Copy>(v: &[T], omap: &[usize], nout: usize, init: A, f: impl Fn(A, T) -> A) -> Vec<A> {
@@ -67,11 +67,21 @@ pub(super) fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], keepdims: bool) -
             Data::I32(r.into_iter().map(|a| a as i32).collect())
         }
         Data::I64(v) => Data::I64(int_reduce(op, v.into_iter(), &omap, nout, i64::MIN, i64::MAX)),
+        Data::F64(v) => Data::F64(match op {
+            ReduceOp::Sum => fold(&v, &omap, nout, 0.0f64, |a, e| a + e),
+            ReduceOp::Mean => {
+                fold(&v, &omap, nout, 0.0f64, |a, e| a + e).into_iter().map(|a| a / count as f64).collect()
+            }
+            ReduceOp::Prod => fold(&v, &omap, nout, 1.0f64, |a, e| a * e),
+            ReduceOp::Max => fold(&v, &omap, nout, f64::NEG_INFINITY, fmax),
+            ReduceOp::Min => fold(&v, &omap, nout, f64::INFINITY, fmin),
+        }),
         Data::Bool(v) => Data::Bool(match op {
             ReduceOp::Max => fold(&v, &omap, nout, false, |a, e| a | e),
             ReduceOp::Min => fold(&v, &omap, nout, true, |a, e| a & e),
             _ => return Err(format!("reduce {op:?} is not defined on bool tensors")),
         }),
+        d => return Err(super::elementwise::storage_only(Op::Reduce { op, axes: axes.to_vec(), keepdims }, d.dtype())),
     };
     Ok(Tensor::from_data(out_shape, data))
 }

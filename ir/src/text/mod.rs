@@ -187,11 +187,23 @@ fn const_body(t: &Tensor) -> String {
     if t.numel() > INLINE_LIMIT {
         return format!("bytes({}, fnv1a=0x{:016x})", t.data.len(), fnv1a(&t.data));
     }
+    fn strs<T: std::fmt::Debug>(v: &[T]) -> Vec<String> {
+        v.iter().map(|x| format!("{x:?}")).collect()
+    }
     let elems: Vec<String> = match t.data() {
-        Data::F32(v) => v.iter().map(|x| format!("{x:?}")).collect(),
-        Data::I32(v) => v.iter().map(|x| x.to_string()).collect(),
-        Data::I64(v) => v.iter().map(|x| x.to_string()).collect(),
-        Data::Bool(v) => v.iter().map(|x| x.to_string()).collect(),
+        Data::F32(v) => strs(&v),
+        Data::I32(v) => strs(&v),
+        Data::I64(v) => strs(&v),
+        Data::Bool(v) => strs(&v),
+        Data::F64(v) => strs(&v),
+        Data::F16(v) => v.iter().map(|x| format!("{:?}", x.to_f32())).collect(),
+        Data::BF16(v) => v.iter().map(|x| format!("{:?}", x.to_f32())).collect(),
+        Data::I8(v) => strs(&v),
+        Data::U8(v) => strs(&v),
+        Data::I16(v) => strs(&v),
+        Data::U16(v) => strs(&v),
+        Data::U32(v) => strs(&v),
+        Data::U64(v) => strs(&v),
     };
     format!("[{}]", elems.join(", "))
 }
@@ -402,6 +414,8 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "and" => Op::Binary(B::And),
         "or" => Op::Binary(B::Or),
         "xor" => Op::Binary(B::Xor),
+        "shl" => Op::Binary(B::Shl),
+        "shr" => Op::Binary(B::Shr),
         "equal" => Op::Compare(CmpOp::Equal),
         "less" => Op::Compare(CmpOp::Less),
         "less_or_equal" => Op::Compare(CmpOp::LessOrEqual),
@@ -417,6 +431,12 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "sigmoid" => Op::Unary(U::Sigmoid),
         "tanh" => Op::Unary(U::Tanh),
         "erf" => Op::Unary(U::Erf),
+        "sin" => Op::Unary(U::Sin),
+        "cos" => Op::Unary(U::Cos),
+        "tan" => Op::Unary(U::Tan),
+        "asin" => Op::Unary(U::Asin),
+        "acos" => Op::Unary(U::Acos),
+        "atan" => Op::Unary(U::Atan),
         "floor" => Op::Unary(U::Floor),
         "ceil" => Op::Unary(U::Ceil),
         "not" => Op::Unary(U::Not),
@@ -690,6 +710,15 @@ impl Parser {
             DType::I32 => all(&words).map(Data::I32),
             DType::I64 => all(&words).map(Data::I64),
             DType::Bool => all(&words).map(Data::Bool),
+            DType::F64 => all(&words).map(Data::F64),
+            DType::F16 => all::<f32>(&words).map(|v| Data::F16(v.into_iter().map(half::f16::from_f32).collect())),
+            DType::BF16 => all::<f32>(&words).map(|v| Data::BF16(v.into_iter().map(half::bf16::from_f32).collect())),
+            DType::I8 => all(&words).map(Data::I8),
+            DType::U8 => all(&words).map(Data::U8),
+            DType::I16 => all(&words).map(Data::I16),
+            DType::U16 => all(&words).map(Data::U16),
+            DType::U32 => all(&words).map(Data::U32),
+            DType::U64 => all(&words).map(Data::U64),
         };
         match data {
             Ok(d) => Ok(Tensor::from_data(ty.shape.clone(), d)),

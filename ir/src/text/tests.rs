@@ -55,6 +55,8 @@ fn every_op() -> Graph {
         node(&mut g, Op::Binary(op), &[a, a], "");
     }
     node(&mut g, Op::Binary(B::Mod { fmod: false }), &[i, i], "");
+    node(&mut g, Op::Binary(B::Shl), &[i, i], "");
+    node(&mut g, Op::Binary(B::Shr), &[i, i], "");
     for op in [B::And, B::Or, B::Xor] {
         node(&mut g, Op::Binary(op), &[bo, bo], "");
     }
@@ -72,6 +74,12 @@ fn every_op() -> Graph {
         U::Sigmoid,
         U::Tanh,
         U::Erf,
+        U::Sin,
+        U::Cos,
+        U::Tan,
+        U::Asin,
+        U::Acos,
+        U::Atan,
         U::Floor,
         U::Ceil,
         U::Sign,
@@ -172,7 +180,7 @@ fn every_op_round_trips() {
     assert_eq!(consts(&g), consts(&h));
     assert_eq!(g.name, h.name);
     let names: std::collections::BTreeSet<&str> = g.order().iter().map(|&n| g.node(n).op.name()).collect();
-    assert_eq!(names.len(), 70, "every op kind appears: {names:?}");
+    assert_eq!(names.len(), 78, "every op kind appears: {names:?}");
 }
 
 #[test]
@@ -207,7 +215,7 @@ fn parse_errors_are_clear() {
     assert!(err(&g("  input %0 \"z\": f32[2]")).contains("line 3: %0 is defined twice"));
     assert!(err(&g("  const %1 \"c\": i32[2] = [1]")).contains("needs 2 elements, got 1"));
     assert!(err(&g("  const %1 \"c\": i32[1] = [1.5]")).contains("cannot parse element `1.5`"));
-    assert!(err(&g("  const %1 \"c\": f16[1] = [1]")).contains("unknown dtype `f16`"));
+    assert!(err(&g("  const %1 \"c\": f17[1] = [1]")).contains("unknown dtype `f17`"));
     assert!(err(&g("  output %0 $")).contains("unexpected character '$'"));
     assert!(err("graph \"g\" {\n  input %0 \"x: f32[2]\n}").contains("line 2: newline in a string"));
     assert!(err("graph \"g\" {").contains("end of input"));

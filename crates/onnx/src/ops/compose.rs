@@ -36,25 +36,14 @@ pub(super) fn reshape(cx: &mut NodeCx, x: ValueId, shape: Vec<usize>) -> OpResul
 
 /// A scalar constant of `dtype`.
 pub(super) fn scalar(cx: &mut NodeCx, dtype: DType, v: f64) -> ValueId {
-    let data = match dtype {
-        DType::F32 => Data::F32(vec![v as f32]),
-        DType::I32 => Data::I32(vec![v as i32]),
-        DType::I64 => Data::I64(vec![v as i64]),
-        DType::Bool => Data::Bool(vec![v != 0.0]),
-    };
+    let data = Data::from_f64s(dtype, &[v]);
     let name = cx.tmp_name("k");
     cx.konst(name, Tensor::from_data(Vec::<usize>::new(), data))
 }
 
 /// A tensor of `dtype` from f64 values.
 pub(super) fn tensor_as(dtype: DType, shape: Vec<usize>, v: &[f64]) -> Tensor {
-    let data = match dtype {
-        DType::F32 => Data::F32(v.iter().map(|&x| x as f32).collect()),
-        DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
-        DType::I64 => Data::I64(v.iter().map(|&x| x as i64).collect()),
-        DType::Bool => Data::Bool(v.iter().map(|&x| x != 0.0).collect()),
-    };
-    Tensor::from_data(shape, data)
+    Tensor::from_data(shape, Data::from_f64s(dtype, v))
 }
 
 /// A constant tensor of `dtype` from f64 values.

@@ -193,12 +193,7 @@ pub(super) fn max_unpool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 }
 
 fn zero_data(dtype: DType) -> Data {
-    match dtype {
-        DType::F32 => Data::F32(vec![0.0]),
-        DType::I32 => Data::I32(vec![0]),
-        DType::I64 => Data::I64(vec![0]),
-        DType::Bool => Data::Bool(vec![false]),
-    }
+    Data::from_f64s(dtype, &[0.0])
 }
 
 /// ReverseSequence: a GatherElements along the time axis with index

@@ -35,6 +35,17 @@ pub(super) fn binary(cx: &mut NodeCx, op: BinaryOp) -> OpResult<Vec<ValueId>> {
     Ok(vec![cx.emit_out(Op::Binary(op), &[a, b], 0)?])
 }
 
+/// BitShift: `direction` LEFT or RIGHT (the element type is unsigned in ONNX, so an
+/// arithmetic right shift of the widened value is the logical one).
+pub(super) fn bit_shift(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let op = match cx.attrs.string("direction")?.as_deref() {
+        Some("LEFT") => BinaryOp::Shl,
+        Some("RIGHT") => BinaryOp::Shr,
+        other => return invalid(format!("attribute `direction` must be LEFT or RIGHT, got {other:?}")),
+    };
+    binary(cx, op)
+}
+
 pub(super) fn compare(cx: &mut NodeCx, op: CmpOp) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let (a, b) = operands(cx)?;
@@ -166,7 +177,7 @@ pub(super) fn cast_like(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
     let to = match dtype_of(to) {
         Ok(d) => d,
-        Err(name) => return unsupported(format!("cast to {name} (supported: float32, int32, int64, bool)")),
+        Err(name) => return unsupported(format!("cast to {name} (supported: {})", crate::data::SUPPORTED_DTYPES)),
     };
     Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
 }

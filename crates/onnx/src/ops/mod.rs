@@ -17,7 +17,7 @@ mod nn;
 mod reduce;
 mod tensor;
 
-use kiln_ir::{BinaryOp, CmpOp, Graph, Op, Tensor, TensorType, UnaryOp, ValueId};
+use kiln_ir::{BinaryOp, CmpOp, DType, Graph, Op, Tensor, TensorType, UnaryOp, ValueId};
 
 use crate::attrs::Attrs;
 use crate::data::{checked_numel, ExternalStore};
@@ -307,6 +307,17 @@ pub(crate) fn norm_axes(axes: &[i64], rank: usize, what: &str) -> OpResult<Vec<u
 /// unknown ops that sit downstream of another unsupported op, where nothing can be typed.
 pub(crate) const KNOWN_OPS: &[&str] = &[
     "Abs",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+    "BitwiseNot",
+    "BitShift",
+    "Sin",
+    "Cos",
+    "Tan",
+    "Asin",
+    "Acos",
+    "Atan",
     "Add",
     "And",
     "AveragePool",
@@ -456,7 +467,100 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "Sinh",
 ];
 
+/// ONNX ops that only move, select or convert elements: they run on every dtype as is.
+const STORAGE_OPS: &[&str] = &[
+    "Cast",
+    "CastLike",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "DepthToSpace",
+    "Dropout",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Identity",
+    "Range",
+    "Reshape",
+    "Shape",
+    "Size",
+    "Slice",
+    "SpaceToDepth",
+    "Split",
+    "Squeeze",
+    "Tile",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+    "DequantizeLinear",
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+];
+
+/// Outputs that hold indices or sizes (i64 whatever the input type), by op type and index.
+const INDEX_OUTPUTS: &[(&str, usize)] =
+    &[("ArgMax", 0), ("ArgMin", 0), ("TopK", 1), ("MaxPool", 1), ("NonZero", 0), ("Shape", 0), ("Size", 0)];
+
+/// Ops that give the same bits on u64 values as on their i64 reinterpretation: the only ones
+/// run on u64 tensors (through i64).
+const U64_AS_I64_OPS: &[&str] =
+    &["Add", "Sub", "Mul", "Neg", "Sum", "Equal", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Pad"];
+
+/// Imports one default-domain node. Inputs of a storage type ([`DType::compute`]: f16, bf16,
+/// 8/16-bit integers, u32, u64) are widened to their compute type for ops that compute, and
+/// the results of that compute type are narrowed back, so each op rounds (or wraps) its
+/// result to the storage type once, as it would computing in that type.
 pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let op_type = cx.op_type();
+    let narrow: Vec<(usize, DType)> = (0..cx.inputs.len())
+        .filter_map(|i| cx.opt_input(i).map(|v| (i, cx.g.ty(v).dtype)))
+        .filter(|(_, d)| !d.is_compute())
+        .collect();
+    if narrow.is_empty() || STORAGE_OPS.contains(&op_type) {
+        return import_op(cx);
+    }
+    // For each compute type, the storage type widened to it (`None`: several).
+    let mut back: Vec<(DType, Option<DType>)> = Vec::new();
+    for &(i, d) in &narrow {
+        if d == DType::U64 && !U64_AS_I64_OPS.contains(&op_type) {
+            return unsupported(format!("{op_type} on uint64 (Kiln computes u64 values on their i64 bits)"));
+        }
+        match back.iter_mut().find(|(c, _)| *c == d.compute()) {
+            Some((_, n)) if *n != Some(d) => *n = None,
+            Some(_) => {}
+            None => back.push((d.compute(), Some(d))),
+        }
+        let v = cx.input(i)?;
+        let name = cx.tmp_name("widen");
+        cx.inputs[i] = Some(cx.emit(Op::Cast { to: d.compute() }, &[v], name)?);
+    }
+    let mut outs = import_op(cx)?;
+    for (k, v) in outs.iter_mut().enumerate() {
+        let d = cx.g.ty(*v).dtype;
+        if INDEX_OUTPUTS.contains(&(op_type, k)) {
+            continue;
+        }
+        match back.iter().find(|(c, _)| *c == d) {
+            Some((_, Some(n))) => {
+                let wide = *v;
+                let name = cx.out_name(k);
+                cx.g.value_mut(wide).name = format!("{name}/wide");
+                *v = cx.emit(Op::Cast { to: *n }, &[wide], name)?;
+            }
+            Some((_, None)) => return unsupported(format!("{op_type} with inputs of several storage types")),
+            None => {}
+        }
+    }
+    Ok(outs)
+}
+
+fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     use math::*;
     let op_type = cx.op_type();
     match op_type {
@@ -472,6 +576,17 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "And" => binary(cx, BinaryOp::And),
         "Or" => binary(cx, BinaryOp::Or),
         "Xor" => binary(cx, BinaryOp::Xor),
+        "BitwiseAnd" => binary(cx, BinaryOp::And),
+        "BitwiseOr" => binary(cx, BinaryOp::Or),
+        "BitwiseXor" => binary(cx, BinaryOp::Xor),
+        "BitwiseNot" => unary(cx, UnaryOp::Not),
+        "BitShift" => bit_shift(cx),
+        "Sin" => unary(cx, UnaryOp::Sin),
+        "Cos" => unary(cx, UnaryOp::Cos),
+        "Tan" => unary(cx, UnaryOp::Tan),
+        "Asin" => unary(cx, UnaryOp::Asin),
+        "Acos" => unary(cx, UnaryOp::Acos),
+        "Atan" => unary(cx, UnaryOp::Atan),
         "Sum" => variadic(cx, BinaryOp::Add, false),
         "Mean" => variadic(cx, BinaryOp::Add, true),
         "Max" => variadic(cx, BinaryOp::Max, false),

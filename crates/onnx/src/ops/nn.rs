@@ -373,12 +373,7 @@ pub(super) fn dropout(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         let ty = cx.ty(x);
         // Dropout-10+ has a bool mask; before, the mask had the input's type.
         let dtype = if cx.opset >= 10 { DType::Bool } else { ty.dtype };
-        let one = |n: usize| match dtype {
-            DType::Bool => Data::Bool(vec![true; n]),
-            DType::F32 => Data::F32(vec![1.0; n]),
-            DType::I32 => Data::I32(vec![1; n]),
-            DType::I64 => Data::I64(vec![1; n]),
-        };
+        let one = |n: usize| Data::from_f64s(dtype, &vec![1.0; n]);
         let numel = checked_numel(&ty.shape).ok_or_else(|| OpError::Invalid("input is too large".into()))?;
         let mask = if numel * dtype.size() <= FOLD_LIMIT_BYTES {
             let name = cx.out_name(1);

@@ -432,15 +432,26 @@ pub(super) fn range(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let too_long = |n: f64| OpError::Invalid(format!("Range of {n} elements is too long to fold"));
     let limit_elems = (FOLD_LIMIT_BYTES / 8) as f64;
     let data = match dtype {
-        DType::F32 => {
+        DType::F64 => {
+            let [s, l, d] = [0, 1, 2].map(|i| vals[i].to_f64_vec()[0]);
+            let n = ((l - s) / d).ceil().max(0.0);
+            if n.is_nan() || n > limit_elems {
+                return Err(too_long(n));
+            }
+            Data::F64((0..n as usize).map(|i| s + i as f64 * d).collect())
+        }
+        // f16 and bf16 are computed in f32 and rounded, like their other ops.
+        d if d.is_float() => {
             let [s, l, d] = [0, 1, 2].map(|i| vals[i].to_f64_vec()[0] as f32);
             let n = f64::from(((l - s) / d).ceil().max(0.0));
             if n.is_nan() || n > limit_elems {
                 return Err(too_long(n));
             }
-            Data::F32((0..n as usize).map(|i| s + i as f32 * d).collect())
+            let v: Vec<f64> = (0..n as usize).map(|i| f64::from(s + i as f32 * d)).collect();
+            Data::from_f64s(dtype, &v)
         }
-        DType::I32 | DType::I64 => {
+        DType::Bool => return invalid("Range of bools"),
+        _ => {
             let [s, l, d] = [0, 1, 2].map(|i| i128::from(vals[i].to_i64_vec()[0]));
             if d == 0 {
                 return invalid("delta is 0");
@@ -450,14 +461,9 @@ pub(super) fn range(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             if n as f64 > limit_elems {
                 return Err(too_long(n as f64));
             }
-            let it = (0..n).map(move |i| s + i * d);
-            if dtype == DType::I32 {
-                Data::I32(it.map(|v| v as i32).collect())
-            } else {
-                Data::I64(it.map(|v| v as i64).collect())
-            }
+            let v: Vec<i64> = (0..n).map(move |i| (s + i * d) as i64).collect();
+            Data::from_i64s(dtype, &v)
         }
-        DType::Bool => return invalid("Range of bools"),
     };
     let name = cx.out_name(0);
     Ok(vec![cx.konst(name, Tensor::from_data(vec![data.len()], data))])
