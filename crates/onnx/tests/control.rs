@@ -228,15 +228,19 @@ fn loop_stops_on_folded_body_condition() {
         vec![node("Less", &["i", "two"], &["c_out"], vec![]), node("Add", &["y", "x"], &["y_out"], vec![])],
         vec![t_i64("two", &[], &[2])],
     );
-    let m = Model::new(13)
-        .input(vis("x", F32, &[]))
-        .init(t_f32("y0", &[], &[0.0]))
-        .node(node("Loop", &["", "", "y0"], &["y_fin"], vec![a_graph("body", body)]))
-        .output("y_fin");
-    let g = import_ok(&m);
-    // Iterations i = 0, 1, 2 run (the condition is checked after each): y = 3x.
-    let y = run(&g, &[("x", Tensor::f32(Vec::<usize>::new(), vec![1.5]))]);
-    assert_eq!(f32s(&y[0]), vec![4.5]);
+    // No trip count, or one far beyond the unrolling limit (`for i in range(BIG): … break`).
+    for trip in ["", "big"] {
+        let m = Model::new(13)
+            .input(vis("x", F32, &[]))
+            .init(t_f32("y0", &[], &[0.0]))
+            .init(t_i64("big", &[], &[1 << 40]))
+            .node(node("Loop", &[trip, "", "y0"], &["y_fin"], vec![a_graph("body", body.clone())]))
+            .output("y_fin");
+        let g = import_ok(&m);
+        // Iterations i = 0, 1, 2 run (the condition is checked after each): y = 3x.
+        let y = run(&g, &[("x", Tensor::f32(Vec::<usize>::new(), vec![1.5]))]);
+        assert_eq!(f32s(&y[0]), vec![4.5]);
+    }
 }
 
 /// A trip count computed at run time is a NeedsConstant error naming the graph input.
@@ -368,4 +372,31 @@ fn unsupported_op_in_a_body_is_reported() {
     let ImportError::UnsupportedOps(list) = &err else { panic!("unexpected error: {err}") };
     let names: Vec<&str> = list.iter().map(|o| o.node.as_str()).collect();
     assert_eq!(names, vec!["y_fin_node/it0/y_out_node"], "{err}");
+}
+
+/// Scan-8: a batch axis 0 and the sequence on axis 1 (`sequence_lens` omitted).
+#[test]
+fn scan8_unrolls_batch_and_sequence() {
+    let body = graph(
+        "body",
+        vec![vis("s", F32, &[]), vis("x_t", F32, &[])],
+        &["s_out", "y_t"],
+        vec![node("Add", &["s", "x_t"], &["s_out"], vec![]), node("Mul", &["s_out", "x_t"], &["y_t"], vec![])],
+        vec![],
+    );
+    let attrs = vec![a_graph("body", body), a_int("num_scan_inputs", 1), a_ints("directions", &[1])];
+    let m = Model::new(8)
+        .input(vis("x", F32, &[2, 3]))
+        .init(t_f32("s0", &[2], &[0.0, 100.0]))
+        .node(node("Scan", &["", "s0", "x"], &["s_fin", "ys"], attrs))
+        .output("s_fin")
+        .output("ys");
+    let g = import_ok(&m);
+    let x = Tensor::f32(vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let y = run(&g, &[("x", x)]);
+    // Batch 0 reversed: x_t = 3, 2, 1; s = 3, 5, 6; y = 9, 10, 6.
+    // Batch 1 reversed: x_t = 6, 5, 4; s = 106, 111, 115; y = 636, 555, 460.
+    assert_eq!(f32s(&y[0]), vec![6.0, 115.0]);
+    assert_eq!(y[1].shape(), &[2, 3]);
+    assert_eq!(f32s(&y[1]), vec![9.0, 10.0, 6.0, 636.0, 555.0, 460.0]);
 }

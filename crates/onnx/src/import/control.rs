@@ -369,13 +369,9 @@ impl Importer {
                 if !t.dtype().is_int() || t.numel() != 1 {
                     return invalid(format!("the trip count must be a single integer, got {}", t.ty));
                 }
-                let mv = t.to_i64_vec()[0];
-                if mv > MAX_UNROLL as i64 {
-                    return unsupported(format!(
-                        "trip count {mv}: loops are unrolled, and at most {MAX_UNROLL} iterations are"
-                    ));
-                }
-                Some(mv.max(0) as usize)
+                // A huge trip count may still end early on the condition (`for i in range(BIG)`
+                // with a break): the cap applies to the iterations actually unrolled.
+                Some(usize::try_from(t.to_i64_vec()[0].max(0)).unwrap_or(usize::MAX))
             }
         };
         let mut go = match cond {
@@ -391,10 +387,11 @@ impl Importer {
         let mut i = 0usize;
         while go && trip.is_none_or(|t| i < t) {
             if i >= MAX_UNROLL {
-                return unsupported(format!(
-                    "the loop has no trip count and its condition still holds after {MAX_UNROLL} iterations \
-                     (loops are unrolled, and at most {MAX_UNROLL} iterations are)"
-                ));
+                let why = match trip {
+                    Some(t) => format!("trip count {t}"),
+                    None => format!("no trip count, and the condition still holds after {MAX_UNROLL} iterations"),
+                };
+                return unsupported(format!("{why}: loops are unrolled, and at most {MAX_UNROLL} iterations are"));
             }
             let iv = self.g.add_const(format!("{}/it{i}/iteration", at.name), Tensor::i64(Vec::new(), vec![i as i64]));
             let cv = self.g.add_const(format!("{}/it{i}/condition", at.name), Tensor::bool(Vec::new(), vec![true]));
