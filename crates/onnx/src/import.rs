@@ -14,6 +14,8 @@ use crate::proto::type_proto::Value as TypeValue;
 use crate::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use crate::{ImportError, ImportOptions, UnsupportedOp};
 
+mod control;
+
 /// Oldest ONNX IR version accepted.
 pub const MIN_IR_VERSION: i64 = 3;
 /// Newest ONNX IR version accepted: the one onnx 1.23 writes. (IR versions after 10 add
@@ -100,6 +102,7 @@ fn import_inner(
         opsets,
         ext: ExternalStore::new(dir)?,
         unsupported: Vec::new(),
+        scope: String::new(),
     };
     imp.run(graph, opts, constants)?;
     Ok(imp.g)
@@ -120,6 +123,9 @@ struct Importer {
     opsets: HashMap<String, i64>,
     ext: ExternalStore,
     unsupported: Vec<UnsupportedOp>,
+    /// Prefix of node names: `""` in the main graph, `<node>/<tag>/` inside an inlined
+    /// subgraph (see `control`).
+    scope: String,
 }
 
 impl Importer {
@@ -213,6 +219,7 @@ impl Importer {
     fn node(&mut self, idx: usize, node: &NodeProto) -> Result<(), ImportError> {
         let op_type = node.op_type();
         let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
+        let name = format!("{}{name}", self.scope);
         let is_default = matches!(node.domain(), "" | "ai.onnx");
         let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };
         let node_err = |message: String| ImportError::Node {
@@ -242,7 +249,7 @@ impl Importer {
         if poisoned {
             // Downstream of an unsupported op nothing can be typed: a known op is skipped (the
             // op upstream is reported), an unknown one is reported too.
-            if !is_default || !ops::KNOWN_OPS.contains(&op_type) {
+            if !is_default || !(ops::KNOWN_OPS.contains(&op_type) || control::OPS.contains(&op_type)) {
                 self.placeholder(node, &name, &inputs, opset, None);
             } else {
                 self.poison(node);
@@ -259,8 +266,20 @@ impl Importer {
             )));
         };
 
-        let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
-        match ops::import(&mut cx) {
+        let result = if control::OPS.contains(&op_type) {
+            match self.control(node, &name, opset, &inputs) {
+                Ok(Some(outs)) => Ok(outs),
+                Ok(None) => {
+                    self.poison(node);
+                    return Ok(());
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
+            ops::import(&mut cx)
+        };
+        match result {
             Ok(outs) => {
                 for (k, oname) in node.output.iter().enumerate() {
                     if oname.is_empty() {

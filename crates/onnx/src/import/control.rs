@@ -1,0 +1,657 @@
+//! ONNX control flow (`If`, `Loop`, `Scan`), imported by inlining subgraphs into the main
+//! HIR graph: shapes are static, so a condition that folds picks one branch, and a loop
+//! whose trip count and termination fold is unrolled.
+//!
+//! * A subgraph (a `GraphProto` attribute) is imported with [`Importer::instantiate`]: its
+//!   formal inputs are bound to values, its initializers become constants, and its nodes go
+//!   through the ordinary node walk, so they may capture values of the enclosing scopes by
+//!   name and may hold control flow themselves. Nodes and values of an instance are named
+//!   under `<node>/<tag>/` (`Loop_0/it3/Add_1`), so every instance has names of its own.
+//! * `If`: a constant condition imports the chosen branch only. Otherwise both branches are
+//!   imported and each output is `Where(cond, then, else)`, which needs both branches to give
+//!   one type (both are computed at run time).
+//! * `Loop`: unrolled while the trip count and the condition (the input, then the body's
+//!   condition output after each iteration) are constants, at most [`MAX_UNROLL`]
+//!   iterations. Scan outputs are stacked along a new axis 0.
+//! * `Scan`: unrolled over the (static) sequence length, with per-input axes and directions
+//!   and per-output axes and directions (opset 9+); opset 8's batch axis is unrolled too.
+//!
+//! A trip count or condition computed at run time is a `NeedsConstant` error naming the graph
+//! inputs it comes from (freezing them makes the loop static).
+
+use std::collections::HashSet;
+
+use kiln_ir::{DType, Op, Tensor, ValueId};
+
+use super::{Importer, Slot};
+use crate::data::{decode_tensor, dtype_of};
+use crate::error::ConstantNeeded;
+use crate::ops::{invalid, unsupported, NodeCx, OpError, OpResult};
+use crate::proto::type_proto::Value as TypeValue;
+use crate::proto::{GraphProto, NodeProto};
+use crate::ImportError;
+
+/// The op types imported here (by the importer itself: they need its name scopes).
+pub(super) const OPS: &[&str] = &["If", "Loop", "Scan"];
+
+/// Most iterations a `Loop` or `Scan` is unrolled to (and most batch entries of an opset-8
+/// `Scan`).
+pub(crate) const MAX_UNROLL: usize = 4096;
+
+/// The control-flow node being imported.
+#[derive(Clone, Copy)]
+struct At<'n> {
+    node: &'n NodeProto,
+    /// The node's HIR name (with its enclosing scopes).
+    name: &'n str,
+    opset: i64,
+}
+
+/// The subgraph attribute `name` of a node.
+fn graph_attr<'n>(node: &'n NodeProto, name: &str) -> OpResult<&'n GraphProto> {
+    match node.attribute.iter().rev().find(|a| a.name() == name) {
+        Some(a) => match &a.g {
+            Some(g) => Ok(g),
+            None => invalid(format!("attribute `{name}` holds no graph")),
+        },
+        None => invalid(format!("attribute `{name}` (a graph) is missing")),
+    }
+}
+
+/// Each input, required.
+fn required(inputs: &[Option<ValueId>], from: usize) -> OpResult<Vec<ValueId>> {
+    (from..inputs.len())
+        .map(|i| inputs[i].ok_or_else(|| OpError::Invalid(format!("required input {i} is missing"))))
+        .collect()
+}
+
+/// The value of a constant single-element bool tensor.
+fn const_bool(t: &Tensor, what: &str) -> OpResult<bool> {
+    if t.dtype() != DType::Bool || t.numel() != 1 {
+        return invalid(format!("{what} must be a single bool, got {}", t.ty));
+    }
+    Ok(t.to_i64_vec()[0] != 0)
+}
+
+impl Importer {
+    /// Imports an `If`, `Loop` or `Scan` node. `None`: an output is downstream of an
+    /// unsupported op (already reported), so the node's outputs are poisoned.
+    pub(super) fn control(
+        &mut self,
+        node: &NodeProto,
+        name: &str,
+        opset: i64,
+        inputs: &[Option<ValueId>],
+    ) -> OpResult<Option<Vec<ValueId>>> {
+        let at = At { node, name, opset };
+        match node.op_type() {
+            "If" => self.import_if(at, inputs),
+            "Loop" => self.import_loop(at, inputs),
+            "Scan" if opset < 9 => self.import_scan8(at, inputs),
+            "Scan" => self.import_scan(at, inputs),
+            _ => Err(OpError::Unknown),
+        }
+    }
+
+    /// Adds `op` (single result) through the ordinary emit path (inference, folding).
+    fn emit_at(&mut self, at: At, op: Op, ins: &[ValueId], vname: String) -> OpResult<ValueId> {
+        let mut cx = NodeCx::new(&mut self.g, &mut self.ext, at.node, at.name, at.opset, Vec::new());
+        cx.emit(op, ins, vname)
+    }
+
+    /// `x` with `shape` (a view), or `x` itself when it has it already.
+    fn reshape_at(&mut self, at: At, x: ValueId, shape: Vec<usize>, vname: String) -> OpResult<ValueId> {
+        if self.g.ty(x).shape == shape {
+            return Ok(x);
+        }
+        self.emit_at(at, Op::Reshape { shape }, &[x], vname)
+    }
+
+    /// Entry `idx` of `x` along `axis`, with that axis removed.
+    fn take(&mut self, at: At, x: ValueId, axis: usize, idx: usize, vname: String) -> OpResult<ValueId> {
+        let shape = self.g.ty(x).shape.clone();
+        let mut starts = vec![0i64; shape.len()];
+        starts[axis] = idx as i64;
+        let mut out_shape = shape.clone();
+        out_shape[axis] = 1;
+        let steps = vec![1i64; shape.len()];
+        let s = self.emit_at(at, Op::Slice { starts, steps, out_shape }, &[x], format!("{vname}/slice"))?;
+        let mut squeezed = shape;
+        squeezed.remove(axis);
+        self.reshape_at(at, s, squeezed, vname)
+    }
+
+    /// `vals` (one type) stacked along a new axis `axis`.
+    fn stack(&mut self, at: At, vals: &[ValueId], axis: usize, vname: String) -> OpResult<ValueId> {
+        let mut parts = Vec::with_capacity(vals.len());
+        for (i, &v) in vals.iter().enumerate() {
+            let mut shape = self.g.ty(v).shape.clone();
+            if axis > shape.len() {
+                return invalid(format!("axis {axis} is out of range for stacking values of rank {}", shape.len()));
+            }
+            shape.insert(axis, 1);
+            parts.push(self.reshape_at(at, v, shape, format!("{vname}/part{i}"))?);
+        }
+        if parts.len() == 1 {
+            return Ok(parts[0]);
+        }
+        self.emit_at(at, Op::Concat { axis }, &parts, vname)
+    }
+
+    /// The ONNX name of output `k` of the node (or a generated one).
+    fn out_name(at: At, k: usize) -> String {
+        match at.node.output.get(k) {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => format!("{}:{k}", at.name),
+        }
+    }
+
+    /// A `NeedsConstant` error for value `v` (input `index` of the node, or what stands for
+    /// it), naming the graph inputs it is computed from.
+    fn needs_constant(&self, at: At, index: usize, v: ValueId, role: String) -> OpError {
+        let mut seen = HashSet::new();
+        let mut stack = vec![v];
+        let mut names = Vec::new();
+        while let Some(v) = stack.pop() {
+            if !seen.insert(v) {
+                continue;
+            }
+            match &self.g.value(v).def {
+                kiln_ir::ValueDef::Input(_) => names.push(self.g.value(v).name.clone()),
+                kiln_ir::ValueDef::Node(n, _) => stack.extend(self.g.node(*n).inputs.iter().copied()),
+                kiln_ir::ValueDef::Const(_) => {}
+            }
+        }
+        names.sort();
+        OpError::Import(ImportError::NeedsConstant(Box::new(ConstantNeeded {
+            node: at.name.to_string(),
+            op_type: at.node.op_type().to_string(),
+            opset: at.opset,
+            index,
+            value: self.g.value(v).name.clone(),
+            role,
+            graph_inputs: names,
+        })))
+    }
+
+    /// Imports one instance of subgraph `body` with its formal inputs bound to `args`; its
+    /// nodes and values are named under `<node>/<tag>/`. Returns the subgraph's outputs, or
+    /// `None` when an op inside is unsupported (it is reported) or an output is poisoned.
+    fn instantiate(
+        &mut self,
+        body: &GraphProto,
+        at: At,
+        tag: &str,
+        args: &[ValueId],
+    ) -> OpResult<Option<Vec<ValueId>>> {
+        let gname = body.name();
+        if body.input.len() != args.len() {
+            return invalid(format!(
+                "subgraph `{gname}` declares {} inputs, the node gives it {}",
+                body.input.len(),
+                args.len()
+            ));
+        }
+        if let Some(s) = body.sparse_initializer.first() {
+            let name = s.values.as_ref().map(|v| v.name()).unwrap_or("");
+            return unsupported(format!("sparse initializer `{name}` in subgraph `{gname}`"));
+        }
+        let scope = format!("{}/{tag}/", at.name);
+        // The names the subgraph defines, and what they refer to outside it (restored after).
+        let mut seen = HashSet::new();
+        let mut saved = Vec::new();
+        let defined = body
+            .input
+            .iter()
+            .map(|v| v.name())
+            .chain(body.initializer.iter().map(|t| t.name()))
+            .chain(body.node.iter().flat_map(|n| n.output.iter().map(String::as_str)));
+        for n in defined {
+            if !n.is_empty() && seen.insert(n) {
+                saved.push((n.to_string(), self.env.get(n).copied()));
+            }
+        }
+        let outer_scope = std::mem::replace(&mut self.scope, scope.clone());
+        let first_value = self.g.num_values();
+        let reported = self.unsupported.len();
+
+        let result = self.instantiate_inner(body, args);
+
+        self.scope = outer_scope;
+        for (n, slot) in saved {
+            match slot {
+                Some(s) => self.env.insert(n, s),
+                None => self.env.remove(&n),
+            };
+        }
+        for i in first_value..self.g.num_values() {
+            let v = ValueId(i as u32);
+            if !self.g.value(v).name.starts_with(&scope) {
+                let name = format!("{scope}{}", self.g.value(v).name);
+                self.g.value_mut(v).name = name;
+            }
+        }
+        let outs = result?;
+        if self.unsupported.len() > reported {
+            return Ok(None);
+        }
+        Ok(outs)
+    }
+
+    fn instantiate_inner(&mut self, body: &GraphProto, args: &[ValueId]) -> OpResult<Option<Vec<ValueId>>> {
+        let gname = body.name();
+        for (vi, &a) in body.input.iter().zip(args) {
+            let declared = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(TypeValue::TensorType(t)) if t.elem_type() != 0 => dtype_of(t.elem_type()).ok(),
+                _ => None,
+            };
+            let have = self.g.ty(a).dtype;
+            if declared.is_some_and(|d| d != have) {
+                return invalid(format!(
+                    "subgraph `{gname}` input `{}` is declared {}, the node gives it {have}",
+                    vi.name(),
+                    declared.unwrap_or(have)
+                ));
+            }
+            self.env.insert(vi.name().to_string(), Slot::Value(a));
+        }
+        for t in &body.initializer {
+            let c = decode_tensor(t, t.name(), &mut self.ext)?;
+            let v = self.g.add_const(t.name(), c);
+            self.env.insert(t.name().to_string(), Slot::Value(v));
+        }
+        for (idx, n) in body.node.iter().enumerate() {
+            self.node(idx, n)?;
+        }
+        let mut outs = Vec::with_capacity(body.output.len());
+        for vi in &body.output {
+            match self.env.get(vi.name()) {
+                Some(Slot::Value(v)) => outs.push(*v),
+                Some(Slot::Poisoned) => return Ok(None),
+                None => {
+                    return invalid(format!(
+                        "subgraph `{gname}` output `{}` is not produced by any of its nodes, initializers or \
+                         inputs, nor an outer value",
+                        vi.name()
+                    ))
+                }
+            }
+        }
+        Ok(Some(outs))
+    }
+
+    /// Checks that a subgraph gives at least as many outputs as the node has.
+    fn check_outputs(at: At, what: &str, have: usize) -> OpResult<()> {
+        if at.node.output.len() > have {
+            return invalid(format!("the node has {} outputs, its {what} gives {have}", at.node.output.len()));
+        }
+        Ok(())
+    }
+
+    fn import_if(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
+        let cond =
+            inputs.first().copied().flatten().ok_or_else(|| OpError::Invalid("the condition is missing".into()))?;
+        let then_g = graph_attr(at.node, "then_branch")?;
+        let else_g = graph_attr(at.node, "else_branch")?;
+        let cty = self.g.ty(cond).clone();
+        if cty.dtype != DType::Bool || cty.numel() != 1 {
+            return invalid(format!("the condition must be a single bool, got {cty}"));
+        }
+        if let Some(t) = self.g.const_of(cond) {
+            let (g, tag) = if const_bool(t, "the condition")? { (then_g, "then") } else { (else_g, "else") };
+            let Some(outs) = self.instantiate(g, at, tag, &[])? else {
+                return Ok(None);
+            };
+            Self::check_outputs(at, &format!("{tag} branch"), outs.len())?;
+            return Ok(Some(outs));
+        }
+        // A condition known only at run time: both branches, then a select per output.
+        let a = self.instantiate(then_g, at, "then", &[])?;
+        let b = self.instantiate(else_g, at, "else", &[])?;
+        let (Some(a), Some(b)) = (a, b) else {
+            return Ok(None);
+        };
+        if a.len() != b.len() {
+            return invalid(format!("the then branch gives {} outputs, the else branch {}", a.len(), b.len()));
+        }
+        Self::check_outputs(at, "then branch", a.len())?;
+        let c = self.reshape_at(at, cond, Vec::new(), format!("{}/cond", at.name))?;
+        let mut outs = Vec::with_capacity(a.len());
+        for (k, (&x, &y)) in a.iter().zip(&b).enumerate() {
+            if x == y {
+                outs.push(x);
+                continue;
+            }
+            let (tx, ty) = (self.g.ty(x).clone(), self.g.ty(y).clone());
+            if tx != ty {
+                return Err(self.needs_constant(
+                    at,
+                    0,
+                    cond,
+                    format!(
+                        "the condition: its branches give output {k} different types (then {tx}, else {ty}), \
+                         so it cannot be selected at run time"
+                    ),
+                ));
+            }
+            outs.push(self.emit_at(at, Op::Where, &[c, x, y], Self::out_name(at, k))?);
+        }
+        Ok(Some(outs))
+    }
+
+    fn import_loop(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
+        let body = graph_attr(at.node, "body")?;
+        let m = inputs.first().copied().flatten();
+        let cond = inputs.get(1).copied().flatten();
+        let carried = required(inputs, 2.min(inputs.len()))?;
+        let n = carried.len();
+        if body.input.len() != 2 + n {
+            return invalid(format!(
+                "the body declares {} inputs, expected 2 + {n} (iteration number, condition, loop-carried values)",
+                body.input.len()
+            ));
+        }
+        if body.output.len() < 1 + n {
+            return invalid(format!(
+                "the body gives {} outputs, expected at least 1 + {n} (condition, loop-carried values)",
+                body.output.len()
+            ));
+        }
+        let k = body.output.len() - 1 - n;
+        Self::check_outputs(at, "body", n + k)?;
+
+        let trip = match m {
+            None => None,
+            Some(v) => {
+                let Some(t) = self.g.const_of(v) else {
+                    return Err(self.needs_constant(at, 0, v, "trip count".into()));
+                };
+                if !t.dtype().is_int() || t.numel() != 1 {
+                    return invalid(format!("the trip count must be a single integer, got {}", t.ty));
+                }
+                // A huge trip count may still end early on the condition (`for i in range(BIG)`
+                // with a break): the cap applies to the iterations actually unrolled.
+                Some(usize::try_from(t.to_i64_vec()[0].max(0)).unwrap_or(usize::MAX))
+            }
+        };
+        let mut go = match cond {
+            None => true,
+            Some(v) => match self.g.const_of(v) {
+                Some(t) => const_bool(t, "the loop condition")?,
+                None => return Err(self.needs_constant(at, 1, v, "loop condition".into())),
+            },
+        };
+
+        let mut state = carried;
+        let mut scans: Vec<Vec<ValueId>> = vec![Vec::new(); k];
+        let mut i = 0usize;
+        while go && trip.is_none_or(|t| i < t) {
+            if i >= MAX_UNROLL {
+                let why = match trip {
+                    Some(t) => format!("trip count {t}"),
+                    None => format!("no trip count, and the condition still holds after {MAX_UNROLL} iterations"),
+                };
+                return unsupported(format!("{why}: loops are unrolled, and at most {MAX_UNROLL} iterations are"));
+            }
+            let iv = self.g.add_const(format!("{}/it{i}/iteration", at.name), Tensor::i64(Vec::new(), vec![i as i64]));
+            let cv = self.g.add_const(format!("{}/it{i}/condition", at.name), Tensor::bool(Vec::new(), vec![true]));
+            let mut args = vec![iv, cv];
+            args.extend(&state);
+            let Some(outs) = self.instantiate(body, at, &format!("it{i}"), &args)? else {
+                return Ok(None);
+            };
+            go = match self.g.const_of(outs[0]) {
+                Some(t) => const_bool(t, "the body's condition output")?,
+                None => {
+                    return Err(self.needs_constant(
+                        at,
+                        1,
+                        outs[0],
+                        format!(
+                            "loop condition, computed by the body in iteration {i}: a loop whose termination \
+                             depends on data cannot be unrolled"
+                        ),
+                    ))
+                }
+            };
+            state = outs[1..1 + n].to_vec();
+            for (j, s) in scans.iter_mut().enumerate() {
+                s.push(outs[1 + n + j]);
+            }
+            i += 1;
+        }
+        let mut results = state;
+        for (j, s) in scans.iter().enumerate() {
+            if s.is_empty() {
+                return unsupported(format!(
+                    "scan output {j} of a loop that runs no iteration (an empty tensor) is not supported"
+                ));
+            }
+            results.push(self.stack(at, s, 0, Self::out_name(at, n + j))?);
+        }
+        Ok(Some(results))
+    }
+
+    fn import_scan(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
+        let body = graph_attr(at.node, "body")?;
+        let all = required(inputs, 0)?;
+        let attrs = crate::attrs::Attrs::new(&at.node.attribute);
+        let m = attrs.int("num_scan_inputs")?.ok_or_else(|| OpError::Invalid("num_scan_inputs is missing".into()))?;
+        if m < 1 || m as usize > all.len() {
+            return invalid(format!("num_scan_inputs {m} is out of range for {} inputs", all.len()));
+        }
+        let m = m as usize;
+        let n = all.len() - m;
+        if body.input.len() != n + m {
+            return invalid(format!(
+                "the body declares {} inputs, expected {n} states + {m} scan inputs",
+                body.input.len()
+            ));
+        }
+        if body.output.len() < n {
+            return invalid(format!("the body gives {} outputs, expected at least {n} states", body.output.len()));
+        }
+        let k = body.output.len() - n;
+        Self::check_outputs(at, "body", n + k)?;
+        let list = |name: &str, len: usize, what: &str| -> OpResult<Vec<i64>> {
+            match attrs.ints(name)? {
+                None => Ok(vec![0; len]),
+                Some(v) if v.len() == len => Ok(v.to_vec()),
+                Some(v) => invalid(format!("{name} has {} entries, expected one per {what} ({len})", v.len())),
+            }
+        };
+        let in_axes = list("scan_input_axes", m, "scan input")?;
+        let in_dirs = list("scan_input_directions", m, "scan input")?;
+        let out_axes = list("scan_output_axes", k, "scan output")?;
+        let out_dirs = list("scan_output_directions", k, "scan output")?;
+        let mut axes = Vec::with_capacity(m);
+        for (i, &a) in in_axes.iter().enumerate() {
+            let r = self.g.ty(all[n + i]).rank();
+            axes.push(crate::ops::norm_axis(a, r, "scan_input_axes entry")?);
+        }
+        let spec = ScanSpec { in_axes: axes, in_dirs, out_axes, out_dirs };
+        let Some((mut finals, outs)) = self.scan_core(at, body, &all[..n], &all[n..], &spec, "")? else {
+            return Ok(None);
+        };
+        let mut results = Vec::with_capacity(n + k);
+        results.append(&mut finals);
+        for (j, elems) in outs.iter().enumerate() {
+            results.push(self.stack_scan_output(at, elems, &spec, j, Self::out_name(at, n + j))?);
+        }
+        Ok(Some(results))
+    }
+
+    /// Stacks the per-iteration values of scan output `j` along its axis, in its direction.
+    fn stack_scan_output(
+        &mut self,
+        at: At,
+        elems: &[ValueId],
+        spec: &ScanSpec,
+        j: usize,
+        vname: String,
+    ) -> OpResult<ValueId> {
+        let Some(&first) = elems.first() else {
+            return unsupported(format!("scan output {j} of a scan over an empty sequence is not supported"));
+        };
+        let r = self.g.ty(first).rank() + 1;
+        let axis = crate::ops::norm_axis(spec.out_axes[j], r, "scan_output_axes entry")?;
+        let mut elems = elems.to_vec();
+        match spec.out_dirs[j] {
+            0 => {}
+            1 => elems.reverse(),
+            d => return invalid(format!("scan_output_directions entry {d} is not 0 or 1")),
+        }
+        self.stack(at, &elems, axis, vname)
+    }
+
+    /// Runs a scan, unrolled: the states thread through the body, each iteration gets a slice
+    /// of every scan input. Returns the final states and each scan output's per-iteration
+    /// values (in iteration order).
+    fn scan_core(
+        &mut self,
+        at: At,
+        body: &GraphProto,
+        states: &[ValueId],
+        xs: &[ValueId],
+        spec: &ScanSpec,
+        tag: &str,
+    ) -> OpResult<Option<ScanResult>> {
+        let n = states.len();
+        let mut len = None;
+        for (i, &x) in xs.iter().enumerate() {
+            let l = self.g.ty(x).shape[spec.in_axes[i]];
+            match len {
+                Some(have) if have != l => {
+                    return invalid(format!(
+                        "scan inputs have different sequence lengths ({have} and {l}, scan input {i})"
+                    ))
+                }
+                _ => len = Some(l),
+            }
+        }
+        let len = len.unwrap_or(0);
+        if len > MAX_UNROLL {
+            return unsupported(format!(
+                "sequence length {len}: scans are unrolled, and at most {MAX_UNROLL} iterations are"
+            ));
+        }
+        let mut state = states.to_vec();
+        let mut outs: Vec<Vec<ValueId>> = vec![Vec::new(); body.output.len() - n];
+        for t in 0..len {
+            let mut args = state.clone();
+            for (i, &x) in xs.iter().enumerate() {
+                let idx = match spec.in_dirs[i] {
+                    0 => t,
+                    1 => len - 1 - t,
+                    d => return invalid(format!("scan_input_directions entry {d} is not 0 or 1")),
+                };
+                args.push(self.take(at, x, spec.in_axes[i], idx, format!("{}/{tag}it{t}/in{i}", at.name))?);
+            }
+            let Some(o) = self.instantiate(body, at, &format!("{tag}it{t}"), &args)? else {
+                return Ok(None);
+            };
+            state = o[..n].to_vec();
+            for (j, s) in outs.iter_mut().enumerate() {
+                s.push(o[n + j]);
+            }
+        }
+        Ok(Some((state, outs)))
+    }
+
+    /// Scan-8: inputs `sequence_lens` (optional), states, scan inputs, all with a batch axis 0
+    /// and the sequence on axis 1. Unrolled over the batch, then over the sequence.
+    fn import_scan8(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
+        let body = graph_attr(at.node, "body")?;
+        let attrs = crate::attrs::Attrs::new(&at.node.attribute);
+        let all = required(inputs, 1.min(inputs.len()))?;
+        let m = attrs.int("num_scan_inputs")?.ok_or_else(|| OpError::Invalid("num_scan_inputs is missing".into()))?;
+        if m < 1 || m as usize > all.len() {
+            return invalid(format!("num_scan_inputs {m} is out of range for {} inputs", all.len()));
+        }
+        let m = m as usize;
+        let n = all.len() - m;
+        if body.input.len() != n + m {
+            return invalid(format!(
+                "the body declares {} inputs, expected {n} states + {m} scan inputs",
+                body.input.len()
+            ));
+        }
+        if body.output.len() < n {
+            return invalid(format!("the body gives {} outputs, expected at least {n} states", body.output.len()));
+        }
+        let k = body.output.len() - n;
+        Self::check_outputs(at, "body", n + k)?;
+        let in_dirs = match attrs.ints("directions")? {
+            None => vec![0; m],
+            Some(v) if v.len() == m => v.to_vec(),
+            Some(v) => return invalid(format!("directions has {} entries, expected {m}", v.len())),
+        };
+        let mut batch = None;
+        for (i, &v) in all.iter().enumerate() {
+            let shape = &self.g.ty(v).shape;
+            let min_rank = if i < n { 1 } else { 2 };
+            if shape.len() < min_rank {
+                return invalid(format!("input {} has rank {}, expected at least {min_rank}", i + 1, shape.len()));
+            }
+            match batch {
+                Some(b) if b != shape[0] => {
+                    return invalid(format!("inputs have different batch sizes ({b} and {})", shape[0]))
+                }
+                _ => batch = Some(shape[0]),
+            }
+        }
+        let batch = batch.unwrap_or(0);
+        let seq = self.g.ty(all[n]).shape[1];
+        if let Some(lens) = inputs.first().copied().flatten() {
+            let Some(t) = self.g.const_of(lens) else {
+                return Err(self.needs_constant(at, 0, lens, "sequence lengths".into()));
+            };
+            if t.to_i64_vec().iter().any(|&l| l != seq as i64) {
+                return unsupported(format!(
+                    "sequence_lens shorter than the sequence ({seq}): only full-length sequences are supported"
+                ));
+            }
+        }
+        if batch == 0 || batch > MAX_UNROLL {
+            return unsupported(format!("batch size {batch}: opset-8 scans are unrolled over 1..={MAX_UNROLL}"));
+        }
+        let spec = ScanSpec { in_axes: vec![0; m], in_dirs, out_axes: vec![0; k], out_dirs: vec![0; k] };
+        let mut finals: Vec<Vec<ValueId>> = vec![Vec::new(); n];
+        let mut scans: Vec<Vec<ValueId>> = vec![Vec::new(); k];
+        for b in 0..batch {
+            let mut per = Vec::with_capacity(all.len());
+            for (i, &v) in all.iter().enumerate() {
+                per.push(self.take(at, v, 0, b, format!("{}/b{b}/in{i}", at.name))?);
+            }
+            let Some((f, outs)) = self.scan_core(at, body, &per[..n], &per[n..], &spec, &format!("b{b}/"))? else {
+                return Ok(None);
+            };
+            for (acc, v) in finals.iter_mut().zip(f) {
+                acc.push(v);
+            }
+            for (j, elems) in outs.iter().enumerate() {
+                let s = self.stack_scan_output(at, elems, &spec, j, format!("{}/b{b}/out{j}", at.name))?;
+                scans[j].push(s);
+            }
+        }
+        let mut results = Vec::with_capacity(n + k);
+        for (i, f) in finals.iter().enumerate() {
+            results.push(self.stack(at, f, 0, Self::out_name(at, i))?);
+        }
+        for (j, s) in scans.iter().enumerate() {
+            results.push(self.stack(at, s, 0, Self::out_name(at, n + j))?);
+        }
+        Ok(Some(results))
+    }
+}
+
+/// Final states and the per-iteration values of each scan output.
+type ScanResult = (Vec<ValueId>, Vec<Vec<ValueId>>);
+
+/// Axes and directions of a scan (input axes normalized; output axes as given).
+struct ScanSpec {
+    in_axes: Vec<usize>,
+    in_dirs: Vec<i64>,
+    out_axes: Vec<i64>,
+    out_dirs: Vec<i64>,
+}
