@@ -2,7 +2,8 @@
 //! Gemm, Slice, elementwise ops and Concat.
 //!
 //! Per direction, the input projection of every time step is one Gemm
-//! (`X·Wᵀ + Wb (+ Rb)` over `[S·B, I]`); each step then adds `H·Rᵀ` and applies the gates.
+//! (`X·Wᵀ + Wb (+ Rb)` over `[S·B, I]`); each step is then one Gemm `H·Rᵀ + (that step's
+//! projection)` followed by the gates.
 //! Gate order follows the ONNX spec: RNN `i`; GRU `z, r, h`; LSTM `i, o, f, c` (peepholes
 //! `i, o, f`). `clip` bounds the input of every gate activation. `sequence_lens` must be
 //! static: a step at or past a batch entry's length leaves its state unchanged and writes
@@ -264,16 +265,14 @@ fn run_direction(
         let xt = slice_axis(cx, xw, 0, t * bt, bt)?;
         let (h_new, c_new) = match l.cell {
             Cell::Rnn => {
-                let hr = tmp(cx, gemm.clone(), &[hs, dir.r], "hr")?;
-                let pre = bin(cx, B::Add, xt, hr)?;
+                let pre = tmp(cx, gemm.clone(), &[hs, dir.r, xt], "pre")?;
                 (apply(cx, dir.acts[0], l.clip, pre)?, cs)
             }
             Cell::Gru => {
                 let (f, g) = (dir.acts[0], dir.acts[1]);
                 let x_zr = slice_axis(cx, xt, 1, 0, 2 * h)?;
                 let x_h = slice_axis(cx, xt, 1, 2 * h, h)?;
-                let h_zr = tmp(cx, gemm.clone(), &[hs, r_zr.unwrap()], "hr")?;
-                let zr = bin(cx, B::Add, x_zr, h_zr)?;
+                let zr = tmp(cx, gemm.clone(), &[hs, r_zr.unwrap(), x_zr], "zr")?;
                 let z_pre = slice_axis(cx, zr, 1, 0, h)?;
                 let r_pre = slice_axis(cx, zr, 1, h, h)?;
                 let z = apply(cx, f, l.clip, z_pre)?;
@@ -297,8 +296,7 @@ fn run_direction(
             }
             Cell::Lstm => {
                 let (f, g, hact) = (dir.acts[0], dir.acts[1], dir.acts[2]);
-                let hr = tmp(cx, gemm.clone(), &[hs, dir.r], "hr")?;
-                let gates = bin(cx, B::Add, xt, hr)?;
+                let gates = tmp(cx, gemm.clone(), &[hs, dir.r, xt], "gates")?;
                 let mut i_pre = slice_axis(cx, gates, 1, 0, h)?;
                 let mut o_pre = slice_axis(cx, gates, 1, h, h)?;
                 let mut f_pre = slice_axis(cx, gates, 1, 2 * h, h)?;
