@@ -65,6 +65,17 @@ impl<'a> Attrs<'a> {
                 .map_err(|_| format!("attribute `{name}` is not valid UTF-8")),
         }
     }
+    pub fn strings(&self, name: &str) -> R<Option<Vec<String>>> {
+        match self.typed(name, AttributeType::Strings)? {
+            None => Ok(None),
+            Some(a) => a
+                .strings
+                .iter()
+                .map(|s| String::from_utf8(s.to_vec()).map_err(|_| format!("attribute `{name}` is not valid UTF-8")))
+                .collect::<R<Vec<_>>>()
+                .map(Some),
+        }
+    }
     pub fn tensor(&self, name: &str) -> R<Option<&'a TensorProto>> {
         match self.typed(name, AttributeType::Tensor)? {
             None => Ok(None),

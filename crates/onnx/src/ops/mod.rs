@@ -10,6 +10,7 @@ mod compose_data;
 mod compose_more;
 mod compose_nn;
 mod compose_resize;
+mod compose_rnn;
 mod conv_transpose;
 mod index;
 mod math;
@@ -465,6 +466,10 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "RMSNormalization",
     "Round",
     "Sinh",
+    // Recurrent layers, unrolled (compose_rnn.rs).
+    "GRU",
+    "LSTM",
+    "RNN",
 ];
 
 /// ONNX ops that only move, select or convert elements: they run on every dtype as is.
@@ -710,6 +715,7 @@ fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "TensorScatter" => compose_data::tensor_scatter(cx),
         "NegativeLogLikelihoodLoss" => compose_more::nll_loss(cx),
         "SoftmaxCrossEntropyLoss" => compose_more::softmax_cross_entropy(cx),
+        "RNN" | "GRU" | "LSTM" => compose_rnn::recurrent(cx),
         _ => Err(OpError::Unknown),
     }
 }
