@@ -128,6 +128,7 @@ fn check_compute_dtypes(op: &Op, inputs: &[&TensorType]) -> Result<(), String> {
     let moves = matches!(
         op,
         Cast { .. }
+            | BitCast { .. }
             | Reshape { .. }
             | Transpose { .. }
             | Concat { .. }
@@ -220,6 +221,17 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult {
         }
         Cast { to } => {
             arity(op, inputs, 1, 1)?;
+            one(TensorType::new(*to, inputs[0].shape.clone()))
+        }
+        BitCast { to } => {
+            arity(op, inputs, 1, 1)?;
+            let from = inputs[0].dtype;
+            if from.size() != to.size() {
+                return Err(format!("bitcast from {from} to {to}: the sizes differ"));
+            }
+            if *to == DType::Bool && from != DType::Bool {
+                return Err(format!("bitcast from {from} to bool: not every byte is a bool"));
+            }
             one(TensorType::new(*to, inputs[0].shape.clone()))
         }
         Identity => {

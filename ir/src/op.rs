@@ -202,6 +202,11 @@ pub enum Op {
     Cast {
         to: DType,
     },
+    /// The same bytes read as another type of the same size (ONNX BitCast); a view, like
+    /// Reshape.
+    BitCast {
+        to: DType,
+    },
     /// Numpy `matmul` semantics (1-D operands promoted, batch dims broadcast).
     MatMul,
     /// `alpha * op(A) @ op(B) + beta * C`; inputs A, B and optionally C (unidirectionally
@@ -418,6 +423,7 @@ impl Op {
             },
             Op::Where => "where",
             Op::Cast { .. } => "cast",
+            Op::BitCast { .. } => "bitcast",
             Op::MatMul => "matmul",
             Op::Gemm { .. } => "gemm",
             Op::Conv { .. } => "conv",

@@ -773,4 +773,13 @@ fn data_movement_on_storage_types() {
         let idx = Tensor::i64(vec![3], vec![2, 0, 1]);
         check_with(Op::Gather { axis: 1 }, &[x, idx], &[false, true], 0.0);
     }
+    // BitCast is a view of the same bytes.
+    for (from, to) in
+        [(DType::F32, DType::I32), (DType::U16, DType::F16), (DType::I64, DType::F64), (DType::Bool, DType::U8)]
+    {
+        let x = r.tensor(from, &[3, 4]);
+        check_with(Op::BitCast { to }, std::slice::from_ref(&x), &[], 0.0);
+        let y = kiln::ir::eval::eval(&Op::BitCast { to }, &[&x]).unwrap().remove(0);
+        assert_eq!((y.dtype(), &y.data), (to, &x.data));
+    }
 }

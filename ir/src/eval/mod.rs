@@ -77,6 +77,7 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::LogSoftmax { axis } => nn::softmax(inputs[0], *axis, true)?,
         Op::Reduce { op: r, axes, keepdims } => reduce::reduce(*r, inputs[0], axes, *keepdims)?,
         Op::Reshape { .. } => inputs[0].reshaped(want[0].shape.clone()),
+        Op::BitCast { .. } => Tensor { ty: want[0].clone(), data: inputs[0].data.clone() },
         Op::Transpose { perm } => shape::transpose(inputs[0], perm),
         Op::Concat { axis } => shape::concat(inputs, *axis),
         Op::Slice { starts, steps, out_shape } => shape::slice(inputs[0], starts, steps, out_shape),

@@ -95,7 +95,7 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity | Op::IsNaN => {
             vec![]
         }
-        Op::Cast { to } => vec![("to", to.name().to_string())],
+        Op::Cast { to } | Op::BitCast { to } => vec![("to", to.name().to_string())],
         Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
             ("alpha", f(*alpha)),
             ("beta", f(*beta)),
@@ -448,6 +448,10 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "cast" => {
             let to: String = a.word("to")?;
             Op::Cast { to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))? }
+        }
+        "bitcast" => {
+            let to: String = a.word("to")?;
+            Op::BitCast { to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))? }
         }
         "matmul" => Op::MatMul,
         "gemm" => Op::Gemm {

@@ -93,6 +93,7 @@ fn every_op() -> Graph {
     node(&mut g, Op::Unary(U::Not), &[bo], "");
     node(&mut g, Op::Where, &[bo, a, a], "");
     node(&mut g, Op::Cast { to: DType::I32 }, &[a], "");
+    node(&mut g, Op::BitCast { to: DType::I32 }, &[a], "");
     node(&mut g, Op::MatMul, &[a, m], "");
     let c2 = g.add_const("c2", Tensor::f32(vec![2, 1], vec![f32::NAN, -1.5]));
     node(&mut g, Op::Gemm { alpha: 0.1, beta: -2.5e-8, trans_a: true, trans_b: true }, &[m, a, c2], "");
@@ -180,7 +181,7 @@ fn every_op_round_trips() {
     assert_eq!(consts(&g), consts(&h));
     assert_eq!(g.name, h.name);
     let names: std::collections::BTreeSet<&str> = g.order().iter().map(|&n| g.node(n).op.name()).collect();
-    assert_eq!(names.len(), 78, "every op kind appears: {names:?}");
+    assert_eq!(names.len(), 79, "every op kind appears: {names:?}");
 }
 
 #[test]

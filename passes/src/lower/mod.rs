@@ -803,7 +803,7 @@ impl<'g> Lowerer<'g> {
                     &decode,
                 );
             }
-            Op::Reshape { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
+            Op::Reshape { .. } | Op::BitCast { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
         }
         Ok(())
     }
@@ -898,7 +898,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         l.prog.outputs.push((name.clone(), t.dtype, t.shape.clone()));
         out_bufs.push(l.prog.add_buffer(BufferKind::Output(i), t.bytes(), name));
         if let ValueDef::Node(n, _) = g.value(v).def {
-            if !matches!(g.node(n).op, Op::Reshape { .. }) && !direct.contains_key(&v) {
+            if !matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. }) && !direct.contains_key(&v) {
                 direct.insert(v, i);
             }
         }
@@ -907,7 +907,8 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         let node = g.node(nid);
         let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
         let out_v = node.outputs[0];
-        if let Op::Reshape { .. } = node.op {
+        // Reshape and BitCast are views of their input's bytes.
+        if let Op::Reshape { .. } | Op::BitCast { .. } = node.op {
             let src = ins[0].clone();
             l.loc.insert(out_v, Loc { buffer: src.buffer, offset: src.offset });
             continue;

@@ -174,6 +174,20 @@ pub(super) fn cast_like(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
 }
 
+/// BitCast (opset 26): the same bytes as another type of the same size.
+pub(super) fn bit_cast(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let Some(to) = cx.attrs.int("to")? else {
+        return invalid("attribute `to` is missing");
+    };
+    let to = match dtype_of(i32::try_from(to).map_err(|_| format!("attribute `to` = {to} is not a data type"))?) {
+        Ok(d) => d,
+        Err(name) => return unsupported(format!("bitcast to {name} (supported: {})", crate::data::SUPPORTED_DTYPES)),
+    };
+    Ok(vec![cx.emit_out(Op::BitCast { to }, &[x], 0)?])
+}
+
 fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
     let to = match dtype_of(to) {
         Ok(d) => d,

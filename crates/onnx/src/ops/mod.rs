@@ -313,6 +313,7 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "BitwiseXor",
     "BitwiseNot",
     "BitShift",
+    "BitCast",
     "Sin",
     "Cos",
     "Tan",
@@ -474,6 +475,7 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
 
 /// ONNX ops that only move, select or convert elements: they run on every dtype as is.
 const STORAGE_OPS: &[&str] = &[
+    "BitCast",
     "Cast",
     "CastLike",
     "Concat",
@@ -512,8 +514,25 @@ const STORAGE_OPS: &[&str] = &[
 const INDEX_OUTPUTS: &[(&str, usize)] =
     &[("ArgMax", 0), ("ArgMin", 0), ("TopK", 1), ("MaxPool", 1), ("NonZero", 0), ("Shape", 0), ("Size", 0)];
 
-/// Ops that give the same bits on u64 values as on their i64 reinterpretation: the only ones
-/// run on u64 tensors (through i64).
+/// Ops that order their operands: on u64 values they run on i64 values with the sign bit
+/// flipped (`x ^ i64::MIN`), which maps u64 order onto i64 order; their u64 results are
+/// flipped back.
+const U64_ORDER_OPS: &[&str] = &[
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+    "Max",
+    "Min",
+    "TopK",
+    "ArgMax",
+    "ArgMin",
+    "ReduceMax",
+    "ReduceMin",
+];
+
+/// Ops that give the same bits on u64 values as on their i64 reinterpretation: with
+/// [`U64_ORDER_OPS`], the only ones run on u64 tensors (through i64).
 const U64_AS_I64_OPS: &[&str] =
     &["Add", "Sub", "Mul", "Neg", "Sum", "Equal", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Pad"];
 
@@ -532,8 +551,11 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     }
     // For each compute type, the storage type widened to it (`None`: several).
     let mut back: Vec<(DType, Option<DType>)> = Vec::new();
+    let flip_u64 = U64_ORDER_OPS.contains(&op_type);
+    let same_bits = U64_AS_I64_OPS.contains(&op_type)
+        || (op_type == "BitShift" && cx.attrs.string("direction")?.as_deref() == Some("LEFT"));
     for &(i, d) in &narrow {
-        if d == DType::U64 && !U64_AS_I64_OPS.contains(&op_type) {
+        if d == DType::U64 && !same_bits && !flip_u64 {
             return unsupported(format!("{op_type} on uint64 (Kiln computes u64 values on their i64 bits)"));
         }
         match back.iter_mut().find(|(c, _)| *c == d.compute()) {
@@ -543,7 +565,11 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
         let v = cx.input(i)?;
         let name = cx.tmp_name("widen");
-        cx.inputs[i] = Some(cx.emit(Op::Cast { to: d.compute() }, &[v], name)?);
+        let mut w = cx.emit(Op::Cast { to: d.compute() }, &[v], name)?;
+        if d == DType::U64 && flip_u64 {
+            w = flip_sign_bit(cx, w)?;
+        }
+        cx.inputs[i] = Some(w);
     }
     let mut outs = import_op(cx)?;
     for (k, v) in outs.iter_mut().enumerate() {
@@ -553,7 +579,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
         match back.iter().find(|(c, _)| *c == d) {
             Some((_, Some(n))) => {
-                let wide = *v;
+                let wide = if *n == DType::U64 && flip_u64 { flip_sign_bit(cx, *v)? } else { *v };
                 let name = cx.out_name(k);
                 cx.g.value_mut(wide).name = format!("{name}/wide");
                 *v = cx.emit(Op::Cast { to: *n }, &[wide], name)?;
@@ -563,6 +589,14 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
     }
     Ok(outs)
+}
+
+/// `x ^ i64::MIN` for an i64 value.
+fn flip_sign_bit(cx: &mut NodeCx, x: ValueId) -> OpResult<ValueId> {
+    let name = cx.tmp_name("signbit");
+    let k = cx.konst(name, Tensor::i64(vec![], vec![i64::MIN]));
+    let name = cx.tmp_name("flip");
+    cx.emit(Op::Binary(BinaryOp::Xor), &[x, k], name)
 }
 
 fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -586,6 +620,7 @@ fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "BitwiseXor" => binary(cx, BinaryOp::Xor),
         "BitwiseNot" => unary(cx, UnaryOp::Not),
         "BitShift" => bit_shift(cx),
+        "BitCast" => bit_cast(cx),
         "Sin" => unary(cx, UnaryOp::Sin),
         "Cos" => unary(cx, UnaryOp::Cos),
         "Tan" => unary(cx, UnaryOp::Tan),
