@@ -28,8 +28,17 @@ fn bool_to_bias(cx: &mut NodeCx, m: ValueId) -> OpResult<ValueId> {
 
 pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(4, "")?;
-    const KNOWN: [&str; 7] =
-        ["is_causal", "kv_num_heads", "q_num_heads", "qk_matmul_output_mode", "scale", "softcap", "softmax_precision"];
+    const KNOWN: [&str; 9] = [
+        "is_causal",
+        "kv_num_heads",
+        "q_num_heads",
+        "qk_matmul_output_mode",
+        "scale",
+        "softcap",
+        "softmax_precision",
+        "left_window_size",
+        "right_window_size",
+    ];
     if let Some(a) = cx.attrs.names().find(|a| !KNOWN.contains(a)) {
         return unsupported(format!("attribute `{a}`"));
     }
@@ -125,6 +134,32 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 .collect();
             let c = konst_as(cx, DType::F32, vec![ql, kvl], &c);
             bias = Some(add(cx, bias, c)?);
+        }
+    }
+    // Local windows around the query's absolute position `i + offset` (offset: the past
+    // length, or per batch `nonpad - q_len`): key j is allowed iff -left <= j - (i + offset)
+    // <= right (a negative size leaves that side unbounded).
+    let (left, right) = (cx.attrs.int_or("left_window_size", -1)?, cx.attrs.int_or("right_window_size", -1)?);
+    if left >= 0 || right >= 0 {
+        let past = past_k.map_or(0, |p| cx.shape(p)[2]) as f64;
+        let rel = match (past_k, nonpad_b) {
+            (None, Some(nb)) => {
+                let d: Vec<f64> = (0..ql).flat_map(|i| (0..kvl).map(move |j| j as f64 - i as f64 + ql as f64)).collect();
+                let d = konst_as(cx, DType::I64, vec![1, 1, ql, kvl], &d);
+                bin(cx, B::Sub, d, nb)?
+            }
+            _ => {
+                let d: Vec<f64> = (0..ql).flat_map(|i| (0..kvl).map(move |j| j as f64 - i as f64 - past)).collect();
+                konst_as(cx, DType::I64, vec![ql, kvl], &d)
+            }
+        };
+        for (size, op) in [(left, CmpOp::GreaterOrEqual), (right, CmpOp::LessOrEqual)] {
+            if size >= 0 {
+                let bound = scalar(cx, DType::I64, if op == CmpOp::GreaterOrEqual { -size as f64 } else { size as f64 });
+                let allowed = cmp(cx, op, rel, bound)?;
+                let w = bool_to_bias(cx, allowed)?;
+                bias = Some(add(cx, bias, w)?);
+            }
         }
     }
     if let Some(nb) = nonpad_b {
