@@ -143,7 +143,8 @@ fn check_compute_dtypes(op: &Op, inputs: &[&TensorType]) -> Result<(), String> {
     if moves {
         return Ok(());
     }
-    let f64_ok = matches!(op, Binary(_) | Compare(_) | Unary(_) | Reduce { .. } | MatMul);
+    let f64_ok =
+        matches!(op, Binary(_) | Compare(_) | Unary(_) | Reduce { .. } | MatMul | Softmax { .. } | LogSoftmax { .. });
     for t in inputs {
         let d = t.dtype;
         if !d.is_compute() {

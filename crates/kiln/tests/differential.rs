@@ -680,7 +680,9 @@ fn trig_and_f64_elementwise() {
     check(Op::MatMul, &[x, y]);
     let x = r.tensor(DType::F64, &[3, 4, 5]);
     check(Op::Reduce { op: ReduceOp::Sum, axes: vec![0, 2], keepdims: false }, std::slice::from_ref(&x));
-    check(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdims: true }, &[x]);
+    check(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdims: true }, std::slice::from_ref(&x));
+    check(Op::Softmax { axis: 1 }, std::slice::from_ref(&x));
+    check(Op::LogSoftmax { axis: 2 }, &[x]);
 }
 
 #[test]

@@ -297,6 +297,24 @@ pub(super) fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> 
 /// Softmax (or log-softmax) along `axis`, max-subtracted, in f64:
 /// `exp(x - m) / Σ exp(x - m)`, or `(x - m) - ln Σ exp(x - m)`.
 pub(super) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor, String> {
+    if let crate::Data::F64(v) = x.data() {
+        // In f64 throughout.
+        let s = x.shape();
+        let (outer, len, inner) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));
+        let mut out = vec![0.0f64; v.len()];
+        for o in 0..outer {
+            for i in 0..inner {
+                let idx = |j: usize| (o * len + j) * inner + i;
+                let m = (0..len).map(|j| v[idx(j)]).fold(f64::NEG_INFINITY, |m, e| if e > m { e } else { m });
+                let sum: f64 = (0..len).map(|j| (v[idx(j)] - m).exp()).sum();
+                for j in 0..len {
+                    let d = v[idx(j)] - m;
+                    out[idx(j)] = if log { d - sum.ln() } else { d.exp() / sum };
+                }
+            }
+        }
+        return Ok(Tensor::from_data(s.to_vec(), crate::Data::F64(out)));
+    }
     let v = f32s(x)?;
     let s = x.shape();
     let (outer, len, inner) = (numel(&s[..axis]), s[axis], numel(&s[axis + 1..]));

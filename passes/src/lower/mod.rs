@@ -442,7 +442,8 @@ impl<'g> Lowerer<'g> {
                 xidx[a] = Expr::Var(rank - 1);
                 let mut domain = kept_shape.clone();
                 domain.push(out_shape[a]);
-                let mx = self.temp(DType::F32, &red_shape, format!("{name}.max"));
+                let dt = x.dtype;
+                let mx = self.temp(dt, &red_shape, format!("{name}.max"));
                 let mut mx_out = mx.clone();
                 mx_out.extents = kept_shape.clone();
                 mx_out.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
@@ -455,11 +456,11 @@ impl<'g> Lowerer<'g> {
                     body: Expr::load(0, xidx.clone()),
                     reduction: Some(Reduction {
                         combine: Combine::Max,
-                        init: Scalar::F32(f32::NEG_INFINITY),
+                        init: Scalar::of(dt, f64::NEG_INFINITY),
                         finalize: None,
                     }),
                 });
-                let sm = self.temp(DType::F32, &red_shape, format!("{name}.sum"));
+                let sm = self.temp(dt, &red_shape, format!("{name}.sum"));
                 let mut sm_out = sm.clone();
                 sm_out.extents = kept_shape.clone();
                 sm_out.strides = mx_out.strides.clone();
@@ -471,7 +472,7 @@ impl<'g> Lowerer<'g> {
                     inputs: vec![x.clone(), mx_out.clone()],
                     output: sm_out,
                     body: Expr::unary(UnaryOp::Exp, Expr::sub(Expr::load(0, xidx), Expr::load(1, mx_k))),
-                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+                    reduction: Some(Reduction { combine: Combine::Add, init: Scalar::of(dt, 0.0), finalize: None }),
                 });
                 let inputs = vec![x, broadcast_view(&mx, &out_shape), broadcast_view(&sm, &out_shape)];
                 let l = |k: usize| Expr::load(k, vars(0..rank));

@@ -394,5 +394,9 @@ pub(super) fn lp_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
         p => return invalid(format!("attribute `p` = {p} is not 1 or 2")),
     };
-    Ok(vec![cx.emit_out(Op::Binary(B::Div), &[x, norm], 0)?])
+    // A zero norm (an all-zero slice) normalizes to zeros, as in ONNX's reference.
+    let q = bin(cx, B::Div, x, norm)?;
+    let zero = scalar(cx, DType::F32, 0.0);
+    let is_zero = cmp(cx, CmpOp::Equal, norm, zero)?;
+    Ok(vec![cx.emit_out(Op::Where, &[is_zero, zero, q], 0)?])
 }

@@ -144,7 +144,8 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         let past = past_k.map_or(0, |p| cx.shape(p)[2]) as f64;
         let rel = match (past_k, nonpad_b) {
             (None, Some(nb)) => {
-                let d: Vec<f64> = (0..ql).flat_map(|i| (0..kvl).map(move |j| j as f64 - i as f64 + ql as f64)).collect();
+                let d: Vec<f64> =
+                    (0..ql).flat_map(|i| (0..kvl).map(move |j| j as f64 - i as f64 + ql as f64)).collect();
                 let d = konst_as(cx, DType::I64, vec![1, 1, ql, kvl], &d);
                 bin(cx, B::Sub, d, nb)?
             }
@@ -155,7 +156,8 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         };
         for (size, op) in [(left, CmpOp::GreaterOrEqual), (right, CmpOp::LessOrEqual)] {
             if size >= 0 {
-                let bound = scalar(cx, DType::I64, if op == CmpOp::GreaterOrEqual { -size as f64 } else { size as f64 });
+                let bound =
+                    scalar(cx, DType::I64, if op == CmpOp::GreaterOrEqual { -size as f64 } else { size as f64 });
                 let allowed = cmp(cx, op, rel, bound)?;
                 let w = bool_to_bias(cx, allowed)?;
                 bias = Some(add(cx, bias, w)?);

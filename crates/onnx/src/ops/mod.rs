@@ -7,6 +7,7 @@
 mod compose;
 mod compose_attention;
 mod compose_data;
+mod compose_dyn;
 mod compose_more;
 mod compose_nn;
 mod compose_resize;
@@ -314,6 +315,10 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "BitwiseNot",
     "BitShift",
     "BitCast",
+    "Compress",
+    "NonZero",
+    "Unique",
+    "NonMaxSuppression",
     "Sin",
     "Cos",
     "Tan",
@@ -476,6 +481,9 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
 /// ONNX ops that only move, select or convert elements: they run on every dtype as is.
 const STORAGE_OPS: &[&str] = &[
     "BitCast",
+    "Compress",
+    "NonZero",
+    "Unique",
     "Cast",
     "CastLike",
     "Concat",
@@ -621,6 +629,10 @@ fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "BitwiseNot" => unary(cx, UnaryOp::Not),
         "BitShift" => bit_shift(cx),
         "BitCast" => bit_cast(cx),
+        "Compress" => compose_dyn::compress(cx),
+        "NonZero" => compose_dyn::non_zero(cx),
+        "Unique" => compose_dyn::unique(cx),
+        "NonMaxSuppression" => compose_dyn::non_max_suppression(cx),
         "Sin" => unary(cx, UnaryOp::Sin),
         "Cos" => unary(cx, UnaryOp::Cos),
         "Tan" => unary(cx, UnaryOp::Tan),
