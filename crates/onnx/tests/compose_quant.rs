@@ -213,10 +213,31 @@ fn conv_integer_and_its_exactness_bound() {
     let want = [116, 172, -411, 608, 692, -463, 860, 944, -505, -189, -189, 1737, 1571, 1662, 20788, 1844, 1935, 23791];
     assert_eq!(y, Data::I32(want.to_vec()));
 
-    // 300 products of up to 255 · 255 may pass 2^24, where an f32 sum is no longer exact.
+    // 300 products of up to 255 · 255 may pass 2^24, where an f32 sum is no longer exact:
+    // the channels are reduced in chunks of 258 (258 · 255² < 2^24), summed in i32.
     let inits = vec![t_u8("x", &[1, 300, 1, 1], &[255; 300]), t_u8("w", &[1, 300, 1, 1], &[255; 300])];
-    let e = import_err(10, inits, node("ConvInteger", &["x", "w"], &["y"], vec![]));
-    assert!(e.contains("2^24") && e.contains("K = 300"), "{e}");
+    let (shape, y) = folded(10, inits, node("ConvInteger", &["x", "w"], &["y"], vec![]));
+    assert_eq!((shape, y), (vec![1, 1, 1, 1], Data::I32(vec![300 * 255 * 255])));
+    // With groups, every group's channels are chunked: 2 groups of 260 channels of 255 · 255.
+    let inits = vec![t_u8("x", &[1, 520, 1, 2], &[255; 1040]), t_u8("w", &[2, 260, 1, 1], &[255; 520])];
+    let (shape, y) = folded(10, inits, node("ConvInteger", &["x", "w"], &["y"], vec![a_int("group", 2)]));
+    assert_eq!((shape, y), (vec![1, 2, 1, 2], Data::I32(vec![260 * 255 * 255; 4])));
+    // One channel's 17 × 17 window of products of up to 255 · 255 (x is any uint8 input) can
+    // pass 2^24 by itself.
+    let m = Model::new(10)
+        .input(vis("x", DataType::Uint8, &[1, 1, 17, 17]))
+        .init(t_u8("w", &[1, 1, 17, 17], &[255; 289]))
+        .node(node("ConvInteger", &["x", "w"], &["y"], vec![]))
+        .output("y");
+    let e = m.import().unwrap_err().to_string();
+    assert!(e.contains("2^24") && e.contains("289 products of up to 255·255"), "{e}");
+    // A 16 × 16 window stays below it.
+    let m = Model::new(10)
+        .input(vis("x", DataType::Uint8, &[1, 1, 16, 16]))
+        .init(t_u8("w", &[1, 1, 16, 16], &[255; 256]))
+        .node(node("ConvInteger", &["x", "w"], &["y"], vec![]))
+        .output("y");
+    import_ok(&m);
 }
 
 #[test]

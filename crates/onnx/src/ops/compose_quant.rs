@@ -10,7 +10,9 @@
 //!
 //! Convolutions only run in f32 in Kiln: ConvInteger and QLinearConv convolve the
 //! zero-point-shifted integers as f32, which is exact while every partial sum stays below
-//! 2^24; the importer checks a bound on that and reports the node as unsupported otherwise.
+//! 2^24. A bound on the terms sets how many input channels one f32 Conv may reduce over; a
+//! longer reduction is split into such chunks, summed in i32. Only when one input channel's
+//! window could already pass 2^24 is the node reported as unsupported.
 //!
 //! Float8 and int4/int2 quantized types are not Kiln dtypes: models using them fail on the
 //! tensor's dtype, and `output_dtype` attributes naming them are unsupported here.
@@ -373,8 +375,28 @@ fn max_abs_shifted(cx: &NodeCx, shifted: ValueId, d: DType, zp: Option<ValueId>)
     zps.iter().map(|&z| (hi - z).unsigned_abs().max((z - lo).unsigned_abs()) as u128).max().unwrap_or(0)
 }
 
+/// `x[.., start..start + len, ..]` along `axis` (`x` itself when that is all of it).
+fn slice_axis(cx: &mut NodeCx, x: ValueId, axis: usize, start: usize, len: usize) -> OpResult<ValueId> {
+    let s = cx.shape(x);
+    if start == 0 && len == s[axis] {
+        return Ok(x);
+    }
+    let r = s.len();
+    let mut starts = vec![0i64; r];
+    starts[axis] = start as i64;
+    let mut out_shape = s;
+    out_shape[axis] = len;
+    tmp(cx, Op::Slice { starts, steps: vec![1; r], out_shape }, &[x], "s")
+}
+
 /// The convolution of `x - x_zero_point` with `w - w_zero_point` (per output channel when
-/// 1-D), as an f32 Conv (the node's attributes) of integers, when that is exact.
+/// 1-D) in i32, from f32 Convs (with the node's attributes) of the integers.
+///
+/// An f32 sum of integers is exact while every partial sum stays below 2^24; each term of
+/// the reduction is at most `max|x'| · max|w'|`. When the whole reduction (C/group input
+/// channels times the kernel window) could pass that, the input channels of every group are
+/// split into chunks that cannot, each chunk is convolved on its own and converted to i32,
+/// and the chunks are summed in i32.
 fn conv_shifted(
     cx: &mut NodeCx,
     x: ValueId,
@@ -384,9 +406,9 @@ fn conv_shifted(
 ) -> OpResult<ValueId> {
     let xd = int_operand(cx, x, "x")?;
     let wd = int_operand(cx, w, "w")?;
-    let ws = cx.shape(w);
-    if ws.len() < 3 {
-        return invalid(format!("weights of shape {ws:?} need rank >= 3"));
+    let (xs, ws) = (cx.shape(x), cx.shape(w));
+    if ws.len() < 3 || xs.len() != ws.len() {
+        return invalid(format!("X of shape {xs:?} and W of shape {ws:?} need the same rank, at least 3"));
     }
     let wr = ws.len();
     let xi = shifted(cx, x, xzp, |n| vec![n])?;
@@ -395,26 +417,55 @@ fn conv_shifted(
         s.extend(std::iter::repeat_n(1, wr - 1));
         s
     })?;
-    // Every partial sum is an integer below K · max|x'| · max|w'|: exact in f32 below 2^24.
-    let k: u128 = ws[1..].iter().map(|&d| d as u128).product();
+    let cg = ws[1];
+    let window: u128 = ws[2..].iter().map(|&d| d as u128).product();
     let (mx, mw) = (max_abs_shifted(cx, xi, xd, xzp), max_abs_shifted(cx, wi, wd, wzp));
-    let bound = k.saturating_mul(mx).saturating_mul(mw);
-    if bound >= F32_EXACT {
+    let per_channel = window.saturating_mul(mx).saturating_mul(mw);
+    if per_channel >= F32_EXACT {
         return unsupported(format!(
             "{}: Kiln convolves in f32, which is exact only while partial sums stay below 2^24; here \
-             K = {k} products of up to {mx}·{mw} may reach {bound}",
+             one input channel's {window} products of up to {mx}·{mw} may reach {per_channel}",
             cx.op_type()
         ));
     }
+    // Input channels per chunk (every group's channels are split the same way).
+    let chunk = ((F32_EXACT - 1) / per_channel.max(1)).min(cg as u128).max(1) as usize;
+    let group = cx.attrs.int_or("group", 1)?;
+    let g = usize::try_from(group).ok().filter(|&g| g >= 1 && xs[1] == g * cg);
+    let Some(g) = g else {
+        return invalid(format!("X of shape {xs:?} does not have group {group} times the {cg} channels of W"));
+    };
     let xf = cast(cx, xi, DType::F32)?;
     let wf = cast(cx, wi, DType::F32)?;
-    let saved = std::mem::replace(&mut cx.inputs, vec![Some(xf), Some(wf)]);
-    let conv = super::nn::conv(cx);
-    cx.inputs = saved;
-    let yf = conv?[0];
-    let name = cx.out_name(0);
-    cx.g.value_mut(yf).name = format!("{name}/f32");
-    Ok(yf)
+    // X as [N, G, C/G, …] to slice every group's channels at once.
+    let mut xg_shape = vec![xs[0], g, cg];
+    xg_shape.extend_from_slice(&xs[2..]);
+    let xg = if chunk < cg { reshape(cx, xf, xg_shape)? } else { xf };
+    let out = cx.out_name(0);
+    let mut acc: Option<ValueId> = None;
+    for (j, start) in (0..cg).step_by(chunk).enumerate() {
+        let len = chunk.min(cg - start);
+        let (xc, wc) = if chunk < cg {
+            let xs3 = slice_axis(cx, xg, 2, start, len)?;
+            let mut shape = vec![xs[0], g * len];
+            shape.extend_from_slice(&xs[2..]);
+            let xc = reshape(cx, xs3, shape)?;
+            (xc, slice_axis(cx, wf, 1, start, len)?)
+        } else {
+            (xf, wf)
+        };
+        let saved = std::mem::replace(&mut cx.inputs, vec![Some(xc), Some(wc)]);
+        let conv = super::nn::conv(cx);
+        cx.inputs = saved;
+        let yf = conv?[0];
+        cx.g.value_mut(yf).name = format!("{out}/f32_{j}");
+        let yi = cast(cx, yf, DType::I32)?;
+        acc = Some(match acc {
+            Some(a) => bin(cx, B::Add, a, yi)?,
+            None => yi,
+        });
+    }
+    acc.ok_or_else(|| super::OpError::Invalid(format!("W of shape {ws:?} has no input channels")))
 }
 
 /// ConvInteger: the convolution of `x - x_zero_point` with `w - w_zero_point`, in int32.
@@ -423,7 +474,9 @@ pub(super) fn conv_integer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let (x, w) = (cx.input(0)?, cx.input(1)?);
     let (xzp, wzp) = (cx.opt_input(2), cx.opt_input(3));
     let y = conv_shifted(cx, x, xzp, w, wzp)?;
-    Ok(vec![cx.emit_out(Op::Cast { to: DType::I32 }, &[y], 0)?])
+    // A fresh value (a Cast or an Add): it takes the output's name.
+    cx.g.value_mut(y).name = cx.out_name(0);
+    Ok(vec![y])
 }
 
 /// `rint(v · scale + zero_point)` saturated to `out` (computed in f64, as numpy does for an
@@ -510,8 +563,7 @@ pub(super) fn qlinear_conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             return invalid(format!("{what} has another type than x_scale ({sd})"));
         }
     }
-    let yf = conv_shifted(cx, x, xzp, w, wzp)?;
-    let mut y = cast(cx, yf, DType::I32)?;
+    let mut y = conv_shifted(cx, x, xzp, w, wzp)?;
     let rank = cx.rank(y);
     // A per-channel parameter `[M]` as `[M, 1, …]` against the `[N, M, …]` result.
     let channel = |cx: &mut NodeCx, p: ValueId| -> OpResult<ValueId> {
