@@ -10,6 +10,7 @@ mod compose_data;
 mod compose_dyn;
 mod compose_more;
 mod compose_nn;
+mod compose_quant;
 mod compose_resize;
 mod compose_rnn;
 mod conv_transpose;
@@ -476,6 +477,14 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "GRU",
     "LSTM",
     "RNN",
+    // Quantization (compose_quant.rs).
+    "ConvInteger",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QuantizeLinear",
 ];
 
 /// ONNX ops that only move, select or convert elements: they run on every dtype as is.
@@ -763,6 +772,13 @@ fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "NegativeLogLikelihoodLoss" => compose_more::nll_loss(cx),
         "SoftmaxCrossEntropyLoss" => compose_more::softmax_cross_entropy(cx),
         "RNN" | "GRU" | "LSTM" => compose_rnn::recurrent(cx),
+        "DequantizeLinear" => compose_quant::dequantize_linear(cx),
+        "QuantizeLinear" => compose_quant::quantize_linear(cx),
+        "DynamicQuantizeLinear" => compose_quant::dynamic_quantize_linear(cx),
+        "MatMulInteger" => compose_quant::matmul_integer(cx),
+        "ConvInteger" => compose_quant::conv_integer(cx),
+        "QLinearMatMul" => compose_quant::qlinear_matmul(cx),
+        "QLinearConv" => compose_quant::qlinear_conv(cx),
         _ => Err(OpError::Unknown),
     }
 }
