@@ -221,6 +221,7 @@ impl Importer {
         let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
         let name = format!("{}{name}", self.scope);
         let is_default = matches!(node.domain(), "" | "ai.onnx");
+        let is_training = node.domain() == "ai.onnx.preview.training" && ops::compose_train::OPS.contains(&op_type);
         let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };
         let node_err = |message: String| ImportError::Node {
             node: name.clone(),
@@ -256,17 +257,21 @@ impl Importer {
             }
             return Ok(());
         }
-        if !is_default {
+        if !is_default && !is_training {
             self.placeholder(node, &name, &inputs, opset, None);
             return Ok(());
         }
         let Some(opset) = opset else {
             return Err(ImportError::InvalidGraph(format!(
-                "node `{name}` ({op_type}) is in the default domain, but the model imports no opset for it"
+                "node `{name}` ({op_type}) is in domain `{}`, but the model imports no opset for it",
+                if is_default { "ai.onnx" } else { node.domain() }
             )));
         };
 
-        let result = if control::OPS.contains(&op_type) {
+        let result = if is_training {
+            let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
+            ops::compose_train::import(&mut cx)
+        } else if control::OPS.contains(&op_type) {
             match self.control(node, &name, opset, &inputs) {
                 Ok(Some(outs)) => Ok(outs),
                 Ok(None) => {

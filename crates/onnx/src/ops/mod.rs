@@ -13,6 +13,7 @@ mod compose_nn;
 mod compose_quant;
 mod compose_resize;
 mod compose_rnn;
+pub(crate) mod compose_train;
 mod conv_transpose;
 mod index;
 mod math;
