@@ -221,7 +221,7 @@ impl Importer {
         let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
         let name = format!("{}{name}", self.scope);
         let is_default = matches!(node.domain(), "" | "ai.onnx");
-        let is_training = node.domain() == "ai.onnx.preview.training" && ops::compose_train::OPS.contains(&op_type);
+        let is_extra = ops::EXTRA_OPS.contains(&(node.domain(), op_type));
         let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };
         let node_err = |message: String| ImportError::Node {
             node: name.clone(),
@@ -257,7 +257,7 @@ impl Importer {
             }
             return Ok(());
         }
-        if !is_default && !is_training {
+        if !is_default && !is_extra {
             self.placeholder(node, &name, &inputs, opset, None);
             return Ok(());
         }
@@ -268,9 +268,9 @@ impl Importer {
             )));
         };
 
-        let result = if is_training {
+        let result = if is_extra {
             let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
-            ops::compose_train::import(&mut cx)
+            ops::import_extra(&mut cx)
         } else if control::OPS.contains(&op_type) {
             match self.control(node, &name, opset, &inputs) {
                 Ok(Some(outs)) => Ok(outs),

@@ -6,9 +6,6 @@ use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, UnaryOp as U, ValueId};
 use super::compose::{bin, cmp, scalar, tmp, un};
 use super::{invalid, unsupported, NodeCx, OpResult};
 
-/// Op types of the training domain that [`import`] handles.
-pub(crate) const OPS: &[&str] = &["Adagrad", "Momentum", "Adam"];
-
 /// `a * x + b * y` with scalar constants `a` and `b` (a term with a zero factor dropped).
 fn axpby(cx: &mut NodeCx, a: f64, x: ValueId, b: f64, y: ValueId) -> OpResult<ValueId> {
     let term = |cx: &mut NodeCx, k: f64, v: ValueId| -> OpResult<ValueId> {

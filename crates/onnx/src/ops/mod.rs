@@ -8,12 +8,13 @@ mod compose;
 mod compose_attention;
 mod compose_data;
 mod compose_dyn;
+mod compose_misc;
 mod compose_more;
 mod compose_nn;
 mod compose_quant;
 mod compose_resize;
 mod compose_rnn;
-pub(crate) mod compose_train;
+mod compose_train;
 mod conv_transpose;
 mod index;
 mod math;
@@ -321,6 +322,8 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "NonZero",
     "Unique",
     "NonMaxSuppression",
+    "TfIdfVectorizer",
+    "Det",
     "Sin",
     "Cos",
     "Tan",
@@ -488,6 +491,25 @@ pub(crate) const KNOWN_OPS: &[&str] = &[
     "QuantizeLinear",
 ];
 
+/// Ops of other domains that [`import_extra`] handles, by (domain, op type).
+pub(crate) const EXTRA_OPS: &[(&str, &str)] = &[
+    ("ai.onnx.preview.training", "Adagrad"),
+    ("ai.onnx.preview.training", "Momentum"),
+    ("ai.onnx.preview.training", "Adam"),
+    ("ai.onnx.ml", "Binarizer"),
+    ("ai.onnx.ml", "ArrayFeatureExtractor"),
+];
+
+/// Imports a node of one of [`EXTRA_OPS`].
+pub(crate) fn import_extra(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    match (cx.node.domain(), cx.op_type()) {
+        ("ai.onnx.ml", "Binarizer") => compose_misc::binarizer(cx),
+        ("ai.onnx.ml", "ArrayFeatureExtractor") => compose_misc::array_feature_extractor(cx),
+        ("ai.onnx.preview.training", _) => compose_train::import(cx),
+        _ => Err(OpError::Unknown),
+    }
+}
+
 /// ONNX ops that only move, select or convert elements: they run on every dtype as is.
 const STORAGE_OPS: &[&str] = &[
     "BitCast",
@@ -640,6 +662,8 @@ fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "BitShift" => bit_shift(cx),
         "BitCast" => bit_cast(cx),
         "Compress" => compose_dyn::compress(cx),
+        "TfIdfVectorizer" => compose_misc::tfidf_vectorizer(cx),
+        "Det" => compose_misc::det(cx),
         "NonZero" => compose_dyn::non_zero(cx),
         "Unique" => compose_dyn::unique(cx),
         "NonMaxSuppression" => compose_dyn::non_max_suppression(cx),

@@ -1,0 +1,224 @@
+//! Smaller compositions: TfIdfVectorizer (n-gram counts over integer tokens), Det (the
+//! Leibniz formula for small matrices), and the `ai.onnx.ml` Binarizer and
+//! ArrayFeatureExtractor.
+
+use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, ValueId};
+
+use super::compose::{bin, cmp, konst_as, reshape, scalar, tmp};
+use super::{invalid, unsupported, NodeCx, OpResult};
+
+/// `x[..., start + k·step]` for `k < len` along the last axis.
+fn last_axis(cx: &mut NodeCx, x: ValueId, start: usize, step: usize, len: usize) -> OpResult<ValueId> {
+    let s = cx.shape(x);
+    let r = s.len();
+    let mut starts = vec![0i64; r];
+    starts[r - 1] = start as i64;
+    let mut steps = vec![1i64; r];
+    steps[r - 1] = step as i64;
+    let mut out_shape = s;
+    out_shape[r - 1] = len;
+    tmp(cx, Op::Slice { starts, steps, out_shape }, &[x], "part")
+}
+
+/// TfIdfVectorizer over integer tokens (`pool_int64s`), as ONNX's reference counts: an
+/// n-gram of the pool matches at start `s` with skip distance `d` when the tokens at
+/// `s, s+d, …` equal it; unigrams count once (d = 1), longer n-grams for every
+/// `d ∈ 1..=max_skip_count+1`. Each count goes to its `ngram_indexes` slot, then TF, IDF or
+/// TFIDF weighting.
+pub(super) fn tfidf_vectorizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    if cx.attrs.has("pool_strings") {
+        return unsupported("string n-grams (pool_strings)");
+    }
+    let xt = cx.ty(x);
+    if !xt.dtype.is_int() || xt.rank() == 0 || xt.rank() > 2 {
+        return invalid(format!("input must be a 1-D or 2-D integer tensor, got {xt}"));
+    }
+    let min_n = cx.attrs.int_or("min_gram_length", 1)?.max(1) as usize;
+    let max_n = cx.attrs.int_or("max_gram_length", 1)?.max(0) as usize;
+    let max_skip = cx.attrs.int_or("max_skip_count", 0)?.max(0) as usize;
+    let mode = cx.attrs.string("mode")?.unwrap_or_else(|| "TF".into());
+    let pool: Vec<i64> = cx.attrs.ints("pool_int64s")?.unwrap_or_default().to_vec();
+    let counts: Vec<i64> = cx.attrs.ints("ngram_counts")?.unwrap_or_default().to_vec();
+    let indexes: Vec<i64> = cx.attrs.ints("ngram_indexes")?.unwrap_or_default().to_vec();
+    let weights: Vec<f32> = cx.attrs.floats("weights")?.unwrap_or_default().to_vec();
+    let out_size = indexes.iter().copied().max().map_or(0, |m| m.max(-1) + 1) as usize;
+    // The pool's n-grams: (tokens, output slot), in pool order.
+    let mut grams: Vec<(Vec<i64>, usize)> = Vec::new();
+    let mut id = 0usize;
+    for (i, &start) in counts.iter().enumerate() {
+        let n = i + 1;
+        let end = counts.get(i + 1).copied().unwrap_or(pool.len() as i64);
+        if start < 0 || end < start || end as usize > pool.len() {
+            return invalid("ngram_counts do not index pool_int64s");
+        }
+        for g in pool[start as usize..end as usize].chunks_exact(n) {
+            let Some(&slot) = indexes.get(id) else {
+                return invalid("ngram_indexes has fewer entries than the pool has n-grams");
+            };
+            if n >= min_n && n <= max_n {
+                grams.push((g.to_vec(), slot as usize));
+            }
+            id += 1;
+        }
+    }
+    let c = *xt.shape.last().expect("rank checked");
+    let row: Vec<usize> = xt.shape[..xt.rank() - 1].to_vec();
+    let xi = if xt.dtype == DType::I64 { x } else { tmp(cx, Op::Cast { to: DType::I64 }, &[x], "tokens")? };
+    // Per output slot, the count terms.
+    let mut per_slot: Vec<Vec<ValueId>> = vec![Vec::new(); out_size];
+    for (g, slot) in &grams {
+        let n = g.len();
+        let dists: Vec<usize> = if n == 1 { vec![1] } else { (1..=max_skip + 1).collect() };
+        for d in dists {
+            let span = (n - 1) * d;
+            if span >= c {
+                continue;
+            }
+            let m = c - span;
+            let mut all: Option<ValueId> = None;
+            for (k, &tok) in g.iter().enumerate() {
+                let part = last_axis(cx, xi, k * d, 1, m)?;
+                let t = scalar(cx, DType::I64, tok as f64);
+                let eq = cmp(cx, CmpOp::Equal, part, t)?;
+                all = Some(match all {
+                    Some(a) => bin(cx, B::And, a, eq)?,
+                    None => eq,
+                });
+            }
+            let hits = tmp(cx, Op::Cast { to: DType::F32 }, &[all.expect("n >= 1")], "hits")?;
+            let axis = row.len();
+            let sum = tmp(cx, Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdims: true }, &[hits], "count")?;
+            per_slot[*slot].push(sum);
+        }
+    }
+    let mut col_shape = row.clone();
+    col_shape.push(1);
+    let zeros = konst_as(cx, DType::F32, col_shape.clone(), &vec![0.0; col_shape.iter().product()]);
+    let mut cols = Vec::with_capacity(out_size);
+    for (i, terms) in per_slot.into_iter().enumerate() {
+        let mut acc = zeros;
+        for t in terms {
+            acc = if acc == zeros { t } else { bin(cx, B::Add, acc, t)? };
+        }
+        let w = weights.get(i).copied();
+        acc = match mode.as_str() {
+            "TF" => acc,
+            "IDF" | "TFIDF" => {
+                let present = if mode == "IDF" {
+                    let z = scalar(cx, DType::F32, 0.0);
+                    let p = cmp(cx, CmpOp::Greater, acc, z)?;
+                    tmp(cx, Op::Cast { to: DType::F32 }, &[p], "present")?
+                } else {
+                    acc
+                };
+                match w {
+                    Some(w) => {
+                        let w = scalar(cx, DType::F32, f64::from(w));
+                        bin(cx, B::Mul, present, w)?
+                    }
+                    None => present,
+                }
+            }
+            m => return invalid(format!("attribute `mode` = {m:?} is not TF, IDF or TFIDF")),
+        };
+        cols.push(acc);
+    }
+    let axis = row.len();
+    let y = if cols.is_empty() {
+        let mut s = row.clone();
+        s.push(0);
+        konst_as(cx, DType::F32, s, &[])
+    } else if cols.len() == 1 {
+        cols[0]
+    } else {
+        tmp(cx, Op::Concat { axis }, &cols, "tfidf")?
+    };
+    Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?])
+}
+
+/// Det of the trailing square matrices by the Leibniz formula (sum over permutations), for
+/// n ≤ 5 (120 products).
+pub(super) fn det(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let t = cx.ty(x);
+    if t.dtype != DType::F32 || t.rank() < 2 {
+        return unsupported(format!("Det of {t} (float32 matrices)"));
+    }
+    let r = t.rank();
+    let n = t.shape[r - 1];
+    if t.shape[r - 2] != n {
+        return invalid(format!("Det needs square matrices, got {t}"));
+    }
+    if n > 5 {
+        return unsupported(format!("Det of {n}×{n} matrices (at most 5×5)"));
+    }
+    let batch: Vec<usize> = t.shape[..r - 2].to_vec();
+    let mut flat_shape = batch.clone();
+    flat_shape.push(n * n);
+    let flat = reshape(cx, x, flat_shape)?;
+    let mut elems = Vec::with_capacity(n * n);
+    for i in 0..n * n {
+        elems.push(last_axis(cx, flat, i, 1, 1)?);
+    }
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut total: Option<ValueId> = None;
+    loop {
+        // The permutation's sign from its inversion count.
+        let inversions =
+            (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).filter(|&(i, j)| perm[i] > perm[j]).count();
+        let mut prod = elems[perm[0]];
+        for (i, &p) in perm.iter().enumerate().skip(1) {
+            prod = bin(cx, B::Mul, prod, elems[i * n + p])?;
+        }
+        total = Some(match total {
+            None if inversions % 2 == 0 => prod,
+            None => {
+                let m = scalar(cx, DType::F32, -1.0);
+                bin(cx, B::Mul, m, prod)?
+            }
+            Some(acc) => bin(cx, if inversions % 2 == 0 { B::Add } else { B::Sub }, acc, prod)?,
+        });
+        if !next_permutation(&mut perm) {
+            break;
+        }
+    }
+    let y = reshape(cx, total.expect("n >= 1"), batch)?;
+    Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?])
+}
+
+/// The next permutation in lexicographic order; false after the last.
+fn next_permutation(p: &mut [usize]) -> bool {
+    let Some(i) = (1..p.len()).rev().find(|&i| p[i - 1] < p[i]) else {
+        return false;
+    };
+    let j = (i..p.len()).rev().find(|&j| p[j] > p[i - 1]).expect("exists");
+    p.swap(i - 1, j);
+    p[i..].reverse();
+    true
+}
+
+/// `ai.onnx.ml` Binarizer: `x > threshold ? 1 : 0` in x's type.
+pub(super) fn binarizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let d = cx.ty(x).dtype;
+    let th = scalar(cx, d, f64::from(cx.attrs.float_or("threshold", 0.0)?));
+    let gt = cmp(cx, CmpOp::Greater, x, th)?;
+    Ok(vec![cx.emit_out(Op::Cast { to: d }, &[gt], 0)?])
+}
+
+/// `ai.onnx.ml` ArrayFeatureExtractor: elements of the last axis picked by `Y`'s indices.
+pub(super) fn array_feature_extractor(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (x, idx) = (cx.input(0)?, cx.input(1)?);
+    let r = cx.rank(x);
+    if r == 0 {
+        return invalid("X must have at least one dimension");
+    }
+    let n: usize = cx.shape(idx).iter().product();
+    let flat = reshape(cx, idx, vec![n])?;
+    Ok(vec![cx.emit_out(Op::Gather { axis: r - 1 }, &[x, flat], 0)?])
+}

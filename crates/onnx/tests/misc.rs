@@ -1,0 +1,64 @@
+//! TfIdfVectorizer, Det and the ai.onnx.ml Binarizer, folded from constant inputs and checked
+//! against hand-derived values.
+
+mod common;
+
+use common::*;
+use kiln_ir::Data;
+
+fn folded(m: Model) -> Data {
+    let g = import_ok(&m);
+    g.const_of(g.outputs[0]).unwrap_or_else(|| panic!("did not fold: {:?}", ops(&g))).data()
+}
+
+#[test]
+fn tfidf_counts_unigrams_once_and_bigrams_per_skip() {
+    // Pool: unigram 3 (slot 0), bigram (1, 2) (slot 1). x = [1, 3, 2, 1, 2]: (1, 2) is adjacent
+    // once (positions 3, 4) and two apart once (positions 0, 2).
+    let model = |skip: i64| {
+        Model::new(9)
+            .init(t_i64("x", &[5], &[1, 3, 2, 1, 2]))
+            .node(node(
+                "TfIdfVectorizer",
+                &["x"],
+                &["y"],
+                vec![
+                    a_str("mode", "TF"),
+                    a_int("min_gram_length", 1),
+                    a_int("max_gram_length", 2),
+                    a_int("max_skip_count", skip),
+                    a_ints("ngram_counts", &[0, 1]),
+                    a_ints("ngram_indexes", &[0, 1]),
+                    a_ints("pool_int64s", &[3, 1, 2]),
+                ],
+            ))
+            .output("y")
+    };
+    assert_eq!(folded(model(0)), Data::F32(vec![1.0, 1.0]));
+    assert_eq!(folded(model(1)), Data::F32(vec![1.0, 2.0]));
+}
+
+#[test]
+fn det_of_2x2_and_batched_3x3() {
+    let m = Model::new(22)
+        .init(t_f32("x", &[2, 2], &[1., 2., 3., 4.]))
+        .node(node("Det", &["x"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(folded(m), Data::F32(vec![-2.0]));
+    // 2·(3·2 − 2·1) − 0 + 1·(1·1 − 3·1) = 6, and the identity's 1.
+    let m = Model::new(22)
+        .init(t_f32("x", &[2, 3, 3], &[2., 0., 1., 1., 3., 2., 1., 1., 2., 1., 0., 0., 0., 1., 0., 0., 0., 1.]))
+        .node(node("Det", &["x"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(folded(m), Data::F32(vec![6.0, 1.0]));
+}
+
+#[test]
+fn binarizer_thresholds() {
+    let mut m = Model::new(13);
+    m.other_opsets.push(("ai.onnx.ml", 1));
+    let mut n = node("Binarizer", &["x"], &["y"], vec![a_float("threshold", 0.4)]);
+    n.domain = Some("ai.onnx.ml".into());
+    let m = m.init(t_f32("x", &[3], &[-1.0, 0.5, 0.4])).node(n).output("y");
+    assert_eq!(folded(m), Data::F32(vec![0.0, 1.0, 0.0]));
+}
