@@ -1,0 +1,131 @@
+//! Models from real exporters (torch.onnx.export, spox, onnxscript) with random weights,
+//! committed under `tests/models/<name>/` by `scripts/export_models.py`: `model.onnx`,
+//! `input_<i>.npy`, onnxruntime's `output_<i>.npy` and `meta.json`. Each test compiles the
+//! model with Kiln, pinning every input's shape to that of its `.npy` (several models
+//! export their batch dim as dynamic), runs it and compares with onnxruntime.
+
+use std::path::{Path, PathBuf};
+
+use kiln_ir::{Data, Tensor};
+use kiln_tests::Case;
+
+const RTOL: f64 = 1e-3;
+const ATOL: f64 = 1e-4;
+
+fn model_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+}
+
+fn read_npy(p: &Path) -> Result<Tensor, String> {
+    let short = p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(p).display().to_string();
+    let bytes = std::fs::read(p).map_err(|e| format!("{short}: {e}"))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{short}: {e}"))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let ts = match npy.dtype() {
+        npyz::DType::Plain(t) => t.to_string(),
+        d => return Err(format!("{short}: unexpected dtype {d:?}")),
+    };
+    macro_rules! read {
+        ($v:ident) => {
+            Data::$v(npy.into_vec().map_err(|e| format!("{short}: {e}"))?)
+        };
+    }
+    let data = match ts.trim_start_matches(['<', '|']) {
+        "f4" => read!(F32),
+        "f8" => read!(F64),
+        "i4" => read!(I32),
+        "i8" => read!(I64),
+        "b1" => read!(Bool),
+        other => return Err(format!("{short}: unexpected npy dtype {other}")),
+    };
+    Ok(Tensor::from_data(shape, data))
+}
+
+/// The committed case: inputs and expected outputs in `meta.json`'s order.
+fn load(name: &str) -> Result<Case, String> {
+    let dir = model_dir(name);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).map_err(|e| format!("meta.json: {e}"))?)
+            .map_err(|e| format!("meta.json: {e}"))?;
+    let mut inputs = Vec::new();
+    for i in meta["inputs"].as_array().ok_or("meta.json: no inputs")? {
+        let p = dir.join(i["file"].as_str().ok_or("meta.json: input without file")?);
+        let n = i["name"].as_str().ok_or("meta.json: input without name")?.to_string();
+        inputs.push((n, read_npy(&p)?, p));
+    }
+    let mut expected = Vec::new();
+    for o in meta["outputs"].as_array().ok_or("meta.json: no outputs")? {
+        expected.push(read_npy(&dir.join(o["file"].as_str().ok_or("meta.json: output without file")?))?);
+    }
+    Ok(Case { name: name.to_string(), model: dir.join("model.onnx"), inputs, expected, rtol: RTOL, atol: ATOL })
+}
+
+fn check(name: &str) {
+    let case = load(name).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
+    let got = kiln_tests::run_lib(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
+    kiln_tests::compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name}: {e}"));
+    // The worst errors, for `--nocapture` runs (compare has checked dtype and shape).
+    for (i, ((_, _, bytes), want)) in got.iter().zip(&case.expected).enumerate() {
+        let g = Tensor::from_bytes(want.ty.clone(), bytes.clone().into()).expect("checked by compare");
+        let (mut abs, mut rel) = (0f64, 0f64);
+        for (a, b) in g.to_f64_vec().into_iter().zip(want.to_f64_vec()) {
+            abs = abs.max((a - b).abs());
+            rel = rel.max((a - b).abs() / b.abs().max(1e-6));
+        }
+        eprintln!("{name}: output {i} {:?}: max abs err {abs:.3e}, max rel err {rel:.3e}", want.shape());
+    }
+}
+
+macro_rules! exporter_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            check(stringify!($name));
+        }
+    )*};
+}
+
+exporter_tests!(
+    resnet50_torch,
+    mobilenetv2_torch,
+    bert_torch,
+    gpt2_torch,
+    yolo_torch,
+    lstm_speech_torch,
+    convattn_spox,
+    gru_tagger_spox,
+    lstm_speech_onnxscript,
+);
+
+/// Every committed model folder has a test above (and the other way round).
+#[test]
+fn every_committed_model_has_a_test() {
+    let mut dirs: Vec<String> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .expect("tests/models readable")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("model.onnx").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let mut listed = vec![
+        "resnet50_torch",
+        "mobilenetv2_torch",
+        "bert_torch",
+        "gpt2_torch",
+        "yolo_torch",
+        "lstm_speech_torch",
+        "convattn_spox",
+        "gru_tagger_spox",
+        "lstm_speech_onnxscript",
+    ];
+    listed.sort();
+    assert_eq!(dirs, listed);
+}
+
+/// A model whose batch dim was exported as dynamic does not compile unpinned.
+#[test]
+fn dynamic_batch_needs_pinning() {
+    let case = load("resnet50_torch").unwrap();
+    let err = kiln::Compiler::new(kiln::CompileOptions::default()).compile_path(&case.model).err();
+    assert!(err.is_some(), "resnet50_torch compiled with its batch dim unpinned");
+}
