@@ -62,3 +62,19 @@ fn binarizer_thresholds() {
     let m = m.init(t_f32("x", &[3], &[-1.0, 0.5, 0.4])).node(n).output("y");
     assert_eq!(folded(m), Data::F32(vec![0.0, 1.0, 0.0]));
 }
+
+#[test]
+fn deform_conv_samples_at_offset_positions() {
+    // A 1×1 kernel of weight 2 over [[1, 2], [3, 4]], every tap shifted right by 0.5:
+    // (0, 0.5) → 1.5, (0, 1.5) → half of 2 (the other half is outside, zero), (1, 0.5) → 3.5,
+    // (1, 1.5) → 2.
+    let mut off = vec![0.0f32; 8];
+    off[4..].fill(0.5); // channel 1 is the x offset
+    let m = Model::new(22)
+        .init(t_f32("x", &[1, 1, 2, 2], &[1., 2., 3., 4.]))
+        .init(t_f32("w", &[1, 1, 1, 1], &[2.]))
+        .init(t_f32("o", &[1, 2, 2, 2], &off))
+        .node(node("DeformConv", &["x", "w", "o"], &["y"], vec![]))
+        .output("y");
+    assert_eq!(folded(m), Data::F32(vec![3.0, 2.0, 7.0, 4.0]));
+}

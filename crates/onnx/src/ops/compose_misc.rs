@@ -222,3 +222,99 @@ pub(super) fn array_feature_extractor(cx: &mut NodeCx) -> OpResult<Vec<ValueId>>
     let flat = reshape(cx, idx, vec![n])?;
     Ok(vec![cx.emit_out(Op::Gather { axis: r - 1 }, &[x, flat], 0)?])
 }
+
+/// DeformConv (2-D), as ONNX's reference computes it: every kernel tap of every output
+/// position samples the input bilinearly (zero outside) at its grid position plus a learned
+/// offset, scaled by the optional mask; a grouped matrix product with the weights follows.
+/// The sampling is one `GridSample` (align_corners) per offset group and tap.
+pub(super) fn deform_conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    use kiln_ir::op::{GridMode, GridPadding};
+    cx.outputs_at_most(1, "")?;
+    let (x, w, off) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let (bias, mask) = (cx.opt_input(3), cx.opt_input(4));
+    let (xs, ws, os) = (cx.shape(x), cx.shape(w), cx.shape(off));
+    if cx.ty(x).dtype != DType::F32 {
+        return unsupported(format!("DeformConv on {} (only float32)", cx.ty(x).dtype));
+    }
+    if xs.len() != 4 || ws.len() != 4 || os.len() != 4 {
+        return unsupported("DeformConv other than 2-D");
+    }
+    let (n, c, ih, iw) = (xs[0], xs[1], xs[2], xs[3]);
+    let (oc, kh, kw) = (ws[0], ws[2], ws[3]);
+    let group = cx.attrs.int_or("group", 1)?.max(1) as usize;
+    let og = cx.attrs.int_or("offset_group", 1)?.max(1) as usize;
+    let two = |name: &str, d: i64| -> OpResult<[i64; 2]> {
+        match cx.attrs.ints(name)? {
+            Some([a, b]) => Ok([*a, *b]),
+            Some(v) => invalid(format!("attribute `{name}` has {} values, expected 2", v.len())),
+            None => Ok([d, d]),
+        }
+    };
+    let (st, dl) = (two("strides", 1)?, two("dilations", 1)?);
+    let pads: Vec<i64> = cx.attrs.ints("pads")?.map_or(vec![0; 4], <[i64]>::to_vec);
+    if pads.len() != 4 || c % group != 0 || c % og != 0 || oc % group != 0 || ws[1] * group != c {
+        return invalid(format!("inconsistent DeformConv shapes: X {xs:?}, W {ws:?}, group {group}, pads {pads:?}"));
+    }
+    let (oh, ow) = (os[2], os[3]);
+    let k = kh * kw;
+    if os[0] != n || os[1] != og * 2 * k {
+        return invalid(format!("offset {os:?} does not match offset_group {og} and a {kh}×{kw} kernel"));
+    }
+    let (cg, cog) = (c / og, c / group);
+    // Offsets as [n, og, k, 2, oh, ow]; mask as [n, og, k, oh, ow].
+    let off6 = reshape(cx, off, vec![n, og, k, 2, oh, ow])?;
+    let mask5 = match mask {
+        Some(m) => Some(reshape(cx, m, vec![n, og, k, oh, ow])?),
+        None => None,
+    };
+    let pick = |cx: &mut NodeCx, v: ValueId, starts: Vec<i64>, out_shape: Vec<usize>| -> OpResult<ValueId> {
+        let steps = vec![1i64; starts.len()];
+        tmp(cx, Op::Slice { starts, steps, out_shape }, &[v], "pick")
+    };
+    let mut groups = Vec::with_capacity(og);
+    for g in 0..og {
+        let xg = pick(cx, x, vec![0, (g * cg) as i64, 0, 0], vec![n, cg, ih, iw])?;
+        let mut taps = Vec::with_capacity(k);
+        for t in 0..k {
+            let (a, b) = (t / kw, t % kw);
+            // Positions on the input grid, normalized to [-1, 1] for an align_corners sample.
+            let mut coords = Vec::with_capacity(2);
+            for (axis, (size, len)) in [(ih, oh), (iw, ow)].into_iter().enumerate() {
+                let d = pick(cx, off6, vec![0, g as i64, t as i64, axis as i64, 0, 0], vec![n, 1, 1, 1, oh, ow])?;
+                let d = reshape(cx, d, vec![n, oh, ow])?;
+                let tap = if axis == 0 { a as i64 * dl[0] } else { b as i64 * dl[1] };
+                let base: Vec<f64> = (0..len).map(|i| (i as i64 * st[axis] - pads[axis] + tap) as f64).collect();
+                let shape = if axis == 0 { vec![oh, 1] } else { vec![1, ow] };
+                let base = konst_as(cx, DType::F32, shape, &base);
+                let pos = bin(cx, B::Add, d, base)?;
+                let scale = scalar(cx, DType::F32, 2.0 / (size as f64 - 1.0));
+                let m1 = scalar(cx, DType::F32, -1.0);
+                let p = bin(cx, B::Mul, pos, scale)?;
+                let p = bin(cx, B::Add, p, m1)?;
+                coords.push(reshape(cx, p, vec![n, oh, ow, 1])?);
+            }
+            // GridSample takes (x, y).
+            let grid = tmp(cx, Op::Concat { axis: 3 }, &[coords[1], coords[0]], "grid")?;
+            let op = Op::GridSample { mode: GridMode::Linear, padding: GridPadding::Zeros, align_corners: true };
+            let mut s = tmp(cx, op, &[xg, grid], "sample")?;
+            if let Some(m) = mask5 {
+                let mt = pick(cx, m, vec![0, g as i64, t as i64, 0, 0], vec![n, 1, 1, oh, ow])?;
+                let mt = reshape(cx, mt, vec![n, 1, oh, ow])?;
+                s = bin(cx, B::Mul, s, mt)?;
+            }
+            taps.push(reshape(cx, s, vec![n, cg, 1, oh, ow])?);
+        }
+        groups.push(if taps.len() == 1 { taps[0] } else { tmp(cx, Op::Concat { axis: 2 }, &taps, "taps")? });
+    }
+    // [n, c, k, oh, ow] → per conv group [n, group, cog·k, oh·ow].
+    let cols = if groups.len() == 1 { groups[0] } else { tmp(cx, Op::Concat { axis: 1 }, &groups, "cols")? };
+    let cols = reshape(cx, cols, vec![n, group, cog * k, oh * ow])?;
+    let wm = reshape(cx, w, vec![1, group, oc / group, cog * k])?;
+    let y = tmp(cx, Op::MatMul, &[wm, cols], "y")?;
+    let mut y = reshape(cx, y, vec![n, oc, oh, ow])?;
+    if let Some(b) = bias {
+        let b = reshape(cx, b, vec![oc, 1, 1])?;
+        y = bin(cx, B::Add, y, b)?;
+    }
+    Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?])
+}
