@@ -199,8 +199,12 @@ pub enum Op {
     Unary(UnaryOp),
     /// `cond ? x : y`, broadcasting all three.
     Where,
+    /// Conversion to `to` with ONNX Cast semantics (see `eval::elementwise::cast`).
+    /// `saturate` only matters for float8 and E8M0 targets: out-of-range values clamp to the
+    /// largest finite value instead of becoming inf/NaN (ONNX's `saturate` attribute).
     Cast {
         to: DType,
+        saturate: bool,
     },
     /// Numpy `matmul` semantics (1-D operands promoted, batch dims broadcast).
     MatMul,
@@ -366,6 +370,11 @@ pub enum Op {
 }
 
 impl Op {
+    /// A saturating `Cast` (ONNX's default).
+    pub fn cast(to: DType) -> Op {
+        Op::Cast { to, saturate: true }
+    }
+
     /// The op's name as printed in the text form.
     pub fn name(&self) -> &'static str {
         match self {

@@ -95,7 +95,8 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity | Op::IsNaN => {
             vec![]
         }
-        Op::Cast { to } => vec![("to", to.name().to_string())],
+        Op::Cast { to, saturate: true } => vec![("to", to.name().to_string())],
+        Op::Cast { to, saturate: false } => vec![("to", to.name().to_string()), ("saturate", "false".to_string())],
         Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
             ("alpha", f(*alpha)),
             ("beta", f(*beta)),
@@ -204,6 +205,9 @@ fn const_body(t: &Tensor) -> String {
         Data::U16(v) => strs(&v),
         Data::U32(v) => strs(&v),
         Data::U64(v) => strs(&v),
+        // Small types by value (exact): floats decoded, integers as numbers.
+        d @ Data::Small(dt, _) if dt.is_float() => d.to_f64_vec().iter().map(|&x| format!("{:?}", x as f32)).collect(),
+        d @ Data::Small(..) => strs(&d.to_i64_vec()),
     };
     format!("[{}]", elems.join(", "))
 }
@@ -363,6 +367,14 @@ impl Attrs {
             v => Err(format!("attribute `{k}` must be a single value, got {v:?}")),
         }
     }
+    /// A single value that may be absent.
+    fn opt_word<T: std::str::FromStr>(&mut self, k: &str) -> Result<Option<T>, String> {
+        if self.0.contains_key(k) {
+            self.word(k).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
     fn list<T: std::str::FromStr>(&mut self, k: &str) -> Result<Vec<T>, String> {
         match self.take(k)? {
             AttrVal::List(ws) => {
@@ -447,7 +459,8 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "where" => Op::Where,
         "cast" => {
             let to: String = a.word("to")?;
-            Op::Cast { to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))? }
+            let to = DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))?;
+            Op::Cast { to, saturate: a.opt_word("saturate")?.unwrap_or(true) }
         }
         "matmul" => Op::MatMul,
         "gemm" => Op::Gemm {
@@ -719,6 +732,12 @@ impl Parser {
             DType::U16 => all(&words).map(Data::U16),
             DType::U32 => all(&words).map(Data::U32),
             DType::U64 => all(&words).map(Data::U64),
+            d => match d.minifloat() {
+                Some(f) => {
+                    all::<f32>(&words).map(|v| Data::Small(d, v.into_iter().map(|x| f.encode_exact(x)).collect()))
+                }
+                None => all::<i64>(&words).map(|v| Data::from_i64s(d, &v)),
+            },
         };
         match data {
             Ok(d) => Ok(Tensor::from_data(ty.shape.clone(), d)),

@@ -68,13 +68,13 @@ pub(super) fn pow(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if da != db {
         if !da.is_float() && db.is_float() {
             let name = cx.tmp_name("base");
-            let af = cx.emit(Op::Cast { to: db }, &[a], name)?;
+            let af = cx.emit(Op::cast(db), &[a], name)?;
             let name = cx.tmp_name("power");
             let p = cx.emit(Op::Binary(BinaryOp::Pow), &[af, b], name)?;
-            return Ok(vec![cx.emit_out(Op::Cast { to: da }, &[p], 0)?]);
+            return Ok(vec![cx.emit_out(Op::cast(da), &[p], 0)?]);
         }
         let name = cx.tmp_name("exponent");
-        b = cx.emit(Op::Cast { to: da }, &[b], name)?;
+        b = cx.emit(Op::cast(da), &[b], name)?;
     }
     Ok(vec![cx.emit_out(Op::Binary(BinaryOp::Pow), &[a, b], 0)?])
 }
@@ -171,7 +171,7 @@ pub(super) fn cast_like(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let (x, like) = (cx.input(0)?, cx.input(1)?);
     let to = cx.ty(like).dtype;
-    Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
+    emit_cast(cx, x, to)
 }
 
 fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
@@ -179,7 +179,21 @@ fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
         Ok(d) => d,
         Err(name) => return unsupported(format!("cast to {name} (supported: {})", crate::data::SUPPORTED_DTYPES)),
     };
-    Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
+    emit_cast(cx, x, to)
+}
+
+/// The Cast, with the `saturate` (Cast-19+, CastLike-19+; default 1) and `round_mode`
+/// (Cast-24+, E8M0 targets; default "up", the only mode Kiln implements) attributes.
+fn emit_cast(cx: &mut NodeCx, x: ValueId, to: DType) -> OpResult<Vec<ValueId>> {
+    let saturate = cx.attrs.int("saturate")?.unwrap_or(1) != 0;
+    if let Some(mode) = cx.attrs.string("round_mode")? {
+        if mode != "up" && to == DType::F8E8M0 {
+            return unsupported(format!("Cast to FLOAT8E8M0 with round_mode {mode:?} (only \"up\")"));
+        }
+    }
+    // Only float8/E8M0 targets have a non-saturating form: keep the flag canonical elsewhere.
+    let saturate = saturate || !to.minifloat().is_some_and(|f| f != kiln_ir::minifloat::MiniFloat::E2M1);
+    Ok(vec![cx.emit_out(Op::Cast { to, saturate }, &[x], 0)?])
 }
 
 pub(super) fn matmul(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {

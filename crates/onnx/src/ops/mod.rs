@@ -543,7 +543,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
         let v = cx.input(i)?;
         let name = cx.tmp_name("widen");
-        cx.inputs[i] = Some(cx.emit(Op::Cast { to: d.compute() }, &[v], name)?);
+        cx.inputs[i] = Some(cx.emit(Op::cast(d.compute()), &[v], name)?);
     }
     let mut outs = import_op(cx)?;
     for (k, v) in outs.iter_mut().enumerate() {
@@ -556,7 +556,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 let wide = *v;
                 let name = cx.out_name(k);
                 cx.g.value_mut(wide).name = format!("{name}/wide");
-                *v = cx.emit(Op::Cast { to: *n }, &[wide], name)?;
+                *v = cx.emit(Op::cast(*n), &[wide], name)?;
             }
             Some((_, None)) => return unsupported(format!("{op_type} with inputs of several storage types")),
             None => {}
