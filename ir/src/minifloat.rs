@@ -17,13 +17,39 @@
 //! (−0) when positive, 0x0 when negative, as ONNX's reference (ml_dtypes) does.
 //!
 //! E8M0 (an unsigned power of two, 2^(code − 127), 0xFF = NaN) follows ONNX's
-//! `to_float8e8m0` with rounding "up": the code is the f32 biased exponent (the sign is
-//! ignored), plus one when the significand has a fraction; with `saturate` the exponent 254
-//! never rounds up to 255 (NaN). NaN and ±inf encode as 0xFF.
+//! `to_float8e8m0` ([`E8M0Round`], Cast-24's `round_mode`): the code is the f32 biased
+//! exponent (the sign is ignored), plus one when rounding up; with `saturate` the exponent
+//! 254 never rounds up to 255 (NaN). NaN and ±inf encode as 0xFF.
 
 /// 2^k for a k in f32's normal exponent range, exactly.
 fn pow2(k: i32) -> f32 {
     f32::from_bits(((127 + k) as u32) << 23)
+}
+
+/// How an encoding to E8M0 rounds (ONNX Cast-24's `round_mode`; other formats ignore it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum E8M0Round {
+    /// Up when the f32 significand has any fraction (ONNX's default).
+    #[default]
+    Up,
+    /// Never up: the f32 exponent as it is.
+    Down,
+    /// Up when the fraction is at least one half, ties up except from exponent 0, as ONNX's
+    /// reference computes it (guard bit and (round bit or sticky bits or exponent > 0)).
+    Nearest,
+}
+
+impl E8M0Round {
+    pub fn name(self) -> &'static str {
+        match self {
+            E8M0Round::Up => "up",
+            E8M0Round::Down => "down",
+            E8M0Round::Nearest => "nearest",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<E8M0Round> {
+        [E8M0Round::Up, E8M0Round::Down, E8M0Round::Nearest].into_iter().find(|r| r.name() == s)
+    }
 }
 
 /// Which codes are special in a format.
@@ -100,15 +126,25 @@ impl MiniFloat {
         self.bias - 1 + self.mbits as i32
     }
 
-    /// Encodes `x` (see the module doc).
+    /// Encodes `x` (see the module doc), E8M0 rounding up.
     pub fn encode(self, x: f32, saturate: bool) -> u8 {
+        self.encode_rounding(x, saturate, E8M0Round::Up)
+    }
+
+    /// Encodes `x`, E8M0 rounding as `round` says (see the module doc).
+    pub fn encode_rounding(self, x: f32, saturate: bool, round: E8M0Round) -> u8 {
         let bits = x.to_bits();
         if self.specials == Specials::E8M0 {
             let e = (bits >> 23) & 0xFF;
             if e == 0xFF {
                 return 0xFF;
             }
-            let up = bits & 0x7F_FFFF != 0 && !(saturate && e == 0xFE);
+            let up = match round {
+                E8M0Round::Up => bits & 0x7F_FFFF != 0,
+                E8M0Round::Down => false,
+                E8M0Round::Nearest => bits & 0x40_0000 != 0 && (bits & 0x3F_FFFF != 0 || e > 0),
+            };
+            let up = up && !(saturate && e == 0xFE);
             return (e + u32::from(up)) as u8;
         }
         let a = bits & 0x7FFF_FFFF;
@@ -269,6 +305,11 @@ mod tests {
         assert_eq!(f.encode(0.9999 * 2f32.powi(-6), true), 0x08);
         let e = MiniFloat::E8M0;
         assert_eq!([0.0, 0.124, 0.25, 1.1, 8.0].map(|x| e.encode(x, true)), [0, 124, 125, 128, 130]);
+        let near = |x: f32| e.encode_rounding(x, true, E8M0Round::Nearest);
+        assert_eq!([0.0, 1.1, 1.5, 1.4999, 3.0, f32::from_bits(0x0040_0000)].map(near), [0, 127, 128, 127, 129, 0]);
+        assert_eq!(e.encode_rounding(1.9, true, E8M0Round::Down), 127);
+        assert_eq!(e.encode_rounding(f32::MAX, false, E8M0Round::Nearest), 0xFF);
+        assert_eq!(e.encode_rounding(f32::MAX, true, E8M0Round::Nearest), 0xFE);
         assert_eq!(e.encode(f32::MAX, true), 0xFE);
         assert_eq!(e.encode(f32::MAX, false), 0xFF);
         assert_eq!(e.encode(-2.0, true), 128);
@@ -339,6 +380,72 @@ mod tests {
                 for (j, sat) in [true, false].into_iter().enumerate() {
                     assert_eq!(u32::from(f.encode(x, sat)), row[1 + 2 * i + j], "{f:?} saturate={sat} x={x:e}");
                 }
+            }
+        }
+    }
+
+    /// f32 bits, then ONNX's `to_float8e8m0` codes rounding down and to nearest, each
+    /// saturating and not.
+    const ONNX_E8M0_REFERENCE: &[[u32; 5]] = &[
+        [0, 0, 0, 0, 0],
+        [4194304, 0, 0, 0, 0],
+        [6291456, 0, 0, 1, 1],
+        [1069547520, 127, 127, 128, 128],
+        [1067450368, 127, 127, 127, 127],
+        [1071644673, 127, 127, 128, 128],
+        [2139095039, 254, 254, 254, 255],
+        [2130706432, 254, 254, 254, 254],
+        [4286578687, 254, 254, 254, 255],
+        [2139095040, 255, 255, 255, 255],
+        [2143289344, 255, 255, 255, 255],
+        [1, 0, 0, 0, 0],
+        [2881021352, 87, 87, 87, 87],
+        [3457461230, 156, 156, 156, 156],
+        [97294837, 11, 11, 12, 12],
+        [3470079269, 157, 157, 158, 158],
+        [2013703616, 240, 240, 240, 240],
+        [2213306431, 7, 7, 8, 8],
+        [2706834550, 66, 66, 67, 67],
+        [1227507580, 146, 146, 146, 146],
+        [4207022317, 245, 245, 246, 246],
+        [231630602, 27, 27, 28, 28],
+        [1193673359, 142, 142, 142, 142],
+        [1646556805, 196, 196, 196, 196],
+        [2453218244, 36, 36, 36, 36],
+        [1754379058, 209, 209, 209, 209],
+        [562902478, 67, 67, 67, 67],
+        [194455477, 23, 23, 23, 23],
+        [4360884, 0, 0, 1, 1],
+        [209412773, 24, 24, 25, 25],
+        [639154320, 76, 76, 76, 76],
+        [4291428737, 255, 255, 255, 255],
+        [820262485, 97, 97, 98, 98],
+        [2801903999, 78, 78, 78, 78],
+        [3222337389, 128, 128, 128, 128],
+        [1007213646, 120, 120, 120, 120],
+        [1212200381, 144, 144, 145, 145],
+        [1868085512, 222, 222, 223, 223],
+        [1130597055, 134, 134, 135, 135],
+        [4184097840, 242, 242, 243, 243],
+        [763308099, 90, 90, 91, 91],
+        [3855495969, 203, 203, 204, 204],
+    ];
+
+    #[test]
+    fn e8m0_rounding_modes_agree_with_onnx_reference() {
+        for row in ONNX_E8M0_REFERENCE {
+            let x = f32::from_bits(row[0]);
+            for (i, (round, sat)) in [
+                (E8M0Round::Down, true),
+                (E8M0Round::Down, false),
+                (E8M0Round::Nearest, true),
+                (E8M0Round::Nearest, false),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let got = MiniFloat::E8M0.encode_rounding(x, sat, round);
+                assert_eq!(u32::from(got), row[1 + i], "{round:?} saturate={sat} x={x:e}");
             }
         }
     }

@@ -2,6 +2,7 @@
 //! shape-like input (Reshape's shape, Slice's starts, …) is folded to an attribute by the
 //! importer, so every op's output type follows from its input types and attributes alone.
 
+use crate::minifloat::E8M0Round;
 use crate::DType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -201,10 +202,12 @@ pub enum Op {
     Where,
     /// Conversion to `to` with ONNX Cast semantics (see `eval::elementwise::cast`).
     /// `saturate` only matters for float8 and E8M0 targets: out-of-range values clamp to the
-    /// largest finite value instead of becoming inf/NaN (ONNX's `saturate` attribute).
+    /// largest finite value instead of becoming inf/NaN (ONNX's `saturate` attribute);
+    /// `round` only for E8M0 targets (`round_mode`).
     Cast {
         to: DType,
         saturate: bool,
+        round: E8M0Round,
     },
     /// Numpy `matmul` semantics (1-D operands promoted, batch dims broadcast).
     MatMul,
@@ -372,7 +375,7 @@ pub enum Op {
 impl Op {
     /// A saturating `Cast` (ONNX's default).
     pub fn cast(to: DType) -> Op {
-        Op::Cast { to, saturate: true }
+        Op::Cast { to, saturate: true, round: E8M0Round::Up }
     }
 
     /// The op's name as printed in the text form.

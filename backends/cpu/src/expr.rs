@@ -6,6 +6,7 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FloatValue, Functi
 use inkwell::{FloatPredicate, IntPredicate};
 
 use kiln_ir::lir::{Combine, Expr, Kernel, Scalar};
+use kiln_ir::minifloat::E8M0Round;
 use kiln_ir::op::{BinaryOp, CmpOp, UnaryOp};
 use kiln_ir::DType;
 
@@ -335,6 +336,7 @@ fn cast<'ctx>(
     from: DType,
     to: DType,
     saturate: bool,
+    round: E8M0Round,
 ) -> R<BasicValueEnum<'ctx>> {
     let b = &g.b;
     if from == to {
@@ -375,7 +377,7 @@ fn cast<'ctx>(
             DType::BF16 => round_bf16(g, x)?.into(),
             d => match d.minifloat() {
                 Some(f) => {
-                    let c = crate::minifloat::encode(g, f, x, saturate)?;
+                    let c = crate::minifloat::encode(g, f, x, saturate, round)?;
                     crate::minifloat::decode(g, f, c)?.into()
                 }
                 None => x.into(),
@@ -546,10 +548,10 @@ impl<'a, 'ctx> Env<'a, 'ctx> {
                 let (x, y) = (self.gen(g, a, vars, acc)?, self.gen(g, d, vars, acc)?);
                 b.build_select(cv, x, y, "sel").map_err(llvm_err)?
             }
-            Expr::Cast(to, saturate, a) => {
+            Expr::Cast(to, saturate, round, a) => {
                 let from = a.dtype(&ops, acc_ty);
                 let x = self.gen(g, a, vars, acc)?;
-                cast(g, x, from, *to, *saturate)?
+                cast(g, x, from, *to, *saturate, *round)?
             }
         })
     }

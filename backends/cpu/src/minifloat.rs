@@ -6,7 +6,7 @@
 use inkwell::values::{FloatValue, IntValue};
 use inkwell::IntPredicate as P;
 
-use kiln_ir::minifloat::{MiniFloat, Specials};
+use kiln_ir::minifloat::{E8M0Round, MiniFloat, Specials};
 
 use crate::codegen::{llvm_err, Gen, R};
 
@@ -64,14 +64,27 @@ impl<'ctx> B<'_, 'ctx> {
 }
 
 /// The code (in an i32) of the f32 `x` in format `f`.
-pub(crate) fn encode<'ctx>(g: &Gen<'ctx>, f: MiniFloat, x: FloatValue<'ctx>, saturate: bool) -> R<IntValue<'ctx>> {
+pub(crate) fn encode<'ctx>(
+    g: &Gen<'ctx>,
+    f: MiniFloat,
+    x: FloatValue<'ctx>,
+    saturate: bool,
+    round: E8M0Round,
+) -> R<IntValue<'ctx>> {
     let b = B { g };
     let bits = b.bits_of(x)?;
     if f.specials == Specials::E8M0 {
         let e = b.and(b.shr(bits, 23)?, b.k(0xFF))?;
-        let frac = b.cmp(P::NE, b.and(bits, b.k(0x7F_FFFF))?, b.k(0))?;
-        let up =
-            if saturate { g.b.build_and(frac, b.cmp(P::NE, e, b.k(0xFE))?, "up").map_err(llvm_err)? } else { frac };
+        let nonzero = |mask: u64| b.cmp(P::NE, b.and(bits, b.k(mask))?, b.k(0));
+        let up = match round {
+            E8M0Round::Up => nonzero(0x7F_FFFF)?,
+            E8M0Round::Down => g.cx.bool_type().const_zero(),
+            E8M0Round::Nearest => {
+                let rest = g.b.build_or(nonzero(0x3F_FFFF)?, b.cmp(P::NE, e, b.k(0))?, "rest").map_err(llvm_err)?;
+                g.b.build_and(nonzero(0x40_0000)?, rest, "near").map_err(llvm_err)?
+            }
+        };
+        let up = if saturate { g.b.build_and(up, b.cmp(P::NE, e, b.k(0xFE))?, "up").map_err(llvm_err)? } else { up };
         let upi = g.b.build_int_z_extend(up, g.cx.i32_type(), "upi").map_err(llvm_err)?;
         let r = b.add(e, upi)?;
         return b.sel(b.cmp(P::EQ, e, b.k(0xFF))?, b.k(0xFF), r);
@@ -125,7 +138,7 @@ pub(crate) fn encode_exact<'ctx>(g: &Gen<'ctx>, f: MiniFloat, x: FloatValue<'ctx
         let b = B { g };
         return b.shr(b.bits_of(x)?, 23);
     }
-    encode(g, f, x, false)
+    encode(g, f, x, false, E8M0Round::Up)
 }
 
 /// The exact f32 value of the code `c` (an i32 holding the code in its low bits).

@@ -1,6 +1,7 @@
 //! Differential tests: every op's compiled kernel against its reference evaluation, on
 //! random shapes and attributes (seeded, so failures reproduce).
 
+use kiln::ir::minifloat::{E8M0Round, MiniFloat};
 use kiln::ir::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp, Window};
 use kiln::ir::{DType, Data, Graph, Op, Tensor};
 use kiln::{CompileOptions, Compiler, Session, SessionOptions, TensorRef};
@@ -715,12 +716,12 @@ fn integer_bitwise_shift_and_clip() {
 /// Compiles one graph casting `x` to each of `targets` (dtype, saturate) and compares every
 /// output with the reference evaluation: values exactly (NaN equal to NaN), and the bytes too
 /// when the target is a small type.
-fn check_casts(x: &Tensor, targets: &[(DType, bool)]) {
+fn check_casts(x: &Tensor, targets: &[(DType, bool, E8M0Round)]) {
     let mut g = Graph::new("casts");
     let input = g.add_input("x", x.ty.clone());
     let mut want = Vec::new();
-    for (i, &(to, saturate)) in targets.iter().enumerate() {
-        let op = Op::Cast { to, saturate };
+    for (i, &(to, saturate, round)) in targets.iter().enumerate() {
+        let op = Op::Cast { to, saturate, round };
         want.push(kiln::ir::eval::eval(&op, &[x]).unwrap_or_else(|e| panic!("eval {op:?}: {e}")).remove(0));
         let out = g.add_node(op, &[input], format!("cast{i}"), &[]).unwrap_or_else(|e| panic!("cast {to}: {e}"));
         g.outputs.extend(out);
@@ -731,8 +732,8 @@ fn check_casts(x: &Tensor, targets: &[(DType, bool)]) {
     let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 1 }).unwrap();
     let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
     let xs = x.to_f64_vec();
-    for ((g, w), &(to, saturate)) in got.iter().zip(&want).zip(targets) {
-        let what = format!("cast {} -> {to} (saturate {saturate})", x.dtype());
+    for ((g, w), &(to, saturate, round)) in got.iter().zip(&want).zip(targets) {
+        let what = format!("cast {} -> {to} (saturate {saturate}, {round:?})", x.dtype());
         assert_eq!(g.dtype, to.code(), "{what}: dtype");
         let gt = Tensor::from_bytes(w.ty.clone(), g.data.clone().into()).unwrap();
         for (k, (a, b)) in gt.to_f64_vec().iter().zip(w.to_f64_vec()).enumerate() {
@@ -811,13 +812,17 @@ fn casts_between_every_dtype() {
         1.1,
         0.124,
     ]);
-    let all: Vec<(DType, bool)> = DType::ALL
+    // Every target, saturating and (float8, E8M0) not, and E8M0 in each rounding mode.
+    let mut all: Vec<(DType, bool, E8M0Round)> = DType::ALL
         .into_iter()
         .flat_map(|d| {
-            let unsat = d.minifloat().is_some_and(|f| f != kiln::ir::minifloat::MiniFloat::E2M1);
-            std::iter::once((d, true)).chain(unsat.then_some((d, false)))
+            let unsat = d.minifloat().is_some_and(|f| f != MiniFloat::E2M1);
+            std::iter::once((d, true, E8M0Round::Up)).chain(unsat.then_some((d, false, E8M0Round::Up)))
         })
         .collect();
+    for round in [E8M0Round::Down, E8M0Round::Nearest] {
+        all.extend([(DType::F8E8M0, true, round), (DType::F8E8M0, false, round)]);
+    }
     let n = vals.len();
     for from in DType::ALL {
         let data = if from.is_float() || from == DType::Bool {
@@ -850,7 +855,7 @@ fn casts_between_every_dtype() {
             f32::from_bits((b & 0x807F_FFFF) | (e << 23))
         })
         .collect();
-    let small: Vec<(DType, bool)> = all.iter().copied().filter(|(d, _)| d.is_small()).collect();
+    let small: Vec<_> = all.iter().copied().filter(|(d, _, _)| d.is_small()).collect();
     check_casts(&Tensor::f32(vec![bits.len()], bits.clone()), &small);
     let halves = Data::from_f64s(DType::F16, &bits.iter().map(|&x| f64::from(x)).collect::<Vec<_>>());
     check_casts(&Tensor::from_data(vec![bits.len()], halves), &small);

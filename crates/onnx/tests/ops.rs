@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use kiln_ir::minifloat::E8M0Round;
 use kiln_ir::{BinaryOp, DType, Data, Op, ReduceOp, UnaryOp, Window};
 use kiln_onnx::proto::tensor_proto::DataType;
 
@@ -426,7 +427,10 @@ fn gemm_and_friends() {
     assert_eq!(only_op(&m), Op::cast(DType::F8E5M2));
     let attrs = vec![a_int("to", DataType::Float8e5m2 as i64), a_int("saturate", 0)];
     let m = unary_model(19, &[3], node("Cast", &["x"], &["y"], attrs));
-    assert_eq!(only_op(&m), Op::Cast { to: DType::F8E5M2, saturate: false });
+    assert_eq!(only_op(&m), Op::Cast { to: DType::F8E5M2, saturate: false, round: E8M0Round::Up });
+    let attrs = vec![a_int("to", DataType::Float8e8m0 as i64), a_str("round_mode", "nearest")];
+    let m = unary_model(24, &[3], node("Cast", &["x"], &["y"], attrs));
+    assert_eq!(only_op(&m), Op::Cast { to: DType::F8E8M0, saturate: true, round: E8M0Round::Nearest });
     // `saturate` only matters for float8 targets.
     let m = unary_model(19, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", 22), a_int("saturate", 0)]));
     assert_eq!(only_op(&m), Op::cast(DType::I4));

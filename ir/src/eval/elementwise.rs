@@ -8,6 +8,7 @@ use num_traits::Float;
 
 use super::broadcast_map;
 use crate::infer::broadcast_shapes;
+use crate::minifloat::E8M0Round;
 use crate::op::{BinaryOp, CmpOp, UnaryOp};
 use crate::{DType, Data, Op, Tensor, TensorType};
 
@@ -400,10 +401,10 @@ pub(super) fn select(cond: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
 /// a small float result is encoded from the value rounded to f32 once
 /// ([`crate::minifloat`]; `saturate` as ONNX's attribute); a 4- or 2-bit integer result wraps
 /// like the other narrow integers.
-pub(super) fn cast(x: &Tensor, to: DType, saturate: bool) -> Tensor {
+pub(super) fn cast(x: &Tensor, to: DType, saturate: bool, round: E8M0Round) -> Tensor {
     let from = x.dtype();
     if from.is_small() && to != from && to != from.compute() {
-        return cast(&cast(x, from.compute(), true), to, saturate);
+        return cast(&cast(x, from.compute(), true, round), to, saturate, round);
     }
     let d = x.data();
     let out = if from == to {
@@ -414,7 +415,7 @@ pub(super) fn cast(x: &Tensor, to: DType, saturate: bool) -> Tensor {
             Data::U64(v) => v.into_iter().map(|e| e as f32).collect(),
             d => d.to_f64_vec().into_iter().map(|e| e as f32).collect(),
         };
-        Data::Small(to, v.into_iter().map(|e| f.encode(e, saturate)).collect())
+        Data::Small(to, v.into_iter().map(|e| f.encode_rounding(e, saturate, round)).collect())
     } else if to == DType::Bool {
         Data::Bool(match d {
             Data::U64(v) => v.into_iter().map(|e| e != 0).collect(),

@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
+use crate::minifloat::E8M0Round;
 use crate::op::{BinaryOp, CmpOp, GridMode, GridPadding, ReduceOp, ScatterReduction, UnaryOp, Window};
 use crate::{numel, DType, Data, Graph, Op, Tensor, TensorType, ValueId};
 
@@ -95,8 +96,17 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity | Op::IsNaN => {
             vec![]
         }
-        Op::Cast { to, saturate: true } => vec![("to", to.name().to_string())],
-        Op::Cast { to, saturate: false } => vec![("to", to.name().to_string()), ("saturate", "false".to_string())],
+        // The defaults (saturate, round up) are not printed.
+        Op::Cast { to, saturate, round } => {
+            let mut v = vec![("to", to.name().to_string())];
+            if !saturate {
+                v.push(("saturate", "false".to_string()));
+            }
+            if *round != E8M0Round::Up {
+                v.push(("round", round.name().to_string()));
+            }
+            v
+        }
         Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
             ("alpha", f(*alpha)),
             ("beta", f(*beta)),
@@ -460,7 +470,11 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "cast" => {
             let to: String = a.word("to")?;
             let to = DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))?;
-            Op::Cast { to, saturate: a.opt_word("saturate")?.unwrap_or(true) }
+            let round = match a.opt_word::<String>("round")? {
+                None => E8M0Round::Up,
+                Some(r) => E8M0Round::from_name(&r).ok_or_else(|| format!("unknown rounding `{r}`"))?,
+            };
+            Op::Cast { to, saturate: a.opt_word("saturate")?.unwrap_or(true), round }
         }
         "matmul" => Op::MatMul,
         "gemm" => Op::Gemm {

@@ -1,5 +1,6 @@
 //! Elementwise arithmetic, comparisons, logic, Cast, Where, Clip, MatMul and Gemm.
 
+use kiln_ir::minifloat::{E8M0Round, MiniFloat};
 use kiln_ir::{BinaryOp, CmpOp, DType, Op, Tensor, UnaryOp, ValueId};
 
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
@@ -183,17 +184,19 @@ fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
 }
 
 /// The Cast, with the `saturate` (Cast-19+, CastLike-19+; default 1) and `round_mode`
-/// (Cast-24+, E8M0 targets; default "up", the only mode Kiln implements) attributes.
+/// (Cast-24+, for E8M0 targets; default "up") attributes.
 fn emit_cast(cx: &mut NodeCx, x: ValueId, to: DType) -> OpResult<Vec<ValueId>> {
     let saturate = cx.attrs.int("saturate")?.unwrap_or(1) != 0;
-    if let Some(mode) = cx.attrs.string("round_mode")? {
-        if mode != "up" && to == DType::F8E8M0 {
-            return unsupported(format!("Cast to FLOAT8E8M0 with round_mode {mode:?} (only \"up\")"));
-        }
-    }
-    // Only float8/E8M0 targets have a non-saturating form: keep the flag canonical elsewhere.
-    let saturate = saturate || !to.minifloat().is_some_and(|f| f != kiln_ir::minifloat::MiniFloat::E2M1);
-    Ok(vec![cx.emit_out(Op::Cast { to, saturate }, &[x], 0)?])
+    let round = match cx.attrs.string("round_mode")? {
+        None => E8M0Round::Up,
+        Some(m) => E8M0Round::from_name(&m)
+            .ok_or_else(|| format!("attribute `round_mode` = {m:?} is not \"up\", \"down\" or \"nearest\""))?,
+    };
+    // Keep the flags canonical where they change nothing: only float8/E8M0 targets have a
+    // non-saturating form, only E8M0 ones a rounding mode.
+    let saturate = saturate || !to.minifloat().is_some_and(|f| f != MiniFloat::E2M1);
+    let round = if to == DType::F8E8M0 { round } else { E8M0Round::Up };
+    Ok(vec![cx.emit_out(Op::Cast { to, saturate, round }, &[x], 0)?])
 }
 
 pub(super) fn matmul(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
