@@ -272,12 +272,19 @@ pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(),
         return Err(format!("{} outputs, expected {}", got.len(), want.len()));
     }
     for (i, ((dt, shape, bytes), w)) in got.iter().zip(want).enumerate() {
-        // `kiln run` writes bf16 outputs as float32 .npy (numpy has no bfloat16); exact.
+        // `kiln run` writes bf16 and small float outputs as float32 .npy and 4/2-bit integers
+        // as int8/uint8 (numpy has none of them); exact.
         let narrowed;
-        let (dt, bytes) = if *dt == kiln::DTypeCode::F32 && w.dtype() == kiln_ir::DType::BF16 {
-            let v: Vec<f64> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect();
-            narrowed = Data::from_f64s(kiln_ir::DType::BF16, &v).to_le_bytes();
-            (&kiln::DTypeCode::BF16, &narrowed)
+        let wd = w.dtype();
+        let (dt, bytes) = if *dt == kiln::DTypeCode::F32 && (wd == kiln_ir::DType::BF16 || wd.minifloat().is_some()) {
+            let v = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()));
+            narrowed = match wd.minifloat() {
+                Some(f) => v.map(|x| f.encode_exact(x)).collect(),
+                None => Data::from_f64s(wd, &v.map(f64::from).collect::<Vec<_>>()).to_le_bytes(),
+            };
+            (&wd.code(), &narrowed)
+        } else if wd.is_small() && *dt == (if wd.is_signed() { kiln::DTypeCode::I8 } else { kiln::DTypeCode::U8 }) {
+            (&wd.code(), bytes)
         } else {
             (dt, bytes)
         };

@@ -220,7 +220,7 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult {
             let s = broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape, &inputs[2].shape])?;
             one(TensorType::new(inputs[1].dtype, s))
         }
-        Cast { to } => {
+        Cast { to, .. } => {
             arity(op, inputs, 1, 1)?;
             one(TensorType::new(*to, inputs[0].shape.clone()))
         }

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod graph;
 pub mod infer;
 pub mod lir;
+pub mod minifloat;
 pub mod op;
 pub mod tensor;
 pub mod text;

@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use crate::minifloat::E8M0Round;
 use crate::op::{BinaryOp, CmpOp, UnaryOp};
 use crate::{DType, Tensor};
 
@@ -158,7 +159,8 @@ pub enum Expr {
     Cmp(CmpOp, Box<Expr>, Box<Expr>),
     /// `cond ? a : b`
     Select(Box<Expr>, Box<Expr>, Box<Expr>),
-    Cast(DType, Box<Expr>),
+    /// Conversion to a dtype, with `saturate` and the E8M0 rounding (see `Op::Cast`).
+    Cast(DType, bool, E8M0Round, Box<Expr>),
     /// The accumulated value; only inside a reduction's `finalize`.
     Acc,
 }
@@ -188,8 +190,12 @@ impl Expr {
     pub fn select(c: Expr, a: Expr, b: Expr) -> Expr {
         Expr::Select(Box::new(c), Box::new(a), Box::new(b))
     }
+    /// A saturating cast.
     pub fn cast(to: DType, a: Expr) -> Expr {
-        Expr::Cast(to, Box::new(a))
+        Expr::Cast(to, true, E8M0Round::Up, Box::new(a))
+    }
+    pub fn cast_with(to: DType, saturate: bool, round: E8M0Round, a: Expr) -> Expr {
+        Expr::Cast(to, saturate, round, Box::new(a))
     }
     #[allow(clippy::should_implement_trait)]
     pub fn add(a: Expr, b: Expr) -> Expr {
@@ -218,7 +224,7 @@ impl Expr {
             Expr::Binary(_, a, _) => a.dtype(operands, acc),
             Expr::Cmp(..) => DType::Bool,
             Expr::Select(_, a, _) => a.dtype(operands, acc),
-            Expr::Cast(t, _) => *t,
+            Expr::Cast(t, _, _, _) => *t,
             Expr::Acc => acc.expect("Expr::Acc outside a reduction finalizer"),
         }
     }
@@ -229,7 +235,7 @@ impl Expr {
         match self {
             Expr::Var(_) | Expr::Const(_) | Expr::Acc => {}
             Expr::Load { index, .. } => index.iter().for_each(|e| e.visit(f)),
-            Expr::Unary(_, a) | Expr::Cast(_, a) => a.visit(f),
+            Expr::Unary(_, a) | Expr::Cast(_, _, _, a) => a.visit(f),
             Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
                 a.visit(f);
                 b.visit(f);
@@ -249,7 +255,7 @@ impl Expr {
                 Expr::Load { operand, index: index.into_iter().map(|e| e.map(f)).collect(), pad }
             }
             Expr::Unary(op, a) => Expr::Unary(op, Box::new(a.map(f))),
-            Expr::Cast(t, a) => Expr::Cast(t, Box::new(a.map(f))),
+            Expr::Cast(t, s, r, a) => Expr::Cast(t, s, r, Box::new(a.map(f))),
             Expr::Binary(op, a, b) => Expr::Binary(op, Box::new(a.map(f)), Box::new(b.map(f))),
             Expr::Cmp(op, a, b) => Expr::Cmp(op, Box::new(a.map(f)), Box::new(b.map(f))),
             Expr::Select(c, a, b) => Expr::Select(Box::new(c.map(f)), Box::new(a.map(f)), Box::new(b.map(f))),
@@ -478,7 +484,11 @@ impl fmt::Display for Expr {
             Expr::Binary(op, a, b) => write!(f, "{op:?}({a}, {b})"),
             Expr::Cmp(op, a, b) => write!(f, "{op:?}({a}, {b})"),
             Expr::Select(c, a, b) => write!(f, "select({c}, {a}, {b})"),
-            Expr::Cast(t, a) => write!(f, "cast<{t}>({a})"),
+            Expr::Cast(t, saturate, round, a) => {
+                let sat = if *saturate { "" } else { ", nosat" };
+                let round = if *round == E8M0Round::Up { String::new() } else { format!(", {}", round.name()) };
+                write!(f, "cast<{t}{sat}{round}>({a})")
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! shape-like input (Reshape's shape, Slice's starts, …) is folded to an attribute by the
 //! importer, so every op's output type follows from its input types and attributes alone.
 
+use crate::minifloat::E8M0Round;
 use crate::DType;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -199,8 +200,14 @@ pub enum Op {
     Unary(UnaryOp),
     /// `cond ? x : y`, broadcasting all three.
     Where,
+    /// Conversion to `to` with ONNX Cast semantics (see `eval::elementwise::cast`).
+    /// `saturate` only matters for float8 and E8M0 targets: out-of-range values clamp to the
+    /// largest finite value instead of becoming inf/NaN (ONNX's `saturate` attribute);
+    /// `round` only for E8M0 targets (`round_mode`).
     Cast {
         to: DType,
+        saturate: bool,
+        round: E8M0Round,
     },
     /// The same bytes read as another type of the same size (ONNX BitCast); a view, like
     /// Reshape.
@@ -371,6 +378,11 @@ pub enum Op {
 }
 
 impl Op {
+    /// A saturating `Cast` (ONNX's default).
+    pub fn cast(to: DType) -> Op {
+        Op::Cast { to, saturate: true, round: E8M0Round::Up }
+    }
+
     /// The op's name as printed in the text form.
     pub fn name(&self) -> &'static str {
         match self {

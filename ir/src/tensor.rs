@@ -27,6 +27,9 @@ pub enum Data {
     U16(Vec<u16>),
     U32(Vec<u32>),
     U64(Vec<u64>),
+    /// A small type ([`DType::is_small`]), one byte per element: a float's code, an INT4/INT2
+    /// value as a sign-extended `i8`, a UINT4/UINT2 value (see [`kiln_abi::DTypeCode`]).
+    Small(DType, Vec<u8>),
 }
 
 /// Runs `$body` with `$v` bound to the vector of any numeric (non-bool) variant.
@@ -45,6 +48,7 @@ macro_rules! with_numeric {
             Data::U16($v) => $body,
             Data::U32($v) => $body,
             Data::U64($v) => $body,
+            Data::Small(_, $v) => $body,
             Data::Bool($b) => $bbody,
         }
     };
@@ -66,6 +70,7 @@ impl Data {
             Data::U16(_) => DType::U16,
             Data::U32(_) => DType::U32,
             Data::U64(_) => DType::U64,
+            Data::Small(d, _) => *d,
         }
     }
     pub fn len(&self) -> usize {
@@ -99,6 +104,10 @@ impl Data {
             DType::U16 => Data::U16(dec!(u16, 2)),
             DType::U32 => Data::U32(dec!(u32, 4)),
             DType::U64 => Data::U64(dec!(u64, 8)),
+            d => {
+                debug_assert!(d.is_small());
+                Data::Small(d, b.to_vec())
+            }
         }
     }
     /// The elements as f64: exact for every type but i64/u64 beyond 2^53 (rounded).
@@ -117,6 +126,11 @@ impl Data {
             Data::U16(v) => v.iter().map(|&x| x as f64).collect(),
             Data::U32(v) => v.iter().map(|&x| x as f64).collect(),
             Data::U64(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::Small(d, v) => match d.minifloat() {
+                Some(f) => v.iter().map(|&c| f.decode(c) as f64).collect(),
+                None if d.is_signed() => v.iter().map(|&x| x as i8 as f64).collect(),
+                None => v.iter().map(|&x| x as f64).collect(),
+            },
         }
     }
     /// The elements as i64: integers exactly (u64 by its bits), floats truncated toward zero
@@ -132,14 +146,19 @@ impl Data {
             Data::U32(v) => v.iter().map(|&x| x as i64).collect(),
             Data::U64(v) => v.iter().map(|&x| x as i64).collect(),
             Data::Bool(v) => v.iter().map(|&b| b as i64).collect(),
+            Data::Small(d, v) if d.is_int() && d.is_signed() => v.iter().map(|&x| x as i8 as i64).collect(),
+            Data::Small(d, v) if d.is_int() => v.iter().map(|&x| x as i64).collect(),
             _ => self.to_f64_vec().into_iter().map(|x| x as i64).collect(),
         }
     }
     /// Elements of `dtype` from f64 values: floats rounded to nearest, integers truncated
     /// toward zero and wrapped to the type's width (through a saturating i64; i32 saturates),
-    /// bools as `x != 0`.
+    /// bools as `x != 0`. Small floats are rounded to f32 first, then encoded saturating.
     pub fn from_f64s(dtype: DType, v: &[f64]) -> Data {
         let ints = || v.iter().map(|&x| x as i64);
+        if let Some(f) = dtype.minifloat() {
+            return Data::Small(dtype, v.iter().map(|&x| f.encode(x as f32, true)).collect());
+        }
         match dtype {
             DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
             DType::F32 => Data::F32(v.iter().map(|&x| x as f32).collect()),
@@ -151,7 +170,8 @@ impl Data {
             d => Data::from_i64s(d, &ints().collect::<Vec<_>>()),
         }
     }
-    /// Elements of `dtype` from i64 values, wrapped to integer widths (u64 by bits).
+    /// Elements of `dtype` from i64 values, wrapped to integer widths (u64 by bits; 4- and
+    /// 2-bit types too).
     pub fn from_i64s(dtype: DType, v: &[i64]) -> Data {
         match dtype {
             DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
@@ -163,6 +183,10 @@ impl Data {
             DType::U32 => Data::U32(v.iter().map(|&x| x as u32).collect()),
             DType::U64 => Data::U64(v.iter().map(|&x| x as u64).collect()),
             DType::Bool => Data::Bool(v.iter().map(|&x| x != 0).collect()),
+            DType::I4 => Data::Small(dtype, v.iter().map(|&x| (((x as u8) << 4) as i8 >> 4) as u8).collect()),
+            DType::U4 => Data::Small(dtype, v.iter().map(|&x| x as u8 & 0xF).collect()),
+            DType::I2 => Data::Small(dtype, v.iter().map(|&x| (((x as u8) << 6) as i8 >> 6) as u8).collect()),
+            DType::U2 => Data::Small(dtype, v.iter().map(|&x| x as u8 & 0x3).collect()),
             d => Data::from_f64s(d, &v.iter().map(|&x| x as f64).collect::<Vec<_>>()),
         }
     }

@@ -52,6 +52,8 @@ impl<'ctx> Gen<'ctx> {
     pub fn mem_ty(&self, d: DType) -> BasicTypeEnum<'ctx> {
         match d {
             DType::Bool | DType::I8 | DType::U8 => self.cx.i8_type().into(),
+            // The small types: one byte per element (see `kiln_abi::DTypeCode`).
+            d if d.is_small() => self.cx.i8_type().into(),
             DType::I16 | DType::U16 | DType::BF16 => self.cx.i16_type().into(),
             DType::U32 => self.cx.i32_type().into(),
             DType::F16 => self.cx.f16_type().into(),
@@ -135,10 +137,14 @@ impl<'ctx> Gen<'ctx> {
                 let w = b.build_left_shift(w, self.cx.i32_type().const_int(16, false), "s").map_err(llvm_err)?;
                 b.build_bit_cast(w, reg, "bf").map_err(llvm_err)?
             }
-            DType::I8 | DType::I16 => {
+            d if d.minifloat().is_some() => {
+                let c = b.build_int_z_extend(v.into_int_value(), self.cx.i32_type(), "c").map_err(llvm_err)?;
+                crate::minifloat::decode(self, d.minifloat().expect("a small float"), c)?.into()
+            }
+            DType::I8 | DType::I16 | DType::I4 | DType::I2 => {
                 b.build_int_s_extend(v.into_int_value(), reg.into_int_type(), "sx").map_err(llvm_err)?.into()
             }
-            DType::U8 | DType::U16 | DType::U32 => {
+            DType::U8 | DType::U16 | DType::U32 | DType::U4 | DType::U2 => {
                 b.build_int_z_extend(v.into_int_value(), reg.into_int_type(), "zx").map_err(llvm_err)?.into()
             }
             _ => v,
@@ -168,7 +174,16 @@ impl<'ctx> Gen<'ctx> {
                     b.build_right_shift(w, self.cx.i32_type().const_int(16, false), false, "s").map_err(llvm_err)?;
                 b.build_int_truncate(w, mem.into_int_type(), "bf").map_err(llvm_err)?.into()
             }
+            // A small float register holds a value of the format (exactly): encoding is exact.
+            d if d.minifloat().is_some() => {
+                let f = d.minifloat().expect("a small float");
+                let c = crate::minifloat::encode_exact(self, f, v.into_float_value())?;
+                b.build_int_truncate(c, mem.into_int_type(), "t").map_err(llvm_err)?.into()
+            }
             DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::U32 => {
+                b.build_int_truncate(v.into_int_value(), mem.into_int_type(), "t").map_err(llvm_err)?.into()
+            }
+            DType::I4 | DType::U4 | DType::I2 | DType::U2 => {
                 b.build_int_truncate(v.into_int_value(), mem.into_int_type(), "t").map_err(llvm_err)?.into()
             }
             _ => v,

@@ -6,6 +6,7 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FloatValue, Functi
 use inkwell::{FloatPredicate, IntPredicate};
 
 use kiln_ir::lir::{Combine, Expr, Kernel, Scalar};
+use kiln_ir::minifloat::E8M0Round;
 use kiln_ir::op::{BinaryOp, CmpOp, UnaryOp};
 use kiln_ir::DType;
 
@@ -326,9 +327,22 @@ fn round_bf16<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
 /// float→int truncates toward zero, saturating to i32 for i32 and to i64 otherwise (then
 /// wrapping to narrower integers); int→int wraps; floats round to nearest even; bf16 results
 /// are rounded from f32. Registers of storage types hold their compute type (see
-/// [`Gen::reg_ty`]), so a u8 result is wrapped to 8 bits and zero-extended.
-fn cast<'ctx>(g: &Gen<'ctx>, v: BasicValueEnum<'ctx>, from: DType, to: DType) -> R<BasicValueEnum<'ctx>> {
+/// [`Gen::reg_ty`]), so a u8 result is wrapped to 8 bits and zero-extended. A small float
+/// result is rounded through its code (`crate::minifloat`, with `saturate`) and held as f32;
+/// a small source is already its compute type in the register.
+fn cast<'ctx>(
+    g: &Gen<'ctx>,
+    v: BasicValueEnum<'ctx>,
+    from: DType,
+    to: DType,
+    saturate: bool,
+    round: E8M0Round,
+) -> R<BasicValueEnum<'ctx>> {
     let b = &g.b;
+    if from == to {
+        return Ok(v);
+    }
+    let from = if from.is_small() { from.compute() } else { from };
     if from == to {
         return Ok(v);
     }
@@ -361,7 +375,13 @@ fn cast<'ctx>(g: &Gen<'ctx>, v: BasicValueEnum<'ctx>, from: DType, to: DType) ->
                 b.build_float_ext(h, to_reg.into_float_type(), "hx").map_err(llvm_err)?.into()
             }
             DType::BF16 => round_bf16(g, x)?.into(),
-            _ => x.into(),
+            d => match d.minifloat() {
+                Some(f) => {
+                    let c = crate::minifloat::encode(g, f, x, saturate, round)?;
+                    crate::minifloat::decode(g, f, c)?.into()
+                }
+                None => x.into(),
+            },
         });
     }
     let i64t = g.cx.i64_type();
@@ -399,11 +419,8 @@ fn cast<'ctx>(g: &Gen<'ctx>, v: BasicValueEnum<'ctx>, from: DType, to: DType) ->
         });
     }
     // A narrow integer: wrap to its width, then extend to the register.
-    let nt = match to.bits() {
-        8 => g.cx.i8_type(),
-        16 => g.cx.i16_type(),
-        _ => g.cx.i32_type(),
-    };
+    let width = std::num::NonZeroU32::new(to.bits()).ok_or_else(|| llvm_err("a zero-width integer"))?;
+    let nt = g.cx.custom_width_int_type(width).map_err(llvm_err)?;
     let narrow = b.build_int_truncate(wide, nt, "n").map_err(llvm_err)?;
     Ok(if to.is_signed() {
         b.build_int_s_extend(narrow, reg, "sx").map_err(llvm_err)?.into()
@@ -531,10 +548,10 @@ impl<'a, 'ctx> Env<'a, 'ctx> {
                 let (x, y) = (self.gen(g, a, vars, acc)?, self.gen(g, d, vars, acc)?);
                 b.build_select(cv, x, y, "sel").map_err(llvm_err)?
             }
-            Expr::Cast(to, a) => {
+            Expr::Cast(to, saturate, round, a) => {
                 let from = a.dtype(&ops, acc_ty);
                 let x = self.gen(g, a, vars, acc)?;
-                cast(g, x, from, *to)?
+                cast(g, x, from, *to, *saturate, *round)?
             }
         })
     }

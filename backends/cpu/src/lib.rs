@@ -8,6 +8,7 @@
 
 mod codegen;
 mod expr;
+mod minifloat;
 mod target;
 
 pub use codegen::build_module;

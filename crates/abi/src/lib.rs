@@ -66,6 +66,13 @@ pub mod context_offsets {
 }
 
 /// Element types as they appear in the manifest. Values match ONNX's `TensorProto.DataType`.
+///
+/// Every element takes [`DTypeCode::size`] bytes, little-endian. The small types take one
+/// byte each, **unpacked** (ONNX packs 4-bit types two to a byte and 2-bit types four to a
+/// byte; Kiln never does): a float8 element is its 8-bit code; a FLOAT4E2M1 element is its
+/// 4-bit code in the low bits (high bits zero); an INT4/INT2 element is its value as a
+/// sign-extended `i8` (-8..=7 / -2..=1); a UINT4/UINT2 element is its value as a `u8`
+/// (0..=15 / 0..=3). Tensors given to or returned by a compiled model use this layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(i32)]
 pub enum DTypeCode {
@@ -82,10 +89,20 @@ pub enum DTypeCode {
     U32 = 12,
     U64 = 13,
     BF16 = 16,
+    F8E4M3FN = 17,
+    F8E4M3FNUZ = 18,
+    F8E5M2 = 19,
+    F8E5M2FNUZ = 20,
+    U4 = 21,
+    I4 = 22,
+    F4E2M1 = 23,
+    F8E8M0 = 24,
+    U2 = 25,
+    I2 = 26,
 }
 
 impl DTypeCode {
-    pub const ALL: [DTypeCode; 13] = [
+    pub const ALL: [DTypeCode; 23] = [
         Self::F32,
         Self::U8,
         Self::I8,
@@ -99,13 +116,26 @@ impl DTypeCode {
         Self::U32,
         Self::U64,
         Self::BF16,
+        Self::F8E4M3FN,
+        Self::F8E4M3FNUZ,
+        Self::F8E5M2,
+        Self::F8E5M2FNUZ,
+        Self::U4,
+        Self::I4,
+        Self::F4E2M1,
+        Self::F8E8M0,
+        Self::U2,
+        Self::I2,
     ];
     pub fn from_i32(v: i32) -> Option<Self> {
         Self::ALL.into_iter().find(|c| *c as i32 == v)
     }
     pub fn size(self) -> usize {
         match self {
+            // The 4- and 2-bit types are unpacked: one element per byte (see the enum's doc).
             Self::U8 | Self::I8 | Self::Bool => 1,
+            Self::F8E4M3FN | Self::F8E4M3FNUZ | Self::F8E5M2 | Self::F8E5M2FNUZ | Self::F8E8M0 => 1,
+            Self::U4 | Self::I4 | Self::U2 | Self::I2 | Self::F4E2M1 => 1,
             Self::U16 | Self::I16 | Self::F16 | Self::BF16 => 2,
             Self::F32 | Self::I32 | Self::U32 => 4,
             Self::I64 | Self::F64 | Self::U64 => 8,
@@ -126,6 +156,16 @@ impl DTypeCode {
             Self::U32 => "u32",
             Self::U64 => "u64",
             Self::BF16 => "bf16",
+            Self::F8E4M3FN => "f8e4m3fn",
+            Self::F8E4M3FNUZ => "f8e4m3fnuz",
+            Self::F8E5M2 => "f8e5m2",
+            Self::F8E5M2FNUZ => "f8e5m2fnuz",
+            Self::U4 => "u4",
+            Self::I4 => "i4",
+            Self::F4E2M1 => "f4e2m1",
+            Self::F8E8M0 => "f8e8m0",
+            Self::U2 => "u2",
+            Self::I2 => "i2",
         }
     }
 }

@@ -137,6 +137,14 @@ pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), String> {
         DTypeCode::I64 => le!(i64, 8),
         DTypeCode::U64 => le!(u64, 8),
         DTypeCode::Bool => dump!(bool, 1, |c: &[u8]| c[0] != 0),
+        // numpy has none of the small types: floats widen to float32 (exact), the 4- and 2-bit
+        // integers are written one per byte as int8/uint8 (Kiln keeps them unpacked).
+        DTypeCode::I4 | DTypeCode::I2 => le!(i8, 1),
+        DTypeCode::U4 | DTypeCode::U2 => le!(u8, 1),
+        code => {
+            let f = DType::from_code(code).and_then(DType::minifloat).expect("the other codes are small floats");
+            dump!(f32, 1, |c: &[u8]| f.decode(c[0]))
+        }
     }
 }
 

@@ -17,7 +17,8 @@ pub(crate) const MAX_ELEMS: usize = 1 << 40;
 
 /// The ONNX element types Kiln reads, for error messages.
 pub(crate) const SUPPORTED_DTYPES: &str =
-    "float32, float64, float16, bfloat16, int8, uint8, int16, uint16, int32, uint32, int64, uint64, bool";
+    "float32, float64, float16, bfloat16, int8, uint8, int16, uint16, int32, uint32, int64, uint64, bool, \
+     float8e4m3fn, float8e4m3fnuz, float8e5m2, float8e5m2fnuz, float8e8m0, float4e2m1, int4, uint4, int2, uint2";
 
 /// Maps an ONNX element type to a Kiln dtype, or gives the ONNX name of an unsupported one.
 pub(crate) fn dtype_of(code: i32) -> Result<DType, String> {
@@ -35,6 +36,16 @@ pub(crate) fn dtype_of(code: i32) -> Result<DType, String> {
         Ok(DataType::Uint16) => Ok(DType::U16),
         Ok(DataType::Uint32) => Ok(DType::U32),
         Ok(DataType::Uint64) => Ok(DType::U64),
+        Ok(DataType::Float8e4m3fn) => Ok(DType::F8E4M3FN),
+        Ok(DataType::Float8e4m3fnuz) => Ok(DType::F8E4M3FNUZ),
+        Ok(DataType::Float8e5m2) => Ok(DType::F8E5M2),
+        Ok(DataType::Float8e5m2fnuz) => Ok(DType::F8E5M2FNUZ),
+        Ok(DataType::Float8e8m0) => Ok(DType::F8E8M0),
+        Ok(DataType::Float4e2m1) => Ok(DType::F4E2M1),
+        Ok(DataType::Int4) => Ok(DType::I4),
+        Ok(DataType::Uint4) => Ok(DType::U4),
+        Ok(DataType::Int2) => Ok(DType::I2),
+        Ok(DataType::Uint2) => Ok(DType::U2),
         Ok(other) => Err(other.as_str_name().to_string()),
         Err(_) => Err(format!("with unknown code {code}")),
     }
@@ -148,6 +159,48 @@ pub(crate) fn map_file(path: &Path) -> std::io::Result<Bytes> {
     Ok(Bytes::from_owner(map))
 }
 
+/// Elements per byte in ONNX's serialized layout: 2 for the 4-bit types, 4 for the 2-bit ones
+/// (packed low bits first), 1 otherwise. Kiln keeps one element per byte.
+pub(crate) fn packing(d: DType) -> usize {
+    match d {
+        DType::I4 | DType::U4 | DType::F4E2M1 => 2,
+        DType::I2 | DType::U2 => 4,
+        _ => 1,
+    }
+}
+
+/// Unpacks `numel` elements of a packed type (see [`packing`]) to one byte each: 4-bit floats
+/// keep their code, signed integers are sign-extended, unsigned ones zero-extended.
+pub(crate) fn unpack(d: DType, packed: &[u8], numel: usize) -> Vec<u8> {
+    let per = packing(d);
+    let bits = 8 / per;
+    let mask = (1u8 << bits) - 1;
+    (0..numel)
+        .map(|i| {
+            let v = (packed[i / per] >> ((i % per) * bits)) & mask;
+            if d.is_int() && d.is_signed() {
+                (((v << (8 - bits)) as i8) >> (8 - bits)) as u8
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// Packs one-byte elements of a packed type into ONNX's layout (the inverse of [`unpack`]).
+/// Kiln writes no ONNX tensors, so only the tests use it.
+#[cfg(test)]
+fn pack(d: DType, elems: &[u8]) -> Vec<u8> {
+    let per = packing(d);
+    let bits = 8 / per;
+    let mask = (1u8 << bits) - 1;
+    let mut out = vec![0u8; elems.len().div_ceil(per)];
+    for (i, &e) in elems.iter().enumerate() {
+        out[i / per] |= (e & mask) << ((i % per) * bits);
+    }
+    out
+}
+
 /// Decodes a `TensorProto` into a constant. `name` names it in errors (the proto's own name
 /// may be empty, e.g. in a Constant node's attribute).
 pub(crate) fn decode_tensor(t: &TensorProto, name: &str, ext: &mut ExternalStore) -> Result<Tensor, ImportError> {
@@ -157,7 +210,10 @@ pub(crate) fn decode_tensor(t: &TensorProto, name: &str, ext: &mut ExternalStore
     let shape = dims_to_shape(&t.dims).map_err(err)?;
     let numel = checked_numel(&shape).unwrap_or(0);
     let ty = TensorType::new(dtype, shape);
-    let nbytes = numel * dtype.size(); // numel <= 2^40: no overflow
+    // The serialized size (numel <= 2^40: no overflow): the 4- and 2-bit types are packed.
+    let per = packing(dtype);
+    let packed = numel.div_ceil(per);
+    let nbytes = if per > 1 { packed } else { numel * dtype.size() };
     if t.segment.is_some() {
         return Err(err("segmented tensors are not supported".into()));
     }
@@ -179,8 +235,9 @@ pub(crate) fn decode_tensor(t: &TensorProto, name: &str, ext: &mut ExternalStore
             DType::U32 | DType::U64 => ("uint64_data", t.uint64_data.len()),
             _ => ("int32_data", t.int32_data.len()),
         };
-        if have != numel {
-            return Err(err(format!("{field} has {have} elements, type {ty} needs {numel}")));
+        // The packed types hold one packed byte per int32.
+        if have != packed {
+            return Err(err(format!("{field} has {have} elements, type {ty} needs {packed}")));
         }
         let i32s = || t.int32_data.iter().copied();
         let v: Vec<u8> = match dtype {
@@ -192,12 +249,23 @@ pub(crate) fn decode_tensor(t: &TensorProto, name: &str, ext: &mut ExternalStore
             DType::I32 => i32s().flat_map(|x| x.to_le_bytes()).collect(),
             DType::Bool => i32s().map(|x| u8::from(x != 0)).collect(),
             DType::I8 | DType::U8 => i32s().map(|x| x as u8).collect(),
+            DType::F8E4M3FN
+            | DType::F8E4M3FNUZ
+            | DType::F8E5M2
+            | DType::F8E5M2FNUZ
+            | DType::F8E8M0
+            | DType::F4E2M1
+            | DType::I4
+            | DType::U4
+            | DType::I2
+            | DType::U2 => i32s().map(|x| x as u8).collect(),
             DType::I16 | DType::U16 | DType::F16 | DType::BF16 => {
                 i32s().flat_map(|x| (x as u16).to_le_bytes()).collect()
             }
         };
         Bytes::from(v)
     };
+    let bytes = if per > 1 { Bytes::from(unpack(dtype, &bytes, numel)) } else { bytes };
     // Bools are one byte, 0 or 1: normalise other non-zero bytes (copying only then).
     let bytes = if dtype == DType::Bool && bytes.iter().any(|&b| b > 1) {
         Bytes::from(bytes.iter().map(|&b| u8::from(b != 0)).collect::<Vec<u8>>())
@@ -212,6 +280,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn packed_types_unpack_and_pack_back() {
+        // int4: -9..=15 wrapped, packed low nibble first (ONNX's test_cast_FLOAT_to_INT4 output).
+        let packed = [135u8, 169, 203, 237, 15, 33, 67, 101, 135, 169, 203, 237, 15];
+        let v = unpack(DType::I4, &packed, 25);
+        let want: Vec<u8> = (-9i32..16).map(|x| (((x as u8) << 4) as i8 >> 4) as u8).collect();
+        assert_eq!(v, want);
+        assert_eq!(pack(DType::I4, &v), packed);
+        // uint2: 1 2 3 0 1 2 3.
+        let v = unpack(DType::U2, &[57, 57], 7);
+        assert_eq!(v, [1, 2, 3, 0, 1, 2, 3]);
+        assert_eq!(pack(DType::U2, &v), [57, 57]);
+        assert_eq!(unpack(DType::I2, &[0b1110_0100], 4), [0, 1, 0xFE, 0xFF]);
+    }
+
+    #[test]
     fn numel_is_checked() {
         assert_eq!(checked_numel(&[2, 3]), Some(6));
         assert_eq!(checked_numel(&[]), Some(1));
@@ -224,7 +307,8 @@ mod tests {
     #[test]
     fn dtype_names() {
         assert_eq!(dtype_of(DataType::Double as i32), Ok(DType::F64));
-        assert_eq!(dtype_of(DataType::Float8e5m2 as i32), Err("FLOAT8E5M2".to_string()));
+        assert_eq!(dtype_of(DataType::Float8e5m2 as i32), Ok(DType::F8E5M2));
+        assert_eq!(dtype_of(DataType::Float6e2m3 as i32), Err("FLOAT6E2M3".to_string()));
         assert_eq!(dtype_of(DataType::Bool as i32), Ok(DType::Bool));
     }
 }

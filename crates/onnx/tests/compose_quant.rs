@@ -121,10 +121,10 @@ fn quantize_per_axis_and_blocked() {
 #[test]
 fn quantize_to_unsupported_types_is_reported() {
     let inits = vec![t_f32("x", &[2], &[1.0, 2.0]), t_f32("s", &[], &[1.0])];
-    // INT4 (22) is not a Kiln dtype.
-    let n = node("QuantizeLinear", &["x", "s"], &["y"], vec![a_int("output_dtype", 22)]);
+    // FLOAT6E2M3 (27) is not a Kiln dtype.
+    let n = node("QuantizeLinear", &["x", "s"], &["y"], vec![a_int("output_dtype", 27)]);
     let e = import_err(21, inits, n);
-    assert!(e.contains("QuantizeLinear") && e.contains("INT4"), "{e}");
+    assert!(e.contains("QuantizeLinear") && e.contains("FLOAT6E2M3"), "{e}");
 }
 
 #[test]
@@ -309,4 +309,22 @@ fn qlinear_conv_with_bias_and_per_channel_scales() {
     assert_eq!(y, Data::U8(vec![9, 9, 7, 10, 11, 7, 11, 11, 7, 5, 5, 5, 5, 5, 9, 5, 5, 10]));
     let y = folded(10, inits(0.7, t_i8("yz", &[], &[-5])), n()).1;
     assert_eq!(y, Data::I8(vec![-3, -3, -4, -3, -3, -4, -2, -2, -4, -5, -5, -5, -5, -5, -3, -5, -5, -3]));
+}
+
+#[test]
+fn quantize_to_int4_and_float8() {
+    // rint(x / 2) clipped to int4's [-8, 7]: 0.5 → 0 (tie to even), 10 → 7, -10 → -8.
+    let inits = vec![t_f32("x", &[3], &[1.0, 20.0, -20.0]), t_f32("s", &[], &[2.0])];
+    let n = node("QuantizeLinear", &["x", "s"], &["y"], vec![a_int("output_dtype", DataType::Int4 as i64)]);
+    let y = folded(21, inits, n).1;
+    assert_eq!(y.dtype(), kiln_ir::DType::I4);
+    assert_eq!(y.to_i64_vec(), vec![0, 7, -8]);
+    // Float8 E4M3FN saturates to its largest finite value, 448.
+    let inits = vec![t_f32("x", &[2], &[1000.0, 1.5]), t_f32("s", &[], &[1.0])];
+    let n = node("QuantizeLinear", &["x", "s"], &["y"], vec![a_int("output_dtype", DataType::Float8e4m3fn as i64)]);
+    assert_eq!(folded(21, inits, n).1.to_f64_vec(), vec![448.0, 1.5]);
+    // And back: int4 values 7 and -8 at scale 0.5.
+    let inits = vec![t_raw("q", &[2], DataType::Int4, vec![0x87]), t_f32("s", &[], &[0.5])];
+    let n = node("DequantizeLinear", &["q", "s"], &["y"], vec![]);
+    assert_eq!(folded(21, inits, n).1, Data::F32(vec![3.5, -4.0]));
 }

@@ -217,14 +217,15 @@ fn corrupt_sizes_do_not_allocate() {
 #[test]
 fn unsupported_dtype_names_tensor_and_dtype() {
     let mut t = t_f32("d", &[1], &[]);
-    t.data_type = Some(DataType::Float8e4m3fn as i32);
+    t.data_type = Some(DataType::Float6e2m3 as i32);
     t.int32_data = vec![1];
     let m =
         Model::new(13).input(vis("x", F32, &[1])).init(t).node(node("Add", &["x", "d"], &["y"], vec![])).output("y");
     assert_eq!(
         m.import().unwrap_err().to_string(),
-        "tensor `d`: dtype FLOAT8E4M3FN is not supported (supported: float32, float64, float16, bfloat16, int8, \
-         uint8, int16, uint16, int32, uint32, int64, uint64, bool)"
+        "tensor `d`: dtype FLOAT6E2M3 is not supported (supported: float32, float64, float16, bfloat16, int8, \
+         uint8, int16, uint16, int32, uint32, int64, uint64, bool, float8e4m3fn, float8e4m3fnuz, float8e5m2, \
+         float8e5m2fnuz, float8e8m0, float4e2m1, int4, uint4, int2, uint2)"
     );
 }
 

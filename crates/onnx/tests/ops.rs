@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use kiln_ir::minifloat::E8M0Round;
 use kiln_ir::{BinaryOp, DType, Data, Op, ReduceOp, UnaryOp, Window};
 use kiln_onnx::proto::tensor_proto::DataType;
 
@@ -384,7 +385,7 @@ fn variadic_and_binary_ops() {
         .node(node("Pow", &["x", "e"], &["y"], vec![]))
         .output("y");
     let g = import_ok(&m);
-    assert_eq!(ops(&g), vec![&Op::Cast { to: DType::F32 }, &Op::Binary(BinaryOp::Pow)]);
+    assert_eq!(ops(&g), vec![&Op::cast(DType::F32), &Op::Binary(BinaryOp::Pow)]);
 }
 
 #[test]
@@ -419,12 +420,23 @@ fn gemm_and_friends() {
     let g = import_ok(&m);
     assert_eq!(g.ty(g.outputs[0]).shape, vec![2, 3, 4]);
     let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Int32 as i64)]));
-    assert_eq!(only_op(&m), Op::Cast { to: DType::I32 });
+    assert_eq!(only_op(&m), Op::cast(DType::I32));
     let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Double as i64)]));
-    assert_eq!(only_op(&m), Op::Cast { to: DType::F64 });
+    assert_eq!(only_op(&m), Op::cast(DType::F64));
     let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Float8e5m2 as i64)]));
+    assert_eq!(only_op(&m), Op::cast(DType::F8E5M2));
+    let attrs = vec![a_int("to", DataType::Float8e5m2 as i64), a_int("saturate", 0)];
+    let m = unary_model(19, &[3], node("Cast", &["x"], &["y"], attrs));
+    assert_eq!(only_op(&m), Op::Cast { to: DType::F8E5M2, saturate: false, round: E8M0Round::Up });
+    let attrs = vec![a_int("to", DataType::Float8e8m0 as i64), a_str("round_mode", "nearest")];
+    let m = unary_model(24, &[3], node("Cast", &["x"], &["y"], attrs));
+    assert_eq!(only_op(&m), Op::Cast { to: DType::F8E8M0, saturate: true, round: E8M0Round::Nearest });
+    // `saturate` only matters for float8 targets.
+    let m = unary_model(19, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", 22), a_int("saturate", 0)]));
+    assert_eq!(only_op(&m), Op::cast(DType::I4));
+    let m = unary_model(13, &[3], node("Cast", &["x"], &["y"], vec![a_int("to", DataType::Float6e2m3 as i64)]));
     let e = m.import().unwrap_err().to_string();
-    assert!(e.contains("Cast (domain ai.onnx, opset 13)") && e.contains("FLOAT8E5M2"), "{e}");
+    assert!(e.contains("Cast (domain ai.onnx, opset 13)") && e.contains("FLOAT6E2M3"), "{e}");
 }
 
 #[test]
@@ -507,7 +519,7 @@ fn legacy_opsets() {
         .node(node("Concat", &["c", "c"], &["y"], vec![]))
         .output("y");
     let g = import_ok(&m);
-    assert_eq!(ops(&g), vec![&Op::Cast { to: DType::I32 }, &Op::Concat { axis: 1 }]);
+    assert_eq!(ops(&g), vec![&Op::cast(DType::I32), &Op::Concat { axis: 1 }]);
     // Reshape-1: the shape attribute.
     let m = unary_model(4, &[2, 3], node("Reshape", &["x"], &["y"], vec![a_ints("shape", &[3, -1])]));
     assert_eq!(only_op(&m), Op::Reshape { shape: vec![3, 2] });
@@ -533,7 +545,7 @@ fn cast_like_and_range() {
         .input(vis("t", I64, &[1]))
         .node(node("CastLike", &["x", "t"], &["y"], vec![]))
         .output("y");
-    assert_eq!(only_op(&m), Op::Cast { to: DType::I64 });
+    assert_eq!(only_op(&m), Op::cast(DType::I64));
     let m = Model::new(11)
         .init(t_i64("s", &[], &[10]))
         .init(t_i64("l", &[], &[1]))

@@ -8,6 +8,7 @@ use num_traits::Float;
 
 use super::broadcast_map;
 use crate::infer::broadcast_shapes;
+use crate::minifloat::E8M0Round;
 use crate::op::{BinaryOp, CmpOp, UnaryOp};
 use crate::{DType, Data, Op, Tensor, TensorType};
 
@@ -395,11 +396,26 @@ pub(super) fn select(cond: &Tensor, x: &Tensor, y: &Tensor) -> Tensor {
 /// zero (saturating to i64, NaN → 0) and wraps to the target width, except float→i32, which
 /// saturates; int→int wraps (two's complement truncation; u64 by its bits); int→float rounds
 /// to nearest; anything→bool is `!= 0` (NaN is true); bool→number is 0/1.
-pub(super) fn cast(x: &Tensor, to: DType) -> Tensor {
+///
+/// The small types: a value of one is first decoded exactly to its compute type (f32, i32);
+/// a small float result is encoded from the value rounded to f32 once
+/// ([`crate::minifloat`]; `saturate` as ONNX's attribute); a 4- or 2-bit integer result wraps
+/// like the other narrow integers.
+pub(super) fn cast(x: &Tensor, to: DType, saturate: bool, round: E8M0Round) -> Tensor {
+    let from = x.dtype();
+    if from.is_small() && to != from && to != from.compute() {
+        return cast(&cast(x, from.compute(), true, round), to, saturate, round);
+    }
     let d = x.data();
-    let from = d.dtype();
     let out = if from == to {
         d
+    } else if let Some(f) = to.minifloat() {
+        let v: Vec<f32> = match d {
+            Data::I64(v) => v.into_iter().map(|e| e as f32).collect(),
+            Data::U64(v) => v.into_iter().map(|e| e as f32).collect(),
+            d => d.to_f64_vec().into_iter().map(|e| e as f32).collect(),
+        };
+        Data::Small(to, v.into_iter().map(|e| f.encode_rounding(e, saturate, round)).collect())
     } else if to == DType::Bool {
         Data::Bool(match d {
             Data::U64(v) => v.into_iter().map(|e| e != 0).collect(),
@@ -617,7 +633,7 @@ mod tests {
 
     #[test]
     fn cast_truncates_wraps_and_tests_nonzero() {
-        let cast = |x: &Tensor, to| run(Op::Cast { to }, &[x]).data();
+        let cast = |x: &Tensor, to| run(Op::cast(to), &[x]).data();
         let f = Tensor::f32(vec![5], vec![-1.7, 1.7, f32::NAN, 3e10, -0.0]);
         assert_eq!(cast(&f, DType::I32), Data::I32(vec![-1, 1, 0, i32::MAX, 0]));
         // 3e10 as f32 is 30000001024.

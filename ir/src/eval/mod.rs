@@ -49,7 +49,7 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         Op::Compare(c) => elementwise::compare(*c, inputs[0], inputs[1]),
         Op::Unary(u) => elementwise::unary(*u, inputs[0])?,
         Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2]),
-        Op::Cast { to } => elementwise::cast(inputs[0], *to),
+        Op::Cast { to, saturate, round } => elementwise::cast(inputs[0], *to, *saturate, *round),
         Op::MatMul => linalg::matmul(inputs[0], inputs[1])?,
         Op::Gemm { alpha, beta, trans_a, trans_b } => {
             linalg::gemm(inputs[0], inputs[1], inputs.get(2).copied(), *alpha, *beta, *trans_a, *trans_b)?

@@ -32,6 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
+use crate::minifloat::E8M0Round;
 use crate::op::{BinaryOp, CmpOp, GridMode, GridPadding, ReduceOp, ScatterReduction, UnaryOp, Window};
 use crate::{numel, DType, Data, Graph, Op, Tensor, TensorType, ValueId};
 
@@ -95,7 +96,18 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity | Op::IsNaN => {
             vec![]
         }
-        Op::Cast { to } | Op::BitCast { to } => vec![("to", to.name().to_string())],
+        // The defaults (saturate, round up) are not printed.
+        Op::Cast { to, saturate, round } => {
+            let mut v = vec![("to", to.name().to_string())];
+            if !saturate {
+                v.push(("saturate", "false".to_string()));
+            }
+            if *round != E8M0Round::Up {
+                v.push(("round", round.name().to_string()));
+            }
+            v
+        }
+        Op::BitCast { to } => vec![("to", to.name().to_string())],
         Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
             ("alpha", f(*alpha)),
             ("beta", f(*beta)),
@@ -204,6 +216,9 @@ fn const_body(t: &Tensor) -> String {
         Data::U16(v) => strs(&v),
         Data::U32(v) => strs(&v),
         Data::U64(v) => strs(&v),
+        // Small types by value (exact): floats decoded, integers as numbers.
+        d @ Data::Small(dt, _) if dt.is_float() => d.to_f64_vec().iter().map(|&x| format!("{:?}", x as f32)).collect(),
+        d @ Data::Small(..) => strs(&d.to_i64_vec()),
     };
     format!("[{}]", elems.join(", "))
 }
@@ -363,6 +378,14 @@ impl Attrs {
             v => Err(format!("attribute `{k}` must be a single value, got {v:?}")),
         }
     }
+    /// A single value that may be absent.
+    fn opt_word<T: std::str::FromStr>(&mut self, k: &str) -> Result<Option<T>, String> {
+        if self.0.contains_key(k) {
+            self.word(k).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
     fn list<T: std::str::FromStr>(&mut self, k: &str) -> Result<Vec<T>, String> {
         match self.take(k)? {
             AttrVal::List(ws) => {
@@ -447,7 +470,12 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
         "where" => Op::Where,
         "cast" => {
             let to: String = a.word("to")?;
-            Op::Cast { to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))? }
+            let to = DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))?;
+            let round = match a.opt_word::<String>("round")? {
+                None => E8M0Round::Up,
+                Some(r) => E8M0Round::from_name(&r).ok_or_else(|| format!("unknown rounding `{r}`"))?,
+            };
+            Op::Cast { to, saturate: a.opt_word("saturate")?.unwrap_or(true), round }
         }
         "bitcast" => {
             let to: String = a.word("to")?;
@@ -723,6 +751,12 @@ impl Parser {
             DType::U16 => all(&words).map(Data::U16),
             DType::U32 => all(&words).map(Data::U32),
             DType::U64 => all(&words).map(Data::U64),
+            d => match d.minifloat() {
+                Some(f) => {
+                    all::<f32>(&words).map(|v| Data::Small(d, v.into_iter().map(|x| f.encode_exact(x)).collect()))
+                }
+                None => all::<i64>(&words).map(|v| Data::from_i64s(d, &v)),
+            },
         };
         match data {
             Ok(d) => Ok(Tensor::from_data(ty.shape.clone(), d)),

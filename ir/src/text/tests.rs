@@ -92,7 +92,10 @@ fn every_op() -> Graph {
     }
     node(&mut g, Op::Unary(U::Not), &[bo], "");
     node(&mut g, Op::Where, &[bo, a, a], "");
-    node(&mut g, Op::Cast { to: DType::I32 }, &[a], "");
+    node(&mut g, Op::cast(DType::I32), &[a], "");
+    node(&mut g, Op::Cast { to: DType::F8E4M3FN, saturate: false, round: E8M0Round::Up }, &[a], "");
+    node(&mut g, Op::Cast { to: DType::F8E8M0, saturate: true, round: E8M0Round::Nearest }, &[a], "");
+    node(&mut g, Op::cast(DType::I4), &[a], "");
     node(&mut g, Op::BitCast { to: DType::I32 }, &[a], "");
     node(&mut g, Op::MatMul, &[a, m], "");
     let c2 = g.add_const("c2", Tensor::f32(vec![2, 1], vec![f32::NAN, -1.5]));

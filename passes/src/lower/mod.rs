@@ -96,7 +96,7 @@ pub fn elementwise_body(op: &Op, mut args: Vec<Expr>) -> Expr {
             Expr::cmp(*c, args.pop().unwrap(), rhs)
         }
         Op::Unary(u) => Expr::unary(*u, args.pop().unwrap()),
-        Op::Cast { to } => Expr::cast(*to, args.pop().unwrap()),
+        Op::Cast { to, saturate, round } => Expr::cast_with(*to, *saturate, *round, args.pop().unwrap()),
         Op::Where => {
             let b = args.pop().unwrap();
             let a = args.pop().unwrap();

@@ -113,8 +113,7 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     };
     let nonpad_b = match nonpad {
         Some(n) => {
-            let n =
-                if cx.ty(n).dtype == DType::I64 { n } else { tmp(cx, Op::Cast { to: DType::I64 }, &[n], "nonpad")? };
+            let n = if cx.ty(n).dtype == DType::I64 { n } else { tmp(cx, Op::cast(DType::I64), &[n], "nonpad")? };
             Some(reshape(cx, n, vec![batch, 1, 1, 1])?)
         }
         None => None,

@@ -154,8 +154,7 @@ pub(super) fn one_hot(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let s = cx.shape(idx);
     let axis = cx.attrs.int_or("axis", -1)?;
     let axis = norm_axis(axis, s.len() + 1, "axis")?;
-    let mut idx =
-        if cx.ty(idx).dtype == DType::I64 { idx } else { tmp(cx, Op::Cast { to: DType::I64 }, &[idx], "idx")? };
+    let mut idx = if cx.ty(idx).dtype == DType::I64 { idx } else { tmp(cx, Op::cast(DType::I64), &[idx], "idx")? };
     let zero = scalar(cx, DType::I64, 0.0);
     let neg = cmp(cx, CmpOp::Less, idx, zero)?;
     let dk = scalar(cx, DType::I64, depth as f64);
@@ -439,7 +438,7 @@ pub(super) fn tensor_scatter(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let (b, m, s) = (ps[0], ps[a], us[a]);
     let w = match cx.opt_input(2) {
         Some(w) => {
-            let w = if cx.ty(w).dtype == DType::I64 { w } else { tmp(cx, Op::Cast { to: DType::I64 }, &[w], "idx")? };
+            let w = if cx.ty(w).dtype == DType::I64 { w } else { tmp(cx, Op::cast(DType::I64), &[w], "idx")? };
             reshape(cx, w, vec![b, 1, 1])?
         }
         None => konst_as(cx, DType::I64, vec![b, 1, 1], &vec![0.0; b]),
@@ -454,7 +453,7 @@ pub(super) fn tensor_scatter(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let steps: Vec<f64> = (0..s).map(|i| i as f64).collect();
     let steps = konst_as(cx, DType::I64, vec![1, 1, s], &steps);
     let hot = cmp(cx, CmpOp::Equal, rel, steps)?; // [B, M, S]
-    let hot = tmp(cx, Op::Cast { to: dtype }, &[hot], "onehot")?;
+    let hot = tmp(cx, Op::cast(dtype), &[hot], "onehot")?;
     let zero = scalar(cx, DType::I64, 0.0);
     let sk = scalar(cx, DType::I64, s as f64);
     let ge = cmp(cx, CmpOp::GreaterOrEqual, rel, zero)?;

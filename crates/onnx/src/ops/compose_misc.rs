@@ -65,7 +65,7 @@ pub(super) fn tfidf_vectorizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     }
     let c = *xt.shape.last().expect("rank checked");
     let row: Vec<usize> = xt.shape[..xt.rank() - 1].to_vec();
-    let xi = if xt.dtype == DType::I64 { x } else { tmp(cx, Op::Cast { to: DType::I64 }, &[x], "tokens")? };
+    let xi = if xt.dtype == DType::I64 { x } else { tmp(cx, Op::cast(DType::I64), &[x], "tokens")? };
     // Per output slot, the count terms.
     let mut per_slot: Vec<Vec<ValueId>> = vec![Vec::new(); out_size];
     for (g, slot) in &grams {
@@ -87,7 +87,7 @@ pub(super) fn tfidf_vectorizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                     None => eq,
                 });
             }
-            let hits = tmp(cx, Op::Cast { to: DType::F32 }, &[all.expect("n >= 1")], "hits")?;
+            let hits = tmp(cx, Op::cast(DType::F32), &[all.expect("n >= 1")], "hits")?;
             let axis = row.len();
             let sum = tmp(cx, Op::Reduce { op: ReduceOp::Sum, axes: vec![axis], keepdims: true }, &[hits], "count")?;
             per_slot[*slot].push(sum);
@@ -109,7 +109,7 @@ pub(super) fn tfidf_vectorizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 let present = if mode == "IDF" {
                     let z = scalar(cx, DType::F32, 0.0);
                     let p = cmp(cx, CmpOp::Greater, acc, z)?;
-                    tmp(cx, Op::Cast { to: DType::F32 }, &[p], "present")?
+                    tmp(cx, Op::cast(DType::F32), &[p], "present")?
                 } else {
                     acc
                 };
@@ -207,7 +207,7 @@ pub(super) fn binarizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let d = cx.ty(x).dtype;
     let th = scalar(cx, d, f64::from(cx.attrs.float_or("threshold", 0.0)?));
     let gt = cmp(cx, CmpOp::Greater, x, th)?;
-    Ok(vec![cx.emit_out(Op::Cast { to: d }, &[gt], 0)?])
+    Ok(vec![cx.emit_out(Op::cast(d), &[gt], 0)?])
 }
 
 /// `ai.onnx.ml` ArrayFeatureExtractor: elements of the last axis picked by `Y`'s indices.

@@ -41,9 +41,9 @@ pub(super) fn hardmax(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let first = tmp(cx, Op::Reduce { op: ReduceOp::Min, axes: vec![a], keepdims: true }, &[cand], "argmax")?;
     let hot = cmp(cx, CmpOp::Equal, range, first)?;
     if modern {
-        return Ok(vec![cx.emit_out(Op::Cast { to: DType::F32 }, &[hot], 0)?]);
+        return Ok(vec![cx.emit_out(Op::cast(DType::F32), &[hot], 0)?]);
     }
-    let f = tmp(cx, Op::Cast { to: DType::F32 }, &[hot], "hardmax")?;
+    let f = tmp(cx, Op::cast(DType::F32), &[hot], "hardmax")?;
     Ok(vec![cx.emit_out(Op::Reshape { shape }, &[f], 0)?])
 }
 

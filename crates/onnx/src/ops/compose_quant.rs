@@ -31,7 +31,7 @@ fn cast(cx: &mut NodeCx, v: ValueId, to: DType) -> OpResult<ValueId> {
     if cx.ty(v).dtype == to {
         return Ok(v);
     }
-    tmp(cx, Op::Cast { to }, &[v], "cast")
+    tmp(cx, Op::cast(to), &[v], "cast")
 }
 
 /// `v` (computed in `to.compute()`) rounded to the storage float type `to` and widened back:
@@ -72,6 +72,10 @@ fn int_range(d: DType) -> Option<(i64, i64)> {
         DType::U8 => (0, 255),
         DType::I16 => (-32768, 32767),
         DType::U16 => (0, 65535),
+        DType::I4 => (-8, 7),
+        DType::U4 => (0, 15),
+        DType::I2 => (-2, 1),
+        DType::U2 => (0, 3),
         DType::I32 => (i32::MIN.into(), i32::MAX.into()),
         _ => return None,
     })
@@ -154,9 +158,22 @@ pub(super) fn dequantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let (x, scale) = (cx.input(0)?, cx.input(1)?);
     let zp = cx.opt_input(2);
     let (xd, sd) = (cx.ty(x).dtype, cx.ty(scale).dtype);
-    if !matches!(xd, DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::I32) {
-        return unsupported(format!("DequantizeLinear of {xd} (supported: int8, uint8, int16, uint16, int32)"));
+    // Small floats: `x * scale` (a float8 zero point must be zero and is not used; float4's is
+    // ignored, as in ONNX's reference).
+    let small_float = xd.is_float() && xd.compute() == DType::F32 && !matches!(xd, DType::F16 | DType::BF16);
+    if !small_float && int_range(xd).is_none() {
+        return unsupported(format!("DequantizeLinear of {xd}"));
     }
+    let zp = if small_float {
+        if let Some(z) = zp.and_then(|z| cx.g.const_of(z)) {
+            if xd != DType::F4E2M1 && z.to_f64_vec().iter().any(|&v| v != 0.0) {
+                return invalid("a float8 x_zero_point must be zero");
+            }
+        }
+        None
+    } else {
+        zp
+    };
     if !matches!(sd, DType::F32 | DType::F16 | DType::BF16) {
         return invalid(format!("x_scale must be float32, float16 or bfloat16, got {sd}"));
     }
@@ -198,7 +215,7 @@ pub(super) fn dequantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             bin(cx, B::Mul, xf, sf)?
         }
     };
-    Ok(vec![cx.emit_out(Op::Cast { to: out }, &[y], 0)?])
+    Ok(vec![cx.emit_out(Op::cast(out), &[y], 0)?])
 }
 
 /// QuantizeLinear: `saturate(rint(x / scale) + zero_point)` in the zero point's type
@@ -226,9 +243,11 @@ pub(super) fn quantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         (None, Some(a)) => a,
         (None, None) => DType::U8,
     };
-    let Some((qmin, qmax)) = int_range(out).filter(|_| out != DType::I32) else {
-        return unsupported(format!("QuantizeLinear to {out} (supported: int8, uint8, int16, uint16)"));
-    };
+    let small_float = out.is_float() && !matches!(out, DType::F32 | DType::F64 | DType::F16 | DType::BF16);
+    let range = int_range(out).filter(|_| out != DType::I32);
+    if range.is_none() && !small_float {
+        return unsupported(format!("QuantizeLinear to {out}"));
+    }
     // The type the division is computed in (the reference's `precision`, else numpy's).
     let q = match dtype_attr(cx, "precision")? {
         Some(p) if p.is_float() => p,
@@ -245,6 +264,19 @@ pub(super) fn quantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let sq = cast(cx, sq, qc)?;
     let quot = bin(cx, B::Div, xq, sq)?;
     let quot = round_to(cx, quot, q)?;
+    if small_float {
+        // Float8 and float4: a (saturating) cast; float4 adds its zero point first.
+        let saturate = cx.attrs.int_or("saturate", 1)? != 0;
+        let mut v = cast(cx, quot, DType::F32)?;
+        if let (DType::F4E2M1, Some(zp)) = (out, zp) {
+            let z = quant_param(cx, zp, &shape, axis, block)?;
+            let zf = cast(cx, z, DType::F32)?;
+            v = bin(cx, B::Add, v, zf)?;
+        }
+        let op = Op::Cast { to: out, saturate, round: kiln_ir::minifloat::E8M0Round::Up };
+        return Ok(vec![cx.emit_out(op, &[v], 0)?]);
+    }
+    let (qmin, qmax) = range.expect("checked above");
     let r = round_even(cx, quot)?;
     // Beyond ±2^20 the result saturates whatever the zero point; bounding first keeps the
     // conversion to i32 in range.
@@ -256,7 +288,7 @@ pub(super) fn quantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         ri = bin(cx, B::Add, ri, zi)?;
     }
     let c = un(cx, U::Clip { lo: qmin as f64, hi: qmax as f64 }, ri)?;
-    Ok(vec![cx.emit_out(Op::Cast { to: out }, &[c], 0)?])
+    Ok(vec![cx.emit_out(Op::cast(out), &[c], 0)?])
 }
 
 /// DynamicQuantizeLinear: uint8 quantization with a scale and zero point from the data's
@@ -289,8 +321,8 @@ pub(super) fn dynamic_quantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>>
     let xr = round_even(cx, xs)?;
     let xz = bin(cx, B::Add, xr, zpi)?;
     let c = un(cx, U::Clip { lo: 0.0, hi: 255.0 }, xz)?;
-    let y = cx.emit_out(Op::Cast { to: DType::U8 }, &[c], 0)?;
-    let z = cx.emit_out(Op::Cast { to: DType::U8 }, &[zpi], 2)?;
+    let y = cx.emit_out(Op::cast(DType::U8), &[c], 0)?;
+    let z = cx.emit_out(Op::cast(DType::U8), &[zpi], 2)?;
     Ok(vec![y, y_scale, z])
 }
 
@@ -494,7 +526,7 @@ fn requantize(cx: &mut NodeCx, v: ValueId, scale: ValueId, zp: Option<ValueId>, 
     }
     let r = round_even(cx, d)?;
     let c = un(cx, U::Clip { lo: qmin as f64, hi: qmax as f64 }, r)?;
-    cx.emit_out(Op::Cast { to: out }, &[c], 0)
+    cx.emit_out(Op::cast(out), &[c], 0)
 }
 
 /// A float scale operand: its dtype.

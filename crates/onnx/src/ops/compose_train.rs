@@ -66,7 +66,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 let decay = f64::from(cx.attrs.float_or("decay_factor", 0.0)?);
                 let eps = scalar(cx, DType::F32, f64::from(cx.attrs.float_or("epsilon", 1e-6)?));
                 // r / (1 + t * decay)
-                let tf = tmp(cx, Op::Cast { to: DType::F32 }, &[t], "t")?;
+                let tf = tmp(cx, Op::cast(DType::F32), &[t], "t")?;
                 let one = scalar(cx, DType::F32, 1.0);
                 let denom = axpby(cx, decay, tf, 1.0, one)?;
                 let rr = bin(cx, B::Div, r, denom)?;
@@ -108,7 +108,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 let hs = un(cx, U::Sqrt, h_new)?;
                 let hs = bin(cx, B::Add, hs, eps)?;
                 // r * sqrt(1 - beta^t) / (1 - alpha^t) once started, r before.
-                let tf = tmp(cx, Op::Cast { to: DType::F32 }, &[t], "t")?;
+                let tf = tmp(cx, Op::cast(DType::F32), &[t], "t")?;
                 let one = scalar(cx, DType::F32, 1.0);
                 let (a, b) = (scalar(cx, DType::F32, alpha), scalar(cx, DType::F32, beta));
                 let at = bin(cx, B::Pow, a, tf)?;

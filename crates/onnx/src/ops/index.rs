@@ -215,7 +215,7 @@ pub(super) fn reverse_sequence(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let mut ls = vec![1; r];
     ls[ba] = xs[ba];
     let name = cx.tmp_name("lens");
-    let l = cx.emit(Op::Cast { to: DType::I64 }, &[lens], name)?;
+    let l = cx.emit(Op::cast(DType::I64), &[lens], name)?;
     let name = cx.tmp_name("lens");
     let l = cx.emit(Op::Reshape { shape: ls }, &[l], name)?;
     let name = cx.tmp_name("one");

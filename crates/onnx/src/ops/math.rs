@@ -1,5 +1,6 @@
 //! Elementwise arithmetic, comparisons, logic, Cast, Where, Clip, MatMul and Gemm.
 
+use kiln_ir::minifloat::{E8M0Round, MiniFloat};
 use kiln_ir::{BinaryOp, CmpOp, DType, Op, Tensor, UnaryOp, ValueId};
 
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
@@ -68,13 +69,13 @@ pub(super) fn pow(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if da != db {
         if !da.is_float() && db.is_float() {
             let name = cx.tmp_name("base");
-            let af = cx.emit(Op::Cast { to: db }, &[a], name)?;
+            let af = cx.emit(Op::cast(db), &[a], name)?;
             let name = cx.tmp_name("power");
             let p = cx.emit(Op::Binary(BinaryOp::Pow), &[af, b], name)?;
-            return Ok(vec![cx.emit_out(Op::Cast { to: da }, &[p], 0)?]);
+            return Ok(vec![cx.emit_out(Op::cast(da), &[p], 0)?]);
         }
         let name = cx.tmp_name("exponent");
-        b = cx.emit(Op::Cast { to: da }, &[b], name)?;
+        b = cx.emit(Op::cast(da), &[b], name)?;
     }
     Ok(vec![cx.emit_out(Op::Binary(BinaryOp::Pow), &[a, b], 0)?])
 }
@@ -171,7 +172,7 @@ pub(super) fn cast_like(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let (x, like) = (cx.input(0)?, cx.input(1)?);
     let to = cx.ty(like).dtype;
-    Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
+    emit_cast(cx, x, to)
 }
 
 /// BitCast (opset 26): the same bytes as another type of the same size.
@@ -193,7 +194,23 @@ fn cast_to(cx: &mut NodeCx, x: ValueId, to: i32) -> OpResult<Vec<ValueId>> {
         Ok(d) => d,
         Err(name) => return unsupported(format!("cast to {name} (supported: {})", crate::data::SUPPORTED_DTYPES)),
     };
-    Ok(vec![cx.emit_out(Op::Cast { to }, &[x], 0)?])
+    emit_cast(cx, x, to)
+}
+
+/// The Cast, with the `saturate` (Cast-19+, CastLike-19+; default 1) and `round_mode`
+/// (Cast-24+, for E8M0 targets; default "up") attributes.
+fn emit_cast(cx: &mut NodeCx, x: ValueId, to: DType) -> OpResult<Vec<ValueId>> {
+    let saturate = cx.attrs.int("saturate")?.unwrap_or(1) != 0;
+    let round = match cx.attrs.string("round_mode")? {
+        None => E8M0Round::Up,
+        Some(m) => E8M0Round::from_name(&m)
+            .ok_or_else(|| format!("attribute `round_mode` = {m:?} is not \"up\", \"down\" or \"nearest\""))?,
+    };
+    // Keep the flags canonical where they change nothing: only float8/E8M0 targets have a
+    // non-saturating form, only E8M0 ones a rounding mode.
+    let saturate = saturate || !to.minifloat().is_some_and(|f| f != MiniFloat::E2M1);
+    let round = if to == DType::F8E8M0 { round } else { E8M0Round::Up };
+    Ok(vec![cx.emit_out(Op::Cast { to, saturate, round }, &[x], 0)?])
 }
 
 pub(super) fn matmul(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {

@@ -606,7 +606,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
         let v = cx.input(i)?;
         let name = cx.tmp_name("widen");
-        let mut w = cx.emit(Op::Cast { to: d.compute() }, &[v], name)?;
+        let mut w = cx.emit(Op::cast(d.compute()), &[v], name)?;
         if d == DType::U64 && flip_u64 {
             w = flip_sign_bit(cx, w)?;
         }
@@ -623,7 +623,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 let wide = if *n == DType::U64 && flip_u64 { flip_sign_bit(cx, *v)? } else { *v };
                 let name = cx.out_name(k);
                 cx.g.value_mut(wide).name = format!("{name}/wide");
-                *v = cx.emit(Op::Cast { to: *n }, &[wide], name)?;
+                *v = cx.emit(Op::cast(*n), &[wide], name)?;
             }
             Some((_, None)) => return unsupported(format!("{op_type} with inputs of several storage types")),
             None => {}
