@@ -437,7 +437,8 @@ def torch_models():
 
 
 def export_torch(name: str, module, feeds: dict[str, np.ndarray], output_names: list[str],
-                 dynamic_batch: bool, force_legacy: bool = False, optimize: bool = True) -> dict:
+                 dynamic_batch: bool, force_legacy: bool = False, optimize: bool = True,
+                 dynamic_axes: dict | None = None) -> dict:
     """Exports with the default (dynamo) exporter, falling back to dynamo=False when it fails."""
     import torch
 
@@ -447,7 +448,9 @@ def export_torch(name: str, module, feeds: dict[str, np.ndarray], output_names: 
     with torch.no_grad():
         ref = module(*args)
     ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
-    info = {"exporter": None, "torch": torch.__version__, "dynamic_batch": dynamic_batch, "optimize": optimize}
+    info = {"exporter": None, "torch": torch.__version__, "dynamic_batch": dynamic_batch}
+    if not force_legacy:
+        info["optimize"] = optimize
     model = None
     if not force_legacy:
         try:
@@ -466,7 +469,10 @@ def export_torch(name: str, module, feeds: dict[str, np.ndarray], output_names: 
     if model is None:
         f = io.BytesIO()
         kw = {}
-        if dynamic_batch:
+        if dynamic_axes is not None:
+            kw["dynamic_axes"] = dynamic_axes
+            info["dynamic_axes"] = dynamic_axes
+        elif dynamic_batch:
             kw["dynamic_axes"] = {n: {0: "batch"} for n in names + output_names}
         torch.onnx.export(module, args, f, dynamo=False, input_names=names, output_names=output_names,
                           opset_version=OPSET, **kw)
@@ -531,6 +537,52 @@ def gen_torch(only: set[str] | None) -> list[dict]:
         m = M["SpeechLSTM"]()
         x = (np.random.default_rng(101).standard_normal((2, 50, 40)) * 2 - 4).astype(np.float32)
         metas.append(export_torch("lstm_speech_torch", m, {"features": x}, ["log_probs"], dynamic_batch=True))
+
+    # The same architectures through the TorchScript exporter (dynamo=False), which much of
+    # the ONNX in the wild comes from: its graphs keep Shape/Gather/Concat chains for dynamic
+    # dims, Constant nodes, BatchNormalization, and (here) a dynamic sequence dim as well.
+    seq_axes = {0: "batch", 1: "seq"}
+    if want("bert_torch_legacy"):
+        torch.manual_seed(70)
+        m = M["Bert"]()
+        rng = np.random.default_rng(72)
+        b, t = 3, 16
+        ids = rng.integers(0, 1000, (b, t)).astype(np.int64)
+        mask = np.ones((b, t), np.int64)
+        mask[0, 10:] = 0
+        mask[2, 5:] = 0
+        types = np.zeros((b, t), np.int64)
+        types[:, 8:] = 1
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        metas.append(export_torch("bert_torch_legacy", m,
+                                  {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
+                                  ["last_hidden_state", "pooler_output"], dynamic_batch=True, force_legacy=True,
+                                  dynamic_axes={**{n: seq_axes for n in names}, "last_hidden_state": seq_axes,
+                                                "pooler_output": {0: "batch"}}))
+
+    if want("gpt2_torch_legacy"):
+        torch.manual_seed(80)
+        m = M["GPT2"]()
+        ids = np.random.default_rng(82).integers(0, 512, (2, 28)).astype(np.int64)
+        metas.append(export_torch("gpt2_torch_legacy", m, {"input_ids": ids}, ["logits"], dynamic_batch=True,
+                                  force_legacy=True, dynamic_axes={"input_ids": seq_axes, "logits": seq_axes}))
+
+    if want("lstm_speech_torch_legacy"):
+        torch.manual_seed(100)
+        m = M["SpeechLSTM"]()
+        x = (np.random.default_rng(102).standard_normal((1, 30, 40)) * 2 - 4).astype(np.float32)
+        metas.append(export_torch("lstm_speech_torch_legacy", m, {"features": x}, ["log_probs"],
+                                  dynamic_batch=True, force_legacy=True,
+                                  dynamic_axes={"features": {0: "batch", 1: "frames"},
+                                                "log_probs": {0: "batch", 1: "frames"}}))
+
+    if want("yolo_torch_legacy"):
+        torch.manual_seed(90)
+        m = M["Yolo"]()
+        M["randomize_bn"](m, torch.Generator().manual_seed(91))
+        x = np.random.default_rng(93).uniform(0, 1, (2, 3, 64, 64)).astype(np.float32)
+        metas.append(export_torch("yolo_torch_legacy", m, {"images": x}, ["detections"], dynamic_batch=True,
+                                  force_legacy=True))
     return metas
 
 

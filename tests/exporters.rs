@@ -1,4 +1,4 @@
-//! Models from real exporters (torch.onnx.export, spox, onnxscript) with random weights,
+//! Models from real exporters (torch.onnx.export with and without dynamo, spox, onnxscript) with random weights,
 //! committed under `tests/models/<name>/` by `scripts/export_models.py`: `model.onnx`,
 //! `input_<i>.npy`, onnxruntime's `output_<i>.npy` and `meta.json`. Each test compiles the
 //! model with Kiln, pinning every input's shape to that of its `.npy` (several models
@@ -61,8 +61,12 @@ fn load(name: &str) -> Result<Case, String> {
 }
 
 fn check(name: &str) {
+    check_with(name, kiln_tests::run_lib);
+}
+
+fn check_with(name: &str, runner: fn(&Case) -> Result<Vec<kiln_tests::Out>, String>) {
     let case = load(name).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
-    let got = kiln_tests::run_lib(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let got = runner(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
     kiln_tests::compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name}: {e}"));
     // The worst errors, for `--nocapture` runs (compare has checked dtype and shape).
     for (i, ((_, _, bytes), want)) in got.iter().zip(&case.expected).enumerate() {
@@ -92,10 +96,28 @@ exporter_tests!(
     gpt2_torch,
     yolo_torch,
     lstm_speech_torch,
+    bert_torch_legacy,
+    gpt2_torch_legacy,
+    lstm_speech_torch_legacy,
+    yolo_torch_legacy,
     convattn_spox,
     gru_tagger_spox,
     lstm_speech_onnxscript,
 );
+
+/// `kiln run` with `--input-shape` pinning the dynamic dims (batch and sequence) and `.npy`
+/// inputs, int64 token ids included (needs the `kiln` binary: `cargo build -p kiln-cli`).
+mod cli {
+    #[test]
+    fn gpt2_torch_legacy() {
+        super::check_with("gpt2_torch_legacy", kiln_tests::run_cli);
+    }
+
+    #[test]
+    fn bert_torch() {
+        super::check_with("bert_torch", kiln_tests::run_cli);
+    }
+}
 
 /// Every committed model folder has a test above (and the other way round).
 #[test]
@@ -114,6 +136,10 @@ fn every_committed_model_has_a_test() {
         "gpt2_torch",
         "yolo_torch",
         "lstm_speech_torch",
+        "bert_torch_legacy",
+        "gpt2_torch_legacy",
+        "lstm_speech_torch_legacy",
+        "yolo_torch_legacy",
         "convattn_spox",
         "gru_tagger_spox",
         "lstm_speech_onnxscript",
