@@ -287,6 +287,11 @@ fn gen_kernel<'ctx>(g: &Gen<'ctx>, prog: &Program, k: &Kernel, name: &str) -> R<
     let cx = g.cx;
     let fty = cx.void_type().fn_type(&[g.ptr_ty().into(), cx.i64_type().into(), cx.i64_type().into()], false);
     let f = g.m.add_function(name, fty, Some(Linkage::Internal));
+    // Kernels stay functions of their own: inlining thousands of small kernels (an unrolled
+    // recurrent layer) into the entry function makes one huge function that LLVM optimizes
+    // in superlinear time, for no gain (each kernel is a loop nest behind one call).
+    let noinline = cx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"), 0);
+    f.add_attribute(inkwell::attributes::AttributeLoc::Function, noinline);
     let entry = cx.append_basic_block(f, "entry");
     g.b.position_at_end(entry);
     let ctx = f.get_nth_param(0).unwrap().into_pointer_value();
