@@ -15,6 +15,7 @@ use crate::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use crate::{ImportError, ImportOptions, UnsupportedOp};
 
 mod control;
+mod flex;
 
 /// Oldest ONNX IR version accepted.
 pub const MIN_IR_VERSION: i64 = 3;
@@ -222,6 +223,7 @@ impl Importer {
         let name = format!("{}{name}", self.scope);
         let is_default = matches!(node.domain(), "" | "ai.onnx");
         let is_extra = ops::EXTRA_OPS.contains(&(node.domain(), op_type));
+        let is_flex = flex::OPS.contains(&(node.domain(), op_type));
         let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };
         let node_err = |message: String| ImportError::Node {
             node: name.clone(),
@@ -257,7 +259,7 @@ impl Importer {
             }
             return Ok(());
         }
-        if !is_default && !is_extra {
+        if !is_default && !is_extra && !is_flex {
             self.placeholder(node, &name, &inputs, opset, None);
             return Ok(());
         }
@@ -271,8 +273,13 @@ impl Importer {
         let result = if is_extra {
             let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
             ops::import_extra(&mut cx)
-        } else if control::OPS.contains(&op_type) {
-            match self.control(node, &name, opset, &inputs) {
+        } else if is_flex || control::OPS.contains(&op_type) {
+            let r = if is_flex {
+                self.flex_attention(node, &name, opset, &inputs)
+            } else {
+                self.control(node, &name, opset, &inputs)
+            };
+            match r {
                 Ok(Some(outs)) => Ok(outs),
                 Ok(None) => {
                     self.poison(node);

@@ -40,11 +40,11 @@ pub(crate) const MAX_UNROLL: usize = 4096;
 
 /// The control-flow node being imported.
 #[derive(Clone, Copy)]
-struct At<'n> {
-    node: &'n NodeProto,
+pub(super) struct At<'n> {
+    pub(super) node: &'n NodeProto,
     /// The node's HIR name (with its enclosing scopes).
-    name: &'n str,
-    opset: i64,
+    pub(super) name: &'n str,
+    pub(super) opset: i64,
 }
 
 /// The subgraph attribute `name` of a node.
@@ -94,7 +94,7 @@ impl Importer {
     }
 
     /// Adds `op` (single result) through the ordinary emit path (inference, folding).
-    fn emit_at(&mut self, at: At, op: Op, ins: &[ValueId], vname: String) -> OpResult<ValueId> {
+    pub(super) fn emit_at(&mut self, at: At, op: Op, ins: &[ValueId], vname: String) -> OpResult<ValueId> {
         let mut cx = NodeCx::new(&mut self.g, &mut self.ext, at.node, at.name, at.opset, Vec::new());
         cx.emit(op, ins, vname)
     }
@@ -177,7 +177,7 @@ impl Importer {
     /// Imports one instance of subgraph `body` with its formal inputs bound to `args`; its
     /// nodes and values are named under `<node>/<tag>/`. Returns the subgraph's outputs, or
     /// `None` when an op inside is unsupported (it is reported) or an output is poisoned.
-    fn instantiate(
+    pub(super) fn instantiate(
         &mut self,
         body: &GraphProto,
         at: At,
