@@ -78,3 +78,37 @@ fn deform_conv_samples_at_offset_positions() {
         .output("y");
     assert_eq!(folded(m), Data::F32(vec![3.0, 2.0, 7.0, 4.0]));
 }
+
+#[test]
+fn tree_ensemble_sums_leaf_weights_on_each_path() {
+    // One tree: x0 <= 1 → leaf 0 (10, target 0); else x0 ∈ {3, 4} → leaf 1 (20, target 1),
+    // else leaf 2 (40, target 1). Rows 0.5, 3, 7 → [10, 0], [0, 20], [0, 40].
+    let mut modes = t_f32("nodes_modes", &[2], &[]);
+    modes.data_type = Some(kiln_onnx::proto::tensor_proto::DataType::Uint8 as i32);
+    modes.float_data.clear();
+    modes.int32_data = vec![0, 6];
+    let mut n = node(
+        "TreeEnsemble",
+        &["x"],
+        &["y"],
+        vec![
+            a_ints("nodes_featureids", &[0, 0]),
+            a_tensor("nodes_splits", t_f32("nodes_splits", &[2], &[1.0, f32::NAN])),
+            a_tensor("nodes_modes", modes),
+            a_ints("nodes_truenodeids", &[0, 1]),
+            a_ints("nodes_trueleafs", &[1, 1]),
+            a_ints("nodes_falsenodeids", &[1, 2]),
+            a_ints("nodes_falseleafs", &[0, 1]),
+            a_ints("leaf_targetids", &[0, 1, 1]),
+            a_tensor("leaf_weights", t_f32("leaf_weights", &[3], &[10.0, 20.0, 40.0])),
+            a_tensor("membership_values", t_f32("membership_values", &[3], &[3.0, 4.0, f32::NAN])),
+            a_ints("tree_roots", &[0]),
+            a_int("n_targets", 2),
+        ],
+    );
+    n.domain = Some("ai.onnx.ml".into());
+    let mut m = Model::new(21);
+    m.other_opsets.push(("ai.onnx.ml", 5));
+    let m = m.init(t_f32("x", &[3, 1], &[0.5, 3.0, 7.0])).node(n).output("y");
+    assert_eq!(folded(m), Data::F32(vec![10.0, 0.0, 0.0, 20.0, 0.0, 40.0]));
+}

@@ -499,6 +499,7 @@ pub(crate) const EXTRA_OPS: &[(&str, &str)] = &[
     ("ai.onnx.preview.training", "Adam"),
     ("ai.onnx.ml", "Binarizer"),
     ("ai.onnx.ml", "ArrayFeatureExtractor"),
+    ("ai.onnx.ml", "TreeEnsemble"),
 ];
 
 /// Imports a node of one of [`EXTRA_OPS`].
@@ -506,6 +507,7 @@ pub(crate) fn import_extra(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     match (cx.node.domain(), cx.op_type()) {
         ("ai.onnx.ml", "Binarizer") => compose_misc::binarizer(cx),
         ("ai.onnx.ml", "ArrayFeatureExtractor") => compose_misc::array_feature_extractor(cx),
+        ("ai.onnx.ml", "TreeEnsemble") => compose_misc::tree_ensemble(cx),
         ("ai.onnx.preview.training", _) => compose_train::import(cx),
         _ => Err(OpError::Unknown),
     }
