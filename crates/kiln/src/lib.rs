@@ -46,6 +46,18 @@ pub fn read_tensor_proto(bytes: &[u8]) -> Result<kiln_ir::Tensor, ImportError> {
     kiln_onnx::decode_tensor_proto(bytes)
 }
 
+/// The declared kind (tensor, sequence, optional) of each graph input of an ONNX model file.
+pub fn input_kinds(path: impl AsRef<Path>) -> Result<HashMap<String, ValueKind>, ImportError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let m = kiln_onnx::decode_model(bytes.into())?;
+    Ok(m.graph
+        .iter()
+        .flat_map(|g| &g.input)
+        .map(|vi| (vi.name().to_string(), ValueKind::of(vi.r#type.as_ref())))
+        .collect())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
