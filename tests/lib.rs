@@ -158,7 +158,7 @@ pub fn node_case(name: &str, index: &serde_json::Value) -> Result<Case, String> 
 
 impl Case {
     /// Whether compiled-model input `name` is (part of) a sequence or optional input.
-    fn from_value_input(&self, name: &str) -> bool {
+    fn is_value_input_part(&self, name: &str) -> bool {
         self.value_inputs
             .iter()
             .any(|(n, _, _)| name == n || name.strip_prefix(n.as_str()).is_some_and(|r| r.starts_with('[')))
@@ -168,7 +168,7 @@ impl Case {
 fn compile_options(case: &Case) -> CompileOptions {
     let mut o = CompileOptions { verify: true, ..Default::default() };
     for (n, t, _) in &case.inputs {
-        if !case.from_value_input(n) {
+        if !case.is_value_input_part(n) {
             o.input_shapes.insert(n.clone(), t.shape().to_vec());
         }
     }
@@ -247,7 +247,7 @@ pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
     for (n, _, p) in &case.value_inputs {
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
-    for (n, t, p) in case.inputs.iter().filter(|(n, _, _)| !case.from_value_input(n)) {
+    for (n, t, p) in case.inputs.iter().filter(|(n, _, _)| !case.is_value_input_part(n)) {
         let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
         cmd.arg("--input-shape").arg(format!("{n}={}", dims.join("x")));
         cmd.arg("--input").arg(format!("{n}={}", p.display()));

@@ -204,7 +204,7 @@ impl Importer {
                     (ValueKind::Sequence, ValueSpec::Sequence(_)) | (ValueKind::Optional, ValueSpec::Optional(_))
                 );
                 if !fits {
-                    return Err(ImportError::ConstantInput {
+                    return Err(ImportError::ValueInput {
                         input: name.to_string(),
                         reason: format!("the input is {what}, the value given for it is not"),
                     });
@@ -237,7 +237,7 @@ impl Importer {
         let mut extra: Vec<&String> = opts.value_inputs.keys().filter(|n| !structured.contains(n.as_str())).collect();
         extra.sort();
         if let Some(name) = extra.first() {
-            return Err(ImportError::ConstantInput {
+            return Err(ImportError::ValueInput {
                 input: name.to_string(),
                 reason: "a sequence or optional value is given for it, but the model has no such sequence or \
                          optional input"
@@ -285,7 +285,7 @@ impl Importer {
     ) -> Result<Slot, ImportError> {
         let mut tensor = |imp: &mut Self, tname: String, ty: &TensorType| -> Result<ValueId, ImportError> {
             if declared.is_some_and(|d| d != ty.dtype) {
-                return Err(ImportError::ConstantInput {
+                return Err(ImportError::ValueInput {
                     input: name.to_string(),
                     reason: format!(
                         "`{tname}` is given as {ty}, the input's elements are declared {}",
@@ -317,13 +317,13 @@ impl Importer {
                 let dtype = declared.or(tys.first().map(|t| t.dtype)).unwrap_or(DType::F32);
                 let mut elems = Vec::with_capacity(tys.len());
                 for (i, ty) in tys.iter().enumerate() {
+                    elems.push(tensor(self, element_name(name, i), ty)?);
                     if ty.dtype != dtype {
-                        return Err(ImportError::ConstantInput {
+                        return Err(ImportError::ValueInput {
                             input: name.to_string(),
                             reason: format!("its elements have different dtypes ({dtype} and {})", ty.dtype),
                         });
                     }
-                    elems.push(tensor(self, element_name(name, i), ty)?);
                 }
                 Slot::Sequence(elems, dtype)
             }

@@ -186,7 +186,7 @@ fn split_to_sequence(cx: &mut NodeCx, slots: &[Option<Slot>]) -> OpResult<Slot> 
                 }
                 let s = s as usize;
                 let mut sizes = vec![s; dim / s];
-                if dim % s != 0 {
+                if !dim.is_multiple_of(s) {
                     sizes.push(dim % s);
                 }
                 (sizes, false)

@@ -89,7 +89,7 @@ pub(super) fn unique(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
         None => {
             let n = x.numel();
-            (x.reshaped(vec![n].into()), 0)
+            (x.reshaped(vec![n]), 0)
         }
     };
     let shape = x.shape().to_vec();

@@ -44,7 +44,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         _ => return unsupported(format!("{op} is not an optimizer Kiln knows")),
     };
     let (r, t) = (cx.input(0)?, cx.input(1)?);
-    if cx.inputs.len() < 2 + per || (cx.inputs.len() - 2) % per != 0 {
+    if cx.inputs.len() < 2 + per || !(cx.inputs.len() - 2).is_multiple_of(per) {
         return invalid(format!("{op} takes R, T and {per} tensors per optimized tensor"));
     }
     if cx.ty(t).dtype != DType::I64 || cx.ty(r).dtype != DType::F32 {
