@@ -15,6 +15,10 @@
 //!   iterations. Scan outputs are stacked along a new axis 0.
 //! * `Scan`: unrolled over the (static) sequence length, with per-input axes and directions
 //!   and per-output axes and directions (opset 9+); opset 8's batch axis is unrolled too.
+//! * `SequenceMap`: the body is instantiated once per element of the input sequences.
+//! * Subgraph inputs and outputs, loop-carried values and `If` results may be sequences and
+//!   optionals (see `sequence`); a run-time `If` selects them element by element when both
+//!   branches give the same structure (sequence lengths, optional presence).
 //!
 //! A trip count or condition computed at run time is a `NeedsConstant` error naming the graph
 //! inputs it comes from (freezing them makes the loop static).
@@ -40,11 +44,11 @@ pub(crate) const MAX_UNROLL: usize = 4096;
 
 /// The control-flow node being imported.
 #[derive(Clone, Copy)]
-pub(super) struct At<'n> {
-    pub node: &'n NodeProto,
+struct At<'n> {
+    node: &'n NodeProto,
     /// The node's HIR name (with its enclosing scopes).
-    pub name: &'n str,
-    pub opset: i64,
+    name: &'n str,
+    opset: i64,
 }
 
 /// The subgraph attribute `name` of a node.
@@ -125,13 +129,13 @@ impl Importer {
     }
 
     /// Adds `op` (single result) through the ordinary emit path (inference, folding).
-    pub(super) fn emit_at(&mut self, at: At, op: Op, ins: &[ValueId], vname: String) -> OpResult<ValueId> {
+    fn emit_at(&mut self, at: At, op: Op, ins: &[ValueId], vname: String) -> OpResult<ValueId> {
         let mut cx = NodeCx::new(&mut self.g, &mut self.ext, at.node, at.name, at.opset, Vec::new());
         cx.emit(op, ins, vname)
     }
 
     /// `x` with `shape` (a view), or `x` itself when it has it already.
-    pub(super) fn reshape_at(&mut self, at: At, x: ValueId, shape: Vec<usize>, vname: String) -> OpResult<ValueId> {
+    fn reshape_at(&mut self, at: At, x: ValueId, shape: Vec<usize>, vname: String) -> OpResult<ValueId> {
         if self.g.ty(x).shape == shape {
             return Ok(x);
         }
@@ -153,7 +157,7 @@ impl Importer {
     }
 
     /// `vals` (one type) stacked along a new axis `axis`.
-    pub(super) fn stack(&mut self, at: At, vals: &[ValueId], axis: usize, vname: String) -> OpResult<ValueId> {
+    fn stack(&mut self, at: At, vals: &[ValueId], axis: usize, vname: String) -> OpResult<ValueId> {
         let mut parts = Vec::with_capacity(vals.len());
         for (i, &v) in vals.iter().enumerate() {
             let mut shape = self.g.ty(v).shape.clone();
@@ -179,7 +183,7 @@ impl Importer {
 
     /// A `NeedsConstant` error for value `v` (input `index` of the node, or what stands for
     /// it), naming the graph inputs it is computed from.
-    pub(super) fn needs_constant(&self, at: At, index: usize, v: ValueId, role: String) -> OpError {
+    fn needs_constant(&self, at: At, index: usize, v: ValueId, role: String) -> OpError {
         let mut seen = HashSet::new();
         let mut stack = vec![v];
         let mut names = Vec::new();
