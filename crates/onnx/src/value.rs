@@ -123,9 +123,14 @@ pub fn element_name(name: &str, i: usize) -> String {
 pub fn decode_value(bytes: &[u8], kind: ValueKind) -> Result<OnnxValue, ImportError> {
     match kind {
         ValueKind::Tensor => Ok(OnnxValue::Tensor(crate::decode_tensor_proto(bytes)?)),
-        ValueKind::Sequence => sequence(&SequenceProto::decode(bytes)?),
-        ValueKind::Optional => optional(&OptionalProto::decode(bytes)?),
+        ValueKind::Sequence => sequence(&SequenceProto::decode(bytes).map_err(|e| not_a("sequence", e))?),
+        ValueKind::Optional => optional(&OptionalProto::decode(bytes).map_err(|e| not_a("optional", e))?),
     }
+}
+
+fn not_a(kind: &str, e: prost::DecodeError) -> ImportError {
+    let proto = if kind == "sequence" { "SequenceProto" } else { "OptionalProto" };
+    ImportError::Tensor { tensor: format!("<{kind} file>"), message: format!("not a valid {proto}: {e}") }
 }
 
 fn tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
