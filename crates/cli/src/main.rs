@@ -1,6 +1,7 @@
 //! `kiln`: the command-line compiler.
 //!
-//! * `kiln compile MODEL.onnx -o OUT.kiln [--target cpu] [--input-shape NAME=DIMS]... [--emit hir|lir|llvm|asm]`
+//! * `kiln compile MODEL.onnx -o OUT.kiln [--target cpu] [--input-shape NAME=DIMS]... [--input-value NAME=FILE.pb]...
+//!   [--emit hir|lir|llvm|asm]`
 //! * `kiln run MODEL [--input-shape NAME=DIMS]... --input NAME=FILE... --output-dir DIR`
 //! * `kiln inspect MODEL [--input-shape ...] [--after PASS] [--memory] [--emit ...]`
 //! * `kiln bench MODEL [--input-shape ...] [--input NAME=FILE]... [--threads N] [--iters N]`
@@ -35,6 +36,11 @@ struct ShapeArgs {
     /// that gives a Reshape's target shape (repeatable).
     #[arg(long = "freeze-input", value_name = "NAME=FILE")]
     freeze_input: Vec<String>,
+    /// Compile a sequence or optional input for the value in FILE (an ONNX SequenceProto or
+    /// OptionalProto .pb): its length and element types and shapes, or whether it is present.
+    /// The compiled model takes its elements as inputs `NAME[0]`, `NAME[1]`, … (repeatable).
+    #[arg(long = "input-value", value_name = "NAME=FILE")]
+    input_value: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -97,8 +103,12 @@ enum Cmd {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn options(shapes: &ShapeArgs, target: &str) -> Res<CompileOptions> {
+fn options(shapes: &ShapeArgs, target: &str, model: &Path) -> Res<CompileOptions> {
     let mut o = CompileOptions::default();
+    let values = parse_inputs(&shapes.input_value)?;
+    if !values.is_empty() {
+        o.value_inputs = structured_inputs(model, &values, true)?.specs;
+    }
     o.set_target(target)?;
     for s in &shapes.input_shape {
         let (name, dims) = kiln::parse_input_shape(s)?;
@@ -127,16 +137,15 @@ fn session(
 ) -> Res<Session> {
     let so = SessionOptions { threads };
     if !is_onnx(model) {
-        if !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() {
-            return Err(
-                "--input-shape and --freeze-input apply to .onnx models; a .kiln artifact is fixed at compile time"
-                    .into(),
-            );
+        if !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() || !shapes.input_value.is_empty() {
+            return Err("--input-shape, --freeze-input and --input-value apply to .onnx models; a .kiln artifact is \
+                        fixed at compile time"
+                .into());
         }
         return Ok(Session::load_with(model, &so)?);
     }
-    let mut opts = options(shapes, "cpu")?;
-    opts.value_inputs = structured.specs.clone();
+    let mut opts = options(shapes, "cpu", model)?;
+    opts.value_inputs.extend(structured.specs.clone());
     loop {
         match Compiler::new(opts.clone()).compile_path(model) {
             Ok(art) => return Ok(Session::from_bytes(&art.bytes, &so)?),
@@ -189,10 +198,12 @@ struct Structured {
     tensors: HashMap<String, (kiln::ir::Tensor, PathBuf)>,
 }
 
-fn structured_inputs(model: &Path, files: &HashMap<String, PathBuf>) -> Res<Structured> {
+/// `all`: every file names a sequence or optional input (`--input-value`); otherwise files
+/// naming tensor inputs are skipped (and the model is only read when a .pb is among them).
+fn structured_inputs(model: &Path, files: &HashMap<String, PathBuf>, all: bool) -> Res<Structured> {
     let mut out = Structured::default();
     let any_pb = files.values().any(|p| p.extension().is_some_and(|e| e == "pb"));
-    if !is_onnx(model) || !any_pb {
+    if !is_onnx(model) || !(any_pb || all) {
         return Ok(out);
     }
     let kinds = kiln::input_kinds(model)?;
@@ -201,6 +212,12 @@ fn structured_inputs(model: &Path, files: &HashMap<String, PathBuf>) -> Res<Stru
     for name in names {
         let kind = kinds.get(name).copied().unwrap_or(kiln::ValueKind::Tensor);
         if kind == kiln::ValueKind::Tensor {
+            if all {
+                return Err(format!(
+                    "--input-value `{name}`: the model has no sequence or optional input of that name"
+                )
+                .into());
+            }
             continue;
         }
         let p = &files[name];
@@ -264,7 +281,7 @@ fn sanitize(name: &str) -> String {
 
 fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, threads: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
-    let structured = structured_inputs(model, &files)?;
+    let structured = structured_inputs(model, &files, false)?;
     let s = session(model, shapes, threads, &files, &structured)?;
     let ins = gather_inputs(&s, &files, &structured, &frozen_names(&s, &files), false)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
@@ -293,7 +310,7 @@ fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, thre
 
 fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize, iters: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
-    let structured = structured_inputs(model, &files)?;
+    let structured = structured_inputs(model, &files, false)?;
     let s = session(model, shapes, threads, &files, &structured)?;
     let ins = gather_inputs(&s, &files, &structured, &frozen_names(&s, &files), true)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
@@ -317,7 +334,7 @@ fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize
 }
 
 fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bool, emit: &str) -> Res<()> {
-    let c = Compiler::new(options(shapes, "cpu")?);
+    let c = Compiler::new(options(shapes, "cpu", model)?);
     if memory {
         let mut g = c.import_path(model)?;
         c.optimize(&mut g, None)?;
@@ -338,7 +355,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
         Cmd::Compile { model, output, target, shapes, emit } => (|| -> Res<()> {
-            let c = Compiler::new(options(shapes, target)?);
+            let c = Compiler::new(options(shapes, target, model)?);
             if let Some(e) = emit {
                 print!("{}", c.emit(model, e, None)?);
                 return Ok(());

@@ -195,8 +195,8 @@ impl Importer {
                 let Some(spec) = opts.value_inputs.get(name) else {
                     return Err(ImportError::Unsupported(format!(
                         "input `{name}` is {what}: its element types and shapes (or whether it is present) must be \
-                         given at compile time (ImportOptions::value_inputs; `kiln run` reads them from the .pb \
-                         file it is given)"
+                         given at compile time (ImportOptions::value_inputs; `--input-value {name}=FILE.pb` on \
+                         the command line, which `kiln run` implies for a .pb input)"
                     )));
                 };
                 let fits = matches!(
