@@ -126,3 +126,38 @@ fn resnet50_memory_ratio() {
     println!("{}", stdout(&o));
     assert!(ratio <= 1.05, "memory_ratio={ratio}");
 }
+
+/// A sequence input is read from a `SequenceProto` .pb (its length and element shapes are
+/// compiled in); a sequence output is one .npy per element, `NAME[i]`, listed in order.
+#[test]
+fn run_reads_sequence_inputs_and_writes_one_npy_per_element() {
+    let case = kiln_tests::data_root().join("node/test_sequence_insert_at_front");
+    let data = case.join("test_data_set_0");
+    let d = tempfile::tempdir().unwrap();
+    let input = |name: &str, i: usize| format!("{name}={}", data.join(format!("input_{i}.pb")).display());
+    kiln(&[
+        "run",
+        case.join("model.onnx").to_str().unwrap(),
+        "--input",
+        &input("sequence", 0),
+        "--input",
+        &input("tensor", 1),
+        "--input",
+        &input("position", 2),
+        "--output-dir",
+        d.path().to_str().unwrap(),
+    ]);
+    let listing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("outputs.json")).unwrap()).unwrap();
+    let outs = listing["outputs"].as_array().unwrap();
+    let names: Vec<&str> = outs.iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["output_sequence[0]", "output_sequence[1]", "output_sequence[2]", "output_sequence[3]"]);
+    assert_eq!(outs[0]["file"], "output_sequence_0_.npy");
+    // Inserted at position 0: the first element is the tensor input.
+    let tensor = kiln::read_tensor_proto(&std::fs::read(data.join("input_1.pb")).unwrap()).unwrap();
+    let first: Vec<i64> = npyz::NpyFile::new(&std::fs::read(d.path().join("output_sequence_0_.npy")).unwrap()[..])
+        .unwrap()
+        .into_vec()
+        .unwrap();
+    assert_eq!(first, tensor.to_i64_vec());
+}

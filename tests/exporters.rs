@@ -57,7 +57,15 @@ fn load(name: &str) -> Result<Case, String> {
     for o in meta["outputs"].as_array().ok_or("meta.json: no outputs")? {
         expected.push(read_npy(&dir.join(o["file"].as_str().ok_or("meta.json: output without file")?))?);
     }
-    Ok(Case { name: name.to_string(), model: dir.join("model.onnx"), inputs, expected, rtol: RTOL, atol: ATOL })
+    Ok(Case {
+        name: name.to_string(),
+        model: dir.join("model.onnx"),
+        inputs,
+        value_inputs: Vec::new(),
+        expected,
+        rtol: RTOL,
+        atol: ATOL,
+    })
 }
 
 fn check(name: &str) {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::{CompileOptions, Compiler, Session, SessionOptions, TensorRef};
+use kiln::{CompileOptions, Compiler, OnnxValue, Session, SessionOptions, TensorRef, ValueKind, ValueSpec};
 use kiln_ir::{Data, Tensor};
 
 /// The ops issue #2 covers: a node test is in scope when its graph uses only these.
@@ -90,17 +90,23 @@ pub fn index() -> serde_json::Value {
 pub struct Case {
     pub name: String,
     pub model: PathBuf,
+    /// The inputs as the compiled model takes them (a sequence input flattened into its
+    /// elements `<name>[i]`), each with the file it comes from.
     pub inputs: Vec<(String, Tensor, PathBuf)>,
+    /// The sequence and optional inputs: name, what they hold, file.
+    pub value_inputs: Vec<(String, ValueSpec, PathBuf)>,
+    /// The expected outputs as the compiled model gives them (sequences flattened).
     pub expected: Vec<Tensor>,
     pub rtol: f64,
     pub atol: f64,
 }
 
-fn read_pb(p: &Path) -> Result<Tensor, String> {
+/// Reads a `TensorProto`, `SequenceProto` or `OptionalProto` file, as `kind` says.
+fn read_pb(p: &Path, kind: ValueKind) -> Result<OnnxValue, String> {
     // Name the file by its last components only, so messages do not depend on the checkout.
     let short: PathBuf = p.components().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect();
     let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", short.display()))?;
-    kiln::read_tensor_proto(&bytes).map_err(|e| format!("{}: {e}", short.display()))
+    kiln::decode_value(&bytes, kind).map_err(|e| format!("{}: {e}", short.display()))
 }
 
 /// Loads `<dir>/model.onnx` and `<dir>/test_data_set_0/{input,output}_<i>.pb`.
@@ -110,13 +116,22 @@ pub fn load_case(dir: &Path, rtol: f64, atol: f64) -> Result<Case, String> {
     let m = kiln_onnx::decode_model(bytes.into()).map_err(|e| e.to_string())?;
     let graph = m.graph.ok_or("model has no graph")?;
     let inits: std::collections::HashSet<String> = graph.initializer.iter().filter_map(|t| t.name.clone()).collect();
-    let names: Vec<String> =
-        graph.input.iter().filter_map(|i| i.name.clone()).filter(|n| !n.is_empty() && !inits.contains(n)).collect();
+    let names: Vec<(String, ValueKind)> = graph
+        .input
+        .iter()
+        .filter(|i| !i.name().is_empty() && !inits.contains(i.name()))
+        .map(|i| (i.name().to_string(), ValueKind::of(i.r#type.as_ref())))
+        .collect();
     let data = dir.join("test_data_set_0");
     let mut inputs = Vec::new();
-    for (i, n) in names.iter().enumerate() {
+    let mut value_inputs = Vec::new();
+    for (i, (n, kind)) in names.iter().enumerate() {
         let p = data.join(format!("input_{i}.pb"));
-        inputs.push((n.clone(), read_pb(&p)?, p));
+        let v = read_pb(&p, *kind)?;
+        if *kind != ValueKind::Tensor {
+            value_inputs.push((n.clone(), v.spec(), p.clone()));
+        }
+        inputs.extend(v.flatten(n).into_iter().map(|(n, t)| (n, t, p.clone())));
     }
     let mut expected = Vec::new();
     for i in 0.. {
@@ -124,10 +139,11 @@ pub fn load_case(dir: &Path, rtol: f64, atol: f64) -> Result<Case, String> {
         if !p.exists() {
             break;
         }
-        expected.push(read_pb(&p)?);
+        let kind = ValueKind::of(graph.output.get(i).and_then(|o| o.r#type.as_ref()));
+        expected.extend(read_pb(&p, kind)?.flatten("").into_iter().map(|(_, t)| t));
     }
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    Ok(Case { name, model, inputs, expected, rtol, atol })
+    Ok(Case { name, model, inputs, value_inputs, expected, rtol, atol })
 }
 
 /// A node test by name, with its tolerance from the index.
@@ -140,10 +156,24 @@ pub fn node_case(name: &str, index: &serde_json::Value) -> Result<Case, String> 
     )
 }
 
+impl Case {
+    /// Whether compiled-model input `name` is (part of) a sequence or optional input.
+    fn is_value_input_part(&self, name: &str) -> bool {
+        self.value_inputs
+            .iter()
+            .any(|(n, _, _)| name == n || name.strip_prefix(n.as_str()).is_some_and(|r| r.starts_with('[')))
+    }
+}
+
 fn compile_options(case: &Case) -> CompileOptions {
     let mut o = CompileOptions { verify: true, ..Default::default() };
     for (n, t, _) in &case.inputs {
-        o.input_shapes.insert(n.clone(), t.shape().to_vec());
+        if !case.is_value_input_part(n) {
+            o.input_shapes.insert(n.clone(), t.shape().to_vec());
+        }
+    }
+    for (n, spec, _) in &case.value_inputs {
+        o.value_inputs.insert(n.clone(), spec.clone());
     }
     o
 }
@@ -214,7 +244,10 @@ pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(kiln_bin());
     cmd.arg("run").arg(&case.model).arg("--output-dir").arg(dir.path());
-    for (n, t, p) in &case.inputs {
+    for (n, _, p) in &case.value_inputs {
+        cmd.arg("--input").arg(format!("{n}={}", p.display()));
+    }
+    for (n, t, p) in case.inputs.iter().filter(|(n, _, _)| !case.is_value_input_part(n)) {
         let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
         cmd.arg("--input-shape").arg(format!("{n}={}", dims.join("x")));
         cmd.arg("--input").arg(format!("{n}={}", p.display()));

@@ -1,6 +1,7 @@
 //! `kiln`: the command-line compiler.
 //!
-//! * `kiln compile MODEL.onnx -o OUT.kiln [--target cpu] [--input-shape NAME=DIMS]... [--emit hir|lir|llvm|asm]`
+//! * `kiln compile MODEL.onnx -o OUT.kiln [--target cpu] [--input-shape NAME=DIMS]... [--input-value NAME=FILE.pb]...
+//!   [--emit hir|lir|llvm|asm]`
 //! * `kiln run MODEL [--input-shape NAME=DIMS]... --input NAME=FILE... --output-dir DIR`
 //! * `kiln inspect MODEL [--input-shape ...] [--after PASS] [--memory] [--emit ...]`
 //! * `kiln bench MODEL [--input-shape ...] [--input NAME=FILE]... [--threads N] [--iters N]`
@@ -35,6 +36,11 @@ struct ShapeArgs {
     /// that gives a Reshape's target shape (repeatable).
     #[arg(long = "freeze-input", value_name = "NAME=FILE")]
     freeze_input: Vec<String>,
+    /// Compile a sequence or optional input for the value in FILE (an ONNX SequenceProto or
+    /// OptionalProto .pb): its length and element types and shapes, or whether it is present.
+    /// The compiled model takes its elements as inputs `NAME[0]`, `NAME[1]`, … (repeatable).
+    #[arg(long = "input-value", value_name = "NAME=FILE")]
+    input_value: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -57,7 +63,9 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         shapes: ShapeArgs,
-        /// An input, `NAME=FILE` with FILE a .npy or an ONNX TensorProto .pb (repeatable).
+        /// An input, `NAME=FILE` with FILE a .npy or an ONNX TensorProto .pb; a sequence or
+        /// optional input of an .onnx model takes a SequenceProto / OptionalProto .pb
+        /// (repeatable). A sequence output is written as one .npy per element (`NAME[i]`).
         #[arg(long = "input", value_name = "NAME=FILE")]
         inputs: Vec<String>,
         #[arg(long = "output-dir")]
@@ -95,8 +103,12 @@ enum Cmd {
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn options(shapes: &ShapeArgs, target: &str) -> Res<CompileOptions> {
+fn options(shapes: &ShapeArgs, target: &str, model: &Path) -> Res<CompileOptions> {
     let mut o = CompileOptions::default();
+    let values = parse_inputs(&shapes.input_value)?;
+    if !values.is_empty() {
+        o.value_inputs = structured_inputs(model, &values, true)?.specs;
+    }
     o.set_target(target)?;
     for s in &shapes.input_shape {
         let (name, dims) = kiln::parse_input_shape(s)?;
@@ -116,30 +128,46 @@ fn is_onnx(p: &Path) -> bool {
 /// Loads a `.kiln` file, or compiles an `.onnx` file in memory. For `.onnx`, inputs that
 /// must be static (a Reshape's shape given as a graph input) and whose value is among
 /// `given` are frozen to that value, as `--freeze-input` would.
-fn session(model: &Path, shapes: &ShapeArgs, threads: usize, given: &HashMap<String, PathBuf>) -> Res<Session> {
+fn session(
+    model: &Path,
+    shapes: &ShapeArgs,
+    threads: usize,
+    given: &HashMap<String, PathBuf>,
+    structured: &Structured,
+) -> Res<Session> {
     let so = SessionOptions { threads };
     if !is_onnx(model) {
-        if !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() {
-            return Err(
-                "--input-shape and --freeze-input apply to .onnx models; a .kiln artifact is fixed at compile time"
-                    .into(),
-            );
+        if !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() || !shapes.input_value.is_empty() {
+            return Err("--input-shape, --freeze-input and --input-value apply to .onnx models; a .kiln artifact is \
+                        fixed at compile time"
+                .into());
         }
         return Ok(Session::load_with(model, &so)?);
     }
-    let mut opts = options(shapes, "cpu")?;
+    let mut opts = options(shapes, "cpu", model)?;
+    opts.value_inputs.extend(structured.specs.clone());
     loop {
         match Compiler::new(opts.clone()).compile_path(model) {
             Ok(art) => return Ok(Session::from_bytes(&art.bytes, &so)?),
             Err(e) => {
                 let need: Vec<&String> =
                     e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).collect();
-                if need.is_empty() || !need.iter().all(|n| given.contains_key(*n)) {
+                let known = |n: &String| given.contains_key(n) || structured.tensors.contains_key(n);
+                if need.is_empty() || !need.iter().all(|n| known(n)) {
                     return Err(e.into());
                 }
                 for n in need {
-                    let p = &given[n];
-                    let t = tensors::read_ir(p).map_err(|err| format!("input `{n}` from {}: {err}", p.display()))?;
+                    let (t, p) = match structured.tensors.get(n) {
+                        Some((t, p)) => (t.clone(), p),
+                        None => {
+                            let p = &given[n];
+                            (
+                                tensors::read_ir(p)
+                                    .map_err(|err| format!("input `{n}` from {}: {err}", p.display()))?,
+                                p,
+                            )
+                        }
+                    };
                     eprintln!(
                         "note: input `{n}` sets a static shape; compiling with its value from {} frozen in",
                         p.display()
@@ -162,24 +190,82 @@ fn parse_inputs(specs: &[String]) -> Res<HashMap<String, PathBuf>> {
     Ok(m)
 }
 
+/// The sequence and optional inputs of an `.onnx` model among the given files: what each
+/// holds (compiled in), and the tensors the compiled model takes for them (`NAME[i]`).
+#[derive(Default)]
+struct Structured {
+    specs: HashMap<String, kiln::ValueSpec>,
+    tensors: HashMap<String, (kiln::ir::Tensor, PathBuf)>,
+}
+
+/// `all`: every file names a sequence or optional input (`--input-value`); otherwise files
+/// naming tensor inputs are skipped (and the model is only read when a .pb is among them).
+fn structured_inputs(model: &Path, files: &HashMap<String, PathBuf>, all: bool) -> Res<Structured> {
+    let mut out = Structured::default();
+    let any_pb = files.values().any(|p| p.extension().is_some_and(|e| e == "pb"));
+    if !is_onnx(model) || !(any_pb || all) {
+        return Ok(out);
+    }
+    let kinds = kiln::input_kinds(model)?;
+    let mut names: Vec<&String> = files.keys().collect();
+    names.sort();
+    for name in names {
+        let kind = kinds.get(name).copied().unwrap_or(kiln::ValueKind::Tensor);
+        if kind == kiln::ValueKind::Tensor {
+            if all {
+                return Err(format!(
+                    "--input-value `{name}`: the model has no sequence or optional input of that name"
+                )
+                .into());
+            }
+            continue;
+        }
+        let p = &files[name];
+        let what = if kind == kiln::ValueKind::Sequence { "SequenceProto" } else { "OptionalProto" };
+        if p.extension().is_none_or(|e| e != "pb") {
+            return Err(format!(
+                "input `{name}` from {}: the input is a sequence or optional; give it as an ONNX {what} .pb file",
+                p.display()
+            )
+            .into());
+        }
+        let bytes = std::fs::read(p).map_err(|e| format!("input `{name}` from {}: {e}", p.display()))?;
+        let v = kiln::decode_value(&bytes, kind)
+            .map_err(|e| format!("input `{name}` from {} (an ONNX {what}): {e}", p.display()))?;
+        for (n, t) in v.flatten(name) {
+            out.tensors.insert(n, (t, p.clone()));
+        }
+        out.specs.insert(name.clone(), v.spec());
+    }
+    Ok(out)
+}
+
 /// The session's inputs in order, read from the given files (or random where `random`).
 fn gather_inputs(
     s: &Session,
     files: &HashMap<String, PathBuf>,
+    structured: &Structured,
     frozen: &[String],
     random: bool,
 ) -> Res<Vec<HostTensor>> {
     let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
-    if let Some(extra) = files.keys().find(|k| !known.contains(&k.as_str()) && !frozen.contains(k)) {
+    if let Some(extra) =
+        files.keys().find(|k| !known.contains(&k.as_str()) && !frozen.contains(k) && !structured.specs.contains_key(*k))
+    {
         return Err(format!("--input `{extra}`: the model has no such input (inputs: {})", known.join(", ")).into());
     }
     s.inputs()
         .iter()
         .enumerate()
-        .map(|(i, spec)| match files.get(&spec.name) {
-            Some(p) => tensors::read(p).map_err(|e| format!("input `{}` from {}: {e}", spec.name, p.display()).into()),
-            None if random => Ok(tensors::random(spec, i as u64)),
-            None => Err(format!("missing input `{}` (give it with --input {}=FILE.npy)", spec.name, spec.name).into()),
+        .map(|(i, spec)| match (structured.tensors.get(&spec.name), files.get(&spec.name)) {
+            (Some((t, _)), _) => Ok(tensors::host(t)),
+            (None, Some(p)) => {
+                tensors::read(p).map_err(|e| format!("input `{}` from {}: {e}", spec.name, p.display()).into())
+            }
+            (None, None) if random => Ok(tensors::random(spec, i as u64)),
+            (None, None) => {
+                Err(format!("missing input `{}` (give it with --input {}=FILE.npy)", spec.name, spec.name).into())
+            }
         })
         .collect()
 }
@@ -195,8 +281,9 @@ fn sanitize(name: &str) -> String {
 
 fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, threads: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
-    let s = session(model, shapes, threads, &files)?;
-    let ins = gather_inputs(&s, &files, &frozen_names(&s, &files), false)?;
+    let structured = structured_inputs(model, &files, false)?;
+    let s = session(model, shapes, threads, &files, &structured)?;
+    let ins = gather_inputs(&s, &files, &structured, &frozen_names(&s, &files), false)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     let outs = s.run(&refs)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -223,8 +310,9 @@ fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, thre
 
 fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize, iters: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
-    let s = session(model, shapes, threads, &files)?;
-    let ins = gather_inputs(&s, &files, &frozen_names(&s, &files), true)?;
+    let structured = structured_inputs(model, &files, false)?;
+    let s = session(model, shapes, threads, &files, &structured)?;
+    let ins = gather_inputs(&s, &files, &structured, &frozen_names(&s, &files), true)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     let warm = Instant::now();
     while warm.elapsed().as_millis() < 300 {
@@ -246,7 +334,7 @@ fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize
 }
 
 fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bool, emit: &str) -> Res<()> {
-    let c = Compiler::new(options(shapes, "cpu")?);
+    let c = Compiler::new(options(shapes, "cpu", model)?);
     if memory {
         let mut g = c.import_path(model)?;
         c.optimize(&mut g, None)?;
@@ -267,7 +355,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
         Cmd::Compile { model, output, target, shapes, emit } => (|| -> Res<()> {
-            let c = Compiler::new(options(shapes, target)?);
+            let c = Compiler::new(options(shapes, target, model)?);
             if let Some(e) = emit {
                 print!("{}", c.emit(model, e, None)?);
                 return Ok(());

@@ -20,6 +20,11 @@ impl HostTensor {
     }
 }
 
+/// A tensor already read (an element of a sequence input).
+pub fn host(t: &kiln::ir::Tensor) -> HostTensor {
+    from_ir(t)
+}
+
 fn from_ir(t: &kiln::ir::Tensor) -> HostTensor {
     HostTensor { dtype: t.dtype().code(), shape: t.shape().to_vec(), data: t.data.to_vec() }
 }

@@ -19,7 +19,9 @@ pub use kiln_abi::manifest::TensorSpec;
 pub use kiln_abi::DTypeCode;
 pub use kiln_backend_cpu::{CpuTarget, Emit};
 pub use kiln_ir as ir;
-pub use kiln_onnx::{parse_input_shape, ImportError, ImportOptions};
+pub use kiln_onnx::{
+    decode_value, element_name, parse_input_shape, ImportError, ImportOptions, OnnxValue, ValueKind, ValueSpec,
+};
 pub use kiln_passes::memory::MemoryReport;
 pub use kiln_passes::{pass_names, PassError};
 pub use kiln_runtime::{RuntimeError, Session, SessionOptions, Tensor, TensorRef};
@@ -42,6 +44,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// Decodes an ONNX `TensorProto` file (the conformance suite's `input_0.pb`).
 pub fn read_tensor_proto(bytes: &[u8]) -> Result<kiln_ir::Tensor, ImportError> {
     kiln_onnx::decode_tensor_proto(bytes)
+}
+
+/// The declared kind (tensor, sequence, optional) of each graph input of an ONNX model file.
+pub fn input_kinds(path: impl AsRef<Path>) -> Result<HashMap<String, ValueKind>, ImportError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let m = kiln_onnx::decode_model(bytes.into())?;
+    Ok(m.graph
+        .iter()
+        .flat_map(|g| &g.input)
+        .map(|vi| (vi.name().to_string(), ValueKind::of(vi.r#type.as_ref())))
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +97,9 @@ pub struct CompileOptions {
     /// compiled model no longer takes them. This is how shape-like inputs (a Reshape's
     /// target shape given as a graph input) become static.
     pub frozen_inputs: HashMap<String, kiln_ir::Tensor>,
+    /// What each sequence or optional graph input holds (element types and shapes, or
+    /// whether it is present): the compiled model takes it as tensors `<name>[0]`, … .
+    pub value_inputs: HashMap<String, ValueSpec>,
 }
 
 impl Default for CompileOptions {
@@ -92,6 +109,7 @@ impl Default for CompileOptions {
             target: CpuTarget::host(),
             verify: false,
             frozen_inputs: HashMap::new(),
+            value_inputs: HashMap::new(),
         }
     }
 }
@@ -129,7 +147,7 @@ impl Compiler {
         // A frozen input is a constant: its value fixes its shape, so a pin for it is moot.
         let mut input_shapes = self.opts.input_shapes.clone();
         input_shapes.retain(|name, _| !self.opts.frozen_inputs.contains_key(name));
-        ImportOptions { input_shapes }
+        ImportOptions { input_shapes, value_inputs: self.opts.value_inputs.clone() }
     }
 
     /// Imports an ONNX file into HIR.

@@ -115,6 +115,11 @@ pub enum ImportError {
     #[error("constant for input `{input}`: {reason}")]
     ConstantInput { input: String, reason: String },
 
+    /// A sequence or optional input's [`crate::ValueSpec`] that does not fit the input (see
+    /// [`crate::ImportOptions::value_inputs`]).
+    #[error("value given for input `{input}`: {reason}")]
+    ValueInput { input: String, reason: String },
+
     /// Every op of the model that could not be imported, in model order.
     #[error("{}", fmt_unsupported(.0))]
     UnsupportedOps(Vec<UnsupportedOp>),

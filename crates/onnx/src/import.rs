@@ -8,14 +8,16 @@ use kiln_ir::{fmt_shape, DType, Graph, Op, Tensor, TensorType, ValueId};
 use prost::Message;
 
 use crate::data::{checked_numel, decode_tensor, dtype_of, map_file, ExternalStore};
-use crate::ops::{self, NodeCx, OpError};
+use crate::ops::{self, NodeCx, OpError, OpResult};
 use crate::proto::tensor_shape_proto::dimension::Value as DimValue;
 use crate::proto::type_proto::Value as TypeValue;
 use crate::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
+use crate::value::{declared_elem_dtype, element_name, ValueKind, ValueSpec};
 use crate::{ImportError, ImportOptions, UnsupportedOp};
 
 mod control;
 mod flex;
+mod sequence;
 
 /// Oldest ONNX IR version accepted.
 pub const MIN_IR_VERSION: i64 = 3;
@@ -110,11 +112,28 @@ fn import_inner(
 }
 
 /// What an ONNX value name refers to.
-#[derive(Clone, Copy)]
+#[derive(Clone, Debug)]
 enum Slot {
     Value(ValueId),
+    /// A sequence: a list of tensor values known at compile time (its length is static, its
+    /// elements are ordinary HIR values), and its element dtype.
+    Sequence(Vec<ValueId>, DType),
+    /// An optional, present or absent at compile time.
+    Optional(Option<Box<Slot>>),
     /// Produced by (or downstream of) an unsupported op: untyped, never consumed.
     Poisoned,
+}
+
+impl Slot {
+    /// What the slot is, for messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Slot::Value(_) => "a tensor",
+            Slot::Sequence(..) => "a sequence",
+            Slot::Optional(_) => "an optional",
+            Slot::Poisoned => "an unsupported op's output",
+        }
+    }
 }
 
 struct Importer {
@@ -164,10 +183,37 @@ impl Importer {
         constants: &HashMap<String, Tensor>,
     ) -> Result<(), ImportError> {
         let mut runtime = HashSet::new();
-        let mut bound = HashSet::new();
+        let mut bound: HashSet<String> = HashSet::new();
+        let mut structured = HashSet::new();
         for vi in &graph.input {
             let name = vi.name();
             if self.env.contains_key(name) {
+                continue;
+            }
+            let kind = ValueKind::of(vi.r#type.as_ref());
+            if kind != ValueKind::Tensor {
+                let what = if kind == ValueKind::Sequence { "a sequence" } else { "an optional" };
+                let Some(spec) = opts.value_inputs.get(name) else {
+                    return Err(ImportError::Unsupported(format!(
+                        "input `{name}` is {what}: its element types and shapes (or whether it is present) must be \
+                         given at compile time (ImportOptions::value_inputs; `--input-value {name}=FILE.pb` on \
+                         the command line, which `kiln run` implies for a .pb input)"
+                    )));
+                };
+                let fits = matches!(
+                    (kind, spec),
+                    (ValueKind::Sequence, ValueSpec::Sequence(_)) | (ValueKind::Optional, ValueSpec::Optional(_))
+                );
+                if !fits {
+                    return Err(ImportError::ValueInput {
+                        input: name.to_string(),
+                        reason: format!("the input is {what}, the value given for it is not"),
+                    });
+                }
+                let declared = vi.r#type.as_ref().and_then(declared_elem_dtype);
+                let slot = self.value_input(name, spec, declared, constants, &mut bound)?;
+                self.env.insert(name.to_string(), slot);
+                structured.insert(name);
                 continue;
             }
             if let Some(t) = constants.get(name) {
@@ -181,13 +227,23 @@ impl Importer {
                 }
                 let v = self.g.add_const(name, t.clone());
                 self.env.insert(name.to_string(), Slot::Value(v));
-                bound.insert(name);
+                bound.insert(name.to_string());
                 continue;
             }
             let ty = input_type(vi, opts.input_shapes.get(name))?;
             let v = self.g.add_input(name, ty);
             self.env.insert(name.to_string(), Slot::Value(v));
             runtime.insert(name);
+        }
+        let mut extra: Vec<&String> = opts.value_inputs.keys().filter(|n| !structured.contains(n.as_str())).collect();
+        extra.sort();
+        if let Some(name) = extra.first() {
+            return Err(ImportError::ValueInput {
+                input: name.to_string(),
+                reason: "a sequence or optional value is given for it, but the model has no such sequence or \
+                         optional input"
+                    .into(),
+            });
         }
         let mut unbound: Vec<&String> = constants.keys().filter(|n| !bound.contains(n.as_str())).collect();
         unbound.sort();
@@ -217,6 +273,68 @@ impl Importer {
         Ok(())
     }
 
+    /// A sequence or optional graph input, as `spec` gives it: each tensor in it becomes a
+    /// runtime input (named as [`crate::ValueSpec`] says), or a constant where `constants`
+    /// binds that name.
+    fn value_input(
+        &mut self,
+        name: &str,
+        spec: &ValueSpec,
+        declared: Option<DType>,
+        constants: &HashMap<String, Tensor>,
+        bound: &mut HashSet<String>,
+    ) -> Result<Slot, ImportError> {
+        let mut tensor = |imp: &mut Self, tname: String, ty: &TensorType| -> Result<ValueId, ImportError> {
+            if declared.is_some_and(|d| d != ty.dtype) {
+                return Err(ImportError::ValueInput {
+                    input: name.to_string(),
+                    reason: format!(
+                        "`{tname}` is given as {ty}, the input's elements are declared {}",
+                        declared.unwrap()
+                    ),
+                });
+            }
+            if checked_numel(&ty.shape).is_none() {
+                return Err(ImportError::Tensor {
+                    tensor: tname,
+                    message: format!("input shape {:?} has more than 2^40 elements", ty.shape),
+                });
+            }
+            if let Some(t) = constants.get(&tname) {
+                if t.ty != *ty {
+                    return Err(ImportError::ConstantInput {
+                        input: tname,
+                        reason: format!("the value has type {}, the input is given as {ty}", t.ty),
+                    });
+                }
+                bound.insert(tname.clone());
+                return Ok(imp.g.add_const(&tname, t.clone()));
+            }
+            Ok(imp.g.add_input(&tname, ty.clone()))
+        };
+        Ok(match spec {
+            ValueSpec::Tensor(ty) => Slot::Value(tensor(self, name.to_string(), ty)?),
+            ValueSpec::Sequence(tys) => {
+                let dtype = declared.or(tys.first().map(|t| t.dtype)).unwrap_or(DType::F32);
+                let mut elems = Vec::with_capacity(tys.len());
+                for (i, ty) in tys.iter().enumerate() {
+                    elems.push(tensor(self, element_name(name, i), ty)?);
+                    if ty.dtype != dtype {
+                        return Err(ImportError::ValueInput {
+                            input: name.to_string(),
+                            reason: format!("its elements have different dtypes ({dtype} and {})", ty.dtype),
+                        });
+                    }
+                }
+                Slot::Sequence(elems, dtype)
+            }
+            ValueSpec::Optional(None) => Slot::Optional(None),
+            ValueSpec::Optional(Some(inner)) => {
+                Slot::Optional(Some(Box::new(self.value_input(name, inner, declared, constants, bound)?)))
+            }
+        })
+    }
+
     fn node(&mut self, idx: usize, node: &NodeProto) -> Result<(), ImportError> {
         let op_type = node.op_type();
         let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
@@ -232,16 +350,16 @@ impl Importer {
             message,
         };
 
-        let mut inputs = Vec::with_capacity(node.input.len());
+        let mut slots = Vec::with_capacity(node.input.len());
         let mut poisoned = false;
         for (i, iname) in node.input.iter().enumerate() {
             if iname.is_empty() {
-                inputs.push(None);
+                slots.push(None);
                 continue;
             }
             match self.env.get(iname) {
-                Some(Slot::Value(v)) => inputs.push(Some(*v)),
                 Some(Slot::Poisoned) => poisoned = true,
+                Some(s) => slots.push(Some(s.clone())),
                 None => {
                     return Err(node_err(format!(
                         "input {i} `{iname}` is not a graph input, an initializer or an earlier node's output"
@@ -249,10 +367,19 @@ impl Importer {
                 }
             }
         }
+        let inputs: Vec<Option<ValueId>> =
+            slots.iter().map(|s| if let Some(Slot::Value(v)) = s { Some(*v) } else { None }).collect();
+        let structured = slots.iter().enumerate().find_map(|(i, s)| match s {
+            Some(s @ (Slot::Sequence(..) | Slot::Optional(_))) => Some((i, s.kind())),
+            _ => None,
+        });
         if poisoned {
             // Downstream of an unsupported op nothing can be typed: a known op is skipped (the
             // op upstream is reported), an unknown one is reported too.
-            if !is_default || !(ops::KNOWN_OPS.contains(&op_type) || control::OPS.contains(&op_type)) {
+            let known = ops::KNOWN_OPS.contains(&op_type)
+                || control::OPS.contains(&op_type)
+                || sequence::OPS.contains(&op_type);
+            if !is_default || !known {
                 self.placeholder(node, &name, &inputs, opset, None);
             } else {
                 self.poison(node);
@@ -270,14 +397,16 @@ impl Importer {
             )));
         };
 
+        let values = |r: OpResult<Vec<ValueId>>| r.map(|vs| vs.into_iter().map(Slot::Value).collect::<Vec<_>>());
         let result = if is_extra {
             let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
-            ops::import_extra(&mut cx)
+            values(ops::import_extra(&mut cx))
         } else if is_flex || control::OPS.contains(&op_type) {
             let r = if is_flex {
                 self.flex_attention(node, &name, opset, &inputs)
+                    .map(|o| o.map(|vs| vs.into_iter().map(Slot::Value).collect()))
             } else {
-                self.control(node, &name, opset, &inputs)
+                self.control(node, &name, opset, &slots)
             };
             match r {
                 Ok(Some(outs)) => Ok(outs),
@@ -287,9 +416,13 @@ impl Importer {
                 }
                 Err(e) => Err(e),
             }
+        } else if sequence::OPS.contains(&op_type) || (op_type == "Identity" && structured.is_some()) {
+            self.sequence_op(node, &name, opset, &slots)
+        } else if let Some((i, kind)) = structured {
+            return Err(node_err(format!("input {i} `{}` is {kind}; {op_type} takes tensors", node.input[i])));
         } else {
             let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
-            ops::import(&mut cx)
+            values(ops::import(&mut cx))
         };
         match result {
             Ok(outs) => {
@@ -297,10 +430,10 @@ impl Importer {
                     if oname.is_empty() {
                         continue;
                     }
-                    let Some(&v) = outs.get(k) else {
+                    let Some(v) = outs.get(k) else {
                         return Err(node_err(format!("output {k} `{oname}` is not produced")));
                     };
-                    self.env.insert(oname.clone(), Slot::Value(v));
+                    self.env.insert(oname.clone(), v.clone());
                 }
                 Ok(())
             }
@@ -355,33 +488,50 @@ impl Importer {
 
     /// Graph outputs, each a value named as the ONNX output (a named copy where the value
     /// carries another name: an input, an aliased value, or an output listed twice).
+    /// A sequence output is flattened into its elements (`<name>[i]`), an optional one into
+    /// nothing (absent) or its value.
     fn outputs(&mut self, graph: &GraphProto) -> Result<(), ImportError> {
         let mut used = HashSet::new();
         for vi in &graph.output {
             let name = vi.name();
-            let v = match self.env.get(name) {
-                Some(Slot::Value(v)) => *v,
-                Some(Slot::Poisoned) => continue,
-                None => {
-                    return Err(ImportError::InvalidGraph(format!(
-                        "graph output `{name}` is not produced by any node, initializer or input"
-                    )))
-                }
+            let Some(slot) = self.env.get(name).cloned() else {
+                return Err(ImportError::InvalidGraph(format!(
+                    "graph output `{name}` is not produced by any node, initializer or input"
+                )));
             };
-            let v = if self.g.value(v).name == name && used.insert(v) {
-                v
-            } else if let Some(t) = self.g.const_of(v) {
-                let t = t.clone();
-                self.g.add_const(name, t)
-            } else {
-                let outs = self
-                    .g
-                    .add_node(Op::Identity, &[v], format!("{name}/output"), &[name.to_string()])
-                    .map_err(|e| ImportError::InvalidGraph(e.to_string()))?;
-                outs[0]
-            };
-            self.g.outputs.push(v);
+            self.output_slot(name, &slot, &mut used)?;
         }
+        Ok(())
+    }
+
+    fn output_slot(&mut self, name: &str, slot: &Slot, used: &mut HashSet<ValueId>) -> Result<(), ImportError> {
+        match slot {
+            Slot::Value(v) => self.output_value(name, *v, used),
+            Slot::Sequence(elems, _) => {
+                for (i, &v) in elems.iter().enumerate() {
+                    self.output_value(&element_name(name, i), v, used)?;
+                }
+                Ok(())
+            }
+            Slot::Optional(None) | Slot::Poisoned => Ok(()),
+            Slot::Optional(Some(inner)) => self.output_slot(name, inner, used),
+        }
+    }
+
+    fn output_value(&mut self, name: &str, v: ValueId, used: &mut HashSet<ValueId>) -> Result<(), ImportError> {
+        let v = if self.g.value(v).name == name && used.insert(v) {
+            v
+        } else if let Some(t) = self.g.const_of(v) {
+            let t = t.clone();
+            self.g.add_const(name, t)
+        } else {
+            let outs = self
+                .g
+                .add_node(Op::Identity, &[v], format!("{name}/output"), &[name.to_string()])
+                .map_err(|e| ImportError::InvalidGraph(e.to_string()))?;
+            outs[0]
+        };
+        self.g.outputs.push(v);
         Ok(())
     }
 }

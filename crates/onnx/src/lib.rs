@@ -48,3 +48,6 @@ pub use options::{parse_input_shape, ImportOptions};
 
 mod tensor_file;
 pub use tensor_file::decode_tensor_proto;
+
+mod value;
+pub use value::{decode_value, element_name, OnnxValue, ValueKind, ValueSpec};

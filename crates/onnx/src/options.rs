@@ -10,6 +10,10 @@ pub struct ImportOptions {
     /// Shapes that pin graph inputs with symbolic or unknown dims, by input name. A pinned
     /// shape must agree with the input's static dims and name an existing runtime input.
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// What each sequence or optional graph input holds (its element types and shapes, or
+    /// whether it is present), by input name: the compiled model takes such an input as
+    /// tensors `<name>[0]`, `<name>[1]`, … (see [`crate::ValueSpec`]).
+    pub value_inputs: HashMap<String, crate::ValueSpec>,
 }
 
 impl ImportOptions {

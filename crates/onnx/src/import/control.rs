@@ -15,6 +15,10 @@
 //!   iterations. Scan outputs are stacked along a new axis 0.
 //! * `Scan`: unrolled over the (static) sequence length, with per-input axes and directions
 //!   and per-output axes and directions (opset 9+); opset 8's batch axis is unrolled too.
+//! * `SequenceMap`: the body is instantiated once per element of the input sequences.
+//! * Subgraph inputs and outputs, loop-carried values and `If` results may be sequences and
+//!   optionals (see `sequence`); a run-time `If` selects them element by element when both
+//!   branches give the same structure (sequence lengths, optional presence).
 //!
 //! A trip count or condition computed at run time is a `NeedsConstant` error naming the graph
 //! inputs it comes from (freezing them makes the loop static).
@@ -32,7 +36,7 @@ use crate::proto::{GraphProto, NodeProto};
 use crate::ImportError;
 
 /// The op types imported here (by the importer itself: they need its name scopes).
-pub(super) const OPS: &[&str] = &["If", "Loop", "Scan"];
+pub(super) const OPS: &[&str] = &["If", "Loop", "Scan", "SequenceMap"];
 
 /// Most iterations a `Loop` or `Scan` is unrolled to (and most batch entries of an opset-8
 /// `Scan`).
@@ -59,9 +63,37 @@ fn graph_attr<'n>(node: &'n NodeProto, name: &str) -> OpResult<&'n GraphProto> {
 }
 
 /// Each input, required.
-fn required(inputs: &[Option<ValueId>], from: usize) -> OpResult<Vec<ValueId>> {
+fn required(inputs: &[Option<Slot>], from: usize) -> OpResult<Vec<Slot>> {
     (from..inputs.len())
-        .map(|i| inputs[i].ok_or_else(|| OpError::Invalid(format!("required input {i} is missing"))))
+        .map(|i| inputs[i].clone().ok_or_else(|| OpError::Invalid(format!("required input {i} is missing"))))
+        .collect()
+}
+
+/// Each input, required, each a tensor.
+fn required_tensors(inputs: &[Option<Slot>], from: usize) -> OpResult<Vec<ValueId>> {
+    (from..inputs.len())
+        .map(|i| tensor_input(inputs, i)?.ok_or_else(|| OpError::Invalid(format!("required input {i} is missing"))))
+        .collect()
+}
+
+/// Input `i` if present, which must be a tensor.
+fn tensor_input(inputs: &[Option<Slot>], i: usize) -> OpResult<Option<ValueId>> {
+    match inputs.get(i) {
+        None | Some(None) => Ok(None),
+        Some(Some(Slot::Value(v))) => Ok(Some(*v)),
+        Some(Some(s)) => invalid(format!("input {i} is {}, expected a tensor", s.kind())),
+    }
+}
+
+/// Slots that must all be tensors (outputs of a subgraph).
+fn tensors_of(slots: &[Slot], what: &str) -> OpResult<Vec<ValueId>> {
+    slots
+        .iter()
+        .enumerate()
+        .map(|(k, s)| match s {
+            Slot::Value(v) => Ok(*v),
+            s => invalid(format!("{what} {k} is {}, expected a tensor", s.kind())),
+        })
         .collect()
 }
 
@@ -81,14 +113,17 @@ impl Importer {
         node: &NodeProto,
         name: &str,
         opset: i64,
-        inputs: &[Option<ValueId>],
-    ) -> OpResult<Option<Vec<ValueId>>> {
+        inputs: &[Option<Slot>],
+    ) -> OpResult<Option<Vec<Slot>>> {
         let at = At { node, name, opset };
+        let values =
+            |r: OpResult<Option<Vec<ValueId>>>| r.map(|o| o.map(|vs| vs.into_iter().map(Slot::Value).collect()));
         match node.op_type() {
             "If" => self.import_if(at, inputs),
             "Loop" => self.import_loop(at, inputs),
-            "Scan" if opset < 9 => self.import_scan8(at, inputs),
-            "Scan" => self.import_scan(at, inputs),
+            "Scan" if opset < 9 => values(self.import_scan8(at, inputs)),
+            "Scan" => values(self.import_scan(at, inputs)),
+            "SequenceMap" => self.import_sequence_map(at, inputs),
             _ => Err(OpError::Unknown),
         }
     }
@@ -182,8 +217,8 @@ impl Importer {
         body: &GraphProto,
         at: At,
         tag: &str,
-        args: &[ValueId],
-    ) -> OpResult<Option<Vec<ValueId>>> {
+        args: &[Slot],
+    ) -> OpResult<Option<Vec<Slot>>> {
         let gname = body.name();
         if body.input.len() != args.len() {
             return invalid(format!(
@@ -208,7 +243,7 @@ impl Importer {
             .chain(body.node.iter().flat_map(|n| n.output.iter().map(String::as_str)));
         for n in defined {
             if !n.is_empty() && seen.insert(n) {
-                saved.push((n.to_string(), self.env.get(n).copied()));
+                saved.push((n.to_string(), self.env.get(n).cloned()));
             }
         }
         let outer_scope = std::mem::replace(&mut self.scope, scope.clone());
@@ -238,22 +273,24 @@ impl Importer {
         Ok(outs)
     }
 
-    fn instantiate_inner(&mut self, body: &GraphProto, args: &[ValueId]) -> OpResult<Option<Vec<ValueId>>> {
+    fn instantiate_inner(&mut self, body: &GraphProto, args: &[Slot]) -> OpResult<Option<Vec<Slot>>> {
         let gname = body.name();
-        for (vi, &a) in body.input.iter().zip(args) {
+        for (vi, a) in body.input.iter().zip(args) {
             let declared = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
                 Some(TypeValue::TensorType(t)) if t.elem_type() != 0 => dtype_of(t.elem_type()).ok(),
                 _ => None,
             };
-            let have = self.g.ty(a).dtype;
-            if declared.is_some_and(|d| d != have) {
-                return invalid(format!(
-                    "subgraph `{gname}` input `{}` is declared {}, the node gives it {have}",
-                    vi.name(),
-                    declared.unwrap_or(have)
-                ));
+            if let Slot::Value(v) = a {
+                let have = self.g.ty(*v).dtype;
+                if declared.is_some_and(|d| d != have) {
+                    return invalid(format!(
+                        "subgraph `{gname}` input `{}` is declared {}, the node gives it {have}",
+                        vi.name(),
+                        declared.unwrap_or(have)
+                    ));
+                }
             }
-            self.env.insert(vi.name().to_string(), Slot::Value(a));
+            self.env.insert(vi.name().to_string(), a.clone());
         }
         for t in &body.initializer {
             let c = decode_tensor(t, t.name(), &mut self.ext)?;
@@ -266,8 +303,8 @@ impl Importer {
         let mut outs = Vec::with_capacity(body.output.len());
         for vi in &body.output {
             match self.env.get(vi.name()) {
-                Some(Slot::Value(v)) => outs.push(*v),
                 Some(Slot::Poisoned) => return Ok(None),
+                Some(s) => outs.push(s.clone()),
                 None => {
                     return invalid(format!(
                         "subgraph `{gname}` output `{}` is not produced by any of its nodes, initializers or \
@@ -288,9 +325,8 @@ impl Importer {
         Ok(())
     }
 
-    fn import_if(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
-        let cond =
-            inputs.first().copied().flatten().ok_or_else(|| OpError::Invalid("the condition is missing".into()))?;
+    fn import_if(&mut self, at: At, inputs: &[Option<Slot>]) -> OpResult<Option<Vec<Slot>>> {
+        let cond = tensor_input(inputs, 0)?.ok_or_else(|| OpError::Invalid("the condition is missing".into()))?;
         let then_g = graph_attr(at.node, "then_branch")?;
         let else_g = graph_attr(at.node, "else_branch")?;
         let cty = self.g.ty(cond).clone();
@@ -317,32 +353,83 @@ impl Importer {
         Self::check_outputs(at, "then branch", a.len())?;
         let c = self.reshape_at(at, cond, Vec::new(), format!("{}/cond", at.name))?;
         let mut outs = Vec::with_capacity(a.len());
-        for (k, (&x, &y)) in a.iter().zip(&b).enumerate() {
-            if x == y {
-                outs.push(x);
-                continue;
-            }
-            let (tx, ty) = (self.g.ty(x).clone(), self.g.ty(y).clone());
-            if tx != ty {
-                return Err(self.needs_constant(
-                    at,
-                    0,
-                    cond,
-                    format!(
-                        "the condition: its branches give output {k} different types (then {tx}, else {ty}), \
-                         so it cannot be selected at run time"
-                    ),
-                ));
-            }
-            outs.push(self.emit_at(at, Op::Where, &[c, x, y], Self::out_name(at, k))?);
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            outs.push(self.select(at, cond, c, x, y, k, Self::out_name(at, k))?);
         }
         Ok(Some(outs))
     }
 
-    fn import_loop(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
+    /// `x` where the run-time condition `c` holds, else `y`: a `Where` per tensor, through
+    /// sequences (of one length) and optionals (both present or both absent).
+    #[allow(clippy::too_many_arguments)]
+    fn select(
+        &mut self,
+        at: At,
+        cond: ValueId,
+        c: ValueId,
+        x: &Slot,
+        y: &Slot,
+        k: usize,
+        vname: String,
+    ) -> OpResult<Slot> {
+        let differ = |imp: &Self, what: String| {
+            Err(imp.needs_constant(
+                at,
+                0,
+                cond,
+                format!("the condition: its branches give output {k} {what}, so it cannot be selected at run time"),
+            ))
+        };
+        match (x, y) {
+            (Slot::Value(x), Slot::Value(y)) => {
+                if x == y {
+                    return Ok(Slot::Value(*x));
+                }
+                let (tx, ty) = (self.g.ty(*x).clone(), self.g.ty(*y).clone());
+                if tx != ty {
+                    return differ(self, format!("different types (then {tx}, else {ty})"));
+                }
+                Ok(Slot::Value(self.emit_at(at, Op::Where, &[c, *x, *y], vname)?))
+            }
+            (Slot::Sequence(xs, dx), Slot::Sequence(ys, dy)) => {
+                if xs.len() != ys.len() || dx != dy {
+                    return differ(
+                        self,
+                        format!(
+                            "sequences of different lengths or dtypes (then {} × {dx}, else {} × {dy})",
+                            xs.len(),
+                            ys.len()
+                        ),
+                    );
+                }
+                let mut elems = Vec::with_capacity(xs.len());
+                for (i, (&ex, &ey)) in xs.iter().zip(ys).enumerate() {
+                    match self.select(at, cond, c, &Slot::Value(ex), &Slot::Value(ey), k, format!("{vname}[{i}]"))? {
+                        Slot::Value(v) => elems.push(v),
+                        _ => unreachable!("a select of tensors is a tensor"),
+                    }
+                }
+                Ok(Slot::Sequence(elems, *dx))
+            }
+            (Slot::Optional(None), Slot::Optional(None)) => Ok(Slot::Optional(None)),
+            (Slot::Optional(Some(x)), Slot::Optional(Some(y))) => {
+                Ok(Slot::Optional(Some(Box::new(self.select(at, cond, c, x, y, k, vname)?))))
+            }
+            (x, y) => {
+                let what = |s: &Slot| match s {
+                    Slot::Optional(None) => "an absent optional",
+                    Slot::Optional(Some(_)) => "a present optional",
+                    s => s.kind(),
+                };
+                differ(self, format!("different kinds of value (then {}, else {})", what(x), what(y)))
+            }
+        }
+    }
+
+    fn import_loop(&mut self, at: At, inputs: &[Option<Slot>]) -> OpResult<Option<Vec<Slot>>> {
         let body = graph_attr(at.node, "body")?;
-        let m = inputs.first().copied().flatten();
-        let cond = inputs.get(1).copied().flatten();
+        let m = tensor_input(inputs, 0)?;
+        let cond = tensor_input(inputs, 1)?;
         let carried = required(inputs, 2.min(inputs.len()))?;
         let n = carried.len();
         if body.input.len() != 2 + n {
@@ -395,18 +482,22 @@ impl Importer {
             }
             let iv = self.g.add_const(format!("{}/it{i}/iteration", at.name), Tensor::i64(Vec::new(), vec![i as i64]));
             let cv = self.g.add_const(format!("{}/it{i}/condition", at.name), Tensor::bool(Vec::new(), vec![true]));
-            let mut args = vec![iv, cv];
-            args.extend(&state);
+            let mut args = vec![Slot::Value(iv), Slot::Value(cv)];
+            args.extend(state.iter().cloned());
             let Some(outs) = self.instantiate(body, at, &format!("it{i}"), &args)? else {
                 return Ok(None);
             };
-            go = match self.g.const_of(outs[0]) {
+            let Slot::Value(c_out) = &outs[0] else {
+                return invalid(format!("the body's condition output is {}, expected a tensor", outs[0].kind()));
+            };
+            let c_out = *c_out;
+            go = match self.g.const_of(c_out) {
                 Some(t) => const_bool(t, "the body's condition output")?,
                 None => {
                     return Err(self.needs_constant(
                         at,
                         1,
-                        outs[0],
+                        c_out,
                         format!(
                             "loop condition, computed by the body in iteration {i}: a loop whose termination \
                              depends on data cannot be unrolled"
@@ -415,8 +506,9 @@ impl Importer {
                 }
             };
             state = outs[1..1 + n].to_vec();
-            for (j, s) in scans.iter_mut().enumerate() {
-                s.push(outs[1 + n + j]);
+            let scanned = tensors_of(&outs[1 + n..], "scan output")?;
+            for (s, v) in scans.iter_mut().zip(scanned) {
+                s.push(v);
             }
             i += 1;
         }
@@ -427,14 +519,69 @@ impl Importer {
                     "scan output {j} of a loop that runs no iteration (an empty tensor) is not supported"
                 ));
             }
-            results.push(self.stack(at, s, 0, Self::out_name(at, n + j))?);
+            results.push(Slot::Value(self.stack(at, s, 0, Self::out_name(at, n + j))?));
         }
         Ok(Some(results))
     }
 
-    fn import_scan(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
+    /// `SequenceMap`: the body instantiated once per position of the input sequences (each
+    /// sequence input gives its element there, each tensor input is passed whole); each body
+    /// output collects into an output sequence.
+    fn import_sequence_map(&mut self, at: At, inputs: &[Option<Slot>]) -> OpResult<Option<Vec<Slot>>> {
         let body = graph_attr(at.node, "body")?;
         let all = required(inputs, 0)?;
+        let len = match all.first() {
+            Some(Slot::Sequence(e, _)) => e.len(),
+            Some(s) => return invalid(format!("input 0 is {}, expected a sequence", s.kind())),
+            None => return invalid("input 0 (a sequence) is missing"),
+        };
+        for (i, s) in all.iter().enumerate() {
+            match s {
+                Slot::Sequence(e, _) if e.len() != len => {
+                    return invalid(format!("input {i} is a sequence of {} elements, input 0 has {len}", e.len()))
+                }
+                Slot::Sequence(..) | Slot::Value(_) => {}
+                s => return invalid(format!("input {i} is {}, expected a sequence or a tensor", s.kind())),
+            }
+        }
+        if body.input.len() != all.len() {
+            return invalid(format!("the body declares {} inputs, the node gives {}", body.input.len(), all.len()));
+        }
+        if len > MAX_UNROLL {
+            return unsupported(format!("a sequence of {len} elements: SequenceMap is unrolled, at most {MAX_UNROLL}"));
+        }
+        let k = body.output.len();
+        Self::check_outputs(at, "body", k)?;
+        let mut outs: Vec<Vec<ValueId>> = vec![Vec::new(); k];
+        for t in 0..len {
+            let args: Vec<Slot> = all
+                .iter()
+                .map(|s| match s {
+                    Slot::Sequence(e, _) => Slot::Value(e[t]),
+                    s => s.clone(),
+                })
+                .collect();
+            let Some(o) = self.instantiate(body, at, &format!("it{t}"), &args)? else {
+                return Ok(None);
+            };
+            for (acc, v) in outs.iter_mut().zip(tensors_of(&o, "body output")?) {
+                acc.push(v);
+            }
+        }
+        let mut results = Vec::with_capacity(k);
+        for (elems, vi) in outs.into_iter().zip(&body.output) {
+            let dtype = match elems.first() {
+                Some(&v) => self.g.ty(v).dtype,
+                None => vi.r#type.as_ref().and_then(crate::value::declared_elem_dtype).unwrap_or(DType::F32),
+            };
+            results.push(Slot::Sequence(elems, dtype));
+        }
+        Ok(Some(results))
+    }
+
+    fn import_scan(&mut self, at: At, inputs: &[Option<Slot>]) -> OpResult<Option<Vec<ValueId>>> {
+        let body = graph_attr(at.node, "body")?;
+        let all = required_tensors(inputs, 0)?;
         let attrs = crate::attrs::Attrs::new(&at.node.attribute);
         let m = attrs.int("num_scan_inputs")?.ok_or_else(|| OpError::Invalid("num_scan_inputs is missing".into()))?;
         if m < 1 || m as usize > all.len() {
@@ -538,18 +685,25 @@ impl Importer {
         let mut state = states.to_vec();
         let mut outs: Vec<Vec<ValueId>> = vec![Vec::new(); body.output.len() - n];
         for t in 0..len {
-            let mut args = state.clone();
+            let mut args: Vec<Slot> = state.iter().map(|&v| Slot::Value(v)).collect();
             for (i, &x) in xs.iter().enumerate() {
                 let idx = match spec.in_dirs[i] {
                     0 => t,
                     1 => len - 1 - t,
                     d => return invalid(format!("scan_input_directions entry {d} is not 0 or 1")),
                 };
-                args.push(self.take(at, x, spec.in_axes[i], idx, format!("{}/{tag}it{t}/in{i}", at.name))?);
+                args.push(Slot::Value(self.take(
+                    at,
+                    x,
+                    spec.in_axes[i],
+                    idx,
+                    format!("{}/{tag}it{t}/in{i}", at.name),
+                )?));
             }
             let Some(o) = self.instantiate(body, at, &format!("{tag}it{t}"), &args)? else {
                 return Ok(None);
             };
+            let o = tensors_of(&o, "body output")?;
             state = o[..n].to_vec();
             for (j, s) in outs.iter_mut().enumerate() {
                 s.push(o[n + j]);
@@ -560,10 +714,10 @@ impl Importer {
 
     /// Scan-8: inputs `sequence_lens` (optional), states, scan inputs, all with a batch axis 0
     /// and the sequence on axis 1. Unrolled over the batch, then over the sequence.
-    fn import_scan8(&mut self, at: At, inputs: &[Option<ValueId>]) -> OpResult<Option<Vec<ValueId>>> {
+    fn import_scan8(&mut self, at: At, inputs: &[Option<Slot>]) -> OpResult<Option<Vec<ValueId>>> {
         let body = graph_attr(at.node, "body")?;
         let attrs = crate::attrs::Attrs::new(&at.node.attribute);
-        let all = required(inputs, 1.min(inputs.len()))?;
+        let all = required_tensors(inputs, 1.min(inputs.len()))?;
         let m = attrs.int("num_scan_inputs")?.ok_or_else(|| OpError::Invalid("num_scan_inputs is missing".into()))?;
         if m < 1 || m as usize > all.len() {
             return invalid(format!("num_scan_inputs {m} is out of range for {} inputs", all.len()));
@@ -602,7 +756,7 @@ impl Importer {
         }
         let batch = batch.unwrap_or(0);
         let seq = self.g.ty(all[n]).shape[1];
-        if let Some(lens) = inputs.first().copied().flatten() {
+        if let Some(lens) = tensor_input(inputs, 0)? {
             let Some(t) = self.g.const_of(lens) else {
                 return Err(self.needs_constant(at, 0, lens, "sequence lengths".into()));
             };

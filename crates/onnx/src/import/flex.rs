@@ -9,7 +9,7 @@
 use kiln_ir::{BinaryOp, DType, Op, ValueId};
 
 use super::control::At;
-use super::Importer;
+use super::{Importer, Slot};
 use crate::data::dtype_of;
 use crate::ops::{invalid, unsupported, OpResult};
 use crate::proto::NodeProto;
@@ -85,8 +85,9 @@ impl Importer {
         let mut scores = self.emit_at(at, Op::Binary(BinaryOp::Mul), &[qk, sc], n("scores"))?;
         scores = round(self, scores, "scores")?;
         if let Some(g) = attr("score_mod").and_then(|a| a.g.as_ref()) {
-            match self.instantiate(g, at, "score_mod", &[scores])? {
-                Some(o) if o.len() == 1 => scores = o[0],
+            match self.instantiate(g, at, "score_mod", &[Slot::Value(scores)])?.as_deref() {
+                Some([Slot::Value(v)]) => scores = *v,
+                Some([_]) => return invalid("score_mod must give a tensor"),
                 Some(o) => return invalid(format!("score_mod gives {} outputs, expected 1", o.len())),
                 None => return Ok(None),
             }
@@ -94,8 +95,9 @@ impl Importer {
         let mut probs = self.emit_at(at, Op::Softmax { axis: 3 }, &[scores], n("probs"))?;
         probs = round(self, probs, "probs")?;
         if let Some(g) = attr("prob_mod").and_then(|a| a.g.as_ref()) {
-            match self.instantiate(g, at, "prob_mod", &[probs])? {
-                Some(o) if o.len() == 1 => probs = o[0],
+            match self.instantiate(g, at, "prob_mod", &[Slot::Value(probs)])?.as_deref() {
+                Some([Slot::Value(v)]) => probs = *v,
+                Some([_]) => return invalid("prob_mod must give a tensor"),
                 Some(o) => return invalid(format!("prob_mod gives {} outputs, expected 1", o.len())),
                 None => return Ok(None),
             }
