@@ -12,11 +12,14 @@
 //! * blocking over K (`KC`), M (`MC`) and N (`NC`): a task of the parallel loop is one
 //!   `MC×NC` block of C of one batch element; inside it, for each `KC` slice and each
 //!   `NR`-wide column panel, the `KC×NR` panel of B is packed contiguously (zero padded past
-//!   N) into a stack buffer and reused by every `MR`-row tile of the block;
+//!   N) into a stack buffer and reused by every `MR`-row tile of the block; a constant B is
+//!   packed once at compile time instead ([`prepack`], into the weight section);
 //! * small M (`M ≤ 16`, the batch-1 case) with B contiguous along N reads B in place
 //!   (no packing) for the full-width panels;
-//! * edge tiles: one micro-kernel per row count `1..=MR` (a switch on the rows left), and
-//!   columns past N go through a small stack tile so that nothing outside C is touched;
+//! * edge tiles: one micro-kernel per row count `1..=MR` (a switch on the rows left; short
+//!   tiles keep up to 4 accumulator sets over interleaved k to hide the FMA latency, which
+//!   is what a GEMV needs), and columns past N go through a small stack tile so that nothing
+//!   outside C is touched;
 //! * the finalizer runs over each tile of C right after its last `KC` slice, while it is hot.
 //!
 //! Block sizes (the analytical BLIS model, for a 32 KiB L1d and at least 512 KiB of L2):
@@ -30,8 +33,9 @@ use inkwell::types::VectorType;
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 
-use kiln_ir::lir::{Combine, Expr, Kernel, Scalar};
+use kiln_ir::lir::{BufferKind, Combine, Expr, Instr, Kernel, Program, Scalar, View};
 use kiln_ir::DType;
+use kiln_ir::{Data, Tensor};
 
 use crate::codegen::{llvm_err, Gen, R};
 use crate::expr::Env;
@@ -99,8 +103,20 @@ pub(crate) struct Gemm {
     pub c_m: i64,
     pub c_n: i64,
     pub bl: Blocking,
-    /// Read B in place for full-width panels (small M, B contiguous along N).
-    pub direct: bool,
+    pub bsrc: BSource,
+}
+
+/// Where the micro-kernel reads its `KC×NR` panels of B from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BSource {
+    /// Packed at run time into a stack buffer, per task.
+    Pack,
+    /// Read in place for full-width panels (small M, B contiguous along N); the last,
+    /// narrower panel is packed.
+    InPlace,
+    /// Packed at compile time ([`prepack`]): panel `j` of B starts at element `j·K·NR` of
+    /// its view, rows `NR` apart, zero padded past N.
+    Prepacked,
 }
 
 impl Gemm {
@@ -147,6 +163,102 @@ fn affine(k: &Kernel, operand: usize, index: &[Expr]) -> Option<(i64, Vec<i64>)>
     Some((off, coef))
 }
 
+/// The index a prepacked B is loaded with: batch variables (stride 0), then
+/// `[n / NR, k, n % NR]` over a `[⌈N/NR⌉, K, NR]` panel layout.
+fn prepacked_index(nb: usize, nr: usize) -> Vec<Expr> {
+    let (dn, dk) = (nb + 1, nb + 2);
+    let mut ix: Vec<Expr> = (0..nb).map(Expr::Var).collect();
+    ix.push(Expr::div(Expr::Var(dn), Expr::i64(nr as i64)));
+    ix.push(Expr::Var(dk));
+    ix.push(Expr::bin(kiln_ir::BinaryOp::Mod { fmod: false }, Expr::Var(dn), Expr::i64(nr as i64)));
+    ix
+}
+
+/// A load of B in the compile-time panel layout ([`prepack`]) for this `NR`: its operand and
+/// element offset.
+fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, i64)> {
+    let Expr::Load { operand, index, pad: None } = e else { return None };
+    let v = &k.inputs[*operand];
+    let nb = k.n_par - 2;
+    let (n, kk) = (k.domain[nb + 1], k.domain[nb + 2]);
+    let ok = v.dtype == DType::F32
+        && *index == prepacked_index(nb, nr)
+        && v.strides[..nb].iter().all(|&s| s == 0)
+        && v.strides[nb..] == [(kk * nr) as i64, nr as i64, 1]
+        && v.extents[nb..] == [n.div_ceil(nr), kk, nr];
+    ok.then_some((*operand, v.offset))
+}
+
+/// Packs, at compile time, the constant B of every matrix product that would pack it at run
+/// time: B becomes a constant in `NR`-wide panels (`[⌈N/NR⌉, K, NR]`, zero padded past N)
+/// and the kernel loads it through that layout (still a valid compute definition, which
+/// [`match_gemm`] recognizes). A constant used only there is replaced in place, so the
+/// weight section holds one copy. Returns the number of kernels changed.
+pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
+    let bl = Blocking::for_features(&target.features);
+    let nr = bl.nr;
+    let mut changed = 0;
+    for i in 0..p.instrs.len() {
+        let Instr::Kernel(k) = &p.instrs[i] else { continue };
+        let Some(gm) = match_gemm(k, bl) else { continue };
+        if gm.bsrc != BSource::Pack || gm.b_batch.iter().any(|&s| s != 0) {
+            continue;
+        }
+        let bid = k.inputs[gm.b].buffer;
+        let BufferKind::Constant(t) = &p.buffer(bid).kind else { continue };
+        if t.dtype() != DType::F32 {
+            continue;
+        }
+        // The finalizer must not read B itself (its operand view is replaced).
+        let mut fin_reads_b = false;
+        if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+            f.visit(&mut |e| fin_reads_b |= matches!(e, Expr::Load { operand, .. } if *operand == gm.b));
+        }
+        if fin_reads_b || k.inputs.iter().filter(|v| v.buffer == bid).count() != 1 {
+            continue;
+        }
+        let src = t.to_f64_vec();
+        let (n, kk) = (gm.n, gm.k);
+        let np = n.div_ceil(nr);
+        let mut packed = vec![0f32; np * kk * nr];
+        for j in 0..n {
+            for r in 0..kk {
+                let at = gm.b_off + r as i64 * gm.b_k + j as i64 * gm.b_n;
+                packed[(j / nr) * kk * nr + r * nr + j % nr] = src[at as usize] as f32;
+            }
+        }
+        let bytes = packed.len() * 4;
+        let tensor = Tensor::from_data(vec![np, kk, nr], Data::F32(packed));
+        let uses = p.instrs.iter().filter(|ins| ins.reads_writes().0.contains(&bid)).count();
+        let name = format!("{}.panels{nr}", p.buffer(bid).name);
+        let new_id = if uses == 1 {
+            let buf = &mut p.buffers[bid.0 as usize];
+            buf.kind = BufferKind::Constant(tensor);
+            buf.bytes = bytes;
+            buf.name = name;
+            bid
+        } else {
+            p.add_buffer(BufferKind::Constant(tensor), bytes, name)
+        };
+        let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+        let nb = gm.batch.len();
+        let mut extents = gm.batch.clone();
+        extents.extend([np, kk, nr]);
+        let mut strides = vec![0i64; nb];
+        strides.extend([(kk * nr) as i64, nr as i64, 1]);
+        k.inputs[gm.b] = View { buffer: new_id, dtype: DType::F32, offset: 0, extents, strides };
+        let b_op = gm.b;
+        k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
+            Expr::Load { operand, .. } if operand == b_op => {
+                Expr::Load { operand, index: prepacked_index(nb, nr), pad: None }
+            }
+            e => e,
+        });
+        changed += 1;
+    }
+    changed
+}
+
 /// Recognizes a plain f32 matrix product (see the module doc).
 pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     let red = k.reduction.as_ref()?;
@@ -179,8 +291,42 @@ pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         }
         _ => None,
     };
-    let (lx, ly) = (load(x)?, load(y)?);
     let (dm, dn, dk) = (np - 2, np - 1, np);
+    let (m, n, kk) = (k.domain[dm], k.domain[dn], k.domain[dk]);
+    if m == 0 || n == 0 || kk == 0 {
+        return None;
+    }
+    // B packed at compile time: the A operand is the other load.
+    for (pa, pb) in [(x, y), (y, x)] {
+        let Some((b_op, b_off)) = prepacked_load(k, pb, bl.nr) else { continue };
+        let ga = load(pa)?;
+        if ga.2[dn] != 0 {
+            return None;
+        }
+        return Some(Gemm {
+            batch: k.domain[..dm].to_vec(),
+            m,
+            n,
+            k: kk,
+            a: ga.0,
+            b: b_op,
+            a_off: ga.1,
+            a_batch: ga.2[..dm].to_vec(),
+            a_m: ga.2[dm],
+            a_k: ga.2[dk],
+            b_off,
+            b_batch: vec![0; dm],
+            // Panel j0/NR starts at j0·K; rows are NR apart.
+            b_k: bl.nr as i64,
+            b_n: kk as i64,
+            c_batch: k.output.strides[..dm].to_vec(),
+            c_m: k.output.strides[dm],
+            c_n: k.output.strides[dn],
+            bl,
+            bsrc: BSource::Prepacked,
+        });
+    }
+    let (lx, ly) = (load(x)?, load(y)?);
     let (ga, gb) = if lx.2[dn] == 0 && ly.2[dm] == 0 {
         (lx, ly)
     } else if ly.2[dn] == 0 && lx.2[dm] == 0 {
@@ -188,12 +334,8 @@ pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     } else {
         return None;
     };
-    let (m, n, kk) = (k.domain[dm], k.domain[dn], k.domain[dk]);
-    if m == 0 || n == 0 || kk == 0 {
-        return None;
-    }
     let batch = k.domain[..dm].to_vec();
-    let direct = m <= SMALL_M && gb.2[dn] == 1;
+    let bsrc = if m <= SMALL_M && gb.2[dn] == 1 { BSource::InPlace } else { BSource::Pack };
     Some(Gemm {
         batch,
         m,
@@ -213,7 +355,7 @@ pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         c_m: k.output.strides[dm],
         c_n: k.output.strides[dn],
         bl,
-        direct,
+        bsrc,
     })
 }
 
@@ -366,7 +508,9 @@ pub(crate) fn gen_gemm<'ctx>(
                         })
                     })
                 };
-                let (bptr, bstride) = if p.direct {
+                let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
+                    (f32_ptr(g, b_base, b_at)?, g.i64(nr as i64))
+                } else if p.bsrc == BSource::InPlace {
                     // Full-width panels are read in place; the last, narrower one is packed.
                     let narrow = g.b.build_not(jfull, "narrow").map_err(llvm_err)?;
                     when(g, f, narrow, &mut || pack(g))?;
@@ -517,7 +661,18 @@ fn micro_tile<'ctx>(
     // A row starts for this tile.
     let a_row: Vec<IntValue> =
         (0..r).map(|i| add(g, t.a_rows, mul(g, add(g, t.i0, g.i64(i as i64))?, p.a_m)?)).collect::<R<_>>()?;
-    g.for_range(f, g.i64(0), t.kcn, &mut |kk| {
+    // Short tiles (few rows: M = 1, edges) keep `sets` independent accumulator sets, over
+    // interleaved k, so that the FMA latency is hidden without MR rows of work.
+    let sets = (p.bl.mr / r).min(4);
+    let acc_s = |s: usize, i: usize, q: usize| t.accs[(s * r + i) * nq + q];
+    for s in 1..sets {
+        for i in 0..r {
+            for q in 0..nq {
+                g.b.build_store(acc_s(s, i, q), t.zero).map_err(llvm_err)?;
+            }
+        }
+    }
+    let step = |kk: IntValue<'ctx>, s: usize| -> R<()> {
         let boff = g.b.build_int_nsw_mul(kk, t.bstride, "bo").map_err(llvm_err)?;
         let bv: Vec<VectorValue> = (0..nq)
             .map(|q| vload(g, t.vt, f32_ptr(g, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
@@ -527,18 +682,37 @@ fn micro_tile<'ctx>(
             let a = g.load_elem(t.a_base, DType::F32, add(g, ar, ak)?)?;
             let av = splat(a)?;
             for (q, &bq) in bv.iter().enumerate() {
-                let cur = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?;
+                let cur = g.b.build_load(t.vt, acc_s(s, i, q), "a").map_err(llvm_err)?;
                 let nv =
                     g.b.build_call(t.fmuladd, &[av.into(), bq.into(), cur.into()], "fma")
                         .map_err(llvm_err)?
                         .try_as_basic_value()
                         .basic()
                         .ok_or_else(|| llvm_err("fmuladd returned void"))?;
-                g.b.build_store(acc(i, q), nv).map_err(llvm_err)?;
+                g.b.build_store(acc_s(s, i, q), nv).map_err(llvm_err)?;
             }
         }
         Ok(())
+    };
+    let whole = g.b.build_int_signed_div(t.kcn, g.i64(sets as i64), "kq").map_err(llvm_err)?;
+    g.for_range(f, g.i64(0), whole, &mut |kq| {
+        let k0 = mul(g, kq, sets as i64)?;
+        for s in 0..sets {
+            step(add(g, k0, g.i64(s as i64))?, s)?;
+        }
+        Ok(())
     })?;
+    g.for_range(f, mul(g, whole, sets as i64)?, t.kcn, &mut |kk| step(kk, 0))?;
+    for s in 1..sets {
+        for i in 0..r {
+            for q in 0..nq {
+                let x = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                let y = g.b.build_load(t.vt, acc_s(s, i, q), "b").map_err(llvm_err)?.into_vector_value();
+                let sum = g.b.build_float_add(x, y, "sum").map_err(llvm_err)?;
+                g.b.build_store(acc(i, q), sum).map_err(llvm_err)?;
+            }
+        }
+    }
     // Store: straight into C for a full tile, through the stack tile at the N edge.
     let full = cx_blocks(g, f, t.c_full)?;
     g.b.position_at_end(full.0);
@@ -581,4 +755,19 @@ fn cx_blocks<'ctx>(
     let j = g.cx.append_basic_block(f, "stored");
     g.b.build_conditional_branch(cond, a, b).map_err(llvm_err)?;
     Ok((a, b, j))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_follows_the_vector_width() {
+        let avx512 = Blocking::for_features("+sse2,+avx,+avx2,+fma,+avx512f");
+        assert_eq!((avx512.w, avx512.mr, avx512.nr, avx512.kc), (16, 8, 32, 128));
+        let avx2 = Blocking::for_features("+sse2,+avx,+avx2,+fma,-avx512f");
+        assert_eq!((avx2.w, avx2.mr, avx2.nr, avx2.kc), (8, 6, 16, 256));
+        let neon = Blocking::for_features("+neon");
+        assert_eq!((neon.w, neon.mr, neon.nr, neon.kc), (4, 6, 8, 512));
+    }
 }

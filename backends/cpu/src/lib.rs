@@ -13,6 +13,7 @@ mod minifloat;
 mod target;
 
 pub use codegen::build_module;
+pub use gemm::prepack;
 pub use target::{CpuTarget, Emit};
 
 use kiln_ir::lir::Program;
