@@ -16,7 +16,8 @@
 //!   packed once at compile time instead ([`prepack`], into the weight section);
 //! * small M (`M ≤ 16`, the batch-1 case) with B contiguous along N reads B in place
 //!   (no packing) for the full-width panels;
-//! * edge tiles: one micro-kernel per row count `1..=MR` (a switch on the rows left; short
+//! * edge tiles: a micro-kernel for `M % MR` rows besides the `MR`-row one (a switch on the
+//!   rows left; short
 //!   tiles keep up to 4 accumulator sets over interleaved k to hide the FMA latency, which
 //!   is what a GEMV needs), and columns past N go through a small stack tile so that nothing
 //!   outside C is touched;
@@ -531,11 +532,14 @@ pub(crate) fn gen_gemm<'ctx>(
                     let rows = min(g, g.i64(mr as i64), sub(g, i_hi, i0)?)?;
                     let c_at = add(g, add(g, c0, mul(g, i0, p.c_m)?)?, mul(g, j0, p.c_n)?)?;
                     let merge = cx.append_basic_block(f, "tile_done");
-                    let blocks: Vec<_> = (1..=mr).map(|_| cx.append_basic_block(f, "tile")).collect();
-                    let cases: Vec<_> = (1..=mr).map(|r| (g.i64(r as i64), blocks[r - 1])).collect();
+                    // Blocks are whole multiples of MR rows but the last: only MR and M % MR
+                    // rows occur, so only those micro-kernels are emitted.
+                    let heights: Vec<usize> = [mr, p.m % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
+                    let blocks: Vec<_> = heights.iter().map(|_| cx.append_basic_block(f, "tile")).collect();
+                    let cases: Vec<_> = heights.iter().zip(&blocks).map(|(&r, &bb)| (g.i64(r as i64), bb)).collect();
                     g.b.build_switch(rows, merge, &cases).map_err(llvm_err)?;
-                    for r in 1..=mr {
-                        g.b.position_at_end(blocks[r - 1]);
+                    for (&r, &bb) in heights.iter().zip(&blocks) {
+                        g.b.position_at_end(bb);
                         micro_tile(
                             g,
                             f,
