@@ -14,7 +14,7 @@
 //!   `NR`-wide column panel, the `KC×NR` panel of B is packed contiguously (zero padded past
 //!   N) into a stack buffer and reused by every `MR`-row tile of the block; a constant B is
 //!   packed once at compile time instead ([`prepack`], into the weight section);
-//! * small M (`M ≤ 16`, the batch-1 case) with B contiguous along N reads B in place
+//! * a product of at most `MR` rows (the batch-1 case) with B contiguous along N reads B in place
 //!   (no packing) for the full-width panels;
 //! * edge tiles: a micro-kernel for `M % MR` rows besides the `MR`-row one (a switch on the
 //!   rows left; short
@@ -55,7 +55,7 @@ pub(crate) struct Blocking {
 
 /// Bytes of L1 data cache assumed by the blocking model.
 const L1_BYTES: usize = 32 << 10;
-/// M up to which B is read in place instead of packed.
+/// M up to which a task takes every row (and narrower column blocks, for parallelism).
 const SMALL_M: usize = 16;
 
 impl Blocking {
@@ -336,7 +336,9 @@ pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         return None;
     };
     let batch = k.domain[..dm].to_vec();
-    let bsrc = if m <= SMALL_M && gb.2[dn] == 1 { BSource::InPlace } else { BSource::Pack };
+    // In place only for a single row tile: with several, the panel is reused and packing it
+    // (contiguous, no L1 set conflicts from the row stride of B) pays.
+    let bsrc = if m <= bl.mr && gb.2[dn] == 1 { BSource::InPlace } else { BSource::Pack };
     Some(Gemm {
         batch,
         m,
