@@ -8,7 +8,9 @@ use kiln_benches::{single_op, tensor};
 
 fn matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("matmul");
-    for (m, k, n) in [(64, 64, 64), (256, 256, 256), (512, 512, 512), (1, 512, 512), (16, 512, 512)] {
+    let square = [64, 256, 512, 1024].map(|n| (n, n, n));
+    let small_m = [1, 8, 16, 128].map(|m| (m, 512, 512));
+    for (m, k, n) in square.into_iter().chain(small_m) {
         let s = single_op(Op::MatMul, &[m, k], vec![tensor(&[k, n])], 1);
         let x = tensor(&[m, k]);
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));

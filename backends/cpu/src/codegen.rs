@@ -282,7 +282,13 @@ fn accumulate_in_output(k: &Kernel) -> bool {
     contiguous
 }
 
-fn gen_kernel<'ctx>(g: &Gen<'ctx>, prog: &Program, k: &Kernel, name: &str) -> R<FunctionValue<'ctx>> {
+fn gen_kernel<'ctx>(
+    g: &Gen<'ctx>,
+    prog: &Program,
+    k: &Kernel,
+    name: &str,
+    gemm: Option<&crate::gemm::Gemm>,
+) -> R<FunctionValue<'ctx>> {
     let k = normalized(k);
     let cx = g.cx;
     let fty = cx.void_type().fn_type(&[g.ptr_ty().into(), cx.i64_type().into(), cx.i64_type().into()], false);
@@ -299,6 +305,11 @@ fn gen_kernel<'ctx>(g: &Gen<'ctx>, prog: &Program, k: &Kernel, name: &str) -> R<
     let end = f.get_nth_param(2).unwrap().into_int_value();
     let in_bases = k.inputs.iter().map(|v| g.buffer_ptr(ctx, prog.buffer(v.buffer))).collect::<R<Vec<_>>>()?;
     let out_base = g.buffer_ptr(ctx, prog.buffer(k.output.buffer))?;
+    if let Some(p) = gemm {
+        crate::gemm::gen_gemm(g, &k, p, f, &in_bases, out_base)?;
+        g.b.build_return(None).map_err(llvm_err)?;
+        return Ok(f);
+    }
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
     let acc_ty = k.body.dtype(&ops, None);
     let acc_slot = g.b.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
@@ -420,7 +431,10 @@ fn gen_kernel<'ctx>(g: &Gen<'ctx>, prog: &Program, k: &Kernel, name: &str) -> R<
 }
 
 /// Builds the LLVM module for a memory-planned program.
-pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program) -> R<Module<'ctx>> {
+///
+/// `target` chooses the vector width of the register-blocked matrix products.
+pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::CpuTarget) -> R<Module<'ctx>> {
+    let blocking = crate::gemm::Blocking::for_features(&target.features);
     let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
     let ver = g.m.add_global(cx.i32_type(), None, kiln_abi::ABI_VERSION_SYMBOL);
     ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
@@ -429,9 +443,14 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program) -> R<Module<'ctx>> 
     let mut kernels = Vec::new();
     for (i, ins) in prog.instrs.iter().enumerate() {
         if let Instr::Kernel(k) = ins {
-            let f = gen_kernel(&g, prog, k, &format!("k{i}"))
+            let gemm = crate::gemm::match_gemm(k, blocking);
+            let f = gen_kernel(&g, prog, k, &format!("k{i}"), gemm.as_ref())
                 .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
-            kernels.push((i, f, Split::of(&normalized(k)).tasks(), k.work()));
+            let tasks = match &gemm {
+                Some(p) => p.tasks(),
+                None => Split::of(&normalized(k)).tasks(),
+            };
+            kernels.push((i, f, tasks, k.work()));
         }
     }
 

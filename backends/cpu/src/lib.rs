@@ -8,10 +8,12 @@
 
 mod codegen;
 mod expr;
+mod gemm;
 mod minifloat;
 mod target;
 
 pub use codegen::build_module;
+pub use gemm::prepack;
 pub use target::{CpuTarget, Emit};
 
 use kiln_ir::lir::Program;
@@ -40,7 +42,7 @@ pub struct CpuModule {
 /// Compiles a memory-planned LIR program to a shared library for `target`.
 pub fn compile(prog: &Program, target: &CpuTarget) -> Result<CpuModule, BackendError> {
     let ctx = inkwell::context::Context::create();
-    let module = build_module(&ctx, prog)?;
+    let module = build_module(&ctx, prog, target)?;
     let tm = target.machine()?;
     target::optimize(&module, &tm)?;
     let obj = target::emit_object(&module, &tm)?;
@@ -51,7 +53,7 @@ pub fn compile(prog: &Program, target: &CpuTarget) -> Result<CpuModule, BackendE
 /// Renders the program as LLVM IR (`optimized`: after the O3 pipeline) or as assembly.
 pub fn emit_text(prog: &Program, target: &CpuTarget, what: Emit) -> Result<String, BackendError> {
     let ctx = inkwell::context::Context::create();
-    let module = build_module(&ctx, prog)?;
+    let module = build_module(&ctx, prog, target)?;
     let tm = target.machine()?;
     target::optimize(&module, &tm)?;
     match what {

@@ -173,6 +173,7 @@ impl Compiler {
     pub fn lower(&self, g: &Graph) -> Result<(Program, MemoryReport, Vec<u8>), Error> {
         let mut p = kiln_passes::lower::lower(g)?;
         kiln_passes::fuse::fuse_lir(&mut p);
+        kiln_backend_cpu::prepack(&mut p, &self.opts.target);
         let report = kiln_passes::memory::plan(&mut p);
         p.remove_unused_buffers();
         let weights = kiln_passes::memory::pack_constants(&mut p);
