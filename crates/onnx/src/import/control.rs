@@ -184,20 +184,7 @@ impl Importer {
     /// A `NeedsConstant` error for value `v` (input `index` of the node, or what stands for
     /// it), naming the graph inputs it is computed from.
     fn needs_constant(&self, at: At, index: usize, v: ValueId, role: String) -> OpError {
-        let mut seen = HashSet::new();
-        let mut stack = vec![v];
-        let mut names = Vec::new();
-        while let Some(v) = stack.pop() {
-            if !seen.insert(v) {
-                continue;
-            }
-            match &self.g.value(v).def {
-                kiln_ir::ValueDef::Input(_) => names.push(self.g.value(v).name.clone()),
-                kiln_ir::ValueDef::Node(n, _) => stack.extend(self.g.node(*n).inputs.iter().copied()),
-                kiln_ir::ValueDef::Const(_) => {}
-            }
-        }
-        names.sort();
+        let names = crate::ops::graph_inputs_behind(&self.g, v);
         OpError::Import(ImportError::NeedsConstant(Box::new(ConstantNeeded {
             node: at.name.to_string(),
             op_type: at.node.op_type().to_string(),

@@ -139,28 +139,9 @@ impl<'a> NodeCx<'a> {
                 index: i,
                 value: self.node.input[i].clone(),
                 role: role.to_string(),
-                graph_inputs: self.graph_inputs_behind(v),
+                graph_inputs: graph_inputs_behind(self.g, v),
             })))),
         }
-    }
-
-    /// Names of the graph inputs a value is computed from.
-    fn graph_inputs_behind(&self, v: ValueId) -> Vec<String> {
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![v];
-        let mut names = Vec::new();
-        while let Some(v) = stack.pop() {
-            if !seen.insert(v) {
-                continue;
-            }
-            match &self.g.value(v).def {
-                kiln_ir::ValueDef::Input(_) => names.push(self.g.value(v).name.clone()),
-                kiln_ir::ValueDef::Node(n, _) => stack.extend(self.g.node(*n).inputs.iter().copied()),
-                kiln_ir::ValueDef::Const(_) => {}
-            }
-        }
-        names.sort();
-        names
     }
 
     /// Optional integer input `i` as a list of i64 (a constant of any rank).
@@ -231,6 +212,25 @@ impl<'a> NodeCx<'a> {
         let name = self.out_name(k);
         self.emit(op, inputs, name)
     }
+}
+
+/// Names of the graph inputs a value is computed from (sorted).
+pub(crate) fn graph_inputs_behind(g: &Graph, v: ValueId) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![v];
+    let mut names = Vec::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        match &g.value(v).def {
+            kiln_ir::ValueDef::Input(_) => names.push(g.value(v).name.clone()),
+            kiln_ir::ValueDef::Node(n, _) => stack.extend(g.node(*n).inputs.iter().copied()),
+            kiln_ir::ValueDef::Const(_) => {}
+        }
+    }
+    names.sort();
+    names
 }
 
 /// Evaluates `op` on constant inputs, if that is cheap enough and the evaluator can.

@@ -1,0 +1,95 @@
+//! Shared by the differential suites: a seeded generator and the compile-and-compare check.
+
+#![allow(dead_code)]
+
+use kiln::ir::{DType, Data, Graph, Op, Tensor};
+use kiln::{CompileOptions, Compiler, Session, SessionOptions, TensorRef};
+
+/// A small deterministic generator (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+    pub fn f32s(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)).collect()
+    }
+    pub fn tensor(&mut self, dtype: DType, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        let data = match dtype {
+            DType::F32 => Data::F32(self.f32s(n, -2.0, 2.0)),
+            DType::I32 => Data::I32((0..n).map(|_| self.range(0, 20) as i32 - 10).collect()),
+            DType::I64 => Data::I64((0..n).map(|_| self.range(0, 20) as i64 - 10).collect()),
+            DType::Bool => Data::Bool((0..n).map(|_| self.next().is_multiple_of(2)).collect()),
+            d if d.is_float() => {
+                Data::from_f64s(d, &self.f32s(n, -2.0, 2.0).into_iter().map(f64::from).collect::<Vec<_>>())
+            }
+            d => Data::from_i64s(d, &(0..n).map(|_| self.range(0, 20) as i64 - 10).collect::<Vec<_>>()),
+        };
+        Tensor::from_data(shape.to_vec(), data)
+    }
+    pub fn shape(&mut self, rank: usize, max: usize) -> Vec<usize> {
+        (0..rank).map(|_| self.range(1, max)).collect()
+    }
+}
+
+/// Compiles `op` over `inputs` (runtime inputs; `consts[i]` makes input i a constant) and
+/// compares the compiled result with `eval`.
+pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let want = kiln::ir::eval::eval(&op, &refs).unwrap_or_else(|e| panic!("eval {op:?}: {e}"));
+    let mut g = Graph::new("diff");
+    let mut ids = Vec::new();
+    let mut runtime = Vec::new();
+    for (i, t) in inputs.iter().enumerate() {
+        if consts.get(i).copied().unwrap_or(false) {
+            ids.push(g.add_const(format!("c{i}"), t.clone()));
+        } else {
+            ids.push(g.add_input(format!("in{i}"), t.ty.clone()));
+            runtime.push(t);
+        }
+    }
+    let outs = g.add_node(op.clone(), &ids, "node", &[]).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    g.outputs = outs;
+    let opts = CompileOptions { verify: true, ..Default::default() };
+    let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {op:?}: {e}"));
+    let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+    let trefs: Vec<TensorRef> =
+        runtime.iter().map(|t| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
+    let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {op:?}: {e}"));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.shape, w.shape(), "{op:?}: shape");
+        assert_eq!(g.dtype, w.dtype().code(), "{op:?}: dtype");
+        let gt = Tensor::from_bytes(w.ty.clone(), g.data.clone().into()).unwrap();
+        for (k, (a, b)) in gt.to_f64_vec().iter().zip(w.to_f64_vec()).enumerate() {
+            let ok = (a.is_nan() && b.is_nan()) || *a == b || (a - b).abs() <= tol * (1.0 + b.abs());
+            assert!(
+                ok,
+                "{op:?} with inputs {:?}: element {k}: compiled {a}, reference {b}",
+                inputs.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+pub fn check(op: Op, inputs: &[Tensor]) {
+    check_with(op, inputs, &[], 1e-5);
+}
+
+/// Two shapes that broadcast to each other: some dims of one are 1, ranks may differ.
+pub fn broadcast_pair(r: &mut Rng) -> (Vec<usize>, Vec<usize>) {
+    let rank = r.range(1, 4);
+    let full = r.shape(rank, 6);
+    let a: Vec<usize> = full.iter().map(|&d| if r.next().is_multiple_of(3) { 1 } else { d }).collect();
+    let drop = r.range(0, rank - 1);
+    let b: Vec<usize> = full[drop..].iter().map(|&d| if r.next().is_multiple_of(3) { 1 } else { d }).collect();
+    (a, b)
+}
