@@ -1,5 +1,7 @@
-//! Kernel throughput: MatMul (GFLOP/s, one thread) at square sizes and at small M, and a
-//! 3×3 convolution layer. `cargo bench -p kiln-benches --bench kernels`.
+//! Kernel throughput: MatMul (GFLOP/s, one thread) at square sizes and at small M, a 3×3
+//! convolution layer, and the core's measured FMA peak (`fma_peak`, same unit), so that a
+//! GEMM figure divided by the peak of the same run is its fraction of peak.
+//! `cargo bench -p kiln-benches --bench kernels`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::ir::{Op, Window};
@@ -35,9 +37,77 @@ fn conv(c: &mut Criterion) {
     group.finish();
 }
 
+/// Independent FMA chains in vector registers: enough of them (12) to cover the FMA latency
+/// on both FMA ports, so the loop runs at the core's peak rate.
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    pub const CHAINS: usize = 12;
+
+    /// `iters` rounds of one 8-lane FMA per chain.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn fma256(iters: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for x in acc {
+            s = _mm256_add_ps(s, x);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+        out.iter().sum()
+    }
+
+    /// `iters` rounds of one 16-lane FMA per chain.
+    #[target_feature(enable = "avx512f")]
+    pub fn fma512(iters: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for x in acc {
+            s = _mm512_add_ps(s, x);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+}
+
+/// The measured single-core FMA peak, in FLOP/s (2 per lane per FMA), for each vector width
+/// the CPU has.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak(c: &mut Criterion) {
+    const ITERS: u64 = 100_000;
+    let mut group = c.benchmark_group("fma_peak");
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        group.throughput(Throughput::Elements(ITERS * peak::CHAINS as u64 * 8 * 2));
+        // SAFETY: the features the function needs were detected above.
+        group.bench_function("avx2", |b| b.iter(|| unsafe { peak::fma256(std::hint::black_box(ITERS)) }));
+    }
+    if is_x86_feature_detected!("avx512f") {
+        group.throughput(Throughput::Elements(ITERS * peak::CHAINS as u64 * 16 * 2));
+        // SAFETY: as above.
+        group.bench_function("avx512", |b| b.iter(|| unsafe { peak::fma512(std::hint::black_box(ITERS)) }));
+    }
+    group.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak(_: &mut Criterion) {}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = matmul, conv
+    targets = fma_peak, matmul, conv
 }
 criterion_main!(benches);
