@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use common::*;
-use kiln_ir::{Data, Graph, Op, Tensor, ValueDef, ValueId};
+use kiln_ir::{Data, Graph, Op, Tensor};
 use kiln_onnx::proto::attribute_proto::AttributeType;
 use kiln_onnx::proto::tensor_proto::DataType;
 use kiln_onnx::proto::{AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
@@ -38,32 +38,6 @@ fn graph(
         output: outputs.iter().map(|o| out(o)).collect(),
         ..Default::default()
     }
-}
-
-/// Evaluates the imported graph on `inputs` (by input name) with the reference evaluator.
-fn run(g: &Graph, inputs: &[(&str, Tensor)]) -> Vec<Tensor> {
-    let mut vals: HashMap<ValueId, Tensor> = HashMap::new();
-    for &v in &g.inputs {
-        let name = &g.value(v).name;
-        let t = inputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no value for input {name}"));
-        vals.insert(v, t.1.clone());
-    }
-    let get = |vals: &HashMap<ValueId, Tensor>, v: ValueId| -> Tensor {
-        match &g.value(v).def {
-            ValueDef::Const(t) => t.clone(),
-            _ => vals[&v].clone(),
-        }
-    };
-    for &n in g.order() {
-        let node = g.node(n);
-        let ins: Vec<Tensor> = node.inputs.iter().map(|&v| get(&vals, v)).collect();
-        let refs: Vec<&Tensor> = ins.iter().collect();
-        let outs = kiln_ir::eval::eval(&node.op, &refs).unwrap_or_else(|e| panic!("{}: {e}", node.name));
-        for (&v, t) in node.outputs.iter().zip(outs) {
-            vals.insert(v, t);
-        }
-    }
-    g.outputs.iter().map(|&v| get(&vals, v)).collect()
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {

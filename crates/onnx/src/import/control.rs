@@ -304,6 +304,34 @@ impl Importer {
         Ok(Some(outs))
     }
 
+    /// A Scan's counts: `m` scan inputs (`num_scan_inputs`), `n` states (the other `inputs`
+    /// operands) and `k` scan outputs, checked against the body and the node.
+    fn scan_counts(
+        at: At,
+        body: &GraphProto,
+        attrs: &crate::attrs::Attrs,
+        inputs: usize,
+    ) -> OpResult<(usize, usize, usize)> {
+        let m = attrs.int("num_scan_inputs")?.ok_or_else(|| OpError::Invalid("num_scan_inputs is missing".into()))?;
+        if m < 1 || m as usize > inputs {
+            return invalid(format!("num_scan_inputs {m} is out of range for {inputs} inputs"));
+        }
+        let m = m as usize;
+        let n = inputs - m;
+        if body.input.len() != n + m {
+            return invalid(format!(
+                "the body declares {} inputs, expected {n} states + {m} scan inputs",
+                body.input.len()
+            ));
+        }
+        if body.output.len() < n {
+            return invalid(format!("the body gives {} outputs, expected at least {n} states", body.output.len()));
+        }
+        let k = body.output.len() - n;
+        Self::check_outputs(at, "body", n + k)?;
+        Ok((m, n, k))
+    }
+
     /// Checks that a subgraph gives at least as many outputs as the node has.
     fn check_outputs(at: At, what: &str, have: usize) -> OpResult<()> {
         if at.node.output.len() > have {
@@ -570,23 +598,7 @@ impl Importer {
         let body = graph_attr(at.node, "body")?;
         let all = required_tensors(inputs, 0)?;
         let attrs = crate::attrs::Attrs::new(&at.node.attribute);
-        let m = attrs.int("num_scan_inputs")?.ok_or_else(|| OpError::Invalid("num_scan_inputs is missing".into()))?;
-        if m < 1 || m as usize > all.len() {
-            return invalid(format!("num_scan_inputs {m} is out of range for {} inputs", all.len()));
-        }
-        let m = m as usize;
-        let n = all.len() - m;
-        if body.input.len() != n + m {
-            return invalid(format!(
-                "the body declares {} inputs, expected {n} states + {m} scan inputs",
-                body.input.len()
-            ));
-        }
-        if body.output.len() < n {
-            return invalid(format!("the body gives {} outputs, expected at least {n} states", body.output.len()));
-        }
-        let k = body.output.len() - n;
-        Self::check_outputs(at, "body", n + k)?;
+        let (m, n, k) = Self::scan_counts(at, body, &attrs, all.len())?;
         let list = |name: &str, len: usize, what: &str| -> OpResult<Vec<i64>> {
             match attrs.ints(name)? {
                 None => Ok(vec![0; len]),
@@ -705,23 +717,7 @@ impl Importer {
         let body = graph_attr(at.node, "body")?;
         let attrs = crate::attrs::Attrs::new(&at.node.attribute);
         let all = required_tensors(inputs, 1.min(inputs.len()))?;
-        let m = attrs.int("num_scan_inputs")?.ok_or_else(|| OpError::Invalid("num_scan_inputs is missing".into()))?;
-        if m < 1 || m as usize > all.len() {
-            return invalid(format!("num_scan_inputs {m} is out of range for {} inputs", all.len()));
-        }
-        let m = m as usize;
-        let n = all.len() - m;
-        if body.input.len() != n + m {
-            return invalid(format!(
-                "the body declares {} inputs, expected {n} states + {m} scan inputs",
-                body.input.len()
-            ));
-        }
-        if body.output.len() < n {
-            return invalid(format!("the body gives {} outputs, expected at least {n} states", body.output.len()));
-        }
-        let k = body.output.len() - n;
-        Self::check_outputs(at, "body", n + k)?;
+        let (m, n, k) = Self::scan_counts(at, body, &attrs, all.len())?;
         let in_dirs = match attrs.ints("directions")? {
             None => vec![0; m],
             Some(v) if v.len() == m => v.to_vec(),

@@ -210,3 +210,30 @@ pub fn import_ok(m: &Model) -> Graph {
     kiln_ir::verify::verify(&g).unwrap_or_else(|e| panic!("verify failed: {e}"));
     g
 }
+
+/// Evaluates the imported graph on `inputs` (by input name) with the reference evaluator.
+pub fn run(g: &Graph, inputs: &[(&str, kiln_ir::Tensor)]) -> Vec<kiln_ir::Tensor> {
+    let mut vals: std::collections::HashMap<kiln_ir::ValueId, kiln_ir::Tensor> = std::collections::HashMap::new();
+    for &v in &g.inputs {
+        let name = &g.value(v).name;
+        let t = inputs.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no value for input {name}"));
+        vals.insert(v, t.1.clone());
+    }
+    let get =
+        |vals: &std::collections::HashMap<kiln_ir::ValueId, kiln_ir::Tensor>, v: kiln_ir::ValueId| -> kiln_ir::Tensor {
+            match &g.value(v).def {
+                kiln_ir::ValueDef::Const(t) => t.clone(),
+                _ => vals[&v].clone(),
+            }
+        };
+    for &n in g.order() {
+        let node = g.node(n);
+        let ins: Vec<kiln_ir::Tensor> = node.inputs.iter().map(|&v| get(&vals, v)).collect();
+        let refs: Vec<&kiln_ir::Tensor> = ins.iter().collect();
+        let outs = kiln_ir::eval::eval(&node.op, &refs).unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        for (&v, t) in node.outputs.iter().zip(outs) {
+            vals.insert(v, t);
+        }
+    }
+    g.outputs.iter().map(|&v| get(&vals, v)).collect()
+}
