@@ -194,8 +194,29 @@ fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
 
 /// Makes an elementwise consumer the finalizer of a reduction producer.
 fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
-    if cons.reduction.is_some() || cons.domain[..] != prod.domain[..prod.n_par] {
+    if cons.reduction.is_some() {
         return None;
+    }
+    // A producer whose loops were ordered by its (channels-last) output: the elementwise
+    // consumer takes the same loop order, found from its load of the producer's value.
+    let mut reordered;
+    let mut cons = cons;
+    if cons.domain[..] != prod.domain[..prod.n_par] {
+        let mut perm = None;
+        cons.body.visit(&mut |e| {
+            if let Expr::Load { operand, index, .. } = e {
+                let v = &cons.inputs[*operand];
+                if v.buffer == b && index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d)) {
+                    perm = crate::lower::stride_order(&v.strides);
+                }
+            }
+        });
+        reordered = cons.clone();
+        crate::lower::permute_parallel(&mut reordered, &perm?);
+        cons = &reordered;
+        if cons.domain[..] != prod.domain[..prod.n_par] {
+            return None;
+        }
     }
     let mut ok = true;
     cons.body.visit(&mut |e| {

@@ -81,27 +81,45 @@ impl Blocking {
     }
 }
 
+/// A bounds check on A: the load is inside the view iff `0 <= c + Σ_d coef[d]·var[d] < ext`
+/// (a padded convolution tap). It never involves N or the innermost K dim, so it is
+/// evaluated once per row of a tile and per tap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Check {
+    pub c: i64,
+    pub coef: Vec<i64>,
+    pub ext: i64,
+}
+
 /// A matched matrix product: where its operands live, as affine functions of the domain.
+///
+/// The domain is `[batch.., m dims.., n, k dims..]`: the M dims (flattened, mixed radix) are
+/// the rows, the K dims (flattened in domain order) the reduction. A convolution in
+/// channels-last order is one: rows are output pixels `(n, oh, ow)`, K is `(kh, kw, ci)`, B
+/// the weights and A the input, read through per-row bounds checks for the padding.
 #[derive(Clone, Debug)]
 pub(crate) struct Gemm {
-    /// Batch extents (the parallel dims before m and n).
+    /// Batch extents (the parallel dims before the M dims).
     pub batch: Vec<usize>,
+    pub m_dims: Vec<usize>,
     pub m: usize,
     pub n: usize,
+    pub k_dims: Vec<usize>,
     pub k: usize,
     pub a: usize,
     pub b: usize,
-    /// Element offsets and strides: per batch dim, then the named dims.
+    /// Element offsets and strides: per batch dim, per M dim, per K dim.
     pub a_off: i64,
     pub a_batch: Vec<i64>,
-    pub a_m: i64,
-    pub a_k: i64,
+    pub a_m: Vec<i64>,
+    pub a_k: Vec<i64>,
+    pub a_checks: Vec<Check>,
     pub b_off: i64,
     pub b_batch: Vec<i64>,
-    pub b_k: i64,
+    pub b_k: Vec<i64>,
     pub b_n: i64,
     pub c_batch: Vec<i64>,
-    pub c_m: i64,
+    pub c_m: Vec<i64>,
     pub c_n: i64,
     pub bl: Blocking,
     pub bsrc: BSource,
@@ -116,7 +134,7 @@ pub(crate) enum BSource {
     /// narrower panel is packed.
     InPlace,
     /// Packed at compile time ([`prepack`]): panel `j` of B starts at element `j·K·NR` of
-    /// its view, rows `NR` apart, zero padded past N.
+    /// its view, rows (flattened K) `NR` apart, zero padded past N.
     Prepacked,
 }
 
@@ -146,31 +164,113 @@ impl Gemm {
     pub fn tasks(&self) -> usize {
         self.batch.iter().product::<usize>() * self.m_blocks() * self.n_blocks()
     }
-}
-
-/// The affine form `off + Σ coef[d]·var[d]` of a load through a view, when every index is a
-/// variable or an i64 constant.
-fn affine(k: &Kernel, operand: usize, index: &[Expr]) -> Option<(i64, Vec<i64>)> {
-    let v = &k.inputs[operand];
-    let mut off = v.offset;
-    let mut coef = vec![0i64; k.domain.len()];
-    for (ix, &s) in index.iter().zip(&v.strides) {
-        match ix {
-            Expr::Var(d) => coef[*d] += s,
-            Expr::Const(Scalar::I64(c)) => off += c * s,
-            _ => return None,
+    /// Extent of the innermost K dim (the one the micro-kernel steps through).
+    fn k_in(&self) -> usize {
+        *self.k_dims.last().expect("at least one K dim")
+    }
+    /// Taps: combinations of the outer K dims.
+    fn taps(&self) -> usize {
+        self.k / self.k_in()
+    }
+    /// How K is cut into slices, each accumulated into C once: `(taps per slice, K_in block,
+    /// K_in blocks)`. A long innermost dim is cut into `KC` blocks, one tap per slice; a
+    /// short one (a convolution over few channels) takes several whole taps per slice.
+    fn slicing(&self) -> (usize, usize, usize) {
+        let (kc, k_in) = (self.bl.kc, self.k_in());
+        if k_in >= kc {
+            (1, kc, k_in.div_ceil(kc))
+        } else {
+            ((kc / k_in).clamp(1, self.taps()), k_in, 1)
         }
     }
-    Some((off, coef))
+}
+
+/// The affine form `c + Σ coef[d]·var[d]` of an integer index expression, if it is one.
+fn affine_expr(e: &Expr, nd: usize) -> Option<(i64, Vec<i64>)> {
+    use kiln_ir::BinaryOp as B;
+    Some(match e {
+        Expr::Var(d) => {
+            let mut c = vec![0; nd];
+            c[*d] = 1;
+            (0, c)
+        }
+        Expr::Const(Scalar::I64(x)) => (*x, vec![0; nd]),
+        Expr::Binary(op @ (B::Add | B::Sub), x, y) => {
+            let (cx, mut fx) = affine_expr(x, nd)?;
+            let (cy, fy) = affine_expr(y, nd)?;
+            let s = if *op == B::Add { 1 } else { -1 };
+            fx.iter_mut().zip(&fy).for_each(|(a, b)| *a += s * b);
+            (cx + s * cy, fx)
+        }
+        Expr::Binary(B::Mul, x, y) => {
+            let (cx, fx) = affine_expr(x, nd)?;
+            let (cy, fy) = affine_expr(y, nd)?;
+            if fx.iter().all(|&v| v == 0) {
+                (cx * cy, fy.iter().map(|v| v * cx).collect())
+            } else if fy.iter().all(|&v| v == 0) {
+                (cx * cy, fx.iter().map(|v| v * cy).collect())
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// A load through an operand view as an affine element address plus bounds checks:
+/// `(operand, offset, coef per domain dim, checks)`. Without `pad` there are no checks (the
+/// load is in bounds by construction); with it, a zero pad is required (what the
+/// micro-kernel substitutes) and each index that can leave its extent becomes a [`Check`].
+fn affine_load(k: &Kernel, e: &Expr) -> Option<(usize, i64, Vec<i64>, Vec<Check>)> {
+    let Expr::Load { operand, index, pad } = e else { return None };
+    let v = &k.inputs[*operand];
+    if v.dtype != DType::F32 || !matches!(pad, None | Some(Scalar::F32(0.0))) {
+        return None;
+    }
+    let nd = k.domain.len();
+    let mut off = v.offset;
+    let mut coef = vec![0i64; nd];
+    let mut checks = Vec::new();
+    for (p, ix) in index.iter().enumerate() {
+        let (c, f) = affine_expr(ix, nd)?;
+        let s = v.strides[p];
+        off += c * s;
+        coef.iter_mut().zip(&f).for_each(|(a, b)| *a += s * b);
+        if pad.is_some() {
+            // The range of the index over the whole domain.
+            let (mut lo, mut hi) = (c, c);
+            for (d, &fd) in f.iter().enumerate() {
+                let span = fd * (k.domain[d] as i64 - 1);
+                if span < 0 {
+                    lo += span;
+                } else {
+                    hi += span;
+                }
+            }
+            if lo < 0 || hi >= v.extents[p] as i64 {
+                checks.push(Check { c, coef: f, ext: v.extents[p] as i64 });
+            }
+        }
+    }
+    Some((*operand, off, coef, checks))
 }
 
 /// The index a prepacked B is loaded with: batch variables (stride 0), then
-/// `[n / NR, k, n % NR]` over a `[⌈N/NR⌉, K, NR]` panel layout.
-fn prepacked_index(nb: usize, nr: usize) -> Vec<Expr> {
-    let (dn, dk) = (nb + 1, nb + 2);
+/// `[n / NR, kflat, n % NR]` over a `[⌈N/NR⌉, K, NR]` panel layout, `kflat` the K dims
+/// flattened in domain order.
+fn prepacked_index(nb: usize, k_dims: &[usize], nr: usize) -> Vec<Expr> {
+    let dn = nb;
     let mut ix: Vec<Expr> = (0..nb).map(Expr::Var).collect();
     ix.push(Expr::div(Expr::Var(dn), Expr::i64(nr as i64)));
-    ix.push(Expr::Var(dk));
+    let mut flat: Option<Expr> = None;
+    for (i, &e) in k_dims.iter().enumerate() {
+        let v = Expr::Var(dn + 1 + i);
+        flat = Some(match flat {
+            None => v,
+            Some(f) => Expr::add(Expr::mul(f, Expr::i64(e as i64)), v),
+        });
+    }
+    ix.push(flat.expect("at least one K dim"));
     ix.push(Expr::bin(kiln_ir::BinaryOp::Mod { fmod: false }, Expr::Var(dn), Expr::i64(nr as i64)));
     ix
 }
@@ -180,13 +280,18 @@ fn prepacked_index(nb: usize, nr: usize) -> Vec<Expr> {
 fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, i64)> {
     let Expr::Load { operand, index, pad: None } = e else { return None };
     let v = &k.inputs[*operand];
-    let nb = k.n_par - 2;
-    let (n, kk) = (k.domain[nb + 1], k.domain[nb + 2]);
+    let dn = k.n_par - 1;
+    let n = k.domain[dn];
+    let k_dims = &k.domain[k.n_par..];
+    let kk: usize = k_dims.iter().product();
+    if index.len() != dn + 3 {
+        return None;
+    }
     let ok = v.dtype == DType::F32
-        && *index == prepacked_index(nb, nr)
-        && v.strides[..nb].iter().all(|&s| s == 0)
-        && v.strides[nb..] == [(kk * nr) as i64, nr as i64, 1]
-        && v.extents[nb..] == [n.div_ceil(nr), kk, nr];
+        && *index == prepacked_index(dn, k_dims, nr)
+        && v.strides[..dn].iter().all(|&s| s == 0)
+        && v.strides[dn..] == [(kk * nr) as i64, nr as i64, 1]
+        && v.extents[dn..] == [n.div_ceil(nr), kk, nr];
     ok.then_some((*operand, v.offset))
 }
 
@@ -222,10 +327,15 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
         let (n, kk) = (gm.n, gm.k);
         let np = n.div_ceil(nr);
         let mut packed = vec![0f32; np * kk * nr];
-        for j in 0..n {
-            for r in 0..kk {
-                let at = gm.b_off + r as i64 * gm.b_k + j as i64 * gm.b_n;
-                packed[(j / nr) * kk * nr + r * nr + j % nr] = src[at as usize] as f32;
+        for r in 0..kk {
+            // Unravel the flat K index into the K dims.
+            let (mut rest, mut at) = (r, gm.b_off);
+            for (d, &e) in gm.k_dims.iter().enumerate().rev() {
+                at += (rest % e) as i64 * gm.b_k[d];
+                rest /= e;
+            }
+            for j in 0..n {
+                packed[(j / nr) * kk * nr + r * nr + j % nr] = src[(at + j as i64 * gm.b_n) as usize] as f32;
             }
         }
         let bytes = packed.len() * 4;
@@ -242,17 +352,16 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
             p.add_buffer(BufferKind::Constant(tensor), bytes, name)
         };
         let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
-        let nb = gm.batch.len();
-        let mut extents = gm.batch.clone();
+        let dn = k.n_par - 1;
+        let mut extents = k.domain[..dn].to_vec();
         extents.extend([np, kk, nr]);
-        let mut strides = vec![0i64; nb];
+        let mut strides = vec![0i64; dn];
         strides.extend([(kk * nr) as i64, nr as i64, 1]);
         k.inputs[gm.b] = View { buffer: new_id, dtype: DType::F32, offset: 0, extents, strides };
         let b_op = gm.b;
+        let index = prepacked_index(dn, &gm.k_dims, nr);
         k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
-            Expr::Load { operand, .. } if operand == b_op => {
-                Expr::Load { operand, index: prepacked_index(nb, nr), pad: None }
-            }
+            Expr::Load { operand, .. } if operand == b_op => Expr::Load { operand, index: index.clone(), pad: None },
             e => e,
         });
         changed += 1;
@@ -267,7 +376,7 @@ pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         return None;
     }
     let np = k.n_par;
-    if np < 2 || k.domain.len() != np + 1 || k.output.dtype != DType::F32 {
+    if np < 2 || k.domain.len() <= np || k.output.dtype != DType::F32 {
         return None;
     }
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
@@ -286,80 +395,90 @@ pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         }
     }
     let Expr::Binary(kiln_ir::BinaryOp::Mul, x, y) = &k.body else { return None };
-    let load = |e: &Expr| match e {
-        Expr::Load { operand, index, pad: None } if k.inputs[*operand].dtype == DType::F32 => {
-            affine(k, *operand, index).map(|(o, c)| (*operand, o, c))
-        }
-        _ => None,
-    };
-    let (dm, dn, dk) = (np - 2, np - 1, np);
-    let (m, n, kk) = (k.domain[dm], k.domain[dn], k.domain[dk]);
-    if m == 0 || n == 0 || kk == 0 {
+    let dn = np - 1;
+    let n = k.domain[dn];
+    let k_dims = k.domain[np..].to_vec();
+    let kk: usize = k_dims.iter().product();
+    if n == 0 || kk == 0 || k.domain[..np].contains(&0) {
         return None;
     }
+    let nd = k.domain.len();
+    let kin = nd - 1;
+    // A: does not depend on N; its checks involve neither N nor the innermost K dim.
+    let a_ok = |a: &(usize, i64, Vec<i64>, Vec<Check>)| {
+        a.2[dn] == 0 && a.3.iter().all(|c| c.coef[dn] == 0 && c.coef[kin] == 0)
+    };
+    // The M dims: the parallel dims before N that B does not depend on, innermost first.
+    let m_start = |b_coef: &[i64]| {
+        let mut s = dn;
+        while s > 0 && b_coef[s - 1] == 0 {
+            s -= 1;
+        }
+        s
+    };
+    let build = |ga: (usize, i64, Vec<i64>, Vec<Check>), b: usize, b_off: i64, b_coef: Vec<i64>, bsrc| {
+        let ms = m_start(&b_coef);
+        if ms == dn {
+            return None;
+        }
+        let m_dims = k.domain[ms..dn].to_vec();
+        Some(Gemm {
+            batch: k.domain[..ms].to_vec(),
+            m: m_dims.iter().product(),
+            m_dims,
+            n,
+            k_dims: k_dims.clone(),
+            k: kk,
+            a: ga.0,
+            b,
+            a_off: ga.1,
+            a_batch: ga.2[..ms].to_vec(),
+            a_m: ga.2[ms..dn].to_vec(),
+            a_k: ga.2[np..].to_vec(),
+            a_checks: ga.3,
+            b_off,
+            b_batch: b_coef[..ms].to_vec(),
+            b_k: b_coef[np..].to_vec(),
+            b_n: b_coef[dn],
+            c_batch: k.output.strides[..ms].to_vec(),
+            c_m: k.output.strides[ms..dn].to_vec(),
+            c_n: k.output.strides[dn],
+            bl,
+            bsrc,
+        })
+    };
     // B packed at compile time: the A operand is the other load.
     for (pa, pb) in [(x, y), (y, x)] {
         let Some((b_op, b_off)) = prepacked_load(k, pb, bl.nr) else { continue };
-        let ga = load(pa)?;
-        if ga.2[dn] != 0 {
+        let ga = affine_load(k, pa)?;
+        if !a_ok(&ga) {
             return None;
         }
-        return Some(Gemm {
-            batch: k.domain[..dm].to_vec(),
-            m,
-            n,
-            k: kk,
-            a: ga.0,
-            b: b_op,
-            a_off: ga.1,
-            a_batch: ga.2[..dm].to_vec(),
-            a_m: ga.2[dm],
-            a_k: ga.2[dk],
-            b_off,
-            b_batch: vec![0; dm],
-            // Panel j0/NR starts at j0·K; rows are NR apart.
-            b_k: bl.nr as i64,
-            b_n: kk as i64,
-            c_batch: k.output.strides[..dm].to_vec(),
-            c_m: k.output.strides[dm],
-            c_n: k.output.strides[dn],
-            bl,
-            bsrc: BSource::Prepacked,
-        });
+        // Panel j0/NR starts at j0·K; flat K rows are NR apart.
+        let mut b_coef = vec![0i64; nd];
+        b_coef[dn] = kk as i64;
+        let mut flat = bl.nr as i64;
+        for d in (np..nd).rev() {
+            b_coef[d] = flat;
+            flat *= k.domain[d] as i64;
+        }
+        return build(ga, b_op, b_off, b_coef, BSource::Prepacked);
     }
-    let (lx, ly) = (load(x)?, load(y)?);
-    let (ga, gb) = if lx.2[dn] == 0 && ly.2[dm] == 0 {
-        (lx, ly)
-    } else if ly.2[dn] == 0 && lx.2[dm] == 0 {
-        (ly, lx)
-    } else {
-        return None;
-    };
-    let batch = k.domain[..dm].to_vec();
-    // In place only for a single row tile: with several, the panel is reused and packing it
-    // (contiguous, no L1 set conflicts from the row stride of B) pays.
-    let bsrc = if m <= bl.mr && gb.2[dn] == 1 { BSource::InPlace } else { BSource::Pack };
-    Some(Gemm {
-        batch,
-        m,
-        n,
-        k: kk,
-        a: ga.0,
-        b: gb.0,
-        a_off: ga.1,
-        a_batch: ga.2[..dm].to_vec(),
-        a_m: ga.2[dm],
-        a_k: ga.2[dk],
-        b_off: gb.1,
-        b_batch: gb.2[..dm].to_vec(),
-        b_k: gb.2[dk],
-        b_n: gb.2[dn],
-        c_batch: k.output.strides[..dm].to_vec(),
-        c_m: k.output.strides[dm],
-        c_n: k.output.strides[dn],
-        bl,
-        bsrc,
-    })
+    let (lx, ly) = (affine_load(k, x)?, affine_load(k, y)?);
+    for (ga, gb) in [(lx.clone(), ly.clone()), (ly, lx)] {
+        if !a_ok(&ga) || !gb.3.is_empty() {
+            continue;
+        }
+        let ms = m_start(&gb.2);
+        let m: usize = k.domain[ms..dn].iter().product();
+        // In place only for a single row tile: with several, the panel is reused and packing
+        // it (contiguous, no L1 set conflicts from the row stride of B) pays.
+        let bsrc = if m <= bl.mr && gb.2[dn] == 1 && k_dims.len() == 1 { BSource::InPlace } else { BSource::Pack };
+        if let Some(g) = build(ga, gb.0, gb.1, gb.2, bsrc) {
+            return Some(g);
+        }
+    }
+    None
 }
 
 fn min<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
@@ -410,6 +529,33 @@ fn when<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, cond: IntValue<'ctx>, then:
     Ok(())
 }
 
+/// `x` unravelled over `dims` (mixed radix, innermost last).
+fn unravel<'ctx>(g: &Gen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> R<Vec<IntValue<'ctx>>> {
+    let mut out = vec![g.i64(0); dims.len()];
+    let mut rest = x;
+    for d in (0..dims.len()).rev() {
+        if d == 0 {
+            out[d] = rest;
+        } else {
+            let e = g.i64(dims[d] as i64);
+            out[d] = g.b.build_int_signed_rem(rest, e, "ur").map_err(llvm_err)?;
+            rest = g.b.build_int_signed_div(rest, e, "uq").map_err(llvm_err)?;
+        }
+    }
+    Ok(out)
+}
+
+/// `Σ coef[i]·vars[i]`.
+fn dot<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> R<IntValue<'ctx>> {
+    let mut s = g.i64(0);
+    for (&v, &c) in vars.iter().zip(coef) {
+        if c != 0 {
+            s = add(g, s, mul(g, v, c)?)?;
+        }
+    }
+    Ok(s)
+}
+
 /// Emits the kernel function `void name(const Context*, i64 start, i64 end)` running tasks
 /// `start..end` of the blocked product.
 pub(crate) fn gen_gemm<'ctx>(
@@ -433,6 +579,9 @@ pub(crate) fn gen_gemm<'ctx>(
     panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
     let ctile = g.b.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
     ctile.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    // What a row of A outside the padded input reads: one zero, stride 0.
+    let zslot = g.b.build_alloca(f32t, "zero").map_err(llvm_err)?;
+    g.b.build_store(zslot, f32t.const_zero()).map_err(llvm_err)?;
     let accs: Vec<PointerValue> =
         (0..mr * nq).map(|_| g.b.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
     let fmuladd = Intrinsic::find("llvm.fmuladd")
@@ -449,7 +598,11 @@ pub(crate) fn gen_gemm<'ctx>(
 
     let (mb, nb) = (p.m_blocks() as i64, p.n_blocks() as i64);
     let (mc, nc) = (p.mc() as i64, p.nc() as i64);
-    let n_kb = p.k.div_ceil(bl.kc) as i64;
+    let (tps, kcl, kblocks) = p.slicing();
+    let (taps, k_in) = (p.taps(), p.k_in());
+    let n_slices = (taps.div_ceil(tps) * kblocks) as i64;
+    let nkd = p.k_dims.len();
+    let a_kin = p.a_k[nkd - 1];
     let has_fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
 
     g.for_range(f, start, end, &mut |t| {
@@ -457,24 +610,12 @@ pub(crate) fn gen_gemm<'ctx>(
         let nbk = b.build_int_signed_rem(t, g.i64(nb), "nbk").map_err(llvm_err)?;
         let rest = b.build_int_signed_div(t, g.i64(nb), "r").map_err(llvm_err)?;
         let mbk = b.build_int_signed_rem(rest, g.i64(mb), "mbk").map_err(llvm_err)?;
-        let mut bl_ix = b.build_int_signed_div(rest, g.i64(mb), "bl").map_err(llvm_err)?;
+        let bl_ix = b.build_int_signed_div(rest, g.i64(mb), "bl").map_err(llvm_err)?;
         // Batch variables, innermost last.
-        let mut bvars = vec![g.i64(0); p.batch.len()];
-        for d in (0..p.batch.len()).rev() {
-            if d == 0 {
-                bvars[d] = bl_ix;
-            } else {
-                let e = g.i64(p.batch[d] as i64);
-                bvars[d] = b.build_int_signed_rem(bl_ix, e, "bv").map_err(llvm_err)?;
-                bl_ix = b.build_int_signed_div(bl_ix, e, "bq").map_err(llvm_err)?;
-            }
-        }
-        let (mut a0, mut b0, mut c0) = (g.i64(p.a_off), g.i64(p.b_off), g.i64(k.output.offset));
-        for (d, &v) in bvars.iter().enumerate() {
-            a0 = add(g, a0, mul(g, v, p.a_batch[d])?)?;
-            b0 = add(g, b0, mul(g, v, p.b_batch[d])?)?;
-            c0 = add(g, c0, mul(g, v, p.c_batch[d])?)?;
-        }
+        let bvars = if p.batch.is_empty() { vec![] } else { unravel(g, bl_ix, &p.batch)? };
+        let a0 = add(g, g.i64(p.a_off), dot(g, &bvars, &p.a_batch)?)?;
+        let b0 = add(g, g.i64(p.b_off), dot(g, &bvars, &p.b_batch)?)?;
+        let c0 = add(g, g.i64(k.output.offset), dot(g, &bvars, &p.c_batch)?)?;
         let i_lo = mul(g, mbk, mc)?;
         let i_hi = min(g, add(g, i_lo, g.i64(mc))?, g.i64(p.m as i64))?;
         let j_lo = mul(g, nbk, nc)?;
@@ -486,41 +627,55 @@ pub(crate) fn gen_gemm<'ctx>(
             g.b.build_int_signed_div(add(g, sub(g, j_hi, j_lo)?, g.i64(nr as i64 - 1))?, g.i64(nr as i64), "njt")
                 .map_err(llvm_err)?;
 
-        g.for_range(f, g.i64(0), g.i64(n_kb), &mut |kb| {
-            let kc0 = mul(g, kb, bl.kc as i64)?;
-            let kcn = min(g, g.i64(bl.kc as i64), sub(g, g.i64(p.k as i64), kc0)?)?;
-            let first = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64(0), "first").map_err(llvm_err)?;
-            let last = g.b.build_int_compare(IntPredicate::EQ, kb, g.i64(n_kb - 1), "last").map_err(llvm_err)?;
-            let a_k0 = add(g, a0, mul(g, kc0, p.a_k)?)?;
+        g.for_range(f, g.i64(0), g.i64(n_slices), &mut |s| {
+            let tg = g.b.build_int_signed_div(s, g.i64(kblocks as i64), "tg").map_err(llvm_err)?;
+            let kb = g.b.build_int_signed_rem(s, g.i64(kblocks as i64), "kb").map_err(llvm_err)?;
+            let tap_lo = mul(g, tg, tps as i64)?;
+            let tap_hi = min(g, add(g, tap_lo, g.i64(tps as i64))?, g.i64(taps as i64))?;
+            let ntap = sub(g, tap_hi, tap_lo)?;
+            let kc0 = mul(g, kb, kcl as i64)?;
+            let kcn = min(g, g.i64(kcl as i64), sub(g, g.i64(k_in as i64), kc0)?)?;
+            let first = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(0), "first").map_err(llvm_err)?;
+            let last = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
             g.for_range(f, g.i64(0), n_jt, &mut |jt| {
                 let j0 = add(g, j_lo, mul(g, jt, nr as i64)?)?;
                 let jn = min(g, g.i64(nr as i64), sub(g, j_hi, j0)?)?;
                 let jfull = g.b.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
-                // B panel origin: &B[kc0, j0].
-                let b_at = add(g, add(g, b0, mul(g, kc0, p.b_k)?)?, mul(g, j0, p.b_n)?)?;
+                // &B[0, j0] of this batch element.
+                let b_at = add(g, b0, mul(g, j0, p.b_n)?)?;
+                // Panel rows: (tap − tap_lo)·kcn + kk.
                 let pack = |g: &Gen<'ctx>| -> R<()> {
-                    g.for_range(f, g.i64(0), kcn, &mut |kk| {
-                        let src = add(g, b_at, mul(g, kk, p.b_k)?)?;
-                        let dst = mul(g, kk, nr as i64)?;
-                        g.for_range(f, g.i64(0), jn, &mut |jj| {
-                            let v = g.load_elem(b_base, DType::F32, add(g, src, mul(g, jj, p.b_n)?)?)?;
-                            g.store_elem(panel, DType::F32, add(g, dst, jj)?, v)
-                        })?;
-                        g.for_range(f, jn, g.i64(nr as i64), &mut |jj| {
-                            g.store_elem(panel, DType::F32, add(g, dst, jj)?, f32t.const_zero().into())
+                    g.for_range(f, g.i64(0), ntap, &mut |tt| {
+                        let tv = unravel(g, add(g, tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
+                        let b_tap =
+                            add(g, add(g, b_at, dot(g, &tv, &p.b_k[..nkd - 1])?)?, mul(g, kc0, p.b_k[nkd - 1])?)?;
+                        let row0 = g.b.build_int_nsw_mul(tt, kcn, "row0").map_err(llvm_err)?;
+                        g.for_range(f, g.i64(0), kcn, &mut |kk| {
+                            let src = add(g, b_tap, mul(g, kk, p.b_k[nkd - 1])?)?;
+                            let dst = mul(g, add(g, row0, kk)?, nr as i64)?;
+                            g.for_range(f, g.i64(0), jn, &mut |jj| {
+                                let v = g.load_elem(b_base, DType::F32, add(g, src, mul(g, jj, p.b_n)?)?)?;
+                                g.store_elem(panel, DType::F32, add(g, dst, jj)?, v)
+                            })?;
+                            g.for_range(f, jn, g.i64(nr as i64), &mut |jj| {
+                                g.store_elem(panel, DType::F32, add(g, dst, jj)?, f32t.const_zero().into())
+                            })
                         })
                     })
                 };
                 let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
-                    (f32_ptr(g, b_base, b_at)?, g.i64(nr as i64))
+                    // Flat K row tap_lo·K_in + kc0 of panel j0/NR.
+                    let row = add(g, mul(g, tap_lo, k_in as i64)?, kc0)?;
+                    (f32_ptr(g, b_base, add(g, b_at, mul(g, row, nr as i64)?)?)?, g.i64(nr as i64))
                 } else if p.bsrc == BSource::InPlace {
-                    // Full-width panels are read in place; the last, narrower one is packed.
+                    // One K dim. Full-width panels are read in place; the last, narrower one
+                    // is packed.
                     let narrow = g.b.build_not(jfull, "narrow").map_err(llvm_err)?;
                     when(g, f, narrow, &mut || pack(g))?;
-                    let direct_ptr = f32_ptr(g, b_base, b_at)?;
+                    let direct_ptr = f32_ptr(g, b_base, add(g, b_at, mul(g, kc0, p.b_k[0])?)?)?;
                     let bp = g.b.build_select(jfull, direct_ptr, panel, "bp").map_err(llvm_err)?.into_pointer_value();
                     let bs =
-                        g.b.build_select(jfull, g.i64(p.b_k), g.i64(nr as i64), "bs")
+                        g.b.build_select(jfull, g.i64(p.b_k[0]), g.i64(nr as i64), "bs")
                             .map_err(llvm_err)?
                             .into_int_value();
                     (bp, bs)
@@ -532,7 +687,6 @@ pub(crate) fn gen_gemm<'ctx>(
                 g.for_range(f, g.i64(0), n_it, &mut |it| {
                     let i0 = add(g, i_lo, mul(g, it, mr as i64)?)?;
                     let rows = min(g, g.i64(mr as i64), sub(g, i_hi, i0)?)?;
-                    let c_at = add(g, add(g, c0, mul(g, i0, p.c_m)?)?, mul(g, j0, p.c_n)?)?;
                     let merge = cx.append_basic_block(f, "tile_done");
                     // Blocks are whole multiples of MR rows but the last: only MR and M % MR
                     // rows occur, so only those micro-kernels are emitted.
@@ -552,15 +706,21 @@ pub(crate) fn gen_gemm<'ctx>(
                                 zero,
                                 accs: &accs,
                                 ctile,
+                                zslot,
                                 fmuladd,
                                 a_base,
-                                a_rows: a_k0,
+                                a0,
+                                bvars: &bvars,
                                 i0,
+                                tap_lo,
+                                ntap,
+                                kc0,
                                 kcn,
+                                a_kin,
                                 bptr,
                                 bstride,
                                 out_base,
-                                c_at,
+                                c0: add(g, c0, mul(g, j0, p.c_n)?)?,
                                 jn,
                                 c_full,
                                 first,
@@ -573,12 +733,15 @@ pub(crate) fn gen_gemm<'ctx>(
                     if let Some(fin) = has_fin {
                         when(g, f, last, &mut || {
                             g.for_range(f, g.i64(0), rows, &mut |i| {
-                                let row = add(g, i0, i)?;
+                                let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
+                                let c_row = add(g, add(g, c0, dot(g, &mv, &p.c_m)?)?, mul(g, j0, p.c_n)?)?;
                                 g.for_range(f, g.i64(0), jn, &mut |j| {
                                     let col = add(g, j0, j)?;
                                     let mut vs = bvars.clone();
-                                    vs.extend([row, col, g.i64(0)]);
-                                    let at = add(g, add(g, c_at, mul(g, i, p.c_m)?)?, mul(g, j, p.c_n)?)?;
+                                    vs.extend(mv.iter().copied());
+                                    vs.push(col);
+                                    vs.extend(std::iter::repeat_n(g.i64(0), nkd));
+                                    let at = add(g, c_row, mul(g, j, p.c_n)?)?;
                                     let cur = g.load_elem(out_base, DType::F32, at)?;
                                     let v = env.gen(g, fin, &vs, Some(cur))?;
                                     g.store_elem(out_base, DType::F32, at, v)
@@ -599,23 +762,30 @@ struct Tile<'a, 'ctx> {
     zero: VectorValue<'ctx>,
     accs: &'a [PointerValue<'ctx>],
     ctile: PointerValue<'ctx>,
+    zslot: PointerValue<'ctx>,
     fmuladd: FunctionValue<'ctx>,
     a_base: PointerValue<'ctx>,
-    /// Element index of A[batch, 0, kc0] (rows are added here).
-    a_rows: IntValue<'ctx>,
+    /// Element index of A at this batch element (rows, taps and K are added here).
+    a0: IntValue<'ctx>,
+    bvars: &'a [IntValue<'ctx>],
     i0: IntValue<'ctx>,
+    tap_lo: IntValue<'ctx>,
+    ntap: IntValue<'ctx>,
+    kc0: IntValue<'ctx>,
     kcn: IntValue<'ctx>,
+    a_kin: i64,
     bptr: PointerValue<'ctx>,
     bstride: IntValue<'ctx>,
     out_base: PointerValue<'ctx>,
-    c_at: IntValue<'ctx>,
+    /// Element index of C at this batch element and column `j0` (rows are added here).
+    c0: IntValue<'ctx>,
     jn: IntValue<'ctx>,
     /// The tile is NR wide in C and C is contiguous along N: vector loads/stores of C.
     c_full: IntValue<'ctx>,
     first: IntValue<'ctx>,
 }
 
-/// One `r×NR` tile: C[i0.., j0..] (+)= A[i0.., kc0..kc0+kcn] · panel.
+/// One `r×NR` tile: C[i0.., j0..] (+)= A[i0.., slice] · panel.
 fn micro_tile<'ctx>(
     g: &Gen<'ctx>,
     f: FunctionValue<'ctx>,
@@ -626,8 +796,13 @@ fn micro_tile<'ctx>(
 ) -> R<()> {
     let (w, nr) = (p.bl.w, p.bl.nr);
     let nq = nr / w;
+    let nkd = p.k_dims.len();
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
-    let c_row = |i: usize| add(g, t.c_at, g.i64(i as i64 * p.c_m));
+    // The M variables of each row, and where the row starts in A and C.
+    let mvs: Vec<Vec<IntValue>> =
+        (0..r).map(|i| unravel(g, add(g, t.i0, g.i64(i as i64))?, &p.m_dims)).collect::<R<_>>()?;
+    let c_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.c0, dot(g, mv, &p.c_m)?)).collect::<R<_>>()?;
+    let a_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.a0, dot(g, mv, &p.a_m)?)).collect::<R<_>>()?;
     // Initial accumulators: zero on the first K slice, else the partial sums in C.
     for i in 0..r {
         for q in 0..nq {
@@ -637,9 +812,9 @@ fn micro_tile<'ctx>(
     let not_first = g.b.build_not(t.first, "nf").map_err(llvm_err)?;
     let full_reload = g.b.build_and(not_first, t.c_full, "fr").map_err(llvm_err)?;
     when(g, f, full_reload, &mut || {
-        for i in 0..r {
+        for (i, &ci) in c_rows.iter().enumerate() {
             for q in 0..nq {
-                let pc = f32_ptr(g, t.out_base, add(g, c_row(i)?, g.i64((q * w) as i64))?)?;
+                let pc = f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?;
                 g.b.build_store(acc(i, q), vload(g, t.vt, pc)?).map_err(llvm_err)?;
             }
         }
@@ -648,11 +823,10 @@ fn micro_tile<'ctx>(
     let not_full = g.b.build_not(t.c_full, "nfull").map_err(llvm_err)?;
     let edge_reload = g.b.build_and(not_first, not_full, "er").map_err(llvm_err)?;
     when(g, f, edge_reload, &mut || {
-        for i in 0..r {
+        for (i, &ci) in c_rows.iter().enumerate() {
             for q in 0..nq {
                 vstore(g, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?, t.zero)?;
             }
-            let ci = c_row(i)?;
             g.for_range(f, g.i64(0), t.jn, &mut |j| {
                 let v = g.load_elem(t.out_base, DType::F32, add(g, ci, mul(g, j, p.c_n)?)?)?;
                 g.store_elem(t.ctile, DType::F32, add(g, g.i64((i * nr) as i64), j)?, v)
@@ -664,9 +838,6 @@ fn micro_tile<'ctx>(
         }
         Ok(())
     })?;
-    // A row starts for this tile.
-    let a_row: Vec<IntValue> =
-        (0..r).map(|i| add(g, t.a_rows, mul(g, add(g, t.i0, g.i64(i as i64))?, p.a_m)?)).collect::<R<_>>()?;
     // Short tiles (few rows: M = 1, edges) keep `sets` independent accumulator sets, over
     // interleaved k, so that the FMA latency is hidden without MR rows of work.
     let sets = (p.bl.mr / r).min(4);
@@ -678,37 +849,67 @@ fn micro_tile<'ctx>(
             }
         }
     }
-    let step = |kk: IntValue<'ctx>, s: usize| -> R<()> {
-        let boff = g.b.build_int_nsw_mul(kk, t.bstride, "bo").map_err(llvm_err)?;
-        let bv: Vec<VectorValue> = (0..nq)
-            .map(|q| vload(g, t.vt, f32_ptr(g, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
-            .collect::<R<_>>()?;
-        let ak = mul(g, kk, p.a_k)?;
-        for (i, &ar) in a_row.iter().enumerate() {
-            let a = g.load_elem(t.a_base, DType::F32, add(g, ar, ak)?)?;
-            let av = splat(a)?;
-            for (q, &bq) in bv.iter().enumerate() {
-                let cur = g.b.build_load(t.vt, acc_s(s, i, q), "a").map_err(llvm_err)?;
-                let nv =
-                    g.b.build_call(t.fmuladd, &[av.into(), bq.into(), cur.into()], "fma")
-                        .map_err(llvm_err)?
-                        .try_as_basic_value()
-                        .basic()
-                        .ok_or_else(|| llvm_err("fmuladd returned void"))?;
-                g.b.build_store(acc_s(s, i, q), nv).map_err(llvm_err)?;
+    g.for_range(f, g.i64(0), t.ntap, &mut |tt| {
+        // This tap's outer K variables; each row's A pointer and step along the inner K dim
+        // (a row outside the padded input reads the zero slot, step 0).
+        let tv = unravel(g, add(g, t.tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
+        let a_tap = add(g, dot(g, &tv, &p.a_k[..nkd - 1])?, mul(g, t.kc0, t.a_kin)?)?;
+        let mut rows: Vec<(PointerValue, IntValue)> = Vec::with_capacity(r);
+        for i in 0..r {
+            let ptr = f32_ptr(g, t.a_base, add(g, a_rows[i], a_tap)?)?;
+            if p.a_checks.is_empty() {
+                rows.push((ptr, g.i64(t.a_kin)));
+                continue;
             }
+            let mut all = g.cx.bool_type().const_all_ones();
+            for c in &p.a_checks {
+                let nb = t.bvars.len();
+                let ms = nb + p.m_dims.len();
+                let mut v = g.i64(c.c);
+                v = add(g, v, dot(g, t.bvars, &c.coef[..nb])?)?;
+                v = add(g, v, dot(g, &mvs[i], &c.coef[nb..ms])?)?;
+                let ko = ms + 1;
+                v = add(g, v, dot(g, &tv, &c.coef[ko..ko + nkd - 1])?)?;
+                let ok = g.b.build_int_compare(IntPredicate::ULT, v, g.i64(c.ext), "inb").map_err(llvm_err)?;
+                all = g.b.build_and(all, ok, "valid").map_err(llvm_err)?;
+            }
+            let ptr = g.b.build_select(all, ptr, t.zslot, "arow").map_err(llvm_err)?.into_pointer_value();
+            let step = g.b.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value();
+            rows.push((ptr, step));
         }
-        Ok(())
-    };
-    let whole = g.b.build_int_signed_div(t.kcn, g.i64(sets as i64), "kq").map_err(llvm_err)?;
-    g.for_range(f, g.i64(0), whole, &mut |kq| {
-        let k0 = mul(g, kq, sets as i64)?;
-        for s in 0..sets {
-            step(add(g, k0, g.i64(s as i64))?, s)?;
-        }
-        Ok(())
+        let row0 = g.b.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
+        let step = |kk: IntValue<'ctx>, s: usize| -> R<()> {
+            let boff = g.b.build_int_nsw_mul(add(g, row0, kk)?, t.bstride, "bo").map_err(llvm_err)?;
+            let bv: Vec<VectorValue> = (0..nq)
+                .map(|q| vload(g, t.vt, f32_ptr(g, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
+                .collect::<R<_>>()?;
+            for (i, &(ap, astep)) in rows.iter().enumerate() {
+                let ak = g.b.build_int_nsw_mul(kk, astep, "ak").map_err(llvm_err)?;
+                let a = g.load_elem(ap, DType::F32, ak)?;
+                let av = splat(a)?;
+                for (q, &bq) in bv.iter().enumerate() {
+                    let cur = g.b.build_load(t.vt, acc_s(s, i, q), "a").map_err(llvm_err)?;
+                    let nv =
+                        g.b.build_call(t.fmuladd, &[av.into(), bq.into(), cur.into()], "fma")
+                            .map_err(llvm_err)?
+                            .try_as_basic_value()
+                            .basic()
+                            .ok_or_else(|| llvm_err("fmuladd returned void"))?;
+                    g.b.build_store(acc_s(s, i, q), nv).map_err(llvm_err)?;
+                }
+            }
+            Ok(())
+        };
+        let whole = g.b.build_int_signed_div(t.kcn, g.i64(sets as i64), "kq").map_err(llvm_err)?;
+        g.for_range(f, g.i64(0), whole, &mut |kq| {
+            let k0 = mul(g, kq, sets as i64)?;
+            for s in 0..sets {
+                step(add(g, k0, g.i64(s as i64))?, s)?;
+            }
+            Ok(())
+        })?;
+        g.for_range(f, mul(g, whole, sets as i64)?, t.kcn, &mut |kk| step(kk, 0))
     })?;
-    g.for_range(f, mul(g, whole, sets as i64)?, t.kcn, &mut |kk| step(kk, 0))?;
     for s in 1..sets {
         for i in 0..r {
             for q in 0..nq {
@@ -722,20 +923,19 @@ fn micro_tile<'ctx>(
     // Store: straight into C for a full tile, through the stack tile at the N edge.
     let full = cx_blocks(g, f, t.c_full)?;
     g.b.position_at_end(full.0);
-    for i in 0..r {
+    for (i, &ci) in c_rows.iter().enumerate() {
         for q in 0..nq {
             let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
-            vstore(g, f32_ptr(g, t.out_base, add(g, c_row(i)?, g.i64((q * w) as i64))?)?, v)?;
+            vstore(g, f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?, v)?;
         }
     }
     g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
     g.b.position_at_end(full.1);
-    for i in 0..r {
+    for (i, &ci) in c_rows.iter().enumerate() {
         for q in 0..nq {
             let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
             vstore(g, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?, v)?;
         }
-        let ci = c_row(i)?;
         g.for_range(f, g.i64(0), t.jn, &mut |j| {
             let v = g.load_elem(t.ctile, DType::F32, add(g, g.i64((i * nr) as i64), j)?)?;
             g.store_elem(t.out_base, DType::F32, add(g, ci, mul(g, j, p.c_n)?)?, v)

@@ -13,11 +13,56 @@ use crate::PassError;
 mod index;
 mod sample;
 
-/// Where a value's elements live: dense, row-major, from `offset` (in elements) of `buffer`.
+/// Where a value's elements live: from `offset` (in elements) of `buffer`, dense row-major
+/// or, for a rank-4 value with `channels_last`, in NHWC order (see [`choose_layout`]).
 #[derive(Clone, Copy, Debug)]
 struct Loc {
     buffer: BufferId,
     offset: i64,
+    channels_last: bool,
+}
+
+impl Loc {
+    fn dense(buffer: BufferId) -> Loc {
+        Loc { buffer, offset: 0, channels_last: false }
+    }
+    fn view(&self, dtype: DType, shape: &[usize]) -> View {
+        let mut view = View::dense(self.buffer, dtype, shape);
+        view.offset = self.offset;
+        if self.channels_last {
+            let [_, c, h, w] = shape[..] else { unreachable!("channels-last values are rank 4") };
+            let (c, h, w) = (c as i64, h as i64, w as i64);
+            view.strides = vec![h * w * c, 1, w * c, c];
+        }
+        view
+    }
+}
+
+/// The physical layout of a node's output. Convolutions write channels-last (NHWC): their
+/// kernels are then matrix products over output pixels × output channels with the channels
+/// contiguous (the register-blocked GEMM schedule of the CPU backend), and their input is read
+/// along contiguous channels too. Elementwise ops, pooling and inference BatchNorm keep the
+/// layout of a channels-last input, so that a chain of convolutions never changes layout; any
+/// other consumer reads the NHWC value through its strides (one transposing kernel where a
+/// region ends), and a Reshape/BitCast of one first copies it to row-major. Graph outputs are
+/// always row-major.
+fn choose_layout(op: &Op, ins: &[(Loc, &TensorType)], out: &TensorType) -> bool {
+    if out.shape.len() != 4 || out.dtype != DType::F32 {
+        return false;
+    }
+    match op {
+        Op::Conv { .. } => true,
+        Op::MaxPool { .. } | Op::AveragePool { .. } | Op::BatchNorm { .. } => ins[0].0.channels_last,
+        Op::Binary(_)
+        | Op::Compare(_)
+        | Op::Unary(_)
+        | Op::Cast { .. }
+        | Op::Where
+        | Op::Identity
+        | Op::IsNaN
+        | Op::IsInf { .. } => ins.iter().any(|(l, t)| l.channels_last && t.shape == out.shape),
+        _ => false,
+    }
 }
 
 struct Lowerer<'g> {
@@ -134,15 +179,13 @@ impl<'g> Lowerer<'g> {
                 let name = self.g.value(v).name.clone();
                 let bytes = t.ty.bytes();
                 let b = self.prog.add_buffer(BufferKind::Constant(t), bytes, name);
-                let l = Loc { buffer: b, offset: 0 };
+                let l = Loc::dense(b);
                 self.loc.insert(v, l);
                 l
             }
         };
         let ty = self.ty(v);
-        let mut view = View::dense(loc.buffer, ty.dtype, &ty.shape);
-        view.offset = loc.offset;
-        view
+        loc.view(ty.dtype, &ty.shape)
     }
 
     fn temp(&mut self, dtype: DType, shape: &[usize], name: String) -> View {
@@ -221,27 +264,36 @@ impl<'g> Lowerer<'g> {
                 });
             }
             Op::Conv { window, group } => {
+                // Reduction order (kh, kw, ci): the input channel innermost, contiguous in a
+                // channels-last input and the dim the GEMM schedule blocks.
                 let (x, w) = (&ins[0], &ins[1]);
                 let cig = w.extents[1];
                 let cog = w.extents[0] / group;
                 let [kh, kw] = window.kernel;
                 let mut domain = out_shape.clone();
-                domain.extend([cig, kh, kw]);
+                domain.extend([kh, kw, cig]);
                 let chan = if *group == 1 {
-                    Expr::Var(4)
+                    Expr::Var(6)
+                } else if cig == 1 {
+                    // Depthwise: the channel is the group.
+                    if cog == 1 {
+                        Expr::Var(1)
+                    } else {
+                        Expr::div(Expr::Var(1), Expr::i64(cog as i64))
+                    }
                 } else {
                     Expr::add(
                         Expr::mul(Expr::div(Expr::Var(1), Expr::i64(cog as i64)), Expr::i64(cig as i64)),
-                        Expr::Var(4),
+                        Expr::Var(6),
                     )
                 };
-                let spatial = |a: usize| window_input_index(window, a, Expr::Var(5 + a));
+                let spatial = |a: usize| window_input_index(window, a, Expr::Var(4 + a));
                 let xl = Expr::Load {
                     operand: 0,
                     index: vec![Expr::Var(0), chan, spatial(0), spatial(1)],
                     pad: Some(Scalar::F32(0.0)),
                 };
-                let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(4), Expr::Var(5), Expr::Var(6)]);
+                let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(6), Expr::Var(4), Expr::Var(5)]);
                 self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
             }
             Op::ConvTranspose { kernel, strides, dilations, pads, group, .. } => {
@@ -888,7 +940,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         let t = g.ty(v);
         l.prog.inputs.push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
         let b = l.prog.add_buffer(BufferKind::Input(i), t.bytes(), g.value(v).name.clone());
-        l.loc.insert(v, Loc { buffer: b, offset: 0 });
+        l.loc.insert(v, Loc::dense(b));
     }
     // Graph outputs computed by a kernel are written straight into the caller's buffer.
     let mut out_bufs = Vec::new();
@@ -908,10 +960,22 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         let node = g.node(nid);
         let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
         let out_v = node.outputs[0];
-        // Reshape and BitCast are views of their input's bytes.
+        // Reshape and BitCast are views of their input's bytes (row-major ones: a
+        // channels-last input is copied to row-major first).
         if let Op::Reshape { .. } | Op::BitCast { .. } = node.op {
-            let src = ins[0].clone();
-            l.loc.insert(out_v, Loc { buffer: src.buffer, offset: src.offset });
+            let mut src = ins[0].clone();
+            if l.loc[&node.inputs[0]].channels_last {
+                let t = g.ty(node.inputs[0]);
+                let dense = l.temp(t.dtype, &t.shape, format!("{}.row_major", g.value(node.inputs[0]).name));
+                l.emit(elementwise(
+                    &format!("{}/to_row_major", node.name),
+                    dense.clone(),
+                    vec![src],
+                    Expr::load(0, vars(0..4)),
+                ));
+                src = dense;
+            }
+            l.loc.insert(out_v, Loc { buffer: src.buffer, offset: src.offset, channels_last: false });
             continue;
         }
         if let Op::Unsupported { op_type, .. } = &node.op {
@@ -926,8 +990,11 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
                 b
             }
         };
-        l.loc.insert(out_v, Loc { buffer, offset: 0 });
-        let out = View::dense(buffer, t.dtype, &t.shape);
+        let in_locs: Vec<(Loc, &TensorType)> = node.inputs.iter().map(|&v| (l.loc[&v], g.ty(v))).collect();
+        let channels_last = !direct.contains_key(&out_v) && choose_layout(&node.op, &in_locs, &t);
+        let loc = Loc { buffer, offset: 0, channels_last };
+        l.loc.insert(out_v, loc);
+        let out = loc.view(t.dtype, &t.shape);
         l.lower_node(&node.op, ins, out, &node.name).map_err(|e| PassError::Lowering {
             node: node.name.clone(),
             op: node.op.name().into(),
@@ -951,5 +1018,105 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             });
         }
     }
+    for ins in &mut l.prog.instrs {
+        if let Instr::Kernel(k) = ins {
+            order_loops(k);
+        }
+    }
     Ok(l.prog)
+}
+
+/// Orders a kernel's parallel dims by decreasing output stride, so that the innermost loop
+/// runs along contiguous output (a channels-last output: channels innermost). Row-major
+/// kernels are left as they are.
+fn order_loops(k: &mut Kernel) {
+    if let Some(perm) = stride_order(&k.output.strides[..k.n_par]) {
+        permute_parallel(k, &perm);
+    }
+}
+
+/// The dims sorted by decreasing stride (stable), unless they already are.
+pub(crate) fn stride_order(strides: &[i64]) -> Option<Vec<usize>> {
+    if strides.len() < 2 || strides.windows(2).all(|w| w[0] >= w[1]) {
+        return None;
+    }
+    let mut perm: Vec<usize> = (0..strides.len()).collect();
+    perm.sort_by_key(|&d| std::cmp::Reverse(strides[d]));
+    Some(perm)
+}
+
+/// Reorders a kernel's parallel dims (new dim `i` is old dim `perm[i]`), then writes every
+/// load whose index is a list of distinct variables with its view dims in variable order, so
+/// that a load of a value in the kernel's own loop order has the identity index (what fusion
+/// and in-place reuse look for).
+pub(crate) fn permute_parallel(k: &mut Kernel, perm: &[usize]) {
+    let np = k.n_par;
+    debug_assert_eq!(perm.len(), np);
+    // Old variable d becomes variable inv[d].
+    let mut inv: Vec<usize> = (0..k.domain.len()).collect();
+    for (new, &old) in perm.iter().enumerate() {
+        inv[old] = new;
+    }
+    let mut domain: Vec<usize> = perm.iter().map(|&d| k.domain[d]).collect();
+    domain.extend_from_slice(&k.domain[np..]);
+    k.domain = domain;
+    let o = &mut k.output;
+    o.extents = perm.iter().map(|&d| o.extents[d]).collect();
+    o.strides = perm.iter().map(|&d| o.strides[d]).collect();
+    let rename = |e: Expr| match e {
+        Expr::Var(d) => Expr::Var(inv[d]),
+        e => e,
+    };
+    k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut { rename });
+    if let Some(r) = &mut k.reduction {
+        r.finalize = r.finalize.take().map(|e| e.map(&mut { rename }));
+    }
+    // Operand views are shared by every load of the operand: only operands all of whose
+    // loads have the same pure-variable index are rewritten.
+    let mut idx: Vec<Option<Option<Vec<usize>>>> = vec![None; k.inputs.len()];
+    let mut note = |e: &Expr| {
+        if let Expr::Load { operand, index, .. } = e {
+            let vs: Option<Vec<usize>> =
+                index.iter().map(|ix| if let Expr::Var(d) = ix { Some(*d) } else { None }).collect();
+            let vs = vs.filter(|v| {
+                let mut s = v.clone();
+                s.sort_unstable();
+                s.dedup();
+                s.len() == v.len()
+            });
+            let slot = &mut idx[*operand];
+            *slot = match slot.take() {
+                None => Some(vs),
+                Some(prev) => Some(if prev == vs { prev } else { None }),
+            };
+        }
+    };
+    k.body.visit(&mut note);
+    if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+        f.visit(&mut note);
+    }
+    let mut order: Vec<Option<Vec<usize>>> = vec![None; k.inputs.len()];
+    for (op, vs) in idx.into_iter().enumerate() {
+        let Some(Some(vs)) = vs else { continue };
+        let mut pos: Vec<usize> = (0..vs.len()).collect();
+        pos.sort_by_key(|&p| vs[p]);
+        if pos.iter().enumerate().any(|(i, &p)| i != p) {
+            let v = &mut k.inputs[op];
+            v.extents = pos.iter().map(|&p| v.extents[p]).collect();
+            v.strides = pos.iter().map(|&p| v.strides[p]).collect();
+            order[op] = Some(pos.iter().map(|&p| vs[p]).collect());
+        }
+    }
+    let reindex = |e: Expr| match e {
+        Expr::Load { operand, pad, .. } if order[operand].is_some() => Expr::Load {
+            operand,
+            index: order[operand].as_ref().expect("checked").iter().map(|&d| Expr::Var(d)).collect(),
+            pad,
+        },
+        e => e,
+    };
+    k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut { reindex });
+    if let Some(r) = &mut k.reduction {
+        r.finalize = r.finalize.take().map(|e| e.map(&mut { reindex }));
+    }
 }
