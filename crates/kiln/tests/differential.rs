@@ -265,6 +265,66 @@ fn convolution() {
     }
 }
 
+/// Convolutions inside a network: channels-last intermediates, the first convolution a
+/// register-blocked GEMM over output pixels (weights prepacked at compile time, padded taps
+/// through per-row checks), with a ReLU epilogue, feeding a second convolution that writes
+/// the row-major graph output. Shapes exercise channel counts past the register tile, more
+/// input channels than one K block, several taps per K slice, strides, dilations, batch 2,
+/// depthwise and grouped convolutions.
+#[test]
+fn convolution_chains_as_gemm() {
+    let mut r = Rng(47);
+    // (batch, ci, h, w, co, kernel, stride, pad, dilation, group, co2, kernel2)
+    let cases = [
+        (1, 3, 15, 13, 20, [7, 7], [2, 2], [3, 3, 3, 3], [1, 1], 1, 8, [1, 1]),
+        (2, 19, 9, 11, 37, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 5, [3, 3]),
+        (1, 140, 6, 7, 33, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1, 17, [3, 1]),
+        (1, 16, 12, 10, 40, [3, 3], [2, 1], [0, 2, 1, 0], [2, 1], 1, 9, [1, 3]),
+        (1, 24, 8, 8, 24, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 24, 30, [1, 1]),
+        (1, 12, 7, 9, 18, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 3, 6, [1, 1]),
+    ];
+    for (nb, ci, h, w, co, k, strides, pads, dilations, group, co2, k2) in cases {
+        let x = r.tensor(DType::F32, &[nb, ci, h, w]);
+        let w1 = r.tensor(DType::F32, &[co, ci / group, k[0], k[1]]);
+        let b1 = r.tensor(DType::F32, &[co]);
+        let w2 = r.tensor(DType::F32, &[co2, co, k2[0], k2[1]]);
+        let conv1 = Op::Conv { window: Window { kernel: k, strides, pads, dilations }, group };
+        let conv2 = Op::Conv {
+            window: Window { kernel: k2, strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] },
+            group: 1,
+        };
+        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
+        let y = ev(&conv1, &[&x, &w1, &b1]);
+        let y = ev(&Op::Unary(UnaryOp::Relu), &[&y]);
+        let want = ev(&conv2, &[&y, &w2]);
+
+        let mut g = Graph::new("conv_chain");
+        let xi = g.add_input("x", x.ty.clone());
+        let (w1i, b1i, w2i) = (g.add_const("w1", w1), g.add_const("b1", b1), g.add_const("w2", w2));
+        let y = g.add_node(conv1, &[xi, w1i, b1i], "conv1", &[]).unwrap()[0];
+        let y = g.add_node(Op::Unary(UnaryOp::Relu), &[y], "relu", &[]).unwrap()[0];
+        g.outputs = g.add_node(conv2, &[y, w2i], "conv2", &[]).unwrap();
+        let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
+        let mut opt = g.clone();
+        compiler.optimize(&mut opt, None).unwrap();
+        let (prog, _, _) = compiler.lower(&opt).unwrap();
+        let text = kiln::ir::lir::print(&prog);
+        if group == 1 {
+            assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
+        }
+        let art = compiler.compile_graph(g).unwrap();
+        let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+        let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
+            .to_f32()
+            .unwrap();
+        let want = want.to_f64_vec();
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "case ci={ci} co={co} k={k:?}: element {i}: {a} vs {b}");
+        }
+    }
+}
+
 #[test]
 fn pooling_and_normalization() {
     let mut r = Rng(6);
