@@ -147,22 +147,36 @@ pub fn plan(p: &mut Program) -> MemoryReport {
 /// Places every constant buffer in the weight section (64-byte aligned, in buffer order;
 /// buffers with identical contents share one copy) and returns the section's bytes.
 pub fn pack_constants(p: &mut Program) -> Vec<u8> {
-    let mut out: Vec<u8> = Vec::new();
-    let mut seen: HashMap<(kiln_ir::TensorType, Vec<u8>), u64> = HashMap::new();
+    let total: usize = p
+        .buffers
+        .iter()
+        .filter_map(|b| {
+            if let BufferKind::Constant(t) = &b.kind {
+                Some(align(t.data.len() as u64) as usize)
+            } else {
+                None
+            }
+        })
+        .sum();
+    let mut out: Vec<u8> = Vec::with_capacity(total);
+    // By type and content hash; a hit is confirmed byte for byte against the first copy.
+    let mut seen: HashMap<(kiln_ir::TensorType, u128), (u64, usize)> = HashMap::new();
     for buf in &mut p.buffers {
         let BufferKind::Constant(t) = &buf.kind else {
             continue;
         };
-        let key = (t.ty.clone(), t.data.to_vec());
-        if let Some(&off) = seen.get(&key) {
-            buf.offset = Some(off);
-            continue;
+        let key = (t.ty.clone(), xxhash_rust::xxh3::xxh3_128(&t.data));
+        if let Some(&(off, len)) = seen.get(&key) {
+            if out[off as usize..off as usize + len] == t.data[..] {
+                buf.offset = Some(off);
+                continue;
+            }
         }
         let off = align(out.len() as u64);
         out.resize(off as usize, 0);
         out.extend_from_slice(&t.data);
         buf.offset = Some(off);
-        seen.insert(key, off);
+        seen.entry(key).or_insert((off, t.data.len()));
     }
     out
 }

@@ -44,6 +44,12 @@ pub(crate) unsafe extern "C" fn parallel_for(
     let pool = unsafe { &*(runtime as *const Pool) };
     let ctx = SendCtx(ctx);
     let threads = pool.pool.current_num_threads() as i64;
+    if threads <= 1 || n <= 1 {
+        // Nothing to share out: run on the calling thread, with no hand-off to a worker.
+        // SAFETY: as below.
+        unsafe { task(ctx.get(), 0, n) };
+        return;
+    }
     let chunks = (threads * 4).min(n).max(1);
     pool.pool.install(|| {
         (0..chunks).into_par_iter().for_each(|c| {

@@ -288,11 +288,16 @@ fn gen_kernel<'ctx>(
     k: &Kernel,
     name: &str,
     gemm: Option<&crate::gemm::Gemm>,
+    linkage: Linkage,
 ) -> R<FunctionValue<'ctx>> {
     let k = normalized(k);
     let cx = g.cx;
-    let fty = cx.void_type().fn_type(&[g.ptr_ty().into(), cx.i64_type().into(), cx.i64_type().into()], false);
-    let f = g.m.add_function(name, fty, Some(Linkage::Internal));
+    let fty = function_type(g);
+    let f = g.m.add_function(name, fty, Some(linkage));
+    if linkage == Linkage::External {
+        // Shared between the objects of one library, never exported from it.
+        f.as_global_value().set_visibility(inkwell::GlobalVisibility::Hidden);
+    }
     // Kernels stay functions of their own: inlining thousands of small kernels (an unrolled
     // recurrent layer) into the entry function makes one huge function that LLVM optimizes
     // in superlinear time, for no gain (each kernel is a loop nest behind one call).
@@ -430,29 +435,96 @@ fn gen_kernel<'ctx>(
     Ok(f)
 }
 
-/// Builds the LLVM module for a memory-planned program.
-///
-/// `target` chooses the vector width of the register-blocked matrix products.
-pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::CpuTarget) -> R<Module<'ctx>> {
-    let blocking = crate::gemm::Blocking::for_features(&target.features);
-    let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
-    let ver = g.m.add_global(cx.i32_type(), None, kiln_abi::ABI_VERSION_SYMBOL);
-    ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
-    ver.set_constant(true);
+/// What the entry function needs to know of a kernel, decided before any LLVM work.
+#[derive(Debug)]
+pub(crate) struct KernelPlan {
+    /// Index of the kernel's instruction in the program.
+    pub instr: usize,
+    pub gemm: Option<crate::gemm::Gemm>,
+    /// Tasks of its parallel loop.
+    pub tasks: usize,
+    pub work: usize,
+}
 
-    let mut kernels = Vec::new();
-    for (i, ins) in prog.instrs.iter().enumerate() {
-        if let Instr::Kernel(k) = ins {
+impl KernelPlan {
+    /// The kernel function's symbol (unique in the library).
+    pub fn symbol(&self) -> String {
+        format!("kiln_k{}", self.instr)
+    }
+}
+
+/// The plan of every kernel of the program, in order.
+pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<KernelPlan> {
+    let blocking = crate::gemm::Blocking::for_features(&target.features);
+    prog.instrs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ins)| {
+            let Instr::Kernel(k) = ins else { return None };
             let gemm = crate::gemm::match_gemm(k, blocking);
-            let f = gen_kernel(&g, prog, k, &format!("k{i}"), gemm.as_ref())
-                .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
             let tasks = match &gemm {
                 Some(p) => p.tasks(),
                 None => Split::of(&normalized(k)).tasks(),
             };
-            kernels.push((i, f, tasks, k.work()));
-        }
+            Some(KernelPlan { instr: i, gemm, tasks, work: k.work() })
+        })
+        .collect()
+}
+
+fn function_type<'ctx>(g: &Gen<'ctx>) -> inkwell::types::FunctionType<'ctx> {
+    g.cx.void_type().fn_type(&[g.ptr_ty().into(), g.cx.i64_type().into(), g.cx.i64_type().into()], false)
+}
+
+/// A module defining the functions of the given kernels (external, hidden), to be linked with
+/// the entry module of [`build_entry_module`].
+pub(crate) fn build_kernels_module<'ctx>(cx: &'ctx Context, prog: &Program, plans: &[&KernelPlan]) -> R<Module<'ctx>> {
+    let g = Gen { cx, m: cx.create_module("kiln_kernels"), b: cx.create_builder() };
+    for p in plans {
+        let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
+        gen_kernel(&g, prog, k, &p.symbol(), p.gemm.as_ref(), Linkage::External)
+            .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
     }
+    Ok(g.m)
+}
+
+/// The module with the ABI version and `kiln_entry`, which calls the kernels, declared here
+/// and defined in other modules.
+pub(crate) fn build_entry_module<'ctx>(cx: &'ctx Context, prog: &Program, plans: &[KernelPlan]) -> R<Module<'ctx>> {
+    let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
+    let fty = function_type(&g);
+    let fns: Vec<FunctionValue> =
+        plans.iter().map(|p| g.m.add_function(&p.symbol(), fty, Some(Linkage::External))).collect();
+    gen_entry(&g, prog, plans, &fns)?;
+    Ok(g.m)
+}
+
+/// Builds one LLVM module for a memory-planned program: every kernel and the entry (what
+/// `--emit llvm|asm` shows).
+///
+/// `target` chooses the vector width of the register-blocked matrix products.
+pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::CpuTarget) -> R<Module<'ctx>> {
+    let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
+    let plans = plan_kernels(prog, target);
+    let mut fns = Vec::new();
+    for p in &plans {
+        let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
+        let f = gen_kernel(&g, prog, k, &format!("k{}", p.instr), p.gemm.as_ref(), Linkage::Internal)
+            .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
+        fns.push(f);
+    }
+    gen_entry(&g, prog, &plans, &fns)?;
+    Ok(g.m)
+}
+
+/// The ABI version global and `kiln_entry`: the instructions in order, each kernel through
+/// `parallel_for` when it is big enough.
+fn gen_entry<'ctx>(g: &Gen<'ctx>, prog: &Program, plans: &[KernelPlan], fns: &[FunctionValue<'ctx>]) -> R<()> {
+    let cx = g.cx;
+    let ver = g.m.add_global(cx.i32_type(), None, kiln_abi::ABI_VERSION_SYMBOL);
+    ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
+    ver.set_constant(true);
+    let kernels: Vec<(usize, FunctionValue, usize, usize)> =
+        plans.iter().zip(fns).map(|(p, &f)| (p.instr, f, p.tasks, p.work)).collect();
 
     let entry_ty = cx.i32_type().fn_type(&[g.ptr_ty().into()], false);
     let entry = g.m.add_function(kiln_abi::ENTRY_SYMBOL, entry_ty, None);
@@ -512,5 +584,5 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
         }
     }
     g.b.build_return(Some(&cx.i32_type().const_zero())).map_err(llvm_err)?;
-    Ok(g.m)
+    Ok(())
 }

@@ -36,7 +36,7 @@ use inkwell::IntPredicate;
 
 use kiln_ir::lir::{BufferKind, Combine, Expr, Instr, Kernel, Program, Scalar, View};
 use kiln_ir::DType;
-use kiln_ir::{Data, Tensor};
+use kiln_ir::Tensor;
 
 use crate::codegen::{llvm_err, Gen, R};
 use crate::expr::Env;
@@ -163,6 +163,17 @@ impl Gemm {
     /// Tasks of the parallel loop: batch × M blocks × N blocks.
     pub fn tasks(&self) -> usize {
         self.batch.iter().product::<usize>() * self.m_blocks() * self.n_blocks()
+    }
+    /// Elements of the zero row that padded rows of A read with A's own step along K (0:
+    /// too long for the stack, a single zero read with step 0 instead).
+    fn zero_row(&self) -> usize {
+        let step = self.a_k[self.k_dims.len() - 1];
+        let len = (self.slicing().1 as i64 - 1) * step + 1;
+        if self.a_checks.is_empty() || step < 0 || len > 4096 {
+            0
+        } else {
+            len as usize
+        }
     }
     /// Extent of the innermost K dim (the one the micro-kernel steps through).
     fn k_in(&self) -> usize {
@@ -323,23 +334,39 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
         if fin_reads_b || k.inputs.iter().filter(|v| v.buffer == bid).count() != 1 {
             continue;
         }
-        let src = t.to_f64_vec();
+        // Copies the little-endian f32 bytes as they are, W's rows (one per column of B,
+        // contiguous for weights) outermost.
+        let src: &[u8] = &t.data;
         let (n, kk) = (gm.n, gm.k);
         let np = n.div_ceil(nr);
-        let mut packed = vec![0f32; np * kk * nr];
-        for r in 0..kk {
-            // Unravel the flat K index into the K dims.
-            let (mut rest, mut at) = (r, gm.b_off);
-            for (d, &e) in gm.k_dims.iter().enumerate().rev() {
-                at += (rest % e) as i64 * gm.b_k[d];
-                rest /= e;
-            }
-            for j in 0..n {
-                packed[(j / nr) * kk * nr + r * nr + j % nr] = src[(at + j as i64 * gm.b_n) as usize] as f32;
-            }
+        let rows: Vec<i64> = (0..kk)
+            .map(|r| {
+                // Unravel the flat K index into the K dims.
+                let (mut rest, mut at) = (r, gm.b_off);
+                for (d, &e) in gm.k_dims.iter().enumerate().rev() {
+                    at += (rest % e) as i64 * gm.b_k[d];
+                    rest /= e;
+                }
+                at
+            })
+            .collect();
+        let mut packed = vec![0u8; np * kk * nr * 4];
+        {
+            use rayon::prelude::*;
+            packed.par_chunks_mut(kk * nr * 4).enumerate().for_each(|(pj, panel)| {
+                for jj in 0..nr.min(n - pj * nr) {
+                    let col = (pj * nr + jj) as i64 * gm.b_n;
+                    for (r, &at) in rows.iter().enumerate() {
+                        let s = (at + col) as usize * 4;
+                        let d = (r * nr + jj) * 4;
+                        panel[d..d + 4].copy_from_slice(&src[s..s + 4]);
+                    }
+                }
+            });
         }
-        let bytes = packed.len() * 4;
-        let tensor = Tensor::from_data(vec![np, kk, nr], Data::F32(packed));
+        let bytes = packed.len();
+        let tensor = Tensor::from_bytes(kiln_ir::TensorType::new(DType::F32, vec![np, kk, nr]), packed.into())
+            .expect("sized for the shape");
         let uses = p.instrs.iter().filter(|ins| ins.reads_writes().0.contains(&bid)).count();
         let name = format!("{}.panels{nr}", p.buffer(bid).name);
         let new_id = if uses == 1 {
@@ -580,8 +607,15 @@ pub(crate) fn gen_gemm<'ctx>(
     let ctile = g.b.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
     ctile.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
     // What a row of A outside the padded input reads: one zero, stride 0.
-    let zslot = g.b.build_alloca(f32t, "zero").map_err(llvm_err)?;
-    g.b.build_store(zslot, f32t.const_zero()).map_err(llvm_err)?;
+    // It reads a row of zeros as long as a K slice with A's own step when that row is short
+    // (a channels-last input: step 1), so that every row of a tile shares one step; else
+    // one zero with step 0.
+    let zlen = p.zero_row();
+    let zslot = g.b.build_alloca(f32t.array_type(zlen.max(1) as u32), "zero").map_err(llvm_err)?;
+    zslot.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    if !p.a_checks.is_empty() {
+        g.b.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
+    }
     let accs: Vec<PointerValue> =
         (0..mr * nq).map(|_| g.b.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
     let fmuladd = Intrinsic::find("llvm.fmuladd")
@@ -637,7 +671,9 @@ pub(crate) fn gen_gemm<'ctx>(
             let kcn = min(g, g.i64(kcl as i64), sub(g, g.i64(k_in as i64), kc0)?)?;
             let first = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(0), "first").map_err(llvm_err)?;
             let last = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
-            g.for_range(f, g.i64(0), n_jt, &mut |jt| {
+            // One NR-wide panel of B: where the micro-kernel reads it (packing it first if
+            // needed), and which columns of C it covers.
+            let panel_at = |jt: IntValue<'ctx>| -> R<Panel<'ctx>> {
                 let j0 = add(g, j_lo, mul(g, jt, nr as i64)?)?;
                 let jn = min(g, g.i64(nr as i64), sub(g, j_hi, j0)?)?;
                 let jfull = g.b.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
@@ -684,77 +720,95 @@ pub(crate) fn gen_gemm<'ctx>(
                     (panel, g.i64(nr as i64))
                 };
                 let c_full = if p.c_n == 1 { jfull } else { cx.bool_type().const_zero() };
-                g.for_range(f, g.i64(0), n_it, &mut |it| {
-                    let i0 = add(g, i_lo, mul(g, it, mr as i64)?)?;
-                    let rows = min(g, g.i64(mr as i64), sub(g, i_hi, i0)?)?;
-                    let merge = cx.append_basic_block(f, "tile_done");
-                    // Blocks are whole multiples of MR rows but the last: only MR and M % MR
-                    // rows occur, so only those micro-kernels are emitted.
-                    let heights: Vec<usize> = [mr, p.m % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
-                    let blocks: Vec<_> = heights.iter().map(|_| cx.append_basic_block(f, "tile")).collect();
-                    let cases: Vec<_> = heights.iter().zip(&blocks).map(|(&r, &bb)| (g.i64(r as i64), bb)).collect();
-                    g.b.build_switch(rows, merge, &cases).map_err(llvm_err)?;
-                    for (&r, &bb) in heights.iter().zip(&blocks) {
-                        g.b.position_at_end(bb);
-                        micro_tile(
-                            g,
-                            f,
-                            p,
-                            r,
-                            &Tile {
-                                vt,
-                                zero,
-                                accs: &accs,
-                                ctile,
-                                zslot,
-                                fmuladd,
-                                a_base,
-                                a0,
-                                bvars: &bvars,
-                                i0,
-                                tap_lo,
-                                ntap,
-                                kc0,
-                                kcn,
-                                a_kin,
-                                bptr,
-                                bstride,
-                                out_base,
-                                c0: add(g, c0, mul(g, j0, p.c_n)?)?,
-                                jn,
-                                c_full,
-                                first,
-                            },
-                            &splat,
-                        )?;
-                        g.b.build_unconditional_branch(merge).map_err(llvm_err)?;
-                    }
-                    g.b.position_at_end(merge);
-                    if let Some(fin) = has_fin {
-                        when(g, f, last, &mut || {
-                            g.for_range(f, g.i64(0), rows, &mut |i| {
-                                let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
-                                let c_row = add(g, add(g, c0, dot(g, &mv, &p.c_m)?)?, mul(g, j0, p.c_n)?)?;
-                                g.for_range(f, g.i64(0), jn, &mut |j| {
-                                    let col = add(g, j0, j)?;
-                                    let mut vs = bvars.clone();
-                                    vs.extend(mv.iter().copied());
-                                    vs.push(col);
-                                    vs.extend(std::iter::repeat_n(g.i64(0), nkd));
-                                    let at = add(g, c_row, mul(g, j, p.c_n)?)?;
-                                    let cur = g.load_elem(out_base, DType::F32, at)?;
-                                    let v = env.gen(g, fin, &vs, Some(cur))?;
-                                    g.store_elem(out_base, DType::F32, at, v)
-                                })
+                Ok(Panel { j0, jn, bptr, bstride, c_full })
+            };
+            let tile_at = |it: IntValue<'ctx>, pn: &Panel<'ctx>| -> R<()> {
+                let Panel { j0, jn, bptr, bstride, c_full } = *pn;
+                let i0 = add(g, i_lo, mul(g, it, mr as i64)?)?;
+                let rows = min(g, g.i64(mr as i64), sub(g, i_hi, i0)?)?;
+                let merge = cx.append_basic_block(f, "tile_done");
+                // Blocks are whole multiples of MR rows but the last: only MR and M % MR
+                // rows occur, so only those micro-kernels are emitted.
+                let heights: Vec<usize> = [mr, p.m % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
+                let blocks: Vec<_> = heights.iter().map(|_| cx.append_basic_block(f, "tile")).collect();
+                let cases: Vec<_> = heights.iter().zip(&blocks).map(|(&r, &bb)| (g.i64(r as i64), bb)).collect();
+                g.b.build_switch(rows, merge, &cases).map_err(llvm_err)?;
+                for (&r, &bb) in heights.iter().zip(&blocks) {
+                    g.b.position_at_end(bb);
+                    micro_tile(
+                        g,
+                        f,
+                        p,
+                        r,
+                        &Tile {
+                            vt,
+                            zero,
+                            accs: &accs,
+                            ctile,
+                            zslot,
+                            fmuladd,
+                            a_base,
+                            a0,
+                            bvars: &bvars,
+                            i0,
+                            tap_lo,
+                            ntap,
+                            kc0,
+                            kcn,
+                            a_kin,
+                            bptr,
+                            bstride,
+                            out_base,
+                            c0: add(g, c0, mul(g, j0, p.c_n)?)?,
+                            jn,
+                            c_full,
+                            first,
+                        },
+                        &splat,
+                    )?;
+                    g.b.build_unconditional_branch(merge).map_err(llvm_err)?;
+                }
+                g.b.position_at_end(merge);
+                if let Some(fin) = has_fin {
+                    when(g, f, last, &mut || {
+                        g.for_range(f, g.i64(0), rows, &mut |i| {
+                            let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
+                            let c_row = add(g, add(g, c0, dot(g, &mv, &p.c_m)?)?, mul(g, j0, p.c_n)?)?;
+                            g.for_range(f, g.i64(0), jn, &mut |j| {
+                                let col = add(g, j0, j)?;
+                                let mut vs = bvars.clone();
+                                vs.extend(mv.iter().copied());
+                                vs.push(col);
+                                vs.extend(std::iter::repeat_n(g.i64(0), nkd));
+                                let at = add(g, c_row, mul(g, j, p.c_n)?)?;
+                                let cur = g.load_elem(out_base, DType::F32, at)?;
+                                let v = env.gen(g, fin, &vs, Some(cur))?;
+                                g.store_elem(out_base, DType::F32, at, v)
                             })
-                        })?;
-                    }
-                    Ok(())
-                })
+                        })
+                    })?;
+                }
+                Ok(())
+            };
+            // A panel of B (packed, or prepacked) is reused by every row tile of the block.
+            // (Row tiles outermost, panels streaming past a tile of A held in L1, measured
+            // the same or slower on this host.)
+            g.for_range(f, g.i64(0), n_jt, &mut |jt| {
+                let pn = panel_at(jt)?;
+                g.for_range(f, g.i64(0), n_it, &mut |it| tile_at(it, &pn))
             })
         })
     })?;
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Panel<'ctx> {
+    j0: IntValue<'ctx>,
+    jn: IntValue<'ctx>,
+    bptr: PointerValue<'ctx>,
+    bstride: IntValue<'ctx>,
+    c_full: IntValue<'ctx>,
 }
 
 struct Tile<'a, 'ctx> {
@@ -874,7 +928,11 @@ fn micro_tile<'ctx>(
                 all = g.b.build_and(all, ok, "valid").map_err(llvm_err)?;
             }
             let ptr = g.b.build_select(all, ptr, t.zslot, "arow").map_err(llvm_err)?.into_pointer_value();
-            let step = g.b.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value();
+            let step = if p.zero_row() > 0 {
+                g.i64(t.a_kin)
+            } else {
+                g.b.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value()
+            };
             rows.push((ptr, step));
         }
         let row0 = g.b.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;

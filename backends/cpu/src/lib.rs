@@ -5,7 +5,13 @@
 //! that runs a range of the kernel's outer parallel loop; the entry function `kiln_entry`
 //! calls them in order, through the runtime's `parallel_for` when the kernel is big enough.
 //! The module never links the runtime: everything it needs comes in the context struct.
+//!
+//! Kernels are compiled in parallel, each into an object of its own, and linked with the
+//! entry's object. A kernel's object is cached on disk under a hash of everything its code
+//! depends on ([`cache`]), so recompiling a model (or one that shares kernels with it) skips
+//! LLVM for the kernels it has seen.
 
+pub mod cache;
 mod codegen;
 mod expr;
 mod gemm;
@@ -39,14 +45,41 @@ pub struct CpuModule {
     pub cpu: String,
 }
 
-/// Compiles a memory-planned LIR program to a shared library for `target`.
+/// Compiles a memory-planned LIR program to a shared library for `target`, with the kernel
+/// cache of the environment ([`cache::KernelCache::from_env`]).
 pub fn compile(prog: &Program, target: &CpuTarget) -> Result<CpuModule, BackendError> {
+    compile_with(prog, target, &cache::KernelCache::from_env())
+}
+
+/// Compiles a memory-planned LIR program to a shared library for `target`: the kernels in
+/// parallel (rayon's pool), each through `kernel_cache`, then the entry, then the link.
+pub fn compile_with(
+    prog: &Program,
+    target: &CpuTarget,
+    kernel_cache: &cache::KernelCache,
+) -> Result<CpuModule, BackendError> {
+    use rayon::prelude::*;
+    let plans = codegen::plan_kernels(prog, target);
+    let objects: Vec<Vec<u8>> = plans
+        .par_iter()
+        .map(|p| {
+            let key = cache::kernel_key(prog, p, target);
+            kernel_cache.get_or_insert(&key, || {
+                let ctx = inkwell::context::Context::create();
+                let module = codegen::build_kernels_module(&ctx, prog, &[p])?;
+                let tm = target.machine()?;
+                target::optimize(&module, &tm)?;
+                target::emit_object(&module, &tm)
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let ctx = inkwell::context::Context::create();
-    let module = build_module(&ctx, prog, target)?;
+    let entry = codegen::build_entry_module(&ctx, prog, &plans)?;
     let tm = target.machine()?;
-    target::optimize(&module, &tm)?;
-    let obj = target::emit_object(&module, &tm)?;
-    let so = target::link_shared(&obj, target)?;
+    target::optimize(&entry, &tm)?;
+    let mut all = vec![target::emit_object(&entry, &tm)?];
+    all.extend(objects);
+    let so = target::link_shared(&all, target)?;
     Ok(CpuModule { shared_library: so, triple: target.triple.clone(), cpu: target.cpu.clone() })
 }
 

@@ -70,12 +70,16 @@ pub(crate) fn emit_object(module: &Module, tm: &TargetMachine) -> Result<Vec<u8>
     Ok(buf.as_slice().to_vec())
 }
 
-/// Links an object into a shared library with the system C compiler driver.
-pub(crate) fn link_shared(obj: &[u8], target: &CpuTarget) -> Result<Vec<u8>, BackendError> {
+/// Links objects into a shared library with the system C compiler driver.
+pub(crate) fn link_shared(objs: &[Vec<u8>], target: &CpuTarget) -> Result<Vec<u8>, BackendError> {
     let dir = tempfile::tempdir().map_err(|e| BackendError::Link(format!("temporary directory: {e}")))?;
-    let o = dir.path().join("module.o");
     let so = dir.path().join("module.so");
-    std::fs::write(&o, obj).map_err(|e| BackendError::Link(e.to_string()))?;
+    let mut paths = Vec::with_capacity(objs.len());
+    for (i, obj) in objs.iter().enumerate() {
+        let o = dir.path().join(format!("m{i}.o"));
+        std::fs::write(&o, obj).map_err(|e| BackendError::Link(e.to_string()))?;
+        paths.push(o);
+    }
     let cc = std::env::var("KILN_CC").unwrap_or_else(|_| "cc".into());
     let host = TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned();
     let mut cmd = Command::new(&cc);
@@ -85,7 +89,7 @@ pub(crate) fn link_shared(obj: &[u8], target: &CpuTarget) -> Result<Vec<u8>, Bac
     // -Wl,--build-id=none and no timestamps keep the library byte-identical across runs.
     cmd.args(["-shared", "-nostartfiles", "-Wl,--build-id=none", "-Wl,-z,noexecstack", "-o"])
         .arg(&so)
-        .arg(&o)
+        .args(&paths)
         .arg("-lm");
     let out = cmd.output().map_err(|e| {
         BackendError::Link(format!("cannot run `{cc}` (install a C toolchain, e.g. `apt-get install gcc`): {e}"))

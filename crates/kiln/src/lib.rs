@@ -17,6 +17,7 @@ use kiln_ir::Graph;
 
 pub use kiln_abi::manifest::TensorSpec;
 pub use kiln_abi::DTypeCode;
+pub use kiln_backend_cpu::cache::KernelCache;
 pub use kiln_backend_cpu::{CpuTarget, Emit};
 pub use kiln_ir as ir;
 pub use kiln_onnx::{
@@ -100,6 +101,9 @@ pub struct CompileOptions {
     /// What each sequence or optional graph input holds (element types and shapes, or
     /// whether it is present): the compiled model takes it as tensors `<name>[0]`, … .
     pub value_inputs: HashMap<String, ValueSpec>,
+    /// Where compiled kernels are cached between compilations (by default from the
+    /// environment: `$KILN_CACHE_DIR`, `off` to disable, else `~/.cache/kiln`).
+    pub kernel_cache: KernelCache,
 }
 
 impl Default for CompileOptions {
@@ -110,6 +114,7 @@ impl Default for CompileOptions {
             verify: false,
             frozen_inputs: HashMap::new(),
             value_inputs: HashMap::new(),
+            kernel_cache: KernelCache::from_env(),
         }
     }
 }
@@ -184,7 +189,7 @@ impl Compiler {
     pub fn compile_graph(&self, mut g: Graph) -> Result<Artifact, Error> {
         self.optimize(&mut g, None)?;
         let (p, memory, weights) = self.lower(&g)?;
-        let module = kiln_backend_cpu::compile(&p, &self.opts.target)?;
+        let module = kiln_backend_cpu::compile_with(&p, &self.opts.target, &self.opts.kernel_cache)?;
         let spec = |(name, dtype, shape): &(String, kiln_ir::DType, Vec<usize>)| TensorSpec {
             name: name.clone(),
             dtype: dtype.code() as i32,

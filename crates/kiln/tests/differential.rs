@@ -320,7 +320,10 @@ fn convolution_chains_as_gemm() {
         let want = want.to_f64_vec();
         assert_eq!(got.len(), want.len());
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "case ci={ci} co={co} k={k:?}: element {i}: {a} vs {b}");
+            assert!(
+                (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "case ci={ci} co={co} k={k:?}: element {i}: {a} vs {b}"
+            );
         }
     }
 }

@@ -1,0 +1,50 @@
+//! The kernel cache: a second compilation takes every kernel from it and gives the same
+//! artifact; a damaged entry is compiled again, never linked.
+
+use kiln::ir::op::{UnaryOp, Window};
+use kiln::ir::{DType, Graph, Op, Tensor, TensorType};
+use kiln::{CompileOptions, Compiler, KernelCache};
+
+fn model() -> Graph {
+    let mut g = Graph::new("cached");
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![1, 8, 10, 10]));
+    let w = g.add_const("w", Tensor::f32(vec![16, 8, 3, 3], (0..16 * 8 * 9).map(|i| (i % 7) as f32 - 3.0).collect()));
+    let window = Window { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] };
+    let y = g.add_node(Op::Conv { window, group: 1 }, &[x, w], "conv", &[]).unwrap()[0];
+    g.outputs = g.add_node(Op::Unary(UnaryOp::Relu), &[y], "relu", &[]).unwrap();
+    g
+}
+
+fn objects(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir.join("kernels")).unwrap().flatten() {
+        out.extend(std::fs::read_dir(sub.path()).unwrap().flatten().map(|e| e.path()));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn second_compile_hits_the_cache_and_damage_is_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CompileOptions { kernel_cache: KernelCache::at(dir.path()), ..Default::default() };
+    let c = Compiler::new(opts);
+    let first = c.compile_graph(model()).unwrap().bytes;
+    let objs = objects(dir.path());
+    assert!(!objs.is_empty(), "the kernels should have been cached");
+    let stamps: Vec<_> = objs.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+    // Warm: same artifact, no entry rewritten.
+    let second = c.compile_graph(model()).unwrap().bytes;
+    assert_eq!(first, second);
+    let again: Vec<_> = objs.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+    assert_eq!(stamps, again, "a warm compile should only read the cache");
+    // A truncated entry fails its checksum: compiled again (and rewritten), same artifact.
+    let bytes = std::fs::read(&objs[0]).unwrap();
+    std::fs::write(&objs[0], &bytes[..bytes.len() / 2]).unwrap();
+    let third = c.compile_graph(model()).unwrap().bytes;
+    assert_eq!(first, third);
+    assert_eq!(std::fs::read(&objs[0]).unwrap(), bytes, "the damaged entry should be replaced");
+    // Without a cache: still the same artifact.
+    let off = Compiler::new(CompileOptions { kernel_cache: KernelCache::disabled(), ..Default::default() });
+    assert_eq!(first, off.compile_graph(model()).unwrap().bytes);
+}
