@@ -57,6 +57,9 @@ pub(crate) struct Blocking {
 const L1_BYTES: usize = 32 << 10;
 /// M up to which a task takes every row (and narrower column blocks, for parallelism).
 const SMALL_M: usize = 16;
+/// Tasks a product is cut into at least, where its size allows (the runtime shares them
+/// among its threads, a few per thread).
+const MIN_TASKS: usize = 16;
 
 impl Blocking {
     /// The blocking for a target's feature string (`+avx512f`: 16 lanes; `+avx`: 8; else 4).
@@ -146,19 +149,29 @@ impl Gemm {
         self.n.div_ceil(self.nc())
     }
     fn mc(&self) -> usize {
-        if self.m <= SMALL_M {
-            self.m
-        } else {
-            self.bl.mc
-        }
+        self.blocks().0
     }
     fn nc(&self) -> usize {
-        // Small M: narrower column blocks, so that a GEMV still splits into several tasks.
-        if self.m <= SMALL_M {
-            self.bl.nr * 4
-        } else {
-            self.bl.nc
+        self.blocks().1
+    }
+    /// `(MC, NC)`: the cache blocks, narrowed (N first, in whole panels, then M, in whole
+    /// row tiles) until the product has [`MIN_TASKS`] tasks to share among threads, or the
+    /// blocks are one tile.
+    fn blocks(&self) -> (usize, usize) {
+        let (mr, nr) = (self.bl.mr, self.bl.nr);
+        // Small M: every row, and narrower column blocks, so that a GEMV splits too.
+        let (mut mc, mut nc) = if self.m <= SMALL_M { (self.m, nr * 4) } else { (self.bl.mc, self.bl.nc) };
+        let batch: usize = self.batch.iter().product();
+        while batch * self.m.div_ceil(mc) * self.n.div_ceil(nc) < MIN_TASKS {
+            if nc > nr && self.n > nr {
+                nc = (nc / 2).div_ceil(nr) * nr;
+            } else if mc > mr && self.m > SMALL_M {
+                mc = (mc / 2).div_ceil(mr) * mr;
+            } else {
+                break;
+            }
         }
+        (mc, nc)
     }
     /// Tasks of the parallel loop: batch × M blocks × N blocks.
     pub fn tasks(&self) -> usize {
@@ -613,9 +626,7 @@ pub(crate) fn gen_gemm<'ctx>(
     let zlen = p.zero_row();
     let zslot = g.b.build_alloca(f32t.array_type(zlen.max(1) as u32), "zero").map_err(llvm_err)?;
     zslot.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
-    if !p.a_checks.is_empty() {
-        g.b.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
-    }
+    g.b.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
     let accs: Vec<PointerValue> =
         (0..mr * nq).map(|_| g.b.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
     let fmuladd = Intrinsic::find("llvm.fmuladd")
@@ -671,6 +682,7 @@ pub(crate) fn gen_gemm<'ctx>(
             let kcn = min(g, g.i64(kcl as i64), sub(g, g.i64(k_in as i64), kc0)?)?;
             let first = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(0), "first").map_err(llvm_err)?;
             let last = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
+            let ar = ARows { a_base, zslot, bvars: &bvars, tap_lo, kc0, a_kin };
             // One NR-wide panel of B: where the micro-kernel reads it (packing it first if
             // needed), and which columns of C it covers.
             let panel_at = |jt: IntValue<'ctx>| -> R<Panel<'ctx>> {
@@ -741,21 +753,16 @@ pub(crate) fn gen_gemm<'ctx>(
                         p,
                         r,
                         &Tile {
+                            ar,
                             vt,
                             zero,
                             accs: &accs,
                             ctile,
-                            zslot,
                             fmuladd,
-                            a_base,
                             a0,
-                            bvars: &bvars,
                             i0,
-                            tap_lo,
                             ntap,
-                            kc0,
                             kcn,
-                            a_kin,
                             bptr,
                             bstride,
                             out_base,
@@ -811,23 +818,30 @@ struct Panel<'ctx> {
     c_full: IntValue<'ctx>,
 }
 
+/// Where the rows of A of a slice are read from.
+#[derive(Clone, Copy)]
+struct ARows<'a, 'ctx> {
+    a_base: PointerValue<'ctx>,
+    /// The zero row that rows outside a padded input read.
+    zslot: PointerValue<'ctx>,
+    bvars: &'a [IntValue<'ctx>],
+    tap_lo: IntValue<'ctx>,
+    kc0: IntValue<'ctx>,
+    a_kin: i64,
+}
+
 struct Tile<'a, 'ctx> {
+    ar: ARows<'a, 'ctx>,
     vt: VectorType<'ctx>,
     zero: VectorValue<'ctx>,
     accs: &'a [PointerValue<'ctx>],
     ctile: PointerValue<'ctx>,
-    zslot: PointerValue<'ctx>,
     fmuladd: FunctionValue<'ctx>,
-    a_base: PointerValue<'ctx>,
     /// Element index of A at this batch element (rows, taps and K are added here).
     a0: IntValue<'ctx>,
-    bvars: &'a [IntValue<'ctx>],
     i0: IntValue<'ctx>,
-    tap_lo: IntValue<'ctx>,
     ntap: IntValue<'ctx>,
-    kc0: IntValue<'ctx>,
     kcn: IntValue<'ctx>,
-    a_kin: i64,
     bptr: PointerValue<'ctx>,
     bstride: IntValue<'ctx>,
     out_base: PointerValue<'ctx>,
@@ -837,6 +851,49 @@ struct Tile<'a, 'ctx> {
     /// The tile is NR wide in C and C is contiguous along N: vector loads/stores of C.
     c_full: IntValue<'ctx>,
     first: IntValue<'ctx>,
+}
+
+/// Each row's A pointer and step along the inner K dim for tap `tap_lo + tt` of the slice
+/// (a row outside the padded input reads the zero row).
+fn a_row_ptrs<'ctx>(
+    g: &Gen<'ctx>,
+    p: &Gemm,
+    t: &ARows<'_, 'ctx>,
+    mvs: &[Vec<IntValue<'ctx>>],
+    a_rows: &[IntValue<'ctx>],
+    tt: IntValue<'ctx>,
+) -> R<Vec<(PointerValue<'ctx>, IntValue<'ctx>)>> {
+    let nkd = p.k_dims.len();
+    let tv = unravel(g, add(g, t.tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
+    let a_tap = add(g, dot(g, &tv, &p.a_k[..nkd - 1])?, mul(g, t.kc0, t.a_kin)?)?;
+    let mut rows = Vec::with_capacity(a_rows.len());
+    for (i, &a_row) in a_rows.iter().enumerate() {
+        let ptr = f32_ptr(g, t.a_base, add(g, a_row, a_tap)?)?;
+        if p.a_checks.is_empty() {
+            rows.push((ptr, g.i64(t.a_kin)));
+            continue;
+        }
+        let mut all = g.cx.bool_type().const_all_ones();
+        for c in &p.a_checks {
+            let nb = t.bvars.len();
+            let ms = nb + p.m_dims.len();
+            let mut v = g.i64(c.c);
+            v = add(g, v, dot(g, t.bvars, &c.coef[..nb])?)?;
+            v = add(g, v, dot(g, &mvs[i], &c.coef[nb..ms])?)?;
+            let ko = ms + 1;
+            v = add(g, v, dot(g, &tv, &c.coef[ko..ko + nkd - 1])?)?;
+            let ok = g.b.build_int_compare(IntPredicate::ULT, v, g.i64(c.ext), "inb").map_err(llvm_err)?;
+            all = g.b.build_and(all, ok, "valid").map_err(llvm_err)?;
+        }
+        let ptr = g.b.build_select(all, ptr, t.zslot, "arow").map_err(llvm_err)?.into_pointer_value();
+        let step = if p.zero_row() > 0 {
+            g.i64(t.a_kin)
+        } else {
+            g.b.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value()
+        };
+        rows.push((ptr, step));
+    }
+    Ok(rows)
 }
 
 /// One `r×NR` tile: C[i0.., j0..] (+)= A[i0.., slice] · panel.
@@ -850,7 +907,6 @@ fn micro_tile<'ctx>(
 ) -> R<()> {
     let (w, nr) = (p.bl.w, p.bl.nr);
     let nq = nr / w;
-    let nkd = p.k_dims.len();
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // The M variables of each row, and where the row starts in A and C.
     let mvs: Vec<Vec<IntValue>> =
@@ -903,39 +959,8 @@ fn micro_tile<'ctx>(
             }
         }
     }
-    g.for_range(f, g.i64(0), t.ntap, &mut |tt| {
-        // This tap's outer K variables; each row's A pointer and step along the inner K dim
-        // (a row outside the padded input reads the zero slot, step 0).
-        let tv = unravel(g, add(g, t.tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
-        let a_tap = add(g, dot(g, &tv, &p.a_k[..nkd - 1])?, mul(g, t.kc0, t.a_kin)?)?;
-        let mut rows: Vec<(PointerValue, IntValue)> = Vec::with_capacity(r);
-        for i in 0..r {
-            let ptr = f32_ptr(g, t.a_base, add(g, a_rows[i], a_tap)?)?;
-            if p.a_checks.is_empty() {
-                rows.push((ptr, g.i64(t.a_kin)));
-                continue;
-            }
-            let mut all = g.cx.bool_type().const_all_ones();
-            for c in &p.a_checks {
-                let nb = t.bvars.len();
-                let ms = nb + p.m_dims.len();
-                let mut v = g.i64(c.c);
-                v = add(g, v, dot(g, t.bvars, &c.coef[..nb])?)?;
-                v = add(g, v, dot(g, &mvs[i], &c.coef[nb..ms])?)?;
-                let ko = ms + 1;
-                v = add(g, v, dot(g, &tv, &c.coef[ko..ko + nkd - 1])?)?;
-                let ok = g.b.build_int_compare(IntPredicate::ULT, v, g.i64(c.ext), "inb").map_err(llvm_err)?;
-                all = g.b.build_and(all, ok, "valid").map_err(llvm_err)?;
-            }
-            let ptr = g.b.build_select(all, ptr, t.zslot, "arow").map_err(llvm_err)?.into_pointer_value();
-            let step = if p.zero_row() > 0 {
-                g.i64(t.a_kin)
-            } else {
-                g.b.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value()
-            };
-            rows.push((ptr, step));
-        }
-        let row0 = g.b.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
+    // The K loop over `len` steps from panel row `row0`, A's rows given as (pointer, step).
+    let k_loop = |rows: &[(PointerValue<'ctx>, IntValue<'ctx>)], row0: IntValue<'ctx>, len: IntValue<'ctx>| -> R<()> {
         let step = |kk: IntValue<'ctx>, s: usize| -> R<()> {
             let boff = g.b.build_int_nsw_mul(add(g, row0, kk)?, t.bstride, "bo").map_err(llvm_err)?;
             let bv: Vec<VectorValue> = (0..nq)
@@ -958,7 +983,7 @@ fn micro_tile<'ctx>(
             }
             Ok(())
         };
-        let whole = g.b.build_int_signed_div(t.kcn, g.i64(sets as i64), "kq").map_err(llvm_err)?;
+        let whole = g.b.build_int_signed_div(len, g.i64(sets as i64), "kq").map_err(llvm_err)?;
         g.for_range(f, g.i64(0), whole, &mut |kq| {
             let k0 = mul(g, kq, sets as i64)?;
             for s in 0..sets {
@@ -966,7 +991,12 @@ fn micro_tile<'ctx>(
             }
             Ok(())
         })?;
-        g.for_range(f, mul(g, whole, sets as i64)?, t.kcn, &mut |kk| step(kk, 0))
+        g.for_range(f, mul(g, whole, sets as i64)?, len, &mut |kk| step(kk, 0))
+    };
+    g.for_range(f, g.i64(0), t.ntap, &mut |tt| {
+        let rows = a_row_ptrs(g, p, &t.ar, &mvs, &a_rows, tt)?;
+        let row0 = g.b.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
+        k_loop(&rows, row0, t.kcn)
     })?;
     for s in 1..sets {
         for i in 0..r {

@@ -282,6 +282,9 @@ fn convolution_chains_as_gemm() {
         (1, 16, 12, 10, 40, [3, 3], [2, 1], [0, 2, 1, 0], [2, 1], 1, 9, [1, 3]),
         (1, 24, 8, 8, 24, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 24, 30, [1, 1]),
         (1, 12, 7, 9, 18, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 3, 6, [1, 1]),
+        // Wide (several panels of B per block), many input channels, uneven padding.
+        (1, 20, 9, 9, 130, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 4, [1, 1]),
+        (1, 150, 12, 11, 100, [3, 3], [2, 2], [1, 0, 1, 2], [1, 1], 1, 3, [1, 1]),
     ];
     for (nb, ci, h, w, co, k, strides, pads, dilations, group, co2, k2) in cases {
         let x = r.tensor(DType::F32, &[nb, ci, h, w]);
@@ -319,9 +322,10 @@ fn convolution_chains_as_gemm() {
             .unwrap();
         let want = want.to_f64_vec();
         assert_eq!(got.len(), want.len());
+        // f32 sums of up to 1,350 products, then 300 more, against an f64 reference.
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(
-                (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                (*a as f64 - b).abs() <= 3e-4 * (1.0 + b.abs()),
                 "case ci={ci} co={co} k={k:?}: element {i}: {a} vs {b}"
             );
         }
