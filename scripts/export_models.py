@@ -42,23 +42,27 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False) -> list[np.ndarray]:
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 
 
 def write_case(name: str, model: onnx.ModelProto, feeds: dict[str, np.ndarray], info: dict,
-               reference: list[np.ndarray] | None = None) -> dict:
-    """Checks the model, runs onnxruntime, writes the folder; returns the meta entry."""
+               reference: list[np.ndarray] | None = None, out: Path | None = None,
+               ort_optimize: bool = False) -> dict:
+    """Checks the model, runs onnxruntime, writes the folder (under `out`, default
+    tests/models/); returns the meta entry. `ort_optimize` keeps onnxruntime's default graph
+    optimizations for the reference outputs (the test suite's reference turns them off)."""
     onnx.checker.check_model(model)
-    outs = ort_run(model, feeds)
+    outs = ort_run(model, feeds, optimize=ort_optimize)
     graph_inputs = [i.name for i in model.graph.input
                     if i.name not in {t.name for t in model.graph.initializer}]
     assert sorted(graph_inputs) == sorted(feeds), (graph_inputs, list(feeds))
-    dst = OUT / name
+    dst = (out or OUT) / name
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
@@ -438,7 +442,7 @@ def torch_models():
 
 def export_torch(name: str, module, feeds: dict[str, np.ndarray], output_names: list[str],
                  dynamic_batch: bool, force_legacy: bool = False, optimize: bool = True,
-                 dynamic_axes: dict | None = None) -> dict:
+                 dynamic_axes: dict | None = None, out: Path | None = None, ort_optimize: bool = False) -> dict:
     """Exports with the default (dynamo) exporter, falling back to dynamo=False when it fails."""
     import torch
 
@@ -478,7 +482,7 @@ def export_torch(name: str, module, feeds: dict[str, np.ndarray], output_names: 
                           opset_version=OPSET, **kw)
         model = onnx.load_from_string(f.getvalue())
         info["exporter"] = "torch.onnx.export(dynamo=False)"
-    return write_case(name, model, feeds, info, ref)
+    return write_case(name, model, feeds, info, ref, out=out, ort_optimize=ort_optimize)
 
 
 def gen_torch(only: set[str] | None) -> list[dict]:

@@ -6,12 +6,22 @@ Kiln (`kiln bench`, whose last line is `median_ms=<x>`) are timed in turn, inter
 several rounds, and the median latencies are printed with Kiln's ratio to each peer
 (below 1.0: Kiln is faster).
 
-    .venv/bin/python benches/peers/run.py [--threads N] [--rounds R] [--iters I] MODEL.onnx...
+    .venv/bin/python benches/peers/run.py [--threads N] [--rounds R] [--iters I] MODEL.onnx|DIR...
+    .venv/bin/python benches/peers/run.py --bench-models [--threads N] ...
 
 With no model given it uses the generated test models (scripts/gen_testdata.py).
-Inputs are random with a fixed seed; every model input must have a static shape.
+--bench-models uses the full-size models of issue 4 in target/bench-models/*/model.onnx
+(ResNet-50, MobileNetV2, BERT-base and GPT-2 small at sequence 128; written by
+scripts/export_bench_models.py) and compiles each once with `kiln compile`, so the rounds
+don't repeat a long compile; --precompile does that for any model.
+A model may be given as its folder (DIR/model.onnx). Where the model's folder holds
+input_<i>.npy files (the exporters' inputs: valid token ids and masks), those are fed, in the
+order of meta.json's inputs or else of the graph's inputs; otherwise inputs are random with a
+fixed seed (integer inputs in [0, 8), except ones for an input named *mask* and zeros for
+*token_type*), and every model input must have a static shape.
 """
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -24,23 +34,55 @@ import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "target" / "kiln-testdata" / "onnx-1.23.2"
+BENCH_MODELS = REPO / "target" / "bench-models"
+BENCH_ORDER = ("resnet50", "mobilenetv2", "bert_base", "gpt2_small")
 KILN = REPO / "target" / "release" / "kiln"
 NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+
+
+def saved_inputs(path: Path, names: list[str]) -> dict | None:
+    """The input_<i>.npy files next to the model, if there is one per input."""
+    d = path.parent
+    meta = d / "meta.json"
+    if meta.exists():
+        ins = json.loads(meta.read_text()).get("inputs", [])
+        files = {i["name"]: d / i["file"] for i in ins}
+    else:
+        files = {n: d / f"input_{k}.npy" for k, n in enumerate(names)}
+    if sorted(files) != sorted(names) or not all(f.exists() for f in files.values()):
+        return None
+    return {n: np.load(files[n]) for n in names}
 
 
 def inputs_of(path: Path) -> dict:
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
+    graph_inputs = [i for i in m.graph.input if i.name not in inits]
+    del m
+    saved = saved_inputs(path, [i.name for i in graph_inputs])
+    if saved is not None:
+        return saved
     rng = np.random.default_rng(0)
     feeds = {}
-    for i in m.graph.input:
-        if i.name in inits:
-            continue
+    for i in graph_inputs:
         t = i.type.tensor_type
         shape = [d.dim_value for d in t.shape.dim]
         dtype = NP_TYPES[t.elem_type]
-        feeds[i.name] = (rng.standard_normal(shape) if dtype == np.float32 else rng.integers(0, 8, shape)).astype(dtype)
+        if dtype != np.float32 and "mask" in i.name.lower():
+            feeds[i.name] = np.ones(shape, dtype)
+        elif dtype != np.float32 and "token_type" in i.name.lower():
+            feeds[i.name] = np.zeros(shape, dtype)
+        else:
+            feeds[i.name] = (rng.standard_normal(shape) if dtype == np.float32 else rng.integers(0, 8, shape)).astype(dtype)
     return feeds
+
+
+def compile_kiln(path: Path, tmp: Path) -> tuple[Path, float]:
+    """Compiles the model once into a .kiln artifact; returns it and the compile seconds."""
+    out = tmp / f"{path.parent.name}.kiln"
+    t = time.perf_counter()
+    subprocess.run([str(KILN), "compile", str(path), "-o", str(out)], check=True, capture_output=True, text=True)
+    return out, time.perf_counter() - t
 
 
 def time_ort(path: Path, feeds: dict, threads: int, iters: int) -> float:
@@ -97,7 +139,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--bench-models", action="store_true",
+                    help="benchmark target/bench-models/*/model.onnx (scripts/export_bench_models.py)")
+    ap.add_argument("--precompile", action="store_true",
+                    help="compile each model once with `kiln compile` and bench the .kiln (implied by --bench-models)")
     a = ap.parse_args()
+    if a.bench_models:
+        found = sorted(BENCH_MODELS.glob("*/model.onnx"),
+                       key=lambda p: (BENCH_ORDER.index(p.parent.name) if p.parent.name in BENCH_ORDER
+                                      else len(BENCH_ORDER), p.parent.name))
+        if not found:
+            sys.exit(f"no models in {BENCH_MODELS}: /work/torchenv/bin/python scripts/export_bench_models.py")
+        a.models = a.models + found
+        a.precompile = True
+    a.models = [m / "model.onnx" if m.is_dir() else m for m in a.models]
     models = a.models or [DATA / "models" / m / "model.onnx" for m in ("mlp", "resnet_cnn", "transformer_encoder")] + [
         DATA / "light" / "resnet50" / "model.onnx"
     ]
@@ -109,9 +164,13 @@ def main() -> None:
     print(f"{'model':24} {'kiln ms':>9} {'ort ms':>9} {'tract ms':>9} {'kiln/ort':>9} {'kiln/tract':>10}")
     for path in models:
         feeds = inputs_of(path)
+        kiln_model = path
+        if a.precompile:
+            kiln_model, secs = compile_kiln(path, tmp)
+            print(f"  ({path.parent.name}: kiln compile {secs:.1f} s)", file=sys.stderr, flush=True)
         k, o, t = [], [], []
         for _ in range(a.rounds):
-            k.append(time_kiln(path, feeds, a.threads, a.iters, tmp))
+            k.append(time_kiln(kiln_model, feeds, a.threads, a.iters, tmp))
             o.append(time_ort(path, feeds, a.threads, a.iters))
             tt = time_tract(path, feeds, a.iters)
             if tt is not None:
@@ -119,7 +178,10 @@ def main() -> None:
         km, om = statistics.median(k), statistics.median(o)
         tm = statistics.median(t) if t else float("nan")
         name = path.parent.name
-        print(f"{name:24} {km:9.3f} {om:9.3f} {tm:9.3f} {km / om:9.2f} {km / tm:10.2f}")
+        print(f"{name:24} {km:9.3f} {om:9.3f} {tm:9.3f} {km / om:9.2f} {km / tm:10.2f}", flush=True)
+        if a.rounds > 1:
+            print(f"  rounds: kiln {' '.join(f'{x:.2f}' for x in k)} | ort {' '.join(f'{x:.2f}' for x in o)}",
+                  file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
