@@ -2,7 +2,8 @@
 //!
 //! * [`fuse`] (HIR): decides which values are not materialized. An elementwise producer used
 //!   once fuses into its elementwise or reduction consumer; a Conv/MatMul/Gemm fuses its
-//!   elementwise epilogue (bias, activation, residual add, clip). Marked values print as
+//!   elementwise epilogue (bias, activation, residual add, clip); a Transpose fuses into the
+//!   matrix product, elementwise op or reduction that reads it. Marked values print as
 //!   `fused` in the text form.
 //! * [`fuse_lir`] (LIR): merges the kernels of marked values into their consumers, by
 //!   composing compute definitions: a plain producer's body is substituted into the
@@ -50,6 +51,11 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
                 (elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. })
             } else if complex(g, &p.op, &p.inputs) {
                 elementwise_class(&c.op) && g.ty(v).shape == c_out_shape && !took_complex
+            } else if matches!(p.op, Op::Transpose { .. }) {
+                // A transpose is a strided read: a matrix product takes its operand through
+                // it (a transposed weight is then packed at compile time), an elementwise op
+                // or reduction reads it in place.
+                matches!(c.op, Op::MatMul | Op::Gemm { .. } | Op::Reduce { .. }) || elementwise_class(&c.op)
             } else {
                 false
             };

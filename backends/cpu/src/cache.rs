@@ -1,15 +1,15 @@
 //! The on-disk kernel cache: compiled kernel objects by content hash.
 //!
-//! A kernel's object code depends on its compute definition, on where its buffers live (the
-//! input/output slot or the arena/weight offset its code adds to the context's base
-//! pointers), on the target, on LLVM's version and on this backend's code generator (a hash
-//! of its sources); [`kernel_key`] hashes exactly those (xxh3-128). Entries are written atomically (a temporary file renamed into
+//! A kernel body's object code depends on its compute definition (not on where its buffers
+//! live: the body takes their base pointers as arguments), on the target, on LLVM's version
+//! and on this backend's code generator (a hash of its sources); [`body_key`] hashes exactly
+//! those (xxh3-128). Entries are written atomically (a temporary file renamed into
 //! place) with a checksum trailer, and an entry that fails its checksum is compiled again and
 //! replaced, so a damaged cache costs time, never a wrong library.
 
 use std::path::{Path, PathBuf};
 
-use kiln_ir::lir::{Buffer, BufferKind, Instr, Program};
+use kiln_ir::lir::{Instr, Program};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::codegen::KernelPlan;
@@ -95,18 +95,9 @@ fn store(path: &Path, obj: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Where a buffer lives, as the kernel's code addresses it.
-fn buffer_key(b: &Buffer) -> String {
-    match &b.kind {
-        BufferKind::Input(i) => format!("in{i}"),
-        BufferKind::Output(i) => format!("out{i}"),
-        BufferKind::Constant(_) => format!("w@{:?}", b.offset),
-        BufferKind::Activation => format!("a@{:?}", b.offset),
-    }
-}
-
-/// The cache key of a kernel's object (32 hex digits).
-pub(crate) fn kernel_key(prog: &Program, plan: &KernelPlan, target: &CpuTarget) -> String {
+/// The cache key of a kernel body's object (32 hex digits): the kernel with its buffers
+/// erased ([`crate::codegen::body_of`]), its schedule, the target and the code generator.
+pub(crate) fn body_key(prog: &Program, plan: &KernelPlan, target: &CpuTarget) -> String {
     let Instr::Kernel(k) = &prog.instrs[plan.instr] else { unreachable!("plans are of kernels") };
     let mut h = Xxh3::new();
     let mut put = |s: &str| {
@@ -118,11 +109,8 @@ pub(crate) fn kernel_key(prog: &Program, plan: &KernelPlan, target: &CpuTarget) 
     put(&target.triple);
     put(&target.cpu);
     put(&target.features);
-    put(&plan.symbol());
-    put(&format!("{k:?}"));
+    put(&target.l1d_bytes.to_string());
+    put(&format!("{:?}", crate::codegen::body_of(k)));
     put(&format!("{:?}", plan.gemm));
-    for v in k.inputs.iter().chain([&k.output]) {
-        put(&buffer_key(prog.buffer(v.buffer)));
-    }
     format!("{:032x}", h.digest128())
 }

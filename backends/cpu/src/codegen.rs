@@ -282,9 +282,43 @@ fn accumulate_in_output(k: &Kernel) -> bool {
     contiguous
 }
 
-fn gen_kernel<'ctx>(
+/// The type of a kernel body: one base pointer per operand, the output's, then the task
+/// range `start, end`.
+fn body_type<'ctx>(g: &Gen<'ctx>, k: &Kernel) -> inkwell::types::FunctionType<'ctx> {
+    let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![g.ptr_ty().into(); k.inputs.len() + 1];
+    let i64t: inkwell::types::BasicMetadataTypeEnum = g.cx.i64_type().into();
+    params.extend([i64t, i64t]);
+    g.cx.void_type().fn_type(&params, false)
+}
+
+/// A kernel instance: `void name(const Context*, i64 start, i64 end)` finds its buffers in the
+/// context and calls the kernel's body, which knows nothing of where its buffers live (so
+/// that kernels differing only in their buffers share one compiled body).
+fn gen_wrapper<'ctx>(
     g: &Gen<'ctx>,
     prog: &Program,
+    k: &Kernel,
+    name: &str,
+    body: FunctionValue<'ctx>,
+) -> R<FunctionValue<'ctx>> {
+    let f = g.m.add_function(name, function_type(g), Some(Linkage::Internal));
+    let entry = g.cx.append_basic_block(f, "entry");
+    g.b.position_at_end(entry);
+    let ctx = f.get_nth_param(0).unwrap().into_pointer_value();
+    let mut args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::new();
+    for v in k.inputs.iter().chain([&k.output]) {
+        args.push(g.buffer_ptr(ctx, prog.buffer(v.buffer))?.into());
+    }
+    args.push(f.get_nth_param(1).unwrap().into());
+    args.push(f.get_nth_param(2).unwrap().into());
+    g.b.build_call(body, &args, "").map_err(llvm_err)?;
+    g.b.build_return(None).map_err(llvm_err)?;
+    Ok(f)
+}
+
+/// Emits a kernel's body (see [`body_type`]).
+fn gen_body<'ctx>(
+    g: &Gen<'ctx>,
     k: &Kernel,
     name: &str,
     gemm: Option<&crate::gemm::Gemm>,
@@ -292,8 +326,7 @@ fn gen_kernel<'ctx>(
 ) -> R<FunctionValue<'ctx>> {
     let k = normalized(k);
     let cx = g.cx;
-    let fty = function_type(g);
-    let f = g.m.add_function(name, fty, Some(linkage));
+    let f = g.m.add_function(name, body_type(g, &k), Some(linkage));
     if linkage == Linkage::External {
         // Shared between the objects of one library, never exported from it.
         f.as_global_value().set_visibility(inkwell::GlobalVisibility::Hidden);
@@ -305,13 +338,13 @@ fn gen_kernel<'ctx>(
     f.add_attribute(inkwell::attributes::AttributeLoc::Function, noinline);
     let entry = cx.append_basic_block(f, "entry");
     g.b.position_at_end(entry);
-    let ctx = f.get_nth_param(0).unwrap().into_pointer_value();
-    let start = f.get_nth_param(1).unwrap().into_int_value();
-    let end = f.get_nth_param(2).unwrap().into_int_value();
-    let in_bases = k.inputs.iter().map(|v| g.buffer_ptr(ctx, prog.buffer(v.buffer))).collect::<R<Vec<_>>>()?;
-    let out_base = g.buffer_ptr(ctx, prog.buffer(k.output.buffer))?;
+    let n = k.inputs.len();
+    let in_bases: Vec<PointerValue> = (0..n).map(|i| f.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
+    let out_base = f.get_nth_param(n as u32).unwrap().into_pointer_value();
+    let start = f.get_nth_param(n as u32 + 1).unwrap().into_int_value();
+    let end = f.get_nth_param(n as u32 + 2).unwrap().into_int_value();
     if let Some(p) = gemm {
-        crate::gemm::gen_gemm(g, &k, p, f, &in_bases, out_base)?;
+        crate::gemm::gen_gemm(g, &k, p, f, &in_bases, out_base, (start, end))?;
         g.b.build_return(None).map_err(llvm_err)?;
         return Ok(f);
     }
@@ -447,15 +480,26 @@ pub(crate) struct KernelPlan {
 }
 
 impl KernelPlan {
-    /// The kernel function's symbol (unique in the library).
+    /// The kernel instance's symbol (unique in the library).
     pub fn symbol(&self) -> String {
         format!("kiln_k{}", self.instr)
     }
 }
 
+/// The kernel with its name and operands' buffers erased: what its body's code depends on.
+pub(crate) fn body_of(k: &Kernel) -> Kernel {
+    let mut k = k.clone();
+    k.name.clear();
+    for (i, v) in k.inputs.iter_mut().enumerate() {
+        v.buffer = kiln_ir::lir::BufferId(i as u32);
+    }
+    k.output.buffer = kiln_ir::lir::BufferId(u32::MAX);
+    k
+}
+
 /// The plan of every kernel of the program, in order.
 pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<KernelPlan> {
-    let blocking = crate::gemm::Blocking::for_features(&target.features);
+    let blocking = crate::gemm::Blocking::for_target(target);
     prog.instrs
         .iter()
         .enumerate()
@@ -475,25 +519,38 @@ fn function_type<'ctx>(g: &Gen<'ctx>) -> inkwell::types::FunctionType<'ctx> {
     g.cx.void_type().fn_type(&[g.ptr_ty().into(), g.cx.i64_type().into(), g.cx.i64_type().into()], false)
 }
 
-/// A module defining the functions of the given kernels (external, hidden), to be linked with
-/// the entry module of [`build_entry_module`].
-pub(crate) fn build_kernels_module<'ctx>(cx: &'ctx Context, prog: &Program, plans: &[&KernelPlan]) -> R<Module<'ctx>> {
-    let g = Gen { cx, m: cx.create_module("kiln_kernels"), b: cx.create_builder() };
-    for p in plans {
-        let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
-        gen_kernel(&g, prog, k, &p.symbol(), p.gemm.as_ref(), Linkage::External)
-            .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
-    }
+/// A module defining one kernel body, external and hidden, named `symbol`, to be linked
+/// with the entry module of [`build_entry_module`].
+pub(crate) fn build_body_module<'ctx>(
+    cx: &'ctx Context,
+    k: &Kernel,
+    plan: &KernelPlan,
+    symbol: &str,
+) -> R<Module<'ctx>> {
+    let g = Gen { cx, m: cx.create_module("kiln_kernel"), b: cx.create_builder() };
+    gen_body(&g, &body_of(k), symbol, plan.gemm.as_ref(), Linkage::External)
+        .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
     Ok(g.m)
 }
 
-/// The module with the ABI version and `kiln_entry`, which calls the kernels, declared here
-/// and defined in other modules.
-pub(crate) fn build_entry_module<'ctx>(cx: &'ctx Context, prog: &Program, plans: &[KernelPlan]) -> R<Module<'ctx>> {
+/// The module with the ABI version, one wrapper per kernel instance (calling its body,
+/// declared here as `bodies[i]` and defined in another module) and `kiln_entry`.
+pub(crate) fn build_entry_module<'ctx>(
+    cx: &'ctx Context,
+    prog: &Program,
+    plans: &[KernelPlan],
+    bodies: &[String],
+) -> R<Module<'ctx>> {
     let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
-    let fty = function_type(&g);
-    let fns: Vec<FunctionValue> =
-        plans.iter().map(|p| g.m.add_function(&p.symbol(), fty, Some(Linkage::External))).collect();
+    let mut fns = Vec::new();
+    for (p, sym) in plans.iter().zip(bodies) {
+        let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
+        let body = match g.m.get_function(sym) {
+            Some(f) => f,
+            None => g.m.add_function(sym, body_type(&g, &normalized(k)), Some(Linkage::External)),
+        };
+        fns.push(gen_wrapper(&g, prog, k, &p.symbol(), body)?);
+    }
     gen_entry(&g, prog, plans, &fns)?;
     Ok(g.m)
 }
@@ -508,9 +565,9 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
     let mut fns = Vec::new();
     for p in &plans {
         let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
-        let f = gen_kernel(&g, prog, k, &format!("k{}", p.instr), p.gemm.as_ref(), Linkage::Internal)
+        let body = gen_body(&g, k, &format!("k{}.body", p.instr), p.gemm.as_ref(), Linkage::Internal)
             .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
-        fns.push(f);
+        fns.push(gen_wrapper(&g, prog, k, &format!("k{}", p.instr), body)?);
     }
     gen_entry(&g, prog, &plans, &fns)?;
     Ok(g.m)

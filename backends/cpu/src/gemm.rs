@@ -53,17 +53,22 @@ pub(crate) struct Blocking {
     pub nc: usize,
 }
 
-/// Bytes of L1 data cache assumed by the blocking model.
-const L1_BYTES: usize = 32 << 10;
 /// M up to which a task takes every row (and narrower column blocks, for parallelism).
 const SMALL_M: usize = 16;
 /// Tasks a product is cut into at least, where its size allows (the runtime shares them
 /// among its threads, a few per thread).
 const MIN_TASKS: usize = 16;
+/// Unrolling of the K loop of a full-height tile.
+const UNROLL: usize = 4;
 
 impl Blocking {
-    /// The blocking for a target's feature string (`+avx512f`: 16 lanes; `+avx`: 8; else 4).
-    pub fn for_features(features: &str) -> Blocking {
+    /// The blocking for a target: its vector width from the features (`+avx512f`: 16 lanes;
+    /// `+avx`: 8; else 4) and its L1 data cache.
+    pub fn for_target(t: &crate::CpuTarget) -> Blocking {
+        Blocking::for_features(&t.features, t.l1d_bytes)
+    }
+
+    pub fn for_features(features: &str, l1d: usize) -> Blocking {
         let has = |f: &str| features.split(',').any(|x| x == f);
         let w = if has("+avx512f") {
             16
@@ -72,14 +77,15 @@ impl Blocking {
         } else {
             4
         };
-        Blocking::for_width(w)
+        Blocking::for_width(w, l1d)
     }
 
-    pub fn for_width(w: usize) -> Blocking {
-        // Accumulators: MR·2 vectors (12 of AVX2's 16 registers, 16 of AVX-512's 32).
-        let mr = if w >= 16 { 8 } else { 6 };
+    pub fn for_width(w: usize, l1d: usize) -> Blocking {
+        // Accumulators: MR·2 vectors (24 of AVX-512's 32 registers, 12 of AVX2's 16).
+        let mr = if w >= 16 { 12 } else { 6 };
         let nr = 2 * w;
-        let kc = (L1_BYTES / 2) / (nr * 4);
+        // The B panel takes two thirds of L1, the rest holds the tile's rows of A.
+        let kc = ((l1d * 2 / 3) / (nr * 4) / 16 * 16).max(64);
         Blocking { w, mr, nr, kc, mc: mr * 16, nc: nr * 16 }
     }
 }
@@ -325,7 +331,7 @@ fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, i64)> {
 /// [`match_gemm`] recognizes). A constant used only there is replaced in place, so the
 /// weight section holds one copy. Returns the number of kernels changed.
 pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
-    let bl = Blocking::for_features(&target.features);
+    let bl = Blocking::for_target(target);
     let nr = bl.nr;
     let mut changed = 0;
     for i in 0..p.instrs.len() {
@@ -596,8 +602,7 @@ fn dot<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> R<IntValue
     Ok(s)
 }
 
-/// Emits the kernel function `void name(const Context*, i64 start, i64 end)` running tasks
-/// `start..end` of the blocked product.
+/// Emits the body of kernel function `f`, running tasks `start..end` of the blocked product.
 pub(crate) fn gen_gemm<'ctx>(
     g: &Gen<'ctx>,
     k: &Kernel,
@@ -605,6 +610,7 @@ pub(crate) fn gen_gemm<'ctx>(
     f: FunctionValue<'ctx>,
     in_bases: &[PointerValue<'ctx>],
     out_base: PointerValue<'ctx>,
+    (start, end): (IntValue<'ctx>, IntValue<'ctx>),
 ) -> R<()> {
     let cx = g.cx;
     let bl = p.bl;
@@ -612,8 +618,6 @@ pub(crate) fn gen_gemm<'ctx>(
     let nq = nr / w;
     let f32t = cx.f32_type();
     let vt = f32t.vec_type(w as u32);
-    let start = f.get_nth_param(1).unwrap().into_int_value();
-    let end = f.get_nth_param(2).unwrap().into_int_value();
     // Stack buffers and accumulators (entry block, so that they become registers).
     let panel = g.b.build_alloca(f32t.array_type((bl.kc * nr) as u32), "panel").map_err(llvm_err)?;
     panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
@@ -983,6 +987,20 @@ fn micro_tile<'ctx>(
             }
             Ok(())
         };
+        // Full-height tiles: the loop unrolled by `UNROLL` (fewer loop instructions between the
+        // FMAs); short tiles interleave accumulator sets instead.
+        if sets == 1 {
+            let u = UNROLL;
+            let whole = g.b.build_int_signed_div(len, g.i64(u as i64), "ku").map_err(llvm_err)?;
+            g.for_range(f, g.i64(0), whole, &mut |kq| {
+                let k0 = mul(g, kq, u as i64)?;
+                for s in 0..u {
+                    step(add(g, k0, g.i64(s as i64))?, 0)?;
+                }
+                Ok(())
+            })?;
+            return g.for_range(f, mul(g, whole, u as i64)?, len, &mut |kk| step(kk, 0));
+        }
         let whole = g.b.build_int_signed_div(len, g.i64(sets as i64), "kq").map_err(llvm_err)?;
         g.for_range(f, g.i64(0), whole, &mut |kq| {
             let k0 = mul(g, kq, sets as i64)?;
@@ -1056,12 +1074,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blocking_follows_the_vector_width() {
-        let avx512 = Blocking::for_features("+sse2,+avx,+avx2,+fma,+avx512f");
-        assert_eq!((avx512.w, avx512.mr, avx512.nr, avx512.kc), (16, 8, 32, 128));
-        let avx2 = Blocking::for_features("+sse2,+avx,+avx2,+fma,-avx512f");
-        assert_eq!((avx2.w, avx2.mr, avx2.nr, avx2.kc), (8, 6, 16, 256));
-        let neon = Blocking::for_features("+neon");
-        assert_eq!((neon.w, neon.mr, neon.nr, neon.kc), (4, 6, 8, 512));
+    fn blocking_follows_the_vector_width_and_l1() {
+        let avx512 = Blocking::for_features("+sse2,+avx,+avx2,+fma,+avx512f", 48 << 10);
+        assert_eq!((avx512.w, avx512.mr, avx512.nr, avx512.kc), (16, 12, 32, 256));
+        let avx2 = Blocking::for_features("+sse2,+avx,+avx2,+fma,-avx512f", 32 << 10);
+        assert_eq!((avx2.w, avx2.mr, avx2.nr, avx2.kc), (8, 6, 16, 336));
+        let neon = Blocking::for_features("+neon", 64 << 10);
+        assert_eq!((neon.w, neon.mr, neon.nr, neon.kc), (4, 6, 8, 1360));
     }
 }

@@ -6,10 +6,13 @@
 //! calls them in order, through the runtime's `parallel_for` when the kernel is big enough.
 //! The module never links the runtime: everything it needs comes in the context struct.
 //!
-//! Kernels are compiled in parallel, each into an object of its own, and linked with the
-//! entry's object. A kernel's object is cached on disk under a hash of everything its code
-//! depends on ([`cache`]), so recompiling a model (or one that shares kernels with it) skips
-//! LLVM for the kernels it has seen.
+//! A kernel is a body (its loop nest over base pointers given as arguments) and an instance
+//! wrapper (which finds those buffers in the context). Kernels that differ only in their
+//! buffers (the layers of a transformer) share one body. Bodies are compiled in parallel,
+//! each into an object of its own, cached on disk under a hash of everything their code
+//! depends on ([`cache`]), and linked with the object of the entry module (wrappers and
+//! `kiln_entry`), so recompiling a model, or one that shares kernels with it, skips LLVM for
+//! the bodies it has seen.
 
 pub mod cache;
 mod codegen;
@@ -22,7 +25,7 @@ pub use codegen::build_module;
 pub use gemm::prepack;
 pub use target::{CpuTarget, Emit};
 
-use kiln_ir::lir::Program;
+use kiln_ir::lir::{Instr, Program};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -60,13 +63,27 @@ pub fn compile_with(
 ) -> Result<CpuModule, BackendError> {
     use rayon::prelude::*;
     let plans = codegen::plan_kernels(prog, target);
-    let objects: Vec<Vec<u8>> = plans
+    // Kernels that differ only in their buffers share one body: compile each body once.
+    let mut keys: Vec<String> = Vec::new();
+    let mut first: Vec<usize> = Vec::new();
+    let mut symbols = Vec::with_capacity(plans.len());
+    for (i, p) in plans.iter().enumerate() {
+        let key = cache::body_key(prog, p, target);
+        if !keys.contains(&key) {
+            keys.push(key.clone());
+            first.push(i);
+        }
+        symbols.push(format!("kiln_b{key}"));
+    }
+    let objects: Vec<Vec<u8>> = keys
         .par_iter()
-        .map(|p| {
-            let key = cache::kernel_key(prog, p, target);
-            kernel_cache.get_or_insert(&key, || {
+        .zip(&first)
+        .map(|(key, &i)| {
+            let p = &plans[i];
+            kernel_cache.get_or_insert(key, || {
+                let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
                 let ctx = inkwell::context::Context::create();
-                let module = codegen::build_kernels_module(&ctx, prog, &[p])?;
+                let module = codegen::build_body_module(&ctx, k, p, &symbols[i])?;
                 let tm = target.machine()?;
                 target::optimize(&module, &tm)?;
                 target::emit_object(&module, &tm)
@@ -74,7 +91,7 @@ pub fn compile_with(
         })
         .collect::<Result<_, _>>()?;
     let ctx = inkwell::context::Context::create();
-    let entry = codegen::build_entry_module(&ctx, prog, &plans)?;
+    let entry = codegen::build_entry_module(&ctx, prog, &plans, &symbols)?;
     let tm = target.machine()?;
     target::optimize(&entry, &tm)?;
     let mut all = vec![target::emit_object(&entry, &tm)?];

@@ -22,6 +22,28 @@ pub struct CpuTarget {
     pub triple: String,
     pub cpu: String,
     pub features: String,
+    /// L1 data cache per core, in bytes: the blocking of matrix products is derived from it.
+    pub l1d_bytes: usize,
+}
+
+/// The L1 data cache assumed for a target whose own is not known.
+pub const DEFAULT_L1D_BYTES: usize = 32 << 10;
+
+/// This machine's L1 data cache per core (Linux sysfs), if it can be read.
+fn host_l1d_bytes() -> Option<usize> {
+    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    for e in std::fs::read_dir(base).ok()?.flatten() {
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok().map(|s| s.trim().to_string());
+        if read("level").as_deref() == Some("1") && read("type").as_deref() == Some("Data") {
+            let size = read("size")?;
+            let (num, mult) = match size.strip_suffix('K') {
+                Some(n) => (n, 1024),
+                None => (size.as_str(), 1),
+            };
+            return num.parse::<usize>().ok().map(|n| n * mult);
+        }
+    }
+    None
 }
 
 impl CpuTarget {
@@ -32,6 +54,7 @@ impl CpuTarget {
             triple: TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned(),
             cpu: TargetMachine::get_host_cpu_name().to_string(),
             features: TargetMachine::get_host_cpu_features().to_string(),
+            l1d_bytes: host_l1d_bytes().unwrap_or(DEFAULT_L1D_BYTES),
         }
     }
 
