@@ -305,3 +305,54 @@ pub fn fuse_lir(p: &mut Program) -> usize {
     }
     merged
 }
+
+/// Replaces loads of a one-element constant (a scalar broadcast: every stride 0) by the
+/// constant itself, so that code generation sees the value (`x^3`, a division by a known
+/// scale) and the kernel has one operand less. Returns the number of loads replaced.
+pub fn inline_scalar_constants(p: &mut Program) -> usize {
+    let mut replaced = 0;
+    for i in 0..p.instrs.len() {
+        let Instr::Kernel(k) = &p.instrs[i] else { continue };
+        let mut values: Vec<Option<kiln_ir::lir::Scalar>> = vec![None; k.inputs.len()];
+        for (o, v) in k.inputs.iter().enumerate() {
+            let kiln_ir::lir::BufferKind::Constant(t) = &p.buffer(v.buffer).kind else { continue };
+            if v.strides.iter().any(|&s| s != 0) || !v.dtype.is_compute() || v.dtype != t.dtype() {
+                continue;
+            }
+            let at = v.offset as usize;
+            if at >= t.numel() || t.numel() > 16 {
+                continue;
+            }
+            use kiln_ir::lir::Scalar;
+            values[o] = Some(match t.dtype() {
+                kiln_ir::DType::I64 => Scalar::I64(t.to_i64_vec()[at]),
+                kiln_ir::DType::I32 => Scalar::I32(t.to_i64_vec()[at] as i32),
+                kiln_ir::DType::Bool => Scalar::Bool(t.to_i64_vec()[at] != 0),
+                kiln_ir::DType::F64 => Scalar::F64(t.to_f64_vec()[at]),
+                kiln_ir::DType::F32 => Scalar::F32(t.to_f64_vec()[at] as f32),
+                _ => continue,
+            });
+        }
+        if values.iter().all(Option::is_none) {
+            continue;
+        }
+        let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+        let mut count = 0;
+        let mut inline = |e: Expr| match e {
+            Expr::Load { operand, pad: None, .. } if values[operand].is_some() => {
+                count += 1;
+                Expr::Const(values[operand].expect("checked"))
+            }
+            e => e,
+        };
+        k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut inline);
+        if let Some(r) = &mut k.reduction {
+            r.finalize = r.finalize.take().map(|e| e.map(&mut inline));
+        }
+        if count > 0 {
+            compact(k);
+            replaced += count;
+        }
+    }
+    replaced
+}

@@ -178,6 +178,7 @@ impl Compiler {
     pub fn lower(&self, g: &Graph) -> Result<(Program, MemoryReport, Vec<u8>), Error> {
         let mut p = kiln_passes::lower::lower(g)?;
         kiln_passes::fuse::fuse_lir(&mut p);
+        kiln_passes::fuse::inline_scalar_constants(&mut p);
         kiln_backend_cpu::prepack(&mut p, &self.opts.target);
         let report = kiln_passes::memory::plan(&mut p);
         p.remove_unused_buffers();

@@ -45,6 +45,55 @@ fn unary_ops() {
     check(Op::Unary(UnaryOp::Not), &[r.tensor(DType::Bool, &s)]);
 }
 
+/// The inline f32 exp, tanh, erf and sigmoid (polynomials the code generator emits instead
+/// of libm calls) against the reference over their whole range: relative error within a few
+/// ulp, overflow to inf, subnormal and zero results, NaN, infinities and signed zeros.
+#[test]
+fn transcendentals_over_their_range() {
+    let mut xs: Vec<f32> = (-2400..=2400).map(|i| i as f32 * 0.05).collect();
+    xs.extend((-300..=300).map(|i| i as f32 * 1e-3));
+    xs.extend([
+        -110.0, -104.5, -103.9, -100.0, -95.5, -87.5, -87.3, 88.0, 88.7, 88.8, 100.0, 1e-30, -1e-30, 3.9, 4.0, 4.1,
+    ]);
+    xs.extend([
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        0.6249,
+        0.625,
+        0.6251,
+        1.99,
+        2.0,
+        2.01,
+    ]);
+    let x = Tensor::f32(vec![xs.len()], xs.clone());
+    for (op, rtol) in [(UnaryOp::Exp, 5e-7), (UnaryOp::Sigmoid, 5e-7), (UnaryOp::Tanh, 1e-6), (UnaryOp::Erf, 1e-6)] {
+        let want = kiln::ir::eval::eval(&Op::Unary(op), &[&x]).unwrap().remove(0).to_f64_vec();
+        let mut g = Graph::new("transcendental");
+        let xi = g.add_input("x", x.ty.clone());
+        g.outputs = g.add_node(Op::Unary(op), &[xi], "f", &[]).unwrap();
+        let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
+        let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).unwrap();
+        let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
+            .to_f32()
+            .unwrap();
+        for ((&xv, &a), &b) in xs.iter().zip(&got).zip(&want) {
+            let b32 = b as f32;
+            let ok = if b32.is_nan() {
+                a.is_nan()
+            } else if b32.is_infinite() || b32 == 0.0 {
+                a == b32 && a.is_sign_negative() == b32.is_sign_negative()
+            } else {
+                ((a as f64) - b).abs() <= rtol * b.abs() + 2e-45
+            };
+            assert!(ok, "{op:?}({xv:e}) = {a:e}, reference {b:e}");
+        }
+    }
+}
+
 #[test]
 fn binary_ops_with_broadcasting() {
     let mut r = Rng(2);
