@@ -356,3 +356,112 @@ pub fn inline_scalar_constants(p: &mut Program) -> usize {
     }
     replaced
 }
+
+/// Stores a constant operand so that the kernel's innermost loop reads it contiguously,
+/// when that loop walks one of its dims with a stride other than 1: a depthwise
+/// convolution's weights `[C, 1, kh, kw]` read along C in a channels-last loop become
+/// `[kh, kw, 1, C]`. Only operands read whole, through plain variable indices, by one kernel
+/// (or copied for it) are moved. Returns the number of operands moved.
+pub fn relayout_constants(p: &mut Program) -> usize {
+    let mut moved = 0;
+    for i in 0..p.instrs.len() {
+        let Instr::Kernel(k) = &p.instrs[i] else { continue };
+        if k.n_par == 0 {
+            continue;
+        }
+        let inner = k.n_par - 1;
+        for o in 0..k.inputs.len() {
+            let Instr::Kernel(k) = &p.instrs[i] else { unreachable!() };
+            let v = &k.inputs[o];
+            let kiln_ir::lir::BufferKind::Constant(t) = &p.buffer(v.buffer).kind else { continue };
+            // Every load of the operand: the same list of plain variables, no padding.
+            let mut index: Option<Option<Vec<Expr>>> = None;
+            let mut note = |e: &Expr| {
+                if let Expr::Load { operand, index: ix, pad } = e {
+                    if *operand == o {
+                        let plain = pad.is_none() && ix.iter().all(|x| matches!(x, Expr::Var(_)));
+                        let this = plain.then(|| ix.clone());
+                        index = Some(match index.take() {
+                            None => this,
+                            Some(prev) if prev == this => prev,
+                            Some(_) => None,
+                        });
+                    }
+                }
+            };
+            k.body.visit(&mut note);
+            if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+                f.visit(&mut note);
+            }
+            let Some(Some(index)) = index else { continue };
+            let Some(pos) = index.iter().position(|x| *x == Expr::Var(inner)) else { continue };
+            if v.strides[pos] == 1 || v.extents[pos] == 1 || v.offset != 0 || v.dtype != t.dtype() {
+                continue;
+            }
+            // The view must be the whole tensor in some dim order: dims by decreasing stride
+            // (extent-1 dims aside) have dense strides.
+            let numel: usize = v.extents.iter().product();
+            if numel != t.numel() {
+                continue;
+            }
+            let mut order: Vec<usize> = (0..v.extents.len()).filter(|&d| v.extents[d] > 1).collect();
+            order.sort_by_key(|&d| std::cmp::Reverse(v.strides[d]));
+            let mut expect = 1i64;
+            let dense = order.iter().rev().all(|&d| {
+                let ok = v.strides[d] == expect;
+                expect *= v.extents[d] as i64;
+                ok
+            });
+            if !dense {
+                continue;
+            }
+            // New physical order: the others as they were, the inner loop's dim last.
+            order.retain(|&d| d != pos);
+            order.push(pos);
+            let mut strides = vec![0i64; v.extents.len()];
+            let mut s = 1i64;
+            for &d in order.iter().rev() {
+                strides[d] = s;
+                s *= v.extents[d] as i64;
+            }
+            let size = v.dtype.size();
+            let mut data = vec![0u8; t.data.len()];
+            let mut idx = vec![0usize; v.extents.len()];
+            for _ in 0..numel {
+                let (mut from, mut to) = (0i64, 0i64);
+                for d in 0..idx.len() {
+                    from += idx[d] as i64 * v.strides[d];
+                    to += idx[d] as i64 * strides[d];
+                }
+                let (from, to) = (from as usize * size, to as usize * size);
+                data[to..to + size].copy_from_slice(&t.data[from..from + size]);
+                for d in (0..idx.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < v.extents[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+            let tensor = kiln_ir::Tensor::from_bytes(t.ty.clone(), data.into()).expect("same size");
+            let bid = v.buffer;
+            let uses = p.instrs.iter().filter(|ins| ins.reads_writes().0.contains(&bid)).count();
+            let shared = k.inputs.iter().filter(|w| w.buffer == bid).count() > 1;
+            let name = format!("{}.inner_last", p.buffer(bid).name);
+            let bytes = p.buffer(bid).bytes;
+            let new_id = if uses == 1 && !shared {
+                let buf = &mut p.buffers[bid.0 as usize];
+                buf.kind = kiln_ir::lir::BufferKind::Constant(tensor);
+                buf.name = name;
+                bid
+            } else {
+                p.add_buffer(kiln_ir::lir::BufferKind::Constant(tensor), bytes, name)
+            };
+            let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+            k.inputs[o].buffer = new_id;
+            k.inputs[o].strides = strides;
+            moved += 1;
+        }
+    }
+    moved
+}

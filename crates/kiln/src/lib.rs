@@ -180,6 +180,7 @@ impl Compiler {
         kiln_passes::fuse::fuse_lir(&mut p);
         kiln_passes::fuse::inline_scalar_constants(&mut p);
         kiln_backend_cpu::prepack(&mut p, &self.opts.target);
+        kiln_passes::fuse::relayout_constants(&mut p);
         let report = kiln_passes::memory::plan(&mut p);
         p.remove_unused_buffers();
         let weights = kiln_passes::memory::pack_constants(&mut p);

@@ -364,6 +364,10 @@ fn convolution_chains_as_gemm() {
         if group == 1 {
             assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
         }
+        if group == ci {
+            // Depthwise: the weights are stored channels-last, as the loop reads them.
+            assert!(text.contains("w1.inner_last"), "depthwise weights should be relaid out:\n{text}");
+        }
         let art = compiler.compile_graph(g).unwrap();
         let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
         let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
