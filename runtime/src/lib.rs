@@ -293,7 +293,9 @@ impl Session {
         };
         // SAFETY: the context points at buffers of the sizes the manifest declares, which is
         // what the compiled code was planned against; they outlive the call.
-        let status = unsafe { (self.entry)(&ctx) };
+        // The entry runs on a worker of the pool, which then takes part in every parallel
+        // kernel itself (no hand-off to the pool and back per kernel, no thread idling).
+        let status = self.pool.run(self.entry, &ctx);
         self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
         if status != 0 {
             let message = usize::try_from(status - 1).ok().and_then(|k| self.manifest.check_messages.get(k));

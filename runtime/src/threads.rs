@@ -20,6 +20,16 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Runs the compiled entry point on one of the pool's threads.
+    pub fn run(&self, entry: kiln_abi::EntryFn, ctx: &Context) -> i32 {
+        let ctx = SendCtx(ctx);
+        // SAFETY: the caller's context points at live buffers of the planned sizes for the
+        // duration of the call, which `install` does not outlive.
+        self.pool.install(move || unsafe { entry(ctx.get()) })
+    }
+}
+
 #[derive(Clone, Copy)]
 struct SendCtx(*const Context);
 // SAFETY: the context is only read by tasks, and outlives the parallel_for call.

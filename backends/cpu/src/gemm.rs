@@ -177,6 +177,12 @@ impl Gemm {
                 break;
             }
         }
+        // Even blocks (a 196-row product is 108 + 88 rows, not 192 + 4), so that tasks, and
+        // the threads that run them, get equal work.
+        if self.m > SMALL_M {
+            mc = self.m.div_ceil(self.m.div_ceil(mc)).div_ceil(mr) * mr;
+        }
+        nc = self.n.div_ceil(self.n.div_ceil(nc)).div_ceil(nr) * nr;
         (mc, nc)
     }
     /// Tasks of the parallel loop: batch × M blocks × N blocks.
