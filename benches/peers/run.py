@@ -4,7 +4,9 @@
 For each model: onnxruntime (CPU provider), tract (if its Python package is installed) and
 Kiln (`kiln bench`, whose last line is `median_ms=<x>`) are timed in turn, interleaved for
 several rounds, and the median latencies are printed with Kiln's ratio to each peer
-(below 1.0: Kiln is faster).
+(below 1.0: Kiln is faster). Before timing, Kiln's outputs are compared with onnxruntime's
+on the same inputs (`kiln run`; rtol 1e-3, atol 1e-4) and the last column says whether they
+match.
 
     .venv/bin/python benches/peers/run.py [--threads N] [--rounds R] [--iters I] MODEL.onnx|DIR...
     .venv/bin/python benches/peers/run.py --bench-models [--threads N] ...
@@ -22,6 +24,7 @@ fixed seed (integer inputs in [0, 8), except ones for an input named *mask* and 
 """
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -133,6 +136,26 @@ def time_kiln(path: Path, feeds: dict, threads: int, iters: int, tmp: Path) -> f
     return float(out.strip().splitlines()[-1].split("=", 1)[1])
 
 
+def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
+    """Runs Kiln (`kiln run`) and onnxruntime once on the same inputs and compares every output
+    (rtol 1e-3, atol 1e-4): "yes", or what differs."""
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
+    out = tmp / "outputs"
+    shutil.rmtree(out, ignore_errors=True)
+    args = [str(KILN), "run", str(kiln_model), "--output-dir", str(out)]
+    for name, v in feeds.items():
+        f = tmp / f"{abs(hash(name))}.npy"
+        np.save(f, v)
+        args += ["--input", f"{name}={f}"]
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    for name, w in want.items():
+        got = np.load(out / f"{name}.npy")
+        if got.shape != w.shape or not np.allclose(got, w, rtol=1e-3, atol=1e-4):
+            return f"NO ({name}: max abs diff {np.abs(got.astype(np.float64) - w).max():.3g})"
+    return "yes"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*", type=Path)
@@ -161,13 +184,14 @@ def main() -> None:
     tmp = REPO / "target" / "peers"
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"threads={a.threads} rounds={a.rounds} iters={a.iters}")
-    print(f"{'model':24} {'kiln ms':>9} {'ort ms':>9} {'tract ms':>9} {'kiln/ort':>9} {'kiln/tract':>10}")
+    print(f"{'model':24} {'kiln ms':>9} {'ort ms':>9} {'tract ms':>9} {'kiln/ort':>9} {'kiln/tract':>10}  outputs match ort")
     for path in models:
         feeds = inputs_of(path)
         kiln_model = path
         if a.precompile:
             kiln_model, secs = compile_kiln(path, tmp)
             print(f"  ({path.parent.name}: kiln compile {secs:.1f} s)", file=sys.stderr, flush=True)
+        match = outputs_match(path, kiln_model, feeds, tmp)
         k, o, t = [], [], []
         for _ in range(a.rounds):
             k.append(time_kiln(kiln_model, feeds, a.threads, a.iters, tmp))
@@ -178,7 +202,7 @@ def main() -> None:
         km, om = statistics.median(k), statistics.median(o)
         tm = statistics.median(t) if t else float("nan")
         name = path.parent.name
-        print(f"{name:24} {km:9.3f} {om:9.3f} {tm:9.3f} {km / om:9.2f} {km / tm:10.2f}", flush=True)
+        print(f"{name:24} {km:9.3f} {om:9.3f} {tm:9.3f} {km / om:9.2f} {km / tm:10.2f}  {match}", flush=True)
         if a.rounds > 1:
             print(f"  rounds: kiln {' '.join(f'{x:.2f}' for x in k)} | ort {' '.join(f'{x:.2f}' for x in o)}",
                   file=sys.stderr, flush=True)
