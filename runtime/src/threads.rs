@@ -23,6 +23,11 @@ impl Pool {
 impl Pool {
     /// Runs the compiled entry point on one of the pool's threads.
     pub fn run(&self, entry: kiln_abi::EntryFn, ctx: &Context) -> i32 {
+        if self.pool.current_num_threads() <= 1 {
+            // One thread: the caller's, with no hand-off at all.
+            // SAFETY: as below.
+            return unsafe { entry(ctx) };
+        }
         let ctx = SendCtx(ctx);
         // SAFETY: the caller's context points at live buffers of the planned sizes for the
         // duration of the call, which `install` does not outlive.

@@ -1,33 +1,37 @@
-//! Register-blocked f32 matrix products.
+//! Register-blocked f32 matrix products, convolutions included.
 //!
-//! A kernel that is a plain matrix product, `C[b.., m, n] = fin(Σ_k A[b.., m, k]·B[b.., k, n])`
-//! with affine operand views (any strides: transposed and broadcast operands included) and an
-//! optional elementwise finalizer (a fused epilogue: bias, activation, residual…), gets a
-//! schedule of its own instead of the generic loop nest ([`match_gemm`] decides; anything
-//! else falls back to the generic path):
+//! A kernel that is a matrix product, `C[b.., m.., n] = fin(Σ_{k..} A·B)` with affine operand
+//! loads (any strides: transposed and broadcast operands included), several M dims (the rows,
+//! flattened) and K dims (flattened; the outer ones are "taps"), A possibly padded with
+//! bounds checks on rows and taps only, and an optional elementwise finalizer (a fused
+//! epilogue: bias, activation, residual…), gets a schedule of its own instead of the generic
+//! loop nest ([`match_gemm`] decides; anything else falls back to the generic path). A
+//! channels-last convolution is one: rows are output pixels, K is `(kh, kw, ci)`, B the
+//! weights.
 //!
-//! * an `MR×NR` register tile (`NR` = two vectors of the target's width): `MR·NR/W`
-//!   accumulators, one broadcast of A per row and `NR/W` vector loads of B per `k`,
-//!   `llvm.fmuladd` (an FMA on targets that have one);
+//! * an `MR×NR` register tile (`NR` = two vectors of the target's width; `MR` 12 at AVX-512,
+//!   6 below): `MR·NR/W` accumulators, one broadcast of A per row and `NR/W` vector loads of
+//!   B per `k`, `llvm.fmuladd` (an FMA on targets that have one), the loop unrolled by 4;
+//! * each row of A is a pointer and a step along the inner K dim, set per tap; a row whose
+//!   tap falls in the padding reads a row of zeros with the same step (or one zero, step 0);
 //! * blocking over K (`KC`), M (`MC`) and N (`NC`): a task of the parallel loop is one
-//!   `MC×NC` block of C of one batch element; inside it, for each `KC` slice and each
-//!   `NR`-wide column panel, the `KC×NR` panel of B is packed contiguously (zero padded past
-//!   N) into a stack buffer and reused by every `MR`-row tile of the block; a constant B is
-//!   packed once at compile time instead ([`prepack`], into the weight section);
-//! * a product of at most `MR` rows (the batch-1 case) with B contiguous along N reads B in place
-//!   (no packing) for the full-width panels;
+//!   `MC×NC` block of C of one batch element; inside it, for each K slice (a `KC` block of
+//!   the inner K dim, or several whole taps when it is short) and each `NR`-wide column
+//!   panel, the panel of B is packed contiguously (zero padded past N) into a stack buffer
+//!   and reused by every `MR`-row tile of the block; a constant B is packed once at compile
+//!   time instead ([`prepack`], into the weight section);
+//! * a product of at most `MR` rows (the batch-1 case) with B contiguous along N and one K
+//!   dim reads B in place (no packing) for the full-width panels;
 //! * edge tiles: a micro-kernel for `M % MR` rows besides the `MR`-row one (a switch on the
-//!   rows left; short
-//!   tiles keep up to 4 accumulator sets over interleaved k to hide the FMA latency, which
-//!   is what a GEMV needs), and columns past N go through a small stack tile so that nothing
-//!   outside C is touched;
-//! * the finalizer runs over each tile of C right after its last `KC` slice, while it is hot.
+//!   rows left; short tiles keep up to 4 accumulator sets over interleaved k to hide the FMA
+//!   latency, which is what a GEMV needs), and columns past N go through a small stack tile
+//!   so that nothing outside C is touched;
+//! * the finalizer runs over each tile of C right after its last K slice, while it is hot.
 //!
-//! Block sizes (the analytical BLIS model, for a 32 KiB L1d and at least 512 KiB of L2):
-//! the `KC×NR` panel of B stays in half of L1 (`KC = 16 KiB / (NR·4)`: 256 at AVX2 width,
-//! 128 at AVX-512), the `MC×KC` rows of A read for each panel stay in half of L2 (`MC` ≤
-//! 256 KiB / (KC·4) = 256 rows at KC = 256; 96 is used so that a 512-row product still makes
-//! several tasks), and `NC = 16·NR` columns per task.
+//! Block sizes (the analytical BLIS model): the `KC×NR` panel of B takes two thirds of the
+//! target's L1 data cache (`KC` = 256 at AVX-512 with a 48 KiB L1), the tile's rows of A the
+//! rest; `MC = 16·MR`, `NC = 16·NR`, narrowed (N first) until a product has 16 tasks for the
+//! threads to share, then evened out so that no block is a sliver.
 
 use inkwell::intrinsics::Intrinsic;
 use inkwell::types::VectorType;
@@ -58,6 +62,8 @@ const SMALL_M: usize = 16;
 /// Tasks a product is cut into at least, where its size allows (the runtime shares them
 /// among its threads, a few per thread).
 const MIN_TASKS: usize = 16;
+/// Multiply-adds a task keeps at least when blocks are narrowed for more tasks.
+const MIN_TASK_WORK: usize = 1 << 17;
 /// Unrolling of the K loop of a full-height tile.
 const UNROLL: usize = 4;
 
@@ -168,7 +174,11 @@ impl Gemm {
         // Small M: every row, and narrower column blocks, so that a GEMV splits too.
         let (mut mc, mut nc) = if self.m <= SMALL_M { (self.m, nr * 4) } else { (self.bl.mc, self.bl.nc) };
         let batch: usize = self.batch.iter().product();
-        while batch * self.m.div_ceil(mc) * self.n.div_ceil(nc) < MIN_TASKS {
+        let tasks = |mc: usize, nc: usize| batch * self.m.div_ceil(mc) * self.n.div_ceil(nc);
+        // Multiply-adds per task at these blocks (a task smaller than MIN_TASK_WORK costs more
+        // in repacking and scheduling than sharing it gains).
+        let work = |mc: usize, nc: usize| batch * self.m * self.n * self.k / tasks(mc, nc);
+        while tasks(mc, nc) < MIN_TASKS && work(mc, nc) >= 2 * MIN_TASK_WORK {
             if nc > nr && self.n > nr {
                 nc = (nc / 2).div_ceil(nr) * nr;
             } else if mc > mr && self.m > SMALL_M {
@@ -423,6 +433,16 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
 
 /// Recognizes a plain f32 matrix product (see the module doc).
 pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
+    let mut g = match_gemm_with(k, bl)?;
+    // Few rows (a batch-1 product, a small image): 8-row tiles waste less than 12-row ones
+    // (16 rows are two full tiles rather than 12 + 4).
+    if g.bl.mr > 8 && g.m <= 32 {
+        g.bl = Blocking { mr: 8, mc: 8 * 16, ..g.bl };
+    }
+    Some(g)
+}
+
+fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     let red = k.reduction.as_ref()?;
     if red.combine != Combine::Add || red.init != Scalar::F32(0.0) {
         return None;

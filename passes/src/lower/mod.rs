@@ -951,7 +951,10 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         l.prog.outputs.push((name.clone(), t.dtype, t.shape.clone()));
         out_bufs.push(l.prog.add_buffer(BufferKind::Output(i), t.bytes(), name));
         if let ValueDef::Node(n, _) = g.value(v).def {
-            if !matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. }) && !direct.contains_key(&v) {
+            // A convolution computes channels-last (its fast schedule) and is transposed into
+            // the row-major output at the end.
+            let conv = matches!(g.node(n).op, Op::Conv { .. }) && t.shape.len() == 4 && t.dtype == DType::F32;
+            if !matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. }) && !conv && !direct.contains_key(&v) {
                 direct.insert(v, i);
             }
         }
@@ -1007,7 +1010,16 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         }
         let src = l.view_of(v);
         let bytes = g.ty(v).bytes();
-        if bytes > 0 {
+        if l.loc[&v].channels_last {
+            let t = g.ty(v);
+            let dst = View::dense(out_bufs[i], t.dtype, &t.shape);
+            l.emit(elementwise(
+                &format!("{}/to_row_major", g.value(v).name),
+                dst,
+                vec![src],
+                Expr::load(0, vars(0..4)),
+            ));
+        } else if bytes > 0 {
             let sz = src.dtype.size();
             l.prog.instrs.push(Instr::Copy {
                 dst: out_bufs[i],
