@@ -637,17 +637,27 @@ impl<'a, 'ctx> Env<'a, 'ctx> {
                 let view = &self.k.inputs[*operand];
                 let idx =
                     index.iter().map(|ix| Ok(self.gen(g, ix, vars, acc)?.into_int_value())).collect::<R<Vec<_>>>()?;
-                let lin = g.linear(view, &idx)?;
                 match pad {
-                    None => g.load_elem(self.bases[*operand], view.dtype, lin)?,
+                    None => g.load_elem(self.bases[*operand], view.dtype, g.linear(view, &idx)?)?,
                     Some(p) => {
                         let mut inb = g.cx.bool_type().const_int(1, false);
                         for (ix, &ext) in idx.iter().zip(&view.extents) {
                             let ok = icmp(g, IntPredicate::ULT, *ix, g.i64(ext as i64))?;
                             inb = b.build_and(inb, ok, "inb").map_err(llvm_err)?;
                         }
-                        let safe = isel(g, inb, lin, g.i64(view.offset))?;
-                        let v = g.load_elem(self.bases[*operand], view.dtype, safe)?;
+                        // Each index clamped into its extent, so that the address stays affine
+                        // in the indices that cannot leave it (a padded convolution tap read
+                        // along contiguous channels is a vector load, not a gather).
+                        let clamped = idx
+                            .iter()
+                            .zip(&view.extents)
+                            .map(|(&ix, &ext)| {
+                                let hi = g.i64(ext.max(1) as i64 - 1);
+                                let lo = isel(g, icmp(g, IntPredicate::SLT, ix, g.i64(0))?, g.i64(0), ix)?;
+                                isel(g, icmp(g, IntPredicate::SGT, lo, hi)?, hi, lo)
+                            })
+                            .collect::<R<Vec<_>>>()?;
+                        let v = g.load_elem(self.bases[*operand], view.dtype, g.linear(view, &clamped)?)?;
                         let pv = scalar(g, *p, view.dtype)?;
                         b.build_select(inb, v, pv, "pad").map_err(llvm_err)?
                     }
