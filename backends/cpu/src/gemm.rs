@@ -26,7 +26,9 @@
 //!   rows left; short tiles keep up to 4 accumulator sets over interleaved k to hide the FMA
 //!   latency, which is what a GEMV needs), and columns past N go through a small stack tile
 //!   so that nothing outside C is touched;
-//! * the finalizer runs over each tile of C right after its last K slice, while it is hot.
+//! * the finalizer runs on the accumulator vectors of a full tile after its last K slice,
+//!   before the store, when it is float arithmetic, ReLU/Clip and loads along N or broadcast
+//!   ([`vfin`]); otherwise (and on edge tiles) over the tile of C right after the store.
 //!
 //! Block sizes (the analytical BLIS model): the `KC×NR` panel of B takes two thirds of the
 //! target's L1 data cache (`KC` = 256 at AVX-512 with a 48 KiB L1), the tile's rows of A the
@@ -679,6 +681,7 @@ pub(crate) fn gen_gemm<'ctx>(
     let nkd = p.k_dims.len();
     let a_kin = p.a_k[nkd - 1];
     let has_fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
+    let vector_fin = has_fin.filter(|fin| p.c_n == 1 && vfin_ok(k, fin));
 
     g.for_range(f, start, end, &mut |t| {
         let b = &g.b;
@@ -800,6 +803,7 @@ pub(crate) fn gen_gemm<'ctx>(
                             jn,
                             c_full,
                             first,
+                            vfin: vector_fin.map(|fin| VFin { k, fin, bases: in_bases, last, j0 }),
                         },
                         &splat,
                     )?;
@@ -807,7 +811,15 @@ pub(crate) fn gen_gemm<'ctx>(
                 }
                 g.b.position_at_end(merge);
                 if let Some(fin) = has_fin {
-                    when(g, f, last, &mut || {
+                    // Full tiles took the finalizer in registers when it vectorizes.
+                    let cond = match vector_fin {
+                        Some(_) => {
+                            let edge = g.b.build_not(c_full, "edge").map_err(llvm_err)?;
+                            g.b.build_and(last, edge, "fin_here").map_err(llvm_err)?
+                        }
+                        None => last,
+                    };
+                    when(g, f, cond, &mut || {
                         g.for_range(f, g.i64(0), rows, &mut |i| {
                             let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
                             let c_row = add(g, add(g, c0, dot(g, &mv, &p.c_m)?)?, mul(g, j0, p.c_n)?)?;
@@ -881,6 +893,17 @@ struct Tile<'a, 'ctx> {
     /// The tile is NR wide in C and C is contiguous along N: vector loads/stores of C.
     c_full: IntValue<'ctx>,
     first: IntValue<'ctx>,
+    /// The finalizer, applied to full tiles in registers after the last slice ([`vfin`]).
+    vfin: Option<VFin<'a, 'ctx>>,
+}
+
+#[derive(Clone, Copy)]
+struct VFin<'a, 'ctx> {
+    k: &'a Kernel,
+    fin: &'a Expr,
+    bases: &'a [PointerValue<'ctx>],
+    last: IntValue<'ctx>,
+    j0: IntValue<'ctx>,
 }
 
 /// Each row's A pointer and step along the inner K dim for tap `tap_lo + tt` of the slice
@@ -924,6 +947,117 @@ fn a_row_ptrs<'ctx>(
         rows.push((ptr, step));
     }
     Ok(rows)
+}
+
+/// Whether a finalizer can be evaluated on whole accumulator vectors ([`vfin`]): float
+/// arithmetic, ReLU/Clip/Neg/Abs, constants, and loads whose address is affine with a step of
+/// 0 or 1 along N.
+fn vfin_ok(k: &Kernel, e: &Expr) -> bool {
+    use kiln_ir::{BinaryOp as B, UnaryOp as U};
+    let dn = k.n_par - 1;
+    match e {
+        Expr::Acc | Expr::Const(Scalar::F32(_)) => true,
+        Expr::Load { operand, index, pad: None } => {
+            let v = &k.inputs[*operand];
+            let nd = k.domain.len();
+            let mut step = 0i64;
+            for (ix, &s) in index.iter().zip(&v.strides) {
+                match affine_expr(ix, nd) {
+                    Some((_, c)) => step += s * c[dn],
+                    None => return false,
+                }
+            }
+            v.dtype == DType::F32 && (step == 0 || step == 1)
+        }
+        Expr::Unary(U::Relu | U::Neg | U::Abs | U::Clip { .. }, a) => vfin_ok(k, a),
+        Expr::Binary(B::Add | B::Sub | B::Mul | B::Div | B::Max | B::Min, a, b) => vfin_ok(k, a) && vfin_ok(k, b),
+        _ => false,
+    }
+}
+
+/// The finalizer over one accumulator vector: columns `col0..col0+W` of a row whose
+/// domain variables (batch, M, then N = `col0`, K = 0) are `vars`.
+fn vfin<'ctx>(
+    g: &Gen<'ctx>,
+    k: &Kernel,
+    bases: &[PointerValue<'ctx>],
+    e: &Expr,
+    vars: &[IntValue<'ctx>],
+    acc: VectorValue<'ctx>,
+    splat: &dyn Fn(BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>>,
+) -> R<VectorValue<'ctx>> {
+    use kiln_ir::{BinaryOp as B, UnaryOp as U};
+    let b = &g.b;
+    let vt = acc.get_type();
+    let f32t = g.cx.f32_type();
+    let sp = |x: f64| splat(f32t.const_float(x).into());
+    let go = |e: &Expr| vfin(g, k, bases, e, vars, acc, splat);
+    let fsel = |c: VectorValue<'ctx>, x: VectorValue<'ctx>, y: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+        Ok(b.build_select(c, x, y, "vsel").map_err(llvm_err)?.into_vector_value())
+    };
+    let fcmp = |p: inkwell::FloatPredicate, x: VectorValue<'ctx>, y: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
+        b.build_float_compare(p, x, y, "vc").map_err(llvm_err)
+    };
+    let vcall = |name: &str, args: &[VectorValue<'ctx>]| -> R<VectorValue<'ctx>> {
+        let f =
+            Intrinsic::find(name).and_then(|i| i.get_declaration(&g.m, &[vt.into()])).ok_or_else(|| llvm_err(name))?;
+        let args: Vec<inkwell::values::BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
+        Ok(b.build_call(f, &args, "vcall")
+            .map_err(llvm_err)?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| llvm_err("intrinsic returned void"))?
+            .into_vector_value())
+    };
+    Ok(match e {
+        Expr::Acc => acc,
+        Expr::Const(Scalar::F32(x)) => sp(*x as f64)?,
+        Expr::Load { operand, index, .. } => {
+            let v = &k.inputs[*operand];
+            let env = Env { k, bases };
+            let idx = index.iter().map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value())).collect::<R<Vec<_>>>()?;
+            let at = g.linear(v, &idx)?;
+            let nd = k.domain.len();
+            let step: i64 = index
+                .iter()
+                .zip(&v.strides)
+                .map(|(ix, &s)| s * affine_expr(ix, nd).map_or(0, |(_, c)| c[k.n_par - 1]))
+                .sum();
+            if step == 0 {
+                splat(g.load_elem(bases[*operand], DType::F32, at)?)?
+            } else {
+                vload(g, vt, f32_ptr(g, bases[*operand], at)?)?
+            }
+        }
+        Expr::Unary(op, a) => {
+            let x = go(a)?;
+            let zero = vt.const_zero();
+            match op {
+                U::Relu => fsel(fcmp(inkwell::FloatPredicate::OLT, x, zero)?, zero, x)?,
+                U::Neg => b.build_float_neg(x, "vneg").map_err(llvm_err)?,
+                U::Abs => vcall("llvm.fabs", &[x])?,
+                U::Clip { lo, hi } => {
+                    let (lo, hi) = (sp(*lo as f32 as f64)?, sp(*hi as f32 as f64)?);
+                    let y = fsel(fcmp(inkwell::FloatPredicate::OLT, x, lo)?, lo, x)?;
+                    fsel(fcmp(inkwell::FloatPredicate::OGT, y, hi)?, hi, y)?
+                }
+                _ => return Err(llvm_err("vector finalizer: unsupported unary op")),
+            }
+        }
+        Expr::Binary(op, a, c) => {
+            let (x, y) = (go(a)?, go(c)?);
+            match op {
+                B::Add => b.build_float_add(x, y, "va").map_err(llvm_err)?,
+                B::Sub => b.build_float_sub(x, y, "vs").map_err(llvm_err)?,
+                B::Mul => b.build_float_mul(x, y, "vm").map_err(llvm_err)?,
+                B::Div => b.build_float_div(x, y, "vd").map_err(llvm_err)?,
+                B::Max => vcall("llvm.maximum", &[x, y])?,
+                B::Min => vcall("llvm.minimum", &[x, y])?,
+                _ => return Err(llvm_err("vector finalizer: unsupported binary op")),
+            }
+        }
+        _ => return Err(llvm_err("vector finalizer: unsupported expression")),
+    })
 }
 
 /// One `r×NR` tile: C[i0.., j0..] (+)= A[i0.., slice] · panel.
@@ -1055,6 +1189,23 @@ fn micro_tile<'ctx>(
     // Store: straight into C for a full tile, through the stack tile at the N edge.
     let full = cx_blocks(g, f, t.c_full)?;
     g.b.position_at_end(full.0);
+    if let Some(VFin { k, fin, bases, last, j0 }) = t.vfin {
+        // The epilogue in registers, on the last slice.
+        when(g, f, last, &mut || {
+            for (i, mv) in mvs.iter().enumerate() {
+                for q in 0..nq {
+                    let mut vars = t.ar.bvars.to_vec();
+                    vars.extend(mv.iter().copied());
+                    vars.push(add(g, j0, g.i64((q * w) as i64))?);
+                    vars.extend(std::iter::repeat_n(g.i64(0), p.k_dims.len()));
+                    let a = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                    let y = vfin(g, k, bases, fin, &vars, a, splat)?;
+                    g.b.build_store(acc(i, q), y).map_err(llvm_err)?;
+                }
+            }
+            Ok(())
+        })?;
+    }
     for (i, &ci) in c_rows.iter().enumerate() {
         for q in 0..nq {
             let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
