@@ -121,8 +121,12 @@ pub(crate) struct Gemm {
     pub m_dims: Vec<usize>,
     pub m: usize,
     pub n: usize,
+    /// The K dims of the schedule (innermost last); adjacent domain dims that A and B both
+    /// walk contiguously are merged into one.
     pub k_dims: Vec<usize>,
     pub k: usize,
+    /// The kernel's own number of K (reduction) variables.
+    pub n_kvars: usize,
     pub a: usize,
     pub b: usize,
     /// Element offsets and strides: per batch dim, per M dim, per K dim.
@@ -423,7 +427,7 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
         strides.extend([(kk * nr) as i64, nr as i64, 1]);
         k.inputs[gm.b] = View { buffer: new_id, dtype: DType::F32, offset: 0, extents, strides };
         let b_op = gm.b;
-        let index = prepacked_index(dn, &gm.k_dims, nr);
+        let index = prepacked_index(dn, &k.domain[k.n_par..], nr);
         k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
             Expr::Load { operand, .. } if operand == b_op => Expr::Load { operand, index: index.clone(), pad: None },
             e => e,
@@ -436,6 +440,20 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
 /// Recognizes a plain f32 matrix product (see the module doc).
 pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     let mut g = match_gemm_with(k, bl)?;
+    // Merge the inner K dims that A and B both walk contiguously (a padded-copy convolution
+    // over few channels: `(kw, ci)` is one run of `kw·ci` elements), so that the micro-kernel
+    // steps through a long inner dim. Only without bounds checks, which name domain dims.
+    while g.a_checks.is_empty() && g.k_dims.len() >= 2 {
+        let d = g.k_dims.len() - 1;
+        let e = g.k_dims[d] as i64;
+        if g.a_k[d - 1] != g.a_k[d] * e || g.b_k[d - 1] != g.b_k[d] * e {
+            break;
+        }
+        g.k_dims[d - 1] *= g.k_dims[d];
+        g.k_dims.pop();
+        g.a_k.remove(d - 1);
+        g.b_k.remove(d - 1);
+    }
     // Few rows (a batch-1 product, a small image): 8-row tiles waste less than 12-row ones
     // (16 rows are two full tiles rather than 12 + 4).
     if g.bl.mr > 8 && g.m <= 32 {
@@ -503,6 +521,7 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
             n,
             k_dims: k_dims.clone(),
             k: kk,
+            n_kvars: k_dims.len(),
             a: ga.0,
             b,
             a_off: ga.1,
@@ -828,7 +847,7 @@ pub(crate) fn gen_gemm<'ctx>(
                                 let mut vs = bvars.clone();
                                 vs.extend(mv.iter().copied());
                                 vs.push(col);
-                                vs.extend(std::iter::repeat_n(g.i64(0), nkd));
+                                vs.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
                                 let at = add(g, c_row, mul(g, j, p.c_n)?)?;
                                 let cur = g.load_elem(out_base, DType::F32, at)?;
                                 let v = env.gen(g, fin, &vs, Some(cur))?;
@@ -1197,7 +1216,7 @@ fn micro_tile<'ctx>(
                     let mut vars = t.ar.bvars.to_vec();
                     vars.extend(mv.iter().copied());
                     vars.push(add(g, j0, g.i64((q * w) as i64))?);
-                    vars.extend(std::iter::repeat_n(g.i64(0), p.k_dims.len()));
+                    vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
                     let a = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
                     let y = vfin(g, k, bases, fin, &vars, a, splat)?;
                     g.b.build_store(acc(i, q), y).map_err(llvm_err)?;

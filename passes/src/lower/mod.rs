@@ -268,6 +268,33 @@ impl<'g> Lowerer<'g> {
                 // channels-last input and the dim the GEMM schedule blocks.
                 let (x, w) = (&ins[0], &ins[1]);
                 let cig = w.extents[1];
+                // Few input channels (an image): pad the input into a channels-last copy, so
+                // that the taps need no bounds checks and `(kw, ci)` is one contiguous run
+                // for the GEMM schedule, instead of a few channels per checked tap.
+                let padded;
+                let mut window = window;
+                let mut x = x;
+                if *group == 1 && cig <= 8 && x.dtype == DType::F32 && window.pads.iter().any(|&p| p > 0) {
+                    let [n, c, h, wd] = x.extents[..] else { unreachable!("convolutions are 2-D here") };
+                    let (hp, wp) = (h + window.pads[0] + window.pads[2], wd + window.pads[1] + window.pads[3]);
+                    let mut v = self.temp(DType::F32, &[n, c, hp, wp], format!("{name}.padded_input"));
+                    let (c_, hp_, wp_) = (c as i64, hp as i64, wp as i64);
+                    v.strides = vec![hp_ * wp_ * c_, 1, wp_ * c_, c_];
+                    let load = Expr::Load {
+                        operand: 0,
+                        index: vec![
+                            Expr::Var(0),
+                            Expr::Var(1),
+                            Expr::sub(Expr::Var(2), Expr::i64(window.pads[0] as i64)),
+                            Expr::sub(Expr::Var(3), Expr::i64(window.pads[1] as i64)),
+                        ],
+                        pad: Some(Scalar::F32(0.0)),
+                    };
+                    self.emit(elementwise(&format!("{name}/pad"), v.clone(), vec![x.clone()], load));
+                    padded = (v, kiln_ir::Window { pads: [0; 4], ..window.clone() });
+                    x = &padded.0;
+                    window = &padded.1;
+                }
                 let cog = w.extents[0] / group;
                 let [kh, kw] = window.kernel;
                 let mut domain = out_shape.clone();
