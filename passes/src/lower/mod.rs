@@ -53,14 +53,9 @@ fn choose_layout(op: &Op, ins: &[(Loc, &TensorType)], out: &TensorType) -> bool 
     match op {
         Op::Conv { .. } => true,
         Op::MaxPool { .. } | Op::AveragePool { .. } | Op::BatchNorm { .. } => ins[0].0.channels_last,
-        Op::Binary(_)
-        | Op::Compare(_)
-        | Op::Unary(_)
-        | Op::Cast { .. }
-        | Op::Where
-        | Op::Identity
-        | Op::IsNaN
-        | Op::IsInf { .. } => ins.iter().any(|(l, t)| l.channels_last && t.shape == out.shape),
+        op if op.is_elementwise() || matches!(op, Op::Identity) => {
+            ins.iter().any(|(l, t)| l.channels_last && t.shape == out.shape)
+        }
         _ => false,
     }
 }
