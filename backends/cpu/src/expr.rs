@@ -91,9 +91,17 @@ fn exp_f32<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
     let b = &g.b;
     let (hi, lo) = (88.72283, -103.97208);
     let nan = fcmp(g, FloatPredicate::UNO, x, x)?;
-    let xc = fsel(g, fcmp(g, FloatPredicate::OGT, x, fconst(x, hi))?, fconst(x, hi), x)?;
-    let xc = fsel(g, fcmp(g, FloatPredicate::OLT, xc, fconst(x, lo))?, fconst(x, lo), xc)?;
-    let xc = fsel(g, nan, fconst(x, 0.0), xc)?;
+    // Out of range (or NaN), the result is chosen below; compute on 0 meanwhile, so that a
+    // masked score (-3.4e38 in attention) never runs subnormal arithmetic, which x86 does in
+    // slow microcode.
+    let inside = b
+        .build_and(
+            fcmp(g, FloatPredicate::OLE, x, fconst(x, hi))?,
+            fcmp(g, FloatPredicate::OGE, x, fconst(x, lo))?,
+            "inside",
+        )
+        .map_err(llvm_err)?;
+    let xc = fsel(g, inside, x, fconst(x, 0.0))?;
     let n =
         fcall(g, "llvm.rint", &[b.build_float_mul(xc, fconst(x, std::f64::consts::LOG2_E), "xl").map_err(llvm_err)?])?;
     // ln 2 split so that n·LN2_HI is exact in f32.
