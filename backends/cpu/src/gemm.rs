@@ -28,7 +28,7 @@
 //!   so that nothing outside C is touched;
 //! * the finalizer runs on the accumulator vectors of a full tile after its last K slice,
 //!   before the store, when it is float arithmetic, ReLU/Clip and loads along N or broadcast
-//!   ([`vfin`]); otherwise (and on edge tiles) over the tile of C right after the store.
+//!   ([`crate::vector::vgen`]); otherwise (and on edge tiles) over the tile of C right after the store.
 //!
 //! Block sizes (the analytical BLIS model): the `KC×NR` panel of B takes two thirds of the
 //! target's L1 data cache (`KC` = 256 at AVX-512 with a 48 KiB L1), the tile's rows of A the
@@ -46,6 +46,7 @@ use kiln_ir::Tensor;
 
 use crate::codegen::{llvm_err, Gen, R};
 use crate::expr::Env;
+use crate::vector::{vload, vstore};
 
 /// Register tile and cache blocks for a vector width (f32 lanes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,7 +239,7 @@ impl Gemm {
 }
 
 /// The affine form `c + Σ coef[d]·var[d]` of an integer index expression, if it is one.
-fn affine_expr(e: &Expr, nd: usize) -> Option<(i64, Vec<i64>)> {
+pub(crate) fn affine_expr(e: &Expr, nd: usize) -> Option<(i64, Vec<i64>)> {
     use kiln_ir::BinaryOp as B;
     Some(match e {
         Expr::Var(d) => {
@@ -599,17 +600,6 @@ fn f32_ptr<'ctx>(g: &Gen<'ctx>, base: PointerValue<'ctx>, at: IntValue<'ctx>) ->
     g.elem_ptr(base, DType::F32, at)
 }
 
-fn vload<'ctx>(g: &Gen<'ctx>, vt: VectorType<'ctx>, p: PointerValue<'ctx>) -> R<VectorValue<'ctx>> {
-    let v = g.b.build_load(vt, p, "bv").map_err(llvm_err)?;
-    v.as_instruction_value().expect("a load").set_alignment(4).map_err(llvm_err)?;
-    Ok(v.into_vector_value())
-}
-
-fn vstore<'ctx>(g: &Gen<'ctx>, p: PointerValue<'ctx>, v: VectorValue<'ctx>) -> R<()> {
-    g.b.build_store(p, v).map_err(llvm_err)?.set_alignment(4).map_err(llvm_err)?;
-    Ok(())
-}
-
 /// `if cond { then() }`, leaving the builder after it.
 fn when<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, cond: IntValue<'ctx>, then: &mut dyn FnMut() -> R<()>) -> R<()> {
     let yes = g.cx.append_basic_block(f, "then");
@@ -700,7 +690,7 @@ pub(crate) fn gen_gemm<'ctx>(
     let nkd = p.k_dims.len();
     let a_kin = p.a_k[nkd - 1];
     let has_fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
-    let vector_fin = has_fin.filter(|fin| p.c_n == 1 && vfin_ok(k, fin));
+    let vector_fin = has_fin.filter(|fin| p.c_n == 1 && crate::vector::vexpr_ok(k, fin));
 
     g.for_range(f, start, end, &mut |t| {
         let b = &g.b;
@@ -912,7 +902,7 @@ struct Tile<'a, 'ctx> {
     /// The tile is NR wide in C and C is contiguous along N: vector loads/stores of C.
     c_full: IntValue<'ctx>,
     first: IntValue<'ctx>,
-    /// The finalizer, applied to full tiles in registers after the last slice ([`vfin`]).
+    /// The finalizer, applied to full tiles in registers after the last slice ([`crate::vector::vgen`]).
     vfin: Option<VFin<'a, 'ctx>>,
 }
 
@@ -966,117 +956,6 @@ fn a_row_ptrs<'ctx>(
         rows.push((ptr, step));
     }
     Ok(rows)
-}
-
-/// Whether a finalizer can be evaluated on whole accumulator vectors ([`vfin`]): float
-/// arithmetic, ReLU/Clip/Neg/Abs, constants, and loads whose address is affine with a step of
-/// 0 or 1 along N.
-fn vfin_ok(k: &Kernel, e: &Expr) -> bool {
-    use kiln_ir::{BinaryOp as B, UnaryOp as U};
-    let dn = k.n_par - 1;
-    match e {
-        Expr::Acc | Expr::Const(Scalar::F32(_)) => true,
-        Expr::Load { operand, index, pad: None } => {
-            let v = &k.inputs[*operand];
-            let nd = k.domain.len();
-            let mut step = 0i64;
-            for (ix, &s) in index.iter().zip(&v.strides) {
-                match affine_expr(ix, nd) {
-                    Some((_, c)) => step += s * c[dn],
-                    None => return false,
-                }
-            }
-            v.dtype == DType::F32 && (step == 0 || step == 1)
-        }
-        Expr::Unary(U::Relu | U::Neg | U::Abs | U::Clip { .. }, a) => vfin_ok(k, a),
-        Expr::Binary(B::Add | B::Sub | B::Mul | B::Div | B::Max | B::Min, a, b) => vfin_ok(k, a) && vfin_ok(k, b),
-        _ => false,
-    }
-}
-
-/// The finalizer over one accumulator vector: columns `col0..col0+W` of a row whose
-/// domain variables (batch, M, then N = `col0`, K = 0) are `vars`.
-fn vfin<'ctx>(
-    g: &Gen<'ctx>,
-    k: &Kernel,
-    bases: &[PointerValue<'ctx>],
-    e: &Expr,
-    vars: &[IntValue<'ctx>],
-    acc: VectorValue<'ctx>,
-    splat: &dyn Fn(BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>>,
-) -> R<VectorValue<'ctx>> {
-    use kiln_ir::{BinaryOp as B, UnaryOp as U};
-    let b = &g.b;
-    let vt = acc.get_type();
-    let f32t = g.cx.f32_type();
-    let sp = |x: f64| splat(f32t.const_float(x).into());
-    let go = |e: &Expr| vfin(g, k, bases, e, vars, acc, splat);
-    let fsel = |c: VectorValue<'ctx>, x: VectorValue<'ctx>, y: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
-        Ok(b.build_select(c, x, y, "vsel").map_err(llvm_err)?.into_vector_value())
-    };
-    let fcmp = |p: inkwell::FloatPredicate, x: VectorValue<'ctx>, y: VectorValue<'ctx>| -> R<VectorValue<'ctx>> {
-        b.build_float_compare(p, x, y, "vc").map_err(llvm_err)
-    };
-    let vcall = |name: &str, args: &[VectorValue<'ctx>]| -> R<VectorValue<'ctx>> {
-        let f =
-            Intrinsic::find(name).and_then(|i| i.get_declaration(&g.m, &[vt.into()])).ok_or_else(|| llvm_err(name))?;
-        let args: Vec<inkwell::values::BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
-        Ok(b.build_call(f, &args, "vcall")
-            .map_err(llvm_err)?
-            .try_as_basic_value()
-            .basic()
-            .ok_or_else(|| llvm_err("intrinsic returned void"))?
-            .into_vector_value())
-    };
-    Ok(match e {
-        Expr::Acc => acc,
-        Expr::Const(Scalar::F32(x)) => sp(*x as f64)?,
-        Expr::Load { operand, index, .. } => {
-            let v = &k.inputs[*operand];
-            let env = Env { k, bases };
-            let idx = index.iter().map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value())).collect::<R<Vec<_>>>()?;
-            let at = g.linear(v, &idx)?;
-            let nd = k.domain.len();
-            let step: i64 = index
-                .iter()
-                .zip(&v.strides)
-                .map(|(ix, &s)| s * affine_expr(ix, nd).map_or(0, |(_, c)| c[k.n_par - 1]))
-                .sum();
-            if step == 0 {
-                splat(g.load_elem(bases[*operand], DType::F32, at)?)?
-            } else {
-                vload(g, vt, f32_ptr(g, bases[*operand], at)?)?
-            }
-        }
-        Expr::Unary(op, a) => {
-            let x = go(a)?;
-            let zero = vt.const_zero();
-            match op {
-                U::Relu => fsel(fcmp(inkwell::FloatPredicate::OLT, x, zero)?, zero, x)?,
-                U::Neg => b.build_float_neg(x, "vneg").map_err(llvm_err)?,
-                U::Abs => vcall("llvm.fabs", &[x])?,
-                U::Clip { lo, hi } => {
-                    let (lo, hi) = (sp(*lo as f32 as f64)?, sp(*hi as f32 as f64)?);
-                    let y = fsel(fcmp(inkwell::FloatPredicate::OLT, x, lo)?, lo, x)?;
-                    fsel(fcmp(inkwell::FloatPredicate::OGT, y, hi)?, hi, y)?
-                }
-                _ => return Err(llvm_err("vector finalizer: unsupported unary op")),
-            }
-        }
-        Expr::Binary(op, a, c) => {
-            let (x, y) = (go(a)?, go(c)?);
-            match op {
-                B::Add => b.build_float_add(x, y, "va").map_err(llvm_err)?,
-                B::Sub => b.build_float_sub(x, y, "vs").map_err(llvm_err)?,
-                B::Mul => b.build_float_mul(x, y, "vm").map_err(llvm_err)?,
-                B::Div => b.build_float_div(x, y, "vd").map_err(llvm_err)?,
-                B::Max => vcall("llvm.maximum", &[x, y])?,
-                B::Min => vcall("llvm.minimum", &[x, y])?,
-                _ => return Err(llvm_err("vector finalizer: unsupported binary op")),
-            }
-        }
-        _ => return Err(llvm_err("vector finalizer: unsupported expression")),
-    })
 }
 
 /// One `r×NR` tile: C[i0.., j0..] (+)= A[i0.., slice] · panel.
@@ -1218,7 +1097,7 @@ fn micro_tile<'ctx>(
                     vars.push(add(g, j0, g.i64((q * w) as i64))?);
                     vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
                     let a = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
-                    let y = vfin(g, k, bases, fin, &vars, a, splat)?;
+                    let y = crate::vector::vgen(g, k, bases, fin, &vars, Some(a), t.vt)?;
                     g.b.build_store(acc(i, q), y).map_err(llvm_err)?;
                 }
             }

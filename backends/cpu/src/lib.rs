@@ -20,6 +20,7 @@ mod expr;
 mod gemm;
 mod minifloat;
 mod target;
+mod vector;
 
 pub use codegen::build_module;
 pub use gemm::prepack;

@@ -385,6 +385,64 @@ fn convolution_chains_as_gemm() {
     }
 }
 
+/// Channels-last chains whose kernels run a vector of channels at a time (depthwise
+/// convolution with padding and stride, max pooling padded with -inf, a global mean), over
+/// channel counts that leave every kind of remainder: whole blocks of vectors, single and
+/// half vectors, and scalar lanes.
+#[test]
+fn channels_last_rows_in_vectors() {
+    let mut r = Rng(53);
+    for (c, stride) in [(5, 1), (16, 2), (24, 1), (37, 2), (70, 1), (96, 2)] {
+        let x = r.tensor(DType::F32, &[1, 3, 9, 11]);
+        let w1 = r.tensor(DType::F32, &[c, 3, 1, 1]);
+        let b1 = r.tensor(DType::F32, &[c]);
+        let wd = r.tensor(DType::F32, &[c, 1, 3, 3]);
+        let bd = r.tensor(DType::F32, &[c]);
+        let conv1 = Op::Conv {
+            window: Window { kernel: [1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] },
+            group: 1,
+        };
+        let depthwise = Op::Conv {
+            window: Window { kernel: [3, 3], strides: [stride, stride], pads: [1, 1, 1, 1], dilations: [1, 1] },
+            group: c,
+        };
+        let clip = Op::Unary(UnaryOp::Clip { lo: 0.0, hi: 6.0 });
+        let pool = Op::MaxPool {
+            window: Window { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] },
+            ceil_mode: false,
+        };
+        let mean = Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true };
+        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
+        let y = ev(&conv1, &[&x, &w1, &b1]);
+        let y = ev(&Op::Unary(UnaryOp::Relu), &[&y]);
+        let y = ev(&depthwise, &[&y, &wd, &bd]);
+        let y = ev(&clip, &[&y]);
+        let p = ev(&pool, &[&y]);
+        let want = [ev(&mean, &[&p]), p];
+
+        let mut g = Graph::new("channels_last");
+        let xi = g.add_input("x", x.ty.clone());
+        let ids = [("w1", w1), ("b1", b1), ("wd", wd), ("bd", bd)].map(|(n, t)| g.add_const(n, t));
+        let y = g.add_node(conv1, &[xi, ids[0], ids[1]], "conv1", &[]).unwrap()[0];
+        let y = g.add_node(Op::Unary(UnaryOp::Relu), &[y], "relu", &[]).unwrap()[0];
+        let y = g.add_node(depthwise, &[y, ids[2], ids[3]], "depthwise", &[]).unwrap()[0];
+        let y = g.add_node(clip, &[y], "clip", &[]).unwrap()[0];
+        let p = g.add_node(pool, &[y], "pool", &[]).unwrap()[0];
+        let m = g.add_node(mean, &[p], "mean", &[]).unwrap()[0];
+        g.outputs = vec![m, p];
+        let art = Compiler::new(CompileOptions { verify: true, ..Default::default() }).compile_graph(g).unwrap();
+        let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+        let outs = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
+        for (o, (got, want)) in outs.iter().zip(&want).enumerate() {
+            let (got, want) = (got.to_f32().unwrap(), want.to_f64_vec());
+            assert_eq!(got.len(), want.len());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "c={c} output {o} element {i}: {a} vs {b}");
+            }
+        }
+    }
+}
+
 #[test]
 fn pooling_and_normalization() {
     let mut r = Rng(6);

@@ -1,0 +1,380 @@
+//! Expressions evaluated a vector at a time along the innermost parallel dimension, and the
+//! kernels run that way ("vector rows").
+//!
+//! The generic loop nest leaves vectorization to LLVM, which does well on long contiguous
+//! rows. It does badly on the short rows of channels-last tensors: a depthwise convolution
+//! over 32 channels with 9 taps per output runs its vectorized inner loop 9 times per pixel,
+//! each time behind runtime alias checks and with a scalar remainder, and accumulates in
+//! memory. Here a row is cut into blocks of up to 4 vectors whose accumulators stay in
+//! registers through the reduction loops; what is left of the row (fewer lanes than half a
+//! vector) runs the scalar path.
+//!
+//! What qualifies ([`row_ok`]): an f32 kernel whose output is contiguous along the innermost
+//! parallel dim, whose body and finalizer are float arithmetic, ReLU-like ops and loads that
+//! step by 0 (a broadcast) or 1 along that dim ([`vexpr_ok`]), padded loads included when
+//! the padding does not depend on that dim. The same expressions are the GEMM's in-register
+//! epilogue.
+
+use inkwell::intrinsics::Intrinsic;
+use inkwell::types::{BasicType, VectorType};
+use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue, VectorValue};
+use inkwell::{FloatPredicate, IntPredicate};
+
+use kiln_ir::lir::{Combine, Expr, Kernel, Scalar};
+use kiln_ir::{BinaryOp as B, DType, UnaryOp as U};
+
+use crate::codegen::{llvm_err, Gen, R};
+use crate::expr::Env;
+use crate::gemm::affine_expr;
+
+/// Vectors per block of a row: their accumulators (and loads) are independent, which hides
+/// the latency of the reduction's adds.
+const BLOCK: usize = 4;
+
+/// The step of a load along domain dim `d`, if every index of it is affine.
+fn load_step(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> Option<i64> {
+    let v = &k.inputs[operand];
+    let nd = k.domain.len();
+    let mut step = 0;
+    for (ix, &s) in index.iter().zip(&v.strides) {
+        step += s * affine_expr(ix, nd)?.1[d];
+    }
+    Some(step)
+}
+
+/// Whether every index of a padded load that moves along dim `d` stays inside its extent over
+/// the whole domain (so that the padding is decided per vector, not per lane).
+fn pad_uniform_along(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> bool {
+    let v = &k.inputs[operand];
+    let nd = k.domain.len();
+    index.iter().zip(&v.extents).all(|(ix, &ext)| {
+        let Some((c, f)) = affine_expr(ix, nd) else { return false };
+        if f[d] == 0 {
+            return true;
+        }
+        let (mut lo, mut hi) = (c, c);
+        for (dd, &fd) in f.iter().enumerate() {
+            let span = fd * (k.domain[dd] as i64 - 1);
+            if span < 0 {
+                lo += span;
+            } else {
+                hi += span;
+            }
+        }
+        lo >= 0 && hi < ext as i64
+    })
+}
+
+/// Whether `e` can be evaluated on vectors along the innermost parallel dim by [`vgen`].
+pub(crate) fn vexpr_ok(k: &Kernel, e: &Expr) -> bool {
+    let d = k.n_par - 1;
+    match e {
+        Expr::Acc | Expr::Const(Scalar::F32(_)) => true,
+        Expr::Load { operand, index, pad } => {
+            if k.inputs[*operand].dtype != DType::F32 || !matches!(pad, None | Some(Scalar::F32(_))) {
+                return false;
+            }
+            match load_step(k, *operand, index, d) {
+                Some(0) => true,
+                Some(1) => pad.is_none() || pad_uniform_along(k, *operand, index, d),
+                _ => false,
+            }
+        }
+        Expr::Unary(
+            U::Relu
+            | U::Neg
+            | U::Abs
+            | U::Sqrt
+            | U::Reciprocal
+            | U::Clip { .. }
+            | U::LeakyRelu { .. }
+            | U::HardSigmoid { .. },
+            a,
+        ) => vexpr_ok(k, a),
+        Expr::Binary(B::Add | B::Sub | B::Mul | B::Div | B::Max | B::Min, a, b) => vexpr_ok(k, a) && vexpr_ok(k, b),
+        _ => false,
+    }
+}
+
+/// Whether a kernel runs as vector rows ([`gen_row`]).
+pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
+    let d = k.n_par - 1;
+    if k.n_par == 0 || k.output.dtype != DType::F32 || k.output.strides[d] != 1 || k.domain[d] < lanes / 2 {
+        return false;
+    }
+    let mut has_acc = false;
+    k.body.visit(&mut |e| has_acc |= *e == Expr::Acc);
+    if has_acc || !vexpr_ok(k, &k.body) {
+        return false;
+    }
+    match &k.reduction {
+        None => true,
+        Some(r) => matches!(r.init, Scalar::F32(_)) && r.finalize.as_ref().is_none_or(|f| vexpr_ok(k, f)),
+    }
+}
+
+/// `x` in every lane of a `vt`.
+pub(crate) fn splat<'ctx>(g: &Gen<'ctx>, vt: VectorType<'ctx>, x: BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>> {
+    let v = g.b.build_insert_element(vt.get_poison(), x, g.i64(0), "ins").map_err(llvm_err)?;
+    let mask = g.cx.i32_type().vec_type(vt.get_size()).const_zero();
+    g.b.build_shuffle_vector(v, vt.get_poison(), mask, "splat").map_err(llvm_err)
+}
+
+pub(crate) fn vload<'ctx>(g: &Gen<'ctx>, vt: VectorType<'ctx>, p: PointerValue<'ctx>) -> R<VectorValue<'ctx>> {
+    let v = g.b.build_load(vt, p, "bv").map_err(llvm_err)?;
+    v.as_instruction_value().expect("a load").set_alignment(4).map_err(llvm_err)?;
+    Ok(v.into_vector_value())
+}
+
+pub(crate) fn vstore<'ctx>(g: &Gen<'ctx>, p: PointerValue<'ctx>, v: VectorValue<'ctx>) -> R<()> {
+    g.b.build_store(p, v).map_err(llvm_err)?.set_alignment(4).map_err(llvm_err)?;
+    Ok(())
+}
+
+fn vcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[VectorValue<'ctx>]) -> R<VectorValue<'ctx>> {
+    let vt = args[0].get_type();
+    let f = Intrinsic::find(name).and_then(|i| i.get_declaration(&g.m, &[vt.into()])).ok_or_else(|| llvm_err(name))?;
+    let args: Vec<inkwell::values::BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
+    Ok(g.b
+        .build_call(f, &args, "vcall")
+        .map_err(llvm_err)?
+        .try_as_basic_value()
+        .basic()
+        .ok_or_else(|| llvm_err("intrinsic returned void"))?
+        .into_vector_value())
+}
+
+fn vsel<'ctx>(g: &Gen<'ctx>, c: VectorValue<'ctx>, x: VectorValue<'ctx>, y: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+    Ok(g.b.build_select(c, x, y, "vsel").map_err(llvm_err)?.into_vector_value())
+}
+
+fn vcmp<'ctx>(g: &Gen<'ctx>, p: FloatPredicate, x: VectorValue<'ctx>, y: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+    g.b.build_float_compare(p, x, y, "vc").map_err(llvm_err)
+}
+
+/// Lets LLVM fuse a multiply and an add into an FMA, as the scalar path does.
+fn contract(v: VectorValue) -> VectorValue {
+    if let Some(i) = v.as_instruction() {
+        let _ = i.set_fast_math_flags(inkwell::values::FastMathFlags::AllowContract);
+    }
+    v
+}
+
+/// `e` on the lanes `vars[n_par-1] .. + lanes` of the domain point `vars` (`acc`: the
+/// accumulator vector in a finalizer). The same arithmetic as the scalar path, lane by lane.
+pub(crate) fn vgen<'ctx>(
+    g: &Gen<'ctx>,
+    k: &Kernel,
+    bases: &[PointerValue<'ctx>],
+    e: &Expr,
+    vars: &[IntValue<'ctx>],
+    acc: Option<VectorValue<'ctx>>,
+    vt: VectorType<'ctx>,
+) -> R<VectorValue<'ctx>> {
+    let b = &g.b;
+    let f32t = g.cx.f32_type();
+    let sp = |x: f64| splat(g, vt, f32t.const_float(x).into());
+    let go = |e: &Expr| vgen(g, k, bases, e, vars, acc, vt);
+    let env = Env { k, bases };
+    Ok(match e {
+        Expr::Acc => acc.ok_or_else(|| llvm_err("accumulator used outside a finalizer"))?,
+        Expr::Const(Scalar::F32(x)) => sp(*x as f64)?,
+        Expr::Load { operand, index, pad } => {
+            let d = k.n_par - 1;
+            if load_step(k, *operand, index, d) == Some(0) {
+                // The same element in every lane (padding included): the scalar path's load.
+                return splat(g, vt, env.gen(g, e, vars, None)?);
+            }
+            let v = &k.inputs[*operand];
+            let idx = index.iter().map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value())).collect::<R<Vec<_>>>()?;
+            let Some(Scalar::F32(p)) = pad else {
+                return vload(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &idx)?)?);
+            };
+            // Padding decided once for the vector (`pad_uniform_along`), each index clamped
+            // into its extent so that the address is valid either way.
+            let mut inb = g.cx.bool_type().const_int(1, false);
+            let mut clamped = Vec::with_capacity(idx.len());
+            for (&ix, &ext) in idx.iter().zip(&v.extents) {
+                let ok = b.build_int_compare(IntPredicate::ULT, ix, g.i64(ext as i64), "ok").map_err(llvm_err)?;
+                inb = b.build_and(inb, ok, "inb").map_err(llvm_err)?;
+                let neg = b.build_int_compare(IntPredicate::SLT, ix, g.i64(0), "neg").map_err(llvm_err)?;
+                let lo = b.build_select(neg, g.i64(0), ix, "lo").map_err(llvm_err)?.into_int_value();
+                let hi = g.i64(ext.max(1) as i64 - 1);
+                let over = b.build_int_compare(IntPredicate::SGT, lo, hi, "over").map_err(llvm_err)?;
+                clamped.push(b.build_select(over, hi, lo, "cl").map_err(llvm_err)?.into_int_value());
+            }
+            let x = vload(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &clamped)?)?)?;
+            b.build_select(inb, x, sp(*p as f64)?, "pad").map_err(llvm_err)?.into_vector_value()
+        }
+        Expr::Unary(op, a) => {
+            let x = go(a)?;
+            let (zero, one) = (vt.const_zero(), sp(1.0)?);
+            match op {
+                U::Relu => vsel(g, vcmp(g, FloatPredicate::OLT, x, zero)?, zero, x)?,
+                U::Neg => b.build_float_neg(x, "vneg").map_err(llvm_err)?,
+                U::Abs => vcall(g, "llvm.fabs", &[x])?,
+                U::Sqrt => vcall(g, "llvm.sqrt", &[x])?,
+                U::Reciprocal => b.build_float_div(one, x, "vrcp").map_err(llvm_err)?,
+                U::Clip { lo, hi } => {
+                    let (lo, hi) = (sp(*lo as f32 as f64)?, sp(*hi as f32 as f64)?);
+                    let y = vsel(g, vcmp(g, FloatPredicate::OLT, x, lo)?, lo, x)?;
+                    vsel(g, vcmp(g, FloatPredicate::OGT, y, hi)?, hi, y)?
+                }
+                U::LeakyRelu { alpha } => {
+                    let ax = b.build_float_mul(sp(*alpha as f64)?, x, "ax").map_err(llvm_err)?;
+                    vsel(g, vcmp(g, FloatPredicate::OLT, x, zero)?, ax, x)?
+                }
+                U::HardSigmoid { alpha, beta } => {
+                    let y = b.build_float_mul(sp(*alpha as f64)?, x, "ax").map_err(llvm_err)?;
+                    let y = b.build_float_add(y, sp(*beta as f64)?, "axb").map_err(llvm_err)?;
+                    let y = vcall(g, "llvm.minnum", &[y, one])?;
+                    vcall(g, "llvm.maxnum", &[y, zero])?
+                }
+                _ => return Err(llvm_err("vector expression: unsupported unary op")),
+            }
+        }
+        Expr::Binary(op, a, c) => {
+            let (x, y) = (go(a)?, go(c)?);
+            match op {
+                B::Add => contract(b.build_float_add(x, y, "va").map_err(llvm_err)?),
+                B::Sub => contract(b.build_float_sub(x, y, "vs").map_err(llvm_err)?),
+                B::Mul => contract(b.build_float_mul(x, y, "vm").map_err(llvm_err)?),
+                B::Div => b.build_float_div(x, y, "vd").map_err(llvm_err)?,
+                B::Max => vcall(g, "llvm.maximum", &[x, y])?,
+                B::Min => vcall(g, "llvm.minimum", &[x, y])?,
+                _ => return Err(llvm_err("vector expression: unsupported binary op")),
+            }
+        }
+        _ => return Err(llvm_err("vector expression: unsupported expression")),
+    })
+}
+
+/// `a ⊕ x` on vectors, as [`crate::expr::combine`] does on scalars.
+fn vcombine<'ctx>(g: &Gen<'ctx>, c: Combine, a: VectorValue<'ctx>, x: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+    use inkwell::values::FastMathFlags as F;
+    let v = match c {
+        Combine::Add => g.b.build_float_add(a, x, "vsum").map_err(llvm_err)?,
+        Combine::Mul => g.b.build_float_mul(a, x, "vprod").map_err(llvm_err)?,
+        Combine::Max => vcall(g, "llvm.maxnum", &[a, x])?,
+        Combine::Min => vcall(g, "llvm.minnum", &[a, x])?,
+    };
+    if let Some(i) = v.as_instruction() {
+        let _ = i.set_fast_math_flags(F::AllowReassoc | F::AllowContract);
+    }
+    Ok(v)
+}
+
+/// An alloca in the function's entry block (where LLVM promotes it to registers).
+fn entry_alloca<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, ty: impl BasicType<'ctx>) -> R<PointerValue<'ctx>> {
+    let eb = g.cx.create_builder();
+    let entry = f.get_first_basic_block().expect("a function with a body");
+    match entry.get_first_instruction() {
+        Some(i) => eb.position_before(&i),
+        None => eb.position_at_end(entry),
+    }
+    eb.build_alloca(ty, "slot").map_err(llvm_err)
+}
+
+/// Emits one row of a kernel that passes [`row_ok`]: the lanes `jlo..jhi` of the innermost
+/// parallel dim at the outer point `vars`, in blocks of [`BLOCK`] vectors of `lanes`, then
+/// single vectors, then half vectors; `tail(j, jhi)` emits the scalar path for the rest.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gen_row<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    k: &Kernel,
+    bases: &[PointerValue<'ctx>],
+    out_base: PointerValue<'ctx>,
+    vars: &[IntValue<'ctx>],
+    (jlo, jhi): (IntValue<'ctx>, IntValue<'ctx>),
+    lanes: usize,
+    tail: &mut dyn FnMut(IntValue<'ctx>, IntValue<'ctx>) -> R<()>,
+) -> R<()> {
+    let b = &g.b;
+    let i64t = g.cx.i64_type();
+    // The next lane to do, threaded through the block loops.
+    let jslot = entry_alloca(g, f, i64t)?;
+    b.build_store(jslot, jlo).map_err(llvm_err)?;
+    let mut shapes = vec![(BLOCK, lanes), (1, lanes)];
+    if lanes >= 8 {
+        shapes.push((1, lanes / 2));
+    }
+    for (n, w) in shapes {
+        let span = g.i64((n * w) as i64);
+        let header = g.cx.append_basic_block(f, "vrow");
+        let body = g.cx.append_basic_block(f, "vblock");
+        let exit = g.cx.append_basic_block(f, "vrow.end");
+        b.build_unconditional_branch(header).map_err(llvm_err)?;
+        b.position_at_end(header);
+        let j = b.build_load(i64t, jslot, "j").map_err(llvm_err)?.into_int_value();
+        let end = b.build_int_nsw_add(j, span, "jend").map_err(llvm_err)?;
+        let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
+        b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
+        b.position_at_end(body);
+        gen_block(g, f, k, bases, out_base, vars, j, n, g.cx.f32_type().vec_type(w as u32))?;
+        b.build_store(jslot, end).map_err(llvm_err)?;
+        b.build_unconditional_branch(header).map_err(llvm_err)?;
+        b.position_at_end(exit);
+    }
+    let j = b.build_load(i64t, jslot, "j").map_err(llvm_err)?.into_int_value();
+    tail(j, jhi)
+}
+
+/// `n` vectors `vt` of the row from lane `j0`: the reduction (if any) accumulates in
+/// registers, then the finalizer, then one store per vector.
+#[allow(clippy::too_many_arguments)]
+fn gen_block<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    k: &Kernel,
+    bases: &[PointerValue<'ctx>],
+    out_base: PointerValue<'ctx>,
+    vars: &[IntValue<'ctx>],
+    j0: IntValue<'ctx>,
+    n: usize,
+    vt: VectorType<'ctx>,
+) -> R<()> {
+    let b = &g.b;
+    let (np, d) = (k.n_par, k.n_par - 1);
+    let w = vt.get_size() as i64;
+    let at = |vars: &[IntValue<'ctx>], i: usize| -> R<Vec<IntValue<'ctx>>> {
+        let mut vs = vars.to_vec();
+        vs[d] = b.build_int_nsw_add(j0, g.i64(i as i64 * w), "jv").map_err(llvm_err)?;
+        Ok(vs)
+    };
+    let store = |vs: &[IntValue<'ctx>], v: VectorValue<'ctx>| -> R<()> {
+        vstore(g, g.elem_ptr(out_base, DType::F32, g.linear(&k.output, &vs[..np])?)?, v)
+    };
+    let Some(red) = &k.reduction else {
+        for i in 0..n {
+            let vs = at(vars, i)?;
+            store(&vs, vgen(g, k, bases, &k.body, &vs, None, vt)?)?;
+        }
+        return Ok(());
+    };
+    let Scalar::F32(init) = red.init else { return Err(llvm_err("vector rows reduce f32")) };
+    let init = splat(g, vt, g.cx.f32_type().const_float(init as f64).into())?;
+    let slots = (0..n).map(|_| entry_alloca(g, f, vt)).collect::<R<Vec<_>>>()?;
+    for &s in &slots {
+        b.build_store(s, init).map_err(llvm_err)?;
+    }
+    let mut rv = vars.to_vec();
+    crate::codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
+        for (i, &s) in slots.iter().enumerate() {
+            let x = vgen(g, k, bases, &k.body, &at(rvars, i)?, None, vt)?;
+            let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
+            b.build_store(s, vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
+        }
+        Ok(())
+    })?;
+    for (i, &s) in slots.iter().enumerate() {
+        let vs = at(vars, i)?;
+        let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
+        let y = match &red.finalize {
+            Some(fin) => vgen(g, k, bases, fin, &vs, Some(a), vt)?,
+            None => a,
+        };
+        store(&vs, y)?;
+    }
+    Ok(())
+}
