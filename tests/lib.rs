@@ -216,7 +216,7 @@ pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
             }
         }
     };
-    let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).map_err(|e| e.to_string())?;
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).map_err(|e| e.to_string())?;
     let refs: Vec<TensorRef> = case
         .inputs
         .iter()

@@ -144,39 +144,56 @@ pub fn plan(p: &mut Program) -> MemoryReport {
     MemoryReport { arena_bytes: arena, lower_bound: lower as u64, buffers: acts.len(), in_place }
 }
 
+/// The weight section: each distinct constant at its offset (64-byte aligned, in buffer
+/// order), the gaps zero. The constants are shared, not copied, so that the artifact writer
+/// streams them into the file.
+#[derive(Clone, Debug, Default)]
+pub struct WeightSection {
+    pub len: u64,
+    pub pieces: Vec<(u64, bytes::Bytes)>,
+}
+
+impl WeightSection {
+    /// The section as one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.len as usize];
+        for (off, data) in &self.pieces {
+            out[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+        }
+        out
+    }
+
+    /// The pieces as the artifact writer takes them.
+    pub fn slices(&self) -> Vec<(u64, &[u8])> {
+        self.pieces.iter().map(|(o, d)| (*o, &d[..])).collect()
+    }
+}
+
 /// Places every constant buffer in the weight section (64-byte aligned, in buffer order;
-/// buffers with identical contents share one copy) and returns the section's bytes.
-pub fn pack_constants(p: &mut Program) -> Vec<u8> {
-    let total: usize = p
-        .buffers
-        .iter()
-        .filter_map(|b| {
-            if let BufferKind::Constant(t) = &b.kind {
-                Some(align(t.data.len() as u64) as usize)
-            } else {
-                None
-            }
-        })
-        .sum();
-    let mut out: Vec<u8> = Vec::with_capacity(total);
-    // By type and content hash; a hit is confirmed byte for byte against the first copy.
-    let mut seen: HashMap<(kiln_ir::TensorType, u128), (u64, usize)> = HashMap::new();
+/// buffers with identical contents share one copy).
+pub fn pack_constants(p: &mut Program) -> WeightSection {
+    let mut w = WeightSection::default();
+    // By type and a hash of the first 4 KiB (to the piece holding it): distinct weights
+    // differ there, so only true duplicates (tied weights) are compared in full, and the
+    // gigabytes of a large model are not hashed.
+    let mut seen: HashMap<(kiln_ir::TensorType, u128), usize> = HashMap::new();
     for buf in &mut p.buffers {
         let BufferKind::Constant(t) = &buf.kind else {
             continue;
         };
-        let key = (t.ty.clone(), xxhash_rust::xxh3::xxh3_128(&t.data));
-        if let Some(&(off, len)) = seen.get(&key) {
-            if out[off as usize..off as usize + len] == t.data[..] {
-                buf.offset = Some(off);
+        let key = (t.ty.clone(), xxhash_rust::xxh3::xxh3_128(&t.data[..t.data.len().min(4096)]));
+        if let Some(&i) = seen.get(&key) {
+            let (off, data) = &w.pieces[i];
+            if data[..] == t.data[..] {
+                buf.offset = Some(*off);
                 continue;
             }
         }
-        let off = align(out.len() as u64);
-        out.resize(off as usize, 0);
-        out.extend_from_slice(&t.data);
+        let off = align(w.len);
+        w.len = off + t.data.len() as u64;
         buf.offset = Some(off);
-        seen.entry(key).or_insert((off, t.data.len()));
+        seen.entry(key).or_insert(w.pieces.len());
+        w.pieces.push((off, t.data.clone()));
     }
-    out
+    w
 }

@@ -396,7 +396,17 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
         {
             use rayon::prelude::*;
             packed.par_chunks_mut(kk * nr * 4).enumerate().for_each(|(pj, panel)| {
-                for jj in 0..nr.min(n - pj * nr) {
+                let cols = nr.min(n - pj * nr);
+                if gm.b_n == 1 {
+                    // B contiguous along N (a MatMul's weights): a row of the panel is one
+                    // run of the source.
+                    for (r, &at) in rows.iter().enumerate() {
+                        let s = (at + (pj * nr) as i64) as usize * 4;
+                        panel[r * nr * 4..(r * nr + cols) * 4].copy_from_slice(&src[s..s + cols * 4]);
+                    }
+                    return;
+                }
+                for jj in 0..cols {
                     let col = (pj * nr + jj) as i64 * gm.b_n;
                     for (r, &at) in rows.iter().enumerate() {
                         let s = (at + col) as usize * 4;

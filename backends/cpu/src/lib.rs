@@ -94,7 +94,9 @@ pub fn compile_with(
     let ctx = inkwell::context::Context::create();
     let entry = codegen::build_entry_module(&ctx, prog, &plans, &symbols)?;
     let tm = target.machine()?;
-    target::optimize(&entry, &tm)?;
+    // The entry is calls in order and the wrappers loads of buffer pointers: O1 is all they
+    // need, and O3 on a few thousand wrappers took most of a warm compilation.
+    target::optimize_with(&entry, &tm, "default<O1>")?;
     let mut all = vec![target::emit_object(&entry, &tm)?];
     all.extend(objects);
     let so = target::link_shared(&all, target)?;

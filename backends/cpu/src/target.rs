@@ -78,6 +78,11 @@ impl CpuTarget {
 }
 
 pub(crate) fn optimize(module: &Module, tm: &TargetMachine) -> Result<(), BackendError> {
+    optimize_with(module, tm, "default<O3>")
+}
+
+/// Runs the LLVM pass pipeline `pipeline` (e.g. `default<O1>`) on a verified module.
+pub(crate) fn optimize_with(module: &Module, tm: &TargetMachine, pipeline: &str) -> Result<(), BackendError> {
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
@@ -85,7 +90,7 @@ pub(crate) fn optimize(module: &Module, tm: &TargetMachine) -> Result<(), Backen
     opts.set_loop_vectorization(true);
     opts.set_loop_slp_vectorization(true);
     opts.set_loop_unrolling(true);
-    module.run_passes("default<O3>", tm, opts).map_err(|e| BackendError::Llvm(e.to_string()))
+    module.run_passes(pipeline, tm, opts).map_err(|e| BackendError::Llvm(e.to_string()))
 }
 
 pub(crate) fn emit_object(module: &Module, tm: &TargetMachine) -> Result<Vec<u8>, BackendError> {

@@ -60,29 +60,92 @@ fn checksum(bytes: &[u8]) -> u64 {
     h.digest()
 }
 
+/// A section given as pieces: `(offset, bytes)` in increasing, non-overlapping order inside
+/// `len` bytes, the gaps zero (the weights, written straight from the constants that hold
+/// them instead of being copied into one buffer first).
+#[derive(Clone, Copy, Debug)]
+pub struct Pieces<'a> {
+    pub pieces: &'a [(u64, &'a [u8])],
+    pub len: u64,
+}
+
+impl<'a> Pieces<'a> {
+    /// Its bytes in order, gaps included, as slices.
+    fn for_each(&self, emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut at = 0u64;
+        for &(off, data) in self.pieces {
+            assert!(off >= at && off + data.len() as u64 <= self.len, "pieces out of order or out of bounds");
+            zeros(off - at, emit)?;
+            emit(data)?;
+            at = off + data.len() as u64;
+        }
+        zeros(self.len - at, emit)
+    }
+}
+
+fn zeros(mut n: u64, emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        emit(&ZEROS[..k])?;
+        n -= k as u64;
+    }
+    Ok(())
+}
+
 /// Serializes an artifact. Deterministic: the same inputs give the same bytes.
 pub fn write(manifest: &Manifest, code: &[u8], weights: &[u8]) -> Vec<u8> {
-    let manifest_bytes = manifest.encode_to_vec();
-    let mut out = vec![0u8; HEADER_LEN];
-    let put_section = |out: &mut Vec<u8>, data: &[u8]| -> (u64, u64) {
-        let off = align_up(out.len(), SECTION_ALIGN);
-        out.resize(off, 0);
-        out.extend_from_slice(data);
-        (off as u64, data.len() as u64)
-    };
-    let m = put_section(&mut out, &manifest_bytes);
-    let c = put_section(&mut out, code);
-    let w = put_section(&mut out, weights);
-    out[0..8].copy_from_slice(MAGIC);
-    out[8..12].copy_from_slice(&ABI_MAJOR.to_le_bytes());
-    out[12..16].copy_from_slice(&ABI_MINOR.to_le_bytes());
-    for (i, (off, len)) in [m, c, w].into_iter().enumerate() {
-        out[16 + 16 * i..24 + 16 * i].copy_from_slice(&off.to_le_bytes());
-        out[24 + 16 * i..32 + 16 * i].copy_from_slice(&len.to_le_bytes());
-    }
-    let sum = checksum(&out);
-    out[64..72].copy_from_slice(&sum.to_le_bytes());
+    let pieces = [(0, weights)];
+    let weights = Pieces { pieces: &pieces, len: weights.len() as u64 };
+    let mut out = Vec::with_capacity(HEADER_LEN + code.len() + weights.len as usize + 4096);
+    write_to(&mut out, manifest, code, weights).expect("writing to memory cannot fail");
     out
+}
+
+/// Serializes an artifact into `w` without assembling it in memory: the checksum is computed
+/// over the pieces first, then header and sections are written in order. Gives the bytes of
+/// [`write`].
+pub fn write_to(w: &mut dyn std::io::Write, manifest: &Manifest, code: &[u8], weights: Pieces) -> std::io::Result<()> {
+    let manifest_bytes = manifest.encode_to_vec();
+    let sections: [(u64, u64); 3] = {
+        let mut end = HEADER_LEN;
+        [manifest_bytes.len() as u64, code.len() as u64, weights.len].map(|len| {
+            let off = align_up(end, SECTION_ALIGN);
+            end = off + len as usize;
+            (off as u64, len)
+        })
+    };
+    let mut header = [0u8; HEADER_LEN];
+    header[0..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&ABI_MAJOR.to_le_bytes());
+    header[12..16].copy_from_slice(&ABI_MINOR.to_le_bytes());
+    for (i, (off, len)) in sections.into_iter().enumerate() {
+        header[16 + 16 * i..24 + 16 * i].copy_from_slice(&off.to_le_bytes());
+        header[24 + 16 * i..32 + 16 * i].copy_from_slice(&len.to_le_bytes());
+    }
+    // Everything after the header, in order: padding, manifest, padding, code, padding, weights.
+    let body = |emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| -> std::io::Result<()> {
+        let mut end = HEADER_LEN as u64;
+        for (i, &(off, len)) in sections.iter().enumerate() {
+            zeros(off - end, emit)?;
+            match i {
+                0 => emit(&manifest_bytes)?,
+                1 => emit(code)?,
+                _ => weights.for_each(emit)?,
+            }
+            end = off + len;
+        }
+        Ok(())
+    };
+    let mut h = Xxh3::new();
+    h.update(&header[..64]);
+    body(&mut |b| {
+        h.update(b);
+        Ok(())
+    })?;
+    header[64..72].copy_from_slice(&h.digest().to_le_bytes());
+    w.write_all(&header)?;
+    body(&mut |b| w.write_all(b))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -142,6 +205,21 @@ mod tests {
         assert_eq!(s.weights_offset % SECTION_ALIGN, 0);
         assert_eq!(s.manifest.model_name, "m");
         assert_eq!(s.manifest.arena_bytes, 64);
+    }
+
+    #[test]
+    fn weights_written_as_pieces_read_back_whole() {
+        let m = Manifest { abi_major: ABI_MAJOR, model_name: "m".into(), ..Default::default() };
+        // Two pieces with a gap between them and one after (longer than the zero block).
+        let (a, b) = (vec![7u8; 100], vec![9u8; 5000]);
+        let pieces = [(0, &a[..]), (192, &b[..])];
+        let mut streamed = Vec::new();
+        write_to(&mut streamed, &m, b"code", Pieces { pieces: &pieces, len: 192 + 5000 + 6000 }).unwrap();
+        let mut whole = vec![0u8; 192 + 5000 + 6000];
+        whole[..100].copy_from_slice(&a);
+        whole[192..5192].copy_from_slice(&b);
+        assert_eq!(streamed, write(&m, b"code", &whole));
+        assert_eq!(read(&streamed).unwrap().weights, &whole[..]);
     }
 
     #[test]

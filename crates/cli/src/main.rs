@@ -148,7 +148,7 @@ fn session(
     opts.value_inputs.extend(structured.specs.clone());
     loop {
         match Compiler::new(opts.clone()).compile_path(model) {
-            Ok(art) => return Ok(Session::from_bytes(&art.bytes, &so)?),
+            Ok(art) => return Ok(Session::from_bytes(&art.bytes(), &so)?),
             Err(e) => {
                 let need: Vec<&String> =
                     e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).collect();
@@ -343,7 +343,7 @@ fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bo
         println!("lower_bound_bytes={}", r.lower_bound);
         println!("activation_buffers={}", r.buffers);
         println!("in_place={}", r.in_place);
-        println!("weight_bytes={}", weights.len());
+        println!("weight_bytes={}", weights.len);
         println!("memory_ratio={:.4}", r.ratio());
         return Ok(());
     }
@@ -362,8 +362,9 @@ fn main() -> ExitCode {
             }
             let out = output.clone().unwrap_or_else(|| model.with_extension("kiln"));
             let art = c.compile_path(model)?;
-            std::fs::write(&out, &art.bytes).map_err(|e| format!("writing {}: {e}", out.display()))?;
-            eprintln!("wrote {} ({} bytes, arena {} bytes)", out.display(), art.bytes.len(), art.memory.arena_bytes);
+            art.save(&out).map_err(|e| format!("writing {}: {e}", out.display()))?;
+            let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            eprintln!("wrote {} ({len} bytes, arena {} bytes)", out.display(), art.memory.arena_bytes);
             Ok(())
         })(),
         Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),

@@ -3,8 +3,8 @@
 //! ```no_run
 //! use kiln::{Compiler, CompileOptions};
 //! let artifact = Compiler::new(CompileOptions::default()).compile_path("model.onnx")?;
-//! std::fs::write("model.kiln", &artifact.bytes)?;
-//! let session = kiln::Session::from_bytes(&artifact.bytes, &Default::default())?;
+//! artifact.save("model.kiln")?;
+//! let session = kiln::Session::from_bytes(&artifact.bytes(), &Default::default())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -23,7 +23,7 @@ pub use kiln_ir as ir;
 pub use kiln_onnx::{
     decode_value, element_name, parse_input_shape, ImportError, ImportOptions, OnnxValue, ValueKind, ValueSpec,
 };
-pub use kiln_passes::memory::MemoryReport;
+pub use kiln_passes::memory::{MemoryReport, WeightSection};
 pub use kiln_passes::{pass_names, PassError};
 pub use kiln_runtime::{RuntimeError, Session, SessionOptions, Tensor, TensorRef};
 
@@ -132,11 +132,55 @@ impl CompileOptions {
     }
 }
 
-/// A compiled model: the `.kiln` file's bytes and what planning found.
+/// A compiled model: the `.kiln` file's parts and what planning found. The weights are the
+/// model's constants themselves (shared with the imported file), so writing the artifact
+/// ([`Artifact::write_to`], [`Artifact::save`]) streams them instead of copying them first.
 #[derive(Debug)]
 pub struct Artifact {
-    pub bytes: Vec<u8>,
+    pub manifest: Manifest,
+    /// The shared library for the manifest's target.
+    pub code: Vec<u8>,
+    pub weights: WeightSection,
     pub memory: MemoryReport,
+}
+
+impl Artifact {
+    /// The `.kiln` file's bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Writes the `.kiln` file into `w`.
+    pub fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let pieces = self.weights.slices();
+        let weights = kiln_abi::artifact::Pieces { pieces: &pieces, len: self.weights.len };
+        kiln_abi::artifact::write_to(w, &self.manifest, &self.code, weights)
+    }
+
+    /// Writes the `.kiln` file at `path`: into a temporary file next to it, renamed over
+    /// `path` once complete, so that a failure never leaves a truncated artifact behind.
+    pub fn save(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
+        let path = path.as_ref();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".kiln-");
+        // A new file's usual mode (0o666 less the umask), not a temporary file's 0o600.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let mut tmp = builder.tempfile_in(dir)?;
+        {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+            self.write_to(&mut w)?;
+            std::io::Write::flush(&mut w)?;
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
 }
 
 pub struct Compiler {
@@ -175,7 +219,7 @@ impl Compiler {
     }
 
     /// Lowers an optimized graph to a memory-planned LIR program and its weight section.
-    pub fn lower(&self, g: &Graph) -> Result<(Program, MemoryReport, Vec<u8>), Error> {
+    pub fn lower(&self, g: &Graph) -> Result<(Program, MemoryReport, WeightSection), Error> {
         let mut p = kiln_passes::lower::lower(g)?;
         kiln_passes::fuse::fuse_lir(&mut p);
         kiln_passes::fuse::inline_scalar_constants(&mut p);
@@ -209,8 +253,7 @@ impl Compiler {
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
             check_messages: p.assert_messages(),
         };
-        let bytes = kiln_abi::artifact::write(&manifest, &module.shared_library, &weights);
-        Ok(Artifact { bytes, memory })
+        Ok(Artifact { manifest, code: module.shared_library, weights, memory })
     }
 
     /// Compiles an ONNX file into an artifact.

@@ -76,7 +76,7 @@ fn transcendentals_over_their_range() {
         let xi = g.add_input("x", x.ty.clone());
         g.outputs = g.add_node(Op::Unary(op), &[xi], "f", &[]).unwrap();
         let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-        let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).unwrap();
         let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
             .to_f32()
             .unwrap();
@@ -273,7 +273,7 @@ fn blocked_gemm_fused_epilogue() {
         let kernels = prog.instrs.iter().filter(|i| matches!(i, kiln::ir::lir::Instr::Kernel(_))).count();
         assert_eq!(kernels, 1, "matmul, bias and relu should fuse:\n{}", kiln::ir::lir::print(&prog));
         let art = compiler.compile_graph(g).unwrap();
-        let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
         let mut ins = vec![TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
         if !const_b {
             ins.push(TensorRef { dtype: w.dtype().code(), shape: w.shape(), data: &w.data });
@@ -369,7 +369,7 @@ fn convolution_chains_as_gemm() {
             assert!(text.contains("w1.inner_last"), "depthwise weights should be relaid out:\n{text}");
         }
         let art = compiler.compile_graph(g).unwrap();
-        let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
         let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
             .to_f32()
             .unwrap();
@@ -431,7 +431,7 @@ fn channels_last_rows_in_vectors() {
         let m = g.add_node(mean, &[p], "mean", &[]).unwrap()[0];
         g.outputs = vec![m, p];
         let art = Compiler::new(CompileOptions { verify: true, ..Default::default() }).compile_graph(g).unwrap();
-        let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
         let outs = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
         for (o, (got, want)) in outs.iter().zip(&want).enumerate() {
             let (got, want) = (got.to_f32().unwrap(), want.to_f64_vec());
@@ -581,7 +581,7 @@ fn fused_chain_matches_reference() {
         kiln::ir::lir::print(&prog)
     );
     let art = compiler.compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).unwrap();
     let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
     let got = got[0].to_f32().unwrap();
     for (a, b) in got.iter().zip(want.to_f64_vec()) {
@@ -600,7 +600,7 @@ fn concurrent_runs_agree() {
     let wi = g.add_const("w", w);
     g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
     let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
     let run =
         || s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0].data.clone();
     let first = run();
@@ -625,7 +625,7 @@ fn gather_index_out_of_range_is_an_error() {
     let ii = g.add_input("idx", Tensor::i64(vec![2], vec![0, 0]).ty);
     g.outputs = g.add_node(Op::Gather { axis: 0 }, &[xi, ii], "pick", &[]).unwrap();
     let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).unwrap();
     let run = |idx: Vec<i64>| s.run(&[TensorRef::i64(&[2], &idx)]);
     assert!(run(vec![3, -4]).is_ok());
     for bad in [vec![0, 4], vec![-5, 1]] {
@@ -741,7 +741,7 @@ fn scatter_index_out_of_range_is_an_error() {
     let op = Op::ScatterNd { reduction: kiln::ir::ScatterReduction::Add };
     g.outputs = g.add_node(op, &[xi, ii, ui], "put", &[]).unwrap();
     let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes, &SessionOptions::default()).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).unwrap();
     let run = |idx: Vec<i64>| s.run(&[TensorRef::i64(&[2, 1], &idx)]);
     let out = run(vec![3, -1]).unwrap();
     assert_eq!(out[0].to_f32().unwrap(), vec![0.0, 0.0, 0.0, 3.0]);

@@ -29,22 +29,22 @@ fn second_compile_hits_the_cache_and_damage_is_recompiled() {
     let dir = tempfile::tempdir().unwrap();
     let opts = CompileOptions { kernel_cache: KernelCache::at(dir.path()), ..Default::default() };
     let c = Compiler::new(opts);
-    let first = c.compile_graph(model()).unwrap().bytes;
+    let first = c.compile_graph(model()).unwrap().bytes();
     let objs = objects(dir.path());
     assert!(!objs.is_empty(), "the kernels should have been cached");
     let stamps: Vec<_> = objs.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
     // Warm: same artifact, no entry rewritten.
-    let second = c.compile_graph(model()).unwrap().bytes;
+    let second = c.compile_graph(model()).unwrap().bytes();
     assert_eq!(first, second);
     let again: Vec<_> = objs.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
     assert_eq!(stamps, again, "a warm compile should only read the cache");
     // A truncated entry fails its checksum: compiled again (and rewritten), same artifact.
     let bytes = std::fs::read(&objs[0]).unwrap();
     std::fs::write(&objs[0], &bytes[..bytes.len() / 2]).unwrap();
-    let third = c.compile_graph(model()).unwrap().bytes;
+    let third = c.compile_graph(model()).unwrap().bytes();
     assert_eq!(first, third);
     assert_eq!(std::fs::read(&objs[0]).unwrap(), bytes, "the damaged entry should be replaced");
     // Without a cache: still the same artifact.
     let off = Compiler::new(CompileOptions { kernel_cache: KernelCache::disabled(), ..Default::default() });
-    assert_eq!(first, off.compile_graph(model()).unwrap().bytes);
+    assert_eq!(first, off.compile_graph(model()).unwrap().bytes());
 }

@@ -60,7 +60,7 @@ pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
     g.outputs = outs;
     let opts = CompileOptions { verify: true, ..Default::default() };
     let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {op:?}: {e}"));
-    let s = Session::from_bytes(&art.bytes, &SessionOptions { threads: 2 }).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
     let trefs: Vec<TensorRef> =
         runtime.iter().map(|t| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
     let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {op:?}: {e}"));
