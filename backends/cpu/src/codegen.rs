@@ -303,10 +303,31 @@ fn accumulate_in_output(k: &Kernel) -> bool {
     contiguous
 }
 
-/// The type of a kernel body: one base pointer per operand, the output's, then the task
-/// range `start, end`.
+/// The distinct buffers of a kernel in first-use order (operands, then the output): the body
+/// takes one base pointer per buffer, so that an in-place kernel reads and writes through one
+/// pointer and distinct pointers never overlap. Returns the buffers and each
+/// operand's slot among them, the output's last.
+pub(crate) fn slots(k: &Kernel) -> (Vec<kiln_ir::lir::BufferId>, Vec<usize>) {
+    let mut bufs = Vec::new();
+    let slot = k
+        .inputs
+        .iter()
+        .chain([&k.output])
+        .map(|v| match bufs.iter().position(|&b| b == v.buffer) {
+            Some(i) => i,
+            None => {
+                bufs.push(v.buffer);
+                bufs.len() - 1
+            }
+        })
+        .collect();
+    (bufs, slot)
+}
+
+/// The type of a kernel body: one base pointer per distinct buffer ([`slots`]), then the
+/// task range `start, end`.
 fn body_type<'ctx>(g: &Gen<'ctx>, k: &Kernel) -> inkwell::types::FunctionType<'ctx> {
-    let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![g.ptr_ty().into(); k.inputs.len() + 1];
+    let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![g.ptr_ty().into(); slots(k).0.len()];
     let i64t: inkwell::types::BasicMetadataTypeEnum = g.cx.i64_type().into();
     params.extend([i64t, i64t]);
     g.cx.void_type().fn_type(&params, false)
@@ -327,8 +348,8 @@ fn gen_wrapper<'ctx>(
     g.b.position_at_end(entry);
     let ctx = f.get_nth_param(0).unwrap().into_pointer_value();
     let mut args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::new();
-    for v in k.inputs.iter().chain([&k.output]) {
-        args.push(g.buffer_ptr(ctx, prog.buffer(v.buffer))?.into());
+    for b in slots(k).0 {
+        args.push(g.buffer_ptr(ctx, prog.buffer(b))?.into());
     }
     args.push(f.get_nth_param(1).unwrap().into());
     args.push(f.get_nth_param(2).unwrap().into());
@@ -365,11 +386,17 @@ fn gen_body<'ctx>(
     f.add_attribute(inkwell::attributes::AttributeLoc::Function, width);
     let entry = cx.append_basic_block(f, "entry");
     g.b.position_at_end(entry);
-    let n = k.inputs.len();
-    let in_bases: Vec<PointerValue> = (0..n).map(|i| f.get_nth_param(i as u32).unwrap().into_pointer_value()).collect();
-    let out_base = f.get_nth_param(n as u32).unwrap().into_pointer_value();
-    let start = f.get_nth_param(n as u32 + 1).unwrap().into_int_value();
-    let end = f.get_nth_param(n as u32 + 2).unwrap().into_int_value();
+    // One pointer per distinct buffer: an in-place kernel reads and writes through the same
+    // pointer, which LLVM sees is the same element (no runtime overlap check that fails and
+    // sends the loop to its scalar version). Parameters are not marked `noalias`: with it,
+    // LLVM 22 vectorized a padded max-pool reduction kept in registers into wrong results.
+    let (bufs, slot) = slots(&k);
+    let n = bufs.len();
+    let param = |i: usize| f.get_nth_param(i as u32).unwrap().into_pointer_value();
+    let in_bases: Vec<PointerValue> = slot[..k.inputs.len()].iter().map(|&i| param(i)).collect();
+    let out_base = param(slot[k.inputs.len()]);
+    let start = f.get_nth_param(n as u32).unwrap().into_int_value();
+    let end = f.get_nth_param(n as u32 + 1).unwrap().into_int_value();
     if let Some(p) = gemm {
         crate::gemm::gen_gemm(g, &k, p, f, &in_bases, out_base, (start, end))?;
         g.b.build_return(None).map_err(llvm_err)?;
@@ -502,14 +529,15 @@ impl KernelPlan {
     }
 }
 
-/// The kernel with its name and operands' buffers erased: what its body's code depends on.
+/// The kernel with its name erased and its operands' buffers replaced by their slots
+/// ([`slots`]): what its body's code depends on (which operands share a buffer included).
 pub(crate) fn body_of(k: &Kernel) -> Kernel {
     let mut k = k.clone();
     k.name.clear();
-    for (i, v) in k.inputs.iter_mut().enumerate() {
-        v.buffer = kiln_ir::lir::BufferId(i as u32);
+    let (_, slot) = slots(&k);
+    for (v, &s) in k.inputs.iter_mut().chain([&mut k.output]).zip(&slot) {
+        v.buffer = kiln_ir::lir::BufferId(s as u32);
     }
-    k.output.buffer = kiln_ir::lir::BufferId(u32::MAX);
     k
 }
 
