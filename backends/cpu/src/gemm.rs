@@ -342,7 +342,6 @@ fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, i64)> {
     }
     let ok = v.dtype == DType::F32
         && *index == prepacked_index(dn, k_dims, nr)
-        && v.strides[..dn].iter().all(|&s| s == 0)
         && v.strides[dn..] == [(kk * nr) as i64, nr as i64, 1]
         && v.extents[dn..] == [n.div_ceil(nr), kk, nr];
     ok.then_some((*operand, v.offset))
@@ -360,7 +359,7 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
     for i in 0..p.instrs.len() {
         let Instr::Kernel(k) = &p.instrs[i] else { continue };
         let Some(gm) = match_gemm(k, bl) else { continue };
-        if gm.bsrc != BSource::Pack || gm.b_batch.iter().any(|&s| s != 0) {
+        if gm.bsrc != BSource::Pack {
             continue;
         }
         let bid = k.inputs[gm.b].buffer;
@@ -392,10 +391,21 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
                 at
             })
             .collect();
-        let mut packed = vec![0u8; np * kk * nr * 4];
+        // Batch dims along which B varies get a block of panels per element, the others share.
+        let bdims: Vec<usize> = (0..gm.batch.len()).filter(|&d| gm.b_batch[d] != 0).collect();
+        let nbatch: usize = bdims.iter().map(|&d| gm.batch[d]).product();
+        let block = np * kk * nr;
+        let mut packed = vec![0u8; nbatch * block * 4];
         {
             use rayon::prelude::*;
-            packed.par_chunks_mut(kk * nr * 4).enumerate().for_each(|(pj, panel)| {
+            packed.par_chunks_mut(kk * nr * 4).enumerate().for_each(|(q, panel)| {
+                let (mut bi, pj) = (q / np, q % np);
+                let mut boff = 0i64;
+                for &d in bdims.iter().rev() {
+                    boff += (bi % gm.batch[d]) as i64 * gm.b_batch[d];
+                    bi /= gm.batch[d];
+                }
+                let rows: Vec<i64> = rows.iter().map(|&r| r + boff).collect();
                 let cols = nr.min(n - pj * nr);
                 if gm.b_n == 1 {
                     // B contiguous along N (a MatMul's weights): a row of the panel is one
@@ -417,7 +427,7 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
             });
         }
         let bytes = packed.len();
-        let tensor = Tensor::from_bytes(kiln_ir::TensorType::new(DType::F32, vec![np, kk, nr]), packed.into())
+        let tensor = Tensor::from_bytes(kiln_ir::TensorType::new(DType::F32, vec![nbatch * np, kk, nr]), packed.into())
             .expect("sized for the shape");
         let uses = p.instrs.iter().filter(|ins| ins.reads_writes().0.contains(&bid)).count();
         let name = format!("{}.panels{nr}", p.buffer(bid).name);
@@ -435,6 +445,11 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
         let mut extents = k.domain[..dn].to_vec();
         extents.extend([np, kk, nr]);
         let mut strides = vec![0i64; dn];
+        let mut bstride = block as i64;
+        for &d in bdims.iter().rev() {
+            strides[d] = bstride;
+            bstride *= gm.batch[d] as i64;
+        }
         strides.extend([(kk * nr) as i64, nr as i64, 1]);
         k.inputs[gm.b] = View { buffer: new_id, dtype: DType::F32, offset: 0, extents, strides };
         let b_op = gm.b;
@@ -558,8 +573,10 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         if !a_ok(&ga) {
             return None;
         }
-        // Panel j0/NR starts at j0·K; flat K rows are NR apart.
+        // Panel j0/NR starts at j0·K; flat K rows are NR apart; a batch of B (the 16
+        // products of a Winograd convolution) has a block of panels per element.
         let mut b_coef = vec![0i64; nd];
+        b_coef[..dn].copy_from_slice(&k.inputs[b_op].strides[..dn]);
         b_coef[dn] = kk as i64;
         let mut flat = bl.nr as i64;
         for d in (np..nd).rev() {

@@ -361,7 +361,10 @@ fn convolution_chains_as_gemm() {
         compiler.optimize(&mut opt, None).unwrap();
         let (prog, _, _) = compiler.lower(&opt).unwrap();
         let text = kiln::ir::lir::print(&prog);
-        if group == 1 {
+        let winograd = group == 1 && k == [3, 3] && strides == [1, 1] && dilations == [1, 1] && ci >= 16 && co >= 16;
+        if winograd {
+            assert!(text.contains("conv1.winograd_weights"), "conv1 should go through Winograd F(2x2, 3x3):\n{text}");
+        } else if group == 1 {
             assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
         }
         if group == ci {

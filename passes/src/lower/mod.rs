@@ -12,6 +12,7 @@ use crate::PassError;
 
 mod index;
 mod sample;
+mod winograd;
 
 /// Where a value's elements live: from `offset` (in elements) of `buffer`, dense row-major
 /// or, for a rank-4 value with `channels_last`, in NHWC order (see [`choose_layout`]).
@@ -258,6 +259,7 @@ impl<'g> Lowerer<'g> {
                     }),
                 });
             }
+            Op::Conv { window, group } if self.lower_winograd(window, *group, &ins, &out, name) => {}
             Op::Conv { window, group } => {
                 // Reduction order (kh, kw, ci): the input channel innermost, contiguous in a
                 // channels-last input and the dim the GEMM schedule blocks.

@@ -1,0 +1,171 @@
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering, F(2×2, 3×3): each 2×2 block
+//! of outputs costs 16 multiplies per (input, output) channel pair instead of 36.
+//!
+//! `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A` for a 4×4 input tile `d` (tiles 2 apart) and a 3×3
+//! filter `g`, as three kernels and a constant:
+//!
+//! * `U = G g Gᵀ` per (input, output) channel pair, computed here once, stored
+//!   `[4, 4, C, CO]` (the 16 products' weights, output channels contiguous);
+//! * `{name}/winograd_in`: `V[ξ, n, th, tw, c] = (Bᵀ d B)[ξ]`, a 16-term sum over the tile
+//!   with coefficients from a small constant (padding reads zeros), channels contiguous;
+//! * `{name}/winograd_gemm`: 16 matrix products `M[ξ] = V[ξ] · U[ξ]` (tiles × C times
+//!   C × CO), which the CPU backend's GEMM schedule runs (a batch of 16);
+//! * `{name}`: the output `Y[n, co, y, x] = Σ_ξ Aᵀ[y%2][i] Aᵀ[x%2][j] M[ξ, n, y/2, x/2, co]`
+//!   plus the bias, where the convolution's epilogue (activation, residual) fuses as usual.
+//!
+//! Taken for convolutions with at least 16 input and output channels and an output of at
+//! least 4×4 (below that the transforms cost more than the products save). The weights must
+//! be constant.
+
+use kiln_ir::Tensor;
+
+use super::*;
+
+/// `Bᵀ` of F(2×2, 3×3).
+const BT: [[f64; 4]; 4] = [[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, -1.0, 1.0, 0.0], [0.0, 1.0, 0.0, -1.0]];
+/// `G` of F(2×2, 3×3).
+const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+/// `Aᵀ` of F(2×2, 3×3).
+const AT: [[f64; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+
+impl Lowerer<'_> {
+    /// Lowers a convolution by F(2×2, 3×3) when it qualifies (see the module doc); `false`
+    /// leaves it to the direct form.
+    pub(super) fn lower_winograd(
+        &mut self,
+        window: &kiln_ir::Window,
+        group: usize,
+        ins: &[View],
+        out: &View,
+        name: &str,
+    ) -> bool {
+        let (x, w) = (&ins[0], &ins[1]);
+        let [n, co, oh, ow] = out.extents[..] else { return false };
+        let c = w.extents[1];
+        if group != 1
+            || window.kernel != [3, 3]
+            || window.strides != [1, 1]
+            || window.dilations != [1, 1]
+            || x.dtype != DType::F32
+            || out.dtype != DType::F32
+            || c < 16
+            || co < 16
+            || oh < 4
+            || ow < 4
+        {
+            return false;
+        }
+        // The filter, as constant data laid out densely.
+        let g = match &self.prog.buffer(w.buffer).kind {
+            BufferKind::Constant(t)
+                if w.offset == 0 && w.strides == View::dense(w.buffer, w.dtype, &w.extents).strides =>
+            {
+                t.to_f64_vec()
+            }
+            _ => return false,
+        };
+        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+
+        // U[i][j][c][co] = Σ_ab G[i][a] g[co][c][a][b] G[j][b].
+        let mut u = vec![0f32; 16 * c * co];
+        for o in 0..co {
+            for ci in 0..c {
+                let f = &g[(o * c + ci) * 9..(o * c + ci) * 9 + 9];
+                for (i, gi) in G.iter().enumerate() {
+                    for (j, gj) in G.iter().enumerate() {
+                        let mut s = 0.0;
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                s += gi[a] * f[a * 3 + b] * gj[b];
+                            }
+                        }
+                        u[((i * 4 + j) * c + ci) * co + o] = s as f32;
+                    }
+                }
+            }
+        }
+        let constant = |s: &mut Self, shape: Vec<usize>, v: Vec<f32>, what: &str| {
+            let t = Tensor::f32(shape.clone(), v);
+            let b = s.prog.add_buffer(
+                BufferKind::Constant(t),
+                shape.iter().product::<usize>() * 4,
+                format!("{name}.{what}"),
+            );
+            View::dense(b, DType::F32, &shape)
+        };
+        let u = constant(self, vec![4, 4, c, co], u, "winograd_weights");
+        let bt = constant(self, vec![4, 4], BT.iter().flatten().map(|&v| v as f32).collect(), "winograd_bt");
+        let at = constant(self, vec![2, 4], AT.iter().flatten().map(|&v| v as f32).collect(), "winograd_at");
+
+        // V[i, j, n, th, tw, c] = Σ_ab Bᵀ[i][a] Bᵀ[j][b] x[n, c, 2th + a - top, 2tw + b - left].
+        let v = self.temp(DType::F32, &[4, 4, n, th, tw, c], format!("{name}.winograd_tiles"));
+        let tap = |t: usize, a: usize, pad: usize| {
+            Expr::sub(Expr::add(Expr::mul(Expr::Var(t), Expr::i64(2)), Expr::Var(a)), Expr::i64(pad as i64))
+        };
+        let xl = Expr::Load {
+            operand: 0,
+            index: vec![Expr::Var(2), Expr::Var(5), tap(3, 6, window.pads[0]), tap(4, 7, window.pads[1])],
+            pad: Some(Scalar::F32(0.0)),
+        };
+        let coef =
+            Expr::mul(Expr::load(1, vec![Expr::Var(0), Expr::Var(6)]), Expr::load(1, vec![Expr::Var(1), Expr::Var(7)]));
+        self.emit(Kernel {
+            name: format!("{name}/winograd_in"),
+            domain: vec![4, 4, n, th, tw, c, 4, 4],
+            n_par: 6,
+            inputs: vec![x.clone(), bt],
+            output: v.clone(),
+            body: Expr::mul(coef, xl),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+        });
+
+        // M[i, j, n, th, tw, co] = Σ_c V[i, j, n, th, tw, c] U[i, j, c, co].
+        let m = self.temp(DType::F32, &[4, 4, n, th, tw, co], format!("{name}.winograd_products"));
+        self.emit(Kernel {
+            name: format!("{name}/winograd_gemm"),
+            domain: vec![4, 4, n, th, tw, co, c],
+            n_par: 6,
+            inputs: vec![v, u],
+            output: m.clone(),
+            body: Expr::mul(
+                Expr::load(0, vec![Expr::Var(0), Expr::Var(1), Expr::Var(2), Expr::Var(3), Expr::Var(4), Expr::Var(6)]),
+                Expr::load(1, vec![Expr::Var(0), Expr::Var(1), Expr::Var(6), Expr::Var(5)]),
+            ),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+        });
+
+        // Y[n, co, y, x] = Σ_ij Aᵀ[y%2][i] Aᵀ[x%2][j] M[i, j, n, y/2, x/2, co] (+ bias).
+        let two = || Expr::i64(2);
+        let modulo = |e: Expr| Expr::bin(BinaryOp::Mod { fmod: false }, e, two());
+        let ml = Expr::load(
+            0,
+            vec![
+                Expr::Var(4),
+                Expr::Var(5),
+                Expr::Var(0),
+                Expr::div(Expr::Var(2), two()),
+                Expr::div(Expr::Var(3), two()),
+                Expr::Var(1),
+            ],
+        );
+        let coef = Expr::mul(
+            Expr::load(1, vec![modulo(Expr::Var(2)), Expr::Var(4)]),
+            Expr::load(1, vec![modulo(Expr::Var(3)), Expr::Var(5)]),
+        );
+        let mut inputs = vec![m, at];
+        let finalize = ins.get(2).map(|b| {
+            inputs.push(b.clone());
+            Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
+        });
+        self.emit(Kernel {
+            name: name.into(),
+            domain: vec![n, co, oh, ow, 4, 4],
+            n_par: 4,
+            inputs,
+            output: out.clone(),
+            body: Expr::mul(coef, ml),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+        });
+        true
+    }
+}
