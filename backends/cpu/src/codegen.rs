@@ -412,6 +412,30 @@ fn gen_body<'ctx>(
     let outer_in_output = accumulate_in_output(&k);
     let env = Env { k: &k, bases: &in_bases };
 
+    // With whole rows per task, the outer variables are decomposed from `start` once and then
+    // stepped with carries from task to task, instead of two divisions per dim per task (which
+    // dominated kernels with a short innermost dim: a padded copy of a 3-channel image).
+    let stepped = split.n_chunks == 1 && np >= 2;
+    let var_slots: Vec<PointerValue> = if stepped {
+        (0..np - 1).map(|_| crate::vector::entry_alloca(g, f, g.cx.i64_type())).collect::<R<_>>()?
+    } else {
+        Vec::new()
+    };
+    if stepped {
+        let b = &g.b;
+        let mut rest = start;
+        for d in (0..np - 1).rev() {
+            let v = if d == 0 {
+                rest
+            } else {
+                let e = g.i64(k.domain[d] as i64);
+                let v = b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
+                rest = b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
+                v
+            };
+            b.build_store(var_slots[d], v).map_err(llvm_err)?;
+        }
+    }
     g.for_range(f, start, end, &mut |t| {
         let b = &g.b;
         let nc = g.i64(split.n_chunks as i64);
@@ -428,82 +452,108 @@ fn gen_body<'ctx>(
         let inner = g.i64(split.inner as i64);
         let lt = b.build_int_compare(inkwell::IntPredicate::SLT, jhi0, inner, "lt").map_err(llvm_err)?;
         let jhi = b.build_select(lt, jhi0, inner, "jhi").map_err(llvm_err)?.into_int_value();
-        // Decompose the outer linear index into the leading parallel variables.
+        // The leading parallel variables of the outer linear index.
         let mut vars: Vec<IntValue> = vec![g.i64(0); k.domain.len()];
-        let mut rest = l;
-        for d in (0..np - 1).rev() {
-            let e = g.i64(k.domain[d] as i64);
-            if d == 0 {
-                vars[d] = rest;
-            } else {
-                vars[d] = b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
-                rest = b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
+        if stepped {
+            for d in 0..np - 1 {
+                vars[d] = b.build_load(g.cx.i64_type(), var_slots[d], "v").map_err(llvm_err)?.into_int_value();
+            }
+        } else {
+            let mut rest = l;
+            for d in (0..np - 1).rev() {
+                let e = g.i64(k.domain[d] as i64);
+                if d == 0 {
+                    vars[d] = rest;
+                } else {
+                    vars[d] = b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
+                    rest = b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
+                }
             }
         }
-        let out_index = |vars: &[IntValue<'ctx>]| g.linear(&k.output, &vars[..np]);
-        // One output element per lane `j` of `lo..hi`, its reduction (if any) in a register.
-        let mut scalar = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| -> R<()> {
-            g.for_range(f, lo, hi, &mut |j| {
-                let mut vs = vars.clone();
-                vs[np - 1] = j;
-                let Some(red) = &k.reduction else {
-                    let v = env.gen(g, &k.body, &vs, None)?;
-                    return g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v);
-                };
-                let init = crate::expr::scalar(g, red.init, acc_ty)?;
-                g.b.build_store(acc_slot, init).map_err(llvm_err)?;
-                reduce_loops(g, f, &k.domain, np, &mut vs.clone(), &mut |rvars| {
-                    let x = env.gen(g, &k.body, rvars, None)?;
-                    let cur = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
-                    let nv = crate::expr::combine(g, red.combine, cur, x)?;
-                    g.b.build_store(acc_slot, nv).map_err(llvm_err)?;
-                    Ok(())
-                })?;
-                let acc = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
-                let v = match &red.finalize {
-                    Some(fin) => env.gen(g, fin, &vs, Some(acc))?,
-                    None => acc,
-                };
-                g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v)
-            })
-        };
-        if vector_rows {
-            return crate::vector::gen_row(g, f, &k, &in_bases, out_base, &vars, (jlo, jhi), lanes, &mut scalar);
-        }
-        let Some(red) = &k.reduction else { return scalar(jlo, jhi) };
-        if outer_in_output {
-            // out[j] = init; for r: for j: out[j] = out[j] ⊕ body; for j: out[j] = finalize(out[j])
-            let init = crate::expr::scalar(g, red.init, acc_ty)?;
-            g.for_range(f, jlo, jhi, &mut |j| {
-                let mut vs = vars.clone();
-                vs[np - 1] = j;
-                g.store_elem(out_base, k.output.dtype, out_index(&vs)?, init)
-            })?;
-            let mut rv = vars.clone();
-            reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
-                g.for_range(f, jlo, jhi, &mut |j| {
-                    let mut vs = rvars.to_vec();
+        let task = || -> R<()> {
+            let out_index = |vars: &[IntValue<'ctx>]| g.linear(&k.output, &vars[..np]);
+            // One output element per lane `j` of `lo..hi`, its reduction (if any) in a register.
+            let mut scalar = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| -> R<()> {
+                g.for_range(f, lo, hi, &mut |j| {
+                    let mut vs = vars.clone();
                     vs[np - 1] = j;
-                    let x = env.gen(g, &k.body, &vs, None)?;
-                    let at = out_index(&vs)?;
-                    let cur = g.load_elem(out_base, k.output.dtype, at)?;
-                    let nv = crate::expr::combine(g, red.combine, cur, x)?;
-                    g.store_elem(out_base, k.output.dtype, at, nv)
+                    let Some(red) = &k.reduction else {
+                        let v = env.gen(g, &k.body, &vs, None)?;
+                        return g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v);
+                    };
+                    let init = crate::expr::scalar(g, red.init, acc_ty)?;
+                    g.b.build_store(acc_slot, init).map_err(llvm_err)?;
+                    reduce_loops(g, f, &k.domain, np, &mut vs.clone(), &mut |rvars| {
+                        let x = env.gen(g, &k.body, rvars, None)?;
+                        let cur = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                        let nv = crate::expr::combine(g, red.combine, cur, x)?;
+                        g.b.build_store(acc_slot, nv).map_err(llvm_err)?;
+                        Ok(())
+                    })?;
+                    let acc = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                    let v = match &red.finalize {
+                        Some(fin) => env.gen(g, fin, &vs, Some(acc))?,
+                        None => acc,
+                    };
+                    g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v)
                 })
-            })?;
-            if let Some(fin) = &red.finalize {
+            };
+            if vector_rows {
+                return crate::vector::gen_row(g, f, &k, &in_bases, out_base, &vars, (jlo, jhi), lanes, &mut scalar);
+            }
+            let Some(red) = &k.reduction else { return scalar(jlo, jhi) };
+            if outer_in_output {
+                // out[j] = init; for r: for j: out[j] = out[j] ⊕ body; for j: out[j] = finalize(out[j])
+                let init = crate::expr::scalar(g, red.init, acc_ty)?;
                 g.for_range(f, jlo, jhi, &mut |j| {
                     let mut vs = vars.clone();
                     vs[np - 1] = j;
-                    let at = out_index(&vs)?;
-                    let cur = g.load_elem(out_base, k.output.dtype, at)?;
-                    let v = env.gen(g, fin, &vs, Some(cur))?;
-                    g.store_elem(out_base, k.output.dtype, at, v)
+                    g.store_elem(out_base, k.output.dtype, out_index(&vs)?, init)
                 })?;
+                let mut rv = vars.clone();
+                reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
+                    g.for_range(f, jlo, jhi, &mut |j| {
+                        let mut vs = rvars.to_vec();
+                        vs[np - 1] = j;
+                        let x = env.gen(g, &k.body, &vs, None)?;
+                        let at = out_index(&vs)?;
+                        let cur = g.load_elem(out_base, k.output.dtype, at)?;
+                        let nv = crate::expr::combine(g, red.combine, cur, x)?;
+                        g.store_elem(out_base, k.output.dtype, at, nv)
+                    })
+                })?;
+                if let Some(fin) = &red.finalize {
+                    g.for_range(f, jlo, jhi, &mut |j| {
+                        let mut vs = vars.clone();
+                        vs[np - 1] = j;
+                        let at = out_index(&vs)?;
+                        let cur = g.load_elem(out_base, k.output.dtype, at)?;
+                        let v = env.gen(g, fin, &vs, Some(cur))?;
+                        g.store_elem(out_base, k.output.dtype, at, v)
+                    })?;
+                }
+                return Ok(());
             }
-            return Ok(());
+            scalar(jlo, jhi)
+        };
+        task()?;
+        if stepped {
+            // The next task's variables: the innermost outer one plus one, carried outwards.
+            let mut carry = g.cx.bool_type().const_int(1, false);
+            for d in (0..np - 1).rev() {
+                let inc = b.build_int_z_extend(carry, g.cx.i64_type(), "inc").map_err(llvm_err)?;
+                let v = b.build_int_nsw_add(vars[d], inc, "v1").map_err(llvm_err)?;
+                let v = if d == 0 {
+                    v
+                } else {
+                    let e = g.i64(k.domain[d] as i64);
+                    carry = b.build_int_compare(inkwell::IntPredicate::EQ, v, e, "wrap").map_err(llvm_err)?;
+                    b.build_select(carry, g.i64(0), v, "v2").map_err(llvm_err)?.into_int_value()
+                };
+                b.build_store(var_slots[d], v).map_err(llvm_err)?;
+            }
         }
-        scalar(jlo, jhi)
+        Ok(())
     })?;
     g.b.build_return(None).map_err(llvm_err)?;
     Ok(f)

@@ -265,7 +265,11 @@ fn vcombine<'ctx>(g: &Gen<'ctx>, c: Combine, a: VectorValue<'ctx>, x: VectorValu
 }
 
 /// An alloca in the function's entry block (where LLVM promotes it to registers).
-fn entry_alloca<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, ty: impl BasicType<'ctx>) -> R<PointerValue<'ctx>> {
+pub(crate) fn entry_alloca<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    ty: impl BasicType<'ctx>,
+) -> R<PointerValue<'ctx>> {
     let eb = g.cx.create_builder();
     let entry = f.get_first_basic_block().expect("a function with a body");
     match entry.get_first_instruction() {
