@@ -31,13 +31,22 @@ use crate::gemm::affine_expr;
 /// the latency of the reduction's adds.
 const BLOCK: usize = 4;
 
-/// The step of a load along domain dim `d`, if every index of it is affine.
+fn mentions(e: &Expr, d: usize) -> bool {
+    let mut m = false;
+    e.visit(&mut |x| m |= *x == Expr::Var(d));
+    m
+}
+
+/// The step of a load along domain dim `d`, if every index that moves with `d` is affine in
+/// it (the others may be anything: `y / 2`, a select).
 fn load_step(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> Option<i64> {
     let v = &k.inputs[operand];
     let nd = k.domain.len();
     let mut step = 0;
     for (ix, &s) in index.iter().zip(&v.strides) {
-        step += s * affine_expr(ix, nd)?.1[d];
+        if mentions(ix, d) {
+            step += s * affine_expr(ix, nd)?.1[d];
+        }
     }
     Some(step)
 }
@@ -48,6 +57,9 @@ fn pad_uniform_along(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> bo
     let v = &k.inputs[operand];
     let nd = k.domain.len();
     index.iter().zip(&v.extents).all(|(ix, &ext)| {
+        if !mentions(ix, d) {
+            return true;
+        }
         let Some((c, f)) = affine_expr(ix, nd) else { return false };
         if f[d] == 0 {
             return true;
@@ -65,9 +77,21 @@ fn pad_uniform_along(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> bo
     })
 }
 
+/// Whether `e` is the same in every lane: it reads neither the innermost parallel variable
+/// nor the accumulator (the scalar path computes it once and it is splat).
+fn uniform(k: &Kernel, e: &Expr) -> bool {
+    let mut acc = false;
+    e.visit(&mut |x| acc |= *x == Expr::Acc);
+    !acc && !mentions(e, k.n_par - 1)
+}
+
 /// Whether `e` can be evaluated on vectors along the innermost parallel dim by [`vgen`].
 pub(crate) fn vexpr_ok(k: &Kernel, e: &Expr) -> bool {
     let d = k.n_par - 1;
+    let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
+    if uniform(k, e) && e.dtype(&ops, Some(DType::F32)) == DType::F32 {
+        return true;
+    }
     match e {
         Expr::Acc | Expr::Const(Scalar::F32(_)) => true,
         Expr::Load { operand, index, pad } => {
@@ -176,6 +200,9 @@ pub(crate) fn vgen<'ctx>(
     let sp = |x: f64| splat(g, vt, f32t.const_float(x).into());
     let go = |e: &Expr| vgen(g, k, bases, e, vars, acc, vt);
     let env = Env { k, bases };
+    if uniform(k, e) {
+        return splat(g, vt, env.gen(g, e, vars, None)?);
+    }
     Ok(match e {
         Expr::Acc => acc.ok_or_else(|| llvm_err("accumulator used outside a finalizer"))?,
         Expr::Const(Scalar::F32(x)) => sp(*x as f64)?,

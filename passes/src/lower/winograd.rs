@@ -28,6 +28,23 @@ const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0
 /// `Aᵀ` of F(2×2, 3×3).
 const AT: [[f64; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
 
+/// `m[r][c]` for index expressions `r` and `c`, as selects over constants: no memory, so the
+/// backend keeps a coefficient in a register for a whole row of channels.
+fn table<const C: usize>(m: &[[f64; C]], r: Expr, c: Expr) -> Expr {
+    let pick = |row: &[f64; C]| {
+        let mut e = Expr::f32(row[C - 1] as f32);
+        for (j, &v) in row.iter().enumerate().rev().skip(1) {
+            e = Expr::select(Expr::cmp(CmpOp::Equal, c.clone(), Expr::i64(j as i64)), Expr::f32(v as f32), e);
+        }
+        e
+    };
+    let mut e = pick(&m[m.len() - 1]);
+    for (i, row) in m.iter().enumerate().rev().skip(1) {
+        e = Expr::select(Expr::cmp(CmpOp::Equal, r.clone(), Expr::i64(i as i64)), pick(row), e);
+    }
+    e
+}
+
 impl Lowerer<'_> {
     /// Lowers a convolution by F(2×2, 3×3) when it qualifies (see the module doc); `false`
     /// leaves it to the direct form.
@@ -94,8 +111,6 @@ impl Lowerer<'_> {
             View::dense(b, DType::F32, &shape)
         };
         let u = constant(self, vec![4, 4, c, co], u, "winograd_weights");
-        let bt = constant(self, vec![4, 4], BT.iter().flatten().map(|&v| v as f32).collect(), "winograd_bt");
-        let at = constant(self, vec![2, 4], AT.iter().flatten().map(|&v| v as f32).collect(), "winograd_at");
 
         // V[i, j, n, th, tw, c] = Σ_ab Bᵀ[i][a] Bᵀ[j][b] x[n, c, 2th + a - top, 2tw + b - left].
         let v = self.temp(DType::F32, &[4, 4, n, th, tw, c], format!("{name}.winograd_tiles"));
@@ -107,6 +122,9 @@ impl Lowerer<'_> {
             index: vec![Expr::Var(2), Expr::Var(5), tap(3, 6, window.pads[0]), tap(4, 7, window.pads[1])],
             pad: Some(Scalar::F32(0.0)),
         };
+        // The coefficients from a small constant: as selects (like the output transform's)
+        // they measured twice as slow here.
+        let bt = constant(self, vec![4, 4], BT.iter().flatten().map(|&v| v as f32).collect(), "winograd_bt");
         let coef =
             Expr::mul(Expr::load(1, vec![Expr::Var(0), Expr::Var(6)]), Expr::load(1, vec![Expr::Var(1), Expr::Var(7)]));
         self.emit(Kernel {
@@ -148,14 +166,12 @@ impl Lowerer<'_> {
                 Expr::Var(1),
             ],
         );
-        let coef = Expr::mul(
-            Expr::load(1, vec![modulo(Expr::Var(2)), Expr::Var(4)]),
-            Expr::load(1, vec![modulo(Expr::Var(3)), Expr::Var(5)]),
-        );
-        let mut inputs = vec![m, at];
+        let coef =
+            Expr::mul(table(&AT, modulo(Expr::Var(2)), Expr::Var(4)), table(&AT, modulo(Expr::Var(3)), Expr::Var(5)));
+        let mut inputs = vec![m];
         let finalize = ins.get(2).map(|b| {
             inputs.push(b.clone());
-            Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
+            Expr::add(Expr::Acc, Expr::load(1, vec![Expr::Var(1)]))
         });
         self.emit(Kernel {
             name: name.into(),
