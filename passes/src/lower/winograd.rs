@@ -6,8 +6,9 @@
 //!
 //! * `U = G g Gᵀ` per (input, output) channel pair, computed here once, stored
 //!   `[4, 4, C, CO]` (the 16 products' weights, output channels contiguous);
-//! * `{name}/winograd_in`: `V[ξ, n, th, tw, c] = (Bᵀ d B)[ξ]`, a 16-term sum over the tile
-//!   with coefficients from a small constant (padding reads zeros), channels contiguous;
+//! * `{name}/winograd_rows` and `{name}/winograd_in`: `V[ξ, n, th, tw, c] = (Bᵀ d B)[ξ]` in
+//!   two passes of 4-term sums (`Bᵀ d` over the padded columns of all tiles, then `· B`),
+//!   coefficients from a small constant, padding read as zeros, channels contiguous;
 //! * `{name}/winograd_gemm`: 16 matrix products `M[ξ] = V[ξ] · U[ξ]` (tiles × C times
 //!   C × CO), which the CPU backend's GEMM schedule runs (a batch of 16);
 //! * `{name}`: the output `Y[n, co, y, x] = Σ_ξ Aᵀ[y%2][i] Aᵀ[x%2][j] M[ξ, n, y/2, x/2, co]`
@@ -112,29 +113,57 @@ impl Lowerer<'_> {
         };
         let u = constant(self, vec![4, 4, c, co], u, "winograd_weights");
 
-        // V[i, j, n, th, tw, c] = Σ_ab Bᵀ[i][a] Bᵀ[j][b] x[n, c, 2th + a - top, 2tw + b - left].
-        let v = self.temp(DType::F32, &[4, 4, n, th, tw, c], format!("{name}.winograd_tiles"));
-        let tap = |t: usize, a: usize, pad: usize| {
-            Expr::sub(Expr::add(Expr::mul(Expr::Var(t), Expr::i64(2)), Expr::Var(a)), Expr::i64(pad as i64))
-        };
+        // The input transform in two passes of 4 terms (Bᵀ d, then (Bᵀ d) B) instead of one of
+        // 16, the coefficients from a small constant (as selects, like the output
+        // transform's, they measured twice as slow here).
+        let bt = constant(self, vec![4, 4], BT.iter().flatten().map(|&v| v as f32).collect(), "winograd_bt");
+        let sum = Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None });
+        // R[i, n, th, x', c] = Σ_a Bᵀ[i][a] x[n, c, 2th + a - top, x' - left] over the padded
+        // columns x' of all tiles.
+        let wp = 2 * tw + 2;
+        let rows = self.temp(DType::F32, &[4, n, th, wp, c], format!("{name}.winograd_rows"));
         let xl = Expr::Load {
             operand: 0,
-            index: vec![Expr::Var(2), Expr::Var(5), tap(3, 6, window.pads[0]), tap(4, 7, window.pads[1])],
+            index: vec![
+                Expr::Var(1),
+                Expr::Var(4),
+                Expr::sub(
+                    Expr::add(Expr::mul(Expr::Var(2), Expr::i64(2)), Expr::Var(5)),
+                    Expr::i64(window.pads[0] as i64),
+                ),
+                Expr::sub(Expr::Var(3), Expr::i64(window.pads[1] as i64)),
+            ],
             pad: Some(Scalar::F32(0.0)),
         };
-        // The coefficients from a small constant: as selects (like the output transform's)
-        // they measured twice as slow here.
-        let bt = constant(self, vec![4, 4], BT.iter().flatten().map(|&v| v as f32).collect(), "winograd_bt");
-        let coef =
-            Expr::mul(Expr::load(1, vec![Expr::Var(0), Expr::Var(6)]), Expr::load(1, vec![Expr::Var(1), Expr::Var(7)]));
+        self.emit(Kernel {
+            name: format!("{name}/winograd_rows"),
+            domain: vec![4, n, th, wp, c, 4],
+            n_par: 5,
+            inputs: vec![x.clone(), bt.clone()],
+            output: rows.clone(),
+            body: Expr::mul(Expr::load(1, vec![Expr::Var(0), Expr::Var(5)]), xl),
+            reduction: sum.clone(),
+        });
+        // V[i, j, n, th, tw, c] = Σ_b Bᵀ[j][b] R[i, n, th, 2tw + b, c].
+        let v = self.temp(DType::F32, &[4, 4, n, th, tw, c], format!("{name}.winograd_tiles"));
+        let rl = Expr::load(
+            0,
+            vec![
+                Expr::Var(0),
+                Expr::Var(2),
+                Expr::Var(3),
+                Expr::add(Expr::mul(Expr::Var(4), Expr::i64(2)), Expr::Var(6)),
+                Expr::Var(5),
+            ],
+        );
         self.emit(Kernel {
             name: format!("{name}/winograd_in"),
-            domain: vec![4, 4, n, th, tw, c, 4, 4],
+            domain: vec![4, 4, n, th, tw, c, 4],
             n_par: 6,
-            inputs: vec![x.clone(), bt],
+            inputs: vec![rows, bt],
             output: v.clone(),
-            body: Expr::mul(coef, xl),
-            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+            body: Expr::mul(Expr::load(1, vec![Expr::Var(1), Expr::Var(6)]), rl),
+            reduction: sum,
         });
 
         // M[i, j, n, th, tw, co] = Σ_c V[i, j, n, th, tw, c] U[i, j, c, co].
