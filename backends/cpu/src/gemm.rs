@@ -655,6 +655,33 @@ fn unravel<'ctx>(g: &Gen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> R<Vec<IntV
     Ok(out)
 }
 
+/// The M variables of rows `i0 .. i0 + r`: the first unravelled, each next one the previous
+/// plus one with carries (a few selects instead of a division per M dim per row).
+fn step_rows<'ctx>(g: &Gen<'ctx>, i0: IntValue<'ctx>, r: usize, dims: &[usize]) -> R<Vec<Vec<IntValue<'ctx>>>> {
+    let mut rows = Vec::with_capacity(r);
+    let mut cur = unravel(g, i0, dims)?;
+    for i in 0..r {
+        if i > 0 {
+            let mut next = cur.clone();
+            let mut carry = g.cx.bool_type().const_int(1, false);
+            for d in (0..dims.len()).rev() {
+                let inc = g.b.build_int_z_extend(carry, g.cx.i64_type(), "inc").map_err(llvm_err)?;
+                let v = add(g, cur[d], inc)?;
+                next[d] = if d == 0 {
+                    v
+                } else {
+                    carry =
+                        g.b.build_int_compare(IntPredicate::EQ, v, g.i64(dims[d] as i64), "wrap").map_err(llvm_err)?;
+                    g.b.build_select(carry, g.i64(0), v, "mv").map_err(llvm_err)?.into_int_value()
+                };
+            }
+            cur = next;
+        }
+        rows.push(cur.clone());
+    }
+    Ok(rows)
+}
+
 /// `Σ coef[i]·vars[i]`.
 fn dot<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> R<IntValue<'ctx>> {
     let mut s = g.i64(0);
@@ -998,8 +1025,7 @@ fn micro_tile<'ctx>(
     let nq = nr / w;
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // The M variables of each row, and where the row starts in A and C.
-    let mvs: Vec<Vec<IntValue>> =
-        (0..r).map(|i| unravel(g, add(g, t.i0, g.i64(i as i64))?, &p.m_dims)).collect::<R<_>>()?;
+    let mvs = step_rows(g, t.i0, r, &p.m_dims)?;
     let c_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.c0, dot(g, mv, &p.c_m)?)).collect::<R<_>>()?;
     let a_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.a0, dot(g, mv, &p.a_m)?)).collect::<R<_>>()?;
     // Initial accumulators: zero on the first K slice, else the partial sums in C.
