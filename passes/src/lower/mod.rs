@@ -11,8 +11,12 @@ use kiln_ir::{strides_of, DType, Graph, Op, TensorType, ValueDef, ValueId};
 use crate::PassError;
 
 mod index;
+mod layout;
 mod sample;
 mod winograd;
+
+use layout::{choose_layout, order_loops};
+pub(crate) use layout::{permute_parallel, stride_order};
 
 /// Where a value's elements live: from `offset` (in elements) of `buffer`, dense row-major
 /// or, for a rank-4 value with `channels_last`, in NHWC order (see [`choose_layout`]).
@@ -36,28 +40,6 @@ impl Loc {
             view.strides = vec![h * w * c, 1, w * c, c];
         }
         view
-    }
-}
-
-/// The physical layout of a node's output. Convolutions write channels-last (NHWC): their
-/// kernels are then matrix products over output pixels × output channels with the channels
-/// contiguous (the register-blocked GEMM schedule of the CPU backend), and their input is read
-/// along contiguous channels too. Elementwise ops, pooling and inference BatchNorm keep the
-/// layout of a channels-last input, so that a chain of convolutions never changes layout; any
-/// other consumer reads the NHWC value through its strides (one transposing kernel where a
-/// region ends), and a Reshape/BitCast of one first copies it to row-major. Graph outputs are
-/// always row-major.
-fn choose_layout(op: &Op, ins: &[(Loc, &TensorType)], out: &TensorType) -> bool {
-    if out.shape.len() != 4 || out.dtype != DType::F32 {
-        return false;
-    }
-    match op {
-        Op::Conv { .. } => true,
-        Op::MaxPool { .. } | Op::AveragePool { .. } | Op::BatchNorm { .. } => ins[0].0.channels_last,
-        op if op.is_elementwise() || matches!(op, Op::Identity) => {
-            ins.iter().any(|(l, t)| l.channels_last && t.shape == out.shape)
-        }
-        _ => false,
     }
 }
 
@@ -1060,99 +1042,4 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         }
     }
     Ok(l.prog)
-}
-
-/// Orders a kernel's parallel dims by decreasing output stride, so that the innermost loop
-/// runs along contiguous output (a channels-last output: channels innermost). Row-major
-/// kernels are left as they are.
-fn order_loops(k: &mut Kernel) {
-    if let Some(perm) = stride_order(&k.output.strides[..k.n_par]) {
-        permute_parallel(k, &perm);
-    }
-}
-
-/// The dims sorted by decreasing stride (stable), unless they already are.
-pub(crate) fn stride_order(strides: &[i64]) -> Option<Vec<usize>> {
-    if strides.len() < 2 || strides.windows(2).all(|w| w[0] >= w[1]) {
-        return None;
-    }
-    let mut perm: Vec<usize> = (0..strides.len()).collect();
-    perm.sort_by_key(|&d| std::cmp::Reverse(strides[d]));
-    Some(perm)
-}
-
-/// Reorders a kernel's parallel dims (new dim `i` is old dim `perm[i]`), then writes every
-/// load whose index is a list of distinct variables with its view dims in variable order, so
-/// that a load of a value in the kernel's own loop order has the identity index (what fusion
-/// and in-place reuse look for).
-pub(crate) fn permute_parallel(k: &mut Kernel, perm: &[usize]) {
-    let np = k.n_par;
-    debug_assert_eq!(perm.len(), np);
-    // Old variable d becomes variable inv[d].
-    let mut inv: Vec<usize> = (0..k.domain.len()).collect();
-    for (new, &old) in perm.iter().enumerate() {
-        inv[old] = new;
-    }
-    let mut domain: Vec<usize> = perm.iter().map(|&d| k.domain[d]).collect();
-    domain.extend_from_slice(&k.domain[np..]);
-    k.domain = domain;
-    let o = &mut k.output;
-    o.extents = perm.iter().map(|&d| o.extents[d]).collect();
-    o.strides = perm.iter().map(|&d| o.strides[d]).collect();
-    let rename = |e: Expr| match e {
-        Expr::Var(d) => Expr::Var(inv[d]),
-        e => e,
-    };
-    k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut { rename });
-    if let Some(r) = &mut k.reduction {
-        r.finalize = r.finalize.take().map(|e| e.map(&mut { rename }));
-    }
-    // Operand views are shared by every load of the operand: only operands all of whose
-    // loads have the same pure-variable index are rewritten.
-    let mut idx: Vec<Option<Option<Vec<usize>>>> = vec![None; k.inputs.len()];
-    let mut note = |e: &Expr| {
-        if let Expr::Load { operand, index, .. } = e {
-            let vs: Option<Vec<usize>> =
-                index.iter().map(|ix| if let Expr::Var(d) = ix { Some(*d) } else { None }).collect();
-            let vs = vs.filter(|v| {
-                let mut s = v.clone();
-                s.sort_unstable();
-                s.dedup();
-                s.len() == v.len()
-            });
-            let slot = &mut idx[*operand];
-            *slot = match slot.take() {
-                None => Some(vs),
-                Some(prev) => Some(if prev == vs { prev } else { None }),
-            };
-        }
-    };
-    k.body.visit(&mut note);
-    if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
-        f.visit(&mut note);
-    }
-    let mut order: Vec<Option<Vec<usize>>> = vec![None; k.inputs.len()];
-    for (op, vs) in idx.into_iter().enumerate() {
-        let Some(Some(vs)) = vs else { continue };
-        let mut pos: Vec<usize> = (0..vs.len()).collect();
-        pos.sort_by_key(|&p| vs[p]);
-        if pos.iter().enumerate().any(|(i, &p)| i != p) {
-            let v = &mut k.inputs[op];
-            v.extents = pos.iter().map(|&p| v.extents[p]).collect();
-            v.strides = pos.iter().map(|&p| v.strides[p]).collect();
-            order[op] = Some(pos.iter().map(|&p| vs[p]).collect());
-        }
-    }
-    let reindex = |e: Expr| match e {
-        Expr::Load { operand, pad, .. } if order[operand].is_some() => Expr::Load {
-            operand,
-            index: order[operand].as_ref().expect("checked").iter().map(|&d| Expr::Var(d)).collect(),
-            pad,
-        },
-        e => e,
-    };
-    k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut { reindex });
-    if let Some(r) = &mut k.reduction {
-        r.finalize = r.finalize.take().map(|e| e.map(&mut { reindex }));
-    }
 }

@@ -1,0 +1,158 @@
+//! Constant B operands packed at compile time into the micro-kernel's panel layout.
+
+use super::*;
+
+/// The index a prepacked B is loaded with: batch variables (stride 0), then
+/// `[n / NR, kflat, n % NR]` over a `[⌈N/NR⌉, K, NR]` panel layout, `kflat` the K dims
+/// flattened in domain order.
+pub(super) fn prepacked_index(nb: usize, k_dims: &[usize], nr: usize) -> Vec<Expr> {
+    let dn = nb;
+    let mut ix: Vec<Expr> = (0..nb).map(Expr::Var).collect();
+    ix.push(Expr::div(Expr::Var(dn), Expr::i64(nr as i64)));
+    let mut flat: Option<Expr> = None;
+    for (i, &e) in k_dims.iter().enumerate() {
+        let v = Expr::Var(dn + 1 + i);
+        flat = Some(match flat {
+            None => v,
+            Some(f) => Expr::add(Expr::mul(f, Expr::i64(e as i64)), v),
+        });
+    }
+    ix.push(flat.expect("at least one K dim"));
+    ix.push(Expr::bin(kiln_ir::BinaryOp::Mod { fmod: false }, Expr::Var(dn), Expr::i64(nr as i64)));
+    ix
+}
+
+/// A load of B in the compile-time panel layout ([`prepack`]) for this `NR`: its operand and
+/// element offset.
+pub(super) fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, i64)> {
+    let Expr::Load { operand, index, pad: None } = e else { return None };
+    let v = &k.inputs[*operand];
+    let dn = k.n_par - 1;
+    let n = k.domain[dn];
+    let k_dims = &k.domain[k.n_par..];
+    let kk: usize = k_dims.iter().product();
+    if index.len() != dn + 3 {
+        return None;
+    }
+    let ok = v.dtype == DType::F32
+        && *index == prepacked_index(dn, k_dims, nr)
+        && v.strides[dn..] == [(kk * nr) as i64, nr as i64, 1]
+        && v.extents[dn..] == [n.div_ceil(nr), kk, nr];
+    ok.then_some((*operand, v.offset))
+}
+
+/// Packs, at compile time, the constant B of every matrix product that would pack it at run
+/// time: B becomes a constant in `NR`-wide panels (`[⌈N/NR⌉, K, NR]`, zero padded past N)
+/// and the kernel loads it through that layout (still a valid compute definition, which
+/// [`match_gemm`] recognizes). A constant used only there is replaced in place, so the
+/// weight section holds one copy. Returns the number of kernels changed.
+pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
+    let bl = Blocking::for_target(target);
+    let nr = bl.nr;
+    let mut changed = 0;
+    for i in 0..p.instrs.len() {
+        let Instr::Kernel(k) = &p.instrs[i] else { continue };
+        let Some(gm) = match_gemm(k, bl) else { continue };
+        if gm.bsrc != BSource::Pack {
+            continue;
+        }
+        let bid = k.inputs[gm.b].buffer;
+        let BufferKind::Constant(t) = &p.buffer(bid).kind else { continue };
+        if t.dtype() != DType::F32 {
+            continue;
+        }
+        // The finalizer must not read B itself (its operand view is replaced).
+        let mut fin_reads_b = false;
+        if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+            f.visit(&mut |e| fin_reads_b |= matches!(e, Expr::Load { operand, .. } if *operand == gm.b));
+        }
+        if fin_reads_b || k.inputs.iter().filter(|v| v.buffer == bid).count() != 1 {
+            continue;
+        }
+        // Copies the little-endian f32 bytes as they are, W's rows (one per column of B,
+        // contiguous for weights) outermost.
+        let src: &[u8] = &t.data;
+        let (n, kk) = (gm.n, gm.k);
+        let np = n.div_ceil(nr);
+        let rows: Vec<i64> = (0..kk)
+            .map(|r| {
+                // Unravel the flat K index into the K dims.
+                let (mut rest, mut at) = (r, gm.b_off);
+                for (d, &e) in gm.k_dims.iter().enumerate().rev() {
+                    at += (rest % e) as i64 * gm.b_k[d];
+                    rest /= e;
+                }
+                at
+            })
+            .collect();
+        // Batch dims along which B varies get a block of panels per element, the others share.
+        let bdims: Vec<usize> = (0..gm.batch.len()).filter(|&d| gm.b_batch[d] != 0).collect();
+        let nbatch: usize = bdims.iter().map(|&d| gm.batch[d]).product();
+        let block = np * kk * nr;
+        let mut packed = vec![0u8; nbatch * block * 4];
+        {
+            use rayon::prelude::*;
+            packed.par_chunks_mut(kk * nr * 4).enumerate().for_each(|(q, panel)| {
+                let (mut bi, pj) = (q / np, q % np);
+                let mut boff = 0i64;
+                for &d in bdims.iter().rev() {
+                    boff += (bi % gm.batch[d]) as i64 * gm.b_batch[d];
+                    bi /= gm.batch[d];
+                }
+                let rows: Vec<i64> = rows.iter().map(|&r| r + boff).collect();
+                let cols = nr.min(n - pj * nr);
+                if gm.b_n == 1 {
+                    // B contiguous along N (a MatMul's weights): a row of the panel is one
+                    // run of the source.
+                    for (r, &at) in rows.iter().enumerate() {
+                        let s = (at + (pj * nr) as i64) as usize * 4;
+                        panel[r * nr * 4..(r * nr + cols) * 4].copy_from_slice(&src[s..s + cols * 4]);
+                    }
+                    return;
+                }
+                for jj in 0..cols {
+                    let col = (pj * nr + jj) as i64 * gm.b_n;
+                    for (r, &at) in rows.iter().enumerate() {
+                        let s = (at + col) as usize * 4;
+                        let d = (r * nr + jj) * 4;
+                        panel[d..d + 4].copy_from_slice(&src[s..s + 4]);
+                    }
+                }
+            });
+        }
+        let bytes = packed.len();
+        let tensor = Tensor::from_bytes(kiln_ir::TensorType::new(DType::F32, vec![nbatch * np, kk, nr]), packed.into())
+            .expect("sized for the shape");
+        let uses = p.instrs.iter().filter(|ins| ins.reads_writes().0.contains(&bid)).count();
+        let name = format!("{}.panels{nr}", p.buffer(bid).name);
+        let new_id = if uses == 1 {
+            let buf = &mut p.buffers[bid.0 as usize];
+            buf.kind = BufferKind::Constant(tensor);
+            buf.bytes = bytes;
+            buf.name = name;
+            bid
+        } else {
+            p.add_buffer(BufferKind::Constant(tensor), bytes, name)
+        };
+        let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+        let dn = k.n_par - 1;
+        let mut extents = k.domain[..dn].to_vec();
+        extents.extend([np, kk, nr]);
+        let mut strides = vec![0i64; dn];
+        let mut bstride = block as i64;
+        for &d in bdims.iter().rev() {
+            strides[d] = bstride;
+            bstride *= gm.batch[d] as i64;
+        }
+        strides.extend([(kk * nr) as i64, nr as i64, 1]);
+        k.inputs[gm.b] = View { buffer: new_id, dtype: DType::F32, offset: 0, extents, strides };
+        let b_op = gm.b;
+        let index = prepacked_index(dn, &k.domain[k.n_par..], nr);
+        k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
+            Expr::Load { operand, .. } if operand == b_op => Expr::Load { operand, index: index.clone(), pad: None },
+            e => e,
+        });
+        changed += 1;
+    }
+    changed
+}
