@@ -93,11 +93,38 @@ fn plan_in_place(p: &mut Program) -> usize {
     count
 }
 
+/// Places buffers `(id, size, first, last)` in the given order, each at the best-fitting gap
+/// among the already placed buffers whose lifetimes overlap its own: the arena size and
+/// every offset.
+fn place(order: &[(BufferId, u64, usize, usize)]) -> (u64, Vec<(BufferId, u64)>) {
+    let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
+    let mut offsets = Vec::with_capacity(order.len());
+    let mut arena = 0u64;
+    for &(b, sz, s, e) in order {
+        let mut busy: Vec<(u64, u64)> =
+            placed.iter().filter(|p| p.2 <= e && s <= p.3).map(|p| (p.0, p.0 + p.1)).collect();
+        busy.sort();
+        let (mut best, mut best_gap, mut at) = (None, u64::MAX, 0u64);
+        for &(lo, hi) in &busy {
+            if lo >= at && lo - at >= sz && lo - at < best_gap {
+                best = Some(at);
+                best_gap = lo - at;
+            }
+            at = at.max(hi);
+        }
+        let off = best.unwrap_or(at);
+        placed.push((off, sz, s, e));
+        offsets.push((b, off));
+        arena = arena.max(off + sz);
+    }
+    (arena, offsets)
+}
+
 /// Plans the arena: sets every activation buffer's offset and the program's arena size.
 pub fn plan(p: &mut Program) -> MemoryReport {
     let in_place = plan_in_place(p);
     let live = intervals(p);
-    let mut acts: Vec<(BufferId, u64, usize, usize)> = live
+    let acts: Vec<(BufferId, u64, usize, usize)> = live
         .iter()
         .filter(|(b, _)| is_activation(p, **b))
         .map(|(&b, &(s, e))| (b, align(p.buffer(b).bytes as u64), s, e))
@@ -113,26 +140,30 @@ pub fn plan(p: &mut Program) -> MemoryReport {
         cur += d;
         lower = lower.max(cur);
     }
-    // Greedy by size, best fit among the gaps left by overlapping placed buffers.
-    acts.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
-    let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
-    let mut arena = 0u64;
-    for &(b, sz, s, e) in &acts {
-        let mut busy: Vec<(u64, u64)> =
-            placed.iter().filter(|p| p.2 <= e && s <= p.3).map(|p| (p.0, p.0 + p.1)).collect();
-        busy.sort();
-        let (mut best, mut best_gap, mut at) = (None, u64::MAX, 0u64);
-        for &(lo, hi) in &busy {
-            if lo >= at && lo - at >= sz && lo - at < best_gap {
-                best = Some(at);
-                best_gap = lo - at;
-            }
-            at = at.max(hi);
+    // Greedy best fit among the gaps left by overlapping placed buffers, in several orders
+    // (largest first; longest-lived first; largest size × lifetime first; in order of first
+    // use; in order of last use); the smallest arena wins (ties: the first order). The short-
+    // lived large temporaries of a Winograd convolution left ResNet-50 at 1.08 × the lower
+    // bound with largest-first alone, and at 1.0 with first use.
+    let orders: [fn(&(BufferId, u64, usize, usize)) -> (u64, u64); 5] = [
+        |a| (a.1, 0),
+        |a| ((a.3 - a.2) as u64, a.1),
+        |a| (a.1 * (a.3 - a.2 + 1) as u64, a.1),
+        |a| (u64::MAX - a.2 as u64, a.1),
+        |a| (a.3 as u64, a.1),
+    ];
+    let mut best: Option<(u64, Vec<(BufferId, u64)>)> = None;
+    for key in orders {
+        let mut order = acts.clone();
+        order.sort_by(|a, b| key(b).cmp(&key(a)).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+        let (arena, offsets) = place(&order);
+        if best.as_ref().is_none_or(|b| arena < b.0) {
+            best = Some((arena, offsets));
         }
-        let off = best.unwrap_or(at);
-        placed.push((off, sz, s, e));
+    }
+    let (arena, offsets) = best.unwrap_or_default();
+    for (b, off) in offsets {
         p.buffers[b.0 as usize].offset = Some(off);
-        arena = arena.max(off + sz);
     }
     // Activations never touched (empty tensors) still need an offset.
     for buf in &mut p.buffers {
