@@ -65,6 +65,7 @@ impl Lowerer<'_> {
             || window.strides != [1, 1]
             || window.dilations != [1, 1]
             || x.dtype != DType::F32
+            || w.dtype != DType::F32
             || out.dtype != DType::F32
             || c < 16
             || co < 16
@@ -78,26 +79,34 @@ impl Lowerer<'_> {
             BufferKind::Constant(t)
                 if w.offset == 0 && w.strides == View::dense(w.buffer, w.dtype, &w.extents).strides =>
             {
-                t.to_f64_vec()
+                t.data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                    .collect::<Vec<f64>>()
             }
             _ => return false,
         };
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
 
-        // U[i][j][c][co] = Σ_ab G[i][a] g[co][c][a][b] G[j][b].
+        // U[i][j][c][co] = Σ_ab G[i][a] g[co][c][a][b] G[j][b], as (G g) Gᵀ in f64, written
+        // plane by plane with the output channel contiguous.
+        // Blocks of 64 output channels: 64 filters read in step, 16 planes written in runs.
         let mut u = vec![0f32; 16 * c * co];
-        for o in 0..co {
+        for ob in (0..co).step_by(64) {
             for ci in 0..c {
-                let f = &g[(o * c + ci) * 9..(o * c + ci) * 9 + 9];
-                for (i, gi) in G.iter().enumerate() {
-                    for (j, gj) in G.iter().enumerate() {
-                        let mut s = 0.0;
-                        for a in 0..3 {
-                            for b in 0..3 {
-                                s += gi[a] * f[a * 3 + b] * gj[b];
-                            }
+                for o in ob..(ob + 64).min(co) {
+                    let f = &g[(o * c + ci) * 9..(o * c + ci) * 9 + 9];
+                    let mut gf = [[0f64; 3]; 4];
+                    for (i, gi) in G.iter().enumerate() {
+                        for bcol in 0..3 {
+                            gf[i][bcol] = gi[0] * f[bcol] + gi[1] * f[3 + bcol] + gi[2] * f[6 + bcol];
                         }
-                        u[((i * 4 + j) * c + ci) * co + o] = s as f32;
+                    }
+                    for (i, row) in gf.iter().enumerate() {
+                        for (j, gj) in G.iter().enumerate() {
+                            let v = row[0] * gj[0] + row[1] * gj[1] + row[2] * gj[2];
+                            u[((i * 4 + j) * c + ci) * co + o] = v as f32;
+                        }
                     }
                 }
             }
