@@ -79,10 +79,7 @@ impl Lowerer<'_> {
             BufferKind::Constant(t)
                 if w.offset == 0 && w.strides == View::dense(w.buffer, w.dtype, &w.extents).strides =>
             {
-                t.data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-                    .collect::<Vec<f64>>()
+                t.data.clone()
             }
             _ => return false,
         };
@@ -95,7 +92,11 @@ impl Lowerer<'_> {
         for ob in (0..co).step_by(64) {
             for ci in 0..c {
                 for o in ob..(ob + 64).min(co) {
-                    let f = &g[(o * c + ci) * 9..(o * c + ci) * 9 + 9];
+                    let at = (o * c + ci) * 36;
+                    let f: [f64; 9] = std::array::from_fn(|k| {
+                        let b = &g[at + 4 * k..at + 4 * k + 4];
+                        f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
+                    });
                     let mut gf = [[0f64; 3]; 4];
                     for (i, gi) in G.iter().enumerate() {
                         for bcol in 0..3 {
