@@ -93,10 +93,13 @@ fn plan_in_place(p: &mut Program) -> usize {
     count
 }
 
-/// Places buffers `(id, size, first, last)` in the given order, each at the best-fitting gap
+/// A buffer to place: `(id, size, first instruction, last instruction)`.
+type Interval = (BufferId, u64, usize, usize);
+
+/// Places buffers in the given order, each at the best-fitting gap
 /// among the already placed buffers whose lifetimes overlap its own: the arena size and
 /// every offset.
-fn place(order: &[(BufferId, u64, usize, usize)]) -> (u64, Vec<(BufferId, u64)>) {
+fn place(order: &[Interval]) -> (u64, Vec<(BufferId, u64)>) {
     let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
     let mut offsets = Vec::with_capacity(order.len());
     let mut arena = 0u64;
@@ -124,7 +127,7 @@ fn place(order: &[(BufferId, u64, usize, usize)]) -> (u64, Vec<(BufferId, u64)>)
 pub fn plan(p: &mut Program) -> MemoryReport {
     let in_place = plan_in_place(p);
     let live = intervals(p);
-    let acts: Vec<(BufferId, u64, usize, usize)> = live
+    let acts: Vec<Interval> = live
         .iter()
         .filter(|(b, _)| is_activation(p, **b))
         .map(|(&b, &(s, e))| (b, align(p.buffer(b).bytes as u64), s, e))
@@ -145,7 +148,7 @@ pub fn plan(p: &mut Program) -> MemoryReport {
     // use; in order of last use); the smallest arena wins (ties: the first order). The short-
     // lived large temporaries of a Winograd convolution left ResNet-50 at 1.08 × the lower
     // bound with largest-first alone, and at 1.0 with first use.
-    let orders: [fn(&(BufferId, u64, usize, usize)) -> (u64, u64); 5] = [
+    let orders: [fn(&Interval) -> (u64, u64); 5] = [
         |a| (a.1, 0),
         |a| ((a.3 - a.2) as u64, a.1),
         |a| (a.1 * (a.3 - a.2 + 1) as u64, a.1),
