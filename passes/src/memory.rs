@@ -96,6 +96,9 @@ fn plan_in_place(p: &mut Program) -> usize {
 /// A buffer to place: `(id, size, first instruction, last instruction)`.
 type Interval = (BufferId, u64, usize, usize);
 
+/// A placement order: buffers with the larger key go first.
+type OrderKey = fn(&Interval) -> (u64, u64);
+
 /// Places buffers in the given order, each at the best-fitting gap
 /// among the already placed buffers whose lifetimes overlap its own: the arena size and
 /// every offset.
@@ -148,7 +151,7 @@ pub fn plan(p: &mut Program) -> MemoryReport {
     // use; in order of last use); the smallest arena wins (ties: the first order). The short-
     // lived large temporaries of a Winograd convolution left ResNet-50 at 1.08 × the lower
     // bound with largest-first alone, and at 1.0 with first use.
-    let orders: [fn(&Interval) -> (u64, u64); 5] = [
+    let orders: [OrderKey; 5] = [
         |a| (a.1, 0),
         |a| ((a.3 - a.2) as u64, a.1),
         |a| (a.1 * (a.3 - a.2 + 1) as u64, a.1),
