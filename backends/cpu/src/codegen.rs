@@ -206,6 +206,27 @@ impl<'ctx> Gen<'ctx> {
     }
 }
 
+/// The mixed-radix number `vars` (digits in `dims`, innermost last) plus one: each digit
+/// that reaches its extent wraps to 0 and carries (selects, no division); the outermost one
+/// does not wrap.
+pub(crate) fn increment<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], dims: &[usize]) -> R<Vec<IntValue<'ctx>>> {
+    let b = &g.b;
+    let mut next = vars.to_vec();
+    let mut carry = g.cx.bool_type().const_int(1, false);
+    for d in (0..vars.len()).rev() {
+        let inc = b.build_int_z_extend(carry, g.cx.i64_type(), "inc").map_err(llvm_err)?;
+        let v = b.build_int_nsw_add(vars[d], inc, "v1").map_err(llvm_err)?;
+        next[d] = if d == 0 {
+            v
+        } else {
+            let e = g.i64(dims[d] as i64);
+            carry = b.build_int_compare(inkwell::IntPredicate::EQ, v, e, "wrap").map_err(llvm_err)?;
+            b.build_select(carry, g.i64(0), v, "v2").map_err(llvm_err)?.into_int_value()
+        };
+    }
+    Ok(next)
+}
+
 /// Loops over `domain[dim..]` (the reduction dims), calling `leaf` innermost with `vars`
 /// completed by the loop variables.
 pub(crate) fn reduce_loops<'ctx>(
@@ -539,18 +560,9 @@ fn gen_body<'ctx>(
         task()?;
         if stepped {
             // The next task's variables: the innermost outer one plus one, carried outwards.
-            let mut carry = g.cx.bool_type().const_int(1, false);
-            for d in (0..np - 1).rev() {
-                let inc = b.build_int_z_extend(carry, g.cx.i64_type(), "inc").map_err(llvm_err)?;
-                let v = b.build_int_nsw_add(vars[d], inc, "v1").map_err(llvm_err)?;
-                let v = if d == 0 {
-                    v
-                } else {
-                    let e = g.i64(k.domain[d] as i64);
-                    carry = b.build_int_compare(inkwell::IntPredicate::EQ, v, e, "wrap").map_err(llvm_err)?;
-                    b.build_select(carry, g.i64(0), v, "v2").map_err(llvm_err)?.into_int_value()
-                };
-                b.build_store(var_slots[d], v).map_err(llvm_err)?;
+            let next = increment(g, &vars[..np - 1], &k.domain[..np - 1])?;
+            for (slot, v) in var_slots.iter().zip(next) {
+                b.build_store(*slot, v).map_err(llvm_err)?;
             }
         }
         Ok(())

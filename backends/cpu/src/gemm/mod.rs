@@ -512,20 +512,7 @@ fn step_rows<'ctx>(g: &Gen<'ctx>, i0: IntValue<'ctx>, r: usize, dims: &[usize]) 
     let mut cur = unravel(g, i0, dims)?;
     for i in 0..r {
         if i > 0 {
-            let mut next = cur.clone();
-            let mut carry = g.cx.bool_type().const_int(1, false);
-            for d in (0..dims.len()).rev() {
-                let inc = g.b.build_int_z_extend(carry, g.cx.i64_type(), "inc").map_err(llvm_err)?;
-                let v = add(g, cur[d], inc)?;
-                next[d] = if d == 0 {
-                    v
-                } else {
-                    carry =
-                        g.b.build_int_compare(IntPredicate::EQ, v, g.i64(dims[d] as i64), "wrap").map_err(llvm_err)?;
-                    g.b.build_select(carry, g.i64(0), v, "mv").map_err(llvm_err)?.into_int_value()
-                };
-            }
-            cur = next;
+            cur = crate::codegen::increment(g, &cur, dims)?;
         }
         rows.push(cur.clone());
     }
