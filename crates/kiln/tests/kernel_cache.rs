@@ -1,5 +1,5 @@
 //! The kernel cache: a second compilation takes every kernel from it and gives the same
-//! artifact; a damaged entry is compiled again, never linked.
+//! artifact; a damaged entry is compiled again, never linked. And saving an artifact.
 
 use kiln::ir::op::{UnaryOp, Window};
 use kiln::ir::{DType, Graph, Op, Tensor, TensorType};
@@ -47,4 +47,32 @@ fn second_compile_hits_the_cache_and_damage_is_recompiled() {
     // Without a cache: still the same artifact.
     let off = Compiler::new(CompileOptions { kernel_cache: KernelCache::disabled(), ..Default::default() });
     assert_eq!(first, off.compile_graph(model()).unwrap().bytes());
+}
+
+/// `Artifact::save` writes the file whole (through a temporary file renamed into place, none
+/// left behind), replacing an existing one, and the saved file loads and runs.
+#[test]
+fn saved_artifact_replaces_the_old_file_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.kiln");
+    std::fs::write(&path, b"an older, longer file that must be replaced entirely").unwrap();
+    let opts = CompileOptions { kernel_cache: KernelCache::disabled(), ..Default::default() };
+    let art = Compiler::new(opts).compile_graph(model()).unwrap();
+    art.save(&path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), art.bytes());
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("model.kiln")], "no temporary file should remain");
+    let s = kiln::Session::load(&path).unwrap();
+    let x = vec![0.5f32; 8 * 10 * 10];
+    let out = s.run(&[kiln::TensorRef::f32(&[1, 8, 10, 10], &x)]).unwrap();
+    // Every output is relu(Σ over the 3×3×8 taps inside the image of 0.5·w): at an interior
+    // pixel all 72 weights of an output channel count.
+    let y = out[0].to_f32().unwrap();
+    let w = |o: usize| (0..72).map(|i| ((o * 72 + i) % 7) as f32 - 3.0).sum::<f32>() * 0.5;
+    let interior = |o: usize| y[o * 100 + 5 * 10 + 5];
+    for o in 0..16 {
+        assert!((interior(o) - w(o).max(0.0)).abs() < 1e-4, "channel {o}: {} vs {}", interior(o), w(o).max(0.0));
+    }
+    // Saving into a folder that does not exist is an error, not a panic.
+    assert!(art.save(dir.path().join("missing").join("m.kiln")).is_err());
 }
