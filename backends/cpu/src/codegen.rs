@@ -520,7 +520,8 @@ fn gen_body<'ctx>(
                 })
             };
             if vector_rows {
-                return crate::vector::gen_row(g, f, &k, &in_bases, out_base, &vars, (jlo, jhi), lanes, &mut scalar);
+                let row = crate::vector::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
+                return crate::vector::gen_row(&row, (jlo, jhi), lanes, &mut scalar);
             }
             let Some(red) = &k.reduction else { return scalar(jlo, jhi) };
             if outer_in_output {

@@ -25,7 +25,7 @@ use kiln_ir::{BinaryOp as B, DType, UnaryOp as U};
 
 use crate::codegen::{llvm_err, Gen, R};
 use crate::expr::Env;
-use crate::gemm::affine_expr;
+use crate::gemm::{affine_expr, affine_range};
 
 /// Vectors per block of a row: their accumulators (and loads) are independent, which hides
 /// the latency of the reduction's adds.
@@ -64,15 +64,7 @@ fn pad_uniform_along(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> bo
         if f[d] == 0 {
             return true;
         }
-        let (mut lo, mut hi) = (c, c);
-        for (dd, &fd) in f.iter().enumerate() {
-            let span = fd * (k.domain[dd] as i64 - 1);
-            if span < 0 {
-                lo += span;
-            } else {
-                hi += span;
-            }
-        }
+        let (lo, hi) = affine_range(c, &f, &k.domain);
         lo >= 0 && hi < ext as i64
     })
 }
@@ -306,21 +298,27 @@ pub(crate) fn entry_alloca<'ctx>(
     eb.build_alloca(ty, "slot").map_err(llvm_err)
 }
 
+/// One row of a kernel body being emitted: the kernel, its function, its operands' base
+/// pointers and its output's, and the outer point `vars` of the row.
+pub(crate) struct Row<'a, 'ctx> {
+    pub g: &'a Gen<'ctx>,
+    pub f: FunctionValue<'ctx>,
+    pub k: &'a Kernel,
+    pub bases: &'a [PointerValue<'ctx>],
+    pub out_base: PointerValue<'ctx>,
+    pub vars: &'a [IntValue<'ctx>],
+}
+
 /// Emits one row of a kernel that passes [`row_ok`]: the lanes `jlo..jhi` of the innermost
-/// parallel dim at the outer point `vars`, in blocks of [`BLOCK`] vectors of `lanes`, then
-/// single vectors, then half vectors; `tail(j, jhi)` emits the scalar path for the rest.
-#[allow(clippy::too_many_arguments)]
+/// parallel dim, in blocks of [`BLOCK`] vectors of `lanes`, then single vectors, then half
+/// vectors; `tail(j, jhi)` emits the scalar path for the rest.
 pub(crate) fn gen_row<'ctx>(
-    g: &Gen<'ctx>,
-    f: FunctionValue<'ctx>,
-    k: &Kernel,
-    bases: &[PointerValue<'ctx>],
-    out_base: PointerValue<'ctx>,
-    vars: &[IntValue<'ctx>],
+    row: &Row<'_, 'ctx>,
     (jlo, jhi): (IntValue<'ctx>, IntValue<'ctx>),
     lanes: usize,
     tail: &mut dyn FnMut(IntValue<'ctx>, IntValue<'ctx>) -> R<()>,
 ) -> R<()> {
+    let (g, f) = (row.g, row.f);
     let b = &g.b;
     let i64t = g.cx.i64_type();
     // The next lane to do, threaded through the block loops.
@@ -342,7 +340,7 @@ pub(crate) fn gen_row<'ctx>(
         let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
         b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
         b.position_at_end(body);
-        gen_block(g, f, k, bases, out_base, vars, j, n, g.cx.f32_type().vec_type(w as u32))?;
+        gen_block(row, j, n, g.cx.f32_type().vec_type(w as u32))?;
         b.build_store(jslot, end).map_err(llvm_err)?;
         b.build_unconditional_branch(header).map_err(llvm_err)?;
         b.position_at_end(exit);
@@ -353,18 +351,8 @@ pub(crate) fn gen_row<'ctx>(
 
 /// `n` vectors `vt` of the row from lane `j0`: the reduction (if any) accumulates in
 /// registers, then the finalizer, then one store per vector.
-#[allow(clippy::too_many_arguments)]
-fn gen_block<'ctx>(
-    g: &Gen<'ctx>,
-    f: FunctionValue<'ctx>,
-    k: &Kernel,
-    bases: &[PointerValue<'ctx>],
-    out_base: PointerValue<'ctx>,
-    vars: &[IntValue<'ctx>],
-    j0: IntValue<'ctx>,
-    n: usize,
-    vt: VectorType<'ctx>,
-) -> R<()> {
+fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: VectorType<'ctx>) -> R<()> {
+    let Row { g, f, k, bases, out_base, vars } = *row;
     let b = &g.b;
     let (np, d) = (k.n_par, k.n_par - 1);
     let w = vt.get_size() as i64;

@@ -1,0 +1,586 @@
+//! Code generation for the matched products: blocks, K slices, B panels, `MR×NR`
+//! register tiles and the epilogue (see the parent module's doc).
+
+use super::*;
+
+fn min<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    let lt = g.b.build_int_compare(IntPredicate::SLT, a, b, "lt").map_err(llvm_err)?;
+    Ok(g.b.build_select(lt, a, b, "min").map_err(llvm_err)?.into_int_value())
+}
+
+fn add<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    g.b.build_int_nsw_add(a, b, "add").map_err(llvm_err)
+}
+
+fn mul<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, c: i64) -> R<IntValue<'ctx>> {
+    match c {
+        0 => Ok(g.i64(0)),
+        1 => Ok(a),
+        c => g.b.build_int_nsw_mul(a, g.i64(c), "mul").map_err(llvm_err),
+    }
+}
+
+fn sub<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+    g.b.build_int_nsw_sub(a, b, "sub").map_err(llvm_err)
+}
+
+fn f32_ptr<'ctx>(g: &Gen<'ctx>, base: PointerValue<'ctx>, at: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+    g.elem_ptr(base, DType::F32, at)
+}
+
+/// `if cond { then() }`, leaving the builder after it.
+fn when<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, cond: IntValue<'ctx>, then: &mut dyn FnMut() -> R<()>) -> R<()> {
+    let yes = g.cx.append_basic_block(f, "then");
+    let done = g.cx.append_basic_block(f, "endif");
+    g.b.build_conditional_branch(cond, yes, done).map_err(llvm_err)?;
+    g.b.position_at_end(yes);
+    then()?;
+    g.b.build_unconditional_branch(done).map_err(llvm_err)?;
+    g.b.position_at_end(done);
+    Ok(())
+}
+
+/// `x` unravelled over `dims` (mixed radix, innermost last).
+fn unravel<'ctx>(g: &Gen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> R<Vec<IntValue<'ctx>>> {
+    let mut out = vec![g.i64(0); dims.len()];
+    let mut rest = x;
+    for d in (0..dims.len()).rev() {
+        if d == 0 {
+            out[d] = rest;
+        } else {
+            let e = g.i64(dims[d] as i64);
+            out[d] = g.b.build_int_signed_rem(rest, e, "ur").map_err(llvm_err)?;
+            rest = g.b.build_int_signed_div(rest, e, "uq").map_err(llvm_err)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The M variables of rows `i0 .. i0 + r`: the first unravelled, each next one the previous
+/// plus one with carries (a few selects instead of a division per M dim per row).
+fn step_rows<'ctx>(g: &Gen<'ctx>, i0: IntValue<'ctx>, r: usize, dims: &[usize]) -> R<Vec<Vec<IntValue<'ctx>>>> {
+    let mut rows = Vec::with_capacity(r);
+    let mut cur = unravel(g, i0, dims)?;
+    for i in 0..r {
+        if i > 0 {
+            cur = crate::codegen::increment(g, &cur, dims)?;
+        }
+        rows.push(cur.clone());
+    }
+    Ok(rows)
+}
+
+/// `Σ coef[i]·vars[i]`.
+fn dot<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> R<IntValue<'ctx>> {
+    let mut s = g.i64(0);
+    for (&v, &c) in vars.iter().zip(coef) {
+        if c != 0 {
+            s = add(g, s, mul(g, v, c)?)?;
+        }
+    }
+    Ok(s)
+}
+
+/// Emits the body of kernel function `f`, running tasks `start..end` of the blocked product.
+pub(crate) fn gen_gemm<'ctx>(
+    g: &Gen<'ctx>,
+    k: &Kernel,
+    p: &Gemm,
+    f: FunctionValue<'ctx>,
+    in_bases: &[PointerValue<'ctx>],
+    out_base: PointerValue<'ctx>,
+    (start, end): (IntValue<'ctx>, IntValue<'ctx>),
+) -> R<()> {
+    let cx = g.cx;
+    let bl = p.bl;
+    let (w, mr, nr) = (bl.w, bl.mr, bl.nr);
+    let nq = nr / w;
+    let f32t = cx.f32_type();
+    let vt = f32t.vec_type(w as u32);
+    // Stack buffers and accumulators (entry block, so that they become registers).
+    let panel = g.b.build_alloca(f32t.array_type((bl.kc * nr) as u32), "panel").map_err(llvm_err)?;
+    panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    let ctile = g.b.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
+    ctile.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    // What a row of A outside the padded input reads: one zero, stride 0.
+    // It reads a row of zeros as long as a K slice with A's own step when that row is short
+    // (a channels-last input: step 1), so that every row of a tile shares one step; else
+    // one zero with step 0.
+    let zlen = p.zero_row();
+    let zslot = g.b.build_alloca(f32t.array_type(zlen.max(1) as u32), "zero").map_err(llvm_err)?;
+    zslot.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    g.b.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
+    let accs: Vec<PointerValue> =
+        (0..mr * nq).map(|_| g.b.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
+    let fmuladd = Intrinsic::find("llvm.fmuladd")
+        .and_then(|i| i.get_declaration(&g.m, &[vt.into()]))
+        .ok_or_else(|| llvm_err("llvm.fmuladd"))?;
+    let (a_base, b_base) = (in_bases[p.a], in_bases[p.b]);
+    let env = Env { k, bases: in_bases };
+    let zero = vt.const_zero();
+    let splat = |x: BasicValueEnum<'ctx>| -> R<VectorValue<'ctx>> {
+        let v = g.b.build_insert_element(vt.get_poison(), x, g.i64(0), "ins").map_err(llvm_err)?;
+        let mask = cx.i32_type().vec_type(w as u32).const_zero();
+        g.b.build_shuffle_vector(v, vt.get_poison(), mask, "splat").map_err(llvm_err)
+    };
+
+    let (mb, nb) = (p.m_blocks() as i64, p.n_blocks() as i64);
+    let (mc, nc) = (p.mc() as i64, p.nc() as i64);
+    let (tps, kcl, kblocks) = p.slicing();
+    let (taps, k_in) = (p.taps(), p.k_in());
+    let n_slices = (taps.div_ceil(tps) * kblocks) as i64;
+    let nkd = p.k_dims.len();
+    let a_kin = p.a_k[nkd - 1];
+    let has_fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
+    let vector_fin = has_fin.filter(|fin| p.c_n == 1 && crate::vector::vexpr_ok(k, fin));
+
+    g.for_range(f, start, end, &mut |t| {
+        let b = &g.b;
+        let nbk = b.build_int_signed_rem(t, g.i64(nb), "nbk").map_err(llvm_err)?;
+        let rest = b.build_int_signed_div(t, g.i64(nb), "r").map_err(llvm_err)?;
+        let mbk = b.build_int_signed_rem(rest, g.i64(mb), "mbk").map_err(llvm_err)?;
+        let bl_ix = b.build_int_signed_div(rest, g.i64(mb), "bl").map_err(llvm_err)?;
+        // Batch variables, innermost last.
+        let bvars = if p.batch.is_empty() { vec![] } else { unravel(g, bl_ix, &p.batch)? };
+        let a0 = add(g, g.i64(p.a_off), dot(g, &bvars, &p.a_batch)?)?;
+        let b0 = add(g, g.i64(p.b_off), dot(g, &bvars, &p.b_batch)?)?;
+        let c0 = add(g, g.i64(k.output.offset), dot(g, &bvars, &p.c_batch)?)?;
+        let i_lo = mul(g, mbk, mc)?;
+        let i_hi = min(g, add(g, i_lo, g.i64(mc))?, g.i64(p.m as i64))?;
+        let j_lo = mul(g, nbk, nc)?;
+        let j_hi = min(g, add(g, j_lo, g.i64(nc))?, g.i64(p.n as i64))?;
+        let n_it =
+            g.b.build_int_signed_div(add(g, sub(g, i_hi, i_lo)?, g.i64(mr as i64 - 1))?, g.i64(mr as i64), "nit")
+                .map_err(llvm_err)?;
+        let n_jt =
+            g.b.build_int_signed_div(add(g, sub(g, j_hi, j_lo)?, g.i64(nr as i64 - 1))?, g.i64(nr as i64), "njt")
+                .map_err(llvm_err)?;
+
+        g.for_range(f, g.i64(0), g.i64(n_slices), &mut |s| {
+            let tg = g.b.build_int_signed_div(s, g.i64(kblocks as i64), "tg").map_err(llvm_err)?;
+            let kb = g.b.build_int_signed_rem(s, g.i64(kblocks as i64), "kb").map_err(llvm_err)?;
+            let tap_lo = mul(g, tg, tps as i64)?;
+            let tap_hi = min(g, add(g, tap_lo, g.i64(tps as i64))?, g.i64(taps as i64))?;
+            let ntap = sub(g, tap_hi, tap_lo)?;
+            let kc0 = mul(g, kb, kcl as i64)?;
+            let kcn = min(g, g.i64(kcl as i64), sub(g, g.i64(k_in as i64), kc0)?)?;
+            let first = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(0), "first").map_err(llvm_err)?;
+            let last = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
+            let ar = ARows { a_base, zslot, bvars: &bvars, tap_lo, kc0, a_kin };
+            // One NR-wide panel of B: where the micro-kernel reads it (packing it first if
+            // needed), and which columns of C it covers.
+            let panel_at = |jt: IntValue<'ctx>| -> R<Panel<'ctx>> {
+                let j0 = add(g, j_lo, mul(g, jt, nr as i64)?)?;
+                let jn = min(g, g.i64(nr as i64), sub(g, j_hi, j0)?)?;
+                let jfull = g.b.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
+                // &B[0, j0] of this batch element.
+                let b_at = add(g, b0, mul(g, j0, p.b_n)?)?;
+                // Panel rows: (tap − tap_lo)·kcn + kk.
+                let pack = |g: &Gen<'ctx>| -> R<()> {
+                    g.for_range(f, g.i64(0), ntap, &mut |tt| {
+                        let tv = unravel(g, add(g, tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
+                        let b_tap =
+                            add(g, add(g, b_at, dot(g, &tv, &p.b_k[..nkd - 1])?)?, mul(g, kc0, p.b_k[nkd - 1])?)?;
+                        let row0 = g.b.build_int_nsw_mul(tt, kcn, "row0").map_err(llvm_err)?;
+                        g.for_range(f, g.i64(0), kcn, &mut |kk| {
+                            let src = add(g, b_tap, mul(g, kk, p.b_k[nkd - 1])?)?;
+                            let dst = mul(g, add(g, row0, kk)?, nr as i64)?;
+                            g.for_range(f, g.i64(0), jn, &mut |jj| {
+                                let v = g.load_elem(b_base, DType::F32, add(g, src, mul(g, jj, p.b_n)?)?)?;
+                                g.store_elem(panel, DType::F32, add(g, dst, jj)?, v)
+                            })?;
+                            g.for_range(f, jn, g.i64(nr as i64), &mut |jj| {
+                                g.store_elem(panel, DType::F32, add(g, dst, jj)?, f32t.const_zero().into())
+                            })
+                        })
+                    })
+                };
+                let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
+                    // Flat K row tap_lo·K_in + kc0 of panel j0/NR.
+                    let row = add(g, mul(g, tap_lo, k_in as i64)?, kc0)?;
+                    (f32_ptr(g, b_base, add(g, b_at, mul(g, row, nr as i64)?)?)?, g.i64(nr as i64))
+                } else if p.bsrc == BSource::InPlace {
+                    // One K dim. Full-width panels are read in place; the last, narrower one
+                    // is packed.
+                    let narrow = g.b.build_not(jfull, "narrow").map_err(llvm_err)?;
+                    when(g, f, narrow, &mut || pack(g))?;
+                    let direct_ptr = f32_ptr(g, b_base, add(g, b_at, mul(g, kc0, p.b_k[0])?)?)?;
+                    let bp = g.b.build_select(jfull, direct_ptr, panel, "bp").map_err(llvm_err)?.into_pointer_value();
+                    let bs =
+                        g.b.build_select(jfull, g.i64(p.b_k[0]), g.i64(nr as i64), "bs")
+                            .map_err(llvm_err)?
+                            .into_int_value();
+                    (bp, bs)
+                } else {
+                    pack(g)?;
+                    (panel, g.i64(nr as i64))
+                };
+                let c_full = if p.c_n == 1 { jfull } else { cx.bool_type().const_zero() };
+                Ok(Panel { j0, jn, bptr, bstride, c_full })
+            };
+            let tile_at = |it: IntValue<'ctx>, pn: &Panel<'ctx>| -> R<()> {
+                let Panel { j0, jn, bptr, bstride, c_full } = *pn;
+                let i0 = add(g, i_lo, mul(g, it, mr as i64)?)?;
+                let rows = min(g, g.i64(mr as i64), sub(g, i_hi, i0)?)?;
+                let merge = cx.append_basic_block(f, "tile_done");
+                // Blocks are whole multiples of MR rows but the last: only MR and M % MR
+                // rows occur, so only those micro-kernels are emitted.
+                let heights: Vec<usize> = [mr, p.m % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
+                let blocks: Vec<_> = heights.iter().map(|_| cx.append_basic_block(f, "tile")).collect();
+                let cases: Vec<_> = heights.iter().zip(&blocks).map(|(&r, &bb)| (g.i64(r as i64), bb)).collect();
+                g.b.build_switch(rows, merge, &cases).map_err(llvm_err)?;
+                for (&r, &bb) in heights.iter().zip(&blocks) {
+                    g.b.position_at_end(bb);
+                    micro_tile(
+                        g,
+                        f,
+                        p,
+                        r,
+                        &Tile {
+                            ar,
+                            vt,
+                            zero,
+                            accs: &accs,
+                            ctile,
+                            fmuladd,
+                            a0,
+                            i0,
+                            ntap,
+                            kcn,
+                            bptr,
+                            bstride,
+                            out_base,
+                            c0: add(g, c0, mul(g, j0, p.c_n)?)?,
+                            jn,
+                            c_full,
+                            first,
+                            vfin: vector_fin.map(|fin| VFin { k, fin, bases: in_bases, last, j0 }),
+                        },
+                        &splat,
+                    )?;
+                    g.b.build_unconditional_branch(merge).map_err(llvm_err)?;
+                }
+                g.b.position_at_end(merge);
+                if let Some(fin) = has_fin {
+                    // Full tiles took the finalizer in registers when it vectorizes.
+                    let cond = match vector_fin {
+                        Some(_) => {
+                            let edge = g.b.build_not(c_full, "edge").map_err(llvm_err)?;
+                            g.b.build_and(last, edge, "fin_here").map_err(llvm_err)?
+                        }
+                        None => last,
+                    };
+                    when(g, f, cond, &mut || {
+                        g.for_range(f, g.i64(0), rows, &mut |i| {
+                            let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
+                            let c_row = add(g, add(g, c0, dot(g, &mv, &p.c_m)?)?, mul(g, j0, p.c_n)?)?;
+                            g.for_range(f, g.i64(0), jn, &mut |j| {
+                                let col = add(g, j0, j)?;
+                                let mut vs = bvars.clone();
+                                vs.extend(mv.iter().copied());
+                                vs.push(col);
+                                vs.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
+                                let at = add(g, c_row, mul(g, j, p.c_n)?)?;
+                                let cur = g.load_elem(out_base, DType::F32, at)?;
+                                let v = env.gen(g, fin, &vs, Some(cur))?;
+                                g.store_elem(out_base, DType::F32, at, v)
+                            })
+                        })
+                    })?;
+                }
+                Ok(())
+            };
+            // A panel of B (packed, or prepacked) is reused by every row tile of the block.
+            // (Row tiles outermost, panels streaming past a tile of A held in L1, measured
+            // the same or slower on this host.)
+            g.for_range(f, g.i64(0), n_jt, &mut |jt| {
+                let pn = panel_at(jt)?;
+                g.for_range(f, g.i64(0), n_it, &mut |it| tile_at(it, &pn))
+            })
+        })
+    })?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Panel<'ctx> {
+    j0: IntValue<'ctx>,
+    jn: IntValue<'ctx>,
+    bptr: PointerValue<'ctx>,
+    bstride: IntValue<'ctx>,
+    c_full: IntValue<'ctx>,
+}
+
+/// Where the rows of A of a slice are read from.
+#[derive(Clone, Copy)]
+struct ARows<'a, 'ctx> {
+    a_base: PointerValue<'ctx>,
+    /// The zero row that rows outside a padded input read.
+    zslot: PointerValue<'ctx>,
+    bvars: &'a [IntValue<'ctx>],
+    tap_lo: IntValue<'ctx>,
+    kc0: IntValue<'ctx>,
+    a_kin: i64,
+}
+
+struct Tile<'a, 'ctx> {
+    ar: ARows<'a, 'ctx>,
+    vt: VectorType<'ctx>,
+    zero: VectorValue<'ctx>,
+    accs: &'a [PointerValue<'ctx>],
+    ctile: PointerValue<'ctx>,
+    fmuladd: FunctionValue<'ctx>,
+    /// Element index of A at this batch element (rows, taps and K are added here).
+    a0: IntValue<'ctx>,
+    i0: IntValue<'ctx>,
+    ntap: IntValue<'ctx>,
+    kcn: IntValue<'ctx>,
+    bptr: PointerValue<'ctx>,
+    bstride: IntValue<'ctx>,
+    out_base: PointerValue<'ctx>,
+    /// Element index of C at this batch element and column `j0` (rows are added here).
+    c0: IntValue<'ctx>,
+    jn: IntValue<'ctx>,
+    /// The tile is NR wide in C and C is contiguous along N: vector loads/stores of C.
+    c_full: IntValue<'ctx>,
+    first: IntValue<'ctx>,
+    /// The finalizer, applied to full tiles in registers after the last slice ([`crate::vector::vgen`]).
+    vfin: Option<VFin<'a, 'ctx>>,
+}
+
+#[derive(Clone, Copy)]
+struct VFin<'a, 'ctx> {
+    k: &'a Kernel,
+    fin: &'a Expr,
+    bases: &'a [PointerValue<'ctx>],
+    last: IntValue<'ctx>,
+    j0: IntValue<'ctx>,
+}
+
+/// Each row's A pointer and step along the inner K dim for tap `tap_lo + tt` of the slice
+/// (a row outside the padded input reads the zero row).
+fn a_row_ptrs<'ctx>(
+    g: &Gen<'ctx>,
+    p: &Gemm,
+    t: &ARows<'_, 'ctx>,
+    mvs: &[Vec<IntValue<'ctx>>],
+    a_rows: &[IntValue<'ctx>],
+    tt: IntValue<'ctx>,
+) -> R<Vec<(PointerValue<'ctx>, IntValue<'ctx>)>> {
+    let nkd = p.k_dims.len();
+    let tv = unravel(g, add(g, t.tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
+    let a_tap = add(g, dot(g, &tv, &p.a_k[..nkd - 1])?, mul(g, t.kc0, t.a_kin)?)?;
+    let mut rows = Vec::with_capacity(a_rows.len());
+    for (i, &a_row) in a_rows.iter().enumerate() {
+        let ptr = f32_ptr(g, t.a_base, add(g, a_row, a_tap)?)?;
+        if p.a_checks.is_empty() {
+            rows.push((ptr, g.i64(t.a_kin)));
+            continue;
+        }
+        let mut all = g.cx.bool_type().const_all_ones();
+        for c in &p.a_checks {
+            let nb = t.bvars.len();
+            let ms = nb + p.m_dims.len();
+            let mut v = g.i64(c.c);
+            v = add(g, v, dot(g, t.bvars, &c.coef[..nb])?)?;
+            v = add(g, v, dot(g, &mvs[i], &c.coef[nb..ms])?)?;
+            let ko = ms + 1;
+            v = add(g, v, dot(g, &tv, &c.coef[ko..ko + nkd - 1])?)?;
+            let ok = g.b.build_int_compare(IntPredicate::ULT, v, g.i64(c.ext), "inb").map_err(llvm_err)?;
+            all = g.b.build_and(all, ok, "valid").map_err(llvm_err)?;
+        }
+        let ptr = g.b.build_select(all, ptr, t.zslot, "arow").map_err(llvm_err)?.into_pointer_value();
+        let step = if p.zero_row() > 0 {
+            g.i64(t.a_kin)
+        } else {
+            g.b.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value()
+        };
+        rows.push((ptr, step));
+    }
+    Ok(rows)
+}
+
+/// One `r×NR` tile: C[i0.., j0..] (+)= A[i0.., slice] · panel.
+fn micro_tile<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    r: usize,
+    t: &Tile<'_, 'ctx>,
+    splat: &dyn Fn(BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>>,
+) -> R<()> {
+    let (w, nr) = (p.bl.w, p.bl.nr);
+    let nq = nr / w;
+    let acc = |i: usize, q: usize| t.accs[i * nq + q];
+    // The M variables of each row, and where the row starts in A and C.
+    let mvs = step_rows(g, t.i0, r, &p.m_dims)?;
+    let c_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.c0, dot(g, mv, &p.c_m)?)).collect::<R<_>>()?;
+    let a_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.a0, dot(g, mv, &p.a_m)?)).collect::<R<_>>()?;
+    // Initial accumulators: zero on the first K slice, else the partial sums in C.
+    for i in 0..r {
+        for q in 0..nq {
+            g.b.build_store(acc(i, q), t.zero).map_err(llvm_err)?;
+        }
+    }
+    let not_first = g.b.build_not(t.first, "nf").map_err(llvm_err)?;
+    let full_reload = g.b.build_and(not_first, t.c_full, "fr").map_err(llvm_err)?;
+    when(g, f, full_reload, &mut || {
+        for (i, &ci) in c_rows.iter().enumerate() {
+            for q in 0..nq {
+                let pc = f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?;
+                g.b.build_store(acc(i, q), vload(g, t.vt, pc)?).map_err(llvm_err)?;
+            }
+        }
+        Ok(())
+    })?;
+    let not_full = g.b.build_not(t.c_full, "nfull").map_err(llvm_err)?;
+    let edge_reload = g.b.build_and(not_first, not_full, "er").map_err(llvm_err)?;
+    when(g, f, edge_reload, &mut || {
+        for (i, &ci) in c_rows.iter().enumerate() {
+            for q in 0..nq {
+                vstore(g, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?, t.zero)?;
+            }
+            g.for_range(f, g.i64(0), t.jn, &mut |j| {
+                let v = g.load_elem(t.out_base, DType::F32, add(g, ci, mul(g, j, p.c_n)?)?)?;
+                g.store_elem(t.ctile, DType::F32, add(g, g.i64((i * nr) as i64), j)?, v)
+            })?;
+            for q in 0..nq {
+                let v = vload(g, t.vt, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?)?;
+                g.b.build_store(acc(i, q), v).map_err(llvm_err)?;
+            }
+        }
+        Ok(())
+    })?;
+    // Short tiles (few rows: M = 1, edges) keep `sets` independent accumulator sets, over
+    // interleaved k, so that the FMA latency is hidden without MR rows of work.
+    let sets = (p.bl.mr / r).min(4);
+    let acc_s = |s: usize, i: usize, q: usize| t.accs[(s * r + i) * nq + q];
+    for s in 1..sets {
+        for i in 0..r {
+            for q in 0..nq {
+                g.b.build_store(acc_s(s, i, q), t.zero).map_err(llvm_err)?;
+            }
+        }
+    }
+    // The K loop over `len` steps from panel row `row0`, A's rows given as (pointer, step).
+    let k_loop = |rows: &[(PointerValue<'ctx>, IntValue<'ctx>)], row0: IntValue<'ctx>, len: IntValue<'ctx>| -> R<()> {
+        let step = |kk: IntValue<'ctx>, s: usize| -> R<()> {
+            let boff = g.b.build_int_nsw_mul(add(g, row0, kk)?, t.bstride, "bo").map_err(llvm_err)?;
+            let bv: Vec<VectorValue> = (0..nq)
+                .map(|q| vload(g, t.vt, f32_ptr(g, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
+                .collect::<R<_>>()?;
+            for (i, &(ap, astep)) in rows.iter().enumerate() {
+                let ak = g.b.build_int_nsw_mul(kk, astep, "ak").map_err(llvm_err)?;
+                let a = g.load_elem(ap, DType::F32, ak)?;
+                let av = splat(a)?;
+                for (q, &bq) in bv.iter().enumerate() {
+                    let cur = g.b.build_load(t.vt, acc_s(s, i, q), "a").map_err(llvm_err)?;
+                    let nv =
+                        g.b.build_call(t.fmuladd, &[av.into(), bq.into(), cur.into()], "fma")
+                            .map_err(llvm_err)?
+                            .try_as_basic_value()
+                            .basic()
+                            .ok_or_else(|| llvm_err("fmuladd returned void"))?;
+                    g.b.build_store(acc_s(s, i, q), nv).map_err(llvm_err)?;
+                }
+            }
+            Ok(())
+        };
+        // Full-height tiles: the loop unrolled by `UNROLL` (fewer loop instructions between the
+        // FMAs); short tiles interleave accumulator sets instead.
+        if sets == 1 {
+            let u = UNROLL;
+            let whole = g.b.build_int_signed_div(len, g.i64(u as i64), "ku").map_err(llvm_err)?;
+            g.for_range(f, g.i64(0), whole, &mut |kq| {
+                let k0 = mul(g, kq, u as i64)?;
+                for s in 0..u {
+                    step(add(g, k0, g.i64(s as i64))?, 0)?;
+                }
+                Ok(())
+            })?;
+            return g.for_range(f, mul(g, whole, u as i64)?, len, &mut |kk| step(kk, 0));
+        }
+        let whole = g.b.build_int_signed_div(len, g.i64(sets as i64), "kq").map_err(llvm_err)?;
+        g.for_range(f, g.i64(0), whole, &mut |kq| {
+            let k0 = mul(g, kq, sets as i64)?;
+            for s in 0..sets {
+                step(add(g, k0, g.i64(s as i64))?, s)?;
+            }
+            Ok(())
+        })?;
+        g.for_range(f, mul(g, whole, sets as i64)?, len, &mut |kk| step(kk, 0))
+    };
+    g.for_range(f, g.i64(0), t.ntap, &mut |tt| {
+        let rows = a_row_ptrs(g, p, &t.ar, &mvs, &a_rows, tt)?;
+        let row0 = g.b.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
+        k_loop(&rows, row0, t.kcn)
+    })?;
+    for s in 1..sets {
+        for i in 0..r {
+            for q in 0..nq {
+                let x = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                let y = g.b.build_load(t.vt, acc_s(s, i, q), "b").map_err(llvm_err)?.into_vector_value();
+                let sum = g.b.build_float_add(x, y, "sum").map_err(llvm_err)?;
+                g.b.build_store(acc(i, q), sum).map_err(llvm_err)?;
+            }
+        }
+    }
+    // Store: straight into C for a full tile, through the stack tile at the N edge.
+    let full = cx_blocks(g, f, t.c_full)?;
+    g.b.position_at_end(full.0);
+    if let Some(VFin { k, fin, bases, last, j0 }) = t.vfin {
+        // The epilogue in registers, on the last slice.
+        when(g, f, last, &mut || {
+            for (i, mv) in mvs.iter().enumerate() {
+                for q in 0..nq {
+                    let mut vars = t.ar.bvars.to_vec();
+                    vars.extend(mv.iter().copied());
+                    vars.push(add(g, j0, g.i64((q * w) as i64))?);
+                    vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
+                    let a = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                    let y = crate::vector::vgen(g, k, bases, fin, &vars, Some(a), t.vt)?;
+                    g.b.build_store(acc(i, q), y).map_err(llvm_err)?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    for (i, &ci) in c_rows.iter().enumerate() {
+        for q in 0..nq {
+            let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+            vstore(g, f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?, v)?;
+        }
+    }
+    g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
+    g.b.position_at_end(full.1);
+    for (i, &ci) in c_rows.iter().enumerate() {
+        for q in 0..nq {
+            let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+            vstore(g, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?, v)?;
+        }
+        g.for_range(f, g.i64(0), t.jn, &mut |j| {
+            let v = g.load_elem(t.ctile, DType::F32, add(g, g.i64((i * nr) as i64), j)?)?;
+            g.store_elem(t.out_base, DType::F32, add(g, ci, mul(g, j, p.c_n)?)?, v)
+        })?;
+    }
+    g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
+    g.b.position_at_end(full.2);
+    Ok(())
+}
+
+/// `if cond {A} else {B}`: the (then, else, join) blocks, after branching on `cond`.
+fn cx_blocks<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    cond: IntValue<'ctx>,
+) -> R<(
+    inkwell::basic_block::BasicBlock<'ctx>,
+    inkwell::basic_block::BasicBlock<'ctx>,
+    inkwell::basic_block::BasicBlock<'ctx>,
+)> {
+    let a = g.cx.append_basic_block(f, "full");
+    let b = g.cx.append_basic_block(f, "edge");
+    let j = g.cx.append_basic_block(f, "stored");
+    g.b.build_conditional_branch(cond, a, b).map_err(llvm_err)?;
+    Ok((a, b, j))
+}
