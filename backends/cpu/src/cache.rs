@@ -104,13 +104,53 @@ pub(crate) fn body_key(prog: &Program, plan: &KernelPlan, target: &CpuTarget) ->
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
+    put_toolchain(&mut put, target);
+    put(&format!("{:?}", crate::codegen::body_of(k)));
+    put(&format!("{:?}", plan.gemm));
+    format!("{:032x}", h.digest128())
+}
+
+/// The code generator and the LLVM it runs on, as one line.
+pub fn toolchain_id() -> String {
     let (major, minor, patch) = inkwell::support::get_llvm_version();
-    put(&format!("kiln-backend-cpu {} {CODEGEN_FINGERPRINT} llvm {major}.{minor}.{patch}", env!("CARGO_PKG_VERSION")));
+    format!("kiln-backend-cpu {} {CODEGEN_FINGERPRINT} llvm {major}.{minor}.{patch}", env!("CARGO_PKG_VERSION"))
+}
+
+/// What every key starts with: the code generator, LLVM's version and the target.
+fn put_toolchain(put: &mut dyn FnMut(&str), target: &CpuTarget) {
+    put(&toolchain_id());
     put(&target.triple);
     put(&target.cpu);
     put(&target.features);
     put(&target.l1d_bytes.to_string());
-    put(&format!("{:?}", crate::codegen::body_of(k)));
-    put(&format!("{:?}", plan.gemm));
+}
+
+/// The cache key of the object compiled from an unoptimized LLVM module (the entry module:
+/// the calls in program order and the kernels' wrappers): a hash of its bitcode.
+pub(crate) fn module_key(module: &inkwell::module::Module, target: &CpuTarget) -> String {
+    let mut h = Xxh3::new();
+    let mut put = |s: &[u8]| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s);
+    };
+    put_toolchain(&mut |s| put(s.as_bytes()), target);
+    put(b"module");
+    put(module.write_bitcode_to_memory().as_slice());
+    format!("{:032x}", h.digest128())
+}
+
+/// The cache key of the shared library linked from objects with these keys, in this order.
+pub(crate) fn link_key<'a>(objects: impl IntoIterator<Item = &'a str>, target: &CpuTarget) -> String {
+    let mut h = Xxh3::new();
+    let mut put = |s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    put_toolchain(&mut put, target);
+    put("link");
+    put(&std::env::var("KILN_CC").unwrap_or_default());
+    for key in objects {
+        put(key);
+    }
     format!("{:032x}", h.digest128())
 }

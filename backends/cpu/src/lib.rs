@@ -93,13 +93,21 @@ pub fn compile_with(
         .collect::<Result<_, _>>()?;
     let ctx = inkwell::context::Context::create();
     let entry = codegen::build_entry_module(&ctx, prog, &plans, &symbols)?;
-    let tm = target.machine()?;
-    // The entry is calls in order and the wrappers loads of buffer pointers: O1 is all they
-    // need, and O3 on a few thousand wrappers took most of a warm compilation.
-    target::optimize_with(&entry, &tm, "default<O1>")?;
-    let mut all = vec![target::emit_object(&entry, &tm)?];
-    all.extend(objects);
-    let so = target::link_shared(&all, target)?;
+    let entry_key = cache::module_key(&entry, target);
+    let entry_obj = kernel_cache.get_or_insert(&entry_key, || {
+        let tm = target.machine()?;
+        // The entry is calls in order and the wrappers loads of buffer pointers: O1 is all
+        // they need, and O3 on a few thousand wrappers took most of a warm compilation.
+        target::optimize_with(&entry, &tm, "default<O1>")?;
+        target::emit_object(&entry, &tm)
+    })?;
+    // The library is a function of its objects, so a warm compilation skips the link too.
+    let so_key = cache::link_key(std::iter::once(entry_key.as_str()).chain(keys.iter().map(String::as_str)), target);
+    let so = kernel_cache.get_or_insert(&so_key, || {
+        let mut all = vec![entry_obj];
+        all.extend(objects);
+        target::link_shared(&all, target)
+    })?;
     Ok(CpuModule { shared_library: so, triple: target.triple.clone(), cpu: target.cpu.clone() })
 }
 

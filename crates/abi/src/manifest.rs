@@ -41,4 +41,9 @@ pub struct Manifest {
     /// point returning status `k > 0` means check `k - 1` failed.
     #[prost(string, repeated, tag = "10")]
     pub check_messages: Vec<String>,
+    /// What the artifact was compiled from (ABI 1.1): a hash of the compiler, the options and
+    /// the model's bytes, so that compiling an unchanged model again can keep this file.
+    /// Empty when unknown (a graph compiled through the library API).
+    #[prost(string, tag = "11")]
+    pub source_key: String,
 }

@@ -57,6 +57,9 @@ enum Cmd {
         /// Print an intermediate form instead of writing an artifact.
         #[arg(long, value_parser = ["hir", "lir", "llvm", "asm"])]
         emit: Option<String>,
+        /// Print how long each phase took (import, optimize, lower, codegen, write).
+        #[arg(long)]
+        timings: bool,
     },
     /// Run a model (.onnx, compiled in memory, or .kiln) on inputs from .npy or .pb files.
     Run {
@@ -354,17 +357,21 @@ fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bo
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
-        Cmd::Compile { model, output, target, shapes, emit } => (|| -> Res<()> {
+        Cmd::Compile { model, output, target, shapes, emit, timings } => (|| -> Res<()> {
             let c = Compiler::new(options(shapes, target, model)?);
             if let Some(e) = emit {
                 print!("{}", c.emit(model, e, None)?);
                 return Ok(());
             }
             let out = output.clone().unwrap_or_else(|| model.with_extension("kiln"));
-            let art = c.compile_path(model)?;
-            art.save(&out).map_err(|e| format!("writing {}: {e}", out.display()))?;
-            let len = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            eprintln!("wrote {} ({len} bytes, arena {} bytes)", out.display(), art.memory.arena_bytes);
+            let done = c.compile_file(model, &out)?;
+            if *timings {
+                for (phase, t) in &done.timings {
+                    eprintln!("{phase:>9} {:8.1} ms", t.as_secs_f64() * 1e3);
+                }
+            }
+            let what = if done.up_to_date { "up to date:" } else { "wrote" };
+            eprintln!("{what} {} ({} bytes, arena {} bytes)", out.display(), done.file_len, done.arena_bytes);
             Ok(())
         })(),
         Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),

@@ -73,6 +73,8 @@ pub enum Error {
     UnknownPass(String, String),
     #[error("unknown target `{0}`; supported: cpu")]
     UnknownTarget(String),
+    #[error("writing `{path}`: {source}")]
+    Write { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl Error {
@@ -142,6 +144,8 @@ pub struct Artifact {
     pub code: Vec<u8>,
     pub weights: WeightSection,
     pub memory: MemoryReport,
+    /// How long each phase of the compilation took, in order (`kiln compile --timings`).
+    pub timings: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl Artifact {
@@ -181,6 +185,53 @@ impl Artifact {
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// What [`Compiler::compile_file`] did.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The output already held this compilation's artifact and was kept.
+    pub up_to_date: bool,
+    /// The artifact file's size in bytes.
+    pub file_len: u64,
+    /// Bytes of scratch memory one run needs.
+    pub arena_bytes: u64,
+    /// [`Compiler::source_key`] of this compilation, recorded in the artifact's manifest.
+    pub source_key: String,
+    /// How long each phase took, in order.
+    pub timings: Vec<(&'static str, std::time::Duration)>,
+}
+
+/// A hash of `bytes` (16 bytes), in 8 MiB pieces hashed in parallel.
+fn content_hash(bytes: &[u8]) -> [u8; 16] {
+    use rayon::prelude::*;
+    let pieces: Vec<u128> = bytes.par_chunks(8 << 20).map(xxhash_rust::xxh3::xxh3_128).collect();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    for p in pieces {
+        h.update(&p.to_le_bytes());
+    }
+    h.digest128().to_le_bytes()
+}
+
+/// The manifest of the sound artifact at `path`, if there is one (checksum verified).
+struct Existing {
+    manifest: Manifest,
+    file_len: u64,
+}
+
+fn existing_artifact(path: &Path) -> Option<Existing> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: read-only mapping, read once here; a file changed meanwhile fails its checksum.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    let sections = kiln_abi::artifact::read(&map).ok()?;
+    Some(Existing { manifest: sections.manifest, file_len: map.len() as u64 })
+}
+
+/// Sets a file's modification time to now, as if it had just been written (make-like build
+/// systems compare it with the model's).
+fn touch(path: &Path) -> std::io::Result<()> {
+    std::fs::File::options().append(true).open(path)?.set_modified(std::time::SystemTime::now())
 }
 
 pub struct Compiler {
@@ -232,10 +283,27 @@ impl Compiler {
     }
 
     /// Compiles an optimized graph into an artifact.
-    pub fn compile_graph(&self, mut g: Graph) -> Result<Artifact, Error> {
+    pub fn compile_graph(&self, g: Graph) -> Result<Artifact, Error> {
+        self.compile_graph_timed(g, Vec::new())
+    }
+
+    fn compile_graph_timed(
+        &self,
+        mut g: Graph,
+        mut timings: Vec<(&'static str, std::time::Duration)>,
+    ) -> Result<Artifact, Error> {
+        let mut clock = std::time::Instant::now();
+        let mut lap = |name: &'static str, timings: &mut Vec<_>| {
+            let now = std::time::Instant::now();
+            timings.push((name, now - clock));
+            clock = now;
+        };
         self.optimize(&mut g, None)?;
+        lap("optimize", &mut timings);
         let (p, memory, weights) = self.lower(&g)?;
+        lap("lower", &mut timings);
         let module = kiln_backend_cpu::compile_with(&p, &self.opts.target, &self.opts.kernel_cache)?;
+        lap("codegen", &mut timings);
         let spec = |(name, dtype, shape): &(String, kiln_ir::DType, Vec<usize>)| TensorSpec {
             name: name.clone(),
             dtype: dtype.code() as i32,
@@ -252,14 +320,88 @@ impl Compiler {
             model_name: g.name.clone(),
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
             check_messages: p.assert_messages(),
+            source_key: String::new(),
         };
-        Ok(Artifact { manifest, code: module.shared_library, weights, memory })
+        Ok(Artifact { manifest, code: module.shared_library, weights, memory, timings })
     }
 
     /// Compiles an ONNX file into an artifact.
     pub fn compile_path(&self, path: impl AsRef<Path>) -> Result<Artifact, Error> {
+        let start = std::time::Instant::now();
         let g = self.import_path(path)?;
-        self.compile_graph(g)
+        self.compile_graph_timed(g, vec![("import", start.elapsed())])
+    }
+
+    /// Compiles the ONNX file `model` into the artifact file `out`, unless `out` already
+    /// holds this very compilation: a sound artifact (checksum verified) whose source key
+    /// ([`Compiler::source_key`]) is this one's. Such a file is kept, only its modification
+    /// time updated, so that an unchanged model costs a hash of its bytes, not a compilation
+    /// and a rewrite of its weights.
+    pub fn compile_file(&self, model: impl AsRef<Path>, out: impl AsRef<Path>) -> Result<Compiled, Error> {
+        let (model, out) = (model.as_ref(), out.as_ref());
+        let start = std::time::Instant::now();
+        let (g, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
+        let mut timings = vec![("import", start.elapsed())];
+        let start = std::time::Instant::now();
+        let (key, existing) = rayon::join(|| self.source_key(&sources), || existing_artifact(out));
+        timings.push(("check", start.elapsed()));
+        if let Some(m) = existing.filter(|m| m.manifest.source_key == key) {
+            if touch(out).is_ok() {
+                return Ok(Compiled {
+                    up_to_date: true,
+                    file_len: m.file_len,
+                    arena_bytes: m.manifest.arena_bytes,
+                    source_key: key,
+                    timings,
+                });
+            }
+        }
+        let mut art = self.compile_graph_timed(g, timings)?;
+        art.manifest.source_key = key;
+        let start = std::time::Instant::now();
+        art.save(out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
+        art.timings.push(("write", start.elapsed()));
+        let file_len = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        Ok(Compiled {
+            up_to_date: false,
+            file_len,
+            arena_bytes: art.manifest.arena_bytes,
+            source_key: art.manifest.source_key,
+            timings: art.timings,
+        })
+    }
+
+    /// What an artifact compiled from `sources` with these options depends on, hashed (32
+    /// hex digits): the compiler (its sources and dependencies, LLVM's version), the target,
+    /// the options that change the output, and the bytes of the model and of its external
+    /// data files.
+    pub fn source_key(&self, sources: &kiln_onnx::Sources) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        let mut put = |b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        put(env!("KILN_COMPILER_FINGERPRINT").as_bytes());
+        put(kiln_backend_cpu::cache::toolchain_id().as_bytes());
+        put(format!("{:?}", self.opts.target).as_bytes());
+        let mut shapes: Vec<_> = self.opts.input_shapes.iter().collect();
+        shapes.sort();
+        put(format!("{shapes:?}").as_bytes());
+        let mut frozen: Vec<_> = self.opts.frozen_inputs.iter().collect();
+        frozen.sort_by_key(|(name, _)| name.as_str());
+        for (name, t) in frozen {
+            put(format!("{name} {:?}", t.ty).as_bytes());
+            put(&content_hash(&t.data));
+        }
+        let mut values: Vec<_> = self.opts.value_inputs.iter().map(|(n, v)| format!("{n} {v:?}")).collect();
+        values.sort();
+        put(values.join("\n").as_bytes());
+        put(&content_hash(&sources.model));
+        for (name, bytes) in &sources.external {
+            put(name.as_bytes());
+            put(&content_hash(bytes));
+        }
+        format!("{:032x}", h.digest128())
     }
 
     /// The IR after pass `after` (or the whole pipeline) as text: HIR, LIR, LLVM IR or assembly.

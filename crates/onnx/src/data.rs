@@ -108,6 +108,23 @@ impl ExternalStore {
         Ok(canon)
     }
 
+    /// The files read, by path relative to the model's directory, sorted.
+    pub fn into_files(self) -> Vec<(String, Bytes)> {
+        let mut files: Vec<(String, Bytes)> = self
+            .files
+            .into_iter()
+            .map(|(path, bytes)| {
+                let rel = match &self.base {
+                    Some(b) => path.strip_prefix(b).unwrap_or(&path),
+                    None => &path,
+                };
+                (rel.to_string_lossy().into_owned(), bytes)
+            })
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        files
+    }
+
     fn file(&mut self, location: &str) -> Result<Bytes, String> {
         let path = self.resolve(location)?;
         if let Some(b) = self.files.get(&path) {

@@ -40,12 +40,12 @@ pub fn decode_model(bytes: Bytes) -> Result<ModelProto, ImportError> {
 /// Imports a serialized ONNX model. External data cannot be resolved (there is no model
 /// directory): use [`import_path`] or [`import_model_in_dir`] for such models.
 pub fn import_model(bytes: Bytes, opts: &ImportOptions) -> Result<Graph, ImportError> {
-    import_inner(bytes, opts, None, &HashMap::new())
+    Ok(import_inner(bytes, opts, None, &HashMap::new())?.0)
 }
 
 /// Imports a serialized ONNX model whose external data files live in `dir`.
 pub fn import_model_in_dir(bytes: Bytes, dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Graph, ImportError> {
-    import_inner(bytes, opts, Some(dir.as_ref()), &HashMap::new())
+    Ok(import_inner(bytes, opts, Some(dir.as_ref()), &HashMap::new())?.0)
 }
 
 /// Maps the model file and imports it; initializers and external data stay in the mappings.
@@ -62,13 +62,32 @@ pub fn import_path_with_constants(
     opts: &ImportOptions,
     constants: &HashMap<String, Tensor>,
 ) -> Result<Graph, ImportError> {
+    Ok(import_path_with_sources(path, opts, constants)?.0)
+}
+
+/// The files an imported model was read from: the model file itself and each external data
+/// file it used. With the options, their bytes are what a compilation's output depends on.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub model: Bytes,
+    /// External data files by their location relative to the model's directory, sorted.
+    pub external: Vec<(String, Bytes)>,
+}
+
+/// [`import_path_with_constants`], also giving the bytes the model was read from.
+pub fn import_path_with_sources(
+    path: impl AsRef<Path>,
+    opts: &ImportOptions,
+    constants: &HashMap<String, Tensor>,
+) -> Result<(Graph, Sources), ImportError> {
     let path = path.as_ref();
     let bytes = map_file(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    import_inner(bytes, opts, Some(dir), constants)
+    let (g, external) = import_inner(bytes.clone(), opts, Some(dir), constants)?;
+    Ok((g, Sources { model: bytes, external }))
 }
 
 fn import_inner(
@@ -76,7 +95,7 @@ fn import_inner(
     opts: &ImportOptions,
     dir: Option<&Path>,
     constants: &HashMap<String, Tensor>,
-) -> Result<Graph, ImportError> {
+) -> Result<(Graph, Vec<(String, Bytes)>), ImportError> {
     let model = decode_model(bytes)?;
     let ir = model.ir_version();
     if !(MIN_IR_VERSION..=MAX_IR_VERSION).contains(&ir) {
@@ -108,7 +127,7 @@ fn import_inner(
         scope: String::new(),
     };
     imp.run(graph, opts, constants)?;
-    Ok(imp.g)
+    Ok((imp.g, imp.ext.into_files()))
 }
 
 /// What an ONNX value name refers to.
