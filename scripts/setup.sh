@@ -7,6 +7,8 @@
 # Idempotent: every step checks first and does nothing when already satisfied.
 #   1. apt: llvm-22-dev        (only if /usr/lib/llvm-22/bin/llvm-config is missing)
 #           build-essential    (only if no `cc` on PATH)
+#           gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user (only if missing: the
+#                              static-library tests run an aarch64 build under qemu)
 #           python3, python3-venv (only if python3 or its venv/ensurepip modules are missing)
 #      `apt-get update` runs at most once, and only when something has to be installed.
 #   2. Python venv at $REPO/.venv with pinned onnx / onnxruntime / numpy, used by
@@ -60,6 +62,20 @@ _kiln_setup() (
     else
         log "Python: python3 or its venv module missing -> will install python3 python3-venv"
         pkgs+=(python3 python3-venv)
+    fi
+
+    # The static-library tests link a C program for aarch64 and run it under qemu-user.
+    if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && [ -e /usr/aarch64-linux-gnu/lib/libc.a ]; then
+        log "aarch64 C cross compiler: present"
+    else
+        log "aarch64 C cross compiler: missing -> will install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+        pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+    fi
+    if command -v qemu-aarch64 >/dev/null 2>&1; then
+        log "qemu-user: present"
+    else
+        log "qemu-user: qemu-aarch64 missing -> will install qemu-user"
+        pkgs+=(qemu-user)
     fi
 
     if [ "${#pkgs[@]}" -gt 0 ]; then

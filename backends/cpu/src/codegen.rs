@@ -391,7 +391,7 @@ fn gen_body<'ctx>(
     let k = normalized(k);
     let cx = g.cx;
     let f = g.m.add_function(name, body_type(g, &k), Some(linkage));
-    if linkage == Linkage::External {
+    if linkage != Linkage::Internal {
         // Shared between the objects of one library, never exported from it.
         f.as_global_value().set_visibility(inkwell::GlobalVisibility::Hidden);
     }
@@ -635,18 +635,42 @@ pub(crate) fn build_body_module<'ctx>(
     symbol: &str,
 ) -> R<Module<'ctx>> {
     let g = Gen { cx, m: cx.create_module("kiln_kernel"), b: cx.create_builder() };
-    gen_body(&g, &body_of(k), symbol, plan.gemm.as_ref(), plan.vector_bits, Linkage::External)
+    // Weak: a body is named by the hash of what its code depends on, so two models linked
+    // into one program (static libraries) may both define it, identically.
+    gen_body(&g, &body_of(k), symbol, plan.gemm.as_ref(), plan.vector_bits, Linkage::WeakODR)
         .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
     Ok(g.m)
 }
 
+/// The names of a module's exported symbols: `<prefix>_entry` and `<prefix>_abi_version`
+/// (`kiln_entry`, `kiln_abi_version` in a `.kiln` artifact; a static library takes the
+/// model's name, so that several models link into one program).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryNames {
+    pub entry: String,
+    pub abi_version: String,
+}
+
+impl EntryNames {
+    pub fn with_prefix(prefix: &str) -> EntryNames {
+        EntryNames { entry: format!("{prefix}_entry"), abi_version: format!("{prefix}_abi_version") }
+    }
+}
+
+impl Default for EntryNames {
+    fn default() -> Self {
+        EntryNames { entry: kiln_abi::ENTRY_SYMBOL.into(), abi_version: kiln_abi::ABI_VERSION_SYMBOL.into() }
+    }
+}
+
 /// The module with the ABI version, one wrapper per kernel instance (calling its body,
-/// declared here as `bodies[i]` and defined in another module) and `kiln_entry`.
+/// declared here as `bodies[i]` and defined in another module) and the entry point.
 pub(crate) fn build_entry_module<'ctx>(
     cx: &'ctx Context,
     prog: &Program,
     plans: &[KernelPlan],
     bodies: &[String],
+    names: &EntryNames,
 ) -> R<Module<'ctx>> {
     let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
     let mut fns = Vec::new();
@@ -658,7 +682,7 @@ pub(crate) fn build_entry_module<'ctx>(
         };
         fns.push(gen_wrapper(&g, prog, k, &p.symbol(), body)?);
     }
-    gen_entry(&g, prog, plans, &fns)?;
+    gen_entry(&g, prog, plans, &fns, names)?;
     Ok(g.m)
 }
 
@@ -676,22 +700,28 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
             .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
         fns.push(gen_wrapper(&g, prog, k, &format!("k{}", p.instr), body)?);
     }
-    gen_entry(&g, prog, &plans, &fns)?;
+    gen_entry(&g, prog, &plans, &fns, &EntryNames::default())?;
     Ok(g.m)
 }
 
 /// The ABI version global and `kiln_entry`: the instructions in order, each kernel through
 /// `parallel_for` when it is big enough.
-fn gen_entry<'ctx>(g: &Gen<'ctx>, prog: &Program, plans: &[KernelPlan], fns: &[FunctionValue<'ctx>]) -> R<()> {
+fn gen_entry<'ctx>(
+    g: &Gen<'ctx>,
+    prog: &Program,
+    plans: &[KernelPlan],
+    fns: &[FunctionValue<'ctx>],
+    names: &EntryNames,
+) -> R<()> {
     let cx = g.cx;
-    let ver = g.m.add_global(cx.i32_type(), None, kiln_abi::ABI_VERSION_SYMBOL);
+    let ver = g.m.add_global(cx.i32_type(), None, &names.abi_version);
     ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
     ver.set_constant(true);
     let kernels: Vec<(usize, FunctionValue, usize, usize)> =
         plans.iter().zip(fns).map(|(p, &f)| (p.instr, f, p.tasks, p.work)).collect();
 
     let entry_ty = cx.i32_type().fn_type(&[g.ptr_ty().into()], false);
-    let entry = g.m.add_function(kiln_abi::ENTRY_SYMBOL, entry_ty, None);
+    let entry = g.m.add_function(&names.entry, entry_ty, None);
     let bb = cx.append_basic_block(entry, "entry");
     g.b.position_at_end(bb);
     let ctx = entry.get_nth_param(0).unwrap().into_pointer_value();

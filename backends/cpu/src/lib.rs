@@ -22,9 +22,9 @@ mod minifloat;
 mod target;
 mod vector;
 
-pub use codegen::build_module;
+pub use codegen::{build_module, EntryNames};
 pub use gemm::prepack;
-pub use target::{CpuTarget, Emit};
+pub use target::{link_relocatable, CpuTarget, Emit};
 
 use kiln_ir::lir::{Instr, Program};
 
@@ -38,6 +38,11 @@ pub enum BackendError {
     Link(String),
     #[error("kernel `{kernel}`: {message}")]
     Kernel { kernel: String, message: String },
+}
+
+/// Checks that LLVM can build code for `target` (its triple and CPU are known).
+pub fn check_target(target: &CpuTarget) -> Result<(), BackendError> {
+    target.machine().map(|_| ())
 }
 
 /// What a CPU compilation produced.
@@ -55,6 +60,16 @@ pub fn compile(prog: &Program, target: &CpuTarget) -> Result<CpuModule, BackendE
     compile_with(prog, target, &cache::KernelCache::from_env())
 }
 
+/// The objects of a compiled program, before any link: the entry module's and one per
+/// distinct kernel body, each with the cache key it is stored under.
+#[derive(Debug)]
+pub struct CpuObjects {
+    pub entry: (String, Vec<u8>),
+    pub bodies: Vec<(String, Vec<u8>)>,
+    pub triple: String,
+    pub cpu: String,
+}
+
 /// Compiles a memory-planned LIR program to a shared library for `target`: the kernels in
 /// parallel (rayon's pool), each through `kernel_cache`, then the entry, then the link.
 pub fn compile_with(
@@ -62,15 +77,49 @@ pub fn compile_with(
     target: &CpuTarget,
     kernel_cache: &cache::KernelCache,
 ) -> Result<CpuModule, BackendError> {
+    let objs = compile_objects(prog, target, kernel_cache, &EntryNames::default())?;
+    let so = link_shared(&objs, target, kernel_cache)?;
+    Ok(CpuModule { shared_library: so, triple: objs.triple, cpu: objs.cpu })
+}
+
+/// Links a program's objects into a shared library, through `kernel_cache`: the library is a
+/// function of its objects, so a warm compilation skips the link too.
+pub fn link_shared(
+    objs: &CpuObjects,
+    target: &CpuTarget,
+    kernel_cache: &cache::KernelCache,
+) -> Result<Vec<u8>, BackendError> {
+    let keys = std::iter::once(objs.entry.0.as_str()).chain(objs.bodies.iter().map(|(k, _)| k.as_str()));
+    let so_key = cache::link_key(keys, target);
+    kernel_cache.get_or_insert(&so_key, || target::link_shared(&objs.all(), target))
+}
+
+impl CpuObjects {
+    /// Every object, the entry's first.
+    pub fn all(&self) -> Vec<&[u8]> {
+        std::iter::once(&self.entry.1).chain(self.bodies.iter().map(|(_, o)| o)).map(Vec::as_slice).collect()
+    }
+}
+
+/// Compiles a memory-planned LIR program to objects for `target` (nothing linked): the
+/// kernel bodies in parallel, each through `kernel_cache`, and the entry module, whose
+/// exported symbols are named by `names`.
+pub fn compile_objects(
+    prog: &Program,
+    target: &CpuTarget,
+    kernel_cache: &cache::KernelCache,
+    names: &EntryNames,
+) -> Result<CpuObjects, BackendError> {
     use rayon::prelude::*;
     let plans = codegen::plan_kernels(prog, target);
     // Kernels that differ only in their buffers share one body: compile each body once.
     let mut keys: Vec<String> = Vec::new();
     let mut first: Vec<usize> = Vec::new();
     let mut symbols = Vec::with_capacity(plans.len());
+    let mut seen = std::collections::HashSet::new();
     for (i, p) in plans.iter().enumerate() {
         let key = cache::body_key(prog, p, target);
-        if !keys.contains(&key) {
+        if seen.insert(key.clone()) {
             keys.push(key.clone());
             first.push(i);
         }
@@ -92,7 +141,7 @@ pub fn compile_with(
         })
         .collect::<Result<_, _>>()?;
     let ctx = inkwell::context::Context::create();
-    let entry = codegen::build_entry_module(&ctx, prog, &plans, &symbols)?;
+    let entry = codegen::build_entry_module(&ctx, prog, &plans, &symbols, names)?;
     let entry_key = cache::module_key(&entry, target);
     let entry_obj = kernel_cache.get_or_insert(&entry_key, || {
         let tm = target.machine()?;
@@ -101,14 +150,12 @@ pub fn compile_with(
         target::optimize_with(&entry, &tm, "default<O1>")?;
         target::emit_object(&entry, &tm)
     })?;
-    // The library is a function of its objects, so a warm compilation skips the link too.
-    let so_key = cache::link_key(std::iter::once(entry_key.as_str()).chain(keys.iter().map(String::as_str)), target);
-    let so = kernel_cache.get_or_insert(&so_key, || {
-        let mut all = vec![entry_obj];
-        all.extend(objects);
-        target::link_shared(&all, target)
-    })?;
-    Ok(CpuModule { shared_library: so, triple: target.triple.clone(), cpu: target.cpu.clone() })
+    Ok(CpuObjects {
+        entry: (entry_key, entry_obj),
+        bodies: keys.into_iter().zip(objects).collect(),
+        triple: target.triple.clone(),
+        cpu: target.cpu.clone(),
+    })
 }
 
 /// Renders the program as LLVM IR (`optimized`: after the O3 pipeline) or as assembly.

@@ -47,6 +47,12 @@ fn host_l1d_bytes() -> Option<usize> {
 }
 
 impl CpuTarget {
+    /// Another machine: an LLVM target triple (`aarch64-unknown-linux-gnu`) and CPU
+    /// (`generic`, `cortex-a72`, `x86-64-v3`, …), with the features that CPU implies.
+    pub fn cross(triple: &str, cpu: &str) -> CpuTarget {
+        CpuTarget { triple: triple.to_string(), cpu: cpu.to_string(), features: String::new(), l1d_bytes: DEFAULT_L1D_BYTES }
+    }
+
     /// The machine Kiln runs on, with all its features.
     pub fn host() -> CpuTarget {
         Target::initialize_native(&InitializationConfig::default()).expect("LLVM native target");
@@ -98,32 +104,67 @@ pub(crate) fn emit_object(module: &Module, tm: &TargetMachine) -> Result<Vec<u8>
     Ok(buf.as_slice().to_vec())
 }
 
-/// Links objects into a shared library with the system C compiler driver.
-pub(crate) fn link_shared(objs: &[Vec<u8>], target: &CpuTarget) -> Result<Vec<u8>, BackendError> {
+/// The C compiler driver that links for `target`: `$KILN_CC` if set; for the host, `cc`;
+/// else the GNU cross driver for the triple (`aarch64-linux-gnu-gcc` for
+/// `aarch64-unknown-linux-gnu`, Debian's `gcc-aarch64-linux-gnu`) when installed, else
+/// `clang --target=<triple>`.
+fn c_driver(target: &CpuTarget) -> Command {
+    if let Ok(cc) = std::env::var("KILN_CC") {
+        return Command::new(cc);
+    }
+    let host = TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned();
+    if target.triple == host {
+        return Command::new("cc");
+    }
+    let parts: Vec<&str> = target.triple.split('-').collect();
+    if parts.len() == 4 {
+        let gnu = format!("{}-{}-{}-gcc", parts[0], parts[2], parts[3]);
+        let found = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(&gnu).is_file()));
+        if found {
+            return Command::new(gnu);
+        }
+    }
+    let mut cmd = Command::new("clang");
+    cmd.arg(format!("--target={}", target.triple));
+    cmd
+}
+
+/// Runs the C driver as `<args> -o <out> <objs> <libs>` (`out` in a temporary directory)
+/// and returns the output file.
+fn link(objs: &[&[u8]], target: &CpuTarget, args: &[&str], libs: &[&str], out: &str) -> Result<Vec<u8>, BackendError> {
     let dir = tempfile::tempdir().map_err(|e| BackendError::Link(format!("temporary directory: {e}")))?;
-    let so = dir.path().join("module.so");
+    let result = dir.path().join(out);
     let mut paths = Vec::with_capacity(objs.len());
     for (i, obj) in objs.iter().enumerate() {
         let o = dir.path().join(format!("m{i}.o"));
         std::fs::write(&o, obj).map_err(|e| BackendError::Link(e.to_string()))?;
         paths.push(o);
     }
-    let cc = std::env::var("KILN_CC").unwrap_or_else(|_| "cc".into());
-    let host = TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned();
-    let mut cmd = Command::new(&cc);
-    if target.triple != host {
-        cmd.arg(format!("--target={}", target.triple));
-    }
-    // -Wl,--build-id=none and no timestamps keep the library byte-identical across runs.
-    cmd.args(["-shared", "-nostartfiles", "-Wl,--build-id=none", "-Wl,-z,noexecstack", "-o"])
-        .arg(&so)
-        .args(&paths)
-        .arg("-lm");
+    let mut cmd = c_driver(target);
+    let cc = format!("{:?}", cmd.get_program());
+    cmd.args(args).arg("-o").arg(&result).args(&paths).args(libs);
     let out = cmd.output().map_err(|e| {
-        BackendError::Link(format!("cannot run `{cc}` (install a C toolchain, e.g. `apt-get install gcc`): {e}"))
+        BackendError::Link(format!(
+            "cannot run {cc} to link for `{}` (install a C toolchain for it, e.g. `apt-get install gcc`, or set KILN_CC): {e}",
+            target.triple
+        ))
     })?;
     if !out.status.success() {
-        return Err(BackendError::Link(format!("`{cc}` failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(BackendError::Link(format!("{cc} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
-    std::fs::read(&so).map_err(|e| BackendError::Link(e.to_string()))
+    std::fs::read(&result).map_err(|e| BackendError::Link(e.to_string()))
+}
+
+/// Links objects into a shared library with the C compiler driver for the target.
+pub(crate) fn link_shared(objs: &[&[u8]], target: &CpuTarget) -> Result<Vec<u8>, BackendError> {
+    // --build-id=none (and no timestamps) keeps the library byte-identical across runs.
+    let args = ["-shared", "-nostartfiles", "-Wl,--build-id=none", "-Wl,-z,noexecstack"];
+    link(objs, target, &args, &["-lm"], "module.so")
+}
+
+/// Links objects into one relocatable object (`ld -r`) with the C compiler driver for the
+/// target.
+pub fn link_relocatable(objs: &[&[u8]], target: &CpuTarget) -> Result<Vec<u8>, BackendError> {
+    link(objs, target, &["-r", "-nostdlib", "-Wl,--build-id=none"], &[], "module.o")
 }

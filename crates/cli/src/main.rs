@@ -1,7 +1,7 @@
 //! `kiln`: the command-line compiler.
 //!
-//! * `kiln compile MODEL.onnx -o OUT.kiln [--target cpu] [--input-shape NAME=DIMS]... [--input-value NAME=FILE.pb]...
-//!   [--emit hir|lir|llvm|asm]`
+//! * `kiln compile MODEL.onnx -o OUT [--target cpu|TRIPLE] [--cpu CPU] [--input-shape NAME=DIMS]...
+//!   [--input-value NAME=FILE.pb]... [--emit kiln|object|staticlib|header|hir|lir|llvm|asm] [--name C_NAME]`
 //! * `kiln run MODEL [--input-shape NAME=DIMS]... --input NAME=FILE... --output-dir DIR`
 //! * `kiln inspect MODEL [--input-shape ...] [--after PASS] [--memory] [--emit ...]`
 //! * `kiln bench MODEL [--input-shape ...] [--input NAME=FILE]... [--threads N] [--iters N]`
@@ -50,13 +50,24 @@ enum Cmd {
         model: PathBuf,
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// `cpu` (this machine) or an LLVM target triple, e.g. `aarch64-unknown-linux-gnu`.
         #[arg(long, default_value = "cpu")]
         target: String,
+        /// The CPU to compile for (LLVM's name: `generic`, `cortex-a72`, `x86-64-v3`, …);
+        /// default: this machine's for `cpu`, `generic` for a triple.
+        #[arg(long)]
+        cpu: Option<String>,
         #[command(flatten)]
         shapes: ShapeArgs,
-        /// Print an intermediate form instead of writing an artifact.
-        #[arg(long, value_parser = ["hir", "lir", "llvm", "asm"])]
-        emit: Option<String>,
+        /// What to write: `kiln` (the artifact the runtime loads), `object` (a relocatable
+        /// object), `staticlib` (a `.a`) or `header` (its C header); or an intermediate form
+        /// to print (`hir`, `lir`, `llvm`, `asm`).
+        #[arg(long, default_value = "kiln", value_parser = ["kiln", "object", "staticlib", "header", "hir", "lir", "llvm", "asm"])]
+        emit: String,
+        /// The C name of an object, static library or header's symbols (`<name>_run`, …);
+        /// default: the model file's name.
+        #[arg(long)]
+        name: Option<String>,
         /// Print how long each phase took (import, optimize, lower, codegen, write).
         #[arg(long)]
         timings: bool,
@@ -357,14 +368,23 @@ fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bo
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
-        Cmd::Compile { model, output, target, shapes, emit, timings } => (|| -> Res<()> {
-            let c = Compiler::new(options(shapes, target, model)?);
-            if let Some(e) = emit {
-                print!("{}", c.emit(model, e, None)?);
+        Cmd::Compile { model, output, target, cpu, shapes, emit, name, timings } => (|| -> Res<()> {
+            let mut opts = options(shapes, "cpu", model)?;
+            opts.set_target_cpu(target, cpu.as_deref())?;
+            let c = Compiler::new(opts);
+            let Some(kind) = kiln::ArtifactKind::parse(emit) else {
+                print!("{}", c.emit(model, emit, None)?);
                 return Ok(());
-            }
-            let out = output.clone().unwrap_or_else(|| model.with_extension("kiln"));
-            let done = c.compile_file(model, &out)?;
+            };
+            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let ext = match kind {
+                kiln::ArtifactKind::Kiln => "kiln".to_string(),
+                kiln::ArtifactKind::Object => "o".to_string(),
+                kiln::ArtifactKind::Staticlib => "a".to_string(),
+                kiln::ArtifactKind::Header => "h".to_string(),
+            };
+            let out = output.clone().unwrap_or_else(|| model.with_extension(ext));
+            let done = c.compile_file_as(model, &out, kind, name.as_deref().unwrap_or(&stem))?;
             if *timings {
                 for (phase, t) in &done.timings {
                     eprintln!("{phase:>9} {:8.1} ms", t.as_secs_f64() * 1e3);

@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use kiln_abi::manifest::Manifest;
+
+pub mod native;
+pub use native::ArtifactKind;
 use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 
@@ -71,10 +74,12 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
     #[error("unknown pass `{0}`; passes are: {1}")]
     UnknownPass(String, String),
-    #[error("unknown target `{0}`; supported: cpu")]
+    #[error("unknown target `{0}`; supported: cpu (this machine) or an LLVM target triple, e.g. aarch64-unknown-linux-gnu")]
     UnknownTarget(String),
     #[error("writing `{path}`: {source}")]
     Write { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
 }
 
 impl Error {
@@ -124,13 +129,24 @@ impl Default for CompileOptions {
 impl CompileOptions {
     /// Parses a `--target` value: `cpu` (the host).
     pub fn set_target(&mut self, name: &str) -> Result<(), Error> {
-        match name {
-            "cpu" | "host" => {
-                self.target = CpuTarget::host();
-                Ok(())
-            }
-            other => Err(Error::UnknownTarget(other.to_string())),
-        }
+        self.set_target_cpu(name, None)
+    }
+
+    /// Parses a `--target` value and an optional `--cpu`: `cpu` or `host` (this machine, with
+    /// all its features, unless `cpu` names another CPU), or an LLVM target triple such as
+    /// `aarch64-unknown-linux-gnu` (for `cpu`, default `generic`).
+    pub fn set_target_cpu(&mut self, name: &str, cpu: Option<&str>) -> Result<(), Error> {
+        self.target = match name {
+            "cpu" | "host" => match cpu {
+                None => CpuTarget::host(),
+                Some(c) => CpuTarget::cross(&CpuTarget::host().triple, c),
+            },
+            t if t.split('-').count() >= 2 => CpuTarget::cross(t, cpu.unwrap_or("generic")),
+            other => return Err(Error::UnknownTarget(other.to_string())),
+        };
+        // A target LLVM cannot build for is reported now, not after the front end ran.
+        kiln_backend_cpu::check_target(&self.target)?;
+        Ok(())
     }
 }
 
@@ -166,25 +182,34 @@ impl Artifact {
     /// Writes the `.kiln` file at `path`: into a temporary file next to it, renamed over
     /// `path` once complete, so that a failure never leaves a truncated artifact behind.
     pub fn save(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
-        let path = path.as_ref();
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(".kiln-");
-        // A new file's usual mode (0o666 less the umask), not a temporary file's 0o600.
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let mut tmp = builder.tempfile_in(dir)?;
-        {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-            self.write_to(&mut w)?;
-            std::io::Write::flush(&mut w)?;
-        }
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        write_file(path.as_ref(), |w| self.write_to(w))
     }
+}
+
+/// Writes a file through `write`: into a temporary file next to `path`, renamed over it once
+/// complete, so that a failure never leaves a truncated file behind.
+fn write_file(path: &Path, write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        let msg = format!("the folder `{}` does not exist", dir.display());
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, msg));
+    }
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".kiln-");
+    // A new file's usual mode (0o666 less the umask), not a temporary file's 0o600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir)?;
+    {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write(&mut w)?;
+        std::io::Write::flush(&mut w)?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// What [`Compiler::compile_file`] did.
@@ -232,6 +257,15 @@ fn existing_artifact(path: &Path) -> Option<Existing> {
 /// systems compare it with the model's).
 fn touch(path: &Path) -> std::io::Result<()> {
     std::fs::File::options().append(true).open(path)?.set_modified(std::time::SystemTime::now())
+}
+
+/// A compiled program before it is linked or packaged.
+struct Built {
+    manifest: Manifest,
+    objects: kiln_backend_cpu::CpuObjects,
+    weights: WeightSection,
+    memory: MemoryReport,
+    timings: Vec<(&'static str, std::time::Duration)>,
 }
 
 pub struct Compiler {
@@ -289,9 +323,24 @@ impl Compiler {
 
     fn compile_graph_timed(
         &self,
+        g: Graph,
+        timings: Vec<(&'static str, std::time::Duration)>,
+    ) -> Result<Artifact, Error> {
+        let mut b = self.build(g, timings, &kiln_backend_cpu::EntryNames::default())?;
+        let start = std::time::Instant::now();
+        let code = kiln_backend_cpu::link_shared(&b.objects, &self.opts.target, &self.opts.kernel_cache)?;
+        b.timings.push(("link", start.elapsed()));
+        Ok(Artifact { manifest: b.manifest, code, weights: b.weights, memory: b.memory, timings: b.timings })
+    }
+
+    /// Optimizes, lowers and compiles a graph to unlinked objects whose entry symbols are
+    /// `names`.
+    fn build(
+        &self,
         mut g: Graph,
         mut timings: Vec<(&'static str, std::time::Duration)>,
-    ) -> Result<Artifact, Error> {
+        names: &kiln_backend_cpu::EntryNames,
+    ) -> Result<Built, Error> {
         let mut clock = std::time::Instant::now();
         let mut lap = |name: &'static str, timings: &mut Vec<_>| {
             let now = std::time::Instant::now();
@@ -302,7 +351,7 @@ impl Compiler {
         lap("optimize", &mut timings);
         let (p, memory, weights) = self.lower(&g)?;
         lap("lower", &mut timings);
-        let module = kiln_backend_cpu::compile_with(&p, &self.opts.target, &self.opts.kernel_cache)?;
+        let objects = kiln_backend_cpu::compile_objects(&p, &self.opts.target, &self.opts.kernel_cache, names)?;
         lap("codegen", &mut timings);
         let spec = |(name, dtype, shape): &(String, kiln_ir::DType, Vec<usize>)| TensorSpec {
             name: name.clone(),
@@ -312,8 +361,8 @@ impl Compiler {
         let manifest = Manifest {
             abi_major: kiln_abi::ABI_MAJOR,
             abi_minor: kiln_abi::ABI_MINOR,
-            target_triple: module.triple.clone(),
-            target_cpu: module.cpu.clone(),
+            target_triple: objects.triple.clone(),
+            target_cpu: objects.cpu.clone(),
             inputs: p.inputs.iter().map(spec).collect(),
             outputs: p.outputs.iter().map(spec).collect(),
             arena_bytes: p.arena_bytes,
@@ -322,7 +371,7 @@ impl Compiler {
             check_messages: p.assert_messages(),
             source_key: String::new(),
         };
-        Ok(Artifact { manifest, code: module.shared_library, weights, memory, timings })
+        Ok(Built { manifest, objects, weights, memory, timings })
     }
 
     /// Compiles an ONNX file into an artifact.
@@ -368,6 +417,58 @@ impl Compiler {
             arena_bytes: art.manifest.arena_bytes,
             source_key: art.manifest.source_key,
             timings: art.timings,
+        })
+    }
+
+    /// Compiles the ONNX file `model` into `out` as an artifact of kind `kind`; a static
+    /// library, object or header names its symbols after `name` (a C identifier:
+    /// `<name>_entry`, `<name>_weights`, `<name>_run`, …). A `.kiln` artifact goes through
+    /// [`Compiler::compile_file`] (kept when up to date).
+    pub fn compile_file_as(
+        &self,
+        model: impl AsRef<Path>,
+        out: impl AsRef<Path>,
+        kind: ArtifactKind,
+        name: &str,
+    ) -> Result<Compiled, Error> {
+        let (model, out) = (model.as_ref(), out.as_ref());
+        if kind == ArtifactKind::Kiln {
+            return self.compile_file(model, out);
+        }
+        let name = native::c_name(name);
+        let start = std::time::Instant::now();
+        let (g, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
+        let timings = vec![("import", start.elapsed())];
+        let mut b = self.build(g, timings, &kiln_backend_cpu::EntryNames::with_prefix(&name))?;
+        b.manifest.source_key = self.source_key(&sources);
+        let start = std::time::Instant::now();
+        let bytes = match kind {
+            ArtifactKind::Header => native::header(&b.manifest, &name).into_bytes(),
+            ArtifactKind::Staticlib | ArtifactKind::Object => {
+                let weights = native::weights_object(&b.manifest.target_triple, &name, &b.weights)?;
+                if kind == ArtifactKind::Object {
+                    let mut all = b.objects.all();
+                    all.push(&weights);
+                    kiln_backend_cpu::link_relocatable(&all, &self.opts.target)?
+                } else {
+                    let mut members = vec![(format!("{name}_entry.o"), b.objects.entry.1)];
+                    members.extend(b.objects.bodies.into_iter().map(|(key, o)| (format!("kiln_b{key}.o"), o)));
+                    members.push((format!("{name}_weights.o"), weights));
+                    native::staticlib(members)?
+                }
+            }
+            ArtifactKind::Kiln => unreachable!("handled above"),
+        };
+        b.timings.push(("package", start.elapsed()));
+        let start = std::time::Instant::now();
+        write_file(out, |w| w.write_all(&bytes)).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
+        b.timings.push(("write", start.elapsed()));
+        Ok(Compiled {
+            up_to_date: false,
+            file_len: bytes.len() as u64,
+            arena_bytes: b.manifest.arena_bytes,
+            source_key: b.manifest.source_key,
+            timings: b.timings,
         })
     }
 
