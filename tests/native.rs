@@ -117,7 +117,16 @@ fn aarch64_static_library_runs_under_qemu_and_matches_the_host() {
 fn header_declares_the_model_tensors_and_escapes_names() {
     let d = tempfile::tempdir().unwrap();
     let h = d.path().join("odd.h");
-    kiln(&["compile", "tests/fixtures/odd_names.onnx", "--emit", "header", "--name", "odd-names", "-o", h.to_str().unwrap()]);
+    kiln(&[
+        "compile",
+        "tests/fixtures/odd_names.onnx",
+        "--emit",
+        "header",
+        "--name",
+        "odd-names",
+        "-o",
+        h.to_str().unwrap(),
+    ]);
     let text = std::fs::read_to_string(&h).unwrap();
     // The C name is sanitized; the tensor names keep their characters, escaped.
     assert!(text.contains("int32_t odd_names_entry(const kiln_context *ctx);"), "{text}");

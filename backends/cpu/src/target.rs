@@ -50,7 +50,12 @@ impl CpuTarget {
     /// Another machine: an LLVM target triple (`aarch64-unknown-linux-gnu`) and CPU
     /// (`generic`, `cortex-a72`, `x86-64-v3`, …), with the features that CPU implies.
     pub fn cross(triple: &str, cpu: &str) -> CpuTarget {
-        CpuTarget { triple: triple.to_string(), cpu: cpu.to_string(), features: String::new(), l1d_bytes: DEFAULT_L1D_BYTES }
+        CpuTarget {
+            triple: triple.to_string(),
+            cpu: cpu.to_string(),
+            features: String::new(),
+            l1d_bytes: DEFAULT_L1D_BYTES,
+        }
     }
 
     /// The machine Kiln runs on, with all its features.
@@ -119,8 +124,8 @@ fn c_driver(target: &CpuTarget) -> Command {
     let parts: Vec<&str> = target.triple.split('-').collect();
     if parts.len() == 4 {
         let gnu = format!("{}-{}-{}-gcc", parts[0], parts[2], parts[3]);
-        let found = std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(&gnu).is_file()));
+        let found =
+            std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(&gnu).is_file()));
         if found {
             return Command::new(gnu);
         }

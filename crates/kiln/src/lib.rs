@@ -14,9 +14,9 @@ use std::path::Path;
 use kiln_abi::manifest::Manifest;
 
 pub mod native;
-pub use native::ArtifactKind;
 use kiln_ir::lir::Program;
 use kiln_ir::Graph;
+pub use native::ArtifactKind;
 
 pub use kiln_abi::manifest::TensorSpec;
 pub use kiln_abi::DTypeCode;
@@ -74,7 +74,9 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
     #[error("unknown pass `{0}`; passes are: {1}")]
     UnknownPass(String, String),
-    #[error("unknown target `{0}`; supported: cpu (this machine) or an LLVM target triple, e.g. aarch64-unknown-linux-gnu")]
+    #[error(
+        "unknown target `{0}`; supported: cpu (this machine) or an LLVM target triple, e.g. aarch64-unknown-linux-gnu"
+    )]
     UnknownTarget(String),
     #[error("writing `{path}`: {source}")]
     Write { path: std::path::PathBuf, source: std::io::Error },

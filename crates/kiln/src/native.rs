@@ -159,7 +159,11 @@ pub fn header(m: &Manifest, name: &str) -> String {
     let mut h = String::new();
     let w = &mut h;
     let _ = writeln!(w, "/* {name}.h: the C interface of a model compiled by {}.", m.producer);
-    let _ = writeln!(w, " * Model `{}`, target {} (cpu {}), Kiln ABI {}.{}.", m.model_name, m.target_triple, m.target_cpu, m.abi_major, m.abi_minor);
+    let _ = writeln!(
+        w,
+        " * Model `{}`, target {} (cpu {}), Kiln ABI {}.{}.",
+        m.model_name, m.target_triple, m.target_cpu, m.abi_major, m.abi_minor
+    );
     let _ = writeln!(w, " * Generated: do not edit. Link with the static library or object of the same compilation");
     let _ = writeln!(w, " * (and -lm). */");
     let _ = writeln!(w, "#ifndef KILN_MODEL_{up}_H\n#define KILN_MODEL_{up}_H\n");
@@ -210,8 +214,14 @@ pub fn header(m: &Manifest, name: &str) -> String {
     let _ = writeln!(w, "/* Runs the model on the calling thread. inputs[i] and outputs[i] point at dense, row-major");
     let _ = writeln!(w, " * tensors of the dtypes and shapes above; arena at {up}_ARENA_BYTES bytes, 64-byte aligned.");
     let _ = writeln!(w, " * Returns 0, or k > 0 when check k - 1 failed ({name}_check_messages). */");
-    let _ = writeln!(w, "static inline int32_t {name}_run(const void *const *inputs, void *const *outputs, void *arena) {{");
-    let _ = writeln!(w, "    kiln_context ctx = {{KILN_ABI_MAJOR, 0, inputs, outputs, arena, {name}_weights, 0, kiln_serial_for}};");
+    let _ = writeln!(
+        w,
+        "static inline int32_t {name}_run(const void *const *inputs, void *const *outputs, void *arena) {{"
+    );
+    let _ = writeln!(
+        w,
+        "    kiln_context ctx = {{KILN_ABI_MAJOR, 0, inputs, outputs, arena, {name}_weights, 0, kiln_serial_for}};"
+    );
     let _ = writeln!(w, "    return {name}_entry(&ctx);\n}}\n");
     let _ = writeln!(w, "#ifdef __cplusplus\n}}\n#endif\n\n#endif");
     h

@@ -41,8 +41,8 @@ pub mod proto {
 
 pub use error::{ConstantNeeded, ImportError, UnsupportedOp};
 pub use import::{
-    decode_model, import_model, import_model_in_dir, import_path, import_path_with_constants,
-    import_path_with_sources, Sources, MAX_IR_VERSION, MAX_OPSET, MIN_IR_VERSION, MIN_OPSET,
+    decode_model, import_model, import_model_in_dir, import_path, import_path_with_constants, import_path_with_sources,
+    Sources, MAX_IR_VERSION, MAX_OPSET, MIN_IR_VERSION, MIN_OPSET,
 };
 pub use options::{parse_input_shape, ImportOptions};
 
