@@ -106,6 +106,74 @@ pub fn write(manifest: &Manifest, code: &[u8], weights: &[u8]) -> Vec<u8> {
 /// over the pieces first, then header and sections are written in order. Gives the bytes of
 /// [`write`].
 pub fn write_to(w: &mut dyn std::io::Write, manifest: &Manifest, code: &[u8], weights: Pieces) -> std::io::Result<()> {
+    let (mut header, body) = layout(manifest, code, weights);
+    let mut h = Xxh3::new();
+    h.update(&header[..64]);
+    body.emit(&mut |b| {
+        h.update(b);
+        Ok(())
+    })?;
+    header[64..72].copy_from_slice(&h.digest().to_le_bytes());
+    w.write_all(&header)?;
+    body.emit(&mut |b| w.write_all(b))
+}
+
+/// [`write_to`] into a file (anything seekable) in one pass over the sections: the header
+/// is written last, once the checksum is known. Gives the same bytes, reading the weights
+/// once instead of twice.
+pub fn write_seekable<W: std::io::Write + std::io::Seek>(
+    w: &mut W,
+    manifest: &Manifest,
+    code: &[u8],
+    weights: Pieces,
+) -> std::io::Result<()> {
+    let (mut header, body) = layout(manifest, code, weights);
+    let start = w.stream_position()?;
+    w.write_all(&[0u8; HEADER_LEN])?;
+    let mut h = Xxh3::new();
+    h.update(&header[..64]);
+    // In pieces that stay in cache between hashing and writing.
+    body.emit(&mut |b| {
+        for c in b.chunks(1 << 20) {
+            h.update(c);
+            w.write_all(c)?;
+        }
+        Ok(())
+    })?;
+    header[64..72].copy_from_slice(&h.digest().to_le_bytes());
+    let end = w.stream_position()?;
+    w.seek(std::io::SeekFrom::Start(start))?;
+    w.write_all(&header)?;
+    w.seek(std::io::SeekFrom::Start(end))?;
+    Ok(())
+}
+
+/// Everything after the header, in order: padding, manifest, padding, code, padding, weights.
+struct Body<'a> {
+    sections: [(u64, u64); 3],
+    manifest: Vec<u8>,
+    code: &'a [u8],
+    weights: Pieces<'a>,
+}
+
+impl Body<'_> {
+    fn emit(&self, emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut end = HEADER_LEN as u64;
+        for (i, &(off, len)) in self.sections.iter().enumerate() {
+            zeros(off - end, emit)?;
+            match i {
+                0 => emit(&self.manifest)?,
+                1 => emit(self.code)?,
+                _ => self.weights.for_each(emit)?,
+            }
+            end = off + len;
+        }
+        Ok(())
+    }
+}
+
+/// The header (checksum left zero) and the body of an artifact.
+fn layout<'a>(manifest: &Manifest, code: &'a [u8], weights: Pieces<'a>) -> ([u8; HEADER_LEN], Body<'a>) {
     let manifest_bytes = manifest.encode_to_vec();
     let sections: [(u64, u64); 3] = {
         let mut end = HEADER_LEN;
@@ -123,29 +191,7 @@ pub fn write_to(w: &mut dyn std::io::Write, manifest: &Manifest, code: &[u8], we
         header[16 + 16 * i..24 + 16 * i].copy_from_slice(&off.to_le_bytes());
         header[24 + 16 * i..32 + 16 * i].copy_from_slice(&len.to_le_bytes());
     }
-    // Everything after the header, in order: padding, manifest, padding, code, padding, weights.
-    let body = |emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| -> std::io::Result<()> {
-        let mut end = HEADER_LEN as u64;
-        for (i, &(off, len)) in sections.iter().enumerate() {
-            zeros(off - end, emit)?;
-            match i {
-                0 => emit(&manifest_bytes)?,
-                1 => emit(code)?,
-                _ => weights.for_each(emit)?,
-            }
-            end = off + len;
-        }
-        Ok(())
-    };
-    let mut h = Xxh3::new();
-    h.update(&header[..64]);
-    body(&mut |b| {
-        h.update(b);
-        Ok(())
-    })?;
-    header[64..72].copy_from_slice(&h.digest().to_le_bytes());
-    w.write_all(&header)?;
-    body(&mut |b| w.write_all(b))
+    (header, Body { sections, manifest: manifest_bytes, code, weights })
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -194,6 +240,23 @@ mod tests {
     fn sample() -> Vec<u8> {
         let m = Manifest { abi_major: ABI_MAJOR, model_name: "m".into(), arena_bytes: 64, ..Default::default() };
         write(&m, b"code bytes", &[1, 2, 3, 4])
+    }
+
+    #[test]
+    fn seekable_writer_gives_the_same_bytes() {
+        let m = Manifest { abi_major: ABI_MAJOR, model_name: "m".into(), arena_bytes: 64, ..Default::default() };
+        let (a, b) = (vec![7u8; 3 << 20], vec![9u8; 100]);
+        let pieces = [(64, &a[..]), ((4 << 20) + 3, &b[..])];
+        let weights = Pieces { pieces: &pieces, len: 5 << 20 };
+        let mut one = Vec::new();
+        write_to(&mut one, &m, b"code", weights).unwrap();
+        // Written after some other bytes, as into a file opened at an offset.
+        let mut two = std::io::Cursor::new(b"prefix".to_vec());
+        two.set_position(6);
+        write_seekable(&mut two, &m, b"code", weights).unwrap();
+        assert_eq!(two.position() as usize, 6 + one.len());
+        assert_eq!(&two.get_ref()[6..], &one[..]);
+        assert!(read(&one).is_ok());
     }
 
     #[test]

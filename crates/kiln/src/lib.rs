@@ -184,13 +184,18 @@ impl Artifact {
     /// Writes the `.kiln` file at `path`: into a temporary file next to it, renamed over
     /// `path` once complete, so that a failure never leaves a truncated artifact behind.
     pub fn save(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
-        write_file(path.as_ref(), |w| self.write_to(w))
+        let pieces = self.weights.slices();
+        let weights = kiln_abi::artifact::Pieces { pieces: &pieces, len: self.weights.len };
+        write_file(path.as_ref(), |w| kiln_abi::artifact::write_seekable(w, &self.manifest, &self.code, weights))
     }
 }
 
 /// Writes a file through `write`: into a temporary file next to `path`, renamed over it once
 /// complete, so that a failure never leaves a truncated file behind.
-fn write_file(path: &Path, write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> std::io::Result<()> {
+fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -463,7 +468,8 @@ impl Compiler {
         };
         b.timings.push(("package", start.elapsed()));
         let start = std::time::Instant::now();
-        write_file(out, |w| w.write_all(&bytes)).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
+        write_file(out, |w| std::io::Write::write_all(w, &bytes))
+            .map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
         b.timings.push(("write", start.elapsed()));
         Ok(Compiled {
             up_to_date: false,
