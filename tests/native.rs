@@ -141,3 +141,55 @@ fn header_declares_the_model_tensors_and_escapes_names() {
         .arg(d.path())
         .arg(&c));
 }
+
+/// Builds the example crate (`examples/mlp-rs`, which compiles the MLP in its build script
+/// with kiln-build) and returns the build script's OUT_DIR.
+fn build_example() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--locked", "-p", "kiln-example-mlp", "--message-format=json"])
+        .current_dir(repo())
+        .output()
+        .expect("run cargo");
+    assert!(out.status.success(), "building the example crate failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "build-script-executed" && m["package_id"].as_str().unwrap_or("").contains("mlp-rs"))
+        .find_map(|m| m["out_dir"].as_str().map(PathBuf::from))
+        .expect("cargo reports the example's build script")
+}
+
+fn modified(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).modified().unwrap()
+}
+
+#[test]
+fn example_crate_runs_the_model_through_its_typed_binding_and_caches_it() {
+    let out_dir = build_example();
+    let lib = out_dir.join("libkiln_mlp.a");
+    let status = out_dir.join("kiln-build-status");
+
+    // The example's output is `kiln run`'s.
+    let d = tempfile::tempdir().unwrap();
+    let want = kiln_run_output(d.path());
+    let exe = repo().join("target/release/kiln-example-mlp");
+    let y = d.path().join("y.npy");
+    run(Command::new(&exe).arg(repo().join(INPUT)).arg(&y));
+    let got: Vec<f32> = npyz::NpyFile::new(&std::fs::read(&y).unwrap()[..]).unwrap().into_vec().unwrap();
+    assert_close(&got, &want, 1e-6, "example crate");
+
+    // Rebuilding with nothing changed: cargo does not even run the build script.
+    let (lib_time, status_time) = (modified(&lib), modified(&status));
+    assert_eq!(build_example(), out_dir);
+    assert_eq!((modified(&lib), modified(&status)), (lib_time, status_time), "nothing should be rebuilt");
+
+    // The model touched but unchanged: the build script runs, kiln-build finds the library
+    // up to date by its content hash and does not compile.
+    let model = std::fs::File::options().append(true).open(repo().join(MODEL)).unwrap();
+    model.set_modified(std::time::SystemTime::now()).unwrap();
+    assert_eq!(build_example(), out_dir);
+    assert!(modified(&status) > status_time, "the build script should have run again");
+    assert_eq!(std::fs::read_to_string(&status).unwrap(), "up to date");
+    assert_eq!(modified(&lib), lib_time, "the model should not have been compiled again");
+}

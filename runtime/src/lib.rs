@@ -23,6 +23,7 @@ use kiln_abi::manifest::{Manifest, TensorSpec};
 use kiln_abi::{Context, DTypeCode, EntryFn, ABI_MAJOR};
 
 pub use aligned::AlignedBuf;
+pub use kiln_abi as abi;
 pub use kiln_abi::DTypeCode as DType;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +68,47 @@ impl<'a> TensorRef<'a> {
     pub fn i64(shape: &'a [usize], data: &'a [i64]) -> TensorRef<'a> {
         TensorRef { dtype: DTypeCode::I64, shape, data: as_bytes(data) }
     }
+    /// A tensor of `dtype` whose elements are `data`'s, which must be as wide (an f16 tensor
+    /// as `u16` bits, a float8 or 4-bit one as bytes): `None` otherwise.
+    pub fn typed<T: Element>(dtype: DTypeCode, shape: &'a [usize], data: &'a [T]) -> Option<TensorRef<'a>> {
+        (dtype.size() == std::mem::size_of::<T>()).then(|| TensorRef { dtype, shape, data: as_bytes(data) })
+    }
+}
+
+/// A Rust element type of tensors: the numeric primitives and `bool`. A dtype without a
+/// Rust type of its own is read and written through the unsigned or signed integer of its
+/// width (f16 and bf16 as `u16` bits, float8 and `u4` as `u8`, `i4` as `i8`).
+pub trait Element: Copy + sealed::Sealed + 'static {
+    /// Decodes one element from its little-endian bytes.
+    fn from_le(b: &[u8]) -> Self;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! numeric_element {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            fn from_le(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b.try_into().expect("element width"))
+            }
+        }
+    )*};
+}
+numeric_element!(f32, f64, i8, i16, i32, i64, u8, u16, u32, u64);
+
+impl sealed::Sealed for bool {}
+impl Element for bool {
+    fn from_le(b: &[u8]) -> Self {
+        b[0] != 0
+    }
 }
 
 fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
-    // SAFETY: plain-old-data numeric slices viewed as bytes.
+    // SAFETY: the element types are plain data (numbers, and `bool`, whose bytes are 0 or
+    // 1) viewed as bytes.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
@@ -84,6 +122,12 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// The elements as `T` (None if `T` is not as wide as the dtype's elements).
+    pub fn to_vec_of<T: Element>(&self) -> Option<Vec<T>> {
+        let w = std::mem::size_of::<T>();
+        (self.dtype.size() == w).then(|| self.data.chunks_exact(w).map(T::from_le).collect())
+    }
+
     /// The elements as f32 (None if the dtype is not f32).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         (self.dtype == DTypeCode::F32)
@@ -105,18 +149,28 @@ impl Backing {
     }
 }
 
+/// Where a session's code and weights live.
+enum Code {
+    /// An artifact's: the code loaded from a temporary file, the weights in the artifact's
+    /// bytes. Field order matters: the library is closed before its file and the weights go.
+    Loaded {
+        _lib: libloading::Library,
+        _code_file: tempfile::TempPath,
+        backing: Backing,
+        weights_offset: usize,
+        weights_len: usize,
+    },
+    /// Linked into this program (a static library): the weights are its data symbol.
+    Linked { weights: *const u8 },
+}
+
 /// A loaded model, ready to run; `run` may be called from several threads at once.
 pub struct Session {
     manifest: Manifest,
     entry: EntryFn,
-    weights_offset: usize,
-    weights_len: usize,
     arenas: Mutex<Vec<AlignedBuf>>,
     pool: Arc<threads::Pool>,
-    // Field order matters: the library is closed before its file and the weights go away.
-    _lib: libloading::Library,
-    _code_file: tempfile::TempPath,
-    backing: Backing,
+    code: Code,
 }
 
 // SAFETY: the entry point is reentrant (all per-run state lives in the arena and the
@@ -134,6 +188,18 @@ pub struct SessionOptions {
 fn host_matches(triple: &str) -> bool {
     let arch = triple.split('-').next().unwrap_or("");
     arch == std::env::consts::ARCH || (arch == "x86_64" && std::env::consts::ARCH == "x86_64")
+}
+
+fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
+    for spec in manifest.inputs.iter().chain(&manifest.outputs) {
+        if DTypeCode::from_i32(spec.dtype).is_none() {
+            return Err(RuntimeError::Manifest(format!(
+                "tensor `{}` has unknown dtype code {}",
+                spec.name, spec.dtype
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Session {
@@ -166,14 +232,7 @@ impl Session {
                 host: std::env::consts::ARCH,
             });
         }
-        for spec in manifest.inputs.iter().chain(&manifest.outputs) {
-            if DTypeCode::from_i32(spec.dtype).is_none() {
-                return Err(RuntimeError::Manifest(format!(
-                    "tensor `{}` has unknown dtype code {}",
-                    spec.name, spec.dtype
-                )));
-            }
-        }
+        check_dtypes(&manifest)?;
         let load_err = |e: String| RuntimeError::Load(e);
         let mut file =
             tempfile::Builder::new().prefix("kiln-").suffix(".so").tempfile().map_err(|e| load_err(e.to_string()))?;
@@ -196,14 +255,51 @@ impl Session {
         Ok(Session {
             manifest,
             entry,
-            weights_offset,
-            weights_len,
             arenas: Mutex::new(Vec::new()),
             pool: threads::Pool::new(opts.threads),
-            _lib: lib,
-            _code_file: code_path,
-            backing,
+            code: Code::Loaded { _lib: lib, _code_file: code_path, backing, weights_offset, weights_len },
         })
+    }
+
+    /// A session for a model linked into this program from a static library or object
+    /// (what `kiln-build`'s generated bindings call): its manifest (prost-encoded, as
+    /// `kiln-build` writes it), entry point, the address of its weights symbol and the value
+    /// of its ABI version symbol.
+    ///
+    /// # Safety
+    /// The four must come from one compilation: the entry point trusts the manifest's
+    /// shapes and arena size and the weights' layout.
+    pub unsafe fn from_linked(
+        manifest: &[u8],
+        entry: EntryFn,
+        weights: *const u8,
+        abi_version: u32,
+        opts: &SessionOptions,
+    ) -> Result<Session, RuntimeError> {
+        let manifest = <Manifest as prost::Message>::decode(manifest).map_err(ArtifactError::Manifest)?;
+        if abi_version != ABI_MAJOR || manifest.abi_major != ABI_MAJOR {
+            return Err(RuntimeError::Load(format!(
+                "linked model has ABI version {abi_version} (manifest {}), this runtime {ABI_MAJOR}",
+                manifest.abi_major
+            )));
+        }
+        check_dtypes(&manifest)?;
+        Ok(Session {
+            manifest,
+            entry,
+            arenas: Mutex::new(Vec::new()),
+            pool: threads::Pool::new(opts.threads),
+            code: Code::Linked { weights },
+        })
+    }
+
+    fn weights(&self) -> *const u8 {
+        match &self.code {
+            Code::Loaded { backing, weights_offset, weights_len, .. } => {
+                backing.bytes()[*weights_offset..*weights_offset + *weights_len].as_ptr()
+            }
+            Code::Linked { weights } => *weights,
+        }
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -280,7 +376,7 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| AlignedBuf::zeroed(self.manifest.arena_bytes as usize));
-        let weights = self.backing.bytes()[self.weights_offset..self.weights_offset + self.weights_len].as_ptr();
+        let weights = self.weights();
         let ctx = Context {
             abi_version: ABI_MAJOR,
             reserved: 0,

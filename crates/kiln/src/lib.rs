@@ -232,6 +232,8 @@ pub struct Compiled {
     pub source_key: String,
     /// How long each phase took, in order.
     pub timings: Vec<(&'static str, std::time::Duration)>,
+    /// The artifact's manifest (inputs, outputs, target, …).
+    pub manifest: Manifest,
 }
 
 /// A hash of `bytes` (16 bytes), in 8 MiB pieces hashed in parallel.
@@ -409,6 +411,7 @@ impl Compiler {
                     arena_bytes: m.manifest.arena_bytes,
                     source_key: key,
                     timings,
+                    manifest: m.manifest,
                 });
             }
         }
@@ -422,8 +425,9 @@ impl Compiler {
             up_to_date: false,
             file_len,
             arena_bytes: art.manifest.arena_bytes,
-            source_key: art.manifest.source_key,
+            source_key: art.manifest.source_key.clone(),
             timings: art.timings,
+            manifest: art.manifest,
         })
     }
 
@@ -475,9 +479,20 @@ impl Compiler {
             up_to_date: false,
             file_len: bytes.len() as u64,
             arena_bytes: b.manifest.arena_bytes,
-            source_key: b.manifest.source_key,
+            source_key: b.manifest.source_key.clone(),
             timings: b.timings,
+            manifest: b.manifest,
         })
+    }
+
+    /// The [`Compiler::source_key`] of compiling the ONNX file `model`, and the files it was
+    /// read from (the model and its external data files), without compiling it.
+    pub fn source_key_of(&self, model: impl AsRef<Path>) -> Result<(String, Vec<std::path::PathBuf>), Error> {
+        let model = model.as_ref();
+        let (_, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
+        let dir = model.parent().unwrap_or(Path::new(""));
+        let files = std::iter::once(model.to_path_buf()).chain(sources.external.iter().map(|(n, _)| dir.join(n)));
+        Ok((self.source_key(&sources), files.collect()))
     }
 
     /// What an artifact compiled from `sources` with these options depends on, hashed (32
