@@ -159,6 +159,8 @@ enum Code {
         backing: Backing,
         weights_offset: usize,
         weights_len: usize,
+        /// The weights file next to the artifact, when the manifest names one (mapped).
+        external: Option<memmap2::Mmap>,
     },
     /// Linked into this program (a static library): the weights are its data symbol.
     Linked { weights: *const u8 },
@@ -190,6 +192,22 @@ fn host_matches(triple: &str) -> bool {
     arch == std::env::consts::ARCH || (arch == "x86_64" && std::env::consts::ARCH == "x86_64")
 }
 
+/// Maps the weights file `name` in `dir` and checks it against the manifest.
+fn load_weights_file(dir: &Path, name: &str, manifest: &Manifest) -> Result<memmap2::Mmap, RuntimeError> {
+    let plain = Path::new(name).file_name().is_some_and(|f| f == name) && name != "." && name != "..";
+    if !plain {
+        return Err(RuntimeError::Manifest(format!("weights file `{name}` is not a plain file name")));
+    }
+    let path = dir.join(name);
+    let io = |source| RuntimeError::Io { path: path.display().to_string(), source };
+    let file = std::fs::File::open(&path).map_err(io)?;
+    // SAFETY: read-only mapping, checked below; as with the artifact, a concurrent writer
+    // could change it afterwards.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    artifact::read_weights_file(&map, manifest)?;
+    Ok(map)
+}
+
 fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
     for spec in manifest.inputs.iter().chain(&manifest.outputs) {
         if DTypeCode::from_i32(spec.dtype).is_none() {
@@ -215,17 +233,25 @@ impl Session {
         // SAFETY: the map is read-only; a concurrent writer could change the bytes under us,
         // which the checksum verified at load time cannot prevent (as with any mmapped file).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Session::from_backing(Backing::Map(map), opts)
+        Session::from_backing(Backing::Map(map), opts, path.parent())
     }
 
     /// Loads an artifact from memory (copied once into aligned storage).
     pub fn from_bytes(bytes: &[u8], opts: &SessionOptions) -> Result<Session, RuntimeError> {
-        Session::from_backing(Backing::Owned(AlignedBuf::from_slice(bytes)), opts)
+        Session::from_backing(Backing::Owned(AlignedBuf::from_slice(bytes)), opts, None)
     }
 
-    fn from_backing(backing: Backing, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+    /// `dir`: the artifact's directory, where a weights file next to it is found.
+    fn from_backing(backing: Backing, opts: &SessionOptions, dir: Option<&Path>) -> Result<Session, RuntimeError> {
         let sections = artifact::read(backing.bytes())?;
         let manifest = sections.manifest.clone();
+        let external = match (manifest.weights_file.as_str(), dir) {
+            ("", _) => None,
+            (name, Some(dir)) => Some(load_weights_file(dir, name, &manifest)?),
+            (name, None) => return Err(RuntimeError::Load(format!(
+                "the artifact keeps its weights in the file `{name}` next to it: load it from its path (Session::load)"
+            ))),
+        };
         if !host_matches(&manifest.target_triple) {
             return Err(RuntimeError::WrongTarget {
                 triple: manifest.target_triple.clone(),
@@ -257,7 +283,7 @@ impl Session {
             entry,
             arenas: Mutex::new(Vec::new()),
             pool: threads::Pool::new(opts.threads),
-            code: Code::Loaded { _lib: lib, _code_file: code_path, backing, weights_offset, weights_len },
+            code: Code::Loaded { _lib: lib, _code_file: code_path, backing, weights_offset, weights_len, external },
         })
     }
 
@@ -295,6 +321,7 @@ impl Session {
 
     fn weights(&self) -> *const u8 {
         match &self.code {
+            Code::Loaded { external: Some(map), .. } => map[artifact::SECTION_ALIGN..].as_ptr(),
             Code::Loaded { backing, weights_offset, weights_len, .. } => {
                 backing.bytes()[*weights_offset..*weights_offset + *weights_len].as_ptr()
             }

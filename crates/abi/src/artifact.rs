@@ -37,6 +37,8 @@ pub enum ArtifactError {
     Checksum { stored: u64, computed: u64 },
     #[error("artifact manifest cannot be decoded: {0}")]
     Manifest(#[from] prost::DecodeError),
+    #[error("weights file `{name}`: {why}")]
+    WeightsFile { name: String, why: String },
 }
 
 /// The sections of a parsed artifact, borrowed from the file's bytes.
@@ -192,6 +194,60 @@ fn layout<'a>(manifest: &Manifest, code: &'a [u8], weights: Pieces<'a>) -> ([u8;
         header[24 + 16 * i..32 + 16 * i].copy_from_slice(&len.to_le_bytes());
     }
     (header, Body { sections, manifest: manifest_bytes, code, weights })
+}
+
+/// Magic bytes of a weights file (the weights of an artifact kept next to it).
+pub const WEIGHTS_MAGIC: &[u8; 8] = b"KILNWTS\0";
+
+/// Writes a weights file: the magic, the ABI major (LE u32), 4 zero bytes, the weights'
+/// length (LE u64), zeros up to byte 64, then the weights (64-byte aligned in the file, so
+/// in a mapping of it). Returns the weights' xxh3-64, which the artifact's manifest records.
+pub fn write_weights_file(w: &mut dyn std::io::Write, weights: Pieces) -> std::io::Result<u64> {
+    let mut header = [0u8; SECTION_ALIGN];
+    header[..8].copy_from_slice(WEIGHTS_MAGIC);
+    header[8..12].copy_from_slice(&ABI_MAJOR.to_le_bytes());
+    header[16..24].copy_from_slice(&weights.len.to_le_bytes());
+    w.write_all(&header)?;
+    let mut h = Xxh3::new();
+    weights.for_each(&mut |b| {
+        for c in b.chunks(1 << 20) {
+            h.update(c);
+            w.write_all(c)?;
+        }
+        Ok(())
+    })?;
+    Ok(h.digest())
+}
+
+/// The weights in a weights file's bytes, checked against what the artifact's manifest
+/// says of them (length and checksum).
+pub fn read_weights_file<'a>(bytes: &'a [u8], manifest: &Manifest) -> Result<&'a [u8], ArtifactError> {
+    let name = &manifest.weights_file;
+    let bad = |why: String| ArtifactError::WeightsFile { name: name.clone(), why };
+    if bytes.len() < SECTION_ALIGN || &bytes[..8] != WEIGHTS_MAGIC {
+        return Err(bad("not a Kiln weights file (bad magic bytes or too short)".into()));
+    }
+    let major = u32_at(bytes, 8);
+    if major != ABI_MAJOR {
+        return Err(bad(format!("ABI version {major}, expected {ABI_MAJOR}")));
+    }
+    let len = u64_at(bytes, 16);
+    if len != manifest.weights_len || (bytes.len() - SECTION_ALIGN) as u64 != len {
+        return Err(bad(format!(
+            "{} bytes of weights (header says {len}), the artifact expects {}: truncated, or from another compilation",
+            bytes.len() - SECTION_ALIGN,
+            manifest.weights_len
+        )));
+    }
+    let weights = &bytes[SECTION_ALIGN..];
+    let computed = xxhash_rust::xxh3::xxh3_64(weights);
+    if computed != manifest.weights_checksum {
+        return Err(bad(format!(
+            "checksum {computed:#018x}, the artifact expects {:#018x}: damaged, or from another compilation",
+            manifest.weights_checksum
+        )));
+    }
+    Ok(weights)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

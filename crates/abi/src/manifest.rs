@@ -46,4 +46,15 @@ pub struct Manifest {
     /// Empty when unknown (a graph compiled through the library API).
     #[prost(string, tag = "11")]
     pub source_key: String,
+    /// When not empty (ABI 1.1), the weights are not in the artifact's weight section (which is
+    /// empty) but in this file, next to the artifact: a plain file name, in the layout of
+    /// [`crate::artifact::write_weights_file`].
+    #[prost(string, tag = "12")]
+    pub weights_file: String,
+    /// Length of the weights in `weights_file`.
+    #[prost(uint64, tag = "13")]
+    pub weights_len: u64,
+    /// xxh3-64 of the weights in `weights_file`: ties that file to this artifact.
+    #[prost(uint64, tag = "14")]
+    pub weights_checksum: u64,
 }

@@ -113,6 +113,9 @@ pub struct CompileOptions {
     /// Where compiled kernels are cached between compilations (by default from the
     /// environment: `$KILN_CACHE_DIR`, `off` to disable, else `~/.cache/kiln`).
     pub kernel_cache: KernelCache,
+    /// [`Artifact::save`] puts the weights in a file of their own next to the artifact
+    /// (`<artifact>.weights`, which the runtime maps) instead of inside it.
+    pub external_weights: bool,
 }
 
 impl Default for CompileOptions {
@@ -124,6 +127,7 @@ impl Default for CompileOptions {
             frozen_inputs: HashMap::new(),
             value_inputs: HashMap::new(),
             kernel_cache: KernelCache::from_env(),
+            external_weights: false,
         }
     }
 }
@@ -164,6 +168,9 @@ pub struct Artifact {
     pub memory: MemoryReport,
     /// How long each phase of the compilation took, in order (`kiln compile --timings`).
     pub timings: Vec<(&'static str, std::time::Duration)>,
+    /// [`Artifact::save`] writes the weights to a file of their own
+    /// ([`CompileOptions::external_weights`]).
+    pub external_weights: bool,
 }
 
 impl Artifact {
@@ -183,10 +190,38 @@ impl Artifact {
 
     /// Writes the `.kiln` file at `path`: into a temporary file next to it, renamed over
     /// `path` once complete, so that a failure never leaves a truncated artifact behind.
+    ///
+    /// With [`Artifact::external_weights`], the weights go first into `<path>.weights` (the
+    /// file name recorded in the manifest, with the weights' length and checksum) and the
+    /// artifact's own weight section is empty. [`Artifact::bytes`] always gives the whole
+    /// artifact, weights inside.
     pub fn save(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
+        self.save_with_manifest(path.as_ref()).map(|_| ())
+    }
+
+    /// [`Artifact::save`], returning the manifest written (which names the weights file).
+    fn save_with_manifest(&self, path: &Path) -> std::io::Result<Manifest> {
         let pieces = self.weights.slices();
         let weights = kiln_abi::artifact::Pieces { pieces: &pieces, len: self.weights.len };
-        write_file(path.as_ref(), |w| kiln_abi::artifact::write_seekable(w, &self.manifest, &self.code, weights))
+        if !self.external_weights {
+            write_file(path, |w| kiln_abi::artifact::write_seekable(w, &self.manifest, &self.code, weights))?;
+            return Ok(self.manifest.clone());
+        }
+        let name = format!("{}.weights", path.file_name().unwrap_or_default().to_string_lossy());
+        let mut checksum = 0;
+        write_file(&path.with_file_name(&name), |w| {
+            checksum = kiln_abi::artifact::write_weights_file(w, weights)?;
+            Ok(())
+        })?;
+        let manifest = Manifest {
+            weights_file: name,
+            weights_len: self.weights.len,
+            weights_checksum: checksum,
+            ..self.manifest.clone()
+        };
+        let none = kiln_abi::artifact::Pieces { pieces: &[], len: 0 };
+        write_file(path, |w| kiln_abi::artifact::write_seekable(w, &manifest, &self.code, none))?;
+        Ok(manifest)
     }
 }
 
@@ -259,6 +294,12 @@ fn existing_artifact(path: &Path) -> Option<Existing> {
     // SAFETY: read-only mapping, read once here; a file changed meanwhile fails its checksum.
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
     let sections = kiln_abi::artifact::read(&map).ok()?;
+    if !sections.manifest.weights_file.is_empty() {
+        let weights = std::fs::File::open(path.with_file_name(&sections.manifest.weights_file)).ok()?;
+        // SAFETY: as above.
+        let weights = unsafe { memmap2::Mmap::map(&weights) }.ok()?;
+        kiln_abi::artifact::read_weights_file(&weights, &sections.manifest).ok()?;
+    }
     Some(Existing { manifest: sections.manifest, file_len: map.len() as u64 })
 }
 
@@ -339,7 +380,14 @@ impl Compiler {
         let start = std::time::Instant::now();
         let code = kiln_backend_cpu::link_shared(&b.objects, &self.opts.target, &self.opts.kernel_cache)?;
         b.timings.push(("link", start.elapsed()));
-        Ok(Artifact { manifest: b.manifest, code, weights: b.weights, memory: b.memory, timings: b.timings })
+        Ok(Artifact {
+            manifest: b.manifest,
+            code,
+            weights: b.weights,
+            memory: b.memory,
+            timings: b.timings,
+            external_weights: self.opts.external_weights,
+        })
     }
 
     /// Optimizes, lowers and compiles a graph to unlinked objects whose entry symbols are
@@ -379,6 +427,9 @@ impl Compiler {
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
             check_messages: p.assert_messages(),
             source_key: String::new(),
+            weights_file: String::new(),
+            weights_len: 0,
+            weights_checksum: 0,
         };
         Ok(Built { manifest, objects, weights, memory, timings })
     }
@@ -418,7 +469,8 @@ impl Compiler {
         let mut art = self.compile_graph_timed(g, timings)?;
         art.manifest.source_key = key;
         let start = std::time::Instant::now();
-        art.save(out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
+        art.manifest =
+            art.save_with_manifest(out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
         art.timings.push(("write", start.elapsed()));
         let file_len = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
         Ok(Compiled {
@@ -508,6 +560,7 @@ impl Compiler {
         put(env!("KILN_COMPILER_FINGERPRINT").as_bytes());
         put(kiln_backend_cpu::cache::toolchain_id().as_bytes());
         put(format!("{:?}", self.opts.target).as_bytes());
+        put(&[self.opts.external_weights as u8]);
         let mut shapes: Vec<_> = self.opts.input_shapes.iter().collect();
         shapes.sort();
         put(format!("{shapes:?}").as_bytes());

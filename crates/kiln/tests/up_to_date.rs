@@ -144,3 +144,48 @@ fn unchanged_compilation_keeps_the_artifact_and_any_change_recompiles() {
     assert!(!sixth.up_to_date);
     assert_eq!(run(&out, 2)[3..], expected(&w2));
 }
+
+#[test]
+fn external_weights_live_next_to_the_artifact_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, out) = (dir.path().join("model.onnx"), dir.path().join("model.kiln"));
+    let weights = dir.path().join("model.kiln.weights");
+    let w: [f32; 12] = std::array::from_fn(|i| 0.25 * i as f32 - 1.0);
+    write_model(dir.path(), &w);
+    let mut c = compiler(1);
+    c.opts.external_weights = true;
+
+    let first = c.compile_file(&model, &out).unwrap();
+    assert!(!first.up_to_date);
+    assert_eq!(first.manifest.weights_file, "model.kiln.weights");
+    // The artifact's own weight section is empty: the file holds the weights (and a header).
+    assert!(std::fs::metadata(&weights).unwrap().len() >= 64 + 48);
+    assert_eq!(run(&out, 1), expected(&w));
+    // The key says external: the same model compiled inline is another compilation.
+    assert_ne!(first.source_key, compiler(1).compile_file(&model, dir.path().join("inline.kiln")).unwrap().source_key);
+
+    // Up to date while both files are sound.
+    assert!(c.compile_file(&model, &out).unwrap().up_to_date);
+
+    // A damaged weights file: refused at load with its name, and recompiled.
+    let good = std::fs::read(&weights).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(&weights, &bad).unwrap();
+    let err = Session::load(&out).err().expect("a damaged weights file must be refused").to_string();
+    assert!(err.contains("model.kiln.weights") && err.contains("checksum"), "{err}");
+    assert!(!c.compile_file(&model, &out).unwrap().up_to_date);
+    assert_eq!(std::fs::read(&weights).unwrap(), good);
+
+    // A missing one: refused, naming the path; recompiled.
+    std::fs::remove_file(&weights).unwrap();
+    let err = Session::load(&out).err().expect("a missing weights file must be refused").to_string();
+    assert!(err.contains("model.kiln.weights"), "{err}");
+    assert!(!c.compile_file(&model, &out).unwrap().up_to_date);
+    assert_eq!(run(&out, 1), expected(&w));
+
+    // From bytes there is no "next to it": a clear error.
+    let err = Session::from_bytes(&std::fs::read(&out).unwrap(), &Default::default()).err().unwrap().to_string();
+    assert!(err.contains("Session::load"), "{err}");
+}
