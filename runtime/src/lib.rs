@@ -248,9 +248,11 @@ impl Session {
         let external = match (manifest.weights_file.as_str(), dir) {
             ("", _) => None,
             (name, Some(dir)) => Some(load_weights_file(dir, name, &manifest)?),
-            (name, None) => return Err(RuntimeError::Load(format!(
+            (name, None) => {
+                return Err(RuntimeError::Load(format!(
                 "the artifact keeps its weights in the file `{name}` next to it: load it from its path (Session::load)"
-            ))),
+            )))
+            }
         };
         if !host_matches(&manifest.target_triple) {
             return Err(RuntimeError::WrongTarget {

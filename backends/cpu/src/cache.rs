@@ -123,6 +123,7 @@ fn put_toolchain(put: &mut dyn FnMut(&str), target: &CpuTarget) {
     put(&target.cpu);
     put(&target.features);
     put(&target.l1d_bytes.to_string());
+    put(&format!("O{}", target.opt_level));
 }
 
 /// The cache key of the object compiled from an unoptimized LLVM module (the entry module:

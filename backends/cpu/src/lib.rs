@@ -135,7 +135,7 @@ pub fn compile_objects(
                 let ctx = inkwell::context::Context::create();
                 let module = codegen::build_body_module(&ctx, k, p, &symbols[i])?;
                 let tm = target.machine()?;
-                target::optimize(&module, &tm)?;
+                target::optimize(&module, &tm, target.opt_level)?;
                 target::emit_object(&module, &tm)
             })
         })
@@ -147,7 +147,7 @@ pub fn compile_objects(
         let tm = target.machine()?;
         // The entry is calls in order and the wrappers loads of buffer pointers: O1 is all
         // they need, and O3 on a few thousand wrappers took most of a warm compilation.
-        target::optimize_with(&entry, &tm, "default<O1>")?;
+        target::optimize_with(&entry, &tm, &format!("default<O{}>", target.opt_level.min(1)))?;
         target::emit_object(&entry, &tm)
     })?;
     Ok(CpuObjects {
@@ -163,7 +163,7 @@ pub fn emit_text(prog: &Program, target: &CpuTarget, what: Emit) -> Result<Strin
     let ctx = inkwell::context::Context::create();
     let module = build_module(&ctx, prog, target)?;
     let tm = target.machine()?;
-    target::optimize(&module, &tm)?;
+    target::optimize(&module, &tm, target.opt_level)?;
     match what {
         Emit::Llvm => Ok(module.print_to_string().to_string()),
         Emit::Asm => {

@@ -24,6 +24,9 @@ pub struct CpuTarget {
     pub features: String,
     /// L1 data cache per core, in bytes: the blocking of matrix products is derived from it.
     pub l1d_bytes: usize,
+    /// LLVM's optimization level for the kernels, 0 to 3 (default 3). Lower levels compile
+    /// faster and run slower; the results are the same up to floating-point contraction.
+    pub opt_level: u8,
 }
 
 /// The L1 data cache assumed for a target whose own is not known.
@@ -55,6 +58,7 @@ impl CpuTarget {
             cpu: cpu.to_string(),
             features: String::new(),
             l1d_bytes: DEFAULT_L1D_BYTES,
+            opt_level: 3,
         }
     }
 
@@ -66,6 +70,7 @@ impl CpuTarget {
             cpu: TargetMachine::get_host_cpu_name().to_string(),
             features: TargetMachine::get_host_cpu_features().to_string(),
             l1d_bytes: host_l1d_bytes().unwrap_or(DEFAULT_L1D_BYTES),
+            opt_level: 3,
         }
     }
 
@@ -80,7 +85,12 @@ impl CpuTarget {
                 &triple,
                 &self.cpu,
                 &self.features,
-                OptimizationLevel::Aggressive,
+                match self.opt_level {
+                    0 => OptimizationLevel::None,
+                    1 => OptimizationLevel::Less,
+                    2 => OptimizationLevel::Default,
+                    _ => OptimizationLevel::Aggressive,
+                },
                 RelocMode::PIC,
                 CodeModel::Default,
             )
@@ -88,8 +98,9 @@ impl CpuTarget {
     }
 }
 
-pub(crate) fn optimize(module: &Module, tm: &TargetMachine) -> Result<(), BackendError> {
-    optimize_with(module, tm, "default<O3>")
+/// Runs LLVM's pipeline for `level` (0 to 3) on a kernel module.
+pub(crate) fn optimize(module: &Module, tm: &TargetMachine, level: u8) -> Result<(), BackendError> {
+    optimize_with(module, tm, &format!("default<O{}>", level.min(3)))
 }
 
 /// Runs the LLVM pass pipeline `pipeline` (e.g. `default<O1>`) on a verified module.

@@ -75,6 +75,12 @@ enum Cmd {
         /// mapped by the runtime) instead of inside it.
         #[arg(long)]
         external_weights: bool,
+        /// LLVM's optimization level for the kernels (0 to 3).
+        #[arg(short = 'O', long = "opt-level", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
+        opt_level: u8,
+        /// Threads compiling kernels (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Run a model (.onnx, compiled in memory, or .kiln) on inputs from .npy or .pb files.
     Run {
@@ -372,35 +378,47 @@ fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bo
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
-        Cmd::Compile { model, output, target, cpu, shapes, emit, name, timings, external_weights } => {
-            (|| -> Res<()> {
-                let mut opts = options(shapes, "cpu", model)?;
-                opts.external_weights = *external_weights;
-                opts.set_target_cpu(target, cpu.as_deref())?;
-                let c = Compiler::new(opts);
-                let Some(kind) = kiln::ArtifactKind::parse(emit) else {
-                    print!("{}", c.emit(model, emit, None)?);
-                    return Ok(());
-                };
-                let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let ext = match kind {
-                    kiln::ArtifactKind::Kiln => "kiln".to_string(),
-                    kiln::ArtifactKind::Object => "o".to_string(),
-                    kiln::ArtifactKind::Staticlib => "a".to_string(),
-                    kiln::ArtifactKind::Header => "h".to_string(),
-                };
-                let out = output.clone().unwrap_or_else(|| model.with_extension(ext));
-                let done = c.compile_file_as(model, &out, kind, name.as_deref().unwrap_or(&stem))?;
-                if *timings {
-                    for (phase, t) in &done.timings {
-                        eprintln!("{phase:>9} {:8.1} ms", t.as_secs_f64() * 1e3);
-                    }
+        Cmd::Compile {
+            model,
+            output,
+            target,
+            cpu,
+            shapes,
+            emit,
+            name,
+            timings,
+            external_weights,
+            opt_level,
+            threads,
+        } => (|| -> Res<()> {
+            let mut opts = options(shapes, "cpu", model)?;
+            opts.external_weights = *external_weights;
+            opts.opt_level = *opt_level;
+            opts.threads = *threads;
+            opts.set_target_cpu(target, cpu.as_deref())?;
+            let c = Compiler::new(opts);
+            let Some(kind) = kiln::ArtifactKind::parse(emit) else {
+                print!("{}", c.emit(model, emit, None)?);
+                return Ok(());
+            };
+            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let ext = match kind {
+                kiln::ArtifactKind::Kiln => "kiln".to_string(),
+                kiln::ArtifactKind::Object => "o".to_string(),
+                kiln::ArtifactKind::Staticlib => "a".to_string(),
+                kiln::ArtifactKind::Header => "h".to_string(),
+            };
+            let out = output.clone().unwrap_or_else(|| model.with_extension(ext));
+            let done = c.compile_file_as(model, &out, kind, name.as_deref().unwrap_or(&stem))?;
+            if *timings {
+                for (phase, t) in &done.timings {
+                    eprintln!("{phase:>9} {:8.1} ms", t.as_secs_f64() * 1e3);
                 }
-                let what = if done.up_to_date { "up to date:" } else { "wrote" };
-                eprintln!("{what} {} ({} bytes, arena {} bytes)", out.display(), done.file_len, done.arena_bytes);
-                Ok(())
-            })()
-        }
+            }
+            let what = if done.up_to_date { "up to date:" } else { "wrote" };
+            eprintln!("{what} {} ({} bytes, arena {} bytes)", out.display(), done.file_len, done.arena_bytes);
+            Ok(())
+        })(),
         Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),
         Cmd::Inspect { model, shapes, after, memory, emit } => {
             cmd_inspect(model, shapes, after.as_deref(), *memory, emit)

@@ -1,12 +1,43 @@
 //! Kiln: compile ONNX models into native artifacts and run them.
 //!
-//! ```no_run
-//! use kiln::{Compiler, CompileOptions};
-//! let artifact = Compiler::new(CompileOptions::default()).compile_path("model.onnx")?;
-//! artifact.save("model.kiln")?;
-//! let session = kiln::Session::from_bytes(&artifact.bytes(), &Default::default())?;
+//! Compile a model file, load the artifact and run it (the bundled example MLP):
+//!
+//! ```
+//! use kiln::{CompileOptions, Compiler, KernelCache, Session, TensorRef};
+//! let opts = CompileOptions { threads: 1, kernel_cache: KernelCache::disabled(), ..Default::default() };
+//! let artifact = Compiler::new(opts).compile_path("../../examples/mlp/model.onnx")?;
+//! let session = Session::from_bytes(&artifact.bytes(), &Default::default())?;
+//! assert_eq!(session.inputs()[0].name, "x");
+//! let x = [0.5f32; 8];
+//! let y = session.run(&[TensorRef::f32(&[1, 8], &x)])?;
+//! assert_eq!((y[0].name.as_str(), y[0].shape.as_slice()), ("y", &[1, 4][..]));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Or build the graph in code. Here `y = relu(x · W)`, with outputs worked out by hand:
+//!
+//! ```
+//! use kiln::ir::op::UnaryOp;
+//! use kiln::ir::{DType, Graph, Op, Tensor, TensorType};
+//! use kiln::{CompileOptions, Compiler, KernelCache, Session, TensorRef};
+//!
+//! let mut g = Graph::new("tiny");
+//! let x = g.add_input("x", TensorType::new(DType::F32, vec![1, 2]));
+//! let w = g.add_const("w", Tensor::f32(vec![2, 2], vec![1.0, -2.0, 1.0, -3.0]));
+//! let xw = g.add_node(Op::MatMul, &[x, w], "matmul", &[])?[0];
+//! g.outputs = g.add_node(Op::Unary(UnaryOp::Relu), &[xw], "relu", &[])?;
+//!
+//! let opts = CompileOptions { opt_level: 1, kernel_cache: KernelCache::disabled(), ..Default::default() };
+//! let artifact = Compiler::new(opts).compile_graph(g)?;
+//! let session = Session::from_bytes(&artifact.bytes(), &Default::default())?;
+//! let y = session.run(&[TensorRef::f32(&[1, 2], &[1.0, 2.0])])?;
+//! // [1, 2] · [[1, -2], [1, -3]] = [3, -8]; relu gives [3, 0].
+//! assert_eq!(y[0].to_f32(), Some(vec![3.0, 0.0]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [`Compiler::compile_file_as`] writes the other artifact kinds (a static library, an
+//! object, a C header); the `kiln-build` crate does it from a build script.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -116,6 +147,11 @@ pub struct CompileOptions {
     /// [`Artifact::save`] puts the weights in a file of their own next to the artifact
     /// (`<artifact>.weights`, which the runtime maps) instead of inside it.
     pub external_weights: bool,
+    /// LLVM's optimization level for the kernels, 0 to 3 (default 3; it overrides the
+    /// target's).
+    pub opt_level: u8,
+    /// Threads compiling kernels in parallel (0: one per core).
+    pub threads: usize,
 }
 
 impl Default for CompileOptions {
@@ -128,6 +164,8 @@ impl Default for CompileOptions {
             value_inputs: HashMap::new(),
             kernel_cache: KernelCache::from_env(),
             external_weights: false,
+            opt_level: 3,
+            threads: 0,
         }
     }
 }
@@ -323,8 +361,20 @@ pub struct Compiler {
 }
 
 impl Compiler {
-    pub fn new(opts: CompileOptions) -> Compiler {
+    pub fn new(mut opts: CompileOptions) -> Compiler {
+        opts.target.opt_level = opts.opt_level.min(3);
         Compiler { opts }
+    }
+
+    /// Runs `f` on a pool of [`CompileOptions::threads`] threads (rayon's global pool for 0).
+    fn pooled<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        if self.opts.threads == 0 {
+            return f();
+        }
+        match rayon::ThreadPoolBuilder::new().num_threads(self.opts.threads).build() {
+            Ok(pool) => pool.install(f),
+            Err(_) => f(),
+        }
     }
 
     fn import_opts(&self) -> ImportOptions {
@@ -368,7 +418,7 @@ impl Compiler {
 
     /// Compiles an optimized graph into an artifact.
     pub fn compile_graph(&self, g: Graph) -> Result<Artifact, Error> {
-        self.compile_graph_timed(g, Vec::new())
+        self.pooled(|| self.compile_graph_timed(g, Vec::new()))
     }
 
     fn compile_graph_timed(
@@ -438,7 +488,7 @@ impl Compiler {
     pub fn compile_path(&self, path: impl AsRef<Path>) -> Result<Artifact, Error> {
         let start = std::time::Instant::now();
         let g = self.import_path(path)?;
-        self.compile_graph_timed(g, vec![("import", start.elapsed())])
+        self.pooled(|| self.compile_graph_timed(g, vec![("import", start.elapsed())]))
     }
 
     /// Compiles the ONNX file `model` into the artifact file `out`, unless `out` already
@@ -448,6 +498,10 @@ impl Compiler {
     /// and a rewrite of its weights.
     pub fn compile_file(&self, model: impl AsRef<Path>, out: impl AsRef<Path>) -> Result<Compiled, Error> {
         let (model, out) = (model.as_ref(), out.as_ref());
+        self.pooled(|| self.compile_file_inner(model, out))
+    }
+
+    fn compile_file_inner(&self, model: &Path, out: &Path) -> Result<Compiled, Error> {
         let start = std::time::Instant::now();
         let (g, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
         let mut timings = vec![("import", start.elapsed())];
@@ -498,6 +552,10 @@ impl Compiler {
         if kind == ArtifactKind::Kiln {
             return self.compile_file(model, out);
         }
+        self.pooled(|| self.compile_native(model, out, kind, name))
+    }
+
+    fn compile_native(&self, model: &Path, out: &Path, kind: ArtifactKind, name: &str) -> Result<Compiled, Error> {
         let name = native::c_name(name);
         let start = std::time::Instant::now();
         let (g, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
