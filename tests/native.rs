@@ -193,3 +193,28 @@ fn example_crate_runs_the_model_through_its_typed_binding_and_caches_it() {
     assert_eq!(std::fs::read_to_string(&status).unwrap(), "up to date");
     assert_eq!(modified(&lib), lib_time, "the model should not have been compiled again");
 }
+
+#[test]
+fn kiln_artifact_for_another_machine_is_built_and_refused_here_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let art = d.path().join("a64.kiln");
+    kiln(&["compile", MODEL, "--target", "aarch64-unknown-linux-gnu", "-o", art.to_str().unwrap()]);
+    let out = Command::new(kiln_tests::kiln_bin())
+        .args(["run", art.to_str().unwrap(), "--input", &format!("x={INPUT}"), "--output-dir"])
+        .arg(d.path().join("out"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("compiled for `aarch64-unknown-linux-gnu`") && err.contains("cannot run"), "{err}");
+    // A triple LLVM does not know is named before anything is compiled.
+    let out = Command::new(kiln_tests::kiln_bin())
+        .args(["compile", MODEL, "--target", "nonsense-vendor-os", "-o"])
+        .arg(d.path().join("x.kiln"))
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nonsense-vendor-os"), "{err}");
+}
