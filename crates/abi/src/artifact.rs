@@ -120,9 +120,9 @@ pub fn write_to(w: &mut dyn std::io::Write, manifest: &Manifest, code: &[u8], we
     body.emit(&mut |b| w.write_all(b))
 }
 
-/// [`write_to`] into a file (anything seekable) in one pass over the sections: the header
-/// is written last, once the checksum is known. Gives the same bytes, reading the weights
-/// once instead of twice.
+/// [`write_to`] into a file (anything seekable): the sections are written while another
+/// thread hashes them, and the header last, once the checksum is known. Gives the same
+/// bytes.
 pub fn write_seekable<W: std::io::Write + std::io::Seek>(
     w: &mut W,
     manifest: &Manifest,
@@ -132,17 +132,23 @@ pub fn write_seekable<W: std::io::Write + std::io::Seek>(
     let (mut header, body) = layout(manifest, code, weights);
     let start = w.stream_position()?;
     w.write_all(&[0u8; HEADER_LEN])?;
-    let mut h = Xxh3::new();
-    h.update(&header[..64]);
-    // In pieces that stay in cache between hashing and writing.
-    body.emit(&mut |b| {
-        for c in b.chunks(1 << 20) {
-            h.update(c);
-            w.write_all(c)?;
-        }
-        Ok(())
+    // The checksum on a second thread while this one writes: hashing a model's weights takes
+    // about as long as handing them to the kernel.
+    let digest = std::thread::scope(|s| {
+        let hasher = s.spawn(|| {
+            let mut h = Xxh3::new();
+            h.update(&header[..64]);
+            body.emit(&mut |b| {
+                h.update(b);
+                Ok(())
+            })
+            .map(|()| h.digest())
+        });
+        let written = body.emit(&mut |b| w.write_all(b));
+        let digest = hasher.join().expect("hashing does not panic");
+        written.and(digest)
     })?;
-    header[64..72].copy_from_slice(&h.digest().to_le_bytes());
+    header[64..72].copy_from_slice(&digest.to_le_bytes());
     let end = w.stream_position()?;
     w.seek(std::io::SeekFrom::Start(start))?;
     w.write_all(&header)?;
