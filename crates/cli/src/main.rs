@@ -416,7 +416,7 @@ fn main() -> ExitCode {
                 }
             }
             let what = if done.up_to_date { "up to date:" } else { "wrote" };
-            eprintln!("{what} {} ({} bytes, arena {} bytes)", out.display(), done.file_len, done.arena_bytes);
+            eprintln!("{what} {} ({} bytes, arena {} bytes)", out.display(), done.file_len, done.manifest.arena_bytes);
             Ok(())
         })(),
         Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),

@@ -299,13 +299,10 @@ pub struct Compiled {
     pub up_to_date: bool,
     /// The artifact file's size in bytes.
     pub file_len: u64,
-    /// Bytes of scratch memory one run needs.
-    pub arena_bytes: u64,
-    /// [`Compiler::source_key`] of this compilation, recorded in the artifact's manifest.
-    pub source_key: String,
     /// How long each phase took, in order.
     pub timings: Vec<(&'static str, std::time::Duration)>,
-    /// The artifact's manifest (inputs, outputs, target, …).
+    /// The artifact's manifest: inputs, outputs, target, arena size, [`Compiler::source_key`]
+    /// of this compilation, ….
     pub manifest: Manifest,
 }
 
@@ -510,14 +507,7 @@ impl Compiler {
         timings.push(("check", start.elapsed()));
         if let Some(m) = existing.filter(|m| m.manifest.source_key == key) {
             if touch(out).is_ok() {
-                return Ok(Compiled {
-                    up_to_date: true,
-                    file_len: m.file_len,
-                    arena_bytes: m.manifest.arena_bytes,
-                    source_key: key,
-                    timings,
-                    manifest: m.manifest,
-                });
+                return Ok(Compiled { up_to_date: true, file_len: m.file_len, timings, manifest: m.manifest });
             }
         }
         let mut art = self.compile_graph_timed(g, timings)?;
@@ -527,14 +517,7 @@ impl Compiler {
             art.save_with_manifest(out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
         art.timings.push(("write", start.elapsed()));
         let file_len = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-        Ok(Compiled {
-            up_to_date: false,
-            file_len,
-            arena_bytes: art.manifest.arena_bytes,
-            source_key: art.manifest.source_key.clone(),
-            timings: art.timings,
-            manifest: art.manifest,
-        })
+        Ok(Compiled { up_to_date: false, file_len, timings: art.timings, manifest: art.manifest })
     }
 
     /// Compiles the ONNX file `model` into `out` as an artifact of kind `kind`; a static
@@ -585,14 +568,7 @@ impl Compiler {
         write_file(out, |w| std::io::Write::write_all(w, &bytes))
             .map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
         b.timings.push(("write", start.elapsed()));
-        Ok(Compiled {
-            up_to_date: false,
-            file_len: bytes.len() as u64,
-            arena_bytes: b.manifest.arena_bytes,
-            source_key: b.manifest.source_key.clone(),
-            timings: b.timings,
-            manifest: b.manifest,
-        })
+        Ok(Compiled { up_to_date: false, file_len: bytes.len() as u64, timings: b.timings, manifest: b.manifest })
     }
 
     /// The [`Compiler::source_key`] of compiling the ONNX file `model`, and the files it was

@@ -109,7 +109,7 @@ fn unchanged_compilation_keeps_the_artifact_and_any_change_recompiles() {
     age(&out);
     let second = compiler(1).compile_file(&model, &out).unwrap();
     assert!(second.up_to_date);
-    assert_eq!(second.source_key, first.source_key);
+    assert_eq!(second.manifest.source_key, first.manifest.source_key);
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
     assert!(modified(&out) > SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000));
 
@@ -118,7 +118,7 @@ fn unchanged_compilation_keeps_the_artifact_and_any_change_recompiles() {
     write_model(dir.path(), &w2);
     let third = compiler(1).compile_file(&model, &out).unwrap();
     assert!(!third.up_to_date);
-    assert_ne!(third.source_key, first.source_key);
+    assert_ne!(third.manifest.source_key, first.manifest.source_key);
     assert_eq!(run(&out, 1), expected(&w2));
 
     // Another input shape: compiled again.
@@ -135,7 +135,7 @@ fn unchanged_compilation_keeps_the_artifact_and_any_change_recompiles() {
     std::fs::write(&out, &damaged).unwrap();
     let fifth = compiler(2).compile_file(&model, &out).unwrap();
     assert!(!fifth.up_to_date);
-    assert_eq!(fifth.source_key, fourth.source_key);
+    assert_eq!(fifth.manifest.source_key, fourth.manifest.source_key);
     assert_eq!(run(&out, 2)[..3], expected(&w2));
 
     // Nor is a file that is no artifact at all: it is replaced.
@@ -162,7 +162,10 @@ fn external_weights_live_next_to_the_artifact_and_are_checked() {
     assert!(std::fs::metadata(&weights).unwrap().len() >= 64 + 48);
     assert_eq!(run(&out, 1), expected(&w));
     // The key says external: the same model compiled inline is another compilation.
-    assert_ne!(first.source_key, compiler(1).compile_file(&model, dir.path().join("inline.kiln")).unwrap().source_key);
+    assert_ne!(
+        first.manifest.source_key,
+        compiler(1).compile_file(&model, dir.path().join("inline.kiln")).unwrap().manifest.source_key
+    );
 
     // Up to date while both files are sound.
     assert!(c.compile_file(&model, &out).unwrap().up_to_date);
