@@ -192,6 +192,13 @@ fn host_matches(triple: &str) -> bool {
     arch == std::env::consts::ARCH || (arch == "x86_64" && std::env::consts::ARCH == "x86_64")
 }
 
+/// Checks the weights file that `manifest` names, in `dir` (the artifact's directory): that
+/// it is a plain file name and that the file is there with the weights the manifest
+/// describes (what loading the artifact would check).
+pub fn check_weights_file(dir: &Path, manifest: &Manifest) -> Result<(), RuntimeError> {
+    load_weights_file(dir, &manifest.weights_file, manifest).map(|_| ())
+}
+
 /// Maps the weights file `name` in `dir` and checks it against the manifest.
 fn load_weights_file(dir: &Path, name: &str, manifest: &Manifest) -> Result<memmap2::Mmap, RuntimeError> {
     let plain = Path::new(name).file_name().is_some_and(|f| f == name) && name != "." && name != "..";

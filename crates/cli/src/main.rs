@@ -393,7 +393,7 @@ fn main() -> ExitCode {
         } => (|| -> Res<()> {
             let mut opts = options(shapes, "cpu", model)?;
             opts.external_weights = *external_weights;
-            opts.opt_level = *opt_level;
+            opts.target.opt_level = *opt_level;
             opts.threads = *threads;
             opts.set_target_cpu(target, cpu.as_deref())?;
             let c = Compiler::new(opts);

@@ -27,7 +27,8 @@
 //! let xw = g.add_node(Op::MatMul, &[x, w], "matmul", &[])?[0];
 //! g.outputs = g.add_node(Op::Unary(UnaryOp::Relu), &[xw], "relu", &[])?;
 //!
-//! let opts = CompileOptions { opt_level: 1, kernel_cache: KernelCache::disabled(), ..Default::default() };
+//! let mut opts = CompileOptions { kernel_cache: KernelCache::disabled(), ..Default::default() };
+//! opts.target.opt_level = 1; // LLVM's O1 for the kernels: quicker to compile
 //! let artifact = Compiler::new(opts).compile_graph(g)?;
 //! let session = Session::from_bytes(&artifact.bytes(), &Default::default())?;
 //! let y = session.run(&[TensorRef::f32(&[1, 2], &[1.0, 2.0])])?;
@@ -147,9 +148,6 @@ pub struct CompileOptions {
     /// [`Artifact::save`] puts the weights in a file of their own next to the artifact
     /// (`<artifact>.weights`, which the runtime maps) instead of inside it.
     pub external_weights: bool,
-    /// LLVM's optimization level for the kernels, 0 to 3 (default 3; it overrides the
-    /// target's).
-    pub opt_level: u8,
     /// Threads compiling kernels in parallel (0: one per core).
     pub threads: usize,
 }
@@ -164,7 +162,6 @@ impl Default for CompileOptions {
             value_inputs: HashMap::new(),
             kernel_cache: KernelCache::from_env(),
             external_weights: false,
-            opt_level: 3,
             threads: 0,
         }
     }
@@ -178,8 +175,10 @@ impl CompileOptions {
 
     /// Parses a `--target` value and an optional `--cpu`: `cpu` or `host` (this machine, with
     /// all its features, unless `cpu` names another CPU), or an LLVM target triple such as
-    /// `aarch64-unknown-linux-gnu` (for `cpu`, default `generic`).
+    /// `aarch64-unknown-linux-gnu` (for `cpu`, default `generic`). The optimization level
+    /// ([`CpuTarget::opt_level`]) is kept.
     pub fn set_target_cpu(&mut self, name: &str, cpu: Option<&str>) -> Result<(), Error> {
+        let opt_level = self.target.opt_level;
         self.target = match name {
             "cpu" | "host" => match cpu {
                 None => CpuTarget::host(),
@@ -188,6 +187,7 @@ impl CompileOptions {
             t if t.split('-').count() >= 2 => CpuTarget::cross(t, cpu.unwrap_or("generic")),
             other => return Err(Error::UnknownTarget(other.to_string())),
         };
+        self.target.opt_level = opt_level;
         // A target LLVM cannot build for is reported now, not after the front end ran.
         kiln_backend_cpu::check_target(&self.target)?;
         Ok(())
@@ -330,10 +330,8 @@ fn existing_artifact(path: &Path) -> Option<Existing> {
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
     let sections = kiln_abi::artifact::read(&map).ok()?;
     if !sections.manifest.weights_file.is_empty() {
-        let weights = std::fs::File::open(path.with_file_name(&sections.manifest.weights_file)).ok()?;
-        // SAFETY: as above.
-        let weights = unsafe { memmap2::Mmap::map(&weights) }.ok()?;
-        kiln_abi::artifact::read_weights_file(&weights, &sections.manifest).ok()?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        kiln_runtime::check_weights_file(dir, &sections.manifest).ok()?;
     }
     Some(Existing { manifest: sections.manifest, file_len: map.len() as u64 })
 }
@@ -358,8 +356,7 @@ pub struct Compiler {
 }
 
 impl Compiler {
-    pub fn new(mut opts: CompileOptions) -> Compiler {
-        opts.target.opt_level = opts.opt_level.min(3);
+    pub fn new(opts: CompileOptions) -> Compiler {
         Compiler { opts }
     }
 

@@ -103,8 +103,8 @@ pub fn weights_object(triple: &str, name: &str, weights: &WeightSection) -> Resu
     obj.write().map_err(|e| NativeError::Object(e.to_string()))
 }
 
-/// A static library (GNU `ar` format with a symbol index) of `objects`, named in order
-/// `<name>_entry.o`, `kiln_b<key>.o` for the bodies and `<name>_weights.o`.
+/// A static library (GNU `ar` format with a symbol index) of `members`, (file name, object)
+/// pairs in order: `<name>_entry.o`, `kiln_b<key>.o` for the bodies and `<name>_weights.o`.
 pub fn staticlib(members: Vec<(String, Vec<u8>)>) -> Result<Vec<u8>, NativeError> {
     let members: Vec<ar_archive_writer::NewArchiveMember> = members
         .into_iter()
