@@ -4,11 +4,13 @@
 //!   verifies the graph after each in debug builds and tests): [`simplify`] (constant
 //!   folding, DCE, CSE, Identity removal, BatchNorm folding) and [`fuse`].
 //! * [`lower`]: HIR → LIR.
+//! * [`partition`]: splitting a graph across devices (before fusion).
 //! * [`memory`]: LIR memory planning (liveness, in-place reuse, arena offsets).
 
 pub mod fuse;
 pub mod lower;
 pub mod memory;
+pub mod partition;
 pub mod simplify;
 
 use kiln_ir::Graph;
