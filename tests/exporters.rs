@@ -6,67 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_ir::{Data, Tensor};
-use kiln_tests::Case;
-
-const RTOL: f64 = 1e-3;
-const ATOL: f64 = 1e-4;
-
-fn model_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
-}
-
-fn read_npy(p: &Path) -> Result<Tensor, String> {
-    let short = p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(p).display().to_string();
-    let bytes = std::fs::read(p).map_err(|e| format!("{short}: {e}"))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{short}: {e}"))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let ts = match npy.dtype() {
-        npyz::DType::Plain(t) => t.to_string(),
-        d => return Err(format!("{short}: unexpected dtype {d:?}")),
-    };
-    macro_rules! read {
-        ($v:ident) => {
-            Data::$v(npy.into_vec().map_err(|e| format!("{short}: {e}"))?)
-        };
-    }
-    let data = match ts.trim_start_matches(['<', '|']) {
-        "f4" => read!(F32),
-        "f8" => read!(F64),
-        "i4" => read!(I32),
-        "i8" => read!(I64),
-        "b1" => read!(Bool),
-        other => return Err(format!("{short}: unexpected npy dtype {other}")),
-    };
-    Ok(Tensor::from_data(shape, data))
-}
-
-/// The committed case: inputs and expected outputs in `meta.json`'s order.
-fn load(name: &str) -> Result<Case, String> {
-    let dir = model_dir(name);
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).map_err(|e| format!("meta.json: {e}"))?)
-            .map_err(|e| format!("meta.json: {e}"))?;
-    let mut inputs = Vec::new();
-    for i in meta["inputs"].as_array().ok_or("meta.json: no inputs")? {
-        let p = dir.join(i["file"].as_str().ok_or("meta.json: input without file")?);
-        let n = i["name"].as_str().ok_or("meta.json: input without name")?.to_string();
-        inputs.push((n, read_npy(&p)?, p));
-    }
-    let mut expected = Vec::new();
-    for o in meta["outputs"].as_array().ok_or("meta.json: no outputs")? {
-        expected.push(read_npy(&dir.join(o["file"].as_str().ok_or("meta.json: output without file")?))?);
-    }
-    Ok(Case {
-        name: name.to_string(),
-        model: dir.join("model.onnx"),
-        inputs,
-        value_inputs: Vec::new(),
-        expected,
-        rtol: RTOL,
-        atol: ATOL,
-    })
-}
+use kiln_ir::Tensor;
+use kiln_tests::{load_exported as load, Case};
 
 fn check(name: &str) {
     check_with(name, kiln_tests::run_lib);

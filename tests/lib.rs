@@ -165,7 +165,8 @@ impl Case {
     }
 }
 
-fn compile_options(case: &Case) -> CompileOptions {
+/// The options a case compiles with: its inputs' shapes pinned, the HIR verified after each pass.
+pub fn compile_options(case: &Case) -> CompileOptions {
     let mut o = CompileOptions { verify: true, ..Default::default() };
     for (n, t, _) in &case.inputs {
         if !case.is_value_input_part(n) {
@@ -198,7 +199,14 @@ pub fn check_node(name: &str, runner: fn(&Case) -> Result<Vec<Out>, String>) {
 /// Compiles and runs a case through the library API. Inputs that must be static (shape-like
 /// operands given as graph inputs) are frozen to the case's values, as `kiln run` does.
 pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
+    run_lib_on(case, CompileOptions::default())
+}
+
+/// [`run_lib`] with `base`'s target and devices (`--target`).
+pub fn run_lib_on(case: &Case, base: CompileOptions) -> Result<Vec<Out>, String> {
     let mut opts = compile_options(case);
+    opts.target = base.target;
+    opts.devices = base.devices;
     let art = loop {
         match Compiler::new(opts.clone()).compile_path(&case.model) {
             Ok(a) => break a,
@@ -394,3 +402,66 @@ pub fn tolerance(dir: &Path) -> (f64, f64) {
         .unwrap_or_default();
     (t.get("rtol").copied().unwrap_or(1e-3), t.get("atol").copied().unwrap_or(1e-7))
 }
+
+/// Tolerance of the exported models against onnxruntime.
+pub const EXPORTED_RTOL: f64 = 1e-3;
+pub const EXPORTED_ATOL: f64 = 1e-4;
+
+/// `tests/models/<name>`.
+pub fn model_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+}
+
+fn read_npy_tensor(p: &Path) -> Result<Tensor, String> {
+    let short = p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(p).display().to_string();
+    let bytes = std::fs::read(p).map_err(|e| format!("{short}: {e}"))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{short}: {e}"))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let ts = match npy.dtype() {
+        npyz::DType::Plain(t) => t.to_string(),
+        d => return Err(format!("{short}: unexpected dtype {d:?}")),
+    };
+    macro_rules! read {
+        ($v:ident) => {
+            Data::$v(npy.into_vec().map_err(|e| format!("{short}: {e}"))?)
+        };
+    }
+    let data = match ts.trim_start_matches(['<', '|']) {
+        "f4" => read!(F32),
+        "f8" => read!(F64),
+        "i4" => read!(I32),
+        "i8" => read!(I64),
+        "b1" => read!(Bool),
+        other => return Err(format!("{short}: unexpected npy dtype {other}")),
+    };
+    Ok(Tensor::from_data(shape, data))
+}
+
+/// A model committed under `tests/models/<name>/` (see `exporters.rs`): its inputs and
+/// onnxruntime's outputs in `meta.json`'s order.
+pub fn load_exported(name: &str) -> Result<Case, String> {
+    let dir = model_dir(name);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).map_err(|e| format!("meta.json: {e}"))?)
+            .map_err(|e| format!("meta.json: {e}"))?;
+    let mut inputs = Vec::new();
+    for i in meta["inputs"].as_array().ok_or("meta.json: no inputs")? {
+        let p = dir.join(i["file"].as_str().ok_or("meta.json: input without file")?);
+        let n = i["name"].as_str().ok_or("meta.json: input without name")?.to_string();
+        inputs.push((n, read_npy_tensor(&p)?, p));
+    }
+    let mut expected = Vec::new();
+    for o in meta["outputs"].as_array().ok_or("meta.json: no outputs")? {
+        expected.push(read_npy_tensor(&dir.join(o["file"].as_str().ok_or("meta.json: output without file")?))?);
+    }
+    Ok(Case {
+        name: name.to_string(),
+        model: dir.join("model.onnx"),
+        inputs,
+        value_inputs: Vec::new(),
+        expected,
+        rtol: EXPORTED_RTOL,
+        atol: EXPORTED_ATOL,
+    })
+}
+

@@ -273,6 +273,9 @@ pub struct Plan {
     /// The estimate per device of the memory its partitions need (weights, the peak of the
     /// activations they produce), which the split kept within the budgets.
     pub device_estimates: Vec<u64>,
+    /// The memory each device needs once its partitions are lowered (packed weights, planned
+    /// arena, tensors handed on), when the compiler has filled it in.
+    pub device_usage: Vec<u64>,
 }
 
 /// Which nodes a device of each kind can run.
@@ -294,22 +297,35 @@ pub fn partition(
     }
     // 1. Support: the first device that can run each node.
     let mut device: HashMap<NodeId, usize> = HashMap::new();
-    let mut unsupported = Vec::new();
+    // Unsupported nodes by op, in order of first appearance: (op, node names).
+    let mut unsupported: Vec<(&'static str, Vec<&str>)> = Vec::new();
     for &n in g.order() {
-        match devices.iter().position(|d| supports(d.kind, g.node(n))) {
+        let node = g.node(n);
+        match devices.iter().position(|d| supports(d.kind, node)) {
             Some(d) => {
                 device.insert(n, d);
             }
-            None => unsupported.push(format!("`{}` ({})", g.node(n).name, g.node(n).op.name())),
+            None => match unsupported.iter_mut().find(|(op, _)| *op == node.op.name()) {
+                Some((_, names)) => names.push(&node.name),
+                None => unsupported.push((node.op.name(), vec![&node.name])),
+            },
         }
     }
     if !unsupported.is_empty() {
-        let list: Vec<String> = devices.iter().map(|d| d.kind.name().to_string()).collect();
+        let kinds: Vec<&str> = devices.iter().map(|d| d.kind.name()).collect();
+        let total: usize = unsupported.iter().map(|(_, v)| v.len()).sum();
+        let list: Vec<String> = unsupported
+            .iter()
+            .map(|(op, names)| {
+                let shown: Vec<String> = names.iter().take(3).map(|n| format!("`{n}`")).collect();
+                let more = if names.len() > 3 { ", …" } else { "" };
+                format!("{op} ×{} ({}{more})", names.len(), shown.join(", "))
+            })
+            .collect();
         return Err(failed(&format!(
-            "no device in `{}` runs {} node(s): {}",
-            list.join(","),
-            unsupported.len(),
-            unsupported.join(", ")
+            "no device in `{}` runs {total} node(s): {}",
+            kinds.join(","),
+            list.join("; ")
         )));
     }
     // 2. Cost: move whole runs between devices where that is cheaper.
@@ -667,7 +683,7 @@ fn build_plan(
         p.outputs.sort();
     }
     transfers.sort_by_key(|t| (t.to, t.from, t.value));
-    Plan { devices: devices.to_vec(), partitions, transfers, device_estimates: Vec::new() }
+    Plan { devices: devices.to_vec(), partitions, transfers, device_estimates: Vec::new(), device_usage: Vec::new() }
 }
 
 impl Plan {
@@ -731,7 +747,11 @@ impl Plan {
         for (d, dev) in self.devices.iter().enumerate() {
             let est = self.device_estimates.get(d).copied().unwrap_or(0);
             let used = self.partitions.iter().filter(|p| p.device == d).count();
-            let _ = writeln!(s, "device {d}: {dev}, {used} partition(s), estimated memory {}", human_bytes(est));
+            let _ = write!(s, "device {d}: {dev}, {used} partition(s), estimated memory {}", human_bytes(est));
+            if let Some(u) = self.device_usage.get(d) {
+                let _ = write!(s, ", compiled {}", human_bytes(*u));
+            }
+            s.push('\n');
         }
         for (i, p) in self.partitions.iter().enumerate() {
             let dev = &self.devices[p.device];

@@ -166,11 +166,27 @@ enum Code {
     Linked { weights: *const u8 },
 }
 
+/// One compiled program of a session: the whole model, or one partition of a model split
+/// across devices.
+struct Part {
+    entry: EntryFn,
+    /// Where its weights start in the weight section.
+    weights_offset: usize,
+    /// The slots (see [`kiln_abi::manifest::Partition`]) it reads and writes.
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+    check_messages: Vec<String>,
+}
+
 /// A loaded model, ready to run; `run` may be called from several threads at once.
 pub struct Session {
     manifest: Manifest,
-    entry: EntryFn,
-    arenas: Mutex<Vec<AlignedBuf>>,
+    parts: Vec<Part>,
+    /// Per-run scratch memory: the arena (the largest any part needs, as parts run one
+    /// after another), then the intermediate slots at these offsets.
+    scratch_bytes: usize,
+    intermediate_offsets: Vec<usize>,
+    scratch: Mutex<Vec<AlignedBuf>>,
     pool: Arc<threads::Pool>,
     code: Code,
 }
@@ -215,8 +231,76 @@ fn load_weights_file(dir: &Path, name: &str, manifest: &Manifest) -> Result<memm
     Ok(map)
 }
 
+/// Bytes of a tensor (its dtype checked at load).
+fn spec_bytes(t: &TensorSpec) -> usize {
+    let n: u64 = t.shape.iter().product();
+    n as usize * DTypeCode::from_i32(t.dtype).map_or(1, DTypeCode::size)
+}
+
+/// The programs of a manifest, their entry points found by `lookup`: the whole model, or
+/// each partition, checked against the manifest (slots, weights within `weights_len`, copies
+/// between tensors of one size).
+fn parts_of(
+    m: &Manifest,
+    weights_len: usize,
+    lookup: impl Fn(&str) -> Result<EntryFn, RuntimeError>,
+) -> Result<Vec<Part>, RuntimeError> {
+    let (n_in, n_out) = (m.inputs.len(), m.outputs.len());
+    if m.partitions.is_empty() {
+        return Ok(vec![Part {
+            entry: lookup(kiln_abi::ENTRY_SYMBOL)?,
+            weights_offset: 0,
+            inputs: (0..n_in).collect(),
+            outputs: (n_in..n_in + n_out).collect(),
+            check_messages: m.check_messages.clone(),
+        }]);
+    }
+    let slots = n_in + n_out + m.intermediates.len();
+    let bad = |msg: String| RuntimeError::Manifest(msg);
+    let spec = |k: usize| -> &TensorSpec {
+        if k < n_in {
+            &m.inputs[k]
+        } else if k < n_in + n_out {
+            &m.outputs[k - n_in]
+        } else {
+            &m.intermediates[k - n_in - n_out]
+        }
+    };
+    let mut parts = Vec::with_capacity(m.partitions.len());
+    for (i, p) in m.partitions.iter().enumerate() {
+        if p.device != "cpu" {
+            return Err(RuntimeError::Load(format!(
+                "partition {i} runs on device `{}` ({} in the target list `{}`), which this runtime cannot run",
+                p.device, p.device_index, m.devices
+            )));
+        }
+        let in_range = |k: &u32| (*k as usize) < slots;
+        if !p.inputs.iter().all(in_range) || !p.outputs.iter().all(|k| in_range(k) && *k as usize >= n_in) {
+            return Err(bad(format!("partition {i} names a slot that does not exist or is an input it writes")));
+        }
+        let end = p.weights_offset.checked_add(p.weights_len).unwrap_or(u64::MAX);
+        if end > weights_len as u64 {
+            return Err(bad(format!("partition {i}'s weights lie beyond the weight section")));
+        }
+        parts.push(Part {
+            entry: lookup(&p.entry)?,
+            weights_offset: p.weights_offset as usize,
+            inputs: p.inputs.iter().map(|&k| k as usize).collect(),
+            outputs: p.outputs.iter().map(|&k| k as usize).collect(),
+            check_messages: p.check_messages.clone(),
+        });
+    }
+    for c in &m.copies {
+        let (from, to) = (c.from as usize, c.to as usize);
+        if from >= slots || to >= slots || to < n_in || from == to || spec_bytes(spec(from)) != spec_bytes(spec(to)) {
+            return Err(bad(format!("copy from slot {from} to slot {to} is invalid")));
+        }
+    }
+    Ok(parts)
+}
+
 fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
-    for spec in manifest.inputs.iter().chain(&manifest.outputs) {
+    for spec in manifest.inputs.iter().chain(&manifest.outputs).chain(&manifest.intermediates) {
         if DTypeCode::from_i32(spec.dtype).is_none() {
             return Err(RuntimeError::Manifest(format!(
                 "tensor `{}` has unknown dtype code {}",
@@ -276,24 +360,35 @@ impl Session {
         // SAFETY: loading the artifact's code runs no initializers of ours (the module has
         // none) and the checksum above ensures it is the code the compiler wrote.
         let lib = unsafe { libloading::Library::new(&*code_path) }.map_err(|e| load_err(e.to_string()))?;
-        let version: u32 = unsafe {
-            let sym =
-                lib.get::<*const u32>(kiln_abi::ABI_VERSION_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))?;
-            **sym
+        let lookup = |entry: &str| -> Result<EntryFn, RuntimeError> {
+            let abi_symbol = match entry.strip_suffix("_entry") {
+                Some(stem) if entry != kiln_abi::ENTRY_SYMBOL => format!("{stem}_abi_version"),
+                _ => kiln_abi::ABI_VERSION_SYMBOL.to_string(),
+            };
+            // SAFETY: the symbols are the ones the compiler defined (checksum verified): a
+            // `u32` constant and a function of the entry-point signature.
+            let version: u32 = unsafe {
+                **lib.get::<*const u32>(abi_symbol.as_bytes()).map_err(|e| load_err(format!("`{abi_symbol}`: {e}")))?
+            };
+            if version != ABI_MAJOR {
+                return Err(RuntimeError::Load(format!(
+                    "code section has ABI version {version}, expected {ABI_MAJOR}"
+                )));
+            }
+            unsafe { Ok(*lib.get::<EntryFn>(entry.as_bytes()).map_err(|e| load_err(format!("`{entry}`: {e}")))?) }
         };
-        if version != ABI_MAJOR {
-            return Err(RuntimeError::Load(format!("code section has ABI version {version}, expected {ABI_MAJOR}")));
-        }
-        let entry: EntryFn =
-            unsafe { *lib.get::<EntryFn>(kiln_abi::ENTRY_SYMBOL.as_bytes()).map_err(|e| load_err(e.to_string()))? };
-        let (weights_offset, weights_len) = (sections.weights_offset, sections.weights.len());
-        Ok(Session {
+        let weights_len = match &external {
+            Some(_) => manifest.weights_len as usize,
+            None => sections.weights.len(),
+        };
+        let parts = parts_of(&manifest, weights_len, lookup)?;
+        let weights_offset = sections.weights_offset;
+        Ok(Session::new(
             manifest,
-            entry,
-            arenas: Mutex::new(Vec::new()),
-            pool: threads::Pool::new(opts.threads),
-            code: Code::Loaded { _lib: lib, _code_file: code_path, backing, weights_offset, weights_len, external },
-        })
+            parts,
+            opts,
+            Code::Loaded { _lib: lib, _code_file: code_path, backing, weights_offset, weights_len, external },
+        ))
     }
 
     /// A session for a model linked into this program from a static library or object
@@ -319,13 +414,37 @@ impl Session {
             )));
         }
         check_dtypes(&manifest)?;
-        Ok(Session {
+        if !manifest.partitions.is_empty() {
+            return Err(RuntimeError::Load(
+                "a model split across devices cannot be linked statically; load its .kiln file".into(),
+            ));
+        }
+        let parts = parts_of(&manifest, usize::MAX, |_| Ok(entry))?;
+        Ok(Session::new(manifest, parts, opts, Code::Linked { weights }))
+    }
+
+    fn new(manifest: Manifest, parts: Vec<Part>, opts: &SessionOptions, code: Code) -> Session {
+        let align = |n: usize| n.next_multiple_of(64);
+        let arena = if manifest.partitions.is_empty() {
+            manifest.arena_bytes
+        } else {
+            manifest.partitions.iter().map(|p| p.arena_bytes).max().unwrap_or(0)
+        };
+        let mut scratch_bytes = align(arena as usize);
+        let mut intermediate_offsets = Vec::with_capacity(manifest.intermediates.len());
+        for t in &manifest.intermediates {
+            intermediate_offsets.push(scratch_bytes);
+            scratch_bytes += align(spec_bytes(t));
+        }
+        Session {
             manifest,
-            entry,
-            arenas: Mutex::new(Vec::new()),
+            parts,
+            scratch_bytes,
+            intermediate_offsets,
+            scratch: Mutex::new(Vec::new()),
             pool: threads::Pool::new(opts.threads),
-            code: Code::Linked { weights },
-        })
+            code,
+        }
     }
 
     fn weights(&self) -> *const u8 {
@@ -384,6 +503,68 @@ impl Session {
         Ok(())
     }
 
+    /// Runs every part in order on the given input and output buffers, then the manifest's
+    /// slot copies.
+    fn run_parts(&self, ins: &[*const u8], outs: &[*mut u8], scratch: &mut AlignedBuf) -> Result<(), RuntimeError> {
+        let base = scratch.as_mut_ptr();
+        let (n_in, n_out) = (ins.len(), outs.len());
+        let slot = |k: usize| -> *mut u8 {
+            if k < n_in {
+                ins[k] as *mut u8
+            } else if k < n_in + n_out {
+                outs[k - n_in]
+            } else {
+                // SAFETY: the offsets lie within the scratch buffer (laid out at load).
+                unsafe { base.add(self.intermediate_offsets[k - n_in - n_out]) }
+            }
+        };
+        let weights = self.weights();
+        for part in &self.parts {
+            let in_ptrs: Vec<*const u8> = part.inputs.iter().map(|&k| slot(k) as *const u8).collect();
+            let out_ptrs: Vec<*mut u8> = part.outputs.iter().map(|&k| slot(k)).collect();
+            let ctx = Context {
+                abi_version: ABI_MAJOR,
+                reserved: 0,
+                inputs: in_ptrs.as_ptr(),
+                outputs: out_ptrs.as_ptr(),
+                arena: base,
+                // SAFETY: the part's weights lie within the section (checked at load).
+                weights: unsafe { weights.add(part.weights_offset) },
+                runtime: Arc::as_ptr(&self.pool) as *mut core::ffi::c_void,
+                parallel_for: threads::parallel_for,
+            };
+            // SAFETY: the context points at buffers of the sizes the manifest declares, which
+            // is what the compiled code was planned against; they outlive the call.
+            // The entry runs on a worker of the pool, which then takes part in every parallel
+            // kernel itself (no hand-off to the pool and back per kernel, no thread idling).
+            let status = self.pool.run(part.entry, &ctx);
+            if status != 0 {
+                let message = usize::try_from(status - 1).ok().and_then(|k| part.check_messages.get(k));
+                return Err(message.map_or(RuntimeError::Status(status), |m| RuntimeError::Check(m.clone())));
+            }
+        }
+        for c in &self.manifest.copies {
+            let (from, to) = (c.from as usize, c.to as usize);
+            let len = spec_bytes(self.slot_spec(to));
+            // SAFETY: both slots hold `len` bytes (checked at load) and are distinct buffers.
+            unsafe { std::ptr::copy_nonoverlapping(slot(from), slot(to), len) };
+        }
+        Ok(())
+    }
+
+    /// The tensor in slot `k`.
+    fn slot_spec(&self, k: usize) -> &TensorSpec {
+        let m = &self.manifest;
+        let (n_in, n_out) = (m.inputs.len(), m.outputs.len());
+        if k < n_in {
+            &m.inputs[k]
+        } else if k < n_in + n_out {
+            &m.outputs[k - n_in]
+        } else {
+            &m.intermediates[k - n_in - n_out]
+        }
+    }
+
     /// Runs the model on `inputs` (in the manifest's order) and returns the outputs.
     pub fn run(&self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
         self.check_inputs(inputs)?;
@@ -406,33 +587,15 @@ impl Session {
             })
             .collect();
         let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr()).collect();
-        let mut arena = self
-            .arenas
+        let mut scratch = self
+            .scratch
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .unwrap_or_else(|| AlignedBuf::zeroed(self.manifest.arena_bytes as usize));
-        let weights = self.weights();
-        let ctx = Context {
-            abi_version: ABI_MAJOR,
-            reserved: 0,
-            inputs: in_ptrs.as_ptr(),
-            outputs: out_ptrs.as_ptr(),
-            arena: arena.as_mut_ptr(),
-            weights,
-            runtime: Arc::as_ptr(&self.pool) as *mut core::ffi::c_void,
-            parallel_for: threads::parallel_for,
-        };
-        // SAFETY: the context points at buffers of the sizes the manifest declares, which is
-        // what the compiled code was planned against; they outlive the call.
-        // The entry runs on a worker of the pool, which then takes part in every parallel
-        // kernel itself (no hand-off to the pool and back per kernel, no thread idling).
-        let status = self.pool.run(self.entry, &ctx);
-        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
-        if status != 0 {
-            let message = usize::try_from(status - 1).ok().and_then(|k| self.manifest.check_messages.get(k));
-            return Err(message.map_or(RuntimeError::Status(status), |m| RuntimeError::Check(m.clone())));
-        }
+            .unwrap_or_else(|| AlignedBuf::zeroed(self.scratch_bytes));
+        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch);
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
+        result?;
         Ok(self
             .manifest
             .outputs

@@ -89,9 +89,28 @@ pub fn link_shared(
     target: &CpuTarget,
     kernel_cache: &cache::KernelCache,
 ) -> Result<Vec<u8>, BackendError> {
-    let keys = std::iter::once(objs.entry.0.as_str()).chain(objs.bodies.iter().map(|(k, _)| k.as_str()));
-    let so_key = cache::link_key(keys, target);
-    kernel_cache.get_or_insert(&so_key, || target::link_shared(&objs.all(), target))
+    link_shared_all(&[objs], target, kernel_cache)
+}
+
+/// Links the objects of several programs (the partitions of a model, whose entry points
+/// have names of their own) into one shared library; a kernel body they share is linked
+/// once.
+pub fn link_shared_all(
+    programs: &[&CpuObjects],
+    target: &CpuTarget,
+    kernel_cache: &cache::KernelCache,
+) -> Result<Vec<u8>, BackendError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut objects: Vec<&[u8]> = Vec::new();
+    for o in programs.iter().map(|p| &p.entry).chain(programs.iter().flat_map(|p| &p.bodies)) {
+        if seen.insert(o.0.as_str()) {
+            keys.push(&o.0);
+            objects.push(&o.1);
+        }
+    }
+    let so_key = cache::link_key(keys.into_iter(), target);
+    kernel_cache.get_or_insert(&so_key, || target::link_shared(&objects, target))
 }
 
 impl CpuObjects {

@@ -12,6 +12,51 @@ pub struct TensorSpec {
     pub shape: Vec<u64>,
 }
 
+/// One partition of a model split across devices (ABI 1.2): a compiled program that reads
+/// and writes **slots**. Slot `i < inputs.len()` is model input `i`; the next
+/// `outputs.len()` slots are the model outputs; the rest are
+/// [`Manifest::intermediates`], tensors handed from one partition to another.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Partition {
+    /// The kind of device: `cpu` (code in the code section) or `cuda`.
+    #[prost(string, tag = "1")]
+    pub device: String,
+    /// The device's index in the target list it was compiled for.
+    #[prost(uint32, tag = "2")]
+    pub device_index: u32,
+    /// The entry point's symbol in the code section (its ABI version symbol is the same
+    /// name with `_abi_version` for `_entry`).
+    #[prost(string, tag = "3")]
+    pub entry: String,
+    /// Bytes of scratch memory it needs.
+    #[prost(uint64, tag = "4")]
+    pub arena_bytes: u64,
+    /// Where its weights are in the weight section.
+    #[prost(uint64, tag = "5")]
+    pub weights_offset: u64,
+    #[prost(uint64, tag = "6")]
+    pub weights_len: u64,
+    /// The slots of its inputs and of its outputs, in the order of its entry's context.
+    #[prost(uint32, repeated, tag = "7")]
+    pub inputs: Vec<u32>,
+    #[prost(uint32, repeated, tag = "8")]
+    pub outputs: Vec<u32>,
+    /// Its checks' messages (as [`Manifest::check_messages`], for this entry point).
+    #[prost(string, repeated, tag = "9")]
+    pub check_messages: Vec<String>,
+}
+
+/// A copy from one slot to another once every partition has run: a model output that a
+/// later partition also reads (computed into an aligned intermediate), a value that is
+/// several outputs, or an input given back as an output.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SlotCopy {
+    #[prost(uint32, tag = "1")]
+    pub from: u32,
+    #[prost(uint32, tag = "2")]
+    pub to: u32,
+}
+
 /// Everything the runtime must know about a compiled model.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Manifest {
@@ -57,4 +102,18 @@ pub struct Manifest {
     /// xxh3-64 of the weights in `weights_file`: ties that file to this artifact.
     #[prost(uint64, tag = "14")]
     pub weights_checksum: u64,
+    /// When not empty (ABI 1.2), the model is split across devices: these partitions run in
+    /// order, and `arena_bytes`, `check_messages` and the default entry point are unused.
+    #[prost(message, repeated, tag = "15")]
+    pub partitions: Vec<Partition>,
+    /// The tensors partitions hand to each other (slots after the inputs and outputs).
+    #[prost(message, repeated, tag = "16")]
+    pub intermediates: Vec<TensorSpec>,
+    /// Copies between slots after the partitions ran.
+    #[prost(message, repeated, tag = "17")]
+    pub copies: Vec<SlotCopy>,
+    /// The target list the model was compiled for (`cpu:mem=64MiB,cpu:mem=64MiB`), for
+    /// messages.
+    #[prost(string, tag = "18")]
+    pub devices: String,
 }

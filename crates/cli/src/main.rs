@@ -3,7 +3,8 @@
 //! * `kiln compile MODEL.onnx -o OUT [--target cpu|TRIPLE] [--cpu CPU] [--input-shape NAME=DIMS]...
 //!   [--input-value NAME=FILE.pb]... [--emit kiln|object|staticlib|header|hir|lir|llvm|asm] [--name C_NAME]`
 //! * `kiln run MODEL [--input-shape NAME=DIMS]... --input NAME=FILE... --output-dir DIR`
-//! * `kiln inspect MODEL [--input-shape ...] [--after PASS] [--memory] [--emit ...]`
+//! * `kiln inspect MODEL [--input-shape ...] [--after PASS] [--memory] [--emit ...]
+//!   [--target DEVICES --partitions [--dot FILE]]`
 //! * `kiln bench MODEL [--input-shape ...] [--input NAME=FILE]... [--threads N] [--iters N]`
 //!
 //! Errors print one line, `error: <cause>: <cause>…`, and exit with status 1.
@@ -50,7 +51,9 @@ enum Cmd {
         model: PathBuf,
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
-        /// `cpu` (this machine) or an LLVM target triple, e.g. `aarch64-unknown-linux-gnu`.
+        /// `cpu` (this machine), an LLVM target triple (e.g. `aarch64-unknown-linux-gnu`), or
+        /// a list of devices to split the model across, in order of preference, each with an
+        /// optional memory cap: `cpu:mem=64MiB,cpu:mem=64MiB`.
         #[arg(long, default_value = "cpu")]
         target: String,
         /// The CPU to compile for (LLVM's name: `generic`, `cortex-a72`, `x86-64-v3`, …);
@@ -108,6 +111,16 @@ enum Cmd {
         /// Print the arena size, its lower bound and their ratio.
         #[arg(long)]
         memory: bool,
+        /// The devices to split the model across, as for `kiln compile --target`.
+        #[arg(long, default_value = "cpu")]
+        target: String,
+        /// Print how `--target` splits the model: devices, partitions, transfers, and a last
+        /// line `partitions=<n>`.
+        #[arg(long)]
+        partitions: bool,
+        /// With `--partitions`, also write the partition graph to FILE (Graphviz dot).
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
         #[arg(long, value_parser = ["hir", "lir", "llvm", "asm"], default_value = "hir")]
         emit: String,
     },
@@ -357,8 +370,36 @@ fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize
     Ok(())
 }
 
-fn cmd_inspect(model: &Path, shapes: &ShapeArgs, after: Option<&str>, memory: bool, emit: &str) -> Res<()> {
-    let c = Compiler::new(options(shapes, "cpu", model)?);
+#[allow(clippy::too_many_arguments)]
+fn cmd_inspect(
+    model: &Path,
+    shapes: &ShapeArgs,
+    after: Option<&str>,
+    memory: bool,
+    emit: &str,
+    target: &str,
+    partitions: bool,
+    dot: Option<&Path>,
+) -> Res<()> {
+    let c = Compiler::new(options(shapes, target, model)?);
+    if dot.is_some() && !partitions {
+        return Err("--dot goes with --partitions".into());
+    }
+    if partitions {
+        let mut g = c.import_path(model)?;
+        let plan = if c.opts.devices.is_empty() {
+            let mut one = c.opts.clone();
+            one.devices = vec![kiln::Device::cpu()];
+            Compiler::new(one).plan(&mut g)?
+        } else {
+            c.plan(&mut g)?
+        };
+        if let Some(path) = dot {
+            std::fs::write(path, plan.dot(&g)).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        print!("{}", plan.text(&g));
+        return Ok(());
+    }
     if memory {
         let mut g = c.import_path(model)?;
         c.optimize(&mut g, None)?;
@@ -420,8 +461,8 @@ fn main() -> ExitCode {
             Ok(())
         })(),
         Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),
-        Cmd::Inspect { model, shapes, after, memory, emit } => {
-            cmd_inspect(model, shapes, after.as_deref(), *memory, emit)
+        Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot } => {
+            cmd_inspect(model, shapes, after.as_deref(), *memory, emit, target, *partitions, dot.as_deref())
         }
         Cmd::Bench { model, shapes, inputs, threads, iters } => cmd_bench(model, shapes, inputs, *threads, *iters),
     };

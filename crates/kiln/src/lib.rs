@@ -59,6 +59,7 @@ pub use kiln_onnx::{
     decode_value, element_name, parse_input_shape, ImportError, ImportOptions, OnnxValue, ValueKind, ValueSpec,
 };
 pub use kiln_passes::memory::{MemoryReport, WeightSection};
+pub use kiln_passes::partition::{Device, DeviceKind, Plan};
 pub use kiln_passes::{pass_names, PassError};
 pub use kiln_runtime::{RuntimeError, Session, SessionOptions, Tensor, TensorRef};
 
@@ -114,6 +115,8 @@ pub enum Error {
     Write { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Native(#[from] native::NativeError),
+    #[error("target `{target}`: {message}")]
+    Devices { target: String, message: String },
 }
 
 impl Error {
@@ -150,6 +153,10 @@ pub struct CompileOptions {
     pub external_weights: bool,
     /// Threads compiling kernels in parallel (0: one per core).
     pub threads: usize,
+    /// The devices to split the model across (`--target cpu:mem=64MiB,cpu:mem=64MiB`), in
+    /// order of preference; empty for the whole model on one CPU, [`CompileOptions::target`].
+    /// Every CPU device compiles for `target`.
+    pub devices: Vec<Device>,
 }
 
 impl Default for CompileOptions {
@@ -163,6 +170,7 @@ impl Default for CompileOptions {
             kernel_cache: KernelCache::from_env(),
             external_weights: false,
             threads: 0,
+            devices: Vec::new(),
         }
     }
 }
@@ -177,7 +185,19 @@ impl CompileOptions {
     /// all its features, unless `cpu` names another CPU), or an LLVM target triple such as
     /// `aarch64-unknown-linux-gnu` (for `cpu`, default `generic`). The optimization level
     /// ([`CpuTarget::opt_level`]) is kept.
+    ///
+    /// A list of devices (`cuda,cpu`, `cpu:mem=64MiB,cpu:mem=64MiB`: a comma or a `:` option
+    /// makes it one) splits the model across them ([`CompileOptions::devices`]); its CPUs are
+    /// this machine (or `cpu`).
     pub fn set_target_cpu(&mut self, name: &str, cpu: Option<&str>) -> Result<(), Error> {
+        self.devices = Vec::new();
+        if name.contains(',') || name.contains(':') || name == "cuda" {
+            let devices = kiln_passes::partition::parse_devices(name)
+                .map_err(|message| Error::Devices { target: name.into(), message })?;
+            self.set_target_cpu("cpu", cpu)?;
+            self.devices = devices;
+            return Ok(());
+        }
         let opt_level = self.target.opt_level;
         self.target = match name {
             "cpu" | "host" => match cpu {
@@ -342,6 +362,14 @@ fn touch(path: &Path) -> std::io::Result<()> {
     std::fs::File::options().append(true).open(path)?.set_modified(std::time::SystemTime::now())
 }
 
+/// One partition's graph (fused) and its lowered program.
+struct Lowered {
+    graph: Graph,
+    program: Program,
+    memory: MemoryReport,
+    weights: WeightSection,
+}
+
 /// A compiled program before it is linked or packaged.
 struct Built {
     manifest: Manifest,
@@ -353,6 +381,76 @@ struct Built {
 
 pub struct Compiler {
     pub opts: CompileOptions,
+}
+
+/// Each device's memory for a plan's lowered partitions: the weights of its partitions, its
+/// largest arena (its partitions run one after another) and the tensors its partitions hand
+/// to other partitions.
+fn device_usage(g: &Graph, plan: &Plan, lowered: &[Lowered]) -> Vec<u64> {
+    let mut weights = vec![0u64; plan.devices.len()];
+    let mut arena = vec![0u64; plan.devices.len()];
+    let mut handed = vec![0u64; plan.devices.len()];
+    for (p, l) in plan.partitions.iter().zip(lowered) {
+        weights[p.device] += l.weights.len;
+        arena[p.device] = arena[p.device].max(l.memory.arena_bytes);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in &plan.transfers {
+        if seen.insert(t.value) {
+            handed[plan.partitions[t.from].device] += (g.ty(t.value).bytes() as u64).next_multiple_of(64);
+        }
+    }
+    (0..plan.devices.len()).map(|d| weights[d] + arena[d] + handed[d]).collect()
+}
+
+/// Where each value crossing a partition boundary lives at run time (see
+/// [`kiln_abi::manifest::Partition`] for slot numbers).
+struct Slots {
+    home: HashMap<kiln_ir::ValueId, u32>,
+    intermediates: Vec<kiln_ir::ValueId>,
+    copies: Vec<kiln_abi::manifest::SlotCopy>,
+}
+
+impl Slots {
+    /// Graph inputs live in their input slot. A graph output lives in its output slot, unless
+    /// a later partition reads it too (then in an intermediate, 64-byte aligned for the
+    /// reader, copied to the output at the end). Other values handed between partitions live
+    /// in intermediates. A value that is several outputs, or an input given back, is copied.
+    fn assign(g: &Graph, plan: &Plan) -> Slots {
+        let (n_in, n_out) = (g.inputs.len() as u32, g.outputs.len() as u32);
+        let mut s = Slots { home: HashMap::new(), intermediates: Vec::new(), copies: Vec::new() };
+        for (i, &v) in g.inputs.iter().enumerate() {
+            s.home.insert(v, i as u32);
+        }
+        let read_later: std::collections::HashSet<kiln_ir::ValueId> =
+            plan.transfers.iter().map(|t| t.value).collect();
+        let intermediate = |s: &mut Slots, v: kiln_ir::ValueId| -> u32 {
+            if let Some(&k) = s.home.get(&v) {
+                return k;
+            }
+            let k = n_in + n_out + s.intermediates.len() as u32;
+            s.intermediates.push(v);
+            s.home.insert(v, k);
+            k
+        };
+        for (k, &v) in g.outputs.iter().enumerate() {
+            let slot = n_in + k as u32;
+            match s.home.get(&v) {
+                Some(&from) => s.copies.push(kiln_abi::manifest::SlotCopy { from, to: slot }),
+                None if read_later.contains(&v) => {
+                    let from = intermediate(&mut s, v);
+                    s.copies.push(kiln_abi::manifest::SlotCopy { from, to: slot });
+                }
+                None => {
+                    s.home.insert(v, slot);
+                }
+            }
+        }
+        for t in &plan.transfers {
+            intermediate(&mut s, t.value);
+        }
+        s
+    }
 }
 
 impl Compiler {
@@ -420,6 +518,9 @@ impl Compiler {
         g: Graph,
         timings: Vec<(&'static str, std::time::Duration)>,
     ) -> Result<Artifact, Error> {
+        if self.partitioned() {
+            return self.compile_partitioned(g, timings);
+        }
         let mut b = self.build(g, timings, &kiln_backend_cpu::EntryNames::default())?;
         let start = std::time::Instant::now();
         let code = kiln_backend_cpu::link_shared(&b.objects, &self.opts.target, &self.opts.kernel_cache)?;
@@ -474,8 +575,166 @@ impl Compiler {
             weights_file: String::new(),
             weights_len: 0,
             weights_checksum: 0,
+            ..Default::default()
         };
         Ok(Built { manifest, objects, weights, memory, timings })
+    }
+
+    /// Whether the options split the model across devices (a target list, or a memory cap).
+    fn partitioned(&self) -> bool {
+        !self.opts.devices.is_empty()
+    }
+
+    fn devices_text(&self) -> String {
+        self.opts.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Which nodes each kind of device runs: a CPU runs every op; GPU code generation does not
+    /// exist yet, so a GPU runs none.
+    fn supports(kind: DeviceKind, _node: &kiln_ir::Node) -> bool {
+        kind == DeviceKind::Cpu
+    }
+
+    /// Splits an imported graph across [`CompileOptions::devices`] (after simplification;
+    /// fusion runs per partition): the plan `kiln inspect --partitions` prints.
+    /// The plan's [`Plan::device_usage`] is filled in from the lowered partitions.
+    pub fn plan(&self, g: &mut Graph) -> Result<Plan, Error> {
+        let (mut plan, _, usage) = self.plan_and_lower(g)?;
+        plan.device_usage = usage;
+        Ok(plan)
+    }
+
+    /// Simplifies `g`, partitions it and lowers every partition. Partitioning works from
+    /// estimates; when the lowered partitions of a device need more than its cap (packed and
+    /// transformed weights, scratch buffers), it partitions again with that device's budget
+    /// scaled down by the overshoot, up to a few times. Returns the plan, each partition's
+    /// lowered program, and each device's memory (weights, largest arena, and the tensors it
+    /// hands on).
+    fn plan_and_lower(&self, g: &mut Graph) -> Result<(Plan, Vec<Lowered>, Vec<u64>), Error> {
+        use rayon::prelude::*;
+        let fuse_at = pass_names().iter().position(|&p| p == "fuse").expect("the pipeline fuses");
+        let before_fuse = pass_names()[fuse_at - 1];
+        kiln_passes::PassManager { verify: self.opts.verify }.run(g, Some(before_fuse))?;
+        let devices = &self.opts.devices;
+        let cost = kiln_passes::partition::CostModel::default();
+        let mut budgets: Vec<Option<u64>> = devices.iter().map(|d| d.mem).collect();
+        let mut attempt = 0;
+        loop {
+            let plan = kiln_passes::partition::partition(g, devices, &Self::supports, &cost, &budgets)?;
+            let lowered: Vec<Lowered> = plan
+                .partitions
+                .par_iter()
+                .enumerate()
+                .map(|(i, p)| -> Result<Lowered, Error> {
+                    let mut sub = kiln_passes::partition::extract(g, p, &format!("{}.p{i}", g.name))?;
+                    kiln_passes::fuse::fuse(&mut sub)?;
+                    let (program, memory, weights) = self.lower(&sub)?;
+                    Ok(Lowered { graph: sub, program, memory, weights })
+                })
+                .collect::<Result<_, _>>()?;
+            let usage = device_usage(g, &plan, &lowered);
+            let over: Vec<usize> =
+                (0..devices.len()).filter(|&d| devices[d].mem.is_some_and(|cap| usage[d] > cap)).collect();
+            if over.is_empty() {
+                return Ok((plan, lowered, usage));
+            }
+            attempt += 1;
+            if attempt > 6 {
+                let d = over[0];
+                return Err(Error::Devices {
+                    target: self.devices_text(),
+                    message: format!(
+                        "device {d} ({}) needs {} bytes (weights, arena and the tensors it hands on), over its cap",
+                        devices[d], usage[d]
+                    ),
+                });
+            }
+            for d in over {
+                let (cap, budget) = (devices[d].mem.unwrap_or(0), budgets[d].unwrap_or(0));
+                // Shrink the budget by the share the estimate missed, and a little more.
+                let scaled = (budget as f64 * cap as f64 / usage[d] as f64 * 0.98) as u64;
+                budgets[d] = Some(scaled.min(budget.saturating_sub(4096)));
+            }
+        }
+    }
+
+    /// Compiles a graph split across devices: each partition into a program with entry
+    /// points of its own (`kiln_p<i>_entry`), all linked into one library; the weight
+    /// sections laid end to end; the manifest lists the partitions and the slots they read
+    /// and write.
+    fn compile_partitioned(
+        &self,
+        mut g: Graph,
+        mut timings: Vec<(&'static str, std::time::Duration)>,
+    ) -> Result<Artifact, Error> {
+        let mut clock = std::time::Instant::now();
+        let mut lap = |name: &'static str, timings: &mut Vec<_>| {
+            let now = std::time::Instant::now();
+            timings.push((name, now - clock));
+            clock = now;
+        };
+        let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
+        lap("lower", &mut timings);
+        let mut objects = Vec::with_capacity(lowered.len());
+        for (i, l) in lowered.iter().enumerate() {
+            let names = kiln_backend_cpu::EntryNames::with_prefix(&format!("kiln_p{i}"));
+            objects.push(kiln_backend_cpu::compile_objects(&l.program, &self.opts.target, &self.opts.kernel_cache, &names)?);
+        }
+        lap("codegen", &mut timings);
+        let refs: Vec<&kiln_backend_cpu::CpuObjects> = objects.iter().collect();
+        let code = kiln_backend_cpu::link_shared_all(&refs, &self.opts.target, &self.opts.kernel_cache)?;
+        lap("link", &mut timings);
+
+        let slots = Slots::assign(&g, &plan);
+        let mut weights = WeightSection::default();
+        let mut partitions = Vec::with_capacity(lowered.len());
+        for (i, (p, l)) in plan.partitions.iter().zip(&lowered).enumerate() {
+            let base = weights.len.next_multiple_of(64);
+            weights.pieces.extend(l.weights.pieces.iter().map(|(off, b)| (base + off, b.clone())));
+            weights.len = base + l.weights.len;
+            partitions.push(kiln_abi::manifest::Partition {
+                device: plan.devices[p.device].kind.name().to_string(),
+                device_index: p.device as u32,
+                entry: format!("kiln_p{i}_entry"),
+                arena_bytes: l.program.arena_bytes,
+                weights_offset: base,
+                weights_len: l.weights.len,
+                inputs: p.inputs.iter().map(|v| slots.home[v]).collect(),
+                outputs: p.outputs.iter().map(|v| slots.home[v]).collect(),
+                check_messages: l.program.assert_messages(),
+            });
+        }
+        let memory = MemoryReport {
+            arena_bytes: lowered.iter().map(|l| l.memory.arena_bytes).max().unwrap_or(0),
+            lower_bound: lowered.iter().map(|l| l.memory.lower_bound).max().unwrap_or(0),
+            buffers: lowered.iter().map(|l| l.memory.buffers).sum(),
+            in_place: lowered.iter().map(|l| l.memory.in_place).sum(),
+        };
+        let spec = |v: &kiln_ir::ValueId| {
+            let t = g.ty(*v);
+            TensorSpec {
+                name: g.value(*v).name.clone(),
+                dtype: t.dtype.code() as i32,
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+            }
+        };
+        let manifest = Manifest {
+            abi_major: kiln_abi::ABI_MAJOR,
+            abi_minor: kiln_abi::ABI_MINOR,
+            target_triple: self.opts.target.triple.clone(),
+            target_cpu: self.opts.target.cpu.clone(),
+            inputs: g.inputs.iter().map(spec).collect(),
+            outputs: g.outputs.iter().map(spec).collect(),
+            arena_bytes: memory.arena_bytes,
+            model_name: g.name.clone(),
+            producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
+            partitions,
+            intermediates: slots.intermediates.iter().map(spec).collect(),
+            copies: slots.copies,
+            devices: self.devices_text(),
+            ..Default::default()
+        };
+        Ok(Artifact { manifest, code, weights, memory, timings, external_weights: self.opts.external_weights })
     }
 
     /// Compiles an ONNX file into an artifact.
@@ -536,6 +795,13 @@ impl Compiler {
     }
 
     fn compile_native(&self, model: &Path, out: &Path, kind: ArtifactKind, name: &str) -> Result<Compiled, Error> {
+        if self.partitioned() {
+            return Err(Error::Devices {
+                target: self.devices_text(),
+                message: format!("a model split across devices is written as a .kiln artifact, not `--emit {kind:?}`")
+                    .to_lowercase(),
+            });
+        }
         let name = native::c_name(name);
         let start = std::time::Instant::now();
         let (g, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
@@ -592,6 +858,7 @@ impl Compiler {
         put(kiln_backend_cpu::cache::toolchain_id().as_bytes());
         put(format!("{:?}", self.opts.target).as_bytes());
         put(&[self.opts.external_weights as u8]);
+        put(self.devices_text().as_bytes());
         let mut shapes: Vec<_> = self.opts.input_shapes.iter().collect();
         shapes.sort();
         put(format!("{shapes:?}").as_bytes());
@@ -613,7 +880,26 @@ impl Compiler {
     }
 
     /// The IR after pass `after` (or the whole pipeline) as text: HIR, LIR, LLVM IR or assembly.
+    /// For a model split across devices, each partition's, after a `# partition` line.
     pub fn emit(&self, path: impl AsRef<Path>, what: &str, after: Option<&str>) -> Result<String, Error> {
+        if self.partitioned() && after.is_none() {
+            let mut g = self.import_path(path)?;
+            let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
+            let mut out = String::new();
+            for (i, (p, l)) in plan.partitions.iter().zip(lowered).enumerate() {
+                out.push_str(&format!("# partition {i} on device {} ({})\n", p.device, plan.devices[p.device]));
+                out.push_str(&match what {
+                    "hir" => kiln_ir::text::print(&l.graph),
+                    "lir" => kiln_ir::lir::print(&l.program),
+                    "llvm" | "asm" => {
+                        let e = if what == "llvm" { Emit::Llvm } else { Emit::Asm };
+                        kiln_backend_cpu::emit_text(&l.program, &self.opts.target, e)?
+                    }
+                    other => return Err(Error::UnknownTarget(format!("--emit {other}"))),
+                });
+            }
+            return Ok(out);
+        }
         let mut g = self.import_path(path)?;
         self.optimize(&mut g, after)?;
         match what {
