@@ -4,7 +4,7 @@
 //! model with Kiln, pinning every input's shape to that of its `.npy` (several models
 //! export their batch dim as dynamic), runs it and compares with onnxruntime.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_ir::Tensor;
 use kiln_tests::{load_exported as load, Case};

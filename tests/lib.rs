@@ -464,4 +464,3 @@ pub fn load_exported(name: &str) -> Result<Case, String> {
         atol: EXPORTED_ATOL,
     })
 }
-

@@ -322,11 +322,7 @@ pub fn partition(
                 format!("{op} ×{} ({}{more})", names.len(), shown.join(", "))
             })
             .collect();
-        return Err(failed(&format!(
-            "no device in `{}` runs {total} node(s): {}",
-            kinds.join(","),
-            list.join("; ")
-        )));
+        return Err(failed(&format!("no device in `{}` runs {total} node(s): {}", kinds.join(","), list.join("; "))));
     }
     // 2. Cost: move whole runs between devices where that is cheaper.
     if devices.iter().map(|d| d.kind).collect::<HashSet<_>>().len() > 1 {
@@ -716,7 +712,10 @@ impl Plan {
                     if let Some(&j) = producer(g, v).and_then(|m| seen.get(&m)) {
                         if j != i {
                             if j > i {
-                                return Err(format!("partition {i} reads `{}` from later partition {j}", g.value(v).name));
+                                return Err(format!(
+                                    "partition {i} reads `{}` from later partition {j}",
+                                    g.value(v).name
+                                ));
                             }
                             dag.add_edge(j, i, ());
                         }
@@ -729,7 +728,12 @@ impl Plan {
         }
         for t in &self.transfers {
             if t.from >= t.to || t.to >= self.partitions.len() {
-                return Err(format!("transfer of `{}` from {} to {} goes backwards", g.value(t.value).name, t.from, t.to));
+                return Err(format!(
+                    "transfer of `{}` from {} to {} goes backwards",
+                    g.value(t.value).name,
+                    t.from,
+                    t.to
+                ));
             }
         }
         for (d, (dev, est)) in self.devices.iter().zip(&self.device_estimates).enumerate() {

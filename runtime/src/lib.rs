@@ -278,7 +278,7 @@ fn parts_of(
         if !p.inputs.iter().all(in_range) || !p.outputs.iter().all(|k| in_range(k) && *k as usize >= n_in) {
             return Err(bad(format!("partition {i} names a slot that does not exist or is an input it writes")));
         }
-        let end = p.weights_offset.checked_add(p.weights_len).unwrap_or(u64::MAX);
+        let end = p.weights_offset.saturating_add(p.weights_len);
         if end > weights_len as u64 {
             return Err(bad(format!("partition {i}'s weights lie beyond the weight section")));
         }

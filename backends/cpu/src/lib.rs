@@ -109,7 +109,7 @@ pub fn link_shared_all(
             objects.push(&o.1);
         }
     }
-    let so_key = cache::link_key(keys.into_iter(), target);
+    let so_key = cache::link_key(keys, target);
     kernel_cache.get_or_insert(&so_key, || target::link_shared(&objects, target))
 }
 

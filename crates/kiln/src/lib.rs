@@ -422,8 +422,7 @@ impl Slots {
         for (i, &v) in g.inputs.iter().enumerate() {
             s.home.insert(v, i as u32);
         }
-        let read_later: std::collections::HashSet<kiln_ir::ValueId> =
-            plan.transfers.iter().map(|t| t.value).collect();
+        let read_later: std::collections::HashSet<kiln_ir::ValueId> = plan.transfers.iter().map(|t| t.value).collect();
         let intermediate = |s: &mut Slots, v: kiln_ir::ValueId| -> u32 {
             if let Some(&k) = s.home.get(&v) {
                 return k;
@@ -678,7 +677,12 @@ impl Compiler {
         let mut objects = Vec::with_capacity(lowered.len());
         for (i, l) in lowered.iter().enumerate() {
             let names = kiln_backend_cpu::EntryNames::with_prefix(&format!("kiln_p{i}"));
-            objects.push(kiln_backend_cpu::compile_objects(&l.program, &self.opts.target, &self.opts.kernel_cache, &names)?);
+            objects.push(kiln_backend_cpu::compile_objects(
+                &l.program,
+                &self.opts.target,
+                &self.opts.kernel_cache,
+                &names,
+            )?);
         }
         lap("codegen", &mut timings);
         let refs: Vec<&kiln_backend_cpu::CpuObjects> = objects.iter().collect();
