@@ -12,7 +12,8 @@
 #           python3, python3-venv (only if python3 or its venv/ensurepip modules are missing)
 #      `apt-get update` runs at most once, and only when something has to be installed.
 #   2. Python venv at $REPO/.venv with pinned onnx / onnxruntime / numpy, used by
-#      scripts/gen_testdata.py (conformance data) and scripts/make_example.py.
+#      scripts/gen_testdata.py (conformance data) and scripts/make_example.py, and
+#      nvidia-cuda-nvcc-cu12, whose `ptxas` the tests run on generated PTX (no GPU needed).
 #      pip is skipped when the stamp file matches the pins and the venv reports them.
 #
 # Runs as root directly, or through sudo when not root.
@@ -28,7 +29,7 @@ _kiln_setup() (
     repo="$(cd "$script_dir/.." && pwd)"
 
     # --- pins (keep in sync with scripts/gen_testdata.py, which checks the onnx version) ---
-    local onnx_ver="1.23.2" ort_ver="1.32.0" numpy_ver="2.4.6"
+    local onnx_ver="1.23.2" ort_ver="1.32.0" numpy_ver="2.4.6" nvcc_ver="12.9.86"
     local llvm_config="/usr/lib/llvm-22/bin/llvm-config"
 
     log() { printf '[setup] %s\n' "$*"; }
@@ -108,7 +109,7 @@ _kiln_setup() (
     local venv="$repo/.venv"
     local py="$venv/bin/python"
     local stamp="$venv/.kiln-setup-stamp"
-    local want="onnx==$onnx_ver onnxruntime==$ort_ver numpy==$numpy_ver"
+    local want="onnx==$onnx_ver onnxruntime==$ort_ver numpy==$numpy_ver nvidia-cuda-nvcc-cu12==$nvcc_ver"
 
     if [ ! -x "$py" ]; then
         log "venv: creating $venv"
@@ -119,10 +120,10 @@ _kiln_setup() (
     # distributions really have these versions (metadata only: no heavy imports).
     have_pins() {
         [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-            "$py" - "$onnx_ver" "$ort_ver" "$numpy_ver" <<'EOF' >/dev/null 2>&1
+            "$py" - "$onnx_ver" "$ort_ver" "$numpy_ver" "$nvcc_ver" <<'EOF' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-want = dict(zip(["onnx", "onnxruntime", "numpy"], sys.argv[1:]))
+want = dict(zip(["onnx", "onnxruntime", "numpy", "nvidia-cuda-nvcc-cu12"], sys.argv[1:]))
 sys.exit(0 if all(version(k) == v for k, v in want.items()) else 1)
 EOF
     }

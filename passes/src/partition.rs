@@ -279,7 +279,7 @@ pub struct Plan {
 }
 
 /// Which nodes a device of each kind can run.
-pub type Supports<'a> = &'a (dyn Fn(DeviceKind, &Node) -> bool + Sync);
+pub type Supports<'a> = &'a (dyn Fn(DeviceKind, &Graph, &Node) -> bool + Sync);
 
 /// Splits `g` across `devices` (see the module documentation). `budgets[i]` bounds the
 /// estimated memory of device `i` (the cap, or less when the compiler found the estimate
@@ -301,7 +301,7 @@ pub fn partition(
     let mut unsupported: Vec<(&'static str, Vec<&str>)> = Vec::new();
     for &n in g.order() {
         let node = g.node(n);
-        match devices.iter().position(|d| supports(d.kind, node)) {
+        match devices.iter().position(|d| supports(d.kind, g, node)) {
             Some(d) => {
                 device.insert(n, d);
             }
@@ -454,7 +454,7 @@ fn refine_by_cost(
             let here = total(d);
             let best = (0..devices.len())
                 .filter(|&e| e != d && devices[e].kind != devices[d].kind)
-                .filter(|&e| nodes.iter().all(|&n| supports(devices[e].kind, g.node(n))))
+                .filter(|&e| nodes.iter().all(|&n| supports(devices[e].kind, g, g.node(n))))
                 .map(|e| (e, total(e)))
                 .filter(|&(_, t)| t < here * 0.999)
                 .min_by(|a, b| a.1.total_cmp(&b.1));
@@ -572,7 +572,7 @@ fn fit_memory(
         let candidates = (want..devices.len()).chain(0..want);
         let mut chosen = None;
         for d in candidates {
-            if closed[d] || !supports(devices[d].kind, node) {
+            if closed[d] || !supports(devices[d].kind, g, node) {
                 continue;
             }
             if fits(&walk, n, d) {
@@ -589,7 +589,7 @@ fn fit_memory(
             let need = devices
                 .iter()
                 .enumerate()
-                .filter(|(d, dev)| supports(dev.kind, node) && budgets[*d].is_some())
+                .filter(|(d, dev)| supports(dev.kind, g, node) && budgets[*d].is_some())
                 .map(|(d, dev)| format!("{dev} (device {d}) would need {}", human_bytes(walk.with(g, n, d))))
                 .collect::<Vec<_>>();
             return Err(failed(&format!(

@@ -64,12 +64,12 @@ fn chain() -> Graph {
     g
 }
 
-fn all_ops(_: DeviceKind, _: &Node) -> bool {
+fn all_ops(_: DeviceKind, _: &Graph, _: &Node) -> bool {
     true
 }
 
 /// A GPU that lacks Erf.
-fn no_gpu_erf(k: DeviceKind, n: &Node) -> bool {
+fn no_gpu_erf(k: DeviceKind, _: &Graph, n: &Node) -> bool {
     k == DeviceKind::Cpu || !matches!(n.op, Op::Unary(UnaryOp::Erf))
 }
 
@@ -237,7 +237,7 @@ fn the_cost_model_keeps_a_tiny_gpu_run_between_cpu_ops_on_the_cpu() {
 #[test]
 fn nodes_no_device_runs_are_all_named() {
     let g = with_erf();
-    let gpu_matmul_only = |k: DeviceKind, n: &Node| k == DeviceKind::Cuda && matches!(n.op, Op::MatMul);
+    let gpu_matmul_only = |k: DeviceKind, _: &Graph, n: &Node| k == DeviceKind::Cuda && matches!(n.op, Op::MatMul);
     let e = plan(&g, "cuda", &gpu_matmul_only).unwrap_err().to_string();
     assert!(e.contains("no device in `cuda` runs 3 node(s): relu ×2 (`relu0`, `relu1`); erf ×1 (`erf`)"), "{e}");
 }

@@ -17,14 +17,14 @@ use crate::BackendError;
 /// Kernels with less scalar work than this run inline instead of through `parallel_for`.
 const PARALLEL_MIN_WORK: usize = 1 << 15;
 
-pub(crate) fn llvm_err(e: impl std::fmt::Display) -> BackendError {
+pub fn llvm_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Llvm(e.to_string())
 }
 
-pub(crate) type R<T> = Result<T, BackendError>;
+pub type R<T> = Result<T, BackendError>;
 
 /// Shared LLVM handles for one module.
-pub(crate) struct Gen<'ctx> {
+pub struct Gen<'ctx> {
     pub cx: &'ctx Context,
     pub m: Module<'ctx>,
     pub b: Builder<'ctx>,
@@ -229,7 +229,7 @@ pub(crate) fn increment<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], dims: &[us
 
 /// Loops over `domain[dim..]` (the reduction dims), calling `leaf` innermost with `vars`
 /// completed by the loop variables.
-pub(crate) fn reduce_loops<'ctx>(
+pub fn reduce_loops<'ctx>(
     g: &Gen<'ctx>,
     f: FunctionValue<'ctx>,
     domain: &[usize],
@@ -249,7 +249,7 @@ pub(crate) fn reduce_loops<'ctx>(
 }
 
 /// The kernel as the emitter runs it: at least one parallel dimension.
-fn normalized(k: &Kernel) -> Kernel {
+pub fn normalized(k: &Kernel) -> Kernel {
     if k.n_par > 0 {
         return k.clone();
     }
@@ -328,7 +328,7 @@ fn accumulate_in_output(k: &Kernel) -> bool {
 /// takes one base pointer per buffer, so that an in-place kernel reads and writes through one
 /// pointer and distinct pointers never overlap. Returns the buffers and each
 /// operand's slot among them, the output's last.
-pub(crate) fn slots(k: &Kernel) -> (Vec<kiln_ir::lir::BufferId>, Vec<usize>) {
+pub fn slots(k: &Kernel) -> (Vec<kiln_ir::lir::BufferId>, Vec<usize>) {
     let mut bufs = Vec::new();
     let slot = k
         .inputs

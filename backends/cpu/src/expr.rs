@@ -12,13 +12,13 @@ use kiln_ir::DType;
 
 use crate::codegen::{llvm_err, Gen, R};
 
-pub(crate) struct Env<'a, 'ctx> {
+pub struct Env<'a, 'ctx> {
     pub k: &'a Kernel,
     pub bases: &'a [PointerValue<'ctx>],
 }
 
 /// A constant of `ty`'s register type (the scalar is converted if its own type differs).
-pub(crate) fn scalar<'ctx>(g: &Gen<'ctx>, s: Scalar, ty: DType) -> R<BasicValueEnum<'ctx>> {
+pub fn scalar<'ctx>(g: &Gen<'ctx>, s: Scalar, ty: DType) -> R<BasicValueEnum<'ctx>> {
     let ty = ty.compute();
     if let (Scalar::I64(x), DType::I64) = (s, ty) {
         return Ok(g.i64(x).into());
@@ -591,7 +591,7 @@ fn cast<'ctx>(
 }
 
 /// `a ⊕ b` for a reduction. Float sums may be reassociated so that reductions vectorize.
-pub(crate) fn combine<'ctx>(
+pub fn combine<'ctx>(
     g: &Gen<'ctx>,
     c: Combine,
     a: BasicValueEnum<'ctx>,

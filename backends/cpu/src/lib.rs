@@ -23,6 +23,15 @@ mod target;
 mod vector;
 
 pub use codegen::{build_module, EntryNames};
+
+/// The target-independent part of kernel generation, which the CUDA backend shares: LLVM
+/// handles ([`llvm::Gen`]: element loads and stores by dtype, loops), a kernel's scalar body
+/// at one point of its domain ([`llvm::Env::gen`]), reductions' combine steps and constants.
+pub mod llvm {
+    pub use crate::codegen::{llvm_err, normalized, reduce_loops, slots, Gen, R};
+    pub use crate::expr::{combine, scalar, Env};
+    pub use crate::target::optimize_with;
+}
 pub use gemm::prepack;
 pub use target::{link_relocatable, CpuTarget, Emit};
 

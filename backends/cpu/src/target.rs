@@ -104,7 +104,7 @@ pub(crate) fn optimize(module: &Module, tm: &TargetMachine, level: u8) -> Result
 }
 
 /// Runs the LLVM pass pipeline `pipeline` (e.g. `default<O1>`) on a verified module.
-pub(crate) fn optimize_with(module: &Module, tm: &TargetMachine, pipeline: &str) -> Result<(), BackendError> {
+pub fn optimize_with(module: &Module, tm: &TargetMachine, pipeline: &str) -> Result<(), BackendError> {
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;

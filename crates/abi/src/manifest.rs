@@ -44,6 +44,65 @@ pub struct Partition {
     /// Its checks' messages (as [`Manifest::check_messages`], for this entry point).
     #[prost(string, repeated, tag = "9")]
     pub check_messages: Vec<String>,
+    /// A GPU partition's code: PTX text, for `ptx_arch` (`sm_80`) or newer.
+    #[prost(string, tag = "10")]
+    pub ptx: String,
+    /// What a GPU partition runs, in order: kernels, copies, checks.
+    #[prost(message, repeated, tag = "11")]
+    pub launches: Vec<Launch>,
+    #[prost(string, tag = "12")]
+    pub ptx_arch: String,
+}
+
+/// Where a GPU kernel's pointer argument points: `offset` bytes into one of the partition's
+/// inputs or outputs (number `index`), or into its arena or its weights.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BufferRef {
+    /// 0: input, 1: output, 2: arena, 3: weights.
+    #[prost(int32, tag = "1")]
+    pub space: i32,
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+}
+
+impl BufferRef {
+    pub const INPUT: i32 = 0;
+    pub const OUTPUT: i32 = 1;
+    pub const ARENA: i32 = 2;
+    pub const WEIGHTS: i32 = 3;
+}
+
+/// One step of a GPU partition (its launch table).
+///
+/// * `kind` 0, a kernel: `kernel` (the PTX entry's name) on a grid of `grid` blocks of
+///   `block` threads, its pointer arguments `args`, in order.
+/// * `kind` 1, a copy of `bytes` bytes from `args[1]` to `args[0]`.
+/// * `kind` 2, a check: the run fails with check message `check` when the `i64` at `args[0]`
+///   is not 0.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Launch {
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub kernel: String,
+    #[prost(uint32, tag = "3")]
+    pub grid: u32,
+    #[prost(uint32, tag = "4")]
+    pub block: u32,
+    #[prost(message, repeated, tag = "5")]
+    pub args: Vec<BufferRef>,
+    #[prost(uint64, tag = "6")]
+    pub bytes: u64,
+    #[prost(uint32, tag = "7")]
+    pub check: u32,
+}
+
+impl Launch {
+    pub const KERNEL: i32 = 0;
+    pub const COPY: i32 = 1;
+    pub const CHECK: i32 = 2;
 }
 
 /// A copy from one slot to another once every partition has run: a model output that a

@@ -63,9 +63,9 @@ enum Cmd {
         #[command(flatten)]
         shapes: ShapeArgs,
         /// What to write: `kiln` (the artifact the runtime loads), `object` (a relocatable
-        /// object), `staticlib` (a `.a`) or `header` (its C header); or an intermediate form
-        /// to print (`hir`, `lir`, `llvm`, `asm`).
-        #[arg(long, default_value = "kiln", value_parser = ["kiln", "object", "staticlib", "header", "hir", "lir", "llvm", "asm"])]
+        /// object), `staticlib` (a `.a`) or `header` (its C header); or a text form (`hir`,
+        /// `lir`, `llvm`, `asm`, or `ptx`: the GPU partitions' PTX), to `-o` or printed.
+        #[arg(long, default_value = "kiln", value_parser = ["kiln", "object", "staticlib", "header", "hir", "lir", "llvm", "asm", "ptx"])]
         emit: String,
         /// The C name of an object, static library or header's symbols (`<name>_run`, …);
         /// default: the model file's name.
@@ -416,6 +416,39 @@ fn cmd_inspect(
     Ok(())
 }
 
+/// Writes a text form to `out` (or prints it). PTX comes one module per GPU partition: the
+/// first goes to `out`, partition `i`'s next to it as `<out stem>.p<i>.ptx`.
+fn emit_text(c: &Compiler, model: &Path, what: &str, out: Option<&Path>) -> Res<()> {
+    let write = |path: &Path, text: &str| -> Res<()> {
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {} ({} bytes)", path.display(), text.len());
+        Ok(())
+    };
+    if what != "ptx" {
+        let text = c.emit(model, what, None)?;
+        return match out {
+            Some(path) => write(path, &text),
+            None => Ok(print!("{text}")),
+        };
+    }
+    let modules = c.emit_ptx(model)?;
+    let Some(out) = out else {
+        for (i, text) in &modules {
+            println!("// partition {i}\n{text}");
+        }
+        return Ok(());
+    };
+    for (k, (i, text)) in modules.iter().enumerate() {
+        if k == 0 {
+            write(out, text)?;
+        } else {
+            let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            write(&out.with_file_name(format!("{stem}.p{i}.ptx")), text)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
@@ -439,8 +472,7 @@ fn main() -> ExitCode {
             opts.set_target_cpu(target, cpu.as_deref())?;
             let c = Compiler::new(opts);
             let Some(kind) = kiln::ArtifactKind::parse(emit) else {
-                print!("{}", c.emit(model, emit, None)?);
-                return Ok(());
+                return emit_text(&c, model, emit, output.as_deref());
             };
             let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let ext = match kind {

@@ -157,6 +157,8 @@ pub struct CompileOptions {
     /// order of preference; empty for the whole model on one CPU, [`CompileOptions::target`].
     /// Every CPU device compiles for `target`.
     pub devices: Vec<Device>,
+    /// The GPU that `cuda` devices compile for.
+    pub cuda: kiln_backend_cuda::CudaTarget,
 }
 
 impl Default for CompileOptions {
@@ -171,6 +173,7 @@ impl Default for CompileOptions {
             external_weights: false,
             threads: 0,
             devices: Vec::new(),
+            cuda: Default::default(),
         }
     }
 }
@@ -496,10 +499,18 @@ impl Compiler {
 
     /// Lowers an optimized graph to a memory-planned LIR program and its weight section.
     pub fn lower(&self, g: &Graph) -> Result<(Program, MemoryReport, WeightSection), Error> {
+        self.lower_for(g, DeviceKind::Cpu)
+    }
+
+    /// [`Compiler::lower`] for a kind of device: GEMM weights are packed into the CPU
+    /// kernels' panels only for a CPU.
+    fn lower_for(&self, g: &Graph, kind: DeviceKind) -> Result<(Program, MemoryReport, WeightSection), Error> {
         let mut p = kiln_passes::lower::lower(g)?;
         kiln_passes::fuse::fuse_lir(&mut p);
         kiln_passes::fuse::inline_scalar_constants(&mut p);
-        kiln_backend_cpu::prepack(&mut p, &self.opts.target);
+        if kind == DeviceKind::Cpu {
+            kiln_backend_cpu::prepack(&mut p, &self.opts.target);
+        }
         kiln_passes::fuse::relayout_constants(&mut p);
         let report = kiln_passes::memory::plan(&mut p);
         p.remove_unused_buffers();
@@ -588,10 +599,13 @@ impl Compiler {
         self.opts.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
     }
 
-    /// Which nodes each kind of device runs: a CPU runs every op; GPU code generation does not
-    /// exist yet, so a GPU runs none.
-    fn supports(kind: DeviceKind, _node: &kiln_ir::Node) -> bool {
-        kind == DeviceKind::Cpu
+    /// Which nodes each kind of device runs: a CPU every op, a GPU what
+    /// [`kiln_backend_cuda::supports`] says.
+    fn supports(kind: DeviceKind, g: &Graph, node: &kiln_ir::Node) -> bool {
+        match kind {
+            DeviceKind::Cpu => true,
+            DeviceKind::Cuda => kiln_backend_cuda::supports(g, node),
+        }
     }
 
     /// Splits an imported graph across [`CompileOptions::devices`] (after simplification;
@@ -627,7 +641,7 @@ impl Compiler {
                 .map(|(i, p)| -> Result<Lowered, Error> {
                     let mut sub = kiln_passes::partition::extract(g, p, &format!("{}.p{i}", g.name))?;
                     kiln_passes::fuse::fuse(&mut sub)?;
-                    let (program, memory, weights) = self.lower(&sub)?;
+                    let (program, memory, weights) = self.lower_for(&sub, plan.devices[p.device].kind)?;
                     Ok(Lowered { graph: sub, program, memory, weights })
                 })
                 .collect::<Result<_, _>>()?;
@@ -674,19 +688,27 @@ impl Compiler {
         };
         let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
         lap("lower", &mut timings);
-        let mut objects = Vec::with_capacity(lowered.len());
-        for (i, l) in lowered.iter().enumerate() {
-            let names = kiln_backend_cpu::EntryNames::with_prefix(&format!("kiln_p{i}"));
-            objects.push(kiln_backend_cpu::compile_objects(
-                &l.program,
-                &self.opts.target,
-                &self.opts.kernel_cache,
-                &names,
-            )?);
+        let mut objects = Vec::new();
+        let mut gpu: HashMap<usize, kiln_backend_cuda::CudaModule> = HashMap::new();
+        for (i, (p, l)) in plan.partitions.iter().zip(&lowered).enumerate() {
+            match plan.devices[p.device].kind {
+                DeviceKind::Cpu => {
+                    let names = kiln_backend_cpu::EntryNames::with_prefix(&format!("kiln_p{i}"));
+                    let cache = &self.opts.kernel_cache;
+                    objects.push(kiln_backend_cpu::compile_objects(&l.program, &self.opts.target, cache, &names)?);
+                }
+                DeviceKind::Cuda => {
+                    gpu.insert(i, kiln_backend_cuda::compile(&l.program, &self.opts.cuda)?);
+                }
+            }
         }
         lap("codegen", &mut timings);
         let refs: Vec<&kiln_backend_cpu::CpuObjects> = objects.iter().collect();
-        let code = kiln_backend_cpu::link_shared_all(&refs, &self.opts.target, &self.opts.kernel_cache)?;
+        let code = if refs.is_empty() {
+            Vec::new()
+        } else {
+            kiln_backend_cpu::link_shared_all(&refs, &self.opts.target, &self.opts.kernel_cache)?
+        };
         lap("link", &mut timings);
 
         let slots = Slots::assign(&g, &plan);
@@ -696,16 +718,20 @@ impl Compiler {
             let base = weights.len.next_multiple_of(64);
             weights.pieces.extend(l.weights.pieces.iter().map(|(off, b)| (base + off, b.clone())));
             weights.len = base + l.weights.len;
+            let cuda = gpu.remove(&i);
             partitions.push(kiln_abi::manifest::Partition {
                 device: plan.devices[p.device].kind.name().to_string(),
                 device_index: p.device as u32,
-                entry: format!("kiln_p{i}_entry"),
+                entry: if cuda.is_some() { String::new() } else { format!("kiln_p{i}_entry") },
                 arena_bytes: l.program.arena_bytes,
                 weights_offset: base,
                 weights_len: l.weights.len,
                 inputs: p.inputs.iter().map(|v| slots.home[v]).collect(),
                 outputs: p.outputs.iter().map(|v| slots.home[v]).collect(),
                 check_messages: l.program.assert_messages(),
+                ptx_arch: cuda.as_ref().map(|c| c.arch.clone()).unwrap_or_default(),
+                launches: cuda.as_ref().map(|c| c.launches.clone()).unwrap_or_default(),
+                ptx: cuda.map(|c| c.ptx).unwrap_or_default(),
             });
         }
         let memory = MemoryReport {
@@ -863,6 +889,7 @@ impl Compiler {
         put(format!("{:?}", self.opts.target).as_bytes());
         put(&[self.opts.external_weights as u8]);
         put(self.devices_text().as_bytes());
+        put(self.opts.cuda.arch.as_bytes());
         let mut shapes: Vec<_> = self.opts.input_shapes.iter().collect();
         shapes.sort();
         put(format!("{shapes:?}").as_bytes());
@@ -883,9 +910,33 @@ impl Compiler {
         format!("{:032x}", h.digest128())
     }
 
+    /// The PTX of each GPU partition of the ONNX file `path` (`kiln compile --emit ptx`): the
+    /// partition's index and its module's text. An error when no partition runs on a GPU.
+    pub fn emit_ptx(&self, path: impl AsRef<Path>) -> Result<Vec<(usize, String)>, Error> {
+        let mut g = self.import_path(path)?;
+        let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
+        let mut out = Vec::new();
+        for (i, (p, l)) in plan.partitions.iter().zip(&lowered).enumerate() {
+            if plan.devices[p.device].kind == DeviceKind::Cuda {
+                out.push((i, kiln_backend_cuda::compile(&l.program, &self.opts.cuda)?.ptx));
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::Devices {
+                target: self.devices_text(),
+                message: "no partition runs on a GPU, so there is no PTX (give a target list with `cuda`)".into(),
+            });
+        }
+        Ok(out)
+    }
+
     /// The IR after pass `after` (or the whole pipeline) as text: HIR, LIR, LLVM IR or assembly.
     /// For a model split across devices, each partition's, after a `# partition` line.
     pub fn emit(&self, path: impl AsRef<Path>, what: &str, after: Option<&str>) -> Result<String, Error> {
+        if what == "ptx" {
+            let ptx = self.emit_ptx(path)?;
+            return Ok(ptx.into_iter().map(|(_, text)| text).collect::<Vec<_>>().join("\n"));
+        }
         if self.partitioned() && after.is_none() {
             let mut g = self.import_path(path)?;
             let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
