@@ -464,3 +464,39 @@ pub fn load_exported(name: &str) -> Result<Case, String> {
         atol: EXPORTED_ATOL,
     })
 }
+
+/// NVIDIA's PTX assembler: `$KILN_PTXAS`, or the one the PyPI package `nvidia-cuda-nvcc-cu12`
+/// puts in the repository's venv (`scripts/setup.sh` installs it).
+pub fn ptxas() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_PTXAS") {
+        return PathBuf::from(p);
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
+        dirs.filter_map(|d| d.ok())
+            .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
+            .find(|p| p.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!("ptxas not found under {}: run `bash scripts/setup.sh` (or set KILN_PTXAS)", lib.display())
+    })
+}
+
+/// Assembles PTX text with `ptxas` for `arch` (`sm_80`, `sm_90`): Ok, or ptxas's messages.
+pub fn assemble_ptx(ptx: &str, arch: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let src = dir.path().join("module.ptx");
+    std::fs::write(&src, ptx).map_err(|e| e.to_string())?;
+    let out = Command::new(ptxas())
+        .arg(format!("-arch={arch}"))
+        .arg(&src)
+        .arg("-o")
+        .arg(dir.path().join("module.cubin"))
+        .output()
+        .map_err(|e| format!("running ptxas: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ptxas -arch={arch}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}

@@ -426,15 +426,20 @@ fn refine_by_cost(
         let mut moved = false;
         for (d, nodes) in runs(&order, device) {
             let inside: HashSet<NodeId> = nodes.iter().copied().collect();
-            // The values crossing the run's border, with the device at the other end.
-            let mut border: Vec<(usize, u64)> = Vec::new();
+            // The values crossing the run's border, with the device at the other end (`None`:
+            // the host, where graph inputs come from and graph outputs go).
+            let mut border: Vec<(Option<usize>, u64)> = Vec::new();
             for &n in &nodes {
                 for &v in &g.node(n).inputs {
-                    if let Some(p) = producer(g, v).filter(|p| !inside.contains(p)) {
-                        border.push((device[&p], g.ty(v).bytes() as u64));
+                    let bytes = g.ty(v).bytes() as u64;
+                    match g.value(v).def {
+                        ValueDef::Input(_) => border.push((None, bytes)),
+                        ValueDef::Node(p, _) if !inside.contains(&p) => border.push((Some(device[&p]), bytes)),
+                        _ => {}
                     }
                 }
                 for &v in &g.node(n).outputs {
+                    let bytes = g.ty(v).bytes() as u64;
                     let outside: HashSet<usize> = users
                         .get(&v)
                         .into_iter()
@@ -442,18 +447,27 @@ fn refine_by_cost(
                         .filter(|(u, _)| !inside.contains(u))
                         .map(|(u, _)| device[u])
                         .collect();
-                    border.extend(outside.into_iter().map(|o| (o, g.ty(v).bytes() as u64)));
+                    border.extend(outside.into_iter().map(|o| (Some(o), bytes)));
+                    if g.outputs.contains(&v) {
+                        border.push((None, bytes));
+                    }
                 }
             }
             let total = |e: usize| -> f64 {
                 let k = devices[e].kind;
                 let compute: f64 = nodes.iter().map(|&n| cost.node_time(g, n, k)).sum();
-                let moves: f64 = border.iter().map(|&(o, b)| cost.transfer_time(devices[o].kind, k, b)).sum();
+                let moves: f64 = border
+                    .iter()
+                    .map(|&(o, b)| cost.transfer_time(o.map_or(DeviceKind::Cpu, |o| devices[o].kind), k, b))
+                    .sum();
                 compute + moves
             };
             let here = total(d);
-            let best = (0..devices.len())
-                .filter(|&e| e != d && devices[e].kind != devices[d].kind)
+            // Only towards a neighbour: a run moves to join a device it exchanges tensors with.
+            let neighbours: BTreeSet<usize> = border.iter().filter_map(|&(o, _)| o).filter(|&o| o != d).collect();
+            let best = neighbours
+                .into_iter()
+                .filter(|&e| devices[e].kind != devices[d].kind)
                 .filter(|&e| nodes.iter().all(|&n| supports(devices[e].kind, g, g.node(n))))
                 .map(|e| (e, total(e)))
                 .filter(|&(_, t)| t < here * 0.999)

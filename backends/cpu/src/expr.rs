@@ -78,6 +78,11 @@ fn horner<'ctx>(g: &Gen<'ctx>, t: FloatValue<'ctx>, c: &[f64]) -> R<FloatValue<'
     Ok(r)
 }
 
+/// Whether the module is GPU code (its triple was set before generation).
+fn is_ptx(g: &Gen) -> bool {
+    g.m.get_triple().as_str().to_bytes().starts_with(b"nvptx")
+}
+
 fn is_f32(g: &Gen, x: FloatValue) -> bool {
     x.get_type() == g.cx.f32_type()
 }
@@ -266,6 +271,16 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
         UnaryOp::Reciprocal => b.build_float_div(one, x, "rcp").map_err(llvm_err)?,
         UnaryOp::Exp if is_f32(g, x) => exp_f32(g, x)?,
         UnaryOp::Exp => fcall(g, "llvm.exp", &[x])?,
+        // PTX has no `log`: its base-2 logarithm instruction (lg2.approx, relative error
+        // 2^-22), scaled.
+        UnaryOp::Log if is_f32(g, x) && is_ptx(g) => {
+            let f = g.m.get_function("llvm.nvvm.lg2.approx.f").unwrap_or_else(|| {
+                let t = g.cx.f32_type();
+                g.m.add_function("llvm.nvvm.lg2.approx.f", t.fn_type(&[t.into()], false), None)
+            });
+            let l2 = call(g, f, &[x.into()])?.into_float_value();
+            b.build_float_mul(l2, fconst(x, std::f64::consts::LN_2), "ln").map_err(llvm_err)?
+        }
         UnaryOp::Log => fcall(g, "llvm.log", &[x])?,
         UnaryOp::Floor => fcall(g, "llvm.floor", &[x])?,
         UnaryOp::Ceil => fcall(g, "llvm.ceil", &[x])?,

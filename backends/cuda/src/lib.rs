@@ -82,25 +82,30 @@ pub struct CudaModule {
 
 /// Whether a GPU runs `node` of `g`: every op whose kernels are plain arithmetic, comparisons
 /// and the math the generated code provides itself (exp, tanh, erf, sigmoid in f32; sqrt,
-/// floor, ceil, min, max); not those that need a math library (trigonometry, logarithms, a
-/// power with a variable exponent, and transcendentals in double precision).
+/// floor, ceil, min, max; log in f32, from PTX's base-2 logarithm); not those that need a
+/// math library (trigonometry, a power with a variable or fractional exponent, and
+/// transcendentals in double precision).
 pub fn supports(g: &Graph, node: &Node) -> bool {
     let f64_involved = node.inputs.iter().chain(&node.outputs).any(|&v| g.ty(v).dtype == DType::F64);
     let unary_ok = |op: &UnaryOp| match op {
-        UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tan | UnaryOp::Asin | UnaryOp::Acos | UnaryOp::Atan | UnaryOp::Log => {
-            false
-        }
-        UnaryOp::Exp | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Sigmoid => !f64_involved,
+        UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tan | UnaryOp::Asin | UnaryOp::Acos | UnaryOp::Atan => false,
+        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Sigmoid => !f64_involved,
         _ => true,
     };
     match &node.op {
         Op::Unary(u) => unary_ok(u),
-        // A constant exponent becomes multiplications or a square root; another needs `pow`.
-        Op::Binary(BinaryOp::Pow) => node.inputs.get(1).is_some_and(|&e| g.const_of(e).is_some_and(|t| t.numel() == 1)),
+        // A small constant integer exponent becomes multiplications; another needs `pow`.
+        Op::Binary(BinaryOp::Pow) => node.inputs.get(1).is_some_and(|&e| {
+            g.const_of(e).is_some_and(|t| {
+                let c = t.to_f64_vec();
+                c.len() == 1 && c[0].fract() == 0.0 && c[0] != 0.0 && c[0].abs() <= 4.0
+            })
+        }),
+        // Local response normalization raises to a fractional power.
+        Op::Lrn { .. } => false,
         Op::Binary(BinaryOp::Mod { .. }) => !f64_involved,
         // Softmax and its kin exponentiate; LogSoftmax also takes a logarithm.
-        Op::Softmax { .. } => !f64_involved,
-        Op::LogSoftmax { .. } => false,
+        Op::Softmax { .. } | Op::LogSoftmax { .. } => !f64_involved,
         _ => true,
     }
 }
@@ -109,6 +114,8 @@ pub fn supports(g: &Graph, node: &Node) -> bool {
 pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, BackendError> {
     let cx = Context::create();
     let g = Gen { cx: &cx, m: cx.create_module(&prog.name), b: cx.create_builder() };
+    // Set first: the shared code generator picks GPU forms of some functions (`log`) by it.
+    g.m.set_triple(&TargetTriple::create(TRIPLE));
     let tm = target.machine()?;
     let mut launches = Vec::new();
     let mut checks = 0u32;
@@ -147,6 +154,8 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
             }
         }
     }
+    // NVPTX cannot select these (LLVM aborts on them), so they are refused before it sees them.
+    check_no_calls_out(&g.m)?;
     llvm::optimize_with(&g.m, &tm, "default<O3>")?;
     check_no_calls_out(&g.m)?;
     let ptx = tm.write_to_memory_buffer(&g.m, FileType::Assembly).map_err(llvm_err)?;
@@ -166,13 +175,21 @@ fn buffer_ref(prog: &Program, b: BufferId, offset: u64) -> BufferRef {
     BufferRef { space, index, offset: base + offset }
 }
 
+/// LLVM intrinsics the NVPTX backend has no instruction for (math library functions).
+const NOT_ON_PTX: &[&str] = &[
+    "llvm.pow.", "llvm.powi.", "llvm.log.", "llvm.log2.", "llvm.log10.", "llvm.exp.", "llvm.exp10.", "llvm.sin.",
+    "llvm.cos.", "llvm.tan.", "llvm.asin.", "llvm.acos.", "llvm.atan.", "llvm.atan2.", "llvm.sinh.", "llvm.cosh.",
+    "llvm.tanh.", "llvm.frexp.", "llvm.ldexp.",
+];
+
 /// PTX has no library to link against: a function the module declares but does not define
-/// (other than LLVM's intrinsics, which the NVPTX backend lowers) cannot be resolved.
+/// (other than LLVM's intrinsics that the NVPTX backend lowers) cannot be resolved.
 fn check_no_calls_out(m: &Module) -> R<()> {
     let mut f = m.get_first_function();
     while let Some(func) = f {
         let name = func.get_name().to_string_lossy().into_owned();
-        if func.count_basic_blocks() == 0 && !name.starts_with("llvm.") {
+        let external = !name.starts_with("llvm.") || NOT_ON_PTX.iter().any(|p| name.starts_with(p));
+        if func.count_basic_blocks() == 0 && external {
             let users: Vec<String> = kernels_calling(m, func);
             return Err(BackendError::Kernel {
                 kernel: users.join(", "),
