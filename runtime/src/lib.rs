@@ -13,6 +13,8 @@
 //! ```
 
 mod aligned;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod threads;
 
 use std::path::Path;
@@ -154,7 +156,8 @@ enum Code {
     /// An artifact's: the code loaded from a temporary file, the weights in the artifact's
     /// bytes. Field order matters: the library is closed before its file and the weights go.
     Loaded {
-        _lib: libloading::Library,
+        /// None when the artifact has no CPU code (every partition on a GPU).
+        _lib: Option<libloading::Library>,
         _code_file: tempfile::TempPath,
         backing: Backing,
         weights_offset: usize,
@@ -169,7 +172,7 @@ enum Code {
 /// One compiled program of a session: the whole model, or one partition of a model split
 /// across devices.
 struct Part {
-    entry: EntryFn,
+    exec: Exec,
     /// Where its weights start in the weight section.
     weights_offset: usize,
     /// The slots (see [`kiln_abi::manifest::Partition`]) it reads and writes.
@@ -237,18 +240,27 @@ fn spec_bytes(t: &TensorSpec) -> usize {
     n as usize * DTypeCode::from_i32(t.dtype).map_or(1, DTypeCode::size)
 }
 
+/// How a part runs.
+enum Exec {
+    /// Compiled CPU code: its entry point.
+    Cpu(EntryFn),
+    /// A GPU partition.
+    #[cfg(feature = "cuda")]
+    Gpu(Box<cuda::GpuPart>),
+}
+
 /// The programs of a manifest, their entry points found by `lookup`: the whole model, or
-/// each partition, checked against the manifest (slots, weights within `weights_len`, copies
-/// between tensors of one size).
+/// each partition, checked against the manifest (slots, weights within `weights` when
+/// given, copies between tensors of one size). GPU partitions are loaded onto the GPU.
 fn parts_of(
     m: &Manifest,
-    weights_len: usize,
+    weights: Option<&[u8]>,
     lookup: impl Fn(&str) -> Result<EntryFn, RuntimeError>,
 ) -> Result<Vec<Part>, RuntimeError> {
     let (n_in, n_out) = (m.inputs.len(), m.outputs.len());
     if m.partitions.is_empty() {
         return Ok(vec![Part {
-            entry: lookup(kiln_abi::ENTRY_SYMBOL)?,
+            exec: Exec::Cpu(lookup(kiln_abi::ENTRY_SYMBOL)?),
             weights_offset: 0,
             inputs: (0..n_in).collect(),
             outputs: (n_in..n_in + n_out).collect(),
@@ -267,10 +279,13 @@ fn parts_of(
         }
     };
     let mut parts = Vec::with_capacity(m.partitions.len());
+    #[cfg(feature = "cuda")]
+    let mut gpu: Option<Arc<cuda::Gpu>> = None;
     for (i, p) in m.partitions.iter().enumerate() {
-        if p.device != "cpu" {
+        if p.device != "cpu" && !(cfg!(feature = "cuda") && p.device == "cuda") {
+            let why = if p.device == "cuda" { " (built without the `cuda` feature)" } else { "" };
             return Err(RuntimeError::Load(format!(
-                "partition {i} runs on device `{}` ({} in the target list `{}`), which this runtime cannot run",
+                "partition {i} runs on device `{}` ({} in the target list `{}`), which this runtime cannot run{why}",
                 p.device, p.device_index, m.devices
             )));
         }
@@ -279,11 +294,23 @@ fn parts_of(
             return Err(bad(format!("partition {i} names a slot that does not exist or is an input it writes")));
         }
         let end = p.weights_offset.saturating_add(p.weights_len);
-        if end > weights_len as u64 {
+        if weights.is_some_and(|w| end > w.len() as u64) {
             return Err(bad(format!("partition {i}'s weights lie beyond the weight section")));
         }
+        let exec = match p.device.as_str() {
+            #[cfg(feature = "cuda")]
+            "cuda" => {
+                let gpu = match &gpu {
+                    Some(g) => g.clone(),
+                    None => gpu.insert(Arc::new(cuda::Gpu::open()?)).clone(),
+                };
+                let w = weights.map_or(&[][..], |w| &w[p.weights_offset as usize..end as usize]);
+                Exec::Gpu(Box::new(cuda::GpuPart::load(&gpu, i, p, w)?))
+            }
+            _ => Exec::Cpu(lookup(&p.entry)?),
+        };
         parts.push(Part {
-            entry: lookup(&p.entry)?,
+            exec,
             weights_offset: p.weights_offset as usize,
             inputs: p.inputs.iter().map(|&k| k as usize).collect(),
             outputs: p.outputs.iter().map(|&k| k as usize).collect(),
@@ -359,8 +386,12 @@ impl Session {
         let code_path = file.into_temp_path();
         // SAFETY: loading the artifact's code runs no initializers of ours (the module has
         // none) and the checksum above ensures it is the code the compiler wrote.
-        let lib = unsafe { libloading::Library::new(&*code_path) }.map_err(|e| load_err(e.to_string()))?;
+        let lib = match sections.code.is_empty() {
+            true => None,
+            false => Some(unsafe { libloading::Library::new(&*code_path) }.map_err(|e| load_err(e.to_string()))?),
+        };
         let lookup = |entry: &str| -> Result<EntryFn, RuntimeError> {
+            let lib = lib.as_ref().ok_or_else(|| load_err(format!("the artifact has no CPU code for `{entry}`")))?;
             let abi_symbol = match entry.strip_suffix("_entry") {
                 Some(stem) if entry != kiln_abi::ENTRY_SYMBOL => format!("{stem}_abi_version"),
                 _ => kiln_abi::ABI_VERSION_SYMBOL.to_string(),
@@ -377,11 +408,12 @@ impl Session {
             }
             unsafe { Ok(*lib.get::<EntryFn>(entry.as_bytes()).map_err(|e| load_err(format!("`{entry}`: {e}")))?) }
         };
-        let weights_len = match &external {
-            Some(_) => manifest.weights_len as usize,
-            None => sections.weights.len(),
+        let weights: &[u8] = match &external {
+            Some(map) => &map[artifact::SECTION_ALIGN..artifact::SECTION_ALIGN + manifest.weights_len as usize],
+            None => sections.weights,
         };
-        let parts = parts_of(&manifest, weights_len, lookup)?;
+        let weights_len = weights.len();
+        let parts = parts_of(&manifest, Some(weights), lookup)?;
         let weights_offset = sections.weights_offset;
         Ok(Session::new(
             manifest,
@@ -419,7 +451,7 @@ impl Session {
                 "a model split across devices cannot be linked statically; load its .kiln file".into(),
             ));
         }
-        let parts = parts_of(&manifest, usize::MAX, |_| Ok(entry))?;
+        let parts = parts_of(&manifest, None, |_| Ok(entry))?;
         Ok(Session::new(manifest, parts, opts, Code::Linked { weights }))
     }
 
@@ -520,6 +552,26 @@ impl Session {
         };
         let weights = self.weights();
         for part in &self.parts {
+            let entry = match &part.exec {
+                Exec::Cpu(entry) => *entry,
+                #[cfg(feature = "cuda")]
+                Exec::Gpu(gpu) => {
+                    // SAFETY: each slot holds its tensor's bytes; a part's inputs and outputs
+                    // are distinct slots.
+                    let ins: Vec<&[u8]> = part
+                        .inputs
+                        .iter()
+                        .map(|&k| unsafe { std::slice::from_raw_parts(slot(k), spec_bytes(self.slot_spec(k))) })
+                        .collect();
+                    let mut outs: Vec<&mut [u8]> = part
+                        .outputs
+                        .iter()
+                        .map(|&k| unsafe { std::slice::from_raw_parts_mut(slot(k), spec_bytes(self.slot_spec(k))) })
+                        .collect();
+                    gpu.run(&ins, &mut outs, &part.check_messages)?;
+                    continue;
+                }
+            };
             let in_ptrs: Vec<*const u8> = part.inputs.iter().map(|&k| slot(k) as *const u8).collect();
             let out_ptrs: Vec<*mut u8> = part.outputs.iter().map(|&k| slot(k)).collect();
             let ctx = Context {
@@ -537,7 +589,7 @@ impl Session {
             // is what the compiled code was planned against; they outlive the call.
             // The entry runs on a worker of the pool, which then takes part in every parallel
             // kernel itself (no hand-off to the pool and back per kernel, no thread idling).
-            let status = self.pool.run(part.entry, &ctx);
+            let status = self.pool.run(entry, &ctx);
             if status != 0 {
                 let message = usize::try_from(status - 1).ok().and_then(|k| part.check_messages.get(k));
                 return Err(message.map_or(RuntimeError::Status(status), |m| RuntimeError::Check(m.clone())));

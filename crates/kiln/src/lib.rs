@@ -50,6 +50,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 pub use native::ArtifactKind;
 
+pub use kiln_abi as abi;
 pub use kiln_abi::manifest::TensorSpec;
 pub use kiln_abi::DTypeCode;
 pub use kiln_backend_cpu::cache::KernelCache;
