@@ -25,8 +25,9 @@ say "generating test data (scripts/gen_testdata.py)"
 say "unit and differential tests (cargo test, debug)"
 cargo test --locked
 
-say "building the release CLI for the heavy suites"
+say "building the release CLI and the runtime-only runner (kiln-run, with CUDA support) for the heavy suites"
 cargo build --locked --release -p kiln-cli
+cargo build --locked --release -p kiln-runner
 
 say "heavy suites: conformance (library, CLI), models, errors, tidy (release)"
 cargo test --locked --release -p kiln-tests

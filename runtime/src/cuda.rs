@@ -88,12 +88,8 @@ impl GpuPart {
                 None
             });
         }
-        let weights = if weights.is_empty() {
-            gpu.stream.alloc_zeros::<u8>(1)
-        } else {
-            gpu.stream.clone_htod(weights)
-        }
-        .map_err(|e| driver(&format!("partition {index}: uploading {} bytes of weights", weights.len()), e))?;
+        let weights = if weights.is_empty() { gpu.stream.alloc_zeros::<u8>(1) } else { gpu.stream.clone_htod(weights) }
+            .map_err(|e| driver(&format!("partition {index}: uploading {} bytes of weights", weights.len()), e))?;
         Ok(GpuPart {
             gpu: gpu.clone(),
             module,
@@ -144,10 +140,15 @@ impl GpuPart {
             };
             b.map(|b| b + r.offset).ok_or_else(|| RuntimeError::Manifest(format!("buffer reference {r:?}")))
         };
+        // `KILN_GPU_PROFILE=1`: time each kernel with events and print it (and its bandwidth).
+        let profile = std::env::var_os("KILN_GPU_PROFILE").is_some_and(|v| v != "0");
+        let mut timed = Vec::new();
         for (l, f) in self.launches.iter().zip(&self.functions) {
             let args: Vec<u64> = l.args.iter().map(address).collect::<Result<_, _>>()?;
             match (l.kind, f) {
                 (Launch::KERNEL, Some(f)) => {
+                    let event = || s.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT));
+                    let start = if profile { Some(event().map_err(|e| err("recording an event", e))?) } else { None };
                     let mut params: Vec<*mut std::ffi::c_void> =
                         args.iter().map(|a| a as *const u64 as *mut std::ffi::c_void).collect();
                     // SAFETY: the kernel takes one pointer per argument, as the compiler
@@ -169,6 +170,9 @@ impl GpuPart {
                     }
                     .result()
                     .map_err(|e| err(&format!("launching `{}`", l.kernel), e))?;
+                    if let Some(start) = start {
+                        timed.push((l, start, event().map_err(|e| err("recording an event", e))?));
+                    }
                 }
                 (Launch::COPY, _) if args.len() == 2 => {
                     // SAFETY: both ranges lie in device buffers (planned by the compiler).
@@ -184,7 +188,8 @@ impl GpuPart {
                         .map_err(|e| err("reading a check", e))?;
                     s.synchronize().map_err(|e| err("running the partition", e))?;
                     if count[0] != 0 {
-                        let message = checks.get(l.check as usize).cloned().unwrap_or_else(|| "a data check failed".into());
+                        let message =
+                            checks.get(l.check as usize).cloned().unwrap_or_else(|| "a data check failed".into());
                         return Err(RuntimeError::Check(message));
                     }
                 }
@@ -196,7 +201,16 @@ impl GpuPart {
                 s.memcpy_dtoh(&d.slice(..h.len()), *h).map_err(|e| err("copying outputs from the GPU", e))?;
             }
         }
-        s.synchronize().map_err(|e| err("running the partition", e))
+        s.synchronize().map_err(|e| err("running the partition", e))?;
+        for (l, start, end) in timed {
+            let ms = start.elapsed_ms(&end).map_err(|e| err("reading an event", e))? as f64;
+            let gbps = l.bytes as f64 / (ms.max(1e-6) * 1e-3) / 1e9;
+            eprintln!(
+                "gpu_kernel kernel={} grid={} block={} bytes={} ms={ms:.4} gbps={gbps:.1}",
+                l.kernel, l.grid, l.block, l.bytes
+            );
+        }
+        Ok(())
     }
 }
 
@@ -204,7 +218,8 @@ impl GpuPart {
 fn load_ptx(ptx: &str) -> Result<sys::CUmodule, String> {
     let src = std::ffi::CString::new(ptx).map_err(|_| "the PTX text holds a NUL byte".to_string())?;
     let mut log = vec![0u8; 16 << 10];
-    let mut options = [sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER, sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
+    let mut options =
+        [sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER, sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
     let mut values = [log.as_mut_ptr() as *mut std::ffi::c_void, log.len() as *mut std::ffi::c_void];
     let mut module = std::ptr::null_mut();
     // SAFETY: the options point at a live buffer of the given size; the source is

@@ -134,6 +134,7 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
                     grid: blocks as u32,
                     block: BLOCK,
                     args: bufs.iter().map(|&b| buffer_ref(prog, b, 0)).collect(),
+                    bytes: traffic(prog, &k),
                     ..Default::default()
                 });
             }
@@ -163,6 +164,13 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
     Ok(CudaModule { ptx, launches, arch: target.arch.clone() })
 }
 
+/// The bytes a kernel must move at least: each operand's elements once (no more than its
+/// buffer holds: a broadcast operand is read from cache) and the output's.
+fn traffic(prog: &Program, k: &Kernel) -> u64 {
+    let view_bytes = |v: &kiln_ir::lir::View| (v.numel() * v.dtype.size()).min(prog.buffer(v.buffer).bytes) as u64;
+    k.inputs.iter().map(view_bytes).sum::<u64>() + (k.output.numel() * k.output.dtype.size()) as u64
+}
+
 /// Where buffer `b` of `prog` lives, `offset` bytes in.
 fn buffer_ref(prog: &Program, b: BufferId, offset: u64) -> BufferRef {
     let buf = prog.buffer(b);
@@ -177,9 +185,25 @@ fn buffer_ref(prog: &Program, b: BufferId, offset: u64) -> BufferRef {
 
 /// LLVM intrinsics the NVPTX backend has no instruction for (math library functions).
 const NOT_ON_PTX: &[&str] = &[
-    "llvm.pow.", "llvm.powi.", "llvm.log.", "llvm.log2.", "llvm.log10.", "llvm.exp.", "llvm.exp10.", "llvm.sin.",
-    "llvm.cos.", "llvm.tan.", "llvm.asin.", "llvm.acos.", "llvm.atan.", "llvm.atan2.", "llvm.sinh.", "llvm.cosh.",
-    "llvm.tanh.", "llvm.frexp.", "llvm.ldexp.",
+    "llvm.pow.",
+    "llvm.powi.",
+    "llvm.log.",
+    "llvm.log2.",
+    "llvm.log10.",
+    "llvm.exp.",
+    "llvm.exp10.",
+    "llvm.sin.",
+    "llvm.cos.",
+    "llvm.tan.",
+    "llvm.asin.",
+    "llvm.acos.",
+    "llvm.atan.",
+    "llvm.atan2.",
+    "llvm.sinh.",
+    "llvm.cosh.",
+    "llvm.tanh.",
+    "llvm.frexp.",
+    "llvm.ldexp.",
 ];
 
 /// PTX has no library to link against: a function the module declares but does not define
@@ -211,9 +235,12 @@ fn kernels_calling<'ctx>(m: &Module<'ctx>, callee: FunctionValue<'ctx>) -> Vec<S
             while let Some(ins) = i {
                 if ins.get_opcode() == inkwell::values::InstructionOpcode::Call {
                     let n = ins.get_num_operands();
-                    if n > 0 && ins.get_operand(n - 1).and_then(|o| o.value()).is_some_and(|v| {
-                        v.is_pointer_value() && v.into_pointer_value() == callee.as_global_value().as_pointer_value()
-                    }) {
+                    if n > 0
+                        && ins.get_operand(n - 1).and_then(|o| o.value()).is_some_and(|v| {
+                            v.is_pointer_value()
+                                && v.into_pointer_value() == callee.as_global_value().as_pointer_value()
+                        })
+                    {
                         return true;
                     }
                 }
@@ -258,7 +285,9 @@ fn gen_kernel(g: &Gen, k: &Kernel, name: &str, slot: &[usize], nbufs: usize) -> 
     let acc_slot = g.b.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
     let b = &g.b;
     let (tid, ctaid, ntid, nctaid) = (sreg(g, "tid")?, sreg(g, "ctaid")?, sreg(g, "ntid")?, sreg(g, "nctaid")?);
-    let first = b.build_int_nsw_add(b.build_int_nsw_mul(ctaid, ntid, "base").map_err(llvm_err)?, tid, "first").map_err(llvm_err)?;
+    let first = b
+        .build_int_nsw_add(b.build_int_nsw_mul(ctaid, ntid, "base").map_err(llvm_err)?, tid, "first")
+        .map_err(llvm_err)?;
     let stride = b.build_int_nsw_mul(nctaid, ntid, "stride").map_err(llvm_err)?;
     let total = g.i64(k.out_elems() as i64);
     let env = Env { k, bases: &in_bases };

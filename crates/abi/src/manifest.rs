@@ -77,7 +77,8 @@ impl BufferRef {
 /// One step of a GPU partition (its launch table).
 ///
 /// * `kind` 0, a kernel: `kernel` (the PTX entry's name) on a grid of `grid` blocks of
-///   `block` threads, its pointer arguments `args`, in order.
+///   `block` threads, its pointer arguments `args`, in order; `bytes` is the memory traffic
+///   it needs at least (for bandwidth figures).
 /// * `kind` 1, a copy of `bytes` bytes from `args[1]` to `args[0]`.
 /// * `kind` 2, a check: the run fails with check message `check` when the `i64` at `args[0]`
 ///   is not 0.

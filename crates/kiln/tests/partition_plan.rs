@@ -34,7 +34,8 @@ fn an_op_the_gpu_lacks_is_cut_out_once() {
     let text = plan.text(&g);
     let kinds: Vec<DeviceKind> = plan.partitions.iter().map(|p| plan.devices[p.device].kind).collect();
     assert_eq!(kinds, [DeviceKind::Cuda, DeviceKind::Cpu, DeviceKind::Cuda], "{text}");
-    let names = |i: usize| -> Vec<String> { plan.partitions[i].nodes.iter().map(|&n| g.node(n).name.clone()).collect() };
+    let names =
+        |i: usize| -> Vec<String> { plan.partitions[i].nodes.iter().map(|&n| g.node(n).name.clone()).collect() };
     assert_eq!(names(0), ["mm0", "relu0"]);
     assert_eq!(names(1), ["middle"]);
     assert_eq!(names(2), ["mm1", "relu1"]);
