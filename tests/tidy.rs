@@ -60,3 +60,26 @@ fn compilation_is_deterministic() {
         assert_eq!(outs[outs.len() - 2], outs[outs.len() - 1], "{model}: two compilations differ");
     }
 }
+
+/// Splitting across devices is deterministic too: GPU code, partitions and slots.
+#[test]
+fn partitioned_compilation_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let shapes = ["input_ids=2x24", "attention_mask=2x24", "token_type_ids=2x24"];
+    for target in ["cuda,cpu", "cpu:mem=512KiB,cpu:mem=512KiB"] {
+        let mut outs = Vec::new();
+        for i in 0..2 {
+            let p = dir.path().join(format!("b{i}.kiln"));
+            let mut cmd = Command::new(kiln_tests::kiln_bin());
+            cmd.args(["compile", "tests/models/bert_torch/model.onnx", "-o", p.to_str().unwrap(), "--target", target]);
+            for s in shapes {
+                cmd.args(["--input-shape", s]);
+            }
+            let o = cmd.current_dir(repo).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            outs.push(std::fs::read(&p).unwrap());
+        }
+        assert_eq!(outs[0], outs[1], "{target}: two compilations differ");
+    }
+}

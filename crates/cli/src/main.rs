@@ -428,7 +428,10 @@ fn emit_text(c: &Compiler, model: &Path, what: &str, out: Option<&Path>) -> Res<
         let text = c.emit(model, what, None)?;
         return match out {
             Some(path) => write(path, &text),
-            None => Ok(print!("{text}")),
+            None => {
+                print!("{text}");
+                Ok(())
+            }
         };
     }
     let modules = c.emit_ptx(model)?;
