@@ -1,16 +1,16 @@
-//! Every model of the test suite compiled for `--target cuda,cpu`: the PTX of its GPU
-//! partitions is accepted by `ptxas` for sm_80 (Ampere) and sm_90 (Hopper). No GPU is
+//! Every model of the test suite compiled for `--target cuda`: each runs wholly on the GPU,
+//! and its PTX is accepted by `ptxas` for sm_80 (Ampere) and sm_90 (Hopper). No GPU is
 //! needed; running the PTX is `scripts/gpu-check.sh`'s job.
 
 use kiln::Compiler;
 use kiln_tests::Case;
 
-/// Compiles `case` for `cuda,cpu`, assembles each GPU partition's PTX, and returns how many
+/// Compiles `case` for `target`, assembles each GPU partition's PTX, and returns how many
 /// of the model's nodes run on the GPU and how many in all.
-fn check(case: &Case) -> (usize, usize) {
+fn check(case: &Case, target: &str) -> (usize, usize) {
     let name = &case.name;
     let mut opts = kiln_tests::compile_options(case);
-    opts.set_target("cuda,cpu").unwrap();
+    opts.set_target(target).unwrap();
     // Inputs that set static shapes are frozen to the case's values, as `kiln run` does.
     loop {
         let c = Compiler::new(opts.clone());
@@ -55,8 +55,8 @@ macro_rules! ptx_tests {
     ($load:ident: $($name:ident),* $(,)?) => {$(
         #[test]
         fn $name() {
-            let (on_gpu, _) = check(&$load(stringify!($name)));
-            assert!(on_gpu > 0, "nothing ran on the GPU");
+            let (on_gpu, all) = check(&$load(stringify!($name)), "cuda");
+            assert_eq!(on_gpu, all);
         }
     )*};
 }
@@ -91,6 +91,13 @@ mod exported {
         gru_tagger_spox,
         lstm_speech_onnxscript,
     );
+}
+
+/// With a CPU in the list, a model whose ops the GPU all runs stays on the GPU.
+#[test]
+fn a_cpu_fallback_takes_nothing_from_a_model_the_gpu_runs() {
+    let (on_gpu, all) = check(&generated("transformer_encoder"), "cuda,cpu");
+    assert_eq!(on_gpu, all);
 }
 
 /// The bundled example runs wholly on the GPU: one partition, one module.

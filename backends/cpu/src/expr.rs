@@ -222,6 +222,37 @@ fn pow_const<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>, c: f64) -> R<Option<Float
     Ok(Some(y))
 }
 
+/// f32 `pow` on PTX, which has no `pow`: `e^{y·ln|x|}`, the logarithm from PTX's base-2
+/// instruction (`lg2.approx`, 2^-22 relative), the exponential from [`exp_f32`]; the sign
+/// for a negative base and an odd integer exponent, NaN for a negative base and a
+/// fractional one, and IEEE's values for a zero base and a zero exponent. The relative
+/// error grows with `|y·ln x|` (about 1e-6 for results near 1e±10).
+fn pow_ptx<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+    let b = &g.b;
+    let t = g.cx.f32_type();
+    let lg2 =
+        g.m.get_function("llvm.nvvm.lg2.approx.f")
+            .unwrap_or_else(|| g.m.add_function("llvm.nvvm.lg2.approx.f", t.fn_type(&[t.into()], false), None));
+    let ax = fcall(g, "llvm.fabs", &[x])?;
+    let l2 = call(g, lg2, &[ax.into()])?.into_float_value();
+    let ln = b.build_float_mul(l2, fconst(x, std::f64::consts::LN_2), "ln").map_err(llvm_err)?;
+    let r = exp_f32(g, b.build_float_mul(y, ln, "yln").map_err(llvm_err)?)?;
+    let yi = fcall(g, "llvm.trunc", &[y])?;
+    let integral = fcmp(g, FloatPredicate::OEQ, yi, y)?;
+    let half = b.build_float_mul(y, fconst(y, 0.5), "h").map_err(llvm_err)?;
+    let odd = b
+        .build_and(integral, fcmp(g, FloatPredicate::UNE, fcall(g, "llvm.trunc", &[half])?, half)?, "odd")
+        .map_err(llvm_err)?;
+    let neg = fcmp(g, FloatPredicate::OLT, x, fconst(x, 0.0))?;
+    let flip = b.build_and(neg, odd, "flip").map_err(llvm_err)?;
+    let r = fsel(g, flip, b.build_float_neg(r, "nr").map_err(llvm_err)?, r)?;
+    let not_integral = b.build_not(integral, "ni").map_err(llvm_err)?;
+    let r = fsel(g, b.build_and(neg, not_integral, "nan").map_err(llvm_err)?, fconst(x, f64::NAN), r)?;
+    let at_zero = fsel(g, fcmp(g, FloatPredicate::OLT, y, fconst(y, 0.0))?, fconst(x, f64::INFINITY), fconst(x, 0.0))?;
+    let r = fsel(g, fcmp(g, FloatPredicate::OEQ, x, fconst(x, 0.0))?, at_zero, r)?;
+    fsel(g, fcmp(g, FloatPredicate::OEQ, y, fconst(y, 0.0))?, fconst(x, 1.0), r)
+}
+
 /// A constant of the float type of `like`.
 fn fconst<'ctx>(like: FloatValue<'ctx>, x: f64) -> FloatValue<'ctx> {
     like.get_type().const_float(x)
@@ -381,11 +412,9 @@ fn binary_f<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: FloatValue<'ctx>, c: FloatValu
         BinaryOp::Sub => contract(b.build_float_sub(a, c, "sub").map_err(llvm_err)?),
         BinaryOp::Mul => contract(b.build_float_mul(a, c, "mul").map_err(llvm_err)?),
         BinaryOp::Div => b.build_float_div(a, c, "div").map_err(llvm_err)?,
-        BinaryOp::Pow => match c.get_constant().map(|(v, _)| v) {
-            Some(k) => match pow_const(g, a, k)? {
-                Some(y) => y,
-                None => fcall(g, "llvm.pow", &[a, c])?,
-            },
+        BinaryOp::Pow => match c.get_constant().map(|(v, _)| v).map(|k| pow_const(g, a, k)).transpose()?.flatten() {
+            Some(y) => y,
+            None if is_f32(g, a) && is_ptx(g) => pow_ptx(g, a, c)?,
             None => fcall(g, "llvm.pow", &[a, c])?,
         },
         BinaryOp::Max => fcall(g, "llvm.maximum", &[a, c])?,

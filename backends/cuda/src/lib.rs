@@ -82,9 +82,8 @@ pub struct CudaModule {
 
 /// Whether a GPU runs `node` of `g`: every op whose kernels are plain arithmetic, comparisons
 /// and the math the generated code provides itself (exp, tanh, erf, sigmoid in f32; sqrt,
-/// floor, ceil, min, max; log in f32, from PTX's base-2 logarithm); not those that need a
-/// math library (trigonometry, a power with a variable or fractional exponent, and
-/// transcendentals in double precision).
+/// floor, ceil, min, max; log and pow in f32, from PTX's base-2 logarithm); not those that
+/// need a math library (trigonometry, and transcendentals in double precision).
 pub fn supports(g: &Graph, node: &Node) -> bool {
     let f64_involved = node.inputs.iter().chain(&node.outputs).any(|&v| g.ty(v).dtype == DType::F64);
     let unary_ok = |op: &UnaryOp| match op {
@@ -94,15 +93,19 @@ pub fn supports(g: &Graph, node: &Node) -> bool {
     };
     match &node.op {
         Op::Unary(u) => unary_ok(u),
-        // A small constant integer exponent becomes multiplications; another needs `pow`.
-        Op::Binary(BinaryOp::Pow) => node.inputs.get(1).is_some_and(|&e| {
-            g.const_of(e).is_some_and(|t| {
-                let c = t.to_f64_vec();
-                c.len() == 1 && c[0].fract() == 0.0 && c[0] != 0.0 && c[0].abs() <= 4.0
-            })
-        }),
+        // A power is generated for f32 (from PTX's logarithm and the generated exp); in f64
+        // only by a small integer constant (multiplications).
+        Op::Binary(BinaryOp::Pow) => {
+            !f64_involved
+                || node.inputs.get(1).is_some_and(|&e| {
+                    g.const_of(e).is_some_and(|t| {
+                        let c = t.to_f64_vec();
+                        c.len() == 1 && c[0].fract() == 0.0 && c[0] != 0.0 && c[0].abs() <= 4.0
+                    })
+                })
+        }
         // Local response normalization raises to a fractional power.
-        Op::Lrn { .. } => false,
+        Op::Lrn { .. } => !f64_involved,
         Op::Binary(BinaryOp::Mod { .. }) => !f64_involved,
         // Softmax and its kin exponentiate; LogSoftmax also takes a logarithm.
         Op::Softmax { .. } | Op::LogSoftmax { .. } => !f64_involved,
