@@ -31,3 +31,6 @@ cargo build --locked --release -p kiln-runner
 
 say "heavy suites: conformance (library, CLI), models, errors, tidy (release)"
 cargo test --locked --release -p kiln-tests
+
+say "GPU runs (kiln-run with CUDA): on a machine without a GPU they say so here and skip"
+cargo test --locked --release -p kiln-tests --test gpu -- --nocapture 2>&1 | grep -E 'SKIPPED|^test |test result|on (cuda|cpu)'
