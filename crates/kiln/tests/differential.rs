@@ -334,6 +334,12 @@ fn convolution_chains_as_gemm() {
         // Wide (several panels of B per block), many input channels, uneven padding.
         (1, 20, 9, 9, 130, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 4, [1, 1]),
         (1, 150, 12, 11, 100, [3, 3], [2, 2], [1, 0, 1, 2], [1, 1], 1, 3, [1, 1]),
+        // Winograd F(4×4, 3×3): outputs of 16×16 and more, batch 2, sizes that leave partial
+        // tiles, uneven padding.
+        (2, 24, 18, 17, 40, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 6, [1, 1]),
+        (1, 32, 19, 21, 17, [3, 3], [1, 1], [0, 1, 2, 1], [1, 1], 1, 5, [3, 3]),
+        // Below 8×8 outputs: the direct form.
+        (1, 32, 7, 7, 32, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 4, [1, 1]),
     ];
     for (nb, ci, h, w, co, k, strides, pads, dilations, group, co2, k2) in cases {
         let x = r.tensor(DType::F32, &[nb, ci, h, w]);
@@ -361,9 +367,20 @@ fn convolution_chains_as_gemm() {
         compiler.optimize(&mut opt, None).unwrap();
         let (prog, _, _) = compiler.lower(&opt).unwrap();
         let text = kiln::ir::lir::print(&prog);
-        let winograd = group == 1 && k == [3, 3] && strides == [1, 1] && dilations == [1, 1] && ci >= 16 && co >= 16;
+        let (oh, ow) = (h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2);
+        let winograd = group == 1
+            && k == [3, 3]
+            && strides == [1, 1]
+            && dilations == [1, 1]
+            && ci >= 16
+            && co >= 16
+            && oh >= 8
+            && ow >= 8;
         if winograd {
-            assert!(text.contains("conv1.winograd_weights"), "conv1 should go through Winograd F(2x2, 3x3):\n{text}");
+            assert!(text.contains("conv1.winograd_weights"), "conv1 should go through Winograd:\n{text}");
+            // F(4×4, 3×3) from 16×16 outputs: 6×6 tiles.
+            let tile = if oh >= 16 && ow >= 16 { "[6, 6, " } else { "[4, 4, " };
+            assert!(text.contains(tile), "conv1 should use {tile}…] tiles:\n{text}");
         } else if group == 1 {
             assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
         }

@@ -1,39 +1,91 @@
-//! 3×3 stride-1 convolutions by Winograd's minimal filtering, F(2×2, 3×3): each 2×2 block
-//! of outputs costs 16 multiplies per (input, output) channel pair instead of 36.
+//! 3×3 stride-1 convolutions by Winograd's minimal filtering, F(m×m, 3×3): each m×m block of
+//! outputs costs t² = (m+2)² multiplies per (input, output) channel pair instead of 9m².
+//! F(4×4, 3×3) (36 per 16 outputs, 4× fewer) for outputs of at least 16×16 and at most 256
+//! input channels, F(2×2, 3×3) (16 per 4, 2.25× fewer) for the others down to 8×8.
 //!
-//! `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A` for a 4×4 input tile `d` (tiles 2 apart) and a 3×3
-//! filter `g`, as three kernels and a constant:
+//! `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A` for a t×t input tile `d` (tiles m apart) and a 3×3
+//! filter `g`, as five kernels and a constant:
 //!
 //! * `U = G g Gᵀ` per (input, output) channel pair, computed here once, stored
-//!   `[4, 4, C, CO]` (the 16 products' weights, output channels contiguous);
+//!   `[t, t, C, CO]` (the t² products' weights, output channels contiguous);
 //! * `{name}/winograd_rows` and `{name}/winograd_in`: `V[ξ, n, th, tw, c] = (Bᵀ d B)[ξ]` in
-//!   two passes of 4-term sums (`Bᵀ d` over the padded columns of all tiles, then `· B`),
+//!   two passes of t-term sums (`Bᵀ d` over the padded columns of all tiles, then `· B`),
 //!   coefficients from a small constant, padding read as zeros, channels contiguous;
-//! * `{name}/winograd_gemm`: 16 matrix products `M[ξ] = V[ξ] · U[ξ]` (tiles × C times
-//!   C × CO), which the CPU backend's GEMM schedule runs (a batch of 16);
-//! * `{name}`: the output `Y[n, co, y, x] = Σ_ξ Aᵀ[y%2][i] Aᵀ[x%2][j] M[ξ, n, y/2, x/2, co]`
-//!   plus the bias, where the convolution's epilogue (activation, residual) fuses as usual.
+//! * `{name}/winograd_gemm`: t² matrix products `M[ξ] = V[ξ] · U[ξ]` (tiles × C times
+//!   C × CO), which the CPU backend's GEMM schedule runs as a batch;
+//! * `{name}/winograd_cols` and `{name}`: the output transform in two passes of t terms,
+//!   `Z[i, n, th, x, co] = Σ_j Aᵀ[x%m][j] M[i, j, n, th, x/m, co]`, then
+//!   `Y[n, co, y, x] = Σ_i Aᵀ[y%m][i] Z[i, n, y/m, x, co]` plus the bias, where the
+//!   convolution's epilogue (activation, residual) fuses as usual. (One pass of t² terms cost
+//!   F(4×4) more than its products saved.)
 //!
-//! Taken for convolutions with at least 16 input and output channels and an output of at
-//! least 4×4 (below that the transforms cost more than the products save). The weights must
-//! be constant.
+//! Below 8×8 outputs (ResNet's 7×7 stage) the products have too few rows to amortize the
+//! transformed weights, which are t²/9 times the filter's size: the direct form is as fast
+//! and its weights smaller. The weights must be constant.
 
 use kiln_ir::Tensor;
 
 use super::*;
 
-/// `Bᵀ` of F(2×2, 3×3).
-const BT: [[f64; 4]; 4] = [[1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, -1.0, 1.0, 0.0], [0.0, 1.0, 0.0, -1.0]];
-/// `G` of F(2×2, 3×3).
-const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
-/// `Aᵀ` of F(2×2, 3×3).
-const AT: [[f64; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+/// Outputs at least this tall and wide take F(4×4, 3×3), with at most this many input
+/// channels (its rounding error grows with the sum's length: for 256 channels it was a third
+/// of the test tolerance); the others F(2×2, 3×3).
+const WINOGRAD_F4_MIN: usize = 16;
+const WINOGRAD_F4_MAX_C: usize = 256;
+
+/// One of Winograd's algorithms F(m×m, 3×3): `m×m` outputs from a `t×t` input tile,
+/// `t = m + 2`, with its transforms `Bᵀ` (t×t), `G` (t×3) and `Aᵀ` (m×t).
+struct Variant {
+    m: usize,
+    bt: &'static [&'static [f64]],
+    g: &'static [[f64; 3]],
+    at: &'static [&'static [f64]],
+}
+
+/// F(2×2, 3×3), interpolation points 0, ±1: 16 products per 4 outputs.
+const F2: Variant = Variant {
+    m: 2,
+    bt: &[&[1.0, 0.0, -1.0, 0.0], &[0.0, 1.0, 1.0, 0.0], &[0.0, -1.0, 1.0, 0.0], &[0.0, 1.0, 0.0, -1.0]],
+    g: &[[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]],
+    at: &[&[1.0, 1.0, 1.0, 0.0], &[0.0, 1.0, -1.0, -1.0]],
+};
+
+/// F(4×4, 3×3): 36 products per 16 outputs. Interpolation points 0, 1, −1, ½, −2 (and ∞)
+/// rather than the usual 0, ±1, ±2: in f32 over 64 channels its largest error measured 4×
+/// smaller (6e-5 against 2.3e-4 on sums of unit-range products). `Bᵀ` and `Aᵀ` hold
+/// binary fractions (exact in f32); `G`, with thirds and fifteenths, is applied at compile
+/// time in f64.
+const F4: Variant = Variant {
+    m: 4,
+    bt: &[
+        &[1.0, -1.5, -2.0, 1.5, 1.0, 0.0],
+        &[0.0, -1.0, 0.5, 2.5, 1.0, 0.0],
+        &[0.0, 1.0, -2.5, 0.5, 1.0, 0.0],
+        &[0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        &[0.0, 0.5, -1.0, -0.5, 1.0, 0.0],
+        &[0.0, 1.0, -1.5, -2.0, 1.5, 1.0],
+    ],
+    g: &[
+        [1.0, 0.0, 0.0],
+        [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0],
+        [-1.0 / 3.0, 1.0 / 3.0, -1.0 / 3.0],
+        [-16.0 / 15.0, -8.0 / 15.0, -4.0 / 15.0],
+        [1.0 / 15.0, -2.0 / 15.0, 4.0 / 15.0],
+        [0.0, 0.0, 1.0],
+    ],
+    at: &[
+        &[1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        &[0.0, 1.0, -1.0, 0.5, -2.0, 0.0],
+        &[0.0, 1.0, 1.0, 0.25, 4.0, 0.0],
+        &[0.0, 1.0, -1.0, 0.125, -8.0, 1.0],
+    ],
+};
 
 /// `m[r][c]` for index expressions `r` and `c`, as selects over constants: no memory, so the
 /// backend keeps a coefficient in a register for a whole row of channels.
-fn table<const C: usize>(m: &[[f64; C]], r: Expr, c: Expr) -> Expr {
-    let pick = |row: &[f64; C]| {
-        let mut e = Expr::f32(row[C - 1] as f32);
+fn table(m: &[&[f64]], r: Expr, c: Expr) -> Expr {
+    let pick = |row: &[f64]| {
+        let mut e = Expr::f32(row[row.len() - 1] as f32);
         for (j, &v) in row.iter().enumerate().rev().skip(1) {
             e = Expr::select(Expr::cmp(CmpOp::Equal, c.clone(), Expr::i64(j as i64)), Expr::f32(v as f32), e);
         }
@@ -69,8 +121,8 @@ impl Lowerer<'_> {
             || out.dtype != DType::F32
             || c < 16
             || co < 16
-            || oh < 4
-            || ow < 4
+            || oh < 8
+            || ow < 8
         {
             return false;
         }
@@ -83,12 +135,14 @@ impl Lowerer<'_> {
             }
             _ => return false,
         };
-        let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+        let wv = if oh >= WINOGRAD_F4_MIN && ow >= WINOGRAD_F4_MIN && c <= WINOGRAD_F4_MAX_C { &F4 } else { &F2 };
+        let (mt, t) = (wv.m, wv.m + 2);
+        let (th, tw) = (oh.div_ceil(mt), ow.div_ceil(mt));
 
         // U[i][j][c][co] = Σ_ab G[i][a] g[co][c][a][b] G[j][b], as (G g) Gᵀ in f64, written
         // plane by plane with the output channel contiguous.
-        // Blocks of 64 output channels: 64 filters read in step, 16 planes written in runs.
-        let mut u = vec![0f32; 16 * c * co];
+        // Blocks of 64 output channels: 64 filters read in step, t² planes written in runs.
+        let mut u = vec![0f32; t * t * c * co];
         for ob in (0..co).step_by(64) {
             for ci in 0..c {
                 for o in ob..(ob + 64).min(co) {
@@ -97,16 +151,11 @@ impl Lowerer<'_> {
                         let b = &g[at + 4 * k..at + 4 * k + 4];
                         f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
                     });
-                    let mut gf = [[0f64; 3]; 4];
-                    for (i, gi) in G.iter().enumerate() {
-                        for bcol in 0..3 {
-                            gf[i][bcol] = gi[0] * f[bcol] + gi[1] * f[3 + bcol] + gi[2] * f[6 + bcol];
-                        }
-                    }
-                    for (i, row) in gf.iter().enumerate() {
-                        for (j, gj) in G.iter().enumerate() {
+                    for (i, gi) in wv.g.iter().enumerate() {
+                        let row: [f64; 3] = std::array::from_fn(|b| gi[0] * f[b] + gi[1] * f[3 + b] + gi[2] * f[6 + b]);
+                        for (j, gj) in wv.g.iter().enumerate() {
                             let v = row[0] * gj[0] + row[1] * gj[1] + row[2] * gj[2];
-                            u[((i * 4 + j) * c + ci) * co + o] = v as f32;
+                            u[((i * t + j) * c + ci) * co + o] = v as f32;
                         }
                     }
                 }
@@ -121,24 +170,25 @@ impl Lowerer<'_> {
             );
             View::dense(b, DType::F32, &shape)
         };
-        let u = constant(self, vec![4, 4, c, co], u, "winograd_weights");
+        let u = constant(self, vec![t, t, c, co], u, "winograd_weights");
 
-        // The input transform in two passes of 4 terms (Bᵀ d, then (Bᵀ d) B) instead of one of
-        // 16, the coefficients from a small constant (as selects, like the output
+        // The input transform in two passes of t terms (Bᵀ d, then (Bᵀ d) B) instead of one of
+        // t², the coefficients from a small constant (as selects, like the output
         // transform's, they measured twice as slow here).
-        let bt = constant(self, vec![4, 4], BT.iter().flatten().map(|&v| v as f32).collect(), "winograd_bt");
+        let bt_values = wv.bt.iter().flat_map(|r| r.iter()).map(|&v| v as f32).collect();
+        let bt = constant(self, vec![t, t], bt_values, "winograd_bt");
         let sum = Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None });
-        // R[i, n, th, x', c] = Σ_a Bᵀ[i][a] x[n, c, 2th + a - top, x' - left] over the padded
+        // R[i, n, th, x', c] = Σ_a Bᵀ[i][a] x[n, c, m·th + a - top, x' - left] over the padded
         // columns x' of all tiles.
-        let wp = 2 * tw + 2;
-        let rows = self.temp(DType::F32, &[4, n, th, wp, c], format!("{name}.winograd_rows"));
+        let wp = mt * tw + 2;
+        let rows = self.temp(DType::F32, &[t, n, th, wp, c], format!("{name}.winograd_rows"));
         let xl = Expr::Load {
             operand: 0,
             index: vec![
                 Expr::Var(1),
                 Expr::Var(4),
                 Expr::sub(
-                    Expr::add(Expr::mul(Expr::Var(2), Expr::i64(2)), Expr::Var(5)),
+                    Expr::add(Expr::mul(Expr::Var(2), Expr::i64(mt as i64)), Expr::Var(5)),
                     Expr::i64(window.pads[0] as i64),
                 ),
                 Expr::sub(Expr::Var(3), Expr::i64(window.pads[1] as i64)),
@@ -147,28 +197,28 @@ impl Lowerer<'_> {
         };
         self.emit(Kernel {
             name: format!("{name}/winograd_rows"),
-            domain: vec![4, n, th, wp, c, 4],
+            domain: vec![t, n, th, wp, c, t],
             n_par: 5,
             inputs: vec![x.clone(), bt.clone()],
             output: rows.clone(),
             body: Expr::mul(Expr::load(1, vec![Expr::Var(0), Expr::Var(5)]), xl),
             reduction: sum.clone(),
         });
-        // V[i, j, n, th, tw, c] = Σ_b Bᵀ[j][b] R[i, n, th, 2tw + b, c].
-        let v = self.temp(DType::F32, &[4, 4, n, th, tw, c], format!("{name}.winograd_tiles"));
+        // V[i, j, n, th, tw, c] = Σ_b Bᵀ[j][b] R[i, n, th, m·tw + b, c].
+        let v = self.temp(DType::F32, &[t, t, n, th, tw, c], format!("{name}.winograd_tiles"));
         let rl = Expr::load(
             0,
             vec![
                 Expr::Var(0),
                 Expr::Var(2),
                 Expr::Var(3),
-                Expr::add(Expr::mul(Expr::Var(4), Expr::i64(2)), Expr::Var(6)),
+                Expr::add(Expr::mul(Expr::Var(4), Expr::i64(mt as i64)), Expr::Var(6)),
                 Expr::Var(5),
             ],
         );
         self.emit(Kernel {
             name: format!("{name}/winograd_in"),
-            domain: vec![4, 4, n, th, tw, c, 4],
+            domain: vec![t, t, n, th, tw, c, t],
             n_par: 6,
             inputs: vec![rows, bt],
             output: v.clone(),
@@ -177,10 +227,10 @@ impl Lowerer<'_> {
         });
 
         // M[i, j, n, th, tw, co] = Σ_c V[i, j, n, th, tw, c] U[i, j, c, co].
-        let m = self.temp(DType::F32, &[4, 4, n, th, tw, co], format!("{name}.winograd_products"));
+        let m = self.temp(DType::F32, &[t, t, n, th, tw, co], format!("{name}.winograd_products"));
         self.emit(Kernel {
             name: format!("{name}/winograd_gemm"),
-            domain: vec![4, 4, n, th, tw, co, c],
+            domain: vec![t, t, n, th, tw, co, c],
             n_par: 6,
             inputs: vec![v, u],
             output: m.clone(),
@@ -191,34 +241,41 @@ impl Lowerer<'_> {
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
         });
 
-        // Y[n, co, y, x] = Σ_ij Aᵀ[y%2][i] Aᵀ[x%2][j] M[i, j, n, y/2, x/2, co] (+ bias).
-        let two = || Expr::i64(2);
-        let modulo = |e: Expr| Expr::bin(BinaryOp::Mod { fmod: false }, e, two());
+        // The output transform in two passes of t terms, like the input's:
+        // Z[i, n, th, x, co] = Σ_j Aᵀ[x%m][j] M[i, j, n, th, x/m, co], then
+        // Y[n, co, y, x] = Σ_i Aᵀ[y%m][i] Z[i, n, y/m, x, co] (+ bias).
+        let tile = || Expr::i64(mt as i64);
+        let modulo = |e: Expr| Expr::bin(BinaryOp::Mod { fmod: false }, e, tile());
+        let z = self.temp(DType::F32, &[t, n, th, ow, co], format!("{name}.winograd_cols"));
         let ml = Expr::load(
             0,
-            vec![
-                Expr::Var(4),
-                Expr::Var(5),
-                Expr::Var(0),
-                Expr::div(Expr::Var(2), two()),
-                Expr::div(Expr::Var(3), two()),
-                Expr::Var(1),
-            ],
+            vec![Expr::Var(0), Expr::Var(5), Expr::Var(1), Expr::Var(2), Expr::div(Expr::Var(3), tile()), Expr::Var(4)],
         );
-        let coef =
-            Expr::mul(table(&AT, modulo(Expr::Var(2)), Expr::Var(4)), table(&AT, modulo(Expr::Var(3)), Expr::Var(5)));
-        let mut inputs = vec![m];
+        self.emit(Kernel {
+            name: format!("{name}/winograd_cols"),
+            domain: vec![t, n, th, ow, co, t],
+            n_par: 5,
+            inputs: vec![m],
+            output: z.clone(),
+            body: Expr::mul(table(wv.at, modulo(Expr::Var(3)), Expr::Var(5)), ml),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+        });
+        let zl = Expr::load(
+            0,
+            vec![Expr::Var(4), Expr::Var(0), Expr::div(Expr::Var(2), tile()), Expr::Var(3), Expr::Var(1)],
+        );
+        let mut inputs = vec![z];
         let finalize = ins.get(2).map(|b| {
             inputs.push(b.clone());
             Expr::add(Expr::Acc, Expr::load(1, vec![Expr::Var(1)]))
         });
         self.emit(Kernel {
             name: name.into(),
-            domain: vec![n, co, oh, ow, 4, 4],
+            domain: vec![n, co, oh, ow, t],
             n_par: 4,
             inputs,
             output: out.clone(),
-            body: Expr::mul(coef, ml),
+            body: Expr::mul(table(wv.at, modulo(Expr::Var(2)), Expr::Var(4)), zl),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
         });
         true
