@@ -2,30 +2,11 @@
 
 use std::collections::HashMap;
 
+mod common;
+use common::{ramp, run};
 use kiln_ir::op::UnaryOp;
-use kiln_ir::{DType, Graph, Node, Op, Tensor, TensorType, ValueDef, ValueId};
+use kiln_ir::{DType, Graph, Node, Op, Tensor, TensorType, ValueId};
 use kiln_passes::partition::{self, CostModel, Device, DeviceKind, Plan};
-
-/// Evaluates a graph with the reference evaluator.
-fn run(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
-    let mut vals: HashMap<ValueId, Tensor> = HashMap::new();
-    for (&v, t) in g.inputs.iter().zip(inputs) {
-        vals.insert(v, t.clone());
-    }
-    let get = |vals: &HashMap<ValueId, Tensor>, v: ValueId| match &g.value(v).def {
-        ValueDef::Const(t) => t.clone(),
-        _ => vals[&v].clone(),
-    };
-    for &n in g.order() {
-        let node = g.node(n);
-        let ins: Vec<Tensor> = node.inputs.iter().map(|&v| get(&vals, v)).collect();
-        let refs: Vec<&Tensor> = ins.iter().collect();
-        for (&o, t) in node.outputs.iter().zip(kiln_ir::eval::eval(&node.op, &refs).unwrap()) {
-            vals.insert(o, t);
-        }
-    }
-    g.outputs.iter().map(|&v| get(&vals, v)).collect()
-}
 
 /// Runs a plan partition by partition, each partition's graph extracted and evaluated on its
 /// own, passing values between them by name.
@@ -42,11 +23,6 @@ fn run_plan(g: &Graph, plan: &Plan, inputs: &[Tensor]) -> Vec<Tensor> {
         }
     }
     g.outputs.iter().map(|&v| by_name[&g.value(v).name].clone()).collect()
-}
-
-fn ramp(shape: &[usize], scale: f32) -> Tensor {
-    let n: usize = shape.iter().product();
-    Tensor::f32(shape.to_vec(), (0..n).map(|i| ((i * 7 % 11) as f32 - 5.0) * scale).collect())
 }
 
 const MIB: u64 = 1 << 20;

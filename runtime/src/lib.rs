@@ -234,6 +234,18 @@ fn load_weights_file(dir: &Path, name: &str, manifest: &Manifest) -> Result<memm
     Ok(map)
 }
 
+/// The tensor in slot `k` of a manifest: an input, an output, then the intermediates.
+fn slot_spec(m: &Manifest, k: usize) -> &TensorSpec {
+    let (n_in, n_out) = (m.inputs.len(), m.outputs.len());
+    if k < n_in {
+        &m.inputs[k]
+    } else if k < n_in + n_out {
+        &m.outputs[k - n_in]
+    } else {
+        &m.intermediates[k - n_in - n_out]
+    }
+}
+
 /// Bytes of a tensor (its dtype checked at load).
 fn spec_bytes(t: &TensorSpec) -> usize {
     let n: u64 = t.shape.iter().product();
@@ -269,15 +281,7 @@ fn parts_of(
     }
     let slots = n_in + n_out + m.intermediates.len();
     let bad = |msg: String| RuntimeError::Manifest(msg);
-    let spec = |k: usize| -> &TensorSpec {
-        if k < n_in {
-            &m.inputs[k]
-        } else if k < n_in + n_out {
-            &m.outputs[k - n_in]
-        } else {
-            &m.intermediates[k - n_in - n_out]
-        }
-    };
+    let spec = |k: usize| slot_spec(m, k);
     let mut parts = Vec::with_capacity(m.partitions.len());
     #[cfg(feature = "cuda")]
     let mut gpu: Option<Arc<cuda::Gpu>> = None;
@@ -604,17 +608,8 @@ impl Session {
         Ok(())
     }
 
-    /// The tensor in slot `k`.
     fn slot_spec(&self, k: usize) -> &TensorSpec {
-        let m = &self.manifest;
-        let (n_in, n_out) = (m.inputs.len(), m.outputs.len());
-        if k < n_in {
-            &m.inputs[k]
-        } else if k < n_in + n_out {
-            &m.outputs[k - n_in]
-        } else {
-            &m.intermediates[k - n_in - n_out]
-        }
+        slot_spec(&self.manifest, k)
     }
 
     /// Runs the model on `inputs` (in the manifest's order) and returns the outputs.

@@ -91,7 +91,7 @@ fn table(m: &[&[f64]], r: Expr, c: Expr) -> Expr {
         }
         e
     };
-    let mut e = pick(&m[m.len() - 1]);
+    let mut e = pick(m[m.len() - 1]);
     for (i, row) in m.iter().enumerate().rev().skip(1) {
         e = Expr::select(Expr::cmp(CmpOp::Equal, r.clone(), Expr::i64(i as i64)), pick(row), e);
     }
