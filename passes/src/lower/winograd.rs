@@ -1,10 +1,10 @@
 //! 3×3 stride-1 convolutions by Winograd's minimal filtering, F(m×m, 3×3): each m×m block of
 //! outputs costs t² = (m+2)² multiplies per (input, output) channel pair instead of 9m².
-//! F(4×4, 3×3) (36 per 16 outputs, 4× fewer) for outputs of at least 16×16 and at most 256
-//! input channels, F(2×2, 3×3) (16 per 4, 2.25× fewer) for the others down to 8×8.
+//! F(4×4, 3×3) (36 per 16 outputs, 4× fewer) for outputs from 16×16 to 32×32 with at most
+//! 256 input channels, F(2×2, 3×3) (16 per 4, 2.25× fewer) for the others down to 8×8.
 //!
 //! `Y = Aᵀ [ (G g Gᵀ) ⊙ (Bᵀ d B) ] A` for a t×t input tile `d` (tiles m apart) and a 3×3
-//! filter `g`, as five kernels and a constant:
+//! filter `g`, as four or five kernels and a constant:
 //!
 //! * `U = G g Gᵀ` per (input, output) channel pair, computed here once, stored
 //!   `[t, t, C, CO]` (the t² products' weights, output channels contiguous);
@@ -13,11 +13,11 @@
 //!   coefficients from a small constant, padding read as zeros, channels contiguous;
 //! * `{name}/winograd_gemm`: t² matrix products `M[ξ] = V[ξ] · U[ξ]` (tiles × C times
 //!   C × CO), which the CPU backend's GEMM schedule runs as a batch;
-//! * `{name}/winograd_cols` and `{name}`: the output transform in two passes of t terms,
-//!   `Z[i, n, th, x, co] = Σ_j Aᵀ[x%m][j] M[i, j, n, th, x/m, co]`, then
-//!   `Y[n, co, y, x] = Σ_i Aᵀ[y%m][i] Z[i, n, y/m, x, co]` plus the bias, where the
-//!   convolution's epilogue (activation, residual) fuses as usual. (One pass of t² terms cost
-//!   F(4×4) more than its products saved.)
+//! * `{name}`: the output `Y[n, co, y, x] = Σ_ij Aᵀ[y%m][i] Aᵀ[x%m][j] M[i, j, n, y/m, x/m, co]`
+//!   plus the bias, where the convolution's epilogue (activation, residual) fuses as usual;
+//!   for F(4×4) in two passes of t terms (`{name}/winograd_cols` over j, then `{name}` over
+//!   i), as one pass of 36 cost more than its products saved, for F(2×2) in one of 16, which
+//!   measured 8% faster than two.
 //!
 //! Below 8×8 outputs (ResNet's 7×7 stage) the products have too few rows to amortize the
 //! transformed weights, which are t²/9 times the filter's size: the direct form is as fast
@@ -27,11 +27,15 @@ use kiln_ir::Tensor;
 
 use super::*;
 
-/// Outputs at least this tall and wide take F(4×4, 3×3), with at most this many input
-/// channels (its rounding error grows with the sum's length: for 256 channels it was a third
-/// of the test tolerance); the others F(2×2, 3×3).
+/// Outputs from 16×16 to 32×32 take F(4×4, 3×3), with at most this many input channels
+/// (its rounding error grows with the sum's length: for 256 channels it was a third of the
+/// test tolerance); the others F(2×2, 3×3).
 const WINOGRAD_F4_MIN: usize = 16;
 const WINOGRAD_F4_MAX_C: usize = 256;
+/// Above this, F(4×4)'s transformed tiles and products (each t²/m² = 2.25 times the input
+/// or output) next to the long-lived input of a residual block left the arena planner 14%
+/// over the lower bound on ResNet-50's 56×56 stage; F(2×2)'s layout packs there.
+const WINOGRAD_F4_MAX: usize = 32;
 
 /// One of Winograd's algorithms F(m×m, 3×3): `m×m` outputs from a `t×t` input tile,
 /// `t = m + 2`, with its transforms `Bᵀ` (t×t), `G` (t×3) and `Aᵀ` (m×t).
@@ -135,7 +139,8 @@ impl Lowerer<'_> {
             }
             _ => return false,
         };
-        let wv = if oh >= WINOGRAD_F4_MIN && ow >= WINOGRAD_F4_MIN && c <= WINOGRAD_F4_MAX_C { &F4 } else { &F2 };
+        let f4 = (WINOGRAD_F4_MIN..=WINOGRAD_F4_MAX).contains(&oh.max(ow)) && oh.min(ow) >= WINOGRAD_F4_MIN;
+        let wv = if f4 && c <= WINOGRAD_F4_MAX_C { &F4 } else { &F2 };
         let (mt, t) = (wv.m, wv.m + 2);
         let (th, tw) = (oh.div_ceil(mt), ow.div_ceil(mt));
 
@@ -241,11 +246,49 @@ impl Lowerer<'_> {
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
         });
 
-        // The output transform in two passes of t terms, like the input's:
-        // Z[i, n, th, x, co] = Σ_j Aᵀ[x%m][j] M[i, j, n, th, x/m, co], then
-        // Y[n, co, y, x] = Σ_i Aᵀ[y%m][i] Z[i, n, y/m, x, co] (+ bias).
         let tile = || Expr::i64(mt as i64);
         let modulo = |e: Expr| Expr::bin(BinaryOp::Mod { fmod: false }, e, tile());
+        let bias = |inputs: &mut Vec<View>| {
+            ins.get(2).map(|b| {
+                inputs.push(b.clone());
+                Expr::add(Expr::Acc, Expr::load(1, vec![Expr::Var(1)]))
+            })
+        };
+        if wv.m == 2 {
+            // Y[n, co, y, x] = Σ_ij Aᵀ[y%2][i] Aᵀ[x%2][j] M[i, j, n, y/2, x/2, co] (+ bias),
+            // in one pass of 16 terms (two passes measured 8% slower at 56×56).
+            let ml = Expr::load(
+                0,
+                vec![
+                    Expr::Var(4),
+                    Expr::Var(5),
+                    Expr::Var(0),
+                    Expr::div(Expr::Var(2), tile()),
+                    Expr::div(Expr::Var(3), tile()),
+                    Expr::Var(1),
+                ],
+            );
+            let coef = Expr::mul(
+                table(wv.at, modulo(Expr::Var(2)), Expr::Var(4)),
+                table(wv.at, modulo(Expr::Var(3)), Expr::Var(5)),
+            );
+            let mut inputs = vec![m];
+            let finalize = bias(&mut inputs);
+            self.emit(Kernel {
+                name: name.into(),
+                domain: vec![n, co, oh, ow, t, t],
+                n_par: 4,
+                inputs,
+                output: out.clone(),
+                body: Expr::mul(coef, ml),
+                reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+            });
+            return true;
+        }
+        // F(4×4): in two passes of t terms, like the input transform (one pass of 36 cost
+        // more than the products saved):
+        // Z[i, n, th, x, co] = Σ_j Aᵀ[x%m][j] M[i, j, n, th, x/m, co], then
+        // Y[n, co, y, x] = Σ_i Aᵀ[y%m][i] Z[i, n, y/m, x, co] (+ bias).
         let z = self.temp(DType::F32, &[t, n, th, ow, co], format!("{name}.winograd_cols"));
         let ml = Expr::load(
             0,
@@ -265,10 +308,7 @@ impl Lowerer<'_> {
             vec![Expr::Var(4), Expr::Var(0), Expr::div(Expr::Var(2), tile()), Expr::Var(3), Expr::Var(1)],
         );
         let mut inputs = vec![z];
-        let finalize = ins.get(2).map(|b| {
-            inputs.push(b.clone());
-            Expr::add(Expr::Acc, Expr::load(1, vec![Expr::Var(1)]))
-        });
+        let finalize = bias(&mut inputs);
         self.emit(Kernel {
             name: name.into(),
             domain: vec![n, co, oh, ow, t],
