@@ -153,3 +153,34 @@ fn example_runs_and_matches_onnxruntime() {
         assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "got {got:?}, onnxruntime {want:?}");
     }
 }
+
+/// Device targets: a bad list, a cap nothing fits in, PTX without a GPU, a split model as a
+/// static library; and an artifact with GPU partitions on a runtime without GPU support.
+#[test]
+fn device_targets_are_checked() {
+    let d = tmp();
+    let out = d.path().join("m.kiln");
+    let out = out.to_str().unwrap();
+    let mlp = "examples/mlp/model.onnx";
+    let e = fails(&["compile", mlp, "--target", "cuda,tpu", "-o", out]);
+    assert!(e.contains("unknown device `tpu`"), "{e}");
+    let e = fails(&["compile", mlp, "--target", "cpu:mem=12", "-o", out]);
+    assert!(e.contains("fits on no device") && e.contains("cpu:mem=12B (device 0) would need"), "{e}");
+    let e = fails(&["compile", mlp, "--emit", "ptx", "-o", out]);
+    assert!(e.contains("target `cpu`: no partition runs on a GPU"), "{e}");
+    let e = fails(&["compile", mlp, "--target", "cuda", "--emit", "staticlib", "-o", out]);
+    assert!(e.contains("a model split across devices is written as a .kiln artifact"), "{e}");
+    let e = fails(&["inspect", mlp, "--dot", out]);
+    assert!(e.contains("--dot goes with --partitions"), "{e}");
+    // `kiln` itself has no GPU runtime: it names the partition and the target list.
+    let o = Command::new(kiln_tests::kiln_bin())
+        .args(["compile", mlp, "--target", "cuda", "-o", out])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let input = repo().join("examples/mlp/input.npy");
+    let e =
+        fails(&["run", out, "--input", &format!("x={}", input.display()), "--output-dir", d.path().to_str().unwrap()]);
+    assert!(e.contains("partition 0 runs on device `cuda`") && e.contains("built without the `cuda` feature"), "{e}");
+}

@@ -453,6 +453,13 @@ fn emit_text(c: &Compiler, model: &Path, what: &str, out: Option<&Path>) -> Res<
 }
 
 fn main() -> ExitCode {
+    // Output piped into a command that stops reading (`kiln compile … --emit ptx | head`)
+    // ends the process quietly, as for other Unix tools, instead of a panic in `print!`.
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let res = match &cli.cmd {
         Cmd::Compile {

@@ -914,6 +914,13 @@ impl Compiler {
     /// The PTX of each GPU partition of the ONNX file `path` (`kiln compile --emit ptx`): the
     /// partition's index and its module's text. An error when no partition runs on a GPU.
     pub fn emit_ptx(&self, path: impl AsRef<Path>) -> Result<Vec<(usize, String)>, Error> {
+        let no_gpu = || Error::Devices {
+            target: if self.partitioned() { self.devices_text() } else { "cpu".into() },
+            message: "no partition runs on a GPU, so there is no PTX (give a target list with `cuda`)".into(),
+        };
+        if !self.opts.devices.iter().any(|d| d.kind == DeviceKind::Cuda) {
+            return Err(no_gpu());
+        }
         let mut g = self.import_path(path)?;
         let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
         let mut out = Vec::new();
@@ -923,10 +930,7 @@ impl Compiler {
             }
         }
         if out.is_empty() {
-            return Err(Error::Devices {
-                target: self.devices_text(),
-                message: "no partition runs on a GPU, so there is no PTX (give a target list with `cuda`)".into(),
-            });
+            return Err(no_gpu());
         }
         Ok(out)
     }
