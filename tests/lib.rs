@@ -271,21 +271,26 @@ pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
         .as_array()
         .ok_or("outputs.json has no outputs list")?
         .iter()
-        .map(|o| read_npy(&dir.path().join(o["file"].as_str().unwrap_or_default())))
+        .map(|o| {
+            let t = read_npy(&dir.path().join(o["file"].as_str().unwrap_or_default()))?;
+            Ok((t.dtype().code(), t.shape().to_vec(), t.data.to_vec()))
+        })
         .collect()
 }
 
-fn read_npy(p: &Path) -> Result<Out, String> {
-    let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| e.to_string())?;
+/// Reads a `.npy` file (messages name it relative to `tests/`).
+fn read_npy(p: &Path) -> Result<Tensor, String> {
+    let short = p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(p).display().to_string();
+    let bytes = std::fs::read(p).map_err(|e| format!("{short}: {e}"))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{short}: {e}"))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let ts = match npy.dtype() {
         npyz::DType::Plain(t) => t.to_string(),
-        d => return Err(format!("unexpected dtype {d:?}")),
+        d => return Err(format!("{short}: unexpected dtype {d:?}")),
     };
     macro_rules! read {
         ($v:ident) => {
-            Data::$v(npy.into_vec().map_err(|e| e.to_string())?)
+            Data::$v(npy.into_vec().map_err(|e| format!("{short}: {e}"))?)
         };
     }
     let data = match ts.trim_start_matches(['<', '|']) {
@@ -301,10 +306,9 @@ fn read_npy(p: &Path) -> Result<Out, String> {
         "i8" => read!(I64),
         "u8" => read!(U64),
         "b1" => read!(Bool),
-        other => return Err(format!("unexpected npy dtype {other}")),
+        other => return Err(format!("{short}: unexpected npy dtype {other}")),
     };
-    let t = Tensor::from_data(shape, data);
-    Ok((t.dtype().code(), t.shape().to_vec(), t.data.to_vec()))
+    Ok(Tensor::from_data(shape, data))
 }
 
 /// ONNX's rule: same count, dtype and shape; |got − want| ≤ atol + rtol·|want|; NaN == NaN.
@@ -412,31 +416,6 @@ pub fn model_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
 }
 
-fn read_npy_tensor(p: &Path) -> Result<Tensor, String> {
-    let short = p.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(p).display().to_string();
-    let bytes = std::fs::read(p).map_err(|e| format!("{short}: {e}"))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| format!("{short}: {e}"))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let ts = match npy.dtype() {
-        npyz::DType::Plain(t) => t.to_string(),
-        d => return Err(format!("{short}: unexpected dtype {d:?}")),
-    };
-    macro_rules! read {
-        ($v:ident) => {
-            Data::$v(npy.into_vec().map_err(|e| format!("{short}: {e}"))?)
-        };
-    }
-    let data = match ts.trim_start_matches(['<', '|']) {
-        "f4" => read!(F32),
-        "f8" => read!(F64),
-        "i4" => read!(I32),
-        "i8" => read!(I64),
-        "b1" => read!(Bool),
-        other => return Err(format!("{short}: unexpected npy dtype {other}")),
-    };
-    Ok(Tensor::from_data(shape, data))
-}
-
 /// A model committed under `tests/models/<name>/` (see `exporters.rs`): its inputs and
 /// onnxruntime's outputs in `meta.json`'s order.
 pub fn load_exported(name: &str) -> Result<Case, String> {
@@ -448,11 +427,11 @@ pub fn load_exported(name: &str) -> Result<Case, String> {
     for i in meta["inputs"].as_array().ok_or("meta.json: no inputs")? {
         let p = dir.join(i["file"].as_str().ok_or("meta.json: input without file")?);
         let n = i["name"].as_str().ok_or("meta.json: input without name")?.to_string();
-        inputs.push((n, read_npy_tensor(&p)?, p));
+        inputs.push((n, read_npy(&p)?, p));
     }
     let mut expected = Vec::new();
     for o in meta["outputs"].as_array().ok_or("meta.json: no outputs")? {
-        expected.push(read_npy_tensor(&dir.join(o["file"].as_str().ok_or("meta.json: output without file")?))?);
+        expected.push(read_npy(&dir.join(o["file"].as_str().ok_or("meta.json: output without file")?))?);
     }
     Ok(Case {
         name: name.to_string(),

@@ -366,6 +366,17 @@ fn touch(path: &Path) -> std::io::Result<()> {
     std::fs::File::options().append(true).open(path)?.set_modified(std::time::SystemTime::now())
 }
 
+/// A stopwatch for compilation phases: each call records the time since the previous one
+/// (or since its creation) under a phase name.
+fn lap_timer() -> impl FnMut(&'static str, &mut Vec<(&'static str, std::time::Duration)>) {
+    let mut clock = std::time::Instant::now();
+    move |name, timings| {
+        let now = std::time::Instant::now();
+        timings.push((name, now - clock));
+        clock = now;
+    }
+}
+
 /// One partition's graph (fused) and its lowered program.
 struct Lowered {
     graph: Graph,
@@ -554,12 +565,7 @@ impl Compiler {
         mut timings: Vec<(&'static str, std::time::Duration)>,
         names: &kiln_backend_cpu::EntryNames,
     ) -> Result<Built, Error> {
-        let mut clock = std::time::Instant::now();
-        let mut lap = |name: &'static str, timings: &mut Vec<_>| {
-            let now = std::time::Instant::now();
-            timings.push((name, now - clock));
-            clock = now;
-        };
+        let mut lap = lap_timer();
         self.optimize(&mut g, None)?;
         lap("optimize", &mut timings);
         let (p, memory, weights) = self.lower(&g)?;
@@ -681,12 +687,7 @@ impl Compiler {
         mut g: Graph,
         mut timings: Vec<(&'static str, std::time::Duration)>,
     ) -> Result<Artifact, Error> {
-        let mut clock = std::time::Instant::now();
-        let mut lap = |name: &'static str, timings: &mut Vec<_>| {
-            let now = std::time::Instant::now();
-            timings.push((name, now - clock));
-            clock = now;
-        };
+        let mut lap = lap_timer();
         let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
         lap("lower", &mut timings);
         let mut objects = Vec::new();
