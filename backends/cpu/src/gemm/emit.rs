@@ -115,6 +115,9 @@ pub(crate) fn gen_gemm<'ctx>(
     let fmuladd = Intrinsic::find("llvm.fmuladd")
         .and_then(|i| i.get_declaration(&g.m, &[vt.into()]))
         .ok_or_else(|| llvm_err("llvm.fmuladd"))?;
+    let prefetch_fn = Intrinsic::find("llvm.prefetch")
+        .and_then(|i| i.get_declaration(&g.m, &[cx.ptr_type(inkwell::AddressSpace::default()).into()]))
+        .ok_or_else(|| llvm_err("llvm.prefetch"))?;
     let (a_base, b_base) = (in_bases[p.a], in_bases[p.b]);
     let env = Env { k, bases: in_bases };
     let zero = vt.const_zero();
@@ -243,6 +246,8 @@ pub(crate) fn gen_gemm<'ctx>(
                             accs: &accs,
                             ctile,
                             fmuladd,
+                            prefetch_fn,
+                            prefetch: (p.bsrc == BSource::Prepacked).then_some(PREFETCH_BYTES / (nr * 4)),
                             a0,
                             i0,
                             ntap,
@@ -330,6 +335,10 @@ struct Tile<'a, 'ctx> {
     accs: &'a [PointerValue<'ctx>],
     ctile: PointerValue<'ctx>,
     fmuladd: FunctionValue<'ctx>,
+    /// `llvm.prefetch`, and how many K steps ahead the K loop prefetches B (a prepacked
+    /// panel: weights, which come from L3 or memory), if it does.
+    prefetch_fn: FunctionValue<'ctx>,
+    prefetch: Option<usize>,
     /// Element index of A at this batch element (rows, taps and K are added here).
     a0: IntValue<'ctx>,
     i0: IntValue<'ctx>,
@@ -486,6 +495,22 @@ fn micro_tile<'ctx>(
             }
             Ok(())
         };
+        // Prefetch of the panel rows `t.prefetch` steps ahead of `row0 + k0`, for the `n` steps
+        // of one trip of an unrolled loop, a cache line at a time.
+        let prefetch_b = |row0: IntValue<'ctx>, k0: IntValue<'ctx>, n: usize| -> R<()> {
+            let Some(ahead) = t.prefetch else { return Ok(()) };
+            let row = add(g, add(g, row0, k0)?, g.i64(ahead as i64))?;
+            let off = g.b.build_int_nsw_mul(row, t.bstride, "pfo").map_err(llvm_err)?;
+            let i32t = g.cx.i32_type();
+            // (address, write = 0, locality = 3: keep in all levels, data cache = 1)
+            let (rw, loc, data) = (i32t.const_zero(), i32t.const_int(3, false), i32t.const_int(1, false));
+            for l in 0..(n * nr * 4).div_ceil(64) {
+                let at = f32_ptr(g, t.bptr, add(g, off, g.i64((l * 16) as i64))?)?;
+                g.b.build_call(t.prefetch_fn, &[at.into(), rw.into(), loc.into(), data.into()], "")
+                    .map_err(llvm_err)?;
+            }
+            Ok(())
+        };
         // Full-height tiles: the loop unrolled by `UNROLL` (fewer loop instructions between the
         // FMAs); short tiles interleave accumulator sets instead.
         if sets == 1 {
@@ -493,6 +518,7 @@ fn micro_tile<'ctx>(
             let whole = g.b.build_int_signed_div(len, g.i64(u as i64), "ku").map_err(llvm_err)?;
             g.for_range(f, g.i64(0), whole, &mut |kq| {
                 let k0 = mul(g, kq, u as i64)?;
+                prefetch_b(row0, k0, u)?;
                 for s in 0..u {
                     step(add(g, k0, g.i64(s as i64))?, 0)?;
                 }
@@ -503,6 +529,7 @@ fn micro_tile<'ctx>(
         let whole = g.b.build_int_signed_div(len, g.i64(sets as i64), "kq").map_err(llvm_err)?;
         g.for_range(f, g.i64(0), whole, &mut |kq| {
             let k0 = mul(g, kq, sets as i64)?;
+            prefetch_b(row0, k0, sets)?;
             for s in 0..sets {
                 step(add(g, k0, g.i64(s as i64))?, s)?;
             }
