@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Kiln against its peers on the same models, in one run, same thread count.
 
-For each model: onnxruntime (CPU provider), tract (if its Python package is installed) and
-Kiln (`kiln bench`, whose last line is `median_ms=<x>`) are timed in turn, interleaved for
+For each model: onnxruntime (CPU provider), OpenVINO (CPU plugin, f32) and tract (each if
+its Python package is installed: `pip install openvino tract`; tract runs on one thread
+only, so it is timed only with --threads 1) and Kiln (`kiln bench`, whose last line is
+`median_ms=<x>`) are timed in turn, interleaved for
 several rounds, and the median latencies are printed with Kiln's ratio to each peer
 (below 1.0: Kiln is faster), and the ratio of the best rounds ("best k/o": on a shared
 machine, interference only adds time, so it is the steadier figure when rounds disagree). Before timing, Kiln's outputs are compared with onnxruntime's
@@ -110,10 +112,13 @@ def time_tract(path: Path, feeds: dict, iters: int) -> float | None:
     except ImportError:
         return None
     try:
-        m = tract.onnx().model_for_path(str(path))
+        onnx = tract.onnx()
+        # tract ≥ 0.22: `load` and `into_model` (which optimizes); before: `model_for_path`
+        # and `into_optimized`.
+        m = onnx.load(str(path)) if hasattr(onnx, "load") else onnx.model_for_path(str(path))
         for k, (name, v) in enumerate(feeds.items()):
             m.set_input_fact(k, f"{','.join(map(str, v.shape))},{'f32' if v.dtype == np.float32 else 'i64'}")
-        r = m.into_optimized().into_runnable()
+        r = (m.into_model() if hasattr(m, "into_model") else m.into_optimized()).into_runnable()
         args = list(feeds.values())
         r.run(args)
         times = []
@@ -127,12 +132,41 @@ def time_tract(path: Path, feeds: dict, iters: int) -> float | None:
         return None
 
 
-def time_kiln(path: Path, feeds: dict, threads: int, iters: int, tmp: Path) -> float:
+def time_openvino(path: Path, feeds: dict, threads: int, iters: int) -> float | None:
+    """OpenVINO's CPU plugin at f32 (on CPUs with AMX or AVX-512 BF16 its default precision
+    would be bf16), the latency hint, one stream, `threads` threads."""
+    try:
+        import openvino as ov  # noqa: PLC0415
+    except ImportError:
+        return None
+    try:
+        core = ov.Core()
+        m = core.read_model(str(path))
+        m.reshape({name: list(v.shape) for name, v in feeds.items()})
+        c = core.compile_model(m, "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": str(threads),
+        })
+        req = c.create_infer_request()
+        for _ in range(3):
+            req.infer(feeds)
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            req.infer(feeds)
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+    except Exception as e:  # noqa: BLE001
+        print(f"  OpenVINO failed on {path.name}: {e}", file=sys.stderr)
+        return None
+
+
+def time_kiln(path: Path, feed_args: list[str], threads: int, iters: int) -> float:
     args = [str(KILN), "bench", str(path), "--threads", str(threads), "--iters", str(iters)]
-    for name, v in feeds.items():
-        f = tmp / f"{abs(hash(name))}.npy"
-        np.save(f, v)
-        args += ["--input", f"{name}={f}"]
+    for f in feed_args:
+        args += ["--input", f]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1].split("=", 1)[1])
 
@@ -145,10 +179,8 @@ def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     out = tmp / "outputs"
     shutil.rmtree(out, ignore_errors=True)
     args = [str(KILN), "run", str(kiln_model), "--output-dir", str(out)]
-    for name, v in feeds.items():
-        f = tmp / f"{abs(hash(name))}.npy"
-        np.save(f, v)
-        args += ["--input", f"{name}={f}"]
+    for f in save_feeds(feeds, tmp):
+        args += ["--input", f]
     subprocess.run(args, check=True, capture_output=True, text=True)
     for name, w in want.items():
         got = np.load(out / f"{name}.npy")
@@ -157,8 +189,49 @@ def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     return "yes"
 
 
+PEERS = {"ort": lambda path, feeds, threads, iters: time_ort(path, feeds, threads, iters),
+         "openvino": lambda path, feeds, threads, iters: time_openvino(path, feeds, threads, iters),
+         "tract": lambda path, feeds, threads, iters: time_tract(path, feeds, iters)}
+
+
+def save_feeds(feeds: dict, tmp: Path) -> list[str]:
+    """Writes the inputs to .npy files; returns `NAME=FILE` arguments."""
+    args = []
+    for name, v in feeds.items():
+        f = tmp / f"{abs(hash(name))}.npy"
+        np.save(f, v)
+        args.append(f"{name}={f}")
+    return args
+
+
+def time_peer(peer: str, path: Path, feed_args: list[str], threads: int, iters: int) -> float | None:
+    """Times a peer in a process of its own (`--worker`), so that no runtime's thread pool
+    (OpenVINO's stays alive after its model is gone) competes with the next one timed."""
+    args = [sys.executable, __file__, "--worker", peer, "--threads", str(threads), "--iters", str(iters), str(path)]
+    for f in feed_args:
+        args += ["--feed", f]
+    r = subprocess.run(args, capture_output=True, text=True)
+    sys.stderr.write(r.stderr)
+    last = r.stdout.strip().splitlines()[-1:] or [""]
+    return float(last[0].split("=", 1)[1]) if last[0].startswith("median_ms=") else None
+
+
+def worker(a: argparse.Namespace) -> None:
+    """`--worker PEER`: time one peer on one model, print `median_ms=<x>` (nothing if the peer
+    is not installed or fails)."""
+    feeds = {}
+    for f in a.feed:
+        name, file = f.split("=", 1)
+        feeds[name] = np.load(file)
+    ms = PEERS[a.worker](a.models[0], feeds, a.threads, a.iters)
+    if ms is not None:
+        print(f"median_ms={ms}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", choices=sorted(PEERS), help=argparse.SUPPRESS)
+    ap.add_argument("--feed", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("models", nargs="*", type=Path)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
@@ -168,6 +241,9 @@ def main() -> None:
     ap.add_argument("--precompile", action="store_true",
                     help="compile each model once with `kiln compile` and bench the .kiln (implied by --bench-models)")
     a = ap.parse_args()
+    if a.worker:
+        worker(a)
+        return
     if a.bench_models:
         found = sorted(BENCH_MODELS.glob("*/model.onnx"),
                        key=lambda p: (BENCH_ORDER.index(p.parent.name) if p.parent.name in BENCH_ORDER
@@ -185,8 +261,8 @@ def main() -> None:
     tmp = REPO / "target" / "peers"
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"threads={a.threads} rounds={a.rounds} iters={a.iters}")
-    print(f"{'model':24} {'kiln ms':>9} {'ort ms':>9} {'tract ms':>9} {'kiln/ort':>9} {'best k/o':>9} {'kiln/tract':>10}"
-          "  outputs match ort")
+    print(f"{'model':24} {'kiln ms':>9} {'ort ms':>9} {'ov ms':>9} {'tract ms':>9} {'kiln/ort':>9} {'best k/o':>9}"
+          f" {'kiln/ov':>9} {'kiln/tract':>10}  outputs match ort")
     for path in models:
         feeds = inputs_of(path)
         kiln_model = path
@@ -194,23 +270,36 @@ def main() -> None:
             kiln_model, secs = compile_kiln(path, tmp)
             print(f"  ({path.parent.name}: kiln compile {secs:.1f} s)", file=sys.stderr, flush=True)
         match = outputs_match(path, kiln_model, feeds, tmp)
-        k, o, t = [], [], []
+        feed_args = save_feeds(feeds, tmp)
+        k, o, t, v = [], [], [], []
         for _ in range(a.rounds):
-            k.append(time_kiln(kiln_model, feeds, a.threads, a.iters, tmp))
-            o.append(time_ort(path, feeds, a.threads, a.iters))
-            tt = time_tract(path, feeds, a.iters)
+            k.append(time_kiln(kiln_model, feed_args, a.threads, a.iters))
+            ot = time_peer("ort", path, feed_args, a.threads, a.iters)
+            if ot is None:
+                sys.exit(f"onnxruntime failed on {path}")
+            o.append(ot)
+            tt = time_peer("tract", path, feed_args, a.threads, a.iters) if a.threads == 1 else None
             if tt is not None:
                 t.append(tt)
+            vt = time_peer("openvino", path, feed_args, a.threads, a.iters)
+            if vt is not None:
+                v.append(vt)
         km, om = statistics.median(k), statistics.median(o)
         tm = statistics.median(t) if t else float("nan")
+        vm = statistics.median(v) if v else float("nan")
         name = path.parent.name
         # On a shared machine interference only adds time: the ratio of the best rounds is the
         # steadier figure when rounds disagree.
         best = min(k) / min(o)
-        print(f"{name:24} {km:9.3f} {om:9.3f} {tm:9.3f} {km / om:9.2f} {best:9.2f} {km / tm:10.2f}  {match}", flush=True)
+        print(f"{name:24} {km:9.3f} {om:9.3f} {vm:9.3f} {tm:9.3f} {km / om:9.2f} {best:9.2f} {km / vm:9.2f}"
+              f" {km / tm:10.2f}  {match}", flush=True)
         if a.rounds > 1:
-            print(f"  rounds: kiln {' '.join(f'{x:.2f}' for x in k)} | ort {' '.join(f'{x:.2f}' for x in o)}",
-                  file=sys.stderr, flush=True)
+            line = f"  rounds: kiln {' '.join(f'{x:.2f}' for x in k)} | ort {' '.join(f'{x:.2f}' for x in o)}"
+            if v:
+                line += f" | openvino {' '.join(f'{x:.2f}' for x in v)}"
+            if t:
+                line += f" | tract {' '.join(f'{x:.2f}' for x in t)}"
+            print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
