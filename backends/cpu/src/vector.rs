@@ -147,6 +147,52 @@ pub(crate) fn vstore<'ctx>(g: &Gen<'ctx>, p: PointerValue<'ctx>, v: VectorValue<
     Ok(())
 }
 
+/// `lanes[i] < n` for `i` in `0..lanes` (as `<lanes x i1>`): the lanes of a vector at the
+/// edge of a row of `n` elements left.
+pub(crate) fn lane_mask<'ctx>(g: &Gen<'ctx>, lanes: u32, n: IntValue<'ctx>) -> R<VectorValue<'ctx>> {
+    let i64t = g.cx.i64_type();
+    let iota = VectorType::const_vector(&(0..lanes as u64).map(|i| i64t.const_int(i, false)).collect::<Vec<_>>());
+    let nv = splat(g, i64t.vec_type(lanes), n.into())?;
+    g.b.build_int_compare(IntPredicate::SLT, iota, nv, "lanes").map_err(llvm_err)
+}
+
+/// A load of the lanes of `mask` only (the others read as zero, and their memory is not
+/// touched); a plain load without a mask.
+pub(crate) fn vload_masked<'ctx>(
+    g: &Gen<'ctx>,
+    vt: VectorType<'ctx>,
+    p: PointerValue<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+) -> R<VectorValue<'ctx>> {
+    let Some(mask) = mask else { return vload(g, vt, p) };
+    let f = Intrinsic::find("llvm.masked.load")
+        .and_then(|i| i.get_declaration(&g.m, &[vt.into(), p.get_type().into()]))
+        .ok_or_else(|| llvm_err("llvm.masked.load"))?;
+    // LLVM ≥ 21: (pointer, mask, pass-through); the alignment is the pointer's attribute
+    // (none here: element alignment).
+    Ok(g.b
+        .build_call(f, &[p.into(), mask.into(), vt.const_zero().into()], "mload")
+        .map_err(llvm_err)?
+        .try_as_basic_value()
+        .basic()
+        .ok_or_else(|| llvm_err("masked load returned void"))?
+        .into_vector_value())
+}
+
+/// A store of the lanes of `mask` only.
+pub(crate) fn vstore_masked<'ctx>(
+    g: &Gen<'ctx>,
+    p: PointerValue<'ctx>,
+    v: VectorValue<'ctx>,
+    mask: VectorValue<'ctx>,
+) -> R<()> {
+    let f = Intrinsic::find("llvm.masked.store")
+        .and_then(|i| i.get_declaration(&g.m, &[v.get_type().into(), p.get_type().into()]))
+        .ok_or_else(|| llvm_err("llvm.masked.store"))?;
+    g.b.build_call(f, &[v.into(), p.into(), mask.into()], "").map_err(llvm_err)?;
+    Ok(())
+}
+
 fn vcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[VectorValue<'ctx>]) -> R<VectorValue<'ctx>> {
     let vt = args[0].get_type();
     let f = Intrinsic::find(name).and_then(|i| i.get_declaration(&g.m, &[vt.into()])).ok_or_else(|| llvm_err(name))?;
@@ -187,10 +233,26 @@ pub(crate) fn vgen<'ctx>(
     acc: Option<VectorValue<'ctx>>,
     vt: VectorType<'ctx>,
 ) -> R<VectorValue<'ctx>> {
+    vgen_masked(g, k, bases, e, vars, acc, vt, None)
+}
+
+/// [`vgen`] on the lanes of `mask` only: loads along the vector read those lanes alone (at
+/// the end of a row, the memory past it is not touched); the other lanes are unspecified.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn vgen_masked<'ctx>(
+    g: &Gen<'ctx>,
+    k: &Kernel,
+    bases: &[PointerValue<'ctx>],
+    e: &Expr,
+    vars: &[IntValue<'ctx>],
+    acc: Option<VectorValue<'ctx>>,
+    vt: VectorType<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+) -> R<VectorValue<'ctx>> {
     let b = &g.b;
     let f32t = g.cx.f32_type();
     let sp = |x: f64| splat(g, vt, f32t.const_float(x).into());
-    let go = |e: &Expr| vgen(g, k, bases, e, vars, acc, vt);
+    let go = |e: &Expr| vgen_masked(g, k, bases, e, vars, acc, vt, mask);
     let env = Env { k, bases };
     if uniform(k, e) {
         return splat(g, vt, env.gen(g, e, vars, None)?);
@@ -207,7 +269,7 @@ pub(crate) fn vgen<'ctx>(
             let v = &k.inputs[*operand];
             let idx = index.iter().map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value())).collect::<R<Vec<_>>>()?;
             let Some(Scalar::F32(p)) = pad else {
-                return vload(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &idx)?)?);
+                return vload_masked(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &idx)?)?, mask);
             };
             // Padding decided once for the vector (`pad_uniform_along`), each index clamped
             // into its extent so that the address is valid either way.
@@ -222,7 +284,7 @@ pub(crate) fn vgen<'ctx>(
                 let over = b.build_int_compare(IntPredicate::SGT, lo, hi, "over").map_err(llvm_err)?;
                 clamped.push(b.build_select(over, hi, lo, "cl").map_err(llvm_err)?.into_int_value());
             }
-            let x = vload(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &clamped)?)?)?;
+            let x = vload_masked(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &clamped)?)?, mask)?;
             b.build_select(inb, x, sp(*p as f64)?, "pad").map_err(llvm_err)?.into_vector_value()
         }
         Expr::Unary(op, a) => {

@@ -267,12 +267,10 @@ pub(crate) fn gen_gemm<'ctx>(
                 }
                 g.b.position_at_end(merge);
                 if let Some(fin) = has_fin {
-                    // Full tiles took the finalizer in registers when it vectorizes.
+                    // Every tile took the finalizer in registers when it vectorizes (it needs
+                    // C contiguous along N, which masks the edges).
                     let cond = match vector_fin {
-                        Some(_) => {
-                            let edge = g.b.build_not(c_full, "edge").map_err(llvm_err)?;
-                            g.b.build_and(last, edge, "fin_here").map_err(llvm_err)?
-                        }
+                        Some(_) => g.cx.bool_type().const_zero(),
                         None => last,
                     };
                     when(g, f, cond, &mut || {
@@ -444,7 +442,21 @@ fn micro_tile<'ctx>(
     })?;
     let not_full = g.b.build_not(t.c_full, "nfull").map_err(llvm_err)?;
     let edge_reload = g.b.build_and(not_first, not_full, "er").map_err(llvm_err)?;
+    // A tile past the last full panel of a C contiguous along N reads and writes the columns
+    // it has with masked vector loads and stores (lane `l` of vector `q`: column
+    // `j0 + q·W + l < j0 + jn`); elsewhere (C strided along N) through the stack tile.
+    let masked = p.c_n == 1;
     when(g, f, edge_reload, &mut || {
+        if masked {
+            let masks = lane_masks(g, p, t.jn)?;
+            for (i, &ci) in c_rows.iter().enumerate() {
+                for (q, &m) in masks.iter().enumerate() {
+                    let pc = f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?;
+                    g.b.build_store(acc(i, q), vload_masked(g, t.vt, pc, Some(m))?).map_err(llvm_err)?;
+                }
+            }
+            return Ok(());
+        }
         for (i, &ci) in c_rows.iter().enumerate() {
             for q in 0..nq {
                 vstore(g, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?, t.zero)?;
@@ -553,10 +565,9 @@ fn micro_tile<'ctx>(
         }
     }
     // Store: straight into C for a full tile, through the stack tile at the N edge.
-    let full = cx_blocks(g, f, t.c_full)?;
-    g.b.position_at_end(full.0);
-    if let Some(VFin { k, fin, bases, last, j0 }) = t.vfin {
-        // The epilogue in registers, on the last slice.
+    // The epilogue in registers, on the last slice (on the lanes of `masks` only, at an edge).
+    let vector_fin = |masks: Option<&[VectorValue<'ctx>]>| -> R<()> {
+        let Some(VFin { k, fin, bases, last, j0 }) = t.vfin else { return Ok(()) };
         when(g, f, last, &mut || {
             for (i, mv) in mvs.iter().enumerate() {
                 for q in 0..nq {
@@ -565,13 +576,17 @@ fn micro_tile<'ctx>(
                     vars.push(add(g, j0, g.i64((q * w) as i64))?);
                     vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
                     let a = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
-                    let y = crate::vector::vgen(g, k, bases, fin, &vars, Some(a), t.vt)?;
+                    let m = masks.map(|m| m[q]);
+                    let y = crate::vector::vgen_masked(g, k, bases, fin, &vars, Some(a), t.vt, m)?;
                     g.b.build_store(acc(i, q), y).map_err(llvm_err)?;
                 }
             }
             Ok(())
-        })?;
-    }
+        })
+    };
+    let full = cx_blocks(g, f, t.c_full)?;
+    g.b.position_at_end(full.0);
+    vector_fin(None)?;
     for (i, &ci) in c_rows.iter().enumerate() {
         for q in 0..nq {
             let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
@@ -580,6 +595,19 @@ fn micro_tile<'ctx>(
     }
     g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
     g.b.position_at_end(full.1);
+    if masked {
+        let masks = lane_masks(g, p, t.jn)?;
+        vector_fin(Some(&masks))?;
+        for (i, &ci) in c_rows.iter().enumerate() {
+            for (q, &m) in masks.iter().enumerate() {
+                let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                vstore_masked(g, f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?, v, m)?;
+            }
+        }
+        g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
+        g.b.position_at_end(full.2);
+        return Ok(());
+    }
     for (i, &ci) in c_rows.iter().enumerate() {
         for q in 0..nq {
             let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
@@ -593,6 +621,12 @@ fn micro_tile<'ctx>(
     g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
     g.b.position_at_end(full.2);
     Ok(())
+}
+
+/// The lane masks of the `NR/W` vectors of a tile row `jn` columns wide.
+fn lane_masks<'ctx>(g: &Gen<'ctx>, p: &Gemm, jn: IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>> {
+    let w = p.bl.w;
+    (0..p.bl.nr / w).map(|q| crate::vector::lane_mask(g, w as u32, sub(g, jn, g.i64((q * w) as i64))?)).collect()
 }
 
 /// `if cond {A} else {B}`: the (then, else, join) blocks, after branching on `cond`.

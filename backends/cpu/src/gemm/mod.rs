@@ -24,13 +24,16 @@
 //!   dim reads B in place (no packing) for the full-width panels;
 //! * edge tiles: a micro-kernel for `M % MR` rows besides the `MR`-row one (a switch on the
 //!   rows left; short tiles keep up to 4 accumulator sets over interleaved k to hide the FMA
-//!   latency, which is what a GEMV needs), and columns past N go through a small stack tile
-//!   so that nothing outside C is touched;
+//!   latency, which is what a GEMV needs); columns past N are masked off: a C contiguous
+//!   along N is read and written with masked vector loads and stores (`llvm.masked.*`:
+//!   AVX-512 mask registers, AVX's `vmaskmov`), a strided one through a small stack tile, so
+//!   that nothing outside C is touched;
 //! * a prepacked B (weights, read from L3 or memory) is prefetched [`PREFETCH_BYTES`] ahead
 //!   in the K loop, a line per 64 bytes of panel;
-//! * the finalizer runs on the accumulator vectors of a full tile after its last K slice,
+//! * the finalizer runs on the accumulator vectors of every tile after its last K slice,
 //!   before the store, when it is float arithmetic, ReLU/Clip and loads along N or broadcast
-//!   ([`crate::vector::vgen`]); otherwise (and on edge tiles) over the tile of C right after the store.
+//!   ([`crate::vector::vgen_masked`]: an edge tile's loads are masked like its stores);
+//!   otherwise over the tile of C right after the store.
 //!
 //! Block sizes (the analytical BLIS model): the `KC×NR` panel of B takes two thirds of the
 //! target's L1 data cache (`KC` = 256 at AVX-512 with a 48 KiB L1), the tile's rows of A the
@@ -48,7 +51,7 @@ use kiln_ir::Tensor;
 
 use crate::codegen::{llvm_err, Gen, R};
 use crate::expr::Env;
-use crate::vector::{vload, vstore};
+use crate::vector::{vload, vload_masked, vstore, vstore_masked};
 
 mod emit;
 mod prepack;
