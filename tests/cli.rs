@@ -103,6 +103,39 @@ fn bench_ends_with_the_median() {
     assert!(last_line_value(&text, "median_ms") > 0.0);
 }
 
+/// `bench --serve`: a line of times per count read, in order, until the input ends; a line
+/// that is not a count is an error naming it.
+#[test]
+fn bench_serves_counts_from_stdin() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let serve = |input: &str| {
+        let mut child = Command::new(kiln_tests::kiln_bin())
+            .args(["bench", "examples/mlp/model.onnx", "--threads", "1", "--serve"])
+            .current_dir(repo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kiln");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = serve("3\n1\n");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let counts: Vec<usize> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let times = l.strip_prefix("times_ms=").unwrap_or_else(|| panic!("not a times line: {l}"));
+            times.split(',').map(|t| assert!(t.parse::<f64>().unwrap() > 0.0)).count()
+        })
+        .collect();
+    assert_eq!(counts, [3, 1]);
+    let o = serve("2\nmany\n");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`many`"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn every_emit_form_prints() {
     for (form, marker) in

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Kiln against its peers on the same models, in one run, same thread count.
 
-For each model: onnxruntime (CPU provider), OpenVINO (CPU plugin, f32) and tract (each if
-its Python package is installed: `pip install openvino tract`; tract runs on one thread
-only, so it is timed only with --threads 1) and Kiln (`kiln bench`, whose last line is
-`median_ms=<x>`) are timed in turn, interleaved for
-several rounds, and the median latencies are printed with Kiln's ratio to each peer
-(below 1.0: Kiln is faster), and the ratio of the best rounds ("best k/o": on a shared
-machine, interference only adds time, so it is the steadier figure when rounds disagree). Before timing, Kiln's outputs are compared with onnxruntime's
-on the same inputs (`kiln run`; rtol 1e-3, atol 1e-4) and the last column says whether they
-match.
+For each model, Kiln (`kiln bench --serve`), onnxruntime (CPU provider), OpenVINO (CPU
+plugin, f32) and tract (each of the last two if its Python package is installed: `pip
+install openvino tract`; tract has no threads of its own, so it is timed only with
+--threads 1) are each loaded once, in a process of their own, and then timed in rounds of
+--iters runs, every runtime in turn, for --rounds rounds (the order rotating), so that
+they all see the same machine. Printed: the median of all of each runtime's runs and
+Kiln's ratio to each peer (below 1.0: Kiln is faster), and the ratio of the best round
+medians ("best k/o": on a shared machine interference only adds time, so it is the
+steadier figure when rounds disagree). Before timing, Kiln's outputs are compared with
+onnxruntime's on the same inputs (`kiln run`; rtol 1e-3, atol 1e-4) and the last column
+says whether they match.
 
     .venv/bin/python benches/peers/run.py [--threads N] [--rounds R] [--iters I] MODEL.onnx|DIR...
     .venv/bin/python benches/peers/run.py --bench-models [--threads N] ...
@@ -91,84 +93,135 @@ def compile_kiln(path: Path, tmp: Path) -> tuple[Path, float]:
     return out, time.perf_counter() - t
 
 
-def time_ort(path: Path, feeds: dict, threads: int, iters: int) -> float:
+def save_feeds(feeds: dict, tmp: Path) -> list[str]:
+    """Writes the inputs to .npy files; returns `NAME=FILE` arguments."""
+    args = []
+    for name, v in feeds.items():
+        f = tmp / f"{abs(hash(name))}.npy"
+        np.save(f, v)
+        args.append(f"{name}={f}")
+    return args
+
+
+def ort_runner(path: Path, feeds: dict, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        s.run(None, feeds)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        s.run(None, feeds)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    return lambda: s.run(None, feeds)
 
 
-def time_tract(path: Path, feeds: dict, iters: int) -> float | None:
-    try:
-        import tract  # noqa: PLC0415
-    except ImportError:
-        return None
-    try:
-        onnx = tract.onnx()
-        # tract ≥ 0.22: `load` and `into_model` (which optimizes); before: `model_for_path`
-        # and `into_optimized`.
-        m = onnx.load(str(path)) if hasattr(onnx, "load") else onnx.model_for_path(str(path))
-        for k, (name, v) in enumerate(feeds.items()):
-            m.set_input_fact(k, f"{','.join(map(str, v.shape))},{'f32' if v.dtype == np.float32 else 'i64'}")
-        r = (m.into_model() if hasattr(m, "into_model") else m.into_optimized()).into_runnable()
-        args = list(feeds.values())
-        r.run(args)
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            r.run(args)
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
-    except Exception as e:  # noqa: BLE001
-        print(f"  tract failed on {path.name}: {e}", file=sys.stderr)
-        return None
+def tract_runner(path: Path, feeds: dict, threads: int):
+    import tract  # noqa: PLC0415
+
+    onnx_ = tract.onnx()
+    # tract ≥ 0.22: `load` and `into_model` (which optimizes); before: `model_for_path`
+    # and `into_optimized`.
+    m = onnx_.load(str(path)) if hasattr(onnx_, "load") else onnx_.model_for_path(str(path))
+    for k, (name, v) in enumerate(feeds.items()):
+        m.set_input_fact(k, f"{','.join(map(str, v.shape))},{'f32' if v.dtype == np.float32 else 'i64'}")
+    r = (m.into_model() if hasattr(m, "into_model") else m.into_optimized()).into_runnable()
+    args = list(feeds.values())
+    return lambda: r.run(args)
 
 
-def time_openvino(path: Path, feeds: dict, threads: int, iters: int) -> float | None:
+def openvino_runner(path: Path, feeds: dict, threads: int):
     """OpenVINO's CPU plugin at f32 (on CPUs with AMX or AVX-512 BF16 its default precision
     would be bf16), the latency hint, one stream, `threads` threads."""
-    try:
-        import openvino as ov  # noqa: PLC0415
-    except ImportError:
-        return None
-    try:
-        core = ov.Core()
-        m = core.read_model(str(path))
-        m.reshape({name: list(v.shape) for name, v in feeds.items()})
-        c = core.compile_model(m, "CPU", {
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": "1",
-            "INFERENCE_NUM_THREADS": str(threads),
-        })
-        req = c.create_infer_request()
-        for _ in range(3):
-            req.infer(feeds)
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            req.infer(feeds)
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
-    except Exception as e:  # noqa: BLE001
-        print(f"  OpenVINO failed on {path.name}: {e}", file=sys.stderr)
-        return None
+    import openvino as ov  # noqa: PLC0415
+
+    core = ov.Core()
+    m = core.read_model(str(path))
+    m.reshape({name: list(v.shape) for name, v in feeds.items()})
+    c = core.compile_model(m, "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": "1",
+        "INFERENCE_NUM_THREADS": str(threads),
+    })
+    req = c.create_infer_request()
+    return lambda: req.infer(feeds)
 
 
-def time_kiln(path: Path, feed_args: list[str], threads: int, iters: int) -> float:
-    args = [str(KILN), "bench", str(path), "--threads", str(threads), "--iters", str(iters)]
+# Peers by name: a function that loads the model and returns one that runs it once; the
+# Python package each needs.
+PEERS = {"ort": (ort_runner, "onnxruntime"), "openvino": (openvino_runner, "openvino"), "tract": (tract_runner, "tract")}
+
+
+class Server:
+    """A runtime loaded once in a process of its own that runs the model on request: a line
+    with a count in, a line `times_ms=<t1>,<t2>,…` out (`kiln bench --serve`, or this
+    script's `--worker`). Rounds of every runtime interleave run by run, so that they all
+    see the same machine, and no runtime's threads (OpenVINO's stay alive after its model
+    is gone) compete with the one being timed."""
+
+    def __init__(self, name: str, args: list[str]):
+        self.name = name
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def times(self, n: int) -> list[float] | None:
+        """`n` runs' times in ms; None if the runtime failed (it said why on stderr)."""
+        if self.p.poll() is not None:
+            return None
+        try:
+            self.p.stdin.write(f"{n}\n")
+            self.p.stdin.flush()
+            line = self.p.stdout.readline()
+        except BrokenPipeError:
+            return None
+        if not line.startswith("times_ms="):
+            return None
+        v = line.strip().split("=", 1)[1]
+        return [float(t) for t in v.split(",")] if v else []
+
+    def close(self) -> None:
+        try:
+            self.p.stdin.close()
+        except BrokenPipeError:
+            pass
+        self.p.wait()
+
+
+def kiln_server(path: Path, feed_args: list[str], threads: int) -> Server:
+    args = [str(KILN), "bench", str(path), "--threads", str(threads), "--serve"]
     for f in feed_args:
         args += ["--input", f]
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1].split("=", 1)[1])
+    return Server("kiln", args)
+
+
+def peer_server(peer: str, path: Path, feed_args: list[str], threads: int) -> Server:
+    args = [sys.executable, __file__, "--worker", peer, "--threads", str(threads), str(path)]
+    for f in feed_args:
+        args += ["--feed", f]
+    return Server(peer, args)
+
+
+def worker(a: argparse.Namespace) -> None:
+    """`--worker PEER`: load one model into one peer, then serve counts from stdin like
+    `kiln bench --serve`. Exits quietly if the peer is not installed."""
+    make, package = PEERS[a.worker]
+    try:
+        __import__(package)
+    except ImportError:
+        return
+    feeds = {}
+    for f in a.feed:
+        name, file = f.split("=", 1)
+        feeds[name] = np.load(file)
+    try:
+        run = make(a.models[0], feeds, a.threads)
+        for _ in range(3):
+            run()
+    except Exception as e:  # noqa: BLE001
+        print(f"  {a.worker} failed on {a.models[0]}: {e}", file=sys.stderr)
+        return
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            t = time.perf_counter()
+            run()
+            times.append(f"{(time.perf_counter() - t) * 1e3:.4f}")
+        print(f"times_ms={','.join(times)}", flush=True)
 
 
 def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
@@ -189,53 +242,14 @@ def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     return "yes"
 
 
-PEERS = {"ort": lambda path, feeds, threads, iters: time_ort(path, feeds, threads, iters),
-         "openvino": lambda path, feeds, threads, iters: time_openvino(path, feeds, threads, iters),
-         "tract": lambda path, feeds, threads, iters: time_tract(path, feeds, iters)}
-
-
-def save_feeds(feeds: dict, tmp: Path) -> list[str]:
-    """Writes the inputs to .npy files; returns `NAME=FILE` arguments."""
-    args = []
-    for name, v in feeds.items():
-        f = tmp / f"{abs(hash(name))}.npy"
-        np.save(f, v)
-        args.append(f"{name}={f}")
-    return args
-
-
-def time_peer(peer: str, path: Path, feed_args: list[str], threads: int, iters: int) -> float | None:
-    """Times a peer in a process of its own (`--worker`), so that no runtime's thread pool
-    (OpenVINO's stays alive after its model is gone) competes with the next one timed."""
-    args = [sys.executable, __file__, "--worker", peer, "--threads", str(threads), "--iters", str(iters), str(path)]
-    for f in feed_args:
-        args += ["--feed", f]
-    r = subprocess.run(args, capture_output=True, text=True)
-    sys.stderr.write(r.stderr)
-    last = r.stdout.strip().splitlines()[-1:] or [""]
-    return float(last[0].split("=", 1)[1]) if last[0].startswith("median_ms=") else None
-
-
-def worker(a: argparse.Namespace) -> None:
-    """`--worker PEER`: time one peer on one model, print `median_ms=<x>` (nothing if the peer
-    is not installed or fails)."""
-    feeds = {}
-    for f in a.feed:
-        name, file = f.split("=", 1)
-        feeds[name] = np.load(file)
-    ms = PEERS[a.worker](a.models[0], feeds, a.threads, a.iters)
-    if ms is not None:
-        print(f"median_ms={ms}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", choices=sorted(PEERS), help=argparse.SUPPRESS)
     ap.add_argument("--feed", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("models", nargs="*", type=Path)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--bench-models", action="store_true",
                     help="benchmark target/bench-models/*/model.onnx (scripts/export_bench_models.py)")
     ap.add_argument("--precompile", action="store_true",
@@ -271,36 +285,48 @@ def main() -> None:
             print(f"  ({path.parent.name}: kiln compile {secs:.1f} s)", file=sys.stderr, flush=True)
         match = outputs_match(path, kiln_model, feeds, tmp)
         feed_args = save_feeds(feeds, tmp)
-        k, o, t, v = [], [], [], []
-        for _ in range(a.rounds):
-            k.append(time_kiln(kiln_model, feed_args, a.threads, a.iters))
-            ot = time_peer("ort", path, feed_args, a.threads, a.iters)
-            if ot is None:
-                sys.exit(f"onnxruntime failed on {path}")
-            o.append(ot)
-            tt = time_peer("tract", path, feed_args, a.threads, a.iters) if a.threads == 1 else None
-            if tt is not None:
-                t.append(tt)
-            vt = time_peer("openvino", path, feed_args, a.threads, a.iters)
-            if vt is not None:
-                v.append(vt)
-        km, om = statistics.median(k), statistics.median(o)
-        tm = statistics.median(t) if t else float("nan")
-        vm = statistics.median(v) if v else float("nan")
+        servers = [kiln_server(kiln_model, feed_args, a.threads), peer_server("ort", path, feed_args, a.threads)]
+        servers.append(peer_server("openvino", path, feed_args, a.threads))
+        if a.threads == 1:
+            servers.append(peer_server("tract", path, feed_args, a.threads))
+        # Every runtime loads (in parallel) and warms up before any is timed.
+        live = []
+        for srv in servers:
+            if srv.times(0) is not None:
+                live.append(srv)
+            else:
+                srv.close()
+        names = [srv.name for srv in live]
+        if names[:2] != ["kiln", "ort"]:
+            sys.exit(f"kiln or onnxruntime failed on {path}")
+        # Rounds of `iters` runs each, every runtime in turn, the order rotating from round to
+        # round.
+        per_round = {n: [] for n in names}
+        runs = {n: [] for n in names}
+        for r in range(a.rounds):
+            for srv in live[r % len(live):] + live[:r % len(live)]:
+                # A pause first: runtimes' worker threads spin for a while after a run
+                # (onnxruntime's by default), and must be asleep before the next one is timed.
+                time.sleep(0.1)
+                ts = srv.times(a.iters)
+                if ts is None:
+                    sys.exit(f"{srv.name} failed on {path}")
+                per_round[srv.name].append(statistics.median(ts))
+                runs[srv.name] += ts
+        for srv in live:
+            srv.close()
+        med = {n: statistics.median(v) for n, v in runs.items()}
+        km, om = med["kiln"], med["ort"]
+        vm, tm = med.get("openvino", float("nan")), med.get("tract", float("nan"))
         name = path.parent.name
         # On a shared machine interference only adds time: the ratio of the best rounds is the
         # steadier figure when rounds disagree.
-        best = min(k) / min(o)
+        best = min(per_round["kiln"]) / min(per_round["ort"])
         print(f"{name:24} {km:9.3f} {om:9.3f} {vm:9.3f} {tm:9.3f} {km / om:9.2f} {best:9.2f} {km / vm:9.2f}"
               f" {km / tm:10.2f}  {match}", flush=True)
         if a.rounds > 1:
-            line = f"  rounds: kiln {' '.join(f'{x:.2f}' for x in k)} | ort {' '.join(f'{x:.2f}' for x in o)}"
-            if v:
-                line += f" | openvino {' '.join(f'{x:.2f}' for x in v)}"
-            if t:
-                line += f" | tract {' '.join(f'{x:.2f}' for x in t)}"
-            print(line, file=sys.stderr, flush=True)
-
+            line = " | ".join(f"{n} {' '.join(f'{x:.2f}' for x in per_round[n])}" for n in names)
+            print(f"  round medians: {line}", file=sys.stderr, flush=True)
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,10 @@ pub enum RuntimeError {
     Status(i32),
     #[error("invalid input data: {0}")]
     Check(String),
+    #[error("model has {expected} outputs, got {got} output buffers")]
+    OutputCount { expected: usize, got: usize },
+    #[error("output `{name}`: a buffer of {got} bytes at {addr:#x}; it needs {want} bytes, aligned to {align}")]
+    OutputBuffer { name: String, got: usize, want: usize, align: usize, addr: usize },
 }
 
 /// A borrowed input tensor.
@@ -235,6 +239,12 @@ fn load_weights_file(dir: &Path, name: &str, manifest: &Manifest) -> Result<memm
 }
 
 /// The tensor in slot `k` of a manifest: an input, an output, then the intermediates.
+/// Bytes of an output (its manifest spec, checked at load).
+fn output_bytes(s: &TensorSpec) -> usize {
+    let n: u64 = s.shape.iter().product();
+    n as usize * DTypeCode::from_i32(s.dtype).expect("checked at load").size()
+}
+
 fn slot_spec(m: &Manifest, k: usize) -> &TensorSpec {
     let (n_in, n_out) = (m.inputs.len(), m.outputs.len());
     if k < n_in {
@@ -612,37 +622,14 @@ impl Session {
         slot_spec(&self.manifest, k)
     }
 
-    /// Runs the model on `inputs` (in the manifest's order) and returns the outputs.
+    /// Runs the model: checks the inputs against the manifest and returns the outputs, in
+    /// buffers allocated for this run (see [`Session::run_into`] to reuse them).
     pub fn run(&self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
-        self.check_inputs(inputs)?;
-        // Inputs the caller passes unaligned are copied so that kernels can assume alignment.
-        let copies: Vec<Option<AlignedBuf>> = inputs
-            .iter()
-            .map(|t| (!(t.data.as_ptr() as usize).is_multiple_of(64)).then(|| AlignedBuf::from_slice(t.data)))
-            .collect();
-        let in_ptrs: Vec<*const u8> =
-            inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
-        // Outputs are written in place into the vectors returned (kernels need only the
-        // elements' natural alignment there, which the allocator gives).
-        let mut outs: Vec<Vec<u8>> = self
-            .manifest
-            .outputs
-            .iter()
-            .map(|s| {
-                let n: u64 = s.shape.iter().product();
-                vec![0u8; n as usize * DTypeCode::from_i32(s.dtype).expect("checked").size()]
-            })
-            .collect();
-        let out_ptrs: Vec<*mut u8> = outs.iter_mut().map(|b| b.as_mut_ptr()).collect();
-        let mut scratch = self
-            .scratch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| AlignedBuf::zeroed(self.scratch_bytes));
-        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch);
-        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
-        result?;
+        let mut outs: Vec<Vec<u8>> = self.manifest.outputs.iter().map(|s| vec![0u8; output_bytes(s)]).collect();
+        {
+            let mut slices: Vec<&mut [u8]> = outs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            self.run_into(inputs, &mut slices)?;
+        }
         Ok(self
             .manifest
             .outputs
@@ -655,5 +642,48 @@ impl Session {
                 data: b,
             })
             .collect())
+    }
+
+    /// Runs the model into output buffers the caller owns (and can reuse from run to run,
+    /// as an allocation per run can cost a page fault per 4 KiB of output): one per output,
+    /// in the manifest's order, each exactly the output's size in bytes and aligned to its
+    /// element size.
+    pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<(), RuntimeError> {
+        self.check_inputs(inputs)?;
+        let specs = &self.manifest.outputs;
+        if outputs.len() != specs.len() {
+            return Err(RuntimeError::OutputCount { expected: specs.len(), got: outputs.len() });
+        }
+        for (b, s) in outputs.iter().zip(specs) {
+            let (want, size) = (output_bytes(s), DTypeCode::from_i32(s.dtype).expect("checked at load").size());
+            if b.len() != want || !(b.as_ptr() as usize).is_multiple_of(size) {
+                return Err(RuntimeError::OutputBuffer {
+                    name: s.name.clone(),
+                    got: b.len(),
+                    want,
+                    align: size,
+                    addr: b.as_ptr() as usize,
+                });
+            }
+        }
+        // Inputs the caller passes unaligned are copied so that kernels can assume alignment.
+        let copies: Vec<Option<AlignedBuf>> = inputs
+            .iter()
+            .map(|t| (!(t.data.as_ptr() as usize).is_multiple_of(64)).then(|| AlignedBuf::from_slice(t.data)))
+            .collect();
+        let in_ptrs: Vec<*const u8> =
+            inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
+        // Outputs are written in place (kernels need only the elements' natural alignment
+        // there).
+        let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+        let mut scratch = self
+            .scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::zeroed(self.scratch_bytes));
+        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch);
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
+        result
     }
 }

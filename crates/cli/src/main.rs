@@ -135,6 +135,12 @@ enum Cmd {
         threads: usize,
         #[arg(long, default_value_t = 20)]
         iters: usize,
+        /// After the warm-up, read a count per line from standard input, run the model that
+        /// many times and print the times as one line, `times_ms=<t1>,<t2>,…`, until the
+        /// input ends: a driver can interleave Kiln run by run with other runtimes on the
+        /// same machine (benches/peers/run.py does). --iters is not used.
+        #[arg(long)]
+        serve: bool,
     },
 }
 
@@ -345,20 +351,65 @@ fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, thre
     Ok(())
 }
 
-fn cmd_bench(model: &Path, shapes: &ShapeArgs, inputs: &[String], threads: usize, iters: usize) -> Res<()> {
+/// Bytes of an output tensor.
+fn output_bytes(o: &kiln::TensorSpec) -> usize {
+    let size = kiln::DTypeCode::from_i32(o.dtype).map_or(1, |d| d.size());
+    o.shape.iter().product::<u64>() as usize * size
+}
+
+/// The bytes of a slice of words (8-byte aligned, so right for any element type).
+fn bytes_of_mut(v: &mut [u64]) -> &mut [u8] {
+    // SAFETY: the same memory, as bytes: u8 has alignment 1 and no invalid values, and the
+    // borrow of `v` is carried over.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 8) }
+}
+
+fn cmd_bench(
+    model: &Path,
+    shapes: &ShapeArgs,
+    inputs: &[String],
+    threads: usize,
+    iters: usize,
+    serve: bool,
+) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let structured = structured_inputs(model, &files, false)?;
     let s = session(model, shapes, threads, &files, &structured)?;
     let ins = gather_inputs(&s, &files, &structured, &frozen_names(&s, &files), true)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
+    // Output buffers allocated once and reused, as a serving loop would: what is timed is the
+    // model, not the allocator (a fresh buffer per run can cost a page fault per 4 KiB).
+    let mut bufs: Vec<Vec<u64>> = s.outputs().iter().map(|o| vec![0u64; output_bytes(o).div_ceil(8)]).collect();
+    let mut outs: Vec<&mut [u8]> =
+        bufs.iter_mut().zip(s.outputs()).map(|(b, o)| &mut bytes_of_mut(b)[..output_bytes(o)]).collect();
+    let mut run = || s.run_into(&refs, &mut outs);
     let warm = Instant::now();
     while warm.elapsed().as_millis() < 300 {
-        s.run(&refs)?;
+        run()?;
+    }
+    if serve {
+        use std::io::{BufRead, Write};
+        let mut out = std::io::stdout().lock();
+        for line in std::io::stdin().lock().lines() {
+            let line = line?;
+            let n: usize =
+                line.trim().parse().map_err(|_| format!("--serve: expected a count per line, got `{line}`"))?;
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                run()?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let times: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+            writeln!(out, "times_ms={}", times.join(","))?;
+            out.flush()?;
+        }
+        return Ok(());
     }
     let mut times = Vec::with_capacity(iters.max(1));
     for _ in 0..iters.max(1) {
         let t = Instant::now();
-        s.run(&refs)?;
+        run()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(|a, b| a.total_cmp(b));
@@ -506,7 +557,9 @@ fn main() -> ExitCode {
         Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot } => {
             cmd_inspect(model, shapes, after.as_deref(), *memory, emit, target, *partitions, dot.as_deref())
         }
-        Cmd::Bench { model, shapes, inputs, threads, iters } => cmd_bench(model, shapes, inputs, *threads, *iters),
+        Cmd::Bench { model, shapes, inputs, threads, iters, serve } => {
+            cmd_bench(model, shapes, inputs, *threads, *iters, *serve)
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

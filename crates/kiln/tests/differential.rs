@@ -634,6 +634,49 @@ fn concurrent_runs_agree() {
     });
 }
 
+/// `run_into` writes the same outputs as `run` into the caller's buffers, reused from run to
+/// run (old contents overwritten), and refuses buffers of the wrong number, size or
+/// alignment, naming the output.
+#[test]
+fn run_into_reuses_caller_buffers() {
+    let mut r = Rng(11);
+    let w = r.tensor(DType::F32, &[24, 40]);
+    let mut g = Graph::new("mm");
+    let x = r.tensor(DType::F32, &[5, 24]);
+    let xi = g.add_input("x", x.ty.clone());
+    let wi = g.add_const("w", w);
+    g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
+    let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 1 }).unwrap();
+    let name = s.outputs()[0].name.clone();
+    let mut buf = vec![f32::NAN; 5 * 40];
+    for seed in [1, 2] {
+        let x = Rng(seed).tensor(DType::F32, &[5, 24]);
+        let ins = [TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
+        let want = s.run(&ins).unwrap().remove(0).data;
+        let bytes: &mut [u8] = bytemuck_f32(&mut buf);
+        s.run_into(&ins, &mut [bytes]).unwrap();
+        assert_eq!(bytemuck_f32(&mut buf).to_vec(), want, "seed {seed}");
+    }
+    let ins = [TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
+    let e = s.run_into(&ins, &mut []).unwrap_err().to_string();
+    assert!(e.contains("1 outputs, got 0"), "{e}");
+    let mut short = vec![0f32; 10];
+    let e = s.run_into(&ins, &mut [bytemuck_f32(&mut short)]).unwrap_err().to_string();
+    assert!(e.contains(&format!("`{name}`")) && e.contains("800 bytes"), "{e}");
+    let e = s.run_into(&ins, &mut [&mut bytemuck_f32(&mut buf)[1..]]).unwrap_err().to_string();
+    assert!(e.contains("799 bytes"), "{e}");
+    let mut wide = vec![0f32; 5 * 40 + 1];
+    let e = s.run_into(&ins, &mut [&mut bytemuck_f32(&mut wide)[1..801]]).unwrap_err().to_string();
+    assert!(e.contains("aligned to 4"), "{e}");
+}
+
+/// The bytes of an f32 slice.
+fn bytemuck_f32(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: the same memory as bytes (alignment 1, every value valid), borrowed from `v`.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4) }
+}
+
 /// An index from data outside the gathered axis stops the run with an error naming the
 /// node; it never reads out of bounds or answers silently.
 #[test]
