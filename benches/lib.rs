@@ -36,3 +36,64 @@ pub fn model(path: &std::path::Path, threads: usize) -> Session {
     let art = Compiler::new(CompileOptions::default()).compile_path(path).expect("compiles");
     Session::from_bytes(&art.bytes(), &SessionOptions { threads }).expect("loads")
 }
+
+/// The core's FMA peak: independent FMA chains in vector registers, enough of them (12) to
+/// cover the FMA latency on both FMA ports, so that the loop runs at the peak rate. Each
+/// chain starts from its own value, so that no compiler can merge chains that would
+/// otherwise compute the same thing (one that did would measure the latency instead).
+#[cfg(target_arch = "x86_64")]
+pub mod peak {
+    use std::arch::x86_64::*;
+
+    pub const CHAINS: usize = 12;
+
+    /// `iters` rounds of one 8-lane FMA per chain.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn fma256(iters: u64) -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc: [__m256; CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(1.0 + i as f32 * 1e-3));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for x in acc {
+            s = _mm256_add_ps(s, x);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+        out.iter().sum()
+    }
+
+    /// `iters` rounds of one 16-lane FMA per chain.
+    #[target_feature(enable = "avx512f")]
+    pub fn fma512(iters: u64) -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(1.0 + i as f32 * 1e-3));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for x in acc {
+            s = _mm512_add_ps(s, x);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// The widest probe this CPU runs: `(name, lanes, function)`.
+    pub fn widest() -> Option<(&'static str, u64, fn(u64) -> f32)> {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the function's features were detected just above.
+            Some(("avx512", 16, |n| unsafe { fma512(n) }))
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            Some(("avx2", 8, |n| unsafe { fma256(n) }))
+        } else {
+            None
+        }
+    }
+}

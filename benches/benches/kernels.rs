@@ -6,6 +6,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::ir::{Op, Window};
 use kiln::TensorRef;
+#[cfg(target_arch = "x86_64")]
+use kiln_benches::peak;
 use kiln_benches::{single_op, tensor};
 
 fn matmul(c: &mut Criterion) {
@@ -35,52 +37,6 @@ fn conv(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// Independent FMA chains in vector registers: enough of them (12) to cover the FMA latency
-/// on both FMA ports, so the loop runs at the core's peak rate.
-#[cfg(target_arch = "x86_64")]
-mod peak {
-    use std::arch::x86_64::*;
-
-    pub const CHAINS: usize = 12;
-
-    /// `iters` rounds of one 8-lane FMA per chain.
-    #[target_feature(enable = "avx2,fma")]
-    pub fn fma256(iters: u64) -> f32 {
-        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm256_fmadd_ps(*x, a, b);
-            }
-        }
-        let mut s = _mm256_setzero_ps();
-        for x in acc {
-            s = _mm256_add_ps(s, x);
-        }
-        let mut out = [0f32; 8];
-        // SAFETY: `out` holds 8 floats.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
-        out.iter().sum()
-    }
-
-    /// `iters` rounds of one 16-lane FMA per chain.
-    #[target_feature(enable = "avx512f")]
-    pub fn fma512(iters: u64) -> f32 {
-        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
-        for _ in 0..iters {
-            for x in acc.iter_mut() {
-                *x = _mm512_fmadd_ps(*x, a, b);
-            }
-        }
-        let mut s = _mm512_setzero_ps();
-        for x in acc {
-            s = _mm512_add_ps(s, x);
-        }
-        _mm512_reduce_add_ps(s)
-    }
 }
 
 /// The measured single-core FMA peak, in FLOP/s (2 per lane per FMA), for each vector width

@@ -671,6 +671,37 @@ fn run_into_reuses_caller_buffers() {
     assert!(e.contains("aligned to 4"), "{e}");
 }
 
+/// Inputs at any address give the same outputs: one at an odd byte address (copied by the
+/// runtime) and one aligned only to its element size (read in place), against a 64-byte
+/// aligned one.
+#[test]
+fn inputs_at_any_alignment() {
+    let mut r = Rng(12);
+    let x = r.tensor(DType::F32, &[9, 40]);
+    let w = r.tensor(DType::F32, &[40, 33]);
+    let mut g = Graph::new("mm");
+    let xi = g.add_input("x", x.ty.clone());
+    let wi = g.add_const("w", w);
+    g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
+    let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 1 }).unwrap();
+    let n = x.data.len();
+    let mut store = vec![0u64; n / 8 + 16];
+    let words = store.as_mut_ptr() as usize;
+    // SAFETY: bytes of the u64 buffer, borrowed for the rest of the test.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(store.as_mut_ptr().cast::<u8>(), store.len() * 8) };
+    let at = |off: usize| (64 - words % 64) % 64 + off;
+    let mut outs = Vec::new();
+    for off in [0, 4, 1] {
+        let o = at(off);
+        bytes[o..o + n].copy_from_slice(&x.data);
+        let t = TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &bytes[o..o + n] };
+        outs.push(s.run(&[t]).unwrap().remove(0).data);
+    }
+    assert_eq!(outs[1], outs[0], "element-aligned input");
+    assert_eq!(outs[2], outs[0], "odd-address input");
+}
+
 /// The bytes of an f32 slice.
 fn bytemuck_f32(v: &mut [f32]) -> &mut [u8] {
     // SAFETY: the same memory as bytes (alignment 1, every value valid), borrowed from `v`.

@@ -1,0 +1,87 @@
+//! GEMM as a fraction of the core's FMA peak, measured side by side: for each product, rounds
+//! that time the FMA-peak probe and then the product (one thread, constant B as a MatMul's
+//! weights), so that both see the same machine (a shared VM's speed can change from one
+//! second to the next), and the median of the per-round ratios is printed.
+//! `cargo bench -p kiln-benches --bench gemm_peak`.
+
+use std::time::{Duration, Instant};
+
+use kiln::ir::Op;
+use kiln::TensorRef;
+use kiln_benches::{single_op, tensor};
+
+/// Rounds per product, and how long each side of a round runs at least.
+const ROUNDS: usize = 15;
+const SPAN: Duration = Duration::from_millis(60);
+
+/// Median time of one call of `f` over calls filling `SPAN`.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < SPAN || times.len() < 3 {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    median(&mut times)
+}
+
+/// The bytes of an f32 slice.
+fn bytes_of_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: the same memory as bytes (alignment 1, every value valid), borrowed from `v`.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4) }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[cfg(target_arch = "x86_64")]
+fn main() {
+    let Some((name, lanes, probe)) = kiln_benches::peak::widest() else {
+        println!("no AVX2/AVX-512 here: no FMA peak to compare with");
+        return;
+    };
+    const ITERS: u64 = 200_000;
+    let peak_flop = (ITERS * kiln_benches::peak::CHAINS as u64 * lanes * 2) as f64;
+    let sizes = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (1, 512, 512), (8, 512, 512), (16, 512, 512)];
+    println!("one thread; peak probe: {name}; {ROUNDS} rounds of {} ms each side", SPAN.as_millis());
+    println!("{:>16} {:>10} {:>10} {:>9}", "M x K x N", "GFLOP/s", "peak", "of peak");
+    for (m, k, n) in sizes {
+        let s = single_op(Op::MatMul, &[m, k], vec![tensor(&[k, n])], 1);
+        let x = tensor(&[m, k]);
+        // The output buffer is allocated once: a fresh one per run can cost a page fault per
+        // 4 KiB, which is the allocator's time, not the product's.
+        let mut out = vec![0f32; m * n];
+        let flop = (2 * m * k * n) as f64;
+        let (mut ratios, mut gemm, mut peak) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let p = peak_flop
+                / time(|| {
+                    std::hint::black_box(probe(std::hint::black_box(ITERS)));
+                });
+            let g = flop
+                / time(|| {
+                    let ins = [TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
+                    s.run_into(&ins, &mut [bytes_of_mut(&mut out)]).unwrap();
+                });
+            ratios.push(g / p);
+            gemm.push(g);
+            peak.push(p);
+        }
+        println!(
+            "{:>16} {:>10.1} {:>10.1} {:>8.1}%",
+            format!("{m}x{k}x{n}"),
+            median(&mut gemm) / 1e9,
+            median(&mut peak) / 1e9,
+            100.0 * median(&mut ratios)
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {
+    println!("the FMA-peak probe is x86-64 only");
+}
