@@ -48,6 +48,9 @@ pub mod peak {
     pub const CHAINS: usize = 12;
 
     /// `iters` rounds of one 8-lane FMA per chain.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub fn fma256(iters: u64) -> f32 {
         let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
@@ -68,6 +71,9 @@ pub mod peak {
     }
 
     /// `iters` rounds of one 16-lane FMA per chain.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub fn fma512(iters: u64) -> f32 {
         let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
@@ -84,8 +90,11 @@ pub mod peak {
         _mm512_reduce_add_ps(s)
     }
 
-    /// The widest probe this CPU runs: `(name, lanes, function)`.
-    pub fn widest() -> Option<(&'static str, u64, fn(u64) -> f32)> {
+    /// A probe: its name, its f32 lanes, and the loop (`iters` rounds of [`CHAINS`] FMAs).
+    pub type Probe = (&'static str, u64, fn(u64) -> f32);
+
+    /// The widest probe this CPU runs.
+    pub fn widest() -> Option<Probe> {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the function's features were detected just above.
             Some(("avx512", 16, |n| unsafe { fma512(n) }))
