@@ -609,18 +609,22 @@ fn fused_chain_matches_reference() {
     }
 }
 
-/// Runs from several threads at once give identical results.
-#[test]
-fn concurrent_runs_agree() {
-    let mut r = Rng(10);
-    let x = r.tensor(DType::F32, &[64, 96]);
-    let w = r.tensor(DType::F32, &[96, 80]);
+/// A session computing `x · w` for inputs shaped like `x`, with `w` a constant.
+fn matmul_session(x: &Tensor, w: Tensor, threads: usize) -> Session {
     let mut g = Graph::new("mm");
     let xi = g.add_input("x", x.ty.clone());
     let wi = g.add_const("w", w);
     g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
     let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+    Session::from_bytes(&art.bytes(), &SessionOptions { threads }).unwrap()
+}
+
+/// Runs from several threads at once give identical results.
+#[test]
+fn concurrent_runs_agree() {
+    let mut r = Rng(10);
+    let x = r.tensor(DType::F32, &[64, 96]);
+    let s = matmul_session(&x, r.tensor(DType::F32, &[96, 80]), 2);
     let run =
         || s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0].data.clone();
     let first = run();
@@ -641,13 +645,8 @@ fn concurrent_runs_agree() {
 fn run_into_reuses_caller_buffers() {
     let mut r = Rng(11);
     let w = r.tensor(DType::F32, &[24, 40]);
-    let mut g = Graph::new("mm");
     let x = r.tensor(DType::F32, &[5, 24]);
-    let xi = g.add_input("x", x.ty.clone());
-    let wi = g.add_const("w", w);
-    g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
-    let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 1 }).unwrap();
+    let s = matmul_session(&x, w, 1);
     let name = s.outputs()[0].name.clone();
     let mut buf = vec![f32::NAN; 5 * 40];
     for seed in [1, 2] {
@@ -678,13 +677,7 @@ fn run_into_reuses_caller_buffers() {
 fn inputs_at_any_alignment() {
     let mut r = Rng(12);
     let x = r.tensor(DType::F32, &[9, 40]);
-    let w = r.tensor(DType::F32, &[40, 33]);
-    let mut g = Graph::new("mm");
-    let xi = g.add_input("x", x.ty.clone());
-    let wi = g.add_const("w", w);
-    g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
-    let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 1 }).unwrap();
+    let s = matmul_session(&x, r.tensor(DType::F32, &[40, 33]), 1);
     let n = x.data.len();
     let mut store = vec![0u64; n / 8 + 16];
     let words = store.as_mut_ptr() as usize;
