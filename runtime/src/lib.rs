@@ -239,12 +239,6 @@ fn load_weights_file(dir: &Path, name: &str, manifest: &Manifest) -> Result<memm
 }
 
 /// The tensor in slot `k` of a manifest: an input, an output, then the intermediates.
-/// Bytes of an output (its manifest spec, checked at load).
-fn output_bytes(s: &TensorSpec) -> usize {
-    let n: u64 = s.shape.iter().product();
-    n as usize * DTypeCode::from_i32(s.dtype).expect("checked at load").size()
-}
-
 fn slot_spec(m: &Manifest, k: usize) -> &TensorSpec {
     let (n_in, n_out) = (m.inputs.len(), m.outputs.len());
     if k < n_in {
@@ -254,12 +248,6 @@ fn slot_spec(m: &Manifest, k: usize) -> &TensorSpec {
     } else {
         &m.intermediates[k - n_in - n_out]
     }
-}
-
-/// Bytes of a tensor (its dtype checked at load).
-fn spec_bytes(t: &TensorSpec) -> usize {
-    let n: u64 = t.shape.iter().product();
-    n as usize * DTypeCode::from_i32(t.dtype).map_or(1, DTypeCode::size)
 }
 
 /// How a part runs.
@@ -333,7 +321,7 @@ fn parts_of(
     }
     for c in &m.copies {
         let (from, to) = (c.from as usize, c.to as usize);
-        if from >= slots || to >= slots || to < n_in || from == to || spec_bytes(spec(from)) != spec_bytes(spec(to)) {
+        if from >= slots || to >= slots || to < n_in || from == to || spec(from).byte_len() != spec(to).byte_len() {
             return Err(bad(format!("copy from slot {from} to slot {to} is invalid")));
         }
     }
@@ -480,7 +468,7 @@ impl Session {
         let mut intermediate_offsets = Vec::with_capacity(manifest.intermediates.len());
         for t in &manifest.intermediates {
             intermediate_offsets.push(scratch_bytes);
-            scratch_bytes += align(spec_bytes(t));
+            scratch_bytes += align(t.byte_len());
         }
         Session {
             manifest,
@@ -575,12 +563,12 @@ impl Session {
                     let ins: Vec<&[u8]> = part
                         .inputs
                         .iter()
-                        .map(|&k| unsafe { std::slice::from_raw_parts(slot(k), spec_bytes(self.slot_spec(k))) })
+                        .map(|&k| unsafe { std::slice::from_raw_parts(slot(k), self.slot_spec(k).byte_len()) })
                         .collect();
                     let mut outs: Vec<&mut [u8]> = part
                         .outputs
                         .iter()
-                        .map(|&k| unsafe { std::slice::from_raw_parts_mut(slot(k), spec_bytes(self.slot_spec(k))) })
+                        .map(|&k| unsafe { std::slice::from_raw_parts_mut(slot(k), self.slot_spec(k).byte_len()) })
                         .collect();
                     gpu.run(&ins, &mut outs, &part.check_messages)?;
                     continue;
@@ -611,7 +599,7 @@ impl Session {
         }
         for c in &self.manifest.copies {
             let (from, to) = (c.from as usize, c.to as usize);
-            let len = spec_bytes(self.slot_spec(to));
+            let len = self.slot_spec(to).byte_len();
             // SAFETY: both slots hold `len` bytes (checked at load) and are distinct buffers.
             unsafe { std::ptr::copy_nonoverlapping(slot(from), slot(to), len) };
         }
@@ -625,7 +613,7 @@ impl Session {
     /// Runs the model: checks the inputs against the manifest and returns the outputs, in
     /// buffers allocated for this run (see [`Session::run_into`] to reuse them).
     pub fn run(&self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
-        let mut outs: Vec<Vec<u8>> = self.manifest.outputs.iter().map(|s| vec![0u8; output_bytes(s)]).collect();
+        let mut outs: Vec<Vec<u8>> = self.manifest.outputs.iter().map(|s| vec![0u8; s.byte_len()]).collect();
         {
             let mut slices: Vec<&mut [u8]> = outs.iter_mut().map(|b| b.as_mut_slice()).collect();
             self.run_into(inputs, &mut slices)?;
@@ -655,7 +643,7 @@ impl Session {
             return Err(RuntimeError::OutputCount { expected: specs.len(), got: outputs.len() });
         }
         for (b, s) in outputs.iter().zip(specs) {
-            let (want, size) = (output_bytes(s), DTypeCode::from_i32(s.dtype).expect("checked at load").size());
+            let (want, size) = (s.byte_len(), DTypeCode::from_i32(s.dtype).expect("checked at load").size());
             // (An empty buffer's pointer is never read or written.)
             if b.len() != want || (want > 0 && !(b.as_ptr() as usize).is_multiple_of(size)) {
                 return Err(RuntimeError::OutputBuffer {

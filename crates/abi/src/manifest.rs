@@ -12,6 +12,15 @@ pub struct TensorSpec {
     pub shape: Vec<u64>,
 }
 
+impl TensorSpec {
+    /// Bytes of the tensor's data (an unknown dtype counts one byte per element; the runtime
+    /// rejects those at load).
+    pub fn byte_len(&self) -> usize {
+        let n: u64 = self.shape.iter().product();
+        n as usize * crate::DTypeCode::from_i32(self.dtype).map_or(1, crate::DTypeCode::size)
+    }
+}
+
 /// One partition of a model split across devices (ABI 1.2): a compiled program that reads
 /// and writes **slots**. Slot `i < inputs.len()` is model input `i`; the next
 /// `outputs.len()` slots are the model outputs; the rest are

@@ -351,12 +351,6 @@ fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, thre
     Ok(())
 }
 
-/// Bytes of an output tensor.
-fn output_bytes(o: &kiln::TensorSpec) -> usize {
-    let size = kiln::DTypeCode::from_i32(o.dtype).map_or(1, |d| d.size());
-    o.shape.iter().product::<u64>() as usize * size
-}
-
 /// The bytes of a slice of words (8-byte aligned, so right for any element type).
 fn bytes_of_mut(v: &mut [u64]) -> &mut [u8] {
     // SAFETY: the same memory, as bytes: u8 has alignment 1 and no invalid values, and the
@@ -379,9 +373,9 @@ fn cmd_bench(
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     // Output buffers allocated once and reused, as a serving loop would: what is timed is the
     // model, not the allocator (a fresh buffer per run can cost a page fault per 4 KiB).
-    let mut bufs: Vec<Vec<u64>> = s.outputs().iter().map(|o| vec![0u64; output_bytes(o).div_ceil(8)]).collect();
+    let mut bufs: Vec<Vec<u64>> = s.outputs().iter().map(|o| vec![0u64; o.byte_len().div_ceil(8)]).collect();
     let mut outs: Vec<&mut [u8]> =
-        bufs.iter_mut().zip(s.outputs()).map(|(b, o)| &mut bytes_of_mut(b)[..output_bytes(o)]).collect();
+        bufs.iter_mut().zip(s.outputs()).map(|(b, o)| &mut bytes_of_mut(b)[..o.byte_len()]).collect();
     let mut run = || s.run_into(&refs, &mut outs);
     let warm = Instant::now();
     while warm.elapsed().as_millis() < 300 {

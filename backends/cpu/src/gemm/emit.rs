@@ -445,10 +445,9 @@ fn micro_tile<'ctx>(
     // A tile past the last full panel of a C contiguous along N reads and writes the columns
     // it has with masked vector loads and stores (lane `l` of vector `q`: column
     // `j0 + q·W + l < j0 + jn`); elsewhere (C strided along N) through the stack tile.
-    let masked = p.c_n == 1;
+    let masks = if p.c_n == 1 { Some(lane_masks(g, p, t.jn)?) } else { None };
     when(g, f, edge_reload, &mut || {
-        if masked {
-            let masks = lane_masks(g, p, t.jn)?;
+        if let Some(masks) = &masks {
             for (i, &ci) in c_rows.iter().enumerate() {
                 for (q, &m) in masks.iter().enumerate() {
                     let pc = f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?;
@@ -595,9 +594,8 @@ fn micro_tile<'ctx>(
     }
     g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
     g.b.position_at_end(full.1);
-    if masked {
-        let masks = lane_masks(g, p, t.jn)?;
-        vector_fin(Some(&masks))?;
+    if let Some(masks) = &masks {
+        vector_fin(Some(masks))?;
         for (i, &ci) in c_rows.iter().enumerate() {
             for (q, &m) in masks.iter().enumerate() {
                 let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
