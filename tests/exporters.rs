@@ -38,21 +38,7 @@ macro_rules! exporter_tests {
     )*};
 }
 
-exporter_tests!(
-    resnet50_torch,
-    mobilenetv2_torch,
-    bert_torch,
-    gpt2_torch,
-    yolo_torch,
-    lstm_speech_torch,
-    bert_torch_legacy,
-    gpt2_torch_legacy,
-    lstm_speech_torch_legacy,
-    yolo_torch_legacy,
-    convattn_spox,
-    gru_tagger_spox,
-    lstm_speech_onnxscript,
-);
+kiln_tests::with_exported_models!(exporter_tests!());
 
 /// `kiln run` with `--input-shape` pinning the dynamic dims (batch and sequence) and `.npy`
 /// inputs, int64 token ids included (needs the `kiln` binary: `cargo build -p kiln-cli`).
@@ -78,21 +64,10 @@ fn every_committed_model_has_a_test() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     dirs.sort();
-    let mut listed = vec![
-        "resnet50_torch",
-        "mobilenetv2_torch",
-        "bert_torch",
-        "gpt2_torch",
-        "yolo_torch",
-        "lstm_speech_torch",
-        "bert_torch_legacy",
-        "gpt2_torch_legacy",
-        "lstm_speech_torch_legacy",
-        "yolo_torch_legacy",
-        "convattn_spox",
-        "gru_tagger_spox",
-        "lstm_speech_onnxscript",
-    ];
+    macro_rules! names {
+        ($($name:ident),* $(,)?) => { vec![$(stringify!($name)),*] };
+    }
+    let mut listed: Vec<&str> = kiln_tests::with_exported_models!(names!());
     listed.sort();
     assert_eq!(dirs, listed);
 }

@@ -416,6 +416,30 @@ pub fn model_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
 }
 
+/// Invokes `$mac!($($lead)* name, …)` with every exported model in `tests/models/`: the one
+/// list that the exporter, PTX and folder-completeness tests share.
+#[macro_export]
+macro_rules! with_exported_models {
+    ($mac:ident ! ($($lead:tt)*)) => {
+        $mac! {
+            $($lead)*
+            resnet50_torch,
+            mobilenetv2_torch,
+            bert_torch,
+            gpt2_torch,
+            yolo_torch,
+            lstm_speech_torch,
+            bert_torch_legacy,
+            gpt2_torch_legacy,
+            lstm_speech_torch_legacy,
+            yolo_torch_legacy,
+            convattn_spox,
+            gru_tagger_spox,
+            lstm_speech_onnxscript,
+        }
+    };
+}
+
 /// A model committed under `tests/models/<name>/` (see `exporters.rs`): its inputs and
 /// onnxruntime's outputs in `meta.json`'s order.
 pub fn load_exported(name: &str) -> Result<Case, String> {

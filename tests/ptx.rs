@@ -76,21 +76,7 @@ mod exported {
     fn exported(name: &str) -> Case {
         kiln_tests::load_exported(name).unwrap()
     }
-    ptx_tests!(exported:
-        resnet50_torch,
-        mobilenetv2_torch,
-        bert_torch,
-        gpt2_torch,
-        yolo_torch,
-        lstm_speech_torch,
-        bert_torch_legacy,
-        gpt2_torch_legacy,
-        lstm_speech_torch_legacy,
-        yolo_torch_legacy,
-        convattn_spox,
-        gru_tagger_spox,
-        lstm_speech_onnxscript,
-    );
+    kiln_tests::with_exported_models!(ptx_tests!(exported:));
 }
 
 /// With a CPU in the list, a model whose ops the GPU all runs stays on the GPU.
