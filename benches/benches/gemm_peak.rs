@@ -2,7 +2,8 @@
 //! that time the FMA-peak probe and then the product (one thread, constant B as a MatMul's
 //! weights), so that both see the same machine (a shared VM's speed can change from one
 //! second to the next), and the median of the per-round ratios is printed.
-//! `cargo bench -p kiln-benches --bench gemm_peak`.
+//! `cargo bench -p kiln-benches --bench gemm_peak`; `GEMM_SIZES=2048x2048x2048,1x512x512`
+//! (M×K×N) times other products than the default list.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,19 @@ fn bytes_of_mut(v: &mut [f32]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4) }
 }
 
+/// `"MxKxN,MxKxN"` as `(m, k, n)` triples.
+fn parse_sizes(list: &str) -> Option<Vec<(usize, usize, usize)>> {
+    list.split(',')
+        .map(|t| {
+            let d: Vec<usize> = t.trim().split('x').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+            match d[..] {
+                [m, k, n] if m > 0 && k > 0 && n > 0 => Some((m, k, n)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -46,7 +60,18 @@ fn main() {
     };
     const ITERS: u64 = 200_000;
     let peak_flop = (ITERS * kiln_benches::peak::CHAINS as u64 * lanes * 2) as f64;
-    let sizes = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (1, 512, 512), (8, 512, 512), (16, 512, 512)];
+    let sizes = match std::env::var("GEMM_SIZES") {
+        Ok(list) => match parse_sizes(&list) {
+            Some(s) => s,
+            None => {
+                eprintln!("GEMM_SIZES: expected a comma-separated list of MxKxN, got {list:?}");
+                std::process::exit(2);
+            }
+        },
+        Err(_) => {
+            vec![(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (1, 512, 512), (8, 512, 512), (16, 512, 512)]
+        }
+    };
     println!("one thread; peak probe: {name}; {ROUNDS} rounds of {} ms each side", SPAN.as_millis());
     println!("{:>16} {:>10} {:>10} {:>9}", "M x K x N", "GFLOP/s", "peak", "of peak");
     for (m, k, n) in sizes {

@@ -123,6 +123,7 @@ fn put_toolchain(put: &mut dyn FnMut(&str), target: &CpuTarget) {
     put(&target.cpu);
     put(&target.features);
     put(&target.l1d_bytes.to_string());
+    put(&target.l2_bytes.to_string());
     put(&format!("O{}", target.opt_level));
 }
 

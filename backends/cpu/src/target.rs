@@ -24,6 +24,8 @@ pub struct CpuTarget {
     pub features: String,
     /// L1 data cache per core, in bytes: the blocking of matrix products is derived from it.
     pub l1d_bytes: usize,
+    /// L2 cache per core, in bytes: the row blocks of matrix products are sized to it.
+    pub l2_bytes: usize,
     /// LLVM's optimization level for the kernels, 0 to 3 (default 3). Lower levels compile
     /// faster and run slower; the results are the same up to floating-point contraction.
     pub opt_level: u8,
@@ -32,21 +34,32 @@ pub struct CpuTarget {
 /// The L1 data cache assumed for a target whose own is not known.
 pub const DEFAULT_L1D_BYTES: usize = 32 << 10;
 
-/// This machine's L1 data cache per core (Linux sysfs), if it can be read.
-fn host_l1d_bytes() -> Option<usize> {
+/// The L2 cache assumed for a target whose own is not known.
+pub const DEFAULT_L2_BYTES: usize = 1 << 20;
+
+/// The size of this machine's cache of `level` whose type is one of `types` (Linux sysfs:
+/// `Data`, `Unified`…), per core, if it can be read.
+fn host_cache_bytes(level: &str, types: &[&str]) -> Option<usize> {
     let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
     for e in std::fs::read_dir(base).ok()?.flatten() {
         let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok().map(|s| s.trim().to_string());
-        if read("level").as_deref() == Some("1") && read("type").as_deref() == Some("Data") {
-            let size = read("size")?;
-            let (num, mult) = match size.strip_suffix('K') {
-                Some(n) => (n, 1024),
-                None => (size.as_str(), 1),
-            };
-            return num.parse::<usize>().ok().map(|n| n * mult);
+        if read("level").as_deref() == Some(level) && read("type").is_some_and(|t| types.contains(&t.as_str())) {
+            return parse_cache_size(&read("size")?);
         }
     }
     None
+}
+
+/// A sysfs cache size: `48K`, `2048K`, `1M` or bytes.
+fn parse_cache_size(size: &str) -> Option<usize> {
+    let (num, mult) = if let Some(n) = size.strip_suffix('K') {
+        (n, 1 << 10)
+    } else if let Some(n) = size.strip_suffix('M') {
+        (n, 1 << 20)
+    } else {
+        (size, 1)
+    };
+    num.parse::<usize>().ok().map(|n| n * mult)
 }
 
 impl CpuTarget {
@@ -58,6 +71,7 @@ impl CpuTarget {
             cpu: cpu.to_string(),
             features: String::new(),
             l1d_bytes: DEFAULT_L1D_BYTES,
+            l2_bytes: DEFAULT_L2_BYTES,
             opt_level: 3,
         }
     }
@@ -69,7 +83,8 @@ impl CpuTarget {
             triple: TargetMachine::get_default_triple().as_str().to_string_lossy().into_owned(),
             cpu: TargetMachine::get_host_cpu_name().to_string(),
             features: TargetMachine::get_host_cpu_features().to_string(),
-            l1d_bytes: host_l1d_bytes().unwrap_or(DEFAULT_L1D_BYTES),
+            l1d_bytes: host_cache_bytes("1", &["Data"]).unwrap_or(DEFAULT_L1D_BYTES),
+            l2_bytes: host_cache_bytes("2", &["Unified", "Data"]).unwrap_or(DEFAULT_L2_BYTES),
             opt_level: 3,
         }
     }
@@ -183,4 +198,17 @@ pub(crate) fn link_shared(objs: &[&[u8]], target: &CpuTarget) -> Result<Vec<u8>,
 /// target.
 pub fn link_relocatable(objs: &[&[u8]], target: &CpuTarget) -> Result<Vec<u8>, BackendError> {
     link(objs, target, &["-r", "-nostdlib", "-Wl,--build-id=none"], &[], "module.o")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cache_sizes_as_sysfs_writes_them() {
+        use super::parse_cache_size;
+        assert_eq!(parse_cache_size("48K"), Some(48 << 10));
+        assert_eq!(parse_cache_size("2048K"), Some(2 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("32768"), Some(32768));
+        assert_eq!(parse_cache_size("big"), None);
+    }
 }
