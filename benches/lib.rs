@@ -90,6 +90,42 @@ pub mod peak {
         _mm512_reduce_add_ps(s)
     }
 
+    /// How far ahead [`stream512`] prefetches (4 KiB, as Kiln's kernels do for weights).
+    const PREFETCH_FLOATS: usize = 1024;
+
+    /// One 16-lane FMA per 16 floats of `buf`, `reps` times over it: what a product with
+    /// one row of A (a GEMV) can do at best when B is `buf` and comes from wherever `buf`
+    /// lives (L2 for 1 MiB), since each element of B then takes part in one multiply-add.
+    /// Eight accumulators hide the FMA latency, and the loop prefetches 4 KiB ahead; the
+    /// loads, not the FMAs, set the pace.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub fn stream512(buf: &[f32], reps: u64) -> f32 {
+        let s = _mm512_set1_ps(0.5);
+        let mut acc: [__m512; 8] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+        for _ in 0..reps {
+            for chunk in buf.chunks_exact(128) {
+                for l in 0..8 {
+                    // A hint only: any address is allowed, in or past the buffer.
+                    let ahead = chunk.as_ptr().wrapping_add(PREFETCH_FLOATS + 16 * l).cast::<i8>();
+                    _mm_prefetch::<_MM_HINT_T0>(ahead);
+                }
+                for (i, x) in acc.iter_mut().enumerate() {
+                    // SAFETY: floats 16·i .. 16·i + 16 of a 128-float chunk.
+                    let v = unsafe { _mm512_loadu_ps(chunk.as_ptr().add(16 * i)) };
+                    *x = _mm512_fmadd_ps(v, s, *x);
+                }
+            }
+        }
+        let mut t = _mm512_setzero_ps();
+        for x in acc {
+            t = _mm512_add_ps(t, x);
+        }
+        _mm512_reduce_add_ps(t)
+    }
+
     /// A probe: its name, its f32 lanes, and the loop (`iters` rounds of [`CHAINS`] FMAs).
     pub type Probe = (&'static str, u64, fn(u64) -> f32);
 

@@ -73,7 +73,12 @@ fn main() {
         }
     };
     println!("one thread; peak probe: {name}; {ROUNDS} rounds of {} ms each side", SPAN.as_millis());
-    println!("{:>16} {:>10} {:>10} {:>9}", "M x K x N", "GFLOP/s", "peak", "of peak");
+    // A product of M ≤ 16 rows reads each element of B for M multiply-adds only, so where B
+    // does not fit in L1 the load bandwidth bounds it below the FMA peak: `bound` is
+    // min(peak, M × the rate of one FMA per vector of a K×N buffer streamed from the same
+    // level of the cache), `of bound` the product against it (AVX-512 only).
+    let stream = is_x86_feature_detected!("avx512f");
+    println!("{:>16} {:>10} {:>10} {:>9} {:>10} {:>9}", "M x K x N", "GFLOP/s", "peak", "of peak", "bound", "of bound");
     for (m, k, n) in sizes {
         let s = single_op(Op::MatMul, &[m, k], vec![tensor(&[k, n])], 1);
         let x = tensor(&[m, k]);
@@ -82,22 +87,47 @@ fn main() {
         let mut out = vec![0f32; m * n];
         let flop = (2 * m * k * n) as f64;
         let (mut ratios, mut gemm, mut peak) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bound_ratios, mut bound) = (Vec::new(), Vec::new());
+        // K×N floats on a 64-byte boundary (as Kiln's weights are), so that no load splits
+        // a cache line.
+        let store: Vec<f32> =
+            if stream && m <= 16 { (0..k * n + 16).map(|i| (i % 97) as f32 * 1e-2).collect() } else { Vec::new() };
+        let skip = store.as_ptr().align_offset(64).min(store.len());
+        let buf = &store[skip..skip + if store.is_empty() { 0 } else { k * n }];
         for _ in 0..ROUNDS {
             let p = peak_flop
                 / time(|| {
                     std::hint::black_box(probe(std::hint::black_box(ITERS)));
                 });
+            if !buf.is_empty() {
+                const REPS: u64 = 16;
+                let flop = (buf.len() / 128 * 128) as f64 * 2.0 * REPS as f64;
+                // SAFETY: AVX-512F was detected above.
+                let s = flop
+                    / time(|| unsafe {
+                        std::hint::black_box(kiln_benches::peak::stream512(buf, std::hint::black_box(REPS)));
+                    });
+                bound.push((m as f64 * s).min(p));
+            }
             let g = flop
                 / time(|| {
                     let ins = [TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
                     s.run_into(&ins, &mut [bytes_of_mut(&mut out)]).unwrap();
                 });
             ratios.push(g / p);
+            if let Some(&b) = bound.last() {
+                bound_ratios.push(g / b);
+            }
             gemm.push(g);
             peak.push(p);
         }
+        let (bound, of_bound) = if bound.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (format!("{:.1}", median(&mut bound) / 1e9), format!("{:.1}%", 100.0 * median(&mut bound_ratios)))
+        };
         println!(
-            "{:>16} {:>10.1} {:>10.1} {:>8.1}%",
+            "{:>16} {:>10.1} {:>10.1} {:>8.1}% {bound:>10} {of_bound:>9}",
             format!("{m}x{k}x{n}"),
             median(&mut gemm) / 1e9,
             median(&mut peak) / 1e9,

@@ -224,24 +224,26 @@ fn blocked_gemm_odd_shapes() {
     }
 }
 
-/// A constant B of a product with M > 16 is packed into panels at compile time (the LIR
-/// names the packed constant), and the result still matches the reference.
+/// A constant B is packed into panels at compile time (the LIR names the packed constant),
+/// for many rows and for one (a GEMV then streams each panel contiguously), and the result
+/// still matches the reference.
 #[test]
 fn blocked_gemm_prepacks_constant_b() {
     let mut r = Rng(46);
-    let (m, k, n) = (40, 70, 45);
-    let (x, w) = (r.tensor(DType::F32, &[m, k]), r.tensor(DType::F32, &[k, n]));
-    let mut g = Graph::new("prepack");
-    let xi = g.add_input("x", x.ty.clone());
-    let wi = g.add_const("w", w.clone());
-    g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
-    let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
-    let mut opt = g.clone();
-    compiler.optimize(&mut opt, None).unwrap();
-    let (prog, _, _) = compiler.lower(&opt).unwrap();
-    let text = kiln::ir::lir::print(&prog);
-    assert!(text.contains(".panels"), "B should be packed at compile time:\n{text}");
-    check_with(Op::MatMul, &[x, w], &[false, true], 1e-4);
+    for (m, k, n) in [(40, 70, 45), (1, 70, 45)] {
+        let (x, w) = (r.tensor(DType::F32, &[m, k]), r.tensor(DType::F32, &[k, n]));
+        let mut g = Graph::new("prepack");
+        let xi = g.add_input("x", x.ty.clone());
+        let wi = g.add_const("w", w.clone());
+        g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
+        let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
+        let mut opt = g.clone();
+        compiler.optimize(&mut opt, None).unwrap();
+        let (prog, _, _) = compiler.lower(&opt).unwrap();
+        let text = kiln::ir::lir::print(&prog);
+        assert!(text.contains(".panels"), "B of {m}x{k}x{n} should be packed at compile time:\n{text}");
+        check_with(Op::MatMul, &[x, w], &[false, true], 1e-4);
+    }
 }
 
 /// MatMul + bias + Relu fuse into one kernel (the blocked GEMM with its epilogue) and match

@@ -20,8 +20,9 @@
 //!   panel, the panel of B is packed contiguously (zero padded past N) into a stack buffer
 //!   and reused by every `MR`-row tile of the block; a constant B is packed once at compile
 //!   time instead ([`prepack`], into the weight section);
-//! * a product of at most `MR` rows (the batch-1 case) with B contiguous along N and one K
-//!   dim reads B in place (no packing) for the full-width panels;
+//! * a product of at most `MR` rows (the batch-1 case) with a run-time B contiguous along N
+//!   and one K dim reads B in place (no packing) for the full-width panels (a constant B is
+//!   prepacked whatever M: a GEMV then streams each panel contiguously);
 //! * edge tiles: a micro-kernel for `M % MR` rows besides the `MR`-row one (a switch on the
 //!   rows left; short tiles keep up to 4 accumulator sets over interleaved k to hide the FMA
 //!   latency, which is what a GEMV needs); columns past N are masked off: a C contiguous
