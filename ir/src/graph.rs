@@ -66,7 +66,7 @@ pub struct Graph {
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
     /// Values the fuse pass decided not to materialize: each is computed inside the kernel
-    /// of its single consumer.
+    /// of its single consumer (or the one kernel all its consumers are fused into).
     fused: std::collections::BTreeSet<ValueId>,
 }
 

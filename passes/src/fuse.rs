@@ -2,7 +2,8 @@
 //!
 //! * [`fuse`] (HIR): decides which values are not materialized. An elementwise producer used
 //!   once fuses into its elementwise or reduction consumer; a Conv/MatMul/Gemm fuses its
-//!   elementwise epilogue (bias, activation, residual add, clip); a Transpose fuses into the
+//!   elementwise epilogue (bias, activation, residual add, clip), also when several of the
+//!   epilogue's ops read the product (a GELU); a Transpose fuses into the
 //!   matrix product, elementwise op or reduction that reads it. Marked values print as
 //!   `fused` in the text form.
 //! * [`fuse_lir`] (LIR): merges the kernels of marked values into their consumers, by
@@ -66,7 +67,84 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
             }
         }
     }
+    changed |= fuse_shared_epilogues(g);
     Ok(changed)
+}
+
+/// Whether `v` is a matrix product's result, possibly through elementwise ops fused into it
+/// (its bias): a value computed in a product's epilogue.
+fn from_product(g: &Graph, v: kiln_ir::ValueId) -> bool {
+    let ValueDef::Node(pid, _) = g.value(v).def else { return false };
+    let p = g.node(pid);
+    if complex(g, &p.op, &p.inputs) {
+        return true;
+    }
+    elementwise_class(&p.op) && p.inputs.iter().any(|&u| g.is_fused(u) && from_product(g, u))
+}
+
+/// A product's result that several elementwise ops read, all of them fused into one kernel
+/// (a GELU, `x·½·(1 + erf(x/√2))`, reads x twice), fuses into that kernel's epilogue too: the
+/// kernel's loads of it all become the accumulator, so nothing is computed twice. Not when
+/// the kernel already takes another product's epilogue. Returns whether any value was marked.
+fn fuse_shared_epilogues(g: &mut Graph) -> bool {
+    let uses = g.use_counts();
+    let mut readers: std::collections::HashMap<kiln_ir::ValueId, Vec<kiln_ir::NodeId>> = Default::default();
+    for &n in g.order() {
+        for &v in &g.node(n).inputs {
+            readers.entry(v).or_default().push(n);
+        }
+    }
+    // The node whose kernel a node's computation ends up in: its output's single reader, as
+    // long as that output is fused.
+    let root = |g: &Graph, mut n: kiln_ir::NodeId| loop {
+        let out = g.node(n).outputs[0];
+        match (g.is_fused(out), readers.get(&out).map(Vec::as_slice)) {
+            (true, Some(&[r])) => n = r,
+            _ => return n,
+        }
+    };
+    let mut changed = false;
+    for nid in g.order().to_vec() {
+        let node = g.node(nid);
+        if node.outputs.len() != 1 {
+            continue;
+        }
+        let v = node.outputs[0];
+        if g.outputs.contains(&v) || g.is_fused(v) || uses.get(&v).is_none_or(|&n| n < 2) || !from_product(g, v) {
+            continue;
+        }
+        let shape = &g.ty(v).shape;
+        let rs = &readers[&v];
+        let same = |n: kiln_ir::NodeId| {
+            let c = g.node(n);
+            elementwise_class(&c.op) && c.outputs.len() == 1 && g.ty(c.outputs[0]).shape == *shape
+        };
+        if !rs.iter().all(|&n| same(n)) {
+            continue;
+        }
+        let r = root(g, rs[0]);
+        if rs.iter().any(|&n| root(g, n) != r) {
+            continue;
+        }
+        // The kernel of `r` must not take another product's epilogue already.
+        let group: Vec<kiln_ir::NodeId> = g.order().iter().copied().filter(|&n| root(g, n) == r).collect();
+        let other = group.iter().any(|&n| {
+            g.node(n)
+                .inputs
+                .iter()
+                .any(|&u| u != v && g.is_fused(u) && !group_member(g, u, &group) && from_product(g, u))
+        });
+        if !other {
+            g.set_fused(v, true);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Whether `u` is computed by one of `group`'s nodes.
+fn group_member(g: &Graph, u: kiln_ir::ValueId, group: &[kiln_ir::NodeId]) -> bool {
+    matches!(g.value(u).def, ValueDef::Node(p, _) if group.contains(&p))
 }
 
 /// Operand indices referenced by loads in a kernel's body and finalizer.
@@ -229,7 +307,12 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
         if let Expr::Load { operand, index, pad } = e {
             let v = &cons.inputs[*operand];
             if v.buffer == b {
-                let identity = index.iter().enumerate().all(|(d, ix)| *ix == Expr::Var(d));
+                // Index `d` is variable `d`, or 0 along an extent of 1 (what composing
+                // elementwise kernels writes there).
+                let identity = index
+                    .iter()
+                    .enumerate()
+                    .all(|(d, ix)| *ix == Expr::Var(d) || (cons.domain.get(d) == Some(&1) && *ix == Expr::i64(0)));
                 ok &= identity
                     && pad.is_none()
                     && v.extents == prod.output.extents
@@ -258,9 +341,22 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     Some(k)
 }
 
-/// Merges kernels whose output buffer is marked fused into their single consumer.
-/// Returns the number of merges.
+/// Merges kernels whose output buffer is marked fused into their single consumer, until
+/// none is left (a product read by several ops merges once those have merged into one
+/// kernel). Returns the number of merges.
 pub fn fuse_lir(p: &mut Program) -> usize {
+    let mut merged = 0;
+    loop {
+        let n = fuse_lir_pass(p);
+        merged += n;
+        if n == 0 {
+            return merged;
+        }
+    }
+}
+
+/// One pass of [`fuse_lir`] over the program.
+fn fuse_lir_pass(p: &mut Program) -> usize {
     let mut merged = 0;
     let mut i = 0;
     while i < p.instrs.len() {

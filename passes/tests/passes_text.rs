@@ -81,6 +81,38 @@ fn epilogues_and_elementwise_chains_fuse() {
     insta::assert_snapshot!(out);
 }
 
+/// A product's value that a GELU reads twice fuses into the GELU's kernel (both reads end in
+/// one kernel); one read by two ops that end in separate outputs stays materialized.
+#[test]
+fn a_product_read_twice_by_one_fused_kernel_fuses() {
+    let src = r#"graph "gelu" {
+  input %0 "x": f32[2,3]
+  const %1 "w": f32[3,4] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]
+  const %2 "b": f32[4] = [0.5, -0.5, 1.0, -1.0]
+  const %3 "s2": f32[] = [1.4142135]
+  const %4 "one": f32[] = [1.0]
+  const %5 "half": f32[] = [0.5]
+  %6 "mm": f32[2,4] = matmul(%0, %1)
+  %7 "h": f32[2,4] = add(%6, %2)
+  %8 "t": f32[2,4] = div(%7, %3)
+  %9 "e": f32[2,4] = erf(%8)
+  %10 "a": f32[2,4] = add(%9, %4)
+  %11 "m": f32[2,4] = mul(%7, %10)
+  %12 "y": f32[2,4] = mul(%11, %5)
+  %13 "p": f32[2,4] = matmul(%0, %1)
+  %14 "q": f32[2,4] = relu(%13)
+  %15 "r": f32[2,4] = exp(%13)
+  output %12
+  output %14
+  output %15
+}"#;
+    let out = run(src, fuse::fuse);
+    for fused in ["mm", "h", "t", "e", "a", "m"] {
+        assert!(out.contains(&format!("\"{fused}\": f32[2,4] fused")), "{fused} should fuse:\n{out}");
+    }
+    assert!(out.contains("\"p\": f32[2,4] = matmul"), "p feeds two kernels and stays:\n{out}");
+}
+
 #[test]
 fn lowering_and_memory_plan() {
     let src = r#"graph "lower" {

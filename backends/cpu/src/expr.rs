@@ -69,15 +69,6 @@ fn libm<'ctx>(g: &Gen<'ctx>, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'c
     Ok(call(g, f, &[x.into()])?.into_float_value())
 }
 
-/// `Σ c[i]·t^i` by Horner's rule with fused multiply-adds.
-fn horner<'ctx>(g: &Gen<'ctx>, t: FloatValue<'ctx>, c: &[f64]) -> R<FloatValue<'ctx>> {
-    let mut r = fconst(t, c[c.len() - 1]);
-    for &a in c[..c.len() - 1].iter().rev() {
-        r = fcall(g, "llvm.fmuladd", &[r, t, fconst(t, a)])?;
-    }
-    Ok(r)
-}
-
 /// Whether the module is GPU code (its triple was set before generation).
 fn is_ptx(g: &Gen) -> bool {
     g.m.get_triple().as_str().to_bytes().starts_with(b"nvptx")
@@ -87,122 +78,9 @@ fn is_f32(g: &Gen, x: FloatValue) -> bool {
     x.get_type() == g.cx.f32_type()
 }
 
-/// f32 `exp`, inline and vectorizable (LLVM's `llvm.exp` becomes a scalar libm call per
-/// element): `x = n·ln2 + r` with `|r| ≤ ln2/2` (Cody–Waite), `e^r` by its Taylor polynomial
-/// to degree 6 (error below 1e-7 relative), times `2^n` built in the exponent bits (in two
-/// factors, so that results down to the subnormals are right). Within 2 ulp of the
-/// correctly rounded result; overflow gives +inf, underflow 0, NaN stays NaN.
+/// f32 `exp` on a scalar: [`crate::math::exp`].
 fn exp_f32<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let b = &g.b;
-    let (hi, lo) = (88.72283, -103.97208);
-    let nan = fcmp(g, FloatPredicate::UNO, x, x)?;
-    // Out of range (or NaN), the result is chosen below; compute on 0 meanwhile, so that a
-    // masked score (-3.4e38 in attention) never runs subnormal arithmetic, which x86 does in
-    // slow microcode.
-    let inside = b
-        .build_and(
-            fcmp(g, FloatPredicate::OLE, x, fconst(x, hi))?,
-            fcmp(g, FloatPredicate::OGE, x, fconst(x, lo))?,
-            "inside",
-        )
-        .map_err(llvm_err)?;
-    let xc = fsel(g, inside, x, fconst(x, 0.0))?;
-    let n =
-        fcall(g, "llvm.rint", &[b.build_float_mul(xc, fconst(x, std::f64::consts::LOG2_E), "xl").map_err(llvm_err)?])?;
-    // ln 2 split so that n·LN2_HI is exact in f32.
-    let r = fcall(g, "llvm.fmuladd", &[n, fconst(x, -0.693_145_751_953_125), xc])?;
-    let r = fcall(g, "llvm.fmuladd", &[n, fconst(x, -1.428_606_765_330_187e-6), r])?;
-    let p = horner(g, r, &[1.0, 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0])?;
-    let i32t = g.cx.i32_type();
-    let ni = b.build_float_to_signed_int(n, i32t, "n").map_err(llvm_err)?;
-    let n1 = b.build_right_shift(ni, i32t.const_int(1, false), true, "n1").map_err(llvm_err)?;
-    let n2 = b.build_int_sub(ni, n1, "n2").map_err(llvm_err)?;
-    let pow2 = |e: IntValue<'ctx>| -> R<FloatValue<'ctx>> {
-        let biased = b.build_int_add(e, i32t.const_int(127, false), "be").map_err(llvm_err)?;
-        let bits = b.build_left_shift(biased, i32t.const_int(23, false), "bits").map_err(llvm_err)?;
-        Ok(b.build_bit_cast(bits, g.cx.f32_type(), "p2").map_err(llvm_err)?.into_float_value())
-    };
-    let y = b.build_float_mul(p, pow2(n1)?, "y").map_err(llvm_err)?;
-    let y = b.build_float_mul(y, pow2(n2)?, "y").map_err(llvm_err)?;
-    let y = fsel(g, fcmp(g, FloatPredicate::OGT, x, fconst(x, hi))?, fconst(x, f64::INFINITY), y)?;
-    let y = fsel(g, fcmp(g, FloatPredicate::OLT, x, fconst(x, lo))?, fconst(x, 0.0), y)?;
-    fsel(g, nan, x, y)
-}
-
-/// f32 `tanh`, inline: an odd polynomial (least-squares fit of `tanh(x)/x` in `x²`, 1e-7
-/// relative) below 0.625, `1 − 2/(e^{2|x|} + 1)` with the sign of x above, where nothing
-/// cancels.
-fn tanh_f32<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let b = &g.b;
-    let a = fcall(g, "llvm.fabs", &[x])?;
-    let x2 = b.build_float_mul(x, x, "x2").map_err(llvm_err)?;
-    let small = horner(
-        g,
-        x2,
-        &[
-            0.999_999_999_941_626_4,
-            -0.333_333_306_389_727_14,
-            0.133_332_059_789_532_4,
-            -0.053_946_966_058_910_86,
-            0.021_702_225_025_349_294,
-            -0.008_181_560_007_203_778,
-            0.002_146_900_041_017_805_7,
-        ],
-    )?;
-    let small = b.build_float_mul(x, small, "ts").map_err(llvm_err)?;
-    let e = exp_f32(g, b.build_float_add(a, a, "2a").map_err(llvm_err)?)?;
-    let one = fconst(x, 1.0);
-    let q =
-        b.build_float_div(fconst(x, 2.0), b.build_float_add(e, one, "e1").map_err(llvm_err)?, "q").map_err(llvm_err)?;
-    let big = fcall(g, "llvm.copysign", &[b.build_float_sub(one, q, "tb").map_err(llvm_err)?, x])?;
-    fsel(g, fcmp(g, FloatPredicate::OLT, a, fconst(x, 0.625))?, small, big)
-}
-
-/// f32 `erf`, inline: `x·P(x²)` below 2 (least-squares fit, 4e-7 relative), `1 − e^{−x²}·Q(|x|
-/// − 3)` with the sign of x on [2, 4) (Q fits `erfc(x)·e^{x²}`, 4e-8 absolute), ±1 beyond
-/// (where erf rounds to ±1 in f32).
-fn erf_f32<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let b = &g.b;
-    let a = fcall(g, "llvm.fabs", &[x])?;
-    let x2 = b.build_float_mul(x, x, "x2").map_err(llvm_err)?;
-    let small = horner(
-        g,
-        x2,
-        &[
-            1.128_379_164_950_351_2,
-            -0.376_126_185_200_716_9,
-            0.112_835_940_950_728_9,
-            -0.026_859_192_175_559_394,
-            0.005_211_677_717_309_892,
-            -0.000_842_384_070_356_663_9,
-            0.000_112_781_485_045_084_68,
-            -1.182_602_976_567_059_4e-5,
-            8.467_448_558_736_547e-7,
-            -3.004_387_923_028_468e-8,
-        ],
-    )?;
-    let small = b.build_float_mul(x, small, "es").map_err(llvm_err)?;
-    let q = horner(
-        g,
-        b.build_float_sub(a, fconst(x, 3.0), "t").map_err(llvm_err)?,
-        &[
-            0.179_001_105_449_567_32,
-            -0.054_372_210_429_678_74,
-            0.015_885_822_920_551_903,
-            -0.004_480_086_585_021_812,
-            0.001_215_875_865_262_393_8,
-            -0.000_321_797_792_725_467_1,
-            9.471_577_168_117_042e-5,
-            -2.400_886_971_622_375_4e-5,
-        ],
-    )?;
-    let e = exp_f32(g, b.build_float_neg(x2, "nx2").map_err(llvm_err)?)?;
-    let one = fconst(x, 1.0);
-    let mid = b.build_float_sub(one, b.build_float_mul(e, q, "eq").map_err(llvm_err)?, "em").map_err(llvm_err)?;
-    let big = fsel(g, fcmp(g, FloatPredicate::OLT, a, fconst(x, 4.0))?, mid, one)?;
-    let big = fcall(g, "llvm.copysign", &[big, x])?;
-    let y = fsel(g, fcmp(g, FloatPredicate::OLT, a, fconst(x, 2.0))?, small, big)?;
-    fsel(g, fcmp(g, FloatPredicate::UNO, x, x)?, x, y)
+    Ok(crate::math::exp(g, x.into())?.into_float_value())
 }
 
 /// `x^c` for a constant small nonzero integer `c`: multiplications, which vectorize, instead
@@ -316,17 +194,18 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
         UnaryOp::Floor => fcall(g, "llvm.floor", &[x])?,
         UnaryOp::Ceil => fcall(g, "llvm.ceil", &[x])?,
         UnaryOp::Relu => fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, zero, x)?,
+        UnaryOp::Sigmoid if is_f32(g, x) => crate::math::sigmoid(g, x.into())?.into_float_value(),
         UnaryOp::Sigmoid => {
             // e = e^{-|x|} ≤ 1: 1/(1+e) for x ≥ 0, e/(1+e) below (no overflow, and the tiny
             // results of very negative x keep their precision).
             let na = b.build_float_neg(fcall(g, "llvm.fabs", &[x])?, "na").map_err(llvm_err)?;
-            let e = if is_f32(g, x) { exp_f32(g, na)? } else { fcall(g, "llvm.exp", &[na])? };
+            let e = fcall(g, "llvm.exp", &[na])?;
             let num = fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, e, one)?;
             b.build_float_div(num, b.build_float_add(one, e, "d").map_err(llvm_err)?, "sig").map_err(llvm_err)?
         }
-        UnaryOp::Tanh if is_f32(g, x) => tanh_f32(g, x)?,
+        UnaryOp::Tanh if is_f32(g, x) => crate::math::tanh(g, x.into())?.into_float_value(),
         UnaryOp::Tanh => libm(g, "tanh", x)?,
-        UnaryOp::Erf if is_f32(g, x) => erf_f32(g, x)?,
+        UnaryOp::Erf if is_f32(g, x) => crate::math::erf(g, x.into())?.into_float_value(),
         UnaryOp::Erf => libm(g, "erf", x)?,
         UnaryOp::Sin => libm(g, "sin", x)?,
         UnaryOp::Cos => libm(g, "cos", x)?,

@@ -18,6 +18,7 @@ pub mod cache;
 mod codegen;
 mod expr;
 mod gemm;
+mod math;
 mod minifloat;
 mod target;
 mod vector;

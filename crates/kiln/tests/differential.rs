@@ -246,44 +246,90 @@ fn blocked_gemm_prepacks_constant_b() {
     }
 }
 
-/// MatMul + bias + Relu fuse into one kernel (the blocked GEMM with its epilogue) and match
-/// the reference, for constant and run-time B.
+/// A step of an epilogue: an op on earlier values, or a scalar constant.
+enum Step<V> {
+    Op(Op, Vec<V>),
+    Const(f32),
+}
+
+/// Epilogue `kind` after `h = x·w + b`: ReLU, a GELU (`h·½·(1 + erf(h/√2))`, which reads h
+/// twice), tanh, the sigmoid, exp.
+fn epilogue<V: Clone>(kind: usize, h: V, f: &mut dyn FnMut(Step<V>) -> V) -> V {
+    let mut un = |u: UnaryOp, x: V| f(Step::Op(Op::Unary(u), vec![x]));
+    match kind {
+        0 => un(UnaryOp::Relu, h),
+        1 => {
+            let s2 = f(Step::Const(std::f32::consts::SQRT_2));
+            let t = f(Step::Op(Op::Binary(BinaryOp::Div), vec![h.clone(), s2]));
+            let e = f(Step::Op(Op::Unary(UnaryOp::Erf), vec![t]));
+            let one = f(Step::Const(1.0));
+            let a = f(Step::Op(Op::Binary(BinaryOp::Add), vec![e, one]));
+            let m = f(Step::Op(Op::Binary(BinaryOp::Mul), vec![h, a]));
+            let half = f(Step::Const(0.5));
+            f(Step::Op(Op::Binary(BinaryOp::Mul), vec![m, half]))
+        }
+        2 => un(UnaryOp::Tanh, h),
+        3 => un(UnaryOp::Sigmoid, h),
+        _ => un(UnaryOp::Exp, h),
+    }
+}
+
+/// MatMul + bias + an activation fuse into one kernel (the blocked GEMM, the activation
+/// computed on its accumulator vectors: ReLU, and GELU, tanh, sigmoid and exp through the
+/// vector forms of the inline approximations) and match the reference, for constant and
+/// run-time B, full and edge tiles.
 #[test]
 fn blocked_gemm_fused_epilogue() {
     let mut r = Rng(45);
-    for (m, k, n, const_b) in [(1, 40, 37, true), (9, 33, 70, false), (70, 260, 45, true), (31, 17, 300, false)] {
-        let x = r.tensor(DType::F32, &[m, k]);
-        let w = r.tensor(DType::F32, &[k, n]);
-        let bias = r.tensor(DType::F32, &[n]);
-        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
-        let y = ev(&Op::MatMul, &[&x, &w]);
-        let y = ev(&Op::Binary(BinaryOp::Add), &[&y, &bias]);
-        let want = ev(&Op::Unary(UnaryOp::Relu), &[&y]);
+    let shapes = [(1, 40, 37, true), (9, 33, 70, false), (70, 260, 45, true), (31, 17, 300, false)];
+    for kind in 0..5 {
+        for (m, k, n, const_b) in shapes {
+            let x = r.tensor(DType::F32, &[m, k]);
+            let w = r.tensor(DType::F32, &[k, n]);
+            let bias = r.tensor(DType::F32, &[n]);
+            let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
+            let y = ev(&Op::MatMul, &[&x, &w]);
+            let y = ev(&Op::Binary(BinaryOp::Add), &[&y, &bias]);
+            let want = epilogue(kind, y, &mut |s| match s {
+                Step::Op(op, ins) => ev(&op, &ins.iter().collect::<Vec<_>>()),
+                Step::Const(c) => Tensor::scalar_f32(c),
+            });
 
-        let mut g = Graph::new("mm_epilogue");
-        let xi = g.add_input("x", x.ty.clone());
-        let wi = if const_b { g.add_const("w", w.clone()) } else { g.add_input("w", w.ty.clone()) };
-        let bi = g.add_const("b", bias);
-        let y = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap()[0];
-        let y = g.add_node(Op::Binary(BinaryOp::Add), &[y, bi], "bias", &[]).unwrap()[0];
-        let y = g.add_node(Op::Unary(UnaryOp::Relu), &[y], "relu", &[]).unwrap()[0];
-        g.outputs = vec![y];
-        let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
-        let mut opt = g.clone();
-        compiler.optimize(&mut opt, None).unwrap();
-        let (prog, _, _) = compiler.lower(&opt).unwrap();
-        let kernels = prog.instrs.iter().filter(|i| matches!(i, kiln::ir::lir::Instr::Kernel(_))).count();
-        assert_eq!(kernels, 1, "matmul, bias and relu should fuse:\n{}", kiln::ir::lir::print(&prog));
-        let art = compiler.compile_graph(g).unwrap();
-        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
-        let mut ins = vec![TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
-        if !const_b {
-            ins.push(TensorRef { dtype: w.dtype().code(), shape: w.shape(), data: &w.data });
-        }
-        let got = s.run(&ins).unwrap()[0].to_f32().unwrap();
-        assert_eq!(got.len(), m * n);
-        for (i, (a, b)) in got.iter().zip(want.to_f64_vec()).enumerate() {
-            assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "{m}x{k}x{n} element {i}: {a} vs {b}");
+            let mut g = Graph::new("mm_epilogue");
+            let xi = g.add_input("x", x.ty.clone());
+            let wi = if const_b { g.add_const("w", w.clone()) } else { g.add_input("w", w.ty.clone()) };
+            let bi = g.add_const("b", bias);
+            let y = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap()[0];
+            let y = g.add_node(Op::Binary(BinaryOp::Add), &[y, bi], "bias", &[]).unwrap()[0];
+            let mut at = 0;
+            let y = epilogue(kind, y, &mut |s| {
+                at += 1;
+                match s {
+                    Step::Op(op, ins) => g.add_node(op, &ins, &format!("e{at}"), &[]).unwrap()[0],
+                    Step::Const(c) => g.add_const(format!("c{at}"), Tensor::scalar_f32(c)),
+                }
+            });
+            g.outputs = vec![y];
+            let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
+            let mut opt = g.clone();
+            compiler.optimize(&mut opt, None).unwrap();
+            let (prog, _, _) = compiler.lower(&opt).unwrap();
+            let kernels = prog.instrs.iter().filter(|i| matches!(i, kiln::ir::lir::Instr::Kernel(_))).count();
+            assert_eq!(kernels, 1, "matmul, bias and epilogue {kind} should fuse:\n{}", kiln::ir::lir::print(&prog));
+            let art = compiler.compile_graph(g).unwrap();
+            let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+            let mut ins = vec![TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
+            if !const_b {
+                ins.push(TensorRef { dtype: w.dtype().code(), shape: w.shape(), data: &w.data });
+            }
+            let got = s.run(&ins).unwrap()[0].to_f32().unwrap();
+            assert_eq!(got.len(), m * n);
+            for (i, (a, b)) in got.iter().zip(want.to_f64_vec()).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{m}x{k}x{n} epilogue {kind} element {i}: {a} vs {b}"
+                );
+            }
         }
     }
 }
