@@ -313,15 +313,26 @@ fn accumulate_in_output(k: &Kernel) -> bool {
     if acc_ty != k.output.dtype || r.finalize.as_ref().is_some_and(|f| f.dtype(&ops, Some(acc_ty)) != acc_ty) {
         return false;
     }
-    let mut contiguous = false;
+    // Loads whose innermost index steps with the innermost parallel variable (the parallel
+    // loop then vectorizes), and loads whose innermost index steps with a reduction variable
+    // alone (a row reduction: softmax's sum of `exp(x − max)`, which also reads the max along
+    // the parallel dim; the reduction loop then vectorizes, its adds being reassociable).
+    let (mut along_par, mut along_red) = (false, false);
     k.body.visit(&mut |e| {
         if let Expr::Load { index, .. } = e {
             if let Some(last) = index.last() {
-                last.visit(&mut |x| contiguous |= *x == Expr::Var(inner));
+                let (mut par, mut red) = (false, false);
+                last.visit(&mut |x| match x {
+                    Expr::Var(d) if *d == inner => par = true,
+                    Expr::Var(d) if *d >= k.n_par => red = true,
+                    _ => {}
+                });
+                along_par |= par;
+                along_red |= red && !par;
             }
         }
     });
-    contiguous
+    along_par && !along_red
 }
 
 /// The distinct buffers of a kernel in first-use order (operands, then the output): the body

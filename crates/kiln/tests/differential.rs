@@ -550,6 +550,12 @@ fn pooling_and_normalization() {
         check(Op::Softmax { axis }, &[r.tensor(DType::F32, &s)]);
         check(Op::LogSoftmax { axis }, &[r.tensor(DType::F32, &s)]);
     }
+    // Attention-like rows, long enough for the vectorized row reductions (and their tails).
+    for s in [vec![2, 3, 37, 70], vec![5, 130]] {
+        let axis = s.len() - 1;
+        check(Op::Softmax { axis }, &[r.tensor(DType::F32, &s)]);
+        check(Op::LogSoftmax { axis }, &[r.tensor(DType::F32, &s)]);
+    }
 }
 
 #[test]
