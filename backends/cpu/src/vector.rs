@@ -404,7 +404,7 @@ pub(crate) fn gen_row<'ctx>(
     // The next lane to do, threaded through the block loops.
     let jslot = entry_alloca(g, f, i64t)?;
     b.build_store(jslot, jlo).map_err(llvm_err)?;
-    let mut shapes = vec![(BLOCK, lanes), (1, lanes)];
+    let mut shapes = vec![(BLOCK, lanes), (2, lanes), (1, lanes)];
     if lanes >= 8 {
         shapes.push((1, lanes / 2));
     }

@@ -334,6 +334,34 @@ fn blocked_gemm_fused_epilogue() {
     }
 }
 
+/// A convolution's channels-last result copied to the row-major (NCHW) graph output walks
+/// channels before pixels in its outer loops (each row of pixels reads the cache lines that
+/// the next channels read again), and matches the reference; so does the NCHW input's copy.
+#[test]
+fn nhwc_to_nchw_copies_walk_channels_outside_pixels() {
+    let mut r = Rng(48);
+    let (x, w) = (r.tensor(DType::F32, &[1, 16, 9, 21]), r.tensor(DType::F32, &[32, 16, 1, 1]));
+    let op = Op::Conv { window: Window { kernel: [1, 1], strides: [1, 1], pads: [0; 4], dilations: [1, 1] }, group: 1 };
+    let mut g = Graph::new("to_nchw");
+    let xi = g.add_input("x", x.ty.clone());
+    let wi = g.add_const("w", w.clone());
+    g.outputs = g.add_node(op.clone(), &[xi, wi], "conv", &[]).unwrap();
+    let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
+    let mut opt = g.clone();
+    compiler.optimize(&mut opt, None).unwrap();
+    let (prog, _, _) = compiler.lower(&opt).unwrap();
+    let copy = prog
+        .instrs
+        .iter()
+        .find_map(|i| match i {
+            kiln::ir::lir::Instr::Kernel(k) if k.name.ends_with("to_row_major") => Some(k),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no copy to row-major:\n{}", kiln::ir::lir::print(&prog)));
+    assert_eq!(copy.domain, vec![1, 9, 32, 21], "(n, h, c, w):\n{}", kiln::ir::lir::print(&prog));
+    check_with(op, &[x, w], &[false, true], 1e-4);
+}
+
 fn window(r: &mut Rng, k: [usize; 2]) -> Window {
     Window {
         kernel: k,
