@@ -360,6 +360,28 @@ fn nhwc_to_nchw_copies_walk_channels_outside_pixels() {
         .unwrap_or_else(|| panic!("no copy to row-major:\n{}", kiln::ir::lir::print(&prog)));
     assert_eq!(copy.domain, vec![1, 9, 32, 21], "(n, h, c, w):\n{}", kiln::ir::lir::print(&prog));
     check_with(op, &[x, w], &[false, true], 1e-4);
+
+    // An RGB input padded into channels-last for a 3×3 convolution: rows along the input's
+    // contiguous width, not a task per 3-channel pixel.
+    let (x, w) = (r.tensor(DType::F32, &[1, 3, 11, 19]), r.tensor(DType::F32, &[8, 3, 3, 3]));
+    let op = Op::Conv { window: Window { kernel: [3, 3], strides: [2, 2], pads: [1; 4], dilations: [1, 1] }, group: 1 };
+    let mut g = Graph::new("rgb");
+    let xi = g.add_input("x", x.ty.clone());
+    let wi = g.add_const("w", w.clone());
+    g.outputs = g.add_node(op.clone(), &[xi, wi], "conv", &[]).unwrap();
+    let mut opt = g.clone();
+    compiler.optimize(&mut opt, None).unwrap();
+    let (prog, _, _) = compiler.lower(&opt).unwrap();
+    let pad = prog
+        .instrs
+        .iter()
+        .find_map(|i| match i {
+            kiln::ir::lir::Instr::Kernel(k) if k.name.ends_with("/pad") => Some(k),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no padded copy:\n{}", kiln::ir::lir::print(&prog)));
+    assert_eq!(pad.domain, vec![1, 13, 3, 21], "(n, h, c, w):\n{}", kiln::ir::lir::print(&prog));
+    check_with(op, &[x, w], &[false, true], 1e-4);
 }
 
 fn window(r: &mut Rng, k: [usize; 2]) -> Window {

@@ -47,6 +47,17 @@ pub(super) fn order_loops(k: &mut Kernel) {
         if st[np - 1] == 0 || st[np - 1].abs() == 1 {
             continue;
         }
+        // A row of a few elements (an RGB image's channels, made innermost by the NHWC
+        // copy of its NCHW input): the operand's contiguous dim becomes the innermost loop
+        // instead, long rows of contiguous reads rather than a task per pixel.
+        if k.domain[np - 1] <= 4 {
+            if let Some(e) = (0..np - 1).rev().find(|&e| st[e] == 1 && k.domain[e] > 4) {
+                let mut perm: Vec<usize> = (0..np).filter(|&d| d != e).collect();
+                perm.push(e);
+                permute_parallel(k, &perm);
+                return;
+            }
+        }
         if let Some(e) = (0..np - 2).rev().find(|&e| st[e] == 1 && k.domain[e] > 1) {
             let mut perm: Vec<usize> = (0..np).filter(|&d| d != e && d != np - 1).collect();
             perm.push(e);
@@ -57,8 +68,19 @@ pub(super) fn order_loops(k: &mut Kernel) {
     }
 }
 
-/// An operand's stride along each domain var, when every load of it has a list of variables
-/// as its index.
+/// `Some(Some(d))` for `var d ± c`, `Some(None)` for a constant, else `None`.
+fn var_offset(e: &Expr) -> Option<Option<usize>> {
+    use kiln_ir::op::BinaryOp as B;
+    match e {
+        Expr::Var(d) => Some(Some(*d)),
+        Expr::Const(_) => Some(None),
+        Expr::Binary(B::Add | B::Sub, a, c) if matches!(**c, Expr::Const(_)) => var_offset(a),
+        _ => None,
+    }
+}
+
+/// An operand's stride along each domain var, when every index of each load of it is a
+/// variable plus or minus a constant, or a constant.
 fn var_strides(k: &Kernel, op: usize) -> Option<Vec<i64>> {
     let mut out: Option<Vec<i64>> = None;
     let mut ok = true;
@@ -69,10 +91,10 @@ fn var_strides(k: &Kernel, op: usize) -> Option<Vec<i64>> {
         }
         let mut st = vec![0i64; k.domain.len()];
         for (ix, &s) in index.iter().zip(&k.inputs[op].strides) {
-            match ix {
-                Expr::Var(d) => st[*d] += s,
-                Expr::Const(_) => {}
-                _ => ok = false,
+            match var_offset(ix) {
+                Some(Some(d)) => st[d] += s,
+                Some(None) => {}
+                None => ok = false,
             }
         }
         match &out {
