@@ -429,6 +429,57 @@ pub(crate) fn gen_row<'ctx>(
     tail(j, jhi)
 }
 
+/// For a reduction body with padded loads whose indices are affine: whether, at the parallel
+/// point `vars`, every such index stays inside its extent over the whole reduction domain
+/// (an `i1`), and the body with those loads unpadded. `None` when there is nothing to check
+/// or an index is not affine.
+fn interior_check<'ctx>(g: &Gen<'ctx>, k: &Kernel, vars: &[IntValue<'ctx>]) -> R<Option<(IntValue<'ctx>, Expr)>> {
+    let (np, nd) = (k.n_par, k.domain.len());
+    // The affine forms of the padded loads' indices, or None if one is not affine.
+    let mut forms: Option<Vec<(i64, Vec<i64>, usize)>> = Some(Vec::new());
+    k.body.visit(&mut |e| {
+        if let Expr::Load { operand, index, pad: Some(_) } = e {
+            for (ix, &ext) in index.iter().zip(&k.inputs[*operand].extents) {
+                match (affine_expr(ix, nd), forms.as_mut()) {
+                    (Some((c, coef)), Some(v)) => v.push((c, coef, ext)),
+                    _ => forms = None,
+                }
+            }
+        }
+    });
+    let Some(forms) = forms.filter(|v| !v.is_empty()) else { return Ok(None) };
+    let b = &g.b;
+    let mut inside = g.cx.bool_type().const_int(1, false);
+    for (c, coef, ext) in forms {
+        // An index that moves with the lanes stays inside over the whole domain (what
+        // vector rows require of a padded load), so it needs no check.
+        if coef[np - 1] != 0 {
+            continue;
+        }
+        // The range over the reduction variables, offset by the outer parallel ones.
+        let red: Vec<i64> = (0..nd).map(|d| if d >= np { coef[d] } else { 0 }).collect();
+        let (lo, hi) = affine_range(c, &red, &k.domain);
+        let mut base = g.i64(0);
+        for d in 0..np - 1 {
+            if coef[d] != 0 {
+                let t = b.build_int_nsw_mul(vars[d], g.i64(coef[d]), "ic").map_err(llvm_err)?;
+                base = b.build_int_nsw_add(base, t, "ib").map_err(llvm_err)?;
+            }
+        }
+        let lo = b.build_int_nsw_add(base, g.i64(lo), "ilo").map_err(llvm_err)?;
+        let hi = b.build_int_nsw_add(base, g.i64(hi), "ihi").map_err(llvm_err)?;
+        let ok_lo = b.build_int_compare(IntPredicate::SGE, lo, g.i64(0), "ok").map_err(llvm_err)?;
+        let ok_hi = b.build_int_compare(IntPredicate::SLT, hi, g.i64(ext as i64), "ok").map_err(llvm_err)?;
+        inside = b.build_and(inside, ok_lo, "in").map_err(llvm_err)?;
+        inside = b.build_and(inside, ok_hi, "in").map_err(llvm_err)?;
+    }
+    let unpadded = k.body.clone().map(&mut |e| match e {
+        Expr::Load { operand, index, pad: Some(_) } => Expr::Load { operand, index, pad: None },
+        e => e,
+    });
+    Ok(Some((inside, unpadded)))
+}
+
 /// `n` vectors `vt` of the row from lane `j0`: the reduction (if any) accumulates in
 /// registers, then the finalizer, then one store per vector.
 fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: VectorType<'ctx>) -> R<()> {
@@ -457,15 +508,36 @@ fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: Vector
     for &s in &slots {
         b.build_store(s, init).map_err(llvm_err)?;
     }
-    let mut rv = vars.to_vec();
-    crate::codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
-        for (i, &s) in slots.iter().enumerate() {
-            let x = vgen(g, k, bases, &k.body, &at(rvars, i)?, None, vt)?;
-            let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
-            b.build_store(s, vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
+    let reduce = |body: &Expr| -> R<()> {
+        let mut rv = vars.to_vec();
+        crate::codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
+            for (i, &s) in slots.iter().enumerate() {
+                let x = vgen(g, k, bases, body, &at(rvars, i)?, None, vt)?;
+                let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
+                b.build_store(s, vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
+            }
+            Ok(())
+        })
+    };
+    // Where every padded load stays inside its view over the whole reduction (an interior
+    // pixel of a depthwise convolution or a pool), the reduction runs without the padding's
+    // per-step bounds checks; the checked form is kept for the border.
+    match interior_check(g, k, vars)? {
+        Some((inside, unpadded)) => {
+            let fast = g.cx.append_basic_block(f, "interior");
+            let slow = g.cx.append_basic_block(f, "border");
+            let done = g.cx.append_basic_block(f, "reduced");
+            b.build_conditional_branch(inside, fast, slow).map_err(llvm_err)?;
+            b.position_at_end(fast);
+            reduce(&unpadded)?;
+            b.build_unconditional_branch(done).map_err(llvm_err)?;
+            b.position_at_end(slow);
+            reduce(&k.body)?;
+            b.build_unconditional_branch(done).map_err(llvm_err)?;
+            b.position_at_end(done);
         }
-        Ok(())
-    })?;
+        None => reduce(&k.body)?,
+    }
     for (i, &s) in slots.iter().enumerate() {
         let vs = at(vars, i)?;
         let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
