@@ -305,7 +305,7 @@ fn blocked_gemm_fused_epilogue() {
             let y = epilogue(kind, y, &mut |s| {
                 at += 1;
                 match s {
-                    Step::Op(op, ins) => g.add_node(op, &ins, &format!("e{at}"), &[]).unwrap()[0],
+                    Step::Op(op, ins) => g.add_node(op, &ins, format!("e{at}"), &[]).unwrap()[0],
                     Step::Const(c) => g.add_const(format!("c{at}"), Tensor::scalar_f32(c)),
                 }
             });
