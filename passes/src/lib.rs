@@ -36,6 +36,7 @@ pub const PIPELINE: &[(&str, PassFn)] = &[
     ("remove-identity", simplify::remove_identity),
     ("fold-batchnorm", simplify::fold_batchnorm),
     ("cse", simplify::cse),
+    ("sink-reshapes", simplify::sink_reshapes),
     ("fold-constants-2", simplify::fold_constants),
     ("dce", simplify::dce),
     ("fuse", fuse::fuse),

@@ -1,5 +1,6 @@
 //! Target-independent simplification: constant folding, dead-code elimination, common
-//! subexpression elimination, Identity removal, BatchNorm folded into the preceding Conv.
+//! subexpression elimination, Identity removal, BatchNorm folded into the preceding Conv,
+//! Reshapes after matrix products sunk past their elementwise consumers.
 
 use std::collections::{HashMap, HashSet};
 
@@ -255,4 +256,122 @@ fn fold_into_gemm(
     let bv = g.add_const(format!("{base}.folded_b"), Tensor::f32(bshape, nb));
     let cv = g.add_const(format!("{base}.folded_c"), Tensor::f32(vec![rows, n], nc));
     Some((Op::Gemm { alpha, beta: 1.0, trans_a, trans_b }, vec![gemm.inputs[0], bv, cv]))
+}
+
+/// `shape` without its leading 1s.
+fn squeeze_leading(shape: &[usize]) -> &[usize] {
+    let lead = shape.iter().take_while(|&&d| d == 1).count();
+    &shape[lead..]
+}
+
+/// Moves a Reshape that only adds or removes leading 1s after a matrix product (GPT-2's
+/// `addmm` → `view` → GELU) past the elementwise ops that read it, when their other operands
+/// are scalars: those ops then run on the product's own shape and can fuse into its epilogue,
+/// and the reshape moves to where the region's values leave it. Chains of reshapes collapse
+/// into one, and reshapes to the same shape disappear.
+pub fn sink_reshapes(g: &mut Graph) -> Result<bool, PassError> {
+    let mut changed = false;
+    for nid in g.order().to_vec() {
+        if !g.order().contains(&nid) {
+            continue;
+        }
+        let node = g.node(nid).clone();
+        let Op::Reshape { .. } = node.op else { continue };
+        let (x, r) = (node.inputs[0], node.outputs[0]);
+        let (xs, rs) = (g.ty(x).shape.clone(), g.ty(r).shape.clone());
+        let product = matches!(g.value(x).def, ValueDef::Node(p, _)
+            if matches!(g.node(p).op, Op::Gemm { .. } | Op::MatMul));
+        if !product || xs == rs || squeeze_leading(&xs) != squeeze_leading(&rs) {
+            continue;
+        }
+        // The region: elementwise ops of r's shape whose operands are region values or
+        // scalars of rank at most x's (so that broadcasting keeps x's rank).
+        let users = g.users();
+        let mut vals: HashSet<ValueId> = HashSet::from([r]);
+        let mut region: Vec<kiln_ir::NodeId> = Vec::new();
+        for &n in g.order() {
+            let c = g.node(n);
+            if region.contains(&n) || !c.op.is_elementwise() || c.outputs.len() != 1 || g.ty(c.outputs[0]).shape != rs {
+                continue;
+            }
+            let ins_ok = c
+                .inputs
+                .iter()
+                .all(|&v| vals.contains(&v) || (g.ty(v).numel() == 1 && g.ty(v).shape.len() <= xs.len()));
+            if ins_ok && c.inputs.iter().any(|v| vals.contains(v)) {
+                region.push(n);
+                vals.insert(c.outputs[0]);
+            }
+        }
+        if region.is_empty() {
+            continue;
+        }
+        // Region values read outside it (r's own such uses keep the reshape).
+        let exits: Vec<ValueId> = {
+            let outside = |v: ValueId| {
+                g.outputs.contains(&v) || users.get(&v).is_some_and(|us| us.iter().any(|(u, _)| !region.contains(u)))
+            };
+            region.iter().map(|&n| g.node(n).outputs[0]).filter(|&v| outside(v)).collect()
+        };
+        for &n in &region {
+            for v in &mut g.node_mut(n).inputs {
+                if *v == r {
+                    *v = x;
+                }
+            }
+            let out = g.node(n).outputs[0];
+            g.value_mut(out).ty.shape = xs.clone();
+        }
+        for e in exits {
+            let name = g.value(e).name.clone();
+            let back = g
+                .add_node(
+                    Op::Reshape { shape: rs.clone() },
+                    &[e],
+                    format!("{name}/reshape"),
+                    &[format!("{name}.reshaped")],
+                )
+                .map_err(|e| PassError::Failed { pass: "sink-reshapes".into(), message: e.to_string() })?[0];
+            // The new node goes right after e's producer; e's outside uses read it.
+            let ValueDef::Node(p, _) = g.value(e).def else { unreachable!("a region value") };
+            let ValueDef::Node(bn, _) = g.value(back).def else { unreachable!("just added") };
+            let mut order: Vec<kiln_ir::NodeId> = g.order().iter().copied().filter(|&m| m != bn).collect();
+            let at = order.iter().position(|&m| m == p).expect("scheduled") + 1;
+            order.insert(at, bn);
+            g.set_order(order);
+            for m in g.order().to_vec() {
+                if m == bn || region.contains(&m) {
+                    continue;
+                }
+                for v in &mut g.node_mut(m).inputs {
+                    if *v == e {
+                        *v = back;
+                    }
+                }
+            }
+            if g.outputs.contains(&e) {
+                for o in &mut g.outputs {
+                    if *o == e {
+                        *o = back;
+                    }
+                }
+                // The output keeps its name; the region's value is renamed apart from it.
+                g.value_mut(e).name = format!("{name}.flat");
+                g.value_mut(back).name = name;
+            }
+        }
+        changed = true;
+    }
+    // reshape(reshape(a)) reads a directly.
+    for nid in g.order().to_vec() {
+        let node = g.node(nid).clone();
+        let Op::Reshape { .. } = node.op else { continue };
+        let ValueDef::Node(p, _) = g.value(node.inputs[0]).def else { continue };
+        if let Op::Reshape { .. } = g.node(p).op {
+            let inner = g.node(p).inputs[0];
+            g.node_mut(nid).inputs[0] = inner;
+            changed = true;
+        }
+    }
+    Ok(remove_identity(g)? | changed)
 }

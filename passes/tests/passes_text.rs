@@ -113,6 +113,38 @@ fn a_product_read_twice_by_one_fused_kernel_fuses() {
     assert!(out.contains("\"p\": f32[2,4] = matmul"), "p feeds two kernels and stays:\n{out}");
 }
 
+/// A reshape that adds a leading 1 between a product and an elementwise region with scalar
+/// operands (GPT-2's `addmm` → `view` → GELU) moves past the region; the reshape back to
+/// the product's shape that follows then goes away, and an outside use keeps its shape.
+#[test]
+fn reshapes_sink_past_elementwise_regions() {
+    let src = r#"graph "sink" {
+  input %0 "x": f32[2,3]
+  const %1 "w": f32[3,4] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]
+  const %2 "b": f32[4] = [0.5, -0.5, 1.0, -1.0]
+  const %3 "half": f32[] = [0.5]
+  %4 "mm": f32[2,4] = gemm(%0, %1, %2) {alpha=1.0, beta=1.0, trans_a=false, trans_b=false}
+  %5 "v": f32[1,2,4] = reshape(%4) {shape=[1,2,4]}
+  %6 "t": f32[1,2,4] = tanh(%5)
+  %7 "m": f32[1,2,4] = mul(%6, %3)
+  %8 "y": f32[1,2,4] = mul(%5, %7)
+  %9 "back": f32[2,4] = reshape(%8) {shape=[2,4]}
+  %10 "z": f32[2,4] = relu(%9)
+  output %10
+  output %7
+}"#;
+    let out = run(src, simplify::sink_reshapes);
+    assert!(out.contains("\"t\": f32[2,4] = tanh(%4)"), "tanh reads the product:\n{out}");
+    assert!(out.contains("\"y\": f32[2,4] = mul(%4,"), "the region runs on the product's shape:\n{out}");
+    let id_of = |name: &str| {
+        let line = out.lines().find(|l| l.contains(&format!("\"{name}\": "))).expect("value in the text");
+        line.trim().split(' ').next().expect("an id").to_string()
+    };
+    assert!(out.contains(&format!("= relu({})", id_of("y"))), "the reshape back is gone:\n{out}");
+    assert!(out.contains("\"m\": f32[1,2,4] = reshape("), "the graph output keeps its shape and name:\n{out}");
+    assert!(out.contains("\"m.flat\": f32[2,4] = mul("), "the region's value is renamed:\n{out}");
+}
+
 #[test]
 fn lowering_and_memory_plan() {
     let src = r#"graph "lower" {
