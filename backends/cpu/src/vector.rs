@@ -125,16 +125,15 @@ pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
     if k.n_par == 0 || k.output.dtype != DType::F32 || k.output.strides[d] != 1 || k.domain[d] < lanes / 2 {
         return false;
     }
-    let (mut has_acc, mut long) = (false, false);
-    let mut look = |e: &Expr| {
-        has_acc |= *e == Expr::Acc;
-        long |= matches!(e, Expr::Unary(U::Exp | U::Tanh | U::Erf | U::Sigmoid, _));
+    let long = |e: &Expr| {
+        let mut found = false;
+        e.visit(&mut |x| found |= matches!(x, Expr::Unary(U::Exp | U::Tanh | U::Erf | U::Sigmoid, _)));
+        found
     };
-    k.body.visit(&mut look);
-    if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
-        f.visit(&mut |e| long |= matches!(e, Expr::Unary(U::Exp | U::Tanh | U::Erf | U::Sigmoid, _)));
-    }
-    if has_acc || long || !vexpr_ok(k, &k.body) {
+    let mut has_acc = false;
+    k.body.visit(&mut |e| has_acc |= *e == Expr::Acc);
+    let fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
+    if has_acc || long(&k.body) || fin.is_some_and(long) || !vexpr_ok(k, &k.body) {
         return false;
     }
     match &k.reduction {
