@@ -197,18 +197,8 @@ fn nhwc_to_nchw_copies_walk_channels_outside_pixels() {
     let xi = g.add_input("x", x.ty.clone());
     let wi = g.add_const("w", w.clone());
     g.outputs = g.add_node(op.clone(), &[xi, wi], "conv", &[]).unwrap();
-    let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
-    let mut opt = g.clone();
-    compiler.optimize(&mut opt, None).unwrap();
-    let (prog, _, _) = compiler.lower(&opt).unwrap();
-    let copy = prog
-        .instrs
-        .iter()
-        .find_map(|i| match i {
-            kiln::ir::lir::Instr::Kernel(k) if k.name.ends_with("to_row_major") => Some(k),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no copy to row-major:\n{}", kiln::ir::lir::print(&prog)));
+    let prog = lowered(&g);
+    let copy = kernel_ending(&prog, "to_row_major");
     assert_eq!(copy.domain, vec![1, 9, 32, 21], "(n, h, c, w):\n{}", kiln::ir::lir::print(&prog));
     check_with(op, &[x, w], &[false, true], 1e-4);
 
@@ -220,17 +210,8 @@ fn nhwc_to_nchw_copies_walk_channels_outside_pixels() {
     let xi = g.add_input("x", x.ty.clone());
     let wi = g.add_const("w", w.clone());
     g.outputs = g.add_node(op.clone(), &[xi, wi], "conv", &[]).unwrap();
-    let mut opt = g.clone();
-    compiler.optimize(&mut opt, None).unwrap();
-    let (prog, _, _) = compiler.lower(&opt).unwrap();
-    let pad = prog
-        .instrs
-        .iter()
-        .find_map(|i| match i {
-            kiln::ir::lir::Instr::Kernel(k) if k.name.ends_with("/pad") => Some(k),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no padded copy:\n{}", kiln::ir::lir::print(&prog)));
+    let prog = lowered(&g);
+    let pad = kernel_ending(&prog, "/pad");
     assert_eq!(pad.domain, vec![1, 13, 3, 21], "(n, h, c, w):\n{}", kiln::ir::lir::print(&prog));
     check_with(op, &[x, w], &[false, true], 1e-4);
 }
@@ -311,10 +292,7 @@ fn convolution_chains_as_gemm() {
         let y = g.add_node(conv1, &[xi, w1i, b1i], "conv1", &[]).unwrap()[0];
         let y = g.add_node(Op::Unary(UnaryOp::Relu), &[y], "relu", &[]).unwrap()[0];
         g.outputs = g.add_node(conv2, &[y, w2i], "conv2", &[]).unwrap();
-        let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
-        let mut opt = g.clone();
-        compiler.optimize(&mut opt, None).unwrap();
-        let (prog, _, _) = compiler.lower(&opt).unwrap();
+        let prog = lowered(&g);
         let text = kiln::ir::lir::print(&prog);
         let (oh, ow) = (h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2);
         let winograd = group == 1
@@ -337,6 +315,7 @@ fn convolution_chains_as_gemm() {
             // Depthwise: the weights are stored channels-last, as the loop reads them.
             assert!(text.contains("w1.inner_last"), "depthwise weights should be relaid out:\n{text}");
         }
+        let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
         let art = compiler.compile_graph(g).unwrap();
         let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
         let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
@@ -537,10 +516,7 @@ fn fused_chain_matches_reference() {
     let c = g.add_node(Op::Unary(UnaryOp::Relu), &[c], "relu", &[]).unwrap()[0];
     let y = g.add_node(Op::Binary(BinaryOp::Add), &[c, xi], "residual", &[]).unwrap()[0];
     g.outputs = vec![y];
-    let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
-    let mut opt = g.clone();
-    compiler.optimize(&mut opt, None).unwrap();
-    let (prog, _, _) = compiler.lower(&opt).unwrap();
+    let prog = lowered(&g);
     // With 4 input channels the convolution first copies its input, padded, channels-last
     // (`conv/pad`); everything else is one kernel.
     let kernels: Vec<&str> = prog
@@ -555,6 +531,7 @@ fn fused_chain_matches_reference() {
         "conv, bias, relu and residual add should fuse into one kernel:\n{}",
         kiln::ir::lir::print(&prog)
     );
+    let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
     let art = compiler.compile_graph(g).unwrap();
     let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).unwrap();
     let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();

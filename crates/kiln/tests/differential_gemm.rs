@@ -59,10 +59,7 @@ fn blocked_gemm_prepacks_constant_b() {
         let xi = g.add_input("x", x.ty.clone());
         let wi = g.add_const("w", w.clone());
         g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
-        let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
-        let mut opt = g.clone();
-        compiler.optimize(&mut opt, None).unwrap();
-        let (prog, _, _) = compiler.lower(&opt).unwrap();
+        let prog = lowered(&g);
         let text = kiln::ir::lir::print(&prog);
         assert!(text.contains(".panels"), "B of {m}x{k}x{n} should be packed at compile time:\n{text}");
         check_with(Op::MatMul, &[x, w], &[false, true], 1e-4);
@@ -133,12 +130,10 @@ fn blocked_gemm_fused_epilogue() {
                 }
             });
             g.outputs = vec![y];
-            let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
-            let mut opt = g.clone();
-            compiler.optimize(&mut opt, None).unwrap();
-            let (prog, _, _) = compiler.lower(&opt).unwrap();
+            let prog = lowered(&g);
             let kernels = prog.instrs.iter().filter(|i| matches!(i, kiln::ir::lir::Instr::Kernel(_))).count();
             assert_eq!(kernels, 1, "matmul, bias and epilogue {kind} should fuse:\n{}", kiln::ir::lir::print(&prog));
+            let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
             let art = compiler.compile_graph(g).unwrap();
             let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
             let mut ins = vec![TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];

@@ -93,3 +93,22 @@ pub fn broadcast_pair(r: &mut Rng) -> (Vec<usize>, Vec<usize>) {
     let b: Vec<usize> = full[drop..].iter().map(|&d| if r.next().is_multiple_of(3) { 1 } else { d }).collect();
     (a, b)
 }
+
+/// `g` optimized and lowered to LIR, with verification after every pass.
+pub fn lowered(g: &Graph) -> kiln::ir::lir::Program {
+    let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
+    let mut opt = g.clone();
+    compiler.optimize(&mut opt, None).unwrap();
+    compiler.lower(&opt).unwrap().0
+}
+
+/// The kernel of `p` whose name ends with `suffix` (the program's text in the panic if none).
+pub fn kernel_ending<'a>(p: &'a kiln::ir::lir::Program, suffix: &str) -> &'a kiln::ir::lir::Kernel {
+    p.instrs
+        .iter()
+        .find_map(|i| match i {
+            kiln::ir::lir::Instr::Kernel(k) if k.name.ends_with(suffix) => Some(k),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no kernel named …{suffix}:\n{}", kiln::ir::lir::print(p)))
+}
