@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Kiln: install what the build and the tests need, on a fresh Debian 12 (bookworm).
 #
-#   bash scripts/setup.sh          # from any directory
-#   source scripts/setup.sh        # same, and also exports LLVM_SYS_221_PREFIX / KILN_PYTHON
+#   bash scripts/setup.sh            # from any directory
+#   bash scripts/setup.sh --check    # walk every decision as if nothing were installed; change nothing
+#   source scripts/setup.sh          # as the first, and also exports LLVM_SYS_221_PREFIX / KILN_PYTHON
 #
 # Idempotent: every step checks first and does nothing when already satisfied.
 #   1. apt: llvm-22-dev        (only if /usr/lib/llvm-22/bin/llvm-config is missing)
@@ -11,10 +12,18 @@
 #                              static-library tests run an aarch64 build under qemu)
 #           python3, python3-venv (only if python3 or its venv/ensurepip modules are missing)
 #      `apt-get update` runs at most once, and only when something has to be installed.
-#   2. Python venv at $REPO/.venv with pinned onnx / onnxruntime / numpy, used by
-#      scripts/gen_testdata.py (conformance data) and scripts/make_example.py, and
-#      nvidia-cuda-nvcc-cu12, whose `ptxas` the tests run on generated PTX (no GPU needed).
-#      pip is skipped when the stamp file matches the pins and the venv reports them.
+#   2. Python venv at $REPO/.venv holding exactly scripts/python/requirements.lock: every
+#      package (onnx, onnxruntime, numpy, nvidia-cuda-nvcc-cu12 for `ptxas`, and all they pull
+#      in) at its pinned version, installed with --require-hashes. Nothing is done when the
+#      venv already matches the lock (scripts/python/check_venv.py); a venv that differs is
+#      made again from scratch.
+#
+# --check runs on every test run (scripts/test.sh calls it first), so the install path is
+# exercised even on a machine that has everything: each probe runs and is reported, every
+# package is looked up in apt as if it were missing (`apt-cache policy`, then a simulated
+# `apt-get install -s` of the whole list), the lock is checked (every line pinned and
+# hashed) and resolved by pip (`pip install --dry-run --require-hashes`, from pip's cache
+# once downloaded). Any failure exits non-zero. Nothing is installed.
 #
 # Runs as root directly, or through sudo when not root.
 
@@ -23,16 +32,27 @@
 _kiln_setup() (
     set -euo pipefail
 
+    local check=0
+    case "${1:-}" in
+        --check) check=1 ;;
+        "") ;;
+        *) printf '[setup] unknown option %s (usage: setup.sh [--check])\n' "$1" >&2; exit 2 ;;
+    esac
+
     # --- where the repo is: from this script's own location, not from $PWD ---------------
     local script_dir repo
     script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
     repo="$(cd "$script_dir/.." && pwd)"
 
-    # --- pins (keep in sync with scripts/gen_testdata.py, which checks the onnx version) ---
-    local onnx_ver="1.23.2" ort_ver="1.32.0" numpy_ver="2.4.6" nvcc_ver="12.9.86"
     local llvm_config="/usr/lib/llvm-22/bin/llvm-config"
+    local lock="$repo/scripts/python/requirements.lock"
+    local check_venv="$repo/scripts/python/check_venv.py"
 
     log() { printf '[setup] %s\n' "$*"; }
+    fail() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+    if [ "$check" -eq 1 ]; then
+        log "--check: every probe below runs; each package is looked up as if missing; nothing is installed"
+    fi
 
     # Root runs commands directly; otherwise through sudo.
     local sudo=""
@@ -46,61 +66,112 @@ _kiln_setup() (
 
     # --- 1. system packages ----------------------------------------------------------------
     local -a pkgs=()
-    if [ -x "$llvm_config" ]; then
-        log "LLVM 22: present ($("$llvm_config" --version))"
-    else
-        log "LLVM 22: $llvm_config missing -> will install llvm-22-dev"
-        pkgs+=(llvm-22-dev)
-    fi
-    if command -v cc >/dev/null 2>&1; then
-        log "C compiler: present ($(command -v cc))"
-    else
-        log "C compiler: cc missing -> will install build-essential"
-        pkgs+=(build-essential)
-    fi
+    # need WHAT PRESENT_MESSAGE|"" PACKAGE...: a probe's result. An empty message means the
+    # probe failed: the packages go on the list. With --check they always do.
+    need() {
+        local what="$1" present="$2"
+        shift 2
+        if [ -n "$present" ]; then
+            log "$what: present ($present)"
+            if [ "$check" -eq 0 ]; then
+                return 0
+            fi
+        else
+            log "$what: missing -> will install $*"
+        fi
+        pkgs+=("$@")
+    }
+    local found
+    found=""
+    if [ -x "$llvm_config" ]; then found="$("$llvm_config" --version)"; fi
+    need "LLVM 22 ($llvm_config)" "$found" llvm-22-dev
+    found=""
+    if command -v cc >/dev/null 2>&1; then found="$(command -v cc)"; fi
+    need "C compiler (cc)" "$found" build-essential
+    found=""
     if command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        log "Python: present ($(python3 --version 2>&1), venv ok)"
-    else
-        log "Python: python3 or its venv module missing -> will install python3 python3-venv"
-        pkgs+=(python3 python3-venv)
+        found="$(python3 --version 2>&1), venv ok"
     fi
-
+    need "Python 3 with venv" "$found" python3 python3-venv
     # The static-library tests link a C program for aarch64 and run it under qemu-user.
+    found=""
     if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && [ -e /usr/aarch64-linux-gnu/lib/libc.a ]; then
-        log "aarch64 C cross compiler: present"
-    else
-        log "aarch64 C cross compiler: missing -> will install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
-        pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+        found="$(command -v aarch64-linux-gnu-gcc)"
     fi
-    if command -v qemu-aarch64 >/dev/null 2>&1; then
-        log "qemu-user: present"
-    else
-        log "qemu-user: qemu-aarch64 missing -> will install qemu-user"
-        pkgs+=(qemu-user)
-    fi
+    need "aarch64 C cross compiler" "$found" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+    found=""
+    if command -v qemu-aarch64 >/dev/null 2>&1; then found="$(command -v qemu-aarch64)"; fi
+    need "qemu-user (qemu-aarch64)" "$found" qemu-user
 
-    if [ "${#pkgs[@]}" -gt 0 ]; then
-        log "apt-get update"
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        # llvm-22-dev comes from Debian's own bookworm(-security) archive on these machines.
-        if [[ " ${pkgs[*]} " == *" llvm-22-dev "* ]] &&
-            ! apt-cache policy llvm-22-dev 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-            log "ERROR: apt has no candidate for llvm-22-dev." >&2
-            log "       Add the LLVM apt repository (apt.llvm.org, 'llvm-toolchain-bookworm-22')" >&2
-            log "       or otherwise provide $llvm_config, then rerun." >&2
+    # The version apt would install, or nothing. The output is read whole before it is
+    # searched: a pipeline into `grep -q` would kill apt-cache with SIGPIPE at the first match
+    # and, under pipefail, fail even when a candidate exists.
+    candidate() {
+        local policy
+        policy="$(apt-cache policy "$1" 2>/dev/null || true)"
+        sed -n 's/^ *Candidate: *//p' <<<"$policy" | grep -v '^(none)$' | head -n1 || true
+    }
+    local updated=0
+    apt_update() {
+        if [ "$updated" -eq 0 ]; then
+            log "apt-get update"
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            updated=1
+        fi
+    }
+    # Every package of the list has an apt candidate; one `apt-get update` if some has none
+    # (the lists may be old or absent on a fresh machine), then a fatal error naming them.
+    look_up() {
+        local -a lacking=()
+        local p v
+        for p in "$@"; do
+            v="$(candidate "$p")"
+            if [ -n "$v" ]; then
+                log "apt: $p $v available"
+            else
+                lacking+=("$p")
+            fi
+        done
+        if [ "${#lacking[@]}" -gt 0 ] && [ "$updated" -eq 0 ]; then
+            log "apt: no candidate yet for ${lacking[*]}"
+            apt_update
+            look_up "${lacking[@]}"
+            return
+        fi
+        if [ "${#lacking[@]}" -gt 0 ]; then
+            log "ERROR: apt has no candidate for ${lacking[*]}." >&2
+            if [[ " ${lacking[*]} " == *" llvm-22-dev "* ]]; then
+                log "       llvm-22-dev comes from Debian's bookworm-security archive; elsewhere add the" >&2
+                log "       LLVM apt repository (apt.llvm.org, 'llvm-toolchain-bookworm-22') or otherwise" >&2
+                log "       provide $llvm_config, then rerun." >&2
+            fi
             exit 1
         fi
-        log "apt-get install ${pkgs[*]}"
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${pkgs[@]}" >/dev/null
-        [ -x "$llvm_config" ] && log "LLVM 22: installed ($("$llvm_config" --version))"
+    }
+
+    if [ "${#pkgs[@]}" -gt 0 ]; then
+        if [ "$check" -eq 1 ]; then
+            look_up "${pkgs[@]}"
+            log "apt-get install -s ${pkgs[*]} (simulated)"
+            local sim
+            sim="$(apt-get install -s -qq --no-install-recommends "${pkgs[@]}" 2>&1)" ||
+                { printf '%s\n' "$sim" >&2; fail "apt could not resolve ${pkgs[*]}"; }
+        else
+            apt_update
+            look_up "${pkgs[@]}"
+            log "apt-get install ${pkgs[*]}"
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${pkgs[@]}" >/dev/null
+            [ -x "$llvm_config" ] || fail "$llvm_config still missing after installing llvm-22-dev"
+            log "LLVM 22: installed ($("$llvm_config" --version))"
+        fi
     else
         log "apt: nothing to install"
     fi
 
     # Rust is not installed here (rustup's installer downloads a toolchain); only reported.
     if command -v cargo >/dev/null 2>&1; then
-        log "Rust: cargo found at $(command -v cargo)"
+        log "Rust: cargo found at $(command -v cargo) ($(cargo --version))"
     else
         log "Rust: cargo not on PATH (install a Rust toolchain separately)"
     fi
@@ -108,44 +179,60 @@ _kiln_setup() (
     # --- 2. Python venv ------------------------------------------------------------------------
     local venv="$repo/.venv"
     local py="$venv/bin/python"
-    local stamp="$venv/.kiln-setup-stamp"
-    local want="onnx==$onnx_ver onnxruntime==$ort_ver numpy==$numpy_ver nvidia-cuda-nvcc-cu12==$nvcc_ver"
+    [ -f "$lock" ] || fail "$lock missing"
+    # Every requirement is pinned to one version and carries a hash.
+    local reqs hashed
+    reqs="$(grep -cE '^[A-Za-z0-9]' "$lock" || true)"
+    hashed="$(grep -cE '^[A-Za-z0-9][A-Za-z0-9._-]*==[^ ]+ \\$' "$lock" || true)"
+    [ "$reqs" -gt 0 ] && [ "$reqs" = "$hashed" ] ||
+        fail "$lock: $reqs requirements, $hashed pinned with '==' and hashes; regenerate it (bash scripts/python/lock.sh)"
+    log "lock: $reqs packages pinned with hashes ($lock)"
 
-    if [ ! -x "$py" ]; then
-        log "venv: creating $venv"
-        python3 -m venv "$venv"
+    if [ "$check" -eq 1 ]; then
+        # pip resolves the whole lock for this machine's Python: every pin exists, every file
+        # it would take matches a hash. Files come from pip's cache once downloaded.
+        log "pip install --dry-run --require-hashes -r $(basename "$lock") (resolve only)"
+        local dry
+        dry="$(python3 -m pip install --dry-run --ignore-installed --no-deps --require-hashes \
+            --disable-pip-version-check -q -r "$lock" 2>&1)" ||
+            { printf '%s\n' "$dry" >&2; fail "pip cannot install $lock on this machine"; }
+        if [ -x "$py" ]; then
+            local state
+            if state="$("$py" "$check_venv" "$lock" 2>&1)"; then
+                log "venv: $state"
+            else
+                log "venv: differs from the lock; setup would make it again:"
+                printf '%s\n' "$state" | sed 's/^/[setup]   /'
+            fi
+        else
+            log "venv: $venv missing; setup would create it"
+        fi
+        log "check passed: every probe ran and every package resolves"
+        exit 0
     fi
 
-    # The venv is up to date when the stamp names exactly these pins AND the installed
-    # distributions really have these versions (metadata only: no heavy imports).
-    have_pins() {
-        [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-            "$py" - "$onnx_ver" "$ort_ver" "$numpy_ver" "$nvcc_ver" <<'EOF' >/dev/null 2>&1
-import sys
-from importlib.metadata import version
-want = dict(zip(["onnx", "onnxruntime", "numpy", "nvidia-cuda-nvcc-cu12"], sys.argv[1:]))
-sys.exit(0 if all(version(k) == v for k, v in want.items()) else 1)
-EOF
-    }
-
-    if have_pins; then
-        log "venv: up to date ($want)"
+    if [ -x "$py" ] && "$py" "$check_venv" "$lock" >/dev/null 2>&1; then
+        log "venv: up to date ($("$py" "$check_venv" "$lock"))"
     else
-        log "venv: pip install $want (quiet; takes a minute on first run)"
-        rm -f "$stamp"
-        # shellcheck disable=SC2086  # $want is a list of requirement words
-        "$py" -m pip install -q --disable-pip-version-check $want
-        "$py" -c 'import onnx, onnxruntime, numpy' >/dev/null 2>&1 ||
-            { log "ERROR: venv imports failed after install" >&2; exit 1; }
-        printf '%s' "$want" >"$stamp"
-        log "venv: ready ($want)"
+        if [ -e "$venv" ]; then
+            log "venv: differs from the lock; making it again:"
+            { "$py" "$check_venv" "$lock" 2>&1 || true; } | sed 's/^/[setup]   /'
+            rm -rf "$venv"
+        fi
+        log "venv: creating $venv"
+        python3 -m venv "$venv"
+        log "venv: pip install --require-hashes -r $(basename "$lock") (quiet; a minute on first run)"
+        "$py" -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r "$lock"
+        "$py" "$check_venv" "$lock" >&2 || fail "the venv does not match the lock after installing it"
+        "$py" -c 'import onnx, onnxruntime, numpy' >/dev/null 2>&1 || fail "venv imports failed after install"
+        log "venv: ready ($("$py" "$check_venv" "$lock"))"
     fi
 
     log "done. Generate the conformance data with:"
     log "  $py $repo/scripts/gen_testdata.py"
 )
 
-if _kiln_setup; then
+if _kiln_setup "$@"; then
     _kiln_rc=0
 else
     _kiln_rc=$?
