@@ -194,3 +194,46 @@ fn run_reads_sequence_inputs_and_writes_one_npy_per_element() {
         .unwrap();
     assert_eq!(first, tensor.to_i64_vec());
 }
+
+/// Outputs numpy cannot hold (bfloat16, int4) are written as TensorProto `.pb` files with
+/// their exact type; `--output-format pb` writes every output so. Compared with ONNX's
+/// expected outputs, bit for bit.
+#[test]
+fn outputs_numpy_cannot_hold_are_written_as_tensor_protos() {
+    for (case, format, ext) in [
+        ("test_cast_FLOAT_to_BFLOAT16", "auto", "pb"),
+        ("test_cast_FLOAT_to_INT4", "auto", "pb"),
+        ("test_cast_FLOAT_to_FLOAT16", "auto", "npy"),
+        ("test_cast_FLOAT_to_FLOAT16", "pb", "pb"),
+    ] {
+        let dir = kiln_tests::data_root().join("node").join(case);
+        let data = dir.join("test_data_set_0");
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        let input = kiln::read_tensor_proto(&std::fs::read(data.join("input_0.pb")).unwrap()).unwrap();
+        let dims: Vec<String> = input.shape().iter().map(|d| d.to_string()).collect();
+        kiln(&[
+            "run",
+            dir.join("model.onnx").to_str().unwrap(),
+            "--input-shape",
+            &format!("input={}", dims.join("x")),
+            "--input",
+            &format!("input={}", data.join("input_0.pb").display()),
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--output-format",
+            format,
+        ]);
+        let listing: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("outputs.json")).unwrap()).unwrap();
+        let file = listing["outputs"][0]["file"].as_str().unwrap().to_string();
+        assert!(file.ends_with(&format!(".{ext}")), "{case} --output-format {format}: {file}");
+        if ext == "pb" {
+            let got = kiln::read_tensor_proto(&std::fs::read(out.join(&file)).unwrap()).unwrap();
+            let want = kiln::read_tensor_proto(&std::fs::read(data.join("output_0.pb")).unwrap()).unwrap();
+            assert_eq!(got.dtype(), want.dtype(), "{case}");
+            assert_eq!(got.shape(), want.shape(), "{case}");
+            assert_eq!(got.data, want.data, "{case}: values differ");
+        }
+    }
+}

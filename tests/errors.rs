@@ -184,3 +184,81 @@ fn device_targets_are_checked() {
         fails(&["run", out, "--input", &format!("x={}", input.display()), "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("partition 0 runs on device `cuda`") && e.contains("built without the `cuda` feature"), "{e}");
 }
+
+#[test]
+fn an_input_name_the_model_does_not_have_is_refused() {
+    let d = tmp();
+    let out = d.path().to_str().unwrap();
+    let e = fails(&["run", MLP, "--input", X, "--input", "bogus=/nonexistent.npy", "--output-dir", out]);
+    assert!(e.contains("`bogus`") && e.contains("no input") && e.contains("x"), "{e}");
+    // The same through an artifact.
+    let art = d.path().join("m.kiln");
+    let o = Command::new(kiln_tests::kiln_bin())
+        .args(["compile", MLP, "-o", art.to_str().unwrap()])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e =
+        fails(&["run", art.to_str().unwrap(), "--input", X, "--input", "bogus=/nonexistent.npy", "--output-dir", out]);
+    assert!(e.contains("`bogus`") && e.contains("no input"), "{e}");
+}
+
+/// An artifact compiled with an input frozen (a Reshape's target shape) runs when given that
+/// same value again, and refuses another value rather than silently using the old one.
+#[test]
+fn a_value_for_a_frozen_input_must_be_the_frozen_one() {
+    let d = tmp();
+    let case = kiln_tests::data_root().join("node/test_reshape_reordered_all_dims");
+    let (model, data) = (case.join("model.onnx"), case.join("test_data_set_0"));
+    let shape = data.join("input_1.pb");
+    let art = d.path().join("reshape.kiln");
+    let o = Command::new(kiln_tests::kiln_bin())
+        .arg("compile")
+        .arg(&model)
+        .args(["-o", art.to_str().unwrap(), "--freeze-input", &format!("shape={}", shape.display())])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let data_in = format!("data={}", data.join("input_0.pb").display());
+    let out = d.path().join("out");
+    let same = Command::new(kiln_tests::kiln_bin())
+        .arg("run")
+        .arg(&art)
+        .args(["--input", &data_in, "--input", &format!("shape={}", shape.display())])
+        .args(["--output-dir", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(same.status.success(), "the frozen value itself is refused: {}", String::from_utf8_lossy(&same.stderr));
+    let frozen = kiln::read_tensor_proto(&std::fs::read(&shape).unwrap()).unwrap();
+    let mut other: Vec<i64> = frozen.to_i64_vec();
+    other.reverse();
+    assert_ne!(other, frozen.to_i64_vec());
+    let p = d.path().join("other_shape.npy");
+    write_npy_i64(&p, &[other.len() as u64], &other);
+    let e = fails(&[
+        "run",
+        art.to_str().unwrap(),
+        "--input",
+        &data_in,
+        "--input",
+        &format!("shape={}", p.display()),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("`shape`") && e.contains("frozen"), "{e}");
+    // `kiln run` on the .onnx model, told to freeze one value and given another: refused too.
+    let e = fails(&[
+        "run",
+        model.to_str().unwrap(),
+        "--freeze-input",
+        &format!("shape={}", shape.display()),
+        "--input",
+        &data_in,
+        "--input",
+        &format!("shape={}", p.display()),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("`shape`") && e.contains("frozen"), "{e}");
+}

@@ -1,6 +1,9 @@
 //! GPU runs through the runtime-only runner `kiln-run` (built with the runtime's `cuda`
-//! feature; `cargo build --release -p kiln-runner`). Where there is no CUDA driver or no GPU
-//! (CI), each test checks that loading says so clearly, then skips the GPU part, loudly.
+//! feature; `cargo build --release -p kiln-runner`). The GPU tests run where the build finds
+//! an NVIDIA device (`/dev/nvidia0`) or `KILN_GPU_TESTS=1` is set (see build.rs); elsewhere
+//! they are reported as ignored, with the reason. `scripts/gpu-check.sh` packs the same
+//! models for a GPU machine that has no Rust or LLVM. On a machine without a GPU, the
+//! runner's refusal to load a GPU artifact is checked instead (it must say why).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,8 +17,8 @@ fn runner() -> PathBuf {
 }
 
 /// Compiles tests/models/`name` for `target` into `dir`, runs it with `kiln-run` on its
-/// inputs against onnxruntime's outputs, and returns whether it ran (false: no GPU here).
-fn run_on_gpu(name: &str, target: &str, dir: &Path) -> bool {
+/// inputs and checks its outputs against onnxruntime's; gives the runner's output.
+fn run_with_runner(name: &str, target: &str, dir: &Path) -> std::process::Output {
     let case = kiln_tests::load_exported(name).unwrap();
     let mut opts = kiln_tests::compile_options(&case);
     opts.set_target(target).unwrap();
@@ -31,34 +34,55 @@ fn run_on_gpu(name: &str, target: &str, dir: &Path) -> bool {
     for o in meta["outputs"].as_array().unwrap() {
         cmd.arg("--expect").arg(kiln_tests::model_dir(name).join(o["file"].as_str().unwrap()));
     }
-    let out = cmd.output().unwrap();
+    cmd.output().unwrap()
+}
+
+/// Runs `name` compiled for `target` and requires it to match onnxruntime.
+fn matches_onnxruntime(name: &str, target: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with_runner(name, target, dir.path());
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if stderr.contains("no CUDA driver") || stderr.contains("no usable GPU") {
-        assert!(!out.status.success());
-        eprintln!("SKIPPED the GPU run of {name} ({target}): no GPU here: {}", stderr.trim());
-        return false;
-    }
-    assert!(out.status.success(), "{name}: {stdout}{stderr}");
+    assert!(out.status.success(), "{name} on {target}: {stdout}{stderr}");
     assert!(stdout.contains(" ok") && !stdout.contains("MISMATCH"), "{name}: {stdout}");
     eprintln!("{name} on {target}:\n{stdout}");
-    true
 }
 
 #[test]
+#[cfg_attr(
+    not(kiln_gpu),
+    ignore = "needs an NVIDIA GPU (none found at build time); runs with KILN_GPU_TESTS=1 or scripts/gpu-check.sh"
+)]
 fn bert_encoder_on_the_gpu_matches_onnxruntime() {
-    let dir = tempfile::tempdir().unwrap();
-    run_on_gpu("bert_torch", "cuda", dir.path());
+    matches_onnxruntime("bert_torch", "cuda");
 }
 
 #[test]
+#[cfg_attr(
+    not(kiln_gpu),
+    ignore = "needs an NVIDIA GPU (none found at build time); runs with KILN_GPU_TESTS=1 or scripts/gpu-check.sh"
+)]
 fn resnet_split_between_gpu_and_cpu_matches_onnxruntime() {
+    matches_onnxruntime("resnet50_torch", "cuda,cpu");
+}
+
+/// Where there is no GPU, the runner refuses a GPU artifact with a message that says so
+/// (no CUDA driver, or no usable GPU), rather than failing obscurely.
+#[test]
+#[cfg_attr(kiln_gpu, ignore = "a GPU is present: the GPU tests run instead")]
+fn without_a_gpu_the_runner_says_why_it_cannot_run_a_gpu_artifact() {
     let dir = tempfile::tempdir().unwrap();
-    run_on_gpu("resnet50_torch", "cuda,cpu", dir.path());
+    let out = run_with_runner("bert_torch", "cuda", dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a GPU artifact ran without a GPU: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        stderr.contains("no CUDA driver") || stderr.contains("no usable GPU"),
+        "the runner's refusal does not say why: {stderr}"
+    );
+    eprintln!("no GPU here; the runner says: {}", stderr.trim());
 }
 
 #[test]
 fn the_cpu_only_runner_runs_cpu_artifacts() {
     // The runner itself works here: a CPU artifact runs and matches.
-    let dir = tempfile::tempdir().unwrap();
-    assert!(run_on_gpu("gpt2_torch", "cpu", dir.path()));
+    matches_onnxruntime("gpt2_torch", "cpu");
 }

@@ -188,29 +188,61 @@ pub fn cached_index() -> &'static serde_json::Value {
     I.get_or_init(index)
 }
 
-/// Runs node test `name` with `runner` (the library or the CLI) and compares with ONNX's
-/// expected outputs; panics with the reason on failure.
-pub fn check_node(name: &str, runner: fn(&Case) -> Result<Vec<Out>, String>) {
+/// Runs node test `name` with `runner` (the library or the CLI: [`run_lib`], [`run_cli`],
+/// which compile without the test's input values and feed every input at run time) and
+/// compares with ONNX's expected outputs; panics with the reason on failure.
+pub fn check_node(name: &str, runner: Runner) {
     let case = node_case(name, cached_index()).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
-    let got = runner(&case).unwrap_or_else(|e| panic!("{name}: {e}"));
-    compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let got = runner(&case).unwrap_or_else(|e| panic!("{name} (every input fed at run time): {e}"));
+    compare(&got, &case.expected, case.rtol, case.atol)
+        .unwrap_or_else(|e| panic!("{name} (every input fed at run time): {e}"));
 }
 
-/// Compiles and runs a case through the library API. Inputs that must be static (shape-like
-/// operands given as graph inputs) are frozen to the case's values, as `kiln run` does.
+/// A case of `frozen.txt`, which passes only with inputs compiled in: it must still fail with
+/// every input fed at run time through `runner` (else it belongs in `manifest.txt`, counted
+/// in the headline), and pass through `frozen` (inputs that must be static compiled in).
+pub fn check_node_frozen(name: &str, runner: Runner, frozen: Runner) {
+    let case = node_case(name, cached_index()).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
+    if runner(&case).and_then(|got| compare(&got, &case.expected, case.rtol, case.atol)).is_ok() {
+        panic!(
+            "{name} now passes with every input fed at run time: move it from frozen.txt to manifest.txt \
+             (cargo run --release -p kiln-tests --bin conformance-sweep)"
+        );
+    }
+    let got = frozen(&case).unwrap_or_else(|e| panic!("{name} (inputs compiled in): {e}"));
+    compare(&got, &case.expected, case.rtol, case.atol).unwrap_or_else(|e| panic!("{name} (inputs compiled in): {e}"));
+}
+
+/// Runs a case and gives its outputs, or why it could not.
+pub type Runner = fn(&Case) -> Result<Vec<Out>, String>;
+
+/// Compiles a case through the library API without any input's value, and runs it with
+/// every input fed at run time (the count comparable with onnxruntime's). A model that needs
+/// an input's value at compile time fails here.
 pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
     run_lib_on(case, CompileOptions::default())
 }
 
 /// [`run_lib`] with `base`'s target and devices (`--target`).
 pub fn run_lib_on(case: &Case, base: CompileOptions) -> Result<Vec<Out>, String> {
+    run_lib_with(case, base, false)
+}
+
+/// Compiles and runs a case through the library API, with the inputs that must be static
+/// (shape-like operands given as graph inputs) frozen to the case's values, as `kiln run`
+/// on an `.onnx` model does: the "frozen" count, reported apart.
+pub fn run_lib_frozen(case: &Case) -> Result<Vec<Out>, String> {
+    run_lib_with(case, CompileOptions::default(), true)
+}
+
+fn run_lib_with(case: &Case, base: CompileOptions, freeze: bool) -> Result<Vec<Out>, String> {
     let mut opts = compile_options(case);
     opts.target = base.target;
     opts.devices = base.devices;
     let art = loop {
         match Compiler::new(opts.clone()).compile_path(&case.model) {
             Ok(a) => break a,
-            Err(e) => {
+            Err(e) if freeze => {
                 let need: Vec<String> =
                     e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).cloned().collect();
                 let values: Option<Vec<(String, Tensor)>> = need
@@ -222,6 +254,7 @@ pub fn run_lib_on(case: &Case, base: CompileOptions) -> Result<Vec<Out>, String>
                     _ => return Err(error_chain(&e)),
                 }
             }
+            Err(e) => return Err(error_chain(&e)),
         }
     };
     let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).map_err(|e| e.to_string())?;
@@ -231,6 +264,9 @@ pub fn run_lib_on(case: &Case, base: CompileOptions) -> Result<Vec<Out>, String>
         .filter(|(n, _, _)| !opts.frozen_inputs.contains_key(n))
         .map(|(_, t, _)| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
         .collect();
+    if refs.len() != s.inputs().len() {
+        return Err(format!("the artifact takes {} inputs, the case has {}", s.inputs().len(), refs.len()));
+    }
     let outs = s.run(&refs).map_err(|e| e.to_string())?;
     Ok(outs.into_iter().map(|t| (t.dtype, t.shape, t.data)).collect())
 }
@@ -247,32 +283,79 @@ pub fn kiln_bin() -> PathBuf {
     bin
 }
 
-/// Runs a case through `kiln run`, reading back `outputs.json` and the `.npy` files.
+/// Runs a case through the real binary as a user would who feeds every input at run time:
+/// `kiln compile` (input shapes pinned, sequence and optional inputs described by
+/// `--input-value`) with no input's value, then `kiln run` on the artifact with every input
+/// (a sequence's elements as `NAME[i]`), outputs as TensorProto `.pb` files.
 pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let artifact = dir.path().join("model.kiln");
+    let mut compile = Command::new(kiln_bin());
+    compile.arg("compile").arg(&case.model).arg("-o").arg(&artifact);
+    for (n, _, p) in &case.value_inputs {
+        compile.arg("--input-value").arg(format!("{n}={}", p.display()));
+    }
+    for (n, t, _) in case.inputs.iter().filter(|(n, _, _)| !case.is_value_input_part(n)) {
+        compile.arg("--input-shape").arg(format!("{n}={}", dims(t)));
+    }
+    let out = compile.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("kiln compile: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
     let mut cmd = Command::new(kiln_bin());
-    cmd.arg("run").arg(&case.model).arg("--output-dir").arg(dir.path());
+    cmd.arg("run").arg(&artifact);
+    for (i, (n, t, p)) in case.inputs.iter().enumerate() {
+        if case.is_value_input_part(n) {
+            // An element of a sequence (or an optional's tensor): its own TensorProto file.
+            let f = dir.path().join(format!("element_{i}.pb"));
+            std::fs::write(&f, kiln::write_tensor_proto(t, n)).map_err(|e| e.to_string())?;
+            cmd.arg("--input").arg(format!("{n}={}", f.display()));
+        } else {
+            cmd.arg("--input").arg(format!("{n}={}", p.display()));
+        }
+    }
+    cli_outputs(cmd, &dir.path().join("out"))
+}
+
+/// Runs a case through `kiln run` on the `.onnx` model, which compiles the inputs that must be
+/// static in, with the values given (the "frozen" count).
+pub fn run_cli_frozen(case: &Case) -> Result<Vec<Out>, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(kiln_bin());
+    cmd.arg("run").arg(&case.model);
     for (n, _, p) in &case.value_inputs {
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
     for (n, t, p) in case.inputs.iter().filter(|(n, _, _)| !case.is_value_input_part(n)) {
-        let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
-        cmd.arg("--input-shape").arg(format!("{n}={}", dims.join("x")));
+        cmd.arg("--input-shape").arg(format!("{n}={}", dims(t)));
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
+    cli_outputs(cmd, &dir.path().join("out"))
+}
+
+fn dims(t: &Tensor) -> String {
+    t.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
+}
+
+/// Runs `kiln run` writing TensorProto outputs into `dir`, and reads back `outputs.json` and
+/// the `.pb` files, each with its exact element type.
+fn cli_outputs(mut cmd: Command, dir: &Path) -> Result<Vec<Out>, String> {
+    cmd.arg("--output-dir").arg(dir).args(["--output-format", "pb"]);
     let out = cmd.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        return Err(format!("kiln run: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     let listing: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("outputs.json")).map_err(|e| e.to_string())?)
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     listing["outputs"]
         .as_array()
         .ok_or("outputs.json has no outputs list")?
         .iter()
         .map(|o| {
-            let t = read_npy(&dir.path().join(o["file"].as_str().unwrap_or_default()))?;
+            let file = o["file"].as_str().unwrap_or_default();
+            let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
+            let t = kiln::read_tensor_proto(&bytes).map_err(|e| format!("{file}: {e}"))?;
             Ok((t.dtype().code(), t.shape().to_vec(), t.data.to_vec()))
         })
         .collect()
@@ -311,28 +394,14 @@ fn read_npy(p: &Path) -> Result<Tensor, String> {
     Ok(Tensor::from_data(shape, data))
 }
 
-/// ONNX's rule: same count, dtype and shape; |got − want| ≤ atol + rtol·|want|; NaN == NaN.
+/// ONNX's rule: same count, dtype and shape; floats as numpy's `isclose(got, want, rtol,
+/// atol, equal_nan=True)` (|got − want| ≤ atol + rtol·|want|, NaN equals NaN, an infinity
+/// only equals itself), bfloat16 with rtol at least 2⁻⁶; integers and booleans exactly.
 pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("{} outputs, expected {}", got.len(), want.len()));
     }
     for (i, ((dt, shape, bytes), w)) in got.iter().zip(want).enumerate() {
-        // `kiln run` writes bf16 and small float outputs as float32 .npy and 4/2-bit integers
-        // as int8/uint8 (numpy has none of them); exact.
-        let narrowed;
-        let wd = w.dtype();
-        let (dt, bytes) = if *dt == kiln::DTypeCode::F32 && (wd == kiln_ir::DType::BF16 || wd.minifloat().is_some()) {
-            let v = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()));
-            narrowed = match wd.minifloat() {
-                Some(f) => v.map(|x| f.encode_exact(x)).collect(),
-                None => Data::from_f64s(wd, &v.map(f64::from).collect::<Vec<_>>()).to_le_bytes(),
-            };
-            (&wd.code(), &narrowed)
-        } else if wd.is_small() && *dt == (if wd.is_signed() { kiln::DTypeCode::I8 } else { kiln::DTypeCode::U8 }) {
-            (&wd.code(), bytes)
-        } else {
-            (dt, bytes)
-        };
         if *dt != w.dtype().code() {
             return Err(format!("output {i}: dtype {}, expected {}", dt.name(), w.dtype()));
         }
@@ -341,13 +410,16 @@ pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(),
         }
         let g = Tensor::from_bytes(w.ty.clone(), bytes.clone().into()).map_err(|e| format!("output {i}: {e}"))?;
         let (gv, wv) = (g.to_f64_vec(), w.to_f64_vec());
+        let float = w.dtype().is_float();
+        let rtol = if w.dtype() == kiln_ir::DType::BF16 { rtol.max(1.0 / 64.0) } else { rtol };
         let mut worst: Option<(usize, f64, f64)> = None;
         let mut bad = 0usize;
         for (k, (&a, &b)) in gv.iter().zip(&wv).enumerate() {
-            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * b.abs();
+            let ok = if float { isclose(a, b, rtol, atol) } else { a == b };
             if !ok {
                 bad += 1;
-                if worst.is_none_or(|(_, x, y)| (a - b).abs() > (x - y).abs()) {
+                let gap = |x: f64, y: f64| if x == y || (x.is_nan() && y.is_nan()) { 0.0 } else { (x - y).abs() };
+                if worst.is_none_or(|(_, x, y)| !(gap(a, b) <= gap(x, y))) {
                     worst = Some((k, a, b));
                 }
             }
@@ -360,6 +432,18 @@ pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// numpy's `isclose(a, b, rtol, atol, equal_nan=True)`: NaN only equals NaN, an infinity only
+/// equals the same infinity, anything else is close when |a − b| ≤ atol + rtol·|b|.
+pub fn isclose(a: f64, b: f64, rtol: f64, atol: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    if a.is_infinite() || b.is_infinite() {
+        return a == b;
+    }
+    (a - b).abs() <= atol + rtol * b.abs()
 }
 
 /// The error and its causes on one line.
@@ -501,5 +585,42 @@ pub fn assemble_ptx(ptx: &str, arch: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("ptxas -arch={arch}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(t: &Tensor) -> Out {
+        (t.dtype().code(), t.shape().to_vec(), t.data.to_vec())
+    }
+
+    #[test]
+    fn infinities_and_nans_compare_as_numpy_isclose_does() {
+        let inf = f64::INFINITY;
+        assert!(isclose(inf, inf, 1e-3, 1e-7));
+        assert!(!isclose(1e30, inf, 1e-3, 1e-7), "a finite value is not close to +inf");
+        assert!(!isclose(-inf, inf, 1e-3, 1e-7), "-inf is not close to +inf");
+        assert!(!isclose(inf, 1.0, 1e-3, 1e-7));
+        assert!(isclose(f64::NAN, f64::NAN, 1e-3, 1e-7), "equal_nan");
+        assert!(!isclose(f64::NAN, 1.0, 1e-3, 1e-7) && !isclose(1.0, f64::NAN, 1e-3, 1e-7));
+        // |1.0005 - 1| = 5e-4 <= 1e-7 + 1e-3 * 1; |1.002 - 1| is not.
+        assert!(isclose(1.0005, 1.0, 1e-3, 1e-7) && !isclose(1.002, 1.0, 1e-3, 1e-7));
+        let want = Tensor::from_data(vec![2], Data::F32(vec![f32::INFINITY, 1.0]));
+        let got = Tensor::from_data(vec![2], Data::F32(vec![f32::MAX, 1.0]));
+        assert!(compare(&[out(&got)], std::slice::from_ref(&want), 1e-3, 1e-7).is_err());
+        assert!(compare(&[out(&want)], std::slice::from_ref(&want), 1e-3, 1e-7).is_ok());
+    }
+
+    #[test]
+    fn integers_compare_exactly_and_dtypes_must_match() {
+        let want = Tensor::from_data(vec![1], Data::I64(vec![100_000]));
+        let near = Tensor::from_data(vec![1], Data::I64(vec![100_001]));
+        // Within rtol 1e-3 of 100000, but integers are exact.
+        assert!(compare(&[out(&near)], std::slice::from_ref(&want), 1e-3, 1e-7).is_err());
+        let as_i32 = Tensor::from_data(vec![1], Data::I32(vec![100_000]));
+        let e = compare(&[out(&as_i32)], std::slice::from_ref(&want), 1e-3, 1e-7).unwrap_err();
+        assert!(e.contains("dtype"), "{e}");
     }
 }

@@ -33,53 +33,113 @@ fn ir_depends_on_neither_onnx_nor_llvm() {
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("run cargo tree");
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
     let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.contains("kiln-ir"), "unexpected cargo tree output: {tree}");
     for b in ["inkwell", "llvm-sys", "kiln-onnx", "kiln-runtime", "libloading"] {
         assert!(!tree.lines().any(|l| l.starts_with(b)), "kiln-ir depends on {b}");
     }
 }
 
-/// Compiling the same model twice gives byte-identical artifacts.
-#[test]
-fn compilation_is_deterministic() {
+/// Compiles `model` twice with `kiln compile`, the kernel cache off (so that the second
+/// compilation cannot reuse the first one's objects), and requires byte-identical artifacts.
+fn compiles_identically(model: &str, args: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let mut outs = Vec::new();
-    for model in ["examples/mlp/model.onnx", "tests/fixtures/symbolic.onnx"] {
-        for i in 0..2 {
-            let p = dir.path().join(format!("m{i}.kiln"));
-            let mut cmd = Command::new(kiln_tests::kiln_bin());
-            cmd.args(["compile", model, "-o", p.to_str().unwrap(), "--input-shape", "x=3x4"]).current_dir(repo);
-            if model.contains("mlp") {
-                cmd.args(["--input-shape", "x=1x8"]);
+    for i in 0..2 {
+        let p = dir.path().join(format!("m{i}.kiln"));
+        let o = Command::new(kiln_tests::kiln_bin())
+            .args(["compile", model, "-o", p.to_str().unwrap()])
+            .args(args)
+            .env("KILN_CACHE_DIR", "off")
+            .current_dir(repo)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{model}: {}", String::from_utf8_lossy(&o.stderr));
+        outs.push(std::fs::read(&p).unwrap());
+    }
+    assert!(outs[0] == outs[1], "{model} {args:?}: two compilations with the kernel cache off differ");
+}
+
+/// Each exported model compiles to the same bytes twice.
+mod deterministic {
+    macro_rules! determinism_tests {
+        ($($name:ident),* $(,)?) => {$(
+            #[test]
+            fn $name() {
+                let name = stringify!($name);
+                let case = kiln_tests::load_exported(name).unwrap();
+                let args: Vec<String> = case
+                    .inputs
+                    .iter()
+                    .flat_map(|(n, t, _)| {
+                        let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+                        ["--input-shape".to_string(), format!("{n}={}", dims.join("x"))]
+                    })
+                    .collect();
+                super::compiles_identically(&format!("tests/models/{name}/model.onnx"), &args);
             }
-            let o = cmd.output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            outs.push(std::fs::read(&p).unwrap());
+        )*};
+    }
+    kiln_tests::with_exported_models!(determinism_tests!());
+
+    /// The bundled example and a model with symbolic dims pinned.
+    #[test]
+    fn example_and_symbolic_fixture() {
+        super::compiles_identically("examples/mlp/model.onnx", &["--input-shape".into(), "x=1x8".into()]);
+        super::compiles_identically("tests/fixtures/symbolic.onnx", &["--input-shape".into(), "x=3x4".into()]);
+    }
+
+    /// Splitting across devices is deterministic too: GPU code, partitions and slots.
+    #[test]
+    fn partitioned_bert() {
+        let shapes = ["input_ids=2x24", "attention_mask=2x24", "token_type_ids=2x24"];
+        for target in ["cuda,cpu", "cpu:mem=512KiB,cpu:mem=512KiB"] {
+            let mut args = vec!["--target".to_string(), target.to_string()];
+            for s in shapes {
+                args.extend(["--input-shape".to_string(), s.to_string()]);
+            }
+            super::compiles_identically("tests/models/bert_torch/model.onnx", &args);
         }
-        assert_eq!(outs[outs.len() - 2], outs[outs.len() - 1], "{model}: two compilations differ");
     }
 }
 
-/// Splitting across devices is deterministic too: GPU code, partitions and slots.
+/// The venv the tests ran with holds exactly the committed lock
+/// (`scripts/python/requirements.lock`): every package at its pinned version, nothing else.
 #[test]
-fn partitioned_compilation_is_deterministic() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let shapes = ["input_ids=2x24", "attention_mask=2x24", "token_type_ids=2x24"];
-    for target in ["cuda,cpu", "cpu:mem=512KiB,cpu:mem=512KiB"] {
-        let mut outs = Vec::new();
-        for i in 0..2 {
-            let p = dir.path().join(format!("b{i}.kiln"));
-            let mut cmd = Command::new(kiln_tests::kiln_bin());
-            cmd.args(["compile", "tests/models/bert_torch/model.onnx", "-o", p.to_str().unwrap(), "--target", target]);
-            for s in shapes {
-                cmd.args(["--input-shape", s]);
-            }
-            let o = cmd.current_dir(repo).output().unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            outs.push(std::fs::read(&p).unwrap());
+fn venv_matches_the_python_lock() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = repo.join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run `bash scripts/setup.sh`", py.display());
+    let out = Command::new(&py).arg(repo.join("scripts/python/check_venv.py")).output().expect("run check_venv.py");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the venv differs from scripts/python/requirements.lock:\n{text}");
+    eprintln!("{}", text.trim());
+}
+
+/// The README reports both conformance counts, as the lists have them: cases that pass with
+/// every input fed at run time (`manifest.txt`) and cases that pass only with inputs compiled
+/// in (`frozen.txt`), out of every node test.
+#[test]
+fn readme_reports_both_conformance_counts() {
+    let count = |text: &str| text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count();
+    let run_time = count(include_str!("conformance/manifest.txt"));
+    let frozen = count(include_str!("conformance/frozen.txt"));
+    let total = count(include_str!("conformance/node_tests.txt"));
+    let readme = include_str!("../README.md");
+    let fmt = |n: usize| {
+        let s = n.to_string();
+        if n >= 1000 {
+            format!("{},{}", &s[..s.len() - 3], &s[s.len() - 3..])
+        } else {
+            s
         }
-        assert_eq!(outs[0], outs[1], "{target}: two compilations differ");
-    }
+    };
+    let want_run_time = format!("{} of {}", fmt(run_time), fmt(total));
+    let want_frozen = format!("{} more", fmt(frozen));
+    assert!(
+        readme.contains(&want_run_time) && readme.contains(&want_frozen),
+        "README.md must report `{want_run_time}` (every input fed at run time) and `{want_frozen}` (inputs compiled in)"
+    );
 }

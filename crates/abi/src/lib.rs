@@ -16,7 +16,7 @@ pub mod manifest;
 /// Major version of the artifact format and entry-point ABI. Bumped on any incompatible change.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: compatible additions.
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 
 /// Name of the entry-point symbol exported by every compiled CPU module.
 pub const ENTRY_SYMBOL: &str = "kiln_entry";

@@ -185,4 +185,43 @@ pub struct Manifest {
     /// messages.
     #[prost(string, tag = "18")]
     pub devices: String,
+    /// Graph inputs that were compiled in as constants (ABI 1.3; `--freeze-input`): the
+    /// compiled code no longer takes them. A runner given a value for one must refuse it
+    /// unless it is the value compiled in ([`FrozenInput::holds`]).
+    #[prost(message, repeated, tag = "19")]
+    pub frozen_inputs: Vec<FrozenInput>,
+}
+
+/// A graph input compiled in as a constant: its name, type and shape, and a hash of its value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FrozenInput {
+    #[prost(message, optional, tag = "1")]
+    pub spec: Option<TensorSpec>,
+    /// xxh3-64 of the value's bytes (little-endian, one byte per element of the small types).
+    #[prost(uint64, tag = "2")]
+    pub value_hash: u64,
+}
+
+impl FrozenInput {
+    pub fn new(name: &str, dtype: i32, shape: &[usize], data: &[u8]) -> FrozenInput {
+        FrozenInput {
+            spec: Some(TensorSpec { name: name.to_string(), dtype, shape: shape.iter().map(|&d| d as u64).collect() }),
+            value_hash: xxhash_rust::xxh3::xxh3_64(data),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.spec.as_ref().map_or("", |s| s.name.as_str())
+    }
+
+    /// Whether a given value (dtype code, shape, bytes as in [`FrozenInput::new`]) is the one
+    /// compiled in.
+    pub fn holds(&self, dtype: i32, shape: &[usize], data: &[u8]) -> bool {
+        self.spec.as_ref().is_some_and(|s| {
+            s.dtype == dtype
+                && s.shape.len() == shape.len()
+                && s.shape.iter().zip(shape).all(|(&a, &b)| a == b as u64)
+                && self.value_hash == xxhash_rust::xxh3::xxh3_64(data)
+        })
+    }
 }

@@ -97,6 +97,11 @@ enum Cmd {
         inputs: Vec<String>,
         #[arg(long = "output-dir")]
         output_dir: PathBuf,
+        /// How to write each output: `npy`, `pb` (an ONNX TensorProto, with the output's exact
+        /// element type), or `auto`: `.npy` unless numpy has no such type (bfloat16, the
+        /// float8 and float4 types, the 4- and 2-bit integers), `.pb` for those.
+        #[arg(long = "output-format", default_value = "auto", value_parser = ["auto", "npy", "pb"])]
+        output_format: String,
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
@@ -283,20 +288,44 @@ fn structured_inputs(model: &Path, files: &HashMap<String, PathBuf>, all: bool) 
     Ok(out)
 }
 
+/// Checks every given input name against the session: it names an input the compiled code
+/// takes, a sequence or optional input of an `.onnx` model, or an input frozen at compile
+/// time, whose given value must then be the one compiled in (a new value needs a new
+/// compilation: the artifact would silently compute with the old one).
+fn check_given(s: &Session, files: &HashMap<String, PathBuf>, structured: &Structured) -> Res<()> {
+    let mut names: Vec<&String> = files.keys().collect();
+    names.sort();
+    for name in names {
+        if s.inputs().iter().any(|i| &i.name == name) || structured.specs.contains_key(name) {
+            continue;
+        }
+        let path = &files[name];
+        let Some(frozen) = s.manifest().frozen_inputs.iter().find(|f| f.name() == name) else {
+            let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
+            let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Err(format!("--input `{name}`: the model has no input of that name (its inputs: {list})").into());
+        };
+        let t = tensors::read_ir(path).map_err(|e| format!("input `{name}` from {}: {e}", path.display()))?;
+        if !frozen.holds(t.dtype().code() as i32, t.shape(), &t.data) {
+            return Err(format!(
+                "--input `{name}` from {}: this artifact was compiled with `{name}` frozen to another value; \
+                 compile it again with this value (--freeze-input {name}=FILE) to use it",
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// The session's inputs in order, read from the given files (or random where `random`).
 fn gather_inputs(
     s: &Session,
     files: &HashMap<String, PathBuf>,
     structured: &Structured,
-    frozen: &[String],
     random: bool,
 ) -> Res<Vec<HostTensor>> {
-    let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
-    if let Some(extra) =
-        files.keys().find(|k| !known.contains(&k.as_str()) && !frozen.contains(k) && !structured.specs.contains_key(*k))
-    {
-        return Err(format!("--input `{extra}`: the model has no such input (inputs: {})", known.join(", ")).into());
-    }
+    check_given(s, files, structured)?;
     s.inputs()
         .iter()
         .enumerate()
@@ -313,33 +342,38 @@ fn gather_inputs(
         .collect()
 }
 
-/// Given inputs that the compiled model no longer takes (frozen at compile time).
-fn frozen_names(s: &Session, files: &HashMap<String, PathBuf>) -> Vec<String> {
-    files.keys().filter(|k| !s.inputs().iter().any(|i| &i.name == *k)).cloned().collect()
-}
-
 fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
 }
 
-fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, threads: usize) -> Res<()> {
+fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, format: &str, threads: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let structured = structured_inputs(model, &files, false)?;
     let s = session(model, shapes, threads, &files, &structured)?;
-    let ins = gather_inputs(&s, &files, &structured, &frozen_names(&s, &files), false)?;
+    let ins = gather_inputs(&s, &files, &structured, false)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     let outs = s.run(&refs)?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut listing = Vec::new();
     let mut used = std::collections::HashSet::new();
     for t in &outs {
-        let mut file = format!("{}.npy", sanitize(&t.name));
+        let ext = match format {
+            "npy" => "npy",
+            "pb" => "pb",
+            _ if tensors::npy_holds(t.dtype) => "npy",
+            _ => "pb",
+        };
+        let mut file = format!("{}.{ext}", sanitize(&t.name));
         let mut n = 1;
         while !used.insert(file.clone()) {
-            file = format!("{}_{n}.npy", sanitize(&t.name));
+            file = format!("{}_{n}.{ext}", sanitize(&t.name));
             n += 1;
         }
-        tensors::write_npy(&dir.join(&file), t)?;
+        if ext == "pb" {
+            tensors::write_pb(&dir.join(&file), t)?;
+        } else {
+            tensors::write_npy(&dir.join(&file), t)?;
+        }
         listing.push(serde_json::json!({"name": t.name, "file": file, "dtype": t.dtype.name(), "shape": t.shape}));
     }
     let json = serde_json::to_string_pretty(&serde_json::json!({ "outputs": listing }))?;
@@ -369,7 +403,7 @@ fn cmd_bench(
     let files = parse_inputs(inputs)?;
     let structured = structured_inputs(model, &files, false)?;
     let s = session(model, shapes, threads, &files, &structured)?;
-    let ins = gather_inputs(&s, &files, &structured, &frozen_names(&s, &files), true)?;
+    let ins = gather_inputs(&s, &files, &structured, true)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     // Output buffers allocated once and reused, as a serving loop would: what is timed is the
     // model, not the allocator (a fresh buffer per run can cost a page fault per 4 KiB).
@@ -547,7 +581,9 @@ fn main() -> ExitCode {
             eprintln!("{what} {} ({} bytes, arena {} bytes)", out.display(), done.file_len, done.manifest.arena_bytes);
             Ok(())
         })(),
-        Cmd::Run { model, shapes, inputs, output_dir, threads } => cmd_run(model, shapes, inputs, output_dir, *threads),
+        Cmd::Run { model, shapes, inputs, output_dir, output_format, threads } => {
+            cmd_run(model, shapes, inputs, output_dir, output_format, *threads)
+        }
         Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot } => {
             cmd_inspect(model, shapes, after.as_deref(), *memory, emit, target, *partitions, dot.as_deref())
         }

@@ -108,7 +108,22 @@ pub fn random(spec: &kiln::TensorSpec, seed: u64) -> HostTensor {
     from_ir(&kiln::ir::Tensor::from_data(shape, data))
 }
 
-/// Writes an output as `.npy`.
+/// Whether `.npy` (numpy) has the element type: not bfloat16, the float8/float4 types or the
+/// 4- and 2-bit integers.
+pub fn npy_holds(dtype: DTypeCode) -> bool {
+    DType::from_code(dtype).is_some_and(|d| d != DType::BF16 && !d.is_small())
+}
+
+/// Writes an output as an ONNX `TensorProto` `.pb`, with its exact element type.
+pub fn write_pb(path: &Path, t: &Tensor) -> Result<(), String> {
+    let dtype = DType::from_code(t.dtype).ok_or_else(|| format!("output `{}`: unknown dtype", t.name))?;
+    let ir = kiln::ir::Tensor::from_bytes(kiln::ir::TensorType::new(dtype, t.shape.clone()), t.data.clone().into())
+        .map_err(|e| format!("output `{}`: {e}", t.name))?;
+    std::fs::write(path, kiln::write_tensor_proto(&ir, &t.name)).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Writes an output as `.npy` (bfloat16 and the small float types widened to float32, the 4-
+/// and 2-bit integers one per byte: `--output-format pb` keeps their types).
 pub fn write_npy(path: &Path, t: &Tensor) -> Result<(), String> {
     let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
     let file = std::fs::File::create(path).map_err(err)?;

@@ -84,6 +84,12 @@ pub fn read_tensor_proto(bytes: &[u8]) -> Result<kiln_ir::Tensor, ImportError> {
     kiln_onnx::decode_tensor_proto(bytes)
 }
 
+/// Encodes a tensor as an ONNX `TensorProto` named `name`, with its exact element type (the
+/// form `kiln run --output-format pb` writes; `.npy` has no bf16, float8 or 4/2-bit types).
+pub fn write_tensor_proto(t: &kiln_ir::Tensor, name: &str) -> Vec<u8> {
+    kiln_onnx::encode_tensor_proto(t, name)
+}
+
 /// The declared kind (tensor, sequence, optional) of each graph input of an ONNX model file.
 pub fn input_kinds(path: impl AsRef<Path>) -> Result<HashMap<String, ValueKind>, ImportError> {
     let path = path.as_ref();
@@ -592,9 +598,20 @@ impl Compiler {
             weights_file: String::new(),
             weights_len: 0,
             weights_checksum: 0,
+            frozen_inputs: self.frozen_specs(),
             ..Default::default()
         };
         Ok(Built { manifest, objects, weights, memory, timings })
+    }
+
+    /// The inputs compiled in as constants, sorted by name, for the manifest.
+    fn frozen_specs(&self) -> Vec<kiln_abi::manifest::FrozenInput> {
+        let mut frozen: Vec<_> = self.opts.frozen_inputs.iter().collect();
+        frozen.sort_by_key(|(name, _)| name.as_str());
+        frozen
+            .into_iter()
+            .map(|(name, t)| kiln_abi::manifest::FrozenInput::new(name, t.dtype().code() as i32, t.shape(), &t.data))
+            .collect()
     }
 
     /// Whether the options split the model across devices (a target list, or a memory cap).
@@ -764,6 +781,7 @@ impl Compiler {
             intermediates: slots.intermediates.iter().map(spec).collect(),
             copies: slots.copies,
             devices: self.devices_text(),
+            frozen_inputs: self.frozen_specs(),
             ..Default::default()
         };
         Ok(Artifact { manifest, code, weights, memory, timings, external_weights: self.opts.external_weights })

@@ -205,9 +205,7 @@ pub(crate) fn unpack(d: DType, packed: &[u8], numel: usize) -> Vec<u8> {
 }
 
 /// Packs one-byte elements of a packed type into ONNX's layout (the inverse of [`unpack`]).
-/// Kiln writes no ONNX tensors, so only the tests use it.
-#[cfg(test)]
-fn pack(d: DType, elems: &[u8]) -> Vec<u8> {
+pub(crate) fn pack(d: DType, elems: &[u8]) -> Vec<u8> {
     let per = packing(d);
     let bits = 8 / per;
     let mask = (1u8 << bits) - 1;

@@ -47,7 +47,7 @@ pub use import::{
 pub use options::{parse_input_shape, ImportOptions};
 
 mod tensor_file;
-pub use tensor_file::decode_tensor_proto;
+pub use tensor_file::{decode_tensor_proto, encode_tensor_proto};
 
 mod value;
 pub use value::{decode_value, element_name, OnnxValue, ValueKind, ValueSpec};
