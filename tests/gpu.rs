@@ -86,3 +86,27 @@ fn the_cpu_only_runner_runs_cpu_artifacts() {
     // The runner itself works here: a CPU artifact runs and matches.
     matches_onnxruntime("gpt2_torch", "cpu");
 }
+
+#[test]
+fn the_runner_refuses_an_input_name_the_model_does_not_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let artifact = dir.path().join("mlp.kiln");
+    Compiler::new(kiln::CompileOptions::default())
+        .compile_path(repo.join("examples/mlp/model.onnx"))
+        .unwrap()
+        .save(&artifact)
+        .unwrap();
+    let x = repo.join("examples/mlp/input.npy");
+    let out = Command::new(runner())
+        .arg(&artifact)
+        .arg("--input")
+        .arg(format!("x={}", x.display()))
+        .arg("--input")
+        .arg(format!("bogus={}", x.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`bogus`") && stderr.contains("no input"), "{stderr}");
+}

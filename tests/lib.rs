@@ -300,7 +300,7 @@ pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
     }
     let out = compile.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("kiln compile: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!("kiln compile: {}", clean_failure(&out)));
     }
     let mut cmd = Command::new(kiln_bin());
     cmd.arg("run").arg(&artifact);
@@ -333,6 +333,15 @@ pub fn run_cli_frozen(case: &Case) -> Result<Vec<Out>, String> {
     cli_outputs(cmd, &dir.path().join("out"))
 }
 
+/// The error line of a `kiln` command that failed as it should (status 1); a panic (101), a
+/// signal or any other status fails the calling test at once, even where a failure was
+/// expected.
+fn clean_failure(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(1), "kiln did not fail cleanly ({}): {stderr}", out.status);
+    stderr
+}
+
 fn dims(t: &Tensor) -> String {
     t.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")
 }
@@ -343,7 +352,7 @@ fn cli_outputs(mut cmd: Command, dir: &Path) -> Result<Vec<Out>, String> {
     cmd.arg("--output-dir").arg(dir).args(["--output-format", "pb"]);
     let out = cmd.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("kiln run: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!("kiln run: {}", clean_failure(&out)));
     }
     let listing: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).map_err(|e| e.to_string())?)
@@ -418,8 +427,20 @@ pub fn compare(got: &[Out], want: &[Tensor], rtol: f64, atol: f64) -> Result<(),
             let ok = if float { isclose(a, b, rtol, atol) } else { a == b };
             if !ok {
                 bad += 1;
-                let gap = |x: f64, y: f64| if x == y || (x.is_nan() && y.is_nan()) { 0.0 } else { (x - y).abs() };
-                if worst.is_none_or(|(_, x, y)| !(gap(a, b) <= gap(x, y))) {
+                // How far apart two elements are; a NaN against a number is as far as can be.
+                let gap = |x: f64, y: f64| {
+                    if x == y || (x.is_nan() && y.is_nan()) {
+                        0.0
+                    } else {
+                        let d = (x - y).abs();
+                        if d.is_nan() {
+                            f64::INFINITY
+                        } else {
+                            d
+                        }
+                    }
+                };
+                if worst.is_none_or(|(_, x, y)| gap(a, b) > gap(x, y)) {
                     worst = Some((k, a, b));
                 }
             }
