@@ -106,16 +106,22 @@ fn missing_model_file() {
     assert!(e.contains("no/such/model.onnx"), "{e}");
 }
 
-#[test]
-fn corrupted_artifact() {
-    let d = tmp();
-    let art = d.path().join("m.kiln");
+/// Compiles the example MLP into `dir/m.kiln`.
+fn compile_mlp(dir: &Path) -> PathBuf {
+    let art = dir.join("m.kiln");
     let out = Command::new(kiln_tests::kiln_bin())
         .args(["compile", MLP, "-o", art.to_str().unwrap()])
         .current_dir(repo())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    art
+}
+
+#[test]
+fn corrupted_artifact() {
+    let d = tmp();
+    let art = compile_mlp(d.path());
     let mut bytes = std::fs::read(&art).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0x5a;
@@ -192,13 +198,7 @@ fn an_input_name_the_model_does_not_have_is_refused() {
     let e = fails(&["run", MLP, "--input", X, "--input", "bogus=/nonexistent.npy", "--output-dir", out]);
     assert!(e.contains("`bogus`") && e.contains("no input") && e.contains("x"), "{e}");
     // The same through an artifact.
-    let art = d.path().join("m.kiln");
-    let o = Command::new(kiln_tests::kiln_bin())
-        .args(["compile", MLP, "-o", art.to_str().unwrap()])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let art = compile_mlp(d.path());
     let e =
         fails(&["run", art.to_str().unwrap(), "--input", X, "--input", "bogus=/nonexistent.npy", "--output-dir", out]);
     assert!(e.contains("`bogus`") && e.contains("no input"), "{e}");
@@ -236,29 +236,23 @@ fn a_value_for_a_frozen_input_must_be_the_frozen_one() {
     assert_ne!(other, frozen.to_i64_vec());
     let p = d.path().join("other_shape.npy");
     write_npy_i64(&p, &[other.len() as u64], &other);
-    let e = fails(&[
-        "run",
-        art.to_str().unwrap(),
-        "--input",
-        &data_in,
-        "--input",
-        &format!("shape={}", p.display()),
-        "--output-dir",
-        out.to_str().unwrap(),
-    ]);
+    let (other_in, out) = (format!("shape={}", p.display()), out.to_str().unwrap());
+    let e = fails(&["run", art.to_str().unwrap(), "--input", &data_in, "--input", &other_in, "--output-dir", out]);
     assert!(e.contains("`shape`") && e.contains("frozen"), "{e}");
     // `kiln run` on the .onnx model, told to freeze one value and given another: refused too.
+    let freeze = format!("shape={}", shape.display());
+    let model = model.to_str().unwrap();
     let e = fails(&[
         "run",
-        model.to_str().unwrap(),
+        model,
         "--freeze-input",
-        &format!("shape={}", shape.display()),
+        &freeze,
         "--input",
         &data_in,
         "--input",
-        &format!("shape={}", p.display()),
+        &other_in,
         "--output-dir",
-        out.to_str().unwrap(),
+        out,
     ]);
     assert!(e.contains("`shape`") && e.contains("frozen"), "{e}");
 }
