@@ -256,3 +256,23 @@ fn a_value_for_a_frozen_input_must_be_the_frozen_one() {
     ]);
     assert!(e.contains("`shape`") && e.contains("frozen"), "{e}");
 }
+
+/// A compiled artifact takes a sequence input element by element; given the whole
+/// SequenceProto, `kiln run` says so.
+#[test]
+fn a_whole_sequence_for_an_artifact_names_its_element_inputs() {
+    let d = tmp();
+    let case = kiln_tests::data_root().join("node/test_identity_sequence");
+    let seq = case.join("test_data_set_0/input_0.pb");
+    let art = d.path().join("seq.kiln");
+    let o = Command::new(kiln_tests::kiln_bin())
+        .arg("compile")
+        .arg(case.join("model.onnx"))
+        .args(["-o", art.to_str().unwrap(), "--input-value", &format!("x={}", seq.display())])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let given = format!("x={}", seq.display());
+    let e = fails(&["run", art.to_str().unwrap(), "--input", &given, "--output-dir", d.path().to_str().unwrap()]);
+    assert!(e.contains("`x`") && e.contains("x[0]"), "{e}");
+}

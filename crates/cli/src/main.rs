@@ -303,7 +303,16 @@ fn check_given(s: &Session, files: &HashMap<String, PathBuf>, structured: &Struc
         let Some(frozen) = s.manifest().frozen_inputs.iter().find(|f| f.name() == name) else {
             let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
             let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-            return Err(format!("--input `{name}`: the model has no input of that name (its inputs: {list})").into());
+            // A sequence input of a compiled artifact takes its elements one by one.
+            let elements = format!("{name}[");
+            let hint = if known.iter().any(|k| k.starts_with(&elements)) {
+                format!("; this artifact takes the sequence `{name}` element by element: --input '{name}[0]=FILE' …")
+            } else {
+                String::new()
+            };
+            return Err(
+                format!("--input `{name}`: the model has no input of that name (its inputs: {list}){hint}").into()
+            );
         };
         let t = tensors::read_ir(path).map_err(|e| format!("input `{name}` from {}: {e}", path.display()))?;
         if !frozen.holds(t.dtype().code() as i32, t.shape(), &t.data) {
