@@ -150,6 +150,28 @@ fn every_emit_form_prints() {
     assert!(stdout(&o).contains("fused"));
 }
 
+/// `--after` takes every step of the pipeline, LIR ones too: right after `lower` nothing is
+/// placed in the arena yet; after `pack-weights` the program is the one that is compiled.
+#[test]
+fn inspect_stops_after_any_step_of_the_pipeline() {
+    let mlp = "examples/mlp/model.onnx";
+    let lowered = stdout(&kiln(&["inspect", mlp, "--after", "lower", "--emit", "lir"]));
+    assert!(lowered.starts_with("program \"mlp\" arena=0 {") && !lowered.contains(" at "), "{lowered}");
+    let packed = stdout(&kiln(&["inspect", mlp, "--after", "prepack", "--emit", "lir"]));
+    assert!(packed.contains("panels"), "prepack packs the GEMM weights into panels: {packed}");
+    let last = stdout(&kiln(&["inspect", mlp, "--after", "pack-weights", "--emit", "lir"]));
+    assert_eq!(last, stdout(&kiln(&["inspect", mlp, "--emit", "lir"])));
+    for (after, emit, want) in [("prepack", "hir", "stops in LIR"), ("fuse", "lir", "stops in HIR")] {
+        let o = Command::new(kiln_tests::kiln_bin())
+            .args(["inspect", mlp, "--after", after, "--emit", emit])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.code() == Some(1) && e.contains(want), "--after {after} --emit {emit}: {e}");
+    }
+}
+
 /// Issue #2: the light ResNet-50's arena is within 5% of the lower bound.
 #[test]
 fn resnet50_memory_ratio() {

@@ -2,42 +2,53 @@
 
 use std::process::Command;
 
-/// The runtime never links LLVM or any compiler crate: a deployed program carries only the
-/// runtime and an artifact.
-#[test]
-fn runtime_depends_on_neither_llvm_nor_the_compiler() {
+/// The crates `krate` depends on (`cargo tree` with `edges`), one per line, checked to have
+/// run and to list `krate`'s own dependency `expect`.
+fn dependencies(krate: &str, edges: &str, expect: &str) -> String {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "-p", "kiln-runtime", "-e", "normal,build", "--prefix", "none", "--offline"])
+        .args(["tree", "-p", krate, "-e", edges, "--prefix", "none", "--offline"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("run cargo tree");
     assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
-    let tree = String::from_utf8_lossy(&out.stdout);
-    assert!(tree.contains("kiln-abi"), "unexpected cargo tree output: {tree}");
-    let banned = ["inkwell", "llvm-sys", "kiln-ir", "kiln-onnx", "kiln-passes", "kiln-backend", "kiln v", "cudarc"];
+    let tree = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(tree.contains(expect), "unexpected cargo tree output for {krate}: {tree}");
+    tree
+}
+
+/// Fails if a line of `tree` (the dependencies of `krate`) starts with a banned name.
+fn refuse(krate: &str, tree: &str, banned: &[&str], why: &str) {
     for line in tree.lines() {
-        for b in banned {
-            assert!(
-                !line.starts_with(b),
-                "kiln-runtime depends on `{line}`; the runtime must not link LLVM or the compiler"
-            );
+        if let Some(b) = banned.iter().find(|b| line.starts_with(**b)) {
+            panic!("{krate} depends on `{line}` ({b}); {why}");
         }
     }
+}
+
+/// The runtime never links LLVM or any compiler crate: a deployed program carries only the
+/// runtime and an artifact.
+#[test]
+fn runtime_depends_on_neither_llvm_nor_the_compiler() {
+    let tree = dependencies("kiln-runtime", "normal,build", "kiln-abi");
+    let banned = ["inkwell", "llvm-sys", "kiln-ir", "kiln-onnx", "kiln-passes", "kiln-backend", "kiln v", "cudarc"];
+    refuse("kiln-runtime", &tree, &banned, "the runtime must not link LLVM or the compiler");
 }
 
 /// `ir/` knows nothing of ONNX, LLVM or the runtime.
 #[test]
 fn ir_depends_on_neither_onnx_nor_llvm() {
-    let out = Command::new(env!("CARGO"))
-        .args(["tree", "-p", "kiln-ir", "-e", "normal", "--prefix", "none", "--offline"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("run cargo tree");
-    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
-    let tree = String::from_utf8_lossy(&out.stdout);
-    assert!(tree.contains("kiln-ir"), "unexpected cargo tree output: {tree}");
-    for b in ["inkwell", "llvm-sys", "kiln-onnx", "kiln-runtime", "libloading"] {
-        assert!(!tree.lines().any(|l| l.starts_with(b)), "kiln-ir depends on {b}");
+    let tree = dependencies("kiln-ir", "normal", "kiln-ir");
+    refuse("kiln-ir", &tree, &["inkwell", "llvm-sys", "kiln-onnx", "kiln-runtime", "libloading"], "the IR is plain");
+}
+
+/// The passes and the importer depend on no backend and no LLVM: a backend plugs its steps
+/// into the pipeline through `kiln_passes::pipeline::Backend`.
+#[test]
+fn passes_and_onnx_depend_on_no_backend() {
+    for krate in ["kiln-passes", "kiln-onnx"] {
+        let tree = dependencies(krate, "normal", "kiln-ir");
+        let banned = ["kiln-backend", "inkwell", "llvm-sys", "cudarc", "kiln-runtime"];
+        refuse(krate, &tree, &banned, "backends plug into the pipeline, not the other way round");
     }
 }
 

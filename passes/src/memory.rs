@@ -14,7 +14,7 @@ pub const ALIGN: u64 = 64;
 /// and reaches it after a few hundred swaps.
 const SEARCH_STEPS: usize = 400;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryReport {
     /// Bytes of the arena.
     pub arena_bytes: u64,

@@ -217,3 +217,75 @@ fn nodes_no_device_runs_are_all_named() {
     let e = plan(&g, "cuda", &gpu_matmul_only).unwrap_err().to_string();
     assert!(e.contains("no device in `cuda` runs 3 node(s): relu ×2 (`relu0`, `relu1`); erf ×1 (`erf`)"), "{e}");
 }
+
+/// Two CPUs, neither adding a step to the pipeline.
+struct Cpus;
+
+impl partition::Backends for Cpus {
+    fn supports(&self, _: DeviceKind, _: &Graph, _: &Node) -> bool {
+        true
+    }
+    fn backend(&self, _: DeviceKind) -> &dyn kiln_passes::pipeline::Backend {
+        &kiln_passes::pipeline::Plain
+    }
+}
+
+/// The whole path of a split model up to LIR, with no backend: the chain splits where its
+/// weights run out, each partition is lowered on its own, each device's lowered memory
+/// (weights, arena, the tensor it hands on) is within its cap, and the slots put the input,
+/// the output and the one handed-on tensor where the runtime expects them.
+#[test]
+fn a_split_chain_is_lowered_within_its_caps() {
+    let mut g = chain();
+    let devices = partition::parse_devices("cpu:mem=2.5MiB,cpu:mem=2.5MiB").unwrap();
+    let split = partition::split(&mut g, &devices, &Cpus, true).unwrap();
+    let plan = &split.plan;
+    assert_eq!(plan.partitions.len(), 2, "{}", plan.text(&g));
+    assert_eq!(split.partitions.len(), 2);
+    for (d, l) in split.partitions.iter().enumerate() {
+        // Two 1 MiB weights per partition, equal (`ramp`), so one copy in its weight section.
+        assert_eq!(l.lowered.weights.len, MIB, "partition {d}");
+        assert!(!l.lowered.program.instrs.is_empty());
+    }
+    // Device 0 hands relu1's 2 KiB on; both hold 1 MiB of weights and a small arena.
+    let arena = |d: usize| split.partitions[d].lowered.memory.arena_bytes;
+    assert_eq!(split.usage, vec![MIB + arena(0) + 2048, MIB + arena(1)]);
+    assert_eq!(split.usage, partition::device_usage(&g, plan, &split.partitions));
+    assert!(split.usage.iter().all(|&u| u <= 5 * MIB / 2));
+    let slots = partition::Slots::assign(&g, plan);
+    let r1 = plan.transfers[0].value;
+    assert_eq!((slots.home[&g.inputs[0]], slots.home[&g.outputs[0]], slots.home[&r1]), (0, 1, 2));
+    assert_eq!(slots.intermediates, [r1]);
+    assert!(slots.copies.is_empty());
+}
+
+/// An output that a later partition also reads lives in an intermediate (aligned for its
+/// reader) and is copied to its output slot; an input given back as an output is copied.
+#[test]
+fn outputs_read_later_and_inputs_given_back_are_copied() {
+    let mut g = Graph::new("g");
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![4]));
+    let a = g.add_node(Op::Unary(UnaryOp::Relu), &[x], "relu", &["a".to_string()]).unwrap()[0];
+    let y = g.add_node(Op::Unary(UnaryOp::Exp), &[a], "exp", &["y".to_string()]).unwrap()[0];
+    g.outputs = vec![a, y, x];
+    let part = |device: usize, node: &str, inputs: Vec<ValueId>, outputs: Vec<ValueId>| partition::Partition {
+        device,
+        nodes: vec![*g.order().iter().find(|&&n| g.node(n).name == node).unwrap()],
+        inputs,
+        outputs,
+        weight_bytes: 0,
+        time: 0.0,
+    };
+    let plan = Plan {
+        devices: partition::parse_devices("cpu,cpu").unwrap(),
+        partitions: vec![part(0, "relu", vec![x], vec![a]), part(1, "exp", vec![a], vec![y])],
+        transfers: vec![partition::Transfer { value: a, from: 0, to: 1, bytes: 16 }],
+        device_estimates: vec![0, 0],
+        device_usage: Vec::new(),
+    };
+    let slots = partition::Slots::assign(&g, &plan);
+    // Slots: x 0; outputs a 1, y 2, x 3; intermediates from 4.
+    assert_eq!((slots.home[&x], slots.home[&a], slots.home[&y]), (0, 4, 2));
+    assert_eq!(slots.intermediates, [a]);
+    assert_eq!(slots.copies, [(4, 1), (0, 3)]);
+}

@@ -3,7 +3,7 @@
 use kiln_ir::text::{parse, print};
 use kiln_passes::{fuse, memory, simplify};
 
-fn run(src: &str, pass: kiln_passes::PassFn) -> String {
+fn run(src: &str, pass: kiln_passes::pipeline::HirPass) -> String {
     let mut g = parse(src).unwrap_or_else(|e| panic!("parse: {e}"));
     pass(&mut g).unwrap();
     kiln_ir::verify::verify(&g).unwrap();

@@ -110,7 +110,8 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         shapes: ShapeArgs,
-        /// Stop after this pass (`import` or a pipeline pass).
+        /// Stop after this step of the pipeline: `import`, or any pass, HIR or LIR (an unknown
+        /// name lists them); an LIR step prints with `--emit lir`, `llvm` or `asm`.
         #[arg(long)]
         after: Option<String>,
         /// Print the arena size, its lower bound and their ratio.

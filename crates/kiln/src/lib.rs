@@ -48,6 +48,7 @@ use kiln_abi::manifest::Manifest;
 pub mod native;
 use kiln_ir::lir::Program;
 use kiln_ir::Graph;
+use kiln_passes::pipeline::{self, Until};
 pub use native::ArtifactKind;
 
 pub use kiln_abi as abi;
@@ -114,6 +115,8 @@ pub enum Error {
     Runtime(#[from] RuntimeError),
     #[error("unknown pass `{0}`; passes are: {1}")]
     UnknownPass(String, String),
+    #[error("`--after {0}` stops in {1}: print it with --emit {2}")]
+    AfterInOtherIr(String, &'static str, &'static str),
     #[error(
         "unknown target `{0}`; supported: cpu (this machine) or an LLVM target triple, e.g. aarch64-unknown-linux-gnu"
     )]
@@ -383,14 +386,6 @@ fn lap_timer() -> impl FnMut(&'static str, &mut Vec<(&'static str, std::time::Du
     }
 }
 
-/// One partition's graph (fused) and its lowered program.
-struct Lowered {
-    graph: Graph,
-    program: Program,
-    memory: MemoryReport,
-    weights: WeightSection,
-}
-
 /// A compiled program before it is linked or packaged.
 struct Built {
     manifest: Manifest,
@@ -404,72 +399,35 @@ pub struct Compiler {
     pub opts: CompileOptions,
 }
 
-/// Each device's memory for a plan's lowered partitions: the weights of its partitions, its
-/// largest arena (its partitions run one after another) and the tensors its partitions hand
-/// to other partitions.
-fn device_usage(g: &Graph, plan: &Plan, lowered: &[Lowered]) -> Vec<u64> {
-    let mut weights = vec![0u64; plan.devices.len()];
-    let mut arena = vec![0u64; plan.devices.len()];
-    let mut handed = vec![0u64; plan.devices.len()];
-    for (p, l) in plan.partitions.iter().zip(lowered) {
-        weights[p.device] += l.weights.len;
-        arena[p.device] = arena[p.device].max(l.memory.arena_bytes);
+/// The CPU backend's steps in the pipeline: it packs constant GEMM operands into its
+/// kernels' panels.
+struct CpuSteps<'a>(&'a CpuTarget);
+
+impl pipeline::Backend for CpuSteps<'_> {
+    fn prepack(&self, p: &mut Program) -> usize {
+        kiln_backend_cpu::prepack(p, self.0)
     }
-    let mut seen = std::collections::HashSet::new();
-    for t in &plan.transfers {
-        if seen.insert(t.value) {
-            handed[plan.partitions[t.from].device] += (g.ty(t.value).bytes() as u64).next_multiple_of(64);
-        }
-    }
-    (0..plan.devices.len()).map(|d| weights[d] + arena[d] + handed[d]).collect()
 }
 
-/// Where each value crossing a partition boundary lives at run time (see
-/// [`kiln_abi::manifest::Partition`] for slot numbers).
-struct Slots {
-    home: HashMap<kiln_ir::ValueId, u32>,
-    intermediates: Vec<kiln_ir::ValueId>,
-    copies: Vec<kiln_abi::manifest::SlotCopy>,
+/// The backends of the devices a model is split across: a CPU runs every op, a GPU what
+/// [`kiln_backend_cuda::supports`] says; only the CPU adds a step to the pipeline.
+struct DeviceBackends<'a> {
+    cpu: CpuSteps<'a>,
 }
 
-impl Slots {
-    /// Graph inputs live in their input slot. A graph output lives in its output slot, unless
-    /// a later partition reads it too (then in an intermediate, 64-byte aligned for the
-    /// reader, copied to the output at the end). Other values handed between partitions live
-    /// in intermediates. A value that is several outputs, or an input given back, is copied.
-    fn assign(g: &Graph, plan: &Plan) -> Slots {
-        let (n_in, n_out) = (g.inputs.len() as u32, g.outputs.len() as u32);
-        let mut s = Slots { home: HashMap::new(), intermediates: Vec::new(), copies: Vec::new() };
-        for (i, &v) in g.inputs.iter().enumerate() {
-            s.home.insert(v, i as u32);
+impl kiln_passes::partition::Backends for DeviceBackends<'_> {
+    fn supports(&self, kind: DeviceKind, g: &Graph, node: &kiln_ir::Node) -> bool {
+        match kind {
+            DeviceKind::Cpu => true,
+            DeviceKind::Cuda => kiln_backend_cuda::supports(g, node),
         }
-        let read_later: std::collections::HashSet<kiln_ir::ValueId> = plan.transfers.iter().map(|t| t.value).collect();
-        let intermediate = |s: &mut Slots, v: kiln_ir::ValueId| -> u32 {
-            if let Some(&k) = s.home.get(&v) {
-                return k;
-            }
-            let k = n_in + n_out + s.intermediates.len() as u32;
-            s.intermediates.push(v);
-            s.home.insert(v, k);
-            k
-        };
-        for (k, &v) in g.outputs.iter().enumerate() {
-            let slot = n_in + k as u32;
-            match s.home.get(&v) {
-                Some(&from) => s.copies.push(kiln_abi::manifest::SlotCopy { from, to: slot }),
-                None if read_later.contains(&v) => {
-                    let from = intermediate(&mut s, v);
-                    s.copies.push(kiln_abi::manifest::SlotCopy { from, to: slot });
-                }
-                None => {
-                    s.home.insert(v, slot);
-                }
-            }
+    }
+
+    fn backend(&self, kind: DeviceKind) -> &dyn pipeline::Backend {
+        match kind {
+            DeviceKind::Cpu => &self.cpu,
+            DeviceKind::Cuda => &pipeline::Plain,
         }
-        for t in &plan.transfers {
-            intermediate(&mut s, t.value);
-        }
-        s
     }
 }
 
@@ -501,39 +459,45 @@ impl Compiler {
         Ok(kiln_onnx::import_path_with_constants(path.as_ref(), &self.import_opts(), &self.opts.frozen_inputs)?)
     }
 
-    /// Runs the HIR pipeline, stopping after `after` if given.
-    pub fn optimize(&self, g: &mut Graph, after: Option<&str>) -> Result<(), Error> {
-        if let Some(a) = after {
-            if a != "import" && !pass_names().contains(&a) {
-                return Err(Error::UnknownPass(a.into(), format!("import, {}", pass_names().join(", "))));
-            }
-            if a == "import" {
-                return Ok(());
-            }
+    /// The pipeline's context for the CPU this compiler targets.
+    fn cpu_steps(&self) -> CpuSteps<'_> {
+        CpuSteps(&self.opts.target)
+    }
+
+    /// Checks a step name for `--after` (`import` or any step of [`pipeline::PIPELINE`]).
+    fn check_pass_name(name: &str) -> Result<(), Error> {
+        if name == "import" || pass_names().contains(&name) {
+            return Ok(());
         }
-        kiln_passes::PassManager { verify: self.opts.verify }.run(g, after)?;
+        Err(Error::UnknownPass(name.into(), format!("import, {}", pass_names().join(", "))))
+    }
+
+    /// Runs the HIR steps of the pipeline, stopping after `after` if given (`import`: none;
+    /// an LIR step: all the HIR steps).
+    pub fn optimize(&self, g: &mut Graph, after: Option<&str>) -> Result<(), Error> {
+        let until = match after {
+            Some("import") => return Ok(()),
+            Some(a) => {
+                Self::check_pass_name(a)?;
+                if pipeline::is_lir(a) {
+                    Until::Hir
+                } else {
+                    Until::After(a)
+                }
+            }
+            None => Until::Hir,
+        };
+        let cpu = self.cpu_steps();
+        pipeline::run(g, &pipeline::Context::new(&cpu, self.opts.verify), until)?;
         Ok(())
     }
 
-    /// Lowers an optimized graph to a memory-planned LIR program and its weight section.
+    /// Runs the LIR steps of the pipeline on an optimized graph: a memory-planned LIR
+    /// program and its weight section.
     pub fn lower(&self, g: &Graph) -> Result<(Program, MemoryReport, WeightSection), Error> {
-        self.lower_for(g, DeviceKind::Cpu)
-    }
-
-    /// [`Compiler::lower`] for a kind of device: GEMM weights are packed into the CPU
-    /// kernels' panels only for a CPU.
-    fn lower_for(&self, g: &Graph, kind: DeviceKind) -> Result<(Program, MemoryReport, WeightSection), Error> {
-        let mut p = kiln_passes::lower::lower(g)?;
-        kiln_passes::fuse::fuse_lir(&mut p);
-        kiln_passes::fuse::inline_scalar_constants(&mut p);
-        if kind == DeviceKind::Cpu {
-            kiln_backend_cpu::prepack(&mut p, &self.opts.target);
-        }
-        kiln_passes::fuse::relayout_constants(&mut p);
-        let report = kiln_passes::memory::plan(&mut p);
-        p.remove_unused_buffers();
-        let weights = kiln_passes::memory::pack_constants(&mut p);
-        Ok((p, report, weights))
+        let cpu = self.cpu_steps();
+        let l = pipeline::lower(g, &pipeline::Context::new(&cpu, self.opts.verify))?;
+        Ok((l.program, l.memory, l.weights))
     }
 
     /// Compiles an optimized graph into an artifact.
@@ -571,11 +535,14 @@ impl Compiler {
         mut timings: Vec<(&'static str, std::time::Duration)>,
         names: &kiln_backend_cpu::EntryNames,
     ) -> Result<Built, Error> {
+        let cpu = self.cpu_steps();
+        let out = pipeline::run(&mut g, &pipeline::Context::new(&cpu, self.opts.verify), Until::End)?;
+        // `--timings` phases: the HIR steps, then lowering and the LIR steps.
+        let phase = |lir: bool| out.timings.iter().filter(|(n, _)| pipeline::is_lir(n) == lir).map(|(_, t)| *t).sum();
+        timings.push(("optimize", phase(false)));
+        timings.push(("lower", phase(true)));
+        let pipeline::Lowered { program: p, memory, weights } = out.lowered.expect("the pipeline lowers");
         let mut lap = lap_timer();
-        self.optimize(&mut g, None)?;
-        lap("optimize", &mut timings);
-        let (p, memory, weights) = self.lower(&g)?;
-        lap("lower", &mut timings);
         let objects = kiln_backend_cpu::compile_objects(&p, &self.opts.target, &self.opts.kernel_cache, names)?;
         lap("codegen", &mut timings);
         let spec = |(name, dtype, shape): &(String, kiln_ir::DType, Vec<usize>)| TensorSpec {
@@ -623,76 +590,23 @@ impl Compiler {
         self.opts.devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
     }
 
-    /// Which nodes each kind of device runs: a CPU every op, a GPU what
-    /// [`kiln_backend_cuda::supports`] says.
-    fn supports(kind: DeviceKind, g: &Graph, node: &kiln_ir::Node) -> bool {
-        match kind {
-            DeviceKind::Cpu => true,
-            DeviceKind::Cuda => kiln_backend_cuda::supports(g, node),
-        }
-    }
-
     /// Splits an imported graph across [`CompileOptions::devices`] (after simplification;
     /// fusion runs per partition): the plan `kiln inspect --partitions` prints.
     /// The plan's [`Plan::device_usage`] is filled in from the lowered partitions.
     pub fn plan(&self, g: &mut Graph) -> Result<Plan, Error> {
-        let (mut plan, _, usage) = self.plan_and_lower(g)?;
-        plan.device_usage = usage;
+        let split = self.split(g)?;
+        let mut plan = split.plan;
+        plan.device_usage = split.usage;
         Ok(plan)
     }
 
-    /// Simplifies `g`, partitions it and lowers every partition. Partitioning works from
-    /// estimates; when the lowered partitions of a device need more than its cap (packed and
-    /// transformed weights, scratch buffers), it partitions again with that device's budget
-    /// scaled down by the overshoot, up to a few times. Returns the plan, each partition's
-    /// lowered program, and each device's memory (weights, largest arena, and the tensors it
-    /// hands on).
-    fn plan_and_lower(&self, g: &mut Graph) -> Result<(Plan, Vec<Lowered>, Vec<u64>), Error> {
-        use rayon::prelude::*;
-        let fuse_at = pass_names().iter().position(|&p| p == "fuse").expect("the pipeline fuses");
-        let before_fuse = pass_names()[fuse_at - 1];
-        kiln_passes::PassManager { verify: self.opts.verify }.run(g, Some(before_fuse))?;
-        let devices = &self.opts.devices;
-        let cost = kiln_passes::partition::CostModel::default();
-        let mut budgets: Vec<Option<u64>> = devices.iter().map(|d| d.mem).collect();
-        let mut attempt = 0;
-        loop {
-            let plan = kiln_passes::partition::partition(g, devices, &Self::supports, &cost, &budgets)?;
-            let lowered: Vec<Lowered> = plan
-                .partitions
-                .par_iter()
-                .enumerate()
-                .map(|(i, p)| -> Result<Lowered, Error> {
-                    let mut sub = kiln_passes::partition::extract(g, p, &format!("{}.p{i}", g.name))?;
-                    kiln_passes::fuse::fuse(&mut sub)?;
-                    let (program, memory, weights) = self.lower_for(&sub, plan.devices[p.device].kind)?;
-                    Ok(Lowered { graph: sub, program, memory, weights })
-                })
-                .collect::<Result<_, _>>()?;
-            let usage = device_usage(g, &plan, &lowered);
-            let over: Vec<usize> =
-                (0..devices.len()).filter(|&d| devices[d].mem.is_some_and(|cap| usage[d] > cap)).collect();
-            if over.is_empty() {
-                return Ok((plan, lowered, usage));
-            }
-            attempt += 1;
-            if attempt > 6 {
-                let d = over[0];
-                return Err(Error::Devices {
-                    target: self.devices_text(),
-                    message: format!(
-                        "device {d} ({}) needs {} bytes (weights, arena and the tensors it hands on), over its cap",
-                        devices[d], usage[d]
-                    ),
-                });
-            }
-            for d in over {
-                let (cap, budget) = (devices[d].mem.unwrap_or(0), budgets[d].unwrap_or(0));
-                // Shrink the budget by the share the estimate missed, and a little more.
-                let scaled = (budget as f64 * cap as f64 / usage[d] as f64 * 0.98) as u64;
-                budgets[d] = Some(scaled.min(budget.saturating_sub(4096)));
-            }
-        }
+    /// Runs the pipeline on a model split across devices ([`kiln_passes::partition::split`]).
+    fn split(&self, g: &mut Graph) -> Result<kiln_passes::partition::Split, Error> {
+        let backends = DeviceBackends { cpu: self.cpu_steps() };
+        kiln_passes::partition::split(g, &self.opts.devices, &backends, self.opts.verify).map_err(|e| match e {
+            PassError::Devices(message) => Error::Devices { target: self.devices_text(), message },
+            e => Error::Pass(e),
+        })
     }
 
     /// Compiles a graph split across devices: each partition into a program with entry
@@ -705,7 +619,7 @@ impl Compiler {
         mut timings: Vec<(&'static str, std::time::Duration)>,
     ) -> Result<Artifact, Error> {
         let mut lap = lap_timer();
-        let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
+        let kiln_passes::partition::Split { plan, partitions: lowered, .. } = self.split(&mut g)?;
         lap("lower", &mut timings);
         let mut objects = Vec::new();
         let mut gpu: HashMap<usize, kiln_backend_cuda::CudaModule> = HashMap::new();
@@ -714,10 +628,11 @@ impl Compiler {
                 DeviceKind::Cpu => {
                     let names = kiln_backend_cpu::EntryNames::with_prefix(&format!("kiln_p{i}"));
                     let cache = &self.opts.kernel_cache;
-                    objects.push(kiln_backend_cpu::compile_objects(&l.program, &self.opts.target, cache, &names)?);
+                    let program = &l.lowered.program;
+                    objects.push(kiln_backend_cpu::compile_objects(program, &self.opts.target, cache, &names)?);
                 }
                 DeviceKind::Cuda => {
-                    gpu.insert(i, kiln_backend_cuda::compile(&l.program, &self.opts.cuda)?);
+                    gpu.insert(i, kiln_backend_cuda::compile(&l.lowered.program, &self.opts.cuda)?);
                 }
             }
         }
@@ -730,10 +645,10 @@ impl Compiler {
         };
         lap("link", &mut timings);
 
-        let slots = Slots::assign(&g, &plan);
+        let slots = kiln_passes::partition::Slots::assign(&g, &plan);
         let mut weights = WeightSection::default();
         let mut partitions = Vec::with_capacity(lowered.len());
-        for (i, (p, l)) in plan.partitions.iter().zip(&lowered).enumerate() {
+        for (i, (p, l)) in plan.partitions.iter().zip(lowered.iter().map(|l| &l.lowered)).enumerate() {
             let base = weights.len.next_multiple_of(64);
             weights.pieces.extend(l.weights.pieces.iter().map(|(off, b)| (base + off, b.clone())));
             weights.len = base + l.weights.len;
@@ -753,11 +668,12 @@ impl Compiler {
                 ptx: cuda.map(|c| c.ptx).unwrap_or_default(),
             });
         }
+        let reports = || lowered.iter().map(|l| &l.lowered.memory);
         let memory = MemoryReport {
-            arena_bytes: lowered.iter().map(|l| l.memory.arena_bytes).max().unwrap_or(0),
-            lower_bound: lowered.iter().map(|l| l.memory.lower_bound).max().unwrap_or(0),
-            buffers: lowered.iter().map(|l| l.memory.buffers).sum(),
-            in_place: lowered.iter().map(|l| l.memory.in_place).sum(),
+            arena_bytes: reports().map(|m| m.arena_bytes).max().unwrap_or(0),
+            lower_bound: reports().map(|m| m.lower_bound).max().unwrap_or(0),
+            buffers: reports().map(|m| m.buffers).sum(),
+            in_place: reports().map(|m| m.in_place).sum(),
         };
         let spec = |v: &kiln_ir::ValueId| {
             let t = g.ty(*v);
@@ -779,7 +695,7 @@ impl Compiler {
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
             partitions,
             intermediates: slots.intermediates.iter().map(spec).collect(),
-            copies: slots.copies,
+            copies: slots.copies.iter().map(|&(from, to)| kiln_abi::manifest::SlotCopy { from, to }).collect(),
             devices: self.devices_text(),
             frozen_inputs: self.frozen_specs(),
             ..Default::default()
@@ -941,11 +857,11 @@ impl Compiler {
             return Err(no_gpu());
         }
         let mut g = self.import_path(path)?;
-        let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
+        let split = self.split(&mut g)?;
         let mut out = Vec::new();
-        for (i, (p, l)) in plan.partitions.iter().zip(&lowered).enumerate() {
-            if plan.devices[p.device].kind == DeviceKind::Cuda {
-                out.push((i, kiln_backend_cuda::compile(&l.program, &self.opts.cuda)?.ptx));
+        for (i, (p, l)) in split.plan.partitions.iter().zip(&split.partitions).enumerate() {
+            if split.plan.devices[p.device].kind == DeviceKind::Cuda {
+                out.push((i, kiln_backend_cuda::compile(&l.lowered.program, &self.opts.cuda)?.ptx));
             }
         }
         if out.is_empty() {
@@ -963,16 +879,17 @@ impl Compiler {
         }
         if self.partitioned() && after.is_none() {
             let mut g = self.import_path(path)?;
-            let (plan, lowered, _) = self.plan_and_lower(&mut g)?;
+            let split = self.split(&mut g)?;
+            let plan = &split.plan;
             let mut out = String::new();
-            for (i, (p, l)) in plan.partitions.iter().zip(lowered).enumerate() {
+            for (i, (p, l)) in plan.partitions.iter().zip(&split.partitions).enumerate() {
                 out.push_str(&format!("# partition {i} on device {} ({})\n", p.device, plan.devices[p.device]));
                 out.push_str(&match what {
                     "hir" => kiln_ir::text::print(&l.graph),
-                    "lir" => kiln_ir::lir::print(&l.program),
+                    "lir" => kiln_ir::lir::print(&l.lowered.program),
                     "llvm" | "asm" => {
                         let e = if what == "llvm" { Emit::Llvm } else { Emit::Asm };
-                        kiln_backend_cpu::emit_text(&l.program, &self.opts.target, e)?
+                        kiln_backend_cpu::emit_text(&l.lowered.program, &self.opts.target, e)?
                     }
                     other => return Err(Error::UnknownTarget(format!("--emit {other}"))),
                 });
@@ -980,19 +897,35 @@ impl Compiler {
             return Ok(out);
         }
         let mut g = self.import_path(path)?;
-        self.optimize(&mut g, after)?;
-        match what {
-            "hir" => Ok(kiln_ir::text::print(&g)),
-            "lir" => {
-                let (p, _, _) = self.lower(&g)?;
-                Ok(kiln_ir::lir::print(&p))
+        // Stop after `after` (`import`: before every step); without it, HIR stops after the
+        // last HIR step and the others run the whole pipeline.
+        let until = match after {
+            Some("import") => None,
+            Some(a) => {
+                Self::check_pass_name(a)?;
+                Some(Until::After(a))
             }
-            "llvm" | "asm" => {
-                let (p, _, _) = self.lower(&g)?;
+            None if what == "hir" => Some(Until::Hir),
+            None => Some(Until::End),
+        };
+        let lowered = match until {
+            Some(until) => {
+                let cpu = self.cpu_steps();
+                pipeline::run(&mut g, &pipeline::Context::new(&cpu, self.opts.verify), until)?.lowered
+            }
+            None => None,
+        };
+        let step = after.unwrap_or_default().to_string();
+        match (what, lowered) {
+            ("hir", None) => Ok(kiln_ir::text::print(&g)),
+            ("hir", Some(_)) => Err(Error::AfterInOtherIr(step, "LIR", "lir, llvm or asm")),
+            ("lir" | "llvm" | "asm", None) => Err(Error::AfterInOtherIr(step, "HIR", "hir")),
+            ("lir", Some(l)) => Ok(kiln_ir::lir::print(&l.program)),
+            ("llvm" | "asm", Some(l)) => {
                 let e = if what == "llvm" { Emit::Llvm } else { Emit::Asm };
-                Ok(kiln_backend_cpu::emit_text(&p, &self.opts.target, e)?)
+                Ok(kiln_backend_cpu::emit_text(&l.program, &self.opts.target, e)?)
             }
-            other => Err(Error::UnknownTarget(format!("--emit {other}"))),
+            (other, _) => Err(Error::UnknownTarget(format!("--emit {other}"))),
         }
     }
 }

@@ -32,6 +32,9 @@ use kiln_ir::{Graph, Op};
 
 use crate::PassError;
 
+mod split;
+pub use split::{device_usage, split, Backends, LoweredPartition, Slots, Split};
+
 /// What kind of device a partition runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeviceKind {
