@@ -1,0 +1,98 @@
+//! What a compilation is told: input shapes, frozen inputs, the target and devices, the
+//! kernel cache.
+
+use std::collections::HashMap;
+
+use kiln_backend_cpu::cache::KernelCache;
+use kiln_backend_cpu::CpuTarget;
+use kiln_onnx::ValueSpec;
+use kiln_passes::partition::Device;
+
+use crate::Error;
+
+/// Options of a compilation.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Pins input shapes with symbolic or unknown dims, by input name.
+    pub input_shapes: HashMap<String, Vec<usize>>,
+    pub target: CpuTarget,
+    /// Verify the HIR after every pass (always on in debug builds).
+    pub verify: bool,
+    /// Graph inputs replaced by constant values at compile time (`--freeze-input`): the
+    /// compiled model no longer takes them. This is how shape-like inputs (a Reshape's
+    /// target shape given as a graph input) become static.
+    pub frozen_inputs: HashMap<String, kiln_ir::Tensor>,
+    /// What each sequence or optional graph input holds (element types and shapes, or
+    /// whether it is present): the compiled model takes it as tensors `<name>[0]`, … .
+    pub value_inputs: HashMap<String, ValueSpec>,
+    /// Where compiled kernels are cached between compilations (by default from the
+    /// environment: `$KILN_CACHE_DIR`, `off` to disable, else `~/.cache/kiln`).
+    pub kernel_cache: KernelCache,
+    /// [`Artifact::save`] puts the weights in a file of their own next to the artifact
+    /// (`<artifact>.weights`, which the runtime maps) instead of inside it.
+    pub external_weights: bool,
+    /// Threads compiling kernels in parallel (0: one per core).
+    pub threads: usize,
+    /// The devices to split the model across (`--target cpu:mem=64MiB,cpu:mem=64MiB`), in
+    /// order of preference; empty for the whole model on one CPU, [`CompileOptions::target`].
+    /// Every CPU device compiles for `target`.
+    pub devices: Vec<Device>,
+    /// The GPU that `cuda` devices compile for.
+    pub cuda: kiln_backend_cuda::CudaTarget,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            input_shapes: HashMap::new(),
+            target: CpuTarget::host(),
+            verify: false,
+            frozen_inputs: HashMap::new(),
+            value_inputs: HashMap::new(),
+            kernel_cache: KernelCache::from_env(),
+            external_weights: false,
+            threads: 0,
+            devices: Vec::new(),
+            cuda: Default::default(),
+        }
+    }
+}
+
+impl CompileOptions {
+    /// Parses a `--target` value: `cpu` (the host).
+    pub fn set_target(&mut self, name: &str) -> Result<(), Error> {
+        self.set_target_cpu(name, None)
+    }
+
+    /// Parses a `--target` value and an optional `--cpu`: `cpu` or `host` (this machine, with
+    /// all its features, unless `cpu` names another CPU), or an LLVM target triple such as
+    /// `aarch64-unknown-linux-gnu` (for `cpu`, default `generic`). The optimization level
+    /// ([`CpuTarget::opt_level`]) is kept.
+    ///
+    /// A list of devices (`cuda,cpu`, `cpu:mem=64MiB,cpu:mem=64MiB`: a comma or a `:` option
+    /// makes it one) splits the model across them ([`CompileOptions::devices`]); its CPUs are
+    /// this machine (or `cpu`).
+    pub fn set_target_cpu(&mut self, name: &str, cpu: Option<&str>) -> Result<(), Error> {
+        self.devices = Vec::new();
+        if name.contains(',') || name.contains(':') || name == "cuda" {
+            let devices = kiln_passes::partition::parse_devices(name)
+                .map_err(|message| Error::Devices { target: name.into(), message })?;
+            self.set_target_cpu("cpu", cpu)?;
+            self.devices = devices;
+            return Ok(());
+        }
+        let opt_level = self.target.opt_level;
+        self.target = match name {
+            "cpu" | "host" => match cpu {
+                None => CpuTarget::host(),
+                Some(c) => CpuTarget::cross(&CpuTarget::host().triple, c),
+            },
+            t if t.split('-').count() >= 2 => CpuTarget::cross(t, cpu.unwrap_or("generic")),
+            other => return Err(Error::UnknownTarget(other.to_string())),
+        };
+        self.target.opt_level = opt_level;
+        // A target LLVM cannot build for is reported now, not after the front end ran.
+        kiln_backend_cpu::check_target(&self.target)?;
+        Ok(())
+    }
+}
