@@ -359,8 +359,7 @@ impl Importer {
         let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
         let name = format!("{}{name}", self.scope);
         let is_default = matches!(node.domain(), "" | "ai.onnx");
-        let is_extra = ops::EXTRA_OPS.contains(&(node.domain(), op_type));
-        let is_flex = flex::OPS.contains(&(node.domain(), op_type));
+        let def = ops::lookup(node.domain(), op_type);
         let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };
         let node_err = |message: String| ImportError::Node {
             node: name.clone(),
@@ -395,20 +394,18 @@ impl Importer {
         if poisoned {
             // Downstream of an unsupported op nothing can be typed: a known op is skipped (the
             // op upstream is reported), an unknown one is reported too.
-            let known = ops::KNOWN_OPS.contains(&op_type)
-                || control::OPS.contains(&op_type)
-                || sequence::OPS.contains(&op_type);
-            if !is_default || !known {
+            if !is_default || def.is_none() {
                 self.placeholder(node, &name, &inputs, opset, None);
             } else {
                 self.poison(node);
             }
             return Ok(());
         }
-        if !is_default && !is_extra && !is_flex {
+        let Some(def) = def else {
+            // Not in the registry: reported with every other unknown op.
             self.placeholder(node, &name, &inputs, opset, None);
             return Ok(());
-        }
+        };
         let Some(opset) = opset else {
             return Err(ImportError::InvalidGraph(format!(
                 "node `{name}` ({op_type}) is in domain `{}`, but the model imports no opset for it",
@@ -417,31 +414,40 @@ impl Importer {
         };
 
         let values = |r: OpResult<Vec<ValueId>>| r.map(|vs| vs.into_iter().map(Slot::Value).collect::<Vec<_>>());
-        let result = if is_extra {
-            let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
-            values(ops::import_extra(&mut cx))
-        } else if is_flex || control::OPS.contains(&op_type) {
-            let r = if is_flex {
-                self.flex_attention(node, &name, opset, &inputs)
-                    .map(|o| o.map(|vs| vs.into_iter().map(Slot::Value).collect()))
-            } else {
-                self.control(node, &name, opset, &slots)
-            };
-            match r {
-                Ok(Some(outs)) => Ok(outs),
-                Ok(None) => {
-                    self.poison(node);
-                    return Ok(());
-                }
-                Err(e) => Err(e),
+        let result = match def.route {
+            ops::Route::Node(f) if !def.domain.is_empty() => {
+                // Other domains' ops take their inputs as given.
+                let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
+                values(f(&mut cx))
             }
-        } else if sequence::OPS.contains(&op_type) || (op_type == "Identity" && structured.is_some()) {
-            self.sequence_op(node, &name, opset, &slots)
-        } else if let Some((i, kind)) = structured {
-            return Err(node_err(format!("input {i} `{}` is {kind}; {op_type} takes tensors", node.input[i])));
-        } else {
-            let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
-            values(ops::import(&mut cx))
+            ops::Route::Flex | ops::Route::Control => {
+                let r = if matches!(def.route, ops::Route::Flex) {
+                    self.flex_attention(node, &name, opset, &inputs)
+                        .map(|o| o.map(|vs| vs.into_iter().map(Slot::Value).collect()))
+                } else {
+                    self.control(node, &name, opset, &slots)
+                };
+                match r {
+                    Ok(Some(outs)) => Ok(outs),
+                    Ok(None) => {
+                        self.poison(node);
+                        return Ok(());
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ops::Route::Sequence => self.sequence_op(node, &name, opset, &slots),
+            ops::Route::Node(_) if op_type == "Identity" && structured.is_some() => {
+                self.sequence_op(node, &name, opset, &slots)
+            }
+            ops::Route::Node(_) if structured.is_some() => {
+                let (i, kind) = structured.expect("matched");
+                return Err(node_err(format!("input {i} `{}` is {kind}; {op_type} takes tensors", node.input[i])));
+            }
+            ops::Route::Node(f) => {
+                let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
+                values(ops::import(&mut cx, def, f))
+            }
         };
         match result {
             Ok(outs) => {

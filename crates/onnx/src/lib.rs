@@ -49,5 +49,11 @@ pub use options::{parse_input_shape, ImportOptions};
 mod tensor_file;
 pub use tensor_file::{decode_tensor_proto, encode_tensor_proto};
 
+/// Every op the importer knows, as (domain, op type), the default domain as `""`: the
+/// registry's entries, in its order (by family).
+pub fn registered_ops() -> Vec<(&'static str, &'static str)> {
+    ops::registry_entries()
+}
+
 mod value;
 pub use value::{decode_value, element_name, OnnxValue, ValueKind, ValueSpec};

@@ -35,9 +35,6 @@ use crate::proto::type_proto::Value as TypeValue;
 use crate::proto::{GraphProto, NodeProto};
 use crate::ImportError;
 
-/// The op types imported here (by the importer itself: they need its name scopes).
-pub(super) const OPS: &[&str] = &["If", "Loop", "Scan", "SequenceMap"];
-
 /// Most iterations a `Loop` or `Scan` is unrolled to (and most batch entries of an opset-8
 /// `Scan`).
 pub(crate) const MAX_UNROLL: usize = 4096;

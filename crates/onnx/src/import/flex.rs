@@ -14,9 +14,6 @@ use crate::data::dtype_of;
 use crate::ops::{invalid, unsupported, OpResult};
 use crate::proto::NodeProto;
 
-/// The op types imported here, by domain.
-pub(super) const OPS: &[(&str, &str)] = &[("ai.onnx.preview", "FlexAttention")];
-
 impl Importer {
     /// Imports a FlexAttention node; `None` when a modifier subgraph holds an unsupported op.
     pub(super) fn flex_attention(

@@ -13,21 +13,6 @@ use crate::data::dtype_of;
 use crate::ops::{invalid, norm_axis, NodeCx, OpError, OpResult};
 use crate::proto::NodeProto;
 
-/// The op types imported here.
-pub(super) const OPS: &[&str] = &[
-    "SequenceConstruct",
-    "SequenceEmpty",
-    "SequenceInsert",
-    "SequenceAt",
-    "SequenceErase",
-    "SequenceLength",
-    "SplitToSequence",
-    "ConcatFromSequence",
-    "Optional",
-    "OptionalHasElement",
-    "OptionalGetElement",
-];
-
 /// Input `i`, which must be a sequence.
 fn seq_input(slots: &[Option<Slot>], i: usize) -> OpResult<(Vec<ValueId>, DType)> {
     match slots.get(i) {

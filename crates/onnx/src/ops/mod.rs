@@ -20,9 +20,17 @@ mod index;
 mod math;
 mod nn;
 mod reduce;
+mod registry;
 mod tensor;
 
-use kiln_ir::{BinaryOp, CmpOp, DType, Graph, Op, Tensor, TensorType, UnaryOp, ValueId};
+pub(crate) use registry::{lookup, Dtypes, NodeImport, OpDef, Route};
+
+/// The registry's (domain, op type) pairs.
+pub(crate) fn registry_entries() -> Vec<(&'static str, &'static str)> {
+    registry::OPS.iter().map(|d| (d.domain, d.name)).collect()
+}
+
+use kiln_ir::{BinaryOp, DType, Graph, Op, Tensor, TensorType, ValueId};
 
 use crate::attrs::Attrs;
 use crate::data::{checked_numel, ExternalStore};
@@ -306,296 +314,24 @@ pub(crate) fn norm_axes(axes: &[i64], rank: usize, what: &str) -> OpResult<Vec<u
     Ok(out)
 }
 
-/// Imports one default-domain node. Returns one value per ONNX output (values for omitted
-/// outputs may be missing from the end).
-/// Default-domain op types [`import`] handles (keep in step with its `match`). Used to report
-/// unknown ops that sit downstream of another unsupported op, where nothing can be typed.
-pub(crate) const KNOWN_OPS: &[&str] = &[
-    "Abs",
-    "BitwiseAnd",
-    "BitwiseOr",
-    "BitwiseXor",
-    "BitwiseNot",
-    "BitShift",
-    "BitCast",
-    "Compress",
-    "NonZero",
-    "Unique",
-    "NonMaxSuppression",
-    "TfIdfVectorizer",
-    "Det",
-    "DeformConv",
-    "Sin",
-    "Cos",
-    "Tan",
-    "Asin",
-    "Acos",
-    "Atan",
-    "Add",
-    "And",
-    "AveragePool",
-    "BatchNormalization",
-    "Cast",
-    "CastLike",
-    "Ceil",
-    "Clip",
-    "Concat",
-    "Constant",
-    "ConstantOfShape",
-    "Conv",
-    "Div",
-    "Dropout",
-    "Equal",
-    "Erf",
-    "Exp",
-    "Expand",
-    "Flatten",
-    "Floor",
-    "Gather",
-    "Gemm",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "Greater",
-    "GreaterOrEqual",
-    "HardSigmoid",
-    "Identity",
-    "LRN",
-    "LeakyRelu",
-    "Less",
-    "LessOrEqual",
-    "Log",
-    "LogSoftmax",
-    "MatMul",
-    "Max",
-    "MaxPool",
-    "Mean",
-    "Min",
-    "Mod",
-    "Mul",
-    "Neg",
-    "Not",
-    "Or",
-    "Pow",
-    "Range",
-    "Reciprocal",
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceLogSum",
-    "ReduceLogSumExp",
-    "ReduceMax",
-    "ReduceMean",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceSum",
-    "ReduceSumSquare",
-    "Relu",
-    "Reshape",
-    "Shape",
-    "Sigmoid",
-    "Sign",
-    "Size",
-    "Slice",
-    "Softmax",
-    "Split",
-    "Sqrt",
-    "Squeeze",
-    "Sub",
-    "Sum",
-    "Tanh",
-    "Transpose",
-    "Unsqueeze",
-    "Where",
-    "Xor",
-    // Indexing, tests and ConvTranspose (index.rs, conv_transpose.rs).
-    "ArgMax",
-    "ArgMin",
-    "Col2Im",
-    "ConvTranspose",
-    "GatherElements",
-    "GatherND",
-    "GridSample",
-    "IsInf",
-    "IsNaN",
-    "MaxUnpool",
-    "ReverseSequence",
-    "RoiAlign",
-    "Scatter",
-    "ScatterElements",
-    "ScatterND",
-    "TopK",
-    // Compositions of existing HIR ops (compose*.rs).
-    "AffineGrid",
-    "Attention",
-    "CenterCropPad",
-    "Hardmax",
-    "LinearAttention",
-    "LpPool",
-    "MelWeightMatrix",
-    "NegativeLogLikelihoodLoss",
-    "SoftmaxCrossEntropyLoss",
-    "CausalConvWithState",
-    "Celu",
-    "CumProd",
-    "CumSum",
-    "DFT",
-    "DepthToSpace",
-    "Einsum",
-    "Elu",
-    "EyeLike",
-    "Gelu",
-    "GroupNormalization",
-    "HardSwish",
-    "InstanceNormalization",
-    "LayerNormalization",
-    "LpNormalization",
-    "MeanVarianceNormalization",
-    "Mish",
-    "OneHot",
-    "PRelu",
-    "Pad",
-    "Resize",
-    "RotaryEmbedding",
-    "Selu",
-    "Shrink",
-    "Softplus",
-    "Softsign",
-    "STFT",
-    "SpaceToDepth",
-    "SwiGLU",
-    "TensorScatter",
-    "Swish",
-    "ThresholdedRelu",
-    "Tile",
-    "Trilu",
-    "Upsample",
-    "Acosh",
-    "Asinh",
-    "Atanh",
-    "BlackmanWindow",
-    "Cosh",
-    "HammingWindow",
-    "HannWindow",
-    "RMSNormalization",
-    "Round",
-    "Sinh",
-    // Recurrent layers, unrolled (compose_rnn.rs).
-    "GRU",
-    "LSTM",
-    "RNN",
-    // Quantization (compose_quant.rs).
-    "ConvInteger",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "MatMulInteger",
-    "QLinearConv",
-    "QLinearMatMul",
-    "QuantizeLinear",
-];
-
-/// Ops of other domains that [`import_extra`] handles, by (domain, op type).
-pub(crate) const EXTRA_OPS: &[(&str, &str)] = &[
-    ("ai.onnx.preview.training", "Adagrad"),
-    ("ai.onnx.preview.training", "Momentum"),
-    ("ai.onnx.preview.training", "Adam"),
-    ("ai.onnx.ml", "Binarizer"),
-    ("ai.onnx.ml", "ArrayFeatureExtractor"),
-    ("ai.onnx.ml", "TreeEnsemble"),
-];
-
-/// Imports a node of one of [`EXTRA_OPS`].
-pub(crate) fn import_extra(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    match (cx.node.domain(), cx.op_type()) {
-        ("ai.onnx.ml", "Binarizer") => compose_misc::binarizer(cx),
-        ("ai.onnx.ml", "ArrayFeatureExtractor") => compose_misc::array_feature_extractor(cx),
-        ("ai.onnx.ml", "TreeEnsemble") => compose_misc::tree_ensemble(cx),
-        ("ai.onnx.preview.training", _) => compose_train::import(cx),
-        _ => Err(OpError::Unknown),
-    }
-}
-
-/// ONNX ops that only move, select or convert elements: they run on every dtype as is.
-const STORAGE_OPS: &[&str] = &[
-    "BitCast",
-    "Compress",
-    "NonZero",
-    "Unique",
-    "Cast",
-    "CastLike",
-    "Concat",
-    "Constant",
-    "ConstantOfShape",
-    "DepthToSpace",
-    "Dropout",
-    "Expand",
-    "Flatten",
-    "Gather",
-    "GatherElements",
-    "GatherND",
-    "Identity",
-    "Range",
-    "Reshape",
-    "Shape",
-    "Size",
-    "Slice",
-    "SpaceToDepth",
-    "Split",
-    "Squeeze",
-    "Tile",
-    "Transpose",
-    "Unsqueeze",
-    "Where",
-    "DequantizeLinear",
-    "QuantizeLinear",
-    "DynamicQuantizeLinear",
-    "MatMulInteger",
-    "ConvInteger",
-    "QLinearMatMul",
-    "QLinearConv",
-];
-
-/// Outputs that hold indices or sizes (i64 whatever the input type), by op type and index.
-const INDEX_OUTPUTS: &[(&str, usize)] =
-    &[("ArgMax", 0), ("ArgMin", 0), ("TopK", 1), ("MaxPool", 1), ("NonZero", 0), ("Shape", 0), ("Size", 0)];
-
-/// Ops that order their operands: on u64 values they run on i64 values with the sign bit
-/// flipped (`x ^ i64::MIN`), which maps u64 order onto i64 order; their u64 results are
-/// flipped back.
-const U64_ORDER_OPS: &[&str] = &[
-    "Less",
-    "LessOrEqual",
-    "Greater",
-    "GreaterOrEqual",
-    "Max",
-    "Min",
-    "TopK",
-    "ArgMax",
-    "ArgMin",
-    "ReduceMax",
-    "ReduceMin",
-];
-
-/// Ops that give the same bits on u64 values as on their i64 reinterpretation: with
-/// [`U64_ORDER_OPS`], the only ones run on u64 tensors (through i64).
-const U64_AS_I64_OPS: &[&str] =
-    &["Add", "Sub", "Mul", "Neg", "Sum", "Equal", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "Pad"];
-
-/// Imports one default-domain node. Inputs of a storage type ([`DType::compute`]: f16, bf16,
+/// Imports one default-domain node with `import_op`, its registry entry's function. Inputs of
+/// a storage type ([`DType::compute`]: f16, bf16,
 /// 8/16-bit integers, u32, u64) are widened to their compute type for ops that compute, and
 /// the results of that compute type are narrowed back, so each op rounds (or wraps) its
 /// result to the storage type once, as it would computing in that type.
-pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+pub(crate) fn import(cx: &mut NodeCx, def: &OpDef, import_op: NodeImport) -> OpResult<Vec<ValueId>> {
     let op_type = cx.op_type();
     let narrow: Vec<(usize, DType)> = (0..cx.inputs.len())
         .filter_map(|i| cx.opt_input(i).map(|v| (i, cx.g.ty(v).dtype)))
         .filter(|(_, d)| !d.is_compute())
         .collect();
-    if narrow.is_empty() || STORAGE_OPS.contains(&op_type) {
+    if narrow.is_empty() || def.dtypes == Dtypes::AsIs {
         return import_op(cx);
     }
     // For each compute type, the storage type widened to it (`None`: several).
     let mut back: Vec<(DType, Option<DType>)> = Vec::new();
-    let flip_u64 = U64_ORDER_OPS.contains(&op_type);
-    let same_bits = U64_AS_I64_OPS.contains(&op_type)
+    let flip_u64 = def.dtypes == Dtypes::U64Order;
+    let same_bits = def.dtypes == Dtypes::U64AsI64
         || (op_type == "BitShift" && cx.attrs.string("direction")?.as_deref() == Some("LEFT"));
     for &(i, d) in &narrow {
         if d == DType::U64 && !same_bits && !flip_u64 {
@@ -617,7 +353,7 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let mut outs = import_op(cx)?;
     for (k, v) in outs.iter_mut().enumerate() {
         let d = cx.g.ty(*v).dtype;
-        if INDEX_OUTPUTS.contains(&(op_type, k)) {
+        if def.index_outputs.contains(&k) {
             continue;
         }
         match back.iter().find(|(c, _)| *c == d) {
@@ -640,174 +376,4 @@ fn flip_sign_bit(cx: &mut NodeCx, x: ValueId) -> OpResult<ValueId> {
     let k = cx.konst(name, Tensor::i64(vec![], vec![i64::MIN]));
     let name = cx.tmp_name("flip");
     cx.emit(Op::Binary(BinaryOp::Xor), &[x, k], name)
-}
-
-fn import_op(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    use math::*;
-    let op_type = cx.op_type();
-    match op_type {
-        "Add" => binary(cx, BinaryOp::Add),
-        "Sub" => binary(cx, BinaryOp::Sub),
-        "Mul" => binary(cx, BinaryOp::Mul),
-        "Div" => binary(cx, BinaryOp::Div),
-        "Pow" => pow(cx),
-        "Mod" => {
-            let fmod = cx.attrs.int_or("fmod", 0)? != 0;
-            binary(cx, BinaryOp::Mod { fmod })
-        }
-        "And" => binary(cx, BinaryOp::And),
-        "Or" => binary(cx, BinaryOp::Or),
-        "Xor" => binary(cx, BinaryOp::Xor),
-        "BitwiseAnd" => binary(cx, BinaryOp::And),
-        "BitwiseOr" => binary(cx, BinaryOp::Or),
-        "BitwiseXor" => binary(cx, BinaryOp::Xor),
-        "BitwiseNot" => unary(cx, UnaryOp::Not),
-        "BitShift" => bit_shift(cx),
-        "BitCast" => bit_cast(cx),
-        "Compress" => compose_dyn::compress(cx),
-        "TfIdfVectorizer" => compose_misc::tfidf_vectorizer(cx),
-        "Det" => compose_misc::det(cx),
-        "DeformConv" => compose_misc::deform_conv(cx),
-        "NonZero" => compose_dyn::non_zero(cx),
-        "Unique" => compose_dyn::unique(cx),
-        "NonMaxSuppression" => compose_dyn::non_max_suppression(cx),
-        "Sin" => unary(cx, UnaryOp::Sin),
-        "Cos" => unary(cx, UnaryOp::Cos),
-        "Tan" => unary(cx, UnaryOp::Tan),
-        "Asin" => unary(cx, UnaryOp::Asin),
-        "Acos" => unary(cx, UnaryOp::Acos),
-        "Atan" => unary(cx, UnaryOp::Atan),
-        "Sum" => variadic(cx, BinaryOp::Add, false),
-        "Mean" => variadic(cx, BinaryOp::Add, true),
-        "Max" => variadic(cx, BinaryOp::Max, false),
-        "Min" => variadic(cx, BinaryOp::Min, false),
-        "Equal" => compare(cx, CmpOp::Equal),
-        "Less" => compare(cx, CmpOp::Less),
-        "LessOrEqual" => compare(cx, CmpOp::LessOrEqual),
-        "Greater" => compare(cx, CmpOp::Greater),
-        "GreaterOrEqual" => compare(cx, CmpOp::GreaterOrEqual),
-        "Sqrt" => unary(cx, UnaryOp::Sqrt),
-        "Reciprocal" => unary(cx, UnaryOp::Reciprocal),
-        "Exp" => unary(cx, UnaryOp::Exp),
-        "Log" => unary(cx, UnaryOp::Log),
-        "Neg" => unary(cx, UnaryOp::Neg),
-        "Abs" => unary(cx, UnaryOp::Abs),
-        "Relu" => unary(cx, UnaryOp::Relu),
-        "Sigmoid" => unary(cx, UnaryOp::Sigmoid),
-        "Tanh" => unary(cx, UnaryOp::Tanh),
-        "Erf" => unary(cx, UnaryOp::Erf),
-        "Floor" => unary(cx, UnaryOp::Floor),
-        "Ceil" => unary(cx, UnaryOp::Ceil),
-        "Not" => unary(cx, UnaryOp::Not),
-        "Sign" => unary(cx, UnaryOp::Sign),
-        "LeakyRelu" => {
-            let alpha = cx.attrs.float_or("alpha", 0.01)?;
-            unary(cx, UnaryOp::LeakyRelu { alpha })
-        }
-        "HardSigmoid" => {
-            let alpha = cx.attrs.float_or("alpha", 0.2)?;
-            let beta = cx.attrs.float_or("beta", 0.5)?;
-            unary(cx, UnaryOp::HardSigmoid { alpha, beta })
-        }
-        "Clip" => clip(cx),
-        "Where" => where_(cx),
-        "Cast" => cast(cx),
-        "CastLike" => cast_like(cx),
-        "MatMul" => matmul(cx),
-        "Gemm" => gemm(cx),
-
-        "Conv" => nn::conv(cx),
-        "MaxPool" => nn::max_pool(cx),
-        "AveragePool" => nn::average_pool(cx),
-        "GlobalAveragePool" => nn::global_pool(cx, kiln_ir::ReduceOp::Mean),
-        "GlobalMaxPool" => nn::global_pool(cx, kiln_ir::ReduceOp::Max),
-        "BatchNormalization" => nn::batch_norm(cx),
-        "LRN" => nn::lrn(cx),
-        "Softmax" => nn::softmax(cx, false),
-        "LogSoftmax" => nn::softmax(cx, true),
-        "Dropout" => nn::dropout(cx),
-
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare" | "ReduceL1"
-        | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" => reduce::reduce(cx),
-
-        "Reshape" => tensor::reshape(cx),
-        "Flatten" => tensor::flatten(cx),
-        "Squeeze" => tensor::squeeze(cx),
-        "Unsqueeze" => tensor::unsqueeze(cx),
-        "Transpose" => tensor::transpose(cx),
-        "Concat" => tensor::concat(cx),
-        "Split" => tensor::split(cx),
-        "Slice" => tensor::slice(cx),
-        "Gather" => tensor::gather(cx),
-        "Expand" => tensor::expand(cx),
-        "Shape" => tensor::shape(cx),
-        "Size" => tensor::size(cx),
-        "ConstantOfShape" => tensor::constant_of_shape(cx),
-        "Constant" => tensor::constant(cx),
-        "Identity" => tensor::identity(cx),
-        "Range" => tensor::range(cx),
-        "IsNaN" => index::is_nan(cx),
-        "IsInf" => index::is_inf(cx),
-        "ArgMax" => index::arg_reduce(cx, true),
-        "ArgMin" => index::arg_reduce(cx, false),
-        "GatherElements" => index::gather_elements(cx),
-        "GatherND" => index::gather_nd(cx),
-        "Scatter" | "ScatterElements" => index::scatter_elements(cx),
-        "ScatterND" => index::scatter_nd(cx),
-        "TopK" => index::top_k(cx),
-        "GridSample" => index::grid_sample(cx),
-        "RoiAlign" => index::roi_align(cx),
-        "MaxUnpool" => index::max_unpool(cx),
-        "ReverseSequence" => index::reverse_sequence(cx),
-        "ConvTranspose" => conv_transpose::conv_transpose(cx),
-        "Col2Im" => conv_transpose::col2im(cx),
-        "Elu" | "Selu" | "Celu" | "Softplus" | "Softsign" | "ThresholdedRelu" | "HardSwish" | "Mish" | "Gelu"
-        | "Swish" => compose::activation(cx),
-        "PRelu" => compose::prelu(cx),
-        "Shrink" => compose::shrink(cx),
-        "SwiGLU" => compose::swiglu(cx),
-        "LayerNormalization" => compose::layer_norm(cx),
-        "InstanceNormalization" => compose::instance_norm(cx),
-        "GroupNormalization" => compose::group_norm(cx),
-        "MeanVarianceNormalization" => compose::mvn(cx),
-        "LpNormalization" => compose::lp_norm(cx),
-        "Tile" => compose_data::tile(cx),
-        "DepthToSpace" => compose_data::depth_to_space(cx),
-        "SpaceToDepth" => compose_data::space_to_depth(cx),
-        "Trilu" => compose_data::trilu(cx),
-        "OneHot" => compose_data::one_hot(cx),
-        "EyeLike" => compose_data::eye_like(cx),
-        "Pad" => compose_data::pad(cx),
-        "CumSum" | "CumProd" => compose_data::cumsum(cx),
-        "Resize" => compose_resize::resize(cx),
-        "Upsample" => compose_resize::upsample(cx),
-        "RMSNormalization" => compose_more::rms_norm(cx),
-        "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" => compose_more::hyperbolic(cx),
-        "Round" => compose_more::round(cx),
-        "HannWindow" | "HammingWindow" | "BlackmanWindow" => compose_more::window(cx),
-        "Attention" => compose_attention::attention(cx),
-        "RotaryEmbedding" => compose_attention::rotary_embedding(cx),
-        "LinearAttention" => compose_attention::linear_attention(cx),
-        "Hardmax" => compose_nn::hardmax(cx),
-        "LpPool" => compose_nn::lp_pool(cx),
-        "AffineGrid" => compose_nn::affine_grid(cx),
-        "Einsum" => compose_nn::einsum(cx),
-        "CausalConvWithState" => compose_nn::causal_conv_with_state(cx),
-        "DFT" => compose_more::dft(cx),
-        "STFT" => compose_more::stft(cx),
-        "MelWeightMatrix" => compose_more::mel_weight_matrix(cx),
-        "CenterCropPad" => compose_data::center_crop_pad(cx),
-        "TensorScatter" => compose_data::tensor_scatter(cx),
-        "NegativeLogLikelihoodLoss" => compose_more::nll_loss(cx),
-        "SoftmaxCrossEntropyLoss" => compose_more::softmax_cross_entropy(cx),
-        "RNN" | "GRU" | "LSTM" => compose_rnn::recurrent(cx),
-        "DequantizeLinear" => compose_quant::dequantize_linear(cx),
-        "QuantizeLinear" => compose_quant::quantize_linear(cx),
-        "DynamicQuantizeLinear" => compose_quant::dynamic_quantize_linear(cx),
-        "MatMulInteger" => compose_quant::matmul_integer(cx),
-        "ConvInteger" => compose_quant::conv_integer(cx),
-        "QLinearMatMul" => compose_quant::qlinear_matmul(cx),
-        "QLinearConv" => compose_quant::qlinear_conv(cx),
-        _ => Err(OpError::Unknown),
-    }
 }
