@@ -435,6 +435,77 @@ pub(super) fn cast(x: &Tensor, to: DType, saturate: bool, round: E8M0Round) -> T
     Tensor::from_data(x.shape().to_vec(), out)
 }
 
+/// The type rule of the elementwise ops: their output types from their input types and
+/// attributes (see [`crate::infer::infer`]).
+pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::infer::InferResult {
+    use crate::infer::{arity, broadcast_shapes, same_dtype, want_float};
+    use crate::op::{BinaryOp, UnaryOp};
+    use crate::DType;
+    use crate::Op::*;
+    use crate::TensorType;
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        Binary(b) => {
+            arity(op, inputs, 2, 2)?;
+            let d = same_dtype(inputs)?;
+            let ok = match b {
+                BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => !d.is_float(),
+                BinaryOp::Shl | BinaryOp::Shr => d.is_int(),
+                BinaryOp::Max | BinaryOp::Min => true,
+                _ => d != DType::Bool,
+            };
+            if !ok {
+                return Err(format!("{} is not defined on {d}", op.name()));
+            }
+            one(TensorType::new(d, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
+        }
+        Compare(_) => {
+            arity(op, inputs, 2, 2)?;
+            same_dtype(inputs)?;
+            one(TensorType::new(DType::Bool, broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape])?))
+        }
+        Unary(u) => {
+            arity(op, inputs, 1, 1)?;
+            let t = inputs[0];
+            match u {
+                UnaryOp::Not if t.dtype.is_float() => return Err("not needs a bool or integer input".into()),
+                UnaryOp::Neg if t.dtype == DType::Bool => return Err("neg is not defined on bool".into()),
+                UnaryOp::Sqrt
+                | UnaryOp::Reciprocal
+                | UnaryOp::Exp
+                | UnaryOp::Log
+                | UnaryOp::Sigmoid
+                | UnaryOp::Tanh
+                | UnaryOp::Erf
+                | UnaryOp::Sin
+                | UnaryOp::Cos
+                | UnaryOp::Tan
+                | UnaryOp::Asin
+                | UnaryOp::Acos
+                | UnaryOp::Atan
+                | UnaryOp::HardSigmoid { .. }
+                | UnaryOp::LeakyRelu { .. } => want_float(op, t)?,
+                _ => {}
+            }
+            one(t.clone())
+        }
+        Where => {
+            arity(op, inputs, 3, 3)?;
+            if inputs[0].dtype != DType::Bool {
+                return Err(format!("where's condition must be bool, got {}", inputs[0].dtype));
+            }
+            same_dtype(&inputs[1..])?;
+            let s = broadcast_shapes(&[&inputs[0].shape, &inputs[1].shape, &inputs[2].shape])?;
+            one(TensorType::new(inputs[1].dtype, s))
+        }
+        Cast { to, .. } => {
+            arity(op, inputs, 1, 1)?;
+            one(TensorType::new(*to, inputs[0].shape.clone()))
+        }
+        _ => unreachable!("{} is not an elementwise op", op.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};

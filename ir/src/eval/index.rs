@@ -217,6 +217,93 @@ pub(super) fn is_nan_inf(x: &Tensor, nan: bool, negative: bool, positive: bool) 
     Ok(Tensor::bool(x.shape().to_vec(), out))
 }
 
+/// The type rule of the indexing ops: their output types from their input types and
+/// attributes (see [`crate::infer::infer`]).
+pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::infer::InferResult {
+    use crate::infer::{arity, elements_shapes, nd_shapes, scatter_dtype, want_float};
+    use crate::Op::*;
+    use crate::TensorType;
+    use crate::{DType, Shape};
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        IsNaN | IsInf { .. } => {
+            arity(op, inputs, 1, 1)?;
+            want_float(op, inputs[0])?;
+            one(TensorType::new(DType::Bool, inputs[0].shape.clone()))
+        }
+        ArgReduce { axis, keepdims, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if x.dtype == DType::Bool {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
+            if *axis >= x.rank() {
+                return Err(format!("axis {axis} out of range for rank {}", x.rank()));
+            }
+            if x.shape[*axis] == 0 {
+                return Err(format!("{} over an empty axis", op.name()));
+            }
+            let mut s = x.shape.clone();
+            if *keepdims {
+                s[*axis] = 1;
+            } else {
+                s.remove(*axis);
+            }
+            one(TensorType::new(DType::I64, s))
+        }
+        TopKIndices { axis, k, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if x.dtype == DType::Bool {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
+            if *axis >= x.rank() || *k > x.shape[*axis] {
+                return Err(format!("top_k of {k} along axis {axis} does not fit shape {:?}", x.shape));
+            }
+            let mut s = x.shape.clone();
+            s[*axis] = *k;
+            one(TensorType::new(DType::I64, s))
+        }
+        GatherElements { axis } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, idx) = (inputs[0], inputs[1]);
+            elements_shapes(op, x, idx, *axis)?;
+            one(TensorType::new(x.dtype, idx.shape.clone()))
+        }
+        ScatterElements { axis, reduction } => {
+            arity(op, inputs, 3, 3)?;
+            let (x, idx, upd) = (inputs[0], inputs[1], inputs[2]);
+            elements_shapes(op, x, idx, *axis)?;
+            scatter_dtype(op, x, upd, *reduction)?;
+            if upd.shape != idx.shape {
+                return Err(format!("updates shape {:?} differs from indices shape {:?}", upd.shape, idx.shape));
+            }
+            one(x.clone())
+        }
+        GatherNd { batch_dims } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, idx) = (inputs[0], inputs[1]);
+            let (b, m) = nd_shapes(op, x, idx, *batch_dims)?;
+            let mut s: Shape = idx.shape[..idx.rank() - 1].to_vec();
+            s.extend_from_slice(&x.shape[b + m..]);
+            one(TensorType::new(x.dtype, s))
+        }
+        ScatterNd { reduction } => {
+            arity(op, inputs, 3, 3)?;
+            let (x, idx, upd) = (inputs[0], inputs[1], inputs[2]);
+            let (_, k) = nd_shapes(op, x, idx, 0)?;
+            scatter_dtype(op, x, upd, *reduction)?;
+            let mut s: Shape = idx.shape[..idx.rank() - 1].to_vec();
+            s.extend_from_slice(&x.shape[k..]);
+            if upd.shape != s {
+                return Err(format!("updates shape {:?} must be {s:?}", upd.shape));
+            }
+            one(x.clone())
+        }
+        _ => unreachable!("{} is not an indexing op", op.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::run;

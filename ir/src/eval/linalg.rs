@@ -151,6 +151,67 @@ pub(super) fn gemm(
     Ok(Tensor::from_data(vec![m, n], data))
 }
 
+/// The type rule of the product ops: their output types from their input types and
+/// attributes (see [`crate::infer::infer`]).
+pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::infer::InferResult {
+    use crate::infer::{arity, broadcast_shapes, same_dtype};
+    use crate::Op::*;
+    use crate::TensorType;
+    use crate::{DType, Shape};
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        MatMul => {
+            arity(op, inputs, 2, 2)?;
+            let d = same_dtype(inputs)?;
+            let (a, b) = (&inputs[0].shape, &inputs[1].shape);
+            if a.is_empty() || b.is_empty() {
+                return Err("matmul operands must have rank >= 1".into());
+            }
+            let a2: Shape = if a.len() == 1 { vec![1, a[0]] } else { a.clone() };
+            let b2: Shape = if b.len() == 1 { vec![b[0], 1] } else { b.clone() };
+            let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+            let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+            if k != k2 {
+                return Err(format!("matmul inner dimensions differ: {a:?} @ {b:?}"));
+            }
+            let mut out = broadcast_shapes(&[&a2[..a2.len() - 2], &b2[..b2.len() - 2]])?;
+            if a.len() > 1 {
+                out.push(m);
+            }
+            if b.len() > 1 {
+                out.push(n);
+            }
+            one(TensorType::new(d, out))
+        }
+        Gemm { trans_a, trans_b, .. } => {
+            arity(op, inputs, 2, 3)?;
+            let d = same_dtype(inputs)?;
+            if d == DType::Bool {
+                return Err("gemm is not defined on bool".into());
+            }
+            let (a, b) = (&inputs[0].shape, &inputs[1].shape);
+            if a.len() != 2 || b.len() != 2 {
+                return Err(format!("gemm needs 2-D A and B, got {a:?} and {b:?}"));
+            }
+            let (m, k) = if *trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
+            let (k2, n) = if *trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
+            if k != k2 {
+                return Err(format!(
+                    "gemm inner dimensions differ: A {a:?} (trans {trans_a}), B {b:?} (trans {trans_b})"
+                ));
+            }
+            if let Some(c) = inputs.get(2) {
+                let s = broadcast_shapes(&[&c.shape, &[m, n]])?;
+                if s != [m, n] {
+                    return Err(format!("gemm C of shape {:?} does not broadcast to {:?}", c.shape, [m, n]));
+                }
+            }
+            one(TensorType::new(d, vec![m, n]))
+        }
+        _ => unreachable!("{} is not a product op", op.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};

@@ -18,13 +18,13 @@
 //! input element it copies. `strided_map` builds them from (possibly negative or zero)
 //! strides, which covers broadcasting, transposes and strided slices.
 
-mod elementwise;
-mod index;
-mod linalg;
-mod nn;
-mod reduce;
-mod sample;
-mod shape;
+pub(crate) mod elementwise;
+pub(crate) mod index;
+pub(crate) mod linalg;
+pub(crate) mod nn;
+pub(crate) mod reduce;
+pub(crate) mod sample;
+pub(crate) mod shape;
 
 use crate::infer::infer;
 use crate::{numel, strides_of, Data, Op, Tensor, TensorType};

@@ -333,6 +333,120 @@ pub(super) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor, Stri
     Ok(Tensor::f32(s.to_vec(), out))
 }
 
+/// The type rule of the convolution, pooling, normalization or softmax ops: their output types from their input types and
+/// attributes (see [`crate::infer::infer`]).
+pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::infer::InferResult {
+    use crate::infer::{arity, pool_shape, same_dtype, want_float};
+    use crate::DType;
+    use crate::Op::*;
+    use crate::TensorType;
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        Conv { window, group } => {
+            arity(op, inputs, 2, 3)?;
+            let (x, w) = (inputs[0], inputs[1]);
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            if w.rank() != 4 || x.rank() != 4 {
+                return Err(format!("conv needs 4-D input and weights, got {:?} and {:?}", x.shape, w.shape));
+            }
+            if *group == 0 || x.shape[1] != w.shape[1] * group || w.shape[0] % group != 0 {
+                return Err(format!(
+                    "conv channels do not match: input {:?}, weights {:?}, group {group}",
+                    x.shape, w.shape
+                ));
+            }
+            if [w.shape[2], w.shape[3]] != window.kernel {
+                return Err(format!("conv kernel_shape {:?} differs from weights {:?}", window.kernel, w.shape));
+            }
+            if let Some(b) = inputs.get(2) {
+                if b.shape != [w.shape[0]] {
+                    return Err(format!("conv bias must have shape [{}], got {:?}", w.shape[0], b.shape));
+                }
+            }
+            one(TensorType::new(x.dtype, pool_shape(x, window, false, w.shape[0])?))
+        }
+        ConvTranspose { kernel, strides, dilations, out_hw, group, .. } => {
+            arity(op, inputs, 2, 3)?;
+            let (x, w) = (inputs[0], inputs[1]);
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            if w.rank() != 4 || x.rank() != 4 {
+                return Err(format!("conv_transpose needs 4-D input and weights, got {:?} and {:?}", x.shape, w.shape));
+            }
+            if *group == 0 || x.shape[1] != w.shape[0] || w.shape[0] % group != 0 {
+                return Err(format!(
+                    "conv_transpose channels do not match: input {:?}, weights {:?}, group {group}",
+                    x.shape, w.shape
+                ));
+            }
+            if [w.shape[2], w.shape[3]] != *kernel || strides.contains(&0) || dilations.contains(&0) {
+                return Err(format!(
+                    "conv_transpose kernel {kernel:?} (weights {:?}), strides {strides:?}, dilations {dilations:?} invalid",
+                    w.shape
+                ));
+            }
+            let m = w.shape[1].checked_mul(*group).ok_or("conv_transpose output channels overflow")?;
+            if let Some(b) = inputs.get(2) {
+                if b.shape != [m] {
+                    return Err(format!("conv_transpose bias must have shape [{m}], got {:?}", b.shape));
+                }
+            }
+            one(TensorType::new(x.dtype, vec![x.shape[0], m, out_hw[0], out_hw[1]]))
+        }
+        MaxPoolIndices { window, ceil_mode, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            one(TensorType::new(DType::I64, pool_shape(x, window, *ceil_mode, x.shape.get(1).copied().unwrap_or(0))?))
+        }
+        MaxPool { window, ceil_mode } | AveragePool { window, ceil_mode, .. } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if matches!(op, AveragePool { .. }) {
+                want_float(op, x)?;
+            }
+            one(TensorType::new(x.dtype, pool_shape(x, window, *ceil_mode, x.shape.get(1).copied().unwrap_or(0))?))
+        }
+        BatchNorm { .. } => {
+            arity(op, inputs, 5, 5)?;
+            let x = inputs[0];
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            if x.rank() < 2 {
+                return Err(format!("batch_norm input must have rank >= 2, got {:?}", x.shape));
+            }
+            for (i, t) in inputs[1..].iter().enumerate() {
+                if t.shape != [x.shape[1]] {
+                    return Err(format!(
+                        "batch_norm parameter {} must have shape [{}], got {:?}",
+                        i + 1,
+                        x.shape[1],
+                        t.shape
+                    ));
+                }
+            }
+            one(x.clone())
+        }
+        Lrn { size, .. } => {
+            arity(op, inputs, 1, 1)?;
+            want_float(op, inputs[0])?;
+            if inputs[0].rank() < 3 || *size == 0 {
+                return Err(format!("lrn needs rank >= 3 and size >= 1, got {:?}, size {size}", inputs[0].shape));
+            }
+            one(inputs[0].clone())
+        }
+        Softmax { axis } | LogSoftmax { axis } => {
+            arity(op, inputs, 1, 1)?;
+            want_float(op, inputs[0])?;
+            if *axis >= inputs[0].rank() {
+                return Err(format!("axis {axis} out of range for rank {}", inputs[0].rank()));
+            }
+            one(inputs[0].clone())
+        }
+        _ => unreachable!("{} is not a convolution, pooling, normalization or softmax op", op.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};

@@ -86,6 +86,41 @@ pub(super) fn reduce(op: ReduceOp, x: &Tensor, axes: &[usize], keepdims: bool) -
     Ok(Tensor::from_data(out_shape, data))
 }
 
+/// The type rule of the reduction ops: their output types from their input types and
+/// attributes (see [`crate::infer::infer`]).
+pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::infer::InferResult {
+    use crate::infer::{arity, want_float};
+    use crate::DType;
+    use crate::Op::*;
+    use crate::TensorType;
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        Reduce { op: r, axes, keepdims } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if matches!(r, crate::op::ReduceOp::Mean) {
+                want_float(op, x)?;
+            }
+            if x.dtype == DType::Bool && matches!(r, crate::op::ReduceOp::Sum | crate::op::ReduceOp::Prod) {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
+            if axes.iter().any(|&a| a >= x.rank()) || axes.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("reduce axes {axes:?} invalid for rank {}", x.rank()));
+            }
+            let mut s = Vec::new();
+            for (i, &d) in x.shape.iter().enumerate() {
+                if !axes.contains(&i) {
+                    s.push(d);
+                } else if *keepdims {
+                    s.push(1);
+                }
+            }
+            one(TensorType::new(x.dtype, s))
+        }
+        _ => unreachable!("{} is not a reduction op", op.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};

@@ -218,6 +218,58 @@ pub(super) fn roi_align(
     Ok(Tensor::f32(vec![bv.len(), c, oh, ow], out))
 }
 
+/// The type rule of the sampling ops: their output types from their input types and
+/// attributes (see [`crate::infer::infer`]).
+pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::infer::InferResult {
+    use crate::infer::{arity, same_dtype, want_float};
+    use crate::Op::*;
+    use crate::TensorType;
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        RoiAlign { out_hw, sampling_ratio, .. } => {
+            arity(op, inputs, 3, 3)?;
+            let (x, rois, bi) = (inputs[0], inputs[1], inputs[2]);
+            want_float(op, x)?;
+            same_dtype(&inputs[..2])?;
+            let r = bi.shape.first().copied().unwrap_or(0);
+            if x.rank() != 4 || rois.shape != [r, 4] || bi.rank() != 1 || !bi.dtype.is_int() || *sampling_ratio == 0 {
+                return Err(format!(
+                    "roi_align needs input [N,C,H,W], rois [R,4], integer batch indices [R] and a positive sampling ratio, got {:?}, {:?}, {:?}",
+                    x.shape, rois.shape, bi.shape
+                ));
+            }
+            if x.shape[2] == 0 || x.shape[3] == 0 {
+                return Err(format!("roi_align input {:?} has an empty plane", x.shape));
+            }
+            one(TensorType::new(x.dtype, vec![r, x.shape[1], out_hw[0], out_hw[1]]))
+        }
+        GridSample { .. } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, grid) = (inputs[0], inputs[1]);
+            want_float(op, x)?;
+            same_dtype(inputs)?;
+            let r = x.rank();
+            if !(r == 4 || r == 5)
+                || x.shape[2..].contains(&0)
+                || grid.rank() != r
+                || grid.shape[0] != x.shape[0]
+                || grid.shape[r - 1] != r - 2
+            {
+                return Err(format!(
+                    "grid_sample needs input [N,C,spatial..] (2 or 3 spatial axes) and grid [N,out..,{}], got {:?} and {:?}",
+                    r.saturating_sub(2),
+                    x.shape,
+                    grid.shape
+                ));
+            }
+            let mut s = x.shape[..2].to_vec();
+            s.extend_from_slice(&grid.shape[1..r - 1]);
+            one(TensorType::new(x.dtype, s))
+        }
+        _ => unreachable!("{} is not a sampling op", op.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};

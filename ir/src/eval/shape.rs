@@ -74,6 +74,121 @@ pub(super) fn expand(x: &Tensor, shape: &[usize]) -> Tensor {
     take(x, &broadcast_map(shape, x.shape()), shape.to_vec())
 }
 
+/// The type rule of the data movement ops: their output types from their input types and
+/// attributes (see [`crate::infer::infer`]).
+pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::infer::InferResult {
+    use crate::infer::{arity, broadcast_shapes, same_dtype};
+    use crate::Op::*;
+    use crate::TensorType;
+    use crate::{numel, DType, Shape};
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        BitCast { to } => {
+            arity(op, inputs, 1, 1)?;
+            let from = inputs[0].dtype;
+            if from.size() != to.size() {
+                return Err(format!("bitcast from {from} to {to}: the sizes differ"));
+            }
+            if *to == DType::Bool && from != DType::Bool {
+                return Err(format!("bitcast from {from} to bool: not every byte is a bool"));
+            }
+            one(TensorType::new(*to, inputs[0].shape.clone()))
+        }
+        Identity => {
+            arity(op, inputs, 1, 1)?;
+            one(inputs[0].clone())
+        }
+        Reshape { shape } => {
+            arity(op, inputs, 1, 1)?;
+            if numel(shape) != inputs[0].numel() {
+                return Err(format!(
+                    "cannot reshape {:?} ({} elements) to {:?}",
+                    inputs[0].shape,
+                    inputs[0].numel(),
+                    shape
+                ));
+            }
+            one(TensorType::new(inputs[0].dtype, shape.clone()))
+        }
+        Transpose { perm } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            let mut seen = vec![false; x.rank()];
+            if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+                return Err(format!("perm {perm:?} is not a permutation of rank {}", x.rank()));
+            }
+            one(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p]).collect::<Shape>()))
+        }
+        Concat { axis } => {
+            if inputs.is_empty() {
+                return Err("concat needs at least one input".into());
+            }
+            let d = same_dtype(inputs)?;
+            let r = inputs[0].rank();
+            if *axis >= r {
+                return Err(format!("concat axis {axis} out of range for rank {r}"));
+            }
+            let mut s = inputs[0].shape.clone();
+            s[*axis] = 0;
+            for t in inputs {
+                if t.rank() != r || t.shape.iter().enumerate().any(|(i, &d)| i != *axis && d != inputs[0].shape[i]) {
+                    return Err(format!(
+                        "concat inputs {:?} and {:?} differ outside axis {axis}",
+                        inputs[0].shape, t.shape
+                    ));
+                }
+                s[*axis] += t.shape[*axis];
+            }
+            one(TensorType::new(d, s))
+        }
+        Slice { starts, steps, out_shape } => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            if starts.len() != x.rank() || steps.len() != x.rank() || out_shape.len() != x.rank() {
+                return Err("slice parameters must cover every axis".into());
+            }
+            for a in 0..x.rank() {
+                if out_shape[a] == 0 {
+                    continue;
+                }
+                let last = steps[a]
+                    .checked_mul(out_shape[a] as i64 - 1)
+                    .and_then(|x| x.checked_add(starts[a]))
+                    .ok_or_else(|| format!("slice axis {a} overflows"))?;
+                if steps[a] == 0
+                    || starts[a] < 0
+                    || last < 0
+                    || starts[a] >= x.shape[a] as i64
+                    || last >= x.shape[a] as i64
+                {
+                    return Err(format!("slice axis {a} out of range for shape {:?}", x.shape));
+                }
+            }
+            one(TensorType::new(x.dtype, out_shape.clone()))
+        }
+        Gather { axis } => {
+            arity(op, inputs, 2, 2)?;
+            let (x, idx) = (inputs[0], inputs[1]);
+            if !idx.dtype.is_int() {
+                return Err(format!("gather indices must be integers, got {}", idx.dtype));
+            }
+            if *axis >= x.rank() {
+                return Err(format!("gather axis {axis} out of range for rank {}", x.rank()));
+            }
+            let mut s: Shape = x.shape[..*axis].to_vec();
+            s.extend_from_slice(&idx.shape);
+            s.extend_from_slice(&x.shape[axis + 1..]);
+            one(TensorType::new(x.dtype, s))
+        }
+        Expand { shape } => {
+            arity(op, inputs, 1, 1)?;
+            let s = broadcast_shapes(&[&inputs[0].shape, shape])?;
+            one(TensorType::new(inputs[0].dtype, s))
+        }
+        _ => unreachable!("{} is not a data movement op", op.name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::run;

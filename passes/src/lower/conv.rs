@@ -92,3 +92,60 @@ impl Lowerer<'_> {
         });
     }
 }
+
+impl Lowerer<'_> {
+    pub(super) fn lower_conv_transpose(
+        &mut self,
+        op: &Op,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
+        let Op::ConvTranspose { kernel, strides, dilations, pads, group, .. } = op else {
+            unreachable!("dispatched by lower_node")
+        };
+        let out_shape = out.extents.clone();
+        // Gather form: output (oy, ox) sums the taps whose input position
+        // (o + pad − t·dilation) / stride is integral and inside the input.
+        let (x, w) = (&ins[0], &ins[1]);
+        let (cg, mg) = (w.extents[0] / group, w.extents[1]);
+        let mut domain = out_shape.clone();
+        domain.extend([cg, kernel[0], kernel[1]]);
+        let chan = if *group == 1 {
+            Expr::Var(4)
+        } else {
+            Expr::add(Expr::mul(Expr::div(Expr::Var(1), Expr::i64(mg as i64)), Expr::i64(cg as i64)), Expr::Var(4))
+        };
+        let spatial = |a: usize| {
+            let t = Expr::sub(
+                Expr::add(Expr::Var(2 + a), Expr::i64(pads[a])),
+                Expr::mul(Expr::Var(5 + a), Expr::i64(dilations[a] as i64)),
+            );
+            let s = strides[a] as i64;
+            if s == 1 {
+                return t;
+            }
+            let ok = Expr::bin(
+                BinaryOp::And,
+                Expr::cmp(CmpOp::GreaterOrEqual, t.clone(), Expr::i64(0)),
+                Expr::cmp(CmpOp::Equal, Expr::bin(BinaryOp::Mod { fmod: true }, t.clone(), Expr::i64(s)), Expr::i64(0)),
+            );
+            // -1 is outside the input: the padded load yields 0.
+            Expr::select(ok, Expr::div(t, Expr::i64(s)), Expr::i64(-1))
+        };
+        let xl = Expr::Load {
+            operand: 0,
+            index: vec![Expr::Var(0), chan.clone(), spatial(0), spatial(1)],
+            pad: Some(Scalar::F32(0.0)),
+        };
+        let wcol = if *group == 1 {
+            Expr::Var(1)
+        } else {
+            Expr::bin(BinaryOp::Mod { fmod: true }, Expr::Var(1), Expr::i64(mg as i64))
+        };
+        let wl = Expr::load(1, vec![chan, wcol, Expr::Var(5), Expr::Var(6)]);
+        self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
+
+        Ok(())
+    }
+}

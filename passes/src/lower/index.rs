@@ -209,3 +209,124 @@ impl Lowerer<'_> {
         self.prog.instrs.push(Instr::Assert { buffer: flag.buffer, message });
     }
 }
+
+impl Lowerer<'_> {
+    pub(super) fn lower_gather_nd(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::GatherNd { batch_dims } = op else { unreachable!("dispatched by lower_node") };
+        let rank = out.extents.len();
+        let (x, idx) = (&ins[0], &ins[1]);
+        let b = *batch_dims;
+        let q = idx.extents.len();
+        let m = idx.extents[q - 1];
+        let dims: Vec<i64> = (0..m).map(|t| x.extents[b + t] as i64).collect();
+        let dim_expr = nd_dim_expr(&dims, Expr::Var(q - 1));
+        self.index_check(idx, &|mi: &[usize]| dims[mi[q - 1]], dim_expr, name, "GatherND")?;
+        let mut xidx = vars(0..b);
+        for (t, &d) in dims.iter().enumerate() {
+            let mut ii = vars(0..q - 1);
+            ii.push(Expr::i64(t as i64));
+            xidx.push(wrap_clamp(Expr::load(1, ii), Expr::i64(d)));
+        }
+        xidx.extend(vars(q - 1..rank));
+        self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
+
+        Ok(())
+    }
+
+    pub(super) fn lower_scatter_elements(
+        &mut self,
+        op: &Op,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
+        let Op::ScatterElements { axis, reduction } = op else { unreachable!("dispatched by lower_node") };
+        let out_shape = out.extents.clone();
+        let rank = out.extents.len();
+        let (x, idx, upd) = (&ins[0], &ins[1], &ins[2]);
+        let a = *axis;
+        let dim = x.extents[a] as i64;
+        self.index_check(idx, &|_| dim, Expr::i64(dim), name, "ScatterElements")?;
+        // For output element p, the candidate updates are u = p with u[axis] = j.
+        let mut u = vars(0..rank);
+        u[a] = Expr::Var(rank);
+        let raw = Expr::Load { operand: 1, index: u.clone(), pad: Some(Scalar::extreme(idx.dtype, true)) };
+        let hit = Expr::cmp(CmpOp::Equal, wrap(raw, Expr::i64(dim)), Expr::Var(a));
+        let mut domain = out_shape.clone();
+        domain.push(idx.extents[a]);
+        let flat_u = Expr::Var(rank);
+        let decode = |last: Expr| {
+            let mut ui = vars(0..rank);
+            ui[a] = last;
+            ui
+        };
+        self.lower_scatter(
+            name,
+            *reduction,
+            out,
+            [x.clone(), idx.clone(), upd.clone()],
+            domain,
+            hit,
+            u,
+            flat_u,
+            &decode,
+        );
+
+        Ok(())
+    }
+
+    pub(super) fn lower_scatter_nd(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::ScatterNd { reduction } = op else { unreachable!("dispatched by lower_node") };
+        let out_shape = out.extents.clone();
+        let rank = out.extents.len();
+        let (x, idx, upd) = (&ins[0], &ins[1], &ins[2]);
+        let q = idx.extents.len();
+        let k = idx.extents[q - 1];
+        let dims: Vec<i64> = (0..k).map(|t| x.extents[t] as i64).collect();
+        let dim_expr = nd_dim_expr(&dims, Expr::Var(q - 1));
+        self.index_check(idx, &|mi: &[usize]| dims[mi[q - 1]], dim_expr, name, "ScatterND")?;
+        let nu = q - 1;
+        let mut hit = Expr::Const(Scalar::Bool(true));
+        for (t, &d) in dims.iter().enumerate() {
+            let mut ii = vars(rank..rank + nu);
+            ii.push(Expr::i64(t as i64));
+            let eq = Expr::cmp(CmpOp::Equal, wrap(Expr::load(1, ii), Expr::i64(d)), Expr::Var(t));
+            hit = if t == 0 { eq } else { Expr::bin(BinaryOp::And, hit, eq) };
+        }
+        let mut domain = out_shape.clone();
+        domain.extend(&idx.extents[..nu]);
+        let mut u = vars(rank..rank + nu);
+        u.extend(vars(k..rank));
+        let ustr = strides_of(&idx.extents[..nu]);
+        let mut flat_u = Expr::i64(0);
+        for (i, &st) in ustr.iter().enumerate() {
+            flat_u = Expr::add(flat_u, Expr::mul(Expr::Var(rank + i), Expr::i64(st as i64)));
+        }
+        let uext: Vec<i64> = idx.extents[..nu].iter().map(|&e| e as i64).collect();
+        let decode = |last: Expr| {
+            let mut ui: Vec<Expr> = ustr
+                .iter()
+                .zip(&uext)
+                .map(|(&st, &e)| {
+                    let qt = Expr::div(last.clone(), Expr::i64(st as i64));
+                    Expr::bin(BinaryOp::Mod { fmod: true }, qt, Expr::i64(e))
+                })
+                .collect();
+            ui.extend(vars(k..rank));
+            ui
+        };
+        self.lower_scatter(
+            name,
+            *reduction,
+            out,
+            [x.clone(), idx.clone(), upd.clone()],
+            domain,
+            hit,
+            u,
+            flat_u,
+            &decode,
+        );
+
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! Reductions: Reduce*, ArgMax/ArgMin, TopK's indices.
+
+use super::*;
+
+impl Lowerer<'_> {
+    pub(super) fn lower_reduce(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::Reduce { op: r, axes, .. } = op else { unreachable!("dispatched by lower_node") };
+        let x = ins[0].clone();
+        let xr = x.extents.len();
+        let kept: Vec<usize> = (0..xr).filter(|d| !axes.contains(d)).collect();
+        let kept_shape: Vec<usize> = kept.iter().map(|&d| x.extents[d]).collect();
+        let mut domain = kept_shape.clone();
+        domain.extend(axes.iter().map(|&d| x.extents[d]));
+        let mut xidx = vec![Expr::Var(0); xr];
+        for (i, &d) in kept.iter().enumerate() {
+            xidx[d] = Expr::Var(i);
+        }
+        for (i, &d) in axes.iter().enumerate() {
+            xidx[d] = Expr::Var(kept.len() + i);
+        }
+        let mut o = out.clone();
+        o.extents = kept_shape.clone();
+        o.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
+        let dt = x.dtype;
+        let count: usize = axes.iter().map(|&d| x.extents[d]).product();
+        let (combine, init, finalize) = match r {
+            ReduceOp::Sum => (Combine::Add, Scalar::of(dt, 0.0), None),
+            ReduceOp::Mean => (
+                Combine::Add,
+                Scalar::of(dt, 0.0),
+                Some(Expr::div(Expr::Acc, Expr::Const(Scalar::of(dt, count as f64)))),
+            ),
+            ReduceOp::Prod => (Combine::Mul, Scalar::of(dt, 1.0), None),
+            ReduceOp::Max => (Combine::Max, Scalar::extreme(dt, true), None),
+            ReduceOp::Min => (Combine::Min, Scalar::extreme(dt, false), None),
+        };
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: kept.len(),
+            inputs: vec![x],
+            output: o,
+            body: Expr::load(0, xidx),
+            reduction: Some(Reduction { combine, init, finalize }),
+        });
+
+        Ok(())
+    }
+
+    pub(super) fn lower_arg_reduce(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::ArgReduce { max, axis, select_last, .. } = op else { unreachable!("dispatched by lower_node") };
+        let x = ins[0].clone();
+        let (a, xr) = (*axis, x.extents.len());
+        let kept: Vec<usize> = (0..xr).filter(|&d| d != a).collect();
+        let kept_shape: Vec<usize> = kept.iter().map(|&d| x.extents[d]).collect();
+        let kr = kept.len();
+        let mut xidx = vec![Expr::Var(0); xr];
+        for (i, &d) in kept.iter().enumerate() {
+            xidx[d] = Expr::Var(i);
+        }
+        xidx[a] = Expr::Var(kr);
+        let mut domain = kept_shape.clone();
+        domain.push(x.extents[a]);
+        let ext = self.temp(x.dtype, &kept_shape, format!("{name}.extreme"));
+        let (combine, init) = if *max {
+            (Combine::Max, Scalar::extreme(x.dtype, true))
+        } else {
+            (Combine::Min, Scalar::extreme(x.dtype, false))
+        };
+        self.emit(Kernel {
+            name: format!("{name}.extreme"),
+            domain: domain.clone(),
+            n_par: kr,
+            inputs: vec![x.clone()],
+            output: ext.clone(),
+            body: Expr::load(0, xidx.clone()),
+            reduction: Some(Reduction { combine, init, finalize: None }),
+        });
+        // The first (last) position along the axis holding the extreme value.
+        let hit = Expr::cmp(CmpOp::Equal, Expr::load(0, xidx), Expr::load(1, vars(0..kr)));
+        // NaN never wins (float max/min reductions skip it); a row of NaN gives 0.
+        let (combine, none, fin) = if *select_last {
+            (Combine::Max, -1, Expr::bin(BinaryOp::Max, Expr::Acc, Expr::i64(0)))
+        } else {
+            (
+                Combine::Min,
+                i64::MAX,
+                Expr::select(Expr::cmp(CmpOp::Equal, Expr::Acc, Expr::i64(i64::MAX)), Expr::i64(0), Expr::Acc),
+            )
+        };
+        let mut o = out.clone();
+        o.extents = kept_shape.clone();
+        o.strides = strides_of(&kept_shape).into_iter().map(|s| s as i64).collect();
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: kr,
+            inputs: vec![x, ext],
+            output: o,
+            body: Expr::select(hit, Expr::Var(kr), Expr::i64(none)),
+            reduction: Some(Reduction { combine, init: Scalar::I64(none), finalize: Some(fin) }),
+        });
+
+        Ok(())
+    }
+
+    pub(super) fn lower_top_k(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::TopKIndices { axis, largest, .. } = op else { unreachable!("dispatched by lower_node") };
+        let out_shape = out.extents.clone();
+        let rank = out.extents.len();
+        // The rank of each element in the order (value, then position), then for each
+        // output slot j the element whose rank is j (ranks are a permutation).
+        let x = ins[0].clone();
+        let (a, xr) = (*axis, x.extents.len());
+        let n = x.extents[a];
+        let ranks = self.temp(DType::I64, &x.extents, format!("{name}.rank"));
+        let xi = Expr::load(0, vars(0..xr));
+        let mut li = vars(0..xr);
+        li[a] = Expr::Var(xr);
+        let xl = Expr::load(0, li.clone());
+        let ahead = Expr::cmp(if *largest { CmpOp::Greater } else { CmpOp::Less }, xl.clone(), xi.clone());
+        let tie = Expr::bin(
+            BinaryOp::And,
+            Expr::cmp(CmpOp::Equal, xl, xi),
+            Expr::cmp(CmpOp::Less, Expr::Var(xr), Expr::Var(a)),
+        );
+        let before = Expr::bin(BinaryOp::Or, ahead, tie);
+        let mut domain = x.extents.clone();
+        domain.push(n);
+        self.emit(Kernel {
+            name: format!("{name}.rank"),
+            domain,
+            n_par: xr,
+            inputs: vec![x],
+            output: ranks.clone(),
+            body: Expr::select(before, Expr::i64(1), Expr::i64(0)),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+        });
+        let mut domain = out_shape.clone();
+        domain.push(n);
+        let hit = Expr::cmp(CmpOp::Equal, Expr::load(0, li), Expr::Var(a));
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: rank,
+            inputs: vec![ranks],
+            output: out,
+            body: Expr::select(hit, Expr::Var(xr), Expr::i64(0)),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+        });
+
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! Data movement: Transpose, Slice, Concat, Gather, Expand as copies with index maps.
+
+use super::*;
+
+impl Lowerer<'_> {
+    pub(super) fn lower_transpose(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::Transpose { perm } = op else { unreachable!("dispatched by lower_node") };
+        let out_shape = out.extents.clone();
+        let rank = out.extents.len();
+        let x = &ins[0];
+        let v = View {
+            buffer: x.buffer,
+            dtype: x.dtype,
+            offset: x.offset,
+            extents: out_shape.clone(),
+            strides: perm.iter().map(|&p| x.strides[p]).collect(),
+        };
+        self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
+
+        Ok(())
+    }
+
+    pub(super) fn lower_slice(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::Slice { starts, steps, .. } = op else { unreachable!("dispatched by lower_node") };
+        let out_shape = out.extents.clone();
+        let rank = out.extents.len();
+        let x = &ins[0];
+        let offset = x.offset + starts.iter().zip(&x.strides).map(|(s, t)| s * t).sum::<i64>();
+        let v = View {
+            buffer: x.buffer,
+            dtype: x.dtype,
+            offset,
+            extents: out_shape.clone(),
+            strides: x.strides.iter().zip(steps).map(|(t, s)| t * s).collect(),
+        };
+        self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
+
+        Ok(())
+    }
+
+    pub(super) fn lower_concat(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::Concat { axis } = op else { unreachable!("dispatched by lower_node") };
+        let rank = out.extents.len();
+        let mut at = 0usize;
+        for (k, v) in ins.iter().enumerate() {
+            let mut o = out.clone();
+            o.extents = v.extents.clone();
+            o.offset += at as i64 * out.strides[*axis];
+            at += v.extents[*axis];
+            if v.numel() > 0 {
+                self.emit(elementwise(&format!("{name}.{k}"), o, vec![v.clone()], Expr::load(0, vars(0..rank))));
+            }
+        }
+
+        Ok(())
+    }
+
+    pub(super) fn lower_gather(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
+        let Op::Gather { axis } = op else { unreachable!("dispatched by lower_node") };
+        let rank = out.extents.len();
+        let (x, idx) = (&ins[0], &ins[1]);
+        let ri = idx.extents.len();
+        let dim = x.extents[*axis] as i64;
+        let raw = Expr::cast(DType::I64, Expr::load(1, vars(*axis..axis + ri)));
+        let wrapped = Expr::select(
+            Expr::cmp(CmpOp::Less, raw.clone(), Expr::i64(0)),
+            Expr::add(raw.clone(), Expr::i64(dim)),
+            raw,
+        );
+        // Out-of-range indices are clamped so a bad index can never read outside memory.
+        let clamped =
+            Expr::bin(BinaryOp::Min, Expr::bin(BinaryOp::Max, wrapped, Expr::i64(0)), Expr::i64((dim - 1).max(0)));
+        // Constant indices are checked now; indices from data are counted at run time
+        // and a bad one stops the run with an error naming the node.
+        if let BufferKind::Constant(t) = &self.prog.buffer(idx.buffer).kind {
+            if let Some(bad) = t.to_i64_vec().into_iter().find(|&i| i < -dim || i >= dim) {
+                return Err(format!("index {bad} is outside [-{dim}, {dim}) on axis {axis}"));
+            }
+        } else {
+            self.gather_check(idx, dim, *axis, name);
+        }
+        let mut xidx = vars(0..*axis);
+        xidx.push(clamped);
+        xidx.extend(vars(axis + ri..rank));
+        self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
+
+        Ok(())
+    }
+}
