@@ -8,12 +8,16 @@
 # model, and BERT split across two capped CPUs; kernel cache off; artifacts without a source
 # key) and compares their lines. Prints the count of identical artifacts and each difference;
 # exits 1 if any differs. For restructurings that must not change what Kiln computes. BASE
-# must have the binary (tests/digests.rs).
+# must have the binary (tests/digests.rs) and honour KILN_FIXED_CODEGEN_FINGERPRINT
+# (backends/cpu/build.rs): kernel bodies are named after a hash that includes the code
+# generator's own sources, so both trees are built with that hash fixed, and an edit that
+# generates the same code gives the same bytes.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 base="${1:?usage: same-artifacts.sh BASE}"
 export LLVM_SYS_221_PREFIX=/usr/lib/llvm-22
+export KILN_FIXED_CODEGEN_FINGERPRINT=same-artifacts
 work="$repo/target/same-artifacts"
 mkdir -p "$work"
 rm -rf "$work/base"
