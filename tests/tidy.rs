@@ -52,6 +52,14 @@ fn passes_and_onnx_depend_on_no_backend() {
     }
 }
 
+/// The backends share LLVM code generation through `kiln-llvm-codegen`; the CUDA backend does
+/// not reach into the CPU backend (its kernel cache, linker, thread pool).
+#[test]
+fn the_cuda_backend_does_not_depend_on_the_cpu_backend() {
+    let tree = dependencies("kiln-backend-cuda", "normal", "kiln-llvm-codegen");
+    refuse("kiln-backend-cuda", &tree, &["kiln-backend-cpu", "rayon", "tempfile"], "share backends/llvm instead");
+}
+
 /// Compiles `model` twice with `kiln compile`, the kernel cache off (so that the second
 /// compilation cannot reuse the first one's objects), and requires byte-identical artifacts.
 fn compiles_identically(model: &str, args: &[String]) {

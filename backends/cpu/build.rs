@@ -1,5 +1,6 @@
-//! Fingerprints this crate's code generator: the kernel cache keys on it, so that a changed
-//! backend never reuses objects the previous one compiled.
+//! Fingerprints this crate's code generator and the shared one it builds on
+//! (`backends/llvm`): the kernel cache keys on it, so that a changed backend never reuses
+//! objects the previous one compiled.
 
 use std::path::Path;
 
@@ -15,14 +16,22 @@ fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
 }
 
 fn main() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    visit(&src, &mut files);
-    files.sort();
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for f in &files {
-        h.update(f.strip_prefix(&src).expect("under src").to_string_lossy().as_bytes());
-        h.update(&std::fs::read(f).expect("reading a source file"));
+    // Published alone, the shared crate's directory is absent and its version stands for it
+    // (in Cargo.lock, which the compiler's own fingerprint covers).
+    for (tag, src) in [("cpu", here.join("src")), ("llvm", here.join("../llvm/src"))] {
+        let mut files = Vec::new();
+        if src.is_dir() {
+            visit(&src, &mut files);
+        }
+        files.sort();
+        for f in &files {
+            h.update(tag.as_bytes());
+            h.update(f.strip_prefix(&src).expect("under src").to_string_lossy().as_bytes());
+            h.update(&std::fs::read(f).expect("reading a source file"));
+        }
+        println!("cargo:rerun-if-changed={}", src.display());
     }
     // `scripts/same-artifacts.sh` builds two trees with one fixed fingerprint: kernel bodies
     // are named after their cache key, so that a restructuring of these sources can be shown
@@ -33,5 +42,4 @@ fn main() {
         Err(_) => format!("{:032x}", h.digest128()),
     };
     println!("cargo:rustc-env=KILN_CODEGEN_FINGERPRINT={fingerprint}");
-    println!("cargo:rerun-if-changed=src");
 }

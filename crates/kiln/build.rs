@@ -21,7 +21,16 @@ fn main() {
     let root = here.join("../..");
     // Outside this workspace (a published crate) the sibling directories are absent and the
     // crate versions stand for them.
-    let dirs = ["crates/kiln/src", "crates/abi/src", "crates/onnx/src", "ir/src", "passes/src", "backends/cpu/src"];
+    let dirs = [
+        "crates/kiln/src",
+        "crates/abi/src",
+        "crates/onnx/src",
+        "ir/src",
+        "passes/src",
+        "backends/llvm/src",
+        "backends/cpu/src",
+        "backends/cuda/src",
+    ];
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     for d in dirs {

@@ -16,39 +16,18 @@
 
 pub mod cache;
 mod codegen;
-mod expr;
 mod gemm;
-mod math;
-mod minifloat;
 mod target;
 mod vector;
 
 pub use codegen::{build_module, EntryNames};
 
-/// The target-independent part of kernel generation, which the CUDA backend shares: LLVM
-/// handles ([`llvm::Gen`]: element loads and stores by dtype, loops), a kernel's scalar body
-/// at one point of its domain ([`llvm::Env::gen`]), reductions' combine steps and constants.
-pub mod llvm {
-    pub use crate::codegen::{llvm_err, normalized, reduce_loops, slots, Gen, R};
-    pub use crate::expr::{combine, scalar, Env};
-    pub use crate::target::optimize_with;
-}
 pub use gemm::prepack;
 pub use target::{link_relocatable, CpuTarget, Emit};
 
 use kiln_ir::lir::{Instr, Program};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("LLVM: {0}")]
-    Llvm(String),
-    #[error("target `{triple}` (cpu `{cpu}`): {message}")]
-    Target { triple: String, cpu: String, message: String },
-    #[error("linking the shared library failed: {0}")]
-    Link(String),
-    #[error("kernel `{kernel}`: {message}")]
-    Kernel { kernel: String, message: String },
-}
+pub use kiln_llvm_codegen::BackendError;
 
 /// Checks that LLVM can build code for `target` (its triple and CPU are known).
 pub fn check_target(target: &CpuTarget) -> Result<(), BackendError> {

@@ -3,7 +3,6 @@
 use std::process::Command;
 
 use inkwell::module::Module;
-use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple};
 use inkwell::OptimizationLevel;
 
@@ -118,17 +117,7 @@ pub(crate) fn optimize(module: &Module, tm: &TargetMachine, level: u8) -> Result
     optimize_with(module, tm, &format!("default<O{}>", level.min(3)))
 }
 
-/// Runs the LLVM pass pipeline `pipeline` (e.g. `default<O1>`) on a verified module.
-pub fn optimize_with(module: &Module, tm: &TargetMachine, pipeline: &str) -> Result<(), BackendError> {
-    module.set_triple(&tm.get_triple());
-    module.set_data_layout(&tm.get_target_data().get_data_layout());
-    module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
-    let opts = PassBuilderOptions::create();
-    opts.set_loop_vectorization(true);
-    opts.set_loop_slp_vectorization(true);
-    opts.set_loop_unrolling(true);
-    module.run_passes(pipeline, tm, opts).map_err(|e| BackendError::Llvm(e.to_string()))
-}
+pub use kiln_llvm_codegen::optimize_with;
 
 pub(crate) fn emit_object(module: &Module, tm: &TargetMachine) -> Result<Vec<u8>, BackendError> {
     let buf = tm.write_to_memory_buffer(module, FileType::Object).map_err(|e| BackendError::Llvm(e.to_string()))?;

@@ -23,9 +23,9 @@ use inkwell::{FloatPredicate, IntPredicate};
 use kiln_ir::lir::{Combine, Expr, Kernel, Scalar};
 use kiln_ir::{BinaryOp as B, DType, UnaryOp as U};
 
-use crate::codegen::{llvm_err, Gen, R};
-use crate::expr::Env;
 use crate::gemm::{affine_expr, affine_range};
+use kiln_llvm_codegen::expr::Env;
+use kiln_llvm_codegen::{llvm_err, Gen, R};
 
 /// Vectors per block of a row: their accumulators (and loads) are independent, which hides
 /// the latency of the reduction's adds.
@@ -324,10 +324,10 @@ pub(crate) fn vgen_masked<'ctx>(
                     let y = vcall(g, "llvm.minnum", &[y, one])?;
                     vcall(g, "llvm.maxnum", &[y, zero])?
                 }
-                U::Exp => crate::math::exp(g, x.into())?.into_vector_value(),
-                U::Tanh => crate::math::tanh(g, x.into())?.into_vector_value(),
-                U::Erf => crate::math::erf(g, x.into())?.into_vector_value(),
-                U::Sigmoid => crate::math::sigmoid(g, x.into())?.into_vector_value(),
+                U::Exp => kiln_llvm_codegen::math::exp(g, x.into())?.into_vector_value(),
+                U::Tanh => kiln_llvm_codegen::math::tanh(g, x.into())?.into_vector_value(),
+                U::Erf => kiln_llvm_codegen::math::erf(g, x.into())?.into_vector_value(),
+                U::Sigmoid => kiln_llvm_codegen::math::sigmoid(g, x.into())?.into_vector_value(),
                 _ => return Err(llvm_err("vector expression: unsupported unary op")),
             }
         }
@@ -347,7 +347,7 @@ pub(crate) fn vgen_masked<'ctx>(
     })
 }
 
-/// `a ⊕ x` on vectors, as [`crate::expr::combine`] does on scalars.
+/// `a ⊕ x` on vectors, as [`kiln_llvm_codegen::expr::combine`] does on scalars.
 fn vcombine<'ctx>(g: &Gen<'ctx>, c: Combine, a: VectorValue<'ctx>, x: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
     use inkwell::values::FastMathFlags as F;
     let v = match c {
@@ -509,7 +509,7 @@ fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: Vector
     }
     let reduce = |body: &Expr| -> R<()> {
         let mut rv = vars.to_vec();
-        crate::codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
+        kiln_llvm_codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
             for (i, &s) in slots.iter().enumerate() {
                 let x = vgen(g, k, bases, body, &at(rvars, i)?, None, vt)?;
                 let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();

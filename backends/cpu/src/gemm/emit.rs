@@ -63,7 +63,7 @@ fn step_rows<'ctx>(g: &Gen<'ctx>, i0: IntValue<'ctx>, r: usize, dims: &[usize]) 
     let mut cur = unravel(g, i0, dims)?;
     for i in 0..r {
         if i > 0 {
-            cur = crate::codegen::increment(g, &cur, dims)?;
+            cur = kiln_llvm_codegen::increment(g, &cur, dims)?;
         }
         rows.push(cur.clone());
     }

@@ -50,9 +50,9 @@ use kiln_ir::lir::{BufferKind, Combine, Expr, Instr, Kernel, Program, Scalar, Vi
 use kiln_ir::DType;
 use kiln_ir::Tensor;
 
-use crate::codegen::{llvm_err, Gen, R};
-use crate::expr::Env;
 use crate::vector::{vload, vload_masked, vstore, vstore_masked};
+use kiln_llvm_codegen::expr::Env;
+use kiln_llvm_codegen::{llvm_err, Gen, R};
 
 mod emit;
 mod prepack;

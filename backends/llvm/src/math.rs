@@ -13,7 +13,7 @@ use inkwell::types::{BasicTypeEnum, VectorType};
 use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum as V};
 use inkwell::FloatPredicate;
 
-use crate::codegen::{llvm_err, Gen, R};
+use crate::gen::{llvm_err, Gen, R};
 
 /// A binary builder method on two floats or two float vectors.
 macro_rules! fbin {
@@ -177,7 +177,7 @@ impl<'a, 'ctx> F<'a, 'ctx> {
 /// to degree 6 (error below 1e-7 relative), times `2^n` built in the exponent bits (in two
 /// factors, so that results down to the subnormals are right). Within 2 ulp of the
 /// correctly rounded result; overflow gives +inf, underflow 0, NaN stays NaN.
-pub(crate) fn exp<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn exp<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
     let f = F::of(g, x);
     let (hi, lo) = (f.c(88.72283), f.c(-103.97208));
     let nan = f.cmp(FloatPredicate::UNO, x, x)?;
@@ -213,7 +213,7 @@ pub(crate) fn exp<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
 /// f32 `tanh`, inline: an odd polynomial (least-squares fit of `tanh(x)/x` in `x²`, 1e-7
 /// relative) below 0.625, `1 − 2/(e^{2|x|} + 1)` with the sign of x above, where nothing
 /// cancels.
-pub(crate) fn tanh<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn tanh<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
     let f = F::of(g, x);
     let a = f.call("llvm.fabs", &[x])?;
     let x2 = f.mul(x, x)?;
@@ -240,7 +240,7 @@ pub(crate) fn tanh<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
 /// f32 `erf`, inline: `x·P(x²)` below 2 (least-squares fit, 4e-7 relative), `1 − e^{−x²}·Q(|x|
 /// − 3)` with the sign of x on [2, 4) (Q fits `erfc(x)·e^{x²}`, 4e-8 absolute), ±1 beyond
 /// (where erf rounds to ±1 in f32).
-pub(crate) fn erf<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn erf<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
     let f = F::of(g, x);
     let a = f.call("llvm.fabs", &[x])?;
     let x2 = f.mul(x, x)?;
@@ -284,7 +284,7 @@ pub(crate) fn erf<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
 
 /// f32 logistic sigmoid: with `e = e^{-|x|} ≤ 1`, `1/(1+e)` for x ≥ 0 and `e/(1+e)` below
 /// (no overflow, and the tiny results of very negative x keep their precision).
-pub(crate) fn sigmoid<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn sigmoid<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
     let f = F::of(g, x);
     let e = exp(g, f.neg(f.call("llvm.fabs", &[x])?)?)?;
     let one = f.c(1.0);

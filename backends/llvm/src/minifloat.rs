@@ -8,7 +8,7 @@ use inkwell::IntPredicate as P;
 
 use kiln_ir::minifloat::{E8M0Round, MiniFloat, Specials};
 
-use crate::codegen::{llvm_err, Gen, R};
+use crate::gen::{llvm_err, Gen, R};
 
 const QNAN: u64 = 0x7FC0_0000;
 
@@ -64,7 +64,7 @@ impl<'ctx> B<'_, 'ctx> {
 }
 
 /// The code (in an i32) of the f32 `x` in format `f`.
-pub(crate) fn encode<'ctx>(
+pub fn encode<'ctx>(
     g: &Gen<'ctx>,
     f: MiniFloat,
     x: FloatValue<'ctx>,
@@ -133,7 +133,7 @@ pub(crate) fn encode<'ctx>(
 }
 
 /// The code of `x`, a value of the format (see `MiniFloat::encode_exact`).
-pub(crate) fn encode_exact<'ctx>(g: &Gen<'ctx>, f: MiniFloat, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
+pub fn encode_exact<'ctx>(g: &Gen<'ctx>, f: MiniFloat, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
     if f.specials == Specials::E8M0 {
         let b = B { g };
         return b.shr(b.bits_of(x)?, 23);
@@ -142,7 +142,7 @@ pub(crate) fn encode_exact<'ctx>(g: &Gen<'ctx>, f: MiniFloat, x: FloatValue<'ctx
 }
 
 /// The exact f32 value of the code `c` (an i32 holding the code in its low bits).
-pub(crate) fn decode<'ctx>(g: &Gen<'ctx>, f: MiniFloat, c: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
+pub fn decode<'ctx>(g: &Gen<'ctx>, f: MiniFloat, c: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
     let b = B { g };
     if f.specials == Specials::E8M0 {
         let v = b.sel(b.cmp(P::EQ, c, b.k(0))?, b.k(0x0040_0000), b.shl(c, 23)?)?;

@@ -10,7 +10,7 @@ use kiln_ir::minifloat::E8M0Round;
 use kiln_ir::op::{BinaryOp, CmpOp, UnaryOp};
 use kiln_ir::DType;
 
-use crate::codegen::{llvm_err, Gen, R};
+use crate::gen::{llvm_err, Gen, R};
 
 pub struct Env<'a, 'ctx> {
     pub k: &'a Kernel,
