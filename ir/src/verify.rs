@@ -53,3 +53,133 @@ pub fn verify(g: &Graph) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The LIR verifier, run after lowering and after every LIR step of the pipeline in debug
+/// builds and tests. Invariants checked:
+///
+/// 1. every buffer an instruction names exists;
+/// 2. a kernel's output view has one extent per parallel dimension, equal to the domain's;
+/// 3. every load names an operand of its kernel and indexes each of its dimensions;
+/// 4. iteration variables index the domain (the finalizer sees only the parallel ones), and
+///    `Acc` appears only in a reduction's finalizer;
+/// 5. every view of a kernel stays inside its buffer (for all index values in its extents);
+/// 6. copies stay inside both buffers;
+/// 7. once memory is planned, every placed activation that an instruction uses lies inside
+///    the arena.
+pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
+    use crate::lir::{BufferId, BufferKind, Expr, Instr, View};
+    let buffer = |b: BufferId, at: &str| {
+        p.buffers
+            .get(b.0 as usize)
+            .ok_or_else(|| format!("{at}: buffer {b} does not exist ({} buffers)", p.buffers.len()))
+    };
+    let in_bounds = |v: &View, at: &str| -> Result<(), String> {
+        let buf = buffer(v.buffer, at)?;
+        if v.extents.len() != v.strides.len() {
+            return Err(format!(
+                "{at}: view of {} has {} extents, {} strides",
+                v.buffer,
+                v.extents.len(),
+                v.strides.len()
+            ));
+        }
+        if v.extents.contains(&0) {
+            return Ok(());
+        }
+        let (mut lo, mut hi) = (v.offset, v.offset);
+        for (&e, &s) in v.extents.iter().zip(&v.strides) {
+            let span = (e as i64 - 1) * s;
+            if span < 0 {
+                lo += span;
+            } else {
+                hi += span;
+            }
+        }
+        let elems = (buf.bytes / v.dtype.size().max(1)) as i64;
+        if lo < 0 || hi >= elems {
+            return Err(format!(
+                "{at}: view of {} (`{}`) reaches elements {lo}..={hi}, the buffer holds {elems}",
+                v.buffer, buf.name
+            ));
+        }
+        Ok(())
+    };
+    for (i, ins) in p.instrs.iter().enumerate() {
+        match ins {
+            Instr::Kernel(k) => {
+                let at = format!("instruction {i} (kernel `{}`)", k.name);
+                if k.n_par > k.domain.len() || k.output.extents[..] != k.domain[..k.n_par.min(k.domain.len())] {
+                    return Err(format!(
+                        "{at}: output extents {:?}, parallel domain {:?}",
+                        k.output.extents,
+                        &k.domain[..k.n_par.min(k.domain.len())]
+                    ));
+                }
+                for v in k.inputs.iter().chain([&k.output]) {
+                    in_bounds(v, &at)?;
+                }
+                let mut bad = None;
+                let mut check = |e: &Expr, vars: usize, acc: bool| {
+                    e.visit(&mut |x| match x {
+                        Expr::Var(d) if *d >= vars => bad = Some(format!("variable i{d} outside {vars} dims")),
+                        Expr::Acc if !acc => bad = Some("`Acc` outside a finalizer".to_string()),
+                        Expr::Load { operand, index, .. } => match k.inputs.get(*operand) {
+                            None => bad = Some(format!("load of operand {operand} of {}", k.inputs.len())),
+                            Some(v) if v.extents.len() != index.len() => {
+                                bad = Some(format!(
+                                    "load of in{operand} with {} indices for {} dims",
+                                    index.len(),
+                                    v.extents.len()
+                                ))
+                            }
+                            _ => {}
+                        },
+                        _ => {}
+                    });
+                };
+                check(&k.body, k.domain.len(), false);
+                if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+                    check(f, k.n_par, true);
+                }
+                if let Some(msg) = bad {
+                    return Err(format!("{at}: {msg}"));
+                }
+            }
+            Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
+                let at = format!("instruction {i} (copy)");
+                for (b, off) in [(dst, dst_offset), (src, src_offset)] {
+                    let buf = buffer(*b, &at)?;
+                    if off + bytes > buf.bytes {
+                        return Err(format!("{at}: {bytes} bytes at {off} of {b}, which holds {}", buf.bytes));
+                    }
+                }
+            }
+            Instr::Assert { buffer: b, .. } => {
+                buffer(*b, &format!("instruction {i} (assert)"))?;
+            }
+        }
+    }
+    let used: HashSet<u32> = p
+        .instrs
+        .iter()
+        .flat_map(|ins| {
+            let (r, w) = ins.reads_writes();
+            r.into_iter().chain(w)
+        })
+        .map(|b| b.0)
+        .collect();
+    for (i, b) in p.buffers.iter().enumerate() {
+        if !used.contains(&(i as u32)) {
+            continue;
+        }
+        if let (BufferKind::Activation, Some(off)) = (&b.kind, b.offset) {
+            if off + b.bytes as u64 > p.arena_bytes {
+                return Err(format!(
+                    "buffer @{i} (`{}`) at {off} + {} bytes is outside the arena of {}",
+                    b.name, b.bytes, p.arena_bytes
+                ));
+            }
+        }
+    }
+    Ok(())
+}

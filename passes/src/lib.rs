@@ -21,7 +21,7 @@ pub enum PassError {
     Unsupported { node: String, what: String },
     #[error("lowering node `{node}` ({op}): {message}")]
     Lowering { node: String, op: String, message: String },
-    #[error("internal compiler error: the graph is invalid after pass `{pass}`: {message}")]
+    #[error("internal compiler error: the IR is invalid after pass `{pass}`: {message}")]
     Verify { pass: String, message: String },
     #[error("pass `{pass}`: {message}")]
     Failed { pass: String, message: String },

@@ -13,8 +13,8 @@
 //! ```
 //!
 //! A backend plugs its own passes in through the [`Context`] ([`Backend::prepack`]): this
-//! crate depends on no backend. The HIR verifier runs after every HIR pass when
-//! [`Context::verify`] is set, and always in debug builds. `kiln inspect --after NAME` stops
+//! crate depends on no backend. The verifier (HIR, then LIR from `lower` on) runs after
+//! every step when [`Context::verify`] is set, and always in debug builds. `kiln inspect --after NAME` stops
 //! after any step of the list.
 
 use std::time::{Duration, Instant};
@@ -207,8 +207,15 @@ fn drive(g: &mut Graph, cx: &Context, first: usize, until: Until) -> Result<Outc
                     kiln_ir::verify::verify(g).map_err(|message| PassError::Verify { pass: name.into(), message })?;
                 }
             }
-            (Pass::Lower, None) => lowered = Some(Lowered { program: crate::lower::lower(g)?, ..Default::default() }),
-            (Pass::Lir(f), Some(l)) => f(l, cx)?,
+            (Pass::Lower, None) => {
+                let l = Lowered { program: crate::lower::lower(g)?, ..Default::default() };
+                verify_lir(&l, cx, name)?;
+                lowered = Some(l);
+            }
+            (Pass::Lir(f), Some(l)) => {
+                f(l, cx)?;
+                verify_lir(l, cx, name)?;
+            }
             _ => unreachable!("`{name}` is out of order in PIPELINE"),
         }
         timings.push((name, start.elapsed()));
@@ -234,12 +241,22 @@ pub fn run_partition(g: &mut Graph, cx: &Context) -> Result<Lowered, PassError> 
 /// Runs the LIR half of the pipeline (`lower` and after) on a graph whose HIR steps have run.
 pub fn lower(g: &Graph, cx: &Context) -> Result<Lowered, PassError> {
     let mut l = Lowered { program: crate::lower::lower(g)?, ..Default::default() };
-    for &(_, pass) in &PIPELINE[first_of(|p| matches!(p, Pass::Lower)) + 1..] {
+    verify_lir(&l, cx, "lower")?;
+    for &(name, pass) in &PIPELINE[first_of(|p| matches!(p, Pass::Lower)) + 1..] {
         if let Pass::Lir(f) = pass {
             f(&mut l, cx)?;
+            verify_lir(&l, cx, name)?;
         }
     }
     Ok(l)
+}
+
+/// Runs the LIR verifier after step `name` when the context verifies.
+fn verify_lir(l: &Lowered, cx: &Context, name: &str) -> Result<(), PassError> {
+    if cx.verifies() {
+        kiln_ir::verify::verify_lir(&l.program).map_err(|message| PassError::Verify { pass: name.into(), message })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -294,6 +311,30 @@ mod tests {
         let out = run(&mut g, &cx, Until::End).unwrap();
         assert_eq!(out.timings.len(), PIPELINE.len());
         assert!(run(&mut small_graph(), &cx, Until::After("no-such-pass")).is_err());
+    }
+
+    /// The LIR verifier accepts what the pipeline makes and names what a broken program gets
+    /// wrong: a view past its buffer, a load of a missing operand, `Acc` outside a finalizer.
+    #[test]
+    fn the_lir_verifier_catches_broken_programs() {
+        use kiln_ir::lir::{Expr, Instr};
+        let l = run_partition(&mut small_graph(), &Context::new(&Plain, true)).unwrap();
+        kiln_ir::verify::verify_lir(&l.program).unwrap();
+        fn first_kernel(p: &mut Program) -> &mut kiln_ir::lir::Kernel {
+            let found = p.instrs.iter_mut().find_map(|i| if let Instr::Kernel(k) = i { Some(k) } else { None });
+            found.expect("the graph computes")
+        }
+        let broken = |f: &dyn Fn(&mut kiln_ir::lir::Kernel)| {
+            let mut p = l.program.clone();
+            f(first_kernel(&mut p));
+            kiln_ir::verify::verify_lir(&p).unwrap_err()
+        };
+        let e = broken(&|k| k.inputs[0].offset += 1);
+        assert!(e.contains("reaches elements"), "{e}");
+        let e = broken(&|k| k.body = Expr::load(7, vec![Expr::Var(0), Expr::Var(1)]));
+        assert!(e.contains("operand 7"), "{e}");
+        let e = broken(&|k| k.body = Expr::Acc);
+        assert!(e.contains("`Acc`"), "{e}");
     }
 
     /// A backend's step runs where the list says, on the LIR.
