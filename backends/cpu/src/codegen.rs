@@ -119,24 +119,7 @@ fn gen_body<'ctx>(
     linkage: Linkage,
 ) -> R<FunctionValue<'ctx>> {
     let k = normalized(k);
-    let cx = g.cx;
-    let f = g.m.add_function(name, body_type(g, &k), Some(linkage));
-    if linkage != Linkage::Internal {
-        // Shared between the objects of one library, never exported from it.
-        f.as_global_value().set_visibility(inkwell::GlobalVisibility::Hidden);
-    }
-    // Kernels stay functions of their own: inlining thousands of small kernels (an unrolled
-    // recurrent layer) into the entry function makes one huge function that LLVM optimizes
-    // in superlinear time, for no gain (each kernel is a loop nest behind one call).
-    let noinline = cx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"), 0);
-    f.add_attribute(inkwell::attributes::AttributeLoc::Function, noinline);
-    // LLVM's tuning for several AVX-512 CPUs prefers 256-bit vectors in loops it vectorizes;
-    // kernels are long, hot loops that gain from the full width (depthwise convolutions and
-    // elementwise chains measured about 1.3x faster at 512 bits).
-    let width = cx.create_string_attribute("prefer-vector-width", &vector_bits.to_string());
-    f.add_attribute(inkwell::attributes::AttributeLoc::Function, width);
-    let entry = cx.append_basic_block(f, "entry");
-    g.b.position_at_end(entry);
+    let f = declare_body(g, &k, name, vector_bits, linkage);
     // One pointer per distinct buffer: an in-place kernel reads and writes through the same
     // pointer, which LLVM sees is the same element (no runtime overlap check that fails and
     // sends the loop to its scalar version). Parameters are not marked `noalias`: with it,
@@ -173,54 +156,11 @@ fn gen_body<'ctx>(
         Vec::new()
     };
     if stepped {
-        let b = &g.b;
-        let mut rest = start;
-        for d in (0..np - 1).rev() {
-            let v = if d == 0 {
-                rest
-            } else {
-                let e = g.i64(k.domain[d] as i64);
-                let v = b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
-                rest = b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
-                v
-            };
-            b.build_store(var_slots[d], v).map_err(llvm_err)?;
-        }
+        outer_vars(g, &k, start, &mut |d, v| g.b.build_store(var_slots[d], v).map(drop).map_err(llvm_err))?;
     }
     g.for_range(f, start, end, &mut |t| {
         let b = &g.b;
-        let nc = g.i64(split.n_chunks as i64);
-        let (l, c) = if split.n_chunks == 1 {
-            (t, g.i64(0))
-        } else {
-            (
-                b.build_int_signed_div(t, nc, "L").map_err(llvm_err)?,
-                b.build_int_signed_rem(t, nc, "C").map_err(llvm_err)?,
-            )
-        };
-        let jlo = b.build_int_nsw_mul(c, g.i64(split.chunk as i64), "jlo").map_err(llvm_err)?;
-        let jhi0 = b.build_int_nsw_add(jlo, g.i64(split.chunk as i64), "jhi0").map_err(llvm_err)?;
-        let inner = g.i64(split.inner as i64);
-        let lt = b.build_int_compare(inkwell::IntPredicate::SLT, jhi0, inner, "lt").map_err(llvm_err)?;
-        let jhi = b.build_select(lt, jhi0, inner, "jhi").map_err(llvm_err)?.into_int_value();
-        // The leading parallel variables of the outer linear index.
-        let mut vars: Vec<IntValue> = vec![g.i64(0); k.domain.len()];
-        if stepped {
-            for d in 0..np - 1 {
-                vars[d] = b.build_load(g.cx.i64_type(), var_slots[d], "v").map_err(llvm_err)?.into_int_value();
-            }
-        } else {
-            let mut rest = l;
-            for d in (0..np - 1).rev() {
-                let e = g.i64(k.domain[d] as i64);
-                if d == 0 {
-                    vars[d] = rest;
-                } else {
-                    vars[d] = b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
-                    rest = b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
-                }
-            }
-        }
+        let (jlo, jhi, vars) = task_range(g, &k, &split, &var_slots, t)?;
         let task = || -> R<()> {
             let out_index = |vars: &[IntValue<'ctx>]| g.linear(&k.output, &vars[..np]);
             // One output element per lane `j` of `lo..hi`, its reduction (if any) in a register.
@@ -300,6 +240,96 @@ fn gen_body<'ctx>(
     })?;
     g.b.build_return(None).map_err(llvm_err)?;
     Ok(f)
+}
+
+/// Declares a kernel body `name` (see [`body_type`]) with its attributes, and positions the
+/// builder at its entry block.
+fn declare_body<'ctx>(
+    g: &Gen<'ctx>,
+    k: &Kernel,
+    name: &str,
+    vector_bits: usize,
+    linkage: Linkage,
+) -> FunctionValue<'ctx> {
+    let cx = g.cx;
+    let f = g.m.add_function(name, body_type(g, k), Some(linkage));
+    if linkage != Linkage::Internal {
+        // Shared between the objects of one library, never exported from it.
+        f.as_global_value().set_visibility(inkwell::GlobalVisibility::Hidden);
+    }
+    // Kernels stay functions of their own: inlining thousands of small kernels (an unrolled
+    // recurrent layer) into the entry function makes one huge function that LLVM optimizes
+    // in superlinear time, for no gain (each kernel is a loop nest behind one call).
+    let noinline = cx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"), 0);
+    f.add_attribute(inkwell::attributes::AttributeLoc::Function, noinline);
+    // LLVM's tuning for several AVX-512 CPUs prefers 256-bit vectors in loops it vectorizes;
+    // kernels are long, hot loops that gain from the full width (depthwise convolutions and
+    // elementwise chains measured about 1.3x faster at 512 bits).
+    let width = cx.create_string_attribute("prefer-vector-width", &vector_bits.to_string());
+    f.add_attribute(inkwell::attributes::AttributeLoc::Function, width);
+    let entry = cx.append_basic_block(f, "entry");
+    g.b.position_at_end(entry);
+    f
+}
+
+/// The outer parallel variables (all but the innermost) of outer linear index `l`, by
+/// remainder and division from the innermost outwards; `each(d, v)` is called as soon as
+/// variable `d` is computed (to store it, or not).
+fn outer_vars<'ctx>(
+    g: &Gen<'ctx>,
+    k: &Kernel,
+    l: IntValue<'ctx>,
+    each: &mut dyn FnMut(usize, IntValue<'ctx>) -> R<()>,
+) -> R<Vec<IntValue<'ctx>>> {
+    let np = k.n_par;
+    let mut vars = vec![g.i64(0); np - 1];
+    let mut rest = l;
+    for d in (0..np - 1).rev() {
+        if d == 0 {
+            vars[d] = rest;
+        } else {
+            let e = g.i64(k.domain[d] as i64);
+            vars[d] = g.b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
+            rest = g.b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
+        }
+        each(d, vars[d])?;
+    }
+    Ok(vars)
+}
+
+/// For task `t`: the range `jlo..jhi` of the innermost parallel variable, and the domain's
+/// variables with the outer parallel ones set (from `var_slots` when the tasks step them,
+/// else decomposed from the task's outer index).
+fn task_range<'ctx>(
+    g: &Gen<'ctx>,
+    k: &Kernel,
+    split: &Split,
+    var_slots: &[PointerValue<'ctx>],
+    t: IntValue<'ctx>,
+) -> R<(IntValue<'ctx>, IntValue<'ctx>, Vec<IntValue<'ctx>>)> {
+    let b = &g.b;
+    let np = k.n_par;
+    let nc = g.i64(split.n_chunks as i64);
+    let (l, c) = if split.n_chunks == 1 {
+        (t, g.i64(0))
+    } else {
+        (b.build_int_signed_div(t, nc, "L").map_err(llvm_err)?, b.build_int_signed_rem(t, nc, "C").map_err(llvm_err)?)
+    };
+    let jlo = b.build_int_nsw_mul(c, g.i64(split.chunk as i64), "jlo").map_err(llvm_err)?;
+    let jhi0 = b.build_int_nsw_add(jlo, g.i64(split.chunk as i64), "jhi0").map_err(llvm_err)?;
+    let inner = g.i64(split.inner as i64);
+    let lt = b.build_int_compare(inkwell::IntPredicate::SLT, jhi0, inner, "lt").map_err(llvm_err)?;
+    let jhi = b.build_select(lt, jhi0, inner, "jhi").map_err(llvm_err)?.into_int_value();
+    // The leading parallel variables of the outer linear index.
+    let mut vars: Vec<IntValue> = vec![g.i64(0); k.domain.len()];
+    if !var_slots.is_empty() {
+        for d in 0..np - 1 {
+            vars[d] = b.build_load(g.cx.i64_type(), var_slots[d], "v").map_err(llvm_err)?.into_int_value();
+        }
+    } else {
+        vars[..np - 1].copy_from_slice(&outer_vars(g, k, l, &mut |_, _| Ok(()))?);
+    }
+    Ok((jlo, jhi, vars))
 }
 
 /// What the entry function needs to know of a kernel, decided before any LLVM work.

@@ -103,6 +103,49 @@ fn table(m: &[&[f64]], r: Expr, c: Expr) -> Expr {
     e
 }
 
+/// The sizes of one Winograd convolution: batch, channels in and out, output extents, the
+/// tile's output side `m` and input side `t = m + 2`, and the tile counts.
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    co: usize,
+    oh: usize,
+    ow: usize,
+    m: usize,
+    t: usize,
+    th: usize,
+    tw: usize,
+}
+
+/// The transformed filter `U[i][j][c][co] = Σ_ab G[i][a] g[co][c][a][b] G[j][b]`, as
+/// `(G g) Gᵀ` in f64, written plane by plane with the output channel contiguous, from the
+/// little-endian f32 filter bytes `g` (`[co][c][3][3]`). Blocks of 64 output channels: 64
+/// filters read in step, t² planes written in runs.
+fn transformed_filter(wv: &Variant, g: &[u8], d: Dims) -> Vec<f32> {
+    let (c, co, t) = (d.c, d.co, d.t);
+    let mut u = vec![0f32; t * t * c * co];
+    for ob in (0..co).step_by(64) {
+        for ci in 0..c {
+            for o in ob..(ob + 64).min(co) {
+                let at = (o * c + ci) * 36;
+                let f: [f64; 9] = std::array::from_fn(|k| {
+                    let b = &g[at + 4 * k..at + 4 * k + 4];
+                    f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
+                });
+                for (i, gi) in wv.g.iter().enumerate() {
+                    let row: [f64; 3] = std::array::from_fn(|b| gi[0] * f[b] + gi[1] * f[3 + b] + gi[2] * f[6 + b]);
+                    for (j, gj) in wv.g.iter().enumerate() {
+                        let v = row[0] * gj[0] + row[1] * gj[1] + row[2] * gj[2];
+                        u[((i * t + j) * c + ci) * co + o] = v as f32;
+                    }
+                }
+            }
+        }
+    }
+    u
+}
+
 impl Lowerer<'_> {
     /// Lowers a convolution by F(2×2, 3×3) when it qualifies (see the module doc); `false`
     /// leaves it to the direct form.
@@ -143,46 +186,47 @@ impl Lowerer<'_> {
         let f4 = (WINOGRAD_F4_MIN..=WINOGRAD_F4_MAX).contains(&oh.max(ow)) && oh.min(ow) >= WINOGRAD_F4_MIN;
         let wv = if f4 && c <= WINOGRAD_F4_MAX_C { &F4 } else { &F2 };
         let (mt, t) = (wv.m, wv.m + 2);
-        let (th, tw) = (oh.div_ceil(mt), ow.div_ceil(mt));
+        let d = Dims { n, c, co, oh, ow, m: mt, t, th: oh.div_ceil(mt), tw: ow.div_ceil(mt) };
 
-        // U[i][j][c][co] = Σ_ab G[i][a] g[co][c][a][b] G[j][b], as (G g) Gᵀ in f64, written
-        // plane by plane with the output channel contiguous.
-        // Blocks of 64 output channels: 64 filters read in step, t² planes written in runs.
-        let mut u = vec![0f32; t * t * c * co];
-        for ob in (0..co).step_by(64) {
-            for ci in 0..c {
-                for o in ob..(ob + 64).min(co) {
-                    let at = (o * c + ci) * 36;
-                    let f: [f64; 9] = std::array::from_fn(|k| {
-                        let b = &g[at + 4 * k..at + 4 * k + 4];
-                        f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
-                    });
-                    for (i, gi) in wv.g.iter().enumerate() {
-                        let row: [f64; 3] = std::array::from_fn(|b| gi[0] * f[b] + gi[1] * f[3 + b] + gi[2] * f[6 + b]);
-                        for (j, gj) in wv.g.iter().enumerate() {
-                            let v = row[0] * gj[0] + row[1] * gj[1] + row[2] * gj[2];
-                            u[((i * t + j) * c + ci) * co + o] = v as f32;
-                        }
-                    }
-                }
-            }
-        }
-        let constant = |s: &mut Self, shape: Vec<usize>, v: Vec<f32>, what: &str| {
-            let t = Tensor::f32(shape.clone(), v);
-            let b = s.prog.add_buffer(
-                BufferKind::Constant(t),
-                shape.iter().product::<usize>() * 4,
-                format!("{name}.{what}"),
-            );
-            View::dense(b, DType::F32, &shape)
-        };
-        let u = constant(self, vec![t, t, c, co], u, "winograd_weights");
+        let u = self.winograd_constant(name, vec![t, t, c, co], transformed_filter(wv, &g, d), "winograd_weights");
+        let v = self.winograd_input(wv, x, window, d, name);
+        // M[i, j, n, th, tw, co] = Σ_c V[i, j, n, th, tw, c] U[i, j, c, co].
+        let m = self.temp(DType::F32, &[t, t, n, d.th, d.tw, co], format!("{name}.winograd_products"));
+        self.emit(Kernel {
+            name: format!("{name}/winograd_gemm"),
+            domain: vec![t, t, n, d.th, d.tw, co, c],
+            n_par: 6,
+            inputs: vec![v, u],
+            output: m.clone(),
+            body: Expr::mul(
+                Expr::load(0, vec![Expr::Var(0), Expr::Var(1), Expr::Var(2), Expr::Var(3), Expr::Var(4), Expr::Var(6)]),
+                Expr::load(1, vec![Expr::Var(0), Expr::Var(1), Expr::Var(6), Expr::Var(5)]),
+            ),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+        });
+        self.winograd_output(wv, m, ins.get(2), out, d, name);
+        true
+    }
 
-        // The input transform in two passes of t terms (Bᵀ d, then (Bᵀ d) B) instead of one of
-        // t², the coefficients from a small constant (as selects, like the output
-        // transform's, they measured twice as slow here).
+    /// A constant f32 buffer `<name>.<what>` of `shape`, as a dense view.
+    fn winograd_constant(&mut self, name: &str, shape: Vec<usize>, v: Vec<f32>, what: &str) -> View {
+        let t = Tensor::f32(shape.clone(), v);
+        let b = self.prog.add_buffer(
+            BufferKind::Constant(t),
+            shape.iter().product::<usize>() * 4,
+            format!("{name}.{what}"),
+        );
+        View::dense(b, DType::F32, &shape)
+    }
+
+    /// The input transform `V = Bᵀ d B` of every tile, in two passes of t terms (Bᵀ d, then
+    /// (Bᵀ d) B) instead of one of t², the coefficients from a small constant (as selects,
+    /// like the output transform's, they measured twice as slow here). Returns V
+    /// (`[t, t, n, th, tw, c]`).
+    fn winograd_input(&mut self, wv: &Variant, x: &View, window: &kiln_ir::Window, d: Dims, name: &str) -> View {
+        let Dims { n, c, m: mt, t, th, tw, .. } = d;
         let bt_values = wv.bt.iter().flat_map(|r| r.iter()).map(|&v| v as f32).collect();
-        let bt = constant(self, vec![t, t], bt_values, "winograd_bt");
+        let bt = self.winograd_constant(name, vec![t, t], bt_values, "winograd_bt");
         let sum = Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None });
         // R[i, n, th, x', c] = Σ_a Bᵀ[i][a] x[n, c, m·th + a - top, x' - left] over the padded
         // columns x' of all tiles.
@@ -231,26 +275,17 @@ impl Lowerer<'_> {
             body: Expr::mul(Expr::load(1, vec![Expr::Var(1), Expr::Var(6)]), rl),
             reduction: sum,
         });
+        v
+    }
 
-        // M[i, j, n, th, tw, co] = Σ_c V[i, j, n, th, tw, c] U[i, j, c, co].
-        let m = self.temp(DType::F32, &[t, t, n, th, tw, co], format!("{name}.winograd_products"));
-        self.emit(Kernel {
-            name: format!("{name}/winograd_gemm"),
-            domain: vec![t, t, n, th, tw, co, c],
-            n_par: 6,
-            inputs: vec![v, u],
-            output: m.clone(),
-            body: Expr::mul(
-                Expr::load(0, vec![Expr::Var(0), Expr::Var(1), Expr::Var(2), Expr::Var(3), Expr::Var(4), Expr::Var(6)]),
-                Expr::load(1, vec![Expr::Var(0), Expr::Var(1), Expr::Var(6), Expr::Var(5)]),
-            ),
-            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
-        });
-
+    /// The output transform `Y = Aᵀ M A` (+ bias) from the products M
+    /// (`[t, t, n, th, tw, co]`) into `out`.
+    fn winograd_output(&mut self, wv: &Variant, m: View, bias: Option<&View>, out: &View, d: Dims, name: &str) {
+        let Dims { n, co, oh, ow, m: mt, t, th, .. } = d;
         let tile = || Expr::i64(mt as i64);
         let modulo = |e: Expr| Expr::bin(BinaryOp::Mod { fmod: false }, e, tile());
         let bias = |inputs: &mut Vec<View>| {
-            ins.get(2).map(|b| {
+            bias.map(|b| {
                 inputs.push(b.clone());
                 Expr::add(Expr::Acc, Expr::load(1, vec![Expr::Var(1)]))
             })
@@ -284,7 +319,7 @@ impl Lowerer<'_> {
                 body: Expr::mul(coef, ml),
                 reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
             });
-            return true;
+            return;
         }
         // F(4×4): in two passes of t terms, like the input transform (one pass of 36 cost
         // more than the products saved):
@@ -319,6 +354,5 @@ impl Lowerer<'_> {
             body: Expr::mul(table(wv.at, modulo(Expr::Var(2)), Expr::Var(4)), zl),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
         });
-        true
     }
 }

@@ -26,8 +26,8 @@ fn bool_to_bias(cx: &mut NodeCx, m: ValueId) -> OpResult<ValueId> {
     tmp(cx, Op::Where, &[m, zero, ninf], "bias")
 }
 
-pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(4, "")?;
+/// Fails (as unsupported) on an attribute Attention does not know.
+fn check_attention_attrs(cx: &NodeCx) -> OpResult<()> {
     const KNOWN: [&str; 9] = [
         "is_causal",
         "kv_num_heads",
@@ -42,6 +42,23 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if let Some(a) = cx.attrs.names().find(|a| !KNOWN.contains(a)) {
         return unsupported(format!("attribute `{a}`"));
     }
+    Ok(())
+}
+
+/// Q, K and V as `[B, H, S, D]`, with the input rank and the head-count attributes.
+struct Qkv {
+    q: ValueId,
+    k: ValueId,
+    v: ValueId,
+    /// The rank of the inputs (3 or 4).
+    rank: usize,
+    /// `q_num_heads`, `kv_num_heads`.
+    qh: Option<i64>,
+    kvh: Option<i64>,
+}
+
+/// Reads and checks Q, K and V and the head counts, splitting 3-D inputs into heads.
+fn attention_qkv(cx: &mut NodeCx) -> OpResult<Qkv> {
     let (mut q, mut k, mut v) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
     for x in [q, k, v] {
         if cx.ty(x).dtype != DType::F32 {
@@ -65,14 +82,13 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         k = split_heads(cx, k, kvh as usize, "K")?;
         v = split_heads(cx, v, kvh as usize, "V")?;
     }
-    let qs = cx.shape(q);
-    let batch = qs[0];
-    let scale = match cx.attrs.float("scale")? {
-        Some(s) => f64::from(s),
-        None => 1.0 / (qs[3] as f64).sqrt(),
-    };
-    let sq = scalar(cx, DType::F32, scale.sqrt());
-    // KV cache.
+    Ok(Qkv { q, k, v, rank, qh, kvh })
+}
+
+/// The KV cache: `past_key` and `past_value` (inputs 4, 5), where given, concatenated before
+/// K and V along the sequence. Returns the new K and V and `past_key`.
+fn append_kv_cache(cx: &mut NodeCx, k: ValueId, v: ValueId) -> OpResult<(ValueId, ValueId, Option<ValueId>)> {
+    let (mut k, mut v) = (k, v);
     let (past_k, past_v) = (cx.opt_input(4), cx.opt_input(5));
     if let Some(pk) = past_k {
         k = tmp(cx, Op::Concat { axis: 2 }, &[pk, k], "present_key")?;
@@ -80,10 +96,19 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if let Some(pv) = past_v {
         v = tmp(cx, Op::Concat { axis: 2 }, &[pv, v], "present_value")?;
     }
-    let (present_k, present_v) = (k, v);
-    let (ql, kvl) = (qs[2], cx.shape(k)[2]);
+    Ok((k, v, past_k))
+}
 
-    // The bias added to Q·Kᵀ (None: nothing to add).
+/// `a + b` (`b` when there is no `a`).
+fn add_bias(cx: &mut NodeCx, a: Option<ValueId>, b: ValueId) -> OpResult<ValueId> {
+    match a {
+        Some(a) => bin(cx, B::Add, a, b),
+        None => Ok(b),
+    }
+}
+
+/// The attention mask (input 3), its last axis padded to `kvl` keys (with false or -inf).
+fn padded_mask(cx: &mut NodeCx, kvl: usize) -> OpResult<Option<ValueId>> {
     let mut mask = cx.opt_input(3);
     if let Some(m) = mask {
         let ms = cx.shape(m);
@@ -99,42 +124,52 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             mask = Some(tmp(cx, Op::Concat { axis }, &[m, pad], "mask")?);
         }
     }
-    let nonpad = cx.opt_input(6);
-    let is_causal = cx.attrs.int_or("is_causal", 0)? != 0;
-    let mut bias: Option<ValueId> = None;
-    if let Some(m) = mask {
-        bias = Some(if cx.ty(m).dtype == DType::Bool { bool_to_bias(cx, m)? } else { m });
-    }
-    let add = |cx: &mut NodeCx, a: Option<ValueId>, b: ValueId| -> OpResult<ValueId> {
-        match a {
-            Some(a) => bin(cx, B::Add, a, b),
-            None => Ok(b),
-        }
-    };
-    let nonpad_b = match nonpad {
+    Ok(mask)
+}
+
+/// `nonpad_kv_seqlen` (if given) as int64 `[B, 1, 1, 1]`.
+fn nonpad_lengths(cx: &mut NodeCx, nonpad: Option<ValueId>, batch: usize) -> OpResult<Option<ValueId>> {
+    Ok(match nonpad {
         Some(n) => {
             let n = if cx.ty(n).dtype == DType::I64 { n } else { tmp(cx, Op::cast(DType::I64), &[n], "nonpad")? };
             Some(reshape(cx, n, vec![batch, 1, 1, 1])?)
         }
         None => None,
-    };
-    if is_causal {
-        if let (None, Some(nb)) = (past_k, nonpad_b) {
-            // Per batch: key j is allowed for query i iff j - i + q_len <= nonpad[b].
-            let d: Vec<f64> = (0..ql).flat_map(|i| (0..kvl).map(move |j| j as f64 - i as f64 + ql as f64)).collect();
-            let d = konst_as(cx, DType::I64, vec![1, 1, ql, kvl], &d);
-            let allowed = cmp(cx, CmpOp::LessOrEqual, d, nb)?;
-            let c = bool_to_bias(cx, allowed)?;
-            bias = Some(add(cx, bias, c)?);
-        } else {
-            let past = past_k.map_or(0, |p| cx.shape(p)[2]);
-            let c: Vec<f64> = (0..ql)
-                .flat_map(|i| (0..kvl).map(move |j| if j > i + past { f64::NEG_INFINITY } else { 0.0 }))
-                .collect();
-            let c = konst_as(cx, DType::F32, vec![ql, kvl], &c);
-            bias = Some(add(cx, bias, c)?);
-        }
+    })
+}
+
+/// The causal mask as an additive bias: per batch from `nonpad_b` when there is no KV cache,
+/// otherwise offset by the past length.
+fn causal_bias(
+    cx: &mut NodeCx,
+    past_k: Option<ValueId>,
+    nonpad_b: Option<ValueId>,
+    ql: usize,
+    kvl: usize,
+) -> OpResult<ValueId> {
+    if let (None, Some(nb)) = (past_k, nonpad_b) {
+        // Per batch: key j is allowed for query i iff j - i + q_len <= nonpad[b].
+        let d: Vec<f64> = (0..ql).flat_map(|i| (0..kvl).map(move |j| j as f64 - i as f64 + ql as f64)).collect();
+        let d = konst_as(cx, DType::I64, vec![1, 1, ql, kvl], &d);
+        let allowed = cmp(cx, CmpOp::LessOrEqual, d, nb)?;
+        bool_to_bias(cx, allowed)
+    } else {
+        let past = past_k.map_or(0, |p| cx.shape(p)[2]);
+        let c: Vec<f64> =
+            (0..ql).flat_map(|i| (0..kvl).map(move |j| if j > i + past { f64::NEG_INFINITY } else { 0.0 })).collect();
+        Ok(konst_as(cx, DType::F32, vec![ql, kvl], &c))
     }
+}
+
+/// Adds the local-window masks (`left_window_size`, `right_window_size`) to `bias`.
+fn window_bias(
+    cx: &mut NodeCx,
+    mut bias: Option<ValueId>,
+    past_k: Option<ValueId>,
+    nonpad_b: Option<ValueId>,
+    ql: usize,
+    kvl: usize,
+) -> OpResult<Option<ValueId>> {
     // Local windows around the query's absolute position `i + offset` (offset: the past
     // length, or per batch `nonpad - q_len`): key j is allowed iff -left <= j - (i + offset)
     // <= right (a negative size leaves that side unbounded).
@@ -159,33 +194,69 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                     scalar(cx, DType::I64, if op == CmpOp::GreaterOrEqual { -size as f64 } else { size as f64 });
                 let allowed = cmp(cx, op, rel, bound)?;
                 let w = bool_to_bias(cx, allowed)?;
-                bias = Some(add(cx, bias, w)?);
+                bias = Some(add_bias(cx, bias, w)?);
             }
         }
     }
+    Ok(bias)
+}
+
+/// The bias added to Q·Kᵀ (None: nothing to add): the attention mask, the causal mask, the
+/// local windows and the padding mask of `nonpad_kv_seqlen`, summed.
+fn attention_bias(
+    cx: &mut NodeCx,
+    batch: usize,
+    past_k: Option<ValueId>,
+    ql: usize,
+    kvl: usize,
+) -> OpResult<Option<ValueId>> {
+    let mask = padded_mask(cx, kvl)?;
+    let nonpad = cx.opt_input(6);
+    let is_causal = cx.attrs.int_or("is_causal", 0)? != 0;
+    let mut bias: Option<ValueId> = None;
+    if let Some(m) = mask {
+        bias = Some(if cx.ty(m).dtype == DType::Bool { bool_to_bias(cx, m)? } else { m });
+    }
+    let nonpad_b = nonpad_lengths(cx, nonpad, batch)?;
+    if is_causal {
+        let c = causal_bias(cx, past_k, nonpad_b, ql, kvl)?;
+        bias = Some(add_bias(cx, bias, c)?);
+    }
+    bias = window_bias(cx, bias, past_k, nonpad_b, ql, kvl)?;
     if let Some(nb) = nonpad_b {
         let r: Vec<f64> = (0..kvl).map(|j| j as f64).collect();
         let r = konst_as(cx, DType::I64, vec![1, 1, 1, kvl], &r);
         let valid = cmp(cx, CmpOp::Less, r, nb)?;
         let p = bool_to_bias(cx, valid)?;
-        bias = Some(add(cx, bias, p)?);
+        bias = Some(add_bias(cx, bias, p)?);
     }
+    Ok(bias)
+}
 
-    // Grouped-query attention: repeat each KV head (interleaved).
-    let hq = qh.map_or(qs[1], |h| h as usize);
-    let hk = if rank == 4 { kvh.map_or(cx.shape(k)[1], |h| h as usize) } else { cx.shape(k)[1] };
+/// `[B, H, S, D]` → `[B, H·r, S, D]`, each head repeated `r` times (interleaved).
+fn gqa_repeat(cx: &mut NodeCx, x: ValueId, r: usize) -> OpResult<ValueId> {
+    let s = cx.shape(x);
+    let x5 = reshape(cx, x, vec![s[0], s[1], 1, s[2], s[3]])?;
+    let e = tmp(cx, Op::Expand { shape: vec![s[0], s[1], r, s[2], s[3]] }, &[x5], "gqa")?;
+    reshape(cx, e, vec![s[0], s[1] * r, s[2], s[3]])
+}
+
+/// Grouped-query attention: K and V with each KV head repeated (interleaved) up to the
+/// number of query heads (`q_heads`: Q's head axis).
+fn repeat_kv_heads(cx: &mut NodeCx, qkv: &Qkv, q_heads: usize, k: ValueId, v: ValueId) -> OpResult<(ValueId, ValueId)> {
+    let (mut k, mut v) = (k, v);
+    let hq = qkv.qh.map_or(q_heads, |h| h as usize);
+    let hk = if qkv.rank == 4 { qkv.kvh.map_or(cx.shape(k)[1], |h| h as usize) } else { cx.shape(k)[1] };
     if hq != hk && hk > 0 && hq.is_multiple_of(hk) && cx.shape(v)[1] == hk {
         let r = hq / hk;
-        let rep = |cx: &mut NodeCx, x: ValueId| -> OpResult<ValueId> {
-            let s = cx.shape(x);
-            let x5 = reshape(cx, x, vec![s[0], s[1], 1, s[2], s[3]])?;
-            let e = tmp(cx, Op::Expand { shape: vec![s[0], s[1], r, s[2], s[3]] }, &[x5], "gqa")?;
-            reshape(cx, e, vec![s[0], s[1] * r, s[2], s[3]])
-        };
-        k = rep(cx, k)?;
-        v = rep(cx, v)?;
+        k = gqa_repeat(cx, k, r)?;
+        v = gqa_repeat(cx, v, r)?;
     }
+    Ok((k, v))
+}
 
+/// The scores `(√scale·Q)·(√scale·K)ᵀ` (`sq`: `√scale`), soft-capped if `softcap` is set.
+fn attention_scores(cx: &mut NodeCx, q: ValueId, k: ValueId, sq: ValueId) -> OpResult<ValueId> {
     let qsc = bin(cx, B::Mul, q, sq)?;
     let ksc = bin(cx, B::Mul, k, sq)?;
     let kt = tmp(cx, Op::Transpose { perm: vec![0, 1, 3, 2] }, &[ksc], "kt")?;
@@ -197,6 +268,11 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         let t = un(cx, U::Tanh, d)?;
         qk = bin(cx, B::Mul, t, c)?;
     }
+    Ok(qk)
+}
+
+/// The scores plus `bias`, and their softmax over the keys (NaN rows zeroed).
+fn attention_probs(cx: &mut NodeCx, qk: ValueId, bias: Option<ValueId>) -> OpResult<(ValueId, ValueId)> {
     let with_bias = match bias {
         Some(b) => bin(cx, B::Add, qk, b)?,
         None => qk,
@@ -206,14 +282,44 @@ pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let not_nan = cmp(cx, CmpOp::Equal, sm, sm)?;
     let zero = scalar(cx, DType::F32, 0.0);
     let probs = tmp(cx, Op::Where, &[not_nan, sm, zero], "probs")?;
-    let out = if rank == 3 {
+    Ok((with_bias, probs))
+}
+
+/// Output 0, `probs·V`, back as `[B, S, H·D]` for 3-D inputs.
+fn attention_output(cx: &mut NodeCx, rank: usize, probs: ValueId, v: ValueId) -> OpResult<ValueId> {
+    Ok(if rank == 3 {
         let y = tmp(cx, Op::MatMul, &[probs, v], "y")?;
         let t = tmp(cx, Op::Transpose { perm: vec![0, 2, 1, 3] }, &[y], "y")?;
         let ts = cx.shape(t);
         cx.emit_out(Op::Reshape { shape: vec![ts[0], ts[1], ts[2] * ts[3]] }, &[t], 0)?
     } else {
         cx.emit_out(Op::MatMul, &[probs, v], 0)?
+    })
+}
+
+/// Attention (opset 23+), as the module docs describe.
+pub(super) fn attention(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(4, "")?;
+    check_attention_attrs(cx)?;
+    let qkv = attention_qkv(cx)?;
+    let (q, rank) = (qkv.q, qkv.rank);
+    let qs = cx.shape(q);
+    let batch = qs[0];
+    let scale = match cx.attrs.float("scale")? {
+        Some(s) => f64::from(s),
+        None => 1.0 / (qs[3] as f64).sqrt(),
     };
+    let sq = scalar(cx, DType::F32, scale.sqrt());
+    // KV cache.
+    let (k, v, past_k) = append_kv_cache(cx, qkv.k, qkv.v)?;
+    let (present_k, present_v) = (k, v);
+    let (ql, kvl) = (qs[2], cx.shape(k)[2]);
+
+    let bias = attention_bias(cx, batch, past_k, ql, kvl)?;
+    let (k, v) = repeat_kv_heads(cx, &qkv, qs[1], k, v)?;
+    let qk = attention_scores(cx, q, k, sq)?;
+    let (with_bias, probs) = attention_probs(cx, qk, bias)?;
+    let out = attention_output(cx, rank, probs, v)?;
     let mut outs = vec![out, present_k, present_v];
     if cx.has_output(3) {
         let mode = cx.attrs.int_or("qk_matmul_output_mode", 0)?;

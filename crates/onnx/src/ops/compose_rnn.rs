@@ -218,18 +218,25 @@ struct Layer {
     masks: Vec<Option<Vec<bool>>>,
 }
 
-/// Runs one direction over `xw` (`[S·B, G·H]`, the input projection with its bias).
-/// Returns the per-step outputs in time order (`[B, H]` each), the last hidden and cell state.
-fn run_direction(
-    cx: &mut NodeCx,
-    l: &Layer,
-    dir: &Dir,
-    xw: ValueId,
-    reverse: bool,
-) -> OpResult<(Vec<ValueId>, ValueId, ValueId)> {
-    let (h, bt) = (l.hidden, l.batch);
-    let zero = scalar(cx, DType::F32, 0.0);
-    let one = scalar(cx, DType::F32, 1.0);
+/// What every step of one direction reuses: the step Gemm (`A·Bᵀ + C`), the constant one and
+/// the slices of the parameters that do not change between steps.
+struct StepParams {
+    gemm: Op,
+    /// The scalar 1 (LSTM with `input_forget`: `f = 1 - i`).
+    one: ValueId,
+    /// LSTM peepholes `(Pi, Po, Pf)`, `[H]` each.
+    peep: Option<(ValueId, ValueId, ValueId)>,
+    /// GRU: the rows of R for the `z, r` gates (`[2·H, H]`) and for the `h` gate (`[H, H]`),
+    /// and `Rbh` (`[H]`) if B is given.
+    r_zr: Option<ValueId>,
+    r_h: Option<ValueId>,
+    rb_h: Option<ValueId>,
+}
+
+/// Slices the per-gate peepholes and GRU's recurrent parameters out of `dir`, once per
+/// direction.
+fn step_params(cx: &mut NodeCx, l: &Layer, dir: &Dir, one: ValueId) -> OpResult<StepParams> {
+    let h = l.hidden;
     // Per-gate peepholes and recurrent parameters that do not change between steps.
     let peep = match dir.p {
         Some(p) => {
@@ -252,6 +259,132 @@ fn run_direction(
         (None, None, None)
     };
     let gemm = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
+    Ok(StepParams { gemm, one, peep, r_zr, r_h, rb_h })
+}
+
+/// One GRU step from state `hs` and this step's input projection `xt` (`[B, 3·H]`): the new
+/// hidden state.
+fn gru_cell(cx: &mut NodeCx, l: &Layer, dir: &Dir, sp: &StepParams, hs: ValueId, xt: ValueId) -> OpResult<ValueId> {
+    let (h, gemm) = (l.hidden, &sp.gemm);
+    let (f, g) = (dir.acts[0], dir.acts[1]);
+    let x_zr = slice_axis(cx, xt, 1, 0, 2 * h)?;
+    let x_h = slice_axis(cx, xt, 1, 2 * h, h)?;
+    let zr = tmp(cx, gemm.clone(), &[hs, sp.r_zr.unwrap(), x_zr], "zr")?;
+    let z_pre = slice_axis(cx, zr, 1, 0, h)?;
+    let r_pre = slice_axis(cx, zr, 1, h, h)?;
+    let z = apply(cx, f, l.clip, z_pre)?;
+    let r = apply(cx, f, l.clip, r_pre)?;
+    let hh = if l.linear_before_reset {
+        let mut ins = vec![hs, sp.r_h.unwrap()];
+        ins.extend(sp.rb_h);
+        let hr = tmp(cx, gemm.clone(), &ins, "hr")?;
+        bin(cx, B::Mul, r, hr)?
+    } else {
+        // Rbh is already part of the input projection.
+        let rh = bin(cx, B::Mul, r, hs)?;
+        tmp(cx, gemm.clone(), &[rh, sp.r_h.unwrap()], "hr")?
+    };
+    let pre = bin(cx, B::Add, x_h, hh)?;
+    let cand = apply(cx, g, l.clip, pre)?;
+    // (1 - z)·h~ + z·H  =  h~ + z·(H - h~)
+    let d = bin(cx, B::Sub, hs, cand)?;
+    let zd = bin(cx, B::Mul, z, d)?;
+    bin(cx, B::Add, cand, zd)
+}
+
+/// One LSTM step from states `hs`, `cs` and this step's input projection `xt` (`[B, 4·H]`):
+/// the new hidden and cell states.
+fn lstm_cell(
+    cx: &mut NodeCx,
+    l: &Layer,
+    dir: &Dir,
+    sp: &StepParams,
+    hs: ValueId,
+    cs: ValueId,
+    xt: ValueId,
+) -> OpResult<(ValueId, ValueId)> {
+    let h = l.hidden;
+    let (f, g, hact) = (dir.acts[0], dir.acts[1], dir.acts[2]);
+    let gates = tmp(cx, sp.gemm.clone(), &[hs, dir.r, xt], "gates")?;
+    let mut i_pre = slice_axis(cx, gates, 1, 0, h)?;
+    let mut o_pre = slice_axis(cx, gates, 1, h, h)?;
+    let mut f_pre = slice_axis(cx, gates, 1, 2 * h, h)?;
+    let c_pre = slice_axis(cx, gates, 1, 3 * h, h)?;
+    if let Some((pi, _, pf)) = sp.peep {
+        let a = bin(cx, B::Mul, pi, cs)?;
+        i_pre = bin(cx, B::Add, i_pre, a)?;
+        let b = bin(cx, B::Mul, pf, cs)?;
+        f_pre = bin(cx, B::Add, f_pre, b)?;
+    }
+    let i = apply(cx, f, l.clip, i_pre)?;
+    let fg = if l.input_forget { bin(cx, B::Sub, sp.one, i)? } else { apply(cx, f, l.clip, f_pre)? };
+    let c = apply(cx, g, l.clip, c_pre)?;
+    let fc = bin(cx, B::Mul, fg, cs)?;
+    let ic = bin(cx, B::Mul, i, c)?;
+    let c_new = bin(cx, B::Add, fc, ic)?;
+    if let Some((_, po, _)) = sp.peep {
+        let a = bin(cx, B::Mul, po, c_new)?;
+        o_pre = bin(cx, B::Add, o_pre, a)?;
+    }
+    let o = apply(cx, f, l.clip, o_pre)?;
+    let hc = apply(cx, hact, None, c_new)?;
+    Ok((bin(cx, B::Mul, o, hc)?, c_new))
+}
+
+/// One step of the layer's cell from states `hs`, `cs` and this step's input projection
+/// `xt`: the new hidden and cell states (the cell state passes through for RNN and GRU).
+fn cell_step(
+    cx: &mut NodeCx,
+    l: &Layer,
+    dir: &Dir,
+    sp: &StepParams,
+    hs: ValueId,
+    cs: ValueId,
+    xt: ValueId,
+) -> OpResult<(ValueId, ValueId)> {
+    Ok(match l.cell {
+        Cell::Rnn => {
+            let pre = tmp(cx, sp.gemm.clone(), &[hs, dir.r, xt], "pre")?;
+            (apply(cx, dir.acts[0], l.clip, pre)?, cs)
+        }
+        Cell::Gru => (gru_cell(cx, l, dir, sp, hs, xt)?, cs),
+        Cell::Lstm => lstm_cell(cx, l, dir, sp, hs, cs, xt)?,
+    })
+}
+
+/// The `sequence_lens` masking of one step: where batch entry `b` has ended (`m[b]` false) the
+/// output is zero and the states `hs`, `cs` hold; elsewhere they take `h_new`, `c_new`.
+/// Returns the step's output and the next hidden and cell states.
+fn masked_step(
+    cx: &mut NodeCx,
+    l: &Layer,
+    m: &[bool],
+    zero: ValueId,
+    (h_new, c_new): (ValueId, ValueId),
+    hs: ValueId,
+    cs: ValueId,
+) -> OpResult<(ValueId, ValueId, ValueId)> {
+    let mv: Vec<f64> = m.iter().map(|&b| f64::from(u8::from(b))).collect();
+    let mk = konst_as(cx, DType::Bool, vec![l.batch, 1], &mv);
+    let y = tmp(cx, Op::Where, &[mk, h_new, zero], "y")?;
+    let hs = tmp(cx, Op::Where, &[mk, h_new, hs], "h")?;
+    let cs = if l.cell == Cell::Lstm { tmp(cx, Op::Where, &[mk, c_new, cs], "c")? } else { cs };
+    Ok((y, hs, cs))
+}
+
+/// Runs one direction over `xw` (`[S·B, G·H]`, the input projection with its bias).
+/// Returns the per-step outputs in time order (`[B, H]` each), the last hidden and cell state.
+fn run_direction(
+    cx: &mut NodeCx,
+    l: &Layer,
+    dir: &Dir,
+    xw: ValueId,
+    reverse: bool,
+) -> OpResult<(Vec<ValueId>, ValueId, ValueId)> {
+    let (h, bt) = (l.hidden, l.batch);
+    let zero = scalar(cx, DType::F32, 0.0);
+    let one = scalar(cx, DType::F32, 1.0);
+    let sp = step_params(cx, l, dir, one)?;
     let (mut hs, mut cs) = (dir.h0, dir.c0);
     let mut ys: Vec<Option<ValueId>> = vec![None; l.steps];
     let order: Vec<usize> = if reverse { (0..l.steps).rev().collect() } else { (0..l.steps).collect() };
@@ -263,93 +396,52 @@ fn run_direction(
             continue;
         }
         let xt = slice_axis(cx, xw, 0, t * bt, bt)?;
-        let (h_new, c_new) = match l.cell {
-            Cell::Rnn => {
-                let pre = tmp(cx, gemm.clone(), &[hs, dir.r, xt], "pre")?;
-                (apply(cx, dir.acts[0], l.clip, pre)?, cs)
-            }
-            Cell::Gru => {
-                let (f, g) = (dir.acts[0], dir.acts[1]);
-                let x_zr = slice_axis(cx, xt, 1, 0, 2 * h)?;
-                let x_h = slice_axis(cx, xt, 1, 2 * h, h)?;
-                let zr = tmp(cx, gemm.clone(), &[hs, r_zr.unwrap(), x_zr], "zr")?;
-                let z_pre = slice_axis(cx, zr, 1, 0, h)?;
-                let r_pre = slice_axis(cx, zr, 1, h, h)?;
-                let z = apply(cx, f, l.clip, z_pre)?;
-                let r = apply(cx, f, l.clip, r_pre)?;
-                let hh = if l.linear_before_reset {
-                    let mut ins = vec![hs, r_h.unwrap()];
-                    ins.extend(rb_h);
-                    let hr = tmp(cx, gemm.clone(), &ins, "hr")?;
-                    bin(cx, B::Mul, r, hr)?
-                } else {
-                    // Rbh is already part of the input projection.
-                    let rh = bin(cx, B::Mul, r, hs)?;
-                    tmp(cx, gemm.clone(), &[rh, r_h.unwrap()], "hr")?
-                };
-                let pre = bin(cx, B::Add, x_h, hh)?;
-                let cand = apply(cx, g, l.clip, pre)?;
-                // (1 - z)·h~ + z·H  =  h~ + z·(H - h~)
-                let d = bin(cx, B::Sub, hs, cand)?;
-                let zd = bin(cx, B::Mul, z, d)?;
-                (bin(cx, B::Add, cand, zd)?, cs)
-            }
-            Cell::Lstm => {
-                let (f, g, hact) = (dir.acts[0], dir.acts[1], dir.acts[2]);
-                let gates = tmp(cx, gemm.clone(), &[hs, dir.r, xt], "gates")?;
-                let mut i_pre = slice_axis(cx, gates, 1, 0, h)?;
-                let mut o_pre = slice_axis(cx, gates, 1, h, h)?;
-                let mut f_pre = slice_axis(cx, gates, 1, 2 * h, h)?;
-                let c_pre = slice_axis(cx, gates, 1, 3 * h, h)?;
-                if let Some((pi, _, pf)) = peep {
-                    let a = bin(cx, B::Mul, pi, cs)?;
-                    i_pre = bin(cx, B::Add, i_pre, a)?;
-                    let b = bin(cx, B::Mul, pf, cs)?;
-                    f_pre = bin(cx, B::Add, f_pre, b)?;
-                }
-                let i = apply(cx, f, l.clip, i_pre)?;
-                let fg = if l.input_forget { bin(cx, B::Sub, one, i)? } else { apply(cx, f, l.clip, f_pre)? };
-                let c = apply(cx, g, l.clip, c_pre)?;
-                let fc = bin(cx, B::Mul, fg, cs)?;
-                let ic = bin(cx, B::Mul, i, c)?;
-                let c_new = bin(cx, B::Add, fc, ic)?;
-                if let Some((_, po, _)) = peep {
-                    let a = bin(cx, B::Mul, po, c_new)?;
-                    o_pre = bin(cx, B::Add, o_pre, a)?;
-                }
-                let o = apply(cx, f, l.clip, o_pre)?;
-                let hc = apply(cx, hact, None, c_new)?;
-                (bin(cx, B::Mul, o, hc)?, c_new)
-            }
+        let (h_new, c_new) = cell_step(cx, l, dir, &sp, hs, cs, xt)?;
+        let (y, h_next, c_next) = match mask {
+            Some(m) => masked_step(cx, l, m, zero, (h_new, c_new), hs, cs)?,
+            None => (h_new, h_new, c_new),
         };
-        match mask {
-            Some(m) => {
-                let mv: Vec<f64> = m.iter().map(|&b| f64::from(u8::from(b))).collect();
-                let mk = konst_as(cx, DType::Bool, vec![bt, 1], &mv);
-                ys[t] = Some(tmp(cx, Op::Where, &[mk, h_new, zero], "y")?);
-                hs = tmp(cx, Op::Where, &[mk, h_new, hs], "h")?;
-                if l.cell == Cell::Lstm {
-                    cs = tmp(cx, Op::Where, &[mk, c_new, cs], "c")?;
-                }
-            }
-            None => {
-                ys[t] = Some(h_new);
-                hs = h_new;
-                cs = c_new;
-            }
-        }
+        ys[t] = Some(y);
+        hs = h_next;
+        cs = c_next;
     }
     Ok((ys.into_iter().map(|y| y.expect("every step ran")).collect(), hs, cs))
 }
 
-/// RNN, GRU and LSTM.
-pub(super) fn recurrent(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    let cell = match cx.op_type() {
+/// A recurrent node's cell, operands and static sizes, as read and checked from its inputs
+/// and attributes.
+struct Header {
+    cell: Cell,
+    /// X, W and R (W and R with the direction axis).
+    x0: ValueId,
+    w_all: ValueId,
+    r_all: ValueId,
+    /// Number of directions.
+    nd: usize,
+    /// `direction` is `reverse`.
+    reverse_only: bool,
+    /// 0: X `[S, B, I]`, states `[D, B, H]`; 1: X `[B, S, I]`, states `[B, D, H]`.
+    layout: i64,
+    steps: usize,
+    batch: usize,
+    input: usize,
+    hidden: usize,
+}
+
+/// The cell of the node's op type.
+fn cell_of(cx: &NodeCx) -> OpResult<Cell> {
+    Ok(match cx.op_type() {
         "RNN" => Cell::Rnn,
         "GRU" => Cell::Gru,
         "LSTM" => Cell::Lstm,
         other => return invalid(format!("{other} is not a recurrent layer")),
-    };
+    })
+}
+
+/// Reads and checks the outputs requested, X, W, R and B, `direction`, `layout` and
+/// `hidden_size`.
+fn read_header(cx: &mut NodeCx) -> OpResult<Header> {
+    let cell = cell_of(cx)?;
     let n_outputs = if cell == Cell::Lstm { 3 } else { 2 };
     cx.outputs_at_most(n_outputs, "")?;
     let (x0, w_all, r_all) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
@@ -392,8 +484,11 @@ pub(super) fn recurrent(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if let Some(b) = cx.opt_input(3) {
         check_shape(cx, b, "B", &[nd, 2 * g * hidden])?;
     }
+    Ok(Header { cell, x0, w_all, r_all, nd, reverse_only, layout, steps, batch, input, hidden })
+}
 
-    // Static sequence lengths: a mask per step, None where every entry runs.
+/// Static sequence lengths (input 4): a mask per step, None where every entry runs.
+fn sequence_masks(cx: &NodeCx, steps: usize, batch: usize) -> OpResult<Vec<Option<Vec<bool>>>> {
     let mut masks = vec![None; steps];
     if let Some(lens) = cx.opt_ints_input(4, "sequence_lens")? {
         if lens.len() != batch {
@@ -409,27 +504,41 @@ pub(super) fn recurrent(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             }
         }
     }
+    Ok(masks)
+}
 
-    // Initial states, as [D, B, H].
-    let state_in = |cx: &mut NodeCx, i: usize, what: &str| -> OpResult<Option<ValueId>> {
-        let Some(v) = cx.opt_input(i) else { return Ok(None) };
-        let want = if layout == 0 { [nd, batch, hidden] } else { [batch, nd, hidden] };
-        check_shape(cx, v, what, &want)?;
-        Ok(Some(if layout == 0 { v } else { tmp(cx, Op::Transpose { perm: vec![1, 0, 2] }, &[v], what)? }))
-    };
-    let h0_all = state_in(cx, 5, "initial_h")?;
-    let (c0_all, p_all) = if cell == Cell::Lstm {
-        let c0 = state_in(cx, 6, "initial_c")?;
+/// Initial state input `i` (`what`), checked and as `[D, B, H]` (None if omitted).
+fn state_in(cx: &mut NodeCx, hd: &Header, i: usize, what: &str) -> OpResult<Option<ValueId>> {
+    let (layout, nd, batch, hidden) = (hd.layout, hd.nd, hd.batch, hd.hidden);
+    let Some(v) = cx.opt_input(i) else { return Ok(None) };
+    let want = if layout == 0 { [nd, batch, hidden] } else { [batch, nd, hidden] };
+    check_shape(cx, v, what, &want)?;
+    Ok(Some(if layout == 0 { v } else { tmp(cx, Op::Transpose { perm: vec![1, 0, 2] }, &[v], what)? }))
+}
+
+/// Initial states, as `[D, B, H]`, and the peepholes: `(initial_h, initial_c, P)`, each None
+/// if omitted (`initial_c` and `P` are LSTM's only).
+type States = (Option<ValueId>, Option<ValueId>, Option<ValueId>);
+
+/// Reads and checks the initial states and (LSTM) the peepholes.
+fn initial_states(cx: &mut NodeCx, hd: &Header) -> OpResult<States> {
+    let h0_all = state_in(cx, hd, 5, "initial_h")?;
+    let (c0_all, p_all) = if hd.cell == Cell::Lstm {
+        let c0 = state_in(cx, hd, 6, "initial_c")?;
         let p = cx.opt_input(7);
         if let Some(p) = p {
-            check_shape(cx, p, "P", &[nd, 3 * hidden])?;
+            check_shape(cx, p, "P", &[hd.nd, 3 * hd.hidden])?;
         }
         (c0, p)
     } else {
         (None, None)
     };
+    Ok((h0_all, c0_all, p_all))
+}
 
-    // Activations: one list per direction (a single direction's list serves both).
+/// The activations: one list per direction (a single direction's list serves both), all
+/// directions' lists concatenated.
+fn read_activations(cx: &NodeCx, cell: Cell, nd: usize) -> OpResult<Vec<Act>> {
     let per_dir = cell.default_acts().len();
     let names = match cx.attrs.strings("activations")? {
         Some(n) if !n.is_empty() => n,
@@ -444,6 +553,12 @@ pub(super) fn recurrent(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     if acts.len() != per_dir * nd {
         return invalid(format!("{} activations given, expected {} per direction", names.len(), per_dir));
     }
+    Ok(acts)
+}
+
+/// Reads `clip`, `input_forget` and `linear_before_reset` into the layer's description.
+fn read_layer(cx: &NodeCx, hd: &Header, masks: Vec<Option<Vec<bool>>>) -> OpResult<Layer> {
+    let cell = hd.cell;
     let clip = match cx.attrs.float("clip")? {
         Some(c) if c > 0.0 => Some(c),
         Some(c) => return invalid(format!("clip {c} is not positive")),
@@ -451,100 +566,119 @@ pub(super) fn recurrent(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     };
     let input_forget = cell == Cell::Lstm && cx.attrs.int_or("input_forget", 0)? != 0;
     let linear_before_reset = cell == Cell::Gru && cx.attrs.int_or("linear_before_reset", 0)? != 0;
-    let layer = Layer { cell, hidden, batch, steps, clip, input_forget, linear_before_reset, masks };
+    let (hidden, batch, steps) = (hd.hidden, hd.batch, hd.steps);
+    Ok(Layer { cell, hidden, batch, steps, clip, input_forget, linear_before_reset, masks })
+}
 
-    // X as [S·B, I], time-major.
-    let x_t = if layout == 0 { x0 } else { tmp(cx, Op::Transpose { perm: vec![1, 0, 2] }, &[x0], "x")? };
-    let x2 = reshape(cx, x_t, vec![steps * batch, input])?;
-    let zeros_bh = |cx: &mut NodeCx| konst_as(cx, DType::F32, vec![batch, hidden], &vec![0.0; batch * hidden]);
+/// `[B, H]` zeros (an omitted initial state).
+fn zeros_bh(cx: &mut NodeCx, batch: usize, hidden: usize) -> ValueId {
+    konst_as(cx, DType::F32, vec![batch, hidden], &vec![0.0; batch * hidden])
+}
 
-    let mut y_dirs = Vec::with_capacity(nd);
-    let mut h_dirs = Vec::with_capacity(nd);
-    let mut c_dirs = Vec::with_capacity(nd);
-    for d in 0..nd {
-        let w = direction_of(cx, w_all, d)?;
-        let r = direction_of(cx, r_all, d)?;
-        let bias = match cx.opt_input(3) {
-            Some(b) => {
-                let bd = direction_of(cx, b, d)?;
-                let wb = slice_axis(cx, bd, 0, 0, g * hidden)?;
-                let rb = slice_axis(cx, bd, 0, g * hidden, g * hidden)?;
-                Some((wb, rb))
-            }
-            None => None,
-        };
-        let p = match p_all {
-            Some(p) => Some(direction_of(cx, p, d)?),
-            None => None,
-        };
-        let h0 = match h0_all {
-            Some(h) => direction_of(cx, h, d)?,
-            None => zeros_bh(cx),
-        };
-        let c0 = match c0_all {
-            Some(c) => direction_of(cx, c, d)?,
-            None => zeros_bh(cx),
-        };
-        let dir = Dir { w, r, bias, p, h0, c0, acts: acts[d * per_dir..(d + 1) * per_dir].to_vec() };
-
-        // The input projection of every step, with the biases that do not depend on the state
-        // (for GRU with linear_before_reset, Rbh is applied inside the reset gate instead).
-        let mut ins = vec![x2, dir.w];
-        if let Some((wb, rb)) = dir.bias {
-            let rb = if cell == Cell::Gru && linear_before_reset {
-                let keep: Vec<f64> = (0..3 * hidden).map(|k| if k < 2 * hidden { 1.0 } else { 0.0 }).collect();
-                let keep = konst_as(cx, DType::F32, vec![3 * hidden], &keep);
-                bin(cx, B::Mul, rb, keep)?
-            } else {
-                rb
-            };
-            ins.push(bin(cx, B::Add, wb, rb)?);
+/// Direction `d`'s parameters, initial states and activations (`acts`: all directions').
+fn direction_params(cx: &mut NodeCx, hd: &Header, states: States, acts: &[Act], d: usize) -> OpResult<Dir> {
+    let (g, hidden) = (hd.cell.gates(), hd.hidden);
+    let per_dir = hd.cell.default_acts().len();
+    let (h0_all, c0_all, p_all) = states;
+    let w = direction_of(cx, hd.w_all, d)?;
+    let r = direction_of(cx, hd.r_all, d)?;
+    let bias = match cx.opt_input(3) {
+        Some(b) => {
+            let bd = direction_of(cx, b, d)?;
+            let wb = slice_axis(cx, bd, 0, 0, g * hidden)?;
+            let rb = slice_axis(cx, bd, 0, g * hidden, g * hidden)?;
+            Some((wb, rb))
         }
-        let gemm = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
-        let xw = tmp(cx, gemm, &ins, "xw")?;
-        let reverse = reverse_only || d == 1;
-        let (ys, hl, cl) = run_direction(cx, &layer, &dir, xw, reverse)?;
-        y_dirs.push(ys);
-        h_dirs.push(hl);
-        c_dirs.push(cl);
-    }
+        None => None,
+    };
+    let p = match p_all {
+        Some(p) => Some(direction_of(cx, p, d)?),
+        None => None,
+    };
+    let h0 = match h0_all {
+        Some(h) => direction_of(cx, h, d)?,
+        None => zeros_bh(cx, hd.batch, hidden),
+    };
+    let c0 = match c0_all {
+        Some(c) => direction_of(cx, c, d)?,
+        None => zeros_bh(cx, hd.batch, hidden),
+    };
+    Ok(Dir { w, r, bias, p, h0, c0, acts: acts[d * per_dir..(d + 1) * per_dir].to_vec() })
+}
 
+/// The input projection of every step (`x2`: X as `[S·B, I]`), with the biases that do not
+/// depend on the state (for GRU with linear_before_reset, Rbh is applied inside the reset
+/// gate instead).
+fn input_projection(cx: &mut NodeCx, l: &Layer, dir: &Dir, x2: ValueId) -> OpResult<ValueId> {
+    let (cell, hidden, linear_before_reset) = (l.cell, l.hidden, l.linear_before_reset);
+    let mut ins = vec![x2, dir.w];
+    if let Some((wb, rb)) = dir.bias {
+        let rb = if cell == Cell::Gru && linear_before_reset {
+            let keep: Vec<f64> = (0..3 * hidden).map(|k| if k < 2 * hidden { 1.0 } else { 0.0 }).collect();
+            let keep = konst_as(cx, DType::F32, vec![3 * hidden], &keep);
+            bin(cx, B::Mul, rb, keep)?
+        } else {
+            rb
+        };
+        ins.push(bin(cx, B::Add, wb, rb)?);
+    }
+    let gemm = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
+    tmp(cx, gemm, &ins, "xw")
+}
+
+/// Y_h or Y_c (output `k`) from the last states of each direction (`[B, H]` each):
+/// `[D, B, H]` (layout 1: `[B, D, H]`), its last op named after the ONNX output.
+fn stack_states(cx: &mut NodeCx, hd: &Header, vs: &[ValueId], k: usize) -> OpResult<ValueId> {
+    let (layout, batch, hidden) = (hd.layout, hd.batch, hd.hidden);
+    let parts = vs.iter().map(|&v| reshape(cx, v, vec![1, batch, hidden])).collect::<OpResult<Vec<_>>>()?;
+    match (layout, parts.as_slice()) {
+        (0, [_]) => cx.emit_out(Op::Reshape { shape: vec![1, batch, hidden] }, &[vs[0]], k),
+        (0, _) => cx.emit_out(Op::Concat { axis: 0 }, &parts, k),
+        _ => {
+            let s = if parts.len() == 1 { parts[0] } else { tmp(cx, Op::Concat { axis: 0 }, &parts, "stack")? };
+            cx.emit_out(Op::Transpose { perm: vec![1, 0, 2] }, &[s], k)
+        }
+    }
+}
+
+/// Y (output 0) from each direction's per-step outputs: `[S, D, B, H]` (layout 1:
+/// `[B, S, D, H]`), its last op named after the ONNX output.
+fn sequence_output(cx: &mut NodeCx, hd: &Header, y_dirs: &[Vec<ValueId>]) -> OpResult<ValueId> {
+    let (layout, nd, steps, batch, hidden) = (hd.layout, hd.nd, hd.steps, hd.batch, hd.hidden);
+    // Per direction, the steps stacked as [S·B, H].
+    let mut seqs = Vec::with_capacity(nd);
+    for ys in y_dirs {
+        seqs.push(if ys.len() == 1 { ys[0] } else { tmp(cx, Op::Concat { axis: 0 }, ys, "y")? });
+    }
+    let shape4 = vec![steps, 1, batch, hidden];
+    Ok(if layout == 0 && nd == 1 {
+        cx.emit_out(Op::Reshape { shape: shape4 }, &[seqs[0]], 0)?
+    } else {
+        let parts = seqs.iter().map(|&v| reshape(cx, v, shape4.clone())).collect::<OpResult<Vec<_>>>()?;
+        if layout == 0 {
+            cx.emit_out(Op::Concat { axis: 1 }, &parts, 0)?
+        } else {
+            let yc = if nd == 1 { parts[0] } else { tmp(cx, Op::Concat { axis: 1 }, &parts, "y")? };
+            cx.emit_out(Op::Transpose { perm: vec![2, 0, 1, 3] }, &[yc], 0)?
+        }
+    })
+}
+
+/// The node's outputs from each direction's per-step outputs and last hidden and cell
+/// states: Y, Y_h (and Y_c for LSTM), each built only if requested.
+fn assemble_outputs(
+    cx: &mut NodeCx,
+    hd: &Header,
+    y_dirs: &[Vec<ValueId>],
+    h_dirs: &[ValueId],
+    c_dirs: &[ValueId],
+) -> OpResult<Vec<ValueId>> {
+    let cell = hd.cell;
     // Outputs. Y: [S, D, B, H] (layout 1: [B, S, D, H]); Y_h, Y_c: [D, B, H] (layout 1: [B, D, H]).
     // The last op of each is named after its ONNX output.
-    let stack_states = |cx: &mut NodeCx, vs: &[ValueId], k: usize| -> OpResult<ValueId> {
-        let parts = vs.iter().map(|&v| reshape(cx, v, vec![1, batch, hidden])).collect::<OpResult<Vec<_>>>()?;
-        match (layout, parts.as_slice()) {
-            (0, [_]) => cx.emit_out(Op::Reshape { shape: vec![1, batch, hidden] }, &[vs[0]], k),
-            (0, _) => cx.emit_out(Op::Concat { axis: 0 }, &parts, k),
-            _ => {
-                let s = if parts.len() == 1 { parts[0] } else { tmp(cx, Op::Concat { axis: 0 }, &parts, "stack")? };
-                cx.emit_out(Op::Transpose { perm: vec![1, 0, 2] }, &[s], k)
-            }
-        }
-    };
-    let y_h = if cx.has_output(1) { Some(stack_states(cx, &h_dirs, 1)?) } else { None };
-    let y_c = if cell == Cell::Lstm && cx.has_output(2) { Some(stack_states(cx, &c_dirs, 2)?) } else { None };
-    let y = if cx.has_output(0) {
-        // Per direction, the steps stacked as [S·B, H].
-        let mut seqs = Vec::with_capacity(nd);
-        for ys in &y_dirs {
-            seqs.push(if ys.len() == 1 { ys[0] } else { tmp(cx, Op::Concat { axis: 0 }, ys, "y")? });
-        }
-        let shape4 = vec![steps, 1, batch, hidden];
-        Some(if layout == 0 && nd == 1 {
-            cx.emit_out(Op::Reshape { shape: shape4 }, &[seqs[0]], 0)?
-        } else {
-            let parts = seqs.iter().map(|&v| reshape(cx, v, shape4.clone())).collect::<OpResult<Vec<_>>>()?;
-            if layout == 0 {
-                cx.emit_out(Op::Concat { axis: 1 }, &parts, 0)?
-            } else {
-                let yc = if nd == 1 { parts[0] } else { tmp(cx, Op::Concat { axis: 1 }, &parts, "y")? };
-                cx.emit_out(Op::Transpose { perm: vec![2, 0, 1, 3] }, &[yc], 0)?
-            }
-        })
-    } else {
-        None
-    };
+    let y_h = if cx.has_output(1) { Some(stack_states(cx, hd, h_dirs, 1)?) } else { None };
+    let y_c = if cell == Cell::Lstm && cx.has_output(2) { Some(stack_states(cx, hd, c_dirs, 2)?) } else { None };
+    let y = if cx.has_output(0) { Some(sequence_output(cx, hd, y_dirs)?) } else { None };
     // Omitted outputs get a stand-in value (never bound to a name).
     let any = y.or(y_h).or(y_c).unwrap_or(h_dirs[0]);
     let mut outs = vec![y.unwrap_or(any), y_h.unwrap_or(any)];
@@ -552,4 +686,33 @@ pub(super) fn recurrent(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         outs.push(y_c.unwrap_or(any));
     }
     Ok(outs)
+}
+
+/// RNN, GRU and LSTM.
+pub(super) fn recurrent(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let hd = read_header(cx)?;
+    let masks = sequence_masks(cx, hd.steps, hd.batch)?;
+    let states = initial_states(cx, &hd)?;
+    let acts = read_activations(cx, hd.cell, hd.nd)?;
+    let layer = read_layer(cx, &hd, masks)?;
+    let (layout, nd) = (hd.layout, hd.nd);
+
+    // X as [S·B, I], time-major.
+    let x0 = hd.x0;
+    let x_t = if layout == 0 { x0 } else { tmp(cx, Op::Transpose { perm: vec![1, 0, 2] }, &[x0], "x")? };
+    let x2 = reshape(cx, x_t, vec![hd.steps * hd.batch, hd.input])?;
+
+    let mut y_dirs = Vec::with_capacity(nd);
+    let mut h_dirs = Vec::with_capacity(nd);
+    let mut c_dirs = Vec::with_capacity(nd);
+    for d in 0..nd {
+        let dir = direction_params(cx, &hd, states, &acts, d)?;
+        let xw = input_projection(cx, &layer, &dir, x2)?;
+        let reverse = hd.reverse_only || d == 1;
+        let (ys, hl, cl) = run_direction(cx, &layer, &dir, xw, reverse)?;
+        y_dirs.push(ys);
+        h_dirs.push(hl);
+        c_dirs.push(cl);
+    }
+    assemble_outputs(cx, &hd, &y_dirs, &h_dirs, &c_dirs)
 }
