@@ -1,9 +1,9 @@
 //! ONNX ops imported as compositions of existing HIR ops: activations (Elu, Selu, Gelu,
 //! SwiGLU…) and normalizations (LayerNormalization, InstanceNormalization…), plus the small
 //! builders the other `compose_*` modules share. The rest: data movement in
-//! [`super::compose_data`], Resize in [`super::compose_resize`], attention in
-//! [`super::compose_attention`], pooling/Einsum in [`super::compose_nn`], RNN/GRU/LSTM in
-//! [`super::compose_rnn`], and the remainder (losses, DFT, windows…) in [`super::compose_more`].
+//! [`super::compose_data`], Resize in [`super::resize`], attention in
+//! [`super::attention`], pooling/Einsum in [`super::compose_nn`], RNN/GRU/LSTM in
+//! [`super::rnn`], and the remainder (losses, DFT, windows…) in [`super::compose_more`].
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Data, Op, ReduceOp, Tensor, UnaryOp as U, ValueId};
 

@@ -4,24 +4,24 @@
 //! one HIR value per ONNX output. Values are built through [`NodeCx::emit`], which infers
 //! types and folds nodes whose inputs are all constants.
 
+mod attention;
 mod compose;
-mod compose_attention;
 mod compose_data;
 mod compose_dyn;
 mod compose_misc;
 mod compose_more;
 mod compose_nn;
-mod compose_quant;
-mod compose_resize;
-mod compose_rnn;
-mod compose_train;
 mod conv_transpose;
 mod index;
 mod math;
 mod nn;
+mod quant;
 mod reduce;
 mod registry;
+mod resize;
+mod rnn;
 mod tensor;
+mod training;
 
 pub(crate) use registry::{lookup, Dtypes, NodeImport, OpDef, Route};
 

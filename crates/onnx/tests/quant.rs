@@ -1,4 +1,4 @@
-//! Quantization ops (compose_quant.rs): QuantizeLinear, DequantizeLinear,
+//! Quantization ops (quant.rs): QuantizeLinear, DequantizeLinear,
 //! DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv. With
 //! constant inputs the compositions fold; the expected values are hand-derived or were
 //! computed with the ONNX Python reference implementation (onnx 1.23, numpy 2.4), and are
