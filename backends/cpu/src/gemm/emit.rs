@@ -94,30 +94,7 @@ pub(crate) fn gen_gemm<'ctx>(
     let cx = g.cx;
     let bl = p.bl;
     let (w, mr, nr) = (bl.w, bl.mr, bl.nr);
-    let nq = nr / w;
-    let f32t = cx.f32_type();
-    let vt = f32t.vec_type(w as u32);
-    // Stack buffers and accumulators (entry block, so that they become registers).
-    let panel = g.b.build_alloca(f32t.array_type((bl.kc * nr) as u32), "panel").map_err(llvm_err)?;
-    panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
-    let ctile = g.b.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
-    ctile.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
-    // What a row of A outside the padded input reads: one zero, stride 0.
-    // It reads a row of zeros as long as a K slice with A's own step when that row is short
-    // (a channels-last input: step 1), so that every row of a tile shares one step; else
-    // one zero with step 0.
-    let zlen = p.zero_row();
-    let zslot = g.b.build_alloca(f32t.array_type(zlen.max(1) as u32), "zero").map_err(llvm_err)?;
-    zslot.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
-    g.b.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
-    let accs: Vec<PointerValue> =
-        (0..mr * nq).map(|_| g.b.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
-    let fmuladd = Intrinsic::find("llvm.fmuladd")
-        .and_then(|i| i.get_declaration(&g.m, &[vt.into()]))
-        .ok_or_else(|| llvm_err("llvm.fmuladd"))?;
-    let prefetch_fn = Intrinsic::find("llvm.prefetch")
-        .and_then(|i| i.get_declaration(&g.m, &[cx.ptr_type(inkwell::AddressSpace::default()).into()]))
-        .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+    let Frame { vt, panel, ctile, zslot, accs, fmuladd, prefetch_fn } = frame(g, p)?;
     let (a_base, b_base) = (in_bases[p.a], in_bases[p.b]);
     let env = Env { k, bases: in_bases };
     let zero = vt.const_zero();
@@ -178,26 +155,8 @@ pub(crate) fn gen_gemm<'ctx>(
                 let jfull = g.b.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
                 // &B[0, j0] of this batch element.
                 let b_at = add(g, b0, mul(g, j0, p.b_n)?)?;
-                // Panel rows: (tap − tap_lo)·kcn + kk.
-                let pack = |g: &Gen<'ctx>| -> R<()> {
-                    g.for_range(f, g.i64(0), ntap, &mut |tt| {
-                        let tv = unravel(g, add(g, tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
-                        let b_tap =
-                            add(g, add(g, b_at, dot(g, &tv, &p.b_k[..nkd - 1])?)?, mul(g, kc0, p.b_k[nkd - 1])?)?;
-                        let row0 = g.b.build_int_nsw_mul(tt, kcn, "row0").map_err(llvm_err)?;
-                        g.for_range(f, g.i64(0), kcn, &mut |kk| {
-                            let src = add(g, b_tap, mul(g, kk, p.b_k[nkd - 1])?)?;
-                            let dst = mul(g, add(g, row0, kk)?, nr as i64)?;
-                            g.for_range(f, g.i64(0), jn, &mut |jj| {
-                                let v = g.load_elem(b_base, DType::F32, add(g, src, mul(g, jj, p.b_n)?)?)?;
-                                g.store_elem(panel, DType::F32, add(g, dst, jj)?, v)
-                            })?;
-                            g.for_range(f, jn, g.i64(nr as i64), &mut |jj| {
-                                g.store_elem(panel, DType::F32, add(g, dst, jj)?, f32t.const_zero().into())
-                            })
-                        })
-                    })
-                };
+                let src = PanelSource { b_base, b_at, tap_lo, ntap, kc0, kcn, jn };
+                let pack = |g: &Gen<'ctx>| pack_panel(g, f, p, &src, panel);
                 let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
                     // Flat K row tap_lo·K_in + kc0 of panel j0/NR.
                     let row = add(g, mul(g, tap_lo, k_in as i64)?, kc0)?;
@@ -273,23 +232,8 @@ pub(crate) fn gen_gemm<'ctx>(
                         Some(_) => g.cx.bool_type().const_zero(),
                         None => last,
                     };
-                    when(g, f, cond, &mut || {
-                        g.for_range(f, g.i64(0), rows, &mut |i| {
-                            let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
-                            let c_row = add(g, add(g, c0, dot(g, &mv, &p.c_m)?)?, mul(g, j0, p.c_n)?)?;
-                            g.for_range(f, g.i64(0), jn, &mut |j| {
-                                let col = add(g, j0, j)?;
-                                let mut vs = bvars.clone();
-                                vs.extend(mv.iter().copied());
-                                vs.push(col);
-                                vs.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
-                                let at = add(g, c_row, mul(g, j, p.c_n)?)?;
-                                let cur = g.load_elem(out_base, DType::F32, at)?;
-                                let v = env.gen(g, fin, &vs, Some(cur))?;
-                                g.store_elem(out_base, DType::F32, at, v)
-                            })
-                        })
-                    })?;
+                    let at = TileAt { bvars: &bvars, c0, i0, rows, j0, jn, out_base };
+                    when(g, f, cond, &mut || scalar_epilogue(g, f, p, &env, fin, &at))?;
                 }
                 Ok(())
             };
@@ -303,6 +247,135 @@ pub(crate) fn gen_gemm<'ctx>(
         })
     })?;
     Ok(())
+}
+
+/// The stack buffers, accumulators and intrinsics of a GEMM body.
+struct Frame<'ctx> {
+    /// A vector of W floats.
+    vt: VectorType<'ctx>,
+    /// A packed panel of B (KC × NR).
+    panel: PointerValue<'ctx>,
+    /// An MR × NR tile of C, for the N edge of a C strided along N.
+    ctile: PointerValue<'ctx>,
+    /// What a row of A outside the padded input reads.
+    zslot: PointerValue<'ctx>,
+    /// MR × NR/W vector accumulators.
+    accs: Vec<PointerValue<'ctx>>,
+    fmuladd: FunctionValue<'ctx>,
+    prefetch_fn: FunctionValue<'ctx>,
+}
+
+/// Allocates the body's stack buffers and accumulators (in the entry block, so that the
+/// accumulators become registers) and declares the intrinsics it calls.
+fn frame<'ctx>(g: &Gen<'ctx>, p: &Gemm) -> R<Frame<'ctx>> {
+    let cx = g.cx;
+    let bl = p.bl;
+    let (w, mr, nr) = (bl.w, bl.mr, bl.nr);
+    let nq = nr / w;
+    let f32t = cx.f32_type();
+    let vt = f32t.vec_type(w as u32);
+    let panel = g.b.build_alloca(f32t.array_type((bl.kc * nr) as u32), "panel").map_err(llvm_err)?;
+    panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    let ctile = g.b.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
+    ctile.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    // What a row of A outside the padded input reads: one zero, stride 0.
+    // It reads a row of zeros as long as a K slice with A's own step when that row is short
+    // (a channels-last input: step 1), so that every row of a tile shares one step; else
+    // one zero with step 0.
+    let zlen = p.zero_row();
+    let zslot = g.b.build_alloca(f32t.array_type(zlen.max(1) as u32), "zero").map_err(llvm_err)?;
+    zslot.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
+    g.b.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
+    let accs: Vec<PointerValue> =
+        (0..mr * nq).map(|_| g.b.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
+    let fmuladd = Intrinsic::find("llvm.fmuladd")
+        .and_then(|i| i.get_declaration(&g.m, &[vt.into()]))
+        .ok_or_else(|| llvm_err("llvm.fmuladd"))?;
+    let prefetch_fn = Intrinsic::find("llvm.prefetch")
+        .and_then(|i| i.get_declaration(&g.m, &[cx.ptr_type(inkwell::AddressSpace::default()).into()]))
+        .ok_or_else(|| llvm_err("llvm.prefetch"))?;
+    Ok(Frame { vt, panel, ctile, zslot, accs, fmuladd, prefetch_fn })
+}
+
+/// Where a panel of B comes from: its taps `tap_lo..tap_lo + ntap`, K rows
+/// `kc0..kc0 + kcn` and `jn` columns at element `b_at` of `b_base`.
+struct PanelSource<'ctx> {
+    b_base: PointerValue<'ctx>,
+    b_at: IntValue<'ctx>,
+    tap_lo: IntValue<'ctx>,
+    ntap: IntValue<'ctx>,
+    kc0: IntValue<'ctx>,
+    kcn: IntValue<'ctx>,
+    jn: IntValue<'ctx>,
+}
+
+/// Packs a panel of B into `panel`, NR floats a row (rows `(tap − tap_lo)·kcn + kk`), the
+/// columns past `jn` zero.
+fn pack_panel<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    src: &PanelSource<'ctx>,
+    panel: PointerValue<'ctx>,
+) -> R<()> {
+    let PanelSource { b_base, b_at, tap_lo, ntap, kc0, kcn, jn } = *src;
+    let (nkd, nr) = (p.k_dims.len(), p.bl.nr);
+    let f32t = g.cx.f32_type();
+    g.for_range(f, g.i64(0), ntap, &mut |tt| {
+        let tv = unravel(g, add(g, tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
+        let b_tap = add(g, add(g, b_at, dot(g, &tv, &p.b_k[..nkd - 1])?)?, mul(g, kc0, p.b_k[nkd - 1])?)?;
+        let row0 = g.b.build_int_nsw_mul(tt, kcn, "row0").map_err(llvm_err)?;
+        g.for_range(f, g.i64(0), kcn, &mut |kk| {
+            let src = add(g, b_tap, mul(g, kk, p.b_k[nkd - 1])?)?;
+            let dst = mul(g, add(g, row0, kk)?, nr as i64)?;
+            g.for_range(f, g.i64(0), jn, &mut |jj| {
+                let v = g.load_elem(b_base, DType::F32, add(g, src, mul(g, jj, p.b_n)?)?)?;
+                g.store_elem(panel, DType::F32, add(g, dst, jj)?, v)
+            })?;
+            g.for_range(f, jn, g.i64(nr as i64), &mut |jj| {
+                g.store_elem(panel, DType::F32, add(g, dst, jj)?, f32t.const_zero().into())
+            })
+        })
+    })
+}
+
+/// A tile's place in C: its batch variables, C's offset for them, rows `i0..i0 + rows` and
+/// columns `j0..j0 + jn`.
+struct TileAt<'a, 'ctx> {
+    bvars: &'a [IntValue<'ctx>],
+    c0: IntValue<'ctx>,
+    i0: IntValue<'ctx>,
+    rows: IntValue<'ctx>,
+    j0: IntValue<'ctx>,
+    jn: IntValue<'ctx>,
+    out_base: PointerValue<'ctx>,
+}
+
+/// The kernel's finalizer on a stored tile, element by element (where it does not vectorize).
+fn scalar_epilogue<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    env: &Env<'_, 'ctx>,
+    fin: &Expr,
+    t: &TileAt<'_, 'ctx>,
+) -> R<()> {
+    let TileAt { bvars, c0, i0, rows, j0, jn, out_base } = *t;
+    g.for_range(f, g.i64(0), rows, &mut |i| {
+        let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
+        let c_row = add(g, add(g, c0, dot(g, &mv, &p.c_m)?)?, mul(g, j0, p.c_n)?)?;
+        g.for_range(f, g.i64(0), jn, &mut |j| {
+            let col = add(g, j0, j)?;
+            let mut vs = bvars.to_vec();
+            vs.extend(mv.iter().copied());
+            vs.push(col);
+            vs.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
+            let at = add(g, c_row, mul(g, j, p.c_n)?)?;
+            let cur = g.load_elem(out_base, DType::F32, at)?;
+            let v = env.gen(g, fin, &vs, Some(cur))?;
+            g.store_elem(out_base, DType::F32, at, v)
+        })
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -416,13 +489,29 @@ fn micro_tile<'ctx>(
     t: &Tile<'_, 'ctx>,
     splat: &dyn Fn(BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>>,
 ) -> R<()> {
-    let (w, nr) = (p.bl.w, p.bl.nr);
-    let nq = nr / w;
-    let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // The M variables of each row, and where the row starts in A and C.
     let mvs = step_rows(g, t.i0, r, &p.m_dims)?;
     let c_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.c0, dot(g, mv, &p.c_m)?)).collect::<R<_>>()?;
     let a_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.a0, dot(g, mv, &p.a_m)?)).collect::<R<_>>()?;
+    let masks = load_accumulators(g, f, p, r, t, &c_rows)?;
+    multiply_slice(g, f, p, r, t, &mvs, &a_rows, splat)?;
+    store_tile(g, f, p, t, &mvs, &c_rows, masks.as_deref())
+}
+
+/// The tile's accumulators before a K slice: zero on the first slice, else the partial sums
+/// in C (through masked loads, or the stack tile, at the N edge). Returns the lane masks of
+/// an edge tile of a C contiguous along N.
+fn load_accumulators<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    r: usize,
+    t: &Tile<'_, 'ctx>,
+    c_rows: &[IntValue<'ctx>],
+) -> R<Option<Vec<VectorValue<'ctx>>>> {
+    let (w, nr) = (p.bl.w, p.bl.nr);
+    let nq = nr / w;
+    let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // Initial accumulators: zero on the first K slice, else the partial sums in C.
     for i in 0..r {
         for q in 0..nq {
@@ -471,6 +560,26 @@ fn micro_tile<'ctx>(
         }
         Ok(())
     })?;
+    Ok(masks)
+}
+
+/// The products of one K slice into the accumulators: for each tap, the K loop over the
+/// panel rows (unrolled, or over interleaved accumulator sets for short tiles), then the sets
+/// summed into the first.
+#[allow(clippy::too_many_arguments)]
+fn multiply_slice<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    r: usize,
+    t: &Tile<'_, 'ctx>,
+    mvs: &[Vec<IntValue<'ctx>>],
+    a_rows: &[IntValue<'ctx>],
+    splat: &dyn Fn(BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>>,
+) -> R<()> {
+    let (w, nr) = (p.bl.w, p.bl.nr);
+    let nq = nr / w;
+    let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // Short tiles (few rows: M = 1, edges) keep `sets` independent accumulator sets, over
     // interleaved k, so that the FMA latency is hidden without MR rows of work.
     let sets = (p.bl.mr / r).min(4);
@@ -549,7 +658,7 @@ fn micro_tile<'ctx>(
         g.for_range(f, mul(g, whole, sets as i64)?, len, &mut |kk| step(kk, 0))
     };
     g.for_range(f, g.i64(0), t.ntap, &mut |tt| {
-        let rows = a_row_ptrs(g, p, &t.ar, &mvs, &a_rows, tt)?;
+        let rows = a_row_ptrs(g, p, &t.ar, mvs, a_rows, tt)?;
         let row0 = g.b.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
         k_loop(&rows, row0, t.kcn)
     })?;
@@ -563,6 +672,23 @@ fn micro_tile<'ctx>(
             }
         }
     }
+    Ok(())
+}
+
+/// Stores the accumulators: straight into C for a full tile, through masked stores or the
+/// stack tile at the N edge; the epilogue on the last slice.
+fn store_tile<'ctx>(
+    g: &Gen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    t: &Tile<'_, 'ctx>,
+    mvs: &[Vec<IntValue<'ctx>>],
+    c_rows: &[IntValue<'ctx>],
+    masks: Option<&[VectorValue<'ctx>]>,
+) -> R<()> {
+    let (w, nr) = (p.bl.w, p.bl.nr);
+    let nq = nr / w;
+    let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // Store: straight into C for a full tile, through the stack tile at the N edge.
     // The epilogue in registers, on the last slice (on the lanes of `masks` only, at an edge).
     let vector_fin = |masks: Option<&[VectorValue<'ctx>]>| -> R<()> {

@@ -6,7 +6,7 @@
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, UnaryOp as U, ValueId};
 
-use super::compose::{bin, cmp, konst_as, reshape, scalar, tmp, un};
+use super::builders::{bin, cmp, konst_as, reshape, scalar, tmp, un};
 use super::{invalid, unsupported, NodeCx, OpResult};
 
 /// `[B, S, H·D]` → `[B, H, S, D]`.

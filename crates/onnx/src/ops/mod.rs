@@ -4,22 +4,25 @@
 //! one HIR value per ONNX output. Values are built through [`NodeCx::emit`], which infers
 //! types and folds nodes whose inputs are all constants.
 
+mod activation;
 mod attention;
-mod compose;
-mod compose_data;
-mod compose_dyn;
-mod compose_misc;
-mod compose_more;
-mod compose_nn;
-mod conv_transpose;
+mod builders;
+mod conv;
+mod data_dependent;
+mod elementwise;
 mod index;
-mod math;
+mod linalg;
+mod ml;
 mod nn;
+mod norm;
+mod pool;
 mod quant;
 mod reduce;
 mod registry;
 mod resize;
 mod rnn;
+mod shape;
+mod signal;
 mod tensor;
 mod training;
 

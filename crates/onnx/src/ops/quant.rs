@@ -19,7 +19,7 @@
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
 
-use super::compose::{bin, cmp, konst_as, reshape, scalar, tmp, un};
+use super::builders::{bin, cmp, konst_as, reshape, scalar, tmp, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
 use crate::data::dtype_of;
 

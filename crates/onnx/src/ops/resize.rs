@@ -2,11 +2,11 @@
 //! weighted sum with constant weights (a plain Gather when every output takes one input
 //! element). Taps and weights follow the ONNX reference implementation (`op_resize.py`)
 //! exactly, coordinate transformation and all, so the result is static and exact up to the
-//! order of the float additions.
+//! order of the float additions. Also AffineGrid: a constant base grid times θᵀ.
 
 use kiln_ir::{BinaryOp as B, DType, Op, ReduceOp, ValueId};
 
-use super::compose::{bin, konst_as, scalar, tmp};
+use super::builders::{bin, konst_as, scalar, tmp};
 use super::{invalid, norm_axes, unsupported, NodeCx, OpError, OpResult};
 use crate::data::checked_numel;
 
@@ -411,6 +411,69 @@ pub(super) fn upsample(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     };
     let roi = vec![(0.0, 1.0); s.len()];
     Ok(vec![resize_axes(cx, x, &interp, &scales, &out, &roi, 0.0)?])
+}
+
+/// AffineGrid: a constant base grid of normalized coordinates `(x, y[, z], 1)` times θᵀ.
+pub(super) fn affine_grid(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let theta = cx.input(0)?;
+    if cx.ty(theta).dtype != DType::F32 {
+        return unsupported(format!("AffineGrid on {} (only float32)", cx.ty(theta).dtype));
+    }
+    let size = cx.opt_ints_input(1, "size")?.ok_or_else(|| OpError::Invalid("input 1 (size) is missing".into()))?;
+    let align = cx.attrs.int_or("align_corners", 0)? != 0;
+    let ts = cx.shape(theta);
+    let spatial: Vec<usize> = match size.len() {
+        4 | 5 if size.iter().all(|&d| (0..=1 << 24).contains(&d)) => size[2..].iter().map(|&d| d as usize).collect(),
+        _ => return invalid(format!("size {size:?} must be [N, C, H, W] or [N, C, D, H, W]")),
+    };
+    let nd = spatial.len();
+    if ts != [size[0] as usize, nd, nd + 1] {
+        return invalid(format!("theta {ts:?} does not fit size {size:?}"));
+    }
+    let coords = |n: usize| -> Vec<f64> {
+        (0..n)
+            .map(|i| {
+                let i = i as f64;
+                let n = n as f64;
+                if align {
+                    if n > 1.0 {
+                        -1.0 + 2.0 * i / (n - 1.0)
+                    } else {
+                        0.0
+                    }
+                } else {
+                    (2.0 * i + 1.0) / n - 1.0
+                }
+            })
+            .collect()
+    };
+    // Base grid rows in row-major spatial order; columns x (last axis), y, [z], 1.
+    let per_axis: Vec<Vec<f64>> = spatial.iter().map(|&n| coords(n)).collect();
+    let total: usize = spatial.iter().product();
+    if total > 1 << 26 {
+        return invalid(format!("grid of {spatial:?} is too large"));
+    }
+    let mut base = Vec::with_capacity(total * (nd + 1));
+    for flat in 0..total {
+        let mut idx = vec![0; nd];
+        let mut r = flat;
+        for a in (0..nd).rev() {
+            idx[a] = r % spatial[a];
+            r /= spatial[a];
+        }
+        for a in (0..nd).rev() {
+            base.push(per_axis[a][idx[a]]);
+        }
+        base.push(1.0);
+    }
+    let base = konst_as(cx, DType::F32, vec![1, total, nd + 1], &base);
+    let tt = tmp(cx, Op::Transpose { perm: vec![0, 2, 1] }, &[theta], "theta_t")?;
+    let g = tmp(cx, Op::MatMul, &[base, tt], "grid")?;
+    let mut out = vec![ts[0]];
+    out.extend(&spatial);
+    out.push(nd);
+    Ok(vec![cx.emit_out(Op::Reshape { shape: out }, &[g], 0)?])
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The optimizer ops of the `ai.onnx.preview.training` domain (Adagrad, Momentum, Adam) as
-//! compositions of elementwise ops: one update step of every tensor they are given.
+//! compositions of elementwise ops: one update step of every tensor they are given. Also the
+//! losses NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss (default domain), as a one-hot
+//! Where, sums and LogSoftmax.
 
-use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, UnaryOp as U, ValueId};
+use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
 
-use super::compose::{bin, cmp, scalar, tmp, un};
+use super::builders::{bin, cmp, float_x, scalar, tmp, un};
 use super::{invalid, unsupported, NodeCx, OpResult};
 
 /// `a * x + b * y` with scalar constants `a` and `b` (a term with a zero factor dropped).
@@ -137,4 +139,99 @@ pub(crate) fn import(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         named.push(cx.emit_out(Op::Identity, &[v], k)?);
     }
     Ok(named)
+}
+
+/// NegativeLogLikelihoodLoss on `input` (log-probabilities `[N, C, d…]`), as the ONNX
+/// reference computes it: `-input[n, target[n, d…], d…]`, weighted by `weight[target]`, zero
+/// where the target is `ignore_index`; reduced to the mean (over the weights when there are
+/// any), the sum, or not at all. Picking the target's class is a one-hot Where and a sum
+/// over the class axis.
+fn nll(cx: &mut NodeCx, input: ValueId, target: ValueId, weight: Option<ValueId>) -> OpResult<ValueId> {
+    let xs = cx.shape(input);
+    let ts = cx.shape(target);
+    let td = cx.ty(target).dtype;
+    if xs.len() < 2 || ts.len() + 1 != xs.len() || ts[0] != xs[0] || ts[1..] != xs[2..] || !td.is_int() {
+        return invalid(format!("input {xs:?} and integer target {ts:?} do not match ([N, C, d…] and [N, d…])"));
+    }
+    let c = xs[1];
+    let reduction = cx.attrs.string("reduction")?.unwrap_or_else(|| "mean".into());
+    if !matches!(reduction.as_str(), "none" | "sum" | "mean") {
+        return invalid(format!("attribute `reduction` = {reduction:?} is not none, sum or mean"));
+    }
+    let ignore = cx.attrs.int("ignore_index")?;
+    let mut cs = vec![1; xs.len()];
+    cs[1] = c;
+    let classes: Vec<f64> = (0..c).map(|i| i as f64).collect();
+    let classes = super::builders::konst_as(cx, td, cs, &classes);
+    let mut t1 = ts.clone();
+    t1.insert(1, 1);
+    let tr = super::builders::reshape(cx, target, t1)?;
+    let onehot = cmp(cx, CmpOp::Equal, tr, classes)?;
+    let zero = scalar(cx, DType::F32, 0.0);
+    let sum_c = Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdims: false };
+    let sel = tmp(cx, Op::Where, &[onehot, input, zero], "picked")?;
+    let picked = tmp(cx, sum_c.clone(), &[sel], "picked")?;
+    let mut loss = un(cx, U::Neg, picked)?;
+    let mut gw = match weight {
+        Some(w) => {
+            if cx.shape(w) != [c] {
+                return invalid(format!("weight must have shape [{c}], got {:?}", cx.shape(w)));
+            }
+            let mut wsh = vec![1; xs.len()];
+            wsh[1] = c;
+            let wr = super::builders::reshape(cx, w, wsh)?;
+            let sw = tmp(cx, Op::Where, &[onehot, wr, zero], "weight")?;
+            Some(tmp(cx, sum_c, &[sw], "weight")?)
+        }
+        None => None,
+    };
+    if let Some(ig) = ignore {
+        let igv = scalar(cx, td, ig as f64);
+        let is_ig = cmp(cx, CmpOp::Equal, target, igv)?;
+        let base = match gw {
+            Some(g) => g,
+            None => scalar(cx, DType::F32, 1.0),
+        };
+        gw = Some(tmp(cx, Op::Where, &[is_ig, zero, base], "weight")?);
+    }
+    let all: Vec<usize> = (0..ts.len()).collect();
+    let sum_all = Op::Reduce { op: ReduceOp::Sum, axes: all.clone(), keepdims: false };
+    if let Some(g) = gw {
+        loss = bin(cx, B::Mul, g, loss)?;
+        if reduction == "mean" {
+            let num = tmp(cx, sum_all.clone(), &[loss], "loss_sum")?;
+            let den = tmp(cx, sum_all, &[g], "weight_sum")?;
+            return cx.emit_out(Op::Binary(B::Div), &[num, den], 0);
+        }
+    }
+    match reduction.as_str() {
+        "mean" => cx.emit_out(Op::Reduce { op: ReduceOp::Mean, axes: all, keepdims: false }, &[loss], 0),
+        "sum" => cx.emit_out(sum_all, &[loss], 0),
+        _ => cx.emit_out(Op::Identity, &[loss], 0),
+    }
+}
+
+pub(super) fn nll_loss(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let x = float_x(cx)?;
+    let t = cx.input(1)?;
+    let w = cx.opt_input(2);
+    Ok(vec![nll(cx, x, t, w)?])
+}
+
+/// SoftmaxCrossEntropyLoss: NegativeLogLikelihoodLoss of LogSoftmax over the class axis;
+/// output 1 is the log-probabilities.
+pub(super) fn softmax_cross_entropy(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(2, "")?;
+    let x = cx.input(0)?;
+    if cx.ty(x).dtype != DType::F32 || cx.rank(x) < 2 {
+        return unsupported(format!("SoftmaxCrossEntropyLoss on {} (only float32 of rank >= 2)", cx.ty(x)));
+    }
+    let t = cx.input(1)?;
+    let w = cx.opt_input(2);
+    let logp = if cx.has_output(1) {
+        cx.emit_out(Op::LogSoftmax { axis: 1 }, &[x], 1)?
+    } else {
+        tmp(cx, Op::LogSoftmax { axis: 1 }, &[x], "log_prob")?
+    };
+    Ok(vec![nll(cx, logp, t, w)?, logp])
 }

@@ -1,97 +1,12 @@
-//! More compositions: RMSNormalization, the hyperbolic functions (Sinh, Cosh, Asinh, Acosh,
-//! Atanh), Round (half to even), and the window generators (HannWindow, HammingWindow,
-//! BlackmanWindow), which are constants, NegativeLogLikelihoodLoss and
-//! SoftmaxCrossEntropyLoss, and DFT and STFT.
+//! Signal processing: the window generators (HannWindow, HammingWindow, BlackmanWindow) and
+//! MelWeightMatrix, which are constants, and DFT and STFT as MatMuls with constant cosine and
+//! sine matrices.
 
-use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
+use kiln_ir::{BinaryOp as B, DType, Op, UnaryOp as U, ValueId};
 
-use super::compose::{bin, cmp, float_x, scalar, tensor_as, tmp, un};
+use super::builders::{bin, tensor_as, tmp, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpError, OpResult};
 use crate::data::dtype_of;
-
-/// RMSNormalization: `x / sqrt(mean(x², axes axis..) + epsilon) * scale`.
-pub(super) fn rms_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    let x = float_x(cx)?;
-    let scale = cx.input(1)?;
-    let rank = cx.rank(x);
-    let axis = norm_axis(cx.attrs.int_or("axis", -1)?, rank, "axis")?;
-    let eps = cx.attrs.float_or("epsilon", 1e-5)?;
-    let x2 = bin(cx, B::Mul, x, x)?;
-    let ms = tmp(cx, Op::Reduce { op: ReduceOp::Mean, axes: (axis..rank).collect(), keepdims: true }, &[x2], "ms")?;
-    let e = scalar(cx, DType::F32, f64::from(eps));
-    let mse = bin(cx, B::Add, ms, e)?;
-    let rms = un(cx, U::Sqrt, mse)?;
-    let n = bin(cx, B::Div, x, rms)?;
-    let y = cx.emit_out(Op::Binary(B::Mul), &[n, scale], 0)?;
-    if cx.shape(y) != cx.shape(x) {
-        return invalid(format!("scale does not broadcast to X of shape {:?}", cx.shape(x)));
-    }
-    Ok(vec![y])
-}
-
-/// Sinh, Cosh, Asinh, Acosh, Atanh from Exp, Log and Sqrt.
-pub(super) fn hyperbolic(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    let x = float_x(cx)?;
-    let f = |cx: &mut NodeCx, v: f64| scalar(cx, DType::F32, v);
-    let y = match cx.op_type() {
-        "Sinh" | "Cosh" => {
-            let ep = un(cx, U::Exp, x)?;
-            let nx = un(cx, U::Neg, x)?;
-            let en = un(cx, U::Exp, nx)?;
-            let s = bin(cx, if cx.op_type() == "Sinh" { B::Sub } else { B::Add }, ep, en)?;
-            let half = f(cx, 0.5);
-            cx.emit_out(Op::Binary(B::Mul), &[s, half], 0)?
-        }
-        "Asinh" => {
-            // sign(x) · log(|x| + sqrt(x² + 1)), accurate for negative x.
-            let a = un(cx, U::Abs, x)?;
-            let x2 = bin(cx, B::Mul, x, x)?;
-            let one = f(cx, 1.0);
-            let p = bin(cx, B::Add, x2, one)?;
-            let r = un(cx, U::Sqrt, p)?;
-            let s = bin(cx, B::Add, a, r)?;
-            let l = un(cx, U::Log, s)?;
-            let sg = un(cx, U::Sign, x)?;
-            cx.emit_out(Op::Binary(B::Mul), &[sg, l], 0)?
-        }
-        "Acosh" => {
-            let x2 = bin(cx, B::Mul, x, x)?;
-            let one = f(cx, 1.0);
-            let m = bin(cx, B::Sub, x2, one)?;
-            let r = un(cx, U::Sqrt, m)?;
-            let s = bin(cx, B::Add, x, r)?;
-            cx.emit_out(Op::Unary(U::Log), &[s], 0)?
-        }
-        "Atanh" => {
-            let one = f(cx, 1.0);
-            let p = bin(cx, B::Add, one, x)?;
-            let m = bin(cx, B::Sub, one, x)?;
-            let q = bin(cx, B::Div, p, m)?;
-            let l = un(cx, U::Log, q)?;
-            let half = f(cx, 0.5);
-            cx.emit_out(Op::Binary(B::Mul), &[l, half], 0)?
-        }
-        other => return invalid(format!("{other} is not a hyperbolic function")),
-    };
-    Ok(vec![y])
-}
-
-/// Round, half to even: `r = floor(x + 0.5)`, minus one where `r - x == 0.5` and `r` is odd.
-pub(super) fn round(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    let x = float_x(cx)?;
-    let half = scalar(cx, DType::F32, 0.5);
-    let xh = bin(cx, B::Add, x, half)?;
-    let r = un(cx, U::Floor, xh)?;
-    let d = bin(cx, B::Sub, r, x)?;
-    let tie = cmp(cx, CmpOp::Equal, d, half)?;
-    let rh = bin(cx, B::Mul, r, half)?;
-    let fl = un(cx, U::Floor, rh)?;
-    let odd = cmp(cx, CmpOp::Less, fl, rh)?; // r / 2 is not whole
-    let both = bin(cx, B::And, tie, odd)?;
-    let one = scalar(cx, DType::F32, 1.0);
-    let r1 = bin(cx, B::Sub, r, one)?;
-    Ok(vec![cx.emit_out(Op::Where, &[both, r1, r], 0)?])
-}
 
 /// HannWindow, HammingWindow, BlackmanWindow: constants of `size` elements.
 pub(super) fn window(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
@@ -123,101 +38,6 @@ pub(super) fn window(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         .collect();
     let name = cx.out_name(0);
     Ok(vec![cx.konst(name, tensor_as(dtype, vec![size as usize], &v))])
-}
-
-/// NegativeLogLikelihoodLoss on `input` (log-probabilities `[N, C, d…]`), as the ONNX
-/// reference computes it: `-input[n, target[n, d…], d…]`, weighted by `weight[target]`, zero
-/// where the target is `ignore_index`; reduced to the mean (over the weights when there are
-/// any), the sum, or not at all. Picking the target's class is a one-hot Where and a sum
-/// over the class axis.
-fn nll(cx: &mut NodeCx, input: ValueId, target: ValueId, weight: Option<ValueId>) -> OpResult<ValueId> {
-    let xs = cx.shape(input);
-    let ts = cx.shape(target);
-    let td = cx.ty(target).dtype;
-    if xs.len() < 2 || ts.len() + 1 != xs.len() || ts[0] != xs[0] || ts[1..] != xs[2..] || !td.is_int() {
-        return invalid(format!("input {xs:?} and integer target {ts:?} do not match ([N, C, d…] and [N, d…])"));
-    }
-    let c = xs[1];
-    let reduction = cx.attrs.string("reduction")?.unwrap_or_else(|| "mean".into());
-    if !matches!(reduction.as_str(), "none" | "sum" | "mean") {
-        return invalid(format!("attribute `reduction` = {reduction:?} is not none, sum or mean"));
-    }
-    let ignore = cx.attrs.int("ignore_index")?;
-    let mut cs = vec![1; xs.len()];
-    cs[1] = c;
-    let classes: Vec<f64> = (0..c).map(|i| i as f64).collect();
-    let classes = super::compose::konst_as(cx, td, cs, &classes);
-    let mut t1 = ts.clone();
-    t1.insert(1, 1);
-    let tr = super::compose::reshape(cx, target, t1)?;
-    let onehot = cmp(cx, CmpOp::Equal, tr, classes)?;
-    let zero = scalar(cx, DType::F32, 0.0);
-    let sum_c = Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdims: false };
-    let sel = tmp(cx, Op::Where, &[onehot, input, zero], "picked")?;
-    let picked = tmp(cx, sum_c.clone(), &[sel], "picked")?;
-    let mut loss = un(cx, U::Neg, picked)?;
-    let mut gw = match weight {
-        Some(w) => {
-            if cx.shape(w) != [c] {
-                return invalid(format!("weight must have shape [{c}], got {:?}", cx.shape(w)));
-            }
-            let mut wsh = vec![1; xs.len()];
-            wsh[1] = c;
-            let wr = super::compose::reshape(cx, w, wsh)?;
-            let sw = tmp(cx, Op::Where, &[onehot, wr, zero], "weight")?;
-            Some(tmp(cx, sum_c, &[sw], "weight")?)
-        }
-        None => None,
-    };
-    if let Some(ig) = ignore {
-        let igv = scalar(cx, td, ig as f64);
-        let is_ig = cmp(cx, CmpOp::Equal, target, igv)?;
-        let base = match gw {
-            Some(g) => g,
-            None => scalar(cx, DType::F32, 1.0),
-        };
-        gw = Some(tmp(cx, Op::Where, &[is_ig, zero, base], "weight")?);
-    }
-    let all: Vec<usize> = (0..ts.len()).collect();
-    let sum_all = Op::Reduce { op: ReduceOp::Sum, axes: all.clone(), keepdims: false };
-    if let Some(g) = gw {
-        loss = bin(cx, B::Mul, g, loss)?;
-        if reduction == "mean" {
-            let num = tmp(cx, sum_all.clone(), &[loss], "loss_sum")?;
-            let den = tmp(cx, sum_all, &[g], "weight_sum")?;
-            return cx.emit_out(Op::Binary(B::Div), &[num, den], 0);
-        }
-    }
-    match reduction.as_str() {
-        "mean" => cx.emit_out(Op::Reduce { op: ReduceOp::Mean, axes: all, keepdims: false }, &[loss], 0),
-        "sum" => cx.emit_out(sum_all, &[loss], 0),
-        _ => cx.emit_out(Op::Identity, &[loss], 0),
-    }
-}
-
-pub(super) fn nll_loss(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    let x = float_x(cx)?;
-    let t = cx.input(1)?;
-    let w = cx.opt_input(2);
-    Ok(vec![nll(cx, x, t, w)?])
-}
-
-/// SoftmaxCrossEntropyLoss: NegativeLogLikelihoodLoss of LogSoftmax over the class axis;
-/// output 1 is the log-probabilities.
-pub(super) fn softmax_cross_entropy(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(2, "")?;
-    let x = cx.input(0)?;
-    if cx.ty(x).dtype != DType::F32 || cx.rank(x) < 2 {
-        return unsupported(format!("SoftmaxCrossEntropyLoss on {} (only float32 of rank >= 2)", cx.ty(x)));
-    }
-    let t = cx.input(1)?;
-    let w = cx.opt_input(2);
-    let logp = if cx.has_output(1) {
-        cx.emit_out(Op::LogSoftmax { axis: 1 }, &[x], 1)?
-    } else {
-        tmp(cx, Op::LogSoftmax { axis: 1 }, &[x], "log_prob")?
-    };
-    Ok(vec![nll(cx, logp, t, w)?, logp])
 }
 
 /// DFT (opsets 17 and 20) as MatMuls with constant cosine and sine matrices along the axis
@@ -264,7 +84,7 @@ fn dft_core(
     inverse: bool,
     onesided: bool,
 ) -> OpResult<ValueId> {
-    use super::compose::{konst_as, reshape};
+    use super::builders::{konst_as, reshape};
     let s = cx.shape(x);
     let r = s.len();
     // Inverse of a one-sided (Hermitian) spectrum: a real signal (numpy's irfft), of
@@ -355,7 +175,7 @@ fn dft_core(
 /// STFT: frames of the signal `[B, L, 1 | 2]` gathered with constant indices, weighted by
 /// the window, and transformed (one-sided by default) along the frame axis.
 pub(super) fn stft(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    use super::compose::{konst_as, reshape};
+    use super::builders::{konst_as, reshape};
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
     let s = cx.shape(x);

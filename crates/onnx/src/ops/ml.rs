@@ -1,24 +1,11 @@
-//! Smaller compositions: TfIdfVectorizer (n-gram counts over integer tokens), Det (the
-//! Leibniz formula for small matrices), and the `ai.onnx.ml` Binarizer and
-//! ArrayFeatureExtractor.
+//! The `ai.onnx.ml` ops Binarizer, ArrayFeatureExtractor and TreeEnsemble (every tree
+//! unrolled into branch conditions), and TfIdfVectorizer (n-gram counts over integer tokens;
+//! in the default domain), as compositions of existing HIR ops.
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, ValueId};
 
-use super::compose::{bin, cmp, konst_as, reshape, scalar, tmp, un};
+use super::builders::{bin, cmp, konst_as, last_axis, reshape, scalar, tmp, un};
 use super::{invalid, unsupported, NodeCx, OpResult};
-
-/// `x[..., start + k·step]` for `k < len` along the last axis.
-fn last_axis(cx: &mut NodeCx, x: ValueId, start: usize, step: usize, len: usize) -> OpResult<ValueId> {
-    let s = cx.shape(x);
-    let r = s.len();
-    let mut starts = vec![0i64; r];
-    starts[r - 1] = start as i64;
-    let mut steps = vec![1i64; r];
-    steps[r - 1] = step as i64;
-    let mut out_shape = s;
-    out_shape[r - 1] = len;
-    tmp(cx, Op::Slice { starts, steps, out_shape }, &[x], "part")
-}
 
 /// TfIdfVectorizer over integer tokens (`pool_int64s`), as ONNX's reference counts: an
 /// n-gram of the pool matches at start `s` with skip distance `d` when the tokens at
@@ -138,68 +125,6 @@ pub(super) fn tfidf_vectorizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?])
 }
 
-/// Det of the trailing square matrices by the Leibniz formula (sum over permutations), for
-/// n ≤ 5 (120 products).
-pub(super) fn det(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let x = cx.input(0)?;
-    let t = cx.ty(x);
-    if t.dtype != DType::F32 || t.rank() < 2 {
-        return unsupported(format!("Det of {t} (float32 matrices)"));
-    }
-    let r = t.rank();
-    let n = t.shape[r - 1];
-    if t.shape[r - 2] != n {
-        return invalid(format!("Det needs square matrices, got {t}"));
-    }
-    if n > 5 {
-        return unsupported(format!("Det of {n}×{n} matrices (at most 5×5)"));
-    }
-    let batch: Vec<usize> = t.shape[..r - 2].to_vec();
-    let mut flat_shape = batch.clone();
-    flat_shape.push(n * n);
-    let flat = reshape(cx, x, flat_shape)?;
-    let mut elems = Vec::with_capacity(n * n);
-    for i in 0..n * n {
-        elems.push(last_axis(cx, flat, i, 1, 1)?);
-    }
-    let mut perm: Vec<usize> = (0..n).collect();
-    let mut total: Option<ValueId> = None;
-    loop {
-        // The permutation's sign from its inversion count.
-        let inversions =
-            (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).filter(|&(i, j)| perm[i] > perm[j]).count();
-        let mut prod = elems[perm[0]];
-        for (i, &p) in perm.iter().enumerate().skip(1) {
-            prod = bin(cx, B::Mul, prod, elems[i * n + p])?;
-        }
-        total = Some(match total {
-            None if inversions % 2 == 0 => prod,
-            None => {
-                let m = scalar(cx, DType::F32, -1.0);
-                bin(cx, B::Mul, m, prod)?
-            }
-            Some(acc) => bin(cx, if inversions % 2 == 0 { B::Add } else { B::Sub }, acc, prod)?,
-        });
-        if !next_permutation(&mut perm) {
-            break;
-        }
-    }
-    let y = reshape(cx, total.expect("n >= 1"), batch)?;
-    Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?])
-}
-
-/// The next permutation in lexicographic order; false after the last.
-fn next_permutation(p: &mut [usize]) -> bool {
-    let Some(i) = (1..p.len()).rev().find(|&i| p[i - 1] < p[i]) else {
-        return false;
-    };
-    let j = (i..p.len()).rev().find(|&j| p[j] > p[i - 1]).expect("exists");
-    p.swap(i - 1, j);
-    p[i..].reverse();
-    true
-}
-
 /// `ai.onnx.ml` Binarizer: `x > threshold ? 1 : 0` in x's type.
 pub(super) fn binarizer(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
@@ -221,102 +146,6 @@ pub(super) fn array_feature_extractor(cx: &mut NodeCx) -> OpResult<Vec<ValueId>>
     let n: usize = cx.shape(idx).iter().product();
     let flat = reshape(cx, idx, vec![n])?;
     Ok(vec![cx.emit_out(Op::Gather { axis: r - 1 }, &[x, flat], 0)?])
-}
-
-/// DeformConv (2-D), as ONNX's reference computes it: every kernel tap of every output
-/// position samples the input bilinearly (zero outside) at its grid position plus a learned
-/// offset, scaled by the optional mask; a grouped matrix product with the weights follows.
-/// The sampling is one `GridSample` (align_corners) per offset group and tap.
-pub(super) fn deform_conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    use kiln_ir::op::{GridMode, GridPadding};
-    cx.outputs_at_most(1, "")?;
-    let (x, w, off) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
-    let (bias, mask) = (cx.opt_input(3), cx.opt_input(4));
-    let (xs, ws, os) = (cx.shape(x), cx.shape(w), cx.shape(off));
-    if cx.ty(x).dtype != DType::F32 {
-        return unsupported(format!("DeformConv on {} (only float32)", cx.ty(x).dtype));
-    }
-    if xs.len() != 4 || ws.len() != 4 || os.len() != 4 {
-        return unsupported("DeformConv other than 2-D");
-    }
-    let (n, c, ih, iw) = (xs[0], xs[1], xs[2], xs[3]);
-    let (oc, kh, kw) = (ws[0], ws[2], ws[3]);
-    let group = cx.attrs.int_or("group", 1)?.max(1) as usize;
-    let og = cx.attrs.int_or("offset_group", 1)?.max(1) as usize;
-    let two = |name: &str, d: i64| -> OpResult<[i64; 2]> {
-        match cx.attrs.ints(name)? {
-            Some([a, b]) => Ok([*a, *b]),
-            Some(v) => invalid(format!("attribute `{name}` has {} values, expected 2", v.len())),
-            None => Ok([d, d]),
-        }
-    };
-    let (st, dl) = (two("strides", 1)?, two("dilations", 1)?);
-    let pads: Vec<i64> = cx.attrs.ints("pads")?.map_or(vec![0; 4], <[i64]>::to_vec);
-    if pads.len() != 4 || c % group != 0 || c % og != 0 || oc % group != 0 || ws[1] * group != c {
-        return invalid(format!("inconsistent DeformConv shapes: X {xs:?}, W {ws:?}, group {group}, pads {pads:?}"));
-    }
-    let (oh, ow) = (os[2], os[3]);
-    let k = kh * kw;
-    if os[0] != n || os[1] != og * 2 * k {
-        return invalid(format!("offset {os:?} does not match offset_group {og} and a {kh}×{kw} kernel"));
-    }
-    let (cg, cog) = (c / og, c / group);
-    // Offsets as [n, og, k, 2, oh, ow]; mask as [n, og, k, oh, ow].
-    let off6 = reshape(cx, off, vec![n, og, k, 2, oh, ow])?;
-    let mask5 = match mask {
-        Some(m) => Some(reshape(cx, m, vec![n, og, k, oh, ow])?),
-        None => None,
-    };
-    let pick = |cx: &mut NodeCx, v: ValueId, starts: Vec<i64>, out_shape: Vec<usize>| -> OpResult<ValueId> {
-        let steps = vec![1i64; starts.len()];
-        tmp(cx, Op::Slice { starts, steps, out_shape }, &[v], "pick")
-    };
-    let mut groups = Vec::with_capacity(og);
-    for g in 0..og {
-        let xg = pick(cx, x, vec![0, (g * cg) as i64, 0, 0], vec![n, cg, ih, iw])?;
-        let mut taps = Vec::with_capacity(k);
-        for t in 0..k {
-            let (a, b) = (t / kw, t % kw);
-            // Positions on the input grid, normalized to [-1, 1] for an align_corners sample.
-            let mut coords = Vec::with_capacity(2);
-            for (axis, (size, len)) in [(ih, oh), (iw, ow)].into_iter().enumerate() {
-                let d = pick(cx, off6, vec![0, g as i64, t as i64, axis as i64, 0, 0], vec![n, 1, 1, 1, oh, ow])?;
-                let d = reshape(cx, d, vec![n, oh, ow])?;
-                let tap = if axis == 0 { a as i64 * dl[0] } else { b as i64 * dl[1] };
-                let base: Vec<f64> = (0..len).map(|i| (i as i64 * st[axis] - pads[axis] + tap) as f64).collect();
-                let shape = if axis == 0 { vec![oh, 1] } else { vec![1, ow] };
-                let base = konst_as(cx, DType::F32, shape, &base);
-                let pos = bin(cx, B::Add, d, base)?;
-                let scale = scalar(cx, DType::F32, 2.0 / (size as f64 - 1.0));
-                let m1 = scalar(cx, DType::F32, -1.0);
-                let p = bin(cx, B::Mul, pos, scale)?;
-                let p = bin(cx, B::Add, p, m1)?;
-                coords.push(reshape(cx, p, vec![n, oh, ow, 1])?);
-            }
-            // GridSample takes (x, y).
-            let grid = tmp(cx, Op::Concat { axis: 3 }, &[coords[1], coords[0]], "grid")?;
-            let op = Op::GridSample { mode: GridMode::Linear, padding: GridPadding::Zeros, align_corners: true };
-            let mut s = tmp(cx, op, &[xg, grid], "sample")?;
-            if let Some(m) = mask5 {
-                let mt = pick(cx, m, vec![0, g as i64, t as i64, 0, 0], vec![n, 1, 1, oh, ow])?;
-                let mt = reshape(cx, mt, vec![n, 1, oh, ow])?;
-                s = bin(cx, B::Mul, s, mt)?;
-            }
-            taps.push(reshape(cx, s, vec![n, cg, 1, oh, ow])?);
-        }
-        groups.push(if taps.len() == 1 { taps[0] } else { tmp(cx, Op::Concat { axis: 2 }, &taps, "taps")? });
-    }
-    // [n, c, k, oh, ow] → per conv group [n, group, cog·k, oh·ow].
-    let cols = if groups.len() == 1 { groups[0] } else { tmp(cx, Op::Concat { axis: 1 }, &groups, "cols")? };
-    let cols = reshape(cx, cols, vec![n, group, cog * k, oh * ow])?;
-    let wm = reshape(cx, w, vec![1, group, oc / group, cog * k])?;
-    let y = tmp(cx, Op::MatMul, &[wm, cols], "y")?;
-    let mut y = reshape(cx, y, vec![n, oc, oh, ow])?;
-    if let Some(b) = bias {
-        let b = reshape(cx, b, vec![oc, 1, 1])?;
-        y = bin(cx, B::Add, y, b)?;
-    }
-    Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?])
 }
 
 /// A tree node's branch condition on one feature column (`[N, 1]` bool).

@@ -1,11 +1,12 @@
 //! Data-movement ONNX ops as compositions of existing HIR ops: Tile, DepthToSpace,
 //! SpaceToDepth, Trilu, OneHot, EyeLike, Pad, CenterCropPad, CumSum, CumProd and
 //! TensorScatter. Every shape-like input is a constant;
-//! index patterns become constant Gather indices and constant masks.
+//! index patterns become constant Gather indices and constant masks. (The shape ops that are
+//! one HIR op each, Reshape, Transpose, Concat, Slice…, are in [`super::tensor`].)
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, ValueId};
 
-use super::compose::{bin, cmp, konst_as, reshape, scalar, tensor_as, tmp};
+use super::builders::{bin, cmp, konst_as, reshape, scalar, tensor_as, tmp};
 use super::{invalid, norm_axes, norm_axis, unsupported, NodeCx, OpError, OpResult};
 use crate::data::{checked_numel, dtype_of};
 

@@ -1,8 +1,11 @@
-//! Elementwise arithmetic, comparisons, logic, Cast, Where, Clip, MatMul and Gemm.
+//! Elementwise arithmetic, comparisons, logic, Cast, Where, Clip, MatMul and Gemm, and the
+//! compositions of elementwise ops: the hyperbolic functions (Sinh, Cosh, Asinh, Acosh, Atanh)
+//! and Round (half to even).
 
 use kiln_ir::minifloat::{E8M0Round, MiniFloat};
-use kiln_ir::{BinaryOp, CmpOp, DType, Op, Tensor, UnaryOp, ValueId};
+use kiln_ir::{BinaryOp, BinaryOp as B, CmpOp, DType, Op, Tensor, UnaryOp, UnaryOp as U, ValueId};
 
+use super::builders::{bin, cmp, float_x, scalar, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
 use crate::data::dtype_of;
 use crate::proto::tensor_proto::DataType;
@@ -103,6 +106,70 @@ pub(super) fn variadic(cx: &mut NodeCx, op: BinaryOp, mean: bool) -> OpResult<Ve
         acc = cx.emit_out(Op::Binary(BinaryOp::Div), &[acc, n], 0)?;
     }
     Ok(vec![acc])
+}
+
+/// Sinh, Cosh, Asinh, Acosh, Atanh from Exp, Log and Sqrt.
+pub(super) fn hyperbolic(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let x = float_x(cx)?;
+    let f = |cx: &mut NodeCx, v: f64| scalar(cx, DType::F32, v);
+    let y = match cx.op_type() {
+        "Sinh" | "Cosh" => {
+            let ep = un(cx, U::Exp, x)?;
+            let nx = un(cx, U::Neg, x)?;
+            let en = un(cx, U::Exp, nx)?;
+            let s = bin(cx, if cx.op_type() == "Sinh" { B::Sub } else { B::Add }, ep, en)?;
+            let half = f(cx, 0.5);
+            cx.emit_out(Op::Binary(B::Mul), &[s, half], 0)?
+        }
+        "Asinh" => {
+            // sign(x) · log(|x| + sqrt(x² + 1)), accurate for negative x.
+            let a = un(cx, U::Abs, x)?;
+            let x2 = bin(cx, B::Mul, x, x)?;
+            let one = f(cx, 1.0);
+            let p = bin(cx, B::Add, x2, one)?;
+            let r = un(cx, U::Sqrt, p)?;
+            let s = bin(cx, B::Add, a, r)?;
+            let l = un(cx, U::Log, s)?;
+            let sg = un(cx, U::Sign, x)?;
+            cx.emit_out(Op::Binary(B::Mul), &[sg, l], 0)?
+        }
+        "Acosh" => {
+            let x2 = bin(cx, B::Mul, x, x)?;
+            let one = f(cx, 1.0);
+            let m = bin(cx, B::Sub, x2, one)?;
+            let r = un(cx, U::Sqrt, m)?;
+            let s = bin(cx, B::Add, x, r)?;
+            cx.emit_out(Op::Unary(U::Log), &[s], 0)?
+        }
+        "Atanh" => {
+            let one = f(cx, 1.0);
+            let p = bin(cx, B::Add, one, x)?;
+            let m = bin(cx, B::Sub, one, x)?;
+            let q = bin(cx, B::Div, p, m)?;
+            let l = un(cx, U::Log, q)?;
+            let half = f(cx, 0.5);
+            cx.emit_out(Op::Binary(B::Mul), &[l, half], 0)?
+        }
+        other => return invalid(format!("{other} is not a hyperbolic function")),
+    };
+    Ok(vec![y])
+}
+
+/// Round, half to even: `r = floor(x + 0.5)`, minus one where `r - x == 0.5` and `r` is odd.
+pub(super) fn round(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let x = float_x(cx)?;
+    let half = scalar(cx, DType::F32, 0.5);
+    let xh = bin(cx, B::Add, x, half)?;
+    let r = un(cx, U::Floor, xh)?;
+    let d = bin(cx, B::Sub, r, x)?;
+    let tie = cmp(cx, CmpOp::Equal, d, half)?;
+    let rh = bin(cx, B::Mul, r, half)?;
+    let fl = un(cx, U::Floor, rh)?;
+    let odd = cmp(cx, CmpOp::Less, fl, rh)?; // r / 2 is not whole
+    let both = bin(cx, B::And, tie, odd)?;
+    let one = scalar(cx, DType::F32, 1.0);
+    let r1 = bin(cx, B::Sub, r, one)?;
+    Ok(vec![cx.emit_out(Op::Where, &[both, r1, r], 0)?])
 }
 
 /// Clip-6: `min`/`max` attributes (defaulting to the f32 range); Clip-11+: optional scalar
