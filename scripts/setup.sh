@@ -180,13 +180,16 @@ _kiln_setup() (
     local venv="$repo/.venv"
     local py="$venv/bin/python"
     [ -f "$lock" ] || fail "$lock missing"
-    # Every requirement is pinned to one version and carries a hash.
-    local reqs hashed
-    reqs="$(grep -cE '^[A-Za-z0-9]' "$lock" || true)"
-    hashed="$(grep -cE '^[A-Za-z0-9][A-Za-z0-9._-]*==[^ ]+ \\$' "$lock" || true)"
-    [ "$reqs" -gt 0 ] && [ "$reqs" = "$hashed" ] ||
-        fail "$lock: $reqs requirements, $hashed pinned with '==' and hashes; regenerate it (bash scripts/python/lock.sh)"
-    log "lock: $reqs packages pinned with hashes ($lock)"
+    # Every requirement of every lock (the venv's, the peers', pip-tools') is pinned to one
+    # version and carries a hash.
+    local reqs hashed f
+    for f in "$repo"/scripts/python/*.lock; do
+        reqs="$(grep -cE '^[A-Za-z0-9]' "$f" || true)"
+        hashed="$(grep -cE '^[A-Za-z0-9][A-Za-z0-9._-]*==[^ ]+ \\$' "$f" || true)"
+        [ "$reqs" -gt 0 ] && [ "$reqs" = "$hashed" ] ||
+            fail "$f: $reqs requirements, $hashed pinned with '==' and hashes; regenerate it (bash scripts/python/lock.sh)"
+        log "lock: $reqs packages pinned with hashes ($(basename "$f"))"
+    done
 
     if [ "$check" -eq 1 ]; then
         # pip resolves the whole lock for this machine's Python: every pin exists, every file

@@ -2,8 +2,8 @@
 """Kiln against its peers on the same models, in one run, same thread count.
 
 For each model, Kiln (`kiln bench --serve`), onnxruntime (CPU provider), OpenVINO (CPU
-plugin, f32) and tract (each of the last two if its Python package is installed: `pip
-install openvino tract`; tract has no threads of its own, so it is timed only with
+plugin, f32) and tract (each of the last two if its Python package is installed: the venv
+of scripts/python/peers.lock, see README "Speed"; tract has no threads of its own, so it is timed only with
 --threads 1) are each loaded once, in a process of their own, and then timed in rounds of
 --iters runs, every runtime in turn, for --rounds rounds (the order rotating), so that
 they all see the same machine. Printed: the median of all of each runtime's runs and
