@@ -94,16 +94,18 @@ impl Lowerer<'_> {
 }
 
 impl Lowerer<'_> {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn lower_conv_transpose(
         &mut self,
-        op: &Op,
+        kernel: &[usize; 2],
+        strides: &[usize; 2],
+        dilations: &[usize; 2],
+        pads: &[i64; 2],
+        group: &usize,
         ins: Vec<View>,
         out: View,
         name: &str,
     ) -> Result<(), String> {
-        let Op::ConvTranspose { kernel, strides, dilations, pads, group, .. } = op else {
-            unreachable!("dispatched by lower_node")
-        };
         let out_shape = out.extents.clone();
         // Gather form: output (oy, ox) sums the taps whose input position
         // (o + pad − t·dilation) / stride is integral and inside the input.

@@ -211,8 +211,13 @@ impl Lowerer<'_> {
 }
 
 impl Lowerer<'_> {
-    pub(super) fn lower_gather_nd(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::GatherNd { batch_dims } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_gather_nd(
+        &mut self,
+        batch_dims: &usize,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let rank = out.extents.len();
         let (x, idx) = (&ins[0], &ins[1]);
         let b = *batch_dims;
@@ -235,12 +240,12 @@ impl Lowerer<'_> {
 
     pub(super) fn lower_scatter_elements(
         &mut self,
-        op: &Op,
+        axis: &usize,
+        reduction: &ScatterReduction,
         ins: Vec<View>,
         out: View,
         name: &str,
     ) -> Result<(), String> {
-        let Op::ScatterElements { axis, reduction } = op else { unreachable!("dispatched by lower_node") };
         let out_shape = out.extents.clone();
         let rank = out.extents.len();
         let (x, idx, upd) = (&ins[0], &ins[1], &ins[2]);
@@ -275,8 +280,13 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(super) fn lower_scatter_nd(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::ScatterNd { reduction } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_scatter_nd(
+        &mut self,
+        reduction: &ScatterReduction,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let out_shape = out.extents.clone();
         let rank = out.extents.len();
         let (x, idx, upd) = (&ins[0], &ins[1], &ins[2]);

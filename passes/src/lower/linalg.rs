@@ -3,8 +3,17 @@
 use super::*;
 
 impl Lowerer<'_> {
-    pub(super) fn lower_gemm(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::Gemm { alpha, beta, trans_a, trans_b } = op else { unreachable!("dispatched by lower_node") };
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lower_gemm(
+        &mut self,
+        alpha: &f32,
+        beta: &f32,
+        trans_a: &bool,
+        trans_b: &bool,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let out_shape = out.extents.clone();
         let (m, n) = (out_shape[0], out_shape[1]);
         let mut a = ins[0].clone();

@@ -201,28 +201,36 @@ impl<'g> Lowerer<'g> {
                 self.emit(elementwise(name, out, views, body));
             }
             Op::MatMul => self.lower_matmul(ins, out, name),
-            Op::Gemm { .. } => self.lower_gemm(op, ins, out, name)?,
+            Op::Gemm { alpha, beta, trans_a, trans_b } => {
+                self.lower_gemm(alpha, beta, trans_a, trans_b, ins, out, name)?
+            }
             Op::Conv { window, group } => self.lower_conv(window, group, &ins, out, name),
-            Op::ConvTranspose { .. } => self.lower_conv_transpose(op, ins, out, name)?,
+            Op::ConvTranspose { kernel, strides, dilations, pads, group, .. } => {
+                self.lower_conv_transpose(kernel, strides, dilations, pads, group, ins, out, name)?
+            }
             Op::MaxPool { .. } | Op::AveragePool { .. } => self.lower_pool(op, ins, out, name)?,
-            Op::MaxPoolIndices { .. } => self.lower_max_pool_indices(op, ins, out, name)?,
-            Op::BatchNorm { .. } => self.lower_batch_norm(op, ins, out, name)?,
-            Op::Lrn { .. } => self.lower_lrn(op, ins, out, name)?,
+            Op::MaxPoolIndices { window, ceil_mode, column_major } => {
+                self.lower_max_pool_indices(window, ceil_mode, column_major, ins, out, name)?
+            }
+            Op::BatchNorm { epsilon } => self.lower_batch_norm(epsilon, ins, out, name)?,
+            Op::Lrn { size, alpha, beta, bias } => self.lower_lrn(size, alpha, beta, bias, ins, out, name)?,
             Op::Softmax { .. } | Op::LogSoftmax { .. } => self.lower_softmax(op, ins, out, name)?,
-            Op::Reduce { .. } => self.lower_reduce(op, ins, out, name)?,
-            Op::Transpose { .. } => self.lower_transpose(op, ins, out, name)?,
-            Op::Slice { .. } => self.lower_slice(op, ins, out, name)?,
-            Op::Concat { .. } => self.lower_concat(op, ins, out, name)?,
-            Op::Gather { .. } => self.lower_gather(op, ins, out, name)?,
+            Op::Reduce { op: r, axes, .. } => self.lower_reduce(r, axes, ins, out, name)?,
+            Op::Transpose { perm } => self.lower_transpose(perm, ins, out, name)?,
+            Op::Slice { starts, steps, .. } => self.lower_slice(starts, steps, ins, out, name)?,
+            Op::Concat { axis } => self.lower_concat(axis, ins, out, name)?,
+            Op::Gather { axis } => self.lower_gather(axis, ins, out, name)?,
             Op::Expand { .. } => {
                 let v = broadcast_view(&ins[0], &out_shape);
                 self.emit(elementwise(name, out, vec![v], Expr::load(0, vars(0..rank))));
             }
-            Op::ArgReduce { .. } => self.lower_arg_reduce(op, ins, out, name)?,
+            Op::ArgReduce { max, axis, select_last, .. } => {
+                self.lower_arg_reduce(max, axis, select_last, ins, out, name)?
+            }
             Op::TopKIndices { axis, k, largest } if *k <= 16 && ins[0].extents[*axis] > 64 => {
                 self.lower_top_k_select(ins[0].clone(), out, *axis, *k, *largest, name);
             }
-            Op::TopKIndices { .. } => self.lower_top_k(op, ins, out, name)?,
+            Op::TopKIndices { axis, largest, .. } => self.lower_top_k(axis, largest, ins, out, name)?,
             Op::RoiAlign { .. } => self.lower_roi_align(op, &ins, out, name)?,
             Op::GridSample { mode, padding, align_corners } => {
                 self.lower_grid_sample(ins, out, *mode, *padding, *align_corners, name);
@@ -235,9 +243,9 @@ impl<'g> Lowerer<'g> {
                 xidx[*axis] = wrap_clamp(Expr::load(1, vars(0..rank)), Expr::i64(dim));
                 self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
             }
-            Op::GatherNd { .. } => self.lower_gather_nd(op, ins, out, name)?,
-            Op::ScatterElements { .. } => self.lower_scatter_elements(op, ins, out, name)?,
-            Op::ScatterNd { .. } => self.lower_scatter_nd(op, ins, out, name)?,
+            Op::GatherNd { batch_dims } => self.lower_gather_nd(batch_dims, ins, out, name)?,
+            Op::ScatterElements { axis, reduction } => self.lower_scatter_elements(axis, reduction, ins, out, name)?,
+            Op::ScatterNd { reduction } => self.lower_scatter_nd(reduction, ins, out, name)?,
             Op::Reshape { .. } | Op::BitCast { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
         }
         Ok(())

@@ -3,8 +3,13 @@
 use super::*;
 
 impl Lowerer<'_> {
-    pub(super) fn lower_batch_norm(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::BatchNorm { epsilon } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_batch_norm(
+        &mut self,
+        epsilon: &f32,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let out_shape = out.extents.clone();
         let rank = out.extents.len();
         let x = &ins[0];
@@ -23,8 +28,17 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(super) fn lower_lrn(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::Lrn { size, alpha, beta, bias } = op else { unreachable!("dispatched by lower_node") };
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn lower_lrn(
+        &mut self,
+        size: &usize,
+        alpha: &f32,
+        beta: &f32,
+        bias: &f32,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let out_shape = out.extents.clone();
         let rank = out.extents.len();
         let x = ins[0].clone();

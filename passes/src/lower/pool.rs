@@ -64,14 +64,13 @@ impl Lowerer<'_> {
 
     pub(super) fn lower_max_pool_indices(
         &mut self,
-        op: &Op,
+        window: &kiln_ir::Window,
+        ceil_mode: &bool,
+        column_major: &bool,
         ins: Vec<View>,
         out: View,
         name: &str,
     ) -> Result<(), String> {
-        let Op::MaxPoolIndices { window, ceil_mode, column_major } = op else {
-            unreachable!("dispatched by lower_node")
-        };
         let out_shape = out.extents.clone();
         // The window's maximum, then the first tap (scan order) that equals it.
         let x = ins[0].clone();

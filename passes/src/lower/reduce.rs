@@ -3,8 +3,14 @@
 use super::*;
 
 impl Lowerer<'_> {
-    pub(super) fn lower_reduce(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::Reduce { op: r, axes, .. } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_reduce(
+        &mut self,
+        r: &ReduceOp,
+        axes: &[usize],
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let x = ins[0].clone();
         let xr = x.extents.len();
         let kept: Vec<usize> = (0..xr).filter(|d| !axes.contains(d)).collect();
@@ -47,8 +53,15 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(super) fn lower_arg_reduce(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::ArgReduce { max, axis, select_last, .. } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_arg_reduce(
+        &mut self,
+        max: &bool,
+        axis: &usize,
+        select_last: &bool,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let x = ins[0].clone();
         let (a, xr) = (*axis, x.extents.len());
         let kept: Vec<usize> = (0..xr).filter(|&d| d != a).collect();
@@ -104,8 +117,14 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(super) fn lower_top_k(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::TopKIndices { axis, largest, .. } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_top_k(
+        &mut self,
+        axis: &usize,
+        largest: &bool,
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let out_shape = out.extents.clone();
         let rank = out.extents.len();
         // The rank of each element in the order (value, then position), then for each

@@ -3,8 +3,13 @@
 use super::*;
 
 impl Lowerer<'_> {
-    pub(super) fn lower_transpose(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::Transpose { perm } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_transpose(
+        &mut self,
+        perm: &[usize],
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let out_shape = out.extents.clone();
         let rank = out.extents.len();
         let x = &ins[0];
@@ -20,8 +25,14 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(super) fn lower_slice(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::Slice { starts, steps, .. } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_slice(
+        &mut self,
+        starts: &[i64],
+        steps: &[i64],
+        ins: Vec<View>,
+        out: View,
+        name: &str,
+    ) -> Result<(), String> {
         let out_shape = out.extents.clone();
         let rank = out.extents.len();
         let x = &ins[0];
@@ -38,8 +49,7 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(super) fn lower_concat(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::Concat { axis } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_concat(&mut self, axis: &usize, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
         let rank = out.extents.len();
         let mut at = 0usize;
         for (k, v) in ins.iter().enumerate() {
@@ -55,8 +65,7 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    pub(super) fn lower_gather(&mut self, op: &Op, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
-        let Op::Gather { axis } = op else { unreachable!("dispatched by lower_node") };
+    pub(super) fn lower_gather(&mut self, axis: &usize, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
         let rank = out.extents.len();
         let (x, idx) = (&ins[0], &ins[1]);
         let ri = idx.extents.len();
