@@ -207,15 +207,8 @@ fn drive(g: &mut Graph, cx: &Context, first: usize, until: Until) -> Result<Outc
                     kiln_ir::verify::verify(g).map_err(|message| PassError::Verify { pass: name.into(), message })?;
                 }
             }
-            (Pass::Lower, None) => {
-                let l = Lowered { program: crate::lower::lower(g)?, ..Default::default() };
-                verify_lir(&l, cx, name)?;
-                lowered = Some(l);
-            }
-            (Pass::Lir(f), Some(l)) => {
-                f(l, cx)?;
-                verify_lir(l, cx, name)?;
-            }
+            (Pass::Lower, None) => lowered = Some(lower_step(g, cx, name)?),
+            (Pass::Lir(f), Some(l)) => lir_step(f, l, cx, name)?,
             _ => unreachable!("`{name}` is out of order in PIPELINE"),
         }
         timings.push((name, start.elapsed()));
@@ -240,15 +233,27 @@ pub fn run_partition(g: &mut Graph, cx: &Context) -> Result<Lowered, PassError> 
 
 /// Runs the LIR half of the pipeline (`lower` and after) on a graph whose HIR steps have run.
 pub fn lower(g: &Graph, cx: &Context) -> Result<Lowered, PassError> {
-    let mut l = Lowered { program: crate::lower::lower(g)?, ..Default::default() };
-    verify_lir(&l, cx, "lower")?;
-    for &(name, pass) in &PIPELINE[first_of(|p| matches!(p, Pass::Lower)) + 1..] {
+    let first = first_of(|p| matches!(p, Pass::Lower));
+    let mut l = lower_step(g, cx, PIPELINE[first].0)?;
+    for &(name, pass) in &PIPELINE[first + 1..] {
         if let Pass::Lir(f) = pass {
-            f(&mut l, cx)?;
-            verify_lir(&l, cx, name)?;
+            lir_step(f, &mut l, cx, name)?;
         }
     }
     Ok(l)
+}
+
+/// The `lower` step: HIR → LIR, then the LIR verifier.
+fn lower_step(g: &Graph, cx: &Context, name: &str) -> Result<Lowered, PassError> {
+    let l = Lowered { program: crate::lower::lower(g)?, ..Default::default() };
+    verify_lir(&l, cx, name)?;
+    Ok(l)
+}
+
+/// An LIR step, then the LIR verifier.
+fn lir_step(f: LirPass, l: &mut Lowered, cx: &Context, name: &str) -> Result<(), PassError> {
+    f(l, cx)?;
+    verify_lir(l, cx, name)
 }
 
 /// Runs the LIR verifier after step `name` when the context verifies.
