@@ -46,6 +46,10 @@ pub enum RuntimeError {
     InputShape { name: String, expected: Vec<u64>, got: Vec<usize> },
     #[error("input `{name}`: {got} bytes of data for shape {shape:?} of {dtype} ({want} bytes)")]
     InputBytes { name: String, got: usize, want: usize, shape: Vec<usize>, dtype: &'static str },
+    #[error("the model has no input `{name}` (its inputs: {inputs})")]
+    UnknownInput { name: String, inputs: String },
+    #[error("this artifact was compiled with input `{name}` frozen to another value; compile it again with this value (--freeze-input {name}=FILE) to use it")]
+    FrozenInputChanged { name: String },
     #[error("artifact manifest is invalid: {0}")]
     Manifest(String),
     #[error("compiled code reported failure (status {0})")]
@@ -497,6 +501,33 @@ impl Session {
     pub fn inputs(&self) -> &[TensorSpec] {
         &self.manifest.inputs
     }
+
+    /// Where a value given by name goes (a runner's `--input NAME=FILE`): `Some(i)` for input
+    /// `i` of the compiled code, `None` for an input frozen at compile time (whose value must
+    /// then pass [`Session::check_frozen`]); an error for a name the model does not have.
+    pub fn input_index(&self, name: &str) -> Result<Option<usize>, RuntimeError> {
+        if let Some(i) = self.manifest.inputs.iter().position(|s| s.name == name) {
+            return Ok(Some(i));
+        }
+        if self.manifest.frozen_inputs.iter().any(|f| f.name() == name) {
+            return Ok(None);
+        }
+        let known: Vec<&str> = self.manifest.inputs.iter().map(|s| s.name.as_str()).collect();
+        let inputs = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+        Err(RuntimeError::UnknownInput { name: name.to_string(), inputs })
+    }
+
+    /// Checks a value given for input `name`, which was frozen at compile time: it must be the
+    /// value compiled in, which the compiled code uses whatever is given.
+    pub fn check_frozen(&self, name: &str, value: TensorRef) -> Result<(), RuntimeError> {
+        let frozen = self.manifest.frozen_inputs.iter().find(|f| f.name() == name);
+        if frozen.is_some_and(|f| f.holds(value.dtype as i32, value.shape, value.data)) {
+            Ok(())
+        } else {
+            Err(RuntimeError::FrozenInputChanged { name: name.to_string() })
+        }
+    }
+
     pub fn outputs(&self) -> &[TensorSpec] {
         &self.manifest.outputs
     }

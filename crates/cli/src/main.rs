@@ -289,40 +289,33 @@ fn structured_inputs(model: &Path, files: &HashMap<String, PathBuf>, all: bool) 
     Ok(out)
 }
 
-/// Checks every given input name against the session: it names an input the compiled code
-/// takes, a sequence or optional input of an `.onnx` model, or an input frozen at compile
-/// time, whose given value must then be the one compiled in (a new value needs a new
-/// compilation: the artifact would silently compute with the old one).
+/// Checks every given input name against the session ([`Session::input_index`]): an input
+/// the compiled code takes, a sequence or optional input of an `.onnx` model, or an input
+/// frozen at compile time given its frozen value ([`Session::check_frozen`]).
 fn check_given(s: &Session, files: &HashMap<String, PathBuf>, structured: &Structured) -> Res<()> {
     let mut names: Vec<&String> = files.keys().collect();
     names.sort();
-    for name in names {
-        if s.inputs().iter().any(|i| &i.name == name) || structured.specs.contains_key(name) {
-            continue;
-        }
+    for name in names.into_iter().filter(|n| !structured.specs.contains_key(*n)) {
         let path = &files[name];
-        let Some(frozen) = s.manifest().frozen_inputs.iter().find(|f| f.name() == name) else {
-            let known: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
-            let list = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-            // A sequence input of a compiled artifact takes its elements one by one.
-            let elements = format!("{name}[");
-            let hint = if known.iter().any(|k| k.starts_with(&elements)) {
-                format!("; this artifact takes the sequence `{name}` element by element: --input '{name}[0]=FILE' …")
-            } else {
-                String::new()
-            };
-            return Err(
-                format!("--input `{name}`: the model has no input of that name (its inputs: {list}){hint}").into()
-            );
-        };
-        let t = tensors::read_ir(path).map_err(|e| format!("input `{name}` from {}: {e}", path.display()))?;
-        if !frozen.holds(t.dtype().code() as i32, t.shape(), &t.data) {
-            return Err(format!(
-                "--input `{name}` from {}: this artifact was compiled with `{name}` frozen to another value; \
-                 compile it again with this value (--freeze-input {name}=FILE) to use it",
-                path.display()
-            )
-            .into());
+        let at = |e: &dyn std::fmt::Display| format!("--input `{name}` from {}: {e}", path.display());
+        match s.input_index(name) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let value = tensors::read(path).map_err(|e| at(&e))?;
+                s.check_frozen(name, value.as_ref()).map_err(|e| at(&e))?;
+            }
+            Err(e) => {
+                // A sequence input of a compiled artifact takes its elements one by one.
+                let elements = format!("{name}[");
+                let hint = if s.inputs().iter().any(|i| i.name.starts_with(&elements)) {
+                    format!(
+                        "; this artifact takes the sequence `{name}` element by element: --input '{name}[0]=FILE' …"
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(format!("{}{hint}", at(&e)).into());
+            }
         }
     }
     Ok(())

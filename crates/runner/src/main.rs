@@ -149,19 +149,9 @@ fn run() -> Result<bool, String> {
         let host = read_npy(Path::new(file))?;
         // Every name is an input the compiled code takes, or one frozen at compile time given
         // its frozen value: a misspelled name or a new value must not be silently ignored.
-        if !s.inputs().iter().any(|spec| spec.name == name) {
-            let Some(frozen) = s.manifest().frozen_inputs.iter().find(|f| f.name() == name) else {
-                let known: Vec<&str> = s.inputs().iter().map(|spec| spec.name.as_str()).collect();
-                return Err(format!(
-                    "--input `{name}`: the model has no input of that name (its inputs: {})",
-                    known.join(", ")
-                ));
-            };
-            if !frozen.holds(host.dtype as i32, &host.shape, &host.data) {
-                return Err(format!(
-                    "--input `{name}`: this artifact was compiled with `{name}` frozen to another value; compile it again with this value"
-                ));
-            }
+        if s.input_index(name).map_err(|e| format!("--input `{name}`: {e}"))?.is_none() {
+            let value = TensorRef { dtype: host.dtype, shape: &host.shape, data: &host.data };
+            s.check_frozen(name, value).map_err(|e| format!("--input `{name}`: {e}"))?;
         }
         given.insert(name.to_string(), host);
     }
