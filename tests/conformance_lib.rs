@@ -18,13 +18,7 @@ include!(concat!(env!("OUT_DIR"), "/node_cases.rs"));
 /// runs above, and in conformance_cli.
 #[test]
 fn every_in_scope_case_is_in_the_manifest() {
-    let lists = [include_str!("conformance/manifest.txt"), include_str!("conformance/frozen.txt")];
-    let passing: std::collections::HashSet<&str> = lists
-        .iter()
-        .flat_map(|l| l.lines())
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split('\t').next().unwrap_or(""))
-        .collect();
+    let passing = kiln_tests::passing_cases();
     let in_scope: Vec<&str> = kiln_tests::cached_index()["node"]
         .as_array()
         .unwrap()
@@ -46,13 +40,7 @@ fn every_in_scope_case_is_in_the_manifest() {
 /// suites above), or is listed here with the test that covers it instead.
 #[test]
 fn every_registered_op_passes_a_conformance_case() {
-    let lists = [include_str!("conformance/manifest.txt"), include_str!("conformance/frozen.txt")];
-    let passing: std::collections::HashSet<&str> = lists
-        .iter()
-        .flat_map(|l| l.lines())
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split('\t').next().unwrap_or(""))
-        .collect();
+    let passing = kiln_tests::passing_cases();
     let mut covered = std::collections::HashSet::new();
     for e in kiln_tests::cached_index()["node"].as_array().unwrap() {
         if passing.contains(e["name"].as_str().unwrap()) {

@@ -67,6 +67,22 @@ pub const SCOPE_OPS: &[&str] = &[
 /// The tensor dtypes (ONNX names) issue #2 covers.
 pub const SCOPE_DTYPES: &[&str] = &["FLOAT", "INT64", "INT32", "BOOL"];
 
+/// The cases a conformance list names (`conformance/*.txt`): the first tab-separated field
+/// of each line, comments and blank lines skipped.
+pub fn listed_cases(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split('\t').next().unwrap_or("").trim())
+}
+
+/// `manifest.txt`'s cases (every input fed at run time) and `frozen.txt`'s (inputs compiled
+/// in): every node test Kiln passes.
+pub fn passing_cases() -> std::collections::HashSet<&'static str> {
+    listed_cases(include_str!("conformance/manifest.txt"))
+        .chain(listed_cases(include_str!("conformance/frozen.txt")))
+        .collect()
+}
+
 /// Root of the generated test data (see `scripts/gen_testdata.py`).
 pub fn data_root() -> PathBuf {
     let root = std::env::var_os("KILN_TESTDATA")

@@ -142,7 +142,7 @@ fn venv_matches_the_python_lock() {
 /// in (`frozen.txt`), out of every node test.
 #[test]
 fn readme_reports_both_conformance_counts() {
-    let count = |text: &str| text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count();
+    let count = |text: &str| kiln_tests::listed_cases(text).count();
     let run_time = count(include_str!("conformance/manifest.txt"));
     let frozen = count(include_str!("conformance/frozen.txt"));
     let total = count(include_str!("conformance/node_tests.txt"));
