@@ -18,7 +18,7 @@ mod norm;
 mod pool;
 mod quant;
 mod reduce;
-mod registry;
+pub(crate) mod registry;
 mod resize;
 mod rnn;
 mod shape;
@@ -27,11 +27,6 @@ mod tensor;
 mod training;
 
 pub(crate) use registry::{lookup, Dtypes, NodeImport, OpDef, Route};
-
-/// The registry's (domain, op type) pairs.
-pub(crate) fn registry_entries() -> Vec<(&'static str, &'static str)> {
-    registry::OPS.iter().map(|d| (d.domain, d.name)).collect()
-}
 
 use kiln_ir::{BinaryOp, DType, Graph, Op, Tensor, TensorType, ValueId};
 
