@@ -1,7 +1,6 @@
 //! Typing rules: the output types of every op from its input types and attributes.
 //! Run when a node is built, so shape errors surface at import with the node's name.
 
-use crate::eval;
 use crate::op::Op;
 use crate::{DType, Shape, TensorType};
 
@@ -170,39 +169,21 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult {
 }
 
 /// Dispatches to the type rule of the op's family, which lives with its reference evaluation
-/// in `eval/<family>.rs`.
+/// and text form in `ops/<family>.rs`.
 fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult {
-    use Op::*;
-    match op {
-        Binary { .. } | Compare { .. } | Unary { .. } | Where | Cast { .. } => eval::elementwise::infer(op, inputs),
-        BitCast { .. }
-        | Identity
-        | Reshape { .. }
-        | Transpose { .. }
-        | Concat { .. }
-        | Slice { .. }
-        | Gather { .. }
-        | Expand { .. } => eval::shape::infer(op, inputs),
-        MatMul | Gemm { .. } => eval::linalg::infer(op, inputs),
-        Conv { .. }
-        | ConvTranspose { .. }
-        | MaxPoolIndices { .. }
-        | MaxPool { .. }
-        | AveragePool { .. }
-        | BatchNorm { .. }
-        | Lrn { .. }
-        | Softmax { .. }
-        | LogSoftmax { .. } => eval::nn::infer(op, inputs),
-        Reduce { .. } => eval::reduce::infer(op, inputs),
-        RoiAlign { .. } | GridSample { .. } => eval::sample::infer(op, inputs),
-        IsNaN
-        | IsInf { .. }
-        | ArgReduce { .. }
-        | TopKIndices { .. }
-        | GatherElements { .. }
-        | ScatterElements { .. }
-        | GatherNd { .. }
-        | ScatterNd { .. } => eval::index::infer(op, inputs),
-        Unsupported { op_type, .. } => Err(format!("op {op_type} is not supported")),
+    use crate::op::Family;
+    use crate::ops;
+    match op.family() {
+        Some(Family::Elementwise) => ops::elementwise::infer(op, inputs),
+        Some(Family::Shape) => ops::shape::infer(op, inputs),
+        Some(Family::Linalg) => ops::linalg::infer(op, inputs),
+        Some(Family::Nn) => ops::nn::infer(op, inputs),
+        Some(Family::Reduce) => ops::reduce::infer(op, inputs),
+        Some(Family::Sample) => ops::sample::infer(op, inputs),
+        Some(Family::Index) => ops::index::infer(op, inputs),
+        None => Err(match op {
+            Op::Unsupported { op_type, .. } => format!("op {op_type} is not supported"),
+            _ => format!("{} has no type rule", op.name()),
+        }),
     }
 }

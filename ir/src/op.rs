@@ -200,7 +200,7 @@ pub enum Op {
     Unary(UnaryOp),
     /// `cond ? x : y`, broadcasting all three.
     Where,
-    /// Conversion to `to` with ONNX Cast semantics (see `eval::elementwise::cast`).
+    /// Conversion to `to` with ONNX Cast semantics (see `ops::elementwise::cast`).
     /// `saturate` only matters for float8 and E8M0 targets: out-of-range values clamp to the
     /// largest finite value instead of becoming inf/NaN (ONNX's `saturate` attribute);
     /// `round` only for E8M0 targets (`round_mode`).
@@ -377,7 +377,78 @@ pub enum Op {
     },
 }
 
+/// The family an op belongs to. Each family is one file in `ir/src/ops/` that holds the
+/// type rule, the reference evaluation and the text form (attributes printed and parsed) of
+/// its ops; the dispatchers in `ops/mod.rs` route by this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Arithmetic, comparison, unary math, `where`, casts.
+    Elementwise,
+    /// Ops that only move elements: reshape, transpose, concat, slice, gather, expand, bitcast.
+    Shape,
+    /// MatMul and Gemm.
+    Linalg,
+    /// Convolutions, pooling, normalizations, softmax.
+    Nn,
+    /// Reductions over axes.
+    Reduce,
+    /// Sampling at computed coordinates: RoiAlign, GridSample.
+    Sample,
+    /// Data-dependent indexing: gather/scatter by index, arg-reductions, top-k, NaN/Inf tests.
+    Index,
+}
+
+impl Family {
+    /// Every family, in the order the text parser tries them.
+    pub const ALL: [Family; 7] = [
+        Family::Elementwise,
+        Family::Shape,
+        Family::Linalg,
+        Family::Nn,
+        Family::Reduce,
+        Family::Sample,
+        Family::Index,
+    ];
+}
+
 impl Op {
+    /// The op's family (`None` for [`Op::Unsupported`], which has no rules).
+    pub fn family(&self) -> Option<Family> {
+        use Op::*;
+        Some(match self {
+            Binary(_) | Compare(_) | Unary(_) | Where | Cast { .. } => Family::Elementwise,
+            BitCast { .. }
+            | Identity
+            | Reshape { .. }
+            | Transpose { .. }
+            | Concat { .. }
+            | Slice { .. }
+            | Gather { .. }
+            | Expand { .. } => Family::Shape,
+            MatMul | Gemm { .. } => Family::Linalg,
+            Conv { .. }
+            | ConvTranspose { .. }
+            | MaxPoolIndices { .. }
+            | MaxPool { .. }
+            | AveragePool { .. }
+            | BatchNorm { .. }
+            | Lrn { .. }
+            | Softmax { .. }
+            | LogSoftmax { .. } => Family::Nn,
+            Reduce { .. } => Family::Reduce,
+            RoiAlign { .. } | GridSample { .. } => Family::Sample,
+            IsNaN
+            | IsInf { .. }
+            | ArgReduce { .. }
+            | TopKIndices { .. }
+            | GatherElements { .. }
+            | ScatterElements { .. }
+            | GatherNd { .. }
+            | ScatterNd { .. } => Family::Index,
+            Unsupported { .. } => return None,
+        })
+    }
+
     /// A saturating `Cast` (ONNX's default).
     pub fn cast(to: DType) -> Op {
         Op::Cast { to, saturate: true, round: E8M0Round::Up }

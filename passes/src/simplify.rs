@@ -26,7 +26,7 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool, PassError> {
         if node.outputs.iter().map(|&v| g.ty(v).bytes()).sum::<usize>() > FOLD_LIMIT_BYTES {
             continue;
         }
-        let outs = kiln_ir::eval::eval(&node.op, &ins).map_err(|message| PassError::Failed {
+        let outs = kiln_ir::ops::eval(&node.op, &ins).map_err(|message| PassError::Failed {
             pass: "fold-constants".into(),
             message: format!("evaluating node `{}` ({}): {message}", node.name, node.op.name()),
         })?;

@@ -71,7 +71,7 @@ fn transcendentals_over_their_range() {
     ]);
     let x = Tensor::f32(vec![xs.len()], xs.clone());
     for (op, rtol) in [(UnaryOp::Exp, 5e-7), (UnaryOp::Sigmoid, 5e-7), (UnaryOp::Tanh, 1e-6), (UnaryOp::Erf, 1e-6)] {
-        let want = kiln::ir::eval::eval(&Op::Unary(op), &[&x]).unwrap().remove(0).to_f64_vec();
+        let want = kiln::ir::ops::eval(&Op::Unary(op), &[&x]).unwrap().remove(0).to_f64_vec();
         let mut g = Graph::new("transcendental");
         let xi = g.add_input("x", x.ty.clone());
         g.outputs = g.add_node(Op::Unary(op), &[xi], "f", &[]).unwrap();
@@ -281,7 +281,7 @@ fn convolution_chains_as_gemm() {
             window: Window { kernel: k2, strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] },
             group: 1,
         };
-        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
+        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::ops::eval(op, ins).unwrap().remove(0);
         let y = ev(&conv1, &[&x, &w1, &b1]);
         let y = ev(&Op::Unary(UnaryOp::Relu), &[&y]);
         let want = ev(&conv2, &[&y, &w2]);
@@ -360,7 +360,7 @@ fn channels_last_rows_in_vectors() {
             ceil_mode: false,
         };
         let mean = Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true };
-        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
+        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::ops::eval(op, ins).unwrap().remove(0);
         let y = ev(&conv1, &[&x, &w1, &b1]);
         let y = ev(&Op::Unary(UnaryOp::Relu), &[&y]);
         let y = ev(&depthwise, &[&y, &wd, &bd]);
@@ -501,7 +501,7 @@ fn fused_chain_matches_reference() {
         window: Window { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] },
         group: 1,
     };
-    let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
+    let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::ops::eval(op, ins).unwrap().remove(0);
     let c = ev(&conv, &[&x, &w]);
     let c = ev(&Op::Binary(BinaryOp::Add), &[&c, &b]);
     let c = ev(&Op::Unary(UnaryOp::Relu), &[&c]);

@@ -76,7 +76,7 @@ fn check_casts(x: &Tensor, targets: &[(DType, bool, E8M0Round)]) {
     let mut want = Vec::new();
     for (i, &(to, saturate, round)) in targets.iter().enumerate() {
         let op = Op::Cast { to, saturate, round };
-        want.push(kiln::ir::eval::eval(&op, &[x]).unwrap_or_else(|e| panic!("eval {op:?}: {e}")).remove(0));
+        want.push(kiln::ir::ops::eval(&op, &[x]).unwrap_or_else(|e| panic!("eval {op:?}: {e}")).remove(0));
         let out = g.add_node(op, &[input], format!("cast{i}"), &[]).unwrap_or_else(|e| panic!("cast {to}: {e}"));
         g.outputs.extend(out);
     }
@@ -248,7 +248,7 @@ fn data_movement_on_storage_types() {
     {
         let x = r.tensor(from, &[3, 4]);
         check_with(Op::BitCast { to }, std::slice::from_ref(&x), &[], 0.0);
-        let y = kiln::ir::eval::eval(&Op::BitCast { to }, &[&x]).unwrap().remove(0);
+        let y = kiln::ir::ops::eval(&Op::BitCast { to }, &[&x]).unwrap().remove(0);
         assert_eq!((y.dtype(), &y.data), (to, &x.data));
     }
 }

@@ -107,7 +107,7 @@ fn blocked_gemm_fused_epilogue() {
             let x = r.tensor(DType::F32, &[m, k]);
             let w = r.tensor(DType::F32, &[k, n]);
             let bias = r.tensor(DType::F32, &[n]);
-            let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::eval::eval(op, ins).unwrap().remove(0);
+            let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::ops::eval(op, ins).unwrap().remove(0);
             let y = ev(&Op::MatMul, &[&x, &w]);
             let y = ev(&Op::Binary(BinaryOp::Add), &[&y, &bias]);
             let want = epilogue(kind, y, &mut |s| match s {

@@ -13,7 +13,7 @@
 //! * Symbolic or unknown input dims must be pinned with [`ImportOptions::input_shapes`]
 //!   (`--input-shape NAME=1x3x224x224` on the command line).
 //! * Nodes whose inputs are all constants are folded while importing (through
-//!   [`kiln_ir::eval::eval`]), so shape subgraphs (`Shape → Gather → Concat → Reshape`)
+//!   [`kiln_ir::ops::eval`]), so shape subgraphs (`Shape → Gather → Concat → Reshape`)
 //!   become static attributes.
 //! * Every unsupported op in a model is reported at once, in one [`ImportError::UnsupportedOps`].
 //! * Accepted: IR versions [`MIN_IR_VERSION`]..=[`MAX_IR_VERSION`], default-domain (`""` or

@@ -32,8 +32,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-use crate::minifloat::E8M0Round;
-use crate::op::{BinaryOp, CmpOp, GridMode, GridPadding, ReduceOp, ScatterReduction, UnaryOp, Window};
 use crate::{numel, DType, Data, Graph, Op, Tensor, TensorType, ValueId};
 
 /// Constants with at most this many elements are printed inline (and can be parsed back).
@@ -49,7 +47,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// A double-quoted string with `\\`, `\"`, `\n`, `\t`, `\r` and `\u{..}` escapes.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {
@@ -68,131 +66,17 @@ fn quote(s: &str) -> String {
 }
 
 /// `[a,b,c]` (attribute lists, written like shapes).
-fn list<T: ToString>(v: &[T]) -> String {
+pub(crate) fn list<T: ToString>(v: &[T]) -> String {
     format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))
 }
 
-fn window_attrs(w: &Window) -> Vec<(&'static str, String)> {
-    vec![
-        ("kernel", list(&w.kernel)),
-        ("strides", list(&w.strides)),
-        ("pads", list(&w.pads)),
-        ("dilations", list(&w.dilations)),
-    ]
+/// An f32 attribute in Rust's shortest round-trip form.
+pub(crate) fn float(x: f32) -> String {
+    format!("{x:?}")
 }
 
-/// The attributes of an op, in print order.
-fn attrs(op: &Op) -> Vec<(&'static str, String)> {
-    let f = |x: f32| format!("{x:?}");
-    match op {
-        Op::Binary(BinaryOp::Mod { fmod }) => vec![("fmod", fmod.to_string())],
-        Op::Unary(UnaryOp::LeakyRelu { alpha }) => vec![("alpha", f(*alpha))],
-        Op::Unary(UnaryOp::HardSigmoid { alpha, beta }) => {
-            vec![("alpha", f(*alpha)), ("beta", f(*beta))]
-        }
-        Op::Unary(UnaryOp::Clip { lo, hi }) => {
-            vec![("lo", format!("{lo:?}")), ("hi", format!("{hi:?}"))]
-        }
-        Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::MatMul | Op::Identity | Op::IsNaN => {
-            vec![]
-        }
-        // The defaults (saturate, round up) are not printed.
-        Op::Cast { to, saturate, round } => {
-            let mut v = vec![("to", to.name().to_string())];
-            if !saturate {
-                v.push(("saturate", "false".to_string()));
-            }
-            if *round != E8M0Round::Up {
-                v.push(("round", round.name().to_string()));
-            }
-            v
-        }
-        Op::BitCast { to } => vec![("to", to.name().to_string())],
-        Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
-            ("alpha", f(*alpha)),
-            ("beta", f(*beta)),
-            ("trans_a", trans_a.to_string()),
-            ("trans_b", trans_b.to_string()),
-        ],
-        Op::Conv { window, group } => {
-            let mut a = window_attrs(window);
-            a.push(("group", group.to_string()));
-            a
-        }
-        Op::ConvTranspose { kernel, strides, dilations, pads, out_hw, group } => vec![
-            ("kernel", list(kernel)),
-            ("strides", list(strides)),
-            ("dilations", list(dilations)),
-            ("pads", list(pads)),
-            ("out_hw", list(out_hw)),
-            ("group", group.to_string()),
-        ],
-        Op::MaxPool { window, ceil_mode } => {
-            let mut a = window_attrs(window);
-            a.push(("ceil_mode", ceil_mode.to_string()));
-            a
-        }
-        Op::MaxPoolIndices { window, ceil_mode, column_major } => {
-            let mut a = window_attrs(window);
-            a.push(("ceil_mode", ceil_mode.to_string()));
-            a.push(("column_major", column_major.to_string()));
-            a
-        }
-        Op::AveragePool { window, ceil_mode, count_include_pad } => {
-            let mut a = window_attrs(window);
-            a.push(("ceil_mode", ceil_mode.to_string()));
-            a.push(("count_include_pad", count_include_pad.to_string()));
-            a
-        }
-        Op::BatchNorm { epsilon } => vec![("epsilon", f(*epsilon))],
-        Op::Lrn { size, alpha, beta, bias } => {
-            vec![("size", size.to_string()), ("alpha", f(*alpha)), ("beta", f(*beta)), ("bias", f(*bias))]
-        }
-        Op::Softmax { axis } | Op::LogSoftmax { axis } | Op::Concat { axis } | Op::Gather { axis } => {
-            vec![("axis", axis.to_string())]
-        }
-        Op::Reduce { axes, keepdims, .. } => {
-            vec![("axes", list(axes)), ("keepdims", keepdims.to_string())]
-        }
-        Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", list(shape))],
-        Op::Transpose { perm } => vec![("perm", list(perm))],
-        Op::Slice { starts, steps, out_shape } => {
-            vec![("starts", list(starts)), ("steps", list(steps)), ("out_shape", list(out_shape))]
-        }
-        Op::GatherElements { axis } => vec![("axis", axis.to_string())],
-        Op::TopKIndices { axis, k, largest } => {
-            vec![("axis", axis.to_string()), ("k", k.to_string()), ("largest", largest.to_string())]
-        }
-        Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel } => vec![
-            ("out_hw", list(out_hw)),
-            ("sampling_ratio", sampling_ratio.to_string()),
-            ("spatial_scale", f(*spatial_scale)),
-            ("max", max.to_string()),
-            ("half_pixel", half_pixel.to_string()),
-        ],
-        Op::GridSample { mode, padding, align_corners } => vec![
-            ("mode", mode.name().to_string()),
-            ("padding", padding.name().to_string()),
-            ("align_corners", align_corners.to_string()),
-        ],
-        Op::GatherNd { batch_dims } => vec![("batch_dims", batch_dims.to_string())],
-        Op::ScatterElements { axis, reduction } => {
-            vec![("axis", axis.to_string()), ("reduction", reduction.name().to_string())]
-        }
-        Op::ScatterNd { reduction } => vec![("reduction", reduction.name().to_string())],
-        Op::IsInf { negative, positive } => {
-            vec![("negative", negative.to_string()), ("positive", positive.to_string())]
-        }
-        Op::ArgReduce { axis, keepdims, select_last, .. } => vec![
-            ("axis", axis.to_string()),
-            ("keepdims", keepdims.to_string()),
-            ("select_last", select_last.to_string()),
-        ],
-        Op::Unsupported { op_type, domain, opset } => {
-            vec![("op_type", quote(op_type)), ("domain", quote(domain)), ("opset", opset.to_string())]
-        }
-    }
-}
+/// An op's attributes as `(key, printed value)`, in print order.
+pub(crate) type AttrList = Vec<(&'static str, String)>;
 
 /// The inline elements of a constant, or its size and fingerprint when it is too large.
 fn const_body(t: &Tensor) -> String {
@@ -257,7 +141,7 @@ pub fn print(g: &Graph) -> String {
         let results: Vec<String> = node.outputs.iter().map(|&v| head(def(&mut num, v), v)).collect();
         let args: Vec<String> = node.inputs.iter().map(|&v| operand(&num, v)).collect();
         write!(out, "  {} = {}({})", results.join(", "), node.op.name(), args.join(", ")).unwrap();
-        let a = attrs(&node.op);
+        let a = crate::ops::attrs(&node.op);
         if !a.is_empty() {
             let kv: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v}")).collect();
             write!(out, " {{{}}}", kv.join(", ")).unwrap();
@@ -366,27 +250,27 @@ enum AttrVal {
 }
 
 /// The attributes of one node; each accessor consumes its key.
-struct Attrs(BTreeMap<String, AttrVal>);
+pub(crate) struct Attrs(BTreeMap<String, AttrVal>);
 
 impl Attrs {
     fn take(&mut self, k: &str) -> Result<AttrVal, String> {
         self.0.remove(k).ok_or_else(|| format!("missing attribute `{k}`"))
     }
-    fn word<T: std::str::FromStr>(&mut self, k: &str) -> Result<T, String> {
+    pub(crate) fn word<T: std::str::FromStr>(&mut self, k: &str) -> Result<T, String> {
         match self.take(k)? {
             AttrVal::Word(w) => w.parse().map_err(|_| format!("attribute `{k}`: cannot parse `{w}`")),
             v => Err(format!("attribute `{k}` must be a single value, got {v:?}")),
         }
     }
     /// A single value that may be absent.
-    fn opt_word<T: std::str::FromStr>(&mut self, k: &str) -> Result<Option<T>, String> {
+    pub(crate) fn opt_word<T: std::str::FromStr>(&mut self, k: &str) -> Result<Option<T>, String> {
         if self.0.contains_key(k) {
             self.word(k).map(Some)
         } else {
             Ok(None)
         }
     }
-    fn list<T: std::str::FromStr>(&mut self, k: &str) -> Result<Vec<T>, String> {
+    pub(crate) fn list<T: std::str::FromStr>(&mut self, k: &str) -> Result<Vec<T>, String> {
         match self.take(k)? {
             AttrVal::List(ws) => {
                 ws.iter().map(|w| w.parse().map_err(|_| format!("attribute `{k}`: cannot parse `{w}`"))).collect()
@@ -394,174 +278,21 @@ impl Attrs {
             v => Err(format!("attribute `{k}` must be a list, got {v:?}")),
         }
     }
-    fn array<const N: usize>(&mut self, k: &str) -> Result<[usize; N], String> {
+    pub(crate) fn array<const N: usize>(&mut self, k: &str) -> Result<[usize; N], String> {
         let v: Vec<usize> = self.list(k)?;
         v.try_into().map_err(|v: Vec<usize>| format!("attribute `{k}` needs {N} values, got {}", v.len()))
     }
-    fn string(&mut self, k: &str) -> Result<String, String> {
+    pub(crate) fn string(&mut self, k: &str) -> Result<String, String> {
         match self.take(k)? {
             AttrVal::Str(s) => Ok(s),
             v => Err(format!("attribute `{k}` must be a quoted string, got {v:?}")),
         }
     }
-    fn window(&mut self) -> Result<Window, String> {
-        Ok(Window {
-            kernel: self.array("kernel")?,
-            strides: self.array("strides")?,
-            pads: self.array("pads")?,
-            dilations: self.array("dilations")?,
-        })
+    /// A dtype written by name.
+    pub(crate) fn dtype(&mut self, k: &str) -> Result<DType, String> {
+        let name: String = self.word(k)?;
+        DType::from_name(&name).ok_or_else(|| format!("unknown dtype `{name}`"))
     }
-}
-
-/// Builds the op named `name` from its attributes (the inverse of `Op::name` + `attrs`).
-fn build_op(name: &str, a: &mut Attrs) -> Result<Op, String> {
-    use BinaryOp as B;
-    use UnaryOp as U;
-    let reduce = |a: &mut Attrs, op| -> Result<Op, String> {
-        Ok(Op::Reduce { op, axes: a.list("axes")?, keepdims: a.word("keepdims")? })
-    };
-    let scatter_red = |a: &mut Attrs| -> Result<ScatterReduction, String> {
-        let r: String = a.word("reduction")?;
-        ScatterReduction::from_name(&r).ok_or_else(|| format!("unknown reduction `{r}`"))
-    };
-    Ok(match name {
-        "add" => Op::Binary(B::Add),
-        "sub" => Op::Binary(B::Sub),
-        "mul" => Op::Binary(B::Mul),
-        "div" => Op::Binary(B::Div),
-        "pow" => Op::Binary(B::Pow),
-        "max" => Op::Binary(B::Max),
-        "min" => Op::Binary(B::Min),
-        "mod" => Op::Binary(B::Mod { fmod: a.word("fmod")? }),
-        "and" => Op::Binary(B::And),
-        "or" => Op::Binary(B::Or),
-        "xor" => Op::Binary(B::Xor),
-        "shl" => Op::Binary(B::Shl),
-        "shr" => Op::Binary(B::Shr),
-        "equal" => Op::Compare(CmpOp::Equal),
-        "less" => Op::Compare(CmpOp::Less),
-        "less_or_equal" => Op::Compare(CmpOp::LessOrEqual),
-        "greater" => Op::Compare(CmpOp::Greater),
-        "greater_or_equal" => Op::Compare(CmpOp::GreaterOrEqual),
-        "neg" => Op::Unary(U::Neg),
-        "abs" => Op::Unary(U::Abs),
-        "sqrt" => Op::Unary(U::Sqrt),
-        "reciprocal" => Op::Unary(U::Reciprocal),
-        "exp" => Op::Unary(U::Exp),
-        "log" => Op::Unary(U::Log),
-        "relu" => Op::Unary(U::Relu),
-        "sigmoid" => Op::Unary(U::Sigmoid),
-        "tanh" => Op::Unary(U::Tanh),
-        "erf" => Op::Unary(U::Erf),
-        "sin" => Op::Unary(U::Sin),
-        "cos" => Op::Unary(U::Cos),
-        "tan" => Op::Unary(U::Tan),
-        "asin" => Op::Unary(U::Asin),
-        "acos" => Op::Unary(U::Acos),
-        "atan" => Op::Unary(U::Atan),
-        "floor" => Op::Unary(U::Floor),
-        "ceil" => Op::Unary(U::Ceil),
-        "not" => Op::Unary(U::Not),
-        "sign" => Op::Unary(U::Sign),
-        "leaky_relu" => Op::Unary(U::LeakyRelu { alpha: a.word("alpha")? }),
-        "hard_sigmoid" => Op::Unary(U::HardSigmoid { alpha: a.word("alpha")?, beta: a.word("beta")? }),
-        "clip" => Op::Unary(U::Clip { lo: a.word("lo")?, hi: a.word("hi")? }),
-        "where" => Op::Where,
-        "cast" => {
-            let to: String = a.word("to")?;
-            let to = DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))?;
-            let round = match a.opt_word::<String>("round")? {
-                None => E8M0Round::Up,
-                Some(r) => E8M0Round::from_name(&r).ok_or_else(|| format!("unknown rounding `{r}`"))?,
-            };
-            Op::Cast { to, saturate: a.opt_word("saturate")?.unwrap_or(true), round }
-        }
-        "bitcast" => {
-            let to: String = a.word("to")?;
-            Op::BitCast { to: DType::from_name(&to).ok_or_else(|| format!("unknown dtype `{to}`"))? }
-        }
-        "matmul" => Op::MatMul,
-        "gemm" => Op::Gemm {
-            alpha: a.word("alpha")?,
-            beta: a.word("beta")?,
-            trans_a: a.word("trans_a")?,
-            trans_b: a.word("trans_b")?,
-        },
-        "conv" => Op::Conv { window: a.window()?, group: a.word("group")? },
-        "conv_transpose" => {
-            let pads: Vec<i64> = a.list("pads")?;
-            Op::ConvTranspose {
-                kernel: a.array("kernel")?,
-                strides: a.array("strides")?,
-                dilations: a.array("dilations")?,
-                pads: pads.try_into().map_err(|_| "attribute `pads` needs 2 values".to_string())?,
-                out_hw: a.array("out_hw")?,
-                group: a.word("group")?,
-            }
-        }
-        "max_pool" => Op::MaxPool { window: a.window()?, ceil_mode: a.word("ceil_mode")? },
-        "max_pool_indices" => Op::MaxPoolIndices {
-            window: a.window()?,
-            ceil_mode: a.word("ceil_mode")?,
-            column_major: a.word("column_major")?,
-        },
-        "average_pool" => Op::AveragePool {
-            window: a.window()?,
-            ceil_mode: a.word("ceil_mode")?,
-            count_include_pad: a.word("count_include_pad")?,
-        },
-        "batch_norm" => Op::BatchNorm { epsilon: a.word("epsilon")? },
-        "lrn" => {
-            Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? }
-        }
-        "softmax" => Op::Softmax { axis: a.word("axis")? },
-        "log_softmax" => Op::LogSoftmax { axis: a.word("axis")? },
-        "reduce_sum" => reduce(a, ReduceOp::Sum)?,
-        "reduce_mean" => reduce(a, ReduceOp::Mean)?,
-        "reduce_max" => reduce(a, ReduceOp::Max)?,
-        "reduce_min" => reduce(a, ReduceOp::Min)?,
-        "reduce_prod" => reduce(a, ReduceOp::Prod)?,
-        "reshape" => Op::Reshape { shape: a.list("shape")? },
-        "transpose" => Op::Transpose { perm: a.list("perm")? },
-        "concat" => Op::Concat { axis: a.word("axis")? },
-        "slice" => Op::Slice { starts: a.list("starts")?, steps: a.list("steps")?, out_shape: a.list("out_shape")? },
-        "gather" => Op::Gather { axis: a.word("axis")? },
-        "expand" => Op::Expand { shape: a.list("shape")? },
-        "identity" => Op::Identity,
-        "gather_elements" => Op::GatherElements { axis: a.word("axis")? },
-        "gather_nd" => Op::GatherNd { batch_dims: a.word("batch_dims")? },
-        "scatter_elements" => Op::ScatterElements { axis: a.word("axis")?, reduction: scatter_red(a)? },
-        "scatter_nd" => Op::ScatterNd { reduction: scatter_red(a)? },
-        "is_nan" => Op::IsNaN,
-        "roi_align" => Op::RoiAlign {
-            out_hw: a.array("out_hw")?,
-            sampling_ratio: a.word("sampling_ratio")?,
-            spatial_scale: a.word("spatial_scale")?,
-            max: a.word("max")?,
-            half_pixel: a.word("half_pixel")?,
-        },
-        "grid_sample" => {
-            let (m, p): (String, String) = (a.word("mode")?, a.word("padding")?);
-            Op::GridSample {
-                mode: GridMode::from_name(&m).ok_or_else(|| format!("unknown mode `{m}`"))?,
-                padding: GridPadding::from_name(&p).ok_or_else(|| format!("unknown padding `{p}`"))?,
-                align_corners: a.word("align_corners")?,
-            }
-        }
-        "top_k_indices" => Op::TopKIndices { axis: a.word("axis")?, k: a.word("k")?, largest: a.word("largest")? },
-        "is_inf" => Op::IsInf { negative: a.word("negative")?, positive: a.word("positive")? },
-        "arg_max" | "arg_min" => Op::ArgReduce {
-            max: name == "arg_max",
-            axis: a.word("axis")?,
-            keepdims: a.word("keepdims")?,
-            select_last: a.word("select_last")?,
-        },
-        "unsupported" => {
-            Op::Unsupported { op_type: a.string("op_type")?, domain: a.string("domain")?, opset: a.word("opset")? }
-        }
-        _ => return Err(format!("unknown op `{name}`")),
-    })
 }
 
 /// The head of a value definition: `%N "name": type [fused]`.
@@ -798,7 +529,7 @@ impl Parser {
         let inputs = self.list_of(')', Self::value_use)?;
         let mut attrs = if self.eat('{') { self.attrs()? } else { Attrs(BTreeMap::new()) };
         let node_name = if self.eat('#') { self.string()? } else { String::new() };
-        let op = build_op(&op_name, &mut attrs).map_err(|e| format!("line {line}: {e}"))?;
+        let op = crate::ops::parse(&op_name, &mut attrs).map_err(|e| format!("line {line}: {e}"))?;
         if let Some(k) = attrs.0.keys().next() {
             return Err(format!("line {line}: {op_name} has no attribute `{k}`"));
         }

@@ -1,6 +1,8 @@
 //! Print/parse tests of the HIR text form.
 use super::*;
 use crate::op::{BinaryOp as B, CmpOp as C, ReduceOp as R, UnaryOp as U};
+use crate::minifloat::E8M0Round;
+use crate::op::{GridMode, GridPadding, ScatterReduction, Window};
 
 fn node(g: &mut Graph, op: Op, inputs: &[ValueId], name: &str) -> ValueId {
     g.add_node(op, inputs, name, &[]).unwrap_or_else(|e| panic!("{e}"))[0]

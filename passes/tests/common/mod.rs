@@ -18,7 +18,7 @@ pub fn run(g: &Graph, inputs: &[Tensor]) -> Vec<Tensor> {
         let node = g.node(n);
         let ins: Vec<Tensor> = node.inputs.iter().map(|&v| get(&vals, v)).collect();
         let refs: Vec<&Tensor> = ins.iter().collect();
-        for (&o, t) in node.outputs.iter().zip(kiln_ir::eval::eval(&node.op, &refs).unwrap()) {
+        for (&o, t) in node.outputs.iter().zip(kiln_ir::ops::eval(&node.op, &refs).unwrap()) {
             vals.insert(o, t);
         }
     }

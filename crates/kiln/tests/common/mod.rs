@@ -44,7 +44,7 @@ impl Rng {
 /// compares the compiled result with `eval`.
 pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
     let refs: Vec<&Tensor> = inputs.iter().collect();
-    let want = kiln::ir::eval::eval(&op, &refs).unwrap_or_else(|e| panic!("eval {op:?}: {e}"));
+    let want = kiln::ir::ops::eval(&op, &refs).unwrap_or_else(|e| panic!("eval {op:?}: {e}"));
     let mut g = Graph::new("diff");
     let mut ids = Vec::new();
     let mut runtime = Vec::new();

@@ -253,7 +253,7 @@ fn fold(op: &Op, inputs: &[&Tensor], out_ty: &TensorType) -> Option<Tensor> {
     if fold_work(op, inputs, out_ty) > FOLD_LIMIT_WORK {
         return None;
     }
-    let mut out = kiln_ir::eval::eval(op, inputs).ok()?;
+    let mut out = kiln_ir::ops::eval(op, inputs).ok()?;
     (out.len() == 1 && out[0].ty == *out_ty).then(|| out.remove(0))
 }
 

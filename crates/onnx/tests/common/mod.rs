@@ -230,7 +230,7 @@ pub fn run(g: &Graph, inputs: &[(&str, kiln_ir::Tensor)]) -> Vec<kiln_ir::Tensor
         let node = g.node(n);
         let ins: Vec<kiln_ir::Tensor> = node.inputs.iter().map(|&v| get(&vals, v)).collect();
         let refs: Vec<&kiln_ir::Tensor> = ins.iter().collect();
-        let outs = kiln_ir::eval::eval(&node.op, &refs).unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        let outs = kiln_ir::ops::eval(&node.op, &refs).unwrap_or_else(|e| panic!("{}: {e}", node.name));
         for (&v, t) in node.outputs.iter().zip(outs) {
             vals.insert(v, t);
         }

@@ -3,7 +3,8 @@
 //! so every dtype is handled by the same code.
 
 use super::{broadcast_map, istrides, strided_map, take};
-use crate::{numel, Tensor, TensorType};
+use crate::text::{list, AttrList, Attrs};
+use crate::{numel, Op, Tensor, TensorType};
 
 /// `out.shape[d] = x.shape[perm[d]]`.
 pub(super) fn transpose(x: &Tensor, perm: &[usize]) -> Tensor {
@@ -189,6 +190,53 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Dispatch: the reference evaluation and text form of the shape ops.
+
+/// Evaluates a shape op (its inputs already checked by [`infer`], whose result is `want`).
+pub(super) fn eval(op: &Op, inputs: &[&Tensor], want: &TensorType) -> Result<Tensor, String> {
+    Ok(match op {
+        Op::Reshape { .. } => inputs[0].reshaped(want.shape.clone()),
+        Op::BitCast { .. } => Tensor { ty: want.clone(), data: inputs[0].data.clone() },
+        Op::Transpose { perm } => transpose(inputs[0], perm),
+        Op::Concat { axis } => concat(inputs, *axis),
+        Op::Slice { starts, steps, out_shape } => slice(inputs[0], starts, steps, out_shape),
+        Op::Gather { axis } => gather(inputs[0], inputs[1], *axis)?,
+        Op::Expand { .. } => expand(inputs[0], &want.shape),
+        Op::Identity => inputs[0].clone(),
+        _ => return Err(super::not_in_family(op)),
+    })
+}
+
+/// The attributes of a shape op, in print order.
+pub(super) fn attrs(op: &Op) -> AttrList {
+    match op {
+        Op::BitCast { to } => vec![("to", to.name().to_string())],
+        Op::Concat { axis } | Op::Gather { axis } => vec![("axis", axis.to_string())],
+        Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", list(shape))],
+        Op::Transpose { perm } => vec![("perm", list(perm))],
+        Op::Slice { starts, steps, out_shape } => {
+            vec![("starts", list(starts)), ("steps", list(steps)), ("out_shape", list(out_shape))]
+        }
+        _ => vec![],
+    }
+}
+
+/// Builds the shape op printed as `name` (`None`: not a shape op).
+pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
+    Ok(Some(match name {
+        "bitcast" => Op::BitCast { to: a.dtype("to")? },
+        "reshape" => Op::Reshape { shape: a.list("shape")? },
+        "transpose" => Op::Transpose { perm: a.list("perm")? },
+        "concat" => Op::Concat { axis: a.word("axis")? },
+        "slice" => Op::Slice { starts: a.list("starts")?, steps: a.list("steps")?, out_shape: a.list("out_shape")? },
+        "gather" => Op::Gather { axis: a.word("axis")? },
+        "expand" => Op::Expand { shape: a.list("shape")? },
+        "identity" => Op::Identity,
+        _ => return Ok(None),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::run;
@@ -251,7 +299,7 @@ mod tests {
         assert_eq!((y.shape(), y.data()), (&[2][..], Data::F32(vec![3., 4.])));
         for bad in [3, -4] {
             let idx = Tensor::i64(vec![1], vec![bad]);
-            assert!(crate::eval::eval(&Op::Gather { axis: 0 }, &[&x, &idx]).is_err());
+            assert!(crate::ops::eval(&Op::Gather { axis: 0 }, &[&x, &idx]).is_err());
         }
     }
 

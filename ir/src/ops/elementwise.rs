@@ -11,6 +11,7 @@ use crate::infer::broadcast_shapes;
 use crate::minifloat::E8M0Round;
 use crate::op::{BinaryOp, CmpOp, UnaryOp};
 use crate::{DType, Data, Op, Tensor, TensorType};
+use crate::text::{float, AttrList, Attrs};
 
 /// Applies `f` to the broadcast pairs `(x[ma[i]], y[mb[i]])`.
 fn zip_map<A: Copy, B: Copy, R>(
@@ -506,11 +507,107 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Dispatch: the reference evaluation and text form of the elementwise ops.
+
+/// Evaluates an elementwise op (its inputs already checked by [`infer`]).
+pub(super) fn eval(op: &Op, inputs: &[&Tensor], _want: &TensorType) -> Result<Tensor, String> {
+    Ok(match op {
+        Op::Binary(b) => binary(*b, inputs[0], inputs[1])?,
+        Op::Compare(c) => compare(*c, inputs[0], inputs[1]),
+        Op::Unary(u) => unary(*u, inputs[0])?,
+        Op::Where => select(inputs[0], inputs[1], inputs[2]),
+        Op::Cast { to, saturate, round } => cast(inputs[0], *to, *saturate, *round),
+        _ => return Err(super::not_in_family(op)),
+    })
+}
+
+/// The attributes of an elementwise op, in print order.
+pub(super) fn attrs(op: &Op) -> AttrList {
+    match op {
+        Op::Binary(BinaryOp::Mod { fmod }) => vec![("fmod", fmod.to_string())],
+        Op::Unary(UnaryOp::LeakyRelu { alpha }) => vec![("alpha", float(*alpha))],
+        Op::Unary(UnaryOp::HardSigmoid { alpha, beta }) => vec![("alpha", float(*alpha)), ("beta", float(*beta))],
+        Op::Unary(UnaryOp::Clip { lo, hi }) => vec![("lo", format!("{lo:?}")), ("hi", format!("{hi:?}"))],
+        // The defaults (saturate, round up) are not printed.
+        Op::Cast { to, saturate, round } => {
+            let mut v = vec![("to", to.name().to_string())];
+            if !saturate {
+                v.push(("saturate", "false".to_string()));
+            }
+            if *round != E8M0Round::Up {
+                v.push(("round", round.name().to_string()));
+            }
+            v
+        }
+        _ => vec![],
+    }
+}
+
+/// Builds the elementwise op printed as `name` (`None`: not an elementwise op).
+pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
+    use BinaryOp as B;
+    use UnaryOp as U;
+    Ok(Some(match name {
+        "add" => Op::Binary(B::Add),
+        "sub" => Op::Binary(B::Sub),
+        "mul" => Op::Binary(B::Mul),
+        "div" => Op::Binary(B::Div),
+        "pow" => Op::Binary(B::Pow),
+        "max" => Op::Binary(B::Max),
+        "min" => Op::Binary(B::Min),
+        "mod" => Op::Binary(B::Mod { fmod: a.word("fmod")? }),
+        "and" => Op::Binary(B::And),
+        "or" => Op::Binary(B::Or),
+        "xor" => Op::Binary(B::Xor),
+        "shl" => Op::Binary(B::Shl),
+        "shr" => Op::Binary(B::Shr),
+        "equal" => Op::Compare(CmpOp::Equal),
+        "less" => Op::Compare(CmpOp::Less),
+        "less_or_equal" => Op::Compare(CmpOp::LessOrEqual),
+        "greater" => Op::Compare(CmpOp::Greater),
+        "greater_or_equal" => Op::Compare(CmpOp::GreaterOrEqual),
+        "neg" => Op::Unary(U::Neg),
+        "abs" => Op::Unary(U::Abs),
+        "sqrt" => Op::Unary(U::Sqrt),
+        "reciprocal" => Op::Unary(U::Reciprocal),
+        "exp" => Op::Unary(U::Exp),
+        "log" => Op::Unary(U::Log),
+        "relu" => Op::Unary(U::Relu),
+        "sigmoid" => Op::Unary(U::Sigmoid),
+        "tanh" => Op::Unary(U::Tanh),
+        "erf" => Op::Unary(U::Erf),
+        "sin" => Op::Unary(U::Sin),
+        "cos" => Op::Unary(U::Cos),
+        "tan" => Op::Unary(U::Tan),
+        "asin" => Op::Unary(U::Asin),
+        "acos" => Op::Unary(U::Acos),
+        "atan" => Op::Unary(U::Atan),
+        "floor" => Op::Unary(U::Floor),
+        "ceil" => Op::Unary(U::Ceil),
+        "not" => Op::Unary(U::Not),
+        "sign" => Op::Unary(U::Sign),
+        "leaky_relu" => Op::Unary(U::LeakyRelu { alpha: a.word("alpha")? }),
+        "hard_sigmoid" => Op::Unary(U::HardSigmoid { alpha: a.word("alpha")?, beta: a.word("beta")? }),
+        "clip" => Op::Unary(U::Clip { lo: a.word("lo")?, hi: a.word("hi")? }),
+        "where" => Op::Where,
+        "cast" => {
+            let to = a.dtype("to")?;
+            let round = match a.opt_word::<String>("round")? {
+                None => E8M0Round::Up,
+                Some(r) => E8M0Round::from_name(&r).ok_or_else(|| format!("unknown rounding `{r}`"))?,
+            };
+            Op::Cast { to, saturate: a.opt_word("saturate")?.unwrap_or(true), round }
+        }
+        _ => return Ok(None),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};
     use super::*;
-    use crate::eval::eval;
+    use crate::ops::eval;
 
     fn bin(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
         run(Op::Binary(op), &[a, b])

@@ -7,7 +7,8 @@
 
 use super::f32s;
 use crate::op::Window;
-use crate::{numel, Data, Tensor};
+use crate::text::{float, list, AttrList, Attrs};
+use crate::{numel, Data, Op, Tensor, TensorType};
 
 /// Output extent of the window along spatial axis `a` (validated by infer).
 fn out_dim(win: &Window, a: usize, n: usize, ceil_mode: bool) -> Result<usize, String> {
@@ -445,6 +446,128 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
         }
         _ => unreachable!("{} is not a convolution, pooling, normalization or softmax op", op.name()),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch: the reference evaluation and text form of the neural-network ops.
+
+/// Evaluates a neural-network op (its inputs already checked by [`infer`]).
+pub(super) fn eval(op: &Op, inputs: &[&Tensor], _want: &TensorType) -> Result<Tensor, String> {
+    match op {
+        Op::Conv { window, group } => conv(inputs[0], inputs[1], inputs.get(2).copied(), window, *group),
+        Op::ConvTranspose { kernel, strides, dilations, pads, out_hw, group } => conv_transpose(
+            inputs[0],
+            inputs[1],
+            inputs.get(2).copied(),
+            [*kernel, *strides, *dilations],
+            *pads,
+            *out_hw,
+            *group,
+        ),
+        Op::MaxPool { window, ceil_mode } => max_pool(inputs[0], window, *ceil_mode),
+        Op::MaxPoolIndices { window, ceil_mode, column_major } => {
+            max_pool_indices(inputs[0], window, *ceil_mode, *column_major)
+        }
+        Op::AveragePool { window, ceil_mode, count_include_pad } => {
+            average_pool(inputs[0], window, *ceil_mode, *count_include_pad)
+        }
+        Op::BatchNorm { epsilon } => batch_norm(inputs, *epsilon),
+        Op::Lrn { size, alpha, beta, bias } => lrn(inputs[0], *size, *alpha, *beta, *bias),
+        Op::Softmax { axis } => softmax(inputs[0], *axis, false),
+        Op::LogSoftmax { axis } => softmax(inputs[0], *axis, true),
+        _ => Err(super::not_in_family(op)),
+    }
+}
+
+fn window_attrs(w: &Window) -> AttrList {
+    vec![
+        ("kernel", list(&w.kernel)),
+        ("strides", list(&w.strides)),
+        ("pads", list(&w.pads)),
+        ("dilations", list(&w.dilations)),
+    ]
+}
+
+/// The attributes of a neural-network op, in print order.
+pub(super) fn attrs(op: &Op) -> AttrList {
+    let with = |w: &Window, extra: &[(&'static str, bool)]| {
+        let mut a = window_attrs(w);
+        a.extend(extra.iter().map(|&(k, v)| (k, v.to_string())));
+        a
+    };
+    match op {
+        Op::Conv { window, group } => {
+            let mut a = window_attrs(window);
+            a.push(("group", group.to_string()));
+            a
+        }
+        Op::ConvTranspose { kernel, strides, dilations, pads, out_hw, group } => vec![
+            ("kernel", list(kernel)),
+            ("strides", list(strides)),
+            ("dilations", list(dilations)),
+            ("pads", list(pads)),
+            ("out_hw", list(out_hw)),
+            ("group", group.to_string()),
+        ],
+        Op::MaxPool { window, ceil_mode } => with(window, &[("ceil_mode", *ceil_mode)]),
+        Op::MaxPoolIndices { window, ceil_mode, column_major } => {
+            with(window, &[("ceil_mode", *ceil_mode), ("column_major", *column_major)])
+        }
+        Op::AveragePool { window, ceil_mode, count_include_pad } => {
+            with(window, &[("ceil_mode", *ceil_mode), ("count_include_pad", *count_include_pad)])
+        }
+        Op::BatchNorm { epsilon } => vec![("epsilon", float(*epsilon))],
+        Op::Lrn { size, alpha, beta, bias } => {
+            vec![("size", size.to_string()), ("alpha", float(*alpha)), ("beta", float(*beta)), ("bias", float(*bias))]
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => vec![("axis", axis.to_string())],
+        _ => vec![],
+    }
+}
+
+fn parse_window(a: &mut Attrs) -> Result<Window, String> {
+    Ok(Window {
+        kernel: a.array("kernel")?,
+        strides: a.array("strides")?,
+        pads: a.array("pads")?,
+        dilations: a.array("dilations")?,
+    })
+}
+
+/// Builds the neural-network op printed as `name` (`None`: not one).
+pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
+    Ok(Some(match name {
+        "conv" => Op::Conv { window: parse_window(a)?, group: a.word("group")? },
+        "conv_transpose" => {
+            let pads: Vec<i64> = a.list("pads")?;
+            Op::ConvTranspose {
+                kernel: a.array("kernel")?,
+                strides: a.array("strides")?,
+                dilations: a.array("dilations")?,
+                pads: pads.try_into().map_err(|_| "attribute `pads` needs 2 values".to_string())?,
+                out_hw: a.array("out_hw")?,
+                group: a.word("group")?,
+            }
+        }
+        "max_pool" => Op::MaxPool { window: parse_window(a)?, ceil_mode: a.word("ceil_mode")? },
+        "max_pool_indices" => Op::MaxPoolIndices {
+            window: parse_window(a)?,
+            ceil_mode: a.word("ceil_mode")?,
+            column_major: a.word("column_major")?,
+        },
+        "average_pool" => Op::AveragePool {
+            window: parse_window(a)?,
+            ceil_mode: a.word("ceil_mode")?,
+            count_include_pad: a.word("count_include_pad")?,
+        },
+        "batch_norm" => Op::BatchNorm { epsilon: a.word("epsilon")? },
+        "lrn" => {
+            Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? }
+        }
+        "softmax" => Op::Softmax { axis: a.word("axis")? },
+        "log_softmax" => Op::LogSoftmax { axis: a.word("axis")? },
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]

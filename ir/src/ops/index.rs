@@ -1,13 +1,14 @@
 //! Data-dependent indexing: GatherElements, GatherND, ScatterElements, ScatterND, and the
 //! ArgMax/ArgMin and IsNaN/IsInf tests.
 //!
-//! Gathers are index maps (see the module doc of `eval`); scatters copy the data, then apply
+//! Gathers are index maps (see the module doc of `ops`); scatters copy the data, then apply
 //! the updates one by one in row-major order of the updates, which is ONNX's reference
 //! semantics (with duplicate indices and no reduction, the last update wins).
 
 use super::{f32s, take};
 use crate::op::ScatterReduction;
-use crate::{numel, strides_of, Data, Tensor};
+use crate::text::{AttrList, Attrs};
+use crate::{numel, strides_of, Data, Op, Tensor, TensorType};
 
 /// Index `i` (of any sign) into an axis of extent `dim`, wrapped; an error when outside
 /// `[-dim, dim)`.
@@ -302,6 +303,76 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
         }
         _ => unreachable!("{} is not an indexing op", op.name()),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch: the reference evaluation and text form of the indexing ops.
+
+/// Evaluates an indexing op (its inputs already checked by [`infer`], whose result is `want`).
+pub(super) fn eval(op: &Op, inputs: &[&Tensor], want: &TensorType) -> Result<Tensor, String> {
+    match op {
+        Op::GatherElements { axis } => gather_elements(inputs[0], inputs[1], *axis),
+        Op::GatherNd { batch_dims } => gather_nd(inputs[0], inputs[1], *batch_dims, want.shape.clone()),
+        Op::ScatterElements { axis, reduction } => {
+            scatter_elements(inputs[0], inputs[1], inputs[2], *axis, *reduction)
+        }
+        Op::ScatterNd { reduction } => scatter_nd(inputs[0], inputs[1], inputs[2], *reduction),
+        Op::TopKIndices { axis, k, largest } => top_k_indices(inputs[0], *axis, *k, *largest, want.shape.clone()),
+        Op::IsNaN => is_nan_inf(inputs[0], true, false, false),
+        Op::IsInf { negative, positive } => is_nan_inf(inputs[0], false, *negative, *positive),
+        Op::ArgReduce { max, axis, select_last, .. } => {
+            arg_reduce(inputs[0], *max, *axis, *select_last, want.shape.clone())
+        }
+        _ => Err(super::not_in_family(op)),
+    }
+}
+
+/// The attributes of an indexing op, in print order.
+pub(super) fn attrs(op: &Op) -> AttrList {
+    match op {
+        Op::GatherElements { axis } => vec![("axis", axis.to_string())],
+        Op::TopKIndices { axis, k, largest } => {
+            vec![("axis", axis.to_string()), ("k", k.to_string()), ("largest", largest.to_string())]
+        }
+        Op::GatherNd { batch_dims } => vec![("batch_dims", batch_dims.to_string())],
+        Op::ScatterElements { axis, reduction } => {
+            vec![("axis", axis.to_string()), ("reduction", reduction.name().to_string())]
+        }
+        Op::ScatterNd { reduction } => vec![("reduction", reduction.name().to_string())],
+        Op::IsInf { negative, positive } => {
+            vec![("negative", negative.to_string()), ("positive", positive.to_string())]
+        }
+        Op::ArgReduce { axis, keepdims, select_last, .. } => vec![
+            ("axis", axis.to_string()),
+            ("keepdims", keepdims.to_string()),
+            ("select_last", select_last.to_string()),
+        ],
+        _ => vec![],
+    }
+}
+
+/// Builds the indexing op printed as `name` (`None`: not one).
+pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
+    let reduction = |a: &mut Attrs| -> Result<ScatterReduction, String> {
+        let r: String = a.word("reduction")?;
+        ScatterReduction::from_name(&r).ok_or_else(|| format!("unknown reduction `{r}`"))
+    };
+    Ok(Some(match name {
+        "gather_elements" => Op::GatherElements { axis: a.word("axis")? },
+        "gather_nd" => Op::GatherNd { batch_dims: a.word("batch_dims")? },
+        "scatter_elements" => Op::ScatterElements { axis: a.word("axis")?, reduction: reduction(a)? },
+        "scatter_nd" => Op::ScatterNd { reduction: reduction(a)? },
+        "is_nan" => Op::IsNaN,
+        "top_k_indices" => Op::TopKIndices { axis: a.word("axis")?, k: a.word("k")?, largest: a.word("largest")? },
+        "is_inf" => Op::IsInf { negative: a.word("negative")?, positive: a.word("positive")? },
+        "arg_max" | "arg_min" => Op::ArgReduce {
+            max: name == "arg_max",
+            axis: a.word("axis")?,
+            keepdims: a.word("keepdims")?,
+            select_last: a.word("select_last")?,
+        },
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]

@@ -1,3 +1,7 @@
+//! The HIR ops, one file per [`Family`]: each holds its ops' type rule (`infer`), reference
+//! evaluation (`eval`) and text form (`attrs`, `parse`); this module dispatches to them.
+//! Adding an op means adding its variant to [`Op`] and arms to its family's four functions.
+//!
 //! Reference evaluation: every op over whole tensors, in plain Rust.
 //!
 //! This is the oracle that generated kernels are tested against and what constant folding
@@ -27,7 +31,8 @@ pub(crate) mod sample;
 pub(crate) mod shape;
 
 use crate::infer::infer;
-use crate::{numel, strides_of, Data, Op, Tensor, TensorType};
+use crate::text::{quote, AttrList, Attrs};
+use crate::{numel, strides_of, Data, Family, Op, Tensor, TensorType};
 
 /// Evaluates `op` on `inputs`, returning its results (one per output).
 pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
@@ -44,67 +49,17 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
     }
     let tys: Vec<&TensorType> = inputs.iter().map(|t| &t.ty).collect();
     let want = infer(op, &tys)?;
-    let out = match op {
-        Op::Binary(b) => elementwise::binary(*b, inputs[0], inputs[1])?,
-        Op::Compare(c) => elementwise::compare(*c, inputs[0], inputs[1]),
-        Op::Unary(u) => elementwise::unary(*u, inputs[0])?,
-        Op::Where => elementwise::select(inputs[0], inputs[1], inputs[2]),
-        Op::Cast { to, saturate, round } => elementwise::cast(inputs[0], *to, *saturate, *round),
-        Op::MatMul => linalg::matmul(inputs[0], inputs[1])?,
-        Op::Gemm { alpha, beta, trans_a, trans_b } => {
-            linalg::gemm(inputs[0], inputs[1], inputs.get(2).copied(), *alpha, *beta, *trans_a, *trans_b)?
-        }
-        Op::Conv { window, group } => nn::conv(inputs[0], inputs[1], inputs.get(2).copied(), window, *group)?,
-        Op::ConvTranspose { kernel, strides, dilations, pads, out_hw, group } => nn::conv_transpose(
-            inputs[0],
-            inputs[1],
-            inputs.get(2).copied(),
-            [*kernel, *strides, *dilations],
-            *pads,
-            *out_hw,
-            *group,
-        )?,
-        Op::MaxPool { window, ceil_mode } => nn::max_pool(inputs[0], window, *ceil_mode)?,
-        Op::MaxPoolIndices { window, ceil_mode, column_major } => {
-            nn::max_pool_indices(inputs[0], window, *ceil_mode, *column_major)?
-        }
-        Op::AveragePool { window, ceil_mode, count_include_pad } => {
-            nn::average_pool(inputs[0], window, *ceil_mode, *count_include_pad)?
-        }
-        Op::BatchNorm { epsilon } => nn::batch_norm(inputs, *epsilon)?,
-        Op::Lrn { size, alpha, beta, bias } => nn::lrn(inputs[0], *size, *alpha, *beta, *bias)?,
-        Op::Softmax { axis } => nn::softmax(inputs[0], *axis, false)?,
-        Op::LogSoftmax { axis } => nn::softmax(inputs[0], *axis, true)?,
-        Op::Reduce { op: r, axes, keepdims } => reduce::reduce(*r, inputs[0], axes, *keepdims)?,
-        Op::Reshape { .. } => inputs[0].reshaped(want[0].shape.clone()),
-        Op::BitCast { .. } => Tensor { ty: want[0].clone(), data: inputs[0].data.clone() },
-        Op::Transpose { perm } => shape::transpose(inputs[0], perm),
-        Op::Concat { axis } => shape::concat(inputs, *axis),
-        Op::Slice { starts, steps, out_shape } => shape::slice(inputs[0], starts, steps, out_shape),
-        Op::Gather { axis } => shape::gather(inputs[0], inputs[1], *axis)?,
-        Op::Expand { .. } => shape::expand(inputs[0], &want[0].shape),
-        Op::GatherElements { axis } => index::gather_elements(inputs[0], inputs[1], *axis)?,
-        Op::GatherNd { batch_dims } => index::gather_nd(inputs[0], inputs[1], *batch_dims, want[0].shape.clone())?,
-        Op::ScatterElements { axis, reduction } => {
-            index::scatter_elements(inputs[0], inputs[1], inputs[2], *axis, *reduction)?
-        }
-        Op::ScatterNd { reduction } => index::scatter_nd(inputs[0], inputs[1], inputs[2], *reduction)?,
-        Op::TopKIndices { axis, k, largest } => {
-            index::top_k_indices(inputs[0], *axis, *k, *largest, want[0].shape.clone())?
-        }
-        Op::GridSample { mode, padding, align_corners } => {
-            sample::grid_sample(inputs[0], inputs[1], *mode, *padding, *align_corners)?
-        }
-        Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel } => {
-            sample::roi_align(inputs, *out_hw, *sampling_ratio, *spatial_scale, *max, *half_pixel)?
-        }
-        Op::IsNaN => index::is_nan_inf(inputs[0], true, false, false)?,
-        Op::IsInf { negative, positive } => index::is_nan_inf(inputs[0], false, *negative, *positive)?,
-        Op::ArgReduce { max, axis, select_last, .. } => {
-            index::arg_reduce(inputs[0], *max, *axis, *select_last, want[0].shape.clone())?
-        }
-        Op::Identity => inputs[0].clone(),
-        Op::Unsupported { op_type, .. } => return Err(format!("no reference evaluation for unsupported op {op_type}")),
+    let Some(family) = op.family() else {
+        return Err(format!("no reference evaluation for unsupported op {}", unsupported_name(op)));
+    };
+    let out = match family {
+        Family::Elementwise => elementwise::eval(op, inputs, &want[0])?,
+        Family::Shape => shape::eval(op, inputs, &want[0])?,
+        Family::Linalg => linalg::eval(op, inputs, &want[0])?,
+        Family::Nn => nn::eval(op, inputs, &want[0])?,
+        Family::Reduce => reduce::eval(op, inputs, &want[0])?,
+        Family::Sample => sample::eval(op, inputs, &want[0])?,
+        Family::Index => index::eval(op, inputs, &want[0])?,
     };
     if out.ty != want[0] {
         return Err(format!(
@@ -115,6 +70,62 @@ pub fn eval(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>, String> {
         ));
     }
     Ok(vec![out])
+}
+
+fn unsupported_name(op: &Op) -> &str {
+    match op {
+        Op::Unsupported { op_type, .. } => op_type,
+        _ => op.name(),
+    }
+}
+
+/// The error a family's dispatcher returns for an op of another family (a routing bug).
+fn not_in_family(op: &Op) -> String {
+    format!("internal error: {} was routed to the wrong family", op.name())
+}
+
+/// The attributes of `op` as the text form prints them, in order (from its family's file).
+pub(crate) fn attrs(op: &Op) -> AttrList {
+    match op.family() {
+        Some(Family::Elementwise) => elementwise::attrs(op),
+        Some(Family::Shape) => shape::attrs(op),
+        Some(Family::Linalg) => linalg::attrs(op),
+        Some(Family::Nn) => nn::attrs(op),
+        Some(Family::Reduce) => reduce::attrs(op),
+        Some(Family::Sample) => sample::attrs(op),
+        Some(Family::Index) => index::attrs(op),
+        None => match op {
+            Op::Unsupported { op_type, domain, opset } => {
+                vec![("op_type", quote(op_type)), ("domain", quote(domain)), ("opset", opset.to_string())]
+            }
+            _ => vec![],
+        },
+    }
+}
+
+/// Builds the op printed as `name` from its attributes: the inverse of [`Op::name`] and
+/// [`attrs`]. Each family's parser is asked in turn.
+pub(crate) fn parse(name: &str, a: &mut Attrs) -> Result<Op, String> {
+    for family in Family::ALL {
+        let op = match family {
+            Family::Elementwise => elementwise::parse(name, a)?,
+            Family::Shape => shape::parse(name, a)?,
+            Family::Linalg => linalg::parse(name, a)?,
+            Family::Nn => nn::parse(name, a)?,
+            Family::Reduce => reduce::parse(name, a)?,
+            Family::Sample => sample::parse(name, a)?,
+            Family::Index => index::parse(name, a)?,
+        };
+        if let Some(op) = op {
+            return Ok(op);
+        }
+    }
+    match name {
+        "unsupported" => {
+            Ok(Op::Unsupported { op_type: a.string("op_type")?, domain: a.string("domain")?, opset: a.word("opset")? })
+        }
+        _ => Err(format!("unknown op `{name}`")),
+    }
 }
 
 /// Flat offsets `base + Σ idx[d] * strides[d]` for every multi-index `idx` of `shape`, in

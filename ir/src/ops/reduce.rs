@@ -5,7 +5,8 @@
 use super::elementwise::{fmax, fmin};
 use super::{istrides, strided_map};
 use crate::op::ReduceOp;
-use crate::{numel, Data, Op, Tensor};
+use crate::text::{list, AttrList, Attrs};
+use crate::{numel, Data, Op, Tensor, TensorType};
 
 /// Folds `v` into `nout` accumulators: element `i` goes to accumulator `omap[i]`.
 fn fold<T: Copy, A: Copy>(v: &[T], omap: &[usize], nout: usize, init: A, f: impl Fn(A, T) -> A) -> Vec<A> {
@@ -121,6 +122,38 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Dispatch: the reference evaluation and text form of the reductions.
+
+/// Evaluates a reduction (its inputs already checked by [`infer`]).
+pub(super) fn eval(op: &Op, inputs: &[&Tensor], _want: &TensorType) -> Result<Tensor, String> {
+    match op {
+        Op::Reduce { op: r, axes, keepdims } => reduce(*r, inputs[0], axes, *keepdims),
+        _ => Err(super::not_in_family(op)),
+    }
+}
+
+/// The attributes of a reduction, in print order.
+pub(super) fn attrs(op: &Op) -> AttrList {
+    match op {
+        Op::Reduce { axes, keepdims, .. } => vec![("axes", list(axes)), ("keepdims", keepdims.to_string())],
+        _ => vec![],
+    }
+}
+
+/// Builds the reduction printed as `name` (`None`: not a reduction).
+pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
+    let op = match name {
+        "reduce_sum" => ReduceOp::Sum,
+        "reduce_mean" => ReduceOp::Mean,
+        "reduce_max" => ReduceOp::Max,
+        "reduce_min" => ReduceOp::Min,
+        "reduce_prod" => ReduceOp::Prod,
+        _ => return Ok(None),
+    };
+    Ok(Some(Op::Reduce { op, axes: a.list("axes")?, keepdims: a.word("keepdims")? }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};
@@ -165,7 +198,7 @@ mod tests {
         let b = Tensor::bool(vec![2, 2], vec![true, false, true, true]);
         assert_eq!(red(ReduceOp::Max, &[1], false, &b).data(), Data::Bool(vec![true, true]));
         assert_eq!(red(ReduceOp::Min, &[1], false, &b).data(), Data::Bool(vec![false, true]));
-        assert!(crate::eval::eval(&Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false }, &[&b]).is_err());
+        assert!(crate::ops::eval(&Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false }, &[&b]).is_err());
         let n = Tensor::f32(vec![3], vec![1., f32::NAN, 2.]);
         assert_f32(&red(ReduceOp::Max, &[0], false, &n), &[], &[f32::NAN], 0.0);
         let e = Tensor::f32(vec![0, 2], vec![]);

@@ -3,7 +3,8 @@
 
 use super::broadcast_map;
 use crate::infer::broadcast_shapes;
-use crate::{numel, Data, Tensor};
+use crate::text::{float, AttrList, Attrs};
+use crate::{numel, Data, Op, Tensor, TensorType};
 
 /// A batch of `nb` matrix products of shape `m×n` with inner extent `k`, row-major over
 /// `(batch, i, j)`. `ia(p, i, l)` and `ib(p, l, j)` give flat element indices into `x`, `y`;
@@ -212,6 +213,47 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Dispatch: the reference evaluation and text form of MatMul and Gemm.
+
+/// Evaluates MatMul or Gemm (its inputs already checked by [`infer`]).
+pub(super) fn eval(op: &Op, inputs: &[&Tensor], _want: &TensorType) -> Result<Tensor, String> {
+    match op {
+        Op::MatMul => matmul(inputs[0], inputs[1]),
+        Op::Gemm { alpha, beta, trans_a, trans_b } => {
+            gemm(inputs[0], inputs[1], inputs.get(2).copied(), *alpha, *beta, *trans_a, *trans_b)
+        }
+        _ => Err(super::not_in_family(op)),
+    }
+}
+
+/// The attributes of MatMul or Gemm, in print order.
+pub(super) fn attrs(op: &Op) -> AttrList {
+    match op {
+        Op::Gemm { alpha, beta, trans_a, trans_b } => vec![
+            ("alpha", float(*alpha)),
+            ("beta", float(*beta)),
+            ("trans_a", trans_a.to_string()),
+            ("trans_b", trans_b.to_string()),
+        ],
+        _ => vec![],
+    }
+}
+
+/// Builds `matmul` or `gemm` (`None`: another op).
+pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
+    Ok(Some(match name {
+        "matmul" => Op::MatMul,
+        "gemm" => Op::Gemm {
+            alpha: a.word("alpha")?,
+            beta: a.word("beta")?,
+            trans_a: a.word("trans_a")?,
+            trans_b: a.word("trans_b")?,
+        },
+        _ => return Ok(None),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{assert_f32, run};
@@ -292,6 +334,6 @@ mod tests {
         assert_eq!(run(op, &[&three, &three, &c]).data(), Data::I32(vec![-5])); // -5.5
         let t = Tensor::bool(vec![1, 1], vec![true]);
         let op = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false };
-        assert!(crate::eval::eval(&op, &[&t, &t]).is_err());
+        assert!(crate::ops::eval(&op, &[&t, &t]).is_err());
     }
 }

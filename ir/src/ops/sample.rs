@@ -3,7 +3,8 @@
 
 use super::f32s;
 use crate::op::{GridMode, GridPadding};
-use crate::Tensor;
+use crate::text::{float, list, AttrList, Attrs};
+use crate::{Op, Tensor, TensorType};
 
 /// Reflects `x` by the nearer border until it lies within `[lo, hi]`.
 pub(crate) fn reflect(x: f32, lo: f32, hi: f32) -> f32 {
@@ -268,6 +269,63 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
         }
         _ => unreachable!("{} is not a sampling op", op.name()),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch: the reference evaluation and text form of RoiAlign and GridSample.
+
+/// Evaluates RoiAlign or GridSample (its inputs already checked by [`infer`]).
+pub(super) fn eval(op: &Op, inputs: &[&Tensor], _want: &TensorType) -> Result<Tensor, String> {
+    match op {
+        Op::GridSample { mode, padding, align_corners } => {
+            grid_sample(inputs[0], inputs[1], *mode, *padding, *align_corners)
+        }
+        Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel } => {
+            roi_align(inputs, *out_hw, *sampling_ratio, *spatial_scale, *max, *half_pixel)
+        }
+        _ => Err(super::not_in_family(op)),
+    }
+}
+
+/// The attributes of RoiAlign or GridSample, in print order.
+pub(super) fn attrs(op: &Op) -> AttrList {
+    match op {
+        Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel } => vec![
+            ("out_hw", list(out_hw)),
+            ("sampling_ratio", sampling_ratio.to_string()),
+            ("spatial_scale", float(*spatial_scale)),
+            ("max", max.to_string()),
+            ("half_pixel", half_pixel.to_string()),
+        ],
+        Op::GridSample { mode, padding, align_corners } => vec![
+            ("mode", mode.name().to_string()),
+            ("padding", padding.name().to_string()),
+            ("align_corners", align_corners.to_string()),
+        ],
+        _ => vec![],
+    }
+}
+
+/// Builds `roi_align` or `grid_sample` (`None`: another op).
+pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
+    Ok(Some(match name {
+        "roi_align" => Op::RoiAlign {
+            out_hw: a.array("out_hw")?,
+            sampling_ratio: a.word("sampling_ratio")?,
+            spatial_scale: a.word("spatial_scale")?,
+            max: a.word("max")?,
+            half_pixel: a.word("half_pixel")?,
+        },
+        "grid_sample" => {
+            let (m, p): (String, String) = (a.word("mode")?, a.word("padding")?);
+            Op::GridSample {
+                mode: GridMode::from_name(&m).ok_or_else(|| format!("unknown mode `{m}`"))?,
+                padding: GridPadding::from_name(&p).ok_or_else(|| format!("unknown padding `{p}`"))?,
+                align_corners: a.word("align_corners")?,
+            }
+        }
+        _ => return Ok(None),
+    }))
 }
 
 #[cfg(test)]
