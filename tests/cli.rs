@@ -156,7 +156,7 @@ fn every_emit_form_prints() {
 fn inspect_stops_after_any_step_of_the_pipeline() {
     let mlp = "examples/mlp/model.onnx";
     let lowered = stdout(&kiln(&["inspect", mlp, "--after", "lower", "--emit", "lir"]));
-    assert!(lowered.starts_with("program \"mlp\" arena=0 {") && !lowered.contains(" at "), "{lowered}");
+    assert!(lowered.starts_with("program \"mlp\" arena=0 {") && !lowered.contains(" at="), "{lowered}");
     let packed = stdout(&kiln(&["inspect", mlp, "--after", "prepack", "--emit", "lir"]));
     assert!(packed.contains("panels"), "prepack packs the GEMM weights into panels: {packed}");
     let last = stdout(&kiln(&["inspect", mlp, "--after", "pack-weights", "--emit", "lir"]));

@@ -11,19 +11,7 @@
 use kiln::{Compiler, KernelCache};
 
 fn main() {
-    let mut cases: Vec<(String, kiln_tests::Case)> = Vec::new();
-    for dir in std::fs::read_dir(kiln_tests::model_dir("")).expect("tests/models").flatten() {
-        let name = dir.file_name().to_string_lossy().into_owned();
-        cases.push((format!("exported/{name}"), kiln_tests::load_exported(&name).expect("exported model")));
-    }
-    for suite in ["light", "models"] {
-        for dir in std::fs::read_dir(kiln_tests::data_root().join(suite)).expect("generated test data").flatten() {
-            let name = dir.file_name().to_string_lossy().into_owned();
-            let (rtol, atol) = kiln_tests::tolerance(&dir.path());
-            cases.push((format!("{suite}/{name}"), kiln_tests::load_case(&dir.path(), rtol, atol).expect("case")));
-        }
-    }
-    cases.sort_by(|a, b| a.0.cmp(&b.0));
+    let cases = kiln_tests::every_test_model();
     let mut targets: Vec<(String, &kiln_tests::Case, &str)> =
         cases.iter().map(|(n, c)| (n.clone(), c, "cpu")).collect();
     let bert = &cases.iter().find(|(n, _)| n == "exported/bert_torch").expect("bert_torch").1;

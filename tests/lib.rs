@@ -181,6 +181,25 @@ impl Case {
     }
 }
 
+/// Every exporter, light and generated test model, by name (`exported/NAME`, `light/NAME`,
+/// `models/NAME`), sorted: the models the identity and text round-trip checks cover.
+pub fn every_test_model() -> Vec<(String, Case)> {
+    let mut cases: Vec<(String, Case)> = Vec::new();
+    for dir in std::fs::read_dir(model_dir("")).expect("tests/models").flatten() {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        cases.push((format!("exported/{name}"), load_exported(&name).expect("exported model")));
+    }
+    for suite in ["light", "models"] {
+        for dir in std::fs::read_dir(data_root().join(suite)).expect("generated test data").flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            let (rtol, atol) = tolerance(&dir.path());
+            cases.push((format!("{suite}/{name}"), load_case(&dir.path(), rtol, atol).expect("case")));
+        }
+    }
+    cases.sort_by(|a, b| a.0.cmp(&b.0));
+    cases
+}
+
 /// The options a case compiles with: its inputs' shapes pinned, the HIR verified after each pass.
 pub fn compile_options(case: &Case) -> CompileOptions {
     let mut o = CompileOptions { verify: true, ..Default::default() };

@@ -448,100 +448,18 @@ impl Program {
     }
 }
 
-impl fmt::Display for Scalar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scalar::F32(x) => write!(f, "{x:?}f32"),
-            Scalar::F64(x) => write!(f, "{x:?}f64"),
-            Scalar::I32(x) => write!(f, "{x}i32"),
-            Scalar::I64(x) => write!(f, "{x}"),
-            Scalar::Bool(x) => write!(f, "{x}"),
-        }
-    }
-}
+// The text form lives in `text/lir.rs`; `Display` writes the same syntax.
 
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Expr::Var(d) => write!(f, "i{d}"),
-            Expr::Const(s) => write!(f, "{s}"),
-            Expr::Acc => write!(f, "acc"),
-            Expr::Load { operand, index, pad } => {
-                write!(f, "in{operand}[")?;
-                for (i, e) in index.iter().enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{e}")?;
-                }
-                write!(f, "]")?;
-                if let Some(p) = pad {
-                    write!(f, "?{p}")?;
-                }
-                Ok(())
-            }
-            Expr::Unary(op, a) => write!(f, "{op:?}({a})"),
-            Expr::Binary(op, a, b) => write!(f, "{op:?}({a}, {b})"),
-            Expr::Cmp(op, a, b) => write!(f, "{op:?}({a}, {b})"),
-            Expr::Select(c, a, b) => write!(f, "select({c}, {a}, {b})"),
-            Expr::Cast(t, saturate, round, a) => {
-                let sat = if *saturate { "" } else { ", nosat" };
-                let round = if *round == E8M0Round::Up { String::new() } else { format!(", {}", round.name()) };
-                write!(f, "cast<{t}{sat}{round}>({a})")
-            }
-        }
+        f.write_str(&crate::text::lir::expr(self))
     }
 }
 
 impl fmt::Display for View {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}<{} +{} {:?}:{:?}>", self.buffer, self.dtype, self.offset, self.extents, self.strides)
+        f.write_str(&crate::text::lir::view(self))
     }
 }
 
-/// The text form of an LIR program.
-pub fn print(p: &Program) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(s, "program \"{}\" arena={} {{", p.name, p.arena_bytes);
-    for (i, b) in p.buffers.iter().enumerate() {
-        let kind = match &b.kind {
-            BufferKind::Input(k) => format!("input({k})"),
-            BufferKind::Output(k) => format!("output({k})"),
-            BufferKind::Constant(t) => format!("const {}", t.ty),
-            BufferKind::Activation => "activation".to_string(),
-        };
-        let at = b.offset.map(|o| format!(" at {o}")).unwrap_or_default();
-        let _ = writeln!(s, "  buffer @{i} {kind} \"{}\" {} bytes{at}", b.name, b.bytes);
-    }
-    for (i, ins) in p.instrs.iter().enumerate() {
-        match ins {
-            Instr::Kernel(k) => {
-                let _ = writeln!(s, "  {i}: kernel \"{}\" domain {:?} par {}", k.name, k.domain, k.n_par);
-                for (j, v) in k.inputs.iter().enumerate() {
-                    let _ = writeln!(s, "       in{j} = {v}");
-                }
-                let _ = writeln!(s, "       out = {}", k.output);
-                match &k.reduction {
-                    None => {
-                        let _ = writeln!(s, "       out[i..] = {}", k.body);
-                    }
-                    Some(r) => {
-                        let _ = writeln!(s, "       acc = {:?} from {} of {}", r.combine, r.init, k.body);
-                        if let Some(fin) = &r.finalize {
-                            let _ = writeln!(s, "       out[i..] = {fin}");
-                        }
-                    }
-                }
-            }
-            Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
-                let _ = writeln!(s, "  {i}: copy {dst}+{dst_offset} <- {src}+{src_offset} {bytes} bytes");
-            }
-            Instr::Assert { buffer, message } => {
-                let _ = writeln!(s, "  {i}: assert {buffer} == 0 \"{message}\"");
-            }
-        }
-    }
-    s.push_str("}\n");
-    s
-}
+pub use crate::text::lir::{parse, parse_with, print};

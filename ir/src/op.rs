@@ -400,15 +400,8 @@ pub enum Family {
 
 impl Family {
     /// Every family, in the order the text parser tries them.
-    pub const ALL: [Family; 7] = [
-        Family::Elementwise,
-        Family::Shape,
-        Family::Linalg,
-        Family::Nn,
-        Family::Reduce,
-        Family::Sample,
-        Family::Index,
-    ];
+    pub const ALL: [Family; 7] =
+        [Family::Elementwise, Family::Shape, Family::Linalg, Family::Nn, Family::Reduce, Family::Sample, Family::Index];
 }
 
 impl Op {

@@ -243,6 +243,15 @@ pub fn lower(g: &Graph, cx: &Context) -> Result<Lowered, PassError> {
     Ok(l)
 }
 
+/// Runs the one LIR step `name` of [`PIPELINE`] on `l`, then the LIR verifier (what the
+/// LIR file tests do: text in, one step, text out).
+pub fn run_lir_step(name: &str, l: &mut Lowered, cx: &Context) -> Result<(), PassError> {
+    match PIPELINE.iter().find(|(n, _)| *n == name) {
+        Some(&(name, Pass::Lir(f))) => lir_step(f, l, cx, name),
+        _ => Err(PassError::Failed { pass: name.into(), message: "not an LIR step of the pipeline".into() }),
+    }
+}
+
 /// The `lower` step: HIR → LIR, then the LIR verifier.
 fn lower_step(g: &Graph, cx: &Context, name: &str) -> Result<Lowered, PassError> {
     let l = Lowered { program: crate::lower::lower(g)?, ..Default::default() };

@@ -34,6 +34,19 @@ impl Compiler {
         Ok(out)
     }
 
+    /// The LIR programs the ONNX file `path` compiles to (one per partition, in order), after
+    /// the whole pipeline: what `--emit lir` prints.
+    pub fn lower_path(&self, path: impl AsRef<Path>) -> Result<Vec<kiln_ir::lir::Program>, Error> {
+        let mut g = self.import_path(path)?;
+        if self.partitioned() {
+            let split = self.split(&mut g)?;
+            return Ok(split.partitions.into_iter().map(|l| l.lowered.program).collect());
+        }
+        let cpu = self.cpu_steps();
+        let out = pipeline::run(&mut g, &pipeline::Context::new(&cpu, self.opts.verify), Until::End)?;
+        Ok(out.lowered.into_iter().map(|l| l.program).collect())
+    }
+
     /// The IR after pass `after` (or the whole pipeline) as text: HIR, LIR, LLVM IR or assembly.
     /// For a model split across devices, each partition's, after a `# partition` line.
     pub fn emit(&self, path: impl AsRef<Path>, what: &str, after: Option<&str>) -> Result<String, Error> {

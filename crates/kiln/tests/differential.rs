@@ -306,7 +306,7 @@ fn convolution_chains_as_gemm() {
         if winograd {
             assert!(text.contains("conv1.winograd_weights"), "conv1 should go through Winograd:\n{text}");
             // F(4×4, 3×3) from 16×16 outputs: 6×6 tiles.
-            let tile = if (16..=32).contains(&oh.max(ow)) && oh.min(ow) >= 16 { "[6, 6, " } else { "[4, 4, " };
+            let tile = if (16..=32).contains(&oh.max(ow)) && oh.min(ow) >= 16 { "[6,6," } else { "[4,4," };
             assert!(text.contains(tile), "conv1 should use {tile}…] tiles:\n{text}");
         } else if group == 1 {
             assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");

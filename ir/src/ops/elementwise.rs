@@ -10,8 +10,8 @@ use super::broadcast_map;
 use crate::infer::broadcast_shapes;
 use crate::minifloat::E8M0Round;
 use crate::op::{BinaryOp, CmpOp, UnaryOp};
-use crate::{DType, Data, Op, Tensor, TensorType};
 use crate::text::{float, AttrList, Attrs};
+use crate::{DType, Data, Op, Tensor, TensorType};
 
 /// Applies `f` to the broadcast pairs `(x[ma[i]], y[mb[i]])`.
 fn zip_map<A: Copy, B: Copy, R>(

@@ -313,9 +313,7 @@ pub(super) fn eval(op: &Op, inputs: &[&Tensor], want: &TensorType) -> Result<Ten
     match op {
         Op::GatherElements { axis } => gather_elements(inputs[0], inputs[1], *axis),
         Op::GatherNd { batch_dims } => gather_nd(inputs[0], inputs[1], *batch_dims, want.shape.clone()),
-        Op::ScatterElements { axis, reduction } => {
-            scatter_elements(inputs[0], inputs[1], inputs[2], *axis, *reduction)
-        }
+        Op::ScatterElements { axis, reduction } => scatter_elements(inputs[0], inputs[1], inputs[2], *axis, *reduction),
         Op::ScatterNd { reduction } => scatter_nd(inputs[0], inputs[1], inputs[2], *reduction),
         Op::TopKIndices { axis, k, largest } => top_k_indices(inputs[0], *axis, *k, *largest, want.shape.clone()),
         Op::IsNaN => is_nan_inf(inputs[0], true, false, false),

@@ -188,7 +188,9 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, String> {
                     it.next();
                 }
             }
-            '%' | '{' | '}' | '(' | ')' | '[' | ']' | ':' | '=' | ',' | '#' => toks.push((Tok::Punct(c), line)),
+            '%' | '{' | '}' | '(' | ')' | '[' | ']' | ':' | '=' | ',' | '#' | '@' | '<' | '>' | '?' => {
+                toks.push((Tok::Punct(c), line))
+            }
             '"' => {
                 let start = line;
                 let mut s = String::new();
@@ -448,22 +450,18 @@ impl Parser {
         self.define(h.n, v, h.line)
     }
     /// The body of a constant: `[e, ...]` (parsed) or `bytes(N, fnv1a=H)` (rejected).
-    fn const_data(&mut self, n: u32, name: &str, ty: &TensorType) -> Result<Tensor, String> {
+    /// `what` names the constant in messages (`constant %3 "w"`).
+    fn const_data(&mut self, what: &str, ty: &TensorType) -> Result<Tensor, String> {
         if *self.peek() == Tok::Word("bytes".into()) {
             return self.err(format!(
-                "constant %{n} {} ({ty}) is elided in the text form; only constants of at most {INLINE_LIMIT} \
-                 elements are printed inline and can be parsed back",
-                quote(name)
+                "{what} ({ty}) is elided in the text form; only constants of at most {INLINE_LIMIT} \
+                 elements are printed inline and can be parsed back"
             ));
         }
         self.expect('[')?;
         let words = self.list_of(']', Self::word)?;
         if words.len() != numel(&ty.shape) {
-            return self.err(format!(
-                "constant %{n} of type {ty} needs {} elements, got {}",
-                numel(&ty.shape),
-                words.len()
-            ));
+            return self.err(format!("{what} of type {ty} needs {} elements, got {}", numel(&ty.shape), words.len()));
         }
         fn all<T: std::str::FromStr>(ws: &[String]) -> Result<Vec<T>, String> {
             ws.iter().map(|w| w.parse().map_err(|_| format!("cannot parse element `{w}`"))).collect()
@@ -491,7 +489,7 @@ impl Parser {
         };
         match data {
             Ok(d) => Ok(Tensor::from_data(ty.shape.clone(), d)),
-            Err(e) => self.err(format!("constant %{n}: {e}")),
+            Err(e) => self.err(format!("{what}: {e}")),
         }
     }
     /// `{key=value, ...}` (the opening brace already consumed).
@@ -579,7 +577,7 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                 p.next();
                 let h = p.value_head()?;
                 p.expect('=')?;
-                let t = p.const_data(h.n, &h.name, &h.ty)?;
+                let t = p.const_data(&format!("constant %{} {}", h.n, quote(&h.name)), &h.ty)?;
                 let v = g.add_const(h.name.clone(), t);
                 p.define_head(&mut g, &h, v)?;
             }
@@ -597,6 +595,8 @@ pub fn parse(src: &str) -> Result<Graph, String> {
     }
     Ok(g)
 }
+
+pub mod lir;
 
 #[cfg(test)]
 mod tests;

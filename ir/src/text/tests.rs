@@ -1,7 +1,7 @@
 //! Print/parse tests of the HIR text form.
 use super::*;
-use crate::op::{BinaryOp as B, CmpOp as C, ReduceOp as R, UnaryOp as U};
 use crate::minifloat::E8M0Round;
+use crate::op::{BinaryOp as B, CmpOp as C, ReduceOp as R, UnaryOp as U};
 use crate::op::{GridMode, GridPadding, ScatterReduction, Window};
 
 fn node(g: &mut Graph, op: Op, inputs: &[ValueId], name: &str) -> ValueId {
