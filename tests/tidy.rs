@@ -162,3 +162,33 @@ fn readme_reports_both_conformance_counts() {
         "README.md must report `{want_run_time}` (every input fed at run time) and `{want_frozen}` (inputs compiled in)"
     );
 }
+
+/// Each registered op's first and newest opset versions are the ones the pinned `onnx`
+/// package defines (its schemas with history), so the importer's "first appears in opset N"
+/// refusal and the registry's record follow ONNX.
+#[test]
+fn registry_opsets_match_onnx() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let py = repo.join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run `bash scripts/setup.sh`", py.display());
+    let script = "import onnx.defs\n\
+        for s in onnx.defs.get_all_schemas_with_history():\n    \
+            print(s.domain if s.domain != 'ai.onnx' else '', s.name, s.since_version)";
+    let out = Command::new(&py).args(["-c", script]).output().expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut versions: std::collections::HashMap<(String, String), Vec<u16>> = Default::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (domain, name, v) = if f.len() == 3 { (f[0], f[1], f[2]) } else { ("", f[f.len() - 2], f[f.len() - 1]) };
+        versions.entry((domain.into(), name.into())).or_default().push(v.parse().expect("a version"));
+    }
+    let mut wrong = Vec::new();
+    for (domain, name, first, newest) in kiln_onnx::registered_opsets() {
+        let v = versions.get(&(domain.to_string(), name.to_string()));
+        let want = v.map(|v| (*v.iter().min().unwrap(), *v.iter().max().unwrap()));
+        if want != Some((first, newest)) {
+            wrong.push(format!("{domain}.{name}: registry ({first}, {newest}), onnx {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "opsets in crates/onnx/src/ops/registry.rs differ from onnx:\n{}", wrong.join("\n"));
+}

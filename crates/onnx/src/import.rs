@@ -413,6 +413,13 @@ impl Importer {
             )));
         };
 
+        if opset < i64::from(def.opsets.first) {
+            return Err(node_err(format!(
+                "{op_type} first appears in opset {} of {}, but the model imports opset {opset}",
+                def.opsets.first,
+                if is_default { "ai.onnx" } else { node.domain() }
+            )));
+        }
         let values = |r: OpResult<Vec<ValueId>>| r.map(|vs| vs.into_iter().map(Slot::Value).collect::<Vec<_>>());
         let result = match def.route {
             ops::Route::Node(f) if !def.domain.is_empty() => {

@@ -55,5 +55,11 @@ pub fn registered_ops() -> Vec<(&'static str, &'static str)> {
     ops::registry::OPS.iter().map(|d| (d.domain, d.name)).collect()
 }
 
+/// Every registered op with its first and newest opset version, as ONNX defines them:
+/// `(domain, name, first, newest)`.
+pub fn registered_opsets() -> Vec<(&'static str, &'static str, u16, u16)> {
+    ops::registry::OPS.iter().map(|d| (d.domain, d.name, d.opsets.first, d.opsets.newest)).collect()
+}
+
 mod value;
 pub use value::{decode_value, element_name, OnnxValue, ValueKind, ValueSpec};

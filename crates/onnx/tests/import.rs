@@ -284,6 +284,13 @@ fn node_errors_carry_context() {
     // An undefined value.
     let m = Model::new(13).input(vis("x", F32, &[1])).node(node("Relu", &["nope"], &["y"], vec![])).output("y");
     assert!(m.import().unwrap_err().to_string().contains("`nope`"));
+    // An op the model's opset predates (the registry's first version).
+    let m = Model::new(16)
+        .input(vis("x", F32, &[2, 4]))
+        .node(node("LayerNormalization", &["x"], &["y"], vec![]))
+        .output("y");
+    let e = m.import().unwrap_err().to_string();
+    assert!(e.contains("(LayerNormalization, opset 16)") && e.contains("first appears in opset 17 of ai.onnx"), "{e}");
 }
 
 #[test]

@@ -1,12 +1,11 @@
-//! Activations imported as compositions of existing HIR ops: Elu, Selu, Celu, Softplus,
-//! Softsign, ThresholdedRelu, HardSwish, Mish, Gelu, Swish, SwiGLU, PRelu, Shrink and Hardmax.
-//! (Relu, LeakyRelu, Sigmoid, HardSigmoid and Tanh are HIR unary ops; Softmax and LogSoftmax
-//! are in [`super::nn`].)
-
-use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
+//! Activations: Softmax and LogSoftmax (HIR ops), and as compositions of existing HIR ops
+//! Elu, Selu, Celu, Softplus, Softsign, ThresholdedRelu, HardSwish, Mish, Gelu, Swish, SwiGLU,
+//! PRelu, Shrink and Hardmax. (Relu, LeakyRelu, Sigmoid, HardSigmoid and Tanh are HIR unary
+//! ops, registered with the elementwise helpers.)
 
 use super::builders::{bin, cmp, float_x, konst_as, reshape, scalar, tmp, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
+use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
 
 /// `alpha * (exp(x) - 1)`.
 fn exp_m1(cx: &mut NodeCx, x: ValueId, alpha: f32) -> OpResult<ValueId> {
@@ -228,4 +227,36 @@ pub(super) fn hardmax(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     }
     let f = tmp(cx, Op::cast(DType::F32), &[hot], "hardmax")?;
     Ok(vec![cx.emit_out(Op::Reshape { shape }, &[f], 0)?])
+}
+
+/// Softmax / LogSoftmax. Opset 13+: along one axis (default -1). Before 13 (default axis 1)
+/// the input is coerced to 2-D `[prod(dims[..axis]), prod(dims[axis..])]`, normalized along
+/// the second axis, and reshaped back.
+pub(super) fn softmax(cx: &mut NodeCx, log: bool) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let shape = cx.shape(x);
+    let rank = shape.len();
+    if rank == 0 {
+        return invalid("input must have rank >= 1");
+    }
+    let make = |axis| {
+        if log {
+            Op::LogSoftmax { axis }
+        } else {
+            Op::Softmax { axis }
+        }
+    };
+    let modern = cx.opset >= 13;
+    let axis = norm_axis(cx.attrs.int_or("axis", if modern { -1 } else { 1 })?, rank, "axis")?;
+    if modern || shape[axis + 1..].iter().all(|&d| d == 1) {
+        return Ok(vec![cx.emit_out(make(axis), &[x], 0)?]);
+    }
+    let n = shape[..axis].iter().product::<usize>();
+    let d = shape[axis..].iter().product::<usize>();
+    let name = cx.tmp_name("2d");
+    let flat = cx.emit(Op::Reshape { shape: vec![n, d] }, &[x], name)?;
+    let name = cx.tmp_name(if log { "log_softmax" } else { "softmax" });
+    let y = cx.emit(make(1), &[flat], name)?;
+    Ok(vec![cx.emit_out(Op::Reshape { shape }, &[y], 0)?])
 }

@@ -1,14 +1,14 @@
-//! Convolutions other than Conv (in [`super::nn`]). ConvTranspose (1-D and 2-D): pads,
-//! output_padding, output_shape and auto_pad are resolved here into the HIR op's begin pads
-//! and output extents, as ONNX's reference does. Col2Im (2-D) is a grouped ConvTranspose.
-//! DeformConv (2-D) is GridSample taps and a MatMul; CausalConvWithState is a depthwise Conv
-//! over the input left-padded with the past state.
-
-use kiln_ir::{BinaryOp as B, DType, Op, UnaryOp as U, ValueId, Window};
+//! Convolutions: Conv (with the window attributes every windowed op shares: kernel, strides,
+//! pads, dilations, auto_pad), ConvTranspose (1-D and 2-D: pads, output_padding,
+//! output_shape and auto_pad resolved into the HIR op's begin pads and output extents, as
+//! ONNX's reference does), Col2Im (2-D, a grouped ConvTranspose), DeformConv (2-D, GridSample
+//! taps and a MatMul) and CausalConvWithState (a depthwise Conv over the input left-padded
+//! with the past state).
 
 use super::builders::{bin, konst_as, reshape, scalar, tmp, un};
 use super::{invalid, unsupported, NodeCx, OpResult};
 use crate::data::MAX_ELEMS;
+use kiln_ir::{BinaryOp as B, DType, Op, UnaryOp as U, ValueId, Window};
 
 /// The largest kernel, stride, dilation or pad accepted (keeps the arithmetic in range).
 const MAX_ATTR: i64 = 1 << 31;
@@ -327,4 +327,185 @@ pub(super) fn causal_conv_with_state(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> 
     let op = Op::Slice { starts: vec![0, 0, l as i64], steps: vec![1, 1, 1], out_shape: vec![b, c, k - 1] };
     let present = if k == 1 { past } else { cx.emit_out(op, &[padded], 1)? };
     Ok(vec![y, present])
+}
+
+/// The largest kernel, stride, dilation or pad accepted (keeps window arithmetic in range).
+pub(super) const MAX_WINDOW_ATTR: i64 = 1 << 31;
+
+/// An attribute list of `n` values (one per spatial axis), each in `min..=MAX_WINDOW_ATTR`.
+fn list(cx: &NodeCx, name: &str, n: usize, default: usize, min: i64) -> OpResult<Vec<usize>> {
+    match cx.attrs.ints(name)? {
+        None => Ok(vec![default; n]),
+        Some(v) => {
+            if v.len() != n {
+                return invalid(format!("attribute `{name}` = {v:?} must have {n} values"));
+            }
+            if v.iter().any(|&d| d < min || d > MAX_WINDOW_ATTR) {
+                return invalid(format!("attribute `{name}` = {v:?} is out of range"));
+            }
+            Ok(v.iter().map(|&d| d as usize).collect())
+        }
+    }
+}
+
+/// Resolves kernel, strides, dilations and pads (auto_pad included) of a window over the
+/// spatial extents `spatial` (1 or 2 axes). `kernel` is the kernel shape when the op's
+/// weights give it. A 1-D window becomes a 2-D one with a unit leading axis.
+pub(super) fn window(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResult<Window> {
+    let (kernel, strides, dilations, pads) = window_parts(cx, spatial, kernel)?;
+    let n = spatial.len();
+    Ok(if n == 1 {
+        Window {
+            kernel: [1, kernel[0]],
+            strides: [1, strides[0]],
+            pads: [0, pads[0], 0, pads[1]],
+            dilations: [1, dilations[0]],
+        }
+    } else {
+        Window {
+            kernel: [kernel[0], kernel[1]],
+            strides: [strides[0], strides[1]],
+            pads: [pads[0], pads[1], pads[2], pads[3]],
+            dilations: [dilations[0], dilations[1]],
+        }
+    })
+}
+
+/// Per-axis window attributes: (kernel, strides, dilations, pads as `[begin…, end…]`).
+type WindowParts = (Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+
+pub(super) fn window_parts(cx: &NodeCx, spatial: &[usize], kernel: Option<Vec<usize>>) -> OpResult<WindowParts> {
+    let n = spatial.len();
+    let kernel = if cx.attrs.has("kernel_shape") {
+        list(cx, "kernel_shape", n, 1, 1)?
+    } else {
+        match kernel {
+            Some(k) if k.len() == n && k.iter().all(|&d| (1..=MAX_WINDOW_ATTR as usize).contains(&d)) => k,
+            Some(k) => return invalid(format!("weights' kernel {k:?} does not fit a {n}-D window")),
+            None => return invalid("attribute `kernel_shape` is missing"),
+        }
+    };
+    let strides = list(cx, "strides", n, 1, 1)?;
+    let dilations = list(cx, "dilations", n, 1, 1)?;
+    let auto_pad = cx.attrs.string("auto_pad")?.unwrap_or_default();
+    let mut pads = vec![0; 2 * n];
+    match auto_pad.as_str() {
+        "" | "NOTSET" => {
+            if let Some(p) = cx.attrs.ints("pads")? {
+                if p.len() != 2 * n {
+                    return invalid(format!("attribute `pads` = {p:?} must have {} values", 2 * n));
+                }
+                if p.iter().any(|&d| d < 0) {
+                    return unsupported(format!("negative pads {p:?}"));
+                }
+                if p.iter().any(|&d| d > MAX_WINDOW_ATTR) {
+                    return invalid(format!("attribute `pads` = {p:?} is out of range"));
+                }
+                pads = p.iter().map(|&d| d as usize).collect();
+            }
+        }
+        "VALID" => {}
+        "SAME_UPPER" | "SAME_LOWER" => {
+            for a in 0..n {
+                let (begin, end) = same_pads(spatial[a], kernel[a], strides[a], dilations[a], auto_pad == "SAME_UPPER");
+                pads[a] = begin;
+                pads[a + n] = end;
+            }
+        }
+        other => {
+            return invalid(format!("attribute `auto_pad` = {other:?} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER"))
+        }
+    }
+    Ok((kernel, strides, dilations, pads))
+}
+
+/// The spatial extents of an `N, C, spatial…` input, for 1-D and 2-D windows.
+pub(super) fn spatial_dims(x: &[usize]) -> OpResult<Vec<usize>> {
+    match x.len() {
+        3 | 4 => Ok(x[2..].to_vec()),
+        r => unsupported(format!(
+            "{}-D input of shape {x:?}: only 1-D and 2-D windows are supported",
+            r.saturating_sub(2)
+        )),
+    }
+}
+
+/// Applies a 2-D window op to `x` (and `rest`: weights, bias), lifting a 1-D input
+/// `[N, C, L]` to `[N, C, 1, L]` (and 1-D weights `[O, I, K]` to `[O, I, 1, K]`) and the result
+/// back.
+pub(super) fn windowed(cx: &mut NodeCx, op: Op, x: ValueId, rest: &[ValueId]) -> OpResult<ValueId> {
+    let xs = cx.shape(x);
+    if xs.len() == 4 {
+        let mut ins = vec![x];
+        ins.extend_from_slice(rest);
+        return cx.emit_out(op, &ins, 0);
+    }
+    let lift = |cx: &mut NodeCx, v: ValueId| -> OpResult<ValueId> {
+        let s = cx.shape(v);
+        let name = cx.tmp_name("2d");
+        cx.emit(Op::Reshape { shape: vec![s[0], s[1], 1, s[2]] }, &[v], name)
+    };
+    let mut ins = vec![lift(cx, x)?];
+    if let Some(&w) = rest.first() {
+        if cx.rank(w) != 3 {
+            return invalid(format!("1-D weights must have rank 3, got {:?}", cx.shape(w)));
+        }
+        ins.push(lift(cx, w)?);
+    }
+    ins.extend_from_slice(rest.get(1..).unwrap_or(&[]));
+    let name = cx.tmp_name("2d");
+    let y = cx.emit(op, &ins, name)?;
+    let ys = cx.shape(y);
+    cx.emit_out(Op::Reshape { shape: vec![ys[0], ys[1], ys[3]] }, &[y], 0)
+}
+
+/// `(begin, end)` pads of one axis for auto_pad SAME_UPPER (extra pad at the end) or
+/// SAME_LOWER (extra pad at the beginning): the output extent is `ceil(n / stride)`.
+pub(crate) fn same_pads(n: usize, kernel: usize, stride: usize, dilation: usize, upper: bool) -> (usize, usize) {
+    let out = n.div_ceil(stride);
+    let eff = dilation * (kernel - 1) + 1;
+    let total = (out.saturating_sub(1) * stride + eff).saturating_sub(n);
+    let small = total / 2;
+    if upper {
+        (small, total - small)
+    } else {
+        (total - small, small)
+    }
+}
+
+pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (x, w) = (cx.input(0)?, cx.input(1)?);
+    let spatial = spatial_dims(&cx.shape(x))?;
+    let ws = cx.shape(w);
+    let kernel = (ws.len() == spatial.len() + 2).then(|| ws[2..].to_vec());
+    let window = window(cx, &spatial, kernel)?;
+    let group = cx.attrs.int_or("group", 1)?;
+    if !(1..=MAX_WINDOW_ATTR).contains(&group) {
+        return invalid(format!("attribute `group` = {group} must be positive"));
+    }
+    if ws.get(1).and_then(|&c| c.checked_mul(group as usize)).is_none_or(|c| c > MAX_ELEMS) {
+        return invalid(format!("group {group} does not fit weights of shape {ws:?}"));
+    }
+    let mut rest = vec![w];
+    rest.extend(cx.opt_input(2));
+    Ok(vec![windowed(cx, Op::Conv { window, group: group as usize }, x, &rest)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_pads;
+
+    #[test]
+    fn same_pads_match_onnx() {
+        // n=5, k=3, s=2: out 3, total pad (3-1)*2+3-5 = 2.
+        assert_eq!(same_pads(5, 3, 2, 1, true), (1, 1));
+        // n=6, k=3, s=2: out 3, total 1: SAME_UPPER puts it at the end, SAME_LOWER at the start.
+        assert_eq!(same_pads(6, 3, 2, 1, true), (0, 1));
+        assert_eq!(same_pads(6, 3, 2, 1, false), (1, 0));
+        // Dilated: eff 5, n=7, s=1: total 4.
+        assert_eq!(same_pads(7, 3, 1, 2, true), (2, 2));
+        // Kernel smaller than stride: no pad.
+        assert_eq!(same_pads(4, 1, 2, 1, true), (0, 0));
+    }
 }

@@ -1,18 +1,18 @@
-//! Elementwise arithmetic, comparisons, logic, Cast, Where, Clip, MatMul and Gemm, and the
-//! compositions of elementwise ops: the hyperbolic functions (Sinh, Cosh, Asinh, Acosh, Atanh)
-//! and Round (half to even).
-
-use kiln_ir::minifloat::{E8M0Round, MiniFloat};
-use kiln_ir::{BinaryOp, BinaryOp as B, CmpOp, DType, Op, Tensor, UnaryOp, UnaryOp as U, ValueId};
+//! Elementwise arithmetic and math: the binary and unary HIR ops, Pow, the variadic Sum,
+//! Mean, Max and Min, Clip, BitShift, Cast, CastLike and BitCast, and the compositions of
+//! elementwise ops: the hyperbolic functions (Sinh, Cosh, Asinh, Acosh, Atanh) and Round
+//! (half to even).
 
 use super::builders::{bin, cmp, float_x, scalar, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
 use crate::data::dtype_of;
 use crate::proto::tensor_proto::DataType;
+use kiln_ir::minifloat::{E8M0Round, MiniFloat};
+use kiln_ir::{BinaryOp, BinaryOp as B, CmpOp, DType, Op, Tensor, UnaryOp, UnaryOp as U, ValueId};
 
 /// The two operands of a binary op. Before opset 7, `broadcast=1` with an `axis` aligns B's
 /// dims with A's starting at `axis`: B gets trailing unit dims so numpy broadcasting agrees.
-fn operands(cx: &mut NodeCx) -> OpResult<(ValueId, ValueId)> {
+pub(super) fn operands(cx: &mut NodeCx) -> OpResult<(ValueId, ValueId)> {
     let (a, b) = (cx.input(0)?, cx.input(1)?);
     if cx.opset >= 7 || cx.attrs.int_or("broadcast", 0)? == 0 {
         return Ok((a, b));
@@ -48,12 +48,6 @@ pub(super) fn bit_shift(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         other => return invalid(format!("attribute `direction` must be LEFT or RIGHT, got {other:?}")),
     };
     binary(cx, op)
-}
-
-pub(super) fn compare(cx: &mut NodeCx, op: CmpOp) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let (a, b) = operands(cx)?;
-    Ok(vec![cx.emit_out(Op::Compare(op), &[a, b], 0)?])
 }
 
 pub(super) fn unary(cx: &mut NodeCx, op: UnaryOp) -> OpResult<Vec<ValueId>> {
@@ -210,12 +204,6 @@ pub(super) fn clip(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     }
 }
 
-pub(super) fn where_(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let (c, a, b) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
-    Ok(vec![cx.emit_out(Op::Where, &[c, a, b], 0)?])
-}
-
 pub(super) fn cast(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = cx.input(0)?;
@@ -278,21 +266,4 @@ fn emit_cast(cx: &mut NodeCx, x: ValueId, to: DType) -> OpResult<Vec<ValueId>> {
     let saturate = saturate || !to.minifloat().is_some_and(|f| f != MiniFloat::E2M1);
     let round = if to == DType::F8E8M0 { round } else { E8M0Round::Up };
     Ok(vec![cx.emit_out(Op::Cast { to, saturate, round }, &[x], 0)?])
-}
-
-pub(super) fn matmul(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let (a, b) = (cx.input(0)?, cx.input(1)?);
-    Ok(vec![cx.emit_out(Op::MatMul, &[a, b], 0)?])
-}
-
-pub(super) fn gemm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let alpha = cx.attrs.float_or("alpha", 1.0)?;
-    let beta = cx.attrs.float_or("beta", 1.0)?;
-    let trans_a = cx.attrs.int_or("transA", 0)? != 0;
-    let trans_b = cx.attrs.int_or("transB", 0)? != 0;
-    let mut ins = vec![cx.input(0)?, cx.input(1)?];
-    ins.extend(cx.opt_input(2));
-    Ok(vec![cx.emit_out(Op::Gemm { alpha, beta, trans_a, trans_b }, &ins, 0)?])
 }

@@ -1,24 +1,10 @@
-//! Data-dependent indexing and tests: GatherElements, GatherND, ScatterElements (and the
-//! deprecated Scatter), ScatterND, ArgMax/ArgMin, IsNaN/IsInf, TopK, and the compositions
-//! built on them: MaxUnpool, ReverseSequence.
+//! Indexing by data: Gather, GatherElements, GatherND, ScatterElements (and the deprecated
+//! Scatter), ScatterND, TensorScatter, ArgMax/ArgMin, TopK, and the compositions built on
+//! them: MaxUnpool, ReverseSequence.
 
-use kiln_ir::{BinaryOp, CmpOp, DType, Data, Op, ScatterReduction, Tensor, ValueId};
-
-use super::{invalid, norm_axis, NodeCx, OpResult};
-
-pub(super) fn is_nan(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let x = cx.input(0)?;
-    Ok(vec![cx.emit_out(Op::IsNaN, &[x], 0)?])
-}
-
-pub(super) fn is_inf(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let x = cx.input(0)?;
-    let negative = cx.attrs.int_or("detect_negative", 1)? != 0;
-    let positive = cx.attrs.int_or("detect_positive", 1)? != 0;
-    Ok(vec![cx.emit_out(Op::IsInf { negative, positive }, &[x], 0)?])
-}
+use super::builders::{bin, cmp, konst_as, reshape, scalar, tmp};
+use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
+use kiln_ir::{BinaryOp, BinaryOp as B, CmpOp, DType, Data, Op, ScatterReduction, Tensor, ValueId};
 
 /// ArgMax (`max`) / ArgMin.
 pub(super) fn arg_reduce(cx: &mut NodeCx, max: bool) -> OpResult<Vec<ValueId>> {
@@ -233,59 +219,94 @@ pub(super) fn reverse_sequence(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vec![cx.emit_out(Op::GatherElements { axis: ta }, &[x, idx], 0)?])
 }
 
-/// GridSample (2-D and 3-D): modes bilinear/linear, nearest, bicubic/cubic (the names of opsets 16
-/// and 20); padding zeros, border or reflection.
-pub(super) fn grid_sample(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    use kiln_ir::{GridMode, GridPadding};
+pub(super) fn gather(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
-    let (x, grid) = (cx.input(0)?, cx.input(1)?);
-    if !(4..=5).contains(&cx.rank(x)) {
-        return super::unsupported(format!("GridSample of a {}-D input: only 2-D and 3-D images", cx.rank(x)));
-    }
-    let mode = match cx.attrs.string("mode")?.as_deref().unwrap_or("linear") {
-        "linear" | "bilinear" => GridMode::Linear,
-        "nearest" => GridMode::Nearest,
-        "cubic" | "bicubic" => GridMode::Cubic,
-        m => return invalid(format!("unknown mode `{m}`")),
-    };
-    let p = cx.attrs.string("padding_mode")?.unwrap_or_else(|| "zeros".into());
-    let Some(padding) = GridPadding::from_name(&p) else {
-        return invalid(format!("unknown padding_mode `{p}`"));
-    };
-    let align_corners = cx.attrs.int_or("align_corners", 0)? != 0;
-    Ok(vec![cx.emit_out(Op::GridSample { mode, padding, align_corners }, &[x, grid], 0)?])
+    let (x, idx) = (cx.input(0)?, cx.input(1)?);
+    let axis = norm_axis(cx.attrs.int_or("axis", 0)?, cx.rank(x), "axis")?;
+    Ok(vec![cx.emit_out(Op::Gather { axis }, &[x, idx], 0)?])
 }
 
-/// RoiAlign with a fixed sampling ratio (0, the adaptive grid whose size depends on each
-/// roi, is not supported).
-pub(super) fn roi_align(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+/// TensorScatter: cache position `m` of batch `b` takes update step `m - write_indices[b]`
+/// (mod the cache length in circular mode) when that step exists, else keeps the past
+/// value. The per-batch pick is a one-hot `[B, 1, M, S]` MatMul over the update with the
+/// axis moved next-to-last, then a Where.
+pub(super) fn tensor_scatter(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
-    let (x, rois, bi) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
-    let default_ctm = if cx.opset >= 16 { "half_pixel" } else { "output_half_pixel" };
-    let half_pixel = match cx.attrs.string("coordinate_transformation_mode")?.as_deref().unwrap_or(default_ctm) {
-        "half_pixel" => true,
-        "output_half_pixel" => false,
-        m => return invalid(format!("unknown coordinate_transformation_mode `{m}`")),
-    };
-    let max = match cx.attrs.string("mode")?.as_deref().unwrap_or("avg") {
-        "avg" => false,
-        "max" => true,
-        m => return invalid(format!("unknown mode `{m}`")),
-    };
-    let limit = 1 << 20;
-    let dim = |cx: &NodeCx, k: &str| -> OpResult<usize> {
-        match cx.attrs.int_or(k, 1)? {
-            v @ 1..=1048576 => Ok(v as usize),
-            v => invalid(format!("attribute `{k}` = {v} is out of range")),
+    let (past, update) = (cx.input(0)?, cx.input(1)?);
+    let (ps, us) = (cx.shape(past), cx.shape(update));
+    let dtype = cx.ty(past).dtype;
+    if dtype != DType::F32 || cx.ty(update).dtype != dtype {
+        return unsupported(format!("TensorScatter on {} (only float32)", cx.ty(past)));
+    }
+    let r = ps.len();
+    let a = norm_axis(cx.attrs.int_or("axis", -2)?, r, "axis")?;
+    if r < 2 || a == 0 || us.len() != r || (0..r).any(|i| if i == a { us[i] > ps[i] } else { us[i] != ps[i] }) {
+        return invalid(format!("update {us:?} does not fit cache {ps:?} along axis {a}"));
+    }
+    let mode = cx.attrs.string("mode")?.unwrap_or_else(|| "linear".into());
+    if !matches!(mode.as_str(), "linear" | "circular") {
+        return invalid(format!("attribute `mode` = {mode:?} is not linear or circular"));
+    }
+    let (b, m, s) = (ps[0], ps[a], us[a]);
+    let w = match cx.opt_input(2) {
+        Some(w) => {
+            let w = if cx.ty(w).dtype == DType::I64 { w } else { tmp(cx, Op::cast(DType::I64), &[w], "idx")? };
+            reshape(cx, w, vec![b, 1, 1])?
         }
+        None => konst_as(cx, DType::I64, vec![b, 1, 1], &vec![0.0; b]),
     };
-    let out_hw = [dim(cx, "output_height")?, dim(cx, "output_width")?];
-    let sampling_ratio = match cx.attrs.int_or("sampling_ratio", 0)? {
-        0 => return super::unsupported("RoiAlign with sampling_ratio 0 (adaptive)"),
-        v if v > 0 && v <= limit => v as usize,
-        v => return invalid(format!("attribute `sampling_ratio` = {v} is out of range")),
+    let pos: Vec<f64> = (0..m).map(|i| i as f64).collect();
+    let pos = konst_as(cx, DType::I64, vec![1, m, 1], &pos);
+    let mut rel = bin(cx, B::Sub, pos, w)?; // [B, M, 1]
+    if mode == "circular" {
+        let mk = scalar(cx, DType::I64, m as f64);
+        rel = bin(cx, B::Mod { fmod: false }, rel, mk)?;
+    }
+    let steps: Vec<f64> = (0..s).map(|i| i as f64).collect();
+    let steps = konst_as(cx, DType::I64, vec![1, 1, s], &steps);
+    let hot = cmp(cx, CmpOp::Equal, rel, steps)?; // [B, M, S]
+    let hot = tmp(cx, Op::cast(dtype), &[hot], "onehot")?;
+    let zero = scalar(cx, DType::I64, 0.0);
+    let sk = scalar(cx, DType::I64, s as f64);
+    let ge = cmp(cx, CmpOp::GreaterOrEqual, rel, zero)?;
+    let lt = cmp(cx, CmpOp::Less, rel, sk)?;
+    let valid = bin(cx, B::And, ge, lt)?; // [B, M, 1]
+                                          // Move the axis next-to-last: [B, rest…, S, last] (rank >= 3) or [B, S, 1] (rank 2).
+    let (u3, perm) = if r == 2 {
+        (reshape(cx, update, vec![b, s, 1])?, None)
+    } else {
+        let mut perm: Vec<usize> = (0..r).filter(|&i| i != a && i != r - 1).collect();
+        perm.push(a);
+        perm.push(if a == r - 1 { r - 2 } else { r - 1 });
+        let trivial = perm.iter().enumerate().all(|(i, &p)| i == p);
+        let u = if trivial { update } else { tmp(cx, Op::Transpose { perm: perm.clone() }, &[update], "axis")? };
+        (u, (!trivial).then_some(perm))
     };
-    let spatial_scale = cx.attrs.float_or("spatial_scale", 1.0)?;
-    let op = Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel };
-    Ok(vec![cx.emit_out(op, &[x, rois, bi], 0)?])
+    let ur = cx.rank(u3);
+    let mut hs = vec![b];
+    hs.extend(std::iter::repeat_n(1, ur - 3));
+    hs.extend([m, s]);
+    let hot = reshape(cx, hot, hs)?;
+    let picked = tmp(cx, Op::MatMul, &[hot, u3], "picked")?;
+    let mut vs = vec![b];
+    vs.extend(std::iter::repeat_n(1, ur - 3));
+    vs.extend([m, 1]);
+    let valid = reshape(cx, valid, vs)?;
+    let picked = if r == 2 {
+        let v2 = reshape(cx, valid, vec![b, m])?;
+        let p2 = reshape(cx, picked, vec![b, m])?;
+        return Ok(vec![cx.emit_out(Op::Where, &[v2, p2, past], 0)?]);
+    } else {
+        picked
+    };
+    let Some(perm) = perm else {
+        return Ok(vec![cx.emit_out(Op::Where, &[valid, picked, past], 0)?]);
+    };
+    let mut inv = vec![0; r];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    let past_t = tmp(cx, Op::Transpose { perm: perm.clone() }, &[past], "axis")?;
+    let y = tmp(cx, Op::Where, &[valid, picked, past_t], "scattered")?;
+    Ok(vec![cx.emit_out(Op::Transpose { perm: inv }, &[y], 0)?])
 }

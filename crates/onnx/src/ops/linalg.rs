@@ -1,11 +1,9 @@
-//! Linear algebra beyond MatMul and Gemm (in [`super::elementwise`]), as compositions of
-//! existing HIR ops: Einsum (a batched MatMul when it has that form, broadcasting otherwise)
-//! and Det (the Leibniz formula for small matrices).
-
-use kiln_ir::{BinaryOp as B, DType, Op, ReduceOp, ValueId};
+//! Linear algebra: MatMul and Gemm (HIR ops), Einsum (a batched MatMul when it has that
+//! form, broadcasting otherwise) and Det (the Leibniz formula for small matrices).
 
 use super::builders::{bin, konst_as, last_axis, reshape, scalar, tmp};
 use super::{invalid, unsupported, NodeCx, OpError, OpResult};
+use kiln_ir::{BinaryOp as B, DType, Op, ReduceOp, ValueId};
 
 /// Parses one Einsum term into labels: letters as their code, the dims an ellipsis covers
 /// as `ELLIPSIS + k` (right-aligned over `ell` ellipsis dims, for broadcasting).
@@ -280,4 +278,21 @@ fn next_permutation(p: &mut [usize]) -> bool {
     p.swap(i - 1, j);
     p[i..].reverse();
     true
+}
+
+pub(super) fn matmul(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    Ok(vec![cx.emit_out(Op::MatMul, &[a, b], 0)?])
+}
+
+pub(super) fn gemm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let alpha = cx.attrs.float_or("alpha", 1.0)?;
+    let beta = cx.attrs.float_or("beta", 1.0)?;
+    let trans_a = cx.attrs.int_or("transA", 0)? != 0;
+    let trans_b = cx.attrs.int_or("transB", 0)? != 0;
+    let mut ins = vec![cx.input(0)?, cx.input(1)?];
+    ins.extend(cx.opt_input(2));
+    Ok(vec![cx.emit_out(Op::Gemm { alpha, beta, trans_a, trans_b }, &ins, 0)?])
 }

@@ -1,11 +1,11 @@
-//! Normalizations imported as compositions of existing HIR ops: LayerNormalization,
-//! InstanceNormalization, GroupNormalization, MeanVarianceNormalization, LpNormalization and
-//! RMSNormalization. (BatchNormalization and LRN are in [`super::nn`].)
-
-use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
+//! Normalizations: BatchNormalization (inference and training forms), LRN, and, as
+//! compositions of existing HIR ops, LayerNormalization, InstanceNormalization,
+//! GroupNormalization, MeanVarianceNormalization, LpNormalization and RMSNormalization.
 
 use super::builders::{bin, cmp, float_x, reshape, scalar, tmp, un};
+use super::conv::MAX_WINDOW_ATTR;
 use super::{invalid, norm_axes, norm_axis, unsupported, NodeCx, OpResult};
+use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, Tensor, UnaryOp as U, ValueId};
 
 /// `(x - mean, 1 / sqrt(var + eps), mean)` over `axes` (kept as unit dims).
 fn standardize(cx: &mut NodeCx, x: ValueId, axes: Vec<usize>, eps: f32) -> OpResult<(ValueId, ValueId, ValueId)> {
@@ -181,4 +181,76 @@ pub(super) fn rms_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         return invalid(format!("scale does not broadcast to X of shape {:?}", cx.shape(x)));
     }
     Ok(vec![y])
+}
+
+pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    if cx.opset >= 14 && cx.attrs.int_or("training_mode", 0)? != 0 {
+        return batch_norm_training(cx);
+    }
+    if cx.opset < 9 && cx.attrs.int_or("spatial", 1)? == 0 {
+        return unsupported("spatial=0 (per-activation statistics)");
+    }
+    cx.outputs_at_most(1, "training statistics")?;
+    let epsilon = cx.attrs.float_or("epsilon", 1e-5)?;
+    let ins = (0..5).map(|i| cx.input(i)).collect::<OpResult<Vec<_>>>()?;
+    Ok(vec![cx.emit_out(Op::BatchNorm { epsilon }, &ins, 0)?])
+}
+
+/// BatchNormalization with `training_mode=1`: normalizes with the batch's own mean and
+/// (population) variance over every axis but 1, and outputs the updated running statistics
+/// `running * momentum + batch * (1 - momentum)`. Deterministic, so it compiles like any op.
+fn batch_norm_training(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(3, "")?;
+    let epsilon = cx.attrs.float_or("epsilon", 1e-5)?;
+    let momentum = cx.attrs.float_or("momentum", 0.9)?;
+    let ins = (0..5).map(|i| cx.input(i)).collect::<OpResult<Vec<_>>>()?;
+    let x = ins[0];
+    let shape = cx.shape(x);
+    if shape.len() < 2 || cx.ty(x).dtype != DType::F32 {
+        return invalid(format!("input must be f32 of rank >= 2, got {}", cx.ty(x)));
+    }
+    let axes: Vec<usize> = (0..shape.len()).filter(|&a| a != 1).collect();
+    let mut bshape = vec![1; shape.len()];
+    bshape[1] = shape[1];
+    let tmp = |cx: &mut NodeCx, op: Op, ins: &[ValueId], tag: &str| -> OpResult<ValueId> {
+        let name = cx.tmp_name(tag);
+        cx.emit(op, ins, name)
+    };
+    let reduce = Op::Reduce { op: ReduceOp::Mean, axes, keepdims: false };
+    let mean = tmp(cx, reduce.clone(), &[x], "batch_mean")?;
+    let mean_b = tmp(cx, Op::Reshape { shape: bshape }, &[mean], "batch_mean_b")?;
+    let d = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Sub), &[x, mean_b], "centered")?;
+    let d2 = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Mul), &[d, d], "squared")?;
+    let var = tmp(cx, reduce, &[d2], "batch_var")?;
+    let y = cx.emit_out(Op::BatchNorm { epsilon }, &[x, ins[1], ins[2], mean, var], 0)?;
+    let mut outs = vec![y];
+    for (k, (running, batch)) in [(ins[3], mean), (ins[4], var)].into_iter().enumerate() {
+        if !cx.has_output(k + 1) {
+            outs.push(batch);
+            continue;
+        }
+        let name = cx.tmp_name("momentum");
+        let m = cx.konst(name, Tensor::scalar_f32(momentum));
+        let name = cx.tmp_name("one_minus_momentum");
+        let m1 = cx.konst(name, Tensor::scalar_f32(1.0 - momentum));
+        let a = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Mul), &[running, m], "keep")?;
+        let b = tmp(cx, Op::Binary(kiln_ir::BinaryOp::Mul), &[batch, m1], "update")?;
+        outs.push(cx.emit_out(Op::Binary(kiln_ir::BinaryOp::Add), &[a, b], k + 1)?);
+    }
+    Ok(outs)
+}
+
+pub(super) fn lrn(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let Some(size) = cx.attrs.int("size")? else {
+        return invalid("attribute `size` is missing");
+    };
+    if !(1..=MAX_WINDOW_ATTR).contains(&size) {
+        return invalid(format!("attribute `size` = {size} must be positive"));
+    }
+    let alpha = cx.attrs.float_or("alpha", 1e-4)?;
+    let beta = cx.attrs.float_or("beta", 0.75)?;
+    let bias = cx.attrs.float_or("bias", 1.0)?;
+    Ok(vec![cx.emit_out(Op::Lrn { size: size as usize, alpha, beta, bias }, &[x], 0)?])
 }

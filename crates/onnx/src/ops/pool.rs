@@ -1,12 +1,12 @@
-//! Pooling composed of existing HIR ops: LpPool, as a depthwise Conv with a ones kernel.
-//! (MaxPool, AveragePool and the global pools are in [`super::nn`], MaxUnpool in
+//! Pooling: MaxPool (with its indices), AveragePool, the global pools (reductions) and
+//! LpPool (a depthwise Conv with a ones kernel). (MaxUnpool, a scatter, is in
 //! [`super::index`].)
 
-use kiln_ir::{BinaryOp as B, DType, Op, UnaryOp as U, ValueId, Window};
-
 use super::builders::{bin, konst_as, reshape, scalar, tmp, un};
-use super::nn::same_pads;
+use super::conv::same_pads;
+use super::conv::{spatial_dims, window, window_parts, windowed};
 use super::{invalid, unsupported, NodeCx, OpResult};
+use kiln_ir::{BinaryOp as B, DType, Op, ReduceOp, UnaryOp as U, ValueId, Window};
 
 /// A per-axis window attribute list (`n` values, default `default`).
 fn list(cx: &NodeCx, name: &str, n: usize, default: usize) -> OpResult<Vec<usize>> {
@@ -140,4 +140,85 @@ pub(super) fn lp_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         bin(cx, B::Pow, sum, inv)?
     };
     Ok(vec![cx.emit_out(Op::Reshape { shape: out }, &[root], 0)?])
+}
+
+fn ceil_mode(cx: &NodeCx) -> OpResult<bool> {
+    Ok(cx.attrs.int_or("ceil_mode", 0)? != 0)
+}
+
+/// A 3-D pool as two 2-D pools, which is exact because max and average pooling are
+/// separable per axis (an average's divisor is the product of the per-axis counts):
+/// `[N, C, D, H, W]` → pool (H, W) over `[N, C·D, H, W]` → pool (D, 1) over
+/// `[N, C, D, H'·W']` → `[N, C, D', H', W']`.
+fn pool_3d(cx: &mut NodeCx, x: ValueId, make: &dyn Fn(Window) -> Op) -> OpResult<ValueId> {
+    let s = cx.shape(x);
+    let (k, st, dl, p) = window_parts(cx, &s[2..], None)?;
+    let reshape = |cx: &mut NodeCx, v: ValueId, shape: Vec<usize>| -> OpResult<ValueId> {
+        let name = cx.tmp_name("3d");
+        cx.emit(Op::Reshape { shape }, &[v], name)
+    };
+    let hw = Window {
+        kernel: [k[1], k[2]],
+        strides: [st[1], st[2]],
+        pads: [p[1], p[2], p[4], p[5]],
+        dilations: [dl[1], dl[2]],
+    };
+    let x1 = reshape(cx, x, vec![s[0], s[1] * s[2], s[3], s[4]])?;
+    let name = cx.tmp_name("pool_hw");
+    let y1 = cx.emit(make(hw), &[x1], name)?;
+    let s1 = cx.shape(y1);
+    let y1 = reshape(cx, y1, vec![s[0], s[1], s[2], s1[2] * s1[3]])?;
+    let d = Window { kernel: [k[0], 1], strides: [st[0], 1], pads: [p[0], 0, p[3], 0], dilations: [dl[0], 1] };
+    let name = cx.tmp_name("pool_d");
+    let y2 = cx.emit(make(d), &[y1], name)?;
+    let s2 = cx.shape(y2);
+    cx.emit_out(Op::Reshape { shape: vec![s[0], s[1], s2[2], s1[2], s1[3]] }, &[y2], 0)
+}
+
+pub(super) fn max_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let x = cx.input(0)?;
+    let ceil_mode = ceil_mode(cx)?;
+    if cx.has_output(1) {
+        // Indices: for 2-D windows only (the flat index depends on the input's layout).
+        cx.outputs_at_most(2, "")?;
+        if cx.rank(x) != 4 {
+            return unsupported(format!("output 1 (Indices) of a {}-D pool", cx.rank(x).saturating_sub(2)));
+        }
+        let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
+        let column_major = cx.attrs.int_or("storage_order", 0)? != 0;
+        let y = cx.emit_out(Op::MaxPool { window: window.clone(), ceil_mode }, &[x], 0)?;
+        let i = cx.emit_out(Op::MaxPoolIndices { window, ceil_mode, column_major }, &[x], 1)?;
+        return Ok(vec![y, i]);
+    }
+    cx.outputs_at_most(1, "Indices")?;
+    if cx.rank(x) == 5 {
+        return Ok(vec![pool_3d(cx, x, &|window| Op::MaxPool { window, ceil_mode })?]);
+    }
+    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
+    Ok(vec![windowed(cx, Op::MaxPool { window, ceil_mode }, x, &[])?])
+}
+
+pub(super) fn average_pool(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let ceil_mode = ceil_mode(cx)?;
+    let count_include_pad = cx.attrs.int_or("count_include_pad", 0)? != 0;
+    if cx.rank(x) == 5 {
+        let make = |window| Op::AveragePool { window, ceil_mode, count_include_pad };
+        return Ok(vec![pool_3d(cx, x, &make)?]);
+    }
+    let window = window(cx, &spatial_dims(&cx.shape(x))?, None)?;
+    Ok(vec![windowed(cx, Op::AveragePool { window, ceil_mode, count_include_pad }, x, &[])?])
+}
+
+/// GlobalAveragePool / GlobalMaxPool: a keepdims reduction over every spatial axis.
+pub(super) fn global_pool(cx: &mut NodeCx, op: ReduceOp) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let rank = cx.rank(x);
+    if rank < 3 {
+        return invalid(format!("input must have rank >= 3 (N, C, spatial…), got {:?}", cx.shape(x)));
+    }
+    let axes = (2..rank).collect();
+    Ok(vec![cx.emit_out(Op::Reduce { op, axes, keepdims: true }, &[x], 0)?])
 }

@@ -487,7 +487,7 @@ fn conv_shifted(
             (xf, wf)
         };
         let saved = std::mem::replace(&mut cx.inputs, vec![Some(xc), Some(wc)]);
-        let conv = super::nn::conv(cx);
+        let conv = super::conv::conv(cx);
         cx.inputs = saved;
         let yf = conv?[0];
         cx.g.value_mut(yf).name = format!("{out}/f32_{j}");

@@ -1,9 +1,11 @@
-//! Reductions: ReduceSum/Mean/Max/Min/Prod, and SumSquare/L1/L2/LogSum/LogSumExp as
-//! compositions of them.
+//! Reductions: ReduceSum/Mean/Max/Min/Prod, SumSquare/L1/L2/LogSum/LogSumExp as
+//! compositions of them, and the cumulative CumSum and CumProd (a masked sum over a
+//! triangular constant).
 
-use kiln_ir::{BinaryOp, Op, ReduceOp, UnaryOp, ValueId};
-
-use super::{norm_axes, NodeCx, OpResult};
+use super::builders::{bin, konst_as, reshape, scalar, tmp};
+use super::shape::{checked, int_scalar_in};
+use super::{invalid, norm_axes, norm_axis, NodeCx, OpError, OpResult};
+use kiln_ir::{BinaryOp, BinaryOp as B, DType, Op, ReduceOp, UnaryOp, ValueId};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -102,4 +104,55 @@ pub(super) fn reduce(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
     };
     Ok(vec![out])
+}
+
+/// CumSum (and CumProd) along a constant axis: `x` with a new unit axis, times a constant 0/1 matrix
+/// `[d (out), d (in), 1…]`, summed over the input axis.
+pub(super) fn cumsum(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let s = cx.shape(x);
+    let dtype = cx.ty(x).dtype;
+    if dtype == DType::Bool {
+        return invalid("CumSum on bool");
+    }
+    let axis = int_scalar_in(cx, 1, "axis")?.ok_or_else(|| OpError::Invalid("input 1 (axis) is missing".into()))?;
+    let a = norm_axis(axis, s.len(), "axis")?;
+    let exclusive = cx.attrs.int_or("exclusive", 0)? != 0;
+    let reverse = cx.attrs.int_or("reverse", 0)? != 0;
+    let d = s[a];
+    let mut xs = s.clone();
+    xs.insert(a, 1);
+    let mut big = s.clone();
+    big.insert(a, d);
+    checked(big)?;
+    let x1 = reshape(cx, x, xs)?;
+    let mut ms = vec![d, d];
+    ms.extend(std::iter::repeat_n(1, s.len() - a - 1));
+    let mut m = Vec::with_capacity(d * d);
+    for i in 0..d {
+        for j in 0..d {
+            let on = match (reverse, exclusive) {
+                (false, false) => j <= i,
+                (false, true) => j < i,
+                (true, false) => j >= i,
+                (true, true) => j > i,
+            };
+            m.push(if on { 1.0 } else { 0.0 });
+        }
+    }
+    if cx.op_type() == "CumProd" {
+        // Excluded terms become 1, then a product over the input axis.
+        let mask = konst_as(cx, DType::Bool, ms, &m);
+        let one = scalar(cx, dtype, 1.0);
+        let p = tmp(cx, Op::Where, &[mask, x1, one], "terms")?;
+        return Ok(vec![cx.emit_out(
+            Op::Reduce { op: ReduceOp::Prod, axes: vec![a + 1], keepdims: false },
+            &[p],
+            0,
+        )?]);
+    }
+    let mask = konst_as(cx, dtype, ms, &m);
+    let p = bin(cx, B::Mul, x1, mask)?;
+    Ok(vec![cx.emit_out(Op::Reduce { op: ReduceOp::Sum, axes: vec![a + 1], keepdims: false }, &[p], 0)?])
 }

@@ -4,11 +4,10 @@
 //! exactly, coordinate transformation and all, so the result is static and exact up to the
 //! order of the float additions. Also AffineGrid: a constant base grid times θᵀ.
 
-use kiln_ir::{BinaryOp as B, DType, Op, ReduceOp, ValueId};
-
 use super::builders::{bin, konst_as, scalar, tmp};
 use super::{invalid, norm_axes, unsupported, NodeCx, OpError, OpResult};
 use crate::data::checked_numel;
+use kiln_ir::{BinaryOp as B, DType, Op, ReduceOp, ValueId};
 
 /// How sample coordinates are computed and weighted along one axis.
 #[derive(Clone, Debug)]
@@ -474,6 +473,63 @@ pub(super) fn affine_grid(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     out.extend(&spatial);
     out.push(nd);
     Ok(vec![cx.emit_out(Op::Reshape { shape: out }, &[g], 0)?])
+}
+
+/// GridSample (2-D and 3-D): modes bilinear/linear, nearest, bicubic/cubic (the names of opsets 16
+/// and 20); padding zeros, border or reflection.
+pub(super) fn grid_sample(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    use kiln_ir::{GridMode, GridPadding};
+    cx.outputs_at_most(1, "")?;
+    let (x, grid) = (cx.input(0)?, cx.input(1)?);
+    if !(4..=5).contains(&cx.rank(x)) {
+        return super::unsupported(format!("GridSample of a {}-D input: only 2-D and 3-D images", cx.rank(x)));
+    }
+    let mode = match cx.attrs.string("mode")?.as_deref().unwrap_or("linear") {
+        "linear" | "bilinear" => GridMode::Linear,
+        "nearest" => GridMode::Nearest,
+        "cubic" | "bicubic" => GridMode::Cubic,
+        m => return invalid(format!("unknown mode `{m}`")),
+    };
+    let p = cx.attrs.string("padding_mode")?.unwrap_or_else(|| "zeros".into());
+    let Some(padding) = GridPadding::from_name(&p) else {
+        return invalid(format!("unknown padding_mode `{p}`"));
+    };
+    let align_corners = cx.attrs.int_or("align_corners", 0)? != 0;
+    Ok(vec![cx.emit_out(Op::GridSample { mode, padding, align_corners }, &[x, grid], 0)?])
+}
+
+/// RoiAlign with a fixed sampling ratio (0, the adaptive grid whose size depends on each
+/// roi, is not supported).
+pub(super) fn roi_align(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let (x, rois, bi) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
+    let default_ctm = if cx.opset >= 16 { "half_pixel" } else { "output_half_pixel" };
+    let half_pixel = match cx.attrs.string("coordinate_transformation_mode")?.as_deref().unwrap_or(default_ctm) {
+        "half_pixel" => true,
+        "output_half_pixel" => false,
+        m => return invalid(format!("unknown coordinate_transformation_mode `{m}`")),
+    };
+    let max = match cx.attrs.string("mode")?.as_deref().unwrap_or("avg") {
+        "avg" => false,
+        "max" => true,
+        m => return invalid(format!("unknown mode `{m}`")),
+    };
+    let limit = 1 << 20;
+    let dim = |cx: &NodeCx, k: &str| -> OpResult<usize> {
+        match cx.attrs.int_or(k, 1)? {
+            v @ 1..=1048576 => Ok(v as usize),
+            v => invalid(format!("attribute `{k}` = {v} is out of range")),
+        }
+    };
+    let out_hw = [dim(cx, "output_height")?, dim(cx, "output_width")?];
+    let sampling_ratio = match cx.attrs.int_or("sampling_ratio", 0)? {
+        0 => return super::unsupported("RoiAlign with sampling_ratio 0 (adaptive)"),
+        v if v > 0 && v <= limit => v as usize,
+        v => return invalid(format!("attribute `sampling_ratio` = {v} is out of range")),
+    };
+    let spatial_scale = cx.attrs.float_or("spatial_scale", 1.0)?;
+    let op = Op::RoiAlign { out_hw, sampling_ratio, spatial_scale, max, half_pixel };
+    Ok(vec![cx.emit_out(op, &[x, rois, bi], 0)?])
 }
 
 #[cfg(test)]

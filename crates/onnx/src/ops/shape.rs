@@ -1,14 +1,360 @@
-//! Data-movement ONNX ops as compositions of existing HIR ops: Tile, DepthToSpace,
-//! SpaceToDepth, Trilu, OneHot, EyeLike, Pad, CenterCropPad, CumSum, CumProd and
-//! TensorScatter. Every shape-like input is a constant;
-//! index patterns become constant Gather indices and constant masks. (The shape ops that are
-//! one HIR op each, Reshape, Transpose, Concat, Slice…, are in [`super::tensor`].)
+//! Shape and data movement: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Split,
+//! Slice, Expand, Shape, Size, Identity (one HIR op each, or a constant), and the movements
+//! composed of them: Tile, DepthToSpace, SpaceToDepth, Pad and CenterCropPad. Every
+//! shape-like input is a constant; index patterns become constant Gather indices.
 
-use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, ValueId};
-
-use super::builders::{bin, cmp, konst_as, reshape, scalar, tensor_as, tmp};
+use super::builders::{self, konst_as, scalar, tmp};
 use super::{invalid, norm_axes, norm_axis, unsupported, NodeCx, OpError, OpResult};
-use crate::data::{checked_numel, dtype_of};
+use crate::data::{checked_numel, MAX_ELEMS};
+use kiln_ir::{DType, Op, Tensor, ValueId};
+
+pub(super) fn product(dims: &[usize]) -> usize {
+    dims.iter().product() // dims of a checked shape: no overflow
+}
+
+/// Converts requested dims (from an attribute or a constant) to a checked shape.
+pub(super) fn to_shape(dims: &[i64], what: &str) -> OpResult<Vec<usize>> {
+    let shape = dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| OpError::Invalid(format!("{what} {dims:?} has a negative dim"))))
+        .collect::<OpResult<Vec<_>>>()?;
+    if checked_numel(&shape).is_none() {
+        return invalid(format!("{what} {dims:?} has more than 2^40 elements"));
+    }
+    Ok(shape)
+}
+
+/// Reshape's target: `0` copies the input dim (unless `allowzero`), `-1` is inferred.
+pub(crate) fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<usize>, String> {
+    let mut out = Vec::with_capacity(spec.len());
+    let mut infer_at = None;
+    for (i, &s) in spec.iter().enumerate() {
+        match s {
+            -1 if infer_at.is_some() => return Err(format!("shape {spec:?} has more than one -1")),
+            -1 => {
+                infer_at = Some(i);
+                out.push(1);
+            }
+            0 if !allowzero => match input.get(i) {
+                Some(&d) => out.push(d),
+                None => return Err(format!("shape {spec:?}: 0 at index {i} copies a dim the input {input:?} lacks")),
+            },
+            s if s < 0 => return Err(format!("shape {spec:?} has an invalid dim {s}")),
+            s => out.push(
+                usize::try_from(s)
+                    .ok()
+                    .filter(|&d| d <= MAX_ELEMS)
+                    .ok_or_else(|| format!("shape {spec:?} is too large"))?,
+            ),
+        }
+    }
+    let total = product(input);
+    if let Some(i) = infer_at {
+        let known = checked_numel(&out).ok_or_else(|| format!("shape {spec:?} is too large"))?;
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(format!("cannot reshape {input:?} ({total} elements) to {spec:?}"));
+        }
+        out[i] = total / known;
+    }
+    match checked_numel(&out) {
+        Some(n) if n == total => Ok(out),
+        _ => Err(format!("cannot reshape {input:?} ({total} elements) to {spec:?}")),
+    }
+}
+
+pub(super) fn reshape(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let spec = if cx.opset < 5 {
+        cx.attrs.ints("shape")?.ok_or_else(|| OpError::Invalid("attribute `shape` is missing".into()))?.to_vec()
+    } else {
+        cx.opt_ints_input(1, "shape")?.ok_or_else(|| OpError::Invalid("input 1 (shape) is missing".into()))?
+    };
+    let allowzero = cx.opset >= 14 && cx.attrs.int_or("allowzero", 0)? != 0;
+    let shape = reshape_target(&cx.shape(x), &spec, allowzero)?;
+    Ok(vec![cx.emit_out(Op::Reshape { shape }, &[x], 0)?])
+}
+
+pub(super) fn flatten(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let s = cx.shape(x);
+    let r = s.len() as i64;
+    let axis = cx.attrs.int_or("axis", 1)?;
+    if axis < -r || axis > r {
+        return invalid(format!("axis {axis} is out of range for rank {r}"));
+    }
+    let axis = (if axis < 0 { axis + r } else { axis }) as usize;
+    let shape = vec![product(&s[..axis]), product(&s[axis..])];
+    Ok(vec![cx.emit_out(Op::Reshape { shape }, &[x], 0)?])
+}
+
+/// Axes from the `axes` attribute (before `input_from`) or from input 1.
+fn axes_arg(cx: &NodeCx, input_from: i64) -> OpResult<Option<Vec<i64>>> {
+    if cx.opset < input_from {
+        Ok(cx.attrs.ints("axes")?.map(<[i64]>::to_vec))
+    } else {
+        cx.opt_ints_input(1, "axes")
+    }
+}
+
+pub(super) fn squeeze(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let s = cx.shape(x);
+    let axes = match axes_arg(cx, 13)? {
+        None => (0..s.len()).filter(|&a| s[a] == 1).collect(),
+        Some(a) => norm_axes(&a, s.len(), "axis")?,
+    };
+    if let Some(&a) = axes.iter().find(|&&a| s[a] != 1) {
+        return invalid(format!("cannot squeeze axis {a} of shape {s:?}: its size is not 1"));
+    }
+    let shape = s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+    Ok(vec![cx.emit_out(Op::Reshape { shape }, &[x], 0)?])
+}
+
+pub(super) fn unsqueeze(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let s = cx.shape(x);
+    let Some(axes) = axes_arg(cx, 13)? else {
+        return invalid("axes are missing");
+    };
+    let out_rank = s.len() + axes.len();
+    let axes = norm_axes(&axes, out_rank, "axis")?;
+    let mut dims = s.iter();
+    let shape = (0..out_rank).map(|i| if axes.contains(&i) { 1 } else { *dims.next().unwrap_or(&1) }).collect();
+    Ok(vec![cx.emit_out(Op::Reshape { shape }, &[x], 0)?])
+}
+
+pub(super) fn transpose(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let r = cx.rank(x);
+    let perm = match cx.attrs.ints("perm")? {
+        None => (0..r).rev().collect(),
+        Some(p) => p
+            .iter()
+            .map(|&a| usize::try_from(a).map_err(|_| OpError::Invalid(format!("perm {p:?} has a negative axis"))))
+            .collect::<OpResult<Vec<_>>>()?,
+    };
+    Ok(vec![cx.emit_out(Op::Transpose { perm }, &[x], 0)?])
+}
+
+pub(super) fn concat(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let xs = cx.all_inputs()?;
+    let Some(&first) = xs.first() else {
+        return invalid("Concat needs at least one input");
+    };
+    // Concat-1 defaulted to axis 1.
+    let axis = match cx.attrs.int("axis")? {
+        Some(a) => a,
+        None if cx.opset < 4 => 1,
+        None => return invalid("attribute `axis` is missing"),
+    };
+    let axis = norm_axis(axis, cx.rank(first), "axis")?;
+    let total = xs.iter().try_fold(0usize, |n, &x| n.checked_add(cx.shape(x).get(axis).copied().unwrap_or(0)));
+    if total.is_none_or(|n| n > MAX_ELEMS) {
+        return invalid("the concatenated axis is too long");
+    }
+    Ok(vec![cx.emit_out(Op::Concat { axis }, &xs, 0)?])
+}
+
+/// Sizes of Split's outputs along an axis of extent `dim`.
+fn split_sizes(cx: &NodeCx, dim: usize, n: usize) -> OpResult<Vec<usize>> {
+    // Split-13+: input 1; before, the `split` attribute (Split-1 also took it as input 1).
+    let attr = if cx.opset < 13 { cx.attrs.ints("split")?.map(<[i64]>::to_vec) } else { None };
+    let given = match attr {
+        Some(a) => Some(a),
+        None if cx.opset >= 13 || cx.opset < 2 => cx.opt_ints_input(1, "split")?,
+        None => None,
+    };
+    let given = given.filter(|s| !s.is_empty());
+    if let Some(split) = given {
+        let sizes = to_shape(&split, "split")?;
+        if sizes.len() != n || product_sum(&sizes) != Some(dim) {
+            return invalid(format!("split {split:?} does not divide an axis of {dim} into {n} outputs"));
+        }
+        return Ok(sizes);
+    }
+    if cx.opset >= 18 {
+        if let Some(k) = cx.attrs.int("num_outputs")? {
+            if k != n as i64 || k < 1 {
+                return invalid(format!("num_outputs = {k} but the node has {n} outputs"));
+            }
+            let chunk = dim.div_ceil(n);
+            let rest = chunk.checked_mul(n - 1).and_then(|used| dim.checked_sub(used)).ok_or_else(|| {
+                OpError::Invalid(format!("an axis of {dim} cannot be split into {n} chunks of {chunk}"))
+            })?;
+            let mut sizes = vec![chunk; n - 1];
+            sizes.push(rest);
+            return Ok(sizes);
+        }
+    }
+    if n == 0 || !dim.is_multiple_of(n) {
+        return invalid(format!("an axis of {dim} cannot be split evenly into {n} outputs"));
+    }
+    Ok(vec![dim / n; n])
+}
+
+fn product_sum(v: &[usize]) -> Option<usize> {
+    v.iter().try_fold(0usize, |a, &b| a.checked_add(b))
+}
+
+/// Split: one Slice per output.
+pub(super) fn split(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    let x = cx.input(0)?;
+    let s = cx.shape(x);
+    let axis = norm_axis(cx.attrs.int_or("axis", 0)?, s.len(), "axis")?;
+    let n = cx.node.output.len();
+    let sizes = split_sizes(cx, s[axis], n)?;
+    let mut outs = Vec::with_capacity(n);
+    let mut offset = 0usize;
+    for (k, &size) in sizes.iter().enumerate() {
+        if cx.has_output(k) {
+            let mut starts = vec![0i64; s.len()];
+            starts[axis] = if size == 0 { 0 } else { offset as i64 };
+            let mut out_shape = s.clone();
+            out_shape[axis] = size;
+            let op = Op::Slice { starts, steps: vec![1; s.len()], out_shape };
+            outs.push(cx.emit_out(op, &[x], k)?);
+        } else {
+            outs.push(x); // never bound
+        }
+        offset += size;
+    }
+    Ok(outs)
+}
+
+/// Numpy's slice of one axis of extent `dim`: the clamped start and the element count.
+pub(crate) fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(i64, usize), String> {
+    if step == 0 {
+        return Err("slice step is 0".into());
+    }
+    let (d, step) = (dim as i128, i128::from(step));
+    let adjust = |v: i64| -> i128 {
+        let v = i128::from(v);
+        if v < 0 {
+            let v = v + d;
+            if v < 0 {
+                if step < 0 {
+                    -1
+                } else {
+                    0
+                }
+            } else {
+                v
+            }
+        } else if v >= d {
+            if step < 0 {
+                d - 1
+            } else {
+                d
+            }
+        } else {
+            v
+        }
+    };
+    let (s, e) = (adjust(start), adjust(end));
+    let len = if step < 0 {
+        if e < s {
+            (s - e - 1) / (-step) + 1
+        } else {
+            0
+        }
+    } else if s < e {
+        (e - s - 1) / step + 1
+    } else {
+        0
+    };
+    // len <= dim and, when len > 0, 0 <= s < dim: both fit.
+    Ok(if len == 0 { (0, 0) } else { (s as i64, len as usize) })
+}
+
+pub(super) fn slice(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let s = cx.shape(x);
+    let attr =
+        |cx: &NodeCx, name: &str| -> OpResult<Option<Vec<i64>>> { Ok(cx.attrs.ints(name)?.map(<[i64]>::to_vec)) };
+    let (starts, ends, axes, steps) = if cx.opset < 10 {
+        (attr(cx, "starts")?, attr(cx, "ends")?, attr(cx, "axes")?, None)
+    } else {
+        (
+            cx.opt_ints_input(1, "starts")?,
+            cx.opt_ints_input(2, "ends")?,
+            cx.opt_ints_input(3, "axes")?,
+            cx.opt_ints_input(4, "steps")?,
+        )
+    };
+    let (Some(starts), Some(ends)) = (starts, ends) else {
+        return invalid("starts and ends are required");
+    };
+    let n = starts.len();
+    let axes = axes.unwrap_or_else(|| (0..n as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; n]);
+    if ends.len() != n || axes.len() != n || steps.len() != n {
+        return invalid(format!(
+            "starts ({n}), ends ({}), axes ({}) and steps ({}) differ in length",
+            ends.len(),
+            axes.len(),
+            steps.len()
+        ));
+    }
+    let _ = norm_axes(&axes, s.len(), "axis")?; // range and duplicates
+    let mut full_starts = vec![0i64; s.len()];
+    let mut full_steps = vec![1i64; s.len()];
+    let mut out_shape = s.clone();
+    for i in 0..n {
+        let a = norm_axis(axes[i], s.len(), "axis")?;
+        let (start, len) = slice_axis(s[a], starts[i], ends[i], steps[i])?;
+        full_starts[a] = start;
+        full_steps[a] = steps[i];
+        out_shape[a] = len;
+    }
+    let op = Op::Slice { starts: full_starts, steps: full_steps, out_shape };
+    Ok(vec![cx.emit_out(op, &[x], 0)?])
+}
+
+pub(super) fn expand(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let x = cx.input(0)?;
+    let Some(spec) = cx.opt_ints_input(1, "shape")? else {
+        return invalid("input 1 (shape) is missing");
+    };
+    let shape = to_shape(&spec, "shape")?;
+    Ok(vec![cx.emit_out(Op::Expand { shape }, &[x], 0)?])
+}
+
+/// Shape (with opset-15 `start`/`end`): a constant, since shapes are static.
+pub(super) fn shape(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let s = cx.shape(cx.input(0)?);
+    let r = s.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v.saturating_add(r) } else { v }).clamp(0, r) as usize;
+    let (start, end) = if cx.opset >= 15 {
+        (clamp(cx.attrs.int_or("start", 0)?), clamp(cx.attrs.int_or("end", r)?))
+    } else {
+        (0, s.len())
+    };
+    let dims: Vec<i64> = if start < end { s[start..end].iter().map(|&d| d as i64).collect() } else { Vec::new() };
+    let name = cx.out_name(0);
+    Ok(vec![cx.konst(name, Tensor::i64(vec![dims.len()], dims))])
+}
+
+pub(super) fn size(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    let n = cx.ty(cx.input(0)?).numel() as i64;
+    let name = cx.out_name(0);
+    Ok(vec![cx.konst(name, Tensor::i64(Vec::new(), vec![n]))])
+}
+
+/// Identity (and any op that forwards its input): the input value itself.
+pub(super) fn identity(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(1, "")?;
+    Ok(vec![cx.input(0)?])
+}
 
 /// A required constant integer input.
 fn ints_in(cx: &NodeCx, i: usize, role: &str) -> OpResult<Vec<i64>> {
@@ -16,7 +362,7 @@ fn ints_in(cx: &NodeCx, i: usize, role: &str) -> OpResult<Vec<i64>> {
 }
 
 /// A constant scalar (or one-element) integer input.
-fn int_scalar_in(cx: &NodeCx, i: usize, role: &str) -> OpResult<Option<i64>> {
+pub(super) fn int_scalar_in(cx: &NodeCx, i: usize, role: &str) -> OpResult<Option<i64>> {
     match cx.opt_ints_input(i, role)? {
         None => Ok(None),
         Some(v) if v.len() == 1 => Ok(Some(v[0])),
@@ -24,7 +370,7 @@ fn int_scalar_in(cx: &NodeCx, i: usize, role: &str) -> OpResult<Option<i64>> {
     }
 }
 
-fn checked(shape: Vec<usize>) -> OpResult<Vec<usize>> {
+pub(super) fn checked(shape: Vec<usize>) -> OpResult<Vec<usize>> {
     if checked_numel(&shape).is_none() {
         return invalid(format!("result shape {shape:?} is too large"));
     }
@@ -58,7 +404,7 @@ pub(super) fn tile(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     }
     let inter: Vec<usize> = s.iter().flat_map(|&d| [1, d]).collect();
     let big: Vec<usize> = s.iter().zip(&reps).flat_map(|(&d, &r)| [r, d]).collect();
-    let x1 = reshape(cx, x, inter)?;
+    let x1 = builders::reshape(cx, x, inter)?;
     let e = tmp(cx, Op::Expand { shape: big }, &[x1], "tile")?;
     Ok(vec![cx.emit_out(Op::Reshape { shape: out }, &[e], 0)?])
 }
@@ -87,7 +433,7 @@ pub(super) fn depth_to_space(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "CRD" => (vec![n, c / (b * b), b, b, h, w], vec![0, 1, 4, 2, 5, 3]),
         other => return invalid(format!("attribute `mode` = {other:?} is not DCR or CRD")),
     };
-    let x6 = reshape(cx, x, six)?;
+    let x6 = builders::reshape(cx, x, six)?;
     let t = tmp(cx, Op::Transpose { perm }, &[x6], "d2s")?;
     Ok(vec![cx.emit_out(Op::Reshape { shape: vec![n, c / (b * b), h * b, w * b] }, &[t], 0)?])
 }
@@ -107,98 +453,9 @@ pub(super) fn space_to_depth(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         "CRD" => vec![0, 1, 3, 5, 2, 4],
         other => return invalid(format!("attribute `mode` = {other:?} is not DCR or CRD")),
     };
-    let x6 = reshape(cx, x, vec![n, c, h / b, b, w / b, b])?;
+    let x6 = builders::reshape(cx, x, vec![n, c, h / b, b, w / b, b])?;
     let t = tmp(cx, Op::Transpose { perm }, &[x6], "s2d")?;
     Ok(vec![cx.emit_out(Op::Reshape { shape: vec![n, c * b * b, h / b, w / b] }, &[t], 0)?])
-}
-
-/// Trilu: `Where(mask, x, 0)` with a constant mask over the last two axes.
-pub(super) fn trilu(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let x = cx.input(0)?;
-    let s = cx.shape(x);
-    if s.len() < 2 {
-        return invalid(format!("input {s:?} must have rank >= 2"));
-    }
-    let upper = cx.attrs.int_or("upper", 1)? != 0;
-    let k = int_scalar_in(cx, 1, "k")?.unwrap_or(0);
-    let (n, m) = (s[s.len() - 2], s[s.len() - 1]);
-    let mut mask = Vec::with_capacity(n * m);
-    for i in 0..n as i64 {
-        for j in 0..m as i64 {
-            let keep = if upper { j - i >= k } else { j - i <= k };
-            mask.push(if keep { 1.0 } else { 0.0 });
-        }
-    }
-    let mask = konst_as(cx, DType::Bool, vec![n, m], &mask);
-    let zero = scalar(cx, cx.ty(x).dtype, 0.0);
-    Ok(vec![cx.emit_out(Op::Where, &[mask, x, zero], 0)?])
-}
-
-/// OneHot: `Where(indices == range(depth), on, off)`, with the range along `axis`.
-/// Negative indices count from the end; out-of-range ones give an all-off row.
-pub(super) fn one_hot(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let (idx, values) = (cx.input(0)?, cx.input(2)?);
-    let depth = cx.opt_const_input(1, "depth")?.ok_or_else(|| OpError::Invalid("input 1 (depth) is missing".into()))?;
-    if depth.numel() != 1 {
-        return invalid(format!("depth must be a scalar, got {}", depth.ty));
-    }
-    let depth = depth.to_f64_vec()[0];
-    if !(1.0..=(1u64 << 31) as f64).contains(&depth) {
-        return invalid(format!("depth {depth} must be positive"));
-    }
-    let depth = depth as usize;
-    if cx.ty(values).numel() != 2 || cx.rank(values) != 1 {
-        return invalid(format!("values must be [off, on], got {}", cx.ty(values)));
-    }
-    let s = cx.shape(idx);
-    let axis = cx.attrs.int_or("axis", -1)?;
-    let axis = norm_axis(axis, s.len() + 1, "axis")?;
-    let mut idx = if cx.ty(idx).dtype == DType::I64 { idx } else { tmp(cx, Op::cast(DType::I64), &[idx], "idx")? };
-    let zero = scalar(cx, DType::I64, 0.0);
-    let neg = cmp(cx, CmpOp::Less, idx, zero)?;
-    let dk = scalar(cx, DType::I64, depth as f64);
-    let wrapped = bin(cx, B::Add, idx, dk)?;
-    idx = tmp(cx, Op::Where, &[neg, wrapped, idx], "idx")?;
-    let mut is = s.clone();
-    is.insert(axis, 1);
-    idx = reshape(cx, idx, is)?;
-    let mut rs = vec![1; s.len() + 1];
-    rs[axis] = depth;
-    let range: Vec<f64> = (0..depth).map(|i| i as f64).collect();
-    let range = konst_as(cx, DType::I64, rs, &range);
-    let eq = cmp(cx, CmpOp::Equal, idx, range)?;
-    let pick = |cx: &mut NodeCx, i: i64| -> OpResult<ValueId> {
-        let v = tmp(cx, Op::Slice { starts: vec![i], steps: vec![1], out_shape: vec![1] }, &[values], "value")?;
-        reshape(cx, v, Vec::new())
-    };
-    let off = pick(cx, 0)?;
-    let on = pick(cx, 1)?;
-    Ok(vec![cx.emit_out(Op::Where, &[eq, on, off], 0)?])
-}
-
-/// EyeLike: a constant with ones on diagonal `k`.
-pub(super) fn eye_like(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let x = cx.input(0)?;
-    let s = cx.shape(x);
-    if s.len() != 2 {
-        return invalid(format!("input {s:?} must be 2-D"));
-    }
-    let dtype = match cx.attrs.int("dtype")? {
-        None => cx.ty(x).dtype,
-        Some(code) => match dtype_of(code as i32) {
-            Ok(d) => d,
-            Err(name) => return unsupported(format!("dtype {name}")),
-        },
-    };
-    let k = cx.attrs.int_or("k", 0)?;
-    checked(s.clone())?;
-    let v: Vec<f64> =
-        (0..s[0] as i64).flat_map(|i| (0..s[1] as i64).map(move |j| if j - i == k { 1.0 } else { 0.0 })).collect();
-    let name = cx.out_name(0);
-    Ok(vec![cx.konst(name, tensor_as(dtype, s, &v))])
 }
 
 /// Source index of output position `o` of a padded axis of extent `d` with `begin` pad,
@@ -248,7 +505,7 @@ pub(super) fn pad(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 if cx.ty(v).dtype != dtype {
                     return invalid(format!("constant_value's dtype {} differs from the input's {dtype}", cx.ty(v)));
                 }
-                reshape(cx, v, Vec::new())?
+                builders::reshape(cx, v, Vec::new())?
             }
             None => scalar(cx, dtype, 0.0),
         };
@@ -364,138 +621,42 @@ pub(super) fn center_crop_pad(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vec![pad_axes(cx, x, "constant", &begins, &out, zero)?])
 }
 
-/// CumSum (and CumProd) along a constant axis: `x` with a new unit axis, times a constant 0/1 matrix
-/// `[d (out), d (in), 1…]`, summed over the input axis.
-pub(super) fn cumsum(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let x = cx.input(0)?;
-    let s = cx.shape(x);
-    let dtype = cx.ty(x).dtype;
-    if dtype == DType::Bool {
-        return invalid("CumSum on bool");
-    }
-    let axis = int_scalar_in(cx, 1, "axis")?.ok_or_else(|| OpError::Invalid("input 1 (axis) is missing".into()))?;
-    let a = norm_axis(axis, s.len(), "axis")?;
-    let exclusive = cx.attrs.int_or("exclusive", 0)? != 0;
-    let reverse = cx.attrs.int_or("reverse", 0)? != 0;
-    let d = s[a];
-    let mut xs = s.clone();
-    xs.insert(a, 1);
-    let mut big = s.clone();
-    big.insert(a, d);
-    checked(big)?;
-    let x1 = reshape(cx, x, xs)?;
-    let mut ms = vec![d, d];
-    ms.extend(std::iter::repeat_n(1, s.len() - a - 1));
-    let mut m = Vec::with_capacity(d * d);
-    for i in 0..d {
-        for j in 0..d {
-            let on = match (reverse, exclusive) {
-                (false, false) => j <= i,
-                (false, true) => j < i,
-                (true, false) => j >= i,
-                (true, true) => j > i,
-            };
-            m.push(if on { 1.0 } else { 0.0 });
-        }
-    }
-    if cx.op_type() == "CumProd" {
-        // Excluded terms become 1, then a product over the input axis.
-        let mask = konst_as(cx, DType::Bool, ms, &m);
-        let one = scalar(cx, dtype, 1.0);
-        let p = tmp(cx, Op::Where, &[mask, x1, one], "terms")?;
-        return Ok(vec![cx.emit_out(
-            Op::Reduce { op: ReduceOp::Prod, axes: vec![a + 1], keepdims: false },
-            &[p],
-            0,
-        )?]);
-    }
-    let mask = konst_as(cx, dtype, ms, &m);
-    let p = bin(cx, B::Mul, x1, mask)?;
-    Ok(vec![cx.emit_out(Op::Reduce { op: ReduceOp::Sum, axes: vec![a + 1], keepdims: false }, &[p], 0)?])
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// TensorScatter: cache position `m` of batch `b` takes update step `m - write_indices[b]`
-/// (mod the cache length in circular mode) when that step exists, else keeps the past
-/// value. The per-batch pick is a one-hot `[B, 1, M, S]` MatMul over the update with the
-/// axis moved next-to-last, then a Where.
-pub(super) fn tensor_scatter(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
-    cx.outputs_at_most(1, "")?;
-    let (past, update) = (cx.input(0)?, cx.input(1)?);
-    let (ps, us) = (cx.shape(past), cx.shape(update));
-    let dtype = cx.ty(past).dtype;
-    if dtype != DType::F32 || cx.ty(update).dtype != dtype {
-        return unsupported(format!("TensorScatter on {} (only float32)", cx.ty(past)));
+    fn np(dim: usize, start: i64, end: i64, step: i64) -> Vec<i64> {
+        // Indices numpy's x[start:end:step] picks, by simulation.
+        let (s, len) = slice_axis(dim, start, end, step).unwrap();
+        (0..len as i64).map(|i| s + i * step).collect()
     }
-    let r = ps.len();
-    let a = norm_axis(cx.attrs.int_or("axis", -2)?, r, "axis")?;
-    if r < 2 || a == 0 || us.len() != r || (0..r).any(|i| if i == a { us[i] > ps[i] } else { us[i] != ps[i] }) {
-        return invalid(format!("update {us:?} does not fit cache {ps:?} along axis {a}"));
+
+    #[test]
+    fn slice_axis_matches_numpy() {
+        assert_eq!(np(5, 1, 3, 1), vec![1, 2]);
+        assert_eq!(np(5, -1, i64::MIN, -1), vec![4, 3, 2, 1, 0]); // x[::-1]
+        assert_eq!(np(5, i64::MAX, i64::MIN, -2), vec![4, 2, 0]);
+        assert_eq!(np(5, 0, i64::MAX, 2), vec![0, 2, 4]);
+        assert_eq!(np(5, -10, 10, 1), vec![0, 1, 2, 3, 4]);
+        assert_eq!(np(5, -10, -20, -1), Vec::<i64>::new()); // start -> -1: empty
+        assert_eq!(np(5, 3, 1, 1), Vec::<i64>::new());
+        assert_eq!(np(5, 3, -4, -1), vec![3, 2]);
+        assert_eq!(np(0, 0, 10, 1), Vec::<i64>::new());
+        assert_eq!(np(4, 1, 10, i64::MIN), Vec::<i64>::new());
+        assert_eq!(np(4, 3, 0, i64::MIN), vec![3]);
+        assert!(slice_axis(4, 0, 1, 0).is_err());
     }
-    let mode = cx.attrs.string("mode")?.unwrap_or_else(|| "linear".into());
-    if !matches!(mode.as_str(), "linear" | "circular") {
-        return invalid(format!("attribute `mode` = {mode:?} is not linear or circular"));
+
+    #[test]
+    fn reshape_targets() {
+        assert_eq!(reshape_target(&[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
+        assert_eq!(reshape_target(&[2, 3, 4], &[-1], false).unwrap(), vec![24]);
+        assert_eq!(reshape_target(&[0, 3], &[3, 0], true).unwrap(), vec![3, 0]);
+        assert!(reshape_target(&[2, 3], &[-1, -1], false).is_err());
+        assert!(reshape_target(&[2, 3], &[4, -1], false).is_err());
+        assert!(reshape_target(&[2, 3], &[7], false).is_err());
+        assert!(reshape_target(&[2, 3], &[-2, 3], false).is_err());
+        assert!(reshape_target(&[2, 3], &[i64::MAX, 3], false).is_err());
+        assert!(reshape_target(&[0, 3], &[0, -1], true).is_err());
     }
-    let (b, m, s) = (ps[0], ps[a], us[a]);
-    let w = match cx.opt_input(2) {
-        Some(w) => {
-            let w = if cx.ty(w).dtype == DType::I64 { w } else { tmp(cx, Op::cast(DType::I64), &[w], "idx")? };
-            reshape(cx, w, vec![b, 1, 1])?
-        }
-        None => konst_as(cx, DType::I64, vec![b, 1, 1], &vec![0.0; b]),
-    };
-    let pos: Vec<f64> = (0..m).map(|i| i as f64).collect();
-    let pos = konst_as(cx, DType::I64, vec![1, m, 1], &pos);
-    let mut rel = bin(cx, B::Sub, pos, w)?; // [B, M, 1]
-    if mode == "circular" {
-        let mk = scalar(cx, DType::I64, m as f64);
-        rel = bin(cx, B::Mod { fmod: false }, rel, mk)?;
-    }
-    let steps: Vec<f64> = (0..s).map(|i| i as f64).collect();
-    let steps = konst_as(cx, DType::I64, vec![1, 1, s], &steps);
-    let hot = cmp(cx, CmpOp::Equal, rel, steps)?; // [B, M, S]
-    let hot = tmp(cx, Op::cast(dtype), &[hot], "onehot")?;
-    let zero = scalar(cx, DType::I64, 0.0);
-    let sk = scalar(cx, DType::I64, s as f64);
-    let ge = cmp(cx, CmpOp::GreaterOrEqual, rel, zero)?;
-    let lt = cmp(cx, CmpOp::Less, rel, sk)?;
-    let valid = bin(cx, B::And, ge, lt)?; // [B, M, 1]
-                                          // Move the axis next-to-last: [B, rest…, S, last] (rank >= 3) or [B, S, 1] (rank 2).
-    let (u3, perm) = if r == 2 {
-        (reshape(cx, update, vec![b, s, 1])?, None)
-    } else {
-        let mut perm: Vec<usize> = (0..r).filter(|&i| i != a && i != r - 1).collect();
-        perm.push(a);
-        perm.push(if a == r - 1 { r - 2 } else { r - 1 });
-        let trivial = perm.iter().enumerate().all(|(i, &p)| i == p);
-        let u = if trivial { update } else { tmp(cx, Op::Transpose { perm: perm.clone() }, &[update], "axis")? };
-        (u, (!trivial).then_some(perm))
-    };
-    let ur = cx.rank(u3);
-    let mut hs = vec![b];
-    hs.extend(std::iter::repeat_n(1, ur - 3));
-    hs.extend([m, s]);
-    let hot = reshape(cx, hot, hs)?;
-    let picked = tmp(cx, Op::MatMul, &[hot, u3], "picked")?;
-    let mut vs = vec![b];
-    vs.extend(std::iter::repeat_n(1, ur - 3));
-    vs.extend([m, 1]);
-    let valid = reshape(cx, valid, vs)?;
-    let picked = if r == 2 {
-        let v2 = reshape(cx, valid, vec![b, m])?;
-        let p2 = reshape(cx, picked, vec![b, m])?;
-        return Ok(vec![cx.emit_out(Op::Where, &[v2, p2, past], 0)?]);
-    } else {
-        picked
-    };
-    let Some(perm) = perm else {
-        return Ok(vec![cx.emit_out(Op::Where, &[valid, picked, past], 0)?]);
-    };
-    let mut inv = vec![0; r];
-    for (i, &p) in perm.iter().enumerate() {
-        inv[p] = i;
-    }
-    let past_t = tmp(cx, Op::Transpose { perm: perm.clone() }, &[past], "axis")?;
-    let y = tmp(cx, Op::Where, &[valid, picked, past_t], "scattered")?;
-    Ok(vec![cx.emit_out(Op::Transpose { perm: inv }, &[y], 0)?])
 }

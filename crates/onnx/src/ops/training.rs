@@ -1,12 +1,13 @@
-//! The optimizer ops of the `ai.onnx.preview.training` domain (Adagrad, Momentum, Adam) as
-//! compositions of elementwise ops: one update step of every tensor they are given. Also the
-//! losses NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss (default domain), as a one-hot
-//! Where, sums and LogSoftmax.
-
-use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
+//! Training ops: the optimizers of the `ai.onnx.preview.training` domain (Adagrad, Momentum,
+//! Adam) as compositions of elementwise ops, one update step of every tensor they are given;
+//! the losses NegativeLogLikelihoodLoss and SoftmaxCrossEntropyLoss (a one-hot Where, sums
+//! and LogSoftmax); and Dropout (the identity in inference, with its all-true mask; training
+//! mode with a nonzero ratio, whose output is random, is unsupported).
 
 use super::builders::{bin, cmp, float_x, scalar, tmp, un};
-use super::{invalid, unsupported, NodeCx, OpResult};
+use super::{invalid, unsupported, NodeCx, OpError, OpResult, FOLD_LIMIT_BYTES};
+use crate::data::checked_numel;
+use kiln_ir::{BinaryOp as B, CmpOp, DType, Data, Op, ReduceOp, Tensor, UnaryOp as U, ValueId};
 
 /// `a * x + b * y` with scalar constants `a` and `b` (a term with a zero factor dropped).
 fn axpby(cx: &mut NodeCx, a: f64, x: ValueId, b: f64, y: ValueId) -> OpResult<ValueId> {
@@ -234,4 +235,39 @@ pub(super) fn softmax_cross_entropy(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         tmp(cx, Op::LogSoftmax { axis: 1 }, &[x], "log_prob")?
     };
     Ok(vec![nll(cx, logp, t, w)?, logp])
+}
+
+/// Inference-mode Dropout: the input itself; the optional mask is all ones (all true).
+pub(super) fn dropout(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
+    cx.outputs_at_most(2, "")?;
+    let x = cx.input(0)?;
+    if cx.opset >= 12 {
+        if let Some(t) = cx.opt_const_input(2, "training_mode")? {
+            if t.to_i64_vec().iter().any(|&v| v != 0) {
+                // Training drops at random unless the ratio is 0, when it is the identity.
+                let ratio = cx.opt_const_input(1, "ratio")?.map(|r| r.to_f64_vec()).unwrap_or_else(|| vec![0.5]);
+                if ratio.iter().any(|&r| r != 0.0) {
+                    return unsupported(format!("training_mode=true with ratio {ratio:?} (random output)"));
+                }
+            }
+        }
+    }
+    let mut outs = vec![x];
+    if cx.has_output(1) {
+        let ty = cx.ty(x);
+        // Dropout-10+ has a bool mask; before, the mask had the input's type.
+        let dtype = if cx.opset >= 10 { DType::Bool } else { ty.dtype };
+        let one = |n: usize| Data::from_f64s(dtype, &vec![1.0; n]);
+        let numel = checked_numel(&ty.shape).ok_or_else(|| OpError::Invalid("input is too large".into()))?;
+        let mask = if numel * dtype.size() <= FOLD_LIMIT_BYTES {
+            let name = cx.out_name(1);
+            cx.konst(name, Tensor::from_data(ty.shape.clone(), one(numel)))
+        } else {
+            let name = cx.tmp_name("one");
+            let one = cx.konst(name, Tensor::from_data(Vec::new(), one(1)));
+            cx.emit_out(Op::Expand { shape: ty.shape.clone() }, &[one], 1)?
+        };
+        outs.push(mask);
+    }
+    Ok(outs)
 }
