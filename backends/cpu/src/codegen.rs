@@ -9,7 +9,7 @@ use kiln_ir::lir::{Expr, Instr, Kernel, Program};
 use kiln_ir::DType;
 
 use kiln_llvm_codegen::expr::Env;
-use kiln_llvm_codegen::{increment, llvm_err, normalized, reduce_loops, slots, BackendError, Gen, R};
+use kiln_llvm_codegen::{increment, llvm_err, normalized, reduce_loops, slots, BackendError, BackendResult, CodeGen};
 
 /// Kernels with less scalar work than this run inline instead of through `parallel_for`.
 const PARALLEL_MIN_WORK: usize = 1 << 15;
@@ -77,26 +77,26 @@ fn accumulate_in_output(k: &Kernel) -> bool {
 
 /// The type of a kernel body: one base pointer per distinct buffer ([`slots`]), then the
 /// task range `start, end`.
-fn body_type<'ctx>(g: &Gen<'ctx>, k: &Kernel) -> inkwell::types::FunctionType<'ctx> {
+fn body_type<'ctx>(g: &CodeGen<'ctx>, k: &Kernel) -> inkwell::types::FunctionType<'ctx> {
     let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![g.ptr_ty().into(); slots(k).0.len()];
-    let i64t: inkwell::types::BasicMetadataTypeEnum = g.cx.i64_type().into();
+    let i64t: inkwell::types::BasicMetadataTypeEnum = g.context.i64_type().into();
     params.extend([i64t, i64t]);
-    g.cx.void_type().fn_type(&params, false)
+    g.context.void_type().fn_type(&params, false)
 }
 
 /// A kernel instance: `void name(const Context*, i64 start, i64 end)` finds its buffers in the
 /// context and calls the kernel's body, which knows nothing of where its buffers live (so
 /// that kernels differing only in their buffers share one compiled body).
 fn gen_wrapper<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     prog: &Program,
     k: &Kernel,
     name: &str,
     body: FunctionValue<'ctx>,
-) -> R<FunctionValue<'ctx>> {
-    let f = g.m.add_function(name, function_type(g), Some(Linkage::Internal));
-    let entry = g.cx.append_basic_block(f, "entry");
-    g.b.position_at_end(entry);
+) -> BackendResult<FunctionValue<'ctx>> {
+    let f = g.module.add_function(name, function_type(g), Some(Linkage::Internal));
+    let entry = g.context.append_basic_block(f, "entry");
+    g.builder.position_at_end(entry);
     let ctx = f.get_nth_param(0).unwrap().into_pointer_value();
     let mut args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::new();
     for b in slots(k).0 {
@@ -104,20 +104,20 @@ fn gen_wrapper<'ctx>(
     }
     args.push(f.get_nth_param(1).unwrap().into());
     args.push(f.get_nth_param(2).unwrap().into());
-    g.b.build_call(body, &args, "").map_err(llvm_err)?;
-    g.b.build_return(None).map_err(llvm_err)?;
+    g.builder.build_call(body, &args, "").map_err(llvm_err)?;
+    g.builder.build_return(None).map_err(llvm_err)?;
     Ok(f)
 }
 
 /// Emits a kernel's body (see [`body_type`]).
 fn gen_body<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     k: &Kernel,
     name: &str,
     gemm: Option<&crate::gemm::Gemm>,
     vector_bits: usize,
     linkage: Linkage,
-) -> R<FunctionValue<'ctx>> {
+) -> BackendResult<FunctionValue<'ctx>> {
     let k = normalized(k);
     let f = declare_body(g, &k, name, vector_bits, linkage);
     // One pointer per distinct buffer: an in-place kernel reads and writes through the same
@@ -133,12 +133,12 @@ fn gen_body<'ctx>(
     let end = f.get_nth_param(n as u32 + 1).unwrap().into_int_value();
     if let Some(p) = gemm {
         crate::gemm::gen_gemm(g, &k, p, f, &in_bases, out_base, (start, end))?;
-        g.b.build_return(None).map_err(llvm_err)?;
+        g.builder.build_return(None).map_err(llvm_err)?;
         return Ok(f);
     }
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
     let acc_ty = k.body.dtype(&ops, None);
-    let acc_slot = g.b.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
+    let acc_slot = g.builder.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
     let split = Split::of(&k);
     let np = k.n_par;
     let lanes = vector_bits / 32;
@@ -151,20 +151,20 @@ fn gen_body<'ctx>(
     // dominated kernels with a short innermost dim: a padded copy of a 3-channel image).
     let stepped = split.n_chunks == 1 && np >= 2;
     let var_slots: Vec<PointerValue> = if stepped {
-        (0..np - 1).map(|_| crate::vector::entry_alloca(g, f, g.cx.i64_type())).collect::<R<_>>()?
+        (0..np - 1).map(|_| crate::vector::entry_alloca(g, f, g.context.i64_type())).collect::<BackendResult<_>>()?
     } else {
         Vec::new()
     };
     if stepped {
-        outer_vars(g, &k, start, &mut |d, v| g.b.build_store(var_slots[d], v).map(drop).map_err(llvm_err))?;
+        outer_vars(g, &k, start, &mut |d, v| g.builder.build_store(var_slots[d], v).map(drop).map_err(llvm_err))?;
     }
     g.for_range(f, start, end, &mut |t| {
-        let b = &g.b;
+        let b = &g.builder;
         let (jlo, jhi, vars) = task_range(g, &k, &split, &var_slots, t)?;
-        let task = || -> R<()> {
+        let task = || -> BackendResult<()> {
             let out_index = |vars: &[IntValue<'ctx>]| g.linear(&k.output, &vars[..np]);
             // One output element per lane `j` of `lo..hi`, its reduction (if any) in a register.
-            let mut scalar = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| -> R<()> {
+            let mut scalar = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| -> BackendResult<()> {
                 g.for_range(f, lo, hi, &mut |j| {
                     let mut vs = vars.clone();
                     vs[np - 1] = j;
@@ -173,15 +173,15 @@ fn gen_body<'ctx>(
                         return g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v);
                     };
                     let init = kiln_llvm_codegen::expr::scalar(g, red.init, acc_ty)?;
-                    g.b.build_store(acc_slot, init).map_err(llvm_err)?;
+                    g.builder.build_store(acc_slot, init).map_err(llvm_err)?;
                     reduce_loops(g, f, &k.domain, np, &mut vs.clone(), &mut |rvars| {
                         let x = env.gen(g, &k.body, rvars, None)?;
-                        let cur = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                        let cur = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
                         let nv = kiln_llvm_codegen::expr::combine(g, red.combine, cur, x)?;
-                        g.b.build_store(acc_slot, nv).map_err(llvm_err)?;
+                        g.builder.build_store(acc_slot, nv).map_err(llvm_err)?;
                         Ok(())
                     })?;
-                    let acc = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                    let acc = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
                     let v = match &red.finalize {
                         Some(fin) => env.gen(g, fin, &vs, Some(acc))?,
                         None => acc,
@@ -238,21 +238,21 @@ fn gen_body<'ctx>(
         }
         Ok(())
     })?;
-    g.b.build_return(None).map_err(llvm_err)?;
+    g.builder.build_return(None).map_err(llvm_err)?;
     Ok(f)
 }
 
 /// Declares a kernel body `name` (see [`body_type`]) with its attributes, and positions the
 /// builder at its entry block.
 fn declare_body<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     k: &Kernel,
     name: &str,
     vector_bits: usize,
     linkage: Linkage,
 ) -> FunctionValue<'ctx> {
-    let cx = g.cx;
-    let f = g.m.add_function(name, body_type(g, k), Some(linkage));
+    let cx = g.context;
+    let f = g.module.add_function(name, body_type(g, k), Some(linkage));
     if linkage != Linkage::Internal {
         // Shared between the objects of one library, never exported from it.
         f.as_global_value().set_visibility(inkwell::GlobalVisibility::Hidden);
@@ -268,7 +268,7 @@ fn declare_body<'ctx>(
     let width = cx.create_string_attribute("prefer-vector-width", &vector_bits.to_string());
     f.add_attribute(inkwell::attributes::AttributeLoc::Function, width);
     let entry = cx.append_basic_block(f, "entry");
-    g.b.position_at_end(entry);
+    g.builder.position_at_end(entry);
     f
 }
 
@@ -276,11 +276,11 @@ fn declare_body<'ctx>(
 /// remainder and division from the innermost outwards; `each(d, v)` is called as soon as
 /// variable `d` is computed (to store it, or not).
 fn outer_vars<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     k: &Kernel,
     l: IntValue<'ctx>,
-    each: &mut dyn FnMut(usize, IntValue<'ctx>) -> R<()>,
-) -> R<Vec<IntValue<'ctx>>> {
+    each: &mut dyn FnMut(usize, IntValue<'ctx>) -> BackendResult<()>,
+) -> BackendResult<Vec<IntValue<'ctx>>> {
     let np = k.n_par;
     let mut vars = vec![g.i64(0); np - 1];
     let mut rest = l;
@@ -289,8 +289,8 @@ fn outer_vars<'ctx>(
             vars[d] = rest;
         } else {
             let e = g.i64(k.domain[d] as i64);
-            vars[d] = g.b.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
-            rest = g.b.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
+            vars[d] = g.builder.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
+            rest = g.builder.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
         }
         each(d, vars[d])?;
     }
@@ -301,13 +301,13 @@ fn outer_vars<'ctx>(
 /// variables with the outer parallel ones set (from `var_slots` when the tasks step them,
 /// else decomposed from the task's outer index).
 fn task_range<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     k: &Kernel,
     split: &Split,
     var_slots: &[PointerValue<'ctx>],
     t: IntValue<'ctx>,
-) -> R<(IntValue<'ctx>, IntValue<'ctx>, Vec<IntValue<'ctx>>)> {
-    let b = &g.b;
+) -> BackendResult<(IntValue<'ctx>, IntValue<'ctx>, Vec<IntValue<'ctx>>)> {
+    let b = &g.builder;
     let np = k.n_par;
     let nc = g.i64(split.n_chunks as i64);
     let (l, c) = if split.n_chunks == 1 {
@@ -324,7 +324,7 @@ fn task_range<'ctx>(
     let mut vars: Vec<IntValue> = vec![g.i64(0); k.domain.len()];
     if !var_slots.is_empty() {
         for d in 0..np - 1 {
-            vars[d] = b.build_load(g.cx.i64_type(), var_slots[d], "v").map_err(llvm_err)?.into_int_value();
+            vars[d] = b.build_load(g.context.i64_type(), var_slots[d], "v").map_err(llvm_err)?.into_int_value();
         }
     } else {
         vars[..np - 1].copy_from_slice(&outer_vars(g, k, l, &mut |_, _| Ok(()))?);
@@ -382,8 +382,8 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
         .collect()
 }
 
-fn function_type<'ctx>(g: &Gen<'ctx>) -> inkwell::types::FunctionType<'ctx> {
-    g.cx.void_type().fn_type(&[g.ptr_ty().into(), g.cx.i64_type().into(), g.cx.i64_type().into()], false)
+fn function_type<'ctx>(g: &CodeGen<'ctx>) -> inkwell::types::FunctionType<'ctx> {
+    g.context.void_type().fn_type(&[g.ptr_ty().into(), g.context.i64_type().into(), g.context.i64_type().into()], false)
 }
 
 /// A module defining one kernel body, external and hidden, named `symbol`, to be linked
@@ -393,13 +393,13 @@ pub(crate) fn build_body_module<'ctx>(
     k: &Kernel,
     plan: &KernelPlan,
     symbol: &str,
-) -> R<Module<'ctx>> {
-    let g = Gen { cx, m: cx.create_module("kiln_kernel"), b: cx.create_builder() };
+) -> BackendResult<Module<'ctx>> {
+    let g = CodeGen { context: cx, module: cx.create_module("kiln_kernel"), builder: cx.create_builder() };
     // Weak: a body is named by the hash of what its code depends on, so two models linked
     // into one program (static libraries) may both define it, identically.
     gen_body(&g, &body_of(k), symbol, plan.gemm.as_ref(), plan.vector_bits, Linkage::WeakODR)
         .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
-    Ok(g.m)
+    Ok(g.module)
 }
 
 /// The names of a module's exported symbols: `<prefix>_entry` and `<prefix>_abi_version`
@@ -431,27 +431,27 @@ pub(crate) fn build_entry_module<'ctx>(
     plans: &[KernelPlan],
     bodies: &[String],
     names: &EntryNames,
-) -> R<Module<'ctx>> {
-    let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
+) -> BackendResult<Module<'ctx>> {
+    let g = CodeGen { context: cx, module: cx.create_module("kiln"), builder: cx.create_builder() };
     let mut fns = Vec::new();
     for (p, sym) in plans.iter().zip(bodies) {
         let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
-        let body = match g.m.get_function(sym) {
+        let body = match g.module.get_function(sym) {
             Some(f) => f,
-            None => g.m.add_function(sym, body_type(&g, &normalized(k)), Some(Linkage::External)),
+            None => g.module.add_function(sym, body_type(&g, &normalized(k)), Some(Linkage::External)),
         };
         fns.push(gen_wrapper(&g, prog, k, &p.symbol(), body)?);
     }
     gen_entry(&g, prog, plans, &fns, names)?;
-    Ok(g.m)
+    Ok(g.module)
 }
 
 /// Builds one LLVM module for a memory-planned program: every kernel and the entry (what
 /// `--emit llvm|asm` shows).
 ///
 /// `target` chooses the vector width of the register-blocked matrix products.
-pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::CpuTarget) -> R<Module<'ctx>> {
-    let g = Gen { cx, m: cx.create_module("kiln"), b: cx.create_builder() };
+pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::CpuTarget) -> BackendResult<Module<'ctx>> {
+    let g = CodeGen { context: cx, module: cx.create_module("kiln"), builder: cx.create_builder() };
     let plans = plan_kernels(prog, target);
     let mut fns = Vec::new();
     for p in &plans {
@@ -461,29 +461,29 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
         fns.push(gen_wrapper(&g, prog, k, &format!("k{}", p.instr), body)?);
     }
     gen_entry(&g, prog, &plans, &fns, &EntryNames::default())?;
-    Ok(g.m)
+    Ok(g.module)
 }
 
 /// The ABI version global and `kiln_entry`: the instructions in order, each kernel through
 /// `parallel_for` when it is big enough.
 fn gen_entry<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     prog: &Program,
     plans: &[KernelPlan],
     fns: &[FunctionValue<'ctx>],
     names: &EntryNames,
-) -> R<()> {
-    let cx = g.cx;
-    let ver = g.m.add_global(cx.i32_type(), None, &names.abi_version);
+) -> BackendResult<()> {
+    let cx = g.context;
+    let ver = g.module.add_global(cx.i32_type(), None, &names.abi_version);
     ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
     ver.set_constant(true);
     let kernels: Vec<(usize, FunctionValue, usize, usize)> =
         plans.iter().zip(fns).map(|(p, &f)| (p.instr, f, p.tasks, p.work)).collect();
 
     let entry_ty = cx.i32_type().fn_type(&[g.ptr_ty().into()], false);
-    let entry = g.m.add_function(&names.entry, entry_ty, None);
+    let entry = g.module.add_function(&names.entry, entry_ty, None);
     let bb = cx.append_basic_block(entry, "entry");
-    g.b.position_at_end(bb);
+    g.builder.position_at_end(bb);
     let ctx = entry.get_nth_param(0).unwrap().into_pointer_value();
     let pf_ty =
         cx.void_type().fn_type(&[g.ptr_ty().into(), g.ptr_ty().into(), g.ptr_ty().into(), cx.i64_type().into()], false);
@@ -494,15 +494,15 @@ fn gen_entry<'ctx>(
             Instr::Assert { buffer, .. } => {
                 asserts += 1;
                 let p = g.buffer_ptr(ctx, prog.buffer(*buffer))?;
-                let v = g.b.build_load(cx.i64_type(), p, "bad").map_err(llvm_err)?.into_int_value();
+                let v = g.builder.build_load(cx.i64_type(), p, "bad").map_err(llvm_err)?.into_int_value();
                 let failed =
-                    g.b.build_int_compare(inkwell::IntPredicate::NE, v, g.i64(0), "failed").map_err(llvm_err)?;
+                    g.builder.build_int_compare(inkwell::IntPredicate::NE, v, g.i64(0), "failed").map_err(llvm_err)?;
                 let fail = cx.append_basic_block(entry, "assert_failed");
                 let next = cx.append_basic_block(entry, "assert_ok");
-                g.b.build_conditional_branch(failed, fail, next).map_err(llvm_err)?;
-                g.b.position_at_end(fail);
-                g.b.build_return(Some(&cx.i32_type().const_int(asserts, false))).map_err(llvm_err)?;
-                g.b.position_at_end(next);
+                g.builder.build_conditional_branch(failed, fail, next).map_err(llvm_err)?;
+                g.builder.position_at_end(fail);
+                g.builder.build_return(Some(&cx.i32_type().const_int(asserts, false))).map_err(llvm_err)?;
+                g.builder.position_at_end(next);
             }
             Instr::Kernel(_) => {
                 let (_, f, tasks, work) = kit.next().expect("one function per kernel");
@@ -513,15 +513,17 @@ fn gen_entry<'ctx>(
                     let rt = g.ctx_field(ctx, off::RUNTIME, "rt")?;
                     let pf = g.ctx_field(ctx, off::PARALLEL_FOR, "pf")?;
                     let fp = f.as_global_value().as_pointer_value();
-                    g.b.build_indirect_call(
-                        pf_ty,
-                        pf,
-                        &[rt.into(), fp.into(), ctx.into(), g.i64(tasks as i64).into()],
-                        "",
-                    )
-                    .map_err(llvm_err)?;
+                    g.builder
+                        .build_indirect_call(
+                            pf_ty,
+                            pf,
+                            &[rt.into(), fp.into(), ctx.into(), g.i64(tasks as i64).into()],
+                            "",
+                        )
+                        .map_err(llvm_err)?;
                 } else {
-                    g.b.build_call(f, &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()], "")
+                    g.builder
+                        .build_call(f, &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()], "")
                         .map_err(llvm_err)?;
                 }
             }
@@ -529,14 +531,14 @@ fn gen_entry<'ctx>(
                 let _ = i;
                 let d = g.buffer_ptr(ctx, prog.buffer(*dst))?;
                 let s = g.buffer_ptr(ctx, prog.buffer(*src))?;
-                let d =
-                    unsafe { g.b.build_gep(cx.i8_type(), d, &[g.i64(*dst_offset as i64)], "d") }.map_err(llvm_err)?;
-                let s =
-                    unsafe { g.b.build_gep(cx.i8_type(), s, &[g.i64(*src_offset as i64)], "s") }.map_err(llvm_err)?;
-                g.b.build_memmove(d, 1, s, 1, g.i64(*bytes as i64)).map_err(llvm_err)?;
+                let d = unsafe { g.builder.build_gep(cx.i8_type(), d, &[g.i64(*dst_offset as i64)], "d") }
+                    .map_err(llvm_err)?;
+                let s = unsafe { g.builder.build_gep(cx.i8_type(), s, &[g.i64(*src_offset as i64)], "s") }
+                    .map_err(llvm_err)?;
+                g.builder.build_memmove(d, 1, s, 1, g.i64(*bytes as i64)).map_err(llvm_err)?;
             }
         }
     }
-    g.b.build_return(Some(&cx.i32_type().const_zero())).map_err(llvm_err)?;
+    g.builder.build_return(Some(&cx.i32_type().const_zero())).map_err(llvm_err)?;
     Ok(())
 }

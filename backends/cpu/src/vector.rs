@@ -25,7 +25,7 @@ use kiln_ir::{BinaryOp as B, DType, UnaryOp as U};
 
 use crate::gemm::{affine_expr, affine_range};
 use kiln_llvm_codegen::expr::Env;
-use kiln_llvm_codegen::{llvm_err, Gen, R};
+use kiln_llvm_codegen::{llvm_err, BackendResult, CodeGen};
 
 /// Vectors per block of a row: their accumulators (and loads) are independent, which hides
 /// the latency of the reduction's adds.
@@ -143,47 +143,55 @@ pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
 }
 
 /// `x` in every lane of a `vt`.
-pub(crate) fn splat<'ctx>(g: &Gen<'ctx>, vt: VectorType<'ctx>, x: BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>> {
-    let v = g.b.build_insert_element(vt.get_poison(), x, g.i64(0), "ins").map_err(llvm_err)?;
-    let mask = g.cx.i32_type().vec_type(vt.get_size()).const_zero();
-    g.b.build_shuffle_vector(v, vt.get_poison(), mask, "splat").map_err(llvm_err)
+pub(crate) fn splat<'ctx>(
+    g: &CodeGen<'ctx>,
+    vt: VectorType<'ctx>,
+    x: BasicValueEnum<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
+    let v = g.builder.build_insert_element(vt.get_poison(), x, g.i64(0), "ins").map_err(llvm_err)?;
+    let mask = g.context.i32_type().vec_type(vt.get_size()).const_zero();
+    g.builder.build_shuffle_vector(v, vt.get_poison(), mask, "splat").map_err(llvm_err)
 }
 
-pub(crate) fn vload<'ctx>(g: &Gen<'ctx>, vt: VectorType<'ctx>, p: PointerValue<'ctx>) -> R<VectorValue<'ctx>> {
-    let v = g.b.build_load(vt, p, "bv").map_err(llvm_err)?;
+pub(crate) fn vload<'ctx>(
+    g: &CodeGen<'ctx>,
+    vt: VectorType<'ctx>,
+    p: PointerValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
+    let v = g.builder.build_load(vt, p, "bv").map_err(llvm_err)?;
     v.as_instruction_value().expect("a load").set_alignment(4).map_err(llvm_err)?;
     Ok(v.into_vector_value())
 }
 
-pub(crate) fn vstore<'ctx>(g: &Gen<'ctx>, p: PointerValue<'ctx>, v: VectorValue<'ctx>) -> R<()> {
-    g.b.build_store(p, v).map_err(llvm_err)?.set_alignment(4).map_err(llvm_err)?;
+pub(crate) fn vstore<'ctx>(g: &CodeGen<'ctx>, p: PointerValue<'ctx>, v: VectorValue<'ctx>) -> BackendResult<()> {
+    g.builder.build_store(p, v).map_err(llvm_err)?.set_alignment(4).map_err(llvm_err)?;
     Ok(())
 }
 
 /// `lanes[i] < n` for `i` in `0..lanes` (as `<lanes x i1>`): the lanes of a vector at the
 /// edge of a row of `n` elements left.
-pub(crate) fn lane_mask<'ctx>(g: &Gen<'ctx>, lanes: u32, n: IntValue<'ctx>) -> R<VectorValue<'ctx>> {
-    let i64t = g.cx.i64_type();
+pub(crate) fn lane_mask<'ctx>(g: &CodeGen<'ctx>, lanes: u32, n: IntValue<'ctx>) -> BackendResult<VectorValue<'ctx>> {
+    let i64t = g.context.i64_type();
     let iota = VectorType::const_vector(&(0..lanes as u64).map(|i| i64t.const_int(i, false)).collect::<Vec<_>>());
     let nv = splat(g, i64t.vec_type(lanes), n.into())?;
-    g.b.build_int_compare(IntPredicate::SLT, iota, nv, "lanes").map_err(llvm_err)
+    g.builder.build_int_compare(IntPredicate::SLT, iota, nv, "lanes").map_err(llvm_err)
 }
 
 /// A load of the lanes of `mask` only (the others read as zero, and their memory is not
 /// touched); a plain load without a mask.
 pub(crate) fn vload_masked<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     vt: VectorType<'ctx>,
     p: PointerValue<'ctx>,
     mask: Option<VectorValue<'ctx>>,
-) -> R<VectorValue<'ctx>> {
+) -> BackendResult<VectorValue<'ctx>> {
     let Some(mask) = mask else { return vload(g, vt, p) };
     let f = Intrinsic::find("llvm.masked.load")
-        .and_then(|i| i.get_declaration(&g.m, &[vt.into(), p.get_type().into()]))
+        .and_then(|i| i.get_declaration(&g.module, &[vt.into(), p.get_type().into()]))
         .ok_or_else(|| llvm_err("llvm.masked.load"))?;
     // LLVM ≥ 21: (pointer, mask, pass-through); the alignment is the pointer's attribute
     // (none here: element alignment).
-    Ok(g.b
+    Ok(g.builder
         .build_call(f, &[p.into(), mask.into(), vt.const_zero().into()], "mload")
         .map_err(llvm_err)?
         .try_as_basic_value()
@@ -194,23 +202,24 @@ pub(crate) fn vload_masked<'ctx>(
 
 /// A store of the lanes of `mask` only.
 pub(crate) fn vstore_masked<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     p: PointerValue<'ctx>,
     v: VectorValue<'ctx>,
     mask: VectorValue<'ctx>,
-) -> R<()> {
+) -> BackendResult<()> {
     let f = Intrinsic::find("llvm.masked.store")
-        .and_then(|i| i.get_declaration(&g.m, &[v.get_type().into(), p.get_type().into()]))
+        .and_then(|i| i.get_declaration(&g.module, &[v.get_type().into(), p.get_type().into()]))
         .ok_or_else(|| llvm_err("llvm.masked.store"))?;
-    g.b.build_call(f, &[v.into(), p.into(), mask.into()], "").map_err(llvm_err)?;
+    g.builder.build_call(f, &[v.into(), p.into(), mask.into()], "").map_err(llvm_err)?;
     Ok(())
 }
 
-fn vcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[VectorValue<'ctx>]) -> R<VectorValue<'ctx>> {
+fn vcall<'ctx>(g: &CodeGen<'ctx>, name: &str, args: &[VectorValue<'ctx>]) -> BackendResult<VectorValue<'ctx>> {
     let vt = args[0].get_type();
-    let f = Intrinsic::find(name).and_then(|i| i.get_declaration(&g.m, &[vt.into()])).ok_or_else(|| llvm_err(name))?;
+    let f =
+        Intrinsic::find(name).and_then(|i| i.get_declaration(&g.module, &[vt.into()])).ok_or_else(|| llvm_err(name))?;
     let args: Vec<inkwell::values::BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
-    Ok(g.b
+    Ok(g.builder
         .build_call(f, &args, "vcall")
         .map_err(llvm_err)?
         .try_as_basic_value()
@@ -219,12 +228,22 @@ fn vcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[VectorValue<'ctx>]) -> R<Vecto
         .into_vector_value())
 }
 
-fn vsel<'ctx>(g: &Gen<'ctx>, c: VectorValue<'ctx>, x: VectorValue<'ctx>, y: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
-    Ok(g.b.build_select(c, x, y, "vsel").map_err(llvm_err)?.into_vector_value())
+fn vsel<'ctx>(
+    g: &CodeGen<'ctx>,
+    c: VectorValue<'ctx>,
+    x: VectorValue<'ctx>,
+    y: VectorValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
+    Ok(g.builder.build_select(c, x, y, "vsel").map_err(llvm_err)?.into_vector_value())
 }
 
-fn vcmp<'ctx>(g: &Gen<'ctx>, p: FloatPredicate, x: VectorValue<'ctx>, y: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
-    g.b.build_float_compare(p, x, y, "vc").map_err(llvm_err)
+fn vcmp<'ctx>(
+    g: &CodeGen<'ctx>,
+    p: FloatPredicate,
+    x: VectorValue<'ctx>,
+    y: VectorValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
+    g.builder.build_float_compare(p, x, y, "vc").map_err(llvm_err)
 }
 
 /// Lets LLVM fuse a multiply and an add into an FMA, as the scalar path does.
@@ -238,14 +257,14 @@ fn contract(v: VectorValue) -> VectorValue {
 /// `e` on the lanes `vars[n_par-1] .. + lanes` of the domain point `vars` (`acc`: the
 /// accumulator vector in a finalizer). The same arithmetic as the scalar path, lane by lane.
 pub(crate) fn vgen<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     k: &Kernel,
     bases: &[PointerValue<'ctx>],
     e: &Expr,
     vars: &[IntValue<'ctx>],
     acc: Option<VectorValue<'ctx>>,
     vt: VectorType<'ctx>,
-) -> R<VectorValue<'ctx>> {
+) -> BackendResult<VectorValue<'ctx>> {
     vgen_masked(g, k, bases, e, vars, acc, vt, None)
 }
 
@@ -253,7 +272,7 @@ pub(crate) fn vgen<'ctx>(
 /// the end of a row, the memory past it is not touched); the other lanes are unspecified.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn vgen_masked<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     k: &Kernel,
     bases: &[PointerValue<'ctx>],
     e: &Expr,
@@ -261,9 +280,9 @@ pub(crate) fn vgen_masked<'ctx>(
     acc: Option<VectorValue<'ctx>>,
     vt: VectorType<'ctx>,
     mask: Option<VectorValue<'ctx>>,
-) -> R<VectorValue<'ctx>> {
-    let b = &g.b;
-    let f32t = g.cx.f32_type();
+) -> BackendResult<VectorValue<'ctx>> {
+    let b = &g.builder;
+    let f32t = g.context.f32_type();
     let sp = |x: f64| splat(g, vt, f32t.const_float(x).into());
     let go = |e: &Expr| vgen_masked(g, k, bases, e, vars, acc, vt, mask);
     let env = Env { k, bases };
@@ -280,13 +299,16 @@ pub(crate) fn vgen_masked<'ctx>(
                 return splat(g, vt, env.gen(g, e, vars, None)?);
             }
             let v = &k.inputs[*operand];
-            let idx = index.iter().map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value())).collect::<R<Vec<_>>>()?;
+            let idx = index
+                .iter()
+                .map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value()))
+                .collect::<BackendResult<Vec<_>>>()?;
             let Some(Scalar::F32(p)) = pad else {
                 return vload_masked(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &idx)?)?, mask);
             };
             // Padding decided once for the vector (`pad_uniform_along`), each index clamped
             // into its extent so that the address is valid either way.
-            let mut inb = g.cx.bool_type().const_int(1, false);
+            let mut inb = g.context.bool_type().const_int(1, false);
             let mut clamped = Vec::with_capacity(idx.len());
             for (&ix, &ext) in idx.iter().zip(&v.extents) {
                 let ok = b.build_int_compare(IntPredicate::ULT, ix, g.i64(ext as i64), "ok").map_err(llvm_err)?;
@@ -348,11 +370,16 @@ pub(crate) fn vgen_masked<'ctx>(
 }
 
 /// `a ⊕ x` on vectors, as [`kiln_llvm_codegen::expr::combine`] does on scalars.
-fn vcombine<'ctx>(g: &Gen<'ctx>, c: Combine, a: VectorValue<'ctx>, x: VectorValue<'ctx>) -> R<VectorValue<'ctx>> {
+fn vcombine<'ctx>(
+    g: &CodeGen<'ctx>,
+    c: Combine,
+    a: VectorValue<'ctx>,
+    x: VectorValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
     use inkwell::values::FastMathFlags as F;
     let v = match c {
-        Combine::Add => g.b.build_float_add(a, x, "vsum").map_err(llvm_err)?,
-        Combine::Mul => g.b.build_float_mul(a, x, "vprod").map_err(llvm_err)?,
+        Combine::Add => g.builder.build_float_add(a, x, "vsum").map_err(llvm_err)?,
+        Combine::Mul => g.builder.build_float_mul(a, x, "vprod").map_err(llvm_err)?,
         Combine::Max => vcall(g, "llvm.maxnum", &[a, x])?,
         Combine::Min => vcall(g, "llvm.minnum", &[a, x])?,
     };
@@ -364,11 +391,11 @@ fn vcombine<'ctx>(g: &Gen<'ctx>, c: Combine, a: VectorValue<'ctx>, x: VectorValu
 
 /// An alloca in the function's entry block (where LLVM promotes it to registers).
 pub(crate) fn entry_alloca<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     ty: impl BasicType<'ctx>,
-) -> R<PointerValue<'ctx>> {
-    let eb = g.cx.create_builder();
+) -> BackendResult<PointerValue<'ctx>> {
+    let eb = g.context.create_builder();
     let entry = f.get_first_basic_block().expect("a function with a body");
     match entry.get_first_instruction() {
         Some(i) => eb.position_before(&i),
@@ -380,7 +407,7 @@ pub(crate) fn entry_alloca<'ctx>(
 /// One row of a kernel body being emitted: the kernel, its function, its operands' base
 /// pointers and its output's, and the outer point `vars` of the row.
 pub(crate) struct Row<'a, 'ctx> {
-    pub g: &'a Gen<'ctx>,
+    pub g: &'a CodeGen<'ctx>,
     pub f: FunctionValue<'ctx>,
     pub k: &'a Kernel,
     pub bases: &'a [PointerValue<'ctx>],
@@ -395,11 +422,11 @@ pub(crate) fn gen_row<'ctx>(
     row: &Row<'_, 'ctx>,
     (jlo, jhi): (IntValue<'ctx>, IntValue<'ctx>),
     lanes: usize,
-    tail: &mut dyn FnMut(IntValue<'ctx>, IntValue<'ctx>) -> R<()>,
-) -> R<()> {
+    tail: &mut dyn FnMut(IntValue<'ctx>, IntValue<'ctx>) -> BackendResult<()>,
+) -> BackendResult<()> {
     let (g, f) = (row.g, row.f);
-    let b = &g.b;
-    let i64t = g.cx.i64_type();
+    let b = &g.builder;
+    let i64t = g.context.i64_type();
     // The next lane to do, threaded through the block loops.
     let jslot = entry_alloca(g, f, i64t)?;
     b.build_store(jslot, jlo).map_err(llvm_err)?;
@@ -409,9 +436,9 @@ pub(crate) fn gen_row<'ctx>(
     }
     for (n, w) in shapes {
         let span = g.i64((n * w) as i64);
-        let header = g.cx.append_basic_block(f, "vrow");
-        let body = g.cx.append_basic_block(f, "vblock");
-        let exit = g.cx.append_basic_block(f, "vrow.end");
+        let header = g.context.append_basic_block(f, "vrow");
+        let body = g.context.append_basic_block(f, "vblock");
+        let exit = g.context.append_basic_block(f, "vrow.end");
         b.build_unconditional_branch(header).map_err(llvm_err)?;
         b.position_at_end(header);
         let j = b.build_load(i64t, jslot, "j").map_err(llvm_err)?.into_int_value();
@@ -419,7 +446,7 @@ pub(crate) fn gen_row<'ctx>(
         let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
         b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
         b.position_at_end(body);
-        gen_block(row, j, n, g.cx.f32_type().vec_type(w as u32))?;
+        gen_block(row, j, n, g.context.f32_type().vec_type(w as u32))?;
         b.build_store(jslot, end).map_err(llvm_err)?;
         b.build_unconditional_branch(header).map_err(llvm_err)?;
         b.position_at_end(exit);
@@ -432,7 +459,11 @@ pub(crate) fn gen_row<'ctx>(
 /// point `vars`, every such index stays inside its extent over the whole reduction domain
 /// (an `i1`), and the body with those loads unpadded. `None` when there is nothing to check
 /// or an index is not affine.
-fn interior_check<'ctx>(g: &Gen<'ctx>, k: &Kernel, vars: &[IntValue<'ctx>]) -> R<Option<(IntValue<'ctx>, Expr)>> {
+fn interior_check<'ctx>(
+    g: &CodeGen<'ctx>,
+    k: &Kernel,
+    vars: &[IntValue<'ctx>],
+) -> BackendResult<Option<(IntValue<'ctx>, Expr)>> {
     let (np, nd) = (k.n_par, k.domain.len());
     // The affine forms of the padded loads' indices, or None if one is not affine.
     let mut forms: Option<Vec<(i64, Vec<i64>, usize)>> = Some(Vec::new());
@@ -447,8 +478,8 @@ fn interior_check<'ctx>(g: &Gen<'ctx>, k: &Kernel, vars: &[IntValue<'ctx>]) -> R
         }
     });
     let Some(forms) = forms.filter(|v| !v.is_empty()) else { return Ok(None) };
-    let b = &g.b;
-    let mut inside = g.cx.bool_type().const_int(1, false);
+    let b = &g.builder;
+    let mut inside = g.context.bool_type().const_int(1, false);
     for (c, coef, ext) in forms {
         // An index that moves with the lanes stays inside over the whole domain (what
         // vector rows require of a padded load), so it needs no check.
@@ -481,17 +512,17 @@ fn interior_check<'ctx>(g: &Gen<'ctx>, k: &Kernel, vars: &[IntValue<'ctx>]) -> R
 
 /// `n` vectors `vt` of the row from lane `j0`: the reduction (if any) accumulates in
 /// registers, then the finalizer, then one store per vector.
-fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: VectorType<'ctx>) -> R<()> {
+fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: VectorType<'ctx>) -> BackendResult<()> {
     let Row { g, f, k, bases, out_base, vars } = *row;
-    let b = &g.b;
+    let b = &g.builder;
     let (np, d) = (k.n_par, k.n_par - 1);
     let w = vt.get_size() as i64;
-    let at = |vars: &[IntValue<'ctx>], i: usize| -> R<Vec<IntValue<'ctx>>> {
+    let at = |vars: &[IntValue<'ctx>], i: usize| -> BackendResult<Vec<IntValue<'ctx>>> {
         let mut vs = vars.to_vec();
         vs[d] = b.build_int_nsw_add(j0, g.i64(i as i64 * w), "jv").map_err(llvm_err)?;
         Ok(vs)
     };
-    let store = |vs: &[IntValue<'ctx>], v: VectorValue<'ctx>| -> R<()> {
+    let store = |vs: &[IntValue<'ctx>], v: VectorValue<'ctx>| -> BackendResult<()> {
         vstore(g, g.elem_ptr(out_base, DType::F32, g.linear(&k.output, &vs[..np])?)?, v)
     };
     let Some(red) = &k.reduction else {
@@ -502,12 +533,12 @@ fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: Vector
         return Ok(());
     };
     let Scalar::F32(init) = red.init else { return Err(llvm_err("vector rows reduce f32")) };
-    let init = splat(g, vt, g.cx.f32_type().const_float(init as f64).into())?;
-    let slots = (0..n).map(|_| entry_alloca(g, f, vt)).collect::<R<Vec<_>>>()?;
+    let init = splat(g, vt, g.context.f32_type().const_float(init as f64).into())?;
+    let slots = (0..n).map(|_| entry_alloca(g, f, vt)).collect::<BackendResult<Vec<_>>>()?;
     for &s in &slots {
         b.build_store(s, init).map_err(llvm_err)?;
     }
-    let reduce = |body: &Expr| -> R<()> {
+    let reduce = |body: &Expr| -> BackendResult<()> {
         let mut rv = vars.to_vec();
         kiln_llvm_codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
             for (i, &s) in slots.iter().enumerate() {
@@ -523,9 +554,9 @@ fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: Vector
     // per-step bounds checks; the checked form is kept for the border.
     match interior_check(g, k, vars)? {
         Some((inside, unpadded)) => {
-            let fast = g.cx.append_basic_block(f, "interior");
-            let slow = g.cx.append_basic_block(f, "border");
-            let done = g.cx.append_basic_block(f, "reduced");
+            let fast = g.context.append_basic_block(f, "interior");
+            let slow = g.context.append_basic_block(f, "border");
+            let done = g.context.append_basic_block(f, "reduced");
             b.build_conditional_branch(inside, fast, slow).map_err(llvm_err)?;
             b.position_at_end(fast);
             reduce(&unpadded)?;

@@ -28,7 +28,7 @@ use kiln_ir::lir::{BufferId, BufferKind, Instr, Kernel, Program};
 use kiln_ir::op::{BinaryOp, UnaryOp};
 use kiln_ir::{DType, Graph, Node, Op};
 use kiln_llvm_codegen::expr::Env;
-use kiln_llvm_codegen::{self as llvm, llvm_err, Gen, R};
+use kiln_llvm_codegen::{self as llvm, llvm_err, BackendResult, CodeGen};
 
 pub use kiln_llvm_codegen::BackendError;
 
@@ -117,9 +117,9 @@ pub fn supports(g: &Graph, node: &Node) -> bool {
 /// Compiles a memory-planned LIR program for `target`.
 pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, BackendError> {
     let cx = Context::create();
-    let g = Gen { cx: &cx, m: cx.create_module(&prog.name), b: cx.create_builder() };
+    let g = CodeGen { context: &cx, module: cx.create_module(&prog.name), builder: cx.create_builder() };
     // Set first: the shared code generator picks GPU forms of some functions (`log`) by it.
-    g.m.set_triple(&TargetTriple::create(TRIPLE));
+    g.module.set_triple(&TargetTriple::create(TRIPLE));
     let tm = target.machine()?;
     let mut launches = Vec::new();
     let mut checks = 0u32;
@@ -160,10 +160,10 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
         }
     }
     // NVPTX cannot select these (LLVM aborts on them), so they are refused before it sees them.
-    check_no_calls_out(&g.m)?;
-    llvm::optimize_with(&g.m, &tm, "default<O3>")?;
-    check_no_calls_out(&g.m)?;
-    let ptx = tm.write_to_memory_buffer(&g.m, FileType::Assembly).map_err(llvm_err)?;
+    check_no_calls_out(&g.module)?;
+    llvm::optimize_with(&g.module, &tm, "default<O3>")?;
+    check_no_calls_out(&g.module)?;
+    let ptx = tm.write_to_memory_buffer(&g.module, FileType::Assembly).map_err(llvm_err)?;
     let ptx = String::from_utf8_lossy(ptx.as_slice()).into_owned();
     Ok(CudaModule { ptx, launches, arch: target.arch.clone() })
 }
@@ -212,7 +212,7 @@ const NOT_ON_PTX: &[&str] = &[
 
 /// PTX has no library to link against: a function the module declares but does not define
 /// (other than LLVM's intrinsics that the NVPTX backend lowers) cannot be resolved.
-fn check_no_calls_out(m: &Module) -> R<()> {
+fn check_no_calls_out(m: &Module) -> BackendResult<()> {
     let mut f = m.get_first_function();
     while let Some(func) = f {
         let name = func.get_name().to_string_lossy().into_owned();
@@ -261,33 +261,33 @@ fn kernels_calling<'ctx>(m: &Module<'ctx>, callee: FunctionValue<'ctx>) -> Vec<S
 }
 
 /// A special register (`tid`, `ctaid`, `ntid`, `nctaid`), x component, as i64.
-fn sreg<'ctx>(g: &Gen<'ctx>, name: &str) -> R<IntValue<'ctx>> {
+fn sreg<'ctx>(g: &CodeGen<'ctx>, name: &str) -> BackendResult<IntValue<'ctx>> {
     let full = format!("llvm.nvvm.read.ptx.sreg.{name}.x");
-    let f = match g.m.get_function(&full) {
+    let f = match g.module.get_function(&full) {
         Some(f) => f,
-        None => g.m.add_function(&full, g.cx.i32_type().fn_type(&[], false), None),
+        None => g.module.add_function(&full, g.context.i32_type().fn_type(&[], false), None),
     };
-    let v = g.b.build_call(f, &[], name).map_err(llvm_err)?;
+    let v = g.builder.build_call(f, &[], name).map_err(llvm_err)?;
     let v = v.try_as_basic_value().basic().ok_or_else(|| llvm_err("sreg read returned void"))?.into_int_value();
-    g.b.build_int_z_extend(v, g.cx.i64_type(), name).map_err(llvm_err)
+    g.builder.build_int_z_extend(v, g.context.i64_type(), name).map_err(llvm_err)
 }
 
 /// `kernel void name(ptr b0, …)`: the grid-stride loop over the output elements.
-fn gen_kernel(g: &Gen, k: &Kernel, name: &str, slot: &[usize], nbufs: usize) -> R<()> {
-    let cx = g.cx;
+fn gen_kernel(g: &CodeGen, k: &Kernel, name: &str, slot: &[usize], nbufs: usize) -> BackendResult<()> {
+    let cx = g.context;
     let params: Vec<inkwell::types::BasicMetadataTypeEnum> = vec![g.ptr_ty().into(); nbufs];
-    let f = g.m.add_function(name, cx.void_type().fn_type(&params, false), None);
+    let f = g.module.add_function(name, cx.void_type().fn_type(&params, false), None);
     // PTX_Kernel: the function becomes an `.entry`.
     f.set_call_conventions(71);
     let entry = cx.append_basic_block(f, "entry");
-    g.b.position_at_end(entry);
+    g.builder.position_at_end(entry);
     let param = |i: usize| f.get_nth_param(i as u32).expect("declared").into_pointer_value();
     let in_bases: Vec<PointerValue> = slot[..k.inputs.len()].iter().map(|&i| param(i)).collect();
     let out_base = param(slot[k.inputs.len()]);
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
     let acc_ty = k.body.dtype(&ops, None);
-    let acc_slot = g.b.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
-    let b = &g.b;
+    let acc_slot = g.builder.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
+    let b = &g.builder;
     let (tid, ctaid, ntid, nctaid) = (sreg(g, "tid")?, sreg(g, "ctaid")?, sreg(g, "ntid")?, sreg(g, "nctaid")?);
     let first = b
         .build_int_nsw_add(b.build_int_nsw_mul(ctaid, ntid, "base").map_err(llvm_err)?, tid, "first")
@@ -329,12 +329,12 @@ fn gen_kernel(g: &Gen, k: &Kernel, name: &str, slot: &[usize], nbufs: usize) -> 
             b.build_store(acc_slot, llvm::expr::scalar(g, red.init, acc_ty)?).map_err(llvm_err)?;
             llvm::reduce_loops(g, f, &k.domain, np, &mut vars.clone(), &mut |rvars| {
                 let x = env.gen(g, &k.body, rvars, None)?;
-                let cur = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                let cur = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
                 let next = llvm::expr::combine(g, red.combine, cur, x)?;
-                g.b.build_store(acc_slot, next).map_err(llvm_err)?;
+                g.builder.build_store(acc_slot, next).map_err(llvm_err)?;
                 Ok(())
             })?;
-            let acc = g.b.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+            let acc = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
             match &red.finalize {
                 Some(fin) => env.gen(g, fin, &vars, Some(acc))?,
                 None => acc,
@@ -342,11 +342,11 @@ fn gen_kernel(g: &Gen, k: &Kernel, name: &str, slot: &[usize], nbufs: usize) -> 
         }
     };
     g.store_elem(out_base, k.output.dtype, at, value)?;
-    let next = g.b.build_int_nsw_add(i, stride, "next").map_err(llvm_err)?;
-    let latch = g.b.get_insert_block().expect("positioned");
-    g.b.build_unconditional_branch(header).map_err(llvm_err)?;
+    let next = g.builder.build_int_nsw_add(i, stride, "next").map_err(llvm_err)?;
+    let latch = g.builder.get_insert_block().expect("positioned");
+    g.builder.build_unconditional_branch(header).map_err(llvm_err)?;
     phi.add_incoming(&[(&next, latch)]);
-    g.b.position_at_end(exit);
-    g.b.build_return(None).map_err(llvm_err)?;
+    g.builder.position_at_end(exit);
+    g.builder.build_return(None).map_err(llvm_err)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ use kiln_ir::minifloat::E8M0Round;
 use kiln_ir::op::{BinaryOp, CmpOp, UnaryOp};
 use kiln_ir::DType;
 
-use crate::gen::{llvm_err, Gen, R};
+use crate::codegen::{llvm_err, BackendResult, CodeGen};
 
 pub struct Env<'a, 'ctx> {
     pub k: &'a Kernel,
@@ -18,7 +18,7 @@ pub struct Env<'a, 'ctx> {
 }
 
 /// A constant of `ty`'s register type (the scalar is converted if its own type differs).
-pub fn scalar<'ctx>(g: &Gen<'ctx>, s: Scalar, ty: DType) -> R<BasicValueEnum<'ctx>> {
+pub fn scalar<'ctx>(g: &CodeGen<'ctx>, s: Scalar, ty: DType) -> BackendResult<BasicValueEnum<'ctx>> {
     let ty = ty.compute();
     if let (Scalar::I64(x), DType::I64) = (s, ty) {
         return Ok(g.i64(x).into());
@@ -31,30 +31,34 @@ pub fn scalar<'ctx>(g: &Gen<'ctx>, s: Scalar, ty: DType) -> R<BasicValueEnum<'ct
         Scalar::Bool(b) => b as u8 as f64,
     };
     Ok(match (s, ty) {
-        (Scalar::F32(x), DType::F32) => g.cx.f32_type().const_float(x as f64).into(),
-        (_, DType::F32) => g.cx.f32_type().const_float(x).into(),
-        (_, DType::F64) => g.cx.f64_type().const_float(x).into(),
-        (Scalar::I32(x), DType::I32) => g.cx.i32_type().const_int(x as i64 as u64, true).into(),
-        (_, DType::I32) => g.cx.i32_type().const_int(x as i64 as u64, true).into(),
+        (Scalar::F32(x), DType::F32) => g.context.f32_type().const_float(x as f64).into(),
+        (_, DType::F32) => g.context.f32_type().const_float(x).into(),
+        (_, DType::F64) => g.context.f64_type().const_float(x).into(),
+        (Scalar::I32(x), DType::I32) => g.context.i32_type().const_int(x as i64 as u64, true).into(),
+        (_, DType::I32) => g.context.i32_type().const_int(x as i64 as u64, true).into(),
         (_, DType::I64) => g.i64(x as i64).into(),
-        (_, DType::Bool) => g.cx.bool_type().const_int((x != 0.0) as u64, false).into(),
+        (_, DType::Bool) => g.context.bool_type().const_int((x != 0.0) as u64, false).into(),
         (_, other) => return Err(llvm_err(format!("a constant of storage type {other}"))),
     })
 }
 
-fn intrinsic<'ctx>(g: &Gen<'ctx>, name: &str, tys: &[BasicTypeEnum<'ctx>]) -> R<FunctionValue<'ctx>> {
+fn intrinsic<'ctx>(g: &CodeGen<'ctx>, name: &str, tys: &[BasicTypeEnum<'ctx>]) -> BackendResult<FunctionValue<'ctx>> {
     let i = Intrinsic::find(name).ok_or_else(|| llvm_err(format!("no intrinsic {name}")))?;
-    i.get_declaration(&g.m, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))
+    i.get_declaration(&g.module, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))
 }
 
-fn call<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, args: &[BasicValueEnum<'ctx>]) -> R<BasicValueEnum<'ctx>> {
+fn call<'ctx>(
+    g: &CodeGen<'ctx>,
+    f: FunctionValue<'ctx>,
+    args: &[BasicValueEnum<'ctx>],
+) -> BackendResult<BasicValueEnum<'ctx>> {
     let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
-    let c = g.b.build_call(f, &args, "call").map_err(llvm_err)?;
+    let c = g.builder.build_call(f, &args, "call").map_err(llvm_err)?;
     c.try_as_basic_value().basic().ok_or_else(|| llvm_err("call returned void"))
 }
 
 /// An overloaded float intrinsic, declared for the type of the first argument.
-fn fcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[FloatValue<'ctx>]) -> R<FloatValue<'ctx>> {
+fn fcall<'ctx>(g: &CodeGen<'ctx>, name: &str, args: &[FloatValue<'ctx>]) -> BackendResult<FloatValue<'ctx>> {
     let ft: BasicTypeEnum = args[0].get_type().into();
     let f = intrinsic(g, name, &[ft])?;
     Ok(call(g, f, &args.iter().map(|&a| a.into()).collect::<Vec<_>>())?.into_float_value())
@@ -62,31 +66,34 @@ fn fcall<'ctx>(g: &Gen<'ctx>, name: &str, args: &[FloatValue<'ctx>]) -> R<FloatV
 
 /// A libm function `double name(double)`, or its `float namef(float)` form for f32 (declared
 /// on first use).
-fn libm<'ctx>(g: &Gen<'ctx>, name: &str, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+fn libm<'ctx>(g: &CodeGen<'ctx>, name: &str, x: FloatValue<'ctx>) -> BackendResult<FloatValue<'ctx>> {
     let t = x.get_type();
-    let name = if t == g.cx.f32_type() { format!("{name}f") } else { name.to_string() };
-    let f = g.m.get_function(&name).unwrap_or_else(|| g.m.add_function(&name, t.fn_type(&[t.into()], false), None));
+    let name = if t == g.context.f32_type() { format!("{name}f") } else { name.to_string() };
+    let f = g
+        .module
+        .get_function(&name)
+        .unwrap_or_else(|| g.module.add_function(&name, t.fn_type(&[t.into()], false), None));
     Ok(call(g, f, &[x.into()])?.into_float_value())
 }
 
 /// Whether the module is GPU code (its triple was set before generation).
-fn is_ptx(g: &Gen) -> bool {
-    g.m.get_triple().as_str().to_bytes().starts_with(b"nvptx")
+fn is_ptx(g: &CodeGen) -> bool {
+    g.module.get_triple().as_str().to_bytes().starts_with(b"nvptx")
 }
 
-fn is_f32(g: &Gen, x: FloatValue) -> bool {
-    x.get_type() == g.cx.f32_type()
+fn is_f32(g: &CodeGen, x: FloatValue) -> bool {
+    x.get_type() == g.context.f32_type()
 }
 
 /// f32 `exp` on a scalar: [`crate::math::exp`].
-fn exp_f32<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
+fn exp_f32<'ctx>(g: &CodeGen<'ctx>, x: FloatValue<'ctx>) -> BackendResult<FloatValue<'ctx>> {
     Ok(crate::math::exp(g, x.into())?.into_float_value())
 }
 
 /// `x^c` for a constant small nonzero integer `c`: multiplications, which vectorize, instead
 /// of a `pow` call per element.
-fn pow_const<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>, c: f64) -> R<Option<FloatValue<'ctx>>> {
-    let b = &g.b;
+fn pow_const<'ctx>(g: &CodeGen<'ctx>, x: FloatValue<'ctx>, c: f64) -> BackendResult<Option<FloatValue<'ctx>>> {
+    let b = &g.builder;
     if c.fract() != 0.0 || c.abs() > 4.0 || c == 0.0 {
         return Ok(None);
     }
@@ -105,12 +112,13 @@ fn pow_const<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>, c: f64) -> R<Option<Float
 /// for a negative base and an odd integer exponent, NaN for a negative base and a
 /// fractional one, and IEEE's values for a zero base and a zero exponent. The relative
 /// error grows with `|y·ln x|` (about 1e-6 for results near 1e±10).
-fn pow_ptx<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let b = &g.b;
-    let t = g.cx.f32_type();
-    let lg2 =
-        g.m.get_function("llvm.nvvm.lg2.approx.f")
-            .unwrap_or_else(|| g.m.add_function("llvm.nvvm.lg2.approx.f", t.fn_type(&[t.into()], false), None));
+fn pow_ptx<'ctx>(g: &CodeGen<'ctx>, x: FloatValue<'ctx>, y: FloatValue<'ctx>) -> BackendResult<FloatValue<'ctx>> {
+    let b = &g.builder;
+    let t = g.context.f32_type();
+    let lg2 = g
+        .module
+        .get_function("llvm.nvvm.lg2.approx.f")
+        .unwrap_or_else(|| g.module.add_function("llvm.nvvm.lg2.approx.f", t.fn_type(&[t.into()], false), None));
     let ax = fcall(g, "llvm.fabs", &[x])?;
     let l2 = call(g, lg2, &[ax.into()])?.into_float_value();
     let ln = b.build_float_mul(l2, fconst(x, std::f64::consts::LN_2), "ln").map_err(llvm_err)?;
@@ -136,20 +144,40 @@ fn fconst<'ctx>(like: FloatValue<'ctx>, x: f64) -> FloatValue<'ctx> {
     like.get_type().const_float(x)
 }
 
-fn fsel<'ctx>(g: &Gen<'ctx>, c: IntValue<'ctx>, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    Ok(g.b.build_select(c, a, b, "sel").map_err(llvm_err)?.into_float_value())
+fn fsel<'ctx>(
+    g: &CodeGen<'ctx>,
+    c: IntValue<'ctx>,
+    a: FloatValue<'ctx>,
+    b: FloatValue<'ctx>,
+) -> BackendResult<FloatValue<'ctx>> {
+    Ok(g.builder.build_select(c, a, b, "sel").map_err(llvm_err)?.into_float_value())
 }
 
-fn isel<'ctx>(g: &Gen<'ctx>, c: IntValue<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-    Ok(g.b.build_select(c, a, b, "sel").map_err(llvm_err)?.into_int_value())
+fn isel<'ctx>(
+    g: &CodeGen<'ctx>,
+    c: IntValue<'ctx>,
+    a: IntValue<'ctx>,
+    b: IntValue<'ctx>,
+) -> BackendResult<IntValue<'ctx>> {
+    Ok(g.builder.build_select(c, a, b, "sel").map_err(llvm_err)?.into_int_value())
 }
 
-fn fcmp<'ctx>(g: &Gen<'ctx>, p: FloatPredicate, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
-    g.b.build_float_compare(p, a, b, "fc").map_err(llvm_err)
+fn fcmp<'ctx>(
+    g: &CodeGen<'ctx>,
+    p: FloatPredicate,
+    a: FloatValue<'ctx>,
+    b: FloatValue<'ctx>,
+) -> BackendResult<IntValue<'ctx>> {
+    g.builder.build_float_compare(p, a, b, "fc").map_err(llvm_err)
 }
 
-fn icmp<'ctx>(g: &Gen<'ctx>, p: IntPredicate, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-    g.b.build_int_compare(p, a, b, "ic").map_err(llvm_err)
+fn icmp<'ctx>(
+    g: &CodeGen<'ctx>,
+    p: IntPredicate,
+    a: IntValue<'ctx>,
+    b: IntValue<'ctx>,
+) -> BackendResult<IntValue<'ctx>> {
+    g.builder.build_int_compare(p, a, b, "ic").map_err(llvm_err)
 }
 
 /// Ordering predicates: signed for integers, unsigned for bool (`i1`, where true is -1 signed).
@@ -169,8 +197,8 @@ fn lt_pred(t: inkwell::types::IntType) -> IntPredicate {
     }
 }
 
-fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let b = &g.b;
+fn unary_f<'ctx>(g: &CodeGen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> BackendResult<FloatValue<'ctx>> {
+    let b = &g.builder;
     let zero = fconst(x, 0.0);
     let one = fconst(x, 1.0);
     Ok(match op {
@@ -183,9 +211,9 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
         // PTX has no `log`: its base-2 logarithm instruction (lg2.approx, relative error
         // 2^-22), scaled.
         UnaryOp::Log if is_f32(g, x) && is_ptx(g) => {
-            let f = g.m.get_function("llvm.nvvm.lg2.approx.f").unwrap_or_else(|| {
-                let t = g.cx.f32_type();
-                g.m.add_function("llvm.nvvm.lg2.approx.f", t.fn_type(&[t.into()], false), None)
+            let f = g.module.get_function("llvm.nvvm.lg2.approx.f").unwrap_or_else(|| {
+                let t = g.context.f32_type();
+                g.module.add_function("llvm.nvvm.lg2.approx.f", t.fn_type(&[t.into()], false), None)
             });
             let l2 = call(g, f, &[x.into()])?.into_float_value();
             b.build_float_mul(l2, fconst(x, std::f64::consts::LN_2), "ln").map_err(llvm_err)?
@@ -234,7 +262,7 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
         }
         UnaryOp::Clip { lo, hi } => {
             // The bounds in the element type (f32 bounds rounded as the reference does).
-            let round = |v: f64| if x.get_type() == g.cx.f32_type() { v as f32 as f64 } else { v };
+            let round = |v: f64| if x.get_type() == g.context.f32_type() { v as f32 as f64 } else { v };
             let (lo, hi) = (fconst(x, round(lo)), fconst(x, round(hi)));
             let y = fsel(g, fcmp(g, FloatPredicate::OLT, x, lo)?, lo, x)?;
             fsel(g, fcmp(g, FloatPredicate::OGT, y, hi)?, hi, y)?
@@ -243,10 +271,10 @@ fn unary_f<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> R<FloatValu
     })
 }
 
-fn unary_i<'ctx>(g: &Gen<'ctx>, op: UnaryOp, x: IntValue<'ctx>) -> R<IntValue<'ctx>> {
+fn unary_i<'ctx>(g: &CodeGen<'ctx>, op: UnaryOp, x: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
     let t = x.get_type();
     let zero = t.const_zero();
-    let b = &g.b;
+    let b = &g.builder;
     Ok(match op {
         UnaryOp::Not => b.build_not(x, "not").map_err(llvm_err)?,
         UnaryOp::Neg => b.build_int_neg(x, "neg").map_err(llvm_err)?,
@@ -284,8 +312,13 @@ fn contract(v: FloatValue) -> FloatValue {
     v
 }
 
-fn binary_f<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: FloatValue<'ctx>, c: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let b = &g.b;
+fn binary_f<'ctx>(
+    g: &CodeGen<'ctx>,
+    op: BinaryOp,
+    a: FloatValue<'ctx>,
+    c: FloatValue<'ctx>,
+) -> BackendResult<FloatValue<'ctx>> {
+    let b = &g.builder;
     Ok(match op {
         BinaryOp::Add => contract(b.build_float_add(a, c, "add").map_err(llvm_err)?),
         BinaryOp::Sub => contract(b.build_float_sub(a, c, "sub").map_err(llvm_err)?),
@@ -322,14 +355,19 @@ fn binary_f<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: FloatValue<'ctx>, c: FloatValu
     })
 }
 
-fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-    let b = &g.b;
+fn binary_i<'ctx>(
+    g: &CodeGen<'ctx>,
+    op: BinaryOp,
+    a: IntValue<'ctx>,
+    c: IntValue<'ctx>,
+) -> BackendResult<IntValue<'ctx>> {
+    let b = &g.builder;
     let t = a.get_type();
     let zero = t.const_zero();
     let one = t.const_int(1, false);
     let m1 = t.const_all_ones();
     // Division by zero or MIN / -1 must not trap: use a safe divisor and patch the result.
-    let safe = |c: IntValue<'ctx>| -> R<IntValue<'ctx>> {
+    let safe = |c: IntValue<'ctx>| -> BackendResult<IntValue<'ctx>> {
         let bad = b
             .build_or(icmp(g, IntPredicate::EQ, c, zero)?, icmp(g, IntPredicate::EQ, c, m1)?, "bad")
             .map_err(llvm_err)?;
@@ -380,7 +418,7 @@ fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'c
             }
         }
         BinaryOp::Pow => {
-            let f64t = g.cx.f64_type();
+            let f64t = g.context.f64_type();
             let af = b.build_signed_int_to_float(a, f64t, "af").map_err(llvm_err)?;
             let cf = b.build_signed_int_to_float(c, f64t, "cf").map_err(llvm_err)?;
             let pw = intrinsic(g, "llvm.pow", &[f64t.into()])?;
@@ -391,9 +429,9 @@ fn binary_i<'ctx>(g: &Gen<'ctx>, op: BinaryOp, a: IntValue<'ctx>, c: IntValue<'c
 }
 
 /// Rounds an f32 to the nearest bf16 (ties to even; NaN stays a quiet NaN), kept in f32.
-fn round_bf16<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
-    let b = &g.b;
-    let i32t = g.cx.i32_type();
+fn round_bf16<'ctx>(g: &CodeGen<'ctx>, x: FloatValue<'ctx>) -> BackendResult<FloatValue<'ctx>> {
+    let b = &g.builder;
+    let i32t = g.context.i32_type();
     let k = |v: u64| i32t.const_int(v, false);
     let bits = b.build_bit_cast(x, i32t, "bits").map_err(llvm_err)?.into_int_value();
     let lsb =
@@ -404,25 +442,25 @@ fn round_bf16<'ctx>(g: &Gen<'ctx>, x: FloatValue<'ctx>) -> R<FloatValue<'ctx>> {
     let nan = fcmp(g, FloatPredicate::UNO, x, x)?;
     let r = isel(g, nan, quiet, rounded)?;
     let r = b.build_and(r, k(0xffff_0000), "m").map_err(llvm_err)?;
-    Ok(b.build_bit_cast(r, g.cx.f32_type(), "bf").map_err(llvm_err)?.into_float_value())
+    Ok(b.build_bit_cast(r, g.context.f32_type(), "bf").map_err(llvm_err)?.into_float_value())
 }
 
 /// Converts between dtypes with ONNX Cast semantics, matching the reference evaluation:
 /// float→int truncates toward zero, saturating to i32 for i32 and to i64 otherwise (then
 /// wrapping to narrower integers); int→int wraps; floats round to nearest even; bf16 results
 /// are rounded from f32. Registers of storage types hold their compute type (see
-/// [`Gen::reg_ty`]), so a u8 result is wrapped to 8 bits and zero-extended. A small float
+/// [`CodeGen::reg_ty`]), so a u8 result is wrapped to 8 bits and zero-extended. A small float
 /// result is rounded through its code (`crate::minifloat`, with `saturate`) and held as f32;
 /// a small source is already its compute type in the register.
 fn cast<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     v: BasicValueEnum<'ctx>,
     from: DType,
     to: DType,
     saturate: bool,
     round: E8M0Round,
-) -> R<BasicValueEnum<'ctx>> {
-    let b = &g.b;
+) -> BackendResult<BasicValueEnum<'ctx>> {
+    let b = &g.builder;
     if from == to {
         return Ok(v);
     }
@@ -444,8 +482,8 @@ fn cast<'ctx>(
     if to.is_float() {
         // Into the float type that `to` is rounded from: f64 for f64 and f16 (one rounding
         // to f16), f32 otherwise.
-        let wide = if to == DType::F16 && from == DType::F64 { g.cx.f64_type() } else { to_reg.into_float_type() };
-        let wide = if to == DType::F64 { g.cx.f64_type() } else { wide };
+        let wide = if to == DType::F16 && from == DType::F64 { g.context.f64_type() } else { to_reg.into_float_type() };
+        let wide = if to == DType::F64 { g.context.f64_type() } else { wide };
         let x = if v.is_float_value() {
             b.build_float_cast(v.into_float_value(), wide, "fc").map_err(llvm_err)?
         } else if unsigned_src {
@@ -455,7 +493,7 @@ fn cast<'ctx>(
         };
         return Ok(match to {
             DType::F16 => {
-                let h = b.build_float_trunc(x, g.cx.f16_type(), "h").map_err(llvm_err)?;
+                let h = b.build_float_trunc(x, g.context.f16_type(), "h").map_err(llvm_err)?;
                 b.build_float_ext(h, to_reg.into_float_type(), "hx").map_err(llvm_err)?.into()
             }
             DType::BF16 => round_bf16(g, x)?.into(),
@@ -468,16 +506,16 @@ fn cast<'ctx>(
             },
         });
     }
-    let i64t = g.cx.i64_type();
+    let i64t = g.context.i64_type();
     // The value as i64 (for u64: its bits).
     let wide: IntValue = if v.is_float_value() {
         let x = v.into_float_value();
-        let sat = |name: &str, t: inkwell::types::IntType<'ctx>| -> R<IntValue<'ctx>> {
+        let sat = |name: &str, t: inkwell::types::IntType<'ctx>| -> BackendResult<IntValue<'ctx>> {
             let f = intrinsic(g, name, &[t.into(), x.get_type().into()])?;
             Ok(call(g, f, &[x.into()])?.into_int_value())
         };
         match to {
-            DType::I32 => return Ok(sat("llvm.fptosi.sat", g.cx.i32_type())?.into()),
+            DType::I32 => return Ok(sat("llvm.fptosi.sat", g.context.i32_type())?.into()),
             DType::U64 => {
                 let nonneg = fcmp(g, FloatPredicate::OGE, x, fconst(x, 0.0))?;
                 isel(g, nonneg, sat("llvm.fptoui.sat", i64t)?, sat("llvm.fptosi.sat", i64t)?)?
@@ -504,7 +542,7 @@ fn cast<'ctx>(
     }
     // A narrow integer: wrap to its width, then extend to the register.
     let width = std::num::NonZeroU32::new(to.bits()).ok_or_else(|| llvm_err("a zero-width integer"))?;
-    let nt = g.cx.custom_width_int_type(width).map_err(llvm_err)?;
+    let nt = g.context.custom_width_int_type(width).map_err(llvm_err)?;
     let narrow = b.build_int_truncate(wide, nt, "n").map_err(llvm_err)?;
     Ok(if to.is_signed() {
         b.build_int_s_extend(narrow, reg, "sx").map_err(llvm_err)?.into()
@@ -515,17 +553,17 @@ fn cast<'ctx>(
 
 /// `a ⊕ b` for a reduction. Float sums may be reassociated so that reductions vectorize.
 pub fn combine<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     c: Combine,
     a: BasicValueEnum<'ctx>,
     x: BasicValueEnum<'ctx>,
-) -> R<BasicValueEnum<'ctx>> {
+) -> BackendResult<BasicValueEnum<'ctx>> {
     use inkwell::values::FastMathFlags as F;
     if a.is_float_value() {
         let (a, x) = (a.into_float_value(), x.into_float_value());
         let v = match c {
-            Combine::Add => g.b.build_float_add(a, x, "sum").map_err(llvm_err)?,
-            Combine::Mul => g.b.build_float_mul(a, x, "prod").map_err(llvm_err)?,
+            Combine::Add => g.builder.build_float_add(a, x, "sum").map_err(llvm_err)?,
+            Combine::Mul => g.builder.build_float_mul(a, x, "prod").map_err(llvm_err)?,
             Combine::Max => fcall(g, "llvm.maxnum", &[a, x])?,
             Combine::Min => fcall(g, "llvm.minnum", &[a, x])?,
         };
@@ -536,8 +574,8 @@ pub fn combine<'ctx>(
     }
     let (a, x) = (a.into_int_value(), x.into_int_value());
     Ok(match c {
-        Combine::Add => g.b.build_int_add(a, x, "sum").map_err(llvm_err)?,
-        Combine::Mul => g.b.build_int_mul(a, x, "prod").map_err(llvm_err)?,
+        Combine::Add => g.builder.build_int_add(a, x, "sum").map_err(llvm_err)?,
+        Combine::Mul => g.builder.build_int_mul(a, x, "prod").map_err(llvm_err)?,
         Combine::Max => isel(g, icmp(g, gt_pred(a.get_type()), a, x)?, a, x)?,
         Combine::Min => isel(g, icmp(g, lt_pred(a.get_type()), a, x)?, a, x)?,
     }
@@ -552,26 +590,28 @@ impl<'a, 'ctx> Env<'a, 'ctx> {
     /// Generates `e` at the point `vars` of the domain (`acc`: the accumulator in a finalizer).
     pub fn gen(
         &self,
-        g: &Gen<'ctx>,
+        g: &CodeGen<'ctx>,
         e: &Expr,
         vars: &[IntValue<'ctx>],
         acc: Option<BasicValueEnum<'ctx>>,
-    ) -> R<BasicValueEnum<'ctx>> {
+    ) -> BackendResult<BasicValueEnum<'ctx>> {
         let ops = self.dtypes();
         let acc_ty = acc.map(|_| self.k.body.dtype(&ops, None));
-        let b = &g.b;
+        let b = &g.builder;
         Ok(match e {
             Expr::Var(d) => vars[*d].into(),
             Expr::Const(s) => scalar(g, *s, s.dtype())?,
             Expr::Acc => acc.ok_or_else(|| llvm_err("accumulator used outside a finalizer"))?,
             Expr::Load { operand, index, pad } => {
                 let view = &self.k.inputs[*operand];
-                let idx =
-                    index.iter().map(|ix| Ok(self.gen(g, ix, vars, acc)?.into_int_value())).collect::<R<Vec<_>>>()?;
+                let idx = index
+                    .iter()
+                    .map(|ix| Ok(self.gen(g, ix, vars, acc)?.into_int_value()))
+                    .collect::<BackendResult<Vec<_>>>()?;
                 match pad {
                     None => g.load_elem(self.bases[*operand], view.dtype, g.linear(view, &idx)?)?,
                     Some(p) => {
-                        let mut inb = g.cx.bool_type().const_int(1, false);
+                        let mut inb = g.context.bool_type().const_int(1, false);
                         for (ix, &ext) in idx.iter().zip(&view.extents) {
                             let ok = icmp(g, IntPredicate::ULT, *ix, g.i64(ext as i64))?;
                             inb = b.build_and(inb, ok, "inb").map_err(llvm_err)?;
@@ -587,7 +627,7 @@ impl<'a, 'ctx> Env<'a, 'ctx> {
                                 let lo = isel(g, icmp(g, IntPredicate::SLT, ix, g.i64(0))?, g.i64(0), ix)?;
                                 isel(g, icmp(g, IntPredicate::SGT, lo, hi)?, hi, lo)
                             })
-                            .collect::<R<Vec<_>>>()?;
+                            .collect::<BackendResult<Vec<_>>>()?;
                         let v = g.load_elem(self.bases[*operand], view.dtype, g.linear(view, &clamped)?)?;
                         let pv = scalar(g, *p, view.dtype)?;
                         b.build_select(inb, v, pv, "pad").map_err(llvm_err)?

@@ -1,5 +1,5 @@
 //! The LLVM code generation that Kiln's CPU and CUDA backends share: LLVM handles and
-//! element access by dtype ([`Gen`]), a kernel's scalar body at one point of its domain
+//! element access by dtype ([`CodeGen`]), a kernel's scalar body at one point of its domain
 //! ([`expr::Env::gen`]), reductions' combine steps and constants ([`expr::combine`],
 //! [`expr::scalar`]), the math functions both write out (`exp`, `tanh`, `erf`, `sigmoid`:
 //! [`math`]), the small float formats' conversions ([`minifloat`]), and the LLVM pass
@@ -7,12 +7,12 @@
 //! schedule, entry module and linking; the GPU's grid-stride loops and PTX) stays in each
 //! backend.
 
+mod codegen;
 pub mod expr;
-mod gen;
 pub mod math;
 pub mod minifloat;
 
-pub use gen::{increment, llvm_err, normalized, reduce_loops, slots, Gen, R};
+pub use codegen::{increment, llvm_err, normalized, reduce_loops, slots, BackendResult, CodeGen};
 
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;

@@ -13,14 +13,14 @@ use inkwell::types::{BasicTypeEnum, VectorType};
 use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum as V};
 use inkwell::FloatPredicate;
 
-use crate::gen::{llvm_err, Gen, R};
+use crate::codegen::{llvm_err, BackendResult, CodeGen};
 
 /// A binary builder method on two floats or two float vectors.
 macro_rules! fbin {
     ($s:expr, $m:ident, $a:expr, $b:expr) => {
         match ($a, $b) {
-            (V::FloatValue(x), V::FloatValue(y)) => $s.g.b.$m(x, y, "m").map(V::from).map_err(llvm_err),
-            (V::VectorValue(x), V::VectorValue(y)) => $s.g.b.$m(x, y, "m").map(V::from).map_err(llvm_err),
+            (V::FloatValue(x), V::FloatValue(y)) => $s.g.builder.$m(x, y, "m").map(V::from).map_err(llvm_err),
+            (V::VectorValue(x), V::VectorValue(y)) => $s.g.builder.$m(x, y, "m").map(V::from).map_err(llvm_err),
             _ => Err(llvm_err("math: mismatched operands")),
         }
     };
@@ -30,8 +30,8 @@ macro_rules! fbin {
 macro_rules! ibin {
     ($s:expr, $m:ident, $a:expr, $b:expr) => {
         match ($a, $b) {
-            (V::IntValue(x), V::IntValue(y)) => $s.g.b.$m(x, y, "i").map(V::from).map_err(llvm_err),
-            (V::VectorValue(x), V::VectorValue(y)) => $s.g.b.$m(x, y, "i").map(V::from).map_err(llvm_err),
+            (V::IntValue(x), V::IntValue(y)) => $s.g.builder.$m(x, y, "i").map(V::from).map_err(llvm_err),
+            (V::VectorValue(x), V::VectorValue(y)) => $s.g.builder.$m(x, y, "i").map(V::from).map_err(llvm_err),
             _ => Err(llvm_err("math: mismatched operands")),
         }
     };
@@ -39,12 +39,12 @@ macro_rules! ibin {
 
 /// Builds f32 arithmetic on values of one shape: a scalar, or vectors of `lanes`.
 struct F<'a, 'ctx> {
-    g: &'a Gen<'ctx>,
+    g: &'a CodeGen<'ctx>,
     lanes: Option<u32>,
 }
 
 impl<'a, 'ctx> F<'a, 'ctx> {
-    fn of(g: &'a Gen<'ctx>, x: V<'ctx>) -> F<'a, 'ctx> {
+    fn of(g: &'a CodeGen<'ctx>, x: V<'ctx>) -> F<'a, 'ctx> {
         let lanes = match x {
             V::VectorValue(v) => Some(v.get_type().get_size()),
             _ => None,
@@ -61,16 +61,16 @@ impl<'a, 'ctx> F<'a, 'ctx> {
 
     /// An f32 constant.
     fn c(&self, x: f64) -> V<'ctx> {
-        self.splat(self.g.cx.f32_type().const_float(x).into())
+        self.splat(self.g.context.f32_type().const_float(x).into())
     }
 
     /// An i32 constant.
     fn ci(&self, x: i64) -> V<'ctx> {
-        self.splat(self.g.cx.i32_type().const_int(x as u64, true).into())
+        self.splat(self.g.context.i32_type().const_int(x as u64, true).into())
     }
 
     fn i32_type(&self) -> BasicTypeEnum<'ctx> {
-        let t = self.g.cx.i32_type();
+        let t = self.g.context.i32_type();
         match self.lanes {
             Some(n) => t.vec_type(n).into(),
             None => t.into(),
@@ -78,92 +78,94 @@ impl<'a, 'ctx> F<'a, 'ctx> {
     }
 
     fn f32_type(&self) -> BasicTypeEnum<'ctx> {
-        let t = self.g.cx.f32_type();
+        let t = self.g.context.f32_type();
         match self.lanes {
             Some(n) => t.vec_type(n).into(),
             None => t.into(),
         }
     }
 
-    fn mul(&self, a: V<'ctx>, b: V<'ctx>) -> R<V<'ctx>> {
+    fn mul(&self, a: V<'ctx>, b: V<'ctx>) -> BackendResult<V<'ctx>> {
         fbin!(self, build_float_mul, a, b)
     }
 
-    fn add(&self, a: V<'ctx>, b: V<'ctx>) -> R<V<'ctx>> {
+    fn add(&self, a: V<'ctx>, b: V<'ctx>) -> BackendResult<V<'ctx>> {
         fbin!(self, build_float_add, a, b)
     }
 
-    fn sub(&self, a: V<'ctx>, b: V<'ctx>) -> R<V<'ctx>> {
+    fn sub(&self, a: V<'ctx>, b: V<'ctx>) -> BackendResult<V<'ctx>> {
         fbin!(self, build_float_sub, a, b)
     }
 
-    fn div(&self, a: V<'ctx>, b: V<'ctx>) -> R<V<'ctx>> {
+    fn div(&self, a: V<'ctx>, b: V<'ctx>) -> BackendResult<V<'ctx>> {
         fbin!(self, build_float_div, a, b)
     }
 
-    fn neg(&self, a: V<'ctx>) -> R<V<'ctx>> {
+    fn neg(&self, a: V<'ctx>) -> BackendResult<V<'ctx>> {
         match a {
-            V::FloatValue(x) => self.g.b.build_float_neg(x, "n").map(V::from),
-            V::VectorValue(x) => self.g.b.build_float_neg(x, "n").map(V::from),
+            V::FloatValue(x) => self.g.builder.build_float_neg(x, "n").map(V::from),
+            V::VectorValue(x) => self.g.builder.build_float_neg(x, "n").map(V::from),
             _ => return Err(llvm_err("math: not a float")),
         }
         .map_err(llvm_err)
     }
 
     /// An overloaded intrinsic (`llvm.fabs`, `llvm.fmuladd`…) on the type of `args[0]`.
-    fn call(&self, name: &str, args: &[V<'ctx>]) -> R<V<'ctx>> {
+    fn call(&self, name: &str, args: &[V<'ctx>]) -> BackendResult<V<'ctx>> {
         let f = Intrinsic::find(name)
-            .and_then(|i| i.get_declaration(&self.g.m, &[args[0].get_type()]))
+            .and_then(|i| i.get_declaration(&self.g.module, &[args[0].get_type()]))
             .ok_or_else(|| llvm_err(format!("cannot declare {name}")))?;
         let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
-        let c = self.g.b.build_call(f, &args, "call").map_err(llvm_err)?;
+        let c = self.g.builder.build_call(f, &args, "call").map_err(llvm_err)?;
         c.try_as_basic_value().basic().ok_or_else(|| llvm_err("call returned void"))
     }
 
-    fn fma(&self, a: V<'ctx>, b: V<'ctx>, c: V<'ctx>) -> R<V<'ctx>> {
+    fn fma(&self, a: V<'ctx>, b: V<'ctx>, c: V<'ctx>) -> BackendResult<V<'ctx>> {
         self.call("llvm.fmuladd", &[a, b, c])
     }
 
     /// A comparison: an `i1`, or a vector of them.
-    fn cmp(&self, p: FloatPredicate, a: V<'ctx>, b: V<'ctx>) -> R<V<'ctx>> {
+    fn cmp(&self, p: FloatPredicate, a: V<'ctx>, b: V<'ctx>) -> BackendResult<V<'ctx>> {
         match (a, b) {
-            (V::FloatValue(x), V::FloatValue(y)) => self.g.b.build_float_compare(p, x, y, "c").map(V::from),
-            (V::VectorValue(x), V::VectorValue(y)) => self.g.b.build_float_compare(p, x, y, "c").map(V::from),
+            (V::FloatValue(x), V::FloatValue(y)) => self.g.builder.build_float_compare(p, x, y, "c").map(V::from),
+            (V::VectorValue(x), V::VectorValue(y)) => self.g.builder.build_float_compare(p, x, y, "c").map(V::from),
             _ => return Err(llvm_err("math: mismatched operands")),
         }
         .map_err(llvm_err)
     }
 
-    fn and(&self, a: V<'ctx>, b: V<'ctx>) -> R<V<'ctx>> {
+    fn and(&self, a: V<'ctx>, b: V<'ctx>) -> BackendResult<V<'ctx>> {
         ibin!(self, build_and, a, b)
     }
 
-    fn sel(&self, c: V<'ctx>, a: V<'ctx>, b: V<'ctx>) -> R<V<'ctx>> {
+    fn sel(&self, c: V<'ctx>, a: V<'ctx>, b: V<'ctx>) -> BackendResult<V<'ctx>> {
         match c {
-            V::IntValue(c) => self.g.b.build_select(c, a, b, "s"),
-            V::VectorValue(c) => self.g.b.build_select(c, a, b, "s"),
+            V::IntValue(c) => self.g.builder.build_select(c, a, b, "s"),
+            V::VectorValue(c) => self.g.builder.build_select(c, a, b, "s"),
             _ => return Err(llvm_err("math: a select needs a bool")),
         }
         .map_err(llvm_err)
     }
 
-    fn to_i32(&self, a: V<'ctx>) -> R<V<'ctx>> {
+    fn to_i32(&self, a: V<'ctx>) -> BackendResult<V<'ctx>> {
         match (a, self.i32_type()) {
-            (V::FloatValue(x), BasicTypeEnum::IntType(t)) => self.g.b.build_float_to_signed_int(x, t, "n").map(V::from),
+            (V::FloatValue(x), BasicTypeEnum::IntType(t)) => {
+                self.g.builder.build_float_to_signed_int(x, t, "n").map(V::from)
+            }
             (V::VectorValue(x), BasicTypeEnum::VectorType(t)) => {
-                self.g.b.build_float_to_signed_int(x, t, "n").map(V::from)
+                self.g.builder.build_float_to_signed_int(x, t, "n").map(V::from)
             }
             _ => return Err(llvm_err("math: mismatched operands")),
         }
         .map_err(llvm_err)
     }
 
-    fn bits_to_f32(&self, a: V<'ctx>) -> R<V<'ctx>> {
-        self.g.b.build_bit_cast(a, self.f32_type(), "f").map_err(llvm_err)
+    fn bits_to_f32(&self, a: V<'ctx>) -> BackendResult<V<'ctx>> {
+        self.g.builder.build_bit_cast(a, self.f32_type(), "f").map_err(llvm_err)
     }
 
     /// `Σ c[i]·t^i` by Horner's rule with fused multiply-adds.
-    fn horner(&self, t: V<'ctx>, c: &[f64]) -> R<V<'ctx>> {
+    fn horner(&self, t: V<'ctx>, c: &[f64]) -> BackendResult<V<'ctx>> {
         let mut r = self.c(c[c.len() - 1]);
         for &a in c[..c.len() - 1].iter().rev() {
             r = self.fma(r, t, self.c(a))?;
@@ -177,7 +179,7 @@ impl<'a, 'ctx> F<'a, 'ctx> {
 /// to degree 6 (error below 1e-7 relative), times `2^n` built in the exponent bits (in two
 /// factors, so that results down to the subnormals are right). Within 2 ulp of the
 /// correctly rounded result; overflow gives +inf, underflow 0, NaN stays NaN.
-pub fn exp<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn exp<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
     let f = F::of(g, x);
     let (hi, lo) = (f.c(88.72283), f.c(-103.97208));
     let nan = f.cmp(FloatPredicate::UNO, x, x)?;
@@ -193,13 +195,13 @@ pub fn exp<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
     let p = f.horner(r, &[1.0, 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0])?;
     let ni = f.to_i32(n)?;
     let n1 = match (ni, f.ci(1)) {
-        (V::IntValue(a), V::IntValue(b)) => g.b.build_right_shift(a, b, true, "h").map(V::from),
-        (V::VectorValue(a), V::VectorValue(b)) => g.b.build_right_shift(a, b, true, "h").map(V::from),
+        (V::IntValue(a), V::IntValue(b)) => g.builder.build_right_shift(a, b, true, "h").map(V::from),
+        (V::VectorValue(a), V::VectorValue(b)) => g.builder.build_right_shift(a, b, true, "h").map(V::from),
         _ => return Err(llvm_err("math: mismatched operands")),
     }
     .map_err(llvm_err)?;
     let n2 = ibin!(f, build_int_sub, ni, n1)?;
-    let pow2 = |e: V<'ctx>| -> R<V<'ctx>> {
+    let pow2 = |e: V<'ctx>| -> BackendResult<V<'ctx>> {
         let biased = ibin!(f, build_int_add, e, f.ci(127))?;
         f.bits_to_f32(ibin!(f, build_left_shift, biased, f.ci(23))?)
     };
@@ -213,7 +215,7 @@ pub fn exp<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
 /// f32 `tanh`, inline: an odd polynomial (least-squares fit of `tanh(x)/x` in `x²`, 1e-7
 /// relative) below 0.625, `1 − 2/(e^{2|x|} + 1)` with the sign of x above, where nothing
 /// cancels.
-pub fn tanh<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn tanh<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
     let f = F::of(g, x);
     let a = f.call("llvm.fabs", &[x])?;
     let x2 = f.mul(x, x)?;
@@ -240,7 +242,7 @@ pub fn tanh<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
 /// f32 `erf`, inline: `x·P(x²)` below 2 (least-squares fit, 4e-7 relative), `1 − e^{−x²}·Q(|x|
 /// − 3)` with the sign of x on [2, 4) (Q fits `erfc(x)·e^{x²}`, 4e-8 absolute), ±1 beyond
 /// (where erf rounds to ±1 in f32).
-pub fn erf<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn erf<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
     let f = F::of(g, x);
     let a = f.call("llvm.fabs", &[x])?;
     let x2 = f.mul(x, x)?;
@@ -284,7 +286,7 @@ pub fn erf<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
 
 /// f32 logistic sigmoid: with `e = e^{-|x|} ≤ 1`, `1/(1+e)` for x ≥ 0 and `e/(1+e)` below
 /// (no overflow, and the tiny results of very negative x keep their precision).
-pub fn sigmoid<'ctx>(g: &Gen<'ctx>, x: V<'ctx>) -> R<V<'ctx>> {
+pub fn sigmoid<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
     let f = F::of(g, x);
     let e = exp(g, f.neg(f.call("llvm.fabs", &[x])?)?)?;
     let one = f.c(1.0);

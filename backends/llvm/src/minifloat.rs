@@ -8,69 +8,69 @@ use inkwell::IntPredicate as P;
 
 use kiln_ir::minifloat::{E8M0Round, MiniFloat, Specials};
 
-use crate::gen::{llvm_err, Gen, R};
+use crate::codegen::{llvm_err, BackendResult, CodeGen};
 
 const QNAN: u64 = 0x7FC0_0000;
 
 struct B<'a, 'ctx> {
-    g: &'a Gen<'ctx>,
+    g: &'a CodeGen<'ctx>,
 }
 
 impl<'ctx> B<'_, 'ctx> {
     fn k(&self, v: u64) -> IntValue<'ctx> {
-        self.g.cx.i32_type().const_int(v, false)
+        self.g.context.i32_type().const_int(v, false)
     }
-    fn and(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        self.g.b.build_and(a, b, "and").map_err(llvm_err)
+    fn and(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+        self.g.builder.build_and(a, b, "and").map_err(llvm_err)
     }
-    fn or(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        self.g.b.build_or(a, b, "or").map_err(llvm_err)
+    fn or(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+        self.g.builder.build_or(a, b, "or").map_err(llvm_err)
     }
-    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        self.g.b.build_int_add(a, b, "add").map_err(llvm_err)
+    fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+        self.g.builder.build_int_add(a, b, "add").map_err(llvm_err)
     }
-    fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        self.g.b.build_int_sub(a, b, "sub").map_err(llvm_err)
+    fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+        self.g.builder.build_int_sub(a, b, "sub").map_err(llvm_err)
     }
-    fn shr(&self, a: IntValue<'ctx>, n: u64) -> R<IntValue<'ctx>> {
-        self.g.b.build_right_shift(a, self.k(n), false, "shr").map_err(llvm_err)
+    fn shr(&self, a: IntValue<'ctx>, n: u64) -> BackendResult<IntValue<'ctx>> {
+        self.g.builder.build_right_shift(a, self.k(n), false, "shr").map_err(llvm_err)
     }
-    fn shl(&self, a: IntValue<'ctx>, n: u64) -> R<IntValue<'ctx>> {
-        self.g.b.build_left_shift(a, self.k(n), "shl").map_err(llvm_err)
+    fn shl(&self, a: IntValue<'ctx>, n: u64) -> BackendResult<IntValue<'ctx>> {
+        self.g.builder.build_left_shift(a, self.k(n), "shl").map_err(llvm_err)
     }
-    fn cmp(&self, p: P, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        self.g.b.build_int_compare(p, a, b, "cmp").map_err(llvm_err)
+    fn cmp(&self, p: P, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+        self.g.builder.build_int_compare(p, a, b, "cmp").map_err(llvm_err)
     }
-    fn sel(&self, c: IntValue<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-        Ok(self.g.b.build_select(c, a, b, "sel").map_err(llvm_err)?.into_int_value())
+    fn sel(&self, c: IntValue<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+        Ok(self.g.builder.build_select(c, a, b, "sel").map_err(llvm_err)?.into_int_value())
     }
-    fn bits_of(&self, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
-        Ok(self.g.b.build_bit_cast(x, self.g.cx.i32_type(), "bits").map_err(llvm_err)?.into_int_value())
+    fn bits_of(&self, x: FloatValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+        Ok(self.g.builder.build_bit_cast(x, self.g.context.i32_type(), "bits").map_err(llvm_err)?.into_int_value())
     }
-    fn float_of(&self, x: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
-        Ok(self.g.b.build_bit_cast(x, self.g.cx.f32_type(), "f").map_err(llvm_err)?.into_float_value())
+    fn float_of(&self, x: IntValue<'ctx>) -> BackendResult<FloatValue<'ctx>> {
+        Ok(self.g.builder.build_bit_cast(x, self.g.context.f32_type(), "f").map_err(llvm_err)?.into_float_value())
     }
     fn call(
         &self,
         name: &str,
         args: &[inkwell::values::BasicMetadataValueEnum<'ctx>],
         tys: &[inkwell::types::BasicTypeEnum<'ctx>],
-    ) -> R<inkwell::values::BasicValueEnum<'ctx>> {
+    ) -> BackendResult<inkwell::values::BasicValueEnum<'ctx>> {
         let i = inkwell::intrinsics::Intrinsic::find(name).ok_or_else(|| llvm_err(format!("no intrinsic {name}")))?;
-        let f = i.get_declaration(&self.g.m, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))?;
-        let c = self.g.b.build_call(f, args, "call").map_err(llvm_err)?;
+        let f = i.get_declaration(&self.g.module, tys).ok_or_else(|| llvm_err(format!("cannot declare {name}")))?;
+        let c = self.g.builder.build_call(f, args, "call").map_err(llvm_err)?;
         c.try_as_basic_value().basic().ok_or_else(|| llvm_err("call returned void"))
     }
 }
 
 /// The code (in an i32) of the f32 `x` in format `f`.
 pub fn encode<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: MiniFloat,
     x: FloatValue<'ctx>,
     saturate: bool,
     round: E8M0Round,
-) -> R<IntValue<'ctx>> {
+) -> BackendResult<IntValue<'ctx>> {
     let b = B { g };
     let bits = b.bits_of(x)?;
     if f.specials == Specials::E8M0 {
@@ -78,14 +78,16 @@ pub fn encode<'ctx>(
         let nonzero = |mask: u64| b.cmp(P::NE, b.and(bits, b.k(mask))?, b.k(0));
         let up = match round {
             E8M0Round::Up => nonzero(0x7F_FFFF)?,
-            E8M0Round::Down => g.cx.bool_type().const_zero(),
+            E8M0Round::Down => g.context.bool_type().const_zero(),
             E8M0Round::Nearest => {
-                let rest = g.b.build_or(nonzero(0x3F_FFFF)?, b.cmp(P::NE, e, b.k(0))?, "rest").map_err(llvm_err)?;
-                g.b.build_and(nonzero(0x40_0000)?, rest, "near").map_err(llvm_err)?
+                let rest =
+                    g.builder.build_or(nonzero(0x3F_FFFF)?, b.cmp(P::NE, e, b.k(0))?, "rest").map_err(llvm_err)?;
+                g.builder.build_and(nonzero(0x40_0000)?, rest, "near").map_err(llvm_err)?
             }
         };
-        let up = if saturate { g.b.build_and(up, b.cmp(P::NE, e, b.k(0xFE))?, "up").map_err(llvm_err)? } else { up };
-        let upi = g.b.build_int_z_extend(up, g.cx.i32_type(), "upi").map_err(llvm_err)?;
+        let up =
+            if saturate { g.builder.build_and(up, b.cmp(P::NE, e, b.k(0xFE))?, "up").map_err(llvm_err)? } else { up };
+        let upi = g.builder.build_int_z_extend(up, g.context.i32_type(), "upi").map_err(llvm_err)?;
         let r = b.add(e, upi)?;
         return b.sel(b.cmp(P::EQ, e, b.k(0xFF))?, b.k(0xFF), r);
     }
@@ -100,17 +102,20 @@ pub fn encode<'ctx>(
     let r = b.shr(b.add(b.add(a, b.k((1 << (shift - 1)) - 1))?, lsb)?, shift)?;
     let normal = b.sub(r, b.k(((127 - f.bias) as u64) << m))?;
     // Subnormal range: scale to units of the smallest subnormal (exact), round to an integer.
-    let f32t = g.cx.f32_type();
-    let scaled =
-        g.b.build_float_mul(b.float_of(a)?, f32t.const_float(2f64.powi(f.subnormal_scale_log2())), "scaled")
-            .map_err(llvm_err)?;
+    let f32t = g.context.f32_type();
+    let scaled = g
+        .builder
+        .build_float_mul(b.float_of(a)?, f32t.const_float(2f64.powi(f.subnormal_scale_log2())), "scaled")
+        .map_err(llvm_err)?;
     let rounded = b.call("llvm.roundeven", &[scaled.into()], &[f32t.into()])?;
-    let sub = b.call("llvm.fptoui.sat", &[rounded.into()], &[g.cx.i32_type().into(), f32t.into()])?.into_int_value();
+    let sub =
+        b.call("llvm.fptoui.sat", &[rounded.into()], &[g.context.i32_type().into(), f32t.into()])?.into_int_value();
     let is_normal = b.cmp(P::UGE, a, b.k(u64::from(f.min_normal_exp()) << 23))?;
     let code = b.sel(is_normal, normal, sub)?;
-    let over =
-        g.b.build_or(b.cmp(P::UGE, a, b.k(0x7F80_0000))?, b.cmp(P::UGT, code, b.k(u64::from(f.max_code())))?, "over")
-            .map_err(llvm_err)?;
+    let over = g
+        .builder
+        .build_or(b.cmp(P::UGE, a, b.k(0x7F80_0000))?, b.cmp(P::UGT, code, b.k(u64::from(f.max_code())))?, "over")
+        .map_err(llvm_err)?;
     let over_code = if saturate || f.specials == Specials::None {
         b.or(b.k(u64::from(f.max_code())), sign)?
     } else {
@@ -126,14 +131,14 @@ pub fn encode<'ctx>(
     let res = b.sel(over, over_code, in_range)?;
     let nan_code = match f.specials {
         Specials::Fnuz => b.k(u64::from(f.nan_code())),
-        Specials::None => g.b.build_xor(b.k(sign_bit), sign, "nan").map_err(llvm_err)?,
+        Specials::None => g.builder.build_xor(b.k(sign_bit), sign, "nan").map_err(llvm_err)?,
         _ => b.or(b.k(u64::from(f.nan_code())), sign)?,
     };
     b.sel(b.cmp(P::UGT, a, b.k(0x7F80_0000))?, nan_code, res)
 }
 
 /// The code of `x`, a value of the format (see `MiniFloat::encode_exact`).
-pub fn encode_exact<'ctx>(g: &Gen<'ctx>, f: MiniFloat, x: FloatValue<'ctx>) -> R<IntValue<'ctx>> {
+pub fn encode_exact<'ctx>(g: &CodeGen<'ctx>, f: MiniFloat, x: FloatValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
     if f.specials == Specials::E8M0 {
         let b = B { g };
         return b.shr(b.bits_of(x)?, 23);
@@ -142,7 +147,7 @@ pub fn encode_exact<'ctx>(g: &Gen<'ctx>, f: MiniFloat, x: FloatValue<'ctx>) -> R
 }
 
 /// The exact f32 value of the code `c` (an i32 holding the code in its low bits).
-pub fn decode<'ctx>(g: &Gen<'ctx>, f: MiniFloat, c: IntValue<'ctx>) -> R<FloatValue<'ctx>> {
+pub fn decode<'ctx>(g: &CodeGen<'ctx>, f: MiniFloat, c: IntValue<'ctx>) -> BackendResult<FloatValue<'ctx>> {
     let b = B { g };
     if f.specials == Specials::E8M0 {
         let v = b.sel(b.cmp(P::EQ, c, b.k(0))?, b.k(0x0040_0000), b.shl(c, 23)?)?;
@@ -155,10 +160,12 @@ pub fn decode<'ctx>(g: &Gen<'ctx>, f: MiniFloat, c: IntValue<'ctx>) -> R<FloatVa
     let e = b.shr(mag, m)?;
     let frac = b.and(mag, b.k((1 << m) - 1))?;
     let normal = b.or(b.shl(b.add(e, b.k((127 - f.bias) as u64))?, 23)?, b.shl(frac, 23 - m)?)?;
-    let f32t = g.cx.f32_type();
-    let fl = g.b.build_unsigned_int_to_float(frac, f32t, "fl").map_err(llvm_err)?;
-    let sub =
-        g.b.build_float_mul(fl, f32t.const_float(2f64.powi(-f.subnormal_scale_log2())), "sub").map_err(llvm_err)?;
+    let f32t = g.context.f32_type();
+    let fl = g.builder.build_unsigned_int_to_float(frac, f32t, "fl").map_err(llvm_err)?;
+    let sub = g
+        .builder
+        .build_float_mul(fl, f32t.const_float(2f64.powi(-f.subnormal_scale_log2())), "sub")
+        .map_err(llvm_err)?;
     let mut mag_bits = b.sel(b.cmp(P::EQ, e, b.k(0))?, b.bits_of(sub)?, normal)?;
     if let Some(inf) = f.inf_code() {
         mag_bits = b.sel(b.cmp(P::EQ, mag, b.k(u64::from(inf)))?, b.k(0x7F80_0000), mag_bits)?;

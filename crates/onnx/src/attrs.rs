@@ -9,7 +9,7 @@ pub(crate) struct Attrs<'a> {
     list: &'a [AttributeProto],
 }
 
-type R<T> = Result<T, String>;
+type AttrResult<T> = Result<T, String>;
 
 impl<'a> Attrs<'a> {
     pub fn new(list: &'a [AttributeProto]) -> Self {
@@ -24,7 +24,7 @@ impl<'a> Attrs<'a> {
         self.get(name).is_some()
     }
 
-    fn typed(&self, name: &str, want: AttributeType) -> R<Option<&'a AttributeProto>> {
+    fn typed(&self, name: &str, want: AttributeType) -> AttrResult<Option<&'a AttributeProto>> {
         let Some(a) = self.get(name) else {
             return Ok(None);
         };
@@ -39,25 +39,25 @@ impl<'a> Attrs<'a> {
         }
     }
 
-    pub fn int(&self, name: &str) -> R<Option<i64>> {
+    pub fn int(&self, name: &str) -> AttrResult<Option<i64>> {
         Ok(self.typed(name, AttributeType::Int)?.map(|a| a.i()))
     }
-    pub fn int_or(&self, name: &str, default: i64) -> R<i64> {
+    pub fn int_or(&self, name: &str, default: i64) -> AttrResult<i64> {
         Ok(self.int(name)?.unwrap_or(default))
     }
-    pub fn float(&self, name: &str) -> R<Option<f32>> {
+    pub fn float(&self, name: &str) -> AttrResult<Option<f32>> {
         Ok(self.typed(name, AttributeType::Float)?.map(|a| a.f()))
     }
-    pub fn float_or(&self, name: &str, default: f32) -> R<f32> {
+    pub fn float_or(&self, name: &str, default: f32) -> AttrResult<f32> {
         Ok(self.float(name)?.unwrap_or(default))
     }
-    pub fn ints(&self, name: &str) -> R<Option<&'a [i64]>> {
+    pub fn ints(&self, name: &str) -> AttrResult<Option<&'a [i64]>> {
         Ok(self.typed(name, AttributeType::Ints)?.map(|a| a.ints.as_slice()))
     }
-    pub fn floats(&self, name: &str) -> R<Option<&'a [f32]>> {
+    pub fn floats(&self, name: &str) -> AttrResult<Option<&'a [f32]>> {
         Ok(self.typed(name, AttributeType::Floats)?.map(|a| a.floats.as_slice()))
     }
-    pub fn string(&self, name: &str) -> R<Option<String>> {
+    pub fn string(&self, name: &str) -> AttrResult<Option<String>> {
         match self.typed(name, AttributeType::String)? {
             None => Ok(None),
             Some(a) => String::from_utf8(a.s().to_vec())
@@ -65,18 +65,18 @@ impl<'a> Attrs<'a> {
                 .map_err(|_| format!("attribute `{name}` is not valid UTF-8")),
         }
     }
-    pub fn strings(&self, name: &str) -> R<Option<Vec<String>>> {
+    pub fn strings(&self, name: &str) -> AttrResult<Option<Vec<String>>> {
         match self.typed(name, AttributeType::Strings)? {
             None => Ok(None),
             Some(a) => a
                 .strings
                 .iter()
                 .map(|s| String::from_utf8(s.to_vec()).map_err(|_| format!("attribute `{name}` is not valid UTF-8")))
-                .collect::<R<Vec<_>>>()
+                .collect::<AttrResult<Vec<_>>>()
                 .map(Some),
         }
     }
-    pub fn tensor(&self, name: &str) -> R<Option<&'a TensorProto>> {
+    pub fn tensor(&self, name: &str) -> AttrResult<Option<&'a TensorProto>> {
         match self.typed(name, AttributeType::Tensor)? {
             None => Ok(None),
             Some(a) => a.t.as_ref().map(Some).ok_or_else(|| format!("attribute `{name}` holds no tensor")),

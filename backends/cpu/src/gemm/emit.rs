@@ -3,45 +3,50 @@
 
 use super::*;
 
-fn min<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-    let lt = g.b.build_int_compare(IntPredicate::SLT, a, b, "lt").map_err(llvm_err)?;
-    Ok(g.b.build_select(lt, a, b, "min").map_err(llvm_err)?.into_int_value())
+fn min<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+    let lt = g.builder.build_int_compare(IntPredicate::SLT, a, b, "lt").map_err(llvm_err)?;
+    Ok(g.builder.build_select(lt, a, b, "min").map_err(llvm_err)?.into_int_value())
 }
 
-fn add<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-    g.b.build_int_nsw_add(a, b, "add").map_err(llvm_err)
+fn add<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+    g.builder.build_int_nsw_add(a, b, "add").map_err(llvm_err)
 }
 
-fn mul<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, c: i64) -> R<IntValue<'ctx>> {
+fn mul<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, c: i64) -> BackendResult<IntValue<'ctx>> {
     match c {
         0 => Ok(g.i64(0)),
         1 => Ok(a),
-        c => g.b.build_int_nsw_mul(a, g.i64(c), "mul").map_err(llvm_err),
+        c => g.builder.build_int_nsw_mul(a, g.i64(c), "mul").map_err(llvm_err),
     }
 }
 
-fn sub<'ctx>(g: &Gen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> R<IntValue<'ctx>> {
-    g.b.build_int_nsw_sub(a, b, "sub").map_err(llvm_err)
+fn sub<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+    g.builder.build_int_nsw_sub(a, b, "sub").map_err(llvm_err)
 }
 
-fn f32_ptr<'ctx>(g: &Gen<'ctx>, base: PointerValue<'ctx>, at: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
+fn f32_ptr<'ctx>(g: &CodeGen<'ctx>, base: PointerValue<'ctx>, at: IntValue<'ctx>) -> BackendResult<PointerValue<'ctx>> {
     g.elem_ptr(base, DType::F32, at)
 }
 
 /// `if cond { then() }`, leaving the builder after it.
-fn when<'ctx>(g: &Gen<'ctx>, f: FunctionValue<'ctx>, cond: IntValue<'ctx>, then: &mut dyn FnMut() -> R<()>) -> R<()> {
-    let yes = g.cx.append_basic_block(f, "then");
-    let done = g.cx.append_basic_block(f, "endif");
-    g.b.build_conditional_branch(cond, yes, done).map_err(llvm_err)?;
-    g.b.position_at_end(yes);
+fn when<'ctx>(
+    g: &CodeGen<'ctx>,
+    f: FunctionValue<'ctx>,
+    cond: IntValue<'ctx>,
+    then: &mut dyn FnMut() -> BackendResult<()>,
+) -> BackendResult<()> {
+    let yes = g.context.append_basic_block(f, "then");
+    let done = g.context.append_basic_block(f, "endif");
+    g.builder.build_conditional_branch(cond, yes, done).map_err(llvm_err)?;
+    g.builder.position_at_end(yes);
     then()?;
-    g.b.build_unconditional_branch(done).map_err(llvm_err)?;
-    g.b.position_at_end(done);
+    g.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+    g.builder.position_at_end(done);
     Ok(())
 }
 
 /// `x` unravelled over `dims` (mixed radix, innermost last).
-fn unravel<'ctx>(g: &Gen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> R<Vec<IntValue<'ctx>>> {
+fn unravel<'ctx>(g: &CodeGen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> BackendResult<Vec<IntValue<'ctx>>> {
     let mut out = vec![g.i64(0); dims.len()];
     let mut rest = x;
     for d in (0..dims.len()).rev() {
@@ -49,8 +54,8 @@ fn unravel<'ctx>(g: &Gen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> R<Vec<IntV
             out[d] = rest;
         } else {
             let e = g.i64(dims[d] as i64);
-            out[d] = g.b.build_int_signed_rem(rest, e, "ur").map_err(llvm_err)?;
-            rest = g.b.build_int_signed_div(rest, e, "uq").map_err(llvm_err)?;
+            out[d] = g.builder.build_int_signed_rem(rest, e, "ur").map_err(llvm_err)?;
+            rest = g.builder.build_int_signed_div(rest, e, "uq").map_err(llvm_err)?;
         }
     }
     Ok(out)
@@ -58,7 +63,12 @@ fn unravel<'ctx>(g: &Gen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> R<Vec<IntV
 
 /// The M variables of rows `i0 .. i0 + r`: the first unravelled, each next one the previous
 /// plus one with carries (a few selects instead of a division per M dim per row).
-fn step_rows<'ctx>(g: &Gen<'ctx>, i0: IntValue<'ctx>, r: usize, dims: &[usize]) -> R<Vec<Vec<IntValue<'ctx>>>> {
+fn step_rows<'ctx>(
+    g: &CodeGen<'ctx>,
+    i0: IntValue<'ctx>,
+    r: usize,
+    dims: &[usize],
+) -> BackendResult<Vec<Vec<IntValue<'ctx>>>> {
     let mut rows = Vec::with_capacity(r);
     let mut cur = unravel(g, i0, dims)?;
     for i in 0..r {
@@ -71,7 +81,7 @@ fn step_rows<'ctx>(g: &Gen<'ctx>, i0: IntValue<'ctx>, r: usize, dims: &[usize]) 
 }
 
 /// `Σ coef[i]·vars[i]`.
-fn dot<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> R<IntValue<'ctx>> {
+fn dot<'ctx>(g: &CodeGen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> BackendResult<IntValue<'ctx>> {
     let mut s = g.i64(0);
     for (&v, &c) in vars.iter().zip(coef) {
         if c != 0 {
@@ -83,25 +93,25 @@ fn dot<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> R<IntValue
 
 /// Emits the body of kernel function `f`, running tasks `start..end` of the blocked product.
 pub(crate) fn gen_gemm<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     k: &Kernel,
     p: &Gemm,
     f: FunctionValue<'ctx>,
     in_bases: &[PointerValue<'ctx>],
     out_base: PointerValue<'ctx>,
     (start, end): (IntValue<'ctx>, IntValue<'ctx>),
-) -> R<()> {
-    let cx = g.cx;
+) -> BackendResult<()> {
+    let cx = g.context;
     let bl = p.bl;
     let (w, mr, nr) = (bl.w, bl.mr, bl.nr);
     let Frame { vt, panel, ctile, zslot, accs, fmuladd, prefetch_fn } = frame(g, p)?;
     let (a_base, b_base) = (in_bases[p.a], in_bases[p.b]);
     let env = Env { k, bases: in_bases };
     let zero = vt.const_zero();
-    let splat = |x: BasicValueEnum<'ctx>| -> R<VectorValue<'ctx>> {
-        let v = g.b.build_insert_element(vt.get_poison(), x, g.i64(0), "ins").map_err(llvm_err)?;
+    let splat = |x: BasicValueEnum<'ctx>| -> BackendResult<VectorValue<'ctx>> {
+        let v = g.builder.build_insert_element(vt.get_poison(), x, g.i64(0), "ins").map_err(llvm_err)?;
         let mask = cx.i32_type().vec_type(w as u32).const_zero();
-        g.b.build_shuffle_vector(v, vt.get_poison(), mask, "splat").map_err(llvm_err)
+        g.builder.build_shuffle_vector(v, vt.get_poison(), mask, "splat").map_err(llvm_err)
     };
 
     let (mb, nb) = (p.m_blocks() as i64, p.n_blocks() as i64);
@@ -115,7 +125,7 @@ pub(crate) fn gen_gemm<'ctx>(
     let vector_fin = has_fin.filter(|fin| p.c_n == 1 && crate::vector::vexpr_ok(k, fin));
 
     g.for_range(f, start, end, &mut |t| {
-        let b = &g.b;
+        let b = &g.builder;
         let nbk = b.build_int_signed_rem(t, g.i64(nb), "nbk").map_err(llvm_err)?;
         let rest = b.build_int_signed_div(t, g.i64(nb), "r").map_err(llvm_err)?;
         let mbk = b.build_int_signed_rem(rest, g.i64(mb), "mbk").map_err(llvm_err)?;
@@ -129,34 +139,38 @@ pub(crate) fn gen_gemm<'ctx>(
         let i_hi = min(g, add(g, i_lo, g.i64(mc))?, g.i64(p.m as i64))?;
         let j_lo = mul(g, nbk, nc)?;
         let j_hi = min(g, add(g, j_lo, g.i64(nc))?, g.i64(p.n as i64))?;
-        let n_it =
-            g.b.build_int_signed_div(add(g, sub(g, i_hi, i_lo)?, g.i64(mr as i64 - 1))?, g.i64(mr as i64), "nit")
-                .map_err(llvm_err)?;
-        let n_jt =
-            g.b.build_int_signed_div(add(g, sub(g, j_hi, j_lo)?, g.i64(nr as i64 - 1))?, g.i64(nr as i64), "njt")
-                .map_err(llvm_err)?;
+        let n_it = g
+            .builder
+            .build_int_signed_div(add(g, sub(g, i_hi, i_lo)?, g.i64(mr as i64 - 1))?, g.i64(mr as i64), "nit")
+            .map_err(llvm_err)?;
+        let n_jt = g
+            .builder
+            .build_int_signed_div(add(g, sub(g, j_hi, j_lo)?, g.i64(nr as i64 - 1))?, g.i64(nr as i64), "njt")
+            .map_err(llvm_err)?;
 
         g.for_range(f, g.i64(0), g.i64(n_slices), &mut |s| {
-            let tg = g.b.build_int_signed_div(s, g.i64(kblocks as i64), "tg").map_err(llvm_err)?;
-            let kb = g.b.build_int_signed_rem(s, g.i64(kblocks as i64), "kb").map_err(llvm_err)?;
+            let tg = g.builder.build_int_signed_div(s, g.i64(kblocks as i64), "tg").map_err(llvm_err)?;
+            let kb = g.builder.build_int_signed_rem(s, g.i64(kblocks as i64), "kb").map_err(llvm_err)?;
             let tap_lo = mul(g, tg, tps as i64)?;
             let tap_hi = min(g, add(g, tap_lo, g.i64(tps as i64))?, g.i64(taps as i64))?;
             let ntap = sub(g, tap_hi, tap_lo)?;
             let kc0 = mul(g, kb, kcl as i64)?;
             let kcn = min(g, g.i64(kcl as i64), sub(g, g.i64(k_in as i64), kc0)?)?;
-            let first = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(0), "first").map_err(llvm_err)?;
-            let last = g.b.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
+            let first = g.builder.build_int_compare(IntPredicate::EQ, s, g.i64(0), "first").map_err(llvm_err)?;
+            let last =
+                g.builder.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
             let ar = ARows { a_base, zslot, bvars: &bvars, tap_lo, kc0, a_kin };
             // One NR-wide panel of B: where the micro-kernel reads it (packing it first if
             // needed), and which columns of C it covers.
-            let panel_at = |jt: IntValue<'ctx>| -> R<Panel<'ctx>> {
+            let panel_at = |jt: IntValue<'ctx>| -> BackendResult<Panel<'ctx>> {
                 let j0 = add(g, j_lo, mul(g, jt, nr as i64)?)?;
                 let jn = min(g, g.i64(nr as i64), sub(g, j_hi, j0)?)?;
-                let jfull = g.b.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
+                let jfull =
+                    g.builder.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
                 // &B[0, j0] of this batch element.
                 let b_at = add(g, b0, mul(g, j0, p.b_n)?)?;
                 let src = PanelSource { b_base, b_at, tap_lo, ntap, kc0, kcn, jn };
-                let pack = |g: &Gen<'ctx>| pack_panel(g, f, p, &src, panel);
+                let pack = |g: &CodeGen<'ctx>| pack_panel(g, f, p, &src, panel);
                 let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
                     // Flat K row tap_lo·K_in + kc0 of panel j0/NR.
                     let row = add(g, mul(g, tap_lo, k_in as i64)?, kc0)?;
@@ -164,14 +178,16 @@ pub(crate) fn gen_gemm<'ctx>(
                 } else if p.bsrc == BSource::InPlace {
                     // One K dim. Full-width panels are read in place; the last, narrower one
                     // is packed.
-                    let narrow = g.b.build_not(jfull, "narrow").map_err(llvm_err)?;
+                    let narrow = g.builder.build_not(jfull, "narrow").map_err(llvm_err)?;
                     when(g, f, narrow, &mut || pack(g))?;
                     let direct_ptr = f32_ptr(g, b_base, add(g, b_at, mul(g, kc0, p.b_k[0])?)?)?;
-                    let bp = g.b.build_select(jfull, direct_ptr, panel, "bp").map_err(llvm_err)?.into_pointer_value();
-                    let bs =
-                        g.b.build_select(jfull, g.i64(p.b_k[0]), g.i64(nr as i64), "bs")
-                            .map_err(llvm_err)?
-                            .into_int_value();
+                    let bp =
+                        g.builder.build_select(jfull, direct_ptr, panel, "bp").map_err(llvm_err)?.into_pointer_value();
+                    let bs = g
+                        .builder
+                        .build_select(jfull, g.i64(p.b_k[0]), g.i64(nr as i64), "bs")
+                        .map_err(llvm_err)?
+                        .into_int_value();
                     (bp, bs)
                 } else {
                     pack(g)?;
@@ -180,7 +196,7 @@ pub(crate) fn gen_gemm<'ctx>(
                 let c_full = if p.c_n == 1 { jfull } else { cx.bool_type().const_zero() };
                 Ok(Panel { j0, jn, bptr, bstride, c_full })
             };
-            let tile_at = |it: IntValue<'ctx>, pn: &Panel<'ctx>| -> R<()> {
+            let tile_at = |it: IntValue<'ctx>, pn: &Panel<'ctx>| -> BackendResult<()> {
                 let Panel { j0, jn, bptr, bstride, c_full } = *pn;
                 let i0 = add(g, i_lo, mul(g, it, mr as i64)?)?;
                 let rows = min(g, g.i64(mr as i64), sub(g, i_hi, i0)?)?;
@@ -190,9 +206,9 @@ pub(crate) fn gen_gemm<'ctx>(
                 let heights: Vec<usize> = [mr, p.m % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
                 let blocks: Vec<_> = heights.iter().map(|_| cx.append_basic_block(f, "tile")).collect();
                 let cases: Vec<_> = heights.iter().zip(&blocks).map(|(&r, &bb)| (g.i64(r as i64), bb)).collect();
-                g.b.build_switch(rows, merge, &cases).map_err(llvm_err)?;
+                g.builder.build_switch(rows, merge, &cases).map_err(llvm_err)?;
                 for (&r, &bb) in heights.iter().zip(&blocks) {
-                    g.b.position_at_end(bb);
+                    g.builder.position_at_end(bb);
                     micro_tile(
                         g,
                         f,
@@ -222,14 +238,14 @@ pub(crate) fn gen_gemm<'ctx>(
                         },
                         &splat,
                     )?;
-                    g.b.build_unconditional_branch(merge).map_err(llvm_err)?;
+                    g.builder.build_unconditional_branch(merge).map_err(llvm_err)?;
                 }
-                g.b.position_at_end(merge);
+                g.builder.position_at_end(merge);
                 if let Some(fin) = has_fin {
                     // Every tile took the finalizer in registers when it vectorizes (it needs
                     // C contiguous along N, which masks the edges).
                     let cond = match vector_fin {
-                        Some(_) => g.cx.bool_type().const_zero(),
+                        Some(_) => g.context.bool_type().const_zero(),
                         None => last,
                     };
                     let at = TileAt { bvars: &bvars, c0, i0, rows, j0, jn, out_base };
@@ -267,32 +283,32 @@ struct Frame<'ctx> {
 
 /// Allocates the body's stack buffers and accumulators (in the entry block, so that the
 /// accumulators become registers) and declares the intrinsics it calls.
-fn frame<'ctx>(g: &Gen<'ctx>, p: &Gemm) -> R<Frame<'ctx>> {
-    let cx = g.cx;
+fn frame<'ctx>(g: &CodeGen<'ctx>, p: &Gemm) -> BackendResult<Frame<'ctx>> {
+    let cx = g.context;
     let bl = p.bl;
     let (w, mr, nr) = (bl.w, bl.mr, bl.nr);
     let nq = nr / w;
     let f32t = cx.f32_type();
     let vt = f32t.vec_type(w as u32);
-    let panel = g.b.build_alloca(f32t.array_type((bl.kc * nr) as u32), "panel").map_err(llvm_err)?;
+    let panel = g.builder.build_alloca(f32t.array_type((bl.kc * nr) as u32), "panel").map_err(llvm_err)?;
     panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
-    let ctile = g.b.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
+    let ctile = g.builder.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
     ctile.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
     // What a row of A outside the padded input reads: one zero, stride 0.
     // It reads a row of zeros as long as a K slice with A's own step when that row is short
     // (a channels-last input: step 1), so that every row of a tile shares one step; else
     // one zero with step 0.
     let zlen = p.zero_row();
-    let zslot = g.b.build_alloca(f32t.array_type(zlen.max(1) as u32), "zero").map_err(llvm_err)?;
+    let zslot = g.builder.build_alloca(f32t.array_type(zlen.max(1) as u32), "zero").map_err(llvm_err)?;
     zslot.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
-    g.b.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
+    g.builder.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
     let accs: Vec<PointerValue> =
-        (0..mr * nq).map(|_| g.b.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
+        (0..mr * nq).map(|_| g.builder.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
     let fmuladd = Intrinsic::find("llvm.fmuladd")
-        .and_then(|i| i.get_declaration(&g.m, &[vt.into()]))
+        .and_then(|i| i.get_declaration(&g.module, &[vt.into()]))
         .ok_or_else(|| llvm_err("llvm.fmuladd"))?;
     let prefetch_fn = Intrinsic::find("llvm.prefetch")
-        .and_then(|i| i.get_declaration(&g.m, &[cx.ptr_type(inkwell::AddressSpace::default()).into()]))
+        .and_then(|i| i.get_declaration(&g.module, &[cx.ptr_type(inkwell::AddressSpace::default()).into()]))
         .ok_or_else(|| llvm_err("llvm.prefetch"))?;
     Ok(Frame { vt, panel, ctile, zslot, accs, fmuladd, prefetch_fn })
 }
@@ -312,19 +328,19 @@ struct PanelSource<'ctx> {
 /// Packs a panel of B into `panel`, NR floats a row (rows `(tap − tap_lo)·kcn + kk`), the
 /// columns past `jn` zero.
 fn pack_panel<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     p: &Gemm,
     src: &PanelSource<'ctx>,
     panel: PointerValue<'ctx>,
-) -> R<()> {
+) -> BackendResult<()> {
     let PanelSource { b_base, b_at, tap_lo, ntap, kc0, kcn, jn } = *src;
     let (nkd, nr) = (p.k_dims.len(), p.bl.nr);
-    let f32t = g.cx.f32_type();
+    let f32t = g.context.f32_type();
     g.for_range(f, g.i64(0), ntap, &mut |tt| {
         let tv = unravel(g, add(g, tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
         let b_tap = add(g, add(g, b_at, dot(g, &tv, &p.b_k[..nkd - 1])?)?, mul(g, kc0, p.b_k[nkd - 1])?)?;
-        let row0 = g.b.build_int_nsw_mul(tt, kcn, "row0").map_err(llvm_err)?;
+        let row0 = g.builder.build_int_nsw_mul(tt, kcn, "row0").map_err(llvm_err)?;
         g.for_range(f, g.i64(0), kcn, &mut |kk| {
             let src = add(g, b_tap, mul(g, kk, p.b_k[nkd - 1])?)?;
             let dst = mul(g, add(g, row0, kk)?, nr as i64)?;
@@ -353,13 +369,13 @@ struct TileAt<'a, 'ctx> {
 
 /// The kernel's finalizer on a stored tile, element by element (where it does not vectorize).
 fn scalar_epilogue<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     p: &Gemm,
     env: &Env<'_, 'ctx>,
     fin: &Expr,
     t: &TileAt<'_, 'ctx>,
-) -> R<()> {
+) -> BackendResult<()> {
     let TileAt { bvars, c0, i0, rows, j0, jn, out_base } = *t;
     g.for_range(f, g.i64(0), rows, &mut |i| {
         let mv = unravel(g, add(g, i0, i)?, &p.m_dims)?;
@@ -440,13 +456,13 @@ struct VFin<'a, 'ctx> {
 /// Each row's A pointer and step along the inner K dim for tap `tap_lo + tt` of the slice
 /// (a row outside the padded input reads the zero row).
 fn a_row_ptrs<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     p: &Gemm,
     t: &ARows<'_, 'ctx>,
     mvs: &[Vec<IntValue<'ctx>>],
     a_rows: &[IntValue<'ctx>],
     tt: IntValue<'ctx>,
-) -> R<Vec<(PointerValue<'ctx>, IntValue<'ctx>)>> {
+) -> BackendResult<Vec<(PointerValue<'ctx>, IntValue<'ctx>)>> {
     let nkd = p.k_dims.len();
     let tv = unravel(g, add(g, t.tap_lo, tt)?, &p.k_dims[..nkd - 1])?;
     let a_tap = add(g, dot(g, &tv, &p.a_k[..nkd - 1])?, mul(g, t.kc0, t.a_kin)?)?;
@@ -457,7 +473,7 @@ fn a_row_ptrs<'ctx>(
             rows.push((ptr, g.i64(t.a_kin)));
             continue;
         }
-        let mut all = g.cx.bool_type().const_all_ones();
+        let mut all = g.context.bool_type().const_all_ones();
         for c in &p.a_checks {
             let nb = t.bvars.len();
             let ms = nb + p.m_dims.len();
@@ -466,14 +482,14 @@ fn a_row_ptrs<'ctx>(
             v = add(g, v, dot(g, &mvs[i], &c.coef[nb..ms])?)?;
             let ko = ms + 1;
             v = add(g, v, dot(g, &tv, &c.coef[ko..ko + nkd - 1])?)?;
-            let ok = g.b.build_int_compare(IntPredicate::ULT, v, g.i64(c.ext), "inb").map_err(llvm_err)?;
-            all = g.b.build_and(all, ok, "valid").map_err(llvm_err)?;
+            let ok = g.builder.build_int_compare(IntPredicate::ULT, v, g.i64(c.ext), "inb").map_err(llvm_err)?;
+            all = g.builder.build_and(all, ok, "valid").map_err(llvm_err)?;
         }
-        let ptr = g.b.build_select(all, ptr, t.zslot, "arow").map_err(llvm_err)?.into_pointer_value();
+        let ptr = g.builder.build_select(all, ptr, t.zslot, "arow").map_err(llvm_err)?.into_pointer_value();
         let step = if p.zero_row() > 0 {
             g.i64(t.a_kin)
         } else {
-            g.b.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value()
+            g.builder.build_select(all, g.i64(t.a_kin), g.i64(0), "astep").map_err(llvm_err)?.into_int_value()
         };
         rows.push((ptr, step));
     }
@@ -482,17 +498,17 @@ fn a_row_ptrs<'ctx>(
 
 /// One `r×NR` tile: C[i0.., j0..] (+)= A[i0.., slice] · panel.
 fn micro_tile<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     p: &Gemm,
     r: usize,
     t: &Tile<'_, 'ctx>,
-    splat: &dyn Fn(BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>>,
-) -> R<()> {
+    splat: &dyn Fn(BasicValueEnum<'ctx>) -> BackendResult<VectorValue<'ctx>>,
+) -> BackendResult<()> {
     // The M variables of each row, and where the row starts in A and C.
     let mvs = step_rows(g, t.i0, r, &p.m_dims)?;
-    let c_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.c0, dot(g, mv, &p.c_m)?)).collect::<R<_>>()?;
-    let a_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.a0, dot(g, mv, &p.a_m)?)).collect::<R<_>>()?;
+    let c_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.c0, dot(g, mv, &p.c_m)?)).collect::<BackendResult<_>>()?;
+    let a_rows: Vec<IntValue> = mvs.iter().map(|mv| add(g, t.a0, dot(g, mv, &p.a_m)?)).collect::<BackendResult<_>>()?;
     let masks = load_accumulators(g, f, p, r, t, &c_rows)?;
     multiply_slice(g, f, p, r, t, &mvs, &a_rows, splat)?;
     store_tile(g, f, p, t, &mvs, &c_rows, masks.as_deref())
@@ -502,35 +518,35 @@ fn micro_tile<'ctx>(
 /// in C (through masked loads, or the stack tile, at the N edge). Returns the lane masks of
 /// an edge tile of a C contiguous along N.
 fn load_accumulators<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     p: &Gemm,
     r: usize,
     t: &Tile<'_, 'ctx>,
     c_rows: &[IntValue<'ctx>],
-) -> R<Option<Vec<VectorValue<'ctx>>>> {
+) -> BackendResult<Option<Vec<VectorValue<'ctx>>>> {
     let (w, nr) = (p.bl.w, p.bl.nr);
     let nq = nr / w;
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // Initial accumulators: zero on the first K slice, else the partial sums in C.
     for i in 0..r {
         for q in 0..nq {
-            g.b.build_store(acc(i, q), t.zero).map_err(llvm_err)?;
+            g.builder.build_store(acc(i, q), t.zero).map_err(llvm_err)?;
         }
     }
-    let not_first = g.b.build_not(t.first, "nf").map_err(llvm_err)?;
-    let full_reload = g.b.build_and(not_first, t.c_full, "fr").map_err(llvm_err)?;
+    let not_first = g.builder.build_not(t.first, "nf").map_err(llvm_err)?;
+    let full_reload = g.builder.build_and(not_first, t.c_full, "fr").map_err(llvm_err)?;
     when(g, f, full_reload, &mut || {
         for (i, &ci) in c_rows.iter().enumerate() {
             for q in 0..nq {
                 let pc = f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?;
-                g.b.build_store(acc(i, q), vload(g, t.vt, pc)?).map_err(llvm_err)?;
+                g.builder.build_store(acc(i, q), vload(g, t.vt, pc)?).map_err(llvm_err)?;
             }
         }
         Ok(())
     })?;
-    let not_full = g.b.build_not(t.c_full, "nfull").map_err(llvm_err)?;
-    let edge_reload = g.b.build_and(not_first, not_full, "er").map_err(llvm_err)?;
+    let not_full = g.builder.build_not(t.c_full, "nfull").map_err(llvm_err)?;
+    let edge_reload = g.builder.build_and(not_first, not_full, "er").map_err(llvm_err)?;
     // A tile past the last full panel of a C contiguous along N reads and writes the columns
     // it has with masked vector loads and stores (lane `l` of vector `q`: column
     // `j0 + q·W + l < j0 + jn`); elsewhere (C strided along N) through the stack tile.
@@ -540,7 +556,7 @@ fn load_accumulators<'ctx>(
             for (i, &ci) in c_rows.iter().enumerate() {
                 for (q, &m) in masks.iter().enumerate() {
                     let pc = f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?;
-                    g.b.build_store(acc(i, q), vload_masked(g, t.vt, pc, Some(m))?).map_err(llvm_err)?;
+                    g.builder.build_store(acc(i, q), vload_masked(g, t.vt, pc, Some(m))?).map_err(llvm_err)?;
                 }
             }
             return Ok(());
@@ -555,7 +571,7 @@ fn load_accumulators<'ctx>(
             })?;
             for q in 0..nq {
                 let v = vload(g, t.vt, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?)?;
-                g.b.build_store(acc(i, q), v).map_err(llvm_err)?;
+                g.builder.build_store(acc(i, q), v).map_err(llvm_err)?;
             }
         }
         Ok(())
@@ -568,15 +584,15 @@ fn load_accumulators<'ctx>(
 /// summed into the first.
 #[allow(clippy::too_many_arguments)]
 fn multiply_slice<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     p: &Gemm,
     r: usize,
     t: &Tile<'_, 'ctx>,
     mvs: &[Vec<IntValue<'ctx>>],
     a_rows: &[IntValue<'ctx>],
-    splat: &dyn Fn(BasicValueEnum<'ctx>) -> R<VectorValue<'ctx>>,
-) -> R<()> {
+    splat: &dyn Fn(BasicValueEnum<'ctx>) -> BackendResult<VectorValue<'ctx>>,
+) -> BackendResult<()> {
     let (w, nr) = (p.bl.w, p.bl.nr);
     let nq = nr / w;
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
@@ -587,46 +603,51 @@ fn multiply_slice<'ctx>(
     for s in 1..sets {
         for i in 0..r {
             for q in 0..nq {
-                g.b.build_store(acc_s(s, i, q), t.zero).map_err(llvm_err)?;
+                g.builder.build_store(acc_s(s, i, q), t.zero).map_err(llvm_err)?;
             }
         }
     }
     // The K loop over `len` steps from panel row `row0`, A's rows given as (pointer, step).
-    let k_loop = |rows: &[(PointerValue<'ctx>, IntValue<'ctx>)], row0: IntValue<'ctx>, len: IntValue<'ctx>| -> R<()> {
-        let step = |kk: IntValue<'ctx>, s: usize| -> R<()> {
-            let boff = g.b.build_int_nsw_mul(add(g, row0, kk)?, t.bstride, "bo").map_err(llvm_err)?;
+    let k_loop = |rows: &[(PointerValue<'ctx>, IntValue<'ctx>)],
+                  row0: IntValue<'ctx>,
+                  len: IntValue<'ctx>|
+     -> BackendResult<()> {
+        let step = |kk: IntValue<'ctx>, s: usize| -> BackendResult<()> {
+            let boff = g.builder.build_int_nsw_mul(add(g, row0, kk)?, t.bstride, "bo").map_err(llvm_err)?;
             let bv: Vec<VectorValue> = (0..nq)
                 .map(|q| vload(g, t.vt, f32_ptr(g, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
-                .collect::<R<_>>()?;
+                .collect::<BackendResult<_>>()?;
             for (i, &(ap, astep)) in rows.iter().enumerate() {
-                let ak = g.b.build_int_nsw_mul(kk, astep, "ak").map_err(llvm_err)?;
+                let ak = g.builder.build_int_nsw_mul(kk, astep, "ak").map_err(llvm_err)?;
                 let a = g.load_elem(ap, DType::F32, ak)?;
                 let av = splat(a)?;
                 for (q, &bq) in bv.iter().enumerate() {
-                    let cur = g.b.build_load(t.vt, acc_s(s, i, q), "a").map_err(llvm_err)?;
-                    let nv =
-                        g.b.build_call(t.fmuladd, &[av.into(), bq.into(), cur.into()], "fma")
-                            .map_err(llvm_err)?
-                            .try_as_basic_value()
-                            .basic()
-                            .ok_or_else(|| llvm_err("fmuladd returned void"))?;
-                    g.b.build_store(acc_s(s, i, q), nv).map_err(llvm_err)?;
+                    let cur = g.builder.build_load(t.vt, acc_s(s, i, q), "a").map_err(llvm_err)?;
+                    let nv = g
+                        .builder
+                        .build_call(t.fmuladd, &[av.into(), bq.into(), cur.into()], "fma")
+                        .map_err(llvm_err)?
+                        .try_as_basic_value()
+                        .basic()
+                        .ok_or_else(|| llvm_err("fmuladd returned void"))?;
+                    g.builder.build_store(acc_s(s, i, q), nv).map_err(llvm_err)?;
                 }
             }
             Ok(())
         };
         // Prefetch of the panel rows `t.prefetch` steps ahead of `row0 + k0`, for the `n` steps
         // of one trip of an unrolled loop, a cache line at a time.
-        let prefetch_b = |row0: IntValue<'ctx>, k0: IntValue<'ctx>, n: usize| -> R<()> {
+        let prefetch_b = |row0: IntValue<'ctx>, k0: IntValue<'ctx>, n: usize| -> BackendResult<()> {
             let Some(ahead) = t.prefetch else { return Ok(()) };
             let row = add(g, add(g, row0, k0)?, g.i64(ahead as i64))?;
-            let off = g.b.build_int_nsw_mul(row, t.bstride, "pfo").map_err(llvm_err)?;
-            let i32t = g.cx.i32_type();
+            let off = g.builder.build_int_nsw_mul(row, t.bstride, "pfo").map_err(llvm_err)?;
+            let i32t = g.context.i32_type();
             // (address, write = 0, locality = 3: keep in all levels, data cache = 1)
             let (rw, loc, data) = (i32t.const_zero(), i32t.const_int(3, false), i32t.const_int(1, false));
             for l in 0..(n * nr * 4).div_ceil(64) {
                 let at = f32_ptr(g, t.bptr, add(g, off, g.i64((l * 16) as i64))?)?;
-                g.b.build_call(t.prefetch_fn, &[at.into(), rw.into(), loc.into(), data.into()], "")
+                g.builder
+                    .build_call(t.prefetch_fn, &[at.into(), rw.into(), loc.into(), data.into()], "")
                     .map_err(llvm_err)?;
             }
             Ok(())
@@ -635,7 +656,7 @@ fn multiply_slice<'ctx>(
         // FMAs); short tiles interleave accumulator sets instead.
         if sets == 1 {
             let u = UNROLL;
-            let whole = g.b.build_int_signed_div(len, g.i64(u as i64), "ku").map_err(llvm_err)?;
+            let whole = g.builder.build_int_signed_div(len, g.i64(u as i64), "ku").map_err(llvm_err)?;
             g.for_range(f, g.i64(0), whole, &mut |kq| {
                 let k0 = mul(g, kq, u as i64)?;
                 prefetch_b(row0, k0, u)?;
@@ -646,7 +667,7 @@ fn multiply_slice<'ctx>(
             })?;
             return g.for_range(f, mul(g, whole, u as i64)?, len, &mut |kk| step(kk, 0));
         }
-        let whole = g.b.build_int_signed_div(len, g.i64(sets as i64), "kq").map_err(llvm_err)?;
+        let whole = g.builder.build_int_signed_div(len, g.i64(sets as i64), "kq").map_err(llvm_err)?;
         g.for_range(f, g.i64(0), whole, &mut |kq| {
             let k0 = mul(g, kq, sets as i64)?;
             prefetch_b(row0, k0, sets)?;
@@ -659,16 +680,16 @@ fn multiply_slice<'ctx>(
     };
     g.for_range(f, g.i64(0), t.ntap, &mut |tt| {
         let rows = a_row_ptrs(g, p, &t.ar, mvs, a_rows, tt)?;
-        let row0 = g.b.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
+        let row0 = g.builder.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
         k_loop(&rows, row0, t.kcn)
     })?;
     for s in 1..sets {
         for i in 0..r {
             for q in 0..nq {
-                let x = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
-                let y = g.b.build_load(t.vt, acc_s(s, i, q), "b").map_err(llvm_err)?.into_vector_value();
-                let sum = g.b.build_float_add(x, y, "sum").map_err(llvm_err)?;
-                g.b.build_store(acc(i, q), sum).map_err(llvm_err)?;
+                let x = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                let y = g.builder.build_load(t.vt, acc_s(s, i, q), "b").map_err(llvm_err)?.into_vector_value();
+                let sum = g.builder.build_float_add(x, y, "sum").map_err(llvm_err)?;
+                g.builder.build_store(acc(i, q), sum).map_err(llvm_err)?;
             }
         }
     }
@@ -678,20 +699,20 @@ fn multiply_slice<'ctx>(
 /// Stores the accumulators: straight into C for a full tile, through masked stores or the
 /// stack tile at the N edge; the epilogue on the last slice.
 fn store_tile<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     p: &Gemm,
     t: &Tile<'_, 'ctx>,
     mvs: &[Vec<IntValue<'ctx>>],
     c_rows: &[IntValue<'ctx>],
     masks: Option<&[VectorValue<'ctx>]>,
-) -> R<()> {
+) -> BackendResult<()> {
     let (w, nr) = (p.bl.w, p.bl.nr);
     let nq = nr / w;
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // Store: straight into C for a full tile, through the stack tile at the N edge.
     // The epilogue in registers, on the last slice (on the lanes of `masks` only, at an edge).
-    let vector_fin = |masks: Option<&[VectorValue<'ctx>]>| -> R<()> {
+    let vector_fin = |masks: Option<&[VectorValue<'ctx>]>| -> BackendResult<()> {
         let Some(VFin { k, fin, bases, last, j0 }) = t.vfin else { return Ok(()) };
         when(g, f, last, &mut || {
             for (i, mv) in mvs.iter().enumerate() {
@@ -700,41 +721,41 @@ fn store_tile<'ctx>(
                     vars.extend(mv.iter().copied());
                     vars.push(add(g, j0, g.i64((q * w) as i64))?);
                     vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
-                    let a = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                    let a = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
                     let m = masks.map(|m| m[q]);
                     let y = crate::vector::vgen_masked(g, k, bases, fin, &vars, Some(a), t.vt, m)?;
-                    g.b.build_store(acc(i, q), y).map_err(llvm_err)?;
+                    g.builder.build_store(acc(i, q), y).map_err(llvm_err)?;
                 }
             }
             Ok(())
         })
     };
     let full = cx_blocks(g, f, t.c_full)?;
-    g.b.position_at_end(full.0);
+    g.builder.position_at_end(full.0);
     vector_fin(None)?;
     for (i, &ci) in c_rows.iter().enumerate() {
         for q in 0..nq {
-            let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+            let v = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
             vstore(g, f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?, v)?;
         }
     }
-    g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
-    g.b.position_at_end(full.1);
+    g.builder.build_unconditional_branch(full.2).map_err(llvm_err)?;
+    g.builder.position_at_end(full.1);
     if let Some(masks) = &masks {
         vector_fin(Some(masks))?;
         for (i, &ci) in c_rows.iter().enumerate() {
             for (q, &m) in masks.iter().enumerate() {
-                let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+                let v = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
                 vstore_masked(g, f32_ptr(g, t.out_base, add(g, ci, g.i64((q * w) as i64))?)?, v, m)?;
             }
         }
-        g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
-        g.b.position_at_end(full.2);
+        g.builder.build_unconditional_branch(full.2).map_err(llvm_err)?;
+        g.builder.position_at_end(full.2);
         return Ok(());
     }
     for (i, &ci) in c_rows.iter().enumerate() {
         for q in 0..nq {
-            let v = g.b.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+            let v = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
             vstore(g, f32_ptr(g, t.ctile, g.i64((i * nr + q * w) as i64))?, v)?;
         }
         g.for_range(f, g.i64(0), t.jn, &mut |j| {
@@ -742,30 +763,30 @@ fn store_tile<'ctx>(
             g.store_elem(t.out_base, DType::F32, add(g, ci, mul(g, j, p.c_n)?)?, v)
         })?;
     }
-    g.b.build_unconditional_branch(full.2).map_err(llvm_err)?;
-    g.b.position_at_end(full.2);
+    g.builder.build_unconditional_branch(full.2).map_err(llvm_err)?;
+    g.builder.position_at_end(full.2);
     Ok(())
 }
 
 /// The lane masks of the `NR/W` vectors of a tile row `jn` columns wide.
-fn lane_masks<'ctx>(g: &Gen<'ctx>, p: &Gemm, jn: IntValue<'ctx>) -> R<Vec<VectorValue<'ctx>>> {
+fn lane_masks<'ctx>(g: &CodeGen<'ctx>, p: &Gemm, jn: IntValue<'ctx>) -> BackendResult<Vec<VectorValue<'ctx>>> {
     let w = p.bl.w;
     (0..p.bl.nr / w).map(|q| crate::vector::lane_mask(g, w as u32, sub(g, jn, g.i64((q * w) as i64))?)).collect()
 }
 
 /// `if cond {A} else {B}`: the (then, else, join) blocks, after branching on `cond`.
 fn cx_blocks<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     cond: IntValue<'ctx>,
-) -> R<(
+) -> BackendResult<(
     inkwell::basic_block::BasicBlock<'ctx>,
     inkwell::basic_block::BasicBlock<'ctx>,
     inkwell::basic_block::BasicBlock<'ctx>,
 )> {
-    let a = g.cx.append_basic_block(f, "full");
-    let b = g.cx.append_basic_block(f, "edge");
-    let j = g.cx.append_basic_block(f, "stored");
-    g.b.build_conditional_branch(cond, a, b).map_err(llvm_err)?;
+    let a = g.context.append_basic_block(f, "full");
+    let b = g.context.append_basic_block(f, "edge");
+    let j = g.context.append_basic_block(f, "stored");
+    g.builder.build_conditional_branch(cond, a, b).map_err(llvm_err)?;
     Ok((a, b, j))
 }

@@ -52,7 +52,7 @@ use kiln_ir::Tensor;
 
 use crate::vector::{vload, vload_masked, vstore, vstore_masked};
 use kiln_llvm_codegen::expr::Env;
-use kiln_llvm_codegen::{llvm_err, Gen, R};
+use kiln_llvm_codegen::{llvm_err, BackendResult, CodeGen};
 
 mod emit;
 mod prepack;

@@ -1,4 +1,4 @@
-//! LLVM handles for one module ([`Gen`]): element loads and stores by dtype (the narrow
+//! LLVM handles for one module ([`CodeGen`]): element loads and stores by dtype (the narrow
 //! types widened to their compute type in registers), loops, the context struct's fields;
 //! and the kernel-shaped helpers both backends need.
 
@@ -15,59 +15,64 @@ use kiln_ir::DType;
 
 use crate::BackendError;
 
+/// An LLVM failure (a builder call, a module check) as a [`BackendError`].
 pub fn llvm_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Llvm(e.to_string())
 }
 
-pub type R<T> = Result<T, BackendError>;
+/// What every code-generation step returns.
+pub type BackendResult<T> = Result<T, BackendError>;
 
-/// Shared LLVM handles for one module.
-pub struct Gen<'ctx> {
-    pub cx: &'ctx Context,
-    pub m: Module<'ctx>,
-    pub b: Builder<'ctx>,
+/// The LLVM handles for generating one module: a kernel's code is built through these.
+pub struct CodeGen<'ctx> {
+    /// Owns LLVM's types and constants.
+    pub context: &'ctx Context,
+    /// The module the functions are added to.
+    pub module: Module<'ctx>,
+    /// Positioned where the next instruction goes.
+    pub builder: Builder<'ctx>,
 }
 
-impl<'ctx> Gen<'ctx> {
+impl<'ctx> CodeGen<'ctx> {
     pub fn i64(&self, x: i64) -> IntValue<'ctx> {
-        self.cx.i64_type().const_int(x as u64, true)
+        self.context.i64_type().const_int(x as u64, true)
     }
     pub fn ptr_ty(&self) -> inkwell::types::PointerType<'ctx> {
-        self.cx.ptr_type(AddressSpace::default())
+        self.context.ptr_type(AddressSpace::default())
     }
     /// The in-register type of a dtype: that of its compute type ([`DType::compute`]), so an
     /// f16 value lives in an f32 register and a u8 in a zero-extended i32 (bool is `i1`).
     pub fn reg_ty(&self, d: DType) -> BasicTypeEnum<'ctx> {
         match d.compute() {
-            DType::F64 => self.cx.f64_type().into(),
-            DType::I32 => self.cx.i32_type().into(),
-            DType::I64 => self.cx.i64_type().into(),
-            DType::Bool => self.cx.bool_type().into(),
-            _ => self.cx.f32_type().into(),
+            DType::F64 => self.context.f64_type().into(),
+            DType::I32 => self.context.i32_type().into(),
+            DType::I64 => self.context.i64_type().into(),
+            DType::Bool => self.context.bool_type().into(),
+            _ => self.context.f32_type().into(),
         }
     }
     /// The in-memory type of a dtype (bool is one byte; bf16 is its 16 bits).
     pub fn mem_ty(&self, d: DType) -> BasicTypeEnum<'ctx> {
         match d {
-            DType::Bool | DType::I8 | DType::U8 => self.cx.i8_type().into(),
+            DType::Bool | DType::I8 | DType::U8 => self.context.i8_type().into(),
             // The small types: one byte per element (see `kiln_abi::DTypeCode`).
-            d if d.is_small() => self.cx.i8_type().into(),
-            DType::I16 | DType::U16 | DType::BF16 => self.cx.i16_type().into(),
-            DType::U32 => self.cx.i32_type().into(),
-            DType::F16 => self.cx.f16_type().into(),
+            d if d.is_small() => self.context.i8_type().into(),
+            DType::I16 | DType::U16 | DType::BF16 => self.context.i16_type().into(),
+            DType::U32 => self.context.i32_type().into(),
+            DType::F16 => self.context.f16_type().into(),
             _ => self.reg_ty(d),
         }
     }
 
     /// Loads a pointer-sized field of the context.
-    pub fn ctx_field(&self, ctx: PointerValue<'ctx>, offset: u64, name: &str) -> R<PointerValue<'ctx>> {
-        let p =
-            unsafe { self.b.build_gep(self.cx.i8_type(), ctx, &[self.i64(offset as i64)], name) }.map_err(llvm_err)?;
-        Ok(self.b.build_load(self.ptr_ty(), p, name).map_err(llvm_err)?.into_pointer_value())
+    pub fn ctx_field(&self, ctx: PointerValue<'ctx>, offset: u64, name: &str) -> BackendResult<PointerValue<'ctx>> {
+        let p = unsafe { self.builder.build_gep(self.context.i8_type(), ctx, &[self.i64(offset as i64)], name) }
+            .map_err(llvm_err)?;
+        Ok(self.builder.build_load(self.ptr_ty(), p, name).map_err(llvm_err)?.into_pointer_value())
     }
 
     /// The base address of a buffer, computed from the context.
-    pub fn buffer_ptr(&self, ctx: PointerValue<'ctx>, buf: &Buffer) -> R<PointerValue<'ctx>> {
+    pub fn buffer_ptr(&self, ctx: PointerValue<'ctx>, buf: &Buffer) -> BackendResult<PointerValue<'ctx>> {
         let (field, index_or_offset, indirect) = match &buf.kind {
             BufferKind::Input(i) => (off::INPUTS, *i as u64, true),
             BufferKind::Output(i) => (off::OUTPUTS, *i as u64, true),
@@ -76,12 +81,15 @@ impl<'ctx> Gen<'ctx> {
         };
         let base = self.ctx_field(ctx, field, "base")?;
         if indirect {
-            let slot = unsafe { self.b.build_gep(self.ptr_ty(), base, &[self.i64(index_or_offset as i64)], "slot") }
-                .map_err(llvm_err)?;
-            Ok(self.b.build_load(self.ptr_ty(), slot, &buf.name).map_err(llvm_err)?.into_pointer_value())
+            let slot =
+                unsafe { self.builder.build_gep(self.ptr_ty(), base, &[self.i64(index_or_offset as i64)], "slot") }
+                    .map_err(llvm_err)?;
+            Ok(self.builder.build_load(self.ptr_ty(), slot, &buf.name).map_err(llvm_err)?.into_pointer_value())
         } else {
-            unsafe { self.b.build_gep(self.cx.i8_type(), base, &[self.i64(index_or_offset as i64)], &buf.name) }
-                .map_err(llvm_err)
+            unsafe {
+                self.builder.build_gep(self.context.i8_type(), base, &[self.i64(index_or_offset as i64)], &buf.name)
+            }
+            .map_err(llvm_err)
         }
     }
 
@@ -91,52 +99,62 @@ impl<'ctx> Gen<'ctx> {
         f: FunctionValue<'ctx>,
         lo: IntValue<'ctx>,
         hi: IntValue<'ctx>,
-        body: &mut dyn FnMut(IntValue<'ctx>) -> R<()>,
-    ) -> R<()> {
-        let pre = self.b.get_insert_block().expect("positioned");
-        let header = self.cx.append_basic_block(f, "loop");
-        let bodyb = self.cx.append_basic_block(f, "body");
-        let exit = self.cx.append_basic_block(f, "exit");
-        self.b.build_unconditional_branch(header).map_err(llvm_err)?;
-        self.b.position_at_end(header);
-        let phi = self.b.build_phi(self.cx.i64_type(), "i").map_err(llvm_err)?;
+        body: &mut dyn FnMut(IntValue<'ctx>) -> BackendResult<()>,
+    ) -> BackendResult<()> {
+        let pre = self.builder.get_insert_block().expect("positioned");
+        let header = self.context.append_basic_block(f, "loop");
+        let bodyb = self.context.append_basic_block(f, "body");
+        let exit = self.context.append_basic_block(f, "exit");
+        self.builder.build_unconditional_branch(header).map_err(llvm_err)?;
+        self.builder.position_at_end(header);
+        let phi = self.builder.build_phi(self.context.i64_type(), "i").map_err(llvm_err)?;
         phi.add_incoming(&[(&lo, pre)]);
         let iv = phi.as_basic_value().into_int_value();
-        let cond = self.b.build_int_compare(inkwell::IntPredicate::SLT, iv, hi, "c").map_err(llvm_err)?;
-        self.b.build_conditional_branch(cond, bodyb, exit).map_err(llvm_err)?;
-        self.b.position_at_end(bodyb);
+        let cond = self.builder.build_int_compare(inkwell::IntPredicate::SLT, iv, hi, "c").map_err(llvm_err)?;
+        self.builder.build_conditional_branch(cond, bodyb, exit).map_err(llvm_err)?;
+        self.builder.position_at_end(bodyb);
         body(iv)?;
-        let next = self.b.build_int_nsw_add(iv, self.i64(1), "next").map_err(llvm_err)?;
-        let latch = self.b.get_insert_block().expect("positioned");
-        self.b.build_unconditional_branch(header).map_err(llvm_err)?;
+        let next = self.builder.build_int_nsw_add(iv, self.i64(1), "next").map_err(llvm_err)?;
+        let latch = self.builder.get_insert_block().expect("positioned");
+        self.builder.build_unconditional_branch(header).map_err(llvm_err)?;
         phi.add_incoming(&[(&next, latch)]);
-        self.b.position_at_end(exit);
+        self.builder.position_at_end(exit);
         Ok(())
     }
 
     /// Address of element `index` (already linearized) of a view's buffer.
-    pub fn elem_ptr(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>) -> R<PointerValue<'ctx>> {
-        unsafe { self.b.build_gep(self.mem_ty(d), base, &[linear], "p") }.map_err(llvm_err)
+    pub fn elem_ptr(
+        &self,
+        base: PointerValue<'ctx>,
+        d: DType,
+        linear: IntValue<'ctx>,
+    ) -> BackendResult<PointerValue<'ctx>> {
+        unsafe { self.builder.build_gep(self.mem_ty(d), base, &[linear], "p") }.map_err(llvm_err)
     }
 
-    pub fn load_elem(&self, base: PointerValue<'ctx>, d: DType, linear: IntValue<'ctx>) -> R<BasicValueEnum<'ctx>> {
+    pub fn load_elem(
+        &self,
+        base: PointerValue<'ctx>,
+        d: DType,
+        linear: IntValue<'ctx>,
+    ) -> BackendResult<BasicValueEnum<'ctx>> {
         let p = self.elem_ptr(base, d, linear)?;
-        let v = self.b.build_load(self.mem_ty(d), p, "v").map_err(llvm_err)?;
-        let b = &self.b;
+        let v = self.builder.build_load(self.mem_ty(d), p, "v").map_err(llvm_err)?;
+        let b = &self.builder;
         let reg = self.reg_ty(d);
         Ok(match d {
             DType::Bool => {
-                let z = self.cx.i8_type().const_zero();
+                let z = self.context.i8_type().const_zero();
                 b.build_int_compare(inkwell::IntPredicate::NE, v.into_int_value(), z, "b").map_err(llvm_err)?.into()
             }
             DType::F16 => b.build_float_ext(v.into_float_value(), reg.into_float_type(), "h").map_err(llvm_err)?.into(),
             DType::BF16 => {
-                let w = b.build_int_z_extend(v.into_int_value(), self.cx.i32_type(), "w").map_err(llvm_err)?;
-                let w = b.build_left_shift(w, self.cx.i32_type().const_int(16, false), "s").map_err(llvm_err)?;
+                let w = b.build_int_z_extend(v.into_int_value(), self.context.i32_type(), "w").map_err(llvm_err)?;
+                let w = b.build_left_shift(w, self.context.i32_type().const_int(16, false), "s").map_err(llvm_err)?;
                 b.build_bit_cast(w, reg, "bf").map_err(llvm_err)?
             }
             d if d.minifloat().is_some() => {
-                let c = b.build_int_z_extend(v.into_int_value(), self.cx.i32_type(), "c").map_err(llvm_err)?;
+                let c = b.build_int_z_extend(v.into_int_value(), self.context.i32_type(), "c").map_err(llvm_err)?;
                 crate::minifloat::decode(self, d.minifloat().expect("a small float"), c)?.into()
             }
             DType::I8 | DType::I16 | DType::I4 | DType::I2 => {
@@ -155,21 +173,24 @@ impl<'ctx> Gen<'ctx> {
         d: DType,
         linear: IntValue<'ctx>,
         v: BasicValueEnum<'ctx>,
-    ) -> R<()> {
+    ) -> BackendResult<()> {
         let p = self.elem_ptr(base, d, linear)?;
-        let b = &self.b;
+        let b = &self.builder;
         let mem = self.mem_ty(d);
         // Registers of storage types hold values already rounded or wrapped to the type
         // (`Cast` does that), so narrowing here is exact.
         let v: BasicValueEnum = match d {
-            DType::Bool => b.build_int_z_extend(v.into_int_value(), self.cx.i8_type(), "zb").map_err(llvm_err)?.into(),
+            DType::Bool => {
+                b.build_int_z_extend(v.into_int_value(), self.context.i8_type(), "zb").map_err(llvm_err)?.into()
+            }
             DType::F16 => {
                 b.build_float_trunc(v.into_float_value(), mem.into_float_type(), "h").map_err(llvm_err)?.into()
             }
             DType::BF16 => {
-                let w = b.build_bit_cast(v, self.cx.i32_type(), "w").map_err(llvm_err)?.into_int_value();
-                let w =
-                    b.build_right_shift(w, self.cx.i32_type().const_int(16, false), false, "s").map_err(llvm_err)?;
+                let w = b.build_bit_cast(v, self.context.i32_type(), "w").map_err(llvm_err)?.into_int_value();
+                let w = b
+                    .build_right_shift(w, self.context.i32_type().const_int(16, false), false, "s")
+                    .map_err(llvm_err)?;
                 b.build_int_truncate(w, mem.into_int_type(), "bf").map_err(llvm_err)?.into()
             }
             // A small float register holds a value of the format (exactly): encoding is exact.
@@ -186,19 +207,19 @@ impl<'ctx> Gen<'ctx> {
             }
             _ => v,
         };
-        self.b.build_store(p, v).map_err(llvm_err)?;
+        self.builder.build_store(p, v).map_err(llvm_err)?;
         Ok(())
     }
 
     /// `offset + Σ index[d] * strides[d]` for a view.
-    pub fn linear(&self, view: &View, index: &[IntValue<'ctx>]) -> R<IntValue<'ctx>> {
+    pub fn linear(&self, view: &View, index: &[IntValue<'ctx>]) -> BackendResult<IntValue<'ctx>> {
         let mut acc = self.i64(view.offset);
         for (&ix, &s) in index.iter().zip(&view.strides) {
             if s == 0 {
                 continue;
             }
-            let t = if s == 1 { ix } else { self.b.build_int_nsw_mul(ix, self.i64(s), "t").map_err(llvm_err)? };
-            acc = self.b.build_int_nsw_add(acc, t, "lin").map_err(llvm_err)?;
+            let t = if s == 1 { ix } else { self.builder.build_int_nsw_mul(ix, self.i64(s), "t").map_err(llvm_err)? };
+            acc = self.builder.build_int_nsw_add(acc, t, "lin").map_err(llvm_err)?;
         }
         Ok(acc)
     }
@@ -207,12 +228,16 @@ impl<'ctx> Gen<'ctx> {
 /// The mixed-radix number `vars` (digits in `dims`, innermost last) plus one: each digit
 /// that reaches its extent wraps to 0 and carries (selects, no division); the outermost one
 /// does not wrap.
-pub fn increment<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], dims: &[usize]) -> R<Vec<IntValue<'ctx>>> {
-    let b = &g.b;
+pub fn increment<'ctx>(
+    g: &CodeGen<'ctx>,
+    vars: &[IntValue<'ctx>],
+    dims: &[usize],
+) -> BackendResult<Vec<IntValue<'ctx>>> {
+    let b = &g.builder;
     let mut next = vars.to_vec();
-    let mut carry = g.cx.bool_type().const_int(1, false);
+    let mut carry = g.context.bool_type().const_int(1, false);
     for d in (0..vars.len()).rev() {
-        let inc = b.build_int_z_extend(carry, g.cx.i64_type(), "inc").map_err(llvm_err)?;
+        let inc = b.build_int_z_extend(carry, g.context.i64_type(), "inc").map_err(llvm_err)?;
         let v = b.build_int_nsw_add(vars[d], inc, "v1").map_err(llvm_err)?;
         next[d] = if d == 0 {
             v
@@ -228,13 +253,13 @@ pub fn increment<'ctx>(g: &Gen<'ctx>, vars: &[IntValue<'ctx>], dims: &[usize]) -
 /// Loops over `domain[dim..]` (the reduction dims), calling `leaf` innermost with `vars`
 /// completed by the loop variables.
 pub fn reduce_loops<'ctx>(
-    g: &Gen<'ctx>,
+    g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     domain: &[usize],
     dim: usize,
     vars: &mut Vec<IntValue<'ctx>>,
-    leaf: &mut dyn FnMut(&[IntValue<'ctx>]) -> R<()>,
-) -> R<()> {
+    leaf: &mut dyn FnMut(&[IntValue<'ctx>]) -> BackendResult<()>,
+) -> BackendResult<()> {
     if dim == domain.len() {
         return leaf(vars);
     }
