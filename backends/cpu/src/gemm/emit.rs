@@ -91,6 +91,48 @@ fn dot<'ctx>(g: &CodeGen<'ctx>, vars: &[IntValue<'ctx>], coef: &[i64]) -> Backen
     Ok(s)
 }
 
+/// One NR-wide panel of B for column tile `jt` of the block `j_lo..j_hi` (whose batch
+/// element starts at `b0`), over the K slice `kc0..kc0+kcn` of taps `tap_lo..+ntap`: where
+/// the micro-kernel reads it (packing it into `panel` first if needed), and which columns of
+/// C it covers.
+fn b_panel<'ctx>(
+    g: &CodeGen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    (b_base, panel): (PointerValue<'ctx>, PointerValue<'ctx>),
+    (j_lo, j_hi, b0): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    (tap_lo, ntap, kc0, kcn): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    jt: IntValue<'ctx>,
+) -> BackendResult<Panel<'ctx>> {
+    let (nr, k_in) = (p.bl.nr, p.k_in());
+    let j0 = add(g, j_lo, mul(g, jt, nr as i64)?)?;
+    let jn = min(g, g.i64(nr as i64), sub(g, j_hi, j0)?)?;
+    let jfull = g.builder.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
+    // &B[0, j0] of this batch element.
+    let b_at = add(g, b0, mul(g, j0, p.b_n)?)?;
+    let src = PanelSource { b_base, b_at, tap_lo, ntap, kc0, kcn, jn };
+    let pack = |g: &CodeGen<'ctx>| pack_panel(g, f, p, &src, panel);
+    let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
+        // Flat K row tap_lo·K_in + kc0 of panel j0/NR.
+        let row = add(g, mul(g, tap_lo, k_in as i64)?, kc0)?;
+        (f32_ptr(g, b_base, add(g, b_at, mul(g, row, nr as i64)?)?)?, g.i64(nr as i64))
+    } else if p.bsrc == BSource::InPlace {
+        // One K dim. Full-width panels are read in place; the last, narrower one is packed.
+        let narrow = g.builder.build_not(jfull, "narrow").map_err(llvm_err)?;
+        when(g, f, narrow, &mut || pack(g))?;
+        let direct_ptr = f32_ptr(g, b_base, add(g, b_at, mul(g, kc0, p.b_k[0])?)?)?;
+        let bp = g.builder.build_select(jfull, direct_ptr, panel, "bp").map_err(llvm_err)?.into_pointer_value();
+        let bs =
+            g.builder.build_select(jfull, g.i64(p.b_k[0]), g.i64(nr as i64), "bs").map_err(llvm_err)?.into_int_value();
+        (bp, bs)
+    } else {
+        pack(g)?;
+        (panel, g.i64(nr as i64))
+    };
+    let c_full = if p.c_n == 1 { jfull } else { g.context.bool_type().const_zero() };
+    Ok(Panel { j0, jn, bptr, bstride, c_full })
+}
+
 /// Emits the body of kernel function `f`, running tasks `start..end` of the blocked product.
 pub(crate) fn gen_gemm<'ctx>(
     g: &CodeGen<'ctx>,
@@ -160,42 +202,8 @@ pub(crate) fn gen_gemm<'ctx>(
             let last =
                 g.builder.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
             let ar = ARows { a_base, zslot, bvars: &bvars, tap_lo, kc0, a_kin };
-            // One NR-wide panel of B: where the micro-kernel reads it (packing it first if
-            // needed), and which columns of C it covers.
-            let panel_at = |jt: IntValue<'ctx>| -> BackendResult<Panel<'ctx>> {
-                let j0 = add(g, j_lo, mul(g, jt, nr as i64)?)?;
-                let jn = min(g, g.i64(nr as i64), sub(g, j_hi, j0)?)?;
-                let jfull =
-                    g.builder.build_int_compare(IntPredicate::EQ, jn, g.i64(nr as i64), "jfull").map_err(llvm_err)?;
-                // &B[0, j0] of this batch element.
-                let b_at = add(g, b0, mul(g, j0, p.b_n)?)?;
-                let src = PanelSource { b_base, b_at, tap_lo, ntap, kc0, kcn, jn };
-                let pack = |g: &CodeGen<'ctx>| pack_panel(g, f, p, &src, panel);
-                let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
-                    // Flat K row tap_lo·K_in + kc0 of panel j0/NR.
-                    let row = add(g, mul(g, tap_lo, k_in as i64)?, kc0)?;
-                    (f32_ptr(g, b_base, add(g, b_at, mul(g, row, nr as i64)?)?)?, g.i64(nr as i64))
-                } else if p.bsrc == BSource::InPlace {
-                    // One K dim. Full-width panels are read in place; the last, narrower one
-                    // is packed.
-                    let narrow = g.builder.build_not(jfull, "narrow").map_err(llvm_err)?;
-                    when(g, f, narrow, &mut || pack(g))?;
-                    let direct_ptr = f32_ptr(g, b_base, add(g, b_at, mul(g, kc0, p.b_k[0])?)?)?;
-                    let bp =
-                        g.builder.build_select(jfull, direct_ptr, panel, "bp").map_err(llvm_err)?.into_pointer_value();
-                    let bs = g
-                        .builder
-                        .build_select(jfull, g.i64(p.b_k[0]), g.i64(nr as i64), "bs")
-                        .map_err(llvm_err)?
-                        .into_int_value();
-                    (bp, bs)
-                } else {
-                    pack(g)?;
-                    (panel, g.i64(nr as i64))
-                };
-                let c_full = if p.c_n == 1 { jfull } else { cx.bool_type().const_zero() };
-                Ok(Panel { j0, jn, bptr, bstride, c_full })
-            };
+            let panel_at =
+                |jt: IntValue<'ctx>| b_panel(g, f, p, (b_base, panel), (j_lo, j_hi, b0), (tap_lo, ntap, kc0, kcn), jt);
             let tile_at = |it: IntValue<'ctx>, pn: &Panel<'ctx>| -> BackendResult<()> {
                 let Panel { j0, jn, bptr, bstride, c_full } = *pn;
                 let i0 = add(g, i_lo, mul(g, it, mr as i64)?)?;
