@@ -269,6 +269,15 @@ pub enum Op {
         beta: f32,
         bias: f32,
     },
+    /// Layer normalization over the axes `axis..`: `(x - mean) / sqrt(var + epsilon) · scale
+    /// (+ bias)`, the mean and (biased) variance taken over those axes; inputs `x`, `scale`
+    /// and an optional `bias`, which broadcast to `x`. Kept whole through the HIR passes and
+    /// expanded into reductions and elementwise ops by the `decompose` step for a backend
+    /// that does not lower it whole (`passes/src/decompose.rs`).
+    LayerNorm {
+        axis: usize,
+        epsilon: f32,
+    },
     /// Softmax along one axis (opset-13 semantics; the importer rewrites older forms).
     Softmax {
         axis: usize,
@@ -426,6 +435,7 @@ impl Op {
             | AveragePool { .. }
             | BatchNorm { .. }
             | Lrn { .. }
+            | LayerNorm { .. }
             | Softmax { .. }
             | LogSoftmax { .. } => Family::Nn,
             Reduce { .. } => Family::Reduce,
@@ -509,6 +519,7 @@ impl Op {
             Op::AveragePool { .. } => "average_pool",
             Op::BatchNorm { .. } => "batch_norm",
             Op::Lrn { .. } => "lrn",
+            Op::LayerNorm { .. } => "layer_norm",
             Op::Softmax { .. } => "softmax",
             Op::LogSoftmax { .. } => "log_softmax",
             Op::Reduce { op, .. } => match op {

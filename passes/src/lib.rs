@@ -2,12 +2,14 @@
 //!
 //! * [`pipeline`]: the whole pipeline in order, HIR and LIR steps alike, and its driver.
 //! * HIR passes: [`simplify`] (constant folding, DCE, CSE, Identity removal, BatchNorm
-//!   folding) and [`fuse`].
+//!   folding), [`decompose`] (ops kept whole until then, for a backend that does not lower
+//!   them) and [`fuse`].
 //! * [`lower`]: HIR → LIR.
 //! * LIR passes: [`fuse`]'s LIR half and [`memory`] (liveness, in-place reuse, arena
 //!   offsets, the weight section).
 //! * [`partition`]: splitting a graph across devices (before fusion).
 
+pub mod decompose;
 pub mod fuse;
 pub mod lower;
 pub mod memory;

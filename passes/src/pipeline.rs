@@ -6,7 +6,7 @@
 //!                         fold-constants-2 dce
 //!   ── a model split across devices is partitioned here (partition.rs); the rest runs
 //!      on each partition, with the context of its device ──
-//!   per partition (HIR)   fuse
+//!   per partition (HIR)   decompose (ops the backend does not lower whole) fuse
 //!   HIR → LIR             lower
 //!   per partition (LIR)   fuse-lir inline-scalar-constants prepack (the backend's)
 //!                         relayout-constants plan-memory remove-unused-buffers pack-weights
@@ -23,7 +23,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 
 use crate::memory::{MemoryReport, WeightSection};
-use crate::{fuse, memory, simplify, PassError};
+use crate::{decompose, fuse, memory, simplify, PassError};
 
 /// What a backend adds to the pipeline for the device a graph is compiled for.
 pub trait Backend: Sync {
@@ -32,6 +32,13 @@ pub trait Backend: Sync {
     /// rewrote. Nothing by default.
     fn prepack(&self, _p: &mut Program) -> usize {
         0
+    }
+
+    /// The `decompose` step: whether to expand `op` (one that stays whole through the HIR
+    /// passes, [`crate::decompose::expandable`]) into simpler ops. A backend that lowers an
+    /// op whole returns false for it. Every op by default.
+    fn decomposes(&self, _op: &kiln_ir::Op) -> bool {
+        true
     }
 }
 
@@ -70,6 +77,8 @@ pub struct Lowered {
 
 /// A HIR pass: returns whether it changed the graph.
 pub type HirPass = fn(&mut Graph) -> Result<bool, PassError>;
+/// A HIR pass on one partition, with the context (for the backend's choices).
+pub type PartitionPass = fn(&mut Graph, &Context) -> Result<bool, PassError>;
 /// An LIR pass, with the context (for the backend's steps).
 pub type LirPass = fn(&mut Lowered, &Context) -> Result<(), PassError>;
 
@@ -79,7 +88,7 @@ pub enum Pass {
     /// A HIR pass on the whole graph (before a split model is partitioned).
     Graph(HirPass),
     /// A HIR pass on each partition (on the whole graph when it is not split).
-    Partition(HirPass),
+    Partition(PartitionPass),
     /// HIR → LIR.
     Lower,
     /// An LIR pass.
@@ -95,7 +104,8 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("sink-reshapes", Pass::Graph(simplify::sink_reshapes)),
     ("fold-constants-2", Pass::Graph(simplify::fold_constants)),
     ("dce", Pass::Graph(simplify::dce)),
-    ("fuse", Pass::Partition(fuse::fuse)),
+    ("decompose", Pass::Partition(decompose::decompose)),
+    ("fuse", Pass::Partition(fuse)),
     ("lower", Pass::Lower),
     ("fuse-lir", Pass::Lir(fuse_lir)),
     ("inline-scalar-constants", Pass::Lir(inline_scalar_constants)),
@@ -105,6 +115,10 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("remove-unused-buffers", Pass::Lir(remove_unused_buffers)),
     ("pack-weights", Pass::Lir(pack_weights)),
 ];
+
+fn fuse(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
+    fuse::fuse(g)
+}
 
 // The LIR steps as [`LirPass`]es: each the pass of its module on the lowered program.
 
@@ -201,11 +215,13 @@ fn drive(g: &mut Graph, cx: &Context, first: usize, until: Until) -> Result<Outc
         }
         let start = Instant::now();
         match (pass, lowered.as_mut()) {
-            (Pass::Graph(f) | Pass::Partition(f), None) => {
+            (Pass::Graph(f), None) => {
                 f(g)?;
-                if cx.verifies() {
-                    kiln_ir::verify::verify(g).map_err(|message| PassError::Verify { pass: name.into(), message })?;
-                }
+                verify_hir(g, cx, name)?;
+            }
+            (Pass::Partition(f), None) => {
+                f(g, cx)?;
+                verify_hir(g, cx, name)?;
             }
             (Pass::Lower, None) => lowered = Some(lower_step(g, cx, name)?),
             (Pass::Lir(f), Some(l)) => lir_step(f, l, cx, name)?,
@@ -265,6 +281,14 @@ fn lir_step(f: LirPass, l: &mut Lowered, cx: &Context, name: &str) -> Result<(),
     verify_lir(l, cx, name)
 }
 
+/// Runs the HIR verifier after step `name` when the context verifies.
+fn verify_hir(g: &Graph, cx: &Context, name: &str) -> Result<(), PassError> {
+    if cx.verifies() {
+        kiln_ir::verify::verify(g).map_err(|message| PassError::Verify { pass: name.into(), message })?;
+    }
+    Ok(())
+}
+
 /// Runs the LIR verifier after step `name` when the context verifies.
 fn verify_lir(l: &Lowered, cx: &Context, name: &str) -> Result<(), PassError> {
     if cx.verifies() {
@@ -293,6 +317,11 @@ mod tests {
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len(), "step names are unique");
         assert!(!is_lir("fuse") && is_lir("lower") && is_lir("pack-weights") && !is_lir("nonsense"));
+        // Ops kept whole are expanded per partition, before fusion sees them.
+        assert_eq!(
+            names.iter().position(|&n| n == "decompose").unwrap() + 1,
+            names.iter().position(|&n| n == "fuse").unwrap()
+        );
     }
 
     fn small_graph() -> Graph {

@@ -436,6 +436,16 @@ fn pooling_and_normalization() {
         check(Op::Softmax { axis }, &[r.tensor(DType::F32, &s)]);
         check(Op::LogSoftmax { axis }, &[r.tensor(DType::F32, &s)]);
     }
+    // LayerNorm (expanded by the `decompose` step), over the last axes, with and without a
+    // bias, the parameters constant (as exported models have them) or fed at run time.
+    for (s, axis) in [(vec![2, 5, 768], 2), (vec![3, 4, 6], 1), (vec![7, 33], 1)] {
+        let params = s[axis..].to_vec();
+        let x = r.tensor(DType::F32, &s);
+        let (scale, bias) = (r.tensor(DType::F32, &params), r.tensor(DType::F32, &params));
+        let op = Op::LayerNorm { axis, epsilon: 1e-5 };
+        check_with(op.clone(), &[x.clone(), scale.clone(), bias], &[false, true, true], 1e-5);
+        check_with(op, &[x, scale], &[false, false], 1e-5);
+    }
 }
 
 #[test]

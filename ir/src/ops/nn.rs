@@ -295,6 +295,26 @@ pub(super) fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> 
     Ok(Tensor::f32(x.shape().to_vec(), out))
 }
 
+/// LayerNorm over the axes `axis..`, evaluated as the ops it decomposes into (mean and
+/// variance as f64-accumulated means rounded to f32, then f32 elementwise arithmetic), so
+/// constant folding and the decomposed kernels agree.
+fn layer_norm(inputs: &[&Tensor], axis: usize, epsilon: f32) -> Result<Tensor, String> {
+    use super::elementwise::{binary, unary};
+    use crate::op::{BinaryOp as B, ReduceOp, UnaryOp as U};
+    let x = inputs[0];
+    let axes: Vec<usize> = (axis..x.ty.rank()).collect();
+    let mean = super::reduce::reduce(ReduceOp::Mean, x, &axes, true)?;
+    let d = binary(B::Sub, x, &mean)?;
+    let var = super::reduce::reduce(ReduceOp::Mean, &binary(B::Mul, &d, &d)?, &axes, true)?;
+    let eps = Tensor::f32(vec![], vec![epsilon]);
+    let inv = unary(U::Reciprocal, &unary(U::Sqrt, &binary(B::Add, &var, &eps)?)?)?;
+    let y = binary(B::Mul, &binary(B::Mul, &d, &inv)?, inputs[1])?;
+    match inputs.get(2) {
+        Some(bias) => binary(B::Add, &y, bias),
+        None => Ok(y),
+    }
+}
+
 /// Softmax (or log-softmax) along `axis`, max-subtracted, in f64:
 /// `exp(x - m) / Σ exp(x - m)`, or `(x - m) - ln Σ exp(x - m)`.
 pub(super) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor, String> {
@@ -436,6 +456,22 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
             }
             one(inputs[0].clone())
         }
+        LayerNorm { axis, .. } => {
+            arity(op, inputs, 2, 3)?;
+            want_float(op, inputs[0])?;
+            let x = inputs[0];
+            if *axis >= x.rank() {
+                return Err(format!("axis {axis} out of range for rank {}", x.rank()));
+            }
+            if let Some(t) = inputs[1..].iter().find(|t| t.dtype != x.dtype) {
+                return Err(format!("scale and bias must be {} like the input, got {}", x.dtype, t.dtype));
+            }
+            let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape.as_slice()).collect();
+            if crate::infer::broadcast_shapes(&shapes)? != x.shape {
+                return Err(format!("scale and bias do not broadcast to the input's shape {:?}", x.shape));
+            }
+            one(x.clone())
+        }
         Softmax { axis } | LogSoftmax { axis } => {
             arity(op, inputs, 1, 1)?;
             want_float(op, inputs[0])?;
@@ -473,6 +509,7 @@ pub(super) fn eval(op: &Op, inputs: &[&Tensor], _want: &TensorType) -> Result<Te
         }
         Op::BatchNorm { epsilon } => batch_norm(inputs, *epsilon),
         Op::Lrn { size, alpha, beta, bias } => lrn(inputs[0], *size, *alpha, *beta, *bias),
+        Op::LayerNorm { axis, epsilon } => layer_norm(inputs, *axis, *epsilon),
         Op::Softmax { axis } => softmax(inputs[0], *axis, false),
         Op::LogSoftmax { axis } => softmax(inputs[0], *axis, true),
         _ => Err(super::not_in_family(op)),
@@ -520,6 +557,7 @@ pub(super) fn attrs(op: &Op) -> AttrList {
         Op::Lrn { size, alpha, beta, bias } => {
             vec![("size", size.to_string()), ("alpha", float(*alpha)), ("beta", float(*beta)), ("bias", float(*bias))]
         }
+        Op::LayerNorm { axis, epsilon } => vec![("axis", axis.to_string()), ("epsilon", float(*epsilon))],
         Op::Softmax { axis } | Op::LogSoftmax { axis } => vec![("axis", axis.to_string())],
         _ => vec![],
     }
@@ -564,6 +602,7 @@ pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
         "lrn" => {
             Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? }
         }
+        "layer_norm" => Op::LayerNorm { axis: a.word("axis")?, epsilon: a.word("epsilon")? },
         "softmax" => Op::Softmax { axis: a.word("axis")? },
         "log_softmax" => Op::LogSoftmax { axis: a.word("axis")? },
         _ => return Ok(None),
@@ -700,6 +739,25 @@ mod tests {
         // size 3: channels [c-1, c+1]; alpha/size = 1, bias 2, beta 0.5.
         let y = run(Op::Lrn { size: 3, alpha: 3.0, beta: 0.5, bias: 2.0 }, &[&x]);
         assert_f32(&y, &[1, 3, 1, 1], &[1. / 7f32.sqrt(), 0.5, 3. / 15f32.sqrt()], 1e-7);
+    }
+
+    /// Hand-derived: rows [1, 3] and [2, 4] each have variance 1 about their means 2 and 3,
+    /// so they normalize to [-1, 1] (with epsilon 3, to [-0.5, 0.5]).
+    #[test]
+    fn layer_norm_over_the_last_axes() {
+        let x = Tensor::f32(vec![2, 2], vec![1., 3., 2., 4.]);
+        let scale = Tensor::f32(vec![2], vec![2., 1.]);
+        let bias = Tensor::f32(vec![2], vec![0.5, -0.5]);
+        let y = run(Op::LayerNorm { axis: 1, epsilon: 0.0 }, &[&x, &scale, &bias]);
+        assert_f32(&y, &[2, 2], &[-1.5, 0.5, -1.5, 0.5], 1e-7);
+        let y = run(Op::LayerNorm { axis: 1, epsilon: 3.0 }, &[&x, &scale]);
+        assert_f32(&y, &[2, 2], &[-1., 0.5, -1., 0.5], 1e-7);
+        // Over both axes: mean 2.5, deviations ±0.5 and ±1.5, variance 1.25.
+        let y = run(Op::LayerNorm { axis: 0, epsilon: 0.0 }, &[&x, &Tensor::f32(vec![], vec![1.])]);
+        let r = 1. / 1.25f32.sqrt();
+        assert_f32(&y, &[2, 2], &[-1.5 * r, 0.5 * r, -0.5 * r, 1.5 * r], 1e-6);
+        let bad = Tensor::f32(vec![3], vec![1., 1., 1.]);
+        assert!(crate::ops::eval(&Op::LayerNorm { axis: 1, epsilon: 0.0 }, &[&x, &bad]).is_err());
     }
 
     #[test]

@@ -28,7 +28,8 @@ fn float_in(cx: &NodeCx, x: ValueId) -> OpResult<()> {
     Ok(())
 }
 
-/// LayerNormalization over axes `axis..`, with optional Mean and InvStdDev outputs.
+/// LayerNormalization over axes `axis..`: the HIR op when only Y is asked for, else composed
+/// of the reductions and elementwise ops that also give the Mean and InvStdDev outputs.
 pub(super) fn layer_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(3, "")?;
     let (x, scale) = (cx.input(0)?, cx.input(1)?);
@@ -36,6 +37,13 @@ pub(super) fn layer_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let rank = cx.rank(x);
     let axis = norm_axis(cx.attrs.int_or("axis", -1)?, rank, "axis")?;
     let eps = cx.attrs.float_or("epsilon", 1e-5)?;
+    if !cx.has_output(1) && !cx.has_output(2) {
+        // One HIR op, kept whole until the `decompose` step (the usual case: Y alone).
+        let mut ins = vec![x, scale];
+        ins.extend(cx.opt_input(2));
+        let y = cx.emit_out(Op::LayerNorm { axis, epsilon: eps }, &ins, 0)?;
+        return Ok(vec![y]);
+    }
     let (d, inv, mean) = standardize(cx, x, (axis..rank).collect(), eps)?;
     let n = bin(cx, B::Mul, d, inv)?;
     let y = match cx.opt_input(2) {
