@@ -278,6 +278,12 @@ pub enum Op {
         axis: usize,
         epsilon: f32,
     },
+    /// RMS normalization over the axes `axis..`: `x / sqrt(mean(x²) + epsilon) · scale`;
+    /// inputs `x` and `scale`, which broadcasts to `x`. Kept whole like [`Op::LayerNorm`].
+    RmsNorm {
+        axis: usize,
+        epsilon: f32,
+    },
     /// Softmax along one axis (opset-13 semantics; the importer rewrites older forms).
     Softmax {
         axis: usize,
@@ -436,6 +442,7 @@ impl Op {
             | BatchNorm { .. }
             | Lrn { .. }
             | LayerNorm { .. }
+            | RmsNorm { .. }
             | Softmax { .. }
             | LogSoftmax { .. } => Family::Nn,
             Reduce { .. } => Family::Reduce,
@@ -520,6 +527,7 @@ impl Op {
             Op::BatchNorm { .. } => "batch_norm",
             Op::Lrn { .. } => "lrn",
             Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
             Op::Softmax { .. } => "softmax",
             Op::LogSoftmax { .. } => "log_softmax",
             Op::Reduce { op, .. } => match op {

@@ -6,6 +6,7 @@
 //! | op | becomes |
 //! | --- | --- |
 //! | `layer_norm` | `mean = reduce_mean(x)`, `d = x - mean`, `var = reduce_mean(d·d)`, `d · reciprocal(sqrt(var + ε)) · scale (+ bias)` |
+//! | `rms_norm` | `x / sqrt(reduce_mean(x·x) + ε) · scale` |
 //!
 //! An expansion computes what the op's reference evaluation computes, op for op.
 
@@ -16,7 +17,7 @@ use crate::PassError;
 
 /// Whether `op` is one that this step can expand.
 pub fn expandable(op: &Op) -> bool {
-    matches!(op, Op::LayerNorm { .. })
+    matches!(op, Op::LayerNorm { .. } | Op::RmsNorm { .. })
 }
 
 /// Expands every node whose op the context's backend does not lower whole. Returns whether
@@ -91,6 +92,17 @@ fn expand(g: &mut Graph, nid: NodeId, op: &Op) -> Result<(), PassError> {
                 None => y,
             }
         }
+        Op::RmsNorm { axis, epsilon } => {
+            let x = node.inputs[0];
+            let axes: Vec<usize> = (axis..e.g.ty(x).rank()).collect();
+            let x2 = e.bin(B::Mul, x, x, "squared")?;
+            let ms = e.add(Op::Reduce { op: ReduceOp::Mean, axes, keepdims: true }, &[x2], "mean_square")?;
+            let eps = e.g.add_const(format!("{}/epsilon", node.name), Tensor::f32(vec![], vec![epsilon]));
+            let mse = e.bin(B::Add, ms, eps, "mean_square_eps")?;
+            let rms = e.un(U::Sqrt, mse, "rms")?;
+            let n = e.bin(B::Div, x, rms, "normalized")?;
+            e.bin(B::Mul, n, node.inputs[1], "scaled")?
+        }
         _ => unreachable!("only expandable ops are expanded"),
     };
     let added = std::mem::take(&mut e.added);
@@ -150,6 +162,25 @@ mod tests {
             vals.remove(&g.outputs[0]).unwrap()
         };
         assert_eq!(run(&g).data, run(&whole).data);
+    }
+
+    /// RmsNorm too, in a graph where it feeds a graph output directly.
+    #[test]
+    fn rms_norm_expands_and_keeps_the_output_name() {
+        let mut g = kiln_ir::text::parse(
+            r#"graph "rms" {
+  input %0 "x": f32[3,5]
+  const %1 "scale": f32[5] = [1.0, 2.0, 0.5, 1.0, -1.0]
+  %2 "y": f32[3,5] = rms_norm(%0, %1) {axis=1, epsilon=1e-6}
+  output %2
+}"#,
+        )
+        .unwrap();
+        assert!(decompose_for(&mut g, &Plain).unwrap());
+        kiln_ir::verify::verify(&g).unwrap();
+        let text = kiln_ir::text::print(&g);
+        assert!(!text.contains("rms_norm") && text.contains("\"y\": f32[3,5] = mul("), "{text}");
+        assert_eq!(g.value(g.outputs[0]).name, "y");
     }
 
     /// A backend that lowers the op whole keeps it.

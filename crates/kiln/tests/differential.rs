@@ -446,6 +446,11 @@ fn pooling_and_normalization() {
         check_with(op.clone(), &[x.clone(), scale.clone(), bias], &[false, true, true], 1e-5);
         check_with(op, &[x, scale], &[false, false], 1e-5);
     }
+    for (s, axis) in [(vec![2, 5, 64], 2), (vec![3, 4, 6], 1)] {
+        let (x, scale) = (r.tensor(DType::F32, &s), r.tensor(DType::F32, &s[axis..]));
+        check_with(Op::RmsNorm { axis, epsilon: 1e-6 }, &[x.clone(), scale.clone()], &[false, true], 1e-5);
+        check_with(Op::RmsNorm { axis, epsilon: 1e-6 }, &[x, scale], &[false, false], 1e-5);
+    }
 }
 
 #[test]

@@ -315,6 +315,17 @@ fn layer_norm(inputs: &[&Tensor], axis: usize, epsilon: f32) -> Result<Tensor, S
     }
 }
 
+/// RmsNorm over the axes `axis..`, evaluated as the ops it decomposes into.
+fn rms_norm(x: &Tensor, scale: &Tensor, axis: usize, epsilon: f32) -> Result<Tensor, String> {
+    use super::elementwise::{binary, unary};
+    use crate::op::{BinaryOp as B, ReduceOp, UnaryOp as U};
+    let axes: Vec<usize> = (axis..x.ty.rank()).collect();
+    let ms = super::reduce::reduce(ReduceOp::Mean, &binary(B::Mul, x, x)?, &axes, true)?;
+    let eps = Tensor::f32(vec![], vec![epsilon]);
+    let rms = unary(U::Sqrt, &binary(B::Add, &ms, &eps)?)?;
+    binary(B::Mul, &binary(B::Div, x, &rms)?, scale)
+}
+
 /// Softmax (or log-softmax) along `axis`, max-subtracted, in f64:
 /// `exp(x - m) / Σ exp(x - m)`, or `(x - m) - ln Σ exp(x - m)`.
 pub(super) fn softmax(x: &Tensor, axis: usize, log: bool) -> Result<Tensor, String> {
@@ -456,8 +467,9 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
             }
             one(inputs[0].clone())
         }
-        LayerNorm { axis, .. } => {
-            arity(op, inputs, 2, 3)?;
+        LayerNorm { axis, .. } | RmsNorm { axis, .. } => {
+            let max = if matches!(op, RmsNorm { .. }) { 2 } else { 3 };
+            arity(op, inputs, 2, max)?;
             want_float(op, inputs[0])?;
             let x = inputs[0];
             if *axis >= x.rank() {
@@ -510,6 +522,7 @@ pub(super) fn eval(op: &Op, inputs: &[&Tensor], _want: &TensorType) -> Result<Te
         Op::BatchNorm { epsilon } => batch_norm(inputs, *epsilon),
         Op::Lrn { size, alpha, beta, bias } => lrn(inputs[0], *size, *alpha, *beta, *bias),
         Op::LayerNorm { axis, epsilon } => layer_norm(inputs, *axis, *epsilon),
+        Op::RmsNorm { axis, epsilon } => rms_norm(inputs[0], inputs[1], *axis, *epsilon),
         Op::Softmax { axis } => softmax(inputs[0], *axis, false),
         Op::LogSoftmax { axis } => softmax(inputs[0], *axis, true),
         _ => Err(super::not_in_family(op)),
@@ -557,7 +570,9 @@ pub(super) fn attrs(op: &Op) -> AttrList {
         Op::Lrn { size, alpha, beta, bias } => {
             vec![("size", size.to_string()), ("alpha", float(*alpha)), ("beta", float(*beta)), ("bias", float(*bias))]
         }
-        Op::LayerNorm { axis, epsilon } => vec![("axis", axis.to_string()), ("epsilon", float(*epsilon))],
+        Op::LayerNorm { axis, epsilon } | Op::RmsNorm { axis, epsilon } => {
+            vec![("axis", axis.to_string()), ("epsilon", float(*epsilon))]
+        }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => vec![("axis", axis.to_string())],
         _ => vec![],
     }
@@ -603,6 +618,7 @@ pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
             Op::Lrn { size: a.word("size")?, alpha: a.word("alpha")?, beta: a.word("beta")?, bias: a.word("bias")? }
         }
         "layer_norm" => Op::LayerNorm { axis: a.word("axis")?, epsilon: a.word("epsilon")? },
+        "rms_norm" => Op::RmsNorm { axis: a.word("axis")?, epsilon: a.word("epsilon")? },
         "softmax" => Op::Softmax { axis: a.word("axis")? },
         "log_softmax" => Op::LogSoftmax { axis: a.word("axis")? },
         _ => return Ok(None),
@@ -758,6 +774,19 @@ mod tests {
         assert_f32(&y, &[2, 2], &[-1.5 * r, 0.5 * r, -0.5 * r, 1.5 * r], 1e-6);
         let bad = Tensor::f32(vec![3], vec![1., 1., 1.]);
         assert!(crate::ops::eval(&Op::LayerNorm { axis: 1, epsilon: 0.0 }, &[&x, &bad]).is_err());
+    }
+
+    /// Hand-derived: rows [3, 4] and [0, 2] have mean squares 12.5 and 2.
+    #[test]
+    fn rms_norm_over_the_last_axis() {
+        let x = Tensor::f32(vec![2, 2], vec![3., 4., 0., 2.]);
+        let scale = Tensor::f32(vec![2], vec![1., 2.]);
+        let y = run(Op::RmsNorm { axis: 1, epsilon: 0.0 }, &[&x, &scale]);
+        let (a, b) = (12.5f32.sqrt(), 2f32.sqrt());
+        assert_f32(&y, &[2, 2], &[3. / a, 8. / a, 0., 4. / b], 1e-7);
+        // epsilon 2: the second row's mean square becomes 4.
+        let y = run(Op::RmsNorm { axis: 1, epsilon: 2.0 }, &[&x, &scale]);
+        assert_f32(&y, &[2, 2][..], &[3. / 14.5f32.sqrt(), 8. / 14.5f32.sqrt(), 0., 2.], 1e-7);
     }
 
     #[test]

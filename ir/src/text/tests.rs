@@ -126,6 +126,7 @@ fn every_op() -> Graph {
     let p3 = g.add_const("p3", Tensor::f32(vec![3], vec![1.0, 0.5, 2.0]));
     node(&mut g, Op::LayerNorm { axis: 1, epsilon: 1e-5 }, &[a, p3, p3], "");
     node(&mut g, Op::LayerNorm { axis: 0, epsilon: 0.25 }, &[a, p3], "");
+    node(&mut g, Op::RmsNorm { axis: 1, epsilon: 1e-6 }, &[a, p3], "");
     for (op, axes, keepdims) in [
         (R::Sum, vec![0, 1], true),
         (R::Mean, vec![1], false),
@@ -189,7 +190,7 @@ fn every_op_round_trips() {
     assert_eq!(consts(&g), consts(&h));
     assert_eq!(g.name, h.name);
     let names: std::collections::BTreeSet<&str> = g.order().iter().map(|&n| g.node(n).op.name()).collect();
-    assert_eq!(names.len(), 80, "every op kind appears: {names:?}");
+    assert_eq!(names.len(), 81, "every op kind appears: {names:?}");
 }
 
 #[test]

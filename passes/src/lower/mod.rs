@@ -215,7 +215,7 @@ impl<'g> Lowerer<'g> {
             Op::BatchNorm { epsilon } => self.lower_batch_norm(epsilon, ins, out, name)?,
             Op::Lrn { size, alpha, beta, bias } => self.lower_lrn(size, alpha, beta, bias, ins, out, name)?,
             Op::Softmax { .. } | Op::LogSoftmax { .. } => self.lower_softmax(op, ins, out, name)?,
-            Op::LayerNorm { .. } => {
+            Op::LayerNorm { .. } | Op::RmsNorm { .. } => {
                 return Err("no backend lowers it whole yet: the `decompose` step expands it for every backend".into())
             }
             Op::Reduce { op: r, axes, .. } => self.lower_reduce(r, axes, ins, out, name)?,

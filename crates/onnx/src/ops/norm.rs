@@ -171,24 +171,15 @@ pub(super) fn lp_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vec![cx.emit_out(Op::Where, &[is_zero, zero, q], 0)?])
 }
 
-/// RMSNormalization: `x / sqrt(mean(x², axes axis..) + epsilon) * scale`.
+/// RMSNormalization: `x / sqrt(mean(x², axes axis..) + epsilon) * scale`, as the HIR op.
 pub(super) fn rms_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let x = float_x(cx)?;
     let scale = cx.input(1)?;
     let rank = cx.rank(x);
     let axis = norm_axis(cx.attrs.int_or("axis", -1)?, rank, "axis")?;
-    let eps = cx.attrs.float_or("epsilon", 1e-5)?;
-    let x2 = bin(cx, B::Mul, x, x)?;
-    let ms = tmp(cx, Op::Reduce { op: ReduceOp::Mean, axes: (axis..rank).collect(), keepdims: true }, &[x2], "ms")?;
-    let e = scalar(cx, DType::F32, f64::from(eps));
-    let mse = bin(cx, B::Add, ms, e)?;
-    let rms = un(cx, U::Sqrt, mse)?;
-    let n = bin(cx, B::Div, x, rms)?;
-    let y = cx.emit_out(Op::Binary(B::Mul), &[n, scale], 0)?;
-    if cx.shape(y) != cx.shape(x) {
-        return invalid(format!("scale does not broadcast to X of shape {:?}", cx.shape(x)));
-    }
-    Ok(vec![y])
+    let epsilon = cx.attrs.float_or("epsilon", 1e-5)?;
+    // One HIR op, kept whole until the `decompose` step.
+    Ok(vec![cx.emit_out(Op::RmsNorm { axis, epsilon }, &[x, scale], 0)?])
 }
 
 pub(super) fn batch_norm(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
