@@ -85,11 +85,23 @@ def inputs_of(path: Path) -> dict:
     return feeds
 
 
-def compile_kiln(path: Path, tmp: Path) -> tuple[Path, float]:
+def shape_args(model: Path, feeds: dict) -> list[str]:
+    """`--input-shape NAME=DIMS` for every input, from the values fed, when compiling from an
+    ONNX file (an exported model's batch dim is symbolic); none for a compiled artifact."""
+    if model.suffix != ".onnx":
+        return []
+    args = []
+    for name, v in feeds.items():
+        args += ["--input-shape", f"{name}={'x'.join(map(str, v.shape))}"]
+    return args
+
+
+def compile_kiln(path: Path, feeds: dict, tmp: Path) -> tuple[Path, float]:
     """Compiles the model once into a .kiln artifact; returns it and the compile seconds."""
     out = tmp / f"{path.parent.name}.kiln"
     t = time.perf_counter()
-    subprocess.run([str(KILN), "compile", str(path), "-o", str(out)], check=True, capture_output=True, text=True)
+    args = [str(KILN), "compile", str(path), "-o", str(out)] + shape_args(path, feeds)
+    subprocess.run(args, check=True, capture_output=True, text=True)
     return out, time.perf_counter() - t
 
 
@@ -182,8 +194,8 @@ class Server:
         self.p.wait()
 
 
-def kiln_server(path: Path, feed_args: list[str], threads: int) -> Server:
-    args = [str(KILN), "bench", str(path), "--threads", str(threads), "--serve"]
+def kiln_server(path: Path, feeds: dict, feed_args: list[str], threads: int) -> Server:
+    args = [str(KILN), "bench", str(path), "--threads", str(threads), "--serve"] + shape_args(path, feeds)
     for f in feed_args:
         args += ["--input", f]
     return Server("kiln", args)
@@ -231,7 +243,7 @@ def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     want = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
     out = tmp / "outputs"
     shutil.rmtree(out, ignore_errors=True)
-    args = [str(KILN), "run", str(kiln_model), "--output-dir", str(out)]
+    args = [str(KILN), "run", str(kiln_model), "--output-dir", str(out)] + shape_args(kiln_model, feeds)
     for f in save_feeds(feeds, tmp):
         args += ["--input", f]
     subprocess.run(args, check=True, capture_output=True, text=True)
@@ -281,11 +293,11 @@ def main() -> None:
         feeds = inputs_of(path)
         kiln_model = path
         if a.precompile:
-            kiln_model, secs = compile_kiln(path, tmp)
+            kiln_model, secs = compile_kiln(path, feeds, tmp)
             print(f"  ({path.parent.name}: kiln compile {secs:.1f} s)", file=sys.stderr, flush=True)
         match = outputs_match(path, kiln_model, feeds, tmp)
         feed_args = save_feeds(feeds, tmp)
-        servers = [kiln_server(kiln_model, feed_args, a.threads), peer_server("ort", path, feed_args, a.threads)]
+        servers = [kiln_server(kiln_model, feeds, feed_args, a.threads), peer_server("ort", path, feed_args, a.threads)]
         servers.append(peer_server("openvino", path, feed_args, a.threads))
         if a.threads == 1:
             servers.append(peer_server("tract", path, feed_args, a.threads))
