@@ -45,7 +45,8 @@ DATA = REPO / "target" / "kiln-testdata" / "onnx-1.23.2"
 BENCH_MODELS = REPO / "target" / "bench-models"
 BENCH_ORDER = ("resnet50", "mobilenetv2", "bert_base", "gpt2_small")
 KILN = REPO / "target" / "release" / "kiln"
-NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
+            onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.UINT8: np.uint8}
 
 
 def saved_inputs(path: Path, names: list[str]) -> dict | None:
@@ -246,7 +247,9 @@ def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     args = [str(KILN), "run", str(kiln_model), "--output-dir", str(out)] + shape_args(kiln_model, feeds)
     for f in save_feeds(feeds, tmp):
         args += ["--input", f]
-    subprocess.run(args, check=True, capture_output=True, text=True)
+    r = subprocess.run(args, capture_output=True, text=True)
+    if r.returncode != 0:
+        return "KILN FAILED: " + (r.stderr.strip().splitlines() or ["?"])[-1][:200]
     for name, w in want.items():
         got = np.load(out / f"{name}.npy")
         if got.shape != w.shape or not np.allclose(got, w, rtol=1e-3, atol=1e-4):
@@ -264,6 +267,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--bench-models", action="store_true",
                     help="benchmark target/bench-models/*/model.onnx (scripts/export_bench_models.py)")
+    ap.add_argument("--ops", action="store_true",
+                    help="the op-level suite (benches/peers/ops.py): one model per op family and shape")
+    ap.add_argument("--ops-filter", help="with --ops: only cases whose name contains this, or of this family")
     ap.add_argument("--precompile", action="store_true",
                     help="compile each model once with `kiln compile` and bench the .kiln (implied by --bench-models)")
     a = ap.parse_args()
@@ -278,6 +284,11 @@ def main() -> None:
             sys.exit(f"no models in {BENCH_MODELS}: /work/torchenv/bin/python scripts/export_bench_models.py")
         a.models = a.models + found
         a.precompile = True
+    if a.ops:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import ops  # noqa: PLC0415
+
+        a.models = a.models + ops.write(REPO / "target" / "peers" / "ops", a.ops_filter)
     a.models = [m / "model.onnx" if m.is_dir() else m for m in a.models]
     models = a.models or [DATA / "models" / m / "model.onnx" for m in ("mlp", "resnet_cnn", "transformer_encoder")] + [
         DATA / "light" / "resnet50" / "model.onnx"
@@ -289,6 +300,7 @@ def main() -> None:
     print(f"threads={a.threads} rounds={a.rounds} iters={a.iters}")
     print(f"{'model':24} {'kiln ms':>9} {'ort ms':>9} {'ov ms':>9} {'tract ms':>9} {'kiln/ort':>9} {'best k/o':>9}"
           f" {'kiln/ov':>9} {'kiln/tract':>10}  outputs match ort")
+    table = []
     for path in models:
         feeds = inputs_of(path)
         kiln_model = path
@@ -296,6 +308,10 @@ def main() -> None:
             kiln_model, secs = compile_kiln(path, feeds, tmp)
             print(f"  ({path.parent.name}: kiln compile {secs:.1f} s)", file=sys.stderr, flush=True)
         match = outputs_match(path, kiln_model, feeds, tmp)
+        if match.startswith("KILN FAILED"):
+            print(f"{path.parent.name:24} {match}", flush=True)
+            table.append((path.parent.name, float("nan"), float("nan"), float("nan"), float("nan"), match))
+            continue
         feed_args = save_feeds(feeds, tmp)
         servers = [kiln_server(kiln_model, feeds, feed_args, a.threads), peer_server("ort", path, feed_args, a.threads)]
         servers.append(peer_server("openvino", path, feed_args, a.threads))
@@ -310,7 +326,12 @@ def main() -> None:
                 srv.close()
         names = [srv.name for srv in live]
         if names[:2] != ["kiln", "ort"]:
-            sys.exit(f"kiln or onnxruntime failed on {path}")
+            if not a.ops:
+                sys.exit(f"kiln or onnxruntime failed on {path}")
+            print(f"{path.parent.name:24} kiln or onnxruntime failed to load", flush=True)
+            for srv in live:
+                srv.close()
+            continue
         # Rounds of `iters` runs each, every runtime in turn, the order rotating from round to
         # round.
         per_round = {n: [] for n in names}
@@ -336,9 +357,18 @@ def main() -> None:
         best = min(per_round["kiln"]) / min(per_round["ort"])
         print(f"{name:24} {km:9.3f} {om:9.3f} {vm:9.3f} {tm:9.3f} {km / om:9.2f} {best:9.2f} {km / vm:9.2f}"
               f" {km / tm:10.2f}  {match}", flush=True)
+        table.append((name, km, om, vm, best, match))
         if a.rounds > 1:
             line = " | ".join(f"{n} {' '.join(f'{x:.2f}' for x in per_round[n])}" for n in names)
             print(f"  round medians: {line}", file=sys.stderr, flush=True)
+
+    if a.ops:
+        # The suite's table: worst ratio first.
+        print(f"\n| case (source) | kiln ms | ort ms | kiln/ort | best k/o | kiln/ov | outputs |  threads={a.threads}")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, km, om, vm, best, match in sorted(table, key=lambda r: -(r[1] / r[2]) if r[2] == r[2] else -1e9):
+            print(f"| {name} ({ops.source_of(name)}) | {km:.3f} | {om:.3f} | {km / om:.2f} | {best:.2f} | {km / vm:.2f} | {match} |")
+
 
 if __name__ == "__main__":
     main()
