@@ -809,6 +809,48 @@ fn transposed_convolution() {
     }
 }
 
+/// ConvTranspose with constant weights, no dilation and non-negative begin pads goes through
+/// the sub-pixel decomposition (one convolution over every output phase, then an
+/// interleaving copy): strides 1 to 4, kernels shorter and longer than the stride, end
+/// padding (output_padding), 1-D-like shapes, batch 2, with and without a bias.
+#[test]
+fn transposed_convolution_by_phases() {
+    let mut r = Rng(41);
+    let cases: &[([usize; 2], [usize; 2], [i64; 2], [usize; 2])] = &[
+        // kernel, strides, begin pads, extra output (output_padding)
+        ([4, 4], [2, 2], [1, 1], [0, 0]),
+        ([2, 2], [2, 2], [0, 0], [0, 0]),
+        ([3, 3], [2, 2], [1, 1], [1, 1]),
+        ([3, 5], [1, 3], [0, 2], [0, 2]),
+        ([1, 16], [1, 8], [0, 4], [0, 0]),
+        ([5, 2], [4, 3], [3, 0], [2, 1]),
+        ([3, 3], [1, 1], [1, 1], [0, 0]),
+        ([1, 1], [2, 2], [0, 0], [1, 1]),
+    ];
+    for (i, &(kernel, strides, pads, extra)) in cases.iter().enumerate() {
+        let (ci, co) = (r.range(1, 5), r.range(1, 6));
+        let x = vec![1 + i % 2, ci, r.range(1, 7), r.range(2, 9)];
+        let out_hw: [usize; 2] = std::array::from_fn(|a| {
+            let full = strides[a] * (x[2 + a] - 1) + kernel[a] + extra[a];
+            (full as i64 - 2 * pads[a]).max(1) as usize
+        });
+        let op = Op::ConvTranspose { kernel, strides, dilations: [1, 1], pads, out_hw, group: 1 };
+        let mut ins = vec![r.tensor(DType::F32, &x), r.tensor(DType::F32, &[ci, co, kernel[0], kernel[1]])];
+        if i % 3 != 1 {
+            ins.push(r.tensor(DType::F32, &[co]));
+        }
+        let mut g = Graph::new("convT");
+        let xi = g.add_input("x", ins[0].ty.clone());
+        let rest: Vec<_> = ins[1..].iter().enumerate().map(|(k, t)| g.add_const(format!("c{k}"), t.clone())).collect();
+        let mut all = vec![xi];
+        all.extend(rest);
+        g.outputs = g.add_node(op.clone(), &all, "ct", &[]).unwrap();
+        let text = kiln::ir::lir::print(&lowered(&g));
+        assert!(text.contains("subpixel_weights"), "case {i} should take the sub-pixel path:\n{text}");
+        check_with(op, &ins, &[false, true, true], 1e-4);
+    }
+}
+
 #[test]
 fn top_k_indices() {
     let mut r = Rng(15);

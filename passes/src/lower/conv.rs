@@ -106,6 +106,9 @@ impl Lowerer<'_> {
         out: View,
         name: &str,
     ) -> Result<(), String> {
+        if self.lower_conv_transpose_subpixel(kernel, strides, dilations, pads, *group, &ins, &out, name) {
+            return Ok(());
+        }
         let out_shape = out.extents.clone();
         // Gather form: output (oy, ox) sums the taps whose input position
         // (o + pad − t·dilation) / stride is integral and inside the input.
@@ -149,5 +152,112 @@ impl Lowerer<'_> {
         self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
 
         Ok(())
+    }
+
+    /// ConvTranspose with constant weights, no dilation and non-negative begin pads, as a
+    /// sub-pixel decomposition: one ordinary convolution that computes every output phase
+    /// (`(o + pad) mod stride` per spatial axis) as its own group of output channels, then an
+    /// interleaving copy. Along an axis of stride `s` and kernel `k`, phase `r` is the
+    /// correlation of the input with the taps `r, r + s, …` reversed, `⌈k / s⌉` of them (the
+    /// shorter phases padded with zero taps), so the convolution reaches the fast GEMM path.
+    /// Returns false (and emits nothing) where it does not apply.
+    #[allow(clippy::too_many_arguments)]
+    fn lower_conv_transpose_subpixel(
+        &mut self,
+        kernel: &[usize; 2],
+        strides: &[usize; 2],
+        dilations: &[usize; 2],
+        pads: &[i64; 2],
+        group: usize,
+        ins: &[View],
+        out: &View,
+        name: &str,
+    ) -> bool {
+        let (x, w) = (&ins[0], &ins[1]);
+        let BufferKind::Constant(wt) = &self.prog.buffer(w.buffer).kind else { return false };
+        if group != 1 || *dilations != [1, 1] || pads.iter().any(|&p| p < 0) || x.dtype != DType::F32 {
+            return false;
+        }
+        let kiln_ir::Data::F32(wdata) = wt.data() else { return false };
+        let (ci, co) = (w.extents[0], w.extents[1]);
+        let [n, _, ih, iw] = x.extents[..] else { return false };
+        let s = [strides[0], strides[1]];
+        let taps = [kernel[0].div_ceil(s[0]), kernel[1].div_ceil(s[1])];
+        let phases = s[0] * s[1];
+        // The sub-kernels: output channel (phase, co), tap j of phase r is w[r + s·(taps-1-j)].
+        let mut sub = vec![0f32; phases * co * ci * taps[0] * taps[1]];
+        for (oc, out_taps) in sub.chunks_mut(ci * taps[0] * taps[1]).enumerate() {
+            let (rh, rw, c) = (oc / co / s[1], oc / co % s[1], oc % co);
+            for (k, v) in out_taps.iter_mut().enumerate() {
+                let (i, jh, jw) = (k / (taps[0] * taps[1]), k / taps[1] % taps[0], k % taps[1]);
+                let (th, tw) = (rh + s[0] * (taps[0] - 1 - jh), rw + s[1] * (taps[1] - 1 - jw));
+                if th < kernel[0] && tw < kernel[1] {
+                    let at = w.offset
+                        + i as i64 * w.strides[0]
+                        + c as i64 * w.strides[1]
+                        + th as i64 * w.strides[2]
+                        + tw as i64 * w.strides[3];
+                    *v = wdata[at as usize];
+                }
+            }
+        }
+        let wshape = vec![phases * co, ci, taps[0], taps[1]];
+        let wsub = kiln_ir::Tensor::f32(wshape.clone(), sub);
+        let bytes = wsub.ty.bytes();
+        let wb = self.prog.add_buffer(BufferKind::Constant(wsub), bytes, format!("{name}.subpixel_weights"));
+        // Phase outputs q run from q0 = ⌊pad / s⌋ to ⌊(out - 1 + pad) / s⌋; the convolution's
+        // output q' = q - q0 reads input q - (taps - 1) + j: a shifted view of the input
+        // where that is positive, a begin pad where it is negative.
+        let mut xv = x.clone();
+        let (mut q0, mut qn, mut pad) = ([0i64; 2], [0usize; 2], [0usize; 4]);
+        for a in 0..2 {
+            let (sa, o) = (s[a] as i64, out.extents[2 + a] as i64);
+            q0[a] = pads[a] / sa;
+            qn[a] = ((o - 1 + pads[a]) / sa - q0[a] + 1) as usize;
+            let shift = q0[a] - (taps[a] as i64 - 1);
+            let extent = [ih, iw][a] as i64;
+            if shift > 0 {
+                if shift >= extent {
+                    return false;
+                }
+                xv.offset += shift * x.strides[2 + a];
+                xv.extents[2 + a] -= shift as usize;
+            } else {
+                pad[a] = (-shift) as usize;
+            }
+            // End pad so that the convolution covers every q' < qn.
+            let have = xv.extents[2 + a] as i64 + pad[a] as i64 - taps[a] as i64 + 1;
+            pad[2 + a] = (qn[a] as i64 - have).max(0) as usize;
+        }
+        let window = kiln_ir::Window { kernel: taps, strides: [1, 1], pads: pad, dilations: [1, 1] };
+        let conv_out: Vec<usize> = vec![
+            n,
+            phases * co,
+            window.out_dim(0, xv.extents[2], false).unwrap_or(0),
+            window.out_dim(1, xv.extents[3], false).unwrap_or(0),
+        ];
+        if conv_out[2] < qn[0] || conv_out[3] < qn[1] {
+            return false;
+        }
+        // Channels-last, as convolutions' results are (the GEMM writes channels contiguously).
+        let mut v = self.temp(DType::F32, &conv_out, format!("{name}.phases"));
+        let (c_, h_, w_) = (conv_out[1] as i64, conv_out[2] as i64, conv_out[3] as i64);
+        v.strides = vec![h_ * w_ * c_, 1, w_ * c_, c_];
+        self.lower_conv(&window, &1, &[xv, View::dense(wb, DType::F32, &wshape)], v.clone(), &format!("{name}/phases"));
+        // Interleave: y[n, c, o] = v[n, (r_h·s_w + r_w)·co + c, q - q0] (+ bias[c]),
+        // with q, r the quotient and remainder of o + pad by the stride.
+        let t = |a: usize| Expr::add(Expr::Var(2 + a), Expr::i64(pads[a]));
+        let q = |a: usize| Expr::sub(Expr::div(t(a), Expr::i64(s[a] as i64)), Expr::i64(q0[a]));
+        let r = |a: usize| Expr::bin(BinaryOp::Mod { fmod: true }, t(a), Expr::i64(s[a] as i64));
+        let phase = Expr::add(Expr::mul(r(0), Expr::i64(s[1] as i64)), r(1));
+        let chan = Expr::add(Expr::mul(phase, Expr::i64(co as i64)), Expr::Var(1));
+        let mut inputs = vec![v];
+        let mut body = Expr::load(0, vec![Expr::Var(0), chan, q(0), q(1)]);
+        if let Some(b) = ins.get(2) {
+            inputs.push(b.clone());
+            body = Expr::add(body, Expr::load(1, vec![Expr::Var(1)]));
+        }
+        self.emit(elementwise(name, out.clone(), inputs, body));
+        true
     }
 }
