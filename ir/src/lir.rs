@@ -361,6 +361,17 @@ pub enum Instr {
         buffer: BufferId,
         message: String,
     },
+    /// The positions of the `k` largest (`largest`) or smallest elements of `input` along
+    /// `axis`, best first, a lower position first among equal values: `output` (i64) has
+    /// `input`'s extents but `k` along `axis`. A selection (O(n log k) per row) that no
+    /// compute definition expresses; backends run it as a routine of their own.
+    TopK {
+        input: View,
+        output: View,
+        axis: usize,
+        k: usize,
+        largest: bool,
+    },
 }
 
 impl Instr {
@@ -370,6 +381,7 @@ impl Instr {
             Instr::Kernel(k) => (k.inputs.iter().map(|v| v.buffer).collect(), vec![k.output.buffer]),
             Instr::Copy { dst, src, .. } => (vec![*src], vec![*dst]),
             Instr::Assert { buffer, .. } => (vec![*buffer], vec![]),
+            Instr::TopK { input, output, .. } => (vec![input.buffer], vec![output.buffer]),
         }
     }
 
@@ -381,6 +393,7 @@ impl Instr {
             }
             Instr::Copy { dst, src, .. } => vec![dst, src],
             Instr::Assert { buffer, .. } => vec![buffer],
+            Instr::TopK { input, output, .. } => vec![&mut input.buffer, &mut output.buffer],
         }
     }
 }

@@ -157,6 +157,19 @@ pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
             Instr::Assert { buffer: b, .. } => {
                 buffer(*b, &format!("instruction {i} (assert)"))?;
             }
+            Instr::TopK { input, output, axis, k, .. } => {
+                let at = format!("instruction {i} (top_k)");
+                let mut want = input.extents.clone();
+                if *axis >= want.len() || *k > want[*axis] {
+                    return Err(format!("{at}: k {k} on axis {axis} of extents {want:?}"));
+                }
+                want[*axis] = *k;
+                if output.extents != want || output.dtype != crate::DType::I64 {
+                    return Err(format!("{at}: output {} for input extents {:?}", output.dtype, input.extents));
+                }
+                in_bounds(input, &at)?;
+                in_bounds(output, &at)?;
+            }
         }
     }
     let used: HashSet<u32> = p

@@ -464,8 +464,34 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
     Ok(g.module)
 }
 
-/// The ABI version global and `kiln_entry`: the instructions in order, each kernel through
-/// `parallel_for` when it is big enough.
+/// Calls `f(ctx, 0, tasks)`, through the runtime's `parallel_for` when there are tasks to
+/// share and enough work.
+fn call_tasks<'ctx>(
+    g: &CodeGen<'ctx>,
+    ctx: PointerValue<'ctx>,
+    f: FunctionValue<'ctx>,
+    tasks: usize,
+    work: usize,
+    pf_ty: inkwell::types::FunctionType<'ctx>,
+) -> BackendResult<()> {
+    if tasks == 0 {
+        return Ok(());
+    }
+    if tasks >= 2 && work >= PARALLEL_MIN_WORK {
+        let rt = g.ctx_field(ctx, off::RUNTIME, "rt")?;
+        let pf = g.ctx_field(ctx, off::PARALLEL_FOR, "pf")?;
+        let fp = f.as_global_value().as_pointer_value();
+        g.builder
+            .build_indirect_call(pf_ty, pf, &[rt.into(), fp.into(), ctx.into(), g.i64(tasks as i64).into()], "")
+            .map_err(llvm_err)?;
+    } else {
+        g.builder.build_call(f, &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()], "").map_err(llvm_err)?;
+    }
+    Ok(())
+}
+
+/// The ABI version global and `kiln_entry`: the instructions in order, each kernel (and each
+/// TopK routine) through `parallel_for` when it is big enough.
 fn gen_entry<'ctx>(
     g: &CodeGen<'ctx>,
     prog: &Program,
@@ -506,26 +532,19 @@ fn gen_entry<'ctx>(
             }
             Instr::Kernel(_) => {
                 let (_, f, tasks, work) = kit.next().expect("one function per kernel");
-                if tasks == 0 {
-                    continue;
-                }
-                if tasks >= 2 && work >= PARALLEL_MIN_WORK {
-                    let rt = g.ctx_field(ctx, off::RUNTIME, "rt")?;
-                    let pf = g.ctx_field(ctx, off::PARALLEL_FOR, "pf")?;
-                    let fp = f.as_global_value().as_pointer_value();
-                    g.builder
-                        .build_indirect_call(
-                            pf_ty,
-                            pf,
-                            &[rt.into(), fp.into(), ctx.into(), g.i64(tasks as i64).into()],
-                            "",
-                        )
-                        .map_err(llvm_err)?;
-                } else {
-                    g.builder
-                        .build_call(f, &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()], "")
-                        .map_err(llvm_err)?;
-                }
+                call_tasks(g, ctx, f, tasks, work, pf_ty)?;
+            }
+            Instr::TopK { input, axis, k, .. } => {
+                let f = g.module.add_function(&format!("k{i}.top_k"), function_type(g), Some(Linkage::Internal));
+                let here = g.builder.get_insert_block().expect("positioned");
+                crate::topk::gen_top_k(g, prog, i, f).map_err(|e| BackendError::Kernel {
+                    kernel: format!("instruction {i} (top_k)"),
+                    message: e.to_string(),
+                })?;
+                g.builder.position_at_end(here);
+                let rows = crate::topk::rows(input, *axis);
+                let work = rows * input.extents[*axis] * (1 + (*k).max(2).ilog2() as usize);
+                call_tasks(g, ctx, f, rows, work, pf_ty)?;
             }
             Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
                 let _ = i;

@@ -18,6 +18,7 @@ pub mod cache;
 mod codegen;
 mod gemm;
 mod target;
+mod topk;
 mod vector;
 
 pub use codegen::{build_module, EntryNames};

@@ -84,7 +84,8 @@ pub struct CudaModule {
 /// Whether a GPU runs `node` of `g`: every op whose kernels are plain arithmetic, comparisons
 /// and the math the generated code provides itself (exp, tanh, erf, sigmoid in f32; sqrt,
 /// floor, ceil, min, max; log and pow in f32, from PTX's base-2 logarithm); not those that
-/// need a math library (trigonometry, and transcendentals in double precision).
+/// need a math library (trigonometry, and transcendentals in double precision), nor TopK (a
+/// selection routine of the CPU backend's, not a compute definition).
 pub fn supports(g: &Graph, node: &Node) -> bool {
     let f64_involved = node.inputs.iter().chain(&node.outputs).any(|&v| g.ty(v).dtype == DType::F64);
     let unary_ok = |op: &UnaryOp| match op {
@@ -110,6 +111,8 @@ pub fn supports(g: &Graph, node: &Node) -> bool {
         Op::Binary(BinaryOp::Mod { .. }) => !f64_involved,
         // Softmax and its kin exponentiate; LogSoftmax also takes a logarithm.
         Op::Softmax { .. } | Op::LogSoftmax { .. } => !f64_involved,
+        // A selection routine the GPU backend does not have.
+        Op::TopKIndices { .. } => false,
         _ => true,
     }
 }
@@ -156,6 +159,13 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
                     ..Default::default()
                 });
                 checks += 1;
+            }
+            // `supports` keeps TopK on a CPU partition.
+            Instr::TopK { .. } => {
+                return Err(BackendError::Kernel {
+                    kernel: format!("instruction {i} (top_k)"),
+                    message: "TopK runs on the CPU; a GPU partition cannot hold it".into(),
+                })
             }
         }
     }

@@ -312,8 +312,15 @@ fn convolution_chains_as_gemm() {
             assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
         }
         if group == ci {
-            // Depthwise: the weights are stored channels-last, as the loop reads them.
-            assert!(text.contains("w1.inner_last"), "depthwise weights should be relaid out:\n{text}");
+            // Depthwise on the row-major graph input: computed row-major, its loop along the
+            // image rows of input and output (the channel is not the innermost dim).
+            let row_major = prog.instrs.iter().any(|i| match i {
+                kiln::ir::lir::Instr::Kernel(k) => {
+                    k.name.contains("conv1") && !k.name.ends_with("/pad") && k.output.strides[1] != 1
+                }
+                _ => false,
+            });
+            assert!(row_major, "depthwise conv1 should compute row-major:\n{text}");
         }
         let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
         let art = compiler.compile_graph(g).unwrap();
@@ -864,6 +871,28 @@ fn top_k_indices() {
         let x = r.tensor(dt, &s);
         for largest in [true, false] {
             check(Op::TopKIndices { axis, k, largest }, std::slice::from_ref(&x));
+        }
+    }
+}
+
+/// TopK runs as a heap selection per row: long rows (a detector's 8400 boxes, a vocabulary),
+/// k from 1 to the whole row, the axis inside (rows strided), many ties (small integers,
+/// where the lower position must come first), smallest and largest.
+#[test]
+fn top_k_by_heap_selection() {
+    let mut r = Rng(17);
+    for (shape, axis, k) in [
+        (vec![1, 8400], 1, 100),
+        (vec![2, 3000], 1, 3000),
+        (vec![37, 3, 4], 0, 11),
+        (vec![5, 64, 2], 1, 1),
+        (vec![1, 50257], 1, 50),
+    ] {
+        for dt in [DType::F32, DType::I64] {
+            let x = r.tensor(dt, &shape);
+            for largest in [true, false] {
+                check(Op::TopKIndices { axis, k, largest }, std::slice::from_ref(&x));
+            }
         }
     }
 }

@@ -159,6 +159,14 @@ pub fn print(p: &Program) -> String {
             Instr::Assert { buffer, message } => {
                 let _ = writeln!(s, "  {i}: assert {buffer} {}", quote(message));
             }
+            Instr::TopK { input, output, axis, k, largest } => {
+                let _ = writeln!(
+                    s,
+                    "  {i}: top_k in={} out={} axis={axis} k={k} largest={largest}",
+                    view(input),
+                    view(output)
+                );
+            }
         }
     }
     s.push_str("}\n");
@@ -357,6 +365,17 @@ impl Parser {
                 let buffer = self.buffer_id()?;
                 Ok(Instr::Assert { buffer, message: self.string()? })
             }
+            "top_k" => {
+                self.keyword("in")?;
+                self.expect('=')?;
+                let input = self.view()?;
+                self.keyword("out")?;
+                self.expect('=')?;
+                let output = self.view()?;
+                let (axis, k) = (self.keyed("axis")?, self.keyed("k")?);
+                let largest = self.keyed("largest")?;
+                Ok(Instr::TopK { input, output, axis, k, largest })
+            }
             w => self.err(format!("unknown instruction `{w}`")),
         }
     }
@@ -523,6 +542,7 @@ mod tests {
     out = 7
   }
   4: assert @4 "a \"message\""
+  5: top_k in=@0<f32 +0 [1,8]:[8,1]> out=@4<i64 +0 [1,1]:[1,1]> axis=1 k=1 largest=false
 }
 "#;
 

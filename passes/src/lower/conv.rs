@@ -20,12 +20,23 @@ impl Lowerer<'_> {
         let padded;
         let mut window = window;
         let mut x = x;
-        if *group == 1 && cig <= 8 && x.dtype == DType::F32 && window.pads.iter().any(|&p| p > 0) {
+        // A grouped convolution reads a few channels per output channel, which the loop over
+        // output channels (innermost, contiguous in the channels-last result) reads
+        // contiguously only from a channels-last input; the copy also takes the pads. A
+        // depthwise one on a row-major input writes row-major (see `choose_layout`): its
+        // loop runs along the image row, and a padded row-major copy spares its taps the
+        // bounds checks.
+        let padded_pays = window.pads.iter().any(|&p| p > 0);
+        let row_major_out = out.strides[1] != 1;
+        let grouped_copy = *group > 1 && ((x.strides[1] != 1 && !row_major_out) || (padded_pays && row_major_out));
+        if x.dtype == DType::F32 && ((*group == 1 && cig <= 8 && padded_pays) || grouped_copy) {
             let [n, c, h, wd] = x.extents[..] else { unreachable!("convolutions are 2-D here") };
             let (hp, wp) = (h + window.pads[0] + window.pads[2], wd + window.pads[1] + window.pads[3]);
             let mut v = self.temp(DType::F32, &[n, c, hp, wp], format!("{name}.padded_input"));
             let (c_, hp_, wp_) = (c as i64, hp as i64, wp as i64);
-            v.strides = vec![hp_ * wp_ * c_, 1, wp_ * c_, c_];
+            if !row_major_out {
+                v.strides = vec![hp_ * wp_ * c_, 1, wp_ * c_, c_];
+            }
             let load = Expr::Load {
                 operand: 0,
                 index: vec![
@@ -58,10 +69,11 @@ impl Lowerer<'_> {
             Expr::add(Expr::mul(Expr::div(Expr::Var(1), Expr::i64(cog as i64)), Expr::i64(cig as i64)), Expr::Var(6))
         };
         let spatial = |a: usize| window_input_index(window, a, Expr::Var(4 + a));
+        // Without pads every tap is inside the input (the output extent says so): no checks.
         let xl = Expr::Load {
             operand: 0,
             index: vec![Expr::Var(0), chan, spatial(0), spatial(1)],
-            pad: Some(Scalar::F32(0.0)),
+            pad: (window.pads != [0; 4]).then_some(Scalar::F32(0.0)),
         };
         let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(6), Expr::Var(4), Expr::Var(5)]);
         self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);

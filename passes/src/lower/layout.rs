@@ -16,7 +16,9 @@ pub(super) fn choose_layout(op: &Op, ins: &[(Loc, &TensorType)], out: &TensorTyp
         return false;
     }
     match op {
-        Op::Conv { .. } => true,
+        // A depthwise convolution of a row-major input stays row-major: each output channel
+        // reads one input channel, so its loop runs along the image rows of both.
+        Op::Conv { group, .. } => *group == 1 || ins[1].1.shape[1] != 1 || ins[0].0.channels_last,
         Op::MaxPool { .. } | Op::AveragePool { .. } | Op::BatchNorm { .. } => ins[0].0.channels_last,
         op if op.is_elementwise() || matches!(op, Op::Identity) => {
             ins.iter().any(|(l, t)| l.channels_last && t.shape == out.shape)

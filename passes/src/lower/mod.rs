@@ -230,10 +230,11 @@ impl<'g> Lowerer<'g> {
             Op::ArgReduce { max, axis, select_last, .. } => {
                 self.lower_arg_reduce(max, axis, select_last, ins, out, name)?
             }
-            Op::TopKIndices { axis, k, largest } if *k <= 16 && ins[0].extents[*axis] > 64 => {
-                self.lower_top_k_select(ins[0].clone(), out, *axis, *k, *largest, name);
+            // A selection, which the backend runs as a routine (no compute definition does).
+            Op::TopKIndices { axis, k, largest } => {
+                let input = ins[0].clone();
+                self.prog.instrs.push(Instr::TopK { input, output: out, axis: *axis, k: *k, largest: *largest });
             }
-            Op::TopKIndices { axis, largest, .. } => self.lower_top_k(axis, largest, ins, out, name)?,
             Op::RoiAlign { .. } => self.lower_roi_align(op, &ins, out, name)?,
             Op::GridSample { mode, padding, align_corners } => {
                 self.lower_grid_sample(ins, out, *mode, *padding, *align_corners, name);
@@ -274,8 +275,12 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         out_bufs.push(l.prog.add_buffer(BufferKind::Output(i), t.bytes(), name));
         if let ValueDef::Node(n, _) = g.value(v).def {
             // A convolution computes channels-last (its fast schedule) and is transposed into
-            // the row-major output at the end.
-            let conv = matches!(g.node(n).op, Op::Conv { .. }) && t.shape.len() == 4 && t.dtype == DType::F32;
+            // the row-major output at the end; a depthwise one writes it directly (row-major,
+            // its loop along the image rows).
+            let node = g.node(n);
+            let depthwise =
+                matches!(node.op, Op::Conv { group, .. } if group > 1) && g.ty(node.inputs[1]).shape.get(1) == Some(&1);
+            let conv = matches!(node.op, Op::Conv { .. }) && !depthwise && t.shape.len() == 4 && t.dtype == DType::F32;
             if !matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. }) && !conv && !direct.contains_key(&v) {
                 direct.insert(v, i);
             }
