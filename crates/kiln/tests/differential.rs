@@ -816,6 +816,33 @@ fn transposed_convolution() {
     }
 }
 
+/// Grouped convolutions (several channels per group) run one ordinary convolution per group
+/// on slices of a channels-last copy of the input: odd sizes, strides, pads, dilation, batch 2,
+/// groups of 2 to 8 channels, with and without a bias.
+#[test]
+fn grouped_convolution_by_groups() {
+    let mut r = Rng(43);
+    for (group, cig, cog, k, stride, pad, dil) in [
+        (3, 4, 5, 3, 1, 1, 1),
+        (4, 2, 3, 1, 1, 0, 1),
+        (2, 8, 8, 3, 2, 1, 1),
+        (8, 2, 2, 3, 1, 2, 2),
+        (2, 3, 16, 5, 1, 2, 1),
+    ] {
+        let x = r.tensor(DType::F32, &[2, group * cig, 9, 11]);
+        let w = r.tensor(DType::F32, &[group * cog, cig, k, k]);
+        let window = Window { kernel: [k, k], strides: [stride, stride], pads: [pad; 4], dilations: [dil, dil] };
+        let op = Op::Conv { window, group };
+        check_with(
+            op.clone(),
+            &[x.clone(), w.clone(), r.tensor(DType::F32, &[group * cog])],
+            &[false, true, true],
+            1e-4,
+        );
+        check_with(op, &[x, w], &[false, true], 1e-4);
+    }
+}
+
 /// ConvTranspose with constant weights, no dilation and non-negative begin pads goes through
 /// the sub-pixel decomposition (one convolution over every output phase, then an
 /// interleaving copy): strides 1 to 4, kernels shorter and longer than the stride, end

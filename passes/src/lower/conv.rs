@@ -53,6 +53,24 @@ impl Lowerer<'_> {
             window = &padded.1;
         }
         let cog = w.extents[0] / group;
+        if *group > 1 && cig > 1 && out.strides[1] == 1 && x.strides[1] == 1 {
+            // A grouped convolution (not depthwise) is one ordinary convolution per group, on
+            // its slice of the channels-last input and output: matrix products the GEMM
+            // schedule runs, where one kernel over every group would index channels by a
+            // division.
+            for gi in 0..*group {
+                let slice = |v: &View, dim: usize, per: usize| {
+                    let mut v = v.clone();
+                    v.offset += (gi * per) as i64 * v.strides[dim];
+                    v.extents[dim] = per;
+                    v
+                };
+                let mut gins = vec![slice(x, 1, cig), slice(w, 0, cog)];
+                gins.extend(ins.get(2).map(|b| slice(b, 0, cog)));
+                self.lower_conv(window, &1, &gins, slice(&out, 1, cog), &format!("{name}/g{gi}"));
+            }
+            return;
+        }
         let [kh, kw] = window.kernel;
         let mut domain = out_shape.clone();
         domain.extend([kh, kw, cig]);
