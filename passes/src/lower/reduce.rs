@@ -11,7 +11,8 @@ impl Lowerer<'_> {
         out: View,
         name: &str,
     ) -> Result<(), String> {
-        let x = ins[0].clone();
+        let (x, axes) = merge_reduced_axes(ins[0].clone(), axes);
+        let axes = &axes[..];
         let xr = x.extents.len();
         let kept: Vec<usize> = (0..xr).filter(|d| !axes.contains(d)).collect();
         let kept_shape: Vec<usize> = kept.iter().map(|&d| x.extents[d]).collect();
@@ -116,4 +117,28 @@ impl Lowerer<'_> {
 
         Ok(())
     }
+}
+
+/// Merges adjacent reduced axes that are one run in memory (an outer axis's stride is the
+/// inner one's times its extent: a mean over H and W of a row-major image), so that the
+/// reduction is one long loop over contiguous elements instead of many short ones.
+fn merge_reduced_axes(mut x: View, axes: &[usize]) -> (View, Vec<usize>) {
+    let mut axes = axes.to_vec();
+    let mut i = 0;
+    while i + 1 < axes.len() {
+        let (a, b) = (axes[i], axes[i + 1]);
+        if b == a + 1 && x.strides[a] == x.strides[b] * x.extents[b] as i64 {
+            x.extents[a] *= x.extents[b];
+            x.strides[a] = x.strides[b];
+            x.extents.remove(b);
+            x.strides.remove(b);
+            axes.remove(i + 1);
+            for later in &mut axes[i + 1..] {
+                *later -= 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    (x, axes)
 }
