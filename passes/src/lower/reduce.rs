@@ -11,7 +11,13 @@ impl Lowerer<'_> {
         out: View,
         name: &str,
     ) -> Result<(), String> {
-        let (x, axes) = merge_reduced_axes(ins[0].clone(), axes);
+        // Not for a value fused into this kernel: LIR fusion substitutes its producer at the
+        // load's indices, which must name the producer's own dims.
+        let (x, axes) = if self.prog.buffer(ins[0].buffer).fused {
+            (ins[0].clone(), axes.to_vec())
+        } else {
+            merge_reduced_axes(ins[0].clone(), axes)
+        };
         let axes = &axes[..];
         let xr = x.extents.len();
         let kept: Vec<usize> = (0..xr).filter(|d| !axes.contains(d)).collect();
