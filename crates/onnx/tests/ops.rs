@@ -88,15 +88,96 @@ fn conv_same_upper_pads() {
     assert_eq!(window, Window { kernel: [3, 3], strides: [1, 1], pads: [1, 2, 1, 2], dilations: [1, 2] });
 }
 
+/// A 3-D convolution (a sum of 2-D convolutions over its depth taps) against the direct
+/// 7-deep loop of the definition, here in the test: strides, pads, dilation, groups, bias.
 #[test]
-fn conv_3d_is_unsupported() {
-    let m = Model::new(11)
-        .input(vis("x", F32, &[1, 1, 4, 4, 4]))
-        .init(t_f32("w", &[1, 1, 2, 2, 2], &[1.0; 8]))
-        .node(node("Conv", &["x", "w"], &["y"], vec![]))
-        .output("y");
-    let e = m.import().unwrap_err().to_string();
-    assert!(e.contains("Conv (domain ai.onnx, opset 11)") && e.contains("3-D"), "{e}");
+fn conv_3d_matches_the_direct_sum() {
+    #[allow(clippy::too_many_arguments)]
+    fn direct(
+        x: &[f32],
+        xs: [usize; 5],
+        w: &[f32],
+        ws: [usize; 5],
+        b: &[f32],
+        s: [usize; 3],
+        p: [usize; 3],
+        dl: [usize; 3],
+        g: usize,
+    ) -> (Vec<f32>, [usize; 5]) {
+        let o = |a: usize| (xs[2 + a] + 2 * p[a] - (dl[a] * (ws[2 + a] - 1) + 1)) / s[a] + 1;
+        let os = [xs[0], ws[0], o(0), o(1), o(2)];
+        let (cig, cog) = (ws[1], ws[0] / g);
+        let mut y = vec![0f32; os.iter().product()];
+        let mut at = 0;
+        for n in 0..os[0] {
+            for co in 0..os[1] {
+                for od in 0..os[2] {
+                    for oh in 0..os[3] {
+                        for ow in 0..os[4] {
+                            let mut acc = b.get(co).copied().unwrap_or(0.0) as f64;
+                            for ci in 0..cig {
+                                let c = (co / cog) * cig + ci;
+                                for kd in 0..ws[2] {
+                                    for kh in 0..ws[3] {
+                                        for kw in 0..ws[4] {
+                                            let id = (od * s[0] + kd * dl[0]) as i64 - p[0] as i64;
+                                            let ih = (oh * s[1] + kh * dl[1]) as i64 - p[1] as i64;
+                                            let iw = (ow * s[2] + kw * dl[2]) as i64 - p[2] as i64;
+                                            if id < 0 || ih < 0 || iw < 0 {
+                                                continue;
+                                            }
+                                            let (id, ih, iw) = (id as usize, ih as usize, iw as usize);
+                                            if id >= xs[2] || ih >= xs[3] || iw >= xs[4] {
+                                                continue;
+                                            }
+                                            let xv = x[(((n * xs[1] + c) * xs[2] + id) * xs[3] + ih) * xs[4] + iw];
+                                            let wv = w[(((co * cig + ci) * ws[2] + kd) * ws[3] + kh) * ws[4] + kw];
+                                            acc += f64::from(xv) * f64::from(wv);
+                                        }
+                                    }
+                                }
+                            }
+                            y[at] = acc as f32;
+                            at += 1;
+                        }
+                    }
+                }
+            }
+        }
+        (y, os)
+    }
+    let vals = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n).map(|i| ((i as u32 * 7919 + seed) % 23) as f32 / 11.0 - 1.0).collect()
+    };
+    for (xs, ws, s, p, dl, g, bias) in [
+        ([1, 2, 5, 6, 7], [3, 2, 3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, true),
+        ([2, 4, 6, 5, 5], [4, 2, 2, 3, 1], [2, 1, 2], [0, 1, 0], [1, 1, 1], 2, false),
+        ([1, 3, 7, 4, 4], [2, 3, 3, 2, 2], [2, 1, 1], [2, 0, 1], [2, 1, 1], 1, true),
+    ] {
+        let (x, w, b) = (vals(xs.iter().product(), 3), vals(ws.iter().product(), 5), vals(ws[0], 7));
+        let to_i = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+        let mut m = Model::new(13).input(vis("x", F32, &to_i(&xs))).init(t_f32("w", &to_i(&ws), &w));
+        let mut ins = vec!["x", "w"];
+        if bias {
+            m = m.init(t_f32("b", &[ws[0] as i64], &b));
+            ins.push("b");
+        }
+        let attrs = vec![
+            a_ints("strides", &to_i(&s)),
+            a_ints("pads", &to_i(&[p[0], p[1], p[2], p[0], p[1], p[2]])),
+            a_ints("dilations", &to_i(&dl)),
+            a_int("group", g as i64),
+        ];
+        let m = m.node(node("Conv", &ins, &["y"], attrs)).output("y");
+        let g_ = import_ok(&m);
+        let got = run(&g_, &[("x", kiln_ir::Tensor::f32(xs.to_vec(), x.clone()))]).remove(0);
+        let (want, os) = direct(&x, xs, &w, ws, if bias { &b } else { &[] }, s, p, dl, g);
+        assert_eq!(got.shape(), &os[..]);
+        let Data::F32(got) = got.data() else { panic!("f32") };
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{xs:?} {ws:?}: element {i}: {a} vs {b}");
+        }
+    }
 }
 
 #[test]

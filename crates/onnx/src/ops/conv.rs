@@ -476,6 +476,9 @@ pub(crate) fn same_pads(n: usize, kernel: usize, stride: usize, dilation: usize,
 pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let (x, w) = (cx.input(0)?, cx.input(1)?);
+    if cx.rank(x) == 5 {
+        return conv_3d(cx, x, w);
+    }
     let spatial = spatial_dims(&cx.shape(x))?;
     let ws = cx.shape(w);
     let kernel = (ws.len() == spatial.len() + 2).then(|| ws[2..].to_vec());
@@ -490,6 +493,88 @@ pub(super) fn conv(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let mut rest = vec![w];
     rest.extend(cx.opt_input(2));
     Ok(vec![windowed(cx, Op::Conv { window, group: group as usize }, x, &rest)?])
+}
+
+/// A 3-D convolution as a sum over the depth taps of 2-D convolutions: for tap `t`, the
+/// input depths `od·stride + t·dilation − pad` that exist (a strided slice) are folded into
+/// the batch, convolved over H and W with the weights' slice `[:, :, t]`, and placed at
+/// their output depths (zeros elsewhere); the taps' results are summed, the bias added, and
+/// the depth moved back behind the channels. As many multiply-adds as the 3-D form, and the
+/// 2-D convolutions reach the GEMM or Winograd schedule.
+fn conv_3d(cx: &mut NodeCx, x: ValueId, w: ValueId) -> OpResult<Vec<ValueId>> {
+    let xs = cx.shape(x);
+    let ws = cx.shape(w);
+    if ws.len() != 5 {
+        return invalid(format!("3-D weights must have rank 5, got {ws:?}"));
+    }
+    let (k, st, dl, p) = window_parts(cx, &xs[2..], Some(ws[2..].to_vec()))?;
+    let group = cx.attrs.int_or("group", 1)?;
+    if !(1..=MAX_WINDOW_ATTR).contains(&group) || xs[1] != ws[1] * group as usize || ws[0] % group as usize != 0 {
+        return invalid(format!("group {group} does not fit input {xs:?} and weights {ws:?}"));
+    }
+    let (n, c, d) = (xs[0], xs[1], xs[2]);
+    let co = ws[0];
+    let span = dl[0] * (k[0] - 1) + 1;
+    if d + p[0] + p[3] < span {
+        return invalid(format!("window of depth {span} does not fit input depth {} (pads {}, {})", d, p[0], p[3]));
+    }
+    let od = (d + p[0] + p[3] - span) / st[0] + 1;
+    let hw = Window {
+        kernel: [k[1], k[2]],
+        strides: [st[1], st[2]],
+        pads: [p[1], p[2], p[4], p[5]],
+        dilations: [dl[1], dl[2]],
+    };
+    // Depth-major once: each tap's input is then a strided slice of whole [C, H, W] images.
+    let xd = tmp(cx, Op::Transpose { perm: vec![0, 2, 1, 3, 4] }, &[x], "depth_major")?;
+    let mut sum: Option<ValueId> = None;
+    for t in 0..k[0] {
+        // Output depths whose input depth od·s + t·dl − pad lies inside the input.
+        let at = |o: usize| (o * st[0] + t * dl[0]) as i64 - p[0] as i64;
+        let valid: Vec<usize> = (0..od).filter(|&o| (0..d as i64).contains(&at(o))).collect();
+        let (Some(&lo), Some(&hi)) = (valid.first(), valid.last()) else { continue };
+        let cnt = hi - lo + 1;
+        let slice = Op::Slice {
+            starts: vec![0, at(lo), 0, 0, 0],
+            steps: vec![1, st[0] as i64, 1, 1, 1],
+            out_shape: vec![n, cnt, c, xs[3], xs[4]],
+        };
+        let xt = tmp(cx, slice, &[xd], "depth_taps")?;
+        let xt = reshape(cx, xt, vec![n * cnt, c, xs[3], xs[4]])?;
+        let wslice = Op::Slice {
+            starts: vec![0, 0, t as i64, 0, 0],
+            steps: vec![1; 5],
+            out_shape: vec![co, ws[1], 1, ws[3], ws[4]],
+        };
+        let wt = tmp(cx, wslice, &[w], "depth_tap_weights")?;
+        let wt = reshape(cx, wt, vec![co, ws[1], ws[3], ws[4]])?;
+        let y = tmp(cx, Op::Conv { window: hw.clone(), group: group as usize }, &[xt, wt], "depth_tap")?;
+        let ys = cx.shape(y);
+        let y = reshape(cx, y, vec![n, cnt, co, ys[2], ys[3]])?;
+        // Zeros at the output depths this tap does not reach.
+        let mut ins = Vec::new();
+        let zeros = |cx: &mut NodeCx, len: usize| {
+            konst_as(cx, DType::F32, vec![n, len, co, ys[2], ys[3]], &vec![0.0; n * len * co * ys[2] * ys[3]])
+        };
+        if lo > 0 {
+            ins.push(zeros(cx, lo));
+        }
+        ins.push(y);
+        if hi + 1 < od {
+            ins.push(zeros(cx, od - 1 - hi));
+        }
+        let y = if ins.len() == 1 { y } else { tmp(cx, Op::Concat { axis: 1 }, &ins, "depth_placed")? };
+        sum = Some(match sum {
+            None => y,
+            Some(acc) => bin(cx, B::Add, acc, y)?,
+        });
+    }
+    let Some(mut y) = sum else { return invalid("no depth tap reaches the input") };
+    if let Some(b) = cx.opt_input(2) {
+        let b = reshape(cx, b, vec![1, 1, co, 1, 1])?;
+        y = bin(cx, B::Add, y, b)?;
+    }
+    Ok(vec![cx.emit_out(Op::Transpose { perm: vec![0, 2, 1, 3, 4] }, &[y], 0)?])
 }
 
 #[cfg(test)]
