@@ -28,6 +28,7 @@ fixed seed (integer inputs in [0, 8), except ones for an input named *mask* and 
 *token_type*), and every model input must have a static shape.
 """
 import argparse
+import os
 import json
 import shutil
 import statistics
@@ -120,6 +121,8 @@ def ort_runner(path: Path, feeds: dict, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if os.environ.get("ORT_NO_SPIN"):
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda: s.run(None, feeds)
 
@@ -267,6 +270,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--bench-models", action="store_true",
                     help="benchmark target/bench-models/*/model.onnx (scripts/export_bench_models.py)")
+    ap.add_argument("--peers", default="ort,openvino,tract",
+                    help="the peers to time besides onnxruntime (always timed): a comma-separated list")
     ap.add_argument("--ops", action="store_true",
                     help="the op-level suite (benches/peers/ops.py): one model per op family and shape")
     ap.add_argument("--ops-filter", help="with --ops: only cases whose name contains this, or of this family")
@@ -314,8 +319,9 @@ def main() -> None:
             continue
         feed_args = save_feeds(feeds, tmp)
         servers = [kiln_server(kiln_model, feeds, feed_args, a.threads), peer_server("ort", path, feed_args, a.threads)]
-        servers.append(peer_server("openvino", path, feed_args, a.threads))
-        if a.threads == 1:
+        if "openvino" in a.peers.split(","):
+            servers.append(peer_server("openvino", path, feed_args, a.threads))
+        if a.threads == 1 and "tract" in a.peers.split(","):
             servers.append(peer_server("tract", path, feed_args, a.threads))
         # Every runtime loads (in parallel) and warms up before any is timed.
         live = []
