@@ -12,12 +12,50 @@ impl Lowerer<'_> {
         let dt = x.dtype;
         let mut domain = out_shape.clone();
         domain.extend(window.kernel);
-        let spatial = |a: usize| window_input_index(window, a, Expr::Var(4 + a));
         let is_max = matches!(op, Op::MaxPool { .. });
         let pad = if is_max { Scalar::extreme(dt, true) } else { Scalar::of(dt, 0.0) };
-        let body =
-            Expr::Load { operand: 0, index: vec![Expr::Var(0), Expr::Var(1), spatial(0), spatial(1)], pad: Some(pad) };
-        let mut inputs = vec![x.clone()];
+        // A row-major input with pads is copied into a padded one (the pad value: -inf for
+        // a max, 0 for a sum) when every window lies inside it: the taps then need no bounds
+        // checks, which along the image row (the innermost loop here) keep it from vectorizing.
+        let inside = (0..2).all(|a| {
+            let (n, o) = (x.extents[2 + a], out_shape[2 + a]);
+            o == 0
+                || (o - 1) * window.strides[a] + (window.kernel[a] - 1) * window.dilations[a]
+                    < n + window.pads[a] + window.pads[a + 2]
+        });
+        // Stride 1 only: a strided row is not vectorized anyway, and the copy costs a pass.
+        let padded_copy = window.pads != [0; 4]
+            && window.strides == [1, 1]
+            && dt == DType::F32
+            && x.strides[1] != 1
+            && out.strides[1] != 1
+            && inside;
+        let (src, win) = if padded_copy {
+            let [n, c, h, w] = x.extents[..] else { unreachable!("pools are 2-D here") };
+            let (hp, wp) = (h + window.pads[0] + window.pads[2], w + window.pads[1] + window.pads[3]);
+            let v = self.temp(dt, &[n, c, hp, wp], format!("{name}.padded_input"));
+            let load = Expr::Load {
+                operand: 0,
+                index: vec![
+                    Expr::Var(0),
+                    Expr::Var(1),
+                    Expr::sub(Expr::Var(2), Expr::i64(window.pads[0] as i64)),
+                    Expr::sub(Expr::Var(3), Expr::i64(window.pads[1] as i64)),
+                ],
+                pad: Some(pad),
+            };
+            self.emit(elementwise(&format!("{name}/pad"), v.clone(), vec![x.clone()], load));
+            (v, kiln_ir::Window { pads: [0; 4], ..window.clone() })
+        } else {
+            (x.clone(), window.clone())
+        };
+        let spatial = |a: usize| window_input_index(&win, a, Expr::Var(4 + a));
+        let body = Expr::Load {
+            operand: 0,
+            index: vec![Expr::Var(0), Expr::Var(1), spatial(0), spatial(1)],
+            pad: (!padded_copy).then_some(pad),
+        };
+        let mut inputs = vec![src];
         let reduction = if is_max {
             Reduction { combine: Combine::Max, init: pad, finalize: None }
         } else {
