@@ -164,7 +164,7 @@ fn gen_body<'ctx>(
         let task = || -> BackendResult<()> {
             let out_index = |vars: &[IntValue<'ctx>]| g.linear(&k.output, &vars[..np]);
             // One output element per lane `j` of `lo..hi`, its reduction (if any) in a register.
-            let mut scalar = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| -> BackendResult<()> {
+            let scalar = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| -> BackendResult<()> {
                 g.for_range(f, lo, hi, &mut |j| {
                     let mut vs = vars.clone();
                     vs[np - 1] = j;
@@ -191,7 +191,7 @@ fn gen_body<'ctx>(
             };
             if vector_rows {
                 let row = crate::vector::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
-                return crate::vector::gen_row(&row, (jlo, jhi), lanes, &mut scalar);
+                return crate::vector::gen_row(&row, (jlo, jhi), lanes);
             }
             let Some(red) = &k.reduction else { return scalar(jlo, jhi) };
             if outer_in_output {

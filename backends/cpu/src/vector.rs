@@ -6,8 +6,8 @@
 //! over 32 channels with 9 taps per output runs its vectorized inner loop 9 times per pixel,
 //! each time behind runtime alias checks and with a scalar remainder, and accumulates in
 //! memory. Here a row is cut into blocks of up to 4 vectors whose accumulators stay in
-//! registers through the reduction loops; what is left of the row (fewer lanes than half a
-//! vector) runs the scalar path.
+//! registers through the reduction loops; what is left of the row is one block of fewer
+//! vectors, the last masked.
 //!
 //! What qualifies ([`row_ok`]): an f32 kernel whose output is contiguous along the innermost
 //! parallel dim, whose body and finalizer are float arithmetic, ReLU-like ops and loads that
@@ -77,7 +77,7 @@ fn uniform(k: &Kernel, e: &Expr) -> bool {
     !acc && !mentions(e, k.n_par - 1)
 }
 
-/// Whether `e` can be evaluated on vectors along the innermost parallel dim by [`vgen`].
+/// Whether `e` can be evaluated on vectors along the innermost parallel dim by [`vgen_masked`].
 pub(crate) fn vexpr_ok(k: &Kernel, e: &Expr) -> bool {
     let d = k.n_par - 1;
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
@@ -255,21 +255,9 @@ fn contract(v: VectorValue) -> VectorValue {
 }
 
 /// `e` on the lanes `vars[n_par-1] .. + lanes` of the domain point `vars` (`acc`: the
-/// accumulator vector in a finalizer). The same arithmetic as the scalar path, lane by lane.
-pub(crate) fn vgen<'ctx>(
-    g: &CodeGen<'ctx>,
-    k: &Kernel,
-    bases: &[PointerValue<'ctx>],
-    e: &Expr,
-    vars: &[IntValue<'ctx>],
-    acc: Option<VectorValue<'ctx>>,
-    vt: VectorType<'ctx>,
-) -> BackendResult<VectorValue<'ctx>> {
-    vgen_masked(g, k, bases, e, vars, acc, vt, None)
-}
-
-/// [`vgen`] on the lanes of `mask` only: loads along the vector read those lanes alone (at
-/// the end of a row, the memory past it is not touched); the other lanes are unspecified.
+/// accumulator vector in a finalizer), the same arithmetic as the scalar path, lane by lane;
+/// with a `mask`, on those lanes only: loads along the vector read those lanes alone (at the
+/// end of a row, the memory past it is not touched); the other lanes are unspecified.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn vgen_masked<'ctx>(
     g: &CodeGen<'ctx>,
@@ -416,13 +404,12 @@ pub(crate) struct Row<'a, 'ctx> {
 }
 
 /// Emits one row of a kernel that passes [`row_ok`]: the lanes `jlo..jhi` of the innermost
-/// parallel dim, in blocks of [`BLOCK`] vectors of `lanes`, then single vectors, then half
-/// vectors; `tail(j, jhi)` emits the scalar path for the rest.
+/// parallel dim, in blocks of [`BLOCK`] vectors of `lanes`, then one block of fewer vectors
+/// for the rest, its last vector masked.
 pub(crate) fn gen_row<'ctx>(
     row: &Row<'_, 'ctx>,
     (jlo, jhi): (IntValue<'ctx>, IntValue<'ctx>),
     lanes: usize,
-    tail: &mut dyn FnMut(IntValue<'ctx>, IntValue<'ctx>) -> BackendResult<()>,
 ) -> BackendResult<()> {
     let (g, f) = (row.g, row.f);
     let b = &g.builder;
@@ -430,11 +417,7 @@ pub(crate) fn gen_row<'ctx>(
     // The next lane to do, threaded through the block loops.
     let jslot = entry_alloca(g, f, i64t)?;
     b.build_store(jslot, jlo).map_err(llvm_err)?;
-    let mut shapes = vec![(BLOCK, lanes), (2, lanes), (1, lanes)];
-    if lanes >= 8 {
-        shapes.push((1, lanes / 2));
-    }
-    for (n, w) in shapes {
+    for (n, w) in [(BLOCK, lanes)] {
         let span = g.i64((n * w) as i64);
         let header = g.context.append_basic_block(f, "vrow");
         let body = g.context.append_basic_block(f, "vblock");
@@ -446,13 +429,34 @@ pub(crate) fn gen_row<'ctx>(
         let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
         b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
         b.position_at_end(body);
-        gen_block(row, j, n, g.context.f32_type().vec_type(w as u32))?;
+        gen_block(row, j, n, g.context.f32_type().vec_type(w as u32), None)?;
         b.build_store(jslot, end).map_err(llvm_err)?;
         b.build_unconditional_branch(header).map_err(llvm_err)?;
         b.position_at_end(exit);
     }
+    // The rest of the row (fewer than BLOCK vectors) as one block of 1 to BLOCK vectors,
+    // the last masked: independent accumulators however short the row (a 56-pixel image row
+    // is 4 vectors of 16, not 2 + 1 + a half and a scalar tail, each a chain of dependent
+    // adds through the reduction).
     let j = b.build_load(i64t, jslot, "j").map_err(llvm_err)?.into_int_value();
-    tail(j, jhi)
+    let rest = b.build_int_nsw_sub(jhi, j, "rest").map_err(llvm_err)?;
+    let done = g.context.append_basic_block(f, "vrow.done");
+    let w = lanes as i64;
+    let vectors = b.build_int_add(rest, g.i64(w - 1), "rv").map_err(llvm_err)?;
+    let vectors = b.build_int_signed_div(vectors, g.i64(w), "nv").map_err(llvm_err)?;
+    let blocks: Vec<_> = (1..=BLOCK).map(|_| g.context.append_basic_block(f, "vrow.rest")).collect();
+    let cases: Vec<_> = blocks.iter().enumerate().map(|(i, &bb)| (g.i64(i as i64 + 1), bb)).collect();
+    b.build_switch(vectors, done, &cases).map_err(llvm_err)?;
+    for (i, &bb) in blocks.iter().enumerate() {
+        b.position_at_end(bb);
+        let n = i + 1;
+        let last = b.build_int_nsw_sub(rest, g.i64((n as i64 - 1) * w), "last").map_err(llvm_err)?;
+        let mask = lane_mask(g, lanes as u32, last)?;
+        gen_block(row, j, n, g.context.f32_type().vec_type(lanes as u32), Some(mask))?;
+        b.build_unconditional_branch(done).map_err(llvm_err)?;
+    }
+    b.position_at_end(done);
+    Ok(())
 }
 
 /// For a reduction body with padded loads whose indices are affine: whether, at the parallel
@@ -511,8 +515,15 @@ fn interior_check<'ctx>(
 }
 
 /// `n` vectors `vt` of the row from lane `j0`: the reduction (if any) accumulates in
-/// registers, then the finalizer, then one store per vector.
-fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: VectorType<'ctx>) -> BackendResult<()> {
+/// registers, then the finalizer, then one store per vector. With `last_mask`, the last
+/// vector reads and writes only those lanes (the end of the row).
+fn gen_block<'ctx>(
+    row: &Row<'_, 'ctx>,
+    j0: IntValue<'ctx>,
+    n: usize,
+    vt: VectorType<'ctx>,
+    last_mask: Option<VectorValue<'ctx>>,
+) -> BackendResult<()> {
     let Row { g, f, k, bases, out_base, vars } = *row;
     let b = &g.builder;
     let (np, d) = (k.n_par, k.n_par - 1);
@@ -522,13 +533,18 @@ fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: Vector
         vs[d] = b.build_int_nsw_add(j0, g.i64(i as i64 * w), "jv").map_err(llvm_err)?;
         Ok(vs)
     };
-    let store = |vs: &[IntValue<'ctx>], v: VectorValue<'ctx>| -> BackendResult<()> {
-        vstore(g, g.elem_ptr(out_base, DType::F32, g.linear(&k.output, &vs[..np])?)?, v)
+    let mask_of = |i: usize| if i + 1 == n { last_mask } else { None };
+    let store = |i: usize, vs: &[IntValue<'ctx>], v: VectorValue<'ctx>| -> BackendResult<()> {
+        let p = g.elem_ptr(out_base, DType::F32, g.linear(&k.output, &vs[..np])?)?;
+        match mask_of(i) {
+            Some(m) => vstore_masked(g, p, v, m),
+            None => vstore(g, p, v),
+        }
     };
     let Some(red) = &k.reduction else {
         for i in 0..n {
             let vs = at(vars, i)?;
-            store(&vs, vgen(g, k, bases, &k.body, &vs, None, vt)?)?;
+            store(i, &vs, vgen_masked(g, k, bases, &k.body, &vs, None, vt, mask_of(i))?)?;
         }
         return Ok(());
     };
@@ -542,7 +558,7 @@ fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: Vector
         let mut rv = vars.to_vec();
         kiln_llvm_codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
             for (i, &s) in slots.iter().enumerate() {
-                let x = vgen(g, k, bases, body, &at(rvars, i)?, None, vt)?;
+                let x = vgen_masked(g, k, bases, body, &at(rvars, i)?, None, vt, mask_of(i))?;
                 let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
                 b.build_store(s, vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
             }
@@ -572,10 +588,10 @@ fn gen_block<'ctx>(row: &Row<'_, 'ctx>, j0: IntValue<'ctx>, n: usize, vt: Vector
         let vs = at(vars, i)?;
         let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
         let y = match &red.finalize {
-            Some(fin) => vgen(g, k, bases, fin, &vs, Some(a), vt)?,
+            Some(fin) => vgen_masked(g, k, bases, fin, &vs, Some(a), vt, mask_of(i))?,
             None => a,
         };
-        store(&vs, y)?;
+        store(i, &vs, y)?;
     }
     Ok(())
 }

@@ -448,7 +448,7 @@ struct Tile<'a, 'ctx> {
     /// The tile is NR wide in C and C is contiguous along N: vector loads/stores of C.
     c_full: IntValue<'ctx>,
     first: IntValue<'ctx>,
-    /// The finalizer, applied to full tiles in registers after the last slice ([`crate::vector::vgen`]).
+    /// The finalizer, applied to full tiles in registers after the last slice ([`crate::vector::vgen_masked`]).
     vfin: Option<VFin<'a, 'ctx>>,
 }
 
