@@ -222,6 +222,8 @@ CASES: list[Case] = [
          conv("convT_k2s2", [1, 24, 160, 160], 24, 2, stride=2, transpose=True)),
     Case("convT_1d", "conv", "HiFi-GAN vocoder ConvTranspose1d 256->128 k16 s8 p4 length 200",
          conv("convT_1d", [1, 256, 200], 128, 16, stride=8, pad=4, transpose=True)),
+    Case("convT3d", "conv", "3-D U-Net decoder ConvTranspose 3-D 32->16 k2 s2 8x16x16",
+         conv("convT3d", [1, 32, 8, 16, 16], 16, 2, stride=2, transpose=True)),
     # Pooling.
     Case("maxpool_stem", "pool", "ResNet-50 stem MaxPool 3x3 s2 64x112x112",
          pool("maxpool_stem", "MaxPool", [1, 64, 112, 112], 3, 2, 1)),

@@ -88,6 +88,74 @@ fn conv_same_upper_pads() {
     assert_eq!(window, Window { kernel: [3, 3], strides: [1, 1], pads: [1, 2, 1, 2], dilations: [1, 2] });
 }
 
+/// A 3-D ConvTranspose (zero insertion, then the flipped-kernel convolution) against the
+/// direct scatter of its definition, here in the test: strides, pads, output padding,
+/// dilation, bias.
+#[test]
+fn conv_transpose_3d_matches_the_direct_scatter() {
+    let vals = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n).map(|i| ((i as u32 * 7919 + seed) % 23) as f32 / 11.0 - 1.0).collect()
+    };
+    let to_i = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    for (xs, ws, s, p, op, dl, bias) in [
+        ([1, 2, 3, 4, 3], [2, 3, 2, 2, 2], [2, 2, 2], [0, 0, 0], [0, 0, 0], [1, 1, 1], true),
+        ([2, 3, 4, 3, 5], [3, 2, 3, 3, 2], [1, 2, 3], [1, 1, 0], [0, 1, 2], [1, 1, 1], false),
+        ([1, 1, 3, 3, 3], [1, 2, 2, 3, 2], [2, 1, 2], [1, 2, 0], [1, 0, 1], [2, 1, 1], true),
+    ] {
+        let (x, w, b) = (vals(xs.iter().product(), 3), vals(ws.iter().product(), 5), vals(ws[1], 7));
+        let o: Vec<usize> =
+            (0..3).map(|a| s[a] * (xs[2 + a] - 1) + op[a] + (ws[2 + a] - 1) * dl[a] + 1 - 2 * p[a]).collect();
+        let os = [xs[0], ws[1], o[0], o[1], o[2]];
+        let mut want = vec![0f64; os.iter().product()];
+        for n in 0..xs[0] {
+            for (ci, co) in (0..xs[1]).flat_map(|ci| (0..ws[1]).map(move |co| (ci, co))) {
+                for (id, ih, iw) in
+                    (0..xs[2]).flat_map(|a| (0..xs[3]).flat_map(move |b| (0..xs[4]).map(move |c| (a, b, c))))
+                {
+                    for (kd, kh, kw) in
+                        (0..ws[2]).flat_map(|a| (0..ws[3]).flat_map(move |b| (0..ws[4]).map(move |c| (a, b, c))))
+                    {
+                        let at = |i: usize, t: usize, a: usize| (i * s[a] + t * dl[a]) as i64 - p[a] as i64;
+                        let (od, oh, ow) = (at(id, kd, 0), at(ih, kh, 1), at(iw, kw, 2));
+                        if od < 0 || oh < 0 || ow < 0 || od >= o[0] as i64 || oh >= o[1] as i64 || ow >= o[2] as i64 {
+                            continue;
+                        }
+                        let xv = x[(((n * xs[1] + ci) * xs[2] + id) * xs[3] + ih) * xs[4] + iw];
+                        let wv = w[(((ci * ws[1] + co) * ws[2] + kd) * ws[3] + kh) * ws[4] + kw];
+                        want[(((n * os[1] + co) * os[2] + od as usize) * os[3] + oh as usize) * os[4] + ow as usize] +=
+                            f64::from(xv) * f64::from(wv);
+                    }
+                }
+            }
+        }
+        if bias {
+            for (i, v) in want.iter_mut().enumerate() {
+                *v += f64::from(b[i / (os[2] * os[3] * os[4]) % os[1]]);
+            }
+        }
+        let mut m = Model::new(13).input(vis("x", F32, &to_i(&xs))).init(t_f32("w", &to_i(&ws), &w));
+        let mut ins = vec!["x", "w"];
+        if bias {
+            m = m.init(t_f32("b", &[ws[1] as i64], &b));
+            ins.push("b");
+        }
+        let attrs = vec![
+            a_ints("strides", &to_i(&s)),
+            a_ints("pads", &to_i(&[p[0], p[1], p[2], p[0], p[1], p[2]])),
+            a_ints("output_padding", &to_i(&op)),
+            a_ints("dilations", &to_i(&dl)),
+        ];
+        let m = m.node(node("ConvTranspose", &ins, &["y"], attrs)).output("y");
+        let g = import_ok(&m);
+        let got = run(&g, &[("x", kiln_ir::Tensor::f32(xs.to_vec(), x.clone()))]).remove(0);
+        assert_eq!(got.shape(), &os[..]);
+        let Data::F32(got) = got.data() else { panic!("f32") };
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((f64::from(*a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "{xs:?} {ws:?}: element {i}: {a} vs {b}");
+        }
+    }
+}
+
 /// A 3-D convolution (a sum of 2-D convolutions over its depth taps) against the direct
 /// 7-deep loop of the definition, here in the test: strides, pads, dilation, groups, bias.
 #[test]

@@ -26,8 +26,8 @@ pub(super) fn conv_transpose(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let (x, w) = (cx.input(0)?, cx.input(1)?);
     let (xs, ws) = (cx.shape(x), cx.shape(w));
     let n = match xs.len() {
-        3 | 4 => xs.len() - 2,
-        r => return unsupported(format!("{}-D ConvTranspose: only 1-D and 2-D are supported", r.saturating_sub(2))),
+        3..=5 => xs.len() - 2,
+        r => return unsupported(format!("{}-D ConvTranspose: only 1-D to 3-D are supported", r.saturating_sub(2))),
     };
     if ws.len() != xs.len() {
         return invalid(format!("weights of shape {ws:?} do not match input of shape {xs:?}"));
@@ -95,6 +95,11 @@ pub(super) fn conv_transpose(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
         begin[a] = b as i64;
         out[a] = o as usize;
+    }
+    if n == 3 {
+        let to_usize = |v: &[i64]| v.iter().map(|&d| d as usize).collect::<Vec<_>>();
+        let (k, s, d) = (to_usize(&kernel), to_usize(&strides), to_usize(&dilations));
+        return conv_transpose_3d(cx, x, w, (k, s, d), (begin, out), group);
     }
     let lift = n == 1;
     let two = |v: &[i64], unit: i64| if lift { [unit, v[0]] } else { [v[0], v[1]] };
@@ -507,11 +512,26 @@ fn conv_3d(cx: &mut NodeCx, x: ValueId, w: ValueId) -> OpResult<Vec<ValueId>> {
     if ws.len() != 5 {
         return invalid(format!("3-D weights must have rank 5, got {ws:?}"));
     }
-    let (k, st, dl, p) = window_parts(cx, &xs[2..], Some(ws[2..].to_vec()))?;
+    let parts = window_parts(cx, &xs[2..], Some(ws[2..].to_vec()))?;
     let group = cx.attrs.int_or("group", 1)?;
     if !(1..=MAX_WINDOW_ATTR).contains(&group) || xs[1] != ws[1] * group as usize || ws[0] % group as usize != 0 {
         return invalid(format!("group {group} does not fit input {xs:?} and weights {ws:?}"));
     }
+    let bias = cx.opt_input(2);
+    let y = conv_3d_sum(cx, x, w, bias, parts, group as usize)?;
+    Ok(vec![cx.emit_out(Op::Transpose { perm: vec![0, 2, 1, 3, 4] }, &[y], 0)?])
+}
+
+/// [`conv_3d`] with its window: the result depth-major, `[N, D, C, H, W]`.
+fn conv_3d_sum(
+    cx: &mut NodeCx,
+    x: ValueId,
+    w: ValueId,
+    bias: Option<ValueId>,
+    (k, st, dl, p): WindowParts,
+    group: usize,
+) -> OpResult<ValueId> {
+    let (xs, ws) = (cx.shape(x), cx.shape(w));
     let (n, c, d) = (xs[0], xs[1], xs[2]);
     let co = ws[0];
     let span = dl[0] * (k[0] - 1) + 1;
@@ -570,10 +590,86 @@ fn conv_3d(cx: &mut NodeCx, x: ValueId, w: ValueId) -> OpResult<Vec<ValueId>> {
         });
     }
     let Some(mut y) = sum else { return invalid("no depth tap reaches the input") };
-    if let Some(b) = cx.opt_input(2) {
+    if let Some(b) = bias {
         let b = reshape(cx, b, vec![1, 1, co, 1, 1])?;
         y = bin(cx, B::Add, y, b)?;
     }
+    Ok(y)
+}
+
+/// A 3-D ConvTranspose (group 1) as the convolution it is the adjoint of: the input with
+/// `stride − 1` zeros inserted between its elements along each axis, padded by
+/// `(k − 1)·dilation − pad` (and the output padding), convolved at stride 1 with the kernel
+/// flipped in every spatial axis and its channel axes swapped. It multiplies by the zeros
+/// too (stride³ more multiply-adds than needed): a correct form for a rare op, not a fast one.
+fn conv_transpose_3d(
+    cx: &mut NodeCx,
+    x: ValueId,
+    w: ValueId,
+    (k, st, dl): (Vec<usize>, Vec<usize>, Vec<usize>),
+    (begin, out): (Vec<i64>, Vec<usize>),
+    group: i64,
+) -> OpResult<Vec<ValueId>> {
+    if group != 1 {
+        return unsupported(format!("3-D ConvTranspose with group {group} (only group 1)"));
+    }
+    let ws = cx.shape(w);
+    // Zero insertion, one axis at a time: [.., D, ..] -> [.., D, s, ..] -> [.., D·s, ..], cut to (D−1)·s+1.
+    let mut xu = x;
+    for a in 0..3 {
+        let s = st[a];
+        if s == 1 {
+            continue;
+        }
+        let shape = cx.shape(xu);
+        let ax = 2 + a;
+        let mut split = shape.clone();
+        split.insert(ax + 1, 1);
+        let col = reshape(cx, xu, split.clone())?;
+        let mut zshape = split.clone();
+        zshape[ax + 1] = s - 1;
+        let zeros = konst_as(cx, DType::F32, zshape.clone(), &vec![0.0; zshape.iter().product()]);
+        let both = tmp(cx, Op::Concat { axis: ax + 1 }, &[col, zeros], "zero_inserted")?;
+        let mut merged = shape.clone();
+        merged[ax] *= s;
+        let flat = reshape(cx, both, merged.clone())?;
+        let mut cut = merged;
+        cut[ax] = (shape[ax] - 1) * s + 1;
+        xu = tmp(cx, Op::Slice { starts: vec![0; 5], steps: vec![1; 5], out_shape: cut }, &[flat], "zero_inserted")?;
+    }
+    // Pads of the equivalent convolution; a negative one crops instead.
+    let us = cx.shape(xu);
+    let mut pads = vec![0usize; 6];
+    let mut starts = vec![0i64; 5];
+    let mut crop = us.clone();
+    for a in 0..3 {
+        let lead = ((k[a] - 1) * dl[a]) as i64 - begin[a];
+        let eff = ((k[a] - 1) * dl[a]) as i64;
+        // The padded extent must give `out[a]` outputs: padded = out + eff.
+        let padded = out[a] as i64 + eff;
+        let trail = padded - lead - us[2 + a] as i64;
+        if lead >= 0 {
+            pads[a] = lead as usize;
+        } else {
+            starts[2 + a] = -lead;
+            crop[2 + a] -= (-lead) as usize;
+        }
+        if trail >= 0 {
+            pads[a + 3] = trail as usize;
+        } else {
+            crop[2 + a] = (crop[2 + a] as i64 + trail).max(0) as usize;
+        }
+    }
+    if crop != us {
+        xu = tmp(cx, Op::Slice { starts, steps: vec![1; 5], out_shape: crop }, &[xu], "cropped")?;
+    }
+    // [Ci, Co, kd, kh, kw] -> [Co, Ci, kd, kh, kw], each spatial axis reversed.
+    let wt = tmp(cx, Op::Transpose { perm: vec![1, 0, 2, 3, 4] }, &[w], "swapped")?;
+    let wshape = vec![ws[1], ws[0], ws[2], ws[3], ws[4]];
+    let starts = vec![0, 0, ws[2] as i64 - 1, ws[3] as i64 - 1, ws[4] as i64 - 1];
+    let wf = tmp(cx, Op::Slice { starts, steps: vec![1, 1, -1, -1, -1], out_shape: wshape }, &[wt], "flipped")?;
+    let bias = cx.opt_input(2);
+    let y = conv_3d_sum(cx, xu, wf, bias, (k, vec![1; 3], dl, pads), 1)?;
     Ok(vec![cx.emit_out(Op::Transpose { perm: vec![0, 2, 1, 3, 4] }, &[y], 0)?])
 }
 
