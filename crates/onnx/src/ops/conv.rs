@@ -597,7 +597,8 @@ fn conv_3d_sum(
     Ok(y)
 }
 
-/// A 3-D ConvTranspose (group 1) as the convolution it is the adjoint of: the input with
+/// A 3-D ConvTranspose (group 1). With kernel = stride and no pads, one matrix product per
+/// input voxel. Otherwise as the convolution it is the adjoint of: the input with
 /// `stride − 1` zeros inserted between its elements along each axis, padded by
 /// `(k − 1)·dilation − pad` (and the output padding), convolved at stride 1 with the kernel
 /// flipped in every spatial axis and its channel axes swapped. It multiplies by the zeros
@@ -614,6 +615,26 @@ fn conv_transpose_3d(
         return unsupported(format!("3-D ConvTranspose with group {group} (only group 1)"));
     }
     let ws = cx.shape(w);
+    let xs = cx.shape(x);
+    if k == st && dl == [1, 1, 1] && begin == [0, 0, 0] && (0..3).all(|a| out[a] == xs[2 + a] * st[a]) {
+        // Kernel = stride (a U-Net's k2 s2): the output blocks do not overlap, so each input
+        // voxel's block is one matrix product over the channels, then moved into place.
+        let (n, ci, co) = (xs[0], xs[1], ws[1]);
+        let vox: usize = xs[2..].iter().product();
+        let taps: usize = k.iter().product();
+        let xf = reshape(cx, x, vec![n, ci, vox])?;
+        let xt = tmp(cx, Op::Transpose { perm: vec![0, 2, 1] }, &[xf], "voxels")?;
+        let wf = reshape(cx, w, vec![ci, co * taps])?;
+        let y = tmp(cx, Op::MatMul, &[xt, wf], "blocks")?;
+        let y = reshape(cx, y, vec![n, xs[2], xs[3], xs[4], co, k[0], k[1], k[2]])?;
+        let y = tmp(cx, Op::Transpose { perm: vec![0, 4, 1, 5, 2, 6, 3, 7] }, &[y], "placed")?;
+        let mut y = reshape(cx, y, vec![n, co, out[0], out[1], out[2]])?;
+        if let Some(b) = cx.opt_input(2) {
+            let b = reshape(cx, b, vec![1, co, 1, 1, 1])?;
+            y = bin(cx, B::Add, y, b)?;
+        }
+        return Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?]);
+    }
     // Zero insertion, one axis at a time: [.., D, ..] -> [.., D, s, ..] -> [.., D·s, ..], cut to (D−1)·s+1.
     let mut xu = x;
     for a in 0..3 {
