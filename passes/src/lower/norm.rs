@@ -104,6 +104,36 @@ impl Lowerer<'_> {
         sm_out.extents = kept_shape.clone();
         sm_out.strides = mx_out.strides.clone();
         let mx_k: Vec<Expr> = (0..rank - 1).map(Expr::Var).collect();
+        if matches!(op, Op::Softmax { .. }) && dt == DType::F32 {
+            // exp(x − max) once, stored; then its sum and the scaling read it back: an exp
+            // costs more than the extra passes over a row that stays in cache.
+            let e = self.temp(dt, &out_shape, format!("{name}.exp"));
+            let l = |k: usize| Expr::load(k, vars(0..rank));
+            let shifted = Expr::sub(l(0), l(1));
+            let ins = vec![x, broadcast_view(&mx, &out_shape)];
+            self.emit(elementwise(&format!("{name}.exp"), e.clone(), ins, Expr::unary(UnaryOp::Exp, shifted)));
+            let mut eidx = vec![Expr::Var(0); rank];
+            for (i, &d) in kept.iter().enumerate() {
+                eidx[d] = Expr::Var(i);
+            }
+            eidx[a] = Expr::Var(rank - 1);
+            self.emit(Kernel {
+                name: format!("{name}.sum"),
+                domain,
+                n_par: rank - 1,
+                inputs: vec![e.clone()],
+                output: sm_out,
+                body: Expr::load(0, eidx),
+                reduction: Some(Reduction {
+                    combine: Combine::Add,
+                    init: Scalar::of(dt, 0.0),
+                    finalize: Some(Expr::unary(UnaryOp::Reciprocal, Expr::Acc)),
+                }),
+            });
+            let ins = vec![e, broadcast_view(&sm, &out_shape)];
+            self.emit(elementwise(name, out, ins, Expr::mul(l(0), l(1))));
+            return Ok(());
+        }
         self.emit(Kernel {
             name: format!("{name}.sum"),
             domain,
