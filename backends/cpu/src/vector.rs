@@ -417,23 +417,22 @@ pub(crate) fn gen_row<'ctx>(
     // The next lane to do, threaded through the block loops.
     let jslot = entry_alloca(g, f, i64t)?;
     b.build_store(jslot, jlo).map_err(llvm_err)?;
-    for (n, w) in [(BLOCK, lanes)] {
-        let span = g.i64((n * w) as i64);
-        let header = g.context.append_basic_block(f, "vrow");
-        let body = g.context.append_basic_block(f, "vblock");
-        let exit = g.context.append_basic_block(f, "vrow.end");
-        b.build_unconditional_branch(header).map_err(llvm_err)?;
-        b.position_at_end(header);
-        let j = b.build_load(i64t, jslot, "j").map_err(llvm_err)?.into_int_value();
-        let end = b.build_int_nsw_add(j, span, "jend").map_err(llvm_err)?;
-        let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
-        b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
-        b.position_at_end(body);
-        gen_block(row, j, n, g.context.f32_type().vec_type(w as u32), None)?;
-        b.build_store(jslot, end).map_err(llvm_err)?;
-        b.build_unconditional_branch(header).map_err(llvm_err)?;
-        b.position_at_end(exit);
-    }
+    // Full blocks of BLOCK vectors.
+    let span = g.i64((BLOCK * lanes) as i64);
+    let header = g.context.append_basic_block(f, "vrow");
+    let body = g.context.append_basic_block(f, "vblock");
+    let exit = g.context.append_basic_block(f, "vrow.end");
+    b.build_unconditional_branch(header).map_err(llvm_err)?;
+    b.position_at_end(header);
+    let j = b.build_load(i64t, jslot, "j").map_err(llvm_err)?.into_int_value();
+    let end = b.build_int_nsw_add(j, span, "jend").map_err(llvm_err)?;
+    let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
+    b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
+    b.position_at_end(body);
+    gen_block(row, j, BLOCK, g.context.f32_type().vec_type(lanes as u32), None)?;
+    b.build_store(jslot, end).map_err(llvm_err)?;
+    b.build_unconditional_branch(header).map_err(llvm_err)?;
+    b.position_at_end(exit);
     // The rest of the row (fewer than BLOCK vectors) as one block of 1 to BLOCK vectors,
     // the last masked: independent accumulators however short the row (a 56-pixel image row
     // is 4 vectors of 16, not 2 + 1 + a half and a scalar tail, each a chain of dependent

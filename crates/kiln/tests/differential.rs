@@ -850,8 +850,9 @@ fn grouped_convolution_by_groups() {
 #[test]
 fn transposed_convolution_by_phases() {
     let mut r = Rng(41);
-    let cases: &[([usize; 2], [usize; 2], [i64; 2], [usize; 2])] = &[
-        // kernel, strides, begin pads, extra output (output_padding)
+    // kernel, strides, begin pads, extra output (output_padding)
+    type Case = ([usize; 2], [usize; 2], [i64; 2], [usize; 2]);
+    let cases: &[Case] = &[
         ([4, 4], [2, 2], [1, 1], [0, 0]),
         ([2, 2], [2, 2], [0, 0], [0, 0]),
         ([3, 3], [2, 2], [1, 1], [1, 1]),

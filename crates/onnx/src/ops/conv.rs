@@ -514,7 +514,10 @@ fn conv_3d(cx: &mut NodeCx, x: ValueId, w: ValueId) -> OpResult<Vec<ValueId>> {
     }
     let parts = window_parts(cx, &xs[2..], Some(ws[2..].to_vec()))?;
     let group = cx.attrs.int_or("group", 1)?;
-    if !(1..=MAX_WINDOW_ATTR).contains(&group) || xs[1] != ws[1] * group as usize || ws[0] % group as usize != 0 {
+    if !(1..=MAX_WINDOW_ATTR).contains(&group)
+        || xs[1] != ws[1] * group as usize
+        || !ws[0].is_multiple_of(group as usize)
+    {
         return invalid(format!("group {group} does not fit input {xs:?} and weights {ws:?}"));
     }
     let bias = cx.opt_input(2);
@@ -568,7 +571,7 @@ fn conv_3d_sum(
         };
         let wt = tmp(cx, wslice, &[w], "depth_tap_weights")?;
         let wt = reshape(cx, wt, vec![co, ws[1], ws[3], ws[4]])?;
-        let y = tmp(cx, Op::Conv { window: hw.clone(), group: group as usize }, &[xt, wt], "depth_tap")?;
+        let y = tmp(cx, Op::Conv { window: hw.clone(), group }, &[xt, wt], "depth_tap")?;
         let ys = cx.shape(y);
         let y = reshape(cx, y, vec![n, cnt, co, ys[2], ys[3]])?;
         // Zeros at the output depths this tap does not reach.
@@ -637,8 +640,7 @@ fn conv_transpose_3d(
     }
     // Zero insertion, one axis at a time: [.., D, ..] -> [.., D, s, ..] -> [.., D·s, ..], cut to (D−1)·s+1.
     let mut xu = x;
-    for a in 0..3 {
-        let s = st[a];
+    for (a, &s) in st.iter().enumerate() {
         if s == 1 {
             continue;
         }
