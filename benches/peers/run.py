@@ -46,6 +46,8 @@ DATA = REPO / "target" / "kiln-testdata" / "onnx-1.23.2"
 BENCH_MODELS = REPO / "target" / "bench-models"
 BENCH_ORDER = ("resnet50", "mobilenetv2", "bert_base", "gpt2_small")
 KILN = REPO / "target" / "release" / "kiln"
+# The pause before each runtime's turn, for the others' worker threads to go to sleep.
+PAUSE_S = float(os.environ.get("PEERS_PAUSE_S", "0.1"))
 NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
             onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.UINT8: np.uint8}
 
@@ -346,7 +348,7 @@ def main() -> None:
             for srv in live[r % len(live):] + live[:r % len(live)]:
                 # A pause first: runtimes' worker threads spin for a while after a run
                 # (onnxruntime's by default), and must be asleep before the next one is timed.
-                time.sleep(0.1)
+                time.sleep(PAUSE_S)
                 ts = srv.times(a.iters)
                 if ts is None:
                     sys.exit(f"{srv.name} failed on {path}")
