@@ -816,6 +816,72 @@ fn transposed_convolution() {
     }
 }
 
+/// A depthwise convolution of a row-major input computes row-major from a padded copy; pools
+/// of stride 1 with pads read a padded copy; both with rows long and short (past the masked
+/// end of a vector row), strides, dilation, ceil mode, batch 2.
+#[test]
+fn row_major_depthwise_and_padded_pools() {
+    let mut r = Rng(44);
+    for (c, h, w, k, stride, pad, dil) in [
+        (5, 9, 23, 3, 1, 1, 1),
+        (3, 7, 70, 5, 1, 2, 1),
+        (4, 11, 17, 3, 2, 1, 1),
+        (2, 12, 33, 3, 1, 2, 2),
+        (6, 56, 56, 7, 1, 3, 1),
+    ] {
+        let x = r.tensor(DType::F32, &[2, c, h, w]);
+        let window = Window { kernel: [k, k], strides: [stride, stride], pads: [pad; 4], dilations: [dil, dil] };
+        let op = Op::Conv { window: window.clone(), group: c };
+        let wt = r.tensor(DType::F32, &[c, 1, k, k]);
+        check_with(op, &[x.clone(), wt, r.tensor(DType::F32, &[c])], &[false, true, true], 1e-4);
+        let pool = Window { dilations: [1, 1], strides: [1, 1], pads: [pad.min(k - 1); 4], ..window };
+        for ceil_mode in [false, true] {
+            check(Op::MaxPool { window: pool.clone(), ceil_mode }, std::slice::from_ref(&x));
+            for count_include_pad in [false, true] {
+                check(Op::AveragePool { window: pool.clone(), ceil_mode, count_include_pad }, std::slice::from_ref(&x));
+            }
+        }
+    }
+}
+
+/// Reductions over adjacent axes that are one run in memory are one merged loop: over H and
+/// W of a row-major input and of a convolution's channels-last output, and over axes that do
+/// not merge.
+#[test]
+fn reductions_over_merged_axes() {
+    let mut r = Rng(45);
+    let x = r.tensor(DType::F32, &[2, 5, 7, 9]);
+    for (op, axes) in [
+        (ReduceOp::Mean, vec![2, 3]),
+        (ReduceOp::Sum, vec![1, 2, 3]),
+        (ReduceOp::Max, vec![0, 2]),
+        (ReduceOp::Min, vec![1, 3]),
+    ] {
+        for keepdims in [false, true] {
+            check(Op::Reduce { op, axes: axes.clone(), keepdims }, std::slice::from_ref(&x));
+        }
+    }
+    // After a convolution (channels-last): the mean over H and W of its output.
+    let w = r.tensor(DType::F32, &[6, 5, 3, 3]);
+    let conv =
+        Op::Conv { window: Window { kernel: [3, 3], strides: [1, 1], pads: [1; 4], dilations: [1, 1] }, group: 1 };
+    let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::ops::eval(op, ins).unwrap().remove(0);
+    let mean = Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true };
+    let want = ev(&mean, &[&ev(&conv, &[&x, &w])]);
+    let mut g = Graph::new("conv_mean");
+    let xi = g.add_input("x", x.ty.clone());
+    let wi = g.add_const("w", w);
+    let y = g.add_node(conv, &[xi, wi], "conv", &[]).unwrap()[0];
+    g.outputs = g.add_node(mean, &[y], "mean", &[]).unwrap();
+    let art = Compiler::new(CompileOptions { verify: true, ..Default::default() }).compile_graph(g).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+    let got =
+        s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0].to_f32().unwrap();
+    for (i, (a, b)) in got.iter().zip(want.to_f64_vec()).enumerate() {
+        assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "element {i}: {a} vs {b}");
+    }
+}
+
 /// Grouped convolutions (several channels per group) run one ordinary convolution per group
 /// on slices of a channels-last copy of the input: odd sizes, strides, pads, dilation, batch 2,
 /// groups of 2 to 8 channels, with and without a bias.
