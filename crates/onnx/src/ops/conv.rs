@@ -96,9 +96,15 @@ pub(super) fn conv_transpose(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         begin[a] = b as i64;
         out[a] = o as usize;
     }
+    let to_usize = |v: &[i64]| v.iter().map(|&d| d as usize).collect::<Vec<_>>();
+    let (k, s, d) = (to_usize(&kernel), to_usize(&strides), to_usize(&dilations));
     if n == 3 {
-        let to_usize = |v: &[i64]| v.iter().map(|&d| d as usize).collect::<Vec<_>>();
-        let (k, s, d) = (to_usize(&kernel), to_usize(&strides), to_usize(&dilations));
+        // 3-D only: in 2-D the sub-pixel lowering of the HIR op is faster (its convolution
+        // writes channels-last, its interleave reads it in order).
+        let blocks = k == s && d.iter().all(|&d| d == 1) && begin.iter().all(|&b| b == 0);
+        if group == 1 && blocks && (0..n).all(|a| out[a] == xs[2 + a] * s[a]) {
+            return conv_transpose_blocks(cx, x, w, &k);
+        }
         return conv_transpose_3d(cx, x, w, (k, s, d), (begin, out), group);
     }
     let lift = n == 1;
@@ -600,8 +606,43 @@ fn conv_3d_sum(
     Ok(y)
 }
 
-/// A 3-D ConvTranspose (group 1). With kernel = stride and no pads, one matrix product per
-/// input voxel. Otherwise as the convolution it is the adjoint of: the input with
+/// ConvTranspose (group 1) with kernel = stride, no dilation and no pads (a 3-D U-Net's
+/// k2 s2): the output blocks do not overlap, so each input position's block is one matrix
+/// product over the channels, then moved into place. Written for any rank; used for 3-D.
+fn conv_transpose_blocks(cx: &mut NodeCx, x: ValueId, w: ValueId, k: &[usize]) -> OpResult<Vec<ValueId>> {
+    let (xs, ws) = (cx.shape(x), cx.shape(w));
+    let nd = k.len();
+    let (n, ci, co) = (xs[0], xs[1], ws[1]);
+    let positions: usize = xs[2..].iter().product();
+    let taps: usize = k.iter().product();
+    let xf = reshape(cx, x, vec![n, ci, positions])?;
+    let xt = tmp(cx, Op::Transpose { perm: vec![0, 2, 1] }, &[xf], "positions")?;
+    let wf = reshape(cx, w, vec![ci, co * taps])?;
+    let y = tmp(cx, Op::MatMul, &[xt, wf], "blocks")?;
+    // [N, spatial…, Co, taps…] -> [N, Co, (spatial_a, tap_a)…].
+    let mut shape = vec![n];
+    shape.extend_from_slice(&xs[2..]);
+    shape.push(co);
+    shape.extend_from_slice(k);
+    let y = reshape(cx, y, shape)?;
+    let mut perm = vec![0, 1 + nd];
+    for a in 0..nd {
+        perm.extend([1 + a, 2 + nd + a]);
+    }
+    let y = tmp(cx, Op::Transpose { perm }, &[y], "placed")?;
+    let mut out = vec![n, co];
+    out.extend((0..nd).map(|a| xs[2 + a] * k[a]));
+    let mut y = reshape(cx, y, out)?;
+    if let Some(b) = cx.opt_input(2) {
+        let mut bshape = vec![1, co];
+        bshape.extend(std::iter::repeat_n(1, nd));
+        let b = reshape(cx, b, bshape)?;
+        y = bin(cx, B::Add, y, b)?;
+    }
+    Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?])
+}
+
+/// A 3-D ConvTranspose (group 1) as the convolution it is the adjoint of: the input with
 /// `stride − 1` zeros inserted between its elements along each axis, padded by
 /// `(k − 1)·dilation − pad` (and the output padding), convolved at stride 1 with the kernel
 /// flipped in every spatial axis and its channel axes swapped. It multiplies by the zeros
@@ -618,26 +659,7 @@ fn conv_transpose_3d(
         return unsupported(format!("3-D ConvTranspose with group {group} (only group 1)"));
     }
     let ws = cx.shape(w);
-    let xs = cx.shape(x);
-    if k == st && dl == [1, 1, 1] && begin == [0, 0, 0] && (0..3).all(|a| out[a] == xs[2 + a] * st[a]) {
-        // Kernel = stride (a U-Net's k2 s2): the output blocks do not overlap, so each input
-        // voxel's block is one matrix product over the channels, then moved into place.
-        let (n, ci, co) = (xs[0], xs[1], ws[1]);
-        let vox: usize = xs[2..].iter().product();
-        let taps: usize = k.iter().product();
-        let xf = reshape(cx, x, vec![n, ci, vox])?;
-        let xt = tmp(cx, Op::Transpose { perm: vec![0, 2, 1] }, &[xf], "voxels")?;
-        let wf = reshape(cx, w, vec![ci, co * taps])?;
-        let y = tmp(cx, Op::MatMul, &[xt, wf], "blocks")?;
-        let y = reshape(cx, y, vec![n, xs[2], xs[3], xs[4], co, k[0], k[1], k[2]])?;
-        let y = tmp(cx, Op::Transpose { perm: vec![0, 4, 1, 5, 2, 6, 3, 7] }, &[y], "placed")?;
-        let mut y = reshape(cx, y, vec![n, co, out[0], out[1], out[2]])?;
-        if let Some(b) = cx.opt_input(2) {
-            let b = reshape(cx, b, vec![1, co, 1, 1, 1])?;
-            y = bin(cx, B::Add, y, b)?;
-        }
-        return Ok(vec![cx.emit_out(Op::Identity, &[y], 0)?]);
-    }
+
     // Zero insertion, one axis at a time: [.., D, ..] -> [.., D, s, ..] -> [.., D·s, ..], cut to (D−1)·s+1.
     let mut xu = x;
     for (a, &s) in st.iter().enumerate() {
