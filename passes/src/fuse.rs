@@ -4,7 +4,8 @@
 //!   once fuses into its elementwise or reduction consumer; a Conv/MatMul/Gemm fuses its
 //!   elementwise epilogue (bias, activation, residual add, clip), also when several of the
 //!   epilogue's ops read the product (a GELU); a Transpose fuses into the
-//!   matrix product, elementwise op or reduction that reads it. Marked values print as
+//!   matrix product, elementwise op or reduction that reads it; a Gather by constant indices
+//!   fuses into an elementwise consumer of its size. Marked values print as
 //!   `fused` in the text form.
 //! * [`fuse_lir`] (LIR): merges the kernels of marked values into their consumers, by
 //!   composing compute definitions: a plain producer's body is substituted into the
@@ -52,6 +53,11 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
                 (elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. })
             } else if complex(g, &p.op, &p.inputs) {
                 elementwise_class(&c.op) && g.ty(v).shape == c_out_shape && !took_complex
+            } else if matches!(p.op, Op::Gather { .. }) && g.const_of(p.inputs[1]).is_some() {
+                // A gather by constant indices (Resize's taps, a reflect pad) is a load at a
+                // looked-up position: an elementwise consumer of its size reads it in place
+                // instead of a materialized copy.
+                elementwise_class(&c.op) && same_size
             } else if matches!(p.op, Op::Transpose { .. }) {
                 // A transpose is a strided read: a matrix product takes its operand through
                 // it (a transposed weight is then packed at compile time), an elementwise op
