@@ -21,6 +21,11 @@ fn elementwise_class(op: &Op) -> bool {
     op.is_elementwise() || matches!(op, Op::BatchNorm { .. })
 }
 
+/// A Gather whose indices are a constant.
+fn const_gather(g: &Graph, n: &kiln_ir::Node) -> bool {
+    matches!(n.op, Op::Gather { .. }) && g.const_of(n.inputs[1]).is_some()
+}
+
 fn complex(g: &Graph, op: &Op, inputs: &[kiln_ir::ValueId]) -> bool {
     match op {
         Op::Conv { .. } | Op::Gemm { .. } => true,
@@ -53,10 +58,11 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
                 (elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. })
             } else if complex(g, &p.op, &p.inputs) {
                 elementwise_class(&c.op) && g.ty(v).shape == c_out_shape && !took_complex
-            } else if matches!(p.op, Op::Gather { .. }) && g.const_of(p.inputs[1]).is_some() {
-                // A gather by constant indices (Resize's taps, a reflect pad) is a load at a
-                // looked-up position: an elementwise consumer of its size reads it in place
-                // instead of a materialized copy.
+            } else if const_gather(g, &p) {
+                // A gather by constant indices (Resize's taps) is a load at a looked-up
+                // position: an elementwise consumer of its size reads it in place instead of
+                // a copy. (Not another gather: two index lookups per element measured slower
+                // than two passes, 2.5 against 1.3 ms on a nearest ×2 resize.)
                 elementwise_class(&c.op) && same_size
             } else if matches!(p.op, Op::Transpose { .. }) {
                 // A transpose is a strided read: a matrix product takes its operand through
