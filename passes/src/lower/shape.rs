@@ -81,15 +81,21 @@ impl Lowerer<'_> {
             Expr::bin(BinaryOp::Min, Expr::bin(BinaryOp::Max, wrapped, Expr::i64(0)), Expr::i64((dim - 1).max(0)));
         // Constant indices are checked now; indices from data are counted at run time
         // and a bad one stops the run with an error naming the node.
+        let mut index = clamped;
         if let BufferKind::Constant(t) = &self.prog.buffer(idx.buffer).kind {
-            if let Some(bad) = t.to_i64_vec().into_iter().find(|&i| i < -dim || i >= dim) {
+            let vals = t.to_i64_vec();
+            if let Some(bad) = vals.iter().find(|&&i| i < -dim || i >= dim) {
                 return Err(format!("index {bad} is outside [-{dim}, {dim}) on axis {axis}"));
+            }
+            // Every index already in [0, dim): used as it is, no wrap or clamp per element.
+            if vals.iter().all(|&i| i >= 0) {
+                index = Expr::cast(DType::I64, Expr::load(1, vars(*axis..axis + ri)));
             }
         } else {
             self.gather_check(idx, dim, *axis, name);
         }
         let mut xidx = vars(0..*axis);
-        xidx.push(clamped);
+        xidx.push(index);
         xidx.extend(vars(axis + ri..rank));
         self.emit(elementwise(name, out, vec![x.clone(), idx.clone()], Expr::load(0, xidx)));
 
