@@ -429,6 +429,8 @@ fn pooling_and_normalization() {
         });
     }
     check(Op::BatchNorm { epsilon: 1e-5 }, &p);
+    // Constant parameters (inference): folded into a scale and a shift at compile time.
+    check_with(Op::BatchNorm { epsilon: 1e-5 }, &p, &[false, true, true, true, true], 1e-5);
     for size in [1, 3, 4, 5] {
         check(Op::Lrn { size, alpha: 1e-3, beta: 0.75, bias: 1.0 }, &[r.tensor(DType::F32, &[1, 7, 3, 4])]);
     }

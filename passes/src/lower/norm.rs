@@ -18,6 +18,35 @@ impl Lowerer<'_> {
             strides[1] = v.strides[0];
             View { buffer: v.buffer, dtype: v.dtype, offset: v.offset, extents: out_shape.clone(), strides }
         };
+        // Constant parameters (inference): `x·a + b` with a = scale / sqrt(var + ε) and
+        // b = bias − mean·a computed now, not a division per element.
+        let consts: Vec<Vec<f32>> = ins[1..]
+            .iter()
+            .filter_map(|v| match &self.prog.buffer(v.buffer).kind {
+                BufferKind::Constant(t) if v.is_dense() && v.dtype == DType::F32 => match t.data() {
+                    kiln_ir::Data::F32(d) => Some(d[..v.numel()].to_vec()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        if consts.len() == 4 && x.dtype == DType::F32 {
+            let (scale, bias, mean, var) = (&consts[0], &consts[1], &consts[2], &consts[3]);
+            let a: Vec<f32> = scale.iter().zip(var).map(|(s, v)| s / (v + epsilon).sqrt()).collect();
+            let b: Vec<f32> = bias.iter().zip(mean).zip(&a).map(|((b, m), a)| b - m * a).collect();
+            let c = a.len();
+            let mut params = Vec::new();
+            for (vals, tag) in [(a, "scale"), (b, "shift")] {
+                let t = kiln_ir::Tensor::f32(vec![c], vals);
+                let buf = self.prog.add_buffer(BufferKind::Constant(t), c * 4, format!("{name}.{tag}"));
+                params.push(chan(&View::dense(buf, DType::F32, &[c])));
+            }
+            let l = |k: usize| Expr::load(k, vars(0..rank));
+            let mut inputs = vec![x.clone()];
+            inputs.extend(params);
+            self.emit(elementwise(name, out, inputs, Expr::add(Expr::mul(l(0), l(1)), l(2))));
+            return Ok(());
+        }
         let mut inputs = vec![x.clone()];
         inputs.extend(ins[1..].iter().map(chan));
         let l = |k: usize| Expr::load(k, vars(0..rank));
