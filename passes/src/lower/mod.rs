@@ -286,6 +286,23 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             }
         }
     }
+    // An output that is a Reshape (or BitCast) of a value used nowhere else: that value is
+    // computed straight into the output buffer, and the reshape is a view of it, so no copy.
+    let uses = g.use_counts();
+    for (i, &v) in g.outputs.iter().enumerate() {
+        let ValueDef::Node(n, _) = g.value(v).def else { continue };
+        let node = g.node(n);
+        if !matches!(node.op, Op::Reshape { .. } | Op::BitCast { .. }) || direct.contains_key(&v) {
+            continue;
+        }
+        let u = node.inputs[0];
+        let ValueDef::Node(un, _) = g.value(u).def else { continue };
+        let producer = &g.node(un).op;
+        let layout_free = !matches!(producer, Op::Conv { .. } | Op::Reshape { .. } | Op::BitCast { .. });
+        if layout_free && uses.get(&u) == Some(&1) && !g.outputs.contains(&u) && !direct.contains_key(&u) {
+            direct.insert(u, i);
+        }
+    }
     for &nid in g.order() {
         let node = g.node(nid);
         let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
@@ -346,7 +363,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
                 vec![src],
                 Expr::load(0, vars(0..4)),
             ));
-        } else if bytes > 0 {
+        } else if bytes > 0 && !(src.buffer == out_bufs[i] && src.offset == 0) {
             let sz = src.dtype.size();
             l.prog.instrs.push(Instr::Copy {
                 dst: out_bufs[i],
