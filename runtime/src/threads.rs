@@ -1,9 +1,15 @@
 //! The `parallel_for` callback that compiled code calls, on a rayon thread pool.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kiln_abi::{Context, TaskFn};
 use rayon::prelude::*;
+
+/// How long a worker stays awake for one run at most (a bound, should a run end without
+/// saying so).
+const MAX_AWAKE: Duration = Duration::from_secs(1);
 
 pub(crate) struct Pool {
     pool: rayon::ThreadPool,
@@ -29,9 +35,25 @@ impl Pool {
             return unsafe { entry(ctx) };
         }
         let ctx = SendCtx(ctx);
+        // Every worker is woken now and stays awake, running the run's tasks as they appear,
+        // until the run ends: a worker woken only when a kernel shares out its tasks came
+        // late (on a VM whose idle vCPUs sleep deeply), and after a few idle pauses a
+        // 2-thread run took about as long as a 1-thread one.
+        let done = Arc::new(AtomicBool::new(false));
+        let awake = done.clone();
+        self.pool.spawn_broadcast(move |_| {
+            let start = Instant::now();
+            while !awake.load(Ordering::Acquire) && start.elapsed() < MAX_AWAKE {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        });
         // SAFETY: the caller's context points at live buffers of the planned sizes for the
         // duration of the call, which `install` does not outlive.
-        self.pool.install(move || unsafe { entry(ctx.get()) })
+        let status = self.pool.install(move || unsafe { entry(ctx.get()) });
+        done.store(true, Ordering::Release);
+        status
     }
 }
 
