@@ -1,6 +1,6 @@
 //! The `parallel_for` callback that compiled code calls, on a rayon thread pool.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,11 @@ const MAX_AWAKE: Duration = Duration::from_secs(1);
 
 pub(crate) struct Pool {
     pool: rayon::ThreadPool,
+    /// How many times compiled code shared out tasks (`parallel_for` with work to share).
+    shared: AtomicU64,
+    /// Whether the last run shared out any tasks: a program that does not (its kernels all
+    /// too small) runs on the caller's thread, with no hand-off to the pool.
+    last_run_shared: AtomicBool,
 }
 
 impl Pool {
@@ -22,17 +27,26 @@ impl Pool {
             .thread_name(|i| format!("kiln-worker-{i}"))
             .build()
             .expect("creating the worker thread pool");
-        Arc::new(Pool { pool })
+        Arc::new(Pool { pool, shared: AtomicU64::new(0), last_run_shared: AtomicBool::new(true) })
     }
 }
 
 impl Pool {
-    /// Runs the compiled entry point on one of the pool's threads.
+    /// Runs the compiled entry point on one of the pool's threads (on the caller's when
+    /// there is one thread, or when the last run shared out no tasks: a tiny program).
     pub fn run(&self, entry: kiln_abi::EntryFn, ctx: &Context) -> i32 {
         if self.pool.current_num_threads() <= 1 {
             // One thread: the caller's, with no hand-off at all.
             // SAFETY: as below.
             return unsafe { entry(ctx) };
+        }
+        let before = self.shared.load(Ordering::Relaxed);
+        if !self.last_run_shared.load(Ordering::Relaxed) {
+            // SAFETY: as below. Should this run share out tasks after all, `parallel_for`
+            // hands them to the pool from here, and the next run goes back to the pool.
+            let status = unsafe { entry(ctx) };
+            self.last_run_shared.store(self.shared.load(Ordering::Relaxed) != before, Ordering::Relaxed);
+            return status;
         }
         let ctx = SendCtx(ctx);
         // Every worker is woken now and stays awake, running the run's tasks as they appear,
@@ -53,6 +67,7 @@ impl Pool {
         // duration of the call, which `install` does not outlive.
         let status = self.pool.install(move || unsafe { entry(ctx.get()) });
         done.store(true, Ordering::Release);
+        self.last_run_shared.store(self.shared.load(Ordering::Relaxed) != before, Ordering::Relaxed);
         status
     }
 }
@@ -87,6 +102,7 @@ pub(crate) unsafe extern "C" fn parallel_for(
         unsafe { task(ctx.get(), 0, n) };
         return;
     }
+    pool.shared.fetch_add(1, Ordering::Relaxed);
     let chunks = (threads * 4).min(n).max(1);
     pool.pool.install(|| {
         (0..chunks).into_par_iter().for_each(|c| {
