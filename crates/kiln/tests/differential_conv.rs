@@ -1,0 +1,379 @@
+//! Differential tests of convolutions and pools: direct, as GEMM, Winograd, grouped,
+//! depthwise, transposed (gather form and sub-pixel), against the reference evaluation on
+//! random and edge shapes (seeded, so failures reproduce).
+mod common;
+
+use common::*;
+use kiln::ir::op::{ReduceOp, UnaryOp, Window};
+use kiln::ir::{DType, Graph, Op, Tensor};
+use kiln::{CompileOptions, Compiler, Session, SessionOptions, TensorRef};
+
+fn window(r: &mut Rng, k: [usize; 2]) -> Window {
+    Window {
+        kernel: k,
+        strides: [r.range(1, 2), r.range(1, 3)],
+        pads: [r.range(0, 1), r.range(0, 2), r.range(0, 1), r.range(0, 2)],
+        dilations: [r.range(1, 2), 1],
+    }
+}
+
+#[test]
+fn convolution() {
+    let mut r = Rng(5);
+    for _ in 0..8 {
+        let group = [1, 1, 2, 3][r.range(0, 3)];
+        let (cig, cog) = (r.range(1, 3), r.range(1, 3));
+        let k = [r.range(1, 3), r.range(1, 3)];
+        let x = vec![r.range(1, 2), cig * group, r.range(4, 9), r.range(4, 11)];
+        let w = vec![cog * group, cig, k[0], k[1]];
+        let op = Op::Conv { window: window(&mut r, k), group };
+        let bias = r.next().is_multiple_of(2);
+        let mut ins = vec![r.tensor(DType::F32, &x), r.tensor(DType::F32, &w)];
+        if bias {
+            ins.push(r.tensor(DType::F32, &[cog * group]));
+        }
+        check_with(op, &ins, &[false, true, true], 1e-4);
+    }
+}
+
+/// Convolutions inside a network: channels-last intermediates, the first convolution a
+/// register-blocked GEMM over output pixels (weights prepacked at compile time, padded taps
+/// through per-row checks), with a ReLU epilogue, feeding a second convolution that writes
+/// the row-major graph output. Shapes exercise channel counts past the register tile, more
+/// input channels than one K block, several taps per K slice, strides, dilations, batch 2,
+/// depthwise and grouped convolutions.
+#[test]
+fn convolution_chains_as_gemm() {
+    let mut r = Rng(47);
+    // (batch, ci, h, w, co, kernel, stride, pad, dilation, group, co2, kernel2)
+    let cases = [
+        (1, 3, 15, 13, 20, [7, 7], [2, 2], [3, 3, 3, 3], [1, 1], 1, 8, [1, 1]),
+        (2, 19, 9, 11, 37, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 5, [3, 3]),
+        (1, 140, 6, 7, 33, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1, 17, [3, 1]),
+        (1, 16, 12, 10, 40, [3, 3], [2, 1], [0, 2, 1, 0], [2, 1], 1, 9, [1, 3]),
+        (1, 24, 8, 8, 24, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 24, 30, [1, 1]),
+        (1, 12, 7, 9, 18, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 3, 6, [1, 1]),
+        // Wide (several panels of B per block), many input channels, uneven padding.
+        (1, 20, 9, 9, 130, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 4, [1, 1]),
+        (1, 150, 12, 11, 100, [3, 3], [2, 2], [1, 0, 1, 2], [1, 1], 1, 3, [1, 1]),
+        // Winograd F(4×4, 3×3): outputs of 16×16 and more, batch 2, sizes that leave partial
+        // tiles, uneven padding.
+        (2, 24, 18, 17, 40, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 6, [1, 1]),
+        (1, 32, 19, 21, 17, [3, 3], [1, 1], [0, 1, 2, 1], [1, 1], 1, 5, [3, 3]),
+        // Below 8×8 outputs: the direct form.
+        (1, 32, 7, 7, 32, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 4, [1, 1]),
+    ];
+    for (nb, ci, h, w, co, k, strides, pads, dilations, group, co2, k2) in cases {
+        let x = r.tensor(DType::F32, &[nb, ci, h, w]);
+        let w1 = r.tensor(DType::F32, &[co, ci / group, k[0], k[1]]);
+        let b1 = r.tensor(DType::F32, &[co]);
+        let w2 = r.tensor(DType::F32, &[co2, co, k2[0], k2[1]]);
+        let conv1 = Op::Conv { window: Window { kernel: k, strides, pads, dilations }, group };
+        let conv2 = Op::Conv {
+            window: Window { kernel: k2, strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] },
+            group: 1,
+        };
+        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::ops::eval(op, ins).unwrap().remove(0);
+        let y = ev(&conv1, &[&x, &w1, &b1]);
+        let y = ev(&Op::Unary(UnaryOp::Relu), &[&y]);
+        let want = ev(&conv2, &[&y, &w2]);
+
+        let mut g = Graph::new("conv_chain");
+        let xi = g.add_input("x", x.ty.clone());
+        let (w1i, b1i, w2i) = (g.add_const("w1", w1), g.add_const("b1", b1), g.add_const("w2", w2));
+        let y = g.add_node(conv1, &[xi, w1i, b1i], "conv1", &[]).unwrap()[0];
+        let y = g.add_node(Op::Unary(UnaryOp::Relu), &[y], "relu", &[]).unwrap()[0];
+        g.outputs = g.add_node(conv2, &[y, w2i], "conv2", &[]).unwrap();
+        let prog = lowered(&g);
+        let text = kiln::ir::lir::print(&prog);
+        let (oh, ow) = (h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2);
+        let winograd = group == 1
+            && k == [3, 3]
+            && strides == [1, 1]
+            && dilations == [1, 1]
+            && ci >= 16
+            && co >= 16
+            && oh >= 8
+            && ow >= 8;
+        if winograd {
+            assert!(text.contains("conv1.winograd_weights"), "conv1 should go through Winograd:\n{text}");
+            // F(4×4, 3×3) from 16×16 outputs: 6×6 tiles.
+            let tile = if (16..=32).contains(&oh.max(ow)) && oh.min(ow) >= 16 { "[6,6," } else { "[4,4," };
+            assert!(text.contains(tile), "conv1 should use {tile}…] tiles:\n{text}");
+        } else if group == 1 {
+            assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
+        }
+        if group == ci {
+            // Depthwise on the row-major graph input: computed row-major, its loop along the
+            // image rows of input and output (the channel is not the innermost dim).
+            let row_major = prog.instrs.iter().any(|i| match i {
+                kiln::ir::lir::Instr::Kernel(k) => {
+                    k.name.contains("conv1") && !k.name.ends_with("/pad") && k.output.strides[1] != 1
+                }
+                _ => false,
+            });
+            assert!(row_major, "depthwise conv1 should compute row-major:\n{text}");
+        }
+        let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
+        let art = compiler.compile_graph(g).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+        let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
+            .to_f32()
+            .unwrap();
+        let want = want.to_f64_vec();
+        assert_eq!(got.len(), want.len());
+        // f32 sums of up to 1,350 products, then 300 more, against an f64 reference.
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (*a as f64 - b).abs() <= 3e-4 * (1.0 + b.abs()),
+                "case ci={ci} co={co} k={k:?}: element {i}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+/// Channels-last chains whose kernels run a vector of channels at a time (depthwise
+/// convolution with padding and stride, max pooling padded with -inf, a global mean), over
+/// channel counts that leave every kind of remainder: whole blocks of vectors, single and
+/// half vectors, and scalar lanes.
+#[test]
+fn channels_last_rows_in_vectors() {
+    let mut r = Rng(53);
+    for (c, stride) in [(5, 1), (16, 2), (24, 1), (37, 2), (70, 1), (96, 2)] {
+        let x = r.tensor(DType::F32, &[1, 3, 9, 11]);
+        let w1 = r.tensor(DType::F32, &[c, 3, 1, 1]);
+        let b1 = r.tensor(DType::F32, &[c]);
+        let wd = r.tensor(DType::F32, &[c, 1, 3, 3]);
+        let bd = r.tensor(DType::F32, &[c]);
+        let conv1 = Op::Conv {
+            window: Window { kernel: [1, 1], strides: [1, 1], pads: [0, 0, 0, 0], dilations: [1, 1] },
+            group: 1,
+        };
+        let depthwise = Op::Conv {
+            window: Window { kernel: [3, 3], strides: [stride, stride], pads: [1, 1, 1, 1], dilations: [1, 1] },
+            group: c,
+        };
+        let clip = Op::Unary(UnaryOp::Clip { lo: 0.0, hi: 6.0 });
+        let pool = Op::MaxPool {
+            window: Window { kernel: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], dilations: [1, 1] },
+            ceil_mode: false,
+        };
+        let mean = Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true };
+        let ev = |op: &Op, ins: &[&Tensor]| kiln::ir::ops::eval(op, ins).unwrap().remove(0);
+        let y = ev(&conv1, &[&x, &w1, &b1]);
+        let y = ev(&Op::Unary(UnaryOp::Relu), &[&y]);
+        let y = ev(&depthwise, &[&y, &wd, &bd]);
+        let y = ev(&clip, &[&y]);
+        let p = ev(&pool, &[&y]);
+        let want = [ev(&mean, &[&p]), p];
+
+        let mut g = Graph::new("channels_last");
+        let xi = g.add_input("x", x.ty.clone());
+        let ids = [("w1", w1), ("b1", b1), ("wd", wd), ("bd", bd)].map(|(n, t)| g.add_const(n, t));
+        let y = g.add_node(conv1, &[xi, ids[0], ids[1]], "conv1", &[]).unwrap()[0];
+        let y = g.add_node(Op::Unary(UnaryOp::Relu), &[y], "relu", &[]).unwrap()[0];
+        let y = g.add_node(depthwise, &[y, ids[2], ids[3]], "depthwise", &[]).unwrap()[0];
+        let y = g.add_node(clip, &[y], "clip", &[]).unwrap()[0];
+        let p = g.add_node(pool, &[y], "pool", &[]).unwrap()[0];
+        let m = g.add_node(mean, &[p], "mean", &[]).unwrap()[0];
+        g.outputs = vec![m, p];
+        let art = Compiler::new(CompileOptions { verify: true, ..Default::default() }).compile_graph(g).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+        let outs = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
+        for (o, (got, want)) in outs.iter().zip(&want).enumerate() {
+            let (got, want) = (got.to_f32().unwrap(), want.to_f64_vec());
+            assert_eq!(got.len(), want.len());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "c={c} output {o} element {i}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn pooling_and_normalization() {
+    let mut r = Rng(6);
+    for _ in 0..12 {
+        let x = vec![1, r.range(1, 3), r.range(4, 9), r.range(4, 9)];
+        let k = [r.range(1, 3), r.range(2, 3)];
+        let mut w = window(&mut r, k);
+        w.pads = [w.pads[0].min(k[0] - 1), w.pads[1].min(k[1] - 1), w.pads[2].min(k[0] - 1), w.pads[3].min(k[1] - 1)];
+        let ceil_mode = r.next().is_multiple_of(2);
+        if w.out_dim(0, x[2], ceil_mode).is_none() || w.out_dim(1, x[3], ceil_mode).is_none() {
+            continue;
+        }
+        check(Op::MaxPool { window: w.clone(), ceil_mode }, &[r.tensor(DType::F32, &x)]);
+        // Integer inputs make ties common, which exercises "first maximum in scan order".
+        let column_major = r.next().is_multiple_of(2);
+        check(Op::MaxPoolIndices { window: w.clone(), ceil_mode, column_major }, &[r.tensor(DType::I64, &x)]);
+        w.dilations = [1, 1];
+        let count_include_pad = r.next().is_multiple_of(2);
+        check(Op::AveragePool { window: w, ceil_mode, count_include_pad }, &[r.tensor(DType::F32, &x)]);
+    }
+    let x = vec![2, 3, 4, 5];
+    let mut p = vec![r.tensor(DType::F32, &x)];
+    for i in 0..4 {
+        let t = r.tensor(DType::F32, &[3]);
+        p.push(if i == 3 {
+            Tensor::f32(vec![3], t.to_f64_vec().iter().map(|v| v.abs() as f32 + 0.1).collect())
+        } else {
+            t
+        });
+    }
+    check(Op::BatchNorm { epsilon: 1e-5 }, &p);
+    // Constant parameters (inference): folded into a scale and a shift at compile time.
+    check_with(Op::BatchNorm { epsilon: 1e-5 }, &p, &[false, true, true, true, true], 1e-5);
+    for size in [1, 3, 4, 5] {
+        check(Op::Lrn { size, alpha: 1e-3, beta: 0.75, bias: 1.0 }, &[r.tensor(DType::F32, &[1, 7, 3, 4])]);
+    }
+    for axis in 0..3 {
+        let s = r.shape(3, 7);
+        check(Op::Softmax { axis }, &[r.tensor(DType::F32, &s)]);
+        check(Op::LogSoftmax { axis }, &[r.tensor(DType::F32, &s)]);
+    }
+    // Attention-like rows, long enough for the vectorized row reductions (and their tails).
+    for s in [vec![2, 3, 37, 70], vec![5, 130]] {
+        let axis = s.len() - 1;
+        check(Op::Softmax { axis }, &[r.tensor(DType::F32, &s)]);
+        check(Op::LogSoftmax { axis }, &[r.tensor(DType::F32, &s)]);
+    }
+    // LayerNorm (expanded by the `decompose` step), over the last axes, with and without a
+    // bias, the parameters constant (as exported models have them) or fed at run time.
+    for (s, axis) in [(vec![2, 5, 768], 2), (vec![3, 4, 6], 1), (vec![7, 33], 1)] {
+        let params = s[axis..].to_vec();
+        let x = r.tensor(DType::F32, &s);
+        let (scale, bias) = (r.tensor(DType::F32, &params), r.tensor(DType::F32, &params));
+        let op = Op::LayerNorm { axis, epsilon: 1e-5 };
+        check_with(op.clone(), &[x.clone(), scale.clone(), bias], &[false, true, true], 1e-5);
+        check_with(op, &[x, scale], &[false, false], 1e-5);
+    }
+    for (s, axis) in [(vec![2, 5, 64], 2), (vec![3, 4, 6], 1)] {
+        let (x, scale) = (r.tensor(DType::F32, &s), r.tensor(DType::F32, &s[axis..]));
+        check_with(Op::RmsNorm { axis, epsilon: 1e-6 }, &[x.clone(), scale.clone()], &[false, true], 1e-5);
+        check_with(Op::RmsNorm { axis, epsilon: 1e-6 }, &[x, scale], &[false, false], 1e-5);
+    }
+}
+
+#[test]
+fn transposed_convolution() {
+    let mut r = Rng(14);
+    for _ in 0..10 {
+        let group = [1, 1, 2, 3][r.range(0, 3)];
+        let (cg, mg) = (r.range(1, 3), r.range(1, 3));
+        let kernel = [r.range(1, 3), r.range(1, 3)];
+        let strides = [r.range(1, 3), r.range(1, 2)];
+        let dilations = [r.range(1, 2), r.range(1, 2)];
+        let pads = [r.range(0, 2) as i64 - 1, r.range(0, 2) as i64];
+        let x = vec![r.range(1, 2), cg * group, r.range(1, 5), r.range(1, 6)];
+        let full = |a: usize| strides[a] * (x[2 + a] - 1) + (kernel[a] - 1) * dilations[a] + 1;
+        let out_hw = [
+            (full(0) + r.range(0, 2)).saturating_sub(1).max(1),
+            (full(1) as i64 - pads[1]).max(1) as usize + r.range(0, 1),
+        ];
+        let w = vec![cg * group, mg, kernel[0], kernel[1]];
+        let op = Op::ConvTranspose { kernel, strides, dilations, pads, out_hw, group };
+        let mut ins = vec![r.tensor(DType::F32, &x), r.tensor(DType::F32, &w)];
+        if r.next().is_multiple_of(2) {
+            ins.push(r.tensor(DType::F32, &[mg * group]));
+        }
+        check_with(op, &ins, &[false, true, true], 1e-4);
+    }
+}
+
+/// A depthwise convolution of a row-major input computes row-major from a padded copy; pools
+/// of stride 1 with pads read a padded copy; both with rows long and short (past the masked
+/// end of a vector row), strides, dilation, ceil mode, batch 2.
+#[test]
+fn row_major_depthwise_and_padded_pools() {
+    let mut r = Rng(44);
+    for (c, h, w, k, stride, pad, dil) in [
+        (5, 9, 23, 3, 1, 1, 1),
+        (3, 7, 70, 5, 1, 2, 1),
+        (4, 11, 17, 3, 2, 1, 1),
+        (2, 12, 33, 3, 1, 2, 2),
+        (6, 56, 56, 7, 1, 3, 1),
+    ] {
+        let x = r.tensor(DType::F32, &[2, c, h, w]);
+        let window = Window { kernel: [k, k], strides: [stride, stride], pads: [pad; 4], dilations: [dil, dil] };
+        let op = Op::Conv { window: window.clone(), group: c };
+        let wt = r.tensor(DType::F32, &[c, 1, k, k]);
+        check_with(op, &[x.clone(), wt, r.tensor(DType::F32, &[c])], &[false, true, true], 1e-4);
+        let pool = Window { dilations: [1, 1], strides: [1, 1], pads: [pad.min(k - 1); 4], ..window };
+        for ceil_mode in [false, true] {
+            check(Op::MaxPool { window: pool.clone(), ceil_mode }, std::slice::from_ref(&x));
+            for count_include_pad in [false, true] {
+                check(Op::AveragePool { window: pool.clone(), ceil_mode, count_include_pad }, std::slice::from_ref(&x));
+            }
+        }
+    }
+}
+
+/// Grouped convolutions (several channels per group) run one ordinary convolution per group
+/// on slices of a channels-last copy of the input: odd sizes, strides, pads, dilation, batch 2,
+/// groups of 2 to 8 channels, with and without a bias.
+#[test]
+fn grouped_convolution_by_groups() {
+    let mut r = Rng(43);
+    for (group, cig, cog, k, stride, pad, dil) in [
+        (3, 4, 5, 3, 1, 1, 1),
+        (4, 2, 3, 1, 1, 0, 1),
+        (2, 8, 8, 3, 2, 1, 1),
+        (8, 2, 2, 3, 1, 2, 2),
+        (2, 3, 16, 5, 1, 2, 1),
+    ] {
+        let x = r.tensor(DType::F32, &[2, group * cig, 9, 11]);
+        let w = r.tensor(DType::F32, &[group * cog, cig, k, k]);
+        let window = Window { kernel: [k, k], strides: [stride, stride], pads: [pad; 4], dilations: [dil, dil] };
+        let op = Op::Conv { window, group };
+        check_with(
+            op.clone(),
+            &[x.clone(), w.clone(), r.tensor(DType::F32, &[group * cog])],
+            &[false, true, true],
+            1e-4,
+        );
+        check_with(op, &[x, w], &[false, true], 1e-4);
+    }
+}
+
+/// ConvTranspose with constant weights, no dilation and non-negative begin pads goes through
+/// the sub-pixel decomposition (one convolution over every output phase, then an
+/// interleaving copy): strides 1 to 4, kernels shorter and longer than the stride, end
+/// padding (output_padding), 1-D-like shapes, batch 2, with and without a bias.
+#[test]
+fn transposed_convolution_by_phases() {
+    let mut r = Rng(41);
+    // kernel, strides, begin pads, extra output (output_padding)
+    type Case = ([usize; 2], [usize; 2], [i64; 2], [usize; 2]);
+    let cases: &[Case] = &[
+        ([4, 4], [2, 2], [1, 1], [0, 0]),
+        ([2, 2], [2, 2], [0, 0], [0, 0]),
+        ([3, 3], [2, 2], [1, 1], [1, 1]),
+        ([3, 5], [1, 3], [0, 2], [0, 2]),
+        ([1, 16], [1, 8], [0, 4], [0, 0]),
+        ([5, 2], [4, 3], [3, 0], [2, 1]),
+        ([3, 3], [1, 1], [1, 1], [0, 0]),
+        ([1, 1], [2, 2], [0, 0], [1, 1]),
+    ];
+    for (i, &(kernel, strides, pads, extra)) in cases.iter().enumerate() {
+        let (ci, co) = (r.range(1, 5), r.range(1, 6));
+        let x = vec![1 + i % 2, ci, r.range(1, 7), r.range(2, 9)];
+        let out_hw: [usize; 2] = std::array::from_fn(|a| {
+            let full = strides[a] * (x[2 + a] - 1) + kernel[a] + extra[a];
+            (full as i64 - 2 * pads[a]).max(1) as usize
+        });
+        let op = Op::ConvTranspose { kernel, strides, dilations: [1, 1], pads, out_hw, group: 1 };
+        let mut ins = vec![r.tensor(DType::F32, &x), r.tensor(DType::F32, &[ci, co, kernel[0], kernel[1]])];
+        if i % 3 != 1 {
+            ins.push(r.tensor(DType::F32, &[co]));
+        }
+        let mut g = Graph::new("convT");
+        let xi = g.add_input("x", ins[0].ty.clone());
+        let rest: Vec<_> = ins[1..].iter().enumerate().map(|(k, t)| g.add_const(format!("c{k}"), t.clone())).collect();
+        let mut all = vec![xi];
+        all.extend(rest);
+        g.outputs = g.add_node(op.clone(), &all, "ct", &[]).unwrap();
+        let text = kiln::ir::lir::print(&lowered(&g));
+        assert!(text.contains("subpixel_weights"), "case {i} should take the sub-pixel path:\n{text}");
+        check_with(op, &ins, &[false, true, true], 1e-4);
+    }
+}
