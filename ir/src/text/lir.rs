@@ -39,7 +39,7 @@
 
 use std::fmt::Write;
 
-use super::{const_body, fnv1a, quote, Attrs, Parser, Tok, INLINE_LIMIT};
+use super::{const_body, fnv1a, list, quote, Attrs, Parser, Tok, INLINE_LIMIT};
 use crate::lir::{Buffer, BufferId, BufferKind, Combine, Expr, Instr, Kernel, Program, Reduction, Scalar, View};
 use crate::op::Op;
 use crate::{DType, Tensor, TensorType};
@@ -86,14 +86,9 @@ pub fn expr(e: &Expr) -> String {
     }
 }
 
-/// `[a,b,c]`, as shapes are written.
-fn dims<T: ToString>(v: &[T]) -> String {
-    super::list(v)
-}
-
 /// A view in the text form: `@B<dtype +offset [extents]:[strides]>`.
 pub fn view(v: &View) -> String {
-    format!("@{}<{} {:+} {}:{}>", v.buffer.0, v.dtype, v.offset, dims(&v.extents), dims(&v.strides))
+    format!("@{}<{} {:+} {}:{}>", v.buffer.0, v.dtype, v.offset, list(&v.extents), list(&v.strides))
 }
 
 fn combine_name(c: Combine) -> &'static str {
@@ -118,7 +113,7 @@ fn buffer_line(i: usize, b: &Buffer) -> String {
 }
 
 fn kernel_lines(out: &mut String, i: usize, k: &Kernel) {
-    let _ = writeln!(out, "  {i}: kernel {} domain={} par={} {{", quote(&k.name), dims(&k.domain), k.n_par);
+    let _ = writeln!(out, "  {i}: kernel {} domain={} par={} {{", quote(&k.name), list(&k.domain), k.n_par);
     for (j, v) in k.inputs.iter().enumerate() {
         let _ = writeln!(out, "    in{j} = {}", view(v));
     }
@@ -293,10 +288,7 @@ impl Parser {
         };
         let bytes = self.keyed("bytes")?;
         let offset = if *self.peek() == Tok::Word("at".into()) { Some(self.keyed("at")?) } else { None };
-        let fused = *self.peek() == Tok::Word("fused".into());
-        if fused {
-            self.next();
-        }
+        let fused = self.eat_word("fused");
         Ok(Buffer { kind, bytes, name, offset, fused })
     }
 
@@ -400,8 +392,7 @@ impl Parser {
         self.keyword("out")?;
         self.expect('=')?;
         let output = self.view()?;
-        let (body, reduction) = if *self.peek() == Tok::Word("acc".into()) {
-            self.next();
+        let (body, reduction) = if self.eat_word("acc") {
             self.expect('=')?;
             let combine = match self.word()?.as_str() {
                 "add" => Combine::Add,
@@ -431,15 +422,6 @@ impl Parser {
             return self.err(format!("kernel {} has {n_par} parallel dimensions of {}", quote(&name), domain.len()));
         }
         Ok(Kernel { name, domain, n_par, inputs, output, body, reduction })
-    }
-
-    fn eat_word(&mut self, w: &str) -> bool {
-        if *self.peek() == Tok::Word(w.into()) {
-            self.next();
-            true
-        } else {
-            false
-        }
     }
 
     /// A typed scalar: `1.5f32`, `1.5f64`, `3i32`, `3`, `true`.

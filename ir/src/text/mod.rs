@@ -338,6 +338,15 @@ impl Parser {
             false
         }
     }
+    /// Consumes the word `w` if it is next.
+    fn eat_word(&mut self, w: &str) -> bool {
+        if *self.peek() == Tok::Word(w.into()) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
     fn expect(&mut self, c: char) -> Result<(), String> {
         if self.eat(c) {
             Ok(())
@@ -438,10 +447,7 @@ impl Parser {
         let name = self.string()?;
         self.expect(':')?;
         let ty = self.ty()?;
-        let fused = *self.peek() == Tok::Word("fused".into());
-        if fused {
-            self.pos += 1;
-        }
+        let fused = self.eat_word("fused");
         Ok(Head { n, name, ty, line, fused })
     }
     /// Binds text number `h.n` to `v` and restores the value's `fused` mark.
