@@ -10,7 +10,7 @@
 //!
 //! An expansion computes what the op's reference evaluation computes, op for op.
 
-use kiln_ir::{BinaryOp as B, DType, Graph, NodeId, Op, ReduceOp, Tensor, UnaryOp as U, ValueId};
+use kiln_ir::{BinaryOp as B, Graph, NodeId, Op, ReduceOp, Tensor, UnaryOp as U, ValueId};
 
 use crate::pipeline::{Backend, Context};
 use crate::PassError;
@@ -65,6 +65,11 @@ impl Expansion<'_> {
     fn un(&mut self, op: U, a: ValueId, tag: &str) -> Result<ValueId, PassError> {
         self.add(Op::Unary(op), &[a], tag)
     }
+
+    /// The f32 scalar constant `epsilon`.
+    fn epsilon(&mut self, epsilon: f32) -> ValueId {
+        self.g.add_const(format!("{}/epsilon", self.name), Tensor::f32(vec![], vec![epsilon]))
+    }
 }
 
 /// Replaces node `nid` (one result) by its expansion.
@@ -80,8 +85,7 @@ fn expand(g: &mut Graph, nid: NodeId, op: &Op) -> Result<(), PassError> {
             let d = e.bin(B::Sub, x, mean, "centered")?;
             let d2 = e.bin(B::Mul, d, d, "squared")?;
             let var = e.add(Op::Reduce { op: ReduceOp::Mean, axes, keepdims: true }, &[d2], "var")?;
-            let eps = e.g.add_const(format!("{}/epsilon", node.name), Tensor::f32(vec![], vec![epsilon]));
-            debug_assert_eq!(e.g.ty(x).dtype, DType::F32);
+            let eps = e.epsilon(epsilon);
             let ve = e.bin(B::Add, var, eps, "var_eps")?;
             let sd = e.un(U::Sqrt, ve, "std")?;
             let inv = e.un(U::Reciprocal, sd, "inv_std")?;
@@ -97,7 +101,7 @@ fn expand(g: &mut Graph, nid: NodeId, op: &Op) -> Result<(), PassError> {
             let axes: Vec<usize> = (axis..e.g.ty(x).rank()).collect();
             let x2 = e.bin(B::Mul, x, x, "squared")?;
             let ms = e.add(Op::Reduce { op: ReduceOp::Mean, axes, keepdims: true }, &[x2], "mean_square")?;
-            let eps = e.g.add_const(format!("{}/epsilon", node.name), Tensor::f32(vec![], vec![epsilon]));
+            let eps = e.epsilon(epsilon);
             let mse = e.bin(B::Add, ms, eps, "mean_square_eps")?;
             let rms = e.un(U::Sqrt, mse, "rms")?;
             let n = e.bin(B::Div, x, rms, "normalized")?;
