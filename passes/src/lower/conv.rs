@@ -30,25 +30,7 @@ impl Lowerer<'_> {
         let row_major_out = out.strides[1] != 1;
         let grouped_copy = *group > 1 && ((x.strides[1] != 1 && !row_major_out) || (padded_pays && row_major_out));
         if x.dtype == DType::F32 && ((*group == 1 && cig <= 8 && padded_pays) || grouped_copy) {
-            let [n, c, h, wd] = x.extents[..] else { unreachable!("convolutions are 2-D here") };
-            let (hp, wp) = (h + window.pads[0] + window.pads[2], wd + window.pads[1] + window.pads[3]);
-            let mut v = self.temp(DType::F32, &[n, c, hp, wp], format!("{name}.padded_input"));
-            let (c_, hp_, wp_) = (c as i64, hp as i64, wp as i64);
-            if !row_major_out {
-                v.strides = vec![hp_ * wp_ * c_, 1, wp_ * c_, c_];
-            }
-            let load = Expr::Load {
-                operand: 0,
-                index: vec![
-                    Expr::Var(0),
-                    Expr::Var(1),
-                    Expr::sub(Expr::Var(2), Expr::i64(window.pads[0] as i64)),
-                    Expr::sub(Expr::Var(3), Expr::i64(window.pads[1] as i64)),
-                ],
-                pad: Some(Scalar::F32(0.0)),
-            };
-            self.emit(elementwise(&format!("{name}/pad"), v.clone(), vec![x.clone()], load));
-            padded = (v, kiln_ir::Window { pads: [0; 4], ..window.clone() });
+            padded = self.padded_copy(x, window, Scalar::F32(0.0), !row_major_out, name);
             x = &padded.0;
             window = &padded.1;
         }
@@ -95,6 +77,30 @@ impl Lowerer<'_> {
         };
         let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(6), Expr::Var(4), Expr::Var(5)]);
         self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
+    }
+
+    /// A copy of the NCHW input `x` with the window's pads filled with `pad` (row-major or
+    /// channels-last), and the window without pads that reads it: its taps need no bounds
+    /// checks.
+    pub(super) fn padded_copy(
+        &mut self,
+        x: &View,
+        window: &kiln_ir::Window,
+        pad: Scalar,
+        channels_last: bool,
+        name: &str,
+    ) -> (View, kiln_ir::Window) {
+        let [n, c, h, w] = x.extents[..] else { unreachable!("windows are 2-D here") };
+        let (hp, wp) = (h + window.pads[0] + window.pads[2], w + window.pads[1] + window.pads[3]);
+        let mut v = self.temp(x.dtype, &[n, c, hp, wp], format!("{name}.padded_input"));
+        if channels_last {
+            v.strides = channels_last_strides(&v.extents);
+        }
+        let shifted = |a: usize| Expr::sub(Expr::Var(2 + a), Expr::i64(window.pads[a] as i64));
+        let load =
+            Expr::Load { operand: 0, index: vec![Expr::Var(0), Expr::Var(1), shifted(0), shifted(1)], pad: Some(pad) };
+        self.emit(elementwise(&format!("{name}/pad"), v.clone(), vec![x.clone()], load));
+        (v, kiln_ir::Window { pads: [0; 4], ..window.clone() })
     }
 
     pub(super) fn emit_window_sum(
@@ -271,8 +277,7 @@ impl Lowerer<'_> {
         }
         // Channels-last, as convolutions' results are (the GEMM writes channels contiguously).
         let mut v = self.temp(DType::F32, &conv_out, format!("{name}.phases"));
-        let (c_, h_, w_) = (conv_out[1] as i64, conv_out[2] as i64, conv_out[3] as i64);
-        v.strides = vec![h_ * w_ * c_, 1, w_ * c_, c_];
+        v.strides = channels_last_strides(&conv_out);
         self.lower_conv(&window, &1, &[xv, View::dense(wb, DType::F32, &wshape)], v.clone(), &format!("{name}/phases"));
         // Interleave: y[n, c, o] = v[n, (r_h·s_w + r_w)·co + c, q - q0] (+ bias[c]),
         // with q, r the quotient and remainder of o + pad by the stride.

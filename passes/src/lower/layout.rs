@@ -18,13 +18,19 @@ pub(super) fn choose_layout(op: &Op, ins: &[(Loc, &TensorType)], out: &TensorTyp
     match op {
         // A depthwise convolution of a row-major input stays row-major: each output channel
         // reads one input channel, so its loop runs along the image rows of both.
-        Op::Conv { group, .. } => *group == 1 || ins[1].1.shape[1] != 1 || ins[0].0.channels_last,
+        Op::Conv { group, .. } => !depthwise(*group, &ins[1].1.shape) || ins[0].0.channels_last,
         Op::MaxPool { .. } | Op::AveragePool { .. } | Op::BatchNorm { .. } => ins[0].0.channels_last,
         op if op.is_elementwise() || matches!(op, Op::Identity) => {
             ins.iter().any(|(l, t)| l.channels_last && t.shape == out.shape)
         }
         _ => false,
     }
+}
+
+/// Whether a convolution of `group` groups with weights of `weights` shape is depthwise (one
+/// input channel per output channel group).
+pub(super) fn depthwise(group: usize, weights: &[usize]) -> bool {
+    group > 1 && weights.get(1) == Some(&1)
 }
 
 /// Orders a kernel's parallel dims by decreasing output stride, so that the innermost loop

@@ -21,7 +21,7 @@ mod sample;
 mod shape;
 mod winograd;
 
-use layout::{choose_layout, order_loops};
+use layout::{choose_layout, depthwise, order_loops};
 pub(crate) use layout::{permute_parallel, stride_order};
 
 /// Where a value's elements live: from `offset` (in elements) of `buffer`, dense row-major
@@ -41,9 +41,7 @@ impl Loc {
         let mut view = View::dense(self.buffer, dtype, shape);
         view.offset = self.offset;
         if self.channels_last {
-            let [_, c, h, w] = shape[..] else { unreachable!("channels-last values are rank 4") };
-            let (c, h, w) = (c as i64, h as i64, w as i64);
-            view.strides = vec![h * w * c, 1, w * c, c];
+            view.strides = channels_last_strides(shape);
         }
         view
     }
@@ -53,6 +51,13 @@ struct Lowerer<'g> {
     g: &'g Graph,
     prog: Program,
     loc: HashMap<ValueId, Loc>,
+}
+
+/// The strides of a rank-4 NCHW shape stored channels-last (NHWC).
+fn channels_last_strides(shape: &[usize]) -> Vec<i64> {
+    let [_, c, h, w] = shape[..] else { unreachable!("channels-last values are rank 4") };
+    let (c, h, w) = (c as i64, h as i64, w as i64);
+    vec![h * w * c, 1, w * c, c]
 }
 
 /// A view of `v` (shape `shape`) broadcast to `to` (numpy rules: aligned right, stride 0 on
@@ -278,9 +283,11 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             // the row-major output at the end; a depthwise one writes it directly (row-major,
             // its loop along the image rows).
             let node = g.node(n);
-            let depthwise =
-                matches!(node.op, Op::Conv { group, .. } if group > 1) && g.ty(node.inputs[1]).shape.get(1) == Some(&1);
-            let conv = matches!(node.op, Op::Conv { .. }) && !depthwise && t.shape.len() == 4 && t.dtype == DType::F32;
+            let conv = match node.op {
+                Op::Conv { group, .. } => !depthwise(group, &g.ty(node.inputs[1]).shape),
+                _ => false,
+            };
+            let conv = conv && t.shape.len() == 4 && t.dtype == DType::F32;
             if !matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. }) && !conv && !direct.contains_key(&v) {
                 direct.insert(v, i);
             }

@@ -30,25 +30,8 @@ impl Lowerer<'_> {
             && x.strides[1] != 1
             && out.strides[1] != 1
             && inside;
-        let (src, win) = if padded_copy {
-            let [n, c, h, w] = x.extents[..] else { unreachable!("pools are 2-D here") };
-            let (hp, wp) = (h + window.pads[0] + window.pads[2], w + window.pads[1] + window.pads[3]);
-            let v = self.temp(dt, &[n, c, hp, wp], format!("{name}.padded_input"));
-            let load = Expr::Load {
-                operand: 0,
-                index: vec![
-                    Expr::Var(0),
-                    Expr::Var(1),
-                    Expr::sub(Expr::Var(2), Expr::i64(window.pads[0] as i64)),
-                    Expr::sub(Expr::Var(3), Expr::i64(window.pads[1] as i64)),
-                ],
-                pad: Some(pad),
-            };
-            self.emit(elementwise(&format!("{name}/pad"), v.clone(), vec![x.clone()], load));
-            (v, kiln_ir::Window { pads: [0; 4], ..window.clone() })
-        } else {
-            (x.clone(), window.clone())
-        };
+        let (src, win) =
+            if padded_copy { self.padded_copy(x, window, pad, false, name) } else { (x.clone(), window.clone()) };
         let spatial = |a: usize| window_input_index(&win, a, Expr::Var(4 + a));
         let body = Expr::Load {
             operand: 0,
