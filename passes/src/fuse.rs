@@ -214,16 +214,8 @@ fn shift_operands(e: Expr, by: usize) -> Expr {
 fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
     let dense: Vec<i64> = strides_of(ext).into_iter().map(|s| s as i64).collect();
     let r = ext.len();
-    if view.offset == 0 && view.extents.len() >= r {
-        let off = view.extents.len() - r;
-        let lead_ok = view.strides[..off].iter().all(|&s| s == 0);
-        let dims_ok = (0..r).all(|d| {
-            (view.strides[off + d] == dense[d] && view.extents[off + d] == ext[d])
-                || (view.strides[off + d] == 0 && ext[d] == 1)
-        });
-        if lead_ok && dims_ok {
-            return (0..r).map(|d| if ext[d] == 1 { Expr::i64(0) } else { index[off + d].clone() }).collect();
-        }
+    if let Some(j) = permuted_index(view, index, ext, &dense) {
+        return j;
     }
     // General case: linearize through the view, then unravel in the producer's layout.
     let mut lin = Expr::i64(view.offset);
@@ -242,6 +234,25 @@ fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
             }
         })
         .collect()
+}
+
+/// Where the view reads each of the producer's dims (of more than one element) along one of
+/// its own dims, of the same extent and at the producer's dense stride (a broadcast, or the
+/// logical order of a value the producer writes channels-last), the producer's indices are
+/// the consumer's, permuted: no index arithmetic.
+fn permuted_index(view: &View, index: &[Expr], ext: &[usize], dense: &[i64]) -> Option<Vec<Expr>> {
+    if view.offset != 0 {
+        return None;
+    }
+    let mut j: Vec<Option<Expr>> = vec![None; ext.len()];
+    for (d, (&s, &e)) in view.strides.iter().zip(&view.extents).enumerate() {
+        if s == 0 || e == 1 {
+            continue;
+        }
+        let p = (0..ext.len()).find(|&p| dense[p] == s && ext[p] == e && j[p].is_none())?;
+        j[p] = Some(index[d].clone());
+    }
+    j.into_iter().zip(ext).map(|(i, &e)| i.or_else(|| (e == 1).then(|| Expr::i64(0)))).collect()
 }
 
 /// Substitutes a plain producer (no reduction) into the consumer's loads of buffer `b`.

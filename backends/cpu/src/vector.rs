@@ -116,10 +116,13 @@ pub(crate) fn vexpr_ok(k: &Kernel, e: &Expr) -> bool {
     }
 }
 
-/// Whether a kernel runs as vector rows ([`gen_row`]). Not with `exp`, `tanh`, `erf` or
-/// the sigmoid: their long dependent chains want several vectors in flight, which LLVM's
-/// loop vectorizer interleaves on the scalar loop (a standalone GELU measured 8% slower as
-/// vector rows); the tiles of a matrix product have that parallelism of their own.
+/// Whether a kernel runs as vector rows ([`gen_row`]). Not an elementwise kernel with `exp`,
+/// `tanh`, `erf` or the sigmoid: their long dependent chains want several vectors in flight,
+/// which LLVM's loop vectorizer interleaves on the scalar loop (a standalone GELU measured 8%
+/// slower as vector rows); the tiles of a matrix product have that parallelism of their own,
+/// and so does a reduction's block of accumulators. With a reduction the scalar loop is the
+/// alternative, not a vectorized one: a channels-last depthwise convolution with a SiLU
+/// epilogue (EfficientNet) ran 4–5× slower that way.
 pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
     let d = k.n_par - 1;
     if k.n_par == 0 || k.output.dtype != DType::F32 || k.output.strides[d] != 1 || k.domain[d] < lanes / 2 {
@@ -132,8 +135,7 @@ pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
     };
     let mut has_acc = false;
     k.body.visit(&mut |e| has_acc |= *e == Expr::Acc);
-    let fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
-    if has_acc || long(&k.body) || fin.is_some_and(long) || !vexpr_ok(k, &k.body) {
+    if has_acc || (k.reduction.is_none() && long(&k.body)) || !vexpr_ok(k, &k.body) {
         return false;
     }
     match &k.reduction {

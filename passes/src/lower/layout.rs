@@ -6,8 +6,9 @@ use super::*;
 /// The physical layout of a node's output. Convolutions write channels-last (NHWC): their
 /// kernels are then matrix products over output pixels × output channels with the channels
 /// contiguous (the register-blocked GEMM schedule of the CPU backend), and their input is read
-/// along contiguous channels too. Elementwise ops, pooling and inference BatchNorm keep the
-/// layout of a channels-last input, so that a chain of convolutions never changes layout; any
+/// along contiguous channels too. Elementwise ops, pooling, inference BatchNorm and the copies
+/// between convolutions (Slice, Concat, a Gather along one axis) keep the layout of a
+/// channels-last input, so that a chain of convolutions never changes layout; any
 /// other consumer reads the NHWC value through its strides (one transposing kernel where a
 /// region ends), and a Reshape/BitCast of one first copies it to row-major. Graph outputs are
 /// always row-major.
@@ -19,7 +20,14 @@ pub(super) fn choose_layout(op: &Op, ins: &[(Loc, &TensorType)], out: &TensorTyp
         // A depthwise convolution of a row-major input stays row-major: each output channel
         // reads one input channel, so its loop runs along the image rows of both.
         Op::Conv { group, .. } => !depthwise(*group, &ins[1].1.shape) || ins[0].0.channels_last,
-        Op::MaxPool { .. } | Op::AveragePool { .. } | Op::BatchNorm { .. } => ins[0].0.channels_last,
+        // A transposed convolution's last step is an interleaving copy, which writes either layout.
+        Op::ConvTranspose { .. } => true,
+        Op::MaxPool { .. } | Op::AveragePool { .. } | Op::BatchNorm { .. } | Op::Slice { .. } => ins[0].0.channels_last,
+        // A copy along one axis (a nearest Resize is a Gather per spatial axis): a chain of
+        // convolutions through it keeps its layout.
+        Op::Gather { .. } => ins[0].0.channels_last && ins[0].1.shape.len() == 4,
+        // A U-Net's or a detector's neck: the skip connection joins the up-sampled features.
+        Op::Concat { .. } => ins.iter().any(|(l, _)| l.channels_last),
         op if op.is_elementwise() || matches!(op, Op::Identity) => {
             ins.iter().any(|(l, t)| l.channels_last && t.shape == out.shape)
         }

@@ -112,3 +112,62 @@ pub fn kernel_ending<'a>(p: &'a kiln::ir::lir::Program, suffix: &str) -> &'a kil
         })
         .unwrap_or_else(|| panic!("no kernel named …{suffix}:\n{}", kiln::ir::lir::print(p)))
 }
+
+/// A graph built node by node while the reference evaluator computes each node's value, so
+/// that a whole network can be compiled and compared with its reference result.
+pub struct RefNet {
+    pub g: Graph,
+    values: std::collections::HashMap<kiln::ir::ValueId, Tensor>,
+    inputs: Vec<Tensor>,
+}
+
+impl RefNet {
+    pub fn new(name: &str) -> Self {
+        RefNet { g: Graph::new(name), values: Default::default(), inputs: Vec::new() }
+    }
+    pub fn input(&mut self, name: &str, t: Tensor) -> kiln::ir::ValueId {
+        let v = self.g.add_input(name, t.ty.clone());
+        self.values.insert(v, t.clone());
+        self.inputs.push(t);
+        v
+    }
+    pub fn constant(&mut self, name: &str, t: Tensor) -> kiln::ir::ValueId {
+        let v = self.g.add_const(name, t.clone());
+        self.values.insert(v, t);
+        v
+    }
+    /// Adds `op` over `ins`, evaluated by the reference evaluator; its first output.
+    pub fn node(&mut self, op: Op, ins: &[kiln::ir::ValueId], name: &str) -> kiln::ir::ValueId {
+        let refs: Vec<&Tensor> = ins.iter().map(|v| &self.values[v]).collect();
+        let out = kiln::ir::ops::eval(&op, &refs).unwrap_or_else(|e| panic!("eval {name}: {e}")).remove(0);
+        let v = self.g.add_node(op, ins, name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"))[0];
+        self.values.insert(v, out);
+        v
+    }
+    /// Compiles the graph with `outputs`, runs it on the inputs with 2 threads and compares
+    /// each output with the reference within `tol` (relative to 1 + |reference|).
+    pub fn check(mut self, outputs: &[kiln::ir::ValueId], tol: f64) {
+        self.g.outputs = outputs.to_vec();
+        let want: Vec<Tensor> = outputs.iter().map(|v| self.values[v].clone()).collect();
+        let opts = CompileOptions { verify: true, ..Default::default() };
+        let name = self.g.name.clone();
+        let art = Compiler::new(opts).compile_graph(self.g).unwrap_or_else(|e| panic!("compiling {name}: {e}"));
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+        let trefs: Vec<TensorRef> = self
+            .inputs
+            .iter()
+            .map(|t| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
+            .collect();
+        let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {name}: {e}"));
+        for (o, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.shape, w.shape(), "{name} output {o}: shape");
+            let gt = Tensor::from_bytes(w.ty.clone(), g.data.clone().into()).unwrap();
+            for (k, (a, b)) in gt.to_f64_vec().iter().zip(w.to_f64_vec()).enumerate() {
+                assert!(
+                    (a - b).abs() <= tol * (1.0 + b.abs()),
+                    "{name} output {o} element {k}: compiled {a}, reference {b}"
+                );
+            }
+        }
+    }
+}
