@@ -262,6 +262,30 @@ fn channels_last_through_copies() {
     net.check(&[mean, c2], 3e-4);
 }
 
+/// Convolutions of a row-major input with many channels (a Transpose's result, as a 3-D
+/// convolution's depth slices are): one padded channels-last copy, then the fast forms
+/// (Winograd for the 3×3, GEMM for the strided one); batch 2, uneven pads.
+#[test]
+fn row_major_input_copied_channels_last() {
+    let mut r = Rng(67);
+    for (k, stride, pads) in [(3, 1, [1, 1, 1, 1]), (3, 2, [0, 1, 2, 1]), (1, 1, [0, 0, 0, 0])] {
+        let mut net = RefNet::new("row_major_input");
+        let x = net.input("x", r.tensor(DType::F32, &[2, 18, 17, 20]));
+        let x = net.node(Op::Transpose { perm: vec![0, 3, 1, 2] }, &[x], "nchw");
+        let w = net.constant("w", Tensor::f32(vec![16, 20, k, k], r.f32s(16 * 20 * k * k, -0.3, 0.3)));
+        let b = net.constant("b", r.tensor(DType::F32, &[16]));
+        let window = Window { kernel: [k, k], strides: [stride, stride], pads, dilations: [1, 1] };
+        let y = net.node(Op::Conv { window, group: 1 }, &[x, w, b], "conv");
+        let mut g = net.g.clone();
+        g.outputs = vec![y];
+        let prog = lowered(&g);
+        let copy = kernel_ending(&prog, "conv/pad");
+        let inner = copy.n_par - 1;
+        assert!(copy.domain[inner] == 20 && copy.output.strides[inner] == 1, "{}", kiln::ir::lir::print(&prog));
+        net.check(&[y], 1e-4);
+    }
+}
+
 #[test]
 fn pooling_and_normalization() {
     let mut r = Rng(6);
