@@ -119,7 +119,7 @@ def torch_models():
     def randomize_bn(m: nn.Module, gen: torch.Generator) -> None:
         """Gives every BatchNorm non-trivial running statistics and affine parameters."""
         for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 c = mod.num_features
                 with torch.no_grad():
                     mod.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)

@@ -264,11 +264,11 @@ fn channels_last_through_copies() {
 
 /// Convolutions of a row-major input with many channels (a Transpose's result, as a 3-D
 /// convolution's depth slices are): one padded channels-last copy, then the fast forms
-/// (Winograd for the 3×3, GEMM for the strided one); batch 2, uneven pads.
+/// (Winograd for the 3×3, GEMM for the others); batch 2, uneven pads.
 #[test]
 fn row_major_input_copied_channels_last() {
     let mut r = Rng(67);
-    for (k, stride, pads) in [(3, 1, [1, 1, 1, 1]), (3, 2, [0, 1, 2, 1]), (1, 1, [0, 0, 0, 0])] {
+    for (k, stride, pads) in [(3, 1, [1, 1, 1, 1]), (3, 2, [0, 1, 2, 1]), (2, 1, [0, 0, 0, 0])] {
         let mut net = RefNet::new("row_major_input");
         let x = net.input("x", r.tensor(DType::F32, &[2, 18, 17, 20]));
         let x = net.node(Op::Transpose { perm: vec![0, 3, 1, 2] }, &[x], "nchw");
