@@ -9,31 +9,10 @@ use kiln_ir::{Data, Op};
 use kiln_onnx::proto::tensor_proto::DataType;
 use kiln_onnx::ImportError;
 
-/// The folded outputs of a one-node model whose inputs are all initializers.
-fn folded(inits: Vec<kiln_onnx::proto::TensorProto>, n: kiln_onnx::proto::NodeProto) -> Vec<(Vec<usize>, Data)> {
-    let outs: Vec<String> = n.output.clone();
-    let mut m = Model::new(21);
-    for t in inits {
-        m = m.init(t);
-    }
-    m = m.node(n);
-    for o in &outs {
-        m = m.output(o);
-    }
-    let g = import_ok(&m);
-    g.outputs
-        .iter()
-        .map(|&v| {
-            let t = g.const_of(v).unwrap_or_else(|| panic!("output did not fold: {:?}", ops(&g)));
-            (t.shape().to_vec(), t.data())
-        })
-        .collect()
-}
-
 #[test]
 fn non_zero_lists_indices_row_major() {
     // [[1, 0], [0, 3], [2, 0]]: non-zeros at (0,0), (1,1), (2,0).
-    let out = folded(vec![t_f32("x", &[3, 2], &[1., 0., 0., 3., 2., 0.])], node("NonZero", &["x"], &["y"], vec![]));
+    let out = folded(21, vec![t_f32("x", &[3, 2], &[1., 0., 0., 3., 2., 0.])], node("NonZero", &["x"], &["y"], vec![]));
     assert_eq!(out[0], (vec![2, 3], Data::I64(vec![0, 1, 2, 0, 1, 0])));
 }
 
@@ -41,17 +20,18 @@ fn non_zero_lists_indices_row_major() {
 fn unique_sorted_and_in_first_occurrence_order() {
     let x = || t_f32("x", &[6], &[2., 1., 1., 3., 4., 3.]);
     let outs = ["y", "idx", "inv", "cnt"];
-    let s = folded(vec![x()], node("Unique", &["x"], &outs, vec![]));
+    let s = folded(21, vec![x()], node("Unique", &["x"], &outs, vec![]));
     assert_eq!(s[0], (vec![4], Data::F32(vec![1., 2., 3., 4.])));
     assert_eq!(s[1].1, Data::I64(vec![1, 0, 3, 4]));
     assert_eq!(s[2].1, Data::I64(vec![1, 0, 0, 2, 3, 2]));
     assert_eq!(s[3].1, Data::I64(vec![2, 1, 2, 1]));
-    let u = folded(vec![x()], node("Unique", &["x"], &outs, vec![a_int("sorted", 0)]));
+    let u = folded(21, vec![x()], node("Unique", &["x"], &outs, vec![a_int("sorted", 0)]));
     assert_eq!(u[0], (vec![4], Data::F32(vec![2., 1., 3., 4.])));
     assert_eq!(u[1].1, Data::I64(vec![0, 1, 3, 4]));
     assert_eq!(u[2].1, Data::I64(vec![0, 1, 1, 2, 3, 2]));
     // Unique rows: [[1, 0], [0, 1], [1, 0]] along axis 0 → rows [0, 1] and [1, 0].
     let r = folded(
+        21,
         vec![t_f32("x", &[3, 2], &[1., 0., 0., 1., 1., 0.])],
         node("Unique", &["x"], &outs, vec![a_int("axis", 0)]),
     );
@@ -70,7 +50,7 @@ fn non_max_suppression_keeps_best_non_overlapping_boxes() {
             t_f32("iou", &[1], &[0.5]),
         ]
     };
-    let out = folded(inits(), node("NonMaxSuppression", &["b", "s", "m", "iou"], &["y"], vec![]));
+    let out = folded(21, inits(), node("NonMaxSuppression", &["b", "s", "m", "iou"], &["y"], vec![]));
     // Box 1 (0.95) first, box 0 suppressed by it, box 2 kept.
     assert_eq!(out[0], (vec![2, 3], Data::I64(vec![0, 0, 1, 0, 0, 2])));
     // An IoU threshold above 0.82 keeps both overlapping boxes, best first; the score
@@ -78,7 +58,7 @@ fn non_max_suppression_keeps_best_non_overlapping_boxes() {
     let mut i = inits();
     i[3] = t_f32("iou", &[1], &[0.9]);
     i.push(t_f32("st", &[1], &[0.5]));
-    let out = folded(i, node("NonMaxSuppression", &["b", "s", "m", "iou", "st"], &["y"], vec![]));
+    let out = folded(21, i, node("NonMaxSuppression", &["b", "s", "m", "iou", "st"], &["y"], vec![]));
     assert_eq!(out[0], (vec![2, 3], Data::I64(vec![0, 0, 1, 0, 0, 0])));
 }
 

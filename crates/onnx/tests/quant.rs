@@ -37,29 +37,9 @@ fn t_f16(name: &str, dims: &[i64], bits: &[u16]) -> TensorProto {
     t_raw(name, dims, DataType::Float16, bits.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
-/// Imports a one-node model whose inputs are all initializers and returns its folded outputs.
-fn folded_all(opset: i64, inits: Vec<TensorProto>, n: NodeProto) -> Vec<(Vec<usize>, Data)> {
-    let outs: Vec<String> = n.output.clone();
-    let mut m = Model::new(opset);
-    for t in inits {
-        m = m.init(t);
-    }
-    let mut m = m.node(n);
-    for o in &outs {
-        m = m.output(o);
-    }
-    let g = import_ok(&m);
-    g.outputs
-        .iter()
-        .map(|&v| {
-            let t = g.const_of(v).unwrap_or_else(|| panic!("output did not fold: {:?}", ops(&g)));
-            (t.shape().to_vec(), t.data())
-        })
-        .collect()
-}
-
-fn folded(opset: i64, inits: Vec<TensorProto>, n: NodeProto) -> (Vec<usize>, Data) {
-    folded_all(opset, inits, n).remove(0)
+/// The first output of [`folded`].
+fn folded_one(opset: i64, inits: Vec<TensorProto>, n: NodeProto) -> (Vec<usize>, Data) {
+    folded(opset, inits, n).remove(0)
 }
 
 fn import_err(opset: i64, inits: Vec<TensorProto>, n: NodeProto) -> String {
@@ -79,17 +59,17 @@ fn quantize_rounds_half_to_even_and_saturates() {
     // 0.49999997 is the f32 just below 0.5: floor(x + 0.5) would round it up to 1.
     let x = [0.5, 1.5, 2.5, -0.5, -1.5, 300.0, -300.0, 0.499_999_97, 7.0];
     let inits = vec![t_f32("x", &[9], &x), t_f32("s", &[], &[1.0]), t_i8("z", &[], &[0])];
-    let (shape, y) = folded(21, inits, q(&["x", "s", "z"]));
+    let (shape, y) = folded_one(21, inits, q(&["x", "s", "z"]));
     assert_eq!(shape, vec![9]);
     assert_eq!(y, Data::I8(vec![0, 2, 2, 0, -2, 127, -128, 0, 7]));
 
     // uint8 by default, with a zero point: 1 / 0.4 = 2.5 → 2, 3 / 0.4 = 7.5 → 8.
     let inits = vec![t_f32("x", &[5], &[1.0, 2.0, 3.0, -7.0, 1000.0]), t_f32("s", &[], &[0.4])];
-    let (_, y) = folded(13, inits.clone(), q(&["x", "s"]));
+    let (_, y) = folded_one(13, inits.clone(), q(&["x", "s"]));
     assert_eq!(y, Data::U8(vec![2, 5, 8, 0, 255]));
     let mut with_zp = inits;
     with_zp.push(t_u8("z", &[1], &[128]));
-    assert_eq!(folded(13, with_zp, q(&["x", "s", "z"])).1, Data::U8(vec![130, 133, 136, 110, 255]));
+    assert_eq!(folded_one(13, with_zp, q(&["x", "s", "z"])).1, Data::U8(vec![130, 133, 136, 110, 255]));
 }
 
 #[test]
@@ -97,7 +77,7 @@ fn quantize_divides_in_float16_like_numpy() {
     // x / scale in f16: 2.55 / 0.1 is 25.52 in f16 (25.5 in exact arithmetic), so 26.
     let x = t_f16("x", &[5], &[11878, 12902, 13517, 16077, 16666]); // 0.1 0.2 0.3 1.7 2.55
     let inits = vec![x, t_f16("s", &[], &[11878]), t_i16("z", &[], &[0])];
-    assert_eq!(folded(21, inits, q(&["x", "s", "z"])).1, Data::I16(vec![1, 2, 3, 17, 26]));
+    assert_eq!(folded_one(21, inits, q(&["x", "s", "z"])).1, Data::I16(vec![1, 2, 3, 17, 26]));
 }
 
 #[test]
@@ -105,7 +85,7 @@ fn quantize_per_axis_and_blocked() {
     let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
     let inits = vec![t_f32("x", &[2, 3, 2], &x), t_f32("s", &[3], &[1.0, 2.0, 4.0]), t_u8("z", &[3], &[0, 10, 250])];
     let n = node("QuantizeLinear", &["x", "s", "z"], &["y"], vec![a_int("axis", 1)]);
-    let (shape, y) = folded(13, inits, n);
+    let (shape, y) = folded_one(13, inits, n);
     assert_eq!(shape, vec![2, 3, 2]);
     // Row 1 of batch 0: 2/2 + 10, 3/2 = 1.5 → 2, + 10; row 2: 4/4 + 250, 5/4 → 1 + 250.
     assert_eq!(y, Data::U8(vec![0, 1, 11, 12, 251, 251, 6, 7, 14, 14, 252, 253]));
@@ -115,7 +95,7 @@ fn quantize_per_axis_and_blocked() {
     let inits =
         vec![t_f32("x", &[2, 6], &x), t_f32("s", &[2, 2], &[1.0, 2.0, 0.5, 4.0]), t_i8("z", &[2, 2], &[0, 1, -1, 2])];
     let n = node("QuantizeLinear", &["x", "s", "z"], &["y"], vec![a_int("axis", 1), a_int("block_size", 4)]);
-    assert_eq!(folded(21, inits, n).1, Data::I8(vec![-3, -2, -1, 0, 1, 2, 5, 7, 9, 11, 4, 4]));
+    assert_eq!(folded_one(21, inits, n).1, Data::I8(vec![-3, -2, -1, 0, 1, 2, 5, 7, 9, 11, 4, 4]));
 }
 
 #[test]
@@ -135,7 +115,7 @@ fn dequantize_per_axis_blocked_and_int32() {
         t_u8("z", &[3], &[0, 100, 255]),
     ];
     let n = node("DequantizeLinear", &["x", "s", "z"], &["y"], vec![a_int("axis", 1)]);
-    assert_eq!(folded(13, inits, n).1, Data::F32(vec![0.0, 0.0, 0.0, 0.5, -24.5, -504.0]));
+    assert_eq!(folded_one(13, inits, n).1, Data::F32(vec![0.0, 0.0, 0.0, 0.5, -24.5, -504.0]));
 
     // Blocked, f16 scale (the result is f16): blocks of 3 along axis 1.
     let inits = vec![
@@ -144,7 +124,7 @@ fn dequantize_per_axis_blocked_and_int32() {
         t_i8("z", &[1, 2], &[1, -2]),
     ];
     let n = node("DequantizeLinear", &["x", "s", "z"], &["y"], vec![a_int("axis", 1), a_int("block_size", 3)]);
-    let (shape, y) = folded(21, inits, n);
+    let (shape, y) = folded_one(21, inits, n);
     assert_eq!(shape, vec![1, 5]);
     assert!(matches!(y, Data::F16(_)));
     assert_eq!(y.to_f64_vec(), vec![-12.8984375, -0.199951171875, -0.0999755859375, 9.0, 387.0]);
@@ -153,16 +133,16 @@ fn dequantize_per_axis_blocked_and_int32() {
     // without one, in f32.
     let x = [16_777_217, -5, i32::MAX];
     let inits = vec![t_i32("x", &[3], &x), t_f32("s", &[], &[0.5]), t_i32("z", &[], &[3])];
-    let y = folded(13, inits, node("DequantizeLinear", &["x", "s", "z"], &["y"], vec![])).1;
+    let y = folded_one(13, inits, node("DequantizeLinear", &["x", "s", "z"], &["y"], vec![])).1;
     assert_eq!(y, Data::F32(vec![8_388_606.5, -4.0, 1_073_741_824.0]));
     let inits = vec![t_i32("x", &[3], &x), t_f32("s", &[], &[0.5])];
-    let y = folded(13, inits, node("DequantizeLinear", &["x", "s"], &["y"], vec![])).1;
+    let y = folded_one(13, inits, node("DequantizeLinear", &["x", "s"], &["y"], vec![])).1;
     assert_eq!(y, Data::F32(vec![8_388_608.0, -2.5, 1_073_741_824.0]));
 
     // output_dtype (opset 23).
     let inits = vec![t_u8("x", &[3], &[1, 2, 3]), t_f32("s", &[], &[0.1])];
     let n = node("DequantizeLinear", &["x", "s"], &["y"], vec![a_int("output_dtype", DataType::Float16 as i64)]);
-    let y = folded(23, inits, n).1;
+    let y = folded_one(23, inits, n).1;
     assert!(matches!(y, Data::F16(_)));
     assert_eq!(y.to_f64_vec(), vec![0.0999755859375, 0.199951171875, 0.300048828125]);
 }
@@ -171,14 +151,14 @@ fn dequantize_per_axis_blocked_and_int32() {
 fn dynamic_quantize_linear() {
     let x = [1.0, -2.5, 0.3, 4.2, 0.0, -0.7];
     let n = node("DynamicQuantizeLinear", &["x"], &["y", "s", "z"], vec![]);
-    let outs = folded_all(11, vec![t_f32("x", &[2, 3], &x)], n);
+    let outs = folded(11, vec![t_f32("x", &[2, 3], &x)], n);
     assert_eq!(outs[0], (vec![2, 3], Data::U8(vec![133, 0, 106, 255, 95, 68])));
     assert_eq!(outs[1], (vec![], Data::F32(vec![0.026_274_51])));
     assert_eq!(outs[2], (vec![], Data::U8(vec![95])));
 
     // All positive: the range still starts at 0.
     let n = node("DynamicQuantizeLinear", &["x"], &["y", "s", "z"], vec![]);
-    let outs = folded_all(11, vec![t_f32("x", &[3], &[0.5, 1.0, 2.0])], n);
+    let outs = folded(11, vec![t_f32("x", &[3], &[0.5, 1.0, 2.0])], n);
     assert_eq!(outs[0].1, Data::U8(vec![64, 127, 255]));
     assert_eq!(outs[1].1, Data::F32(vec![0.007_843_138]));
     assert_eq!(outs[2].1, Data::U8(vec![0]));
@@ -194,7 +174,7 @@ fn matmul_integer_per_row_and_per_column_zero_points() {
         t_i8("bz", &[2], &[1, -1]),
     ];
     let n = node("MatMulInteger", &["a", "b", "az", "bz"], &["y"], vec![]);
-    assert_eq!(folded(10, inits, n), (vec![2, 2], Data::I32(vec![-1, 10, -1, 24])));
+    assert_eq!(folded_one(10, inits, n), (vec![2, 2], Data::I32(vec![-1, 10, -1, 24])));
 }
 
 #[test]
@@ -208,7 +188,7 @@ fn conv_integer_and_its_exactness_bound() {
         t_u8("xz", &[], &[3]),
         t_i8("wz", &[2], &[0, 1]),
     ];
-    let (shape, y) = folded(10, inits, node("ConvInteger", &["x", "w", "xz", "wz"], &["y"], attrs()));
+    let (shape, y) = folded_one(10, inits, node("ConvInteger", &["x", "w", "xz", "wz"], &["y"], attrs()));
     assert_eq!(shape, vec![1, 2, 3, 3]);
     let want = [116, 172, -411, 608, 692, -463, 860, 944, -505, -189, -189, 1737, 1571, 1662, 20788, 1844, 1935, 23791];
     assert_eq!(y, Data::I32(want.to_vec()));
@@ -216,11 +196,11 @@ fn conv_integer_and_its_exactness_bound() {
     // 300 products of up to 255 · 255 may pass 2^24, where an f32 sum is no longer exact:
     // the channels are reduced in chunks of 258 (258 · 255² < 2^24), summed in i32.
     let inits = vec![t_u8("x", &[1, 300, 1, 1], &[255; 300]), t_u8("w", &[1, 300, 1, 1], &[255; 300])];
-    let (shape, y) = folded(10, inits, node("ConvInteger", &["x", "w"], &["y"], vec![]));
+    let (shape, y) = folded_one(10, inits, node("ConvInteger", &["x", "w"], &["y"], vec![]));
     assert_eq!((shape, y), (vec![1, 1, 1, 1], Data::I32(vec![300 * 255 * 255])));
     // With groups, every group's channels are chunked: 2 groups of 260 channels of 255 · 255.
     let inits = vec![t_u8("x", &[1, 520, 1, 2], &[255; 1040]), t_u8("w", &[2, 260, 1, 1], &[255; 520])];
-    let (shape, y) = folded(10, inits, node("ConvInteger", &["x", "w"], &["y"], vec![a_int("group", 2)]));
+    let (shape, y) = folded_one(10, inits, node("ConvInteger", &["x", "w"], &["y"], vec![a_int("group", 2)]));
     assert_eq!((shape, y), (vec![1, 2, 1, 2], Data::I32(vec![260 * 255 * 255; 4])));
     // One channel's 17 × 17 window of products of up to 255 · 255 (x is any uint8 input) can
     // pass 2^24 by itself.
@@ -256,7 +236,7 @@ fn qlinear_matmul_matches_the_reference() {
         t_f32("ys", &[], &[0.1]),
         t_i8("yz", &[], &[-3]),
     ];
-    assert_eq!(folded(10, inits, n()), (vec![2, 2], Data::I8(vec![22, -27, 29, -33])));
+    assert_eq!(folded_one(10, inits, n()), (vec![2, 2], Data::I8(vec![22, -27, 29, -33])));
 
     // float16 scales (opset 21).
     let inits = vec![
@@ -269,7 +249,7 @@ fn qlinear_matmul_matches_the_reference() {
         t_f16("ys", &[], &[11878]), // 0.1
         t_u8("yz", &[], &[100]),
     ];
-    assert_eq!(folded(21, inits, n()).1, Data::U8(vec![125, 76, 132, 70]));
+    assert_eq!(folded_one(21, inits, n()).1, Data::U8(vec![125, 76, 132, 70]));
 
     // Ties round to even: 9 · 0.5, 5 · 0.5, 7 · 0.5.
     let inits = vec![
@@ -282,7 +262,7 @@ fn qlinear_matmul_matches_the_reference() {
         t_f32("ys", &[], &[1.0]),
         t_u8("yz", &[], &[0]),
     ];
-    assert_eq!(folded(10, inits, n()).1, Data::U8(vec![4, 2, 4]));
+    assert_eq!(folded_one(10, inits, n()).1, Data::U8(vec![4, 2, 4]));
 }
 
 #[test]
@@ -304,10 +284,10 @@ fn qlinear_conv_with_bias_and_per_channel_scales() {
             t_i32("b", &[2], &[1000, -700]),
         ]
     };
-    let (shape, y) = folded(10, inits(0.3, t_u8("yz", &[], &[5])), n());
+    let (shape, y) = folded_one(10, inits(0.3, t_u8("yz", &[], &[5])), n());
     assert_eq!(shape, vec![1, 2, 3, 3]);
     assert_eq!(y, Data::U8(vec![9, 9, 7, 10, 11, 7, 11, 11, 7, 5, 5, 5, 5, 5, 9, 5, 5, 10]));
-    let y = folded(10, inits(0.7, t_i8("yz", &[], &[-5])), n()).1;
+    let y = folded_one(10, inits(0.7, t_i8("yz", &[], &[-5])), n()).1;
     assert_eq!(y, Data::I8(vec![-3, -3, -4, -3, -3, -4, -2, -2, -4, -5, -5, -5, -5, -5, -3, -5, -5, -3]));
 }
 
@@ -316,15 +296,15 @@ fn quantize_to_int4_and_float8() {
     // rint(x / 2) clipped to int4's [-8, 7]: 0.5 → 0 (tie to even), 10 → 7, -10 → -8.
     let inits = vec![t_f32("x", &[3], &[1.0, 20.0, -20.0]), t_f32("s", &[], &[2.0])];
     let n = node("QuantizeLinear", &["x", "s"], &["y"], vec![a_int("output_dtype", DataType::Int4 as i64)]);
-    let y = folded(21, inits, n).1;
+    let y = folded_one(21, inits, n).1;
     assert_eq!(y.dtype(), kiln_ir::DType::I4);
     assert_eq!(y.to_i64_vec(), vec![0, 7, -8]);
     // Float8 E4M3FN saturates to its largest finite value, 448.
     let inits = vec![t_f32("x", &[2], &[1000.0, 1.5]), t_f32("s", &[], &[1.0])];
     let n = node("QuantizeLinear", &["x", "s"], &["y"], vec![a_int("output_dtype", DataType::Float8e4m3fn as i64)]);
-    assert_eq!(folded(21, inits, n).1.to_f64_vec(), vec![448.0, 1.5]);
+    assert_eq!(folded_one(21, inits, n).1.to_f64_vec(), vec![448.0, 1.5]);
     // And back: int4 values 7 and -8 at scale 0.5.
     let inits = vec![t_raw("q", &[2], DataType::Int4, vec![0x87]), t_f32("s", &[], &[0.5])];
     let n = node("DequantizeLinear", &["q", "s"], &["y"], vec![]);
-    assert_eq!(folded(21, inits, n).1, Data::F32(vec![3.5, -4.0]));
+    assert_eq!(folded_one(21, inits, n).1, Data::F32(vec![3.5, -4.0]));
 }

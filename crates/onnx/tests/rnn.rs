@@ -41,23 +41,11 @@ fn run(
     outs: &[&str],
     attrs: Vec<AttributeProto>,
 ) -> Vec<(Vec<usize>, Vec<f32>)> {
-    let mut m = Model::new(22);
-    for t in inits {
-        m = m.init(t);
-    }
-    m = m.node(node(op, ins, outs, attrs));
-    for o in outs.iter().filter(|o| !o.is_empty()) {
-        m = m.output(o);
-    }
-    let g = import_ok(&m);
-    g.outputs
-        .iter()
-        .map(|&v| {
-            let t = g.const_of(v).unwrap_or_else(|| panic!("output did not fold: {:?}", ops(&g)));
-            match t.data() {
-                Data::F32(d) => (t.shape().to_vec(), d),
-                other => panic!("expected f32, got {other:?}"),
-            }
+    folded(22, inits, node(op, ins, outs, attrs))
+        .into_iter()
+        .map(|(shape, data)| match data {
+            Data::F32(d) => (shape, d),
+            other => panic!("expected f32, got {other:?}"),
         })
         .collect()
 }
@@ -212,7 +200,7 @@ fn lstm_bidirectional_batch_major_with_peepholes() {
         t_f32("p", &[2, 6], &[-1.0, 0.3, 0.6, 0.0, 0.5, -0.5, -0.6, -0.3, -0.6, -0.3, 0.9, 0.1]),
     ];
     let attrs = vec![a_int("hidden_size", 2), a_int("layout", 1), a_str("direction", "bidirectional")];
-    let o = run("LSTM", inits, &["x", "w", "r", "b", "", "h0", "c0", "p"], &["y", "y_h", "y_c"], attrs);
+    let o = run("LSTM", inits.clone(), &["x", "w", "r", "b", "", "h0", "c0", "p"], &["y", "y_h", "y_c"], attrs);
     close(
         &o[0],
         &[2, 2, 2, 2],
@@ -245,37 +233,7 @@ fn lstm_bidirectional_batch_major_with_peepholes() {
         &[2, 2, 2],
         &[-0.6103303, -0.1744834, -0.370227, 0.2669746, 0.4815454, -1.680741, -0.5980844, -0.2153248],
     );
-    // Only Y_c requested.
-    let inits = vec![
-        t_f32("x", &[2, 2, 2], &[0.3, 0.8, 0.6, -0.5, -0.4, 0.7, -1.0, 0.6]),
-        t_f32(
-            "w",
-            &[2, 8, 2],
-            &[
-                0.6, -0.1, -0.4, -0.4, -0.5, -0.1, 0.0, 0.1, 1.0, 0.6, 0.2, 1.0, -0.6, -0.7, 0.2, -0.9, -0.9, 0.0,
-                -0.1, 0.8, 0.3, 0.0, 0.0, -0.5, -1.0, -0.6, 0.4, -0.6, -0.3, -1.0, 0.7, -0.7,
-            ],
-        ),
-        t_f32(
-            "r",
-            &[2, 8, 2],
-            &[
-                -0.5, 0.8, 0.0, 0.7, 0.3, 0.5, -0.8, 0.1, 0.0, 0.7, -0.3, 0.2, -0.9, -0.2, -0.4, -0.7, 0.6, -0.2, 1.0,
-                0.2, 0.2, 0.3, 0.4, -0.7, -0.1, -0.5, -0.2, -0.8, 0.9, -0.6, 0.3, -0.4,
-            ],
-        ),
-        t_f32(
-            "b",
-            &[2, 16],
-            &[
-                0.7, 0.3, -0.7, 0.7, 0.9, 0.8, 0.1, -0.7, -0.6, 0.9, 0.1, -0.6, 0.8, 0.3, 0.1, -0.2, -0.2, -0.5, -0.9,
-                0.8, -0.1, 0.1, -0.4, 0.5, -0.9, -0.3, -0.9, -0.8, 0.9, 0.3, -0.1, 0.0,
-            ],
-        ),
-        t_f32("h0", &[2, 2, 2], &[0.7, -0.3, 0.2, 0.4, -0.3, 0.0, 0.5, 0.8]),
-        t_f32("c0", &[2, 2, 2], &[-0.7, 0.9, -1.0, 0.5, 0.6, -0.7, -0.2, 0.6]),
-        t_f32("p", &[2, 6], &[-1.0, 0.3, 0.6, 0.0, 0.5, -0.5, -0.6, -0.3, -0.6, -0.3, 0.9, 0.1]),
-    ];
+    // Only Y_c requested, of the same inputs.
     let attrs = vec![a_int("layout", 1), a_str("direction", "bidirectional")];
     let o = run("LSTM", inits, &["x", "w", "r", "b", "", "h0", "c0", "p"], &["", "", "y_c"], attrs);
     close(

@@ -211,6 +211,28 @@ pub fn import_ok(m: &Model) -> Graph {
     g
 }
 
+/// Imports a one-node model at `opset` whose inputs are all initializers and returns each
+/// output it names (`""` is an omitted one), folded to a constant, as (shape, values).
+pub fn folded(opset: i64, inits: Vec<TensorProto>, n: NodeProto) -> Vec<(Vec<usize>, kiln_ir::Data)> {
+    let outs: Vec<String> = n.output.iter().filter(|o| !o.is_empty()).cloned().collect();
+    let mut m = Model::new(opset);
+    for t in inits {
+        m = m.init(t);
+    }
+    m = m.node(n);
+    for o in &outs {
+        m = m.output(o);
+    }
+    let g = import_ok(&m);
+    g.outputs
+        .iter()
+        .map(|&v| {
+            let t = g.const_of(v).unwrap_or_else(|| panic!("output did not fold: {:?}", ops(&g)));
+            (t.shape().to_vec(), t.data())
+        })
+        .collect()
+}
+
 /// Evaluates the imported graph on `inputs` (by input name) with the reference evaluator.
 pub fn run(g: &Graph, inputs: &[(&str, kiln_ir::Tensor)]) -> Vec<kiln_ir::Tensor> {
     let mut vals: std::collections::HashMap<kiln_ir::ValueId, kiln_ir::Tensor> = std::collections::HashMap::new();
