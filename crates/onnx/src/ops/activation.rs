@@ -19,15 +19,21 @@ fn exp_m1(cx: &mut NodeCx, x: ValueId, alpha: f32) -> OpResult<ValueId> {
     bin(cx, B::Mul, e1, a)
 }
 
-/// `log(1 + exp(x))`, computed as `relu(x) + log(1 + exp(-|x|))` (no overflow).
-fn softplus_of(cx: &mut NodeCx, x: ValueId) -> OpResult<ValueId> {
+/// `log(1 + exp(x))` as the two terms of `relu(x) + log(1 + exp(-|x|))` (no overflow), for
+/// the caller to add (into the node's output, or a temporary: [`softplus_of`]).
+fn softplus_terms(cx: &mut NodeCx, x: ValueId) -> OpResult<[ValueId; 2]> {
     let r = un(cx, U::Relu, x)?;
     let a = un(cx, U::Abs, x)?;
     let na = un(cx, U::Neg, a)?;
     let e = un(cx, U::Exp, na)?;
     let one = scalar(cx, DType::F32, 1.0);
     let e1 = bin(cx, B::Add, e, one)?;
-    let l = un(cx, U::Log, e1)?;
+    Ok([r, un(cx, U::Log, e1)?])
+}
+
+/// `log(1 + exp(x))` (Softplus, Mish's inner term, an RNN's `softplus` activation).
+pub(super) fn softplus_of(cx: &mut NodeCx, x: ValueId) -> OpResult<ValueId> {
+    let [r, l] = softplus_terms(cx, x)?;
     bin(cx, B::Add, r, l)
 }
 
@@ -64,14 +70,8 @@ pub(super) fn activation(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             cx.emit_out(Op::Binary(B::Add), &[hi, lo], 0)?
         }
         "Softplus" => {
-            let r = un(cx, U::Relu, x)?;
-            let a = un(cx, U::Abs, x)?;
-            let na = un(cx, U::Neg, a)?;
-            let e = un(cx, U::Exp, na)?;
-            let one = f(cx, 1.0);
-            let e1 = bin(cx, B::Add, e, one)?;
-            let l = un(cx, U::Log, e1)?;
-            cx.emit_out(Op::Binary(B::Add), &[r, l], 0)?
+            let terms = softplus_terms(cx, x)?;
+            cx.emit_out(Op::Binary(B::Add), &terms, 0)?
         }
         "Softsign" => {
             let a = un(cx, U::Abs, x)?;

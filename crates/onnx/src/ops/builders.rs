@@ -72,3 +72,17 @@ pub(super) fn last_axis(cx: &mut NodeCx, x: ValueId, start: usize, step: usize, 
     out_shape[r - 1] = len;
     tmp(cx, Op::Slice { starts, steps, out_shape }, &[x], "part")
 }
+
+/// `x[.., start..start + len, ..]` along `axis` (`x` itself when that is all of it).
+pub(super) fn slice_axis(cx: &mut NodeCx, x: ValueId, axis: usize, start: usize, len: usize) -> OpResult<ValueId> {
+    let s = cx.shape(x);
+    if start == 0 && len == s[axis] {
+        return Ok(x);
+    }
+    let r = s.len();
+    let mut starts = vec![0i64; r];
+    starts[axis] = start as i64;
+    let mut out_shape = s;
+    out_shape[axis] = len;
+    tmp(cx, Op::Slice { starts, steps: vec![1; r], out_shape }, &[x], "s")
+}

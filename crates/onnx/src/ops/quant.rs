@@ -19,7 +19,7 @@
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, ReduceOp, UnaryOp as U, ValueId};
 
-use super::builders::{bin, cmp, konst_as, reshape, scalar, tmp, un};
+use super::builders::{bin, cmp, konst_as, reshape, scalar, slice_axis, tmp, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
 use crate::data::dtype_of;
 
@@ -405,20 +405,6 @@ fn max_abs_shifted(cx: &NodeCx, shifted: ValueId, d: DType, zp: Option<ValueId>)
         None => vec![0],
     };
     zps.iter().map(|&z| (hi - z).unsigned_abs().max((z - lo).unsigned_abs()) as u128).max().unwrap_or(0)
-}
-
-/// `x[.., start..start + len, ..]` along `axis` (`x` itself when that is all of it).
-fn slice_axis(cx: &mut NodeCx, x: ValueId, axis: usize, start: usize, len: usize) -> OpResult<ValueId> {
-    let s = cx.shape(x);
-    if start == 0 && len == s[axis] {
-        return Ok(x);
-    }
-    let r = s.len();
-    let mut starts = vec![0i64; r];
-    starts[axis] = start as i64;
-    let mut out_shape = s;
-    out_shape[axis] = len;
-    tmp(cx, Op::Slice { starts, steps: vec![1; r], out_shape }, &[x], "s")
 }
 
 /// The convolution of `x - x_zero_point` with `w - w_zero_point` (per output channel when

@@ -14,7 +14,7 @@
 
 use kiln_ir::{BinaryOp as B, CmpOp, DType, Op, UnaryOp as U, ValueId};
 
-use super::builders::{bin, cmp, konst_as, reshape, scalar, tmp, un};
+use super::builders::{bin, cmp, konst_as, reshape, scalar, slice_axis, tmp, un};
 use super::{invalid, unsupported, NodeCx, OpResult};
 
 /// The most time steps (per direction) a recurrent layer unrolls.
@@ -142,32 +142,8 @@ fn apply(cx: &mut NodeCx, act: Act, clip: Option<f32>, x: ValueId) -> OpResult<V
             let d = bin(cx, B::Add, a, one)?;
             bin(cx, B::Div, x, d)
         }
-        Act::Softplus => {
-            // relu(x) + log(1 + exp(-|x|)): no overflow.
-            let r = un(cx, U::Relu, x)?;
-            let a = un(cx, U::Abs, x)?;
-            let na = un(cx, U::Neg, a)?;
-            let e = un(cx, U::Exp, na)?;
-            let one = f(cx, 1.0);
-            let e1 = bin(cx, B::Add, e, one)?;
-            let l = un(cx, U::Log, e1)?;
-            bin(cx, B::Add, r, l)
-        }
+        Act::Softplus => super::activation::softplus_of(cx, x),
     }
-}
-
-/// `x[.., start..start + len, ..]` along `axis` (`x` itself when that is all of it).
-fn slice_axis(cx: &mut NodeCx, x: ValueId, axis: usize, start: usize, len: usize) -> OpResult<ValueId> {
-    let s = cx.shape(x);
-    if start == 0 && len == s[axis] {
-        return Ok(x);
-    }
-    let r = s.len();
-    let mut starts = vec![0i64; r];
-    starts[axis] = start as i64;
-    let mut out_shape = s;
-    out_shape[axis] = len;
-    tmp(cx, Op::Slice { starts, steps: vec![1; r], out_shape }, &[x], "s")
 }
 
 /// Direction `d` of a `[D, ...]` parameter, without the direction axis.
