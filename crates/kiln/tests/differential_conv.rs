@@ -243,9 +243,7 @@ fn channels_last_through_copies() {
     let silu = net.node(Op::Binary(kiln::ir::BinaryOp::Mul), &[dw, sig], "silu");
     let mean = net.node(Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: false }, &[silu], "mean");
 
-    let mut g = net.g.clone();
-    g.outputs = vec![mean, c2];
-    let prog = lowered(&g);
+    let prog = net.lowered(&[mean, c2]);
     let text = kiln::ir::lir::print(&prog);
     // Channels-last: the innermost loop runs along the channels, contiguous in the output.
     for (k, channels) in [("up", 8), ("cat.0", 8), ("cat.1", 24), ("nearest_cols", 24)] {
@@ -276,9 +274,7 @@ fn row_major_input_copied_channels_last() {
         let b = net.constant("b", r.tensor(DType::F32, &[16]));
         let window = Window { kernel: [k, k], strides: [stride, stride], pads, dilations: [1, 1] };
         let y = net.node(Op::Conv { window, group: 1 }, &[x, w, b], "conv");
-        let mut g = net.g.clone();
-        g.outputs = vec![y];
-        let prog = lowered(&g);
+        let prog = net.lowered(&[y]);
         let copy = kernel_ending(&prog, "conv/pad");
         let inner = copy.n_par - 1;
         assert!(copy.domain[inner] == 20 && copy.output.strides[inner] == 1, "{}", kiln::ir::lir::print(&prog));

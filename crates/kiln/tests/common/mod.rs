@@ -58,24 +58,28 @@ pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
     }
     let outs = g.add_node(op.clone(), &ids, "node", &[]).unwrap_or_else(|e| panic!("{op:?}: {e}"));
     g.outputs = outs;
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    compile_and_compare(g, &runtime, &want, tol, &format!("{op:?} with inputs {shapes:?}"));
+}
+
+/// Compiles `g`, runs it with 2 threads on `runtime` (its inputs, in order) and compares each
+/// output with `want`: shape, dtype, and values within `tol` relative to 1 + |reference| (NaN
+/// matches NaN); `what` names the case in a failure.
+fn compile_and_compare(g: Graph, runtime: &[&Tensor], want: &[Tensor], tol: f64, what: &str) {
     let opts = CompileOptions { verify: true, ..Default::default() };
-    let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {op:?}: {e}"));
+    let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {what}: {e}"));
     let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
     let trefs: Vec<TensorRef> =
         runtime.iter().map(|t| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
-    let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {op:?}: {e}"));
+    let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {what}: {e}"));
     assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!(g.shape, w.shape(), "{op:?}: shape");
-        assert_eq!(g.dtype, w.dtype().code(), "{op:?}: dtype");
+    for (o, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.shape, w.shape(), "{what}: output {o}: shape");
+        assert_eq!(g.dtype, w.dtype().code(), "{what}: output {o}: dtype");
         let gt = Tensor::from_bytes(w.ty.clone(), g.data.clone().into()).unwrap();
         for (k, (a, b)) in gt.to_f64_vec().iter().zip(w.to_f64_vec()).enumerate() {
             let ok = (a.is_nan() && b.is_nan()) || *a == b || (a - b).abs() <= tol * (1.0 + b.abs());
-            assert!(
-                ok,
-                "{op:?} with inputs {:?}: element {k}: compiled {a}, reference {b}",
-                inputs.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
-            );
+            assert!(ok, "{what}: output {o} element {k}: compiled {a}, reference {b}");
         }
     }
 }
@@ -144,30 +148,19 @@ impl RefNet {
         self.values.insert(v, out);
         v
     }
-    /// Compiles the graph with `outputs`, runs it on the inputs with 2 threads and compares
-    /// each output with the reference within `tol` (relative to 1 + |reference|).
+    /// The graph with `outputs`, optimized and lowered (see [`lowered`]).
+    pub fn lowered(&self, outputs: &[kiln::ir::ValueId]) -> kiln::ir::lir::Program {
+        let mut g = self.g.clone();
+        g.outputs = outputs.to_vec();
+        lowered(&g)
+    }
+    /// Compiles the graph with `outputs` and compares each with the reference (see
+    /// [`compile_and_compare`]).
     pub fn check(mut self, outputs: &[kiln::ir::ValueId], tol: f64) {
         self.g.outputs = outputs.to_vec();
         let want: Vec<Tensor> = outputs.iter().map(|v| self.values[v].clone()).collect();
-        let opts = CompileOptions { verify: true, ..Default::default() };
+        let runtime: Vec<&Tensor> = self.inputs.iter().collect();
         let name = self.g.name.clone();
-        let art = Compiler::new(opts).compile_graph(self.g).unwrap_or_else(|e| panic!("compiling {name}: {e}"));
-        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
-        let trefs: Vec<TensorRef> = self
-            .inputs
-            .iter()
-            .map(|t| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
-            .collect();
-        let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {name}: {e}"));
-        for (o, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.shape, w.shape(), "{name} output {o}: shape");
-            let gt = Tensor::from_bytes(w.ty.clone(), g.data.clone().into()).unwrap();
-            for (k, (a, b)) in gt.to_f64_vec().iter().zip(w.to_f64_vec()).enumerate() {
-                assert!(
-                    (a - b).abs() <= tol * (1.0 + b.abs()),
-                    "{name} output {o} element {k}: compiled {a}, reference {b}"
-                );
-            }
-        }
+        compile_and_compare(self.g, &runtime, &want, tol, &name);
     }
 }
