@@ -1,27 +1,35 @@
 //! Convolutions: the direct form (a window sum the CPU backend runs as a GEMM over output
-//! pixels), with a padded channels-last copy of a few-channel input; 3×3 stride-1 ones go
-//! through [`super::winograd`] first.
+//! pixels), of a padded copy of some inputs (few channels, row-major, grouped); 3×3 stride-1
+//! ones go through [`super::winograd`] first.
 
 use super::*;
 
 impl Lowerer<'_> {
     pub(super) fn lower_conv(&mut self, window: &kiln_ir::Window, group: &usize, ins: &[View], out: View, name: &str) {
-        // A row-major input of many channels (a Transpose's or a Reshape's result: a 3-D
-        // convolution's depth slices) is copied channels-last once, padded: otherwise every
-        // kernel of the convolution reads its channels a whole image apart (Winograd's input
-        // transform took a third of a 3-D ResNet-18's time so). Not for a 1×1 convolution,
-        // whose product reads the row-major input as it is (a MobileNetV2 expansion of a
-        // row-major input took 1.3× as long with the copy).
-        let x = &ins[0];
-        let taps = window.kernel != [1, 1];
-        if *group == 1
-            && taps
-            && x.dtype == DType::F32
-            && x.strides[1] != 1
-            && out.strides[1] == 1
-            && ins[1].extents[1] > 8
-        {
-            let (copy, unpadded) = self.padded_copy(x, window, Scalar::F32(0.0), true, name);
+        let (x, w) = (&ins[0], &ins[1]);
+        let cig = w.extents[1];
+        // Some inputs are first copied, padded (so that no tap needs a bounds check), in the
+        // output's layout; the convolution then reads the copy with a window without pads:
+        // * few input channels (an image): in channels-last `(kw, ci)` is one contiguous run
+        //   for the GEMM schedule, instead of a few channels per checked tap;
+        // * a row-major input of many channels (a Transpose's or a Reshape's result: a 3-D
+        //   convolution's depth slices), which every kernel of the convolution would read a
+        //   whole image apart per channel (Winograd's input transform took a third of a 3-D
+        //   ResNet-18's time so); not for a 1×1 convolution, whose product reads it as it is
+        //   (a MobileNetV2 expansion took 1.3× as long with the copy);
+        // * a grouped convolution's: it reads a few channels per output channel, which the
+        //   loop over output channels (innermost, contiguous in the channels-last result)
+        //   reads contiguously only from a channels-last input. A depthwise one on a
+        //   row-major input writes row-major (see `choose_layout`): its loop runs along the
+        //   image row, and a padded row-major copy spares its taps the bounds checks.
+        let padded_pays = window.pads.iter().any(|&p| p > 0);
+        let row_major_out = out.strides[1] != 1;
+        let row_major_in = x.strides[1] != 1;
+        let few_channels = *group == 1 && cig <= 8 && padded_pays;
+        let many_row_major = *group == 1 && cig > 8 && window.kernel != [1, 1] && row_major_in && !row_major_out;
+        let grouped = *group > 1 && ((row_major_in && !row_major_out) || (padded_pays && row_major_out));
+        if x.dtype == DType::F32 && (few_channels || many_row_major || grouped) {
+            let (copy, unpadded) = self.padded_copy(x, window, Scalar::F32(0.0), !row_major_out, name);
             let mut ins = ins.to_vec();
             ins[0] = copy;
             return self.lower_conv(&unpadded, group, &ins, out, name);
@@ -32,28 +40,6 @@ impl Lowerer<'_> {
         let out_shape = out.extents.clone();
         // Reduction order (kh, kw, ci): the input channel innermost, contiguous in a
         // channels-last input and the dim the GEMM schedule blocks.
-        let (x, w) = (&ins[0], &ins[1]);
-        let cig = w.extents[1];
-        // Few input channels (an image): pad the input into a channels-last copy, so
-        // that the taps need no bounds checks and `(kw, ci)` is one contiguous run
-        // for the GEMM schedule, instead of a few channels per checked tap.
-        let padded;
-        let mut window = window;
-        let mut x = x;
-        // A grouped convolution reads a few channels per output channel, which the loop over
-        // output channels (innermost, contiguous in the channels-last result) reads
-        // contiguously only from a channels-last input; the copy also takes the pads. A
-        // depthwise one on a row-major input writes row-major (see `choose_layout`): its
-        // loop runs along the image row, and a padded row-major copy spares its taps the
-        // bounds checks.
-        let padded_pays = window.pads.iter().any(|&p| p > 0);
-        let row_major_out = out.strides[1] != 1;
-        let grouped_copy = *group > 1 && ((x.strides[1] != 1 && !row_major_out) || (padded_pays && row_major_out));
-        if x.dtype == DType::F32 && ((*group == 1 && cig <= 8 && padded_pays) || grouped_copy) {
-            padded = self.padded_copy(x, window, Scalar::F32(0.0), !row_major_out, name);
-            x = &padded.0;
-            window = &padded.1;
-        }
         let cog = w.extents[0] / group;
         if *group > 1 && cig > 1 && out.strides[1] == 1 && x.strides[1] == 1 {
             // A grouped convolution (not depthwise) is one ordinary convolution per group, on
