@@ -127,19 +127,22 @@ def main() -> int:
 
     M = em.torch_models()
 
+    def image(seed: int, *shape: int) -> np.ndarray:
+        return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+    def vision(name: str, seed: int, build, x: np.ndarray, input_name: str = "image"):
+        torch.manual_seed(seed)
+        m = build()
+        M["randomize_bn"](m, torch.Generator().manual_seed(seed + 1))
+        return export(name, m, {input_name: x}, ["logits"])
+
     def resnet50():
-        torch.manual_seed(1050)
-        m = M["ResNet"](layers=(3, 4, 6, 3), width=64, num_classes=1000)
-        M["randomize_bn"](m, torch.Generator().manual_seed(1051))
-        x = np.random.default_rng(1052).standard_normal((1, 3, 224, 224)).astype(np.float32)
-        return export("resnet50", m, {"image": x}, ["logits"])
+        return vision("resnet50", 1050, lambda: M["ResNet"](layers=(3, 4, 6, 3), width=64, num_classes=1000),
+                      image(1052, 1, 3, 224, 224))
 
     def mobilenetv2():
-        torch.manual_seed(1060)
-        m = M["MobileNetV2"](width_mult=1.0, num_classes=1000)
-        M["randomize_bn"](m, torch.Generator().manual_seed(1061))
-        x = np.random.default_rng(1062).standard_normal((1, 3, 224, 224)).astype(np.float32)
-        return export("mobilenetv2", m, {"image": x}, ["logits"])
+        return vision("mobilenetv2", 1060, lambda: M["MobileNetV2"](width_mult=1.0, num_classes=1000),
+                      image(1062, 1, 3, 224, 224))
 
     def bert_base():
         torch.manual_seed(1070)
@@ -157,15 +160,6 @@ def main() -> int:
         m = M["GPT2"](vocab=vocab, n_embd=768, n_layer=12, n_head=12, n_ctx=1024)
         ids = np.random.default_rng(1081).integers(0, vocab, (1, SEQ)).astype(np.int64)
         return export("gpt2_small", m, {"input_ids": ids}, ["logits"])
-
-    def image(seed: int, *shape: int) -> np.ndarray:
-        return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-    def vision(name: str, seed: int, build, x: np.ndarray, input_name: str = "image"):
-        torch.manual_seed(seed)
-        m = build()
-        M["randomize_bn"](m, torch.Generator().manual_seed(seed + 1))
-        return export(name, m, {input_name: x}, ["logits"])
 
     def convnext_tiny():
         return vision("convnext_tiny", 1090, lambda: tvm.convnext_tiny(weights=None), image(1092, 1, 3, 224, 224))

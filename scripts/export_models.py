@@ -13,8 +13,10 @@ seeds. For each model the folder holds:
   meta.json         producer, exporter, inputs/outputs (name, file, shape, dtype), whether
                     the batch dim was exported as dynamic, and torch-vs-onnxruntime errors
 
-Run by hand, with the PyTorch venv (CI does not need torch; the outputs are committed):
+Run by hand, with the PyTorch venv (CI does not need torch; the outputs are committed),
+installed from its lock:
 
+  python3 -m venv /work/torchenv && /work/torchenv/bin/pip install --require-hashes -r scripts/python/torch.lock
   /work/torchenv/bin/python scripts/export_models.py [--only NAME ...]
 
 tests/exporters.rs compiles each committed model with Kiln and compares with output_<i>.npy.

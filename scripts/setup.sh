@@ -180,8 +180,8 @@ _kiln_setup() (
     local venv="$repo/.venv"
     local py="$venv/bin/python"
     [ -f "$lock" ] || fail "$lock missing"
-    # Every requirement of every lock (the venv's, the peers', pip-tools') is pinned to one
-    # version and carries a hash.
+    # Every requirement of every lock (the venv's, the peers', the exporters' PyTorch venv's,
+    # pip-tools') is pinned to one version and carries a hash.
     local reqs hashed f
     for f in "$repo"/scripts/python/*.lock; do
         reqs="$(grep -cE '^[A-Za-z0-9]' "$f" || true)"
