@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates scripts/python/requirements.lock from requirements.in (and peers.lock, the
 # benchmark peers' venv, from peers.in; torch.lock, the exporters' PyTorch venv, from torch.in;
-# tools.lock, pip-tools' own, from tools.in): every
-# package, direct or pulled in, pinned to an exact version with the sha256 of each of its
-# files on PyPI.
+# tools.lock, pip-tools' own, from tools.in): every package, direct or pulled in, pinned to an
+# exact version with the sha256 of each of its files on PyPI.
 # Run it by hand after editing requirements.in (network access to PyPI needed); commit both.
 #
 #   bash scripts/python/lock.sh
