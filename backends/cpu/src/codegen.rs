@@ -16,6 +16,14 @@ const PARALLEL_MIN_WORK: usize = 1 << 15;
 
 /// How the outer parallel loop is cut into tasks.
 struct Split {
+    /// Whether the kernel runs as vector rows ([`crate::vector::row_ok`]).
+    rows: bool,
+    /// Rows of the dim next to the innermost that a task runs together
+    /// ([`crate::vector::row_tile`]).
+    tile: usize,
+    /// The outer parallel dims as tasks count them: the kernel's, with the one next to the
+    /// innermost counted in tiles.
+    dims: Vec<usize>,
     n_outer: usize,
     inner: usize,
     chunk: usize,
@@ -23,9 +31,16 @@ struct Split {
 }
 
 impl Split {
-    fn of(k: &Kernel) -> Split {
-        let n_outer: usize = k.domain[..k.n_par - 1].iter().product();
-        let inner = k.domain[k.n_par - 1];
+    fn of(k: &Kernel, lanes: usize) -> Split {
+        let np = k.n_par;
+        let rows = crate::vector::row_ok(k, lanes);
+        let tile = if rows { crate::vector::row_tile(k, lanes) } else { 1 };
+        let mut dims = k.domain[..np - 1].to_vec();
+        if tile > 1 {
+            dims[np - 2] = dims[np - 2].div_ceil(tile);
+        }
+        let n_outer: usize = dims.iter().product();
+        let inner = k.domain[np - 1];
         let (chunk, n_chunks) = if n_outer >= 16 || inner < 256 {
             (inner.max(1), 1)
         } else {
@@ -33,7 +48,7 @@ impl Split {
             let chunk = inner.div_ceil(want).div_ceil(16) * 16;
             (chunk, inner.div_ceil(chunk))
         };
-        Split { n_outer, inner, chunk, n_chunks }
+        Split { rows, tile, dims, n_outer, inner, chunk, n_chunks }
     }
     fn tasks(&self) -> usize {
         self.n_outer * self.n_chunks
@@ -139,10 +154,9 @@ fn gen_body<'ctx>(
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
     let acc_ty = k.body.dtype(&ops, None);
     let acc_slot = g.builder.build_alloca(g.reg_ty(acc_ty), "acc").map_err(llvm_err)?;
-    let split = Split::of(&k);
-    let np = k.n_par;
     let lanes = vector_bits / 32;
-    let vector_rows = gemm.is_none() && crate::vector::row_ok(&k, lanes);
+    let split = Split::of(&k, lanes);
+    let np = k.n_par;
     let outer_in_output = accumulate_in_output(&k);
     let env = Env { k: &k, bases: &in_bases };
 
@@ -156,7 +170,9 @@ fn gen_body<'ctx>(
         Vec::new()
     };
     if stepped {
-        outer_vars(g, &k, start, &mut |d, v| g.builder.build_store(var_slots[d], v).map(drop).map_err(llvm_err))?;
+        outer_vars(g, &split.dims, start, &mut |d, v| {
+            g.builder.build_store(var_slots[d], v).map(drop).map_err(llvm_err)
+        })?;
     }
     g.for_range(f, start, end, &mut |t| {
         let b = &g.builder;
@@ -189,9 +205,9 @@ fn gen_body<'ctx>(
                     g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v)
                 })
             };
-            if vector_rows {
+            if split.rows {
                 let row = crate::vector::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
-                return crate::vector::gen_row(&row, (jlo, jhi), lanes);
+                return crate::vector::gen_rows(&row, (jlo, jhi), lanes, split.tile);
             }
             let Some(red) = &k.reduction else { return scalar(jlo, jhi) };
             if outer_in_output {
@@ -231,7 +247,12 @@ fn gen_body<'ctx>(
         task()?;
         if stepped {
             // The next task's variables: the innermost outer one plus one, carried outwards.
-            let next = increment(g, &vars[..np - 1], &k.domain[..np - 1])?;
+            let i64t = g.context.i64_type();
+            let cur = var_slots
+                .iter()
+                .map(|&s| Ok(b.build_load(i64t, s, "v").map_err(llvm_err)?.into_int_value()))
+                .collect::<BackendResult<Vec<_>>>()?;
+            let next = increment(g, &cur, &split.dims)?;
             for (slot, v) in var_slots.iter().zip(next) {
                 b.build_store(*slot, v).map_err(llvm_err)?;
             }
@@ -277,18 +298,17 @@ fn declare_body<'ctx>(
 /// variable `d` is computed (to store it, or not).
 fn outer_vars<'ctx>(
     g: &CodeGen<'ctx>,
-    k: &Kernel,
+    dims: &[usize],
     l: IntValue<'ctx>,
     each: &mut dyn FnMut(usize, IntValue<'ctx>) -> BackendResult<()>,
 ) -> BackendResult<Vec<IntValue<'ctx>>> {
-    let np = k.n_par;
-    let mut vars = vec![g.i64(0); np - 1];
+    let mut vars = vec![g.i64(0); dims.len()];
     let mut rest = l;
-    for d in (0..np - 1).rev() {
+    for d in (0..dims.len()).rev() {
         if d == 0 {
             vars[d] = rest;
         } else {
-            let e = g.i64(k.domain[d] as i64);
+            let e = g.i64(dims[d] as i64);
             vars[d] = g.builder.build_int_signed_rem(rest, e, "p").map_err(llvm_err)?;
             rest = g.builder.build_int_signed_div(rest, e, "q").map_err(llvm_err)?;
         }
@@ -327,7 +347,10 @@ fn task_range<'ctx>(
             vars[d] = b.build_load(g.context.i64_type(), var_slots[d], "v").map_err(llvm_err)?.into_int_value();
         }
     } else {
-        vars[..np - 1].copy_from_slice(&outer_vars(g, k, l, &mut |_, _| Ok(()))?);
+        vars[..np - 1].copy_from_slice(&outer_vars(g, &split.dims, l, &mut |_, _| Ok(()))?);
+    }
+    if split.tile > 1 {
+        vars[np - 2] = b.build_int_nsw_mul(vars[np - 2], g.i64(split.tile as i64), "tile").map_err(llvm_err)?;
     }
     Ok((jlo, jhi, vars))
 }
@@ -375,7 +398,7 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
             let gemm = crate::gemm::match_gemm(k, blocking);
             let tasks = match &gemm {
                 Some(p) => p.tasks(),
-                None => Split::of(&normalized(k)).tasks(),
+                None => Split::of(&normalized(k), blocking.w).tasks(),
             };
             Some(KernelPlan { instr: i, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32 })
         })

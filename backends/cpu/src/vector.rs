@@ -11,9 +11,13 @@
 //!
 //! What qualifies ([`row_ok`]): an f32 kernel whose output is contiguous along the innermost
 //! parallel dim, whose body and finalizer are float arithmetic, ReLU-like ops and loads that
-//! step by 0 (a broadcast) or 1 along that dim ([`vexpr_ok`]), padded loads included when
-//! the padding does not depend on that dim. The same expressions are the GEMM's in-register
-//! epilogue.
+//! step by 0 (a broadcast), 1 or 2 (a window of stride 2 on a row-major image: two loads and
+//! a shuffle) along that dim ([`vexpr_ok`]), padded loads included: where the padding does
+//! not depend on that dim it is decided once per vector, where it does (a window's edge taps
+//! along a row-major row) lane by lane, by the mask of a masked load, except in blocks whose
+//! taps all lie inside. Where the reduction's loads are shared between neighbouring rows
+//! (a weight, overlapping windows), a task runs several rows side by side ([`row_tile`]).
+//! The same expressions are the GEMM's in-register epilogue.
 
 use inkwell::intrinsics::Intrinsic;
 use inkwell::types::{BasicType, VectorType};
@@ -69,6 +73,46 @@ fn pad_uniform_along(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> bo
     })
 }
 
+/// The position of the one index of a load that moves along the row (the innermost parallel
+/// dim), if only one does and it is affine: a padded load whose index crosses its extent
+/// there (a window's edge taps on a row-major image) is checked lane by lane
+/// ([`edge_mask`]).
+fn edge_index(k: &Kernel, operand: usize, index: &[Expr]) -> Option<usize> {
+    let d = k.n_par - 1;
+    let mut moving = index.iter().enumerate().filter(|(_, ix)| mentions(ix, d));
+    let (at, ix) = moving.next()?;
+    let contiguous = k.inputs[operand].strides[at] == 1;
+    (moving.next().is_none() && contiguous && affine_expr(ix, k.domain.len()).is_some()).then_some(at)
+}
+
+/// Which of `n` consecutive elements from index `first` lie in `0..extent` (as `<n x i1>`).
+fn edge_mask<'ctx>(
+    g: &CodeGen<'ctx>,
+    n: u32,
+    first: IntValue<'ctx>,
+    extent: usize,
+) -> BackendResult<VectorValue<'ctx>> {
+    let b = &g.builder;
+    let i32t = g.context.i32_type();
+    let first = b.build_int_truncate(first, i32t, "e32").map_err(llvm_err)?;
+    let iota = VectorType::const_vector(&(0..n as u64).map(|i| i32t.const_int(i, false)).collect::<Vec<_>>());
+    let at = b.build_int_add(splat(g, i32t.vec_type(n), first.into())?, iota, "eix").map_err(llvm_err)?;
+    let ext = splat(g, i32t.vec_type(n), i32t.const_int(extent as u64, false).into())?;
+    // Unsigned: a negative index is past the extent too.
+    b.build_int_compare(IntPredicate::ULT, at, ext, "inside").map_err(llvm_err)
+}
+
+fn and_masks<'ctx>(
+    g: &CodeGen<'ctx>,
+    a: Option<VectorValue<'ctx>>,
+    b: Option<VectorValue<'ctx>>,
+) -> BackendResult<Option<VectorValue<'ctx>>> {
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some(g.builder.build_and(a, b, "m").map_err(llvm_err)?),
+        (a, b) => a.or(b),
+    })
+}
+
 /// Whether `e` is the same in every lane: it reads neither the innermost parallel variable
 /// nor the accumulator (the scalar path computes it once and it is splat).
 fn uniform(k: &Kernel, e: &Expr) -> bool {
@@ -92,7 +136,11 @@ pub(crate) fn vexpr_ok(k: &Kernel, e: &Expr) -> bool {
             }
             match load_step(k, *operand, index, d) {
                 Some(0) => true,
-                Some(1) => pad.is_none() || pad_uniform_along(k, *operand, index, d),
+                Some(1 | 2) => {
+                    pad.is_none()
+                        || pad_uniform_along(k, *operand, index, d)
+                        || edge_index(k, *operand, index).is_some()
+                }
                 _ => false,
             }
         }
@@ -144,6 +192,49 @@ pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
     }
 }
 
+/// How many consecutive rows of the dim next to the innermost (an output row of a row-major
+/// depthwise convolution, an output pixel of a channels-last one) a vector-row kernel runs
+/// together, their accumulators side by side ([`gen_rows`]): 1 unless the reduction's loads
+/// are shared between those rows, a weight that does not move with them or a window that
+/// overlaps its neighbour's; as many as half the vector registers hold with the row's
+/// vectors, the fewest loads for the dim's extent (a tile's are `tile + 1` rows' worth of
+/// a load shared, a lone row's 2).
+pub(crate) fn row_tile(k: &Kernel, lanes: usize) -> usize {
+    let np = k.n_par;
+    if k.reduction.is_none() || np < 2 || k.domain[np..].iter().product::<usize>() < 2 || !shared_across(k, np - 2) {
+        return 1;
+    }
+    let registers = if lanes >= 16 { 32 } else { 16 };
+    let vectors = k.domain[np - 1].div_ceil(lanes).min(BLOCK);
+    let most = (registers / 2 / vectors).min(8);
+    let rows = k.domain[np - 2];
+    let loads = |t: usize| (rows / t) * (t + 1) + (rows % t) * 2;
+    (1..=most.min(rows)).rev().min_by_key(|&t| loads(t)).unwrap_or(1)
+}
+
+/// Whether some load of `k`'s body reads, at the next value of dim `d2`, what it read at this
+/// one: it does not move along `d2` but does along the row (a channels-last weight), or its
+/// step along `d2` is a step of a reduction variable within that variable's extent (a
+/// window of stride 1 or 2 and more taps than that).
+fn shared_across(k: &Kernel, d2: usize) -> bool {
+    let (d, nd) = (k.n_par - 1, k.domain.len());
+    let mut shared = false;
+    k.body.visit(&mut |e| {
+        let Expr::Load { operand, index, .. } = e else { return };
+        let step = |dim: usize| load_step(k, *operand, index, dim);
+        match (step(d2), step(d)) {
+            (Some(0), Some(s)) if s != 0 => shared = true,
+            (Some(s2), _) if s2 != 0 => {
+                shared |= (k.n_par..nd).any(|r| {
+                    step(r).is_some_and(|sr| sr != 0 && s2 % sr == 0 && (1..k.domain[r] as i64).contains(&(s2 / sr)))
+                })
+            }
+            _ => {}
+        }
+    });
+    shared
+}
+
 /// `x` in every lane of a `vt`.
 pub(crate) fn splat<'ctx>(
     g: &CodeGen<'ctx>,
@@ -187,6 +278,17 @@ pub(crate) fn vload_masked<'ctx>(
     p: PointerValue<'ctx>,
     mask: Option<VectorValue<'ctx>>,
 ) -> BackendResult<VectorValue<'ctx>> {
+    vload_masked_or(g, vt, p, mask, vt.const_zero())
+}
+
+/// A load of the lanes of `mask` only, the others `pass`.
+fn vload_masked_or<'ctx>(
+    g: &CodeGen<'ctx>,
+    vt: VectorType<'ctx>,
+    p: PointerValue<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+    pass: VectorValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
     let Some(mask) = mask else { return vload(g, vt, p) };
     let f = Intrinsic::find("llvm.masked.load")
         .and_then(|i| i.get_declaration(&g.module, &[vt.into(), p.get_type().into()]))
@@ -194,12 +296,54 @@ pub(crate) fn vload_masked<'ctx>(
     // LLVM ≥ 21: (pointer, mask, pass-through); the alignment is the pointer's attribute
     // (none here: element alignment).
     Ok(g.builder
-        .build_call(f, &[p.into(), mask.into(), vt.const_zero().into()], "mload")
+        .build_call(f, &[p.into(), mask.into(), pass.into()], "mload")
         .map_err(llvm_err)?
         .try_as_basic_value()
         .basic()
         .ok_or_else(|| llvm_err("masked load returned void"))?
         .into_vector_value())
+}
+
+/// The elements `p[0], p[2], …` in the lanes of a `vt` (a window of stride 2 along the row):
+/// two contiguous loads and the shuffle that keeps their even elements. With a mask of the
+/// first `n` lanes, the loads read the elements up to `p[2n − 2]` only; with an `edge`
+/// (the index of `p[0]` and the extent), only the elements inside it, the others `pass`.
+fn strided_pair_load<'ctx>(
+    g: &CodeGen<'ctx>,
+    vt: VectorType<'ctx>,
+    p: PointerValue<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+    edge: Option<(IntValue<'ctx>, usize)>,
+    pass: VectorValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
+    let lanes = vt.get_size();
+    let b = &g.builder;
+    let second = g.elem_ptr(p, DType::F32, g.i64(lanes as i64))?;
+    // Element `e` is read with lane `⌈e / 2⌉`: the even ones for their lane, an odd one only
+    // where the next is read too (so never past the last element wanted).
+    let i32t = g.context.i32_type();
+    let half = |from: u64| -> BackendResult<Option<VectorValue<'ctx>>> {
+        let row = match mask {
+            None => None,
+            Some(m) => {
+                let at: Vec<_> = (from..from + lanes as u64).map(|e| i32t.const_int(e.div_ceil(2), false)).collect();
+                let none = m.get_type().const_zero();
+                Some(b.build_shuffle_vector(m, none, VectorType::const_vector(&at), "m2").map_err(llvm_err)?)
+            }
+        };
+        let inside = match edge {
+            None => None,
+            Some((first, extent)) => {
+                let first = b.build_int_nsw_add(first, g.i64(from as i64), "e2").map_err(llvm_err)?;
+                Some(edge_mask(g, lanes, first, extent)?)
+            }
+        };
+        and_masks(g, row, inside)
+    };
+    let (m0, m1) = (half(0)?, half(lanes as u64)?);
+    let (x, y) = (vload_masked_or(g, vt, p, m0, pass)?, vload_masked_or(g, vt, second, m1, pass)?);
+    let even: Vec<_> = (0..lanes as u64).map(|i| i32t.const_int(2 * i, false)).collect();
+    b.build_shuffle_vector(x, y, VectorType::const_vector(&even), "even").map_err(llvm_err)
 }
 
 /// A store of the lanes of `mask` only.
@@ -293,14 +437,31 @@ pub(crate) fn vgen_masked<'ctx>(
                 .iter()
                 .map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value()))
                 .collect::<BackendResult<Vec<_>>>()?;
-            let Some(Scalar::F32(p)) = pad else {
-                return vload_masked(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &idx)?)?, mask);
+            let step = load_step(k, *operand, index, d);
+            let load = |idx: &[IntValue<'ctx>], edge: Option<(IntValue<'ctx>, usize)>, pass: VectorValue<'ctx>| {
+                let p = g.elem_ptr(bases[*operand], DType::F32, g.linear(v, idx)?)?;
+                if step == Some(2) {
+                    return strided_pair_load(g, vt, p, mask, edge, pass);
+                }
+                let inside = match edge {
+                    Some((first, extent)) => Some(edge_mask(g, vt.get_size(), first, extent)?),
+                    None => None,
+                };
+                vload_masked_or(g, vt, p, and_masks(g, mask, inside)?, pass)
             };
-            // Padding decided once for the vector (`pad_uniform_along`), each index clamped
-            // into its extent so that the address is valid either way.
+            let Some(Scalar::F32(p)) = pad else { return load(&idx, None, vt.const_zero()) };
+            let pad_v = sp(*p as f64)?;
+            // An index that crosses its extent along the row is checked lane by lane (and not
+            // clamped: the lanes outside are not read); the others once for the vector, each
+            // clamped into its extent so that the address is valid either way.
+            let edge = if pad_uniform_along(k, *operand, index, d) { None } else { edge_index(k, *operand, index) };
             let mut inb = g.context.bool_type().const_int(1, false);
             let mut clamped = Vec::with_capacity(idx.len());
-            for (&ix, &ext) in idx.iter().zip(&v.extents) {
+            for (at, (&ix, &ext)) in idx.iter().zip(&v.extents).enumerate() {
+                if edge == Some(at) {
+                    clamped.push(ix);
+                    continue;
+                }
                 let ok = b.build_int_compare(IntPredicate::ULT, ix, g.i64(ext as i64), "ok").map_err(llvm_err)?;
                 inb = b.build_and(inb, ok, "inb").map_err(llvm_err)?;
                 let neg = b.build_int_compare(IntPredicate::SLT, ix, g.i64(0), "neg").map_err(llvm_err)?;
@@ -309,8 +470,8 @@ pub(crate) fn vgen_masked<'ctx>(
                 let over = b.build_int_compare(IntPredicate::SGT, lo, hi, "over").map_err(llvm_err)?;
                 clamped.push(b.build_select(over, hi, lo, "cl").map_err(llvm_err)?.into_int_value());
             }
-            let x = vload_masked(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &clamped)?)?, mask)?;
-            b.build_select(inb, x, sp(*p as f64)?, "pad").map_err(llvm_err)?.into_vector_value()
+            let x = load(&clamped, edge.map(|at| (idx[at], v.extents[at])), pad_v)?;
+            b.build_select(inb, x, pad_v, "pad").map_err(llvm_err)?.into_vector_value()
         }
         Expr::Unary(op, a) => {
             let x = go(a)?;
@@ -405,13 +566,52 @@ pub(crate) struct Row<'a, 'ctx> {
     pub vars: &'a [IntValue<'ctx>],
 }
 
-/// Emits one row of a kernel that passes [`row_ok`]: the lanes `jlo..jhi` of the innermost
+/// Emits a task of a kernel that passes [`row_ok`]: `tile` rows from `row.vars` along the dim
+/// next to the innermost ([`row_tile`]) run together where that many are left, else one by
+/// one.
+pub(crate) fn gen_rows<'ctx>(
+    row: &Row<'_, 'ctx>,
+    range: (IntValue<'ctx>, IntValue<'ctx>),
+    lanes: usize,
+    tile: usize,
+) -> BackendResult<()> {
+    if tile == 1 {
+        return gen_row(row, range, lanes, 1);
+    }
+    let (g, f) = (row.g, row.f);
+    let b = &g.builder;
+    let d2 = row.k.n_par - 2;
+    let extent = g.i64(row.k.domain[d2] as i64);
+    let end = b.build_int_nsw_add(row.vars[d2], g.i64(tile as i64), "tend").map_err(llvm_err)?;
+    let whole = b.build_int_compare(IntPredicate::SLE, end, extent, "whole").map_err(llvm_err)?;
+    let (tiled, single, done) = (
+        g.context.append_basic_block(f, "tile"),
+        g.context.append_basic_block(f, "tile.rest"),
+        g.context.append_basic_block(f, "tile.done"),
+    );
+    b.build_conditional_branch(whole, tiled, single).map_err(llvm_err)?;
+    b.position_at_end(tiled);
+    gen_row(row, range, lanes, tile)?;
+    b.build_unconditional_branch(done).map_err(llvm_err)?;
+    b.position_at_end(single);
+    g.for_range(f, row.vars[d2], extent, &mut |r| {
+        let mut vars = row.vars.to_vec();
+        vars[d2] = r;
+        gen_row(&Row { vars: &vars, ..*row }, range, lanes, 1)
+    })?;
+    b.build_unconditional_branch(done).map_err(llvm_err)?;
+    b.position_at_end(done);
+    Ok(())
+}
+
+/// Emits `tile` rows of a kernel that passes [`row_ok`]: the lanes `jlo..jhi` of the innermost
 /// parallel dim, in blocks of [`BLOCK`] vectors of `lanes`, then one block of fewer vectors
 /// for the rest, its last vector masked.
-pub(crate) fn gen_row<'ctx>(
+fn gen_row<'ctx>(
     row: &Row<'_, 'ctx>,
     (jlo, jhi): (IntValue<'ctx>, IntValue<'ctx>),
     lanes: usize,
+    tile: usize,
 ) -> BackendResult<()> {
     let (g, f) = (row.g, row.f);
     let b = &g.builder;
@@ -431,7 +631,7 @@ pub(crate) fn gen_row<'ctx>(
     let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
     b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
     b.position_at_end(body);
-    gen_block(row, j, BLOCK, g.context.f32_type().vec_type(lanes as u32), None)?;
+    gen_block(row, j, (BLOCK, tile), g.context.f32_type().vec_type(lanes as u32), None)?;
     b.build_store(jslot, end).map_err(llvm_err)?;
     b.build_unconditional_branch(header).map_err(llvm_err)?;
     b.position_at_end(exit);
@@ -453,7 +653,7 @@ pub(crate) fn gen_row<'ctx>(
         let n = i + 1;
         let last = b.build_int_nsw_sub(rest, g.i64((n as i64 - 1) * w), "last").map_err(llvm_err)?;
         let mask = lane_mask(g, lanes as u32, last)?;
-        gen_block(row, j, n, g.context.f32_type().vec_type(lanes as u32), Some(mask))?;
+        gen_block(row, j, (n, tile), g.context.f32_type().vec_type(lanes as u32), Some(mask))?;
         b.build_unconditional_branch(done).map_err(llvm_err)?;
     }
     b.position_at_end(done);
@@ -461,13 +661,14 @@ pub(crate) fn gen_row<'ctx>(
 }
 
 /// For a reduction body with padded loads whose indices are affine: whether, at the parallel
-/// point `vars`, every such index stays inside its extent over the whole reduction domain
-/// (an `i1`), and the body with those loads unpadded. `None` when there is nothing to check
-/// or an index is not affine.
+/// point `vars` and for the lanes `j0 .. j0 + span` of the row, every such index stays inside
+/// its extent over the whole reduction domain (an `i1`), and the body with those loads
+/// unpadded. `None` when there is nothing to check or an index is not affine.
 fn interior_check<'ctx>(
     g: &CodeGen<'ctx>,
     k: &Kernel,
     vars: &[IntValue<'ctx>],
+    (j0, span): (IntValue<'ctx>, i64),
 ) -> BackendResult<Option<(IntValue<'ctx>, Expr)>> {
     let (np, nd) = (k.n_par, k.domain.len());
     // The affine forms of the padded loads' indices, or None if one is not affine.
@@ -486,18 +687,25 @@ fn interior_check<'ctx>(
     let b = &g.builder;
     let mut inside = g.context.bool_type().const_int(1, false);
     for (c, coef, ext) in forms {
-        // An index that moves with the lanes stays inside over the whole domain (what
-        // vector rows require of a padded load), so it needs no check.
-        if coef[np - 1] != 0 {
+        // An index that moves with the lanes but stays inside over the whole domain needs
+        // no check.
+        let lane = coef[np - 1];
+        let (all_lo, all_hi) = affine_range(c, &coef, &k.domain);
+        if lane != 0 && all_lo >= 0 && all_hi < ext as i64 {
             continue;
         }
-        // The range over the reduction variables, offset by the outer parallel ones.
-        let red: Vec<i64> = (0..nd).map(|d| if d >= np { coef[d] } else { 0 }).collect();
-        let (lo, hi) = affine_range(c, &red, &k.domain);
+        // The range over the reduction variables and the block's lanes, offset by the outer
+        // parallel ones and the block's first lane.
+        let mut red: Vec<i64> = (0..nd).map(|d| if d >= np { coef[d] } else { 0 }).collect();
+        let mut dims = k.domain.clone();
+        red[np - 1] = lane;
+        dims[np - 1] = span.max(1) as usize;
+        let (lo, hi) = affine_range(c, &red, &dims);
         let mut base = g.i64(0);
-        for d in 0..np - 1 {
+        for (d, &v) in vars.iter().enumerate().take(np) {
+            let v = if d == np - 1 { j0 } else { v };
             if coef[d] != 0 {
-                let t = b.build_int_nsw_mul(vars[d], g.i64(coef[d]), "ic").map_err(llvm_err)?;
+                let t = b.build_int_nsw_mul(v, g.i64(coef[d]), "ic").map_err(llvm_err)?;
                 base = b.build_int_nsw_add(base, t, "ib").map_err(llvm_err)?;
             }
         }
@@ -515,13 +723,14 @@ fn interior_check<'ctx>(
     Ok(Some((inside, unpadded)))
 }
 
-/// `n` vectors `vt` of the row from lane `j0`: the reduction (if any) accumulates in
-/// registers, then the finalizer, then one store per vector. With `last_mask`, the last
-/// vector reads and writes only those lanes (the end of the row).
+/// `n` vectors `vt` from lane `j0` of `tile` rows from `row.vars` (along the dim next to the
+/// innermost): the reduction (if any) accumulates in registers, then the finalizer, then one
+/// store per vector. With `last_mask`, the last vector of each row reads and writes only those
+/// lanes (the end of the row).
 fn gen_block<'ctx>(
     row: &Row<'_, 'ctx>,
     j0: IntValue<'ctx>,
-    n: usize,
+    (n, tile): (usize, usize),
     vt: VectorType<'ctx>,
     last_mask: Option<VectorValue<'ctx>>,
 ) -> BackendResult<()> {
@@ -529,9 +738,13 @@ fn gen_block<'ctx>(
     let b = &g.builder;
     let (np, d) = (k.n_par, k.n_par - 1);
     let w = vt.get_size() as i64;
-    let at = |vars: &[IntValue<'ctx>], i: usize| -> BackendResult<Vec<IntValue<'ctx>>> {
+    // The point of vector `i` of row `r` (0..tile).
+    let at = |vars: &[IntValue<'ctx>], r: usize, i: usize| -> BackendResult<Vec<IntValue<'ctx>>> {
         let mut vs = vars.to_vec();
         vs[d] = b.build_int_nsw_add(j0, g.i64(i as i64 * w), "jv").map_err(llvm_err)?;
+        if r > 0 {
+            vs[d - 1] = b.build_int_nsw_add(vars[d - 1], g.i64(r as i64), "rv").map_err(llvm_err)?;
+        }
         Ok(vs)
     };
     let mask_of = |i: usize| if i + 1 == n { last_mask } else { None };
@@ -542,34 +755,48 @@ fn gen_block<'ctx>(
             None => vstore(g, p, v),
         }
     };
+    let vectors = || (0..tile).flat_map(|r| (0..n).map(move |i| (r, i)));
     let Some(red) = &k.reduction else {
-        for i in 0..n {
-            let vs = at(vars, i)?;
+        for (r, i) in vectors() {
+            let vs = at(vars, r, i)?;
             store(i, &vs, vgen_masked(g, k, bases, &k.body, &vs, None, vt, mask_of(i))?)?;
         }
         return Ok(());
     };
     let Scalar::F32(init) = red.init else { return Err(llvm_err("vector rows reduce f32")) };
     let init = splat(g, vt, g.context.f32_type().const_float(init as f64).into())?;
-    let slots = (0..n).map(|_| entry_alloca(g, f, vt)).collect::<BackendResult<Vec<_>>>()?;
+    let slots = vectors().map(|_| entry_alloca(g, f, vt)).collect::<BackendResult<Vec<_>>>()?;
     for &s in &slots {
         b.build_store(s, init).map_err(llvm_err)?;
     }
+    let leaf = |rvars: &[IntValue<'ctx>], body: &Expr| -> BackendResult<()> {
+        for ((r, i), &s) in vectors().zip(&slots) {
+            let x = vgen_masked(g, k, bases, body, &at(rvars, r, i)?, None, vt, mask_of(i))?;
+            let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
+            b.build_store(s, vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
+        }
+        Ok(())
+    };
     let reduce = |body: &Expr| -> BackendResult<()> {
         let mut rv = vars.to_vec();
-        kiln_llvm_codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
-            for (i, &s) in slots.iter().enumerate() {
-                let x = vgen_masked(g, k, bases, body, &at(rvars, i)?, None, vt, mask_of(i))?;
-                let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
-                b.build_store(s, vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
-            }
-            Ok(())
-        })
+        kiln_llvm_codegen::reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| leaf(rvars, body))
     };
     // Where every padded load stays inside its view over the whole reduction (an interior
     // pixel of a depthwise convolution or a pool), the reduction runs without the padding's
-    // per-step bounds checks; the checked form is kept for the border.
-    match interior_check(g, k, vars)? {
+    // per-step bounds checks; the checked form is kept for the border. The indices are
+    // affine: inside for the first and the last row of the tile is inside for all of them.
+    let lanes_of_block = (j0, n as i64 * w);
+    let first = interior_check(g, k, vars, lanes_of_block)?;
+    let interior = match (first, tile) {
+        (Some(c), 1) => Some(c),
+        (Some((inside, unpadded)), _) => {
+            let last = at(vars, tile - 1, 0)?;
+            let (inside_last, _) = interior_check(g, k, &last, lanes_of_block)?.expect("the same loads");
+            Some((b.build_and(inside, inside_last, "in").map_err(llvm_err)?, unpadded))
+        }
+        (None, _) => None,
+    };
+    match interior {
         Some((inside, unpadded)) => {
             let fast = g.context.append_basic_block(f, "interior");
             let slow = g.context.append_basic_block(f, "border");
@@ -585,8 +812,8 @@ fn gen_block<'ctx>(
         }
         None => reduce(&k.body)?,
     }
-    for (i, &s) in slots.iter().enumerate() {
-        let vs = at(vars, i)?;
+    for ((r, i), &s) in vectors().zip(&slots) {
+        let vs = at(vars, r, i)?;
         let a = b.build_load(vt, s, "va").map_err(llvm_err)?.into_vector_value();
         let y = match &red.finalize {
             Some(fin) => vgen_masked(g, k, bases, fin, &vs, Some(a), vt, mask_of(i))?,

@@ -400,6 +400,38 @@ fn row_major_depthwise_and_padded_pools() {
     }
 }
 
+/// Windows along row-major image rows in vector rows: stride 2 (two loads per vector and the
+/// shuffle of their even elements), pads checked lane by lane at the rows' edges (no padded
+/// copy), rows of more than one block (interior blocks unchecked), several output rows a tile
+/// (their count not a multiple of it), dilation, ceil mode, batch 2.
+#[test]
+fn row_major_windows_with_edges_and_strides() {
+    let mut r = Rng(61);
+    for (c, h, w, k, stride, pad, dil) in [
+        (3, 13, 111, 3, 2, 1, 1),
+        (2, 9, 150, 3, 2, 1, 1),
+        (4, 10, 37, 5, 2, 2, 1),
+        (2, 7, 200, 3, 1, 1, 1),
+        (3, 8, 40, 3, 2, 0, 1),
+        (2, 11, 31, 3, 2, 1, 2),
+        (1, 5, 17, 2, 2, 1, 1),
+    ] {
+        let x = r.tensor(DType::F32, &[2, c, h, w]);
+        let window = Window { kernel: [k, k], strides: [stride, stride], pads: [pad; 4], dilations: [dil, dil] };
+        let wt = r.tensor(DType::F32, &[c, 1, k, k]);
+        let op = Op::Conv { window: window.clone(), group: c };
+        check_with(op, &[x.clone(), wt, r.tensor(DType::F32, &[c])], &[false, true, true], 1e-4);
+        let pool = Window { pads: [pad.min(k - 1); 4], ..window };
+        for ceil_mode in [false, true] {
+            check(Op::MaxPool { window: pool.clone(), ceil_mode }, std::slice::from_ref(&x));
+            let pool = Window { dilations: [1, 1], ..pool.clone() };
+            for count_include_pad in [false, true] {
+                check(Op::AveragePool { window: pool.clone(), ceil_mode, count_include_pad }, std::slice::from_ref(&x));
+            }
+        }
+    }
+}
+
 /// Grouped convolutions (several channels per group) run one ordinary convolution per group
 /// on slices of a channels-last copy of the input: odd sizes, strides, pads, dilation, batch 2,
 /// groups of 2 to 8 channels, with and without a bias.
