@@ -158,6 +158,11 @@ fn gen_body<'ctx>(
     let split = Split::of(&k, lanes);
     let np = k.n_par;
     let outer_in_output = accumulate_in_output(&k);
+    // A reduction along a contiguous innermost dim in vectors of its own, when the rows
+    // of the output do not vectorize (a row maximum: LLVM's loop vectorizer ends each one
+    // in sixteen dependent NaN-checked steps, and a sum over an image in one horizontal sum per
+    // image row).
+    let vector_reduction = !split.rows && !outer_in_output && crate::vector::reduce_along_last_ok(&k, lanes);
     let env = Env { k: &k, bases: &in_bases };
 
     // With whole rows per task, the outer variables are decomposed from `start` once and then
@@ -188,16 +193,20 @@ fn gen_body<'ctx>(
                         let v = env.gen(g, &k.body, &vs, None)?;
                         return g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v);
                     };
-                    let init = kiln_llvm_codegen::expr::scalar(g, red.init, acc_ty)?;
-                    g.builder.build_store(acc_slot, init).map_err(llvm_err)?;
-                    reduce_loops(g, f, &k.domain, np, &mut vs.clone(), &mut |rvars| {
-                        let x = env.gen(g, &k.body, rvars, None)?;
-                        let cur = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
-                        let nv = kiln_llvm_codegen::expr::combine(g, red.combine, cur, x)?;
-                        g.builder.build_store(acc_slot, nv).map_err(llvm_err)?;
-                        Ok(())
-                    })?;
-                    let acc = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                    let acc = if vector_reduction {
+                        crate::vector::reduce_along_last(g, f, &k, &in_bases, &vs, lanes)?
+                    } else {
+                        let init = kiln_llvm_codegen::expr::scalar(g, red.init, acc_ty)?;
+                        g.builder.build_store(acc_slot, init).map_err(llvm_err)?;
+                        reduce_loops(g, f, &k.domain, np, &mut vs.clone(), &mut |rvars| {
+                            let x = env.gen(g, &k.body, rvars, None)?;
+                            let cur = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
+                            let nv = kiln_llvm_codegen::expr::combine(g, red.combine, cur, x)?;
+                            g.builder.build_store(acc_slot, nv).map_err(llvm_err)?;
+                            Ok(())
+                        })?;
+                        g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?
+                    };
                     let v = match &red.finalize {
                         Some(fin) => env.gen(g, fin, &vs, Some(acc))?,
                         None => acc,
@@ -417,7 +426,12 @@ pub(crate) fn build_body_module<'ctx>(
     plan: &KernelPlan,
     symbol: &str,
 ) -> BackendResult<Module<'ctx>> {
-    let g = CodeGen { context: cx, module: cx.create_module("kiln_kernel"), builder: cx.create_builder() };
+    let g = CodeGen {
+        context: cx,
+        module: cx.create_module("kiln_kernel"),
+        builder: cx.create_builder(),
+        native_ldexp: plan.vector_bits >= 512,
+    };
     // Weak: a body is named by the hash of what its code depends on, so two models linked
     // into one program (static libraries) may both define it, identically.
     gen_body(&g, &body_of(k), symbol, plan.gemm.as_ref(), plan.vector_bits, Linkage::WeakODR)
@@ -455,7 +469,8 @@ pub(crate) fn build_entry_module<'ctx>(
     bodies: &[String],
     names: &EntryNames,
 ) -> BackendResult<Module<'ctx>> {
-    let g = CodeGen { context: cx, module: cx.create_module("kiln"), builder: cx.create_builder() };
+    let g =
+        CodeGen { context: cx, module: cx.create_module("kiln"), builder: cx.create_builder(), native_ldexp: false };
     let mut fns = Vec::new();
     for (p, sym) in plans.iter().zip(bodies) {
         let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
@@ -474,8 +489,9 @@ pub(crate) fn build_entry_module<'ctx>(
 ///
 /// `target` chooses the vector width of the register-blocked matrix products.
 pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::CpuTarget) -> BackendResult<Module<'ctx>> {
-    let g = CodeGen { context: cx, module: cx.create_module("kiln"), builder: cx.create_builder() };
     let plans = plan_kernels(prog, target);
+    let native_ldexp = crate::gemm::Blocking::for_target(target).w >= 16;
+    let g = CodeGen { context: cx, module: cx.create_module("kiln"), builder: cx.create_builder(), native_ldexp };
     let mut fns = Vec::new();
     for p in &plans {
         let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };

@@ -520,6 +520,102 @@ pub(crate) fn vgen_masked<'ctx>(
     })
 }
 
+/// The kernel as [`vexpr_ok`] and [`vgen_masked`] see it to evaluate its body along its last
+/// reduction dim: every dim taken for a parallel one, no reduction.
+fn along_last(k: &Kernel) -> Kernel {
+    Kernel { n_par: k.domain.len(), reduction: None, ..k.clone() }
+}
+
+/// Whether an f32 reduction's body can be evaluated on vectors along its last reduction dim
+/// (at least a vector long): [`reduce_along_last`].
+pub(crate) fn reduce_along_last_ok(k: &Kernel, lanes: usize) -> bool {
+    let Some(red) = &k.reduction else { return false };
+    let nd = k.domain.len();
+    let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
+    let mut has_acc = false;
+    k.body.visit(&mut |e| has_acc |= *e == Expr::Acc);
+    nd > k.n_par
+        && k.domain[nd - 1] >= lanes
+        && matches!(red.init, Scalar::F32(_))
+        && !has_acc
+        && k.body.dtype(&ops, None) == DType::F32
+        && vexpr_ok(&along_last(k), &k.body)
+}
+
+/// The reduction of one output element (the parallel point `vars`) with its last reduction
+/// dim in vectors: up to [`BLOCK`] vector accumulators through every reduction step, the
+/// end of that dim masked (its other lanes the reduction's identity), then the accumulators
+/// combined and their lanes by halves. Returns the scalar accumulator.
+pub(crate) fn reduce_along_last<'ctx>(
+    g: &CodeGen<'ctx>,
+    f: FunctionValue<'ctx>,
+    k: &Kernel,
+    bases: &[PointerValue<'ctx>],
+    vars: &[IntValue<'ctx>],
+    lanes: usize,
+) -> BackendResult<BasicValueEnum<'ctx>> {
+    let red = k.reduction.as_ref().ok_or_else(|| llvm_err("a reduction"))?;
+    let Scalar::F32(init) = red.init else { return Err(llvm_err("vector reductions are f32")) };
+    let b = &g.builder;
+    let along = along_last(k);
+    let nd = k.domain.len();
+    let last = nd - 1;
+    let extent = k.domain[last];
+    let vt = g.context.f32_type().vec_type(lanes as u32);
+    let identity = splat(g, vt, g.context.f32_type().const_float(init as f64).into())?;
+    let n_acc = (extent / lanes).clamp(1, BLOCK);
+    let span = n_acc * lanes;
+    let slots = (0..n_acc).map(|_| entry_alloca(g, f, vt)).collect::<BackendResult<Vec<_>>>()?;
+    for &s in &slots {
+        b.build_store(s, identity).map_err(llvm_err)?;
+    }
+    // Adds the vector of the last dim from `at` (masked to its first `valid` lanes) into
+    // accumulator `q`.
+    let step = |rvars: &[IntValue<'ctx>], q: usize, at: IntValue<'ctx>, valid: Option<usize>| -> BackendResult<()> {
+        let mut vs = rvars.to_vec();
+        vs[last] = at;
+        let mask = valid.map(|n| lane_mask(g, lanes as u32, g.i64(n as i64))).transpose()?;
+        let mut x = vgen_masked(g, &along, bases, &k.body, &vs, None, vt, mask)?;
+        if let Some(m) = mask {
+            x = vsel(g, m, x, identity)?;
+        }
+        let a = b.build_load(vt, slots[q], "ra").map_err(llvm_err)?.into_vector_value();
+        b.build_store(slots[q], vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
+        Ok(())
+    };
+    let (full, rest) = (extent / span, extent % span);
+    let mut rv = vars.to_vec();
+    kiln_llvm_codegen::reduce_loops(g, f, &k.domain[..last], k.n_par, &mut rv, &mut |rvars| {
+        g.for_range(f, g.i64(0), g.i64(full as i64), &mut |blk| {
+            let base = b.build_int_nsw_mul(blk, g.i64(span as i64), "rb").map_err(llvm_err)?;
+            for q in 0..n_acc {
+                step(rvars, q, b.build_int_nsw_add(base, g.i64((q * lanes) as i64), "rq").map_err(llvm_err)?, None)?;
+            }
+            Ok(())
+        })?;
+        for q in 0..rest.div_ceil(lanes) {
+            let left = rest - q * lanes;
+            step(rvars, q, g.i64((full * span + q * lanes) as i64), (left < lanes).then_some(left))?;
+        }
+        Ok(())
+    })?;
+    let mut acc = b.build_load(vt, slots[0], "ra").map_err(llvm_err)?.into_vector_value();
+    for &s in &slots[1..] {
+        let a = b.build_load(vt, s, "ra").map_err(llvm_err)?.into_vector_value();
+        acc = vcombine(g, red.combine, acc, a)?;
+    }
+    let i32t = g.context.i32_type();
+    let mut half = lanes / 2;
+    while half > 0 {
+        let at: Vec<_> = (0..lanes as u64).map(|i| i32t.const_int((i + half as u64) % lanes as u64, false)).collect();
+        let moved =
+            b.build_shuffle_vector(acc, vt.get_poison(), VectorType::const_vector(&at), "hr").map_err(llvm_err)?;
+        acc = vcombine(g, red.combine, acc, moved)?;
+        half /= 2;
+    }
+    b.build_extract_element(acc, g.i64(0), "r").map_err(llvm_err)
+}
+
 /// `a ⊕ x` on vectors, as [`kiln_llvm_codegen::expr::combine`] does on scalars.
 fn vcombine<'ctx>(
     g: &CodeGen<'ctx>,

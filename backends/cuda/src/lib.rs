@@ -120,7 +120,12 @@ pub fn supports(g: &Graph, node: &Node) -> bool {
 /// Compiles a memory-planned LIR program for `target`.
 pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, BackendError> {
     let cx = Context::create();
-    let g = CodeGen { context: &cx, module: cx.create_module(&prog.name), builder: cx.create_builder() };
+    let g = CodeGen {
+        context: &cx,
+        module: cx.create_module(&prog.name),
+        builder: cx.create_builder(),
+        native_ldexp: false,
+    };
     // Set first: the shared code generator picks GPU forms of some functions (`log`) by it.
     g.module.set_triple(&TargetTriple::create(TRIPLE));
     let tm = target.machine()?;

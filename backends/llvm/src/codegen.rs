@@ -31,6 +31,10 @@ pub struct CodeGen<'ctx> {
     pub module: Module<'ctx>,
     /// Positioned where the next instruction goes.
     pub builder: Builder<'ctx>,
+    /// Whether the target scales by a power of two in one instruction (AVX-512's `vscalef`):
+    /// [`crate::math::exp`] then ends in `llvm.ldexp`, which elsewhere is a libm call per
+    /// element.
+    pub native_ldexp: bool,
 }
 
 impl<'ctx> CodeGen<'ctx> {
