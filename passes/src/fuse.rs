@@ -4,8 +4,8 @@
 //!   once fuses into its elementwise or reduction consumer; a Conv/MatMul/Gemm fuses its
 //!   elementwise epilogue (bias, activation, residual add, clip), also when several of the
 //!   epilogue's ops read the product (a GELU); a Transpose fuses into the
-//!   matrix product, elementwise op or reduction that reads it; a Gather by constant indices
-//!   fuses into an elementwise consumer of its size. Marked values print as
+//!   matrix product, elementwise op or reduction that reads it; a Slice into a Concat; a
+//!   Gather by constant indices fuses into an elementwise consumer of its size. Marked values print as
 //!   `fused` in the text form.
 //! * [`fuse_lir`] (LIR): merges the kernels of marked values into their consumers, by
 //!   composing compute definitions: a plain producer's body is substituted into the
@@ -64,6 +64,10 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
                 // a copy. (Not another gather: two index lookups per element measured slower
                 // than two passes, 2.5 against 1.3 ms on a nearest ×2 resize.)
                 elementwise_class(&c.op) && same_size
+            } else if matches!(p.op, Op::Slice { .. }) {
+                // A slice is a strided read: a Concat's piece copies from it in place (the
+                // pieces of a reflect pad).
+                matches!(c.op, Op::Concat { .. })
             } else if matches!(p.op, Op::Transpose { .. }) {
                 // A transpose is a strided read: a matrix product takes its operand through
                 // it (a transposed weight is then packed at compile time), an elementwise op

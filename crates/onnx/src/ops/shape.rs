@@ -569,9 +569,28 @@ pub(super) fn pad_axes(
             }
             return unsupported("constant padding of an empty axis");
         }
+        let last = t + 1 == todo.len();
+        // Along the innermost axis, a few runs of consecutive (or reversed) sources are
+        // strided Slices joined by a Concat: the middle one a contiguous copy, where the
+        // Gather's looked-up index per element kept the row from vectorizing (a reflect pad
+        // of 3 on a 56-wide image took 1.5× onnxruntime's time).
+        let runs = source_runs(&src);
+        if a == rank - 1 && !any_fill && (2..=MAX_PAD_RUNS).contains(&runs.len()) {
+            let mut pieces = Vec::with_capacity(runs.len());
+            for (start, step, n) in runs {
+                let (mut starts, mut steps, mut shape) = (vec![0; rank], vec![1; rank], cx.shape(y));
+                (starts[a], steps[a], shape[a]) = (start, step, n);
+                pieces.push(tmp(cx, Op::Slice { starts, steps, out_shape: shape }, &[y], "pad")?);
+            }
+            y = if last {
+                cx.emit_out(Op::Concat { axis: a }, &pieces, 0)?
+            } else {
+                tmp(cx, Op::Concat { axis: a }, &pieces, "pad")?
+            };
+            continue;
+        }
         let idx: Vec<f64> = src.iter().map(|v| v.unwrap_or(0) as f64).collect();
         let idx = konst_as(cx, DType::I64, vec![len], &idx);
-        let last = t + 1 == todo.len();
         y = if last && !any_fill {
             cx.emit_out(Op::Gather { axis: a }, &[y, idx], 0)?
         } else {
@@ -590,6 +609,23 @@ pub(super) fn pad_axes(
         }
     }
     Ok(y)
+}
+
+/// The most pieces a padded innermost axis is cut into ([`pad_axes`]).
+const MAX_PAD_RUNS: usize = 5;
+
+/// `sources` (every one present) as maximal runs `(first, step, length)` of step 1 or -1.
+fn source_runs(sources: &[Option<i64>]) -> Vec<(i64, i64, usize)> {
+    let mut runs: Vec<(i64, i64, usize)> = Vec::new();
+    for &v in sources {
+        let v = v.unwrap_or(0);
+        match runs.last_mut() {
+            Some((first, step, n)) if *n == 1 && (v - *first).abs() == 1 => (*step, *n) = (v - *first, 2),
+            Some((first, step, n)) if *n > 1 && v == *first + *step * *n as i64 => *n += 1,
+            _ => runs.push((v, 1, 1)),
+        }
+    }
+    runs
 }
 
 /// CenterCropPad: per listed axis, a centered crop (start `(d - n) / 2`) or zero pad (begin
