@@ -85,6 +85,25 @@ fn edge_index(k: &Kernel, operand: usize, index: &[Expr]) -> Option<usize> {
     (moving.next().is_none() && contiguous && affine_expr(ix, k.domain.len()).is_some()).then_some(at)
 }
 
+/// For a load whose one index that moves along the row is `(lane / q)·q + r` (a grouped
+/// convolution's input channel: its group's first plus a constant, `r < q`, `q` dividing 8)
+/// on a contiguous dim: its position, `q` and `r`. Each vector then reads the groups of its
+/// own lanes: one load from its first lane's group and a shuffle.
+fn group_lanes(k: &Kernel, operand: usize, index: &[Expr]) -> Option<(usize, i64, i64)> {
+    use kiln_ir::lir::Scalar::I64;
+    let d = k.n_par - 1;
+    let mut moving = index.iter().enumerate().filter(|(_, ix)| mentions(ix, d));
+    let (at, ix) = moving.next()?;
+    if moving.next().is_some() || k.inputs[operand].strides[at] != 1 {
+        return None;
+    }
+    let Expr::Binary(B::Add, first, r) = ix else { return None };
+    let (Expr::Binary(B::Mul, div, q), Expr::Const(I64(r))) = (&**first, &**r) else { return None };
+    let (Expr::Binary(B::Div, var, q2), Expr::Const(I64(q))) = (&**div, &**q) else { return None };
+    let ok = **var == Expr::Var(d) && **q2 == Expr::Const(I64(*q)) && (1..=8).contains(q) && 8 % q == 0;
+    (ok && (0..*q).contains(r)).then_some((at, *q, *r))
+}
+
 /// Which of `n` consecutive elements from index `first` lie in `0..extent` (as `<n x i1>`).
 fn edge_mask<'ctx>(
     g: &CodeGen<'ctx>,
@@ -133,6 +152,9 @@ pub(crate) fn vexpr_ok(k: &Kernel, e: &Expr) -> bool {
         Expr::Load { operand, index, pad } => {
             if k.inputs[*operand].dtype != DType::F32 || !matches!(pad, None | Some(Scalar::F32(_))) {
                 return false;
+            }
+            if pad.is_none() && group_lanes(k, *operand, index).is_some() {
+                return true;
             }
             match load_step(k, *operand, index, d) {
                 Some(0) => true,
@@ -184,6 +206,16 @@ pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
     let mut has_acc = false;
     k.body.visit(&mut |e| has_acc |= *e == Expr::Acc);
     if has_acc || (k.reduction.is_none() && long(&k.body)) || !vexpr_ok(k, &k.body) {
+        return false;
+    }
+    // A vector reads whole groups ([`group_lanes`]).
+    let mut whole_groups = true;
+    k.body.visit(&mut |e| {
+        if let Expr::Load { operand, index, pad: None } = e {
+            whole_groups &= group_lanes(k, *operand, index).is_none_or(|(_, q, _)| lanes as i64 % q == 0);
+        }
+    });
+    if !whole_groups {
         return false;
     }
     match &k.reduction {
@@ -433,10 +465,22 @@ pub(crate) fn vgen_masked<'ctx>(
                 return splat(g, vt, env.gen(g, e, vars, None)?);
             }
             let v = &k.inputs[*operand];
-            let idx = index
+            let mut idx = index
                 .iter()
                 .map(|ix| Ok(env.gen(g, ix, vars, None)?.into_int_value()))
                 .collect::<BackendResult<Vec<_>>>()?;
+            if let (None, Some((at, q, r))) = (pad, group_lanes(k, *operand, index)) {
+                // Lane l reads its group's channel r: element (l / q)·q + r of the vector from
+                // the first lane's group (a row starts on a group: q divides the lanes).
+                idx[at] = b.build_int_nsw_sub(idx[at], g.i64(r), "g0").map_err(llvm_err)?;
+                let x = vload_masked(g, vt, g.elem_ptr(bases[*operand], DType::F32, g.linear(v, &idx)?)?, mask)?;
+                let i32t = g.context.i32_type();
+                let pick: Vec<_> =
+                    (0..vt.get_size() as i64).map(|l| i32t.const_int(((l / q) * q + r) as u64, false)).collect();
+                return b
+                    .build_shuffle_vector(x, vt.get_poison(), VectorType::const_vector(&pick), "grp")
+                    .map_err(llvm_err);
+            }
             let step = load_step(k, *operand, index, d);
             let load = |idx: &[IntValue<'ctx>], edge: Option<(IntValue<'ctx>, usize)>, pass: VectorValue<'ctx>| {
                 let p = g.elem_ptr(bases[*operand], DType::F32, g.linear(v, idx)?)?;

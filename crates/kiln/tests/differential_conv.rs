@@ -433,7 +433,8 @@ fn row_major_windows_with_edges_and_strides() {
 }
 
 /// Grouped convolutions (several channels per group) run one ordinary convolution per group
-/// on slices of a channels-last copy of the input: odd sizes, strides, pads, dilation, batch 2,
+/// on slices of a channels-last copy of the input, or, as many channels in as out and at
+/// most 8 a group, one kernel over every group: odd sizes, strides, pads, dilation, batch 2,
 /// groups of 2 to 8 channels, with and without a bias.
 #[test]
 fn grouped_convolution_by_groups() {
@@ -444,6 +445,12 @@ fn grouped_convolution_by_groups() {
         (2, 8, 8, 3, 2, 1, 1),
         (8, 2, 2, 3, 1, 2, 2),
         (2, 3, 16, 5, 1, 2, 1),
+        // As many channels in as out, few a group: one kernel over every group (a load and
+        // a shuffle per term), the channels past whole vectors (masked), tiles of pixels.
+        (12, 4, 4, 3, 1, 1, 1),
+        (5, 8, 8, 3, 2, 1, 1),
+        (10, 2, 2, 3, 1, 1, 1),
+        (3, 4, 4, 1, 1, 0, 1),
     ] {
         let x = r.tensor(DType::F32, &[2, group * cig, 9, 11]);
         let w = r.tensor(DType::F32, &[group * cog, cig, k, k]);
