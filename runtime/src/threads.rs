@@ -1,23 +1,99 @@
-//! The `parallel_for` callback that compiled code calls, on a rayon thread pool.
+//! The `parallel_for` callback that compiled code calls, and the workers that share its tasks.
+//!
+//! A run happens on the caller's thread, which takes part in every parallel kernel itself:
+//! `threads − 1` workers of a rayon pool are woken when the run starts and spin on a shared
+//! slot ([`Slot`]) where `parallel_for` publishes its chunks, claiming them beside the caller,
+//! until a little after the run ends (so that back-to-back runs find them awake: on a VM a
+//! sleeping vCPU woke in tens of microseconds, and a 2-thread run of a small model took
+//! longer than a 1-thread one). A run that starts while another holds the slot (two threads
+//! running one session) goes through the pool the ordinary rayon way instead.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_abi::{Context, TaskFn};
 use rayon::prelude::*;
 
-/// How long a worker stays awake for one run at most (a bound, should a run end without
-/// saying so).
-const MAX_AWAKE: Duration = Duration::from_secs(1);
+/// How long workers keep spinning after a run ends, for the next one.
+const LINGER: Duration = Duration::from_micros(200);
+
+/// The chunks of one `parallel_for` at a time, claimed by the caller and the spinning workers.
+///
+/// `next` holds the publication's epoch (high 32 bits) and the next chunk to claim (low
+/// bits); a claim is a compare-and-swap on it, so a worker that read the fields of an older
+/// publication never runs a chunk with them. Between publications `next` is closed (its
+/// chunk index past any count) while the fields are rewritten; the caller rewrites them only
+/// once every chunk of the last one has finished.
+struct Slot {
+    next: AtomicU64,
+    task: AtomicUsize,
+    ctx: AtomicUsize,
+    n: AtomicI64,
+    chunks: AtomicI64,
+    finished: AtomicI64,
+}
+
+const CLOSED: u64 = u32::MAX as u64;
+
+impl Slot {
+    /// Claims and runs chunks of the current publication until none is left; returns how many
+    /// it ran.
+    fn work(&self) -> i64 {
+        let mut ran = 0;
+        loop {
+            let v = self.next.load(Ordering::Acquire);
+            let (task, ctx, n, chunks) = (
+                self.task.load(Ordering::Relaxed),
+                self.ctx.load(Ordering::Relaxed),
+                self.n.load(Ordering::Relaxed),
+                self.chunks.load(Ordering::Relaxed),
+            );
+            let c = (v & CLOSED) as i64;
+            if c >= chunks {
+                return ran;
+            }
+            if self.next.compare_exchange_weak(v, v + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            let (s, e) = (n * c / chunks, n * (c + 1) / chunks);
+            if s < e {
+                // SAFETY: the claim succeeded on this publication's epoch, so the fields read
+                // before it are this publication's (they are rewritten only after all of its
+                // chunks finished); the compiled task reads the context, which outlives the
+                // publication, and writes disjoint output ranges.
+                unsafe {
+                    let task: TaskFn = std::mem::transmute::<usize, TaskFn>(task);
+                    task(ctx as *const Context, s, e)
+                };
+            }
+            self.finished.fetch_add(1, Ordering::AcqRel);
+            ran += 1;
+        }
+    }
+}
 
 pub(crate) struct Pool {
     pool: rayon::ThreadPool,
     /// How many times compiled code shared out tasks (`parallel_for` with work to share).
     shared: AtomicU64,
     /// Whether the last run shared out any tasks: a program that does not (its kernels all
-    /// too small) runs on the caller's thread, with no hand-off to the pool.
+    /// too small) runs with no worker woken.
     last_run_shared: AtomicBool,
+    /// Held by the run that uses the slot.
+    slot_owner: Mutex<()>,
+    slot: Slot,
+    /// The number of the latest run on the slot, and whether it ended (and when, in
+    /// microseconds since `epoch`).
+    run: AtomicU64,
+    ended_at: AtomicU64,
+    epoch: Instant,
+}
+
+thread_local! {
+    /// Whether this thread is running a program on its pool's slot.
+    static ON_SLOT: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Pool {
@@ -27,48 +103,102 @@ impl Pool {
             .thread_name(|i| format!("kiln-worker-{i}"))
             .build()
             .expect("creating the worker thread pool");
-        Arc::new(Pool { pool, shared: AtomicU64::new(0), last_run_shared: AtomicBool::new(true) })
+        Arc::new(Pool {
+            pool,
+            shared: AtomicU64::new(0),
+            last_run_shared: AtomicBool::new(true),
+            slot_owner: Mutex::new(()),
+            slot: Slot {
+                next: AtomicU64::new(CLOSED),
+                task: AtomicUsize::new(0),
+                ctx: AtomicUsize::new(0),
+                n: AtomicI64::new(0),
+                chunks: AtomicI64::new(0),
+                finished: AtomicI64::new(0),
+            },
+            run: AtomicU64::new(0),
+            ended_at: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+        })
     }
-}
 
-impl Pool {
-    /// Runs the compiled entry point on one of the pool's threads (on the caller's when
-    /// there is one thread, or when the last run shared out no tasks: a tiny program).
-    pub fn run(&self, entry: kiln_abi::EntryFn, ctx: &Context) -> i32 {
-        if self.pool.current_num_threads() <= 1 {
-            // One thread: the caller's, with no hand-off at all.
-            // SAFETY: as below.
-            return unsafe { entry(ctx) };
-        }
+    fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Runs the compiled entry point (see the module doc).
+    pub fn run(self: &Arc<Self>, entry: kiln_abi::EntryFn, ctx: &Context) -> i32 {
         let before = self.shared.load(Ordering::Relaxed);
-        if !self.last_run_shared.load(Ordering::Relaxed) {
-            // SAFETY: as below. Should this run share out tasks after all, `parallel_for`
-            // hands them to the pool from here, and the next run goes back to the pool.
+        if self.threads() <= 1 || !self.last_run_shared.load(Ordering::Relaxed) {
+            // One thread, or a program too small to share: the caller's thread alone. Should
+            // it share out tasks after all, `parallel_for` hands them to the pool, and the
+            // next run wakes the workers.
+            // SAFETY: the caller's context points at live buffers of the planned sizes for
+            // the duration of the call.
             let status = unsafe { entry(ctx) };
             self.last_run_shared.store(self.shared.load(Ordering::Relaxed) != before, Ordering::Relaxed);
             return status;
         }
-        let ctx = SendCtx(ctx);
-        // Every worker is woken now and stays awake, running the run's tasks as they appear,
-        // until the run ends: a worker woken only when a kernel shares out its tasks came
-        // late (on a VM whose idle vCPUs sleep deeply), and after a few idle pauses a
-        // 2-thread run took about as long as a 1-thread one.
-        let done = Arc::new(AtomicBool::new(false));
-        let awake = done.clone();
-        self.pool.spawn_broadcast(move |_| {
-            let start = Instant::now();
-            while !awake.load(Ordering::Acquire) && start.elapsed() < MAX_AWAKE {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+        let Ok(_owner) = self.slot_owner.try_lock() else {
+            // Another run holds the slot: this one runs on a worker of the pool, whose
+            // `parallel_for` shares tasks the rayon way.
+            let ctx = SendCtx(ctx);
+            // SAFETY: as above; `install` does not outlive the call.
+            return self.pool.install(move || unsafe { entry(ctx.get()) });
+        };
+        let run = self.run.fetch_add(1, Ordering::AcqRel) + 1;
+        self.ended_at.store(u64::MAX, Ordering::Release);
+        let helpers = self.threads() - 1;
+        let pool = Arc::clone(self);
+        self.pool.spawn_broadcast(move |b| {
+            if b.index() >= helpers {
+                return;
+            }
+            loop {
+                if pool.run.load(Ordering::Acquire) != run {
+                    return; // a newer run has its own workers
+                }
+                if pool.slot.work() == 0 {
+                    let ended = pool.ended_at.load(Ordering::Acquire);
+                    if ended != u64::MAX && pool.now_us().saturating_sub(ended) > LINGER.as_micros() as u64 {
+                        return;
+                    }
                     std::hint::spin_loop();
                 }
             }
         });
-        // SAFETY: the caller's context points at live buffers of the planned sizes for the
-        // duration of the call, which `install` does not outlive.
-        let status = self.pool.install(move || unsafe { entry(ctx.get()) });
-        done.store(true, Ordering::Release);
+        ON_SLOT.with(|s| s.set(true));
+        // SAFETY: as above.
+        let status = unsafe { entry(ctx) };
+        ON_SLOT.with(|s| s.set(false));
+        self.ended_at.store(self.now_us(), Ordering::Release);
         self.last_run_shared.store(self.shared.load(Ordering::Relaxed) != before, Ordering::Relaxed);
         status
+    }
+
+    /// Shares `[0, n)` of `task` out on the slot, takes part, and returns when every chunk has
+    /// finished.
+    fn share_on_slot(&self, task: TaskFn, ctx: *const Context, n: i64) {
+        let s = &self.slot;
+        let chunks = (self.threads() as i64 * 4).min(n);
+        let epoch = (s.next.load(Ordering::Relaxed) >> 32) + 1;
+        // Closed (it is already: the last publication ended that way) while the fields change.
+        s.next.store((epoch << 32) | CLOSED, Ordering::Release);
+        s.task.store(task as usize, Ordering::Relaxed);
+        s.ctx.store(ctx as usize, Ordering::Relaxed);
+        s.n.store(n, Ordering::Relaxed);
+        s.chunks.store(chunks, Ordering::Relaxed);
+        s.finished.store(0, Ordering::Relaxed);
+        s.next.store(epoch << 32, Ordering::Release);
+        s.work();
+        while s.finished.load(Ordering::Acquire) < chunks {
+            std::hint::spin_loop();
+        }
+        s.next.store(((epoch + 1) << 32) | CLOSED, Ordering::Release);
     }
 }
 
@@ -85,7 +215,7 @@ impl SendCtx {
     }
 }
 
-/// Runs `task` over `[0, n)` in a few contiguous chunks per worker thread.
+/// Runs `task` over `[0, n)` in a few contiguous chunks per thread.
 pub(crate) unsafe extern "C" fn parallel_for(
     runtime: *mut core::ffi::c_void,
     task: TaskFn,
@@ -94,15 +224,19 @@ pub(crate) unsafe extern "C" fn parallel_for(
 ) {
     // SAFETY: `runtime` is the `Pool` the session passed in the context.
     let pool = unsafe { &*(runtime as *const Pool) };
-    let ctx = SendCtx(ctx);
-    let threads = pool.pool.current_num_threads() as i64;
+    let threads = pool.threads() as i64;
     if threads <= 1 || n <= 1 {
         // Nothing to share out: run on the calling thread, with no hand-off to a worker.
         // SAFETY: as below.
-        unsafe { task(ctx.get(), 0, n) };
+        unsafe { task(ctx, 0, n) };
         return;
     }
     pool.shared.fetch_add(1, Ordering::Relaxed);
+    if ON_SLOT.with(Cell::get) {
+        pool.share_on_slot(task, ctx, n);
+        return;
+    }
+    let ctx = SendCtx(ctx);
     let chunks = (threads * 4).min(n).max(1);
     pool.pool.install(|| {
         (0..chunks).into_par_iter().for_each(|c| {

@@ -340,7 +340,7 @@ fn concurrent_runs_agree() {
         || s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0].data.clone();
     let first = run();
     std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..4).map(|_| sc.spawn(|| (0..5).map(|_| run()).collect::<Vec<_>>())).collect();
+        let hs: Vec<_> = (0..4).map(|_| sc.spawn(|| (0..50).map(|_| run()).collect::<Vec<_>>())).collect();
         for h in hs {
             for out in h.join().unwrap() {
                 assert_eq!(out, first);
