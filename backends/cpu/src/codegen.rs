@@ -18,6 +18,9 @@ const PARALLEL_MIN_WORK: usize = 1 << 15;
 struct Split {
     /// Whether the kernel runs as vector rows ([`crate::vector::row_ok`]).
     rows: bool,
+    /// Whether it runs as vector rows along the dim next to the innermost, transposed in
+    /// registers ([`crate::vector::transposed_ok`]): tiles of `tile` (the vector's lanes).
+    transposed: bool,
     /// Rows of the dim next to the innermost that a task runs together
     /// ([`crate::vector::row_tile`]).
     tile: usize,
@@ -34,7 +37,14 @@ impl Split {
     fn of(k: &Kernel, lanes: usize) -> Split {
         let np = k.n_par;
         let rows = crate::vector::row_ok(k, lanes);
-        let tile = if rows { crate::vector::row_tile(k, lanes) } else { 1 };
+        let transposed = !rows && crate::vector::transposed_ok(k, lanes);
+        let tile = if rows {
+            crate::vector::row_tile(k, lanes)
+        } else if transposed {
+            lanes
+        } else {
+            1
+        };
         let mut dims = k.domain[..np - 1].to_vec();
         if tile > 1 {
             dims[np - 2] = dims[np - 2].div_ceil(tile);
@@ -48,7 +58,7 @@ impl Split {
             let chunk = inner.div_ceil(want).div_ceil(16) * 16;
             (chunk, inner.div_ceil(chunk))
         };
-        Split { rows, tile, dims, n_outer, inner, chunk, n_chunks }
+        Split { rows, transposed, tile, dims, n_outer, inner, chunk, n_chunks }
     }
     fn tasks(&self) -> usize {
         self.n_outer * self.n_chunks
@@ -162,7 +172,8 @@ fn gen_body<'ctx>(
     // of the output do not vectorize (a row maximum: LLVM's loop vectorizer ends each one
     // in sixteen dependent NaN-checked steps, and a sum over an image in one horizontal sum per
     // image row).
-    let vector_reduction = !split.rows && !outer_in_output && crate::vector::reduce_along_last_ok(&k, lanes);
+    let vector_reduction =
+        !split.rows && !split.transposed && !outer_in_output && crate::vector::reduce_along_last_ok(&k, lanes);
     let env = Env { k: &k, bases: &in_bases };
 
     // With whole rows per task, the outer variables are decomposed from `start` once and then
@@ -217,6 +228,10 @@ fn gen_body<'ctx>(
             if split.rows {
                 let row = crate::vector::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
                 return crate::vector::gen_rows(&row, (jlo, jhi), lanes, split.tile);
+            }
+            if split.transposed {
+                let row = crate::vector::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
+                return crate::vector::gen_transposed(&row, (jlo, jhi), lanes);
             }
             let Some(red) = &k.reduction else { return scalar(jlo, jhi) };
             if outer_in_output {

@@ -660,6 +660,151 @@ pub(crate) fn reduce_along_last<'ctx>(
     b.build_extract_element(acc, g.i64(0), "r").map_err(llvm_err)
 }
 
+/// The kernel with its innermost parallel dim and the one next to it swapped: what
+/// [`vexpr_ok`] and [`vgen_masked`] see to evaluate the body along that next dim.
+fn swapped_inner(k: &Kernel) -> Kernel {
+    let (d, d2) = (k.n_par - 1, k.n_par - 2);
+    let swap = |e: Expr| {
+        e.map(&mut |e| match e {
+            Expr::Var(v) if v == d => Expr::Var(d2),
+            Expr::Var(v) if v == d2 => Expr::Var(d),
+            e => e,
+        })
+    };
+    let mut sw = k.clone();
+    sw.domain.swap(d, d2);
+    sw.output.extents.swap(d, d2);
+    sw.output.strides.swap(d, d2);
+    sw.body = swap(k.body.clone());
+    sw
+}
+
+/// Whether a kernel without a reduction whose output is contiguous along its innermost
+/// dim but whose loads are not (a copy between row-major and channels-last layouts: a
+/// padded copy, `to_row_major`) runs as vectors along the dim next to the innermost, where
+/// its loads are contiguous, transposed in registers for the stores ([`gen_transposed`]).
+pub(crate) fn transposed_ok(k: &Kernel, lanes: usize) -> bool {
+    let np = k.n_par;
+    if k.reduction.is_some() || np < 2 || k.output.dtype != DType::F32 || k.output.strides[np - 1] != 1 {
+        return false;
+    }
+    let (d, d2) = (np - 1, np - 2);
+    if k.domain[d] < lanes / 2 || k.domain[d2] < lanes / 2 {
+        return false;
+    }
+    // Every load that moves with the innermost dim steps by 1 along the next one.
+    let mut along = true;
+    k.body.visit(&mut |e| {
+        if let Expr::Load { operand, index, .. } = e {
+            if load_step(k, *operand, index, d) != Some(0) {
+                along &= load_step(k, *operand, index, d2) == Some(1);
+            }
+        }
+    });
+    let sw = swapped_inner(k);
+    along
+        && sw.body.dtype(&k.inputs.iter().map(|v| v.dtype).collect::<Vec<_>>(), None) == DType::F32
+        && vexpr_ok(&sw, &sw.body)
+}
+
+/// `vectors[i][t]` into `out[t][i]`: a square of `lanes` vectors transposed by pairs of
+/// shuffles, exchanging blocks of 1, 2, 4, … lanes.
+fn transpose_square<'ctx>(g: &CodeGen<'ctx>, mut v: Vec<VectorValue<'ctx>>) -> BackendResult<Vec<VectorValue<'ctx>>> {
+    let n = v.len();
+    let i32t = g.context.i32_type();
+    let mut h = 1;
+    while h < n {
+        for i in (0..n).filter(|i| i & h == 0) {
+            let (a, c) = (v[i], v[i + h]);
+            let lo: Vec<_> = (0..n).map(|j| if j & h == 0 { j } else { n + j - h }).collect();
+            let hi: Vec<_> = (0..n).map(|j| if j & h == 0 { j + h } else { n + j }).collect();
+            let mask = |m: Vec<usize>| {
+                VectorType::const_vector(&m.iter().map(|&x| i32t.const_int(x as u64, false)).collect::<Vec<_>>())
+            };
+            v[i] = g.builder.build_shuffle_vector(a, c, mask(lo), "tlo").map_err(llvm_err)?;
+            v[i + h] = g.builder.build_shuffle_vector(a, c, mask(hi), "thi").map_err(llvm_err)?;
+        }
+        h *= 2;
+    }
+    Ok(v)
+}
+
+/// Emits a task of a kernel that passes [`transposed_ok`]: `lanes` rows from `row.vars` along
+/// the dim next to the innermost (fewer at its end), the lanes `jlo..jhi` of the innermost in
+/// squares of `lanes`: one vector per innermost position along those rows, the square
+/// transposed, one (masked) store per row.
+pub(crate) fn gen_transposed<'ctx>(
+    row: &Row<'_, 'ctx>,
+    (jlo, jhi): (IntValue<'ctx>, IntValue<'ctx>),
+    lanes: usize,
+) -> BackendResult<()> {
+    let Row { g, f, k, bases, out_base, vars } = *row;
+    let b = &g.builder;
+    let (np, d, d2) = (k.n_par, k.n_par - 1, k.n_par - 2);
+    let sw = swapped_inner(k);
+    let vt = g.context.f32_type().vec_type(lanes as u32);
+    let w = lanes as i64;
+    // Rows of this tile: up to `lanes`.
+    let left = b.build_int_nsw_sub(g.i64(k.domain[d2] as i64), vars[d2], "rows").map_err(llvm_err)?;
+    let short = b.build_int_compare(IntPredicate::SLT, left, g.i64(w), "short").map_err(llvm_err)?;
+    let rows = b.build_select(short, left, g.i64(w), "nrows").map_err(llvm_err)?.into_int_value();
+    let row_mask = lane_mask(g, lanes as u32, rows)?;
+    g.for_range(f, g.i64(0), g.i64(((k.domain[d] + lanes - 1) / lanes) as i64), &mut |blk| {
+        let j0 = b
+            .build_int_nsw_add(jlo, b.build_int_nsw_mul(blk, g.i64(w), "jb").map_err(llvm_err)?, "j0")
+            .map_err(llvm_err)?;
+        let in_range = b.build_int_compare(IntPredicate::SLT, j0, jhi, "inr").map_err(llvm_err)?;
+        let (go, skip) = (g.context.append_basic_block(f, "tsq"), g.context.append_basic_block(f, "tsq.end"));
+        b.build_conditional_branch(in_range, go, skip).map_err(llvm_err)?;
+        b.position_at_end(go);
+        let cols = b.build_int_nsw_sub(jhi, j0, "cols").map_err(llvm_err)?;
+        let col_mask = lane_mask(g, lanes as u32, cols)?;
+        // One vector along the rows per column (columns past the end read as zero).
+        let mut v = Vec::with_capacity(lanes);
+        for i in 0..lanes {
+            let mut vs = vars.to_vec();
+            let col = b.build_int_nsw_add(j0, g.i64(i as i64), "col").map_err(llvm_err)?;
+            let ok = b.build_int_compare(IntPredicate::SLT, col, jhi, "colok").map_err(llvm_err)?;
+            let (yes, no, join) = (
+                g.context.append_basic_block(f, "tcol"),
+                g.context.append_basic_block(f, "tcol.none"),
+                g.context.append_basic_block(f, "tcol.end"),
+            );
+            b.build_conditional_branch(ok, yes, no).map_err(llvm_err)?;
+            b.position_at_end(yes);
+            // In the swapped kernel, dim d is the rows' and d2 the column's.
+            vs[d] = vars[d2];
+            vs[d2] = col;
+            let x = vgen_masked(g, &sw, bases, &sw.body, &vs, None, vt, Some(row_mask))?;
+            let from_yes = b.get_insert_block().expect("positioned");
+            b.build_unconditional_branch(join).map_err(llvm_err)?;
+            b.position_at_end(no);
+            b.build_unconditional_branch(join).map_err(llvm_err)?;
+            b.position_at_end(join);
+            let phi = b.build_phi(vt, "tv").map_err(llvm_err)?;
+            phi.add_incoming(&[(&x, from_yes), (&vt.const_zero(), no)]);
+            v.push(phi.as_basic_value().into_vector_value());
+        }
+        let t = transpose_square(g, v)?;
+        for (r, y) in t.into_iter().enumerate() {
+            let ok = b.build_int_compare(IntPredicate::SLT, g.i64(r as i64), rows, "rok").map_err(llvm_err)?;
+            let (yes, next) = (g.context.append_basic_block(f, "trow"), g.context.append_basic_block(f, "trow.end"));
+            b.build_conditional_branch(ok, yes, next).map_err(llvm_err)?;
+            b.position_at_end(yes);
+            let mut vs = vars.to_vec();
+            vs[d2] = b.build_int_nsw_add(vars[d2], g.i64(r as i64), "tr").map_err(llvm_err)?;
+            vs[d] = j0;
+            let p = g.elem_ptr(out_base, DType::F32, g.linear(&k.output, &vs[..np])?)?;
+            vstore_masked(g, p, y, col_mask)?;
+            b.build_unconditional_branch(next).map_err(llvm_err)?;
+            b.position_at_end(next);
+        }
+        b.build_unconditional_branch(skip).map_err(llvm_err)?;
+        b.position_at_end(skip);
+        Ok(())
+    })
+}
+
 /// `a ⊕ x` on vectors, as [`kiln_llvm_codegen::expr::combine`] does on scalars.
 fn vcombine<'ctx>(
     g: &CodeGen<'ctx>,
