@@ -344,9 +344,13 @@ impl Lowerer<'_> {
         let q = |a: usize| Expr::sub(Expr::div(t(a), Expr::i64(s[a] as i64)), Expr::i64(q0[a]));
         let r = |a: usize| Expr::bin(BinaryOp::Mod { fmod: true }, t(a), Expr::i64(s[a] as i64));
         let phase = Expr::add(Expr::mul(r(0), Expr::i64(s[1] as i64)), r(1));
-        let chan = Expr::add(Expr::mul(phase, Expr::i64(co as i64)), Expr::Var(1));
-        let mut inputs = vec![v];
-        let mut body = Expr::load(0, vec![Expr::Var(0), chan, q(0), q(1)]);
+        // The phases' channels as (phase, c): the output channel indexes its own dim, which
+        // the loads step along contiguously (a transposed copy when the output is row-major).
+        let mut by_phase = v.clone();
+        by_phase.extents = vec![n, phases, co, conv_out[2], conv_out[3]];
+        by_phase.strides = vec![v.strides[0], co as i64 * v.strides[1], v.strides[1], v.strides[2], v.strides[3]];
+        let mut inputs = vec![by_phase];
+        let mut body = Expr::load(0, vec![Expr::Var(0), phase, Expr::Var(1), q(0), q(1)]);
         if let Some(b) = ins.get(2) {
             inputs.push(b.clone());
             body = Expr::add(body, Expr::load(1, vec![Expr::Var(1)]));

@@ -60,21 +60,21 @@ pub(super) fn order_loops(k: &mut Kernel) {
     }
     for op in 0..k.inputs.len() {
         let Some(st) = var_strides(k, op) else { continue };
-        if st[np - 1] == 0 || st[np - 1].abs() == 1 {
+        if matches!(st[np - 1], Some(0 | 1 | -1)) {
             continue;
         }
         // A row of a few elements (an RGB image's channels, made innermost by the NHWC
         // copy of its NCHW input): the operand's contiguous dim becomes the innermost loop
         // instead, long rows of contiguous reads rather than a task per pixel.
         if k.domain[np - 1] <= 4 {
-            if let Some(e) = (0..np - 1).rev().find(|&e| st[e] == 1 && k.domain[e] > 4) {
+            if let Some(e) = (0..np - 1).rev().find(|&e| st[e] == Some(1) && k.domain[e] > 4) {
                 let mut perm: Vec<usize> = (0..np).filter(|&d| d != e).collect();
                 perm.push(e);
                 permute_parallel(k, &perm);
                 return;
             }
         }
-        if let Some(e) = (0..np - 2).rev().find(|&e| st[e] == 1 && k.domain[e] > 1) {
+        if let Some(e) = (0..np - 2).rev().find(|&e| st[e] == Some(1) && k.domain[e] > 1) {
             let mut perm: Vec<usize> = (0..np).filter(|&d| d != e && d != np - 1).collect();
             perm.push(e);
             perm.push(np - 1);
@@ -95,22 +95,27 @@ fn var_offset(e: &Expr) -> Option<Option<usize>> {
     }
 }
 
-/// An operand's stride along each domain var, when every index of each load of it is a
-/// variable plus or minus a constant, or a constant.
-fn var_strides(k: &Kernel, op: usize) -> Option<Vec<i64>> {
-    let mut out: Option<Vec<i64>> = None;
+/// An operand's stride along each domain var, when every load of it has the same indices:
+/// `None` for a var that an index other than a variable plus or minus a constant reads
+/// (an interleave's `o / 2`).
+fn var_strides(k: &Kernel, op: usize) -> Option<Vec<Option<i64>>> {
+    let mut out: Option<Vec<Option<i64>>> = None;
     let mut ok = true;
     let mut note = |e: &Expr| {
         let Expr::Load { operand, index, .. } = e else { return };
         if *operand != op {
             return;
         }
-        let mut st = vec![0i64; k.domain.len()];
+        let mut st = vec![Some(0i64); k.domain.len()];
         for (ix, &s) in index.iter().zip(&k.inputs[op].strides) {
             match var_offset(ix) {
-                Some(Some(d)) => st[d] += s,
+                Some(Some(d)) => st[d] = st[d].map(|t| t + s),
                 Some(None) => {}
-                None => ok = false,
+                None => ix.visit(&mut |x| {
+                    if let Expr::Var(d) = x {
+                        st[*d] = None;
+                    }
+                }),
             }
         }
         match &out {
