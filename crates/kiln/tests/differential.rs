@@ -238,6 +238,25 @@ fn reductions() {
     check(Op::Reduce { op: ReduceOp::Max, axes: vec![0, 1], keepdims: true }, &[r.tensor(DType::I32, &[3, 4])]);
 }
 
+/// Transposes that run as vectors along the operand's contiguous dim, transposed in
+/// registers: NCHW ↔ NHWC with sizes that leave partial squares on both sides, and the
+/// interleave of a 3-D transposed convolution's blocks (`[N, D, H, W, kd, kh, kw, C]` to
+/// `[N, C, D·kd, H·kh, W·kw]`), whose rows of `kw` elements merge with the next dim's.
+#[test]
+fn transposes_through_registers() {
+    let mut r = Rng(62);
+    for (shape, perm) in [
+        (vec![2, 37, 9, 21], vec![0, 2, 3, 1]),
+        (vec![1, 5, 23, 40], vec![0, 3, 1, 2]),
+        (vec![1, 16, 17], vec![0, 2, 1]),
+        (vec![1, 3, 5, 7, 2, 2, 2, 19], vec![0, 7, 1, 4, 2, 5, 3, 6]),
+        (vec![2, 2, 3, 9, 2, 1, 3, 16], vec![0, 7, 1, 4, 2, 5, 3, 6]),
+    ] {
+        let x = r.tensor(DType::F32, &shape);
+        check(Op::Transpose { perm }, std::slice::from_ref(&x));
+    }
+}
+
 #[test]
 fn data_movement() {
     let mut r = Rng(8);

@@ -54,9 +54,25 @@ pub(super) fn order_loops(k: &mut Kernel) {
     if let Some(perm) = stride_order(&k.output.strides[..k.n_par]) {
         permute_parallel(k, &perm);
     }
-    let np = k.n_par;
+    let mut np = k.n_par;
     if k.reduction.is_some() || np < 3 || k.output.strides[np - 1] != 1 {
         return;
+    }
+    // A row of a few elements that continues the next dim's in the output, across an
+    // operand contiguous along another dim (the interleave of a 3-D transposed convolution's
+    // phases: `(qx, rx)`, 2 elements a row): the two become one row, its index divided and
+    // taken modulo for the loads, and the operand's dim moves next to it below.
+    let contiguous_elsewhere = |k: &Kernel| {
+        (0..k.inputs.len()).any(|op| {
+            var_strides(k, op).is_some_and(|st| st[np - 1] != Some(0) && (0..np - 2).any(|e| st[e] == Some(1)))
+        })
+    };
+    if k.domain[np - 1] <= 4 && k.output.strides[np - 2] == k.domain[np - 1] as i64 && contiguous_elsewhere(k) {
+        merge_inner(k);
+        np -= 1;
+        if np < 3 {
+            return;
+        }
     }
     for op in 0..k.inputs.len() {
         let Some(st) = var_strides(k, op) else { continue };
@@ -82,6 +98,25 @@ pub(super) fn order_loops(k: &mut Kernel) {
             return;
         }
     }
+}
+
+/// Merges a kernel's two innermost parallel dims (no reduction; the output contiguous
+/// across them) into one, indexed by its quotient and remainder by the last's extent.
+fn merge_inner(k: &mut Kernel) {
+    let np = k.n_par;
+    let inner = k.domain[np - 1] as i64;
+    k.domain[np - 2] *= k.domain[np - 1];
+    k.domain.pop();
+    k.n_par -= 1;
+    k.output.extents[np - 2] *= k.output.extents[np - 1];
+    k.output.extents.pop();
+    k.output.strides[np - 2] = k.output.strides[np - 1];
+    k.output.strides.pop();
+    k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
+        Expr::Var(d) if d == np - 2 => Expr::div(Expr::Var(np - 2), Expr::i64(inner)),
+        Expr::Var(d) if d == np - 1 => Expr::bin(BinaryOp::Mod { fmod: false }, Expr::Var(np - 2), Expr::i64(inner)),
+        e => e,
+    });
 }
 
 /// `Some(Some(d))` for `var d ± c`, `Some(None)` for a constant, else `None`.

@@ -617,17 +617,23 @@ fn conv_transpose_blocks(cx: &mut NodeCx, x: ValueId, w: ValueId, k: &[usize]) -
     let taps: usize = k.iter().product();
     let xf = reshape(cx, x, vec![n, ci, positions])?;
     let xt = tmp(cx, Op::Transpose { perm: vec![0, 2, 1] }, &[xf], "positions")?;
-    let wf = reshape(cx, w, vec![ci, co * taps])?;
+    // The product's columns as (taps…, Co): the output channel contiguous, so that the copy
+    // into place reads channels in order while it writes the interleaved rows.
+    let mut wperm = vec![0];
+    wperm.extend(2..2 + nd);
+    wperm.push(1);
+    let wt = tmp(cx, Op::Transpose { perm: wperm }, &[w], "taps_first")?;
+    let wf = reshape(cx, wt, vec![ci, taps * co])?;
     let y = tmp(cx, Op::MatMul, &[xt, wf], "blocks")?;
-    // [N, spatial…, Co, taps…] -> [N, Co, (spatial_a, tap_a)…].
+    // [N, spatial…, taps…, Co] -> [N, Co, (spatial_a, tap_a)…].
     let mut shape = vec![n];
     shape.extend_from_slice(&xs[2..]);
-    shape.push(co);
     shape.extend_from_slice(k);
+    shape.push(co);
     let y = reshape(cx, y, shape)?;
-    let mut perm = vec![0, 1 + nd];
+    let mut perm = vec![0, 1 + 2 * nd];
     for a in 0..nd {
-        perm.extend([1 + a, 2 + nd + a]);
+        perm.extend([1 + a, 1 + nd + a]);
     }
     let y = tmp(cx, Op::Transpose { perm }, &[y], "placed")?;
     let mut out = vec![n, co];
