@@ -749,7 +749,7 @@ pub(crate) fn gen_transposed<'ctx>(
     let short = b.build_int_compare(IntPredicate::SLT, left, g.i64(w), "short").map_err(llvm_err)?;
     let rows = b.build_select(short, left, g.i64(w), "nrows").map_err(llvm_err)?.into_int_value();
     let row_mask = lane_mask(g, lanes as u32, rows)?;
-    g.for_range(f, g.i64(0), g.i64(((k.domain[d] + lanes - 1) / lanes) as i64), &mut |blk| {
+    g.for_range(f, g.i64(0), g.i64(k.domain[d].div_ceil(lanes) as i64), &mut |blk| {
         let j0 = b
             .build_int_nsw_add(jlo, b.build_int_nsw_mul(blk, g.i64(w), "jb").map_err(llvm_err)?, "j0")
             .map_err(llvm_err)?;
