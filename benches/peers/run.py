@@ -46,8 +46,11 @@ DATA = REPO / "target" / "kiln-testdata" / "onnx-1.23.2"
 BENCH_MODELS = REPO / "target" / "bench-models"
 BENCH_ORDER = ("resnet50", "mobilenetv2", "bert_base", "gpt2_small")
 KILN = REPO / "target" / "release" / "kiln"
-# The pause before each runtime's turn, for the others' worker threads to go to sleep.
-PAUSE_S = float(os.environ.get("PEERS_PAUSE_S", "0.1"))
+# The pause before each runtime's turn, for the others' worker threads to go to sleep:
+# onnxruntime's spinning workers still took a core from the next runtime 100 ms after its
+# turn (a 0.37 ms grouped convolution of Kiln's timed at 0.76 ms at 2 threads; 0.39 ms
+# after 0.5 s, or with onnxruntime's spinning off).
+PAUSE_S = float(os.environ.get("PEERS_PAUSE_S", "0.5"))
 NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
             onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.UINT8: np.uint8}
 
