@@ -787,31 +787,19 @@ pub(crate) fn gen_transposed<'ctx>(
         b.position_at_end(go);
         let cols = b.build_int_nsw_sub(jhi, j0, "cols").map_err(llvm_err)?;
         let col_mask = lane_mask(g, lanes as u32, cols)?;
-        // One vector along the rows per column (columns past the end read as zero).
+        // One vector along the rows per column; a column past the end reads the last one
+        // again, its lanes never stored (the stores are masked to the columns).
+        let last_col = b.build_int_nsw_sub(jhi, g.i64(1), "lastc").map_err(llvm_err)?;
         let mut v = Vec::with_capacity(lanes);
         for i in 0..lanes {
-            let mut vs = vars.to_vec();
             let col = b.build_int_nsw_add(j0, g.i64(i as i64), "col").map_err(llvm_err)?;
-            let ok = b.build_int_compare(IntPredicate::SLT, col, jhi, "colok").map_err(llvm_err)?;
-            let (yes, no, join) = (
-                g.context.append_basic_block(f, "tcol"),
-                g.context.append_basic_block(f, "tcol.none"),
-                g.context.append_basic_block(f, "tcol.end"),
-            );
-            b.build_conditional_branch(ok, yes, no).map_err(llvm_err)?;
-            b.position_at_end(yes);
+            let past = b.build_int_compare(IntPredicate::SGT, col, last_col, "past").map_err(llvm_err)?;
+            let col = b.build_select(past, last_col, col, "colc").map_err(llvm_err)?.into_int_value();
             // In the swapped kernel, dim d is the rows' and d2 the column's.
+            let mut vs = vars.to_vec();
             vs[d] = vars[d2];
             vs[d2] = col;
-            let x = vgen_masked(g, &sw, bases, &sw.body, &vs, None, vt, Some(row_mask))?;
-            let from_yes = b.get_insert_block().expect("positioned");
-            b.build_unconditional_branch(join).map_err(llvm_err)?;
-            b.position_at_end(no);
-            b.build_unconditional_branch(join).map_err(llvm_err)?;
-            b.position_at_end(join);
-            let phi = b.build_phi(vt, "tv").map_err(llvm_err)?;
-            phi.add_incoming(&[(&x, from_yes), (&vt.const_zero(), no)]);
-            v.push(phi.as_basic_value().into_vector_value());
+            v.push(vgen_masked(g, &sw, bases, &sw.body, &vs, None, vt, Some(row_mask))?);
         }
         let t = transpose_square(g, v)?;
         for (r, y) in t.into_iter().enumerate() {

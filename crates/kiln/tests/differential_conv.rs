@@ -372,56 +372,25 @@ fn transposed_convolution() {
     }
 }
 
-/// A depthwise convolution of a row-major input computes row-major from a padded copy; pools
-/// of stride 1 with pads read a padded copy; both with rows long and short (past the masked
-/// end of a vector row), strides, dilation, ceil mode, batch 2.
-#[test]
-fn row_major_depthwise_and_padded_pools() {
-    let mut r = Rng(44);
-    for (c, h, w, k, stride, pad, dil) in [
-        (5, 9, 23, 3, 1, 1, 1),
-        (3, 7, 70, 5, 1, 2, 1),
-        (4, 11, 17, 3, 2, 1, 1),
-        (2, 12, 33, 3, 1, 2, 2),
-        (6, 56, 56, 7, 1, 3, 1),
-    ] {
+/// A depthwise convolution, a max pool and an average pool (with and without the pads
+/// counted, ceil mode or not) of each window `(channels, h, w, kernel, stride, pad,
+/// dilation)` over a row-major input of batch 2; the pools with the window's stride (and the
+/// max pool its dilation) when `strided_pools`, else with stride 1.
+fn check_row_major_windows(
+    r: &mut Rng,
+    cases: &[(usize, usize, usize, usize, usize, usize, usize)],
+    strided_pools: bool,
+) {
+    for &(c, h, w, k, stride, pad, dil) in cases {
         let x = r.tensor(DType::F32, &[2, c, h, w]);
         let window = Window { kernel: [k, k], strides: [stride, stride], pads: [pad; 4], dilations: [dil, dil] };
-        let op = Op::Conv { window: window.clone(), group: c };
         let wt = r.tensor(DType::F32, &[c, 1, k, k]);
+        let op = Op::Conv { window: window.clone(), group: c };
         check_with(op, &[x.clone(), wt, r.tensor(DType::F32, &[c])], &[false, true, true], 1e-4);
-        let pool = Window { dilations: [1, 1], strides: [1, 1], pads: [pad.min(k - 1); 4], ..window };
-        for ceil_mode in [false, true] {
-            check(Op::MaxPool { window: pool.clone(), ceil_mode }, std::slice::from_ref(&x));
-            for count_include_pad in [false, true] {
-                check(Op::AveragePool { window: pool.clone(), ceil_mode, count_include_pad }, std::slice::from_ref(&x));
-            }
+        let mut pool = Window { pads: [pad.min(k - 1); 4], ..window };
+        if !strided_pools {
+            (pool.strides, pool.dilations) = ([1, 1], [1, 1]);
         }
-    }
-}
-
-/// Windows along row-major image rows in vector rows: stride 2 (two loads per vector and the
-/// shuffle of their even elements), pads checked lane by lane at the rows' edges (no padded
-/// copy), rows of more than one block (interior blocks unchecked), several output rows a tile
-/// (their count not a multiple of it), dilation, ceil mode, batch 2.
-#[test]
-fn row_major_windows_with_edges_and_strides() {
-    let mut r = Rng(61);
-    for (c, h, w, k, stride, pad, dil) in [
-        (3, 13, 111, 3, 2, 1, 1),
-        (2, 9, 150, 3, 2, 1, 1),
-        (4, 10, 37, 5, 2, 2, 1),
-        (2, 7, 200, 3, 1, 1, 1),
-        (3, 8, 40, 3, 2, 0, 1),
-        (2, 11, 31, 3, 2, 1, 2),
-        (1, 5, 17, 2, 2, 1, 1),
-    ] {
-        let x = r.tensor(DType::F32, &[2, c, h, w]);
-        let window = Window { kernel: [k, k], strides: [stride, stride], pads: [pad; 4], dilations: [dil, dil] };
-        let wt = r.tensor(DType::F32, &[c, 1, k, k]);
-        let op = Op::Conv { window: window.clone(), group: c };
-        check_with(op, &[x.clone(), wt, r.tensor(DType::F32, &[c])], &[false, true, true], 1e-4);
-        let pool = Window { pads: [pad.min(k - 1); 4], ..window };
         for ceil_mode in [false, true] {
             check(Op::MaxPool { window: pool.clone(), ceil_mode }, std::slice::from_ref(&x));
             let pool = Window { dilations: [1, 1], ..pool.clone() };
@@ -430,6 +399,39 @@ fn row_major_windows_with_edges_and_strides() {
             }
         }
     }
+}
+
+/// A depthwise convolution of a row-major input computes row-major from a padded copy; pools
+/// of stride 1 with pads read a padded copy; both with rows long and short (past the masked
+/// end of a vector row), strides, dilation, ceil mode, batch 2.
+#[test]
+fn row_major_depthwise_and_padded_pools() {
+    let cases = [
+        (5, 9, 23, 3, 1, 1, 1),
+        (3, 7, 70, 5, 1, 2, 1),
+        (4, 11, 17, 3, 2, 1, 1),
+        (2, 12, 33, 3, 1, 2, 2),
+        (6, 56, 56, 7, 1, 3, 1),
+    ];
+    check_row_major_windows(&mut Rng(44), &cases, false);
+}
+
+/// Windows along row-major image rows in vector rows: stride 2 (two loads per vector and the
+/// shuffle of their even elements), pads checked lane by lane at the rows' edges (no padded
+/// copy), rows of more than one block (interior blocks unchecked), several output rows a tile
+/// (their count not a multiple of it), dilation, ceil mode, batch 2.
+#[test]
+fn row_major_windows_with_edges_and_strides() {
+    let cases = [
+        (3, 13, 111, 3, 2, 1, 1),
+        (2, 9, 150, 3, 2, 1, 1),
+        (4, 10, 37, 5, 2, 2, 1),
+        (2, 7, 200, 3, 1, 1, 1),
+        (3, 8, 40, 3, 2, 0, 1),
+        (2, 11, 31, 3, 2, 1, 2),
+        (1, 5, 17, 2, 2, 1, 1),
+    ];
+    check_row_major_windows(&mut Rng(61), &cases, true);
 }
 
 /// Grouped convolutions (several channels per group) run one ordinary convolution per group
