@@ -16,13 +16,13 @@ const PARALLEL_MIN_WORK: usize = 1 << 15;
 
 /// How the outer parallel loop is cut into tasks.
 struct Split {
-    /// Whether the kernel runs as vector rows ([`crate::vector::row_ok`]).
+    /// Whether the kernel runs as vector rows ([`crate::rows::row_ok`]).
     rows: bool,
     /// Whether it runs as vector rows along the dim next to the innermost, transposed in
-    /// registers ([`crate::vector::transposed_ok`]): tiles of `tile` (the vector's lanes).
+    /// registers ([`crate::rows::transposed_ok`]): tiles of `tile` (the vector's lanes).
     transposed: bool,
     /// Rows of the dim next to the innermost that a task runs together
-    /// ([`crate::vector::row_tile`]).
+    /// ([`crate::rows::row_tile`]).
     tile: usize,
     /// The outer parallel dims as tasks count them: the kernel's, with the one next to the
     /// innermost counted in tiles.
@@ -36,10 +36,10 @@ struct Split {
 impl Split {
     fn of(k: &Kernel, lanes: usize) -> Split {
         let np = k.n_par;
-        let rows = crate::vector::row_ok(k, lanes);
-        let transposed = !rows && crate::vector::transposed_ok(k, lanes);
+        let rows = crate::rows::row_ok(k, lanes);
+        let transposed = !rows && crate::rows::transposed_ok(k, lanes);
         let tile = if rows {
-            crate::vector::row_tile(k, lanes)
+            crate::rows::row_tile(k, lanes)
         } else if transposed {
             lanes
         } else {
@@ -173,7 +173,7 @@ fn gen_body<'ctx>(
     // in sixteen dependent NaN-checked steps, and a sum over an image in one horizontal sum per
     // image row).
     let vector_reduction =
-        !split.rows && !split.transposed && !outer_in_output && crate::vector::reduce_along_last_ok(&k, lanes);
+        !split.rows && !split.transposed && !outer_in_output && crate::rows::reduce_along_last_ok(&k, lanes);
     let env = Env { k: &k, bases: &in_bases };
 
     // With whole rows per task, the outer variables are decomposed from `start` once and then
@@ -205,7 +205,7 @@ fn gen_body<'ctx>(
                         return g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v);
                     };
                     let acc = if vector_reduction {
-                        crate::vector::reduce_along_last(g, f, &k, &in_bases, &vs, lanes)?
+                        crate::rows::reduce_along_last(g, f, &k, &in_bases, &vs, lanes)?
                     } else {
                         let init = kiln_llvm_codegen::expr::scalar(g, red.init, acc_ty)?;
                         g.builder.build_store(acc_slot, init).map_err(llvm_err)?;
@@ -226,12 +226,12 @@ fn gen_body<'ctx>(
                 })
             };
             if split.rows {
-                let row = crate::vector::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
-                return crate::vector::gen_rows(&row, (jlo, jhi), lanes, split.tile);
+                let row = crate::rows::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
+                return crate::rows::gen_rows(&row, (jlo, jhi), lanes, split.tile);
             }
             if split.transposed {
-                let row = crate::vector::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
-                return crate::vector::gen_transposed(&row, (jlo, jhi), lanes);
+                let row = crate::rows::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
+                return crate::rows::gen_transposed(&row, (jlo, jhi), lanes);
             }
             let Some(red) = &k.reduction else { return scalar(jlo, jhi) };
             if outer_in_output {

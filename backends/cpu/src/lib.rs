@@ -17,6 +17,7 @@
 pub mod cache;
 mod codegen;
 mod gemm;
+mod rows;
 mod target;
 mod topk;
 mod vector;
