@@ -16,13 +16,13 @@ const PARALLEL_MIN_WORK: usize = 1 << 15;
 
 /// How the outer parallel loop is cut into tasks.
 struct Split {
-    /// Whether the kernel runs as vector rows ([`crate::rows::row_ok`]).
-    rows: bool,
+    /// How the kernel runs as vector rows, if it does ([`crate::rows::row_ok`]).
+    rows: Option<crate::rows::RowPlan>,
     /// Whether it runs as vector rows along the dim next to the innermost, transposed in
     /// registers ([`crate::rows::transposed_ok`]): tiles of `tile` (the vector's lanes).
     transposed: bool,
-    /// Rows of the dim next to the innermost that a task runs together
-    /// ([`crate::rows::row_tile`]).
+    /// Rows of the dim next to the innermost that a task runs together (the row plan's, or
+    /// the lanes of a transposed kernel).
     tile: usize,
     /// The outer parallel dims as tasks count them: the kernel's, with the one next to the
     /// innermost counted in tiles.
@@ -36,14 +36,12 @@ struct Split {
 impl Split {
     fn of(k: &Kernel, lanes: usize) -> Split {
         let np = k.n_par;
-        let rows = crate::rows::row_ok(k, lanes);
-        let transposed = !rows && crate::rows::transposed_ok(k, lanes);
-        let tile = if rows {
-            crate::rows::row_tile(k, lanes)
-        } else if transposed {
-            lanes
-        } else {
-            1
+        let rows = crate::rows::row_ok(k, lanes).then(|| crate::rows::row_plan(k, lanes));
+        let transposed = rows.is_none() && crate::rows::transposed_ok(k, lanes);
+        let tile = match rows {
+            Some(plan) => plan.tile,
+            None if transposed => lanes,
+            None => 1,
         };
         let mut dims = k.domain[..np - 1].to_vec();
         if tile > 1 {
@@ -173,7 +171,7 @@ fn gen_body<'ctx>(
     // in sixteen dependent NaN-checked steps, and a sum over an image in one horizontal sum per
     // image row).
     let vector_reduction =
-        !split.rows && !split.transposed && !outer_in_output && crate::rows::reduce_along_last_ok(&k, lanes);
+        split.rows.is_none() && !split.transposed && !outer_in_output && crate::rows::reduce_along_last_ok(&k, lanes);
     let env = Env { k: &k, bases: &in_bases };
 
     // With whole rows per task, the outer variables are decomposed from `start` once and then
@@ -225,9 +223,9 @@ fn gen_body<'ctx>(
                     g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v)
                 })
             };
-            if split.rows {
+            if let Some(plan) = split.rows {
                 let row = crate::rows::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };
-                return crate::rows::gen_rows(&row, (jlo, jhi), lanes, split.tile);
+                return crate::rows::gen_rows(&row, (jlo, jhi), lanes, plan);
             }
             if split.transposed {
                 let row = crate::rows::Row { g, f, k: &k, bases: &in_bases, out_base, vars: &vars };

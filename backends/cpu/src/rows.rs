@@ -12,7 +12,7 @@
 //! parallel dim and whose body and finalizer [`crate::vector::vexpr_ok`] accepts. Padded
 //! loads whose windows lie inside over a whole block skip their checks there. Where the
 //! reduction's loads are shared between neighbouring rows (a weight, overlapping windows), a
-//! task runs several rows side by side ([`row_tile`]). A copy between layouts runs
+//! task runs several rows side by side ([`row_plan`]). A copy between layouts runs
 //! [transposed](gen_transposed), and a reduction along a contiguous last dim in vectors of
 //! its own ([`reduce_along_last`]).
 
@@ -72,41 +72,57 @@ pub(crate) fn row_ok(k: &Kernel, lanes: usize) -> bool {
     }
 }
 
-/// How many consecutive rows of the dim next to the innermost (an output row of a row-major
-/// depthwise convolution, an output pixel of a channels-last one) a vector-row kernel runs
-/// together, their accumulators side by side ([`gen_rows`]): 1 unless the reduction's loads
-/// are shared between those rows, a weight that does not move with them or a window that
-/// overlaps its neighbour's; as many as half the vector registers hold with the row's
-/// vectors, the fewest loads for the dim's extent (a tile's are `tile + 1` rows' worth of
-/// a load shared, a lone row's 2).
-pub(crate) fn row_tile(k: &Kernel, lanes: usize) -> usize {
-    let np = k.n_par;
-    if k.reduction.is_none() || np < 2 || k.domain[np..].iter().product::<usize>() < 2 || !shared_across(k, np - 2) {
-        return 1;
-    }
-    let registers = if lanes >= 16 { 32 } else { 16 };
-    let vectors = k.domain[np - 1].div_ceil(lanes).min(row_block(k));
-    // Overlapping windows: 3 rows of 2 vectors, whose window loads stay in registers.
-    let most = if window_overlaps(k, np - 2) { 3 } else { 8 };
-    let most = (registers / 2 / vectors).min(most);
-    let rows = k.domain[np - 2];
-    let loads = |t: usize| (rows / t) * (t + 1) + (rows % t) * 2;
-    (1..=most.min(rows)).rev().min_by_key(|&t| loads(t)).unwrap_or(1)
+/// How a vector-row kernel's tasks run, decided once per kernel ([`row_plan`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowPlan {
+    /// Consecutive rows of the dim next to the innermost (an output row of a row-major
+    /// depthwise convolution, an output pixel of a channels-last one) run together, their
+    /// accumulators side by side ([`gen_rows`]).
+    pub tile: usize,
+    /// Vectors of the row a block holds.
+    block: usize,
+    /// Whether a tile's interior runs its taps in line.
+    inline: bool,
 }
 
-/// Whether some load of `k`'s body reads, at the next value of dim `d2`, what it read at this
-/// one: it does not move along `d2` but does along the row (a channels-last weight), or its
-/// window overlaps ([`window_overlaps`]).
-fn shared_across(k: &Kernel, d2: usize) -> bool {
+/// The plan of a kernel that passes [`row_ok`]. The tile is 1 unless the reduction's loads
+/// are shared between neighbouring rows, a weight that does not move with them or a window
+/// that overlaps its neighbour's ([`window_overlaps`]); it is as many rows as half the vector
+/// registers hold with the row's vectors, the fewest loads for the dim's extent (a tile's are
+/// `tile + 1` rows' worth of a load shared, a lone row's 2). Overlapping windows take blocks
+/// of 2 vectors by at most 3 rows and, with at most [`INLINE_TAPS`] taps, every tap in line,
+/// so that the rows share each loaded vector (a 7×7 depthwise convolution on row-major rows
+/// took 0.29 ms with 4 vectors by 4 rows, 0.22 with 2 by 3 and every tap in line; a 3×3 s2
+/// max pool 0.11 and 0.08).
+pub(crate) fn row_plan(k: &Kernel, lanes: usize) -> RowPlan {
+    let np = k.n_par;
+    let taps: usize = k.domain[np..].iter().product();
+    let overlap = np >= 2 && window_overlaps(k, np - 2);
+    let block = if overlap { 2 } else { BLOCK };
+    if k.reduction.is_none() || np < 2 || taps < 2 || !(overlap || weight_shared(k, np - 2)) {
+        return RowPlan { tile: 1, block, inline: false };
+    }
+    let registers = if lanes >= 16 { 32 } else { 16 };
+    let vectors = k.domain[np - 1].div_ceil(lanes).min(block);
+    let most = (registers / 2 / vectors).min(if overlap { 3 } else { 8 });
+    let rows = k.domain[np - 2];
+    let loads = |t: usize| (rows / t) * (t + 1) + (rows % t) * 2;
+    let tile = (1..=most.min(rows)).rev().min_by_key(|&t| loads(t)).unwrap_or(1);
+    RowPlan { tile, block, inline: tile > 1 && overlap && taps <= INLINE_TAPS }
+}
+
+/// Whether some load of `k`'s body does not move along dim `d2` but does along the row (a
+/// channels-last weight): each row of `d2` reads what the previous one read.
+fn weight_shared(k: &Kernel, d2: usize) -> bool {
     let d = k.n_par - 1;
-    let mut weight = false;
+    let mut shared = false;
     k.body.visit(&mut |e| {
         if let Expr::Load { operand, index, .. } = e {
-            weight |= load_step(k, *operand, index, d2) == Some(0)
+            shared |= load_step(k, *operand, index, d2) == Some(0)
                 && load_step(k, *operand, index, d).is_some_and(|s| s != 0);
         }
     });
-    weight || window_overlaps(k, d2)
+    shared
 }
 
 /// Whether some load's step along dim `d2` is a step of a reduction variable within that
@@ -125,18 +141,6 @@ fn window_overlaps(k: &Kernel, d2: usize) -> bool {
         }
     });
     overlap
-}
-
-/// Vectors of the row a block holds: [`BLOCK`], or 2 where the tiled rows share their
-/// windows' loads (more rows of fewer vectors: a 7×7 depthwise convolution on row-major rows
-/// took 0.29 ms with 4 vectors by 4 rows, 0.22 with 2 by 3 and every tap in line; a 3×3 s2
-/// max pool 0.11 and 0.08).
-fn row_block(k: &Kernel) -> usize {
-    if k.n_par >= 2 && window_overlaps(k, k.n_par - 2) {
-        2
-    } else {
-        BLOCK
-    }
 }
 
 /// The most reduction steps a tile of rows with overlapping windows runs in line (its rows
@@ -383,18 +387,19 @@ pub(crate) struct Row<'a, 'ctx> {
     pub vars: &'a [IntValue<'ctx>],
 }
 
-/// Emits a task of a kernel that passes [`row_ok`]: `tile` rows from `row.vars` along the dim
-/// next to the innermost ([`row_tile`]) run together where that many are left, else one by
-/// one.
+/// Emits a task of a kernel that passes [`row_ok`]: `plan.tile` rows from `row.vars` along
+/// the dim next to the innermost run together where that many are left, else one by one.
 pub(crate) fn gen_rows<'ctx>(
     row: &Row<'_, 'ctx>,
     range: (IntValue<'ctx>, IntValue<'ctx>),
     lanes: usize,
-    tile: usize,
+    plan: RowPlan,
 ) -> BackendResult<()> {
-    if tile == 1 {
-        return gen_row(row, range, lanes, 1);
+    let single_row = RowPlan { tile: 1, inline: false, ..plan };
+    if plan.tile == 1 {
+        return gen_row(row, range, lanes, single_row);
     }
+    let tile = plan.tile;
     let (g, f) = (row.g, row.f);
     let b = &g.builder;
     let d2 = row.k.n_par - 2;
@@ -408,27 +413,27 @@ pub(crate) fn gen_rows<'ctx>(
     );
     b.build_conditional_branch(whole, tiled, single).map_err(llvm_err)?;
     b.position_at_end(tiled);
-    gen_row(row, range, lanes, tile)?;
+    gen_row(row, range, lanes, plan)?;
     b.build_unconditional_branch(done).map_err(llvm_err)?;
     b.position_at_end(single);
     g.for_range(f, row.vars[d2], extent, &mut |r| {
         let mut vars = row.vars.to_vec();
         vars[d2] = r;
-        gen_row(&Row { vars: &vars, ..*row }, range, lanes, 1)
+        gen_row(&Row { vars: &vars, ..*row }, range, lanes, single_row)
     })?;
     b.build_unconditional_branch(done).map_err(llvm_err)?;
     b.position_at_end(done);
     Ok(())
 }
 
-/// Emits `tile` rows of a kernel that passes [`row_ok`]: the lanes `jlo..jhi` of the innermost
-/// parallel dim, in blocks of [`BLOCK`] vectors of `lanes`, then one block of fewer vectors
-/// for the rest, its last vector masked.
+/// Emits `plan.tile` rows of a kernel that passes [`row_ok`]: the lanes `jlo..jhi` of the
+/// innermost parallel dim, in blocks of `plan.block` vectors of `lanes`, then one block of
+/// fewer vectors for the rest, its last vector masked.
 fn gen_row<'ctx>(
     row: &Row<'_, 'ctx>,
     (jlo, jhi): (IntValue<'ctx>, IntValue<'ctx>),
     lanes: usize,
-    tile: usize,
+    plan: RowPlan,
 ) -> BackendResult<()> {
     let (g, f) = (row.g, row.f);
     let b = &g.builder;
@@ -436,8 +441,8 @@ fn gen_row<'ctx>(
     // The next lane to do, threaded through the block loops.
     let jslot = entry_alloca(g, f, i64t)?;
     b.build_store(jslot, jlo).map_err(llvm_err)?;
-    // Full blocks of `row_block` vectors.
-    let block = row_block(row.k);
+    // Full blocks of `plan.block` vectors.
+    let block = plan.block;
     let span = g.i64((block * lanes) as i64);
     let header = g.context.append_basic_block(f, "vrow");
     let body = g.context.append_basic_block(f, "vblock");
@@ -449,7 +454,7 @@ fn gen_row<'ctx>(
     let fits = b.build_int_compare(IntPredicate::SLE, end, jhi, "fits").map_err(llvm_err)?;
     b.build_conditional_branch(fits, body, exit).map_err(llvm_err)?;
     b.position_at_end(body);
-    gen_block(row, j, (block, tile), g.context.f32_type().vec_type(lanes as u32), None)?;
+    gen_block(row, j, block, plan, g.context.f32_type().vec_type(lanes as u32), None)?;
     b.build_store(jslot, end).map_err(llvm_err)?;
     b.build_unconditional_branch(header).map_err(llvm_err)?;
     b.position_at_end(exit);
@@ -471,7 +476,7 @@ fn gen_row<'ctx>(
         let n = i + 1;
         let last = b.build_int_nsw_sub(rest, g.i64((n as i64 - 1) * w), "last").map_err(llvm_err)?;
         let mask = lane_mask(g, lanes as u32, last)?;
-        gen_block(row, j, (n, tile), g.context.f32_type().vec_type(lanes as u32), Some(mask))?;
+        gen_block(row, j, n, plan, g.context.f32_type().vec_type(lanes as u32), Some(mask))?;
         b.build_unconditional_branch(done).map_err(llvm_err)?;
     }
     b.position_at_end(done);
@@ -541,18 +546,20 @@ fn interior_check<'ctx>(
     Ok(Some((inside, unpadded)))
 }
 
-/// `n` vectors `vt` from lane `j0` of `tile` rows from `row.vars` (along the dim next to the
+/// `n` vectors `vt` from lane `j0` of `plan.tile` rows from `row.vars` (along the dim next to the
 /// innermost): the reduction (if any) accumulates in registers, then the finalizer, then one
 /// store per vector. With `last_mask`, the last vector of each row reads and writes only those
 /// lanes (the end of the row).
 fn gen_block<'ctx>(
     row: &Row<'_, 'ctx>,
     j0: IntValue<'ctx>,
-    (n, tile): (usize, usize),
+    n: usize,
+    plan: RowPlan,
     vt: VectorType<'ctx>,
     last_mask: Option<VectorValue<'ctx>>,
 ) -> BackendResult<()> {
     let Row { g, f, k, bases, out_base, vars } = *row;
+    let tile = plan.tile;
     let b = &g.builder;
     let (np, d) = (k.n_par, k.n_par - 1);
     let w = vt.get_size() as i64;
@@ -596,7 +603,6 @@ fn gen_block<'ctx>(
         Ok(())
     };
     let taps: usize = k.domain[np..].iter().product();
-    let inline = tile > 1 && taps <= INLINE_TAPS && window_overlaps(k, np - 2);
     let reduce = |body: &Expr, inline: bool| -> BackendResult<()> {
         let mut rv = vars.to_vec();
         if !inline {
@@ -634,14 +640,14 @@ fn gen_block<'ctx>(
             let done = g.context.append_basic_block(f, "reduced");
             b.build_conditional_branch(inside, fast, slow).map_err(llvm_err)?;
             b.position_at_end(fast);
-            reduce(&unpadded, inline)?;
+            reduce(&unpadded, plan.inline)?;
             b.build_unconditional_branch(done).map_err(llvm_err)?;
             b.position_at_end(slow);
             reduce(&k.body, false)?;
             b.build_unconditional_branch(done).map_err(llvm_err)?;
             b.position_at_end(done);
         }
-        None => reduce(&k.body, inline)?,
+        None => reduce(&k.body, plan.inline)?,
     }
     for ((r, i), &s) in vectors().zip(&slots) {
         let vs = at(vars, r, i)?;
