@@ -101,24 +101,13 @@ impl Lowerer<'_> {
     /// Returns false (and emits nothing) where they are not constant or there are pads.
     fn lower_grouped_in_vectors(&mut self, window: &kiln_ir::Window, ins: &[View], out: &View, name: &str) -> bool {
         let (x, w) = (&ins[0], &ins[1]);
-        let BufferKind::Constant(wt) = &self.prog.buffer(w.buffer).kind else { return false };
-        let kiln_ir::Data::F32(wdata) = wt.data() else { return false };
         if window.pads != [0; 4] || x.dtype != DType::F32 {
             return false;
         }
-        let [c, cig, kh, kw] = w.extents[..] else { return false };
-        let mut data = vec![0f32; c * cig * kh * kw];
-        for (at, v) in data.iter_mut().enumerate() {
-            let (i, th, tw, co) = (at / (kh * kw * c), at / (kw * c) % kh, at / c % kw, at % c);
-            let from = w.offset
-                + co as i64 * w.strides[0]
-                + i as i64 * w.strides[1]
-                + th as i64 * w.strides[2]
-                + tw as i64 * w.strides[3];
-            *v = wdata[from as usize];
-        }
-        let shape = vec![cig, kh, kw, c];
-        let t = kiln_ir::Tensor::f32(shape.clone(), data);
+        let Some(wt) = self.constant_f32(w) else { return false };
+        let Ok(mut t) = kiln_ir::ops::eval(&Op::Transpose { perm: vec![1, 2, 3, 0] }, &[&wt]) else { return false };
+        let t = t.remove(0);
+        let (cig, shape) = (w.extents[1], t.shape().to_vec());
         let bytes = t.ty.bytes();
         let wb = self.prog.add_buffer(BufferKind::Constant(t), bytes, format!("{name}.grouped_weights"));
         let wv = View::dense(wb, DType::F32, &shape);
@@ -269,10 +258,10 @@ impl Lowerer<'_> {
         name: &str,
     ) -> bool {
         let (x, w) = (&ins[0], &ins[1]);
-        let BufferKind::Constant(wt) = &self.prog.buffer(w.buffer).kind else { return false };
         if group != 1 || *dilations != [1, 1] || pads.iter().any(|&p| p < 0) || x.dtype != DType::F32 {
             return false;
         }
+        let Some(wt) = self.constant_f32(w) else { return false };
         let kiln_ir::Data::F32(wdata) = wt.data() else { return false };
         let (ci, co) = (w.extents[0], w.extents[1]);
         let [n, _, ih, iw] = x.extents[..] else { return false };
@@ -287,12 +276,7 @@ impl Lowerer<'_> {
                 let (i, jh, jw) = (k / (taps[0] * taps[1]), k / taps[1] % taps[0], k % taps[1]);
                 let (th, tw) = (rh + s[0] * (taps[0] - 1 - jh), rw + s[1] * (taps[1] - 1 - jw));
                 if th < kernel[0] && tw < kernel[1] {
-                    let at = w.offset
-                        + i as i64 * w.strides[0]
-                        + c as i64 * w.strides[1]
-                        + th as i64 * w.strides[2]
-                        + tw as i64 * w.strides[3];
-                    *v = wdata[at as usize];
+                    *v = wdata[((i * co + c) * kernel[0] + th) * kernel[1] + tw];
                 }
             }
         }

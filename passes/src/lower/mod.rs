@@ -183,6 +183,26 @@ impl<'g> Lowerer<'g> {
         View::dense(b, dtype, shape)
     }
 
+    /// The elements of a view of an f32 constant, densely in the view's own order.
+    fn constant_f32(&self, v: &View) -> Option<kiln_ir::Tensor> {
+        let BufferKind::Constant(t) = &self.prog.buffer(v.buffer).kind else { return None };
+        let kiln_ir::Data::F32(data) = t.data() else { return None };
+        let mut idx = vec![0usize; v.extents.len()];
+        let mut out = Vec::with_capacity(v.numel());
+        for _ in 0..v.numel() {
+            let at = v.offset + idx.iter().zip(&v.strides).map(|(&i, &s)| i as i64 * s).sum::<i64>();
+            out.push(data[at as usize]);
+            for d in (0..idx.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < v.extents[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+        Some(kiln_ir::Tensor::f32(v.extents.clone(), out))
+    }
+
     fn emit(&mut self, k: Kernel) {
         self.prog.instrs.push(Instr::Kernel(k));
     }
