@@ -172,11 +172,16 @@ fn top_k_by_heap_selection() {
         (vec![5, 64, 2], 1, 1),
         (vec![1, 50257], 1, 50),
     ] {
-        for dt in [DType::F32, DType::I64] {
-            let x = r.tensor(dt, &shape);
-            for largest in [true, false] {
-                check(Op::TopKIndices { axis, k, largest }, std::slice::from_ref(&x));
-            }
+        check_top_k(&mut r, &shape, axis, [DType::F32, DType::I64], &[(k, true), (k, false)]);
+    }
+}
+
+/// TopK's indices of a tensor of `shape`, for each dtype, for each `(k, largest)`.
+fn check_top_k(r: &mut Rng, shape: &[usize], axis: usize, dtypes: [DType; 2], ks: &[(usize, bool)]) {
+    for dt in dtypes {
+        let x = r.tensor(dt, shape);
+        for &(k, largest) in ks {
+            check(Op::TopKIndices { axis, k, largest }, std::slice::from_ref(&x));
         }
     }
 }
@@ -186,12 +191,7 @@ fn top_k_by_heap_selection() {
 fn top_k_by_selection() {
     let mut r = Rng(16);
     for (shape, axis) in [(vec![100], 0), (vec![3, 90], 1), (vec![70, 2, 3], 0)] {
-        for dt in [DType::F32, DType::I32] {
-            let x = r.tensor(dt, &shape);
-            for (k, largest) in [(1, true), (5, false), (16, true)] {
-                check(Op::TopKIndices { axis, k, largest }, std::slice::from_ref(&x));
-            }
-        }
+        check_top_k(&mut r, &shape, axis, [DType::F32, DType::I32], &[(1, true), (5, false), (16, true)]);
     }
 }
 
