@@ -126,6 +126,13 @@ impl Pool {
         self.pool.current_num_threads()
     }
 
+    /// How many pieces `parallel_for` cuts `n` tasks into: small ones (a claim costs one
+    /// compare-and-swap, and a product of 18 tiles in 8 chunks left one thread a third of a
+    /// chunk behind the other).
+    fn chunks(&self, n: i64) -> i64 {
+        (self.threads() as i64 * 16).min(n).max(1)
+    }
+
     fn now_us(&self) -> u64 {
         self.epoch.elapsed().as_micros() as u64
     }
@@ -184,9 +191,7 @@ impl Pool {
     /// finished.
     fn share_on_slot(&self, task: TaskFn, ctx: *const Context, n: i64) {
         let s = &self.slot;
-        // Small chunks: a claim costs one compare-and-swap, and a product of 18 tiles in 8
-        // chunks left one thread a third of a chunk behind the other.
-        let chunks = (self.threads() as i64 * 16).min(n);
+        let chunks = self.chunks(n);
         let epoch = (s.next.load(Ordering::Relaxed) >> 32) + 1;
         // Closed (it is already: the last publication ended that way) while the fields change.
         s.next.store((epoch << 32) | CLOSED, Ordering::Release);
@@ -239,7 +244,7 @@ pub(crate) unsafe extern "C" fn parallel_for(
         return;
     }
     let ctx = SendCtx(ctx);
-    let chunks = (threads * 4).min(n).max(1);
+    let chunks = pool.chunks(n);
     pool.pool.install(|| {
         (0..chunks).into_par_iter().for_each(|c| {
             let (s, e) = (n * c / chunks, n * (c + 1) / chunks);
