@@ -183,16 +183,26 @@ impl<'a, 'ctx> F<'a, 'ctx> {
 pub fn exp<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
     let f = F::of(g, x);
     let nan = f.cmp(FloatPredicate::UNO, x, x)?;
-    if g.native_ldexp {
-        // `2^n` by `llvm.ldexp` (one `vscalef`, which rounds subnormals and overflows to
-        // +inf itself) on x clamped to where n stays small: past 89, `e^r·2^128` is +inf;
+    let (hi, lo) = (f.c(88.72283), f.c(-103.97208));
+    let xc = if g.native_ldexp {
+        // `2^n` by `llvm.ldexp` below (one `vscalef`, which rounds subnormals and overflows
+        // to +inf itself), on x clamped to where n stays small: past 89, `e^r·2^128` is +inf;
         // below -104, `·2^-150` is 0.
-        let xc = f.call("llvm.minnum", &[f.call("llvm.maxnum", &[x, f.c(-104.0)])?, f.c(89.0)])?;
-        let n = f.call("llvm.rint", &[f.mul(xc, f.c(std::f64::consts::LOG2_E))?])?;
-        let r = f.fma(n, f.c(-0.693_145_751_953_125), xc)?;
-        let r = f.fma(n, f.c(-1.428_606_765_330_187e-6), r)?;
-        let p = f.horner(r, &[1.0, 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0])?;
-        let ni = f.to_i32(n)?;
+        f.call("llvm.minnum", &[f.call("llvm.maxnum", &[x, f.c(-104.0)])?, f.c(89.0)])?
+    } else {
+        // Out of range (or NaN), the result is chosen below; compute on 0 meanwhile, so that
+        // a masked score (-3.4e38 in attention) never runs subnormal arithmetic, which x86
+        // does in slow microcode.
+        let inside = f.and(f.cmp(FloatPredicate::OLE, x, hi)?, f.cmp(FloatPredicate::OGE, x, lo)?)?;
+        f.sel(inside, x, f.c(0.0))?
+    };
+    let n = f.call("llvm.rint", &[f.mul(xc, f.c(std::f64::consts::LOG2_E))?])?;
+    // ln 2 split so that n·LN2_HI is exact in f32.
+    let r = f.fma(n, f.c(-0.693_145_751_953_125), xc)?;
+    let r = f.fma(n, f.c(-1.428_606_765_330_187e-6), r)?;
+    let p = f.horner(r, &[1.0, 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0])?;
+    let ni = f.to_i32(n)?;
+    if g.native_ldexp {
         let ldexp = Intrinsic::find("llvm.ldexp")
             .and_then(|i| i.get_declaration(&g.module, &[p.get_type(), ni.get_type()]))
             .ok_or_else(|| llvm_err("cannot declare llvm.ldexp"))?;
@@ -200,18 +210,6 @@ pub fn exp<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
         let y = y.try_as_basic_value().basic().ok_or_else(|| llvm_err("ldexp returned void"))?;
         return f.sel(nan, x, y);
     }
-    let (hi, lo) = (f.c(88.72283), f.c(-103.97208));
-    // Out of range (or NaN), the result is chosen below; compute on 0 meanwhile, so that a
-    // masked score (-3.4e38 in attention) never runs subnormal arithmetic, which x86 does in
-    // slow microcode.
-    let inside = f.and(f.cmp(FloatPredicate::OLE, x, hi)?, f.cmp(FloatPredicate::OGE, x, lo)?)?;
-    let xc = f.sel(inside, x, f.c(0.0))?;
-    let n = f.call("llvm.rint", &[f.mul(xc, f.c(std::f64::consts::LOG2_E))?])?;
-    // ln 2 split so that n·LN2_HI is exact in f32.
-    let r = f.fma(n, f.c(-0.693_145_751_953_125), xc)?;
-    let r = f.fma(n, f.c(-1.428_606_765_330_187e-6), r)?;
-    let p = f.horner(r, &[1.0, 1.0, 1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0])?;
-    let ni = f.to_i32(n)?;
     let n1 = match (ni, f.ci(1)) {
         (V::IntValue(a), V::IntValue(b)) => g.builder.build_right_shift(a, b, true, "h").map(V::from),
         (V::VectorValue(a), V::VectorValue(b)) => g.builder.build_right_shift(a, b, true, "h").map(V::from),
