@@ -64,11 +64,16 @@ fn pad_uniform_along(k: &Kernel, operand: usize, index: &[Expr], d: usize) -> bo
 /// there (a window's edge taps on a row-major image) is checked lane by lane
 /// ([`edge_mask`]).
 fn edge_index(k: &Kernel, operand: usize, index: &[Expr]) -> Option<usize> {
-    let d = k.n_par - 1;
-    let mut moving = index.iter().enumerate().filter(|(_, ix)| mentions(ix, d));
+    let (at, ix) = lane_index(k, operand, index)?;
+    affine_expr(ix, k.domain.len()).is_some().then_some(at)
+}
+
+/// The position and expression of a load's one index that moves along the row, when only one
+/// does and its dim is contiguous.
+fn lane_index<'e>(k: &Kernel, operand: usize, index: &'e [Expr]) -> Option<(usize, &'e Expr)> {
+    let mut moving = index.iter().enumerate().filter(|(_, ix)| mentions(ix, k.n_par - 1));
     let (at, ix) = moving.next()?;
-    let contiguous = k.inputs[operand].strides[at] == 1;
-    (moving.next().is_none() && contiguous && affine_expr(ix, k.domain.len()).is_some()).then_some(at)
+    (moving.next().is_none() && k.inputs[operand].strides[at] == 1).then_some((at, ix))
 }
 
 /// For a load whose one index that moves along the row is `(lane / q)·q + r` (a grouped
@@ -78,11 +83,7 @@ fn edge_index(k: &Kernel, operand: usize, index: &[Expr]) -> Option<usize> {
 pub(crate) fn group_lanes(k: &Kernel, operand: usize, index: &[Expr]) -> Option<(usize, i64, i64)> {
     use kiln_ir::lir::Scalar::I64;
     let d = k.n_par - 1;
-    let mut moving = index.iter().enumerate().filter(|(_, ix)| mentions(ix, d));
-    let (at, ix) = moving.next()?;
-    if moving.next().is_some() || k.inputs[operand].strides[at] != 1 {
-        return None;
-    }
+    let (at, ix) = lane_index(k, operand, index)?;
     let Expr::Binary(B::Add, first, r) = ix else { return None };
     let (Expr::Binary(B::Mul, div, q), Expr::Const(I64(r))) = (&**first, &**r) else { return None };
     let (Expr::Binary(B::Div, var, q2), Expr::Const(I64(q))) = (&**div, &**q) else { return None };
