@@ -16,6 +16,7 @@ pub mod memory;
 pub mod partition;
 pub mod pipeline;
 pub mod simplify;
+pub mod views;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {

@@ -50,7 +50,7 @@ fn rename(instr: &mut Instr, from: BufferId, to: BufferId) {
 }
 
 /// First and last instruction touching each buffer.
-fn intervals(p: &Program) -> HashMap<BufferId, (usize, usize)> {
+pub(crate) fn intervals(p: &Program) -> HashMap<BufferId, (usize, usize)> {
     let mut m: HashMap<BufferId, (usize, usize)> = HashMap::new();
     for (i, ins) in p.instrs.iter().enumerate() {
         let (r, w) = ins.reads_writes();

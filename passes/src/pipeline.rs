@@ -108,6 +108,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("fuse", Pass::Partition(fuse)),
     ("lower", Pass::Lower),
     ("fuse-lir", Pass::Lir(fuse_lir)),
+    ("forward-copies", Pass::Lir(forward_copies)),
     ("inline-scalar-constants", Pass::Lir(inline_scalar_constants)),
     ("prepack", Pass::Lir(prepack)),
     ("relayout-constants", Pass::Lir(relayout_constants)),
@@ -124,6 +125,11 @@ fn fuse(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
 
 fn fuse_lir(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
     fuse::fuse_lir(&mut l.program);
+    Ok(())
+}
+
+fn forward_copies(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
+    fuse::forward_copies(&mut l.program);
     Ok(())
 }
 

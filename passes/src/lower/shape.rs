@@ -87,8 +87,12 @@ impl Lowerer<'_> {
             if let Some(bad) = vals.iter().find(|&&i| i < -dim || i >= dim) {
                 return Err(format!("index {bad} is outside [-{dim}, {dim}) on axis {axis}"));
             }
-            // Every index already in [0, dim): used as it is, no wrap or clamp per element.
-            if vals.iter().all(|&i| i >= 0) {
+            // One index: a constant (the kernel is then a copy through a view, which its
+            // readers may take in place). Every index already in [0, dim): used as it is, no
+            // wrap or clamp per element.
+            if let [i] = vals[..] {
+                index = Expr::i64(if i < 0 { i + dim } else { i });
+            } else if vals.iter().all(|&i| i >= 0) {
                 index = Expr::cast(DType::I64, Expr::load(1, vars(*axis..axis + ri)));
             }
         } else {
