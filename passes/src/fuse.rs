@@ -242,11 +242,19 @@ fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
 }
 
 /// Where the view reads each of the producer's dims (of more than one element) along one of
-/// its own dims, of the same extent and at the producer's dense stride (a broadcast, or the
-/// logical order of a value the producer writes channels-last), the producer's indices are
-/// the consumer's, permuted: no index arithmetic.
+/// its own dims, at the producer's dense stride or its negative (a broadcast, the logical
+/// order of a value the producer writes channels-last, a slice of it, reversed or not), the
+/// producer's indices are the consumer's, permuted and offset: no division.
 fn permuted_index(view: &View, index: &[Expr], ext: &[usize], dense: &[i64]) -> Option<Vec<Expr>> {
-    if view.offset != 0 {
+    // The view's offset as a position in the producer's output: one digit per dim.
+    let mut digit = vec![0i64; ext.len()];
+    let mut rest = view.offset;
+    for p in 0..ext.len() {
+        digit[p] = rest / dense[p];
+        rest %= dense[p];
+    }
+    let beyond = ext.first().is_some_and(|&e| digit[0] >= e as i64) || (ext.is_empty() && rest != 0);
+    if view.offset < 0 || beyond {
         return None;
     }
     let mut j: Vec<Option<Expr>> = vec![None; ext.len()];
@@ -254,10 +262,21 @@ fn permuted_index(view: &View, index: &[Expr], ext: &[usize], dense: &[i64]) -> 
         if s == 0 || e == 1 {
             continue;
         }
-        let p = (0..ext.len()).find(|&p| dense[p] == s && ext[p] == e && j[p].is_none())?;
-        j[p] = Some(index[d].clone());
+        let last = e as i64 - 1;
+        let fits = |p: usize| {
+            j[p].is_none()
+                && dense[p] == s.abs()
+                && ext[p] > 1
+                && if s > 0 { digit[p] + last < ext[p] as i64 } else { digit[p] >= last }
+        };
+        let p = (0..ext.len()).find(|&p| fits(p))?;
+        j[p] = Some(match (s > 0, digit[p]) {
+            (true, 0) => index[d].clone(),
+            (true, c) => Expr::add(index[d].clone(), Expr::i64(c)),
+            (false, c) => Expr::sub(Expr::i64(c), index[d].clone()),
+        });
     }
-    j.into_iter().zip(ext).map(|(i, &e)| i.or_else(|| (e == 1).then(|| Expr::i64(0)))).collect()
+    Some(j.into_iter().zip(digit).map(|(i, c)| i.unwrap_or_else(|| Expr::i64(c))).collect())
 }
 
 /// Substitutes a plain producer (no reduction) into the consumer's loads of buffer `b`.
@@ -449,7 +468,9 @@ pub fn forward_copies(p: &mut Program) -> usize {
         };
         let b = copy.output.buffer;
         let (fused, bytes) = (p.buffer(b).fused, p.buffer(b).bytes);
-        if !fused || copy.inputs[0].buffer == b || !crate::views::is_plain_copy(copy, bytes) {
+        let reads_self = copy.inputs.iter().any(|v| v.buffer == b);
+        let plain = crate::views::is_plain_copy(copy, bytes);
+        if !fused || reads_self || !(plain || crate::views::is_gather_copy(copy, bytes)) {
             i += 1;
             continue;
         }
@@ -459,7 +480,8 @@ pub fn forward_copies(p: &mut Program) -> usize {
                 j != i && (r.contains(&b) || w.contains(&b))
             })
             .collect();
-        if let Some(readers) = forward_copy(p, i, &touching) {
+        let readers = if plain { forward_copy(p, i, &touching) } else { gather_into(p, i, &touching) };
+        if let Some(readers) = readers {
             for (j, k) in readers {
                 p.instrs[j] = Instr::Kernel(k);
             }
@@ -473,6 +495,40 @@ pub fn forward_copies(p: &mut Program) -> usize {
         removed += 1;
     }
     removed
+}
+
+/// The readers of gather `i` (the instructions `touching` its output), each looking the
+/// indices up itself; `None` unless every reader comes after it, is a kernel that only reads
+/// the gather's output, at indices that permute the gather's (see [`permuted_index`]), and
+/// nothing writes the gather's operands meanwhile.
+fn gather_into(p: &Program, i: usize, touching: &[usize]) -> Option<Vec<(usize, Kernel)>> {
+    let Instr::Kernel(gather) = &p.instrs[i] else { return None };
+    let b = gather.output.buffer;
+    let last = *touching.iter().max()?;
+    if touching[0] < i || p.buffer(b).kind != kiln_ir::lir::BufferKind::Activation {
+        return None;
+    }
+    let sources: Vec<BufferId> = gather.inputs.iter().map(|v| v.buffer).collect();
+    if (i + 1..=last).any(|j| p.instrs[j].reads_writes().1.iter().any(|w| sources.contains(w))) {
+        return None;
+    }
+    let dense: Vec<i64> = strides_of(&gather.domain).into_iter().map(|s| s as i64).collect();
+    touching
+        .iter()
+        .map(|&j| match &p.instrs[j] {
+            Instr::Kernel(cons) if cons.output.buffer != b => {
+                let mut permuted = true;
+                cons.body.visit(&mut |e| {
+                    if let Expr::Load { operand, index, .. } = e {
+                        let v = &cons.inputs[*operand];
+                        permuted &= v.buffer != b || permuted_index(v, index, &gather.domain, &dense).is_some();
+                    }
+                });
+                permuted.then(|| substitute(gather, cons, b)).flatten().map(|k| (j, k))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The one kernel writing the source of copy `i`, made to write the copy's output instead;

@@ -57,18 +57,30 @@ fn readers(
     Some(out)
 }
 
-/// Marks the output of every view copy whose readers all read views (see the module doc).
-/// Returns whether any value was marked.
+/// Whether `n` is a Gather by constant indices along an axis other than the last: a copy
+/// that looks up one index per row, not per element.
+fn row_gather(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    matches!(node.op, Op::Gather { axis } if axis + 1 < g.ty(node.inputs[0]).rank())
+        && g.const_of(node.inputs[1]).is_some()
+}
+
+/// Marks the output of every view copy whose readers all read views (see the module doc),
+/// and of every row gather (a reflect pad's rows) whose readers are all slices: each slice
+/// then looks the rows up itself (one pass for the pad, not two). Returns whether any value
+/// was marked.
 pub fn mark(g: &mut Graph) -> bool {
     let users = g.users();
     let mut changed = false;
     for n in g.order().to_vec() {
         let v = g.node(n).outputs[0];
-        if g.is_fused(v) || !view_copy(g, n) || !matches!(g.value(v).def, ValueDef::Node(..)) {
+        if g.is_fused(v) || !matches!(g.value(v).def, ValueDef::Node(..)) {
             continue;
         }
         let Some(rs) = readers(g, &users, v) else { continue };
-        if !rs.is_empty() && rs.iter().all(|&r| reads_views(g, r)) {
+        let slices = || rs.iter().all(|&r| matches!(g.node(r).op, Op::Slice { .. }));
+        let ok = if view_copy(g, n) { rs.iter().all(|&r| reads_views(g, r)) } else { row_gather(g, n) && slices() };
+        if !rs.is_empty() && ok {
             g.set_fused(v, true);
             changed = true;
         }
@@ -106,6 +118,17 @@ fn plain_copy(k: &Kernel, bytes: usize) -> Option<(&View, Vec<Result<usize, i64>
         })
         .collect::<Option<Vec<_>>>()?;
     Some((&k.inputs[0], at))
+}
+
+/// Whether `k` copies one load of its first operand at any indices (a gather by looked-up
+/// indices) to the whole of a dense output of `bytes` bytes.
+pub fn is_gather_copy(k: &Kernel, bytes: usize) -> bool {
+    matches!(k.body, Expr::Load { operand: 0, pad: None, .. })
+        && k.reduction.is_none()
+        && k.n_par == k.domain.len()
+        && k.output.is_dense()
+        && k.output.extents == k.domain
+        && k.output.numel() * k.output.dtype.size() == bytes
 }
 
 /// Whether `k` is a plain copy (see [`plain_copy`]) of a buffer of `bytes` bytes.

@@ -98,3 +98,40 @@ fn copies_through_views() {
         net.check(&outs, 1e-4);
     }
 }
+
+/// A reflect pad as the importer writes it: a Gather of rows by constant indices, then slices
+/// of columns (forward and reversed) joined by a Concat. The slices look the rows up
+/// themselves and write the output in one pass, on odd shapes with a batch; the result
+/// matches the reference.
+#[test]
+fn row_gathers_are_looked_up_by_their_slices() {
+    let mut r = Rng(47);
+    for (n, c, h, w, p) in [(2, 3, 7, 9, 2), (1, 5, 11, 6, 3), (3, 1, 4, 17, 1)] {
+        let mut net = RefNet::new("reflect");
+        let x = net.input("x", r.tensor(DType::F32, &[n, c, h, w]));
+        let rows: Vec<i64> = (0..h + 2 * p)
+            .map(|i| (i as i64 - p as i64).abs())
+            .map(|i| if i >= h as i64 { 2 * (h as i64 - 1) - i } else { i })
+            .collect();
+        let at = net.constant("rows", Tensor::i64(vec![rows.len()], rows));
+        let g = net.node(Op::Gather { axis: 2 }, &[x, at], "rows");
+        let hp = h + 2 * p;
+        let slice = |net: &mut RefNet, start: usize, step: i64, len: usize, name: &str| {
+            let op = Op::Slice {
+                starts: vec![0, 0, 0, start as i64],
+                steps: vec![1, 1, 1, step],
+                out_shape: vec![n, c, hp, len],
+            };
+            net.node(op, &[g], name)
+        };
+        let left = slice(&mut net, p, -1, p, "left");
+        let mid = slice(&mut net, 0, 1, w, "middle");
+        let right = slice(&mut net, w - 2, -1, p, "right");
+        let y = net.node(Op::Concat { axis: 3 }, &[left, mid, right], "pad");
+        let prog = net.lowered(&[y]);
+        let text = kiln::ir::lir::print(&prog);
+        assert!(kernels(&prog).all(|k| !k.name.ends_with("rows")), "{text}");
+        assert_eq!(kernels(&prog).count(), 3, "{text}");
+        net.check(&[y], 0.0);
+    }
+}
