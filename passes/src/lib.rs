@@ -5,8 +5,9 @@
 //!   folding), [`decompose`] (ops kept whole until then, for a backend that does not lower
 //!   them) and [`fuse`].
 //! * [`lower`]: HIR → LIR.
-//! * LIR passes: [`fuse`]'s LIR half and [`memory`] (liveness, in-place reuse, arena
-//!   offsets, the weight section).
+//! * LIR passes: [`fuse`]'s LIR half (with [`views`]: copies that only move data, read or
+//!   written in place) and [`memory`] (liveness, in-place reuse, arena offsets, the weight
+//!   section).
 //! * [`partition`]: splitting a graph across devices (before fusion).
 
 pub mod decompose;

@@ -21,13 +21,20 @@ const LINGER: Duration = Duration::from_micros(200);
 
 /// The chunks of one `parallel_for` at a time, claimed by the caller and the spinning workers.
 ///
-/// `next` holds the publication's epoch (high 32 bits) and the next chunk to claim (low
+/// Each thread owns a contiguous range of the chunks (the caller the first), claims from it
+/// first and then from the others' (so that a thread done early takes work from one that is
+/// behind): consecutive kernels over the same rows (a softmax's or a normalization's passes)
+/// give each thread the same rows, which stay in its own cache. With the chunks claimed in
+/// one shared order, the rows moved between the cores from pass to pass, and a 2-thread
+/// softmax over 12×128×128 took 0.032 ms against 0.023 ms.
+///
+/// A thread's `cursor` holds the publication's epoch (high 32 bits) and its next chunk (low
 /// bits); a claim is a compare-and-swap on it, so a worker that read the fields of an older
-/// publication never runs a chunk with them. Between publications `next` is closed (its
-/// chunk index past any count) while the fields are rewritten; the caller rewrites them only
-/// once every chunk of the last one has finished.
+/// publication never runs a chunk with them. Between publications every cursor is closed
+/// (its chunk index past any count) while the fields are rewritten; the caller rewrites them
+/// only once every chunk of the last one has finished.
 struct Slot {
-    next: AtomicU64,
+    cursors: Box<[Cursor]>,
     task: AtomicUsize,
     ctx: AtomicUsize,
     n: AtomicI64,
@@ -35,42 +42,70 @@ struct Slot {
     finished: AtomicI64,
 }
 
+/// One thread's cursor, on a cache line of its own (the threads claim at once).
+#[repr(align(64))]
+struct Cursor(AtomicU64);
+
 const CLOSED: u64 = u32::MAX as u64;
 
 impl Slot {
-    /// Claims and runs chunks of the current publication until none is left; returns how many
-    /// it ran.
-    fn work(&self) -> i64 {
-        let mut ran = 0;
-        loop {
-            let v = self.next.load(Ordering::Acquire);
-            let (task, ctx, n, chunks) = (
-                self.task.load(Ordering::Relaxed),
-                self.ctx.load(Ordering::Relaxed),
-                self.n.load(Ordering::Relaxed),
-                self.chunks.load(Ordering::Relaxed),
-            );
-            let c = (v & CLOSED) as i64;
-            if c >= chunks {
-                return ran;
-            }
-            if self.next.compare_exchange_weak(v, v + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                continue;
-            }
-            let (s, e) = (n * c / chunks, n * (c + 1) / chunks);
-            if s < e {
-                // SAFETY: the claim succeeded on this publication's epoch, so the fields read
-                // before it are this publication's (they are rewritten only after all of its
-                // chunks finished); the compiled task reads the context, which outlives the
-                // publication, and writes disjoint output ranges.
-                unsafe {
-                    let task: TaskFn = std::mem::transmute::<usize, TaskFn>(task);
-                    task(ctx as *const Context, s, e)
-                };
-            }
-            self.finished.fetch_add(1, Ordering::AcqRel);
-            ran += 1;
+    /// The first chunk of thread `t`'s range of `chunks`.
+    fn first(&self, t: usize, chunks: i64) -> i64 {
+        chunks * t as i64 / self.cursors.len() as i64
+    }
+
+    /// Opens publication `epoch`: each cursor at the start of its thread's range.
+    fn open(&self, epoch: u64, chunks: i64) {
+        for (t, c) in self.cursors.iter().enumerate() {
+            c.0.store((epoch << 32) | self.first(t, chunks) as u64, Ordering::Release);
         }
+    }
+
+    /// Closes every cursor for the fields to change (the next publication is `epoch`).
+    fn close(&self, epoch: u64) {
+        for c in self.cursors.iter() {
+            c.0.store((epoch << 32) | CLOSED, Ordering::Release);
+        }
+    }
+
+    /// Claims and runs chunks of the current publication until none is left, from thread
+    /// `me`'s range first and then from the others'; returns how many it ran.
+    fn work(&self, me: usize) -> i64 {
+        let threads = self.cursors.len();
+        let mut ran = 0;
+        for t in (0..threads).map(|i| (me + i) % threads) {
+            let cursor = &self.cursors[t].0;
+            loop {
+                let v = cursor.load(Ordering::Acquire);
+                let (task, ctx, n, chunks) = (
+                    self.task.load(Ordering::Relaxed),
+                    self.ctx.load(Ordering::Relaxed),
+                    self.n.load(Ordering::Relaxed),
+                    self.chunks.load(Ordering::Relaxed),
+                );
+                let c = (v & CLOSED) as i64;
+                if c >= self.first(t + 1, chunks) {
+                    break;
+                }
+                if cursor.compare_exchange_weak(v, v + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                    continue;
+                }
+                let (s, e) = (n * c / chunks, n * (c + 1) / chunks);
+                if s < e {
+                    // SAFETY: the claim succeeded on this publication's epoch, so the fields
+                    // read before it are this publication's (they are rewritten only after all
+                    // of its chunks finished); the compiled task reads the context, which
+                    // outlives the publication, and writes disjoint output ranges.
+                    unsafe {
+                        let task: TaskFn = std::mem::transmute::<usize, TaskFn>(task);
+                        task(ctx as *const Context, s, e)
+                    };
+                }
+                self.finished.fetch_add(1, Ordering::AcqRel);
+                ran += 1;
+            }
+        }
+        ran
     }
 }
 
@@ -103,13 +138,15 @@ impl Pool {
             .thread_name(|i| format!("kiln-worker-{i}"))
             .build()
             .expect("creating the worker thread pool");
+        // `threads` 0 is rayon's default count: the pool's own count decides.
+        let threads = pool.current_num_threads();
         Arc::new(Pool {
             pool,
             shared: AtomicU64::new(0),
             last_run_shared: AtomicBool::new(true),
             slot_owner: Mutex::new(()),
             slot: Slot {
-                next: AtomicU64::new(CLOSED),
+                cursors: (0..threads).map(|_| Cursor(AtomicU64::new(CLOSED))).collect(),
                 task: AtomicUsize::new(0),
                 ctx: AtomicUsize::new(0),
                 n: AtomicI64::new(0),
@@ -169,7 +206,7 @@ impl Pool {
                 if pool.run.load(Ordering::Acquire) != run {
                     return; // a newer run has its own workers
                 }
-                if pool.slot.work() == 0 {
+                if pool.slot.work(b.index() + 1) == 0 {
                     let ended = pool.ended_at.load(Ordering::Acquire);
                     if ended != u64::MAX && pool.now_us().saturating_sub(ended) > LINGER.as_micros() as u64 {
                         return;
@@ -192,20 +229,21 @@ impl Pool {
     fn share_on_slot(&self, task: TaskFn, ctx: *const Context, n: i64) {
         let s = &self.slot;
         let chunks = self.chunks(n);
-        let epoch = (s.next.load(Ordering::Relaxed) >> 32) + 1;
-        // Closed (it is already: the last publication ended that way) while the fields change.
-        s.next.store((epoch << 32) | CLOSED, Ordering::Release);
+        let epoch = (s.cursors[0].0.load(Ordering::Relaxed) >> 32) + 1;
+        // Closed (they are already: the last publication ended that way) while the fields
+        // change.
+        s.close(epoch);
         s.task.store(task as usize, Ordering::Relaxed);
         s.ctx.store(ctx as usize, Ordering::Relaxed);
         s.n.store(n, Ordering::Relaxed);
         s.chunks.store(chunks, Ordering::Relaxed);
         s.finished.store(0, Ordering::Relaxed);
-        s.next.store(epoch << 32, Ordering::Release);
-        s.work();
+        s.open(epoch, chunks);
+        s.work(0);
         while s.finished.load(Ordering::Acquire) < chunks {
             std::hint::spin_loop();
         }
-        s.next.store(((epoch + 1) << 32) | CLOSED, Ordering::Release);
+        s.close(epoch + 1);
     }
 }
 
