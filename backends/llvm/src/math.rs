@@ -257,7 +257,9 @@ pub fn tanh<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
 
 /// f32 `erf`, inline: `x·P(x²)` below 2 (least-squares fit, 4e-7 relative), `1 − e^{−x²}·Q(|x|
 /// − 3)` with the sign of x on [2, 4) (Q fits `erfc(x)·e^{x²}`, 4e-8 absolute), ±1 beyond
-/// (where erf rounds to ±1 in f32).
+/// (where erf rounds to ±1 in f32). On a vector, the second form is computed only when some
+/// lane needs it (|x| ≥ 2 or NaN): in a GELU, `erf(x/√2)` of a network's activations, few
+/// vectors do, and the polynomial below 2 is a third of the work.
 pub fn erf<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
     let f = F::of(g, x);
     let a = f.call("llvm.fabs", &[x])?;
@@ -278,26 +280,43 @@ pub fn erf<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
         ],
     )?;
     let small = f.mul(x, small)?;
-    let q = f.horner(
-        f.sub(a, f.c(3.0))?,
-        &[
-            0.179_001_105_449_567_32,
-            -0.054_372_210_429_678_74,
-            0.015_885_822_920_551_903,
-            -0.004_480_086_585_021_812,
-            0.001_215_875_865_262_393_8,
-            -0.000_321_797_792_725_467_1,
-            9.471_577_168_117_042e-5,
-            -2.400_886_971_622_375_4e-5,
-        ],
-    )?;
-    let e = exp(g, f.neg(x2)?)?;
-    let one = f.c(1.0);
-    let mid = f.sub(one, f.mul(e, q)?)?;
-    let big = f.sel(f.cmp(FloatPredicate::OLT, a, f.c(4.0))?, mid, one)?;
-    let big = f.call("llvm.copysign", &[big, x])?;
-    let y = f.sel(f.cmp(FloatPredicate::OLT, a, f.c(2.0))?, small, big)?;
-    f.sel(f.cmp(FloatPredicate::UNO, x, x)?, x, y)
+    let wide = || -> BackendResult<V<'ctx>> {
+        let q = f.horner(
+            f.sub(a, f.c(3.0))?,
+            &[
+                0.179_001_105_449_567_32,
+                -0.054_372_210_429_678_74,
+                0.015_885_822_920_551_903,
+                -0.004_480_086_585_021_812,
+                0.001_215_875_865_262_393_8,
+                -0.000_321_797_792_725_467_1,
+                9.471_577_168_117_042e-5,
+                -2.400_886_971_622_375_4e-5,
+            ],
+        )?;
+        let e = exp(g, f.neg(x2)?)?;
+        let one = f.c(1.0);
+        let mid = f.sub(one, f.mul(e, q)?)?;
+        let big = f.sel(f.cmp(FloatPredicate::OLT, a, f.c(4.0))?, mid, one)?;
+        let big = f.call("llvm.copysign", &[big, x])?;
+        let y = f.sel(f.cmp(FloatPredicate::OLT, a, f.c(2.0))?, small, big)?;
+        f.sel(f.cmp(FloatPredicate::UNO, x, x)?, x, y)
+    };
+    let V::VectorValue(_) = x else { return wide() };
+    let b = &g.builder;
+    let some = f.call("llvm.vector.reduce.or", &[f.cmp(FloatPredicate::UGE, a, f.c(2.0))?])?.into_int_value();
+    let here = b.get_insert_block().ok_or_else(|| llvm_err("erf: the builder is not positioned"))?;
+    let func = here.get_parent().ok_or_else(|| llvm_err("erf: a block outside a function"))?;
+    let (wide_b, done) = (g.context.append_basic_block(func, "erf_wide"), g.context.append_basic_block(func, "erf"));
+    b.build_conditional_branch(some, wide_b, done).map_err(llvm_err)?;
+    b.position_at_end(wide_b);
+    let y = wide()?;
+    let wide_end = b.get_insert_block().ok_or_else(|| llvm_err("erf: the builder is not positioned"))?;
+    b.build_unconditional_branch(done).map_err(llvm_err)?;
+    b.position_at_end(done);
+    let phi = b.build_phi(small.get_type(), "erf").map_err(llvm_err)?;
+    phi.add_incoming(&[(&small, here), (&y, wide_end)]);
+    Ok(phi.as_basic_value())
 }
 
 /// f32 logistic sigmoid: with `e = e^{-|x|} ≤ 1`, `1/(1+e)` for x ≥ 0 and `e/(1+e)` below
