@@ -245,7 +245,7 @@ fn producer_index(view: &View, index: &[Expr], ext: &[usize]) -> Vec<Expr> {
 /// its own dims, at the producer's dense stride or its negative (a broadcast, the logical
 /// order of a value the producer writes channels-last, a slice of it, reversed or not), the
 /// producer's indices are the consumer's, permuted and offset: no division.
-fn permuted_index(view: &View, index: &[Expr], ext: &[usize], dense: &[i64]) -> Option<Vec<Expr>> {
+pub(crate) fn permuted_index(view: &View, index: &[Expr], ext: &[usize], dense: &[i64]) -> Option<Vec<Expr>> {
     // The view's offset as a position in the producer's output: one digit per dim.
     let mut digit = vec![0i64; ext.len()];
     let mut rest = view.offset;
@@ -280,7 +280,7 @@ fn permuted_index(view: &View, index: &[Expr], ext: &[usize], dense: &[i64]) -> 
 }
 
 /// Substitutes a plain producer (no reduction) into the consumer's loads of buffer `b`.
-fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
+pub(crate) fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     let mut ok = true;
     let check = |e: &Expr, ok: &mut bool| {
         if let Expr::Load { operand, pad, .. } = e {
@@ -402,6 +402,16 @@ pub fn fuse_lir(p: &mut Program) -> usize {
     }
 }
 
+/// The instructions other than `i` that read or write buffer `b`, in order.
+pub(crate) fn touching(p: &Program, i: usize, b: BufferId) -> Vec<usize> {
+    (0..p.instrs.len())
+        .filter(|&j| {
+            let (r, w) = p.instrs[j].reads_writes();
+            j != i && (r.contains(&b) || w.contains(&b))
+        })
+        .collect()
+}
+
 /// One pass of [`fuse_lir`] over the program.
 fn fuse_lir_pass(p: &mut Program) -> usize {
     let mut merged = 0;
@@ -414,14 +424,7 @@ fn fuse_lir_pass(p: &mut Program) -> usize {
         let b = prod.output.buffer;
         let buf = p.buffer(b);
         let whole = prod.output.is_dense() && prod.output.numel() * prod.output.dtype.size() == buf.bytes;
-        let touching: Vec<usize> = (0..p.instrs.len())
-            .filter(|&j| {
-                j != i && {
-                    let (r, w) = p.instrs[j].reads_writes();
-                    r.contains(&b) || w.contains(&b)
-                }
-            })
-            .collect();
+        let touching = touching(p, i, b);
         let reads_self = prod.inputs.iter().any(|v| v.buffer == b);
         if buf.fused && crate::views::is_plain_copy(prod, buf.bytes) {
             // Left to `forward_copies`, which runs on the fused program.
@@ -452,166 +455,6 @@ fn fuse_lir_pass(p: &mut Program) -> usize {
         }
     }
     merged
-}
-
-/// Lets the readers of each copy marked fused that only moves data (see [`crate::views`])
-/// read its source in place, where they all can and the most bytes live at once does not
-/// grow. Runs after [`fuse_lir`], on the program whose liveness is nearly the final one.
-/// Returns the number of copies removed.
-pub fn forward_copies(p: &mut Program) -> usize {
-    let mut removed = 0;
-    let mut i = 0;
-    while i < p.instrs.len() {
-        let Instr::Kernel(copy) = &p.instrs[i] else {
-            i += 1;
-            continue;
-        };
-        let b = copy.output.buffer;
-        let (fused, bytes) = (p.buffer(b).fused, p.buffer(b).bytes);
-        let reads_self = copy.inputs.iter().any(|v| v.buffer == b);
-        let plain = crate::views::is_plain_copy(copy, bytes);
-        if !fused || reads_self || !(plain || crate::views::is_gather_copy(copy, bytes)) {
-            i += 1;
-            continue;
-        }
-        let touching: Vec<usize> = (0..p.instrs.len())
-            .filter(|&j| {
-                let (r, w) = p.instrs[j].reads_writes();
-                j != i && (r.contains(&b) || w.contains(&b))
-            })
-            .collect();
-        let readers = if plain { forward_copy(p, i, &touching) } else { gather_into(p, i, &touching) };
-        if let Some(readers) = readers {
-            for (j, k) in readers {
-                p.instrs[j] = Instr::Kernel(k);
-            }
-        } else if let Some((j, k)) = backward_copy(p, i) {
-            p.instrs[j] = Instr::Kernel(k);
-        } else {
-            i += 1;
-            continue;
-        }
-        p.instrs.remove(i);
-        removed += 1;
-    }
-    removed
-}
-
-/// The readers of gather `i` (the instructions `touching` its output), each looking the
-/// indices up itself; `None` unless every reader comes after it, is a kernel that only reads
-/// the gather's output, at indices that permute the gather's (see [`permuted_index`]), and
-/// nothing writes the gather's operands meanwhile.
-fn gather_into(p: &Program, i: usize, touching: &[usize]) -> Option<Vec<(usize, Kernel)>> {
-    let Instr::Kernel(gather) = &p.instrs[i] else { return None };
-    let b = gather.output.buffer;
-    let last = *touching.iter().max()?;
-    if touching[0] < i || p.buffer(b).kind != kiln_ir::lir::BufferKind::Activation {
-        return None;
-    }
-    let sources: Vec<BufferId> = gather.inputs.iter().map(|v| v.buffer).collect();
-    if (i + 1..=last).any(|j| p.instrs[j].reads_writes().1.iter().any(|w| sources.contains(w))) {
-        return None;
-    }
-    let dense: Vec<i64> = strides_of(&gather.domain).into_iter().map(|s| s as i64).collect();
-    touching
-        .iter()
-        .map(|&j| match &p.instrs[j] {
-            Instr::Kernel(cons) if cons.output.buffer != b => {
-                let mut permuted = true;
-                cons.body.visit(&mut |e| {
-                    if let Expr::Load { operand, index, .. } = e {
-                        let v = &cons.inputs[*operand];
-                        permuted &= v.buffer != b || permuted_index(v, index, &gather.domain, &dense).is_some();
-                    }
-                });
-                permuted.then(|| substitute(gather, cons, b)).flatten().map(|k| (j, k))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// The one kernel writing the source of copy `i`, made to write the copy's output instead;
-/// `None` unless the source is an activation that only that kernel (before the copy, not
-/// reading it) and the copy touch, and nothing touches the copy's output in between.
-fn backward_copy(p: &Program, i: usize) -> Option<(usize, Kernel)> {
-    let Instr::Kernel(copy) = &p.instrs[i] else { return None };
-    let (b, src) = (copy.output.buffer, copy.inputs[0].buffer);
-    if p.buffer(src).kind != kiln_ir::lir::BufferKind::Activation {
-        return None;
-    }
-    let touches = |j: usize, x: BufferId| {
-        let (r, w) = p.instrs[j].reads_writes();
-        r.contains(&x) || w.contains(&x)
-    };
-    let writers: Vec<usize> = (0..p.instrs.len()).filter(|&j| j != i && touches(j, src)).collect();
-    let [j] = writers[..] else { return None };
-    let Instr::Kernel(prod) = &p.instrs[j] else { return None };
-    if j > i || prod.output.buffer != src || prod.inputs.iter().any(|v| v.buffer == src || v.buffer == b) {
-        return None;
-    }
-    if (j + 1..i).any(|m| touches(m, b)) {
-        return None;
-    }
-    crate::views::backward(copy, p.buffer(b).bytes, prod).map(|k| (j, k))
-}
-
-/// The readers of copy `i` (the instructions `touching` its output), each reading the copy's
-/// source in place; `None` unless every reader comes after it, is a kernel that only reads
-/// the copy's output, and takes the composed view, and nothing writes the source meanwhile.
-fn forward_copy(p: &Program, i: usize, touching: &[usize]) -> Option<Vec<(usize, Kernel)>> {
-    let Instr::Kernel(copy) = &p.instrs[i] else { return None };
-    let (b, src) = (copy.output.buffer, copy.inputs[0].buffer);
-    let last = *touching.iter().max()?;
-    if touching[0] < i || p.buffer(b).kind != kiln_ir::lir::BufferKind::Activation {
-        return None;
-    }
-    if (i + 1..=last).any(|j| p.instrs[j].reads_writes().1.contains(&src)) || raises_peak(p, src, b, last) {
-        return None;
-    }
-    touching
-        .iter()
-        .map(|&j| match &p.instrs[j] {
-            Instr::Kernel(cons) if cons.output.buffer != b => {
-                crate::views::forward(copy, p.buffer(b).bytes, cons, b).map(|k| (j, k))
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// Whether reading activation `src` in place of its copy `b` up to instruction `last` (which
-/// keeps `src` live that long) would raise the most bytes live at once. ViT's Q/K/V
-/// projection (three times the size of V) kept for V's product would have raised its arena by
-/// 13%; its copy of V stays.
-fn raises_peak(p: &Program, src: BufferId, b: BufferId, last: usize) -> bool {
-    use kiln_ir::lir::BufferKind;
-    if p.buffer(src).kind != BufferKind::Activation {
-        return false;
-    }
-    let live = crate::memory::intervals(p);
-    let src_end = live[&src].1;
-    if src_end >= last {
-        return false;
-    }
-    let mut bytes = vec![0i64; p.instrs.len() + 1];
-    for (&buf, &(s, e)) in &live {
-        if p.buffer(buf).kind == BufferKind::Activation {
-            bytes[s] += p.buffer(buf).bytes as i64;
-            bytes[e + 1] -= p.buffer(buf).bytes as i64;
-        }
-    }
-    let mut at = 0;
-    let profile: Vec<i64> = bytes
-        .iter()
-        .map(|d| {
-            at += d;
-            at
-        })
-        .collect();
-    let peak = *profile.iter().max().unwrap_or(&0);
-    let change = p.buffer(src).bytes as i64 - p.buffer(b).bytes as i64;
-    profile[src_end + 1..=last].iter().any(|&x| x + change > peak)
 }
 
 /// Replaces loads of a one-element constant (a scalar broadcast: every stride 0) by the

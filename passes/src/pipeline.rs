@@ -23,7 +23,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 
 use crate::memory::{MemoryReport, WeightSection};
-use crate::{decompose, fuse, memory, simplify, PassError};
+use crate::{decompose, fuse, memory, simplify, views, PassError};
 
 /// What a backend adds to the pipeline for the device a graph is compiled for.
 pub trait Backend: Sync {
@@ -129,7 +129,7 @@ fn fuse_lir(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
 }
 
 fn forward_copies(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
-    fuse::forward_copies(&mut l.program);
+    views::forward_copies(&mut l.program);
     Ok(())
 }
 

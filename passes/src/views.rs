@@ -9,10 +9,14 @@
 //! per layer in ViT; with them gone the products read the projection where it lies.
 //!
 //! * [`mark`] (HIR): marks such values fused.
-//! * [`forward`] (LIR): rewrites one reader's views of the copy's output into views of its
-//!   source, or refuses (the copy then stays: always correct).
+//! * [`forward_copies`] (LIR, after `fuse-lir`): rewrites the readers' views of such a
+//!   copy's output into views of its source (or makes its source's producer write the
+//!   output), or leaves the copy (always correct).
 
-use kiln_ir::lir::{BufferId, Expr, Kernel, Scalar, View};
+use kiln_ir::lir::{BufferId, BufferKind, Expr, Instr, Kernel, Program, Scalar, View};
+use kiln_ir::strides_of;
+
+use crate::fuse::{permuted_index, substitute, touching};
 use kiln_ir::{Graph, NodeId, Op, ValueDef, ValueId};
 
 /// Whether `n` lowers to a plain copy through a view: a Transpose, a Slice, or a Gather whose
@@ -265,4 +269,156 @@ pub fn forward(copy: &Kernel, bytes: usize, cons: &Kernel, b: BufferId) -> Optio
     }
     k.name = format!("{}+{}", copy.name, cons.name);
     Some(k)
+}
+
+/// Lets the readers of each copy marked fused that only moves data (see the module doc)
+/// read its source in place, where they all can and the most bytes live at once does not
+/// grow. Runs after [`crate::fuse::fuse_lir`], on the program whose liveness is nearly the final one.
+/// Returns the number of copies removed.
+pub fn forward_copies(p: &mut Program) -> usize {
+    let mut removed = 0;
+    let mut i = 0;
+    while i < p.instrs.len() {
+        let Instr::Kernel(copy) = &p.instrs[i] else {
+            i += 1;
+            continue;
+        };
+        let b = copy.output.buffer;
+        let (fused, bytes) = (p.buffer(b).fused, p.buffer(b).bytes);
+        let reads_self = copy.inputs.iter().any(|v| v.buffer == b);
+        let plain = is_plain_copy(copy, bytes);
+        if !fused || reads_self || !(plain || is_gather_copy(copy, bytes)) {
+            i += 1;
+            continue;
+        }
+        let touching = touching(p, i, b);
+        let readers = if plain { forward_copy(p, i, &touching) } else { gather_into(p, i, &touching) };
+        if let Some(readers) = readers {
+            for (j, k) in readers {
+                p.instrs[j] = Instr::Kernel(k);
+            }
+        } else if let Some((j, k)) = backward_copy(p, i) {
+            p.instrs[j] = Instr::Kernel(k);
+        } else {
+            i += 1;
+            continue;
+        }
+        p.instrs.remove(i);
+        removed += 1;
+    }
+    removed
+}
+
+/// The readers of gather `i` (the instructions `touching` its output), each looking the
+/// indices up itself; `None` unless every reader comes after it, is a kernel that only reads
+/// the gather's output, at indices that permute the gather's (see [`permuted_index`]), and
+/// nothing writes the gather's operands meanwhile.
+fn gather_into(p: &Program, i: usize, touching: &[usize]) -> Option<Vec<(usize, Kernel)>> {
+    let Instr::Kernel(gather) = &p.instrs[i] else { return None };
+    let b = gather.output.buffer;
+    let last = *touching.iter().max()?;
+    if touching[0] < i || p.buffer(b).kind != BufferKind::Activation {
+        return None;
+    }
+    let sources: Vec<BufferId> = gather.inputs.iter().map(|v| v.buffer).collect();
+    if (i + 1..=last).any(|j| p.instrs[j].reads_writes().1.iter().any(|w| sources.contains(w))) {
+        return None;
+    }
+    let dense: Vec<i64> = strides_of(&gather.domain).into_iter().map(|s| s as i64).collect();
+    touching
+        .iter()
+        .map(|&j| match &p.instrs[j] {
+            Instr::Kernel(cons) if cons.output.buffer != b => {
+                let mut permuted = true;
+                cons.body.visit(&mut |e| {
+                    if let Expr::Load { operand, index, .. } = e {
+                        let v = &cons.inputs[*operand];
+                        permuted &= v.buffer != b || permuted_index(v, index, &gather.domain, &dense).is_some();
+                    }
+                });
+                permuted.then(|| substitute(gather, cons, b)).flatten().map(|k| (j, k))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one kernel writing the source of copy `i`, made to write the copy's output instead;
+/// `None` unless the source is an activation that only that kernel (before the copy, not
+/// reading it) and the copy touch, and nothing touches the copy's output in between.
+fn backward_copy(p: &Program, i: usize) -> Option<(usize, Kernel)> {
+    let Instr::Kernel(copy) = &p.instrs[i] else { return None };
+    let (b, src) = (copy.output.buffer, copy.inputs[0].buffer);
+    if p.buffer(src).kind != BufferKind::Activation {
+        return None;
+    }
+    let touches = |j: usize, x: BufferId| {
+        let (r, w) = p.instrs[j].reads_writes();
+        r.contains(&x) || w.contains(&x)
+    };
+    let writers: Vec<usize> = (0..p.instrs.len()).filter(|&j| j != i && touches(j, src)).collect();
+    let [j] = writers[..] else { return None };
+    let Instr::Kernel(prod) = &p.instrs[j] else { return None };
+    if j > i || prod.output.buffer != src || prod.inputs.iter().any(|v| v.buffer == src || v.buffer == b) {
+        return None;
+    }
+    if (j + 1..i).any(|m| touches(m, b)) {
+        return None;
+    }
+    backward(copy, p.buffer(b).bytes, prod).map(|k| (j, k))
+}
+
+/// The readers of copy `i` (the instructions `touching` its output), each reading the copy's
+/// source in place; `None` unless every reader comes after it, is a kernel that only reads
+/// the copy's output, and takes the composed view, and nothing writes the source meanwhile.
+fn forward_copy(p: &Program, i: usize, touching: &[usize]) -> Option<Vec<(usize, Kernel)>> {
+    let Instr::Kernel(copy) = &p.instrs[i] else { return None };
+    let (b, src) = (copy.output.buffer, copy.inputs[0].buffer);
+    let last = *touching.iter().max()?;
+    if touching[0] < i || p.buffer(b).kind != BufferKind::Activation {
+        return None;
+    }
+    if (i + 1..=last).any(|j| p.instrs[j].reads_writes().1.contains(&src)) || raises_peak(p, src, b, last) {
+        return None;
+    }
+    touching
+        .iter()
+        .map(|&j| match &p.instrs[j] {
+            Instr::Kernel(cons) if cons.output.buffer != b => forward(copy, p.buffer(b).bytes, cons, b).map(|k| (j, k)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether reading activation `src` in place of its copy `b` up to instruction `last` (which
+/// keeps `src` live that long) would raise the most bytes live at once. ViT's Q/K/V
+/// projection (three times the size of V) kept for V's product would have raised its arena by
+/// 13%; its copy of V stays.
+fn raises_peak(p: &Program, src: BufferId, b: BufferId, last: usize) -> bool {
+    if p.buffer(src).kind != BufferKind::Activation {
+        return false;
+    }
+    let live = crate::memory::intervals(p);
+    let src_end = live[&src].1;
+    if src_end >= last {
+        return false;
+    }
+    let mut bytes = vec![0i64; p.instrs.len() + 1];
+    for (&buf, &(s, e)) in &live {
+        if p.buffer(buf).kind == BufferKind::Activation {
+            bytes[s] += p.buffer(buf).bytes as i64;
+            bytes[e + 1] -= p.buffer(buf).bytes as i64;
+        }
+    }
+    let mut at = 0;
+    let profile: Vec<i64> = bytes
+        .iter()
+        .map(|d| {
+            at += d;
+            at
+        })
+        .collect();
+    let peak = *profile.iter().max().unwrap_or(&0);
+    let change = p.buffer(src).bytes as i64 - p.buffer(b).bytes as i64;
+    profile[src_end + 1..=last].iter().any(|&x| x + change > peak)
 }
