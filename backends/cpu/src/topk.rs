@@ -14,6 +14,9 @@ use kiln_ir::lir::{Instr, Program, View};
 use kiln_ir::DType;
 use kiln_llvm_codegen::{llvm_err, BackendResult, CodeGen};
 
+/// The lanes of the screening vector ([`gen_top_k`]).
+const SCREEN: i64 = 16; // the mask is read as an i16
+
 /// The rows of a TopK: every position of the input but along its axis.
 pub(crate) fn rows(input: &View, axis: usize) -> usize {
     input.extents.iter().enumerate().filter(|&(d, _)| d != axis).map(|(_, &e)| e).product()
@@ -179,7 +182,7 @@ pub(crate) fn gen_top_k<'ctx>(
             row.sift_down(f, j, g.i64(k))
         })?;
         // Every later position that beats the worst kept one replaces it.
-        g.for_range(f, g.i64(k), g.i64(n), &mut |l| {
+        let mut consider = |l: IntValue<'ctx>| -> BackendResult<()> {
             let root = row.slot(g.i64(0))?;
             let better = row.beats(l, root)?;
             let take = g.context.append_basic_block(f, "take");
@@ -191,7 +194,43 @@ pub(crate) fn gen_top_k<'ctx>(
             g.builder.build_unconditional_branch(next).map_err(llvm_err)?;
             g.builder.position_at_end(next);
             Ok(())
-        })?;
+        };
+        // A contiguous f32 row is screened a vector at a time against the worst kept value:
+        // the positions considered are all later than every kept one, so only a strictly
+        // better value can beat the root (as in `beats`, NaN never does), and a block with
+        // no such lane is passed over; after the first few blocks nearly all are.
+        let blocks = if input.dtype == DType::F32 && row.x_step == 1 { (n - k) / SCREEN } else { 0 };
+        if blocks > 0 {
+            let vt = g.context.f32_type().vec_type(SCREEN as u32);
+            g.for_range(f, g.i64(0), g.i64(blocks), &mut |blk| {
+                let b = &g.builder;
+                let l0 = b.build_int_add(g.i64(k), b.build_int_mul(blk, g.i64(SCREEN), "o").map_err(llvm_err)?, "l0")
+                    .map_err(llvm_err)?;
+                let worst = row.value(row.slot(g.i64(0))?)?;
+                let at = b.build_int_add(row.x_at, l0, "at").map_err(llvm_err)?;
+                let v = crate::vector::vload(g, vt, g.elem_ptr(x, DType::F32, at)?)?;
+                let thr = crate::vector::splat(g, vt, worst)?;
+                let p = if row.largest { FloatPredicate::OGT } else { FloatPredicate::OLT };
+                let m = b.build_float_compare(p, v, thr, "m").map_err(llvm_err)?;
+                let bits = b
+                    .build_bit_cast(m, g.context.i16_type(), "bits")
+                    .map_err(llvm_err)?
+                    .into_int_value();
+                let any = b
+                    .build_int_compare(IntPredicate::NE, bits, bits.get_type().const_zero(), "any")
+                    .map_err(llvm_err)?;
+                let scan = g.context.append_basic_block(f, "scan");
+                let skip = g.context.append_basic_block(f, "skip");
+                b.build_conditional_branch(any, scan, skip).map_err(llvm_err)?;
+                g.builder.position_at_end(scan);
+                let l1 = g.builder.build_int_add(l0, g.i64(SCREEN), "l1").map_err(llvm_err)?;
+                g.for_range(f, l0, l1, &mut consider)?;
+                g.builder.build_unconditional_branch(skip).map_err(llvm_err)?;
+                g.builder.position_at_end(skip);
+                Ok(())
+            })?;
+        }
+        g.for_range(f, g.i64(k + blocks * SCREEN), g.i64(n), &mut consider)?;
         // Sorted in place: the worst goes to the end, repeatedly; the best is left first.
         g.for_range(f, g.i64(0), g.i64((k - 1).max(0)), &mut |t| {
             let last = g.builder.build_int_sub(g.i64(k - 1), t, "last").map_err(llvm_err)?;

@@ -176,6 +176,26 @@ fn top_k_by_heap_selection() {
     }
 }
 
+/// Contiguous f32 rows are screened 16 at a time against the worst value kept: rows of
+/// few distinct values (equal values: the earlier position is kept, so a later tie never
+/// enters), rising and falling rows (every block, or none, holds a replacement), and
+/// lengths that leave a scalar tail after the last whole block.
+#[test]
+fn top_k_screened_rows() {
+    let mut r = Rng(23);
+    for (n, k) in [(1000, 7), (533, 40), (70, 3), (19, 2)] {
+        let ties: Vec<f32> = (0..n).map(|_| r.range(0, 4) as f32).collect();
+        let rising: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+        for v in [ties, rising] {
+            let falling: Vec<f32> = v.iter().map(|a| -a).collect();
+            let x = Tensor::f32(vec![2, n], [v, falling].concat());
+            for largest in [true, false] {
+                check(Op::TopKIndices { axis: 1, k, largest }, std::slice::from_ref(&x));
+            }
+        }
+    }
+}
+
 /// TopK's indices of a tensor of `shape`, for each dtype, for each `(k, largest)`.
 fn check_top_k(r: &mut Rng, shape: &[usize], axis: usize, dtypes: [DType; 2], ks: &[(usize, bool)]) {
     for dt in dtypes {
