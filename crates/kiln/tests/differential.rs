@@ -192,8 +192,9 @@ fn matmul_and_gemm() {
 #[test]
 fn nhwc_to_nchw_copies_walk_channels_outside_pixels() {
     let mut r = Rng(48);
-    let (x, w) = (r.tensor(DType::F32, &[1, 16, 9, 21]), r.tensor(DType::F32, &[32, 16, 1, 1]));
-    let op = Op::Conv { window: Window { kernel: [1, 1], strides: [1, 1], pads: [0; 4], dilations: [1, 1] }, group: 1 };
+    // (A 1×3 window: a 1×1 convolution of the row-major input would write row-major.)
+    let (x, w) = (r.tensor(DType::F32, &[1, 16, 9, 21]), r.tensor(DType::F32, &[32, 16, 1, 3]));
+    let op = Op::Conv { window: Window { kernel: [1, 3], strides: [1, 1], pads: [0, 1, 0, 1], dilations: [1, 1] }, group: 1 };
     let mut g = Graph::new("to_nchw");
     let xi = g.add_input("x", x.ty.clone());
     let wi = g.add_const("w", w.clone());

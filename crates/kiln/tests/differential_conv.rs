@@ -100,6 +100,9 @@ fn convolution_chains_as_gemm() {
             // F(4×4, 3×3) for outputs of 16×16 and more: 6×6 tiles.
             let tile = if oh.min(ow) >= 16 { "[6,6," } else { "[4,4," };
             assert!(text.contains(tile), "conv1 should use {tile}…] tiles:\n{text}");
+        } else if group == 1 && k == [1, 1] && strides == [1, 1] && pads == [0; 4] {
+            // Pointwise on the row-major input: the product W·X over the pixels.
+            assert!(kernel_ending(&prog, "conv1").n_par == 3, "conv1 should be W·X over the pixels:\n{text}");
         } else if group == 1 {
             assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
         }
@@ -190,7 +193,7 @@ fn channels_last_rows_in_vectors() {
     }
 }
 
-/// A U-Net's or detector's neck, channels-last from end to end: a 1×1 convolution, a channel
+/// A U-Net's or detector's neck, channels-last from end to end: a 3×3 convolution, a channel
 /// Slice of it up-sampled by a transposed convolution (sub-pixel), beside a nearest ×2
 /// up-sampling of it (a Gather per spatial axis), joined by a Concat into a 3×3 convolution
 /// large enough for Winograd F(4×4) beyond 56×56, then a depthwise convolution with a SiLU
@@ -206,12 +209,12 @@ fn channels_last_through_copies() {
         window: Window { kernel: [k, k], strides: [1, 1], pads: [pad; 4], dilations: [1, 1] },
         group,
     };
-    let ids = [("w1", vec![24, 5, 1, 1]), ("b1", vec![24]), ("wt", vec![16, 8, 2, 2]), ("bt", vec![8])];
+    let ids = [("w1", vec![24, 5, 3, 3]), ("b1", vec![24]), ("wt", vec![16, 8, 2, 2]), ("bt", vec![8])];
     let [w1, b1, wt, bt] = ids.map(|(n, s)| {
         let t = r.tensor(DType::F32, &s);
         net.constant(n, t)
     });
-    let c1 = net.node(conv(1, 0, 1), &[x, w1, b1], "conv1");
+    let c1 = net.node(conv(3, 1, 1), &[x, w1, b1], "conv1");
     let c1 = net.node(Op::Unary(UnaryOp::Relu), &[c1], "relu");
     let s = net.node(
         Op::Slice { starts: vec![0, 4, 0, 0], steps: vec![1; 4], out_shape: vec![2, 16, h, w] },
@@ -258,6 +261,49 @@ fn channels_last_through_copies() {
     mean_k.body.visit(&mut |e| divides |= matches!(e, kiln::ir::lir::Expr::Binary(kiln::ir::BinaryOp::Div, ..)));
     assert!(!divides, "the fused SiLU should be read without index arithmetic:\n{text}");
     net.check(&[mean, c2], 3e-4);
+}
+
+/// A 1×1 convolution of a row-major input is one product `W·X` over the merged pixels,
+/// written row-major (no transposing copy): as the graph's output (straight into its
+/// buffer), through a ReLU into a second one, and into a 3×3 convolution (which goes
+/// channels-last); batch 2, odd images, channels past the register tile, with and without a
+/// bias. An input whose rows are not contiguous (a Slice along W) takes the channels-last
+/// form.
+#[test]
+fn pointwise_on_row_major_input() {
+    let mut r = Rng(71);
+    let pw = Window { kernel: [1, 1], strides: [1, 1], pads: [0; 4], dilations: [1, 1] };
+    for bias in [false, true] {
+        let mut net = RefNet::new("pointwise");
+        let x = net.input("x", r.tensor(DType::F32, &[2, 20, 7, 9]));
+        let w1 = net.constant("w1", Tensor::f32(vec![37, 20, 1, 1], r.f32s(37 * 20, -0.3, 0.3)));
+        let mut ins = vec![x, w1];
+        if bias {
+            ins.push(net.constant("b1", r.tensor(DType::F32, &[37])));
+        }
+        let y1 = net.node(Op::Conv { window: pw.clone(), group: 1 }, &ins, "pw1");
+        let a = net.node(Op::Unary(UnaryOp::Relu), &[y1], "relu");
+        let w2 = net.constant("w2", Tensor::f32(vec![5, 37, 1, 1], r.f32s(5 * 37, -0.3, 0.3)));
+        let y2 = net.node(Op::Conv { window: pw.clone(), group: 1 }, &[a, w2], "pw2");
+        let w3 = net.constant("w3", Tensor::f32(vec![8, 37, 3, 3], r.f32s(8 * 37 * 9, -0.3, 0.3)));
+        let win = Window { kernel: [3, 3], strides: [1, 1], pads: [1; 4], dilations: [1, 1] };
+        let y3 = net.node(Op::Conv { window: win, group: 1 }, &[y1, w3], "conv3");
+        let prog = net.lowered(&[y1, y2, y3]);
+        let text = kiln::ir::lir::print(&prog);
+        for name in ["pw1", "pw2"] {
+            let k = kernel_ending(&prog, name);
+            assert!(k.n_par == 3 && k.output.strides == [k.domain[1..3].iter().product::<usize>() as i64, k.domain[2] as i64, 1], "{text}");
+        }
+        assert!(!text.contains("pw1/to_row_major") && !text.contains("pw2/to_row_major"), "{text}");
+        net.check(&[y1, y2, y3], 1e-4);
+    }
+    let mut net = RefNet::new("pointwise_sliced");
+    let x = net.input("x", r.tensor(DType::F32, &[1, 12, 6, 10]));
+    let slice = Op::Slice { starts: vec![0, 0, 0, 1], steps: vec![1; 4], out_shape: vec![1, 12, 6, 7] };
+    let xs = net.node(slice, &[x], "slice");
+    let w = net.constant("w", Tensor::f32(vec![17, 12, 1, 1], r.f32s(17 * 12, -0.3, 0.3)));
+    let y = net.node(Op::Conv { window: pw, group: 1 }, &[xs, w], "pw");
+    net.check(&[y], 1e-4);
 }
 
 /// Convolutions of a row-major input with many channels (a Transpose's result, as a 3-D

@@ -38,6 +38,9 @@ impl Lowerer<'_> {
             ins[0] = copy;
             return self.lower_conv(&unpadded, group, &ins, out, name);
         }
+        if self.lower_pointwise_row_major(window, *group, ins, &out, name) {
+            return;
+        }
         if self.lower_winograd(window, *group, ins, &out, name) {
             return;
         }
@@ -90,6 +93,56 @@ impl Lowerer<'_> {
         };
         let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(6), Expr::Var(4), Expr::Var(5)]);
         self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
+    }
+
+    /// A 1×1 convolution (stride 1, no pads, one group) from a row-major input to a
+    /// row-major output, as the product `Y[n, co, p] = Σ_ci W[co, ci]·X[n, ci, p]` over the
+    /// pixels `p` (H and W merged): the domain `[n, co, p, ci]` is the GEMM schedule's
+    /// `[batch, M, N, K]`, with B (the input) and C contiguous along N. Returns false (and
+    /// emits nothing) where the image's rows are not contiguous in the input or the output.
+    fn lower_pointwise_row_major(
+        &mut self,
+        window: &kiln_ir::Window,
+        group: usize,
+        ins: &[View],
+        out: &View,
+        name: &str,
+    ) -> bool {
+        let (x, w) = (&ins[0], &ins[1]);
+        let pointwise = window.kernel == [1, 1] && window.strides == [1, 1] && window.pads == [0; 4];
+        // The pixels as one dim: W contiguous and H one whole row of W apart.
+        let pixels = |v: &View| {
+            (v.strides[3] == 1 && v.strides[2] == v.extents[3] as i64).then(|| {
+                let mut m = v.clone();
+                m.extents = vec![v.extents[0], v.extents[1], v.extents[2] * v.extents[3]];
+                m.strides = vec![v.strides[0], v.strides[1], 1];
+                m
+            })
+        };
+        if !pointwise || group != 1 || x.dtype != DType::F32 {
+            return false;
+        }
+        let (Some(xp), Some(yp)) = (pixels(x), pixels(out)) else { return false };
+        let ci = w.extents[1];
+        let xl = Expr::load(0, vec![Expr::Var(0), Expr::Var(3), Expr::Var(2)]);
+        let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(3), Expr::i64(0), Expr::i64(0)]);
+        let mut domain = yp.extents.clone();
+        domain.push(ci);
+        let mut inputs = vec![xp, w.clone()];
+        let finalize = ins.get(2).map(|b| {
+            inputs.push(b.clone());
+            Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
+        });
+        self.emit(Kernel {
+            name: name.into(),
+            domain,
+            n_par: 3,
+            inputs,
+            output: yp,
+            body: Expr::mul(xl, wl),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+        });
+        true
     }
 
     /// A channels-last grouped convolution of a few channels a group, as many in as out

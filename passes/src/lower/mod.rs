@@ -21,7 +21,7 @@ mod sample;
 mod shape;
 mod winograd;
 
-use layout::{choose_layout, depthwise, order_loops};
+use layout::{choose_layout, depthwise, order_loops, pointwise_on_row_major};
 pub(crate) use layout::{permute_parallel, stride_order};
 
 /// Where a value's elements live: from `offset` (in elements) of `buffer`, dense row-major
@@ -293,6 +293,9 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     // Graph outputs computed by a kernel are written straight into the caller's buffer.
     let mut out_bufs = Vec::new();
     let mut direct: HashMap<ValueId, usize> = HashMap::new();
+    // Outputs of convolutions that may turn out row-major (`pointwise_on_row_major`, known
+    // once their input's layout is): written directly then.
+    let mut conv_outputs: HashMap<ValueId, usize> = HashMap::new();
     for (i, &v) in g.outputs.iter().enumerate() {
         let t = g.ty(v);
         let name = g.value(v).name.clone();
@@ -310,6 +313,9 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             let conv = conv && t.shape.len() == 4 && t.dtype == DType::F32;
             if !matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. }) && !conv && !direct.contains_key(&v) {
                 direct.insert(v, i);
+            }
+            if conv {
+                conv_outputs.entry(v).or_insert(i);
             }
         }
     }
@@ -356,6 +362,12 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             return Err(PassError::Unsupported { node: node.name.clone(), what: format!("op {op_type}") });
         }
         let t = g.ty(out_v).clone();
+        let in_locs: Vec<(Loc, &TensorType)> = node.inputs.iter().map(|&v| (l.loc[&v], g.ty(v))).collect();
+        if let Some(&i) = conv_outputs.get(&out_v) {
+            if pointwise_on_row_major(&node.op, &in_locs) && !direct.values().any(|&j| j == i) {
+                direct.insert(out_v, i);
+            }
+        }
         let buffer = match direct.get(&out_v) {
             Some(&i) => out_bufs[i],
             None => {
@@ -364,7 +376,6 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
                 b
             }
         };
-        let in_locs: Vec<(Loc, &TensorType)> = node.inputs.iter().map(|&v| (l.loc[&v], g.ty(v))).collect();
         let channels_last = !direct.contains_key(&out_v) && choose_layout(&node.op, &in_locs, &t);
         let loc = Loc { buffer, offset: 0, channels_last };
         l.loc.insert(out_v, loc);
