@@ -49,10 +49,15 @@ impl Split {
         }
         let n_outer: usize = dims.iter().product();
         let inner = k.domain[np - 1];
-        let (chunk, n_chunks) = if n_outer >= 16 || inner < 256 {
+        // Elements of the reduction behind each output element (1 without one): a row of
+        // 96 channel means over 56×56 pixels is 300k adds, worth sharing, a row of 96 sums
+        // of a few elements is not.
+        let red: usize = k.domain[np..].iter().product();
+        let heavy = red >= 64;
+        let (chunk, n_chunks) = if n_outer >= 16 || inner < if heavy { 32 } else { 256 } {
             (inner.max(1), 1)
         } else {
-            let want = (16 / n_outer.max(1)).clamp(1, inner / 64);
+            let want = (16 / n_outer.max(1)).clamp(1, inner / if heavy { 16 } else { 64 });
             let chunk = inner.div_ceil(want).div_ceil(16) * 16;
             (chunk, inner.div_ceil(chunk))
         };
