@@ -6,10 +6,11 @@
 //!   them) and [`fuse`].
 //! * [`lower`]: HIR → LIR.
 //! * LIR passes: [`fuse`]'s LIR half (with [`views`]: copies that only move data, read or
-//!   written in place) and [`memory`] (liveness, in-place reuse, arena offsets, the weight
+//!   written in place), [`coalesce`] (adjacent dims walked as one run merged) and [`memory`] (liveness, in-place reuse, arena offsets, the weight
 //!   section).
 //! * [`partition`]: splitting a graph across devices (before fusion).
 
+pub mod coalesce;
 pub mod decompose;
 pub mod fuse;
 pub mod lower;

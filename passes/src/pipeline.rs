@@ -8,7 +8,8 @@
 //!      on each partition, with the context of its device ──
 //!   per partition (HIR)   decompose (ops the backend does not lower whole) fuse
 //!   HIR → LIR             lower
-//!   per partition (LIR)   fuse-lir inline-scalar-constants prepack (the backend's)
+//!   per partition (LIR)   fuse-lir forward-copies coalesce-dims inline-scalar-constants
+//!                         prepack (the backend's)
 //!                         relayout-constants plan-memory remove-unused-buffers pack-weights
 //! ```
 //!
@@ -23,7 +24,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 
 use crate::memory::{MemoryReport, WeightSection};
-use crate::{decompose, fuse, memory, simplify, views, PassError};
+use crate::{coalesce, decompose, fuse, memory, simplify, views, PassError};
 
 /// What a backend adds to the pipeline for the device a graph is compiled for.
 pub trait Backend: Sync {
@@ -109,6 +110,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("lower", Pass::Lower),
     ("fuse-lir", Pass::Lir(fuse_lir)),
     ("forward-copies", Pass::Lir(forward_copies)),
+    ("coalesce-dims", Pass::Lir(coalesce_dims)),
     ("inline-scalar-constants", Pass::Lir(inline_scalar_constants)),
     ("prepack", Pass::Lir(prepack)),
     ("relayout-constants", Pass::Lir(relayout_constants)),
@@ -130,6 +132,11 @@ fn fuse_lir(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
 
 fn forward_copies(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
     views::forward_copies(&mut l.program);
+    Ok(())
+}
+
+fn coalesce_dims(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
+    coalesce::coalesce_dims(&mut l.program);
     Ok(())
 }
 
@@ -380,7 +387,7 @@ mod tests {
         };
         let e = broken(&|k| k.inputs[0].offset += 1);
         assert!(e.contains("reaches elements"), "{e}");
-        let e = broken(&|k| k.body = Expr::load(7, vec![Expr::Var(0), Expr::Var(1)]));
+        let e = broken(&|k| k.body = Expr::load(7, vec![Expr::Var(0)]));
         assert!(e.contains("operand 7"), "{e}");
         let e = broken(&|k| k.body = Expr::Acc);
         assert!(e.contains("`Acc`"), "{e}");

@@ -469,3 +469,38 @@ fn reductions_over_merged_axes() {
         assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "element {i}: {a} vs {b}");
     }
 }
+
+/// A normalization's `x − mean`, read by the variance's square and by the output, is
+/// recomputed in both kernels rather than stored (no kernel writes it); the reductions over
+/// a few long rows (40 channels of 50×60 pixels) are shared out in chunks of rows; the
+/// kernels over `(h, w)` run over the merged pixels. Batch 2 and an odd small shape too.
+#[test]
+fn instance_norm_recomputes_the_centered_input() {
+    let mut r = Rng(91);
+    for shape in [[2, 5, 7, 9], [1, 40, 50, 60]] {
+        let mut net = RefNet::new("instance_norm");
+        let x = net.input("x", r.tensor(DType::F32, &shape));
+        let mean_op = Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true };
+        let mean = net.node(mean_op.clone(), &[x], "mean");
+        let d = net.node(Op::Binary(BinaryOp::Sub), &[x, mean], "centered");
+        let d2 = net.node(Op::Binary(BinaryOp::Mul), &[d, d], "square");
+        let var = net.node(mean_op, &[d2], "var");
+        let eps = net.constant("eps", Tensor::f32(vec![], vec![1e-5]));
+        let ve = net.node(Op::Binary(BinaryOp::Add), &[var, eps], "var_eps");
+        let sd = net.node(Op::Unary(UnaryOp::Sqrt), &[ve], "sd");
+        let inv = net.node(Op::Unary(UnaryOp::Reciprocal), &[sd], "inv");
+        let y = net.node(Op::Binary(BinaryOp::Mul), &[d, inv], "y");
+        let prog = net.lowered(&[y]);
+        let text = kiln::ir::lir::print(&prog);
+        let kernels: Vec<&kiln::ir::lir::Kernel> = prog
+            .instrs
+            .iter()
+            .filter_map(|i| if let kiln::ir::lir::Instr::Kernel(k) = i { Some(k) } else { None })
+            .collect();
+        assert!(kernels.iter().all(|k| k.name != "centered"), "x − mean should not be stored:\n{text}");
+        let pixels = shape[2] * shape[3];
+        let last = kernels.last().expect("kernels");
+        assert_eq!(last.domain.last(), Some(&pixels), "the output's kernel runs over the merged pixels:\n{text}");
+        net.check(&[y], 1e-4);
+    }
+}
