@@ -184,11 +184,17 @@ pub fn exp<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
     let f = F::of(g, x);
     let nan = f.cmp(FloatPredicate::UNO, x, x)?;
     let (hi, lo) = (f.c(88.72283), f.c(-103.97208));
+    // Far below the subnormals (a masked attention score: -3.4e38, or -10000), computed on
+    // 0 and answered 0 at the end: a `vscalef` whose result is subnormal takes a microcode
+    // assist on Intel cores, and a causal softmax has half its scores masked (GPT-2's
+    // softmax exponentials took 14× as long as BERT's unmasked ones).
+    let below = f.cmp(FloatPredicate::OLT, x, f.c(-104.0))?;
     let xc = if g.native_ldexp {
         // `2^n` by `llvm.ldexp` below (one `vscalef`, which rounds subnormals and overflows
         // to +inf itself), on x clamped to where n stays small: past 89, `e^r·2^128` is +inf;
         // below -104, `·2^-150` is 0.
-        f.call("llvm.minnum", &[f.call("llvm.maxnum", &[x, f.c(-104.0)])?, f.c(89.0)])?
+        let clamped = f.call("llvm.minnum", &[f.call("llvm.maxnum", &[x, f.c(-104.0)])?, f.c(89.0)])?;
+        f.sel(below, f.c(0.0), clamped)?
     } else {
         // Out of range (or NaN), the result is chosen below; compute on 0 meanwhile, so that
         // a masked score (-3.4e38 in attention) never runs subnormal arithmetic, which x86
@@ -208,7 +214,7 @@ pub fn exp<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
             .ok_or_else(|| llvm_err("cannot declare llvm.ldexp"))?;
         let y = g.builder.build_call(ldexp, &[p.into(), ni.into()], "ldexp").map_err(llvm_err)?;
         let y = y.try_as_basic_value().basic().ok_or_else(|| llvm_err("ldexp returned void"))?;
-        return f.sel(nan, x, y);
+        return f.sel(nan, x, f.sel(below, f.c(0.0), y.into())?);
     }
     let n1 = match (ni, f.ci(1)) {
         (V::IntValue(a), V::IntValue(b)) => g.builder.build_right_shift(a, b, true, "h").map(V::from),
