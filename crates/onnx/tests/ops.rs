@@ -223,6 +223,11 @@ fn conv_3d_matches_the_direct_sum() {
         ([1, 2, 5, 6, 7], [3, 2, 3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, true),
         ([2, 4, 6, 5, 5], [4, 2, 2, 3, 1], [2, 1, 2], [0, 1, 0], [1, 1, 1], 2, false),
         ([1, 3, 7, 4, 4], [2, 3, 3, 2, 2], [2, 1, 1], [2, 0, 1], [2, 1, 1], 1, true),
+        // Deep enough that the stride-1 depth taps share one 2-D convolution (its output
+        // channels the taps'): batch 1 (placed as images) and 2, depth dilation.
+        ([1, 2, 10, 4, 5], [3, 2, 3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, true),
+        ([2, 3, 12, 3, 4], [4, 3, 3, 2, 3], [1, 2, 1], [1, 0, 1], [1, 1, 1], 1, false),
+        ([1, 2, 24, 3, 3], [2, 2, 3, 1, 2], [1, 1, 1], [2, 0, 1], [2, 1, 1], 1, true),
     ] {
         let (x, w, b) = (vals(xs.iter().product(), 3), vals(ws.iter().product(), 5), vals(ws[0], 7));
         let to_i = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
