@@ -292,7 +292,11 @@ fn pointwise_on_row_major_input() {
         let text = kiln::ir::lir::print(&prog);
         for name in ["pw1", "pw2"] {
             let k = kernel_ending(&prog, name);
-            assert!(k.n_par == 3 && k.output.strides == [k.domain[1..3].iter().product::<usize>() as i64, k.domain[2] as i64, 1], "{text}");
+            assert!(
+                k.n_par == 3
+                    && k.output.strides == [k.domain[1..3].iter().product::<usize>() as i64, k.domain[2] as i64, 1],
+                "{text}"
+            );
         }
         assert!(!text.contains("pw1/to_row_major") && !text.contains("pw2/to_row_major"), "{text}");
         net.check(&[y1, y2, y3], 1e-4);
@@ -480,10 +484,12 @@ fn row_major_windows_with_edges_and_strides() {
     check_row_major_windows(&mut Rng(61), &cases, true);
 }
 
-/// Grouped convolutions (several channels per group) run one ordinary convolution per group
-/// on slices of a channels-last copy of the input, or, as many channels in as out and at
-/// most 8 a group, one kernel over every group: odd sizes, strides, pads, dilation, batch 2,
-/// groups of 2 to 8 channels, with and without a bias.
+/// Grouped convolutions (several channels per group): alone, from the row-major graph
+/// input to the row-major graph output, one product per group over `[n, oh, co, ow]`
+/// (channels by the pixels of a row, no transposing copies); inside a network, of a
+/// channels-last input, one ordinary convolution per group on slices of it, or, as many
+/// channels in as out and at most 8 a group, one kernel over every group. Odd sizes,
+/// strides, pads, dilation, batch 2, groups of 2 to 8 channels, with and without a bias.
 #[test]
 fn grouped_convolution_by_groups() {
     let mut r = Rng(43);
@@ -510,7 +516,25 @@ fn grouped_convolution_by_groups() {
             &[false, true, true],
             1e-4,
         );
-        check_with(op, &[x, w], &[false, true], 1e-4);
+        check_with(op.clone(), &[x.clone(), w.clone()], &[false, true], 1e-4);
+        let mut g = Graph::new("lone_grouped");
+        let xi = g.add_input("x", x.ty.clone());
+        let wi = g.add_const("w", w.clone());
+        g.outputs = g.add_node(op.clone(), &[xi, wi], "conv", &[]).unwrap();
+        let prog = lowered(&g);
+        let text = kiln::ir::lir::print(&prog);
+        let k0 = kernel_ending(&prog, "conv/g0");
+        assert!(k0.n_par == 4 && k0.output.strides[3] == 1 && !text.contains("to_row_major"), "{text}");
+        // Of a channels-last input: a 1×3 convolution before it.
+        let mut net = RefNet::new("grouped_in_network");
+        let xi = net.input("x", x);
+        let c = group * cig;
+        let w0 = net.constant("w0", Tensor::f32(vec![c, c, 1, 3], r.f32s(c * c * 3, -0.3, 0.3)));
+        let pre = Window { kernel: [1, 3], strides: [1, 1], pads: [0, 1, 0, 1], dilations: [1, 1] };
+        let h = net.node(Op::Conv { window: pre, group: 1 }, &[xi, w0], "pre");
+        let wi = net.constant("w", w);
+        let y = net.node(op, &[h, wi], "conv");
+        net.check(&[y], 1e-4);
     }
 }
 

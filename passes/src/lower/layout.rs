@@ -58,6 +58,19 @@ pub(super) fn pointwise_on_row_major(op: &Op, ins: &[(Loc, &TensorType)]) -> boo
         && x.dtype == DType::F32
 }
 
+/// Whether `op` is a grouped convolution (not depthwise) of a row-major f32 input, which,
+/// where its result is a graph output, computes it row-major directly
+/// ([`super::Lowerer::lower_conv`]).
+pub(super) fn row_major_conv(op: &Op, ins: &[(Loc, &TensorType)]) -> bool {
+    let Op::Conv { group, .. } = op else { return false };
+    let (loc, x) = &ins[0];
+    *group > 1
+        && !depthwise(*group, &ins[1].1.shape)
+        && !loc.channels_last
+        && x.shape.len() == 4
+        && x.dtype == DType::F32
+}
+
 /// Whether a convolution of `group` groups with weights of `weights` shape is depthwise (one
 /// input channel per output channel group).
 pub(super) fn depthwise(group: usize, weights: &[usize]) -> bool {
@@ -74,7 +87,11 @@ pub(super) fn depthwise(group: usize, weights: &[usize]) -> bool {
 /// read the same cache lines: a 32-channel 112×112 NHWC→NCHW copy read every line 32
 /// times from L2 otherwise (once per channel, a whole image apart), and took 4× longer.
 pub(super) fn order_loops(k: &mut Kernel) {
-    if let Some(perm) = stride_order(&k.output.strides[..k.n_par]) {
+    // A reduction already running along contiguous output keeps its order: a row-major
+    // convolution's `[n, oh, co, ow]`, whose output channels must stay next to the pixels
+    // of a row for the GEMM schedule (rows: channels; columns: pixels).
+    let contiguous_reduction = k.reduction.is_some() && k.n_par > 0 && k.output.strides[k.n_par - 1] == 1;
+    if let Some(perm) = stride_order(&k.output.strides[..k.n_par]).filter(|_| !contiguous_reduction) {
         permute_parallel(k, &perm);
     }
     let mut np = k.n_par;

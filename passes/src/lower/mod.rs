@@ -21,7 +21,7 @@ mod sample;
 mod shape;
 mod winograd;
 
-use layout::{choose_layout, depthwise, order_loops, pointwise_on_row_major};
+use layout::{choose_layout, depthwise, order_loops, pointwise_on_row_major, row_major_conv};
 pub(crate) use layout::{permute_parallel, stride_order};
 
 /// Where a value's elements live: from `offset` (in elements) of `buffer`, dense row-major
@@ -364,7 +364,8 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         let t = g.ty(out_v).clone();
         let in_locs: Vec<(Loc, &TensorType)> = node.inputs.iter().map(|&v| (l.loc[&v], g.ty(v))).collect();
         if let Some(&i) = conv_outputs.get(&out_v) {
-            if pointwise_on_row_major(&node.op, &in_locs) && !direct.values().any(|&j| j == i) {
+            let row_major = pointwise_on_row_major(&node.op, &in_locs) || row_major_conv(&node.op, &in_locs);
+            if row_major && !direct.values().any(|&j| j == i) {
                 direct.insert(out_v, i);
             }
         }
