@@ -204,7 +204,8 @@ pub(crate) fn gen_top_k<'ctx>(
             let vt = g.context.f32_type().vec_type(SCREEN as u32);
             g.for_range(f, g.i64(0), g.i64(blocks), &mut |blk| {
                 let b = &g.builder;
-                let l0 = b.build_int_add(g.i64(k), b.build_int_mul(blk, g.i64(SCREEN), "o").map_err(llvm_err)?, "l0")
+                let l0 = b
+                    .build_int_add(g.i64(k), b.build_int_mul(blk, g.i64(SCREEN), "o").map_err(llvm_err)?, "l0")
                     .map_err(llvm_err)?;
                 let worst = row.value(row.slot(g.i64(0))?)?;
                 let at = b.build_int_add(row.x_at, l0, "at").map_err(llvm_err)?;
@@ -212,10 +213,7 @@ pub(crate) fn gen_top_k<'ctx>(
                 let thr = crate::vector::splat(g, vt, worst)?;
                 let p = if row.largest { FloatPredicate::OGT } else { FloatPredicate::OLT };
                 let m = b.build_float_compare(p, v, thr, "m").map_err(llvm_err)?;
-                let bits = b
-                    .build_bit_cast(m, g.context.i16_type(), "bits")
-                    .map_err(llvm_err)?
-                    .into_int_value();
+                let bits = b.build_bit_cast(m, g.context.i16_type(), "bits").map_err(llvm_err)?.into_int_value();
                 let any = b
                     .build_int_compare(IntPredicate::NE, bits, bits.get_type().const_zero(), "any")
                     .map_err(llvm_err)?;

@@ -54,8 +54,25 @@ fn transcendentals_over_their_range() {
     let mut xs: Vec<f32> = (-2400..=2400).map(|i| i as f32 * 0.05).collect();
     xs.extend((-300..=300).map(|i| i as f32 * 1e-3));
     xs.extend([
-        -110.0, -104.5, -104.0, -103.9, -100.0, -95.5, -87.5, -87.3, 88.0, 88.7, 88.8, 100.0, 1e-30, -1e-30, 3.9, 4.0, 4.1,
-        -1e4, f32::MIN,
+        -110.0,
+        -104.5,
+        -104.0,
+        -103.9,
+        -100.0,
+        -95.5,
+        -87.5,
+        -87.3,
+        88.0,
+        88.7,
+        88.8,
+        100.0,
+        1e-30,
+        -1e-30,
+        3.9,
+        4.0,
+        4.1,
+        -1e4,
+        f32::MIN,
     ]);
     xs.extend([
         0.0,
@@ -195,7 +212,10 @@ fn nhwc_to_nchw_copies_walk_channels_outside_pixels() {
     let mut r = Rng(48);
     // (A 1×3 window: a 1×1 convolution of the row-major input would write row-major.)
     let (x, w) = (r.tensor(DType::F32, &[1, 16, 9, 21]), r.tensor(DType::F32, &[32, 16, 1, 3]));
-    let op = Op::Conv { window: Window { kernel: [1, 3], strides: [1, 1], pads: [0, 1, 0, 1], dilations: [1, 1] }, group: 1 };
+    let op = Op::Conv {
+        window: Window { kernel: [1, 3], strides: [1, 1], pads: [0, 1, 0, 1], dilations: [1, 1] },
+        group: 1,
+    };
     let mut g = Graph::new("to_nchw");
     let xi = g.add_input("x", x.ty.clone());
     let wi = g.add_const("w", w.clone());

@@ -599,7 +599,11 @@ fn conv_3d_sum(
         let y = if let Some(ys) = shared {
             let s = cx.shape(ys);
             let slice = if flat {
-                Op::Slice { starts: vec![at(lo), (t * co) as i64, 0, 0], steps: vec![1; 4], out_shape: vec![cnt, co, s[2], s[3]] }
+                Op::Slice {
+                    starts: vec![at(lo), (t * co) as i64, 0, 0],
+                    steps: vec![1; 4],
+                    out_shape: vec![cnt, co, s[2], s[3]],
+                }
             } else {
                 Op::Slice {
                     starts: vec![0, at(lo), (t * co) as i64, 0, 0],
