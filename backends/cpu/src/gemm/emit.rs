@@ -352,6 +352,20 @@ fn pack_panel<'ctx>(
         g.for_range(f, g.i64(0), kcn, &mut |kk| {
             let src = add(g, b_tap, mul(g, kk, p.b_k[nkd - 1])?)?;
             let dst = mul(g, add(g, row0, kk)?, nr as i64)?;
+            if p.b_n == 1 {
+                // A row of B contiguous along N: `NR/W` vectors, the lanes past N masked off
+                // (read as zero, their memory untouched). Element by element, LLVM made each
+                // row a `memcpy` call: a sixth of a grouped convolution's time.
+                let w = p.bl.w;
+                let vt = f32t.vec_type(w as u32);
+                for q in 0..nr / w {
+                    let m = crate::vector::lane_mask(g, w as u32, sub(g, jn, g.i64((q * w) as i64))?)?;
+                    let at = f32_ptr(g, b_base, add(g, src, g.i64((q * w) as i64))?)?;
+                    let v = vload_masked(g, vt, at, Some(m))?;
+                    vstore(g, f32_ptr(g, panel, add(g, dst, g.i64((q * w) as i64))?)?, v)?;
+                }
+                return Ok(());
+            }
             g.for_range(f, g.i64(0), jn, &mut |jj| {
                 let v = g.load_elem(b_base, DType::F32, add(g, src, mul(g, jj, p.b_n)?)?)?;
                 g.store_elem(panel, DType::F32, add(g, dst, jj)?, v)
