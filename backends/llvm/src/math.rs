@@ -214,7 +214,7 @@ pub fn exp<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
             .ok_or_else(|| llvm_err("cannot declare llvm.ldexp"))?;
         let y = g.builder.build_call(ldexp, &[p.into(), ni.into()], "ldexp").map_err(llvm_err)?;
         let y = y.try_as_basic_value().basic().ok_or_else(|| llvm_err("ldexp returned void"))?;
-        return f.sel(nan, x, f.sel(below, f.c(0.0), y.into())?);
+        return f.sel(nan, x, f.sel(below, f.c(0.0), y)?);
     }
     let n1 = match (ni, f.ci(1)) {
         (V::IntValue(a), V::IntValue(b)) => g.builder.build_right_shift(a, b, true, "h").map(V::from),
