@@ -4,6 +4,14 @@
 
 use super::*;
 
+/// Group `gi`'s `per` entries of `v` along `dim` (a grouped convolution's channels).
+fn group_slice(v: &View, dim: usize, gi: usize, per: usize) -> View {
+    let mut v = v.clone();
+    v.offset += (gi * per) as i64 * v.strides[dim];
+    v.extents[dim] = per;
+    v
+}
+
 impl Lowerer<'_> {
     pub(super) fn lower_conv(&mut self, window: &kiln_ir::Window, group: &usize, ins: &[View], out: View, name: &str) {
         let (x, w) = (&ins[0], &ins[1]);
@@ -60,12 +68,7 @@ impl Lowerer<'_> {
             // schedule runs, where one kernel over every group would index channels by a
             // division.
             for gi in 0..*group {
-                let slice = |v: &View, dim: usize, per: usize| {
-                    let mut v = v.clone();
-                    v.offset += (gi * per) as i64 * v.strides[dim];
-                    v.extents[dim] = per;
-                    v
-                };
+                let slice = |v: &View, dim: usize, per: usize| group_slice(v, dim, gi, per);
                 let mut gins = vec![slice(x, 1, cig), slice(w, 0, cog)];
                 gins.extend(ins.get(2).map(|b| slice(b, 0, cog)));
                 self.lower_conv(window, &1, &gins, slice(&out, 1, cog), &format!("{name}/g{gi}"));
@@ -137,12 +140,7 @@ impl Lowerer<'_> {
             )
         };
         for gi in 0..group {
-            let slice = |v: &View, dim: usize, per: usize| {
-                let mut v = v.clone();
-                v.offset += (gi * per) as i64 * v.strides[dim];
-                v.extents[dim] = per;
-                v
-            };
+            let slice = |v: &View, dim: usize, per: usize| group_slice(v, dim, gi, per);
             let (xg, wg, og) = (slice(&x, 1, cig), slice(w, 0, cog), slice(out, 1, cog));
             // The output in the domain's order (n, oh, co, ow).
             let mut yv = og.clone();
