@@ -366,6 +366,27 @@ fn pack_panel<'ctx>(
                 }
                 return Ok(());
             }
+            if p.b_n == 2 {
+                // Every other element (a stride-2 convolution's input row): two vectors
+                // loaded (masked to the row's `2·jn − 1` elements), their even lanes kept.
+                let w = p.bl.w;
+                let vt = f32t.vec_type(w as u32);
+                let i32t = g.context.i32_type();
+                let even =
+                    VectorType::const_vector(&(0..w as u64).map(|l| i32t.const_int(2 * l, false)).collect::<Vec<_>>());
+                for q in 0..nr / w {
+                    let left = sub(g, mul(g, sub(g, jn, g.i64((q * w) as i64))?, 2)?, g.i64(1))?;
+                    let mut halves = Vec::with_capacity(2);
+                    for h in 0..2 {
+                        let m = crate::vector::lane_mask(g, w as u32, sub(g, left, g.i64((h * w) as i64))?)?;
+                        let at = f32_ptr(g, b_base, add(g, src, g.i64((2 * q * w + h * w) as i64))?)?;
+                        halves.push(vload_masked(g, vt, at, Some(m))?);
+                    }
+                    let v = g.builder.build_shuffle_vector(halves[0], halves[1], even, "even").map_err(llvm_err)?;
+                    vstore(g, f32_ptr(g, panel, add(g, dst, g.i64((q * w) as i64))?)?, v)?;
+                }
+                return Ok(());
+            }
             g.for_range(f, g.i64(0), jn, &mut |jj| {
                 let v = g.load_elem(b_base, DType::F32, add(g, src, mul(g, jj, p.b_n)?)?)?;
                 g.store_elem(panel, DType::F32, add(g, dst, jj)?, v)
