@@ -451,7 +451,8 @@ fn check_row_major_windows(
     }
 }
 
-/// A depthwise convolution of a row-major input computes row-major from a padded copy; pools
+/// A depthwise convolution of a row-major input computes row-major, from a padded copy past
+/// 3×3 taps (at most 3×3: its pads checked at the rows' edges); pools
 /// of stride 1 with pads read a padded copy; both with rows long and short (past the masked
 /// end of a vector row), strides, dilation, ceil mode, batch 2.
 #[test]
