@@ -155,21 +155,15 @@ impl Lowerer<'_> {
             yv.strides = vec![og.strides[0], og.strides[2], og.strides[1], og.strides[3]];
             let xl = Expr::load(0, vec![Expr::Var(0), Expr::Var(4), spatial(0, 1, 5), spatial(1, 3, 6)]);
             let wl = Expr::load(1, vec![Expr::Var(2), Expr::Var(4), Expr::Var(5), Expr::Var(6)]);
-            let mut inputs = vec![xg, wg];
-            let finalize = ins.get(2).map(|b| {
-                inputs.push(slice(b, 0, cog));
-                Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(2)]))
-            });
-            let gname = if group == 1 { name.to_string() } else { format!("{name}/g{gi}") };
-            self.emit(Kernel {
-                name: gname,
-                domain: vec![n, oh, cog, ow, cig, kh, kw],
-                n_par: 4,
-                inputs,
-                output: yv,
-                body: Expr::mul(xl, wl),
-                reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
-            });
+            let bias = ins.get(2).map(|b| slice(b, 0, cog));
+            self.emit_product_sum(
+                &format!("{name}/g{gi}"),
+                (vec![n, oh, cog, ow, cig, kh, kw], 4),
+                [&xg, &wg],
+                bias.as_ref().map(|b| (b, 2)),
+                Expr::mul(xl, wl),
+                yv,
+            );
         }
         true
     }
@@ -207,20 +201,7 @@ impl Lowerer<'_> {
         let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(3), Expr::i64(0), Expr::i64(0)]);
         let mut domain = yp.extents.clone();
         domain.push(ci);
-        let mut inputs = vec![xp, w.clone()];
-        let finalize = ins.get(2).map(|b| {
-            inputs.push(b.clone());
-            Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
-        });
-        self.emit(Kernel {
-            name: name.into(),
-            domain,
-            n_par: 3,
-            inputs,
-            output: yp,
-            body: Expr::mul(xl, wl),
-            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
-        });
+        self.emit_product_sum(name, (domain, 3), [&xp, w], ins.get(2).map(|b| (b, 1)), Expr::mul(xl, wl), yp);
         true
     }
 
@@ -292,15 +273,29 @@ impl Lowerer<'_> {
         body: Expr,
         out: View,
     ) {
+        self.emit_product_sum(name, (domain, 4), [x, w], bias.map(|b| (b, 1)), body, out);
+    }
+
+    /// A kernel summing `body` (a product of operands 0 and 1) over the domain's dims past
+    /// its first `n_par`, plus `bias` indexed by parallel variable `channel`, if any.
+    fn emit_product_sum(
+        &mut self,
+        name: &str,
+        (domain, n_par): (Vec<usize>, usize),
+        [x, w]: [&View; 2],
+        bias: Option<(&View, usize)>,
+        body: Expr,
+        out: View,
+    ) {
         let mut inputs = vec![x.clone(), w.clone()];
-        let finalize = bias.map(|b| {
+        let finalize = bias.map(|(b, channel)| {
             inputs.push(b.clone());
-            Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(1)]))
+            Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(channel)]))
         });
         self.emit(Kernel {
             name: name.into(),
             domain,
-            n_par: 4,
+            n_par,
             inputs,
             output: out,
             body,
