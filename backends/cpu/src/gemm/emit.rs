@@ -352,37 +352,32 @@ fn pack_panel<'ctx>(
         g.for_range(f, g.i64(0), kcn, &mut |kk| {
             let src = add(g, b_tap, mul(g, kk, p.b_k[nkd - 1])?)?;
             let dst = mul(g, add(g, row0, kk)?, nr as i64)?;
-            if p.b_n == 1 {
-                // A row of B contiguous along N: `NR/W` vectors, the lanes past N masked off
-                // (read as zero, their memory untouched). Element by element, LLVM made each
-                // row a `memcpy` call: a sixth of a grouped convolution's time.
-                let w = p.bl.w;
-                let vt = f32t.vec_type(w as u32);
-                for q in 0..nr / w {
-                    let m = crate::vector::lane_mask(g, w as u32, sub(g, jn, g.i64((q * w) as i64))?)?;
-                    let at = f32_ptr(g, b_base, add(g, src, g.i64((q * w) as i64))?)?;
-                    let v = vload_masked(g, vt, at, Some(m))?;
-                    vstore(g, f32_ptr(g, panel, add(g, dst, g.i64((q * w) as i64))?)?, v)?;
-                }
-                return Ok(());
-            }
-            if p.b_n == 2 {
-                // Every other element (a stride-2 convolution's input row): two vectors
-                // loaded (masked to the row's `2·jn − 1` elements), their even lanes kept.
+            if let st @ (1 | 2) = p.b_n {
+                // A row of B contiguous along N, or every other element of one (a stride-2
+                // convolution's input row): `NR/W` vectors, each from `st` loads masked to
+                // the row's `st·jn − st + 1` elements (the lanes past N read as zero, their
+                // memory untouched), of which every `st`-th lane is kept. Element by
+                // element, LLVM made each contiguous row a `memcpy` call: a sixth of a
+                // grouped convolution's time.
                 let w = p.bl.w;
                 let vt = f32t.vec_type(w as u32);
                 let i32t = g.context.i32_type();
-                let even =
-                    VectorType::const_vector(&(0..w as u64).map(|l| i32t.const_int(2 * l, false)).collect::<Vec<_>>());
+                let lanes = (0..w as u64).map(|l| i32t.const_int(st as u64 * l, false)).collect::<Vec<_>>();
+                let every = VectorType::const_vector(&lanes);
                 for q in 0..nr / w {
-                    let left = sub(g, mul(g, sub(g, jn, g.i64((q * w) as i64))?, 2)?, g.i64(1))?;
-                    let mut halves = Vec::with_capacity(2);
-                    for h in 0..2 {
+                    let cols = sub(g, jn, g.i64((q * w) as i64))?;
+                    let left = sub(g, mul(g, cols, st)?, g.i64(st - 1))?;
+                    let mut parts = Vec::with_capacity(st as usize);
+                    for h in 0..st as usize {
                         let m = crate::vector::lane_mask(g, w as u32, sub(g, left, g.i64((h * w) as i64))?)?;
-                        let at = f32_ptr(g, b_base, add(g, src, g.i64((2 * q * w + h * w) as i64))?)?;
-                        halves.push(vload_masked(g, vt, at, Some(m))?);
+                        let at = f32_ptr(g, b_base, add(g, src, g.i64((st as usize * q * w + h * w) as i64))?)?;
+                        parts.push(vload_masked(g, vt, at, Some(m))?);
                     }
-                    let v = g.builder.build_shuffle_vector(halves[0], halves[1], even, "even").map_err(llvm_err)?;
+                    let v = match parts[..] {
+                        [v] => v,
+                        [a, b] => g.builder.build_shuffle_vector(a, b, every, "even").map_err(llvm_err)?,
+                        _ => unreachable!("strides 1 and 2"),
+                    };
                     vstore(g, f32_ptr(g, panel, add(g, dst, g.i64((q * w) as i64))?)?, v)?;
                 }
                 return Ok(());
