@@ -231,6 +231,7 @@ pub(crate) fn gen_gemm<'ctx>(
                             fmuladd,
                             prefetch_fn,
                             prefetch: (p.bsrc == BSource::Prepacked).then_some(PREFETCH_BYTES / (nr * 4)),
+                            next_panel: next_panel_lines(p).map(|lines| (it, lines)),
                             a0,
                             i0,
                             ntap,
@@ -271,6 +272,15 @@ pub(crate) fn gen_gemm<'ctx>(
         })
     })?;
     Ok(())
+}
+
+/// Cache lines of the next panel of a prepacked B that each row tile of a block prefetches
+/// into L2 while it multiplies, so that the block's tiles together fetch the whole next panel
+/// (weights stream from memory once per block; fetched by the first tile alone, at the rate
+/// it consumes them, they stalled it). `None` when a block has too few tiles to spread it.
+fn next_panel_lines(p: &Gemm) -> Option<usize> {
+    let tiles = p.mc().div_ceil(p.bl.mr);
+    (p.bsrc == BSource::Prepacked && tiles >= NEXT_PANEL_MIN_TILES).then(|| (p.k * p.bl.nr / 16).div_ceil(tiles))
 }
 
 /// The stack buffers, accumulators and intrinsics of a GEMM body.
@@ -464,6 +474,9 @@ struct Tile<'a, 'ctx> {
     /// panel: weights, which come from L3 or memory), if it does.
     prefetch_fn: FunctionValue<'ctx>,
     prefetch: Option<usize>,
+    /// The tile's index in its block and the cache lines of the next panel it prefetches
+    /// into L2 ([`next_panel_lines`]), if it does.
+    next_panel: Option<(IntValue<'ctx>, usize)>,
     /// Element index of A at this batch element (rows, taps and K are added here).
     a0: IntValue<'ctx>,
     i0: IntValue<'ctx>,
@@ -687,6 +700,22 @@ fn multiply_slice<'ctx>(
                 g.builder
                     .build_call(t.prefetch_fn, &[at.into(), rw.into(), loc.into(), data.into()], "")
                     .map_err(llvm_err)?;
+            }
+            // This tile's share of the next panel, into L2 (locality 2), spread over its K
+            // loop: `lines` lines per tile, `per_trip` per trip of `n` steps.
+            if let Some((it, lines)) = t.next_panel {
+                let per_trip = (lines * n).div_ceil(p.k);
+                let trip = g.builder.build_int_unsigned_div(add(g, row0, k0)?, g.i64(n as i64), "trip").map_err(llvm_err)?;
+                let line0 = add(g, mul(g, it, lines as i64)?, mul(g, trip, per_trip as i64)?)?;
+                // Lines are 16 floats; the next panel starts K·NR floats on.
+                let base = add(g, mul(g, line0, 16)?, g.i64((p.k * nr) as i64))?;
+                let l2 = i32t.const_int(2, false);
+                for l in 0..per_trip {
+                    let at = f32_ptr(g, t.bptr, add(g, base, g.i64((l * 16) as i64))?)?;
+                    g.builder
+                        .build_call(t.prefetch_fn, &[at.into(), rw.into(), l2.into(), data.into()], "")
+                        .map_err(llvm_err)?;
+                }
             }
             Ok(())
         };

@@ -90,6 +90,9 @@ const UNROLL: usize = 4;
 /// (Emerald Rapids, one thread) prefetching 4 KiB ahead took 10–15% off the latency, 2 KiB
 /// did as well and 8 KiB a little less.
 const PREFETCH_BYTES: usize = 4096;
+/// Row tiles a block needs at least for its tiles to share the prefetch of the next panel of
+/// a prepacked B ([`emit`]'s `next_panel_lines`); with fewer, each would fetch a large share.
+const NEXT_PANEL_MIN_TILES: usize = 4;
 
 impl Blocking {
     /// The blocking for a target: its vector width from the features (`+avx512f`: 16 lanes;
