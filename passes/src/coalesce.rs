@@ -114,6 +114,22 @@ fn merged_view(v: &View, j: usize) -> View {
     m
 }
 
+/// `k` with adjacent parallel dims merged until its parallel domain is `target`, if they
+/// merge so (every dim of `target` the product of a run of `k`'s). Fusion uses it to give an
+/// elementwise consumer over `[n, c, h, w]` the domain `[n, c, h·w]` of its producer.
+pub(crate) fn coalesce_to(k: &Kernel, target: &[usize]) -> Option<Kernel> {
+    let mut k = k.clone();
+    for (d, &t) in target.iter().enumerate() {
+        while d < k.n_par && k.domain[d] < t {
+            k = merge(&k, d).filter(|m| m.n_par < k.n_par)?;
+        }
+        if k.domain.get(d) != Some(&t) {
+            return None;
+        }
+    }
+    (k.n_par == target.len()).then_some(k)
+}
+
 /// `k` with dims `d` and `d + 1` merged, if they merge.
 fn merge(k: &Kernel, d: usize) -> Option<Kernel> {
     let np = k.n_par;

@@ -383,6 +383,14 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     // consumer takes the same loop order, found from its load of the producer's value.
     let mut reordered;
     let mut cons = cons;
+    // A producer over merged dims (a row-major 1×1 convolution's `[n, c, h·w]`): the
+    // consumer's dims merged the same way.
+    if cons.domain[..] != prod.domain[..prod.n_par] {
+        if let Some(m) = crate::coalesce::coalesce_to(cons, &prod.domain[..prod.n_par]) {
+            reordered = m;
+            cons = &reordered;
+        }
+    }
     if cons.domain[..] != prod.domain[..prod.n_par] {
         let mut perm = None;
         cons.body.visit(&mut |e| {
