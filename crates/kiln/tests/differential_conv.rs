@@ -101,8 +101,12 @@ fn convolution_chains_as_gemm() {
             let tile = if oh.min(ow) >= 16 { "[6,6," } else { "[4,4," };
             assert!(text.contains(tile), "conv1 should use {tile}…] tiles:\n{text}");
         } else if group == 1 && k == [1, 1] && strides == [1, 1] && pads == [0; 4] {
-            // Pointwise on the row-major input: the product W·X over the pixels.
-            assert!(kernel_ending(&prog, "conv1").n_par == 3, "conv1 should be W·X over the pixels:\n{text}");
+            // Pointwise on the row-major input: the product W·X over the pixels, with the
+            // ReLU after it (over the unmerged pixels) as its epilogue.
+            assert!(
+                kernel_ending(&prog, "conv1+relu").n_par == 3,
+                "conv1 should be W·X over the pixels, the ReLU fused:\n{text}"
+            );
         } else if group == 1 {
             assert!(text.contains("w1.panels"), "conv1 should be a GEMM with prepacked weights:\n{text}");
         }
