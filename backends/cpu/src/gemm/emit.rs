@@ -705,7 +705,8 @@ fn multiply_slice<'ctx>(
             // loop: `lines` lines per tile, `per_trip` per trip of `n` steps.
             if let Some((it, lines)) = t.next_panel {
                 let per_trip = (lines * n).div_ceil(p.k);
-                let trip = g.builder.build_int_unsigned_div(add(g, row0, k0)?, g.i64(n as i64), "trip").map_err(llvm_err)?;
+                let trip =
+                    g.builder.build_int_unsigned_div(add(g, row0, k0)?, g.i64(n as i64), "trip").map_err(llvm_err)?;
                 let line0 = add(g, mul(g, it, lines as i64)?, mul(g, trip, per_trip as i64)?)?;
                 // Lines are 16 floats; the next panel starts K·NR floats on.
                 let base = add(g, mul(g, line0, 16)?, g.i64((p.k * nr) as i64))?;
