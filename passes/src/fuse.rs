@@ -231,7 +231,7 @@ fn used_operands(k: &Kernel) -> Vec<bool> {
 }
 
 /// Drops unused operands and merges duplicates, renumbering loads.
-fn compact(k: &mut Kernel) {
+pub(crate) fn compact(k: &mut Kernel) {
     let used = used_operands(k);
     let mut remap = vec![usize::MAX; k.inputs.len()];
     let mut inputs: Vec<View> = Vec::new();

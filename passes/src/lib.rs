@@ -6,7 +6,8 @@
 //!   them) and [`fuse`].
 //! * [`lower`]: HIR → LIR.
 //! * LIR passes: [`fuse`]'s LIR half (with [`views`]: copies that only move data, read or
-//!   written in place), [`coalesce`] (adjacent dims walked as one run merged) and [`memory`] (liveness, in-place reuse, arena offsets, the weight
+//!   written in place), [`coalesce`] (adjacent dims walked as one run merged), [`split`] (long reductions of
+//!   few outputs computed in parts) and [`memory`] (liveness, in-place reuse, arena offsets, the weight
 //!   section).
 //! * [`partition`]: splitting a graph across devices (before fusion).
 
@@ -18,6 +19,7 @@ pub mod memory;
 pub mod partition;
 pub mod pipeline;
 pub mod simplify;
+pub mod split;
 pub mod views;
 
 #[derive(Debug, thiserror::Error)]

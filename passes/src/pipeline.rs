@@ -8,7 +8,7 @@
 //!      on each partition, with the context of its device ──
 //!   per partition (HIR)   decompose (ops the backend does not lower whole) fuse
 //!   HIR → LIR             lower
-//!   per partition (LIR)   fuse-lir forward-copies coalesce-dims inline-scalar-constants
+//!   per partition (LIR)   fuse-lir forward-copies coalesce-dims split-reductions inline-scalar-constants
 //!                         prepack (the backend's)
 //!                         relayout-constants plan-memory remove-unused-buffers pack-weights
 //! ```
@@ -24,7 +24,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 
 use crate::memory::{MemoryReport, WeightSection};
-use crate::{coalesce, decompose, fuse, memory, simplify, views, PassError};
+use crate::{coalesce, decompose, fuse, memory, simplify, split, views, PassError};
 
 /// What a backend adds to the pipeline for the device a graph is compiled for.
 pub trait Backend: Sync {
@@ -111,6 +111,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("fuse-lir", Pass::Lir(fuse_lir)),
     ("forward-copies", Pass::Lir(forward_copies)),
     ("coalesce-dims", Pass::Lir(coalesce_dims)),
+    ("split-reductions", Pass::Lir(split_reductions)),
     ("inline-scalar-constants", Pass::Lir(inline_scalar_constants)),
     ("prepack", Pass::Lir(prepack)),
     ("relayout-constants", Pass::Lir(relayout_constants)),
@@ -137,6 +138,11 @@ fn forward_copies(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
 
 fn coalesce_dims(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
     coalesce::coalesce_dims(&mut l.program);
+    Ok(())
+}
+
+fn split_reductions(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
+    split::split_reductions(&mut l.program);
     Ok(())
 }
 

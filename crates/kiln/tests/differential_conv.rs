@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kiln::ir::op::{ReduceOp, UnaryOp, Window};
+use kiln::ir::op::{BinaryOp, ReduceOp, UnaryOp, Window};
 use kiln::ir::{DType, Graph, Op, Tensor};
 use kiln::{CompileOptions, Compiler, Session, SessionOptions, TensorRef};
 
@@ -583,5 +583,30 @@ fn transposed_convolution_by_phases() {
         let text = kiln::ir::lir::print(&lowered(&g));
         assert!(text.contains("subpixel_weights"), "case {i} should take the sub-pixel path:\n{text}");
         check_with(op, &ins, &[false, true, true], 1e-4);
+    }
+}
+
+/// Means and maxima over the pixels of a channels-last image (a squeeze-and-excitation
+/// block's mean, a global max pool) are computed in parts along the pixels and then
+/// combined (`split-reductions`) where the pixels divide into parts; odd images, batch 2,
+/// channels past a vector, and images whose pixel count does not divide (left whole). The
+/// SE scale multiplies the image afterwards, as EfficientNet's does.
+#[test]
+fn channels_last_reductions_in_parts() {
+    let mut r = Rng(73);
+    let win = Window { kernel: [3, 3], strides: [1, 1], pads: [1; 4], dilations: [1, 1] };
+    for (n, c, h, w, parts) in [(1, 20, 32, 40, true), (2, 37, 24, 48, true), (1, 19, 37, 41, false)] {
+        let mut net = RefNet::new("reductions_in_parts");
+        let x = net.input("x", r.tensor(DType::F32, &[n, 8, h, w]));
+        let wt = net.constant("w", Tensor::f32(vec![c, 8, 3, 3], r.f32s(c * 8 * 9, -0.3, 0.3)));
+        let y = net.node(Op::Conv { window: win.clone(), group: 1 }, &[x, wt], "conv");
+        let mean = net.node(Op::Reduce { op: ReduceOp::Mean, axes: vec![2, 3], keepdims: true }, &[y], "mean");
+        let max = net.node(Op::Reduce { op: ReduceOp::Max, axes: vec![2, 3], keepdims: true }, &[y], "max");
+        let gate = net.node(Op::Unary(UnaryOp::Sigmoid), &[mean], "gate");
+        let scaled = net.node(Op::Binary(BinaryOp::Mul), &[y, gate], "scale");
+        let prog = net.lowered(&[mean, max, scaled]);
+        let text = kiln::ir::lir::print(&prog);
+        assert_eq!(text.contains("mean.parts") && text.contains("max.parts"), parts, "{text}");
+        net.check(&[mean, max, scaled], 1e-4);
     }
 }

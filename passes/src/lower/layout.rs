@@ -173,7 +173,7 @@ fn var_offset(e: &Expr) -> Option<Option<usize>> {
 /// An operand's stride along each domain var, when every load of it has the same indices:
 /// `None` for a var that an index other than a variable plus or minus a constant reads
 /// (an interleave's `o / 2`).
-fn var_strides(k: &Kernel, op: usize) -> Option<Vec<Option<i64>>> {
+pub(crate) fn var_strides(k: &Kernel, op: usize) -> Option<Vec<Option<i64>>> {
     let mut out: Option<Vec<Option<i64>>> = None;
     let mut ok = true;
     let mut note = |e: &Expr| {

@@ -22,7 +22,7 @@ mod shape;
 mod winograd;
 
 use layout::{choose_layout, depthwise, order_loops, pointwise_on_row_major, row_major_conv};
-pub(crate) use layout::{permute_parallel, stride_order};
+pub(crate) use layout::{permute_parallel, stride_order, var_strides};
 
 /// Where a value's elements live: from `offset` (in elements) of `buffer`, dense row-major
 /// or, for a rank-4 value with `channels_last`, in NHWC order (see [`choose_layout`]).
