@@ -69,14 +69,28 @@ impl Slot {
     }
 
     /// Claims and runs chunks of the current publication until none is left, from thread
-    /// `me`'s range first and then from the others'; returns how many it ran.
+    /// `me`'s range first and then from the others' (only once its own range of this
+    /// publication is open); returns how many it ran.
     fn work(&self, me: usize) -> i64 {
         let threads = self.cursors.len();
+        // Nothing before this thread's own range is open: a worker that saw its cursor still
+        // closed and then the caller's already open took the caller's chunks, and then the
+        // two took turns through both ranges, so that consecutive kernels over the same rows
+        // ran them on different cores (a softmax's four passes at 2 threads took 0.082 ms,
+        // and 0.050 with each range kept).
+        let own = self.cursors[me].0.load(Ordering::Acquire);
+        if own & CLOSED == CLOSED {
+            return 0;
+        }
+        let epoch = own >> 32;
         let mut ran = 0;
         for t in (0..threads).map(|i| (me + i) % threads) {
             let cursor = &self.cursors[t].0;
             loop {
                 let v = cursor.load(Ordering::Acquire);
+                if v >> 32 != epoch {
+                    break;
+                }
                 let (task, ctx, n, chunks) = (
                     self.task.load(Ordering::Relaxed),
                     self.ctx.load(Ordering::Relaxed),
