@@ -77,7 +77,8 @@ fn parts(k: &Kernel) -> Option<usize> {
     if len < MIN_LEN || tasks >= FEW_TASKS || (np > 0 && !across(k)) {
         return None;
     }
-    let t = (1..=MAX_PARTS.ilog2()).rev().map(|e| 1usize << e).find(|&t| len % t == 0 && len / t >= MIN_PART)?;
+    let t =
+        (1..=MAX_PARTS.ilog2()).rev().map(|e| 1usize << e).find(|&t| len.is_multiple_of(t) && len / t >= MIN_PART)?;
     Some(t)
 }
 
@@ -125,7 +126,7 @@ fn split_kernel(p: &mut Program, k: &Kernel, t: usize) -> (Kernel, Kernel) {
         inputs: k.inputs.clone(),
         output: part.clone(),
         body,
-        reduction: Some(Reduction { combine: red.combine, init: red.init.clone(), finalize: None }),
+        reduction: Some(Reduction { combine: red.combine, init: red.init, finalize: None }),
     };
     let mut first = first;
     crate::fuse::compact(&mut first);
@@ -150,7 +151,7 @@ fn split_kernel(p: &mut Program, k: &Kernel, t: usize) -> (Kernel, Kernel) {
         inputs,
         output: k.output.clone(),
         body: Expr::load(0, index),
-        reduction: Some(Reduction { combine: red.combine, init: red.init.clone(), finalize }),
+        reduction: Some(Reduction { combine: red.combine, init: red.init, finalize }),
     };
     crate::fuse::compact(&mut second);
     (first, second)
