@@ -39,8 +39,16 @@ struct Slot {
     ctx: AtomicUsize,
     n: AtomicI64,
     chunks: AtomicI64,
-    finished: AtomicI64,
+    finished: Finished,
 }
+
+/// How many chunks of the current publication have finished, on a cache line of its own:
+/// each thread adds the chunks it ran once, when it finds no more to claim. Counted chunk by
+/// chunk, next to the fields the workers read on every claim, the line crossed between the
+/// cores about twice a chunk; batched, a 12×128×128 softmax at 2 threads took 1.7% less and
+/// EfficientNet-B0 2.7% less (paired runs of the whole `kiln bench`).
+#[repr(align(64))]
+struct Finished(AtomicI64);
 
 /// One thread's cursor, on a cache line of its own (the threads claim at once).
 #[repr(align(64))]
@@ -115,9 +123,11 @@ impl Slot {
                         task(ctx as *const Context, s, e)
                     };
                 }
-                self.finished.fetch_add(1, Ordering::AcqRel);
                 ran += 1;
             }
+        }
+        if ran > 0 {
+            self.finished.0.fetch_add(ran, Ordering::AcqRel);
         }
         ran
     }
@@ -165,7 +175,7 @@ impl Pool {
                 ctx: AtomicUsize::new(0),
                 n: AtomicI64::new(0),
                 chunks: AtomicI64::new(0),
-                finished: AtomicI64::new(0),
+                finished: Finished(AtomicI64::new(0)),
             },
             run: AtomicU64::new(0),
             ended_at: AtomicU64::new(u64::MAX),
@@ -251,10 +261,10 @@ impl Pool {
         s.ctx.store(ctx as usize, Ordering::Relaxed);
         s.n.store(n, Ordering::Relaxed);
         s.chunks.store(chunks, Ordering::Relaxed);
-        s.finished.store(0, Ordering::Relaxed);
+        s.finished.0.store(0, Ordering::Relaxed);
         s.open(epoch, chunks);
         s.work(0);
-        while s.finished.load(Ordering::Acquire) < chunks {
+        while s.finished.0.load(Ordering::Acquire) < chunks {
             std::hint::spin_loop();
         }
         s.close(epoch + 1);
