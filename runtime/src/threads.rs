@@ -30,9 +30,10 @@ const LINGER: Duration = Duration::from_micros(200);
 ///
 /// A thread's `cursor` holds the publication's epoch (high 32 bits) and its next chunk (low
 /// bits); a claim is a compare-and-swap on it, so a worker that read the fields of an older
-/// publication never runs a chunk with them. Between publications every cursor is closed
-/// (its chunk index past any count) while the fields are rewritten; the caller rewrites them
-/// only once every chunk of the last one has finished.
+/// publication never runs a chunk with them. After a publication its cursors stay open with
+/// every chunk claimed; the next one first closes them all (chunk index past any count), then
+/// rewrites the fields, which the caller does only once every chunk of the last one has
+/// finished.
 struct Slot {
     cursors: Box<[Cursor]>,
     task: AtomicUsize,
@@ -254,7 +255,7 @@ impl Pool {
         let s = &self.slot;
         let chunks = self.chunks(n);
         let epoch = (s.cursors[0].0.load(Ordering::Relaxed) >> 32) + 1;
-        // Closed (they are already: the last publication ended that way) while the fields
+        // Closed (the last publication left them open, every chunk claimed) while the fields
         // change.
         s.close(epoch);
         s.task.store(task as usize, Ordering::Relaxed);
@@ -267,7 +268,9 @@ impl Pool {
         while s.finished.0.load(Ordering::Acquire) < chunks {
             std::hint::spin_loop();
         }
-        s.close(epoch + 1);
+        // The cursors stay open, every chunk claimed, until the next publication closes
+        // them before it rewrites the fields: closing them here too moved their lines to this
+        // core and back once more a kernel.
     }
 }
 
