@@ -258,7 +258,8 @@ pub(crate) fn compact(k: &mut Kernel) {
     k.inputs = inputs;
 }
 
-fn shift_operands(e: Expr, by: usize) -> Expr {
+/// `e` with every load's operand index raised by `by` (operands put in front of its own).
+pub(crate) fn shift_operands(e: Expr, by: usize) -> Expr {
     e.map(&mut |e| match e {
         Expr::Load { operand, index, pad } => Expr::Load { operand: operand + by, index, pad },
         e => e,

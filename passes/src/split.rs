@@ -22,7 +22,7 @@
 //! pixels, each thread reduces the rows it wrote.
 
 use kiln_ir::lir::{BufferKind, Combine, Expr, Instr, Kernel, Program, Reduction, View};
-use kiln_ir::{BinaryOp, DType};
+use kiln_ir::DType;
 
 /// Reductions at least this long may be split.
 const MIN_LEN: usize = 128;
@@ -39,15 +39,14 @@ pub fn split_reductions(p: &mut Program) -> usize {
     let mut split = 0;
     let mut i = 0;
     while i < p.instrs.len() {
-        let parts = match &p.instrs[i] {
-            Instr::Kernel(k) => parts(k),
+        let found = match &p.instrs[i] {
+            Instr::Kernel(k) => parts(k).map(|t| (k.clone(), t)),
             _ => None,
         };
-        let Some(t) = parts else {
+        let Some((k, t)) = found else {
             i += 1;
             continue;
         };
-        let Instr::Kernel(k) = p.instrs[i].clone() else { unreachable!() };
         let (first, second) = split_kernel(p, &k, t);
         p.instrs[i] = Instr::Kernel(first);
         p.instrs.insert(i + 1, Instr::Kernel(second));
@@ -114,12 +113,10 @@ fn split_kernel(p: &mut Program, k: &Kernel, t: usize) -> (Kernel, Kernel) {
     domain.push(len);
     let body = k.body.clone().map(&mut |e| match e {
         Expr::Var(d) if d < np => Expr::Var(d + 1),
-        Expr::Var(d) if d == np => {
-            Expr::bin(BinaryOp::Add, Expr::bin(BinaryOp::Mul, Expr::Var(0), Expr::i64(len as i64)), Expr::Var(np + 1))
-        }
+        Expr::Var(d) if d == np => Expr::add(Expr::mul(Expr::Var(0), Expr::i64(len as i64)), Expr::Var(np + 1)),
         e => e,
     });
-    let first = Kernel {
+    let mut first = Kernel {
         name: format!("{}.parts", k.name),
         domain,
         n_par: np + 1,
@@ -128,7 +125,6 @@ fn split_kernel(p: &mut Program, k: &Kernel, t: usize) -> (Kernel, Kernel) {
         body,
         reduction: Some(Reduction { combine: red.combine, init: red.init, finalize: None }),
     };
-    let mut first = first;
     crate::fuse::compact(&mut first);
 
     // The combination of the parts, then the kernel's own finalizer (whose loads shift by
@@ -138,12 +134,7 @@ fn split_kernel(p: &mut Program, k: &Kernel, t: usize) -> (Kernel, Kernel) {
     let mut inputs = vec![part];
     inputs.extend(k.inputs.iter().cloned());
     let index = std::iter::once(Expr::Var(np)).chain((0..np).map(Expr::Var)).collect();
-    let finalize = red.finalize.clone().map(|f| {
-        f.map(&mut |e| match e {
-            Expr::Load { operand, index, pad } => Expr::Load { operand: operand + 1, index, pad },
-            e => e,
-        })
-    });
+    let finalize = red.finalize.clone().map(|f| crate::fuse::shift_operands(f, 1));
     let mut second = Kernel {
         name: k.name.clone(),
         domain,

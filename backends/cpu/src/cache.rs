@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_ir::lir::{Instr, Program};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::codegen::KernelPlan;
@@ -96,16 +95,15 @@ fn store(path: &Path, obj: &[u8]) -> std::io::Result<()> {
 }
 
 /// The cache key of a kernel body's object (32 hex digits): the kernel with its buffers
-/// erased ([`crate::codegen::body_of`]), its schedule, the target and the code generator.
-pub(crate) fn body_key(prog: &Program, plan: &KernelPlan, target: &CpuTarget) -> String {
-    let Instr::Kernel(k) = &prog.instrs[plan.instr] else { unreachable!("plans are of kernels") };
+/// erased ([`KernelPlan::body`]), its schedule, the target and the code generator.
+pub(crate) fn body_key(plan: &KernelPlan, target: &CpuTarget) -> String {
     let mut h = Xxh3::new();
     let mut put = |s: &str| {
         h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     };
     put_toolchain(&mut put, target);
-    put(&format!("{:?}", crate::codegen::body_of(k)));
+    put(&format!("{:?}", plan.body));
     put(&format!("{:?}", plan.gemm));
     format!("{:032x}", h.digest128())
 }

@@ -390,6 +390,9 @@ fn task_range<'ctx>(
 pub(crate) struct KernelPlan {
     /// Index of the kernel's instruction in the program.
     pub instr: usize,
+    /// The kernel as its body is generated ([`body_of`]), made once for the schedule, the
+    /// cache key and the code.
+    pub body: Kernel,
     pub gemm: Option<crate::gemm::Gemm>,
     /// Tasks of its parallel loop.
     pub tasks: usize,
@@ -451,12 +454,13 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
         .filter_map(|(i, ins)| {
             let Instr::Kernel(k) = ins else { return None };
             // Matched on the body's kernel (offsets taken out), as the body is generated.
-            let gemm = crate::gemm::match_gemm(&body_of(k), blocking);
+            let body = body_of(k);
+            let gemm = crate::gemm::match_gemm(&body, blocking);
             let tasks = match &gemm {
                 Some(p) => p.tasks(),
                 None => Split::of(&normalized(k), blocking.w).tasks(),
             };
-            Some(KernelPlan { instr: i, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32 })
+            Some(KernelPlan { instr: i, body, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32 })
         })
         .collect()
 }
@@ -481,7 +485,7 @@ pub(crate) fn build_body_module<'ctx>(
     };
     // Weak: a body is named by the hash of what its code depends on, so two models linked
     // into one program (static libraries) may both define it, identically.
-    gen_body(&g, &body_of(k), symbol, plan.gemm.as_ref(), plan.vector_bits, Linkage::WeakODR)
+    gen_body(&g, &plan.body, symbol, plan.gemm.as_ref(), plan.vector_bits, Linkage::WeakODR)
         .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
     Ok(g.module)
 }
@@ -543,7 +547,7 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
     for p in &plans {
         let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
         let body =
-            gen_body(&g, &body_of(k), &format!("k{}.body", p.instr), p.gemm.as_ref(), p.vector_bits, Linkage::Internal)
+            gen_body(&g, &p.body, &format!("k{}.body", p.instr), p.gemm.as_ref(), p.vector_bits, Linkage::Internal)
                 .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
         fns.push(gen_wrapper(&g, prog, k, &format!("k{}", p.instr), body)?);
     }

@@ -128,7 +128,7 @@ pub fn compile_objects(
     let mut symbols = Vec::with_capacity(plans.len());
     let mut seen = std::collections::HashSet::new();
     for (i, p) in plans.iter().enumerate() {
-        let key = cache::body_key(prog, p, target);
+        let key = cache::body_key(p, target);
         if seen.insert(key.clone()) {
             keys.push(key.clone());
             first.push(i);

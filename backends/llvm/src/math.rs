@@ -221,11 +221,10 @@ pub fn exp<'ctx>(g: &CodeGen<'ctx>, x: V<'ctx>) -> BackendResult<V<'ctx>> {
         let inside = f.and(f.cmp(FloatPredicate::OLE, x, hi)?, f.cmp(FloatPredicate::OGE, x, lo)?)?;
         f.sel(inside, x, f.c(0.0))?
     };
+    let y = exp_core(g, xc)?;
     if g.native_ldexp {
-        let y = exp_core(g, xc)?;
         return f.sel(nan, x, f.sel(below, f.c(0.0), y)?);
     }
-    let y = exp_core(g, xc)?;
     let y = f.sel(f.cmp(FloatPredicate::OGT, x, hi)?, f.c(f64::INFINITY), y)?;
     let y = f.sel(f.cmp(FloatPredicate::OLT, x, lo)?, f.c(0.0), y)?;
     f.sel(nan, x, y)
