@@ -40,6 +40,23 @@ pub struct ValueData {
     pub def: ValueDef,
 }
 
+/// A condition on a node: it runs only when the key (a one-element i64 value) equals
+/// `value`. A node's guards all hold when it runs (nested run-time cases, outermost first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Guard {
+    pub key: ValueId,
+    pub value: i64,
+}
+
+/// The shape of a graph output that the code decides at run time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeShape {
+    /// An i64 value of one element per dim: the sizes.
+    pub dims: ValueId,
+    /// Each dim's largest size.
+    pub bounds: Vec<usize>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Node {
     pub op: Op,
@@ -47,6 +64,9 @@ pub struct Node {
     pub outputs: Vec<ValueId>,
     /// The source node name, for messages.
     pub name: String,
+    /// The run-time cases the node belongs to (empty: it always runs). Its results are read
+    /// only by nodes of the same cases, or by a [`Op::Merge`] of them.
+    pub guard: Vec<Guard>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +88,11 @@ pub struct Graph {
     /// Values the fuse pass decided not to materialize: each is computed inside the kernel
     /// of its single consumer (or the one kernel all its consumers are fused into).
     fused: std::collections::BTreeSet<ValueId>,
+    /// The guard of nodes added from now on (the importer sets it around a run-time case;
+    /// a pass that rewrites a node sets it to that node's guard).
+    pub guard: Vec<Guard>,
+    /// Graph outputs (by position) whose shape is decided at run time.
+    pub output_shapes: std::collections::BTreeMap<usize, RuntimeShape>,
 }
 
 impl Graph {
@@ -162,7 +187,13 @@ impl Graph {
                 self.push_value(vname, ty, ValueDef::Node(nid, k))
             })
             .collect();
-        self.nodes.push(Node { op, inputs: inputs.to_vec(), outputs: outputs.clone(), name });
+        self.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            outputs: outputs.clone(),
+            name,
+            guard: self.guard.clone(),
+        });
         self.order.push(nid);
         outputs
     }
@@ -217,11 +248,21 @@ impl Graph {
                 }
             }
         }
-        for v in &mut self.outputs {
+        for v in self.outputs.iter_mut().chain(self.output_shapes.values_mut().map(|r| &mut r.dims)) {
             if *v == old {
                 *v = new;
             }
         }
+    }
+
+    /// Values the graph needs besides its outputs: the run-time shapes of outputs.
+    pub fn shape_values(&self) -> impl Iterator<Item = ValueId> + '_ {
+        self.output_shapes.values().map(|r| r.dims)
+    }
+
+    /// Whether anything is decided at run time (a guarded node or an output's shape).
+    pub fn has_runtime_decisions(&self) -> bool {
+        !self.output_shapes.is_empty() || self.order.iter().any(|&n| !self.nodes[n.0 as usize].guard.is_empty())
     }
 
     /// Turns a node result into a constant in place (constant folding); the node is removed.
@@ -244,7 +285,7 @@ impl Graph {
                 *m.entry(v).or_insert(0) += 1;
             }
         }
-        for &v in &self.outputs {
+        for v in self.outputs.iter().copied().chain(self.shape_values()) {
             *m.entry(v).or_insert(0) += 1;
         }
         m
@@ -265,7 +306,13 @@ impl Graph {
     pub fn live_constants(&self) -> Vec<ValueId> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        let iter = self.order.iter().flat_map(|&n| self.nodes[n.0 as usize].inputs.iter()).chain(self.outputs.iter());
+        let shapes: Vec<ValueId> = self.shape_values().collect();
+        let iter = self
+            .order
+            .iter()
+            .flat_map(|&n| self.nodes[n.0 as usize].inputs.iter())
+            .chain(self.outputs.iter())
+            .chain(shapes.iter());
         for &v in iter {
             if self.const_of(v).is_some() && seen.insert(v) {
                 out.push(v);

@@ -141,6 +141,8 @@ fn check_compute_dtypes(op: &Op, inputs: &[&TensorType]) -> Result<(), String> {
             | Gather { .. }
             | Expand { .. }
             | Identity
+            | Merge
+            | Assert { .. }
             | GatherElements { .. }
             | GatherNd { .. }
             | Where

@@ -372,6 +372,22 @@ pub enum Instr {
         k: usize,
         largest: bool,
     },
+    /// Opens a block that runs only when the `i64` at `key` (one element) equals `value`;
+    /// it ends at the matching [`Instr::EndCase`]. Blocks nest. The run-time form of a
+    /// decision the compiler cannot make (an `If` on data, a specialization per value of an
+    /// axes input): each alternative is compiled whole, and only the one taken runs.
+    Case {
+        key: View,
+        value: i64,
+    },
+    /// Closes the innermost open [`Instr::Case`].
+    EndCase,
+    /// Writes the `i64`s of `src` (a rank-1 view, one element per slot) to the run-time
+    /// dims `slots` (`Context::dims`): the shape of an output decided at run time.
+    SetDims {
+        slots: Vec<usize>,
+        src: View,
+    },
 }
 
 impl Instr {
@@ -382,6 +398,9 @@ impl Instr {
             Instr::Copy { dst, src, .. } => (vec![*src], vec![*dst]),
             Instr::Assert { buffer, .. } => (vec![*buffer], vec![]),
             Instr::TopK { input, output, .. } => (vec![input.buffer], vec![output.buffer]),
+            Instr::Case { key, .. } => (vec![key.buffer], vec![]),
+            Instr::EndCase => (vec![], vec![]),
+            Instr::SetDims { src, .. } => (vec![src.buffer], vec![]),
         }
     }
 
@@ -394,6 +413,9 @@ impl Instr {
             Instr::Copy { dst, src, .. } => vec![dst, src],
             Instr::Assert { buffer, .. } => vec![buffer],
             Instr::TopK { input, output, .. } => vec![&mut input.buffer, &mut output.buffer],
+            Instr::Case { key, .. } => vec![&mut key.buffer],
+            Instr::EndCase => vec![],
+            Instr::SetDims { src, .. } => vec![&mut src.buffer],
         }
     }
 }
@@ -420,6 +442,12 @@ pub struct Program {
     /// Input and output specs, in graph order: (name, dtype, shape).
     pub inputs: Vec<(String, DType, Vec<usize>)>,
     pub outputs: Vec<(String, DType, Vec<usize>)>,
+    /// Per output: empty when its shape is fixed (`outputs`' shape); otherwise, per dim, -1
+    /// for a fixed dim or the run-time dim slot ([`Instr::SetDims`]) that holds its size,
+    /// `outputs`' shape then giving each dim's upper bound.
+    pub output_slots: Vec<Vec<i32>>,
+    /// How many run-time dim slots the program writes.
+    pub dim_slots: usize,
     /// Arena size in bytes, set by memory planning.
     pub arena_bytes: u64,
 }
@@ -432,6 +460,10 @@ impl Program {
     }
     pub fn buffer(&self, b: BufferId) -> &Buffer {
         &self.buffers[b.0 as usize]
+    }
+    /// Bytes of output `i`'s buffer (for an output of run-time shape, the most it holds).
+    pub fn output_bytes(&self, i: usize) -> usize {
+        self.buffers.iter().find(|b| b.kind == BufferKind::Output(i)).map_or(0, |b| b.bytes)
     }
 
     /// Drops constant and activation buffers no instruction touches (left behind by fusion)

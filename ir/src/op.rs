@@ -384,6 +384,18 @@ pub enum Op {
     },
     /// Copy (kept only where a graph output must be a distinct buffer).
     Identity,
+    /// The value of the case taken at run time: input 0 is the key (one i64), and key `k`
+    /// selects input `1 + k`, which is computed only in that case (its node is guarded by
+    /// `key == k`, see [`crate::graph::Guard`]). The cases have one dtype and rank; the
+    /// result's shape is each dim's largest size among them (the sizes of the case taken
+    /// are known only at run time, so when they differ the result can only be a graph
+    /// output, whose shape the code then reports).
+    Merge,
+    /// Input 0, passed through; the run stops with `message` when an element of input 1
+    /// (bool) is false. A check on data the compiler cannot see (a shape given at run time).
+    Assert {
+        message: String,
+    },
     /// An op Kiln does not (yet) support; kept so that every unsupported op is reported at once.
     Unsupported {
         op_type: String,
@@ -432,6 +444,8 @@ impl Op {
             | Concat { .. }
             | Slice { .. }
             | Gather { .. }
+            | Merge
+            | Assert { .. }
             | Expand { .. } => Family::Shape,
             MatMul | Gemm { .. } => Family::Linalg,
             Conv { .. }
@@ -555,6 +569,8 @@ impl Op {
             Op::ArgReduce { max: true, .. } => "arg_max",
             Op::ArgReduce { max: false, .. } => "arg_min",
             Op::Identity => "identity",
+            Op::Merge => "merge",
+            Op::Assert { .. } => "assert",
             Op::Unsupported { .. } => "unsupported",
         }
     }

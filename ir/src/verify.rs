@@ -5,7 +5,11 @@
 //! 2. every node's result types equal what its typing rule infers from its operands;
 //! 3. no scheduled node is a placeholder (`Op::Unsupported`);
 //! 4. every graph output is defined (input, constant, or scheduled result);
-//! 5. a node is scheduled at most once.
+//! 5. a node is scheduled at most once;
+//! 6. a guarded node's keys are defined one-element i64 values, and a node reads a result of
+//!    a guarded node only under the same guards (or more, in any order), except a `Merge`,
+//!    which reads each case's result from outside it; a graph output and an output's run-time shape are
+//!    results of unguarded nodes (or inputs, constants).
 
 use std::collections::HashSet;
 
@@ -29,6 +33,25 @@ pub fn verify(g: &Graph) -> Result<(), String> {
                 return Err(format!("node `{}` uses {v} (`{}`) before it is defined", node.name, g.value(v).name));
             }
         }
+        for c in &node.guard {
+            let t = g.ty(c.key);
+            if !is_avail(&defined, c.key) || t.dtype != crate::DType::I64 || t.numel() != 1 {
+                return Err(format!("node `{}` is guarded by {} ({t}), not a defined i64 scalar", node.name, c.key));
+            }
+        }
+        let merge = matches!(node.op, Op::Merge);
+        for (i, &v) in node.inputs.iter().enumerate() {
+            let inner = guard_of(g, v);
+            let within = |outer: &[crate::Guard], inner: &[crate::Guard]| outer.iter().all(|c| inner.contains(c));
+            let ok = within(inner, &node.guard) || (merge && i > 0 && within(&node.guard, inner));
+            if !ok {
+                return Err(format!(
+                    "node `{}` reads {v} (`{}`), computed in another run-time case",
+                    node.name,
+                    g.value(v).name
+                ));
+            }
+        }
         let tys: Vec<_> = node.inputs.iter().map(|&v| g.ty(v)).collect();
         let want = infer(&node.op, &tys).map_err(|e| format!("node `{}` ({}): {e}", node.name, node.op.name()))?;
         let have: Vec<_> = node.outputs.iter().map(|&v| g.ty(v).clone()).collect();
@@ -46,12 +69,23 @@ pub fn verify(g: &Graph) -> Result<(), String> {
             defined.insert(v);
         }
     }
-    for &v in &g.outputs {
+    for v in g.outputs.iter().copied().chain(g.shape_values()) {
         if !is_avail(&defined, v) {
             return Err(format!("graph output `{}` is not defined", g.value(v).name));
         }
+        if !guard_of(g, v).is_empty() {
+            return Err(format!("graph output `{}` is computed in a run-time case", g.value(v).name));
+        }
     }
     Ok(())
+}
+
+/// The guard of the node that computes `v` (none for inputs and constants).
+fn guard_of(g: &Graph, v: ValueId) -> &[crate::Guard] {
+    match g.value(v).def {
+        ValueDef::Node(n, _) => &g.node(n).guard,
+        _ => &[],
+    }
 }
 
 /// The LIR verifier, run after lowering and after every LIR step of the pipeline in debug
@@ -104,8 +138,38 @@ pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
         }
         Ok(())
     };
+    let mut open_cases = 0usize;
     for (i, ins) in p.instrs.iter().enumerate() {
         match ins {
+            Instr::Case { key, .. } => {
+                let at = format!("instruction {i} (case)");
+                if key.dtype != crate::DType::I64 || key.numel() != 1 {
+                    return Err(format!("{at}: the key is {} with {} elements, not one i64", key.dtype, key.numel()));
+                }
+                in_bounds(key, &at)?;
+                open_cases += 1;
+            }
+            Instr::EndCase => {
+                if open_cases == 0 {
+                    return Err(format!("instruction {i} (end_case) closes no case"));
+                }
+                open_cases -= 1;
+            }
+            Instr::SetDims { slots, src } => {
+                let at = format!("instruction {i} (set_dims)");
+                if src.dtype != crate::DType::I64 || src.extents != [slots.len()] {
+                    return Err(format!(
+                        "{at}: {} slots from a {} view of extents {:?}",
+                        slots.len(),
+                        src.dtype,
+                        src.extents
+                    ));
+                }
+                if let Some(s) = slots.iter().find(|&&s| s >= p.dim_slots) {
+                    return Err(format!("{at}: slot {s} of {}", p.dim_slots));
+                }
+                in_bounds(src, &at)?;
+            }
             Instr::Kernel(k) => {
                 let at = format!("instruction {i} (kernel `{}`)", k.name);
                 if k.n_par > k.domain.len() || k.output.extents[..] != k.domain[..k.n_par.min(k.domain.len())] {
@@ -171,6 +235,9 @@ pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
                 in_bounds(output, &at)?;
             }
         }
+    }
+    if open_cases > 0 {
+        return Err(format!("{open_cases} case blocks are not closed"));
     }
     let used: HashSet<u32> = p
         .instrs

@@ -76,6 +76,8 @@ impl Expansion<'_> {
 fn expand(g: &mut Graph, nid: NodeId, op: &Op) -> Result<(), PassError> {
     let node = g.node(nid).clone();
     let old = node.outputs[0];
+    // The expansion runs where the node ran (in its run-time cases).
+    g.guard = node.guard.clone();
     let mut e = Expansion { g, name: node.name.clone(), added: Vec::new() };
     let new = match *op {
         Op::LayerNorm { axis, epsilon } => {
@@ -110,6 +112,7 @@ fn expand(g: &mut Graph, nid: NodeId, op: &Op) -> Result<(), PassError> {
         _ => unreachable!("only expandable ops are expanded"),
     };
     let added = std::mem::take(&mut e.added);
+    g.guard.clear();
     // The expansion's last value takes the op's name, so graph outputs keep theirs.
     let name = g.value(old).name.clone();
     g.value_mut(new).name = name;

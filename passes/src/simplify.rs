@@ -26,10 +26,18 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool, PassError> {
         if node.outputs.iter().map(|&v| g.ty(v).bytes()).sum::<usize>() > FOLD_LIMIT_BYTES {
             continue;
         }
-        let outs = kiln_ir::ops::eval(&node.op, &ins).map_err(|message| PassError::Failed {
-            pass: "fold-constants".into(),
-            message: format!("evaluating node `{}` ({}): {message}", node.name, node.op.name()),
-        })?;
+        let outs = match kiln_ir::ops::eval(&node.op, &ins) {
+            Ok(outs) => outs,
+            // A node of a run-time case that fails on its constants fails only if that case
+            // is taken (an If's other branch): it stays computed at run time.
+            Err(_) if !node.guard.is_empty() => continue,
+            Err(message) => {
+                return Err(PassError::Failed {
+                    pass: "fold-constants".into(),
+                    message: format!("evaluating node `{}` ({}): {message}", node.name, node.op.name()),
+                })
+            }
+        };
         for (&v, t) in node.outputs.iter().zip(outs) {
             g.make_const(v, t);
         }
@@ -40,7 +48,7 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool, PassError> {
 
 /// Removes nodes whose results are unused.
 pub fn dce(g: &mut Graph) -> Result<bool, PassError> {
-    let mut live: HashSet<ValueId> = g.outputs.iter().copied().collect();
+    let mut live: HashSet<ValueId> = g.outputs.iter().copied().chain(g.shape_values()).collect();
     let mut keep = Vec::new();
     for &nid in g.order().iter().rev() {
         let node = g.node(nid);
@@ -108,7 +116,7 @@ pub fn cse(g: &mut Graph) -> Result<bool, PassError> {
         if matches!(node.op, Op::Unsupported { .. }) {
             continue;
         }
-        let key = op_key(g, &node.op, &node.inputs);
+        let key = format!("{}|{:?}", op_key(g, &node.op, &node.inputs), node.guard);
         match seen.get(&key) {
             Some(prev) if node.outputs.iter().all(|v| !g.outputs.contains(v)) => {
                 for (&old, &new) in node.outputs.iter().zip(prev) {
@@ -167,9 +175,10 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<bool, PassError> {
         let y = bn.outputs[0];
         // Rebuild the producer at the BN's position so its result takes the BN's place.
         let name = g.value(y).name.clone();
-        let new = g
-            .add_node(op, &inputs, prod.name.clone(), &[name])
-            .map_err(|e| PassError::Failed { pass: "fold-batchnorm".into(), message: e.to_string() })?[0];
+        g.guard = bn.guard.clone();
+        let new = g.add_node(op, &inputs, prod.name.clone(), &[name]);
+        g.guard.clear();
+        let new = new.map_err(|e| PassError::Failed { pass: "fold-batchnorm".into(), message: e.to_string() })?[0];
         let mut order: Vec<_> = g.order().to_vec();
         let new_id = order.pop().expect("just added");
         let pos = order.iter().position(|&n| n == nid).expect("bn scheduled");
@@ -324,16 +333,17 @@ pub fn sink_reshapes(g: &mut Graph) -> Result<bool, PassError> {
         }
         for e in exits {
             let name = g.value(e).name.clone();
-            let back = g
-                .add_node(
-                    Op::Reshape { shape: rs.clone() },
-                    &[e],
-                    format!("{name}/reshape"),
-                    &[format!("{name}.reshaped")],
-                )
-                .map_err(|e| PassError::Failed { pass: "sink-reshapes".into(), message: e.to_string() })?[0];
-            // The new node goes right after e's producer; e's outside uses read it.
             let ValueDef::Node(p, _) = g.value(e).def else { unreachable!("a region value") };
+            g.guard = g.node(p).guard.clone();
+            let back = g.add_node(
+                Op::Reshape { shape: rs.clone() },
+                &[e],
+                format!("{name}/reshape"),
+                &[format!("{name}.reshaped")],
+            );
+            g.guard.clear();
+            let back = back.map_err(|e| PassError::Failed { pass: "sink-reshapes".into(), message: e.to_string() })?[0];
+            // The new node goes right after e's producer; e's outside uses read it.
             let ValueDef::Node(bn, _) = g.value(back).def else { unreachable!("just added") };
             let mut order: Vec<kiln_ir::NodeId> = g.order().iter().copied().filter(|&m| m != bn).collect();
             let at = order.iter().position(|&m| m == p).expect("scheduled") + 1;

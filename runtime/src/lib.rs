@@ -333,6 +333,27 @@ fn parts_of(
 }
 
 fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
+    for spec in manifest.inputs.iter().chain(&manifest.intermediates) {
+        if !spec.dim_slots.is_empty() {
+            return Err(RuntimeError::Manifest(format!(
+                "tensor `{}` has dims decided at run time, which only outputs may have",
+                spec.name
+            )));
+        }
+    }
+    for spec in &manifest.outputs {
+        let n = manifest.dim_slots as i32;
+        if !spec.dim_slots.is_empty()
+            && (spec.dim_slots.len() != spec.shape.len() || spec.dim_slots.iter().any(|&k| k < -1 || k >= n))
+        {
+            return Err(RuntimeError::Manifest(format!(
+                "output `{}` names run-time dims {:?} for a rank-{} shape and {n} slots",
+                spec.name,
+                spec.dim_slots,
+                spec.shape.len()
+            )));
+        }
+    }
     for spec in manifest.inputs.iter().chain(&manifest.outputs).chain(&manifest.intermediates) {
         if DTypeCode::from_i32(spec.dtype).is_none() {
             return Err(RuntimeError::Manifest(format!(
@@ -570,7 +591,13 @@ impl Session {
 
     /// Runs every part in order on the given input and output buffers, then the manifest's
     /// slot copies.
-    fn run_parts(&self, ins: &[*const u8], outs: &[*mut u8], scratch: &mut AlignedBuf) -> Result<(), RuntimeError> {
+    fn run_parts(
+        &self,
+        ins: &[*const u8],
+        outs: &[*mut u8],
+        scratch: &mut AlignedBuf,
+        dims: &mut [i64],
+    ) -> Result<(), RuntimeError> {
         let base = scratch.as_mut_ptr();
         let (n_in, n_out) = (ins.len(), outs.len());
         let slot = |k: usize| -> *mut u8 {
@@ -617,6 +644,7 @@ impl Session {
                 weights: unsafe { weights.add(part.weights_offset) },
                 runtime: Arc::as_ptr(&self.pool) as *mut core::ffi::c_void,
                 parallel_for: threads::parallel_for,
+                dims: dims.as_mut_ptr(),
             };
             // SAFETY: the context points at buffers of the sizes the manifest declares, which
             // is what the compiled code was planned against; they outlive the call.
@@ -645,29 +673,31 @@ impl Session {
     /// buffers allocated for this run (see [`Session::run_into`] to reuse them).
     pub fn run(&self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
         let mut outs: Vec<Vec<u8>> = self.manifest.outputs.iter().map(|s| vec![0u8; s.byte_len()]).collect();
-        {
+        let shapes = {
             let mut slices: Vec<&mut [u8]> = outs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            self.run_into(inputs, &mut slices)?;
-        }
+            self.run_into(inputs, &mut slices)?
+        };
         Ok(self
             .manifest
             .outputs
             .iter()
             .zip(outs)
-            .map(|(s, b)| Tensor {
-                name: s.name.clone(),
-                dtype: DTypeCode::from_i32(s.dtype).expect("checked"),
-                shape: s.shape.iter().map(|&d| d as usize).collect(),
-                data: b,
+            .zip(shapes)
+            .map(|((s, mut b), shape)| {
+                let dtype = DTypeCode::from_i32(s.dtype).expect("checked");
+                b.truncate(shape.iter().product::<usize>() * dtype.size());
+                Tensor { name: s.name.clone(), dtype, shape, data: b }
             })
             .collect())
     }
 
     /// Runs the model into output buffers the caller owns (and can reuse from run to run,
     /// as an allocation per run can cost a page fault per 4 KiB of output): one per output,
-    /// in the manifest's order, each exactly the output's size in bytes and aligned to its
-    /// element size.
-    pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<(), RuntimeError> {
+    /// in the manifest's order, each exactly the output's buffer size in bytes
+    /// ([`TensorSpec::byte_len`]) and aligned to its element size. Returns the outputs'
+    /// shapes: an output whose shape is decided at run time holds its elements, row-major,
+    /// at the start of its buffer.
+    pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<Vec<Vec<usize>>, RuntimeError> {
         self.check_inputs(inputs)?;
         let specs = &self.manifest.outputs;
         if outputs.len() != specs.len() {
@@ -707,8 +737,34 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| AlignedBuf::zeroed(self.scratch_bytes));
-        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch);
+        let mut dims = vec![-1i64; self.manifest.dim_slots as usize];
+        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, &mut dims);
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
-        result
+        result?;
+        specs.iter().map(|s| output_shape(s, &dims)).collect()
     }
+}
+
+/// The shape of an output after a run: its fixed shape, or the sizes the code wrote to its
+/// run-time dim slots, checked against its bounds and its buffer (the code is trusted to
+/// write them, never to write them in range).
+fn output_shape(s: &TensorSpec, dims: &[i64]) -> Result<Vec<usize>, RuntimeError> {
+    if !s.is_dynamic() {
+        return Ok(s.shape.iter().map(|&d| d as usize).collect());
+    }
+    let bad = |what: String| RuntimeError::Manifest(format!("output `{}`: {what}", s.name));
+    let mut shape = Vec::with_capacity(s.shape.len());
+    for (d, (&slot, &bound)) in s.dim_slots.iter().zip(&s.shape).enumerate() {
+        let size = if slot < 0 { bound as i64 } else { dims[slot as usize] };
+        if size < 0 || size as u64 > bound {
+            return Err(bad(format!("the compiled code gave dim {d} size {size}, outside 0..={bound}")));
+        }
+        shape.push(size as usize);
+    }
+    let size = DTypeCode::from_i32(s.dtype).map_or(1, DTypeCode::size);
+    let bytes = shape.iter().try_fold(size, |a, &d| a.checked_mul(d));
+    if bytes.is_none_or(|b| b > s.byte_len()) {
+        return Err(bad(format!("shape {shape:?} does not fit its buffer of {} bytes", s.byte_len())));
+    }
+    Ok(shape)
 }

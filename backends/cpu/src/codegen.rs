@@ -606,8 +606,46 @@ fn gen_entry<'ctx>(
         cx.void_type().fn_type(&[g.ptr_ty().into(), g.ptr_ty().into(), g.ptr_ty().into(), cx.i64_type().into()], false);
     let mut kit = kernels.into_iter().peekable();
     let mut asserts = 0;
+    // The blocks after the open `Case` instructions, innermost last.
+    let mut after_case = Vec::new();
     for (i, ins) in prog.instrs.iter().enumerate() {
         match ins {
+            Instr::Case { key, value } => {
+                let p = g.buffer_ptr(ctx, prog.buffer(key.buffer))?;
+                // SAFETY (of the address): the key's element lies in its buffer (verified).
+                let p =
+                    unsafe { g.builder.build_gep(cx.i64_type(), p, &[g.i64(key.offset)], "key") }.map_err(llvm_err)?;
+                let v = g.builder.build_load(cx.i64_type(), p, "key").map_err(llvm_err)?.into_int_value();
+                let taken = g
+                    .builder
+                    .build_int_compare(inkwell::IntPredicate::EQ, v, g.i64(*value), "taken")
+                    .map_err(llvm_err)?;
+                let then = cx.append_basic_block(entry, "case");
+                let after = cx.append_basic_block(entry, "end_case");
+                g.builder.build_conditional_branch(taken, then, after).map_err(llvm_err)?;
+                g.builder.position_at_end(then);
+                after_case.push(after);
+            }
+            Instr::EndCase => {
+                let after = after_case.pop().expect("verified: every end_case closes a case");
+                g.builder.build_unconditional_branch(after).map_err(llvm_err)?;
+                g.builder.position_at_end(after);
+            }
+            Instr::SetDims { slots, src } => {
+                let dims = g.ctx_field(ctx, off::DIMS, "dims")?;
+                let base = g.buffer_ptr(ctx, prog.buffer(src.buffer))?;
+                for (j, &slot) in slots.iter().enumerate() {
+                    let at = src.offset + j as i64 * src.strides[0];
+                    // SAFETY (of the addresses): the view lies in its buffer and the slots in
+                    // the context's dims array (verified against the manifest's count).
+                    let p =
+                        unsafe { g.builder.build_gep(cx.i64_type(), base, &[g.i64(at)], "dim") }.map_err(llvm_err)?;
+                    let v = g.builder.build_load(cx.i64_type(), p, "dim").map_err(llvm_err)?;
+                    let q = unsafe { g.builder.build_gep(cx.i64_type(), dims, &[g.i64(slot as i64)], "slot") }
+                        .map_err(llvm_err)?;
+                    g.builder.build_store(q, v).map_err(llvm_err)?;
+                }
+            }
             Instr::Assert { buffer, .. } => {
                 asserts += 1;
                 let p = g.buffer_ptr(ctx, prog.buffer(*buffer))?;

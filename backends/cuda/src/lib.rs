@@ -172,6 +172,16 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
                     message: "TopK runs on the CPU; a GPU partition cannot hold it".into(),
                 })
             }
+            // The partitioner keeps run-time decisions (guarded nodes, run-time shapes) off
+            // GPU partitions.
+            Instr::Case { .. } | Instr::EndCase | Instr::SetDims { .. } => {
+                return Err(BackendError::Kernel {
+                    kernel: format!("instruction {i}"),
+                    message: "a decision made at run time (a case block or a run-time shape) cannot run in a GPU \
+                              partition yet"
+                        .into(),
+                })
+            }
         }
     }
     // NVPTX cannot select these (LLVM aborts on them), so they are refused before it sees them.

@@ -16,7 +16,7 @@ pub mod manifest;
 /// Major version of the artifact format and entry-point ABI. Bumped on any incompatible change.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: compatible additions.
-pub const ABI_MINOR: u32 = 3;
+pub const ABI_MINOR: u32 = 4;
 
 /// Name of the entry-point symbol exported by every compiled CPU module.
 pub const ENTRY_SYMBOL: &str = "kiln_entry";
@@ -41,7 +41,10 @@ pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
 ///   with the dtype and shape the manifest gives;
 /// * `arena` points at `manifest.arena_bytes` bytes of scratch memory, 64-byte aligned;
 /// * `weights` points at the artifact's weight section, 64-byte aligned;
-/// * `parallel_for` is called with `runtime` as its first argument.
+/// * `parallel_for` is called with `runtime` as its first argument;
+/// * `dims` points at `manifest.dim_slots` `i64`s (ABI 1.4): the sizes the compiled code
+///   decides at run time (an output's shape that depends on data), written by the code and
+///   read by the runtime after the run. It may be null when the manifest has none.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Context {
@@ -53,6 +56,7 @@ pub struct Context {
     pub weights: *const u8,
     pub runtime: *mut core::ffi::c_void,
     pub parallel_for: ParallelForFn,
+    pub dims: *mut i64,
 }
 
 /// Byte offsets of the [`Context`] fields, which generated code uses to load them.
@@ -63,6 +67,7 @@ pub mod context_offsets {
     pub const WEIGHTS: u64 = 32;
     pub const RUNTIME: u64 = 40;
     pub const PARALLEL_FOR: u64 = 48;
+    pub const DIMS: u64 = 56;
 }
 
 /// Element types as they appear in the manifest. Values match ONNX's `TensorProto.DataType`.
@@ -183,6 +188,7 @@ mod tests {
         assert_eq!(offset_of!(Context, weights) as u64, context_offsets::WEIGHTS);
         assert_eq!(offset_of!(Context, runtime) as u64, context_offsets::RUNTIME);
         assert_eq!(offset_of!(Context, parallel_for) as u64, context_offsets::PARALLEL_FOR);
-        assert_eq!(core::mem::size_of::<Context>(), 56);
+        assert_eq!(offset_of!(Context, dims) as u64, context_offsets::DIMS);
+        assert_eq!(core::mem::size_of::<Context>(), 64);
     }
 }

@@ -8,16 +8,34 @@ pub struct TensorSpec {
     /// A [`crate::DTypeCode`] value.
     #[prost(int32, tag = "2")]
     pub dtype: i32,
+    /// The shape; for an output whose shape is decided at run time, each dim's upper bound.
     #[prost(uint64, repeated, tag = "3")]
     pub shape: Vec<u64>,
+    /// ABI 1.4: empty when every dim is fixed; otherwise one entry per dim, -1 for a fixed
+    /// dim and `k >= 0` for a dim whose size the compiled code writes to `Context::dims[k]`.
+    #[prost(int32, repeated, tag = "4")]
+    pub dim_slots: Vec<i32>,
+    /// ABI 1.4: for a tensor with run-time dims, the bytes its buffer holds at most (0: the
+    /// product of `shape`).
+    #[prost(uint64, tag = "5")]
+    pub max_bytes: u64,
 }
 
 impl TensorSpec {
-    /// Bytes of the tensor's data (an unknown dtype counts one byte per element; the runtime
-    /// rejects those at load).
+    /// Bytes of the tensor's buffer: its data, or for an output whose shape is decided at run
+    /// time the most its data can take (an unknown dtype counts one byte per element; the
+    /// runtime rejects those at load).
     pub fn byte_len(&self) -> usize {
+        if self.max_bytes > 0 {
+            return self.max_bytes as usize;
+        }
         let n: u64 = self.shape.iter().product();
         n as usize * crate::DTypeCode::from_i32(self.dtype).map_or(1, crate::DTypeCode::size)
+    }
+
+    /// Whether some dim's size is decided at run time.
+    pub fn is_dynamic(&self) -> bool {
+        self.dim_slots.iter().any(|&s| s >= 0)
     }
 }
 
@@ -190,6 +208,10 @@ pub struct Manifest {
     /// unless it is the value compiled in ([`FrozenInput::holds`]).
     #[prost(message, repeated, tag = "19")]
     pub frozen_inputs: Vec<FrozenInput>,
+    /// How many `i64` sizes the compiled code decides at run time (ABI 1.4): the length of
+    /// the `Context::dims` array the runtime passes it.
+    #[prost(uint32, tag = "20")]
+    pub dim_slots: u32,
 }
 
 /// A graph input compiled in as a constant: its name, type and shape, and a hash of its value.
@@ -205,7 +227,12 @@ pub struct FrozenInput {
 impl FrozenInput {
     pub fn new(name: &str, dtype: i32, shape: &[usize], data: &[u8]) -> FrozenInput {
         FrozenInput {
-            spec: Some(TensorSpec { name: name.to_string(), dtype, shape: shape.iter().map(|&d| d as u64).collect() }),
+            spec: Some(TensorSpec {
+                name: name.to_string(),
+                dtype,
+                shape: shape.iter().map(|&d| d as u64).collect(),
+                ..Default::default()
+            }),
             value_hash: xxhash_rust::xxh3::xxh3_64(data),
         }
     }

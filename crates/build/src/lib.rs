@@ -215,6 +215,13 @@ fn binding_source(m: &Manifest, name: &str, source: &str) -> Result<String, Stri
     if m.inputs.iter().chain(&m.outputs).any(|t| DTypeCode::from_i32(t.dtype).is_none()) {
         return Err("a tensor has an unknown dtype".into());
     }
+    if let Some(t) = m.outputs.iter().find(|t| t.is_dynamic()) {
+        return Err(format!(
+            "output `{}` has a shape decided at run time, which the typed bindings do not take yet (fixed arrays); \
+             load the .kiln artifact with kiln_runtime::Session instead",
+            t.name
+        ));
+    }
     let ty = camel(name);
     let (ins, outs) = (idents(&m.inputs, "input"), idents(&m.outputs, "output"));
     let doc = |t: &TensorSpec| {
@@ -309,7 +316,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: DTypeCode, shape: &[u64]) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: dtype as i32, shape: shape.to_vec() }
+        TensorSpec { name: name.into(), dtype: dtype as i32, shape: shape.to_vec(), ..Default::default() }
     }
 
     #[test]

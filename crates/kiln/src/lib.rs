@@ -249,6 +249,15 @@ impl Compiler {
         timings: Vec<(&'static str, std::time::Duration)>,
     ) -> Result<Artifact, Error> {
         if self.partitioned() {
+            if g.has_runtime_decisions() {
+                return Err(Error::Devices {
+                    target: self.devices_text(),
+                    message: "the model decides something at run time (an If on data, an axes input, a shape \
+                              computed from data), which a model split across devices cannot do yet; compile it \
+                              for one CPU"
+                        .into(),
+                });
+            }
             return self.compile_partitioned(g, timings);
         }
         let mut b = self.build(g, timings, &kiln_backend_cpu::EntryNames::default())?;
@@ -287,14 +296,31 @@ impl Compiler {
             name: name.clone(),
             dtype: dtype.code() as i32,
             shape: shape.iter().map(|&d| d as u64).collect(),
+            ..Default::default()
         };
+        // An output whose shape the code decides at run time: its dims' slots and its
+        // buffer's size.
+        let outputs = p
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let mut s = spec(o);
+                if let Some(slots) = p.output_slots.get(i).filter(|s| !s.is_empty()) {
+                    s.dim_slots = slots.clone();
+                    s.max_bytes = p.output_bytes(i) as u64;
+                }
+                s
+            })
+            .collect();
         let manifest = Manifest {
             abi_major: kiln_abi::ABI_MAJOR,
             abi_minor: kiln_abi::ABI_MINOR,
             target_triple: objects.triple.clone(),
             target_cpu: objects.cpu.clone(),
             inputs: p.inputs.iter().map(spec).collect(),
-            outputs: p.outputs.iter().map(spec).collect(),
+            outputs,
+            dim_slots: p.dim_slots as u32,
             arena_bytes: p.arena_bytes,
             model_name: g.name.clone(),
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),

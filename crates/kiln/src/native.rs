@@ -175,6 +175,8 @@ pub fn header(m: &Manifest, name: &str) -> String {
     let _ = writeln!(w, "#define {up}_ARENA_BYTES {}u", m.arena_bytes);
     let _ = writeln!(w, "#define {up}_NUM_INPUTS {}", m.inputs.len());
     let _ = writeln!(w, "#define {up}_NUM_OUTPUTS {}", m.outputs.len());
+    let _ = writeln!(w, "/* Sizes the code decides at run time (an output's shape that depends on data). */");
+    let _ = writeln!(w, "#define {up}_NUM_DIMS {}", m.dim_slots);
     for (role, specs) in [("INPUT", &m.inputs), ("OUTPUT", &m.outputs)] {
         for (i, t) in specs.iter().enumerate() {
             let dtype = DTypeCode::from_i32(t.dtype);
@@ -195,10 +197,28 @@ pub fn header(m: &Manifest, name: &str) -> String {
             let _ = writeln!(w, "#define {up}_{role}_{i}_DTYPE {}", t.dtype);
             let _ = writeln!(w, "#define {up}_{role}_{i}_RANK {}", t.shape.len());
             let _ = writeln!(w, "#define {up}_{role}_{i}_ELEMENTS {elems}u");
-            let _ = writeln!(w, "#define {up}_{role}_{i}_BYTES {}u", elems * size);
+            let _ = writeln!(
+                w,
+                "#define {up}_{role}_{i}_BYTES {}u",
+                if t.is_dynamic() { t.byte_len() as u64 } else { elems * size }
+            );
             let _ = writeln!(w, "typedef {} {name}_{}_{i}_t;", c_type(dtype), role.to_lowercase());
             let dims = if shape.is_empty() { "0".to_string() } else { shape.join(", ") };
             let _ = writeln!(w, "static const int64_t {name}_{}_{i}_shape[] = {{{dims}}};", role.to_lowercase());
+            if t.is_dynamic() {
+                let slots: Vec<String> = t.dim_slots.iter().map(i32::to_string).collect();
+                let _ = writeln!(
+                    w,
+                    "/* Its shape is decided at run time: the shape above bounds each dim; dim d's size is \
+                     dims[slots[d]] after a run (slots[d] = -1: fixed). Its buffer holds {up}_{role}_{i}_BYTES. */"
+                );
+                let _ = writeln!(
+                    w,
+                    "static const int32_t {name}_{}_{i}_dim_slots[] = {{{}}};",
+                    role.to_lowercase(),
+                    slots.join(", ")
+                );
+            }
         }
     }
     let _ = writeln!(w, "\n/* Messages of the data checks: {name}_run returning k > 0 means check k - 1 failed. */");
@@ -214,13 +234,19 @@ pub fn header(m: &Manifest, name: &str) -> String {
     let _ = writeln!(w, "/* Runs the model on the calling thread. inputs[i] and outputs[i] point at dense, row-major");
     let _ = writeln!(w, " * tensors of the dtypes and shapes above; arena at {up}_ARENA_BYTES bytes, 64-byte aligned.");
     let _ = writeln!(w, " * Returns 0, or k > 0 when check k - 1 failed ({name}_check_messages). */");
+    let (dims_param, dims_arg) = if m.dim_slots > 0 {
+        let _ = writeln!(w, "/* dims: {up}_NUM_DIMS int64_t, where the run writes the sizes it decides. */");
+        (", int64_t *dims", "dims")
+    } else {
+        ("", "0")
+    };
     let _ = writeln!(
         w,
-        "static inline int32_t {name}_run(const void *const *inputs, void *const *outputs, void *arena) {{"
+        "static inline int32_t {name}_run(const void *const *inputs, void *const *outputs, void *arena{dims_param}) {{"
     );
     let _ = writeln!(
         w,
-        "    kiln_context ctx = {{KILN_ABI_MAJOR, 0, inputs, outputs, arena, {name}_weights, 0, kiln_serial_for}};"
+        "    kiln_context ctx = {{KILN_ABI_MAJOR, 0, inputs, outputs, arena, {name}_weights, 0, kiln_serial_for, {dims_arg}}};"
     );
     let _ = writeln!(w, "    return {name}_entry(&ctx);\n}}\n");
     let _ = writeln!(w, "#ifdef __cplusplus\n}}\n#endif\n\n#endif");
@@ -245,6 +271,8 @@ struct kiln_context {
     const void *weights;
     void *runtime;
     kiln_parallel_for_fn parallel_for;
+    /* ABI 1.4: the sizes the code decides at run time (NUM_DIMS int64_t), or 0 if none. */
+    int64_t *dims;
 };
 /* A parallel_for that runs everything on the calling thread. */
 static inline void kiln_serial_for(void *runtime, kiln_task_fn task, const kiln_context *ctx, int64_t n) {

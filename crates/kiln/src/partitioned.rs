@@ -82,6 +82,7 @@ impl Compiler {
                 name: g.value(*v).name.clone(),
                 dtype: t.dtype.code() as i32,
                 shape: t.shape.iter().map(|&d| d as u64).collect(),
+                ..Default::default()
             }
         };
         let manifest = Manifest {

@@ -15,6 +15,7 @@ use crate::proto::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
 use crate::value::{declared_elem_dtype, element_name, ValueKind, ValueSpec};
 use crate::{ImportError, ImportOptions, UnsupportedOp};
 
+mod cases;
 mod control;
 mod flex;
 mod sequence;
@@ -125,6 +126,7 @@ fn import_inner(
         ext: ExternalStore::new(dir)?,
         unsupported: Vec::new(),
         scope: String::new(),
+        dynamic: HashMap::new(),
     };
     imp.run(graph, opts, constants)?;
     Ok((imp.g, imp.ext.into_files()))
@@ -165,6 +167,9 @@ struct Importer {
     /// Prefix of node names: `""` in the main graph, `<node>/<tag>/` inside an inlined
     /// subgraph (see `control`).
     scope: String,
+    /// Values whose shape is decided at run time (see `cases`), with their shape (an i64
+    /// value). Only graph outputs may be such values.
+    dynamic: HashMap<ValueId, cases::Dyn>,
 }
 
 impl Importer {
@@ -387,6 +392,12 @@ impl Importer {
         }
         let inputs: Vec<Option<ValueId>> =
             slots.iter().map(|s| if let Some(Slot::Value(v)) = s { Some(*v) } else { None }).collect();
+        if !poisoned {
+            // A node reading a value whose shape is decided at run time runs in each case.
+            if let Some(r) = self.node_over_cases(idx, node, &name) {
+                return r;
+            }
+        }
         let structured = slots.iter().enumerate().find_map(|(i, s)| match s {
             Some(s @ (Slot::Sequence(..) | Slot::Optional(_))) => Some((i, s.kind())),
             _ => None,
@@ -451,10 +462,7 @@ impl Importer {
                 let (i, kind) = structured.expect("matched");
                 return Err(node_err(format!("input {i} `{}` is {kind}; {op_type} takes tensors", node.input[i])));
             }
-            ops::Route::Node(f) => {
-                let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, &name, opset, inputs.clone());
-                values(ops::import(&mut cx, def, f))
-            }
+            ops::Route::Node(f) => values(self.node_in_cases(node, &name, opset, def, f, inputs.clone())),
         };
         match result {
             Ok(outs) => {
@@ -551,6 +559,7 @@ impl Importer {
     }
 
     fn output_value(&mut self, name: &str, v: ValueId, used: &mut HashSet<ValueId>) -> Result<(), ImportError> {
+        let shape = self.dynamic.get(&v).map(|d| d.dims);
         let v = if self.g.value(v).name == name && used.insert(v) {
             v
         } else if let Some(t) = self.g.const_of(v) {
@@ -563,6 +572,10 @@ impl Importer {
                 .map_err(|e| ImportError::InvalidGraph(e.to_string()))?;
             outs[0]
         };
+        if let Some(dims) = shape {
+            let bounds = self.g.ty(v).shape.clone();
+            self.g.output_shapes.insert(self.g.outputs.len(), kiln_ir::RuntimeShape { dims, bounds });
+        }
         self.g.outputs.push(v);
         Ok(())
     }

@@ -131,11 +131,15 @@ fn runtime_if(else_out: &str) -> Model {
         .output("y")
 }
 
-/// A condition known only at run time: both branches, selected with `Where`.
+/// A condition known only at run time: each branch in a run-time case of its own (guarded
+/// nodes), the outputs merged; only the branch taken runs.
 #[test]
-fn if_with_runtime_condition_selects_with_where() {
+fn if_with_runtime_condition_runs_the_branch_taken() {
     let g = import_ok(&runtime_if("e_out"));
-    assert!(has_op(&g, |o| matches!(o, Op::Where)), "{:?}", ops(&g));
+    assert!(has_op(&g, |o| matches!(o, Op::Merge)), "{:?}", ops(&g));
+    assert!(!has_op(&g, |o| matches!(o, Op::Where)), "{:?}", ops(&g));
+    let guarded: Vec<i64> = nodes(&g).iter().flat_map(|n| n.guard.iter().map(|c| c.value)).collect();
+    assert!(guarded.contains(&0) && guarded.contains(&1), "{guarded:?}");
     let x = Tensor::f32(vec![3], vec![1.0, 2.0, 3.0]);
     let y = run(&g, &[("cond", Tensor::bool(Vec::<usize>::new(), vec![true])), ("x", x.clone())]);
     assert_eq!(f32s(&y[0]), vec![11.0, 12.0, 13.0]);

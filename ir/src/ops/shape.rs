@@ -99,6 +99,28 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
             arity(op, inputs, 1, 1)?;
             one(inputs[0].clone())
         }
+        Merge => {
+            arity(op, inputs, 2, usize::MAX)?;
+            let key = inputs[0];
+            if key.dtype != DType::I64 || key.numel() != 1 {
+                return Err(format!("the merge key must be one i64, got {key}"));
+            }
+            let cases = &inputs[1..];
+            let d = same_dtype(cases)?;
+            let r = cases[0].rank();
+            if let Some(t) = cases.iter().find(|t| t.rank() != r) {
+                return Err(format!("merged cases of ranks {r} and {}", t.rank()));
+            }
+            let shape = (0..r).map(|a| cases.iter().map(|t| t.shape[a]).max().unwrap_or(0)).collect::<Shape>();
+            one(TensorType::new(d, shape))
+        }
+        Assert { .. } => {
+            arity(op, inputs, 2, 2)?;
+            if inputs[1].dtype != DType::Bool {
+                return Err(format!("an assert's condition must be bool, got {}", inputs[1]));
+            }
+            one(inputs[0].clone())
+        }
         Reshape { shape } => {
             arity(op, inputs, 1, 1)?;
             if numel(shape) != inputs[0].numel() {
@@ -204,6 +226,22 @@ pub(super) fn eval(op: &Op, inputs: &[&Tensor], want: &TensorType) -> Result<Ten
         Op::Gather { axis } => gather(inputs[0], inputs[1], *axis)?,
         Op::Expand { .. } => expand(inputs[0], &want.shape),
         Op::Identity => inputs[0].clone(),
+        Op::Merge => {
+            let k = match inputs[0].data() {
+                crate::Data::I64(v) => v[0],
+                _ => return Err("the merge key must be one i64".into()),
+            };
+            let case = usize::try_from(k).ok().and_then(|k| inputs.get(1 + k));
+            let Some(&t) = case else { return Err(format!("merge key {k}: no such case")) };
+            if t.ty != *want {
+                return Err(format!("merge: the case taken is {}, the merged value {want}", t.ty));
+            }
+            t.clone()
+        }
+        Op::Assert { message } => match inputs[1].data() {
+            crate::Data::Bool(v) if v.iter().all(|&b| b) => inputs[0].clone(),
+            _ => return Err(message.clone()),
+        },
         _ => return Err(super::not_in_family(op)),
     })
 }
@@ -215,6 +253,7 @@ pub(super) fn attrs(op: &Op) -> AttrList {
         Op::Concat { axis } | Op::Gather { axis } => vec![("axis", axis.to_string())],
         Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", list(shape))],
         Op::Transpose { perm } => vec![("perm", list(perm))],
+        Op::Assert { message } => vec![("message", crate::text::quote(message))],
         Op::Slice { starts, steps, out_shape } => {
             vec![("starts", list(starts)), ("steps", list(steps)), ("out_shape", list(out_shape))]
         }
@@ -233,6 +272,8 @@ pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
         "gather" => Op::Gather { axis: a.word("axis")? },
         "expand" => Op::Expand { shape: a.list("shape")? },
         "identity" => Op::Identity,
+        "merge" => Op::Merge,
+        "assert" => Op::Assert { message: a.string("message")? },
         _ => return Ok(None),
     }))
 }

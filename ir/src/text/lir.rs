@@ -135,10 +135,15 @@ fn kernel_lines(out: &mut String, i: usize, k: &Kernel) {
 /// Prints a program in the text form.
 pub fn print(p: &Program) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "program {} arena={} {{", quote(&p.name), p.arena_bytes);
+    let dims = if p.dim_slots > 0 { format!(" dims={}", p.dim_slots) } else { String::new() };
+    let _ = writeln!(s, "program {} arena={}{dims} {{", quote(&p.name), p.arena_bytes);
     for (kw, specs) in [("input", &p.inputs), ("output", &p.outputs)] {
-        for (name, dtype, shape) in specs {
-            let _ = writeln!(s, "  {kw} {}: {}", quote(name), TensorType::new(*dtype, shape.clone()));
+        for (i, (name, dtype, shape)) in specs.iter().enumerate() {
+            let slots = match p.output_slots.get(i) {
+                Some(sl) if kw == "output" && !sl.is_empty() => format!(" slots={}", list(sl)),
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "  {kw} {}: {}{slots}", quote(name), TensorType::new(*dtype, shape.clone()));
         }
     }
     for (i, b) in p.buffers.iter().enumerate() {
@@ -161,6 +166,15 @@ pub fn print(p: &Program) -> String {
                     view(input),
                     view(output)
                 );
+            }
+            Instr::Case { key, value } => {
+                let _ = writeln!(s, "  {i}: case key={} value={value}", view(key));
+            }
+            Instr::EndCase => {
+                let _ = writeln!(s, "  {i}: end_case");
+            }
+            Instr::SetDims { slots, src } => {
+                let _ = writeln!(s, "  {i}: set_dims slots={} src={}", list(slots), view(src));
             }
         }
     }
@@ -188,6 +202,10 @@ pub fn parse_with(src: &str, constants: ConstantSource) -> Result<Program, Strin
     p.keyword("arena")?;
     p.expect('=')?;
     prog.arena_bytes = p.number("arena size")?;
+    if p.eat_word("dims") {
+        p.expect('=')?;
+        prog.dim_slots = p.number("dim slot count")?;
+    }
     p.expect('{')?;
     loop {
         match p.peek().clone() {
@@ -201,7 +219,18 @@ pub fn parse_with(src: &str, constants: ConstantSource) -> Result<Program, Strin
                 p.expect(':')?;
                 let ty = p.ty()?;
                 let spec = (name, ty.dtype, ty.shape);
-                if w == "input" { &mut prog.inputs } else { &mut prog.outputs }.push(spec);
+                if w == "input" {
+                    prog.inputs.push(spec);
+                } else {
+                    let slots = if p.eat_word("slots") {
+                        p.expect('=')?;
+                        p.numbers("dim slot")?
+                    } else {
+                        Vec::new()
+                    };
+                    prog.outputs.push(spec);
+                    prog.output_slots.push(slots);
+                }
             }
             Tok::Word(w) if w == "buffer" => {
                 p.next();
@@ -367,6 +396,21 @@ impl Parser {
                 let (axis, k) = (self.keyed("axis")?, self.keyed("k")?);
                 let largest = self.keyed("largest")?;
                 Ok(Instr::TopK { input, output, axis, k, largest })
+            }
+            "case" => {
+                self.keyword("key")?;
+                self.expect('=')?;
+                let key = self.view()?;
+                Ok(Instr::Case { key, value: self.keyed("value")? })
+            }
+            "end_case" => Ok(Instr::EndCase),
+            "set_dims" => {
+                self.keyword("slots")?;
+                self.expect('=')?;
+                let slots = self.numbers("dim slot")?;
+                self.keyword("src")?;
+                self.expect('=')?;
+                Ok(Instr::SetDims { slots, src: self.view()? })
             }
             w => self.err(format!("unknown instruction `{w}`")),
         }

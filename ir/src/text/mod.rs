@@ -146,13 +146,21 @@ pub fn print(g: &Graph) -> String {
             let kv: Vec<String> = a.iter().map(|(k, v)| format!("{k}={v}")).collect();
             write!(out, " {{{}}}", kv.join(", ")).unwrap();
         }
+        if !node.guard.is_empty() {
+            let gs: Vec<String> = node.guard.iter().map(|c| format!("{}={}", operand(&num, c.key), c.value)).collect();
+            write!(out, " when [{}]", gs.join(", ")).unwrap();
+        }
         if !node.name.is_empty() {
             write!(out, " # {}", quote(&node.name)).unwrap();
         }
         out.push('\n');
     }
-    for &v in &g.outputs {
-        writeln!(out, "  output {}", operand(&num, v)).unwrap();
+    for (i, &v) in g.outputs.iter().enumerate() {
+        let shape = match g.output_shapes.get(&i) {
+            Some(r) => format!(" shape={} bounds={}", operand(&num, r.dims), list(&r.bounds)),
+            None => String::new(),
+        };
+        writeln!(out, "  output {}{shape}", operand(&num, v)).unwrap();
     }
     out.push_str("}\n");
     out
@@ -532,6 +540,18 @@ impl Parser {
         self.expect('(')?;
         let inputs = self.list_of(')', Self::value_use)?;
         let mut attrs = if self.eat('{') { self.attrs()? } else { Attrs(BTreeMap::new()) };
+        let guard = if self.eat_word("when") {
+            self.expect('[')?;
+            self.list_of(']', |p| {
+                let key = p.value_use()?;
+                p.expect('=')?;
+                let w = p.word()?;
+                let value = w.parse().map_err(|_| format!("bad case value `{w}`"))?;
+                Ok(crate::Guard { key, value })
+            })?
+        } else {
+            Vec::new()
+        };
         let node_name = if self.eat('#') { self.string()? } else { String::new() };
         let op = crate::ops::parse(&op_name, &mut attrs).map_err(|e| format!("line {line}: {e}"))?;
         if let Some(k) = attrs.0.keys().next() {
@@ -539,6 +559,7 @@ impl Parser {
         }
         let names: Vec<String> = results.iter().map(|r| r.name.clone()).collect();
         let tys: Vec<TensorType> = results.iter().map(|r| r.ty.clone()).collect();
+        g.guard = guard;
         let outs = if matches!(op, Op::Unsupported { .. }) {
             g.add_placeholder(op, &inputs, node_name, &names, tys.clone())
         } else {
@@ -554,6 +575,7 @@ impl Parser {
                 got.join(", ")
             ));
         }
+        g.guard.clear();
         for (h, v) in results.iter().zip(outs) {
             self.define_head(g, h, v)?;
         }
@@ -590,6 +612,19 @@ pub fn parse(src: &str) -> Result<Graph, String> {
             Tok::Word(w) if w == "output" => {
                 p.next();
                 let v = p.value_use()?;
+                if p.eat_word("shape") {
+                    p.expect('=')?;
+                    let dims = p.value_use()?;
+                    p.keyword("bounds")?;
+                    p.expect('=')?;
+                    p.expect('[')?;
+                    let words = p.list_of(']', Parser::word)?;
+                    let bounds = words
+                        .iter()
+                        .map(|w| w.parse().map_err(|_| format!("bad bound `{w}`")))
+                        .collect::<Result<_, _>>()?;
+                    g.output_shapes.insert(g.outputs.len(), crate::RuntimeShape { dims, bounds });
+                }
                 g.outputs.push(v);
             }
             Tok::Punct('%') => p.node(&mut g)?,

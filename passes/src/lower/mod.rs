@@ -275,7 +275,9 @@ impl<'g> Lowerer<'g> {
             Op::GatherNd { batch_dims } => self.lower_gather_nd(batch_dims, ins, out, name)?,
             Op::ScatterElements { axis, reduction } => self.lower_scatter_elements(axis, reduction, ins, out, name)?,
             Op::ScatterNd { reduction } => self.lower_scatter_nd(reduction, ins, out, name)?,
-            Op::Reshape { .. } | Op::BitCast { .. } | Op::Unsupported { .. } => unreachable!("handled by the caller"),
+            Op::Reshape { .. } | Op::BitCast { .. } | Op::Merge | Op::Assert { .. } | Op::Unsupported { .. } => {
+                unreachable!("handled by the caller")
+            }
         }
         Ok(())
     }
@@ -311,7 +313,8 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
                 _ => false,
             };
             let conv = conv && t.shape.len() == 4 && t.dtype == DType::F32;
-            if !matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. }) && !conv && !direct.contains_key(&v) {
+            let view = matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. } | Op::Assert { .. });
+            if !view && !conv && !direct.contains_key(&v) {
                 direct.insert(v, i);
             }
             if conv {
@@ -325,21 +328,32 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     for (i, &v) in g.outputs.iter().enumerate() {
         let ValueDef::Node(n, _) = g.value(v).def else { continue };
         let node = g.node(n);
-        if !matches!(node.op, Op::Reshape { .. } | Op::BitCast { .. }) || direct.contains_key(&v) {
+        if !matches!(node.op, Op::Reshape { .. } | Op::BitCast { .. } | Op::Assert { .. }) || direct.contains_key(&v) {
             continue;
         }
         let u = node.inputs[0];
         let ValueDef::Node(un, _) = g.value(u).def else { continue };
         let producer = &g.node(un).op;
-        let layout_free = !matches!(producer, Op::Conv { .. } | Op::Reshape { .. } | Op::BitCast { .. });
+        let layout_free =
+            !matches!(producer, Op::Conv { .. } | Op::Reshape { .. } | Op::BitCast { .. } | Op::Assert { .. });
         if layout_free && uses.get(&u) == Some(&1) && !g.outputs.contains(&u) && !direct.contains_key(&u) {
             direct.insert(u, i);
         }
     }
+    // The run-time cases open at this point of the program, outermost first.
+    let mut open: Vec<kiln_ir::Guard> = Vec::new();
     for &nid in g.order() {
         let node = g.node(nid);
+        l.enter_cases(&mut open, &node.guard);
         let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
         let out_v = node.outputs[0];
+        // An assert is a view of its first input, after a check of its second.
+        if let Op::Assert { message } = &node.op {
+            l.emit_assert(&ins[1], &node.name, message.clone());
+            let src = l.loc[&node.inputs[0]];
+            l.loc.insert(out_v, src);
+            continue;
+        }
         // Reshape and BitCast are views of their input's bytes (row-major ones: a
         // channels-last input is copied to row-major first).
         if let Op::Reshape { .. } | Op::BitCast { .. } = node.op {
@@ -377,9 +391,19 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
                 b
             }
         };
-        let channels_last = !direct.contains_key(&out_v) && choose_layout(&node.op, &in_locs, &t);
+        let channels_last =
+            !direct.contains_key(&out_v) && !matches!(node.op, Op::Merge) && choose_layout(&node.op, &in_locs, &t);
         let loc = Loc { buffer, offset: 0, channels_last };
         l.loc.insert(out_v, loc);
+        if let Op::Merge = node.op {
+            let shaped = g.outputs.iter().enumerate().any(|(i, &o)| o == out_v && g.output_shapes.contains_key(&i));
+            l.lower_merge(node, &ins, buffer, shaped).map_err(|e| PassError::Lowering {
+                node: node.name.clone(),
+                op: node.op.name().into(),
+                message: e,
+            })?;
+            continue;
+        }
         let out = loc.view(t.dtype, &t.shape);
         l.lower_node(&node.op, ins, out, &node.name).map_err(|e| PassError::Lowering {
             node: node.name.clone(),
@@ -387,8 +411,25 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             message: e,
         })?;
     }
+    l.enter_cases(&mut open, &[]);
     for (i, &v) in g.outputs.iter().enumerate() {
         if direct.get(&v) == Some(&i) {
+            continue;
+        }
+        if g.output_shapes.contains_key(&i) {
+            // Its elements are dense at the start of its value's buffer, in the case's shape.
+            let bytes = l.prog.buffer(out_bufs[i]).bytes.min(l.prog.buffer(l.loc[&v].buffer).bytes);
+            let src = l.view_of(v);
+            if bytes > 0 && !(src.buffer == out_bufs[i] && src.offset == 0) {
+                let sz = src.dtype.size();
+                l.prog.instrs.push(Instr::Copy {
+                    dst: out_bufs[i],
+                    dst_offset: 0,
+                    src: src.buffer,
+                    src_offset: src.offset as usize * sz,
+                    bytes,
+                });
+            }
             continue;
         }
         let src = l.view_of(v);
@@ -413,10 +454,96 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             });
         }
     }
+    // Outputs whose shape is decided at run time: their sizes to the dim slots.
+    l.prog.output_slots = vec![Vec::new(); g.outputs.len()];
+    for (&i, r) in &g.output_shapes {
+        let src = l.view_of(r.dims);
+        let n = r.bounds.len();
+        if src.dtype != DType::I64 || src.numel() != n {
+            return Err(PassError::Lowering {
+                node: g.value(g.outputs[i]).name.clone(),
+                op: "output".into(),
+                message: format!("its run-time shape is {} with {} elements for rank {n}", src.dtype, src.numel()),
+            });
+        }
+        let first = l.prog.dim_slots;
+        l.prog.dim_slots += n;
+        l.prog.output_slots[i] = (first as i32..(first + n) as i32).collect();
+        l.prog.outputs[i].2 = r.bounds.clone();
+        let src = View { extents: vec![n], strides: vec![1], ..src };
+        l.prog.instrs.push(Instr::SetDims { slots: (first..first + n).collect(), src });
+    }
     for ins in &mut l.prog.instrs {
         if let Instr::Kernel(k) = ins {
             order_loops(k);
         }
     }
     Ok(l.prog)
+}
+
+impl Lowerer<'_> {
+    /// Closes and opens `Case` blocks so that the instructions emitted next run under
+    /// `guard` (`open`: the blocks open now, outermost first).
+    fn enter_cases(&mut self, open: &mut Vec<kiln_ir::Guard>, guard: &[kiln_ir::Guard]) {
+        while !guard.starts_with(open) {
+            open.pop();
+            self.prog.instrs.push(Instr::EndCase);
+        }
+        for &c in &guard[open.len()..] {
+            let key = self.view_of(c.key);
+            self.prog.instrs.push(Instr::Case { key, value: c.value });
+            open.push(c);
+        }
+    }
+
+    /// A `Merge`: in each case, a copy of that case's value, dense in its own shape, to the
+    /// start of `buffer`. `shaped`: the value is a graph output whose shape the code reports,
+    /// so the cases may differ in shape; otherwise they must all have the merged one.
+    fn lower_merge(
+        &mut self,
+        node: &kiln_ir::Node,
+        ins: &[View],
+        buffer: BufferId,
+        shaped: bool,
+    ) -> Result<(), String> {
+        let merged = &self.g.ty(node.outputs[0]).shape;
+        for (j, src) in ins[1..].iter().enumerate() {
+            let shape = self.g.ty(node.inputs[1 + j]).shape.clone();
+            if !shaped && shape != *merged {
+                return Err(format!(
+                    "case {j} gives shape {shape:?}, another {merged:?}: a value whose shape is decided at run time \
+                     can only be a graph output yet"
+                ));
+            }
+            self.prog.instrs.push(Instr::Case { key: ins[0].clone(), value: j as i64 });
+            let dst = View::dense(buffer, src.dtype, &shape);
+            let rank = shape.len();
+            self.emit(elementwise(
+                &format!("{}/case{j}", node.name),
+                dst,
+                vec![src.clone()],
+                Expr::load(0, vars(0..rank)),
+            ));
+            self.prog.instrs.push(Instr::EndCase);
+        }
+        Ok(())
+    }
+
+    /// Stops the run with `message` when an element of `ok` (bool) is false: a kernel counts
+    /// them into a flag that an `Assert` checks.
+    fn emit_assert(&mut self, ok: &View, name: &str, message: String) {
+        let flag = self.temp(DType::I64, &[], format!("{name}.failed"));
+        let r = ok.extents.len();
+        let bad = Expr::select(Expr::load(0, vars(0..r)), Expr::i64(0), Expr::i64(1));
+        self.emit(Kernel {
+            name: format!("{name}.check"),
+            domain: ok.extents.clone(),
+            n_par: 0,
+            inputs: vec![ok.clone()],
+            output: View { extents: vec![], strides: vec![], ..flag.clone() },
+            body: bad,
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+        });
+        self.prog.instrs.push(Instr::Assert { buffer: flag.buffer, message });
+    }
 }

@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 
-use kiln_ir::{DType, Op, Tensor, ValueId};
+use kiln_ir::{DType, Guard, Op, Tensor, ValueId};
 
 use super::{Importer, Slot};
 use crate::data::{decode_tensor, dtype_of};
@@ -353,36 +353,77 @@ impl Importer {
             Self::check_outputs(at, &format!("{tag} branch"), outs.len())?;
             return Ok(Some(outs));
         }
-        // A condition known only at run time: both branches, then a select per output.
-        let a = self.instantiate(then_g, at, "then", &[])?;
-        let b = self.instantiate(else_g, at, "else", &[])?;
-        let (Some(a), Some(b)) = (a, b) else {
-            return Ok(None);
-        };
-        if a.len() != b.len() {
-            return invalid(format!("the then branch gives {} outputs, the else branch {}", a.len(), b.len()));
-        }
-        Self::check_outputs(at, "then branch", a.len())?;
+        // A condition known only at run time: each branch in a case of its own (key 1: then,
+        // 0: else), so that only the one taken runs, then a merge per output. A branch that
+        // fails to import (ill-typed for these inputs) fails the run only if it is taken.
         let c = self.reshape_at(at, cond, Vec::new(), format!("{}/cond", at.name))?;
-        let mut outs = Vec::with_capacity(a.len());
-        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-            outs.push(self.select(at, cond, c, x, y, k, Self::out_name(at, k))?);
+        let key = self.emit_at(at, Op::cast(DType::I64), &[c], format!("{}/key", at.name))?;
+        let outer = self.g.guard.clone();
+        let branch = |imp: &mut Self, g: &GraphProto, tag: &str, value: i64| {
+            imp.g.guard = outer.iter().copied().chain([Guard { key, value }]).collect();
+            let r = imp.instantiate(g, at, tag, &[]);
+            imp.g.guard = outer.clone();
+            r
+        };
+        let a = branch(self, then_g, "then", 1);
+        let b = branch(self, else_g, "else", 0);
+        let mut why = String::new();
+        let mut fails = |e: OpError, tag: &str| {
+            why = match &e {
+                OpError::Invalid(m) => format!("the {tag} branch, taken, cannot run: {m}"),
+                OpError::Import(e) => format!("the {tag} branch, taken, cannot run: {e}"),
+                _ => String::new(),
+            };
+            Self::failing_branch(e)
+        };
+        let (a, b) = match (a, b) {
+            (Ok(Some(a)), Ok(Some(b))) => (Some(a), Some(b)),
+            (Ok(None), _) | (_, Ok(None)) => return Ok(None),
+            (Err(e), Err(_)) => return Err(e),
+            (Ok(Some(a)), Err(e)) => (Some(a), fails(e, "else")?),
+            (Err(e), Ok(Some(b))) => (fails(e, "then")?, Some(b)),
+        };
+        let n = a.as_ref().or(b.as_ref()).map_or(0, Vec::len);
+        if let (Some(a), Some(b)) = (&a, &b) {
+            if a.len() != b.len() {
+                return invalid(format!("the then branch gives {} outputs, the else branch {}", a.len(), b.len()));
+            }
+        }
+        Self::check_outputs(at, "then branch", n)?;
+        let message = format!("node `{}` (If): {why}", at.name);
+        let mut outs = Vec::with_capacity(n);
+        for k in 0..n {
+            let pick = |s: &Option<Vec<Slot>>| s.as_ref().map(|s| s[k].clone());
+            let (x, y) = (pick(&a), pick(&b));
+            outs.push(self.select(at, cond, key, x.as_ref(), y.as_ref(), k, Self::out_name(at, k), &message)?);
         }
         Ok(Some(outs))
     }
 
-    /// `x` where the run-time condition `c` holds, else `y`: a `Where` per tensor, through
-    /// sequences (of one length) and optionals (both present or both absent).
+    /// A branch of a run-time `If` that does not import: `Ok(None)` when the run can report
+    /// the error instead (an ill-typed or out-of-range branch), else the error.
+    fn failing_branch(e: OpError) -> OpResult<Option<Vec<Slot>>> {
+        match e {
+            OpError::Invalid(_) | OpError::Import(ImportError::Node { .. }) => Ok(None),
+            e => Err(e),
+        }
+    }
+
+    /// The value of output `k` of a run-time `If`: `x` (then) where `key` is 1, `y` (else)
+    /// where it is 0, as a `Merge` per tensor, through sequences (of one length) and optionals
+    /// (both present or both absent). A branch that cannot run (`None`) fails the run with
+    /// `message` when taken.
     #[allow(clippy::too_many_arguments)]
     fn select(
         &mut self,
         at: At,
         cond: ValueId,
-        c: ValueId,
-        x: &Slot,
-        y: &Slot,
+        key: ValueId,
+        x: Option<&Slot>,
+        y: Option<&Slot>,
         k: usize,
         vname: String,
+        message: &str,
     ) -> OpResult<Slot> {
         let differ = |imp: &Self, what: String| {
             Err(imp.needs_constant(
@@ -392,31 +433,38 @@ impl Importer {
                 format!("the condition: its branches give output {k} {what}, so it cannot be selected at run time"),
             ))
         };
-        match (x, y) {
-            (Slot::Value(x), Slot::Value(y)) => {
-                if x == y {
-                    return Ok(Slot::Value(*x));
+        let Some(model) = x.or(y) else { return invalid(message.to_string()) };
+        // The other branch's slot where it cannot run: its structure, never its data.
+        let (xs, ys) = (x.unwrap_or(model), y.unwrap_or(model));
+        match (xs, ys) {
+            (Slot::Value(xv), Slot::Value(yv)) => {
+                if xv == yv && x.is_some() && y.is_some() {
+                    return Ok(Slot::Value(*xv));
                 }
-                let (tx, ty) = (self.g.ty(*x).clone(), self.g.ty(*y).clone());
-                if tx != ty {
+                let (tx, ty) = (self.g.ty(*xv).clone(), self.g.ty(*yv).clone());
+                if tx.dtype != ty.dtype || tx.rank() != ty.rank() {
                     return differ(self, format!("different types (then {tx}, else {ty})"));
                 }
-                Ok(Slot::Value(self.emit_at(at, Op::Where, &[c, *x, *y], vname)?))
+                let cases = vec![y.map(|_| vec![*yv]), x.map(|_| vec![*xv])];
+                let outs = self.merge_cases(at.node, at.name, key, cases, vec![vname], message.to_string())?;
+                Ok(Slot::Value(outs[0]))
             }
-            (Slot::Sequence(xs, dx), Slot::Sequence(ys, dy)) => {
-                if xs.len() != ys.len() || dx != dy {
+            (Slot::Sequence(xe, dx), Slot::Sequence(ye, dy)) => {
+                if xe.len() != ye.len() || dx != dy {
                     return differ(
                         self,
                         format!(
                             "sequences of different lengths or dtypes (then {} × {dx}, else {} × {dy})",
-                            xs.len(),
-                            ys.len()
+                            xe.len(),
+                            ye.len()
                         ),
                     );
                 }
-                let mut elems = Vec::with_capacity(xs.len());
-                for (i, (&ex, &ey)) in xs.iter().zip(ys).enumerate() {
-                    match self.select(at, cond, c, &Slot::Value(ex), &Slot::Value(ey), k, format!("{vname}[{i}]"))? {
+                let mut elems = Vec::with_capacity(xe.len());
+                for (i, (&ex, &ey)) in xe.iter().zip(ye).enumerate() {
+                    let (ex, ey) = (Slot::Value(ex), Slot::Value(ey));
+                    let (ex, ey) = (x.map(|_| &ex), y.map(|_| &ey));
+                    match self.select(at, cond, key, ex, ey, k, format!("{vname}[{i}]"), message)? {
                         Slot::Value(v) => elems.push(v),
                         _ => unreachable!("a select of tensors is a tensor"),
                     }
@@ -424,16 +472,18 @@ impl Importer {
                 Ok(Slot::Sequence(elems, *dx))
             }
             (Slot::Optional(None), Slot::Optional(None)) => Ok(Slot::Optional(None)),
-            (Slot::Optional(Some(x)), Slot::Optional(Some(y))) => {
-                Ok(Slot::Optional(Some(Box::new(self.select(at, cond, c, x, y, k, vname)?))))
+            (Slot::Optional(Some(xi)), Slot::Optional(Some(yi))) => {
+                let (xi, yi) = (x.map(|_| &**xi), y.map(|_| &**yi));
+                let v = self.select(at, cond, key, xi, yi, k, vname, message)?;
+                Ok(Slot::Optional(Some(Box::new(v))))
             }
-            (x, y) => {
+            (xs, ys) => {
                 let what = |s: &Slot| match s {
                     Slot::Optional(None) => "an absent optional",
                     Slot::Optional(Some(_)) => "a present optional",
                     s => s.kind(),
                 };
-                differ(self, format!("different kinds of value (then {}, else {})", what(x), what(y)))
+                differ(self, format!("different kinds of value (then {}, else {})", what(xs), what(ys)))
             }
         }
     }

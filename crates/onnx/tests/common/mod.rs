@@ -248,8 +248,19 @@ pub fn run(g: &Graph, inputs: &[(&str, kiln_ir::Tensor)]) -> Vec<kiln_ir::Tensor
                 _ => vals[&v].clone(),
             }
         };
+    let key = |vals: &std::collections::HashMap<kiln_ir::ValueId, kiln_ir::Tensor>, v| get(vals, v).to_i64_vec()[0];
     for &n in g.order() {
         let node = g.node(n);
+        // A node of a run-time case runs only in that case.
+        if !node.guard.iter().all(|c| key(&vals, c.key) == c.value) {
+            continue;
+        }
+        // A merge takes the case taken (whose shape may differ from the merged bound).
+        if let kiln_ir::Op::Merge = node.op {
+            let k = key(&vals, node.inputs[0]) as usize;
+            vals.insert(node.outputs[0], get(&vals, node.inputs[1 + k]));
+            continue;
+        }
         let ins: Vec<kiln_ir::Tensor> = node.inputs.iter().map(|&v| get(&vals, v)).collect();
         let refs: Vec<&kiln_ir::Tensor> = ins.iter().collect();
         let outs = kiln_ir::ops::eval(&node.op, &refs).unwrap_or_else(|e| panic!("{}: {e}", node.name));
