@@ -559,7 +559,7 @@ impl Importer {
     }
 
     fn output_value(&mut self, name: &str, v: ValueId, used: &mut HashSet<ValueId>) -> Result<(), ImportError> {
-        let shape = self.dynamic.get(&v).map(|d| d.dims);
+        let shape = self.dynamic.get(&v).map(|d| (d.dims, d.bounds.clone()));
         let v = if self.g.value(v).name == name && used.insert(v) {
             v
         } else if let Some(t) = self.g.const_of(v) {
@@ -572,8 +572,7 @@ impl Importer {
                 .map_err(|e| ImportError::InvalidGraph(e.to_string()))?;
             outs[0]
         };
-        if let Some(dims) = shape {
-            let bounds = self.g.ty(v).shape.clone();
+        if let Some((dims, bounds)) = shape {
             self.g.output_shapes.insert(self.g.outputs.len(), kiln_ir::RuntimeShape { dims, bounds });
         }
         self.g.outputs.push(v);

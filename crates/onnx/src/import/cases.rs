@@ -23,21 +23,49 @@ use crate::ImportError;
 #[derive(Clone, Debug)]
 pub(super) struct Dyn {
     pub(super) dims: ValueId,
-    pub(super) key: ValueId,
-    pub(super) cases: Vec<ValueId>,
+    /// Each dim's largest size.
+    pub(super) bounds: Vec<usize>,
+    /// The key and the values of the cases; `None` for a value whose shape comes from data
+    /// (a Reshape to a shape given at run time), which can only be a graph output.
+    pub(super) cases: Option<(ValueId, Vec<ValueId>)>,
 }
 
 /// Most cases one run-time input may select between.
 const MAX_CASES: usize = 64;
 
 /// The values an integer input may take, when they are few.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Domain {
     /// One axis of a rank-`r` tensor (a one-element input).
     Axis { r: usize },
     /// `l` distinct axes of a rank-`r` tensor in any order (a 1-D input of `l` elements);
     /// the op must not depend on their order.
     Axes { r: usize, l: usize },
+    /// One of `values`, tuples of the input's elements, each in `lo..=hi` (TopK's `k`, the
+    /// sizes of Split's parts, a bool flag).
+    Tuples { values: Vec<Vec<i64>>, lo: i64, hi: i64 },
+}
+
+/// The ways to write `total` as `parts` sizes (zeros allowed), in lexicographic order.
+fn compositions(total: usize, parts: usize) -> Vec<Vec<i64>> {
+    fn walk(left: usize, parts: usize, cur: &mut Vec<i64>, out: &mut Vec<Vec<i64>>) {
+        if parts == 1 {
+            cur.push(left as i64);
+            out.push(cur.clone());
+            cur.pop();
+            return;
+        }
+        for a in 0..=left {
+            cur.push(a as i64);
+            walk(left - a, parts - 1, cur, out);
+            cur.pop();
+        }
+    }
+    let mut out = Vec::new();
+    if parts > 0 {
+        walk(total, parts, &mut Vec::new(), &mut out);
+    }
+    out
 }
 
 fn binomial(n: usize, k: usize) -> usize {
@@ -65,14 +93,40 @@ fn subsets(r: usize, l: usize) -> Vec<Vec<usize>> {
 impl Importer {
     /// The domain of input `index` of a node, when its role says it is an axis or a set of
     /// axes, it is an integer tensor, and it selects between at most [`MAX_CASES`] values.
-    fn domain_of(&self, op_type: &str, role: &str, inputs: &[Option<ValueId>], v: ValueId) -> Option<Domain> {
+    fn domain_of(
+        &self,
+        node: &NodeProto,
+        role: &str,
+        inputs: &[Option<ValueId>],
+        v: ValueId,
+    ) -> Option<Domain> {
+        let op_type = node.op_type();
         let t = self.g.ty(v);
         let x = inputs.first().copied().flatten()?;
-        let rank = self.g.ty(x).rank();
+        let xs = &self.g.ty(x).shape;
+        let rank = xs.len();
+        let attrs = crate::attrs::Attrs::new(&node.attribute);
+        let dim_at = |axis: i64| usize::try_from(if axis < 0 { axis + rank as i64 } else { axis }).ok().and_then(|a| xs.get(a).copied());
+        if role == "training_mode" && t.dtype == DType::Bool && t.numel() == 1 {
+            return Some(Domain::Tuples { values: vec![vec![0], vec![1]], lo: 0, hi: 1 });
+        }
         if !t.dtype.is_int() || t.rank() > 1 {
             return None;
         }
-        let d = match role {
+        let d = match (op_type, role) {
+            ("TopK", "k") if t.numel() == 1 => {
+                let d = dim_at(attrs.int_or("axis", -1).ok()?)?;
+                Domain::Tuples { values: (0..=d as i64).map(|k| vec![k]).collect(), lo: 0, hi: d as i64 }
+            }
+            ("Split", "split") => {
+                let d = dim_at(attrs.int_or("axis", 0).ok()?)?;
+                let m = t.numel();
+                if m == 0 || binomial(d + m - 1, m - 1) > MAX_CASES {
+                    return None;
+                }
+                Domain::Tuples { values: compositions(d, m), lo: 0, hi: d as i64 }
+            }
+            _ => match role {
             "axis" if t.numel() == 1 => Domain::Axis { r: rank },
             "axes" => {
                 let l = t.numel();
@@ -83,10 +137,12 @@ impl Importer {
                 Domain::Axes { r, l }
             }
             _ => return None,
+            },
         };
-        let n = match d {
-            Domain::Axis { r } => r,
-            Domain::Axes { r, l } => binomial(r, l),
+        let n = match &d {
+            Domain::Axis { r } => *r,
+            Domain::Axes { r, l } => binomial(*r, *l),
+            Domain::Tuples { values, .. } => values.len(),
         };
         (n <= MAX_CASES).then_some(d)
     }
@@ -118,22 +174,43 @@ impl Importer {
         let tmp = |tag: &str| format!("{name}/key/{tag}");
         let e = |imp: &mut Self, op: Op, ins: &[ValueId], tag: &str| imp.emit_named(node, name, op, ins, tmp(tag));
         let a = e(self, Op::cast(DType::I64), &[v], "i64")?;
-        let (r, flat) = match domain {
-            Domain::Axis { r } => (r, e(self, Op::Reshape { shape: vec![] }, &[a], "scalar")?),
-            Domain::Axes { r, l } => (r, e(self, Op::Reshape { shape: vec![l] }, &[a], "flat")?),
+        let values = |axes: &[i64]| Tensor::from_data(ty.shape.clone(), kiln_ir::Data::from_i64s(ty.dtype, axes));
+        let (r, flat) = match &domain {
+            Domain::Axis { r } => (*r, e(self, Op::Reshape { shape: vec![] }, &[a], "scalar")?),
+            Domain::Axes { r, l } => (*r, e(self, Op::Reshape { shape: vec![*l] }, &[a], "flat")?),
+            Domain::Tuples { values: tuples, lo, hi } => {
+                // The tuple as a number in base `hi - lo + 1` (an element out of range adds
+                // more than any tuple's code), matched against each tuple's.
+                let n = ty.numel();
+                let base = hi - lo + 1;
+                let flat = e(self, Op::Reshape { shape: vec![n] }, &[a], "flat")?;
+                let lo_c = self.g.add_const(tmp("lo"), Tensor::i64(vec![], vec![*lo]));
+                let hi_c = self.g.add_const(tmp("hi"), Tensor::i64(vec![], vec![*hi]));
+                let digit = e(self, Op::Binary(BinaryOp::Sub), &[flat, lo_c], "digit")?;
+                let ge = e(self, Op::Compare(CmpOp::GreaterOrEqual), &[flat, lo_c], "ge_lo")?;
+                let le = e(self, Op::Compare(CmpOp::LessOrEqual), &[flat, hi_c], "le_hi")?;
+                let inside = e(self, Op::Binary(BinaryOp::And), &[ge, le], "inside")?;
+                let weights: Vec<i64> = (0..n as u32).map(|i| base.pow(i)).collect();
+                let big = base.pow(n as u32);
+                let w = self.g.add_const(tmp("weights"), Tensor::i64(vec![n], weights.clone()));
+                let big_c = self.g.add_const(tmp("out_of_range"), Tensor::i64(vec![], vec![big]));
+                let term = e(self, Op::Binary(BinaryOp::Mul), &[digit, w], "term")?;
+                let term = e(self, Op::Where, &[inside, term, big_c], "terms")?;
+                let code = e(self, Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false }, &[term], "code")?;
+                let codes: Vec<i64> =
+                    tuples.iter().map(|t| t.iter().zip(&weights).map(|(x, w)| (x - lo) * w).sum()).collect();
+                let key = self.match_code(code, codes, &tmp, node, name)?;
+                return Ok((key, tuples.iter().map(|t| values(t)).collect()));
+            }
         };
         let zero = self.g.add_const(tmp("zero"), Tensor::i64(vec![], vec![0]));
         let rank = self.g.add_const(tmp("rank"), Tensor::i64(vec![], vec![r as i64]));
         let neg = e(self, Op::Compare(CmpOp::Less), &[flat, zero], "negative")?;
         let wrapped = e(self, Op::Binary(BinaryOp::Add), &[flat, rank], "wrapped")?;
         let axis = e(self, Op::Where, &[neg, wrapped, flat], "axis")?;
-        let values = |axes: &[usize]| {
-            let vals: Vec<i64> = axes.iter().map(|&a| a as i64).collect();
-            Tensor::from_data(ty.shape.clone(), kiln_ir::Data::from_i64s(ty.dtype, &vals))
-        };
         match domain {
             // An axis out of range selects no case.
-            Domain::Axis { r } => Ok((axis, (0..r).map(|a| values(&[a])).collect())),
+            Domain::Axis { r } => Ok((axis, (0..r as i64).map(|a| values(&[a])).collect())),
             Domain::Axes { r, l } => {
                 // The set of axes as a bit mask (an axis out of range sets a bit above every
                 // mask of `r` axes; a repeated one carries into another bit, so the mask
@@ -148,16 +225,31 @@ impl Importer {
                 let bit = e(self, Op::Where, &[inside, bit, big], "bits")?;
                 let mask = e(self, Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false }, &[bit], "mask")?;
                 let masks: Vec<i64> = sets.iter().map(|s| s.iter().map(|&a| 1i64 << a).sum()).collect();
-                let n = masks.len();
-                let masks = self.g.add_const(tmp("masks"), Tensor::i64(vec![n], masks));
-                let index = self.g.add_const(tmp("index"), Tensor::i64(vec![n], (0..n as i64).collect()));
-                let none = self.g.add_const(tmp("none"), Tensor::i64(vec![], vec![-1]));
-                let eq = e(self, Op::Compare(CmpOp::Equal), &[mask, masks], "matches")?;
-                let which = e(self, Op::Where, &[eq, index, none], "which")?;
-                let key = e(self, Op::Reduce { op: ReduceOp::Max, axes: vec![0], keepdims: false }, &[which], "key")?;
+                let key = self.match_code(mask, masks, &tmp, node, name)?;
+                let sets: Vec<Vec<i64>> = sets.iter().map(|s| s.iter().map(|&a| a as i64).collect()).collect();
                 Ok((key, sets.iter().map(|s| values(s)).collect()))
             }
+            Domain::Tuples { .. } => unreachable!("returned above"),
         }
+    }
+
+    /// The index of `code` (one i64) among `codes`, or -1.
+    fn match_code(
+        &mut self,
+        code: ValueId,
+        codes: Vec<i64>,
+        tmp: &dyn Fn(&str) -> String,
+        node: &NodeProto,
+        name: &str,
+    ) -> OpResult<ValueId> {
+        let n = codes.len();
+        let codes = self.g.add_const(tmp("codes"), Tensor::i64(vec![n], codes));
+        let index = self.g.add_const(tmp("index"), Tensor::i64(vec![n], (0..n as i64).collect()));
+        let none = self.g.add_const(tmp("none"), Tensor::i64(vec![], vec![-1]));
+        let eq = self.emit_named(node, name, Op::Compare(CmpOp::Equal), &[code, codes], tmp("matches"))?;
+        let which = self.emit_named(node, name, Op::Where, &[eq, index, none], tmp("which"))?;
+        let max = Op::Reduce { op: ReduceOp::Max, axes: vec![0], keepdims: false };
+        self.emit_named(node, name, max, &[which], tmp("key"))
     }
 
     /// Imports a default-domain node, specializing it per value of an input that must be
@@ -181,7 +273,13 @@ impl Importer {
             r => return r,
         };
         let v = inputs.get(need.index).copied().flatten();
-        let domain = v.and_then(|v| self.domain_of(node.op_type(), &need.role, &inputs, v));
+        if let (Some(v), Some(x), "Reshape", "shape") =
+            (v, inputs.first().copied().flatten(), node.op_type(), need.role.as_str())
+        {
+            let allowzero = opset >= 14 && crate::attrs::Attrs::new(&node.attribute).int_or("allowzero", 0)? != 0;
+            return self.reshape_from_data(node, name, x, v, allowzero).map(|o| vec![o]);
+        }
+        let domain = v.and_then(|v| self.domain_of(node, &need.role, &inputs, v));
         let (Some(v), Some(domain)) = (v, domain) else {
             return Err(OpError::Import(ImportError::NeedsConstant(need)));
         };
@@ -236,16 +334,34 @@ impl Importer {
         node: &NodeProto,
         name: &str,
     ) -> Option<Result<(), ImportError>> {
-        let dynamic: Vec<(usize, Dyn)> = node
+        let dynamic: Result<Vec<(usize, ValueId, Vec<ValueId>)>, ImportError> = node
             .input
             .iter()
             .enumerate()
             .filter_map(|(i, n)| match self.env.get(n) {
-                Some(Slot::Value(v)) => self.dynamic.get(v).map(|d| (i, d.clone())),
+                Some(Slot::Value(v)) => self.dynamic.get(v).map(|d| (i, d.cases.clone())),
                 _ => None,
             })
-            .collect();
-        let key = dynamic.first()?.1.key;
+            .map(|(i, cases)| match cases {
+                Some((key, vals)) => Ok((i, key, vals)),
+                None => Err(i),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|i| ImportError::Node {
+                node: name.to_string(),
+                op_type: node.op_type().to_string(),
+                opset: 0,
+                message: format!(
+                    "input {i} `{}` has a shape computed from data at run time, which Kiln can only give as a graph \
+                     output yet",
+                    node.input[i]
+                ),
+            });
+        let dynamic = match dynamic {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        let key = dynamic.first()?.1;
         Some(self.node_cases_of(idx, node, name, key, &dynamic))
     }
 
@@ -255,9 +371,9 @@ impl Importer {
         node: &NodeProto,
         name: &str,
         key: ValueId,
-        dynamic: &[(usize, Dyn)],
+        dynamic: &[(usize, ValueId, Vec<ValueId>)],
     ) -> Result<(), ImportError> {
-        let n = dynamic[0].1.cases.len();
+        let n = dynamic[0].2.len();
         let saved: Vec<(String, Option<Slot>)> = node
             .input
             .iter()
@@ -269,8 +385,8 @@ impl Importer {
         let mut cases = Vec::with_capacity(n);
         let mut first_err = None;
         for j in 0..n {
-            for (i, d) in dynamic.iter().filter(|(_, d)| d.key == key) {
-                self.env.insert(node.input[*i].clone(), Slot::Value(d.cases[j]));
+            for (i, _, vals) in dynamic.iter().filter(|(_, k, _)| *k == key) {
+                self.env.insert(node.input[*i].clone(), Slot::Value(vals[j]));
             }
             self.g.guard = outer.iter().copied().chain([Guard { key, value: j as i64 }]).collect();
             let r = self.node(idx, node);
@@ -318,6 +434,79 @@ impl Importer {
             self.env.insert(o, Slot::Value(v));
         }
         Ok(())
+    }
+
+    /// A Reshape of `x` to a shape given at run time (`spec`, ONNX's rules: 0 copies the
+    /// input's dim unless `allowzero`, one -1 is inferred): the data is `x`'s, the shape is
+    /// computed and checked by the compiled code, and the value can only be a graph output.
+    fn reshape_from_data(
+        &mut self,
+        node: &NodeProto,
+        name: &str,
+        x: ValueId,
+        spec: ValueId,
+        allowzero: bool,
+    ) -> OpResult<ValueId> {
+        let xs = self.g.ty(x).shape.clone();
+        let st = self.g.ty(spec).clone();
+        if !st.dtype.is_int() || st.rank() != 1 {
+            return invalid(format!("the shape must be a 1-D integer tensor, got {st}"));
+        }
+        let (r, n) = (st.numel(), xs.iter().product::<usize>());
+        let tmp = |tag: &str| format!("{name}/shape/{tag}");
+        let e = |imp: &mut Self, op: Op, ins: &[ValueId], tag: &str| imp.emit_named(node, name, op, ins, tmp(tag));
+        let k = |imp: &mut Self, tag: &str, shape: Vec<usize>, v: Vec<i64>| imp.g.add_const(tmp(tag), Tensor::i64(shape, v));
+        let sum = || Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false };
+        let s = e(self, Op::cast(DType::I64), &[spec], "i64")?;
+        let zero = k(self, "zero", vec![], vec![0]);
+        let one = k(self, "one", vec![], vec![1]);
+        let minus1 = k(self, "minus_one", vec![], vec![-1]);
+        let is_zero = e(self, Op::Compare(CmpOp::Equal), &[s, zero], "is_zero")?;
+        // 0: the input's dim at that position (or, past its rank, an error).
+        let dims: Vec<i64> = (0..r).map(|j| xs.get(j).map_or(0, |&d| d as i64)).collect();
+        let in_dims = k(self, "input_dims", vec![r], dims);
+        let beyond: Vec<i64> = (0..r).map(|j| i64::from(j >= xs.len())).collect();
+        let beyond = k(self, "beyond_rank", vec![r], beyond);
+        let s1 = if allowzero { s } else { e(self, Op::Where, &[is_zero, in_dims, s], "zeros_copied")? };
+        let is_neg1 = e(self, Op::Compare(CmpOp::Equal), &[s1, minus1], "is_inferred")?;
+        let known = e(self, Op::Where, &[is_neg1, one, s1], "known")?;
+        let known = e(self, Op::Reduce { op: ReduceOp::Prod, axes: vec![0], keepdims: false }, &[known], "known_product")?;
+        let numel = k(self, "elements", vec![], vec![n as i64]);
+        let divisor = e(self, Op::Binary(BinaryOp::Max), &[known, one], "divisor")?;
+        let inferred = e(self, Op::Binary(BinaryOp::Div), &[numel, divisor], "inferred")?;
+        let shape = e(self, Op::Where, &[is_neg1, inferred, s1], "resolved")?;
+        // Checks: at most one -1, nothing below -1, a 0 past the input's rank only with
+        // allowzero, and as many elements as the input.
+        let count = |imp: &mut Self, b: ValueId, tag: &str| -> OpResult<ValueId> {
+            let c = e(imp, Op::cast(DType::I64), &[b], &format!("{tag}_i64"))?;
+            e(imp, sum(), &[c], &format!("{tag}_count"))
+        };
+        let n_inferred = count(self, is_neg1, "inferred")?;
+        let below = e(self, Op::Compare(CmpOp::Less), &[s1, minus1], "below")?;
+        let n_below = count(self, below, "below")?;
+        let beyond = e(self, Op::Compare(CmpOp::Equal), &[beyond, one], "beyond")?;
+        let zero_beyond = e(self, Op::Binary(BinaryOp::And), &[is_zero, beyond], "zero_beyond")?;
+        let n_zero_beyond = if allowzero { zero } else { count(self, zero_beyond, "zero_beyond")? };
+        let product = e(self, Op::Reduce { op: ReduceOp::Prod, axes: vec![0], keepdims: false }, &[shape], "product")?;
+        let c1 = e(self, Op::Compare(CmpOp::LessOrEqual), &[n_inferred, one], "ok_inferred")?;
+        let c2 = e(self, Op::Compare(CmpOp::Equal), &[n_below, zero], "ok_below")?;
+        let c3 = e(self, Op::Compare(CmpOp::Equal), &[n_zero_beyond, zero], "ok_zeros")?;
+        let c4 = e(self, Op::Compare(CmpOp::Equal), &[product, numel], "ok_elements")?;
+        let ok = e(self, Op::Binary(BinaryOp::And), &[c1, c2], "ok12")?;
+        let ok = e(self, Op::Binary(BinaryOp::And), &[ok, c3], "ok123")?;
+        let ok = e(self, Op::Binary(BinaryOp::And), &[ok, c4], "ok")?;
+        let message = format!(
+            "node `{name}` (Reshape): the shape given at run time (input 1, `{}`) does not fit its input of shape \
+             {xs:?} ({n} elements)",
+            node.input.get(1).map_or("", String::as_str)
+        );
+        let flat = e(self, Op::Reshape { shape: vec![n] }, &[x], "flat")?;
+        let oname = node.output.first().cloned().unwrap_or_else(|| tmp("out"));
+        let out = self.emit_named(node, name, Op::Assert { message }, &[flat, ok], oname)?;
+        // Each dim is at most the element count (or, with no elements, the largest input dim).
+        let bound = xs.iter().copied().max().unwrap_or(1).max(n);
+        self.dynamic.insert(out, Dyn { dims: shape, bounds: vec![bound; r], cases: None });
+        Ok(out)
     }
 
     /// The outputs of run-time cases (`None`: a case that cannot run, whose key fails the
@@ -373,7 +562,8 @@ impl Importer {
                 }
                 let dims =
                     self.emit_named(node, name, Op::Merge, &[&[key][..], &dims].concat(), format!("{vname}/shape"))?;
-                self.dynamic.insert(merged, Dyn { dims, key: raw_key, cases: vals });
+                let bounds = self.g.ty(merged).shape.clone();
+                self.dynamic.insert(merged, Dyn { dims, bounds, cases: Some((raw_key, vals)) });
             }
             outs.push(merged);
         }

@@ -130,8 +130,22 @@ pub(super) fn trilu(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         return invalid(format!("input {s:?} must have rank >= 2"));
     }
     let upper = cx.attrs.int_or("upper", 1)? != 0;
-    let k = int_scalar_in(cx, 1, "k")?.unwrap_or(0);
     let (n, m) = (s[s.len() - 2], s[s.len() - 1]);
+    if let Some(kv) = cx.opt_input(1).filter(|&v| cx.g.const_of(v).is_none()) {
+        // A diagonal given at run time: the mask compares the constant `j - i` with it.
+        if !cx.ty(kv).dtype.is_int() || cx.ty(kv).numel() != 1 {
+            return invalid(format!("k must be one integer, got {}", cx.ty(kv)));
+        }
+        let diag: Vec<f64> = (0..n as i64).flat_map(|i| (0..m as i64).map(move |j| (j - i) as f64)).collect();
+        let diag = konst_as(cx, DType::I64, vec![n, m], &diag);
+        let k = tmp(cx, Op::cast(DType::I64), &[kv], "k")?;
+        let k = tmp(cx, Op::Reshape { shape: vec![] }, &[k], "k_scalar")?;
+        let keep = if upper { CmpOp::GreaterOrEqual } else { CmpOp::LessOrEqual };
+        let mask = tmp(cx, Op::Compare(keep), &[diag, k], "mask")?;
+        let zero = scalar(cx, cx.ty(x).dtype, 0.0);
+        return Ok(vec![cx.emit_out(Op::Where, &[mask, x, zero], 0)?]);
+    }
+    let k = int_scalar_in(cx, 1, "k")?.unwrap_or(0);
     let mut mask = Vec::with_capacity(n * m);
     for i in 0..n as i64 {
         for j in 0..m as i64 {

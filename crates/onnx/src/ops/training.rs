@@ -240,10 +240,20 @@ pub(super) fn softmax_cross_entropy(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
 /// Inference-mode Dropout: the input itself; the optional mask is all ones (all true).
 pub(super) fn dropout(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(2, "")?;
-    let x = cx.input(0)?;
+    let mut x = cx.input(0)?;
     if cx.opset >= 12 {
         if let Some(t) = cx.opt_const_input(2, "training_mode")? {
-            if t.to_i64_vec().iter().any(|&v| v != 0) {
+            let ratio_in = cx.opt_input(1).filter(|&r| cx.g.const_of(r).is_none());
+            if let (true, Some(r)) = (t.to_i64_vec().iter().any(|&v| v != 0), ratio_in) {
+                // A ratio given at run time: the identity when it is 0, else a run-time error.
+                let zero = scalar(cx, cx.ty(r).dtype, 0.0);
+                let ok = tmp(cx, Op::Compare(CmpOp::Equal), &[r, zero], "ratio_is_zero")?;
+                let message = format!(
+                    "node `{}` (Dropout): training_mode=true with a nonzero ratio (random output) is not supported",
+                    cx.name
+                );
+                x = tmp(cx, Op::Assert { message }, &[x, ok], "checked")?;
+            } else if t.to_i64_vec().iter().any(|&v| v != 0) {
                 // Training drops at random unless the ratio is 0, when it is the identity.
                 let ratio = cx.opt_const_input(1, "ratio")?.map(|r| r.to_f64_vec()).unwrap_or_else(|| vec![0.5]);
                 if ratio.iter().any(|&r| r != 0.0) {
