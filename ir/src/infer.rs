@@ -143,6 +143,7 @@ fn check_compute_dtypes(op: &Op, inputs: &[&TensorType]) -> Result<(), String> {
             | Identity
             | Merge
             | Assert { .. }
+            | NonZero
             | GatherElements { .. }
             | GatherNd { .. }
             | Where

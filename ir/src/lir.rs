@@ -382,6 +382,24 @@ pub enum Instr {
     },
     /// Closes the innermost open [`Instr::Case`].
     EndCase,
+    /// [`crate::Op::NonZero`]: `output` (i64, rank 1, `1 + rank·numel` elements) gets the
+    /// count of non-zero elements of `input`, then their coordinates, one row per dim, then
+    /// zeros. A routine each backend implements (a scan no compute definition expresses).
+    NonZero {
+        input: View,
+        output: View,
+    },
+    /// [`crate::Op::NonMaxSuppression`], a routine: `params` are the views of the most boxes
+    /// per class (i64), the IoU threshold and the score threshold (f32), one element each;
+    /// `scratch` holds `2·N` i64 (a class's candidates, then its kept boxes).
+    NonMaxSuppression {
+        boxes: View,
+        scores: View,
+        params: [View; 3],
+        output: View,
+        scratch: View,
+        center_point_box: bool,
+    },
     /// Writes the `i64`s of `src` (a rank-1 view, one element per slot) to the run-time
     /// dims `slots` (`Context::dims`): the shape of an output decided at run time.
     SetDims {
@@ -400,6 +418,11 @@ impl Instr {
             Instr::TopK { input, output, .. } => (vec![input.buffer], vec![output.buffer]),
             Instr::Case { key, .. } => (vec![key.buffer], vec![]),
             Instr::EndCase => (vec![], vec![]),
+            Instr::NonZero { input, output } => (vec![input.buffer], vec![output.buffer]),
+            Instr::NonMaxSuppression { boxes, scores, params, output, scratch, .. } => (
+                [boxes, scores].into_iter().chain(params).map(|v| v.buffer).collect(),
+                vec![output.buffer, scratch.buffer],
+            ),
             Instr::SetDims { src, .. } => (vec![src.buffer], vec![]),
         }
     }
@@ -415,6 +438,13 @@ impl Instr {
             Instr::TopK { input, output, .. } => vec![&mut input.buffer, &mut output.buffer],
             Instr::Case { key, .. } => vec![&mut key.buffer],
             Instr::EndCase => vec![],
+            Instr::NonZero { input, output } => vec![&mut input.buffer, &mut output.buffer],
+            Instr::NonMaxSuppression { boxes, scores, params, output, scratch, .. } => [boxes, scores]
+                .into_iter()
+                .chain(params.iter_mut())
+                .chain([output, scratch])
+                .map(|v| &mut v.buffer)
+                .collect(),
             Instr::SetDims { src, .. } => vec![&mut src.buffer],
         }
     }

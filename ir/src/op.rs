@@ -382,6 +382,20 @@ pub enum Op {
     Expand {
         shape: Vec<usize>,
     },
+    /// The coordinates of the non-zero elements of input 0 (row-major order), packed in one
+    /// i64 vector of `1 + rank·numel` elements: their count `n`, then `rank` rows of `n`
+    /// coordinates each (ONNX NonZero's `[rank, n]` output at the start), the rest unused
+    /// (zero). Its size depends on data: the importer reads the count as the run-time shape.
+    NonZero,
+    /// ONNX NonMaxSuppression of boxes `[B, N, 4]` (input 0) and scores `[B, C, N]` (input 1)
+    /// with the most boxes per class (input 2, i64), the IoU threshold (input 3) and the score
+    /// threshold (input 4, f32; boxes must score above it): per batch and class, the highest
+    /// scoring boxes (ties: the lower index first) that overlap no box kept before by more than
+    /// the threshold. Packed like [`Op::NonZero`]: `1 + B·C·N·3` i64, the count `n` of kept
+    /// boxes, then `n` rows of (batch, class, box), the rest zero.
+    NonMaxSuppression {
+        center_point_box: bool,
+    },
     /// Copy (kept only where a graph output must be a distinct buffer).
     Identity,
     /// The value of the case taken at run time: input 0 is the key (one i64), and key `k`
@@ -465,6 +479,8 @@ impl Op {
             | IsInf { .. }
             | ArgReduce { .. }
             | TopKIndices { .. }
+            | NonZero
+            | NonMaxSuppression { .. }
             | GatherElements { .. }
             | ScatterElements { .. }
             | GatherNd { .. }
@@ -565,6 +581,8 @@ impl Op {
             Op::RoiAlign { .. } => "roi_align",
             Op::GridSample { .. } => "grid_sample",
             Op::TopKIndices { .. } => "top_k_indices",
+            Op::NonZero => "non_zero",
+            Op::NonMaxSuppression { .. } => "non_max_suppression",
             Op::IsInf { .. } => "is_inf",
             Op::ArgReduce { max: true, .. } => "arg_max",
             Op::ArgReduce { max: false, .. } => "arg_min",

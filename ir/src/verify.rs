@@ -170,6 +170,30 @@ pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
                 }
                 in_bounds(src, &at)?;
             }
+            Instr::NonZero { input, output } => {
+                let at = format!("instruction {i} (non_zero)");
+                let want = 1 + input.extents.len() * input.numel();
+                if output.dtype != crate::DType::I64 || output.extents != [want] {
+                    return Err(format!("{at}: output {} {:?}, expected i64 [{want}]", output.dtype, output.extents));
+                }
+                in_bounds(input, &at)?;
+                in_bounds(output, &at)?;
+            }
+            Instr::NonMaxSuppression { boxes, scores, params, output, scratch, .. } => {
+                let at = format!("instruction {i} (non_max_suppression)");
+                let (bs, ss) = (&boxes.extents, &scores.extents);
+                let shapes_ok = bs.len() == 3 && bs[2] == 4 && ss.len() == 3 && ss[0] == bs[0] && ss[2] == bs[1];
+                let want = 1 + ss.iter().product::<usize>() * 3;
+                if !shapes_ok || output.extents != [want] || scratch.extents != [2 * bs.get(1).copied().unwrap_or(0)] {
+                    return Err(format!(
+                        "{at}: boxes {bs:?}, scores {ss:?}, output {:?}, scratch {:?}",
+                        output.extents, scratch.extents
+                    ));
+                }
+                for v in [boxes, scores, output, scratch].into_iter().chain(params) {
+                    in_bounds(v, &at)?;
+                }
+            }
             Instr::Kernel(k) => {
                 let at = format!("instruction {i} (kernel `{}`)", k.name);
                 if k.n_par > k.domain.len() || k.output.extents[..] != k.domain[..k.n_par.min(k.domain.len())] {

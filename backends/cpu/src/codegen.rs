@@ -581,6 +581,9 @@ fn call_tasks<'ctx>(
     Ok(())
 }
 
+/// A routine's generator: `(codegen, program, instruction, function)`.
+type RoutineGen = for<'a, 'ctx> fn(&'a CodeGen<'ctx>, &'a Program, usize, FunctionValue<'ctx>) -> BackendResult<()>;
+
 /// The ABI version global and `kiln_entry`: the instructions in order, each kernel (and each
 /// TopK routine) through `parallel_for` when it is big enough.
 fn gen_entry<'ctx>(
@@ -674,6 +677,21 @@ fn gen_entry<'ctx>(
                 let rows = crate::topk::rows(input, *axis);
                 let work = rows * input.extents[*axis] * (1 + (*k).max(2).ilog2() as usize);
                 call_tasks(g, ctx, f, rows, work, pf_ty)?;
+            }
+            Instr::NonZero { .. } | Instr::NonMaxSuppression { .. } => {
+                let (what, gen): (&str, RoutineGen) = match ins {
+                    Instr::NonZero { .. } => ("non_zero", crate::scan::gen_non_zero),
+                    _ => ("non_max_suppression", crate::scan::gen_non_max_suppression),
+                };
+                let f = g.module.add_function(&format!("k{i}.{what}"), function_type(g), Some(Linkage::Internal));
+                let here = g.builder.get_insert_block().expect("positioned");
+                gen(g, prog, i, f).map_err(|e| BackendError::Kernel {
+                    kernel: format!("instruction {i} ({what})"),
+                    message: e.to_string(),
+                })?;
+                g.builder.position_at_end(here);
+                // A sequential scan: one task, on the calling thread.
+                call_tasks(g, ctx, f, 1, 0, pf_ty)?;
             }
             Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
                 let _ = i;

@@ -18,6 +18,7 @@ pub mod cache;
 mod codegen;
 mod gemm;
 mod rows;
+mod scan;
 mod target;
 mod topk;
 mod vector;

@@ -111,8 +111,8 @@ pub fn supports(g: &Graph, node: &Node) -> bool {
         Op::Binary(BinaryOp::Mod { .. }) => !f64_involved,
         // Softmax and its kin exponentiate; LogSoftmax also takes a logarithm.
         Op::Softmax { .. } | Op::LogSoftmax { .. } => !f64_involved,
-        // A selection routine the GPU backend does not have.
-        Op::TopKIndices { .. } => false,
+        // Selection and scan routines the GPU backend does not have, and run-time decisions.
+        Op::TopKIndices { .. } | Op::NonZero | Op::NonMaxSuppression { .. } | Op::Merge | Op::Assert { .. } => false,
         _ => true,
     }
 }
@@ -174,6 +174,12 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
             }
             // The partitioner keeps run-time decisions (guarded nodes, run-time shapes) off
             // GPU partitions.
+            Instr::NonZero { .. } | Instr::NonMaxSuppression { .. } => {
+                return Err(BackendError::Kernel {
+                    kernel: format!("instruction {i}"),
+                    message: "NonZero and NonMaxSuppression run on the CPU; a GPU partition cannot hold them".into(),
+                })
+            }
             Instr::Case { .. } | Instr::EndCase | Instr::SetDims { .. } => {
                 return Err(BackendError::Kernel {
                     kernel: format!("instruction {i}"),

@@ -265,6 +265,27 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
             s[*axis] = *k;
             one(TensorType::new(DType::I64, s))
         }
+        NonZero => {
+            arity(op, inputs, 1, 1)?;
+            let x = inputs[0];
+            one(TensorType::new(DType::I64, vec![1 + x.rank() * x.numel()]))
+        }
+        NonMaxSuppression { .. } => {
+            arity(op, inputs, 5, 5)?;
+            let (bx, sc) = (inputs[0], inputs[1]);
+            let (bs, ss) = (&bx.shape, &sc.shape);
+            if bx.dtype != DType::F32 || sc.dtype != DType::F32 {
+                return Err(format!("boxes and scores must be f32, got {} and {}", bx.dtype, sc.dtype));
+            }
+            if bs.len() != 3 || bs[2] != 4 || ss.len() != 3 || ss[0] != bs[0] || ss[2] != bs[1] {
+                return Err(format!("boxes {bs:?} and scores {ss:?} do not match ([B, N, 4] and [B, C, N])"));
+            }
+            let params = [(2, DType::I64), (3, DType::F32), (4, DType::F32)];
+            if let Some((i, d)) = params.iter().find(|&&(i, d)| inputs[i].dtype != d || inputs[i].numel() != 1) {
+                return Err(format!("input {i} must be one {d}, got {}", inputs[*i]));
+            }
+            one(TensorType::new(DType::I64, vec![1 + ss.iter().product::<usize>() * 3]))
+        }
         GatherElements { axis } => {
             arity(op, inputs, 2, 2)?;
             let (x, idx) = (inputs[0], inputs[1]);
@@ -305,6 +326,85 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
     }
 }
 
+/// [`Op::NonZero`]: the count, then the coordinates row by row, padded with zeros.
+fn non_zero(x: &Tensor) -> Tensor {
+    let shape = x.shape().to_vec();
+    let strides = crate::strides_of(&shape);
+    let nz: Vec<usize> = x.to_f64_vec().iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, _)| i).collect();
+    let mut out = vec![0i64; 1 + shape.len() * x.numel()];
+    out[0] = nz.len() as i64;
+    for (d, &s) in strides.iter().enumerate() {
+        for (j, &i) in nz.iter().enumerate() {
+            out[1 + d * nz.len() + j] = ((i / s) % shape[d]) as i64;
+        }
+    }
+    Tensor::i64(vec![out.len()], out)
+}
+
+/// The corners `(y_min, x_min, y_max, x_max)` of a box (`center`: `[x, y, w, h]`).
+fn box_corners(b: &[f32], center: bool) -> (f32, f32, f32, f32) {
+    if center {
+        let (hw, hh) = (b[2] / 2.0, b[3] / 2.0);
+        (b[1] - hh, b[0] - hw, b[1] + hh, b[0] + hw)
+    } else {
+        (b[0].min(b[2]), b[1].min(b[3]), b[0].max(b[2]), b[1].max(b[3]))
+    }
+}
+
+/// Whether box `a` overlaps box `b` by more than `threshold` (intersection over union).
+pub(crate) fn box_suppresses(a: &[f32], b: &[f32], center: bool, threshold: f32) -> bool {
+    let (ay0, ax0, ay1, ax1) = box_corners(a, center);
+    let (by0, bx0, by1, bx1) = box_corners(b, center);
+    let (ix0, ix1) = (ax0.max(bx0), ax1.min(bx1));
+    let (iy0, iy1) = (ay0.max(by0), ay1.min(by1));
+    if ix1 <= ix0 || iy1 <= iy0 {
+        return false;
+    }
+    let inter = (ix1 - ix0) * (iy1 - iy0);
+    let (area_a, area_b) = ((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0));
+    let union = area_a + area_b - inter;
+    if inter <= 0.0 || area_a <= 0.0 || area_b <= 0.0 || union <= 0.0 {
+        return false;
+    }
+    inter / union > threshold
+}
+
+/// [`Op::NonMaxSuppression`]: the count, then (batch, class, box) rows, padded with zeros.
+fn non_max_suppression(inputs: &[&Tensor], center: bool) -> Tensor {
+    let (boxes, scores) = (inputs[0], inputs[1]);
+    let ss = scores.shape().to_vec();
+    let (nb, nc, n) = (ss[0], ss[1], ss[2]);
+    let bv: Vec<f32> = boxes.to_f64_vec().into_iter().map(|v| v as f32).collect();
+    let sv: Vec<f32> = scores.to_f64_vec().into_iter().map(|v| v as f32).collect();
+    let max_out = inputs[2].to_i64_vec()[0].max(0) as usize;
+    let iou = inputs[3].to_f64_vec()[0] as f32;
+    let threshold = inputs[4].to_f64_vec()[0] as f32;
+    let mut out = vec![0i64; 1 + nb * nc * n * 3];
+    let mut rows = 0;
+    for b in 0..nb {
+        let bx = |i: usize| &bv[(b * n + i) * 4..(b * n + i) * 4 + 4];
+        for c in 0..nc {
+            let sc = |i: usize| sv[(b * nc + c) * n + i];
+            let mut cand: Vec<usize> = (0..n).filter(|&i| sc(i) > threshold).collect();
+            // Highest score first; ties by lower box index (a stable sort keeps that order).
+            cand.sort_by(|&p, &q| sc(q).partial_cmp(&sc(p)).unwrap_or(std::cmp::Ordering::Equal));
+            let mut kept: Vec<usize> = Vec::new();
+            for i in cand {
+                if kept.len() >= max_out {
+                    break;
+                }
+                if kept.iter().all(|&k| !box_suppresses(bx(i), bx(k), center, iou)) {
+                    kept.push(i);
+                    out[1 + rows * 3..1 + rows * 3 + 3].copy_from_slice(&[b as i64, c as i64, i as i64]);
+                    rows += 1;
+                }
+            }
+        }
+    }
+    out[0] = rows as i64;
+    Tensor::i64(vec![out.len()], out)
+}
+
 // ---------------------------------------------------------------------------------------
 // Dispatch: the reference evaluation and text form of the indexing ops.
 
@@ -317,6 +417,8 @@ pub(super) fn eval(op: &Op, inputs: &[&Tensor], want: &TensorType) -> Result<Ten
         Op::ScatterNd { reduction } => scatter_nd(inputs[0], inputs[1], inputs[2], *reduction),
         Op::TopKIndices { axis, k, largest } => top_k_indices(inputs[0], *axis, *k, *largest, want.shape.clone()),
         Op::IsNaN => is_nan_inf(inputs[0], true, false, false),
+        Op::NonZero => Ok(non_zero(inputs[0])),
+        Op::NonMaxSuppression { center_point_box } => Ok(non_max_suppression(inputs, *center_point_box)),
         Op::IsInf { negative, positive } => is_nan_inf(inputs[0], false, *negative, *positive),
         Op::ArgReduce { max, axis, select_last, .. } => {
             arg_reduce(inputs[0], *max, *axis, *select_last, want.shape.clone())
@@ -337,6 +439,7 @@ pub(super) fn attrs(op: &Op) -> AttrList {
             vec![("axis", axis.to_string()), ("reduction", reduction.name().to_string())]
         }
         Op::ScatterNd { reduction } => vec![("reduction", reduction.name().to_string())],
+        Op::NonMaxSuppression { center_point_box } => vec![("center_point_box", center_point_box.to_string())],
         Op::IsInf { negative, positive } => {
             vec![("negative", negative.to_string()), ("positive", positive.to_string())]
         }
@@ -361,6 +464,8 @@ pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
         "scatter_elements" => Op::ScatterElements { axis: a.word("axis")?, reduction: reduction(a)? },
         "scatter_nd" => Op::ScatterNd { reduction: reduction(a)? },
         "is_nan" => Op::IsNaN,
+        "non_zero" => Op::NonZero,
+        "non_max_suppression" => Op::NonMaxSuppression { center_point_box: a.word("center_point_box")? },
         "top_k_indices" => Op::TopKIndices { axis: a.word("axis")?, k: a.word("k")?, largest: a.word("largest")? },
         "is_inf" => Op::IsInf { negative: a.word("negative")?, positive: a.word("positive")? },
         "arg_max" | "arg_min" => Op::ArgReduce {

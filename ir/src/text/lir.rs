@@ -173,6 +173,23 @@ pub fn print(p: &Program) -> String {
             Instr::EndCase => {
                 let _ = writeln!(s, "  {i}: end_case");
             }
+            Instr::NonZero { input, output } => {
+                let _ = writeln!(s, "  {i}: non_zero in={} out={}", view(input), view(output));
+            }
+            Instr::NonMaxSuppression { boxes, scores, params, output, scratch, center_point_box } => {
+                let _ = writeln!(
+                    s,
+                    "  {i}: non_max_suppression boxes={} scores={} max_out={} iou={} score={} out={} scratch={} \
+                     center_point_box={center_point_box}",
+                    view(boxes),
+                    view(scores),
+                    view(&params[0]),
+                    view(&params[1]),
+                    view(&params[2]),
+                    view(output),
+                    view(scratch)
+                );
+            }
             Instr::SetDims { slots, src } => {
                 let _ = writeln!(s, "  {i}: set_dims slots={} src={}", list(slots), view(src));
             }
@@ -346,6 +363,13 @@ impl Parser {
         }
     }
 
+    /// `key=VIEW`.
+    fn keyed_view(&mut self, key: &str) -> Result<View, String> {
+        self.keyword(key)?;
+        self.expect('=')?;
+        self.view()
+    }
+
     /// `@B<dtype +offset [extents]:[strides]>`.
     fn view(&mut self) -> Result<View, String> {
         let buffer = self.buffer_id()?;
@@ -404,6 +428,19 @@ impl Parser {
                 Ok(Instr::Case { key, value: self.keyed("value")? })
             }
             "end_case" => Ok(Instr::EndCase),
+            "non_zero" => {
+                let input = self.keyed_view("in")?;
+                Ok(Instr::NonZero { input, output: self.keyed_view("out")? })
+            }
+            "non_max_suppression" => {
+                let boxes = self.keyed_view("boxes")?;
+                let scores = self.keyed_view("scores")?;
+                let params = [self.keyed_view("max_out")?, self.keyed_view("iou")?, self.keyed_view("score")?];
+                let output = self.keyed_view("out")?;
+                let scratch = self.keyed_view("scratch")?;
+                let center_point_box = self.keyed("center_point_box")?;
+                Ok(Instr::NonMaxSuppression { boxes, scores, params, output, scratch, center_point_box })
+            }
             "set_dims" => {
                 self.keyword("slots")?;
                 self.expect('=')?;

@@ -260,6 +260,22 @@ impl<'g> Lowerer<'g> {
                 let input = ins[0].clone();
                 self.prog.instrs.push(Instr::TopK { input, output: out, axis: *axis, k: *k, largest: *largest });
             }
+            // Scans whose output size depends on data: routines of each backend.
+            Op::NonZero => self.prog.instrs.push(Instr::NonZero { input: ins[0].clone(), output: out }),
+            Op::NonMaxSuppression { center_point_box } => {
+                let n = ins[0].extents[1];
+                let scratch = self.temp(DType::I64, &[2 * n], format!("{name}.scratch"));
+                let [boxes, scores, m, iou, score] = &ins[..] else { unreachable!("typed: five inputs") };
+                let scalar = |v: &View| View { extents: vec![], strides: vec![], ..v.clone() };
+                self.prog.instrs.push(Instr::NonMaxSuppression {
+                    boxes: boxes.clone(),
+                    scores: scores.clone(),
+                    params: [scalar(m), scalar(iou), scalar(score)],
+                    output: out,
+                    scratch,
+                    center_point_box: *center_point_box,
+                });
+            }
             Op::RoiAlign { .. } => self.lower_roi_align(op, &ins, out, name)?,
             Op::GridSample { mode, padding, align_corners } => {
                 self.lower_grid_sample(ins, out, *mode, *padding, *align_corners, name);

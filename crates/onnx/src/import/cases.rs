@@ -93,20 +93,16 @@ fn subsets(r: usize, l: usize) -> Vec<Vec<usize>> {
 impl Importer {
     /// The domain of input `index` of a node, when its role says it is an axis or a set of
     /// axes, it is an integer tensor, and it selects between at most [`MAX_CASES`] values.
-    fn domain_of(
-        &self,
-        node: &NodeProto,
-        role: &str,
-        inputs: &[Option<ValueId>],
-        v: ValueId,
-    ) -> Option<Domain> {
+    fn domain_of(&self, node: &NodeProto, role: &str, inputs: &[Option<ValueId>], v: ValueId) -> Option<Domain> {
         let op_type = node.op_type();
         let t = self.g.ty(v);
         let x = inputs.first().copied().flatten()?;
         let xs = &self.g.ty(x).shape;
         let rank = xs.len();
         let attrs = crate::attrs::Attrs::new(&node.attribute);
-        let dim_at = |axis: i64| usize::try_from(if axis < 0 { axis + rank as i64 } else { axis }).ok().and_then(|a| xs.get(a).copied());
+        let dim_at = |axis: i64| {
+            usize::try_from(if axis < 0 { axis + rank as i64 } else { axis }).ok().and_then(|a| xs.get(a).copied())
+        };
         if role == "training_mode" && t.dtype == DType::Bool && t.numel() == 1 {
             return Some(Domain::Tuples { values: vec![vec![0], vec![1]], lo: 0, hi: 1 });
         }
@@ -127,16 +123,16 @@ impl Importer {
                 Domain::Tuples { values: compositions(d, m), lo: 0, hi: d as i64 }
             }
             _ => match role {
-            "axis" if t.numel() == 1 => Domain::Axis { r: rank },
-            "axes" => {
-                let l = t.numel();
-                let r = if op_type == "Unsqueeze" { rank + l } else { rank };
-                if l > r {
-                    return None;
+                "axis" if t.numel() == 1 => Domain::Axis { r: rank },
+                "axes" => {
+                    let l = t.numel();
+                    let r = if op_type == "Unsqueeze" { rank + l } else { rank };
+                    if l > r {
+                        return None;
+                    }
+                    Domain::Axes { r, l }
                 }
-                Domain::Axes { r, l }
-            }
-            _ => return None,
+                _ => return None,
             },
         };
         let n = match &d {
@@ -278,6 +274,12 @@ impl Importer {
         {
             let allowzero = opset >= 14 && crate::attrs::Attrs::new(&node.attribute).int_or("allowzero", 0)? != 0;
             return self.reshape_from_data(node, name, x, v, allowzero).map(|o| vec![o]);
+        }
+        match node.op_type() {
+            "NonZero" => return self.non_zero_at_run_time(node, name, &inputs).map(|o| vec![o]),
+            "NonMaxSuppression" => return self.nms_at_run_time(node, name, &inputs).map(|o| vec![o]),
+            "Compress" if need.index == 1 => return self.compress_at_run_time(node, name, &inputs).map(|o| vec![o]),
+            _ => {}
         }
         let domain = v.and_then(|v| self.domain_of(node, &need.role, &inputs, v));
         let (Some(v), Some(domain)) = (v, domain) else {
@@ -455,7 +457,9 @@ impl Importer {
         let (r, n) = (st.numel(), xs.iter().product::<usize>());
         let tmp = |tag: &str| format!("{name}/shape/{tag}");
         let e = |imp: &mut Self, op: Op, ins: &[ValueId], tag: &str| imp.emit_named(node, name, op, ins, tmp(tag));
-        let k = |imp: &mut Self, tag: &str, shape: Vec<usize>, v: Vec<i64>| imp.g.add_const(tmp(tag), Tensor::i64(shape, v));
+        let k = |imp: &mut Self, tag: &str, shape: Vec<usize>, v: Vec<i64>| {
+            imp.g.add_const(tmp(tag), Tensor::i64(shape, v))
+        };
         let sum = || Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false };
         let s = e(self, Op::cast(DType::I64), &[spec], "i64")?;
         let zero = k(self, "zero", vec![], vec![0]);
@@ -470,7 +474,8 @@ impl Importer {
         let s1 = if allowzero { s } else { e(self, Op::Where, &[is_zero, in_dims, s], "zeros_copied")? };
         let is_neg1 = e(self, Op::Compare(CmpOp::Equal), &[s1, minus1], "is_inferred")?;
         let known = e(self, Op::Where, &[is_neg1, one, s1], "known")?;
-        let known = e(self, Op::Reduce { op: ReduceOp::Prod, axes: vec![0], keepdims: false }, &[known], "known_product")?;
+        let known =
+            e(self, Op::Reduce { op: ReduceOp::Prod, axes: vec![0], keepdims: false }, &[known], "known_product")?;
         let numel = k(self, "elements", vec![], vec![n as i64]);
         let divisor = e(self, Op::Binary(BinaryOp::Max), &[known, one], "divisor")?;
         let inferred = e(self, Op::Binary(BinaryOp::Div), &[numel, divisor], "inferred")?;
@@ -506,6 +511,148 @@ impl Importer {
         // Each dim is at most the element count (or, with no elements, the largest input dim).
         let bound = xs.iter().copied().max().unwrap_or(1).max(n);
         self.dynamic.insert(out, Dyn { dims: shape, bounds: vec![bound; r], cases: None });
+        Ok(out)
+    }
+
+    /// A packed result (`[count, rows...]`, see `Op::NonZero`) as a value of run-time shape:
+    /// its data (after the count) and its shape, `dims_of(count)`, with `bounds`.
+    fn unpack(
+        &mut self,
+        node: &NodeProto,
+        name: &str,
+        packed: ValueId,
+        bounds: Vec<usize>,
+        dims_of: &dyn Fn(&mut Self, ValueId) -> OpResult<ValueId>,
+    ) -> OpResult<ValueId> {
+        let cap: usize = bounds.iter().product();
+        let slice = |start: i64, len: usize| Op::Slice { starts: vec![start], steps: vec![1], out_shape: vec![len] };
+        let count = self.emit_named(node, name, slice(0, 1), &[packed], format!("{name}/count"))?;
+        let oname = node.output.first().cloned().unwrap_or_else(|| format!("{name}/out"));
+        let data = self.emit_named(node, name, slice(1, cap), &[packed], oname)?;
+        let dims = dims_of(self, count)?;
+        self.dynamic.insert(data, Dyn { dims, bounds, cases: None });
+        Ok(data)
+    }
+
+    /// NonZero of a value known at run time: the coordinates `[rank, n]`, `n` decided by the
+    /// data (at most the element count).
+    fn non_zero_at_run_time(&mut self, node: &NodeProto, name: &str, inputs: &[Option<ValueId>]) -> OpResult<ValueId> {
+        let Some(x) = inputs.first().copied().flatten() else { return invalid("input 0 (data) is missing") };
+        let xt = self.g.ty(x).clone();
+        let packed = self.emit_named(node, name, Op::NonZero, &[x], format!("{name}/packed"))?;
+        let r = xt.rank();
+        self.unpack(node, name, packed, vec![r, xt.numel()], &|imp, count| {
+            let rank = imp.g.add_const(format!("{name}/rank"), Tensor::i64(vec![1], vec![r as i64]));
+            imp.emit_named(node, name, Op::Concat { axis: 0 }, &[rank, count], format!("{name}/shape"))
+        })
+    }
+
+    /// NonMaxSuppression of boxes or scores known at run time: `[n, 3]` rows of (batch,
+    /// class, box), `n` decided by the data (at most every box of every class).
+    fn nms_at_run_time(&mut self, node: &NodeProto, name: &str, inputs: &[Option<ValueId>]) -> OpResult<ValueId> {
+        let attrs = crate::attrs::Attrs::new(&node.attribute);
+        let center_point_box = attrs.int_or("center_point_box", 0)? != 0;
+        let mut ins = Vec::with_capacity(5);
+        for (k, (d, absent)) in [
+            (DType::F32, 0.0),
+            (DType::F32, 0.0),
+            (DType::I64, 0.0),
+            (DType::F32, 0.0),
+            (DType::F32, f64::NEG_INFINITY),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let v = match inputs.get(k).copied().flatten() {
+                Some(v) => v,
+                None if k < 2 => return invalid(format!("input {k} is missing")),
+                None => self.g.add_const(
+                    format!("{name}/default{k}"),
+                    Tensor::from_data(vec![], kiln_ir::Data::from_f64s(d, &[absent])),
+                ),
+            };
+            let v = if self.g.ty(v).dtype == d {
+                v
+            } else {
+                self.emit_named(node, name, Op::cast(d), &[v], format!("{name}/in{k}"))?
+            };
+            ins.push(v);
+        }
+        let ss = self.g.ty(ins[1]).shape.clone();
+        let packed =
+            self.emit_named(node, name, Op::NonMaxSuppression { center_point_box }, &ins, format!("{name}/packed"))?;
+        let rows = ss.iter().product::<usize>();
+        self.unpack(node, name, packed, vec![rows, 3], &|imp, count| {
+            let three = imp.g.add_const(format!("{name}/three"), Tensor::i64(vec![1], vec![3]));
+            imp.emit_named(node, name, Op::Concat { axis: 0 }, &[count, three], format!("{name}/shape"))
+        })
+    }
+
+    /// Compress by a condition known at run time: the slices along the axis (or the elements
+    /// of the flattened input) whose condition holds, `n` decided by the data (at most the
+    /// condition's length). The slices are gathered at the condition's length; unless the
+    /// axis is the first, a second gather, by flat positions unravelled with the run-time
+    /// `n`, packs them densely at the start.
+    fn compress_at_run_time(&mut self, node: &NodeProto, name: &str, inputs: &[Option<ValueId>]) -> OpResult<ValueId> {
+        let (Some(mut x), Some(cond)) = (inputs.first().copied().flatten(), inputs.get(1).copied().flatten()) else {
+            return invalid("inputs 0 (input) and 1 (condition) are required");
+        };
+        let ct = self.g.ty(cond).clone();
+        if ct.rank() != 1 {
+            return invalid(format!("condition must be 1-D, got {ct}"));
+        }
+        let l = ct.numel();
+        let tmp = |tag: &str| format!("{name}/{tag}");
+        let axis = match crate::attrs::Attrs::new(&node.attribute).int("axis")? {
+            Some(a) => ops::norm_axis(a, self.g.ty(x).rank(), "axis")?,
+            None => {
+                let n = self.g.ty(x).numel();
+                x = self.emit_named(node, name, Op::Reshape { shape: vec![n] }, &[x], tmp("flat"))?;
+                0
+            }
+        };
+        let packed = self.emit_named(node, name, Op::NonZero, &[cond], tmp("kept"))?;
+        let slice = |start: i64, len: usize| Op::Slice { starts: vec![start], steps: vec![1], out_shape: vec![len] };
+        let count = self.emit_named(node, name, slice(0, 1), &[packed], tmp("count"))?;
+        let idx = self.emit_named(node, name, slice(1, l), &[packed], tmp("indices"))?;
+        let xs = self.g.ty(x).shape.clone();
+        let mut bounds = xs.clone();
+        bounds[axis] = l;
+        let oname = node.output.first().cloned().unwrap_or_else(|| tmp("out"));
+        let gathered_name = if axis == 0 { oname.clone() } else { tmp("gathered") };
+        let gathered = self.emit_named(node, name, Op::Gather { axis }, &[x, idx], gathered_name)?;
+        let before: Vec<i64> = xs[..axis].iter().map(|&d| d as i64).collect();
+        let after: Vec<i64> = xs[axis + 1..].iter().map(|&d| d as i64).collect();
+        let (b_c, a_c) = (
+            self.g.add_const(tmp("dims_before"), Tensor::i64(vec![before.len()], before)),
+            self.g.add_const(tmp("dims_after"), Tensor::i64(vec![after.len()], after)),
+        );
+        let dims = self.emit_named(node, name, Op::Concat { axis: 0 }, &[b_c, count, a_c], tmp("shape"))?;
+        let out = if axis == 0 {
+            gathered
+        } else {
+            let inner: usize = xs[axis + 1..].iter().product();
+            let cap: usize = bounds.iter().product();
+            let e = |imp: &mut Self, op: Op, ins: &[ValueId], tag: &str| imp.emit_named(node, name, op, ins, tmp(tag));
+            let k = |imp: &mut Self, tag: &str, v: i64| imp.g.add_const(tmp(tag), Tensor::i64(vec![], vec![v]));
+            let flat = e(self, Op::Reshape { shape: vec![cap] }, &[gathered], "gathered_flat")?;
+            let pos = self.g.add_const(tmp("positions"), Tensor::i64(vec![cap], (0..cap as i64).collect()));
+            let n = e(self, Op::Reshape { shape: vec![] }, &[count], "n")?;
+            let inner_c = k(self, "inner", inner as i64);
+            let row_c = k(self, "row", (l * inner) as i64);
+            let last = k(self, "last", cap as i64 - 1);
+            let i2 = e(self, Op::Binary(BinaryOp::Mod { fmod: false }), &[pos, inner_c], "i_inner")?;
+            let t = e(self, Op::Binary(BinaryOp::Div), &[pos, inner_c], "t")?;
+            let j = e(self, Op::Binary(BinaryOp::Mod { fmod: false }), &[t, n], "j")?;
+            let i0 = e(self, Op::Binary(BinaryOp::Div), &[t, n], "i_outer")?;
+            let src = e(self, Op::Binary(BinaryOp::Mul), &[i0, row_c], "src_outer")?;
+            let ji = e(self, Op::Binary(BinaryOp::Mul), &[j, inner_c], "src_kept")?;
+            let src = e(self, Op::Binary(BinaryOp::Add), &[src, ji], "src0")?;
+            let src = e(self, Op::Binary(BinaryOp::Add), &[src, i2], "src1")?;
+            let src = e(self, Op::Binary(BinaryOp::Min), &[src, last], "src")?;
+            self.emit_named(node, name, Op::Gather { axis: 0 }, &[flat, src], oname)?
+        };
+        self.dynamic.insert(out, Dyn { dims, bounds, cases: None });
         Ok(out)
     }
 
