@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use kiln_ir::{Data, Op};
 use kiln_onnx::proto::tensor_proto::DataType;
-use kiln_onnx::ImportError;
 
 #[test]
 fn non_zero_lists_indices_row_major() {

@@ -273,14 +273,14 @@ fn node_errors_carry_context() {
         .output("y");
     let e = m.import().unwrap_err().to_string();
     assert!(e.starts_with("node `y_node` (MatMul, opset 13): "), "{e}");
-    // A shape input computed at run time.
+    // A shape input computed at run time that sets a size without a bound.
     let m = Model::new(13)
         .input(vis("x", F32, &[6]))
-        .input(vis("s", I64, &[2]))
-        .node(node("Reshape", &["x", "s"], &["y"], vec![]))
+        .input(vis("p", I64, &[2]))
+        .node(node("Pad", &["x", "p"], &["y"], vec![]))
         .output("y");
     let e = m.import().unwrap_err().to_string();
-    assert!(e.contains("node `y_node` (Reshape, opset 13)") && e.contains("input 1 (`s`, shape)"), "{e}");
+    assert!(e.contains("node `y_node` (Pad, opset 13)") && e.contains("input 1 (`p`, pads)"), "{e}");
     // An undefined value.
     let m = Model::new(13).input(vis("x", F32, &[1])).node(node("Relu", &["nope"], &["y"], vec![])).output("y");
     assert!(m.import().unwrap_err().to_string().contains("`nope`"));
