@@ -7,6 +7,13 @@
                                     without --input-shape must name the input, the dim and the option.
   tests/fixtures/odd_names.onnx     two outputs whose names need sanitizing for file names
                                     ("probs/out:0" and "mask out"), one f32 and one bool.
+  tests/fixtures/reduce_axes.onnx   ReduceSum of x [2, 3] over axes given at run time, keepdims=0:
+                                    the output's shape depends on the axes.
+  tests/fixtures/if_shapes.onnx     If on a run-time condition whose branches give different shapes:
+                                    then ReduceSum(x, axis 1) [2], else Reshape(x) [6].
+  tests/fixtures/if_out_of_range.onnx  If on a run-time condition whose then branch is out of range
+                                    for x [2, 3] (Gather of row 5, [3]; else the flattened x, [6]): only
+                                    taking it may fail.
 
 Run with the project's venv: .venv/bin/python scripts/make_fixtures.py
 """
@@ -52,9 +59,58 @@ def odd_names() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def reduce_axes() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum", keepdims=0)
+    g = helper.make_graph([node], "reduce_axes", [x, axes], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def if_model(name: str, then_nodes, then_out: str, inits=()) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    then_g = helper.make_graph(
+        then_nodes, "then", [], [helper.make_tensor_value_info(then_out, TensorProto.FLOAT, None)], initializer=list(inits)
+    )
+    shape = helper.make_tensor("flat", TensorProto.INT64, [1], [6])
+    else_g = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "flat"], ["e_out"], name="flatten")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)],
+        initializer=[shape],
+    )
+    node = helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g)
+    g = helper.make_graph([node], name, [x, cond], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def if_shapes() -> onnx.ModelProto:
+    one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    nodes = [helper.make_node("ReduceSum", ["x", "one"], ["t_out"], name="row_sums", keepdims=0)]
+    return if_model("if_shapes", nodes, "t_out", [one])
+
+
+def if_out_of_range() -> onnx.ModelProto:
+    row = helper.make_tensor("row", TensorProto.INT64, [], [5])
+    nodes = [helper.make_node("Gather", ["x", "row"], ["t_out"], name="row_5", axis=0)]
+    return if_model("if_out_of_range", nodes, "t_out", [row])
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, m in [("unknown_ops", unknown_ops()), ("symbolic", symbolic()), ("odd_names", odd_names())]:
+    models = [
+        ("unknown_ops", unknown_ops()),
+        ("symbolic", symbolic()),
+        ("odd_names", odd_names()),
+        ("reduce_axes", reduce_axes()),
+        ("if_shapes", if_shapes()),
+        ("if_out_of_range", if_out_of_range()),
+    ]
+    for name, m in models:
         p = OUT / f"{name}.onnx"
         p.write_bytes(m.SerializeToString(deterministic=True))
         print(f"wrote {p}")

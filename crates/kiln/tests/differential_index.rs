@@ -264,3 +264,44 @@ fn roi_align_avg_and_max() {
         check_with(op, &[x, Tensor::f32(vec![rois_n, 4], rois), bi], &[], 1e-4);
     }
 }
+
+/// NonZero's scan routine against the reference: the count, then the coordinates row by row,
+/// over ranks 0 to 4, several dtypes, zeros common (and NaN, which is non-zero).
+#[test]
+fn non_zero_scan() {
+    let mut r = Rng(41);
+    for _ in 0..12 {
+        let rank = r.range(0, 4);
+        let s = r.shape(rank, 5);
+        let n: usize = s.iter().product();
+        let x = match r.range(0, 3) {
+            0 => Tensor::f32(s.clone(), (0..n).map(|_| [0.0, 1.5, -2.0, f32::NAN][r.range(0, 3)]).collect()),
+            1 => Tensor::i64(s.clone(), (0..n).map(|_| r.range(0, 2) as i64 - 1).collect()),
+            2 => Tensor::i32(s.clone(), (0..n).map(|_| r.range(0, 1) as i32).collect()),
+            _ => Tensor::bool(s.clone(), (0..n).map(|_| r.range(0, 1) == 1).collect()),
+        };
+        check(Op::NonZero, &[x]);
+    }
+    // All zero: a count of 0 and nothing else.
+    check(Op::NonZero, &[Tensor::f32(vec![2, 3], vec![0.0; 6])]);
+}
+
+/// NonMaxSuppression's routine against the reference on random boxes (both box formats),
+/// scores with ties, and random limits: most boxes per class from 0 past N, IoU and score
+/// thresholds, none (−inf) included.
+#[test]
+fn non_max_suppression_routine() {
+    let mut r = Rng(42);
+    for case in 0..16 {
+        let (b, c, n) = (r.range(1, 2), r.range(1, 3), r.range(1, 24));
+        let coords: Vec<f32> = r.f32s(b * n * 4, 0.0, 10.0);
+        let boxes = Tensor::f32(vec![b, n, 4], coords);
+        // Scores on a coarse grid, so that equal scores occur.
+        let scores = Tensor::f32(vec![b, c, n], (0..b * c * n).map(|_| r.range(0, 8) as f32 / 8.0).collect());
+        let max_out = Tensor::i64(vec![1], vec![r.range(0, n + 2) as i64]);
+        let iou = Tensor::f32(vec![], vec![[0.0, 0.3, 0.5, 0.9][r.range(0, 3)]]);
+        let threshold = Tensor::f32(vec![], vec![[f32::NEG_INFINITY, 0.2, 0.5][r.range(0, 2)]]);
+        let center_point_box = case % 2 == 1;
+        check(Op::NonMaxSuppression { center_point_box }, &[boxes, scores, max_out, iou, threshold]);
+    }
+}

@@ -51,6 +51,9 @@ struct Lowerer<'g> {
     g: &'g Graph,
     prog: Program,
     loc: HashMap<ValueId, Loc>,
+    /// The node being lowered runs in a run-time case: a constant index out of range is an
+    /// error only if the case is taken (a run-time check), not a compile error.
+    guarded: bool,
 }
 
 /// The strides of a rank-4 NCHW shape stored channels-last (NHWC).
@@ -301,7 +304,12 @@ impl<'g> Lowerer<'g> {
 
 /// Lowers a verified, fully typed HIR graph into one LIR program.
 pub fn lower(g: &Graph) -> Result<Program, PassError> {
-    let mut l = Lowerer { g, prog: Program { name: g.name.clone(), ..Default::default() }, loc: HashMap::new() };
+    let mut l = Lowerer {
+        g,
+        prog: Program { name: g.name.clone(), ..Default::default() },
+        loc: HashMap::new(),
+        guarded: false,
+    };
     for (i, &v) in g.inputs.iter().enumerate() {
         let t = g.ty(v);
         l.prog.inputs.push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
@@ -361,6 +369,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     for &nid in g.order() {
         let node = g.node(nid);
         l.enter_cases(&mut open, &node.guard);
+        l.guarded = !node.guard.is_empty();
         let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
         let out_v = node.outputs[0];
         // An assert is a view of its first input, after a check of its second.

@@ -82,8 +82,15 @@ impl Lowerer<'_> {
         // Constant indices are checked now; indices from data are counted at run time
         // and a bad one stops the run with an error naming the node.
         let mut index = clamped;
-        if let BufferKind::Constant(t) = &self.prog.buffer(idx.buffer).kind {
-            let vals = t.to_i64_vec();
+        let constant = match &self.prog.buffer(idx.buffer).kind {
+            BufferKind::Constant(t) => Some(t.to_i64_vec()),
+            _ => None,
+        };
+        let bad = constant.as_ref().is_some_and(|vals| vals.iter().any(|&i| i < -dim || i >= dim));
+        if bad && self.guarded {
+            // In a run-time case: checked when the case runs (clamped meanwhile).
+            self.gather_check(idx, dim, *axis, name);
+        } else if let Some(vals) = constant {
             if let Some(bad) = vals.iter().find(|&&i| i < -dim || i >= dim) {
                 return Err(format!("index {bad} is outside [-{dim}, {dim}) on axis {axis}"));
             }

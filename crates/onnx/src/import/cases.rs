@@ -294,11 +294,13 @@ impl Importer {
             let mut ins = inputs.clone();
             ins[need.index] = Some(c);
             self.g.guard = outer.iter().copied().chain([Guard { key, value: j as i64 }]).collect();
+            let first = self.g.num_values();
             let r = self.node_in_cases(node, name, opset, def, f, ins);
             self.g.guard = outer.clone();
             match r {
                 Ok(outs) => {
-                    for &o in &outs {
+                    // The case's own results (not a value it passes through) are named after it.
+                    for &o in outs.iter().filter(|o| o.0 as usize >= first) {
                         let n = format!("{}/case{j}", self.g.value(o).name);
                         self.g.value_mut(o).name = n;
                     }
