@@ -20,6 +20,10 @@ installed from its lock:
   /work/torchenv/bin/python scripts/export_models.py [--only NAME ...]
 
 tests/exporters.rs compiles each committed model with Kiln and compares with output_<i>.npy.
+
+Models whose shapes are decided at run time go to tests/dynamic_models/<name>/ instead, with
+several input sets (set_<k>/input_<i>.npy and onnxruntime's set_<k>/output_<i>.npy): one
+artifact must match onnxruntime on every set (tests/run_time.rs).
 """
 
 import argparse
@@ -682,6 +686,125 @@ def gen_spox(only: set[str] | None) -> list[dict]:
 
 
 # ======================================================================================
+# Models whose shapes are decided at run time
+# ======================================================================================
+
+DYN_OUT = ROOT / "tests" / "dynamic_models"
+
+
+def write_sets(name: str, model: onnx.ModelProto, sets: list[dict[str, np.ndarray]], info: dict) -> dict:
+    """One model and several input sets, each run by onnxruntime (optimizations off)."""
+    onnx.checker.check_model(model)
+    dst = DYN_OUT / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    data = model.SerializeToString()
+    (dst / "model.onnx").write_bytes(data)
+    metas = []
+    for k, feeds in enumerate(sets):
+        outs = ort_run(model, feeds)
+        sd = dst / f"set_{k}"
+        sd.mkdir()
+        ins, outm = [], []
+        for i, vi in enumerate(i for i in model.graph.input if i.name in feeds):
+            np.save(sd / f"input_{i}.npy", feeds[vi.name])
+            ins.append({"name": vi.name, "file": f"set_{k}/input_{i}.npy", "shape": list(feeds[vi.name].shape)})
+        for i, (vi, o) in enumerate(zip(model.graph.output, outs)):
+            np.save(sd / f"output_{i}.npy", o)
+            outm.append({"name": vi.name, "file": f"set_{k}/output_{i}.npy", "shape": list(o.shape),
+                         "dtype": str(o.dtype)})
+        metas.append({"inputs": ins, "outputs": outm})
+    meta = {"name": name, **info, "sets": metas, "onnxruntime": ort.__version__,
+            "ops": sorted({n.op_type for n in model.graph.node}), "bytes": len(data)}
+    (dst / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log(f"{name}: {len(model.graph.node)} nodes, ops {meta['ops']}; "
+        f"outputs per set {[[o['shape'] for o in m['outputs']] for m in metas]}")
+    return meta
+
+
+def detector_nms() -> dict:
+    """A small detector: a convolutional backbone (exported by torch.onnx.export) giving a box
+    and a score per cell of an 8x8 grid, then NonMaxSuppression with a score threshold, and
+    the kept boxes and scores gathered by the selected indices. The score is
+    sigmoid(8 (mean of the cell's pixels - 0.5)), so a dark image keeps no box."""
+    import torch
+    from torch import nn
+    from onnx import TensorProto, helper
+
+    torch.manual_seed(19)
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.head = nn.Conv2d(8, 4, 1)
+            self.score = nn.Conv2d(3, 1, 2, stride=2)
+            with torch.no_grad():
+                self.score.weight.fill_(8.0 / 12.0)
+                self.score.bias.fill_(-4.0)
+            g = torch.arange(8, dtype=torch.float32) * 2 + 1
+            self.register_buffer("cy", g.repeat_interleave(8))
+            self.register_buffer("cx", g.repeat(8))
+
+        def forward(self, image):
+            d = self.head(torch.relu(self.conv(image))).flatten(2).transpose(1, 2)
+            cy = self.cy + torch.tanh(d[..., 0])
+            cx = self.cx + torch.tanh(d[..., 1])
+            h = torch.exp(torch.clamp(d[..., 2], -1.0, 1.0)) * 3
+            w = torch.exp(torch.clamp(d[..., 3], -1.0, 1.0)) * 3
+            boxes = torch.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], -1)
+            scores = torch.sigmoid(self.score(image)).flatten(2)
+            return boxes, scores
+
+    m = Backbone().eval()
+    image = torch.zeros(1, 3, 16, 16)
+    f = io.BytesIO()
+    torch.onnx.export(m, (image,), f, dynamo=False, input_names=["image"], output_names=["boxes", "scores"],
+                      opset_version=OPSET)
+    model = onnx.load_from_string(f.getvalue())
+    g = model.graph
+    g.initializer.extend([
+        helper.make_tensor("max_boxes", TensorProto.INT64, [1], [40]),
+        helper.make_tensor("iou", TensorProto.FLOAT, [1], [0.4]),
+        helper.make_tensor("min_score", TensorProto.FLOAT, [1], [0.5]),
+        helper.make_tensor("box_column", TensorProto.INT64, [], [2]),
+        helper.make_tensor("boxes_2d", TensorProto.INT64, [2], [64, 4]),
+        helper.make_tensor("scores_1d", TensorProto.INT64, [1], [64]),
+    ])
+    g.node.extend([
+        helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_boxes", "iou", "min_score"], ["selected"],
+                         name="nms"),
+        helper.make_node("Gather", ["selected", "box_column"], ["keep"], name="keep", axis=1),
+        helper.make_node("Reshape", ["boxes", "boxes_2d"], ["boxes_flat"], name="boxes_flat"),
+        helper.make_node("Gather", ["boxes_flat", "keep"], ["kept_boxes"], name="kept_boxes", axis=0),
+        helper.make_node("Reshape", ["scores", "scores_1d"], ["scores_flat"], name="scores_flat"),
+        helper.make_node("Gather", ["scores_flat", "keep"], ["kept_scores"], name="kept_scores", axis=0),
+    ])
+    del g.output[:]
+    g.output.extend([
+        helper.make_tensor_value_info("kept_boxes", TensorProto.FLOAT, ["k", 4]),
+        helper.make_tensor_value_info("kept_scores", TensorProto.FLOAT, ["k"]),
+        helper.make_tensor_value_info("selected", TensorProto.INT64, ["k", 3]),
+    ])
+    rng = np.random.default_rng(19)
+    ramp = np.linspace(0.55, 0.95, 16 * 16, dtype=np.float32).reshape(1, 1, 16, 16)
+    sets = [
+        {"image": rng.random((1, 3, 16, 16), dtype=np.float32)},  # some cells bright: some boxes
+        {"image": np.repeat(ramp, 3, axis=1)},                      # every cell above: the most boxes
+        {"image": np.full((1, 3, 16, 16), 0.2, dtype=np.float32)},  # every cell dark: no box
+    ]
+    info = {"exporter": "torch.onnx.export(dynamo=False) + NonMaxSuppression and gathers by onnx.helper",
+            "torch": torch.__version__}
+    return write_sets("detector_nms", model, sets, info)
+
+
+def gen_dynamic(only: set[str] | None) -> list[dict]:
+    gens = {"detector_nms": detector_nms}
+    return [g() for n, g in gens.items() if only is None or n in only]
+
+
+# ======================================================================================
 # Third producer: onnxscript
 # ======================================================================================
 
@@ -738,7 +861,7 @@ def main() -> int:
     args = ap.parse_args()
     only = set(args.only) if args.only else None
     metas, failed = [], []
-    for gen in (gen_torch, gen_spox, gen_onnxscript):
+    for gen in (gen_torch, gen_spox, gen_onnxscript, gen_dynamic):
         try:
             metas += gen(only)
         except Exception:  # noqa: BLE001

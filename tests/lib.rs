@@ -608,6 +608,34 @@ pub fn load_exported(name: &str) -> Result<Case, String> {
     })
 }
 
+/// A model of `tests/dynamic_models/<name>/` (shapes decided at run time, written by
+/// `scripts/export_models.py`): the model and, per input set, its inputs (name and value)
+/// and onnxruntime's outputs.
+pub struct DynamicModel {
+    pub model: PathBuf,
+    pub sets: Vec<(Vec<(String, Tensor)>, Vec<Tensor>)>,
+}
+
+pub fn load_dynamic(name: &str) -> Result<DynamicModel, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dynamic_models").join(name);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).map_err(|e| format!("meta.json: {e}"))?)
+            .map_err(|e| format!("meta.json: {e}"))?;
+    let mut sets = Vec::new();
+    for set in meta["sets"].as_array().ok_or("meta.json: no sets")? {
+        let file = |v: &serde_json::Value| -> Result<Tensor, String> {
+            read_npy(&dir.join(v["file"].as_str().ok_or("meta.json: a tensor without file")?))
+        };
+        let mut inputs = Vec::new();
+        for i in set["inputs"].as_array().ok_or("meta.json: a set without inputs")? {
+            inputs.push((i["name"].as_str().ok_or("meta.json: an input without name")?.to_string(), file(i)?));
+        }
+        let outputs = set["outputs"].as_array().ok_or("meta.json: a set without outputs")?.iter().map(file);
+        sets.push((inputs, outputs.collect::<Result<_, _>>()?));
+    }
+    Ok(DynamicModel { model: dir.join("model.onnx"), sets })
+}
+
 /// NVIDIA's PTX assembler: `$KILN_PTXAS`, or the one the PyPI package `nvidia-cuda-nvcc-cu12`
 /// puts in the repository's venv (`scripts/setup.sh` installs it).
 pub fn ptxas() -> PathBuf {

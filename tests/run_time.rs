@@ -103,3 +103,24 @@ fn reduction_axes_given_at_run_time() {
         assert!(e.contains("`sum` (ReduceSum)") && e.contains("axes") && e.contains("not defined for"), "{e}");
     }
 }
+
+/// A detector exported with NonMaxSuppression in its graph, the kept boxes and scores
+/// gathered by the selected indices: compiled once, it matches onnxruntime on three images
+/// that keep 34 boxes, 40 (the most per class) and none.
+#[test]
+fn detector_with_non_max_suppression_matches_onnxruntime_on_every_image() {
+    let m = kiln_tests::load_dynamic("detector_nms").unwrap();
+    let art = kiln::Compiler::new(kiln::CompileOptions::default()).compile_path(&m.model).unwrap();
+    let s = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default()).unwrap();
+    let mut counts = Vec::new();
+    for (inputs, want) in &m.sets {
+        let refs: Vec<kiln::TensorRef> = inputs
+            .iter()
+            .map(|(_, t)| kiln::TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
+            .collect();
+        let got: Vec<kiln_tests::Out> = s.run(&refs).unwrap().into_iter().map(|t| (t.dtype, t.shape, t.data)).collect();
+        kiln_tests::compare(&got, want, kiln_tests::EXPORTED_RTOL, kiln_tests::EXPORTED_ATOL).unwrap();
+        counts.push(got[2].1[0]);
+    }
+    assert_eq!(counts, vec![34, 40, 0], "the images keep different numbers of boxes");
+}

@@ -26,8 +26,13 @@ pub(super) struct Dyn {
     /// Each dim's largest size.
     pub(super) bounds: Vec<usize>,
     /// The key and the values of the cases; `None` for a value whose shape comes from data
-    /// (a Reshape to a shape given at run time), which can only be a graph output.
+    /// (a Reshape to a shape given at run time, NonZero), which can only be a graph output,
+    /// or whose rows come from data (below).
     pub(super) cases: Option<(ValueId, Vec<ValueId>)>,
+    /// Only the first dim is decided at run time (NonMaxSuppression's rows): the value is its
+    /// bound's rows, dense, the ones past the run-time count unused (zeros or their image).
+    /// Ops that work row by row run on it at the bound (`node_on_rows`).
+    pub(super) rows: bool,
 }
 
 /// Most cases one run-time input may select between.
@@ -44,6 +49,12 @@ enum Domain {
     /// One of `values`, tuples of the input's elements, each in `lo..=hi` (TopK's `k`, the
     /// sizes of Split's parts, a bool flag).
     Tuples { values: Vec<Vec<i64>>, lo: i64, hi: i64 },
+}
+
+/// Whether Squeeze/Unsqueeze take their axes as input 1 (opset 13+) rather than an attribute:
+/// a node with a second input does.
+fn axes_from_input(node: &NodeProto) -> bool {
+    node.input.get(1).is_some_and(|n| !n.is_empty())
 }
 
 /// The ways to write `total` as `parts` sizes (zeros allowed), in lexicographic order.
@@ -338,14 +349,21 @@ impl Importer {
         node: &NodeProto,
         name: &str,
     ) -> Option<Result<(), ImportError>> {
-        let dynamic: Result<Vec<(usize, ValueId, Vec<ValueId>)>, ImportError> = node
+        let found: Vec<(usize, ValueId, Dyn)> = node
             .input
             .iter()
             .enumerate()
             .filter_map(|(i, n)| match self.env.get(n) {
-                Some(Slot::Value(v)) => self.dynamic.get(v).map(|d| (i, d.cases.clone())),
+                Some(Slot::Value(v)) => self.dynamic.get(v).map(|d| (i, *v, d.clone())),
                 _ => None,
             })
+            .collect();
+        if !found.is_empty() && found.iter().all(|(_, _, d)| d.rows && d.cases.is_none()) {
+            return Some(self.node_on_rows(idx, node, name, &found));
+        }
+        let dynamic: Result<Vec<(usize, ValueId, Vec<ValueId>)>, ImportError> = found
+            .into_iter()
+            .map(|(i, _, d)| (i, d.cases))
             .map(|(i, cases)| match cases {
                 Some((key, vals)) => Ok((i, key, vals)),
                 None => Err(i),
@@ -367,6 +385,152 @@ impl Importer {
         };
         let key = dynamic.first()?.1;
         Some(self.node_cases_of(idx, node, name, key, &dynamic))
+    }
+
+    /// Imports a node reading values whose rows come from data (`Dyn::rows`): when the op
+    /// works row by row along their first dim, at the bound, and its outputs keep that dim
+    /// (checked on their shapes too), they are such values, with the same run-time count.
+    fn node_on_rows(
+        &mut self,
+        idx: usize,
+        node: &NodeProto,
+        name: &str,
+        rows: &[(usize, ValueId, Dyn)],
+    ) -> Result<(), ImportError> {
+        let op = node.op_type();
+        let fail = |why: &str| ImportError::Node {
+            node: name.to_string(),
+            op_type: op.to_string(),
+            opset: 0,
+            message: format!(
+                "input {} `{}` has a number of rows decided at run time, and {why}",
+                rows[0].0, node.input[rows[0].0]
+            ),
+        };
+        let src = &rows[0].2;
+        if rows.iter().any(|(_, _, d)| d.dims != src.dims) {
+            return Err(fail("another input's rows are counted apart (Kiln cannot check they agree yet)"));
+        }
+        let input_ty = |imp: &Self, i: usize| match imp.env.get(&node.input[i]) {
+            Some(Slot::Value(v)) => Some(imp.g.ty(*v).clone()),
+            _ => None,
+        };
+        let dyn_at: Vec<usize> = rows.iter().map(|(i, _, _)| *i).collect();
+        let attrs = crate::attrs::Attrs::new(&node.attribute);
+        let rank0 = input_ty(self, dyn_at[0]).map_or(0, |t| t.rank());
+        let norm = |a: i64, r: usize| if a < 0 { a + r as i64 } else { a };
+        let const_ints = |imp: &Self, i: usize| match imp.env.get(node.input.get(i)?) {
+            Some(Slot::Value(v)) => imp.g.const_of(*v).map(|t| t.to_i64_vec()),
+            _ => None,
+        };
+        const UNARY: &[&str] = &[
+            "Identity",
+            "Cast",
+            "Relu",
+            "Sigmoid",
+            "Tanh",
+            "Exp",
+            "Log",
+            "Neg",
+            "Abs",
+            "Sqrt",
+            "Floor",
+            "Ceil",
+            "Round",
+            "Not",
+            "Erf",
+            "Softplus",
+            "Reciprocal",
+            "Sign",
+            "LeakyRelu",
+            "Clip",
+        ];
+        const BINARY: &[&str] = &[
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Pow",
+            "Max",
+            "Min",
+            "Equal",
+            "Less",
+            "Greater",
+            "LessOrEqual",
+            "GreaterOrEqual",
+            "And",
+            "Or",
+            "Xor",
+            "Where",
+            "Mod",
+        ];
+        let row_wise = match op {
+            _ if UNARY.contains(&op) => true,
+            _ if BINARY.contains(&op) => {
+                // Operands known for every row broadcast along the first dim (lower rank, or 1).
+                let out_rank = (0..node.input.len()).filter_map(|i| input_ty(self, i)).map(|t| t.rank()).max();
+                (0..node.input.len()).filter(|i| !dyn_at.contains(i)).all(|i| {
+                    input_ty(self, i).is_some_and(|t| Some(t.rank()) < out_rank || t.shape.first() == Some(&1))
+                }) && out_rank == Some(rank0)
+            }
+            "Gather" => {
+                let axis = norm(attrs.int_or("axis", 0).unwrap_or(0), input_ty(self, 0).map_or(0, |t| t.rank()));
+                (dyn_at == [0] && axis != 0) || (dyn_at == [1] && axis == 0)
+            }
+            "Squeeze" | "Unsqueeze" => {
+                let axes = if axes_from_input(node) {
+                    const_ints(self, 1)
+                } else {
+                    attrs.ints("axes").ok().flatten().map(<[i64]>::to_vec)
+                };
+                let l = axes.as_ref().map_or(0, Vec::len);
+                let r = if op == "Unsqueeze" { rank0 + l } else { rank0 };
+                axes.is_some_and(|a| a.iter().all(|&x| norm(x, r) != 0))
+            }
+            "Transpose" => attrs.ints("perm").ok().flatten().is_some_and(|p| p.first() == Some(&0)),
+            "Flatten" => norm(attrs.int_or("axis", 1).unwrap_or(1), rank0) >= 1,
+            "Reshape" | "Slice" => true, // checked on the output's shape below
+            "MatMul" => dyn_at == [0] && rank0 >= 2,
+            "Softmax" | "LogSoftmax" => norm(attrs.int_or("axis", -1).unwrap_or(-1), rank0) != 0 && rank0 >= 2,
+            _ => false,
+        };
+        if !row_wise {
+            return Err(fail("Kiln cannot yet run this op on such a value"));
+        }
+        // Imported at the bound, the inputs' run-time rows put aside meanwhile.
+        let saved: Vec<(ValueId, Dyn)> = rows.iter().map(|(_, v, d)| (*v, d.clone())).collect();
+        for (v, _) in &saved {
+            self.dynamic.remove(v);
+        }
+        let r = self.node(idx, node);
+        for (v, d) in saved {
+            self.dynamic.insert(v, d);
+        }
+        r?;
+        let bound = src.bounds[0];
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            let Some(Slot::Value(v)) = self.env.get(o).cloned() else {
+                return Err(fail("its output is not a tensor"));
+            };
+            let shape = self.g.ty(v).shape.clone();
+            if shape.first() != Some(&bound) {
+                return Err(fail(&format!("its output {shape:?} does not keep the {bound} rows first")));
+            }
+            let at = |e: OpError| match e {
+                OpError::Invalid(m) => fail(&m),
+                OpError::Import(e) => e,
+                _ => fail("its shape cannot be computed"),
+            };
+            let first = Op::Slice { starts: vec![0], steps: vec![1], out_shape: vec![1] };
+            let count = self.emit_named(node, name, first, &[src.dims], format!("{o}/rows")).map_err(at)?;
+            let rest: Vec<i64> = shape[1..].iter().map(|&d| d as i64).collect();
+            let rest = self.g.add_const(format!("{o}/row_shape"), Tensor::i64(vec![rest.len()], rest));
+            let dims = self
+                .emit_named(node, name, Op::Concat { axis: 0 }, &[count, rest], format!("{o}/shape"))
+                .map_err(at)?;
+            self.dynamic.insert(v, Dyn { dims, bounds: shape, cases: None, rows: true });
+        }
+        Ok(())
     }
 
     fn node_cases_of(
@@ -512,7 +676,7 @@ impl Importer {
         let out = self.emit_named(node, name, Op::Assert { message }, &[flat, ok], oname)?;
         // Each dim is at most the element count (or, with no elements, the largest input dim).
         let bound = xs.iter().copied().max().unwrap_or(1).max(n);
-        self.dynamic.insert(out, Dyn { dims: shape, bounds: vec![bound; r], cases: None });
+        self.dynamic.insert(out, Dyn { dims: shape, bounds: vec![bound; r], cases: None, rows: false });
         Ok(out)
     }
 
@@ -524,15 +688,23 @@ impl Importer {
         name: &str,
         packed: ValueId,
         bounds: Vec<usize>,
+        rows: bool,
         dims_of: &dyn Fn(&mut Self, ValueId) -> OpResult<ValueId>,
     ) -> OpResult<ValueId> {
         let cap: usize = bounds.iter().product();
         let slice = |start: i64, len: usize| Op::Slice { starts: vec![start], steps: vec![1], out_shape: vec![len] };
         let count = self.emit_named(node, name, slice(0, 1), &[packed], format!("{name}/count"))?;
         let oname = node.output.first().cloned().unwrap_or_else(|| format!("{name}/out"));
-        let data = self.emit_named(node, name, slice(1, cap), &[packed], oname)?;
+        // Rows from data: typed at the bound, its rows dense (the layout of the run-time
+        // shape's prefix); otherwise the elements, dense in the run-time shape, flat.
+        let data = if rows {
+            let flat = self.emit_named(node, name, slice(1, cap), &[packed], format!("{name}/rows"))?;
+            self.emit_named(node, name, Op::Reshape { shape: bounds.clone() }, &[flat], oname)?
+        } else {
+            self.emit_named(node, name, slice(1, cap), &[packed], oname)?
+        };
         let dims = dims_of(self, count)?;
-        self.dynamic.insert(data, Dyn { dims, bounds, cases: None });
+        self.dynamic.insert(data, Dyn { dims, bounds, cases: None, rows });
         Ok(data)
     }
 
@@ -543,7 +715,7 @@ impl Importer {
         let xt = self.g.ty(x).clone();
         let packed = self.emit_named(node, name, Op::NonZero, &[x], format!("{name}/packed"))?;
         let r = xt.rank();
-        self.unpack(node, name, packed, vec![r, xt.numel()], &|imp, count| {
+        self.unpack(node, name, packed, vec![r, xt.numel()], false, &|imp, count| {
             let rank = imp.g.add_const(format!("{name}/rank"), Tensor::i64(vec![1], vec![r as i64]));
             imp.emit_named(node, name, Op::Concat { axis: 0 }, &[rank, count], format!("{name}/shape"))
         })
@@ -584,7 +756,7 @@ impl Importer {
         let packed =
             self.emit_named(node, name, Op::NonMaxSuppression { center_point_box }, &ins, format!("{name}/packed"))?;
         let rows = ss.iter().product::<usize>();
-        self.unpack(node, name, packed, vec![rows, 3], &|imp, count| {
+        self.unpack(node, name, packed, vec![rows, 3], true, &|imp, count| {
             let three = imp.g.add_const(format!("{name}/three"), Tensor::i64(vec![1], vec![3]));
             imp.emit_named(node, name, Op::Concat { axis: 0 }, &[count, three], format!("{name}/shape"))
         })
@@ -654,7 +826,7 @@ impl Importer {
             let src = e(self, Op::Binary(BinaryOp::Min), &[src, last], "src")?;
             self.emit_named(node, name, Op::Gather { axis: 0 }, &[flat, src], oname)?
         };
-        self.dynamic.insert(out, Dyn { dims, bounds, cases: None });
+        self.dynamic.insert(out, Dyn { dims, bounds, cases: None, rows: axis == 0 });
         Ok(out)
     }
 
@@ -712,7 +884,7 @@ impl Importer {
                 let dims =
                     self.emit_named(node, name, Op::Merge, &[&[key][..], &dims].concat(), format!("{vname}/shape"))?;
                 let bounds = self.g.ty(merged).shape.clone();
-                self.dynamic.insert(merged, Dyn { dims, bounds, cases: Some((raw_key, vals)) });
+                self.dynamic.insert(merged, Dyn { dims, bounds, cases: Some((raw_key, vals)), rows: false });
             }
             outs.push(merged);
         }
