@@ -799,8 +799,34 @@ def detector_nms() -> dict:
     return write_sets("detector_nms", model, sets, info)
 
 
+def loop_decay() -> dict:
+    """A loop whose trip count is an input (TorchScript's `for i in range(int(n))`, exported
+    as an ONNX Loop): two carried values, one a running decay of x, one summing its tanh."""
+    import torch
+    from torch import nn
+
+    class Decay(nn.Module):
+        def forward(self, x, n):
+            y = torch.zeros_like(x)
+            s = torch.zeros_like(x)
+            for i in range(int(n)):
+                y = y * 0.5 + x * float(i)
+                s = s + torch.tanh(y)
+            return y, s
+
+    m = torch.jit.script(Decay())
+    f = io.BytesIO()
+    torch.onnx.export(m, (torch.zeros(8), torch.tensor(3)), f, dynamo=False, input_names=["x", "n"],
+                      output_names=["y", "s"], opset_version=OPSET)
+    model = onnx.load_from_string(f.getvalue())
+    x = np.random.default_rng(20).standard_normal(8).astype(np.float32)
+    sets = [{"x": x, "n": np.array(n, dtype=np.int64)} for n in (0, 3, 17)]
+    info = {"exporter": "torch.onnx.export(dynamo=False) of torch.jit.script", "torch": torch.__version__}
+    return write_sets("loop_decay", model, sets, info)
+
+
 def gen_dynamic(only: set[str] | None) -> list[dict]:
-    gens = {"detector_nms": detector_nms}
+    gens = {"detector_nms": detector_nms, "loop_decay": loop_decay}
     return [g() for n, g in gens.items() if only is None or n in only]
 
 

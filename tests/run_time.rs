@@ -124,3 +124,20 @@ fn detector_with_non_max_suppression_matches_onnxruntime_on_every_image() {
     }
     assert_eq!(counts, vec![34, 40, 0], "the images keep different numbers of boxes");
 }
+
+/// A loop whose trip count is an input (exported by TorchScript), compiled once: it matches
+/// onnxruntime after 0, 3 and 17 iterations.
+#[test]
+fn loop_with_a_trip_count_given_at_run_time_matches_onnxruntime() {
+    let m = kiln_tests::load_dynamic("loop_decay").unwrap();
+    let art = kiln::Compiler::new(kiln::CompileOptions::default()).compile_path(&m.model).unwrap();
+    let s = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default()).unwrap();
+    for (inputs, want) in &m.sets {
+        let refs: Vec<kiln::TensorRef> = inputs
+            .iter()
+            .map(|(_, t)| kiln::TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
+            .collect();
+        let got: Vec<kiln_tests::Out> = s.run(&refs).unwrap().into_iter().map(|t| (t.dtype, t.shape, t.data)).collect();
+        kiln_tests::compare(&got, want, kiln_tests::EXPORTED_RTOL, kiln_tests::EXPORTED_ATOL).unwrap();
+    }
+}

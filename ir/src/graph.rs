@@ -48,6 +48,21 @@ pub struct Guard {
     pub value: i64,
 }
 
+impl Guard {
+    /// The `value` of a loop body's guard: its key is the loop's iteration number
+    /// ([`crate::Op::LoopBegin`]'s result 0), and the node runs in every iteration.
+    pub const LOOP: i64 = i64::MIN;
+
+    /// The guard of the body of the loop whose iteration number is `counter`.
+    pub fn of_loop(counter: ValueId) -> Guard {
+        Guard { key: counter, value: Guard::LOOP }
+    }
+
+    pub fn is_loop(&self) -> bool {
+        self.value == Guard::LOOP
+    }
+}
+
 /// The shape of a graph output that the code decides at run time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeShape {

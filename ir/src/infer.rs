@@ -143,6 +143,8 @@ fn check_compute_dtypes(op: &Op, inputs: &[&TensorType]) -> Result<(), String> {
             | Identity
             | Merge
             | Assert { .. }
+            | LoopBegin
+            | LoopEnd { .. }
             | NonZero
             | GatherElements { .. }
             | GatherNd { .. }

@@ -382,6 +382,30 @@ pub enum Instr {
     },
     /// Closes the innermost open [`Instr::Case`].
     EndCase,
+    /// Opens a loop, closed by the matching [`Instr::EndLoop`]: its instructions run while the
+    /// i64 at `counter` (set to 0 before) is below the integer at `trip` and the bool at
+    /// `cond` holds; `EndLoop` adds one to the counter. Loop-carried values live in buffers
+    /// the body's last instructions overwrite; memory planning keeps every buffer that
+    /// outlives one iteration live across the whole loop.
+    Loop {
+        counter: View,
+        trip: View,
+        cond: View,
+    },
+    /// Closes the innermost open [`Instr::Loop`].
+    EndLoop,
+    /// Copies `bytes` bytes from `src` (at byte `src_offset`) to row `r` of `dst` (at byte
+    /// `dst_offset + r·bytes`), `r` being the i64 at `row`, when `r < rows` (a loop's scan
+    /// output: one row per iteration).
+    CopyRow {
+        dst: BufferId,
+        dst_offset: usize,
+        src: BufferId,
+        src_offset: usize,
+        bytes: usize,
+        row: View,
+        rows: usize,
+    },
     /// [`crate::Op::NonZero`]: `output` (i64, rank 1, `1 + rank·numel` elements) gets the
     /// count of non-zero elements of `input`, then their coordinates, one row per dim, then
     /// zeros. A routine each backend implements (a scan no compute definition expresses).
@@ -418,6 +442,9 @@ impl Instr {
             Instr::TopK { input, output, .. } => (vec![input.buffer], vec![output.buffer]),
             Instr::Case { key, .. } => (vec![key.buffer], vec![]),
             Instr::EndCase => (vec![], vec![]),
+            Instr::Loop { counter, trip, cond } => (vec![counter.buffer, trip.buffer, cond.buffer], vec![]),
+            Instr::EndLoop => (vec![], vec![]),
+            Instr::CopyRow { dst, src, row, .. } => (vec![*src, row.buffer], vec![*dst]),
             Instr::NonZero { input, output } => (vec![input.buffer], vec![output.buffer]),
             Instr::NonMaxSuppression { boxes, scores, params, output, scratch, .. } => (
                 [boxes, scores].into_iter().chain(params).map(|v| v.buffer).collect(),
@@ -438,6 +465,9 @@ impl Instr {
             Instr::TopK { input, output, .. } => vec![&mut input.buffer, &mut output.buffer],
             Instr::Case { key, .. } => vec![&mut key.buffer],
             Instr::EndCase => vec![],
+            Instr::Loop { counter, trip, cond } => vec![&mut counter.buffer, &mut trip.buffer, &mut cond.buffer],
+            Instr::EndLoop => vec![],
+            Instr::CopyRow { dst, src, row, .. } => vec![dst, src, &mut row.buffer],
             Instr::NonZero { input, output } => vec![&mut input.buffer, &mut output.buffer],
             Instr::NonMaxSuppression { boxes, scores, params, output, scratch, .. } => [boxes, scores]
                 .into_iter()

@@ -405,6 +405,21 @@ pub enum Op {
     /// are known only at run time, so when they differ the result can only be a graph
     /// output, whose shape the code then reports).
     Merge,
+    /// Starts a loop run at run time (ONNX Loop that is not unrolled): inputs are the most
+    /// iterations (one integer), the condition (one bool) and the loop-carried values'
+    /// initial values; results are the iteration number (i64 scalar) and the carried values
+    /// as one iteration sees them. The body's nodes are guarded by the iteration number with
+    /// [`crate::graph::Guard::LOOP`]; [`Op::LoopEnd`] closes it.
+    LoopBegin,
+    /// Ends the loop of the iteration number in input 0: input 1 is the condition for the next
+    /// iteration, then the `states` carried values' next values, then the values each
+    /// iteration appends to a scan output. Results: the carried values after the last
+    /// iteration, each scan output stacked (at most `rows` iterations: `[rows, ...]`, the
+    /// rows past the iterations run unused), then the number of iterations run (i64 scalar).
+    LoopEnd {
+        states: usize,
+        rows: usize,
+    },
     /// Input 0, passed through; the run stops with `message` when an element of input 1
     /// (bool) is false. A check on data the compiler cannot see (a shape given at run time).
     Assert {
@@ -460,6 +475,8 @@ impl Op {
             | Gather { .. }
             | Merge
             | Assert { .. }
+            | LoopBegin
+            | LoopEnd { .. }
             | Expand { .. } => Family::Shape,
             MatMul | Gemm { .. } => Family::Linalg,
             Conv { .. }
@@ -588,6 +605,8 @@ impl Op {
             Op::ArgReduce { max: false, .. } => "arg_min",
             Op::Identity => "identity",
             Op::Merge => "merge",
+            Op::LoopBegin => "loop_begin",
+            Op::LoopEnd { .. } => "loop_end",
             Op::Assert { .. } => "assert",
             Op::Unsupported { .. } => "unsupported",
         }

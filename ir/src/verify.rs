@@ -39,7 +39,8 @@ pub fn verify(g: &Graph) -> Result<(), String> {
                 return Err(format!("node `{}` is guarded by {} ({t}), not a defined i64 scalar", node.name, c.key));
             }
         }
-        let merge = matches!(node.op, Op::Merge);
+        // A merge reads each case's result, a loop's end each iteration's.
+        let merge = matches!(node.op, Op::Merge | Op::LoopEnd { .. });
         for (i, &v) in node.inputs.iter().enumerate() {
             let inner = guard_of(g, v);
             let within = |outer: &[crate::Guard], inner: &[crate::Guard]| outer.iter().all(|c| inner.contains(c));
@@ -138,7 +139,8 @@ pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
         }
         Ok(())
     };
-    let mut open_cases = 0usize;
+    // The open blocks, innermost last: true for a loop, false for a case.
+    let mut open: Vec<bool> = Vec::new();
     for (i, ins) in p.instrs.iter().enumerate() {
         match ins {
             Instr::Case { key, .. } => {
@@ -147,13 +149,42 @@ pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
                     return Err(format!("{at}: the key is {} with {} elements, not one i64", key.dtype, key.numel()));
                 }
                 in_bounds(key, &at)?;
-                open_cases += 1;
+                open.push(false);
             }
             Instr::EndCase => {
-                if open_cases == 0 {
+                if open.pop() != Some(false) {
                     return Err(format!("instruction {i} (end_case) closes no case"));
                 }
-                open_cases -= 1;
+            }
+            Instr::Loop { counter, trip, cond } => {
+                let at = format!("instruction {i} (loop)");
+                let one = |v: &View| v.numel() == 1;
+                if counter.dtype != crate::DType::I64 || !trip.dtype.is_int() || cond.dtype != crate::DType::Bool {
+                    return Err(format!("{at}: counter {}, trip {}, cond {}", counter.dtype, trip.dtype, cond.dtype));
+                }
+                if !one(counter) || !one(trip) || !one(cond) {
+                    return Err(format!("{at}: counter, trip and cond must be one element each"));
+                }
+                for v in [counter, trip, cond] {
+                    in_bounds(v, &at)?;
+                }
+                open.push(true);
+            }
+            Instr::EndLoop => {
+                if open.pop() != Some(true) {
+                    return Err(format!("instruction {i} (end_loop) closes no loop"));
+                }
+            }
+            Instr::CopyRow { dst, dst_offset, src, src_offset, bytes, row, rows } => {
+                let at = format!("instruction {i} (copy_row)");
+                if row.dtype != crate::DType::I64 || row.numel() != 1 {
+                    return Err(format!("{at}: the row is {}, not one i64", row.dtype));
+                }
+                in_bounds(row, &at)?;
+                let (d, s) = (buffer(*dst, &at)?, buffer(*src, &at)?);
+                if dst_offset + bytes * rows > d.bytes || src_offset + bytes > s.bytes {
+                    return Err(format!("{at}: {rows} rows of {bytes} bytes do not fit"));
+                }
             }
             Instr::SetDims { slots, src } => {
                 let at = format!("instruction {i} (set_dims)");
@@ -260,8 +291,8 @@ pub fn verify_lir(p: &crate::lir::Program) -> Result<(), String> {
             }
         }
     }
-    if open_cases > 0 {
-        return Err(format!("{open_cases} case blocks are not closed"));
+    if !open.is_empty() {
+        return Err(format!("{} blocks (cases or loops) are not closed", open.len()));
     }
     let used: HashSet<u32> = p
         .instrs

@@ -49,13 +49,36 @@ fn rename(instr: &mut Instr, from: BufferId, to: BufferId) {
     }
 }
 
-/// First and last instruction touching each buffer.
+/// First and last instruction touching each buffer. A buffer used inside a loop
+/// ([`Instr::Loop`]…[`Instr::EndLoop`]) that is also used before or after it (a carried
+/// value, a value read in every iteration, a scan output) is live across the whole loop, as
+/// each iteration runs the loop's instructions again; one used only inside lives within an
+/// iteration.
 pub(crate) fn intervals(p: &Program) -> HashMap<BufferId, (usize, usize)> {
     let mut m: HashMap<BufferId, (usize, usize)> = HashMap::new();
     for (i, ins) in p.instrs.iter().enumerate() {
         let (r, w) = ins.reads_writes();
         for b in r.into_iter().chain(w) {
             m.entry(b).and_modify(|e| e.1 = i).or_insert((i, i));
+        }
+    }
+    // Loops in the order they end: inner ones before the loops around them.
+    let mut open = Vec::new();
+    let mut loops = Vec::new();
+    for (i, ins) in p.instrs.iter().enumerate() {
+        match ins {
+            Instr::Loop { .. } => open.push(i),
+            Instr::EndLoop => loops.push((open.pop().expect("verified: loops are closed"), i)),
+            _ => {}
+        }
+    }
+    for (s, e) in loops {
+        for iv in m.values_mut() {
+            let touches = iv.0 <= e && s <= iv.1;
+            let inside = s < iv.0 && iv.1 < e;
+            if touches && !inside {
+                *iv = (iv.0.min(s), iv.1.max(e));
+            }
         }
     }
     m

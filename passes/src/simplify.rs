@@ -17,7 +17,8 @@ pub fn fold_constants(g: &mut Graph) -> Result<bool, PassError> {
     let mut changed = false;
     for nid in g.order().to_vec() {
         let node = g.node(nid).clone();
-        if matches!(node.op, Op::Unsupported { .. }) {
+        // A loop runs whole, at run time (its body's constant parts fold on their own).
+        if matches!(node.op, Op::Unsupported { .. } | Op::LoopBegin | Op::LoopEnd { .. }) {
             continue;
         }
         let Some(ins) = node.inputs.iter().map(|&v| g.const_of(v)).collect::<Option<Vec<&Tensor>>>() else {

@@ -609,8 +609,10 @@ fn gen_entry<'ctx>(
         cx.void_type().fn_type(&[g.ptr_ty().into(), g.ptr_ty().into(), g.ptr_ty().into(), cx.i64_type().into()], false);
     let mut kit = kernels.into_iter().peekable();
     let mut asserts = 0;
-    // The blocks after the open `Case` instructions, innermost last.
+    // The blocks after the open `Case` instructions, innermost last, and the open loops'
+    // headers, exits and counters.
     let mut after_case = Vec::new();
+    let mut loops: Vec<(inkwell::basic_block::BasicBlock, inkwell::basic_block::BasicBlock, &View)> = Vec::new();
     for (i, ins) in prog.instrs.iter().enumerate() {
         match ins {
             Instr::Case { key, value } => {
@@ -633,6 +635,60 @@ fn gen_entry<'ctx>(
                 let after = after_case.pop().expect("verified: every end_case closes a case");
                 g.builder.build_unconditional_branch(after).map_err(llvm_err)?;
                 g.builder.position_at_end(after);
+            }
+            Instr::Loop { counter, trip, cond } => {
+                // header: run the body while counter < trip and the condition holds.
+                let header = cx.append_basic_block(entry, "loop");
+                let body = cx.append_basic_block(entry, "loop_body");
+                let exit = cx.append_basic_block(entry, "loop_exit");
+                g.builder.build_unconditional_branch(header).map_err(llvm_err)?;
+                g.builder.position_at_end(header);
+                let load = |v: &View, d: DType| -> BackendResult<inkwell::values::BasicValueEnum<'ctx>> {
+                    let p = g.buffer_ptr(ctx, prog.buffer(v.buffer))?;
+                    g.load_elem(p, d, g.i64(v.offset))
+                };
+                let c = load(counter, DType::I64)?.into_int_value();
+                let t = load(trip, trip.dtype)?.into_int_value();
+                let t = g.builder.build_int_s_extend_or_bit_cast(t, cx.i64_type(), "trip").map_err(llvm_err)?;
+                let k = load(cond, DType::Bool)?.into_int_value();
+                let below = g.builder.build_int_compare(inkwell::IntPredicate::SLT, c, t, "below").map_err(llvm_err)?;
+                let go = g.builder.build_and(below, k, "go").map_err(llvm_err)?;
+                g.builder.build_conditional_branch(go, body, exit).map_err(llvm_err)?;
+                g.builder.position_at_end(body);
+                loops.push((header, exit, counter));
+            }
+            Instr::EndLoop => {
+                let (header, exit, counter) = loops.pop().expect("verified: every end_loop closes a loop");
+                let p = g.buffer_ptr(ctx, prog.buffer(counter.buffer))?;
+                let c = g.load_elem(p, DType::I64, g.i64(counter.offset))?.into_int_value();
+                let next = g.builder.build_int_add(c, g.i64(1), "next").map_err(llvm_err)?;
+                g.store_elem(p, DType::I64, g.i64(counter.offset), next.into())?;
+                g.builder.build_unconditional_branch(header).map_err(llvm_err)?;
+                g.builder.position_at_end(exit);
+            }
+            Instr::CopyRow { dst, dst_offset, src, src_offset, bytes, row, rows } => {
+                let p = g.buffer_ptr(ctx, prog.buffer(row.buffer))?;
+                let r = g.load_elem(p, DType::I64, g.i64(row.offset))?.into_int_value();
+                // Unsigned: a negative row is out of range too.
+                let inside = g
+                    .builder
+                    .build_int_compare(inkwell::IntPredicate::ULT, r, g.i64(*rows as i64), "inside")
+                    .map_err(llvm_err)?;
+                let copy = cx.append_basic_block(entry, "copy_row");
+                let done = cx.append_basic_block(entry, "copy_row_done");
+                g.builder.build_conditional_branch(inside, copy, done).map_err(llvm_err)?;
+                g.builder.position_at_end(copy);
+                let at = g.builder.build_int_mul(r, g.i64(*bytes as i64), "at").map_err(llvm_err)?;
+                let at = g.builder.build_int_add(at, g.i64(*dst_offset as i64), "at").map_err(llvm_err)?;
+                let d = g.buffer_ptr(ctx, prog.buffer(*dst))?;
+                let s = g.buffer_ptr(ctx, prog.buffer(*src))?;
+                // SAFETY (of the addresses): the row is below `rows`, which fit the buffer (verified).
+                let d = unsafe { g.builder.build_gep(cx.i8_type(), d, &[at], "d") }.map_err(llvm_err)?;
+                let s = unsafe { g.builder.build_gep(cx.i8_type(), s, &[g.i64(*src_offset as i64)], "s") }
+                    .map_err(llvm_err)?;
+                g.builder.build_memmove(d, 1, s, 1, g.i64(*bytes as i64)).map_err(llvm_err)?;
+                g.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+                g.builder.position_at_end(done);
             }
             Instr::SetDims { slots, src } => {
                 let dims = g.ctx_field(ctx, off::DIMS, "dims")?;

@@ -112,7 +112,13 @@ pub fn supports(g: &Graph, node: &Node) -> bool {
         // Softmax and its kin exponentiate; LogSoftmax also takes a logarithm.
         Op::Softmax { .. } | Op::LogSoftmax { .. } => !f64_involved,
         // Selection and scan routines the GPU backend does not have, and run-time decisions.
-        Op::TopKIndices { .. } | Op::NonZero | Op::NonMaxSuppression { .. } | Op::Merge | Op::Assert { .. } => false,
+        Op::TopKIndices { .. }
+        | Op::NonZero
+        | Op::NonMaxSuppression { .. }
+        | Op::Merge
+        | Op::Assert { .. }
+        | Op::LoopBegin
+        | Op::LoopEnd { .. } => false,
         _ => true,
     }
 }
@@ -180,7 +186,12 @@ pub fn compile(prog: &Program, target: &CudaTarget) -> Result<CudaModule, Backen
                     message: "NonZero and NonMaxSuppression run on the CPU; a GPU partition cannot hold them".into(),
                 })
             }
-            Instr::Case { .. } | Instr::EndCase | Instr::SetDims { .. } => {
+            Instr::Case { .. }
+            | Instr::EndCase
+            | Instr::SetDims { .. }
+            | Instr::Loop { .. }
+            | Instr::EndLoop
+            | Instr::CopyRow { .. } => {
                 return Err(BackendError::Kernel {
                     kernel: format!("instruction {i}"),
                     message: "a decision made at run time (a case block or a run-time shape) cannot run in a GPU \

@@ -221,39 +221,55 @@ fn loop_stops_on_folded_body_condition() {
     }
 }
 
-/// A trip count computed at run time is a NeedsConstant error naming the graph input.
+/// A trip count computed at run time: a loop run at run time (`LoopBegin`, the body once, its
+/// nodes guarded as the loop's, `LoopEnd`), not unrolled; so is a loop still running after
+/// as many iterations as are unrolled. A scan output needs a bound on the iterations.
 #[test]
-fn loop_with_runtime_trip_count_needs_a_constant() {
+fn loop_with_runtime_trip_count_runs_at_run_time() {
     let body = graph(
         "body",
         vec![vis("i", I64, &[]), vis("c_in", BOOL, &[]), vis("y", F32, &[])],
-        &["c_in", "y"],
-        vec![],
-        vec![],
+        &["c_in", "y_out"],
+        vec![node("Add", &["y", "one"], &["y_out"], vec![])],
+        vec![t_f32("one", &[], &[1.0])],
     );
     let m = Model::new(13)
         .input(vis("n", I64, &[]))
         .init(t_f32("y0", &[], &[0.0]))
-        .node(node("Loop", &["n", "", "y0"], &["y_fin"], vec![a_graph("body", body)]))
+        .node(node("Loop", &["n", "", "y0"], &["y_fin"], vec![a_graph("body", body.clone())]))
         .output("y_fin");
-    let err = m.import().unwrap_err();
-    let ImportError::NeedsConstant(c) = &err else { panic!("unexpected error: {err}") };
-    assert_eq!((c.node.as_str(), c.index, c.graph_inputs.clone()), ("y_fin_node", 0, vec!["n".to_string()]));
-    assert!(err.to_string().contains("trip count"), "{err}");
+    let g = import_ok(&m);
+    assert!(has_op(&g, |o| matches!(o, Op::LoopBegin)) && has_op(&g, |o| matches!(o, Op::LoopEnd { .. })));
+    let in_body: Vec<&str> =
+        nodes(&g).iter().filter(|n| n.guard.iter().any(|c| c.is_loop())).map(|n| n.name.as_str()).collect();
+    assert_eq!(in_body.len(), 1, "the body once: {in_body:?}");
 
-    // Beyond the unrolling limit: a clear error, not an endless import.
+    // Beyond the unrolling limit: at run time too, not an endless import.
     let m = Model::new(13)
         .init(t_i64("n", &[], &[1 << 20]))
         .init(t_f32("y0", &[], &[0.0]))
-        .node(node(
-            "Loop",
-            &["n", "", "y0"],
-            &["y_fin"],
-            vec![a_graph("body", m.nodes[0].attribute[0].g.clone().unwrap())],
-        ))
+        .node(node("Loop", &["n", "", "y0"], &["y_fin"], vec![a_graph("body", body.clone())]))
         .output("y_fin");
-    let err = m.import().unwrap_err().to_string();
-    assert!(err.contains("at most 4096 iterations"), "{err}");
+    assert!(has_op(&import_ok(&m), |o| matches!(o, Op::LoopBegin)));
+
+    // A scan output of a loop whose trip count comes from data: no bound on its rows.
+    let scan_body = graph(
+        "body",
+        vec![vis("i", I64, &[]), vis("c_in", BOOL, &[]), vis("y", F32, &[])],
+        &["c_in", "y_out", "y_out"],
+        vec![node("Add", &["y", "one"], &["y_out"], vec![])],
+        vec![t_f32("one", &[], &[1.0])],
+    );
+    let m = Model::new(13)
+        .input(vis("n", I64, &[]))
+        .init(t_f32("y0", &[], &[0.0]))
+        .node(node("Loop", &["n", "", "y0"], &["y_fin", "ys"], vec![a_graph("body", scan_body)]))
+        .output("y_fin")
+        .output("ys");
+    let err = m.import().unwrap_err();
+    let ImportError::NeedsConstant(c) = &err else { panic!("unexpected error: {err}") };
+    assert_eq!((c.index, c.graph_inputs.clone()), (0, vec!["n".to_string()]));
+    assert!(err.to_string().contains("bound"), "{err}");
 }
 
 /// `Scan` with a reversed scan input and a reversed scan output: a running sum.

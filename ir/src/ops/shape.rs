@@ -114,6 +114,31 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
             let shape = (0..r).map(|a| cases.iter().map(|t| t.shape[a]).max().unwrap_or(0)).collect::<Shape>();
             one(TensorType::new(d, shape))
         }
+        LoopBegin => {
+            arity(op, inputs, 2, usize::MAX)?;
+            let (trip, cond) = (inputs[0], inputs[1]);
+            if !trip.dtype.is_int() || trip.numel() != 1 || cond.dtype != DType::Bool || cond.numel() != 1 {
+                return Err(format!("a loop takes one integer and one bool, got {trip} and {cond}"));
+            }
+            let mut out = vec![TensorType::new(DType::I64, vec![])];
+            out.extend(inputs[2..].iter().map(|t| (*t).clone()));
+            Ok(out)
+        }
+        LoopEnd { states, rows } => {
+            arity(op, inputs, 2 + states, usize::MAX)?;
+            let (counter, cond) = (inputs[0], inputs[1]);
+            if counter.dtype != DType::I64 || counter.numel() != 1 || cond.dtype != DType::Bool || cond.numel() != 1 {
+                return Err(format!("a loop's end takes its iteration number and one bool, got {counter} and {cond}"));
+            }
+            let mut out: Vec<TensorType> = inputs[2..2 + states].iter().map(|t| (*t).clone()).collect();
+            for t in &inputs[2 + states..] {
+                let mut s: Shape = vec![*rows];
+                s.extend_from_slice(&t.shape);
+                out.push(TensorType::new(t.dtype, s));
+            }
+            out.push(TensorType::new(DType::I64, vec![]));
+            Ok(out)
+        }
         Assert { .. } => {
             arity(op, inputs, 2, 2)?;
             if inputs[1].dtype != DType::Bool {
@@ -238,6 +263,7 @@ pub(super) fn eval(op: &Op, inputs: &[&Tensor], want: &TensorType) -> Result<Ten
             }
             t.clone()
         }
+        Op::LoopBegin | Op::LoopEnd { .. } => return Err("a loop is evaluated whole, not node by node".into()),
         Op::Assert { message } => match inputs[1].data() {
             crate::Data::Bool(v) if v.iter().all(|&b| b) => inputs[0].clone(),
             _ => return Err(message.clone()),
@@ -254,6 +280,7 @@ pub(super) fn attrs(op: &Op) -> AttrList {
         Op::Reshape { shape } | Op::Expand { shape } => vec![("shape", list(shape))],
         Op::Transpose { perm } => vec![("perm", list(perm))],
         Op::Assert { message } => vec![("message", crate::text::quote(message))],
+        Op::LoopEnd { states, rows } => vec![("states", states.to_string()), ("rows", rows.to_string())],
         Op::Slice { starts, steps, out_shape } => {
             vec![("starts", list(starts)), ("steps", list(steps)), ("out_shape", list(out_shape))]
         }
@@ -273,6 +300,8 @@ pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
         "expand" => Op::Expand { shape: a.list("shape")? },
         "identity" => Op::Identity,
         "merge" => Op::Merge,
+        "loop_begin" => Op::LoopBegin,
+        "loop_end" => Op::LoopEnd { states: a.word("states")?, rows: a.word("rows")? },
         "assert" => Op::Assert { message: a.string("message")? },
         _ => return Ok(None),
     }))

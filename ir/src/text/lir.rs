@@ -173,6 +173,19 @@ pub fn print(p: &Program) -> String {
             Instr::EndCase => {
                 let _ = writeln!(s, "  {i}: end_case");
             }
+            Instr::Loop { counter, trip, cond } => {
+                let _ = writeln!(s, "  {i}: loop counter={} trip={} cond={}", view(counter), view(trip), view(cond));
+            }
+            Instr::EndLoop => {
+                let _ = writeln!(s, "  {i}: end_loop");
+            }
+            Instr::CopyRow { dst, dst_offset, src, src_offset, bytes, row, rows } => {
+                let _ = writeln!(
+                    s,
+                    "  {i}: copy_row from {src} +{src_offset} to {dst} +{dst_offset} bytes={bytes} row={} rows={rows}",
+                    view(row)
+                );
+            }
             Instr::NonZero { input, output } => {
                 let _ = writeln!(s, "  {i}: non_zero in={} out={}", view(input), view(output));
             }
@@ -428,6 +441,24 @@ impl Parser {
                 Ok(Instr::Case { key, value: self.keyed("value")? })
             }
             "end_case" => Ok(Instr::EndCase),
+            "loop" => {
+                let counter = self.keyed_view("counter")?;
+                let trip = self.keyed_view("trip")?;
+                Ok(Instr::Loop { counter, trip, cond: self.keyed_view("cond")? })
+            }
+            "end_loop" => Ok(Instr::EndLoop),
+            "copy_row" => {
+                self.keyword("from")?;
+                let src = self.buffer_id()?;
+                let src_offset = self.number("offset")?;
+                self.keyword("to")?;
+                let dst = self.buffer_id()?;
+                let dst_offset = self.number("offset")?;
+                let bytes = self.keyed("bytes")?;
+                let row = self.keyed_view("row")?;
+                let rows = self.keyed("rows")?;
+                Ok(Instr::CopyRow { dst, dst_offset, src, src_offset, bytes, row, rows })
+            }
             "non_zero" => {
                 let input = self.keyed_view("in")?;
                 Ok(Instr::NonZero { input, output: self.keyed_view("out")? })

@@ -56,6 +56,14 @@ struct Lowerer<'g> {
     guarded: bool,
 }
 
+/// The buffers of a loop being lowered: its iteration number, its condition and its carried
+/// values (dense views).
+struct LoopBuffers {
+    counter: View,
+    cond: View,
+    states: Vec<View>,
+}
+
 /// The strides of a rank-4 NCHW shape stored channels-last (NHWC).
 fn channels_last_strides(shape: &[usize]) -> Vec<i64> {
     let [_, c, h, w] = shape[..] else { unreachable!("channels-last values are rank 4") };
@@ -294,9 +302,13 @@ impl<'g> Lowerer<'g> {
             Op::GatherNd { batch_dims } => self.lower_gather_nd(batch_dims, ins, out, name)?,
             Op::ScatterElements { axis, reduction } => self.lower_scatter_elements(axis, reduction, ins, out, name)?,
             Op::ScatterNd { reduction } => self.lower_scatter_nd(reduction, ins, out, name)?,
-            Op::Reshape { .. } | Op::BitCast { .. } | Op::Merge | Op::Assert { .. } | Op::Unsupported { .. } => {
-                unreachable!("handled by the caller")
-            }
+            Op::Reshape { .. }
+            | Op::BitCast { .. }
+            | Op::Merge
+            | Op::Assert { .. }
+            | Op::LoopBegin
+            | Op::LoopEnd { .. }
+            | Op::Unsupported { .. } => unreachable!("handled by the caller"),
         }
         Ok(())
     }
@@ -337,7 +349,10 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
                 _ => false,
             };
             let conv = conv && t.shape.len() == 4 && t.dtype == DType::F32;
-            let view = matches!(g.node(n).op, Op::Reshape { .. } | Op::BitCast { .. } | Op::Assert { .. });
+            let view = matches!(
+                g.node(n).op,
+                Op::Reshape { .. } | Op::BitCast { .. } | Op::Assert { .. } | Op::LoopBegin | Op::LoopEnd { .. }
+            );
             if !view && !conv && !direct.contains_key(&v) {
                 direct.insert(v, i);
             }
@@ -366,12 +381,35 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     }
     // The run-time cases open at this point of the program, outermost first.
     let mut open: Vec<kiln_ir::Guard> = Vec::new();
+    let mut loops: HashMap<ValueId, LoopBuffers> = HashMap::new();
     for &nid in g.order() {
         let node = g.node(nid);
-        l.enter_cases(&mut open, &node.guard);
+        let lowering_err =
+            |message: String| PassError::Lowering { node: node.name.clone(), op: node.op.name().into(), message };
+        // A loop's end still runs in its loop (the copies to the carried values).
+        let mut guard = node.guard.clone();
+        if let Op::LoopEnd { .. } = node.op {
+            guard.push(kiln_ir::Guard::of_loop(node.inputs[0]));
+        }
+        l.enter_cases(&mut open, &guard).map_err(lowering_err)?;
         l.guarded = !node.guard.is_empty();
         let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
         let out_v = node.outputs[0];
+        match &node.op {
+            Op::LoopBegin => {
+                let bufs = l.lower_loop_begin(node, &ins);
+                loops.insert(out_v, bufs);
+                open.push(kiln_ir::Guard::of_loop(out_v));
+                continue;
+            }
+            Op::LoopEnd { states, rows } => {
+                let bufs = loops.remove(&node.inputs[0]).ok_or_else(|| lowering_err("no loop begins it".into()))?;
+                l.lower_loop_end(node, &ins, *states, *rows, &bufs);
+                open.pop();
+                continue;
+            }
+            _ => {}
+        }
         // An assert is a view of its first input, after a check of its second.
         if let Op::Assert { message } = &node.op {
             l.emit_assert(&ins[1], &node.name, message.clone());
@@ -436,7 +474,11 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             message: e,
         })?;
     }
-    l.enter_cases(&mut open, &[]);
+    l.enter_cases(&mut open, &[]).map_err(|message| PassError::Lowering {
+        node: g.name.clone(),
+        op: "graph".into(),
+        message,
+    })?;
     for (i, &v) in g.outputs.iter().enumerate() {
         if direct.get(&v) == Some(&i) {
             continue;
@@ -508,17 +550,120 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
 
 impl Lowerer<'_> {
     /// Closes and opens `Case` blocks so that the instructions emitted next run under
-    /// `guard` (`open`: the blocks open now, outermost first).
-    fn enter_cases(&mut self, open: &mut Vec<kiln_ir::Guard>, guard: &[kiln_ir::Guard]) {
+    /// `guard` (`open`: the blocks open now, outermost first). A loop's block is opened by
+    /// its `LoopBegin` and closed by its `LoopEnd` only, so a node of a loop's body outside
+    /// them (a schedule that split the body) is an error.
+    fn enter_cases(&mut self, open: &mut Vec<kiln_ir::Guard>, guard: &[kiln_ir::Guard]) -> Result<(), String> {
         while !guard.starts_with(open) {
+            if open.last().is_some_and(|c| c.is_loop()) {
+                return Err("a node after a loop runs in it (the loop's body is not one run of nodes)".into());
+            }
             open.pop();
             self.prog.instrs.push(Instr::EndCase);
         }
         for &c in &guard[open.len()..] {
+            if c.is_loop() {
+                return Err("a node of a loop's body is scheduled outside the loop".into());
+            }
             let key = self.view_of(c.key);
             self.prog.instrs.push(Instr::Case { key, value: c.value });
             open.push(c);
         }
+        Ok(())
+    }
+
+    /// A dense copy of `src` (any layout) to `dst` (dense, of `src`'s shape).
+    fn copy_into(&mut self, name: &str, src: &View, dst: View) {
+        let rank = src.extents.len();
+        let src = View { extents: dst.extents.clone(), ..src.clone() };
+        self.emit(elementwise(name, dst, vec![src], Expr::load(0, vars(0..rank))));
+    }
+
+    /// A loop's start: buffers for its iteration number, condition and carried values, set
+    /// from its inputs, then the `Loop` instruction.
+    fn lower_loop_begin(&mut self, node: &kiln_ir::Node, ins: &[View]) -> LoopBuffers {
+        let name = &node.name;
+        let counter = self.temp(DType::I64, &[], format!("{name}.iteration"));
+        let zero = kiln_ir::Tensor::i64(vec![], vec![0]);
+        let zero = self.prog.add_buffer(BufferKind::Constant(zero), 8, format!("{name}.zero"));
+        self.prog.instrs.push(Instr::Copy { dst: counter.buffer, dst_offset: 0, src: zero, src_offset: 0, bytes: 8 });
+        let scalar = |v: &View| View { extents: vec![], strides: vec![], ..v.clone() };
+        let cond = self.temp(DType::Bool, &[], format!("{name}.condition"));
+        self.copy_into(&format!("{name}/condition"), &scalar(&ins[1]), cond.clone());
+        let mut states = Vec::new();
+        for (k, &v) in node.outputs[1..].iter().enumerate() {
+            let t = self.g.ty(v).clone();
+            let st = self.temp(t.dtype, &t.shape, format!("{}.state", self.g.value(v).name));
+            self.copy_into(&format!("{name}/init{k}"), &ins[2 + k], st.clone());
+            self.loc.insert(v, Loc::dense(st.buffer));
+            states.push(st);
+        }
+        self.loc.insert(node.outputs[0], Loc::dense(counter.buffer));
+        self.prog.instrs.push(Instr::Loop { counter: counter.clone(), trip: scalar(&ins[0]), cond: cond.clone() });
+        LoopBuffers { counter, cond, states }
+    }
+
+    /// A loop's end, in the loop: the next condition and carried values copied over the
+    /// current ones (through copies of their own where a next value is another carried
+    /// value, which the copies would overwrite first), each scan value to its row, then
+    /// `EndLoop`. Its results are the carried values' buffers, the stacked scan outputs and
+    /// the iteration count.
+    fn lower_loop_end(&mut self, node: &kiln_ir::Node, ins: &[View], states: usize, rows: usize, b: &LoopBuffers) {
+        let name = node.name.clone();
+        let scalar = |v: &View| View { extents: vec![], strides: vec![], ..v.clone() };
+        self.copy_into(&format!("{name}/condition"), &scalar(&ins[1]), b.cond.clone());
+        let state_bufs: Vec<BufferId> = b.states.iter().map(|v| v.buffer).collect();
+        let mut nexts = Vec::new();
+        for (k, next) in ins[2..2 + states].iter().enumerate() {
+            let st = &b.states[k];
+            let same = next.buffer == st.buffer && next.offset == st.offset && next.strides == st.strides;
+            if same {
+                nexts.push(None);
+            } else if state_bufs.contains(&next.buffer) {
+                let t = self.temp(next.dtype, &next.extents, format!("{name}.next{k}"));
+                self.copy_into(&format!("{name}/hold{k}"), next, t.clone());
+                nexts.push(Some(t));
+            } else {
+                nexts.push(Some(next.clone()));
+            }
+        }
+        for (k, next) in nexts.into_iter().enumerate() {
+            if let Some(next) = next {
+                self.copy_into(&format!("{name}/next{k}"), &next, b.states[k].clone());
+            }
+        }
+        let mut stacked = Vec::new();
+        for (j, scan) in ins[2 + states..].iter().enumerate() {
+            let bytes = scan.numel() * scan.dtype.size();
+            let dense = if scan.is_dense() {
+                scan.clone()
+            } else {
+                let t = self.temp(scan.dtype, &scan.extents, format!("{name}.scan{j}"));
+                self.copy_into(&format!("{name}/scan{j}"), scan, t.clone());
+                t
+            };
+            let out = node.outputs[states + j];
+            let dst = self.prog.add_buffer(BufferKind::Activation, bytes * rows, self.g.value(out).name.clone());
+            self.prog.instrs.push(Instr::CopyRow {
+                dst,
+                dst_offset: 0,
+                src: dense.buffer,
+                src_offset: dense.offset as usize * dense.dtype.size(),
+                bytes,
+                row: b.counter.clone(),
+                rows,
+            });
+            stacked.push((out, dst));
+        }
+        self.prog.instrs.push(Instr::EndLoop);
+        for (k, st) in b.states.iter().enumerate() {
+            self.loc.insert(node.outputs[k], Loc::dense(st.buffer));
+        }
+        for (out, dst) in stacked {
+            self.loc.insert(out, Loc::dense(dst));
+        }
+        self.loc
+            .insert(*node.outputs.last().expect("a loop's end counts its iterations"), Loc::dense(b.counter.buffer));
     }
 
     /// A `Merge`: in each case, a copy of that case's value, dense in its own shape, to the

@@ -513,7 +513,7 @@ impl Importer {
             None => None,
             Some(v) => {
                 let Some(t) = self.g.const_of(v) else {
-                    return Err(self.needs_constant(at, 0, v, "trip count".into()));
+                    return self.structured_loop(at, body, m, cond, carried, k);
                 };
                 if !t.dtype().is_int() || t.numel() != 1 {
                     return invalid(format!("the trip count must be a single integer, got {}", t.ty));
@@ -527,20 +527,18 @@ impl Importer {
             None => true,
             Some(v) => match self.g.const_of(v) {
                 Some(t) => const_bool(t, "the loop condition")?,
-                None => return Err(self.needs_constant(at, 1, v, "loop condition".into())),
+                None => return self.structured_loop(at, body, m, cond, carried, k),
             },
         };
 
-        let mut state = carried;
+        let mut state = carried.clone();
         let mut scans: Vec<Vec<ValueId>> = vec![Vec::new(); k];
         let mut i = 0usize;
         while go && trip.is_none_or(|t| i < t) {
             if i >= MAX_UNROLL {
-                let why = match trip {
-                    Some(t) => format!("trip count {t}"),
-                    None => format!("no trip count, and the condition still holds after {MAX_UNROLL} iterations"),
-                };
-                return unsupported(format!("{why}: loops are unrolled, and at most {MAX_UNROLL} iterations are"));
+                // Still running after as many iterations as are unrolled: a loop at run time
+                // (the iterations unrolled so far are left to dead-code elimination).
+                return self.structured_loop(at, body, m, cond, carried, k);
             }
             let iv = self.g.add_const(format!("{}/it{i}/iteration", at.name), Tensor::i64(Vec::new(), vec![i as i64]));
             let cv = self.g.add_const(format!("{}/it{i}/condition", at.name), Tensor::bool(Vec::new(), vec![true]));
@@ -555,17 +553,8 @@ impl Importer {
             let c_out = *c_out;
             go = match self.g.const_of(c_out) {
                 Some(t) => const_bool(t, "the body's condition output")?,
-                None => {
-                    return Err(self.needs_constant(
-                        at,
-                        1,
-                        c_out,
-                        format!(
-                            "loop condition, computed by the body in iteration {i}: a loop whose termination \
-                             depends on data cannot be unrolled"
-                        ),
-                    ))
-                }
+                // Its termination depends on data: a loop at run time.
+                None => return self.structured_loop(at, body, m, cond, carried, k),
             };
             state = outs[1..1 + n].to_vec();
             let scanned = tensors_of(&outs[1 + n..], "scan output")?;
@@ -582,6 +571,110 @@ impl Importer {
                 ));
             }
             results.push(Slot::Value(self.stack(at, s, 0, Self::out_name(at, n + j))?));
+        }
+        Ok(Some(results))
+    }
+
+    /// A `Loop` run at run time (its trip count or condition known only then, or more
+    /// iterations than are unrolled): `LoopBegin` (the iteration number and the carried
+    /// values as an iteration sees them), the body once, its nodes guarded as the loop's
+    /// (`Guard::of_loop`), and `LoopEnd` (the carried values after the last iteration, the
+    /// scan outputs stacked, the number of iterations). Carried values must keep their type
+    /// from iteration to iteration; scan outputs need a constant trip count, their bound,
+    /// and have a run-time number of rows.
+    fn structured_loop(
+        &mut self,
+        at: At,
+        body: &GraphProto,
+        m: Option<ValueId>,
+        cond: Option<ValueId>,
+        carried: Vec<Slot>,
+        k: usize,
+    ) -> OpResult<Option<Vec<Slot>>> {
+        let states = match tensors_of(&carried, "loop-carried value") {
+            Ok(s) => s,
+            // Sequences and optionals are compile-time lists: such a loop needs its trip count
+            // and condition constant, to be unrolled.
+            Err(e) => {
+                let runtime = [(0, m), (1, cond)]
+                    .into_iter()
+                    .find_map(|(i, v)| v.filter(|&v| self.g.const_of(v).is_none()).map(|v| (i, v)));
+                return match runtime {
+                    Some((i, v)) => Err(self.needs_constant(
+                        at,
+                        i,
+                        v,
+                        format!("{}: a loop run at run time carries tensors only", ["trip count", "loop condition"][i]),
+                    )),
+                    None => Err(e),
+                };
+            }
+        };
+        let n = states.len();
+        let rows = match (m.map(|v| (v, self.g.const_of(v))), k) {
+            (_, 0) => 0,
+            (Some((_, Some(t))), _) => usize::try_from(t.to_i64_vec()[0].max(0)).unwrap_or(usize::MAX),
+            (Some((v, None)), _) => {
+                return Err(self.needs_constant(
+                    at,
+                    0,
+                    v,
+                    "trip count: the loop's scan outputs need a bound on its iterations".into(),
+                ))
+            }
+            (None, _) => return unsupported("scan outputs of a loop without a trip count (no bound on their rows)"),
+        };
+        let name = at.name;
+        let trip = match m {
+            Some(v) => self.reshape_at(at, v, Vec::new(), format!("{name}/trip"))?,
+            None => self.g.add_const(format!("{name}/no_trip_count"), Tensor::i64(Vec::new(), vec![i64::MAX])),
+        };
+        let go = match cond {
+            Some(v) => self.reshape_at(at, v, Vec::new(), format!("{name}/condition"))?,
+            None => self.g.add_const(format!("{name}/always"), Tensor::bool(Vec::new(), vec![true])),
+        };
+        let names: Vec<String> =
+            std::iter::once(format!("{name}/iteration")).chain((0..n).map(|j| format!("{name}/carried{j}"))).collect();
+        let ins: Vec<ValueId> = [trip, go].into_iter().chain(states.iter().copied()).collect();
+        let begin = self.g.add_node(Op::LoopBegin, &ins, name, &names).map_err(|e| OpError::Invalid(e.message))?;
+        let counter = begin[0];
+        let outer = self.g.guard.clone();
+        self.g.guard = outer.iter().copied().chain([Guard::of_loop(counter)]).collect();
+        let running = self.g.add_const(format!("{name}/running"), Tensor::bool(Vec::new(), vec![true]));
+        let mut args = vec![Slot::Value(counter), Slot::Value(running)];
+        args.extend(begin[1..].iter().map(|&v| Slot::Value(v)));
+        let outs = self.instantiate(body, at, "body", &args);
+        self.g.guard = outer;
+        let Some(outs) = outs? else { return Ok(None) };
+        let outs = tensors_of(&outs, "body output")?;
+        let c_out = self.reshape_at(at, outs[0], Vec::new(), format!("{name}/next_condition"))?;
+        for j in 0..n {
+            let (was, now) = (self.g.ty(states[j]).clone(), self.g.ty(outs[1 + j]).clone());
+            if was != now {
+                return unsupported(format!(
+                    "loop-carried value {j} changes type from {was} to {now} (a loop at run time keeps each one's type)"
+                ));
+            }
+        }
+        let end_ins: Vec<ValueId> = [counter, c_out].into_iter().chain(outs[1..].iter().copied()).collect();
+        let end_names: Vec<String> =
+            (0..n + k).map(|j| Self::out_name(at, j)).chain(std::iter::once(format!("{name}/iterations"))).collect();
+        let end = self
+            .g
+            .add_node(Op::LoopEnd { states: n, rows }, &end_ins, name, &end_names)
+            .map_err(|e| OpError::Invalid(e.message))?;
+        let count = end[n + k];
+        let mut results: Vec<Slot> = end[..n].iter().map(|&v| Slot::Value(v)).collect();
+        for j in 0..k {
+            let stacked = end[n + j];
+            // Its rows are the iterations run.
+            let shape = self.g.ty(stacked).shape.clone();
+            let c = self.reshape_at(at, count, vec![1], format!("{name}/rows{j}"))?;
+            let rest: Vec<i64> = shape[1..].iter().map(|&d| d as i64).collect();
+            let rest = self.g.add_const(format!("{name}/row_shape{j}"), Tensor::i64(vec![rest.len()], rest));
+            let dims = self.emit_at(at, Op::Concat { axis: 0 }, &[c, rest], format!("{name}/shape{j}"))?;
+            self.dynamic.insert(stacked, super::cases::Dyn { dims, bounds: shape, cases: None, rows: true });
+            results.push(Slot::Value(stacked));
         }
         Ok(Some(results))
     }
