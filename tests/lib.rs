@@ -201,8 +201,12 @@ pub fn every_test_model() -> Vec<(String, Case)> {
 }
 
 /// The options a case compiles with: its inputs' shapes pinned, the HIR verified after each pass.
+/// The bound the conformance cases are compiled with for sizes that come from data with no
+/// bound of their own (`--max-elements`): one value for every case, never a case's own.
+pub const CONFORMANCE_MAX_ELEMENTS: usize = 1 << 16;
+
 pub fn compile_options(case: &Case) -> CompileOptions {
-    let mut o = CompileOptions { verify: true, ..Default::default() };
+    let mut o = CompileOptions { verify: true, max_elements: Some(CONFORMANCE_MAX_ELEMENTS), ..Default::default() };
     for (n, t, _) in &case.inputs {
         if !case.is_value_input_part(n) {
             o.input_shapes.insert(n.clone(), t.shape().to_vec());
@@ -274,6 +278,11 @@ fn run_lib_with(case: &Case, base: CompileOptions, freeze: bool) -> Result<Vec<O
     let mut opts = compile_options(case);
     opts.target = base.target;
     opts.devices = base.devices;
+    if freeze {
+        // As `kiln run` on an `.onnx` model: no bound on sizes from data, whose inputs are
+        // compiled in instead.
+        opts.max_elements = None;
+    }
     let art = loop {
         match Compiler::new(opts.clone()).compile_path(&case.model) {
             Ok(a) => break a,
@@ -327,6 +336,7 @@ pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
     let artifact = dir.path().join("model.kiln");
     let mut compile = Command::new(kiln_bin());
     compile.arg("compile").arg(&case.model).arg("-o").arg(&artifact);
+    compile.arg("--max-elements").arg(CONFORMANCE_MAX_ELEMENTS.to_string());
     for (n, _, p) in &case.value_inputs {
         compile.arg("--input-value").arg(format!("{n}={}", p.display()));
     }

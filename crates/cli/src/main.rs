@@ -42,6 +42,12 @@ struct ShapeArgs {
     /// The compiled model takes its elements as inputs `NAME[0]`, `NAME[1]`, … (repeatable).
     #[arg(long = "input-value", value_name = "NAME=FILE")]
     input_value: Vec<String>,
+    /// The most elements of an output whose size comes from data with no bound of its own
+    /// (Pad's pads, Range's limits, Expand's shape, … given as inputs): compiled for at most
+    /// N elements, the run failing beyond them. Without it such inputs must be known at
+    /// compile time.
+    #[arg(long = "max-elements", value_name = "N")]
+    max_elements: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +169,7 @@ fn options(shapes: &ShapeArgs, target: &str, model: &Path) -> Res<CompileOptions
         let (name, dims) = kiln::parse_input_shape(s)?;
         o.input_shapes.insert(name, dims);
     }
+    o.max_elements = shapes.max_elements;
     for (name, path) in parse_inputs(&shapes.freeze_input)? {
         let t = tensors::read_ir(&path).map_err(|e| format!("--freeze-input `{name}` from {}: {e}", path.display()))?;
         o.frozen_inputs.insert(name, t);
@@ -186,9 +193,10 @@ fn session(
 ) -> Res<Session> {
     let so = SessionOptions { threads };
     if !is_onnx(model) {
-        if !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() || !shapes.input_value.is_empty() {
-            return Err("--input-shape, --freeze-input and --input-value apply to .onnx models; a .kiln artifact is \
-                        fixed at compile time"
+        let given = !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() || !shapes.input_value.is_empty();
+        if given || shapes.max_elements.is_some() {
+            return Err("--input-shape, --freeze-input, --input-value and --max-elements apply to .onnx models; a \
+                        .kiln artifact is fixed at compile time"
                 .into());
         }
         return Ok(Session::load_with(model, &so)?);

@@ -189,7 +189,11 @@ impl Compiler {
         // A frozen input is a constant: its value fixes its shape, so a pin for it is moot.
         let mut input_shapes = self.opts.input_shapes.clone();
         input_shapes.retain(|name, _| !self.opts.frozen_inputs.contains_key(name));
-        ImportOptions { input_shapes, value_inputs: self.opts.value_inputs.clone() }
+        ImportOptions {
+            input_shapes,
+            value_inputs: self.opts.value_inputs.clone(),
+            max_elements: self.opts.max_elements,
+        }
     }
 
     /// Imports an ONNX file into HIR.

@@ -25,6 +25,10 @@ pub struct CompileOptions {
     /// What each sequence or optional graph input holds (element types and shapes, or
     /// whether it is present): the compiled model takes it as tensors `<name>[0]`, … .
     pub value_inputs: HashMap<String, ValueSpec>,
+    /// The most elements of an output whose size comes from data with no bound of its own
+    /// (`--max-elements`; see `kiln_onnx::ImportOptions::max_elements`). `None`: such inputs
+    /// must be constant (`--freeze-input`).
+    pub max_elements: Option<usize>,
     /// Where compiled kernels are cached between compilations (by default from the
     /// environment: `$KILN_CACHE_DIR`, `off` to disable, else `~/.cache/kiln`).
     pub kernel_cache: KernelCache,
@@ -49,6 +53,7 @@ impl Default for CompileOptions {
             verify: false,
             frozen_inputs: HashMap::new(),
             value_inputs: HashMap::new(),
+            max_elements: None,
             kernel_cache: KernelCache::from_env(),
             external_weights: false,
             threads: 0,

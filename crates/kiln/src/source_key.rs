@@ -55,6 +55,7 @@ impl Compiler {
         let mut values: Vec<_> = self.opts.value_inputs.iter().map(|(n, v)| format!("{n} {v:?}")).collect();
         values.sort();
         put(values.join("\n").as_bytes());
+        put(format!("max_elements {:?}", self.opts.max_elements).as_bytes());
         put(&content_hash(&sources.model));
         for (name, bytes) in &sources.external {
             put(name.as_bytes());

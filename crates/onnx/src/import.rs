@@ -19,6 +19,7 @@ mod cases;
 mod control;
 mod flex;
 mod sequence;
+mod sized;
 
 /// Oldest ONNX IR version accepted.
 pub const MIN_IR_VERSION: i64 = 3;
@@ -127,6 +128,7 @@ fn import_inner(
         unsupported: Vec::new(),
         scope: String::new(),
         dynamic: HashMap::new(),
+        max_elements: opts.max_elements,
     };
     imp.run(graph, opts, constants)?;
     Ok((imp.g, imp.ext.into_files()))
@@ -170,6 +172,8 @@ struct Importer {
     /// Values whose shape is decided at run time (see `cases`), with their shape (an i64
     /// value). Only graph outputs may be such values.
     dynamic: HashMap<ValueId, cases::Dyn>,
+    /// [`ImportOptions::max_elements`].
+    max_elements: Option<usize>,
 }
 
 impl Importer {

@@ -14,6 +14,12 @@ pub struct ImportOptions {
     /// whether it is present), by input name: the compiled model takes such an input as
     /// tensors `<name>[0]`, `<name>[1]`, … (see [`crate::ValueSpec`]).
     pub value_inputs: HashMap<String, crate::ValueSpec>,
+    /// The most elements of an output whose size comes from data with no bound of its own
+    /// (Pad's pads, Range's limits, ConstantOfShape's and Expand's shapes, Tile's repeats,
+    /// OneHot's depth, CenterCropPad's shape, the rows of a loop's scan outputs when its trip
+    /// count comes from data): its buffer is planned at this size and the run fails beyond it.
+    /// `None`: such inputs must be constant.
+    pub max_elements: Option<usize>,
 }
 
 impl ImportOptions {

@@ -611,27 +611,7 @@ impl Lowerer<'_> {
     fn lower_loop_end(&mut self, node: &kiln_ir::Node, ins: &[View], states: usize, rows: usize, b: &LoopBuffers) {
         let name = node.name.clone();
         let scalar = |v: &View| View { extents: vec![], strides: vec![], ..v.clone() };
-        self.copy_into(&format!("{name}/condition"), &scalar(&ins[1]), b.cond.clone());
-        let state_bufs: Vec<BufferId> = b.states.iter().map(|v| v.buffer).collect();
-        let mut nexts = Vec::new();
-        for (k, next) in ins[2..2 + states].iter().enumerate() {
-            let st = &b.states[k];
-            let same = next.buffer == st.buffer && next.offset == st.offset && next.strides == st.strides;
-            if same {
-                nexts.push(None);
-            } else if state_bufs.contains(&next.buffer) {
-                let t = self.temp(next.dtype, &next.extents, format!("{name}.next{k}"));
-                self.copy_into(&format!("{name}/hold{k}"), next, t.clone());
-                nexts.push(Some(t));
-            } else {
-                nexts.push(Some(next.clone()));
-            }
-        }
-        for (k, next) in nexts.into_iter().enumerate() {
-            if let Some(next) = next {
-                self.copy_into(&format!("{name}/next{k}"), &next, b.states[k].clone());
-            }
-        }
+        // The scan values first: one may be a carried value as this iteration saw it.
         let mut stacked = Vec::new();
         for (j, scan) in ins[2 + states..].iter().enumerate() {
             let bytes = scan.numel() * scan.dtype.size();
@@ -654,6 +634,27 @@ impl Lowerer<'_> {
                 rows,
             });
             stacked.push((out, dst));
+        }
+        self.copy_into(&format!("{name}/condition"), &scalar(&ins[1]), b.cond.clone());
+        let state_bufs: Vec<BufferId> = b.states.iter().map(|v| v.buffer).collect();
+        let mut nexts = Vec::new();
+        for (k, next) in ins[2..2 + states].iter().enumerate() {
+            let st = &b.states[k];
+            let same = next.buffer == st.buffer && next.offset == st.offset && next.strides == st.strides;
+            if same {
+                nexts.push(None);
+            } else if state_bufs.contains(&next.buffer) {
+                let t = self.temp(next.dtype, &next.extents, format!("{name}.next{k}"));
+                self.copy_into(&format!("{name}/hold{k}"), next, t.clone());
+                nexts.push(Some(t));
+            } else {
+                nexts.push(Some(next.clone()));
+            }
+        }
+        for (k, next) in nexts.into_iter().enumerate() {
+            if let Some(next) = next {
+                self.copy_into(&format!("{name}/next{k}"), &next, b.states[k].clone());
+            }
         }
         self.prog.instrs.push(Instr::EndLoop);
         for (k, st) in b.states.iter().enumerate() {

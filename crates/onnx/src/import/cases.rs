@@ -48,13 +48,31 @@ enum Domain {
     Axes { r: usize, l: usize },
     /// One of `values`, tuples of the input's elements, each in `lo..=hi` (TopK's `k`, the
     /// sizes of Split's parts, a bool flag).
-    Tuples { values: Vec<Vec<i64>>, lo: i64, hi: i64 },
+    /// With `wrap`, a negative element counts from `hi + 1` (an axis).
+    Tuples { values: Vec<Vec<i64>>, lo: i64, hi: i64, wrap: bool },
 }
 
 /// Whether Squeeze/Unsqueeze take their axes as input 1 (opset 13+) rather than an attribute:
 /// a node with a second input does.
 fn axes_from_input(node: &NodeProto) -> bool {
     node.input.get(1).is_some_and(|n| !n.is_empty())
+}
+
+/// Every ordering of `items`.
+fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut out = Vec::new();
+    for (i, &first) in items.iter().enumerate() {
+        let mut rest = items.to_vec();
+        rest.remove(i);
+        for mut p in permutations(&rest) {
+            p.insert(0, first);
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The ways to write `total` as `parts` sizes (zeros allowed), in lexicographic order.
@@ -115,7 +133,7 @@ impl Importer {
             usize::try_from(if axis < 0 { axis + rank as i64 } else { axis }).ok().and_then(|a| xs.get(a).copied())
         };
         if role == "training_mode" && t.dtype == DType::Bool && t.numel() == 1 {
-            return Some(Domain::Tuples { values: vec![vec![0], vec![1]], lo: 0, hi: 1 });
+            return Some(Domain::Tuples { values: vec![vec![0], vec![1]], lo: 0, hi: 1, wrap: false });
         }
         if !t.dtype.is_int() || t.rank() > 1 {
             return None;
@@ -123,7 +141,20 @@ impl Importer {
         let d = match (op_type, role) {
             ("TopK", "k") if t.numel() == 1 => {
                 let d = dim_at(attrs.int_or("axis", -1).ok()?)?;
-                Domain::Tuples { values: (0..=d as i64).map(|k| vec![k]).collect(), lo: 0, hi: d as i64 }
+                Domain::Tuples { values: (0..=d as i64).map(|k| vec![k]).collect(), lo: 0, hi: d as i64, wrap: false }
+            }
+            // Slice's axes pair with its starts and ends: every ordered tuple of distinct axes.
+            ("Slice", "axes") => {
+                let l = t.numel();
+                if l > rank || (rank - l + 1..=rank).product::<usize>() > MAX_CASES {
+                    return None;
+                }
+                let values: Vec<Vec<i64>> = subsets(rank, l)
+                    .into_iter()
+                    .flat_map(|set| permutations(&set))
+                    .map(|p| p.into_iter().map(|a| a as i64).collect())
+                    .collect();
+                Domain::Tuples { values, lo: 0, hi: rank as i64 - 1, wrap: true }
             }
             ("Split", "split") => {
                 let d = dim_at(attrs.int_or("axis", 0).ok()?)?;
@@ -131,7 +162,7 @@ impl Importer {
                 if m == 0 || binomial(d + m - 1, m - 1) > MAX_CASES {
                     return None;
                 }
-                Domain::Tuples { values: compositions(d, m), lo: 0, hi: d as i64 }
+                Domain::Tuples { values: compositions(d, m), lo: 0, hi: d as i64, wrap: false }
             }
             _ => match role {
                 "axis" if t.numel() == 1 => Domain::Axis { r: rank },
@@ -155,7 +186,7 @@ impl Importer {
     }
 
     /// Adds `op` on `ins` through the ordinary emit path (inference, folding).
-    fn emit_named(
+    pub(super) fn emit_named(
         &mut self,
         node: &NodeProto,
         name: &str,
@@ -185,12 +216,21 @@ impl Importer {
         let (r, flat) = match &domain {
             Domain::Axis { r } => (*r, e(self, Op::Reshape { shape: vec![] }, &[a], "scalar")?),
             Domain::Axes { r, l } => (*r, e(self, Op::Reshape { shape: vec![*l] }, &[a], "flat")?),
-            Domain::Tuples { values: tuples, lo, hi } => {
+            Domain::Tuples { values: tuples, lo, hi, wrap } => {
                 // The tuple as a number in base `hi - lo + 1` (an element out of range adds
                 // more than any tuple's code), matched against each tuple's.
                 let n = ty.numel();
                 let base = hi - lo + 1;
                 let flat = e(self, Op::Reshape { shape: vec![n] }, &[a], "flat")?;
+                let flat = if *wrap {
+                    let zero = self.g.add_const(tmp("zero"), Tensor::i64(vec![], vec![0]));
+                    let r = self.g.add_const(tmp("rank"), Tensor::i64(vec![], vec![hi + 1]));
+                    let neg = e(self, Op::Compare(CmpOp::Less), &[flat, zero], "negative")?;
+                    let up = e(self, Op::Binary(BinaryOp::Add), &[flat, r], "wrapped")?;
+                    e(self, Op::Where, &[neg, up, flat], "axes")?
+                } else {
+                    flat
+                };
                 let lo_c = self.g.add_const(tmp("lo"), Tensor::i64(vec![], vec![*lo]));
                 let hi_c = self.g.add_const(tmp("hi"), Tensor::i64(vec![], vec![*hi]));
                 let digit = e(self, Op::Binary(BinaryOp::Sub), &[flat, lo_c], "digit")?;
@@ -275,10 +315,16 @@ impl Importer {
             let mut cx = NodeCx::new(&mut self.g, &mut self.ext, node, name, opset, inputs.clone());
             ops::import(&mut cx, def, f)
         };
-        let need = match r {
+        let mut need = match r {
             Err(OpError::Import(ImportError::NeedsConstant(c))) => c,
             r => return r,
         };
+        // A size from data: imported whole, or needing another input decided first.
+        match self.sized_from_data(node, name, opset, &inputs) {
+            Some(Err(OpError::Import(ImportError::NeedsConstant(c)))) => need = c,
+            Some(r) => return r,
+            None => {}
+        }
         let v = inputs.get(need.index).copied().flatten();
         if let (Some(v), Some(x), "Reshape", "shape") =
             (v, inputs.first().copied().flatten(), node.op_type(), need.role.as_str())
@@ -358,6 +404,11 @@ impl Importer {
                 _ => None,
             })
             .collect();
+        if node.op_type() == "Shape" {
+            if let Some((_, _, d)) = found.first() {
+                return Some(self.shape_of_dynamic(node, name, d.dims));
+            }
+        }
         if !found.is_empty() && found.iter().all(|(_, _, d)| d.rows && d.cases.is_none()) {
             return Some(self.node_on_rows(idx, node, name, &found));
         }
@@ -385,6 +436,32 @@ impl Importer {
         };
         let key = dynamic.first()?.1;
         Some(self.node_cases_of(idx, node, name, key, &dynamic))
+    }
+
+    /// `Shape` of a value whose shape is decided at run time: its run-time dims (between the
+    /// `start` and `end` attributes), an ordinary value.
+    fn shape_of_dynamic(&mut self, node: &NodeProto, name: &str, dims: ValueId) -> Result<(), ImportError> {
+        let attrs = crate::attrs::Attrs::new(&node.attribute);
+        let r = self.g.ty(dims).numel() as i64;
+        let clamp = |a: i64| if a < 0 { (a + r).max(0) } else { a.min(r) };
+        let err =
+            |m: String| ImportError::Node { node: name.to_string(), op_type: "Shape".into(), opset: 0, message: m };
+        let start = clamp(attrs.int_or("start", 0).map_err(|e| err(format!("{e:?}")))?);
+        let end = clamp(attrs.int_or("end", r).map_err(|e| err(format!("{e:?}")))?).max(start);
+        let oname = node.output.first().cloned().unwrap_or_default();
+        let v = if (start, end) == (0, r) {
+            self.emit_named(node, name, Op::Identity, &[dims], oname.clone())
+        } else {
+            let slice = Op::Slice { starts: vec![start], steps: vec![1], out_shape: vec![(end - start) as usize] };
+            self.emit_named(node, name, slice, &[dims], oname.clone())
+        }
+        .map_err(|e| match e {
+            OpError::Invalid(m) => err(m),
+            OpError::Import(e) => e,
+            _ => err("cannot take the shape".into()),
+        })?;
+        self.env.insert(oname, Slot::Value(v));
+        Ok(())
     }
 
     /// Imports a node reading values whose rows come from data (`Dyn::rows`): when the op
@@ -426,6 +503,7 @@ impl Importer {
         const UNARY: &[&str] = &[
             "Identity",
             "Cast",
+            "CastLike",
             "Relu",
             "Sigmoid",
             "Tanh",
@@ -440,10 +518,29 @@ impl Importer {
             "Not",
             "Erf",
             "Softplus",
+            "Softsign",
             "Reciprocal",
             "Sign",
             "LeakyRelu",
             "Clip",
+            "Sin",
+            "Cos",
+            "Tan",
+            "Asin",
+            "Acos",
+            "Atan",
+            "Sinh",
+            "Cosh",
+            "Asinh",
+            "Acosh",
+            "Atanh",
+            "Elu",
+            "Selu",
+            "HardSigmoid",
+            "HardSwish",
+            "Mish",
+            "IsNaN",
+            "IsInf",
         ];
         const BINARY: &[&str] = &[
             "Add",
@@ -883,7 +980,18 @@ impl Importer {
                 }
                 let dims =
                     self.emit_named(node, name, Op::Merge, &[&[key][..], &dims].concat(), format!("{vname}/shape"))?;
-                let bounds = self.g.ty(merged).shape.clone();
+                // Each dim's bound: the largest among the cases' (a case's own shape, or its
+                // run-time shape's bounds).
+                let case_bounds: Vec<Vec<usize>> = vals
+                    .iter()
+                    .map(|v| self.dynamic.get(v).map_or_else(|| self.g.ty(*v).shape.clone(), |d| d.bounds.clone()))
+                    .collect();
+                let rank = case_bounds[0].len();
+                if case_bounds.iter().any(|b| b.len() != rank) {
+                    return invalid(format!("the cases of output {k} have different ranks"));
+                }
+                let bounds: Vec<usize> =
+                    (0..rank).map(|a| case_bounds.iter().map(|b| b[a]).max().unwrap_or(0)).collect();
                 self.dynamic.insert(merged, Dyn { dims, bounds, cases: Some((raw_key, vals)), rows: false });
             }
             outs.push(merged);

@@ -614,6 +614,8 @@ impl Importer {
         let rows = match (m.map(|v| (v, self.g.const_of(v))), k) {
             (_, 0) => 0,
             (Some((_, Some(t))), _) => usize::try_from(t.to_i64_vec()[0].max(0)).unwrap_or(usize::MAX),
+            // A bound on sizes from data bounds the rows too.
+            (Some((_, None)), _) if self.max_elements.is_some() => self.max_elements.unwrap_or(0),
             (Some((v, None)), _) => {
                 return Err(self.needs_constant(
                     at,
