@@ -11,6 +11,8 @@
                                     the output's shape depends on the axes.
   tests/fixtures/if_shapes.onnx     If on a run-time condition whose branches give different shapes:
                                     then ReduceSum(x, axis 1) [2], else Reshape(x) [6].
+  tests/fixtures/range.onnx         Range(start, limit, delta), all three given at run time: its length
+                                    comes from data (compiled with --max-elements).
   tests/fixtures/if_out_of_range.onnx  If on a run-time condition whose then branch is out of range
                                     for x [2, 3] (Gather of row 5, [3]; else the flattened x, [6]): only
                                     taking it may fail.
@@ -100,6 +102,14 @@ def if_out_of_range() -> onnx.ModelProto:
     return if_model("if_out_of_range", nodes, "t_out", [row])
 
 
+def range_model() -> onnx.ModelProto:
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in ("start", "limit", "delta")]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Range", ["start", "limit", "delta"], ["y"], name="range")
+    g = helper.make_graph([node], "range", ins, [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     models = [
@@ -109,6 +119,7 @@ def main() -> None:
         ("reduce_axes", reduce_axes()),
         ("if_shapes", if_shapes()),
         ("if_out_of_range", if_out_of_range()),
+        ("range", range_model()),
     ]
     for name, m in models:
         p = OUT / f"{name}.onnx"

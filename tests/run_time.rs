@@ -141,3 +141,46 @@ fn loop_with_a_trip_count_given_at_run_time_matches_onnxruntime() {
         kiln_tests::compare(&got, want, kiln_tests::EXPORTED_RTOL, kiln_tests::EXPORTED_ATOL).unwrap();
     }
 }
+
+/// A size that comes from data with no bound of its own (Range's length): without
+/// `--max-elements` the compile names the input and both options; with it, one artifact runs
+/// any length up to the bound (the output's shape reported) and refuses a longer one, or a
+/// zero step, with a one-line error naming the node and the option.
+#[test]
+fn range_length_bounded_by_max_elements() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("range.kiln").to_str().unwrap().to_string();
+    let out = kiln(&["compile", "tests/fixtures/range.onnx", "-o", &artifact]);
+    let e = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("`range` (Range") && e.contains("--freeze-input") && e.contains("--max-elements"), "{e}");
+    let out = kiln(&["compile", "tests/fixtures/range.onnx", "-o", &artifact, "--max-elements", "100"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = |start: f32, limit: f32, delta: f32| -> Result<(Vec<u64>, Vec<f32>), String> {
+        let tag = format!("{start}_{limit}_{delta}");
+        let mut args = vec!["run".to_string(), artifact.clone()];
+        for (name, v) in [("start", start), ("limit", limit), ("delta", delta)] {
+            let p = dir.path().join(format!("{name}_{tag}.npy"));
+            npy(&p, &[], &[v]);
+            args.extend(["--input".to_string(), format!("{name}={}", p.display())]);
+        }
+        let out_dir = dir.path().join(format!("out_{tag}"));
+        args.extend(["--output-dir".to_string(), out_dir.to_str().unwrap().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = kiln(&args);
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert_eq!((out.status.code(), stderr.lines().count()), (Some(1), 1), "{stderr}");
+            return Err(stderr);
+        }
+        let bytes = std::fs::read(out_dir.join("y.npy")).unwrap();
+        let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+        Ok((npy.shape().to_vec(), npy.into_vec::<f32>().unwrap()))
+    };
+    assert_eq!(run(1.0, 4.0, 1.0).unwrap(), (vec![3], vec![1.0, 2.0, 3.0]));
+    assert_eq!(run(10.0, 0.0, -2.5).unwrap(), (vec![4], vec![10.0, 7.5, 5.0, 2.5]));
+    assert_eq!(run(3.0, 1.0, 1.0).unwrap(), (vec![0], vec![]));
+    let e = run(0.0, 1000.0, 1.0).unwrap_err();
+    assert!(e.contains("`range` (Range)") && e.contains("--max-elements"), "{e}");
+    assert!(run(0.0, 1.0, 0.0).is_err(), "a zero step");
+}

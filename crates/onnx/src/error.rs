@@ -32,13 +32,33 @@ impl fmt::Display for UnsupportedOp {
     }
 }
 
-fn freeze_hint(inputs: &[String]) -> String {
+fn freeze_hint(inputs: &[String], op_type: &str) -> String {
     if inputs.is_empty() {
         return String::new();
     }
     let list: Vec<String> = inputs.iter().map(|i| format!("`{i}`")).collect();
+    // The ops whose sizes from data a bound lets run at run time (`import/sized.rs`).
+    const SIZED: &[&str] = &[
+        "Range",
+        "ConstantOfShape",
+        "Expand",
+        "Tile",
+        "Pad",
+        "OneHot",
+        "CenterCropPad",
+        "Slice",
+        "HannWindow",
+        "HammingWindow",
+        "BlackmanWindow",
+        "Loop",
+    ];
+    let bound = if SIZED.contains(&op_type) {
+        ", or bound the size it sets with --max-elements N to take it at run time"
+    } else {
+        ""
+    };
     format!(
-        "; it is computed from graph input {}: give its value at compile time with --freeze-input NAME=FILE",
+        "; it is computed from graph input {}: give its value at compile time with --freeze-input NAME=FILE{bound}",
         list.join(", ")
     )
 }
@@ -56,7 +76,7 @@ fn fmt_unsupported(ops: &[UnsupportedOp]) -> String {
 #[error(
     "node `{node}` ({op_type}, opset {opset}): input {index} (`{value}`, {role}) is computed at run time, \
      but Kiln needs it as a constant (static shapes){}",
-    freeze_hint(graph_inputs)
+    freeze_hint(graph_inputs, op_type)
 )]
 pub struct ConstantNeeded {
     pub node: String,
