@@ -623,8 +623,11 @@ pub fn load_exported(name: &str) -> Result<Case, String> {
 /// and onnxruntime's outputs.
 pub struct DynamicModel {
     pub model: PathBuf,
-    pub sets: Vec<(Vec<(String, Tensor)>, Vec<Tensor>)>,
+    pub sets: Vec<InputSet>,
 }
+
+/// One input set of a [`DynamicModel`]: its inputs (name, value) and onnxruntime's outputs.
+pub type InputSet = (Vec<(String, Tensor)>, Vec<Tensor>);
 
 pub fn load_dynamic(name: &str) -> Result<DynamicModel, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dynamic_models").join(name);
