@@ -104,24 +104,32 @@ fn reduction_axes_given_at_run_time() {
     }
 }
 
-/// A detector exported with NonMaxSuppression in its graph, the kept boxes and scores
-/// gathered by the selected indices: compiled once, it matches onnxruntime on three images
-/// that keep 34 boxes, 40 (the most per class) and none.
-#[test]
-fn detector_with_non_max_suppression_matches_onnxruntime_on_every_image() {
-    let m = kiln_tests::load_dynamic("detector_nms").unwrap();
+/// Compiles model `name` of `tests/dynamic_models/` once (no input value) and runs every input
+/// set, each compared with onnxruntime's outputs; returns the outputs.
+fn matches_onnxruntime_on_every_set(name: &str) -> Vec<Vec<kiln_tests::Out>> {
+    let m = kiln_tests::load_dynamic(name).unwrap();
     let art = kiln::Compiler::new(kiln::CompileOptions::default()).compile_path(&m.model).unwrap();
     let s = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default()).unwrap();
-    let mut counts = Vec::new();
+    let mut all = Vec::new();
     for (inputs, want) in &m.sets {
         let refs: Vec<kiln::TensorRef> = inputs
             .iter()
             .map(|(_, t)| kiln::TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
             .collect();
         let got: Vec<kiln_tests::Out> = s.run(&refs).unwrap().into_iter().map(|t| (t.dtype, t.shape, t.data)).collect();
-        kiln_tests::compare(&got, want, kiln_tests::EXPORTED_RTOL, kiln_tests::EXPORTED_ATOL).unwrap();
-        counts.push(got[2].1[0]);
+        kiln_tests::compare(&got, want, kiln_tests::EXPORTED_RTOL, kiln_tests::EXPORTED_ATOL)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        all.push(got);
     }
+    all
+}
+
+/// A detector exported with NonMaxSuppression in its graph, the kept boxes and scores
+/// gathered by the selected indices: compiled once, it matches onnxruntime on three images
+/// that keep 34 boxes, 40 (the most per class) and none.
+#[test]
+fn detector_with_non_max_suppression_matches_onnxruntime_on_every_image() {
+    let counts: Vec<usize> = matches_onnxruntime_on_every_set("detector_nms").iter().map(|got| got[2].1[0]).collect();
     assert_eq!(counts, vec![34, 40, 0], "the images keep different numbers of boxes");
 }
 
@@ -129,17 +137,7 @@ fn detector_with_non_max_suppression_matches_onnxruntime_on_every_image() {
 /// onnxruntime after 0, 3 and 17 iterations.
 #[test]
 fn loop_with_a_trip_count_given_at_run_time_matches_onnxruntime() {
-    let m = kiln_tests::load_dynamic("loop_decay").unwrap();
-    let art = kiln::Compiler::new(kiln::CompileOptions::default()).compile_path(&m.model).unwrap();
-    let s = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default()).unwrap();
-    for (inputs, want) in &m.sets {
-        let refs: Vec<kiln::TensorRef> = inputs
-            .iter()
-            .map(|(_, t)| kiln::TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
-            .collect();
-        let got: Vec<kiln_tests::Out> = s.run(&refs).unwrap().into_iter().map(|t| (t.dtype, t.shape, t.data)).collect();
-        kiln_tests::compare(&got, want, kiln_tests::EXPORTED_RTOL, kiln_tests::EXPORTED_ATOL).unwrap();
-    }
+    matches_onnxruntime_on_every_set("loop_decay");
 }
 
 /// A size that comes from data with no bound of its own (Range's length): without

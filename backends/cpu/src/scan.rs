@@ -9,6 +9,8 @@ use kiln_ir::lir::{Instr, Program, View};
 use kiln_ir::DType;
 use kiln_llvm_codegen::{llvm_err, BackendResult, CodeGen};
 
+use crate::vector::when;
+
 /// The routine's `ctx` parameter, with the builder at its entry block.
 fn enter<'ctx>(g: &CodeGen<'ctx>, f: FunctionValue<'ctx>) -> PointerValue<'ctx> {
     let entry = g.context.append_basic_block(f, "entry");
@@ -36,23 +38,6 @@ fn bump<'ctx>(g: &CodeGen<'ctx>, p: PointerValue<'ctx>) -> BackendResult<()> {
     let n = get(g, p)?;
     let n1 = g.builder.build_int_add(n, g.i64(1), "n1").map_err(llvm_err)?;
     g.builder.build_store(p, n1).map_err(llvm_err)?;
-    Ok(())
-}
-
-/// Runs `then` where `cond` (an `i1`) holds.
-fn when<'ctx>(
-    g: &CodeGen<'ctx>,
-    f: FunctionValue<'ctx>,
-    cond: IntValue<'ctx>,
-    then: &mut dyn FnMut() -> BackendResult<()>,
-) -> BackendResult<()> {
-    let yes = g.context.append_basic_block(f, "then");
-    let done = g.context.append_basic_block(f, "done");
-    g.builder.build_conditional_branch(cond, yes, done).map_err(llvm_err)?;
-    g.builder.position_at_end(yes);
-    then()?;
-    g.builder.build_unconditional_branch(done).map_err(llvm_err)?;
-    g.builder.position_at_end(done);
     Ok(())
 }
 

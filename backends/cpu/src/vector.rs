@@ -490,6 +490,23 @@ pub(crate) fn vcombine<'ctx>(
     Ok(v)
 }
 
+/// `if cond { then() }`, leaving the builder after it.
+pub(crate) fn when<'ctx>(
+    g: &CodeGen<'ctx>,
+    f: FunctionValue<'ctx>,
+    cond: IntValue<'ctx>,
+    then: &mut dyn FnMut() -> BackendResult<()>,
+) -> BackendResult<()> {
+    let yes = g.context.append_basic_block(f, "then");
+    let done = g.context.append_basic_block(f, "endif");
+    g.builder.build_conditional_branch(cond, yes, done).map_err(llvm_err)?;
+    g.builder.position_at_end(yes);
+    then()?;
+    g.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+    g.builder.position_at_end(done);
+    Ok(())
+}
+
 /// An alloca in the function's entry block (where LLVM promotes it to registers).
 pub(crate) fn entry_alloca<'ctx>(
     g: &CodeGen<'ctx>,

@@ -32,27 +32,28 @@ impl fmt::Display for UnsupportedOp {
     }
 }
 
+/// The ops whose sizes from data a bound (`--max-elements`) lets run at run time
+/// (`import/sized.rs`).
+pub(crate) const SIZED_FROM_DATA: &[&str] = &[
+    "Range",
+    "ConstantOfShape",
+    "Expand",
+    "Tile",
+    "Pad",
+    "OneHot",
+    "CenterCropPad",
+    "Slice",
+    "HannWindow",
+    "HammingWindow",
+    "BlackmanWindow",
+];
+
 fn freeze_hint(inputs: &[String], op_type: &str) -> String {
     if inputs.is_empty() {
         return String::new();
     }
     let list: Vec<String> = inputs.iter().map(|i| format!("`{i}`")).collect();
-    // The ops whose sizes from data a bound lets run at run time (`import/sized.rs`).
-    const SIZED: &[&str] = &[
-        "Range",
-        "ConstantOfShape",
-        "Expand",
-        "Tile",
-        "Pad",
-        "OneHot",
-        "CenterCropPad",
-        "Slice",
-        "HannWindow",
-        "HammingWindow",
-        "BlackmanWindow",
-        "Loop",
-    ];
-    let bound = if SIZED.contains(&op_type) {
+    let bound = if SIZED_FROM_DATA.contains(&op_type) || op_type == "Loop" {
         ", or bound the size it sets with --max-elements N to take it at run time"
     } else {
         ""

@@ -376,6 +376,17 @@ impl Parser {
         }
     }
 
+    /// `from @S +OFF to @D +OFF bytes=N` (a copy's operands).
+    fn copy_parts(&mut self) -> Result<(BufferId, usize, BufferId, usize, usize), String> {
+        self.keyword("from")?;
+        let src = self.buffer_id()?;
+        let src_offset = self.number("offset")?;
+        self.keyword("to")?;
+        let dst = self.buffer_id()?;
+        let dst_offset = self.number("offset")?;
+        Ok((src, src_offset, dst, dst_offset, self.keyed("bytes")?))
+    }
+
     /// `key=VIEW`.
     fn keyed_view(&mut self, key: &str) -> Result<View, String> {
         self.keyword(key)?;
@@ -410,13 +421,7 @@ impl Parser {
         match self.word()?.as_str() {
             "kernel" => self.kernel().map(Instr::Kernel),
             "copy" => {
-                self.keyword("from")?;
-                let src = self.buffer_id()?;
-                let src_offset = self.number("offset")?;
-                self.keyword("to")?;
-                let dst = self.buffer_id()?;
-                let dst_offset = self.number("offset")?;
-                let bytes = self.keyed("bytes")?;
+                let (src, src_offset, dst, dst_offset, bytes) = self.copy_parts()?;
                 Ok(Instr::Copy { dst, dst_offset, src, src_offset, bytes })
             }
             "assert" => {
@@ -448,13 +453,7 @@ impl Parser {
             }
             "end_loop" => Ok(Instr::EndLoop),
             "copy_row" => {
-                self.keyword("from")?;
-                let src = self.buffer_id()?;
-                let src_offset = self.number("offset")?;
-                self.keyword("to")?;
-                let dst = self.buffer_id()?;
-                let dst_offset = self.number("offset")?;
-                let bytes = self.keyed("bytes")?;
+                let (src, src_offset, dst, dst_offset, bytes) = self.copy_parts()?;
                 let row = self.keyed_view("row")?;
                 let rows = self.keyed("rows")?;
                 Ok(Instr::CopyRow { dst, dst_offset, src, src_offset, bytes, row, rows })

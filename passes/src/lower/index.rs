@@ -1,7 +1,7 @@
 //! Lowering of data-dependent index ops: scatters (in gather form), top-k selection, and
 //! the check kernels whose `Assert`s turn an out-of-range index from data into an error.
 
-use kiln_ir::lir::{BufferKind, Combine, Expr, Instr, Kernel, Reduction, Scalar, View};
+use kiln_ir::lir::{BufferKind, Combine, Expr, Kernel, Reduction, Scalar, View};
 use kiln_ir::op::{BinaryOp, CmpOp, UnaryOp};
 use kiln_ir::DType;
 
@@ -118,21 +118,11 @@ impl Lowerer<'_> {
     /// indices' domain), and the `Assert` that stops the run with `message` if any are.
     fn emit_index_check(&mut self, idx: &View, dim: Expr, name: &str, message: String) {
         let ri = idx.extents.len();
-        let flag = self.temp(DType::I64, &[], format!("{name}.bad_indices"));
         let v = Expr::cast(DType::I64, Expr::load(0, vars(0..ri)));
         let low = Expr::cmp(CmpOp::Less, v.clone(), Expr::unary(UnaryOp::Neg, dim.clone()));
         let high = Expr::cmp(CmpOp::GreaterOrEqual, v, dim);
         let bad = Expr::select(Expr::bin(BinaryOp::Or, low, high), Expr::i64(1), Expr::i64(0));
-        self.emit(Kernel {
-            name: format!("{name}.check"),
-            domain: idx.extents.clone(),
-            n_par: 0,
-            inputs: vec![idx.clone()],
-            output: View { extents: vec![], strides: vec![], ..flag.clone() },
-            body: bad,
-            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
-        });
-        self.prog.instrs.push(Instr::Assert { buffer: flag.buffer, message });
+        self.emit_count_check(idx, bad, name, message);
     }
 }
 

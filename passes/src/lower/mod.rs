@@ -483,23 +483,13 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         if direct.get(&v) == Some(&i) {
             continue;
         }
+        let src = l.view_of(v);
         if g.output_shapes.contains_key(&i) {
             // Its elements are dense at the start of its value's buffer, in the case's shape.
             let bytes = l.prog.buffer(out_bufs[i]).bytes.min(l.prog.buffer(l.loc[&v].buffer).bytes);
-            let src = l.view_of(v);
-            if bytes > 0 && !(src.buffer == out_bufs[i] && src.offset == 0) {
-                let sz = src.dtype.size();
-                l.prog.instrs.push(Instr::Copy {
-                    dst: out_bufs[i],
-                    dst_offset: 0,
-                    src: src.buffer,
-                    src_offset: src.offset as usize * sz,
-                    bytes,
-                });
-            }
+            l.copy_to_output(out_bufs[i], &src, bytes);
             continue;
         }
-        let src = l.view_of(v);
         let bytes = g.ty(v).bytes();
         if l.loc[&v].channels_last {
             let t = g.ty(v);
@@ -510,15 +500,8 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
                 vec![src],
                 Expr::load(0, vars(0..4)),
             ));
-        } else if bytes > 0 && !(src.buffer == out_bufs[i] && src.offset == 0) {
-            let sz = src.dtype.size();
-            l.prog.instrs.push(Instr::Copy {
-                dst: out_bufs[i],
-                dst_offset: 0,
-                src: src.buffer,
-                src_offset: src.offset as usize * sz,
-                bytes,
-            });
+        } else {
+            l.copy_to_output(out_bufs[i], &src, bytes);
         }
     }
     // Outputs whose shape is decided at run time: their sizes to the dim slots.
@@ -570,6 +553,15 @@ impl Lowerer<'_> {
             open.push(c);
         }
         Ok(())
+    }
+
+    /// `bytes` bytes from the start of `src` (a row-major view) to output buffer `out`, unless
+    /// they are there already.
+    fn copy_to_output(&mut self, out: BufferId, src: &View, bytes: usize) {
+        if bytes > 0 && !(src.buffer == out && src.offset == 0) {
+            let src_offset = src.offset as usize * src.dtype.size();
+            self.prog.instrs.push(Instr::Copy { dst: out, dst_offset: 0, src: src.buffer, src_offset, bytes });
+        }
     }
 
     /// A dense copy of `src` (any layout) to `dst` (dense, of `src`'s shape).
@@ -703,14 +695,20 @@ impl Lowerer<'_> {
     /// Stops the run with `message` when an element of `ok` (bool) is false: a kernel counts
     /// them into a flag that an `Assert` checks.
     fn emit_assert(&mut self, ok: &View, name: &str, message: String) {
-        let flag = self.temp(DType::I64, &[], format!("{name}.failed"));
         let r = ok.extents.len();
         let bad = Expr::select(Expr::load(0, vars(0..r)), Expr::i64(0), Expr::i64(1));
+        self.emit_count_check(ok, bad, name, message);
+    }
+
+    /// A check kernel summing `bad` (an i64 expression over `view`'s domain, its operand 0)
+    /// into a flag, and the `Assert` that stops the run with `message` when it is not 0.
+    pub(super) fn emit_count_check(&mut self, view: &View, bad: Expr, name: &str, message: String) {
+        let flag = self.temp(DType::I64, &[], format!("{name}.failed"));
         self.emit(Kernel {
             name: format!("{name}.check"),
-            domain: ok.extents.clone(),
+            domain: view.extents.clone(),
             n_par: 0,
-            inputs: vec![ok.clone()],
+            inputs: vec![view.clone()],
             output: View { extents: vec![], strides: vec![], ..flag.clone() },
             body: bad,
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),

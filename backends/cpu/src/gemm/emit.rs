@@ -2,6 +2,7 @@
 //! register tiles and the epilogue (see the parent module's doc).
 
 use super::*;
+use crate::vector::when;
 
 fn min<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
     let lt = g.builder.build_int_compare(IntPredicate::SLT, a, b, "lt").map_err(llvm_err)?;
@@ -26,23 +27,6 @@ fn sub<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Backend
 
 fn f32_ptr<'ctx>(g: &CodeGen<'ctx>, base: PointerValue<'ctx>, at: IntValue<'ctx>) -> BackendResult<PointerValue<'ctx>> {
     g.elem_ptr(base, DType::F32, at)
-}
-
-/// `if cond { then() }`, leaving the builder after it.
-fn when<'ctx>(
-    g: &CodeGen<'ctx>,
-    f: FunctionValue<'ctx>,
-    cond: IntValue<'ctx>,
-    then: &mut dyn FnMut() -> BackendResult<()>,
-) -> BackendResult<()> {
-    let yes = g.context.append_basic_block(f, "then");
-    let done = g.context.append_basic_block(f, "endif");
-    g.builder.build_conditional_branch(cond, yes, done).map_err(llvm_err)?;
-    g.builder.position_at_end(yes);
-    then()?;
-    g.builder.build_unconditional_branch(done).map_err(llvm_err)?;
-    g.builder.position_at_end(done);
-    Ok(())
 }
 
 /// `x` unravelled over `dims` (mixed radix, innermost last).

@@ -84,20 +84,7 @@ impl Importer {
     ) -> Option<OpResult<Vec<ValueId>>> {
         let cap = self.max_elements?;
         let op = node.op_type();
-        const SIZED: &[&str] = &[
-            "Range",
-            "ConstantOfShape",
-            "Expand",
-            "Tile",
-            "Pad",
-            "OneHot",
-            "CenterCropPad",
-            "Slice",
-            "HannWindow",
-            "HammingWindow",
-            "BlackmanWindow",
-        ];
-        if !SIZED.contains(&op) {
+        if !crate::error::SIZED_FROM_DATA.contains(&op) {
             return None;
         }
         let mut b = B { imp: self, node, name, n: 0 };
@@ -160,15 +147,20 @@ fn coordinates(b: &mut B, cap: usize, dims: &[ValueId]) -> OpResult<(Vec<ValueId
     Ok((coords, pos))
 }
 
-/// The value of run-time `dims` gathered from `x` (flattened) at `src` (the flat source
-/// position per output element, clamped into `x`), with its run-time shape.
-fn gathered(b: &mut B, x: ValueId, src: ValueId, dims: &[ValueId], cap: usize) -> OpResult<ValueId> {
+/// The elements of `x` (flattened) at `src` (a flat position per output element, clamped
+/// into `x`).
+fn gather_at(b: &mut B, x: ValueId, src: ValueId) -> OpResult<ValueId> {
     let n = b.ty(x).numel();
     let flat = b.op(Op::Reshape { shape: vec![n] }, &[x], "input_flat")?;
     let (zero, last) = (b.i64(0), b.i64(n as i64 - 1));
     let src = b.bin(BinaryOp::Max, src, zero)?;
     let src = b.bin(BinaryOp::Min, src, last)?;
-    let out = b.op(Op::Gather { axis: 0 }, &[flat, src], "gathered")?;
+    b.op(Op::Gather { axis: 0 }, &[flat, src], "gathered")
+}
+
+/// [`gather_at`] as the output of run-time `dims`.
+fn gathered(b: &mut B, x: ValueId, src: ValueId, dims: &[ValueId], cap: usize) -> OpResult<ValueId> {
+    let out = gather_at(b, x, src)?;
     finish(b, out, dims, cap)
 }
 
@@ -581,12 +573,7 @@ fn pad(b: &mut B, cap: usize, opset: i64, inputs: &[Option<ValueId>]) -> OpResul
             b.imp.g.add_const(t, Tensor::from_data(vec![], kiln_ir::Data::from_f64s(dtype, &[0.0])))
         }
     };
-    let n = b.ty(x).numel();
-    let flat = b.op(Op::Reshape { shape: vec![n] }, &[x], "input_flat")?;
-    let last = b.i64(n as i64 - 1);
-    let clamped = b.bin(BinaryOp::Max, src, zero)?;
-    let clamped = b.bin(BinaryOp::Min, clamped, last)?;
-    let got = b.op(Op::Gather { axis: 0 }, &[flat, clamped], "gathered")?;
+    let got = gather_at(b, x, src)?;
     let out = b.select(inside, got, value)?;
     finish(b, out, &out_dims, cap)
 }
@@ -681,12 +668,7 @@ fn center_crop_pad(b: &mut B, cap: usize, x: Option<ValueId>, shape: Option<Valu
         src.push(s);
     }
     let src = flat_index(b, &src, &xs)?;
-    let n = b.ty(x).numel();
-    let flat = b.op(Op::Reshape { shape: vec![n] }, &[x], "input_flat")?;
-    let last = b.i64(n as i64 - 1);
-    let clamped = b.bin(BinaryOp::Max, src, zero)?;
-    let clamped = b.bin(BinaryOp::Min, clamped, last)?;
-    let got = b.op(Op::Gather { axis: 0 }, &[flat, clamped], "gathered")?;
+    let got = gather_at(b, x, src)?;
     let out = match inside {
         Some(inside) => {
             let t = b.tag("zero");

@@ -1,12 +1,13 @@
 //! Ops whose result shape depends on data: Compress, NonZero, Unique, NonMaxSuppression.
 //!
-//! Kiln compiles static shapes, so the data that decides the shape must be known at compile
-//! time. Compress needs only its condition constant (the data may be a run-time value: the
-//! selection becomes a Gather). NonZero, Unique and NonMaxSuppression are evaluated while
-//! importing and need every input constant; otherwise they fail with the `NeedsConstant`
-//! error, which names the graph inputs the value comes from (`--freeze-input` binds them).
+//! With constant inputs they are evaluated while importing (NonZero and NonMaxSuppression by
+//! the reference evaluation of their HIR ops). Compress needs only its condition constant
+//! (the data may be a run-time value: the selection becomes a Gather). Otherwise they fail
+//! with the `NeedsConstant` error, which the importer turns into the run-time forms of
+//! `import/cases.rs` (NonZero, NonMaxSuppression, Compress); Unique stays an error naming the
+//! graph inputs its value comes from (`--freeze-input` binds them).
 
-use kiln_ir::{numel, strides_of, Data, Op, Tensor, ValueId};
+use kiln_ir::{numel, Op, Tensor, ValueId};
 
 use super::{invalid, norm_axis, NodeCx, OpResult};
 
@@ -54,19 +55,24 @@ pub(super) fn compress(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vec![cx.emit_out(Op::Gather { axis }, &[x, idx], 0)?])
 }
 
+/// The rows a packed scan result holds (see `Op::NonZero`): its count, then `count · width`
+/// elements, as a constant `shape(count)`.
+fn unpack(packed: &Tensor, shape: impl Fn(usize) -> Vec<usize>) -> Tensor {
+    let v = packed.to_i64_vec();
+    let count = v[0] as usize;
+    let shape = shape(count);
+    let n: usize = shape.iter().product();
+    Tensor::i64(shape, v[1..1 + n].to_vec())
+}
+
 /// NonZero: the indices of the non-zero elements, one row per dimension (row-major order).
 pub(super) fn non_zero(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let x = const_input(cx, 0, "data")?;
-    let shape = x.shape().to_vec();
-    let strides = strides_of(&shape);
-    let nz: Vec<usize> = x.to_f64_vec().iter().enumerate().filter(|(_, &v)| v != 0.0).map(|(i, _)| i).collect();
-    let mut out = Vec::with_capacity(nz.len() * shape.len());
-    for (d, &s) in strides.iter().enumerate() {
-        out.extend(nz.iter().map(|&i| ((i / s) % shape[d]) as i64));
-    }
+    let rank = x.shape().len();
+    let packed = kiln_ir::ops::eval(&Op::NonZero, &[&x]).map_err(super::OpError::Invalid)?;
     let name = cx.out_name(0);
-    Ok(vec![cx.konst(name, Tensor::i64(vec![shape.len(), nz.len()], out))])
+    Ok(vec![cx.konst(name, unpack(&packed[0], |n| vec![rank, n]))])
 }
 
 /// A sort key for Unique: integers compare exactly, floats as f64.
@@ -166,37 +172,9 @@ pub(super) fn unique(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vals)
 }
 
-/// The corners `(y_min, x_min, y_max, x_max)` of a box.
-fn corners(b: &[f64], center: bool) -> (f64, f64, f64, f64) {
-    if center {
-        let (hw, hh) = (b[2] / 2.0, b[3] / 2.0);
-        (b[1] - hh, b[0] - hw, b[1] + hh, b[0] + hw)
-    } else {
-        (b[0].min(b[2]), b[1].min(b[3]), b[0].max(b[2]), b[1].max(b[3]))
-    }
-}
-
-/// Whether two boxes overlap by more than `threshold` (intersection over union).
-fn suppresses(a: &[f64], b: &[f64], center: bool, threshold: f64) -> bool {
-    let (ay0, ax0, ay1, ax1) = corners(a, center);
-    let (by0, bx0, by1, bx1) = corners(b, center);
-    let (ix0, ix1) = (ax0.max(bx0), ax1.min(bx1));
-    let (iy0, iy1) = (ay0.max(by0), ay1.min(by1));
-    if ix1 <= ix0 || iy1 <= iy0 {
-        return false;
-    }
-    let inter = (ix1 - ix0) * (iy1 - iy0);
-    let (area_a, area_b) = ((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0));
-    let union = area_a + area_b - inter;
-    if inter <= 0.0 || area_a <= 0.0 || area_b <= 0.0 || union <= 0.0 {
-        return false;
-    }
-    inter / union > threshold
-}
-
 /// NonMaxSuppression: per batch and class, greedily keep the highest-scoring boxes that do
 /// not overlap a kept one by more than the IoU threshold; `[selected, 3]` rows of
-/// (batch, class, box).
+/// (batch, class, box), by the reference evaluation of `Op::NonMaxSuppression`.
 pub(super) fn non_max_suppression(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     cx.outputs_at_most(1, "")?;
     let boxes = const_input(cx, 0, "boxes")?;
@@ -204,37 +182,16 @@ pub(super) fn non_max_suppression(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let scalar = |cx: &NodeCx, i: usize, role: &str| -> OpResult<Option<f64>> {
         Ok(cx.opt_const_input(i, role)?.and_then(|t| t.to_f64_vec().first().copied()))
     };
-    let max_out = scalar(cx, 2, "max_output_boxes_per_class")?.unwrap_or(0.0).max(0.0) as usize;
-    let iou = scalar(cx, 3, "iou_threshold")?.unwrap_or(0.0);
-    let score_threshold = scalar(cx, 4, "score_threshold")?;
-    let center = cx.attrs.int_or("center_point_box", 0)? != 0;
-    let (bs, ss) = (boxes.shape().to_vec(), scores.shape().to_vec());
-    if bs.len() != 3 || bs[2] != 4 || ss.len() != 3 || ss[0] != bs[0] || ss[2] != bs[1] {
-        return invalid(format!("boxes {:?} and scores {:?} do not match ([B, N, 4] and [B, C, N])", bs, ss));
-    }
-    let (nb, nc, n) = (ss[0], ss[1], ss[2]);
-    let (bv, sv) = (boxes.to_f64_vec(), scores.to_f64_vec());
-    let mut out: Vec<i64> = Vec::new();
-    for b in 0..nb {
-        let bx = |i: usize| &bv[(b * n + i) * 4..(b * n + i) * 4 + 4];
-        for c in 0..nc {
-            let sc = |i: usize| sv[(b * nc + c) * n + i];
-            let mut cand: Vec<usize> = (0..n).filter(|&i| score_threshold.is_none_or(|t| sc(i) > t)).collect();
-            // Highest score first; ties by lower box index (a stable sort keeps that order).
-            cand.sort_by(|&p, &q| sc(q).partial_cmp(&sc(p)).unwrap_or(std::cmp::Ordering::Equal));
-            let mut kept: Vec<usize> = Vec::new();
-            for i in cand {
-                if kept.len() >= max_out {
-                    break;
-                }
-                if kept.iter().all(|&k| !suppresses(bx(i), bx(k), center, iou)) {
-                    kept.push(i);
-                    out.extend([b as i64, c as i64, i as i64]);
-                }
-            }
-        }
-    }
-    let rows = out.len() / 3;
+    let max_out = scalar(cx, 2, "max_output_boxes_per_class")?.unwrap_or(0.0).max(0.0) as i64;
+    let iou = scalar(cx, 3, "iou_threshold")?.unwrap_or(0.0) as f32;
+    let threshold = scalar(cx, 4, "score_threshold")?.map_or(f32::NEG_INFINITY, |t| t as f32);
+    let center_point_box = cx.attrs.int_or("center_point_box", 0)? != 0;
+    let f32s = |t: &Tensor| Tensor::f32(t.shape().to_vec(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
+    let params =
+        [Tensor::i64(vec![], vec![max_out]), Tensor::f32(vec![], vec![iou]), Tensor::f32(vec![], vec![threshold])];
+    let ins = [&f32s(&boxes), &f32s(&scores), &params[0], &params[1], &params[2]];
+    let packed =
+        kiln_ir::ops::eval(&Op::NonMaxSuppression { center_point_box }, &ins).map_err(super::OpError::Invalid)?;
     let name = cx.out_name(0);
-    Ok(vec![cx.konst(name, Tensor::from_data(vec![rows, 3], Data::I64(out)))])
+    Ok(vec![cx.konst(name, unpack(&packed[0], |n| vec![n, 3]))])
 }
