@@ -675,7 +675,7 @@ impl Session {
         let mut outs: Vec<Vec<u8>> = self.manifest.outputs.iter().map(|s| vec![0u8; s.byte_len()]).collect();
         let shapes = {
             let mut slices: Vec<&mut [u8]> = outs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            self.run_into(inputs, &mut slices)?
+            self.run_into_shaped(inputs, &mut slices)?
         };
         Ok(self
             .manifest
@@ -694,10 +694,31 @@ impl Session {
     /// Runs the model into output buffers the caller owns (and can reuse from run to run,
     /// as an allocation per run can cost a page fault per 4 KiB of output): one per output,
     /// in the manifest's order, each exactly the output's buffer size in bytes
-    /// ([`TensorSpec::byte_len`]) and aligned to its element size. Returns the outputs'
-    /// shapes: an output whose shape is decided at run time holds its elements, row-major,
-    /// at the start of its buffer.
-    pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<Vec<Vec<usize>>, RuntimeError> {
+    /// ([`TensorSpec::byte_len`]) and aligned to its element size. An output whose shape is
+    /// decided at run time holds its elements, row-major, at the start of its buffer: see
+    /// [`Session::run_into_shaped`] for the shapes.
+    pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<(), RuntimeError> {
+        let dims = self.run_core(inputs, outputs)?;
+        // Checked even when not asked for: the code is trusted to write them, not to be right.
+        for s in self.manifest.outputs.iter().filter(|s| s.is_dynamic()) {
+            output_shape(s, &dims)?;
+        }
+        Ok(())
+    }
+
+    /// [`Session::run_into`], returning every output's shape.
+    pub fn run_into_shaped(
+        &self,
+        inputs: &[TensorRef],
+        outputs: &mut [&mut [u8]],
+    ) -> Result<Vec<Vec<usize>>, RuntimeError> {
+        let dims = self.run_core(inputs, outputs)?;
+        self.manifest.outputs.iter().map(|s| output_shape(s, &dims)).collect()
+    }
+
+    /// Runs the model; returns the run-time dims the code wrote (none for a model of fixed
+    /// shapes: no allocation).
+    fn run_core(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<Vec<i64>, RuntimeError> {
         self.check_inputs(inputs)?;
         let specs = &self.manifest.outputs;
         if outputs.len() != specs.len() {
@@ -741,7 +762,7 @@ impl Session {
         let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, &mut dims);
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
         result?;
-        specs.iter().map(|s| output_shape(s, &dims)).collect()
+        Ok(dims)
     }
 }
 
