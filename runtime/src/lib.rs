@@ -698,7 +698,11 @@ impl Session {
     /// decided at run time holds its elements, row-major, at the start of its buffer: see
     /// [`Session::run_into_shaped`] for the shapes.
     pub fn run_into(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<(), RuntimeError> {
-        let dims = self.run_core(inputs, outputs)?;
+        if self.manifest.dim_slots == 0 {
+            return self.run_core(inputs, outputs, &mut []);
+        }
+        let mut dims = vec![-1i64; self.manifest.dim_slots as usize];
+        self.run_core(inputs, outputs, &mut dims)?;
         // Checked even when not asked for: the code is trusted to write them, not to be right.
         for s in self.manifest.outputs.iter().filter(|s| s.is_dynamic()) {
             output_shape(s, &dims)?;
@@ -712,13 +716,14 @@ impl Session {
         inputs: &[TensorRef],
         outputs: &mut [&mut [u8]],
     ) -> Result<Vec<Vec<usize>>, RuntimeError> {
-        let dims = self.run_core(inputs, outputs)?;
+        let mut dims = vec![-1i64; self.manifest.dim_slots as usize];
+        self.run_core(inputs, outputs, &mut dims)?;
         self.manifest.outputs.iter().map(|s| output_shape(s, &dims)).collect()
     }
 
-    /// Runs the model; returns the run-time dims the code wrote (none for a model of fixed
-    /// shapes: no allocation).
-    fn run_core(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]]) -> Result<Vec<i64>, RuntimeError> {
+    /// Runs the model, the code writing its run-time dims to `dims` (`Manifest::dim_slots` of
+    /// them).
+    fn run_core(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]], dims: &mut [i64]) -> Result<(), RuntimeError> {
         self.check_inputs(inputs)?;
         let specs = &self.manifest.outputs;
         if outputs.len() != specs.len() {
@@ -758,11 +763,9 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| AlignedBuf::zeroed(self.scratch_bytes));
-        let mut dims = vec![-1i64; self.manifest.dim_slots as usize];
-        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, &mut dims);
+        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, dims);
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
-        result?;
-        Ok(dims)
+        result
     }
 }
 
