@@ -199,6 +199,9 @@ fn run_reads_sequence_inputs_and_writes_one_npy_per_element() {
         &input("tensor", 1),
         "--input",
         &input("position", 2),
+        // An insert position decides the sequence's layout: compiled in, as the user asks.
+        "--freeze-input",
+        &input("position", 2),
         "--output-dir",
         d.path().to_str().unwrap(),
     ]);

@@ -274,18 +274,20 @@ pub fn run_lib_frozen(case: &Case) -> Result<Vec<Out>, String> {
     run_lib_with(case, CompileOptions::default(), true)
 }
 
-fn run_lib_with(case: &Case, base: CompileOptions, freeze: bool) -> Result<Vec<Out>, String> {
+/// Compiles a case, freezing (with `freeze`) the inputs the compiler asks for as constants
+/// (from the case's values, as `--freeze-input` would) until it compiles: the artifact and
+/// the options it was compiled with.
+fn compile_case(case: &Case, base: CompileOptions, freeze: bool) -> Result<(kiln::Artifact, CompileOptions), String> {
     let mut opts = compile_options(case);
     opts.target = base.target;
     opts.devices = base.devices;
     if freeze {
-        // As `kiln run` on an `.onnx` model: no bound on sizes from data, whose inputs are
-        // compiled in instead.
+        // No bound on sizes from data, whose inputs are compiled in instead.
         opts.max_elements = None;
     }
-    let art = loop {
+    loop {
         match Compiler::new(opts.clone()).compile_path(&case.model) {
-            Ok(a) => break a,
+            Ok(a) => return Ok((a, opts)),
             Err(e) if freeze => {
                 let need: Vec<String> =
                     e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).cloned().collect();
@@ -300,7 +302,11 @@ fn run_lib_with(case: &Case, base: CompileOptions, freeze: bool) -> Result<Vec<O
             }
             Err(e) => return Err(error_chain(&e)),
         }
-    };
+    }
+}
+
+fn run_lib_with(case: &Case, base: CompileOptions, freeze: bool) -> Result<Vec<Out>, String> {
+    let (art, opts) = compile_case(case, base, freeze)?;
     let s = Session::from_bytes(&art.bytes(), &SessionOptions::default()).map_err(|e| e.to_string())?;
     let refs: Vec<TensorRef> = case
         .inputs
@@ -362,9 +368,11 @@ pub fn run_cli(case: &Case) -> Result<Vec<Out>, String> {
     cli_outputs(cmd, &dir.path().join("out"))
 }
 
-/// Runs a case through `kiln run` on the `.onnx` model, which compiles the inputs that must be
-/// static in, with the values given (the "frozen" count).
+/// Runs a case through `kiln run` on the `.onnx` model with `--freeze-input` for each input
+/// the compiler needs as a constant, with the case's value (the "frozen" count).
 pub fn run_cli_frozen(case: &Case) -> Result<Vec<Out>, String> {
+    // The inputs to freeze: those the compiler asks for (`kiln run` freezes none by itself).
+    let (_, opts) = compile_case(case, CompileOptions::default(), true)?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(kiln_bin());
     cmd.arg("run").arg(&case.model);
@@ -373,6 +381,9 @@ pub fn run_cli_frozen(case: &Case) -> Result<Vec<Out>, String> {
     }
     for (n, t, p) in case.inputs.iter().filter(|(n, _, _)| !case.is_value_input_part(n)) {
         cmd.arg("--input-shape").arg(format!("{n}={}", dims(t)));
+        if opts.frozen_inputs.contains_key(n) {
+            cmd.arg("--freeze-input").arg(format!("{n}={}", p.display()));
+        }
         cmd.arg("--input").arg(format!("{n}={}", p.display()));
     }
     cli_outputs(cmd, &dir.path().join("out"))

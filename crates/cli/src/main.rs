@@ -181,16 +181,9 @@ fn is_onnx(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "onnx")
 }
 
-/// Loads a `.kiln` file, or compiles an `.onnx` file in memory. For `.onnx`, inputs that
-/// must be static (a Reshape's shape given as a graph input) and whose value is among
-/// `given` are frozen to that value, as `--freeze-input` would.
-fn session(
-    model: &Path,
-    shapes: &ShapeArgs,
-    threads: usize,
-    given: &HashMap<String, PathBuf>,
-    structured: &Structured,
-) -> Res<Session> {
+/// Loads a `.kiln` file, or compiles an `.onnx` file in memory with the options given (it
+/// compiles no input's value in unless told to with `--freeze-input`).
+fn session(model: &Path, shapes: &ShapeArgs, threads: usize, structured: &Structured) -> Res<Session> {
     let so = SessionOptions { threads };
     if !is_onnx(model) {
         let given = !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() || !shapes.input_value.is_empty();
@@ -203,37 +196,8 @@ fn session(
     }
     let mut opts = options(shapes, "cpu", model)?;
     opts.value_inputs.extend(structured.specs.clone());
-    loop {
-        match Compiler::new(opts.clone()).compile_path(model) {
-            Ok(art) => return Ok(Session::from_bytes(&art.bytes(), &so)?),
-            Err(e) => {
-                let need: Vec<&String> =
-                    e.inputs_to_freeze().iter().filter(|n| !opts.frozen_inputs.contains_key(*n)).collect();
-                let known = |n: &String| given.contains_key(n) || structured.tensors.contains_key(n);
-                if need.is_empty() || !need.iter().all(|n| known(n)) {
-                    return Err(e.into());
-                }
-                for n in need {
-                    let (t, p) = match structured.tensors.get(n) {
-                        Some((t, p)) => (t.clone(), p),
-                        None => {
-                            let p = &given[n];
-                            (
-                                tensors::read_ir(p)
-                                    .map_err(|err| format!("input `{n}` from {}: {err}", p.display()))?,
-                                p,
-                            )
-                        }
-                    };
-                    eprintln!(
-                        "note: input `{n}` sets a static shape; compiling with its value from {} frozen in",
-                        p.display()
-                    );
-                    opts.frozen_inputs.insert(n.clone(), t);
-                }
-            }
-        }
-    }
+    let art = Compiler::new(opts).compile_path(model)?;
+    Ok(Session::from_bytes(&art.bytes(), &so)?)
 }
 
 fn parse_inputs(specs: &[String]) -> Res<HashMap<String, PathBuf>> {
@@ -360,7 +324,7 @@ fn sanitize(name: &str) -> String {
 fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, format: &str, threads: usize) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let structured = structured_inputs(model, &files, false)?;
-    let s = session(model, shapes, threads, &files, &structured)?;
+    let s = session(model, shapes, threads, &structured)?;
     let ins = gather_inputs(&s, &files, &structured, false)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     let outs = s.run(&refs)?;
@@ -413,7 +377,7 @@ fn cmd_bench(
 ) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let structured = structured_inputs(model, &files, false)?;
-    let s = session(model, shapes, threads, &files, &structured)?;
+    let s = session(model, shapes, threads, &structured)?;
     let ins = gather_inputs(&s, &files, &structured, true)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     // Output buffers allocated once and reused, as a serving loop would: what is timed is the
