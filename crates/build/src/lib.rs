@@ -215,13 +215,6 @@ fn binding_source(m: &Manifest, name: &str, source: &str) -> Result<String, Stri
     if m.inputs.iter().chain(&m.outputs).any(|t| DTypeCode::from_i32(t.dtype).is_none()) {
         return Err("a tensor has an unknown dtype".into());
     }
-    if let Some(t) = m.outputs.iter().find(|t| t.is_dynamic()) {
-        return Err(format!(
-            "output `{}` has a shape decided at run time, which the typed bindings do not take yet (fixed arrays); \
-             load the .kiln artifact with kiln_runtime::Session instead",
-            t.name
-        ));
-    }
     let ty = camel(name);
     let (ins, outs) = (idents(&m.inputs, "input"), idents(&m.outputs, "output"));
     let doc = |t: &TensorSpec| {
@@ -256,14 +249,26 @@ fn binding_source(m: &Manifest, name: &str, source: &str) -> Result<String, Stri
         writeln!(w, "/// The outputs of [`{ty}::run`].\n#[derive(Clone, Debug, PartialEq)]\npub struct {ty}Outputs {{");
     for (t, id) in m.outputs.iter().zip(&outs) {
         let (d, n, _) = describe(t);
-        let _ = writeln!(w, "    /// {}.\n    pub {id}: Box<[{}; {n}]>,", doc(t), rust_type(d));
+        if t.is_dynamic() {
+            // Its shape is decided at run time: its elements and its shape.
+            let _ = writeln!(w, "    /// {}: its shape is decided at run time (at most the bounds, per dim).", doc(t));
+            let _ = writeln!(
+                w,
+                "    pub {id}: Vec<{}>,\n    /// The shape of `{id}`.\n    pub {id}_shape: Vec<usize>,",
+                rust_type(d)
+            );
+        } else {
+            let _ = writeln!(w, "    /// {}.\n    pub {id}: Box<[{}; {n}]>,", doc(t), rust_type(d));
+        }
     }
     let _ = writeln!(w, "}}\n\nimpl {ty} {{");
     for (t, id) in m.inputs.iter().chain(&m.outputs).zip(ins.iter().chain(&outs)) {
         let (_, _, shape) = describe(t);
+        let (what, suffix) =
+            if t.is_dynamic() { ("The most each dim of", "MAX_SHAPE") } else { ("The shape of", "SHAPE") };
         let _ = writeln!(
             w,
-            "    /// The shape of {}.\n    pub const {}_SHAPE: [usize; {}] = [{shape}];",
+            "    /// {what} {}.\n    pub const {}_{suffix}: [usize; {}] = [{shape}];",
             doc(t),
             id.to_ascii_uppercase(),
             t.shape.len()
@@ -302,12 +307,42 @@ fn binding_source(m: &Manifest, name: &str, source: &str) -> Result<String, Stri
         let _ = writeln!(w, "            kiln_runtime::TensorRef::typed(kiln_runtime::DType::from_i32({}).expect(\"dtype\"), &Self::{}_SHAPE, {id}).expect(\"width\"),", t.dtype, id.to_ascii_uppercase());
     }
     let _ = writeln!(w, "        ];\n        let mut outs = self.session.run(&inputs)?.into_iter();");
-    let _ = writeln!(w, "        let mut next = || outs.next().and_then(|t| t.to_vec_of()).and_then(|v| v.into_boxed_slice().try_into().ok()).expect(\"output as declared\");");
-    let _ = writeln!(
-        w,
-        "        Ok({ty}Outputs {{ {} }})\n    }}\n}}",
-        outs.iter().map(|id| format!("{id}: next()")).collect::<Vec<_>>().join(", ")
-    );
+    let fields: Vec<String> = m
+        .outputs
+        .iter()
+        .zip(&outs)
+        .map(|(t, id)| {
+            if t.is_dynamic() {
+                format!(
+                    "{id}: {{ let t = outs.next().expect(\"output as declared\"); let s = t.shape.clone(); \
+                     {id}_shape = s; t.to_vec_of().expect(\"output as declared\") }}"
+                )
+            } else {
+                format!(
+                    "{id}: outs.next().and_then(|t| t.to_vec_of()).and_then(|v| v.into_boxed_slice().try_into().ok())\
+                     .expect(\"output as declared\")"
+                )
+            }
+        })
+        .collect();
+    let shapes: Vec<String> = m
+        .outputs
+        .iter()
+        .zip(&outs)
+        .filter(|(t, _)| t.is_dynamic())
+        .map(|(_, id)| format!("        let {id}_shape;"))
+        .collect();
+    for line in &shapes {
+        let _ = writeln!(w, "{line}");
+    }
+    let _ = writeln!(w, "        let out = {ty}Outputs {{");
+    for (f, (t, id)) in fields.iter().zip(m.outputs.iter().zip(&outs)) {
+        let _ = writeln!(w, "            {f},");
+        if t.is_dynamic() {
+            let _ = writeln!(w, "            {id}_shape,");
+        }
+    }
+    let _ = writeln!(w, "        }};\n        Ok(out)\n    }}\n}}");
     Ok(s)
 }
 
@@ -352,5 +387,26 @@ mod tests {
         assert!(code.contains("pub fn clf_entry(ctx: *const kiln_runtime::abi::Context) -> i32;"), "{code}");
         // A few dozen lines, whatever the model.
         assert!(code.lines().count() < 80, "{}", code.lines().count());
+    }
+
+    /// An output whose shape is decided at run time: its elements and its shape, its bounds
+    /// as a constant.
+    #[test]
+    fn binding_of_an_output_of_run_time_shape() {
+        let mut boxes = spec("boxes", DTypeCode::F32, &[40, 4]);
+        boxes.dim_slots = vec![0, -1];
+        boxes.max_bytes = 640;
+        let m = Manifest {
+            model_name: "m".into(),
+            inputs: vec![spec("image", DTypeCode::F32, &[1, 3, 16, 16])],
+            outputs: vec![boxes, spec("count", DTypeCode::I64, &[1])],
+            dim_slots: 1,
+            ..Default::default()
+        };
+        let code = binding_source(&m, "det", "det.onnx").unwrap();
+        assert!(code.contains("pub boxes: Vec<f32>,"), "{code}");
+        assert!(code.contains("pub boxes_shape: Vec<usize>,"), "{code}");
+        assert!(code.contains("pub const BOXES_MAX_SHAPE: [usize; 2] = [40, 4];"), "{code}");
+        assert!(code.contains("pub count: Box<[i64; 1]>,"), "{code}");
     }
 }
