@@ -45,3 +45,36 @@ fn lir_text_round_trips_on_every_test_model() {
     }
     eprintln!("{programs} LIR programs of {} models round-trip", cases.len());
 }
+
+/// The text forms of both IRs round-trip on models that decide things at run time: guarded
+/// nodes, merges, asserts, loops and outputs of run-time shape (HIR), case and loop blocks,
+/// `SetDims`, `CopyRow` and the scan routines (LIR).
+#[test]
+fn text_round_trips_on_run_time_decisions() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let models = [
+        root.join("fixtures/if_shapes.onnx"),
+        root.join("fixtures/if_out_of_range.onnx"),
+        root.join("fixtures/reduce_axes.onnx"),
+        root.join("fixtures/range.onnx"),
+        root.join("dynamic_models/detector_nms/model.onnx"),
+        root.join("dynamic_models/loop_decay/model.onnx"),
+    ];
+    for model in &models {
+        let name = model.display().to_string();
+        // A bound small enough that its position vectors print inline.
+        let opts = kiln::CompileOptions { max_elements: Some(32), ..Default::default() };
+        let c = Compiler::new(opts);
+        // HIR's text form parses back inline constants only: the fixtures have no others.
+        if name.contains("fixtures") {
+            let g = c.import_path(model).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let text = kiln::ir::text::print(&g);
+            let back = kiln::ir::text::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+            assert_eq!(kiln::ir::text::print(&back), text, "{name}: HIR print → parse → print");
+        }
+        let lowered = c.lower_path(model).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for p in &lowered {
+            round_trip(&name, p);
+        }
+    }
+}
