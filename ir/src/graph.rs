@@ -63,6 +63,17 @@ impl Guard {
     }
 }
 
+/// A dim of the graph's inputs that the caller sets at each run, between `lo` and `hi`
+/// (`--dim NAME=LO..HI`). The graph is built at `hi`: every value whose leading axis carries
+/// the symbol holds `hi` rows of which a run computes and reads the first `value` (see
+/// `kiln_passes::rows`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DimSymbol {
+    pub name: String,
+    pub lo: usize,
+    pub hi: usize,
+}
+
 /// The shape of a graph output that the code decides at run time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeShape {
@@ -108,6 +119,11 @@ pub struct Graph {
     pub guard: Vec<Guard>,
     /// Graph outputs (by position) whose shape is decided at run time.
     pub output_shapes: std::collections::BTreeMap<usize, RuntimeShape>,
+    /// The dims the caller sets at run time ([`DimSymbol`]), in the order of their slots.
+    pub symbols: Vec<DimSymbol>,
+    /// Per graph input (by position) that has a run-time dim: per axis, the index in
+    /// `symbols` of the dim it carries (the input's type giving the bound).
+    pub input_syms: std::collections::BTreeMap<usize, Vec<Option<usize>>>,
 }
 
 impl Graph {
@@ -275,9 +291,12 @@ impl Graph {
         self.output_shapes.values().map(|r| r.dims)
     }
 
-    /// Whether anything is decided at run time (a guarded node or an output's shape).
+    /// Whether anything is decided at run time (a guarded node, an output's shape, a dim the
+    /// caller sets).
     pub fn has_runtime_decisions(&self) -> bool {
-        !self.output_shapes.is_empty() || self.order.iter().any(|&n| !self.nodes[n.0 as usize].guard.is_empty())
+        !self.output_shapes.is_empty()
+            || !self.symbols.is_empty()
+            || self.order.iter().any(|&n| !self.nodes[n.0 as usize].guard.is_empty())
     }
 
     /// Turns a node result into a constant in place (constant folding); the node is removed.

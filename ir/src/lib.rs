@@ -21,7 +21,7 @@ pub mod types;
 pub mod verify;
 
 pub use dtype::DType;
-pub use graph::{BuildError, Graph, Guard, Node, NodeId, RuntimeShape, ValueData, ValueDef, ValueId};
+pub use graph::{BuildError, DimSymbol, Graph, Guard, Node, NodeId, RuntimeShape, ValueData, ValueDef, ValueId};
 pub use op::{BinaryOp, CmpOp, Family, GridMode, GridPadding, Op, ReduceOp, ScatterReduction, UnaryOp, Window};
 pub use tensor::{Data, Tensor};
 pub use types::{fmt_shape, numel, strides_of, Shape, TensorType};

@@ -34,6 +34,9 @@ pub enum BufferKind {
     Constant(Tensor),
     /// Scratch memory, placed in the arena by memory planning.
     Activation,
+    /// The run-time dims array (`Context::dims`, i64 elements, one per slot): a kernel that
+    /// masks its work to a size set at run time reads it.
+    Dims,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +52,26 @@ pub struct Buffer {
     /// The value was fused into its consumer by the HIR fuse pass: LIR fusion merges the
     /// producing kernel into the consuming one where the two compose.
     pub fused: bool,
+    /// The buffer holds a value whose leading axis is a run-time dim: `bytes` is sized at its
+    /// bound, and a run computes and reads only the first `dims[slot]` rows (of `bytes /
+    /// bound` bytes each). Set by lowering (`kiln_passes::rows`).
+    pub rows: Option<RowDim>,
+}
+
+/// The leading axis of a buffer that a run sizes: its dim slot and its bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowDim {
+    pub slot: u32,
+    pub bound: u64,
+}
+
+/// A kernel whose domain dim 0 runs only to `dims[slot] · per` of its `domain[0]` (`bound ·
+/// per`): the rows of its run-time-sized operands that a run uses. The entry function cuts
+/// its tasks to those rows (a task's block may run past them, over rows that no one reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Clamp {
+    pub slot: u32,
+    pub per: u64,
 }
 
 /// A strided window of a buffer: element `idx` lives at element
@@ -506,8 +529,17 @@ pub struct Program {
     /// for a fixed dim or the run-time dim slot ([`Instr::SetDims`]) that holds its size,
     /// `outputs`' shape then giving each dim's upper bound.
     pub output_slots: Vec<Vec<i32>>,
-    /// How many run-time dim slots the program writes.
+    /// How many run-time dim slots the program uses: first one per symbol (set by the
+    /// caller before the run), then those it writes ([`Instr::SetDims`]).
     pub dim_slots: usize,
+    /// The dims the caller sets at run time: symbol `i`'s value is in dim slot `i`.
+    pub symbols: Vec<crate::DimSymbol>,
+    /// Per input: empty when its shape is fixed; otherwise, per dim, -1 or the slot of the
+    /// symbol that sizes it (`inputs`' shape giving the bound).
+    pub input_slots: Vec<Vec<i32>>,
+    /// Kernels (by instruction index) that run only over the rows a run uses (set by the
+    /// last step, after which instructions no longer move).
+    pub clamps: std::collections::BTreeMap<usize, Clamp>,
     /// Arena size in bytes, set by memory planning.
     pub arena_bytes: u64,
 }
@@ -515,7 +547,7 @@ pub struct Program {
 impl Program {
     pub fn add_buffer(&mut self, kind: BufferKind, bytes: usize, name: impl Into<String>) -> BufferId {
         let id = BufferId(self.buffers.len() as u32);
-        self.buffers.push(Buffer { kind, bytes, name: name.into(), offset: None, fused: false });
+        self.buffers.push(Buffer { kind, bytes, name: name.into(), offset: None, fused: false, rows: None });
         id
     }
     pub fn buffer(&self, b: BufferId) -> &Buffer {

@@ -9,7 +9,9 @@
 //! 6. a guarded node's keys are defined one-element i64 values, and a node reads a result of
 //!    a guarded node only under the same guards (or more, in any order), except a `Merge`,
 //!    which reads each case's result from outside it; a graph output and an output's run-time shape are
-//!    results of unguarded nodes (or inputs, constants).
+//!    results of unguarded nodes (or inputs, constants);
+//! 7. an input's run-time dims name declared symbols, one per axis of the input, each axis
+//!    sized at its symbol's bound `hi`, with `lo <= hi`.
 
 use std::collections::HashSet;
 
@@ -17,6 +19,37 @@ use crate::infer::infer;
 use crate::{Graph, Op, ValueDef, ValueId};
 
 pub fn verify(g: &Graph) -> Result<(), String> {
+    for s in &g.symbols {
+        if s.lo > s.hi {
+            return Err(format!("symbol `{}` has bounds {}..{}", s.name, s.lo, s.hi));
+        }
+    }
+    for (&i, axes) in &g.input_syms {
+        let Some(&v) = g.inputs.get(i) else {
+            return Err(format!("run-time dims are given for input {i}, which does not exist"));
+        };
+        let shape = &g.ty(v).shape;
+        if axes.len() != shape.len() {
+            return Err(format!("input `{}` has rank {}, its run-time dims {}", g.value(v).name, shape.len(), axes.len()));
+        }
+        for (a, s) in axes.iter().enumerate() {
+            if let Some(s) = *s {
+                match g.symbols.get(s) {
+                    Some(sym) if sym.hi == shape[a] => {}
+                    Some(sym) => {
+                        return Err(format!(
+                            "input `{}` axis {a} is {}, not the bound {} of `{}`",
+                            g.value(v).name,
+                            shape[a],
+                            sym.hi,
+                            sym.name
+                        ))
+                    }
+                    None => return Err(format!("input `{}` axis {a} names symbol {s}, which is not declared", g.value(v).name)),
+                }
+            }
+        }
+    }
     let mut defined: HashSet<ValueId> = g.inputs.iter().copied().collect();
     let mut scheduled = HashSet::new();
     let is_avail = |defined: &HashSet<ValueId>, v: ValueId| defined.contains(&v) || g.const_of(v).is_some();

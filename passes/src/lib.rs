@@ -18,6 +18,7 @@ pub mod lower;
 pub mod memory;
 pub mod partition;
 pub mod pipeline;
+pub mod rows;
 pub mod simplify;
 pub mod split;
 pub mod views;
@@ -28,6 +29,9 @@ pub enum PassError {
     Unsupported { node: String, what: String },
     #[error("lowering node `{node}` ({op}): {message}")]
     Lowering { node: String, op: String, message: String },
+    /// A run-time dim (`--dim`) reaches a node or kernel that cannot keep its rows apart.
+    #[error("node `{node}` ({op}): {message}")]
+    RunTimeDim { node: String, op: String, message: String },
     #[error("internal compiler error: the IR is invalid after pass `{pass}`: {message}")]
     Verify { pass: String, message: String },
     #[error("pass `{pass}`: {message}")]

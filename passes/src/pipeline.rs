@@ -11,6 +11,7 @@
 //!   per partition (LIR)   fuse-lir forward-copies coalesce-dims split-reductions inline-scalar-constants
 //!                         prepack (the backend's)
 //!                         relayout-constants plan-memory remove-unused-buffers pack-weights
+//!                         clamp-rows (kernels over run-time rows: rows.rs)
 //! ```
 //!
 //! A backend plugs its own passes in through the [`Context`] ([`Backend::prepack`]): this
@@ -118,6 +119,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("plan-memory", Pass::Lir(plan_memory)),
     ("remove-unused-buffers", Pass::Lir(remove_unused_buffers)),
     ("pack-weights", Pass::Lir(pack_weights)),
+    ("clamp-rows", Pass::Lir(clamp_rows)),
 ];
 
 fn fuse(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
@@ -129,6 +131,10 @@ fn fuse(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
 fn fuse_lir(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
     fuse::fuse_lir(&mut l.program);
     Ok(())
+}
+
+fn clamp_rows(l: &mut Lowered, _: &Context) -> Result<(), PassError> {
+    crate::rows::clamp(&mut l.program)
 }
 
 fn forward_copies(l: &mut Lowered, _: &Context) -> Result<(), PassError> {

@@ -40,6 +40,8 @@ pub fn split_reductions(p: &mut Program) -> usize {
     let mut i = 0;
     while i < p.instrs.len() {
         let found = match &p.instrs[i] {
+            // Kept whole over run-time rows: its dim 0 stays the rows (see rows.rs).
+            Instr::Kernel(k) if crate::rows::touches_rows(p, k) => None,
             Instr::Kernel(k) => parts(k).map(|t| (k.clone(), t)),
             _ => None,
         };

@@ -42,8 +42,12 @@ pub enum RuntimeError {
     InputCount { expected: usize, got: usize, names: String },
     #[error("input `{name}`: expected dtype {expected}, got {got}")]
     InputDType { name: String, expected: &'static str, got: &'static str },
-    #[error("input `{name}`: expected shape {expected:?}, got {got:?}")]
-    InputShape { name: String, expected: Vec<u64>, got: Vec<usize> },
+    #[error("input `{name}`: expected shape [{expected}], got {got:?}")]
+    InputShape { name: String, expected: String, got: Vec<usize> },
+    #[error("input `{name}`: dim {dim} (`{symbol}`) is {size}, outside its bounds {bounds}")]
+    InputDim { name: String, dim: usize, symbol: String, size: usize, bounds: String },
+    #[error("input `{name}`: dim {dim} (`{symbol}`) is {size}, but input `{other}` gives `{symbol}` = {other_size}")]
+    InputSymbol { name: String, dim: usize, symbol: String, size: usize, other: String, other_size: usize },
     #[error("input `{name}`: {got} bytes of data for shape {shape:?} of {dtype} ({want} bytes)")]
     InputBytes { name: String, got: usize, want: usize, shape: Vec<usize>, dtype: &'static str },
     #[error("the model has no input `{name}` (its inputs: {inputs})")]
@@ -333,10 +337,38 @@ fn parts_of(
 }
 
 fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
-    for spec in manifest.inputs.iter().chain(&manifest.intermediates) {
+    if manifest.abi_minor > kiln_abi::ABI_MINOR {
+        return Err(RuntimeError::Manifest(format!(
+            "the artifact needs ABI {}.{}, this runtime has {ABI_MAJOR}.{}: use a newer runtime",
+            manifest.abi_major,
+            manifest.abi_minor,
+            kiln_abi::ABI_MINOR
+        )));
+    }
+    let n_sym = manifest.symbols.len() as i32;
+    if n_sym as u32 > manifest.dim_slots || manifest.symbols.iter().any(|s| s.lo > s.hi) {
+        return Err(RuntimeError::Manifest(format!(
+            "{} run-time dims for {} slots, or bounds reversed",
+            n_sym, manifest.dim_slots
+        )));
+    }
+    for spec in &manifest.inputs {
+        if !spec.dim_slots.is_empty()
+            && (spec.dim_slots.len() != spec.shape.len()
+                || spec.dim_slots.iter().zip(&spec.shape).any(|(&k, &d)| {
+                    k < -1 || k >= n_sym || (k >= 0 && manifest.symbols[k as usize].hi != d)
+                }))
+        {
+            return Err(RuntimeError::Manifest(format!(
+                "input `{}` names run-time dims {:?} for shape {:?} and {n_sym} symbols",
+                spec.name, spec.dim_slots, spec.shape
+            )));
+        }
+    }
+    for spec in &manifest.intermediates {
         if !spec.dim_slots.is_empty() {
             return Err(RuntimeError::Manifest(format!(
-                "tensor `{}` has dims decided at run time, which only outputs may have",
+                "tensor `{}` has dims decided at run time, which a partition's tensor may not have",
                 spec.name
             )));
         }
@@ -553,8 +585,13 @@ impl Session {
         &self.manifest.outputs
     }
 
-    fn check_inputs(&self, inputs: &[TensorRef]) -> Result<(), RuntimeError> {
+    /// Checks the inputs against the manifest, and returns the sizes of the run-time dims
+    /// they give (one per [`Manifest::symbols`]).
+    fn check_inputs(&self, inputs: &[TensorRef]) -> Result<Vec<i64>, RuntimeError> {
         let specs = &self.manifest.inputs;
+        let symbols = &self.manifest.symbols;
+        // Each symbol's size and the input that gave it.
+        let mut given: Vec<Option<(usize, &str)>> = vec![None; symbols.len()];
         if inputs.len() != specs.len() {
             let names = specs.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
             return Err(RuntimeError::InputCount { expected: specs.len(), got: inputs.len(), names });
@@ -568,12 +605,42 @@ impl Session {
                     got: t.dtype.name(),
                 });
             }
-            if t.shape.len() != s.shape.len() || t.shape.iter().zip(&s.shape).any(|(&a, &b)| a as u64 != b) {
+            let slot = |d: usize| s.dim_slots.get(d).copied().unwrap_or(-1);
+            if t.shape.len() != s.shape.len()
+                || t.shape.iter().zip(&s.shape).enumerate().any(|(d, (&a, &b))| slot(d) < 0 && a as u64 != b)
+            {
                 return Err(RuntimeError::InputShape {
                     name: s.name.clone(),
-                    expected: s.shape.clone(),
+                    expected: shape_text(s, symbols),
                     got: t.shape.to_vec(),
                 });
+            }
+            for (d, &size) in t.shape.iter().enumerate() {
+                let Ok(k) = usize::try_from(slot(d)) else { continue };
+                let sym = &symbols[k];
+                if (size as u64) < sym.lo || size as u64 > sym.hi {
+                    return Err(RuntimeError::InputDim {
+                        name: s.name.clone(),
+                        dim: d,
+                        symbol: sym.name.clone(),
+                        size,
+                        bounds: format!("{}..={}", sym.lo, sym.hi),
+                    });
+                }
+                match given[k] {
+                    Some((other, from)) if other != size => {
+                        return Err(RuntimeError::InputSymbol {
+                            name: s.name.clone(),
+                            dim: d,
+                            symbol: sym.name.clone(),
+                            size,
+                            other: from.to_string(),
+                            other_size: other,
+                        })
+                    }
+                    Some(_) => {}
+                    None => given[k] = Some((size, s.name.as_str())),
+                }
             }
             let want_bytes = t.shape.iter().try_fold(want.size(), |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
             if t.data.len() != want_bytes {
@@ -586,7 +653,8 @@ impl Session {
                 });
             }
         }
-        Ok(())
+        // Every symbol sizes some input's dim (the compiler keeps no other).
+        Ok(given.iter().map(|g| g.map_or(0, |(n, _)| n as i64)).collect())
     }
 
     /// Runs every part in order on the given input and output buffers, then the manifest's
@@ -724,7 +792,8 @@ impl Session {
     /// Runs the model, the code writing its run-time dims to `dims` (`Manifest::dim_slots` of
     /// them).
     fn run_core(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]], dims: &mut [i64]) -> Result<(), RuntimeError> {
-        self.check_inputs(inputs)?;
+        let sizes = self.check_inputs(inputs)?;
+        dims[..sizes.len()].copy_from_slice(&sizes);
         let specs = &self.manifest.outputs;
         if outputs.len() != specs.len() {
             return Err(RuntimeError::OutputCount { expected: specs.len(), got: outputs.len() });
@@ -745,10 +814,18 @@ impl Session {
         // Kernels read inputs at their elements' natural alignment (vector loads included);
         // an input the caller passes less aligned is copied. (A copy of every input not on
         // a 64-byte boundary cost a megabyte-sized allocation and copy per run.)
+        // An input with run-time dims shorter than its bound is copied into a buffer of the
+        // bound's size too: the code may read rows past the run's (and ignore them).
         let copies: Vec<Option<AlignedBuf>> = inputs
             .iter()
-            .map(|t| {
+            .zip(&self.manifest.inputs)
+            .map(|(t, s)| {
                 let size = t.dtype.size().max(1);
+                if s.is_dynamic() && t.data.len() < s.byte_len() {
+                    let mut b = AlignedBuf::zeroed(s.byte_len());
+                    b.as_mut_slice()[..t.data.len()].copy_from_slice(t.data);
+                    return Some(b);
+                }
                 (!(t.data.as_ptr() as usize).is_multiple_of(size)).then(|| AlignedBuf::from_slice(t.data))
             })
             .collect();
@@ -767,6 +844,21 @@ impl Session {
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
         result
     }
+}
+
+/// An input's shape as the manifest gives it: fixed dims as numbers, run-time ones as
+/// `name=lo..=hi`.
+fn shape_text(s: &TensorSpec, symbols: &[kiln_abi::manifest::DimBound]) -> String {
+    let dims: Vec<String> = s
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| match s.dim_slots.get(d).and_then(|&k| usize::try_from(k).ok()) {
+            Some(k) => format!("{}={}..={}", symbols[k].name, symbols[k].lo, symbols[k].hi),
+            None => n.to_string(),
+        })
+        .collect();
+    dims.join(", ")
 }
 
 /// The shape of an output after a run: its fixed shape, or the sizes the code wrote to its

@@ -399,6 +399,44 @@ pub(crate) struct KernelPlan {
     pub work: usize,
     /// The target's widest vector, in bits: loops vectorize at this width.
     pub vector_bits: usize,
+    /// For a kernel over run-time rows ([`kiln_ir::lir::Clamp`]): how many of its tasks a
+    /// run needs.
+    pub rows: Option<RowTasks>,
+}
+
+/// The tasks of a kernel over run-time rows: with `n = dims[slot] · per` rows of its domain's
+/// dim 0, a run needs `ceil(n · a / b) · c` of its tasks (at most all of them). Tasks are
+/// numbered with dim 0 outermost, so these are the first ones; the last may run past the
+/// rows, over rows of the buffers (sized at the bound) that no one reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowTasks {
+    pub slot: u32,
+    pub per: u64,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+}
+
+impl RowTasks {
+    /// For kernel `k` (as its body is generated) clamped by `clamp`, run as `gemm` or split
+    /// by [`Split`]; `None` when its tasks do not follow dim 0 (it then runs whole).
+    fn of(k: &Kernel, clamp: kiln_ir::lir::Clamp, gemm: Option<&crate::gemm::Gemm>, lanes: usize) -> Option<RowTasks> {
+        let (slot, per) = (clamp.slot, clamp.per);
+        let (a, b, c) = match gemm {
+            Some(p) => p.row_tasks()?,
+            None => {
+                let split = Split::of(k, lanes);
+                let np = k.n_par;
+                if np == 1 {
+                    (1, split.chunk as u64, 1)
+                } else {
+                    let t0 = if np == 2 { split.tile.max(1) } else { 1 };
+                    (1, t0 as u64, (split.tasks() / split.dims[0].max(1)) as u64)
+                }
+            }
+        };
+        Some(RowTasks { slot, per, a, b, c })
+    }
 }
 
 impl KernelPlan {
@@ -460,7 +498,8 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
                 Some(p) => p.tasks(),
                 None => Split::of(&normalized(k), blocking.w).tasks(),
             };
-            Some(KernelPlan { instr: i, body, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32 })
+            let rows = prog.clamps.get(&i).and_then(|&c| RowTasks::of(k, c, gemm.as_ref(), blocking.w));
+            Some(KernelPlan { instr: i, body, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32, rows })
         })
         .collect()
 }
@@ -581,6 +620,56 @@ fn call_tasks<'ctx>(
     Ok(())
 }
 
+/// The unsigned minimum of two i64s (a negative value counts as huge).
+fn umin<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+    let lt = g.builder.build_int_compare(inkwell::IntPredicate::ULT, a, b, "lt").map_err(llvm_err)?;
+    Ok(g.builder.build_select(lt, a, b, "min").map_err(llvm_err)?.into_int_value())
+}
+
+/// The tasks a run needs of a kernel over run-time rows ([`RowTasks`]), at most `tasks`.
+fn row_tasks<'ctx>(
+    g: &CodeGen<'ctx>,
+    ctx: PointerValue<'ctx>,
+    r: RowTasks,
+    tasks: usize,
+) -> BackendResult<IntValue<'ctx>> {
+    let b = &g.builder;
+    let dims = g.ctx_field(ctx, off::DIMS, "dims")?;
+    // SAFETY (of the address): the slot is one of the manifest's symbols, below its count.
+    let at =
+        unsafe { b.build_gep(g.context.i64_type(), dims, &[g.i64(r.slot as i64)], "rows") }.map_err(llvm_err)?;
+    let v = b.build_load(g.context.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
+    // The runtime checked the value against its bounds; the minimum keeps a bad one in range.
+    let v = umin(g, v, g.i64(tasks as i64))?;
+    let n = b.build_int_mul(v, g.i64((r.per * r.a) as i64), "n").map_err(llvm_err)?;
+    let n = b.build_int_add(n, g.i64(r.b as i64 - 1), "n").map_err(llvm_err)?;
+    let n = b.build_int_unsigned_div(n, g.i64(r.b as i64), "n").map_err(llvm_err)?;
+    let n = b.build_int_mul(n, g.i64(r.c as i64), "n").map_err(llvm_err)?;
+    umin(g, n, g.i64(tasks as i64))
+}
+
+/// [`call_tasks`] for `n` of a kernel's `tasks` (decided at run time), through
+/// `parallel_for` when its whole would go there.
+fn call_tasks_n<'ctx>(
+    g: &CodeGen<'ctx>,
+    ctx: PointerValue<'ctx>,
+    f: FunctionValue<'ctx>,
+    n: IntValue<'ctx>,
+    tasks: usize,
+    work: usize,
+    pf_ty: inkwell::types::FunctionType<'ctx>,
+) -> BackendResult<()> {
+    if tasks >= 2 && work >= PARALLEL_MIN_WORK {
+        let rt = g.ctx_field(ctx, off::RUNTIME, "rt")?;
+        let pf = g.ctx_field(ctx, off::PARALLEL_FOR, "pf")?;
+        let fp = f.as_global_value().as_pointer_value();
+        g.builder.build_indirect_call(pf_ty, pf, &[rt.into(), fp.into(), ctx.into(), n.into()], "").map_err(llvm_err)?;
+    } else {
+        g.builder.build_call(f, &[ctx.into(), g.i64(0).into(), n.into()], "").map_err(llvm_err)?;
+    }
+    Ok(())
+}
+
 /// A routine's generator: `(codegen, program, instruction, function)`.
 type RoutineGen = for<'a, 'ctx> fn(&'a CodeGen<'ctx>, &'a Program, usize, FunctionValue<'ctx>) -> BackendResult<()>;
 
@@ -597,8 +686,7 @@ fn gen_entry<'ctx>(
     let ver = g.module.add_global(cx.i32_type(), None, &names.abi_version);
     ver.set_initializer(&cx.i32_type().const_int(kiln_abi::ABI_MAJOR as u64, false));
     ver.set_constant(true);
-    let kernels: Vec<(usize, FunctionValue, usize, usize)> =
-        plans.iter().zip(fns).map(|(p, &f)| (p.instr, f, p.tasks, p.work)).collect();
+    let kernels: Vec<(&KernelPlan, FunctionValue)> = plans.iter().zip(fns.iter().copied()).collect();
 
     let entry_ty = cx.i32_type().fn_type(&[g.ptr_ty().into()], false);
     let entry = g.module.add_function(&names.entry, entry_ty, None);
@@ -719,8 +807,14 @@ fn gen_entry<'ctx>(
                 g.builder.position_at_end(next);
             }
             Instr::Kernel(_) => {
-                let (_, f, tasks, work) = kit.next().expect("one function per kernel");
-                call_tasks(g, ctx, f, tasks, work, pf_ty)?;
+                let (plan, f) = kit.next().expect("one function per kernel");
+                match plan.rows {
+                    Some(r) if plan.tasks > 0 => {
+                        let n = row_tasks(g, ctx, r, plan.tasks)?;
+                        call_tasks_n(g, ctx, f, n, plan.tasks, plan.work, pf_ty)?;
+                    }
+                    _ => call_tasks(g, ctx, f, plan.tasks, plan.work, pf_ty)?,
+                }
             }
             Instr::TopK { input, axis, k, .. } => {
                 let f = g.module.add_function(&format!("k{i}.top_k"), function_type(g), Some(Linkage::Internal));
@@ -757,7 +851,21 @@ fn gen_entry<'ctx>(
                     .map_err(llvm_err)?;
                 let s = unsafe { g.builder.build_gep(cx.i8_type(), s, &[g.i64(*src_offset as i64)], "s") }
                     .map_err(llvm_err)?;
-                g.builder.build_memmove(d, 1, s, 1, g.i64(*bytes as i64)).map_err(llvm_err)?;
+                // A whole buffer of run-time rows: only the rows of the run.
+                let (sb, db) = (prog.buffer(*src), prog.buffer(*dst));
+                let n = match (sb.rows, db.rows) {
+                    (Some(r), Some(q)) if r == q && *src_offset == 0 && *dst_offset == 0 && *bytes == sb.bytes => {
+                        let rows = g.ctx_field(ctx, off::DIMS, "dims")?;
+                        let at = unsafe { g.builder.build_gep(cx.i64_type(), rows, &[g.i64(r.slot as i64)], "rows") }
+                            .map_err(llvm_err)?;
+                        let v = g.builder.build_load(cx.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
+                        let row_bytes = g.i64((*bytes as u64 / r.bound.max(1)) as i64);
+                        let n = g.builder.build_int_mul(v, row_bytes, "n").map_err(llvm_err)?;
+                        umin(g, n, g.i64(*bytes as i64))?
+                    }
+                    _ => g.i64(*bytes as i64),
+                };
+                g.builder.build_memmove(d, 1, s, 1, n).map_err(llvm_err)?;
             }
         }
     }

@@ -225,6 +225,8 @@ fn buffer_ref(prog: &Program, b: BufferId, offset: u64) -> BufferRef {
         BufferKind::Output(i) => (BufferRef::OUTPUT, *i as u64, 0),
         BufferKind::Activation => (BufferRef::ARENA, 0, buf.offset.expect("memory planned")),
         BufferKind::Constant(_) => (BufferRef::WEIGHTS, 0, buf.offset.expect("weights packed")),
+        // Refused before: a model split across devices has no run-time dims yet.
+        BufferKind::Dims => unreachable!("a GPU partition reads no run-time dims"),
     };
     BufferRef { space, index, offset: base + offset }
 }

@@ -78,6 +78,7 @@ impl<'ctx> CodeGen<'ctx> {
     /// The base address of a buffer, computed from the context.
     pub fn buffer_ptr(&self, ctx: PointerValue<'ctx>, buf: &Buffer) -> BackendResult<PointerValue<'ctx>> {
         let (field, index_or_offset, indirect) = match &buf.kind {
+            BufferKind::Dims => return self.ctx_field(ctx, off::DIMS, &buf.name),
             BufferKind::Input(i) => (off::INPUTS, *i as u64, true),
             BufferKind::Output(i) => (off::OUTPUTS, *i as u64, true),
             BufferKind::Constant(_) => (off::WEIGHTS, buf.offset.expect("weights packed"), false),

@@ -16,7 +16,7 @@ pub mod manifest;
 /// Major version of the artifact format and entry-point ABI. Bumped on any incompatible change.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: compatible additions.
-pub const ABI_MINOR: u32 = 4;
+pub const ABI_MINOR: u32 = 5;
 
 /// Name of the entry-point symbol exported by every compiled CPU module.
 pub const ENTRY_SYMBOL: &str = "kiln_entry";
@@ -44,7 +44,9 @@ pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
 /// * `parallel_for` is called with `runtime` as its first argument;
 /// * `dims` points at `manifest.dim_slots` `i64`s (ABI 1.4): the sizes the compiled code
 ///   decides at run time (an output's shape that depends on data), written by the code and
-///   read by the runtime after the run. It may be null when the manifest has none.
+///   read by the runtime after the run; its first slots, one per `manifest.symbols` (ABI
+///   1.5), hold the sizes the caller gives the inputs' run-time dims. It may be null when
+///   the manifest has none.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Context {

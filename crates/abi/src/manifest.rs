@@ -12,7 +12,8 @@ pub struct TensorSpec {
     #[prost(uint64, repeated, tag = "3")]
     pub shape: Vec<u64>,
     /// ABI 1.4: empty when every dim is fixed; otherwise one entry per dim, -1 for a fixed
-    /// dim and `k >= 0` for a dim whose size the compiled code writes to `Context::dims[k]`.
+    /// dim and `k >= 0` for a dim whose size is in `Context::dims[k]`: written by the compiled
+    /// code for an output, by the caller for a symbol's slot ([`Manifest::symbols`], ABI 1.5).
     #[prost(int32, repeated, tag = "4")]
     pub dim_slots: Vec<i32>,
     /// ABI 1.4: for a tensor with run-time dims, the bytes its buffer holds at most (0: the
@@ -212,6 +213,23 @@ pub struct Manifest {
     /// the `Context::dims` array the runtime passes it.
     #[prost(uint32, tag = "20")]
     pub dim_slots: u32,
+    /// Input dims the caller sets at each run (ABI 1.5; `--dim`): symbol `k`'s size goes in
+    /// `Context::dims[k]` before the run, and an input dim with slot `k`
+    /// ([`TensorSpec::dim_slots`]) has that size, its shape giving the bound. Such an input's
+    /// buffer holds [`TensorSpec::byte_len`] bytes, its rows first.
+    #[prost(message, repeated, tag = "21")]
+    pub symbols: Vec<DimBound>,
+}
+
+/// A dim the caller sets at run time, between its bounds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DimBound {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, tag = "2")]
+    pub lo: u64,
+    #[prost(uint64, tag = "3")]
+    pub hi: u64,
 }
 
 /// A graph input compiled in as a constant: its name, type and shape, and a hash of its value.

@@ -48,6 +48,11 @@ struct ShapeArgs {
     /// compile time.
     #[arg(long = "max-elements", value_name = "N")]
     max_elements: Option<usize>,
+    /// Let a symbolic input dim of the model (by its name in the model, e.g. `batch`) vary
+    /// at run time between LO and HI: one artifact for every size, its memory planned at HI
+    /// (repeatable). For now only a leading (batch-like) axis can vary.
+    #[arg(long = "dim", value_name = "NAME=LO..HI")]
+    dim: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +175,10 @@ fn options(shapes: &ShapeArgs, target: &str, model: &Path) -> Res<CompileOptions
         o.input_shapes.insert(name, dims);
     }
     o.max_elements = shapes.max_elements;
+    for d in &shapes.dim {
+        let (name, bounds) = kiln::parse_dim_spec(d)?;
+        o.dims.insert(name, bounds);
+    }
     for (name, path) in parse_inputs(&shapes.freeze_input)? {
         let t = tensors::read_ir(&path).map_err(|e| format!("--freeze-input `{name}` from {}: {e}", path.display()))?;
         o.frozen_inputs.insert(name, t);
@@ -186,10 +195,13 @@ fn is_onnx(p: &Path) -> bool {
 fn session(model: &Path, shapes: &ShapeArgs, threads: usize, structured: &Structured) -> Res<Session> {
     let so = SessionOptions { threads };
     if !is_onnx(model) {
-        let given = !shapes.input_shape.is_empty() || !shapes.freeze_input.is_empty() || !shapes.input_value.is_empty();
+        let given = !shapes.input_shape.is_empty()
+            || !shapes.freeze_input.is_empty()
+            || !shapes.input_value.is_empty()
+            || !shapes.dim.is_empty();
         if given || shapes.max_elements.is_some() {
-            return Err("--input-shape, --freeze-input, --input-value and --max-elements apply to .onnx models; a \
-                        .kiln artifact is fixed at compile time"
+            return Err("--input-shape, --freeze-input, --input-value, --dim and --max-elements apply to .onnx \
+                        models; a .kiln artifact is fixed at compile time"
                 .into());
         }
         return Ok(Session::load_with(model, &so)?);

@@ -68,7 +68,7 @@ pub use kiln_backend_cpu::cache::KernelCache;
 pub use kiln_backend_cpu::{CpuTarget, Emit};
 pub use kiln_ir as ir;
 pub use kiln_onnx::{
-    decode_value, element_name, parse_input_shape, ImportError, ImportOptions, OnnxValue, ValueKind, ValueSpec,
+    decode_value, element_name, parse_dim_spec, parse_input_shape, ImportError, ImportOptions, OnnxValue, ValueKind, ValueSpec,
 };
 pub use kiln_passes::memory::{MemoryReport, WeightSection};
 pub use kiln_passes::partition::{Device, DeviceKind, Plan};
@@ -193,12 +193,46 @@ impl Compiler {
             input_shapes,
             value_inputs: self.opts.value_inputs.clone(),
             max_elements: self.opts.max_elements,
+            dims: self.opts.dims.clone(),
         }
     }
 
     /// Imports an ONNX file into HIR.
     pub fn import_path(&self, path: impl AsRef<Path>) -> Result<Graph, Error> {
-        Ok(kiln_onnx::import_path_with_constants(path.as_ref(), &self.import_opts(), &self.opts.frozen_inputs)?)
+        Ok(self.import_sources(path.as_ref())?.0)
+    }
+
+    /// Imports an ONNX file into HIR, with the files it was read from. With run-time dims
+    /// (`--dim`), the model is imported a second time with each one row above its bound, and
+    /// the two must differ only in the rows those dims size ([`kiln_passes::rows::compare`])
+    /// and keep rows apart ([`kiln_passes::rows::analyze`]): what is compiled at the bound
+    /// then holds at every size.
+    fn import_sources(&self, path: &Path) -> Result<(Graph, kiln_onnx::Sources), Error> {
+        let opts = self.import_opts();
+        let (g, sources) = kiln_onnx::import_path_with_sources(path, &opts, &self.opts.frozen_inputs)?;
+        if g.symbols.is_empty() {
+            return Ok((g, sources));
+        }
+        let mut more = opts.clone();
+        for s in &g.symbols {
+            more.dims.insert(s.name.clone(), (s.lo, s.hi + 1));
+        }
+        let alt = kiln_onnx::import_path_with_sources(path, &more, &self.opts.frozen_inputs).map_err(|e| {
+            let names: Vec<String> = g.symbols.iter().map(|s| format!("{}={}", s.name, s.hi + 1)).collect();
+            Error::Pass(kiln_passes::PassError::RunTimeDim {
+                node: g.name.clone(),
+                op: "model".into(),
+                message: format!(
+                    "the model does not import at {} (one row above the bound: {}); its dims cannot vary at run \
+                     time",
+                    names.join(", "),
+                    error_chain(&e)
+                ),
+            })
+        })?;
+        let seeds = kiln_passes::rows::compare(&g, &alt.0)?;
+        kiln_passes::rows::analyze(&g, &seeds, true)?;
+        Ok((g, sources))
     }
 
     /// The pipeline's context for the CPU this compiler targets.
@@ -257,8 +291,8 @@ impl Compiler {
                 return Err(Error::Devices {
                     target: self.devices_text(),
                     message: "the model decides something at run time (an If on data, an axes input, a shape \
-                              computed from data), which a model split across devices cannot do yet; compile it \
-                              for one CPU"
+                              computed from data, a --dim), which a model split across devices cannot do yet; \
+                              compile it for one CPU"
                         .into(),
                 });
             }
@@ -322,8 +356,25 @@ impl Compiler {
             abi_minor: kiln_abi::ABI_MINOR,
             target_triple: objects.triple.clone(),
             target_cpu: objects.cpu.clone(),
-            inputs: p.inputs.iter().map(spec).collect(),
+            inputs: p
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    let mut s = spec(x);
+                    if let Some(slots) = p.input_slots.get(i).filter(|s| s.iter().any(|&k| k >= 0)) {
+                        s.dim_slots = slots.clone();
+                        s.max_bytes = s.byte_len() as u64;
+                    }
+                    s
+                })
+                .collect(),
             outputs,
+            symbols: p
+                .symbols
+                .iter()
+                .map(|s| kiln_abi::manifest::DimBound { name: s.name.clone(), lo: s.lo as u64, hi: s.hi as u64 })
+                .collect(),
             dim_slots: p.dim_slots as u32,
             arena_bytes: p.arena_bytes,
             model_name: g.name.clone(),
@@ -396,7 +447,7 @@ impl Compiler {
 
     fn compile_file_inner(&self, model: &Path, out: &Path) -> Result<Compiled, Error> {
         let start = std::time::Instant::now();
-        let (g, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
+        let (g, sources) = self.import_sources(model)?;
         let mut timings = vec![("import", start.elapsed())];
         let start = std::time::Instant::now();
         let (key, existing) = rayon::join(|| self.source_key(&sources), || existing_artifact(out));
@@ -444,7 +495,7 @@ impl Compiler {
         }
         let name = native::c_name(name);
         let start = std::time::Instant::now();
-        let (g, sources) = kiln_onnx::import_path_with_sources(model, &self.import_opts(), &self.opts.frozen_inputs)?;
+        let (g, sources) = self.import_sources(model)?;
         let timings = vec![("import", start.elapsed())];
         let mut b = self.build(g, timings, &kiln_backend_cpu::EntryNames::with_prefix(&name))?;
         b.manifest.source_key = self.source_key(&sources);

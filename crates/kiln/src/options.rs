@@ -29,6 +29,9 @@ pub struct CompileOptions {
     /// (`--max-elements`; see `kiln_onnx::ImportOptions::max_elements`). `None`: such inputs
     /// must be constant (`--freeze-input`).
     pub max_elements: Option<usize>,
+    /// Symbolic input dims set at each run, by the model's dim name: `(lo, hi)` bounds
+    /// (`--dim batch=1..8`). The model is compiled once, its memory planned at the bounds.
+    pub dims: std::collections::BTreeMap<String, (usize, usize)>,
     /// Where compiled kernels are cached between compilations (by default from the
     /// environment: `$KILN_CACHE_DIR`, `off` to disable, else `~/.cache/kiln`).
     pub kernel_cache: KernelCache,
@@ -54,6 +57,7 @@ impl Default for CompileOptions {
             frozen_inputs: HashMap::new(),
             value_inputs: HashMap::new(),
             max_elements: None,
+            dims: Default::default(),
             kernel_cache: KernelCache::from_env(),
             external_weights: false,
             threads: 0,

@@ -56,6 +56,7 @@ impl Compiler {
         values.sort();
         put(values.join("\n").as_bytes());
         put(format!("max_elements {:?}", self.opts.max_elements).as_bytes());
+        put(format!("dims {:?}", self.opts.dims).as_bytes());
         put(&content_hash(&sources.model));
         for (name, bytes) in &sources.external {
             put(name.as_bytes());

@@ -108,11 +108,15 @@ pub enum ImportError {
     #[error("unsupported opset {version} for domain ai.onnx (supported: {min}..={max})")]
     UnsupportedOpset { version: i64, min: i64, max: i64 },
 
+    /// A `--dim` spec that cannot be parsed, or names no symbolic dim of any input.
+    #[error("bad --dim `{spec}`: {reason}")]
+    DimSpec { spec: String, reason: String },
+
     /// A graph input has a symbolic or unknown dim (or an unknown rank) that
     /// [`crate::ImportOptions::input_shapes`] does not pin.
     #[error(
-        "input `{input}` has {dim} at dim {index} of shape [{shape}]; all shapes must be static: \
-         pin it with `--input-shape {suggestion}` (ImportOptions::input_shapes)"
+        "input `{input}` has {dim} at dim {index} of shape [{shape}]; pin it with `--input-shape \
+         {suggestion}` (ImportOptions::input_shapes), or bound a symbolic dim with `--dim NAME=LO..HI`"
     )]
     UnpinnedDim {
         input: String,

@@ -245,7 +245,8 @@ impl Importer {
                 continue;
             }
             if let Some(t) = constants.get(name) {
-                let ty = input_type(vi, Some(&t.ty.shape))
+                let ty = input_type(vi, Some(&t.ty.shape), &Default::default())
+                    .map(|(ty, _)| ty)
                     .map_err(|e| ImportError::ConstantInput { input: name.to_string(), reason: e.to_string() })?;
                 if ty != t.ty || t.data.len() != t.ty.bytes() {
                     return Err(ImportError::ConstantInput {
@@ -258,7 +259,23 @@ impl Importer {
                 bound.insert(name.to_string());
                 continue;
             }
-            let ty = input_type(vi, opts.input_shapes.get(name))?;
+            let (ty, syms) = input_type(vi, opts.input_shapes.get(name), &opts.dims)?;
+            if syms.iter().any(Option::is_some) {
+                let axes = syms
+                    .iter()
+                    .map(|s| {
+                        s.as_ref().map(|s| match self.g.symbols.iter().position(|d| d.name == *s) {
+                            Some(k) => k,
+                            None => {
+                                let (lo, hi) = opts.dims[s];
+                                self.g.symbols.push(kiln_ir::DimSymbol { name: s.clone(), lo, hi });
+                                self.g.symbols.len() - 1
+                            }
+                        })
+                    })
+                    .collect();
+                self.g.input_syms.insert(self.g.inputs.len(), axes);
+            }
             let v = self.g.add_input(name, ty);
             self.env.insert(name.to_string(), Slot::Value(v));
             runtime.insert(name);
@@ -279,6 +296,20 @@ impl Importer {
             return Err(ImportError::ConstantInput {
                 input: name.to_string(),
                 reason: "the model has no such runtime input".into(),
+            });
+        }
+        // A --dim must name a symbolic dim of some runtime input.
+        let declared: HashSet<String> = graph_inputs_dim_params(&graph.input);
+        if let Some((name, (lo, hi))) = opts.dims.iter().find(|(n, _)| !declared.contains(*n)) {
+            let mut known: Vec<&str> = declared.iter().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(ImportError::DimSpec {
+                spec: format!("{name}={lo}..{hi}"),
+                reason: if known.is_empty() {
+                    "the model's inputs have no symbolic dims".into()
+                } else {
+                    format!("no input has a dim named `{name}`; the symbolic dims are: {}", quote_list(&known))
+                },
             });
         }
         let mut pinned: Vec<&String> = opts.input_shapes.keys().collect();
@@ -599,7 +630,29 @@ enum Dim {
 }
 
 /// The static type of a runtime input: its declared type with `pinned` applied.
-fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<TensorType, ImportError> {
+/// The symbolic dim names of the inputs' declared shapes.
+fn graph_inputs_dim_params(inputs: &[ValueInfoProto]) -> HashSet<String> {
+    inputs
+        .iter()
+        .filter_map(|vi| match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(TypeValue::TensorType(t)) => t.shape.as_ref(),
+            _ => None,
+        })
+        .flat_map(|s| &s.dim)
+        .filter_map(|d| match &d.value {
+            Some(DimValue::DimParam(p)) if !p.is_empty() => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An input's type, its symbolic dims sized at their `--dim` bounds, and per axis the
+/// symbol it carries at run time (a dim whose bounds differ).
+fn input_type(
+    vi: &ValueInfoProto,
+    pinned: Option<&Vec<usize>>,
+    dims_opt: &std::collections::BTreeMap<String, (usize, usize)>,
+) -> Result<(TensorType, Vec<Option<String>>), ImportError> {
     let name = vi.name();
     let tensor = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(TypeValue::TensorType(t)) => t,
@@ -638,6 +691,7 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
             .join(", ")
     };
 
+    let mut syms = Vec::new();
     let shape = if let Some(p) = pinned {
         let spec = format!("{name}={}", fmt_shape(p));
         let bad = |reason: String| ImportError::ShapeSpec { spec: spec.clone(), reason };
@@ -672,7 +726,8 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
                 suggestion: format!("{name}=D0xD1x…"),
             });
         };
-        if let Some((index, d)) = dims.iter().enumerate().find(|(_, d)| !matches!(d, Dim::Static(_))) {
+        let bounded = |d: &Dim| matches!(d, Dim::Symbolic(p) if dims_opt.contains_key(p));
+        if let Some((index, d)) = dims.iter().enumerate().find(|(_, d)| !matches!(d, Dim::Static(_)) && !bounded(d)) {
             let dim = match d {
                 Dim::Symbolic(p) => format!("symbolic dim `{p}`"),
                 _ => "an unknown dim".into(),
@@ -686,7 +741,20 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
                 suggestion: format!("{name}={}", fmt_shape(&example)),
             });
         }
-        dims.iter().map(|d| if let Dim::Static(v) = d { *v } else { 0 }).collect()
+        syms = dims
+            .iter()
+            .map(|d| match d {
+                Dim::Symbolic(p) if dims_opt.get(p).is_some_and(|(lo, hi)| lo < hi) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        dims.iter()
+            .map(|d| match d {
+                Dim::Static(v) => *v,
+                Dim::Symbolic(p) => dims_opt[p].1,
+                Dim::Unknown => 0,
+            })
+            .collect()
     };
     if checked_numel(&shape).is_none() {
         return Err(ImportError::Tensor {
@@ -694,5 +762,8 @@ fn input_type(vi: &ValueInfoProto, pinned: Option<&Vec<usize>>) -> Result<Tensor
             message: format!("input shape {shape:?} has more than 2^40 elements"),
         });
     }
-    Ok(TensorType::new(dtype, shape))
+    if syms.is_empty() {
+        syms = vec![None; shape.len()];
+    }
+    Ok((TensorType::new(dtype, shape), syms))
 }

@@ -44,7 +44,7 @@ pub use import::{
     decode_model, import_model, import_model_in_dir, import_path, import_path_with_constants, import_path_with_sources,
     Sources, MAX_IR_VERSION, MAX_OPSET, MIN_IR_VERSION, MIN_OPSET,
 };
-pub use options::{parse_input_shape, ImportOptions};
+pub use options::{parse_dim_spec, parse_input_shape, ImportOptions};
 
 mod tensor_file;
 pub use tensor_file::{decode_tensor_proto, encode_tensor_proto};

@@ -1,6 +1,6 @@
 //! Import options and `--input-shape` specs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::ImportError;
 
@@ -20,6 +20,10 @@ pub struct ImportOptions {
     /// count comes from data): its buffer is planned at this size and the run fails beyond it.
     /// `None`: such inputs must be constant.
     pub max_elements: Option<usize>,
+    /// Symbolic input dims the caller sets at each run, by the model's own dim name: each
+    /// between its bounds `(lo, hi)` (`--dim NAME=LO..HI`). The graph is built at `hi`, and
+    /// records the symbols ([`kiln_ir::Graph::symbols`]). A symbol with `lo == hi` just pins.
+    pub dims: BTreeMap<String, (usize, usize)>,
 }
 
 impl ImportOptions {
@@ -35,6 +39,34 @@ impl ImportOptions {
         self.input_shapes.insert(name, shape);
         Ok(())
     }
+}
+
+/// Parses `NAME=LO..HI` (or `NAME=N`, a dim pinned to one size).
+pub fn parse_dim_spec(spec: &str) -> Result<(String, (usize, usize)), ImportError> {
+    let bad = |reason: &str| ImportError::DimSpec { spec: spec.to_string(), reason: reason.to_string() };
+    let (name, range) = spec.rsplit_once('=').ok_or_else(|| bad("expected NAME=LO..HI (e.g. batch=1..8)"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(bad("the dim name is empty"));
+    }
+    let num = |s: &str| -> Result<usize, ImportError> {
+        let s = s.trim();
+        s.parse().map_err(|_| bad(&format!("`{s}` is not a size (a non-negative integer)")))
+    };
+    let (lo, hi) = match range.split_once("..") {
+        Some((lo, hi)) => (num(lo)?, num(hi.trim_start_matches('='))?),
+        None => {
+            let n = num(range)?;
+            (n, n)
+        }
+    };
+    if lo > hi {
+        return Err(bad(&format!("the lower bound {lo} is above the upper bound {hi}")));
+    }
+    if hi == 0 {
+        return Err(bad("the upper bound is 0"));
+    }
+    Ok((name.to_string(), (lo, hi)))
 }
 
 /// Parses `NAME=D0xD1x…` (dims separated by `x` or `,`; `NAME=` is a scalar). The name is
@@ -67,6 +99,12 @@ mod tests {
         assert_eq!(parse_input_shape("images=1x3x224x224").unwrap(), ("images".into(), vec![1, 3, 224, 224]));
         assert_eq!(parse_input_shape("a=b=2,3").unwrap(), ("a=b".into(), vec![2, 3]));
         assert_eq!(parse_input_shape("s=").unwrap(), ("s".into(), vec![]));
+        assert_eq!(parse_dim_spec("batch=1..8").unwrap(), ("batch".into(), (1, 8)));
+        assert_eq!(parse_dim_spec("seq = 2..=16").unwrap(), ("seq".into(), (2, 16)));
+        assert_eq!(parse_dim_spec("n=4").unwrap(), ("n".into(), (4, 4)));
+        for bad in ["batch", "=1..2", "b=3..2", "b=x..2", "b=0..0", "b=1..-2"] {
+            assert!(parse_dim_spec(bad).is_err(), "{bad}");
+        }
         let e = parse_input_shape("x=1x?x3").unwrap_err().to_string();
         assert!(e.contains("bad input shape `x=1x?x3`"), "{e}");
         assert!(parse_input_shape("noequals").is_err());

@@ -106,10 +106,12 @@ fn buffer_line(i: usize, b: &Buffer) -> String {
         BufferKind::Output(k) => format!("output({k})"),
         BufferKind::Constant(t) => format!("const {} = {}", t.ty, const_body(t)),
         BufferKind::Activation => "activation".to_string(),
+        BufferKind::Dims => "dims".to_string(),
     };
     let at = b.offset.map(|o| format!(" at={o}")).unwrap_or_default();
     let fused = if b.fused { " fused" } else { "" };
-    format!("  buffer @{i} {}: {kind} bytes={}{at}{fused}", quote(&b.name), b.bytes)
+    let rows = b.rows.map(|r| format!(" rows={}:{}", r.slot, r.bound)).unwrap_or_default();
+    format!("  buffer @{i} {}: {kind} bytes={}{at}{fused}{rows}", quote(&b.name), b.bytes)
 }
 
 fn kernel_lines(out: &mut String, i: usize, k: &Kernel) {
@@ -137,10 +139,14 @@ pub fn print(p: &Program) -> String {
     let mut s = String::new();
     let dims = if p.dim_slots > 0 { format!(" dims={}", p.dim_slots) } else { String::new() };
     let _ = writeln!(s, "program {} arena={}{dims} {{", quote(&p.name), p.arena_bytes);
+    for sym in &p.symbols {
+        let _ = writeln!(s, "  symbol {} {} {}", quote(&sym.name), sym.lo, sym.hi);
+    }
     for (kw, specs) in [("input", &p.inputs), ("output", &p.outputs)] {
         for (i, (name, dtype, shape)) in specs.iter().enumerate() {
-            let slots = match p.output_slots.get(i) {
-                Some(sl) if kw == "output" && !sl.is_empty() => format!(" slots={}", list(sl)),
+            let slots = if kw == "output" { p.output_slots.get(i) } else { p.input_slots.get(i) };
+            let slots = match slots {
+                Some(sl) if !sl.is_empty() => format!(" slots={}", list(sl)),
                 _ => String::new(),
             };
             let _ = writeln!(s, "  {kw} {}: {}{slots}", quote(name), TensorType::new(*dtype, shape.clone()));
@@ -151,6 +157,9 @@ pub fn print(p: &Program) -> String {
         s.push('\n');
     }
     for (i, ins) in p.instrs.iter().enumerate() {
+        if let Some(c) = p.clamps.get(&i) {
+            let _ = writeln!(s, "  {i}: clamp slot={} per={}", c.slot, c.per);
+        }
         match ins {
             Instr::Kernel(k) => kernel_lines(&mut s, i, k),
             Instr::Copy { dst, dst_offset, src, src_offset, bytes } => {
@@ -243,21 +252,28 @@ pub fn parse_with(src: &str, constants: ConstantSource) -> Result<Program, Strin
                 p.next();
                 break;
             }
+            Tok::Word(w) if w == "symbol" => {
+                p.next();
+                let name = p.string()?;
+                let (lo, hi) = (p.number("bound")?, p.number("bound")?);
+                prog.symbols.push(crate::DimSymbol { name, lo, hi });
+            }
             Tok::Word(w) if w == "input" || w == "output" => {
                 p.next();
                 let name = p.string()?;
                 p.expect(':')?;
                 let ty = p.ty()?;
                 let spec = (name, ty.dtype, ty.shape);
+                let slots = if p.eat_word("slots") {
+                    p.expect('=')?;
+                    p.numbers("dim slot")?
+                } else {
+                    Vec::new()
+                };
                 if w == "input" {
                     prog.inputs.push(spec);
+                    prog.input_slots.push(slots);
                 } else {
-                    let slots = if p.eat_word("slots") {
-                        p.expect('=')?;
-                        p.numbers("dim slot")?
-                    } else {
-                        Vec::new()
-                    };
                     prog.outputs.push(spec);
                     prog.output_slots.push(slots);
                 }
@@ -268,7 +284,19 @@ pub fn parse_with(src: &str, constants: ConstantSource) -> Result<Program, Strin
                 prog.buffers.push(b);
             }
             Tok::Word(_) => {
-                let ins = p.instr(prog.instrs.len())?;
+                let i = prog.instrs.len();
+                if p.clamp_ahead() {
+                    let at = p.number::<usize>("instruction number")?;
+                    p.expect(':')?;
+                    p.keyword("clamp")?;
+                    let (slot, per) = (p.keyed("slot")?, p.keyed("per")?);
+                    if at != i {
+                        return p.err(format!("a clamp numbered {at} stands before instruction {i}"));
+                    }
+                    prog.clamps.insert(i, crate::lir::Clamp { slot, per });
+                    continue;
+                }
+                let ins = p.instr(i)?;
                 prog.instrs.push(ins);
             }
             _ => {
@@ -296,6 +324,11 @@ impl Parser {
     fn number<T: std::str::FromStr>(&mut self, what: &str) -> Result<T, String> {
         let w = self.word()?;
         w.parse().or_else(|_| self.err(format!("bad {what} `{w}`")))
+    }
+
+    /// Whether the next tokens are `N: clamp` (a clamp line before instruction `N`).
+    fn clamp_ahead(&self) -> bool {
+        matches!(self.toks.get(self.pos + 2), Some((Tok::Word(w), _)) if w == "clamp")
     }
 
     /// `key=number`.
@@ -337,6 +370,7 @@ impl Parser {
             "input" => BufferKind::Input(self.paren_index()?),
             "output" => BufferKind::Output(self.paren_index()?),
             "activation" => BufferKind::Activation,
+            "dims" => BufferKind::Dims,
             "const" => {
                 let ty = self.ty()?;
                 self.expect('=')?;
@@ -348,7 +382,15 @@ impl Parser {
         let bytes = self.keyed("bytes")?;
         let offset = if *self.peek() == Tok::Word("at".into()) { Some(self.keyed("at")?) } else { None };
         let fused = self.eat_word("fused");
-        Ok(Buffer { kind, bytes, name, offset, fused })
+        let rows = if self.eat_word("rows") {
+            self.expect('=')?;
+            let slot = self.number("dim slot")?;
+            self.expect(':')?;
+            Some(crate::lir::RowDim { slot, bound: self.number("bound")? })
+        } else {
+            None
+        };
+        Ok(Buffer { kind, bytes, name, offset, fused, rows })
     }
 
     /// A constant's body: inline elements, or `bytes(N, fnv1a=0x…)` looked up in `constants`.

@@ -22,6 +22,9 @@
 //!   form (`{:?}`), so they parse back bit-exactly (NaN payloads aside).
 //! * Constants of at most [`INLINE_LIMIT`] elements print inline and parse back; larger ones
 //!   print as their byte size and an FNV-1a fingerprint, and `parse` rejects them.
+//! * `symbol "batch" 1 8` declares a dim the caller sets at run time, between its bounds
+//!   ([`crate::DimSymbol`]); an input that carries symbols says so after its type with
+//!   `syms=[0,-1,…]` (per axis, the symbol's index in declaration order, or -1).
 //! * `//` starts a comment that runs to the end of the line (for hand-written fixtures).
 //!
 //! `parse` rebuilds the graph through [`Graph::add_node`], so every node is type-checked, and
@@ -120,9 +123,19 @@ pub fn print(g: &Graph) -> String {
         format!("%{n} {}: {}{fused}", quote(&g.value(v).name), g.ty(v))
     };
     writeln!(out, "graph {} {{", quote(&g.name)).unwrap();
-    for &v in &g.inputs {
+    for s in &g.symbols {
+        writeln!(out, "  symbol {} {} {}", quote(&s.name), s.lo, s.hi).unwrap();
+    }
+    for (i, &v) in g.inputs.iter().enumerate() {
         let n = def(&mut num, v);
-        writeln!(out, "  input {}", head(n, v)).unwrap();
+        let syms = match g.input_syms.get(&i) {
+            Some(axes) => {
+                let a: Vec<String> = axes.iter().map(|s| s.map_or("-1".to_string(), |s| s.to_string())).collect();
+                format!(" syms=[{}]", a.join(","))
+            }
+            None => String::new(),
+        };
+        writeln!(out, "  input {}{syms}", head(n, v)).unwrap();
     }
     for v in g.live_constants() {
         if num.contains_key(&v) {
@@ -595,11 +608,36 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                 p.next();
                 break;
             }
+            Tok::Word(w) if w == "symbol" => {
+                p.next();
+                let name = p.string()?;
+                let mut bound = || -> Result<usize, String> {
+                    let w = p.word()?;
+                    w.parse().map_err(|_| format!("bad bound `{w}` of symbol {}", quote(&name)))
+                };
+                let (lo, hi) = (bound()?, bound()?);
+                g.symbols.push(crate::DimSymbol { name, lo, hi });
+            }
             Tok::Word(w) if w == "input" => {
                 p.next();
                 let h = p.value_head()?;
+                let i = g.inputs.len();
                 let v = g.add_input(h.name.clone(), h.ty.clone());
                 p.define_head(&mut g, &h, v)?;
+                if p.eat_word("syms") {
+                    p.expect('=')?;
+                    p.expect('[')?;
+                    let words = p.list_of(']', Parser::word)?;
+                    let axes = words
+                        .iter()
+                        .map(|w| match w.parse::<i64>() {
+                            Ok(-1) => Ok(None),
+                            Ok(s) if s >= 0 && (s as usize) < g.symbols.len() => Ok(Some(s as usize)),
+                            _ => Err(format!("bad symbol index `{w}` of input {}", quote(&h.name))),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    g.input_syms.insert(i, axes);
+                }
             }
             Tok::Word(w) if w == "const" => {
                 p.next();
@@ -628,7 +666,12 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                 g.outputs.push(v);
             }
             Tok::Punct('%') => p.node(&mut g)?,
-            _ => return p.err(format!("expected `input`, `const`, `output`, a node or `}}`, found {}", p.describe())),
+            _ => {
+                return p.err(format!(
+                    "expected `symbol`, `input`, `const`, `output`, a node or `}}`, found {}",
+                    p.describe()
+                ))
+            }
         }
     }
     if *p.peek() != Tok::Eof {

@@ -322,8 +322,16 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         loc: HashMap::new(),
         guarded: false,
     };
+    // Values whose leading axis is sized at run time: their buffers are marked once lowered.
+    let rows = crate::rows::analyze(g, &HashMap::new(), false)?;
+    l.prog.symbols = g.symbols.clone();
+    l.prog.dim_slots = g.symbols.len();
     for (i, &v) in g.inputs.iter().enumerate() {
         let t = g.ty(v);
+        let slots = g.input_syms.get(&i).map_or_else(Vec::new, |axes| {
+            axes.iter().map(|s| s.map_or(-1, |s| s as i32)).collect()
+        });
+        l.prog.input_slots.push(slots);
         l.prog.inputs.push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
         let b = l.prog.add_buffer(BufferKind::Input(i), t.bytes(), g.value(v).name.clone());
         l.loc.insert(v, Loc::dense(b));
@@ -506,6 +514,17 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     }
     // Outputs whose shape is decided at run time: their sizes to the dim slots.
     l.prog.output_slots = vec![Vec::new(); g.outputs.len()];
+    for (i, &v) in g.outputs.iter().enumerate() {
+        if let Some(&s) = rows.get(&v) {
+            let rank = g.ty(v).shape.len();
+            l.prog.output_slots[i] = (0..rank).map(|d| if d == 0 { s as i32 } else { -1 }).collect();
+            let b = out_bufs[i];
+            l.prog.buffers[b.0 as usize].rows =
+                Some(kiln_ir::lir::RowDim { slot: s as u32, bound: g.symbols[s].hi as u64 });
+        }
+    }
+    let locs = &l.loc;
+    crate::rows::mark_buffers(&mut l.prog, g, &rows, |v| locs.get(&v).map(|loc| loc.buffer));
     for (&i, r) in &g.output_shapes {
         let src = l.view_of(r.dims);
         let n = r.bounds.len();
@@ -528,6 +547,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
             order_loops(k);
         }
     }
+    crate::rows::mark(&mut l.prog);
     Ok(l.prog)
 }
 

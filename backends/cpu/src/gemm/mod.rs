@@ -250,6 +250,18 @@ impl Gemm {
             cap
         }
     }
+    /// For a product whose domain dim 0 is sized at run time: `(a, b, c)` such that `n` of
+    /// its indices need the first `ceil(n·a/b)·c` tasks (see `codegen::RowTasks`). Tasks run
+    /// batch-major, then by M block, then by N block; dim 0 is the first batch dim or, with
+    /// none, the first M dim.
+    pub(crate) fn row_tasks(&self) -> Option<(u64, u64, u64)> {
+        if let Some(&b0) = self.batch.first() {
+            return Some((1, 1, (self.tasks() / b0.max(1)) as u64));
+        }
+        let m0 = *self.m_dims.first()?;
+        Some(((self.m / m0.max(1)) as u64, self.mc() as u64, self.n_blocks() as u64))
+    }
+
     /// Tasks of the parallel loop: batch × M blocks × N blocks.
     pub fn tasks(&self) -> usize {
         self.batch.iter().product::<usize>() * self.m_blocks() * self.n_blocks()

@@ -1,0 +1,498 @@
+//! Run-time leading dims: which values carry one, and which kernels run only over its rows.
+//!
+//! A graph compiled with `--dim batch=1..8` is built at the bound (8). An input whose leading
+//! axis is `batch` holds 8 rows of which a run gives the first `n`; every value computed
+//! from it row by row (row `r` of the result depends only on row `r` of its operands)
+//! carries the dim on its leading axis too, and a run computes and reads only its first `n`
+//! rows. Memory is planned once, at the bound.
+//!
+//! * [`analyze`] (HIR, before lowering) finds the values whose leading axis carries a
+//!   symbol, and refuses a node that would mix rows (a reduction over the leading axis, a
+//!   transpose that moves it, a reshape that merges it) with an error naming the node and
+//!   the dim.
+//! * [`clamp`] (LIR, the last step) marks each kernel that reads such rows with the run-time
+//!   extent of its domain's dim 0 ([`kiln_ir::lir::Clamp`]): the entry function then runs
+//!   only the tasks over those rows. A reduction over every element (a check kernel that
+//!   counts bad indices) is masked to the rows instead; any other form is an error.
+
+use std::collections::HashMap;
+
+use kiln_ir::lir::{BufferKind, Clamp, Expr, Instr, Kernel, Program, RowDim, View};
+use kiln_ir::{CmpOp, Graph, Op, ValueDef, ValueId};
+
+use crate::PassError;
+
+/// The symbol (index in `g.symbols`) on the leading axis of each value that carries one.
+///
+/// `seeds`: constants that carry one too (from [`compare`]). `strict`: an operand without
+/// the dim but with as many rows as the bound is an error (the graph as imported, where
+/// [`compare`] has marked every constant computed from the dim); otherwise it is taken to
+/// be such a constant, folded since (the graph as lowered).
+pub fn analyze(g: &Graph, seeds: &HashMap<ValueId, usize>, strict: bool) -> Result<HashMap<ValueId, usize>, PassError> {
+    let mut rows: HashMap<ValueId, usize> = seeds.clone();
+    for (&i, axes) in &g.input_syms {
+        let v = g.inputs[i];
+        for (a, s) in axes.iter().enumerate() {
+            let Some(s) = *s else { continue };
+            if a != 0 {
+                return Err(PassError::RunTimeDim {
+                    node: g.value(v).name.clone(),
+                    op: "input".into(),
+                    message: format!(
+                        "the run-time dim `{}` is its axis {a}: only a leading axis can be sized at run time \
+                         yet; pin it with --input-shape",
+                        g.symbols[s].name
+                    ),
+                });
+            }
+            rows.insert(v, s);
+        }
+    }
+    for &nid in g.order() {
+        let node = g.node(nid);
+        let syms: Vec<usize> = node.inputs.iter().filter_map(|v| rows.get(v).copied()).collect();
+        let Some(&s) = syms.first() else { continue };
+        let err = |message: String| PassError::RunTimeDim {
+            node: node.name.clone(),
+            op: node.op.name().into(),
+            message: format!("the run-time dim `{}` {message}", g.symbols[s].name),
+        };
+        if let Some(&t) = syms.iter().find(|&&t| t != s) {
+            return Err(err(format!("meets the run-time dim `{}`: they must be one symbol", g.symbols[t].name)));
+        }
+        let bound = g.symbols[s].hi;
+        row_parallel(g, node, &rows, if strict { None } else { Some(bound) }).map_err(err)?;
+        for &o in &node.outputs {
+            rows.insert(o, s);
+        }
+    }
+    for (i, r) in g.output_shapes.keys().map(|&i| (i, g.outputs[i])) {
+        if rows.contains_key(&r) {
+            return Err(PassError::RunTimeDim {
+                node: g.value(g.outputs[i]).name.clone(),
+                op: "output".into(),
+                message: "its shape is decided by data and by a run-time dim: not supported yet".into(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Whether `node`, some of whose operands carry a run-time leading dim, computes each row of
+/// its results from the same row of those operands (and from whole operands that do not
+/// carry it): `Err` says why not.
+fn row_parallel(
+    g: &Graph,
+    node: &kiln_ir::Node,
+    rows: &HashMap<ValueId, usize>,
+    folded: Option<usize>,
+) -> Result<(), String> {
+    let dynamic = |v: &ValueId| rows.contains_key(v);
+    let shape = |v: ValueId| g.ty(v).shape.clone();
+    let out = shape(node.outputs[0]);
+    let x = shape(node.inputs[0]);
+    // Operands without the dim broadcast along the leading axis (rank below the result's, or
+    // one row), those with it have the result's rank.
+    let broadcast_ok = || -> Result<(), String> {
+        for &v in &node.inputs {
+            let s = shape(v);
+            if dynamic(&v) {
+                if s.len() != out.len() || s.first() != out.first() {
+                    return Err(format!("reaches operand `{}` of shape {s:?}, not aligned with the result's rows", g.value(v).name));
+                }
+            } else if s.len() == out.len() && s.first().is_some_and(|&d| d != 1 && Some(d) != folded) {
+                return Err(format!(
+                    "meets `{}` of shape {s:?}, whose {} rows are fixed: the model would need exactly that many",
+                    g.value(v).name,
+                    s[0]
+                ));
+            }
+        }
+        Ok(())
+    };
+    let only_first = || -> Result<(), String> {
+        match node.inputs.iter().skip(1).find(|v| dynamic(v)) {
+            Some(v) => Err(format!("reaches operand `{}`, which is read whole for every row", g.value(*v).name)),
+            None => Ok(()),
+        }
+    };
+    let not_axis0 = |axis: usize, what: &str| -> Result<(), String> {
+        if axis == 0 {
+            Err(format!("is the axis {what}"))
+        } else {
+            Ok(())
+        }
+    };
+    match &node.op {
+        Op::Binary(_) | Op::Compare(_) | Op::Unary(_) | Op::Where | Op::Cast { .. } | Op::IsNaN | Op::IsInf { .. } => {
+            broadcast_ok()
+        }
+        Op::Identity => Ok(()),
+        Op::BitCast { .. } | Op::Reshape { .. } => {
+            let per = |s: &[usize]| s.iter().skip(1).product::<usize>();
+            if x.is_empty() || out.first() != x.first() {
+                return Err(format!("is merged or split by a reshape of {x:?} to {out:?}"));
+            }
+            if g.ty(node.inputs[0]).dtype.size() * per(&x) != g.ty(node.outputs[0]).dtype.size() * per(&out) {
+                return Err(format!("has rows of another size after {x:?} → {out:?}"));
+            }
+            Ok(())
+        }
+        Op::MatMul => {
+            let (a, b) = (&node.inputs[0], &node.inputs[1]);
+            if dynamic(b) && (shape(*b).len() < 3 || shape(*b).len() != out.len()) {
+                return Err("is the contracted or column axis of a matrix product's right operand".into());
+            }
+            if dynamic(a) && shape(*a).len() != out.len() {
+                return Err("is the contracted axis of a matrix product's left operand".into());
+            }
+            for v in [a, b] {
+                let s = shape(*v);
+                if !dynamic(v) && s.len() == out.len() && s.len() >= 3 && s[0] != 1 && Some(s[0]) != folded {
+                    return Err(format!("meets `{}` of shape {s:?}, whose batch is fixed", g.value(*v).name));
+                }
+            }
+            Ok(())
+        }
+        Op::Gemm { trans_a, .. } => {
+            if *trans_a {
+                return Err("is the contracted axis of a transposed Gemm operand".into());
+            }
+            only_first()?;
+            match node.inputs.get(2) {
+                Some(c) if !dynamic(c) && shape(*c).len() == 2 && shape(*c)[0] != 1 && Some(shape(*c)[0]) != folded => {
+                    Err(format!("meets the bias `{}` of shape {:?}, whose rows are fixed", g.value(*c).name, shape(*c)))
+                }
+                _ => Ok(()),
+            }
+        }
+        Op::Conv { .. }
+        | Op::ConvTranspose { .. }
+        | Op::MaxPool { .. }
+        | Op::MaxPoolIndices { .. }
+        | Op::AveragePool { .. }
+        | Op::BatchNorm { .. }
+        | Op::Lrn { .. } => only_first(),
+        Op::LayerNorm { axis, .. } | Op::RmsNorm { axis, .. } => {
+            not_axis0(*axis, "normalized over")?;
+            only_first()
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => not_axis0(*axis, "of a softmax"),
+        Op::Reduce { axes, .. } => {
+            if axes.contains(&0) {
+                return Err("is reduced over".into());
+            }
+            only_first()
+        }
+        Op::ArgReduce { axis, .. } | Op::TopKIndices { axis, .. } => not_axis0(*axis, "searched along"),
+        Op::Transpose { perm } => {
+            if perm.first() == Some(&0) {
+                Ok(())
+            } else {
+                Err(format!("is moved by transpose {perm:?}"))
+            }
+        }
+        Op::Concat { axis } => {
+            not_axis0(*axis, "of a concatenation")?;
+            broadcast_ok()
+        }
+        Op::Slice { starts, steps, out_shape } => {
+            if starts.first() == Some(&0) && steps.first() == Some(&1) && out_shape.first() == x.first() {
+                Ok(())
+            } else {
+                Err("is sliced".into())
+            }
+        }
+        Op::Gather { axis } => {
+            let (data, idx) = (&node.inputs[0], &node.inputs[1]);
+            if dynamic(data) && *axis == 0 {
+                return Err("is gathered along".into());
+            }
+            if dynamic(idx) && (*axis != 0 || dynamic(data) || shape(*idx).is_empty()) {
+                return Err("is in indices that gather along an inner axis".into());
+            }
+            Ok(())
+        }
+        Op::GatherElements { axis } => {
+            not_axis0(*axis, "gathered along")?;
+            broadcast_ok()
+        }
+        Op::Expand { shape: to } => {
+            if dynamic(&node.inputs[0]) && x.len() == to.len() && x.first() == to.first() {
+                Ok(())
+            } else {
+                Err(format!("is broadcast by an expand of {x:?} to {to:?}"))
+            }
+        }
+        op => Err(format!("reaches {}, which does not keep rows apart", op.name())),
+    }
+}
+
+/// The rows of buffer `b` a view `v` walks on its dim 0: `Some(per)` when dim 0 steps through
+/// the buffer's rows, `per` view rows to a buffer row, and the rest of the view stays
+/// within one of them.
+fn row_form(p: &Program, v: &View, r: RowDim) -> Option<u64> {
+    let elems = p.buffer(v.buffer).bytes / v.dtype.size().max(1);
+    let bound = r.bound as usize;
+    if bound == 0 || elems % bound != 0 || v.extents.is_empty() || v.strides[0] <= 0 {
+        return None;
+    }
+    let row = (elems / bound) as i64;
+    let s0 = v.strides[0];
+    if row % s0 != 0 {
+        return None;
+    }
+    let per = (row / s0) as u64;
+    let span: i64 = v.extents.iter().zip(&v.strides).skip(1).map(|(&e, &s)| (e as i64 - 1).max(0) * s.abs()).sum();
+    let inner_ok = v.offset >= 0 && v.offset + span < s0 && v.strides.iter().skip(1).all(|&s| s >= 0);
+    (v.extents[0] as u64 == r.bound * per && inner_ok).then_some(per)
+}
+
+/// Whether every load of operand `j` indexes its dim 0 with the domain's dim 0.
+fn loads_row(k: &Kernel, j: usize) -> bool {
+    let mut ok = true;
+    let mut check = |e: &Expr| {
+        if let Expr::Load { operand, index, .. } = e {
+            if *operand == j && index.first() != Some(&Expr::Var(0)) {
+                ok = false;
+            }
+        }
+    };
+    k.body.visit(&mut check);
+    if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+        f.visit(&mut check);
+    }
+    ok
+}
+
+/// Whether a kernel reads or writes a buffer of run-time rows.
+pub fn touches_rows(p: &Program, k: &Kernel) -> bool {
+    k.inputs.iter().chain([&k.output]).any(|v| p.buffer(v.buffer).rows.is_some())
+}
+
+/// Marks the kernels that read run-time rows ([`Program::clamps`]), masks row-reading
+/// reductions to the rows, and carries the rows mark to the buffers such kernels write.
+pub fn clamp(p: &mut Program) -> Result<(), PassError> {
+    walk(p, true)
+}
+
+/// Carries the rows mark from the buffers lowering marked to those its kernels write (a
+/// layout change's), so that the LIR steps see which kernels walk run-time rows.
+pub fn mark(p: &mut Program) {
+    // Only marks: a form that [`clamp`] refuses is refused there, after the LIR steps.
+    let _ = walk(p, false);
+}
+
+fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
+    if p.symbols.is_empty() {
+        return Ok(());
+    }
+    let mut dims_buffer = None;
+    for i in 0..p.instrs.len() {
+        let rows_of = |p: &Program, b: kiln_ir::lir::BufferId| p.buffer(b).rows;
+        let err = |name: &str, message: String| PassError::RunTimeDim {
+            node: name.to_string(),
+            op: "kernel".into(),
+            message,
+        };
+        match &p.instrs[i] {
+            Instr::Kernel(k) => {
+                let read: Vec<(usize, RowDim)> =
+                    k.inputs.iter().enumerate().filter_map(|(j, v)| rows_of(p, v.buffer).map(|r| (j, r))).collect();
+                let Some(&(_, r)) = read.first() else { continue };
+                let name = k.name.clone();
+                if read.iter().any(|(_, q)| q.slot != r.slot) {
+                    return Err(err(&name, "reads rows sized by two run-time dims".into()));
+                }
+                let mut per = None;
+                let mut ok = true;
+                for &(j, _) in &read {
+                    let f = row_form(p, &k.inputs[j], r);
+                    ok &= f.is_some() && loads_row(k, j) && (per.is_none() || per == f);
+                    per = per.or(f);
+                }
+                let per = per.unwrap_or(1);
+                let out_rows = rows_of(p, k.output.buffer);
+                if k.n_par >= 1 && ok && k.domain[0] as u64 == r.bound * per {
+                    match out_rows {
+                        Some(o) if o.slot != r.slot || row_form(p, &k.output, o) != Some(per) => {
+                            return Err(err(&name, "writes rows of another run-time size than it reads".into()))
+                        }
+                        Some(_) => {}
+                        None => {
+                            // A buffer of the lowering's own (a layout change): it holds rows too.
+                            if row_form(p, &k.output, r) != Some(per) {
+                                return Err(err(&name, "writes the rows it reads into a buffer not cut into rows".into()));
+                            }
+                            let b = k.output.buffer;
+                            p.buffers[b.0 as usize].rows = Some(r);
+                        }
+                    }
+                    if last {
+                        p.clamps.insert(i, Clamp { slot: r.slot, per });
+                    }
+                } else if !last {
+                    continue;
+                } else if k.n_par == 0 && ok && k.domain.first().is_some_and(|&d| d as u64 == r.bound * per) {
+                    // A reduction over every element: rows past the run's add the init.
+                    let dims = *dims_buffer.get_or_insert_with(|| {
+                        let n = p.dim_slots;
+                        p.add_buffer(BufferKind::Dims, n * 8, "dims")
+                    });
+                    let n = p.dim_slots;
+                    let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+                    let red = k.reduction.as_ref().expect("a kernel without parallel dims reduces");
+                    let d = k.inputs.len();
+                    k.inputs.push(View::dense(dims, kiln_ir::DType::I64, &[n]));
+                    let limit = Expr::mul(Expr::load(d, vec![Expr::i64(r.slot as i64)]), Expr::i64(per as i64));
+                    let body = std::mem::replace(&mut k.body, Expr::i64(0));
+                    k.body = Expr::select(Expr::cmp(CmpOp::Less, Expr::Var(0), limit), body, Expr::Const(red.init));
+                } else {
+                    return Err(err(
+                        &name,
+                        format!(
+                            "reads the run-time rows of `{}` in a form that cannot be cut to them",
+                            p.buffer(k.inputs[read[0].0].buffer).name
+                        ),
+                    ));
+                }
+            }
+            Instr::Copy { dst, src, bytes, .. } => {
+                if let (Some(r), None) = (rows_of(p, *src), rows_of(p, *dst)) {
+                    if *bytes == p.buffer(*src).bytes && p.buffer(*dst).bytes == *bytes {
+                        let d = *dst;
+                        p.buffers[d.0 as usize].rows = Some(r);
+                    }
+                }
+            }
+            ins if last => {
+                let (r, _) = ins.reads_writes();
+                if let Some(b) = r.into_iter().find(|&b| rows_of(p, b).is_some()) {
+                    return Err(err(
+                        &format!("instruction {i}"),
+                        format!("reads the run-time rows of `{}`, which it cannot cut to them", p.buffer(b).name),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The leading-axis rows mark of the buffer holding each value that carries a run-time dim
+/// (after lowering: `loc` gives each value's buffer).
+pub(crate) fn mark_buffers(
+    p: &mut Program,
+    g: &Graph,
+    rows: &HashMap<ValueId, usize>,
+    buffer_of: impl Fn(ValueId) -> Option<kiln_ir::lir::BufferId>,
+) {
+    let mut marked: Vec<(ValueId, usize)> = rows.iter().map(|(&v, &s)| (v, s)).collect();
+    marked.sort();
+    for (v, s) in marked {
+        if matches!(g.value(v).def, ValueDef::Const(_)) {
+            continue;
+        }
+        if let Some(b) = buffer_of(v) {
+            p.buffers[b.0 as usize].rows = Some(RowDim { slot: s as u32, bound: g.symbols[s].hi as u64 });
+        }
+    }
+}
+
+/// Checks that a graph imported with its run-time dims at their bounds (`hi`) and the same
+/// model imported with each one row more (`alt`) differ only in the leading axes those dims
+/// size, so that what is compiled at the bound holds for every size: the same nodes, the
+/// same attributes (a reshape's or expand's leading size aside), the same constants, or
+/// constants that grow by rows (computed from the dim: a mask of its size, a range up to it)
+/// whose rows at the bound start with those of the other. Returns the latter: the seeds of
+/// [`analyze`].
+pub fn compare(hi: &Graph, alt: &Graph) -> Result<HashMap<ValueId, usize>, PassError> {
+    let names: Vec<&str> = hi.symbols.iter().map(|s| s.name.as_str()).collect();
+    let dims = format!("`{}`", names.join("`, `"));
+    let err = |node: &str, op: &str, message: String| PassError::RunTimeDim {
+        node: node.to_string(),
+        op: op.to_string(),
+        message: format!("the run-time dim {dims} {message}"),
+    };
+    let structure = || {
+        err(&hi.name, "graph", "changes the model's nodes when it changes: pin it with --input-shape".into())
+    };
+    if hi.order().len() != alt.order().len() || hi.inputs.len() != alt.inputs.len() || hi.symbols.len() != alt.symbols.len()
+    {
+        return Err(structure());
+    }
+    // The symbol that sizes a leading axis of `a` rows at the bound and `b` in `alt`.
+    let sym_of = |a: usize, b: usize| (0..hi.symbols.len()).find(|&s| hi.symbols[s].hi == a && alt.symbols[s].hi == b);
+    let mut map: HashMap<ValueId, ValueId> = hi.inputs.iter().copied().zip(alt.inputs.iter().copied()).collect();
+    let mut seeds = HashMap::new();
+    // Leading-axis shapes: `Ok(None)` equal, `Ok(Some(s))` one more row of symbol `s`.
+    let leading = |a: &[usize], b: &[usize]| -> Result<Option<usize>, ()> {
+        if a == b {
+            return Ok(None);
+        }
+        if a.len() != b.len() || a.is_empty() || a[1..] != b[1..] {
+            return Err(());
+        }
+        sym_of(a[0], b[0]).map(Some).ok_or(())
+    };
+    let lead0 = |op: &Op| -> Op {
+        let mut op = op.clone();
+        if let Op::Reshape { shape } | Op::Expand { shape } | Op::Slice { out_shape: shape, .. } = &mut op {
+            if let Some(d) = shape.first_mut() {
+                *d = 0;
+            }
+        }
+        op
+    };
+    for (&n1, &n2) in hi.order().iter().zip(alt.order()) {
+        let (a, b) = (hi.node(n1), alt.node(n2));
+        if a.inputs.len() != b.inputs.len() || a.outputs.len() != b.outputs.len() || a.op.name() != b.op.name() {
+            return Err(structure());
+        }
+        let node_err = |message: String| err(&a.name, a.op.name(), message);
+        for (&v1, &v2) in a.inputs.iter().zip(&b.inputs) {
+            if let Some(&m) = map.get(&v1) {
+                if m != v2 {
+                    return Err(structure());
+                }
+                continue;
+            }
+            let (Some(t1), Some(t2)) = (hi.const_of(v1), alt.const_of(v2)) else { return Err(structure()) };
+            if t1 != t2 {
+                let grows = leading(&t1.ty.shape, &t2.ty.shape);
+                let prefix = t1.ty.dtype == t2.ty.dtype && t1.data.len() >= t2.data.len() && t1.data[..t2.data.len()] == t2.data[..];
+                match grows {
+                    Ok(Some(s)) if prefix => {
+                        seeds.insert(v1, s);
+                    }
+                    _ => {
+                        return Err(node_err(format!(
+                            "is used as data: `{}` is computed from its size; pin it with --input-shape",
+                            hi.value(v1).name
+                        )))
+                    }
+                }
+            }
+            map.insert(v1, v2);
+        }
+        if lead0(&a.op) != lead0(&b.op) {
+            return Err(node_err("sets the node's attributes: pin it with --input-shape".into()));
+        }
+        for (&o1, &o2) in a.outputs.iter().zip(&b.outputs) {
+            let (t1, t2) = (hi.ty(o1), alt.ty(o2));
+            if t1.dtype != t2.dtype || leading(&t1.shape, &t2.shape).is_err() {
+                return Err(node_err(format!(
+                    "sizes an inner axis of `{}` ({:?} at the bound): only a leading axis can be sized at run time yet",
+                    hi.value(o1).name,
+                    t1.shape
+                )));
+            }
+            map.insert(o1, o2);
+        }
+    }
+    if hi.outputs.len() != alt.outputs.len() {
+        return Err(structure());
+    }
+    Ok(seeds)
+}
