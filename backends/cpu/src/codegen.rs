@@ -412,6 +412,8 @@ pub(crate) struct KernelPlan {
 pub(crate) struct RowTasks {
     pub slot: u32,
     pub per: u64,
+    /// The rows at the bound (`domain[0] / per`).
+    pub bound: u64,
     pub a: u64,
     pub b: u64,
     pub c: u64,
@@ -435,7 +437,7 @@ impl RowTasks {
                 }
             }
         };
-        Some(RowTasks { slot, per, a, b, c })
+        Some(RowTasks { slot, per, bound: k.domain[0] as u64 / per.max(1), a, b, c })
     }
 }
 
@@ -493,7 +495,10 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
             let Instr::Kernel(k) = ins else { return None };
             // Matched on the body's kernel (offsets taken out), as the body is generated.
             let body = body_of(k);
-            let gemm = crate::gemm::match_gemm(&body, blocking);
+            let mut gemm = crate::gemm::match_gemm(&body, blocking);
+            if prog.clamps.contains_key(&i) {
+                gemm.iter_mut().for_each(crate::gemm::Gemm::set_rows);
+            }
             let tasks = match &gemm {
                 Some(p) => p.tasks(),
                 None => Split::of(&normalized(k), blocking.w).tasks(),
@@ -640,7 +645,7 @@ fn row_tasks<'ctx>(
         unsafe { b.build_gep(g.context.i64_type(), dims, &[g.i64(r.slot as i64)], "rows") }.map_err(llvm_err)?;
     let v = b.build_load(g.context.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
     // The runtime checked the value against its bounds; the minimum keeps a bad one in range.
-    let v = umin(g, v, g.i64(tasks as i64))?;
+    let v = umin(g, v, g.i64(r.bound as i64))?;
     let n = b.build_int_mul(v, g.i64((r.per * r.a) as i64), "n").map_err(llvm_err)?;
     let n = b.build_int_add(n, g.i64(r.b as i64 - 1), "n").map_err(llvm_err)?;
     let n = b.build_int_unsigned_div(n, g.i64(r.b as i64), "n").map_err(llvm_err)?;

@@ -169,6 +169,10 @@ pub(crate) struct Gemm {
     pub c_n: i64,
     pub bl: Blocking,
     pub bsrc: BSource,
+    /// For a product over run-time rows whose first M dim is the rows (no batch dims): the
+    /// M rows per row of the run (0 otherwise). M blocks then end on those rows, so that a
+    /// run over fewer rows computes none past them.
+    pub row_unit: usize,
 }
 
 /// Where the micro-kernel reads its `KC×NR` panels of B from.
@@ -202,17 +206,20 @@ impl Gemm {
     /// blocks are one tile.
     fn blocks(&self) -> (usize, usize) {
         let (mr, nr) = (self.bl.mr, self.bl.nr);
+        // Over run-time rows, blocks are chosen for a run of one row (the rows of a longer
+        // run are more tasks of the same blocks).
+        let m = if self.row_unit > SMALL_M { self.row_unit } else { self.m };
         // Small M: every row, and narrower column blocks, so that a GEMV splits too.
-        let (mut mc, mut nc) = if self.m <= SMALL_M { (self.m, nr * 4) } else { (self.l2_rows(), self.bl.nc) };
+        let (mut mc, mut nc) = if m <= SMALL_M { (m, nr * 4) } else { (self.l2_rows().min(m), self.bl.nc) };
         let batch: usize = self.batch.iter().product();
-        let tasks = |mc: usize, nc: usize| batch * self.m.div_ceil(mc) * self.n.div_ceil(nc);
+        let tasks = |mc: usize, nc: usize| batch * m.div_ceil(mc) * self.n.div_ceil(nc);
         // Multiply-adds per task at these blocks (a task smaller than MIN_TASK_WORK costs more
         // in repacking and scheduling than sharing it gains).
-        let work = |mc: usize, nc: usize| batch * self.m * self.n * self.k / tasks(mc, nc);
+        let work = |mc: usize, nc: usize| batch * m * self.n * self.k / tasks(mc, nc);
         while tasks(mc, nc) < MIN_TASKS && work(mc, nc) >= 2 * MIN_TASK_WORK {
             if nc > nr && self.n > nr {
                 nc = (nc / 2).div_ceil(nr) * nr;
-            } else if mc > mr && self.m > SMALL_M {
+            } else if mc > mr && m > SMALL_M {
                 mc = (mc / 2).div_ceil(mr) * mr;
             } else {
                 break;
@@ -220,11 +227,23 @@ impl Gemm {
         }
         // Even blocks (a 196-row product is 108 + 88 rows, not 192 + 4), so that tasks, and
         // the threads that run them, get equal work.
-        if self.m > SMALL_M {
-            mc = self.m.div_ceil(self.m.div_ceil(mc)).div_ceil(mr) * mr;
+        if m > SMALL_M {
+            mc = m.div_ceil(m.div_ceil(mc)).div_ceil(mr) * mr;
         }
         nc = self.n.div_ceil(self.n.div_ceil(nc)).div_ceil(nr) * nr;
-        (mc, nc)
+        (self.aligned_rows(mc), nc)
+    }
+    /// `mc` cut to end on the run's rows ([`Gemm::row_unit`]): a multiple of the unit, or
+    /// the largest divisor of it (of at least a row tile) that is at most `mc`.
+    fn aligned_rows(&self, mc: usize) -> usize {
+        let u = self.row_unit;
+        if u == 0 || self.m <= SMALL_M || mc == 0 {
+            return mc;
+        }
+        if u <= mc {
+            return mc / u * u;
+        }
+        (self.bl.mr.min(u)..=mc).rev().find(|d| u % d == 0).unwrap_or(mc)
     }
     /// Rows of a block for a large M: `MC`, or fewer when the block's rows of A over one K
     /// slice would not stay in half of L2 (a long K slice: a prepacked B) and reading B
@@ -260,6 +279,15 @@ impl Gemm {
         }
         let m0 = *self.m_dims.first()?;
         Some(((self.m / m0.max(1)) as u64, self.mc() as u64, self.n_blocks() as u64))
+    }
+
+    /// Marks a product over run-time rows (see [`Gemm::row_unit`]).
+    pub(crate) fn set_rows(&mut self) {
+        if self.batch.is_empty() {
+            if let Some(&m0) = self.m_dims.first() {
+                self.row_unit = self.m / m0.max(1);
+            }
+        }
     }
 
     /// Tasks of the parallel loop: batch × M blocks × N blocks.
@@ -485,6 +513,7 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
             c_n: k.output.strides[dn],
             bl,
             bsrc,
+            row_unit: 0,
         })
     };
     // B packed at compile time: the A operand is the other load.
@@ -563,6 +592,7 @@ mod tests {
             c_n: 1,
             bl: Blocking::for_features("+avx2,+avx512f", 48 << 10, 2 << 20),
             bsrc,
+            row_unit: 0,
         }
     }
 
