@@ -825,8 +825,104 @@ def loop_decay() -> dict:
     return write_sets("loop_decay", model, sets, info)
 
 
+def export_batched(model, args: tuple, names: list[str], outputs: list[str]) -> onnx.ModelProto:
+    """torch.onnx.export (TorchScript) with the leading axis of every input and output a
+    dynamic `batch`."""
+    import torch
+
+    f = io.BytesIO()
+    axes = {n: {0: "batch"} for n in names + outputs}
+    torch.onnx.export(model, args, f, dynamo=False, input_names=names, output_names=outputs,
+                      dynamic_axes=axes, opset_version=OPSET)
+    return onnx.load_from_string(f.getvalue())
+
+
+def cnn_batch() -> dict:
+    """A small classifier (conv, batch norm, ReLU, max pool twice, then `x.view(x.size(0),
+    -1)`, a linear layer and softmax) exported with a dynamic batch: run at batch 1, 3 and 8
+    from one artifact compiled with `--dim batch=1..8`."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(21)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2))
+            self.fc = nn.Linear(32 * 8 * 8, 10)
+
+        def forward(self, x):
+            y = self.f(x)
+            return torch.softmax(self.fc(y.view(y.size(0), -1)), dim=-1)
+
+    m = Net().eval()
+    with torch.no_grad():
+        for bn in (m.f[1], m.f[5]):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    model = export_batched(m, (torch.zeros(2, 3, 32, 32),), ["x"], ["probs"])
+    rng = np.random.default_rng(22)
+    sets = [{"x": rng.standard_normal((b, 3, 32, 32)).astype(np.float32)} for b in (1, 3, 8)]
+    info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes batch", "torch": torch.__version__,
+            "dims": {"batch": [1, 8]}}
+    return write_sets("cnn_batch", model, sets, info)
+
+
+def encoder_batch() -> dict:
+    """A BERT-style encoder layer written as Hugging Face's BERT is (embeddings, an attention
+    mask made from the input's, heads split with `view(b, s, h, d)`, erf GELU, a tanh pooler)
+    exported with a dynamic batch of 32-token sequences: run at batch 1, 4 and 8 from one
+    artifact compiled with `--dim batch=1..8`."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(23)
+    vocab, seq, hid, heads, ffn = 100, 32, 64, 4, 128
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, hid), nn.Embedding(seq, hid)
+            self.ln0, self.ln1, self.ln2 = nn.LayerNorm(hid), nn.LayerNorm(hid), nn.LayerNorm(hid)
+            self.q, self.k, self.v, self.o = (nn.Linear(hid, hid) for _ in range(4))
+            self.f1, self.f2, self.pool = nn.Linear(hid, ffn), nn.Linear(ffn, hid), nn.Linear(hid, hid)
+
+        def forward(self, ids, mask):
+            b, s = ids.shape
+            pos = torch.arange(s, device=ids.device).unsqueeze(0)
+            x = self.ln0(self.tok(ids) + self.pos(pos))
+            bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0
+
+            def split(t):
+                return t.view(b, s, heads, hid // heads).permute(0, 2, 1, 3)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            att = torch.softmax(q @ k.transpose(-1, -2) / (hid // heads) ** 0.5 + bias, dim=-1)
+            ctx = (att @ v).permute(0, 2, 1, 3).reshape(b, s, hid)
+            x = self.ln1(x + self.o(ctx))
+            x = self.ln2(x + self.f2(nn.functional.gelu(self.f1(x))))
+            return x, torch.tanh(self.pool(x[:, 0]))
+
+    m = Encoder().eval()
+    ids0, mask0 = torch.zeros(2, seq, dtype=torch.int64), torch.ones(2, seq, dtype=torch.int64)
+    model = export_batched(m, (ids0, mask0), ["ids", "mask"], ["hidden", "pooled"])
+    rng = np.random.default_rng(24)
+    sets = []
+    for b in (1, 4, 8):
+        mask = np.ones((b, seq), np.int64)
+        for r in range(b):
+            mask[r, seq - 3 * r:] = 0
+        sets.append({"ids": rng.integers(0, vocab, (b, seq)).astype(np.int64), "mask": mask})
+    info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes batch", "torch": torch.__version__,
+            "dims": {"batch": [1, 8]}}
+    return write_sets("encoder_batch", model, sets, info)
+
+
 def gen_dynamic(only: set[str] | None) -> list[dict]:
-    gens = {"detector_nms": detector_nms, "loop_decay": loop_decay}
+    gens = {"detector_nms": detector_nms, "loop_decay": loop_decay, "cnn_batch": cnn_batch,
+            "encoder_batch": encoder_batch}
     return [g() for n, g in gens.items() if only is None or n in only]
 
 

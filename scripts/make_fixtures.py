@@ -16,6 +16,12 @@
   tests/fixtures/if_out_of_range.onnx  If on a run-time condition whose then branch is out of range
                                     for x [2, 3] (Gather of row 5, [3]; else the flattened x, [6]): only
                                     taking it may fail.
+  tests/fixtures/batch_pair.onnx    a [N, 3] + b [N, 3] -> y: two inputs sharing the symbolic N; a
+                                    run that gives them different sizes must be refused.
+  tests/fixtures/batch_mixing.onnx  ReduceSum of x [N, 3] over axis 0: a run-time N is refused at
+                                    compile time, naming the node and the dim.
+  tests/fixtures/batch_as_data.onnx y = x * N, with N read by Shape and Gather: the dim used as a
+                                    value is refused at compile time.
 
 Run with the project's venv: .venv/bin/python scripts/make_fixtures.py
 """
@@ -110,6 +116,36 @@ def range_model() -> onnx.ModelProto:
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
 
 
+def batch_pair() -> onnx.ModelProto:
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3]) for n in ("a", "b")]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"], name="add")], "batch_pair", ins, [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def batch_mixing() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="sum_over_batch", keepdims=1)
+    g = helper.make_graph([node], "batch_mixing", [x], [y], [axes])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def batch_as_data() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    zero = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Gather", ["s", "zero"], ["n"], name="size", axis=0),
+        helper.make_node("Cast", ["n"], ["nf"], name="as_float", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["x", "nf"], ["y"], name="scale_by_batch"),
+    ]
+    g = helper.make_graph(nodes, "batch_as_data", [x], [y], [zero])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     models = [
@@ -120,6 +156,9 @@ def main() -> None:
         ("if_shapes", if_shapes()),
         ("if_out_of_range", if_out_of_range()),
         ("range", range_model()),
+        ("batch_pair", batch_pair()),
+        ("batch_mixing", batch_mixing()),
+        ("batch_as_data", batch_as_data()),
     ]
     for name, m in models:
         p = OUT / f"{name}.onnx"

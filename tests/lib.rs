@@ -635,6 +635,8 @@ pub fn load_exported(name: &str) -> Result<Case, String> {
 pub struct DynamicModel {
     pub model: PathBuf,
     pub sets: Vec<InputSet>,
+    /// The run-time dims it is compiled with (`"dims": {"batch": [1, 8]}` in its meta).
+    pub dims: std::collections::BTreeMap<String, (usize, usize)>,
 }
 
 /// One input set of a [`DynamicModel`]: its inputs (name, value) and onnxruntime's outputs.
@@ -657,7 +659,12 @@ pub fn load_dynamic(name: &str) -> Result<DynamicModel, String> {
         let outputs = set["outputs"].as_array().ok_or("meta.json: a set without outputs")?.iter().map(file);
         sets.push((inputs, outputs.collect::<Result<_, _>>()?));
     }
-    Ok(DynamicModel { model: dir.join("model.onnx"), sets })
+    let mut dims = std::collections::BTreeMap::new();
+    for (name, b) in meta["dims"].as_object().into_iter().flatten() {
+        let bound = |i: usize| b[i].as_u64().map(|v| v as usize).ok_or("meta.json: a dim without bounds");
+        dims.insert(name.clone(), (bound(0)?, bound(1)?));
+    }
+    Ok(DynamicModel { model: dir.join("model.onnx"), sets, dims })
 }
 
 /// NVIDIA's PTX assembler: `$KILN_PTXAS`, or the one the PyPI package `nvidia-cuda-nvcc-cu12`

@@ -104,11 +104,13 @@ fn reduction_axes_given_at_run_time() {
     }
 }
 
-/// Compiles model `name` of `tests/dynamic_models/` once (no input value) and runs every input
-/// set, each compared with onnxruntime's outputs; returns the outputs.
+/// Compiles model `name` of `tests/dynamic_models/` once (no input value; the run-time dims its
+/// meta names) and runs every input set, each compared with onnxruntime's outputs; returns
+/// the outputs.
 fn matches_onnxruntime_on_every_set(name: &str) -> Vec<Vec<kiln_tests::Out>> {
     let m = kiln_tests::load_dynamic(name).unwrap();
-    let art = kiln::Compiler::new(kiln::CompileOptions::default()).compile_path(&m.model).unwrap();
+    let opts = kiln::CompileOptions { dims: m.dims.clone(), ..Default::default() };
+    let art = kiln::Compiler::new(opts).compile_path(&m.model).unwrap();
     let s = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default()).unwrap();
     let mut all = Vec::new();
     for (inputs, want) in &m.sets {
@@ -181,4 +183,118 @@ fn range_length_bounded_by_max_elements() {
     let e = run(0.0, 1000.0, 1.0).unwrap_err();
     assert!(e.contains("`range` (Range)") && e.contains("--max-elements"), "{e}");
     assert!(run(0.0, 1.0, 0.0).is_err(), "a zero step");
+}
+
+/// A classifier exported by PyTorch with a dynamic batch (`x.view(x.size(0), -1)` in it:
+/// Shape, Gather, Concat, Reshape), compiled once with `--dim batch=1..8`: it matches
+/// onnxruntime at batch 1, 3 and 8.
+#[test]
+fn cnn_with_a_run_time_batch_matches_onnxruntime_at_every_batch() {
+    let batches: Vec<usize> = matches_onnxruntime_on_every_set("cnn_batch").iter().map(|got| got[0].1[0]).collect();
+    assert_eq!(batches, vec![1, 3, 8]);
+}
+
+/// A BERT-style encoder layer exported by PyTorch with a dynamic batch, compiled once with
+/// `--dim batch=1..8`: it matches onnxruntime at batch 1, 4 and 8 (sequences with padding
+/// masked), and its arena is the one an artifact pinned to the bound plans.
+#[test]
+fn encoder_with_a_run_time_batch_matches_onnxruntime_and_plans_memory_at_the_bound() {
+    let batches: Vec<usize> = matches_onnxruntime_on_every_set("encoder_batch").iter().map(|got| got[0].1[0]).collect();
+    assert_eq!(batches, vec![1, 4, 8]);
+    let m = kiln_tests::load_dynamic("encoder_batch").unwrap();
+    let compile = |opts: kiln::CompileOptions| kiln::Compiler::new(opts).compile_path(&m.model).unwrap();
+    let dynamic = compile(kiln::CompileOptions { dims: m.dims.clone(), ..Default::default() });
+    let mut pinned = kiln::CompileOptions::default();
+    pinned.input_shapes.insert("ids".into(), vec![8, 32]);
+    pinned.input_shapes.insert("mask".into(), vec![8, 32]);
+    let pinned = compile(pinned);
+    assert_eq!(dynamic.manifest.arena_bytes, pinned.manifest.arena_bytes);
+    let sym = &dynamic.manifest.symbols;
+    assert_eq!((sym.len(), sym[0].name.as_str(), sym[0].lo, sym[0].hi), (1, "batch", 1, 8));
+    assert_eq!(dynamic.manifest.inputs[0].dim_slots, vec![0, -1]);
+}
+
+/// Runs `artifact` with each `(input, file)`; the output `y`, or the one-line error (status 1).
+fn run_inputs(dir: &Path, artifact: &str, inputs: &[(&str, &str)], tag: &str) -> Result<(Vec<u64>, Vec<f32>), String> {
+    let out_dir = dir.join(format!("out_{tag}")).to_str().unwrap().to_string();
+    let mut args = vec!["run".to_string(), artifact.to_string(), "--output-dir".into(), out_dir.clone()];
+    for (name, file) in inputs {
+        args.extend(["--input".to_string(), format!("{name}={}", dir.join(file).display())]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = kiln(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        assert_eq!((out.status.code(), stderr.lines().count()), (Some(1), 1), "a one-line error, status 1: {stderr}");
+        return Err(stderr);
+    }
+    let bytes = std::fs::read(Path::new(&out_dir).join("y.npy")).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    Ok((npy.shape().to_vec(), npy.into_vec::<f32>().unwrap()))
+}
+
+/// Relu over x [N, 4] compiled once with `--dim N=1..4`: any N in the bounds runs (values by
+/// hand), one outside them, or a wrong fixed dim or rank, is a one-line error naming the
+/// input, the dim and its bounds, never a panic or an access past the buffers.
+#[test]
+fn a_run_time_batch_runs_every_size_in_its_bounds_and_refuses_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("m.kiln").to_str().unwrap().to_string();
+    let out = kiln(&["compile", "tests/fixtures/symbolic.onnx", "--dim", "N=1..4", "-o", &artifact]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for n in 0..=6u64 {
+        let x: Vec<f32> = (0..n * 4).map(|i| i as f32 - 5.0).collect();
+        npy(&dir.path().join(format!("x{n}.npy")), &[n, 4], &x);
+        let got = run_inputs(dir.path(), &artifact, &[("x", &format!("x{n}.npy"))], &n.to_string());
+        if (1..=4).contains(&n) {
+            let want: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+            assert_eq!(got.unwrap(), (vec![n, 4], want), "N = {n}");
+        } else {
+            let e = got.unwrap_err();
+            assert!(e.contains("input `x`") && e.contains("`N`") && e.contains("1..=4"), "N = {n}: {e}");
+        }
+    }
+    // A fixed dim that differs, and another rank.
+    npy(&dir.path().join("wide.npy"), &[2, 5], &[0f32; 10]);
+    npy(&dir.path().join("flat.npy"), &[8], &[0f32; 8]);
+    for f in ["wide.npy", "flat.npy"] {
+        let e = run_inputs(dir.path(), &artifact, &[("x", f)], f).unwrap_err();
+        assert!(e.contains("input `x`") && e.contains("N=1..=4, 4"), "{e}");
+    }
+}
+
+/// Two inputs sharing the symbolic N: sizes that differ are refused, naming both inputs and
+/// the dim.
+#[test]
+fn inputs_that_disagree_on_a_run_time_dim_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("m.kiln").to_str().unwrap().to_string();
+    let out = kiln(&["compile", "tests/fixtures/batch_pair.onnx", "--dim", "N=1..8", "-o", &artifact]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    npy(&dir.path().join("a.npy"), &[2, 3], &[1f32, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    npy(&dir.path().join("b.npy"), &[2, 3], &[10f32; 6]);
+    npy(&dir.path().join("b3.npy"), &[3, 3], &[10f32; 9]);
+    let ok = run_inputs(dir.path(), &artifact, &[("a", "a.npy"), ("b", "b.npy")], "ok").unwrap();
+    assert_eq!(ok, (vec![2, 3], vec![11.0, 12.0, 13.0, 14.0, 15.0, 16.0]));
+    let e = run_inputs(dir.path(), &artifact, &[("a", "a.npy"), ("b", "b3.npy")], "bad").unwrap_err();
+    assert!(e.contains("input `b`") && e.contains("`N`") && e.contains("input `a`"), "{e}");
+}
+
+/// What cannot vary at run time is refused at compile time with one line naming the node and
+/// the dim: a reduction over it, its size used as a value, a --dim the model does not have.
+#[test]
+fn run_time_dims_that_cannot_vary_are_refused_at_compile_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("m.kiln").to_str().unwrap().to_string();
+    for (fixture, dim, want) in [
+        ("batch_mixing", "N=1..8", ["`sum_over_batch`", "`N`", "reduced over"]),
+        ("batch_as_data", "N=1..8", ["`scale_by_batch`", "`N`", "used as data"]),
+        ("batch_pair", "M=1..8", ["--dim `M=1..8`", "`N`", "no input has a dim named"]),
+        ("batch_pair", "N=3..2", ["--dim `N=3..2`", "lower bound 3", "upper bound 2"]),
+    ] {
+        let out = kiln(&["compile", &format!("tests/fixtures/{fixture}.onnx"), "--dim", dim, "-o", &artifact]);
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!((out.status.code(), e.lines().count()), (Some(1), 1), "{fixture}: {e}");
+        assert!(want.iter().all(|w| e.contains(w)), "{fixture}: {e}");
+    }
 }

@@ -30,7 +30,12 @@ pub fn verify(g: &Graph) -> Result<(), String> {
         };
         let shape = &g.ty(v).shape;
         if axes.len() != shape.len() {
-            return Err(format!("input `{}` has rank {}, its run-time dims {}", g.value(v).name, shape.len(), axes.len()));
+            return Err(format!(
+                "input `{}` has rank {}, its run-time dims {}",
+                g.value(v).name,
+                shape.len(),
+                axes.len()
+            ));
         }
         for (a, s) in axes.iter().enumerate() {
             if let Some(s) = *s {
@@ -45,7 +50,12 @@ pub fn verify(g: &Graph) -> Result<(), String> {
                             sym.name
                         ))
                     }
-                    None => return Err(format!("input `{}` axis {a} names symbol {s}, which is not declared", g.value(v).name)),
+                    None => {
+                        return Err(format!(
+                            "input `{}` axis {a} names symbol {s}, which is not declared",
+                            g.value(v).name
+                        ))
+                    }
                 }
             }
         }

@@ -98,7 +98,10 @@ fn row_parallel(
             let s = shape(v);
             if dynamic(&v) {
                 if s.len() != out.len() || s.first() != out.first() {
-                    return Err(format!("reaches operand `{}` of shape {s:?}, not aligned with the result's rows", g.value(v).name));
+                    return Err(format!(
+                        "reaches operand `{}` of shape {s:?}, not aligned with the result's rows",
+                        g.value(v).name
+                    ));
                 }
             } else if s.len() == out.len() && s.first().is_some_and(|&d| d != 1 && Some(d) != folded) {
                 return Err(format!(
@@ -322,7 +325,10 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                         None => {
                             // A buffer of the lowering's own (a layout change): it holds rows too.
                             if row_form(p, &k.output, r) != Some(per) {
-                                return Err(err(&name, "writes the rows it reads into a buffer not cut into rows".into()));
+                                return Err(err(
+                                    &name,
+                                    "writes the rows it reads into a buffer not cut into rows".into(),
+                                ));
                             }
                             let b = k.output.buffer;
                             p.buffers[b.0 as usize].rows = Some(r);
@@ -415,10 +421,11 @@ pub fn compare(hi: &Graph, alt: &Graph) -> Result<HashMap<ValueId, usize>, PassE
         op: op.to_string(),
         message: format!("the run-time dim {dims} {message}"),
     };
-    let structure = || {
-        err(&hi.name, "graph", "changes the model's nodes when it changes: pin it with --input-shape".into())
-    };
-    if hi.order().len() != alt.order().len() || hi.inputs.len() != alt.inputs.len() || hi.symbols.len() != alt.symbols.len()
+    let structure =
+        || err(&hi.name, "graph", "changes the model's nodes when it changes: pin it with --input-shape".into());
+    if hi.order().len() != alt.order().len()
+        || hi.inputs.len() != alt.inputs.len()
+        || hi.symbols.len() != alt.symbols.len()
     {
         return Err(structure());
     }
@@ -461,7 +468,9 @@ pub fn compare(hi: &Graph, alt: &Graph) -> Result<HashMap<ValueId, usize>, PassE
             let (Some(t1), Some(t2)) = (hi.const_of(v1), alt.const_of(v2)) else { return Err(structure()) };
             if t1 != t2 {
                 let grows = leading(&t1.ty.shape, &t2.ty.shape);
-                let prefix = t1.ty.dtype == t2.ty.dtype && t1.data.len() >= t2.data.len() && t1.data[..t2.data.len()] == t2.data[..];
+                let prefix = t1.ty.dtype == t2.ty.dtype
+                    && t1.data.len() >= t2.data.len()
+                    && t1.data[..t2.data.len()] == t2.data[..];
                 match grows {
                     Ok(Some(s)) if prefix => {
                         seeds.insert(v1, s);

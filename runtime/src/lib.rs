@@ -355,9 +355,11 @@ fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
     for spec in &manifest.inputs {
         if !spec.dim_slots.is_empty()
             && (spec.dim_slots.len() != spec.shape.len()
-                || spec.dim_slots.iter().zip(&spec.shape).any(|(&k, &d)| {
-                    k < -1 || k >= n_sym || (k >= 0 && manifest.symbols[k as usize].hi != d)
-                }))
+                || spec
+                    .dim_slots
+                    .iter()
+                    .zip(&spec.shape)
+                    .any(|(&k, &d)| k < -1 || k >= n_sym || (k >= 0 && manifest.symbols[k as usize].hi != d)))
         {
             return Err(RuntimeError::Manifest(format!(
                 "input `{}` names run-time dims {:?} for shape {:?} and {n_sym} symbols",

@@ -641,8 +641,7 @@ fn row_tasks<'ctx>(
     let b = &g.builder;
     let dims = g.ctx_field(ctx, off::DIMS, "dims")?;
     // SAFETY (of the address): the slot is one of the manifest's symbols, below its count.
-    let at =
-        unsafe { b.build_gep(g.context.i64_type(), dims, &[g.i64(r.slot as i64)], "rows") }.map_err(llvm_err)?;
+    let at = unsafe { b.build_gep(g.context.i64_type(), dims, &[g.i64(r.slot as i64)], "rows") }.map_err(llvm_err)?;
     let v = b.build_load(g.context.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
     // The runtime checked the value against its bounds; the minimum keeps a bad one in range.
     let v = umin(g, v, g.i64(r.bound as i64))?;
@@ -668,7 +667,9 @@ fn call_tasks_n<'ctx>(
         let rt = g.ctx_field(ctx, off::RUNTIME, "rt")?;
         let pf = g.ctx_field(ctx, off::PARALLEL_FOR, "pf")?;
         let fp = f.as_global_value().as_pointer_value();
-        g.builder.build_indirect_call(pf_ty, pf, &[rt.into(), fp.into(), ctx.into(), n.into()], "").map_err(llvm_err)?;
+        g.builder
+            .build_indirect_call(pf_ty, pf, &[rt.into(), fp.into(), ctx.into(), n.into()], "")
+            .map_err(llvm_err)?;
     } else {
         g.builder.build_call(f, &[ctx.into(), g.i64(0).into(), n.into()], "").map_err(llvm_err)?;
     }

@@ -68,7 +68,8 @@ pub use kiln_backend_cpu::cache::KernelCache;
 pub use kiln_backend_cpu::{CpuTarget, Emit};
 pub use kiln_ir as ir;
 pub use kiln_onnx::{
-    decode_value, element_name, parse_dim_spec, parse_input_shape, ImportError, ImportOptions, OnnxValue, ValueKind, ValueSpec,
+    decode_value, element_name, parse_dim_spec, parse_input_shape, ImportError, ImportOptions, OnnxValue, ValueKind,
+    ValueSpec,
 };
 pub use kiln_passes::memory::{MemoryReport, WeightSection};
 pub use kiln_passes::partition::{Device, DeviceKind, Plan};

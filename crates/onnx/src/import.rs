@@ -210,6 +210,20 @@ impl Importer {
         opts: &ImportOptions,
         constants: &HashMap<String, Tensor>,
     ) -> Result<(), ImportError> {
+        // A --dim must name a symbolic dim of some runtime input.
+        let declared: HashSet<String> = graph_inputs_dim_params(&graph.input);
+        if let Some((name, (lo, hi))) = opts.dims.iter().find(|(n, _)| !declared.contains(*n)) {
+            let mut known: Vec<&str> = declared.iter().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(ImportError::DimSpec {
+                spec: format!("{name}={lo}..{hi}"),
+                reason: if known.is_empty() {
+                    "the model's inputs have no symbolic dims".into()
+                } else {
+                    format!("no input has a dim named `{name}`; the symbolic dims are: {}", quote_list(&known))
+                },
+            });
+        }
         let mut runtime = HashSet::new();
         let mut bound: HashSet<String> = HashSet::new();
         let mut structured = HashSet::new();
@@ -296,20 +310,6 @@ impl Importer {
             return Err(ImportError::ConstantInput {
                 input: name.to_string(),
                 reason: "the model has no such runtime input".into(),
-            });
-        }
-        // A --dim must name a symbolic dim of some runtime input.
-        let declared: HashSet<String> = graph_inputs_dim_params(&graph.input);
-        if let Some((name, (lo, hi))) = opts.dims.iter().find(|(n, _)| !declared.contains(*n)) {
-            let mut known: Vec<&str> = declared.iter().map(String::as_str).collect();
-            known.sort_unstable();
-            return Err(ImportError::DimSpec {
-                spec: format!("{name}={lo}..{hi}"),
-                reason: if known.is_empty() {
-                    "the model's inputs have no symbolic dims".into()
-                } else {
-                    format!("no input has a dim named `{name}`; the symbolic dims are: {}", quote_list(&known))
-                },
             });
         }
         let mut pinned: Vec<&String> = opts.input_shapes.keys().collect();

@@ -328,9 +328,10 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     l.prog.dim_slots = g.symbols.len();
     for (i, &v) in g.inputs.iter().enumerate() {
         let t = g.ty(v);
-        let slots = g.input_syms.get(&i).map_or_else(Vec::new, |axes| {
-            axes.iter().map(|s| s.map_or(-1, |s| s as i32)).collect()
-        });
+        let slots = g
+            .input_syms
+            .get(&i)
+            .map_or_else(Vec::new, |axes| axes.iter().map(|s| s.map_or(-1, |s| s as i32)).collect());
         l.prog.input_slots.push(slots);
         l.prog.inputs.push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
         let b = l.prog.add_buffer(BufferKind::Input(i), t.bytes(), g.value(v).name.clone());

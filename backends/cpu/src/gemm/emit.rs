@@ -193,9 +193,14 @@ pub(crate) fn gen_gemm<'ctx>(
                 let i0 = add(g, i_lo, mul(g, it, mr as i64)?)?;
                 let rows = min(g, g.i64(mr as i64), sub(g, i_hi, i0)?)?;
                 let merge = cx.append_basic_block(f, "tile_done");
-                // Blocks are whole multiples of MR rows but the last: only MR and M % MR
-                // rows occur, so only those micro-kernels are emitted.
-                let heights: Vec<usize> = [mr, p.m % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
+                // Tiles are MR rows but the last of a block: only MR, MC % MR (blocks cut to
+                // end on run-time rows need not be whole tiles) and the last block's remainder
+                // occur, so only those micro-kernels are emitted.
+                let last_block = p.m - (p.m_blocks() - 1) * p.mc();
+                let mut heights: Vec<usize> =
+                    [mr, p.mc() % mr, last_block % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
+                heights.sort_unstable_by(|a, b| b.cmp(a));
+                heights.dedup();
                 let blocks: Vec<_> = heights.iter().map(|_| cx.append_basic_block(f, "tile")).collect();
                 let cases: Vec<_> = heights.iter().zip(&blocks).map(|(&r, &bb)| (g.i64(r as i64), bb)).collect();
                 g.builder.build_switch(rows, merge, &cases).map_err(llvm_err)?;
