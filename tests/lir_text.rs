@@ -47,23 +47,28 @@ fn lir_text_round_trips_on_every_test_model() {
 }
 
 /// The text forms of both IRs round-trip on models that decide things at run time: guarded
-/// nodes, merges, asserts, loops and outputs of run-time shape (HIR), case and loop blocks,
-/// `SetDims`, `CopyRow` and the scan routines (LIR).
+/// nodes, merges, asserts, loops, outputs of run-time shape and run-time dims (HIR), case and
+/// loop blocks, `SetDims`, `CopyRow`, the scan routines, symbols, rows and clamps (LIR).
 #[test]
 fn text_round_trips_on_run_time_decisions() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let batch = |name: &str, lo: usize, hi: usize| std::collections::BTreeMap::from([(name.to_string(), (lo, hi))]);
     let models = [
-        root.join("fixtures/if_shapes.onnx"),
-        root.join("fixtures/if_out_of_range.onnx"),
-        root.join("fixtures/reduce_axes.onnx"),
-        root.join("fixtures/range.onnx"),
-        root.join("dynamic_models/detector_nms/model.onnx"),
-        root.join("dynamic_models/loop_decay/model.onnx"),
+        (root.join("fixtures/if_shapes.onnx"), Default::default()),
+        (root.join("fixtures/if_out_of_range.onnx"), Default::default()),
+        (root.join("fixtures/reduce_axes.onnx"), Default::default()),
+        (root.join("fixtures/range.onnx"), Default::default()),
+        (root.join("fixtures/symbolic.onnx"), batch("N", 1, 4)),
+        (root.join("fixtures/batch_pair.onnx"), batch("N", 2, 8)),
+        (root.join("dynamic_models/detector_nms/model.onnx"), Default::default()),
+        (root.join("dynamic_models/loop_decay/model.onnx"), Default::default()),
+        (root.join("dynamic_models/encoder_batch/model.onnx"), batch("batch", 1, 8)),
+        (root.join("dynamic_models/cnn_batch/model.onnx"), batch("batch", 1, 8)),
     ];
-    for model in &models {
+    for (model, dims) in &models {
         let name = model.display().to_string();
         // A bound small enough that its position vectors print inline.
-        let opts = kiln::CompileOptions { max_elements: Some(32), ..Default::default() };
+        let opts = kiln::CompileOptions { max_elements: Some(32), dims: dims.clone(), ..Default::default() };
         let c = Compiler::new(opts);
         // HIR's text form parses back inline constants only: the fixtures have no others.
         if name.contains("fixtures") {
