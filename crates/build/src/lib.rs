@@ -85,6 +85,13 @@ impl Model {
         self
     }
 
+    /// Lets the model's symbolic dim `name` vary at run time between `lo` and `hi` (`kiln
+    /// compile --dim`): an input it sizes is passed as a slice and its shape.
+    pub fn dim(mut self, name: &str, lo: usize, hi: usize) -> Model {
+        self.opts.dims.insert(name.to_string(), (lo, hi));
+        self
+    }
+
     /// The CPU to compile for (LLVM's name, e.g. `generic`, `x86-64-v3`, `cortex-a72`).
     /// Default: this machine's when building for it (as `kiln compile` does; choose
     /// `generic` or the deployment machine's CPU for binaries that run elsewhere), `generic`
@@ -296,7 +303,12 @@ fn binding_source(m: &Manifest, name: &str, source: &str) -> Result<String, Stri
         .zip(&ins)
         .map(|(t, id)| {
             let (d, n, _) = describe(t);
-            format!("{id}: &[{}; {n}]", rust_type(d))
+            if t.is_dynamic() {
+                // Sized at run time: its elements and its shape.
+                format!("{id}: &[{}], {id}_shape: &[usize; {}]", rust_type(d), t.shape.len())
+            } else {
+                format!("{id}: &[{}; {n}]", rust_type(d))
+            }
         })
         .collect();
     let _ = writeln!(w, "    /// Runs the model (several threads may run it at once).");
@@ -304,7 +316,9 @@ fn binding_source(m: &Manifest, name: &str, source: &str) -> Result<String, Stri
         writeln!(w, "    pub fn run(&self, {}) -> Result<{ty}Outputs, kiln_runtime::RuntimeError> {{", args.join(", "));
     let _ = writeln!(w, "        let inputs = [");
     for (t, id) in m.inputs.iter().zip(&ins) {
-        let _ = writeln!(w, "            kiln_runtime::TensorRef::typed(kiln_runtime::DType::from_i32({}).expect(\"dtype\"), &Self::{}_SHAPE, {id}).expect(\"width\"),", t.dtype, id.to_ascii_uppercase());
+        let shape =
+            if t.is_dynamic() { format!("{id}_shape") } else { format!("&Self::{}_SHAPE", id.to_ascii_uppercase()) };
+        let _ = writeln!(w, "            kiln_runtime::TensorRef::typed(kiln_runtime::DType::from_i32({}).expect(\"dtype\"), {shape}, {id}).expect(\"width\"),", t.dtype);
     }
     let _ = writeln!(w, "        ];\n        let mut outs = self.session.run(&inputs)?.into_iter();");
     let fields: Vec<String> = m
@@ -387,6 +401,27 @@ mod tests {
         assert!(code.contains("pub fn clf_entry(ctx: *const kiln_runtime::abi::Context) -> i32;"), "{code}");
         // A few dozen lines, whatever the model.
         assert!(code.lines().count() < 80, "{}", code.lines().count());
+    }
+
+    /// An input sized at run time: a slice and its shape, its bounds as a constant.
+    #[test]
+    fn binding_of_an_input_sized_at_run_time() {
+        let mut x = spec("x", DTypeCode::F32, &[8, 4]);
+        x.dim_slots = vec![0, -1];
+        let mut y = spec("y", DTypeCode::F32, &[8, 4]);
+        y.dim_slots = vec![0, -1];
+        let m = Manifest {
+            inputs: vec![x],
+            outputs: vec![y],
+            dim_slots: 1,
+            symbols: vec![kiln_abi::manifest::DimBound { name: "N".into(), lo: 1, hi: 8 }],
+            ..Default::default()
+        };
+        let code = binding_source(&m, "m", "m.onnx").unwrap();
+        assert!(code.contains("pub fn run(&self, x: &[f32], x_shape: &[usize; 2])"), "{code}");
+        assert!(code.contains("expect(\"dtype\"), x_shape, x)"), "{code}");
+        assert!(code.contains("pub const X_MAX_SHAPE: [usize; 2] = [8, 4];"), "{code}");
+        assert!(code.contains("pub y: Vec<f32>,") && code.contains("pub y_shape: Vec<usize>,"), "{code}");
     }
 
     /// An output whose shape is decided at run time: its elements and its shape, its bounds

@@ -175,8 +175,22 @@ pub fn header(m: &Manifest, name: &str) -> String {
     let _ = writeln!(w, "#define {up}_ARENA_BYTES {}u", m.arena_bytes);
     let _ = writeln!(w, "#define {up}_NUM_INPUTS {}", m.inputs.len());
     let _ = writeln!(w, "#define {up}_NUM_OUTPUTS {}", m.outputs.len());
-    let _ = writeln!(w, "/* Sizes the code decides at run time (an output's shape that depends on data). */");
+    let _ = writeln!(
+        w,
+        "/* Sizes set at run time: first the inputs' run-time dims (the caller's, below), then those the \
+         code decides (an output's shape that depends on data). */"
+    );
     let _ = writeln!(w, "#define {up}_NUM_DIMS {}", m.dim_slots);
+    for (k, s) in m.symbols.iter().enumerate() {
+        let _ = writeln!(
+            w,
+            "/* dims[{k}]: `{}`, set by the caller before a run, {} to {}. */\n#define {up}_DIM_{} {k}",
+            s.name.replace("*/", "* /"),
+            s.lo,
+            s.hi,
+            c_name(&s.name).to_ascii_uppercase()
+        );
+    }
     for (role, specs) in [("INPUT", &m.inputs), ("OUTPUT", &m.outputs)] {
         for (i, t) in specs.iter().enumerate() {
             let dtype = DTypeCode::from_i32(t.dtype);
@@ -210,7 +224,8 @@ pub fn header(m: &Manifest, name: &str) -> String {
                 let _ = writeln!(
                     w,
                     "/* Its shape is decided at run time: the shape above bounds each dim; dim d's size is \
-                     dims[slots[d]] after a run (slots[d] = -1: fixed). Its buffer holds {up}_{role}_{i}_BYTES. */"
+                     dims[slots[d]] (slots[d] = -1: fixed), set by the caller before the run for an input, by \
+                     the run for an output. Its buffer holds {up}_{role}_{i}_BYTES, its elements first. */"
                 );
                 let _ = writeln!(
                     w,
@@ -235,7 +250,11 @@ pub fn header(m: &Manifest, name: &str) -> String {
     let _ = writeln!(w, " * tensors of the dtypes and shapes above; arena at {up}_ARENA_BYTES bytes, 64-byte aligned.");
     let _ = writeln!(w, " * Returns 0, or k > 0 when check k - 1 failed ({name}_check_messages). */");
     let (dims_param, dims_arg) = if m.dim_slots > 0 {
-        let _ = writeln!(w, "/* dims: {up}_NUM_DIMS int64_t, where the run writes the sizes it decides. */");
+        let _ = writeln!(
+            w,
+            "/* dims: {up}_NUM_DIMS int64_t: the inputs' run-time dims, set by the caller, within their \
+             bounds, then where the run writes the sizes it decides. */"
+        );
         (", int64_t *dims", "dims")
     } else {
         ("", "0")
@@ -271,7 +290,8 @@ struct kiln_context {
     const void *weights;
     void *runtime;
     kiln_parallel_for_fn parallel_for;
-    /* ABI 1.4: the sizes the code decides at run time (NUM_DIMS int64_t), or 0 if none. */
+    /* ABI 1.4: sizes set at run time (NUM_DIMS int64_t): the inputs' run-time dims (ABI 1.5, set by the
+     * caller), then those the code decides; or 0 if none. */
     int64_t *dims;
 };
 /* A parallel_for that runs everything on the calling thread. */

@@ -44,7 +44,8 @@ impl ImportOptions {
 /// Parses `NAME=LO..HI` (or `NAME=N`, a dim pinned to one size).
 pub fn parse_dim_spec(spec: &str) -> Result<(String, (usize, usize)), ImportError> {
     let bad = |reason: &str| ImportError::DimSpec { spec: spec.to_string(), reason: reason.to_string() };
-    let (name, range) = spec.rsplit_once('=').ok_or_else(|| bad("expected NAME=LO..HI (e.g. batch=1..8)"))?;
+    // The first `=`: `LO..=HI` has one too.
+    let (name, range) = spec.split_once('=').ok_or_else(|| bad("expected NAME=LO..HI (e.g. batch=1..8)"))?;
     let name = name.trim();
     if name.is_empty() {
         return Err(bad("the dim name is empty"));
