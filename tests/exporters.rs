@@ -79,3 +79,69 @@ fn dynamic_batch_needs_pinning() {
     let err = kiln::Compiler::new(kiln::CompileOptions::default()).compile_path(&case.model).err();
     assert!(err.is_some(), "resnet50_torch compiled with its batch dim unpinned");
 }
+
+/// The models exported with a dynamic batch, compiled once with `--dim batch=1..8` (other
+/// symbolic dims pinned to their inputs'): each matches onnxruntime at its inputs' own batch,
+/// and at twice it (its inputs repeated; the outputs then repeat too, each sample being
+/// computed alone). A model that moves the batch to an inner axis (a time-major LSTM) is
+/// refused at compile time, naming the node and the dim.
+mod run_time_batch {
+    use kiln_ir::Tensor;
+
+    /// `(model, batch symbol, pinned symbols)`.
+    const MODELS: &[(&str, &str, &[(&str, usize)])] = &[
+        ("bert_torch", "batch", &[]),
+        ("bert_torch_legacy", "batch", &[("seq", 16)]),
+        ("convattn_spox", "N", &[]),
+        ("gpt2_torch_legacy", "batch", &[("seq", 28)]),
+        ("resnet50_torch", "batch", &[]),
+        ("yolo_torch_legacy", "batch", &[]),
+    ];
+
+    /// `t` repeated `times` along its leading axis.
+    fn repeat(t: &Tensor, times: usize) -> Tensor {
+        let mut shape = t.shape().to_vec();
+        shape[0] *= times;
+        Tensor::from_bytes(kiln_ir::TensorType::new(t.dtype(), shape), t.data.repeat(times).into()).unwrap()
+    }
+
+    #[test]
+    fn exported_models_run_every_batch_from_one_artifact() {
+        for &(name, sym, pinned) in MODELS {
+            let case = kiln_tests::load_exported(name).unwrap();
+            let mut opts = kiln::CompileOptions::default();
+            opts.dims.insert(sym.into(), (1, 8));
+            for &(p, n) in pinned {
+                opts.dims.insert(p.into(), (n, n));
+            }
+            let art = kiln::Compiler::new(opts).compile_path(&case.model).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(art.manifest.symbols.len(), 1, "{name}: one run-time dim");
+            let s = kiln::Session::from_bytes(&art.bytes(), &Default::default()).unwrap();
+            for times in [1, 2] {
+                let ins: Vec<Tensor> = case.inputs.iter().map(|(_, t, _)| repeat(t, times)).collect();
+                let refs: Vec<kiln::TensorRef> = ins
+                    .iter()
+                    .map(|t| kiln::TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data })
+                    .collect();
+                let got: Vec<kiln_tests::Out> = s
+                    .run(&refs)
+                    .unwrap_or_else(|e| panic!("{name} x{times}: {e}"))
+                    .into_iter()
+                    .map(|t| (t.dtype, t.shape, t.data))
+                    .collect();
+                let want: Vec<Tensor> = case.expected.iter().map(|t| repeat(t, times)).collect();
+                kiln_tests::compare(&got, &want, case.rtol, case.atol)
+                    .unwrap_or_else(|e| panic!("{name} x{times}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_moved_to_an_inner_axis_is_refused() {
+        let case = kiln_tests::load_exported("lstm_speech_torch").unwrap();
+        let mut opts = kiln::CompileOptions::default();
+        opts.dims.insert("batch".into(), (1, 8));
+        let e = kiln::Compiler::new(opts).compile_path(&case.model).err().expect("refused").to_string();
+        assert!(e.contains("`batch`") && e.contains("inner axis") && e.contains("Transpose"), "{e}");
+    }
+}

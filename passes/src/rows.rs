@@ -61,9 +61,26 @@ pub fn analyze(g: &Graph, seeds: &HashMap<ValueId, usize>, strict: bool) -> Resu
             return Err(err(format!("meets the run-time dim `{}`: they must be one symbol", g.symbols[t].name)));
         }
         let bound = g.symbols[s].hi;
-        row_parallel(g, node, &rows, if strict { None } else { Some(bound) }).map_err(err)?;
+        row_parallel(g, node, &rows, bound, if strict { None } else { Some(bound) }).map_err(err)?;
         for &o in &node.outputs {
             rows.insert(o, s);
+        }
+    }
+    for &o in &g.outputs {
+        if let Some(&s) = rows.get(&o) {
+            let lead = g.ty(o).shape[0];
+            if lead != g.symbols[s].hi {
+                return Err(PassError::RunTimeDim {
+                    node: g.value(o).name.clone(),
+                    op: "output".into(),
+                    message: format!(
+                        "its leading axis is {lead} at the bound, the run-time dim `{}` times {}: a graph output must \
+                         keep the dim as its own axis",
+                        g.symbols[s].name,
+                        lead / g.symbols[s].hi.max(1)
+                    ),
+                });
+            }
         }
     }
     for (i, r) in g.output_shapes.keys().map(|&i| (i, g.outputs[i])) {
@@ -85,6 +102,7 @@ fn row_parallel(
     g: &Graph,
     node: &kiln_ir::Node,
     rows: &HashMap<ValueId, usize>,
+    bound: usize,
     folded: Option<usize>,
 ) -> Result<(), String> {
     let dynamic = |v: &ValueId| rows.contains_key(v);
@@ -103,7 +121,9 @@ fn row_parallel(
                         g.value(v).name
                     ));
                 }
-            } else if s.len() == out.len() && s.first().is_some_and(|&d| d != 1 && Some(d) != folded) {
+            } else if s.len() == out.len()
+                && s.first().is_some_and(|&d| d != 1 && !(folded.is_some() && Some(&d) == out.first()))
+            {
                 return Err(format!(
                     "meets `{}` of shape {s:?}, whose {} rows are fixed: the model would need exactly that many",
                     g.value(v).name,
@@ -132,12 +152,11 @@ fn row_parallel(
         }
         Op::Identity => Ok(()),
         Op::BitCast { .. } | Op::Reshape { .. } => {
-            let per = |s: &[usize]| s.iter().skip(1).product::<usize>();
-            if x.is_empty() || out.first() != x.first() {
-                return Err(format!("is merged or split by a reshape of {x:?} to {out:?}"));
-            }
-            if g.ty(node.inputs[0]).dtype.size() * per(&x) != g.ty(node.outputs[0]).dtype.size() * per(&out) {
-                return Err(format!("has rows of another size after {x:?} → {out:?}"));
+            // Rows stay whole when both leading axes are a multiple of the bound (`[n, s, h]`
+            // to `[n·s, h]` and back): row r is the same bytes in both.
+            let whole = |s: &[usize]| s.first().is_some_and(|&d| d % bound == 0 && d > 0);
+            if !whole(&x) || !whole(&out) {
+                return Err(format!("is merged with other axes or split by a reshape of {x:?} to {out:?}"));
             }
             Ok(())
         }
@@ -151,7 +170,12 @@ fn row_parallel(
             }
             for v in [a, b] {
                 let s = shape(*v);
-                if !dynamic(v) && s.len() == out.len() && s.len() >= 3 && s[0] != 1 && Some(s[0]) != folded {
+                if !dynamic(v)
+                    && s.len() == out.len()
+                    && s.len() >= 3
+                    && s[0] != 1
+                    && !(folded.is_some() && s[0] == out[0])
+                {
                     return Err(format!("meets `{}` of shape {s:?}, whose batch is fixed", g.value(*v).name));
                 }
             }
@@ -163,7 +187,12 @@ fn row_parallel(
             }
             only_first()?;
             match node.inputs.get(2) {
-                Some(c) if !dynamic(c) && shape(*c).len() == 2 && shape(*c)[0] != 1 && Some(shape(*c)[0]) != folded => {
+                Some(c)
+                    if !dynamic(c)
+                        && shape(*c).len() == 2
+                        && shape(*c)[0] != 1
+                        && !(folded.is_some() && Some(&shape(*c)[0]) == out.first()) =>
+                {
                     Err(format!("meets the bias `{}` of shape {:?}, whose rows are fixed", g.value(*c).name, shape(*c)))
                 }
                 _ => Ok(()),
@@ -430,7 +459,13 @@ pub fn compare(hi: &Graph, alt: &Graph) -> Result<HashMap<ValueId, usize>, PassE
         return Err(structure());
     }
     // The symbol that sizes a leading axis of `a` rows at the bound and `b` in `alt`.
-    let sym_of = |a: usize, b: usize| (0..hi.symbols.len()).find(|&s| hi.symbols[s].hi == a && alt.symbols[s].hi == b);
+    // (`k` rows per row of the dim, `k·hi` and `k·alt`: a leading axis merged with inner ones.)
+    let sym_of = |a: usize, b: usize| {
+        (0..hi.symbols.len()).find(|&s| {
+            let (h, l) = (hi.symbols[s].hi, alt.symbols[s].hi);
+            a % h == 0 && b % l == 0 && a / h == b / l && a / h > 0
+        })
+    };
     let mut map: HashMap<ValueId, ValueId> = hi.inputs.iter().copied().zip(alt.inputs.iter().copied()).collect();
     let mut seeds = HashMap::new();
     // Leading-axis shapes: `Ok(None)` equal, `Ok(Some(s))` one more row of symbol `s`.
