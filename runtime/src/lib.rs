@@ -201,6 +201,9 @@ pub struct Session {
     /// after another), then the intermediate slots at these offsets.
     scratch_bytes: usize,
     intermediate_offsets: Vec<usize>,
+    /// Per input with run-time dims: where in the scratch memory an input shorter than its
+    /// bound is copied (the code may read rows past the run's, never using them).
+    staging_offsets: Vec<Option<usize>>,
     scratch: Mutex<Vec<AlignedBuf>>,
     pool: Arc<threads::Pool>,
     code: Code,
@@ -529,11 +532,19 @@ impl Session {
             intermediate_offsets.push(scratch_bytes);
             scratch_bytes += align(t.byte_len());
         }
+        let mut staging_offsets = Vec::with_capacity(manifest.inputs.len());
+        for t in &manifest.inputs {
+            staging_offsets.push(t.is_dynamic().then_some(scratch_bytes));
+            if t.is_dynamic() {
+                scratch_bytes += align(t.byte_len());
+            }
+        }
         Session {
             manifest,
             parts,
             scratch_bytes,
             intermediate_offsets,
+            staging_offsets,
             scratch: Mutex::new(Vec::new()),
             pool: threads::Pool::new(opts.threads),
             code,
@@ -816,32 +827,33 @@ impl Session {
         // Kernels read inputs at their elements' natural alignment (vector loads included);
         // an input the caller passes less aligned is copied. (A copy of every input not on
         // a 64-byte boundary cost a megabyte-sized allocation and copy per run.)
-        // An input with run-time dims shorter than its bound is copied into a buffer of the
-        // bound's size too: the code may read rows past the run's (and ignore them).
-        let copies: Vec<Option<AlignedBuf>> = inputs
-            .iter()
-            .zip(&self.manifest.inputs)
-            .map(|(t, s)| {
-                let size = t.dtype.size().max(1);
-                if s.is_dynamic() && t.data.len() < s.byte_len() {
-                    let mut b = AlignedBuf::zeroed(s.byte_len());
-                    b.as_mut_slice()[..t.data.len()].copy_from_slice(t.data);
-                    return Some(b);
-                }
-                (!(t.data.as_ptr() as usize).is_multiple_of(size)).then(|| AlignedBuf::from_slice(t.data))
-            })
-            .collect();
-        let in_ptrs: Vec<*const u8> =
-            inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
-        // Outputs are written in place (kernels need only the elements' natural alignment
-        // there).
-        let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let mut scratch = self
             .scratch
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| AlignedBuf::zeroed(self.scratch_bytes));
+        let copies: Vec<Option<AlignedBuf>> = inputs
+            .iter()
+            .map(|t| {
+                let size = t.dtype.size().max(1);
+                (!(t.data.as_ptr() as usize).is_multiple_of(size)).then(|| AlignedBuf::from_slice(t.data))
+            })
+            .collect();
+        let mut in_ptrs: Vec<*const u8> =
+            inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
+        // An input with run-time dims shorter than its bound is copied into the scratch
+        // memory, sized at the bound: the code may read rows past the run's (never using them).
+        for (i, (t, s)) in inputs.iter().zip(&self.manifest.inputs).enumerate() {
+            if let Some(at) = self.staging_offsets[i].filter(|_| t.data.len() < s.byte_len()) {
+                let dst = &mut scratch.as_mut_slice()[at..at + t.data.len()];
+                dst.copy_from_slice(t.data);
+                in_ptrs[i] = dst.as_ptr();
+            }
+        }
+        // Outputs are written in place (kernels need only the elements' natural alignment
+        // there).
+        let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, dims);
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
         result

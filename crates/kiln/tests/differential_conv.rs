@@ -97,9 +97,11 @@ fn convolution_chains_as_gemm() {
             && ow >= 8;
         if winograd {
             assert!(text.contains("conv1.winograd_weights"), "conv1 should go through Winograd:\n{text}");
-            // F(4×4, 3×3) for outputs of 16×16 and more: 6×6 tiles.
-            let tile = if oh.min(ow) >= 16 { "[6,6," } else { "[4,4," };
-            assert!(text.contains(tile), "conv1 should use {tile}…] tiles:\n{text}");
+            // F(4×4, 3×3) for outputs of 16×16 and more: 6×6 tiles (36 products per image,
+            // the image axis first), else 4×4.
+            let tile =
+                if oh.min(ow) >= 16 { format!("gemm\" domain=[{nb},36,") } else { format!("gemm\" domain=[{nb},16,") };
+            assert!(text.contains(&tile), "conv1 should use {tile}…] tiles:\n{text}");
         } else if group == 1 && k == [1, 1] && strides == [1, 1] && pads == [0; 4] {
             // Pointwise on the row-major input: the product W·X over the pixels, with the
             // ReLU after it (over the unmerged pixels) as its epilogue.
@@ -259,7 +261,7 @@ fn channels_last_through_copies() {
         let channels_last = kernel.domain[inner] == channels && kernel.output.strides[inner] == 1;
         assert!(channels_last, "{k} should write channels-last:\n{text}");
     }
-    assert!(text.contains("conv2/winograd_in\" domain=[6,6,"), "conv2 should take F(4×4):\n{text}");
+    assert!(text.contains("conv2/winograd_gemm\" domain=[2,36,"), "conv2 should take F(4×4):\n{text}");
     let mean_k = kernel_ending(&prog, "mean");
     let mut divides = false;
     mean_k.body.visit(&mut |e| divides |= matches!(e, kiln::ir::lir::Expr::Binary(kiln::ir::BinaryOp::Div, ..)));

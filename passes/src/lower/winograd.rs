@@ -157,9 +157,7 @@ impl Lowerer<'_> {
         let (x, w) = (&ins[0], &ins[1]);
         let [n, co, oh, ow] = out.extents[..] else { return false };
         let c = w.extents[1];
-        // Its tile kernels mix the batch into the tile index: not over run-time rows (yet).
         if group != 1
-            || !self.prog.symbols.is_empty()
             || window.kernel != [3, 3]
             || window.strides != [1, 1]
             || window.dilations != [1, 1]
@@ -189,17 +187,19 @@ impl Lowerer<'_> {
 
         let u = self.winograd_constant(name, vec![t, t, c, co], transformed_filter(wv, &g, d), "winograd_weights");
         let v = self.winograd_input(wv, x, window, d, name);
-        // M[i, j, n, th, tw, co] = Σ_c V[i, j, n, th, tw, c] U[i, j, c, co].
-        let m = self.temp(DType::F32, &[t, t, n, d.th, d.tw, co], format!("{name}.winograd_products"));
+        // M[n, i, j, th, tw, co] = Σ_c V[n, i, j, th, tw, c] U[i, j, c, co]. The image is the
+        // outermost axis of every intermediate, so that each holds an image's tiles as a row
+        // (run-time batches cut them: rows.rs).
+        let m = self.temp(DType::F32, &[n, t, t, d.th, d.tw, co], format!("{name}.winograd_products"));
         self.emit(Kernel {
             name: format!("{name}/winograd_gemm"),
-            domain: vec![t, t, n, d.th, d.tw, co, c],
+            domain: vec![n, t, t, d.th, d.tw, co, c],
             n_par: 6,
             inputs: vec![v, u],
             output: m.clone(),
             body: Expr::mul(
                 Expr::load(0, vec![Expr::Var(0), Expr::Var(1), Expr::Var(2), Expr::Var(3), Expr::Var(4), Expr::Var(6)]),
-                Expr::load(1, vec![Expr::Var(0), Expr::Var(1), Expr::Var(6), Expr::Var(5)]),
+                Expr::load(1, vec![Expr::Var(1), Expr::Var(2), Expr::Var(6), Expr::Var(5)]),
             ),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
         });
@@ -221,20 +221,20 @@ impl Lowerer<'_> {
     /// The input transform `V = Bᵀ d B` of every tile, in two passes of t terms (Bᵀ d, then
     /// (Bᵀ d) B) instead of one of t², the coefficients from a small constant (as selects,
     /// like the output transform's, they measured twice as slow here). Returns V
-    /// (`[t, t, n, th, tw, c]`).
+    /// (`[n, t, t, th, tw, c]`).
     fn winograd_input(&mut self, wv: &Variant, x: &View, window: &kiln_ir::Window, d: Dims, name: &str) -> View {
         let Dims { n, c, m: mt, t, th, tw, .. } = d;
         let bt_values = wv.bt.iter().flat_map(|r| r.iter()).map(|&v| v as f32).collect();
         let bt = self.winograd_constant(name, vec![t, t], bt_values, "winograd_bt");
         let sum = Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None });
-        // R[i, n, th, x', c] = Σ_a Bᵀ[i][a] x[n, c, m·th + a - top, x' - left] over the padded
+        // R[n, i, th, x', c] = Σ_a Bᵀ[i][a] x[n, c, m·th + a - top, x' - left] over the padded
         // columns x' of all tiles.
         let wp = mt * tw + 2;
-        let rows = self.temp(DType::F32, &[t, n, th, wp, c], format!("{name}.winograd_rows"));
+        let rows = self.temp(DType::F32, &[n, t, th, wp, c], format!("{name}.winograd_rows"));
         let xl = Expr::Load {
             operand: 0,
             index: vec![
-                Expr::Var(1),
+                Expr::Var(0),
                 Expr::Var(4),
                 Expr::sub(
                     Expr::add(Expr::mul(Expr::Var(2), Expr::i64(mt as i64)), Expr::Var(5)),
@@ -246,20 +246,20 @@ impl Lowerer<'_> {
         };
         self.emit(Kernel {
             name: format!("{name}/winograd_rows"),
-            domain: vec![t, n, th, wp, c, t],
+            domain: vec![n, t, th, wp, c, t],
             n_par: 5,
             inputs: vec![x.clone(), bt.clone()],
             output: rows.clone(),
-            body: Expr::mul(Expr::load(1, vec![Expr::Var(0), Expr::Var(5)]), xl),
+            body: Expr::mul(Expr::load(1, vec![Expr::Var(1), Expr::Var(5)]), xl),
             reduction: sum.clone(),
         });
-        // V[i, j, n, th, tw, c] = Σ_b Bᵀ[j][b] R[i, n, th, m·tw + b, c].
-        let v = self.temp(DType::F32, &[t, t, n, th, tw, c], format!("{name}.winograd_tiles"));
+        // V[n, i, j, th, tw, c] = Σ_b Bᵀ[j][b] R[n, i, th, m·tw + b, c].
+        let v = self.temp(DType::F32, &[n, t, t, th, tw, c], format!("{name}.winograd_tiles"));
         let rl = Expr::load(
             0,
             vec![
                 Expr::Var(0),
-                Expr::Var(2),
+                Expr::Var(1),
                 Expr::Var(3),
                 Expr::add(Expr::mul(Expr::Var(4), Expr::i64(mt as i64)), Expr::Var(6)),
                 Expr::Var(5),
@@ -267,18 +267,18 @@ impl Lowerer<'_> {
         );
         self.emit(Kernel {
             name: format!("{name}/winograd_in"),
-            domain: vec![t, t, n, th, tw, c, t],
+            domain: vec![n, t, t, th, tw, c, t],
             n_par: 6,
             inputs: vec![rows, bt],
             output: v.clone(),
-            body: Expr::mul(Expr::load(1, vec![Expr::Var(1), Expr::Var(6)]), rl),
+            body: Expr::mul(Expr::load(1, vec![Expr::Var(2), Expr::Var(6)]), rl),
             reduction: sum,
         });
         v
     }
 
     /// The output transform `Y = Aᵀ M A` (+ bias) from the products M
-    /// (`[t, t, n, th, tw, co]`) into `out`.
+    /// (`[n, t, t, th, tw, co]`) into `out`.
     fn winograd_output(&mut self, wv: &Variant, m: View, bias: Option<&View>, out: &View, d: Dims, name: &str) {
         let Dims { n, co, oh, ow, m: mt, t, th, .. } = d;
         let tile = || Expr::i64(mt as i64);
@@ -290,14 +290,14 @@ impl Lowerer<'_> {
             })
         };
         if wv.m == 2 {
-            // Y[n, co, y, x] = Σ_ij Aᵀ[y%2][i] Aᵀ[x%2][j] M[i, j, n, y/2, x/2, co] (+ bias),
+            // Y[n, co, y, x] = Σ_ij Aᵀ[y%2][i] Aᵀ[x%2][j] M[n, i, j, y/2, x/2, co] (+ bias),
             // in one pass of 16 terms (two passes measured 8% slower at 56×56).
             let ml = Expr::load(
                 0,
                 vec![
+                    Expr::Var(0),
                     Expr::Var(4),
                     Expr::Var(5),
-                    Expr::Var(0),
                     Expr::div(Expr::Var(2), tile()),
                     Expr::div(Expr::Var(3), tile()),
                     Expr::Var(1),
@@ -322,16 +322,16 @@ impl Lowerer<'_> {
         }
         // F(4×4): in two passes of t terms, like the input transform (one pass of 36 cost
         // more than the products saved):
-        // Z[i, n, th, x, co] = Σ_j Aᵀ[x%m][j] M[i, j, n, th, x/m, co], then
-        // Y[n, co, y, x] = Σ_i Aᵀ[y%m][i] Z[i, n, y/m, x, co] (+ bias).
-        let z = self.temp(DType::F32, &[t, n, th, ow, co], format!("{name}.winograd_cols"));
+        // Z[n, i, th, x, co] = Σ_j Aᵀ[x%m][j] M[n, i, j, th, x/m, co], then
+        // Y[n, co, y, x] = Σ_i Aᵀ[y%m][i] Z[n, i, y/m, x, co] (+ bias).
+        let z = self.temp(DType::F32, &[n, t, th, ow, co], format!("{name}.winograd_cols"));
         let ml = Expr::load(
             0,
-            vec![Expr::Var(0), Expr::Var(5), Expr::Var(1), Expr::Var(2), Expr::div(Expr::Var(3), tile()), Expr::Var(4)],
+            vec![Expr::Var(0), Expr::Var(1), Expr::Var(5), Expr::Var(2), Expr::div(Expr::Var(3), tile()), Expr::Var(4)],
         );
         self.emit(Kernel {
             name: format!("{name}/winograd_cols"),
-            domain: vec![t, n, th, ow, co, t],
+            domain: vec![n, t, th, ow, co, t],
             n_par: 5,
             inputs: vec![m],
             output: z.clone(),
@@ -340,7 +340,7 @@ impl Lowerer<'_> {
         });
         let zl = Expr::load(
             0,
-            vec![Expr::Var(4), Expr::Var(0), Expr::div(Expr::Var(2), tile()), Expr::Var(3), Expr::Var(1)],
+            vec![Expr::Var(0), Expr::Var(4), Expr::div(Expr::Var(2), tile()), Expr::Var(3), Expr::Var(1)],
         );
         let mut inputs = vec![z];
         let finalize = bias(&mut inputs);
