@@ -154,7 +154,7 @@ fn row_parallel(
         Op::BitCast { .. } | Op::Reshape { .. } => {
             // Rows stay whole when both leading axes are a multiple of the bound (`[n, s, h]`
             // to `[n·s, h]` and back): row r is the same bytes in both.
-            let whole = |s: &[usize]| s.first().is_some_and(|&d| d % bound == 0 && d > 0);
+            let whole = |s: &[usize]| s.first().is_some_and(|&d| d.is_multiple_of(bound) && d > 0);
             if !whole(&x) || !whole(&out) {
                 return Err(format!("is merged with other axes or split by a reshape of {x:?} to {out:?}"));
             }
@@ -266,7 +266,7 @@ fn row_parallel(
 fn row_form(p: &Program, v: &View, r: RowDim) -> Option<u64> {
     let elems = p.buffer(v.buffer).bytes / v.dtype.size().max(1);
     let bound = r.bound as usize;
-    if bound == 0 || elems % bound != 0 || v.extents.is_empty() || v.strides[0] <= 0 {
+    if bound == 0 || !elems.is_multiple_of(bound) || v.extents.is_empty() || v.strides[0] <= 0 {
         return None;
     }
     let row = (elems / bound) as i64;
@@ -463,7 +463,7 @@ pub fn compare(hi: &Graph, alt: &Graph) -> Result<HashMap<ValueId, usize>, PassE
     let sym_of = |a: usize, b: usize| {
         (0..hi.symbols.len()).find(|&s| {
             let (h, l) = (hi.symbols[s].hi, alt.symbols[s].hi);
-            a % h == 0 && b % l == 0 && a / h == b / l && a / h > 0
+            a.is_multiple_of(h) && b.is_multiple_of(l) && a / h == b / l && a / h > 0
         })
     };
     let mut map: HashMap<ValueId, ValueId> = hi.inputs.iter().copied().zip(alt.inputs.iter().copied()).collect();

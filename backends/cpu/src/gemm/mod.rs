@@ -243,7 +243,7 @@ impl Gemm {
         if u <= mc {
             return mc / u * u;
         }
-        (self.bl.mr.min(u)..=mc).rev().find(|d| u % d == 0).unwrap_or(mc)
+        (self.bl.mr.min(u)..=mc).rev().find(|d| u.is_multiple_of(*d)).unwrap_or(mc)
     }
     /// Rows of a block for a large M: `MC`, or fewer when the block's rows of A over one K
     /// slice would not stay in half of L2 (a long K slice: a prepacked B) and reading B
