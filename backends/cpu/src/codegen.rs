@@ -612,17 +612,7 @@ fn call_tasks<'ctx>(
     if tasks == 0 {
         return Ok(());
     }
-    if tasks >= 2 && work >= PARALLEL_MIN_WORK {
-        let rt = g.ctx_field(ctx, off::RUNTIME, "rt")?;
-        let pf = g.ctx_field(ctx, off::PARALLEL_FOR, "pf")?;
-        let fp = f.as_global_value().as_pointer_value();
-        g.builder
-            .build_indirect_call(pf_ty, pf, &[rt.into(), fp.into(), ctx.into(), g.i64(tasks as i64).into()], "")
-            .map_err(llvm_err)?;
-    } else {
-        g.builder.build_call(f, &[ctx.into(), g.i64(0).into(), g.i64(tasks as i64).into()], "").map_err(llvm_err)?;
-    }
-    Ok(())
+    call_tasks_n(g, ctx, f, g.i64(tasks as i64), tasks, work, pf_ty)
 }
 
 /// The unsigned minimum of two i64s (a negative value counts as huge).
