@@ -36,6 +36,18 @@ fn every_in_scope_case_is_in_the_manifest() {
     assert!(missing.is_empty(), "in-scope node tests not in the manifest: {missing:?}");
 }
 
+/// The cases counted as passing with their inputs fed at run time have inputs: the few whose
+/// model has none (constant outputs) are exactly those of `no_inputs.txt`, counted apart.
+#[test]
+fn cases_without_inputs_are_counted_apart() {
+    let listed: std::collections::BTreeSet<&str> =
+        kiln_tests::listed_cases(include_str!("conformance/no_inputs.txt")).collect();
+    let found: std::collections::BTreeSet<&str> = kiln_tests::listed_cases(include_str!("conformance/manifest.txt"))
+        .filter(|n| !kiln_tests::has_runtime_inputs(n))
+        .collect();
+    assert_eq!(listed, found, "no_inputs.txt must list the manifest's cases without inputs");
+}
+
 /// Every op of the importer's registry is used by a node test that passes (through both
 /// suites above), or is listed here with the test that covers it instead.
 #[test]

@@ -83,6 +83,18 @@ pub fn passing_cases() -> std::collections::HashSet<&'static str> {
         .collect()
 }
 
+/// Whether node test `name`'s model has a graph input that is not an initializer: a case
+/// without one has constant outputs, and is counted apart from those whose inputs are fed at
+/// run time (`conformance/no_inputs.txt`).
+pub fn has_runtime_inputs(name: &str) -> bool {
+    let path = data_root().join("node").join(name).join("model.onnx");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let m = kiln_onnx::decode_model(bytes.into()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let g = m.graph.unwrap_or_default();
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    g.input.iter().any(|i| !i.name().is_empty() && !inits.contains(i.name()))
+}
+
 /// Root of the generated test data (see `scripts/gen_testdata.py`).
 pub fn data_root() -> PathBuf {
     let root = std::env::var_os("KILN_TESTDATA")

@@ -55,6 +55,7 @@ fn main() {
     let results = results.into_inner().unwrap();
     let (mut in_scope, mut in_scope_pass, mut pass, mut frozen_pass) = (0, 0, 0, 0);
     let mut manifest = String::new();
+    let (mut no_inputs, mut constant) = (String::new(), 0);
     let mut frozen = String::new();
     let mut ignored = String::from("# ONNX node tests that do not pass, with the reason (name<TAB>reason)\n");
     let mut failing_in_scope = Vec::new();
@@ -76,6 +77,11 @@ fn main() {
                         pass += 1;
                         manifest.push_str(name);
                         manifest.push('\n');
+                        if !kiln_tests::has_runtime_inputs(name) {
+                            constant += 1;
+                            no_inputs.push_str(name);
+                            no_inputs.push('\n');
+                        }
                     }
                     Some(why) => {
                         frozen_pass += 1;
@@ -103,9 +109,16 @@ fn main() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance");
         let manifest = format!(
             "# ONNX node tests that pass compiled without their inputs' values, every input fed at run\n\
-             # time: {pass} of {total} (the count to compare with onnxruntime's). Cases that pass only with\n\
-             # inputs compiled in are in frozen.txt. Regenerate with the conformance-sweep binary.\n{manifest}"
+             # time: {} of {total} (the count to compare with onnxruntime's), and {constant} with no inputs\n\
+             # (no_inputs.txt). Cases that pass only with inputs compiled in are in frozen.txt.\n\
+             # Regenerate with the conformance-sweep binary.\n{manifest}",
+            pass - constant
         );
+        let no_inputs = format!(
+            "# Cases of manifest.txt whose model has no inputs: their outputs are constants, counted\n\
+             # apart from those whose inputs are fed at run time ({constant}).\n{no_inputs}"
+        );
+        std::fs::write(dir.join("no_inputs.txt"), no_inputs).unwrap();
         let frozen = format!(
             "# ONNX node tests that pass only with inputs compiled in ({frozen_pass} of {total}; reported\n\
              # apart): name<TAB>why, with every input fed at run time, the case does not pass.\n{frozen}"
@@ -114,7 +127,11 @@ fn main() {
         std::fs::write(dir.join("frozen.txt"), frozen).unwrap();
         std::fs::write(dir.join("ignored.txt"), ignored).unwrap();
     }
-    println!("node tests: {total} total; {pass} pass with every input fed at run time, {frozen_pass} more only with inputs compiled in");
+    println!(
+        "node tests: {total} total; {} pass with every input fed at run time, {constant} with no inputs, \
+         {frozen_pass} more only with inputs compiled in",
+        pass - constant
+    );
     println!(
         "in scope of issue #2 (its ops; f32/i64/i32/bool tensors): {in_scope}, {in_scope_pass} pass, {} fail",
         in_scope - in_scope_pass
