@@ -538,5 +538,23 @@ pub fn compare(hi: &Graph, alt: &Graph) -> Result<HashMap<ValueId, usize>, PassE
     if hi.outputs.len() != alt.outputs.len() {
         return Err(structure());
     }
+    // A graph output that folded to a constant must not depend on the dims (a Shape, a Size,
+    // an EyeLike of the input): it would be the bound's value at every size.
+    for (&o1, &o2) in hi.outputs.iter().zip(&alt.outputs) {
+        match (hi.const_of(o1), alt.const_of(o2)) {
+            (Some(t1), Some(t2)) if t1 != t2 => {
+                return Err(err(
+                    &hi.value(o1).name,
+                    "output",
+                    "gives the output's value, which folds to a constant computed from its size: pin it with \
+                     --input-shape"
+                        .into(),
+                ))
+            }
+            (Some(_), Some(_)) => {}
+            _ if map.get(&o1).is_some_and(|&m| m != o2) => return Err(structure()),
+            _ => {}
+        }
+    }
     Ok(seeds)
 }
