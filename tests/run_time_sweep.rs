@@ -114,7 +114,7 @@ fn node_tests_with_a_run_time_leading_dim_match_or_are_refused() {
     }
     eprintln!("{matched} node tests run with a run-time leading dim and match; {refused} refused at compile time");
     let mut top: Vec<_> = reasons.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
     for (kind, count) in top.iter().take(12) {
         eprintln!("  {count:4} {kind}");
     }
