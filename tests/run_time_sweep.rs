@@ -3,7 +3,9 @@
 //! with that axis a run-time dim (`N`, bounds `1..=n + 2`, so that a run gives fewer rows
 //! than the artifact is planned for) and run on its inputs. Each must match ONNX's expected
 //! outputs, or be refused at compile time with an error (a node that would mix rows, the dim
-//! used as data): never a wrong answer, a panic or a failed run.
+//! used as data): never a wrong answer, a panic or a failed run. Each artifact must also refuse,
+//! with the error that says why, inputs above the bound, with no rows, and inputs that
+//! disagree on the dim.
 
 use std::collections::BTreeMap;
 
@@ -72,10 +74,42 @@ fn run_case(name: &str, dir: &std::path::Path) -> Outcome {
         Ok(outs) => outs.into_iter().map(|t| (t.dtype, t.shape, t.data)).collect(),
         Err(e) => return Outcome::Failed(format!("running: {e}")),
     };
-    match kiln_tests::compare(&got, &case.expected, case.rtol, case.atol) {
-        Ok(()) => Outcome::Matched,
-        Err(e) => Outcome::Failed(e),
+    if let Err(e) = kiln_tests::compare(&got, &case.expected, case.rtol, case.atol) {
+        return Outcome::Failed(e);
     }
+    // Sizes the artifact must refuse, each with its own error: above the bound, zero rows
+    // (below it), and (with two inputs or more) inputs that disagree on N.
+    let resized = |rows: &[usize]| -> Vec<kiln_ir::Tensor> {
+        case.inputs
+            .iter()
+            .zip(rows)
+            .map(|((_, t, _), &r)| {
+                let mut shape = t.shape().to_vec();
+                shape[0] = r;
+                let bytes = shape.iter().product::<usize>() * t.dtype().size();
+                let data: Vec<u8> = t.data.iter().copied().cycle().take(bytes).collect();
+                kiln_ir::Tensor::from_bytes(kiln_ir::TensorType::new(t.dtype(), shape), data.into()).unwrap()
+            })
+            .collect()
+    };
+    let k = case.inputs.len();
+    let mut bad = vec![(vec![n + 3; k], "outside its bounds"), (vec![0; k], "outside its bounds")];
+    if k >= 2 {
+        let mut rows = vec![n; k];
+        rows[k - 1] = n + 1;
+        bad.push((rows, "but input"));
+    }
+    for (rows, want) in bad {
+        let ins = resized(&rows);
+        let refs: Vec<kiln::TensorRef> =
+            ins.iter().map(|t| kiln::TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
+        match s.run(&refs) {
+            Err(e) if e.to_string().contains(want) => {}
+            Err(e) => return Outcome::Failed(format!("rows {rows:?}: the error `{e}` does not say `{want}`")),
+            Ok(_) => return Outcome::Failed(format!("rows {rows:?} (bounds 1..={}) ran", n + 2)),
+        }
+    }
+    Outcome::Matched
 }
 
 #[test]
