@@ -277,8 +277,14 @@ impl Compiler {
         Ok((l.program, l.memory, l.weights))
     }
 
-    /// Compiles an optimized graph into an artifact.
+    /// Compiles an optimized graph into an artifact. A graph with run-time dims
+    /// ([`Graph::symbols`]) must keep their rows apart with no help from a second import: an
+    /// operand with as many rows as the bound but without the dim is refused
+    /// ([`kiln_passes::rows::analyze`], strict).
     pub fn compile_graph(&self, g: Graph) -> Result<Artifact, Error> {
+        if !g.symbols.is_empty() {
+            kiln_passes::rows::analyze(&g, &HashMap::new(), true)?;
+        }
         self.pooled(|| self.compile_graph_timed(g, Vec::new()))
     }
 

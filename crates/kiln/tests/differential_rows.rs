@@ -151,3 +151,27 @@ fn gather_with_run_time_rows_of_indices() {
         "embedding lookup",
     );
 }
+
+/// A graph built in code with a run-time dim must not combine its rows with a constant of as
+/// many rows as the bound (the model would need exactly that many): refused, naming the node
+/// and the dim, where a constant broadcast along the rows compiles.
+#[test]
+fn a_constant_with_the_bounds_rows_is_refused() {
+    for (rows, ok) in [(4, false), (1, true)] {
+        let mut g = Graph::new("fixed");
+        g.symbols.push(DimSymbol { name: "n".into(), lo: 1, hi: 4 });
+        g.input_syms.insert(0, vec![Some(0), None]);
+        let x = g.add_input("x", kiln::ir::TensorType::new(DType::F32, vec![4, 3]));
+        let c = g.add_const("c", Tensor::f32(vec![rows, 3], vec![1.0; rows * 3]));
+        g.outputs = vec![node(&mut g, Op::Binary(kiln::ir::op::BinaryOp::Add), &[x, c])];
+        let r = Compiler::new(CompileOptions::default()).compile_graph(g);
+        match (r, ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => {
+                let e = e.to_string();
+                assert!(e.contains("`n`") && e.contains("rows are fixed"), "{e}");
+            }
+            (r, _) => panic!("a [{rows}, 3] constant: compiled = {}", r.is_ok()),
+        }
+    }
+}
