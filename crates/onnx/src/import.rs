@@ -18,6 +18,7 @@ use crate::{ImportError, ImportOptions, UnsupportedOp};
 mod cases;
 mod control;
 mod flex;
+mod from_data;
 mod sequence;
 mod sized;
 
