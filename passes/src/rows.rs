@@ -30,6 +30,9 @@ use crate::PassError;
 /// be such a constant, folded since (the graph as lowered).
 pub fn analyze(g: &Graph, seeds: &HashMap<ValueId, usize>, strict: bool) -> Result<HashMap<ValueId, usize>, PassError> {
     let mut rows: HashMap<ValueId, usize> = seeds.clone();
+    if g.symbols.is_empty() {
+        return Ok(rows);
+    }
     for (&i, axes) in &g.input_syms {
         let v = g.inputs[i];
         for (a, s) in axes.iter().enumerate() {
@@ -320,13 +323,10 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
         return Ok(());
     }
     let mut dims_buffer = None;
+    let rows_of = |p: &Program, b: kiln_ir::lir::BufferId| p.buffer(b).rows;
+    let err =
+        |name: &str, message: String| PassError::RunTimeDim { node: name.to_string(), op: "kernel".into(), message };
     for i in 0..p.instrs.len() {
-        let rows_of = |p: &Program, b: kiln_ir::lir::BufferId| p.buffer(b).rows;
-        let err = |name: &str, message: String| PassError::RunTimeDim {
-            node: name.to_string(),
-            op: "kernel".into(),
-            message,
-        };
         match &p.instrs[i] {
             Instr::Kernel(k) => {
                 let read: Vec<(usize, RowDim)> =

@@ -621,6 +621,17 @@ fn umin<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Backen
     Ok(g.builder.build_select(lt, a, b, "min").map_err(llvm_err)?.into_int_value())
 }
 
+/// The rows of a run: the size in run-time dim slot `slot`, at most `bound` (the runtime has
+/// checked it against its bounds; the minimum keeps a bad one from reaching past a buffer).
+fn run_rows<'ctx>(g: &CodeGen<'ctx>, ctx: PointerValue<'ctx>, slot: u32, bound: u64) -> BackendResult<IntValue<'ctx>> {
+    let dims = g.ctx_field(ctx, off::DIMS, "dims")?;
+    // SAFETY (of the address): the slot is one of the manifest's symbols, below its count.
+    let at =
+        unsafe { g.builder.build_gep(g.context.i64_type(), dims, &[g.i64(slot as i64)], "rows") }.map_err(llvm_err)?;
+    let v = g.builder.build_load(g.context.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
+    umin(g, v, g.i64(bound as i64))
+}
+
 /// The tasks a run needs of a kernel over run-time rows ([`RowTasks`]), at most `tasks`.
 fn row_tasks<'ctx>(
     g: &CodeGen<'ctx>,
@@ -629,12 +640,7 @@ fn row_tasks<'ctx>(
     tasks: usize,
 ) -> BackendResult<IntValue<'ctx>> {
     let b = &g.builder;
-    let dims = g.ctx_field(ctx, off::DIMS, "dims")?;
-    // SAFETY (of the address): the slot is one of the manifest's symbols, below its count.
-    let at = unsafe { b.build_gep(g.context.i64_type(), dims, &[g.i64(r.slot as i64)], "rows") }.map_err(llvm_err)?;
-    let v = b.build_load(g.context.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
-    // The runtime checked the value against its bounds; the minimum keeps a bad one in range.
-    let v = umin(g, v, g.i64(r.bound as i64))?;
+    let v = run_rows(g, ctx, r.slot, r.bound)?;
     let n = b.build_int_mul(v, g.i64((r.per * r.a) as i64), "n").map_err(llvm_err)?;
     let n = b.build_int_add(n, g.i64(r.b as i64 - 1), "n").map_err(llvm_err)?;
     let n = b.build_int_unsigned_div(n, g.i64(r.b as i64), "n").map_err(llvm_err)?;
@@ -851,13 +857,9 @@ fn gen_entry<'ctx>(
                 let (sb, db) = (prog.buffer(*src), prog.buffer(*dst));
                 let n = match (sb.rows, db.rows) {
                     (Some(r), Some(q)) if r == q && *src_offset == 0 && *dst_offset == 0 && *bytes == sb.bytes => {
-                        let rows = g.ctx_field(ctx, off::DIMS, "dims")?;
-                        let at = unsafe { g.builder.build_gep(cx.i64_type(), rows, &[g.i64(r.slot as i64)], "rows") }
-                            .map_err(llvm_err)?;
-                        let v = g.builder.build_load(cx.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
+                        let v = run_rows(g, ctx, r.slot, r.bound)?;
                         let row_bytes = g.i64((*bytes as u64 / r.bound.max(1)) as i64);
-                        let n = g.builder.build_int_mul(v, row_bytes, "n").map_err(llvm_err)?;
-                        umin(g, n, g.i64(*bytes as i64))?
+                        g.builder.build_int_mul(v, row_bytes, "n").map_err(llvm_err)?
                     }
                     _ => g.i64(*bytes as i64),
                 };
