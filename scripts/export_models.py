@@ -920,9 +920,63 @@ def encoder_batch() -> dict:
     return write_sets("encoder_batch", model, sets, info)
 
 
+def encoder_seq() -> dict:
+    """The BERT-style encoder layer of `encoder_batch` (positions up to 64) exported with a
+    dynamic batch and a dynamic sequence length: run at (1, 7), (1, 32), (4, 48) and (8, 64)
+    from one artifact compiled with `--dim batch=1..8 --dim seq=1..64`."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(25)
+    vocab, max_seq, hid, heads, ffn = 100, 64, 64, 4, 128
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, hid), nn.Embedding(max_seq, hid)
+            self.ln0, self.ln1, self.ln2 = nn.LayerNorm(hid), nn.LayerNorm(hid), nn.LayerNorm(hid)
+            self.q, self.k, self.v, self.o = (nn.Linear(hid, hid) for _ in range(4))
+            self.f1, self.f2, self.pool = nn.Linear(hid, ffn), nn.Linear(ffn, hid), nn.Linear(hid, hid)
+
+        def forward(self, ids, mask):
+            b, s = ids.shape
+            pos = torch.arange(s, device=ids.device).unsqueeze(0)
+            x = self.ln0(self.tok(ids) + self.pos(pos))
+            bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0
+
+            def split(t):
+                return t.view(b, s, heads, hid // heads).permute(0, 2, 1, 3)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            att = torch.softmax(q @ k.transpose(-1, -2) / (hid // heads) ** 0.5 + bias, dim=-1)
+            ctx = (att @ v).permute(0, 2, 1, 3).reshape(b, s, hid)
+            x = self.ln1(x + self.o(ctx))
+            x = self.ln2(x + self.f2(nn.functional.gelu(self.f1(x))))
+            return x, torch.tanh(self.pool(x[:, 0]))
+
+    m = Encoder().eval()
+    ids0, mask0 = torch.zeros(2, 16, dtype=torch.int64), torch.ones(2, 16, dtype=torch.int64)
+    f = io.BytesIO()
+    axes = {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}, "hidden": {0: "batch", 1: "seq"},
+            "pooled": {0: "batch"}}
+    torch.onnx.export(m, (ids0, mask0), f, dynamo=False, input_names=["ids", "mask"],
+                      output_names=["hidden", "pooled"], dynamic_axes=axes, opset_version=OPSET)
+    model = onnx.load_from_string(f.getvalue())
+    rng = np.random.default_rng(26)
+    sets = []
+    for b, s in ((1, 7), (1, 32), (4, 48), (8, 64)):
+        mask = np.ones((b, s), np.int64)
+        for r in range(1, b):
+            mask[r, s - min(3 * r, s - 1):] = 0
+        sets.append({"ids": rng.integers(0, vocab, (b, s)).astype(np.int64), "mask": mask})
+    info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes batch and seq", "torch": torch.__version__,
+            "dims": {"batch": [1, 8], "seq": [1, 64]}}
+    return write_sets("encoder_seq", model, sets, info)
+
+
 def gen_dynamic(only: set[str] | None) -> list[dict]:
     gens = {"detector_nms": detector_nms, "loop_decay": loop_decay, "cnn_batch": cnn_batch,
-            "encoder_batch": encoder_batch}
+            "encoder_batch": encoder_batch, "encoder_seq": encoder_seq}
     return [g() for n, g in gens.items() if only is None or n in only]
 
 

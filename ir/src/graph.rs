@@ -124,6 +124,10 @@ pub struct Graph {
     /// Per graph input (by position) that has a run-time dim: per axis, the index in
     /// `symbols` of the dim it carries (the input's type giving the bound).
     pub input_syms: std::collections::BTreeMap<usize, Vec<Option<usize>>>,
+    /// The same for graph outputs (by position) with a run-time dim on an axis other than
+    /// the leading one (set by the importer's caller from a second import; a leading one is
+    /// found by `kiln_passes::rows::analyze`).
+    pub output_syms: std::collections::BTreeMap<usize, Vec<Option<usize>>>,
 }
 
 impl Graph {

@@ -52,17 +52,43 @@ pub struct Buffer {
     /// The value was fused into its consumer by the HIR fuse pass: LIR fusion merges the
     /// producing kernel into the consuming one where the two compose.
     pub fused: bool,
-    /// The buffer holds a value whose leading axis is a run-time dim: `bytes` is sized at its
-    /// bound, and a run computes and reads only the first `dims[slot]` rows (of `bytes /
-    /// bound` bytes each). Set by lowering (`kiln_passes::rows`).
-    pub rows: Option<RowDim>,
+    /// The axes of the value the buffer holds that a run sizes, outermost first: `bytes` is
+    /// sized at their bounds (the value laid out row-major at its bound shape), and a run
+    /// computes and reads only the elements whose index along each is below its
+    /// `dims[slot]`. A leading axis (`stride · bound == bytes`) is the run's rows. Set by
+    /// lowering (`kiln_passes::rows`).
+    pub rows: Vec<RowDim>,
 }
 
-/// The leading axis of a buffer that a run sizes: its dim slot and its bound.
+/// An axis of a buffer that a run sizes: its dim slot, its bound, and the bytes from one of
+/// its indices to the next. Element byte `o` of the buffer has index `(o / stride) % bound`
+/// along it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RowDim {
     pub slot: u32,
     pub bound: u64,
+    pub stride: u64,
+}
+
+impl RowDim {
+    /// The leading axis of a buffer of `bytes`: its rows.
+    pub fn leading(slot: u32, bound: u64, bytes: u64) -> RowDim {
+        RowDim { slot, bound, stride: bytes / bound.max(1) }
+    }
+    /// Whether this is the leading axis of a buffer of `bytes`.
+    pub fn is_leading(&self, bytes: u64) -> bool {
+        self.stride * self.bound == bytes
+    }
+}
+
+impl Buffer {
+    /// The buffer's leading run-time axis, when that is its only one: its rows.
+    pub fn leading_rows(&self) -> Option<RowDim> {
+        match self.rows.as_slice() {
+            [r] if r.is_leading(self.bytes as u64) => Some(*r),
+            _ => None,
+        }
+    }
 }
 
 /// A kernel whose domain dim 0 runs only to `dims[slot] · per` of its `domain[0]` (`bound ·
@@ -547,7 +573,7 @@ pub struct Program {
 impl Program {
     pub fn add_buffer(&mut self, kind: BufferKind, bytes: usize, name: impl Into<String>) -> BufferId {
         let id = BufferId(self.buffers.len() as u32);
-        self.buffers.push(Buffer { kind, bytes, name: name.into(), offset: None, fused: false, rows: None });
+        self.buffers.push(Buffer { kind, bytes, name: name.into(), offset: None, fused: false, rows: Vec::new() });
         id
     }
     pub fn buffer(&self, b: BufferId) -> &Buffer {

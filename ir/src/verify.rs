@@ -60,6 +60,22 @@ pub fn verify(g: &Graph) -> Result<(), String> {
             }
         }
     }
+    for (&i, axes) in &g.output_syms {
+        let Some(&v) = g.outputs.get(i) else {
+            return Err(format!("run-time dims are given for output {i}, which does not exist"));
+        };
+        let shape = &g.ty(v).shape;
+        if axes.len() != shape.len() {
+            return Err(format!("output {i} has rank {}, its run-time dims {}", shape.len(), axes.len()));
+        }
+        for (a, s) in axes.iter().enumerate() {
+            if let Some(s) = *s {
+                if g.symbols.get(s).is_none_or(|sym| sym.hi != shape[a]) {
+                    return Err(format!("output {i} axis {a} is {}, not the bound of symbol {s}", shape[a]));
+                }
+            }
+        }
+    }
     let mut defined: HashSet<ValueId> = g.inputs.iter().copied().collect();
     let mut scheduled = HashSet::new();
     let is_avail = |defined: &HashSet<ValueId>, v: ValueId| defined.contains(&v) || g.const_of(v).is_some();

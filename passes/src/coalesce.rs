@@ -17,20 +17,29 @@
 use kiln_ir::lir::{Expr, Instr, Kernel, Program, View};
 
 /// Merges the mergeable adjacent dims of every kernel of `p`. Returns the number of merges.
+///
+/// A dim that walks a run-time axis of an operand (see `crate::rows`) does not merge into
+/// the dim outside it: the run's elements along the merged dim would not be its first ones.
 pub fn coalesce_dims(p: &mut Program) -> usize {
     let mut merged = 0;
-    for ins in &mut p.instrs {
-        let Instr::Kernel(k) = ins else { continue };
+    for i in 0..p.instrs.len() {
+        let Instr::Kernel(k) = &p.instrs[i] else { continue };
+        let mut k = k.clone();
         'again: loop {
+            let run_time = crate::rows::run_time_dims(p, &k);
             for d in (0..k.domain.len().saturating_sub(1)).rev() {
-                if let Some(m) = merge(k, d) {
-                    *k = m;
+                if run_time[d + 1] {
+                    continue;
+                }
+                if let Some(m) = merge(&k, d) {
+                    k = m;
                     merged += 1;
                     continue 'again;
                 }
             }
             break;
         }
+        p.instrs[i] = Instr::Kernel(k);
     }
     merged
 }

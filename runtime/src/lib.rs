@@ -844,8 +844,17 @@ impl Session {
             inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
         // An input with run-time dims shorter than its bound is copied into the scratch
         // memory, sized at the bound: the code may read rows past the run's (never using them).
+        // One with a run-time inner axis is spread out to the strides of its bound shape,
+        // the rest of that space zeroed.
+        let n_sym = self.manifest.symbols.len();
         for (i, (t, s)) in inputs.iter().zip(&self.manifest.inputs).enumerate() {
-            if let Some(at) = self.staging_offsets[i].filter(|_| t.data.len() < s.byte_len()) {
+            let Some(at) = self.staging_offsets[i].filter(|_| t.data.len() < s.byte_len()) else { continue };
+            if s.padded(n_sym) {
+                let dst = &mut scratch.as_mut_slice()[at..at + s.byte_len()];
+                dst.fill(0);
+                spread(t.data, t.shape, &s.shape, t.dtype.size(), dst);
+                in_ptrs[i] = dst.as_ptr();
+            } else {
                 let dst = &mut scratch.as_mut_slice()[at..at + t.data.len()];
                 dst.copy_from_slice(t.data);
                 in_ptrs[i] = dst.as_ptr();
@@ -856,8 +865,56 @@ impl Session {
         let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, dims);
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
-        result
+        result?;
+        // An output laid out at its bound shape is gathered to the start of its buffer.
+        for (b, s) in outputs.iter_mut().zip(specs).filter(|(_, s)| s.padded(n_sym)) {
+            let shape = output_shape(s, dims)?;
+            let size = DTypeCode::from_i32(s.dtype).expect("checked at load").size();
+            gather_in_place(b, &shape, &s.shape, size);
+        }
+        Ok(())
     }
+}
+
+/// Each run of contiguous elements of a row-major tensor of `shape` laid out at the
+/// (larger or equal) `bound` shape: `f(at, at_bound, bytes)`, in increasing order of both.
+fn each_run(shape: &[usize], bound: &[u64], es: usize, f: &mut dyn FnMut(usize, usize, usize)) {
+    let rank = shape.len();
+    if rank == 0 || shape.contains(&0) {
+        if rank == 0 {
+            f(0, 0, es);
+        }
+        return;
+    }
+    let run = shape[rank - 1] * es;
+    let mut strides = vec![es; rank];
+    for d in (0..rank - 1).rev() {
+        strides[d] = strides[d + 1] * bound[d + 1] as usize;
+    }
+    let rows: usize = shape[..rank - 1].iter().product();
+    let mut idx = vec![0usize; rank - 1];
+    for r in 0..rows {
+        let at_bound: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+        f(r * run, at_bound, run);
+        for d in (0..rank - 1).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Spreads `src` (row-major `shape`) out to the strides of `bound` in `dst`.
+fn spread(src: &[u8], shape: &[usize], bound: &[u64], es: usize, dst: &mut [u8]) {
+    each_run(shape, bound, es, &mut |at, at_bound, n| dst[at_bound..at_bound + n].copy_from_slice(&src[at..at + n]));
+}
+
+/// Gathers a tensor of `shape` laid out at the strides of `bound` to the start of `buf`,
+/// row-major (each run moves down or stays: in place, in order).
+fn gather_in_place(buf: &mut [u8], shape: &[usize], bound: &[u64], es: usize) {
+    each_run(shape, bound, es, &mut |at, at_bound, n| buf.copy_within(at_bound..at_bound + n, at));
 }
 
 /// An input's shape as the manifest gives it: fixed dims as numbers, run-time ones as

@@ -855,7 +855,7 @@ fn gen_entry<'ctx>(
                     .map_err(llvm_err)?;
                 // A whole buffer of run-time rows: only the rows of the run.
                 let (sb, db) = (prog.buffer(*src), prog.buffer(*dst));
-                let n = match (sb.rows, db.rows) {
+                let n = match (sb.leading_rows(), db.leading_rows()) {
                     (Some(r), Some(q)) if r == q && *src_offset == 0 && *dst_offset == 0 && *bytes == sb.bytes => {
                         let v = run_rows(g, ctx, r.slot, r.bound)?;
                         let row_bytes = g.i64((*bytes as u64 / r.bound.max(1)) as i64);

@@ -16,7 +16,7 @@ pub mod manifest;
 /// Major version of the artifact format and entry-point ABI. Bumped on any incompatible change.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: compatible additions.
-pub const ABI_MINOR: u32 = 5;
+pub const ABI_MINOR: u32 = 6;
 
 /// Name of the entry-point symbol exported by every compiled CPU module.
 pub const ENTRY_SYMBOL: &str = "kiln_entry";
@@ -47,6 +47,10 @@ pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
 ///   read by the runtime after the run; its first slots, one per `manifest.symbols` (ABI
 ///   1.5), hold the sizes the caller gives the inputs' run-time dims. It may be null when
 ///   the manifest has none.
+/// * an input or output with a run-time dim on an axis other than its first (ABI 1.6) is
+///   laid out row-major at its bound shape (the manifest's), of which the code reads or
+///   writes only the first indices along each run-time axis: the caller spreads a shorter
+///   input out to those strides and gathers such an output back.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Context {

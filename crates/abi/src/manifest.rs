@@ -38,6 +38,13 @@ impl TensorSpec {
     pub fn is_dynamic(&self) -> bool {
         self.dim_slots.iter().any(|&s| s >= 0)
     }
+
+    /// Whether the code lays the tensor out at its bound shape (ABI 1.6): some axis other
+    /// than the first is a run-time dim the caller gives (a slot below `symbols`, the
+    /// manifest's symbol count).
+    pub fn padded(&self, symbols: usize) -> bool {
+        self.dim_slots.iter().skip(1).any(|&s| s >= 0 && (s as usize) < symbols)
+    }
 }
 
 /// One partition of a model split across devices (ABI 1.2): a compiled program that reads

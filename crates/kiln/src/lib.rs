@@ -214,6 +214,9 @@ impl Compiler {
         if g.symbols.is_empty() {
             return Ok((g, sources));
         }
+        if kiln_passes::rows::inner_dims(&g) {
+            return self.import_inner(path, g, sources);
+        }
         let mut more = opts.clone();
         for s in &g.symbols {
             more.dims.insert(s.name.clone(), (s.lo, s.hi + 1));
@@ -233,6 +236,42 @@ impl Compiler {
         })?;
         let seeds = kiln_passes::rows::compare(&g, &alt.0)?;
         kiln_passes::rows::analyze(&g, &seeds, true)?;
+        Ok((g, sources))
+    }
+
+    /// [`Compiler::import_sources`] for a model with a run-time dim on an inner axis: imported
+    /// once more per dim at another size (one below its bound, or above it at a bound of 1),
+    /// the graphs compared axis by axis ([`kiln_passes::rows::compare_axes`]), which gives the
+    /// run-time axes of the outputs.
+    fn import_inner(
+        &self,
+        path: &Path,
+        mut g: Graph,
+        sources: kiln_onnx::Sources,
+    ) -> Result<(Graph, kiln_onnx::Sources), Error> {
+        let opts = self.import_opts();
+        let mut alts = Vec::new();
+        for (i, s) in g.symbols.iter().enumerate() {
+            let size = if s.hi >= 2 && s.hi - 1 >= s.lo.max(1) { s.hi - 1 } else { s.hi + 1 };
+            let mut more = opts.clone();
+            more.dims.insert(s.name.clone(), (s.lo.min(size), size));
+            let alt = kiln_onnx::import_path_with_sources(path, &more, &self.opts.frozen_inputs).map_err(|e| {
+                Error::Pass(kiln_passes::PassError::RunTimeDim {
+                    node: g.name.clone(),
+                    op: "model".into(),
+                    message: format!(
+                        "the model does not import at {}={size} (within its bounds {}..{}): {}",
+                        s.name,
+                        s.lo,
+                        s.hi,
+                        error_chain(&e)
+                    ),
+                })
+            })?;
+            alts.push((i, alt.0));
+        }
+        let refs: Vec<(usize, &Graph)> = alts.iter().map(|(i, a)| (*i, a)).collect();
+        g.output_syms = kiln_passes::rows::compare_axes(&g, &refs)?;
         Ok((g, sources))
     }
 
@@ -282,7 +321,7 @@ impl Compiler {
     /// operand with as many rows as the bound but without the dim is refused
     /// ([`kiln_passes::rows::analyze`], strict).
     pub fn compile_graph(&self, g: Graph) -> Result<Artifact, Error> {
-        if !g.symbols.is_empty() {
+        if !g.symbols.is_empty() && !kiln_passes::rows::inner_dims(&g) {
             kiln_passes::rows::analyze(&g, &HashMap::new(), true)?;
         }
         self.pooled(|| self.compile_graph_timed(g, Vec::new()))

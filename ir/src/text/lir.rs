@@ -110,7 +110,19 @@ fn buffer_line(i: usize, b: &Buffer) -> String {
     };
     let at = b.offset.map(|o| format!(" at={o}")).unwrap_or_default();
     let fused = if b.fused { " fused" } else { "" };
-    let rows = b.rows.map(|r| format!(" rows={}:{}", r.slot, r.bound)).unwrap_or_default();
+    // A leading axis as `slot:bound`, an inner one as `slot:bound:stride`.
+    let axis = |r: &crate::lir::RowDim| {
+        if r.is_leading(b.bytes as u64) {
+            format!("{}:{}", r.slot, r.bound)
+        } else {
+            format!("{}:{}:{}", r.slot, r.bound, r.stride)
+        }
+    };
+    let rows = if b.rows.is_empty() {
+        String::new()
+    } else {
+        format!(" rows={}", b.rows.iter().map(axis).collect::<Vec<_>>().join(","))
+    };
     format!("  buffer @{i} {}: {kind} bytes={}{at}{fused}{rows}", quote(&b.name), b.bytes)
 }
 
@@ -382,14 +394,20 @@ impl Parser {
         let bytes = self.keyed("bytes")?;
         let offset = if *self.peek() == Tok::Word("at".into()) { Some(self.keyed("at")?) } else { None };
         let fused = self.eat_word("fused");
-        let rows = if self.eat_word("rows") {
+        let mut rows = Vec::new();
+        if self.eat_word("rows") {
             self.expect('=')?;
-            let slot = self.number("dim slot")?;
-            self.expect(':')?;
-            Some(crate::lir::RowDim { slot, bound: self.number("bound")? })
-        } else {
-            None
-        };
+            loop {
+                let slot = self.number("dim slot")?;
+                self.expect(':')?;
+                let bound: u64 = self.number("bound")?;
+                let stride = if self.eat(':') { self.number("stride")? } else { bytes as u64 / bound.max(1) };
+                rows.push(crate::lir::RowDim { slot, bound, stride });
+                if !self.eat(',') {
+                    break;
+                }
+            }
+        }
         Ok(Buffer { kind, bytes, name, offset, fused, rows })
     }
 

@@ -128,13 +128,7 @@ pub fn print(g: &Graph) -> String {
     }
     for (i, &v) in g.inputs.iter().enumerate() {
         let n = def(&mut num, v);
-        let syms = match g.input_syms.get(&i) {
-            Some(axes) => {
-                let a: Vec<String> = axes.iter().map(|s| s.map_or("-1".to_string(), |s| s.to_string())).collect();
-                format!(" syms=[{}]", a.join(","))
-            }
-            None => String::new(),
-        };
+        let syms = syms_text(g.input_syms.get(&i));
         writeln!(out, "  input {}{syms}", head(n, v)).unwrap();
     }
     for v in g.live_constants() {
@@ -173,10 +167,22 @@ pub fn print(g: &Graph) -> String {
             Some(r) => format!(" shape={} bounds={}", operand(&num, r.dims), list(&r.bounds)),
             None => String::new(),
         };
-        writeln!(out, "  output {}{shape}", operand(&num, v)).unwrap();
+        let syms = syms_text(g.output_syms.get(&i));
+        writeln!(out, "  output {}{shape}{syms}", operand(&num, v)).unwrap();
     }
     out.push_str("}\n");
     out
+}
+
+/// ` syms=[0,-1]`: the symbol on each axis of an input or output (`-1`: none).
+fn syms_text(axes: Option<&Vec<Option<usize>>>) -> String {
+    match axes {
+        Some(axes) => {
+            let a: Vec<String> = axes.iter().map(|s| s.map_or("-1".to_string(), |s| s.to_string())).collect();
+            format!(" syms=[{}]", a.join(","))
+        }
+        None => String::new(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -360,6 +366,21 @@ impl Parser {
         }
     }
     /// Consumes the word `w` if it is next.
+    /// `=[0,-1]` after `syms`: the symbol on each axis of `what`.
+    fn syms(&mut self, g: &Graph, what: &str) -> Result<Vec<Option<usize>>, String> {
+        self.expect('=')?;
+        self.expect('[')?;
+        let words = self.list_of(']', Parser::word)?;
+        words
+            .iter()
+            .map(|w| match w.parse::<i64>() {
+                Ok(-1) => Ok(None),
+                Ok(s) if s >= 0 && (s as usize) < g.symbols.len() => Ok(Some(s as usize)),
+                _ => Err(format!("bad symbol index `{w}` of {what}")),
+            })
+            .collect()
+    }
+
     fn eat_word(&mut self, w: &str) -> bool {
         if *self.peek() == Tok::Word(w.into()) {
             self.pos += 1;
@@ -625,17 +646,7 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                 let v = g.add_input(h.name.clone(), h.ty.clone());
                 p.define_head(&mut g, &h, v)?;
                 if p.eat_word("syms") {
-                    p.expect('=')?;
-                    p.expect('[')?;
-                    let words = p.list_of(']', Parser::word)?;
-                    let axes = words
-                        .iter()
-                        .map(|w| match w.parse::<i64>() {
-                            Ok(-1) => Ok(None),
-                            Ok(s) if s >= 0 && (s as usize) < g.symbols.len() => Ok(Some(s as usize)),
-                            _ => Err(format!("bad symbol index `{w}` of input {}", quote(&h.name))),
-                        })
-                        .collect::<Result<_, _>>()?;
+                    let axes = p.syms(&g, &format!("input {}", quote(&h.name)))?;
                     g.input_syms.insert(i, axes);
                 }
             }
@@ -662,6 +673,10 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                         .map(|w| w.parse().map_err(|_| format!("bad bound `{w}`")))
                         .collect::<Result<_, _>>()?;
                     g.output_shapes.insert(g.outputs.len(), crate::RuntimeShape { dims, bounds });
+                }
+                if p.eat_word("syms") {
+                    let axes = p.syms(&g, &format!("output {}", g.outputs.len()))?;
+                    g.output_syms.insert(g.outputs.len(), axes);
                 }
                 g.outputs.push(v);
             }

@@ -323,7 +323,10 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         guarded: false,
     };
     // Values whose leading axis is sized at run time: their buffers are marked once lowered.
-    let rows = crate::rows::analyze(g, &HashMap::new(), false)?;
+    // With a run-time dim on an inner axis, the inputs and outputs are marked and the LIR
+    // walk (`rows::mark`) carries the marks through the kernels.
+    let inner = crate::rows::inner_dims(g);
+    let rows = if inner { HashMap::new() } else { crate::rows::analyze(g, &HashMap::new(), false)? };
     l.prog.symbols = g.symbols.clone();
     l.prog.dim_slots = g.symbols.len();
     for (i, &v) in g.inputs.iter().enumerate() {
@@ -335,6 +338,11 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         l.prog.input_slots.push(slots);
         l.prog.inputs.push((g.value(v).name.clone(), t.dtype, t.shape.clone()));
         let b = l.prog.add_buffer(BufferKind::Input(i), t.bytes(), g.value(v).name.clone());
+        if inner {
+            if let Some(axes) = g.input_syms.get(&i) {
+                l.prog.buffers[b.0 as usize].rows = crate::rows::axis_marks(&t.shape, t.dtype, axes);
+            }
+        }
         l.loc.insert(v, Loc::dense(b));
     }
     // Graph outputs computed by a kernel are written straight into the caller's buffer.
@@ -516,13 +524,16 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     // Outputs whose shape is decided at run time: their sizes to the dim slots.
     l.prog.output_slots = vec![Vec::new(); g.outputs.len()];
     for (i, &v) in g.outputs.iter().enumerate() {
-        if let Some(&s) = rows.get(&v) {
-            let rank = g.ty(v).shape.len();
-            l.prog.output_slots[i] = (0..rank).map(|d| if d == 0 { s as i32 } else { -1 }).collect();
-            let b = out_bufs[i];
-            l.prog.buffers[b.0 as usize].rows =
-                Some(kiln_ir::lir::RowDim { slot: s as u32, bound: g.symbols[s].hi as u64 });
-        }
+        let t = g.ty(v);
+        let axes = match rows.get(&v) {
+            Some(&s) => (0..t.shape.len()).map(|d| (d == 0).then_some(s)).collect(),
+            None => match g.output_syms.get(&i) {
+                Some(axes) if inner => axes.clone(),
+                _ => continue,
+            },
+        };
+        l.prog.output_slots[i] = axes.iter().map(|a: &Option<usize>| a.map_or(-1, |s| s as i32)).collect();
+        l.prog.buffers[out_bufs[i].0 as usize].rows = crate::rows::axis_marks(&t.shape, t.dtype, &axes);
     }
     let locs = &l.loc;
     crate::rows::mark_buffers(&mut l.prog, g, &rows, |v| locs.get(&v).map(|loc| loc.buffer));

@@ -17,8 +17,14 @@
 
 use std::collections::HashMap;
 
-use kiln_ir::lir::{BufferKind, Clamp, Expr, Instr, Kernel, Program, RowDim, View};
-use kiln_ir::{CmpOp, Graph, Op, ValueDef, ValueId};
+use kiln_ir::lir::{Program, RowDim};
+use kiln_ir::{Graph, Op, ValueDef, ValueId};
+
+mod axes;
+mod lir;
+pub use axes::compare_axes;
+pub(crate) use lir::run_time_dims;
+pub use lir::{clamp, mark, touches_rows};
 
 use crate::PassError;
 
@@ -263,156 +269,24 @@ fn row_parallel(
     }
 }
 
-/// The rows of buffer `b` a view `v` walks on its dim 0: `Some(per)` when dim 0 steps through
-/// the buffer's rows, `per` view rows to a buffer row, and the rest of the view stays
-/// within one of them.
-fn row_form(p: &Program, v: &View, r: RowDim) -> Option<u64> {
-    let elems = p.buffer(v.buffer).bytes / v.dtype.size().max(1);
-    let bound = r.bound as usize;
-    if bound == 0 || !elems.is_multiple_of(bound) || v.extents.is_empty() || v.strides[0] <= 0 {
-        return None;
-    }
-    let row = (elems / bound) as i64;
-    let s0 = v.strides[0];
-    if row % s0 != 0 {
-        return None;
-    }
-    let per = (row / s0) as u64;
-    let span: i64 = v.extents.iter().zip(&v.strides).skip(1).map(|(&e, &s)| (e as i64 - 1).max(0) * s.abs()).sum();
-    let inner_ok = v.offset >= 0 && v.offset + span < s0 && v.strides.iter().skip(1).all(|&s| s >= 0);
-    (v.extents[0] as u64 == r.bound * per && inner_ok).then_some(per)
+/// Whether a graph has a run-time dim on an axis other than a leading one (an input's or an
+/// output's): its buffers' marks then come from the LIR walk ([`mark`]), not from
+/// [`analyze`].
+pub fn inner_dims(g: &Graph) -> bool {
+    !g.output_syms.is_empty() || g.input_syms.values().any(|axes| axes.iter().skip(1).any(Option::is_some))
 }
 
-/// Whether every load of operand `j` indexes its dim 0 with the domain's dim 0.
-fn loads_row(k: &Kernel, j: usize) -> bool {
-    let mut ok = true;
-    let mut check = |e: &Expr| {
-        if let Expr::Load { operand, index, .. } = e {
-            if *operand == j && index.first() != Some(&Expr::Var(0)) {
-                ok = false;
-            }
-        }
-    };
-    k.body.visit(&mut check);
-    if let Some(f) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
-        f.visit(&mut check);
-    }
-    ok
-}
-
-/// Whether a kernel reads or writes a buffer of run-time rows.
-pub fn touches_rows(p: &Program, k: &Kernel) -> bool {
-    k.inputs.iter().chain([&k.output]).any(|v| p.buffer(v.buffer).rows.is_some())
-}
-
-/// Marks the kernels that read run-time rows ([`Program::clamps`]), masks row-reading
-/// reductions to the rows, and carries the rows mark to the buffers such kernels write.
-pub fn clamp(p: &mut Program) -> Result<(), PassError> {
-    walk(p, true)
-}
-
-/// Carries the rows mark from the buffers lowering marked to those its kernels write (a
-/// layout change's), so that the LIR steps see which kernels walk run-time rows.
-pub fn mark(p: &mut Program) {
-    // Only marks: a form that [`clamp`] refuses is refused there, after the LIR steps.
-    let _ = walk(p, false);
-}
-
-fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
-    if p.symbols.is_empty() {
-        return Ok(());
-    }
-    let mut dims_buffer = None;
-    let rows_of = |p: &Program, b: kiln_ir::lir::BufferId| p.buffer(b).rows;
-    let err =
-        |name: &str, message: String| PassError::RunTimeDim { node: name.to_string(), op: "kernel".into(), message };
-    for i in 0..p.instrs.len() {
-        match &p.instrs[i] {
-            Instr::Kernel(k) => {
-                let read: Vec<(usize, RowDim)> =
-                    k.inputs.iter().enumerate().filter_map(|(j, v)| rows_of(p, v.buffer).map(|r| (j, r))).collect();
-                let Some(&(_, r)) = read.first() else { continue };
-                let name = k.name.clone();
-                if read.iter().any(|(_, q)| q.slot != r.slot) {
-                    return Err(err(&name, "reads rows sized by two run-time dims".into()));
-                }
-                let mut per = None;
-                let mut ok = true;
-                for &(j, _) in &read {
-                    let f = row_form(p, &k.inputs[j], r);
-                    ok &= f.is_some() && loads_row(k, j) && (per.is_none() || per == f);
-                    per = per.or(f);
-                }
-                let per = per.unwrap_or(1);
-                let out_rows = rows_of(p, k.output.buffer);
-                if k.n_par >= 1 && ok && k.domain[0] as u64 == r.bound * per {
-                    match out_rows {
-                        Some(o) if o.slot != r.slot || row_form(p, &k.output, o) != Some(per) => {
-                            return Err(err(&name, "writes rows of another run-time size than it reads".into()))
-                        }
-                        Some(_) => {}
-                        None => {
-                            // A buffer of the lowering's own (a layout change): it holds rows too.
-                            if row_form(p, &k.output, r) != Some(per) {
-                                return Err(err(
-                                    &name,
-                                    "writes the rows it reads into a buffer not cut into rows".into(),
-                                ));
-                            }
-                            let b = k.output.buffer;
-                            p.buffers[b.0 as usize].rows = Some(r);
-                        }
-                    }
-                    if last {
-                        p.clamps.insert(i, Clamp { slot: r.slot, per });
-                    }
-                } else if !last {
-                    continue;
-                } else if k.n_par == 0 && ok && k.domain.first().is_some_and(|&d| d as u64 == r.bound * per) {
-                    // A reduction over every element: rows past the run's add the init.
-                    let dims = *dims_buffer.get_or_insert_with(|| {
-                        let n = p.dim_slots;
-                        p.add_buffer(BufferKind::Dims, n * 8, "dims")
-                    });
-                    let n = p.dim_slots;
-                    let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
-                    let red = k.reduction.as_ref().expect("a kernel without parallel dims reduces");
-                    let d = k.inputs.len();
-                    k.inputs.push(View::dense(dims, kiln_ir::DType::I64, &[n]));
-                    let limit = Expr::mul(Expr::load(d, vec![Expr::i64(r.slot as i64)]), Expr::i64(per as i64));
-                    let body = std::mem::replace(&mut k.body, Expr::i64(0));
-                    k.body = Expr::select(Expr::cmp(CmpOp::Less, Expr::Var(0), limit), body, Expr::Const(red.init));
-                } else {
-                    return Err(err(
-                        &name,
-                        format!(
-                            "reads the run-time rows of `{}` in a form that cannot be cut to them",
-                            p.buffer(k.inputs[read[0].0].buffer).name
-                        ),
-                    ));
-                }
-            }
-            Instr::Copy { dst, src, bytes, .. } => {
-                if let (Some(r), None) = (rows_of(p, *src), rows_of(p, *dst)) {
-                    if *bytes == p.buffer(*src).bytes && p.buffer(*dst).bytes == *bytes {
-                        let d = *dst;
-                        p.buffers[d.0 as usize].rows = Some(r);
-                    }
-                }
-            }
-            ins if last => {
-                let (r, _) = ins.reads_writes();
-                if let Some(b) = r.into_iter().find(|&b| rows_of(p, b).is_some()) {
-                    return Err(err(
-                        &format!("instruction {i}"),
-                        format!("reads the run-time rows of `{}`, which it cannot cut to them", p.buffer(b).name),
-                    ));
-                }
-            }
-            _ => {}
+/// The marks of a buffer holding a value of `shape` (at its bounds) whose axes carry the
+/// symbols `axes` (slot = symbol index).
+pub(crate) fn axis_marks(shape: &[usize], dtype: kiln_ir::DType, axes: &[Option<usize>]) -> Vec<RowDim> {
+    let mut marks = Vec::new();
+    for (a, s) in axes.iter().enumerate() {
+        if let Some(s) = *s {
+            let stride = shape[a + 1..].iter().product::<usize>() * dtype.size();
+            marks.push(RowDim { slot: s as u32, bound: shape[a] as u64, stride: stride as u64 });
         }
     }
-    Ok(())
+    marks
 }
 
 /// The leading-axis rows mark of the buffer holding each value that carries a run-time dim
@@ -430,7 +304,8 @@ pub(crate) fn mark_buffers(
             continue;
         }
         if let Some(b) = buffer_of(v) {
-            p.buffers[b.0 as usize].rows = Some(RowDim { slot: s as u32, bound: g.symbols[s].hi as u64 });
+            let bytes = p.buffers[b.0 as usize].bytes as u64;
+            p.buffers[b.0 as usize].rows = vec![RowDim::leading(s as u32, g.symbols[s].hi as u64, bytes)];
         }
     }
 }

@@ -1,0 +1,377 @@
+//! Run-time dims in the LIR: the axes of each buffer that a run sizes, and how each kernel
+//! walks them.
+//!
+//! A buffer holding a value with run-time dims is laid out row-major at the value's bound
+//! shape; a run uses, along each such axis ([`RowDim`]), only the indices below the run's
+//! size. Marks start on the inputs (and, for leading axes, on every value lowering placed)
+//! and are carried to what kernels write: a kernel reads a run-time axis through a view dim
+//! that steps through it from index 0 (`per` view indices to one of the axis, where the view
+//! merges it with inner axes), indexed by a domain variable of the same extent, or at a
+//! fixed index every run has. That variable then runs, at run time, only to `dims[slot] ·
+//! per`:
+//!
+//! * a parallel one writes an axis of the same size in the output (computing past it is
+//!   harmless: nothing reads there), and the entry function cuts a kernel's tasks to the run
+//!   when it is the domain's dim 0 ([`Clamp`]);
+//! * a reduction one is masked: steps past the run add the reduction's identity.
+//!
+//! Any other form (a window sliding along the axis, a computed index, a view that crosses
+//! it) is an error naming the kernel.
+
+use kiln_ir::lir::{BufferKind, Clamp, Expr, Instr, Kernel, Program, RowDim, Scalar, View};
+use kiln_ir::{BinaryOp, CmpOp, DType};
+
+use crate::PassError;
+
+/// Per dim (of a view or a domain): `Some((slot, per))` when it steps through a run-time
+/// axis from index 0, `per` of its indices to one of the axis; `None` when it stays within
+/// one index of every such axis.
+type Axes = Vec<Option<(u32, u64)>>;
+
+/// The smallest size a run may give slot `slot` (0 for a slot that is not an input's).
+fn lowest(p: &Program, slot: u32) -> u64 {
+    p.symbols.get(slot as usize).map_or(0, |s| s.lo as u64)
+}
+
+/// How view `v` walks the run-time axes of its buffer ([`Axes`]), or why it cannot be cut to
+/// a run's sizes.
+fn view_axes(p: &Program, v: &View) -> Result<Axes, String> {
+    let marks = &p.buffer(v.buffer).rows;
+    let mut axes: Axes = vec![None; v.extents.len()];
+    if marks.is_empty() {
+        return Ok(axes);
+    }
+    let es = v.dtype.size().max(1) as i64;
+    let off = v.offset * es;
+    if off < 0 {
+        return Err("starts before its buffer".into());
+    }
+    for m in marks {
+        let (unit, bound) = (m.stride as i64, m.bound as i64);
+        let block = unit * bound;
+        if unit <= 0 || unit % es != 0 {
+            return Err(format!("reads {es}-byte elements across a run-time axis of {unit}-byte steps"));
+        }
+        let (a0, r0) = ((off / unit) % bound, off % unit);
+        let mut cover = None;
+        let mut inner = 0;
+        for (j, (&e, &s)) in v.extents.iter().zip(&v.strides).enumerate() {
+            let sb = s * es;
+            if e <= 1 || sb == 0 || sb % block == 0 {
+                continue;
+            }
+            if sb > 0 && unit % sb == 0 && e as i64 * sb == block && cover.is_none() {
+                cover = Some((j, (unit / sb) as u64));
+            } else if sb > 0 && sb < unit {
+                inner += (e as i64 - 1) * sb;
+            } else {
+                return Err(format!(
+                    "steps through a run-time axis ({} of its bound {}) in steps of {s} elements over {e}, which a \
+                     run's size cannot cut",
+                    m.bound, m.bound
+                ));
+            }
+        }
+        match cover {
+            Some((j, q)) => {
+                if a0 != 0 || r0 + inner >= unit / q as i64 {
+                    return Err(format!("starts at index {a0} of a run-time axis or crosses it"));
+                }
+                if axes[j].is_some() {
+                    return Err("merges two run-time axes in one dim".into());
+                }
+                axes[j] = Some((m.slot, q));
+            }
+            None => {
+                if r0 + inner >= unit {
+                    return Err("crosses a run-time axis".into());
+                }
+                let lo = lowest(p, m.slot);
+                if a0 as u64 >= lo {
+                    return Err(format!("reads index {a0} of a run-time axis, past the smallest size a run may give ({lo})"));
+                }
+            }
+        }
+    }
+    Ok(axes)
+}
+
+/// Every load of operand `j` in the kernel's body and finalizer.
+fn loads_of(k: &Kernel, j: usize, f: &mut impl FnMut(&[Expr])) {
+    let mut visit = |e: &Expr| {
+        if let Expr::Load { operand, index, .. } = e {
+            if *operand == j {
+                f(index);
+            }
+        }
+    };
+    k.body.visit(&mut visit);
+    if let Some(fin) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+        fin.visit(&mut visit);
+    }
+}
+
+/// The run-time extent of each domain dim of `k` ([`Axes`]) from the views it reads.
+fn domain_axes(p: &Program, k: &Kernel) -> Result<Axes, String> {
+    let mut dom: Axes = vec![None; k.domain.len()];
+    for (j, v) in k.inputs.iter().enumerate() {
+        let name = &p.buffer(v.buffer).name;
+        let axes = view_axes(p, v).map_err(|e| format!("reads `{name}` through a view that {e}"))?;
+        if axes.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut bad = None;
+        loads_of(k, j, &mut |index| {
+            for (vd, ix) in index.iter().enumerate() {
+                let Some((slot, q)) = axes.get(vd).copied().flatten() else { continue };
+                match ix {
+                    Expr::Var(d) if k.domain[*d] == v.extents[vd] => match dom[*d] {
+                        Some(c) if c != (slot, q) => {
+                            bad = Some(format!("meets two run-time sizes in its dim {d} (reading `{name}`)"))
+                        }
+                        _ => dom[*d] = Some((slot, q)),
+                    },
+                    Expr::Const(Scalar::I64(x)) if *x >= 0 && (*x as u64) < lowest(p, slot) * q => {}
+                    _ => {
+                        bad = Some(format!(
+                            "indexes a run-time axis of `{name}` (its dim {vd}) with a computed or shifted index, \
+                             which a run's size cannot cut"
+                        ))
+                    }
+                }
+            }
+        });
+        if let Some(b) = bad {
+            return Err(b);
+        }
+    }
+    Ok(dom)
+}
+
+/// Per domain dim of `k`: whether it walks a run-time axis of an operand or of its output
+/// (every dim, when the kernel reads one in a form that cannot be cut).
+pub(crate) fn run_time_dims(p: &Program, k: &Kernel) -> Vec<bool> {
+    if p.symbols.is_empty() || !touches_rows(p, k) {
+        return vec![false; k.domain.len()];
+    }
+    let Ok(dom) = domain_axes(p, k) else { return vec![true; k.domain.len()] };
+    let mut out: Vec<bool> = dom.iter().map(Option::is_some).collect();
+    if k.output.extents.len() == k.n_par {
+        match view_axes(p, &k.output) {
+            Ok(axes) => axes.iter().zip(&mut out).for_each(|(a, o)| *o |= a.is_some()),
+            Err(_) => return vec![true; k.domain.len()],
+        }
+    }
+    out
+}
+
+/// Whether a kernel reads or writes a buffer with run-time axes.
+pub fn touches_rows(p: &Program, k: &Kernel) -> bool {
+    k.inputs.iter().chain([&k.output]).any(|v| !p.buffer(v.buffer).rows.is_empty())
+}
+
+/// Marks the kernels that walk run-time axes ([`Program::clamps`]), masks reductions over
+/// them, and carries the marks to the buffers kernels write; refuses a form that cannot be
+/// cut to a run's sizes.
+pub fn clamp(p: &mut Program) -> Result<(), PassError> {
+    walk(p, true)
+}
+
+/// Carries the marks from the buffers lowering marked to those kernels write (a layout
+/// change's, a fused chain's), so that the LIR steps see which kernels walk run-time axes.
+pub fn mark(p: &mut Program) {
+    // Only marks: a form that [`clamp`] refuses is refused there, after the LIR steps.
+    let _ = walk(p, false);
+}
+
+fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
+    if p.symbols.is_empty() {
+        return Ok(());
+    }
+    let mut dims_buffer = None;
+    for i in 0..p.instrs.len() {
+        match &p.instrs[i] {
+            Instr::Kernel(k) => {
+                let k = k.clone();
+                let k = &k;
+                let name = k.name.clone();
+                let err = |message: String| PassError::RunTimeDim { node: name.clone(), op: "kernel".into(), message };
+                let dom = match domain_axes(p, k) {
+                    Ok(d) => d,
+                    Err(e) => match flat_reduction(p, k) {
+                        Some(_) if last => {
+                            mask_flat(p, i, &mut dims_buffer);
+                            continue;
+                        }
+                        Some(_) => continue,
+                        None if last => return Err(err(e)),
+                        None => continue,
+                    },
+                };
+                let np = k.n_par;
+                if let Err(e) = write_axes(p, k, &dom) {
+                    if last {
+                        return Err(err(e));
+                    }
+                    continue;
+                }
+                if !last {
+                    continue;
+                }
+                if np >= 1 {
+                    if let Some((slot, per)) = dom[0] {
+                        p.clamps.insert(i, Clamp { slot, per });
+                    }
+                }
+                let masked: Vec<(usize, u32, u64)> =
+                    (np..dom.len()).filter_map(|d| dom[d].map(|(s, q)| (d, s, q))).collect();
+                if !masked.is_empty() {
+                    let dims = dims_view(p, &mut dims_buffer);
+                    let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+                    let d = k.inputs.len();
+                    k.inputs.push(dims);
+                    let conds = masked.iter().map(|&(dim, slot, q)| {
+                        Expr::cmp(CmpOp::Less, Expr::Var(dim), run_extent(d, slot, q))
+                    });
+                    mask_body(k, all(conds.collect()));
+                }
+            }
+            Instr::Copy { dst, src, bytes, src_offset, dst_offset } => {
+                let (sb, db) = (p.buffer(*src), p.buffer(*dst));
+                let whole = *bytes == sb.bytes && db.bytes == *bytes && *src_offset == 0 && *dst_offset == 0;
+                if whole && db.rows.is_empty() && !sb.rows.is_empty() {
+                    let rows = sb.rows.clone();
+                    p.buffers[dst.0 as usize].rows = rows;
+                } else if last && !whole && !sb.rows.is_empty() && sb.leading_rows().is_none() {
+                    return Err(PassError::RunTimeDim {
+                        node: format!("instruction {i}"),
+                        op: "copy".into(),
+                        message: format!("copies part of `{}`, whose run-time axes it cannot cut", sb.name),
+                    });
+                }
+            }
+            ins if last => {
+                let (r, _) = ins.reads_writes();
+                if let Some(b) = r.into_iter().find(|&b| !p.buffer(b).rows.is_empty()) {
+                    return Err(PassError::RunTimeDim {
+                        node: format!("instruction {i}"),
+                        op: "instruction".into(),
+                        message: format!("reads the run-time axes of `{}`, which it cannot cut", p.buffer(b).name),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks the output of `k` against the run-time extents of its parallel dims, marking an
+/// unmarked output buffer with the axes they write.
+fn write_axes(p: &mut Program, k: &Kernel, dom: &Axes) -> Result<(), String> {
+    let np = k.n_par;
+    let out = &k.output;
+    let ob = out.buffer;
+    let name = p.buffer(ob).name.clone();
+    if out.extents.len() != np {
+        return if dom[..np].iter().all(Option::is_none) && p.buffer(ob).rows.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("writes `{name}` through a view not shaped like its parallel dims"))
+        };
+    }
+    if p.buffer(ob).rows.is_empty() && dom[..np].iter().any(Option::is_some) {
+        if matches!(p.buffer(ob).kind, BufferKind::Input(_) | BufferKind::Constant(_)) {
+            return Err(format!("writes the run-time axes it reads into `{name}`, which it cannot mark"));
+        }
+        let es = out.dtype.size().max(1) as u64;
+        let mut marks = Vec::new();
+        for d in 0..np {
+            let Some((slot, q)) = dom[d] else { continue };
+            let s = out.strides[d];
+            if s <= 0 || !(out.extents[d] as u64).is_multiple_of(q) {
+                return Err(format!("writes the run-time axis of its dim {d} into `{name}` in steps it cannot mark"));
+            }
+            marks.push(RowDim { slot, bound: out.extents[d] as u64 / q, stride: s as u64 * q * es });
+        }
+        marks.sort_by_key(|m| std::cmp::Reverse(m.stride));
+        p.buffers[ob.0 as usize].rows = marks;
+    }
+    let axes = view_axes(p, out).map_err(|e| format!("writes `{name}` through a view that {e}"))?;
+    for d in 0..np {
+        match (dom[d], axes[d]) {
+            (Some(c), Some(o)) if c != o => {
+                return Err(format!("writes a run-time axis of `{name}` (its dim {d}) of another size than it reads"))
+            }
+            (Some(_), None) => {
+                return Err(format!("writes the run-time axis of its dim {d} into `{name}` across its other axes"))
+            }
+            // A run-time axis of the output computed from fixed operands: the bound's values,
+            // of which a run uses the first.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The one-element view of the dims array (added to the program once).
+fn dims_view(p: &mut Program, dims_buffer: &mut Option<kiln_ir::lir::BufferId>) -> View {
+    let n = p.dim_slots;
+    let b = *dims_buffer.get_or_insert_with(|| p.add_buffer(BufferKind::Dims, n * 8, "dims"));
+    View::dense(b, DType::I64, &[n])
+}
+
+/// `dims[slot] · per`, operand `d` being the dims array.
+fn run_extent(d: usize, slot: u32, per: u64) -> Expr {
+    Expr::mul(Expr::load(d, vec![Expr::i64(slot as i64)]), Expr::i64(per as i64))
+}
+
+fn all(conds: Vec<Expr>) -> Expr {
+    conds.into_iter().reduce(|a, b| Expr::bin(BinaryOp::And, a, b)).expect("at least one condition")
+}
+
+/// The body of a reduction that adds its identity where `cond` is false.
+fn mask_body(k: &mut Kernel, cond: Expr) {
+    let init = k.reduction.as_ref().expect("a masked kernel reduces").init;
+    let body = std::mem::replace(&mut k.body, Expr::i64(0));
+    k.body = Expr::select(cond, body, Expr::Const(init));
+}
+
+/// A reduction over every element of one flat view of a buffer with run-time axes (a check
+/// kernel counting bad indices, its dims merged): `Some(operand)` when it can be masked by
+/// each element's position ([`mask_flat`]).
+fn flat_reduction(p: &Program, k: &Kernel) -> Option<usize> {
+    let marked: Vec<usize> = (0..k.inputs.len()).filter(|&j| !p.buffer(k.inputs[j].buffer).rows.is_empty()).collect();
+    let &[j] = marked.as_slice() else { return None };
+    let v = &k.inputs[j];
+    let mut ok = k.n_par == 0 && k.domain.len() == 1 && v.extents.len() == 1 && v.strides[0] > 0 && v.offset >= 0;
+    loads_of(k, j, &mut |index| ok &= index == [Expr::Var(0)]);
+    ok.then_some(j)
+}
+
+/// Masks kernel `i` (a [`flat_reduction`]) to the elements a run uses: those whose index
+/// along each run-time axis of the buffer is below the run's size.
+fn mask_flat(p: &mut Program, i: usize, dims_buffer: &mut Option<kiln_ir::lir::BufferId>) {
+    let dims = dims_view(p, dims_buffer);
+    let Instr::Kernel(k) = &p.instrs[i] else { unreachable!() };
+    let j = flat_reduction(p, k).expect("checked");
+    let v = &k.inputs[j];
+    let es = v.dtype.size().max(1) as i64;
+    let marks = p.buffer(v.buffer).rows.clone();
+    let d = k.inputs.len();
+    let byte = Expr::mul(Expr::add(Expr::i64(v.offset), Expr::mul(Expr::Var(0), Expr::i64(v.strides[0]))), Expr::i64(es));
+    let conds = marks
+        .iter()
+        .map(|m| {
+            let index = Expr::bin(
+                BinaryOp::Mod { fmod: false },
+                Expr::div(byte.clone(), Expr::i64(m.stride as i64)),
+                Expr::i64(m.bound as i64),
+            );
+            Expr::cmp(CmpOp::Less, index, run_extent(d, m.slot, 1))
+        })
+        .collect();
+    let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+    k.inputs.push(dims);
+    mask_body(k, all(conds));
+}
