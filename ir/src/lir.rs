@@ -91,9 +91,10 @@ impl Buffer {
     }
 }
 
-/// A kernel whose domain dim 0 runs only to `dims[slot] · per` of its `domain[0]` (`bound ·
-/// per`): the rows of its run-time-sized operands that a run uses. The entry function cuts
-/// its tasks to those rows (a task's block may run past them, over rows that no one reads).
+/// A domain dim of a kernel that runs only to `dims[slot] · per` of its extent (`bound ·
+/// per`): the indices of its operands' run-time axes that a run uses. The entry function
+/// cuts a kernel's tasks to those of a parallel one (a task's block may run past them, over
+/// elements no one reads); a reduction one is masked in the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Clamp {
     pub slot: u32,
@@ -563,9 +564,10 @@ pub struct Program {
     /// Per input: empty when its shape is fixed; otherwise, per dim, -1 or the slot of the
     /// symbol that sizes it (`inputs`' shape giving the bound).
     pub input_slots: Vec<Vec<i32>>,
-    /// Kernels (by instruction index) that run only over the rows a run uses (set by the
-    /// last step, after which instructions no longer move).
-    pub clamps: std::collections::BTreeMap<usize, Clamp>,
+    /// Kernels (by instruction index) that walk run-time axes: per domain dim, the extent a
+    /// run uses ([`Clamp`]: `dims[slot] · per` of its bound), `None` for a fixed one (set by
+    /// the last step, after which instructions no longer move).
+    pub clamps: std::collections::BTreeMap<usize, Vec<Option<Clamp>>>,
     /// Arena size in bytes, set by memory planning.
     pub arena_bytes: u64,
 }

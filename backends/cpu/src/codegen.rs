@@ -5,7 +5,7 @@ use inkwell::module::{Linkage, Module};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 
 use kiln_abi::context_offsets as off;
-use kiln_ir::lir::{Expr, Instr, Kernel, Program, View};
+use kiln_ir::lir::{BufferKind, Expr, Instr, Kernel, Program, View};
 use kiln_ir::DType;
 
 use kiln_llvm_codegen::expr::Env;
@@ -115,10 +115,14 @@ fn body_type<'ctx>(g: &CodeGen<'ctx>, k: &Kernel) -> inkwell::types::FunctionTyp
 /// A kernel instance: `void name(const Context*, i64 start, i64 end)` finds its buffers in the
 /// context and calls the kernel's body, which knows nothing of where its buffers live (so
 /// that kernels differing only in their buffers share one compiled body).
+///
+/// Where a run needs only some tasks of a level past the first ([`remapped`]), the wrapper
+/// takes the run's task numbers and calls the body once per task with the bound's number.
 fn gen_wrapper<'ctx>(
     g: &CodeGen<'ctx>,
     prog: &Program,
     k: &Kernel,
+    plan: &KernelPlan,
     name: &str,
     body: FunctionValue<'ctx>,
 ) -> BackendResult<FunctionValue<'ctx>> {
@@ -133,9 +137,35 @@ fn gen_wrapper<'ctx>(
         let p = unsafe { g.builder.build_gep(g.context.i8_type(), base, &[g.i64(off)], "slot") }.map_err(llvm_err)?;
         args.push(p.into());
     }
-    args.push(f.get_nth_param(1).unwrap().into());
-    args.push(f.get_nth_param(2).unwrap().into());
-    g.builder.build_call(body, &args, "").map_err(llvm_err)?;
+    let (start, end) = (f.get_nth_param(1).unwrap().into_int_value(), f.get_nth_param(2).unwrap().into_int_value());
+    if !remapped(&plan.radices) {
+        args.push(start.into());
+        args.push(end.into());
+        g.builder.build_call(body, &args, "").map_err(llvm_err)?;
+        g.builder.build_return(None).map_err(llvm_err)?;
+        return Ok(f);
+    }
+    let counts = run_counts(g, ctx, &plan.radices)?;
+    g.for_range(f, start, end, &mut |t| {
+        let b = &g.builder;
+        // The level numbers of run task `t` (innermost first), then the bound's number.
+        let mut rest = t;
+        let mut task = g.i64(0);
+        let mut stride = 1u64;
+        for (r, &c) in plan.radices.iter().zip(&counts).rev() {
+            let digit = b.build_int_unsigned_rem(rest, c, "digit").map_err(llvm_err)?;
+            rest = b.build_int_unsigned_div(rest, c, "rest").map_err(llvm_err)?;
+            let at = b.build_int_mul(digit, g.i64(stride as i64), "at").map_err(llvm_err)?;
+            task = b.build_int_add(task, at, "task").map_err(llvm_err)?;
+            stride *= r.count;
+        }
+        let next = b.build_int_add(task, g.i64(1), "next").map_err(llvm_err)?;
+        let mut a = args.clone();
+        a.push(task.into());
+        a.push(next.into());
+        b.build_call(body, &a, "").map_err(llvm_err)?;
+        Ok(())
+    })?;
     g.builder.build_return(None).map_err(llvm_err)?;
     Ok(f)
 }
@@ -399,46 +429,50 @@ pub(crate) struct KernelPlan {
     pub work: usize,
     /// The target's widest vector, in bits: loops vectorize at this width.
     pub vector_bits: usize,
-    /// For a kernel over run-time rows ([`kiln_ir::lir::Clamp`]): how many of its tasks a
-    /// run needs.
-    pub rows: Option<RowTasks>,
+    /// How its tasks are numbered when some follow run-time dims ([`Radix`], outermost
+    /// first; empty when none do).
+    pub radices: Vec<Radix>,
 }
 
-/// The tasks of a kernel over run-time rows: with `n = dims[slot] · per` rows of its domain's
-/// dim 0, a run needs `ceil(n · a / b) · c` of its tasks (at most all of them). Tasks are
-/// numbered with dim 0 outermost, so these are the first ones; the last may run past the
-/// rows, over rows of the buffers (sized at the bound) that no one reads.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RowTasks {
-    pub slot: u32,
-    pub per: u64,
-    /// The rows at the bound (`domain[0] / per`).
-    pub bound: u64,
-    pub a: u64,
-    pub b: u64,
-    pub c: u64,
+/// One level of a kernel's task numbering (outermost first): `count` at the bound and, for
+/// one that follows a run-time dim, how many of them a run needs: `ceil(dims[slot] · per /
+/// unit)`, at most `count`. The tasks a run needs are those whose level numbers are all
+/// below that; past a first such level, the kernel's wrapper maps the run's task numbers to
+/// the bound's ([`gen_wrapper`]). A task's block may run past the run's size, over
+/// elements no one reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Radix {
+    pub count: u64,
+    pub run: Option<(u32, u64, u64)>,
 }
 
-impl RowTasks {
-    /// For kernel `k` (as its body is generated) clamped by `clamp`, run as `gemm` or split
-    /// by [`Split`]; `None` when its tasks do not follow dim 0 (it then runs whole).
-    fn of(k: &Kernel, clamp: kiln_ir::lir::Clamp, gemm: Option<&crate::gemm::Gemm>, lanes: usize) -> Option<RowTasks> {
-        let (slot, per) = (clamp.slot, clamp.per);
-        let (a, b, c) = match gemm {
-            Some(p) => p.row_tasks()?,
-            None => {
-                let split = Split::of(k, lanes);
-                let np = k.n_par;
-                if np == 1 {
-                    (1, split.chunk as u64, 1)
-                } else {
-                    let t0 = if np == 2 { split.tile.max(1) } else { 1 };
-                    (1, t0 as u64, (split.tasks() / split.dims[0].max(1)) as u64)
-                }
-            }
-        };
-        Some(RowTasks { slot, per, bound: k.domain[0] as u64 / per.max(1), a, b, c })
+impl Radix {
+    fn of(count: usize, clamp: Option<kiln_ir::lir::Clamp>, unit: usize) -> Radix {
+        Radix { count: count as u64, run: clamp.map(|c| (c.slot, c.per, unit.max(1) as u64)) }
     }
+}
+
+/// The task levels of a generic kernel (run by [`Split`]) with run-time extents `cs` per
+/// domain dim: its outer parallel dims (the one next to the innermost in tiles), then the
+/// chunks of the innermost.
+fn split_radices(k: &Kernel, cs: &[Option<kiln_ir::lir::Clamp>], lanes: usize) -> Vec<Radix> {
+    let np = k.n_par;
+    if np == 0 {
+        return Vec::new();
+    }
+    let split = Split::of(k, lanes);
+    let c = |d: usize| cs.get(d).copied().flatten();
+    let mut r: Vec<Radix> = (0..np - 1)
+        .map(|d| Radix::of(split.dims[d], c(d), if d + 2 == np { split.tile } else { 1 }))
+        .collect();
+    r.push(Radix::of(split.n_chunks, c(np - 1), split.chunk));
+    r
+}
+
+/// Whether the wrapper maps a run's task numbers to the bound's: some level past the
+/// first follows a run-time dim.
+fn remapped(radices: &[Radix]) -> bool {
+    radices.iter().skip(1).any(|r| r.run.is_some())
 }
 
 impl KernelPlan {
@@ -494,17 +528,33 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
         .filter_map(|(i, ins)| {
             let Instr::Kernel(k) = ins else { return None };
             // Matched on the body's kernel (offsets taken out), as the body is generated.
-            let body = body_of(k);
+            let mut body = body_of(k);
+            let cs: &[Option<kiln_ir::lir::Clamp>] = prog.clamps.get(&i).map_or(&[], Vec::as_slice);
             let mut gemm = crate::gemm::match_gemm(&body, blocking);
-            if prog.clamps.contains_key(&i) {
-                gemm.iter_mut().for_each(crate::gemm::Gemm::set_rows);
+            if !cs.is_empty() {
+                let dims_op = k.inputs.iter().position(|v| matches!(prog.buffer(v.buffer).kind, BufferKind::Dims));
+                gemm = gemm.and_then(|mut p| p.set_runs(cs, dims_op).then_some(p));
+                // A product whose only reduction dim is masked to a run-time extent runs
+                // as one with that extent read at run time.
+                if gemm.is_none() {
+                    if let Some((unmasked, masked)) = crate::gemm::unmask(&body, dims_op) {
+                        gemm = crate::gemm::match_gemm(&unmasked, blocking)
+                            .and_then(|mut p| (p.set_runs(cs, dims_op) && p.runs_k(&masked)).then_some(p));
+                        if gemm.is_some() {
+                            body = unmasked;
+                        }
+                    }
+                }
             }
-            let tasks = match &gemm {
-                Some(p) => p.tasks(),
-                None => Split::of(&normalized(k), blocking.w).tasks(),
+            let (tasks, radices) = match &gemm {
+                Some(p) => (p.tasks(), if cs.is_empty() { Vec::new() } else { p.radices(cs) }),
+                None => {
+                    let n = normalized(k);
+                    let r = if cs.is_empty() { Vec::new() } else { split_radices(&n, cs, blocking.w) };
+                    (Split::of(&n, blocking.w).tasks(), r)
+                }
             };
-            let rows = prog.clamps.get(&i).and_then(|&c| RowTasks::of(k, c, gemm.as_ref(), blocking.w));
-            Some(KernelPlan { instr: i, body, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32, rows })
+            Some(KernelPlan { instr: i, body, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32, radices })
         })
         .collect()
 }
@@ -573,7 +623,7 @@ pub(crate) fn build_entry_module<'ctx>(
             Some(f) => f,
             None => g.module.add_function(sym, body_type(&g, &normalized(k)), Some(Linkage::External)),
         };
-        fns.push(gen_wrapper(&g, prog, k, &p.symbol(), body)?);
+        fns.push(gen_wrapper(&g, prog, k, p, &p.symbol(), body)?);
     }
     gen_entry(&g, prog, plans, &fns, names)?;
     Ok(g.module)
@@ -593,7 +643,7 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
         let body =
             gen_body(&g, &p.body, &format!("k{}.body", p.instr), p.gemm.as_ref(), p.vector_bits, Linkage::Internal)
                 .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
-        fns.push(gen_wrapper(&g, prog, k, &format!("k{}", p.instr), body)?);
+        fns.push(gen_wrapper(&g, prog, k, p, &format!("k{}", p.instr), body)?);
     }
     gen_entry(&g, prog, &plans, &fns, &EntryNames::default())?;
     Ok(g.module)
@@ -632,20 +682,20 @@ fn run_rows<'ctx>(g: &CodeGen<'ctx>, ctx: PointerValue<'ctx>, slot: u32, bound: 
     umin(g, v, g.i64(bound as i64))
 }
 
-/// The tasks a run needs of a kernel over run-time rows ([`RowTasks`]), at most `tasks`.
-fn row_tasks<'ctx>(
-    g: &CodeGen<'ctx>,
-    ctx: PointerValue<'ctx>,
-    r: RowTasks,
-    tasks: usize,
-) -> BackendResult<IntValue<'ctx>> {
+/// How many of each task level a run needs ([`Radix`]).
+fn run_counts<'ctx>(g: &CodeGen<'ctx>, ctx: PointerValue<'ctx>, radices: &[Radix]) -> BackendResult<Vec<IntValue<'ctx>>> {
     let b = &g.builder;
-    let v = run_rows(g, ctx, r.slot, r.bound)?;
-    let n = b.build_int_mul(v, g.i64((r.per * r.a) as i64), "n").map_err(llvm_err)?;
-    let n = b.build_int_add(n, g.i64(r.b as i64 - 1), "n").map_err(llvm_err)?;
-    let n = b.build_int_unsigned_div(n, g.i64(r.b as i64), "n").map_err(llvm_err)?;
-    let n = b.build_int_mul(n, g.i64(r.c as i64), "n").map_err(llvm_err)?;
-    umin(g, n, g.i64(tasks as i64))
+    radices
+        .iter()
+        .map(|r| {
+            let Some((slot, per, unit)) = r.run else { return Ok(g.i64(r.count as i64)) };
+            let v = run_rows(g, ctx, slot, r.count * unit)?;
+            let n = b.build_int_mul(v, g.i64(per as i64), "n").map_err(llvm_err)?;
+            let n = b.build_int_add(n, g.i64(unit as i64 - 1), "n").map_err(llvm_err)?;
+            let n = b.build_int_unsigned_div(n, g.i64(unit as i64), "n").map_err(llvm_err)?;
+            umin(g, n, g.i64(r.count as i64))
+        })
+        .collect()
 }
 
 /// [`call_tasks`] for `n` of a kernel's `tasks` (decided at run time), through
@@ -810,12 +860,15 @@ fn gen_entry<'ctx>(
             }
             Instr::Kernel(_) => {
                 let (plan, f) = kit.next().expect("one function per kernel");
-                match plan.rows {
-                    Some(r) if plan.tasks > 0 => {
-                        let n = row_tasks(g, ctx, r, plan.tasks)?;
-                        call_tasks_n(g, ctx, f, n, plan.tasks, plan.work, pf_ty)?;
+                if plan.radices.iter().any(|r| r.run.is_some()) && plan.tasks > 0 {
+                    let counts = run_counts(g, ctx, &plan.radices)?;
+                    let mut n = g.i64(1);
+                    for c in counts {
+                        n = g.builder.build_int_mul(n, c, "n").map_err(llvm_err)?;
                     }
-                    _ => call_tasks(g, ctx, f, plan.tasks, plan.work, pf_ty)?,
+                    call_tasks_n(g, ctx, f, n, plan.tasks, plan.work, pf_ty)?;
+                } else {
+                    call_tasks(g, ctx, f, plan.tasks, plan.work, pf_ty)?;
                 }
             }
             Instr::TopK { input, axis, k, .. } => {

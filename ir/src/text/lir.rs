@@ -169,8 +169,18 @@ pub fn print(p: &Program) -> String {
         s.push('\n');
     }
     for (i, ins) in p.instrs.iter().enumerate() {
-        if let Some(c) = p.clamps.get(&i) {
-            let _ = writeln!(s, "  {i}: clamp slot={} per={}", c.slot, c.per);
+        if let Some(cs) = p.clamps.get(&i) {
+            match cs.as_slice() {
+                // Dim 0 alone (the rows of a leading run-time dim): its own short form.
+                [Some(c), rest @ ..] if rest.iter().all(Option::is_none) => {
+                    let _ = writeln!(s, "  {i}: clamp slot={} per={}", c.slot, c.per);
+                }
+                _ => {
+                    let dims: Vec<String> =
+                        cs.iter().map(|c| c.map_or("-".to_string(), |c| format!("{}:{}", c.slot, c.per))).collect();
+                    let _ = writeln!(s, "  {i}: clamp dims=[{}]", dims.join(","));
+                }
+            }
         }
         match ins {
             Instr::Kernel(k) => kernel_lines(&mut s, i, k),
@@ -301,11 +311,32 @@ pub fn parse_with(src: &str, constants: ConstantSource) -> Result<Program, Strin
                     let at = p.number::<usize>("instruction number")?;
                     p.expect(':')?;
                     p.keyword("clamp")?;
-                    let (slot, per) = (p.keyed("slot")?, p.keyed("per")?);
+                    let clamps = if p.eat_word("dims") {
+                        p.expect('=')?;
+                        p.expect('[')?;
+                        let mut cs = Vec::new();
+                        loop {
+                            if p.eat_word("-") {
+                                cs.push(None);
+                            } else {
+                                let slot = p.number("dim slot")?;
+                                p.expect(':')?;
+                                cs.push(Some(crate::lir::Clamp { slot, per: p.number("per")? }));
+                            }
+                            if !p.eat(',') {
+                                break;
+                            }
+                        }
+                        p.expect(']')?;
+                        cs
+                    } else {
+                        let (slot, per) = (p.keyed("slot")?, p.keyed("per")?);
+                        vec![Some(crate::lir::Clamp { slot, per })]
+                    };
                     if at != i {
                         return p.err(format!("a clamp numbered {at} stands before instruction {i}"));
                     }
-                    prog.clamps.insert(i, crate::lir::Clamp { slot, per });
+                    prog.clamps.insert(i, clamps);
                     continue;
                 }
                 let ins = p.instr(i)?;

@@ -218,22 +218,31 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                 if !last {
                     continue;
                 }
-                if np >= 1 {
-                    if let Some((slot, per)) = dom[0] {
-                        p.clamps.insert(i, Clamp { slot, per });
-                    }
+                if dom.iter().any(Option::is_some) {
+                    p.clamps.insert(i, dom.iter().map(|d| d.map(|(slot, per)| Clamp { slot, per })).collect());
                 }
-                let masked: Vec<(usize, u32, u64)> =
-                    (np..dom.len()).filter_map(|d| dom[d].map(|(s, q)| (d, s, q))).collect();
-                if !masked.is_empty() {
+                // A kernel walking a run-time axis past its dim 0 reads the dims array: the
+                // code may bound its loops with it (a matrix product's M, N and K), and a
+                // reduction over such an axis is masked with it.
+                if dom.iter().skip(1).any(Option::is_some) {
                     let dims = dims_view(p, &mut dims_buffer);
                     let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
                     let d = k.inputs.len();
                     k.inputs.push(dims);
-                    let conds = masked.iter().map(|&(dim, slot, q)| {
-                        Expr::cmp(CmpOp::Less, Expr::Var(dim), run_extent(d, slot, q))
-                    });
-                    mask_body(k, all(conds.collect()));
+                    let conds: Vec<Expr> = (np..dom.len())
+                        .filter_map(|dim| dom[dim].map(|(slot, q)| (dim, slot, q)))
+                        .map(|(dim, slot, q)| Expr::cmp(CmpOp::Less, Expr::Var(dim), run_extent(d, slot, q)))
+                        .collect();
+                    if !conds.is_empty() {
+                        mask_body(k, all(conds));
+                    }
+                } else if np == 0 && dom.first().is_some_and(Option::is_some) {
+                    let dims = dims_view(p, &mut dims_buffer);
+                    let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+                    let d = k.inputs.len();
+                    k.inputs.push(dims);
+                    let (slot, q) = dom[0].expect("checked");
+                    mask_body(k, Expr::cmp(CmpOp::Less, Expr::Var(0), run_extent(d, slot, q)));
                 }
             }
             Instr::Copy { dst, src, bytes, src_offset, dst_offset } => {

@@ -9,6 +9,12 @@ fn min<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Backend
     Ok(g.builder.build_select(lt, a, b, "min").map_err(llvm_err)?.into_int_value())
 }
 
+/// `max(a, 0)`.
+fn max0<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
+    let neg = g.builder.build_int_compare(IntPredicate::SLT, a, g.i64(0), "neg").map_err(llvm_err)?;
+    Ok(g.builder.build_select(neg, g.i64(0), a, "max0").map_err(llvm_err)?.into_int_value())
+}
+
 fn add<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
     g.builder.build_int_nsw_add(a, b, "add").map_err(llvm_err)
 }
@@ -150,6 +156,26 @@ pub(crate) fn gen_gemm<'ctx>(
     let has_fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
     let vector_fin = has_fin.filter(|fin| p.c_n == 1 && crate::vector::vexpr_ok(k, fin));
 
+    // Extents read at run time (see `Gemm::set_runs`), at most the bound's.
+    let run = |r: Option<(u32, u64)>, bound: usize| -> BackendResult<IntValue<'ctx>> {
+        let (Some((slot, per)), Some(d)) = (r, p.dims_op) else { return Ok(g.i64(bound as i64)) };
+        let v = g.load_elem(in_bases[d], DType::I64, g.i64(slot as i64))?.into_int_value();
+        let v = mul(g, v, per as i64)?;
+        max0(g, min(g, v, g.i64(bound as i64))?)
+    };
+    let (m_run, n_run, k_run) = (run(p.run_m, p.m)?, run(p.run_n, p.n)?, run(p.run_k, k_in)?);
+    // With a run-time K (one K dim, no taps), only its slices; at least one, so that C is
+    // written.
+    let n_slices_run = if p.run_k.is_some() {
+        let s = g
+            .builder
+            .build_int_signed_div(add(g, k_run, g.i64(kcl as i64 - 1))?, g.i64(kcl as i64), "slices")
+            .map_err(llvm_err)?;
+        let zero = g.builder.build_int_compare(IntPredicate::EQ, s, g.i64(0), "none").map_err(llvm_err)?;
+        g.builder.build_select(zero, g.i64(1), s, "slices").map_err(llvm_err)?.into_int_value()
+    } else {
+        g.i64(n_slices)
+    };
     g.for_range(f, start, end, &mut |t| {
         let b = &g.builder;
         let nbk = b.build_int_signed_rem(t, g.i64(nb), "nbk").map_err(llvm_err)?;
@@ -162,9 +188,9 @@ pub(crate) fn gen_gemm<'ctx>(
         let b0 = add(g, g.i64(p.b_off), dot(g, &bvars, &p.b_batch)?)?;
         let c0 = add(g, g.i64(k.output.offset), dot(g, &bvars, &p.c_batch)?)?;
         let i_lo = mul(g, mbk, mc)?;
-        let i_hi = min(g, add(g, i_lo, g.i64(mc))?, g.i64(p.m as i64))?;
+        let i_hi = min(g, add(g, i_lo, g.i64(mc))?, m_run)?;
         let j_lo = mul(g, nbk, nc)?;
-        let j_hi = min(g, add(g, j_lo, g.i64(nc))?, g.i64(p.n as i64))?;
+        let j_hi = min(g, add(g, j_lo, g.i64(nc))?, n_run)?;
         let n_it = g
             .builder
             .build_int_signed_div(add(g, sub(g, i_hi, i_lo)?, g.i64(mr as i64 - 1))?, g.i64(mr as i64), "nit")
@@ -174,17 +200,18 @@ pub(crate) fn gen_gemm<'ctx>(
             .build_int_signed_div(add(g, sub(g, j_hi, j_lo)?, g.i64(nr as i64 - 1))?, g.i64(nr as i64), "njt")
             .map_err(llvm_err)?;
 
-        g.for_range(f, g.i64(0), g.i64(n_slices), &mut |s| {
+        g.for_range(f, g.i64(0), n_slices_run, &mut |s| {
             let tg = g.builder.build_int_signed_div(s, g.i64(kblocks as i64), "tg").map_err(llvm_err)?;
             let kb = g.builder.build_int_signed_rem(s, g.i64(kblocks as i64), "kb").map_err(llvm_err)?;
             let tap_lo = mul(g, tg, tps as i64)?;
             let tap_hi = min(g, add(g, tap_lo, g.i64(tps as i64))?, g.i64(taps as i64))?;
             let ntap = sub(g, tap_hi, tap_lo)?;
             let kc0 = mul(g, kb, kcl as i64)?;
-            let kcn = min(g, g.i64(kcl as i64), sub(g, g.i64(k_in as i64), kc0)?)?;
+            let kcn = min(g, g.i64(kcl as i64), sub(g, k_run, kc0)?)?;
+            let kcn = max0(g, kcn)?;
             let first = g.builder.build_int_compare(IntPredicate::EQ, s, g.i64(0), "first").map_err(llvm_err)?;
-            let last =
-                g.builder.build_int_compare(IntPredicate::EQ, s, g.i64(n_slices - 1), "last").map_err(llvm_err)?;
+            let last_s = sub(g, n_slices_run, g.i64(1))?;
+            let last = g.builder.build_int_compare(IntPredicate::EQ, s, last_s, "last").map_err(llvm_err)?;
             let ar = ARows { a_base, zslot, bvars: &bvars, tap_lo, kc0, a_kin };
             let panel_at =
                 |jt: IntValue<'ctx>| b_panel(g, f, p, (b_base, panel), (j_lo, j_hi, b0), (tap_lo, ntap, kc0, kcn), jt);
@@ -197,8 +224,12 @@ pub(crate) fn gen_gemm<'ctx>(
                 // end on run-time rows need not be whole tiles) and the last block's remainder
                 // occur, so only those micro-kernels are emitted.
                 let last_block = p.m - (p.m_blocks() - 1) * p.mc();
-                let mut heights: Vec<usize> =
-                    [mr, p.mc() % mr, last_block % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect();
+                let mut heights: Vec<usize> = if p.run_m.is_some() {
+                    // Any rows: the run decides where M ends.
+                    (1..=mr.min(p.m)).collect()
+                } else {
+                    [mr, p.mc() % mr, last_block % mr].into_iter().filter(|&r| r != 0 && r <= p.m).collect()
+                };
                 heights.sort_unstable_by(|a, b| b.cmp(a));
                 heights.dedup();
                 let blocks: Vec<_> = heights.iter().map(|_| cx.append_basic_block(f, "tile")).collect();

@@ -173,6 +173,13 @@ pub(crate) struct Gemm {
     /// M rows per row of the run (0 otherwise). M blocks then end on those rows, so that a
     /// run over fewer rows computes none past them.
     pub row_unit: usize,
+    /// Extents read at run time ([`Gemm::set_runs`]): the rows of M (`dims[slot] · per`, its
+    /// first M dim being a run-time one), the columns of N, and K (one K dim); the dims array
+    /// is operand `dims_op`.
+    pub run_m: Option<(u32, u64)>,
+    pub run_n: Option<(u32, u64)>,
+    pub run_k: Option<(u32, u64)>,
+    pub dims_op: Option<usize>,
 }
 
 /// Where the micro-kernel reads its `KC×NR` panels of B from.
@@ -269,25 +276,68 @@ impl Gemm {
             cap
         }
     }
-    /// For a product whose domain dim 0 is sized at run time: `(a, b, c)` such that `n` of
-    /// its indices need the first `ceil(n·a/b)·c` tasks (see `codegen::RowTasks`). Tasks run
-    /// batch-major, then by M block, then by N block; dim 0 is the first batch dim or, with
-    /// none, the first M dim.
-    pub(crate) fn row_tasks(&self) -> Option<(u64, u64, u64)> {
-        if let Some(&b0) = self.batch.first() {
-            return Some((1, 1, (self.tasks() / b0.max(1)) as u64));
+    /// Takes a kernel's run-time extents (`cs`, per domain dim `[batch.., m dims.., n, k..]`;
+    /// the dims array is operand `dims_op`). A run-time batch dim cuts the tasks; the first
+    /// M dim, with no batch dims before it, makes M blocks end on its rows
+    /// ([`Gemm::row_unit`]); a later M dim turns the M dims before it into batch dims (run-time
+    /// ones among them cutting the tasks) and is read at run time, as are N and a lone K dim.
+    /// Returns false where the product cannot take them (one of several K dims).
+    pub(crate) fn set_runs(&mut self, cs: &[Option<kiln_ir::lir::Clamp>], dims_op: Option<usize>) -> bool {
+        let c = |d: usize| cs.get(d).copied().flatten();
+        let nb = self.batch.len();
+        let dn = nb + self.m_dims.len();
+        let m_runs: Vec<usize> = (nb..dn).filter(|&d| c(d).is_some()).collect();
+        let k_runs: Vec<usize> = (dn + 1..dn + 1 + self.n_kvars).filter(|&d| c(d).is_some()).collect();
+        if !k_runs.is_empty() && (self.n_kvars != 1 || self.k_dims.len() != 1) {
+            return false;
         }
-        let m0 = *self.m_dims.first()?;
-        Some(((self.m / m0.max(1)) as u64, self.mc() as u64, self.n_blocks() as u64))
-    }
-
-    /// Marks a product over run-time rows (see [`Gemm::row_unit`]).
-    pub(crate) fn set_rows(&mut self) {
-        if self.batch.is_empty() {
-            if let Some(&m0) = self.m_dims.first() {
-                self.row_unit = self.m / m0.max(1);
+        if let Some(&d) = m_runs.last() {
+            if nb == 0 && d == 0 {
+                self.row_unit = self.m / self.m_dims[0].max(1);
+            } else {
+                // The M dims before it become batch dims.
+                for _ in nb..d {
+                    let e = self.m_dims.remove(0);
+                    self.batch.push(e);
+                    self.a_batch.push(self.a_m.remove(0));
+                    self.c_batch.push(self.c_m.remove(0));
+                    self.b_batch.push(0);
+                    self.m /= e.max(1);
+                }
+                let cl = c(d).expect("a run-time M dim");
+                self.run_m = Some((cl.slot, cl.per * (self.m / self.m_dims[0].max(1)) as u64));
             }
         }
+        self.run_n = c(dn).map(|cl| (cl.slot, cl.per));
+        self.run_k = k_runs.first().and_then(|&d| c(d)).map(|cl| (cl.slot, cl.per));
+        self.dims_op = dims_op;
+        dims_op.is_some() || (self.run_m.is_none() && self.run_n.is_none() && self.run_k.is_none())
+    }
+
+    /// Whether the masked reduction dims of [`unmask`] are the product's run-time K dim.
+    pub(crate) fn runs_k(&self, masked: &[(usize, u32, u64)]) -> bool {
+        let dk = self.batch.len() + self.m_dims.len() + 1;
+        matches!(masked, [(d, slot, per)] if *d == dk && self.run_k == Some((*slot, *per)))
+    }
+
+    /// The task levels of a product with run-time extents `cs` (see `codegen::Radix`):
+    /// batch dims, M blocks, N blocks.
+    pub(crate) fn radices(&self, cs: &[Option<kiln_ir::lir::Clamp>]) -> Vec<crate::codegen::Radix> {
+        use crate::codegen::Radix;
+        let c = |d: usize| cs.get(d).copied().flatten();
+        let mut r: Vec<Radix> = self
+            .batch
+            .iter()
+            .enumerate()
+            .map(|(d, &e)| Radix { count: e as u64, run: c(d).map(|cl| (cl.slot, cl.per, 1)) })
+            .collect();
+        let rows = match (self.row_unit, self.run_m) {
+            (u, _) if u > 0 => c(0).map(|cl| (cl.slot, cl.per * u as u64)),
+            (_, m) => m,
+        };
+        r.push(Radix { count: self.m_blocks() as u64, run: rows.map(|(s, p)| (s, p, self.mc() as u64)) });
+        r.push(Radix { count: self.n_blocks() as u64, run: self.run_n.map(|(s, p)| (s, p, self.nc() as u64)) });
+        r
     }
 
     /// Tasks of the parallel loop: batch × M blocks × N blocks.
@@ -413,6 +463,42 @@ fn affine_load(k: &Kernel, e: &Expr) -> Option<(usize, i64, Vec<i64>, Vec<Check>
 }
 
 /// Recognizes a plain f32 matrix product (see the module doc).
+/// A kernel whose body is masked to run-time extents (`select(i_d < dims[slot]·per ∧ …,
+/// body, init)`, as `kiln_passes::rows` writes it, the dims array operand `dims_op`): the
+/// kernel with the bare body, and the masked `(dim, slot, per)`.
+pub(crate) fn unmask(k: &Kernel, dims_op: Option<usize>) -> Option<(Kernel, Vec<(usize, u32, u64)>)> {
+    let dop = dims_op?;
+    let init = k.reduction.as_ref()?.init;
+    let Expr::Select(c, body, other) = &k.body else { return None };
+    if **other != Expr::Const(init) {
+        return None;
+    }
+    fn terms(e: &Expr, dop: usize, out: &mut Vec<(usize, u32, u64)>) -> bool {
+        match e {
+            Expr::Binary(kiln_ir::BinaryOp::And, a, b) => terms(a, dop, out) && terms(b, dop, out),
+            Expr::Cmp(kiln_ir::CmpOp::Less, v, lim) => {
+                let (Expr::Var(d), Expr::Binary(kiln_ir::BinaryOp::Mul, l, p)) = (&**v, &**lim) else { return false };
+                let (Expr::Load { operand, index, pad: None }, Expr::Const(Scalar::I64(per))) = (&**l, &**p) else {
+                    return false;
+                };
+                match index.as_slice() {
+                    [Expr::Const(Scalar::I64(slot))] if *operand == dop && *per > 0 && *slot >= 0 => {
+                        out.push((*d, *slot as u32, *per as u64));
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+    let mut masked = Vec::new();
+    if !terms(c, dop, &mut masked) {
+        return None;
+    }
+    Some((Kernel { body: (**body).clone(), ..k.clone() }, masked))
+}
+
 pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     let mut g = match_gemm_with(k, bl)?;
     // Merge the inner K dims that A and B both walk contiguously (a padded-copy convolution
@@ -514,6 +600,10 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
             bl,
             bsrc,
             row_unit: 0,
+            run_m: None,
+            run_n: None,
+            run_k: None,
+            dims_op: None,
         })
     };
     // B packed at compile time: the A operand is the other load.
