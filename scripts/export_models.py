@@ -921,28 +921,24 @@ def encoder_batch() -> dict:
 
 
 def encoder_seq() -> dict:
-    """The BERT-style encoder layer of `encoder_batch` (positions up to 64) exported with a
-    dynamic batch and a dynamic sequence length: run at (1, 7), (1, 32), (4, 48) and (8, 64)
-    from one artifact compiled with `--dim batch=1..8 --dim seq=1..64`."""
+    """A two-layer BERT-style encoder (layers as in `encoder_batch`, positions up to 512)
+    exported with a dynamic batch and a dynamic sequence length: run at (1, 7), (1, 128),
+    (4, 384) and (8, 512) from one artifact compiled with `--dim batch=1..8 --dim seq=1..512`."""
     import torch
     from torch import nn
 
     torch.manual_seed(25)
-    vocab, max_seq, hid, heads, ffn = 100, 64, 64, 4, 128
+    vocab, max_seq, hid, heads, ffn = 100, 512, 64, 4, 256
 
-    class Encoder(nn.Module):
+    class Layer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.tok, self.pos = nn.Embedding(vocab, hid), nn.Embedding(max_seq, hid)
-            self.ln0, self.ln1, self.ln2 = nn.LayerNorm(hid), nn.LayerNorm(hid), nn.LayerNorm(hid)
+            self.ln1, self.ln2 = nn.LayerNorm(hid), nn.LayerNorm(hid)
             self.q, self.k, self.v, self.o = (nn.Linear(hid, hid) for _ in range(4))
-            self.f1, self.f2, self.pool = nn.Linear(hid, ffn), nn.Linear(ffn, hid), nn.Linear(hid, hid)
+            self.f1, self.f2 = nn.Linear(hid, ffn), nn.Linear(ffn, hid)
 
-        def forward(self, ids, mask):
-            b, s = ids.shape
-            pos = torch.arange(s, device=ids.device).unsqueeze(0)
-            x = self.ln0(self.tok(ids) + self.pos(pos))
-            bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0
+        def forward(self, x, bias):
+            b, s, _ = x.shape
 
             def split(t):
                 return t.view(b, s, heads, hid // heads).permute(0, 2, 1, 3)
@@ -951,7 +947,23 @@ def encoder_seq() -> dict:
             att = torch.softmax(q @ k.transpose(-1, -2) / (hid // heads) ** 0.5 + bias, dim=-1)
             ctx = (att @ v).permute(0, 2, 1, 3).reshape(b, s, hid)
             x = self.ln1(x + self.o(ctx))
-            x = self.ln2(x + self.f2(nn.functional.gelu(self.f1(x))))
+            return self.ln2(x + self.f2(nn.functional.gelu(self.f1(x))))
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, hid), nn.Embedding(max_seq, hid)
+            self.ln0 = nn.LayerNorm(hid)
+            self.layers = nn.ModuleList([Layer(), Layer()])
+            self.pool = nn.Linear(hid, hid)
+
+        def forward(self, ids, mask):
+            s = ids.shape[1]
+            pos = torch.arange(s, device=ids.device).unsqueeze(0)
+            x = self.ln0(self.tok(ids) + self.pos(pos))
+            bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0
+            for layer in self.layers:
+                x = layer(x, bias)
             return x, torch.tanh(self.pool(x[:, 0]))
 
     m = Encoder().eval()
@@ -964,13 +976,13 @@ def encoder_seq() -> dict:
     model = onnx.load_from_string(f.getvalue())
     rng = np.random.default_rng(26)
     sets = []
-    for b, s in ((1, 7), (1, 32), (4, 48), (8, 64)):
+    for b, s in ((1, 7), (1, 128), (4, 384), (8, 512)):
         mask = np.ones((b, s), np.int64)
         for r in range(1, b):
-            mask[r, s - min(3 * r, s - 1):] = 0
+            mask[r, s - min(37 * r, s - 1):] = 0
         sets.append({"ids": rng.integers(0, vocab, (b, s)).astype(np.int64), "mask": mask})
     info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes batch and seq", "torch": torch.__version__,
-            "dims": {"batch": [1, 8], "seq": [1, 64]}}
+            "dims": {"batch": [1, 8], "seq": [1, 512]}}
     return write_sets("encoder_seq", model, sets, info)
 
 

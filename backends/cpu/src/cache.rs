@@ -105,6 +105,7 @@ pub(crate) fn body_key(plan: &KernelPlan, target: &CpuTarget) -> String {
     put_toolchain(&mut put, target);
     put(&format!("{:?}", plan.body));
     put(&format!("{:?}", plan.gemm));
+    put(&format!("{:?}", plan.inner_run));
     format!("{:032x}", h.digest128())
 }
 

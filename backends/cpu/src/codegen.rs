@@ -175,10 +175,10 @@ fn gen_body<'ctx>(
     g: &CodeGen<'ctx>,
     k: &Kernel,
     name: &str,
-    gemm: Option<&crate::gemm::Gemm>,
-    vector_bits: usize,
+    plan: &KernelPlan,
     linkage: Linkage,
 ) -> BackendResult<FunctionValue<'ctx>> {
+    let (gemm, vector_bits) = (plan.gemm.as_ref(), plan.vector_bits);
     let k = normalized(k);
     let f = declare_body(g, &k, name, vector_bits, linkage);
     // One pointer per distinct buffer: an in-place kernel reads and writes through the same
@@ -216,6 +216,15 @@ fn gen_body<'ctx>(
     // stepped with carries from task to task, instead of two divisions per dim per task (which
     // dominated kernels with a short innermost dim: a padded copy of a 3-channel image).
     let stepped = split.n_chunks == 1 && np >= 2;
+    // Where a run-time innermost dim ends (its tasks' rows stop there).
+    let inner_end = match plan.inner_run {
+        Some((op, slot, per)) => {
+            let v = g.load_elem(in_bases[op], DType::I64, g.i64(slot as i64))?.into_int_value();
+            let v = g.builder.build_int_mul(v, g.i64(per as i64), "run").map_err(llvm_err)?;
+            Some(umin(g, v, g.i64(split.inner as i64))?)
+        }
+        None => None,
+    };
     let var_slots: Vec<PointerValue> = if stepped {
         (0..np - 1).map(|_| crate::vector::entry_alloca(g, f, g.context.i64_type())).collect::<BackendResult<_>>()?
     } else {
@@ -229,6 +238,10 @@ fn gen_body<'ctx>(
     g.for_range(f, start, end, &mut |t| {
         let b = &g.builder;
         let (jlo, jhi, vars) = task_range(g, &k, &split, &var_slots, t)?;
+        let jhi = match inner_end {
+            Some(e) => umin(g, jhi, e)?,
+            None => jhi,
+        };
         let task = || -> BackendResult<()> {
             let out_index = |vars: &[IntValue<'ctx>]| g.linear(&k.output, &vars[..np]);
             // One output element per lane `j` of `lo..hi`, its reduction (if any) in a register.
@@ -432,6 +445,10 @@ pub(crate) struct KernelPlan {
     /// How its tasks are numbered when some follow run-time dims ([`Radix`], outermost
     /// first; empty when none do).
     pub radices: Vec<Radix>,
+    /// For a kernel of the generic schedule whose innermost parallel dim is a run-time one:
+    /// the dims array's operand, the slot and the multiple (`dims[slot] · per` is where its
+    /// tasks' rows end).
+    pub inner_run: Option<(usize, u32, u64)>,
 }
 
 /// One level of a kernel's task numbering (outermost first): `count` at the bound and, for
@@ -546,6 +563,11 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
                     }
                 }
             }
+            let dims_op = k.inputs.iter().position(|v| matches!(prog.buffer(v.buffer).kind, BufferKind::Dims));
+            let inner_run = match (&gemm, dims_op, k.n_par.checked_sub(1).and_then(|d| cs.get(d).copied().flatten())) {
+                (None, Some(op), Some(c)) => Some((op, c.slot, c.per)),
+                _ => None,
+            };
             let (tasks, radices) = match &gemm {
                 Some(p) => (p.tasks(), if cs.is_empty() { Vec::new() } else { p.radices(cs) }),
                 None => {
@@ -554,7 +576,16 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
                     (Split::of(&n, blocking.w).tasks(), r)
                 }
             };
-            Some(KernelPlan { instr: i, body, gemm, tasks, work: k.work(), vector_bits: blocking.w * 32, radices })
+            Some(KernelPlan {
+                instr: i,
+                body,
+                gemm,
+                tasks,
+                work: k.work(),
+                vector_bits: blocking.w * 32,
+                radices,
+                inner_run,
+            })
         })
         .collect()
 }
@@ -579,7 +610,7 @@ pub(crate) fn build_body_module<'ctx>(
     };
     // Weak: a body is named by the hash of what its code depends on, so two models linked
     // into one program (static libraries) may both define it, identically.
-    gen_body(&g, &plan.body, symbol, plan.gemm.as_ref(), plan.vector_bits, Linkage::WeakODR)
+    gen_body(&g, &plan.body, symbol, plan, Linkage::WeakODR)
         .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
     Ok(g.module)
 }
@@ -641,7 +672,7 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
     for p in &plans {
         let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
         let body =
-            gen_body(&g, &p.body, &format!("k{}.body", p.instr), p.gemm.as_ref(), p.vector_bits, Linkage::Internal)
+            gen_body(&g, &p.body, &format!("k{}.body", p.instr), p, Linkage::Internal)
                 .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
         fns.push(gen_wrapper(&g, prog, k, p, &format!("k{}", p.instr), body)?);
     }

@@ -683,6 +683,10 @@ mod tests {
             bl: Blocking::for_features("+avx2,+avx512f", 48 << 10, 2 << 20),
             bsrc,
             row_unit: 0,
+            run_m: None,
+            run_n: None,
+            run_k: None,
+            dims_op: None,
         }
     }
 
