@@ -106,6 +106,7 @@ pub(crate) fn body_key(plan: &KernelPlan, target: &CpuTarget) -> String {
     put(&format!("{:?}", plan.body));
     put(&format!("{:?}", plan.gemm));
     put(&format!("{:?}", plan.inner_run));
+    put(&format!("{:?}", plan.red_runs));
     format!("{:032x}", h.digest128())
 }
 

@@ -9,7 +9,7 @@ use kiln_ir::lir::{BufferKind, Expr, Instr, Kernel, Program, View};
 use kiln_ir::DType;
 
 use kiln_llvm_codegen::expr::Env;
-use kiln_llvm_codegen::{increment, llvm_err, normalized, reduce_loops, slots, BackendError, BackendResult, CodeGen};
+use kiln_llvm_codegen::{increment, llvm_err, normalized, reduce_loops_to, slots, BackendError, BackendResult, CodeGen};
 
 /// Kernels with less scalar work than this run inline instead of through `parallel_for`.
 const PARALLEL_MIN_WORK: usize = 1 << 15;
@@ -216,6 +216,15 @@ fn gen_body<'ctx>(
     // stepped with carries from task to task, instead of two divisions per dim per task (which
     // dominated kernels with a short innermost dim: a padded copy of a 3-channel image).
     let stepped = split.n_chunks == 1 && np >= 2;
+    // Where run-time reduction dims end (see `KernelPlan::red_runs`).
+    let mut ends: Vec<Option<IntValue>> = vec![None; k.domain.len()];
+    for &(d, op, slot, per) in &plan.red_runs {
+        // (A kernel without parallel dims runs with one added in front: `normalized`.)
+        let d = if plan.body.n_par == 0 { d + 1 } else { d };
+        let v = g.load_elem(in_bases[op], DType::I64, g.i64(slot as i64))?.into_int_value();
+        let v = g.builder.build_int_mul(v, g.i64(per as i64), "run").map_err(llvm_err)?;
+        ends[d] = Some(umin(g, v, g.i64(k.domain[d] as i64))?);
+    }
     // Where a run-time innermost dim ends (its tasks' rows stop there).
     let inner_end = match plan.inner_run {
         Some((op, slot, per)) => {
@@ -254,11 +263,11 @@ fn gen_body<'ctx>(
                         return g.store_elem(out_base, k.output.dtype, out_index(&vs)?, v);
                     };
                     let acc = if vector_reduction {
-                        crate::rows::reduce_along_last(g, f, &k, &in_bases, &vs, lanes)?
+                        crate::rows::reduce_along_last(g, f, &k, &in_bases, &vs, lanes, &ends)?
                     } else {
                         let init = kiln_llvm_codegen::expr::scalar(g, red.init, acc_ty)?;
                         g.builder.build_store(acc_slot, init).map_err(llvm_err)?;
-                        reduce_loops(g, f, &k.domain, np, &mut vs.clone(), &mut |rvars| {
+                        reduce_loops_to(g, f, &k.domain, &ends, np, &mut vs.clone(), &mut |rvars| {
                             let x = env.gen(g, &k.body, rvars, None)?;
                             let cur = g.builder.build_load(g.reg_ty(acc_ty), acc_slot, "a").map_err(llvm_err)?;
                             let nv = kiln_llvm_codegen::expr::combine(g, red.combine, cur, x)?;
@@ -292,7 +301,7 @@ fn gen_body<'ctx>(
                     g.store_elem(out_base, k.output.dtype, out_index(&vs)?, init)
                 })?;
                 let mut rv = vars.clone();
-                reduce_loops(g, f, &k.domain, np, &mut rv, &mut |rvars| {
+                reduce_loops_to(g, f, &k.domain, &ends, np, &mut rv, &mut |rvars| {
                     g.for_range(f, jlo, jhi, &mut |j| {
                         let mut vs = rvars.to_vec();
                         vs[np - 1] = j;
@@ -449,6 +458,10 @@ pub(crate) struct KernelPlan {
     /// the dims array's operand, the slot and the multiple (`dims[slot] · per` is where its
     /// tasks' rows end).
     pub inner_run: Option<(usize, u32, u64)>,
+    /// For a kernel of the generic schedule whose reduction was masked to run-time extents
+    /// (`kiln_passes::rows`): the body without the mask, and per masked dim `(dim, dims
+    /// operand, slot, per)`; its loops end there instead.
+    pub red_runs: Vec<(usize, usize, u32, u64)>,
 }
 
 /// One level of a kernel's task numbering (outermost first): `count` at the bound and, for
@@ -568,6 +581,19 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
                 (None, Some(op), Some(c)) => Some((op, c.slot, c.per)),
                 _ => None,
             };
+            // A generic reduction masked to run-time extents loops only to them, where it runs
+            // one output element at a time or a row reduction in vectors (the schedules that
+            // take the loops' ends).
+            let mut red_runs = Vec::new();
+            if gemm.is_none() && !cs.is_empty() {
+                if let Some((unmasked, masked)) = crate::gemm::unmask(&body, dims_op) {
+                    let split = Split::of(&normalized(&unmasked), blocking.w);
+                    if split.rows.is_none() && !split.transposed {
+                        red_runs = masked.iter().map(|&(d, slot, per)| (d, dims_op.expect("masked"), slot, per)).collect();
+                        body = unmasked;
+                    }
+                }
+            }
             let (tasks, radices) = match &gemm {
                 Some(p) => (p.tasks(), if cs.is_empty() { Vec::new() } else { p.radices(cs) }),
                 None => {
@@ -585,6 +611,7 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
                 vector_bits: blocking.w * 32,
                 radices,
                 inner_run,
+                red_runs,
             })
         })
         .collect()

@@ -169,6 +169,8 @@ pub(crate) fn reduce_along_last_ok(k: &Kernel, lanes: usize) -> bool {
 /// dim in vectors: up to [`BLOCK`] vector accumulators through every reduction step, the
 /// end of that dim masked (its other lanes the reduction's identity), then the accumulators
 /// combined and their lanes by halves. Returns the scalar accumulator.
+///
+/// `ends`: per domain dim, where a run-time reduction dim ends (at most its extent).
 pub(crate) fn reduce_along_last<'ctx>(
     g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
@@ -176,6 +178,7 @@ pub(crate) fn reduce_along_last<'ctx>(
     bases: &[PointerValue<'ctx>],
     vars: &[IntValue<'ctx>],
     lanes: usize,
+    ends: &[Option<IntValue<'ctx>>],
 ) -> BackendResult<BasicValueEnum<'ctx>> {
     let red = k.reduction.as_ref().ok_or_else(|| llvm_err("a reduction"))?;
     let Scalar::F32(init) = red.init else { return Err(llvm_err("vector reductions are f32")) };
@@ -194,10 +197,10 @@ pub(crate) fn reduce_along_last<'ctx>(
     }
     // Adds the vector of the last dim from `at` (masked to its first `valid` lanes) into
     // accumulator `q`.
-    let step = |rvars: &[IntValue<'ctx>], q: usize, at: IntValue<'ctx>, valid: Option<usize>| -> BackendResult<()> {
+    let step = |rvars: &[IntValue<'ctx>], q: usize, at: IntValue<'ctx>, valid: Option<IntValue<'ctx>>| -> BackendResult<()> {
         let mut vs = rvars.to_vec();
         vs[last] = at;
-        let mask = valid.map(|n| lane_mask(g, lanes as u32, g.i64(n as i64))).transpose()?;
+        let mask = valid.map(|n| lane_mask(g, lanes as u32, n)).transpose()?;
         let mut x = vgen_masked(g, &along, bases, &k.body, &vs, None, vt, mask)?;
         if let Some(m) = mask {
             x = vsel(g, m, x, identity)?;
@@ -207,18 +210,45 @@ pub(crate) fn reduce_along_last<'ctx>(
         Ok(())
     };
     let (full, rest) = (extent / span, extent % span);
+    let run_end = ends.get(last).copied().flatten();
+    // Whole spans: all of them, or as many as the run's extent holds.
+    let full_n = match run_end {
+        Some(e) => b.build_int_unsigned_div(e, g.i64(span as i64), "full").map_err(llvm_err)?,
+        None => g.i64(full as i64),
+    };
     let mut rv = vars.to_vec();
-    kiln_llvm_codegen::reduce_loops(g, f, &k.domain[..last], k.n_par, &mut rv, &mut |rvars| {
-        g.for_range(f, g.i64(0), g.i64(full as i64), &mut |blk| {
+    kiln_llvm_codegen::reduce_loops_to(g, f, &k.domain[..last], ends, k.n_par, &mut rv, &mut |rvars| {
+        g.for_range(f, g.i64(0), full_n, &mut |blk| {
             let base = b.build_int_nsw_mul(blk, g.i64(span as i64), "rb").map_err(llvm_err)?;
             for q in 0..n_acc {
                 step(rvars, q, b.build_int_nsw_add(base, g.i64((q * lanes) as i64), "rq").map_err(llvm_err)?, None)?;
             }
             Ok(())
         })?;
-        for q in 0..rest.div_ceil(lanes) {
-            let left = rest - q * lanes;
-            step(rvars, q, g.i64((full * span + q * lanes) as i64), (left < lanes).then_some(left))?;
+        match run_end {
+            None => {
+                for q in 0..rest.div_ceil(lanes) {
+                    let left = rest - q * lanes;
+                    step(rvars, q, g.i64((full * span + q * lanes) as i64), (left < lanes).then(|| g.i64(left as i64)))?;
+                }
+            }
+            Some(e) => {
+                // The rest of the run's extent, up to a span: a masked vector per
+                // accumulator that has lanes left.
+                let tail = b.build_int_nsw_mul(full_n, g.i64(span as i64), "tail").map_err(llvm_err)?;
+                for q in 0..n_acc {
+                    let at = b.build_int_nsw_add(tail, g.i64((q * lanes) as i64), "at").map_err(llvm_err)?;
+                    let left = b.build_int_sub(e, at, "left").map_err(llvm_err)?;
+                    let some = b.build_int_compare(IntPredicate::SGT, left, g.i64(0), "some").map_err(llvm_err)?;
+                    crate::vector::when(g, f, some, &mut || {
+                        let lt = b
+                            .build_int_compare(IntPredicate::SLT, left, g.i64(lanes as i64), "lt")
+                            .map_err(llvm_err)?;
+                        let n = b.build_select(lt, left, g.i64(lanes as i64), "n").map_err(llvm_err)?.into_int_value();
+                        step(rvars, q, at, Some(n))
+                    })?;
+                }
+            }
         }
         Ok(())
     })?;

@@ -265,14 +265,29 @@ pub fn reduce_loops<'ctx>(
     vars: &mut Vec<IntValue<'ctx>>,
     leaf: &mut dyn FnMut(&[IntValue<'ctx>]) -> BackendResult<()>,
 ) -> BackendResult<()> {
+    reduce_loops_to(g, f, domain, &[], dim, vars, leaf)
+}
+
+/// [`reduce_loops`] where dim `d` ends at `ends[d]` when that is given (an extent decided at
+/// run time, at most `domain[d]`).
+pub fn reduce_loops_to<'ctx>(
+    g: &CodeGen<'ctx>,
+    f: FunctionValue<'ctx>,
+    domain: &[usize],
+    ends: &[Option<IntValue<'ctx>>],
+    dim: usize,
+    vars: &mut Vec<IntValue<'ctx>>,
+    leaf: &mut dyn FnMut(&[IntValue<'ctx>]) -> BackendResult<()>,
+) -> BackendResult<()> {
     if dim == domain.len() {
         return leaf(vars);
     }
     let mut inner_vars = vars.clone();
-    g.for_range(f, g.i64(0), g.i64(domain[dim] as i64), &mut |r| {
+    let end = ends.get(dim).copied().flatten().unwrap_or_else(|| g.i64(domain[dim] as i64));
+    g.for_range(f, g.i64(0), end, &mut |r| {
         inner_vars[dim] = r;
         let mut vv = inner_vars.clone();
-        reduce_loops(g, f, domain, dim + 1, &mut vv, leaf)
+        reduce_loops_to(g, f, domain, ends, dim + 1, &mut vv, leaf)
     })
 }
 

@@ -12,7 +12,7 @@ pub mod expr;
 pub mod math;
 pub mod minifloat;
 
-pub use codegen::{increment, llvm_err, normalized, reduce_loops, slots, BackendResult, CodeGen};
+pub use codegen::{increment, llvm_err, normalized, reduce_loops, reduce_loops_to, slots, BackendResult, CodeGen};
 
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
