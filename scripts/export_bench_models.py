@@ -57,7 +57,7 @@ import export_models as em  # noqa: E402
 
 OUT = em.ROOT / "target" / "bench-models"
 NAMES = ("resnet50", "mobilenetv2", "bert_base", "gpt2_small", "convnext_tiny", "resnext50", "efficientnet_b0",
-         "unet", "vit_b16", "r3d_18", "yolo_detect")
+         "unet", "vit_b16", "r3d_18", "yolo_detect", "bert_seq")
 SEQ = 128
 
 
@@ -154,6 +154,22 @@ def main() -> int:
         return export("bert_base", m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
                       ["last_hidden_state", "pooler_output"])
 
+    def bert_seq():
+        # Issue 19: BERT-base's layers (two of them) exported with a dynamic batch and sequence
+        # length, compiled once with `--dim batch=1..8 --dim seq=1..512` and timed against
+        # artifacts pinned to each shape.
+        torch.manual_seed(1075)
+        vocab = 30522
+        m = M["Bert"](vocab=vocab, hidden=768, layers=2, heads=12, inter=3072, max_pos=512, types=2)
+        ids = np.random.default_rng(1076).integers(0, vocab, (1, SEQ)).astype(np.int64)
+        mask = np.ones((1, SEQ), np.int64)
+        types = np.zeros((1, SEQ), np.int64)
+        axes = {n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")}
+        axes["pooler_output"] = {0: "batch"}
+        return em.export_torch("bert_seq", m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
+                               ["last_hidden_state", "pooler_output"], dynamic_batch=False, force_legacy=True,
+                               dynamic_axes=axes, out=OUT, ort_optimize=True)
+
     def gpt2_small():
         torch.manual_seed(1080)
         vocab = 50257
@@ -200,7 +216,7 @@ def main() -> int:
     extra = bench_modules()
     jobs = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "bert_base": bert_base, "gpt2_small": gpt2_small,
             "convnext_tiny": convnext_tiny, "resnext50": resnext50, "efficientnet_b0": efficientnet_b0,
-            "unet": unet, "vit_b16": vit_b16, "r3d_18": r3d_18, "yolo_detect": yolo_detect}
+            "unet": unet, "vit_b16": vit_b16, "r3d_18": r3d_18, "yolo_detect": yolo_detect, "bert_seq": bert_seq}
     OUT.mkdir(parents=True, exist_ok=True)
     metas, failed = [], []
     for name in NAMES:

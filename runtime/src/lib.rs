@@ -844,14 +844,14 @@ impl Session {
             inputs.iter().zip(&copies).map(|(t, c)| c.as_ref().map_or(t.data.as_ptr(), |c| c.as_ptr())).collect();
         // An input with run-time dims shorter than its bound is copied into the scratch
         // memory, sized at the bound: the code may read rows past the run's (never using them).
-        // One with a run-time inner axis is spread out to the strides of its bound shape,
-        // the rest of that space zeroed.
+        // One with a run-time inner axis is spread out to the strides of its bound shape
+        // (the rest of that space holds this input's earlier values, or zeros: the code
+        // never uses them).
         let n_sym = self.manifest.symbols.len();
         for (i, (t, s)) in inputs.iter().zip(&self.manifest.inputs).enumerate() {
             let Some(at) = self.staging_offsets[i].filter(|_| t.data.len() < s.byte_len()) else { continue };
             if s.padded(n_sym) {
                 let dst = &mut scratch.as_mut_slice()[at..at + s.byte_len()];
-                dst.fill(0);
                 spread(t.data, t.shape, &s.shape, t.dtype.size(), dst);
                 in_ptrs[i] = dst.as_ptr();
             } else {

@@ -145,28 +145,60 @@ fn gen_wrapper<'ctx>(
         g.builder.build_return(None).map_err(llvm_err)?;
         return Ok(f);
     }
+    // The levels after the last run-time one are whole: the run's tasks from one number of
+    // that level to its run's end, with all of theirs, are consecutive at the bound too, and
+    // go to the body as one range.
     let counts = run_counts(g, ctx, &plan.radices)?;
-    g.for_range(f, start, end, &mut |t| {
-        let b = &g.builder;
-        // The level numbers of run task `t` (innermost first), then the bound's number.
-        let mut rest = t;
-        let mut task = g.i64(0);
-        let mut stride = 1u64;
-        for (r, &c) in plan.radices.iter().zip(&counts).rev() {
-            let digit = b.build_int_unsigned_rem(rest, c, "digit").map_err(llvm_err)?;
-            rest = b.build_int_unsigned_div(rest, c, "rest").map_err(llvm_err)?;
-            let at = b.build_int_mul(digit, g.i64(stride as i64), "at").map_err(llvm_err)?;
-            task = b.build_int_add(task, at, "task").map_err(llvm_err)?;
-            stride *= r.count;
-        }
-        let next = b.build_int_add(task, g.i64(1), "next").map_err(llvm_err)?;
-        let mut a = args.clone();
-        a.push(task.into());
-        a.push(next.into());
-        b.build_call(body, &a, "").map_err(llvm_err)?;
-        Ok(())
-    })?;
-    g.builder.build_return(None).map_err(llvm_err)?;
+    let last = plan.radices.iter().rposition(|r| r.run.is_some()).expect("remapped");
+    let inner: u64 = plan.radices[last + 1..].iter().map(|r| r.count).product();
+    let b = &g.builder;
+    let pre = b.get_insert_block().expect("positioned");
+    let (header, step, exit) = (
+        g.context.append_basic_block(f, "task"),
+        g.context.append_basic_block(f, "range"),
+        g.context.append_basic_block(f, "done"),
+    );
+    b.build_unconditional_branch(header).map_err(llvm_err)?;
+    b.position_at_end(header);
+    let phi = b.build_phi(g.context.i64_type(), "t").map_err(llvm_err)?;
+    phi.add_incoming(&[(&start, pre)]);
+    let t = phi.as_basic_value().into_int_value();
+    let more = b.build_int_compare(inkwell::IntPredicate::SLT, t, end, "more").map_err(llvm_err)?;
+    b.build_conditional_branch(more, step, exit).map_err(llvm_err)?;
+    b.position_at_end(step);
+    let ui = |x: u64| g.i64(x as i64);
+    let q = b.build_int_unsigned_div(t, ui(inner), "q").map_err(llvm_err)?;
+    let rem = b.build_int_unsigned_rem(t, ui(inner), "rem").map_err(llvm_err)?;
+    let d_last = b.build_int_unsigned_rem(q, counts[last], "dl").map_err(llvm_err)?;
+    let mut rest = b.build_int_unsigned_div(q, counts[last], "hi").map_err(llvm_err)?;
+    // The bound's number: the outer levels' digits (by the run's counts) at the bound's
+    // strides, then the last run-time level's digit and the rest.
+    let mut task = b.build_int_mul(d_last, ui(inner), "at").map_err(llvm_err)?;
+    task = b.build_int_add(task, rem, "task").map_err(llvm_err)?;
+    let mut stride = inner * plan.radices[last].count;
+    for (r, &c) in plan.radices[..last].iter().zip(&counts[..last]).rev() {
+        let digit = b.build_int_unsigned_rem(rest, c, "digit").map_err(llvm_err)?;
+        rest = b.build_int_unsigned_div(rest, c, "rest").map_err(llvm_err)?;
+        let at = b.build_int_mul(digit, ui(stride), "at").map_err(llvm_err)?;
+        task = b.build_int_add(task, at, "task").map_err(llvm_err)?;
+        stride *= r.count;
+    }
+    // As far as the last run-time level's run goes, and the range.
+    let left = b.build_int_sub(counts[last], d_last, "left").map_err(llvm_err)?;
+    let left = b.build_int_mul(left, ui(inner), "left").map_err(llvm_err)?;
+    let left = b.build_int_sub(left, rem, "left").map_err(llvm_err)?;
+    let span = b.build_int_sub(end, t, "span").map_err(llvm_err)?;
+    let len = umin(g, left, span)?;
+    let next = b.build_int_add(task, len, "next").map_err(llvm_err)?;
+    let mut a = args.clone();
+    a.push(task.into());
+    a.push(next.into());
+    b.build_call(body, &a, "").map_err(llvm_err)?;
+    let t2 = b.build_int_add(t, len, "t2").map_err(llvm_err)?;
+    phi.add_incoming(&[(&t2, b.get_insert_block().expect("positioned"))]);
+    b.build_unconditional_branch(header).map_err(llvm_err)?;
+    b.position_at_end(exit);
+    b.build_return(None).map_err(llvm_err)?;
     Ok(f)
 }
 
