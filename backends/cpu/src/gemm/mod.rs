@@ -217,7 +217,10 @@ impl Gemm {
         // run are more tasks of the same blocks).
         let m = if self.row_unit > SMALL_M { self.row_unit } else { self.m };
         // Small M: every row, and narrower column blocks, so that a GEMV splits too.
-        let (mut mc, mut nc) = if m <= SMALL_M { (m, nr * 4) } else { (self.l2_rows().min(m), self.bl.nc) };
+        // Run-time rows (`run_m`): a run may have a few of them, for which narrow column
+        // blocks are what splits the product among threads; a long run loses little to them.
+        let nc0 = if self.run_m.is_some() { nr * 4 } else { self.bl.nc };
+        let (mut mc, mut nc) = if m <= SMALL_M { (m, nr * 4) } else { (self.l2_rows().min(m), nc0) };
         let batch: usize = self.batch.iter().product();
         let tasks = |mc: usize, nc: usize| batch * m.div_ceil(mc) * self.n.div_ceil(nc);
         // Multiply-adds per task at these blocks (a task smaller than MIN_TASK_WORK costs more
