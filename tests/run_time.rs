@@ -214,6 +214,70 @@ fn encoder_with_a_run_time_batch_matches_onnxruntime_and_plans_memory_at_the_bou
     assert_eq!(dynamic.manifest.inputs[0].dim_slots, vec![0, -1]);
 }
 
+/// A two-layer BERT-style encoder exported by PyTorch with a dynamic batch and sequence,
+/// compiled once with `--dim batch=1..8 --dim seq=1..512`: it matches onnxruntime at (1, 7),
+/// (1, 128), (4, 384) and (8, 512) (padding masked), its arena is the one an artifact pinned
+/// to the bounds plans, and its inputs' and output's sequence axis is a run-time dim.
+#[test]
+fn encoder_with_a_run_time_batch_and_sequence_matches_onnxruntime_and_plans_memory_at_the_bounds() {
+    let shapes: Vec<Vec<usize>> =
+        matches_onnxruntime_on_every_set("encoder_seq").iter().map(|got| got[0].1[..2].to_vec()).collect();
+    assert_eq!(shapes, vec![vec![1, 7], vec![1, 128], vec![4, 384], vec![8, 512]]);
+    let m = kiln_tests::load_dynamic("encoder_seq").unwrap();
+    let compile = |opts: kiln::CompileOptions| kiln::Compiler::new(opts).compile_path(&m.model).unwrap();
+    let dynamic = compile(kiln::CompileOptions { dims: m.dims.clone(), ..Default::default() });
+    let mut pinned = kiln::CompileOptions::default();
+    pinned.input_shapes.insert("ids".into(), vec![8, 512]);
+    pinned.input_shapes.insert("mask".into(), vec![8, 512]);
+    let pinned = compile(pinned);
+    assert_eq!(dynamic.manifest.arena_bytes, pinned.manifest.arena_bytes);
+    let names: Vec<&str> = dynamic.manifest.symbols.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["batch", "seq"]);
+    assert_eq!(dynamic.manifest.inputs[0].dim_slots, vec![0, 1]);
+    assert_eq!(dynamic.manifest.outputs[0].dim_slots, vec![0, 1, -1]);
+    assert_eq!(dynamic.manifest.outputs[1].dim_slots, vec![0, -1]);
+}
+
+/// The same encoder through `kiln run`: a sequence past its bound, none, and inputs whose
+/// sequences differ are each a one-line error naming the input, the dim and its bounds or
+/// the other input.
+#[test]
+fn a_run_time_sequence_outside_its_bounds_or_disagreeing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("m.kiln").to_str().unwrap().to_string();
+    let model = "tests/dynamic_models/encoder_seq/model.onnx";
+    let out = kiln(&["compile", model, "--dim", "batch=1..8", "--dim", "seq=1..512", "-o", &artifact]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (name, n) in [("ids", 7u64), ("mask", 7), ("ids600", 600), ("mask600", 600), ("ids0", 0), ("mask0", 0)] {
+        npy(&dir.path().join(format!("{name}.npy")), &[1, n], &vec![1i64; n as usize]);
+    }
+    npy(&dir.path().join("mask8.npy"), &[1, 8], &[1i64; 8]);
+    let run = |ids: &str, mask: &str| {
+        let args = [
+            "run".to_string(),
+            artifact.clone(),
+            "--input".into(),
+            format!("ids={}", dir.path().join(ids).display()),
+            "--input".into(),
+            format!("mask={}", dir.path().join(mask).display()),
+            "--output-dir".into(),
+            dir.path().join("out").display().to_string(),
+        ];
+        let out = kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(run("ids.npy", "mask.npy").0, Some(0));
+    for (ids, mask, want) in [
+        ("ids600.npy", "mask600.npy", ["input `ids`", "`seq`", "1..=512"]),
+        ("ids0.npy", "mask0.npy", ["input `ids`", "`seq`", "1..=512"]),
+        ("ids.npy", "mask8.npy", ["input `mask`", "`seq`", "input `ids`"]),
+    ] {
+        let (code, e) = run(ids, mask);
+        assert_eq!((code, e.lines().count()), (Some(1), 1), "{ids} {mask}: {e}");
+        assert!(want.iter().all(|w| e.contains(w)), "{ids} {mask}: {e}");
+    }
+}
+
 /// Runs `artifact` with each `(input, file)`; the output `y`, or the one-line error (status 1).
 fn run_inputs(dir: &Path, artifact: &str, inputs: &[(&str, &str)], tag: &str) -> Result<(Vec<u64>, Vec<f32>), String> {
     let out_dir = dir.join(format!("out_{tag}")).to_str().unwrap().to_string();

@@ -1,11 +1,13 @@
-//! The row analysis against ONNX's own answers: every node test that passes with its inputs
+//! The run-time dims against ONNX's own answers: every node test that passes with its inputs
 //! fed at run time, and whose run-time inputs share one leading size `n`, is compiled again
 //! with that axis a run-time dim (`N`, bounds `1..=n + 2`, so that a run gives fewer rows
-//! than the artifact is planned for) and run on its inputs. Each must match ONNX's expected
-//! outputs, or be refused at compile time with an error (a node that would mix rows, the dim
-//! used as data): never a wrong answer, a panic or a failed run. Each artifact must also refuse,
-//! with the error that says why, inputs above the bound, with no rows, and inputs that
-//! disagree on the dim.
+//! than the artifact is planned for) and run on its inputs; then again with their last axis
+//! a run-time dim instead, where they share its size and have at least two axes (an inner
+//! axis: the buffers are laid out at the bound's strides and a run uses the first indices of
+//! each row). Each must match ONNX's expected outputs, or be refused at compile time with an
+//! error (a node that would mix rows, the dim used as data): never a wrong answer, a panic or
+//! a failed run. Each artifact must also refuse, with the error that says why, inputs above
+//! the bound, with no rows, and inputs that disagree on the dim.
 
 use std::collections::BTreeMap;
 
@@ -20,14 +22,32 @@ enum Outcome {
     Skipped,
 }
 
-/// The case's model with the leading axis of every run-time input named `N`, and that axis's
+/// Which axis of the inputs becomes the run-time dim.
+#[derive(Clone, Copy)]
+enum Axis {
+    Leading,
+    /// The last, of inputs with at least two axes.
+    Last,
+}
+
+impl Axis {
+    fn of(self, rank: usize) -> Option<usize> {
+        match self {
+            Axis::Leading => (rank >= 1).then_some(0),
+            Axis::Last => (rank >= 2).then(|| rank - 1),
+        }
+    }
+}
+
+/// The case's model with axis `axis` of every run-time input named `N`, and that axis's
 /// size, when all of them share one (at least 1).
-fn with_leading_dim(case: &kiln_tests::Case) -> Option<(Vec<u8>, usize)> {
+fn with_dim(case: &kiln_tests::Case, axis: Axis) -> Option<(Vec<u8>, usize)> {
     if !case.value_inputs.is_empty() || case.inputs.is_empty() {
         return None;
     }
-    let n = case.inputs[0].1.shape().first().copied()?;
-    if n == 0 || case.inputs.iter().any(|(_, t, _)| t.shape().first() != Some(&n)) {
+    let size = |t: &kiln_ir::Tensor| axis.of(t.shape().len()).map(|a| t.shape()[a]);
+    let n = size(&case.inputs[0].1)?;
+    if n == 0 || case.inputs.iter().any(|(_, t, _)| size(t) != Some(n)) {
         return None;
     }
     let names: Vec<&str> = case.inputs.iter().map(|(name, _, _)| name.as_str()).collect();
@@ -40,15 +60,16 @@ fn with_leading_dim(case: &kiln_tests::Case) -> Option<(Vec<u8>, usize)> {
         else {
             return None;
         };
-        let dim = t.shape.as_mut()?.dim.first_mut()?;
-        dim.value = Some(DimValue::DimParam("N".into()));
+        let dims = &mut t.shape.as_mut()?.dim;
+        let a = axis.of(dims.len())?;
+        dims[a].value = Some(DimValue::DimParam("N".into()));
     }
     Some((m.encode_to_vec(), n))
 }
 
-fn run_case(name: &str, dir: &std::path::Path) -> Outcome {
+fn run_case(name: &str, dir: &std::path::Path, axis: Axis) -> Outcome {
     let Ok(case) = kiln_tests::node_case(name, kiln_tests::cached_index()) else { return Outcome::Skipped };
-    let Some((model, n)) = with_leading_dim(&case) else { return Outcome::Skipped };
+    let Some((model, n)) = with_dim(&case, axis) else { return Outcome::Skipped };
     let path = dir.join(format!("{name}.onnx"));
     std::fs::write(&path, model).unwrap();
     let mut opts = kiln::CompileOptions {
@@ -85,7 +106,8 @@ fn run_case(name: &str, dir: &std::path::Path) -> Outcome {
             .zip(rows)
             .map(|((_, t, _), &r)| {
                 let mut shape = t.shape().to_vec();
-                shape[0] = r;
+                let a = axis.of(shape.len()).expect("checked");
+                shape[a] = r;
                 let bytes = shape.iter().product::<usize>() * t.dtype().size();
                 let data: Vec<u8> = t.data.iter().copied().cycle().take(bytes).collect();
                 kiln_ir::Tensor::from_bytes(kiln_ir::TensorType::new(t.dtype(), shape), data.into()).unwrap()
@@ -114,6 +136,16 @@ fn run_case(name: &str, dir: &std::path::Path) -> Outcome {
 
 #[test]
 fn node_tests_with_a_run_time_leading_dim_match_or_are_refused() {
+    sweep(Axis::Leading, "leading", 500);
+}
+
+#[test]
+fn node_tests_with_a_run_time_last_dim_match_or_are_refused() {
+    sweep(Axis::Last, "last", 300);
+}
+
+/// Runs every case with `axis` a run-time dim: at least `least` must match, none fail.
+fn sweep(axis: Axis, what: &str, least: usize) {
     let names: Vec<&str> = kiln_tests::listed_cases(include_str!("conformance/manifest.txt")).collect();
     let dir = tempfile::tempdir().unwrap();
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -124,7 +156,7 @@ fn node_tests_with_a_run_time_leading_dim_match_or_are_refused() {
             sc.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&name) = names.get(i) else { break };
-                let outcome = std::panic::catch_unwind(|| run_case(name, dir.path()))
+                let outcome = std::panic::catch_unwind(|| run_case(name, dir.path(), axis))
                     .unwrap_or_else(|_| Outcome::Failed("panicked".into()));
                 results.lock().unwrap().insert(name, outcome);
             });
@@ -146,12 +178,12 @@ fn node_tests_with_a_run_time_leading_dim_match_or_are_refused() {
             Outcome::Skipped => {}
         }
     }
-    eprintln!("{matched} node tests run with a run-time leading dim and match; {refused} refused at compile time");
+    eprintln!("{matched} node tests run with a run-time {what} dim and match; {refused} refused at compile time");
     let mut top: Vec<_> = reasons.into_iter().collect();
     top.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
     for (kind, count) in top.iter().take(12) {
         eprintln!("  {count:4} {kind}");
     }
-    assert!(matched > 500, "only {matched} node tests ran with a run-time leading dim");
+    assert!(matched > least, "only {matched} node tests ran with a run-time {what} dim");
     assert!(failed.is_empty(), "{} wrong or failed:\n{}", failed.len(), failed.join("\n"));
 }

@@ -9,7 +9,9 @@ use kiln_ir::lir::{BufferKind, Expr, Instr, Kernel, Program, View};
 use kiln_ir::DType;
 
 use kiln_llvm_codegen::expr::Env;
-use kiln_llvm_codegen::{increment, llvm_err, normalized, reduce_loops_to, slots, BackendError, BackendResult, CodeGen};
+use kiln_llvm_codegen::{
+    increment, llvm_err, normalized, reduce_loops_to, slots, BackendError, BackendResult, CodeGen,
+};
 
 /// Kernels with less scalar work than this run inline instead of through `parallel_for`.
 const PARALLEL_MIN_WORK: usize = 1 << 15;
@@ -524,9 +526,8 @@ fn split_radices(k: &Kernel, cs: &[Option<kiln_ir::lir::Clamp>], lanes: usize) -
     }
     let split = Split::of(k, lanes);
     let c = |d: usize| cs.get(d).copied().flatten();
-    let mut r: Vec<Radix> = (0..np - 1)
-        .map(|d| Radix::of(split.dims[d], c(d), if d + 2 == np { split.tile } else { 1 }))
-        .collect();
+    let mut r: Vec<Radix> =
+        (0..np - 1).map(|d| Radix::of(split.dims[d], c(d), if d + 2 == np { split.tile } else { 1 })).collect();
     r.push(Radix::of(split.n_chunks, c(np - 1), split.chunk));
     r
 }
@@ -621,7 +622,8 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
                 if let Some((unmasked, masked)) = crate::gemm::unmask(&body, dims_op) {
                     let split = Split::of(&normalized(&unmasked), blocking.w);
                     if split.rows.is_none() && !split.transposed {
-                        red_runs = masked.iter().map(|&(d, slot, per)| (d, dims_op.expect("masked"), slot, per)).collect();
+                        red_runs =
+                            masked.iter().map(|&(d, slot, per)| (d, dims_op.expect("masked"), slot, per)).collect();
                         body = unmasked;
                     }
                 }
@@ -730,9 +732,8 @@ pub fn build_module<'ctx>(cx: &'ctx Context, prog: &Program, target: &crate::Cpu
     let mut fns = Vec::new();
     for p in &plans {
         let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
-        let body =
-            gen_body(&g, &p.body, &format!("k{}.body", p.instr), p, Linkage::Internal)
-                .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
+        let body = gen_body(&g, &p.body, &format!("k{}.body", p.instr), p, Linkage::Internal)
+            .map_err(|e| BackendError::Kernel { kernel: k.name.clone(), message: e.to_string() })?;
         fns.push(gen_wrapper(&g, prog, k, p, &format!("k{}", p.instr), body)?);
     }
     gen_entry(&g, prog, &plans, &fns, &EntryNames::default())?;
@@ -773,7 +774,11 @@ fn run_rows<'ctx>(g: &CodeGen<'ctx>, ctx: PointerValue<'ctx>, slot: u32, bound: 
 }
 
 /// How many of each task level a run needs ([`Radix`]).
-fn run_counts<'ctx>(g: &CodeGen<'ctx>, ctx: PointerValue<'ctx>, radices: &[Radix]) -> BackendResult<Vec<IntValue<'ctx>>> {
+fn run_counts<'ctx>(
+    g: &CodeGen<'ctx>,
+    ctx: PointerValue<'ctx>,
+    radices: &[Radix],
+) -> BackendResult<Vec<IntValue<'ctx>>> {
     let b = &g.builder;
     radices
         .iter()

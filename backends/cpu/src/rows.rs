@@ -197,18 +197,19 @@ pub(crate) fn reduce_along_last<'ctx>(
     }
     // Adds the vector of the last dim from `at` (masked to its first `valid` lanes) into
     // accumulator `q`.
-    let step = |rvars: &[IntValue<'ctx>], q: usize, at: IntValue<'ctx>, valid: Option<IntValue<'ctx>>| -> BackendResult<()> {
-        let mut vs = rvars.to_vec();
-        vs[last] = at;
-        let mask = valid.map(|n| lane_mask(g, lanes as u32, n)).transpose()?;
-        let mut x = vgen_masked(g, &along, bases, &k.body, &vs, None, vt, mask)?;
-        if let Some(m) = mask {
-            x = vsel(g, m, x, identity)?;
-        }
-        let a = b.build_load(vt, slots[q], "ra").map_err(llvm_err)?.into_vector_value();
-        b.build_store(slots[q], vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
-        Ok(())
-    };
+    let step =
+        |rvars: &[IntValue<'ctx>], q: usize, at: IntValue<'ctx>, valid: Option<IntValue<'ctx>>| -> BackendResult<()> {
+            let mut vs = rvars.to_vec();
+            vs[last] = at;
+            let mask = valid.map(|n| lane_mask(g, lanes as u32, n)).transpose()?;
+            let mut x = vgen_masked(g, &along, bases, &k.body, &vs, None, vt, mask)?;
+            if let Some(m) = mask {
+                x = vsel(g, m, x, identity)?;
+            }
+            let a = b.build_load(vt, slots[q], "ra").map_err(llvm_err)?.into_vector_value();
+            b.build_store(slots[q], vcombine(g, red.combine, a, x)?).map_err(llvm_err)?;
+            Ok(())
+        };
     let (full, rest) = (extent / span, extent % span);
     let run_end = ends.get(last).copied().flatten();
     // Whole spans: all of them, or as many as the run's extent holds.
@@ -229,7 +230,12 @@ pub(crate) fn reduce_along_last<'ctx>(
             None => {
                 for q in 0..rest.div_ceil(lanes) {
                     let left = rest - q * lanes;
-                    step(rvars, q, g.i64((full * span + q * lanes) as i64), (left < lanes).then(|| g.i64(left as i64)))?;
+                    step(
+                        rvars,
+                        q,
+                        g.i64((full * span + q * lanes) as i64),
+                        (left < lanes).then(|| g.i64(left as i64)),
+                    )?;
                 }
             }
             Some(e) => {

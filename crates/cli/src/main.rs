@@ -48,9 +48,9 @@ struct ShapeArgs {
     /// compile time.
     #[arg(long = "max-elements", value_name = "N")]
     max_elements: Option<usize>,
-    /// Let a symbolic input dim of the model (by its name in the model, e.g. `batch`) vary
-    /// at run time between LO and HI: one artifact for every size, its memory planned at HI
-    /// (repeatable). For now only a leading (batch-like) axis can vary.
+    /// Let a symbolic input dim of the model (by its name in the model, e.g. `batch` or
+    /// `seq`) vary at run time between LO and HI: one artifact for every size, its memory
+    /// planned at HI (repeatable).
     #[arg(long = "dim", value_name = "NAME=LO..HI")]
     dim: Vec<String>,
 }

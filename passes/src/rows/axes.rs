@@ -21,10 +21,7 @@ type Axes = Vec<Option<(usize, usize)>>;
 /// Checks `hi` (the graph at its bounds) against each `(symbol, graph)` of `alts` (the model
 /// with that symbol at another size), as the module says. Returns the symbol on each axis
 /// of the graph outputs that have one ([`Graph::output_syms`]).
-pub fn compare_axes(
-    hi: &Graph,
-    alts: &[(usize, &Graph)],
-) -> Result<BTreeMap<usize, Vec<Option<usize>>>, PassError> {
+pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<BTreeMap<usize, Vec<Option<usize>>>, PassError> {
     let mut axes: HashMap<ValueId, Axes> = HashMap::new();
     for &(s, alt) in alts {
         compare_one(hi, s, alt, &mut axes)?;

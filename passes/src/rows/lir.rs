@@ -88,7 +88,9 @@ fn view_axes(p: &Program, v: &View) -> Result<Axes, String> {
                 }
                 let lo = lowest(p, m.slot);
                 if a0 as u64 >= lo {
-                    return Err(format!("reads index {a0} of a run-time axis, past the smallest size a run may give ({lo})"));
+                    return Err(format!(
+                        "reads index {a0} of a run-time axis, past the smallest size a run may give ({lo})"
+                    ));
                 }
             }
         }
@@ -368,7 +370,8 @@ fn mask_flat(p: &mut Program, i: usize, dims_buffer: &mut Option<kiln_ir::lir::B
     let es = v.dtype.size().max(1) as i64;
     let marks = p.buffer(v.buffer).rows.clone();
     let d = k.inputs.len();
-    let byte = Expr::mul(Expr::add(Expr::i64(v.offset), Expr::mul(Expr::Var(0), Expr::i64(v.strides[0]))), Expr::i64(es));
+    let byte =
+        Expr::mul(Expr::add(Expr::i64(v.offset), Expr::mul(Expr::Var(0), Expr::i64(v.strides[0]))), Expr::i64(es));
     let conds = marks
         .iter()
         .map(|m| {
