@@ -237,6 +237,13 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                         .collect();
                     if !conds.is_empty() {
                         mask_body(k, all(conds));
+                        let count = (np..dom.len())
+                            .map(|r| match dom[r] {
+                                Some((slot, per)) => run_extent(d, slot, per),
+                                None => Expr::i64(k.domain[r] as i64),
+                            })
+                            .reduce(Expr::mul);
+                        run_time_mean(k, count.unwrap_or_else(|| Expr::i64(1)));
                     }
                 } else if np == 0 && dom.first().is_some_and(Option::is_some) {
                     let dims = dims_view(p, &mut dims_buffer);
@@ -341,6 +348,21 @@ fn all(conds: Vec<Expr>) -> Expr {
     conds.into_iter().reduce(|a, b| Expr::bin(BinaryOp::And, a, b)).expect("at least one condition")
 }
 
+/// A mean (a finalizer dividing by the reduction's element count, as lowering writes it) over
+/// run-time dims divides by `count`, the run's (an i64 expression), instead.
+fn run_time_mean(k: &mut Kernel, count: Expr) {
+    let total: usize = k.domain[k.n_par..].iter().product();
+    let Some(Expr::Binary(BinaryOp::Div, a, c)) = k.reduction.as_mut().and_then(|r| r.finalize.as_mut()) else {
+        return;
+    };
+    if let (Expr::Acc, Expr::Const(x)) = (&**a, &**c) {
+        if *x == Scalar::of(x.dtype(), total as f64) {
+            let dt = x.dtype();
+            *c = Box::new(Expr::cast(dt, count));
+        }
+    }
+}
+
 /// The body of a reduction that adds its identity where `cond` is false.
 fn mask_body(k: &mut Kernel, cond: Expr) {
     let init = k.reduction.as_ref().expect("a masked kernel reduces").init;
@@ -383,7 +405,15 @@ fn mask_flat(p: &mut Program, i: usize, dims_buffer: &mut Option<kiln_ir::lir::B
             Expr::cmp(CmpOp::Less, index, run_extent(d, m.slot, 1))
         })
         .collect();
+    // The elements of the run: those of the bound, scaled by each axis's run over its bound.
+    let bounds: u64 = marks.iter().map(|m| m.bound).product();
     let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
+    let total: usize = k.domain.iter().product();
+    let count = marks
+        .iter()
+        .map(|m| run_extent(d, m.slot, 1))
+        .fold(Expr::i64((total as u64 / bounds.max(1)) as i64), Expr::mul);
     k.inputs.push(dims);
     mask_body(k, all(conds));
+    run_time_mean(k, count);
 }
