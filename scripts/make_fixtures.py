@@ -18,8 +18,8 @@
                                     taking it may fail.
   tests/fixtures/batch_pair.onnx    a [N, 3] + b [N, 3] -> y: two inputs sharing the symbolic N; a
                                     run that gives them different sizes must be refused.
-  tests/fixtures/batch_mixing.onnx  ReduceSum of x [N, 3] over axis 0: a run-time N is refused at
-                                    compile time, naming the node and the dim.
+  tests/fixtures/batch_mixing.onnx  ReduceSum of x [N, 3] over axis 0: with a run-time N, the sum
+                                    runs over the rows a run gives.
   tests/fixtures/batch_as_data.onnx y = x * N, with N read by Shape and Gather: the dim used as a
                                     value is refused at compile time.
 

@@ -217,6 +217,21 @@ impl Compiler {
         if kiln_passes::rows::inner_dims(&g) {
             return self.import_inner(path, g, sources);
         }
+        // Leading dims alone: the row analysis, whose rows stay whole through the graph. A
+        // graph it refuses (a reduction over the batch, a transpose that moves it) may still
+        // cut to the run's sizes axis by axis; its error stands if that fails too.
+        match self.import_leading(path, &g) {
+            Ok(()) => Ok((g, sources)),
+            Err(e @ Error::Pass(kiln_passes::PassError::RunTimeDim { .. })) => {
+                self.import_inner(path, g, sources).map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The checks of [`Compiler::import_sources`] for run-time dims on leading axes only.
+    fn import_leading(&self, path: &Path, g: &Graph) -> Result<(), Error> {
+        let opts = self.import_opts();
         let mut more = opts.clone();
         for s in &g.symbols {
             more.dims.insert(s.name.clone(), (s.lo, s.hi + 1));
@@ -234,9 +249,9 @@ impl Compiler {
                 ),
             })
         })?;
-        let seeds = kiln_passes::rows::compare(&g, &alt.0)?;
-        kiln_passes::rows::analyze(&g, &seeds, true)?;
-        Ok((g, sources))
+        let seeds = kiln_passes::rows::compare(g, &alt.0)?;
+        kiln_passes::rows::analyze(g, &seeds, true)?;
+        Ok(())
     }
 
     /// [`Compiler::import_sources`] for a model with a run-time dim on an inner axis: imported

@@ -237,13 +237,7 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                         .collect();
                     if !conds.is_empty() {
                         mask_body(k, all(conds));
-                        let count = (np..dom.len())
-                            .map(|r| match dom[r] {
-                                Some((slot, per)) => run_extent(d, slot, per),
-                                None => Expr::i64(k.domain[r] as i64),
-                            })
-                            .reduce(Expr::mul);
-                        run_time_mean(k, count.unwrap_or_else(|| Expr::i64(1)));
+                        run_time_mean(k, run_count(k, &dom, d));
                     }
                 } else if np == 0 && dom.first().is_some_and(Option::is_some) {
                     let dims = dims_view(p, &mut dims_buffer);
@@ -252,6 +246,7 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                     k.inputs.push(dims);
                     let (slot, q) = dom[0].expect("checked");
                     mask_body(k, Expr::cmp(CmpOp::Less, Expr::Var(0), run_extent(d, slot, q)));
+                    run_time_mean(k, run_count(k, &dom, d));
                 }
             }
             Instr::Copy { dst, src, bytes, src_offset, dst_offset } => {
@@ -346,6 +341,18 @@ fn run_extent(d: usize, slot: u32, per: u64) -> Expr {
 
 fn all(conds: Vec<Expr>) -> Expr {
     conds.into_iter().reduce(|a, b| Expr::bin(BinaryOp::And, a, b)).expect("at least one condition")
+}
+
+/// The elements a run reduces over per output element: each reduction dim's run-time extent
+/// or its extent (operand `d` is the dims array).
+fn run_count(k: &Kernel, dom: &Axes, d: usize) -> Expr {
+    (k.n_par..k.domain.len())
+        .map(|r| match dom[r] {
+            Some((slot, per)) => run_extent(d, slot, per),
+            None => Expr::i64(k.domain[r] as i64),
+        })
+        .reduce(Expr::mul)
+        .unwrap_or_else(|| Expr::i64(1))
 }
 
 /// A mean (a finalizer dividing by the reduction's element count, as lowering writes it) over
