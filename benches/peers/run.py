@@ -15,6 +15,7 @@ says whether they match.
 
     target/peers-venv/bin/python benches/peers/run.py [--threads N] [--rounds R] [--iters I] MODEL.onnx|DIR...
     target/peers-venv/bin/python benches/peers/run.py --bench-models [--threads N] ...
+    target/peers-venv/bin/python benches/peers/run.py MODEL --dim batch=1..8 --dim seq=1..512 [--shapes 1x7,4x384]
 
 With no model given it uses the generated test models (scripts/gen_testdata.py).
 --bench-models uses the full-size models of issue 4 in target/bench-models/*/model.onnx
@@ -265,6 +266,80 @@ def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     return "yes"
 
 
+def timed(live: list[Server], rounds: int, iters: int, path: Path) -> tuple[dict, dict]:
+    """Rounds of `iters` runs each, every runtime in turn, the order rotating from round to
+    round; then closes the servers. Returns each runtime's round medians and all its times."""
+    per_round = {srv.name: [] for srv in live}
+    runs = {srv.name: [] for srv in live}
+    for r in range(rounds):
+        for srv in live[r % len(live):] + live[:r % len(live)]:
+            # A pause first: runtimes' worker threads spin for a while after a run
+            # (onnxruntime's by default), and must be asleep before the next one is timed.
+            time.sleep(PAUSE_S)
+            ts = srv.times(iters)
+            if ts is None:
+                sys.exit(f"{srv.name} failed on {path}")
+            per_round[srv.name].append(statistics.median(ts))
+            runs[srv.name] += ts
+    for srv in live:
+        srv.close()
+    return per_round, runs
+
+
+def run_time_dims(a: argparse.Namespace, path: Path) -> None:
+    """`--dim NAME=LO..HI`... `--shapes B1xS1,...`: the model compiled once with those run-time
+    dims, timed at each shape (the leading axes of every input) against an artifact pinned to
+    that shape and onnxruntime, interleaved; the dynamic artifact's outputs are compared with
+    onnxruntime's. Inputs: token ids below 100, masks of ones, token types of zeros, floats
+    from a normal distribution."""
+    base = inputs_of(path)
+    tmp = REPO / "target" / "peers" / "dims"
+    tmp.mkdir(parents=True, exist_ok=True)
+    dyn = tmp / f"{path.parent.name}.dyn.kiln"
+    args = [str(KILN), "compile", str(path), "-o", str(dyn)]
+    for d in a.dim:
+        args += ["--dim", d]
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    print(f"threads={a.threads} rounds={a.rounds} iters={a.iters} dims={' '.join(a.dim)}")
+    print(f"{'shape':12} {'dynamic ms':>11} {'pinned ms':>10} {'ort ms':>9} {'dyn/pinned':>11} {'best d/p':>9}"
+          f" {'dyn/ort':>8}  outputs match ort")
+    for shape in a.shapes.split(","):
+        lead = [int(x) for x in shape.split("x")]
+        rng = np.random.default_rng(1)
+        feeds = {}
+        for name, v in base.items():
+            shp = lead + list(v.shape[len(lead):])
+            if v.dtype == np.float32:
+                feeds[name] = rng.standard_normal(shp).astype(np.float32)
+            elif "mask" in name.lower():
+                feeds[name] = np.ones(shp, v.dtype)
+            elif "type" in name.lower():
+                feeds[name] = np.zeros(shp, v.dtype)
+            else:
+                feeds[name] = rng.integers(0, 100, shp).astype(v.dtype)
+        sub = tmp / shape
+        sub.mkdir(exist_ok=True)
+        pinned, _ = compile_kiln(path, feeds, sub)
+        match = outputs_match(path, dyn, feeds, sub)
+        feed_args = save_feeds(feeds, sub)
+        servers = []
+        for name, art in (("dynamic", dyn), ("pinned", pinned)):
+            srv_args = [str(KILN), "bench", str(art), "--threads", str(a.threads), "--serve"]
+            for f in feed_args:
+                srv_args += ["--input", f]
+            servers.append(Server(name, srv_args))
+        servers.append(peer_server("ort", path, feed_args, a.threads))
+        for srv in servers:
+            if srv.times(0) is None:
+                sys.exit(f"{srv.name} failed to load {path} at {shape}")
+        per_round, runs = timed(servers, a.rounds, a.iters, path)
+        med = {n: statistics.median(v) for n, v in runs.items()}
+        dm, pm, om = med["dynamic"], med["pinned"], med["ort"]
+        best = min(per_round["dynamic"]) / min(per_round["pinned"])
+        print(f"{shape:12} {dm:11.3f} {pm:10.3f} {om:9.3f} {dm / pm:11.3f} {best:9.3f} {dm / om:8.2f}  {match}",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", choices=sorted(PEERS), help=argparse.SUPPRESS)
@@ -282,9 +357,18 @@ def main() -> None:
     ap.add_argument("--ops-filter", help="with --ops: only cases whose name contains this, or of this family")
     ap.add_argument("--precompile", action="store_true",
                     help="compile each model once with `kiln compile` and bench the .kiln (implied by --bench-models)")
+    ap.add_argument("--dim", action="append", default=[], metavar="NAME=LO..HI",
+                    help="compile the model once with these run-time dims and time it at --shapes against artifacts "
+                         "pinned to each shape (and onnxruntime)")
+    ap.add_argument("--shapes", default="1x7,1x128,4x384,8x512",
+                    help="with --dim: the leading axes of every input, e.g. 1x7,4x384")
     a = ap.parse_args()
     if a.worker:
         worker(a)
+        return
+    if a.dim:
+        for m in a.models:
+            run_time_dims(a, m / "model.onnx" if m.is_dir() else m)
         return
     if a.bench_models:
         found = sorted(BENCH_MODELS.glob("*/model.onnx"),
@@ -343,22 +427,7 @@ def main() -> None:
             for srv in live:
                 srv.close()
             continue
-        # Rounds of `iters` runs each, every runtime in turn, the order rotating from round to
-        # round.
-        per_round = {n: [] for n in names}
-        runs = {n: [] for n in names}
-        for r in range(a.rounds):
-            for srv in live[r % len(live):] + live[:r % len(live)]:
-                # A pause first: runtimes' worker threads spin for a while after a run
-                # (onnxruntime's by default), and must be asleep before the next one is timed.
-                time.sleep(PAUSE_S)
-                ts = srv.times(a.iters)
-                if ts is None:
-                    sys.exit(f"{srv.name} failed on {path}")
-                per_round[srv.name].append(statistics.median(ts))
-                runs[srv.name] += ts
-        for srv in live:
-            srv.close()
+        per_round, runs = timed(live, a.rounds, a.iters, path)
         med = {n: statistics.median(v) for n, v in runs.items()}
         km, om = med["kiln"], med["ort"]
         vm, tm = med.get("openvino", float("nan")), med.get("tract", float("nan"))
