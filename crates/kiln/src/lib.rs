@@ -267,7 +267,7 @@ impl Compiler {
         let opts = self.import_opts();
         let mut alts = Vec::new();
         for (i, s) in g.symbols.iter().enumerate() {
-            let size = if s.hi >= 2 && s.hi - 1 >= s.lo.max(1) { s.hi - 1 } else { s.hi + 1 };
+            let size = if s.hi > s.lo.max(1) { s.hi - 1 } else { s.hi + 1 };
             let mut more = opts.clone();
             more.dims.insert(s.name.clone(), (s.lo.min(size), size));
             let alt = kiln_onnx::import_path_with_sources(path, &more, &self.opts.frozen_inputs).map_err(|e| {

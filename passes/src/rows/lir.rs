@@ -299,8 +299,8 @@ fn write_axes(p: &mut Program, k: &Kernel, dom: &Axes) -> Result<(), String> {
         }
         let es = out.dtype.size().max(1) as u64;
         let mut marks = Vec::new();
-        for d in 0..np {
-            let Some((slot, q)) = dom[d] else { continue };
+        for (d, c) in dom.iter().enumerate().take(np) {
+            let Some((slot, q)) = *c else { continue };
             let s = out.strides[d];
             if s <= 0 || !(out.extents[d] as u64).is_multiple_of(q) {
                 return Err(format!("writes the run-time axis of its dim {d} into `{name}` in steps it cannot mark"));
@@ -365,7 +365,7 @@ fn run_time_mean(k: &mut Kernel, count: Expr) {
     if let (Expr::Acc, Expr::Const(x)) = (&**a, &**c) {
         if *x == Scalar::of(x.dtype(), total as f64) {
             let dt = x.dtype();
-            *c = Box::new(Expr::cast(dt, count));
+            **c = Expr::cast(dt, count);
         }
     }
 }

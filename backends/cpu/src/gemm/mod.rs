@@ -466,10 +466,13 @@ fn affine_load(k: &Kernel, e: &Expr) -> Option<(usize, i64, Vec<i64>, Vec<Check>
 }
 
 /// Recognizes a plain f32 matrix product (see the module doc).
+/// Masked dims of a kernel: `(dim, slot, per)`, the dim running to `dims[slot] · per`.
+pub(crate) type Masked = Vec<(usize, u32, u64)>;
+
 /// A kernel whose body is masked to run-time extents (`select(i_d < dims[slot]·per ∧ …,
 /// body, init)`, as `kiln_passes::rows` writes it, the dims array operand `dims_op`): the
 /// kernel with the bare body, and the masked `(dim, slot, per)`.
-pub(crate) fn unmask(k: &Kernel, dims_op: Option<usize>) -> Option<(Kernel, Vec<(usize, u32, u64)>)> {
+pub(crate) fn unmask(k: &Kernel, dims_op: Option<usize>) -> Option<(Kernel, Masked)> {
     let dop = dims_op?;
     let init = k.reduction.as_ref()?.init;
     let Expr::Select(c, body, other) = &k.body else { return None };
