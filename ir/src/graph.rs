@@ -128,6 +128,10 @@ pub struct Graph {
     /// the leading one (set by the importer's caller from a second import; a leading one is
     /// found by `kiln_passes::rows::analyze`).
     pub output_syms: std::collections::BTreeMap<usize, Vec<Option<usize>>>,
+    /// Whether the run-time dims are followed axis by axis through the LIR rather than by the
+    /// row analysis (`kiln_passes::rows`), set by import where that analysis cannot follow
+    /// them (written `axis_dims` after the symbols in the text form).
+    pub axis_dims: bool,
 }
 
 impl Graph {

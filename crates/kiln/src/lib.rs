@@ -204,69 +204,23 @@ impl Compiler {
     }
 
     /// Imports an ONNX file into HIR, with the files it was read from. With run-time dims
-    /// (`--dim`), the model is imported a second time with each one row above its bound, and
-    /// the two must differ only in the rows those dims size ([`kiln_passes::rows::compare`])
-    /// and keep rows apart ([`kiln_passes::rows::analyze`]): what is compiled at the bound
-    /// then holds at every size.
+    /// (`--dim`), the model is imported once more per dim at another size and the graphs are
+    /// compared axis by axis ([`kiln_passes::rows::compare_axes`]): they must differ only in
+    /// the axes those dims size, so that what is compiled at the bounds holds at every size.
+    /// Where every such axis is a leading one and the row analysis follows them
+    /// ([`kiln_passes::rows::analyze`]), lowering marks every value's rows; otherwise the
+    /// graph outputs' run-time axes are recorded ([`Graph::output_syms`]) and the LIR walk
+    /// carries the inputs' marks (`clamp-rows` refusing a kernel it cannot cut).
     fn import_sources(&self, path: &Path) -> Result<(Graph, kiln_onnx::Sources), Error> {
         let opts = self.import_opts();
-        let (g, sources) = kiln_onnx::import_path_with_sources(path, &opts, &self.opts.frozen_inputs)?;
+        let (mut g, sources) = kiln_onnx::import_path_with_sources(path, &opts, &self.opts.frozen_inputs)?;
         if g.symbols.is_empty() {
             return Ok((g, sources));
         }
-        if kiln_passes::rows::inner_dims(&g) {
-            return self.import_inner(path, g, sources);
-        }
-        // Leading dims alone: the row analysis, whose rows stay whole through the graph. A
-        // graph it refuses (a reduction over the batch, a transpose that moves it) may still
-        // cut to the run's sizes axis by axis; its error stands if that fails too.
-        match self.import_leading(path, &g) {
-            Ok(()) => Ok((g, sources)),
-            Err(e @ Error::Pass(kiln_passes::PassError::RunTimeDim { .. })) => {
-                self.import_inner(path, g, sources).map_err(|_| e)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The checks of [`Compiler::import_sources`] for run-time dims on leading axes only.
-    fn import_leading(&self, path: &Path, g: &Graph) -> Result<(), Error> {
-        let opts = self.import_opts();
-        let mut more = opts.clone();
-        for s in &g.symbols {
-            more.dims.insert(s.name.clone(), (s.lo, s.hi + 1));
-        }
-        let alt = kiln_onnx::import_path_with_sources(path, &more, &self.opts.frozen_inputs).map_err(|e| {
-            let names: Vec<String> = g.symbols.iter().map(|s| format!("{}={}", s.name, s.hi + 1)).collect();
-            Error::Pass(kiln_passes::PassError::RunTimeDim {
-                node: g.name.clone(),
-                op: "model".into(),
-                message: format!(
-                    "the model does not import at {} (one row above the bound: {}); its dims cannot vary at run \
-                     time",
-                    names.join(", "),
-                    error_chain(&e)
-                ),
-            })
-        })?;
-        let seeds = kiln_passes::rows::compare(g, &alt.0)?;
-        kiln_passes::rows::analyze(g, &seeds, true)?;
-        Ok(())
-    }
-
-    /// [`Compiler::import_sources`] for a model with a run-time dim on an inner axis: imported
-    /// once more per dim at another size (one below its bound, or above it at a bound of 1),
-    /// the graphs compared axis by axis ([`kiln_passes::rows::compare_axes`]), which gives the
-    /// run-time axes of the outputs.
-    fn import_inner(
-        &self,
-        path: &Path,
-        mut g: Graph,
-        sources: kiln_onnx::Sources,
-    ) -> Result<(Graph, kiln_onnx::Sources), Error> {
-        let opts = self.import_opts();
         let mut alts = Vec::new();
         for (i, s) in g.symbols.iter().enumerate() {
+            // One below the bound where the bounds allow (a model may not import past it: a
+            // table of positions), else one above.
             let size = if s.hi > s.lo.max(1) { s.hi - 1 } else { s.hi + 1 };
             let mut more = opts.clone();
             more.dims.insert(s.name.clone(), (s.lo.min(size), size));
@@ -275,7 +229,8 @@ impl Compiler {
                     node: g.name.clone(),
                     op: "model".into(),
                     message: format!(
-                        "the model does not import at {}={size} (within its bounds {}..{}): {}",
+                        "the model does not import at {}={size} (its bounds {}..{}); its dims cannot vary at run \
+                         time: {}",
                         s.name,
                         s.lo,
                         s.hi,
@@ -286,7 +241,14 @@ impl Compiler {
             alts.push((i, alt.0));
         }
         let refs: Vec<(usize, &Graph)> = alts.iter().map(|(i, a)| (*i, a)).collect();
-        g.output_syms = kiln_passes::rows::compare_axes(&g, &refs)?;
+        let dims = kiln_passes::rows::compare_axes(&g, &refs)?;
+        let rows = !kiln_passes::rows::inner_dims(&g)
+            && dims.leading_only()
+            && kiln_passes::rows::analyze(&g, &dims.seeds(&g), true).is_ok();
+        if !rows {
+            g.output_syms = dims.outputs;
+            g.axis_dims = true;
+        }
         Ok((g, sources))
     }
 

@@ -126,6 +126,9 @@ pub fn print(g: &Graph) -> String {
     for s in &g.symbols {
         writeln!(out, "  symbol {} {} {}", quote(&s.name), s.lo, s.hi).unwrap();
     }
+    if g.axis_dims {
+        writeln!(out, "  axis_dims").unwrap();
+    }
     for (i, &v) in g.inputs.iter().enumerate() {
         let n = def(&mut num, v);
         let syms = syms_text(g.input_syms.get(&i));
@@ -638,6 +641,10 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                 };
                 let (lo, hi) = (bound()?, bound()?);
                 g.symbols.push(crate::DimSymbol { name, lo, hi });
+            }
+            Tok::Word(w) if w == "axis_dims" => {
+                p.next();
+                g.axis_dims = true;
             }
             Tok::Word(w) if w == "input" => {
                 p.next();

@@ -325,11 +325,8 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
     // Values whose leading axis is sized at run time: their buffers are marked once lowered.
     // With a run-time dim on an inner axis, the inputs and outputs are marked and the LIR
     // walk (`rows::mark`) carries the marks through the kernels.
-    // (A graph the row analysis refuses was checked axis by axis at import: its marks come
-    // from the LIR walk too.)
-    let rows = if crate::rows::inner_dims(g) { None } else { crate::rows::analyze(g, &HashMap::new(), false).ok() };
-    let inner = rows.is_none() && !g.symbols.is_empty();
-    let rows = rows.unwrap_or_default();
+    let inner = crate::rows::inner_dims(g);
+    let rows = if inner { HashMap::new() } else { crate::rows::analyze(g, &HashMap::new(), false)? };
     l.prog.symbols = g.symbols.clone();
     l.prog.dim_slots = g.symbols.len();
     for (i, &v) in g.inputs.iter().enumerate() {

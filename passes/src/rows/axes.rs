@@ -18,10 +18,35 @@ use crate::PassError;
 /// Per axis: the symbol sizing it and how many of its indices make one of the symbol.
 type Axes = Vec<Option<(usize, usize)>>;
 
+/// What [`compare_axes`] found.
+#[derive(Debug, Default)]
+pub struct AxisDims {
+    /// The run-time axes of every value (and constant) that has one.
+    pub values: HashMap<ValueId, Axes>,
+    /// The symbol on each axis of the graph outputs that have one ([`Graph::output_syms`]).
+    pub outputs: BTreeMap<usize, Vec<Option<usize>>>,
+}
+
+impl AxisDims {
+    /// Whether every run-time axis is a leading one (the row analysis, [`super::analyze`],
+    /// can follow them).
+    pub fn leading_only(&self) -> bool {
+        self.values.values().all(|a| a.iter().skip(1).all(Option::is_none))
+    }
+    /// The constants whose leading axis grows with a dim (a mask of its size, a range up to
+    /// it): the seeds of [`super::analyze`].
+    pub fn seeds(&self, g: &Graph) -> HashMap<ValueId, usize> {
+        self.values
+            .iter()
+            .filter(|(v, _)| g.const_of(**v).is_some())
+            .filter_map(|(&v, a)| a.first().copied().flatten().map(|(s, _)| (v, s)))
+            .collect()
+    }
+}
+
 /// Checks `hi` (the graph at its bounds) against each `(symbol, graph)` of `alts` (the model
-/// with that symbol at another size), as the module says. Returns the symbol on each axis
-/// of the graph outputs that have one ([`Graph::output_syms`]).
-pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<BTreeMap<usize, Vec<Option<usize>>>, PassError> {
+/// with that symbol at another size), as the module says.
+pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<AxisDims, PassError> {
     let mut axes: HashMap<ValueId, Axes> = HashMap::new();
     for &(s, alt) in alts {
         compare_one(hi, s, alt, &mut axes)?;
@@ -51,7 +76,7 @@ pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<BTreeMap<usi
             outs.insert(i, syms);
         }
     }
-    Ok(outs)
+    Ok(AxisDims { values: axes, outputs: outs })
 }
 
 /// The axes on which `a` (at the bound `h1` of symbol `s`) differs from `b` (at `h2`), each

@@ -22,7 +22,7 @@ use kiln_ir::{Graph, Op, ValueDef, ValueId};
 
 mod axes;
 mod lir;
-pub use axes::compare_axes;
+pub use axes::{compare_axes, AxisDims};
 pub(crate) use lir::run_time_dims;
 pub use lir::{clamp, mark, touches_rows};
 
@@ -273,7 +273,9 @@ fn row_parallel(
 /// output's): its buffers' marks then come from the LIR walk ([`mark`]), not from
 /// [`analyze`].
 pub fn inner_dims(g: &Graph) -> bool {
-    !g.output_syms.is_empty() || g.input_syms.values().any(|axes| axes.iter().skip(1).any(Option::is_some))
+    g.axis_dims
+        || !g.output_syms.is_empty()
+        || g.input_syms.values().any(|axes| axes.iter().skip(1).any(Option::is_some))
 }
 
 /// The marks of a buffer holding a value of `shape` (at its bounds) whose axes carry the
@@ -308,128 +310,4 @@ pub(crate) fn mark_buffers(
             p.buffers[b.0 as usize].rows = vec![RowDim::leading(s as u32, g.symbols[s].hi as u64, bytes)];
         }
     }
-}
-
-/// Checks that a graph imported with its run-time dims at their bounds (`hi`) and the same
-/// model imported with each one row more (`alt`) differ only in the leading axes those dims
-/// size, so that what is compiled at the bound holds for every size: the same nodes, the
-/// same attributes (a reshape's or expand's leading size aside), the same constants, or
-/// constants that grow by rows (computed from the dim: a mask of its size, a range up to it)
-/// whose rows at the bound start with those of the other. Returns the latter: the seeds of
-/// [`analyze`].
-pub fn compare(hi: &Graph, alt: &Graph) -> Result<HashMap<ValueId, usize>, PassError> {
-    let names: Vec<&str> = hi.symbols.iter().map(|s| s.name.as_str()).collect();
-    let dims = format!("`{}`", names.join("`, `"));
-    let err = |node: &str, op: &str, message: String| PassError::RunTimeDim {
-        node: node.to_string(),
-        op: op.to_string(),
-        message: format!("the run-time dim {dims} {message}"),
-    };
-    let structure =
-        || err(&hi.name, "graph", "changes the model's nodes when it changes: pin it with --input-shape".into());
-    if hi.order().len() != alt.order().len()
-        || hi.inputs.len() != alt.inputs.len()
-        || hi.symbols.len() != alt.symbols.len()
-    {
-        return Err(structure());
-    }
-    // The symbol that sizes a leading axis of `a` rows at the bound and `b` in `alt`.
-    // (`k` rows per row of the dim, `k·hi` and `k·alt`: a leading axis merged with inner ones.)
-    let sym_of = |a: usize, b: usize| {
-        (0..hi.symbols.len()).find(|&s| {
-            let (h, l) = (hi.symbols[s].hi, alt.symbols[s].hi);
-            a.is_multiple_of(h) && b.is_multiple_of(l) && a / h == b / l && a / h > 0
-        })
-    };
-    let mut map: HashMap<ValueId, ValueId> = hi.inputs.iter().copied().zip(alt.inputs.iter().copied()).collect();
-    let mut seeds = HashMap::new();
-    // Leading-axis shapes: `Ok(None)` equal, `Ok(Some(s))` one more row of symbol `s`.
-    let leading = |a: &[usize], b: &[usize]| -> Result<Option<usize>, ()> {
-        if a == b {
-            return Ok(None);
-        }
-        if a.len() != b.len() || a.is_empty() || a[1..] != b[1..] {
-            return Err(());
-        }
-        sym_of(a[0], b[0]).map(Some).ok_or(())
-    };
-    let lead0 = |op: &Op| -> Op {
-        let mut op = op.clone();
-        if let Op::Reshape { shape } | Op::Expand { shape } | Op::Slice { out_shape: shape, .. } = &mut op {
-            if let Some(d) = shape.first_mut() {
-                *d = 0;
-            }
-        }
-        op
-    };
-    for (&n1, &n2) in hi.order().iter().zip(alt.order()) {
-        let (a, b) = (hi.node(n1), alt.node(n2));
-        if a.inputs.len() != b.inputs.len() || a.outputs.len() != b.outputs.len() || a.op.name() != b.op.name() {
-            return Err(structure());
-        }
-        let node_err = |message: String| err(&a.name, a.op.name(), message);
-        for (&v1, &v2) in a.inputs.iter().zip(&b.inputs) {
-            if let Some(&m) = map.get(&v1) {
-                if m != v2 {
-                    return Err(structure());
-                }
-                continue;
-            }
-            let (Some(t1), Some(t2)) = (hi.const_of(v1), alt.const_of(v2)) else { return Err(structure()) };
-            if t1 != t2 {
-                let grows = leading(&t1.ty.shape, &t2.ty.shape);
-                let prefix = t1.ty.dtype == t2.ty.dtype
-                    && t1.data.len() >= t2.data.len()
-                    && t1.data[..t2.data.len()] == t2.data[..];
-                match grows {
-                    Ok(Some(s)) if prefix => {
-                        seeds.insert(v1, s);
-                    }
-                    _ => {
-                        return Err(node_err(format!(
-                            "is used as data: `{}` is computed from its size; pin it with --input-shape",
-                            hi.value(v1).name
-                        )))
-                    }
-                }
-            }
-            map.insert(v1, v2);
-        }
-        if lead0(&a.op) != lead0(&b.op) {
-            return Err(node_err("sets the node's attributes: pin it with --input-shape".into()));
-        }
-        for (&o1, &o2) in a.outputs.iter().zip(&b.outputs) {
-            let (t1, t2) = (hi.ty(o1), alt.ty(o2));
-            if t1.dtype != t2.dtype || leading(&t1.shape, &t2.shape).is_err() {
-                return Err(node_err(format!(
-                    "sizes an inner axis of `{}` ({:?} at the bound): only a leading axis can be sized at run time yet",
-                    hi.value(o1).name,
-                    t1.shape
-                )));
-            }
-            map.insert(o1, o2);
-        }
-    }
-    if hi.outputs.len() != alt.outputs.len() {
-        return Err(structure());
-    }
-    // A graph output that folded to a constant must not depend on the dims (a Shape, a Size,
-    // an EyeLike of the input): it would be the bound's value at every size.
-    for (&o1, &o2) in hi.outputs.iter().zip(&alt.outputs) {
-        match (hi.const_of(o1), alt.const_of(o2)) {
-            (Some(t1), Some(t2)) if t1 != t2 => {
-                return Err(err(
-                    &hi.value(o1).name,
-                    "output",
-                    "gives the output's value, which folds to a constant computed from its size: pin it with \
-                     --input-shape"
-                        .into(),
-                ))
-            }
-            (Some(_), Some(_)) => {}
-            _ if map.get(&o1).is_some_and(|&m| m != o2) => return Err(structure()),
-            _ => {}
-        }
-    }
-    Ok(seeds)
 }
