@@ -249,6 +249,15 @@ pub fn header(m: &Manifest, name: &str) -> String {
     let _ = writeln!(w, "/* Runs the model on the calling thread. inputs[i] and outputs[i] point at dense, row-major");
     let _ = writeln!(w, " * tensors of the dtypes and shapes above; arena at {up}_ARENA_BYTES bytes, 64-byte aligned.");
     let _ = writeln!(w, " * Returns 0, or k > 0 when check k - 1 failed ({name}_check_messages). */");
+    let n_sym = m.symbols.len();
+    if m.inputs.iter().chain(&m.outputs).any(|t| t.padded(n_sym)) {
+        let _ = writeln!(
+            w,
+            "/* A tensor with a run-time dim on an axis other than its first (its _dim_slots) is laid out at the \
+             strides of\n * its bound shape: the caller spreads such an input out to them, and reads such an \
+             output there (ABI 1.6). */"
+        );
+    }
     let (dims_param, dims_arg) = if m.dim_slots > 0 {
         let _ = writeln!(
             w,
