@@ -340,6 +340,12 @@ pub fn parse_with(src: &str, constants: ConstantSource) -> Result<Program, Strin
                     continue;
                 }
                 let ins = p.instr(i)?;
+                // A clamp's short form names dim 0 alone: the others are fixed.
+                if let (Some(cs), Instr::Kernel(k)) = (prog.clamps.get_mut(&i), &ins) {
+                    if cs.len() < k.domain.len() {
+                        cs.resize(k.domain.len(), None);
+                    }
+                }
                 prog.instrs.push(ins);
             }
             _ => {
