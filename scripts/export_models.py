@@ -16,7 +16,7 @@ seeds. For each model the folder holds:
 Run by hand, with the PyTorch venv (CI does not need torch; the outputs are committed),
 installed from its lock:
 
-  python3 -m venv /work/torchenv && /work/torchenv/bin/pip install --require-hashes -r scripts/python/torch.lock
+  python3 -m venv /work/torchenv && /work/torchenv/bin/pip install --no-deps --require-hashes -r scripts/python/torch.lock
   /work/torchenv/bin/python scripts/export_models.py [--only NAME ...]
 
 tests/exporters.rs compiles each committed model with Kiln and compares with output_<i>.npy.

@@ -8,6 +8,7 @@ use kiln_abi::context_offsets as off;
 use kiln_ir::lir::{BufferKind, Expr, Instr, Kernel, Program, View};
 use kiln_ir::DType;
 
+use crate::tasks::{dims_extent, remapped, run_counts, run_rows, umin, Radix};
 use kiln_llvm_codegen::expr::Env;
 use kiln_llvm_codegen::{
     increment, llvm_err, normalized, reduce_loops_to, slots, BackendError, BackendResult, CodeGen,
@@ -119,7 +120,8 @@ fn body_type<'ctx>(g: &CodeGen<'ctx>, k: &Kernel) -> inkwell::types::FunctionTyp
 /// that kernels differing only in their buffers share one compiled body).
 ///
 /// Where a run needs only some tasks of a level past the first ([`remapped`]), the wrapper
-/// takes the run's task numbers and calls the body once per task with the bound's number.
+/// takes the run's task numbers and calls the body with the bound's
+/// ([`crate::tasks::call_remapped`]).
 fn gen_wrapper<'ctx>(
     g: &CodeGen<'ctx>,
     prog: &Program,
@@ -147,60 +149,8 @@ fn gen_wrapper<'ctx>(
         g.builder.build_return(None).map_err(llvm_err)?;
         return Ok(f);
     }
-    // The levels after the last run-time one are whole: the run's tasks from one number of
-    // that level to its run's end, with all of theirs, are consecutive at the bound too, and
-    // go to the body as one range.
-    let counts = run_counts(g, ctx, &plan.radices)?;
-    let last = plan.radices.iter().rposition(|r| r.run.is_some()).expect("remapped");
-    let inner: u64 = plan.radices[last + 1..].iter().map(|r| r.count).product();
-    let b = &g.builder;
-    let pre = b.get_insert_block().expect("positioned");
-    let (header, step, exit) = (
-        g.context.append_basic_block(f, "task"),
-        g.context.append_basic_block(f, "range"),
-        g.context.append_basic_block(f, "done"),
-    );
-    b.build_unconditional_branch(header).map_err(llvm_err)?;
-    b.position_at_end(header);
-    let phi = b.build_phi(g.context.i64_type(), "t").map_err(llvm_err)?;
-    phi.add_incoming(&[(&start, pre)]);
-    let t = phi.as_basic_value().into_int_value();
-    let more = b.build_int_compare(inkwell::IntPredicate::SLT, t, end, "more").map_err(llvm_err)?;
-    b.build_conditional_branch(more, step, exit).map_err(llvm_err)?;
-    b.position_at_end(step);
-    let ui = |x: u64| g.i64(x as i64);
-    let q = b.build_int_unsigned_div(t, ui(inner), "q").map_err(llvm_err)?;
-    let rem = b.build_int_unsigned_rem(t, ui(inner), "rem").map_err(llvm_err)?;
-    let d_last = b.build_int_unsigned_rem(q, counts[last], "dl").map_err(llvm_err)?;
-    let mut rest = b.build_int_unsigned_div(q, counts[last], "hi").map_err(llvm_err)?;
-    // The bound's number: the outer levels' digits (by the run's counts) at the bound's
-    // strides, then the last run-time level's digit and the rest.
-    let mut task = b.build_int_mul(d_last, ui(inner), "at").map_err(llvm_err)?;
-    task = b.build_int_add(task, rem, "task").map_err(llvm_err)?;
-    let mut stride = inner * plan.radices[last].count;
-    for (r, &c) in plan.radices[..last].iter().zip(&counts[..last]).rev() {
-        let digit = b.build_int_unsigned_rem(rest, c, "digit").map_err(llvm_err)?;
-        rest = b.build_int_unsigned_div(rest, c, "rest").map_err(llvm_err)?;
-        let at = b.build_int_mul(digit, ui(stride), "at").map_err(llvm_err)?;
-        task = b.build_int_add(task, at, "task").map_err(llvm_err)?;
-        stride *= r.count;
-    }
-    // As far as the last run-time level's run goes, and the range.
-    let left = b.build_int_sub(counts[last], d_last, "left").map_err(llvm_err)?;
-    let left = b.build_int_mul(left, ui(inner), "left").map_err(llvm_err)?;
-    let left = b.build_int_sub(left, rem, "left").map_err(llvm_err)?;
-    let span = b.build_int_sub(end, t, "span").map_err(llvm_err)?;
-    let len = umin(g, left, span)?;
-    let next = b.build_int_add(task, len, "next").map_err(llvm_err)?;
-    let mut a = args.clone();
-    a.push(task.into());
-    a.push(next.into());
-    b.build_call(body, &a, "").map_err(llvm_err)?;
-    let t2 = b.build_int_add(t, len, "t2").map_err(llvm_err)?;
-    phi.add_incoming(&[(&t2, b.get_insert_block().expect("positioned"))]);
-    b.build_unconditional_branch(header).map_err(llvm_err)?;
-    b.position_at_end(exit);
-    b.build_return(None).map_err(llvm_err)?;
+    crate::tasks::call_remapped(g, f, ctx, &plan.radices, body, &args, (start, end))?;
+    g.builder.build_return(None).map_err(llvm_err)?;
     Ok(f)
 }
 
@@ -255,17 +205,11 @@ fn gen_body<'ctx>(
     for &(d, op, slot, per) in &plan.red_runs {
         // (A kernel without parallel dims runs with one added in front: `normalized`.)
         let d = if plan.body.n_par == 0 { d + 1 } else { d };
-        let v = g.load_elem(in_bases[op], DType::I64, g.i64(slot as i64))?.into_int_value();
-        let v = g.builder.build_int_mul(v, g.i64(per as i64), "run").map_err(llvm_err)?;
-        ends[d] = Some(umin(g, v, g.i64(k.domain[d] as i64))?);
+        ends[d] = Some(dims_extent(g, in_bases[op], (slot, per), k.domain[d])?);
     }
     // Where a run-time innermost dim ends (its tasks' rows stop there).
     let inner_end = match plan.inner_run {
-        Some((op, slot, per)) => {
-            let v = g.load_elem(in_bases[op], DType::I64, g.i64(slot as i64))?.into_int_value();
-            let v = g.builder.build_int_mul(v, g.i64(per as i64), "run").map_err(llvm_err)?;
-            Some(umin(g, v, g.i64(split.inner as i64))?)
-        }
+        Some((op, slot, per)) => Some(dims_extent(g, in_bases[op], (slot, per), split.inner)?),
         None => None,
     };
     let var_slots: Vec<PointerValue> = if stepped {
@@ -498,24 +442,6 @@ pub(crate) struct KernelPlan {
     pub red_runs: Vec<(usize, usize, u32, u64)>,
 }
 
-/// One level of a kernel's task numbering (outermost first): `count` at the bound and, for
-/// one that follows a run-time dim, how many of them a run needs: `ceil(dims[slot] · per /
-/// unit)`, at most `count`. The tasks a run needs are those whose level numbers are all
-/// below that; past a first such level, the kernel's wrapper maps the run's task numbers to
-/// the bound's ([`gen_wrapper`]). A task's block may run past the run's size, over
-/// elements no one reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Radix {
-    pub count: u64,
-    pub run: Option<(u32, u64, u64)>,
-}
-
-impl Radix {
-    fn of(count: usize, clamp: Option<kiln_ir::lir::Clamp>, unit: usize) -> Radix {
-        Radix { count: count as u64, run: clamp.map(|c| (c.slot, c.per, unit.max(1) as u64)) }
-    }
-}
-
 /// The task levels of a generic kernel (run by [`Split`]) with run-time extents `cs` per
 /// domain dim: its outer parallel dims (the one next to the innermost in tiles), then the
 /// chunks of the innermost.
@@ -530,12 +456,6 @@ fn split_radices(k: &Kernel, cs: &[Option<kiln_ir::lir::Clamp>], lanes: usize) -
         (0..np - 1).map(|d| Radix::of(split.dims[d], c(d), if d + 2 == np { split.tile } else { 1 })).collect();
     r.push(Radix::of(split.n_chunks, c(np - 1), split.chunk));
     r
-}
-
-/// Whether the wrapper maps a run's task numbers to the bound's: some level past the
-/// first follows a run-time dim.
-fn remapped(radices: &[Radix]) -> bool {
-    radices.iter().skip(1).any(|r| r.run.is_some())
 }
 
 impl KernelPlan {
@@ -594,8 +514,8 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
             let mut body = body_of(k);
             let cs: &[Option<kiln_ir::lir::Clamp>] = prog.clamps.get(&i).map_or(&[], Vec::as_slice);
             let mut gemm = crate::gemm::match_gemm(&body, blocking);
+            let dims_op = k.inputs.iter().position(|v| matches!(prog.buffer(v.buffer).kind, BufferKind::Dims));
             if !cs.is_empty() {
-                let dims_op = k.inputs.iter().position(|v| matches!(prog.buffer(v.buffer).kind, BufferKind::Dims));
                 gemm = gemm.and_then(|mut p| p.set_runs(cs, dims_op).then_some(p));
                 // A product whose only reduction dim is masked to a run-time extent runs
                 // as one with that extent read at run time.
@@ -609,7 +529,6 @@ pub(crate) fn plan_kernels(prog: &Program, target: &crate::CpuTarget) -> Vec<Ker
                     }
                 }
             }
-            let dims_op = k.inputs.iter().position(|v| matches!(prog.buffer(v.buffer).kind, BufferKind::Dims));
             let inner_run = match (&gemm, dims_op, k.n_par.checked_sub(1).and_then(|d| cs.get(d).copied().flatten())) {
                 (None, Some(op), Some(c)) => Some((op, c.slot, c.per)),
                 _ => None,
@@ -754,43 +673,6 @@ fn call_tasks<'ctx>(
         return Ok(());
     }
     call_tasks_n(g, ctx, f, g.i64(tasks as i64), tasks, work, pf_ty)
-}
-
-/// The unsigned minimum of two i64s (a negative value counts as huge).
-fn umin<'ctx>(g: &CodeGen<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> BackendResult<IntValue<'ctx>> {
-    let lt = g.builder.build_int_compare(inkwell::IntPredicate::ULT, a, b, "lt").map_err(llvm_err)?;
-    Ok(g.builder.build_select(lt, a, b, "min").map_err(llvm_err)?.into_int_value())
-}
-
-/// The rows of a run: the size in run-time dim slot `slot`, at most `bound` (the runtime has
-/// checked it against its bounds; the minimum keeps a bad one from reaching past a buffer).
-fn run_rows<'ctx>(g: &CodeGen<'ctx>, ctx: PointerValue<'ctx>, slot: u32, bound: u64) -> BackendResult<IntValue<'ctx>> {
-    let dims = g.ctx_field(ctx, off::DIMS, "dims")?;
-    // SAFETY (of the address): the slot is one of the manifest's symbols, below its count.
-    let at =
-        unsafe { g.builder.build_gep(g.context.i64_type(), dims, &[g.i64(slot as i64)], "rows") }.map_err(llvm_err)?;
-    let v = g.builder.build_load(g.context.i64_type(), at, "rows").map_err(llvm_err)?.into_int_value();
-    umin(g, v, g.i64(bound as i64))
-}
-
-/// How many of each task level a run needs ([`Radix`]).
-fn run_counts<'ctx>(
-    g: &CodeGen<'ctx>,
-    ctx: PointerValue<'ctx>,
-    radices: &[Radix],
-) -> BackendResult<Vec<IntValue<'ctx>>> {
-    let b = &g.builder;
-    radices
-        .iter()
-        .map(|r| {
-            let Some((slot, per, unit)) = r.run else { return Ok(g.i64(r.count as i64)) };
-            let v = run_rows(g, ctx, slot, r.count * unit)?;
-            let n = b.build_int_mul(v, g.i64(per as i64), "n").map_err(llvm_err)?;
-            let n = b.build_int_add(n, g.i64(unit as i64 - 1), "n").map_err(llvm_err)?;
-            let n = b.build_int_unsigned_div(n, g.i64(unit as i64), "n").map_err(llvm_err)?;
-            umin(g, n, g.i64(r.count as i64))
-        })
-        .collect()
 }
 
 /// [`call_tasks`] for `n` of a kernel's `tasks` (decided at run time), through

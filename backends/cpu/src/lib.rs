@@ -20,6 +20,7 @@ mod gemm;
 mod rows;
 mod scan;
 mod target;
+mod tasks;
 mod topk;
 mod vector;
 

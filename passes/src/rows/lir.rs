@@ -225,28 +225,21 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                 }
                 // A kernel walking a run-time axis past its dim 0 reads the dims array: the
                 // code may bound its loops with it (a matrix product's M, N and K), and a
-                // reduction over such an axis is masked with it.
-                if dom.iter().skip(1).any(Option::is_some) {
+                // reduction over such an axis (dim 0 included) is masked with it.
+                let masked: Vec<(usize, u32, u64)> =
+                    (np..dom.len()).filter_map(|dim| dom[dim].map(|(slot, q)| (dim, slot, q))).collect();
+                if dom.iter().skip(1).any(Option::is_some) || !masked.is_empty() {
                     let dims = dims_view(p, &mut dims_buffer);
                     let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
                     let d = k.inputs.len();
                     k.inputs.push(dims);
-                    let conds: Vec<Expr> = (np..dom.len())
-                        .filter_map(|dim| dom[dim].map(|(slot, q)| (dim, slot, q)))
-                        .map(|(dim, slot, q)| Expr::cmp(CmpOp::Less, Expr::Var(dim), run_extent(d, slot, q)))
-                        .collect();
-                    if !conds.is_empty() {
-                        mask_body(k, all(conds));
+                    if !masked.is_empty() {
+                        let conds = masked
+                            .iter()
+                            .map(|&(dim, slot, q)| Expr::cmp(CmpOp::Less, Expr::Var(dim), run_extent(d, slot, q)));
+                        mask_body(k, all(conds.collect()));
                         run_time_mean(k, run_count(k, &dom, d));
                     }
-                } else if np == 0 && dom.first().is_some_and(Option::is_some) {
-                    let dims = dims_view(p, &mut dims_buffer);
-                    let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
-                    let d = k.inputs.len();
-                    k.inputs.push(dims);
-                    let (slot, q) = dom[0].expect("checked");
-                    mask_body(k, Expr::cmp(CmpOp::Less, Expr::Var(0), run_extent(d, slot, q)));
-                    run_time_mean(k, run_count(k, &dom, d));
                 }
             }
             Instr::Copy { dst, src, bytes, src_offset, dst_offset } => {

@@ -158,10 +158,10 @@ pub(crate) fn gen_gemm<'ctx>(
 
     // Extents read at run time (see `Gemm::set_runs`), at most the bound's.
     let run = |r: Option<(u32, u64)>, bound: usize| -> BackendResult<IntValue<'ctx>> {
-        let (Some((slot, per)), Some(d)) = (r, p.dims_op) else { return Ok(g.i64(bound as i64)) };
-        let v = g.load_elem(in_bases[d], DType::I64, g.i64(slot as i64))?.into_int_value();
-        let v = mul(g, v, per as i64)?;
-        max0(g, min(g, v, g.i64(bound as i64))?)
+        match (r, p.dims_op) {
+            (Some(c), Some(d)) => crate::tasks::dims_extent(g, in_bases[d], c, bound),
+            _ => Ok(g.i64(bound as i64)),
+        }
     };
     let (m_run, n_run, k_run) = (run(p.run_m, p.m)?, run(p.run_n, p.n)?, run(p.run_k, k_in)?);
     // With a run-time K (one K dim, no taps), only its slices; at least one, so that C is

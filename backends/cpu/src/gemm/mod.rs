@@ -323,10 +323,10 @@ impl Gemm {
         matches!(masked, [(d, slot, per)] if *d == dk && self.run_k == Some((*slot, *per)))
     }
 
-    /// The task levels of a product with run-time extents `cs` (see `codegen::Radix`):
+    /// The task levels of a product with run-time extents `cs` (see `tasks::Radix`):
     /// batch dims, M blocks, N blocks.
-    pub(crate) fn radices(&self, cs: &[Option<kiln_ir::lir::Clamp>]) -> Vec<crate::codegen::Radix> {
-        use crate::codegen::Radix;
+    pub(crate) fn radices(&self, cs: &[Option<kiln_ir::lir::Clamp>]) -> Vec<crate::tasks::Radix> {
+        use crate::tasks::Radix;
         let c = |d: usize| cs.get(d).copied().flatten();
         let mut r: Vec<Radix> = self
             .batch
