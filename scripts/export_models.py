@@ -870,65 +870,13 @@ def cnn_batch() -> dict:
     return write_sets("cnn_batch", model, sets, info)
 
 
-def encoder_batch() -> dict:
-    """A BERT-style encoder layer written as Hugging Face's BERT is (embeddings, an attention
-    mask made from the input's, heads split with `view(b, s, h, d)`, erf GELU, a tanh pooler)
-    exported with a dynamic batch of 32-token sequences: run at batch 1, 4 and 8 from one
-    artifact compiled with `--dim batch=1..8`."""
+def bert_encoder(vocab: int, max_seq: int, hid: int, heads: int, ffn: int, layers: int):
+    """A BERT-style encoder written as Hugging Face's BERT is (token and position embeddings,
+    an attention mask made from the input's, heads split with `view(b, s, h, d)`, erf GELU,
+    post-norm layers, a tanh pooler over the first token): `forward(ids, mask)` gives the
+    hidden states and the pooled output."""
     import torch
     from torch import nn
-
-    torch.manual_seed(23)
-    vocab, seq, hid, heads, ffn = 100, 32, 64, 4, 128
-
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok, self.pos = nn.Embedding(vocab, hid), nn.Embedding(seq, hid)
-            self.ln0, self.ln1, self.ln2 = nn.LayerNorm(hid), nn.LayerNorm(hid), nn.LayerNorm(hid)
-            self.q, self.k, self.v, self.o = (nn.Linear(hid, hid) for _ in range(4))
-            self.f1, self.f2, self.pool = nn.Linear(hid, ffn), nn.Linear(ffn, hid), nn.Linear(hid, hid)
-
-        def forward(self, ids, mask):
-            b, s = ids.shape
-            pos = torch.arange(s, device=ids.device).unsqueeze(0)
-            x = self.ln0(self.tok(ids) + self.pos(pos))
-            bias = (1.0 - mask[:, None, None, :].to(x.dtype)) * -10000.0
-
-            def split(t):
-                return t.view(b, s, heads, hid // heads).permute(0, 2, 1, 3)
-
-            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-            att = torch.softmax(q @ k.transpose(-1, -2) / (hid // heads) ** 0.5 + bias, dim=-1)
-            ctx = (att @ v).permute(0, 2, 1, 3).reshape(b, s, hid)
-            x = self.ln1(x + self.o(ctx))
-            x = self.ln2(x + self.f2(nn.functional.gelu(self.f1(x))))
-            return x, torch.tanh(self.pool(x[:, 0]))
-
-    m = Encoder().eval()
-    ids0, mask0 = torch.zeros(2, seq, dtype=torch.int64), torch.ones(2, seq, dtype=torch.int64)
-    model = export_batched(m, (ids0, mask0), ["ids", "mask"], ["hidden", "pooled"])
-    rng = np.random.default_rng(24)
-    sets = []
-    for b in (1, 4, 8):
-        mask = np.ones((b, seq), np.int64)
-        for r in range(b):
-            mask[r, seq - 3 * r:] = 0
-        sets.append({"ids": rng.integers(0, vocab, (b, seq)).astype(np.int64), "mask": mask})
-    info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes batch", "torch": torch.__version__,
-            "dims": {"batch": [1, 8]}}
-    return write_sets("encoder_batch", model, sets, info)
-
-
-def encoder_seq() -> dict:
-    """A two-layer BERT-style encoder (layers as in `encoder_batch`, positions up to 512)
-    exported with a dynamic batch and a dynamic sequence length: run at (1, 7), (1, 128),
-    (4, 384) and (8, 512) from one artifact compiled with `--dim batch=1..8 --dim seq=1..512`."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(25)
-    vocab, max_seq, hid, heads, ffn = 100, 512, 64, 4, 256
 
     class Layer(nn.Module):
         def __init__(self):
@@ -954,7 +902,7 @@ def encoder_seq() -> dict:
             super().__init__()
             self.tok, self.pos = nn.Embedding(vocab, hid), nn.Embedding(max_seq, hid)
             self.ln0 = nn.LayerNorm(hid)
-            self.layers = nn.ModuleList([Layer(), Layer()])
+            self.layers = nn.ModuleList([Layer() for _ in range(layers)])
             self.pool = nn.Linear(hid, hid)
 
         def forward(self, ids, mask):
@@ -966,7 +914,40 @@ def encoder_seq() -> dict:
                 x = layer(x, bias)
             return x, torch.tanh(self.pool(x[:, 0]))
 
-    m = Encoder().eval()
+    return Encoder().eval()
+
+
+def encoder_batch() -> dict:
+    """A one-layer `bert_encoder` exported with a dynamic batch of 32-token sequences: run at
+    batch 1, 4 and 8 from one artifact compiled with `--dim batch=1..8`."""
+    import torch
+
+    torch.manual_seed(23)
+    vocab, seq = 100, 32
+    m = bert_encoder(vocab, seq, hid=64, heads=4, ffn=128, layers=1)
+    ids0, mask0 = torch.zeros(2, seq, dtype=torch.int64), torch.ones(2, seq, dtype=torch.int64)
+    model = export_batched(m, (ids0, mask0), ["ids", "mask"], ["hidden", "pooled"])
+    rng = np.random.default_rng(24)
+    sets = []
+    for b in (1, 4, 8):
+        mask = np.ones((b, seq), np.int64)
+        for r in range(b):
+            mask[r, seq - 3 * r:] = 0
+        sets.append({"ids": rng.integers(0, vocab, (b, seq)).astype(np.int64), "mask": mask})
+    info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes batch", "torch": torch.__version__,
+            "dims": {"batch": [1, 8]}}
+    return write_sets("encoder_batch", model, sets, info)
+
+
+def encoder_seq() -> dict:
+    """A two-layer `bert_encoder` (positions up to 512) exported with a dynamic batch and a
+    dynamic sequence length: run at (1, 7), (1, 128), (4, 384) and (8, 512) from one artifact
+    compiled with `--dim batch=1..8 --dim seq=1..512`."""
+    import torch
+
+    torch.manual_seed(25)
+    vocab = 100
+    m = bert_encoder(vocab, 512, hid=64, heads=4, ffn=256, layers=2)
     ids0, mask0 = torch.zeros(2, 16, dtype=torch.int64), torch.ones(2, 16, dtype=torch.int64)
     f = io.BytesIO()
     axes = {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}, "hidden": {0: "batch", 1: "seq"},
