@@ -967,9 +967,109 @@ def encoder_seq() -> dict:
     return write_sets("encoder_seq", model, sets, info)
 
 
+def gpt_decode() -> dict:
+    """A GPT-2-style decoder (Hugging Face's layout: Conv1D projections, tanh GELU) that takes one token per step with a key/value cache whose past length is a
+    dynamic axis: `forward(input_ids, position_ids, past_key_0, past_value_0, ...)` gives the
+    logits and each layer's `present_*` (`torch.cat` of the past and the new key/value, one
+    longer). One query token sees every cached key, so the step needs no causal mask; a prompt
+    goes in token by token. Input sets at past 0, 9 and 63, and the 32 tokens onnxruntime
+    generates greedily from a 5-token prompt, are committed."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    torch.manual_seed(27)
+    vocab, n_embd, n_layer, n_head, n_ctx = 256, 64, 2, 4, 64
+    hd = n_embd // n_head
+
+    class Conv1D(nn.Module):
+        def __init__(self, nf, nx):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(nx, nf) * 0.08)
+            self.bias = nn.Parameter(torch.randn(nf) * 0.02)
+
+        def forward(self, x):
+            shape = x.shape[:-1] + (self.weight.shape[1],)
+            return torch.addmm(self.bias, x.view(-1, x.shape[-1]), self.weight).view(shape)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+            self.c_attn, self.c_proj = Conv1D(3 * n_embd, n_embd), Conv1D(n_embd, n_embd)
+            self.c_fc, self.mlp_proj = Conv1D(4 * n_embd, n_embd), Conv1D(n_embd, 4 * n_embd)
+
+        def forward(self, x, past_k, past_v):
+            b, t, c = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(c, dim=2)
+            q, k, v = (z.view(b, t, n_head, hd).permute(0, 2, 1, 3) for z in (q, k, v))
+            k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+            w = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)
+            a = torch.matmul(F.softmax(w, dim=-1), v).permute(0, 2, 1, 3).reshape(b, t, c)
+            x = x + self.c_proj(a)
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh")), k, v
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(n_ctx, n_embd)
+            self.blocks = nn.ModuleList(Block() for _ in range(n_layer))
+            self.ln_f = nn.LayerNorm(n_embd)
+            self.lm_head = nn.Linear(n_embd, vocab, bias=False)
+            with torch.no_grad():
+                self.wte.weight.normal_(0, 0.5)
+                self.wpe.weight.normal_(0, 0.5)
+                self.lm_head.weight.normal_(0, 0.5)
+
+        def forward(self, input_ids, position_ids, *past):
+            x = self.wte(input_ids) + self.wpe(position_ids)
+            presents = []
+            for i, blk in enumerate(self.blocks):
+                x, k, v = blk(x, past[2 * i], past[2 * i + 1])
+                presents += [k, v]
+            return (self.lm_head(self.ln_f(x)), *presents)
+
+    m = Decoder().eval()
+    cache = [f"past_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
+    present = [n.replace("past", "present") for n in cache]
+    names = ["input_ids", "position_ids"] + cache
+    axes = {n: {2: "past"} for n in cache} | {n: {2: "past_plus_1"} for n in present}
+    args = (torch.zeros(1, 1, dtype=torch.int64), torch.zeros(1, 1, dtype=torch.int64),
+            *(torch.zeros(1, n_head, 3, hd) for _ in cache))
+    f = io.BytesIO()
+    torch.onnx.export(m, args, f, dynamo=False, input_names=names, output_names=["logits"] + present,
+                      dynamic_axes=axes, opset_version=OPSET)
+    model = onnx.load_from_string(f.getvalue())
+    rng = np.random.default_rng(28)
+    sets = []
+    for past in (0, 9, 63):
+        feeds = {"input_ids": rng.integers(0, vocab, (1, 1)).astype(np.int64),
+                 "position_ids": np.array([[past]], np.int64)}
+        for n in cache:
+            feeds[n] = rng.standard_normal((1, n_head, past, hd)).astype(np.float32)
+        sets.append(feeds)
+    # Greedy generation with onnxruntime: the prompt token by token, then 32 new tokens.
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    prompt = [17, 101, 3, 250, 42]
+    kv = {n: np.zeros((1, n_head, 0, hd), np.float32) for n in cache}
+    tokens, nxt = [], None
+    for pos in range(len(prompt) + 31):
+        tok = prompt[pos] if pos < len(prompt) else nxt
+        outs = sess.run(None, {"input_ids": np.array([[tok]], np.int64),
+                               "position_ids": np.array([[pos]], np.int64), **kv})
+        kv = dict(zip(cache, outs[1:]))
+        if pos >= len(prompt) - 1:
+            nxt = int(np.argmax(outs[0][0, -1]))
+            tokens.append(nxt)
+    info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes past", "torch": torch.__version__,
+            "dims": {"past": [0, n_ctx - 1]},
+            "greedy": {"prompt": prompt, "tokens": tokens, "cache": cache}}
+    return write_sets("gpt_decode", model, sets, info)
+
+
 def gen_dynamic(only: set[str] | None) -> list[dict]:
     gens = {"detector_nms": detector_nms, "loop_decay": loop_decay, "cnn_batch": cnn_batch,
-            "encoder_batch": encoder_batch, "encoder_seq": encoder_seq}
+            "encoder_batch": encoder_batch, "encoder_seq": encoder_seq, "gpt_decode": gpt_decode}
     return [g() for n, g in gens.items() if only is None or n in only]
 
 

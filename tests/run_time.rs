@@ -238,6 +238,47 @@ fn encoder_with_a_run_time_batch_and_sequence_matches_onnxruntime_and_plans_memo
     assert_eq!(dynamic.manifest.outputs[1].dim_slots, vec![0, -1]);
 }
 
+/// A GPT-2-style decoder exported by PyTorch with a key/value cache whose past length is a
+/// dynamic axis (`present = cat(past, new)`, one longer), compiled once with `--dim
+/// past=0..63`: it matches onnxruntime at past 0, 9 and 63, and stepped token by token (the
+/// prompt, then its own greedy picks, each step's present fed back as the next past) it
+/// generates the 32 tokens onnxruntime generated.
+#[test]
+fn a_decoder_with_a_key_value_cache_generates_onnxruntimes_tokens_from_one_artifact() {
+    let presents: Vec<usize> = matches_onnxruntime_on_every_set("gpt_decode").iter().map(|got| got[1].1[2]).collect();
+    assert_eq!(presents, vec![1, 10, 64]);
+    let m = kiln_tests::load_dynamic("gpt_decode").unwrap();
+    let art = kiln::Compiler::new(kiln::CompileOptions { dims: m.dims.clone(), ..Default::default() })
+        .compile_path(&m.model)
+        .unwrap();
+    let names: Vec<(&str, u64, u64)> = art.manifest.symbols.iter().map(|s| (s.name.as_str(), s.lo, s.hi)).collect();
+    assert_eq!(names, vec![("past", 0, 63), ("past+1", 1, 64)]);
+    assert_eq!(art.manifest.symbols[1].base, Some(0));
+    assert_eq!(art.manifest.outputs[1].dim_slots, vec![-1, -1, 1, -1]);
+    let s = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.model.with_file_name("meta.json")).unwrap()).unwrap();
+    let ints = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    let (prompt, want) = (ints(&meta["greedy"]["prompt"]), ints(&meta["greedy"]["tokens"]));
+    let mut cache: Vec<(Vec<usize>, Vec<f32>)> = vec![(vec![1, 4, 0, 16], vec![]); 4];
+    let mut tokens = Vec::new();
+    for pos in 0..prompt.len() + want.len() - 1 {
+        let tok = [if pos < prompt.len() { prompt[pos] } else { *tokens.last().unwrap() }];
+        let at = [pos as i64];
+        let mut inputs = vec![kiln::TensorRef::i64(&[1, 1], &tok), kiln::TensorRef::i64(&[1, 1], &at)];
+        inputs.extend(cache.iter().map(|(shape, data)| kiln::TensorRef::f32(shape, data)));
+        let outs = s.run(&inputs).unwrap();
+        cache = outs[1..].iter().map(|t| (t.shape.clone(), t.to_f32().unwrap())).collect();
+        assert_eq!(cache[0].0, vec![1, 4, pos + 1, 16]);
+        if pos + 1 >= prompt.len() {
+            let logits = outs[0].to_f32().unwrap();
+            let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+            tokens.push(best as i64);
+        }
+    }
+    assert_eq!(tokens, want, "greedy tokens against onnxruntime's");
+}
+
 /// The same encoder through `kiln run`: a sequence past its bound, none, and inputs whose
 /// sequences differ are each a one-line error naming the input, the dim and its bounds or
 /// the other input.

@@ -67,11 +67,24 @@ impl Guard {
 /// (`--dim NAME=LO..HI`). The graph is built at `hi`: every value whose leading axis carries
 /// the symbol holds `hi` rows of which a run computes and reads the first `value` (see
 /// `kiln_passes::rows`).
+///
+/// A symbol may be derived from another (`from`): its size is `symbols[base]` plus an offset,
+/// the length of an axis that a run makes one longer than an input's (a key/value cache's
+/// present length, the past plus the new token). The caller gives only the base; the
+/// runtime fills the derived slot.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DimSymbol {
     pub name: String,
     pub lo: usize,
     pub hi: usize,
+    pub from: Option<(usize, i64)>,
+}
+
+impl DimSymbol {
+    /// A symbol the caller sets, between `lo` and `hi`.
+    pub fn new(name: impl Into<String>, lo: usize, hi: usize) -> DimSymbol {
+        DimSymbol { name: name.into(), lo, hi, from: None }
+    }
 }
 
 /// The shape of a graph output that the code decides at run time.

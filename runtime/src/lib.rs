@@ -48,6 +48,20 @@ pub enum RuntimeError {
     InputDim { name: String, dim: usize, symbol: String, size: usize, bounds: String },
     #[error("input `{name}`: dim {dim} (`{symbol}`) is {size}, but input `{other}` gives `{symbol}` = {other_size}")]
     InputSymbol { name: String, dim: usize, symbol: String, size: usize, other: String, other_size: usize },
+    #[error(
+        "input `{name}`: dim {dim} (`{symbol}`, `{base}` + {offset}) is {size}, but input `{other}` gives `{base}` = \
+         {base_size}"
+    )]
+    InputDerived {
+        name: String,
+        dim: usize,
+        symbol: String,
+        base: String,
+        offset: i64,
+        size: usize,
+        other: String,
+        base_size: usize,
+    },
     #[error("input `{name}`: {got} bytes of data for shape {shape:?} of {dtype} ({want} bytes)")]
     InputBytes { name: String, got: usize, want: usize, shape: Vec<usize>, dtype: &'static str },
     #[error("the model has no input `{name}` (its inputs: {inputs})")]
@@ -354,6 +368,20 @@ fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
             "{} run-time dims for {} slots, or bounds reversed",
             n_sym, manifest.dim_slots
         )));
+    }
+    // A derived symbol follows a symbol the caller gives, its bounds shifted by its offset.
+    for (k, s) in manifest.symbols.iter().enumerate() {
+        let Some(b) = s.base else { continue };
+        let base = manifest.symbols.get(b as usize).filter(|t| t.base.is_none() && (b as usize) < k);
+        let fits = base.is_some_and(|t| {
+            t.lo as i64 + s.offset == s.lo as i64 && t.hi as i64 + s.offset == s.hi as i64
+        });
+        if !fits {
+            return Err(RuntimeError::Manifest(format!(
+                "run-time dim `{}` is derived from dim {b} + {} with bounds {}..={} that do not follow",
+                s.name, s.offset, s.lo, s.hi
+            )));
+        }
     }
     for spec in &manifest.inputs {
         if !spec.dim_slots.is_empty()
@@ -666,8 +694,34 @@ impl Session {
                 });
             }
         }
-        // Every symbol sizes some input's dim (the compiler keeps no other).
-        Ok(given.iter().map(|g| g.map_or(0, |(n, _)| n as i64)).collect())
+        // Every symbol the caller sets sizes some input's dim (the compiler keeps no other); a
+        // derived one is its base's size plus its offset, and an input it sizes must agree.
+        let mut sizes: Vec<i64> = given.iter().map(|g| g.map_or(0, |(n, _)| n as i64)).collect();
+        for (k, sym) in symbols.iter().enumerate() {
+            let Some(b) = sym.base else { continue };
+            let size = sizes[b as usize] + sym.offset;
+            if let (Some((got, from)), Some((_, base_from))) = (given[k], given[b as usize]) {
+                if got as i64 != size {
+                    let dim = specs
+                        .iter()
+                        .find(|s| s.name == from)
+                        .and_then(|s| s.dim_slots.iter().position(|&x| x == k as i32))
+                        .unwrap_or(0);
+                    return Err(RuntimeError::InputDerived {
+                        name: from.to_string(),
+                        dim,
+                        symbol: sym.name.clone(),
+                        base: symbols[b as usize].name.clone(),
+                        offset: sym.offset,
+                        size: got,
+                        other: base_from.to_string(),
+                        base_size: sizes[b as usize] as usize,
+                    });
+                }
+            }
+            sizes[k] = size;
+        }
+        Ok(sizes)
     }
 
     /// Runs every part in order on the given input and output buffers, then the manifest's

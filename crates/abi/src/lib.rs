@@ -16,7 +16,7 @@ pub mod manifest;
 /// Major version of the artifact format and entry-point ABI. Bumped on any incompatible change.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: compatible additions.
-pub const ABI_MINOR: u32 = 6;
+pub const ABI_MINOR: u32 = 7;
 
 /// Name of the entry-point symbol exported by every compiled CPU module.
 pub const ENTRY_SYMBOL: &str = "kiln_entry";
@@ -51,6 +51,9 @@ pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
 ///   laid out row-major at its bound shape (the manifest's), of which the code reads or
 ///   writes only the first indices along each run-time axis: the caller spreads a shorter
 ///   input out to those strides and gathers such an output back.
+/// * a symbol derived from another (ABI 1.7, [`manifest::DimBound::base`]) is not given by
+///   the caller: its slot holds the base symbol's size plus its offset, filled by the
+///   runtime before the run.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Context {

@@ -237,6 +237,12 @@ pub struct DimBound {
     pub lo: u64,
     #[prost(uint64, tag = "3")]
     pub hi: u64,
+    /// A symbol derived from another (ABI 1.7): its size is symbol `base`'s plus `offset`
+    /// (an output one longer than an input along a run-time axis). The caller gives the base.
+    #[prost(uint32, optional, tag = "4")]
+    pub base: Option<u32>,
+    #[prost(int64, tag = "5")]
+    pub offset: i64,
 }
 
 /// A graph input compiled in as a constant: its name, type and shape, and a hash of its value.

@@ -414,7 +414,7 @@ mod tests {
             inputs: vec![x],
             outputs: vec![y],
             dim_slots: 1,
-            symbols: vec![kiln_abi::manifest::DimBound { name: "N".into(), lo: 1, hi: 8 }],
+            symbols: vec![kiln_abi::manifest::DimBound { name: "N".into(), lo: 1, hi: 8, base: None, offset: 0 }],
             ..Default::default()
         };
         let code = binding_source(&m, "m", "m.onnx").unwrap();

@@ -218,10 +218,54 @@ impl Compiler {
             return Ok((g, sources));
         }
         let mut alts = Vec::new();
-        for (i, s) in g.symbols.iter().enumerate() {
+        let sizes: Vec<(usize, usize)> = g
+            .symbols
+            .iter()
+            .enumerate()
             // One below the bound where the bounds allow (a model may not import past it: a
             // table of positions), else one above.
-            let size = if s.hi > s.lo.max(1) { s.hi - 1 } else { s.hi + 1 };
+            .map(|(i, s)| (i, if s.hi > s.lo.max(1) { s.hi - 1 } else { s.hi + 1 }))
+            .collect();
+        self.import_alts(path, &g, &opts, &sizes, &mut alts)?;
+        let refs: Vec<(usize, &Graph)> = alts.iter().map(|(i, a)| (*i, a)).collect();
+        let mut dims = kiln_passes::rows::compare_axes(&g, &refs)?;
+        // An axis sized with an offset fits any line through two sizes: a third must agree.
+        let bases = dims.offset_bases();
+        if !bases.is_empty() {
+            let third: Vec<(usize, usize)> = bases
+                .iter()
+                .map(|&i| {
+                    let s = &g.symbols[i];
+                    (i, if s.hi > s.lo.max(1) + 1 { s.hi - 2 } else { s.hi + 2 })
+                })
+                .collect();
+            self.import_alts(path, &g, &opts, &third, &mut alts)?;
+            let refs: Vec<(usize, &Graph)> = alts.iter().map(|(i, a)| (*i, a)).collect();
+            dims = kiln_passes::rows::compare_axes(&g, &refs)?;
+        }
+        let rows = !kiln_passes::rows::inner_dims(&g)
+            && dims.leading_only()
+            && kiln_passes::rows::analyze(&g, &dims.seeds(&g), true).is_ok();
+        if !rows {
+            g.output_syms = dims.outputs;
+            g.symbols.extend(dims.derived);
+            g.axis_dims = true;
+        }
+        Ok((g, sources))
+    }
+
+    /// Imports the model once more per `(symbol, size)`, each with that symbol at that size,
+    /// into `alts`.
+    fn import_alts(
+        &self,
+        path: &Path,
+        g: &Graph,
+        opts: &ImportOptions,
+        sizes: &[(usize, usize)],
+        alts: &mut Vec<(usize, Graph)>,
+    ) -> Result<(), Error> {
+        for &(i, size) in sizes {
+            let s = &g.symbols[i];
             let mut more = opts.clone();
             more.dims.insert(s.name.clone(), (s.lo.min(size), size));
             let alt = kiln_onnx::import_path_with_sources(path, &more, &self.opts.frozen_inputs).map_err(|e| {
@@ -240,16 +284,7 @@ impl Compiler {
             })?;
             alts.push((i, alt.0));
         }
-        let refs: Vec<(usize, &Graph)> = alts.iter().map(|(i, a)| (*i, a)).collect();
-        let dims = kiln_passes::rows::compare_axes(&g, &refs)?;
-        let rows = !kiln_passes::rows::inner_dims(&g)
-            && dims.leading_only()
-            && kiln_passes::rows::analyze(&g, &dims.seeds(&g), true).is_ok();
-        if !rows {
-            g.output_syms = dims.outputs;
-            g.axis_dims = true;
-        }
-        Ok((g, sources))
+        Ok(())
     }
 
     /// The pipeline's context for the CPU this compiler targets.
@@ -396,7 +431,13 @@ impl Compiler {
             symbols: p
                 .symbols
                 .iter()
-                .map(|s| kiln_abi::manifest::DimBound { name: s.name.clone(), lo: s.lo as u64, hi: s.hi as u64 })
+                .map(|s| kiln_abi::manifest::DimBound {
+                    name: s.name.clone(),
+                    lo: s.lo as u64,
+                    hi: s.hi as u64,
+                    base: s.from.map(|(b, _)| b as u32),
+                    offset: s.from.map_or(0, |(_, c)| c),
+                })
                 .collect(),
             dim_slots: p.dim_slots as u32,
             arena_bytes: p.arena_bytes,

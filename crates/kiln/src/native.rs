@@ -182,9 +182,13 @@ pub fn header(m: &Manifest, name: &str) -> String {
     );
     let _ = writeln!(w, "#define {up}_NUM_DIMS {}", m.dim_slots);
     for (k, s) in m.symbols.iter().enumerate() {
+        let set = match s.base {
+            Some(b) => format!("set by the caller before a run to dims[{b}] + ({})", s.offset),
+            None => "set by the caller before a run".to_string(),
+        };
         let _ = writeln!(
             w,
-            "/* dims[{k}]: `{}`, set by the caller before a run, {} to {}. */\n#define {up}_DIM_{} {k}",
+            "/* dims[{k}]: `{}`, {set}, {} to {}. */\n#define {up}_DIM_{} {k}",
             s.name.replace("*/", "* /"),
             s.lo,
             s.hi,

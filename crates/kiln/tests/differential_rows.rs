@@ -23,7 +23,7 @@ impl Rows {
     /// Compiles once and compares every size `1..=bound`, each with fresh inputs.
     fn check(&self, r: &mut Rng, build: impl Fn(&mut Graph, &[ValueId]) -> Vec<ValueId>, tol: f64, what: &str) {
         let mut g = Graph::new("rows");
-        g.symbols.push(DimSymbol { name: "n".into(), lo: 1, hi: self.bound });
+        g.symbols.push(DimSymbol::new("n", 1, self.bound));
         let ins: Vec<ValueId> = self
             .shapes
             .iter()
@@ -159,7 +159,7 @@ fn gather_with_run_time_rows_of_indices() {
 fn a_constant_with_the_bounds_rows_is_refused() {
     for (rows, ok) in [(4, false), (1, true)] {
         let mut g = Graph::new("fixed");
-        g.symbols.push(DimSymbol { name: "n".into(), lo: 1, hi: 4 });
+        g.symbols.push(DimSymbol::new("n", 1, 4));
         g.input_syms.insert(0, vec![Some(0), None]);
         let x = g.add_input("x", kiln::ir::TensorType::new(DType::F32, vec![4, 3]));
         let c = g.add_const("c", Tensor::f32(vec![rows, 3], vec![1.0; rows * 3]));

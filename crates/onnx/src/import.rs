@@ -283,7 +283,7 @@ impl Importer {
                             Some(k) => k,
                             None => {
                                 let (lo, hi) = opts.dims[s];
-                                self.g.symbols.push(kiln_ir::DimSymbol { name: s.clone(), lo, hi });
+                                self.g.symbols.push(kiln_ir::DimSymbol::new(s.clone(), lo, hi));
                                 self.g.symbols.len() - 1
                             }
                         })

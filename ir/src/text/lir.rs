@@ -152,7 +152,8 @@ pub fn print(p: &Program) -> String {
     let dims = if p.dim_slots > 0 { format!(" dims={}", p.dim_slots) } else { String::new() };
     let _ = writeln!(s, "program {} arena={}{dims} {{", quote(&p.name), p.arena_bytes);
     for sym in &p.symbols {
-        let _ = writeln!(s, "  symbol {} {} {}", quote(&sym.name), sym.lo, sym.hi);
+        let from = sym.from.map(|(b, c)| format!(" from {b} {c}")).unwrap_or_default();
+        let _ = writeln!(s, "  symbol {} {} {}{from}", quote(&sym.name), sym.lo, sym.hi);
     }
     for (kw, specs) in [("input", &p.inputs), ("output", &p.outputs)] {
         for (i, (name, dtype, shape)) in specs.iter().enumerate() {
@@ -278,7 +279,17 @@ pub fn parse_with(src: &str, constants: ConstantSource) -> Result<Program, Strin
                 p.next();
                 let name = p.string()?;
                 let (lo, hi) = (p.number("bound")?, p.number("bound")?);
-                prog.symbols.push(crate::DimSymbol { name, lo, hi });
+                let from = if p.eat_word("from") {
+                    let base: usize = p.number("base symbol")?;
+                    let off: i64 = p.number("offset")?;
+                    if base >= prog.symbols.len() {
+                        return Err(format!("symbol {} is derived from unknown symbol {base}", quote(&name)));
+                    }
+                    Some((base, off))
+                } else {
+                    None
+                };
+                prog.symbols.push(crate::DimSymbol { name, lo, hi, from });
             }
             Tok::Word(w) if w == "input" || w == "output" => {
                 p.next();

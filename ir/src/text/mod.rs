@@ -124,7 +124,8 @@ pub fn print(g: &Graph) -> String {
     };
     writeln!(out, "graph {} {{", quote(&g.name)).unwrap();
     for s in &g.symbols {
-        writeln!(out, "  symbol {} {} {}", quote(&s.name), s.lo, s.hi).unwrap();
+        let from = s.from.map(|(b, c)| format!(" from {b} {c}")).unwrap_or_default();
+        writeln!(out, "  symbol {} {} {}{from}", quote(&s.name), s.lo, s.hi).unwrap();
     }
     if g.axis_dims {
         writeln!(out, "  axis_dims").unwrap();
@@ -640,7 +641,17 @@ pub fn parse(src: &str) -> Result<Graph, String> {
                     w.parse().map_err(|_| format!("bad bound `{w}` of symbol {}", quote(&name)))
                 };
                 let (lo, hi) = (bound()?, bound()?);
-                g.symbols.push(crate::DimSymbol { name, lo, hi });
+                let from = if p.eat_word("from") {
+                    let base = p.word()?;
+                    let off = p.word()?;
+                    match (base.parse::<usize>(), off.parse::<i64>()) {
+                        (Ok(b), Ok(c)) if b < g.symbols.len() => Some((b, c)),
+                        _ => return Err(format!("bad `from {base} {off}` of symbol {}", quote(&name))),
+                    }
+                } else {
+                    None
+                };
+                g.symbols.push(crate::DimSymbol { name, lo, hi, from });
             }
             Tok::Word(w) if w == "axis_dims" => {
                 p.next();

@@ -51,6 +51,34 @@ impl Lowerer<'_> {
 
     pub(super) fn lower_concat(&mut self, axis: &usize, ins: Vec<View>, out: View, name: &str) -> Result<(), String> {
         let rank = out.extents.len();
+        if let Some(((slot, per), dims)) = crate::rows::concat_runs(&mut self.prog, &ins, &out, *axis) {
+            // The first operand is as long as a run makes it: each later one starts where the
+            // one before ends at run time. Every load is padded (the select reads both sides).
+            let n = ins.len();
+            let d = n;
+            let mut start = Expr::mul(Expr::load(d, vec![Expr::i64(slot as i64)]), Expr::i64(per as i64));
+            let mut bounds = vec![start.clone()];
+            for v in &ins[1..n - 1] {
+                start = Expr::add(start, Expr::i64(v.extents[*axis] as i64));
+                bounds.push(start.clone());
+            }
+            let load_at = |k: usize, at: Expr| {
+                let mut index = vars(0..rank);
+                index[*axis] = at;
+                Expr::Load { operand: k, index, pad: Some(Scalar::of(out.dtype, 0.0)) }
+            };
+            // Operand k (k ≥ 1) starts at bounds[k - 1].
+            let shifted = |k: usize| load_at(k, Expr::sub(Expr::Var(*axis), bounds[k - 1].clone()));
+            let mut body = shifted(n - 1);
+            for k in (1..n - 1).rev() {
+                body = Expr::select(Expr::cmp(CmpOp::Less, Expr::Var(*axis), bounds[k].clone()), shifted(k), body);
+            }
+            body = Expr::select(Expr::cmp(CmpOp::Less, Expr::Var(*axis), bounds[0].clone()), load_at(0, Expr::Var(*axis)), body);
+            let mut inputs = ins;
+            inputs.push(dims);
+            self.emit(elementwise(name, out, inputs, body));
+            return Ok(());
+        }
         let mut at = 0usize;
         for (k, v) in ins.iter().enumerate() {
             let mut o = out.clone();

@@ -3,7 +3,9 @@
 //! The model is imported at its bounds and once more per symbol with that symbol at another
 //! size. The graphs must be the same but for the axes the symbol sizes: each value's shape
 //! may differ only on axes whose extent is `per` times the symbol (`[b, s, h]` and `[b, s·h]`
-//! alike), a reshape's, expand's or slice's target only there, and a constant only by growing
+//! alike) or `per` times the symbol plus a constant (a key/value cache's present, one longer
+//! than its past: a derived symbol, [`kiln_ir::DimSymbol::from`], checked on a third import),
+//! a reshape's, expand's or slice's target only there, and a constant only by growing
 //! along such axes with the same leading block (a range up to the size, a mask of it). What
 //! is compiled at the bound, its buffers laid out at the bound shape, then holds for every
 //! size where each kernel reads only the first indices of those axes (checked on the LIR,
@@ -11,12 +13,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kiln_ir::{Graph, Op, Tensor, ValueId};
+use kiln_ir::{DimSymbol, Graph, Op, Tensor, ValueId};
 
 use crate::PassError;
 
 /// Per axis: the symbol sizing it and how many of its indices make one of the symbol.
 type Axes = Vec<Option<(usize, usize)>>;
+
+/// Per axis, as found: the symbol, how many indices make one of it, and the constant added
+/// to it (the axis is `per · (symbol + offset)` long).
+type Found = Vec<Option<(usize, usize, i64)>>;
 
 /// What [`compare_axes`] found.
 #[derive(Debug, Default)]
@@ -25,13 +31,23 @@ pub struct AxisDims {
     pub values: HashMap<ValueId, Axes>,
     /// The symbol on each axis of the graph outputs that have one ([`Graph::output_syms`]).
     pub outputs: BTreeMap<usize, Vec<Option<usize>>>,
+    /// The symbols derived from the graph's (an axis sized with an offset), numbered after
+    /// them: the caller appends them to [`Graph::symbols`].
+    pub derived: Vec<DimSymbol>,
 }
 
 impl AxisDims {
     /// Whether every run-time axis is a leading one (the row analysis, [`super::analyze`],
-    /// can follow them).
+    /// can follow them) and none is derived.
     pub fn leading_only(&self) -> bool {
-        self.values.values().all(|a| a.iter().skip(1).all(Option::is_none))
+        self.derived.is_empty() && self.values.values().all(|a| a.iter().skip(1).all(Option::is_none))
+    }
+    /// The symbols some axis derives from with an offset: their sizes must be checked on one
+    /// more import ([`compare_axes`] with it), as two sizes fit any line.
+    pub fn offset_bases(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self.derived.iter().filter_map(|d| d.from.map(|(s, _)| s)).collect();
+        b.dedup();
+        b
     }
     /// The constants whose leading axis grows with a dim (a mask of its size, a range up to
     /// it): the seeds of [`super::analyze`].
@@ -47,10 +63,50 @@ impl AxisDims {
 /// Checks `hi` (the graph at its bounds) against each `(symbol, graph)` of `alts` (the model
 /// with that symbol at another size), as the module says.
 pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<AxisDims, PassError> {
-    let mut axes: HashMap<ValueId, Axes> = HashMap::new();
+    let mut found: HashMap<ValueId, Found> = HashMap::new();
     for &(s, alt) in alts {
-        compare_one(hi, s, alt, &mut axes)?;
+        compare_one(hi, s, alt, &mut found)?;
     }
+    // Each (symbol, offset) with an offset becomes a derived symbol.
+    let mut derived: Vec<DimSymbol> = Vec::new();
+    let mut index: BTreeMap<(usize, i64), usize> = BTreeMap::new();
+    let mut keys: Vec<(ValueId, usize, usize, i64)> = found
+        .iter()
+        .flat_map(|(&v, a)| a.iter().enumerate().filter_map(move |(d, x)| x.map(|(s, _, c)| (v, d, s, c))))
+        .filter(|k| k.3 != 0)
+        .collect();
+    keys.sort_by_key(|&(v, d, s, c)| (s, c, v, d));
+    for (v, _, s, c) in keys {
+        if index.contains_key(&(s, c)) {
+            continue;
+        }
+        let base = &hi.symbols[s];
+        let lo = base.lo as i64 + c;
+        if lo < 0 {
+            return Err(PassError::RunTimeDim {
+                node: hi.value(v).name.clone(),
+                op: "value".into(),
+                message: format!(
+                    "an axis is `{}` {c:+}, below 0 at its lower bound {}: raise the bound",
+                    base.name, base.lo
+                ),
+            });
+        }
+        index.insert((s, c), hi.symbols.len() + derived.len());
+        derived.push(DimSymbol {
+            name: format!("{}{c:+}", base.name),
+            lo: lo as usize,
+            hi: (base.hi as i64 + c) as usize,
+            from: Some((s, c)),
+        });
+    }
+    let axes: HashMap<ValueId, Axes> = found
+        .into_iter()
+        .map(|(v, a)| {
+            let a = a.into_iter().map(|x| x.map(|(s, per, c)| (if c == 0 { s } else { index[&(s, c)] }, per))).collect();
+            (v, a)
+        })
+        .collect();
     let mut outs = BTreeMap::new();
     for (i, &o) in hi.outputs.iter().enumerate() {
         let Some(a) = axes.get(&o) else { continue };
@@ -65,7 +121,7 @@ pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<AxisDims, Pa
                         message: format!(
                             "an axis is {per} times the run-time dim `{}`: a graph output must keep the dim as its \
                              own axis",
-                            hi.symbols[s].name
+                            hi.symbols.iter().chain(&derived).nth(s).map_or("?", |d| d.name.as_str())
                         ),
                     })
                 }
@@ -76,13 +132,13 @@ pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<AxisDims, Pa
             outs.insert(i, syms);
         }
     }
-    Ok(AxisDims { values: axes, outputs: outs })
+    Ok(AxisDims { values: axes, outputs: outs, derived })
 }
 
 /// The axes on which `a` (at the bound `h1` of symbol `s`) differs from `b` (at `h2`), each
-/// with its multiple of the symbol; `None` if they differ otherwise.
-fn differing(a: &[usize], b: &[usize], h1: usize, h2: usize) -> Option<Vec<(usize, usize)>> {
-    if a.len() != b.len() {
+/// as `(axis, per, offset)`: `per · (s + offset)` long; `None` if they differ otherwise.
+fn differing(a: &[usize], b: &[usize], h1: usize, h2: usize) -> Option<Vec<(usize, usize, i64)>> {
+    if a.len() != b.len() || h1 == h2 {
         return None;
     }
     let mut out = Vec::new();
@@ -90,11 +146,16 @@ fn differing(a: &[usize], b: &[usize], h1: usize, h2: usize) -> Option<Vec<(usiz
         if x == y {
             continue;
         }
-        let per = x / h1.max(1);
-        if per == 0 || x != per * h1 || y != per * h2 {
+        let (dx, dh) = (x as i64 - y as i64, h1 as i64 - h2 as i64);
+        if dx % dh != 0 || dx / dh <= 0 {
             return None;
         }
-        out.push((d, per));
+        let per = dx / dh;
+        let off = x as i64 - per * h1 as i64;
+        if off % per != 0 {
+            return None;
+        }
+        out.push((d, per as usize, off / per));
     }
     Some(out)
 }
@@ -138,10 +199,10 @@ fn leading_block(t1: &Tensor, t2: &Tensor) -> bool {
 
 /// An op with the entries of its target shape on `axes` set to 0 (a reshape's, expand's or
 /// slice's: they follow the size).
-fn without(op: &Op, axes: &[(usize, usize)]) -> Op {
+fn without(op: &Op, axes: &[(usize, usize, i64)]) -> Op {
     let mut op = op.clone();
     if let Op::Reshape { shape } | Op::Expand { shape } | Op::Slice { out_shape: shape, .. } = &mut op {
-        for &(d, _) in axes {
+        for &(d, _, _) in axes {
             if let Some(x) = shape.get_mut(d) {
                 *x = 0;
             }
@@ -150,7 +211,7 @@ fn without(op: &Op, axes: &[(usize, usize)]) -> Op {
     op
 }
 
-fn compare_one(hi: &Graph, s: usize, alt: &Graph, axes: &mut HashMap<ValueId, Axes>) -> Result<(), PassError> {
+fn compare_one(hi: &Graph, s: usize, alt: &Graph, axes: &mut HashMap<ValueId, Found>) -> Result<(), PassError> {
     let name = &hi.symbols[s].name;
     let (h1, h2) = (hi.symbols[s].hi, alt.symbols[s].hi);
     let err = |node: &str, op: &str, message: String| PassError::RunTimeDim {
@@ -166,18 +227,22 @@ fn compare_one(hi: &Graph, s: usize, alt: &Graph, axes: &mut HashMap<ValueId, Ax
     {
         return Err(structure());
     }
-    let mut record = |v: ValueId, diff: &[(usize, usize)], rank: usize| -> Result<(), String> {
+    let mut record = |v: ValueId, diff: &[(usize, usize, i64)], rank: usize| -> Result<(), String> {
         if diff.is_empty() {
             return Ok(());
         }
         let a = axes.entry(v).or_insert_with(|| vec![None; rank]);
-        for &(d, per) in diff {
-            if let Some((t, _)) = a[d] {
-                if t != s {
-                    return Err(format!("axis {d} of `{}` is sized by two run-time dims", hi.value(v).name));
+        for &(d, per, c) in diff {
+            match a[d] {
+                Some((t, _, _)) if t != s => {
+                    return Err(format!("axis {d} of `{}` is sized by two run-time dims", hi.value(v).name))
                 }
+                Some(was) if was != (s, per, c) => {
+                    return Err(format!("changes axis {d} of `{}` other than in proportion to it", hi.value(v).name))
+                }
+                _ => {}
             }
-            a[d] = Some((s, per));
+            a[d] = Some((s, per, c));
         }
         Ok(())
     };

@@ -15,6 +15,12 @@
 //!   when it is the domain's dim 0 ([`Clamp`]);
 //! * a reduction one is masked: steps past the run add the reduction's identity.
 //!
+//! A parallel dim that writes a run-time axis of the output runs to its run-time extent too,
+//! whatever it reads (nothing reads past it). A load of a run-time axis past its view's
+//! extent is allowed where it is padded and guarded by a select on `index < dims[slot] ·
+//! per` (a concatenation along a run-time axis: the past of a key/value cache, then the new
+//! entry, [`concat_runs`]).
+//!
 //! Any other form (a window sliding along the axis, a computed index, a view that crosses
 //! it) is an error naming the kernel.
 
@@ -113,6 +119,60 @@ fn loads_of(k: &Kernel, j: usize, f: &mut impl FnMut(&[Expr])) {
     }
 }
 
+/// A domain dim known to be below a run's extent: `(dim, slot, per)` from a select on
+/// `Var(dim) < dims[slot] · per`.
+type Guard = (usize, u32, u64);
+
+/// `(dim, slot, per)` when `cond` is `Var(dim) < dims[slot] · per`, operands `dims` being
+/// views of the dims array.
+fn guard_of(cond: &Expr, dims: &[bool]) -> Option<Guard> {
+    let Expr::Cmp(CmpOp::Less, a, b) = cond else { return None };
+    let (Expr::Var(d), Expr::Binary(BinaryOp::Mul, l, per)) = (&**a, &**b) else { return None };
+    let (Expr::Load { operand, index, .. }, Expr::Const(Scalar::I64(per))) = (&**l, &**per) else { return None };
+    match index.as_slice() {
+        [Expr::Const(Scalar::I64(slot))] if dims.get(*operand) == Some(&true) && *per > 0 => {
+            Some((*d, *slot as u32, *per as u64))
+        }
+        _ => None,
+    }
+}
+
+/// Every load of operand `j` in the kernel's body and finalizer, with whether it is padded
+/// and the guards ([`guard_of`]) of the selects whose taken side holds it.
+fn guarded_loads(p: &Program, k: &Kernel, j: usize, f: &mut impl FnMut(&[Expr], bool, &[Guard])) {
+    fn go(e: &Expr, j: usize, dims: &[bool], guards: &mut Vec<Guard>, f: &mut impl FnMut(&[Expr], bool, &[Guard])) {
+        match e {
+            Expr::Load { operand, index, pad } => {
+                if *operand == j {
+                    f(index, pad.is_some(), guards);
+                }
+                index.iter().for_each(|x| go(x, j, dims, guards, f));
+            }
+            Expr::Select(c, a, b) => {
+                go(c, j, dims, guards, f);
+                let g = guard_of(c, dims);
+                guards.extend(g);
+                go(a, j, dims, guards, f);
+                if g.is_some() {
+                    guards.pop();
+                }
+                go(b, j, dims, guards, f);
+            }
+            Expr::Unary(_, a) | Expr::Cast(_, _, _, a) => go(a, j, dims, guards, f),
+            Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => {
+                go(a, j, dims, guards, f);
+                go(b, j, dims, guards, f);
+            }
+            Expr::Var(_) | Expr::Const(_) | Expr::Acc => {}
+        }
+    }
+    let dims: Vec<bool> = k.inputs.iter().map(|v| p.buffer(v.buffer).kind == BufferKind::Dims).collect();
+    go(&k.body, j, &dims, &mut Vec::new(), f);
+    if let Some(fin) = k.reduction.as_ref().and_then(|r| r.finalize.as_ref()) {
+        go(fin, j, &dims, &mut Vec::new(), f);
+    }
+}
+
 /// The run-time extent of each domain dim of `k` ([`Axes`]) from the views it reads.
 fn domain_axes(p: &Program, k: &Kernel) -> Result<Axes, String> {
     let mut dom: Axes = vec![None; k.domain.len()];
@@ -123,10 +183,12 @@ fn domain_axes(p: &Program, k: &Kernel) -> Result<Axes, String> {
             continue;
         }
         let mut bad = None;
-        loads_of(k, j, &mut |index| {
+        guarded_loads(p, k, j, &mut |index, padded, guards| {
             for (vd, ix) in index.iter().enumerate() {
                 let Some((slot, q)) = axes.get(vd).copied().flatten() else { continue };
                 match ix {
+                    // A prefix of a longer dim, read only below the run's extent.
+                    Expr::Var(d) if padded && k.domain[*d] > v.extents[vd] && guards.contains(&(*d, slot, q)) => {}
                     Expr::Var(d) if k.domain[*d] == v.extents[vd] => match dom[*d] {
                         Some(c) if c != (slot, q) => {
                             bad = Some(format!("meets two run-time sizes in its dim {d} (reading `{name}`)"))
@@ -219,6 +281,14 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                 }
                 if !last {
                     continue;
+                }
+                // A parallel dim writing a run-time axis runs to its extent, whatever it reads:
+                // nothing reads the output past it.
+                let mut dom = dom;
+                if k.output.extents.len() == np {
+                    if let Ok(out) = view_axes(p, &k.output) {
+                        dom.iter_mut().zip(out).filter(|(d, _)| d.is_none()).for_each(|(d, o)| *d = o);
+                    }
                 }
                 if dom.iter().any(Option::is_some) {
                     p.clamps.insert(i, dom.iter().map(|d| d.map(|(slot, per)| Clamp { slot, per })).collect());
@@ -320,11 +390,62 @@ fn write_axes(p: &mut Program, k: &Kernel, dom: &Axes) -> Result<(), String> {
     Ok(())
 }
 
-/// The one-element view of the dims array (added to the program once).
+/// The view of the dims array (added to the program once).
 fn dims_view(p: &mut Program, dims_buffer: &mut Option<kiln_ir::lir::BufferId>) -> View {
     let n = p.dim_slots;
-    let b = *dims_buffer.get_or_insert_with(|| p.add_buffer(BufferKind::Dims, n * 8, "dims"));
+    let b = *dims_buffer.get_or_insert_with(|| {
+        match p.buffers.iter().position(|b| b.kind == BufferKind::Dims) {
+            Some(i) => kiln_ir::lir::BufferId(i as u32),
+            None => p.add_buffer(BufferKind::Dims, n * 8, "dims"),
+        }
+    });
     View::dense(b, DType::I64, &[n])
+}
+
+/// How a concatenation along `axis` of `ins` into `out` meets run-time axes, when its first
+/// operand is run-time along the axis and the others fixed (a key/value cache's past, then
+/// the new entries): the first operand's `(slot, per)` along it and the dims array's view.
+/// The output's run-time extent along the axis is then `per · dims[slot]` plus the others'
+/// lengths, a derived symbol's ([`kiln_ir::DimSymbol::from`]); an output buffer not yet
+/// marked is marked with it. `None` when the concatenation is not of that form (it is then
+/// lowered as copies, refused by [`clamp`] if it meets a run-time axis otherwise).
+pub(crate) fn concat_runs(p: &mut Program, ins: &[View], out: &View, axis: usize) -> Option<((u32, u64), View)> {
+    if p.symbols.is_empty() {
+        return None;
+    }
+    mark(p);
+    let axes: Vec<Axes> = ins.iter().map(|v| view_axes(p, v).ok()).collect::<Option<_>>()?;
+    let (slot, per) = axes.first()?.get(axis).copied().flatten()?;
+    if axes[1..].iter().any(|a| a[axis].is_some()) {
+        return None;
+    }
+    let rest: usize = ins[1..].iter().map(|v| v.extents[axis]).sum();
+    if rest as u64 % per != 0 {
+        return None;
+    }
+    let c = (rest as u64 / per) as i64;
+    let derived = p.symbols.iter().position(|s| s.from == Some((slot as usize, c)))?;
+    let ob = out.buffer;
+    if p.buffer(ob).rows.is_empty() {
+        if !matches!(p.buffer(ob).kind, BufferKind::Activation | BufferKind::Output(_)) {
+            return None;
+        }
+        let es = out.dtype.size().max(1) as u64;
+        let mut marks = Vec::new();
+        for d in 0..out.extents.len() {
+            let here = if d == axis { Some((derived as u32, per)) } else { axes.iter().find_map(|a| a[d]) };
+            let Some((s, q)) = here else { continue };
+            let stride = out.strides[d];
+            if stride <= 0 || !(out.extents[d] as u64).is_multiple_of(q) {
+                return None;
+            }
+            marks.push(RowDim { slot: s, bound: out.extents[d] as u64 / q, stride: stride as u64 * q * es });
+        }
+        marks.sort_by_key(|m| std::cmp::Reverse(m.stride));
+        p.buffers[ob.0 as usize].rows = marks;
+    }
+    let dims = dims_view(p, &mut None);
+    Some(((slot, per), dims))
 }
 
 /// `dims[slot] · per`, operand `d` being the dims array.

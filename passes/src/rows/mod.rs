@@ -23,7 +23,7 @@ use kiln_ir::{Graph, Op, ValueDef, ValueId};
 mod axes;
 mod lir;
 pub use axes::{compare_axes, AxisDims};
-pub(crate) use lir::run_time_dims;
+pub(crate) use lir::{concat_runs, run_time_dims};
 pub use lir::{clamp, mark, touches_rows};
 
 use crate::PassError;
