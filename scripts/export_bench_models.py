@@ -26,6 +26,12 @@ modules where it has them, so the graphs are what its users export):
                 width 32, 80 classes) whose graph ends in its post-processing: best class
                 score per box, TopK 100 of the 24,000 boxes, gathered boxes and classes
 
+and, for issue 19, models with run-time dims (dynamic axes):
+
+  bert_seq      BERT-base's layers (two), dynamic batch and sequence length
+  gpt2_decode   GPT-2 small as one decode step with a key/value cache (past length
+                dynamic, 0..1023); meta.json holds onnxruntime's 32 greedy tokens
+
 All batch 1 with static shapes (no dynamic axes), fp32, opset 18, random weights with fixed
 seeds (BatchNorm statistics randomized as in export_models.py), weights inside model.onnx
 (every model is well under 2 GB). They are exported the same way as the small models
@@ -57,7 +63,7 @@ import export_models as em  # noqa: E402
 
 OUT = em.ROOT / "target" / "bench-models"
 NAMES = ("resnet50", "mobilenetv2", "bert_base", "gpt2_small", "convnext_tiny", "resnext50", "efficientnet_b0",
-         "unet", "vit_b16", "r3d_18", "yolo_detect", "bert_seq")
+         "unet", "vit_b16", "r3d_18", "yolo_detect", "bert_seq", "gpt2_decode")
 SEQ = 128
 
 
@@ -177,6 +183,30 @@ def main() -> int:
         ids = np.random.default_rng(1081).integers(0, vocab, (1, SEQ)).astype(np.int64)
         return export("gpt2_small", m, {"input_ids": ids}, ["logits"])
 
+    def gpt2_decode():
+        # Issue 19: GPT-2 small as a one-token step with a key/value cache whose past length
+        # is dynamic (export_models.gpt_decoder, embeddings tied to the head as GPT-2's are),
+        # compiled once with `--dim past=0..1023` and timed generating 32 tokens against
+        # onnxruntime (benches/peers/run.py --decode).
+        import json
+
+        torch.manual_seed(1085)
+        n_layer, n_head, hd = 12, 12, 64
+        m = em.gpt_decoder(50257, 768, n_layer, n_head, 1024, scale=0.02, tied=True)
+        model, cache = em.export_decoder(m, n_layer, n_head, hd)
+        dst = OUT / "gpt2_decode"
+        dst.mkdir(parents=True, exist_ok=True)
+        data = model.SerializeToString()
+        (dst / "model.onnx").write_bytes(data)
+        prompt = [464, 2068, 7586, 21831, 18045]
+        tokens = em.ort_greedy(model, cache, (1, n_head, 0, hd), prompt, 32, threads=1)
+        meta = {"name": "gpt2_decode", "exporter": "torch.onnx.export(dynamo=False), dynamic_axes past",
+                "torch": torch.__version__, "dims": {"past": [0, 1023]}, "bytes": len(data),
+                "greedy": {"prompt": prompt, "tokens": tokens, "cache": cache}}
+        (dst / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        em.log(f"gpt2_decode: {len(model.graph.node)} nodes, greedy tokens {tokens}")
+        return meta
+
     def convnext_tiny():
         return vision("convnext_tiny", 1090, lambda: tvm.convnext_tiny(weights=None), image(1092, 1, 3, 224, 224))
 
@@ -216,7 +246,8 @@ def main() -> int:
     extra = bench_modules()
     jobs = {"resnet50": resnet50, "mobilenetv2": mobilenetv2, "bert_base": bert_base, "gpt2_small": gpt2_small,
             "convnext_tiny": convnext_tiny, "resnext50": resnext50, "efficientnet_b0": efficientnet_b0,
-            "unet": unet, "vit_b16": vit_b16, "r3d_18": r3d_18, "yolo_detect": yolo_detect, "bert_seq": bert_seq}
+            "unet": unet, "vit_b16": vit_b16, "r3d_18": r3d_18, "yolo_detect": yolo_detect, "bert_seq": bert_seq,
+            "gpt2_decode": gpt2_decode}
     OUT.mkdir(parents=True, exist_ok=True)
     metas, failed = [], []
     for name in NAMES:

@@ -967,25 +967,24 @@ def encoder_seq() -> dict:
     return write_sets("encoder_seq", model, sets, info)
 
 
-def gpt_decode() -> dict:
-    """A GPT-2-style decoder (Hugging Face's layout: Conv1D projections, tanh GELU) that takes one token per step with a key/value cache whose past length is a
-    dynamic axis: `forward(input_ids, position_ids, past_key_0, past_value_0, ...)` gives the
-    logits and each layer's `present_*` (`torch.cat` of the past and the new key/value, one
-    longer). One query token sees every cached key, so the step needs no causal mask; a prompt
-    goes in token by token. Input sets at past 0, 9 and 63, and the 32 tokens onnxruntime
-    generates greedily from a 5-token prompt, are committed."""
+def gpt_decoder(vocab: int, n_embd: int, n_layer: int, n_head: int, n_ctx: int, scale: float, tied: bool):
+    """A GPT-2-style decoder (Hugging Face's layout: Conv1D projections, tanh GELU, the
+    embeddings tied to the LM head where `tied`) that takes one token per step with a
+    key/value cache: `forward(input_ids, position_ids, past_key_0, past_value_0, ...)` gives
+    the logits and each layer's `present_*` (`torch.cat` of the past and the new key/value,
+    one longer). One query token sees every cached key, so the step needs no causal mask; a
+    prompt goes in token by token. Weights are normal with std `scale` (projections) and 0.5
+    (embeddings, an untied head)."""
     import torch
     from torch import nn
     from torch.nn import functional as F
 
-    torch.manual_seed(27)
-    vocab, n_embd, n_layer, n_head, n_ctx = 256, 64, 2, 4, 64
     hd = n_embd // n_head
 
     class Conv1D(nn.Module):
         def __init__(self, nf, nx):
             super().__init__()
-            self.weight = nn.Parameter(torch.randn(nx, nf) * 0.08)
+            self.weight = nn.Parameter(torch.randn(nx, nf) * scale)
             self.bias = nn.Parameter(torch.randn(nf) * 0.02)
 
         def forward(self, x):
@@ -1020,6 +1019,8 @@ def gpt_decode() -> dict:
                 self.wte.weight.normal_(0, 0.5)
                 self.wpe.weight.normal_(0, 0.5)
                 self.lm_head.weight.normal_(0, 0.5)
+            if tied:
+                self.lm_head.weight = self.wte.weight
 
         def forward(self, input_ids, position_ids, *past):
             x = self.wte(input_ids) + self.wpe(position_ids)
@@ -1029,7 +1030,15 @@ def gpt_decode() -> dict:
                 presents += [k, v]
             return (self.lm_head(self.ln_f(x)), *presents)
 
-    m = Decoder().eval()
+    return Decoder().eval()
+
+
+def export_decoder(m, n_layer: int, n_head: int, hd: int) -> tuple[onnx.ModelProto, list[str]]:
+    """A `gpt_decoder` exported by torch.onnx.export(dynamo=False) with the past axis of
+    every cache input dynamic (`past`) and the present's (`past_plus_1`): the model and the
+    cache inputs' names."""
+    import torch
+
     cache = [f"past_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
     present = [n.replace("past", "present") for n in cache]
     names = ["input_ids", "position_ids"] + cache
@@ -1039,7 +1048,39 @@ def gpt_decode() -> dict:
     f = io.BytesIO()
     torch.onnx.export(m, args, f, dynamo=False, input_names=names, output_names=["logits"] + present,
                       dynamic_axes=axes, opset_version=OPSET)
-    model = onnx.load_from_string(f.getvalue())
+    return onnx.load_from_string(f.getvalue()), cache
+
+
+def ort_greedy(model: onnx.ModelProto, cache: list[str], shape: tuple, prompt: list[int], n: int,
+               threads: int = 0) -> list[int]:
+    """onnxruntime's greedy generation with an `export_decoder` model: the prompt token by
+    token, then `n` tokens, each step's present fed back as the next past."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    kv = {c: np.zeros(shape, np.float32) for c in cache}
+    tokens: list[int] = []
+    for pos in range(len(prompt) + n - 1):
+        tok = prompt[pos] if pos < len(prompt) else tokens[-1]
+        outs = sess.run(None, {"input_ids": np.array([[tok]], np.int64),
+                               "position_ids": np.array([[pos]], np.int64), **kv})
+        kv = dict(zip(cache, outs[1:]))
+        if pos >= len(prompt) - 1:
+            tokens.append(int(np.argmax(outs[0][0, -1])))
+    return tokens
+
+
+def gpt_decode() -> dict:
+    """A small `gpt_decoder` (untied head) exported with its cache's past length dynamic.
+    Input sets at past 0, 9 and 63, and the 32 tokens onnxruntime generates greedily from a
+    5-token prompt, are committed."""
+    import torch
+
+    torch.manual_seed(27)
+    vocab, n_embd, n_layer, n_head, n_ctx = 256, 64, 2, 4, 64
+    hd = n_embd // n_head
+    m = gpt_decoder(vocab, n_embd, n_layer, n_head, n_ctx, scale=0.08, tied=False)
+    model, cache = export_decoder(m, n_layer, n_head, hd)
     rng = np.random.default_rng(28)
     sets = []
     for past in (0, 9, 63):
@@ -1048,19 +1089,8 @@ def gpt_decode() -> dict:
         for n in cache:
             feeds[n] = rng.standard_normal((1, n_head, past, hd)).astype(np.float32)
         sets.append(feeds)
-    # Greedy generation with onnxruntime: the prompt token by token, then 32 new tokens.
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     prompt = [17, 101, 3, 250, 42]
-    kv = {n: np.zeros((1, n_head, 0, hd), np.float32) for n in cache}
-    tokens, nxt = [], None
-    for pos in range(len(prompt) + 31):
-        tok = prompt[pos] if pos < len(prompt) else nxt
-        outs = sess.run(None, {"input_ids": np.array([[tok]], np.int64),
-                               "position_ids": np.array([[pos]], np.int64), **kv})
-        kv = dict(zip(cache, outs[1:]))
-        if pos >= len(prompt) - 1:
-            nxt = int(np.argmax(outs[0][0, -1]))
-            tokens.append(nxt)
+    tokens = ort_greedy(model, cache, (1, n_head, 0, hd), prompt, 32)
     info = {"exporter": "torch.onnx.export(dynamo=False), dynamic_axes past", "torch": torch.__version__,
             "dims": {"past": [0, n_ctx - 1]},
             "greedy": {"prompt": prompt, "tokens": tokens, "cache": cache}}

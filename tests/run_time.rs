@@ -258,7 +258,8 @@ fn a_decoder_with_a_key_value_cache_generates_onnxruntimes_tokens_from_one_artif
     let s = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default()).unwrap();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(m.model.with_file_name("meta.json")).unwrap()).unwrap();
-    let ints = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+    let ints =
+        |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
     let (prompt, want) = (ints(&meta["greedy"]["prompt"]), ints(&meta["greedy"]["tokens"]));
     let mut cache: Vec<(Vec<usize>, Vec<f32>)> = vec![(vec![1, 4, 0, 16], vec![]); 4];
     let mut tokens = Vec::new();

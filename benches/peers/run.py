@@ -16,6 +16,15 @@ says whether they match.
     target/peers-venv/bin/python benches/peers/run.py [--threads N] [--rounds R] [--iters I] MODEL.onnx|DIR...
     target/peers-venv/bin/python benches/peers/run.py --bench-models [--threads N] ...
     target/peers-venv/bin/python benches/peers/run.py MODEL --dim batch=1..8 --dim seq=1..512 [--shapes 1x7,4x384]
+    target/peers-venv/bin/python benches/peers/run.py --decode DIR [--threads N]
+
+--decode times greedy generation with a decoder whose key/value cache has a run-time past
+length (scripts/export_bench_models.py's gpt2_decode; DIR/meta.json gives the dims, the
+prompt and onnxruntime's tokens): the model is compiled once with those dims, the tokens
+Kiln generates (target/release/kiln-decode) are checked against onnxruntime's, and then
+both generate the same tokens, interleaved; the figure is each generation's time per step
+(milliseconds per token: the prompt token by token, then the new tokens). onnxruntime is
+driven from Python (`InferenceSession.run` with numpy arrays, as its users drive it).
 
 With no model given it uses the generated test models (scripts/gen_testdata.py).
 --bench-models uses the full-size models of issue 4 in target/bench-models/*/model.onnx
@@ -47,6 +56,7 @@ DATA = REPO / "target" / "kiln-testdata" / "onnx-1.23.2"
 BENCH_MODELS = REPO / "target" / "bench-models"
 BENCH_ORDER = ("resnet50", "mobilenetv2", "bert_base", "gpt2_small")
 KILN = REPO / "target" / "release" / "kiln"
+KILN_DECODE = REPO / "target" / "release" / "kiln-decode"
 # The pause before each runtime's turn, for the others' worker threads to go to sleep:
 # onnxruntime's spinning workers still took a core from the next runtime 100 ms after its
 # turn (a 0.37 ms grouped convolution of Kiln's timed at 0.76 ms at 2 threads; 0.39 ms
@@ -131,6 +141,33 @@ def ort_runner(path: Path, feeds: dict, threads: int):
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda: s.run(None, feeds)
+
+
+def ort_decoder(path: Path, threads: int, prompt: list[int], n: int):
+    """onnxruntime's greedy generation with a key/value-cache decoder (inputs `input_ids`,
+    `position_ids`, `past_*`; outputs the logits, then `present_*`): a function giving the
+    tokens and the steps run, the prompt fed token by token, then its own picks."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    cache = [(i.name, [d if isinstance(d, int) else 0 for d in i.shape]) for i in s.get_inputs()
+             if i.name.startswith("past")]
+
+    def generate() -> tuple[list[int], int]:
+        kv = {name: np.zeros(shape, np.float32) for name, shape in cache}
+        tokens: list[int] = []
+        steps = len(prompt) + n - 1
+        for pos in range(steps):
+            tok = prompt[pos] if pos < len(prompt) else tokens[-1]
+            outs = s.run(None, {"input_ids": np.array([[tok]], np.int64),
+                                "position_ids": np.array([[pos]], np.int64), **kv})
+            kv = {name: o for (name, _), o in zip(cache, outs[1:])}
+            if pos >= len(prompt) - 1:
+                tokens.append(int(np.argmax(outs[0][0, -1])))
+        return tokens, steps
+
+    return generate
 
 
 def tract_runner(path: Path, feeds: dict, threads: int):
@@ -225,6 +262,17 @@ def worker(a: argparse.Namespace) -> None:
     try:
         __import__(package)
     except ImportError:
+        return
+    if a.decode:
+        generate = ort_decoder(a.models[0], a.threads, [int(t) for t in a.prompt.split(",")], a.tokens)
+        generate()
+        for line in sys.stdin:
+            times = []
+            for _ in range(int(line)):
+                t = time.perf_counter()
+                _, steps = generate()
+                times.append(f"{(time.perf_counter() - t) * 1e3 / steps:.4f}")
+            print(f"times_ms={','.join(times)}", flush=True)
         return
     feeds = {}
     for f in a.feed:
@@ -340,6 +388,45 @@ def run_time_dims(a: argparse.Namespace, path: Path) -> None:
               flush=True)
 
 
+def decode(a: argparse.Namespace, folder: Path) -> None:
+    """`--decode DIR`: greedy generation with a key/value-cache decoder, Kiln against
+    onnxruntime (see the module's doc)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    path = folder / "model.onnx"
+    prompt, want = meta["greedy"]["prompt"], meta["greedy"]["tokens"]
+    n = len(want)
+    tmp = REPO / "target" / "peers" / "decode"
+    tmp.mkdir(parents=True, exist_ok=True)
+    art = tmp / f"{folder.name}.kiln"
+    args = [str(KILN), "compile", str(path), "-o", str(art)]
+    for name, (lo, hi) in meta["dims"].items():
+        args += ["--dim", f"{name}={lo}..{hi}"]
+    t = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    print(f"  ({folder.name}: kiln compile {time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
+    p_arg = ",".join(map(str, prompt))
+    out = subprocess.run([str(KILN_DECODE), str(art), "--prompt", p_arg, "--tokens", str(n)], check=True,
+                         capture_output=True, text=True).stdout
+    got = [int(x) for x in out.strip().split("=", 1)[1].split(",")]
+    match = "yes" if got == want else f"NO (kiln {got}, onnxruntime {want})"
+    kiln = Server("kiln", [str(KILN_DECODE), str(art), "--prompt", p_arg, "--tokens", str(n), "--threads",
+                           str(a.threads), "--serve"])
+    ort_ = Server("ort", [sys.executable, __file__, "--worker", "ort", "--decode", "--prompt", p_arg, "--tokens",
+                          str(n), "--threads", str(a.threads), str(path)])
+    for srv in (kiln, ort_):
+        if srv.times(0) is None:
+            sys.exit(f"{srv.name} failed to load {path}")
+    per_round, runs = timed([kiln, ort_], a.rounds, a.iters, path)
+    km, om = statistics.median(runs["kiln"]), statistics.median(runs["ort"])
+    best = min(per_round["kiln"]) / min(per_round["ort"])
+    print(f"threads={a.threads} rounds={a.rounds} iters={a.iters} dims={meta['dims']} "
+          f"steps per generation={len(prompt) + n - 1}")
+    print(f"{'model':14} {'kiln ms/token':>14} {'ort ms/token':>13} {'kiln/ort':>9} {'best k/o':>9}  tokens match ort")
+    print(f"{folder.name:14} {km:14.3f} {om:13.3f} {km / om:9.2f} {best:9.2f}  {match}", flush=True)
+    line = " | ".join(f"{name} {' '.join(f'{x:.2f}' for x in per_round[name])}" for name in ("kiln", "ort"))
+    print(f"  round medians: {line}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", choices=sorted(PEERS), help=argparse.SUPPRESS)
@@ -362,9 +449,19 @@ def main() -> None:
                          "pinned to each shape (and onnxruntime)")
     ap.add_argument("--shapes", default="1x7,1x128,4x384,8x512",
                     help="with --dim: the leading axes of every input, e.g. 1x7,4x384")
+    ap.add_argument("--decode", action="store_true",
+                    help="greedy generation with a key/value-cache decoder (a folder with meta.json), per token")
+    ap.add_argument("--prompt", help=argparse.SUPPRESS)
+    ap.add_argument("--tokens", type=int, default=32, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         worker(a)
+        return
+    if a.decode:
+        if not KILN_DECODE.exists():
+            sys.exit(f"{KILN_DECODE} missing: cargo build --release -p kiln-benches --bin kiln-decode")
+        for m in a.models:
+            decode(a, m if m.is_dir() else m.parent)
         return
     if a.dim:
         for m in a.models:

@@ -219,6 +219,11 @@ pub struct Session {
     /// bound is copied (the code may read rows past the run's, never using them).
     staging_offsets: Vec<Option<usize>>,
     scratch: Mutex<Vec<AlignedBuf>>,
+    /// Buffers at their bounds for the outputs whose shape a run decides, one set per run in
+    /// flight ([`Session::run`]): reused, so a run neither zeroes nor faults in memory it
+    /// does not fill (a key/value cache's present at its bound, of which a step fills a
+    /// sliver).
+    bound_outputs: Mutex<Vec<Vec<AlignedBuf>>>,
     pool: Arc<threads::Pool>,
     code: Code,
 }
@@ -373,9 +378,7 @@ fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
     for (k, s) in manifest.symbols.iter().enumerate() {
         let Some(b) = s.base else { continue };
         let base = manifest.symbols.get(b as usize).filter(|t| t.base.is_none() && (b as usize) < k);
-        let fits = base.is_some_and(|t| {
-            t.lo as i64 + s.offset == s.lo as i64 && t.hi as i64 + s.offset == s.hi as i64
-        });
+        let fits = base.is_some_and(|t| t.lo as i64 + s.offset == s.lo as i64 && t.hi as i64 + s.offset == s.hi as i64);
         if !fits {
             return Err(RuntimeError::Manifest(format!(
                 "run-time dim `{}` is derived from dim {b} + {} with bounds {}..={} that do not follow",
@@ -574,6 +577,7 @@ impl Session {
             intermediate_offsets,
             staging_offsets,
             scratch: Mutex::new(Vec::new()),
+            bound_outputs: Mutex::new(Vec::new()),
             pool: threads::Pool::new(opts.threads),
             code,
         }
@@ -807,23 +811,54 @@ impl Session {
     /// Runs the model: checks the inputs against the manifest and returns the outputs, in
     /// buffers allocated for this run (see [`Session::run_into`] to reuse them).
     pub fn run(&self, inputs: &[TensorRef]) -> Result<Vec<Tensor>, RuntimeError> {
-        let mut outs: Vec<Vec<u8>> = self.manifest.outputs.iter().map(|s| vec![0u8; s.byte_len()]).collect();
-        let shapes = {
-            let mut slices: Vec<&mut [u8]> = outs.iter_mut().map(|b| b.as_mut_slice()).collect();
-            self.run_into_shaped(inputs, &mut slices)?
+        let specs = &self.manifest.outputs;
+        // An output of a fixed shape is written in place; one whose shape a run decides is
+        // written to a reused buffer at its bound and its elements copied out.
+        let mut bound = self.bound_outputs.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(|| {
+            specs.iter().filter(|s| s.is_dynamic()).map(|s| AlignedBuf::zeroed(s.byte_len())).collect()
+        });
+        let mut outs: Vec<Vec<u8>> =
+            specs.iter().map(|s| if s.is_dynamic() { Vec::new() } else { vec![0u8; s.byte_len()] }).collect();
+        let result = {
+            let mut spare = bound.iter_mut();
+            let mut slices: Vec<&mut [u8]> = outs
+                .iter_mut()
+                .zip(specs)
+                .map(|(b, s)| {
+                    if s.is_dynamic() {
+                        spare.next().expect("one per dynamic output").as_mut_slice()
+                    } else {
+                        b.as_mut_slice()
+                    }
+                })
+                .collect();
+            self.run_into_shaped(inputs, &mut slices)
         };
-        Ok(self
-            .manifest
-            .outputs
+        let shapes = match result {
+            Ok(shapes) => shapes,
+            Err(e) => {
+                self.bound_outputs.lock().unwrap_or_else(|e| e.into_inner()).push(bound);
+                return Err(e);
+            }
+        };
+        let mut spare = bound.iter();
+        let tensors = specs
             .iter()
             .zip(outs)
             .zip(shapes)
             .map(|((s, mut b), shape)| {
                 let dtype = DTypeCode::from_i32(s.dtype).expect("checked");
-                b.truncate(shape.iter().product::<usize>() * dtype.size());
+                let n = shape.iter().product::<usize>() * dtype.size();
+                if s.is_dynamic() {
+                    b = spare.next().expect("one per dynamic output").as_slice()[..n].to_vec();
+                } else {
+                    b.truncate(n);
+                }
                 Tensor { name: s.name.clone(), dtype, shape, data: b }
             })
-            .collect())
+            .collect();
+        self.bound_outputs.lock().unwrap_or_else(|e| e.into_inner()).push(bound);
+        Ok(tensors)
     }
 
     /// Runs the model into output buffers the caller owns (and can reuse from run to run,

@@ -73,7 +73,11 @@ impl Lowerer<'_> {
             for k in (1..n - 1).rev() {
                 body = Expr::select(Expr::cmp(CmpOp::Less, Expr::Var(*axis), bounds[k].clone()), shifted(k), body);
             }
-            body = Expr::select(Expr::cmp(CmpOp::Less, Expr::Var(*axis), bounds[0].clone()), load_at(0, Expr::Var(*axis)), body);
+            body = Expr::select(
+                Expr::cmp(CmpOp::Less, Expr::Var(*axis), bounds[0].clone()),
+                load_at(0, Expr::Var(*axis)),
+                body,
+            );
             let mut inputs = ins;
             inputs.push(dims);
             self.emit(elementwise(name, out, inputs, body));

@@ -103,7 +103,8 @@ pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<AxisDims, Pa
     let axes: HashMap<ValueId, Axes> = found
         .into_iter()
         .map(|(v, a)| {
-            let a = a.into_iter().map(|x| x.map(|(s, per, c)| (if c == 0 { s } else { index[&(s, c)] }, per))).collect();
+            let a =
+                a.into_iter().map(|x| x.map(|(s, per, c)| (if c == 0 { s } else { index[&(s, c)] }, per))).collect();
             (v, a)
         })
         .collect();

@@ -393,11 +393,9 @@ fn write_axes(p: &mut Program, k: &Kernel, dom: &Axes) -> Result<(), String> {
 /// The view of the dims array (added to the program once).
 fn dims_view(p: &mut Program, dims_buffer: &mut Option<kiln_ir::lir::BufferId>) -> View {
     let n = p.dim_slots;
-    let b = *dims_buffer.get_or_insert_with(|| {
-        match p.buffers.iter().position(|b| b.kind == BufferKind::Dims) {
-            Some(i) => kiln_ir::lir::BufferId(i as u32),
-            None => p.add_buffer(BufferKind::Dims, n * 8, "dims"),
-        }
+    let b = *dims_buffer.get_or_insert_with(|| match p.buffers.iter().position(|b| b.kind == BufferKind::Dims) {
+        Some(i) => kiln_ir::lir::BufferId(i as u32),
+        None => p.add_buffer(BufferKind::Dims, n * 8, "dims"),
     });
     View::dense(b, DType::I64, &[n])
 }

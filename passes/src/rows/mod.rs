@@ -23,8 +23,8 @@ use kiln_ir::{Graph, Op, ValueDef, ValueId};
 mod axes;
 mod lir;
 pub use axes::{compare_axes, AxisDims};
-pub(crate) use lir::{concat_runs, run_time_dims};
 pub use lir::{clamp, mark, touches_rows};
+pub(crate) use lir::{concat_runs, run_time_dims};
 
 use crate::PassError;
 

@@ -30,7 +30,8 @@
 //!   AVX-512 mask registers, AVX's `vmaskmov`), a strided one through a small stack tile, so
 //!   that nothing outside C is touched;
 //! * a prepacked B (weights, read from L3 or memory) is prefetched [`PREFETCH_BYTES`] ahead
-//!   in the K loop, a line per 64 bytes of panel;
+//!   in the K loop, a line per 64 bytes of panel, where more than one row tile reads each
+//!   panel (a GEMV's single sequential stream is left to the hardware prefetcher);
 //! * the finalizer runs on the accumulator vectors of every tile after its last K slice,
 //!   before the store, when it is float arithmetic, ReLU/Clip and loads along N or broadcast
 //!   ([`crate::vector::vgen_masked`]: an edge tile's loads are masked like its stores);
