@@ -28,12 +28,7 @@ struct Decoder {
 
 impl Decoder {
     fn new(path: &str, threads: usize) -> Result<Decoder, String> {
-        let s = if std::env::var_os("KILN_DECODE_COPY").is_some() {
-            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-            Session::from_bytes(&bytes, &SessionOptions { threads }).map_err(|e| e.to_string())?
-        } else {
-            Session::load_with(path, &SessionOptions { threads }).map_err(|e| e.to_string())?
-        };
+        let s = Session::load_with(path, &SessionOptions { threads }).map_err(|e| e.to_string())?;
         let outs: Vec<String> = s.outputs().iter().map(|o| o.name.clone()).collect();
         let mut past_of = Vec::new();
         let mut empty = Vec::new();

@@ -278,6 +278,22 @@ fn a_decoder_with_a_key_value_cache_generates_onnxruntimes_tokens_from_one_artif
         }
     }
     assert_eq!(tokens, want, "greedy tokens against onnxruntime's");
+
+    // A cache past its bound, and caches of two lengths, are refused naming the input and the
+    // dim (the present's derived length is never given by the caller).
+    let run = |pasts: [usize; 4]| -> String {
+        let data: Vec<Vec<f32>> = pasts.iter().map(|&p| vec![0.5; 4 * p * 16]).collect();
+        let shapes: Vec<[usize; 4]> = pasts.iter().map(|&p| [1, 4, p, 16]).collect();
+        let (tok, at) = ([1i64], [0i64]);
+        let mut inputs = vec![kiln::TensorRef::i64(&[1, 1], &tok), kiln::TensorRef::i64(&[1, 1], &at)];
+        inputs.extend(shapes.iter().zip(&data).map(|(s, d)| kiln::TensorRef::f32(s, d)));
+        s.run(&inputs).map(|_| String::new()).unwrap_or_else(|e| e.to_string())
+    };
+    assert_eq!(run([63; 4]), "", "the bound itself runs");
+    let e = run([64; 4]);
+    assert!(e.contains("`past_key_0`") && e.contains("`past`") && e.contains("0..=63"), "{e}");
+    let e = run([5, 5, 6, 5]);
+    assert!(e.contains("`past_key_1`") && e.contains("is 6") && e.contains("`past_key_0` gives `past` = 5"), "{e}");
 }
 
 /// The same encoder through `kiln run`: a sequence past its bound, none, and inputs whose
@@ -317,6 +333,44 @@ fn a_run_time_sequence_outside_its_bounds_or_disagreeing_is_refused() {
         let (code, e) = run(ids, mask);
         assert_eq!((code, e.lines().count()), (Some(1), 1), "{ids} {mask}: {e}");
         assert!(want.iter().all(|w| e.contains(w)), "{ids} {mask}: {e}");
+    }
+}
+
+/// The decoder through `kiln run`, compiled with `--dim past=0..63`: an empty cache runs (the
+/// first token), a cache past its bound and caches of two lengths are one-line errors with
+/// status 1.
+#[test]
+fn a_decoder_cache_outside_its_bounds_or_disagreeing_is_refused_by_kiln_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = dir.path().join("d.kiln").to_str().unwrap().to_string();
+    let model = "tests/dynamic_models/gpt_decode/model.onnx";
+    let out = kiln(&["compile", model, "--dim", "past=0..63", "-o", &artifact]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    npy(&dir.path().join("tok.npy"), &[1, 1], &[3i64]);
+    for p in [0u64, 5, 6, 64] {
+        npy(&dir.path().join(format!("kv{p}.npy")), &[1, 4, p, 16], &vec![0.25f32; 64 * p as usize]);
+    }
+    let run = |pasts: [u64; 4]| {
+        let mut inputs = vec![("input_ids", "tok.npy".to_string()), ("position_ids", "tok.npy".to_string())];
+        for (name, p) in ["past_key_0", "past_value_0", "past_key_1", "past_value_1"].into_iter().zip(pasts) {
+            inputs.push((name, format!("kv{p}.npy")));
+        }
+        let mut args = vec!["run".to_string(), artifact.clone(), "--output-dir".into()];
+        args.push(dir.path().join("out").display().to_string());
+        for (name, file) in inputs {
+            args.extend(["--input".to_string(), format!("{name}={}", dir.path().join(file).display())]);
+        }
+        let out = kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(run([0; 4]).0, Some(0), "an empty cache is the first step");
+    for (pasts, want) in [
+        ([64; 4], ["input `past_key_0`", "`past`", "0..=63"]),
+        ([5, 5, 5, 6], ["input `past_value_1`", "is 6", "input `past_key_0`"]),
+    ] {
+        let (code, e) = run(pasts);
+        assert_eq!((code, e.lines().count()), (Some(1), 1), "{pasts:?}: {e}");
+        assert!(want.iter().all(|w| e.contains(w)), "{pasts:?}: {e}");
     }
 }
 

@@ -241,11 +241,12 @@ class Server:
         self.p.wait()
 
 
-def kiln_server(path: Path, feeds: dict, feed_args: list[str], threads: int) -> Server:
-    args = [str(KILN), "bench", str(path), "--threads", str(threads), "--serve"] + shape_args(path, feeds)
+def kiln_server(path: Path, feeds: dict, feed_args: list[str], threads: int, kiln: Path = KILN,
+                name: str = "kiln") -> Server:
+    args = [str(kiln), "bench", str(path), "--threads", str(threads), "--serve"] + shape_args(path, feeds)
     for f in feed_args:
         args += ["--input", f]
-    return Server("kiln", args)
+    return Server(name, args)
 
 
 def peer_server(peer: str, path: Path, feed_args: list[str], threads: int) -> Server:
@@ -451,6 +452,9 @@ def main() -> None:
                     help="with --dim: the leading axes of every input, e.g. 1x7,4x384")
     ap.add_argument("--decode", action="store_true",
                     help="greedy generation with a key/value-cache decoder (a folder with meta.json), per token")
+    ap.add_argument("--baseline", type=Path, metavar="KILN",
+                    help="another `kiln` binary (an earlier build), timed as one more runtime on the same models: "
+                         "the kiln/base column (the model compiled by each binary)")
     ap.add_argument("--prompt", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, default=32, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -468,7 +472,9 @@ def main() -> None:
             run_time_dims(a, m / "model.onnx" if m.is_dir() else m)
         return
     if a.bench_models:
-        found = sorted(BENCH_MODELS.glob("*/model.onnx"),
+        # (A decoder stepped with its cache is timed by --decode.)
+        found = sorted((p for p in BENCH_MODELS.glob("*/model.onnx")
+                        if not (p.parent / "meta.json").exists() or "greedy" not in (p.parent / "meta.json").read_text()),
                        key=lambda p: (BENCH_ORDER.index(p.parent.name) if p.parent.name in BENCH_ORDER
                                       else len(BENCH_ORDER), p.parent.name))
         if not found:
@@ -505,6 +511,8 @@ def main() -> None:
             continue
         feed_args = save_feeds(feeds, tmp)
         servers = [kiln_server(kiln_model, feeds, feed_args, a.threads), peer_server("ort", path, feed_args, a.threads)]
+        if a.baseline:
+            servers.append(kiln_server(path, feeds, feed_args, a.threads, a.baseline, "base"))
         if "openvino" in a.peers.split(","):
             servers.append(peer_server("openvino", path, feed_args, a.threads))
         if a.threads == 1 and "tract" in a.peers.split(","):
@@ -532,8 +540,11 @@ def main() -> None:
         # On a shared machine interference only adds time: the ratio of the best rounds is the
         # steadier figure when rounds disagree.
         best = min(per_round["kiln"]) / min(per_round["ort"])
+        base = ""
+        if "base" in med:
+            base = f"  kiln/base {km / med['base']:.2f} (best {min(per_round['kiln']) / min(per_round['base']):.2f})"
         print(f"{name:24} {km:9.3f} {om:9.3f} {vm:9.3f} {tm:9.3f} {km / om:9.2f} {best:9.2f} {km / vm:9.2f}"
-              f" {km / tm:10.2f}  {match}", flush=True)
+              f" {km / tm:10.2f}  {match}{base}", flush=True)
         table.append((name, km, om, vm, best, match))
         if a.rounds > 1:
             line = " | ".join(f"{n} {' '.join(f'{x:.2f}' for x in per_round[n])}" for n in names)

@@ -48,20 +48,9 @@ pub enum RuntimeError {
     InputDim { name: String, dim: usize, symbol: String, size: usize, bounds: String },
     #[error("input `{name}`: dim {dim} (`{symbol}`) is {size}, but input `{other}` gives `{symbol}` = {other_size}")]
     InputSymbol { name: String, dim: usize, symbol: String, size: usize, other: String, other_size: usize },
-    #[error(
-        "input `{name}`: dim {dim} (`{symbol}`, `{base}` + {offset}) is {size}, but input `{other}` gives `{base}` = \
-         {base_size}"
-    )]
-    InputDerived {
-        name: String,
-        dim: usize,
-        symbol: String,
-        base: String,
-        offset: i64,
-        size: usize,
-        other: String,
-        base_size: usize,
-    },
+    /// `symbol`: the derived dim and what it derives from; `given`: what the other input gives.
+    #[error("input `{name}`: dim {dim} ({symbol}) is {size}, but {given}")]
+    InputDerived { name: String, dim: usize, symbol: String, size: usize, given: String },
     #[error("input `{name}`: {got} bytes of data for shape {shape:?} of {dtype} ({want} bytes)")]
     InputBytes { name: String, got: usize, want: usize, shape: Vec<usize>, dtype: &'static str },
     #[error("the model has no input `{name}` (its inputs: {inputs})")]
@@ -711,15 +700,13 @@ impl Session {
                         .find(|s| s.name == from)
                         .and_then(|s| s.dim_slots.iter().position(|&x| x == k as i32))
                         .unwrap_or(0);
+                    let base = &symbols[b as usize].name;
                     return Err(RuntimeError::InputDerived {
                         name: from.to_string(),
                         dim,
-                        symbol: sym.name.clone(),
-                        base: symbols[b as usize].name.clone(),
-                        offset: sym.offset,
+                        symbol: format!("`{}`, `{base}` {:+}", sym.name, sym.offset),
                         size: got,
-                        other: base_from.to_string(),
-                        base_size: sizes[b as usize] as usize,
+                        given: format!("input `{base_from}` gives `{base}` = {}", sizes[b as usize]),
                     });
                 }
             }

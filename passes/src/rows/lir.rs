@@ -301,8 +301,14 @@ fn walk(p: &mut Program, last: bool) -> Result<(), PassError> {
                 if dom.iter().skip(1).any(Option::is_some) || !masked.is_empty() {
                     let dims = dims_view(p, &mut dims_buffer);
                     let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
-                    let d = k.inputs.len();
-                    k.inputs.push(dims);
+                    // (A kernel lowering gave the dims array already reads it as it is.)
+                    let d = match k.inputs.iter().position(|v| v.buffer == dims.buffer) {
+                        Some(d) => d,
+                        None => {
+                            k.inputs.push(dims);
+                            k.inputs.len() - 1
+                        }
+                    };
                     if !masked.is_empty() {
                         let conds = masked
                             .iter()
@@ -418,7 +424,7 @@ pub(crate) fn concat_runs(p: &mut Program, ins: &[View], out: &View, axis: usize
         return None;
     }
     let rest: usize = ins[1..].iter().map(|v| v.extents[axis]).sum();
-    if rest as u64 % per != 0 {
+    if !(rest as u64).is_multiple_of(per) {
         return None;
     }
     let c = (rest as u64 / per) as i64;
