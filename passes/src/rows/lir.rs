@@ -403,6 +403,9 @@ fn dims_view(p: &mut Program, dims_buffer: &mut Option<kiln_ir::lir::BufferId>) 
         Some(i) => kiln_ir::lir::BufferId(i as u32),
         None => p.add_buffer(BufferKind::Dims, n * 8, "dims"),
     });
+    // (Lowering may have added it before the slots of run-time shapes were counted.)
+    let buf = &mut p.buffers[b.0 as usize];
+    buf.bytes = buf.bytes.max(n * 8);
     View::dense(b, DType::I64, &[n])
 }
 
