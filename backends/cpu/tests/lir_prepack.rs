@@ -21,7 +21,7 @@ fn prepack_on_its_files() {
         let (head, body) = text.split_once('\n').expect("a header line");
         assert_eq!(head, "// pass: prepack", "{stem}.lir");
         let mut p = kiln_ir::lir::parse(body).unwrap_or_else(|e| panic!("{stem}.lir: {e}"));
-        let changed = kiln_backend_cpu::prepack(&mut p, &target);
+        let changed = kiln_backend_cpu::prepack(&mut p, &target, false);
         kiln_ir::verify::verify_lir(&p).unwrap_or_else(|e| panic!("{stem}.lir after prepack: {e}"));
         let out = format!("// kernels changed: {changed}\n{}", kiln_ir::lir::print(&p));
         insta::assert_snapshot!(stem.clone(), out, &format!("{stem}.lir after prepack"));

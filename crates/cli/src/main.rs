@@ -53,6 +53,10 @@ struct ShapeArgs {
     /// planned at HI (repeatable).
     #[arg(long = "dim", value_name = "NAME=LO..HI")]
     dim: Vec<String>,
+    /// The precision of matrix products and convolutions: `f32` (default), or `bf16` (their
+    /// weights rounded to bf16, widened to f32 as they are loaded; the rest in f32).
+    #[arg(long = "precision", value_name = "f32|bf16")]
+    precision: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -175,6 +179,9 @@ fn options(shapes: &ShapeArgs, target: &str, model: &Path) -> Res<CompileOptions
         o.input_shapes.insert(name, dims);
     }
     o.max_elements = shapes.max_elements;
+    if let Some(p) = &shapes.precision {
+        o.precision = kiln::Precision::parse(p)?;
+    }
     for d in &shapes.dim {
         let (name, bounds) = kiln::parse_dim_spec(d)?;
         o.dims.insert(name, bounds);
@@ -198,10 +205,11 @@ fn session(model: &Path, shapes: &ShapeArgs, threads: usize, structured: &Struct
         let given = !shapes.input_shape.is_empty()
             || !shapes.freeze_input.is_empty()
             || !shapes.input_value.is_empty()
-            || !shapes.dim.is_empty();
+            || !shapes.dim.is_empty()
+            || shapes.precision.is_some();
         if given || shapes.max_elements.is_some() {
-            return Err("--input-shape, --freeze-input, --input-value, --dim and --max-elements apply to .onnx \
-                        models; a .kiln artifact is fixed at compile time"
+            return Err("--input-shape, --freeze-input, --input-value, --dim, --max-elements and --precision apply \
+                        to .onnx models; a .kiln artifact is fixed at compile time"
                 .into());
         }
         return Ok(Session::load_with(model, &so)?);

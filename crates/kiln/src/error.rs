@@ -30,6 +30,8 @@ pub enum Error {
     Native(#[from] native::NativeError),
     #[error("target `{target}`: {message}")]
     Devices { target: String, message: String },
+    #[error("{0}")]
+    Options(String),
 }
 
 impl Error {

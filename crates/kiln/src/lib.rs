@@ -59,7 +59,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 use kiln_passes::pipeline::{self, Until};
 pub use native::ArtifactKind;
-pub use options::CompileOptions;
+pub use options::{CompileOptions, Precision};
 
 pub use kiln_abi as abi;
 pub use kiln_abi::manifest::TensorSpec;
@@ -140,11 +140,11 @@ pub struct Compiler {
 
 /// The CPU backend's steps in the pipeline: it packs constant GEMM operands into its
 /// kernels' panels.
-struct CpuSteps<'a>(&'a CpuTarget);
+struct CpuSteps<'a>(&'a CpuTarget, Precision);
 
 impl pipeline::Backend for CpuSteps<'_> {
     fn prepack(&self, p: &mut Program) -> usize {
-        kiln_backend_cpu::prepack(p, self.0)
+        kiln_backend_cpu::prepack(p, self.0, self.1 == Precision::Bf16)
     }
 }
 
@@ -289,7 +289,7 @@ impl Compiler {
 
     /// The pipeline's context for the CPU this compiler targets.
     fn cpu_steps(&self) -> CpuSteps<'_> {
-        CpuSteps(&self.opts.target)
+        CpuSteps(&self.opts.target, self.opts.precision)
     }
 
     /// Checks a step name for `--after` (`import` or any step of [`pipeline::PIPELINE`]).

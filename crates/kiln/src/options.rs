@@ -46,6 +46,41 @@ pub struct CompileOptions {
     pub devices: Vec<Device>,
     /// The GPU that `cuda` devices compile for.
     pub cuda: kiln_backend_cuda::CudaTarget,
+    /// The precision of the products (`--precision`): f32, or bf16 weights.
+    pub precision: Precision,
+}
+
+/// The precision a compilation computes products in (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32 (the default: exact to the conformance tolerances).
+    #[default]
+    F32,
+    /// The weights of matrix products and convolutions (constant operands packed at compile
+    /// time) rounded to bf16, widened to f32 as the kernels load them: half the bytes to
+    /// stream, the products and sums in f32, everything else (activations, softmax,
+    /// normalizations, reductions) in f32. Outputs differ from f32 by the weights' rounding
+    /// (2^-9 relative per weight).
+    Bf16,
+}
+
+impl Precision {
+    /// Parses a `--precision` value.
+    pub fn parse(s: &str) -> Result<Precision, Error> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" | "int8" => Err(Error::Options(format!("--precision {s} is not supported yet (f32 and bf16 are)"))),
+            other => Err(Error::Options(format!("unknown --precision `{other}` (f32 or bf16)"))),
+        }
+    }
+    /// The name `--precision` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 impl Default for CompileOptions {
@@ -63,6 +98,7 @@ impl Default for CompileOptions {
             threads: 0,
             devices: Vec::new(),
             cuda: Default::default(),
+            precision: Precision::F32,
         }
     }
 }

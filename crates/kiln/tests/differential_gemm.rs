@@ -66,6 +66,37 @@ fn blocked_gemm_prepacks_constant_b() {
     }
 }
 
+/// `--precision bf16`: constant weights are packed as bf16 panels and widened as they are
+/// loaded; products match the reference on the weights rounded to bf16, at M = 1, at edges in
+/// M, N and K (K not a multiple of anything), batched, with a bias, and in a convolution.
+#[test]
+fn bf16_weights_match_the_reference_on_rounded_weights() {
+    let mut r = Rng(48);
+    for (m, k, n) in [(1, 7, 5), (1, 300, 70), (5, 33, 17), (17, 129, 31), (100, 300, 270)] {
+        let (x, w) = (r.tensor(DType::F32, &[m, k]), r.tensor(DType::F32, &[k, n]));
+        let lir = check_bf16(Op::MatMul, &[x, w], &[false, true], 1e-4);
+        assert!(lir.contains("<bf16"), "{m}x{k}x{n}: the weights should be bf16 panels:\n{lir}");
+    }
+    let ins = [r.tensor(DType::F32, &[3, 9, 20]), r.tensor(DType::F32, &[20, 11])];
+    check_bf16(Op::MatMul, &ins, &[false, true], 1e-4);
+    let op = Op::Gemm { alpha: 0.5, beta: 1.5, trans_a: false, trans_b: true };
+    let ins = [r.tensor(DType::F32, &[13, 70]), r.tensor(DType::F32, &[35, 70]), r.tensor(DType::F32, &[35])];
+    check_bf16(op, &ins, &[false, true, true], 1e-4);
+    // A 3x3 convolution of stride 2 with padding (a product over its taps; a stride-1 one
+    // would go through Winograd, whose transformed weights are what is rounded), 16 channels
+    // in and out.
+    let op = Op::Conv {
+        window: kiln::ir::op::Window { kernel: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1], dilations: [1, 1] },
+        group: 1,
+    };
+    let ins =
+        [r.tensor(DType::F32, &[1, 16, 9, 11]), r.tensor(DType::F32, &[16, 16, 3, 3]), r.tensor(DType::F32, &[16])];
+    check_bf16(op, &ins, &[false, true, true], 1e-4);
+    // A run-time B stays f32: the reference is the plain product.
+    let ins = [r.tensor(DType::F32, &[4, 10]), r.tensor(DType::F32, &[10, 6])];
+    check_bf16(Op::MatMul, &ins, &[false, false], 1e-4);
+}
+
 /// A step of an epilogue: an op on earlier values, or a scalar constant.
 enum Step<V> {
     Op(Op, Vec<V>),

@@ -35,6 +35,37 @@ fn f32_ptr<'ctx>(g: &CodeGen<'ctx>, base: PointerValue<'ctx>, at: IntValue<'ctx>
     g.elem_ptr(base, DType::F32, at)
 }
 
+/// Element `at` of a prepacked B: f32, or bf16 ([`Gemm::b_bf16`]).
+fn b_ptr<'ctx>(
+    g: &CodeGen<'ctx>,
+    p: &Gemm,
+    base: PointerValue<'ctx>,
+    at: IntValue<'ctx>,
+) -> BackendResult<PointerValue<'ctx>> {
+    g.elem_ptr(base, if p.b_bf16 { DType::BF16 } else { DType::F32 }, at)
+}
+
+/// A vector of B from the panel at `at`: W floats, or W bf16 widened to f32 (the bits shifted
+/// into the high half: exact).
+fn b_load<'ctx>(
+    g: &CodeGen<'ctx>,
+    p: &Gemm,
+    vt: VectorType<'ctx>,
+    at: PointerValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
+    if !p.b_bf16 {
+        return vload(g, vt, at);
+    }
+    let w = vt.get_size();
+    let (i16v, i32v) = (g.context.i16_type().vec_type(w), g.context.i32_type().vec_type(w));
+    let half = g.builder.build_load(i16v, at, "bh").map_err(llvm_err)?;
+    half.as_instruction_value().expect("a load").set_alignment(2).map_err(llvm_err)?;
+    let wide = g.builder.build_int_z_extend(half.into_vector_value(), i32v, "bw").map_err(llvm_err)?;
+    let shift = VectorType::const_vector(&vec![g.context.i32_type().const_int(16, false); w as usize]);
+    let bits = g.builder.build_left_shift(wide, shift, "bs").map_err(llvm_err)?;
+    Ok(g.builder.build_bit_cast(bits, vt, "bf").map_err(llvm_err)?.into_vector_value())
+}
+
 /// `x` unravelled over `dims` (mixed radix, innermost last).
 fn unravel<'ctx>(g: &CodeGen<'ctx>, x: IntValue<'ctx>, dims: &[usize]) -> BackendResult<Vec<IntValue<'ctx>>> {
     let mut out = vec![g.i64(0); dims.len()];
@@ -105,7 +136,7 @@ fn b_panel<'ctx>(
     let (bptr, bstride) = if p.bsrc == BSource::Prepacked {
         // Flat K row tap_lo·K_in + kc0 of panel j0/NR.
         let row = add(g, mul(g, tap_lo, k_in as i64)?, kc0)?;
-        (f32_ptr(g, b_base, add(g, b_at, mul(g, row, nr as i64)?)?)?, g.i64(nr as i64))
+        (b_ptr(g, p, b_base, add(g, b_at, mul(g, row, nr as i64)?)?)?, g.i64(nr as i64))
     } else if p.bsrc == BSource::InPlace {
         // One K dim. Full-width panels are read in place; the last, narrower one is packed.
         let narrow = g.builder.build_not(jfull, "narrow").map_err(llvm_err)?;
@@ -308,7 +339,8 @@ fn prefetches(p: &Gemm) -> bool {
 /// it consumes them, they stalled it). `None` when a block has too few tiles to spread it.
 fn next_panel_lines(p: &Gemm) -> Option<usize> {
     let tiles = p.mc().div_ceil(p.bl.mr);
-    (p.bsrc == BSource::Prepacked && tiles >= NEXT_PANEL_MIN_TILES).then(|| (p.k * p.bl.nr / 16).div_ceil(tiles))
+    let per_line = if p.b_bf16 { 32 } else { 16 };
+    (p.bsrc == BSource::Prepacked && tiles >= NEXT_PANEL_MIN_TILES).then(|| (p.k * p.bl.nr / per_line).div_ceil(tiles))
 }
 
 /// The stack buffers, accumulators and intrinsics of a GEMM body.
@@ -694,7 +726,7 @@ fn multiply_slice<'ctx>(
         let step = |kk: IntValue<'ctx>, s: usize| -> BackendResult<()> {
             let boff = g.builder.build_int_nsw_mul(add(g, row0, kk)?, t.bstride, "bo").map_err(llvm_err)?;
             let bv: Vec<VectorValue> = (0..nq)
-                .map(|q| vload(g, t.vt, f32_ptr(g, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
+                .map(|q| b_load(g, p, t.vt, b_ptr(g, p, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
                 .collect::<BackendResult<_>>()?;
             for (i, &(ap, astep)) in rows.iter().enumerate() {
                 let ak = g.builder.build_int_nsw_mul(kk, astep, "ak").map_err(llvm_err)?;
@@ -723,8 +755,10 @@ fn multiply_slice<'ctx>(
             let i32t = g.context.i32_type();
             // (address, write = 0, locality = 3: keep in all levels, data cache = 1)
             let (rw, loc, data) = (i32t.const_zero(), i32t.const_int(3, false), i32t.const_int(1, false));
-            for l in 0..(n * nr * 4).div_ceil(64) {
-                let at = f32_ptr(g, t.bptr, add(g, off, g.i64((l * 16) as i64))?)?;
+            // Elements of B per 64-byte line.
+            let per_line = if p.b_bf16 { 32 } else { 16 };
+            for l in 0..(n * nr).div_ceil(per_line) {
+                let at = b_ptr(g, p, t.bptr, add(g, off, g.i64((l * per_line) as i64))?)?;
                 g.builder
                     .build_call(t.prefetch_fn, &[at.into(), rw.into(), loc.into(), data.into()], "")
                     .map_err(llvm_err)?;
@@ -736,11 +770,11 @@ fn multiply_slice<'ctx>(
                 let trip =
                     g.builder.build_int_unsigned_div(add(g, row0, k0)?, g.i64(n as i64), "trip").map_err(llvm_err)?;
                 let line0 = add(g, mul(g, it, lines as i64)?, mul(g, trip, per_trip as i64)?)?;
-                // Lines are 16 floats; the next panel starts K·NR floats on.
-                let base = add(g, mul(g, line0, 16)?, g.i64((p.k * nr) as i64))?;
+                // Lines are 16 floats (32 bf16); the next panel starts K·NR elements on.
+                let base = add(g, mul(g, line0, per_line as i64)?, g.i64((p.k * nr) as i64))?;
                 let l2 = i32t.const_int(2, false);
                 for l in 0..per_trip {
-                    let at = f32_ptr(g, t.bptr, add(g, base, g.i64((l * 16) as i64))?)?;
+                    let at = b_ptr(g, p, t.bptr, add(g, base, g.i64((l * per_line) as i64))?)?;
                     g.builder
                         .build_call(t.prefetch_fn, &[at.into(), rw.into(), l2.into(), data.into()], "")
                         .map_err(llvm_err)?;

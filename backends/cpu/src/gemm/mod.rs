@@ -170,6 +170,8 @@ pub(crate) struct Gemm {
     pub c_n: i64,
     pub bl: Blocking,
     pub bsrc: BSource,
+    /// A prepacked B of bf16 weights, widened to f32 as the K loop loads them.
+    pub b_bf16: bool,
     /// For a product over run-time rows whose first M dim is the rows (no batch dims): the
     /// M rows per row of the run (0 otherwise). M blocks then end on those rows, so that a
     /// run over fewer rows computes none past them.
@@ -606,6 +608,7 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
             c_n: k.output.strides[dn],
             bl,
             bsrc,
+            b_bf16: k.inputs[b].dtype == DType::BF16,
             row_unit: 0,
             run_m: None,
             run_n: None,
@@ -689,6 +692,7 @@ mod tests {
             c_n: 1,
             bl: Blocking::for_features("+avx2,+avx512f", 48 << 10, 2 << 20),
             bsrc,
+            b_bf16: false,
             row_unit: 0,
             run_m: None,
             run_n: None,

@@ -23,10 +23,17 @@ pub(super) fn prepacked_index(nb: usize, k_dims: &[usize], nr: usize) -> Vec<Exp
 }
 
 /// A load of B in the compile-time panel layout ([`prepack`]) for this `NR`: its operand and
-/// element offset.
+/// element offset. Panels of bf16 weights are loaded through a cast to f32.
 pub(super) fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, i64)> {
+    let (e, bf16) = match e {
+        Expr::Cast(DType::F32, _, _, inner) => (&**inner, true),
+        e => (e, false),
+    };
     let Expr::Load { operand, index, pad: None } = e else { return None };
     let v = &k.inputs[*operand];
+    if v.dtype != if bf16 { DType::BF16 } else { DType::F32 } {
+        return None;
+    }
     let dn = k.n_par - 1;
     let n = k.domain[dn];
     let k_dims = &k.domain[k.n_par..];
@@ -34,11 +41,40 @@ pub(super) fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, 
     if index.len() != dn + 3 {
         return None;
     }
-    let ok = v.dtype == DType::F32
-        && *index == prepacked_index(dn, k_dims, nr)
+    let ok = *index == prepacked_index(dn, k_dims, nr)
         && v.strides[dn..] == [(kk * nr) as i64, nr as i64, 1]
         && v.extents[dn..] == [n.div_ceil(nr), kk, nr];
     ok.then_some((*operand, v.offset))
+}
+
+/// Panel `q` of B (`[K, NR]`, zero padded past N) with each weight rounded to bf16.
+#[allow(clippy::too_many_arguments)]
+fn pack_panel_bf16(
+    panel: &mut [u8],
+    src: &[u8],
+    rows: &[i64],
+    q: usize,
+    np: usize,
+    nr: usize,
+    n: usize,
+    gm: &Gemm,
+    bdims: &[usize],
+) {
+    let (mut bi, pj) = (q / np, q % np);
+    let mut boff = 0i64;
+    for &d in bdims.iter().rev() {
+        boff += (bi % gm.batch[d]) as i64 * gm.b_batch[d];
+        bi /= gm.batch[d];
+    }
+    let cols = nr.min(n - pj * nr);
+    for (r, &at) in rows.iter().enumerate() {
+        for jj in 0..cols {
+            let s = (at + boff + (pj * nr + jj) as i64 * gm.b_n) as usize * 4;
+            let x = f32::from_le_bytes(src[s..s + 4].try_into().expect("four bytes"));
+            let d = (r * nr + jj) * 2;
+            panel[d..d + 2].copy_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes());
+        }
+    }
 }
 
 /// Zeroed memory for packed weights. Big ones come straight from the kernel, asking for
@@ -95,8 +131,11 @@ impl std::ops::DerefMut for Packed {
 /// of NR columns of every row of B, 14% faster on 1×512×512): B becomes a constant in `NR`-wide panels (`[⌈N/NR⌉, K, NR]`, zero padded past N)
 /// and the kernel loads it through that layout (still a valid compute definition, which
 /// [`match_gemm`] recognizes). A constant used only there is replaced in place, so the
-/// weight section holds one copy. Returns the number of kernels changed.
-pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
+/// weight section holds one copy. With `bf16`, the panels hold the weights rounded to bf16
+/// (to nearest, ties to even) and the kernel widens them to f32 as it loads them: half the
+/// bytes to stream, the products and sums still in f32 (`--precision bf16`). Returns the
+/// number of kernels changed.
+pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize {
     let bl = Blocking::for_target(target);
     let nr = bl.nr;
     let mut changed = 0;
@@ -139,10 +178,14 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
         let bdims: Vec<usize> = (0..gm.batch.len()).filter(|&d| gm.b_batch[d] != 0).collect();
         let nbatch: usize = bdims.iter().map(|&d| gm.batch[d]).product();
         let block = np * kk * nr;
-        let mut packed = zeroed(nbatch * block * 4);
+        let es = if bf16 { 2 } else { 4 };
+        let mut packed = zeroed(nbatch * block * es);
         {
             use rayon::prelude::*;
-            packed.par_chunks_mut(kk * nr * 4).enumerate().for_each(|(q, panel)| {
+            packed.par_chunks_mut(kk * nr * es).enumerate().for_each(|(q, panel)| {
+                if bf16 {
+                    return pack_panel_bf16(panel, src, &rows, q, np, nr, n, &gm, &bdims);
+                }
                 let (mut bi, pj) = (q / np, q % np);
                 let mut boff = 0i64;
                 for &d in bdims.iter().rev() {
@@ -171,9 +214,9 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
             });
         }
         let bytes = packed.len();
-        let tensor =
-            Tensor::from_bytes(kiln_ir::TensorType::new(DType::F32, vec![nbatch * np, kk, nr]), packed.freeze())
-                .expect("sized for the shape");
+        let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+        let tensor = Tensor::from_bytes(kiln_ir::TensorType::new(dtype, vec![nbatch * np, kk, nr]), packed.freeze())
+            .expect("sized for the shape");
         let uses = p.instrs.iter().filter(|ins| ins.reads_writes().0.contains(&bid)).count();
         let name = format!("{}.panels{nr}", p.buffer(bid).name);
         let new_id = if uses == 1 {
@@ -196,11 +239,18 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget) -> usize {
             bstride *= gm.batch[d] as i64;
         }
         strides.extend([(kk * nr) as i64, nr as i64, 1]);
-        k.inputs[gm.b] = View { buffer: new_id, dtype: DType::F32, offset: 0, extents, strides };
+        k.inputs[gm.b] = View { buffer: new_id, dtype, offset: 0, extents, strides };
         let b_op = gm.b;
         let index = prepacked_index(dn, &k.domain[k.n_par..], nr);
         k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
-            Expr::Load { operand, .. } if operand == b_op => Expr::Load { operand, index: index.clone(), pad: None },
+            Expr::Load { operand, .. } if operand == b_op => {
+                let load = Expr::Load { operand, index: index.clone(), pad: None };
+                if bf16 {
+                    Expr::cast(DType::F32, load)
+                } else {
+                    load
+                }
+            }
             e => e,
         });
         changed += 1;

@@ -62,11 +62,66 @@ pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
     compile_and_compare(g, &runtime, &want, tol, &format!("{op:?} with inputs {shapes:?}"));
 }
 
+/// `x` rounded to the nearest bf16 (ties to even), as an f32: the top 16 bits kept.
+pub fn round_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits((b + 0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+/// [`check_with`] compiled with `--precision bf16`, against the reference evaluation with input
+/// 1 (a product's B, a convolution's weights), where constant, rounded to bf16 (a bias and
+/// the inputs at run time stay f32). Returns the LIR of the compilation.
+pub fn check_bf16(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) -> String {
+    let rounded: Vec<Tensor> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match consts.get(i) {
+            Some(true) if i == 1 => {
+                Tensor::f32(t.shape().to_vec(), t.to_f64_vec().iter().map(|&x| round_bf16(x as f32)).collect())
+            }
+            _ => t.clone(),
+        })
+        .collect();
+    let refs: Vec<&Tensor> = rounded.iter().collect();
+    let want = kiln::ir::ops::eval(&op, &refs).unwrap_or_else(|e| panic!("eval {op:?}: {e}"));
+    let mut g = Graph::new("bf16");
+    let mut ids = Vec::new();
+    let mut runtime = Vec::new();
+    for (i, t) in inputs.iter().enumerate() {
+        if consts.get(i).copied().unwrap_or(false) {
+            ids.push(g.add_const(format!("c{i}"), t.clone()));
+        } else {
+            ids.push(g.add_input(format!("in{i}"), t.ty.clone()));
+            runtime.push(t);
+        }
+    }
+    g.outputs = g.add_node(op.clone(), &ids, "node", &[]).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    let opts = CompileOptions { verify: true, precision: kiln::Precision::Bf16, ..Default::default() };
+    let c = Compiler::new(opts.clone());
+    let mut opt = g.clone();
+    c.optimize(&mut opt, None).unwrap();
+    let lir = kiln::ir::lir::print(&c.lower(&opt).unwrap().0);
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    compile_and_compare_with(g, opts, &runtime, &want, tol, &format!("bf16 {op:?} with inputs {shapes:?}"));
+    lir
+}
+
 /// Compiles `g`, runs it with 2 threads on `runtime` (its inputs, in order) and compares each
 /// output with `want`: shape, dtype, and values within `tol` relative to 1 + |reference| (NaN
 /// matches NaN); `what` names the case in a failure.
 fn compile_and_compare(g: Graph, runtime: &[&Tensor], want: &[Tensor], tol: f64, what: &str) {
     let opts = CompileOptions { verify: true, ..Default::default() };
+    compile_and_compare_with(g, opts, runtime, want, tol, what)
+}
+
+fn compile_and_compare_with(
+    g: Graph,
+    opts: CompileOptions,
+    runtime: &[&Tensor],
+    want: &[Tensor],
+    tol: f64,
+    what: &str,
+) {
     let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {what}: {e}"));
     let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
     let trefs: Vec<TensorRef> =
