@@ -274,7 +274,7 @@ pub fn run_lib(case: &Case) -> Result<Vec<Out>, String> {
     run_lib_on(case, CompileOptions::default())
 }
 
-/// [`run_lib`] with `base`'s target and devices (`--target`).
+/// [`run_lib`] with `base`'s target, devices (`--target`) and precision.
 pub fn run_lib_on(case: &Case, base: CompileOptions) -> Result<Vec<Out>, String> {
     run_lib_with(case, base, false)
 }
@@ -293,6 +293,7 @@ fn compile_case(case: &Case, base: CompileOptions, freeze: bool) -> Result<(kiln
     let mut opts = compile_options(case);
     opts.target = base.target;
     opts.devices = base.devices;
+    opts.precision = base.precision;
     if freeze {
         // No bound on sizes from data, whose inputs are compiled in instead.
         opts.max_elements = None;

@@ -226,6 +226,10 @@ pub struct Manifest {
     /// buffer holds [`TensorSpec::byte_len`] bytes, its rows first.
     #[prost(message, repeated, tag = "21")]
     pub symbols: Vec<DimBound>,
+    /// The precision the products were compiled in (`--precision`: `f32`, `bf16`); empty in
+    /// artifacts from before it (f32). Informational: the code is what it is.
+    #[prost(string, tag = "22")]
+    pub precision: String,
 }
 
 /// A dim the caller sets at run time, between its bounds.

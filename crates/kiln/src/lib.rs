@@ -449,6 +449,7 @@ impl Compiler {
             weights_len: 0,
             weights_checksum: 0,
             frozen_inputs: self.frozen_specs(),
+            precision: self.opts.precision.name().into(),
             ..Default::default()
         };
         Ok(Built { manifest, objects, weights, memory, timings })

@@ -100,6 +100,7 @@ impl Compiler {
             copies: slots.copies.iter().map(|&(from, to)| kiln_abi::manifest::SlotCopy { from, to }).collect(),
             devices: self.devices_text(),
             frozen_inputs: self.frozen_specs(),
+            precision: self.opts.precision.name().into(),
             ..Default::default()
         };
         Ok(Artifact { manifest, code, weights, memory, timings, external_weights: self.opts.external_weights })
