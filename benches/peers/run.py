@@ -118,7 +118,7 @@ def compile_kiln(path: Path, feeds: dict, tmp: Path) -> tuple[Path, float]:
     """Compiles the model once into a .kiln artifact; returns it and the compile seconds."""
     out = tmp / f"{path.parent.name}.kiln"
     t = time.perf_counter()
-    args = [str(KILN), "compile", str(path), "-o", str(out)] + shape_args(path, feeds)
+    args = [str(KILN), "compile", str(path), "-o", str(out)] + shape_args(path, feeds) + KILN_ARGS
     subprocess.run(args, check=True, capture_output=True, text=True)
     return out, time.perf_counter() - t
 
@@ -184,27 +184,35 @@ def tract_runner(path: Path, feeds: dict, threads: int):
     return lambda: r.run(args)
 
 
-def openvino_runner(path: Path, feeds: dict, threads: int):
+def openvino_runner(path: Path, feeds: dict, threads: int, precision: str | None = "f32"):
     """OpenVINO's CPU plugin at f32 (on CPUs with AMX or AVX-512 BF16 its default precision
-    would be bf16), the latency hint, one stream, `threads` threads."""
+    would be bf16; `precision=None` keeps the default), the latency hint, one stream,
+    `threads` threads."""
     import openvino as ov  # noqa: PLC0415
 
     core = ov.Core()
     m = core.read_model(str(path))
     m.reshape({name: list(v.shape) for name, v in feeds.items()})
-    c = core.compile_model(m, "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32",
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": "1",
-        "INFERENCE_NUM_THREADS": str(threads),
-    })
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    c = core.compile_model(m, "CPU", config)
     req = c.create_infer_request()
     return lambda: req.infer(feeds)
 
 
+def openvino_default_runner(path: Path, feeds: dict, threads: int):
+    """OpenVINO at its default precision for this CPU (bf16 where it has AMX or AVX-512 BF16,
+    else f32): the peer of `--precision bf16`."""
+    return openvino_runner(path, feeds, threads, None)
+
+
 # Peers by name: a function that loads the model and returns one that runs it once; the
 # Python package each needs.
-PEERS = {"ort": (ort_runner, "onnxruntime"), "openvino": (openvino_runner, "openvino"), "tract": (tract_runner, "tract")}
+PEERS = {"ort": (ort_runner, "onnxruntime"), "openvino": (openvino_runner, "openvino"), "tract": (tract_runner, "tract"),
+         "ov-default": (openvino_default_runner, "openvino")}
+# Arguments every `kiln compile` (and `kiln bench` of an .onnx) of this run gets (`--precision`).
+KILN_ARGS: list[str] = []
 
 
 class Server:
@@ -244,6 +252,8 @@ class Server:
 def kiln_server(path: Path, feeds: dict, feed_args: list[str], threads: int, kiln: Path = KILN,
                 name: str = "kiln") -> Server:
     args = [str(kiln), "bench", str(path), "--threads", str(threads), "--serve"] + shape_args(path, feeds)
+    if path.suffix == ".onnx" and kiln == KILN:
+        args += KILN_ARGS
     for f in feed_args:
         args += ["--input", f]
     return Server(name, args)
@@ -297,21 +307,29 @@ def worker(a: argparse.Namespace) -> None:
 
 def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     """Runs Kiln (`kiln run`) and onnxruntime once on the same inputs and compares every output
-    (rtol 1e-3, atol 1e-4): "yes", or what differs."""
+    (rtol 1e-3, atol 1e-4; with `--precision bf16`, within 1% of the largest output): "yes",
+    or what differs."""
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
     out = tmp / "outputs"
     shutil.rmtree(out, ignore_errors=True)
     args = [str(KILN), "run", str(kiln_model), "--output-dir", str(out)] + shape_args(kiln_model, feeds)
+    if kiln_model.suffix == ".onnx":
+        args += KILN_ARGS
     for f in save_feeds(feeds, tmp):
         args += ["--input", f]
     r = subprocess.run(args, capture_output=True, text=True)
     if r.returncode != 0:
         return "KILN FAILED: " + (r.stderr.strip().splitlines() or ["?"])[-1][:200]
+    bf16 = "bf16" in KILN_ARGS
     for name, w in want.items():
         got = np.load(out / f"{name}.npy")
-        if got.shape != w.shape or not np.allclose(got, w, rtol=1e-3, atol=1e-4):
-            return f"NO ({name}: max abs diff {np.abs(got.astype(np.float64) - w).max():.3g})"
+        if got.shape != w.shape:
+            return f"NO ({name}: shape {got.shape}, onnxruntime's {w.shape})"
+        diff = np.abs(got.astype(np.float64) - w)
+        ok = diff.max() <= 0.01 * np.abs(w).max() if bf16 else np.allclose(got, w, rtol=1e-3, atol=1e-4)
+        if not ok:
+            return f"NO ({name}: max abs diff {diff.max():.3g})"
     return "yes"
 
 
@@ -398,8 +416,8 @@ def decode(a: argparse.Namespace, folder: Path) -> None:
     n = len(want)
     tmp = REPO / "target" / "peers" / "decode"
     tmp.mkdir(parents=True, exist_ok=True)
-    art = tmp / f"{folder.name}.kiln"
-    args = [str(KILN), "compile", str(path), "-o", str(art)]
+    art = tmp / f"{folder.name}{'.bf16' if 'bf16' in KILN_ARGS else ''}.kiln"
+    args = [str(KILN), "compile", str(path), "-o", str(art)] + KILN_ARGS
     for name, (lo, hi) in meta["dims"].items():
         args += ["--dim", f"{name}={lo}..{hi}"]
     t = time.perf_counter()
@@ -457,7 +475,12 @@ def main() -> None:
                          "the kiln/base column (the model compiled by each binary)")
     ap.add_argument("--prompt", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, default=32, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", choices=["f32", "bf16"],
+                    help="compile Kiln's side with this precision (`kiln compile --precision`); time OpenVINO at its "
+                         "default precision too with --peers ...,ov-default")
     a = ap.parse_args()
+    if a.precision:
+        KILN_ARGS.extend(["--precision", a.precision])
     if a.worker:
         worker(a)
         return
@@ -517,6 +540,8 @@ def main() -> None:
             servers.append(peer_server("openvino", path, feed_args, a.threads))
         if a.threads == 1 and "tract" in a.peers.split(","):
             servers.append(peer_server("tract", path, feed_args, a.threads))
+        if "ov-default" in a.peers.split(","):
+            servers.append(peer_server("ov-default", path, feed_args, a.threads))
         # Every runtime loads (in parallel) and warms up before any is timed.
         live = []
         for srv in servers:
@@ -541,8 +566,11 @@ def main() -> None:
         # steadier figure when rounds disagree.
         best = min(per_round["kiln"]) / min(per_round["ort"])
         base = ""
+        if "ov-default" in med:
+            best_d = min(per_round["kiln"]) / min(per_round["ov-default"])
+            base += f"  kiln/ov-default {km / med['ov-default']:.2f} (best {best_d:.2f})"
         if "base" in med:
-            base = f"  kiln/base {km / med['base']:.2f} (best {min(per_round['kiln']) / min(per_round['base']):.2f})"
+            base += f"  kiln/base {km / med['base']:.2f} (best {min(per_round['kiln']) / min(per_round['base']):.2f})"
         print(f"{name:24} {km:9.3f} {om:9.3f} {vm:9.3f} {tm:9.3f} {km / om:9.2f} {best:9.2f} {km / vm:9.2f}"
               f" {km / tm:10.2f}  {match}{base}", flush=True)
         table.append((name, km, om, vm, best, match))
