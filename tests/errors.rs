@@ -276,3 +276,39 @@ fn a_whole_sequence_for_an_artifact_names_its_element_inputs() {
     let e = fails(&["run", art.to_str().unwrap(), "--input", &given, "--output-dir", d.path().to_str().unwrap()]);
     assert!(e.contains("`x`") && e.contains("x[0]"), "{e}");
 }
+
+/// An artifact compiled with a CPU feature this CPU lacks (AVX-512 on a Zen 3, say) is refused
+/// at load, naming the feature, instead of dying of SIGILL mid-run. On a CPU with every
+/// feature tried, the same artifact must load and run (no false refusal).
+#[test]
+fn an_artifact_for_features_this_cpu_lacks_is_refused_naming_them() {
+    #[cfg(target_arch = "x86_64")]
+    let lacking = {
+        use std::arch::is_x86_feature_detected as has;
+        [("avx512f", has!("avx512f")), ("avx512bf16", has!("avx512bf16")), ("avx512fp16", has!("avx512fp16"))]
+            .into_iter()
+            .find(|(_, present)| !present)
+            .map(|(f, _)| f)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let lacking: Option<&str> = None;
+    let mut opts = kiln::CompileOptions::default();
+    // The host's own features, plus the one it lacks (LLVM compiles for it all the same).
+    if let Some(f) = lacking {
+        opts.target.features = format!("{},+{f}", opts.target.features);
+    }
+    let art = kiln::Compiler::new(opts).compile_path(repo().join("examples/mlp/model.onnx")).unwrap();
+    let loaded = kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions::default());
+    match lacking {
+        Some(f) => {
+            let e = loaded.err().expect("refused").to_string();
+            assert!(e.contains(f) && e.contains("this CPU lacks"), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        None => {
+            let s = loaded.unwrap();
+            let x = vec![0.5f32; 8];
+            assert_eq!(s.run(&[kiln::TensorRef::f32(&[1, 8], &x)]).unwrap().len(), 1);
+        }
+    }
+}

@@ -15,6 +15,7 @@
 mod aligned;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod features;
 mod threads;
 
 use std::path::Path;
@@ -36,6 +37,11 @@ pub enum RuntimeError {
     Artifact(#[from] ArtifactError),
     #[error("artifact was compiled for `{triple}`, which cannot run on this {host} machine")]
     WrongTarget { triple: String, host: &'static str },
+    #[error(
+        "artifact was compiled for a CPU (`{cpu}`) with {missing}, which this CPU lacks: compile it on this machine \
+         (or with --cpu naming this CPU)"
+    )]
+    MissingFeatures { cpu: String, missing: String },
     #[error("cannot load the artifact's code: {0}")]
     Load(String),
     #[error("model takes {expected} inputs ({names}), got {got}")]
@@ -460,6 +466,13 @@ impl Session {
             return Err(RuntimeError::WrongTarget {
                 triple: manifest.target_triple.clone(),
                 host: std::env::consts::ARCH,
+            });
+        }
+        let lacking = features::missing(&manifest.target_features, &features::host_has);
+        if !lacking.is_empty() {
+            return Err(RuntimeError::MissingFeatures {
+                cpu: manifest.target_cpu.clone(),
+                missing: lacking.join(", "),
             });
         }
         check_dtypes(&manifest)?;

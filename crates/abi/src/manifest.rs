@@ -230,6 +230,11 @@ pub struct Manifest {
     /// artifacts from before it (f32). Informational: the code is what it is.
     #[prost(string, tag = "22")]
     pub precision: String,
+    /// The CPU features the code was compiled with (LLVM's list, `+avx2,-avx512f,…`; empty
+    /// for a named CPU's defaults): the runtime refuses to load it on a CPU that lacks an
+    /// enabled one it knows how to ask about, naming them.
+    #[prost(string, tag = "23")]
+    pub target_features: String,
 }
 
 /// A dim the caller sets at run time, between its bounds.

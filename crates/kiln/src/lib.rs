@@ -450,6 +450,7 @@ impl Compiler {
             weights_checksum: 0,
             frozen_inputs: self.frozen_specs(),
             precision: self.opts.precision.name().into(),
+            target_features: self.opts.target.features.clone(),
             ..Default::default()
         };
         Ok(Built { manifest, objects, weights, memory, timings })

@@ -101,6 +101,7 @@ impl Compiler {
             devices: self.devices_text(),
             frozen_inputs: self.frozen_specs(),
             precision: self.opts.precision.name().into(),
+            target_features: self.opts.target.features.clone(),
             ..Default::default()
         };
         Ok(Artifact { manifest, code, weights, memory, timings, external_weights: self.opts.external_weights })
