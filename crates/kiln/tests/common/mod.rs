@@ -45,6 +45,14 @@ impl Rng {
 pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
     let refs: Vec<&Tensor> = inputs.iter().collect();
     let want = kiln::ir::ops::eval(&op, &refs).unwrap_or_else(|e| panic!("eval {op:?}: {e}"));
+    let (g, runtime) = one_node(&op, inputs, consts);
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
+    compile_and_compare(g, &runtime, &want, tol, &format!("{op:?} with inputs {shapes:?}"));
+}
+
+/// A graph of one node `op` over `inputs` (`consts[i]`: input i a constant), and its inputs
+/// at run time, in order.
+fn one_node<'a>(op: &Op, inputs: &'a [Tensor], consts: &[bool]) -> (Graph, Vec<&'a Tensor>) {
     let mut g = Graph::new("diff");
     let mut ids = Vec::new();
     let mut runtime = Vec::new();
@@ -56,10 +64,8 @@ pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
             runtime.push(t);
         }
     }
-    let outs = g.add_node(op.clone(), &ids, "node", &[]).unwrap_or_else(|e| panic!("{op:?}: {e}"));
-    g.outputs = outs;
-    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
-    compile_and_compare(g, &runtime, &want, tol, &format!("{op:?} with inputs {shapes:?}"));
+    g.outputs = g.add_node(op.clone(), &ids, "node", &[]).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    (g, runtime)
 }
 
 /// `x` rounded to the nearest bf16 (ties to even), as an f32: the top 16 bits kept.
@@ -84,18 +90,7 @@ pub fn check_bf16(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) -> Strin
         .collect();
     let refs: Vec<&Tensor> = rounded.iter().collect();
     let want = kiln::ir::ops::eval(&op, &refs).unwrap_or_else(|e| panic!("eval {op:?}: {e}"));
-    let mut g = Graph::new("bf16");
-    let mut ids = Vec::new();
-    let mut runtime = Vec::new();
-    for (i, t) in inputs.iter().enumerate() {
-        if consts.get(i).copied().unwrap_or(false) {
-            ids.push(g.add_const(format!("c{i}"), t.clone()));
-        } else {
-            ids.push(g.add_input(format!("in{i}"), t.ty.clone()));
-            runtime.push(t);
-        }
-    }
-    g.outputs = g.add_node(op.clone(), &ids, "node", &[]).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+    let (g, runtime) = one_node(&op, inputs, consts);
     let opts = CompileOptions { verify: true, precision: kiln::Precision::Bf16, ..Default::default() };
     let c = Compiler::new(opts.clone());
     let mut opt = g.clone();
