@@ -16,6 +16,8 @@ mod aligned;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod features;
+mod manifest_check;
+mod padded;
 mod threads;
 
 use std::path::Path;
@@ -353,81 +355,6 @@ fn parts_of(
     Ok(parts)
 }
 
-fn check_dtypes(manifest: &Manifest) -> Result<(), RuntimeError> {
-    if manifest.abi_minor > kiln_abi::ABI_MINOR {
-        return Err(RuntimeError::Manifest(format!(
-            "the artifact needs ABI {}.{}, this runtime has {ABI_MAJOR}.{}: use a newer runtime",
-            manifest.abi_major,
-            manifest.abi_minor,
-            kiln_abi::ABI_MINOR
-        )));
-    }
-    let n_sym = manifest.symbols.len() as i32;
-    if n_sym as u32 > manifest.dim_slots || manifest.symbols.iter().any(|s| s.lo > s.hi) {
-        return Err(RuntimeError::Manifest(format!(
-            "{} run-time dims for {} slots, or bounds reversed",
-            n_sym, manifest.dim_slots
-        )));
-    }
-    // A derived symbol follows a symbol the caller gives, its bounds shifted by its offset.
-    for (k, s) in manifest.symbols.iter().enumerate() {
-        let Some(b) = s.base else { continue };
-        let base = manifest.symbols.get(b as usize).filter(|t| t.base.is_none() && (b as usize) < k);
-        let fits = base.is_some_and(|t| t.lo as i64 + s.offset == s.lo as i64 && t.hi as i64 + s.offset == s.hi as i64);
-        if !fits {
-            return Err(RuntimeError::Manifest(format!(
-                "run-time dim `{}` is derived from dim {b} + {} with bounds {}..={} that do not follow",
-                s.name, s.offset, s.lo, s.hi
-            )));
-        }
-    }
-    for spec in &manifest.inputs {
-        if !spec.dim_slots.is_empty()
-            && (spec.dim_slots.len() != spec.shape.len()
-                || spec
-                    .dim_slots
-                    .iter()
-                    .zip(&spec.shape)
-                    .any(|(&k, &d)| k < -1 || k >= n_sym || (k >= 0 && manifest.symbols[k as usize].hi != d)))
-        {
-            return Err(RuntimeError::Manifest(format!(
-                "input `{}` names run-time dims {:?} for shape {:?} and {n_sym} symbols",
-                spec.name, spec.dim_slots, spec.shape
-            )));
-        }
-    }
-    for spec in &manifest.intermediates {
-        if !spec.dim_slots.is_empty() {
-            return Err(RuntimeError::Manifest(format!(
-                "tensor `{}` has dims decided at run time, which a partition's tensor may not have",
-                spec.name
-            )));
-        }
-    }
-    for spec in &manifest.outputs {
-        let n = manifest.dim_slots as i32;
-        if !spec.dim_slots.is_empty()
-            && (spec.dim_slots.len() != spec.shape.len() || spec.dim_slots.iter().any(|&k| k < -1 || k >= n))
-        {
-            return Err(RuntimeError::Manifest(format!(
-                "output `{}` names run-time dims {:?} for a rank-{} shape and {n} slots",
-                spec.name,
-                spec.dim_slots,
-                spec.shape.len()
-            )));
-        }
-    }
-    for spec in manifest.inputs.iter().chain(&manifest.outputs).chain(&manifest.intermediates) {
-        if DTypeCode::from_i32(spec.dtype).is_none() {
-            return Err(RuntimeError::Manifest(format!(
-                "tensor `{}` has unknown dtype code {}",
-                spec.name, spec.dtype
-            )));
-        }
-    }
-    Ok(())
-}
-
 impl Session {
     /// Loads an artifact file (memory-mapped: weights are not copied).
     pub fn load(path: impl AsRef<Path>) -> Result<Session, RuntimeError> {
@@ -475,7 +402,7 @@ impl Session {
                 missing: lacking.join(", "),
             });
         }
-        check_dtypes(&manifest)?;
+        manifest_check::check_manifest(&manifest)?;
         let load_err = |e: String| RuntimeError::Load(e);
         let mut file =
             tempfile::Builder::new().prefix("kiln-").suffix(".so").tempfile().map_err(|e| load_err(e.to_string()))?;
@@ -542,7 +469,7 @@ impl Session {
                 manifest.abi_major
             )));
         }
-        check_dtypes(&manifest)?;
+        manifest_check::check_manifest(&manifest)?;
         if !manifest.partitions.is_empty() {
             return Err(RuntimeError::Load(
                 "a model split across devices cannot be linked statically; load its .kiln file".into(),
@@ -941,7 +868,7 @@ impl Session {
             let Some(at) = self.staging_offsets[i].filter(|_| t.data.len() < s.byte_len()) else { continue };
             if s.padded(n_sym) {
                 let dst = &mut scratch.as_mut_slice()[at..at + s.byte_len()];
-                spread(t.data, t.shape, &s.shape, t.dtype.size(), dst);
+                padded::spread(t.data, t.shape, &s.shape, t.dtype.size(), dst);
                 in_ptrs[i] = dst.as_ptr();
             } else {
                 let dst = &mut scratch.as_mut_slice()[at..at + t.data.len()];
@@ -959,51 +886,10 @@ impl Session {
         for (b, s) in outputs.iter_mut().zip(specs).filter(|(_, s)| s.padded(n_sym)) {
             let shape = output_shape(s, dims)?;
             let size = DTypeCode::from_i32(s.dtype).expect("checked at load").size();
-            gather_in_place(b, &shape, &s.shape, size);
+            padded::gather_in_place(b, &shape, &s.shape, size);
         }
         Ok(())
     }
-}
-
-/// Each run of contiguous elements of a row-major tensor of `shape` laid out at the
-/// (larger or equal) `bound` shape: `f(at, at_bound, bytes)`, in increasing order of both.
-fn each_run(shape: &[usize], bound: &[u64], es: usize, f: &mut dyn FnMut(usize, usize, usize)) {
-    let rank = shape.len();
-    if rank == 0 || shape.contains(&0) {
-        if rank == 0 {
-            f(0, 0, es);
-        }
-        return;
-    }
-    let run = shape[rank - 1] * es;
-    let mut strides = vec![es; rank];
-    for d in (0..rank - 1).rev() {
-        strides[d] = strides[d + 1] * bound[d + 1] as usize;
-    }
-    let rows: usize = shape[..rank - 1].iter().product();
-    let mut idx = vec![0usize; rank - 1];
-    for r in 0..rows {
-        let at_bound: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
-        f(r * run, at_bound, run);
-        for d in (0..rank - 1).rev() {
-            idx[d] += 1;
-            if idx[d] < shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-}
-
-/// Spreads `src` (row-major `shape`) out to the strides of `bound` in `dst`.
-fn spread(src: &[u8], shape: &[usize], bound: &[u64], es: usize, dst: &mut [u8]) {
-    each_run(shape, bound, es, &mut |at, at_bound, n| dst[at_bound..at_bound + n].copy_from_slice(&src[at..at + n]));
-}
-
-/// Gathers a tensor of `shape` laid out at the strides of `bound` to the start of `buf`,
-/// row-major (each run moves down or stays: in place, in order).
-fn gather_in_place(buf: &mut [u8], shape: &[usize], bound: &[u64], es: usize) {
-    each_run(shape, bound, es, &mut |at, at_bound, n| buf.copy_within(at_bound..at_bound + n, at));
 }
 
 /// An input's shape as the manifest gives it: fixed dims as numbers, run-time ones as
