@@ -144,6 +144,11 @@ enum Cmd {
         dot: Option<PathBuf>,
         #[arg(long, value_parser = ["hir", "lir", "llvm", "asm"], default_value = "hir")]
         emit: String,
+        /// Print each kernel with the precision it computes in under `--precision` (`bf16
+        /// weights`: a product or convolution whose weights are bf16 panels; `f32`: the rest),
+        /// and a last line `bf16_kernels=<n> f32_kernels=<m>`.
+        #[arg(long)]
+        precisions: bool,
     },
     /// Measure latency: warm-up, then median/p10/p90 over --iters runs.
     Bench {
@@ -490,6 +495,31 @@ fn cmd_inspect(
     Ok(())
 }
 
+/// `kiln inspect --precisions`: each kernel of the lowered program and its precision.
+fn cmd_precisions(model: &Path, shapes: &ShapeArgs, target: &str) -> Res<()> {
+    let c = Compiler::new(options(shapes, target, model)?);
+    let mut g = c.import_path(model)?;
+    c.optimize(&mut g, None)?;
+    let (p, _, _) = c.lower(&g)?;
+    let (mut bf16, mut f32) = (0, 0);
+    for ins in &p.instrs {
+        let kiln::ir::lir::Instr::Kernel(k) = ins else { continue };
+        let packed = k.inputs.iter().any(|v| {
+            v.dtype == kiln::ir::DType::BF16
+                && matches!(p.buffer(v.buffer).kind, kiln::ir::lir::BufferKind::Constant(_))
+        });
+        if packed {
+            bf16 += 1;
+            println!("{}: bf16 weights", k.name);
+        } else {
+            f32 += 1;
+            println!("{}: f32", k.name);
+        }
+    }
+    println!("bf16_kernels={bf16} f32_kernels={f32}");
+    Ok(())
+}
+
 /// Writes a text form to `out` (or prints it). PTX comes one module per GPU partition: the
 /// first goes to `out`, partition `i`'s next to it as `<out stem>.p<i>.ptx`.
 fn emit_text(c: &Compiler, model: &Path, what: &str, out: Option<&Path>) -> Res<()> {
@@ -579,8 +609,12 @@ fn main() -> ExitCode {
         Cmd::Run { model, shapes, inputs, output_dir, output_format, threads } => {
             cmd_run(model, shapes, inputs, output_dir, output_format, *threads)
         }
-        Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot } => {
-            cmd_inspect(model, shapes, after.as_deref(), *memory, emit, target, *partitions, dot.as_deref())
+        Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot, precisions } => {
+            if *precisions {
+                cmd_precisions(model, shapes, target)
+            } else {
+                cmd_inspect(model, shapes, after.as_deref(), *memory, emit, target, *partitions, dot.as_deref())
+            }
         }
         Cmd::Bench { model, shapes, inputs, threads, iters, serve } => {
             cmd_bench(model, shapes, inputs, *threads, *iters, *serve)
