@@ -395,13 +395,6 @@ impl Session {
                 host: std::env::consts::ARCH,
             });
         }
-        let lacking = features::missing(&manifest.target_features, &features::host_has);
-        if !lacking.is_empty() {
-            return Err(RuntimeError::MissingFeatures {
-                cpu: manifest.target_cpu.clone(),
-                missing: lacking.join(", "),
-            });
-        }
         manifest_check::check_manifest(&manifest)?;
         let load_err = |e: String| RuntimeError::Load(e);
         let mut file =
@@ -761,31 +754,26 @@ impl Session {
                 .collect();
             self.run_into_shaped(inputs, &mut slices)
         };
-        let shapes = match result {
-            Ok(shapes) => shapes,
-            Err(e) => {
-                self.bound_outputs.lock().unwrap_or_else(|e| e.into_inner()).push(bound);
-                return Err(e);
-            }
-        };
-        let mut spare = bound.iter();
-        let tensors = specs
-            .iter()
-            .zip(outs)
-            .zip(shapes)
-            .map(|((s, mut b), shape)| {
-                let dtype = DTypeCode::from_i32(s.dtype).expect("checked");
-                let n = shape.iter().product::<usize>() * dtype.size();
-                if s.is_dynamic() {
-                    b = spare.next().expect("one per dynamic output").as_slice()[..n].to_vec();
-                } else {
-                    b.truncate(n);
-                }
-                Tensor { name: s.name.clone(), dtype, shape, data: b }
-            })
-            .collect();
+        let tensors = result.map(|shapes| {
+            let mut spare = bound.iter();
+            specs
+                .iter()
+                .zip(outs)
+                .zip(shapes)
+                .map(|((s, mut b), shape)| {
+                    let dtype = DTypeCode::from_i32(s.dtype).expect("checked");
+                    let n = shape.iter().product::<usize>() * dtype.size();
+                    if s.is_dynamic() {
+                        b = spare.next().expect("one per dynamic output").as_slice()[..n].to_vec();
+                    } else {
+                        b.truncate(n);
+                    }
+                    Tensor { name: s.name.clone(), dtype, shape, data: b }
+                })
+                .collect()
+        });
         self.bound_outputs.lock().unwrap_or_else(|e| e.into_inner()).push(bound);
-        Ok(tensors)
+        tensors
     }
 
     /// Runs the model into output buffers the caller owns (and can reuse from run to run,

@@ -1,13 +1,18 @@
-//! A loaded manifest checked for what the runtime relies on: dtypes it knows, run-time dims
-//! within their slots, derived dims that follow their base.
+//! A loaded manifest checked for what the runtime relies on: code this CPU can run, dtypes it
+//! knows, run-time dims within their slots, derived dims that follow their base.
 
 use kiln_abi::manifest::Manifest;
 use kiln_abi::{DTypeCode, ABI_MAJOR};
 
 use crate::RuntimeError;
 
-/// The manifest's ABI version, run-time dims, derived dims and dtypes, checked at load.
+/// The manifest's ABI version, CPU features, run-time dims, derived dims and dtypes, checked
+/// at load (from an artifact file or bytes, and statically linked).
 pub(crate) fn check_manifest(manifest: &Manifest) -> Result<(), RuntimeError> {
+    let lacking = crate::features::missing(&manifest.target_features, &crate::features::host_has);
+    if !lacking.is_empty() {
+        return Err(RuntimeError::MissingFeatures { cpu: manifest.target_cpu.clone(), missing: lacking.join(", ") });
+    }
     if manifest.abi_minor > kiln_abi::ABI_MINOR {
         return Err(RuntimeError::Manifest(format!(
             "the artifact needs ABI {}.{}, this runtime has {ABI_MAJOR}.{}: use a newer runtime",

@@ -217,28 +217,21 @@ impl Compiler {
         if g.symbols.is_empty() {
             return Ok((g, sources));
         }
+        // `k` below the bound where the bounds allow (a model may not import past it: a table
+        // of positions), else `k` above.
+        let away = |i: usize, k: usize| {
+            let s = &g.symbols[i];
+            (i, if s.hi >= s.lo.max(1) + k { s.hi - k } else { s.hi + k })
+        };
         let mut alts = Vec::new();
-        let sizes: Vec<(usize, usize)> = g
-            .symbols
-            .iter()
-            .enumerate()
-            // One below the bound where the bounds allow (a model may not import past it: a
-            // table of positions), else one above.
-            .map(|(i, s)| (i, if s.hi > s.lo.max(1) { s.hi - 1 } else { s.hi + 1 }))
-            .collect();
+        let sizes: Vec<(usize, usize)> = (0..g.symbols.len()).map(|i| away(i, 1)).collect();
         self.import_alts(path, &g, &opts, &sizes, &mut alts)?;
         let refs: Vec<(usize, &Graph)> = alts.iter().map(|(i, a)| (*i, a)).collect();
         let mut dims = kiln_passes::rows::compare_axes(&g, &refs)?;
         // An axis sized with an offset fits any line through two sizes: a third must agree.
         let bases = dims.offset_bases();
         if !bases.is_empty() {
-            let third: Vec<(usize, usize)> = bases
-                .iter()
-                .map(|&i| {
-                    let s = &g.symbols[i];
-                    (i, if s.hi > s.lo.max(1) + 1 { s.hi - 2 } else { s.hi + 2 })
-                })
-                .collect();
+            let third: Vec<(usize, usize)> = bases.iter().map(|&i| away(i, 2)).collect();
             self.import_alts(path, &g, &opts, &third, &mut alts)?;
             let refs: Vec<(usize, &Graph)> = alts.iter().map(|(i, a)| (*i, a)).collect();
             dims = kiln_passes::rows::compare_axes(&g, &refs)?;

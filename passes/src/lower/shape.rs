@@ -55,8 +55,8 @@ impl Lowerer<'_> {
             // The first operand is as long as a run makes it: each later one starts where the
             // one before ends at run time. Every load is padded (the select reads both sides).
             let n = ins.len();
-            let d = n;
-            let mut start = Expr::mul(Expr::load(d, vec![Expr::i64(slot as i64)]), Expr::i64(per as i64));
+            // The dims array is operand n; the first bound is the guard the LIR walk reads.
+            let mut start = crate::rows::run_extent(n, slot, per);
             let mut bounds = vec![start.clone()];
             for v in &ins[1..n - 1] {
                 start = Expr::add(start, Expr::i64(v.extents[*axis] as i64));

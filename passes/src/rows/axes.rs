@@ -67,19 +67,17 @@ pub fn compare_axes(hi: &Graph, alts: &[(usize, &Graph)]) -> Result<AxisDims, Pa
     for &(s, alt) in alts {
         compare_one(hi, s, alt, &mut found)?;
     }
-    // Each (symbol, offset) with an offset becomes a derived symbol.
+    // Each (symbol, offset) with an offset becomes a derived symbol, in that order (a value
+    // with such an axis, the first, names it in an error).
+    let mut first: BTreeMap<(usize, i64), ValueId> = BTreeMap::new();
+    for (&v, a) in &found {
+        for &(s, _, c) in a.iter().flatten().filter(|x| x.2 != 0) {
+            first.entry((s, c)).and_modify(|w| *w = (*w).min(v)).or_insert(v);
+        }
+    }
     let mut derived: Vec<DimSymbol> = Vec::new();
     let mut index: BTreeMap<(usize, i64), usize> = BTreeMap::new();
-    let mut keys: Vec<(ValueId, usize, usize, i64)> = found
-        .iter()
-        .flat_map(|(&v, a)| a.iter().enumerate().filter_map(move |(d, x)| x.map(|(s, _, c)| (v, d, s, c))))
-        .filter(|k| k.3 != 0)
-        .collect();
-    keys.sort_by_key(|&(v, d, s, c)| (s, c, v, d));
-    for (v, _, s, c) in keys {
-        if index.contains_key(&(s, c)) {
-            continue;
-        }
+    for ((s, c), v) in first {
         let base = &hi.symbols[s];
         let lo = base.lo as i64 + c;
         if lo < 0 {

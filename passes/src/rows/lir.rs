@@ -366,17 +366,8 @@ fn write_axes(p: &mut Program, k: &Kernel, dom: &Axes) -> Result<(), String> {
         if matches!(p.buffer(ob).kind, BufferKind::Input(_) | BufferKind::Constant(_)) {
             return Err(format!("writes the run-time axes it reads into `{name}`, which it cannot mark"));
         }
-        let es = out.dtype.size().max(1) as u64;
-        let mut marks = Vec::new();
-        for (d, c) in dom.iter().enumerate().take(np) {
-            let Some((slot, q)) = *c else { continue };
-            let s = out.strides[d];
-            if s <= 0 || !(out.extents[d] as u64).is_multiple_of(q) {
-                return Err(format!("writes the run-time axis of its dim {d} into `{name}` in steps it cannot mark"));
-            }
-            marks.push(RowDim { slot, bound: out.extents[d] as u64 / q, stride: s as u64 * q * es });
-        }
-        marks.sort_by_key(|m| std::cmp::Reverse(m.stride));
+        let marks = marks_of(out, &dom[..np])
+            .map_err(|d| format!("writes the run-time axis of its dim {d} into `{name}` in steps it cannot mark"))?;
         p.buffers[ob.0 as usize].rows = marks;
     }
     let axes = view_axes(p, out).map_err(|e| format!("writes `{name}` through a view that {e}"))?;
@@ -394,6 +385,24 @@ fn write_axes(p: &mut Program, k: &Kernel, dom: &Axes) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The marks of a buffer written through `out` whose dims walk the run-time axes `axes`
+/// (outermost first), or the dim that cannot be marked (a stride that is not positive, an
+/// extent that is not a multiple of `per`).
+fn marks_of(out: &View, axes: &[Option<(u32, u64)>]) -> Result<Vec<RowDim>, usize> {
+    let es = out.dtype.size().max(1) as u64;
+    let mut marks = Vec::new();
+    for (d, c) in axes.iter().enumerate() {
+        let Some((slot, q)) = *c else { continue };
+        let s = out.strides[d];
+        if s <= 0 || !(out.extents[d] as u64).is_multiple_of(q) {
+            return Err(d);
+        }
+        marks.push(RowDim { slot, bound: out.extents[d] as u64 / q, stride: s as u64 * q * es });
+    }
+    marks.sort_by_key(|m| std::cmp::Reverse(m.stride));
+    Ok(marks)
 }
 
 /// The view of the dims array (added to the program once).
@@ -437,26 +446,17 @@ pub(crate) fn concat_runs(p: &mut Program, ins: &[View], out: &View, axis: usize
         if !matches!(p.buffer(ob).kind, BufferKind::Activation | BufferKind::Output(_)) {
             return None;
         }
-        let es = out.dtype.size().max(1) as u64;
-        let mut marks = Vec::new();
-        for d in 0..out.extents.len() {
-            let here = if d == axis { Some((derived as u32, per)) } else { axes.iter().find_map(|a| a[d]) };
-            let Some((s, q)) = here else { continue };
-            let stride = out.strides[d];
-            if stride <= 0 || !(out.extents[d] as u64).is_multiple_of(q) {
-                return None;
-            }
-            marks.push(RowDim { slot: s, bound: out.extents[d] as u64 / q, stride: stride as u64 * q * es });
-        }
-        marks.sort_by_key(|m| std::cmp::Reverse(m.stride));
-        p.buffers[ob.0 as usize].rows = marks;
+        let out_axes: Axes = (0..out.extents.len())
+            .map(|d| if d == axis { Some((derived as u32, per)) } else { axes.iter().find_map(|a| a[d]) })
+            .collect();
+        p.buffers[ob.0 as usize].rows = marks_of(out, &out_axes).ok()?;
     }
     let dims = dims_view(p, &mut None);
     Some(((slot, per), dims))
 }
 
-/// `dims[slot] · per`, operand `d` being the dims array.
-fn run_extent(d: usize, slot: u32, per: u64) -> Expr {
+/// `dims[slot] · per`, operand `d` being the dims array (the form [`guard_of`] reads).
+pub(crate) fn run_extent(d: usize, slot: u32, per: u64) -> Expr {
     Expr::mul(Expr::load(d, vec![Expr::i64(slot as i64)]), Expr::i64(per as i64))
 }
 

@@ -24,7 +24,7 @@ mod axes;
 mod lir;
 pub use axes::{compare_axes, AxisDims};
 pub use lir::{clamp, mark, touches_rows};
-pub(crate) use lir::{concat_runs, run_time_dims};
+pub(crate) use lir::{concat_runs, run_extent, run_time_dims};
 
 use crate::PassError;
 

@@ -35,14 +35,14 @@ fn f32_ptr<'ctx>(g: &CodeGen<'ctx>, base: PointerValue<'ctx>, at: IntValue<'ctx>
     g.elem_ptr(base, DType::F32, at)
 }
 
-/// Element `at` of a prepacked B: f32, or bf16 ([`Gemm::b_bf16`]).
+/// Element `at` of a prepacked B ([`Gemm::b_dtype`]).
 fn b_ptr<'ctx>(
     g: &CodeGen<'ctx>,
     p: &Gemm,
     base: PointerValue<'ctx>,
     at: IntValue<'ctx>,
 ) -> BackendResult<PointerValue<'ctx>> {
-    g.elem_ptr(base, if p.b_bf16 { DType::BF16 } else { DType::F32 }, at)
+    g.elem_ptr(base, p.b_dtype(), at)
 }
 
 /// A vector of B from the panel at `at`: W floats, or W bf16 widened to f32 (the bits shifted
@@ -339,8 +339,8 @@ fn prefetches(p: &Gemm) -> bool {
 /// it consumes them, they stalled it). `None` when a block has too few tiles to spread it.
 fn next_panel_lines(p: &Gemm) -> Option<usize> {
     let tiles = p.mc().div_ceil(p.bl.mr);
-    let per_line = if p.b_bf16 { 32 } else { 16 };
-    (p.bsrc == BSource::Prepacked && tiles >= NEXT_PANEL_MIN_TILES).then(|| (p.k * p.bl.nr / per_line).div_ceil(tiles))
+    (p.bsrc == BSource::Prepacked && tiles >= NEXT_PANEL_MIN_TILES)
+        .then(|| (p.k * p.bl.nr / p.b_per_line()).div_ceil(tiles))
 }
 
 /// The stack buffers, accumulators and intrinsics of a GEMM body.
@@ -755,8 +755,7 @@ fn multiply_slice<'ctx>(
             let i32t = g.context.i32_type();
             // (address, write = 0, locality = 3: keep in all levels, data cache = 1)
             let (rw, loc, data) = (i32t.const_zero(), i32t.const_int(3, false), i32t.const_int(1, false));
-            // Elements of B per 64-byte line.
-            let per_line = if p.b_bf16 { 32 } else { 16 };
+            let per_line = p.b_per_line();
             for l in 0..(n * nr).div_ceil(per_line) {
                 let at = b_ptr(g, p, t.bptr, add(g, off, g.i64((l * per_line) as i64))?)?;
                 g.builder

@@ -326,6 +326,20 @@ impl Gemm {
         matches!(masked, [(d, slot, per)] if *d == dk && self.run_k == Some((*slot, *per)))
     }
 
+    /// The element type of a prepacked B's panels.
+    pub(crate) fn b_dtype(&self) -> DType {
+        if self.b_bf16 {
+            DType::BF16
+        } else {
+            DType::F32
+        }
+    }
+
+    /// B elements in a 64-byte cache line (prefetches go a line at a time).
+    pub(crate) fn b_per_line(&self) -> usize {
+        64 / self.b_dtype().size()
+    }
+
     /// The task levels of a product with run-time extents `cs` (see `tasks::Radix`):
     /// batch dims, M blocks, N blocks.
     pub(crate) fn radices(&self, cs: &[Option<kiln_ir::lir::Clamp>]) -> Vec<crate::tasks::Radix> {

@@ -47,36 +47,6 @@ pub(super) fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, 
     ok.then_some((*operand, v.offset))
 }
 
-/// Panel `q` of B (`[K, NR]`, zero padded past N) with each weight rounded to bf16.
-#[allow(clippy::too_many_arguments)]
-fn pack_panel_bf16(
-    panel: &mut [u8],
-    src: &[u8],
-    rows: &[i64],
-    q: usize,
-    np: usize,
-    nr: usize,
-    n: usize,
-    gm: &Gemm,
-    bdims: &[usize],
-) {
-    let (mut bi, pj) = (q / np, q % np);
-    let mut boff = 0i64;
-    for &d in bdims.iter().rev() {
-        boff += (bi % gm.batch[d]) as i64 * gm.b_batch[d];
-        bi /= gm.batch[d];
-    }
-    let cols = nr.min(n - pj * nr);
-    for (r, &at) in rows.iter().enumerate() {
-        for jj in 0..cols {
-            let s = (at + boff + (pj * nr + jj) as i64 * gm.b_n) as usize * 4;
-            let x = f32::from_le_bytes(src[s..s + 4].try_into().expect("four bytes"));
-            let d = (r * nr + jj) * 2;
-            panel[d..d + 2].copy_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes());
-        }
-    }
-}
-
 /// Zeroed memory for packed weights. Big ones come straight from the kernel, asking for
 /// transparent huge pages: a model's hundreds of megabytes of panels otherwise take a page
 /// fault per 4 KiB to fill (about a tenth of a warm compilation of BERT-base).
@@ -183,9 +153,6 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
         {
             use rayon::prelude::*;
             packed.par_chunks_mut(kk * nr * es).enumerate().for_each(|(q, panel)| {
-                if bf16 {
-                    return pack_panel_bf16(panel, src, &rows, q, np, nr, n, &gm, &bdims);
-                }
                 let (mut bi, pj) = (q / np, q % np);
                 let mut boff = 0i64;
                 for &d in bdims.iter().rev() {
@@ -194,6 +161,19 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
                 }
                 let rows: Vec<i64> = rows.iter().map(|&r| r + boff).collect();
                 let cols = nr.min(n - pj * nr);
+                if bf16 {
+                    // Each weight rounded to bf16 (to nearest, ties to even).
+                    for jj in 0..cols {
+                        let col = (pj * nr + jj) as i64 * gm.b_n;
+                        for (r, &at) in rows.iter().enumerate() {
+                            let s = (at + col) as usize * 4;
+                            let x = f32::from_le_bytes(src[s..s + 4].try_into().expect("four bytes"));
+                            let d = (r * nr + jj) * 2;
+                            panel[d..d + 2].copy_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes());
+                        }
+                    }
+                    return;
+                }
                 if gm.b_n == 1 {
                     // B contiguous along N (a MatMul's weights): a row of the panel is one
                     // run of the source.
