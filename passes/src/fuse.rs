@@ -54,8 +54,14 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
                 continue;
             }
             let same_size = g.ty(v).numel() == kiln_ir::numel(&c_out_shape);
-            let ok = if elementwise_class(&p.op) {
-                (elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. })
+            let ok = if crate::quant::widened_i16(g, v) && crate::quant::int_product(g, &c) {
+                // An integer product reads its i16 operand widened as it loads it.
+                true
+            } else if elementwise_class(&p.op) {
+                // (Not into the widening of an i16 operand: the i16 value is what an integer
+                // product reads.)
+                let widening = c.outputs.iter().any(|&o| crate::quant::widened_i16(g, o));
+                !widening && ((elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. }))
             } else if complex(g, &p.op, &p.inputs) {
                 elementwise_class(&c.op) && g.ty(v).shape == c_out_shape && !took_complex
             } else if const_gather(g, &p) {

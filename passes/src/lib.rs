@@ -3,7 +3,7 @@
 //! * [`pipeline`]: the whole pipeline in order, HIR and LIR steps alike, and its driver.
 //! * HIR passes: [`simplify`] (constant folding, DCE, CSE, Identity removal, BatchNorm
 //!   folding), [`decompose`] (ops kept whole until then, for a backend that does not lower
-//!   them) and [`fuse`].
+//!   them), [`quant`] (integer products read narrow operands) and [`fuse`].
 //! * [`lower`]: HIR → LIR.
 //! * LIR passes: [`fuse`]'s LIR half (with [`views`]: copies that only move data, read or
 //!   written in place), [`coalesce`] (adjacent dims walked as one run merged), [`split`] (long reductions of
@@ -18,6 +18,7 @@ pub mod lower;
 pub mod memory;
 pub mod partition;
 pub mod pipeline;
+pub mod quant;
 pub mod rows;
 pub mod simplify;
 pub mod split;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   whole graph (HIR)     fold-constants remove-identity fold-batchnorm cse sink-reshapes
-//!                         fold-constants-2 dce
+//!                         fold-constants-2 dce narrow-int-products
 //!   ── a model split across devices is partitioned here (partition.rs); the rest runs
 //!      on each partition, with the context of its device ──
 //!   per partition (HIR)   decompose (ops the backend does not lower whole) fuse
@@ -25,7 +25,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 
 use crate::memory::{MemoryReport, WeightSection};
-use crate::{coalesce, decompose, fuse, memory, simplify, split, views, PassError};
+use crate::{coalesce, decompose, fuse, memory, quant, simplify, split, views, PassError};
 
 /// What a backend adds to the pipeline for the device a graph is compiled for.
 pub trait Backend: Sync {
@@ -106,6 +106,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("sink-reshapes", Pass::Graph(simplify::sink_reshapes)),
     ("fold-constants-2", Pass::Graph(simplify::fold_constants)),
     ("dce", Pass::Graph(simplify::dce)),
+    ("narrow-int-products", Pass::Graph(quant::narrow_int_products)),
     ("decompose", Pass::Partition(decompose::decompose)),
     ("fuse", Pass::Partition(fuse)),
     ("lower", Pass::Lower),

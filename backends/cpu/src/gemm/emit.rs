@@ -185,6 +185,10 @@ pub(crate) fn gen_gemm<'ctx>(
     let nkd = p.k_dims.len();
     let a_kin = p.a_k[nkd - 1];
     let has_fin = k.reduction.as_ref().and_then(|r| r.finalize.as_ref());
+    // An integer product's finalizer computes on the sum converted to f32 (matched to run in
+    // registers, never after the store).
+    let int_fin = if p.int.is_some() { has_fin.and_then(super::float_acc) } else { None };
+    let has_fin = if p.int.is_some() { int_fin.as_ref() } else { has_fin };
     let vector_fin = has_fin.filter(|fin| p.c_n == 1 && crate::vector::vexpr_ok(k, fin));
 
     // Extents read at run time (see `Gemm::set_runs`), at most the bound's.
@@ -345,7 +349,7 @@ fn next_panel_lines(p: &Gemm) -> Option<usize> {
 
 /// The stack buffers, accumulators and intrinsics of a GEMM body.
 struct Frame<'ctx> {
-    /// A vector of W floats.
+    /// The accumulators' vector: W floats, or W i32 (an integer product).
     vt: VectorType<'ctx>,
     /// A packed panel of B (KC × NR).
     panel: PointerValue<'ctx>,
@@ -355,6 +359,7 @@ struct Frame<'ctx> {
     zslot: PointerValue<'ctx>,
     /// MR × NR/W vector accumulators.
     accs: Vec<PointerValue<'ctx>>,
+    /// `llvm.fmuladd`, or an integer product's pairwise multiply-add (`vpmaddwd`).
     fmuladd: FunctionValue<'ctx>,
     prefetch_fn: FunctionValue<'ctx>,
 }
@@ -367,7 +372,8 @@ fn frame<'ctx>(g: &CodeGen<'ctx>, p: &Gemm) -> BackendResult<Frame<'ctx>> {
     let (w, mr, nr) = (bl.w, bl.mr, bl.nr);
     let nq = nr / w;
     let f32t = cx.f32_type();
-    let vt = f32t.vec_type(w as u32);
+    // The accumulators: f32, or i32 for an integer product.
+    let vt = if p.int.is_some() { cx.i32_type().vec_type(w as u32) } else { f32t.vec_type(w as u32) };
     let panel = g.builder.build_alloca(f32t.array_type((bl.kc * nr) as u32), "panel").map_err(llvm_err)?;
     panel.as_instruction_value().expect("alloca").set_alignment(64).map_err(llvm_err)?;
     let ctile = g.builder.build_alloca(f32t.array_type((mr * nr) as u32), "ctile").map_err(llvm_err)?;
@@ -382,9 +388,15 @@ fn frame<'ctx>(g: &CodeGen<'ctx>, p: &Gemm) -> BackendResult<Frame<'ctx>> {
     g.builder.build_memset(zslot, 64, cx.i8_type().const_zero(), g.i64(zlen.max(1) as i64 * 4)).map_err(llvm_err)?;
     let accs: Vec<PointerValue> =
         (0..mr * nq).map(|_| g.builder.build_alloca(vt, "acc")).collect::<Result<_, _>>().map_err(llvm_err)?;
-    let fmuladd = Intrinsic::find("llvm.fmuladd")
-        .and_then(|i| i.get_declaration(&g.module, &[vt.into()]))
-        .ok_or_else(|| llvm_err("llvm.fmuladd"))?;
+    let fmuladd = if p.int.is_some() {
+        // Pairs of i16 multiplied and summed into i32 lanes (`vpmaddwd`).
+        let name = if w == 16 { "llvm.x86.avx512.pmaddw.d.512" } else { "llvm.x86.avx2.pmadd.wd" };
+        Intrinsic::find(name).and_then(|i| i.get_declaration(&g.module, &[])).ok_or_else(|| llvm_err(name))?
+    } else {
+        Intrinsic::find("llvm.fmuladd")
+            .and_then(|i| i.get_declaration(&g.module, &[vt.into()]))
+            .ok_or_else(|| llvm_err("llvm.fmuladd"))?
+    };
     let prefetch_fn = Intrinsic::find("llvm.prefetch")
         .and_then(|i| i.get_declaration(&g.module, &[cx.ptr_type(inkwell::AddressSpace::default()).into()]))
         .ok_or_else(|| llvm_err("llvm.prefetch"))?;
@@ -564,6 +576,38 @@ struct VFin<'a, 'ctx> {
     j0: IntValue<'ctx>,
 }
 
+/// A's element type: f32, or i16 (an integer product).
+fn a_dtype(p: &Gemm) -> DType {
+    if p.int.is_some() {
+        DType::I16
+    } else {
+        DType::F32
+    }
+}
+
+/// Element `ak` of a row of A broadcast as the micro-kernel multiplies it: an f32, or an
+/// integer product's pair of i16 (`ak` counts pairs) as one 32-bit lane; `half`: only the
+/// pair's first element is in A (an odd K's last), the other lane zero.
+fn a_elem<'ctx>(
+    g: &CodeGen<'ctx>,
+    p: &Gemm,
+    ap: PointerValue<'ctx>,
+    ak: IntValue<'ctx>,
+    half: bool,
+) -> BackendResult<BasicValueEnum<'ctx>> {
+    if p.int.is_none() {
+        return g.load_elem(ap, DType::F32, ak);
+    }
+    let (i16t, i32t) = (g.context.i16_type(), g.context.i32_type());
+    let at = g.elem_ptr(ap, DType::I32, ak)?;
+    let v = g.builder.build_load(if half { i16t } else { i32t }, at, "pair").map_err(llvm_err)?;
+    v.as_instruction_value().expect("a load").set_alignment(2).map_err(llvm_err)?;
+    if !half {
+        return Ok(v);
+    }
+    Ok(g.builder.build_int_z_extend(v.into_int_value(), i32t, "half").map_err(llvm_err)?.into())
+}
+
 /// Each row's A pointer and step along the inner K dim for tap `tap_lo + tt` of the slice
 /// (a row outside the padded input reads the zero row).
 fn a_row_ptrs<'ctx>(
@@ -579,7 +623,7 @@ fn a_row_ptrs<'ctx>(
     let a_tap = add(g, dot(g, &tv, &p.a_k[..nkd - 1])?, mul(g, t.kc0, t.a_kin)?)?;
     let mut rows = Vec::with_capacity(a_rows.len());
     for (i, &a_row) in a_rows.iter().enumerate() {
-        let ptr = f32_ptr(g, t.a_base, add(g, a_row, a_tap)?)?;
+        let ptr = g.elem_ptr(t.a_base, a_dtype(p), add(g, a_row, a_tap)?)?;
         if p.a_checks.is_empty() {
             rows.push((ptr, g.i64(t.a_kin)));
             continue;
@@ -718,29 +762,30 @@ fn multiply_slice<'ctx>(
             }
         }
     }
+    // An odd K's last pair of an integer product has one element of A: a step of its own.
+    let odd = p.int.is_some_and(|i| i.k_odd);
     // The K loop over `len` steps from panel row `row0`, A's rows given as (pointer, step).
     let k_loop = |rows: &[(PointerValue<'ctx>, IntValue<'ctx>)],
                   row0: IntValue<'ctx>,
                   len: IntValue<'ctx>|
      -> BackendResult<()> {
-        let step = |kk: IntValue<'ctx>, s: usize| -> BackendResult<()> {
+        let (len, tail) = if odd {
+            let last = sub(g, len, g.i64(1))?;
+            (last, Some(last))
+        } else {
+            (len, None)
+        };
+        let step = |kk: IntValue<'ctx>, s: usize, half: bool| -> BackendResult<()> {
             let boff = g.builder.build_int_nsw_mul(add(g, row0, kk)?, t.bstride, "bo").map_err(llvm_err)?;
             let bv: Vec<VectorValue> = (0..nq)
                 .map(|q| b_load(g, p, t.vt, b_ptr(g, p, t.bptr, add(g, boff, g.i64((q * w) as i64))?)?))
                 .collect::<BackendResult<_>>()?;
             for (i, &(ap, astep)) in rows.iter().enumerate() {
                 let ak = g.builder.build_int_nsw_mul(kk, astep, "ak").map_err(llvm_err)?;
-                let a = g.load_elem(ap, DType::F32, ak)?;
-                let av = splat(a)?;
+                let av = splat(a_elem(g, p, ap, ak, half)?)?;
                 for (q, &bq) in bv.iter().enumerate() {
                     let cur = g.builder.build_load(t.vt, acc_s(s, i, q), "a").map_err(llvm_err)?;
-                    let nv = g
-                        .builder
-                        .build_call(t.fmuladd, &[av.into(), bq.into(), cur.into()], "fma")
-                        .map_err(llvm_err)?
-                        .try_as_basic_value()
-                        .basic()
-                        .ok_or_else(|| llvm_err("fmuladd returned void"))?;
+                    let nv = multiply_add(g, p, t, av, bq, cur.into_vector_value())?;
                     g.builder.build_store(acc_s(s, i, q), nv).map_err(llvm_err)?;
                 }
             }
@@ -784,29 +829,32 @@ fn multiply_slice<'ctx>(
         // Full-height tiles: the loop unrolled by `UNROLL` (fewer loop instructions between the
         // FMAs); short tiles interleave accumulator sets instead.
         if sets == 1 {
-            let u = UNROLL;
+            let u = if p.int.is_some() { 1 } else { UNROLL };
             let whole = g.builder.build_int_signed_div(len, g.i64(u as i64), "ku").map_err(llvm_err)?;
             g.for_range(f, g.i64(0), whole, &mut |kq| {
                 let k0 = mul(g, kq, u as i64)?;
                 prefetch_b(row0, k0, u)?;
                 for s in 0..u {
-                    step(add(g, k0, g.i64(s as i64))?, 0)?;
+                    step(add(g, k0, g.i64(s as i64))?, 0, false)?;
                 }
                 Ok(())
             })?;
-            return g.for_range(f, mul(g, whole, u as i64)?, len, &mut |kk| step(kk, 0));
+            g.for_range(f, mul(g, whole, u as i64)?, len, &mut |kk| step(kk, 0, false))?;
+            return tail.map_or(Ok(()), |last| step(last, 0, true));
         }
         let whole = g.builder.build_int_signed_div(len, g.i64(sets as i64), "kq").map_err(llvm_err)?;
         g.for_range(f, g.i64(0), whole, &mut |kq| {
             let k0 = mul(g, kq, sets as i64)?;
             prefetch_b(row0, k0, sets)?;
             for s in 0..sets {
-                step(add(g, k0, g.i64(s as i64))?, s)?;
+                step(add(g, k0, g.i64(s as i64))?, s, false)?;
             }
             Ok(())
         })?;
-        g.for_range(f, mul(g, whole, sets as i64)?, len, &mut |kk| step(kk, 0))
+        g.for_range(f, mul(g, whole, sets as i64)?, len, &mut |kk| step(kk, 0, false))?;
+        tail.map_or(Ok(()), |last| step(last, 0, true))
     };
+
     g.for_range(f, g.i64(0), t.ntap, &mut |tt| {
         let rows = a_row_ptrs(g, p, &t.ar, mvs, a_rows, tt)?;
         let row0 = g.builder.build_int_nsw_mul(tt, t.kcn, "prow").map_err(llvm_err)?;
@@ -817,12 +865,46 @@ fn multiply_slice<'ctx>(
             for q in 0..nq {
                 let x = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
                 let y = g.builder.build_load(t.vt, acc_s(s, i, q), "b").map_err(llvm_err)?.into_vector_value();
-                let sum = g.builder.build_float_add(x, y, "sum").map_err(llvm_err)?;
+                let sum = if p.int.is_some() {
+                    g.builder.build_int_add(x, y, "sum").map_err(llvm_err)?
+                } else {
+                    g.builder.build_float_add(x, y, "sum").map_err(llvm_err)?
+                };
                 g.builder.build_store(acc(i, q), sum).map_err(llvm_err)?;
             }
         }
     }
     Ok(())
+}
+
+/// `cur + a·b` on vectors: an FMA, or (an integer product) `cur + vpmaddwd(a, b)`, the lanes
+/// of `a` and `b` read as pairs of i16.
+fn multiply_add<'ctx>(
+    g: &CodeGen<'ctx>,
+    p: &Gemm,
+    t: &Tile<'_, 'ctx>,
+    a: VectorValue<'ctx>,
+    b: VectorValue<'ctx>,
+    cur: VectorValue<'ctx>,
+) -> BackendResult<VectorValue<'ctx>> {
+    let call = |args: &[BasicValueEnum<'ctx>]| -> BackendResult<VectorValue<'ctx>> {
+        let args: Vec<_> = args.iter().map(|&v| v.into()).collect();
+        Ok(g.builder
+            .build_call(t.fmuladd, &args, "mac")
+            .map_err(llvm_err)?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| llvm_err("multiply-add returned void"))?
+            .into_vector_value())
+    };
+    if p.int.is_none() {
+        return call(&[a.into(), b.into(), cur.into()]);
+    }
+    let pairs = g.context.i16_type().vec_type(2 * p.bl.w as u32);
+    let x = g.builder.build_bit_cast(a, pairs, "ap").map_err(llvm_err)?;
+    let y = g.builder.build_bit_cast(b, pairs, "bp").map_err(llvm_err)?;
+    let prod = call(&[x, y])?;
+    g.builder.build_int_add(cur, prod, "acc").map_err(llvm_err)
 }
 
 /// Stores the accumulators: straight into C for a full tile, through masked stores or the
@@ -852,7 +934,16 @@ fn store_tile<'ctx>(
                     vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
                     let a = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
                     let m = masks.map(|m| m[q]);
-                    let y = crate::vector::vgen_masked(g, k, bases, fin, &vars, Some(a), t.vt, m)?;
+                    // An integer product's sum, converted to f32 (the finalizer's `Cast(f32, Acc)`);
+                    // the result is kept as the accumulator's bits, which the stores move to C.
+                    let vf = g.context.f32_type().vec_type(w as u32);
+                    let a = if p.int.is_some() {
+                        g.builder.build_signed_int_to_float(a, vf, "af").map_err(llvm_err)?
+                    } else {
+                        a
+                    };
+                    let y = crate::vector::vgen_masked(g, k, bases, fin, &vars, Some(a), vf, m)?;
+                    let y = g.builder.build_bit_cast(y, t.vt, "bits").map_err(llvm_err)?;
                     g.builder.build_store(acc(i, q), y).map_err(llvm_err)?;
                 }
             }

@@ -75,6 +75,9 @@ pub(crate) struct Blocking {
     pub nc: usize,
     /// The target's L2 cache per core, in bytes (row blocks of A are sized to half of it).
     pub l2: usize,
+    /// The target multiplies pairs of i16 into i32 sums at this width (`vpmaddwd`: AVX2 for
+    /// 8 lanes, AVX-512BW for 16), so integer products take the blocked schedule.
+    pub imadd: bool,
 }
 
 /// M up to which a task takes every row (and narrower column blocks, for parallelism).
@@ -111,7 +114,12 @@ impl Blocking {
         } else {
             4
         };
-        Blocking::for_width(w, l1d, l2)
+        let imadd = match w {
+            16 => has("+avx512bw"),
+            8 => has("+avx2"),
+            _ => false,
+        };
+        Blocking { imadd, ..Blocking::for_width(w, l1d, l2) }
     }
 
     pub fn for_width(w: usize, l1d: usize, l2: usize) -> Blocking {
@@ -120,7 +128,7 @@ impl Blocking {
         let nr = 2 * w;
         // The B panel takes two thirds of L1, the rest holds the tile's rows of A.
         let kc = ((l1d * 2 / 3) / (nr * 4) / 16 * 16).max(64);
-        Blocking { w, mr, nr, kc, mc: mr * 16, nc: nr * 16, l2 }
+        Blocking { w, mr, nr, kc, mc: mr * 16, nc: nr * 16, l2, imadd: false }
     }
 }
 
@@ -172,6 +180,8 @@ pub(crate) struct Gemm {
     pub bsrc: BSource,
     /// A prepacked B of bf16 weights, widened to f32 as the K loop loads them.
     pub b_bf16: bool,
+    /// An integer product ([`Gemm::int`]).
+    pub int: Option<IntProduct>,
     /// For a product over run-time rows whose first M dim is the rows (no batch dims): the
     /// M rows per row of the run (0 otherwise). M blocks then end on those rows, so that a
     /// run over fewer rows computes none past them.
@@ -183,6 +193,21 @@ pub(crate) struct Gemm {
     pub run_n: Option<(u32, u64)>,
     pub run_k: Option<(u32, u64)>,
     pub dims_op: Option<usize>,
+}
+
+/// An integer product: `C = fin(Σ_k A·B)` in i32, A an i16 tensor contiguous along its one
+/// K dim, B an i32 constant whose values fit i16 (the zero-point-shifted 8-bit operands of
+/// MatMulInteger and quantized models; `kiln_passes::quant` narrows A to i16). K is walked in
+/// pairs: the micro-kernel broadcasts `(A[i,2p], A[i,2p+1])` as one 32-bit lane and
+/// multiplies it with B's panel of pairs by `vpmaddwd` (two i16 products summed into i32:
+/// exact), adding into i32 accumulators. B is prepacked into panels of pairs
+/// (`[⌈N/NR⌉, ⌈K/2⌉, NR, 2]` i16, zero past K and N); an odd K's last pair reads A's last
+/// element alone. The finalizer, if any, computes in f32 from the sum converted to f32
+/// (every `Acc` it reads is `Cast(f32, Acc)`), in registers; without one C is the i32 sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IntProduct {
+    /// K (elements), odd: the last pair is half.
+    pub k_odd: bool,
 }
 
 /// Where the micro-kernel reads its `KC×NR` panels of B from.
@@ -326,9 +351,12 @@ impl Gemm {
         matches!(masked, [(d, slot, per)] if *d == dk && self.run_k == Some((*slot, *per)))
     }
 
-    /// The element type of a prepacked B's panels.
+    /// The element type of a prepacked B's panels (an integer product's pairs of i16 as one
+    /// 32-bit element).
     pub(crate) fn b_dtype(&self) -> DType {
-        if self.b_bf16 {
+        if self.int.is_some() {
+            DType::I32
+        } else if self.b_bf16 {
             DType::BF16
         } else {
             DType::F32
@@ -457,10 +485,10 @@ pub(crate) fn affine_range(c: i64, coef: &[i64], domain: &[usize]) -> (i64, i64)
 /// `(operand, offset, coef per domain dim, checks)`. Without `pad` there are no checks (the
 /// load is in bounds by construction); with it, a zero pad is required (what the
 /// micro-kernel substitutes) and each index that can leave its extent becomes a [`Check`].
-fn affine_load(k: &Kernel, e: &Expr) -> Option<(usize, i64, Vec<i64>, Vec<Check>)> {
+fn affine_load(k: &Kernel, e: &Expr, dt: DType) -> Option<(usize, i64, Vec<i64>, Vec<Check>)> {
     let Expr::Load { operand, index, pad } = e else { return None };
     let v = &k.inputs[*operand];
-    if v.dtype != DType::F32 || !matches!(pad, None | Some(Scalar::F32(0.0))) {
+    if v.dtype != dt || !matches!(pad, None | Some(Scalar::F32(0.0))) || (dt != DType::F32 && pad.is_some()) {
         return None;
     }
     let nd = k.domain.len();
@@ -522,7 +550,14 @@ pub(crate) fn unmask(k: &Kernel, dims_op: Option<usize>) -> Option<(Kernel, Mask
     Some((Kernel { body: (**body).clone(), ..k.clone() }, masked))
 }
 
+/// A matched product that the blocked schedule runs: an integer product only with its B
+/// prepacked ([`prepack`] makes the panels of pairs it needs).
 pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
+    match_product(k, bl).filter(|g| g.int.is_none() || g.bsrc == BSource::Prepacked)
+}
+
+/// A matched product, before or after [`prepack`].
+pub(crate) fn match_product(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     let mut g = match_gemm_with(k, bl)?;
     // Merge the inner K dims that A and B both walk contiguously (a padded-copy convolution
     // over few channels: `(kw, ci)` is one run of `kw·ci` elements), so that the micro-kernel
@@ -546,27 +581,51 @@ pub(crate) fn match_gemm(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     Some(g)
 }
 
+/// `fin` with each `Cast(f32, Acc)` read as `Acc`: an integer product's finalizer over the
+/// sum converted to f32. None if it reads the i32 accumulator otherwise.
+pub(crate) fn float_acc(fin: &Expr) -> Option<Expr> {
+    let is_cast = |e: &Expr| matches!(e, Expr::Cast(DType::F32, _, _, a) if **a == Expr::Acc);
+    let (mut accs, mut casts) = (0, 0);
+    fin.visit(&mut |e| {
+        accs += usize::from(*e == Expr::Acc);
+        casts += usize::from(is_cast(e));
+    });
+    let out = fin.clone().map(&mut |e| if is_cast(&e) { Expr::Acc } else { e });
+    (accs == casts).then_some(out)
+}
+
 fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     let red = k.reduction.as_ref()?;
-    if red.combine != Combine::Add || red.init != Scalar::F32(0.0) {
+    let int = red.init == Scalar::I32(0);
+    if red.combine != Combine::Add || !(int || red.init == Scalar::F32(0.0)) || (int && !bl.imadd) {
         return None;
     }
+    let acc = if int { DType::I32 } else { DType::F32 };
     let np = k.n_par;
-    if np < 2 || k.domain.len() <= np || k.output.dtype != DType::F32 {
+    let out_ok = k.output.dtype == DType::F32 || (int && k.output.dtype == DType::I32 && red.finalize.is_none());
+    if np < 2 || k.domain.len() <= np || !out_ok {
+        return None;
+    }
+    // An integer product: one K dim, C contiguous along N (its edges are masked vectors).
+    if int && (k.domain.len() != np + 1 || k.output.strides[np - 1] != 1) {
         return None;
     }
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
-    if k.body.dtype(&ops, None) != DType::F32 {
+    if k.body.dtype(&ops, None) != acc {
         return None;
     }
     if let Some(f) = &red.finalize {
-        if f.dtype(&ops, Some(DType::F32)) != DType::F32 {
+        if f.dtype(&ops, Some(acc)) != DType::F32 {
             return None;
         }
         // The finalizer may read only at the parallel indices.
         let mut ok = true;
         f.visit(&mut |e| ok &= !matches!(e, Expr::Var(d) if *d >= np));
         if !ok {
+            return None;
+        }
+        // An integer product's finalizer runs on the sum in f32, in registers.
+        if int && !float_acc(f).is_some_and(|ff| crate::vector::vexpr_ok(k, &ff)) {
             return None;
         }
     }
@@ -623,6 +682,7 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
             bl,
             bsrc,
             b_bf16: k.inputs[b].dtype == DType::BF16,
+            int: None,
             row_unit: 0,
             run_m: None,
             run_n: None,
@@ -630,27 +690,54 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
             dims_op: None,
         })
     };
+    // An integer product's A is `Cast(i32, Load(A: i16))`, its B an i32 load (before
+    // prepacking) or a prepacked panel of pairs.
+    let a_load = |e: &'_ Expr| -> Option<(usize, i64, Vec<i64>, Vec<Check>)> {
+        match e {
+            Expr::Cast(DType::I32, _, _, a) if int => affine_load(k, a, DType::I16),
+            e if !int => affine_load(k, e, DType::F32),
+            _ => None,
+        }
+    };
+    let int_rows = |mut g: Gemm| -> Option<Gemm> {
+        if int {
+            // Pairs of A along K are adjacent i16.
+            if g.a_k != [1] || !g.a_checks.is_empty() {
+                return None;
+            }
+            g.int = Some(IntProduct { k_odd: kk % 2 == 1 });
+        }
+        Some(g)
+    };
     // B packed at compile time: the A operand is the other load.
     for (pa, pb) in [(x, y), (y, x)] {
-        let Some((b_op, b_off)) = prepacked_load(k, pb, bl.nr) else { continue };
-        let ga = affine_load(k, pa)?;
+        let packed = if int { prepack::prepacked_int_load(k, pb, bl.nr) } else { prepacked_load(k, pb, bl.nr) };
+        let Some((b_op, b_off)) = packed else { continue };
+        let ga = a_load(pa)?;
         if !a_ok(&ga) {
             return None;
         }
         // Panel j0/NR starts at j0·K; flat K rows are NR apart; a batch of B (the 16
-        // products of a Winograd convolution) has a block of panels per element.
+        // products of a Winograd convolution) has a block of panels per element. An
+        // integer product's panel rows are pairs of K.
+        let rows = if int { kk.div_ceil(2) } else { kk };
         let mut b_coef = vec![0i64; nd];
         b_coef[..dn].copy_from_slice(&k.inputs[b_op].strides[..dn]);
-        b_coef[dn] = kk as i64;
+        b_coef[dn] = rows as i64;
         let mut flat = bl.nr as i64;
         for d in (np..nd).rev() {
             b_coef[d] = flat;
             flat *= k.domain[d] as i64;
         }
-        return build(ga, b_op, b_off, b_coef, BSource::Prepacked);
+        let mut g = int_rows(build(ga, b_op, b_off, b_coef, BSource::Prepacked)?)?;
+        if int {
+            (g.k_dims, g.k) = (vec![rows], rows);
+        }
+        return Some(g);
     }
-    let (lx, ly) = (affine_load(k, x)?, affine_load(k, y)?);
-    for (ga, gb) in [(lx.clone(), ly.clone()), (ly, lx)] {
+    let b_load = |e: &'_ Expr| if int { affine_load(k, e, DType::I32) } else { affine_load(k, e, DType::F32) };
+    for (pa, pb) in [(x, y), (y, x)] {
+        let (Some(ga), Some(gb)) = (a_load(pa), b_load(pb)) else { continue };
         if !a_ok(&ga) || !gb.3.is_empty() {
             continue;
         }
@@ -659,7 +746,7 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         // In place only for a single row tile: with several, the panel is reused and packing
         // it (contiguous, no L1 set conflicts from the row stride of B) pays.
         let bsrc = if m <= bl.mr && gb.2[dn] == 1 && k_dims.len() == 1 { BSource::InPlace } else { BSource::Pack };
-        if let Some(g) = build(ga, gb.0, gb.1, gb.2, bsrc) {
+        if let Some(g) = build(ga, gb.0, gb.1, gb.2, bsrc).and_then(int_rows) {
             return Some(g);
         }
     }
@@ -707,6 +794,7 @@ mod tests {
             bl: Blocking::for_features("+avx2,+avx512f", 48 << 10, 2 << 20),
             bsrc,
             b_bf16: false,
+            int: None,
             row_unit: 0,
             run_m: None,
             run_n: None,

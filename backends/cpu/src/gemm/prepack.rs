@@ -47,6 +47,38 @@ pub(super) fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, 
     ok.then_some((*operand, v.offset))
 }
 
+/// The index an integer product's prepacked B is loaded with (one K dim): batch variables
+/// (stride 0), then `[n / NR, k / 2, n % NR, k % 2]` over a `[⌈N/NR⌉, ⌈K/2⌉, NR, 2]` layout
+/// of i16: each panel row a pair of K rows, interleaved per column.
+pub(super) fn prepacked_int_index(nb: usize, nr: usize) -> Vec<Expr> {
+    use kiln_ir::BinaryOp as B;
+    let (dn, dk) = (nb, nb + 1);
+    let mut ix: Vec<Expr> = (0..nb).map(Expr::Var).collect();
+    let rem = |v: usize, by: i64| Expr::bin(B::Mod { fmod: false }, Expr::Var(v), Expr::i64(by));
+    ix.push(Expr::div(Expr::Var(dn), Expr::i64(nr as i64)));
+    ix.push(Expr::div(Expr::Var(dk), Expr::i64(2)));
+    ix.push(rem(dn, nr as i64));
+    ix.push(rem(dk, 2));
+    ix
+}
+
+/// A load of an integer product's B in the layout of [`prepacked_int_index`], widened to
+/// i32: its operand and element offset.
+pub(crate) fn prepacked_int_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, i64)> {
+    let Expr::Cast(DType::I32, _, _, inner) = e else { return None };
+    let Expr::Load { operand, index, pad: None } = &**inner else { return None };
+    let v = &k.inputs[*operand];
+    let dn = k.n_par - 1;
+    if v.dtype != DType::I16 || k.domain.len() != k.n_par + 1 || index.len() != dn + 4 {
+        return None;
+    }
+    let (n, pairs) = (k.domain[dn], k.domain[dn + 1].div_ceil(2));
+    let ok = *index == prepacked_int_index(dn, nr)
+        && v.strides[dn..] == [(pairs * nr * 2) as i64, (nr * 2) as i64, 2, 1]
+        && v.extents[dn..] == [n.div_ceil(nr), pairs, nr, 2];
+    ok.then_some((*operand, v.offset))
+}
+
 /// Zeroed memory for packed weights. Big ones come straight from the kernel, asking for
 /// transparent huge pages: a model's hundreds of megabytes of panels otherwise take a page
 /// fault per 4 KiB to fill (about a tenth of a warm compilation of BERT-base).
@@ -111,13 +143,19 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
     let mut changed = 0;
     for i in 0..p.instrs.len() {
         let Instr::Kernel(k) = &p.instrs[i] else { continue };
-        let Some(gm) = match_gemm(k, bl) else { continue };
+        let Some(gm) = match_product(k, bl) else { continue };
         if gm.bsrc == BSource::Prepacked {
             continue;
         }
         let bid = k.inputs[gm.b].buffer;
         let BufferKind::Constant(t) = &p.buffer(bid).kind else { continue };
-        if t.dtype() != DType::F32 {
+        let int = gm.int.is_some();
+        if t.dtype() != if int { DType::I32 } else { DType::F32 } {
+            continue;
+        }
+        // An integer product's B must fit i16 (the shifted 8-bit weights do).
+        let src_i32 = |at: usize| i32::from_le_bytes(t.data[at * 4..at * 4 + 4].try_into().expect("four bytes"));
+        if int && (0..t.numel()).any(|i| i16::try_from(src_i32(i)).is_err()) {
             continue;
         }
         // The finalizer must not read B itself (its operand view is replaced).
@@ -147,12 +185,14 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
         // Batch dims along which B varies get a block of panels per element, the others share.
         let bdims: Vec<usize> = (0..gm.batch.len()).filter(|&d| gm.b_batch[d] != 0).collect();
         let nbatch: usize = bdims.iter().map(|&d| gm.batch[d]).product();
-        let block = np * kk * nr;
-        let es = if bf16 { 2 } else { 4 };
+        // Panel rows: K, or pairs of K (an integer product: i16 pairs).
+        let prows = if int { kk.div_ceil(2) } else { kk };
+        let block = np * prows * nr * if int { 2 } else { 1 };
+        let es = if bf16 || int { 2 } else { 4 };
         let mut packed = zeroed(nbatch * block * es);
         {
             use rayon::prelude::*;
-            packed.par_chunks_mut(kk * nr * es).enumerate().for_each(|(q, panel)| {
+            packed.par_chunks_mut(block / np * es).enumerate().for_each(|(q, panel)| {
                 let (mut bi, pj) = (q / np, q % np);
                 let mut boff = 0i64;
                 for &d in bdims.iter().rev() {
@@ -161,6 +201,18 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
                 }
                 let rows: Vec<i64> = rows.iter().map(|&r| r + boff).collect();
                 let cols = nr.min(n - pj * nr);
+                if int {
+                    // Element (r, jj, r % 2) of the panel of pairs: K row r, column jj.
+                    for jj in 0..cols {
+                        let col = (pj * nr + jj) as i64 * gm.b_n;
+                        for (r, &at) in rows.iter().enumerate() {
+                            let x = src_i32((at + col) as usize) as i16;
+                            let d = ((r / 2 * nr + jj) * 2 + r % 2) * 2;
+                            panel[d..d + 2].copy_from_slice(&x.to_le_bytes());
+                        }
+                    }
+                    return;
+                }
                 if bf16 {
                     // Each weight rounded to bf16 (to nearest, ties to even).
                     for jj in 0..cols {
@@ -194,9 +246,19 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
             });
         }
         let bytes = packed.len();
-        let dtype = if bf16 { DType::BF16 } else { DType::F32 };
-        let tensor = Tensor::from_bytes(kiln_ir::TensorType::new(dtype, vec![nbatch * np, kk, nr]), packed.freeze())
-            .expect("sized for the shape");
+        let dtype = if int {
+            DType::I16
+        } else if bf16 {
+            DType::BF16
+        } else {
+            DType::F32
+        };
+        let mut shape = vec![nbatch * np, prows, nr];
+        if int {
+            shape.push(2);
+        }
+        let tensor =
+            Tensor::from_bytes(kiln_ir::TensorType::new(dtype, shape), packed.freeze()).expect("sized for the shape");
         let uses = p.instrs.iter().filter(|ins| ins.reads_writes().0.contains(&bid)).count();
         let name = format!("{}.panels{nr}", p.buffer(bid).name);
         let new_id = if uses == 1 {
@@ -211,22 +273,28 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
         let Instr::Kernel(k) = &mut p.instrs[i] else { unreachable!() };
         let dn = k.n_par - 1;
         let mut extents = k.domain[..dn].to_vec();
-        extents.extend([np, kk, nr]);
+        extents.extend([np, prows, nr]);
         let mut strides = vec![0i64; dn];
         let mut bstride = block as i64;
         for &d in bdims.iter().rev() {
             strides[d] = bstride;
             bstride *= gm.batch[d] as i64;
         }
-        strides.extend([(kk * nr) as i64, nr as i64, 1]);
+        let index = if int {
+            extents.push(2);
+            strides.extend([(prows * nr * 2) as i64, (nr * 2) as i64, 2, 1]);
+            prepacked_int_index(dn, nr)
+        } else {
+            strides.extend([(kk * nr) as i64, nr as i64, 1]);
+            prepacked_index(dn, &k.domain[k.n_par..], nr)
+        };
         k.inputs[gm.b] = View { buffer: new_id, dtype, offset: 0, extents, strides };
         let b_op = gm.b;
-        let index = prepacked_index(dn, &k.domain[k.n_par..], nr);
         k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
             Expr::Load { operand, .. } if operand == b_op => {
                 let load = Expr::Load { operand, index: index.clone(), pad: None };
-                if bf16 {
-                    Expr::cast(DType::F32, load)
+                if bf16 || int {
+                    Expr::cast(if int { DType::I32 } else { DType::F32 }, load)
                 } else {
                     load
                 }
