@@ -58,6 +58,8 @@ pub enum UnaryOp {
     Atan,
     Floor,
     Ceil,
+    /// The nearest integer, ties to even (ONNX Round, `np.rint`).
+    Round,
     Not,
     Sign,
     /// `x if x >= 0 else alpha * x`
@@ -555,6 +557,7 @@ impl Op {
                 UnaryOp::Atan => "atan",
                 UnaryOp::Floor => "floor",
                 UnaryOp::Ceil => "ceil",
+                UnaryOp::Round => "round",
                 UnaryOp::Not => "not",
                 UnaryOp::Sign => "sign",
                 UnaryOp::LeakyRelu { .. } => "leaky_relu",

@@ -13,7 +13,7 @@
 //!   A pair that does not compose is left materialized, which is always correct.
 
 use kiln_ir::lir::{BufferId, Expr, Instr, Kernel, Program, View};
-use kiln_ir::{strides_of, Graph, Op, ValueDef};
+use kiln_ir::{strides_of, DType, Graph, Op, ValueDef};
 
 use crate::PassError;
 
@@ -61,9 +61,13 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
                 // (Not into the widening of an i16 operand: the i16 value is what an integer
                 // product reads.)
                 let widening = c.outputs.iter().any(|&o| crate::quant::widened_i16(g, o));
-                !widening && ((elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. }))
+                let typed = product_type(g, v).is_none_or(|t| epilogue_type_ok(t, g.ty(c.outputs[0]).dtype));
+                !widening && typed && ((elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. }))
             } else if complex(g, &p.op, &p.inputs) {
-                elementwise_class(&c.op) && g.ty(v).shape == c_out_shape && !took_complex
+                elementwise_class(&c.op)
+                    && g.ty(v).shape == c_out_shape
+                    && !took_complex
+                    && epilogue_type_ok(g.ty(v).dtype, g.ty(c.outputs[0]).dtype)
             } else if const_gather(g, &p) {
                 // A gather by constant indices (Resize's taps) is a load at a looked-up
                 // position: an elementwise consumer of its size reads it in place instead of
@@ -98,12 +102,27 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
 /// Whether `v` is a matrix product's result, possibly through elementwise ops fused into it
 /// (its bias): a value computed in a product's epilogue.
 fn from_product(g: &Graph, v: kiln_ir::ValueId) -> bool {
-    let ValueDef::Node(pid, _) = g.value(v).def else { return false };
+    product_type(g, v).is_some()
+}
+
+/// The element type of the matrix product whose epilogue computes `v` ([`from_product`]).
+fn product_type(g: &Graph, v: kiln_ir::ValueId) -> Option<DType> {
+    let ValueDef::Node(pid, _) = g.value(v).def else { return None };
     let p = g.node(pid);
     if complex(g, &p.op, &p.inputs) {
-        return true;
+        return Some(g.ty(p.outputs[0]).dtype);
     }
-    elementwise_class(&p.op) && p.inputs.iter().any(|&u| g.is_fused(u) && from_product(g, u))
+    if !elementwise_class(&p.op) {
+        return None;
+    }
+    p.inputs.iter().find_map(|&u| if g.is_fused(u) { product_type(g, u) } else { None })
+}
+
+/// Whether an epilogue of a product of type `product` may compute a value of type `out`: an
+/// f32 or i32 product's epilogue (which the CPU backend runs on the sums in registers) ends
+/// in f32; the epilogue of a quantize step (f32 to integers) is a kernel of its own.
+fn epilogue_type_ok(product: DType, out: DType) -> bool {
+    out == DType::F32 || (!matches!(product, DType::F32 | DType::I32) && out == product)
 }
 
 /// A product's result that several elementwise ops read, all of them fused into one kernel

@@ -165,7 +165,10 @@ pub(crate) fn vexpr_ok(k: &Kernel, e: &Expr) -> bool {
             | U::Exp
             | U::Tanh
             | U::Erf
-            | U::Sigmoid,
+            | U::Sigmoid
+            | U::Floor
+            | U::Ceil
+            | U::Round,
             a,
         ) => vexpr_ok(k, a),
         Expr::Binary(B::Add | B::Sub | B::Mul | B::Div | B::Max | B::Min, a, b) => vexpr_ok(k, a) && vexpr_ok(k, b),
@@ -430,6 +433,9 @@ pub(crate) fn vgen_masked<'ctx>(
                 U::Relu => vsel(g, vcmp(g, FloatPredicate::OLT, x, zero)?, zero, x)?,
                 U::Neg => b.build_float_neg(x, "vneg").map_err(llvm_err)?,
                 U::Abs => vcall(g, "llvm.fabs", &[x])?,
+                U::Floor => vcall(g, "llvm.floor", &[x])?,
+                U::Ceil => vcall(g, "llvm.ceil", &[x])?,
+                U::Round => vcall(g, "llvm.roundeven", &[x])?,
                 U::Sqrt => vcall(g, "llvm.sqrt", &[x])?,
                 U::Reciprocal => b.build_float_div(one, x, "vrcp").map_err(llvm_err)?,
                 U::Clip { lo, hi } => {

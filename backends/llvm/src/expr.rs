@@ -221,6 +221,7 @@ fn unary_f<'ctx>(g: &CodeGen<'ctx>, op: UnaryOp, x: FloatValue<'ctx>) -> Backend
         UnaryOp::Log => fcall(g, "llvm.log", &[x])?,
         UnaryOp::Floor => fcall(g, "llvm.floor", &[x])?,
         UnaryOp::Ceil => fcall(g, "llvm.ceil", &[x])?,
+        UnaryOp::Round => fcall(g, "llvm.roundeven", &[x])?,
         UnaryOp::Relu => fsel(g, fcmp(g, FloatPredicate::OLT, x, zero)?, zero, x)?,
         UnaryOp::Sigmoid if is_f32(g, x) => crate::math::sigmoid(g, x.into())?.into_float_value(),
         UnaryOp::Sigmoid => {
@@ -299,7 +300,7 @@ fn unary_i<'ctx>(g: &CodeGen<'ctx>, op: UnaryOp, x: IntValue<'ctx>) -> BackendRe
             let y = isel(g, icmp(g, IntPredicate::SLT, x, lo)?, lo, x)?;
             isel(g, icmp(g, IntPredicate::SGT, y, hi)?, hi, y)?
         }
-        UnaryOp::Floor | UnaryOp::Ceil => x,
+        UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => x,
         other => return Err(llvm_err(format!("{other:?} on an integer"))),
     })
 }

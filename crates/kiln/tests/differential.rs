@@ -22,6 +22,7 @@ fn unary_ops() {
         UnaryOp::Erf,
         UnaryOp::Floor,
         UnaryOp::Ceil,
+        UnaryOp::Round,
         UnaryOp::Sign,
         UnaryOp::LeakyRelu { alpha: 0.1 },
         UnaryOp::HardSigmoid { alpha: 0.2, beta: 0.5 },
@@ -44,6 +45,12 @@ fn unary_ops() {
     }
     let s = r.shape(2, 5);
     check(Op::Unary(UnaryOp::Not), &[r.tensor(DType::Bool, &s)]);
+    // Round at the ties (to even) and just below a half, in f32 and f64.
+    let mut halves: Vec<f32> = (-9..=9).map(|i| i as f32 * 0.5).collect();
+    halves.extend([0.49999997, -0.49999997, 8388609.0, 1.5e9]);
+    check(Op::Unary(UnaryOp::Round), &[Tensor::f32(vec![halves.len()], halves.clone())]);
+    let wide: Vec<f64> = halves.iter().map(|&x| f64::from(x)).collect();
+    check(Op::Unary(UnaryOp::Round), &[Tensor::from_data(vec![wide.len()], kiln::ir::Data::F64(wide))]);
 }
 
 /// The inline f32 exp, tanh, erf and sigmoid (polynomials the code generator emits instead

@@ -77,7 +77,10 @@ fn a_gpu_partition_carries_its_ptx_and_launch_table() {
     let (n_in, n_out) = (m.inputs.len() as u32, m.outputs.len() as u32);
     assert_eq!(m.partitions[1].inputs, gpu.outputs);
     assert!(gpu.outputs[0] >= n_in + n_out);
-    // Loading it on a machine without the GPU runtime is a clear error, not a crash.
+    // Loading it on a machine without the GPU runtime is a clear error, not a crash: a runtime
+    // built without CUDA support names the partition, one with it (the `cuda` feature, which
+    // `cargo test --workspace` turns on) the missing driver.
     let e = kiln::Session::from_bytes(&art.bytes(), &Default::default()).err().expect("no GPU runtime here");
-    assert!(e.to_string().contains("partition 0 runs on device `cuda`"), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("partition 0 runs on device `cuda`") || e.contains("no CUDA driver (libcuda)"), "{e}");
 }

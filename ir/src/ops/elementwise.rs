@@ -278,6 +278,18 @@ fn float_unary<T: Float>(op: UnaryOp, x: T) -> T {
         UnaryOp::Atan => x.atan(),
         UnaryOp::Floor => x.floor(),
         UnaryOp::Ceil => x.ceil(),
+        UnaryOp::Round => {
+            // floor(x) plus one above the half, or at the half from an odd floor (each step
+            // exact).
+            let (f, half) = (x.floor(), c(0.5));
+            let d = x - f;
+            let odd = (f * half).floor() < f * half;
+            if d > half || (d == half && odd) {
+                f + T::one()
+            } else {
+                f
+            }
+        }
         UnaryOp::Sign => {
             if x > zero {
                 T::one()
@@ -323,8 +335,8 @@ fn check_unary(op: UnaryOp, dtype: DType) -> Result<(), String> {
     use UnaryOp::*;
     let ok = match dtype {
         d if d.is_float() => !matches!(op, Not),
-        DType::Bool => matches!(op, Not | Abs | Relu | Floor | Ceil | Sign | Clip { .. }),
-        _ => matches!(op, Not | Neg | Abs | Relu | Floor | Ceil | Sign | Clip { .. }),
+        DType::Bool => matches!(op, Not | Abs | Relu | Floor | Ceil | Round | Sign | Clip { .. }),
+        _ => matches!(op, Not | Neg | Abs | Relu | Floor | Ceil | Round | Sign | Clip { .. }),
     };
     if ok {
         Ok(())
@@ -340,7 +352,7 @@ fn int_unary(op: UnaryOp, x: i64, lo: i64, hi: i64) -> i64 {
         UnaryOp::Neg => x.wrapping_neg(),
         UnaryOp::Abs => x.wrapping_abs(),
         UnaryOp::Relu => x.max(0),
-        UnaryOp::Floor | UnaryOp::Ceil => x,
+        UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => x,
         UnaryOp::Sign => x.signum(),
         UnaryOp::Clip { .. } => x.max(lo).min(hi),
         _ => unreachable!("rejected by check_unary"),
@@ -351,7 +363,7 @@ fn int_unary(op: UnaryOp, x: i64, lo: i64, hi: i64) -> i64 {
 fn bool_unary(op: UnaryOp, x: bool) -> bool {
     match op {
         UnaryOp::Not => !x,
-        UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Sign => x,
+        UnaryOp::Abs | UnaryOp::Relu | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Sign => x,
         UnaryOp::Clip { lo, hi } => x.max(lo != 0.0).min(hi != 0.0),
         _ => unreachable!("rejected by check_unary"),
     }
@@ -585,6 +597,7 @@ pub(super) fn parse(name: &str, a: &mut Attrs) -> Result<Option<Op>, String> {
         "atan" => Op::Unary(U::Atan),
         "floor" => Op::Unary(U::Floor),
         "ceil" => Op::Unary(U::Ceil),
+        "round" => Op::Unary(U::Round),
         "not" => Op::Unary(U::Not),
         "sign" => Op::Unary(U::Sign),
         "leaky_relu" => Op::Unary(U::LeakyRelu { alpha: a.word("alpha")? }),
@@ -719,6 +732,9 @@ mod tests {
         assert_f32(&un(UnaryOp::HardSigmoid { alpha: 0.2, beta: 0.5 }, &x), &[4], &[0.1, 0.4, 0.5, 1.0], 1e-7);
         assert_f32(&un(UnaryOp::Sign, &x), &[4], &[-1., -1., 0., 1.], 0.0);
         assert_f32(&un(UnaryOp::Floor, &x), &[4], &[-2., -1., 0., 3.], 0.0);
+        // Ties to even; the largest f32 below one half rounds down (floor(x + 0.5) would not).
+        let h = Tensor::f32(vec![8], vec![-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49999997, -0.7]);
+        assert_f32(&un(UnaryOp::Round, &h), &[8], &[-2., -2., -0., 0., 2., 2., 0., -1.], 0.0);
         assert_f32(&un(UnaryOp::Ceil, &x), &[4], &[-2., 0., 0., 3.], 0.0);
         assert_f32(&un(UnaryOp::Abs, &x), &[4], &[2., 0.5, 0., 3.], 0.0);
         assert_f32(&un(UnaryOp::Neg, &x), &[4], &[2., 0.5, 0., -3.], 0.0);

@@ -3,12 +3,12 @@
 //! elementwise ops: the hyperbolic functions (Sinh, Cosh, Asinh, Acosh, Atanh) and Round
 //! (half to even).
 
-use super::builders::{bin, cmp, float_x, scalar, un};
+use super::builders::{bin, float_x, scalar, un};
 use super::{invalid, norm_axis, unsupported, NodeCx, OpResult};
 use crate::data::dtype_of;
 use crate::proto::tensor_proto::DataType;
 use kiln_ir::minifloat::{E8M0Round, MiniFloat};
-use kiln_ir::{BinaryOp, BinaryOp as B, CmpOp, DType, Op, Tensor, UnaryOp, UnaryOp as U, ValueId};
+use kiln_ir::{BinaryOp, BinaryOp as B, DType, Op, Tensor, UnaryOp, UnaryOp as U, ValueId};
 
 /// The two operands of a binary op. Before opset 7, `broadcast=1` with an `axis` aligns B's
 /// dims with A's starting at `axis`: B gets trailing unit dims so numpy broadcasting agrees.
@@ -149,21 +149,10 @@ pub(super) fn hyperbolic(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     Ok(vec![y])
 }
 
-/// Round, half to even: `r = floor(x + 0.5)`, minus one where `r - x == 0.5` and `r` is odd.
+/// Round: to the nearest integer, ties to even.
 pub(super) fn round(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
     let x = float_x(cx)?;
-    let half = scalar(cx, DType::F32, 0.5);
-    let xh = bin(cx, B::Add, x, half)?;
-    let r = un(cx, U::Floor, xh)?;
-    let d = bin(cx, B::Sub, r, x)?;
-    let tie = cmp(cx, CmpOp::Equal, d, half)?;
-    let rh = bin(cx, B::Mul, r, half)?;
-    let fl = un(cx, U::Floor, rh)?;
-    let odd = cmp(cx, CmpOp::Less, fl, rh)?; // r / 2 is not whole
-    let both = bin(cx, B::And, tie, odd)?;
-    let one = scalar(cx, DType::F32, 1.0);
-    let r1 = bin(cx, B::Sub, r, one)?;
-    Ok(vec![cx.emit_out(Op::Where, &[both, r1, r], 0)?])
+    Ok(vec![cx.emit_out(Op::Unary(U::Round), &[x], 0)?])
 }
 
 /// Clip-6: `min`/`max` attributes (defaulting to the f32 range); Clip-11+: optional scalar

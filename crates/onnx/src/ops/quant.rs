@@ -44,25 +44,9 @@ fn round_to(cx: &mut NodeCx, v: ValueId, to: DType) -> OpResult<ValueId> {
     cast(cx, n, to.compute())
 }
 
-/// Rounds a float tensor to the nearest integer, ties to even (`np.rint`, ONNX Round):
-/// `r = floor(x)`, `f = x - r` (exact), plus one where `f > 0.5` or `f == 0.5` and `r` is odd.
+/// Rounds a float tensor to the nearest integer, ties to even (`np.rint`, ONNX Round).
 fn round_even(cx: &mut NodeCx, x: ValueId) -> OpResult<ValueId> {
-    let d = cx.ty(x).dtype;
-    let r = un(cx, U::Floor, x)?;
-    let f = bin(cx, B::Sub, x, r)?;
-    let half = scalar(cx, d, 0.5);
-    let above = cmp(cx, CmpOp::Greater, f, half)?;
-    let tie = cmp(cx, CmpOp::Equal, f, half)?;
-    // r is odd where r - 2·floor(r / 2) is 1 (each step exact).
-    let rh = bin(cx, B::Mul, r, half)?;
-    let fl = un(cx, U::Floor, rh)?;
-    let odd = cmp(cx, CmpOp::Less, fl, rh)?;
-    let tie_odd = bin(cx, B::And, tie, odd)?;
-    let up = bin(cx, B::Or, above, tie_odd)?;
-    let one = scalar(cx, d, 1.0);
-    let zero = scalar(cx, d, 0.0);
-    let inc = tmp(cx, Op::Where, &[up, one, zero], "inc")?;
-    bin(cx, B::Add, r, inc)
+    un(cx, U::Round, x)
 }
 
 /// The range of an integer quantized type.
