@@ -308,3 +308,32 @@ fn quantize_to_int4_and_float8() {
     let n = node("DequantizeLinear", &["q", "s"], &["y"], vec![]);
     assert_eq!(folded_one(21, inits, n).1, Data::F32(vec![3.5, -4.0]));
 }
+
+/// A QuantizeLinear followed by a DequantizeLinear of its result (a QDQ model's pair) imports
+/// as float arithmetic on the rounded quotient, no integer steps left, with the pair's values
+/// (hand-derived: scale 0.5, zero point 10, u8): x/s = -20, -0.5, 0.5, 1.5, 2.5, 400, 6.6
+/// rounds (ties to even) to -20, -0, 0, 2, 2, 400, 7; plus 10 and saturated to [0, 255]:
+/// 0, 10, 10, 12, 12, 255, 17; minus 10, times 0.5: -5, 0, 0, 1, 1, 122.5, 3.5.
+#[test]
+fn a_quantize_dequantize_pair_is_float_arithmetic() {
+    let g = Model::new(19)
+        .input(vis("x", DataType::Float, &[7]))
+        .init(t_f32("s", &[], &[0.5]))
+        .init(t_u8("z", &[], &[10]))
+        .node(node("QuantizeLinear", &["x", "s", "z"], &["q"], vec![]))
+        .node(node("DequantizeLinear", &["q", "s", "z"], &["y"], vec![]))
+        .output("y")
+        .import()
+        .unwrap();
+    // Every value y is computed from is f32 (the u8 value and its i32 steps are not read).
+    let mut todo = vec![g.outputs[0]];
+    while let Some(v) = todo.pop() {
+        assert_eq!(g.ty(v).dtype, kiln_ir::DType::F32, "{} in {:?}", g.value(v).name, ops(&g));
+        if let kiln_ir::ValueDef::Node(n, _) = g.value(v).def {
+            todo.extend(g.node(n).inputs.iter().copied());
+        }
+    }
+    let x = kiln_ir::Tensor::f32(vec![7], vec![-10.0, -0.25, 0.25, 0.75, 1.25, 200.0, 3.3]);
+    let got = run(&g, &[("x", x)]).remove(0);
+    assert_eq!(got.data(), Data::F32(vec![-5.0, 0.0, 0.0, 1.0, 1.0, 122.5, 3.5]));
+}

@@ -183,6 +183,21 @@ pub(super) fn dequantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
                 let d = bin(cx, B::Sub, xf, zf)?;
                 let sf = cast(cx, s, DType::F64)?;
                 bin(cx, B::Mul, d, sf)?
+            } else if let Some(q) = requantized(cx, x).filter(|_| sd == DType::F32) {
+                // A QuantizeLinear's result dequantized (a QDQ pair): the same values from its
+                // rounded quotient in f32, `(clip(r + zp_q, qmin, qmax) - zp) · scale`, each
+                // step exact (integers below 2^21), so that the pair is float arithmetic that
+                // fuses with the ops around it (into a convolution's epilogue) instead of
+                // integer steps in kernels of their own.
+                let mut v = q.rounded;
+                if let Some(zq) = q.zero_point {
+                    let zf = cast(cx, zq, DType::F32)?;
+                    v = bin(cx, B::Add, v, zf)?;
+                }
+                let c = un(cx, U::Clip { lo: q.lo, hi: q.hi }, v)?;
+                let zf = cast(cx, z, DType::F32)?;
+                let d = bin(cx, B::Sub, c, zf)?;
+                bin(cx, B::Mul, d, s)?
             } else {
                 // The difference of 8/16-bit values is exact in i32 and in f32.
                 let xi = cast(cx, x, DType::I32)?;
@@ -200,6 +215,43 @@ pub(super) fn dequantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
         }
     };
     Ok(vec![cx.emit_out(Op::cast(out), &[y], 0)?])
+}
+
+/// A value [`quantize_linear`] computed from f32: its rounded, bounded quotient
+/// `clip(rint(x / scale), ±2^20)` (f32), the i32 zero point added to it if any, and the
+/// type's range it is clipped to.
+struct Requantized {
+    rounded: ValueId,
+    zero_point: Option<ValueId>,
+    lo: f64,
+    hi: f64,
+}
+
+/// Whether `v` is the result of [`quantize_linear`]'s integer steps
+/// `cast(clip(cast(r, i32) [+ zp], lo, hi))` on an f32 `r` (the graph as that function builds it).
+fn requantized(cx: &NodeCx, v: ValueId) -> Option<Requantized> {
+    let producer = |v: ValueId| match cx.g.value(v).def {
+        kiln_ir::ValueDef::Node(n, _) => Some(cx.g.node(n)),
+        _ => None,
+    };
+    let out = producer(v)?;
+    let Op::Cast { .. } = out.op else { return None };
+    let clip = producer(out.inputs[0])?;
+    let Op::Unary(U::Clip { lo, hi }) = clip.op else { return None };
+    let mut at = producer(clip.inputs[0])?;
+    let mut zero_point = None;
+    if let Op::Binary(B::Add) = at.op {
+        cx.g.const_of(at.inputs[1])?;
+        zero_point = Some(at.inputs[1]);
+        at = producer(at.inputs[0])?;
+    }
+    let (Op::Cast { to: DType::I32, .. }, r) = (&at.op, at.inputs[0]) else { return None };
+    let bounded = producer(r)?;
+    let is_round = |v: ValueId| producer(v).is_some_and(|n| n.op == Op::Unary(U::Round));
+    let ok = cx.ty(r).dtype == DType::F32
+        && bounded.op == Op::Unary(U::Clip { lo: -1_048_576.0, hi: 1_048_576.0 })
+        && is_round(bounded.inputs[0]);
+    ok.then_some(Requantized { rounded: r, zero_point, lo, hi })
 }
 
 /// QuantizeLinear: `saturate(rint(x / scale) + zero_point)` in the zero point's type
