@@ -264,22 +264,26 @@ fn outputs_numpy_cannot_hold_are_written_as_tensor_protos() {
 }
 
 /// `inspect --precisions`: each kernel and its precision, the counts last. Under `--precision
-/// bf16` the MLP's two products read bf16 weights; by default none does; `--precision int8`
-/// is refused in one line (not supported yet).
+/// bf16` the MLP's two products read bf16 weights, under `int8` they are integer products; by
+/// default none is; `--precision f16` is refused in one line (not supported yet).
 #[test]
 fn inspect_precisions_lists_each_kernel() {
     let m = "examples/mlp/model.onnx";
     let bf16 = stdout(&kiln(&["inspect", m, "--precision", "bf16", "--precisions"]));
     assert_eq!(bf16.lines().filter(|l| l.ends_with(": bf16 weights")).count(), 2, "{bf16}");
-    assert_eq!(bf16.lines().last(), Some("bf16_kernels=2 f32_kernels=0"), "{bf16}");
+    assert_eq!(bf16.lines().last(), Some("bf16_kernels=2 int8_kernels=0 f32_kernels=0"), "{bf16}");
     let f32 = stdout(&kiln(&["inspect", m, "--precisions"]));
-    assert_eq!(f32.lines().last(), Some("bf16_kernels=0 f32_kernels=2"), "{f32}");
+    assert_eq!(f32.lines().last(), Some("bf16_kernels=0 int8_kernels=0 f32_kernels=2"), "{f32}");
+    if std::is_x86_feature_detected!("avx2") {
+        let int8 = stdout(&kiln(&["inspect", m, "--precision", "int8", "--precisions"]));
+        assert_eq!(int8.lines().filter(|l| l.ends_with(": int8 (i32 sums)")).count(), 2, "{int8}");
+    }
     let out = Command::new(kiln_tests::kiln_bin())
-        .args(["inspect", m, "--precision", "int8", "--precisions"])
+        .args(["inspect", m, "--precision", "f16", "--precisions"])
         .current_dir(repo())
         .output()
         .expect("run kiln");
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!((out.status.code(), e.lines().count()), (Some(1), 1), "{e}");
-    assert!(e.contains("--precision int8 is not supported yet"), "{e}");
+    assert!(e.contains("--precision f16 is not supported yet"), "{e}");
 }

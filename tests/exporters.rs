@@ -58,27 +58,35 @@ mod cli {
 /// within 1% of the largest output of onnxruntime's f32 ones (the tolerance stated for bf16:
 /// OpenVINO's own bf16 mode differs from f32 by 0.5–1.1% of the largest output on the
 /// full-size models), and are not the f32 outputs (the mode took effect).
-mod bf16 {
+/// The exported model `name` compiled at `precision`: every output within `bound` (a
+/// fraction) of its largest f32 value in onnxruntime's f32 outputs, and not all of them
+/// within 1e-6 of it (the reduced precision took effect).
+fn check_precision(name: &str, precision: kiln::Precision, bound: f64) {
     use kiln_ir::Tensor;
+    let case = kiln_tests::load_exported(name).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
+    let opts = kiln::CompileOptions { precision, ..Default::default() };
+    let got = kiln_tests::run_lib_on(&case, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut exact = true;
+    let p = precision.name();
+    for (i, ((_, _, bytes), want)) in got.iter().zip(&case.expected).enumerate() {
+        let g = Tensor::from_bytes(want.ty.clone(), bytes.clone().into()).expect("same type");
+        let w = want.to_f64_vec();
+        let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let worst = g.to_f64_vec().iter().zip(&w).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "{name} {p}: output {i}: max abs err {worst:.3e} of largest {scale:.3e} ({:.3}%)",
+            100.0 * worst / scale
+        );
+        assert!(worst <= bound * scale, "{name} {p}: output {i}: {worst} off, over {}% of {scale}", 100.0 * bound);
+        exact &= worst <= 1e-6 * scale;
+    }
+    assert!(!exact, "{name}: {p} outputs equal f32's: the precision took no effect");
+}
 
+/// `--precision bf16`: within 1% of the largest f32 output.
+mod bf16 {
     fn check(name: &str) {
-        let case = kiln_tests::load_exported(name).unwrap_or_else(|e| panic!("{name}: loading: {e}"));
-        let opts = kiln::CompileOptions { precision: kiln::Precision::Bf16, ..Default::default() };
-        let got = kiln_tests::run_lib_on(&case, opts).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mut exact = true;
-        for (i, ((_, _, bytes), want)) in got.iter().zip(&case.expected).enumerate() {
-            let g = Tensor::from_bytes(want.ty.clone(), bytes.clone().into()).expect("same type");
-            let w = want.to_f64_vec();
-            let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
-            let worst = g.to_f64_vec().iter().zip(&w).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
-            eprintln!(
-                "{name}: output {i}: max abs err {worst:.3e} of largest {scale:.3e} ({:.3}%)",
-                100.0 * worst / scale
-            );
-            assert!(worst <= 0.01 * scale, "{name}: output {i}: {worst} off, over 1% of {scale}");
-            exact &= worst <= 1e-6 * scale;
-        }
-        assert!(!exact, "{name}: bf16 outputs equal f32's: the weights were not rounded");
+        super::check_precision(name, kiln::Precision::Bf16, 0.01);
     }
 
     #[test]
@@ -89,6 +97,24 @@ mod bf16 {
     #[test]
     fn mobilenetv2_torch() {
         check("mobilenetv2_torch");
+    }
+
+    #[test]
+    fn bert_torch() {
+        check("bert_torch");
+    }
+
+    #[test]
+    fn gpt2_torch() {
+        check("gpt2_torch");
+    }
+}
+
+/// `--precision int8` (the transformers' linear layers quantized dynamically): within 3% of
+/// the largest f32 output.
+mod int8 {
+    fn check(name: &str) {
+        super::check_precision(name, kiln::Precision::Int8, 0.03);
     }
 
     #[test]

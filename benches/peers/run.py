@@ -327,7 +327,8 @@ def outputs_match(path: Path, kiln_model: Path, feeds: dict, tmp: Path) -> str:
     if r.returncode != 0:
         return "KILN FAILED: " + (r.stderr.strip().splitlines() or ["?"])[-1][:200]
     bf16 = "bf16" in KILN_ARGS
-    quantized = any(n.op_type in QUANT_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
+    quantized = "int8" in KILN_ARGS or any(
+        n.op_type in QUANT_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
     notes = []
     for name, w in want.items():
         got = np.load(out / f"{name}.npy")
@@ -429,7 +430,8 @@ def decode(a: argparse.Namespace, folder: Path) -> None:
     n = len(want)
     tmp = REPO / "target" / "peers" / "decode"
     tmp.mkdir(parents=True, exist_ok=True)
-    art = tmp / f"{folder.name}{'.bf16' if 'bf16' in KILN_ARGS else ''}.kiln"
+    precision = KILN_ARGS[KILN_ARGS.index("--precision") + 1] if "--precision" in KILN_ARGS else "f32"
+    art = tmp / f"{folder.name}{'' if precision == 'f32' else '.' + precision}.kiln"
     args = [str(KILN), "compile", str(path), "-o", str(art)] + KILN_ARGS
     for name, (lo, hi) in meta["dims"].items():
         args += ["--dim", f"{name}={lo}..{hi}"]
@@ -488,7 +490,7 @@ def main() -> None:
                          "the kiln/base column (the model compiled by each binary)")
     ap.add_argument("--prompt", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", type=int, default=32, help=argparse.SUPPRESS)
-    ap.add_argument("--precision", choices=["f32", "bf16"],
+    ap.add_argument("--precision", choices=["f32", "bf16", "int8"],
                     help="compile Kiln's side with this precision (`kiln compile --precision`); time OpenVINO at its "
                          "default precision too with --peers ...,ov-default")
     a = ap.parse_args()

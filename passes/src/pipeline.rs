@@ -3,10 +3,11 @@
 //!
 //! ```text
 //!   whole graph (HIR)     fold-constants remove-identity fold-batchnorm cse sink-reshapes
-//!                         fold-constants-2 dce narrow-int-products
+//!                         fold-constants-2 dce
 //!   ── a model split across devices is partitioned here (partition.rs); the rest runs
 //!      on each partition, with the context of its device ──
-//!   per partition (HIR)   decompose (ops the backend does not lower whole) fuse
+//!   per partition (HIR)   quantize-products (--precision int8) narrow-int-products decompose
+//!                         (ops the backend does not lower whole) fuse
 //!   HIR → LIR             lower
 //!   per partition (LIR)   fuse-lir forward-copies coalesce-dims split-reductions inline-scalar-constants
 //!                         prepack (the backend's)
@@ -41,6 +42,12 @@ pub trait Backend: Sync {
     /// op whole returns false for it. Every op by default.
     fn decomposes(&self, _op: &kiln_ir::Op) -> bool {
         true
+    }
+
+    /// The `quantize-products` step: whether to quantize the f32 products with constant
+    /// weights to int8 ([`crate::quant::quantize_products`]; `--precision int8`). No by default.
+    fn quantizes_products(&self) -> bool {
+        false
     }
 }
 
@@ -106,7 +113,8 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("sink-reshapes", Pass::Graph(simplify::sink_reshapes)),
     ("fold-constants-2", Pass::Graph(simplify::fold_constants)),
     ("dce", Pass::Graph(simplify::dce)),
-    ("narrow-int-products", Pass::Graph(quant::narrow_int_products)),
+    ("quantize-products", Pass::Partition(quantize_products)),
+    ("narrow-int-products", Pass::Partition(narrow_int_products)),
     ("decompose", Pass::Partition(decompose::decompose)),
     ("fuse", Pass::Partition(fuse)),
     ("lower", Pass::Lower),
@@ -122,6 +130,17 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("pack-weights", Pass::Lir(pack_weights)),
     ("clamp-rows", Pass::Lir(clamp_rows)),
 ];
+
+fn quantize_products(g: &mut Graph, cx: &Context) -> Result<bool, PassError> {
+    if !cx.backend.quantizes_products() {
+        return Ok(false);
+    }
+    quant::quantize_products(g)
+}
+
+fn narrow_int_products(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
+    quant::narrow_int_products(g)
+}
 
 fn fuse(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
     fuse::fuse(g)

@@ -9,7 +9,7 @@
 //! widening into the product), and a backend multiplies pairs of i16 into i32 sums
 //! (`vpmaddwd`) instead of running an i32 reduction. The graph computes the same values.
 
-use kiln_ir::{BinaryOp, DType, Graph, Op, ValueDef, ValueId};
+use kiln_ir::{BinaryOp, DType, Data, Graph, Op, ReduceOp, Tensor, UnaryOp, ValueDef, ValueId};
 
 use crate::PassError;
 
@@ -112,15 +112,107 @@ pub fn narrow_int_products(g: &mut Graph) -> Result<bool, PassError> {
         let (narrow, wide) = wide?;
         let fresh = narrowed.insert(a, narrow).is_none();
         // The casts go right before the product.
-        let ValueDef::Node(wn, _) = g.value(wide).def else { unreachable!("just added") };
-        let ValueDef::Node(nn, _) = g.value(narrow).def else { unreachable!("just added") };
-        let new: Vec<kiln_ir::NodeId> = if fresh { vec![nn, wn] } else { vec![wn] };
-        let mut order: Vec<kiln_ir::NodeId> = g.order().iter().copied().filter(|m| !new.contains(m)).collect();
-        let at = order.iter().position(|&m| m == nid).expect("scheduled");
-        order.splice(at..at, new);
-        g.set_order(order);
+        let new = if fresh { vec![narrow, wide] } else { vec![wide] };
+        schedule_before(g, nid, &new);
         g.node_mut(nid).inputs[0] = wide;
         changed = true;
+    }
+    Ok(changed)
+}
+
+/// Moves the producers of `values` (just added, at the end of the schedule) right before node
+/// `before`, in the order given.
+fn schedule_before(g: &mut Graph, before: kiln_ir::NodeId, values: &[ValueId]) {
+    let new: Vec<kiln_ir::NodeId> = values
+        .iter()
+        .map(|&v| match g.value(v).def {
+            ValueDef::Node(n, _) => n,
+            _ => unreachable!("a node's result"),
+        })
+        .collect();
+    let mut order: Vec<kiln_ir::NodeId> = g.order().iter().copied().filter(|m| !new.contains(m)).collect();
+    let at = order.iter().position(|&m| m == before).expect("scheduled");
+    order.splice(at..at, new);
+    g.set_order(order);
+}
+
+/// The largest magnitude of the 8-bit quantized operands of [`quantize_products`].
+const Q8: f32 = 127.0;
+
+/// `--precision int8`: every f32 matrix product with a constant 2-D B becomes an integer
+/// product, quantized dynamically and symmetrically: B per
+/// column at compile time (`sw[n] = max_k |B[k, n]| / 127`, `q = rint(B / sw)`), A per row
+/// at run time (`sx = max_k |A[.., k]| / 127`, `a = rint(A / sx)`, both in [-127, 127]), and
+/// `Y = (a @ q) · sx · sw` (the i32 sums exact; the error is the operands' rounding, at most
+/// half a step of each). A's quantization is a row reduction and an elementwise kernel
+/// writing i16; the product is [`narrow_int_products`]'s form. Other products and every
+/// other op stay f32. Returns whether the graph changed.
+pub fn quantize_products(g: &mut Graph) -> Result<bool, PassError> {
+    let err = |e: kiln_ir::BuildError| PassError::Failed { pass: "quantize-products".into(), message: e.to_string() };
+    let mut changed = false;
+    for nid in g.order().to_vec() {
+        let node = g.node(nid).clone();
+        let (a, b) = match node.inputs[..] {
+            [a, b] if node.op == Op::MatMul => (a, b),
+            _ => continue,
+        };
+        let (ta, tb) = (g.ty(a).clone(), g.ty(b).clone());
+        let Some(w) = g.const_of(b).filter(|_| g.const_of(a).is_none()) else { continue };
+        if ta.dtype != DType::F32 || tb.dtype != DType::F32 || ta.rank() < 2 || tb.rank() != 2 {
+            continue;
+        }
+        let (k, n) = (tb.shape[0], tb.shape[1]);
+        // B per column.
+        let wv = w.to_f64_vec();
+        let mut sw = vec![0f32; n];
+        for (i, &x) in wv.iter().enumerate() {
+            sw[i % n] = sw[i % n].max((x as f32).abs());
+        }
+        let sw: Vec<f32> = sw.iter().map(|&m| if m > 0.0 { m / Q8 } else { 1.0 }).collect();
+        let q: Vec<i32> =
+            wv.iter().enumerate().map(|(i, &x)| ((x as f32) / sw[i % n]).round_ties_even() as i32).collect();
+        let name = g.value(node.outputs[0]).name.clone();
+        g.guard = node.guard.clone();
+        let mut added = Vec::new();
+        let mut add = |g: &mut Graph, op: Op, ins: &[ValueId], tag: &str| -> Result<ValueId, PassError> {
+            let v = g.add_node(op, ins, format!("{name}/{tag}"), &[format!("{name}.{tag}")]).map_err(err)?[0];
+            added.push(v);
+            Ok(v)
+        };
+        let built = (|| {
+            let qb = g.add_const(format!("{name}.q8_weights"), Tensor::from_data(vec![k, n], Data::I32(q)));
+            let swc = g.add_const(format!("{name}.q8_scales"), Tensor::from_data(vec![n], Data::F32(sw)));
+            let tiny =
+                g.add_const(format!("{name}.q8_tiny"), Tensor::from_data(vec![], Data::F32(vec![f32::MIN_POSITIVE])));
+            let q8 = g.add_const(format!("{name}.q8_range"), Tensor::from_data(vec![], Data::F32(vec![Q8])));
+            // A per row: its scale, and the rounded quotient as i16.
+            let abs = add(g, Op::Unary(UnaryOp::Abs), &[a], "abs")?;
+            let last = ta.rank() - 1;
+            let amax = add(g, Op::Reduce { op: ReduceOp::Max, axes: vec![last], keepdims: true }, &[abs], "absmax")?;
+            let amax = add(g, Op::Binary(BinaryOp::Max), &[amax, tiny], "absmax_pos")?;
+            let sx = add(g, Op::Binary(BinaryOp::Div), &[amax, q8], "row_scale")?;
+            let quot = add(g, Op::Binary(BinaryOp::Div), &[a, sx], "quotient")?;
+            let rounded = add(g, Op::Unary(UnaryOp::Round), &[quot], "rounded")?;
+            let a16 = add(g, Op::cast(DType::I16), &[rounded], "i16")?;
+            let a32 = add(g, Op::cast(DType::I32), &[a16], "widened")?;
+            let prod = add(g, Op::MatMul, &[a32, qb], "int_product")?;
+            let yf = add(g, Op::cast(DType::F32), &[prod], "sums")?;
+            let y = add(g, Op::Binary(BinaryOp::Mul), &[yf, sx], "row_scaled")?;
+            add(g, Op::Binary(BinaryOp::Mul), &[y, swc], "dequantized")
+        })();
+        g.guard.clear();
+        let y = built?;
+        schedule_before(g, nid, &added);
+        let old = node.outputs[0];
+        if g.outputs.contains(&old) {
+            // A graph output keeps its name.
+            g.value_mut(y).name = g.value(old).name.clone();
+        }
+        g.replace_uses(old, y);
+        changed = true;
+    }
+    if changed {
+        crate::simplify::dce(g)?;
     }
     Ok(changed)
 }
@@ -128,7 +220,7 @@ pub fn narrow_int_products(g: &mut Graph) -> Result<bool, PassError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_ir::{Data, Tensor, TensorType};
+    use kiln_ir::TensorType;
 
     /// `MatMul(Cast(i32, x) - zp, w)` for a u8 input and i32 weights.
     fn graph(weights: Vec<i32>) -> (Graph, ValueId) {

@@ -53,9 +53,11 @@ struct ShapeArgs {
     /// planned at HI (repeatable).
     #[arg(long = "dim", value_name = "NAME=LO..HI")]
     dim: Vec<String>,
-    /// The precision of matrix products and convolutions: `f32` (default), or `bf16` (their
-    /// weights rounded to bf16, widened to f32 as they are loaded; the rest in f32).
-    #[arg(long = "precision", value_name = "f32|bf16")]
+    /// The precision of matrix products and convolutions: `f32` (default), `bf16` (their
+    /// weights rounded to bf16, widened to f32 as they are loaded; the rest in f32), or `int8`
+    /// (products with constant 2-D weights quantized dynamically: weights per column,
+    /// activations per row, summed in i32; the rest in f32).
+    #[arg(long = "precision", value_name = "f32|bf16|int8")]
     precision: Option<String>,
 }
 
@@ -501,22 +503,28 @@ fn cmd_precisions(model: &Path, shapes: &ShapeArgs, target: &str) -> Res<()> {
     let mut g = c.import_path(model)?;
     c.optimize(&mut g, None)?;
     let (p, _, _) = c.lower(&g)?;
-    let (mut bf16, mut f32) = (0, 0);
+    let (mut bf16, mut int8, mut f32) = (0, 0, 0);
     for ins in &p.instrs {
         let kiln::ir::lir::Instr::Kernel(k) = ins else { continue };
-        let packed = k.inputs.iter().any(|v| {
-            v.dtype == kiln::ir::DType::BF16
-                && matches!(p.buffer(v.buffer).kind, kiln::ir::lir::BufferKind::Constant(_))
-        });
-        if packed {
+        // Constant operands of the weights' panels: bf16, or i16 pairs (an integer product).
+        let packed = |d: kiln::ir::DType| {
+            k.inputs
+                .iter()
+                .any(|v| v.dtype == d && matches!(p.buffer(v.buffer).kind, kiln::ir::lir::BufferKind::Constant(_)))
+        };
+        let integer = k.reduction.as_ref().is_some_and(|r| r.init == kiln::ir::lir::Scalar::I32(0));
+        if packed(kiln::ir::DType::BF16) {
             bf16 += 1;
             println!("{}: bf16 weights", k.name);
+        } else if integer && packed(kiln::ir::DType::I16) {
+            int8 += 1;
+            println!("{}: int8 (i32 sums)", k.name);
         } else {
             f32 += 1;
             println!("{}: f32", k.name);
         }
     }
-    println!("bf16_kernels={bf16} f32_kernels={f32}");
+    println!("bf16_kernels={bf16} int8_kernels={int8} f32_kernels={f32}");
     Ok(())
 }
 

@@ -146,6 +146,9 @@ impl pipeline::Backend for CpuSteps<'_> {
     fn prepack(&self, p: &mut Program) -> usize {
         kiln_backend_cpu::prepack(p, self.0, self.1 == Precision::Bf16)
     }
+    fn quantizes_products(&self) -> bool {
+        self.1 == Precision::Int8
+    }
 }
 
 /// The backends of the devices a model is split across: a CPU runs every op, a GPU what

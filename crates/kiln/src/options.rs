@@ -62,6 +62,12 @@ pub enum Precision {
     /// normalizations, reductions) in f32. Outputs differ from f32 by the weights' rounding
     /// (2^-9 relative per weight).
     Bf16,
+    /// Matrix products with constant 2-D weights (MatMul: a transformer's linear layers)
+    /// quantized dynamically to 8 bits (`kiln_passes::quant::quantize_products`): the weights
+    /// per column at compile time, the activations per row at run time, the products summed
+    /// exactly in i32 (the CPU backend's integer GEMM) and scaled back to f32. Convolutions,
+    /// products of two activations and every other op stay f32.
+    Int8,
 }
 
 impl Precision {
@@ -70,8 +76,9 @@ impl Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            "f16" | "int8" => Err(Error::Options(format!("--precision {s} is not supported yet (f32 and bf16 are)"))),
-            other => Err(Error::Options(format!("unknown --precision `{other}` (f32 or bf16)"))),
+            "int8" => Ok(Precision::Int8),
+            "f16" => Err(Error::Options(format!("--precision {s} is not supported yet (f32, bf16 and int8 are)"))),
+            other => Err(Error::Options(format!("unknown --precision `{other}` (f32, bf16 or int8)"))),
         }
     }
     /// The name `--precision` takes.
@@ -79,6 +86,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }

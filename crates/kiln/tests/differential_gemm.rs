@@ -236,3 +236,68 @@ fn integer_products_match_the_reference() {
         }
     }
 }
+
+/// `--precision int8`'s product `x @ w` for row-major `x` (`rows × k`) and `w` (`k × n`),
+/// computed here from the policy's definition: `w` per column (`sw = max|w[:, j]| / 127`, 1
+/// for a zero column), `x` per row (`sx = max(max|x[i, :]|, f32::MIN_POSITIVE) / 127`), both
+/// rounded to the nearest integer (ties to even), the integer sums scaled back in f32 as
+/// `(Σ a·q)·sx·sw`.
+fn int8_product(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let rows = x.len() / k;
+    let sw: Vec<f32> = (0..n)
+        .map(|j| (0..k).map(|i| w[i * n + j].abs()).fold(0f32, f32::max))
+        .map(|m| if m > 0.0 { m / 127.0 } else { 1.0 })
+        .collect();
+    let q: Vec<i64> = w.iter().enumerate().map(|(i, &v)| (v / sw[i % n]).round_ties_even() as i64).collect();
+    let mut y = Vec::with_capacity(rows * n);
+    for r in 0..rows {
+        let row = &x[r * k..(r + 1) * k];
+        let sx = row.iter().map(|v| v.abs()).fold(0f32, f32::max).max(f32::MIN_POSITIVE) / 127.0;
+        let a: Vec<i64> = row.iter().map(|&v| (v / sx).round_ties_even() as i64).collect();
+        for j in 0..n {
+            let s: i64 = (0..k).map(|i| a[i] * q[i * n + j]).sum();
+            y.push(s as f32 * sx * sw[j]);
+        }
+    }
+    y
+}
+
+/// `--precision int8`: a product with constant weights is quantized (weights per column,
+/// activations per row) and summed in i32; the compiled result matches the policy's
+/// definition ([`int8_product`]) at M = 1, at edges in M, N and K (odd K), batched, with a
+/// zero row and a zero column, and stays within 3% of the largest f32 result (the int8
+/// tolerance this mode states for products of one layer). A run-time B stays f32.
+#[test]
+fn int8_products_match_the_quantized_reference() {
+    let mut r = Rng(49);
+    for (batch, m, k, n) in
+        [(1, 1, 7, 5), (1, 1, 300, 70), (1, 5, 33, 17), (1, 17, 129, 31), (3, 9, 20, 11), (1, 100, 300, 270)]
+    {
+        let mut xs = r.f32s(batch * m * k, -2.0, 2.0);
+        let mut ws = r.f32s(k * n, -1.0, 1.0);
+        // A zero row of x and a zero column of w.
+        xs[..k].iter_mut().for_each(|v| *v = 0.0);
+        (0..k).for_each(|i| ws[i * n] = 0.0);
+        let shape = if batch > 1 { vec![batch, m, k] } else { vec![m, k] };
+        let x = Tensor::f32(shape.clone(), xs.clone());
+        let w = Tensor::f32(vec![k, n], ws.clone());
+        let mut out_shape = shape[..shape.len() - 1].to_vec();
+        out_shape.push(n);
+        let want = Tensor::f32(out_shape, int8_product(&xs, &ws, k, n));
+        let exact = kiln::ir::ops::eval(&Op::MatMul, &[&x, &w]).unwrap().remove(0);
+        let ins = [x.clone(), w.clone()];
+        let (g, runtime) = one_node(&Op::MatMul, &ins, &[false, true]);
+        let opts = CompileOptions { verify: true, precision: kiln::Precision::Int8, ..Default::default() };
+        let what = format!("int8 {batch}x{m}x{k}x{n}");
+        compile_and_compare_with(g, opts, &runtime, std::slice::from_ref(&want), 1e-5, &what);
+        let top = exact.to_f64_vec().iter().fold(0f64, |a, v| a.max(v.abs()));
+        let worst = want.to_f64_vec().iter().zip(exact.to_f64_vec()).fold(0f64, |a, (q, e)| a.max((q - e).abs()));
+        assert!(worst <= 0.03 * top, "{what}: int8 differs from f32 by {worst} of {top}");
+    }
+    // Products of two activations stay f32.
+    let ins = [r.tensor(DType::F32, &[4, 10]), r.tensor(DType::F32, &[10, 6])];
+    let want = kiln::ir::ops::eval(&Op::MatMul, &[&ins[0], &ins[1]]).unwrap();
+    let (g, runtime) = one_node(&Op::MatMul, &ins, &[false, false]);
+    let opts = CompileOptions { verify: true, precision: kiln::Precision::Int8, ..Default::default() };
+    compile_and_compare_with(g, opts, &runtime, &want, 1e-5, "int8 run-time B");
+}

@@ -52,7 +52,7 @@ pub fn check_with(op: Op, inputs: &[Tensor], consts: &[bool], tol: f64) {
 
 /// A graph of one node `op` over `inputs` (`consts[i]`: input i a constant), and its inputs
 /// at run time, in order.
-fn one_node<'a>(op: &Op, inputs: &'a [Tensor], consts: &[bool]) -> (Graph, Vec<&'a Tensor>) {
+pub fn one_node<'a>(op: &Op, inputs: &'a [Tensor], consts: &[bool]) -> (Graph, Vec<&'a Tensor>) {
     let mut g = Graph::new("diff");
     let mut ids = Vec::new();
     let mut runtime = Vec::new();
@@ -109,7 +109,7 @@ fn compile_and_compare(g: Graph, runtime: &[&Tensor], want: &[Tensor], tol: f64,
     compile_and_compare_with(g, opts, runtime, want, tol, what)
 }
 
-fn compile_and_compare_with(
+pub fn compile_and_compare_with(
     g: Graph,
     opts: CompileOptions,
     runtime: &[&Tensor],
