@@ -150,7 +150,10 @@ fn check_compute_dtypes(op: &Op, inputs: &[&TensorType]) -> Result<(), String> {
             | GatherNd { .. }
             | Where
     );
-    if moves {
+    // An integer convolution widens its 8/16-bit operands to i32 as it loads them.
+    let int_conv =
+        matches!(op, Conv { .. }) && inputs.iter().all(|t| matches!(t.dtype, DType::I8 | DType::U8 | DType::I16));
+    if moves || int_conv {
         return Ok(());
     }
     let f64_ok =

@@ -6,7 +6,7 @@
 //!                         fold-constants-2 dce
 //!   ── a model split across devices is partitioned here (partition.rs); the rest runs
 //!      on each partition, with the context of its device ──
-//!   per partition (HIR)   quantize-products (--precision int8) narrow-int-products decompose
+//!   per partition (HIR)   quantize-products (--precision int8) int-convolutions narrow-int-products decompose
 //!                         (ops the backend does not lower whole) fuse
 //!   HIR → LIR             lower
 //!   per partition (LIR)   fuse-lir forward-copies coalesce-dims split-reductions inline-scalar-constants
@@ -114,6 +114,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("fold-constants-2", Pass::Graph(simplify::fold_constants)),
     ("dce", Pass::Graph(simplify::dce)),
     ("quantize-products", Pass::Partition(quantize_products)),
+    ("int-convolutions", Pass::Partition(integer_convolutions)),
     ("narrow-int-products", Pass::Partition(narrow_int_products)),
     ("decompose", Pass::Partition(decompose::decompose)),
     ("fuse", Pass::Partition(fuse)),
@@ -136,6 +137,10 @@ fn quantize_products(g: &mut Graph, cx: &Context) -> Result<bool, PassError> {
         return Ok(false);
     }
     quant::quantize_products(g)
+}
+
+fn integer_convolutions(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
+    quant::integer_convolutions(g)
 }
 
 fn narrow_int_products(g: &mut Graph, _: &Context) -> Result<bool, PassError> {

@@ -612,3 +612,88 @@ fn channels_last_reductions_in_parts() {
         net.check(&[mean, max, scaled], 1e-4);
     }
 }
+
+/// An i16 tensor of `shape` with values in `[lo, hi]`, every seventh at `hi` (the extremes
+/// meet in the pair sums).
+fn i16s(r: &mut Rng, shape: &[usize], lo: i16, hi: i16) -> Tensor {
+    let n: usize = shape.iter().product();
+    let span = (hi as i64 - lo as i64 + 1) as u64;
+    let v: Vec<i16> =
+        (0..n).map(|i| if i % 7 == 0 { hi } else { (lo as i64 + (r.next() % span) as i64) as i16 }).collect();
+    Tensor::from_data(shape.to_vec(), kiln::ir::Data::I16(v))
+}
+
+/// Integer convolutions (i16 operands, exact i32 sums: a quantized model's, see
+/// `kiln_passes::quant::integer_convolutions`) match the reference exactly: 1×1, 3×3 with
+/// pads (the zero row) and stride 2, an odd channel count under several taps (not the
+/// integer GEMM: pairs would straddle taps; the generic reduction), a one-tap odd one (the
+/// half pair), batch 2. Each reads the i16 result of a first (1×1, weights in [-1, 1])
+/// integer convolution and a ReLU reads its result, so that it is channels-last as inside a
+/// network, where the CPU's integer GEMM takes it (its panels are checked where the CPU has
+/// one).
+#[test]
+fn integer_convolutions_are_exact() {
+    let mut r = Rng(50);
+    let win =
+        |k: usize, s: usize, p: usize| Window { kernel: [k, k], strides: [s, s], pads: [p; 4], dilations: [1, 1] };
+    let cases = [
+        (1, 16, 6, 7, 24, win(1, 1, 0)),
+        (1, 8, 9, 9, 16, win(3, 1, 1)),
+        (2, 10, 8, 11, 20, win(3, 2, 1)),
+        (1, 5, 6, 6, 8, win(3, 1, 1)),
+        (1, 7, 5, 5, 9, win(1, 1, 0)),
+        (1, 64, 7, 7, 33, win(3, 2, 0)),
+    ];
+    for (n, ci, h, w, co, window) in cases {
+        let mut net = RefNet::new("int_conv");
+        let x = net.input("x", i16s(&mut r, &[n, ci, h, w], -255, 255));
+        let w1 = net.constant("w1", i16s(&mut r, &[ci, ci, 1, 1], -1, 1));
+        let wt = net.constant("w2", i16s(&mut r, &[co, ci, window.kernel[0], window.kernel[1]], -127, 127));
+        let first = net.node(Op::Conv { window: win(1, 1, 0), group: 1 }, &[x, w1], "first");
+        let a = net.node(Op::cast(DType::I16), &[first], "a");
+        let conv = net.node(Op::Conv { window: window.clone(), group: 1 }, &[a, wt], "conv");
+        // (A consumer, so that the convolution is not the row-major graph output.)
+        let y = net.node(Op::Unary(UnaryOp::Relu), &[conv], "y");
+        let text = kiln::ir::lir::print(&net.lowered(&[y]));
+        let pairs = ci % 2 == 0 || window.kernel == [1, 1];
+        if std::is_x86_feature_detected!("avx2") && pairs {
+            assert!(text.contains("w2.panels"), "{ci}->{co} {:?}: the integer GEMM's panels:\n{text}", window.kernel);
+        }
+        net.check(&[y], 0.0);
+    }
+}
+
+/// A quantized model's convolution, `Conv((Cast(f32, x_u8) − zp)·s, w, b)` with weights that
+/// are integer multiples of a per-channel scale (as a QDQ model's dequantized weights are),
+/// compiles to an integer convolution whose result matches the f32 reference of the same
+/// graph: 1×1 and 3×3 of stride 2 with pads, with a bias. (Its input is the graph's, row-major:
+/// the generic reduction runs it; `integer_convolutions_are_exact` covers the GEMM's.)
+#[test]
+fn quantized_convolutions_run_as_integers() {
+    let mut r = Rng(51);
+    for (ci, co, k, s, p) in [(16, 24, 1, 1, 0), (8, 12, 3, 2, 1)] {
+        let mut net = RefNet::new("qconv");
+        let xv: Vec<u8> = (0..ci * 9 * 10).map(|_| r.next() as u8).collect();
+        let x = net.input("x", Tensor::from_data(vec![1, ci, 9, 10], kiln::ir::Data::U8(xv)));
+        let zp = net.constant("zp", Tensor::f32(vec![], vec![117.0]));
+        let scale = net.constant("s", Tensor::f32(vec![], vec![0.02]));
+        let sw: Vec<f32> = (0..co).map(|o| 0.001 * (o + 1) as f32).collect();
+        let wv: Vec<f32> = (0..co * ci * k * k)
+            .map(|i| {
+                // Symmetric per-channel weights: each channel's largest magnitude is 127.
+                let q = if i % (ci * k * k) == 0 { -127 } else { (r.next() % 255) as i64 - 127 };
+                q as f32 * sw[i / (ci * k * k)]
+            })
+            .collect();
+        let w = net.constant("w", Tensor::f32(vec![co, ci, k, k], wv));
+        let b = net.constant("b", r.tensor(DType::F32, &[co]));
+        let xf = net.node(Op::cast(DType::F32), &[x], "xf");
+        let xs = net.node(Op::Binary(BinaryOp::Sub), &[xf, zp], "xs");
+        let xd = net.node(Op::Binary(BinaryOp::Mul), &[xs, scale], "xd");
+        let window = Window { kernel: [k, k], strides: [s, s], pads: [p; 4], dilations: [1, 1] };
+        let y = net.node(Op::Conv { window, group: 1 }, &[xd, w, b], "y");
+        let text = kiln::ir::lir::print(&net.lowered(&[y]));
+        assert!(text.contains("int_conv"), "{ci}->{co} {k}x{k}: an integer convolution:\n{text}");
+        net.check(&[y], 1e-5);
+    }
+}

@@ -50,7 +50,9 @@ pub(super) fn conv(
     debug_assert_eq!(c, cg * group);
     let og = oc_n / group;
     let (oh, ow) = (out_dim(win, 0, h, false)?, out_dim(win, 1, wd, false)?);
-    let (xv, wv) = (f32s(x)?, f32s(w)?);
+    // Integer operands (8/16-bit: an integer convolution) sum exactly in f64 into i32.
+    let int = x.dtype().is_int();
+    let (xv, wv) = if int { (x.to_f64_vec(), w.to_f64_vec()) } else { (widen(&f32s(x)?), widen(&f32s(w)?)) };
     let bv = bias.map(f32s).transpose()?;
     let mut out = Vec::with_capacity(nb * oc_n * oh * ow);
     for b in 0..nb {
@@ -73,16 +75,24 @@ pub(super) fn conv(
                                 }
                                 let xi = ((b * c + ic) * h + iy as usize) * wd + ix as usize;
                                 let wi = ((oc * cg + ci) * kh + ky) * kw + kx;
-                                acc += f64::from(xv[xi]) * f64::from(wv[wi]);
+                                acc += xv[xi] * wv[wi];
                             }
                         }
                     }
-                    out.push(acc as f32);
+                    out.push(acc);
                 }
             }
         }
     }
-    Ok(Tensor::f32(vec![nb, oc_n, oh, ow], out))
+    let shape = vec![nb, oc_n, oh, ow];
+    if int {
+        return Ok(Tensor::from_data(shape, crate::Data::I32(out.iter().map(|&a| a as i64 as i32).collect())));
+    }
+    Ok(Tensor::f32(shape, out.iter().map(|&a| a as f32).collect()))
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
 }
 
 /// 2-D transposed convolution, in scatter form: input `(ic, iy, ix)` through tap `(ky, kx)`
@@ -377,7 +387,15 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
         Conv { window, group } => {
             arity(op, inputs, 2, 3)?;
             let (x, w) = (inputs[0], inputs[1]);
-            want_float(op, x)?;
+            // An integer convolution (8/16-bit operands, exact i32 sums, no bias): what
+            // `kiln_passes::quant` makes of a quantized model's convolutions.
+            let int = matches!(x.dtype, DType::I8 | DType::U8 | DType::I16);
+            if int && inputs.len() == 3 {
+                return Err("an integer conv takes no bias".into());
+            }
+            if !int {
+                want_float(op, x)?;
+            }
             same_dtype(inputs)?;
             if w.rank() != 4 || x.rank() != 4 {
                 return Err(format!("conv needs 4-D input and weights, got {:?} and {:?}", x.shape, w.shape));
@@ -396,7 +414,8 @@ pub(crate) fn infer(op: &crate::Op, inputs: &[&crate::TensorType]) -> crate::inf
                     return Err(format!("conv bias must have shape [{}], got {:?}", w.shape[0], b.shape));
                 }
             }
-            one(TensorType::new(x.dtype, pool_shape(x, window, false, w.shape[0])?))
+            let out = if int { DType::I32 } else { x.dtype };
+            one(TensorType::new(out, pool_shape(x, window, false, w.shape[0])?))
         }
         ConvTranspose { kernel, strides, dilations, out_hw, group, .. } => {
             arity(op, inputs, 2, 3)?;

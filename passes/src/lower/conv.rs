@@ -102,10 +102,16 @@ impl Lowerer<'_> {
         let xl = Expr::Load {
             operand: 0,
             index: vec![Expr::Var(0), chan, spatial(0), spatial(1)],
-            pad: (window.pads != [0; 4]).then_some(Scalar::F32(0.0)),
+            pad: (window.pads != [0; 4]).then_some(Scalar::of(x.dtype, 0.0)),
         };
         let wl = Expr::load(1, vec![Expr::Var(1), Expr::Var(6), Expr::Var(4), Expr::Var(5)]);
-        self.emit_window_sum(name, domain, [x, w], ins.get(2), Expr::mul(xl, wl), out);
+        // An integer convolution multiplies its narrow operands widened to i32.
+        let body = if x.dtype.is_int() {
+            Expr::mul(Expr::cast(DType::I32, xl), Expr::cast(DType::I32, wl))
+        } else {
+            Expr::mul(xl, wl)
+        };
+        self.emit_window_sum(name, domain, [x, w], ins.get(2), body, out);
     }
 
     /// A grouped convolution (not depthwise) from a row-major input to a row-major output
@@ -288,6 +294,7 @@ impl Lowerer<'_> {
         out: View,
     ) {
         let mut inputs = vec![x.clone(), w.clone()];
+        let dt = out.dtype;
         let finalize = bias.map(|(b, channel)| {
             inputs.push(b.clone());
             Expr::add(Expr::Acc, Expr::load(2, vec![Expr::Var(channel)]))
@@ -299,7 +306,7 @@ impl Lowerer<'_> {
             inputs,
             output: out,
             body,
-            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+            reduction: Some(Reduction { combine: Combine::Add, init: Scalar::of(dt, 0.0), finalize }),
         });
     }
 }

@@ -13,7 +13,8 @@ use super::*;
 /// region ends), and a Reshape/BitCast of one first copies it to row-major. Graph outputs are
 /// always row-major.
 pub(super) fn choose_layout(op: &Op, ins: &[(Loc, &TensorType)], out: &TensorType) -> bool {
-    if out.shape.len() != 4 || out.dtype != DType::F32 {
+    // (An integer convolution's i32 sums, and its i16 operand, are channels-last too.)
+    if out.shape.len() != 4 || !matches!(out.dtype, DType::F32 | DType::I32 | DType::I16) {
         return false;
     }
     match op {

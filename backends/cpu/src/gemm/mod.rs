@@ -488,7 +488,12 @@ pub(crate) fn affine_range(c: i64, coef: &[i64], domain: &[usize]) -> (i64, i64)
 fn affine_load(k: &Kernel, e: &Expr, dt: DType) -> Option<(usize, i64, Vec<i64>, Vec<Check>)> {
     let Expr::Load { operand, index, pad } = e else { return None };
     let v = &k.inputs[*operand];
-    if v.dtype != dt || !matches!(pad, None | Some(Scalar::F32(0.0))) || (dt != DType::F32 && pad.is_some()) {
+    // A zero pad: f32, or an integer product's i16 A (its pad an i32 zero).
+    let zero = match dt {
+        DType::F32 => Scalar::F32(0.0),
+        _ => Scalar::I32(0),
+    };
+    if v.dtype != dt || !(pad.is_none() || *pad == Some(zero)) {
         return None;
     }
     let nd = k.domain.len();
@@ -573,10 +578,33 @@ pub(crate) fn match_product(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         g.a_k.remove(d - 1);
         g.b_k.remove(d - 1);
     }
+    if g.int.is_some() && g.bsrc == BSource::Prepacked {
+        g = pair_rows(g)?;
+    }
     // Few rows (a batch-1 product, a small image): 8-row tiles waste less than 12-row ones
     // (16 rows are two full tiles rather than 12 + 4).
     if g.bl.mr > 8 && g.m <= 32 {
         g.bl = Blocking { mr: 8, mc: 8 * 16, ..g.bl };
+    }
+    Some(g)
+}
+
+/// An integer product with prepacked B walks K in pairs: the innermost (merged) K dim
+/// halved, rounded up where it is the only one (an odd K's last pair is half), B's panel rows
+/// the pairs. None where taps would split a pair (an odd inner dim under several taps).
+fn pair_rows(mut g: Gemm) -> Option<Gemm> {
+    let k_in = g.k_in();
+    let taps = g.k / k_in;
+    if taps > 1 && k_in % 2 == 1 {
+        return None;
+    }
+    g.int = Some(IntProduct { k_odd: k_in % 2 == 1 });
+    *g.k_dims.last_mut().expect("a K dim") = k_in.div_ceil(2);
+    g.k = g.k_dims.iter().product();
+    let mut flat = g.bl.nr as i64;
+    for d in (0..g.k_dims.len()).rev() {
+        g.b_k[d] = flat;
+        flat *= g.k_dims[d] as i64;
     }
     Some(g)
 }
@@ -606,8 +634,8 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     if np < 2 || k.domain.len() <= np || !out_ok {
         return None;
     }
-    // An integer product: one K dim, C contiguous along N (its edges are masked vectors).
-    if int && (k.domain.len() != np + 1 || k.output.strides[np - 1] != 1) {
+    // An integer product: C contiguous along N (its edges are masked vectors).
+    if int && k.output.strides[np - 1] != 1 {
         return None;
     }
     let ops: Vec<DType> = k.inputs.iter().map(|v| v.dtype).collect();
@@ -701,11 +729,11 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     };
     let int_rows = |mut g: Gemm| -> Option<Gemm> {
         if int {
-            // Pairs of A along K are adjacent i16.
-            if g.a_k != [1] || !g.a_checks.is_empty() {
+            // Pairs of A along K are adjacent i16 (K in pairs: [`pair_rows`]).
+            if g.a_k.last() != Some(&1) {
                 return None;
             }
-            g.int = Some(IntProduct { k_odd: kk % 2 == 1 });
+            g.int = Some(IntProduct { k_odd: false });
         }
         Some(g)
     };
@@ -724,18 +752,20 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         let mut b_coef = vec![0i64; nd];
         b_coef[..dn].copy_from_slice(&k.inputs[b_op].strides[..dn]);
         b_coef[dn] = rows as i64;
+        // (An integer product's K rows become pairs once its K dims are merged: `pair_rows`.)
         let mut flat = bl.nr as i64;
         for d in (np..nd).rev() {
             b_coef[d] = flat;
             flat *= k.domain[d] as i64;
         }
-        let mut g = int_rows(build(ga, b_op, b_off, b_coef, BSource::Prepacked)?)?;
-        if int {
-            (g.k_dims, g.k) = (vec![rows], rows);
-        }
-        return Some(g);
+        return int_rows(build(ga, b_op, b_off, b_coef, BSource::Prepacked)?);
     }
-    let b_load = |e: &'_ Expr| if int { affine_load(k, e, DType::I32) } else { affine_load(k, e, DType::F32) };
+    // An integer product's B before prepacking: i32, or i16 widened.
+    let b_load = |e: &'_ Expr| match e {
+        Expr::Cast(DType::I32, _, _, b) if int => affine_load(k, b, DType::I16),
+        e if int => affine_load(k, e, DType::I32),
+        e => affine_load(k, e, DType::F32),
+    };
     for (pa, pb) in [(x, y), (y, x)] {
         let (Some(ga), Some(gb)) = (a_load(pa), b_load(pb)) else { continue };
         if !a_ok(&ga) || !gb.3.is_empty() {

@@ -47,18 +47,17 @@ pub(super) fn prepacked_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usize, 
     ok.then_some((*operand, v.offset))
 }
 
-/// The index an integer product's prepacked B is loaded with (one K dim): batch variables
-/// (stride 0), then `[n / NR, k / 2, n % NR, k % 2]` over a `[⌈N/NR⌉, ⌈K/2⌉, NR, 2]` layout
-/// of i16: each panel row a pair of K rows, interleaved per column.
-pub(super) fn prepacked_int_index(nb: usize, nr: usize) -> Vec<Expr> {
+/// The index an integer product's prepacked B is loaded with: batch variables (stride 0),
+/// then `[n / NR, kflat / 2, n % NR, kflat % 2]` over a `[⌈N/NR⌉, ⌈K/2⌉, NR, 2]` layout of
+/// i16 (`kflat` the K dims flattened in domain order): each panel row a pair of K rows,
+/// interleaved per column.
+pub(super) fn prepacked_int_index(nb: usize, k_dims: &[usize], nr: usize) -> Vec<Expr> {
     use kiln_ir::BinaryOp as B;
-    let (dn, dk) = (nb, nb + 1);
-    let mut ix: Vec<Expr> = (0..nb).map(Expr::Var).collect();
-    let rem = |v: usize, by: i64| Expr::bin(B::Mod { fmod: false }, Expr::Var(v), Expr::i64(by));
-    ix.push(Expr::div(Expr::Var(dn), Expr::i64(nr as i64)));
-    ix.push(Expr::div(Expr::Var(dk), Expr::i64(2)));
-    ix.push(rem(dn, nr as i64));
-    ix.push(rem(dk, 2));
+    let mut ix = prepacked_index(nb, k_dims, nr);
+    let flat = ix[nb + 1].clone();
+    let rem = |e: Expr, by: i64| Expr::bin(B::Mod { fmod: false }, e, Expr::i64(by));
+    ix[nb + 1] = Expr::div(flat.clone(), Expr::i64(2));
+    ix.push(rem(flat, 2));
     ix
 }
 
@@ -69,11 +68,12 @@ pub(crate) fn prepacked_int_load(k: &Kernel, e: &Expr, nr: usize) -> Option<(usi
     let Expr::Load { operand, index, pad: None } = &**inner else { return None };
     let v = &k.inputs[*operand];
     let dn = k.n_par - 1;
-    if v.dtype != DType::I16 || k.domain.len() != k.n_par + 1 || index.len() != dn + 4 {
+    if v.dtype != DType::I16 || index.len() != dn + 4 {
         return None;
     }
-    let (n, pairs) = (k.domain[dn], k.domain[dn + 1].div_ceil(2));
-    let ok = *index == prepacked_int_index(dn, nr)
+    let k_dims = &k.domain[k.n_par..];
+    let (n, pairs) = (k.domain[dn], k_dims.iter().product::<usize>().div_ceil(2));
+    let ok = *index == prepacked_int_index(dn, k_dims, nr)
         && v.strides[dn..] == [(pairs * nr * 2) as i64, (nr * 2) as i64, 2, 1]
         && v.extents[dn..] == [n.div_ceil(nr), pairs, nr, 2];
     ok.then_some((*operand, v.offset))
@@ -150,12 +150,21 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
         let bid = k.inputs[gm.b].buffer;
         let BufferKind::Constant(t) = &p.buffer(bid).kind else { continue };
         let int = gm.int.is_some();
-        if t.dtype() != if int { DType::I32 } else { DType::F32 } {
+        let src_dtype_ok = match t.dtype() {
+            DType::I32 | DType::I16 => int,
+            d => !int && d == DType::F32,
+        };
+        if !src_dtype_ok {
             continue;
         }
-        // An integer product's B must fit i16 (the shifted 8-bit weights do).
-        let src_i32 = |at: usize| i32::from_le_bytes(t.data[at * 4..at * 4 + 4].try_into().expect("four bytes"));
-        if int && (0..t.numel()).any(|i| i16::try_from(src_i32(i)).is_err()) {
+        // An integer product's B (i32 or i16) must fit i16 (the shifted 8-bit weights do), and
+        // its K pairs must not straddle taps ([`pair_rows`]).
+        let src_int = |at: usize| match t.dtype() {
+            DType::I16 => i32::from(i16::from_le_bytes(t.data[at * 2..at * 2 + 2].try_into().expect("two bytes"))),
+            _ => i32::from_le_bytes(t.data[at * 4..at * 4 + 4].try_into().expect("four bytes")),
+        };
+        let taps_split_pairs = gm.k / gm.k_in() > 1 && gm.k_in() % 2 == 1;
+        if int && (taps_split_pairs || (0..t.numel()).any(|i| i16::try_from(src_int(i)).is_err())) {
             continue;
         }
         // The finalizer must not read B itself (its operand view is replaced).
@@ -206,7 +215,7 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
                     for jj in 0..cols {
                         let col = (pj * nr + jj) as i64 * gm.b_n;
                         for (r, &at) in rows.iter().enumerate() {
-                            let x = src_i32((at + col) as usize) as i16;
+                            let x = src_int((at + col) as usize) as i16;
                             let d = ((r / 2 * nr + jj) * 2 + r % 2) * 2;
                             panel[d..d + 2].copy_from_slice(&x.to_le_bytes());
                         }
@@ -283,17 +292,24 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
         let index = if int {
             extents.push(2);
             strides.extend([(prows * nr * 2) as i64, (nr * 2) as i64, 2, 1]);
-            prepacked_int_index(dn, nr)
+            prepacked_int_index(dn, &k.domain[k.n_par..], nr)
         } else {
             strides.extend([(kk * nr) as i64, nr as i64, 1]);
             prepacked_index(dn, &k.domain[k.n_par..], nr)
         };
         k.inputs[gm.b] = View { buffer: new_id, dtype, offset: 0, extents, strides };
         let b_op = gm.b;
+        // The panels are loaded through a widening cast (bf16 to f32, i16 to i32), unless the
+        // load already has one (an integer product's i16 weights).
+        let mut widened = false;
+        k.body.visit(&mut |e| {
+            widened |=
+                matches!(e, Expr::Cast(_, _, _, l) if matches!(**l, Expr::Load { operand, .. } if operand == b_op));
+        });
         k.body = std::mem::replace(&mut k.body, Expr::Acc).map(&mut |e| match e {
             Expr::Load { operand, .. } if operand == b_op => {
                 let load = Expr::Load { operand, index: index.clone(), pad: None };
-                if bf16 || int {
+                if (bf16 || int) && !widened {
                     Expr::cast(if int { DType::I32 } else { DType::F32 }, load)
                 } else {
                     load

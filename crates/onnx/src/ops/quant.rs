@@ -214,7 +214,9 @@ pub(super) fn dequantize_linear(cx: &mut NodeCx) -> OpResult<Vec<ValueId>> {
             bin(cx, B::Mul, xf, sf)?
         }
     };
-    Ok(vec![cx.emit_out(Op::cast(out), &[y], 0)?])
+    // (A cast to the type it already has is an Identity, which the simplifier removes.)
+    let last = if cx.ty(y).dtype == out { Op::Identity } else { Op::cast(out) };
+    Ok(vec![cx.emit_out(last, &[y], 0)?])
 }
 
 /// A value [`quantize_linear`] computed from f32: its rounded, bounded quotient
