@@ -136,6 +136,54 @@ fn schedule_before(g: &mut Graph, before: kiln_ir::NodeId, values: &[ValueId]) {
     g.set_order(order);
 }
 
+/// The nodes a pass puts in place of node `at`'s result: added under its guard, named after
+/// it, scheduled right before it ([`Replacement::finish`]).
+struct Replacement {
+    pass: &'static str,
+    at: kiln_ir::NodeId,
+    name: String,
+    added: Vec<ValueId>,
+}
+
+impl Replacement {
+    fn new(g: &mut Graph, pass: &'static str, at: kiln_ir::NodeId) -> Replacement {
+        let node = g.node(at);
+        let name = g.value(node.outputs[0]).name.clone();
+        g.guard = node.guard.clone();
+        Replacement { pass, at, name, added: Vec::new() }
+    }
+
+    /// Adds `op` over `ins`, named `<result>/<tag>`.
+    fn node(&mut self, g: &mut Graph, op: Op, ins: &[ValueId], tag: &str) -> Result<ValueId, PassError> {
+        let name = &self.name;
+        let v = g
+            .add_node(op, ins, format!("{name}/{tag}"), &[format!("{name}.{tag}")])
+            .map_err(|e| PassError::Failed { pass: self.pass.into(), message: e.to_string() })?[0];
+        self.added.push(v);
+        Ok(v)
+    }
+
+    /// Adds a constant named `<result>.<tag>`.
+    fn constant(&self, g: &mut Graph, tag: &str, t: Tensor) -> ValueId {
+        g.add_const(format!("{}.{tag}", self.name), t)
+    }
+
+    /// Ends the replacement: with `new` (built, or an error), the node's result is read as
+    /// `new` (a graph output keeping its name); the added nodes run right before the node,
+    /// which the caller's dead-code pass removes.
+    fn finish(self, g: &mut Graph, new: Result<ValueId, PassError>) -> Result<(), PassError> {
+        g.guard.clear();
+        let new = new?;
+        schedule_before(g, self.at, &self.added);
+        let old = g.node(self.at).outputs[0];
+        if g.outputs.contains(&old) {
+            g.value_mut(new).name = g.value(old).name.clone();
+        }
+        g.replace_uses(old, new);
+        Ok(())
+    }
+}
+
 /// The least and greatest value of an f32 value `v` that holds only integers (rounded and
 /// clipped quotients, shifted by integer constants: a dequantized value's integer part, as
 /// the importer builds a QDQ pair), within ±2^24 so that f32 holds them exactly.
@@ -213,13 +261,11 @@ fn integer_weights(w: &Tensor) -> Option<(Vec<i16>, Vec<f32>)> {
 /// GEMM's pairs of K must not straddle taps), and not the 3×3 ones of stride 1 (Winograd's);
 /// the others stay f32. Returns whether the graph changed.
 pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
-    let err = |e: kiln_ir::BuildError| PassError::Failed { pass: "int-convolutions".into(), message: e.to_string() };
     let mut changed = false;
     for nid in g.order().to_vec() {
         let node = g.node(nid).clone();
         let Op::Conv { window, group: 1 } = &node.op else { continue };
         let (x, w) = (node.inputs[0], node.inputs[1]);
-        let out = node.outputs[0];
         let (wt, xt) = (g.ty(w).clone(), g.ty(x).clone());
         if xt.dtype != DType::F32 || wt.rank() != 4 || !(wt.shape[1] % 2 == 0 || wt.shape[2] * wt.shape[3] == 1) {
             continue;
@@ -258,39 +304,26 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
             None => None,
         };
         let o = wt.shape[0];
-        let name = g.value(out).name.clone();
-        g.guard = node.guard.clone();
-        let mut added = Vec::new();
-        let mut add = |g: &mut Graph, op: Op, ins: &[ValueId], tag: &str| -> Result<ValueId, PassError> {
-            let v = g.add_node(op, ins, format!("{name}/{tag}"), &[format!("{name}.{tag}")]).map_err(err)?[0];
-            added.push(v);
-            Ok(v)
-        };
         let window = window.clone();
+        let mut r = Replacement::new(g, "int-convolutions", nid);
         let built = (|| {
-            let wq = g.add_const(format!("{name}.int_weights"), Tensor::from_data(wt.shape.clone(), Data::I16(q)));
+            let wq = r.constant(g, "int_weights", Tensor::from_data(wt.shape.clone(), Data::I16(q)));
             let scales: Vec<f32> = sw.iter().map(|&c| s * c).collect();
-            let sc = g.add_const(format!("{name}.int_scales"), Tensor::from_data(vec![o, 1, 1], Data::F32(scales)));
-            let a16 = add(g, Op::cast(DType::I16), &[a], "i16")?;
-            let yi = add(g, Op::Conv { window, group: 1 }, &[a16, wq], "int_conv")?;
-            let yf = add(g, Op::cast(DType::F32), &[yi], "sums")?;
-            let y = add(g, Op::Binary(BinaryOp::Mul), &[yf, sc], "dequantized")?;
+            let sc = r.constant(g, "int_scales", Tensor::from_data(vec![o, 1, 1], Data::F32(scales)));
+            let a16 = r.node(g, Op::cast(DType::I16), &[a], "i16")?;
+            let yi = r.node(g, Op::Conv { window, group: 1 }, &[a16, wq], "int_conv")?;
+            let yf = r.node(g, Op::cast(DType::F32), &[yi], "sums")?;
+            let y = r.node(g, Op::Binary(BinaryOp::Mul), &[yf, sc], "dequantized")?;
             match bias {
                 Some(b) => {
                     let bv: Vec<f32> = b.iter().map(|&v| v as f32).collect();
-                    let bc = g.add_const(format!("{name}.bias"), Tensor::from_data(vec![o, 1, 1], Data::F32(bv)));
-                    add(g, Op::Binary(BinaryOp::Add), &[y, bc], "biased")
+                    let bc = r.constant(g, "bias", Tensor::from_data(vec![o, 1, 1], Data::F32(bv)));
+                    r.node(g, Op::Binary(BinaryOp::Add), &[y, bc], "biased")
                 }
                 None => Ok(y),
             }
         })();
-        g.guard.clear();
-        let y = built?;
-        schedule_before(g, nid, &added);
-        if g.outputs.contains(&out) {
-            g.value_mut(y).name = g.value(out).name.clone();
-        }
-        g.replace_uses(out, y);
+        r.finish(g, built)?;
         changed = true;
     }
     if changed {
@@ -311,7 +344,6 @@ const Q8: f32 = 127.0;
 /// writing i16; the product is [`narrow_int_products`]'s form. Other products and every
 /// other op stay f32. Returns whether the graph changed.
 pub fn quantize_products(g: &mut Graph) -> Result<bool, PassError> {
-    let err = |e: kiln_ir::BuildError| PassError::Failed { pass: "quantize-products".into(), message: e.to_string() };
     let mut changed = false;
     for nid in g.order().to_vec() {
         let node = g.node(nid).clone();
@@ -334,44 +366,29 @@ pub fn quantize_products(g: &mut Graph) -> Result<bool, PassError> {
         let sw: Vec<f32> = sw.iter().map(|&m| if m > 0.0 { m / Q8 } else { 1.0 }).collect();
         let q: Vec<i32> =
             wv.iter().enumerate().map(|(i, &x)| ((x as f32) / sw[i % n]).round_ties_even() as i32).collect();
-        let name = g.value(node.outputs[0]).name.clone();
-        g.guard = node.guard.clone();
-        let mut added = Vec::new();
-        let mut add = |g: &mut Graph, op: Op, ins: &[ValueId], tag: &str| -> Result<ValueId, PassError> {
-            let v = g.add_node(op, ins, format!("{name}/{tag}"), &[format!("{name}.{tag}")]).map_err(err)?[0];
-            added.push(v);
-            Ok(v)
-        };
+        let mut r = Replacement::new(g, "quantize-products", nid);
         let built = (|| {
-            let qb = g.add_const(format!("{name}.q8_weights"), Tensor::from_data(vec![k, n], Data::I32(q)));
-            let swc = g.add_const(format!("{name}.q8_scales"), Tensor::from_data(vec![n], Data::F32(sw)));
-            let tiny =
-                g.add_const(format!("{name}.q8_tiny"), Tensor::from_data(vec![], Data::F32(vec![f32::MIN_POSITIVE])));
-            let q8 = g.add_const(format!("{name}.q8_range"), Tensor::from_data(vec![], Data::F32(vec![Q8])));
+            let qb = r.constant(g, "q8_weights", Tensor::from_data(vec![k, n], Data::I32(q)));
+            let swc = r.constant(g, "q8_scales", Tensor::from_data(vec![n], Data::F32(sw)));
+            let tiny = r.constant(g, "q8_tiny", Tensor::from_data(vec![], Data::F32(vec![f32::MIN_POSITIVE])));
+            let q8 = r.constant(g, "q8_range", Tensor::from_data(vec![], Data::F32(vec![Q8])));
             // A per row: its scale, and the rounded quotient as i16.
-            let abs = add(g, Op::Unary(UnaryOp::Abs), &[a], "abs")?;
+            let abs = r.node(g, Op::Unary(UnaryOp::Abs), &[a], "abs")?;
             let last = ta.rank() - 1;
-            let amax = add(g, Op::Reduce { op: ReduceOp::Max, axes: vec![last], keepdims: true }, &[abs], "absmax")?;
-            let amax = add(g, Op::Binary(BinaryOp::Max), &[amax, tiny], "absmax_pos")?;
-            let sx = add(g, Op::Binary(BinaryOp::Div), &[amax, q8], "row_scale")?;
-            let quot = add(g, Op::Binary(BinaryOp::Div), &[a, sx], "quotient")?;
-            let rounded = add(g, Op::Unary(UnaryOp::Round), &[quot], "rounded")?;
-            let a16 = add(g, Op::cast(DType::I16), &[rounded], "i16")?;
-            let a32 = add(g, Op::cast(DType::I32), &[a16], "widened")?;
-            let prod = add(g, Op::MatMul, &[a32, qb], "int_product")?;
-            let yf = add(g, Op::cast(DType::F32), &[prod], "sums")?;
-            let y = add(g, Op::Binary(BinaryOp::Mul), &[yf, sx], "row_scaled")?;
-            add(g, Op::Binary(BinaryOp::Mul), &[y, swc], "dequantized")
+            let amax =
+                r.node(g, Op::Reduce { op: ReduceOp::Max, axes: vec![last], keepdims: true }, &[abs], "absmax")?;
+            let amax = r.node(g, Op::Binary(BinaryOp::Max), &[amax, tiny], "absmax_pos")?;
+            let sx = r.node(g, Op::Binary(BinaryOp::Div), &[amax, q8], "row_scale")?;
+            let quot = r.node(g, Op::Binary(BinaryOp::Div), &[a, sx], "quotient")?;
+            let rounded = r.node(g, Op::Unary(UnaryOp::Round), &[quot], "rounded")?;
+            let a16 = r.node(g, Op::cast(DType::I16), &[rounded], "i16")?;
+            let a32 = r.node(g, Op::cast(DType::I32), &[a16], "widened")?;
+            let prod = r.node(g, Op::MatMul, &[a32, qb], "int_product")?;
+            let yf = r.node(g, Op::cast(DType::F32), &[prod], "sums")?;
+            let y = r.node(g, Op::Binary(BinaryOp::Mul), &[yf, sx], "row_scaled")?;
+            r.node(g, Op::Binary(BinaryOp::Mul), &[y, swc], "dequantized")
         })();
-        g.guard.clear();
-        let y = built?;
-        schedule_before(g, nid, &added);
-        let old = node.outputs[0];
-        if g.outputs.contains(&old) {
-            // A graph output keeps its name.
-            g.value_mut(y).name = g.value(old).name.clone();
-        }
-        g.replace_uses(old, y);
+        r.finish(g, built)?;
         changed = true;
     }
     if changed {
