@@ -6,6 +6,9 @@
                   seeded random images plus the model's own input
   bert_base_dynq  target/bench-models/bert_base quantized dynamically: MatMulInteger with
                   DynamicQuantizeLinear activations (u8) and s8 weights
+  bert_base_qdq   target/bench-models/bert_base quantized statically: QDQ around its MatMuls,
+                  u8 activations, s8 weights per output column, calibrated on its own input
+                  and 4 seeded random token sequences
 
 Each goes to target/bench-models/NAME/ with the source model's inputs (input_<i>.npy),
 meta.json, and onnxruntime's outputs of the quantized model on them (output_<i>.npy): the
@@ -67,6 +70,29 @@ def resnet50_qdq() -> None:
     finish(src, dst, dst / "model.onnx")
 
 
+class Tokens(CalibrationDataReader):
+    def __init__(self, feeds: dict[str, np.ndarray]):
+        rng = np.random.default_rng(2021)
+        batches = [feeds]
+        for _ in range(4):
+            f = dict(feeds)
+            f["input_ids"] = rng.integers(0, 1000, feeds["input_ids"].shape).astype(feeds["input_ids"].dtype)
+            batches.append(f)
+        self.feeds = iter(batches)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def bert_base_qdq() -> None:
+    src, dst = MODELS / "bert_base", MODELS / "bert_base_qdq"
+    dst.mkdir(exist_ok=True)
+    quantize_static(str(src / "model.onnx"), str(dst / "model.onnx"), Tokens(inputs_of(src)),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+    finish(src, dst, dst / "model.onnx")
+
+
 def bert_base_dynq() -> None:
     src, dst = MODELS / "bert_base", MODELS / "bert_base_dynq"
     dst.mkdir(exist_ok=True)
@@ -74,7 +100,7 @@ def bert_base_dynq() -> None:
     finish(src, dst, dst / "model.onnx")
 
 
-JOBS = {"resnet50_qdq": resnet50_qdq, "bert_base_dynq": bert_base_dynq}
+JOBS = {"resnet50_qdq": resnet50_qdq, "bert_base_dynq": bert_base_dynq, "bert_base_qdq": bert_base_qdq}
 
 
 def main() -> int:

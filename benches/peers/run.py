@@ -56,7 +56,7 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "target" / "kiln-testdata" / "onnx-1.23.2"
 BENCH_MODELS = REPO / "target" / "bench-models"
-BENCH_ORDER = ("resnet50", "resnet50_qdq", "mobilenetv2", "bert_base", "bert_base_dynq", "gpt2_small")
+BENCH_ORDER = ("resnet50", "resnet50_qdq", "mobilenetv2", "bert_base", "bert_base_dynq", "bert_base_qdq", "gpt2_small")
 # Ops that make a model a quantized one (its outputs are compared with the int8 tolerance).
 QUANT_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul"}
 KILN = REPO / "target" / "release" / "kiln"

@@ -169,6 +169,12 @@ fn fuse_shared_epilogues(g: &mut Graph) -> bool {
         if rs.iter().any(|&n| root(g, n) != r) {
             continue;
         }
+        // The epilogue must end in a type the product's kernel computes (a quantize step's
+        // integer tail after a GELU is a kernel of its own).
+        let product = product_type(g, v).expect("from a product");
+        if !epilogue_type_ok(product, g.ty(g.node(r).outputs[0]).dtype) {
+            continue;
+        }
         // The kernel of `r` must not take another product's epilogue already.
         let group: Vec<kiln_ir::NodeId> = g.order().iter().copied().filter(|&n| root(g, n) == r).collect();
         let other = group.iter().any(|&n| {

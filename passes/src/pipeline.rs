@@ -6,7 +6,7 @@
 //!                         fold-constants-2 dce
 //!   ── a model split across devices is partitioned here (partition.rs); the rest runs
 //!      on each partition, with the context of its device ──
-//!   per partition (HIR)   quantize-products (--precision int8) int-convolutions narrow-int-products decompose
+//!   per partition (HIR)   quantize-products (--precision int8) int-qdq narrow-int-products decompose
 //!                         (ops the backend does not lower whole) fuse
 //!   HIR → LIR             lower
 //!   per partition (LIR)   fuse-lir forward-copies coalesce-dims split-reductions inline-scalar-constants
@@ -114,7 +114,7 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("fold-constants-2", Pass::Graph(simplify::fold_constants)),
     ("dce", Pass::Graph(simplify::dce)),
     ("quantize-products", Pass::Partition(quantize_products)),
-    ("int-convolutions", Pass::Partition(integer_convolutions)),
+    ("int-qdq", Pass::Partition(integer_qdq)),
     ("narrow-int-products", Pass::Partition(narrow_int_products)),
     ("decompose", Pass::Partition(decompose::decompose)),
     ("fuse", Pass::Partition(fuse)),
@@ -132,15 +132,25 @@ pub const PIPELINE: &[(&str, Pass)] = &[
     ("clamp-rows", Pass::Lir(clamp_rows)),
 ];
 
+/// A graph rewrite, then the dead code it leaves (the replaced nodes).
+fn and_dce(g: &mut Graph, changed: bool) -> Result<bool, PassError> {
+    if changed {
+        simplify::dce(g)?;
+    }
+    Ok(changed)
+}
+
 fn quantize_products(g: &mut Graph, cx: &Context) -> Result<bool, PassError> {
     if !cx.backend.quantizes_products() {
         return Ok(false);
     }
-    quant::quantize_products(g)
+    let changed = quant::quantize_products(g)?;
+    and_dce(g, changed)
 }
 
-fn integer_convolutions(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
-    quant::integer_convolutions(g)
+fn integer_qdq(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
+    let changed = quant::integer_convolutions(g)? | quant::integer_matmuls(g)?;
+    and_dce(g, changed)
 }
 
 fn narrow_int_products(g: &mut Graph, _: &Context) -> Result<bool, PassError> {

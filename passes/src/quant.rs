@@ -170,7 +170,7 @@ impl Replacement {
 
     /// Ends the replacement: with `new` (built, or an error), the node's result is read as
     /// `new` (a graph output keeping its name); the added nodes run right before the node,
-    /// which the caller's dead-code pass removes.
+    /// which the pipeline's step then removes with the other dead code.
     fn finish(self, g: &mut Graph, new: Result<ValueId, PassError>) -> Result<(), PassError> {
         g.guard.clear();
         let new = new?;
@@ -228,6 +228,85 @@ fn integral_bounds_or_rounded(g: &Graph, v: ValueId) -> Option<(f64, f64)> {
     })
 }
 
+/// `x = a·s` with `s` a positive scalar constant and `a` (of x's shape) integers within i16
+/// ([`integral_bounds`]): a dequantized activation, as the importer builds a QDQ pair.
+fn dequantized(g: &Graph, x: ValueId) -> Option<(ValueId, f32)> {
+    if g.ty(x).dtype != DType::F32 {
+        return None;
+    }
+    let ValueDef::Node(xn, _) = g.value(x).def else { return None };
+    let xn = g.node(xn);
+    if xn.op != Op::Binary(BinaryOp::Mul) {
+        return None;
+    }
+    let scalar = |v: ValueId| g.const_of(v).filter(|t| t.numel() == 1).map(|t| t.to_f64_vec()[0] as f32);
+    let (a, s) = match (scalar(xn.inputs[0]), scalar(xn.inputs[1])) {
+        (_, Some(s)) => (xn.inputs[0], s),
+        (Some(s), _) => (xn.inputs[1], s),
+        _ => return None,
+    };
+    let ok = !s.is_nan()
+        && s > 0.0
+        && g.ty(a).shape == g.ty(x).shape
+        && fits_i16(integral_bounds(g, a).map(|(l, h)| (l as i64, h as i64)));
+    ok.then_some((a, s))
+}
+
+/// A quantized model's matrix product as an integer one: `MatMul(a·s, w)` or `Gemm(a·s, w,
+/// c)` (alpha 1, A not transposed, `c` a constant added with beta 1) where `a` is a
+/// dequantized activation ([`dequantized`]) and `w` constant weights whose columns (outputs)
+/// are integer multiples of a per-column scale becomes `Cast(f32, MatMul(Cast(i32, Cast(i16,
+/// a)), q))·(s·sw) [+ c]`: the integer GEMM's product ([`narrow_int_products`]'s form). The
+/// static QDQ form of a transformer's linear layers (and a classifier's last layer).
+/// Returns whether the graph changed.
+pub fn integer_matmuls(g: &mut Graph) -> Result<bool, PassError> {
+    let mut changed = false;
+    for nid in g.order().to_vec() {
+        let node = g.node(nid).clone();
+        let (trans_b, bias) = match (&node.op, &node.inputs[..]) {
+            (Op::MatMul, [_, _]) => (false, None),
+            (Op::Gemm { alpha, beta, trans_a: false, trans_b }, [_, _, rest @ ..]) if *alpha == 1.0 => match rest {
+                [] => (*trans_b, None),
+                [c] if *beta == 1.0 && g.const_of(*c).is_some() => (*trans_b, Some(*c)),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let (x, w) = (node.inputs[0], node.inputs[1]);
+        let (xt, wt) = (g.ty(x).clone(), g.ty(w).clone());
+        if xt.rank() < 2 || wt.rank() != 2 || wt.dtype != DType::F32 || g.ty(node.outputs[0]).dtype != DType::F32 {
+            continue;
+        }
+        let Some((a, s)) = dequantized(g, x) else { continue };
+        let Some(wc) = g.const_of(w) else { continue };
+        // The weights as [N, K] (a row per output) for the per-output scales.
+        let (k, n) = if trans_b { (wt.shape[1], wt.shape[0]) } else { (wt.shape[0], wt.shape[1]) };
+        let wv = wc.to_f64_vec();
+        let rows: Vec<f64> = if trans_b { wv } else { (0..n * k).map(|i| wv[(i % k) * n + i / k]).collect() };
+        let Some((q, sw)) = integer_weights(&Tensor::from_data(vec![n, k], Data::F64(rows))) else { continue };
+        // q as [K, N] i32.
+        let qkn: Vec<i32> = (0..k * n).map(|i| i32::from(q[(i % n) * k + i / n])).collect();
+        let mut r = Replacement::new(g, "int-qdq", nid);
+        let built = (|| {
+            let qb = r.constant(g, "int_weights", Tensor::from_data(vec![k, n], Data::I32(qkn)));
+            let scales: Vec<f32> = sw.iter().map(|&c| s * c).collect();
+            let sc = r.constant(g, "int_scales", Tensor::from_data(vec![n], Data::F32(scales)));
+            let a16 = r.node(g, Op::cast(DType::I16), &[a], "i16")?;
+            let a32 = r.node(g, Op::cast(DType::I32), &[a16], "widened")?;
+            let yi = r.node(g, Op::MatMul, &[a32, qb], "int_product")?;
+            let yf = r.node(g, Op::cast(DType::F32), &[yi], "sums")?;
+            let y = r.node(g, Op::Binary(BinaryOp::Mul), &[yf, sc], "dequantized")?;
+            match bias {
+                Some(c) => r.node(g, Op::Binary(BinaryOp::Add), &[y, c], "biased"),
+                None => Ok(y),
+            }
+        })();
+        r.finish(g, built)?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
 /// Per output channel, `w = q·sw` with `q` integers in [-127, 127] and `sw = max|w| / 127`
 /// (1 for a zero channel), if the f32 weights `w` (`[O, …]`) are such multiples (to 1e-3 of a
 /// step): a quantized model's dequantized weights. Returns `(q, sw)`.
@@ -266,8 +345,8 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
         let node = g.node(nid).clone();
         let Op::Conv { window, group: 1 } = &node.op else { continue };
         let (x, w) = (node.inputs[0], node.inputs[1]);
-        let (wt, xt) = (g.ty(w).clone(), g.ty(x).clone());
-        if xt.dtype != DType::F32 || wt.rank() != 4 || !(wt.shape[1] % 2 == 0 || wt.shape[2] * wt.shape[3] == 1) {
+        let wt = g.ty(w).clone();
+        if wt.rank() != 4 || !(wt.shape[1].is_multiple_of(2) || wt.shape[2] * wt.shape[3] == 1) {
             continue;
         }
         // A 3×3 convolution of stride 1 stays f32: its Winograd schedule does a quarter of the
@@ -276,25 +355,7 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
         if wt.shape[2..] == [3, 3] && window.strides == [1, 1] && window.dilations == [1, 1] {
             continue;
         }
-        // x = a · s, s a positive scalar constant, a integers within i16.
-        let ValueDef::Node(xn, _) = g.value(x).def else { continue };
-        let xn = g.node(xn).clone();
-        if xn.op != Op::Binary(BinaryOp::Mul) {
-            continue;
-        }
-        let scalar = |v: ValueId| g.const_of(v).filter(|t| t.numel() == 1).map(|t| t.to_f64_vec()[0] as f32);
-        let (a, s) = match (scalar(xn.inputs[0]), scalar(xn.inputs[1])) {
-            (_, Some(s)) => (xn.inputs[0], s),
-            (Some(s), _) => (xn.inputs[1], s),
-            _ => continue,
-        };
-        if s.is_nan()
-            || s <= 0.0
-            || g.ty(a).shape != xt.shape
-            || !fits_i16(integral_bounds(g, a).map(|(l, h)| (l as i64, h as i64)))
-        {
-            continue;
-        }
+        let Some((a, s)) = dequantized(g, x) else { continue };
         let Some((q, sw)) = g.const_of(w).and_then(integer_weights) else { continue };
         let bias = match node.inputs.get(2) {
             Some(&b) => match g.const_of(b) {
@@ -305,7 +366,7 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
         };
         let o = wt.shape[0];
         let window = window.clone();
-        let mut r = Replacement::new(g, "int-convolutions", nid);
+        let mut r = Replacement::new(g, "int-qdq", nid);
         let built = (|| {
             let wq = r.constant(g, "int_weights", Tensor::from_data(wt.shape.clone(), Data::I16(q)));
             let scales: Vec<f32> = sw.iter().map(|&c| s * c).collect();
@@ -325,9 +386,6 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
         })();
         r.finish(g, built)?;
         changed = true;
-    }
-    if changed {
-        crate::simplify::dce(g)?;
     }
     Ok(changed)
 }
@@ -390,9 +448,6 @@ pub fn quantize_products(g: &mut Graph) -> Result<bool, PassError> {
         })();
         r.finish(g, built)?;
         changed = true;
-    }
-    if changed {
-        crate::simplify::dce(g)?;
     }
     Ok(changed)
 }

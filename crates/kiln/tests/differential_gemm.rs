@@ -301,3 +301,44 @@ fn int8_products_match_the_quantized_reference() {
     let opts = CompileOptions { verify: true, precision: kiln::Precision::Int8, ..Default::default() };
     compile_and_compare_with(g, opts, &runtime, &want, 1e-5, "int8 run-time B");
 }
+
+/// A static QDQ model's linear layer, `MatMul((Cast(f32, x_u8) − zp)·s, w)` and `Gemm` with
+/// transposed weights and a bias, where each output column of `w` is an integer multiple of
+/// its scale with 127 its largest (as a QDQ model's per-channel dequantized weights are):
+/// an integer product (`int_product` in the LIR) whose result matches the f32 reference of
+/// the same graph, at M = 1 and odd shapes.
+#[test]
+fn qdq_products_run_as_integers() {
+    let mut r = Rng(52);
+    for (m, k, n, gemm) in [(1, 33, 20, false), (7, 64, 48, false), (5, 40, 17, true)] {
+        let mut net = RefNet::new("qdq_product");
+        let xv: Vec<u8> = (0..m * k).map(|_| r.next() as u8).collect();
+        let x = net.input("x", Tensor::from_data(vec![m, k], Data::U8(xv)));
+        let zp = net.constant("zp", Tensor::f32(vec![], vec![128.0]));
+        let s = net.constant("s", Tensor::f32(vec![], vec![0.05]));
+        let sw: Vec<f32> = (0..n).map(|j| 0.002 * (j + 1) as f32).collect();
+        // Weights [K, N] (MatMul) or [N, K] (Gemm, transposed): element (kk, j) = q·sw[j].
+        let mut wv = vec![0f32; k * n];
+        for kk in 0..k {
+            for j in 0..n {
+                let q = if kk == j % k { 127 } else { (r.next() % 255) as i64 - 127 };
+                wv[if gemm { j * k + kk } else { kk * n + j }] = q as f32 * sw[j];
+            }
+        }
+        let shape = if gemm { vec![n, k] } else { vec![k, n] };
+        let w = net.constant("w", Tensor::f32(shape, wv));
+        let xf = net.node(Op::cast(DType::F32), &[x], "xf");
+        let xs = net.node(Op::Binary(BinaryOp::Sub), &[xf, zp], "xs");
+        let xd = net.node(Op::Binary(BinaryOp::Mul), &[xs, s], "xd");
+        let y = if gemm {
+            let b = net.constant("b", r.tensor(DType::F32, &[n]));
+            let op = Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true };
+            net.node(op, &[xd, w, b], "y")
+        } else {
+            net.node(Op::MatMul, &[xd, w], "y")
+        };
+        let text = kiln::ir::lir::print(&net.lowered(&[y]));
+        assert!(text.contains("int_product"), "{m}x{k}x{n}: an integer product:\n{text}");
+        net.check(&[y], 1e-5);
+    }
+}
