@@ -113,6 +113,34 @@ fn a_product_read_twice_by_one_fused_kernel_fuses() {
     assert!(out.contains("\"p\": f32[2,4] = matmul"), "p feeds two kernels and stays:\n{out}");
 }
 
+/// A product's epilogue ends in f32, a shared one (the GELU) included: a product whose
+/// GELU ends in a quantize step's integer tail (rounding to i16 for the next integer product)
+/// stays a kernel of its own, the GEMM's (which writes f32 or i32).
+#[test]
+fn a_products_epilogue_stops_before_an_integer_tail() {
+    let src = r#"graph "gelu_q" {
+  input %0 "x": f32[2,3]
+  const %1 "w": f32[3,4] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0]
+  const %2 "s2": f32[] = [1.4142135]
+  const %3 "one": f32[] = [1.0]
+  %4 "mm": f32[2,4] = matmul(%0, %1)
+  %5 "t": f32[2,4] = div(%4, %2)
+  %6 "e": f32[2,4] = erf(%5)
+  %7 "a": f32[2,4] = add(%6, %3)
+  %8 "m": f32[2,4] = mul(%4, %7)
+  %9 "r": f32[2,4] = round(%8)
+  %10 "q": i16[2,4] = cast(%9) {to=i16}
+  output %10
+}"#;
+    let out = run(src, fuse::fuse);
+    // The GELU and the rounding fuse into the cast's kernel; the product, read twice by it,
+    // does not join it (its kernel would end in i16).
+    for fused in ["t", "e", "a", "m", "r"] {
+        assert!(out.contains(&format!("\"{fused}\": f32[2,4] fused")), "{fused} should fuse:\n{out}");
+    }
+    assert!(out.contains("\"mm\": f32[2,4] = matmul"), "the product stays a kernel of its own:\n{out}");
+}
+
 /// A reshape that adds a leading 1 between a product and an elementwise region with scalar
 /// operands (GPT-2's `addmm` → `view` → GELU) moves past the region; the reshape back to
 /// the product's shape that follows then goes away, and an outside use keeps its shape.
