@@ -196,8 +196,8 @@ _kiln_setup() (
         # it would take matches a hash. Files come from pip's cache once downloaded.
         log "pip install --dry-run --require-hashes -r $(basename "$lock") (resolve only)"
         local dry
-        dry="$(python3 -m pip install --dry-run --ignore-installed --no-deps --require-hashes \
-            --disable-pip-version-check -q -r "$lock" 2>&1)" ||
+        dry="$(python3 -m pip install --dry-run --require-hashes --no-deps -r "$lock" \
+            --ignore-installed --disable-pip-version-check -q 2>&1)" ||
             { printf '%s\n' "$dry" >&2; fail "pip cannot install $lock on this machine"; }
         if [ -x "$py" ]; then
             local state

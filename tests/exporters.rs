@@ -83,50 +83,27 @@ fn check_precision(name: &str, precision: kiln::Precision, bound: f64) {
     assert!(!exact, "{name}: {p} outputs equal f32's: the precision took no effect");
 }
 
-/// `--precision bf16`: within 1% of the largest f32 output.
-mod bf16 {
-    fn check(name: &str) {
-        super::check_precision(name, kiln::Precision::Bf16, 0.01);
-    }
-
-    #[test]
-    fn resnet50_torch() {
-        check("resnet50_torch");
-    }
-
-    #[test]
-    fn mobilenetv2_torch() {
-        check("mobilenetv2_torch");
-    }
-
-    #[test]
-    fn bert_torch() {
-        check("bert_torch");
-    }
-
-    #[test]
-    fn gpt2_torch() {
-        check("gpt2_torch");
-    }
+/// A module `$m` of tests, one per exported model `$name`, of [`check_precision`] at
+/// `$precision` within `$bound`.
+macro_rules! precision_tests {
+    ($m:ident, $precision:expr, $bound:expr, [$($name:ident),* $(,)?]) => {
+        mod $m {
+            $(
+                #[test]
+                fn $name() {
+                    super::check_precision(stringify!($name), $precision, $bound);
+                }
+            )*
+        }
+    };
 }
 
-/// `--precision int8` (the transformers' linear layers quantized dynamically): within 3% of
-/// the largest f32 output.
-mod int8 {
-    fn check(name: &str) {
-        super::check_precision(name, kiln::Precision::Int8, 0.03);
-    }
+// `--precision bf16`: within 1% of the largest f32 output.
+precision_tests!(bf16, kiln::Precision::Bf16, 0.01, [resnet50_torch, mobilenetv2_torch, bert_torch, gpt2_torch]);
 
-    #[test]
-    fn bert_torch() {
-        check("bert_torch");
-    }
-
-    #[test]
-    fn gpt2_torch() {
-        check("gpt2_torch");
-    }
-}
+// `--precision int8` (the transformers' linear layers quantized dynamically): within 3% of
+// the largest f32 output.
+precision_tests!(int8, kiln::Precision::Int8, 0.03, [bert_torch, gpt2_torch]);
 
 /// Every committed model folder has a test above (and the other way round).
 #[test]

@@ -186,7 +186,8 @@ impl Replacement {
 
 /// The least and greatest value of an f32 value `v` that holds only integers (rounded and
 /// clipped quotients, shifted by integer constants: a dequantized value's integer part, as
-/// the importer builds a QDQ pair), within ±2^24 so that f32 holds them exactly.
+/// the importer builds a QDQ pair), within ±2^24 so that f32 holds them exactly; a rounded
+/// value without bounds of its own is integral and unbounded (a Clip then bounds it).
 pub fn integral_bounds(g: &Graph, v: ValueId) -> Option<(f64, f64)> {
     const EXACT: f64 = (1 << 24) as f64;
     let finite = |(lo, hi): (f64, f64)| (lo >= -EXACT && hi <= EXACT).then_some((lo, hi));
@@ -205,7 +206,7 @@ pub fn integral_bounds(g: &Graph, v: ValueId) -> Option<(f64, f64)> {
             Some(integral_bounds(g, node.inputs[0]).unwrap_or(unbounded))
         }
         Op::Unary(UnaryOp::Clip { lo, hi }) if lo.fract() == 0.0 && hi.fract() == 0.0 => {
-            let (a, b) = integral_bounds_or_rounded(g, node.inputs[0])?;
+            let (a, b) = integral_bounds(g, node.inputs[0])?;
             finite((a.max(lo), b.min(hi)))
         }
         Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub)) => {
@@ -217,15 +218,6 @@ pub fn integral_bounds(g: &Graph, v: ValueId) -> Option<(f64, f64)> {
         }
         _ => None,
     }
-}
-
-/// [`integral_bounds`], or unbounded for a rounded value without bounds of its own.
-fn integral_bounds_or_rounded(g: &Graph, v: ValueId) -> Option<(f64, f64)> {
-    integral_bounds(g, v).or_else(|| {
-        let ValueDef::Node(n, _) = g.value(v).def else { return None };
-        matches!(g.node(n).op, Op::Unary(UnaryOp::Round | UnaryOp::Floor | UnaryOp::Ceil))
-            .then_some((f64::NEG_INFINITY, f64::INFINITY))
-    })
 }
 
 /// `x = a·s` with `s` a positive scalar constant and `a` (of x's shape) integers within i16

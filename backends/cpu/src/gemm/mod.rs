@@ -403,6 +403,11 @@ impl Gemm {
             len as usize
         }
     }
+    /// Whether an integer product's pairs of K would straddle taps: an odd innermost K dim
+    /// under several taps (the schedule walks each tap's run in pairs).
+    fn pairs_straddle_taps(&self) -> bool {
+        self.taps() > 1 && self.k_in() % 2 == 1
+    }
     /// Extent of the innermost K dim (the one the micro-kernel steps through).
     fn k_in(&self) -> usize {
         *self.k_dims.last().expect("at least one K dim")
@@ -593,11 +598,10 @@ pub(crate) fn match_product(k: &Kernel, bl: Blocking) -> Option<Gemm> {
 /// halved, rounded up where it is the only one (an odd K's last pair is half), B's panel rows
 /// the pairs. None where taps would split a pair (an odd inner dim under several taps).
 fn pair_rows(mut g: Gemm) -> Option<Gemm> {
-    let k_in = g.k_in();
-    let taps = g.k / k_in;
-    if taps > 1 && k_in % 2 == 1 {
+    if g.pairs_straddle_taps() {
         return None;
     }
+    let k_in = g.k_in();
     g.int = Some(IntProduct { k_odd: k_in % 2 == 1 });
     *g.k_dims.last_mut().expect("a K dim") = k_in.div_ceil(2);
     g.k = g.k_dims.iter().product();

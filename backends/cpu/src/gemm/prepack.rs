@@ -163,8 +163,7 @@ pub fn prepack(p: &mut Program, target: &crate::CpuTarget, bf16: bool) -> usize 
             DType::I16 => i32::from(i16::from_le_bytes(t.data[at * 2..at * 2 + 2].try_into().expect("two bytes"))),
             _ => i32::from_le_bytes(t.data[at * 4..at * 4 + 4].try_into().expect("four bytes")),
         };
-        let taps_split_pairs = gm.k / gm.k_in() > 1 && gm.k_in() % 2 == 1;
-        if int && (taps_split_pairs || (0..t.numel()).any(|i| i16::try_from(src_int(i)).is_err())) {
+        if int && (gm.pairs_straddle_taps() || (0..t.numel()).any(|i| i16::try_from(src_int(i)).is_err())) {
             continue;
         }
         // The finalizer must not read B itself (its operand view is replaced).
