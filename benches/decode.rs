@@ -28,7 +28,8 @@ struct Decoder {
 
 impl Decoder {
     fn new(path: &str, threads: usize) -> Result<Decoder, String> {
-        let s = Session::load_with(path, &SessionOptions { threads }).map_err(|e| e.to_string())?;
+        let s =
+            Session::load_with(path, &SessionOptions { threads, ..Default::default() }).map_err(|e| e.to_string())?;
         let outs: Vec<String> = s.outputs().iter().map(|o| o.name.clone()).collect();
         let mut past_of = Vec::new();
         let mut empty = Vec::new();

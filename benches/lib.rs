@@ -28,13 +28,13 @@ pub fn single_op(op: Op, x: &[usize], consts: Vec<Tensor>, threads: usize) -> Se
     }
     g.outputs = g.add_node(op, &ins, "op", &[]).expect("typed");
     let art = Compiler::new(CompileOptions::default()).compile_graph(g).expect("compiles");
-    Session::from_bytes(&art.bytes(), &SessionOptions { threads }).expect("loads")
+    Session::from_bytes(&art.bytes(), &SessionOptions { threads, ..Default::default() }).expect("loads")
 }
 
 /// Compiles an ONNX file into a session.
 pub fn model(path: &std::path::Path, threads: usize) -> Session {
     let art = Compiler::new(CompileOptions::default()).compile_path(path).expect("compiles");
-    Session::from_bytes(&art.bytes(), &SessionOptions { threads }).expect("loads")
+    Session::from_bytes(&art.bytes(), &SessionOptions { threads, ..Default::default() }).expect("loads")
 }
 
 /// The core's FMA peak: independent FMA chains in vector registers, enough of them (12) to

@@ -287,3 +287,90 @@ fn inspect_precisions_lists_each_kernel() {
     assert_eq!((out.status.code(), e.lines().count()), (Some(1), 1), "{e}");
     assert!(e.contains("--precision f16 is not supported yet"), "{e}");
 }
+
+/// `bench --profile`: a Chrome trace (checked against `docs/chrome-trace.schema.json`, the
+/// trace event format Perfetto reads) whose kernel events name the model's own nodes with
+/// their op types, every matrix product among them, once per event per run, and whose
+/// kernel times add up to the run's time; and the table by op type and by kernel.
+#[test]
+fn bench_profile_is_a_chrome_trace_of_the_models_nodes() {
+    use prost::Message;
+    let d = tempfile::tempdir().unwrap();
+    let trace_path = d.path().join("trace.json");
+    let m = "tests/models/bert_torch";
+    let input = |i: usize, name: &str| format!("{name}=tests/models/bert_torch/input_{i}.npy");
+    let o = kiln(&[
+        "bench",
+        &format!("{m}/model.onnx"),
+        "--dim",
+        "batch=2",
+        "--input",
+        &input(0, "input_ids"),
+        "--input",
+        &input(1, "attention_mask"),
+        "--input",
+        &input(2, "token_type_ids"),
+        "--iters",
+        "9",
+        "--threads",
+        "1",
+        "--profile",
+        trace_path.to_str().unwrap(),
+    ]);
+    let text = stdout(&o);
+    for heading in ["op type", "kernel", "MatMul", "GFLOP/s"] {
+        assert!(text.contains(heading), "no `{heading}` in the table: {text}");
+    }
+
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace_path).unwrap()).unwrap();
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("docs/chrome-trace.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema is valid");
+    let errors: Vec<String> = validator.iter_errors(&trace).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "the trace does not follow the schema: {errors:?}");
+
+    let model =
+        kiln_onnx::proto::ModelProto::decode(&std::fs::read(repo().join(m).join("model.onnx")).unwrap()[..]).unwrap();
+    let graph = model.graph.unwrap();
+    let ops: std::collections::HashMap<&str, &str> =
+        graph.node.iter().map(|n| (n.name.as_deref().unwrap_or(""), n.op_type.as_deref().unwrap_or(""))).collect();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let runs: Vec<&serde_json::Value> = events.iter().filter(|e| e["cat"] == "run").collect();
+    assert_eq!(runs.len(), 9, "one run event per timed run");
+    let kernels: Vec<&serde_json::Value> = events.iter().filter(|e| e["args"]["kind"].is_string()).collect();
+    let mut products = std::collections::BTreeSet::new();
+    for k in &kernels {
+        let (nodes, kinds) = (k["args"]["nodes"].as_array().unwrap(), k["args"]["ops"].as_array().unwrap());
+        assert_eq!(nodes.len(), kinds.len(), "{k}");
+        for (n, op) in nodes.iter().zip(kinds) {
+            let n = n.as_str().unwrap();
+            assert_eq!(ops.get(n).copied(), op.as_str(), "kernel {} names node `{n}` with the wrong op", k["name"]);
+            if op == "MatMul" {
+                products.insert(n.to_string());
+            }
+        }
+    }
+    let all_products: std::collections::BTreeSet<String> =
+        ops.iter().filter(|(_, &op)| op == "MatMul").map(|(n, _)| n.to_string()).collect();
+    assert_eq!(products, all_products, "every MatMul of the model is in some kernel");
+
+    // Per run: each event once, and the kernels' times within the run's.
+    let mut shares = Vec::new();
+    for r in &runs {
+        let (t0, dur) = (r["ts"].as_f64().unwrap(), r["dur"].as_f64().unwrap());
+        let inside: Vec<&&serde_json::Value> = kernels
+            .iter()
+            .filter(|k| k["ts"].as_f64().unwrap() >= t0 && k["ts"].as_f64().unwrap() <= t0 + dur)
+            .collect();
+        let mut ids: Vec<u64> = inside.iter().map(|k| k["args"]["event"].as_u64().unwrap()).collect();
+        ids.sort();
+        assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>(), "each event once a run");
+        let sum: f64 = inside.iter().map(|k| k["dur"].as_f64().unwrap()).sum();
+        assert!(sum <= dur * 1.0001, "kernels {sum} µs in a run of {dur} µs");
+        shares.push(sum / dur);
+    }
+    shares.sort_by(f64::total_cmp);
+    // A run of this small model is a few hundred microseconds, of which the input checks and
+    // the hand-off to the pool take a few; BERT-base's kernels add up to 99.9% of its run.
+    assert!(shares[shares.len() / 2] > 0.85, "the kernels take {shares:?} of their runs");
+}

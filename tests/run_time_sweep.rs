@@ -82,7 +82,7 @@ fn run_case(name: &str, dir: &std::path::Path, axis: Axis) -> Outcome {
         Ok(a) => a,
         Err(e) => return Outcome::Refused(kiln::error_chain(&e)),
     };
-    let s = match kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions { threads: 1 }) {
+    let s = match kiln::Session::from_bytes(&art.bytes(), &kiln::SessionOptions { threads: 1, ..Default::default() }) {
         Ok(s) => s,
         Err(e) => return Outcome::Failed(format!("loading: {e}")),
     };

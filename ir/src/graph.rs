@@ -145,9 +145,30 @@ pub struct Graph {
     /// row analysis (`kiln_passes::rows`), set by import where that analysis cannot follow
     /// them (written `axis_dims` after the symbols in the text form).
     pub axis_dims: bool,
+    /// The source model's nodes by name, with their op types (set by the importer): what
+    /// [`Graph::origin_of`] resolves a node's name against.
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 impl Graph {
+    /// The source node a node named `name` comes from: the source of that name, or of the
+    /// longest prefix of it ending before a `/` or `.` (the names passes give the nodes they
+    /// add: `conv/int`); otherwise the name itself, with no op type; none for an unnamed node.
+    pub fn origin_of(&self, name: &str) -> Option<crate::lir::Origin> {
+        if name.is_empty() {
+            return None;
+        }
+        let mut prefix = name;
+        loop {
+            if let Some(op) = self.sources.get(prefix) {
+                return Some(crate::lir::Origin { node: prefix.to_string(), op: op.clone() });
+            }
+            match prefix.rfind(['/', '.']) {
+                Some(i) => prefix = &prefix[..i],
+                None => return Some(crate::lir::Origin { node: name.to_string(), op: String::new() }),
+            }
+        }
+    }
     pub fn is_fused(&self, v: ValueId) -> bool {
         self.fused.contains(&v)
     }

@@ -349,6 +349,29 @@ pub struct Kernel {
     pub output: View,
     pub body: Expr,
     pub reduction: Option<Reduction>,
+    /// The model's nodes this kernel computes (fused ones included), in order: what a profile
+    /// names it by. Not part of its code (bodies are shared regardless).
+    pub origin: Vec<Origin>,
+}
+
+/// A node of the source model that a kernel computes part of: its name and op type (ONNX's
+/// `NodeProto.name` and `op_type`, or the HIR node's name and an empty op where the source is
+/// not known).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    pub node: String,
+    pub op: String,
+}
+
+/// `a` followed by the origins of `b` that it lacks: the origin of a kernel fused from two.
+pub fn merged_origin(a: &[Origin], b: &[Origin]) -> Vec<Origin> {
+    let mut out = a.to_vec();
+    for o in b {
+        if !out.contains(o) {
+            out.push(o.clone());
+        }
+    }
+    out
 }
 
 impl Kernel {
@@ -359,6 +382,33 @@ impl Kernel {
     /// Scalar work estimate: iterations of the whole domain.
     pub fn work(&self) -> usize {
         self.domain.iter().product()
+    }
+    /// Arithmetic operations at the bounds: the body's value operations (index arithmetic
+    /// not counted) per iteration of the domain, the reduction's combine per iteration and its
+    /// finalizer's per output element (a matrix product: 2·M·N·K).
+    pub fn flops(&self) -> u64 {
+        fn ops(e: &Expr) -> u64 {
+            match e {
+                Expr::Var(_) | Expr::Const(_) | Expr::Acc | Expr::Load { .. } => 0,
+                Expr::Unary(_, a) | Expr::Cast(_, _, _, a) => 1 + ops(a),
+                Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => 1 + ops(a) + ops(b),
+                Expr::Select(c, a, b) => 1 + ops(c) + ops(a) + ops(b),
+            }
+        }
+        let (work, outs) = (self.work() as u64, self.out_elems() as u64);
+        match &self.reduction {
+            Some(r) => work * (ops(&self.body) + 1) + outs * r.finalize.as_ref().map_or(0, ops),
+            None => work * ops(&self.body),
+        }
+    }
+    /// Bytes the kernel must move at the bounds: each operand's distinct elements (a
+    /// broadcast axis, of stride 0, counted once) and the output's.
+    pub fn bytes_moved(&self) -> u64 {
+        let distinct = |v: &View| -> u64 {
+            let n: usize = v.extents.iter().zip(&v.strides).filter(|&(_, &s)| s != 0).map(|(&e, _)| e).product();
+            (n * v.dtype.size()) as u64
+        };
+        self.inputs.iter().map(distinct).sum::<u64>() + (self.out_elems() * self.output.dtype.size()) as u64
     }
     /// Input operands that are read only at the element being written (same buffer layout as
     /// the output, indexed by the parallel variables in order): they may share memory with
@@ -570,6 +620,22 @@ pub struct Program {
     pub clamps: std::collections::BTreeMap<usize, Vec<Option<Clamp>>>,
     /// Arena size in bytes, set by memory planning.
     pub arena_bytes: u64,
+}
+
+impl Instr {
+    /// Whether the instruction does work of its own (a kernel, a copy, a scan), rather than
+    /// steer the run (cases, loops, checks, dims): what a profile times, in program order.
+    pub fn does_work(&self) -> bool {
+        !matches!(
+            self,
+            Instr::Assert { .. }
+                | Instr::Case { .. }
+                | Instr::EndCase
+                | Instr::Loop { .. }
+                | Instr::EndLoop
+                | Instr::SetDims { .. }
+        )
+    }
 }
 
 impl Program {

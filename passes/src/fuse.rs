@@ -402,6 +402,7 @@ pub(crate) fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Ke
     }
     k.inputs.extend(prod.inputs.iter().cloned());
     k.name = format!("{}+{}", prod.name, cons.name);
+    k.origin = kiln_ir::lir::merged_origin(&prod.origin, &cons.origin);
     compact(&mut k);
     Some(k)
 }
@@ -475,6 +476,7 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     k.reduction.as_mut().expect("reduction").finalize = Some(fin);
     k.output = cons.output.clone();
     k.name = format!("{}+{}", prod.name, cons.name);
+    k.origin = kiln_ir::lir::merged_origin(&prod.origin, &cons.origin);
     compact(&mut k);
     Some(k)
 }

@@ -126,6 +126,7 @@ fn split_kernel(p: &mut Program, k: &Kernel, t: usize) -> (Kernel, Kernel) {
         output: part.clone(),
         body,
         reduction: Some(Reduction { combine: red.combine, init: red.init, finalize: None }),
+        origin: k.origin.clone(),
     };
     crate::fuse::compact(&mut first);
 
@@ -145,6 +146,7 @@ fn split_kernel(p: &mut Program, k: &Kernel, t: usize) -> (Kernel, Kernel) {
         output: k.output.clone(),
         body: Expr::load(0, index),
         reduction: Some(Reduction { combine: red.combine, init: red.init, finalize }),
+        origin: k.origin.clone(),
     };
     crate::fuse::compact(&mut second);
     (first, second)

@@ -240,6 +240,7 @@ pub fn backward(copy: &Kernel, bytes: usize, prod: &Kernel) -> Option<Kernel> {
     let mut k = prod.clone();
     k.output = out;
     k.name = format!("{}+{}", prod.name, copy.name);
+    k.origin = kiln_ir::lir::merged_origin(&prod.origin, &copy.origin);
     Some(k)
 }
 
@@ -268,6 +269,7 @@ pub fn forward(copy: &Kernel, bytes: usize, cons: &Kernel, b: BufferId) -> Optio
         }
     }
     k.name = format!("{}+{}", copy.name, cons.name);
+    k.origin = kiln_ir::lir::merged_origin(&copy.origin, &cons.origin);
     Some(k)
 }
 

@@ -18,6 +18,7 @@ mod cuda;
 mod features;
 mod manifest_check;
 mod padded;
+mod profile;
 mod threads;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ use kiln_abi::{Context, DTypeCode, EntryFn, ABI_MAJOR};
 pub use aligned::AlignedBuf;
 pub use kiln_abi as abi;
 pub use kiln_abi::DTypeCode as DType;
+pub use profile::{Profile, RunRecord, Span, SpanKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -223,6 +225,8 @@ pub struct Session {
     bound_outputs: Mutex<Vec<Vec<AlignedBuf>>>,
     pool: Arc<threads::Pool>,
     code: Code,
+    /// With [`SessionOptions::profile`]: every run's kernel times.
+    profiler: Option<profile::Profiler>,
 }
 
 // SAFETY: the entry point is reentrant (all per-run state lives in the arena and the
@@ -235,6 +239,9 @@ unsafe impl Send for Session {}
 pub struct SessionOptions {
     /// Worker threads for parallel kernels (0: one per core).
     pub threads: usize,
+    /// Record each run's kernel times ([`Session::end_profiling`]); needs an artifact of ABI
+    /// 1.8 or newer.
+    pub profile: bool,
 }
 
 fn host_matches(triple: &str) -> bool {
@@ -432,12 +439,12 @@ impl Session {
         let weights_len = weights.len();
         let parts = parts_of(&manifest, Some(weights), lookup)?;
         let weights_offset = sections.weights_offset;
-        Ok(Session::new(
+        Session::new(
             manifest,
             parts,
             opts,
             Code::Loaded { _lib: lib, _code_file: code_path, backing, weights_offset, weights_len, external },
-        ))
+        )
     }
 
     /// A session for a model linked into this program from a static library or object
@@ -469,10 +476,17 @@ impl Session {
             ));
         }
         let parts = parts_of(&manifest, None, |_| Ok(entry))?;
-        Ok(Session::new(manifest, parts, opts, Code::Linked { weights }))
+        Session::new(manifest, parts, opts, Code::Linked { weights })
     }
 
-    fn new(manifest: Manifest, parts: Vec<Part>, opts: &SessionOptions, code: Code) -> Session {
+    fn new(manifest: Manifest, parts: Vec<Part>, opts: &SessionOptions, code: Code) -> Result<Session, RuntimeError> {
+        if opts.profile && (manifest.abi_major, manifest.abi_minor) < (1, 8) {
+            return Err(RuntimeError::Load(format!(
+                "profiling needs an artifact of ABI 1.8 or newer, and this one is {}.{}: compile it again",
+                manifest.abi_major, manifest.abi_minor
+            )));
+        }
+        let profiler = opts.profile.then(|| profile::Profiler::new(&manifest));
         let align = |n: usize| n.next_multiple_of(64);
         let arena = if manifest.partitions.is_empty() {
             manifest.arena_bytes
@@ -492,7 +506,7 @@ impl Session {
                 scratch_bytes += align(t.byte_len());
             }
         }
-        Session {
+        Ok(Session {
             manifest,
             parts,
             scratch_bytes,
@@ -502,7 +516,8 @@ impl Session {
             bound_outputs: Mutex::new(Vec::new()),
             pool: threads::Pool::new(opts.threads),
             code,
-        }
+            profiler,
+        })
     }
 
     fn weights(&self) -> *const u8 {
@@ -656,6 +671,7 @@ impl Session {
         outs: &[*mut u8],
         scratch: &mut AlignedBuf,
         dims: &mut [i64],
+        mut rec: Option<&mut profile::Recorder>,
     ) -> Result<(), RuntimeError> {
         let base = scratch.as_mut_ptr();
         let (n_in, n_out) = (ins.len(), outs.len());
@@ -670,7 +686,7 @@ impl Session {
             }
         };
         let weights = self.weights();
-        for part in &self.parts {
+        for (index, part) in self.parts.iter().enumerate() {
             let entry = match &part.exec {
                 Exec::Cpu(entry) => *entry,
                 #[cfg(feature = "cuda")]
@@ -687,13 +703,17 @@ impl Session {
                         .iter()
                         .map(|&k| unsafe { std::slice::from_raw_parts_mut(slot(k), self.slot_spec(k).byte_len()) })
                         .collect();
+                    let started = std::time::Instant::now();
                     gpu.run(&ins, &mut outs, &part.check_messages)?;
+                    if let Some(r) = rec.as_deref_mut() {
+                        r.step(format!("partition {index} (gpu)"), started);
+                    }
                     continue;
                 }
             };
             let in_ptrs: Vec<*const u8> = part.inputs.iter().map(|&k| slot(k) as *const u8).collect();
             let out_ptrs: Vec<*mut u8> = part.outputs.iter().map(|&k| slot(k)).collect();
-            let ctx = Context {
+            let mut ctx = Context {
                 abi_version: ABI_MAJOR,
                 reserved: 0,
                 inputs: in_ptrs.as_ptr(),
@@ -704,11 +724,18 @@ impl Session {
                 runtime: Arc::as_ptr(&self.pool) as *mut core::ffi::c_void,
                 parallel_for: threads::parallel_for,
                 dims: dims.as_mut_ptr(),
+                profile: None,
+                profile_data: std::ptr::null_mut(),
             };
             // SAFETY: the context points at buffers of the sizes the manifest declares, which
             // is what the compiled code was planned against; they outlive the call.
             // The entry runs on a worker of the pool, which then takes part in every parallel
             // kernel itself (no hand-off to the pool and back per kernel, no thread idling).
+            if let Some(r) = rec.as_deref_mut() {
+                r.part = index as u32;
+                ctx.profile = Some(profile::hook);
+                ctx.profile_data = r as *mut profile::Recorder as *mut core::ffi::c_void;
+            }
             let status = self.pool.run(entry, &ctx);
             if status != 0 {
                 let message = usize::try_from(status - 1).ok().and_then(|k| part.check_messages.get(k));
@@ -718,10 +745,25 @@ impl Session {
         for c in &self.manifest.copies {
             let (from, to) = (c.from as usize, c.to as usize);
             let len = self.slot_spec(to).byte_len();
+            let started = std::time::Instant::now();
             // SAFETY: both slots hold `len` bytes (checked at load) and are distinct buffers.
             unsafe { std::ptr::copy_nonoverlapping(slot(from), slot(to), len) };
+            if let Some(r) = rec.as_deref_mut() {
+                r.step(format!("copy `{}`", self.slot_spec(to).name), started);
+            }
         }
         Ok(())
+    }
+
+    /// Whether the session records its runs' kernel times ([`SessionOptions::profile`]).
+    pub fn profiling(&self) -> bool {
+        self.profiler.is_some()
+    }
+
+    /// What the runs recorded since the session was loaded or this was last called (none
+    /// when the session does not profile), and profiling goes on afresh.
+    pub fn end_profiling(&self) -> Option<Profile> {
+        self.profiler.as_ref().map(profile::Profiler::take)
     }
 
     fn slot_spec(&self, k: usize) -> &TensorSpec {
@@ -809,6 +851,21 @@ impl Session {
     /// Runs the model, the code writing its run-time dims to `dims` (`Manifest::dim_slots` of
     /// them).
     fn run_core(&self, inputs: &[TensorRef], outputs: &mut [&mut [u8]], dims: &mut [i64]) -> Result<(), RuntimeError> {
+        let Some(profiler) = &self.profiler else { return self.run_recorded(inputs, outputs, dims, None) };
+        let mut rec = profiler.recorder();
+        self.run_recorded(inputs, outputs, dims, Some(&mut rec))?;
+        profiler.finish(rec);
+        Ok(())
+    }
+
+    /// [`Session::run_core`], noting each kernel's times in `rec` when profiling.
+    fn run_recorded(
+        &self,
+        inputs: &[TensorRef],
+        outputs: &mut [&mut [u8]],
+        dims: &mut [i64],
+        rec: Option<&mut profile::Recorder>,
+    ) -> Result<(), RuntimeError> {
         let sizes = self.check_inputs(inputs)?;
         dims[..sizes.len()].copy_from_slice(&sizes);
         let specs = &self.manifest.outputs;
@@ -867,7 +924,7 @@ impl Session {
         // Outputs are written in place (kernels need only the elements' natural alignment
         // there).
         let out_ptrs: Vec<*mut u8> = outputs.iter_mut().map(|b| b.as_mut_ptr()).collect();
-        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, dims);
+        let result = self.run_parts(&in_ptrs, &out_ptrs, &mut scratch, dims, rec);
         self.scratch.lock().unwrap_or_else(|e| e.into_inner()).push(scratch);
         result?;
         // An output laid out at its bound shape is gathered to the start of its buffer.

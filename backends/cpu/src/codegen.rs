@@ -476,6 +476,7 @@ pub(crate) fn body_of(k: &Kernel) -> Kernel {
     let offsets = slot_offsets(k);
     let mut k = k.clone();
     k.name.clear();
+    k.origin.clear();
     let (_, slot) = slots(&k);
     for (v, &s) in k.inputs.iter_mut().chain([&mut k.output]).zip(&slot) {
         v.buffer = kiln_ir::lir::BufferId(s as u32);
@@ -730,7 +731,13 @@ fn gen_entry<'ctx>(
     // headers, exits and counters.
     let mut after_case = Vec::new();
     let mut loops: Vec<(inkwell::basic_block::BasicBlock, inkwell::basic_block::BasicBlock, &View)> = Vec::new();
+    let hook_ty = cx.void_type().fn_type(&[g.ptr_ty().into(), cx.i32_type().into(), cx.i32_type().into()], false);
+    let mut event = 0u32;
     for (i, ins) in prog.instrs.iter().enumerate() {
+        let profiled = ins.does_work();
+        if profiled {
+            profile_event(g, entry, ctx, hook_ty, event, 0)?;
+        }
         match ins {
             Instr::Case { key, value } => {
                 let p = g.buffer_ptr(ctx, prog.buffer(key.buffer))?;
@@ -896,7 +903,36 @@ fn gen_entry<'ctx>(
                 g.builder.build_memmove(d, 1, s, 1, n).map_err(llvm_err)?;
             }
         }
+        if profiled {
+            profile_event(g, entry, ctx, hook_ty, event, 1)?;
+            event += 1;
+        }
     }
     g.builder.build_return(Some(&cx.i32_type().const_zero())).map_err(llvm_err)?;
+    Ok(())
+}
+
+/// Calls the context's profiling hook, when it is set, with `(profile_data, event, end)`.
+fn profile_event<'ctx>(
+    g: &CodeGen<'ctx>,
+    entry: FunctionValue<'ctx>,
+    ctx: PointerValue<'ctx>,
+    hook_ty: inkwell::types::FunctionType<'ctx>,
+    event: u32,
+    end: u32,
+) -> BackendResult<()> {
+    let cx = g.context;
+    let hook = g.ctx_field(ctx, off::PROFILE, "hook")?;
+    let set = g.builder.build_is_not_null(hook, "profiling").map_err(llvm_err)?;
+    let call = cx.append_basic_block(entry, "profile");
+    let next = cx.append_basic_block(entry, "profiled");
+    g.builder.build_conditional_branch(set, call, next).map_err(llvm_err)?;
+    g.builder.position_at_end(call);
+    let data = g.ctx_field(ctx, off::PROFILE_DATA, "profile_data")?;
+    let i32t = cx.i32_type();
+    let args = [data.into(), i32t.const_int(event as u64, false).into(), i32t.const_int(end as u64, false).into()];
+    g.builder.build_indirect_call(hook_ty, hook, &args, "").map_err(llvm_err)?;
+    g.builder.build_unconditional_branch(next).map_err(llvm_err)?;
+    g.builder.position_at_end(next);
     Ok(())
 }

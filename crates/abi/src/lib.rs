@@ -16,7 +16,7 @@ pub mod manifest;
 /// Major version of the artifact format and entry-point ABI. Bumped on any incompatible change.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version: compatible additions.
-pub const ABI_MINOR: u32 = 7;
+pub const ABI_MINOR: u32 = 8;
 
 /// Name of the entry-point symbol exported by every compiled CPU module.
 pub const ENTRY_SYMBOL: &str = "kiln_entry";
@@ -31,6 +31,11 @@ pub type TaskFn = unsafe extern "C" fn(ctx: *const Context, start: i64, end: i64
 /// `[0, n)`, possibly on several threads, and returns when all have finished.
 pub type ParallelForFn =
     unsafe extern "C" fn(runtime: *mut core::ffi::c_void, task: TaskFn, ctx: *const Context, n: i64);
+
+/// The profiling hook (ABI 1.8): called by the entry with the context's `profile_data`,
+/// before (`end` 0) and after (`end` 1) each instruction that does work, numbered in program
+/// order from 0 ([`manifest::KernelInfo::event`]).
+pub type ProfileFn = unsafe extern "C" fn(data: *mut core::ffi::c_void, event: u32, end: u32);
 
 /// The entry point of a compiled module. Returns 0 on success.
 pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
@@ -54,6 +59,8 @@ pub type EntryFn = unsafe extern "C" fn(ctx: *const Context) -> i32;
 /// * a symbol derived from another (ABI 1.7, [`manifest::DimBound::base`]) is not given by
 ///   the caller: its slot holds the base symbol's size plus its offset, filled by the
 ///   runtime before the run.
+/// * `profile` (ABI 1.8), when not null, is called around every instruction that does work
+///   ([`ProfileFn`]); null, the code only tests it.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Context {
@@ -66,6 +73,8 @@ pub struct Context {
     pub runtime: *mut core::ffi::c_void,
     pub parallel_for: ParallelForFn,
     pub dims: *mut i64,
+    pub profile: Option<ProfileFn>,
+    pub profile_data: *mut core::ffi::c_void,
 }
 
 /// Byte offsets of the [`Context`] fields, which generated code uses to load them.
@@ -77,6 +86,8 @@ pub mod context_offsets {
     pub const RUNTIME: u64 = 40;
     pub const PARALLEL_FOR: u64 = 48;
     pub const DIMS: u64 = 56;
+    pub const PROFILE: u64 = 64;
+    pub const PROFILE_DATA: u64 = 72;
 }
 
 /// Element types as they appear in the manifest. Values match ONNX's `TensorProto.DataType`.
@@ -198,6 +209,8 @@ mod tests {
         assert_eq!(offset_of!(Context, runtime) as u64, context_offsets::RUNTIME);
         assert_eq!(offset_of!(Context, parallel_for) as u64, context_offsets::PARALLEL_FOR);
         assert_eq!(offset_of!(Context, dims) as u64, context_offsets::DIMS);
-        assert_eq!(core::mem::size_of::<Context>(), 64);
+        assert_eq!(offset_of!(Context, profile) as u64, context_offsets::PROFILE);
+        assert_eq!(offset_of!(Context, profile_data) as u64, context_offsets::PROFILE_DATA);
+        assert_eq!(core::mem::size_of::<Context>(), 80);
     }
 }

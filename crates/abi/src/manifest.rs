@@ -235,6 +235,37 @@ pub struct Manifest {
     /// enabled one it knows how to ask about, naming them.
     #[prost(string, tag = "23")]
     pub target_features: String,
+    /// What each profiling event of the code computes (ABI 1.8; [`crate::ProfileFn`]): one
+    /// per instruction that does work, per part, in event order.
+    #[prost(message, repeated, tag = "24")]
+    pub kernels: Vec<KernelInfo>,
+}
+
+/// One instruction of the compiled code that a profile times: a kernel, a copy or a scan.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KernelInfo {
+    /// The part (partition) it runs in, and its event number there (the hook's `event`).
+    #[prost(uint32, tag = "1")]
+    pub part: u32,
+    #[prost(uint32, tag = "2")]
+    pub event: u32,
+    /// The kernel's name (its fused nodes' names, joined by `+`), or the instruction's kind.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// `kernel`, `copy`, `copy_row`, `top_k`, `non_zero` or `non_max_suppression`.
+    #[prost(string, tag = "4")]
+    pub kind: String,
+    /// The source model's nodes it computes (ONNX node names), and their op types (empty where
+    /// not known), in the same order.
+    #[prost(string, repeated, tag = "5")]
+    pub nodes: Vec<String>,
+    #[prost(string, repeated, tag = "6")]
+    pub ops: Vec<String>,
+    /// Arithmetic operations and bytes moved, estimated at the bounds of its loops.
+    #[prost(uint64, tag = "7")]
+    pub flops: u64,
+    #[prost(uint64, tag = "8")]
+    pub bytes: u64,
 }
 
 /// A dim the caller sets at run time, between its bounds.

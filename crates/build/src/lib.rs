@@ -289,7 +289,7 @@ fn binding_source(m: &Manifest, name: &str, source: &str) -> Result<String, Stri
     let _ = writeln!(w, "    /// Loads the model, running it on `threads` workers (0: one per core).");
     let _ = writeln!(w, "    pub fn with_threads(threads: usize) -> Result<Self, kiln_runtime::RuntimeError> {{");
     let _ = writeln!(w, "        use __kiln_{name}::*;");
-    let _ = writeln!(w, "        let opts = kiln_runtime::SessionOptions {{ threads }};");
+    let _ = writeln!(w, "        let opts = kiln_runtime::SessionOptions {{ threads, ..Default::default() }};");
     let _ =
         writeln!(w, "        // SAFETY: the manifest, entry point and symbols come from one compilation: kiln-build");
     let _ = writeln!(w, "        // wrote this file next to the library that defines them.");

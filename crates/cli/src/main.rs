@@ -121,6 +121,11 @@ enum Cmd {
         output_format: String,
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Write a profile of the run(s) to FILE: Chrome trace events (open it in Perfetto
+        /// or chrome://tracing), one per kernel run, naming the model's nodes fused into it,
+        /// with its bytes moved and FLOPs.
+        #[arg(long, value_name = "FILE")]
+        profile: Option<PathBuf>,
     },
     /// Print the IR after a pass, or the memory plan.
     Inspect {
@@ -169,6 +174,12 @@ enum Cmd {
         /// same machine (benches/peers/run.py does). --iters is not used.
         #[arg(long)]
         serve: bool,
+        /// Write a profile of the timed runs (not the warm-up) to FILE: Chrome trace events (open it in Perfetto
+        /// or chrome://tracing), one per kernel run, naming the model's nodes fused into it,
+        /// with its bytes moved and FLOPs, and
+        /// print the time by op type and by kernel.
+        #[arg(long, value_name = "FILE")]
+        profile: Option<PathBuf>,
     },
 }
 
@@ -206,8 +217,7 @@ fn is_onnx(p: &Path) -> bool {
 
 /// Loads a `.kiln` file, or compiles an `.onnx` file in memory with the options given (it
 /// compiles no input's value in unless told to with `--freeze-input`).
-fn session(model: &Path, shapes: &ShapeArgs, threads: usize, structured: &Structured) -> Res<Session> {
-    let so = SessionOptions { threads };
+fn session(model: &Path, shapes: &ShapeArgs, so: &SessionOptions, structured: &Structured) -> Res<Session> {
     if !is_onnx(model) {
         let given = !shapes.input_shape.is_empty()
             || !shapes.freeze_input.is_empty()
@@ -219,12 +229,12 @@ fn session(model: &Path, shapes: &ShapeArgs, threads: usize, structured: &Struct
                         to .onnx models; a .kiln artifact is fixed at compile time"
                 .into());
         }
-        return Ok(Session::load_with(model, &so)?);
+        return Ok(Session::load_with(model, so)?);
     }
     let mut opts = options(shapes, "cpu", model)?;
     opts.value_inputs.extend(structured.specs.clone());
     let art = Compiler::new(opts).compile_path(model)?;
-    Ok(Session::from_bytes(&art.bytes(), &so)?)
+    Ok(Session::from_bytes(&art.bytes(), so)?)
 }
 
 fn parse_inputs(specs: &[String]) -> Res<HashMap<String, PathBuf>> {
@@ -348,13 +358,24 @@ fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
 }
 
-fn cmd_run(model: &Path, shapes: &ShapeArgs, inputs: &[String], dir: &Path, format: &str, threads: usize) -> Res<()> {
+fn cmd_run(
+    model: &Path,
+    shapes: &ShapeArgs,
+    inputs: &[String],
+    dir: &Path,
+    format: &str,
+    threads: usize,
+    profile: Option<&Path>,
+) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let structured = structured_inputs(model, &files, false)?;
-    let s = session(model, shapes, threads, &structured)?;
+    let s = session(model, shapes, &SessionOptions { threads, profile: profile.is_some() }, &structured)?;
     let ins = gather_inputs(&s, &files, &structured, false)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     let outs = s.run(&refs)?;
+    if let (Some(path), Some(p)) = (profile, s.end_profiling()) {
+        write_profile(&p, path)?;
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut listing = Vec::new();
     let mut used = std::collections::HashSet::new();
@@ -401,10 +422,11 @@ fn cmd_bench(
     threads: usize,
     iters: usize,
     serve: bool,
+    profile: Option<&Path>,
 ) -> Res<()> {
     let files = parse_inputs(inputs)?;
     let structured = structured_inputs(model, &files, false)?;
-    let s = session(model, shapes, threads, &structured)?;
+    let s = session(model, shapes, &SessionOptions { threads, profile: profile.is_some() }, &structured)?;
     let ins = gather_inputs(&s, &files, &structured, true)?;
     let refs: Vec<_> = ins.iter().map(|t| t.as_ref()).collect();
     // Output buffers allocated once and reused, as a serving loop would: what is timed is the
@@ -417,6 +439,8 @@ fn cmd_bench(
     while warm.elapsed().as_millis() < 300 {
         run()?;
     }
+    // The warm-up's runs are not profiled.
+    let _ = s.end_profiling();
     if serve {
         use std::io::{BufRead, Write};
         let mut out = std::io::stdout().lock();
@@ -448,6 +472,21 @@ fn cmd_bench(
     println!("p10_ms={:.4}", q(0.1));
     println!("p90_ms={:.4}", q(0.9));
     println!("median_ms={:.4}", q(0.5));
+    if let (Some(path), Some(p)) = (profile, s.end_profiling()) {
+        write_profile(&p, path)?;
+        print!("\n{}", p.table(25));
+    }
+    Ok(())
+}
+
+/// Writes a profile's Chrome trace events to `path`.
+fn write_profile(p: &kiln::Profile, path: &Path) -> Res<()> {
+    p.write_chrome_trace(path).map_err(|e| format!("writing the profile {}: {e}", path.display()))?;
+    eprintln!(
+        "wrote {} ({} run(s); open it in Perfetto, ui.perfetto.dev, or chrome://tracing)",
+        path.display(),
+        p.runs.len()
+    );
     Ok(())
 }
 
@@ -614,8 +653,8 @@ fn main() -> ExitCode {
             eprintln!("{what} {} ({} bytes, arena {} bytes)", out.display(), done.file_len, done.manifest.arena_bytes);
             Ok(())
         })(),
-        Cmd::Run { model, shapes, inputs, output_dir, output_format, threads } => {
-            cmd_run(model, shapes, inputs, output_dir, output_format, *threads)
+        Cmd::Run { model, shapes, inputs, output_dir, output_format, threads, profile } => {
+            cmd_run(model, shapes, inputs, output_dir, output_format, *threads, profile.as_deref())
         }
         Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot, precisions } => {
             if *precisions {
@@ -624,8 +663,8 @@ fn main() -> ExitCode {
                 cmd_inspect(model, shapes, after.as_deref(), *memory, emit, target, *partitions, dot.as_deref())
             }
         }
-        Cmd::Bench { model, shapes, inputs, threads, iters, serve } => {
-            cmd_bench(model, shapes, inputs, *threads, *iters, *serve)
+        Cmd::Bench { model, shapes, inputs, threads, iters, serve, profile } => {
+            cmd_bench(model, shapes, inputs, *threads, *iters, *serve, profile.as_deref())
         }
     };
     match res {

@@ -74,7 +74,7 @@ pub use kiln_onnx::{
 pub use kiln_passes::memory::{MemoryReport, WeightSection};
 pub use kiln_passes::partition::{Device, DeviceKind, Plan};
 pub use kiln_passes::{pass_names, PassError};
-pub use kiln_runtime::{RuntimeError, Session, SessionOptions, Tensor, TensorRef};
+pub use kiln_runtime::{Profile, RuntimeError, Session, SessionOptions, Tensor, TensorRef};
 
 /// An error and its causes on one line (`a: b: c`), skipping causes already spelled out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -447,6 +447,7 @@ impl Compiler {
             frozen_inputs: self.frozen_specs(),
             precision: self.opts.precision.name().into(),
             target_features: self.opts.target.features.clone(),
+            kernels: kernel_infos(&p, 0),
             ..Default::default()
         };
         Ok(Built { manifest, objects, weights, memory, timings })
@@ -586,4 +587,44 @@ impl Compiler {
         b.timings.push(("write", start.elapsed()));
         Ok(Compiled { up_to_date: false, file_len: bytes.len() as u64, timings: b.timings, manifest: b.manifest })
     }
+}
+
+/// What each profiling event of a part's code computes (see [`kiln_abi::ProfileFn`]): the
+/// program's instructions that do work, in order.
+pub(crate) fn kernel_infos(p: &Program, part: u32) -> Vec<kiln_abi::manifest::KernelInfo> {
+    use kiln_ir::lir::Instr;
+    p.instrs
+        .iter()
+        .filter(|i| i.does_work())
+        .enumerate()
+        .map(|(event, ins)| {
+            let mut info = kiln_abi::manifest::KernelInfo { part, event: event as u32, ..Default::default() };
+            let copy = |bytes: usize| 2 * bytes as u64;
+            match ins {
+                Instr::Kernel(k) => {
+                    info.name = k.name.clone();
+                    info.kind = "kernel".into();
+                    info.nodes = k.origin.iter().map(|o| o.node.clone()).collect();
+                    info.ops = k.origin.iter().map(|o| o.op.clone()).collect();
+                    info.flops = k.flops();
+                    info.bytes = k.bytes_moved();
+                }
+                Instr::Copy { bytes, .. } => (info.kind, info.bytes) = ("copy".into(), copy(*bytes)),
+                Instr::CopyRow { bytes, .. } => (info.kind, info.bytes) = ("copy_row".into(), copy(*bytes)),
+                Instr::TopK { input, output, .. } => {
+                    info.kind = "top_k".into();
+                    info.bytes = (input.numel() * input.dtype.size() + 2 * output.numel() * output.dtype.size()) as u64;
+                }
+                Instr::NonZero { input, .. } => {
+                    info.kind = "non_zero".into();
+                    info.bytes = (input.numel() * input.dtype.size()) as u64;
+                }
+                _ => info.kind = "non_max_suppression".into(),
+            }
+            if info.name.is_empty() {
+                info.name = info.kind.clone();
+            }
+            info
+        })
+        .collect()
 }

@@ -278,7 +278,7 @@ pub fn header(m: &Manifest, name: &str) -> String {
     );
     let _ = writeln!(
         w,
-        "    kiln_context ctx = {{KILN_ABI_MAJOR, 0, inputs, outputs, arena, {name}_weights, 0, kiln_serial_for, {dims_arg}}};"
+        "    kiln_context ctx = {{KILN_ABI_MAJOR, 0, inputs, outputs, arena, {name}_weights, 0, kiln_serial_for, {dims_arg}, 0, 0}};"
     );
     let _ = writeln!(w, "    return {name}_entry(&ctx);\n}}\n");
     let _ = writeln!(w, "#ifdef __cplusplus\n}}\n#endif\n\n#endif");
@@ -294,6 +294,8 @@ typedef struct kiln_context kiln_context;
 typedef void (*kiln_task_fn)(const kiln_context *ctx, int64_t start, int64_t end);
 /* Runs task over disjoint ranges covering [0, n), on any threads; returns when all are done. */
 typedef void (*kiln_parallel_for_fn)(void *runtime, kiln_task_fn task, const kiln_context *ctx, int64_t n);
+/* ABI 1.8: called before (end 0) and after (end 1) each instruction that does work, numbered from 0. */
+typedef void (*kiln_profile_fn)(void *data, uint32_t event, uint32_t end);
 struct kiln_context {
     uint32_t abi_version;
     uint32_t reserved;
@@ -306,6 +308,9 @@ struct kiln_context {
     /* ABI 1.4: sizes set at run time (NUM_DIMS int64_t): the inputs' run-time dims (ABI 1.5, set by the
      * caller), then those the code decides; or 0 if none. */
     int64_t *dims;
+    /* ABI 1.8: a profiling hook, or 0, and its first argument. */
+    kiln_profile_fn profile;
+    void *profile_data;
 };
 /* A parallel_for that runs everything on the calling thread. */
 static inline void kiln_serial_for(void *runtime, kiln_task_fn task, const kiln_context *ctx, int64_t n) {

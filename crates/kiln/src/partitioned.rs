@@ -49,11 +49,15 @@ impl Compiler {
         let slots = kiln_passes::partition::Slots::assign(&g, &plan);
         let mut weights = WeightSection::default();
         let mut partitions = Vec::with_capacity(lowered.len());
+        let mut kernels = Vec::new();
         for (i, (p, l)) in plan.partitions.iter().zip(lowered.iter().map(|l| &l.lowered)).enumerate() {
             let base = weights.len.next_multiple_of(64);
             weights.pieces.extend(l.weights.pieces.iter().map(|(off, b)| (base + off, b.clone())));
             weights.len = base + l.weights.len;
             let cuda = gpu.remove(&i);
+            if cuda.is_none() {
+                kernels.extend(crate::kernel_infos(&l.program, i as u32));
+            }
             partitions.push(kiln_abi::manifest::Partition {
                 device: plan.devices[p.device].kind.name().to_string(),
                 device_index: p.device as u32,
@@ -96,6 +100,7 @@ impl Compiler {
             model_name: g.name.clone(),
             producer: format!("kiln {}", env!("CARGO_PKG_VERSION")),
             partitions,
+            kernels,
             intermediates: slots.intermediates.iter().map(spec).collect(),
             copies: slots.copies.iter().map(|&(from, to)| kiln_abi::manifest::SlotCopy { from, to }).collect(),
             devices: self.devices_text(),

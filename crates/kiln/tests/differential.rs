@@ -375,7 +375,7 @@ fn matmul_session(x: &Tensor, w: Tensor, threads: usize) -> Session {
     let wi = g.add_const("w", w);
     g.outputs = g.add_node(Op::MatMul, &[xi, wi], "mm", &[]).unwrap();
     let art = Compiler::new(CompileOptions::default()).compile_graph(g).unwrap();
-    Session::from_bytes(&art.bytes(), &SessionOptions { threads }).unwrap()
+    Session::from_bytes(&art.bytes(), &SessionOptions { threads, ..Default::default() }).unwrap()
 }
 
 /// Runs from several threads at once give identical results.
@@ -490,7 +490,7 @@ fn reductions_over_merged_axes() {
     let y = g.add_node(conv, &[xi, wi], "conv", &[]).unwrap()[0];
     g.outputs = g.add_node(mean, &[y], "mean", &[]).unwrap();
     let art = Compiler::new(CompileOptions { verify: true, ..Default::default() }).compile_graph(g).unwrap();
-    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2, ..Default::default() }).unwrap();
     let got =
         s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0].to_f32().unwrap();
     for (i, (a, b)) in got.iter().zip(want.to_f64_vec()).enumerate() {

@@ -125,7 +125,7 @@ fn convolution_chains_as_gemm() {
         }
         let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
         let art = compiler.compile_graph(g).unwrap();
-        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2, ..Default::default() }).unwrap();
         let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap()[0]
             .to_f32()
             .unwrap();
@@ -187,7 +187,7 @@ fn channels_last_rows_in_vectors() {
         let m = g.add_node(mean, &[p], "mean", &[]).unwrap()[0];
         g.outputs = vec![m, p];
         let art = Compiler::new(CompileOptions { verify: true, ..Default::default() }).compile_graph(g).unwrap();
-        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2, ..Default::default() }).unwrap();
         let outs = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
         for (o, (got, want)) in outs.iter().zip(&want).enumerate() {
             let (got, want) = (got.to_f32().unwrap(), want.to_f64_vec());

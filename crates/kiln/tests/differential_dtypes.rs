@@ -83,7 +83,7 @@ fn check_casts(x: &Tensor, targets: &[(DType, bool, E8M0Round)]) {
     let opts = CompileOptions { verify: true, ..Default::default() };
     let art =
         Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling casts from {}: {e}", x.dtype()));
-    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 1 }).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 1, ..Default::default() }).unwrap();
     let got = s.run(&[TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }]).unwrap();
     let xs = x.to_f64_vec();
     for ((g, w), &(to, saturate, round)) in got.iter().zip(&want).zip(targets) {

@@ -166,7 +166,7 @@ fn blocked_gemm_fused_epilogue() {
             assert_eq!(kernels, 1, "matmul, bias and epilogue {kind} should fuse:\n{}", kiln::ir::lir::print(&prog));
             let compiler = Compiler::new(CompileOptions { verify: true, ..Default::default() });
             let art = compiler.compile_graph(g).unwrap();
-            let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+            let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2, ..Default::default() }).unwrap();
             let mut ins = vec![TensorRef { dtype: x.dtype().code(), shape: x.shape(), data: &x.data }];
             if !const_b {
                 ins.push(TensorRef { dtype: w.dtype().code(), shape: w.shape(), data: &w.data });

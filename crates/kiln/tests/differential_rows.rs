@@ -39,7 +39,7 @@ impl Rows {
         let opts = CompileOptions { verify: true, ..Default::default() };
         let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {what}: {e}"));
         assert_eq!(art.manifest.symbols.len(), 1, "{what}: the manifest names the run-time dim");
-        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+        let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2, ..Default::default() }).unwrap();
         for n in 1..=self.bound {
             let inputs: Vec<Tensor> = self
                 .shapes

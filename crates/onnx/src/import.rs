@@ -399,6 +399,7 @@ impl Importer {
         let op_type = node.op_type();
         let name = if node.name().is_empty() { format!("{op_type}_{idx}") } else { node.name().to_string() };
         let name = format!("{}{name}", self.scope);
+        self.g.sources.insert(name.clone(), op_type.to_string());
         let is_default = matches!(node.domain(), "" | "ai.onnx");
         let def = ops::lookup(node.domain(), op_type);
         let opset = if is_default { self.default_opset } else { self.opsets.get(node.domain()).copied() };

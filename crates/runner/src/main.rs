@@ -141,7 +141,8 @@ fn run() -> Result<bool, String> {
     }
     let model = model.ok_or("no model given (kiln-run MODEL.kiln ...)")?;
     let start = Instant::now();
-    let s = Session::load_with(&model, &SessionOptions { threads }).map_err(|e| format!("loading {model}: {e}"))?;
+    let s = Session::load_with(&model, &SessionOptions { threads, ..Default::default() })
+        .map_err(|e| format!("loading {model}: {e}"))?;
     println!("load_ms={:.1}", start.elapsed().as_secs_f64() * 1e3);
     let mut given = std::collections::HashMap::new();
     for i in &inputs {

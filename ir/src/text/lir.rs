@@ -40,7 +40,9 @@
 use std::fmt::Write;
 
 use super::{const_body, fnv1a, list, quote, Attrs, Parser, Tok, INLINE_LIMIT};
-use crate::lir::{Buffer, BufferId, BufferKind, Combine, Expr, Instr, Kernel, Program, Reduction, Scalar, View};
+use crate::lir::{
+    Buffer, BufferId, BufferKind, Combine, Expr, Instr, Kernel, Origin, Program, Reduction, Scalar, View,
+};
 use crate::op::Op;
 use crate::{DType, Tensor, TensorType};
 
@@ -128,6 +130,10 @@ fn buffer_line(i: usize, b: &Buffer) -> String {
 
 fn kernel_lines(out: &mut String, i: usize, k: &Kernel) {
     let _ = writeln!(out, "  {i}: kernel {} domain={} par={} {{", quote(&k.name), list(&k.domain), k.n_par);
+    if !k.origin.is_empty() {
+        let from: Vec<String> = k.origin.iter().map(|o| format!("{} {}", quote(&o.op), quote(&o.node))).collect();
+        let _ = writeln!(out, "    from [{}]", from.join(", "));
+    }
     for (j, v) in k.inputs.iter().enumerate() {
         let _ = writeln!(out, "    in{j} = {}", view(v));
     }
@@ -599,6 +605,12 @@ impl Parser {
         let domain = self.numbers("extent")?;
         let n_par = self.keyed("par")?;
         self.expect('{')?;
+        let origin = if self.eat_word("from") {
+            self.expect('[')?;
+            self.list_of(']', |p| Ok(Origin { op: p.string()?, node: p.string()? }))?
+        } else {
+            Vec::new()
+        };
         let mut inputs = Vec::new();
         while let Tok::Word(w) = self.peek().clone() {
             if w != format!("in{}", inputs.len()) {
@@ -640,7 +652,7 @@ impl Parser {
         if n_par > domain.len() {
             return self.err(format!("kernel {} has {n_par} parallel dimensions of {}", quote(&name), domain.len()));
         }
-        Ok(Kernel { name, domain, n_par, inputs, output, body, reduction })
+        Ok(Kernel { name, domain, n_par, inputs, output, body, reduction, origin })
     }
 
     /// A typed scalar: `1.5f32`, `1.5f64`, `3i32`, `3`, `true`.

@@ -307,6 +307,7 @@ impl Lowerer<'_> {
             output: out,
             body,
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::of(dt, 0.0), finalize }),
+            origin: Vec::new(),
         });
     }
 }

@@ -43,6 +43,7 @@ impl Lowerer<'_> {
                     output: last.clone(),
                     body: Expr::select(hit, flat_u, Expr::i64(-1)),
                     reduction: Some(Reduction { combine: Combine::Max, init: Scalar::I64(-1), finalize: None }),
+                    origin: Vec::new(),
                 });
                 let l = Expr::load(3, vars(0..rank));
                 let body =
@@ -63,6 +64,7 @@ impl Lowerer<'_> {
             output: out,
             body: Expr::select(hit, upd_at(u), Expr::Const(init)),
             reduction: Some(Reduction { combine, init, finalize: Some(Expr::bin(op, xl, Expr::Acc)) }),
+            origin: Vec::new(),
         });
     }
 

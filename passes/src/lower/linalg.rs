@@ -57,6 +57,7 @@ impl Lowerer<'_> {
                 init: Scalar::of(dt, 0.0),
                 finalize: (fin != Expr::Acc).then_some(fin),
             }),
+            origin: Vec::new(),
         });
 
         Ok(())
@@ -104,6 +105,7 @@ impl Lowerer<'_> {
             output: o,
             body: Expr::mul(Expr::load(0, ai), Expr::load(1, bi)),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::of(dt, 0.0), finalize: None }),
+            origin: Vec::new(),
         });
     }
 }

@@ -54,6 +54,8 @@ struct Lowerer<'g> {
     /// The node being lowered runs in a run-time case: a constant index out of range is an
     /// error only if the case is taken (a run-time check), not a compile error.
     guarded: bool,
+    /// The source node of the HIR node being lowered: every kernel emitted for it computes it.
+    origin: Vec<kiln_ir::lir::Origin>,
 }
 
 /// The buffers of a loop being lowered: its iteration number, its condition and its carried
@@ -126,6 +128,7 @@ fn elementwise(name: &str, out: View, inputs: Vec<View>, body: Expr) -> Kernel {
         output: out,
         body,
         reduction: None,
+        origin: Vec::new(),
     }
 }
 
@@ -214,7 +217,8 @@ impl<'g> Lowerer<'g> {
         Some(kiln_ir::Tensor::f32(v.extents.clone(), out))
     }
 
-    fn emit(&mut self, k: Kernel) {
+    fn emit(&mut self, mut k: Kernel) {
+        k.origin = self.origin.clone();
         self.prog.instrs.push(Instr::Kernel(k));
     }
 
@@ -321,6 +325,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         prog: Program { name: g.name.clone(), ..Default::default() },
         loc: HashMap::new(),
         guarded: false,
+        origin: Vec::new(),
     };
     // Values whose leading axis is sized at run time: their buffers are marked once lowered.
     // With a run-time dim on an inner axis, the inputs and outputs are marked and the LIR
@@ -410,6 +415,7 @@ pub fn lower(g: &Graph) -> Result<Program, PassError> {
         }
         l.enter_cases(&mut open, &guard).map_err(lowering_err)?;
         l.guarded = !node.guard.is_empty();
+        l.origin = g.origin_of(&node.name).into_iter().collect();
         let ins: Vec<View> = node.inputs.iter().map(|&v| l.view_of(v)).collect();
         let out_v = node.outputs[0];
         match &node.op {
@@ -744,6 +750,7 @@ impl Lowerer<'_> {
             output: View { extents: vec![], strides: vec![], ..flag.clone() },
             body: bad,
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::I64(0), finalize: None }),
+            origin: Vec::new(),
         });
         self.prog.instrs.push(Instr::Assert { buffer: flag.buffer, message });
     }

@@ -87,6 +87,7 @@ impl Lowerer<'_> {
             output: out,
             body: Expr::mul(xl.clone(), xl),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: Some(fin) }),
+            origin: Vec::new(),
         });
 
         Ok(())
@@ -127,6 +128,7 @@ impl Lowerer<'_> {
                 init: Scalar::of(dt, f64::NEG_INFINITY),
                 finalize: None,
             }),
+            origin: Vec::new(),
         });
         let sm = self.temp(dt, &red_shape, format!("{name}.sum"));
         let mut sm_out = sm.clone();
@@ -161,6 +163,7 @@ impl Lowerer<'_> {
                     init: Scalar::of(dt, 0.0),
                     finalize: Some(Expr::unary(UnaryOp::Reciprocal, Expr::Acc)),
                 }),
+                origin: Vec::new(),
             });
             let ins = vec![e, broadcast_view(&sm, &out_shape)];
             self.emit(elementwise(name, out, ins, Expr::mul(l(0), l(1))));
@@ -181,6 +184,7 @@ impl Lowerer<'_> {
                 init: Scalar::of(dt, 0.0),
                 finalize: matches!(op, Op::Softmax { .. }).then(|| Expr::unary(UnaryOp::Reciprocal, Expr::Acc)),
             }),
+            origin: Vec::new(),
         });
         let inputs = vec![x, broadcast_view(&mx, &out_shape), broadcast_view(&sm, &out_shape)];
         let l = |k: usize| Expr::load(k, vars(0..rank));

@@ -78,6 +78,7 @@ impl Lowerer<'_> {
             output: out,
             body,
             reduction: Some(reduction),
+            origin: Vec::new(),
         });
 
         Ok(())
@@ -132,6 +133,7 @@ impl Lowerer<'_> {
             output: out,
             body,
             reduction: Some(Reduction { combine: Combine::Min, init: Scalar::I64(i64::MAX), finalize }),
+            origin: Vec::new(),
         });
 
         Ok(())

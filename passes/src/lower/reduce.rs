@@ -55,6 +55,7 @@ impl Lowerer<'_> {
             output: o,
             body: Expr::load(0, xidx),
             reduction: Some(Reduction { combine, init, finalize }),
+            origin: Vec::new(),
         });
 
         Ok(())
@@ -95,6 +96,7 @@ impl Lowerer<'_> {
             output: ext.clone(),
             body: Expr::load(0, xidx.clone()),
             reduction: Some(Reduction { combine, init, finalize: None }),
+            origin: Vec::new(),
         });
         // The first (last) position along the axis holding the extreme value.
         let hit = Expr::cmp(CmpOp::Equal, Expr::load(0, xidx), Expr::load(1, vars(0..kr)));
@@ -119,6 +121,7 @@ impl Lowerer<'_> {
             output: o,
             body: Expr::select(hit, Expr::Var(kr), Expr::i64(none)),
             reduction: Some(Reduction { combine, init: Scalar::I64(none), finalize: Some(fin) }),
+            origin: Vec::new(),
         });
 
         Ok(())

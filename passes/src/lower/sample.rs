@@ -154,6 +154,7 @@ impl Lowerer<'_> {
             output: out,
             body: Expr::mul(weight.expect("at least one spatial axis"), xl),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+            origin: Vec::new(),
         });
     }
 
@@ -240,6 +241,7 @@ impl Lowerer<'_> {
             output: out,
             body,
             reduction: Some(reduction),
+            origin: Vec::new(),
         });
         Ok(())
     }

@@ -202,6 +202,7 @@ impl Lowerer<'_> {
                 Expr::load(1, vec![Expr::Var(1), Expr::Var(2), Expr::Var(6), Expr::Var(5)]),
             ),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+            origin: Vec::new(),
         });
         self.winograd_output(wv, m, ins.get(2), out, d, name);
         true
@@ -252,6 +253,7 @@ impl Lowerer<'_> {
             output: rows.clone(),
             body: Expr::mul(Expr::load(1, vec![Expr::Var(1), Expr::Var(5)]), xl),
             reduction: sum.clone(),
+            origin: Vec::new(),
         });
         // V[n, i, j, th, tw, c] = Σ_b Bᵀ[j][b] R[n, i, th, m·tw + b, c].
         let v = self.temp(DType::F32, &[n, t, t, th, tw, c], format!("{name}.winograd_tiles"));
@@ -273,6 +275,7 @@ impl Lowerer<'_> {
             output: v.clone(),
             body: Expr::mul(Expr::load(1, vec![Expr::Var(2), Expr::Var(6)]), rl),
             reduction: sum,
+            origin: Vec::new(),
         });
         v
     }
@@ -317,6 +320,7 @@ impl Lowerer<'_> {
                 output: out.clone(),
                 body: Expr::mul(coef, ml),
                 reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+                origin: Vec::new(),
             });
             return;
         }
@@ -337,6 +341,7 @@ impl Lowerer<'_> {
             output: z.clone(),
             body: Expr::mul(table(wv.at, modulo(Expr::Var(3)), Expr::Var(5)), ml),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize: None }),
+            origin: Vec::new(),
         });
         let zl = Expr::load(
             0,
@@ -352,6 +357,7 @@ impl Lowerer<'_> {
             output: out.clone(),
             body: Expr::mul(table(wv.at, modulo(Expr::Var(2)), Expr::Var(4)), zl),
             reduction: Some(Reduction { combine: Combine::Add, init: Scalar::F32(0.0), finalize }),
+            origin: Vec::new(),
         });
     }
 }

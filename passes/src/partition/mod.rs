@@ -861,6 +861,7 @@ fn op_census(g: &Graph, nodes: &[NodeId]) -> String {
 /// and its outputs are the graph outputs.
 pub fn extract(g: &Graph, p: &Partition, name: &str) -> Result<Graph, PassError> {
     let mut sub = Graph::new(name);
+    sub.sources = g.sources.clone();
     let mut map: HashMap<ValueId, ValueId> = HashMap::new();
     for &v in &p.inputs {
         let d = g.value(v);

@@ -118,7 +118,7 @@ pub fn compile_and_compare_with(
     what: &str,
 ) {
     let art = Compiler::new(opts).compile_graph(g).unwrap_or_else(|e| panic!("compiling {what}: {e}"));
-    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2 }).unwrap();
+    let s = Session::from_bytes(&art.bytes(), &SessionOptions { threads: 2, ..Default::default() }).unwrap();
     let trefs: Vec<TensorRef> =
         runtime.iter().map(|t| TensorRef { dtype: t.dtype().code(), shape: t.shape(), data: &t.data }).collect();
     let got = s.run(&trefs).unwrap_or_else(|e| panic!("running {what}: {e}"));
