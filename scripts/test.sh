@@ -14,6 +14,8 @@
 # 4. The heavy suites in release mode (tests/): conformance through the library and through
 #    `kiln run`, whole models, error handling, architecture checks. Tests that cannot run on
 #    this machine (the GPU runs, without a GPU) are reported as ignored, with the reason.
+# 5. The Python package (scripts/python-package.sh builds and installs it into .venv) and
+#    its pytest suite: the exporter models against onnxruntime, threads, errors.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -38,6 +40,10 @@ cargo build --locked --release -p kiln-runner
 
 say "heavy suites: conformance (library, CLI), models, errors, tidy (release)"
 cargo test --locked --release -p kiln-tests
+
+say "the Python package: build it, install it into .venv, run its tests (crates/python/tests)"
+bash scripts/python-package.sh
+.venv/bin/python -m pytest -q crates/python/tests
 
 c="tests/conformance"
 count() { grep -cv '^#' "$1"; }

@@ -114,6 +114,55 @@ pub fn input_kinds(path: impl AsRef<Path>) -> Result<HashMap<String, ValueKind>,
         .collect())
 }
 
+/// A dim of a declared input or output: a size, a name (ONNX's `dim_param`), or unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeclaredDim {
+    Size(u64),
+    Named(String),
+    Unknown,
+}
+
+/// A graph input or output as the model declares it: its name, element type (ONNX's
+/// `TensorProto.DataType` code; 0 when not a tensor or undeclared) and dims (none when the
+/// rank is undeclared).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declared {
+    pub name: String,
+    pub elem_type: i32,
+    pub dims: Option<Vec<DeclaredDim>>,
+}
+
+/// The inputs (initializers listed as inputs left out) and outputs an ONNX model declares,
+/// read without importing it.
+pub fn declared_signature(path: impl AsRef<Path>) -> Result<(Vec<Declared>, Vec<Declared>), ImportError> {
+    use kiln_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
+    use kiln_onnx::proto::type_proto::Value as Type;
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let m = kiln_onnx::decode_model(bytes.into())?;
+    let Some(g) = m.graph else { return Ok((Vec::new(), Vec::new())) };
+    let declared = |vi: &kiln_onnx::proto::ValueInfoProto| {
+        let tensor = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(Type::TensorType(t)) => Some(t),
+            _ => None,
+        };
+        let dims = tensor.and_then(|t| t.shape.as_ref()).map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(Dim::DimValue(n)) if *n >= 0 => DeclaredDim::Size(*n as u64),
+                    Some(Dim::DimParam(p)) if !p.is_empty() => DeclaredDim::Named(p.clone()),
+                    _ => DeclaredDim::Unknown,
+                })
+                .collect()
+        });
+        Declared { name: vi.name().to_string(), elem_type: tensor.map_or(0, |t| t.elem_type()), dims }
+    };
+    let weights: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let inputs = g.input.iter().filter(|vi| !weights.contains(vi.name())).map(declared).collect();
+    Ok((inputs, g.output.iter().map(declared).collect()))
+}
+
 /// A stopwatch for compilation phases: each call records the time since the previous one
 /// (or since its creation) under a phase name.
 fn lap_timer() -> impl FnMut(&'static str, &mut Vec<(&'static str, std::time::Duration)>) {
