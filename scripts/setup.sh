@@ -102,6 +102,10 @@ _kiln_setup() (
     found=""
     if command -v qemu-aarch64 >/dev/null 2>&1; then found="$(command -v qemu-aarch64)"; fi
     need "qemu-user (qemu-aarch64)" "$found" qemu-user
+    # The test of `kiln inspect --html` renders its page in headless Chromium.
+    found=""
+    if command -v chromium >/dev/null 2>&1; then found="$(command -v chromium)"; fi
+    need "Chromium (headless, for the HTML report's test)" "$found" chromium
 
     # The version apt would install, or nothing. The output is read whole before it is
     # searched: a pipeline into `grep -q` would kill apt-cache with SIGPIPE at the first match

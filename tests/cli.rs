@@ -374,3 +374,43 @@ fn bench_profile_is_a_chrome_trace_of_the_models_nodes() {
     // the hand-off to the pool take a few; BERT-base's kernels add up to 99.9% of its run.
     assert!(shares[shares.len() / 2] > 0.85, "the kernels take {shares:?} of their runs");
 }
+
+/// `inspect --html`: the page renders in headless Chromium (Debian's `chromium`, which
+/// scripts/setup.sh installs) with no script error and no console error, its data naming the
+/// model's kernels, the nodes fused into them and the arena's buffers, and the profile's
+/// times when given one.
+#[test]
+fn inspect_html_renders_in_headless_chromium() {
+    let d = tempfile::tempdir().unwrap();
+    let (page, trace) = (d.path().join("page.html"), d.path().join("trace.json"));
+    let model = "tests/models/resnet50_torch/model.onnx";
+    let pin = ["--dim", "batch=1"];
+    kiln(&[&["bench", model, "--iters", "2", "--threads", "1", "--profile", trace.to_str().unwrap()][..], &pin].concat());
+    kiln(&[&["inspect", model, "--html", page.to_str().unwrap(), "--profile", trace.to_str().unwrap()][..], &pin].concat());
+    let html = std::fs::read_to_string(&page).unwrap();
+    let marker = "<script id=\"data\" type=\"application/json\">";
+    let start = html.find(marker).expect("the data block") + marker.len();
+    let data: serde_json::Value = serde_json::from_str(&html[start..start + html[start..].find("</script>").unwrap()])
+        .expect("the data block is JSON");
+    let kernels = data["kernels"].as_array().unwrap();
+    assert!(kernels.iter().any(|k| k["ops"].as_array().unwrap().iter().any(|o| o == "Conv")), "{data}");
+    assert!(kernels.iter().any(|k| k["nodes"].as_array().unwrap().len() > 1), "no fused kernel");
+    assert!(kernels.iter().all(|k| k["time_us"].as_f64().is_some()), "every kernel has its measured time");
+    assert!(kernels.iter().any(|k| k["layout"] == "NHWC"), "channels-last marked");
+    assert!(!data["buffers"].as_array().unwrap().is_empty(), "the memory plan's buffers");
+    // The SVG namespace is the one URL in it: the page loads nothing from the network.
+    assert!(!html.replace("http://www.w3.org/2000/svg", "").contains("http"), "a URL in the page");
+
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", "--dump-dom"])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("run chromium (scripts/setup.sh installs Debian's chromium package)");
+    let (dom, log) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "chromium failed: {log}");
+    assert!(dom.contains("data-rendered=\"ok\""), "the script did not finish: {log}");
+    assert!(!dom.contains("data-errors"), "script errors: {dom}");
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+    assert!(console.is_empty(), "console errors: {console:?}");
+    assert!(dom.matches("<rect").count() > kernels.len(), "a box per kernel and per buffer");
+}

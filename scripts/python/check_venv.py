@@ -3,7 +3,8 @@
     VENV/bin/python scripts/python/check_venv.py [LOCK]
 
 Exit 0 when every package in the lock is installed at its pinned version and nothing else is
-installed (pip and setuptools, which `python -m venv` puts in every venv, aside); otherwise
+installed (pip and setuptools, which `python -m venv` puts in every venv, and Kiln's own
+package, which scripts/python-package.sh builds from this repository, aside); otherwise
 prints each difference and exits 1. Used by scripts/setup.sh (is the venv up to date?) and by
 the tidy tests (does the venv the tests ran with match the committed lock?).
 """
@@ -16,6 +17,8 @@ from importlib.metadata import distributions
 from pathlib import Path
 
 BOOTSTRAP = {"pip", "setuptools"}
+# Built from this repository (crates/python), not from PyPI.
+OWN = {"kiln"}
 
 
 def norm(name: str) -> str:
@@ -44,7 +47,7 @@ def main() -> int:
             problems.append(f"missing: {name}=={ver}")
         elif have[name] != ver:
             problems.append(f"version: {name} is {have[name]}, the lock pins {ver}")
-    for name in sorted(set(have) - set(want) - BOOTSTRAP):
+    for name in sorted(set(have) - set(want) - BOOTSTRAP - OWN):
         problems.append(f"not in the lock: {name}=={have[name]}")
     for p in problems:
         print(p)

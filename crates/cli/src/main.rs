@@ -156,6 +156,16 @@ enum Cmd {
         /// and a last line `bf16_kernels=<n> f32_kernels=<m>`.
         #[arg(long)]
         precisions: bool,
+        /// Write a self-contained page (no network) picturing the compiled model to FILE: its
+        /// kernels as a graph, each with the nodes fused into it, its estimated cost and
+        /// layout (and partition, with a `--target` list), and the memory plan as buffers
+        /// over time against arena offsets.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// With `--html`: a profile of the same model (`kiln bench --profile`) whose kernel
+        /// times the page shows.
+        #[arg(long, value_name = "FILE", requires = "html")]
+        profile: Option<PathBuf>,
     },
     /// Measure latency: warm-up, then median/p10/p90 over --iters runs.
     Bench {
@@ -536,6 +546,46 @@ fn cmd_inspect(
     Ok(())
 }
 
+/// `kiln inspect --html`: the page of [`kiln::report`], for the whole model lowered for the
+/// CPU, its kernels marked with the partition their nodes fall in under a `--target` list.
+fn cmd_html(model: &Path, shapes: &ShapeArgs, target: &str, out: &Path, profile: Option<&Path>) -> Res<()> {
+    let c = Compiler::new(options(shapes, target, model)?);
+    let mut partition_of = HashMap::new();
+    let mut devices = Vec::new();
+    if c.opts.devices.len() > 1 {
+        let mut g = c.import_path(model)?;
+        let plan = c.plan(&mut g)?;
+        devices = plan.devices.iter().map(|d| d.kind.name().to_string()).collect();
+        for (i, p) in plan.partitions.iter().enumerate() {
+            for &n in &p.nodes {
+                if let Some(o) = g.origin_of(&g.node(n).name) {
+                    partition_of.insert(o.node, i);
+                }
+            }
+        }
+        devices = plan.partitions.iter().map(|p| devices[p.device].clone()).collect();
+    }
+    let mut one = c.opts.clone();
+    one.devices.clear();
+    let c = Compiler::new(one);
+    let mut g = c.import_path(model)?;
+    c.optimize(&mut g, None)?;
+    let (p, _, weights) = c.lower(&g)?;
+    let measured = match profile {
+        Some(path) => {
+            let text = std::fs::read(path).map_err(|e| format!("reading the profile {}: {e}", path.display()))?;
+            let trace: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| format!("the profile {} is not a Chrome trace: {e}", path.display()))?;
+            kiln::report::measured_times(&trace)
+        }
+        None => HashMap::new(),
+    };
+    let data = kiln::report::report_data(&p, weights.len as u64, &partition_of, &devices, &measured);
+    std::fs::write(out, kiln::report::html_page(&data)).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    eprintln!("wrote {} ({} kernels)", out.display(), data["kernels"].as_array().map_or(0, |k| k.len()));
+    Ok(())
+}
+
 /// `kiln inspect --precisions`: each kernel of the lowered program and its precision.
 fn cmd_precisions(model: &Path, shapes: &ShapeArgs, target: &str) -> Res<()> {
     let c = Compiler::new(options(shapes, target, model)?);
@@ -656,8 +706,10 @@ fn main() -> ExitCode {
         Cmd::Run { model, shapes, inputs, output_dir, output_format, threads, profile } => {
             cmd_run(model, shapes, inputs, output_dir, output_format, *threads, profile.as_deref())
         }
-        Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot, precisions } => {
-            if *precisions {
+        Cmd::Inspect { model, shapes, after, memory, emit, target, partitions, dot, precisions, html, profile } => {
+            if let Some(out) = html {
+                cmd_html(model, shapes, target, out, profile.as_deref())
+            } else if *precisions {
                 cmd_precisions(model, shapes, target)
             } else {
                 cmd_inspect(model, shapes, after.as_deref(), *memory, emit, target, *partitions, dot.as_deref())

@@ -51,6 +51,7 @@ mod error;
 pub mod native;
 mod options;
 mod partitioned;
+pub mod report;
 mod source_key;
 use artifact::{existing_artifact, touch, write_file};
 pub use artifact::{Artifact, Compiled};
