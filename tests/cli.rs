@@ -385,8 +385,13 @@ fn inspect_html_renders_in_headless_chromium() {
     let (page, trace) = (d.path().join("page.html"), d.path().join("trace.json"));
     let model = "tests/models/resnet50_torch/model.onnx";
     let pin = ["--dim", "batch=1"];
-    kiln(&[&["bench", model, "--iters", "2", "--threads", "1", "--profile", trace.to_str().unwrap()][..], &pin].concat());
-    kiln(&[&["inspect", model, "--html", page.to_str().unwrap(), "--profile", trace.to_str().unwrap()][..], &pin].concat());
+    kiln(
+        &[&["bench", model, "--iters", "2", "--threads", "1", "--profile", trace.to_str().unwrap()][..], &pin].concat(),
+    );
+    kiln(
+        &[&["inspect", model, "--html", page.to_str().unwrap(), "--profile", trace.to_str().unwrap()][..], &pin]
+            .concat(),
+    );
     let html = std::fs::read_to_string(&page).unwrap();
     let marker = "<script id=\"data\" type=\"application/json\">";
     let start = html.find(marker).expect("the data block") + marker.len();

@@ -70,7 +70,7 @@ pub fn compile_with(
     target: &CpuTarget,
     kernel_cache: &cache::KernelCache,
 ) -> Result<CpuModule, BackendError> {
-    let objs = compile_objects(prog, target, kernel_cache, &EntryNames::default())?;
+    let objs = compile_objects(prog, target, kernel_cache, &EntryNames::default(), None)?;
     let so = link_shared(&objs, target, kernel_cache)?;
     Ok(CpuModule { shared_library: so, triple: objs.triple, cpu: objs.cpu })
 }
@@ -116,11 +116,14 @@ impl CpuObjects {
 /// Compiles a memory-planned LIR program to objects for `target` (nothing linked): the
 /// kernel bodies in parallel, each through `kernel_cache`, and the entry module, whose
 /// exported symbols are named by `names`.
+///
+/// `progress`, when given, is called with (bodies done, bodies in all) as each body is done.
 pub fn compile_objects(
     prog: &Program,
     target: &CpuTarget,
     kernel_cache: &cache::KernelCache,
     names: &EntryNames,
+    progress: Option<&(dyn Fn(usize, usize) + Sync)>,
 ) -> Result<CpuObjects, BackendError> {
     use rayon::prelude::*;
     let plans = codegen::plan_kernels(prog, target);
@@ -137,19 +140,24 @@ pub fn compile_objects(
         }
         symbols.push(format!("kiln_b{key}"));
     }
+    let done = std::sync::atomic::AtomicUsize::new(0);
     let objects: Vec<Vec<u8>> = keys
         .par_iter()
         .zip(&first)
         .map(|(key, &i)| {
             let p = &plans[i];
-            kernel_cache.get_or_insert(key, || {
+            let object = kernel_cache.get_or_insert(key, || {
                 let Instr::Kernel(k) = &prog.instrs[p.instr] else { unreachable!("plans are of kernels") };
                 let ctx = inkwell::context::Context::create();
                 let module = codegen::build_body_module(&ctx, k, p, &symbols[i])?;
                 let tm = target.machine()?;
                 target::optimize(&module, &tm, target.opt_level)?;
                 target::emit_object(&module, &tm)
-            })
+            });
+            if let Some(report) = progress {
+                report(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, keys.len());
+            }
+            object
         })
         .collect::<Result<_, _>>()?;
     let ctx = inkwell::context::Context::create();

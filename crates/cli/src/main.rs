@@ -9,6 +9,7 @@
 //!
 //! Errors print one line, `error: <cause>: <cause>…`, and exit with status 1.
 
+mod progress;
 mod tensors;
 
 use std::collections::HashMap;
@@ -207,6 +208,7 @@ fn options(shapes: &ShapeArgs, target: &str, model: &Path) -> Res<CompileOptions
         o.input_shapes.insert(name, dims);
     }
     o.max_elements = shapes.max_elements;
+    o.progress = progress::for_terminal();
     if let Some(p) = &shapes.precision {
         o.precision = kiln::Precision::parse(p)?;
     }
@@ -243,7 +245,9 @@ fn session(model: &Path, shapes: &ShapeArgs, so: &SessionOptions, structured: &S
     }
     let mut opts = options(shapes, "cpu", model)?;
     opts.value_inputs.extend(structured.specs.clone());
-    let art = Compiler::new(opts).compile_path(model)?;
+    let art = Compiler::new(opts).compile_path(model);
+    progress::done();
+    let art = art?;
     Ok(Session::from_bytes(&art.bytes(), so)?)
 }
 
@@ -693,7 +697,9 @@ fn main() -> ExitCode {
                 kiln::ArtifactKind::Header => "h".to_string(),
             };
             let out = output.clone().unwrap_or_else(|| model.with_extension(ext));
-            let done = c.compile_file_as(model, &out, kind, name.as_deref().unwrap_or(&stem))?;
+            let done = c.compile_file_as(model, &out, kind, name.as_deref().unwrap_or(&stem));
+            progress::done();
+            let done = done?;
             if *timings {
                 for (phase, t) in &done.timings {
                     eprintln!("{phase:>9} {:8.1} ms", t.as_secs_f64() * 1e3);
@@ -719,6 +725,7 @@ fn main() -> ExitCode {
             cmd_bench(model, shapes, inputs, *threads, *iters, *serve, profile.as_deref())
         }
     };
+    progress::done();
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

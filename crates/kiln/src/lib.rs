@@ -60,7 +60,7 @@ use kiln_ir::lir::Program;
 use kiln_ir::Graph;
 use kiln_passes::pipeline::{self, Until};
 pub use native::ArtifactKind;
-pub use options::{CompileOptions, Precision};
+pub use options::{CompileOptions, Precision, Progress, ProgressEvent};
 
 pub use kiln_abi as abi;
 pub use kiln_abi::manifest::TensorSpec;
@@ -404,6 +404,7 @@ impl Compiler {
         }
         let mut b = self.build(g, timings, &kiln_backend_cpu::EntryNames::default())?;
         let start = std::time::Instant::now();
+        self.opts.progress.phase("link");
         let code = kiln_backend_cpu::link_shared(&b.objects, &self.opts.target, &self.opts.kernel_cache)?;
         b.timings.push(("link", start.elapsed()));
         Ok(Artifact {
@@ -425,6 +426,7 @@ impl Compiler {
         names: &kiln_backend_cpu::EntryNames,
     ) -> Result<Built, Error> {
         let cpu = self.cpu_steps();
+        self.opts.progress.phase("optimize");
         let out = pipeline::run(&mut g, &pipeline::Context::new(&cpu, self.opts.verify), Until::End)?;
         // `--timings` phases: the HIR steps, then lowering and the LIR steps.
         let phase = |lir: bool| out.timings.iter().filter(|(n, _)| pipeline::is_lir(n) == lir).map(|(_, t)| *t).sum();
@@ -432,7 +434,10 @@ impl Compiler {
         timings.push(("lower", phase(true)));
         let pipeline::Lowered { program: p, memory, weights } = out.lowered.expect("the pipeline lowers");
         let mut lap = lap_timer();
-        let objects = kiln_backend_cpu::compile_objects(&p, &self.opts.target, &self.opts.kernel_cache, names)?;
+        self.opts.progress.phase("codegen");
+        let report = self.opts.progress.kernels();
+        let report = report.as_ref().map(|f| f as &(dyn Fn(usize, usize) + Sync));
+        let objects = kiln_backend_cpu::compile_objects(&p, &self.opts.target, &self.opts.kernel_cache, names, report)?;
         lap("codegen", &mut timings);
         let spec = |(name, dtype, shape): &(String, kiln_ir::DType, Vec<usize>)| TensorSpec {
             name: name.clone(),
@@ -544,6 +549,7 @@ impl Compiler {
     /// Compiles an ONNX file into an artifact.
     pub fn compile_path(&self, path: impl AsRef<Path>) -> Result<Artifact, Error> {
         let start = std::time::Instant::now();
+        self.opts.progress.phase("import");
         let g = self.import_path(path)?;
         self.pooled(|| self.compile_graph_timed(g, vec![("import", start.elapsed())]))
     }
@@ -560,6 +566,7 @@ impl Compiler {
 
     fn compile_file_inner(&self, model: &Path, out: &Path) -> Result<Compiled, Error> {
         let start = std::time::Instant::now();
+        self.opts.progress.phase("import");
         let (g, sources) = self.import_sources(model)?;
         let mut timings = vec![("import", start.elapsed())];
         let start = std::time::Instant::now();
@@ -573,6 +580,7 @@ impl Compiler {
         let mut art = self.compile_graph_timed(g, timings)?;
         art.manifest.source_key = key;
         let start = std::time::Instant::now();
+        self.opts.progress.phase("write");
         art.manifest =
             art.save_with_manifest(out).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
         art.timings.push(("write", start.elapsed()));

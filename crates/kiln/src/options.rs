@@ -48,6 +48,43 @@ pub struct CompileOptions {
     pub cuda: kiln_backend_cuda::CudaTarget,
     /// The precision of the products (`--precision`): f32, or bf16 weights.
     pub precision: Precision,
+    /// Where the compilation reports its progress (none by default; the CLI draws it).
+    pub progress: Progress,
+}
+
+/// A step of a compilation, as [`Progress`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressEvent {
+    /// A phase starts: `import`, `optimize` (the passes, lowering and memory planning),
+    /// `codegen`, `link` or `write`.
+    Phase(&'static str),
+    /// Of the kernel bodies code generation compiles (or finds in the cache), `done` are.
+    Kernels { done: usize, total: usize },
+}
+
+/// A callback told of a compilation's progress ([`ProgressEvent`]), from any thread.
+#[derive(Clone, Default)]
+pub struct Progress(Option<std::sync::Arc<dyn Fn(ProgressEvent) + Send + Sync>>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(callback)" } else { "Progress(none)" })
+    }
+}
+
+impl Progress {
+    pub fn new(f: impl Fn(ProgressEvent) + Send + Sync + 'static) -> Progress {
+        Progress(Some(std::sync::Arc::new(f)))
+    }
+    pub(crate) fn phase(&self, name: &'static str) {
+        if let Some(f) = &self.0 {
+            f(ProgressEvent::Phase(name));
+        }
+    }
+    /// The per-body callback code generation takes.
+    pub(crate) fn kernels(&self) -> Option<impl Fn(usize, usize) + Sync + '_> {
+        self.0.as_ref().map(|f| move |done, total| f(ProgressEvent::Kernels { done, total }))
+    }
 }
 
 /// The precision a compilation computes products in (`--precision`).
@@ -102,6 +139,7 @@ impl Default for CompileOptions {
             max_elements: None,
             dims: Default::default(),
             kernel_cache: KernelCache::from_env(),
+            progress: Progress::default(),
             external_weights: false,
             threads: 0,
             devices: Vec::new(),

@@ -30,7 +30,10 @@ impl Compiler {
                     let names = kiln_backend_cpu::EntryNames::with_prefix(&format!("kiln_p{i}"));
                     let cache = &self.opts.kernel_cache;
                     let program = &l.lowered.program;
-                    objects.push(kiln_backend_cpu::compile_objects(program, &self.opts.target, cache, &names)?);
+                    self.opts.progress.phase("codegen");
+                    let report = self.opts.progress.kernels();
+                    let report = report.as_ref().map(|f| f as &(dyn Fn(usize, usize) + Sync));
+                    objects.push(kiln_backend_cpu::compile_objects(program, &self.opts.target, cache, &names, report)?);
                 }
                 DeviceKind::Cuda => {
                     gpu.insert(i, kiln_backend_cuda::compile(&l.lowered.program, &self.opts.cuda)?);

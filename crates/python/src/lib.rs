@@ -333,7 +333,10 @@ impl PySession {
         let mut ordered: Vec<Option<(&Bound<'py, PyUntypedArray>, DTypeCode)>> = vec![None; specs.len()];
         for (name, a) in &arrays {
             let Some(i) = specs.iter().position(|s| &s.name == name) else {
-                return Err(InvalidArgument::new_err(format!("the model has no input `{name}` (its inputs: {})", names())));
+                return Err(InvalidArgument::new_err(format!(
+                    "the model has no input `{name}` (its inputs: {})",
+                    names()
+                )));
             };
             let dtype = dtype_of(a).ok_or_else(|| {
                 let got = a.dtype().str().map(|s| s.to_string()).unwrap_or_default();
@@ -417,7 +420,10 @@ impl PySession {
                     let a = new_array(py, dtype, shape)?;
                     // SAFETY: the buffer holds the run's elements at its start (n bytes); the
                     // new array is C-contiguous of that shape and type, n bytes, not shared.
-                    unsafe { array_bytes(&a, dtype).copy_from_slice(&std::slice::from_raw_parts(b.as_ptr() as *const u8, n)[..n]) };
+                    unsafe {
+                        array_bytes(&a, dtype)
+                            .copy_from_slice(&std::slice::from_raw_parts(b.as_ptr() as *const u8, n)[..n])
+                    };
                     results.push(a.into_any());
                 }
             }
