@@ -584,7 +584,7 @@ fn cmd_html(model: &Path, shapes: &ShapeArgs, target: &str, out: &Path, profile:
         }
         None => HashMap::new(),
     };
-    let data = kiln::report::report_data(&p, weights.len as u64, &partition_of, &devices, &measured);
+    let data = kiln::report::report_data(&p, weights.len, &partition_of, &devices, &measured);
     std::fs::write(out, kiln::report::html_page(&data)).map_err(|e| format!("writing {}: {e}", out.display()))?;
     eprintln!("wrote {} ({} kernels)", out.display(), data["kernels"].as_array().map_or(0, |k| k.len()));
     Ok(())
