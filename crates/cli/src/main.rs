@@ -472,6 +472,9 @@ fn cmd_bench(
             writeln!(out, "times_ms={}", times.join(","))?;
             out.flush()?;
         }
+        if let (Some(path), Some(p)) = (profile, s.end_profiling()) {
+            write_profile(&p, path)?;
+        }
         return Ok(());
     }
     let mut times = Vec::with_capacity(iters.max(1));
