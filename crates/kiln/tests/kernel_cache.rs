@@ -76,3 +76,36 @@ fn saved_artifact_replaces_the_old_file_and_loads() {
     // Saving into a folder that does not exist is an error, not a panic.
     assert!(art.save(dir.path().join("missing").join("m.kiln")).is_err());
 }
+
+/// `CompileOptions::progress` hears each phase in order and every kernel body of code
+/// generation, cold and warm (the bodies then come from the cache).
+#[test]
+fn progress_reports_phases_and_every_kernel_body() {
+    use kiln::{Progress, ProgressEvent};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let heard: Arc<Mutex<Vec<ProgressEvent>>> = Arc::default();
+    let sink = heard.clone();
+    let opts = CompileOptions {
+        kernel_cache: KernelCache::at(dir.path()),
+        progress: Progress::new(move |e| sink.lock().unwrap().push(e)),
+        ..Default::default()
+    };
+    let c = Compiler::new(opts);
+    for _ in 0..2 {
+        heard.lock().unwrap().clear();
+        c.compile_graph(model()).unwrap();
+        let events = heard.lock().unwrap().clone();
+        let phases: Vec<&str> =
+            events.iter().filter_map(|e| if let ProgressEvent::Phase(p) = e { Some(*p) } else { None }).collect();
+        assert_eq!(phases, ["optimize", "codegen", "link"], "{events:?}");
+        let counts: Vec<(usize, usize)> = events
+            .iter()
+            .filter_map(|e| if let ProgressEvent::Kernels { done, total } = e { Some((*done, *total)) } else { None })
+            .collect();
+        let total = counts.first().expect("kernel bodies reported").1;
+        let mut done: Vec<usize> = counts.iter().map(|&(d, t)| if t == total { d } else { 0 }).collect();
+        done.sort();
+        assert_eq!(done, (1..=total).collect::<Vec<_>>(), "each body once: {counts:?}");
+    }
+}
