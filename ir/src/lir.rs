@@ -363,18 +363,26 @@ pub struct Origin {
     pub op: String,
 }
 
-/// `a` followed by the origins of `b` that it lacks: the origin of a kernel fused from two.
-pub fn merged_origin(a: &[Origin], b: &[Origin]) -> Vec<Origin> {
+/// `a` followed by those of `b` that it lacks.
+fn merged<T: Clone + PartialEq>(a: &[T], b: &[T]) -> Vec<T> {
     let mut out = a.to_vec();
-    for o in b {
-        if !out.contains(o) {
-            out.push(o.clone());
+    for x in b {
+        if !out.contains(x) {
+            out.push(x.clone());
         }
     }
     out
 }
 
 impl Kernel {
+    /// Names this kernel as the fusion of `first` and `second` (in that order): its name their
+    /// names' `+`-separated parts, each once, and its origin theirs, each node once.
+    pub fn name_as_fused(&mut self, first: &Kernel, second: &Kernel) {
+        let parts: Vec<&str> = first.name.split('+').collect();
+        let more: Vec<&str> = second.name.split('+').collect();
+        self.name = merged(&parts, &more).join("+");
+        self.origin = merged(&first.origin, &second.origin);
+    }
     /// Number of output elements (product of the parallel extents).
     pub fn out_elems(&self) -> usize {
         self.domain[..self.n_par].iter().product()

@@ -401,8 +401,7 @@ pub(crate) fn substitute(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Ke
         r.finalize = r.finalize.take().map(|e| e.map(&mut rewrite));
     }
     k.inputs.extend(prod.inputs.iter().cloned());
-    k.name = format!("{}+{}", prod.name, cons.name);
-    k.origin = kiln_ir::lir::merged_origin(&prod.origin, &cons.origin);
+    k.name_as_fused(prod, cons);
     compact(&mut k);
     Some(k)
 }
@@ -475,8 +474,7 @@ fn epilogue(prod: &Kernel, cons: &Kernel, b: BufferId) -> Option<Kernel> {
     k.inputs.extend(cons.inputs.iter().cloned());
     k.reduction.as_mut().expect("reduction").finalize = Some(fin);
     k.output = cons.output.clone();
-    k.name = format!("{}+{}", prod.name, cons.name);
-    k.origin = kiln_ir::lir::merged_origin(&prod.origin, &cons.origin);
+    k.name_as_fused(prod, cons);
     compact(&mut k);
     Some(k)
 }

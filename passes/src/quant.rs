@@ -96,8 +96,9 @@ pub fn narrow_int_products(g: &mut Graph) -> Result<bool, PassError> {
         }
         let name = g.value(a).name.clone();
         g.guard = node.guard.clone();
+        // The casts are the product's: named after its node (their kernels' origin).
         let add = |g: &mut Graph, to: DType, x: ValueId, tag: &str| {
-            g.add_node(Op::cast(to), &[x], format!("{name}/{tag}"), &[format!("{name}.{tag}")])
+            g.add_node(Op::cast(to), &[x], format!("{}/{tag}", node.name), &[format!("{name}.{tag}")])
                 .map(|v| v[0])
                 .map_err(|e| PassError::Failed { pass: "narrow-int-products".into(), message: e.to_string() })
         };
@@ -141,23 +142,25 @@ fn schedule_before(g: &mut Graph, before: kiln_ir::NodeId, values: &[ValueId]) {
 struct Replacement {
     pass: &'static str,
     at: kiln_ir::NodeId,
-    name: String,
+    /// The replaced node's name and its result's.
+    name: (String, String),
     added: Vec<ValueId>,
 }
 
 impl Replacement {
     fn new(g: &mut Graph, pass: &'static str, at: kiln_ir::NodeId) -> Replacement {
         let node = g.node(at);
-        let name = g.value(node.outputs[0]).name.clone();
+        let name = (node.name.clone(), g.value(node.outputs[0]).name.clone());
         g.guard = node.guard.clone();
         Replacement { pass, at, name, added: Vec::new() }
     }
 
-    /// Adds `op` over `ins`, named `<result>/<tag>`.
+    /// Adds `op` over `ins`: the node named `<node>/<tag>` after the node it replaces (so that
+    /// its kernels name that node as their origin), its result `<result>.<tag>`.
     fn node(&mut self, g: &mut Graph, op: Op, ins: &[ValueId], tag: &str) -> Result<ValueId, PassError> {
-        let name = &self.name;
+        let (node, result) = &self.name;
         let v = g
-            .add_node(op, ins, format!("{name}/{tag}"), &[format!("{name}.{tag}")])
+            .add_node(op, ins, format!("{node}/{tag}"), &[format!("{result}.{tag}")])
             .map_err(|e| PassError::Failed { pass: self.pass.into(), message: e.to_string() })?[0];
         self.added.push(v);
         Ok(v)
@@ -165,7 +168,7 @@ impl Replacement {
 
     /// Adds a constant named `<result>.<tag>`.
     fn constant(&self, g: &mut Graph, tag: &str, t: Tensor) -> ValueId {
-        g.add_const(format!("{}.{tag}", self.name), t)
+        g.add_const(format!("{}.{tag}", self.name.1), t)
     }
 
     /// Ends the replacement: with `new` (built, or an error), the node's result is read as
@@ -329,8 +332,8 @@ fn integer_weights(w: &Tensor) -> Option<(Vec<i16>, Vec<f32>)> {
 /// ([`integer_weights`]) becomes `Cast(f32, Conv(Cast(i16, a), q))·(s·sw) + b`: exact i32
 /// sums on the integer GEMM, the scales and bias in the f32 epilogue. Only ungrouped 2-D
 /// convolutions whose input channels are even or whose window is one tap (the integer
-/// GEMM's pairs of K must not straddle taps), and not the 3×3 ones of stride 1 (Winograd's);
-/// the others stay f32. Returns whether the graph changed.
+/// GEMM's pairs of K must not straddle taps), and not the 3×3 ones of stride 1 that the
+/// Winograd schedule takes; the others stay f32. Returns whether the graph changed.
 pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
     let mut changed = false;
     for nid in g.order().to_vec() {
@@ -341,10 +344,17 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
         if wt.rank() != 4 || !(wt.shape[1].is_multiple_of(2) || wt.shape[2] * wt.shape[3] == 1) {
             continue;
         }
-        // A 3×3 convolution of stride 1 stays f32: its Winograd schedule does a quarter of the
-        // multiplies, more than the integer GEMM's rate gains (`vpmaddwd`: 1.8× the f32 FMA
-        // rate on Zen 3; ResNet-50 QDQ 64-67 ms with them in f32, 69-76 ms as integers).
-        if wt.shape[2..] == [3, 3] && window.strides == [1, 1] && window.dilations == [1, 1] {
+        // A 3×3 convolution of stride 1 that Winograd takes stays f32: that schedule does a
+        // quarter of the multiplies, more than the integer GEMM's rate gains (`vpmaddwd`: 1.8×
+        // the f32 FMA rate on Zen 3; ResNet-50 QDQ 64-67 ms with them in f32, 69-76 ms as
+        // integers). One too small for Winograd (ResNet-50's 7×7 stage) is an integer one.
+        let out = &g.ty(node.outputs[0]).shape;
+        if wt.shape[2..] == [3, 3]
+            && window.strides == [1, 1]
+            && window.dilations == [1, 1]
+            && out.len() == 4
+            && crate::lower::winograd::winograd_sized(wt.shape[1], wt.shape[0], out[2], out[3])
+        {
             continue;
         }
         let Some((a, s)) = dequantized(g, x) else { continue };

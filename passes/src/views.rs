@@ -239,8 +239,7 @@ pub fn backward(copy: &Kernel, bytes: usize, prod: &Kernel) -> Option<Kernel> {
     }
     let mut k = prod.clone();
     k.output = out;
-    k.name = format!("{}+{}", prod.name, copy.name);
-    k.origin = kiln_ir::lir::merged_origin(&prod.origin, &copy.origin);
+    k.name_as_fused(prod, copy);
     Some(k)
 }
 
@@ -268,8 +267,7 @@ pub fn forward(copy: &Kernel, bytes: usize, cons: &Kernel, b: BufferId) -> Optio
             *v = map.compose(src, v)?;
         }
     }
-    k.name = format!("{}+{}", copy.name, cons.name);
-    k.origin = kiln_ir::lir::merged_origin(&copy.origin, &cons.origin);
+    k.name_as_fused(copy, cons);
     Some(k)
 }
 

@@ -237,7 +237,12 @@ impl Profile {
                 SpanKind::Kernel(k) => {
                     let info = &self.kernels[*k];
                     let op = info.ops.first().filter(|o| !o.is_empty()).cloned().unwrap_or_else(|| info.kind.clone());
-                    (info.name.clone(), op, info.flops, info.bytes)
+                    // Each kernel a row of its own (two may share a name), its name cut short.
+                    let mut name: String = info.name.chars().take(100).collect();
+                    if name.len() < info.name.len() {
+                        name.push('…');
+                    }
+                    (format!("{name} #{}.{}", info.part, info.event), op, info.flops, info.bytes)
                 }
                 SpanKind::Runtime(label) => (label.clone(), "(runtime)".into(), 0, 0),
             };

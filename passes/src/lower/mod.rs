@@ -19,7 +19,7 @@ mod pool;
 mod reduce;
 mod sample;
 mod shape;
-mod winograd;
+pub(crate) mod winograd;
 
 use layout::{choose_layout, depthwise, order_loops, pointwise_on_row_major, row_major_conv};
 pub(crate) use layout::{permute_parallel, stride_order, var_strides};

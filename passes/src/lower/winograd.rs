@@ -143,6 +143,13 @@ fn transformed_filter(wv: &Variant, g: &[u8], d: Dims) -> Vec<f32> {
     u
 }
 
+/// Whether a 3×3 stride-1 f32 convolution of `c` input and `co` output channels and an
+/// `oh`×`ow` output is big enough for the Winograd schedule (what [`Lowerer::lower_winograd`]
+/// asks besides its window, types and constant filter).
+pub(crate) fn winograd_sized(c: usize, co: usize, oh: usize, ow: usize) -> bool {
+    c >= 16 && co >= 16 && oh >= 8 && ow >= 8
+}
+
 impl Lowerer<'_> {
     /// Lowers a convolution by F(2×2, 3×3) when it qualifies (see the module doc); `false`
     /// leaves it to the direct form.
@@ -164,10 +171,7 @@ impl Lowerer<'_> {
             || x.dtype != DType::F32
             || w.dtype != DType::F32
             || out.dtype != DType::F32
-            || c < 16
-            || co < 16
-            || oh < 8
-            || ow < 8
+            || !winograd_sized(c, co, oh, ow)
         {
             return false;
         }
