@@ -88,9 +88,11 @@ fn accumulate_in_output(k: &Kernel) -> bool {
     // loop then vectorizes), and loads whose innermost index steps with a reduction variable
     // alone (a row reduction: softmax's sum of `exp(x − max)`, which also reads the max along
     // the parallel dim; the reduction loop then vectorizes, its adds being reassociable).
+    // A load stepping far along the parallel variable (a flattened row index, `i0·n + i1`:
+    // a split reduction's parts) does not vectorize across it: a row reduction then.
     let (mut along_par, mut along_red) = (false, false);
     k.body.visit(&mut |e| {
-        if let Expr::Load { index, .. } = e {
+        if let Expr::Load { index, operand, .. } = e {
             if let Some(last) = index.last() {
                 let (mut par, mut red) = (false, false);
                 last.visit(&mut |x| match x {
@@ -98,6 +100,7 @@ fn accumulate_in_output(k: &Kernel) -> bool {
                     Expr::Var(d) if *d >= k.n_par => red = true,
                     _ => {}
                 });
+                par &= crate::vector::load_step(k, *operand, index, inner).is_none_or(|s| s.abs() <= 2);
                 along_par |= par;
                 along_red |= red && !par;
             }

@@ -453,6 +453,18 @@ fn round_bf16<'ctx>(g: &CodeGen<'ctx>, x: FloatValue<'ctx>) -> BackendResult<Flo
 /// [`CodeGen::reg_ty`]), so a u8 result is wrapped to 8 bits and zero-extended. A small float
 /// result is rounded through its code (`crate::minifloat`, with `saturate`) and held as f32;
 /// a small source is already its compute type in the register.
+/// Whether a float expression's value always lies well within i32's range unless it is NaN:
+/// a `Clip` to bounds within ±2^30 (whatever f32 rounds them to), maybe rounded after (Round,
+/// Floor, Ceil keep it within the same bounds).
+fn within_i32(e: &Expr) -> bool {
+    const LIMIT: f64 = (1u32 << 30) as f64;
+    match e {
+        Expr::Unary(UnaryOp::Clip { lo, hi }, _) => *lo >= -LIMIT && *hi <= LIMIT,
+        Expr::Unary(UnaryOp::Round | UnaryOp::Floor | UnaryOp::Ceil, a) => within_i32(a),
+        _ => false,
+    }
+}
+
 fn cast<'ctx>(
     g: &CodeGen<'ctx>,
     v: BasicValueEnum<'ctx>,
@@ -686,7 +698,21 @@ impl<'a, 'ctx> Env<'a, 'ctx> {
             Expr::Cast(to, saturate, round, a) => {
                 let from = a.dtype(&ops, acc_ty);
                 let x = self.gen(g, a, vars, acc)?;
-                cast(g, x, from, *to, *saturate, *round)?
+                if from.is_float() && to.is_int() && to.bits() <= 32 && within_i32(a) {
+                    // A float known to lie within i32 unless NaN (a clipped value, rounded or
+                    // not: every quantize step) converts through i32 with a plain `fptosi`,
+                    // which vectorizes (`cvttps2dq`), NaN selected to 0 as the saturating
+                    // conversion gives it, rather than through i64, which AVX2 converts one
+                    // lane at a time (and `fptosi.sat` to i32, which x86 also scalarizes).
+                    let xf = x.into_float_value();
+                    let i32t = g.context.i32_type();
+                    let v = b.build_float_to_signed_int(xf, i32t, "fi").map_err(llvm_err)?;
+                    let nan = fcmp(g, FloatPredicate::UNO, xf, xf)?;
+                    let v = isel(g, nan, i32t.const_zero(), v)?;
+                    cast(g, v.into(), DType::I32, *to, *saturate, *round)?
+                } else {
+                    cast(g, x, from, *to, *saturate, *round)?
+                }
             }
         })
     }

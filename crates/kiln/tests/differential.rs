@@ -532,3 +532,36 @@ fn instance_norm_recomputes_the_centered_input() {
         net.check(&[y], 1e-4);
     }
 }
+
+/// A quantize step, `Cast(Clip(Round(x)))` to each narrow integer type, runs through a plain
+/// i32 conversion (vectorized; NaN selected to 0): checked on NaN, infinities, values past the
+/// bounds and ties, in rows long enough to vectorize. And a maximum and minimum over a whole
+/// tensor, which the pipeline splits into parts (each part a row reduction in vectors).
+#[test]
+fn quantize_steps_and_split_reductions() {
+    let mut r = Rng(12);
+    let mut v = r.f32s(1037, -400.0, 400.0);
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.5, 1.5, 2.5, -0.5, -2.5, 254.5, 255.5, 1e30, -1e30];
+    for (i, s) in specials.iter().enumerate() {
+        v[i * 83] = *s;
+    }
+    let x = Tensor::f32(vec![1037], v);
+    for (to, lo, hi) in
+        [(DType::U8, 0.0, 255.0), (DType::I8, -128.0, 127.0), (DType::I16, -300.0, 300.0), (DType::I32, -1e6, 1e6)]
+    {
+        let ops = [Op::Unary(UnaryOp::Round), Op::Unary(UnaryOp::Clip { lo, hi }), Op::cast(to)];
+        let mut want = x.clone();
+        let mut g = Graph::new("quantize");
+        let mut v = g.add_input("x", x.ty.clone());
+        for (i, op) in ops.iter().enumerate() {
+            want = kiln::ir::ops::eval(op, &[&want]).unwrap().remove(0);
+            v = g.add_node(op.clone(), &[v], format!("q{i}"), &[]).unwrap()[0];
+        }
+        g.outputs = vec![v];
+        compile_and_compare_with(g, CompileOptions::default(), &[&x], &[want], 0.0, &format!("quantize to {to:?}"));
+    }
+    let big = r.tensor(DType::F32, &[3, 40_001]);
+    for op in [ReduceOp::Max, ReduceOp::Min] {
+        check(Op::Reduce { op, axes: vec![0, 1], keepdims: false }, &[big.clone()]);
+    }
+}
