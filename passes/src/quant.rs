@@ -155,6 +155,13 @@ impl Replacement {
         Replacement { pass, at, name, added: Vec::new() }
     }
 
+    /// `Cast(i16, Clip(a))`, the clip to `a`'s integral bounds (proven: it changes no value),
+    /// so that the conversion vectorizes (the backend converts a clipped float through i32).
+    fn to_i16(&mut self, g: &mut Graph, a: ValueId, (lo, hi): (f64, f64)) -> Result<ValueId, PassError> {
+        let clipped = self.node(g, Op::Unary(UnaryOp::Clip { lo, hi }), &[a], "bounded")?;
+        self.node(g, Op::cast(DType::I16), &[clipped], "i16")
+    }
+
     /// Adds `op` over `ins`: the node named `<node>/<tag>` after the node it replaces (so that
     /// its kernels name that node as their origin), its result `<result>.<tag>`.
     fn node(&mut self, g: &mut Graph, op: Op, ins: &[ValueId], tag: &str) -> Result<ValueId, PassError> {
@@ -224,8 +231,9 @@ pub fn integral_bounds(g: &Graph, v: ValueId) -> Option<(f64, f64)> {
 }
 
 /// `x = a·s` with `s` a positive scalar constant and `a` (of x's shape) integers within i16
-/// ([`integral_bounds`]): a dequantized activation, as the importer builds a QDQ pair.
-fn dequantized(g: &Graph, x: ValueId) -> Option<(ValueId, f32)> {
+/// ([`integral_bounds`]): a dequantized activation, as the importer builds a QDQ pair. Returns
+/// `a`, `s` and `a`'s bounds.
+fn dequantized(g: &Graph, x: ValueId) -> Option<(ValueId, f32, (f64, f64))> {
     if g.ty(x).dtype != DType::F32 {
         return None;
     }
@@ -240,11 +248,10 @@ fn dequantized(g: &Graph, x: ValueId) -> Option<(ValueId, f32)> {
         (Some(s), _) => (xn.inputs[1], s),
         _ => return None,
     };
-    let ok = !s.is_nan()
-        && s > 0.0
-        && g.ty(a).shape == g.ty(x).shape
-        && fits_i16(integral_bounds(g, a).map(|(l, h)| (l as i64, h as i64)));
-    ok.then_some((a, s))
+    let bounds = integral_bounds(g, a)?;
+    let ok =
+        !s.is_nan() && s > 0.0 && g.ty(a).shape == g.ty(x).shape && fits_i16(Some((bounds.0 as i64, bounds.1 as i64)));
+    ok.then_some((a, s, bounds))
 }
 
 /// A quantized model's matrix product as an integer one: `MatMul(a·s, w)` or `Gemm(a·s, w,
@@ -272,7 +279,7 @@ pub fn integer_matmuls(g: &mut Graph) -> Result<bool, PassError> {
         if xt.rank() < 2 || wt.rank() != 2 || wt.dtype != DType::F32 || g.ty(node.outputs[0]).dtype != DType::F32 {
             continue;
         }
-        let Some((a, s)) = dequantized(g, x) else { continue };
+        let Some((a, s, bounds)) = dequantized(g, x) else { continue };
         let Some(wc) = g.const_of(w) else { continue };
         // The weights as [N, K] (a row per output) for the per-output scales.
         let (k, n) = if trans_b { (wt.shape[1], wt.shape[0]) } else { (wt.shape[0], wt.shape[1]) };
@@ -286,7 +293,7 @@ pub fn integer_matmuls(g: &mut Graph) -> Result<bool, PassError> {
             let qb = r.constant(g, "int_weights", Tensor::from_data(vec![k, n], Data::I32(qkn)));
             let scales: Vec<f32> = sw.iter().map(|&c| s * c).collect();
             let sc = r.constant(g, "int_scales", Tensor::from_data(vec![n], Data::F32(scales)));
-            let a16 = r.node(g, Op::cast(DType::I16), &[a], "i16")?;
+            let a16 = r.to_i16(g, a, bounds)?;
             let a32 = r.node(g, Op::cast(DType::I32), &[a16], "widened")?;
             let yi = r.node(g, Op::MatMul, &[a32, qb], "int_product")?;
             let yf = r.node(g, Op::cast(DType::F32), &[yi], "sums")?;
@@ -357,7 +364,7 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
         {
             continue;
         }
-        let Some((a, s)) = dequantized(g, x) else { continue };
+        let Some((a, s, bounds)) = dequantized(g, x) else { continue };
         let Some((q, sw)) = g.const_of(w).and_then(integer_weights) else { continue };
         let bias = match node.inputs.get(2) {
             Some(&b) => match g.const_of(b) {
@@ -373,7 +380,7 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
             let wq = r.constant(g, "int_weights", Tensor::from_data(wt.shape.clone(), Data::I16(q)));
             let scales: Vec<f32> = sw.iter().map(|&c| s * c).collect();
             let sc = r.constant(g, "int_scales", Tensor::from_data(vec![o, 1, 1], Data::F32(scales)));
-            let a16 = r.node(g, Op::cast(DType::I16), &[a], "i16")?;
+            let a16 = r.to_i16(g, a, bounds)?;
             let yi = r.node(g, Op::Conv { window, group: 1 }, &[a16, wq], "int_conv")?;
             let yf = r.node(g, Op::cast(DType::F32), &[yi], "sums")?;
             let y = r.node(g, Op::Binary(BinaryOp::Mul), &[yf, sc], "dequantized")?;
@@ -441,7 +448,7 @@ pub fn quantize_products(g: &mut Graph) -> Result<bool, PassError> {
             let sx = r.node(g, Op::Binary(BinaryOp::Div), &[amax, q8], "row_scale")?;
             let quot = r.node(g, Op::Binary(BinaryOp::Div), &[a, sx], "quotient")?;
             let rounded = r.node(g, Op::Unary(UnaryOp::Round), &[quot], "rounded")?;
-            let a16 = r.node(g, Op::cast(DType::I16), &[rounded], "i16")?;
+            let a16 = r.to_i16(g, rounded, (-127.0, 127.0))?;
             let a32 = r.node(g, Op::cast(DType::I32), &[a16], "widened")?;
             let prod = r.node(g, Op::MatMul, &[a32, qb], "int_product")?;
             let yf = r.node(g, Op::cast(DType::F32), &[prod], "sums")?;
