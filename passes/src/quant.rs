@@ -157,7 +157,7 @@ impl Replacement {
 
     /// `Cast(i16, Clip(a))`, the clip to `a`'s integral bounds (proven: it changes no value),
     /// so that the conversion vectorizes (the backend converts a clipped float through i32).
-    fn to_i16(&mut self, g: &mut Graph, a: ValueId, (lo, hi): (f64, f64)) -> Result<ValueId, PassError> {
+    fn narrowed_i16(&mut self, g: &mut Graph, a: ValueId, (lo, hi): (f64, f64)) -> Result<ValueId, PassError> {
         let clipped = self.node(g, Op::Unary(UnaryOp::Clip { lo, hi }), &[a], "bounded")?;
         self.node(g, Op::cast(DType::I16), &[clipped], "i16")
     }
@@ -293,7 +293,7 @@ pub fn integer_matmuls(g: &mut Graph) -> Result<bool, PassError> {
             let qb = r.constant(g, "int_weights", Tensor::from_data(vec![k, n], Data::I32(qkn)));
             let scales: Vec<f32> = sw.iter().map(|&c| s * c).collect();
             let sc = r.constant(g, "int_scales", Tensor::from_data(vec![n], Data::F32(scales)));
-            let a16 = r.to_i16(g, a, bounds)?;
+            let a16 = r.narrowed_i16(g, a, bounds)?;
             let a32 = r.node(g, Op::cast(DType::I32), &[a16], "widened")?;
             let yi = r.node(g, Op::MatMul, &[a32, qb], "int_product")?;
             let yf = r.node(g, Op::cast(DType::F32), &[yi], "sums")?;
@@ -380,7 +380,7 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
             let wq = r.constant(g, "int_weights", Tensor::from_data(wt.shape.clone(), Data::I16(q)));
             let scales: Vec<f32> = sw.iter().map(|&c| s * c).collect();
             let sc = r.constant(g, "int_scales", Tensor::from_data(vec![o, 1, 1], Data::F32(scales)));
-            let a16 = r.to_i16(g, a, bounds)?;
+            let a16 = r.narrowed_i16(g, a, bounds)?;
             let yi = r.node(g, Op::Conv { window, group: 1 }, &[a16, wq], "int_conv")?;
             let yf = r.node(g, Op::cast(DType::F32), &[yi], "sums")?;
             let y = r.node(g, Op::Binary(BinaryOp::Mul), &[yf, sc], "dequantized")?;
@@ -448,7 +448,7 @@ pub fn quantize_products(g: &mut Graph) -> Result<bool, PassError> {
             let sx = r.node(g, Op::Binary(BinaryOp::Div), &[amax, q8], "row_scale")?;
             let quot = r.node(g, Op::Binary(BinaryOp::Div), &[a, sx], "quotient")?;
             let rounded = r.node(g, Op::Unary(UnaryOp::Round), &[quot], "rounded")?;
-            let a16 = r.to_i16(g, rounded, (-127.0, 127.0))?;
+            let a16 = r.narrowed_i16(g, rounded, (-127.0, 127.0))?;
             let a32 = r.node(g, Op::cast(DType::I32), &[a16], "widened")?;
             let prod = r.node(g, Op::MatMul, &[a32, qb], "int_product")?;
             let yf = r.node(g, Op::cast(DType::F32), &[prod], "sums")?;
