@@ -29,6 +29,16 @@ __version__ = _kiln.__version__
 __all__ = ["InferenceSession", "SessionOptions", "NodeArg", "compile", "KilnError", "InvalidArgument"]
 
 
+def _shapes_and_dims(input_shapes, dims):
+    """The compile options as the extension takes them: dims as lists of ints, a dim bound
+    `N` as the range `(N, N)`."""
+    if input_shapes is not None:
+        input_shapes = {k: [int(d) for d in v] for k, v in input_shapes.items()}
+    if dims is not None:
+        dims = {k: (v, v) if isinstance(v, int) else tuple(v) for k, v in dims.items()}
+    return input_shapes, dims
+
+
 class NodeArg:
     """An input or output of a session: ``name``, ``type`` (onnxruntime's spelling,
     ``tensor(float)``) and ``shape`` (ints, symbolic dims as their names, unknown ones as
@@ -90,10 +100,7 @@ class InferenceSession:
             if key not in fields:
                 raise InvalidArgument(f"InferenceSession: unknown option `{key}` (options: {', '.join(sorted(fields))})")
             fields[key] = value
-        if fields["input_shapes"] is not None:
-            fields["input_shapes"] = {k: [int(d) for d in v] for k, v in fields["input_shapes"].items()}
-        if fields["dims"] is not None:
-            fields["dims"] = {k: (v, v) if isinstance(v, int) else tuple(v) for k, v in fields["dims"].items()}
+        fields["input_shapes"], fields["dims"] = _shapes_and_dims(fields["input_shapes"], fields["dims"])
         self._path = os.fspath(path_or_bytes)
         self._prefix = opts.profile_file_prefix
         self._sess = _kiln.Session(self._path, **fields)
@@ -135,9 +142,6 @@ def compile(model, output, *, target=None, precision=None, input_shapes=None, di
     """Compiles ``model`` (an ``.onnx`` file) to ``output`` as ``kiln compile`` does:
     ``emit`` is ``kiln`` (an artifact), ``object``, ``staticlib`` or ``header``. Returns the
     output's size in bytes; an output already up to date is left as it is."""
-    if dims is not None:
-        dims = {k: (v, v) if isinstance(v, int) else tuple(v) for k, v in dims.items()}
-    if input_shapes is not None:
-        input_shapes = {k: [int(d) for d in v] for k, v in input_shapes.items()}
+    input_shapes, dims = _shapes_and_dims(input_shapes, dims)
     size, _ = _kiln.compile(os.fspath(model), os.fspath(output), target, precision, input_shapes, dims, emit, name)
     return size
