@@ -562,7 +562,6 @@ fn cmd_html(model: &Path, shapes: &ShapeArgs, target: &str, out: &Path, profile:
     if c.opts.devices.len() > 1 {
         let mut g = c.import_path(model)?;
         let plan = c.plan(&mut g)?;
-        devices = plan.devices.iter().map(|d| d.kind.name().to_string()).collect();
         for (i, p) in plan.partitions.iter().enumerate() {
             for &n in &p.nodes {
                 if let Some(o) = g.origin_of(&g.node(n).name) {
@@ -570,7 +569,7 @@ fn cmd_html(model: &Path, shapes: &ShapeArgs, target: &str, out: &Path, profile:
                 }
             }
         }
-        devices = plan.partitions.iter().map(|p| devices[p.device].clone()).collect();
+        devices = plan.partitions.iter().map(|p| plan.devices[p.device].kind.name().to_string()).collect();
     }
     let mut one = c.opts.clone();
     one.devices.clear();

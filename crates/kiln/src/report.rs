@@ -9,21 +9,10 @@
 //! * the memory plan: each arena buffer as a box from the instruction that first touches it
 //!   to the last, at its arena offset, so the sharing of the arena over time shows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use kiln_ir::lir::{BufferKind, Instr, Program};
 use serde_json::{json, Value};
-
-/// Per instruction: the buffers it reads and the one it writes (kernels, copies, scans).
-fn operands(ins: &Instr) -> (Vec<u32>, Option<u32>) {
-    match ins {
-        Instr::Kernel(k) => (k.inputs.iter().map(|v| v.buffer.0).collect(), Some(k.output.buffer.0)),
-        Instr::Copy { src, dst, .. } | Instr::CopyRow { src, dst, .. } => (vec![src.0], Some(dst.0)),
-        Instr::TopK { input, output, .. } => (vec![input.buffer.0], Some(output.buffer.0)),
-        Instr::NonZero { input, output } => (vec![input.buffer.0], Some(output.buffer.0)),
-        _ => (Vec::new(), None),
-    }
-}
 
 /// The page's data: kernels (the instructions that do work, numbered as profile events),
 /// their edges, the arena buffers' live ranges, and the partition each kernel's nodes are in
@@ -41,8 +30,12 @@ pub fn report_data(
     let mut edges = Vec::new();
     let mut range: HashMap<u32, (usize, usize)> = HashMap::new();
     let mut event = 0usize;
+    let channels_last = channels_last_buffers(p);
+    let layout = |b: u32| if channels_last.contains(&b) { "NHWC" } else { "" };
     for (i, ins) in p.instrs.iter().enumerate() {
-        let (reads, write) = operands(ins);
+        let (reads, writes) = ins.reads_writes();
+        let (reads, write): (Vec<u32>, Option<u32>) =
+            (reads.iter().map(|b| b.0).collect(), writes.first().map(|b| b.0));
         for b in reads.iter().chain(&write) {
             range.entry(*b).and_modify(|r| r.1 = i).or_insert((i, i));
         }
@@ -56,7 +49,6 @@ pub fn report_data(
         for f in from {
             edges.push(json!([f, event]));
         }
-        let layout = write.map_or("", |b| layout_of(p, b));
         let partition = info.nodes.iter().find_map(|n| partition_of.get(n)).copied();
         kernels.push(json!({
             "event": event,
@@ -66,7 +58,7 @@ pub fn report_data(
             "ops": info.ops,
             "flops": info.flops,
             "bytes": info.bytes,
-            "layout": layout,
+            "layout": write.map_or("", layout),
             "partition": partition,
             "time_us": measured_us.get(&(event as u32)),
         }));
@@ -88,7 +80,7 @@ pub fn report_data(
                 "offset": b.offset,
                 "first": first,
                 "last": last,
-                "layout": layout_of(p, id as u32),
+                "layout": layout(id as u32),
             }))
         })
         .collect();
@@ -105,20 +97,16 @@ pub fn report_data(
     })
 }
 
-/// `NHWC` when some 4-D view of the buffer has its channels (axis 1) innermost, as the
-/// layout pass lays out convolutions' activations; otherwise empty (row-major).
-fn layout_of(p: &Program, b: u32) -> &'static str {
-    let channels_last = p.instrs.iter().any(|ins| {
-        let Instr::Kernel(k) = ins else { return false };
-        k.inputs.iter().any(|v| {
-            v.buffer.0 == b && v.extents.len() == 4 && v.extents[1] > 1 && v.strides[1] == 1 && v.strides[3] > 1
-        })
-    });
-    if channels_last {
-        "NHWC"
-    } else {
-        ""
-    }
+/// The buffers some 4-D view of which has its channels (axis 1) innermost, as the layout pass
+/// lays out convolutions' activations (shown `NHWC`; the others are row-major).
+fn channels_last_buffers(p: &Program) -> HashSet<u32> {
+    p.instrs
+        .iter()
+        .filter_map(|ins| if let Instr::Kernel(k) = ins { Some(k) } else { None })
+        .flat_map(|k| &k.inputs)
+        .filter(|v| v.extents.len() == 4 && v.extents[1] > 1 && v.strides[1] == 1 && v.strides[3] > 1)
+        .map(|v| v.buffer.0)
+        .collect()
 }
 
 /// The mean time of each profile event over the runs of a Chrome trace written by

@@ -171,25 +171,26 @@ fn compile_session(path: &Path, opts: &CompileOptions, so: &SessionOptions) -> P
     Session::from_bytes(&art.bytes(), so).map_err(runtime_error)
 }
 
-/// A numpy array's element type as Kiln's.
+/// A numpy array's element type as Kiln's (the common ones asked about first; each
+/// descriptor made only when asked about).
 fn dtype_of(a: &Bound<'_, PyUntypedArray>) -> Option<DTypeCode> {
-    let py = a.py();
-    let d = a.dtype();
-    let candidates = [
-        (numpy::dtype::<f32>(py), DTypeCode::F32),
-        (numpy::dtype::<i64>(py), DTypeCode::I64),
-        (numpy::dtype::<f64>(py), DTypeCode::F64),
-        (numpy::dtype::<i32>(py), DTypeCode::I32),
-        (numpy::dtype::<i16>(py), DTypeCode::I16),
-        (numpy::dtype::<i8>(py), DTypeCode::I8),
-        (numpy::dtype::<u8>(py), DTypeCode::U8),
-        (numpy::dtype::<u16>(py), DTypeCode::U16),
-        (numpy::dtype::<u32>(py), DTypeCode::U32),
-        (numpy::dtype::<u64>(py), DTypeCode::U64),
-        (numpy::dtype::<bool>(py), DTypeCode::Bool),
-        (numpy::dtype::<half::f16>(py), DTypeCode::F16),
+    type Descr = for<'py> fn(Python<'py>) -> Bound<'py, numpy::PyArrayDescr>;
+    let candidates: [(Descr, DTypeCode); 12] = [
+        (numpy::dtype::<f32>, DTypeCode::F32),
+        (numpy::dtype::<i64>, DTypeCode::I64),
+        (numpy::dtype::<f64>, DTypeCode::F64),
+        (numpy::dtype::<i32>, DTypeCode::I32),
+        (numpy::dtype::<i16>, DTypeCode::I16),
+        (numpy::dtype::<i8>, DTypeCode::I8),
+        (numpy::dtype::<u8>, DTypeCode::U8),
+        (numpy::dtype::<u16>, DTypeCode::U16),
+        (numpy::dtype::<u32>, DTypeCode::U32),
+        (numpy::dtype::<u64>, DTypeCode::U64),
+        (numpy::dtype::<bool>, DTypeCode::Bool),
+        (numpy::dtype::<half::f16>, DTypeCode::F16),
     ];
-    candidates.into_iter().find(|(t, _)| d.is_equiv_to(t)).map(|(_, c)| c)
+    let d = a.dtype();
+    candidates.into_iter().find(|(descr, _)| d.is_equiv_to(&descr(a.py()))).map(|(_, c)| c)
 }
 
 /// A new zeroed numpy array of `dtype` and `shape` (C order).
