@@ -567,6 +567,13 @@ impl Session {
         &self.manifest.outputs
     }
 
+    /// Checks inputs as [`Session::run`] would before running (count, dtypes, shapes, dims
+    /// within their bounds and agreeing, byte lengths), without running: a server checks each
+    /// request this way before batching it with others.
+    pub fn check(&self, inputs: &[TensorRef]) -> Result<(), RuntimeError> {
+        self.check_inputs(inputs).map(|_| ())
+    }
+
     /// Checks the inputs against the manifest, and returns the sizes of the run-time dims
     /// they give (one per [`Manifest::symbols`]).
     fn check_inputs(&self, inputs: &[TensorRef]) -> Result<Vec<i64>, RuntimeError> {

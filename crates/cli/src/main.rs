@@ -192,6 +192,13 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         profile: Option<PathBuf>,
     },
+    /// Serve a repository of compiled models (`NAME/VERSION/model.kiln`) over the Open
+    /// Inference Protocol (KServe v2: HTTP/REST and gRPC), with dynamic batching and
+    /// Prometheus metrics; the runtime-only `kiln-serve` binary does the same.
+    Serve {
+        #[command(flatten)]
+        args: kiln_serve::ServeArgs,
+    },
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -726,6 +733,7 @@ fn main() -> ExitCode {
         Cmd::Bench { model, shapes, inputs, threads, iters, serve, profile } => {
             cmd_bench(model, shapes, inputs, *threads, *iters, *serve, profile.as_deref())
         }
+        Cmd::Serve { args } => kiln_serve::run(args.clone()),
     };
     progress::done();
     match res {
