@@ -285,6 +285,17 @@ fn order_inputs(v: &Version, given: Vec<Input>) -> Result<Vec<Input>, ServeError
         )));
     }
     let inputs: Vec<Input> = slots.into_iter().map(|x| x.expect("checked")).collect();
+    // The dtype in the protocol's words (the runtime's check would name Kiln's).
+    for (i, spec) in inputs.iter().zip(s.inputs()) {
+        if i.dtype as i32 != spec.dtype {
+            let want = kiln_runtime::DType::from_i32(spec.dtype).and_then(tensor::datatype_name).unwrap_or("?");
+            let got = tensor::datatype_name(i.dtype).unwrap_or("?");
+            return Err(ServeError::bad_request(format!(
+                "model `{}`: input `{}` is {want}, not {got}",
+                v.name, i.name
+            )));
+        }
+    }
     let refs: Vec<TensorRef> = inputs.iter().map(|i| TensorRef { dtype: i.dtype, shape: &i.shape, data: &i.data }).collect();
     s.check(&refs).map_err(err)?;
     Ok(inputs)

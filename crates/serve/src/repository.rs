@@ -100,7 +100,8 @@ impl Repository {
             Err(e) => {
                 tracing::error!(model = name, error = %e.message, "failed to load");
                 let mut models = self.write();
-                if !matches!(models.get(name), Some(Entry::Ready(_))) {
+                // (A name with no directory is not a model of the repository: not listed.)
+                if dir.is_dir() && !matches!(models.get(name), Some(Entry::Ready(_))) {
                     models.insert(name.to_string(), Entry::Unavailable(e.message.clone()));
                 }
                 Err(e)
