@@ -178,12 +178,12 @@ impl Backing {
 
 /// Where a session's code and weights live.
 enum Code {
-    /// An artifact's: the code loaded from a temporary file, the weights in the artifact's
-    /// bytes. Field order matters: the library is closed before its file and the weights go.
+    /// An artifact's: the code loaded from a temporary file (removed once loaded), the
+    /// weights in the artifact's bytes. Field order matters: the library is closed before the
+    /// weights go.
     Loaded {
         /// None when the artifact has no CPU code (every partition on a GPU).
         _lib: Option<libloading::Library>,
-        _code_file: tempfile::TempPath,
         backing: Backing,
         weights_offset: usize,
         weights_len: usize,
@@ -404,8 +404,16 @@ impl Session {
         }
         manifest_check::check_manifest(&manifest)?;
         let load_err = |e: String| RuntimeError::Load(e);
-        let mut file =
-            tempfile::Builder::new().prefix("kiln-").suffix(".so").tempfile().map_err(|e| load_err(e.to_string()))?;
+        // The code goes through a file only to be loaded: the file is removed once it is, so a
+        // process that is killed (a server's replica) leaves nothing behind. Its name has 16
+        // random characters: the loader takes a name it has loaded before for that library,
+        // so a later file must never get a removed one's name.
+        let mut file = tempfile::Builder::new()
+            .prefix("kiln-")
+            .suffix(".so")
+            .rand_bytes(16)
+            .tempfile()
+            .map_err(|e| load_err(e.to_string()))?;
         std::io::Write::write_all(&mut file, sections.code).map_err(|e| load_err(e.to_string()))?;
         let code_path = file.into_temp_path();
         // SAFETY: loading the artifact's code runs no initializers of ours (the module has
@@ -414,6 +422,8 @@ impl Session {
             true => None,
             false => Some(unsafe { libloading::Library::new(&*code_path) }.map_err(|e| load_err(e.to_string()))?),
         };
+        // (The mapping outlives the name; a file that cannot be removed is left to the OS.)
+        let _ = code_path.close();
         let lookup = |entry: &str| -> Result<EntryFn, RuntimeError> {
             let lib = lib.as_ref().ok_or_else(|| load_err(format!("the artifact has no CPU code for `{entry}`")))?;
             let abi_symbol = match entry.strip_suffix("_entry") {
@@ -439,12 +449,7 @@ impl Session {
         let weights_len = weights.len();
         let parts = parts_of(&manifest, Some(weights), lookup)?;
         let weights_offset = sections.weights_offset;
-        Session::new(
-            manifest,
-            parts,
-            opts,
-            Code::Loaded { _lib: lib, _code_file: code_path, backing, weights_offset, weights_len, external },
-        )
+        Session::new(manifest, parts, opts, Code::Loaded { _lib: lib, backing, weights_offset, weights_len, external })
     }
 
     /// A session for a model linked into this program from a static library or object
