@@ -81,7 +81,7 @@ def build_repository(root, names):
 class Server:
     """A `kiln-serve` process on loopback ports picked by the OS."""
 
-    def __init__(self, repository, *args):
+    def __init__(self, repository, *args, env=None):
         if not SERVE.exists():
             pytest.skip(f"{SERVE} is not built (scripts/test.sh builds it: cargo build --release -p kiln-serve)")
         # The log goes to a file: a pipe nobody reads would fill and stall the server.
@@ -89,7 +89,7 @@ class Server:
         start = time.monotonic()
         self.proc = subprocess.Popen(
             [str(SERVE), "--model-repository", str(repository), "--http-port", "0", "--grpc-port", "0", *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline() if ready else ""
         self.startup_s = time.monotonic() - start

@@ -362,3 +362,24 @@ def test_batch_symbol_detection_matches_the_models():
     assert {"resnet50_torch", "bert_torch", "yolo_torch_legacy"} <= batched
     assert "gpt2_torch" not in batched and "bert_torch_legacy" not in batched
     assert MAX_BATCH >= 2
+
+
+def test_a_killed_server_leaves_no_files_behind(repository, tmp_path):
+    """The runtime removes each model's code file once it has loaded it: a server killed with
+    SIGKILL (as a container's replica may be) leaves nothing in its temporary directory."""
+    import os
+    import shutil
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "mobilenetv2_torch", repo / "m")
+    shutil.copytree(repository / "bert_torch", repo / "b")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    s = Server(repo, env=dict(os.environ, TMPDIR=str(tmp)))
+    try:
+        _, feed, _ = load_case("mobilenetv2_torch")
+        infer(client(s, "http"), "http", "m", feed)
+        assert list(tmp.iterdir()) == []
+    finally:
+        s.proc.kill()
+        s.stop()
+    assert list(tmp.iterdir()) == []
