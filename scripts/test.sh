@@ -16,6 +16,11 @@
 #    this machine (the GPU runs, without a GPU) are reported as ignored, with the reason.
 # 5. The Python package (scripts/python-package.sh builds and installs it into .venv) and
 #    its pytest suite: the exporter models against onnxruntime, threads, errors.
+# 6. `kiln serve` (the runtime-only kiln-serve binary) driven by Triton's clients
+#    (tritonclient, HTTP and gRPC): every exporter model against onnxruntime, batching,
+#    repository calls, errors, shutdown; then the load and fault test (64 clients for
+#    KILN_LOAD_SECONDS, default 150 s); then the Ray Serve example with two replicas
+#    (examples/ray-serve).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -34,9 +39,10 @@ say "generating test data (scripts/gen_testdata.py)"
 say "unit and differential tests (cargo test, debug)"
 cargo test --locked
 
-say "building the release CLI and the runtime-only runner (kiln-run, with CUDA support) for the heavy suites"
+say "building the release CLI, the runtime-only runner (kiln-run, with CUDA support) and server (kiln-serve) for the heavy suites"
 cargo build --locked --release -p kiln-cli
 cargo build --locked --release -p kiln-runner
+cargo build --locked --release -p kiln-serve
 
 say "heavy suites: conformance (library, CLI), models, errors, tidy (release)"
 cargo test --locked --release -p kiln-tests
@@ -44,6 +50,13 @@ cargo test --locked --release -p kiln-tests
 say "the Python package: build it, install it into .venv, run its tests (crates/python/tests)"
 bash scripts/python-package.sh
 .venv/bin/python -m pytest -q crates/python/tests
+
+say "kiln serve with Triton's clients, then 64 clients with faults for ${KILN_LOAD_SECONDS:-150} s (crates/serve/tests)"
+.venv/bin/python -m pytest -q -rs crates/serve/tests/test_serve.py
+.venv/bin/python -m pytest -q -rs -s crates/serve/tests/test_load.py
+
+say "the Ray Serve example: a local Ray instance, two replicas, 200 concurrent requests (examples/ray-serve)"
+.venv/bin/python -m pytest -q -rs -s examples/ray-serve/test_ray_serve.py
 
 c="tests/conformance"
 count() { grep -cv '^#' "$1"; }

@@ -34,6 +34,14 @@ fn runtime_depends_on_neither_llvm_nor_the_compiler() {
     refuse("kiln-runtime", &tree, &banned, "the runtime must not link LLVM or the compiler");
 }
 
+/// The server is built on the runtime alone: its container carries no LLVM and no compiler.
+#[test]
+fn server_depends_on_neither_llvm_nor_the_compiler() {
+    let tree = dependencies("kiln-serve", "normal,build", "kiln-runtime");
+    let banned = ["inkwell", "llvm-sys", "kiln-ir", "kiln-onnx", "kiln-passes", "kiln-backend", "kiln v"];
+    refuse("kiln-serve", &tree, &banned, "kiln-serve must not link LLVM or the compiler");
+}
+
 /// `ir/` knows nothing of ONNX, LLVM or the runtime.
 #[test]
 fn ir_depends_on_neither_onnx_nor_llvm() {
