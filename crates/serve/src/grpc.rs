@@ -61,7 +61,10 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
         Ok(Response::new(ServerMetadataResponse {
             name: "kiln".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -69,7 +72,10 @@ impl GrpcInferenceService for Service {
         }))
     }
 
-    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+    async fn model_metadata(
+        &self,
+        r: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = r.into_inner();
         let v = self.server.repository.get(&r.name, version_of(&r.version))?;
         let tensors = |ts: &[kiln_runtime::abi::manifest::TensorSpec]| {
@@ -136,7 +142,10 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(response))
     }
 
-    async fn repository_index(&self, r: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+    async fn repository_index(
+        &self,
+        r: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let models = self
             .server
             .repository

@@ -202,8 +202,10 @@ async fn infer_http(
 ) -> Result<Response, ServeError> {
     let (name, version) = name_version(p);
     let limit = server.limits.max_request_bytes;
-    let too_large =
-        || ServeError { kind: ErrorKind::TooLarge, message: format!("the request body is larger than the server's limit of {limit} bytes (--max-request-bytes)") };
+    let too_large = || ServeError {
+        kind: ErrorKind::TooLarge,
+        message: format!("the request body is larger than the server's limit of {limit} bytes (--max-request-bytes)"),
+    };
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
@@ -217,12 +219,16 @@ async fn infer_http(
     })?;
     let json_len = match headers.get(HEADER_LENGTH) {
         None => body.len(),
-        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).filter(|&n| n <= body.len()).ok_or_else(|| {
-            ServeError::bad_request(format!(
-                "header Inference-Header-Content-Length is {v:?}, not a length within the body's {} bytes",
-                body.len()
-            ))
-        })?,
+        Some(v) => {
+            v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).filter(|&n| n <= body.len()).ok_or_else(
+                || {
+                    ServeError::bad_request(format!(
+                        "header Inference-Header-Content-Length is {v:?}, not a length within the body's {} bytes",
+                        body.len()
+                    ))
+                },
+            )?
+        }
     };
     let req: InferBody = parse_json(&body[..json_len])?;
     let mut binary = body.slice(json_len..);
@@ -241,7 +247,10 @@ async fn infer_http(
                 Elements::Raw(binary.split_to(n))
             }
             None => Elements::Json(i.data.as_ref().ok_or_else(|| {
-                ServeError::bad_request(format!("input `{}` has neither `data` nor a binary_data_size parameter", i.name))
+                ServeError::bad_request(format!(
+                    "input `{}` has neither `data` nor a binary_data_size parameter",
+                    i.name
+                ))
             })?),
         };
         inputs.push(decode_input(&i.name, &i.datatype, &i.shape, elements, max_elements)?);

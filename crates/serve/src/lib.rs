@@ -176,7 +176,11 @@ impl Server {
     }
 
     /// Runs one request: the model version it names, and its outputs in the order asked.
-    pub async fn infer(&self, req: InferRequest, protocol: &'static str) -> Result<(Arc<Version>, Vec<Tensor>), ServeError> {
+    pub async fn infer(
+        &self,
+        req: InferRequest,
+        protocol: &'static str,
+    ) -> Result<(Arc<Version>, Vec<Tensor>), ServeError> {
         let start = std::time::Instant::now();
         let model = req.model.clone();
         let result = self.infer_inner(req).await;
@@ -188,7 +192,8 @@ impl Server {
                 metrics::histogram!("kiln_request_duration_seconds", &labels).record(start.elapsed().as_secs_f64())
             }
             Err(e) => {
-                let labels = [("model", model.clone()), ("protocol", protocol.to_string()), ("reason", e.label().to_string())];
+                let labels =
+                    [("model", model.clone()), ("protocol", protocol.to_string()), ("reason", e.label().to_string())];
                 metrics::counter!("kiln_request_failures_total", &labels).increment(1);
                 tracing::warn!(model, protocol, error = %e.message, "request failed");
             }
@@ -250,9 +255,13 @@ fn run_error(v: &Version, e: kiln_runtime::RuntimeError) -> ServeError {
     use kiln_runtime::RuntimeError as R;
     let message = format!("model `{}` version {}: {e}", v.name, v.version);
     match e {
-        R::Io { .. } | R::Artifact(_) | R::WrongTarget { .. } | R::MissingFeatures { .. } | R::Load(_) | R::Manifest(_) | R::Status(_) => {
-            ServeError { kind: ErrorKind::Internal, message }
-        }
+        R::Io { .. }
+        | R::Artifact(_)
+        | R::WrongTarget { .. }
+        | R::MissingFeatures { .. }
+        | R::Load(_)
+        | R::Manifest(_)
+        | R::Status(_) => ServeError { kind: ErrorKind::Internal, message },
         _ => ServeError::bad_request(message),
     }
 }
@@ -296,7 +305,8 @@ fn order_inputs(v: &Version, given: Vec<Input>) -> Result<Vec<Input>, ServeError
             )));
         }
     }
-    let refs: Vec<TensorRef> = inputs.iter().map(|i| TensorRef { dtype: i.dtype, shape: &i.shape, data: &i.data }).collect();
+    let refs: Vec<TensorRef> =
+        inputs.iter().map(|i| TensorRef { dtype: i.dtype, shape: &i.shape, data: &i.data }).collect();
     s.check(&refs).map_err(err)?;
     Ok(inputs)
 }
@@ -326,7 +336,10 @@ fn init_logs(format: &str) {
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
-async fn serve(args: ServeArgs, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    args: ServeArgs,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let options = ModelOptions {
         threads: args.threads,

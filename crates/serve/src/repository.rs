@@ -43,8 +43,12 @@ impl Version {
     /// A tensor's protocol metadata: name, type name and shape with -1 for run-time dims.
     pub fn tensor_metadata(t: &TensorSpec) -> (String, &'static str, Vec<i64>) {
         let dtype = DType::from_i32(t.dtype).and_then(datatype_name).unwrap_or("");
-        let shape =
-            t.shape.iter().enumerate().map(|(d, &n)| if t.dim_slots.get(d).is_some_and(|&s| s >= 0) { -1 } else { n as i64 }).collect();
+        let shape = t
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(d, &n)| if t.dim_slots.get(d).is_some_and(|&s| s >= 0) { -1 } else { n as i64 })
+            .collect();
         (t.name.clone(), dtype, shape)
     }
 }
@@ -74,7 +78,9 @@ impl Repository {
     /// load (each also left unavailable, with its reason).
     pub fn open(root: &Path, options: ModelOptions) -> Result<(Repository, Vec<ServeError>), ServeError> {
         let names = std::fs::read_dir(root)
-            .map_err(|e| ServeError::bad_request(format!("cannot read the model repository `{}`: {e}", root.display())))?
+            .map_err(|e| {
+                ServeError::bad_request(format!("cannot read the model repository `{}`: {e}", root.display()))
+            })?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
@@ -111,12 +117,15 @@ impl Repository {
 
     fn load_versions(&self, name: &str, dir: &Path) -> Result<BTreeMap<u64, Arc<Version>>, ServeError> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound { ServeError::not_found } else { ServeError::bad_request };
+            let kind =
+                if e.kind() == std::io::ErrorKind::NotFound { ServeError::not_found } else { ServeError::bad_request };
             kind(format!("model `{name}`: cannot read `{}`: {e}", dir.display()))
         })?;
         let mut versions = BTreeMap::new();
         for e in entries.filter_map(|e| e.ok()) {
-            let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()).filter(|&v| v > 0) else { continue };
+            let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()).filter(|&v| v > 0) else {
+                continue;
+            };
             let path = e.path().join(ARTIFACT);
             if !path.is_file() {
                 continue;
@@ -138,7 +147,9 @@ impl Repository {
         let session = Session::load_with(path, &opts)
             .map_err(|e| ServeError::bad_request(format!("model `{name}` version {version}: {e}")))?;
         let m = session.manifest();
-        if let Some(t) = m.inputs.iter().chain(&m.outputs).find(|t| DType::from_i32(t.dtype).and_then(datatype_name).is_none()) {
+        if let Some(t) =
+            m.inputs.iter().chain(&m.outputs).find(|t| DType::from_i32(t.dtype).and_then(datatype_name).is_none())
+        {
             return Err(ServeError::bad_request(format!(
                 "model `{name}` version {version}: tensor `{}` has a dtype the inference protocol has no name for",
                 t.name
@@ -190,7 +201,10 @@ impl Repository {
             None => Ok(versions.values().next_back().expect("a loaded model has a version").clone()),
             Some(v) => v.parse::<u64>().ok().and_then(|n| versions.get(&n)).cloned().ok_or_else(|| {
                 let have: Vec<String> = versions.keys().map(u64::to_string).collect();
-                ServeError::not_found(format!("model `{name}` has no version `{v}` (its versions: {})", have.join(", ")))
+                ServeError::not_found(format!(
+                    "model `{name}` has no version `{v}` (its versions: {})",
+                    have.join(", ")
+                ))
             }),
         }
     }
@@ -208,7 +222,11 @@ impl Repository {
         let models = self.read();
         let mut names: Vec<String> = models.keys().cloned().collect();
         if let Ok(dir) = std::fs::read_dir(&self.root) {
-            names.extend(dir.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()));
+            names.extend(
+                dir.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
         }
         names.sort();
         names.dedup();
@@ -224,9 +242,12 @@ impl Repository {
                 Some(Entry::Unavailable(why)) if !ready_only => {
                     rows.push(IndexRow { name, version: String::new(), state: "UNAVAILABLE", reason: why.clone() })
                 }
-                None if !ready_only => {
-                    rows.push(IndexRow { name, version: String::new(), state: "UNAVAILABLE", reason: "not loaded".into() })
-                }
+                None if !ready_only => rows.push(IndexRow {
+                    name,
+                    version: String::new(),
+                    state: "UNAVAILABLE",
+                    reason: "not loaded".into(),
+                }),
                 _ => {}
             }
         }

@@ -84,10 +84,7 @@ pub fn decode_input(
     };
     let want = count * dtype.size();
     if data.len() != want {
-        return Err(bad(format!(
-            "{} bytes of data for shape {shape:?} of {datatype} ({want} bytes)",
-            data.len()
-        )));
+        return Err(bad(format!("{} bytes of data for shape {shape:?} of {datatype} ({want} bytes)", data.len())));
     }
     Ok(Input { name: name.to_string(), dtype, shape, data })
 }
@@ -154,8 +151,14 @@ fn json_elements(v: &Value, dtype: DType, count: usize) -> Result<Vec<u8>, Strin
 
 /// gRPC's typed contents of a tensor as bytes: the repeated field its dtype uses.
 fn typed_elements(c: &InferTensorContents, dtype: DType, count: usize) -> Result<Vec<u8>, String> {
-    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(v: &[S], bytes: impl Fn(T) -> Vec<u8>) -> Result<Vec<u8>, String> {
-        v.iter().map(|&x| T::try_from(x).map(&bytes).map_err(|_| format!("{x} is out of range"))).collect::<Result<Vec<_>, _>>().map(|v| v.concat())
+    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+        v: &[S],
+        bytes: impl Fn(T) -> Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        v.iter()
+            .map(|&x| T::try_from(x).map(&bytes).map_err(|_| format!("{x} is out of range")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.concat())
     }
     let (field, n) = match dtype {
         DType::Bool => ("bool_contents", c.bool_contents.len()),
@@ -220,7 +223,10 @@ mod tests {
         assert_eq!(a.data, b.data);
         let want: Vec<u8> = [1.5f32, -2.0, 0.25, 8.0].iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(&a.data[..], &want[..]);
-        assert_eq!(json_values(DType::F32, &a.data), vec![1.5.into(), (-2.0).into(), 0.25.into(), 8.0.into()] as Vec<Value>);
+        assert_eq!(
+            json_values(DType::F32, &a.data),
+            vec![1.5.into(), (-2.0).into(), 0.25.into(), 8.0.into()] as Vec<Value>
+        );
     }
 
     #[test]
@@ -235,10 +241,13 @@ mod tests {
             e(decode_input("ids", "UINT8", &[3], Elements::Json(&serde_json::json!([1, 256, 3])), 100)),
             "input `ids`: element 1: 256 is out of range for UINT8"
         );
-        assert!(e(decode_input("ids", "INT64", &[1 << 40, 1 << 40], Elements::Json(&v), 100)).contains("--max-tensor-elements"));
+        assert!(e(decode_input("ids", "INT64", &[1 << 40, 1 << 40], Elements::Json(&v), 100))
+            .contains("--max-tensor-elements"));
         assert!(e(decode_input("ids", "INT64", &[-1], Elements::Json(&v), 100)).contains("negative"));
         assert!(e(decode_input("ids", "COMPLEX", &[3], Elements::Json(&v), 100)).contains("unknown datatype"));
-        assert!(e(decode_input("ids", "FP32", &[2], Elements::Raw(Bytes::from_static(&[0; 7])), 100)).contains("7 bytes"));
+        assert!(
+            e(decode_input("ids", "FP32", &[2], Elements::Raw(Bytes::from_static(&[0; 7])), 100)).contains("7 bytes")
+        );
     }
 
     #[test]
@@ -247,6 +256,9 @@ mod tests {
         let t = decode_input("x", "INT8", &[2], Elements::Typed(&c), 10).unwrap();
         assert_eq!(&t.data[..], &[0xfd, 0x7f]);
         let c = InferTensorContents { int_contents: vec![300], ..Default::default() };
-        assert!(decode_input("x", "INT8", &[1], Elements::Typed(&c), 10).unwrap_err().message.contains("300 is out of range"));
+        assert!(decode_input("x", "INT8", &[1], Elements::Typed(&c), 10)
+            .unwrap_err()
+            .message
+            .contains("300 is out of range"));
     }
 }
