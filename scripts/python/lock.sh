@@ -3,7 +3,9 @@
 # benchmark peers' venv, from peers.in; torch.lock, the exporters' PyTorch venv, from torch.in;
 # tools.lock, pip-tools' own, from tools.in): every package, direct or pulled in, pinned to an
 # exact version with the sha256 of each of its files on PyPI.
-# Run it by hand after editing requirements.in (network access to PyPI needed); commit both.
+# core.in holds what requirements.in, peers.in and torch.in share; requirements.in adds the
+# serving tests' clients (tritonclient, ray), which the other venvs do not need.
+# Run it by hand after editing an .in file (network access to PyPI needed); commit both.
 #
 #   bash scripts/python/lock.sh
 #
