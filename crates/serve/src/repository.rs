@@ -170,7 +170,8 @@ impl Repository {
             self.options.max_queue,
             name,
             &version_text,
-        );
+        )
+        .map_err(|e| ServeError::unavailable(format!("model `{name}` version {version}: cannot start its threads: {e}")))?;
         Ok(Version { name: name.to_string(), version, session, scheduler })
     }
 

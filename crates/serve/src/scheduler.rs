@@ -75,7 +75,7 @@ impl Scheduler {
         max_queue: usize,
         model: &str,
         version: &str,
-    ) -> Scheduler {
+    ) -> std::io::Result<Scheduler> {
         let queue = Arc::new(Queue {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
@@ -85,14 +85,13 @@ impl Scheduler {
             model: model.to_string(),
             version: version.to_string(),
         });
+        // Made first: if a thread cannot be started, dropping it stops those that were.
+        let scheduler = Scheduler { queue };
         for i in 0..instances.max(1) {
-            let q = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("kiln-serve-{model}-{version}-{i}"))
-                .spawn(move || q.work())
-                .expect("spawning a worker thread");
+            let q = scheduler.queue.clone();
+            std::thread::Builder::new().name(format!("kiln-serve-{model}-{version}-{i}")).spawn(move || q.work())?;
         }
-        Scheduler { queue }
+        Ok(scheduler)
     }
 
     pub fn batching(&self) -> Option<Batching> {
