@@ -5,8 +5,8 @@
 #   KILN_VENV=/path/to/venv bash scripts/gen_onnx_proto.sh    # default venv: $REPO/.venv
 #
 # The venv must have onnx==1.23.2 installed (scripts/setup.sh makes $REPO/.venv). The
-# generator is a standalone cargo project, crates/onnx/codegen, outside the main workspace;
-# it builds into $REPO/target/onnx-codegen.
+# generator is a standalone cargo project, crates/codegen, outside the main workspace;
+# it builds into $REPO/target/proto-codegen.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +31,6 @@ if [ ! -f "$proto" ]; then
 fi
 
 out="$repo/crates/onnx/src/generated/onnx.rs"
-CARGO_TARGET_DIR="$repo/target/onnx-codegen" \
-    cargo run --quiet --release --manifest-path "$repo/crates/onnx/codegen/Cargo.toml" -- "$proto" "$out"
+CARGO_TARGET_DIR="$repo/target/proto-codegen" \
+    cargo run --quiet --release --manifest-path "$repo/crates/codegen/Cargo.toml" -- onnx "$proto" "$out"
 echo "gen_onnx_proto: regenerated $out from $proto (onnx $onnx_version)"

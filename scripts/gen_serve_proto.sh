@@ -5,12 +5,12 @@
 #
 #   bash scripts/gen_serve_proto.sh
 #
-# The generator is a standalone cargo project, crates/serve/codegen, outside the main
-# workspace; it builds into $REPO/target/serve-codegen.
+# The generator is a standalone cargo project, crates/codegen, outside the main
+# workspace; it builds into $REPO/target/proto-codegen.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 proto="$repo/crates/serve/proto/inference.proto"
 out="$repo/crates/serve/src/generated/inference.rs"
-CARGO_TARGET_DIR="$repo/target/serve-codegen" \
-    cargo run --quiet --release --manifest-path "$repo/crates/serve/codegen/Cargo.toml" -- "$proto" "$out"
+CARGO_TARGET_DIR="$repo/target/proto-codegen" \
+    cargo run --quiet --release --manifest-path "$repo/crates/codegen/Cargo.toml" -- serve "$proto" "$out"
 echo "gen_serve_proto: regenerated $out from $proto"
