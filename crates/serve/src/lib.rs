@@ -182,8 +182,11 @@ impl Server {
         protocol: &'static str,
     ) -> Result<(Arc<Version>, Vec<Tensor>), ServeError> {
         let start = std::time::Instant::now();
-        let model = req.model.clone();
+        let name = req.model.clone();
         let result = self.infer_inner(req).await;
+        // Named models only: names a client makes up must not grow the metrics without bound.
+        let unknown = matches!(&result, Err(e) if e.kind == ErrorKind::NotFound);
+        let model = if unknown { "(unknown)".to_string() } else { name.clone() };
         let version = result.as_ref().map_or(String::new(), |(v, _)| v.version.to_string());
         let labels = [("model", model.clone()), ("version", version), ("protocol", protocol.to_string())];
         metrics::counter!("kiln_requests_total", &labels).increment(1);
@@ -195,7 +198,7 @@ impl Server {
                 let labels =
                     [("model", model.clone()), ("protocol", protocol.to_string()), ("reason", e.label().to_string())];
                 metrics::counter!("kiln_request_failures_total", &labels).increment(1);
-                tracing::warn!(model, protocol, error = %e.message, "request failed");
+                tracing::warn!(model = name, protocol, error = %e.message, "request failed");
             }
         }
         result

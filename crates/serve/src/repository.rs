@@ -171,7 +171,9 @@ impl Repository {
             name,
             &version_text,
         )
-        .map_err(|e| ServeError::unavailable(format!("model `{name}` version {version}: cannot start its threads: {e}")))?;
+        .map_err(|e| {
+            ServeError::unavailable(format!("model `{name}` version {version}: cannot start its threads: {e}"))
+        })?;
         Ok(Version { name: name.to_string(), version, session, scheduler })
     }
 

@@ -188,6 +188,13 @@ def test_metrics_count_requests_and_failures(server):
     for name in ["kiln_queue_duration_seconds_count", "kiln_compute_duration_seconds_count",
                  "kiln_request_duration_seconds_count"]:
         assert metric(server, name, model="mobilenetv2_torch") >= 1, name
+    # A name a client makes up is counted, not kept as a label of its own.
+    unknown = metric(server, "kiln_request_failures_total", model="(unknown)")
+    with pytest.raises(InferenceServerException):
+        infer(c, "http", "made_up_model_7f3a", feed)
+    assert metric(server, "kiln_request_failures_total", model="(unknown)") == unknown + 1
+    _, text = raw_http(server, "GET", "/metrics")
+    assert b"made_up_model_7f3a" not in text
 
 
 def expect_error(fn, status, *words):
