@@ -1,7 +1,8 @@
 //! The HTTP/REST side of the protocol (axum): health, metadata, inference with JSON tensors or
 //! Triton's binary tensor extension (the JSON header's length in
 //! `Inference-Header-Content-Length`, each binary tensor's bytes after it in order), the
-//! model repository extension, and Prometheus metrics at `/metrics`.
+//! model repository extension, and Prometheus metrics at `/metrics`; bodies may be gzip or
+//! deflate compressed either way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +50,11 @@ pub fn router(server: Arc<Server>, metrics: PrometheusHandle) -> Router {
         .route("/metrics", get(|State(app): State<App>| async move { app.metrics.render() }))
         .fallback(|| async { ServeError::not_found("no such endpoint of the inference protocol") })
         .with_state(App { server, metrics })
+        // gzip or deflate bodies both ways (`Content-Encoding`, `Accept-Encoding`), as Triton
+        // and its clients' `request_compression_algorithm` / `response_compression_algorithm`
+        // do; a request's size limit applies to what it inflates to.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 impl IntoResponse for ServeError {

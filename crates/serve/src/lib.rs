@@ -37,7 +37,9 @@ use crate::tensor::Input;
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
     /// The model repository: a directory of `NAME/VERSION/model.kiln` (VERSION a positive
-    /// integer; a request naming no version gets the highest).
+    /// integer; a request naming no version gets the highest). `NAME/config.json` may set
+    /// the model's own `threads`, `instances`, `max_queue` and `dynamic_batching` (false, true
+    /// or {"max_batch": N, "delay_us": N}), overriding these flags.
     #[arg(long)]
     pub model_repository: PathBuf,
     /// The address to listen on.
@@ -347,7 +349,9 @@ async fn serve(
     let options = ModelOptions {
         threads: args.threads,
         instances: args.instances,
-        batching: (!args.no_batching).then_some((args.max_batch, Duration::from_micros(args.batch_delay_us))),
+        batching: !args.no_batching,
+        max_batch: args.max_batch,
+        batch_delay: Duration::from_micros(args.batch_delay_us),
         max_queue: args.max_queue,
     };
     let root = args.model_repository.clone();
@@ -369,6 +373,16 @@ async fn serve(
         .map_err(|e| format!("cannot listen on {}:{} (gRPC): {e}", args.host, args.grpc_port))?;
     let (http_addr, grpc_addr): (SocketAddr, SocketAddr) = (http_listener.local_addr()?, grpc_listener.local_addr()?);
 
+    // Histogram samples wait in the recorder until upkeep folds them into their buckets (a
+    // scrape does it too): without this, a server nobody scrapes grows with every request.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&s| s).await;

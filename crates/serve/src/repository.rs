@@ -1,6 +1,6 @@
 //! The model repository: a directory laid out like Triton's, `ROOT/NAME/VERSION/model.kiln`
-//! (VERSION a positive integer). Every version found is loaded; a request that names no
-//! version gets the highest. Models are loaded, reloaded and unloaded by name at run time
+//! (VERSION a positive integer), with an optional `ROOT/NAME/config.json` of the model's own
+//! settings. Every version found is loaded; a request that names no version gets the highest. Models are loaded, reloaded and unloaded by name at run time
 //! (the protocol's model repository extension); a request in flight keeps the version it
 //! started on.
 
@@ -18,6 +18,8 @@ use crate::ServeError;
 
 /// The artifact's file name in each version directory.
 pub const ARTIFACT: &str = "model.kiln";
+/// A model's own settings, in its directory (optional).
+pub const CONFIG: &str = "config.json";
 
 /// How models are loaded and run.
 #[derive(Clone, Debug)]
@@ -26,8 +28,12 @@ pub struct ModelOptions {
     pub threads: usize,
     /// Runs in flight per model version.
     pub instances: usize,
-    /// Dynamic batching's largest batch (`None`: the batch dim's upper bound), or off.
-    pub batching: Option<(Option<usize>, Duration)>,
+    /// Whether requests to a model with a batch dim are batched.
+    pub batching: bool,
+    /// The largest batch (`None`: the batch dim's upper bound).
+    pub max_batch: Option<usize>,
+    /// How long the oldest request waits for others.
+    pub batch_delay: Duration,
     pub max_queue: usize,
 }
 
@@ -121,6 +127,7 @@ impl Repository {
                 if e.kind() == std::io::ErrorKind::NotFound { ServeError::not_found } else { ServeError::bad_request };
             kind(format!("model `{name}`: cannot read `{}`: {e}", dir.display()))
         })?;
+        let options = self.model_options(name, dir)?;
         let mut versions = BTreeMap::new();
         for e in entries.filter_map(|e| e.ok()) {
             let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok()).filter(|&v| v > 0) else {
@@ -130,7 +137,7 @@ impl Repository {
             if !path.is_file() {
                 continue;
             }
-            versions.insert(v, Arc::new(self.load_version(name, v, &path)?));
+            versions.insert(v, Arc::new(load_version(&options, name, v, &path)?));
         }
         if versions.is_empty() {
             return Err(ServeError::bad_request(format!(
@@ -142,39 +149,32 @@ impl Repository {
         Ok(versions)
     }
 
-    fn load_version(&self, name: &str, version: u64, path: &Path) -> Result<Version, ServeError> {
-        let opts = SessionOptions { threads: self.options.threads, ..Default::default() };
-        let session = Session::load_with(path, &opts)
-            .map_err(|e| ServeError::bad_request(format!("model `{name}` version {version}: {e}")))?;
-        let m = session.manifest();
-        if let Some(t) =
-            m.inputs.iter().chain(&m.outputs).find(|t| DType::from_i32(t.dtype).and_then(datatype_name).is_none())
-        {
-            return Err(ServeError::bad_request(format!(
-                "model `{name}` version {version}: tensor `{}` has a dtype the inference protocol has no name for",
-                t.name
-            )));
+    /// The server's options for model `name`, overridden by its `config.json` if it has one.
+    fn model_options(&self, name: &str, dir: &Path) -> Result<ModelOptions, ServeError> {
+        let path = dir.join(CONFIG);
+        let mut options = self.options.clone();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(options),
+            Err(e) => {
+                return Err(ServeError::bad_request(format!("model `{name}`: cannot read `{}`: {e}", path.display())))
+            }
+        };
+        let config: ModelConfig = serde_json::from_slice(&text)
+            .map_err(|e| ServeError::bad_request(format!("model `{name}`: `{}`: {e}", path.display())))?;
+        options.threads = config.threads.unwrap_or(options.threads);
+        options.instances = config.instances.unwrap_or(options.instances);
+        options.max_queue = config.max_queue.unwrap_or(options.max_queue);
+        match config.dynamic_batching {
+            None => {}
+            Some(BatchingConfig::Enabled(on)) => options.batching = on,
+            Some(BatchingConfig::Set(b)) => {
+                options.batching = true;
+                options.max_batch = b.max_batch.or(options.max_batch);
+                options.batch_delay = b.delay_us.map_or(options.batch_delay, Duration::from_micros);
+            }
         }
-        let batching = self.options.batching.and_then(|(max, delay)| {
-            let hi = batch_bound(m)?;
-            let max = max.map_or(hi, |n| n.min(hi)).max(1);
-            (max > 1).then_some(Batching { max, delay })
-        });
-        let version_text = version.to_string();
-        tracing::info!(model = name, version, batching = ?batching.map(|b| b.max), "version loaded");
-        let session = Arc::new(session);
-        let scheduler = Scheduler::new(
-            session.clone(),
-            batching,
-            self.options.instances,
-            self.options.max_queue,
-            name,
-            &version_text,
-        )
-        .map_err(|e| {
-            ServeError::unavailable(format!("model `{name}` version {version}: cannot start its threads: {e}"))
-        })?;
-        Ok(Version { name: name.to_string(), version, session, scheduler })
+        Ok(options)
     }
 
     /// Unloads model `name`: new requests for it fail; those in flight finish.
@@ -268,6 +268,59 @@ impl Repository {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
         self.models.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A model directory's own settings (`NAME/config.json`), each overriding the server's flag.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelConfig {
+    threads: Option<usize>,
+    instances: Option<usize>,
+    max_queue: Option<usize>,
+    dynamic_batching: Option<BatchingConfig>,
+}
+
+/// `"dynamic_batching": false | true | {"max_batch": N, "delay_us": N}`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum BatchingConfig {
+    Enabled(bool),
+    Set(BatchingFields),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchingFields {
+    max_batch: Option<usize>,
+    delay_us: Option<u64>,
+}
+
+/// Loads one version of a model with its options.
+fn load_version(options: &ModelOptions, name: &str, version: u64, path: &Path) -> Result<Version, ServeError> {
+    let opts = SessionOptions { threads: options.threads, ..Default::default() };
+    let session = Session::load_with(path, &opts)
+        .map_err(|e| ServeError::bad_request(format!("model `{name}` version {version}: {e}")))?;
+    let m = session.manifest();
+    if let Some(t) =
+        m.inputs.iter().chain(&m.outputs).find(|t| DType::from_i32(t.dtype).and_then(datatype_name).is_none())
+    {
+        return Err(ServeError::bad_request(format!(
+            "model `{name}` version {version}: tensor `{}` has a dtype the inference protocol has no name for",
+            t.name
+        )));
+    }
+    let batching = batch_bound(m).filter(|_| options.batching).and_then(|hi| {
+        let max = options.max_batch.map_or(hi, |n| n.min(hi));
+        (max > 1).then_some(Batching { max, delay: options.batch_delay })
+    });
+    let version_text = version.to_string();
+    tracing::info!(model = name, version, batching = ?batching.map(|b| b.max), "version loaded");
+    let session = Arc::new(session);
+    let scheduler =
+        Scheduler::new(session.clone(), batching, options.instances, options.max_queue, name, &version_text).map_err(
+            |e| ServeError::unavailable(format!("model `{name}` version {version}: cannot start its threads: {e}")),
+        )?;
+    Ok(Version { name: name.to_string(), version, session, scheduler })
 }
 
 /// The upper bound of the model's batch dim: a run-time dim (`--dim batch=1..N`) that is dim

@@ -202,6 +202,7 @@ def test_64_clients_with_faults_lose_nothing_and_memory_stays_flat(repository, t
                 failures.append(f"client {k} ({kind}, {name}): {e!r}"[:500])
 
     faults = Faults(server, infer_body(work["resnet50_torch"][0][0]))
+    start = time.monotonic()
     try:
         with concurrent.futures.ThreadPoolExecutor(CLIENTS + 3) as pool:
             running = [pool.submit(one_client, k) for k in range(CLIENTS)]
@@ -209,7 +210,10 @@ def test_64_clients_with_faults_lose_nothing_and_memory_stays_flat(repository, t
             running += [pool.submit(faults.run_slow, stop) for _ in range(2)]
             time.sleep(WARMUP)
             warm_rss, warm_ok = server.rss_kib(), sum(ok)
-            time.sleep(SECONDS - WARMUP)
+            samples = []  # RSS every 10 s, for the record
+            while time.monotonic() - start < SECONDS:
+                time.sleep(min(10.0, max(0.0, SECONDS - (time.monotonic() - start))))
+                samples.append(server.rss_kib() / 1024)
             stop.set()
             for f in running:
                 f.result()
@@ -218,7 +222,7 @@ def test_64_clients_with_faults_lose_nothing_and_memory_stays_flat(repository, t
         print(f"\n{total} requests answered by {CLIENTS} clients in {SECONDS:.0f} s "
               f"({(total - warm_ok) / (SECONDS - WARMUP):.1f}/s after warm-up), {len(failures)} failed; "
               f"faults: {faults.counts}; RSS after warm-up {warm_rss / 1024:.1f} MiB, after the load {end_rss / 1024:.1f} MiB "
-              f"({end_rss / warm_rss:.3f}x)")
+              f"({end_rss / warm_rss:.3f}x); RSS every 10 s: {', '.join(f'{m:.1f}' for m in samples)} MiB")
         assert not failures, failures[:5]
         assert not faults.errors, faults.errors[:5]
         assert all(n > 0 for n in ok), "a client got no answer"

@@ -390,3 +390,55 @@ def test_a_killed_server_leaves_no_files_behind(repository, tmp_path):
         s.proc.kill()
         s.stop()
     assert list(tmp.iterdir()) == []
+
+
+def test_a_models_config_overrides_the_servers_batching(repository, tmp_path):
+    """`NAME/config.json`: batching off for one copy of a model, at most 2 rows for another;
+    a config with an unknown key leaves its model unavailable, naming the key."""
+    import shutil
+    repo = tmp_path / "repo"
+    for name, config in [("off", {"dynamic_batching": False}), ("two", {"dynamic_batching": {"max_batch": 2}}),
+                         ("bad", {"dynamic_batching": True, "max_batchsize": 4})]:
+        shutil.copytree(repository / "resnet50_torch", repo / name)
+        (repo / name / "config.json").write_text(json.dumps(config))
+    s = Server(repo, "--threads", "1", "--batch-delay-us", "20000")
+    try:
+        c = client(s, "http")
+        assert not c.is_model_ready("bad")
+        index = {m["name"]: m for m in c.get_model_repository_index()}
+        assert "max_batchsize" in index["bad"]["reason"]
+        model, _, _ = load_case("resnet50_torch")
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+        want = onnxruntime_outputs(model, {"image": x})["logits"]
+        for name in ("off", "two"):
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                got = list(pool.map(lambda _: infer(client(s, "grpc"), "grpc", name, {"image": x}).as_numpy("logits"), range(16)))
+            for g in got:
+                np.testing.assert_allclose(g, want, rtol=RTOL, atol=ATOL)
+            runs = metric(s, "kiln_batch_size_count", model=name)
+            assert metric(s, "kiln_batch_size_sum", model=name) == 16
+            if name == "off":
+                assert runs == 16
+            else:
+                assert metric(s, "kiln_batch_size_bucket", model=name, le="2") == runs and runs < 16
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_bodies_both_ways(server, algorithm):
+    model, feed, _ = load_case("bert_torch")
+    want = onnxruntime_outputs(model, feed)
+    inputs = []
+    for name, arr in feed.items():
+        i = httpclient.InferInput(name, list(arr.shape), "INT64")
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    r = client(server, "http").infer("bert_torch", inputs, request_compression_algorithm=algorithm,
+                                     response_compression_algorithm=algorithm)
+    assert_matches(r, want)
+    # A body that is not what its Content-Encoding says is refused with a message.
+    status, body = raw_http(server, "POST", "/v2/models/bert_torch/infer", b"not compressed at all",
+                            {"Content-Encoding": algorithm})
+    assert status == 400 and "cannot read the request body" in body["error"]
