@@ -57,6 +57,49 @@ pub fn router(server: Arc<Server>, metrics: PrometheusHandle) -> Router {
         .layer(tower_http::compression::CompressionLayer::new())
 }
 
+/// Serves `router` on `listener` until `stop` turns true, then lets the connections finish
+/// their requests. Each connection is hyper's HTTP/1 with a timer, so that a client must send a
+/// request's headers within `header_timeout` (axum's own `serve` sets no timer, and a client
+/// trickling headers would hold its connection open for ever); the body is bounded by the
+/// request timeout in [`infer`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    header_timeout: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // (Out of file descriptors, say: wait rather than spin.)
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|&s| s) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection closed");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
         let status = match self.kind {

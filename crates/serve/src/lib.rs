@@ -21,7 +21,6 @@ pub mod repository;
 pub mod scheduler;
 pub mod tensor;
 
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,7 +79,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 128)]
     pub max_queue: usize,
     /// A request not answered in this time (reading its body included) fails with 408 /
-    /// DEADLINE_EXCEEDED.
+    /// DEADLINE_EXCEEDED; an HTTP client that has not sent a request's headers in this time
+    /// is disconnected.
     #[arg(long, default_value_t = 60_000)]
     pub request_timeout_ms: u64,
     /// Log lines as `text` or `json` (one object per line), on stderr. `RUST_LOG` filters
@@ -387,8 +387,7 @@ async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&s| s).await;
     };
-    let http = axum::serve(http_listener, http::router(server.clone(), metrics))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http = http::serve(http_listener, http::router(server.clone(), metrics), stop_rx.clone(), limits.timeout);
     let grpc = tonic::transport::Server::builder()
         .timeout(limits.timeout)
         .add_service(grpc::service(server.clone()))
@@ -407,8 +406,7 @@ async fn serve(
         tracing::info!("shutting down: finishing the requests in flight");
         let _ = stop_tx.send(true);
     });
-    let (h, g) = tokio::join!(http.into_future(), grpc);
-    h?;
+    let ((), g) = tokio::join!(http, grpc);
     g?;
     tracing::info!("stopped");
     Ok(())

@@ -442,3 +442,40 @@ def test_compressed_bodies_both_ways(server, algorithm):
     status, body = raw_http(server, "POST", "/v2/models/bert_torch/infer", b"not compressed at all",
                             {"Content-Encoding": algorithm})
     assert status == 400 and "cannot read the request body" in body["error"]
+
+
+def test_a_client_trickling_its_headers_is_disconnected(repository, tmp_path):
+    """Slow headers (a slowloris client): the connection is closed once the request timeout
+    passes without a whole request head, and the server answers others meanwhile."""
+    import shutil
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "mobilenetv2_torch", repo / "m")
+    s = Server(repo, "--request-timeout-ms", "2000")
+    try:
+        host, port = s.http.rsplit(":", 1)
+        start = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n")
+            closed = False
+            while time.monotonic() - start < 20:
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    closed = True
+                    break
+                sock.settimeout(0.5)
+                try:
+                    if sock.recv(4096) == b"":
+                        closed = True
+                        break
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed = True
+                    break
+                _, feed, _ = load_case("mobilenetv2_torch")
+                infer(client(s, "http"), "http", "m", feed)
+        assert closed, "the connection trickling headers was still open after 20 s"
+        assert time.monotonic() - start < 10
+    finally:
+        assert s.stop() == 0
