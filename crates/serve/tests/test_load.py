@@ -1,7 +1,7 @@
 """Load and faults, bounded in time, on loopback: 64 concurrent Triton clients (half HTTP, half
 gRPC) against ResNet-50 and a BERT encoder (the exporter models) while other connections
 misbehave — clients killed mid-request, garbage on both ports, bodies past the size limit,
-bodies sent too slowly, gRPC calls cancelled by their deadline. Every answer the clients get
+bodies and request heads sent too slowly, gRPC calls cancelled by their deadline. Every answer the clients get
 is checked against onnxruntime's output for its input: none may fail or differ, the server
 must stay up and answer, and its memory after the load must be within 10% of its memory
 after the warm-up.
@@ -145,6 +145,28 @@ class Faults:
             self.errors.append(f"slow body: status {status}")
         self.note("slow bodies")
 
+    def slow_headers(self):
+        """A request head trickled a line at a time: disconnected after the request timeout."""
+        start = time.monotonic()
+        closed = False
+        with self.connect() as s:
+            s.settimeout(0.25)
+            s.sendall(b"POST /v2/models/resnet50_torch/infer HTTP/1.1\r\nHost: x\r\n")
+            while time.monotonic() - start < TIMEOUT_MS / 1000 + 5:
+                try:
+                    s.sendall(b"X-Slow: 1\r\n")
+                    if s.recv(4096) == b"":
+                        closed = True
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    closed = True
+                    break
+        if not closed:
+            self.errors.append("slow headers: the connection was still open after the request timeout")
+        self.note("slow headers")
+
     def cancelled_grpc(self, feed):
         c = grpcclient.InferenceServerClient(f"{self.host}:{self.grpc_port}")
         i = grpcclient.InferInput("image", list(feed["image"].shape), "FP32")
@@ -171,6 +193,7 @@ class Faults:
     def run_slow(self, stop):
         while not stop.is_set():
             self.slow_body()
+            self.slow_headers()
 
 
 def test_64_clients_with_faults_lose_nothing_and_memory_stays_flat(repository, tmp_path):
@@ -226,7 +249,7 @@ def test_64_clients_with_faults_lose_nothing_and_memory_stays_flat(repository, t
         assert not failures, failures[:5]
         assert not faults.errors, faults.errors[:5]
         assert all(n > 0 for n in ok), "a client got no answer"
-        assert min(faults.counts.values()) > 0 and len(faults.counts) == 6, faults.counts
+        assert min(faults.counts.values()) > 0 and len(faults.counts) == 7, faults.counts
         assert server.proc.poll() is None, "the server died"
         assert end_rss <= warm_rss * 1.10, (warm_rss, end_rss)
         # Still answering, and correct.
