@@ -7,6 +7,7 @@ import os
 import pathlib
 import select
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -131,3 +132,26 @@ def server(repository):
     s = Server(repository, "--threads", "1")
     yield s
     assert s.stop() == 0, s.log_text()
+
+
+def trickle_headers(address, limit_s, between=None):
+    """Sends a request head a line at a time to `address` (`host:port`), calling `between()`
+    after each line, until the server closes the connection or `limit_s` pass; whether it
+    closed it."""
+    host, port = address.rsplit(":", 1)
+    start = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.settimeout(0.25)
+        s.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n")
+        while time.monotonic() - start < limit_s:
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+                if s.recv(4096) == b"":
+                    return True
+            except socket.timeout:
+                pass
+            except OSError:
+                return True
+            if between:
+                between()
+    return False

@@ -1,8 +1,8 @@
 """Load and faults, bounded in time, on loopback: 64 concurrent Triton clients (half HTTP, half
 gRPC) against ResNet-50 and a BERT encoder (the exporter models) while other connections
 misbehave — clients killed mid-request, garbage on both ports, bodies past the size limit,
-bodies and request heads sent too slowly, gRPC calls cancelled by their deadline. Every answer the clients get
-is checked against onnxruntime's output for its input: none may fail or differ, the server
+bodies and request heads sent too slowly, gRPC calls cancelled by their deadline. Every
+answer the clients get is checked against onnxruntime's output for its input: none may fail or differ, the server
 must stay up and answer, and its memory after the load must be within 10% of its memory
 after the warm-up.
 
@@ -23,7 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import RTOL, ATOL, Server, load_case, onnxruntime_outputs
+from conftest import RTOL, ATOL, Server, load_case, onnxruntime_outputs, trickle_headers
 from test_serve import client, infer
 
 CLIENTS = 64
@@ -147,23 +147,7 @@ class Faults:
 
     def slow_headers(self):
         """A request head trickled a line at a time: disconnected after the request timeout."""
-        start = time.monotonic()
-        closed = False
-        with self.connect() as s:
-            s.settimeout(0.25)
-            s.sendall(b"POST /v2/models/resnet50_torch/infer HTTP/1.1\r\nHost: x\r\n")
-            while time.monotonic() - start < TIMEOUT_MS / 1000 + 5:
-                try:
-                    s.sendall(b"X-Slow: 1\r\n")
-                    if s.recv(4096) == b"":
-                        closed = True
-                        break
-                except socket.timeout:
-                    continue
-                except OSError:
-                    closed = True
-                    break
-        if not closed:
+        if not trickle_headers(self.server.http, TIMEOUT_MS / 1000 + 5):
             self.errors.append("slow headers: the connection was still open after the request timeout")
         self.note("slow headers")
 
