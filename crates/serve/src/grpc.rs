@@ -165,11 +165,7 @@ impl GrpcInferenceService for Service {
         &self,
         r: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        let server = self.server.clone();
-        let name = r.into_inner().model_name;
-        tokio::task::spawn_blocking(move || server.repository.load(&name))
-            .await
-            .map_err(|e| Status::internal(format!("loading stopped: {e}")))??;
+        self.server.load(r.into_inner().model_name).await?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 

@@ -186,11 +186,7 @@ async fn index(State(app): State<App>, body: Bytes) -> Result<Json<Value>, Serve
 }
 
 async fn load(State(app): State<App>, Path(name): Path<String>) -> Result<StatusCode, ServeError> {
-    let server = app.server.clone();
-    tokio::task::spawn_blocking(move || server.repository.load(&name))
-        .await
-        .map_err(|e| ServeError { kind: ErrorKind::Internal, message: format!("loading stopped: {e}") })??;
-    Ok(StatusCode::OK)
+    app.server.load(name).await.map(|_| StatusCode::OK)
 }
 
 async fn unload(State(app): State<App>, Path(name): Path<String>) -> Result<StatusCode, ServeError> {

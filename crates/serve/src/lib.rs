@@ -122,6 +122,9 @@ impl ServeError {
     pub fn unavailable(m: impl Into<String>) -> ServeError {
         ServeError { kind: ErrorKind::Unavailable, message: m.into() }
     }
+    pub fn internal(m: impl Into<String>) -> ServeError {
+        ServeError { kind: ErrorKind::Internal, message: m.into() }
+    }
     fn label(&self) -> &'static str {
         match self.kind {
             ErrorKind::BadRequest => "bad_request",
@@ -170,6 +173,14 @@ pub struct Server {
 impl Server {
     pub fn new(repository: Repository, limits: Limits, max_in_flight: usize) -> Server {
         Server { repository, limits, in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)), max_in_flight }
+    }
+
+    /// Loads (or reloads) model `name` from the repository, off the I/O threads.
+    pub async fn load(self: &Arc<Self>, name: String) -> Result<(), ServeError> {
+        let server = self.clone();
+        tokio::task::spawn_blocking(move || server.repository.load(&name))
+            .await
+            .map_err(|e| ServeError::internal(format!("loading stopped: {e}")))?
     }
 
     /// Whether the server is ready: every model it loaded is.
@@ -235,10 +246,8 @@ impl Server {
                 v.name, v.version, full.0
             ))
         })?;
-        let results = rx
-            .await
-            .map_err(|_| ServeError { kind: ErrorKind::Internal, message: "the model's worker stopped".into() })?
-            .map_err(|e| run_error(&v, e))?;
+        let results =
+            rx.await.map_err(|_| ServeError::internal("the model's worker stopped"))?.map_err(|e| run_error(&v, e))?;
         let results = match outputs {
             None => results,
             Some(names) => {
@@ -266,7 +275,7 @@ fn run_error(v: &Version, e: kiln_runtime::RuntimeError) -> ServeError {
         | R::MissingFeatures { .. }
         | R::Load(_)
         | R::Manifest(_)
-        | R::Status(_) => ServeError { kind: ErrorKind::Internal, message },
+        | R::Status(_) => ServeError::internal(message),
         _ => ServeError::bad_request(message),
     }
 }
@@ -384,16 +393,16 @@ async fn serve(
         }
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|&s| s).await;
-    };
     let http = http::serve(http_listener, http::router(server.clone(), metrics), stop_rx.clone(), limits.timeout);
     let grpc = tonic::transport::Server::builder()
         .timeout(limits.timeout)
         .add_service(grpc::service(server.clone()))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            stopped(stop_rx),
+            async move {
+                let mut rx = stop_rx;
+                let _ = rx.wait_for(|&s| s).await;
+            },
         );
     tracing::info!(%http_addr, %grpc_addr, models, startup_ms = started.elapsed().as_millis() as u64, "ready");
     {

@@ -107,8 +107,7 @@ impl Scheduler {
             return Err(QueueFull(self.queue.max_queue));
         }
         st.jobs.push_back(Job { inputs, rows, enqueued: Instant::now(), reply });
-        metrics::gauge!("kiln_queue_length", "model" => self.queue.model.clone(), "version" => self.queue.version.clone())
-            .set(st.jobs.len() as f64);
+        self.queue.note_queue_length(&st);
         drop(st);
         // Every worker: one waiting out its batching delay may now have a full batch.
         self.queue.wake.notify_all();
@@ -197,47 +196,42 @@ impl Queue {
             metrics::histogram!("kiln_queue_duration_seconds", &labels).record((start - j.enqueued).as_secs_f64());
         }
         metrics::histogram!("kiln_batch_size", &labels).record(jobs.iter().map(|j| j.rows).sum::<usize>() as f64);
-        if jobs.len() == 1 {
-            let j = jobs.into_iter().next().expect("one job");
-            let out = self.run_one(&j.inputs);
-            metrics::histogram!("kiln_compute_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
-            let _ = j.reply.send(out);
-            return;
+        let replies = if jobs.len() == 1 { vec![self.run_one(&jobs[0].inputs)] } else { self.run_batch(&jobs) };
+        metrics::histogram!("kiln_compute_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
+        for (j, reply) in jobs.into_iter().zip(replies) {
+            let _ = j.reply.send(reply);
         }
+    }
+
+    /// Runs several jobs as one batch; each job's reply holds its rows of the outputs.
+    fn run_batch(&self, jobs: &[Job]) -> Vec<Reply> {
         let total: usize = jobs.iter().map(|j| j.rows).sum();
-        match self.run_joined(&jobs, total) {
-            Ok(outputs) => {
-                metrics::histogram!("kiln_compute_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
-                let mut row = 0;
-                for j in jobs {
-                    let mine = outputs
-                        .iter()
-                        .map(|t| {
-                            let per_row = t.data.len() / total;
-                            let mut shape = t.shape.clone();
-                            shape[0] = j.rows;
-                            Tensor {
-                                name: t.name.clone(),
-                                dtype: t.dtype,
-                                shape,
-                                data: t.data[row * per_row..(row + j.rows) * per_row].to_vec(),
-                            }
-                        })
-                        .collect();
-                    row += j.rows;
-                    let _ = j.reply.send(Ok(mine));
-                }
-            }
+        let Ok(outputs) = self.run_joined(jobs, total) else {
             // A run-time data check failed (an index out of range, …): each request runs on
             // its own, so that only the one that caused it gets the error.
-            Err(_) => {
-                for j in jobs {
-                    let out = self.run_one(&j.inputs);
-                    let _ = j.reply.send(out);
-                }
-                metrics::histogram!("kiln_compute_duration_seconds", &labels).record(start.elapsed().as_secs_f64());
-            }
-        }
+            return jobs.iter().map(|j| self.run_one(&j.inputs)).collect();
+        };
+        let mut row = 0;
+        jobs.iter()
+            .map(|j| {
+                let mine = outputs
+                    .iter()
+                    .map(|t| {
+                        let per_row = t.data.len() / total;
+                        let mut shape = t.shape.clone();
+                        shape[0] = j.rows;
+                        Tensor {
+                            name: t.name.clone(),
+                            dtype: t.dtype,
+                            shape,
+                            data: t.data[row * per_row..(row + j.rows) * per_row].to_vec(),
+                        }
+                    })
+                    .collect();
+                row += j.rows;
+                Ok(mine)
+            })
+            .collect()
     }
 
     fn run_one(&self, inputs: &[Input]) -> Reply {
