@@ -392,13 +392,15 @@ impl Kernel {
         self.domain.iter().product()
     }
     /// Arithmetic operations at the bounds: the body's value operations (index arithmetic
-    /// not counted) per iteration of the domain, the reduction's combine per iteration and its
-    /// finalizer's per output element (a matrix product: 2·M·N·K).
+    /// and type conversions not counted) per iteration of the domain, the reduction's combine
+    /// per iteration and its finalizer's per output element (a matrix product: 2·M·N·K,
+    /// an integer one's widened operands included).
     pub fn flops(&self) -> u64 {
         fn ops(e: &Expr) -> u64 {
             match e {
                 Expr::Var(_) | Expr::Const(_) | Expr::Acc | Expr::Load { .. } => 0,
-                Expr::Unary(_, a) | Expr::Cast(_, _, _, a) => 1 + ops(a),
+                Expr::Cast(_, _, _, a) => ops(a),
+                Expr::Unary(_, a) => 1 + ops(a),
                 Expr::Binary(_, a, b) | Expr::Cmp(_, a, b) => 1 + ops(a) + ops(b),
                 Expr::Select(c, a, b) => 1 + ops(c) + ops(a) + ops(b),
             }
@@ -702,3 +704,35 @@ impl fmt::Display for View {
 }
 
 pub use crate::text::lir::{parse, parse_with, print};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A product `C[m, n] = Σ_k A[m, k]·B[k, n]` of `dtype` operands summed in `acc` (the
+    /// operands widened to it when they differ).
+    fn product(dtype: DType, acc: DType, init: Scalar) -> Kernel {
+        let (m, n, k) = (3, 5, 7);
+        let widen = |e: Expr| if dtype == acc { e } else { Expr::cast(acc, e) };
+        let a = widen(Expr::load(0, vec![Expr::Var(0), Expr::Var(2)]));
+        let b = widen(Expr::load(1, vec![Expr::Var(2), Expr::Var(1)]));
+        Kernel {
+            name: "p".into(),
+            domain: vec![m, n, k],
+            n_par: 2,
+            inputs: vec![View::dense(BufferId(0), dtype, &[m, k]), View::dense(BufferId(1), dtype, &[k, n])],
+            output: View::dense(BufferId(2), acc, &[m, n]),
+            body: Expr::mul(a, b),
+            reduction: Some(Reduction { combine: Combine::Add, init, finalize: None }),
+            origin: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_product_counts_two_operations_per_multiply_add_whatever_its_operand_types() {
+        // 3×5×7 multiply-adds: the conversions of an integer product's i16 operands to i32
+        // are not arithmetic.
+        assert_eq!(product(DType::F32, DType::F32, Scalar::F32(0.0)).flops(), 2 * 3 * 5 * 7);
+        assert_eq!(product(DType::I16, DType::I32, Scalar::I32(0)).flops(), 2 * 3 * 5 * 7);
+    }
+}

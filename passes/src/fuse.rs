@@ -61,13 +61,13 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
                 // (Not into the widening of an i16 operand: the i16 value is what an integer
                 // product reads.)
                 let widening = c.outputs.iter().any(|&o| crate::quant::widened_i16(g, o));
-                let typed = product_type(g, v).is_none_or(|t| epilogue_type_ok(t, g.ty(c.outputs[0]).dtype));
+                let typed = product_of(g, v).is_none_or(|p| epilogue_type_ok(g, p, &c));
                 !widening && typed && ((elementwise_class(&c.op) && same_size) || matches!(c.op, Op::Reduce { .. }))
             } else if complex(g, &p.op, &p.inputs) {
                 elementwise_class(&c.op)
                     && g.ty(v).shape == c_out_shape
                     && !took_complex
-                    && epilogue_type_ok(g.ty(v).dtype, g.ty(c.outputs[0]).dtype)
+                    && epilogue_type_ok(g, pid, &c)
             } else if const_gather(g, &p) {
                 // A gather by constant indices (Resize's taps) is a load at a looked-up
                 // position: an elementwise consumer of its size reads it in place instead of
@@ -102,27 +102,55 @@ pub fn fuse(g: &mut Graph) -> Result<bool, PassError> {
 /// Whether `v` is a matrix product's result, possibly through elementwise ops fused into it
 /// (its bias): a value computed in a product's epilogue.
 fn from_product(g: &Graph, v: kiln_ir::ValueId) -> bool {
-    product_type(g, v).is_some()
+    product_of(g, v).is_some()
 }
 
-/// The element type of the matrix product whose epilogue computes `v` ([`from_product`]).
-fn product_type(g: &Graph, v: kiln_ir::ValueId) -> Option<DType> {
+/// The matrix product whose epilogue computes `v` ([`from_product`]).
+fn product_of(g: &Graph, v: kiln_ir::ValueId) -> Option<kiln_ir::NodeId> {
     let ValueDef::Node(pid, _) = g.value(v).def else { return None };
     let p = g.node(pid);
     if complex(g, &p.op, &p.inputs) {
-        return Some(g.ty(p.outputs[0]).dtype);
+        return Some(pid);
     }
     if !elementwise_class(&p.op) {
         return None;
     }
-    p.inputs.iter().find_map(|&u| if g.is_fused(u) { product_type(g, u) } else { None })
+    p.inputs.iter().find_map(|&u| if g.is_fused(u) { product_of(g, u) } else { None })
 }
 
-/// Whether an epilogue of a product of type `product` may compute a value of type `out`: an
-/// f32 or i32 product's epilogue (which the CPU backend runs on the sums in registers) ends
-/// in f32; the epilogue of a quantize step (f32 to integers) is a kernel of its own.
-fn epilogue_type_ok(product: DType, out: DType) -> bool {
-    out == DType::F32 || (!matches!(product, DType::F32 | DType::I32) && out == product)
+/// Whether an epilogue of product `pid` may end in node `last`: an f32 or i32 product's
+/// epilogue (which the CPU backend runs on the sums in registers) ends in f32. It may end in
+/// the conversion of a clipped f32 value to a narrow integer ([`narrowing`]: converted as it
+/// is stored, the i16 operand of the next integer convolution written by the one before
+/// instead of an f32 tensor and a conversion pass) after an integer product, or after a
+/// convolution that the Winograd schedule takes (whose epilogue is in its output transform,
+/// not in a product). Otherwise the epilogue of a quantize step of an f32 product is a kernel
+/// of its own.
+fn epilogue_type_ok(g: &Graph, pid: kiln_ir::NodeId, last: &kiln_ir::Node) -> bool {
+    let p = g.node(pid);
+    let (product, out) = (g.ty(p.outputs[0]).dtype, g.ty(last.outputs[0]).dtype);
+    out == DType::F32
+        || (narrowing(g, last) && (product == DType::I32 || crate::lower::winograd::takes(g, p)))
+        || (!matches!(product, DType::F32 | DType::I32) && out == product)
+}
+
+/// `Cast(i16 | i8 | u8, x)` of an f32 `x` clipped within ±2^30 (maybe rounded after): the
+/// conversion that the CPU backend's product epilogue stores (`within_i32` there).
+fn narrowing(g: &Graph, n: &kiln_ir::Node) -> bool {
+    use kiln_ir::UnaryOp;
+    const LIMIT: f64 = (1u32 << 30) as f64;
+    fn clipped(g: &Graph, v: kiln_ir::ValueId) -> bool {
+        let ValueDef::Node(p, _) = g.value(v).def else { return false };
+        let p = g.node(p);
+        match p.op {
+            Op::Unary(UnaryOp::Clip { lo, hi }) => lo >= -LIMIT && hi <= LIMIT,
+            Op::Unary(UnaryOp::Round | UnaryOp::Floor | UnaryOp::Ceil) => clipped(g, p.inputs[0]),
+            _ => false,
+        }
+    }
+    matches!(n.op, Op::Cast { to: DType::I16 | DType::I8 | DType::U8, .. })
+        && g.ty(n.inputs[0]).dtype == DType::F32
+        && clipped(g, n.inputs[0])
 }
 
 /// A product's result that several elementwise ops read, all of them fused into one kernel
@@ -171,8 +199,8 @@ fn fuse_shared_epilogues(g: &mut Graph) -> bool {
         }
         // The epilogue must end in a type the product's kernel computes (a quantize step's
         // integer tail after a GELU is a kernel of its own).
-        let product = product_type(g, v).expect("from a product");
-        if !epilogue_type_ok(product, g.ty(g.node(r).outputs[0]).dtype) {
+        let product = product_of(g, v).expect("from a product");
+        if !epilogue_type_ok(g, product, g.node(r)) {
             continue;
         }
         // The kernel of `r` must not take another product's epilogue already.

@@ -150,6 +150,11 @@ fn quantize_products(g: &mut Graph, cx: &Context) -> Result<bool, PassError> {
 
 fn integer_qdq(g: &mut Graph, _: &Context) -> Result<bool, PassError> {
     let changed = quant::integer_convolutions(g)? | quant::integer_matmuls(g)?;
+    if changed {
+        // Products reading one activation (a bottleneck's first convolution and its
+        // projection shortcut) share its i16 copy.
+        simplify::cse(g)?;
+    }
     and_dce(g, changed)
 }
 

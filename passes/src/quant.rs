@@ -355,13 +355,7 @@ pub fn integer_convolutions(g: &mut Graph) -> Result<bool, PassError> {
         // quarter of the multiplies, more than the integer GEMM's rate gains (`vpmaddwd`: 1.8×
         // the f32 FMA rate on Zen 3; ResNet-50 QDQ 64-67 ms with them in f32, 69-76 ms as
         // integers). One too small for Winograd (ResNet-50's 7×7 stage) is an integer one.
-        let out = &g.ty(node.outputs[0]).shape;
-        if wt.shape[2..] == [3, 3]
-            && window.strides == [1, 1]
-            && window.dilations == [1, 1]
-            && out.len() == 4
-            && crate::lower::winograd::winograd_sized(wt.shape[1], wt.shape[0], out[2], out[3])
-        {
+        if crate::lower::winograd::takes(g, &node) {
             continue;
         }
         let Some((a, s, bounds)) = dequantized(g, x) else { continue };

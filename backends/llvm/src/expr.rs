@@ -456,7 +456,7 @@ fn round_bf16<'ctx>(g: &CodeGen<'ctx>, x: FloatValue<'ctx>) -> BackendResult<Flo
 /// Whether a float expression's value always lies well within i32's range unless it is NaN:
 /// a `Clip` to bounds within ±2^30 (whatever f32 rounds them to), maybe rounded after (Round,
 /// Floor, Ceil keep it within the same bounds).
-fn within_i32(e: &Expr) -> bool {
+pub fn within_i32(e: &Expr) -> bool {
     const LIMIT: f64 = (1u32 << 30) as f64;
     match e {
         Expr::Unary(UnaryOp::Clip { lo, hi }, _) => *lo >= -LIMIT && *hi <= LIMIT,

@@ -663,6 +663,44 @@ fn integer_convolutions_are_exact() {
     }
 }
 
+/// An integer convolution whose epilogue ends in the i16 operand of the next one (its sums
+/// scaled, rounded, clipped to [0, 255] and narrowed: a quantized network's requantization)
+/// stores that i16 tensor from its GEMM's registers, and both match the reference exactly:
+/// a partial column panel (20 channels), a partial row tile (35 pixels), one pixel, batch 2.
+#[test]
+fn integer_convolutions_store_the_next_ones_i16_operand() {
+    let mut r = Rng(52);
+    let win = |k: usize, p: usize| Window { kernel: [k, k], strides: [1, 1], pads: [p; 4], dilations: [1, 1] };
+    for (n, ci, h, w, c1, c2, k2) in [(1, 16, 5, 7, 20, 8, 3), (1, 10, 1, 1, 9, 5, 1), (2, 8, 4, 3, 32, 12, 1)] {
+        let mut net = RefNet::new("narrow_epilogue");
+        let x = net.input("x", i16s(&mut r, &[n, ci, h, w], -255, 255));
+        let w0 = net.constant("w0", i16s(&mut r, &[ci, ci, 1, 1], -1, 1));
+        let w1 = net.constant("w1", i16s(&mut r, &[c1, ci, 1, 1], -127, 127));
+        let w2 = net.constant("w2", i16s(&mut r, &[c2, c1, k2, k2], -127, 127));
+        let sixty_fourth = net.constant("s", Tensor::f32(vec![], vec![1.0 / 64.0]));
+        let first = net.node(Op::Conv { window: win(1, 0), group: 1 }, &[x, w0], "first");
+        let a = net.node(Op::cast(DType::I16), &[first], "a");
+        let conv1 = net.node(Op::Conv { window: win(1, 0), group: 1 }, &[a, w1], "conv1");
+        let sums = net.node(Op::cast(DType::F32), &[conv1], "sums");
+        let scaled = net.node(Op::Binary(BinaryOp::Mul), &[sums, sixty_fourth], "scaled");
+        let rounded = net.node(Op::Unary(UnaryOp::Round), &[scaled], "rounded");
+        let bounded = net.node(Op::Unary(UnaryOp::Clip { lo: 0.0, hi: 255.0 }), &[rounded], "bounded");
+        let q = net.node(Op::cast(DType::I16), &[bounded], "q");
+        let conv2 = net.node(Op::Conv { window: win(k2, k2 / 2), group: 1 }, &[q, w2], "conv2");
+        let y = net.node(Op::Unary(UnaryOp::Relu), &[conv2], "y");
+        let prog = net.lowered(&[y]);
+        let text = kiln::ir::lir::print(&prog);
+        let narrow = prog.instrs.iter().any(|i| {
+            matches!(i, kiln::ir::lir::Instr::Kernel(k) if k.name.starts_with("conv1") && k.output.dtype == DType::I16)
+        });
+        assert!(narrow, "conv1's kernel should write q:\n{text}");
+        if std::is_x86_feature_detected!("avx2") {
+            assert!(text.contains("w1.panels"), "conv1 should be the integer GEMM:\n{text}");
+        }
+        net.check(&[y], 0.0);
+    }
+}
+
 /// A quantized model's convolution, `Conv((Cast(f32, x_u8) − zp)·s, w, b)` with weights that
 /// are integer multiples of a per-channel scale (as a QDQ model's dequantized weights are),
 /// compiles to an integer convolution whose result matches the f32 reference of the same

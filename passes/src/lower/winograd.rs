@@ -150,6 +150,23 @@ pub(crate) fn winograd_sized(c: usize, co: usize, oh: usize, ow: usize) -> bool 
     c >= 16 && co >= 16 && oh >= 8 && ow >= 8
 }
 
+/// Whether the Winograd schedule takes graph node `n` when it is lowered: an f32 3×3
+/// convolution of stride 1 with a constant filter, big enough ([`Lowerer::lower_winograd`]'s
+/// conditions, asked before lowering).
+pub(crate) fn takes(g: &kiln_ir::Graph, n: &kiln_ir::Node) -> bool {
+    let Op::Conv { window, group: 1 } = &n.op else { return false };
+    let (wt, out) = (g.ty(n.inputs[1]), g.ty(n.outputs[0]));
+    let f32s = [n.inputs[0], n.inputs[1], n.outputs[0]].iter().all(|&v| g.ty(v).dtype == DType::F32);
+    window.kernel == [3, 3]
+        && window.strides == [1, 1]
+        && window.dilations == [1, 1]
+        && f32s
+        && g.const_of(n.inputs[1]).is_some()
+        && wt.rank() == 4
+        && out.rank() == 4
+        && winograd_sized(wt.shape[1], wt.shape[0], out.shape[2], out.shape[3])
+}
+
 impl Lowerer<'_> {
     /// Lowers a convolution by F(2×2, 3×3) when it qualifies (see the module doc); `false`
     /// leaves it to the direct form.

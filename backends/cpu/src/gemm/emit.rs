@@ -193,7 +193,9 @@ pub(crate) fn gen_gemm<'ctx>(
     // registers, never after the store).
     let int_fin = if p.int.is_some() { has_fin.and_then(super::float_acc) } else { None };
     let has_fin = if p.int.is_some() { int_fin.as_ref() } else { has_fin };
-    let vector_fin = has_fin.filter(|fin| p.c_n == 1 && crate::vector::vexpr_ok(k, fin));
+    let vector_fin = has_fin
+        .and_then(|fin| super::vector_part(fin, k.output.dtype))
+        .filter(|fin| p.c_n == 1 && crate::vector::vexpr_ok(k, fin));
 
     // Extents read at run time (see `Gemm::set_runs`), at most the bound's.
     let run = |r: Option<(u32, u64)>, bound: usize| -> BackendResult<IntValue<'ctx>> {

@@ -586,6 +586,12 @@ pub(crate) fn match_product(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     if g.int.is_some() && g.bsrc == BSource::Prepacked {
         g = pair_rows(g)?;
     }
+    // A narrow C holds no partial sums: the product must be one K slice (a prepacked B is;
+    // before prepacking, an integer product's B is not yet).
+    let (tps, _, kblocks) = g.slicing();
+    if k.output.dtype.size() < 4 && g.bsrc == BSource::Prepacked && g.taps().div_ceil(tps) * kblocks != 1 {
+        return None;
+    }
     // Few rows (a batch-1 product, a small image): 8-row tiles waste less than 12-row ones
     // (16 rows are two full tiles rather than 12 + 4).
     if g.bl.mr > 8 && g.m <= 32 {
@@ -613,6 +619,24 @@ fn pair_rows(mut g: Gemm) -> Option<Gemm> {
     Some(g)
 }
 
+/// The part of a finalizer that runs on f32 vectors in the tile's registers, for a product
+/// whose C has type `out`: all of it for an f32 C; for an integer product's narrow integer C
+/// (the i16 operand of the next integer product), the value inside its last conversion,
+/// `Cast(i16, x)` with `x` clipped within i32, which the store converts as the scalar code
+/// does (through i32, NaN as 0, wrapped to the width).
+pub(crate) fn vector_part(fin: &Expr, out: DType) -> Option<&Expr> {
+    match fin {
+        _ if out == DType::F32 => Some(fin),
+        Expr::Cast(to, _, _, x) if *to == out && narrow_int(out) && kiln_llvm_codegen::expr::within_i32(x) => Some(x),
+        _ => None,
+    }
+}
+
+/// A narrow integer type an integer product's epilogue may store ([`vector_part`]).
+pub(crate) fn narrow_int(d: DType) -> bool {
+    matches!(d, DType::I16 | DType::I8 | DType::U8)
+}
+
 /// `fin` with each `Cast(f32, Acc)` read as `Acc`: an integer product's finalizer over the
 /// sum converted to f32. None if it reads the i32 accumulator otherwise.
 pub(crate) fn float_acc(fin: &Expr) -> Option<Expr> {
@@ -634,7 +658,9 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     }
     let acc = if int { DType::I32 } else { DType::F32 };
     let np = k.n_par;
-    let out_ok = k.output.dtype == DType::F32 || (int && k.output.dtype == DType::I32 && red.finalize.is_none());
+    let out_ok = k.output.dtype == DType::F32
+        || (int && k.output.dtype == DType::I32 && red.finalize.is_none())
+        || (int && narrow_int(k.output.dtype) && red.finalize.is_some());
     if np < 2 || k.domain.len() <= np || !out_ok {
         return None;
     }
@@ -647,7 +673,7 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         return None;
     }
     if let Some(f) = &red.finalize {
-        if f.dtype(&ops, Some(acc)) != DType::F32 {
+        if f.dtype(&ops, Some(acc)) != k.output.dtype {
             return None;
         }
         // The finalizer may read only at the parallel indices.
@@ -656,8 +682,12 @@ fn match_gemm_with(k: &Kernel, bl: Blocking) -> Option<Gemm> {
         if !ok {
             return None;
         }
-        // An integer product's finalizer runs on the sum in f32, in registers.
-        if int && !float_acc(f).is_some_and(|ff| crate::vector::vexpr_ok(k, &ff)) {
+        // An integer product's finalizer runs on the sum in f32, in registers (converted to
+        // a narrow C as it is stored).
+        if int
+            && !float_acc(f)
+                .is_some_and(|ff| vector_part(&ff, k.output.dtype).is_some_and(|v| crate::vector::vexpr_ok(k, v)))
+        {
             return None;
         }
     }

@@ -348,28 +348,31 @@ fn store_tile<'ctx>(
     let (w, nr) = (p.bl.w, p.bl.nr);
     let nq = nr / w;
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
+    // The epilogue of accumulator vector `q` of row `i`, in f32 (on the lanes of `m` only).
+    let fin_value = |vf: &VFin<'_, 'ctx>, i: usize, q: usize, m: Option<VectorValue<'ctx>>| {
+        let mut vars = t.ar.bvars.to_vec();
+        vars.extend(mvs[i].iter().copied());
+        vars.push(add(g, vf.j0, g.i64((q * w) as i64))?);
+        vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
+        let a = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
+        // An integer product's sum, converted to f32 (the finalizer's `Cast(f32, Acc)`).
+        let f32v = g.context.f32_type().vec_type(w as u32);
+        let a =
+            if p.int.is_some() { g.builder.build_signed_int_to_float(a, f32v, "af").map_err(llvm_err)? } else { a };
+        crate::vector::vgen_masked(g, vf.k, vf.bases, vf.fin, &vars, Some(a), f32v, m)
+    };
+    if let Some(vf) = t.vfin.filter(|vf| vf.k.output.dtype.size() < 4) {
+        return store_narrow(g, f, p, t, &vf, c_rows, masks, &fin_value);
+    }
     // Store: straight into C for a full tile, through the stack tile at the N edge.
-    // The epilogue in registers, on the last slice (on the lanes of `masks` only, at an edge).
+    // The epilogue in registers, on the last slice (on the lanes of `masks` only, at an edge);
+    // the result is kept as the accumulator's bits, which the stores move to C.
     let vector_fin = |masks: Option<&[VectorValue<'ctx>]>| -> BackendResult<()> {
-        let Some(VFin { k, fin, bases, last, j0 }) = t.vfin else { return Ok(()) };
-        when(g, f, last, &mut || {
-            for (i, mv) in mvs.iter().enumerate() {
+        let Some(vf) = t.vfin else { return Ok(()) };
+        when(g, f, vf.last, &mut || {
+            for i in 0..mvs.len() {
                 for q in 0..nq {
-                    let mut vars = t.ar.bvars.to_vec();
-                    vars.extend(mv.iter().copied());
-                    vars.push(add(g, j0, g.i64((q * w) as i64))?);
-                    vars.extend(std::iter::repeat_n(g.i64(0), p.n_kvars));
-                    let a = g.builder.build_load(t.vt, acc(i, q), "a").map_err(llvm_err)?.into_vector_value();
-                    let m = masks.map(|m| m[q]);
-                    // An integer product's sum, converted to f32 (the finalizer's `Cast(f32, Acc)`);
-                    // the result is kept as the accumulator's bits, which the stores move to C.
-                    let vf = g.context.f32_type().vec_type(w as u32);
-                    let a = if p.int.is_some() {
-                        g.builder.build_signed_int_to_float(a, vf, "af").map_err(llvm_err)?
-                    } else {
-                        a
-                    };
-                    let y = crate::vector::vgen_masked(g, k, bases, fin, &vars, Some(a), vf, m)?;
+                    let y = fin_value(&vf, i, q, masks.map(|m| m[q]))?;
                     let y = g.builder.build_bit_cast(y, t.vt, "bits").map_err(llvm_err)?;
                     g.builder.build_store(acc(i, q), y).map_err(llvm_err)?;
                 }
@@ -412,6 +415,58 @@ fn store_tile<'ctx>(
     }
     g.builder.build_unconditional_branch(full.2).map_err(llvm_err)?;
     g.builder.position_at_end(full.2);
+    Ok(())
+}
+
+/// Stores a tile into a narrow integer C (the only K slice, [`super::vector_part`]): each
+/// vector's epilogue in f32, converted through i32 (NaN as 0, as the scalar conversion)
+/// and wrapped to C's width; masked stores at the N edge.
+#[allow(clippy::too_many_arguments)]
+fn store_narrow<'ctx>(
+    g: &CodeGen<'ctx>,
+    f: FunctionValue<'ctx>,
+    p: &Gemm,
+    t: &Tile<'_, 'ctx>,
+    vf: &VFin<'_, 'ctx>,
+    c_rows: &[IntValue<'ctx>],
+    masks: Option<&[VectorValue<'ctx>]>,
+    fin_value: &dyn Fn(&VFin<'_, 'ctx>, usize, usize, Option<VectorValue<'ctx>>) -> BackendResult<VectorValue<'ctx>>,
+) -> BackendResult<()> {
+    let (w, nq) = (p.bl.w, p.bl.nr / p.bl.w);
+    let to = vf.k.output.dtype;
+    let i32v = g.context.i32_type().vec_type(w as u32);
+    let nv = g
+        .context
+        .custom_width_int_type(std::num::NonZeroU32::new(to.bits()).expect("8 or 16 bits"))
+        .map_err(llvm_err)?
+        .vec_type(w as u32);
+    // (An integer product's C is contiguous along N: its edges are masked.)
+    let masks = masks.ok_or_else(|| llvm_err("a narrow C strided along N"))?;
+    let (full, edge, done) = cx_blocks(g, f, t.c_full)?;
+    for (block, masks) in [(full, None), (edge, Some(masks))] {
+        g.builder.position_at_end(block);
+        for (i, &ci) in c_rows.iter().enumerate() {
+            for q in 0..nq {
+                let m = masks.map(|m| m[q]);
+                let y = fin_value(vf, i, q, m)?;
+                let yi = g.builder.build_float_to_signed_int(y, i32v, "fi").map_err(llvm_err)?;
+                let nan = g.builder.build_float_compare(inkwell::FloatPredicate::UNO, y, y, "nan").map_err(llvm_err)?;
+                let yi =
+                    g.builder.build_select(nan, i32v.const_zero(), yi, "fi").map_err(llvm_err)?.into_vector_value();
+                let yn = g.builder.build_int_truncate(yi, nv, "n").map_err(llvm_err)?;
+                let pc = g.elem_ptr(t.out_base, to, add(g, ci, g.i64((q * w) as i64))?)?;
+                match m {
+                    Some(m) => vstore_masked(g, pc, yn, m)?,
+                    None => {
+                        let st = g.builder.build_store(pc, yn).map_err(llvm_err)?;
+                        st.set_alignment(to.size() as u32).map_err(llvm_err)?;
+                    }
+                }
+            }
+        }
+        g.builder.build_unconditional_branch(done).map_err(llvm_err)?;
+    }
+    g.builder.position_at_end(done);
     Ok(())
 }
 
