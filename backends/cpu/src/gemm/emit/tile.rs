@@ -349,7 +349,8 @@ fn store_tile<'ctx>(
     let nq = nr / w;
     let acc = |i: usize, q: usize| t.accs[i * nq + q];
     // The epilogue of accumulator vector `q` of row `i`, in f32 (on the lanes of `m` only).
-    let fin_value = |vf: &VFin<'_, 'ctx>, i: usize, q: usize, m: Option<VectorValue<'ctx>>| {
+    let fin_value = |i: usize, q: usize, m: Option<VectorValue<'ctx>>| {
+        let vf = t.vfin.ok_or_else(|| llvm_err("an epilogue in registers"))?;
         let mut vars = t.ar.bvars.to_vec();
         vars.extend(mvs[i].iter().copied());
         vars.push(add(g, vf.j0, g.i64((q * w) as i64))?);
@@ -362,7 +363,7 @@ fn store_tile<'ctx>(
         crate::vector::vgen_masked(g, vf.k, vf.bases, vf.fin, &vars, Some(a), f32v, m)
     };
     if let Some(vf) = t.vfin.filter(|vf| vf.k.output.dtype.size() < 4) {
-        return store_narrow(g, f, p, t, &vf, c_rows, masks, &fin_value);
+        return store_narrow(g, f, p, t, vf.k.output.dtype, c_rows, masks, &fin_value);
     }
     // Store: straight into C for a full tile, through the stack tile at the N edge.
     // The epilogue in registers, on the last slice (on the lanes of `masks` only, at an edge);
@@ -372,7 +373,7 @@ fn store_tile<'ctx>(
         when(g, f, vf.last, &mut || {
             for i in 0..mvs.len() {
                 for q in 0..nq {
-                    let y = fin_value(&vf, i, q, masks.map(|m| m[q]))?;
+                    let y = fin_value(i, q, masks.map(|m| m[q]))?;
                     let y = g.builder.build_bit_cast(y, t.vt, "bits").map_err(llvm_err)?;
                     g.builder.build_store(acc(i, q), y).map_err(llvm_err)?;
                 }
@@ -418,22 +419,24 @@ fn store_tile<'ctx>(
     Ok(())
 }
 
+/// A tile's epilogue of accumulator vector `q` of row `i` in f32, on the lanes of a mask.
+type FinValue<'f, 'ctx> = dyn Fn(usize, usize, Option<VectorValue<'ctx>>) -> BackendResult<VectorValue<'ctx>> + 'f;
+
 /// Stores a tile into a narrow integer C (the only K slice, [`super::vector_part`]): each
 /// vector's epilogue in f32, converted through i32 (NaN as 0, as the scalar conversion)
-/// and wrapped to C's width; masked stores at the N edge.
+/// and wrapped to C's width `to`; masked stores at the N edge.
 #[allow(clippy::too_many_arguments)]
 fn store_narrow<'ctx>(
     g: &CodeGen<'ctx>,
     f: FunctionValue<'ctx>,
     p: &Gemm,
     t: &Tile<'_, 'ctx>,
-    vf: &VFin<'_, 'ctx>,
+    to: DType,
     c_rows: &[IntValue<'ctx>],
     masks: Option<&[VectorValue<'ctx>]>,
-    fin_value: &dyn Fn(&VFin<'_, 'ctx>, usize, usize, Option<VectorValue<'ctx>>) -> BackendResult<VectorValue<'ctx>>,
+    fin_value: &FinValue<'_, 'ctx>,
 ) -> BackendResult<()> {
     let (w, nq) = (p.bl.w, p.bl.nr / p.bl.w);
-    let to = vf.k.output.dtype;
     let i32v = g.context.i32_type().vec_type(w as u32);
     let nv = g
         .context
@@ -448,7 +451,7 @@ fn store_narrow<'ctx>(
         for (i, &ci) in c_rows.iter().enumerate() {
             for q in 0..nq {
                 let m = masks.map(|m| m[q]);
-                let y = fin_value(vf, i, q, m)?;
+                let y = fin_value(i, q, m)?;
                 let yi = g.builder.build_float_to_signed_int(y, i32v, "fi").map_err(llvm_err)?;
                 let nan = g.builder.build_float_compare(inkwell::FloatPredicate::UNO, y, y, "nan").map_err(llvm_err)?;
                 let yi =
