@@ -178,6 +178,9 @@ fn device_targets_are_checked() {
     assert!(e.contains("a model split across devices is written as a .kiln artifact"), "{e}");
     let e = fails(&["inspect", mlp, "--dot", out]);
     assert!(e.contains("--dot goes with --partitions"), "{e}");
+    // Machine code of a program stopped before its memory plan: an error, not a panic.
+    let e = fails(&["inspect", mlp, "--after", "prepack", "--emit", "asm"]);
+    assert!(e.contains("has no offset") && e.contains("--after pack-weights"), "{e}");
     // `kiln` itself has no GPU runtime: it names the partition and the target list.
     let o = Command::new(kiln_tests::kiln_bin())
         .args(["compile", mlp, "--target", "cuda", "-o", out])

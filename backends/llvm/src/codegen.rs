@@ -20,6 +20,12 @@ pub fn llvm_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Llvm(e.to_string())
 }
 
+/// A buffer's offset, which the memory plan (activations) or the weight packing (constants)
+/// gives: an error on a program stopped before them (`kiln inspect --after prepack --emit asm`).
+fn planned(buf: &kiln_ir::lir::Buffer, what: &'static str) -> BackendResult<u64> {
+    buf.offset.ok_or_else(|| BackendError::Unplanned { buffer: buf.name.clone(), what })
+}
+
 /// What every code-generation step returns.
 pub type BackendResult<T> = Result<T, BackendError>;
 
@@ -81,8 +87,8 @@ impl<'ctx> CodeGen<'ctx> {
             BufferKind::Dims => return self.ctx_field(ctx, off::DIMS, &buf.name),
             BufferKind::Input(i) => (off::INPUTS, *i as u64, true),
             BufferKind::Output(i) => (off::OUTPUTS, *i as u64, true),
-            BufferKind::Constant(_) => (off::WEIGHTS, buf.offset.expect("weights packed"), false),
-            BufferKind::Activation => (off::ARENA, buf.offset.expect("memory planned"), false),
+            BufferKind::Constant(_) => (off::WEIGHTS, planned(buf, "offset in the weight section")?, false),
+            BufferKind::Activation => (off::ARENA, planned(buf, "offset in the arena")?, false),
         };
         let base = self.ctx_field(ctx, field, "base")?;
         if indirect {

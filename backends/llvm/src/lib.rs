@@ -28,6 +28,8 @@ pub enum BackendError {
     Link(String),
     #[error("kernel `{kernel}`: {message}")]
     Kernel { kernel: String, message: String },
+    #[error("buffer `{buffer}` has no {what} yet: LLVM IR and assembly are emitted from the memory-planned program (`--after pack-weights` or later)")]
+    Unplanned { buffer: String, what: &'static str },
 }
 
 /// Runs the LLVM pass pipeline `pipeline` (e.g. `default<O1>`) on a verified module.

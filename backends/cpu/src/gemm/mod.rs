@@ -588,9 +588,11 @@ pub(crate) fn match_product(k: &Kernel, bl: Blocking) -> Option<Gemm> {
     }
     // A narrow C holds no partial sums: the product must be one K slice (a prepacked B is;
     // before prepacking, an integer product's B is not yet).
-    let (tps, _, kblocks) = g.slicing();
-    if k.output.dtype.size() < 4 && g.bsrc == BSource::Prepacked && g.taps().div_ceil(tps) * kblocks != 1 {
-        return None;
+    if k.output.dtype.size() < 4 && g.bsrc == BSource::Prepacked {
+        let (tps, _, kblocks) = g.slicing();
+        if g.taps().div_ceil(tps) * kblocks != 1 {
+            return None;
+        }
     }
     // Few rows (a batch-1 product, a small image): 8-row tiles waste less than 12-row ones
     // (16 rows are two full tiles rather than 12 + 4).
